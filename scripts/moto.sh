@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The local AWS: moto in a virtualenv cached outside the repository.
+#   scripts/moto.sh install          create the virtualenv (once per moto version)
+#   scripts/moto.sh start STATEDIR   start moto_server on a free loopback port;
+#                                    writes STATEDIR/moto.port and STATEDIR/moto.pid
+#   scripts/moto.sh stop STATEDIR
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+. "$here/env.sh"
+MOTO_VERSION="${MOTO_VERSION:-5.2.5}"
+venv="$RALPH_CACHE/moto-$MOTO_VERSION"
+
+install() {
+  # the marker file is written last, so an interrupted install is redone
+  if [ -f "$venv/.complete" ]; then return 0; fi
+  echo "installing moto $MOTO_VERSION into $venv" >&2
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION"
+  touch "$venv/.complete"
+}
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+start() {
+  local dir="$1"; mkdir -p "$dir"
+  install
+  local port; port="$(free_port)"
+  "$venv/bin/moto_server" -H 127.0.0.1 -p "$port" >"$dir/moto.log" 2>&1 &
+  echo $! >"$dir/moto.pid"
+  for _ in $(seq 1 100); do
+    if curl -fsS "http://127.0.0.1:$port/moto-api/" >/dev/null 2>&1; then
+      echo "$port" >"$dir/moto.port"; echo "moto listening on 127.0.0.1:$port" >&2; return 0
+    fi
+    sleep 0.1
+  done
+  echo "moto did not start; see $dir/moto.log" >&2; cat "$dir/moto.log" >&2; return 1
+}
+
+stop() {
+  local dir="$1"
+  if [ -f "$dir/moto.pid" ]; then kill "$(cat "$dir/moto.pid")" 2>/dev/null || true; rm -f "$dir/moto.pid"; fi
+}
+
+case "${1:-}" in
+  install) install ;;
+  start) start "${2:?state dir}" ;;
+  stop) stop "${2:?state dir}" ;;
+  *) echo "usage: $0 install|start DIR|stop DIR" >&2; exit 2 ;;
+esac

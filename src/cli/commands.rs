@@ -1,0 +1,487 @@
+//! One function per command.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{anyhow, Context as _};
+use serde::{Deserialize, Serialize};
+
+use super::render::{plan_text, summary_text, JsonReporter, TextReporter};
+use super::{
+    CliError, Command, GraphFormat, RunArgs, Session, StackArgs, StateCommand, EXIT_CHANGES,
+    EXIT_ERROR, EXIT_OK,
+};
+use crate::apply::{apply, ApplyOptions};
+use crate::drivers::{Context, Registry};
+use crate::events::{Reporter, Silent};
+use crate::graph::ResourceGraph;
+use crate::plan::{destroy_changes, diff, refresh::refresh, Plan, PLAN_FORMAT};
+use crate::state::{LockInfo, Locker, State, StateError, StateStore};
+
+/// Exit code for a run stopped by Ctrl-C / SIGTERM.
+pub const EXIT_INTERRUPTED: i32 = 130;
+
+pub async fn run(cmd: Command) -> anyhow::Result<i32> {
+    let result = match cmd {
+        Command::Validate { args, json } => validate(&args, json),
+        Command::Plan {
+            args,
+            json,
+            detailed_exitcode,
+            out,
+            destroy,
+        } => plan_cmd(&args, json, detailed_exitcode, out.as_deref(), destroy).await,
+        Command::Apply { args, run } => apply_cmd(&args, &run, false).await,
+        Command::Destroy { args, run } => apply_cmd(&args, &run, true).await,
+        Command::Output { args, name, json } => output(&args, name.as_deref(), json).await,
+        Command::State { command } => state_cmd(command).await,
+        Command::Graph { args, format } => graph(&args, format),
+        Command::ForceUnlock { args, lock_id } => force_unlock(&args, &lock_id).await,
+        Command::Schema => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&crate::stack::json_schema::stack_schema(
+                    &Registry::builtin()
+                ))?
+            );
+            Ok(EXIT_OK)
+        }
+    };
+    match result {
+        Ok(code) => Ok(code),
+        Err(CliError::Invalid(d, json)) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({ "valid": false, "problems": d.problems })
+                    )?
+                );
+            } else {
+                eprint!("{}", d.render());
+                eprintln!(
+                    "{} problem(s) in {}; nothing was changed.",
+                    d.problems.len(),
+                    d.file
+                );
+            }
+            Ok(EXIT_ERROR)
+        }
+        Err(CliError::Other(e)) => Err(e),
+    }
+}
+
+fn validate(args: &StackArgs, json: bool) -> Result<i32, CliError> {
+    let s = args.session(json)?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({ "valid": true, "stack": s.stack.name, "environment": s.stack.environment, "resources": s.stack.resources.len() })
+        );
+    } else {
+        println!(
+            "{} is valid: stack `{}`, environment `{}`, {} resources.",
+            args.stack.display(),
+            s.stack.name,
+            s.stack.environment,
+            s.stack.resources.len()
+        );
+    }
+    Ok(EXIT_OK)
+}
+
+fn reporter(json: bool) -> Arc<dyn Reporter> {
+    if json {
+        Arc::new(JsonReporter)
+    } else {
+        Arc::new(TextReporter)
+    }
+}
+
+async fn read_state(s: &Session) -> Result<(State, bool), CliError> {
+    match s
+        .backend
+        .read()
+        .await
+        .map_err(|e| CliError::Other(e.into()))?
+    {
+        Some(st) => {
+            if st.stack != s.stack.name || st.environment != s.stack.environment {
+                return Err(CliError::Other(anyhow!(
+                    "the state at {} belongs to stack `{}` environment `{}`, not `{}` `{}`",
+                    s.backend.describe(),
+                    st.stack,
+                    st.environment,
+                    s.stack.name,
+                    s.stack.environment
+                )));
+            }
+            Ok((st, true))
+        }
+        None => Ok((State::new(&s.stack.name, &s.stack.environment), false)),
+    }
+}
+
+async fn make_plan(
+    s: &Session,
+    state: &State,
+    existed: bool,
+    cx: &Context,
+    destroy: bool,
+    cli_vars: &[String],
+) -> Result<Plan, CliError> {
+    let refreshed = refresh(Some(&s.stack), state, &s.registry, cx)
+        .await
+        .map_err(|e| CliError::Other(e.into()))?;
+    let mut changes = if destroy {
+        destroy_changes(state, &refreshed)
+    } else {
+        diff(&s.stack, state, &refreshed, &s.registry, &cx.owner)
+    };
+    changes.sort_by(|a, b| a.address.cmp(&b.address).then(a.action.cmp(&b.action)));
+    let _ = cli_vars;
+    Ok(Plan {
+        format: PLAN_FORMAT.into(),
+        stack: s.stack.name.clone(),
+        stack_path: s.stack.path.display().to_string(),
+        environment: s.stack.environment.clone(),
+        stack_digest: s.stack.digest.clone(),
+        state_lineage: existed.then(|| state.lineage.clone()),
+        state_serial: if existed { state.serial } else { 0 },
+        destroy,
+        changes,
+        created_at: chrono::Utc::now(),
+    })
+}
+
+/// A saved plan, with what is needed to load its stack again.
+#[derive(Serialize, Deserialize)]
+struct PlanFile {
+    plan: Plan,
+    variables: Vec<String>,
+}
+
+async fn plan_cmd(
+    args: &StackArgs,
+    json: bool,
+    detailed: bool,
+    out: Option<&Path>,
+    destroy: bool,
+) -> Result<i32, CliError> {
+    let s = args.session(json)?;
+    let cx = s.context(if json {
+        Arc::new(Silent)
+    } else {
+        reporter(false)
+    });
+    let (state, existed) = read_state(&s).await?;
+    let plan = make_plan(&s, &state, existed, &cx, destroy, &args.vars).await?;
+    if json {
+        let mut v = serde_json::to_value(&plan).map_err(|e| CliError::Other(e.into()))?;
+        v["counts"] = serde_json::to_value(plan.counts()).unwrap_or_default();
+        v["requests"] = serde_json::json!(cx.request_count());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&v).map_err(|e| CliError::Other(e.into()))?
+        );
+    } else {
+        print!("{}", plan_text(&plan));
+    }
+    if let Some(path) = out {
+        let file = PlanFile {
+            plan: plan.clone(),
+            variables: args.vars.clone(),
+        };
+        let bytes = serde_json::to_vec_pretty(&file).map_err(|e| CliError::Other(e.into()))?;
+        crate::state::local::atomic_write(path, &bytes)
+            .with_context(|| format!("writing the plan to {}", path.display()))?;
+        if !json {
+            println!(
+                "Saved the plan to {}. Apply exactly this plan with: ralph-deploy apply {}",
+                path.display(),
+                path.display()
+            );
+        }
+    }
+    Ok(if detailed && plan.has_changes() {
+        EXIT_CHANGES
+    } else {
+        EXIT_OK
+    })
+}
+
+fn read_plan_file(path: &Path) -> Option<PlanFile> {
+    let text = std::fs::read(path).ok()?;
+    let file: PlanFile = serde_json::from_slice(&text).ok()?;
+    (file.plan.format == PLAN_FORMAT).then_some(file)
+}
+
+/// Asks on the terminal; refuses when there is none.
+fn confirm(question: &str) -> Result<bool, CliError> {
+    if !std::io::stdin().is_terminal() {
+        return Err(CliError::Other(anyhow!("{question} needs a confirmation, and there is no terminal to ask on: pass --auto-approve (as CI does)")));
+    }
+    eprint!("{question}\n  Only `yes` is accepted: ");
+    let _ = std::io::stderr().flush();
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .map_err(|e| CliError::Other(e.into()))?;
+    Ok(line.trim() == "yes")
+}
+
+async fn apply_cmd(args: &StackArgs, run: &RunArgs, destroy: bool) -> Result<i32, CliError> {
+    // `apply FILE` with a saved plan: load the stack it was made from.
+    let saved = if destroy {
+        None
+    } else {
+        read_plan_file(&args.stack)
+    };
+    let effective_args = match &saved {
+        Some(file) => StackArgs {
+            stack: PathBuf::from(&file.plan.stack_path),
+            env: Some(file.plan.environment.clone()),
+            vars: file.variables.clone(),
+            state_dir: args.state_dir.clone(),
+        },
+        None => args.clone(),
+    };
+    let s = effective_args.session(run.json)?;
+    let cx = s.context(reporter(run.json));
+    let lock = LockInfo::for_operation(if destroy { "destroy" } else { "apply" });
+    s.backend.lock(&lock).await.map_err(lock_error)?;
+    let result = locked_apply(&s, &cx, run, destroy, saved.map(|f| f.plan)).await;
+    if let Err(e) = s.backend.unlock(&lock).await {
+        eprintln!("warning: could not release the lock: {e}");
+    }
+    result
+}
+
+fn lock_error(e: StateError) -> CliError {
+    CliError::Other(anyhow!(e))
+}
+
+async fn locked_apply(
+    s: &Session,
+    cx: &Context,
+    run: &RunArgs,
+    destroy: bool,
+    saved: Option<Plan>,
+) -> Result<i32, CliError> {
+    let (state, existed) = read_state(s).await?;
+    let plan = match saved {
+        Some(plan) => {
+            if plan.stack_digest != s.stack.digest {
+                return Err(CliError::Other(anyhow!(
+                    "the saved plan is stale: {} (or its variables) changed since the plan was made; run `ralph-deploy plan --out` again",
+                    s.stack.path.display()
+                )));
+            }
+            let current_lineage = existed.then(|| state.lineage.clone());
+            let current_serial = if existed { state.serial } else { 0 };
+            if plan.state_lineage != current_lineage || plan.state_serial != current_serial {
+                return Err(CliError::Other(anyhow!(
+                    "the saved plan is stale: the state changed since the plan was made (serial {} then, {} now); run `ralph-deploy plan --out` again",
+                    plan.state_serial,
+                    current_serial
+                )));
+            }
+            plan
+        }
+        None => make_plan(s, &state, existed, cx, destroy, &[]).await?,
+    };
+    if !run.json {
+        print!("{}", plan_text(&plan));
+    }
+    let violations = plan.protected_violations();
+    if !violations.is_empty() && !run.allow_protected {
+        let list = violations
+            .iter()
+            .map(|c| {
+                format!(
+                    "{} ({})",
+                    c.address,
+                    if c.action == crate::plan::Action::Delete {
+                        "delete"
+                    } else {
+                        "replace"
+                    }
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        return Err(CliError::Other(anyhow!(
+            "refusing to delete or replace protected resources: {list}. Nothing was changed. If this is intended, run again with --allow-protected"
+        )));
+    }
+    if !plan.has_changes() {
+        if run.json {
+            println!(
+                "{}",
+                serde_json::json!({ "event": "summary", "changes": 0 })
+            );
+        }
+        return Ok(EXIT_OK);
+    }
+    if !run.auto_approve
+        && !confirm(if destroy {
+            "Destroy these resources?"
+        } else {
+            "Apply these changes?"
+        })?
+    {
+        eprintln!("Cancelled; nothing was changed.");
+        return Ok(EXIT_ERROR);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                stop.store(true, Ordering::SeqCst);
+                eprintln!("Interrupted: finishing the operations in flight, starting no new ones (press Ctrl-C again to exit at once).");
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    std::process::exit(EXIT_INTERRUPTED);
+                }
+            }
+        })
+    };
+    let options = ApplyOptions {
+        parallelism: run.parallelism,
+    };
+    let (report, _) = apply(
+        &plan,
+        if destroy { None } else { Some(&s.stack) },
+        state,
+        &s.backend,
+        &s.registry,
+        cx,
+        &options,
+        &stop,
+    )
+    .await
+    .map_err(|e| CliError::Other(e.into()))?;
+    watcher.abort();
+    if run.json {
+        let mut v = serde_json::to_value(&report).unwrap_or_default();
+        v["event"] = serde_json::json!("summary");
+        println!("{v}");
+    } else {
+        eprint!("{}", summary_text(&report, destroy));
+    }
+    Ok(if stop.load(Ordering::SeqCst) {
+        EXIT_INTERRUPTED
+    } else if report.succeeded() {
+        EXIT_OK
+    } else {
+        EXIT_ERROR
+    })
+}
+
+async fn output(args: &StackArgs, name: Option<&str>, json: bool) -> Result<i32, CliError> {
+    let s = args.session(json)?;
+    let (state, _) = read_state(&s).await?;
+    match name {
+        Some(n) => match state.outputs.get(n) {
+            Some(v) => {
+                match (json, v) {
+                    (false, serde_json::Value::String(s)) => println!("{s}"),
+                    _ => println!("{v}"),
+                }
+                Ok(EXIT_OK)
+            }
+            None => Err(CliError::Other(anyhow!(
+                "no output `{n}` in the state{}",
+                if s.stack.outputs.contains_key(n) {
+                    " yet: run apply first"
+                } else {
+                    "; the stack does not declare it"
+                }
+            ))),
+        },
+        None => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&state.outputs).unwrap_or_default()
+                );
+            } else {
+                for (k, v) in &state.outputs {
+                    println!("{k} = {v}");
+                }
+            }
+            Ok(EXIT_OK)
+        }
+    }
+}
+
+async fn state_cmd(cmd: StateCommand) -> Result<i32, CliError> {
+    match cmd {
+        StateCommand::List { args } => {
+            let s = args.session(false)?;
+            let (state, _) = read_state(&s).await?;
+            for (address, r) in &state.resources {
+                println!("{address}\t{}\t{}", r.kind, r.id);
+            }
+            Ok(EXIT_OK)
+        }
+        StateCommand::Show { args, address } => {
+            let s = args.session(false)?;
+            let (state, _) = read_state(&s).await?;
+            match state.resources.get(&address) {
+                Some(r) => {
+                    println!("{}", serde_json::to_string_pretty(r).unwrap_or_default());
+                    Ok(EXIT_OK)
+                }
+                None => {
+                    let hint = crate::kinds::did_you_mean(
+                        &address,
+                        state.resources.keys().map(|s| s.as_str()),
+                    )
+                    .map(|s| format!("; did you mean `{s}`?"))
+                    .unwrap_or_default();
+                    Err(CliError::Other(anyhow!(
+                        "`{address}` is not in the state{hint}"
+                    )))
+                }
+            }
+        }
+    }
+}
+
+fn graph(args: &StackArgs, format: GraphFormat) -> Result<i32, CliError> {
+    let s = args.session(false)?;
+    let g = ResourceGraph::from_stack(&s.stack)
+        .map_err(|c| CliError::Other(anyhow!("dependency cycle: {}", c.describe())))?;
+    let kinds = s
+        .stack
+        .resources
+        .iter()
+        .map(|(a, r)| (a.clone(), r.kind.kind.to_string()))
+        .collect();
+    print!(
+        "{}",
+        match format {
+            GraphFormat::Dot => g.to_dot(&kinds),
+            GraphFormat::Mermaid => g.to_mermaid(&kinds),
+        }
+    );
+    Ok(EXIT_OK)
+}
+
+async fn force_unlock(args: &StackArgs, id: &str) -> Result<i32, CliError> {
+    let s = args.session(false)?;
+    let holder = s
+        .backend
+        .force_unlock(id)
+        .await
+        .map_err(|e| CliError::Other(e.into()))?;
+    println!(
+        "Removed the lock held by `{}` (pid {} on {}, since {}).",
+        holder.operation, holder.pid, holder.host, holder.since
+    );
+    Ok(EXIT_OK)
+}

@@ -1,0 +1,249 @@
+//! The command line: parses arguments, calls the library, renders results,
+//! and maps outcomes to exit codes (0 success or no changes, 1 error,
+//! 2 changes present with `plan --detailed-exitcode`). The only layer that prints.
+
+mod commands;
+mod render;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::drivers::{Context, Owner, Registry};
+use crate::events::Reporter;
+use crate::stack::{Diagnostics, LoadOptions, Stack};
+use crate::state::local::LocalBackend;
+
+pub const EXIT_OK: i32 = 0;
+pub const EXIT_ERROR: i32 = 1;
+pub const EXIT_CHANGES: i32 = 2;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "ralph-deploy",
+    version,
+    about = "Plan and apply the Ralph Orchestrator's infrastructure from declarative stack files"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct StackArgs {
+    /// The stack file, e.g. stacks/aws-network.yaml
+    pub stack: PathBuf,
+    /// The environment to use (one of the stack's `environments`)
+    #[arg(long, short = 'e')]
+    pub env: Option<String>,
+    /// Set a variable: --var name=value (repeatable)
+    #[arg(long = "var", value_name = "NAME=VALUE")]
+    pub vars: Vec<String>,
+    /// Where the embedded state backend keeps state files
+    #[arg(
+        long,
+        env = "RALPH_DEPLOY_STATE_DIR",
+        default_value = ".ralph-deploy/state"
+    )]
+    pub state_dir: PathBuf,
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum)]
+pub enum GraphFormat {
+    Dot,
+    Mermaid,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Check a stack file without contacting any cloud
+    Validate {
+        #[command(flatten)]
+        args: StackArgs,
+        /// Print problems as JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show what apply would change
+    Plan {
+        #[command(flatten)]
+        args: StackArgs,
+        /// Print the plan as JSON
+        #[arg(long)]
+        json: bool,
+        /// Exit 2 when there are changes, 0 when there are none, 1 on error
+        #[arg(long)]
+        detailed_exitcode: bool,
+        /// Save the plan, for `apply FILE`
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// Plan the destruction of everything the stack manages
+        #[arg(long)]
+        destroy: bool,
+    },
+    /// Make the changes: from a stack file (plans first) or a saved plan file
+    Apply {
+        #[command(flatten)]
+        args: StackArgs,
+        #[command(flatten)]
+        run: RunArgs,
+    },
+    /// Delete everything the stack manages, dependents first
+    Destroy {
+        #[command(flatten)]
+        args: StackArgs,
+        #[command(flatten)]
+        run: RunArgs,
+    },
+    /// Print the stack's outputs
+    Output {
+        #[command(flatten)]
+        args: StackArgs,
+        /// Only this output
+        name: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Inspect the recorded state
+    State {
+        #[command(subcommand)]
+        command: StateCommand,
+    },
+    /// Print the dependency graph
+    Graph {
+        #[command(flatten)]
+        args: StackArgs,
+        #[arg(long, value_enum, default_value = "dot")]
+        format: GraphFormat,
+    },
+    /// Remove a lock left behind by a run that died
+    ForceUnlock {
+        #[command(flatten)]
+        args: StackArgs,
+        /// The lock id, as printed by the run that found the lock
+        lock_id: String,
+    },
+    /// Print the JSON Schema of stack files
+    Schema,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct RunArgs {
+    /// Do not ask for confirmation (for CI)
+    #[arg(long)]
+    pub auto_approve: bool,
+    /// How many resources may change at the same time
+    #[arg(long, default_value_t = 10)]
+    pub parallelism: usize,
+    /// Allow deleting or replacing resources marked `protect: true`
+    #[arg(long)]
+    pub allow_protected: bool,
+    /// Print events and the summary as JSON lines
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum StateCommand {
+    /// List recorded resources
+    List {
+        #[command(flatten)]
+        args: StackArgs,
+    },
+    /// Show one recorded resource
+    Show {
+        #[command(flatten)]
+        args: StackArgs,
+        address: String,
+    },
+}
+
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RALPH_DEPLOY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return EXIT_ERROR;
+        }
+    };
+    match runtime.block_on(commands::run(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            EXIT_ERROR
+        }
+    }
+}
+
+/// What every stack command starts from.
+pub(crate) struct Session {
+    pub stack: Stack,
+    pub backend: LocalBackend,
+    pub registry: Registry,
+}
+
+impl StackArgs {
+    pub(crate) fn load_options(&self) -> anyhow::Result<LoadOptions> {
+        let mut variables = Vec::new();
+        for v in &self.vars {
+            let Some((k, val)) = v.split_once('=') else {
+                anyhow::bail!("--var {v}: write it as --var name=value");
+            };
+            variables.push((k.trim().to_string(), val.to_string()));
+        }
+        Ok(LoadOptions {
+            environment: self.env.clone(),
+            variables,
+        })
+    }
+
+    /// Loads and validates the stack; on problems prints them and fails.
+    pub(crate) fn session(&self, json: bool) -> Result<Session, CliError> {
+        let registry = Registry::builtin();
+        let options = self.load_options().map_err(CliError::Other)?;
+        let stack = Stack::load(&self.stack, &options, &registry)
+            .map_err(|d| CliError::Invalid(d, json))?;
+        let backend = LocalBackend::new(&self.state_dir, &stack.name, &stack.environment);
+        Ok(Session {
+            stack,
+            backend,
+            registry,
+        })
+    }
+}
+
+impl Session {
+    pub(crate) fn context(&self, reporter: Arc<dyn Reporter>) -> Context {
+        Context::new(
+            Owner {
+                stack: self.stack.name.clone(),
+                environment: self.stack.environment.clone(),
+            },
+            self.stack.cloud.clone(),
+            reporter,
+        )
+    }
+}
+
+#[derive(Debug)]
+pub(crate) enum CliError {
+    Invalid(Diagnostics, bool),
+    Other(anyhow::Error),
+}
+
+impl From<anyhow::Error> for CliError {
+    fn from(e: anyhow::Error) -> Self {
+        CliError::Other(e)
+    }
+}

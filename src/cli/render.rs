@@ -1,0 +1,210 @@
+//! Rendering: plans in the familiar symbols, events as lines or JSON.
+
+use std::io::Write;
+
+use serde_json::Value as Json;
+
+use crate::apply::ApplyReport;
+use crate::events::{Event, Reporter};
+use crate::plan::{Action, Plan};
+
+fn short(v: &Option<Json>) -> String {
+    match v {
+        None => "(known after apply)".into(),
+        Some(v) => {
+            let s = v.to_string();
+            if s.chars().count() > 200 {
+                format!("{}...", s.chars().take(200).collect::<String>())
+            } else {
+                s
+            }
+        }
+    }
+}
+
+pub fn plan_text(plan: &Plan) -> String {
+    let mut out = String::new();
+    let title = if plan.destroy { "Destroy plan" } else { "Plan" };
+    out.push_str(&format!(
+        "{title} for stack `{}`, environment `{}`:\n\n",
+        plan.stack, plan.environment
+    ));
+    let mut any = false;
+    for c in &plan.changes {
+        if !c.is_change() {
+            continue;
+        }
+        any = true;
+        let id = c.id.as_deref().map(|i| format!(" {i}")).unwrap_or_default();
+        let verb = match c.action {
+            Action::Create => "will be created",
+            Action::Update => "will be updated in place",
+            Action::Replace => "must be replaced",
+            Action::Delete => "will be deleted",
+            Action::NoOp => "will be adopted into the state",
+        };
+        let symbol = if c.action == Action::NoOp {
+            "="
+        } else {
+            c.action.symbol()
+        };
+        out.push_str(&format!("  {symbol} {} ({}){id} {verb}", c.address, c.kind));
+        if let Some(r) = &c.reason {
+            out.push_str(&format!(": {r}"));
+        }
+        if c.protect && matches!(c.action, Action::Delete | Action::Replace) {
+            out.push_str(" [protected]");
+        }
+        out.push('\n');
+        let width = c.attributes.iter().map(|a| a.name.len()).max().unwrap_or(0);
+        for a in &c.attributes {
+            match c.action {
+                Action::Create => out.push_str(&format!(
+                    "      + {:width$} = {}\n",
+                    a.name,
+                    short(&a.after)
+                )),
+                _ => {
+                    let note = if a.forces_replace {
+                        "  # forces replacement"
+                    } else {
+                        ""
+                    };
+                    let before = a.before.clone().map(Some).unwrap_or(Some(Json::Null));
+                    out.push_str(&format!(
+                        "      ~ {:width$} = {} -> {}{note}\n",
+                        a.name,
+                        short(&before),
+                        short(&a.after)
+                    ));
+                }
+            }
+        }
+    }
+    let c = plan.counts();
+    if !any {
+        out.push_str("  No changes. The cloud matches the stack.\n");
+    }
+    out.push_str(&format!(
+        "\nPlan: {} to create, {} to update, {} to replace, {} to delete{}, {} unchanged.\n",
+        c.create,
+        c.update,
+        c.replace,
+        c.delete,
+        if c.adopt > 0 {
+            format!(", {} to adopt", c.adopt)
+        } else {
+            String::new()
+        },
+        c.unchanged
+    ));
+    out
+}
+
+pub fn summary_text(report: &ApplyReport, destroy: bool) -> String {
+    let mut out = String::new();
+    for r in &report.results {
+        if let Some(e) = &r.error {
+            out.push_str(&format!(
+                "  {} {}: {} ({})\n",
+                r.action.symbol(),
+                r.address,
+                r.outcome,
+                e
+            ));
+        }
+    }
+    let verb = if destroy { "Destroy" } else { "Apply" };
+    let status = if report.succeeded() {
+        "complete"
+    } else {
+        "incomplete"
+    };
+    out.push_str(&format!(
+        "{verb} {status}: {} created, {} updated, {} replaced, {} deleted{}; {} failed, {} skipped, {} not started. {} API requests in {:.1}s.\n",
+        report.created,
+        report.updated,
+        report.replaced,
+        report.deleted,
+        if report.adopted > 0 { format!(", {} adopted", report.adopted) } else { String::new() },
+        report.failed,
+        report.skipped,
+        report.not_started,
+        report.requests,
+        report.elapsed_ms as f64 / 1000.0
+    ));
+    out
+}
+
+/// Progress lines on stderr.
+pub struct TextReporter;
+
+impl Reporter for TextReporter {
+    fn report(&self, event: Event) {
+        let line = match event {
+            Event::RefreshStarted { .. } | Event::RefreshFinished { .. } => return,
+            Event::ResourceStarted {
+                address, action, ..
+            } => format!("{address}: {}...", progressive(action)),
+            Event::ResourceWaiting {
+                address,
+                status,
+                elapsed_s,
+            } => format!("{address}: still {status} ({elapsed_s}s)"),
+            Event::ResourceFinished {
+                address,
+                action,
+                id,
+                elapsed_ms,
+            } => {
+                format!(
+                    "{address}: {} {id} in {:.1}s",
+                    done(action),
+                    elapsed_ms as f64 / 1000.0
+                )
+            }
+            Event::ResourceFailed {
+                address,
+                action,
+                error,
+            } => format!("{address}: {} failed: {error}", progressive(action)),
+            Event::ResourceSkipped { address, because } => {
+                format!("{address}: skipped because {because} failed")
+            }
+            Event::Warning { message } => format!("warning: {message}"),
+        };
+        let _ = writeln!(std::io::stderr(), "{line}");
+    }
+}
+
+/// JSON lines on stdout, one object per event.
+pub struct JsonReporter;
+
+impl Reporter for JsonReporter {
+    fn report(&self, event: Event) {
+        if let Ok(s) = serde_json::to_string(&event) {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{s}");
+        }
+    }
+}
+
+fn progressive(a: Action) -> &'static str {
+    match a {
+        Action::Create => "creating",
+        Action::Update => "updating",
+        Action::Replace => "replacing",
+        Action::Delete => "deleting",
+        Action::NoOp => "checking",
+    }
+}
+
+fn done(a: Action) -> &'static str {
+    match a {
+        Action::Create => "created",
+        Action::Update => "updated",
+        Action::Replace => "replaced",
+        Action::Delete => "deleted",
+        Action::NoOp => "checked",
+    }
+}

@@ -1,0 +1,247 @@
+//! AWS drivers, through the official aws-sdk-rust crates.
+//!
+//! Configuration comes the way every AWS tool takes it (AWS_REGION,
+//! AWS_PROFILE, AWS_ENDPOINT_URL, the standard credential chain); the stack's
+//! `cloud.aws` settings override region, profile and endpoint.
+
+mod eip;
+mod internet_gateway;
+mod nat_gateway;
+mod route_table;
+mod route_table_association;
+mod security_group;
+mod subnet;
+mod vpc;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use aws_sdk_ec2::config::interceptors::BeforeTransmitInterceptorContextRef;
+use aws_sdk_ec2::config::{ConfigBag, Intercept, RuntimeComponents};
+use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_ec2::types::{Filter, ResourceType, Tag, TagSpecification};
+use serde_json::{Map, Value as Json};
+
+use super::{
+    Context, Desired, Driver, DriverError, Owner, TAG_ADDRESS, TAG_ENVIRONMENT, TAG_STACK,
+};
+use crate::stack::AwsSettings;
+
+pub fn drivers() -> Vec<Box<dyn Driver>> {
+    vec![
+        Box::new(vpc::Vpc),
+        Box::new(subnet::Subnet),
+        Box::new(internet_gateway::InternetGateway),
+        Box::new(eip::ElasticIp),
+        Box::new(nat_gateway::NatGateway),
+        Box::new(route_table::RouteTable),
+        Box::new(route_table_association::RouteTableAssociation),
+        Box::new(security_group::SecurityGroup),
+    ]
+}
+
+/// SDK clients, built once per run from the shared configuration.
+pub struct AwsClients {
+    pub ec2: aws_sdk_ec2::Client,
+    pub region: String,
+}
+
+impl AwsClients {
+    pub async fn connect(
+        settings: AwsSettings,
+        requests: Arc<AtomicU64>,
+    ) -> Result<AwsClients, DriverError> {
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+        if let Some(p) = &settings.profile {
+            loader = loader.profile_name(p);
+        }
+        if let Some(r) = &settings.region {
+            loader = loader.region(aws_config::Region::new(r.clone()));
+        }
+        if let Some(e) = &settings.endpoint {
+            loader = loader.endpoint_url(e);
+        }
+        let config = loader.load().await;
+        let region = config.region().map(|r| r.to_string()).ok_or_else(|| {
+            DriverError::new("no AWS region is set: put `region` under `cloud.aws` in the stack, set AWS_REGION, or choose a profile that has one")
+        })?;
+        let counter = RequestCounter(requests);
+        let ec2 = aws_sdk_ec2::Client::from_conf(
+            aws_sdk_ec2::config::Builder::from(&config)
+                .interceptor(counter)
+                .build(),
+        );
+        Ok(AwsClients { ec2, region })
+    }
+}
+
+/// Counts every HTTP request the SDK sends, retries included.
+#[derive(Debug)]
+struct RequestCounter(Arc<AtomicU64>);
+
+impl Intercept for RequestCounter {
+    fn name(&self) -> &'static str {
+        "ralph-deploy-request-counter"
+    }
+    fn read_before_transmit(
+        &self,
+        _: &BeforeTransmitInterceptorContextRef<'_>,
+        _: &RuntimeComponents,
+        _: &mut ConfigBag,
+    ) -> Result<(), aws_sdk_ec2::error::BoxError> {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+pub(crate) async fn ec2(cx: &Context) -> Result<&aws_sdk_ec2::Client, DriverError> {
+    Ok(&cx.aws().await?.ec2)
+}
+
+/// An SDK failure as one line: the service's code and message.
+pub(crate) fn api_error<E, R>(op: &str, err: SdkError<E, R>) -> DriverError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    let text = match (err.code(), err.message()) {
+        (Some(code), Some(msg)) => format!("{code}: {msg}"),
+        (Some(code), None) => code.to_string(),
+        _ => DisplayErrorContext(&err).to_string(),
+    };
+    DriverError::new(format!("{op}: {text}"))
+}
+
+pub(crate) fn error_code<E, R>(err: &SdkError<E, R>) -> Option<&str>
+where
+    E: ProvideErrorMetadata,
+{
+    err.code()
+}
+
+/// Filters that select what this stack and environment own.
+pub(crate) fn owner_filters(owner: &Owner) -> Vec<Filter> {
+    vec![
+        Filter::builder()
+            .name(format!("tag:{TAG_STACK}"))
+            .values(&owner.stack)
+            .build(),
+        Filter::builder()
+            .name(format!("tag:{TAG_ENVIRONMENT}"))
+            .values(&owner.environment)
+            .build(),
+    ]
+}
+
+/// The user's tags plus the ownership tags.
+pub(crate) fn all_tags(want: &Desired<'_>) -> Vec<Tag> {
+    let mut tags: BTreeMap<String, String> = user_tags(want.props);
+    tags.insert(TAG_STACK.into(), want.owner.stack.clone());
+    tags.insert(TAG_ENVIRONMENT.into(), want.owner.environment.clone());
+    tags.insert(TAG_ADDRESS.into(), want.address.to_string());
+    tags.into_iter()
+        .map(|(k, v)| Tag::builder().key(k).value(v).build())
+        .collect()
+}
+
+pub(crate) fn tag_spec(rt: ResourceType, want: &Desired<'_>) -> TagSpecification {
+    TagSpecification::builder()
+        .resource_type(rt)
+        .set_tags(Some(all_tags(want)))
+        .build()
+}
+
+pub(crate) fn user_tags(props: &Map<String, Json>) -> BTreeMap<String, String> {
+    props
+        .get("tags")
+        .and_then(Json::as_object)
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), crate::stack::expr::json_to_text(v)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Splits a resource's tags into the address it belongs to and the user's tags.
+pub(crate) fn read_tags(tags: &[Tag]) -> (Option<String>, Json) {
+    let mut address = None;
+    let mut user = Map::new();
+    for t in tags {
+        let (Some(k), Some(v)) = (t.key(), t.value()) else {
+            continue;
+        };
+        if k == TAG_ADDRESS {
+            address = Some(v.to_string());
+        } else if !k.starts_with(super::OWNER_TAG_PREFIX) {
+            user.insert(k.to_string(), Json::String(v.to_string()));
+        }
+    }
+    (address, Json::Object(user))
+}
+
+/// Brings a resource's user tags from what it has to what the stack wants.
+pub(crate) async fn sync_tags(
+    cx: &Context,
+    id: &str,
+    have: &Observed,
+    want: &Desired<'_>,
+) -> Result<(), DriverError> {
+    let client = ec2(cx).await?;
+    let wanted = user_tags(want.props);
+    let current: BTreeMap<String, String> = have
+        .attrs
+        .get("tags")
+        .and_then(Json::as_object)
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), crate::stack::expr::json_to_text(v)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let removed: Vec<Tag> = current
+        .keys()
+        .filter(|k| !wanted.contains_key(*k))
+        .map(|k| Tag::builder().key(k).build())
+        .collect();
+    if !removed.is_empty() {
+        client
+            .delete_tags()
+            .resources(id)
+            .set_tags(Some(removed))
+            .send()
+            .await
+            .map_err(|e| api_error("DeleteTags", e))?;
+    }
+    client
+        .create_tags()
+        .resources(id)
+        .set_tags(Some(all_tags(want)))
+        .send()
+        .await
+        .map_err(|e| api_error("CreateTags", e))?;
+    Ok(())
+}
+
+use super::Observed;
+
+/// Builds an `Observed` from an id, tags and reported properties.
+pub(crate) fn observed(id: &str, tags: &[Tag], attrs: Vec<(&str, Json)>) -> Observed {
+    let (address, user) = read_tags(tags);
+    let mut map = Map::new();
+    map.insert("id".into(), Json::String(id.to_string()));
+    map.insert("tags".into(), user);
+    for (k, v) in attrs {
+        map.insert(k.to_string(), v);
+    }
+    Observed {
+        address,
+        id: id.to_string(),
+        attrs: map,
+    }
+}
+
+pub(crate) fn opt_str(v: Option<&str>) -> Json {
+    v.map(|s| Json::String(s.to_string())).unwrap_or(Json::Null)
+}

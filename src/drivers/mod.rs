@@ -1,0 +1,213 @@
+//! Drivers: one per resource kind, grouped by cloud. Every kind implements
+//! the same small [`Driver`] trait (refresh, create, update in place, delete;
+//! each create/update/delete returns only once the cloud reports the resource
+//! ready or gone), so the engine never names a cloud. A new kind is one file
+//! plus a line in [`Registry::builtin`].
+
+pub mod aws;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value as Json};
+
+use crate::events::{Event, Reporter};
+use crate::kinds::KindSchema;
+use crate::stack::CloudSettings;
+
+/// Tag keys under this prefix mark what ralph-deploy created.
+pub const OWNER_TAG_PREFIX: &str = "ralph-deploy:";
+pub const TAG_STACK: &str = "ralph-deploy:stack";
+pub const TAG_ENVIRONMENT: &str = "ralph-deploy:environment";
+pub const TAG_ADDRESS: &str = "ralph-deploy:address";
+
+/// Whose resources these are: the stack and environment in the ownership tags.
+#[derive(Debug, Clone)]
+pub struct Owner {
+    pub stack: String,
+    pub environment: String,
+}
+
+/// A resource as the cloud reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observed {
+    /// From the ownership tag, for kinds that carry tags.
+    pub address: Option<String>,
+    pub id: String,
+    /// Properties as the cloud reports them (same names and shapes as the
+    /// kind's fields) plus the attributes it assigned.
+    pub attrs: Map<String, Json>,
+}
+
+/// What the stack wants, references resolved and defaults filled in.
+#[derive(Debug, Clone)]
+pub struct Desired<'a> {
+    pub address: &'a str,
+    pub props: &'a Map<String, Json>,
+    pub owner: &'a Owner,
+}
+
+impl Desired<'_> {
+    pub fn str(&self, name: &str) -> Option<&str> {
+        self.props.get(name).and_then(Json::as_str)
+    }
+    pub fn bool(&self, name: &str) -> Option<bool> {
+        self.props.get(name).and_then(Json::as_bool)
+    }
+    pub fn required_str(&self, name: &str) -> Result<&str, DriverError> {
+        self.str(name)
+            .ok_or_else(|| DriverError::new(format!("`{name}` has no value")))
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct DriverError {
+    pub message: String,
+}
+
+impl DriverError {
+    pub fn new(message: impl Into<String>) -> Self {
+        DriverError {
+            message: message.into(),
+        }
+    }
+}
+
+/// Everything a driver call needs from outside: the owner, cloud settings,
+/// lazily built cloud clients, a reporter for progress, and a count of the
+/// API requests made (reported in summaries and benchmarks).
+pub struct Context {
+    pub owner: Owner,
+    pub cloud: CloudSettings,
+    pub reporter: Arc<dyn Reporter>,
+    pub requests: Arc<AtomicU64>,
+    aws: tokio::sync::OnceCell<aws::AwsClients>,
+}
+
+impl Context {
+    pub fn new(owner: Owner, cloud: CloudSettings, reporter: Arc<dyn Reporter>) -> Context {
+        Context {
+            owner,
+            cloud,
+            reporter,
+            requests: Arc::new(AtomicU64::new(0)),
+            aws: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    pub async fn aws(&self) -> Result<&aws::AwsClients, DriverError> {
+        self.aws
+            .get_or_try_init(|| {
+                aws::AwsClients::connect(
+                    self.cloud.aws.clone().unwrap_or_default(),
+                    self.requests.clone(),
+                )
+            })
+            .await
+    }
+
+    pub fn request_count(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    /// Polls `check` until it returns `Some`, reporting the cloud's status
+    /// while waiting, or fails after `timeout`.
+    pub async fn wait_until<T, F, Fut>(
+        &self,
+        address: &str,
+        what: &str,
+        timeout: Duration,
+        mut check: F,
+    ) -> Result<T, DriverError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<(Option<T>, String), DriverError>>,
+    {
+        let start = Instant::now();
+        let mut delay = Duration::from_millis(200);
+        let mut last_status = String::new();
+        loop {
+            let (done, status) = check().await?;
+            if let Some(v) = done {
+                return Ok(v);
+            }
+            if status != last_status {
+                self.reporter.report(Event::ResourceWaiting {
+                    address: address.to_string(),
+                    status: status.clone(),
+                    elapsed_s: start.elapsed().as_secs(),
+                });
+                last_status = status.clone();
+            }
+            if start.elapsed() >= timeout {
+                return Err(DriverError::new(format!(
+                    "timed out after {}s waiting for {what} (last status: {status})",
+                    timeout.as_secs()
+                )));
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(10));
+        }
+    }
+}
+
+#[async_trait::async_trait]
+pub trait Driver: Send + Sync {
+    fn schema(&self) -> &'static KindSchema;
+
+    /// Puts desired properties in the form the cloud reports them, so that
+    /// equivalent spellings (protocol `all` and `-1`) never show as changes.
+    fn normalize(&self, _props: &mut Map<String, Json>) {}
+
+    /// Everything of this kind that the owner has in the cloud, found by the
+    /// ownership tags in as few (paged) calls as the API allows. Kinds that
+    /// cannot carry tags read `ids` (from the state) instead.
+    async fn refresh(&self, cx: &Context, ids: &[String]) -> Result<Vec<Observed>, DriverError>;
+
+    async fn create(&self, cx: &Context, want: &Desired<'_>) -> Result<Observed, DriverError>;
+
+    /// Changes `changed` (names of fields that differ) in place.
+    async fn update(
+        &self,
+        cx: &Context,
+        want: &Desired<'_>,
+        have: &Observed,
+        changed: &[String],
+    ) -> Result<Observed, DriverError>;
+
+    async fn delete(&self, cx: &Context, have: &Observed) -> Result<(), DriverError>;
+}
+
+/// The resource kinds this build knows.
+pub struct Registry {
+    drivers: Vec<Box<dyn Driver>>,
+}
+
+impl Registry {
+    pub fn builtin() -> Registry {
+        Registry {
+            drivers: aws::drivers(),
+        }
+    }
+
+    pub fn driver(&self, kind: &str) -> Option<&dyn Driver> {
+        self.drivers
+            .iter()
+            .find(|d| d.schema().kind == kind)
+            .map(|d| d.as_ref())
+    }
+
+    pub fn schema(&self, kind: &str) -> Option<&'static KindSchema> {
+        self.driver(kind).map(|d| d.schema())
+    }
+
+    pub fn kinds(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.drivers.iter().map(|d| d.schema().kind)
+    }
+
+    pub fn schemas(&self) -> impl Iterator<Item = &'static KindSchema> + '_ {
+        self.drivers.iter().map(|d| d.schema())
+    }
+}

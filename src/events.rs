@@ -1,0 +1,64 @@
+//! What the engine reports while it works. The engine never prints: the CLI
+//! renders these as text lines on stderr or as JSON lines on stdout.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::plan::Action;
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    RefreshStarted {
+        kinds: usize,
+    },
+    RefreshFinished {
+        resources: usize,
+        elapsed_ms: u128,
+    },
+    ResourceStarted {
+        address: String,
+        kind: String,
+        action: Action,
+    },
+    /// A long operation is still in progress (the cloud's own status).
+    ResourceWaiting {
+        address: String,
+        status: String,
+        elapsed_s: u64,
+    },
+    ResourceFinished {
+        address: String,
+        action: Action,
+        id: String,
+        elapsed_ms: u128,
+    },
+    ResourceFailed {
+        address: String,
+        action: Action,
+        error: String,
+    },
+    ResourceSkipped {
+        address: String,
+        because: String,
+    },
+    Warning {
+        message: String,
+    },
+}
+
+pub trait Reporter: Send + Sync {
+    fn report(&self, event: Event);
+}
+
+/// Discards everything (library use, tests).
+pub struct Silent;
+
+impl Reporter for Silent {
+    fn report(&self, _: Event) {}
+}
+
+pub fn millis(d: Duration) -> u128 {
+    d.as_millis()
+}

@@ -1,0 +1,362 @@
+//! The resource graph: a petgraph DAG built from references and `depends_on`,
+//! cycle detection that names the cycle, DOT and Mermaid output, and the
+//! parallel walker that apply and destroy use (each node starts as soon as
+//! everything it depends on has finished, at most `parallelism` at a time).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use futures::stream::{FuturesUnordered, StreamExt};
+use petgraph::algo::{tarjan_scc, toposort};
+use petgraph::graph::{DiGraph, NodeIndex};
+use petgraph::Direction;
+
+use crate::stack::Stack;
+
+/// Edges point from a dependency to its dependent (vpc -> subnet).
+#[derive(Debug, Clone)]
+pub struct ResourceGraph {
+    pub graph: DiGraph<String, ()>,
+    index: HashMap<String, NodeIndex>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Cycle {
+    /// The addresses on the cycle, in order.
+    pub members: Vec<String>,
+}
+
+impl Cycle {
+    pub fn describe(&self) -> String {
+        let mut s = self.members.join(" -> ");
+        if let Some(first) = self.members.first() {
+            s.push_str(" -> ");
+            s.push_str(first);
+        }
+        s
+    }
+}
+
+impl ResourceGraph {
+    pub fn from_stack(stack: &Stack) -> Result<ResourceGraph, Cycle> {
+        let deps = stack
+            .resources
+            .values()
+            .map(|r| {
+                let d = r
+                    .dependencies()
+                    .into_iter()
+                    .filter(|a| stack.resources.contains_key(a))
+                    .collect();
+                (r.address.clone(), d)
+            })
+            .collect();
+        ResourceGraph::from_dependencies(&deps)
+    }
+
+    /// `deps[a]` lists what `a` depends on. Unknown names are ignored.
+    pub fn from_dependencies(deps: &BTreeMap<String, Vec<String>>) -> Result<ResourceGraph, Cycle> {
+        let mut graph = DiGraph::new();
+        let mut index = HashMap::new();
+        for a in deps.keys() {
+            index.insert(a.clone(), graph.add_node(a.clone()));
+        }
+        for (a, ds) in deps {
+            for d in ds {
+                if let (Some(&from), Some(&to)) = (index.get(d), index.get(a)) {
+                    graph.update_edge(from, to, ());
+                }
+            }
+        }
+        let g = ResourceGraph { graph, index };
+        if let Some(cycle) = g.find_cycle() {
+            return Err(cycle);
+        }
+        Ok(g)
+    }
+
+    fn find_cycle(&self) -> Option<Cycle> {
+        for scc in tarjan_scc(&self.graph) {
+            let self_loop = scc.len() == 1 && self.graph.contains_edge(scc[0], scc[0]);
+            if scc.len() > 1 || self_loop {
+                // Order the members along the cycle, starting from the smallest name.
+                let members: BTreeSet<NodeIndex> = scc.iter().copied().collect();
+                let start = *scc.iter().min_by_key(|n| &self.graph[**n])?;
+                let mut order = vec![start];
+                let mut cur = start;
+                while order.len() < members.len() {
+                    let next = self
+                        .graph
+                        .neighbors_directed(cur, Direction::Outgoing)
+                        .filter(|n| members.contains(n) && !order.contains(n))
+                        .min_by_key(|n| &self.graph[*n])?;
+                    order.push(next);
+                    cur = next;
+                }
+                return Some(Cycle {
+                    members: order.into_iter().map(|n| self.graph[n].clone()).collect(),
+                });
+            }
+        }
+        None
+    }
+
+    /// Addresses in an order where dependencies come first.
+    pub fn topological(&self) -> Vec<String> {
+        toposort(&self.graph, None)
+            .map(|v| v.into_iter().map(|n| self.graph[n].clone()).collect())
+            .unwrap_or_default()
+    }
+
+    pub fn dependencies_of(&self, address: &str) -> Vec<String> {
+        self.neighbors(address, Direction::Incoming)
+    }
+
+    pub fn dependents_of(&self, address: &str) -> Vec<String> {
+        self.neighbors(address, Direction::Outgoing)
+    }
+
+    fn neighbors(&self, address: &str, dir: Direction) -> Vec<String> {
+        let Some(&n) = self.index.get(address) else {
+            return Vec::new();
+        };
+        let mut v: Vec<String> = self
+            .graph
+            .neighbors_directed(n, dir)
+            .map(|m| self.graph[m].clone())
+            .collect();
+        v.sort();
+        v
+    }
+
+    pub fn to_dot(&self, kinds: &BTreeMap<String, String>) -> String {
+        let mut s = String::from("digraph stack {\n  rankdir=LR;\n  node [shape=box];\n");
+        let mut nodes: Vec<&String> = self.index.keys().collect();
+        nodes.sort();
+        for n in nodes {
+            let kind = kinds.get(n).map(String::as_str).unwrap_or("");
+            s.push_str(&format!("  \"{n}\" [label=\"{n}\\n{kind}\"];\n"));
+        }
+        for e in self.sorted_edges() {
+            s.push_str(&format!("  \"{}\" -> \"{}\";\n", e.0, e.1));
+        }
+        s.push_str("}\n");
+        s
+    }
+
+    pub fn to_mermaid(&self, kinds: &BTreeMap<String, String>) -> String {
+        let mut s = String::from("graph LR\n");
+        let mut nodes: Vec<&String> = self.index.keys().collect();
+        nodes.sort();
+        for n in nodes {
+            let kind = kinds.get(n).map(String::as_str).unwrap_or("");
+            s.push_str(&format!("  {}[\"{n}<br/>{kind}\"]\n", mermaid_id(n)));
+        }
+        for (a, b) in self.sorted_edges() {
+            s.push_str(&format!("  {} --> {}\n", mermaid_id(&a), mermaid_id(&b)));
+        }
+        s
+    }
+
+    fn sorted_edges(&self) -> Vec<(String, String)> {
+        let mut edges: Vec<(String, String)> = self
+            .graph
+            .edge_indices()
+            .filter_map(|e| self.graph.edge_endpoints(e))
+            .map(|(a, b)| (self.graph[a].clone(), self.graph[b].clone()))
+            .collect();
+        edges.sort();
+        edges
+    }
+}
+
+fn mermaid_id(s: &str) -> String {
+    s.replace('-', "_")
+}
+
+/// What happened to one node of a walk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Done,
+    Failed(String),
+    /// Not run because a node it depends on failed or was not run.
+    Skipped {
+        because: String,
+    },
+    /// Not run because the walk was interrupted.
+    NotStarted,
+}
+
+/// Runs `run` once per node of `deps` (node -> the nodes it waits for), each
+/// as soon as all its prerequisites are `Done`, at most `parallelism` at once.
+/// A failure skips everything that (transitively) waits for the failed node;
+/// independent branches go on. Once `stop` is set, nothing new is started.
+pub async fn walk<F, Fut>(
+    deps: &BTreeMap<String, Vec<String>>,
+    parallelism: usize,
+    stop: &AtomicBool,
+    run: F,
+) -> BTreeMap<String, Outcome>
+where
+    F: Fn(String) -> Fut,
+    Fut: Future<Output = Result<(), String>>,
+{
+    let parallelism = parallelism.max(1);
+    let mut waiting_on: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut dependents: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for (node, ds) in deps {
+        let ds: BTreeSet<&str> = ds
+            .iter()
+            .map(String::as_str)
+            .filter(|d| deps.contains_key(*d) && *d != node)
+            .collect();
+        waiting_on.insert(node, ds.len());
+        for d in ds {
+            dependents.entry(d).or_default().push(node);
+        }
+    }
+    let mut ready: Vec<&str> = waiting_on
+        .iter()
+        .filter(|(_, n)| **n == 0)
+        .map(|(k, _)| *k)
+        .collect();
+    ready.reverse(); // pop() takes them in name order
+    let mut outcomes: BTreeMap<String, Outcome> = BTreeMap::new();
+    let mut in_flight = FuturesUnordered::new();
+
+    loop {
+        while in_flight.len() < parallelism && !stop.load(Ordering::SeqCst) {
+            let Some(node) = ready.pop() else { break };
+            let fut = run(node.to_string());
+            in_flight.push(async move { (node, fut.await) });
+        }
+        let Some((node, result)) = in_flight.next().await else {
+            break;
+        };
+        match result {
+            Ok(()) => {
+                outcomes.insert(node.to_string(), Outcome::Done);
+                for dep in dependents.get(node).into_iter().flatten() {
+                    if outcomes.contains_key(*dep) {
+                        continue;
+                    }
+                    let n = waiting_on.entry(dep).or_default();
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        ready.push(dep);
+                    }
+                }
+            }
+            Err(e) => {
+                outcomes.insert(node.to_string(), Outcome::Failed(e));
+                let mut stack = vec![node];
+                while let Some(n) = stack.pop() {
+                    for dep in dependents.get(n).into_iter().flatten() {
+                        if !outcomes.contains_key(*dep) {
+                            outcomes.insert(
+                                dep.to_string(),
+                                Outcome::Skipped {
+                                    because: node.to_string(),
+                                },
+                            );
+                            stack.push(dep);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    for node in deps.keys() {
+        outcomes.entry(node.clone()).or_insert(Outcome::NotStarted);
+    }
+    outcomes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    fn deps(pairs: &[(&str, &[&str])]) -> BTreeMap<String, Vec<String>> {
+        pairs
+            .iter()
+            .map(|(a, ds)| (a.to_string(), ds.iter().map(|s| s.to_string()).collect()))
+            .collect()
+    }
+
+    #[test]
+    fn names_the_cycle() {
+        let err = ResourceGraph::from_dependencies(&deps(&[
+            ("a", &["c"]),
+            ("b", &["a"]),
+            ("c", &["b"]),
+            ("d", &[]),
+        ]))
+        .unwrap_err();
+        assert_eq!(err.describe(), "a -> b -> c -> a");
+    }
+
+    #[test]
+    fn topological_order_puts_dependencies_first() {
+        let g = ResourceGraph::from_dependencies(&deps(&[
+            ("subnet", &["vpc"]),
+            ("vpc", &[]),
+            ("rt", &["vpc", "igw"]),
+            ("igw", &["vpc"]),
+        ]))
+        .unwrap();
+        let order = g.topological();
+        let pos = |s: &str| order.iter().position(|x| x == s).unwrap();
+        assert!(pos("vpc") < pos("subnet") && pos("igw") < pos("rt") && pos("vpc") < pos("igw"));
+    }
+
+    #[tokio::test]
+    async fn failure_skips_dependents_but_not_independent_branches() {
+        let d = deps(&[
+            ("vpc", &[]),
+            ("a", &["vpc"]),
+            ("b", &["a"]),
+            ("x", &[]),
+            ("y", &["x"]),
+        ]);
+        let stop = AtomicBool::new(false);
+        let out = walk(&d, 4, &stop, |n| async move {
+            if n == "a" {
+                Err("boom".into())
+            } else {
+                Ok(())
+            }
+        })
+        .await;
+        assert_eq!(out["a"], Outcome::Failed("boom".into()));
+        assert_eq!(
+            out["b"],
+            Outcome::Skipped {
+                because: "a".into()
+            }
+        );
+        assert_eq!(out["y"], Outcome::Done);
+        assert_eq!(out["vpc"], Outcome::Done);
+    }
+
+    #[tokio::test]
+    async fn runs_independent_nodes_concurrently_within_the_bound() {
+        let d = deps(&[("a", &[]), ("b", &[]), ("c", &[]), ("d", &["a", "b", "c"])]);
+        let stop = AtomicBool::new(false);
+        let live = Mutex::new((0usize, 0usize));
+        let out = walk(&d, 2, &stop, |_| async {
+            {
+                let mut l = live.lock().unwrap();
+                l.0 += 1;
+                l.1 = l.1.max(l.0);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            live.lock().unwrap().0 -= 1;
+            Ok(())
+        })
+        .await;
+        assert!(out.values().all(|o| *o == Outcome::Done));
+        assert_eq!(live.lock().unwrap().1, 2);
+    }
+}

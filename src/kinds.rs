@@ -1,0 +1,258 @@
+//! Resource kind descriptors: the one description of a kind's properties that
+//! validation, diffing (which attributes force a replacement) and the JSON
+//! Schema all read. Drivers own a `KindSchema` each; the engine never names a
+//! cloud, it only reads these tables.
+
+use serde_json::Value as Json;
+
+/// The type of a property. `Object` nests further fields; `Set` is a list
+/// whose order carries no meaning (compared as a set when diffing).
+#[derive(Debug, Clone, Copy)]
+pub enum Ty {
+    String,
+    Bool,
+    Int,
+    /// A string that must be an IPv4 CIDR block.
+    Cidr,
+    List(&'static Ty),
+    Set(&'static Ty),
+    /// A map from string keys to strings (tags, labels).
+    StringMap,
+    Object(&'static [Field]),
+}
+
+impl Ty {
+    pub fn describe(&self) -> String {
+        match self {
+            Ty::String => "a string".into(),
+            Ty::Bool => "a boolean (true or false)".into(),
+            Ty::Int => "an integer".into(),
+            Ty::Cidr => "an IPv4 CIDR block such as 10.0.0.0/16".into(),
+            Ty::List(t) | Ty::Set(t) => format!("a list of {}", t.describe_plural()),
+            Ty::StringMap => "a map of strings".into(),
+            Ty::Object(_) => "a mapping".into(),
+        }
+    }
+
+    fn describe_plural(&self) -> String {
+        match self {
+            Ty::String => "strings".into(),
+            Ty::Bool => "booleans".into(),
+            Ty::Int => "integers".into(),
+            Ty::Cidr => "CIDR blocks".into(),
+            Ty::Object(_) => "mappings".into(),
+            other => other.describe(),
+        }
+    }
+
+    /// True when a reference to an attribute of type `other` may be used here.
+    pub fn accepts(&self, other: &Ty) -> bool {
+        matches!(
+            (self, other),
+            (Ty::String | Ty::Cidr, Ty::String | Ty::Cidr)
+                | (Ty::Bool, Ty::Bool)
+                | (Ty::Int, Ty::Int)
+                | (Ty::StringMap, Ty::StringMap)
+                | (Ty::List(_) | Ty::Set(_), Ty::List(_) | Ty::Set(_))
+        )
+    }
+}
+
+/// A value check: returns a message saying what is wrong and what is expected.
+pub type Check = fn(&Json) -> Result<(), String>;
+
+/// One property of a kind.
+#[derive(Debug, Clone, Copy)]
+pub struct Field {
+    pub name: &'static str,
+    pub ty: Ty,
+    pub required: bool,
+    /// Changing this property cannot be done in place: the resource is replaced.
+    pub replace: bool,
+    pub doc: &'static str,
+    /// Default used when the stack leaves the property out (a JSON literal).
+    pub default: Option<&'static str>,
+    pub check: Option<Check>,
+    /// `Some((ref_field, parent_field))`: this CIDR must lie inside the CIDR held
+    /// by `parent_field` of the resource that `ref_field` refers to, and must
+    /// not overlap the CIDRs of siblings with the same parent.
+    pub within: Option<(&'static str, &'static str)>,
+}
+
+impl Field {
+    pub const fn new(name: &'static str, ty: Ty, doc: &'static str) -> Field {
+        Field {
+            name,
+            ty,
+            required: false,
+            replace: false,
+            doc,
+            default: None,
+            check: None,
+            within: None,
+        }
+    }
+    pub const fn required(mut self) -> Field {
+        self.required = true;
+        self
+    }
+    pub const fn forces_replace(mut self) -> Field {
+        self.replace = true;
+        self
+    }
+    pub const fn default(mut self, json: &'static str) -> Field {
+        self.default = Some(json);
+        self
+    }
+    pub const fn check(mut self, check: Check) -> Field {
+        self.check = Some(check);
+        self
+    }
+    pub const fn within(mut self, ref_field: &'static str, parent_field: &'static str) -> Field {
+        self.within = Some((ref_field, parent_field));
+        self
+    }
+
+    pub fn default_value(&self) -> Option<Json> {
+        self.default.and_then(|d| serde_json::from_str(d).ok())
+    }
+}
+
+/// An attribute the cloud assigns (an id, an ARN, an endpoint).
+#[derive(Debug, Clone, Copy)]
+pub struct Attr {
+    pub name: &'static str,
+    pub ty: Ty,
+    pub doc: &'static str,
+}
+
+#[derive(Debug)]
+pub struct KindSchema {
+    /// `cloud.kind`, e.g. `aws.vpc`.
+    pub kind: &'static str,
+    pub doc: &'static str,
+    pub fields: &'static [Field],
+    pub attrs: &'static [Attr],
+    /// The kind carries the ownership tags, so refresh can list it by tag.
+    pub taggable: bool,
+}
+
+impl KindSchema {
+    pub fn field(&self, name: &str) -> Option<&'static Field> {
+        self.fields.iter().find(|f| f.name == name)
+    }
+
+    /// Type of `name` as seen by a reference: a property or an assigned attribute.
+    pub fn attribute_type(&self, name: &str) -> Option<Ty> {
+        self.field(name)
+            .map(|f| f.ty)
+            .or_else(|| self.attrs.iter().find(|a| a.name == name).map(|a| a.ty))
+    }
+
+    pub fn attribute_names(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.fields
+            .iter()
+            .map(|f| f.name)
+            .chain(self.attrs.iter().map(|a| a.name))
+    }
+}
+
+/// The closest candidate to `word`, if close enough to be a plausible typo.
+pub fn did_you_mean<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
+    candidates
+        .into_iter()
+        .map(|c| (strsim::jaro_winkler(word, c), c))
+        .filter(|(score, _)| *score > 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, c)| c)
+}
+
+pub mod checks {
+    //! Reusable value checks for `Field::check`.
+    use serde_json::Value as Json;
+
+    pub fn port(v: &Json) -> Result<(), String> {
+        match v.as_i64() {
+            Some(p) if (-1..=65535).contains(&p) => Ok(()),
+            _ => Err("a port must be between 0 and 65535 (or -1 for all)".into()),
+        }
+    }
+
+    pub fn availability_zone(v: &Json) -> Result<(), String> {
+        let s = v.as_str().unwrap_or_default();
+        let ok = s.len() >= 6
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && s.chars().last().is_some_and(|c| c.is_ascii_lowercase())
+            && s.split('-').count() >= 3;
+        if ok {
+            Ok(())
+        } else {
+            Err(format!(
+                "`{s}` is not an availability zone name; expected a region followed by a letter, such as us-east-1a"
+            ))
+        }
+    }
+
+    /// EC2 tag rules: keys 1-128 characters, values up to 256, no `aws:` prefix,
+    /// and the tool's own `ralph-deploy:` prefix is reserved.
+    pub fn tags(v: &Json) -> Result<(), String> {
+        let Some(map) = v.as_object() else {
+            return Ok(());
+        };
+        if map.len() > 40 {
+            return Err(format!(
+                "{} tags given; AWS allows 50 per resource and ralph-deploy reserves 4",
+                map.len()
+            ));
+        }
+        for (k, val) in map {
+            if k.is_empty() || k.chars().count() > 128 {
+                return Err(format!("tag key `{k}` must be 1 to 128 characters long"));
+            }
+            if k.to_ascii_lowercase().starts_with("aws:") {
+                return Err(format!(
+                    "tag key `{k}` uses the prefix `aws:`, which AWS reserves"
+                ));
+            }
+            if k.starts_with(crate::drivers::OWNER_TAG_PREFIX) {
+                return Err(format!(
+                    "tag key `{k}` uses the prefix `{}`, which ralph-deploy reserves for ownership tags",
+                    crate::drivers::OWNER_TAG_PREFIX
+                ));
+            }
+            if val.as_str().is_some_and(|s| s.chars().count() > 256) {
+                return Err(format!(
+                    "the value of tag `{k}` is longer than 256 characters"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// EC2 security group names: up to 255 ASCII characters, not starting with `sg-`.
+    pub fn security_group_name(v: &Json) -> Result<(), String> {
+        let s = v.as_str().unwrap_or_default();
+        if s.is_empty() || s.len() > 255 || !s.is_ascii() {
+            return Err("a security group name must be 1 to 255 ASCII characters".into());
+        }
+        if s.to_ascii_lowercase().starts_with("sg-") {
+            return Err(format!(
+                "security group name `{s}` must not start with `sg-`"
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn ip_protocol(v: &Json) -> Result<(), String> {
+        match v.as_str().unwrap_or_default() {
+            "tcp" | "udp" | "icmp" | "-1" | "all" => Ok(()),
+            other => Err(format!(
+                "protocol `{other}` is not one of tcp, udp, icmp, all (-1)"
+            )),
+        }
+    }
+}

@@ -1,0 +1,3 @@
+fn main() {
+    std::process::exit(ralph_deploy::cli::main());
+}

@@ -1,0 +1,507 @@
+//! Plan: refresh what exists, then diff the stack against it.
+//!
+//! For every resource the plan says one of no change, create, update in
+//! place (which attributes), replace (which attribute forces it) or delete.
+//! Refresh lists each kind once by the ownership tags, so resources changed
+//! or deleted outside the tool are seen, and resources the tool created but
+//! never recorded (an interrupted apply) are adopted instead of duplicated.
+
+pub mod refresh;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value as Json};
+
+use crate::drivers::{Driver, Observed, Owner, Registry};
+use crate::graph::ResourceGraph;
+use crate::kinds::{KindSchema, Ty};
+use crate::stack::{Reference, Resource, Stack};
+use crate::state::State;
+
+pub use refresh::Refreshed;
+
+pub const PLAN_FORMAT: &str = "ralph-deploy-plan/1";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    NoOp,
+    Create,
+    Update,
+    /// Delete the existing resource, then create its replacement.
+    Replace,
+    Delete,
+}
+
+impl Action {
+    pub fn symbol(self) -> &'static str {
+        match self {
+            Action::NoOp => " ",
+            Action::Create => "+",
+            Action::Update => "~",
+            Action::Replace => "-/+",
+            Action::Delete => "-",
+        }
+    }
+}
+
+/// One attribute that differs.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AttrChange {
+    pub name: String,
+    pub before: Option<Json>,
+    /// `None`: known only after apply (it comes from a resource not created yet).
+    pub after: Option<Json>,
+    pub forces_replace: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Change {
+    pub address: String,
+    pub kind: String,
+    pub action: Action,
+    /// The cloud id of the existing resource, for update, replace and delete.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attributes: Vec<AttrChange>,
+    /// Why: what forces a replacement, or why something is created or deleted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Found in the cloud by its ownership tags but missing from the state:
+    /// apply records it instead of creating a second one.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub adopt: bool,
+    #[serde(default)]
+    pub protect: bool,
+    #[serde(default)]
+    pub depends_on: Vec<String>,
+    /// What the cloud reported for an existing resource (used by update and delete).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current: Option<Map<String, Json>>,
+}
+
+impl Change {
+    pub fn is_change(&self) -> bool {
+        self.action != Action::NoOp || self.adopt
+    }
+
+    pub fn current_observed(&self) -> Option<Observed> {
+        Some(Observed {
+            address: Some(self.address.clone()),
+            id: self.id.clone()?,
+            attrs: self.current.clone().unwrap_or_default(),
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Plan {
+    pub format: String,
+    pub stack: String,
+    pub stack_path: String,
+    pub environment: String,
+    pub stack_digest: String,
+    /// The state this plan was made against; applying it elsewhere is refused.
+    pub state_lineage: Option<String>,
+    pub state_serial: u64,
+    pub destroy: bool,
+    pub changes: Vec<Change>,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+#[derive(Debug, Default, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct Counts {
+    pub create: usize,
+    pub update: usize,
+    pub replace: usize,
+    pub delete: usize,
+    pub adopt: usize,
+    pub unchanged: usize,
+}
+
+impl Plan {
+    pub fn counts(&self) -> Counts {
+        let mut c = Counts::default();
+        for ch in &self.changes {
+            match ch.action {
+                Action::NoOp => c.unchanged += 1,
+                Action::Create => c.create += 1,
+                Action::Update => c.update += 1,
+                Action::Replace => c.replace += 1,
+                Action::Delete => c.delete += 1,
+            }
+            if ch.adopt {
+                c.adopt += 1;
+            }
+        }
+        c
+    }
+
+    pub fn has_changes(&self) -> bool {
+        self.changes.iter().any(Change::is_change)
+    }
+
+    /// Deletes and replacements of protected resources.
+    pub fn protected_violations(&self) -> Vec<&Change> {
+        self.changes
+            .iter()
+            .filter(|c| c.protect && matches!(c.action, Action::Delete | Action::Replace))
+            .collect()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("refreshing {kind}: {message}")]
+    Refresh { kind: String, message: String },
+}
+
+/// The properties a resource should have: references resolved through
+/// `lookup` (`None` where not known yet), defaults filled, normalized.
+pub fn desired_properties(
+    r: &Resource,
+    driver: &dyn Driver,
+    owner: &Owner,
+    lookup: &dyn Fn(&Reference) -> Option<Json>,
+) -> BTreeMap<String, Option<Json>> {
+    let kind = r.kind;
+    let mut out: BTreeMap<String, Option<Json>> = BTreeMap::new();
+    for f in kind.fields {
+        let v = match r.properties.get(f.name) {
+            Some(p) => p.value.evaluate(lookup),
+            None => match f.default_value() {
+                Some(d) => Some(d),
+                None => continue,
+            },
+        };
+        out.insert(f.name.to_string(), v);
+    }
+    if kind.taggable {
+        if let Some(Some(Json::Object(tags))) = out.get_mut("tags") {
+            if !tags.contains_key("Name") {
+                tags.insert(
+                    "Name".into(),
+                    Json::String(format!(
+                        "{}-{}-{}",
+                        owner.stack, owner.environment, r.address
+                    )),
+                );
+            }
+        }
+    }
+    // Normalize what is fully known.
+    let mut known: Map<String, Json> = out
+        .iter()
+        .filter_map(|(k, v)| Some((k.clone(), v.clone()?)))
+        .collect();
+    driver.normalize(&mut known);
+    for (k, v) in known {
+        out.insert(k, Some(v));
+    }
+    out
+}
+
+/// Compares two values of a field, sets without regard to order.
+pub fn same_value(ty: &Ty, a: &Json, b: &Json) -> bool {
+    match ty {
+        Ty::Set(_) => {
+            let norm = |v: &Json| {
+                let mut items: Vec<String> = v
+                    .as_array()
+                    .map(|a| a.iter().map(|x| x.to_string()).collect())
+                    .unwrap_or_default();
+                items.sort();
+                items.dedup();
+                items
+            };
+            norm(a) == norm(b)
+        }
+        Ty::StringMap => {
+            let norm = |v: &Json| -> BTreeMap<String, String> {
+                v.as_object()
+                    .map(|m| {
+                        m.iter()
+                            .map(|(k, v)| (k.clone(), crate::stack::expr::json_to_text(v)))
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            };
+            norm(a) == norm(b)
+        }
+        _ => a == b,
+    }
+}
+
+/// Plans the stack against the state and what refresh found.
+pub fn diff(
+    stack: &Stack,
+    state: &State,
+    refreshed: &Refreshed,
+    registry: &Registry,
+    owner: &Owner,
+) -> Vec<Change> {
+    let graph = ResourceGraph::from_stack(stack).unwrap_or_else(|_| {
+        ResourceGraph::from_dependencies(&BTreeMap::new()).expect("empty graph")
+    });
+    let mut planned: BTreeMap<String, Action> = BTreeMap::new();
+    let mut changes = Vec::new();
+    for address in graph.topological() {
+        let Some(r) = stack.resources.get(&address) else {
+            continue;
+        };
+        let Some(driver) = registry.driver(r.kind.kind) else {
+            continue;
+        };
+        let lookup = |reference: &Reference| -> Option<Json> {
+            match planned.get(&reference.address) {
+                Some(Action::NoOp | Action::Update) => {}
+                _ => return None,
+            }
+            let current = refreshed.current.get(&reference.address)?;
+            if reference.attribute == "id" {
+                return Some(Json::String(current.id.clone()));
+            }
+            current
+                .attrs
+                .get(&reference.attribute)
+                .cloned()
+                .or_else(|| state.attribute(&reference.address, &reference.attribute))
+        };
+        let desired = desired_properties(r, driver, owner, &lookup);
+        let change = diff_one(
+            r,
+            r.kind,
+            &desired,
+            refreshed.current.get(&address),
+            state,
+            refreshed.adopted.contains(&address),
+            graph.dependencies_of(&address),
+        );
+        planned.insert(address.clone(), change.action);
+        changes.push(change);
+    }
+    // Recorded or tagged resources that the stack no longer declares.
+    for (address, rs) in &state.resources {
+        if stack.resources.contains_key(address) {
+            continue;
+        }
+        let current = refreshed.current.get(address);
+        if current.is_none() {
+            // Already gone from the cloud: only the state entry goes.
+            changes.push(Change {
+                address: address.clone(),
+                kind: rs.kind.clone(),
+                action: Action::Delete,
+                id: Some(rs.id.clone()),
+                attributes: vec![],
+                reason: Some("no longer in the stack (already gone from the cloud)".into()),
+                adopt: false,
+                protect: rs.protect,
+                depends_on: rs.depends_on.clone(),
+                current: None,
+            });
+            continue;
+        }
+        changes.push(delete_change(
+            address,
+            &rs.kind,
+            current,
+            rs.protect,
+            rs.depends_on.clone(),
+            "no longer in the stack",
+        ));
+    }
+    for (address, kind, obs) in &refreshed.orphans {
+        changes.push(delete_change(
+            address,
+            kind,
+            Some(obs),
+            false,
+            vec![],
+            "found in the cloud by its ownership tags, but not declared in the stack",
+        ));
+    }
+    changes
+}
+
+fn delete_change(
+    address: &str,
+    kind: &str,
+    current: Option<&Observed>,
+    protect: bool,
+    depends_on: Vec<String>,
+    reason: &str,
+) -> Change {
+    Change {
+        address: address.to_string(),
+        kind: kind.to_string(),
+        action: Action::Delete,
+        id: current.map(|c| c.id.clone()),
+        attributes: vec![],
+        reason: Some(reason.to_string()),
+        adopt: false,
+        protect,
+        depends_on,
+        current: current.map(|c| c.attrs.clone()),
+    }
+}
+
+fn diff_one(
+    r: &Resource,
+    kind: &KindSchema,
+    desired: &BTreeMap<String, Option<Json>>,
+    current: Option<&Observed>,
+    state: &State,
+    adopted: bool,
+    depends_on: Vec<String>,
+) -> Change {
+    let recorded = state.resources.get(&r.address);
+    let protect = r.protect || recorded.is_some_and(|s| s.protect);
+    let Some(current) = current else {
+        let reason = match recorded {
+            Some(rs) => Some(format!("{} was deleted outside ralph-deploy", rs.id)),
+            None => None,
+        };
+        return Change {
+            address: r.address.clone(),
+            kind: kind.kind.to_string(),
+            action: Action::Create,
+            id: None,
+            attributes: desired
+                .iter()
+                .map(|(k, v)| AttrChange {
+                    name: k.clone(),
+                    before: None,
+                    after: v.clone(),
+                    forces_replace: false,
+                })
+                .collect(),
+            reason,
+            adopt: false,
+            protect: r.protect,
+            depends_on,
+            current: None,
+        };
+    };
+    let mut attributes = Vec::new();
+    for f in kind.fields {
+        let Some(want) = desired.get(f.name) else {
+            continue;
+        };
+        let have = current
+            .attrs
+            .get(f.name)
+            .filter(|v| !v.is_null())
+            .cloned()
+            .or_else(|| recorded.and_then(|rs| rs.inputs.get(f.name).cloned()));
+        let differs = match (want, &have) {
+            (None, _) => true,
+            (Some(w), Some(h)) => !same_value(&f.ty, w, h),
+            (Some(w), None) => !w.is_null(),
+        };
+        if differs {
+            attributes.push(AttrChange {
+                name: f.name.to_string(),
+                before: have,
+                after: want.clone(),
+                forces_replace: f.replace,
+            });
+        }
+    }
+    let forcing: Vec<&str> = attributes
+        .iter()
+        .filter(|a| a.forces_replace)
+        .map(|a| a.name.as_str())
+        .collect();
+    let (action, reason) = if !forcing.is_empty() {
+        (
+            Action::Replace,
+            Some(format!(
+                "changing {} forces replacement",
+                forcing
+                    .iter()
+                    .map(|f| format!("`{f}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        )
+    } else if !attributes.is_empty() {
+        (Action::Update, None)
+    } else {
+        (Action::NoOp, None)
+    };
+    let reason = if adopted {
+        Some(match reason {
+            Some(r) => format!(
+                "{r}; found in the cloud by its ownership tags, adopting {}",
+                current.id
+            ),
+            None => format!(
+                "found in the cloud by its ownership tags, adopting {}",
+                current.id
+            ),
+        })
+    } else {
+        reason
+    };
+    Change {
+        address: r.address.clone(),
+        kind: kind.kind.to_string(),
+        action,
+        id: Some(current.id.clone()),
+        attributes,
+        reason,
+        adopt: adopted,
+        protect,
+        depends_on,
+        current: Some(current.attrs.clone()),
+    }
+}
+
+/// The plan for `destroy`: everything recorded or tagged goes.
+pub fn destroy_changes(state: &State, refreshed: &Refreshed) -> Vec<Change> {
+    let mut changes = Vec::new();
+    for (address, rs) in &state.resources {
+        let current = refreshed.current.get(address);
+        let mut c = delete_change(
+            address,
+            &rs.kind,
+            current,
+            rs.protect,
+            rs.depends_on.clone(),
+            "destroy",
+        );
+        if current.is_none() {
+            c.id = Some(rs.id.clone());
+            c.reason = Some("destroy (already gone from the cloud)".into());
+        }
+        changes.push(c);
+    }
+    for (address, obs) in &refreshed.current {
+        if !state.resources.contains_key(address) {
+            if let Some(kind) = refreshed.kinds.get(address) {
+                changes.push(delete_change(
+                    address,
+                    kind,
+                    Some(obs),
+                    false,
+                    vec![],
+                    "destroy (found by its ownership tags)",
+                ));
+            }
+        }
+    }
+    for (address, kind, obs) in &refreshed.orphans {
+        changes.push(delete_change(
+            address,
+            kind,
+            Some(obs),
+            false,
+            vec![],
+            "destroy (found by its ownership tags)",
+        ));
+    }
+    changes
+}

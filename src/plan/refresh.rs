@@ -1,0 +1,108 @@
+//! Refresh: read what exists, one listing per kind, all kinds at once.
+//!
+//! Each recorded resource is matched by its id; a resource carrying this
+//! stack's ownership tags for an address that has no live match is adopted;
+//! tagged resources for addresses that are neither declared nor recorded
+//! (or second copies) are orphans, which the plan deletes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Instant;
+
+use crate::drivers::{Context, Observed, Registry};
+use crate::events::Event;
+use crate::stack::Stack;
+use crate::state::State;
+
+use super::PlanError;
+
+#[derive(Debug, Default, Clone)]
+pub struct Refreshed {
+    /// The live resource for each declared or recorded address.
+    pub current: BTreeMap<String, Observed>,
+    /// The kind of each entry of `current`.
+    pub kinds: BTreeMap<String, String>,
+    /// Addresses whose resource was found by tags rather than by the state's id.
+    pub adopted: BTreeSet<String>,
+    /// (address, kind, resource): tagged as ours, but nobody wants them.
+    pub orphans: Vec<(String, String, Observed)>,
+}
+
+pub async fn refresh(
+    stack: Option<&Stack>,
+    state: &State,
+    registry: &Registry,
+    cx: &Context,
+) -> Result<Refreshed, PlanError> {
+    let mut kinds: BTreeSet<String> = state.resources.values().map(|r| r.kind.clone()).collect();
+    if let Some(stack) = stack {
+        kinds.extend(stack.resources.values().map(|r| r.kind.kind.to_string()));
+    }
+    let kinds: Vec<String> = kinds
+        .into_iter()
+        .filter(|k| registry.driver(k).is_some())
+        .collect();
+    cx.reporter
+        .report(Event::RefreshStarted { kinds: kinds.len() });
+    let started = Instant::now();
+
+    let listings = futures::future::join_all(kinds.iter().map(|kind| async move {
+        let driver = registry.driver(kind).expect("filtered above");
+        let ids: Vec<String> = state
+            .resources
+            .values()
+            .filter(|r| &r.kind == kind)
+            .map(|r| r.id.clone())
+            .collect();
+        (kind.clone(), driver.refresh(cx, &ids).await)
+    }))
+    .await;
+
+    let mut out = Refreshed::default();
+    let declared = |address: &str, kind: &str| -> bool {
+        stack
+            .and_then(|s| s.resources.get(address))
+            .is_some_and(|r| r.kind.kind == kind)
+            || state.resources.get(address).is_some_and(|r| r.kind == kind)
+    };
+    for (kind, listing) in listings {
+        let found = listing.map_err(|e| PlanError::Refresh {
+            kind: kind.clone(),
+            message: e.message,
+        })?;
+        let mut unmatched: Vec<Observed> = Vec::new();
+        // First: recorded ids.
+        for obs in found {
+            let by_id = state
+                .resources
+                .iter()
+                .find(|(_, r)| r.kind == kind && r.id == obs.id)
+                .map(|(a, _)| a.clone());
+            match by_id {
+                Some(address) => {
+                    out.kinds.insert(address.clone(), kind.clone());
+                    out.current.insert(address, obs);
+                }
+                None => unmatched.push(obs),
+            }
+        }
+        // Then: ownership tags, for addresses without a live match.
+        for obs in unmatched {
+            let Some(address) = obs.address.clone() else {
+                continue;
+            };
+            if declared(&address, &kind) && !out.current.contains_key(&address) {
+                out.adopted.insert(address.clone());
+                out.kinds.insert(address.clone(), kind.clone());
+                out.current.insert(address, obs);
+            } else {
+                out.orphans.push((address, kind.clone(), obs));
+            }
+        }
+    }
+    let resources = out.current.len() + out.orphans.len();
+    cx.reporter.report(Event::RefreshFinished {
+        resources,
+        elapsed_ms: started.elapsed().as_millis(),
+    });
+    Ok(out)
+}

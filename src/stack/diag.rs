@@ -1,0 +1,197 @@
+//! Diagnostics for stack files: every problem carries the file, line and
+//! column it comes from, a message saying what is wrong, and help saying what
+//! to do. They are rendered with miette at the edge (CLI) or as JSON.
+
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+/// Where a value sits in a stack file. Lines and columns are 1-based;
+/// `offset` counts characters from the start of the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Span {
+    pub offset: usize,
+    pub line: usize,
+    pub column: usize,
+    pub len: usize,
+}
+
+impl Span {
+    pub fn from_marked(span: &marked_yaml::Span) -> Span {
+        match span.start() {
+            Some(start) => {
+                let len = span
+                    .end()
+                    .map(|end| end.character().saturating_sub(start.character()))
+                    .unwrap_or(0);
+                Span {
+                    offset: start.character(),
+                    line: start.line(),
+                    column: start.column(),
+                    len,
+                }
+            }
+            None => Span::default(),
+        }
+    }
+
+    pub fn from_marker(m: &marked_yaml::Marker) -> Span {
+        Span {
+            offset: m.character(),
+            line: m.line(),
+            column: m.column(),
+            len: 0,
+        }
+    }
+}
+
+/// A value together with where it was written.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Spanned<T> {
+    pub value: T,
+    pub span: Span,
+}
+
+impl<T> Spanned<T> {
+    pub fn new(value: T, span: Span) -> Self {
+        Spanned { value, span }
+    }
+}
+
+/// One problem in a stack file.
+#[derive(Debug, Clone, Serialize)]
+pub struct Problem {
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub help: Option<String>,
+    #[serde(skip)]
+    pub span: Span,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file, self.line, self.column, self.message
+        )?;
+        if let Some(help) = &self.help {
+            write!(f, " (help: {help})")?;
+        }
+        Ok(())
+    }
+}
+
+/// Collects problems while loading and validating one stack file, so that a
+/// user sees all of them at once instead of one per run.
+#[derive(Debug, Clone)]
+pub struct Diagnostics {
+    pub file: String,
+    pub source: Arc<str>,
+    pub problems: Vec<Problem>,
+}
+
+impl Diagnostics {
+    pub fn new(file: &Path, source: Arc<str>) -> Self {
+        Diagnostics {
+            file: file.display().to_string(),
+            source,
+            problems: Vec::new(),
+        }
+    }
+
+    pub fn error(&mut self, span: Span, message: impl Into<String>) {
+        self.push(span, message.into(), None);
+    }
+
+    pub fn error_help(&mut self, span: Span, message: impl Into<String>, help: impl Into<String>) {
+        self.push(span, message.into(), Some(help.into()));
+    }
+
+    fn push(&mut self, span: Span, message: String, help: Option<String>) {
+        let (line, column) = if span.line == 0 {
+            (1, 1)
+        } else {
+            (span.line, span.column)
+        };
+        self.problems.push(Problem {
+            file: self.file.clone(),
+            line,
+            column,
+            message,
+            help,
+            span,
+        });
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.problems.is_empty()
+    }
+
+    /// Problems in source order, each once.
+    pub fn sorted(mut self) -> Self {
+        self.problems
+            .sort_by(|a, b| (a.line, a.column, &a.message).cmp(&(b.line, b.column, &b.message)));
+        self.problems
+            .dedup_by(|a, b| a.line == b.line && a.column == b.column && a.message == b.message);
+        self
+    }
+
+    /// Renders every problem with a source snippet.
+    pub fn render(&self) -> String {
+        use miette::{GraphicalReportHandler, GraphicalTheme, NamedSource};
+        let handler = GraphicalReportHandler::new_themed(GraphicalTheme::unicode_nocolor())
+            .with_context_lines(1);
+        let mut out = String::new();
+        for p in &self.problems {
+            let byte_offset = char_to_byte(&self.source, p.span.offset);
+            let byte_len = char_to_byte(&self.source[byte_offset..], p.span.len.max(1)).max(1);
+            let diag = RenderedProblem {
+                message: format!("{}:{}:{}: {}", p.file, p.line, p.column, p.message),
+                help: p.help.clone(),
+                src: NamedSource::new(&p.file, self.source.to_string()),
+                at: miette::SourceSpan::new(
+                    byte_offset.into(),
+                    byte_len.min(self.source.len().saturating_sub(byte_offset)),
+                ),
+            };
+            let _ = handler.render_report(&mut out, &diag);
+        }
+        out
+    }
+}
+
+fn char_to_byte(s: &str, chars: usize) -> usize {
+    s.char_indices()
+        .nth(chars)
+        .map(|(i, _)| i)
+        .unwrap_or(s.len())
+}
+
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+#[error("{message}")]
+struct RenderedProblem {
+    message: String,
+    #[help]
+    help: Option<String>,
+    #[source_code]
+    src: miette::NamedSource<String>,
+    #[label("here")]
+    at: miette::SourceSpan,
+}
+
+impl fmt::Display for Diagnostics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for p in &self.problems {
+            writeln!(f, "{p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Diagnostics {}

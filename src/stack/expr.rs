@@ -1,0 +1,208 @@
+//! Property values as written in a stack: literals, lists, mappings and
+//! strings with `${address.attribute}` references. Variables are substituted
+//! while loading, so only references to other resources remain here.
+
+use serde_json::Value as Json;
+
+use super::diag::{Span, Spanned};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SExpr {
+    pub expr: Expr,
+    pub span: Span,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Expr {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    /// A string; `parts` has a single literal when there is no reference.
+    Str(Vec<Part>),
+    List(Vec<SExpr>),
+    Map(Vec<(Spanned<String>, SExpr)>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Part {
+    Lit(String),
+    Ref(Reference),
+}
+
+/// `${address.attribute}`: an attribute of another resource in the stack.
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+pub struct Reference {
+    pub address: String,
+    pub attribute: String,
+}
+
+impl std::fmt::Display for Reference {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "${{{}.{}}}", self.address, self.attribute)
+    }
+}
+
+/// A piece of a string template before variables are substituted.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RawPart {
+    Lit(String),
+    /// The text between `${` and `}`, trimmed.
+    Expr(String),
+}
+
+/// Splits `text` into literal text and `${...}` expressions. `$${` writes a
+/// literal `${`. Returns a message on an unclosed `${`.
+pub fn split_template(text: &str) -> Result<Vec<RawPart>, String> {
+    let mut parts = Vec::new();
+    let mut lit = String::new();
+    let mut rest = text;
+    while let Some(pos) = rest.find('$') {
+        lit.push_str(&rest[..pos]);
+        let after = &rest[pos..];
+        if after.starts_with("$${") {
+            lit.push_str("${");
+            rest = &after[3..];
+        } else if let Some(body) = after.strip_prefix("${") {
+            let Some(end) = body.find('}') else {
+                return Err("`${` is not closed by `}`".into());
+            };
+            if !lit.is_empty() {
+                parts.push(RawPart::Lit(std::mem::take(&mut lit)));
+            }
+            parts.push(RawPart::Expr(body[..end].trim().to_string()));
+            rest = &body[end + 1..];
+        } else {
+            lit.push('$');
+            rest = &after[1..];
+        }
+    }
+    lit.push_str(rest);
+    if !lit.is_empty() || parts.is_empty() {
+        parts.push(RawPart::Lit(lit));
+    }
+    Ok(parts)
+}
+
+impl SExpr {
+    pub fn literal_str(&self) -> Option<&str> {
+        match &self.expr {
+            Expr::Str(parts) if parts.len() == 1 => match &parts[0] {
+                Part::Lit(s) => Some(s),
+                Part::Ref(_) => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// The whole value is a single reference, so it takes the referenced type.
+    pub fn sole_reference(&self) -> Option<&Reference> {
+        match &self.expr {
+            Expr::Str(parts) if parts.len() == 1 => match &parts[0] {
+                Part::Ref(r) => Some(r),
+                Part::Lit(_) => None,
+            },
+            _ => None,
+        }
+    }
+
+    pub fn collect_references(&self, out: &mut Vec<(Reference, Span)>) {
+        match &self.expr {
+            Expr::Str(parts) => {
+                for p in parts {
+                    if let Part::Ref(r) = p {
+                        out.push((r.clone(), self.span));
+                    }
+                }
+            }
+            Expr::List(items) => items.iter().for_each(|i| i.collect_references(out)),
+            Expr::Map(entries) => entries.iter().for_each(|(_, v)| v.collect_references(out)),
+            _ => {}
+        }
+    }
+
+    /// The value with no reference resolved, when it has none.
+    pub fn to_literal(&self) -> Option<Json> {
+        self.evaluate(&|_| None)
+    }
+
+    /// Evaluates the value; `None` when a reference is not known yet (the
+    /// resource will only be created or replaced by the apply).
+    pub fn evaluate(&self, lookup: &dyn Fn(&Reference) -> Option<Json>) -> Option<Json> {
+        Some(match &self.expr {
+            Expr::Null => Json::Null,
+            Expr::Bool(b) => Json::Bool(*b),
+            Expr::Int(i) => Json::from(*i),
+            Expr::Float(f) => serde_json::Number::from_f64(*f)
+                .map(Json::Number)
+                .unwrap_or(Json::Null),
+            Expr::Str(parts) => {
+                if let [Part::Ref(r)] = parts.as_slice() {
+                    return lookup(r);
+                }
+                let mut s = String::new();
+                for p in parts {
+                    match p {
+                        Part::Lit(l) => s.push_str(l),
+                        Part::Ref(r) => s.push_str(&json_to_text(&lookup(r)?)),
+                    }
+                }
+                Json::String(s)
+            }
+            Expr::List(items) => Json::Array(
+                items
+                    .iter()
+                    .map(|i| i.evaluate(lookup))
+                    .collect::<Option<Vec<_>>>()?,
+            ),
+            Expr::Map(entries) => {
+                let mut m = serde_json::Map::new();
+                for (k, v) in entries {
+                    m.insert(k.value.clone(), v.evaluate(lookup)?);
+                }
+                Json::Object(m)
+            }
+        })
+    }
+}
+
+/// How a value reads when interpolated into a string.
+pub fn json_to_text(v: &Json) -> String {
+    match v {
+        Json::String(s) => s.clone(),
+        Json::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_templates() {
+        assert_eq!(
+            split_template("plain").unwrap(),
+            vec![RawPart::Lit("plain".into())]
+        );
+        assert_eq!(
+            split_template("a-${ var.x }-b").unwrap(),
+            vec![
+                RawPart::Lit("a-".into()),
+                RawPart::Expr("var.x".into()),
+                RawPart::Lit("-b".into())
+            ]
+        );
+        assert_eq!(
+            split_template("$${not}").unwrap(),
+            vec![RawPart::Lit("${not}".into())]
+        );
+        assert_eq!(
+            split_template("cost $5").unwrap(),
+            vec![RawPart::Lit("cost $5".into())]
+        );
+        assert!(split_template("${open").is_err());
+    }
+}

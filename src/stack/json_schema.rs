@@ -1,0 +1,147 @@
+//! JSON Schema (draft 2020-12) for stack files, generated from the same kind
+//! descriptors that validation uses, so the two never disagree. Editors use it
+//! for completion; `ralph-deploy schema` prints it.
+
+use serde_json::{json, Map, Value as Json};
+
+use crate::drivers::Registry;
+use crate::kinds::{Field, KindSchema, Ty};
+
+fn reference_or(schema: Json) -> Json {
+    // Any property may also be a `${...}` reference, resolved at plan time.
+    json!({ "anyOf": [schema, { "type": "string", "pattern": "^\\$\\{[^}]+\\}$" }] })
+}
+
+fn ty_schema(ty: &Ty) -> Json {
+    match ty {
+        Ty::String => json!({ "type": "string" }),
+        Ty::Bool => reference_or(json!({ "type": "boolean" })),
+        Ty::Int => reference_or(json!({ "type": "integer" })),
+        Ty::Cidr => {
+            json!({ "type": "string", "pattern": "^(\\d{1,3}\\.){3}\\d{1,3}/\\d{1,2}$|\\$\\{" })
+        }
+        Ty::List(t) => reference_or(json!({ "type": "array", "items": ty_schema(t) })),
+        Ty::Set(t) => {
+            reference_or(json!({ "type": "array", "items": ty_schema(t), "uniqueItems": true }))
+        }
+        Ty::StringMap => json!({ "type": "object", "additionalProperties": { "type": "string" } }),
+        Ty::Object(fields) => object_schema(fields),
+    }
+}
+
+fn object_schema(fields: &[Field]) -> Json {
+    let mut props = Map::new();
+    let mut required = Vec::new();
+    for f in fields {
+        let mut s = ty_schema(&f.ty);
+        if let Some(obj) = s.as_object_mut() {
+            let mut doc = f.doc.to_string();
+            if f.replace {
+                doc.push_str(" (changing it replaces the resource)");
+            }
+            obj.insert("description".into(), Json::String(doc));
+            if let Some(d) = f.default_value() {
+                obj.insert("default".into(), d);
+            }
+        }
+        props.insert(f.name.into(), s);
+        if f.required && f.default.is_none() {
+            required.push(Json::String(f.name.into()));
+        }
+    }
+    json!({ "type": "object", "properties": props, "required": required, "additionalProperties": false })
+}
+
+fn kind_schema(k: &KindSchema) -> Json {
+    json!({
+        "type": "object",
+        "description": k.doc,
+        "properties": {
+            "kind": { "const": k.kind },
+            "properties": object_schema(k.fields),
+            "depends_on": { "type": "array", "items": { "type": "string" } },
+            "protect": { "type": "boolean" },
+            "enabled": { "type": "boolean" },
+            "description": { "type": "string" }
+        },
+        "required": ["kind"],
+        "additionalProperties": false
+    })
+}
+
+pub fn stack_schema(registry: &Registry) -> Json {
+    let kinds: Vec<Json> = registry.schemas().map(kind_schema).collect();
+    let names: Vec<&str> = registry.kinds().collect();
+    let ident = "^[a-z][a-z0-9_-]{0,63}$";
+    json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "ralph-deploy stack",
+        "type": "object",
+        "required": ["name", "resources"],
+        "additionalProperties": false,
+        "properties": {
+            "name": { "type": "string", "pattern": "^[a-z][a-z0-9-]{0,39}$" },
+            "description": { "type": "string" },
+            "cloud": { "$ref": "#/$defs/cloud" },
+            "variables": {
+                "type": "object",
+                "propertyNames": { "pattern": "^[a-z][a-z0-9_]*$" },
+                "additionalProperties": {
+                    "type": "object",
+                    "additionalProperties": false,
+                    "properties": {
+                        "type": { "enum": ["string", "number", "bool", "list", "map"] },
+                        "default": {},
+                        "description": { "type": "string" }
+                    }
+                }
+            },
+            "environments": {
+                "type": "object",
+                "propertyNames": { "pattern": ident },
+                "additionalProperties": {
+                    "type": ["object", "null"],
+                    "additionalProperties": false,
+                    "properties": {
+                        "variables": { "type": "object" },
+                        "cloud": { "$ref": "#/$defs/cloud" },
+                        "resources": { "type": "object", "additionalProperties": { "type": "object" } }
+                    }
+                }
+            },
+            "resources": {
+                "type": "object",
+                "propertyNames": { "pattern": ident },
+                "additionalProperties": { "$ref": "#/$defs/resource" }
+            },
+            "outputs": {
+                "type": "object",
+                "additionalProperties": {
+                    "anyOf": [
+                        { "type": "string" },
+                        { "type": "object", "required": ["value"], "additionalProperties": false,
+                          "properties": { "value": {}, "description": { "type": "string" } } }
+                    ]
+                }
+            }
+        },
+        "$defs": {
+            "cloud": {
+                "type": "object",
+                "additionalProperties": false,
+                "properties": {
+                    "aws": { "type": "object", "additionalProperties": false,
+                             "properties": { "region": { "type": "string" }, "profile": { "type": "string" }, "endpoint": { "type": "string" } } },
+                    "gcp": { "type": "object", "additionalProperties": false,
+                             "properties": { "project": { "type": "string" }, "region": { "type": "string" }, "endpoint": { "type": "string" } } }
+                }
+            },
+            "resource": {
+                "type": "object",
+                "required": ["kind"],
+                "properties": { "kind": { "enum": names } },
+                "oneOf": kinds
+            }
+        }
+    })
+}

@@ -1,0 +1,1098 @@
+//! YAML to [`Stack`]: parse with spans, pick the environment, merge its
+//! overlay, resolve variables, and turn property values into expressions.
+//! Structural problems are collected, not thrown, so one run reports them all.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use marked_yaml::types::{MarkedMappingNode, MarkedScalarNode};
+use marked_yaml::{LoadError, LoaderOptions, Node};
+use serde_json::Value as Json;
+use sha2::{Digest, Sha256};
+
+use super::diag::{Diagnostics, Span, Spanned};
+use super::expr::{split_template, Expr, Part, RawPart, Reference, SExpr};
+use super::{AwsSettings, CloudSettings, GcpSettings, Output, Resource, Stack};
+use crate::drivers::Registry;
+use crate::kinds::did_you_mean;
+
+/// Larger stack files are refused before parsing.
+const MAX_FILE_BYTES: usize = 16 << 20;
+/// Deeper nesting is refused: no stack needs it, and hostile input must fail fast.
+const MAX_DEPTH: usize = 48;
+
+const TOP_KEYS: &[&str] = &[
+    "name",
+    "description",
+    "cloud",
+    "variables",
+    "environments",
+    "resources",
+    "outputs",
+];
+const ENV_KEYS: &[&str] = &["variables", "cloud", "resources"];
+const RESOURCE_KEYS: &[&str] = &[
+    "kind",
+    "properties",
+    "depends_on",
+    "protect",
+    "enabled",
+    "description",
+];
+const VARIABLE_KEYS: &[&str] = &["type", "default", "description"];
+const VARIABLE_TYPES: &[&str] = &["string", "number", "bool", "list", "map"];
+const OUTPUT_KEYS: &[&str] = &["value", "description"];
+
+/// What the command line adds to a stack file.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// `--env`; required when the stack declares more than one environment.
+    pub environment: Option<String>,
+    /// `--var name=value`, parsed according to the variable's declared type.
+    pub variables: Vec<(String, String)>,
+}
+
+pub fn load(path: &Path, options: &LoadOptions, registry: &Registry) -> Result<Stack, Diagnostics> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            let mut d = Diagnostics::new(path, Arc::from(""));
+            d.error_help(
+                Span::default(),
+                format!("cannot read the stack file: {e}"),
+                "check the path",
+            );
+            return Err(d);
+        }
+    };
+    let source: Arc<str> = Arc::from(text.as_str());
+    let mut d = Diagnostics::new(path, source.clone());
+    if text.len() > MAX_FILE_BYTES {
+        d.error(
+            Span::default(),
+            format!(
+                "the stack file is {} bytes; the limit is {MAX_FILE_BYTES}",
+                text.len()
+            ),
+        );
+        return Err(d);
+    }
+    if let Some(span) = too_deep(&text) {
+        d.error_help(
+            span,
+            format!("the file nests more than {MAX_DEPTH} levels deep"),
+            "flatten the structure",
+        );
+        return Err(d);
+    }
+    let root = match marked_yaml::parse_yaml_with_options(
+        0,
+        &text,
+        LoaderOptions::default()
+            .error_on_duplicate_keys(true)
+            .prevent_coercion(true),
+    ) {
+        Ok(root) => root,
+        Err(e) => {
+            report_load_error(&mut d, e);
+            return Err(d);
+        }
+    };
+    let Some(top) = root.as_mapping() else {
+        d.error(
+            span_of(&root),
+            "a stack file must be a mapping with `name` and `resources`",
+        );
+        return Err(d);
+    };
+    let mut loader = Loader {
+        d,
+        vars: BTreeMap::new(),
+        stack_name: String::new(),
+        environment: String::new(),
+    };
+    let stack = loader.stack(path, top, options, registry);
+    let d = loader.d;
+    match stack {
+        Some(stack) if d.is_empty() => Ok(stack),
+        _ => Err(d.sorted()),
+    }
+}
+
+struct Loader {
+    d: Diagnostics,
+    vars: BTreeMap<String, Json>,
+    stack_name: String,
+    environment: String,
+}
+
+impl Loader {
+    fn stack(
+        &mut self,
+        path: &Path,
+        top: &MarkedMappingNode,
+        options: &LoadOptions,
+        registry: &Registry,
+    ) -> Option<Stack> {
+        self.check_keys(top, TOP_KEYS, "at the top of a stack file");
+        let name = match top.get_node("name") {
+            Some(n) => self.scalar(n, "name").map(|s| s.to_string()),
+            None => {
+                self.d.error_help(
+                    span_of_map(top),
+                    "the stack has no `name`",
+                    "add `name: my-stack` at the top",
+                );
+                None
+            }
+        };
+        if let Some(n) = &name {
+            if !valid_stack_name(n) {
+                let span = top.get_node("name").map(span_of).unwrap_or_default();
+                self.d.error_help(
+                    span,
+                    format!("stack name `{n}` is not valid"),
+                    "use 1 to 40 lowercase letters, digits and hyphens, starting with a letter (it goes into tags and resource names)",
+                );
+            }
+        }
+        self.stack_name = name.clone().unwrap_or_default();
+
+        // Pick the environment and its overlay.
+        let environments = top
+            .get_node("environments")
+            .and_then(|n| self.mapping(n, "environments"));
+        let (environment, overlay) = self.pick_environment(environments, options)?;
+        self.environment = environment.clone();
+        if let Some(o) = overlay {
+            self.check_keys(o, ENV_KEYS, &format!("in environment `{environment}`"));
+        }
+        let overlay_node = |key: &str| overlay.and_then(|o| o.get_node(key));
+
+        self.variables(
+            top.get_node("variables"),
+            overlay_node("variables"),
+            &environment,
+            options,
+        );
+
+        let cloud_node = merged(top.get_node("cloud"), overlay_node("cloud"));
+        let cloud = self.cloud(cloud_node.as_ref());
+
+        let resources_node = merged(top.get_node("resources"), overlay_node("resources"));
+        if let (Some(o), Some(base)) = (
+            overlay_node("resources").and_then(Node::as_mapping),
+            top.get_node("resources").and_then(Node::as_mapping),
+        ) {
+            for (k, v) in o.iter() {
+                let addr = k.as_str();
+                let adds_kind = v.as_mapping().is_some_and(|m| m.get_node("kind").is_some());
+                if base.get_node(addr).is_none() && !adds_kind {
+                    let hint = did_you_mean(addr, base.keys().map(|k| k.as_str()))
+                        .map(|s| format!("did you mean `{s}`?"))
+                        .unwrap_or_else(|| "an overlay changes resources declared under the top-level `resources`, or declares a new one with its `kind`".into());
+                    self.d.error_help(Span::from_marked(k.span()), format!("environment `{environment}` overrides resource `{addr}`, which the stack does not declare"), hint);
+                }
+            }
+        }
+        let mut resources = BTreeMap::new();
+        match &resources_node {
+            Some(node) => {
+                if let Some(map) = self.mapping(node, "resources") {
+                    for (k, v) in map.iter() {
+                        if let Some(r) = self.resource(k, v, registry) {
+                            resources.insert(r.address.clone(), r);
+                        }
+                    }
+                }
+            }
+            None => self.d.error_help(
+                span_of_map(top),
+                "the stack has no `resources`",
+                "add a `resources:` mapping",
+            ),
+        }
+
+        let mut outputs = BTreeMap::new();
+        if let Some(map) = top
+            .get_node("outputs")
+            .and_then(|n| self.mapping(n, "outputs"))
+        {
+            for (k, v) in map.iter() {
+                if let Some(o) = self.output(k, v) {
+                    outputs.insert(o.name.clone(), o);
+                }
+            }
+        }
+
+        let digest = {
+            let mut h = Sha256::new();
+            h.update(self.d.source.as_bytes());
+            h.update([0]);
+            h.update(environment.as_bytes());
+            h.update([0]);
+            h.update(serde_json::to_vec(&self.vars).unwrap_or_default());
+            hex::encode(h.finalize())
+        };
+        Some(Stack {
+            path: path.to_path_buf(),
+            source: self.d.source.clone(),
+            digest,
+            name: name?,
+            environment,
+            cloud,
+            variables: self.vars.clone(),
+            resources,
+            outputs,
+        })
+    }
+
+    fn pick_environment<'a>(
+        &mut self,
+        envs: Option<&'a MarkedMappingNode>,
+        options: &LoadOptions,
+    ) -> Option<(String, Option<&'a MarkedMappingNode>)> {
+        let Some(envs) = envs else {
+            return Some((
+                options
+                    .environment
+                    .clone()
+                    .unwrap_or_else(|| "default".into()),
+                None,
+            ));
+        };
+        let names: Vec<&str> = envs.keys().map(|k| k.as_str()).collect();
+        for k in envs.keys() {
+            if !valid_identifier(k.as_str()) {
+                self.d.error_help(
+                    Span::from_marked(k.span()),
+                    format!("environment name `{}` is not valid", k.as_str()),
+                    "use lowercase letters, digits, `-` and `_`, starting with a letter",
+                );
+            }
+        }
+        let chosen = match &options.environment {
+            Some(e) => e.clone(),
+            None if names.len() == 1 => names[0].to_string(),
+            None => {
+                self.d.error_help(
+                    span_of_map(envs),
+                    format!(
+                        "the stack declares environments {}; none was chosen",
+                        names.join(", ")
+                    ),
+                    format!("pass --env {}", names.first().copied().unwrap_or("NAME")),
+                );
+                return None;
+            }
+        };
+        match envs.get_node(&chosen) {
+            Some(node) => {
+                // `staging: {}` or `staging:` (null) both mean "no overrides".
+                let overlay = node.as_mapping();
+                if overlay.is_none()
+                    && !node.as_scalar().is_some_and(|s| {
+                        s.as_str().is_empty() || s.as_str() == "~" || s.as_str() == "null"
+                    })
+                {
+                    self.d.error(
+                        span_of(node),
+                        format!("environment `{chosen}` must be a mapping of overrides"),
+                    );
+                }
+                Some((chosen, overlay))
+            }
+            None => {
+                let hint = match did_you_mean(&chosen, names.iter().copied()) {
+                    Some(s) => format!("did you mean `--env {s}`?"),
+                    None => format!("choose one of: {}", names.join(", ")),
+                };
+                self.d.error_help(
+                    span_of_map(envs),
+                    format!("environment `{chosen}` is not declared in this stack"),
+                    hint,
+                );
+                None
+            }
+        }
+    }
+
+    fn variables(
+        &mut self,
+        decls: Option<&Node>,
+        overlay: Option<&Node>,
+        environment: &str,
+        options: &LoadOptions,
+    ) {
+        let decls = decls.and_then(|n| self.mapping(n, "variables"));
+        let overlay = overlay.and_then(|n| self.mapping(n, "variables"));
+        let mut declared: BTreeMap<String, (String, Span)> = BTreeMap::new();
+        if let Some(decls) = decls {
+            for (k, v) in decls.iter() {
+                let name = k.as_str().to_string();
+                let kspan = Span::from_marked(k.span());
+                if !valid_variable_name(&name) {
+                    self.d.error_help(
+                        kspan,
+                        format!("variable name `{name}` is not valid"),
+                        "use lowercase letters, digits and `_`, starting with a letter",
+                    );
+                }
+                let Some(m) = self.mapping(v, &format!("variable `{name}`")) else {
+                    continue;
+                };
+                self.check_keys(m, VARIABLE_KEYS, &format!("in variable `{name}`"));
+                let ty = match m.get_node("type") {
+                    Some(t) => match self.scalar(t, "type") {
+                        Some(s) if VARIABLE_TYPES.contains(&s) => s.to_string(),
+                        Some(s) => {
+                            let hint = did_you_mean(s, VARIABLE_TYPES.iter().copied())
+                                .map(|x| format!("did you mean `{x}`?"))
+                                .unwrap_or_else(|| {
+                                    format!("use one of: {}", VARIABLE_TYPES.join(", "))
+                                });
+                            self.d.error_help(
+                                span_of(t),
+                                format!("unknown variable type `{s}`"),
+                                hint,
+                            );
+                            continue;
+                        }
+                        None => continue,
+                    },
+                    None => "string".into(),
+                };
+                declared.insert(name.clone(), (ty.clone(), kspan));
+                if let Some(def) = m.get_node("default") {
+                    if let Some(v) =
+                        self.typed_value(def, &ty, &format!("the default of variable `{name}`"))
+                    {
+                        self.vars.insert(name.clone(), v);
+                    }
+                }
+            }
+        }
+        if let Some(overlay) = overlay {
+            for (k, v) in overlay.iter() {
+                let name = k.as_str();
+                match declared.get(name) {
+                    Some((ty, _)) => {
+                        let ty = ty.clone();
+                        if let Some(v) = self.typed_value(
+                            v,
+                            &ty,
+                            &format!("variable `{name}` in environment `{environment}`"),
+                        ) {
+                            self.vars.insert(name.to_string(), v);
+                        }
+                    }
+                    None => {
+                        let hint = did_you_mean(name, declared.keys().map(|s| s.as_str()))
+                            .map(|s| format!("did you mean `{s}`?"))
+                            .unwrap_or_else(|| {
+                                "declare it under the top-level `variables` first".into()
+                            });
+                        self.d.error_help(Span::from_marked(k.span()), format!("environment `{environment}` sets variable `{name}`, which is not declared"), hint);
+                    }
+                }
+            }
+        }
+        for (name, text) in &options.variables {
+            match declared.get(name) {
+                Some((ty, kspan)) => match parse_cli_value(text, ty) {
+                    Ok(v) => {
+                        self.vars.insert(name.clone(), v);
+                    }
+                    Err(msg) => self.d.error_help(
+                        *kspan,
+                        format!("--var {name}={text}: {msg}"),
+                        format!("variable `{name}` is declared here with type {ty}"),
+                    ),
+                },
+                None => {
+                    let hint = did_you_mean(name, declared.keys().map(|s| s.as_str()))
+                        .map(|s| format!("did you mean `{s}`?"))
+                        .unwrap_or_else(|| "declare it under `variables` in the stack".into());
+                    self.d.error_help(
+                        Span::default(),
+                        format!("--var sets `{name}`, which the stack does not declare"),
+                        hint,
+                    );
+                }
+            }
+        }
+        for (name, (_, kspan)) in &declared {
+            if !self.vars.contains_key(name) {
+                self.d.error_help(
+                    *kspan,
+                    format!("variable `{name}` has no value in environment `{environment}`"),
+                    format!("give it a `default`, set it under `environments.{environment}.variables`, or pass --var {name}=..."),
+                );
+            }
+        }
+    }
+
+    fn typed_value(&mut self, node: &Node, ty: &str, what: &str) -> Option<Json> {
+        let v = node_to_json(node);
+        let ok = match ty {
+            "string" => {
+                if let Json::String(_) = v {
+                    true
+                } else if let Some(s) = node.as_scalar() {
+                    // An unquoted 15 is still a fine string for a string variable.
+                    return Some(Json::String(s.as_str().to_string()));
+                } else {
+                    false
+                }
+            }
+            "number" => v.is_number(),
+            "bool" => v.is_boolean(),
+            "list" => v.is_array(),
+            "map" => v.is_object(),
+            _ => false,
+        };
+        if ok {
+            Some(v)
+        } else {
+            self.d
+                .error(span_of(node), format!("{what} must be of type {ty}"));
+            None
+        }
+    }
+
+    fn cloud(&mut self, node: Option<&Node>) -> CloudSettings {
+        let mut cloud = CloudSettings::default();
+        let Some(map) = node.and_then(|n| self.mapping(n, "cloud")) else {
+            return cloud;
+        };
+        self.check_keys(map, &["aws", "gcp"], "in `cloud`");
+        if let Some(aws) = map
+            .get_node("aws")
+            .and_then(|n| self.mapping(n, "cloud.aws"))
+        {
+            self.check_keys(aws, &["region", "profile", "endpoint"], "in `cloud.aws`");
+            cloud.aws = Some(AwsSettings {
+                region: self.setting(aws, "region"),
+                profile: self.setting(aws, "profile"),
+                endpoint: self.setting(aws, "endpoint"),
+            });
+            if let (Some(r), Some(node)) = (
+                cloud.aws.as_ref().and_then(|a| a.region.clone()),
+                aws.get_node("region"),
+            ) {
+                if !valid_region(&r) {
+                    self.d.error_help(
+                        span_of(node),
+                        format!("`{r}` is not an AWS region name"),
+                        "use a region such as us-east-1 or eu-west-2",
+                    );
+                }
+            }
+            if let (Some(e), Some(node)) = (
+                cloud.aws.as_ref().and_then(|a| a.endpoint.clone()),
+                aws.get_node("endpoint"),
+            ) {
+                if !(e.starts_with("http://") || e.starts_with("https://")) {
+                    self.d.error_help(
+                        span_of(node),
+                        format!("endpoint `{e}` is not a URL"),
+                        "write it as http://host:port or https://host",
+                    );
+                }
+            }
+        }
+        if let Some(gcp) = map
+            .get_node("gcp")
+            .and_then(|n| self.mapping(n, "cloud.gcp"))
+        {
+            self.check_keys(gcp, &["project", "region", "endpoint"], "in `cloud.gcp`");
+            cloud.gcp = Some(GcpSettings {
+                project: self.setting(gcp, "project"),
+                region: self.setting(gcp, "region"),
+                endpoint: self.setting(gcp, "endpoint"),
+            });
+        }
+        cloud
+    }
+
+    /// A cloud setting: a string, variables allowed, resource references not.
+    fn setting(&mut self, map: &MarkedMappingNode, key: &str) -> Option<String> {
+        let node = map.get_node(key)?;
+        let e = self.expr(node, 0)?;
+        match e.to_literal() {
+            Some(Json::String(s)) if !s.is_empty() => Some(s),
+            Some(Json::Null) => None,
+            Some(_) | None => {
+                self.d.error(e.span, format!("`{key}` must be a plain string (variables are allowed, resource references are not)"));
+                None
+            }
+        }
+    }
+
+    fn resource(
+        &mut self,
+        key: &MarkedScalarNode,
+        node: &Node,
+        registry: &Registry,
+    ) -> Option<Resource> {
+        let address = key.as_str().to_string();
+        let kspan = Span::from_marked(key.span());
+        if !valid_address(&address) {
+            self.d.error_help(kspan, format!("resource address `{address}` is not valid"), "use lowercase letters, digits, `_` and `-`, starting with a letter, at most 64 characters");
+        }
+        let map = self.mapping(node, &format!("resource `{address}`"))?;
+        self.check_keys(map, RESOURCE_KEYS, &format!("in resource `{address}`"));
+        if let Some(enabled) = map.get_node("enabled") {
+            if !self.boolean(enabled, "enabled")? {
+                return None;
+            }
+        }
+        let kind_node = match map.get_node("kind") {
+            Some(k) => k,
+            None => {
+                self.d.error_help(
+                    kspan,
+                    format!("resource `{address}` has no `kind`"),
+                    format!(
+                        "add `kind:` with one of: {}",
+                        registry.kinds().collect::<Vec<_>>().join(", ")
+                    ),
+                );
+                return None;
+            }
+        };
+        let kind_name = self.scalar(kind_node, "kind")?;
+        let Some(kind) = registry.schema(kind_name) else {
+            let hint = match did_you_mean(kind_name, registry.kinds()) {
+                Some(s) => format!("did you mean `{s}`?"),
+                None => format!(
+                    "known kinds: {}",
+                    registry.kinds().collect::<Vec<_>>().join(", ")
+                ),
+            };
+            self.d.error_help(
+                span_of(kind_node),
+                format!("unknown resource kind `{kind_name}`"),
+                hint,
+            );
+            return None;
+        };
+        let mut properties = BTreeMap::new();
+        if let Some(p) = map.get_node("properties") {
+            if let Some(pm) = self.mapping(p, "properties") {
+                for (k, v) in pm.iter() {
+                    if let Some(value) = self.expr(v, 1) {
+                        properties.insert(
+                            k.as_str().to_string(),
+                            super::Property {
+                                key_span: Span::from_marked(k.span()),
+                                value,
+                            },
+                        );
+                    }
+                }
+            }
+        }
+        let mut depends_on = Vec::new();
+        if let Some(dn) = map.get_node("depends_on") {
+            match dn.as_sequence() {
+                Some(seq) => {
+                    for item in seq.iter() {
+                        if let Some(s) = self.scalar(item, "depends_on entry") {
+                            depends_on.push(Spanned::new(s.to_string(), span_of(item)));
+                        }
+                    }
+                }
+                None => self.d.error_help(
+                    span_of(dn),
+                    "`depends_on` must be a list of resource addresses",
+                    "write `depends_on: [vpc, igw]`",
+                ),
+            }
+        }
+        let protect = match map.get_node("protect") {
+            Some(p) => self.boolean(p, "protect").unwrap_or(false),
+            None => false,
+        };
+        Some(Resource {
+            address,
+            kind,
+            span: kspan,
+            properties,
+            depends_on,
+            protect,
+        })
+    }
+
+    fn output(&mut self, key: &MarkedScalarNode, node: &Node) -> Option<Output> {
+        let name = key.as_str().to_string();
+        if !valid_variable_name(&name) {
+            self.d.error_help(
+                Span::from_marked(key.span()),
+                format!("output name `{name}` is not valid"),
+                "use lowercase letters, digits and `_`, starting with a letter",
+            );
+        }
+        let (value_node, description) = match node.as_mapping() {
+            Some(m) => {
+                self.check_keys(m, OUTPUT_KEYS, &format!("in output `{name}`"));
+                let Some(v) = m.get_node("value") else {
+                    self.d.error_help(
+                        span_of(node),
+                        format!("output `{name}` has no `value`"),
+                        "write `value: ${address.attribute}`",
+                    );
+                    return None;
+                };
+                let desc = m
+                    .get_node("description")
+                    .and_then(|d| d.as_scalar())
+                    .map(|s| s.as_str().to_string());
+                (v, desc)
+            }
+            None => (node, None),
+        };
+        let value = self.expr(value_node, 1)?;
+        Some(Output {
+            name,
+            value,
+            description,
+        })
+    }
+
+    /// A property value: literals typed the YAML way, strings split into
+    /// literal text and references, variables substituted.
+    fn expr(&mut self, node: &Node, depth: usize) -> Option<SExpr> {
+        let span = span_of(node);
+        if depth > MAX_DEPTH {
+            self.d.error(
+                span,
+                format!("values nest more than {MAX_DEPTH} levels deep"),
+            );
+            return None;
+        }
+        let expr = match node {
+            Node::Scalar(s) => return self.scalar_expr(s, span),
+            Node::Sequence(seq) => {
+                Expr::List(seq.iter().filter_map(|n| self.expr(n, depth + 1)).collect())
+            }
+            Node::Mapping(m) => Expr::Map(
+                m.iter()
+                    .filter_map(|(k, v)| {
+                        Some((
+                            Spanned::new(k.as_str().to_string(), Span::from_marked(k.span())),
+                            self.expr(v, depth + 1)?,
+                        ))
+                    })
+                    .collect(),
+            ),
+        };
+        Some(SExpr { expr, span })
+    }
+
+    fn scalar_expr(&mut self, s: &MarkedScalarNode, span: Span) -> Option<SExpr> {
+        if s.may_coerce() {
+            let text = s.as_str();
+            let literal = match text {
+                "" | "~" | "null" | "Null" | "NULL" => Some(Expr::Null),
+                _ => s
+                    .as_bool()
+                    .map(Expr::Bool)
+                    .or_else(|| s.as_i64().map(Expr::Int))
+                    .or_else(|| {
+                        if looks_like_float(text) {
+                            s.as_f64().map(Expr::Float)
+                        } else {
+                            None
+                        }
+                    }),
+            };
+            if let Some(expr) = literal {
+                return Some(SExpr { expr, span });
+            }
+        }
+        let raw = match split_template(s.as_str()) {
+            Ok(r) => r,
+            Err(msg) => {
+                self.d.error_help(
+                    span,
+                    msg,
+                    "write `${address.attribute}` or `${var.name}`; `$${` writes a literal `${`",
+                );
+                return None;
+            }
+        };
+        // A string that is exactly `${var.x}` takes the variable's own type.
+        if let [RawPart::Expr(e)] = raw.as_slice() {
+            if let Some(name) = e.strip_prefix("var.") {
+                let v = self.variable(name, span)?;
+                return Some(json_to_sexpr(&v, span));
+            }
+        }
+        let mut parts: Vec<Part> = Vec::new();
+        let push_lit = |parts: &mut Vec<Part>, text: String| match parts.last_mut() {
+            Some(Part::Lit(l)) => l.push_str(&text),
+            _ => parts.push(Part::Lit(text)),
+        };
+        for p in raw {
+            match p {
+                RawPart::Lit(l) => push_lit(&mut parts, l),
+                RawPart::Expr(e) => {
+                    if let Some(name) = e.strip_prefix("var.") {
+                        let v = self.variable(name, span)?;
+                        push_lit(&mut parts, super::expr::json_to_text(&v));
+                    } else if e == "stack.name" {
+                        push_lit(&mut parts, self.stack_name.clone());
+                    } else if e == "stack.environment" {
+                        push_lit(&mut parts, self.environment.clone());
+                    } else {
+                        let mut it = e.splitn(2, '.');
+                        match (it.next(), it.next()) {
+                            (Some(a), Some(attr)) if valid_address(a) && valid_attribute(attr) => {
+                                parts.push(Part::Ref(Reference {
+                                    address: a.to_string(),
+                                    attribute: attr.to_string(),
+                                }))
+                            }
+                            _ => {
+                                self.d.error_help(
+                                    span,
+                                    format!("`${{{e}}}` is not a reference"),
+                                    "write `${address.attribute}` for another resource, `${var.name}` for a variable, or `${stack.name}` / `${stack.environment}`",
+                                );
+                                return None;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if parts.is_empty() {
+            parts.push(Part::Lit(String::new()));
+        }
+        Some(SExpr {
+            expr: Expr::Str(parts),
+            span,
+        })
+    }
+
+    fn variable(&mut self, name: &str, span: Span) -> Option<Json> {
+        match self.vars.get(name) {
+            Some(v) => Some(v.clone()),
+            None => {
+                let hint = did_you_mean(name, self.vars.keys().map(|s| s.as_str()))
+                    .map(|s| format!("did you mean `${{var.{s}}}`?"))
+                    .unwrap_or_else(|| "declare it under `variables`".into());
+                self.d.error_help(
+                    span,
+                    format!("variable `{name}` is not declared or has no value"),
+                    hint,
+                );
+                None
+            }
+        }
+    }
+
+    fn check_keys(&mut self, map: &MarkedMappingNode, allowed: &[&str], context: &str) {
+        for k in map.keys() {
+            if !allowed.contains(&k.as_str()) {
+                let hint = match did_you_mean(k.as_str(), allowed.iter().copied()) {
+                    Some(s) => format!("did you mean `{s}`?"),
+                    None => format!("allowed here: {}", allowed.join(", ")),
+                };
+                self.d.error_help(
+                    Span::from_marked(k.span()),
+                    format!("unknown field `{}` {context}", k.as_str()),
+                    hint,
+                );
+            }
+        }
+    }
+
+    fn mapping<'n>(&mut self, node: &'n Node, what: &str) -> Option<&'n MarkedMappingNode> {
+        match node.as_mapping() {
+            Some(m) => Some(m),
+            None => {
+                if node.as_scalar().is_some_and(|s| {
+                    s.may_coerce()
+                        && (s.as_str().is_empty() || s.as_str() == "~" || s.as_str() == "null")
+                }) {
+                    return None;
+                }
+                self.d
+                    .error(span_of(node), format!("`{what}` must be a mapping"));
+                None
+            }
+        }
+    }
+
+    fn scalar<'n>(&mut self, node: &'n Node, what: &str) -> Option<&'n str> {
+        match node.as_scalar() {
+            Some(s) if !s.as_str().is_empty() => Some(s.as_str()),
+            _ => {
+                self.d.error(
+                    span_of(node),
+                    format!("`{what}` must be a non-empty string"),
+                );
+                None
+            }
+        }
+    }
+
+    fn boolean(&mut self, node: &Node, what: &str) -> Option<bool> {
+        match node.as_scalar().and_then(|s| s.as_bool()) {
+            Some(b) => Some(b),
+            None => {
+                self.d.error_help(
+                    span_of(node),
+                    format!("`{what}` must be true or false"),
+                    "write true or false without quotes",
+                );
+                None
+            }
+        }
+    }
+}
+
+fn report_load_error(d: &mut Diagnostics, e: LoadError) {
+    match e {
+        LoadError::TopLevelMustBeMapping(m) | LoadError::TopLevelMustBeSequence(m) => d.error(
+            Span::from_marker(&m),
+            "a stack file must be a mapping with `name` and `resources`",
+        ),
+        LoadError::UnexpectedAnchor(m) => d.error_help(
+            Span::from_marker(&m),
+            "YAML anchors and aliases are not accepted in stack files",
+            "write the value out, or use a variable (`${var.name}`) to share it",
+        ),
+        LoadError::MappingKeyMustBeScalar(m) => {
+            d.error(Span::from_marker(&m), "mapping keys must be plain strings")
+        }
+        LoadError::UnexpectedTag(m) => d.error_help(
+            Span::from_marker(&m),
+            "YAML tags (`!tag`) are not accepted in stack files",
+            "remove the tag",
+        ),
+        LoadError::ScanError(m, se) => d.error(
+            Span::from_marker(&m),
+            format!("YAML syntax error: {}", se.info()),
+        ),
+        LoadError::DuplicateKey(dk) => d.error_help(
+            Span::from_marked(dk.key.span()),
+            format!("`{}` is declared twice", dk.key.as_str()),
+            format!(
+                "the first declaration is at line {}; remove one or rename it",
+                dk.prev_key.span().start().map(|m| m.line()).unwrap_or(0)
+            ),
+        ),
+    }
+}
+
+/// Overlay merge: mappings merge key by key, anything else replaces.
+fn merged(base: Option<&Node>, overlay: Option<&Node>) -> Option<Node> {
+    match (base, overlay) {
+        (None, None) => None,
+        (Some(b), None) => Some(b.clone()),
+        (None, Some(o)) => Some(o.clone()),
+        (Some(b), Some(o)) => match (b.as_mapping(), o.as_mapping()) {
+            (Some(bm), Some(om)) => {
+                let mut out = bm.clone();
+                for (k, v) in om.iter() {
+                    let m = merged(bm.get_node(k.as_str()), Some(v)).unwrap_or_else(|| v.clone());
+                    out.insert(k.clone(), m);
+                }
+                Some(Node::Mapping(out))
+            }
+            _ => Some(o.clone()),
+        },
+    }
+}
+
+fn span_of(node: &Node) -> Span {
+    let mut s = Span::from_marked(node.span());
+    if s.len == 0 {
+        if let Some(sc) = node.as_scalar() {
+            s.len = sc.as_str().chars().count();
+        }
+    }
+    s
+}
+
+fn span_of_map(m: &MarkedMappingNode) -> Span {
+    Span::from_marked(m.span())
+}
+
+/// Plain YAML conversion for variable values (no references inside).
+fn node_to_json(node: &Node) -> Json {
+    match node {
+        Node::Scalar(s) => {
+            if s.may_coerce() {
+                match s.as_str() {
+                    "" | "~" | "null" | "Null" | "NULL" => return Json::Null,
+                    t => {
+                        if let Some(b) = s.as_bool() {
+                            return Json::Bool(b);
+                        }
+                        if let Some(i) = s.as_i64() {
+                            return Json::from(i);
+                        }
+                        if looks_like_float(t) {
+                            if let Some(f) = s.as_f64().and_then(serde_json::Number::from_f64) {
+                                return Json::Number(f);
+                            }
+                        }
+                    }
+                }
+            }
+            Json::String(s.as_str().to_string())
+        }
+        Node::Sequence(seq) => Json::Array(seq.iter().map(node_to_json).collect()),
+        Node::Mapping(m) => Json::Object(
+            m.iter()
+                .map(|(k, v)| (k.as_str().to_string(), node_to_json(v)))
+                .collect(),
+        ),
+    }
+}
+
+fn json_to_sexpr(v: &Json, span: Span) -> SExpr {
+    let expr = match v {
+        Json::Null => Expr::Null,
+        Json::Bool(b) => Expr::Bool(*b),
+        Json::Number(n) => match n.as_i64() {
+            Some(i) => Expr::Int(i),
+            None => Expr::Float(n.as_f64().unwrap_or_default()),
+        },
+        Json::String(s) => Expr::Str(vec![Part::Lit(s.clone())]),
+        Json::Array(items) => Expr::List(items.iter().map(|i| json_to_sexpr(i, span)).collect()),
+        Json::Object(m) => Expr::Map(
+            m.iter()
+                .map(|(k, v)| (Spanned::new(k.clone(), span), json_to_sexpr(v, span)))
+                .collect(),
+        ),
+    };
+    SExpr { expr, span }
+}
+
+fn parse_cli_value(text: &str, ty: &str) -> Result<Json, String> {
+    match ty {
+        "string" => Ok(Json::String(text.to_string())),
+        "number" => serde_json::from_str::<serde_json::Number>(text)
+            .map(Json::Number)
+            .map_err(|_| "expected a number".into()),
+        "bool" => match text {
+            "true" => Ok(Json::Bool(true)),
+            "false" => Ok(Json::Bool(false)),
+            _ => Err("expected true or false".into()),
+        },
+        "list" => match serde_json::from_str::<Json>(text) {
+            Ok(v @ Json::Array(_)) => Ok(v),
+            _ => Err("expected a JSON list such as [\"a\",\"b\"]".into()),
+        },
+        "map" => match serde_json::from_str::<Json>(text) {
+            Ok(v @ Json::Object(_)) => Ok(v),
+            _ => Err("expected a JSON object such as {\"k\":\"v\"}".into()),
+        },
+        _ => Err(format!("unknown type {ty}")),
+    }
+}
+
+fn looks_like_float(t: &str) -> bool {
+    let t = t.strip_prefix(['-', '+']).unwrap_or(t);
+    !t.is_empty()
+        && t.chars()
+            .all(|c| c.is_ascii_digit() || c == '.' || c == 'e' || c == 'E' || c == '-' || c == '+')
+        && t.chars().next().is_some_and(|c| c.is_ascii_digit())
+        && t.contains('.')
+}
+
+/// A cheap pre-scan: flow collections (`[[[[...`) or indentation nested beyond
+/// any sane stack are refused before the parser builds a tree for them.
+fn too_deep(text: &str) -> Option<Span> {
+    let mut depth = 0usize;
+    let (mut line, mut col) = (1usize, 0usize);
+    let mut in_quote: Option<char> = None;
+    for (offset, c) in text.chars().enumerate() {
+        col += 1;
+        match c {
+            '\n' => {
+                line += 1;
+                col = 0;
+                in_quote = None;
+            }
+            '"' | '\'' if in_quote == Some(c) => in_quote = None,
+            '"' | '\'' if in_quote.is_none() && depth > 0 => in_quote = Some(c),
+            '[' | '{' if in_quote.is_none() => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return Some(Span {
+                        offset,
+                        line,
+                        column: col,
+                        len: 1,
+                    });
+                }
+            }
+            ']' | '}' if in_quote.is_none() => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    for (i, l) in text.lines().enumerate() {
+        let indent = l.len() - l.trim_start_matches(' ').len();
+        if indent > MAX_DEPTH * 8 {
+            return Some(Span {
+                offset: 0,
+                line: i + 1,
+                column: 1,
+                len: 1,
+            });
+        }
+    }
+    None
+}
+
+fn valid_identifier(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.starts_with(|c: char| c.is_ascii_lowercase())
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+}
+
+pub fn valid_address(s: &str) -> bool {
+    valid_identifier(s)
+}
+
+fn valid_attribute(s: &str) -> bool {
+    !s.is_empty()
+        && s.starts_with(|c: char| c.is_ascii_lowercase())
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+fn valid_variable_name(s: &str) -> bool {
+    valid_attribute(s) && s.len() <= 64
+}
+
+fn valid_stack_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 40
+        && s.starts_with(|c: char| c.is_ascii_lowercase())
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !s.ends_with('-')
+}
+
+fn valid_region(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('-').collect();
+    parts.len() >= 3
+        && parts.iter().all(|p| {
+            !p.is_empty()
+                && p.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        })
+        && parts
+            .last()
+            .is_some_and(|p| p.chars().all(|c| c.is_ascii_digit()))
+}

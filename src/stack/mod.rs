@@ -1,0 +1,126 @@
+//! Stack files: the declarative description of one deployment.
+//!
+//! `load` turns YAML into a [`Stack`] for one environment (overlays merged,
+//! variables substituted), `validate` checks it against the resource kinds
+//! before any cloud is contacted, and `json_schema` describes the format.
+//! Every value keeps the [`Span`] it was written at, so that semantic errors
+//! (a dangling reference, a CIDR outside its VPC) point at file:line:column.
+
+pub mod diag;
+pub mod expr;
+pub mod json_schema;
+mod load;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde_json::Value as Json;
+
+pub use diag::{Diagnostics, Problem, Span, Spanned};
+pub use expr::{Expr, Reference, SExpr};
+pub use load::LoadOptions;
+
+use crate::drivers::Registry;
+use crate::kinds::KindSchema;
+
+/// A stack, loaded for one environment and validated.
+#[derive(Debug, Clone)]
+pub struct Stack {
+    pub path: PathBuf,
+    pub source: Arc<str>,
+    /// sha256 of the file, the environment and the variable values: a saved
+    /// plan is only applied to the stack it was made from.
+    pub digest: String,
+    pub name: String,
+    pub environment: String,
+    pub cloud: CloudSettings,
+    pub variables: BTreeMap<String, Json>,
+    pub resources: BTreeMap<String, Resource>,
+    pub outputs: BTreeMap<String, Output>,
+}
+
+/// Per-cloud settings from the stack file. Anything left out comes from the
+/// environment the way each cloud's own tools take it (AWS_REGION,
+/// AWS_PROFILE, AWS_ENDPOINT_URL, the credential chain).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct CloudSettings {
+    pub aws: Option<AwsSettings>,
+    pub gcp: Option<GcpSettings>,
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct AwsSettings {
+    pub region: Option<String>,
+    pub profile: Option<String>,
+    pub endpoint: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct GcpSettings {
+    pub project: Option<String>,
+    pub region: Option<String>,
+    pub endpoint: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Resource {
+    pub address: String,
+    pub kind: &'static KindSchema,
+    pub span: Span,
+    pub properties: BTreeMap<String, Property>,
+    pub depends_on: Vec<Spanned<String>>,
+    pub protect: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Property {
+    pub key_span: Span,
+    pub value: SExpr,
+}
+
+impl Resource {
+    /// Every resource reference in the properties, with where it was written.
+    pub fn references(&self) -> Vec<(Reference, Span)> {
+        let mut out = Vec::new();
+        for p in self.properties.values() {
+            p.value.collect_references(&mut out);
+        }
+        out
+    }
+
+    /// Addresses this resource must come after: references and `depends_on`.
+    pub fn dependencies(&self) -> Vec<String> {
+        let mut deps: Vec<String> = self
+            .references()
+            .into_iter()
+            .map(|(r, _)| r.address)
+            .chain(self.depends_on.iter().map(|d| d.value.clone()))
+            .collect();
+        deps.sort();
+        deps.dedup();
+        deps
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Output {
+    pub name: String,
+    pub value: SExpr,
+    pub description: Option<String>,
+}
+
+impl Stack {
+    /// Loads and validates `path` for `environment`. On any problem, returns
+    /// all of them; nothing outside this process is touched.
+    pub fn load(
+        path: &Path,
+        options: &LoadOptions,
+        registry: &Registry,
+    ) -> Result<Stack, Diagnostics> {
+        let stack = load::load(path, options, registry)?;
+        validate::validate(&stack, registry)?;
+        Ok(stack)
+    }
+}

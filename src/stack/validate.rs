@@ -1,0 +1,387 @@
+//! Checks a loaded stack against the resource kinds: known fields, types,
+//! values (CIDR syntax and containment, service name rules), references and
+//! dependency cycles. Runs before any cloud call; reports every problem.
+
+use std::collections::BTreeMap;
+
+use ipnet::Ipv4Net;
+
+use super::diag::{Diagnostics, Span};
+use super::expr::{Expr, SExpr};
+use super::{Resource, Stack};
+use crate::drivers::Registry;
+use crate::kinds::{did_you_mean, Field, Ty};
+
+pub fn validate(stack: &Stack, _registry: &Registry) -> Result<(), Diagnostics> {
+    let mut d = Diagnostics::new(&stack.path, stack.source.clone());
+    for r in stack.resources.values() {
+        resource(stack, r, &mut d);
+    }
+    for o in stack.outputs.values() {
+        let mut refs = Vec::new();
+        o.value.collect_references(&mut refs);
+        for (reference, span) in refs {
+            check_reference(
+                stack,
+                None,
+                &reference.address,
+                &reference.attribute,
+                span,
+                &mut d,
+            );
+        }
+    }
+    within(stack, &mut d);
+    if let Err(cycle) = crate::graph::ResourceGraph::from_stack(stack) {
+        let first = stack.resources.get(&cycle.members[0]);
+        let span = first.map(|r| r.span).unwrap_or_default();
+        d.error_help(
+            span,
+            format!("dependency cycle: {}", cycle.describe()),
+            "break the cycle: remove a `depends_on` entry or a reference between these resources",
+        );
+    }
+    if d.is_empty() {
+        Ok(())
+    } else {
+        Err(d.sorted())
+    }
+}
+
+fn resource(stack: &Stack, r: &Resource, d: &mut Diagnostics) {
+    let kind = r.kind;
+    for (name, p) in &r.properties {
+        match kind.field(name) {
+            Some(f) => value(stack, r, f, &f.ty, &p.value, d),
+            None if kind.attrs.iter().any(|a| a.name == name) => d.error_help(
+                p.key_span,
+                format!(
+                    "`{name}` of {} is assigned by the cloud and cannot be set",
+                    kind.kind
+                ),
+                format!(
+                    "refer to it from other resources as `${{{}.{name}}}`",
+                    r.address
+                ),
+            ),
+            None => {
+                let hint = match did_you_mean(name, kind.fields.iter().map(|f| f.name)) {
+                    Some(s) => format!("did you mean `{s}`?"),
+                    None => format!(
+                        "{} takes: {}",
+                        kind.kind,
+                        kind.fields
+                            .iter()
+                            .map(|f| f.name)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                };
+                d.error_help(
+                    p.key_span,
+                    format!(
+                        "unknown property `{name}` for {} `{}`",
+                        kind.kind, r.address
+                    ),
+                    hint,
+                );
+            }
+        }
+    }
+    for f in kind
+        .fields
+        .iter()
+        .filter(|f| f.required && f.default.is_none())
+    {
+        if !r.properties.contains_key(f.name) {
+            d.error_help(
+                r.span,
+                format!(
+                    "{} `{}` needs the property `{}`",
+                    kind.kind, r.address, f.name
+                ),
+                format!("add `{}:` under `properties` ({})", f.name, f.doc),
+            );
+        }
+    }
+    for dep in &r.depends_on {
+        if dep.value == r.address {
+            d.error(dep.span, format!("`{}` depends on itself", r.address));
+        } else if !stack.resources.contains_key(&dep.value) {
+            let hint = did_you_mean(&dep.value, stack.resources.keys().map(|s| s.as_str()))
+                .map(|s| format!("did you mean `{s}`?"))
+                .unwrap_or_else(|| "list addresses of resources declared in this stack".into());
+            d.error_help(
+                dep.span,
+                format!(
+                    "`depends_on` names `{}`, which is not a resource in this stack",
+                    dep.value
+                ),
+                hint,
+            );
+        }
+    }
+    for (reference, span) in r.references() {
+        check_reference(
+            stack,
+            Some(r),
+            &reference.address,
+            &reference.attribute,
+            span,
+            d,
+        );
+    }
+}
+
+fn check_reference(
+    stack: &Stack,
+    from: Option<&Resource>,
+    address: &str,
+    attribute: &str,
+    span: Span,
+    d: &mut Diagnostics,
+) -> Option<Ty> {
+    if from.is_some_and(|r| r.address == address) {
+        d.error(span, format!("`{address}` refers to itself"));
+        return None;
+    }
+    let Some(target) = stack.resources.get(address) else {
+        let hint = did_you_mean(address, stack.resources.keys().map(|s| s.as_str()))
+            .map(|s| format!("did you mean `${{{s}.{attribute}}}`?"))
+            .unwrap_or_else(|| {
+                "refer to a resource declared under `resources` (or to a variable as `${var.name}`)"
+                    .into()
+            });
+        d.error_help(
+            span,
+            format!("reference to `{address}`, which is not a resource in this stack"),
+            hint,
+        );
+        return None;
+    };
+    match target.kind.attribute_type(attribute) {
+        Some(t) => Some(t),
+        None => {
+            let hint = match did_you_mean(attribute, target.kind.attribute_names()) {
+                Some(s) => format!("did you mean `${{{address}.{s}}}`?"),
+                None => format!(
+                    "{} has: {}",
+                    target.kind.kind,
+                    target.kind.attribute_names().collect::<Vec<_>>().join(", ")
+                ),
+            };
+            d.error_help(
+                span,
+                format!(
+                    "{} `{address}` has no attribute `{attribute}`",
+                    target.kind.kind
+                ),
+                hint,
+            );
+            None
+        }
+    }
+}
+
+fn value(stack: &Stack, r: &Resource, field: &Field, ty: &Ty, v: &SExpr, d: &mut Diagnostics) {
+    if let Some(reference) = v.sole_reference() {
+        // The referenced attribute's type must fit; its value is checked at apply.
+        if let Some(target_ty) = stack
+            .resources
+            .get(&reference.address)
+            .and_then(|t| t.kind.attribute_type(&reference.attribute))
+        {
+            if !ty.accepts(&target_ty) {
+                d.error(
+                    v.span,
+                    format!(
+                        "`{}` expects {}, but `{reference}` is {}",
+                        field.name,
+                        ty.describe(),
+                        target_ty.describe()
+                    ),
+                );
+            }
+        }
+        return;
+    }
+    let type_error = |d: &mut Diagnostics, help: Option<&str>| {
+        let msg = format!(
+            "`{}` expects {}, found {}",
+            field.name,
+            ty.describe(),
+            describe_expr(&v.expr)
+        );
+        match help {
+            Some(h) => d.error_help(v.span, msg, h),
+            None => d.error(v.span, msg),
+        }
+    };
+    match (ty, &v.expr) {
+        (Ty::String, Expr::Str(_)) => {}
+        (Ty::String, Expr::Int(_) | Expr::Float(_) | Expr::Bool(_)) => {
+            type_error(d, Some("quote the value to make it a string"))
+        }
+        (Ty::Cidr, Expr::Str(_)) => {
+            if let Some(text) = v.literal_str() {
+                match text.parse::<Ipv4Net>() {
+                    Ok(net) if net.addr() != net.network() => d.error_help(
+                        v.span,
+                        format!("`{text}` has host bits set"),
+                        format!("did you mean `{}`?", net.trunc()),
+                    ),
+                    Ok(_) => {}
+                    Err(_) => d.error_help(
+                        v.span,
+                        format!("`{text}` is not an IPv4 CIDR block"),
+                        "write it as address/prefix, such as 10.0.1.0/24",
+                    ),
+                }
+            }
+        }
+        (Ty::Bool, Expr::Bool(_)) | (Ty::Int, Expr::Int(_)) => {}
+        (Ty::List(item) | Ty::Set(item), Expr::List(items)) => {
+            for i in items {
+                value(stack, r, field, item, i, d);
+            }
+        }
+        (Ty::StringMap, Expr::Map(entries)) => {
+            for (k, val) in entries {
+                if !matches!(val.expr, Expr::Str(_)) {
+                    d.error_help(
+                        val.span,
+                        format!(
+                            "`{}.{}` must be a string, found {}",
+                            field.name,
+                            k.value,
+                            describe_expr(&val.expr)
+                        ),
+                        "quote the value",
+                    );
+                }
+            }
+        }
+        (Ty::Object(fields), Expr::Map(entries)) => {
+            for (k, val) in entries {
+                match fields.iter().find(|f| f.name == k.value) {
+                    Some(f) => value(stack, r, f, &f.ty, val, d),
+                    None => {
+                        let hint = match did_you_mean(&k.value, fields.iter().map(|f| f.name)) {
+                            Some(s) => format!("did you mean `{s}`?"),
+                            None => format!(
+                                "allowed: {}",
+                                fields.iter().map(|f| f.name).collect::<Vec<_>>().join(", ")
+                            ),
+                        };
+                        d.error_help(
+                            k.span,
+                            format!("unknown field `{}` in `{}`", k.value, field.name),
+                            hint,
+                        );
+                    }
+                }
+            }
+            for f in fields.iter().filter(|f| f.required && f.default.is_none()) {
+                if !entries.iter().any(|(k, _)| k.value == f.name) {
+                    d.error_help(
+                        v.span,
+                        format!("an entry of `{}` needs `{}`", field.name, f.name),
+                        f.doc,
+                    );
+                }
+            }
+        }
+        _ => {
+            type_error(d, None);
+            return;
+        }
+    }
+    if let (Some(check), Some(lit)) = (field.check, v.to_literal()) {
+        if !matches!(ty, Ty::List(_) | Ty::Set(_)) || matches!(field.ty, Ty::List(_) | Ty::Set(_)) {
+            if let Err(msg) = check(&lit) {
+                d.error(v.span, msg);
+            }
+        }
+    }
+}
+
+fn describe_expr(e: &Expr) -> &'static str {
+    match e {
+        Expr::Null => "nothing (null)",
+        Expr::Bool(_) => "a boolean",
+        Expr::Int(_) => "an integer",
+        Expr::Float(_) => "a number",
+        Expr::Str(_) => "a string",
+        Expr::List(_) => "a list",
+        Expr::Map(_) => "a mapping",
+    }
+}
+
+/// CIDR containment: a subnet inside its VPC, and no two siblings overlapping.
+fn within(stack: &Stack, d: &mut Diagnostics) {
+    // (parent address, field) -> [(child address, net, span)]
+    let mut children: BTreeMap<(String, &'static str), Vec<(String, Ipv4Net, Span)>> =
+        BTreeMap::new();
+    for r in stack.resources.values() {
+        for f in r.kind.fields {
+            let Some((ref_field, parent_field)) = f.within else {
+                continue;
+            };
+            let Some(p) = r.properties.get(f.name) else {
+                continue;
+            };
+            let Some(net) = p
+                .value
+                .literal_str()
+                .and_then(|s| s.parse::<Ipv4Net>().ok())
+            else {
+                continue;
+            };
+            let Some(parent_ref) = r
+                .properties
+                .get(ref_field)
+                .and_then(|p| p.value.sole_reference())
+            else {
+                continue;
+            };
+            let Some(parent) = stack.resources.get(&parent_ref.address) else {
+                continue;
+            };
+            let parent_net = parent
+                .properties
+                .get(parent_field)
+                .and_then(|p| p.value.literal_str())
+                .and_then(|s| s.parse::<Ipv4Net>().ok());
+            if let Some(parent_net) = parent_net {
+                if !parent_net.contains(&net) {
+                    d.error_help(
+                        p.value.span,
+                        format!(
+                            "`{net}` is not inside `{parent_net}`, the {parent_field} of `{}`",
+                            parent.address
+                        ),
+                        format!("choose a block within {parent_net}"),
+                    );
+                    continue;
+                }
+            }
+            children
+                .entry((parent.address.clone(), f.name))
+                .or_default()
+                .push((r.address.clone(), net, p.value.span));
+        }
+    }
+    for ((parent, _), list) in children {
+        for (i, (a, na, _)) in list.iter().enumerate() {
+            for (b, nb, span_b) in &list[i + 1..] {
+                if na.contains(nb) || nb.contains(na) {
+                    d.error_help(
+                        *span_b,
+                        format!("`{nb}` of `{b}` overlaps `{na}` of `{a}` (both in `{parent}`)"),
+                        "give each one a block of its own",
+                    );
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,200 @@
+//! State: what the tool last applied, per stack and environment.
+//!
+//! The model is plain data (serial, lineage, resources with ids, inputs and
+//! cloud-reported attributes). Storage sits behind two small traits, so the
+//! local file backend here and remote ones (S3, PostgreSQL) are interchangeable:
+//! [`StateStore`] reads and writes whole snapshots atomically, [`Locker`]
+//! gives one writer at a time and names the holder to everyone else.
+
+pub mod local;
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value as Json};
+
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct State {
+    pub format_version: u32,
+    /// Fixed when the state is first created; a plan or a copy from another
+    /// lineage is never applied onto this one.
+    pub lineage: String,
+    /// Incremented on every write.
+    pub serial: u64,
+    pub stack: String,
+    pub environment: String,
+    #[serde(default)]
+    pub resources: BTreeMap<String, ResourceState>,
+    #[serde(default)]
+    pub outputs: BTreeMap<String, Json>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ResourceState {
+    pub kind: String,
+    /// The cloud's identifier (vpc-..., subnet-..., an ARN).
+    pub id: String,
+    /// The properties as last applied, references resolved. Never secrets.
+    #[serde(default)]
+    pub inputs: Map<String, Json>,
+    /// What the cloud reported after the last change (ids, ARNs, endpoints).
+    #[serde(default)]
+    pub attrs: Map<String, Json>,
+    #[serde(default)]
+    pub depends_on: Vec<String>,
+    #[serde(default)]
+    pub protect: bool,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl State {
+    pub fn new(stack: &str, environment: &str) -> State {
+        State {
+            format_version: FORMAT_VERSION,
+            lineage: uuid::Uuid::new_v4().to_string(),
+            serial: 0,
+            stack: stack.to_string(),
+            environment: environment.to_string(),
+            resources: BTreeMap::new(),
+            outputs: BTreeMap::new(),
+        }
+    }
+
+    /// An attribute of a recorded resource: an assigned attribute first, then
+    /// the applied input of the same name.
+    pub fn attribute(&self, address: &str, name: &str) -> Option<Json> {
+        let r = self.resources.get(address)?;
+        if name == "id" {
+            return Some(Json::String(r.id.clone()));
+        }
+        r.attrs.get(name).or_else(|| r.inputs.get(name)).cloned()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("state {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("state {path} is not valid: {message}; restore an earlier version from {history}")]
+    Corrupt {
+        path: String,
+        message: String,
+        history: String,
+    },
+    #[error("state {path} was written by a newer ralph-deploy (format {found}, this one reads {FORMAT_VERSION})")]
+    TooNew { path: String, found: u32 },
+    #[error("{0}")]
+    Locked(Box<LockHeld>),
+    #[error("no lock is held on {0}")]
+    NotLocked(String),
+    #[error("the lock on {target} is held by {holder}, not by lock id {wanted}; run force-unlock with the holder's id")]
+    WrongLock {
+        target: String,
+        holder: String,
+        wanted: String,
+    },
+}
+
+/// Who holds a lock, for the message another run sees.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LockInfo {
+    pub id: String,
+    pub operation: String,
+    pub pid: u32,
+    pub host: String,
+    pub user: String,
+    pub since: DateTime<Utc>,
+    pub version: String,
+}
+
+impl LockInfo {
+    pub fn for_operation(operation: &str) -> LockInfo {
+        LockInfo {
+            id: uuid::Uuid::new_v4().to_string(),
+            operation: operation.to_string(),
+            pid: std::process::id(),
+            host: gethostname::gethostname().to_string_lossy().into_owned(),
+            user: std::env::var("USER")
+                .or_else(|_| std::env::var("LOGNAME"))
+                .unwrap_or_else(|_| "unknown".into()),
+            since: Utc::now(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        }
+    }
+
+    /// On this host, a holder whose process is gone left the lock behind.
+    pub fn holder_is_dead(&self) -> bool {
+        let this_host = gethostname::gethostname().to_string_lossy().into_owned();
+        if self.host != this_host || self.pid == 0 {
+            return false;
+        }
+        // Signal 0 checks for existence without touching the process.
+        let alive = unsafe { libc::kill(self.pid as libc::pid_t, 0) } == 0
+            || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+        !alive
+    }
+}
+
+#[derive(Debug)]
+pub struct LockHeld {
+    pub target: String,
+    pub holder: LockInfo,
+}
+
+impl std::fmt::Display for LockHeld {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let h = &self.holder;
+        write!(
+            f,
+            "the state {} is locked by `{}` (pid {} on {}, user {}, since {}, lock id {})",
+            self.target,
+            h.operation,
+            h.pid,
+            h.host,
+            h.user,
+            h.since.format("%Y-%m-%d %H:%M:%S UTC"),
+            h.id
+        )?;
+        if h.holder_is_dead() {
+            write!(
+                f,
+                "; that process no longer exists, so the lock is stale: check nothing else is running, then `ralph-deploy force-unlock STACK --env ENV {}`",
+                h.id
+            )
+        } else {
+            write!(f, "; wait for it to finish, or if it is gone run `ralph-deploy force-unlock STACK --env ENV {}`", h.id)
+        }
+    }
+}
+
+/// Reads and writes whole state snapshots.
+#[async_trait::async_trait]
+pub trait StateStore: Send + Sync {
+    async fn read(&self) -> Result<Option<State>, StateError>;
+    /// Writes atomically: a reader sees the old snapshot or the new one, never a mix.
+    async fn write(&self, state: &State) -> Result<(), StateError>;
+    /// Where the state lives, for messages.
+    fn describe(&self) -> String;
+}
+
+/// One writer at a time.
+#[async_trait::async_trait]
+pub trait Locker: Send + Sync {
+    /// Takes the lock or fails at once, naming the holder.
+    async fn lock(&self, info: &LockInfo) -> Result<(), StateError>;
+    async fn unlock(&self, info: &LockInfo) -> Result<(), StateError>;
+    async fn holder(&self) -> Result<Option<LockInfo>, StateError>;
+    /// Removes the lock whatever holds it, if its id is `id`.
+    async fn force_unlock(&self, id: &str) -> Result<LockInfo, StateError>;
+}
+
+/// A backend is both.
+pub trait Backend: StateStore + Locker {}
+impl<T: StateStore + Locker> Backend for T {}
