@@ -23,7 +23,7 @@ pub const TAG_ENVIRONMENT: &str = "ralph-deploy:environment";
 pub const TAG_ADDRESS: &str = "ralph-deploy:address";
 
 /// Whose resources these are: the stack and environment in the ownership tags.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Owner {
     pub stack: String,
     pub environment: String,
@@ -34,6 +34,9 @@ pub struct Owner {
 pub struct Observed {
     /// From the ownership tag, for kinds that carry tags.
     pub address: Option<String>,
+    /// From the ownership tags. Refresh drops anything owned by another stack
+    /// or environment, even when an API ignores the tag filter it was given.
+    pub owner: Option<Owner>,
     pub id: String,
     /// Properties as the cloud reports them (same names and shapes as the
     /// kind's fields) plus the attributes it assigned.

@@ -90,6 +90,7 @@ impl Change {
     pub fn current_observed(&self) -> Option<Observed> {
         Some(Observed {
             address: Some(self.address.clone()),
+            owner: None,
             id: self.id.clone()?,
             attrs: self.current.clone().unwrap_or_default(),
         })

@@ -65,10 +65,11 @@ pub async fn refresh(
             || state.resources.get(address).is_some_and(|r| r.kind == kind)
     };
     for (kind, listing) in listings {
-        let found = listing.map_err(|e| PlanError::Refresh {
+        let mut found = listing.map_err(|e| PlanError::Refresh {
             kind: kind.clone(),
             message: e.message,
         })?;
+        found.retain(|o| o.owner.as_ref().is_none_or(|owner| *owner == cx.owner));
         let mut unmatched: Vec<Observed> = Vec::new();
         // First: recorded ids.
         for obs in found {

@@ -165,8 +165,9 @@ pub(crate) fn user_tags(props: &Map<String, Json>) -> BTreeMap<String, String> {
 }
 
 /// Splits a resource's tags into the address it belongs to and the user's tags.
-pub(crate) fn read_tags(tags: &[Tag]) -> (Option<String>, Json) {
+pub(crate) fn read_tags(tags: &[Tag]) -> (Option<String>, Option<Owner>, Json) {
     let mut address = None;
+    let (mut stack, mut environment) = (None, None);
     let mut user = Map::new();
     for t in tags {
         let (Some(k), Some(v)) = (t.key(), t.value()) else {
@@ -174,11 +175,19 @@ pub(crate) fn read_tags(tags: &[Tag]) -> (Option<String>, Json) {
         };
         if k == TAG_ADDRESS {
             address = Some(v.to_string());
+        } else if k == TAG_STACK {
+            stack = Some(v.to_string());
+        } else if k == TAG_ENVIRONMENT {
+            environment = Some(v.to_string());
         } else if !k.starts_with(super::OWNER_TAG_PREFIX) {
             user.insert(k.to_string(), Json::String(v.to_string()));
         }
     }
-    (address, Json::Object(user))
+    let owner = match (stack, environment) {
+        (Some(stack), Some(environment)) => Some(Owner { stack, environment }),
+        _ => None,
+    };
+    (address, owner, Json::Object(user))
 }
 
 /// Brings a resource's user tags from what it has to what the stack wants.
@@ -228,7 +237,7 @@ use super::Observed;
 
 /// Builds an `Observed` from an id, tags and reported properties.
 pub(crate) fn observed(id: &str, tags: &[Tag], attrs: Vec<(&str, Json)>) -> Observed {
-    let (address, user) = read_tags(tags);
+    let (address, owner, user) = read_tags(tags);
     let mut map = Map::new();
     map.insert("id".into(), Json::String(id.to_string()));
     map.insert("tags".into(), user);
@@ -237,6 +246,7 @@ pub(crate) fn observed(id: &str, tags: &[Tag], attrs: Vec<(&str, Json)>) -> Obse
     }
     Observed {
         address,
+        owner,
         id: id.to_string(),
         attrs: map,
     }

@@ -70,6 +70,7 @@ impl Driver for RouteTableAssociation {
                 );
                 out.push(Observed {
                     address: None,
+                    owner: None,
                     id: id.to_string(),
                     attrs,
                 });
@@ -99,6 +100,7 @@ impl Driver for RouteTableAssociation {
         attrs.insert("subnet_id".into(), Json::String(subnet.to_string()));
         Ok(Observed {
             address: Some(want.address.to_string()),
+            owner: Some(want.owner.clone()),
             id,
             attrs,
         })

@@ -1,0 +1,341 @@
+//! The core engine against the local AWS (moto), through the real binary.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{text, wait_for_file, SlowProxy, World};
+use serde_json::Value;
+
+fn action_of(plan: &Value, address: &str) -> String {
+    plan["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["address"] == address)
+        .map(|c| c["action"].as_str().unwrap().to_string())
+        .unwrap_or_else(|| panic!("{address} not in plan"))
+}
+
+fn changed(plan: &Value) -> Vec<(String, String)> {
+    plan["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["action"] != "no_op")
+        .map(|c| {
+            (
+                c["address"].as_str().unwrap().to_string(),
+                c["action"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn apply_creates_everything_then_plan_is_empty_then_destroy_leaves_nothing() {
+    let w = World::from_stack("aws-network.yaml", "t-lifecycle");
+    w.ok("apply", &["--auto-approve"]);
+
+    let tagged = w.tagged().await;
+    let count = |t: &str| tagged.iter().filter(|(k, _)| k == t).count();
+    assert_eq!(count("vpc"), 1, "{tagged:?}");
+    assert_eq!(count("subnet"), 4);
+    assert_eq!(count("igw"), 1);
+    assert_eq!(count("nat"), 2);
+    assert_eq!(count("eip"), 2);
+    assert_eq!(count("rtb"), 3);
+    assert_eq!(count("sg"), 2);
+
+    // The VPC is really configured as declared.
+    let ec2 = w.ec2().await;
+    let vpc = &tagged.iter().find(|(k, _)| k == "vpc").unwrap().1;
+    let dns = ec2
+        .describe_vpc_attribute()
+        .vpc_id(vpc)
+        .attribute(aws_sdk_ec2::types::VpcAttributeName::EnableDnsHostnames)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        dns.enable_dns_hostnames().and_then(|a| a.value()),
+        Some(true)
+    );
+
+    // No perpetual diffs.
+    let out = w.run("plan", &["--detailed-exitcode"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    assert!(text(&out.stdout).contains("No changes"));
+
+    // Outputs are recorded.
+    let vpc_out = w.ok("output", &["vpc_id"]);
+    assert_eq!(vpc_out.trim(), vpc);
+
+    // Destroy refuses the protected security group without the override.
+    let out = w.run("destroy", &["--auto-approve"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("db_sg"), "{}", text(&out.stderr));
+    assert_eq!(
+        w.tagged().await.len(),
+        tagged.len(),
+        "a refused destroy must touch nothing"
+    );
+
+    w.ok("destroy", &["--auto-approve", "--allow-protected"]);
+    assert_eq!(
+        w.tagged().await,
+        vec![],
+        "destroy must leave nothing tagged with the stack"
+    );
+    let list = w
+        .cmd(&[
+            "state",
+            "list",
+            w.stack().to_str().unwrap(),
+            "--env",
+            "production",
+        ])
+        .output()
+        .unwrap();
+    assert!(list.status.success());
+    assert_eq!(text(&list.stdout).trim(), "");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tag_change_is_an_update_cidr_change_is_a_replace() {
+    let w = World::from_stack("aws-network.yaml", "t-diffs");
+    w.ok("apply", &["--auto-approve"]);
+
+    // A tag: in place.
+    w.edit("default: platform", "default: data-team");
+    let plan = w.plan_json(&[]);
+    assert_eq!(
+        changed(&plan),
+        vec![("vpc".to_string(), "update".to_string())]
+    );
+    let vpc = plan["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["address"] == "vpc")
+        .unwrap();
+    assert_eq!(vpc["attributes"][0]["name"], "tags");
+    assert_eq!(vpc["attributes"][0]["forces_replace"], false);
+    w.ok("apply", &["--auto-approve"]);
+    let ec2 = w.ec2().await;
+    let vpcs = ec2
+        .describe_vpcs()
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("tag:ralph-deploy:stack")
+                .values("t-diffs")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let owner = vpcs.vpcs()[0]
+        .tags()
+        .iter()
+        .find(|t| t.key() == Some("owner"))
+        .and_then(|t| t.value())
+        .map(str::to_string);
+    assert_eq!(owner.as_deref(), Some("data-team"));
+
+    // A subnet's CIDR: replace, and the association that points at it follows.
+    w.edit("${var.net}.11.0/24", "${var.net}.12.0/24");
+    let plan = w.plan_json(&[]);
+    assert_eq!(action_of(&plan, "private_b"), "replace");
+    let sub = plan["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["address"] == "private_b")
+        .unwrap();
+    assert!(
+        sub["reason"].as_str().unwrap().contains("cidr_block"),
+        "{sub}"
+    );
+    assert_eq!(action_of(&plan, "private_b_routes"), "replace");
+    assert_eq!(action_of(&plan, "vpc"), "no_op");
+    let old_id = sub["id"].as_str().unwrap().to_string();
+    w.ok("apply", &["--auto-approve"]);
+    let subnets: Vec<String> = w
+        .tagged()
+        .await
+        .into_iter()
+        .filter(|(k, _)| k == "subnet")
+        .map(|(_, id)| id)
+        .collect();
+    assert_eq!(subnets.len(), 4);
+    assert!(!subnets.contains(&old_id));
+    let out = w.run("plan", &["--detailed-exitcode"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    w.ok("destroy", &["--auto-approve", "--allow-protected"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_resource_deleted_behind_the_tools_back_is_recreated() {
+    let w = World::from_stack("aws-network.yaml", "t-drift");
+    w.ok("apply", &["--auto-approve"]);
+    let show = w
+        .cmd(&[
+            "state",
+            "show",
+            w.stack().to_str().unwrap(),
+            "--env",
+            "production",
+            "db_sg",
+        ])
+        .output()
+        .unwrap();
+    let state: Value = serde_json::from_str(&text(&show.stdout)).unwrap();
+    let sg = state["id"].as_str().unwrap().to_string();
+    w.ec2()
+        .await
+        .delete_security_group()
+        .group_id(&sg)
+        .send()
+        .await
+        .unwrap();
+
+    let plan = w.plan_json(&[]);
+    assert_eq!(
+        changed(&plan),
+        vec![("db_sg".to_string(), "create".to_string())]
+    );
+    let reason = plan["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["address"] == "db_sg")
+        .unwrap()["reason"]
+        .clone();
+    assert!(
+        reason.as_str().unwrap().contains("deleted outside"),
+        "{reason}"
+    );
+    let out = w.run("plan", &["--detailed-exitcode"]);
+    assert_eq!(out.status.code(), Some(2));
+
+    w.ok("apply", &["--auto-approve"]);
+    let out = w.run("plan", &["--detailed-exitcode"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    w.ok("destroy", &["--auto-approve", "--allow-protected"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_apply_fails_at_once_naming_the_lock_holder() {
+    let w = World::from_stack("aws-network.yaml", "t-lock");
+    // The first apply talks to the cloud through a proxy that slows every
+    // request, so it holds the lock for many seconds.
+    let proxy = SlowProxy::start(&w.endpoint, Duration::from_millis(150));
+    let stack = w.stack();
+    let mut first = w
+        .cmd_at(
+            &proxy.endpoint,
+            &[
+                "apply",
+                stack.to_str().unwrap(),
+                "--env",
+                "production",
+                "--auto-approve",
+            ],
+        )
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let lock = w
+        .state_dir()
+        .join("t-lock")
+        .join("production")
+        .join("lock.json");
+    assert!(
+        wait_for_file(&lock, Duration::from_secs(20)),
+        "the first apply never took the lock"
+    );
+
+    let started = Instant::now();
+    let out = w.run("apply", &["--auto-approve"]);
+    let took = started.elapsed();
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        took < Duration::from_secs(1),
+        "the second apply took {took:?}"
+    );
+    assert!(err.contains(&format!("pid {}", first.id())), "{err}");
+    assert!(err.contains("apply"), "{err}");
+
+    assert!(first.wait().unwrap().success());
+    assert!(!lock.exists(), "the lock must be released");
+    w.ok("destroy", &["--auto-approve", "--allow-protected"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn saved_plans_apply_exactly_and_stale_ones_are_refused() {
+    let w = World::from_stack("aws-network.yaml", "t-saved");
+    let plan_file = w.dir.path().join("first.plan");
+    w.ok("plan", &["--out", plan_file.to_str().unwrap()]);
+    // A second plan saved from the same state.
+    let second = w.dir.path().join("second.plan");
+    w.ok("plan", &["--out", second.to_str().unwrap()]);
+
+    // Applying the first plan works and changes the state ...
+    let out = w
+        .cmd(&["apply", plan_file.to_str().unwrap(), "--auto-approve"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        w.tagged().await.iter().filter(|(k, _)| k == "vpc").count(),
+        1
+    );
+
+    // ... so the second, made against the old state, is stale.
+    let out = w
+        .cmd(&["apply", second.to_str().unwrap(), "--auto-approve"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("stale"), "{}", text(&out.stderr));
+    assert_eq!(
+        w.tagged().await.iter().filter(|(k, _)| k == "vpc").count(),
+        1,
+        "a stale plan must create nothing"
+    );
+
+    // A plan made, then the stack edited: refused too.
+    w.edit("default: platform", "default: other-team");
+    w.ok("plan", &["--out", plan_file.to_str().unwrap()]);
+    w.edit("default: other-team", "default: third-team");
+    let out = w
+        .cmd(&["apply", plan_file.to_str().unwrap(), "--auto-approve"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("changed since the plan was made"),
+        "{}",
+        text(&out.stderr)
+    );
+    w.ok("destroy", &["--auto-approve", "--allow-protected"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn apply_without_a_terminal_or_approval_changes_nothing() {
+    let w = World::from_stack("aws-network.yaml", "t-confirm");
+    let out = w
+        .cmd(&["apply", w.stack().to_str().unwrap(), "--env", "production"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("--auto-approve"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(w.tagged().await.is_empty());
+}

@@ -1,0 +1,290 @@
+//! Shared helpers for integration tests: run the real binary against the
+//! local cloud that scripts/test starts (moto), with a private state dir.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_ralph-deploy");
+
+/// The moto endpoint started by scripts/test.
+pub fn aws_endpoint() -> String {
+    std::env::var("RALPH_TEST_AWS_ENDPOINT").expect(
+        "RALPH_TEST_AWS_ENDPOINT is not set: run the tests with scripts/test, which starts the local cloud",
+    )
+}
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// One test's world: a temp dir with its own stack file and state.
+pub struct World {
+    pub dir: tempfile::TempDir,
+    pub stack_name: String,
+    pub endpoint: String,
+}
+
+impl World {
+    /// Copies `stacks/<file>` with the stack renamed to `name`.
+    pub fn from_stack(file: &str, name: &str) -> World {
+        let text = std::fs::read_to_string(repo().join("stacks").join(file)).unwrap();
+        let text = text.replacen("name: ralph-network", &format!("name: {name}"), 1);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("stack.yaml"), text).unwrap();
+        World {
+            dir,
+            stack_name: name.to_string(),
+            endpoint: aws_endpoint(),
+        }
+    }
+
+    pub fn stack(&self) -> PathBuf {
+        self.dir.path().join("stack.yaml")
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    pub fn edit(&self, from: &str, to: &str) {
+        let p = self.stack();
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(text.contains(from), "stack has no `{from}`");
+        std::fs::write(&p, text.replacen(from, to, 1)).unwrap();
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        self.cmd_at(&self.endpoint, args)
+    }
+
+    pub fn cmd_at(&self, endpoint: &str, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.args(args)
+            .env("AWS_ENDPOINT_URL", endpoint)
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("AWS_REGION", "us-east-1")
+            .env_remove("AWS_PROFILE")
+            .env("RALPH_DEPLOY_STATE_DIR", self.state_dir())
+            .current_dir(self.dir.path());
+        c
+    }
+
+    /// Runs `ralph-deploy <verb> <stack> --env production <extra...>`.
+    pub fn run(&self, verb: &str, extra: &[&str]) -> Output {
+        let stack = self.stack();
+        let mut args = vec![verb, stack.to_str().unwrap(), "--env", "production"];
+        args.extend_from_slice(extra);
+        self.cmd(&args).output().unwrap()
+    }
+
+    pub fn ok(&self, verb: &str, extra: &[&str]) -> String {
+        let out = self.run(verb, extra);
+        assert!(
+            out.status.success(),
+            "{verb} failed: {}\n{}",
+            text(&out.stderr),
+            text(&out.stdout)
+        );
+        text(&out.stdout)
+    }
+
+    /// `plan --json` as a value.
+    pub fn plan_json(&self, extra: &[&str]) -> serde_json::Value {
+        let mut args = vec!["--json"];
+        args.extend_from_slice(extra);
+        let out = self.ok("plan", &args);
+        serde_json::from_str(&out).unwrap()
+    }
+
+    pub async fn ec2(&self) -> aws_sdk_ec2::Client {
+        let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .endpoint_url(&self.endpoint)
+            .region(aws_config::Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_ec2::config::Credentials::new(
+                "testing", "testing", None, None, "test",
+            ))
+            .load()
+            .await;
+        aws_sdk_ec2::Client::new(&conf)
+    }
+
+    /// Everything in the cloud tagged with this test's stack, as (type, id).
+    pub async fn tagged(&self) -> Vec<(String, String)> {
+        let ec2 = self.ec2().await;
+        let f = || {
+            aws_sdk_ec2::types::Filter::builder()
+                .name("tag:ralph-deploy:stack")
+                .values(&self.stack_name)
+                .build()
+        };
+        let mut out = Vec::new();
+        for v in ec2
+            .describe_vpcs()
+            .filters(f())
+            .send()
+            .await
+            .unwrap()
+            .vpcs()
+        {
+            out.push(("vpc".into(), v.vpc_id().unwrap().to_string()));
+        }
+        for s in ec2
+            .describe_subnets()
+            .filters(f())
+            .send()
+            .await
+            .unwrap()
+            .subnets()
+        {
+            out.push(("subnet".into(), s.subnet_id().unwrap().to_string()));
+        }
+        for g in ec2
+            .describe_internet_gateways()
+            .filters(f())
+            .send()
+            .await
+            .unwrap()
+            .internet_gateways()
+        {
+            out.push(("igw".into(), g.internet_gateway_id().unwrap().to_string()));
+        }
+        for g in ec2
+            .describe_nat_gateways()
+            .filter(f())
+            .send()
+            .await
+            .unwrap()
+            .nat_gateways()
+        {
+            // moto ignores tag filters on NAT gateways: check the tag here.
+            let ours = g.tags().iter().any(|t| {
+                t.key() == Some("ralph-deploy:stack") && t.value() == Some(self.stack_name.as_str())
+            });
+            let state = g
+                .state()
+                .map(|s| s.as_str().to_string())
+                .unwrap_or_default();
+            if ours && state != "deleted" {
+                out.push(("nat".into(), g.nat_gateway_id().unwrap().to_string()));
+            }
+        }
+        for a in ec2
+            .describe_addresses()
+            .filters(f())
+            .send()
+            .await
+            .unwrap()
+            .addresses()
+        {
+            out.push(("eip".into(), a.allocation_id().unwrap().to_string()));
+        }
+        for t in ec2
+            .describe_route_tables()
+            .filters(f())
+            .send()
+            .await
+            .unwrap()
+            .route_tables()
+        {
+            out.push(("rtb".into(), t.route_table_id().unwrap().to_string()));
+        }
+        for g in ec2
+            .describe_security_groups()
+            .filters(f())
+            .send()
+            .await
+            .unwrap()
+            .security_groups()
+        {
+            out.push(("sg".into(), g.group_id().unwrap().to_string()));
+        }
+        out
+    }
+}
+
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// A TCP proxy in front of the local cloud that holds every new connection
+/// for `delay` before passing it on, and counts connections. moto closes the
+/// connection after each response, so this delays (and counts) requests.
+pub struct SlowProxy {
+    pub endpoint: String,
+    pub connections: Arc<AtomicU64>,
+}
+
+impl SlowProxy {
+    pub fn start(upstream: &str, delay: Duration) -> SlowProxy {
+        let upstream = upstream.trim_start_matches("http://").to_string();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let connections = Arc::new(AtomicU64::new(0));
+        let counter = connections.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                counter.fetch_add(1, Ordering::SeqCst);
+                let upstream = upstream.clone();
+                std::thread::spawn(move || {
+                    std::thread::sleep(delay);
+                    let Ok(server) = TcpStream::connect(&upstream) else {
+                        return;
+                    };
+                    pipe(client, server);
+                });
+            }
+        });
+        SlowProxy {
+            endpoint,
+            connections,
+        }
+    }
+
+    pub fn count(&self) -> u64 {
+        self.connections.load(Ordering::SeqCst)
+    }
+}
+
+fn pipe(a: TcpStream, b: TcpStream) {
+    let (mut a2, mut b2) = (a.try_clone().unwrap(), b.try_clone().unwrap());
+    let t = std::thread::spawn(move || copy(&mut a2, &mut b2));
+    let (mut a, mut b) = (a, b);
+    copy(&mut b, &mut a);
+    let _ = t.join();
+}
+
+fn copy(from: &mut TcpStream, to: &mut TcpStream) {
+    let mut buf = [0u8; 16384];
+    loop {
+        match from.read(&mut buf) {
+            Ok(0) | Err(_) => {
+                let _ = to.shutdown(std::net::Shutdown::Write);
+                return;
+            }
+            Ok(n) => {
+                if to.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+pub fn wait_for_file(p: &Path, timeout: Duration) -> bool {
+    let start = std::time::Instant::now();
+    while start.elapsed() < timeout {
+        if p.exists() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
