@@ -23,7 +23,7 @@ pub struct ResourceGraph {
 
 #[derive(Debug, Clone)]
 pub struct Cycle {
-    /// The addresses on the cycle, in order.
+    /// The addresses on the cycle, each depending on the next.
     pub members: Vec<String>,
 }
 
@@ -34,6 +34,7 @@ impl Cycle {
             s.push_str(" -> ");
             s.push_str(first);
         }
+        s.push_str(" (each depends on the next)");
         s
     }
 }
@@ -88,7 +89,7 @@ impl ResourceGraph {
                 while order.len() < members.len() {
                     let next = self
                         .graph
-                        .neighbors_directed(cur, Direction::Outgoing)
+                        .neighbors_directed(cur, Direction::Incoming)
                         .filter(|n| members.contains(n) && !order.contains(n))
                         .min_by_key(|n| &self.graph[*n])?;
                     order.push(next);
@@ -294,7 +295,7 @@ mod tests {
             ("d", &[]),
         ]))
         .unwrap_err();
-        assert_eq!(err.describe(), "a -> b -> c -> a");
+        assert_eq!(err.describe(), "a -> c -> b -> a (each depends on the next)");
     }
 
     #[test]

@@ -181,6 +181,7 @@ impl Loader {
         let cloud = self.cloud(cloud_node.as_ref());
 
         let resources_node = merged(top.get_node("resources"), overlay_node("resources"));
+        let mut bad_overlay = std::collections::BTreeSet::new();
         if let (Some(o), Some(base)) = (
             overlay_node("resources").and_then(Node::as_mapping),
             top.get_node("resources").and_then(Node::as_mapping),
@@ -189,6 +190,7 @@ impl Loader {
                 let addr = k.as_str();
                 let adds_kind = v.as_mapping().is_some_and(|m| m.get_node("kind").is_some());
                 if base.get_node(addr).is_none() && !adds_kind {
+                    bad_overlay.insert(addr.to_string());
                     let hint = did_you_mean(addr, base.keys().map(|k| k.as_str()))
                         .map(|s| format!("did you mean `{s}`?"))
                         .unwrap_or_else(|| "an overlay changes resources declared under the top-level `resources`, or declares a new one with its `kind`".into());
@@ -201,6 +203,9 @@ impl Loader {
             Some(node) => {
                 if let Some(map) = self.mapping(node, "resources") {
                     for (k, v) in map.iter() {
+                        if bad_overlay.contains(k.as_str()) {
+                            continue;
+                        }
                         if let Some(r) = self.resource(k, v, registry) {
                             resources.insert(r.address.clone(), r);
                         }

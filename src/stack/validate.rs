@@ -205,6 +205,7 @@ fn value(stack: &Stack, r: &Resource, field: &Field, ty: &Ty, v: &SExpr, d: &mut
         }
         return;
     }
+    let problems_before = d.problems.len();
     let type_error = |d: &mut Diagnostics, help: Option<&str>| {
         let msg = format!(
             "`{}` expects {}, found {}",
@@ -295,6 +296,9 @@ fn value(stack: &Stack, r: &Resource, field: &Field, ty: &Ty, v: &SExpr, d: &mut
             type_error(d, None);
             return;
         }
+    }
+    if d.problems.len() > problems_before {
+        return;
     }
     if let (Some(check), Some(lit)) = (field.check, v.to_literal()) {
         if !matches!(ty, Ty::List(_) | Ty::Set(_)) || matches!(field.ty, Ty::List(_) | Ty::Set(_)) {
