@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The local AWS: moto in a virtualenv cached outside the repository.
 #   scripts/moto.sh install          create the virtualenv (once per moto version)
-#   scripts/moto.sh start STATEDIR   start moto_server on a free loopback port;
+#   scripts/moto.sh start STATEDIR   start moto (with the delay layer) on a free loopback port;
 #                                    writes STATEDIR/moto.port and STATEDIR/moto.pid
 #   scripts/moto.sh stop STATEDIR
 set -euo pipefail
@@ -28,7 +28,9 @@ start() {
   local dir="$1"; mkdir -p "$dir"
   install
   local port; port="$(free_port)"
-  "$venv/bin/moto_server" -H 127.0.0.1 -p "$port" >"$dir/moto.log" 2>&1 &
+  # moto behind a delay layer: resources pass through their real
+  # intermediate states (see scripts/local-cloud/moto_delayed.py).
+  "$venv/bin/python" "$here/local-cloud/moto_delayed.py" 127.0.0.1 "$port" >"$dir/moto.log" 2>&1 &
   echo $! >"$dir/moto.pid"
   for _ in $(seq 1 100); do
     if curl -fsS "http://127.0.0.1:$port/moto-api/" >/dev/null 2>&1; then

@@ -135,6 +135,10 @@ pub struct KindSchema {
     pub attrs: &'static [Attr],
     /// The kind carries the ownership tags, so refresh can list it by tag.
     pub taggable: bool,
+    /// The property whose value is the cloud's identifier (a bucket name, a
+    /// DB instance identifier), so refresh can look a resource up before the
+    /// state knows it.
+    pub name_field: Option<&'static str>,
 }
 
 impl KindSchema {

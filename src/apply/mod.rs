@@ -183,7 +183,13 @@ pub async fn apply(
                 .driver(&c.kind)
                 .ok_or_else(|| format!("no driver for kind {}", c.kind))?;
             let result = match c.current_observed() {
-                Some(obs) => driver.delete(cx, &obs).await.map_err(|e| e.message),
+                Some(obs) => {
+                    let timeouts = stack
+                        .and_then(|s| s.resources.get(&c.address))
+                        .map(|r| r.timeouts)
+                        .unwrap_or_default();
+                    driver.delete(cx, &obs, &timeouts).await.map_err(|e| e.message)
+                }
                 None => Ok(()), // already gone from the cloud
             };
             match result {
@@ -299,6 +305,7 @@ pub async fn apply(
                 address: &c.address,
                 props: &props,
                 owner: &cx.owner,
+                timeouts: r.timeouts,
             };
             let result = match (c.action, c.current_observed()) {
                 (Action::Update, Some(have)) => {
@@ -334,6 +341,25 @@ pub async fn apply(
                     Ok(())
                 }
                 Err(e) => {
+                    // Created but not ready in time: record it, so the next
+                    // apply waits for it instead of creating another.
+                    if let Some(partial) = e.partial {
+                        let rs = ResourceState {
+                            kind: r.kind.kind.to_string(),
+                            id: partial.id.clone(),
+                            inputs: props.clone(),
+                            attrs: partial.attrs.clone(),
+                            depends_on: c.depends_on.clone(),
+                            protect: r.protect,
+                            updated_at: chrono::Utc::now(),
+                        };
+                        let address = c.address.clone();
+                        shared
+                            .record(|st| {
+                                st.resources.insert(address, rs);
+                            })
+                            .await?;
+                    }
                     cx.reporter.report(Event::ResourceFailed {
                         address: c.address.clone(),
                         action: c.action,

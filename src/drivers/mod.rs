@@ -49,6 +49,7 @@ pub struct Desired<'a> {
     pub address: &'a str,
     pub props: &'a Map<String, Json>,
     pub owner: &'a Owner,
+    pub timeouts: Timeouts,
 }
 
 impl Desired<'_> {
@@ -68,15 +69,49 @@ impl Desired<'_> {
 #[error("{message}")]
 pub struct DriverError {
     pub message: String,
+    /// The resource was created but did not become ready (a wait timed out):
+    /// it is recorded so that the next apply resumes waiting instead of
+    /// creating a second one.
+    pub partial: Option<Box<Observed>>,
 }
 
 impl DriverError {
     pub fn new(message: impl Into<String>) -> Self {
-        DriverError {
-            message: message.into(),
-        }
+        DriverError { message: message.into(), partial: None }
+    }
+
+    pub fn with_partial(mut self, created: Observed) -> Self {
+        self.partial = Some(Box::new(created));
+        self
     }
 }
+
+/// How long create, update and delete may wait for the cloud, per resource.
+/// The stack's `timeouts:` overrides the kind's defaults.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Timeouts {
+    pub create: Option<Duration>,
+    pub update: Option<Duration>,
+    pub delete: Option<Duration>,
+}
+
+impl Timeouts {
+    pub fn create_or(&self, d: Duration) -> Duration {
+        self.create.unwrap_or(d)
+    }
+    pub fn update_or(&self, d: Duration) -> Duration {
+        self.update.unwrap_or(d)
+    }
+    pub fn delete_or(&self, d: Duration) -> Duration {
+        self.delete.unwrap_or(d)
+    }
+}
+
+/// The attribute a driver sets to `false` while the cloud still reports a
+/// transitional status (CREATING, modifying); the plan then waits for it.
+pub const READY_ATTR: &str = "ready";
+/// The cloud's own status word, shown while waiting.
+pub const STATUS_ATTR: &str = "status";
 
 /// Everything a driver call needs from outside: the owner, cloud settings,
 /// lazily built cloud clients, a reporter for progress, and a count of the
@@ -165,8 +200,10 @@ pub trait Driver: Send + Sync {
     fn normalize(&self, _props: &mut Map<String, Json>) {}
 
     /// Everything of this kind that the owner has in the cloud, found by the
-    /// ownership tags in as few (paged) calls as the API allows. Kinds that
-    /// cannot carry tags read `ids` (from the state) instead.
+    /// ownership tags in as few (paged) calls as the API allows. `ids` holds
+    /// the ids recorded in the state and, for kinds whose id is a name the
+    /// stack chooses (`KindSchema::name_field`), the declared names: kinds
+    /// that cannot be listed by tag read those.
     async fn refresh(&self, cx: &Context, ids: &[String]) -> Result<Vec<Observed>, DriverError>;
 
     async fn create(&self, cx: &Context, want: &Desired<'_>) -> Result<Observed, DriverError>;
@@ -180,7 +217,7 @@ pub trait Driver: Send + Sync {
         changed: &[String],
     ) -> Result<Observed, DriverError>;
 
-    async fn delete(&self, cx: &Context, have: &Observed) -> Result<(), DriverError>;
+    async fn delete(&self, cx: &Context, have: &Observed, timeouts: &Timeouts) -> Result<(), DriverError>;
 }
 
 /// The resource kinds this build knows.

@@ -411,6 +411,15 @@ fn diff_one(
             });
         }
     }
+    // Still becoming ready (a create or update whose wait timed out): apply waits.
+    if current.attrs.get(crate::drivers::READY_ATTR) == Some(&Json::Bool(false)) && attributes.iter().all(|a| !a.forces_replace) {
+        attributes.push(AttrChange {
+            name: crate::drivers::READY_ATTR.to_string(),
+            before: current.attrs.get(crate::drivers::STATUS_ATTR).cloned(),
+            after: Some(Json::String("ready".into())),
+            forces_replace: false,
+        });
+    }
     let forcing: Vec<&str> = attributes
         .iter()
         .filter(|a| a.forces_replace)

@@ -47,12 +47,22 @@ pub async fn refresh(
 
     let listings = futures::future::join_all(kinds.iter().map(|kind| async move {
         let driver = registry.driver(kind).expect("filtered above");
-        let ids: Vec<String> = state
+        let mut ids: Vec<String> = state
             .resources
             .values()
             .filter(|r| &r.kind == kind)
             .map(|r| r.id.clone())
             .collect();
+        // Kinds named by the stack can be looked up before the state knows them.
+        if let (Some(stack), Some(field)) = (stack, driver.schema().name_field) {
+            for r in stack.resources.values().filter(|r| r.kind.kind == kind) {
+                if let Some(name) = r.properties.get(field).and_then(|p| p.value.literal_str()) {
+                    ids.push(name.to_string());
+                }
+            }
+        }
+        ids.sort();
+        ids.dedup();
         (kind.clone(), driver.refresh(cx, &ids).await)
     }))
     .await;

@@ -39,6 +39,7 @@ const RESOURCE_KEYS: &[&str] = &[
     "protect",
     "enabled",
     "description",
+    "timeouts",
 ];
 const VARIABLE_KEYS: &[&str] = &["type", "default", "description"];
 const VARIABLE_TYPES: &[&str] = &["string", "number", "bool", "list", "map"];
@@ -616,6 +617,23 @@ impl Loader {
                 ),
             }
         }
+        let mut timeouts = crate::drivers::Timeouts::default();
+        if let Some(t) = map.get_node("timeouts") {
+            if let Some(tm) = self.mapping(t, "timeouts") {
+                self.check_keys(tm, &["create", "update", "delete"], "in `timeouts`");
+                for (k, v) in tm.iter() {
+                    let Some(text) = self.scalar(v, k.as_str()) else { continue };
+                    match parse_duration(text) {
+                        Some(d) => match k.as_str() {
+                            "create" => timeouts.create = Some(d),
+                            "update" => timeouts.update = Some(d),
+                            _ => timeouts.delete = Some(d),
+                        },
+                        None => self.d.error_help(span_of(v), format!("`{text}` is not a duration"), "write it as 90s, 20m or 1h30m"),
+                    }
+                }
+            }
+        }
         let protect = match map.get_node("protect") {
             Some(p) => self.boolean(p, "protect").unwrap_or(false),
             None => false,
@@ -627,6 +645,7 @@ impl Loader {
             properties,
             depends_on,
             protect,
+            timeouts,
         })
     }
 
@@ -1100,4 +1119,30 @@ fn valid_region(s: &str) -> bool {
         && parts
             .last()
             .is_some_and(|p| p.chars().all(|c| c.is_ascii_digit()))
+}
+
+/// `90s`, `20m`, `1h30m`, `2h`.
+fn parse_duration(text: &str) -> Option<std::time::Duration> {
+    let mut total = 0u64;
+    let mut num = String::new();
+    let mut any = false;
+    for c in text.trim().chars() {
+        if c.is_ascii_digit() {
+            num.push(c);
+        } else {
+            let n: u64 = num.parse().ok()?;
+            num.clear();
+            total += n * match c {
+                's' => 1,
+                'm' => 60,
+                'h' => 3600,
+                _ => return None,
+            };
+            any = true;
+        }
+    }
+    if !num.is_empty() || !any || total == 0 {
+        return None;
+    }
+    Some(std::time::Duration::from_secs(total))
 }

@@ -72,6 +72,7 @@ pub struct Resource {
     pub properties: BTreeMap<String, Property>,
     pub depends_on: Vec<Spanned<String>>,
     pub protect: bool,
+    pub timeouts: crate::drivers::Timeouts,
 }
 
 #[derive(Debug, Clone)]

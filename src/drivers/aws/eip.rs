@@ -3,7 +3,7 @@
 use aws_sdk_ec2::types::{DomainType, ResourceType};
 
 use super::{api_error, ec2, observed, opt_str, owner_filters, sync_tags, tag_spec};
-use crate::drivers::{Context, Desired, Driver, DriverError, Observed};
+use crate::drivers::{Context, Desired, Driver, DriverError, Observed, Timeouts};
 use crate::kinds::{checks, Attr, Field, KindSchema, Ty};
 
 static SCHEMA: KindSchema = KindSchema {
@@ -27,6 +27,7 @@ static SCHEMA: KindSchema = KindSchema {
         },
     ],
     taggable: true,
+    name_field: None,
 };
 
 pub struct ElasticIp;
@@ -98,7 +99,7 @@ impl Driver for ElasticIp {
         read_one(cx, &have.id).await
     }
 
-    async fn delete(&self, cx: &Context, have: &Observed) -> Result<(), DriverError> {
+    async fn delete(&self, cx: &Context, have: &Observed, _timeouts: &Timeouts) -> Result<(), DriverError> {
         match ec2(cx)
             .await?
             .release_address()

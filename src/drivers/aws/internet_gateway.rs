@@ -4,7 +4,7 @@ use aws_sdk_ec2::types::ResourceType;
 use serde_json::Value as Json;
 
 use super::{api_error, ec2, observed, owner_filters, sync_tags, tag_spec};
-use crate::drivers::{Context, Desired, Driver, DriverError, Observed};
+use crate::drivers::{Context, Desired, Driver, DriverError, Observed, Timeouts};
 use crate::kinds::{checks, Attr, Field, KindSchema, Ty};
 
 static SCHEMA: KindSchema = KindSchema {
@@ -27,6 +27,7 @@ static SCHEMA: KindSchema = KindSchema {
         doc: "the gateway id (igw-...)",
     }],
     taggable: true,
+    name_field: None,
 };
 
 pub struct InternetGateway;
@@ -148,7 +149,7 @@ impl Driver for InternetGateway {
         read_one(cx, &have.id).await
     }
 
-    async fn delete(&self, cx: &Context, have: &Observed) -> Result<(), DriverError> {
+    async fn delete(&self, cx: &Context, have: &Observed, _timeouts: &Timeouts) -> Result<(), DriverError> {
         if let Some(vpc) = have.attrs.get("vpc_id").and_then(Json::as_str) {
             detach(cx, &have.id, vpc).await?;
         }

@@ -8,7 +8,7 @@ use aws_sdk_ec2::types::{ConnectivityType, Filter, NatGatewayState, ResourceType
 use serde_json::Value as Json;
 
 use super::{api_error, ec2, observed, opt_str, owner_filters, sync_tags, tag_spec};
-use crate::drivers::{Context, Desired, Driver, DriverError, Observed};
+use crate::drivers::{Context, Desired, Driver, DriverError, Observed, Timeouts};
 use crate::kinds::{checks, Attr, Field, KindSchema, Ty};
 
 fn connectivity(v: &Json) -> Result<(), String> {
@@ -52,6 +52,7 @@ static SCHEMA: KindSchema = KindSchema {
         },
     ],
     taggable: true,
+    name_field: None,
 };
 
 const CREATE_TIMEOUT: Duration = Duration::from_secs(15 * 60);
@@ -210,7 +211,7 @@ impl Driver for NatGateway {
             .ok_or_else(|| DriverError::new(format!("NAT gateway {} vanished", have.id)))
     }
 
-    async fn delete(&self, cx: &Context, have: &Observed) -> Result<(), DriverError> {
+    async fn delete(&self, cx: &Context, have: &Observed, _timeouts: &Timeouts) -> Result<(), DriverError> {
         match ec2(cx)
             .await?
             .delete_nat_gateway()

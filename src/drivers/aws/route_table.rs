@@ -7,7 +7,7 @@ use aws_sdk_ec2::types::ResourceType;
 use serde_json::{Map, Value as Json};
 
 use super::{api_error, ec2, observed, opt_str, owner_filters, sync_tags, tag_spec};
-use crate::drivers::{Context, Desired, Driver, DriverError, Observed};
+use crate::drivers::{Context, Desired, Driver, DriverError, Observed, Timeouts};
 use crate::kinds::{checks, Attr, Field, KindSchema, Ty};
 
 static ROUTE: &[Field] = &[
@@ -52,6 +52,7 @@ static SCHEMA: KindSchema = KindSchema {
         doc: "the route table id (rtb-...)",
     }],
     taggable: true,
+    name_field: None,
 };
 
 pub struct RouteTable;
@@ -253,7 +254,7 @@ impl Driver for RouteTable {
         read_one(cx, &have.id).await
     }
 
-    async fn delete(&self, cx: &Context, have: &Observed) -> Result<(), DriverError> {
+    async fn delete(&self, cx: &Context, have: &Observed, _timeouts: &Timeouts) -> Result<(), DriverError> {
         match ec2(cx)
             .await?
             .delete_route_table()

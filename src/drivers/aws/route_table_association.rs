@@ -6,7 +6,7 @@
 use serde_json::Value as Json;
 
 use super::{api_error, ec2};
-use crate::drivers::{Context, Desired, Driver, DriverError, Observed};
+use crate::drivers::{Context, Desired, Driver, DriverError, Observed, Timeouts};
 use crate::kinds::{Attr, Field, KindSchema, Ty};
 
 static SCHEMA: KindSchema = KindSchema {
@@ -34,6 +34,7 @@ static SCHEMA: KindSchema = KindSchema {
         doc: "the association id (rtbassoc-...)",
     }],
     taggable: false,
+    name_field: None,
 };
 
 pub struct RouteTableAssociation;
@@ -117,7 +118,7 @@ impl Driver for RouteTableAssociation {
         Ok(have.clone())
     }
 
-    async fn delete(&self, cx: &Context, have: &Observed) -> Result<(), DriverError> {
+    async fn delete(&self, cx: &Context, have: &Observed, _timeouts: &Timeouts) -> Result<(), DriverError> {
         match ec2(cx)
             .await?
             .disassociate_route_table()

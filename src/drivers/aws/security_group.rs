@@ -9,7 +9,7 @@ use aws_sdk_ec2::types::{IpPermission, IpRange, ResourceType, UserIdGroupPair};
 use serde_json::{Map, Value as Json};
 
 use super::{api_error, ec2, observed, opt_str, owner_filters, sync_tags, tag_spec};
-use crate::drivers::{Context, Desired, Driver, DriverError, Observed};
+use crate::drivers::{Context, Desired, Driver, DriverError, Observed, Timeouts};
 use crate::kinds::{checks, Attr, Field, KindSchema, Ty};
 
 static RULE: &[Field] = &[
@@ -65,6 +65,7 @@ static SCHEMA: KindSchema = KindSchema {
         },
     ],
     taggable: true,
+    name_field: None,
 };
 
 pub struct SecurityGroup;
@@ -365,7 +366,7 @@ impl Driver for SecurityGroup {
         read_one(cx, &have.id).await
     }
 
-    async fn delete(&self, cx: &Context, have: &Observed) -> Result<(), DriverError> {
+    async fn delete(&self, cx: &Context, have: &Observed, _timeouts: &Timeouts) -> Result<(), DriverError> {
         match ec2(cx)
             .await?
             .delete_security_group()

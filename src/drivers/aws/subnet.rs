@@ -4,7 +4,7 @@ use aws_sdk_ec2::types::{AttributeBooleanValue, ResourceType};
 use serde_json::Value as Json;
 
 use super::{api_error, ec2, observed, opt_str, owner_filters, sync_tags, tag_spec};
-use crate::drivers::{Context, Desired, Driver, DriverError, Observed};
+use crate::drivers::{Context, Desired, Driver, DriverError, Observed, Timeouts};
 use crate::kinds::{checks, Attr, Field, KindSchema, Ty};
 
 static SCHEMA: KindSchema = KindSchema {
@@ -53,6 +53,7 @@ static SCHEMA: KindSchema = KindSchema {
         },
     ],
     taggable: true,
+    name_field: None,
 };
 
 pub struct Subnet;
@@ -165,7 +166,7 @@ impl Driver for Subnet {
         read_one(cx, &have.id).await
     }
 
-    async fn delete(&self, cx: &Context, have: &Observed) -> Result<(), DriverError> {
+    async fn delete(&self, cx: &Context, have: &Observed, _timeouts: &Timeouts) -> Result<(), DriverError> {
         match ec2(cx)
             .await?
             .delete_subnet()

@@ -4,7 +4,7 @@ use aws_sdk_ec2::types::{AttributeBooleanValue, ResourceType, VpcAttributeName};
 use serde_json::Value as Json;
 
 use super::{api_error, ec2, observed, owner_filters, sync_tags, tag_spec};
-use crate::drivers::{Context, Desired, Driver, DriverError, Observed};
+use crate::drivers::{Context, Desired, Driver, DriverError, Observed, Timeouts};
 use crate::kinds::{checks, Attr, Field, KindSchema, Ty};
 
 fn vpc_prefix(v: &Json) -> Result<(), String> {
@@ -65,6 +65,7 @@ static SCHEMA: KindSchema = KindSchema {
         },
     ],
     taggable: true,
+    name_field: None,
 };
 
 pub struct Vpc;
@@ -261,7 +262,7 @@ impl Driver for Vpc {
         read_one(cx, &have.id).await
     }
 
-    async fn delete(&self, cx: &Context, have: &Observed) -> Result<(), DriverError> {
+    async fn delete(&self, cx: &Context, have: &Observed, _timeouts: &Timeouts) -> Result<(), DriverError> {
         match ec2(cx).await?.delete_vpc().vpc_id(&have.id).send().await {
             Ok(_) => Ok(()),
             Err(e) if super::error_code(&e) == Some("InvalidVpcID.NotFound") => Ok(()),

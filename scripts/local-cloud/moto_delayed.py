@@ -1,0 +1,242 @@
+"""moto with the real cloud's slowness, scaled down.
+
+moto makes EKS, RDS, ElastiCache and NAT gateways ready in the create
+response and never finishes ElastiCache deletes. Real services pass through
+intermediate states for minutes. This launcher patches moto's models before
+serving so that resources report their transitional status (CREATING,
+creating, modifying, DELETING, pending, ...) for a configurable time, deletes
+complete after a delay, and DeleteCacheSubnetGroup (missing in moto) works.
+
+    python moto_delayed.py HOST PORT
+
+Delays, in seconds, come from RALPH_MOTO_DELAYS (a JSON object overriding
+DEFAULTS below); RALPH_MOTO_DELAY_SCALE multiplies all of them.
+"""
+import json
+import os
+import sys
+import threading
+import time
+
+DEFAULTS = {
+    "eks_cluster_create": 3.0, "eks_cluster_update": 1.0, "eks_cluster_delete": 2.0,
+    "eks_nodegroup_create": 2.0, "eks_nodegroup_update": 1.0, "eks_nodegroup_delete": 2.0,
+    "rds_create": 3.0, "rds_replica_create": 2.0, "rds_modify": 1.0, "rds_delete": 2.0,
+    "elasticache_create": 3.0, "elasticache_modify": 1.0, "elasticache_delete": 2.0,
+    "nat_create": 1.0, "nat_delete": 1.0,
+}
+DELAYS = dict(DEFAULTS)
+DELAYS.update(json.loads(os.environ.get("RALPH_MOTO_DELAYS", "{}") or "{}"))
+SCALE = float(os.environ.get("RALPH_MOTO_DELAY_SCALE", "1"))
+FOREVER = float("inf")
+
+
+def delay(key):
+    return DELAYS.get(key, 0.0) * SCALE
+
+
+def timed_attribute(cls, attr):
+    """Make `attr` of `cls` report a transitional value while one is set."""
+    def get(self):
+        override = self.__dict__.get("_rd_override", {}).get(attr)
+        if override and time.time() < override[0]:
+            return override[1]
+        return self.__dict__.get("_rd_value_" + attr)
+
+    def set(self, value):
+        self.__dict__["_rd_value_" + attr] = value
+
+    setattr(cls, attr, property(get, set))
+
+
+def transition(obj, attr, value, seconds):
+    """`obj.attr` reads `value` for `seconds` (or until cleared)."""
+    if seconds <= 0:
+        return
+    obj.__dict__.setdefault("_rd_override", {})[attr] = (time.time() + seconds, value)
+
+
+def clear(obj, attr):
+    obj.__dict__.setdefault("_rd_override", {}).pop(attr, None)
+
+
+def later(seconds, fn):
+    t = threading.Timer(seconds, fn)
+    t.daemon = True
+    t.start()
+
+
+def slow_init(cls, attr, value, key):
+    original = cls.__init__
+
+    def __init__(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        transition(self, attr, value, delay(key))
+
+    cls.__init__ = __init__
+
+
+def wrap(cls, name, before=None, after=None):
+    original = getattr(cls, name)
+
+    def method(self, *args, **kwargs):
+        if before:
+            early = before(self, original, *args, **kwargs)
+            if early is not None:
+                return early
+        result = original(self, *args, **kwargs)
+        if after:
+            after(self, result, *args, **kwargs)
+        return result
+
+    setattr(cls, name, method)
+
+
+def patch_eks():
+    from moto.eks import models as m
+    timed_attribute(m.Cluster, "status")
+    timed_attribute(m.Nodegroup, "status")
+    slow_init(m.Cluster, "status", "CREATING", "eks_cluster_create")
+    slow_init(m.Nodegroup, "status", "CREATING", "eks_nodegroup_create")
+
+    def ng_updated(self, result, cluster_name, nodegroup_name, *a, **k):
+        ng = self.clusters[cluster_name].nodegroups[nodegroup_name]
+        transition(ng, "status", "UPDATING", delay("eks_nodegroup_update"))
+
+    wrap(m.EKSBackend, "update_nodegroup_config", after=ng_updated)
+    for name in ("update_cluster_config", "update_cluster_version"):
+        if hasattr(m.EKSBackend, name):
+            def cluster_updated(self, result, *a, **k):
+                name_ = k.get("name") or (a[0] if a else None)
+                cluster = self.clusters.get(name_)
+                if cluster is not None:
+                    transition(cluster, "status", "UPDATING", delay("eks_cluster_update"))
+            wrap(m.EKSBackend, name, after=cluster_updated)
+
+    def delete_cluster(self, original, name, *a, **k):
+        cluster = self.clusters.get(name)
+        seconds = delay("eks_cluster_delete")
+        if cluster is None or seconds <= 0:
+            return None
+        m.validate_safe_to_delete(cluster)
+        transition(cluster, "status", "DELETING", FOREVER)
+        later(seconds, lambda: self.clusters.get(name) is cluster and original(self, name))
+        return cluster
+
+    wrap(m.EKSBackend, "delete_cluster", before=delete_cluster)
+
+    def delete_nodegroup(self, original, cluster_name, nodegroup_name, *a, **k):
+        cluster = self.clusters.get(cluster_name)
+        ng = cluster.nodegroups.get(nodegroup_name) if cluster else None
+        seconds = delay("eks_nodegroup_delete")
+        if ng is None or seconds <= 0:
+            return None
+        transition(ng, "status", "DELETING", FOREVER)
+        later(seconds, lambda: cluster.nodegroups.get(nodegroup_name) is ng and original(self, cluster_name, nodegroup_name))
+        return ng
+
+    wrap(m.EKSBackend, "delete_nodegroup", before=delete_nodegroup)
+
+
+def patch_rds():
+    from moto.rds import models as m
+    timed_attribute(m.DBInstance, "status")
+    original_init = m.DBInstance.__init__
+
+    def __init__(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        replica = bool(getattr(self, "source_db_instance_identifier", None))
+        transition(self, "status", "creating", delay("rds_replica_create" if replica else "rds_create"))
+
+    m.DBInstance.__init__ = __init__
+
+    def modified(self, result, *a, **k):
+        if result is not None:
+            transition(result, "status", "modifying", delay("rds_modify"))
+
+    wrap(m.RDSBackend, "modify_db_instance", after=modified)
+
+    def deleted(self, result, db_instance_identifier, *a, **k):
+        seconds = delay("rds_delete")
+        if seconds <= 0 or result is None:
+            return
+        # moto drops it at once; keep it visible as `deleting` for a while.
+        self.databases[db_instance_identifier] = result
+        transition(result, "status", "deleting", FOREVER)
+        later(seconds, lambda: self.databases.get(db_instance_identifier) is result and self.databases.pop(db_instance_identifier, None))
+
+    wrap(m.RDSBackend, "delete_db_instance", after=deleted)
+
+
+def patch_elasticache():
+    from moto.elasticache import models as m
+    from moto.elasticache import responses as r
+    timed_attribute(m.ReplicationGroup, "status")
+    slow_init(m.ReplicationGroup, "status", "creating", "elasticache_create")
+
+    def modified(self, result, *a, **k):
+        transition(result, "status", "modifying", delay("elasticache_modify"))
+
+    wrap(m.ElastiCacheBackend, "modify_replication_group", after=modified)
+
+    def deleted(self, result, replication_group_id, *a, **k):
+        # moto leaves it `deleting` forever; finish the delete, with its clusters.
+        def finish():
+            group = self.replication_groups.pop(replication_group_id, None)
+            for cid in list(getattr(group, "member_clusters", []) or []):
+                self.cache_clusters.pop(cid, None)
+            for cid, cluster in list(self.cache_clusters.items()):
+                if getattr(cluster, "replication_group_id", None) == replication_group_id:
+                    self.cache_clusters.pop(cid, None)
+        later(max(delay("elasticache_delete"), 0.01), finish)
+
+    wrap(m.ElastiCacheBackend, "delete_replication_group", after=deleted)
+
+    def delete_cache_subnet_group(self, cache_subnet_group_name):
+        from moto.elasticache.exceptions import CacheSubnetGroupNotFound
+        if cache_subnet_group_name not in self.cache_subnet_groups:
+            raise CacheSubnetGroupNotFound(cache_subnet_group_name)
+        return self.cache_subnet_groups.pop(cache_subnet_group_name)
+
+    if not hasattr(m.ElastiCacheBackend, "delete_cache_subnet_group"):
+        m.ElastiCacheBackend.delete_cache_subnet_group = delete_cache_subnet_group
+
+        def response(self):
+            from moto.core.responses import ActionResult
+            self.elasticache_backend.delete_cache_subnet_group(self._get_param("CacheSubnetGroupName"))
+            return ActionResult({})
+
+        r.ElastiCacheResponse.delete_cache_subnet_group = response
+
+
+def patch_nat():
+    from moto.ec2.models import nat_gateways as m
+    timed_attribute(m.NatGateway, "state")
+    slow_init(m.NatGateway, "state", "pending", "nat_create")
+
+    def deleted(self, result, nat_gateway_id, *a, **k):
+        transition(result, "state", "deleting", delay("nat_delete"))
+
+    wrap(m.NatGatewayBackend, "delete_nat_gateway", after=deleted)
+
+
+def main():
+    host, port = sys.argv[1], int(sys.argv[2])
+    for patch in (patch_eks, patch_rds, patch_elasticache, patch_nat):
+        try:
+            patch()
+        except Exception as e:  # a moto upgrade moved something: say so, keep serving
+            print(f"moto_delayed: {patch.__name__} not applied: {e!r}", file=sys.stderr)
+    from moto.server import ThreadedMotoServer
+    server = ThreadedMotoServer(ip_address=host, port=port, verbose=False)
+    server.start()
+    print(f"moto (with delays x{SCALE}) on {host}:{port}", file=sys.stderr, flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()
