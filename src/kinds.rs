@@ -139,6 +139,8 @@ pub struct KindSchema {
     /// DB instance identifier), so refresh can look a resource up before the
     /// state knows it.
     pub name_field: Option<&'static str>,
+    /// Exactly one of these properties must be set (empty: no such rule).
+    pub exactly_one_of: &'static [&'static str],
 }
 
 impl KindSchema {

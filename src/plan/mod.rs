@@ -324,6 +324,7 @@ pub fn diff(
             "found in the cloud by its ownership tags, but not declared in the stack",
         ));
     }
+    fill_from_state(&mut changes, state);
     changes
 }
 
@@ -513,5 +514,24 @@ pub fn destroy_changes(state: &State, refreshed: &Refreshed) -> Vec<Change> {
             "destroy (found by its ownership tags)",
         ));
     }
+    fill_from_state(&mut changes, state);
     changes
+}
+
+/// Settings the cloud does not report (a secret's recovery window, whether a
+/// database keeps a final snapshot) come from what was applied, so that
+/// delete and update see them.
+fn fill_from_state(changes: &mut [Change], state: &State) {
+    for c in changes.iter_mut() {
+        let (Some(current), Some(rs)) = (c.current.as_mut(), state.resources.get(&c.address)) else { continue };
+        if c.id.as_deref() != Some(rs.id.as_str()) {
+            continue;
+        }
+        for (k, v) in &rs.inputs {
+            let missing = current.get(k).is_none_or(Json::is_null);
+            if missing {
+                current.insert(k.clone(), v.clone());
+            }
+        }
+    }
 }

@@ -28,6 +28,7 @@ static SCHEMA: KindSchema = KindSchema {
     ],
     taggable: true,
     name_field: None,
+    exactly_one_of: &[],
 };
 
 pub struct ElasticIp;

@@ -5,10 +5,13 @@
 //! `cloud.aws` settings override region, profile and endpoint.
 
 mod eip;
+mod iam_role;
 mod internet_gateway;
 mod nat_gateway;
 mod route_table;
 mod route_table_association;
+mod s3_bucket;
+mod secret;
 mod security_group;
 mod subnet;
 mod vpc;
@@ -38,12 +41,21 @@ pub fn drivers() -> Vec<Box<dyn Driver>> {
         Box::new(route_table::RouteTable),
         Box::new(route_table_association::RouteTableAssociation),
         Box::new(security_group::SecurityGroup),
+        Box::new(iam_role::IamRole),
+        Box::new(secret::Secret),
+        Box::new(s3_bucket::S3Bucket),
     ]
 }
 
 /// SDK clients, built once per run from the shared configuration.
 pub struct AwsClients {
     pub ec2: aws_sdk_ec2::Client,
+    pub eks: aws_sdk_eks::Client,
+    pub rds: aws_sdk_rds::Client,
+    pub elasticache: aws_sdk_elasticache::Client,
+    pub secrets: aws_sdk_secretsmanager::Client,
+    pub s3: aws_sdk_s3::Client,
+    pub iam: aws_sdk_iam::Client,
     pub region: String,
 }
 
@@ -67,12 +79,26 @@ impl AwsClients {
             DriverError::new("no AWS region is set: put `region` under `cloud.aws` in the stack, set AWS_REGION, or choose a profile that has one")
         })?;
         let counter = RequestCounter(requests);
-        let ec2 = aws_sdk_ec2::Client::from_conf(
-            aws_sdk_ec2::config::Builder::from(&config)
-                .interceptor(counter)
-                .build(),
-        );
-        Ok(AwsClients { ec2, region })
+        // A custom endpoint (an S3-compatible store, the local cloud) is
+        // addressed by path, as such endpoints expect.
+        let custom_endpoint = settings.endpoint.is_some() || std::env::var_os("AWS_ENDPOINT_URL").is_some();
+        macro_rules! client {
+            ($krate:ident) => {
+                $krate::Client::from_conf($krate::config::Builder::from(&config).interceptor(RequestCounter(counter.0.clone())).build())
+            };
+        }
+        Ok(AwsClients {
+            ec2: client!(aws_sdk_ec2),
+            eks: client!(aws_sdk_eks),
+            rds: client!(aws_sdk_rds),
+            elasticache: client!(aws_sdk_elasticache),
+            secrets: client!(aws_sdk_secretsmanager),
+            s3: aws_sdk_s3::Client::from_conf(
+                aws_sdk_s3::config::Builder::from(&config).interceptor(RequestCounter(counter.0.clone())).force_path_style(custom_endpoint).build(),
+            ),
+            iam: client!(aws_sdk_iam),
+            region,
+        })
     }
 }
 
@@ -135,12 +161,28 @@ pub(crate) fn owner_filters(owner: &Owner) -> Vec<Filter> {
 }
 
 /// The user's tags plus the ownership tags.
-pub(crate) fn all_tags(want: &Desired<'_>) -> Vec<Tag> {
+/// The user's tags plus the ownership tags, for any service.
+pub(crate) fn tag_map(want: &Desired<'_>) -> BTreeMap<String, String> {
     let mut tags: BTreeMap<String, String> = user_tags(want.props);
     tags.insert(TAG_STACK.into(), want.owner.stack.clone());
     tags.insert(TAG_ENVIRONMENT.into(), want.owner.environment.clone());
     tags.insert(TAG_ADDRESS.into(), want.address.to_string());
-    tags.into_iter()
+    tags
+}
+
+/// Tag keys the resource has and the stack no longer wants.
+pub(crate) fn removed_tag_keys(have: &Observed, want: &Desired<'_>) -> Vec<String> {
+    let wanted = user_tags(want.props);
+    have.attrs
+        .get("tags")
+        .and_then(Json::as_object)
+        .map(|m| m.keys().filter(|k| !wanted.contains_key(*k)).cloned().collect())
+        .unwrap_or_default()
+}
+
+pub(crate) fn all_tags(want: &Desired<'_>) -> Vec<Tag> {
+    tag_map(want)
+        .into_iter()
         .map(|(k, v)| Tag::builder().key(k).value(v).build())
         .collect()
 }
@@ -166,13 +208,15 @@ pub(crate) fn user_tags(props: &Map<String, Json>) -> BTreeMap<String, String> {
 
 /// Splits a resource's tags into the address it belongs to and the user's tags.
 pub(crate) fn read_tags(tags: &[Tag]) -> (Option<String>, Option<Owner>, Json) {
+    read_tag_pairs(tags.iter().filter_map(|t| Some((t.key()?, t.value()?))))
+}
+
+/// The same, from any service's (key, value) pairs.
+pub(crate) fn read_tag_pairs<'a>(tags: impl IntoIterator<Item = (&'a str, &'a str)>) -> (Option<String>, Option<Owner>, Json) {
     let mut address = None;
     let (mut stack, mut environment) = (None, None);
     let mut user = Map::new();
-    for t in tags {
-        let (Some(k), Some(v)) = (t.key(), t.value()) else {
-            continue;
-        };
+    for (k, v) in tags {
         if k == TAG_ADDRESS {
             address = Some(v.to_string());
         } else if k == TAG_STACK {
@@ -237,7 +281,12 @@ use super::Observed;
 
 /// Builds an `Observed` from an id, tags and reported properties.
 pub(crate) fn observed(id: &str, tags: &[Tag], attrs: Vec<(&str, Json)>) -> Observed {
-    let (address, owner, user) = read_tags(tags);
+    observed_with(id, read_tags(tags), attrs)
+}
+
+/// Builds an `Observed` from already-read tags.
+pub(crate) fn observed_with(id: &str, tags: (Option<String>, Option<Owner>, Json), attrs: Vec<(&str, Json)>) -> Observed {
+    let (address, owner, user) = tags;
     let mut map = Map::new();
     map.insert("id".into(), Json::String(id.to_string()));
     map.insert("tags".into(), user);

@@ -53,6 +53,7 @@ static SCHEMA: KindSchema = KindSchema {
     ],
     taggable: true,
     name_field: None,
+    exactly_one_of: &[],
 };
 
 const CREATE_TIMEOUT: Duration = Duration::from_secs(15 * 60);

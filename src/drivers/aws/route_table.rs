@@ -53,6 +53,7 @@ static SCHEMA: KindSchema = KindSchema {
     }],
     taggable: true,
     name_field: None,
+    exactly_one_of: &[],
 };
 
 pub struct RouteTable;

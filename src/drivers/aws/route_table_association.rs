@@ -35,6 +35,7 @@ static SCHEMA: KindSchema = KindSchema {
     }],
     taggable: false,
     name_field: None,
+    exactly_one_of: &[],
 };
 
 pub struct RouteTableAssociation;

@@ -66,6 +66,7 @@ static SCHEMA: KindSchema = KindSchema {
     ],
     taggable: true,
     name_field: None,
+    exactly_one_of: &[],
 };
 
 pub struct SecurityGroup;
