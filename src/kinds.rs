@@ -14,6 +14,9 @@ pub enum Ty {
     Int,
     /// A string that must be an IPv4 CIDR block.
     Cidr,
+    /// A version string; `15` matches a cloud-reported `15.4` (the cloud
+    /// picks the minor version).
+    Version,
     List(&'static Ty),
     Set(&'static Ty),
     /// A map from string keys to strings (tags, labels).
@@ -28,6 +31,7 @@ impl Ty {
             Ty::Bool => "a boolean (true or false)".into(),
             Ty::Int => "an integer".into(),
             Ty::Cidr => "an IPv4 CIDR block such as 10.0.0.0/16".into(),
+            Ty::Version => "a version string such as \"15\" (quoted)".into(),
             Ty::List(t) | Ty::Set(t) => format!("a list of {}", t.describe_plural()),
             Ty::StringMap => "a map of strings".into(),
             Ty::Object(_) => "a mapping".into(),
@@ -49,7 +53,7 @@ impl Ty {
     pub fn accepts(&self, other: &Ty) -> bool {
         matches!(
             (self, other),
-            (Ty::String | Ty::Cidr, Ty::String | Ty::Cidr)
+            (Ty::String | Ty::Cidr | Ty::Version, Ty::String | Ty::Cidr | Ty::Version)
                 | (Ty::Bool, Ty::Bool)
                 | (Ty::Int, Ty::Int)
                 | (Ty::StringMap, Ty::StringMap)

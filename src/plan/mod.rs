@@ -231,6 +231,10 @@ pub fn same_value(ty: &Ty, a: &Json, b: &Json) -> bool {
             };
             norm(a) == norm(b)
         }
+        Ty::Version => match (a.as_str(), b.as_str()) {
+            (Some(want), Some(have)) => have == want || have.starts_with(&format!("{want}.")),
+            _ => a == b,
+        },
         _ => a == b,
     }
 }

@@ -14,7 +14,7 @@ fn reference_or(schema: Json) -> Json {
 
 fn ty_schema(ty: &Ty) -> Json {
     match ty {
-        Ty::String => json!({ "type": "string" }),
+        Ty::String | Ty::Version => json!({ "type": "string" }),
         Ty::Bool => reference_or(json!({ "type": "boolean" })),
         Ty::Int => reference_or(json!({ "type": "integer" })),
         Ty::Cidr => {

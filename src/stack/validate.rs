@@ -231,8 +231,8 @@ fn value(stack: &Stack, r: &Resource, field: &Field, ty: &Ty, v: &SExpr, d: &mut
         }
     };
     match (ty, &v.expr) {
-        (Ty::String, Expr::Str(_)) => {}
-        (Ty::String, Expr::Int(_) | Expr::Float(_) | Expr::Bool(_)) => {
+        (Ty::String | Ty::Version, Expr::Str(_)) => {}
+        (Ty::String | Ty::Version, Expr::Int(_) | Expr::Float(_) | Expr::Bool(_)) => {
             type_error(d, Some("quote the value to make it a string"))
         }
         (Ty::Cidr, Expr::Str(_)) => {

@@ -5,9 +5,11 @@
 //! `cloud.aws` settings override region, profile and endpoint.
 
 mod eip;
+mod eks;
 mod iam_role;
 mod internet_gateway;
 mod nat_gateway;
+mod rds;
 mod route_table;
 mod route_table_association;
 mod s3_bucket;
@@ -44,6 +46,11 @@ pub fn drivers() -> Vec<Box<dyn Driver>> {
         Box::new(iam_role::IamRole),
         Box::new(secret::Secret),
         Box::new(s3_bucket::S3Bucket),
+        Box::new(eks::EksCluster),
+        Box::new(eks::EksNodegroup),
+        Box::new(rds::SubnetGroup),
+        Box::new(rds::ParameterGroup),
+        Box::new(rds::Instance),
     ]
 }
 
@@ -204,6 +211,15 @@ pub(crate) fn user_tags(props: &Map<String, Json>) -> BTreeMap<String, String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// A string map property (labels, tags) as owned pairs.
+pub(crate) fn user_tags_of<M: FromIterator<(String, String)>>(v: Option<&Json>) -> M {
+    v.and_then(Json::as_object)
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), crate::stack::expr::json_to_text(v)))
+        .collect()
 }
 
 /// Splits a resource's tags into the address it belongs to and the user's tags.
