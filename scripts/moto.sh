@@ -30,7 +30,8 @@ start() {
   local port; port="$(free_port)"
   # moto behind a delay layer: resources pass through their real
   # intermediate states (see scripts/local-cloud/moto_delayed.py).
-  "$venv/bin/python" "$here/local-cloud/moto_delayed.py" 127.0.0.1 "$port" >"$dir/moto.log" 2>&1 &
+  # AWS managed IAM policies (AmazonEKSClusterPolicy, ...) exist, as in AWS.
+  MOTO_IAM_LOAD_MANAGED_POLICIES=true "$venv/bin/python" "$here/local-cloud/moto_delayed.py" 127.0.0.1 "$port" >"$dir/moto.log" 2>&1 &
   echo $! >"$dir/moto.pid"
   for _ in $(seq 1 100); do
     if curl -fsS "http://127.0.0.1:$port/moto-api/" >/dev/null 2>&1; then

@@ -295,7 +295,10 @@ mod tests {
             ("d", &[]),
         ]))
         .unwrap_err();
-        assert_eq!(err.describe(), "a -> c -> b -> a (each depends on the next)");
+        assert_eq!(
+            err.describe(),
+            "a -> c -> b -> a (each depends on the next)"
+        );
     }
 
     #[test]

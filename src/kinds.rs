@@ -53,8 +53,10 @@ impl Ty {
     pub fn accepts(&self, other: &Ty) -> bool {
         matches!(
             (self, other),
-            (Ty::String | Ty::Cidr | Ty::Version, Ty::String | Ty::Cidr | Ty::Version)
-                | (Ty::Bool, Ty::Bool)
+            (
+                Ty::String | Ty::Cidr | Ty::Version,
+                Ty::String | Ty::Cidr | Ty::Version
+            ) | (Ty::Bool, Ty::Bool)
                 | (Ty::Int, Ty::Int)
                 | (Ty::StringMap, Ty::StringMap)
                 | (Ty::List(_) | Ty::Set(_), Ty::List(_) | Ty::Set(_))
@@ -174,7 +176,13 @@ pub fn did_you_mean<'a>(
 ) -> Option<&'a str> {
     candidates
         .into_iter()
-        .map(|c| (strsim::jaro_winkler(word, c).max(strsim::normalized_damerau_levenshtein(word, c) + 0.15), c))
+        .map(|c| {
+            (
+                strsim::jaro_winkler(word, c)
+                    .max(strsim::normalized_damerau_levenshtein(word, c) + 0.15),
+                c,
+            )
+        })
         .filter(|(score, _)| *score > 0.8)
         .max_by(|a, b| a.0.total_cmp(&b.0))
         .map(|(_, c)| c)

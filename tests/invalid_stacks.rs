@@ -11,43 +11,101 @@ use common::{text, SlowProxy, BIN};
 /// (file, line, column, part of the message)
 const CASES: &[(&str, usize, usize, &str)] = &[
     ("yaml-syntax.yaml", 6, 1, "YAML syntax error"),
-    ("unknown-kind.yaml", 4, 11, "unknown resource kind `aws.vcp`"),
+    (
+        "unknown-kind.yaml",
+        4,
+        11,
+        "unknown resource kind `aws.vcp`",
+    ),
     ("unknown-property.yaml", 6, 7, "unknown property `cidr`"),
     ("unknown-top-level.yaml", 2, 1, "unknown field `resource`"),
     ("wrong-type-bool.yaml", 7, 27, "expects a boolean"),
-    ("wrong-type-int.yaml", 14, 22, "`from_port` expects an integer"),
+    (
+        "wrong-type-int.yaml",
+        14,
+        22,
+        "`from_port` expects an integer",
+    ),
     ("bad-cidr-syntax.yaml", 6, 19, "is not an IPv4 CIDR block"),
     ("cidr-host-bits.yaml", 6, 19, "has host bits set"),
-    ("cidr-outside-vpc.yaml", 11, 19, "is not inside `10.0.0.0/16`"),
+    (
+        "cidr-outside-vpc.yaml",
+        11,
+        19,
+        "is not inside `10.0.0.0/16`",
+    ),
     ("cidr-overlap.yaml", 17, 19, "overlaps `10.0.0.0/23`"),
     ("vpc-prefix.yaml", 6, 19, "prefix between /16 and /28"),
     ("dangling-reference.yaml", 10, 15, "reference to `vcp`"),
     ("unknown-attribute.yaml", 10, 15, "has no attribute `idd`"),
     ("duplicate-address.yaml", 7, 3, "`vpc` is declared twice"),
     ("cycle.yaml", 3, 3, "dependency cycle: a -> b -> c -> a"),
-    ("dangling-depends-on.yaml", 5, 18, "`depends_on` names `igw`"),
-    ("missing-required.yaml", 7, 3, "needs the property `cidr_block`"),
+    (
+        "dangling-depends-on.yaml",
+        5,
+        18,
+        "`depends_on` names `igw`",
+    ),
+    (
+        "missing-required.yaml",
+        7,
+        3,
+        "needs the property `cidr_block`",
+    ),
     ("sg-name-rule.yaml", 10, 13, "must not start with `sg-`"),
     ("reserved-tag.yaml", 8, 38, "prefix `aws:`"),
-    ("bad-availability-zone.yaml", 12, 26, "not an availability zone"),
-    ("undeclared-variable.yaml", 9, 19, "variable `vpc_cdir` is not declared"),
+    (
+        "bad-availability-zone.yaml",
+        12,
+        26,
+        "not an availability zone",
+    ),
+    (
+        "undeclared-variable.yaml",
+        9,
+        19,
+        "variable `vpc_cdir` is not declared",
+    ),
     ("variable-type.yaml", 5, 14, "must be of type number"),
-    ("overlay-unknown-resource.yaml", 5, 7, "overrides resource `vcp`"),
-    ("yaml-alias.yaml", 4, 9, "anchors and aliases are not accepted"),
+    (
+        "overlay-unknown-resource.yaml",
+        5,
+        7,
+        "overrides resource `vcp`",
+    ),
+    (
+        "yaml-alias.yaml",
+        4,
+        9,
+        "anchors and aliases are not accepted",
+    ),
     ("deep-nesting.yaml", 6, 61, "nests more than"),
-    ("bad-address.yaml", 3, 3, "resource address `My VPC` is not valid"),
+    (
+        "bad-address.yaml",
+        3,
+        3,
+        "resource address `My VPC` is not valid",
+    ),
     ("unclosed-reference.yaml", 10, 15, "is not closed"),
     ("bad-protocol.yaml", 13, 21, "protocol `tcpp`"),
     ("assigned-attribute.yaml", 7, 7, "assigned by the cloud"),
     ("bad-region.yaml", 4, 13, "not an AWS region"),
     ("reference-type.yaml", 7, 27, "but `${vpc2.id}` is a string"),
-    ("bad-stack-name.yaml", 1, 7, "stack name `Ralph_Stack` is not valid"),
+    (
+        "bad-stack-name.yaml",
+        1,
+        7,
+        "stack name `Ralph_Stack` is not valid",
+    ),
 ];
 
 #[test]
 fn every_malformed_stack_is_listed() {
     let dir = common::repo().join("tests/invalid");
-    let mut files: Vec<String> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let mut files: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
     files.sort();
     let mut listed: Vec<String> = CASES.iter().map(|c| c.0.to_string()).collect();
     listed.sort();
@@ -77,55 +135,127 @@ fn malformed_stacks_fail_with_location_and_touch_nothing() {
                 .output()
                 .unwrap();
             let err = text(&out.stderr);
-            assert_eq!(out.status.code(), Some(1), "{verb} {file}: expected exit 1\n{err}");
+            assert_eq!(
+                out.status.code(),
+                Some(1),
+                "{verb} {file}: expected exit 1\n{err}"
+            );
             let at = format!("{path}:{line}:{column}: ");
             let found = err.lines().any(|l| l.contains(&at) && l.contains(message));
-            assert!(found, "{verb} {file}: expected `{at}...{message}` in:\n{err}");
+            assert!(
+                found,
+                "{verb} {file}: expected `{at}...{message}` in:\n{err}"
+            );
         }
         // The JSON form carries the same location.
-        let out = std::process::Command::new(BIN).current_dir(common::repo()).args(["validate", &path, "--json"]).output().unwrap();
+        let out = std::process::Command::new(BIN)
+            .current_dir(common::repo())
+            .args(["validate", &path, "--json"])
+            .output()
+            .unwrap();
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(v["valid"], false);
-        assert!(v["problems"].as_array().unwrap().iter().any(|p| p["line"] == *line && p["column"] == *column), "{file}: {v}");
+        assert!(
+            v["problems"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["line"] == *line && p["column"] == *column),
+            "{file}: {v}"
+        );
     }
     assert_eq!(proxy.count(), 0, "validation must not contact the cloud");
-    assert_eq!(std::fs::read_dir(state.path()).unwrap().count(), 0, "validation must not create state or locks");
+    assert_eq!(
+        std::fs::read_dir(state.path()).unwrap().count(),
+        0,
+        "validation must not create state or locks"
+    );
 }
 
 #[test]
 fn the_shipped_stacks_are_valid_in_every_environment() {
     for env in ["production", "staging"] {
-        let out = std::process::Command::new(BIN).current_dir(common::repo()).args(["validate", "stacks/aws-network.yaml", "--env", env]).output().unwrap();
+        let out = std::process::Command::new(BIN)
+            .current_dir(common::repo())
+            .args(["validate", "stacks/aws-network.yaml", "--env", env])
+            .output()
+            .unwrap();
         assert!(out.status.success(), "{env}: {}", text(&out.stderr));
     }
     // Choosing no environment where several exist is an error that lists them.
-    let out = std::process::Command::new(BIN).current_dir(common::repo()).args(["validate", "stacks/aws-network.yaml"]).output().unwrap();
+    let out = std::process::Command::new(BIN)
+        .current_dir(common::repo())
+        .args(["validate", "stacks/aws-network.yaml"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("--env production"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("--env production"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]
 fn schema_is_json_and_names_every_kind() {
-    let out = std::process::Command::new(BIN).arg("schema").output().unwrap();
+    let out = std::process::Command::new(BIN)
+        .arg("schema")
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let kinds = v["$defs"]["resource"]["properties"]["kind"]["enum"].as_array().unwrap();
-    for k in ["aws.vpc", "aws.subnet", "aws.nat_gateway", "aws.security_group"] {
+    let kinds = v["$defs"]["resource"]["properties"]["kind"]["enum"]
+        .as_array()
+        .unwrap();
+    for k in [
+        "aws.vpc",
+        "aws.subnet",
+        "aws.nat_gateway",
+        "aws.security_group",
+    ] {
         assert!(kinds.iter().any(|x| x == k), "{k} missing");
     }
     // A replace-forcing property says so.
-    let vpc = v["$defs"]["resource"]["oneOf"].as_array().unwrap().iter().find(|s| s["properties"]["kind"]["const"] == "aws.vpc").unwrap();
-    assert!(vpc["properties"]["properties"]["properties"]["cidr_block"]["description"].as_str().unwrap().contains("replaces"));
+    let vpc = v["$defs"]["resource"]["oneOf"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["properties"]["kind"]["const"] == "aws.vpc")
+        .unwrap();
+    assert!(
+        vpc["properties"]["properties"]["properties"]["cidr_block"]["description"]
+            .as_str()
+            .unwrap()
+            .contains("replaces")
+    );
 }
 
 #[test]
 fn graph_renders_dot_and_mermaid() {
-    let out = std::process::Command::new(BIN).current_dir(common::repo()).args(["graph", "stacks/aws-network.yaml", "--env", "production"]).output().unwrap();
+    let out = std::process::Command::new(BIN)
+        .current_dir(common::repo())
+        .args(["graph", "stacks/aws-network.yaml", "--env", "production"])
+        .output()
+        .unwrap();
     let dot = text(&out.stdout);
     assert!(dot.starts_with("digraph"));
     assert!(dot.contains("\"vpc\" -> \"public_a\""));
-    assert!(dot.contains("\"igw\" -> \"nat_a\""), "depends_on is an edge");
-    let out = std::process::Command::new(BIN).current_dir(common::repo()).args(["graph", "stacks/aws-network.yaml", "--env", "staging", "--format", "mermaid"]).output().unwrap();
+    assert!(
+        dot.contains("\"igw\" -> \"nat_a\""),
+        "depends_on is an edge"
+    );
+    let out = std::process::Command::new(BIN)
+        .current_dir(common::repo())
+        .args([
+            "graph",
+            "stacks/aws-network.yaml",
+            "--env",
+            "staging",
+            "--format",
+            "mermaid",
+        ])
+        .output()
+        .unwrap();
     let m = text(&out.stdout);
     assert!(m.starts_with("graph LR"));
     assert!(!m.contains("nat_b"), "staging disables nat_b");

@@ -6,6 +6,8 @@ intermediate states for minutes. This launcher patches moto's models before
 serving so that resources report their transitional status (CREATING,
 creating, modifying, DELETING, pending, ...) for a configurable time, deletes
 complete after a delay, and DeleteCacheSubnetGroup (missing in moto) works.
+It also mends a few places where moto's answers differ from the services'
+(NumCacheClusters ignored, the GetBucketVersioning XML root).
 
     python moto_delayed.py HOST PORT
 
@@ -172,6 +174,18 @@ def patch_elasticache():
     from moto.elasticache import models as m
     from moto.elasticache import responses as r
     timed_attribute(m.ReplicationGroup, "status")
+
+    # moto ignores NumCacheClusters (it only reads ReplicasPerNodeGroup) for
+    # groups without cluster mode: honour it, as ElastiCache does.
+    original_members = m.ReplicationGroup._set_node_members_clusters_disabled
+
+    def members(self, *args, **kwargs):
+        n = kwargs.get("num_cache_clusters") or 1
+        if not kwargs.get("replicas_per_node_group") and n > 1:
+            kwargs["replicas_per_node_group"] = n - 1
+        return original_members(self, *args, **kwargs)
+
+    m.ReplicationGroup._set_node_members_clusters_disabled = members
     slow_init(m.ReplicationGroup, "status", "creating", "elasticache_create")
 
     def modified(self, result, *a, **k):
@@ -220,9 +234,24 @@ def patch_nat():
     wrap(m.NatGatewayBackend, "delete_nat_gateway", after=deleted)
 
 
+def patch_s3():
+    """moto 5.2 answers GetBucketVersioning with a <GetBucketVersioningResponse>
+    root; S3 (and the strict Rust SDK) use <VersioningConfiguration>."""
+    from moto.s3 import responses as r
+
+    def get_bucket_versioning(self):
+        status = self.backend.get_bucket_versioning(self.bucket_name)
+        inner = f"<Status>{status}</Status>" if status else ""
+        body = ('<?xml version="1.0" encoding="UTF-8"?>\n'
+                f'<VersioningConfiguration xmlns="http://s3.amazonaws.com/doc/2006-03-01/">{inner}</VersioningConfiguration>')
+        return 200, {"Content-Type": "application/xml"}, body
+
+    r.S3Response.get_bucket_versioning = get_bucket_versioning
+
+
 def main():
     host, port = sys.argv[1], int(sys.argv[2])
-    for patch in (patch_eks, patch_rds, patch_elasticache, patch_nat):
+    for patch in (patch_eks, patch_rds, patch_elasticache, patch_nat, patch_s3):
         try:
             patch()
         except Exception as e:  # a moto upgrade moved something: say so, keep serving

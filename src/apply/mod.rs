@@ -188,7 +188,10 @@ pub async fn apply(
                         .and_then(|s| s.resources.get(&c.address))
                         .map(|r| r.timeouts)
                         .unwrap_or_default();
-                    driver.delete(cx, &obs, &timeouts).await.map_err(|e| e.message)
+                    driver
+                        .delete(cx, &obs, &timeouts)
+                        .await
+                        .map_err(|e| e.message)
                 }
                 None => Ok(()), // already gone from the cloud
             };

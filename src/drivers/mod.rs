@@ -77,7 +77,10 @@ pub struct DriverError {
 
 impl DriverError {
     pub fn new(message: impl Into<String>) -> Self {
-        DriverError { message: message.into(), partial: None }
+        DriverError {
+            message: message.into(),
+            partial: None,
+        }
     }
 
     pub fn with_partial(mut self, created: Observed) -> Self {
@@ -217,7 +220,12 @@ pub trait Driver: Send + Sync {
         changed: &[String],
     ) -> Result<Observed, DriverError>;
 
-    async fn delete(&self, cx: &Context, have: &Observed, timeouts: &Timeouts) -> Result<(), DriverError>;
+    async fn delete(
+        &self,
+        cx: &Context,
+        have: &Observed,
+        timeouts: &Timeouts,
+    ) -> Result<(), DriverError>;
 }
 
 /// The resource kinds this build knows.

@@ -348,10 +348,15 @@ fn delete_change(
         attributes: vec![],
         reason: Some(reason.to_string()),
         adopt: false,
-        protect,
+        protect: protect || current.is_some_and(service_protected),
         depends_on,
         current: current.map(|c| c.attrs.clone()),
     }
+}
+
+/// The service's own deletion protection counts as `protect: true`.
+fn service_protected(current: &Observed) -> bool {
+    current.attrs.get("deletion_protection") == Some(&Json::Bool(true))
 }
 
 fn diff_one(
@@ -364,7 +369,8 @@ fn diff_one(
     depends_on: Vec<String>,
 ) -> Change {
     let recorded = state.resources.get(&r.address);
-    let protect = r.protect || recorded.is_some_and(|s| s.protect);
+    let protect =
+        r.protect || recorded.is_some_and(|s| s.protect) || current.is_some_and(service_protected);
     let Some(current) = current else {
         let reason = match recorded {
             Some(rs) => Some(format!("{} was deleted outside ralph-deploy", rs.id)),
@@ -417,7 +423,9 @@ fn diff_one(
         }
     }
     // Still becoming ready (a create or update whose wait timed out): apply waits.
-    if current.attrs.get(crate::drivers::READY_ATTR) == Some(&Json::Bool(false)) && attributes.iter().all(|a| !a.forces_replace) {
+    if current.attrs.get(crate::drivers::READY_ATTR) == Some(&Json::Bool(false))
+        && attributes.iter().all(|a| !a.forces_replace)
+    {
         attributes.push(AttrChange {
             name: crate::drivers::READY_ATTR.to_string(),
             before: current.attrs.get(crate::drivers::STATUS_ATTR).cloned(),
@@ -527,7 +535,10 @@ pub fn destroy_changes(state: &State, refreshed: &Refreshed) -> Vec<Change> {
 /// delete and update see them.
 fn fill_from_state(changes: &mut [Change], state: &State) {
     for c in changes.iter_mut() {
-        let (Some(current), Some(rs)) = (c.current.as_mut(), state.resources.get(&c.address)) else { continue };
+        let (Some(current), Some(rs)) = (c.current.as_mut(), state.resources.get(&c.address))
+        else {
+            continue;
+        };
         if c.id.as_deref() != Some(rs.id.as_str()) {
             continue;
         }

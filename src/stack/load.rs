@@ -622,14 +622,20 @@ impl Loader {
             if let Some(tm) = self.mapping(t, "timeouts") {
                 self.check_keys(tm, &["create", "update", "delete"], "in `timeouts`");
                 for (k, v) in tm.iter() {
-                    let Some(text) = self.scalar(v, k.as_str()) else { continue };
+                    let Some(text) = self.scalar(v, k.as_str()) else {
+                        continue;
+                    };
                     match parse_duration(text) {
                         Some(d) => match k.as_str() {
                             "create" => timeouts.create = Some(d),
                             "update" => timeouts.update = Some(d),
                             _ => timeouts.delete = Some(d),
                         },
-                        None => self.d.error_help(span_of(v), format!("`{text}` is not a duration"), "write it as 90s, 20m or 1h30m"),
+                        None => self.d.error_help(
+                            span_of(v),
+                            format!("`{text}` is not a duration"),
+                            "write it as 90s, 20m or 1h30m",
+                        ),
                     }
                 }
             }

@@ -105,13 +105,28 @@ fn resource(stack: &Stack, r: &Resource, d: &mut Diagnostics) {
         }
     }
     if !kind.exactly_one_of.is_empty() {
-        let set: Vec<&str> = kind.exactly_one_of.iter().copied().filter(|f| r.properties.contains_key(*f)).collect();
+        let set: Vec<&str> = kind
+            .exactly_one_of
+            .iter()
+            .copied()
+            .filter(|f| r.properties.contains_key(*f))
+            .collect();
         if set.len() != 1 {
-            let list = kind.exactly_one_of.iter().map(|f| format!("`{f}`")).collect::<Vec<_>>().join(" or ");
+            let list = kind
+                .exactly_one_of
+                .iter()
+                .map(|f| format!("`{f}`"))
+                .collect::<Vec<_>>()
+                .join(" or ");
             let msg = if set.is_empty() {
                 format!("{} `{}` needs one of {list}", kind.kind, r.address)
             } else {
-                format!("{} `{}` sets {}; only one of {list} may be set", kind.kind, r.address, set.join(" and "))
+                format!(
+                    "{} `{}` sets {}; only one of {list} may be set",
+                    kind.kind,
+                    r.address,
+                    set.join(" and ")
+                )
             };
             d.error(r.span, msg);
         }

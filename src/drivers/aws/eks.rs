@@ -6,11 +6,18 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use aws_sdk_eks::types::{CapacityTypes, NodegroupScalingConfig, NodegroupUpdateConfig, UpdateLabelsPayload, VpcConfigRequest};
+use aws_sdk_eks::types::{
+    CapacityTypes, NodegroupScalingConfig, NodegroupUpdateConfig, UpdateLabelsPayload,
+    VpcConfigRequest,
+};
 use serde_json::{Map, Value as Json};
 
-use super::{api_error, error_code, observed_with, opt_str, read_tag_pairs, removed_tag_keys, tag_map};
-use crate::drivers::{Context, Desired, Driver, DriverError, Observed, Timeouts, READY_ATTR, STATUS_ATTR};
+use super::{
+    api_error, error_code, observed_with, opt_str, read_tag_pairs, removed_tag_keys, tag_map,
+};
+use crate::drivers::{
+    Context, Desired, Driver, DriverError, Observed, Timeouts, READY_ATTR, STATUS_ATTR,
+};
 use crate::kinds::{checks, Attr, Field, KindSchema, Ty};
 
 const CLUSTER_CREATE: Duration = Duration::from_secs(20 * 60);
@@ -20,21 +27,33 @@ const NODEGROUP_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
 fn eks_name(v: &Json) -> Result<(), String> {
     let s = v.as_str().unwrap_or_default();
-    let ok = !s.is_empty() && s.len() <= 100 && s.starts_with(|c: char| c.is_ascii_alphanumeric()) && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    let ok = !s.is_empty()
+        && s.len() <= 100
+        && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
     if ok {
         Ok(())
     } else {
-        Err(format!("`{s}` must be 1-100 letters, digits, `-` and `_`, starting with a letter or digit"))
+        Err(format!(
+            "`{s}` must be 1-100 letters, digits, `-` and `_`, starting with a letter or digit"
+        ))
     }
 }
 
 fn k8s_version(v: &Json) -> Result<(), String> {
     let s = v.as_str().unwrap_or_default();
     let parts: Vec<&str> = s.split('.').collect();
-    if parts.len() == 2 && parts.iter().all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit())) {
+    if parts.len() == 2
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()))
+    {
         Ok(())
     } else {
-        Err(format!("`{s}` is not a Kubernetes minor version such as 1.28 (quote it: \"1.28\")"))
+        Err(format!(
+            "`{s}` is not a Kubernetes minor version such as 1.28 (quote it: \"1.28\")"
+        ))
     }
 }
 
@@ -49,24 +68,92 @@ static CLUSTER: KindSchema = KindSchema {
     kind: "aws.eks_cluster",
     doc: "An EKS cluster (the Kubernetes control plane).",
     fields: &[
-        Field::new("name", Ty::String, "the cluster name").required().forces_replace().check(eks_name),
-        Field::new("version", Ty::String, "Kubernetes minor version, upgraded in place one step at a time").default("\"1.28\"").check(k8s_version),
-        Field::new("role_arn", Ty::String, "the control plane's IAM role").required().forces_replace(),
-        Field::new("subnet_ids", Ty::Set(&Ty::String), "subnets for the control plane's network interfaces").required().forces_replace(),
-        Field::new("security_group_ids", Ty::Set(&Ty::String), "extra security groups").default("[]").forces_replace(),
-        Field::new("endpoint_private_access", Ty::Bool, "reach the API from inside the VPC").default("true"),
-        Field::new("endpoint_public_access", Ty::Bool, "reach the API from the internet").default("true"),
-        Field::new("public_access_cidrs", Ty::Set(&Ty::Cidr), "who may reach the public endpoint").default("[\"0.0.0.0/0\"]"),
-        Field::new("tags", Ty::StringMap, "tags besides the ownership tags").default("{}").check(checks::tags),
+        Field::new("name", Ty::String, "the cluster name")
+            .required()
+            .forces_replace()
+            .check(eks_name),
+        Field::new(
+            "version",
+            Ty::String,
+            "Kubernetes minor version, upgraded in place one step at a time",
+        )
+        .default("\"1.28\"")
+        .check(k8s_version),
+        Field::new("role_arn", Ty::String, "the control plane's IAM role")
+            .required()
+            .forces_replace(),
+        Field::new(
+            "subnet_ids",
+            Ty::Set(&Ty::String),
+            "subnets for the control plane's network interfaces",
+        )
+        .required()
+        .forces_replace(),
+        Field::new(
+            "security_group_ids",
+            Ty::Set(&Ty::String),
+            "extra security groups",
+        )
+        .default("[]")
+        .forces_replace(),
+        Field::new(
+            "endpoint_private_access",
+            Ty::Bool,
+            "reach the API from inside the VPC",
+        )
+        .default("true"),
+        Field::new(
+            "endpoint_public_access",
+            Ty::Bool,
+            "reach the API from the internet",
+        )
+        .default("true"),
+        Field::new(
+            "public_access_cidrs",
+            Ty::Set(&Ty::Cidr),
+            "who may reach the public endpoint",
+        )
+        .default("[\"0.0.0.0/0\"]"),
+        Field::new("tags", Ty::StringMap, "tags besides the ownership tags")
+            .default("{}")
+            .check(checks::tags),
     ],
     attrs: &[
-        Attr { name: "id", ty: Ty::String, doc: "the cluster name" },
-        Attr { name: "arn", ty: Ty::String, doc: "the cluster ARN" },
-        Attr { name: "endpoint", ty: Ty::String, doc: "the API server URL" },
-        Attr { name: "certificate_authority", ty: Ty::String, doc: "the API server's CA, base64 PEM" },
-        Attr { name: "oidc_issuer", ty: Ty::String, doc: "the OIDC issuer URL (for IRSA)" },
-        Attr { name: "cluster_security_group_id", ty: Ty::String, doc: "the security group EKS created" },
-        Attr { name: "status", ty: Ty::String, doc: "CREATING, ACTIVE, UPDATING, DELETING, FAILED" },
+        Attr {
+            name: "id",
+            ty: Ty::String,
+            doc: "the cluster name",
+        },
+        Attr {
+            name: "arn",
+            ty: Ty::String,
+            doc: "the cluster ARN",
+        },
+        Attr {
+            name: "endpoint",
+            ty: Ty::String,
+            doc: "the API server URL",
+        },
+        Attr {
+            name: "certificate_authority",
+            ty: Ty::String,
+            doc: "the API server's CA, base64 PEM",
+        },
+        Attr {
+            name: "oidc_issuer",
+            ty: Ty::String,
+            doc: "the OIDC issuer URL (for IRSA)",
+        },
+        Attr {
+            name: "cluster_security_group_id",
+            ty: Ty::String,
+            doc: "the security group EKS created",
+        },
+        Attr {
+            name: "status",
+            ty: Ty::String,
+            doc: "CREATING, ACTIVE, UPDATING, DELETING, FAILED",
+        },
     ],
     taggable: true,
     name_field: Some("name"),
@@ -77,24 +164,71 @@ static NODEGROUP: KindSchema = KindSchema {
     kind: "aws.eks_nodegroup",
     doc: "An EKS managed nodegroup.",
     fields: &[
-        Field::new("cluster_name", Ty::String, "the cluster, usually `${eks.name}`").required().forces_replace(),
-        Field::new("name", Ty::String, "the nodegroup name").required().forces_replace().check(eks_name),
-        Field::new("node_role_arn", Ty::String, "the nodes' IAM role").required().forces_replace(),
-        Field::new("subnet_ids", Ty::Set(&Ty::String), "where nodes run (private subnets)").required().forces_replace(),
-        Field::new("instance_types", Ty::List(&Ty::String), "EC2 instance types").default("[\"m5.xlarge\"]").forces_replace(),
-        Field::new("capacity_type", Ty::String, "ON_DEMAND or SPOT").default("\"ON_DEMAND\"").forces_replace().check(capacity),
-        Field::new("disk_size", Ty::Int, "root volume GiB").default("50").forces_replace(),
+        Field::new(
+            "cluster_name",
+            Ty::String,
+            "the cluster, usually `${eks.name}`",
+        )
+        .required()
+        .forces_replace(),
+        Field::new("name", Ty::String, "the nodegroup name")
+            .required()
+            .forces_replace()
+            .check(eks_name),
+        Field::new("node_role_arn", Ty::String, "the nodes' IAM role")
+            .required()
+            .forces_replace(),
+        Field::new(
+            "subnet_ids",
+            Ty::Set(&Ty::String),
+            "where nodes run (private subnets)",
+        )
+        .required()
+        .forces_replace(),
+        Field::new(
+            "instance_types",
+            Ty::List(&Ty::String),
+            "EC2 instance types",
+        )
+        .default("[\"m5.xlarge\"]")
+        .forces_replace(),
+        Field::new("capacity_type", Ty::String, "ON_DEMAND or SPOT")
+            .default("\"ON_DEMAND\"")
+            .forces_replace()
+            .check(capacity),
+        Field::new("disk_size", Ty::Int, "root volume GiB")
+            .default("50")
+            .forces_replace(),
         Field::new("min_size", Ty::Int, "fewest nodes").required(),
         Field::new("max_size", Ty::Int, "most nodes").required(),
         Field::new("desired_size", Ty::Int, "nodes now").required(),
-        Field::new("max_unavailable", Ty::Int, "nodes replaced at once during updates").default("1"),
+        Field::new(
+            "max_unavailable",
+            Ty::Int,
+            "nodes replaced at once during updates",
+        )
+        .default("1"),
         Field::new("labels", Ty::StringMap, "Kubernetes node labels").default("{}"),
-        Field::new("tags", Ty::StringMap, "tags besides the ownership tags").default("{}").check(checks::tags),
+        Field::new("tags", Ty::StringMap, "tags besides the ownership tags")
+            .default("{}")
+            .check(checks::tags),
     ],
     attrs: &[
-        Attr { name: "id", ty: Ty::String, doc: "cluster:nodegroup" },
-        Attr { name: "arn", ty: Ty::String, doc: "the nodegroup ARN" },
-        Attr { name: "status", ty: Ty::String, doc: "CREATING, ACTIVE, UPDATING, DELETING, ..." },
+        Attr {
+            name: "id",
+            ty: Ty::String,
+            doc: "cluster:nodegroup",
+        },
+        Attr {
+            name: "arn",
+            ty: Ty::String,
+            doc: "the nodegroup ARN",
+        },
+        Attr {
+            name: "status",
+            ty: Ty::String,
+            doc: "CREATING, ACTIVE, UPDATING, DELETING, ...",
+        },
     ],
     taggable: true,
     name_field: None,
@@ -105,32 +239,57 @@ pub struct EksCluster;
 pub struct EksNodegroup;
 
 fn strings(v: Option<&Json>) -> Vec<String> {
-    v.and_then(Json::as_array).into_iter().flatten().filter_map(|x| x.as_str().map(str::to_string)).collect()
+    v.and_then(Json::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|x| x.as_str().map(str::to_string))
+        .collect()
 }
 
 fn str_array(items: &[String]) -> Json {
     Json::Array(items.iter().map(|s| Json::String(s.clone())).collect())
 }
 
-fn tags_of(t: Option<&HashMap<String, String>>) -> (Option<String>, Option<crate::drivers::Owner>, Json) {
-    read_tag_pairs(t.into_iter().flatten().map(|(k, v)| (k.as_str(), v.as_str())))
+fn tags_of(
+    t: Option<&HashMap<String, String>>,
+) -> (Option<String>, Option<crate::drivers::Owner>, Json) {
+    read_tag_pairs(
+        t.into_iter()
+            .flatten()
+            .map(|(k, v)| (k.as_str(), v.as_str())),
+    )
 }
 
 fn with_status(mut o: Observed, status: &str) -> Observed {
-    o.attrs.insert(STATUS_ATTR.into(), Json::String(status.to_string()));
-    o.attrs.insert(READY_ATTR.into(), Json::Bool(status == "ACTIVE"));
+    o.attrs
+        .insert(STATUS_ATTR.into(), Json::String(status.to_string()));
+    o.attrs
+        .insert(READY_ATTR.into(), Json::Bool(status == "ACTIVE"));
     o
 }
 
 async fn read_cluster(cx: &Context, name: &str) -> Result<Option<Observed>, DriverError> {
-    let out = match cx.aws().await?.eks.describe_cluster().name(name).send().await {
+    let out = match cx
+        .aws()
+        .await?
+        .eks
+        .describe_cluster()
+        .name(name)
+        .send()
+        .await
+    {
         Ok(out) => out,
         Err(e) if error_code(&e) == Some("ResourceNotFoundException") => return Ok(None),
         Err(e) => return Err(api_error("DescribeCluster", e)),
     };
-    let Some(c) = out.cluster() else { return Ok(None) };
+    let Some(c) = out.cluster() else {
+        return Ok(None);
+    };
     let vpc = c.resources_vpc_config();
-    let status = c.status().map(|s| s.as_str().to_string()).unwrap_or_else(|| "UNKNOWN".into());
+    let status = c
+        .status()
+        .map(|s| s.as_str().to_string())
+        .unwrap_or_else(|| "UNKNOWN".into());
     let o = observed_with(
         name,
         tags_of(c.tags()),
@@ -140,14 +299,41 @@ async fn read_cluster(cx: &Context, name: &str) -> Result<Option<Observed>, Driv
             ("version", opt_str(c.version())),
             ("role_arn", opt_str(c.role_arn())),
             ("endpoint", opt_str(c.endpoint())),
-            ("certificate_authority", opt_str(c.certificate_authority().and_then(|ca| ca.data()))),
-            ("oidc_issuer", opt_str(c.identity().and_then(|i| i.oidc()).and_then(|o| o.issuer()))),
-            ("subnet_ids", str_array(vpc.map(|v| v.subnet_ids()).unwrap_or_default())),
-            ("security_group_ids", str_array(vpc.map(|v| v.security_group_ids()).unwrap_or_default())),
-            ("cluster_security_group_id", opt_str(vpc.and_then(|v| v.cluster_security_group_id()))),
-            ("endpoint_private_access", vpc.map(|v| Json::Bool(v.endpoint_private_access())).unwrap_or(Json::Null)),
-            ("endpoint_public_access", vpc.map(|v| Json::Bool(v.endpoint_public_access())).unwrap_or(Json::Null)),
-            ("public_access_cidrs", vpc.map(|v| str_array(v.public_access_cidrs())).unwrap_or(Json::Null)),
+            (
+                "certificate_authority",
+                opt_str(c.certificate_authority().and_then(|ca| ca.data())),
+            ),
+            (
+                "oidc_issuer",
+                opt_str(c.identity().and_then(|i| i.oidc()).and_then(|o| o.issuer())),
+            ),
+            (
+                "subnet_ids",
+                str_array(vpc.map(|v| v.subnet_ids()).unwrap_or_default()),
+            ),
+            (
+                "security_group_ids",
+                str_array(vpc.map(|v| v.security_group_ids()).unwrap_or_default()),
+            ),
+            (
+                "cluster_security_group_id",
+                opt_str(vpc.and_then(|v| v.cluster_security_group_id())),
+            ),
+            (
+                "endpoint_private_access",
+                vpc.map(|v| Json::Bool(v.endpoint_private_access()))
+                    .unwrap_or(Json::Null),
+            ),
+            (
+                "endpoint_public_access",
+                vpc.map(|v| Json::Bool(v.endpoint_public_access()))
+                    .unwrap_or(Json::Null),
+            ),
+            (
+                "public_access_cidrs",
+                vpc.map(|v| str_array(v.public_access_cidrs()))
+                    .unwrap_or(Json::Null),
+            ),
         ],
     );
     Ok(Some(with_status(o, &status)))
@@ -155,7 +341,13 @@ async fn read_cluster(cx: &Context, name: &str) -> Result<Option<Observed>, Driv
 
 /// Waits until the cluster is ACTIVE; `created` marks a fresh create, whose
 /// timeout still leaves a resource to record.
-async fn wait_cluster(cx: &Context, address: &str, name: &str, timeout: Duration, created: bool) -> Result<Observed, DriverError> {
+async fn wait_cluster(
+    cx: &Context,
+    address: &str,
+    name: &str,
+    timeout: Duration,
+    created: bool,
+) -> Result<Observed, DriverError> {
     let result = cx
         .wait_until(address, "the EKS cluster to become ACTIVE", timeout, || async {
             match read_cluster(cx, name).await? {
@@ -185,25 +377,48 @@ fn vpc_request(want: &Desired<'_>, for_update: bool) -> VpcConfigRequest {
         .endpoint_public_access(want.bool("endpoint_public_access").unwrap_or(true))
         .set_public_access_cidrs(Some(strings(want.props.get("public_access_cidrs"))));
     if !for_update {
-        b = b.set_subnet_ids(Some(strings(want.props.get("subnet_ids")))).set_security_group_ids(Some(strings(want.props.get("security_group_ids"))));
+        b = b
+            .set_subnet_ids(Some(strings(want.props.get("subnet_ids"))))
+            .set_security_group_ids(Some(strings(want.props.get("security_group_ids"))));
     }
     b.build()
 }
 
-async fn sync_eks_tags(cx: &Context, arn: &str, have: &Observed, want: &Desired<'_>) -> Result<(), DriverError> {
+async fn sync_eks_tags(
+    cx: &Context,
+    arn: &str,
+    have: &Observed,
+    want: &Desired<'_>,
+) -> Result<(), DriverError> {
     let eks = &cx.aws().await?.eks;
     let removed = removed_tag_keys(have, want);
     if !removed.is_empty() {
-        eks.untag_resource().resource_arn(arn).set_tag_keys(Some(removed)).send().await.map_err(|e| api_error("UntagResource", e))?;
+        eks.untag_resource()
+            .resource_arn(arn)
+            .set_tag_keys(Some(removed))
+            .send()
+            .await
+            .map_err(|e| api_error("UntagResource", e))?;
     }
-    eks.tag_resource().resource_arn(arn).set_tags(Some(tag_map(want).into_iter().collect())).send().await.map_err(|e| api_error("TagResource", e))?;
+    eks.tag_resource()
+        .resource_arn(arn)
+        .set_tags(Some(tag_map(want).into_iter().collect()))
+        .send()
+        .await
+        .map_err(|e| api_error("TagResource", e))?;
     Ok(())
 }
 
 /// A request token that is the same for the same resource, so a retried
 /// create is not a second create.
 fn token(want: &Desired<'_>) -> String {
-    format!("ralph-{}-{}-{}", want.owner.stack, want.owner.environment, want.address).chars().take(64).collect()
+    format!(
+        "ralph-{}-{}-{}",
+        want.owner.stack, want.owner.environment, want.address
+    )
+    .chars()
+    .take(64)
+    .collect()
 }
 
 #[async_trait::async_trait]
@@ -239,10 +454,23 @@ impl Driver for EksCluster {
             .send()
             .await
             .map_err(|e| api_error("CreateCluster", e))?;
-        wait_cluster(cx, want.address, name, want.timeouts.create_or(CLUSTER_CREATE), true).await
+        wait_cluster(
+            cx,
+            want.address,
+            name,
+            want.timeouts.create_or(CLUSTER_CREATE),
+            true,
+        )
+        .await
     }
 
-    async fn update(&self, cx: &Context, want: &Desired<'_>, have: &Observed, changed: &[String]) -> Result<Observed, DriverError> {
+    async fn update(
+        &self,
+        cx: &Context,
+        want: &Desired<'_>,
+        have: &Observed,
+        changed: &[String],
+    ) -> Result<Observed, DriverError> {
         let eks = &cx.aws().await?.eks;
         let has = |f: &str| changed.iter().any(|c| c == f);
         let timeout = want.timeouts.update_or(CLUSTER_UPDATE);
@@ -255,7 +483,10 @@ impl Driver for EksCluster {
                 .map_err(|e| api_error("UpdateClusterVersion", e))?;
             wait_cluster(cx, want.address, &have.id, timeout, false).await?;
         }
-        if has("endpoint_private_access") || has("endpoint_public_access") || has("public_access_cidrs") {
+        if has("endpoint_private_access")
+            || has("endpoint_public_access")
+            || has("public_access_cidrs")
+        {
             eks.update_cluster_config()
                 .name(&have.id)
                 .resources_vpc_config(vpc_request(want, true))
@@ -265,44 +496,98 @@ impl Driver for EksCluster {
             wait_cluster(cx, want.address, &have.id, timeout, false).await?;
         }
         if has("tags") {
-            let arn = have.attrs.get("arn").and_then(Json::as_str).unwrap_or_default().to_string();
+            let arn = have
+                .attrs
+                .get("arn")
+                .and_then(Json::as_str)
+                .unwrap_or_default()
+                .to_string();
             sync_eks_tags(cx, &arn, have, want).await?;
         }
         wait_cluster(cx, want.address, &have.id, timeout, false).await
     }
 
-    async fn delete(&self, cx: &Context, have: &Observed, timeouts: &Timeouts) -> Result<(), DriverError> {
-        match cx.aws().await?.eks.delete_cluster().name(&have.id).send().await {
+    async fn delete(
+        &self,
+        cx: &Context,
+        have: &Observed,
+        timeouts: &Timeouts,
+    ) -> Result<(), DriverError> {
+        match cx
+            .aws()
+            .await?
+            .eks
+            .delete_cluster()
+            .name(&have.id)
+            .send()
+            .await
+        {
             Ok(_) => {}
             Err(e) if error_code(&e) == Some("ResourceNotFoundException") => return Ok(()),
             Err(e) => return Err(api_error("DeleteCluster", e)),
         }
         let address = have.address.clone().unwrap_or_else(|| have.id.clone());
-        cx.wait_until(&address, "the EKS cluster to be deleted", timeouts.delete_or(CLUSTER_DELETE), || async {
-            match read_cluster(cx, &have.id).await? {
-                Some(o) => Ok((None, o.attrs.get(STATUS_ATTR).and_then(Json::as_str).unwrap_or("DELETING").to_string())),
-                None => Ok((Some(()), "deleted".into())),
-            }
-        })
+        cx.wait_until(
+            &address,
+            "the EKS cluster to be deleted",
+            timeouts.delete_or(CLUSTER_DELETE),
+            || async {
+                match read_cluster(cx, &have.id).await? {
+                    Some(o) => Ok((
+                        None,
+                        o.attrs
+                            .get(STATUS_ATTR)
+                            .and_then(Json::as_str)
+                            .unwrap_or("DELETING")
+                            .to_string(),
+                    )),
+                    None => Ok((Some(()), "deleted".into())),
+                }
+            },
+        )
         .await
     }
 }
 
 fn split_id(id: &str) -> Result<(&str, &str), DriverError> {
-    id.split_once(':').ok_or_else(|| DriverError::new(format!("nodegroup id `{id}` is not cluster:nodegroup")))
+    id.split_once(':')
+        .ok_or_else(|| DriverError::new(format!("nodegroup id `{id}` is not cluster:nodegroup")))
 }
 
-async fn read_nodegroup(cx: &Context, cluster: &str, name: &str) -> Result<Option<Observed>, DriverError> {
-    let out = match cx.aws().await?.eks.describe_nodegroup().cluster_name(cluster).nodegroup_name(name).send().await {
+async fn read_nodegroup(
+    cx: &Context,
+    cluster: &str,
+    name: &str,
+) -> Result<Option<Observed>, DriverError> {
+    let out = match cx
+        .aws()
+        .await?
+        .eks
+        .describe_nodegroup()
+        .cluster_name(cluster)
+        .nodegroup_name(name)
+        .send()
+        .await
+    {
         Ok(out) => out,
         Err(e) if error_code(&e) == Some("ResourceNotFoundException") => return Ok(None),
         Err(e) => return Err(api_error("DescribeNodegroup", e)),
     };
-    let Some(n) = out.nodegroup() else { return Ok(None) };
+    let Some(n) = out.nodegroup() else {
+        return Ok(None);
+    };
     let scaling = n.scaling_config();
     let int = |v: Option<i32>| v.map(|x| Json::from(x as i64)).unwrap_or(Json::Null);
-    let labels: Map<String, Json> = n.labels().into_iter().flatten().map(|(k, v)| (k.clone(), Json::String(v.clone()))).collect();
-    let status = n.status().map(|s| s.as_str().to_string()).unwrap_or_else(|| "UNKNOWN".into());
+    let labels: Map<String, Json> = n
+        .labels()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), Json::String(v.clone())))
+        .collect();
+    let status = n
+        .status()
+        .map(|s| s.as_str().to_string())
+        .unwrap_or_else(|| "UNKNOWN".into());
     let o = observed_with(
         &format!("{cluster}:{name}"),
         tags_of(n.tags()),
@@ -313,32 +598,59 @@ async fn read_nodegroup(cx: &Context, cluster: &str, name: &str) -> Result<Optio
             ("node_role_arn", opt_str(n.node_role())),
             ("subnet_ids", str_array(n.subnets())),
             ("instance_types", str_array(n.instance_types())),
-            ("capacity_type", opt_str(n.capacity_type().map(|c| c.as_str()))),
+            (
+                "capacity_type",
+                opt_str(n.capacity_type().map(|c| c.as_str())),
+            ),
             ("disk_size", int(n.disk_size())),
             ("min_size", int(scaling.and_then(|s| s.min_size()))),
             ("max_size", int(scaling.and_then(|s| s.max_size()))),
             ("desired_size", int(scaling.and_then(|s| s.desired_size()))),
-            ("max_unavailable", int(n.update_config().and_then(|u| u.max_unavailable()))),
+            (
+                "max_unavailable",
+                int(n.update_config().and_then(|u| u.max_unavailable())),
+            ),
             ("labels", Json::Object(labels)),
         ],
     );
     Ok(Some(with_status(o, &status)))
 }
 
-async fn wait_nodegroup(cx: &Context, address: &str, cluster: &str, name: &str, timeout: Duration, created: bool) -> Result<Observed, DriverError> {
+async fn wait_nodegroup(
+    cx: &Context,
+    address: &str,
+    cluster: &str,
+    name: &str,
+    timeout: Duration,
+    created: bool,
+) -> Result<Observed, DriverError> {
     let result = cx
-        .wait_until(address, "the nodegroup to become ACTIVE", timeout, || async {
-            match read_nodegroup(cx, cluster, name).await? {
-                Some(o) => {
-                    let status = o.attrs.get(STATUS_ATTR).and_then(Json::as_str).unwrap_or("UNKNOWN").to_string();
-                    if status == "CREATE_FAILED" || status == "DEGRADED" {
-                        return Err(DriverError::new(format!("nodegroup {name} is {status}; see its health issues")));
+        .wait_until(
+            address,
+            "the nodegroup to become ACTIVE",
+            timeout,
+            || async {
+                match read_nodegroup(cx, cluster, name).await? {
+                    Some(o) => {
+                        let status = o
+                            .attrs
+                            .get(STATUS_ATTR)
+                            .and_then(Json::as_str)
+                            .unwrap_or("UNKNOWN")
+                            .to_string();
+                        if status == "CREATE_FAILED" || status == "DEGRADED" {
+                            return Err(DriverError::new(format!(
+                                "nodegroup {name} is {status}; see its health issues"
+                            )));
+                        }
+                        Ok(((status == "ACTIVE").then_some(o), status))
                     }
-                    Ok(((status == "ACTIVE").then_some(o), status))
+                    None => Err(DriverError::new(format!(
+                        "nodegroup {name} disappeared while waiting for it"
+                    ))),
                 }
-                None => Err(DriverError::new(format!("nodegroup {name} disappeared while waiting for it"))),
-            }
-        })
+            },
+        )
         .await;
     match result {
         Err(e) if created => match read_nodegroup(cx, cluster, name).await {
@@ -354,7 +666,11 @@ fn int(want: &Desired<'_>, f: &str) -> Option<i32> {
 }
 
 fn scaling(want: &Desired<'_>) -> NodegroupScalingConfig {
-    NodegroupScalingConfig::builder().set_min_size(int(want, "min_size")).set_max_size(int(want, "max_size")).set_desired_size(int(want, "desired_size")).build()
+    NodegroupScalingConfig::builder()
+        .set_min_size(int(want, "min_size"))
+        .set_max_size(int(want, "max_size"))
+        .set_desired_size(int(want, "desired_size"))
+        .build()
 }
 
 #[async_trait::async_trait]
@@ -365,18 +681,37 @@ impl Driver for EksNodegroup {
 
     async fn refresh(&self, cx: &Context, ids: &[String]) -> Result<Vec<Observed>, DriverError> {
         let eks = &cx.aws().await?.eks;
-        let mut candidates: Vec<(String, String)> = ids.iter().filter_map(|id| split_id(id).ok().map(|(c, n)| (c.to_string(), n.to_string()))).collect();
+        let mut candidates: Vec<(String, String)> = ids
+            .iter()
+            .filter_map(|id| {
+                split_id(id)
+                    .ok()
+                    .map(|(c, n)| (c.to_string(), n.to_string()))
+            })
+            .collect();
         // Nodegroups of the stack's own clusters, so an unrecorded one is found.
         let mut clusters = eks.list_clusters().into_paginator().send();
         while let Some(page) = clusters.next().await {
             let page = page.map_err(|e| api_error("ListClusters", e))?;
             for cluster in page.clusters() {
-                let Some(c) = read_cluster(cx, cluster).await? else { continue };
+                let Some(c) = read_cluster(cx, cluster).await? else {
+                    continue;
+                };
                 if c.owner.as_ref() != Some(&cx.owner) {
                     continue;
                 }
-                let groups = eks.list_nodegroups().cluster_name(cluster).send().await.map_err(|e| api_error("ListNodegroups", e))?;
-                candidates.extend(groups.nodegroups().iter().map(|n| (cluster.clone(), n.clone())));
+                let groups = eks
+                    .list_nodegroups()
+                    .cluster_name(cluster)
+                    .send()
+                    .await
+                    .map_err(|e| api_error("ListNodegroups", e))?;
+                candidates.extend(
+                    groups
+                        .nodegroups()
+                        .iter()
+                        .map(|n| (cluster.clone(), n.clone())),
+                );
             }
         }
         candidates.sort();
@@ -405,60 +740,138 @@ impl Driver for EksNodegroup {
             .node_role(want.required_str("node_role_arn")?)
             .set_subnets(Some(strings(want.props.get("subnet_ids"))))
             .set_instance_types(Some(strings(want.props.get("instance_types"))))
-            .capacity_type(CapacityTypes::from(want.str("capacity_type").unwrap_or("ON_DEMAND")))
+            .capacity_type(CapacityTypes::from(
+                want.str("capacity_type").unwrap_or("ON_DEMAND"),
+            ))
             .set_disk_size(int(want, "disk_size"))
             .scaling_config(scaling(want))
-            .update_config(NodegroupUpdateConfig::builder().set_max_unavailable(int(want, "max_unavailable")).build())
+            .update_config(
+                NodegroupUpdateConfig::builder()
+                    .set_max_unavailable(int(want, "max_unavailable"))
+                    .build(),
+            )
             .set_labels(Some(labels))
             .set_tags(Some(tag_map(want).into_iter().collect()))
             .client_request_token(token(want))
             .send()
             .await
             .map_err(|e| api_error("CreateNodegroup", e))?;
-        wait_nodegroup(cx, want.address, cluster, name, want.timeouts.create_or(NODEGROUP_TIMEOUT), true).await
+        wait_nodegroup(
+            cx,
+            want.address,
+            cluster,
+            name,
+            want.timeouts.create_or(NODEGROUP_TIMEOUT),
+            true,
+        )
+        .await
     }
 
-    async fn update(&self, cx: &Context, want: &Desired<'_>, have: &Observed, changed: &[String]) -> Result<Observed, DriverError> {
+    async fn update(
+        &self,
+        cx: &Context,
+        want: &Desired<'_>,
+        have: &Observed,
+        changed: &[String],
+    ) -> Result<Observed, DriverError> {
         let (cluster, name) = split_id(&have.id)?;
         let has = |f: &str| changed.iter().any(|c| c == f);
         let timeout = want.timeouts.update_or(NODEGROUP_TIMEOUT);
-        if has("min_size") || has("max_size") || has("desired_size") || has("max_unavailable") || has("labels") {
-            let mut req = cx.aws().await?.eks.update_nodegroup_config().cluster_name(cluster).nodegroup_name(name);
+        if has("min_size")
+            || has("max_size")
+            || has("desired_size")
+            || has("max_unavailable")
+            || has("labels")
+        {
+            let mut req = cx
+                .aws()
+                .await?
+                .eks
+                .update_nodegroup_config()
+                .cluster_name(cluster)
+                .nodegroup_name(name);
             if has("min_size") || has("max_size") || has("desired_size") {
                 req = req.scaling_config(scaling(want));
             }
             if has("max_unavailable") {
-                req = req.update_config(NodegroupUpdateConfig::builder().set_max_unavailable(int(want, "max_unavailable")).build());
+                req = req.update_config(
+                    NodegroupUpdateConfig::builder()
+                        .set_max_unavailable(int(want, "max_unavailable"))
+                        .build(),
+                );
             }
             if has("labels") {
                 let wanted: HashMap<String, String> = super::user_tags_of(want.props.get("labels"));
-                let current: HashMap<String, String> = super::user_tags_of(have.attrs.get("labels"));
-                let removed: Vec<String> = current.keys().filter(|k| !wanted.contains_key(*k)).cloned().collect();
-                req = req.labels(UpdateLabelsPayload::builder().set_add_or_update_labels(Some(wanted)).set_remove_labels(Some(removed)).build());
+                let current: HashMap<String, String> =
+                    super::user_tags_of(have.attrs.get("labels"));
+                let removed: Vec<String> = current
+                    .keys()
+                    .filter(|k| !wanted.contains_key(*k))
+                    .cloned()
+                    .collect();
+                req = req.labels(
+                    UpdateLabelsPayload::builder()
+                        .set_add_or_update_labels(Some(wanted))
+                        .set_remove_labels(Some(removed))
+                        .build(),
+                );
             }
-            req.send().await.map_err(|e| api_error("UpdateNodegroupConfig", e))?;
+            req.send()
+                .await
+                .map_err(|e| api_error("UpdateNodegroupConfig", e))?;
         }
         if has("tags") {
-            let arn = have.attrs.get("arn").and_then(Json::as_str).unwrap_or_default().to_string();
+            let arn = have
+                .attrs
+                .get("arn")
+                .and_then(Json::as_str)
+                .unwrap_or_default()
+                .to_string();
             sync_eks_tags(cx, &arn, have, want).await?;
         }
         wait_nodegroup(cx, want.address, cluster, name, timeout, false).await
     }
 
-    async fn delete(&self, cx: &Context, have: &Observed, timeouts: &Timeouts) -> Result<(), DriverError> {
+    async fn delete(
+        &self,
+        cx: &Context,
+        have: &Observed,
+        timeouts: &Timeouts,
+    ) -> Result<(), DriverError> {
         let (cluster, name) = split_id(&have.id)?;
-        match cx.aws().await?.eks.delete_nodegroup().cluster_name(cluster).nodegroup_name(name).send().await {
+        match cx
+            .aws()
+            .await?
+            .eks
+            .delete_nodegroup()
+            .cluster_name(cluster)
+            .nodegroup_name(name)
+            .send()
+            .await
+        {
             Ok(_) => {}
             Err(e) if error_code(&e) == Some("ResourceNotFoundException") => return Ok(()),
             Err(e) => return Err(api_error("DeleteNodegroup", e)),
         }
         let address = have.address.clone().unwrap_or_else(|| have.id.clone());
-        cx.wait_until(&address, "the nodegroup to be deleted", timeouts.delete_or(NODEGROUP_TIMEOUT), || async {
-            match read_nodegroup(cx, cluster, name).await? {
-                Some(o) => Ok((None, o.attrs.get(STATUS_ATTR).and_then(Json::as_str).unwrap_or("DELETING").to_string())),
-                None => Ok((Some(()), "deleted".into())),
-            }
-        })
+        cx.wait_until(
+            &address,
+            "the nodegroup to be deleted",
+            timeouts.delete_or(NODEGROUP_TIMEOUT),
+            || async {
+                match read_nodegroup(cx, cluster, name).await? {
+                    Some(o) => Ok((
+                        None,
+                        o.attrs
+                            .get(STATUS_ATTR)
+                            .and_then(Json::as_str)
+                            .unwrap_or("DELETING")
+                            .to_string(),
+                    )),
+                    None => Ok((Some(()), "deleted".into())),
+                }
+            },
+        )
         .await
     }
 }

@@ -4,16 +4,24 @@
 use aws_sdk_iam::types::Tag;
 use serde_json::{json, Value as Json};
 
-use super::{api_error, error_code, observed_with, opt_str, read_tag_pairs, removed_tag_keys, tag_map};
+use super::{
+    api_error, error_code, observed_with, opt_str, read_tag_pairs, removed_tag_keys, tag_map,
+};
 use crate::drivers::{Context, Desired, Driver, DriverError, Observed, Timeouts};
 use crate::kinds::{checks, Attr, Field, KindSchema, Ty};
 
 fn role_name(v: &Json) -> Result<(), String> {
     let s = v.as_str().unwrap_or_default();
-    if !s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_alphanumeric() || "+=,.@_-".contains(c)) {
+    if !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+=,.@_-".contains(c))
+    {
         Ok(())
     } else {
-        Err(format!("role name `{s}` must be 1-64 characters of letters, digits and +=,.@_-"))
+        Err(format!(
+            "role name `{s}` must be 1-64 characters of letters, digits and +=,.@_-"
+        ))
     }
 }
 
@@ -21,15 +29,39 @@ static SCHEMA: KindSchema = KindSchema {
     kind: "aws.iam_role",
     doc: "An IAM role assumed by an AWS service.",
     fields: &[
-        Field::new("name", Ty::String, "the role name").required().forces_replace().check(role_name),
-        Field::new("assume_role_service", Ty::String, "the service principal that assumes it, such as eks.amazonaws.com").required(),
-        Field::new("managed_policy_arns", Ty::Set(&Ty::String), "managed policies to attach").default("[]"),
-        Field::new("description", Ty::String, "what the role is for").default("\"Managed by ralph-deploy\""),
-        Field::new("tags", Ty::StringMap, "tags besides the ownership tags").default("{}").check(checks::tags),
+        Field::new("name", Ty::String, "the role name")
+            .required()
+            .forces_replace()
+            .check(role_name),
+        Field::new(
+            "assume_role_service",
+            Ty::String,
+            "the service principal that assumes it, such as eks.amazonaws.com",
+        )
+        .required(),
+        Field::new(
+            "managed_policy_arns",
+            Ty::Set(&Ty::String),
+            "managed policies to attach",
+        )
+        .default("[]"),
+        Field::new("description", Ty::String, "what the role is for")
+            .default("\"Managed by ralph-deploy\""),
+        Field::new("tags", Ty::StringMap, "tags besides the ownership tags")
+            .default("{}")
+            .check(checks::tags),
     ],
     attrs: &[
-        Attr { name: "id", ty: Ty::String, doc: "the role name" },
-        Attr { name: "arn", ty: Ty::String, doc: "the role ARN" },
+        Attr {
+            name: "id",
+            ty: Ty::String,
+            doc: "the role name",
+        },
+        Attr {
+            name: "arn",
+            ty: Ty::String,
+            doc: "the role ARN",
+        },
     ],
     taggable: true,
     name_field: Some("name"),
@@ -84,8 +116,17 @@ async fn read_one(cx: &Context, name: &str) -> Result<Option<Observed>, DriverEr
         Err(e) => return Err(api_error("GetRole", e)),
     };
     let Some(role) = role else { return Ok(None) };
-    let attached = iam.list_attached_role_policies().role_name(name).send().await.map_err(|e| api_error("ListAttachedRolePolicies", e))?;
-    let policies: Vec<Json> = attached.attached_policies().iter().filter_map(|p| p.policy_arn().map(|a| Json::String(a.to_string()))).collect();
+    let attached = iam
+        .list_attached_role_policies()
+        .role_name(name)
+        .send()
+        .await
+        .map_err(|e| api_error("ListAttachedRolePolicies", e))?;
+    let policies: Vec<Json> = attached
+        .attached_policies()
+        .iter()
+        .filter_map(|p| p.policy_arn().map(|a| Json::String(a.to_string())))
+        .collect();
     let tags = read_tag_pairs(role.tags().iter().map(|t| (t.key(), t.value())));
     Ok(Some(observed_with(
         role.role_name(),
@@ -93,26 +134,50 @@ async fn read_one(cx: &Context, name: &str) -> Result<Option<Observed>, DriverEr
         vec![
             ("name", Json::String(role.role_name().to_string())),
             ("arn", Json::String(role.arn().to_string())),
-            ("assume_role_service", role.assume_role_policy_document().map(trusted_service).unwrap_or(Json::Null)),
+            (
+                "assume_role_service",
+                role.assume_role_policy_document()
+                    .map(trusted_service)
+                    .unwrap_or(Json::Null),
+            ),
             ("managed_policy_arns", Json::Array(policies)),
             ("description", opt_str(role.description())),
         ],
     )))
 }
 
-async fn sync_policies(cx: &Context, name: &str, have: &[String], want: &[String]) -> Result<(), DriverError> {
+async fn sync_policies(
+    cx: &Context,
+    name: &str,
+    have: &[String],
+    want: &[String],
+) -> Result<(), DriverError> {
     let iam = &cx.aws().await?.iam;
     for arn in have.iter().filter(|a| !want.contains(a)) {
-        iam.detach_role_policy().role_name(name).policy_arn(arn).send().await.map_err(|e| api_error("DetachRolePolicy", e))?;
+        iam.detach_role_policy()
+            .role_name(name)
+            .policy_arn(arn)
+            .send()
+            .await
+            .map_err(|e| api_error("DetachRolePolicy", e))?;
     }
     for arn in want.iter().filter(|a| !have.contains(a)) {
-        iam.attach_role_policy().role_name(name).policy_arn(arn).send().await.map_err(|e| api_error("AttachRolePolicy", e))?;
+        iam.attach_role_policy()
+            .role_name(name)
+            .policy_arn(arn)
+            .send()
+            .await
+            .map_err(|e| api_error("AttachRolePolicy", e))?;
     }
     Ok(())
 }
 
 fn strings(v: Option<&Json>) -> Vec<String> {
-    v.and_then(Json::as_array).into_iter().flatten().filter_map(|x| x.as_str().map(str::to_string)).collect()
+    v.and_then(Json::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|x| x.as_str().map(str::to_string))
+        .collect()
 }
 
 #[async_trait::async_trait]
@@ -133,7 +198,10 @@ impl Driver for IamRole {
 
     async fn create(&self, cx: &Context, want: &Desired<'_>) -> Result<Observed, DriverError> {
         let name = want.required_str("name")?;
-        let tags: Vec<Tag> = tag_map(want).into_iter().filter_map(|(k, v)| Tag::builder().key(k).value(v).build().ok()).collect();
+        let tags: Vec<Tag> = tag_map(want)
+            .into_iter()
+            .filter_map(|(k, v)| Tag::builder().key(k).value(v).build().ok())
+            .collect();
         cx.aws()
             .await?
             .iam
@@ -145,11 +213,25 @@ impl Driver for IamRole {
             .send()
             .await
             .map_err(|e| api_error("CreateRole", e))?;
-        sync_policies(cx, name, &[], &strings(want.props.get("managed_policy_arns"))).await?;
-        read_one(cx, name).await?.ok_or_else(|| DriverError::new(format!("role {name} vanished right after it was created")))
+        sync_policies(
+            cx,
+            name,
+            &[],
+            &strings(want.props.get("managed_policy_arns")),
+        )
+        .await?;
+        read_one(cx, name).await?.ok_or_else(|| {
+            DriverError::new(format!("role {name} vanished right after it was created"))
+        })
     }
 
-    async fn update(&self, cx: &Context, want: &Desired<'_>, have: &Observed, changed: &[String]) -> Result<Observed, DriverError> {
+    async fn update(
+        &self,
+        cx: &Context,
+        want: &Desired<'_>,
+        have: &Observed,
+        changed: &[String],
+    ) -> Result<Observed, DriverError> {
         let iam = &cx.aws().await?.iam;
         let has = |f: &str| changed.iter().any(|c| c == f);
         if has("assume_role_service") {
@@ -161,30 +243,75 @@ impl Driver for IamRole {
                 .map_err(|e| api_error("UpdateAssumeRolePolicy", e))?;
         }
         if has("description") {
-            iam.update_role().role_name(&have.id).description(want.str("description").unwrap_or_default()).send().await.map_err(|e| api_error("UpdateRole", e))?;
+            iam.update_role()
+                .role_name(&have.id)
+                .description(want.str("description").unwrap_or_default())
+                .send()
+                .await
+                .map_err(|e| api_error("UpdateRole", e))?;
         }
         if has("managed_policy_arns") {
-            sync_policies(cx, &have.id, &strings(have.attrs.get("managed_policy_arns")), &strings(want.props.get("managed_policy_arns"))).await?;
+            sync_policies(
+                cx,
+                &have.id,
+                &strings(have.attrs.get("managed_policy_arns")),
+                &strings(want.props.get("managed_policy_arns")),
+            )
+            .await?;
         }
         if has("tags") {
             let removed = removed_tag_keys(have, want);
             if !removed.is_empty() {
-                iam.untag_role().role_name(&have.id).set_tag_keys(Some(removed)).send().await.map_err(|e| api_error("UntagRole", e))?;
+                iam.untag_role()
+                    .role_name(&have.id)
+                    .set_tag_keys(Some(removed))
+                    .send()
+                    .await
+                    .map_err(|e| api_error("UntagRole", e))?;
             }
-            let tags: Vec<Tag> = tag_map(want).into_iter().filter_map(|(k, v)| Tag::builder().key(k).value(v).build().ok()).collect();
-            iam.tag_role().role_name(&have.id).set_tags(Some(tags)).send().await.map_err(|e| api_error("TagRole", e))?;
+            let tags: Vec<Tag> = tag_map(want)
+                .into_iter()
+                .filter_map(|(k, v)| Tag::builder().key(k).value(v).build().ok())
+                .collect();
+            iam.tag_role()
+                .role_name(&have.id)
+                .set_tags(Some(tags))
+                .send()
+                .await
+                .map_err(|e| api_error("TagRole", e))?;
         }
-        read_one(cx, &have.id).await?.ok_or_else(|| DriverError::new(format!("role {} vanished", have.id)))
+        read_one(cx, &have.id)
+            .await?
+            .ok_or_else(|| DriverError::new(format!("role {} vanished", have.id)))
     }
 
-    async fn delete(&self, cx: &Context, have: &Observed, _timeouts: &Timeouts) -> Result<(), DriverError> {
+    async fn delete(
+        &self,
+        cx: &Context,
+        have: &Observed,
+        _timeouts: &Timeouts,
+    ) -> Result<(), DriverError> {
         // A role with attached policies cannot be deleted.
         let current = match read_one(cx, &have.id).await? {
             Some(c) => c,
             None => return Ok(()),
         };
-        sync_policies(cx, &have.id, &strings(current.attrs.get("managed_policy_arns")), &[]).await?;
-        match cx.aws().await?.iam.delete_role().role_name(&have.id).send().await {
+        sync_policies(
+            cx,
+            &have.id,
+            &strings(current.attrs.get("managed_policy_arns")),
+            &[],
+        )
+        .await?;
+        match cx
+            .aws()
+            .await?
+            .iam
+            .delete_role()
+            .role_name(&have.id)
+            .send()
+            .await
+        {
             Ok(_) => Ok(()),
             Err(e) if error_code(&e) == Some("NoSuchEntity") => Ok(()),
             Err(e) => Err(api_error("DeleteRole", e)),

@@ -150,7 +150,12 @@ impl Driver for InternetGateway {
         read_one(cx, &have.id).await
     }
 
-    async fn delete(&self, cx: &Context, have: &Observed, _timeouts: &Timeouts) -> Result<(), DriverError> {
+    async fn delete(
+        &self,
+        cx: &Context,
+        have: &Observed,
+        _timeouts: &Timeouts,
+    ) -> Result<(), DriverError> {
         if let Some(vpc) = have.attrs.get("vpc_id").and_then(Json::as_str) {
             detach(cx, &have.id, vpc).await?;
         }

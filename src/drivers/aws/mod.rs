@@ -6,6 +6,7 @@
 
 mod eip;
 mod eks;
+mod elasticache;
 mod iam_role;
 mod internet_gateway;
 mod nat_gateway;
@@ -51,6 +52,8 @@ pub fn drivers() -> Vec<Box<dyn Driver>> {
         Box::new(rds::SubnetGroup),
         Box::new(rds::ParameterGroup),
         Box::new(rds::Instance),
+        Box::new(elasticache::SubnetGroup),
+        Box::new(elasticache::ReplicationGroup),
     ]
 }
 
@@ -88,10 +91,15 @@ impl AwsClients {
         let counter = RequestCounter(requests);
         // A custom endpoint (an S3-compatible store, the local cloud) is
         // addressed by path, as such endpoints expect.
-        let custom_endpoint = settings.endpoint.is_some() || std::env::var_os("AWS_ENDPOINT_URL").is_some();
+        let custom_endpoint =
+            settings.endpoint.is_some() || std::env::var_os("AWS_ENDPOINT_URL").is_some();
         macro_rules! client {
             ($krate:ident) => {
-                $krate::Client::from_conf($krate::config::Builder::from(&config).interceptor(RequestCounter(counter.0.clone())).build())
+                $krate::Client::from_conf(
+                    $krate::config::Builder::from(&config)
+                        .interceptor(RequestCounter(counter.0.clone()))
+                        .build(),
+                )
             };
         }
         Ok(AwsClients {
@@ -101,7 +109,10 @@ impl AwsClients {
             elasticache: client!(aws_sdk_elasticache),
             secrets: client!(aws_sdk_secretsmanager),
             s3: aws_sdk_s3::Client::from_conf(
-                aws_sdk_s3::config::Builder::from(&config).interceptor(RequestCounter(counter.0.clone())).force_path_style(custom_endpoint).build(),
+                aws_sdk_s3::config::Builder::from(&config)
+                    .interceptor(RequestCounter(counter.0.clone()))
+                    .force_path_style(custom_endpoint)
+                    .build(),
             ),
             iam: client!(aws_sdk_iam),
             region,
@@ -141,7 +152,16 @@ where
     let text = match (err.code(), err.message()) {
         (Some(code), Some(msg)) => format!("{code}: {msg}"),
         (Some(code), None) => code.to_string(),
-        _ => DisplayErrorContext(&err).to_string(),
+        _ => {
+            // Without a service code the SDK's text can carry a whole raw
+            // response: keep the first line's worth.
+            let full = DisplayErrorContext(&err).to_string();
+            let mut short: String = full.chars().take(300).collect();
+            if full.chars().count() > 300 {
+                short.push_str("...");
+            }
+            short
+        }
     };
     DriverError::new(format!("{op}: {text}"))
 }
@@ -183,7 +203,12 @@ pub(crate) fn removed_tag_keys(have: &Observed, want: &Desired<'_>) -> Vec<Strin
     have.attrs
         .get("tags")
         .and_then(Json::as_object)
-        .map(|m| m.keys().filter(|k| !wanted.contains_key(*k)).cloned().collect())
+        .map(|m| {
+            m.keys()
+                .filter(|k| !wanted.contains_key(*k))
+                .cloned()
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -228,7 +253,9 @@ pub(crate) fn read_tags(tags: &[Tag]) -> (Option<String>, Option<Owner>, Json) {
 }
 
 /// The same, from any service's (key, value) pairs.
-pub(crate) fn read_tag_pairs<'a>(tags: impl IntoIterator<Item = (&'a str, &'a str)>) -> (Option<String>, Option<Owner>, Json) {
+pub(crate) fn read_tag_pairs<'a>(
+    tags: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> (Option<String>, Option<Owner>, Json) {
     let mut address = None;
     let (mut stack, mut environment) = (None, None);
     let mut user = Map::new();
@@ -301,7 +328,11 @@ pub(crate) fn observed(id: &str, tags: &[Tag], attrs: Vec<(&str, Json)>) -> Obse
 }
 
 /// Builds an `Observed` from already-read tags.
-pub(crate) fn observed_with(id: &str, tags: (Option<String>, Option<Owner>, Json), attrs: Vec<(&str, Json)>) -> Observed {
+pub(crate) fn observed_with(
+    id: &str,
+    tags: (Option<String>, Option<Owner>, Json),
+    attrs: Vec<(&str, Json)>,
+) -> Observed {
     let (address, owner, user) = tags;
     let mut map = Map::new();
     map.insert("id".into(), Json::String(id.to_string()));

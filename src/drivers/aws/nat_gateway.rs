@@ -212,7 +212,12 @@ impl Driver for NatGateway {
             .ok_or_else(|| DriverError::new(format!("NAT gateway {} vanished", have.id)))
     }
 
-    async fn delete(&self, cx: &Context, have: &Observed, _timeouts: &Timeouts) -> Result<(), DriverError> {
+    async fn delete(
+        &self,
+        cx: &Context,
+        have: &Observed,
+        _timeouts: &Timeouts,
+    ) -> Result<(), DriverError> {
         match ec2(cx)
             .await?
             .delete_nat_gateway()

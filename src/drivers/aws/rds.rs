@@ -11,8 +11,13 @@ use std::time::Duration;
 use aws_sdk_rds::types::{ApplyMethod, Parameter, Tag};
 use serde_json::{Map, Value as Json};
 
-use super::{api_error, error_code, observed_with, opt_str, read_tag_pairs, removed_tag_keys, tag_map, user_tags_of};
-use crate::drivers::{Context, Desired, Driver, DriverError, Observed, Timeouts, READY_ATTR, STATUS_ATTR};
+use super::{
+    api_error, error_code, observed_with, opt_str, read_tag_pairs, removed_tag_keys, tag_map,
+    user_tags_of,
+};
+use crate::drivers::{
+    Context, Desired, Driver, DriverError, Observed, Timeouts, READY_ATTR, STATUS_ATTR,
+};
 use crate::kinds::{checks, Attr, Field, KindSchema, Ty};
 
 const INSTANCE_TIMEOUT: Duration = Duration::from_secs(40 * 60);
@@ -22,7 +27,8 @@ fn identifier(v: &Json) -> Result<(), String> {
     let ok = !s.is_empty()
         && s.len() <= 63
         && s.starts_with(|c: char| c.is_ascii_lowercase())
-        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         && !s.ends_with('-')
         && !s.contains("--");
     if ok {
@@ -37,7 +43,9 @@ fn instance_class(v: &Json) -> Result<(), String> {
     if s.starts_with("db.") && s.split('.').count() == 3 {
         Ok(())
     } else {
-        Err(format!("`{s}` is not a DB instance class such as db.t3.large"))
+        Err(format!(
+            "`{s}` is not a DB instance class such as db.t3.large"
+        ))
     }
 }
 
@@ -59,12 +67,34 @@ static SUBNET_GROUP: KindSchema = KindSchema {
     kind: "aws.rds_subnet_group",
     doc: "The subnets an RDS instance may use.",
     fields: &[
-        Field::new("name", Ty::String, "the group name").required().forces_replace().check(identifier),
-        Field::new("description", Ty::String, "what it is for").default("\"Managed by ralph-deploy\""),
-        Field::new("subnet_ids", Ty::Set(&Ty::String), "private subnets in at least two zones").required(),
-        Field::new("tags", Ty::StringMap, "tags besides the ownership tags").default("{}").check(checks::tags),
+        Field::new("name", Ty::String, "the group name")
+            .required()
+            .forces_replace()
+            .check(identifier),
+        Field::new("description", Ty::String, "what it is for")
+            .default("\"Managed by ralph-deploy\""),
+        Field::new(
+            "subnet_ids",
+            Ty::Set(&Ty::String),
+            "private subnets in at least two zones",
+        )
+        .required(),
+        Field::new("tags", Ty::StringMap, "tags besides the ownership tags")
+            .default("{}")
+            .check(checks::tags),
     ],
-    attrs: &[Attr { name: "id", ty: Ty::String, doc: "the group name" }, Attr { name: "arn", ty: Ty::String, doc: "the group ARN" }],
+    attrs: &[
+        Attr {
+            name: "id",
+            ty: Ty::String,
+            doc: "the group name",
+        },
+        Attr {
+            name: "arn",
+            ty: Ty::String,
+            doc: "the group ARN",
+        },
+    ],
     taggable: true,
     name_field: Some("name"),
     exactly_one_of: &[],
@@ -74,13 +104,42 @@ static PARAMETER_GROUP: KindSchema = KindSchema {
     kind: "aws.rds_parameter_group",
     doc: "Database engine settings for RDS instances.",
     fields: &[
-        Field::new("name", Ty::String, "the group name").required().forces_replace().check(identifier),
-        Field::new("family", Ty::String, "the engine family, such as postgres15").default("\"postgres15\"").forces_replace(),
-        Field::new("description", Ty::String, "what it is for").default("\"Managed by ralph-deploy\"").forces_replace(),
-        Field::new("parameters", Ty::StringMap, "parameter name to value (applied at the next reboot)").default("{}"),
-        Field::new("tags", Ty::StringMap, "tags besides the ownership tags").default("{}").check(checks::tags),
+        Field::new("name", Ty::String, "the group name")
+            .required()
+            .forces_replace()
+            .check(identifier),
+        Field::new(
+            "family",
+            Ty::String,
+            "the engine family, such as postgres15",
+        )
+        .default("\"postgres15\"")
+        .forces_replace(),
+        Field::new("description", Ty::String, "what it is for")
+            .default("\"Managed by ralph-deploy\"")
+            .forces_replace(),
+        Field::new(
+            "parameters",
+            Ty::StringMap,
+            "parameter name to value (applied at the next reboot)",
+        )
+        .default("{}"),
+        Field::new("tags", Ty::StringMap, "tags besides the ownership tags")
+            .default("{}")
+            .check(checks::tags),
     ],
-    attrs: &[Attr { name: "id", ty: Ty::String, doc: "the group name" }, Attr { name: "arn", ty: Ty::String, doc: "the group ARN" }],
+    attrs: &[
+        Attr {
+            name: "id",
+            ty: Ty::String,
+            doc: "the group name",
+        },
+        Attr {
+            name: "arn",
+            ty: Ty::String,
+            doc: "the group ARN",
+        },
+    ],
     taggable: true,
     name_field: Some("name"),
     exactly_one_of: &[],
@@ -90,36 +149,138 @@ static INSTANCE: KindSchema = KindSchema {
     kind: "aws.rds_instance",
     doc: "An RDS database instance: a primary, or a read replica of one.",
     fields: &[
-        Field::new("identifier", Ty::String, "the instance identifier").required().forces_replace().check(identifier),
-        Field::new("replicate_source_db", Ty::String, "make this a read replica of that instance").forces_replace(),
-        Field::new("engine", Ty::String, "the engine").default("\"postgres\"").forces_replace(),
-        Field::new("engine_version", Ty::Version, "engine version, such as \"15\"; upgrades happen in place"),
-        Field::new("instance_class", Ty::String, "such as db.t3.large").required().check(instance_class),
-        Field::new("allocated_storage", Ty::Int, "GiB of storage (can only grow)").check(storage),
+        Field::new("identifier", Ty::String, "the instance identifier")
+            .required()
+            .forces_replace()
+            .check(identifier),
+        Field::new(
+            "replicate_source_db",
+            Ty::String,
+            "make this a read replica of that instance",
+        )
+        .forces_replace(),
+        Field::new("engine", Ty::String, "the engine")
+            .default("\"postgres\"")
+            .forces_replace(),
+        Field::new(
+            "engine_version",
+            Ty::Version,
+            "engine version, such as \"15\"; upgrades happen in place",
+        ),
+        Field::new("instance_class", Ty::String, "such as db.t3.large")
+            .required()
+            .check(instance_class),
+        Field::new(
+            "allocated_storage",
+            Ty::Int,
+            "GiB of storage (can only grow)",
+        )
+        .check(storage),
         Field::new("storage_type", Ty::String, "gp3, gp2 or io1").default("\"gp3\""),
-        Field::new("storage_encrypted", Ty::Bool, "encrypt storage at rest").default("true").forces_replace(),
+        Field::new("storage_encrypted", Ty::Bool, "encrypt storage at rest")
+            .default("true")
+            .forces_replace(),
         Field::new("kms_key_id", Ty::String, "KMS key for storage encryption").forces_replace(),
-        Field::new("multi_az", Ty::Bool, "a synchronous standby in another zone").default("false"),
-        Field::new("db_subnet_group_name", Ty::String, "the subnet group (primaries)").forces_replace(),
+        Field::new(
+            "multi_az",
+            Ty::Bool,
+            "a synchronous standby in another zone",
+        )
+        .default("false"),
+        Field::new(
+            "db_subnet_group_name",
+            Ty::String,
+            "the subnet group (primaries)",
+        )
+        .forces_replace(),
         Field::new("parameter_group_name", Ty::String, "the parameter group"),
-        Field::new("vpc_security_group_ids", Ty::Set(&Ty::String), "security groups").default("[]"),
-        Field::new("backup_retention_days", Ty::Int, "days of automated backups (0 turns them off)").check(retention),
-        Field::new("backup_window", Ty::String, "daily backup window, UTC, such as 03:00-04:00"),
-        Field::new("maintenance_window", Ty::String, "weekly maintenance window, such as sun:04:00-sun:05:00"),
-        Field::new("deletion_protection", Ty::Bool, "the service refuses to delete it").default("true"),
-        Field::new("db_name", Ty::String, "a database created with the instance").forces_replace(),
-        Field::new("master_username", Ty::String, "the administrator (primaries)").forces_replace(),
-        Field::new("publicly_accessible", Ty::Bool, "reachable from outside the VPC").default("false"),
-        Field::new("skip_final_snapshot", Ty::Bool, "delete without a final snapshot").default("false"),
-        Field::new("tags", Ty::StringMap, "tags besides the ownership tags").default("{}").check(checks::tags),
+        Field::new(
+            "vpc_security_group_ids",
+            Ty::Set(&Ty::String),
+            "security groups",
+        )
+        .default("[]"),
+        Field::new(
+            "backup_retention_days",
+            Ty::Int,
+            "days of automated backups (0 turns them off)",
+        )
+        .check(retention),
+        Field::new(
+            "backup_window",
+            Ty::String,
+            "daily backup window, UTC, such as 03:00-04:00",
+        ),
+        Field::new(
+            "maintenance_window",
+            Ty::String,
+            "weekly maintenance window, such as sun:04:00-sun:05:00",
+        ),
+        Field::new(
+            "deletion_protection",
+            Ty::Bool,
+            "the service refuses to delete it",
+        )
+        .default("true"),
+        Field::new(
+            "db_name",
+            Ty::String,
+            "a database created with the instance",
+        )
+        .forces_replace(),
+        Field::new(
+            "master_username",
+            Ty::String,
+            "the administrator (primaries)",
+        )
+        .forces_replace(),
+        Field::new(
+            "publicly_accessible",
+            Ty::Bool,
+            "reachable from outside the VPC",
+        )
+        .default("false"),
+        Field::new(
+            "skip_final_snapshot",
+            Ty::Bool,
+            "delete without a final snapshot",
+        )
+        .default("false"),
+        Field::new("tags", Ty::StringMap, "tags besides the ownership tags")
+            .default("{}")
+            .check(checks::tags),
     ],
     attrs: &[
-        Attr { name: "id", ty: Ty::String, doc: "the instance identifier" },
-        Attr { name: "arn", ty: Ty::String, doc: "the instance ARN" },
-        Attr { name: "address", ty: Ty::String, doc: "the endpoint host name" },
-        Attr { name: "port", ty: Ty::Int, doc: "the endpoint port" },
-        Attr { name: "master_user_secret_arn", ty: Ty::String, doc: "the Secrets Manager secret RDS keeps the master password in" },
-        Attr { name: "status", ty: Ty::String, doc: "creating, available, modifying, ..." },
+        Attr {
+            name: "id",
+            ty: Ty::String,
+            doc: "the instance identifier",
+        },
+        Attr {
+            name: "arn",
+            ty: Ty::String,
+            doc: "the instance ARN",
+        },
+        Attr {
+            name: "address",
+            ty: Ty::String,
+            doc: "the endpoint host name",
+        },
+        Attr {
+            name: "port",
+            ty: Ty::Int,
+            doc: "the endpoint port",
+        },
+        Attr {
+            name: "master_user_secret_arn",
+            ty: Ty::String,
+            doc: "the Secrets Manager secret RDS keeps the master password in",
+        },
+        Attr {
+            name: "status",
+            ty: Ty::String,
+            doc: "creating, available, modifying, ...",
+        },
     ],
     taggable: true,
     name_field: Some("identifier"),
@@ -131,48 +292,105 @@ pub struct ParameterGroup;
 pub struct Instance;
 
 fn rds_tags(want: &Desired<'_>) -> Vec<Tag> {
-    tag_map(want).into_iter().map(|(k, v)| Tag::builder().key(k).value(v).build()).collect()
+    tag_map(want)
+        .into_iter()
+        .map(|(k, v)| Tag::builder().key(k).value(v).build())
+        .collect()
 }
 
 fn strings(v: Option<&Json>) -> Vec<String> {
-    v.and_then(Json::as_array).into_iter().flatten().filter_map(|x| x.as_str().map(str::to_string)).collect()
+    v.and_then(Json::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|x| x.as_str().map(str::to_string))
+        .collect()
 }
 
 fn int(want: &Desired<'_>, f: &str) -> Option<i32> {
     want.props.get(f).and_then(Json::as_i64).map(|v| v as i32)
 }
 
-async fn tags_of(cx: &Context, arn: &str) -> Result<(Option<String>, Option<crate::drivers::Owner>, Json), DriverError> {
-    let out = cx.aws().await?.rds.list_tags_for_resource().resource_name(arn).send().await.map_err(|e| api_error("ListTagsForResource", e))?;
-    let pairs: Vec<(String, String)> = out.tag_list().iter().filter_map(|t| Some((t.key()?.to_string(), t.value()?.to_string()))).collect();
-    Ok(read_tag_pairs(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str()))))
+async fn tags_of(
+    cx: &Context,
+    arn: &str,
+) -> Result<(Option<String>, Option<crate::drivers::Owner>, Json), DriverError> {
+    let out = cx
+        .aws()
+        .await?
+        .rds
+        .list_tags_for_resource()
+        .resource_name(arn)
+        .send()
+        .await
+        .map_err(|e| api_error("ListTagsForResource", e))?;
+    let pairs: Vec<(String, String)> = out
+        .tag_list()
+        .iter()
+        .filter_map(|t| Some((t.key()?.to_string(), t.value()?.to_string())))
+        .collect();
+    Ok(read_tag_pairs(
+        pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+    ))
 }
 
-async fn sync_rds_tags(cx: &Context, arn: &str, have: &Observed, want: &Desired<'_>) -> Result<(), DriverError> {
+async fn sync_rds_tags(
+    cx: &Context,
+    arn: &str,
+    have: &Observed,
+    want: &Desired<'_>,
+) -> Result<(), DriverError> {
     let rds = &cx.aws().await?.rds;
     let removed = removed_tag_keys(have, want);
     if !removed.is_empty() {
-        rds.remove_tags_from_resource().resource_name(arn).set_tag_keys(Some(removed)).send().await.map_err(|e| api_error("RemoveTagsFromResource", e))?;
+        rds.remove_tags_from_resource()
+            .resource_name(arn)
+            .set_tag_keys(Some(removed))
+            .send()
+            .await
+            .map_err(|e| api_error("RemoveTagsFromResource", e))?;
     }
-    rds.add_tags_to_resource().resource_name(arn).set_tags(Some(rds_tags(want))).send().await.map_err(|e| api_error("AddTagsToResource", e))?;
+    rds.add_tags_to_resource()
+        .resource_name(arn)
+        .set_tags(Some(rds_tags(want)))
+        .send()
+        .await
+        .map_err(|e| api_error("AddTagsToResource", e))?;
     Ok(())
 }
 
 fn arn_of(have: &Observed) -> String {
-    have.attrs.get("arn").and_then(Json::as_str).unwrap_or_default().to_string()
+    have.attrs
+        .get("arn")
+        .and_then(Json::as_str)
+        .unwrap_or_default()
+        .to_string()
 }
 
 // ---- subnet group ----
 
 async fn read_subnet_group(cx: &Context, name: &str) -> Result<Option<Observed>, DriverError> {
-    let out = match cx.aws().await?.rds.describe_db_subnet_groups().db_subnet_group_name(name).send().await {
+    let out = match cx
+        .aws()
+        .await?
+        .rds
+        .describe_db_subnet_groups()
+        .db_subnet_group_name(name)
+        .send()
+        .await
+    {
         Ok(o) => o,
         Err(e) if error_code(&e) == Some("DBSubnetGroupNotFoundFault") => return Ok(None),
         Err(e) => return Err(api_error("DescribeDBSubnetGroups", e)),
     };
-    let Some(g) = out.db_subnet_groups().first() else { return Ok(None) };
+    let Some(g) = out.db_subnet_groups().first() else {
+        return Ok(None);
+    };
     let arn = g.db_subnet_group_arn().unwrap_or_default().to_string();
-    let subnets: Vec<Json> = g.subnets().iter().filter_map(|s| s.subnet_identifier().map(|i| Json::String(i.to_string()))).collect();
+    let subnets: Vec<Json> = g
+        .subnets()
+        .iter()
+        .filter_map(|s| s.subnet_identifier().map(|i| Json::String(i.to_string())))
+        .collect();
     Ok(Some(observed_with(
         name,
         tags_of(cx, &arn).await?,
@@ -206,23 +424,38 @@ impl Driver for SubnetGroup {
             .rds
             .create_db_subnet_group()
             .db_subnet_group_name(name)
-            .db_subnet_group_description(want.str("description").unwrap_or("Managed by ralph-deploy"))
+            .db_subnet_group_description(
+                want.str("description").unwrap_or("Managed by ralph-deploy"),
+            )
             .set_subnet_ids(Some(strings(want.props.get("subnet_ids"))))
             .set_tags(Some(rds_tags(want)))
             .send()
             .await
             .map_err(|e| api_error("CreateDBSubnetGroup", e))?;
-        read_subnet_group(cx, name).await?.ok_or_else(|| DriverError::new(format!("subnet group {name} vanished")))
+        read_subnet_group(cx, name)
+            .await?
+            .ok_or_else(|| DriverError::new(format!("subnet group {name} vanished")))
     }
 
-    async fn update(&self, cx: &Context, want: &Desired<'_>, have: &Observed, changed: &[String]) -> Result<Observed, DriverError> {
-        if changed.iter().any(|c| c == "description" || c == "subnet_ids") {
+    async fn update(
+        &self,
+        cx: &Context,
+        want: &Desired<'_>,
+        have: &Observed,
+        changed: &[String],
+    ) -> Result<Observed, DriverError> {
+        if changed
+            .iter()
+            .any(|c| c == "description" || c == "subnet_ids")
+        {
             cx.aws()
                 .await?
                 .rds
                 .modify_db_subnet_group()
                 .db_subnet_group_name(&have.id)
-                .db_subnet_group_description(want.str("description").unwrap_or("Managed by ralph-deploy"))
+                .db_subnet_group_description(
+                    want.str("description").unwrap_or("Managed by ralph-deploy"),
+                )
                 .set_subnet_ids(Some(strings(want.props.get("subnet_ids"))))
                 .send()
                 .await
@@ -231,11 +464,26 @@ impl Driver for SubnetGroup {
         if changed.iter().any(|c| c == "tags") {
             sync_rds_tags(cx, &arn_of(have), have, want).await?;
         }
-        read_subnet_group(cx, &have.id).await?.ok_or_else(|| DriverError::new(format!("subnet group {} vanished", have.id)))
+        read_subnet_group(cx, &have.id)
+            .await?
+            .ok_or_else(|| DriverError::new(format!("subnet group {} vanished", have.id)))
     }
 
-    async fn delete(&self, cx: &Context, have: &Observed, _timeouts: &Timeouts) -> Result<(), DriverError> {
-        match cx.aws().await?.rds.delete_db_subnet_group().db_subnet_group_name(&have.id).send().await {
+    async fn delete(
+        &self,
+        cx: &Context,
+        have: &Observed,
+        _timeouts: &Timeouts,
+    ) -> Result<(), DriverError> {
+        match cx
+            .aws()
+            .await?
+            .rds
+            .delete_db_subnet_group()
+            .db_subnet_group_name(&have.id)
+            .send()
+            .await
+        {
             Ok(_) => Ok(()),
             Err(e) if error_code(&e) == Some("DBSubnetGroupNotFoundFault") => Ok(()),
             Err(e) => Err(api_error("DeleteDBSubnetGroup", e)),
@@ -247,15 +495,27 @@ impl Driver for SubnetGroup {
 
 async fn read_parameter_group(cx: &Context, name: &str) -> Result<Option<Observed>, DriverError> {
     let rds = &cx.aws().await?.rds;
-    let out = match rds.describe_db_parameter_groups().db_parameter_group_name(name).send().await {
+    let out = match rds
+        .describe_db_parameter_groups()
+        .db_parameter_group_name(name)
+        .send()
+        .await
+    {
         Ok(o) => o,
         Err(e) if error_code(&e) == Some("DBParameterGroupNotFound") => return Ok(None),
         Err(e) => return Err(api_error("DescribeDBParameterGroups", e)),
     };
-    let Some(g) = out.db_parameter_groups().first() else { return Ok(None) };
+    let Some(g) = out.db_parameter_groups().first() else {
+        return Ok(None);
+    };
     let arn = g.db_parameter_group_arn().unwrap_or_default().to_string();
     let mut params = Map::new();
-    let mut pages = rds.describe_db_parameters().db_parameter_group_name(name).source("user").into_paginator().send();
+    let mut pages = rds
+        .describe_db_parameters()
+        .db_parameter_group_name(name)
+        .source("user")
+        .into_paginator()
+        .send();
     while let Some(page) = pages.next().await {
         let page = page.map_err(|e| api_error("DescribeDBParameters", e))?;
         for p in page.parameters() {
@@ -277,12 +537,23 @@ async fn read_parameter_group(cx: &Context, name: &str) -> Result<Option<Observe
     )))
 }
 
-async fn set_parameters(cx: &Context, name: &str, have: &BTreeMap<String, String>, want: &BTreeMap<String, String>) -> Result<(), DriverError> {
+async fn set_parameters(
+    cx: &Context,
+    name: &str,
+    have: &BTreeMap<String, String>,
+    want: &BTreeMap<String, String>,
+) -> Result<(), DriverError> {
     let rds = &cx.aws().await?.rds;
     let changed: Vec<Parameter> = want
         .iter()
         .filter(|(k, v)| have.get(*k) != Some(*v))
-        .map(|(k, v)| Parameter::builder().parameter_name(k).parameter_value(v).apply_method(ApplyMethod::PendingReboot).build())
+        .map(|(k, v)| {
+            Parameter::builder()
+                .parameter_name(k)
+                .parameter_value(v)
+                .apply_method(ApplyMethod::PendingReboot)
+                .build()
+        })
         .collect();
     // The API takes at most 20 parameters per call.
     for chunk in changed.chunks(20) {
@@ -296,7 +567,12 @@ async fn set_parameters(cx: &Context, name: &str, have: &BTreeMap<String, String
     let removed: Vec<Parameter> = have
         .keys()
         .filter(|k| !want.contains_key(*k))
-        .map(|k| Parameter::builder().parameter_name(k).apply_method(ApplyMethod::PendingReboot).build())
+        .map(|k| {
+            Parameter::builder()
+                .parameter_name(k)
+                .apply_method(ApplyMethod::PendingReboot)
+                .build()
+        })
         .collect();
     for chunk in removed.chunks(20) {
         rds.reset_db_parameter_group()
@@ -336,22 +612,57 @@ impl Driver for ParameterGroup {
             .send()
             .await
             .map_err(|e| api_error("CreateDBParameterGroup", e))?;
-        set_parameters(cx, name, &BTreeMap::new(), &user_tags_of(want.props.get("parameters"))).await?;
-        read_parameter_group(cx, name).await?.ok_or_else(|| DriverError::new(format!("parameter group {name} vanished")))
+        set_parameters(
+            cx,
+            name,
+            &BTreeMap::new(),
+            &user_tags_of(want.props.get("parameters")),
+        )
+        .await?;
+        read_parameter_group(cx, name)
+            .await?
+            .ok_or_else(|| DriverError::new(format!("parameter group {name} vanished")))
     }
 
-    async fn update(&self, cx: &Context, want: &Desired<'_>, have: &Observed, changed: &[String]) -> Result<Observed, DriverError> {
+    async fn update(
+        &self,
+        cx: &Context,
+        want: &Desired<'_>,
+        have: &Observed,
+        changed: &[String],
+    ) -> Result<Observed, DriverError> {
         if changed.iter().any(|c| c == "parameters") {
-            set_parameters(cx, &have.id, &user_tags_of(have.attrs.get("parameters")), &user_tags_of(want.props.get("parameters"))).await?;
+            set_parameters(
+                cx,
+                &have.id,
+                &user_tags_of(have.attrs.get("parameters")),
+                &user_tags_of(want.props.get("parameters")),
+            )
+            .await?;
         }
         if changed.iter().any(|c| c == "tags") {
             sync_rds_tags(cx, &arn_of(have), have, want).await?;
         }
-        read_parameter_group(cx, &have.id).await?.ok_or_else(|| DriverError::new(format!("parameter group {} vanished", have.id)))
+        read_parameter_group(cx, &have.id)
+            .await?
+            .ok_or_else(|| DriverError::new(format!("parameter group {} vanished", have.id)))
     }
 
-    async fn delete(&self, cx: &Context, have: &Observed, _timeouts: &Timeouts) -> Result<(), DriverError> {
-        match cx.aws().await?.rds.delete_db_parameter_group().db_parameter_group_name(&have.id).send().await {
+    async fn delete(
+        &self,
+        cx: &Context,
+        have: &Observed,
+        _timeouts: &Timeouts,
+    ) -> Result<(), DriverError> {
+        match cx
+            .aws()
+            .await?
+            .rds
+            .delete_db_parameter_group()
+            .db_parameter_group_name(&have.id)
+            .send()
+            .await
+        {
             Ok(_) => Ok(()),
             Err(e) if error_code(&e) == Some("DBParameterGroupNotFound") => Ok(()),
             Err(e) => Err(api_error("DeleteDBParameterGroup", e)),
@@ -362,24 +673,53 @@ impl Driver for ParameterGroup {
 // ---- instance ----
 
 async fn read_instance(cx: &Context, id: &str) -> Result<Option<Observed>, DriverError> {
-    let out = match cx.aws().await?.rds.describe_db_instances().db_instance_identifier(id).send().await {
+    let out = match cx
+        .aws()
+        .await?
+        .rds
+        .describe_db_instances()
+        .db_instance_identifier(id)
+        .send()
+        .await
+    {
         Ok(o) => o,
-        Err(e) if error_code(&e) == Some("DBInstanceNotFound") || error_code(&e) == Some("DBInstanceNotFoundFault") => return Ok(None),
+        Err(e)
+            if error_code(&e) == Some("DBInstanceNotFound")
+                || error_code(&e) == Some("DBInstanceNotFoundFault") =>
+        {
+            return Ok(None)
+        }
         Err(e) => return Err(api_error("DescribeDBInstances", e)),
     };
-    let Some(d) = out.db_instances().first() else { return Ok(None) };
-    let tags = read_tag_pairs(d.tag_list().iter().filter_map(|t| Some((t.key()?, t.value()?))));
+    let Some(d) = out.db_instances().first() else {
+        return Ok(None);
+    };
+    let tags = read_tag_pairs(
+        d.tag_list()
+            .iter()
+            .filter_map(|t| Some((t.key()?, t.value()?))),
+    );
     let int = |v: Option<i32>| v.map(|x| Json::from(x as i64)).unwrap_or(Json::Null);
     let boolean = |v: Option<bool>| v.map(Json::Bool).unwrap_or(Json::Null);
     let status = d.db_instance_status().unwrap_or("unknown").to_string();
-    let sgs: Vec<Json> = d.vpc_security_groups().iter().filter_map(|g| g.vpc_security_group_id().map(|s| Json::String(s.to_string()))).collect();
+    let sgs: Vec<Json> = d
+        .vpc_security_groups()
+        .iter()
+        .filter_map(|g| {
+            g.vpc_security_group_id()
+                .map(|s| Json::String(s.to_string()))
+        })
+        .collect();
     let mut o = observed_with(
         id,
         tags,
         vec![
             ("identifier", Json::String(id.to_string())),
             ("arn", opt_str(d.db_instance_arn())),
-            ("replicate_source_db", opt_str(d.read_replica_source_db_instance_identifier())),
+            (
+                "replicate_source_db",
+                opt_str(d.read_replica_source_db_instance_identifier()),
+            ),
             ("engine", opt_str(d.engine())),
             ("engine_version", opt_str(d.engine_version())),
             ("instance_class", opt_str(d.db_instance_class())),
@@ -387,40 +727,81 @@ async fn read_instance(cx: &Context, id: &str) -> Result<Option<Observed>, Drive
             ("storage_type", opt_str(d.storage_type())),
             ("storage_encrypted", boolean(d.storage_encrypted())),
             ("multi_az", boolean(d.multi_az())),
-            ("db_subnet_group_name", opt_str(d.db_subnet_group().and_then(|g| g.db_subnet_group_name()))),
-            ("parameter_group_name", opt_str(d.db_parameter_groups().first().and_then(|g| g.db_parameter_group_name()))),
+            (
+                "db_subnet_group_name",
+                opt_str(d.db_subnet_group().and_then(|g| g.db_subnet_group_name())),
+            ),
+            (
+                "parameter_group_name",
+                opt_str(
+                    d.db_parameter_groups()
+                        .first()
+                        .and_then(|g| g.db_parameter_group_name()),
+                ),
+            ),
             ("vpc_security_group_ids", Json::Array(sgs)),
             ("backup_retention_days", int(d.backup_retention_period())),
             ("backup_window", opt_str(d.preferred_backup_window())),
-            ("maintenance_window", opt_str(d.preferred_maintenance_window())),
+            (
+                "maintenance_window",
+                opt_str(d.preferred_maintenance_window()),
+            ),
             ("deletion_protection", boolean(d.deletion_protection())),
             ("db_name", opt_str(d.db_name())),
             ("master_username", opt_str(d.master_username())),
             ("publicly_accessible", boolean(d.publicly_accessible())),
             ("address", opt_str(d.endpoint().and_then(|e| e.address()))),
             ("port", int(d.endpoint().and_then(|e| e.port()))),
-            ("master_user_secret_arn", opt_str(d.master_user_secret().and_then(|s| s.secret_arn()))),
+            (
+                "master_user_secret_arn",
+                opt_str(d.master_user_secret().and_then(|s| s.secret_arn())),
+            ),
         ],
     );
-    o.attrs.insert(READY_ATTR.into(), Json::Bool(status == "available"));
+    o.attrs
+        .insert(READY_ATTR.into(), Json::Bool(status == "available"));
     o.attrs.insert(STATUS_ATTR.into(), Json::String(status));
     Ok(Some(o))
 }
 
-async fn wait_available(cx: &Context, address: &str, id: &str, timeout: Duration, created: bool) -> Result<Observed, DriverError> {
+async fn wait_available(
+    cx: &Context,
+    address: &str,
+    id: &str,
+    timeout: Duration,
+    created: bool,
+) -> Result<Observed, DriverError> {
     let result = cx
-        .wait_until(address, "the database to become available", timeout, || async {
-            match read_instance(cx, id).await? {
-                Some(o) => {
-                    let status = o.attrs.get(STATUS_ATTR).and_then(Json::as_str).unwrap_or("unknown").to_string();
-                    if matches!(status.as_str(), "failed" | "incompatible-parameters" | "incompatible-network" | "storage-full") {
-                        return Err(DriverError::new(format!("database {id} is `{status}`")));
+        .wait_until(
+            address,
+            "the database to become available",
+            timeout,
+            || async {
+                match read_instance(cx, id).await? {
+                    Some(o) => {
+                        let status = o
+                            .attrs
+                            .get(STATUS_ATTR)
+                            .and_then(Json::as_str)
+                            .unwrap_or("unknown")
+                            .to_string();
+                        if matches!(
+                            status.as_str(),
+                            "failed"
+                                | "incompatible-parameters"
+                                | "incompatible-network"
+                                | "storage-full"
+                        ) {
+                            return Err(DriverError::new(format!("database {id} is `{status}`")));
+                        }
+                        Ok(((status == "available").then_some(o), status))
                     }
-                    Ok(((status == "available").then_some(o), status))
+                    None => Err(DriverError::new(format!(
+                        "database {id} disappeared while waiting for it"
+                    ))),
                 }
-                None => Err(DriverError::new(format!("database {id} disappeared while waiting for it"))),
-            }
-        })
+            },
+        )
         .await;
     match result {
         Err(e) if created => match read_instance(cx, id).await {
@@ -496,28 +877,70 @@ impl Driver for Instance {
                 .await
                 .map_err(|e| api_error("CreateDBInstance", e))?;
         }
-        wait_available(cx, want.address, id, want.timeouts.create_or(INSTANCE_TIMEOUT), true).await
+        wait_available(
+            cx,
+            want.address,
+            id,
+            want.timeouts.create_or(INSTANCE_TIMEOUT),
+            true,
+        )
+        .await
     }
 
-    async fn update(&self, cx: &Context, want: &Desired<'_>, have: &Observed, changed: &[String]) -> Result<Observed, DriverError> {
+    async fn update(
+        &self,
+        cx: &Context,
+        want: &Desired<'_>,
+        have: &Observed,
+        changed: &[String],
+    ) -> Result<Observed, DriverError> {
         let has = |f: &str| changed.iter().any(|c| c == f);
         let settings = [
-            "engine_version", "instance_class", "allocated_storage", "storage_type", "multi_az", "parameter_group_name",
-            "vpc_security_group_ids", "backup_retention_days", "backup_window", "maintenance_window", "deletion_protection",
+            "engine_version",
+            "instance_class",
+            "allocated_storage",
+            "storage_type",
+            "multi_az",
+            "parameter_group_name",
+            "vpc_security_group_ids",
+            "backup_retention_days",
+            "backup_window",
+            "maintenance_window",
+            "deletion_protection",
             "publicly_accessible",
         ];
         if settings.iter().any(|f| has(f)) {
-            let s = |f: &str| if has(f) { want.str(f).map(str::to_string) } else { None };
+            let s = |f: &str| {
+                if has(f) {
+                    want.str(f).map(str::to_string)
+                } else {
+                    None
+                }
+            };
             let b = |f: &str| if has(f) { want.bool(f) } else { None };
-            let mut req = cx.aws().await?.rds.modify_db_instance().db_instance_identifier(&have.id).apply_immediately(true);
+            let mut req = cx
+                .aws()
+                .await?
+                .rds
+                .modify_db_instance()
+                .db_instance_identifier(&have.id)
+                .apply_immediately(true);
             req = req
                 .set_engine_version(s("engine_version"))
                 .set_db_instance_class(s("instance_class"))
-                .set_allocated_storage(if has("allocated_storage") { int(want, "allocated_storage") } else { None })
+                .set_allocated_storage(if has("allocated_storage") {
+                    int(want, "allocated_storage")
+                } else {
+                    None
+                })
                 .set_storage_type(s("storage_type"))
                 .set_multi_az(b("multi_az"))
                 .set_db_parameter_group_name(s("parameter_group_name"))
-                .set_backup_retention_period(if has("backup_retention_days") { int(want, "backup_retention_days") } else { None })
+                .set_backup_retention_period(if has("backup_retention_days") {
+                    int(want, "backup_retention_days")
+                } else {
+                    None
+                })
                 .set_preferred_backup_window(s("backup_window"))
                 .set_preferred_maintenance_window(s("maintenance_window"))
                 .set_deletion_protection(b("deletion_protection"))
@@ -526,17 +949,33 @@ impl Driver for Instance {
                 req = req.allow_major_version_upgrade(true);
             }
             if has("vpc_security_group_ids") {
-                req = req.set_vpc_security_group_ids(Some(strings(want.props.get("vpc_security_group_ids"))));
+                req = req.set_vpc_security_group_ids(Some(strings(
+                    want.props.get("vpc_security_group_ids"),
+                )));
             }
-            req.send().await.map_err(|e| api_error("ModifyDBInstance", e))?;
+            req.send()
+                .await
+                .map_err(|e| api_error("ModifyDBInstance", e))?;
         }
         if has("tags") {
             sync_rds_tags(cx, &arn_of(have), have, want).await?;
         }
-        wait_available(cx, want.address, &have.id, want.timeouts.update_or(INSTANCE_TIMEOUT), false).await
+        wait_available(
+            cx,
+            want.address,
+            &have.id,
+            want.timeouts.update_or(INSTANCE_TIMEOUT),
+            false,
+        )
+        .await
     }
 
-    async fn delete(&self, cx: &Context, have: &Observed, timeouts: &Timeouts) -> Result<(), DriverError> {
+    async fn delete(
+        &self,
+        cx: &Context,
+        have: &Observed,
+        timeouts: &Timeouts,
+    ) -> Result<(), DriverError> {
         let rds = &cx.aws().await?.rds;
         let address = have.address.clone().unwrap_or_else(|| have.id.clone());
         // Only reached with --allow-protected: lift the service's own protection first.
@@ -548,25 +987,62 @@ impl Driver for Instance {
                 .send()
                 .await
                 .map_err(|e| api_error("ModifyDBInstance", e))?;
-            wait_available(cx, &address, &have.id, timeouts.update_or(INSTANCE_TIMEOUT), false).await?;
+            wait_available(
+                cx,
+                &address,
+                &have.id,
+                timeouts.update_or(INSTANCE_TIMEOUT),
+                false,
+            )
+            .await?;
         }
-        let replica = have.attrs.get("replicate_source_db").is_some_and(|v| !v.is_null());
+        let replica = have
+            .attrs
+            .get("replicate_source_db")
+            .is_some_and(|v| !v.is_null());
         let skip = replica || have.attrs.get("skip_final_snapshot") == Some(&Json::Bool(true));
-        let mut req = rds.delete_db_instance().db_instance_identifier(&have.id).skip_final_snapshot(skip).delete_automated_backups(false);
+        let mut req = rds
+            .delete_db_instance()
+            .db_instance_identifier(&have.id)
+            .skip_final_snapshot(skip)
+            .delete_automated_backups(false);
         if !skip {
-            req = req.final_db_snapshot_identifier(format!("{}-final-{}", have.id, chrono::Utc::now().format("%Y%m%d%H%M%S")));
+            req = req.final_db_snapshot_identifier(format!(
+                "{}-final-{}",
+                have.id,
+                chrono::Utc::now().format("%Y%m%d%H%M%S")
+            ));
         }
         match req.send().await {
             Ok(_) => {}
-            Err(e) if matches!(error_code(&e), Some("DBInstanceNotFound" | "DBInstanceNotFoundFault")) => return Ok(()),
+            Err(e)
+                if matches!(
+                    error_code(&e),
+                    Some("DBInstanceNotFound" | "DBInstanceNotFoundFault")
+                ) =>
+            {
+                return Ok(())
+            }
             Err(e) => return Err(api_error("DeleteDBInstance", e)),
         }
-        cx.wait_until(&address, "the database to be deleted", timeouts.delete_or(INSTANCE_TIMEOUT), || async {
-            match read_instance(cx, &have.id).await? {
-                Some(o) => Ok((None, o.attrs.get(STATUS_ATTR).and_then(Json::as_str).unwrap_or("deleting").to_string())),
-                None => Ok((Some(()), "deleted".into())),
-            }
-        })
+        cx.wait_until(
+            &address,
+            "the database to be deleted",
+            timeouts.delete_or(INSTANCE_TIMEOUT),
+            || async {
+                match read_instance(cx, &have.id).await? {
+                    Some(o) => Ok((
+                        None,
+                        o.attrs
+                            .get(STATUS_ATTR)
+                            .and_then(Json::as_str)
+                            .unwrap_or("deleting")
+                            .to_string(),
+                    )),
+                    None => Ok((Some(()), "deleted".into())),
+                }
+            },
+        )
         .await
     }
 }

@@ -119,7 +119,12 @@ impl Driver for RouteTableAssociation {
         Ok(have.clone())
     }
 
-    async fn delete(&self, cx: &Context, have: &Observed, _timeouts: &Timeouts) -> Result<(), DriverError> {
+    async fn delete(
+        &self,
+        cx: &Context,
+        have: &Observed,
+        _timeouts: &Timeouts,
+    ) -> Result<(), DriverError> {
         match ec2(cx)
             .await?
             .disassociate_route_table()

@@ -167,7 +167,12 @@ impl Driver for Subnet {
         read_one(cx, &have.id).await
     }
 
-    async fn delete(&self, cx: &Context, have: &Observed, _timeouts: &Timeouts) -> Result<(), DriverError> {
+    async fn delete(
+        &self,
+        cx: &Context,
+        have: &Observed,
+        _timeouts: &Timeouts,
+    ) -> Result<(), DriverError> {
         match ec2(cx)
             .await?
             .delete_subnet()

@@ -263,7 +263,12 @@ impl Driver for Vpc {
         read_one(cx, &have.id).await
     }
 
-    async fn delete(&self, cx: &Context, have: &Observed, _timeouts: &Timeouts) -> Result<(), DriverError> {
+    async fn delete(
+        &self,
+        cx: &Context,
+        have: &Observed,
+        _timeouts: &Timeouts,
+    ) -> Result<(), DriverError> {
         match ec2(cx).await?.delete_vpc().vpc_id(&have.id).send().await {
             Ok(_) => Ok(()),
             Err(e) if super::error_code(&e) == Some("InvalidVpcID.NotFound") => Ok(()),
