@@ -15,7 +15,12 @@ struct Events(Vec<Value>);
 
 impl Events {
     fn parse(stdout: &str) -> Events {
-        Events(stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
+        Events(
+            stdout
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect(),
+        )
     }
     /// Index of the first event of `kind` for `address`.
     fn at(&self, kind: &str, address: &str) -> usize {
@@ -25,16 +30,32 @@ impl Events {
             .unwrap_or_else(|| panic!("no {kind} for {address}"))
     }
     fn summary(&self) -> &Value {
-        self.0.iter().rev().find(|e| e["event"] == "summary").expect("a summary")
+        self.0
+            .iter()
+            .rev()
+            .find(|e| e["event"] == "summary")
+            .expect("a summary")
     }
 }
 
 fn apply_json(w: &World, extra: &[&str]) -> Events {
     let stack = w.stack();
-    let mut args = vec!["apply", stack.to_str().unwrap(), "--env", "production", "--auto-approve", "--json"];
+    let mut args = vec![
+        "apply",
+        stack.to_str().unwrap(),
+        "--env",
+        "production",
+        "--auto-approve",
+        "--json",
+    ];
     args.extend_from_slice(extra);
     let out = w.cmd(&args).env("ANTHROPIC_API_KEY", KEY).output().unwrap();
-    assert!(out.status.success(), "apply failed:\n{}\n{}", text(&out.stderr), text(&out.stdout));
+    assert!(
+        out.status.success(),
+        "apply failed:\n{}\n{}",
+        text(&out.stderr),
+        text(&out.stdout)
+    );
     Events::parse(&text(&out.stdout))
 }
 
@@ -42,7 +63,9 @@ async fn conf(w: &World) -> aws_config::SdkConfig {
     aws_config::defaults(aws_config::BehaviorVersion::latest())
         .endpoint_url(&w.endpoint)
         .region(aws_config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_ec2::config::Credentials::new("testing", "testing", None, None, "test"))
+        .credentials_provider(aws_sdk_ec2::config::Credentials::new(
+            "testing", "testing", None, None, "test",
+        ))
         .load()
         .await
 }
@@ -50,19 +73,44 @@ async fn conf(w: &World) -> aws_config::SdkConfig {
 /// Everything outside EC2 that carries this stack's ownership tag.
 async fn tagged_beyond_ec2(w: &World) -> Vec<String> {
     let c = conf(w).await;
-    let ours = |k: Option<&str>, v: Option<&str>| k == Some("ralph-deploy:stack") && v == Some(w.stack_name.as_str());
+    let ours = |k: Option<&str>, v: Option<&str>| {
+        k == Some("ralph-deploy:stack") && v == Some(w.stack_name.as_str())
+    };
     let mut found = Vec::new();
     let rds = aws_sdk_rds::Client::new(&c);
-    for d in rds.describe_db_instances().send().await.unwrap().db_instances() {
+    for d in rds
+        .describe_db_instances()
+        .send()
+        .await
+        .unwrap()
+        .db_instances()
+    {
         if d.tag_list().iter().any(|t| ours(t.key(), t.value())) {
-            found.push(format!("rds {}", d.db_instance_identifier().unwrap_or_default()));
+            found.push(format!(
+                "rds {}",
+                d.db_instance_identifier().unwrap_or_default()
+            ));
         }
     }
     let ec = aws_sdk_elasticache::Client::new(&c);
-    for g in ec.describe_replication_groups().send().await.unwrap().replication_groups() {
-        let tags = ec.list_tags_for_resource().resource_name(g.arn().unwrap_or_default()).send().await.unwrap();
+    for g in ec
+        .describe_replication_groups()
+        .send()
+        .await
+        .unwrap()
+        .replication_groups()
+    {
+        let tags = ec
+            .list_tags_for_resource()
+            .resource_name(g.arn().unwrap_or_default())
+            .send()
+            .await
+            .unwrap();
         if tags.tag_list().iter().any(|t| ours(t.key(), t.value())) {
-            found.push(format!("redis {}", g.replication_group_id().unwrap_or_default()));
+            found.push(format!(
+                "redis {}",
+                g.replication_group_id().unwrap_or_default()
+            ));
         }
     }
     let sm = aws_sdk_secretsmanager::Client::new(&c);
@@ -74,13 +122,21 @@ async fn tagged_beyond_ec2(w: &World) -> Vec<String> {
     let eks = aws_sdk_eks::Client::new(&c);
     for name in eks.list_clusters().send().await.unwrap().clusters() {
         if let Ok(d) = eks.describe_cluster().name(name).send().await {
-            let tags = d.cluster().and_then(|c| c.tags()).cloned().unwrap_or_default();
+            let tags = d
+                .cluster()
+                .and_then(|c| c.tags())
+                .cloned()
+                .unwrap_or_default();
             if tags.get("ralph-deploy:stack").map(String::as_str) == Some(w.stack_name.as_str()) {
                 found.push(format!("eks {name}"));
             }
         }
     }
-    let s3 = aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(&c).force_path_style(true).build());
+    let s3 = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&c)
+            .force_path_style(true)
+            .build(),
+    );
     for b in s3.list_buckets().send().await.unwrap().buckets() {
         let name = b.name().unwrap_or_default();
         if name.starts_with(&w.stack_name) {
@@ -108,12 +164,22 @@ async fn production_stack_end_to_end() {
     assert_eq!(s["failed"], 0, "{s}");
     // RDS, ElastiCache and EKS are all creating at the same time: each
     // starts before any of the three finishes.
-    let first_finish = ["db", "redis", "eks"].iter().map(|a| ev.at("resource_finished", a)).min().unwrap();
+    let first_finish = ["db", "redis", "eks"]
+        .iter()
+        .map(|a| ev.at("resource_finished", a))
+        .min()
+        .unwrap();
     for a in ["db", "redis", "eks"] {
-        assert!(ev.at("resource_started", a) < first_finish, "{a} did not start while the others were creating");
+        assert!(
+            ev.at("resource_started", a) < first_finish,
+            "{a} did not start while the others were creating"
+        );
     }
     // Waiting is visible: the delay layer makes them pass through CREATING.
-    assert!(ev.0.iter().any(|e| e["event"] == "resource_waiting" && e["address"] == "eks"));
+    assert!(ev
+        .0
+        .iter()
+        .any(|e| e["event"] == "resource_waiting" && e["address"] == "eks"));
     // Dependency order.
     assert!(ev.at("resource_finished", "vpc") < ev.at("resource_started", "private_a"));
     assert!(ev.at("resource_finished", "db") < ev.at("resource_started", "db_replica"));
@@ -123,45 +189,105 @@ async fn production_stack_end_to_end() {
     // ---- what exists is what the guide asks for.
     let c = conf(&w).await;
     let rds = aws_sdk_rds::Client::new(&c);
-    let db = rds.describe_db_instances().db_instance_identifier(format!("{name}-production-postgres")).send().await.unwrap();
+    let db = rds
+        .describe_db_instances()
+        .db_instance_identifier(format!("{name}-production-postgres"))
+        .send()
+        .await
+        .unwrap();
     let db = &db.db_instances()[0];
     assert_eq!(db.multi_az(), Some(true));
     assert_eq!(db.backup_retention_period(), Some(30));
     assert_eq!(db.allocated_storage(), Some(100));
     assert_eq!(db.deletion_protection(), Some(true));
-    assert!(db.master_user_secret().and_then(|s| s.secret_arn()).is_some(), "the master password is managed in Secrets Manager");
-    let replica = rds.describe_db_instances().db_instance_identifier(format!("{name}-production-postgres-replica")).send().await.unwrap();
-    assert_eq!(replica.db_instances()[0].read_replica_source_db_instance_identifier(), Some(format!("{name}-production-postgres").as_str()));
+    assert!(
+        db.master_user_secret()
+            .and_then(|s| s.secret_arn())
+            .is_some(),
+        "the master password is managed in Secrets Manager"
+    );
+    let replica = rds
+        .describe_db_instances()
+        .db_instance_identifier(format!("{name}-production-postgres-replica"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        replica.db_instances()[0].read_replica_source_db_instance_identifier(),
+        Some(format!("{name}-production-postgres").as_str())
+    );
     let eks = aws_sdk_eks::Client::new(&c);
-    let ng = eks.describe_nodegroup().cluster_name(format!("{name}-production")).nodegroup_name(format!("{name}-production-nodes")).send().await.unwrap();
+    let ng = eks
+        .describe_nodegroup()
+        .cluster_name(format!("{name}-production"))
+        .nodegroup_name(format!("{name}-production-nodes"))
+        .send()
+        .await
+        .unwrap();
     let sc = ng.nodegroup().unwrap().scaling_config().unwrap();
-    assert_eq!((sc.min_size(), sc.max_size(), sc.desired_size()), (Some(2), Some(10), Some(3)));
-    assert_eq!(ng.nodegroup().unwrap().instance_types(), ["m5.xlarge".to_string()]);
+    assert_eq!(
+        (sc.min_size(), sc.max_size(), sc.desired_size()),
+        (Some(2), Some(10), Some(3))
+    );
+    assert_eq!(
+        ng.nodegroup().unwrap().instance_types(),
+        ["m5.xlarge".to_string()]
+    );
     let ec = aws_sdk_elasticache::Client::new(&c);
-    let g = ec.describe_replication_groups().replication_group_id(format!("{name}-production-redis")).send().await.unwrap();
+    let g = ec
+        .describe_replication_groups()
+        .replication_group_id(format!("{name}-production-redis"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(g.replication_groups()[0].member_clusters().len(), 3);
 
     // ---- secrets never reach the state or any output.
     let sm = aws_sdk_secretsmanager::Client::new(&c);
     let mut values = vec![KEY.to_string()];
     for s in ["secret-key", "encryption-key", "redis-auth-token"] {
-        let v = sm.get_secret_value().secret_id(format!("{name}/production/{s}")).send().await.unwrap();
+        let v = sm
+            .get_secret_value()
+            .secret_id(format!("{name}/production/{s}"))
+            .send()
+            .await
+            .unwrap();
         values.push(v.secret_string().unwrap().to_string());
     }
     assert_eq!(values[1].len(), 64, "32 random bytes, hex");
-    let state_text = std::fs::read_to_string(w.state_dir().join(&name).join("production").join("state.json")).unwrap();
+    let state_text = std::fs::read_to_string(
+        w.state_dir()
+            .join(&name)
+            .join("production")
+            .join("state.json"),
+    )
+    .unwrap();
     let plan_text = text(&w.run("plan", &["--json"]).stdout);
     let events_text = serde_json::to_string(&ev.0).unwrap();
     for v in &values {
-        assert!(!state_text.contains(v.as_str()), "a secret value is in the state");
-        assert!(!plan_text.contains(v.as_str()), "a secret value is in the plan");
-        assert!(!events_text.contains(v.as_str()), "a secret value is in the events");
+        assert!(
+            !state_text.contains(v.as_str()),
+            "a secret value is in the state"
+        );
+        assert!(
+            !plan_text.contains(v.as_str()),
+            "a secret value is in the plan"
+        );
+        assert!(
+            !events_text.contains(v.as_str()),
+            "a secret value is in the events"
+        );
     }
 
     // ---- no perpetual diffs, for any kind.
     let out = w.run("plan", &["--detailed-exitcode", "--json"]);
     let plan: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let changed: Vec<&Value> = plan["changes"].as_array().unwrap().iter().filter(|c| c["action"] != "no_op").collect();
+    let changed: Vec<&Value> = plan["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["action"] != "no_op")
+        .collect();
     assert!(changed.is_empty(), "second plan is not empty: {changed:#?}");
     assert_eq!(out.status.code(), Some(0));
 
@@ -173,13 +299,42 @@ async fn production_stack_end_to_end() {
         .unwrap()
         .iter()
         .filter(|c| c["action"] != "no_op")
-        .map(|c| (c["address"].as_str().unwrap().to_string(), c["action"].as_str().unwrap().to_string()))
+        .map(|c| {
+            (
+                c["address"].as_str().unwrap().to_string(),
+                c["action"].as_str().unwrap().to_string(),
+            )
+        })
         .collect();
-    assert_eq!(actions, BTreeMap::from([("db".to_string(), "update".to_string()), ("nodes".to_string(), "update".to_string())]));
+    assert_eq!(
+        actions,
+        BTreeMap::from([
+            ("db".to_string(), "update".to_string()),
+            ("nodes".to_string(), "update".to_string())
+        ])
+    );
     apply_json(&w, &vars);
-    let ng = eks.describe_nodegroup().cluster_name(format!("{name}-production")).nodegroup_name(format!("{name}-production-nodes")).send().await.unwrap();
-    assert_eq!(ng.nodegroup().unwrap().scaling_config().unwrap().desired_size(), Some(5));
-    let db = rds.describe_db_instances().db_instance_identifier(format!("{name}-production-postgres")).send().await.unwrap();
+    let ng = eks
+        .describe_nodegroup()
+        .cluster_name(format!("{name}-production"))
+        .nodegroup_name(format!("{name}-production-nodes"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        ng.nodegroup()
+            .unwrap()
+            .scaling_config()
+            .unwrap()
+            .desired_size(),
+        Some(5)
+    );
+    let db = rds
+        .describe_db_instances()
+        .db_instance_identifier(format!("{name}-production-postgres"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(db.db_instances()[0].backup_retention_period(), Some(14));
     let mut args = vec!["--detailed-exitcode"];
     args.extend_from_slice(&vars);
@@ -193,15 +348,36 @@ async fn production_stack_end_to_end() {
     for a in ["db", "redis", "backups"] {
         assert!(err.contains(a), "{err}");
     }
-    assert_eq!(w.tagged().await.len() + tagged_beyond_ec2(&w).await.len(), before, "a refused destroy touched something");
+    assert_eq!(
+        w.tagged().await.len() + tagged_beyond_ec2(&w).await.len(),
+        before,
+        "a refused destroy touched something"
+    );
 
     // ---- with it, everything goes, dependents first.
     let stack = w.stack();
-    let out = w.cmd(&["destroy", stack.to_str().unwrap(), "--env", "production", "--auto-approve", "--allow-protected", "--json"]).output().unwrap();
+    let out = w
+        .cmd(&[
+            "destroy",
+            stack.to_str().unwrap(),
+            "--env",
+            "production",
+            "--auto-approve",
+            "--allow-protected",
+            "--json",
+        ])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
     let ev = Events::parse(&text(&out.stdout));
     assert_eq!(ev.summary()["deleted"], 42);
-    for (dependent, dependency) in [("nodes", "eks"), ("db_replica", "db"), ("private_a", "vpc"), ("db", "db_subnets"), ("redis", "redis_auth")] {
+    for (dependent, dependency) in [
+        ("nodes", "eks"),
+        ("db_replica", "db"),
+        ("private_a", "vpc"),
+        ("db", "db_subnets"),
+        ("redis", "redis_auth"),
+    ] {
         assert!(
             ev.at("resource_finished", dependent) < ev.at("resource_started", dependency),
             "{dependent} must be gone before {dependency} is deleted"

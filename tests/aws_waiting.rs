@@ -44,10 +44,29 @@ async fn a_timed_out_create_is_resumed_not_repeated() {
     assert!(err.contains("timed out") && err.contains("eks"), "{err}");
 
     // Recorded, and the next plan waits for it rather than creating it.
-    let list = w.cmd(&["state", "list", w.stack().to_str().unwrap(), "--env", "production"]).output().unwrap();
-    assert!(text(&list.stdout).contains(&format!("eks\taws.eks_cluster\t{name}")), "{}", text(&list.stdout));
+    let list = w
+        .cmd(&[
+            "state",
+            "list",
+            w.stack().to_str().unwrap(),
+            "--env",
+            "production",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        text(&list.stdout).contains(&format!("eks\taws.eks_cluster\t{name}")),
+        "{}",
+        text(&list.stdout)
+    );
     let plan = w.plan_json(&[]);
-    let eks = plan["changes"].as_array().unwrap().iter().find(|c| c["address"] == "eks").unwrap().clone();
+    let eks = plan["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["address"] == "eks")
+        .unwrap()
+        .clone();
     assert_eq!(eks["action"], "update", "{eks}");
     assert_eq!(eks["attributes"][0]["name"], "ready");
 

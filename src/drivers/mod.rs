@@ -43,6 +43,15 @@ pub struct Observed {
     pub attrs: Map<String, Json>,
 }
 
+/// A resource refresh should look for: a recorded one (with the inputs it
+/// was applied with, for kinds that need them to reach the resource at all)
+/// or a name the stack declares (`inputs` empty).
+#[derive(Debug, Clone, Default)]
+pub struct Known {
+    pub id: String,
+    pub inputs: Map<String, Json>,
+}
+
 /// What the stack wants, references resolved and defaults filled in.
 #[derive(Debug, Clone)]
 pub struct Desired<'a> {
@@ -207,7 +216,7 @@ pub trait Driver: Send + Sync {
     /// the ids recorded in the state and, for kinds whose id is a name the
     /// stack chooses (`KindSchema::name_field`), the declared names: kinds
     /// that cannot be listed by tag read those.
-    async fn refresh(&self, cx: &Context, ids: &[String]) -> Result<Vec<Observed>, DriverError>;
+    async fn refresh(&self, cx: &Context, known: &[Known]) -> Result<Vec<Observed>, DriverError>;
 
     async fn create(&self, cx: &Context, want: &Desired<'_>) -> Result<Observed, DriverError>;
 

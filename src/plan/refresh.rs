@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
-use crate::drivers::{Context, Observed, Registry};
+use crate::drivers::{Context, Known, Observed, Registry};
 use crate::events::Event;
 use crate::stack::Stack;
 use crate::state::State;
@@ -47,23 +47,29 @@ pub async fn refresh(
 
     let listings = futures::future::join_all(kinds.iter().map(|kind| async move {
         let driver = registry.driver(kind).expect("filtered above");
-        let mut ids: Vec<String> = state
+        let mut known: Vec<Known> = state
             .resources
             .values()
             .filter(|r| &r.kind == kind)
-            .map(|r| r.id.clone())
+            .map(|r| Known {
+                id: r.id.clone(),
+                inputs: r.inputs.clone(),
+            })
             .collect();
         // Kinds named by the stack can be looked up before the state knows them.
         if let (Some(stack), Some(field)) = (stack, driver.schema().name_field) {
             for r in stack.resources.values().filter(|r| r.kind.kind == kind) {
                 if let Some(name) = r.properties.get(field).and_then(|p| p.value.literal_str()) {
-                    ids.push(name.to_string());
+                    if !known.iter().any(|k| k.id == name) {
+                        known.push(Known {
+                            id: name.to_string(),
+                            inputs: Default::default(),
+                        });
+                    }
                 }
             }
         }
-        ids.sort();
-        ids.dedup();
-        (kind.clone(), driver.refresh(cx, &ids).await)
+        (kind.clone(), driver.refresh(cx, &known).await)
     }))
     .await;
 

@@ -34,7 +34,11 @@ impl World {
     /// Copies `stacks/<file>` with the stack renamed to `name`.
     pub fn from_stack(file: &str, name: &str) -> World {
         let text = std::fs::read_to_string(repo().join("stacks").join(file)).unwrap();
-        let first_name = text.lines().find(|l| l.starts_with("name: ")).expect("stack has a name line").to_string();
+        let first_name = text
+            .lines()
+            .find(|l| l.starts_with("name: "))
+            .expect("stack has a name line")
+            .to_string();
         let text = text.replacen(&first_name, &format!("name: {name}"), 1);
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("stack.yaml"), text).unwrap();

@@ -3,7 +3,7 @@
 use aws_sdk_ec2::types::{DomainType, ResourceType};
 
 use super::{api_error, ec2, observed, opt_str, owner_filters, sync_tags, tag_spec};
-use crate::drivers::{Context, Desired, Driver, DriverError, Observed, Timeouts};
+use crate::drivers::{Context, Desired, Driver, DriverError, Known, Observed, Timeouts};
 use crate::kinds::{checks, Attr, Field, KindSchema, Ty};
 
 static SCHEMA: KindSchema = KindSchema {
@@ -61,7 +61,7 @@ impl Driver for ElasticIp {
         &SCHEMA
     }
 
-    async fn refresh(&self, cx: &Context, _ids: &[String]) -> Result<Vec<Observed>, DriverError> {
+    async fn refresh(&self, cx: &Context, _known: &[Known]) -> Result<Vec<Observed>, DriverError> {
         // DescribeAddresses is not paged.
         let out = ec2(cx)
             .await?

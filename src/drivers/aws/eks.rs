@@ -16,7 +16,7 @@ use super::{
     api_error, error_code, observed_with, opt_str, read_tag_pairs, removed_tag_keys, tag_map,
 };
 use crate::drivers::{
-    Context, Desired, Driver, DriverError, Observed, Timeouts, READY_ATTR, STATUS_ATTR,
+    Context, Desired, Driver, DriverError, Known, Observed, Timeouts, READY_ATTR, STATUS_ATTR,
 };
 use crate::kinds::{checks, Attr, Field, KindSchema, Ty};
 
@@ -427,9 +427,9 @@ impl Driver for EksCluster {
         &CLUSTER
     }
 
-    async fn refresh(&self, cx: &Context, ids: &[String]) -> Result<Vec<Observed>, DriverError> {
+    async fn refresh(&self, cx: &Context, known: &[Known]) -> Result<Vec<Observed>, DriverError> {
         let mut out = Vec::new();
-        for name in ids {
+        for name in known.iter().map(|k| &k.id) {
             if let Some(o) = read_cluster(cx, name).await? {
                 if o.attrs.get(STATUS_ATTR).and_then(Json::as_str) != Some("DELETING") {
                     out.push(o);
@@ -679,12 +679,12 @@ impl Driver for EksNodegroup {
         &NODEGROUP
     }
 
-    async fn refresh(&self, cx: &Context, ids: &[String]) -> Result<Vec<Observed>, DriverError> {
+    async fn refresh(&self, cx: &Context, known: &[Known]) -> Result<Vec<Observed>, DriverError> {
         let eks = &cx.aws().await?.eks;
-        let mut candidates: Vec<(String, String)> = ids
+        let mut candidates: Vec<(String, String)> = known
             .iter()
-            .filter_map(|id| {
-                split_id(id)
+            .filter_map(|k| {
+                split_id(&k.id)
                     .ok()
                     .map(|(c, n)| (c.to_string(), n.to_string()))
             })

@@ -13,7 +13,7 @@ use super::{
     api_error, error_code, observed_with, opt_str, read_tag_pairs, removed_tag_keys, tag_map,
 };
 use crate::drivers::{
-    Context, Desired, Driver, DriverError, Observed, Timeouts, READY_ATTR, STATUS_ATTR,
+    Context, Desired, Driver, DriverError, Known, Observed, Timeouts, READY_ATTR, STATUS_ATTR,
 };
 use crate::kinds::{checks, Attr, Field, KindSchema, Ty};
 
@@ -306,9 +306,9 @@ impl Driver for SubnetGroup {
         &SUBNET_GROUP
     }
 
-    async fn refresh(&self, cx: &Context, ids: &[String]) -> Result<Vec<Observed>, DriverError> {
+    async fn refresh(&self, cx: &Context, known: &[Known]) -> Result<Vec<Observed>, DriverError> {
         let mut out = Vec::new();
-        for id in ids {
+        for id in known.iter().map(|k| &k.id) {
             out.extend(read_subnet_group(cx, id).await?);
         }
         Ok(out)
@@ -544,9 +544,9 @@ impl Driver for ReplicationGroup {
         &GROUP
     }
 
-    async fn refresh(&self, cx: &Context, ids: &[String]) -> Result<Vec<Observed>, DriverError> {
+    async fn refresh(&self, cx: &Context, known: &[Known]) -> Result<Vec<Observed>, DriverError> {
         let mut out = Vec::new();
-        for id in ids {
+        for id in known.iter().map(|k| &k.id) {
             if let Some(o) = read_group(cx, id).await? {
                 if o.attrs.get(STATUS_ATTR).and_then(Json::as_str) != Some("deleting") {
                     out.push(o);

@@ -7,7 +7,7 @@ use serde_json::{json, Value as Json};
 use super::{
     api_error, error_code, observed_with, opt_str, read_tag_pairs, removed_tag_keys, tag_map,
 };
-use crate::drivers::{Context, Desired, Driver, DriverError, Observed, Timeouts};
+use crate::drivers::{Context, Desired, Driver, DriverError, Known, Observed, Timeouts};
 use crate::kinds::{checks, Attr, Field, KindSchema, Ty};
 
 fn role_name(v: &Json) -> Result<(), String> {
@@ -186,9 +186,9 @@ impl Driver for IamRole {
         &SCHEMA
     }
 
-    async fn refresh(&self, cx: &Context, ids: &[String]) -> Result<Vec<Observed>, DriverError> {
+    async fn refresh(&self, cx: &Context, known: &[Known]) -> Result<Vec<Observed>, DriverError> {
         let mut out = Vec::new();
-        for name in ids {
+        for name in known.iter().map(|k| &k.id) {
             if let Some(o) = read_one(cx, name).await? {
                 out.push(o);
             }

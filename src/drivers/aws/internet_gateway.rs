@@ -4,7 +4,7 @@ use aws_sdk_ec2::types::ResourceType;
 use serde_json::Value as Json;
 
 use super::{api_error, ec2, observed, owner_filters, sync_tags, tag_spec};
-use crate::drivers::{Context, Desired, Driver, DriverError, Observed, Timeouts};
+use crate::drivers::{Context, Desired, Driver, DriverError, Known, Observed, Timeouts};
 use crate::kinds::{checks, Attr, Field, KindSchema, Ty};
 
 static SCHEMA: KindSchema = KindSchema {
@@ -86,7 +86,7 @@ impl Driver for InternetGateway {
         &SCHEMA
     }
 
-    async fn refresh(&self, cx: &Context, _ids: &[String]) -> Result<Vec<Observed>, DriverError> {
+    async fn refresh(&self, cx: &Context, _known: &[Known]) -> Result<Vec<Observed>, DriverError> {
         let mut pages = ec2(cx)
             .await?
             .describe_internet_gateways()

@@ -8,7 +8,7 @@ use aws_sdk_ec2::types::{ConnectivityType, Filter, NatGatewayState, ResourceType
 use serde_json::Value as Json;
 
 use super::{api_error, ec2, observed, opt_str, owner_filters, sync_tags, tag_spec};
-use crate::drivers::{Context, Desired, Driver, DriverError, Observed, Timeouts};
+use crate::drivers::{Context, Desired, Driver, DriverError, Known, Observed, Timeouts};
 use crate::kinds::{checks, Attr, Field, KindSchema, Ty};
 
 fn connectivity(v: &Json) -> Result<(), String> {
@@ -111,7 +111,7 @@ impl Driver for NatGateway {
         &SCHEMA
     }
 
-    async fn refresh(&self, cx: &Context, _ids: &[String]) -> Result<Vec<Observed>, DriverError> {
+    async fn refresh(&self, cx: &Context, _known: &[Known]) -> Result<Vec<Observed>, DriverError> {
         let mut filters = owner_filters(&cx.owner);
         // Deleted gateways stay visible for an hour; they are gone for us.
         filters.push(

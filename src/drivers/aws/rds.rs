@@ -16,7 +16,7 @@ use super::{
     user_tags_of,
 };
 use crate::drivers::{
-    Context, Desired, Driver, DriverError, Observed, Timeouts, READY_ATTR, STATUS_ATTR,
+    Context, Desired, Driver, DriverError, Known, Observed, Timeouts, READY_ATTR, STATUS_ATTR,
 };
 use crate::kinds::{checks, Attr, Field, KindSchema, Ty};
 
@@ -409,9 +409,9 @@ impl Driver for SubnetGroup {
         &SUBNET_GROUP
     }
 
-    async fn refresh(&self, cx: &Context, ids: &[String]) -> Result<Vec<Observed>, DriverError> {
+    async fn refresh(&self, cx: &Context, known: &[Known]) -> Result<Vec<Observed>, DriverError> {
         let mut out = Vec::new();
-        for id in ids {
+        for id in known.iter().map(|k| &k.id) {
             out.extend(read_subnet_group(cx, id).await?);
         }
         Ok(out)
@@ -591,9 +591,9 @@ impl Driver for ParameterGroup {
         &PARAMETER_GROUP
     }
 
-    async fn refresh(&self, cx: &Context, ids: &[String]) -> Result<Vec<Observed>, DriverError> {
+    async fn refresh(&self, cx: &Context, known: &[Known]) -> Result<Vec<Observed>, DriverError> {
         let mut out = Vec::new();
-        for id in ids {
+        for id in known.iter().map(|k| &k.id) {
             out.extend(read_parameter_group(cx, id).await?);
         }
         Ok(out)
@@ -818,9 +818,9 @@ impl Driver for Instance {
         &INSTANCE
     }
 
-    async fn refresh(&self, cx: &Context, ids: &[String]) -> Result<Vec<Observed>, DriverError> {
+    async fn refresh(&self, cx: &Context, known: &[Known]) -> Result<Vec<Observed>, DriverError> {
         let mut out = Vec::new();
-        for id in ids {
+        for id in known.iter().map(|k| &k.id) {
             if let Some(o) = read_instance(cx, id).await? {
                 if o.attrs.get(STATUS_ATTR).and_then(Json::as_str) != Some("deleting") {
                     out.push(o);

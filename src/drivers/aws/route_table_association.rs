@@ -6,7 +6,7 @@
 use serde_json::Value as Json;
 
 use super::{api_error, ec2};
-use crate::drivers::{Context, Desired, Driver, DriverError, Observed, Timeouts};
+use crate::drivers::{Context, Desired, Driver, DriverError, Known, Observed, Timeouts};
 use crate::kinds::{Attr, Field, KindSchema, Ty};
 
 static SCHEMA: KindSchema = KindSchema {
@@ -46,7 +46,7 @@ impl Driver for RouteTableAssociation {
         &SCHEMA
     }
 
-    async fn refresh(&self, cx: &Context, _ids: &[String]) -> Result<Vec<Observed>, DriverError> {
+    async fn refresh(&self, cx: &Context, _known: &[Known]) -> Result<Vec<Observed>, DriverError> {
         let tables = super::route_table::list(cx).await?;
         let mut out = Vec::new();
         for t in tables {

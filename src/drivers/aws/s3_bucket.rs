@@ -11,7 +11,7 @@ use aws_sdk_s3::types::{
 use serde_json::Value as Json;
 
 use super::{api_error, error_code, observed_with, read_tag_pairs, tag_map};
-use crate::drivers::{Context, Desired, Driver, DriverError, Observed, Timeouts};
+use crate::drivers::{Context, Desired, Driver, DriverError, Known, Observed, Timeouts};
 use crate::kinds::{checks, Attr, Field, KindSchema, Ty};
 
 /// S3 bucket naming rules.
@@ -345,9 +345,9 @@ impl Driver for S3Bucket {
         &SCHEMA
     }
 
-    async fn refresh(&self, cx: &Context, ids: &[String]) -> Result<Vec<Observed>, DriverError> {
+    async fn refresh(&self, cx: &Context, known: &[Known]) -> Result<Vec<Observed>, DriverError> {
         let mut out = Vec::new();
-        for name in ids {
+        for name in known.iter().map(|k| &k.id) {
             if let Some(o) = read_one(cx, name).await? {
                 out.push(o);
             }

@@ -11,7 +11,7 @@ use serde_json::Value as Json;
 use super::{
     api_error, error_code, observed_with, opt_str, read_tag_pairs, removed_tag_keys, tag_map,
 };
-use crate::drivers::{Context, Desired, Driver, DriverError, Observed, Timeouts, TAG_STACK};
+use crate::drivers::{Context, Desired, Driver, DriverError, Known, Observed, Timeouts, TAG_STACK};
 use crate::kinds::{checks, Attr, Field, KindSchema, Ty};
 
 fn secret_name(v: &Json) -> Result<(), String> {
@@ -242,7 +242,7 @@ impl Driver for Secret {
         &SCHEMA
     }
 
-    async fn refresh(&self, cx: &Context, _ids: &[String]) -> Result<Vec<Observed>, DriverError> {
+    async fn refresh(&self, cx: &Context, _known: &[Known]) -> Result<Vec<Observed>, DriverError> {
         let client = &cx.aws().await?.secrets;
         // Secrets Manager filters tag keys and tag values separately; the
         // ownership check in refresh keeps only this stack and environment.

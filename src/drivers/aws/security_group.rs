@@ -9,7 +9,7 @@ use aws_sdk_ec2::types::{IpPermission, IpRange, ResourceType, UserIdGroupPair};
 use serde_json::{Map, Value as Json};
 
 use super::{api_error, ec2, observed, opt_str, owner_filters, sync_tags, tag_spec};
-use crate::drivers::{Context, Desired, Driver, DriverError, Observed, Timeouts};
+use crate::drivers::{Context, Desired, Driver, DriverError, Known, Observed, Timeouts};
 use crate::kinds::{checks, Attr, Field, KindSchema, Ty};
 
 static RULE: &[Field] = &[
@@ -284,7 +284,7 @@ impl Driver for SecurityGroup {
         }
     }
 
-    async fn refresh(&self, cx: &Context, _ids: &[String]) -> Result<Vec<Observed>, DriverError> {
+    async fn refresh(&self, cx: &Context, _known: &[Known]) -> Result<Vec<Observed>, DriverError> {
         let mut pages = ec2(cx)
             .await?
             .describe_security_groups()

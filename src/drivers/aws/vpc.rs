@@ -4,7 +4,7 @@ use aws_sdk_ec2::types::{AttributeBooleanValue, ResourceType, VpcAttributeName};
 use serde_json::Value as Json;
 
 use super::{api_error, ec2, observed, owner_filters, sync_tags, tag_spec};
-use crate::drivers::{Context, Desired, Driver, DriverError, Observed, Timeouts};
+use crate::drivers::{Context, Desired, Driver, DriverError, Known, Observed, Timeouts};
 use crate::kinds::{checks, Attr, Field, KindSchema, Ty};
 
 fn vpc_prefix(v: &Json) -> Result<(), String> {
@@ -129,7 +129,7 @@ impl Driver for Vpc {
         &SCHEMA
     }
 
-    async fn refresh(&self, cx: &Context, _ids: &[String]) -> Result<Vec<Observed>, DriverError> {
+    async fn refresh(&self, cx: &Context, _known: &[Known]) -> Result<Vec<Observed>, DriverError> {
         let client = ec2(cx).await?;
         let mut pages = client
             .describe_vpcs()
