@@ -281,7 +281,7 @@ pub async fn apply(
             let lookup = |reference: &Reference| {
                 snapshot.attribute(&reference.address, &reference.attribute)
             };
-            let desired = desired_properties(r, driver, &cx.owner, &lookup);
+            let desired = desired_properties(r, driver, &cx.owner, &cx.base_dir, &lookup);
             let mut props = Map::new();
             for (name, v) in desired {
                 match v {

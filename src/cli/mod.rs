@@ -230,6 +230,7 @@ impl Session {
                 stack: self.stack.name.clone(),
                 environment: self.stack.environment.clone(),
             },
+            self.stack.base_dir(),
             self.stack.cloud.clone(),
             reporter,
         )

@@ -58,6 +58,29 @@ pub fn plan_text(plan: &Plan) -> String {
         out.push('\n');
         let width = c.attributes.iter().map(|a| a.name.len()).max().unwrap_or(0);
         for a in &c.attributes {
+            // Long lists read best item by item: what is added, what goes.
+            if let (Some(Json::Array(after)), before) = (&a.after, &a.before) {
+                let before: Vec<Json> = match before {
+                    Some(Json::Array(b)) => b.clone(),
+                    _ => Vec::new(),
+                };
+                let text_len = Json::Array(after.clone()).to_string().len();
+                if text_len > 100 && after.iter().chain(before.iter()).all(|x| x.is_string()) {
+                    let sym = if c.action == Action::Create { "+" } else { "~" };
+                    let note = if a.forces_replace { "  # forces replacement" } else { "" };
+                    out.push_str(&format!("      {sym} {}{note}\n", a.name));
+                    for item in before.iter().filter(|x| !after.contains(x)) {
+                        out.push_str(&format!("          - {}\n", item.as_str().unwrap_or_default()));
+                    }
+                    for item in after {
+                        let mark = if before.contains(item) { " " } else { "+" };
+                        if mark == "+" || c.action == Action::Create {
+                            out.push_str(&format!("          {mark} {}\n", item.as_str().unwrap_or_default()));
+                        }
+                    }
+                    continue;
+                }
+            }
             match c.action {
                 Action::Create => out.push_str(&format!(
                     "      + {:width$} = {}\n",

@@ -5,6 +5,7 @@
 //! plus a line in [`Registry::builtin`].
 
 pub mod aws;
+pub mod postgres;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -130,6 +131,8 @@ pub const STATUS_ATTR: &str = "status";
 /// API requests made (reported in summaries and benchmarks).
 pub struct Context {
     pub owner: Owner,
+    /// The stack file's directory: relative paths in properties start here.
+    pub base_dir: std::path::PathBuf,
     pub cloud: CloudSettings,
     pub reporter: Arc<dyn Reporter>,
     pub requests: Arc<AtomicU64>,
@@ -137,9 +140,10 @@ pub struct Context {
 }
 
 impl Context {
-    pub fn new(owner: Owner, cloud: CloudSettings, reporter: Arc<dyn Reporter>) -> Context {
+    pub fn new(owner: Owner, base_dir: std::path::PathBuf, cloud: CloudSettings, reporter: Arc<dyn Reporter>) -> Context {
         Context {
             owner,
+            base_dir,
             cloud,
             reporter,
             requests: Arc::new(AtomicU64::new(0)),
@@ -209,7 +213,8 @@ pub trait Driver: Send + Sync {
 
     /// Puts desired properties in the form the cloud reports them, so that
     /// equivalent spellings (protocol `all` and `-1`) never show as changes.
-    fn normalize(&self, _props: &mut Map<String, Json>) {}
+    /// `base_dir` is the stack file's directory (for kinds that read files).
+    fn normalize(&self, _base_dir: &std::path::Path, _props: &mut Map<String, Json>) {}
 
     /// Everything of this kind that the owner has in the cloud, found by the
     /// ownership tags in as few (paged) calls as the API allows. `ids` holds
@@ -244,9 +249,9 @@ pub struct Registry {
 
 impl Registry {
     pub fn builtin() -> Registry {
-        Registry {
-            drivers: aws::drivers(),
-        }
+        let mut drivers = aws::drivers();
+        drivers.push(Box::new(postgres::migrations::Migrations));
+        Registry { drivers }
     }
 
     pub fn driver(&self, kind: &str) -> Option<&dyn Driver> {

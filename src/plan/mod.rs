@@ -165,6 +165,7 @@ pub fn desired_properties(
     r: &Resource,
     driver: &dyn Driver,
     owner: &Owner,
+    base_dir: &std::path::Path,
     lookup: &dyn Fn(&Reference) -> Option<Json>,
 ) -> BTreeMap<String, Option<Json>> {
     let kind = r.kind;
@@ -197,7 +198,7 @@ pub fn desired_properties(
         .iter()
         .filter_map(|(k, v)| Some((k.clone(), v.clone()?)))
         .collect();
-    driver.normalize(&mut known);
+    driver.normalize(base_dir, &mut known);
     for (k, v) in known {
         out.insert(k, Some(v));
     }
@@ -274,7 +275,7 @@ pub fn diff(
                 .cloned()
                 .or_else(|| state.attribute(&reference.address, &reference.attribute))
         };
-        let desired = desired_properties(r, driver, owner, &lookup);
+        let desired = desired_properties(r, driver, owner, &stack.base_dir(), &lookup);
         let change = diff_one(
             r,
             r.kind,

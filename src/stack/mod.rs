@@ -113,6 +113,14 @@ pub struct Output {
 }
 
 impl Stack {
+    /// The directory relative paths in the stack start from.
+    pub fn base_dir(&self) -> PathBuf {
+        match self.path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        }
+    }
+
     /// Loads and validates `path` for `environment`. On any problem, returns
     /// all of them; nothing outside this process is touched.
     pub fn load(

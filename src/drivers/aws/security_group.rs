@@ -274,7 +274,7 @@ impl Driver for SecurityGroup {
         &SCHEMA
     }
 
-    fn normalize(&self, props: &mut Map<String, Json>) {
+    fn normalize(&self, _base_dir: &std::path::Path, props: &mut Map<String, Json>) {
         for k in ["ingress", "egress"] {
             if let Some(Json::Array(rules)) = props.get_mut(k) {
                 for r in rules.iter_mut() {

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# A private PostgreSQL 15 cluster for tests, on a free loopback port.
+#   scripts/postgres.sh start DIR   initdb + start; writes DIR/pg.port
+#   scripts/postgres.sh stop DIR
+set -euo pipefail
+bin=/usr/lib/postgresql/15/bin
+as_pg() {
+  # initdb and postgres refuse to run as root.
+  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+start() {
+  local dir="$1"; mkdir -p "$dir/pg"; chmod 755 "$dir"
+  [ "$(id -u)" = 0 ] && chown -R postgres "$dir/pg"
+  local port; port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()')"
+  as_pg "$bin/initdb" -D "$dir/pg/data" -U postgres --auth=trust -E UTF8 --locale=C >"$dir/pg/initdb.log" 2>&1
+  as_pg "$bin/pg_ctl" -D "$dir/pg/data" -l "$dir/pg/server.log" -w \
+    -o "-p $port -k $dir/pg -c listen_addresses=127.0.0.1 -c shared_preload_libraries=pg_stat_statements -c fsync=off" start >/dev/null
+  echo "$port" >"$dir/pg.port"
+  echo "postgres listening on 127.0.0.1:$port" >&2
+}
+stop() {
+  local dir="$1"
+  [ -d "$dir/pg/data" ] && as_pg "$bin/pg_ctl" -D "$dir/pg/data" -m fast stop >/dev/null 2>&1 || true
+}
+case "${1:-}" in
+  start) start "${2:?dir}" ;;
+  stop) stop "${2:?dir}" ;;
+  *) echo "usage: $0 start DIR|stop DIR" >&2; exit 2 ;;
+esac

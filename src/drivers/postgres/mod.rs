@@ -1,0 +1,94 @@
+//! PostgreSQL: the database schema as versioned migrations
+//! (`postgres.migrations`), applied with sqlx's migrator, plus the
+//! connection logic that `migrate status` and `db partitions` share.
+
+pub mod migrations;
+
+use std::time::Duration;
+
+use serde_json::{Map, Value as Json};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
+use sqlx::PgPool;
+
+use super::{Context, DriverError};
+
+/// How to reach a database, from a resource's properties. The password
+/// comes from a Secrets Manager secret or an environment variable at the
+/// moment of connecting; it is never a property and never in the state.
+pub async fn connect(cx: &Context, props: &Map<String, Json>) -> Result<PgPool, DriverError> {
+    let s = |k: &str| props.get(k).and_then(Json::as_str).map(str::to_string);
+    let mut opts = match s("url") {
+        Some(url) => url.parse::<PgConnectOptions>().map_err(|e| DriverError::new(format!("the connection url is not valid: {e}")))?,
+        None => {
+            let host = s("host").ok_or_else(|| DriverError::new("no `host` and no `url` to connect to"))?;
+            let port = props.get("port").and_then(Json::as_i64).unwrap_or(5432) as u16;
+            PgConnectOptions::new().host(&host).port(port).database("ralph")
+        }
+    };
+    if let Some(db) = s("database") {
+        opts = opts.database(&db);
+    }
+    if let Some(user) = s("username") {
+        opts = opts.username(&user);
+    }
+    if let Some(mode) = s("ssl_mode") {
+        opts = opts.ssl_mode(match mode.as_str() {
+            "disable" => PgSslMode::Disable,
+            "require" => PgSslMode::Require,
+            "verify-full" => PgSslMode::VerifyFull,
+            _ => PgSslMode::Prefer,
+        });
+    }
+    if let Some(arn) = s("credentials_secret_arn") {
+        let out = cx
+            .aws()
+            .await?
+            .secrets
+            .get_secret_value()
+            .secret_id(&arn)
+            .send()
+            .await
+            .map_err(|e| super::aws::api_error("GetSecretValue", e))?;
+        let text = out.secret_string().unwrap_or_default();
+        // RDS-managed secrets are {"username": ..., "password": ...}.
+        match serde_json::from_str::<Json>(text) {
+            Ok(Json::Object(m)) => {
+                if let Some(u) = m.get("username").and_then(Json::as_str) {
+                    if s("username").is_none() {
+                        opts = opts.username(u);
+                    }
+                }
+                if let Some(p) = m.get("password").and_then(Json::as_str) {
+                    opts = opts.password(p);
+                }
+            }
+            _ => opts = opts.password(text),
+        }
+    } else if let Some(var) = s("password_env") {
+        let password = std::env::var(&var).map_err(|_| DriverError::new(format!("the database password comes from the environment variable {var}, which is not set")))?;
+        opts = opts.password(&password);
+    }
+    PgPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(Duration::from_secs(15))
+        .connect_with(opts)
+        .await
+        .map_err(|e| DriverError::new(format!("cannot connect to the database: {e}")))
+}
+
+/// `host:port/database` for ids and messages (never credentials).
+pub fn describe_target(props: &Map<String, Json>) -> String {
+    let s = |k: &str| props.get(k).and_then(Json::as_str).map(str::to_string);
+    if let Some(url) = s("url") {
+        if let Ok(o) = url.parse::<PgConnectOptions>() {
+            let db = s("database").or_else(|| o.get_database().map(str::to_string)).unwrap_or_default();
+            return format!("{}:{}/{}", o.get_host(), o.get_port(), db);
+        }
+    }
+    format!(
+        "{}:{}/{}",
+        s("host").unwrap_or_default(),
+        props.get("port").and_then(Json::as_i64).unwrap_or(5432),
+        s("database").unwrap_or_default()
+    )
+}
