@@ -155,12 +155,22 @@ async fn tagged_beyond_ec2(w: &World) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread")]
 async fn production_stack_end_to_end() {
     let name = format!("tp{}", std::process::id());
-    let w = World::from_stack("aws-production.yaml", &name);
+    let mut w = World::from_stack("aws-production.yaml", &name);
+    // The stack's migrations reach "the database" through a tunnel url: here,
+    // a fresh database on the local PostgreSQL server.
+    let pg = std::env::var("RALPH_TEST_PG_URL").expect("RALPH_TEST_PG_URL is not set: run scripts/test");
+    {
+        use sqlx::Connection;
+        let mut admin = sqlx::PgConnection::connect(&format!("{pg}/postgres")).await.unwrap();
+        sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut admin).await.unwrap();
+        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.unwrap();
+    }
+    w.env.push(("RALPH_DEPLOY_VAR_database_tunnel_url".into(), format!("{pg}/{name}?sslmode=disable")));
 
     // ---- apply: every resource, in dependency order, branches in parallel.
     let ev = apply_json(&w, &[]);
     let s = ev.summary();
-    assert_eq!(s["created"], 42, "{s}");
+    assert_eq!(s["created"], 43, "{s}");
     assert_eq!(s["failed"], 0, "{s}");
     // RDS, ElastiCache and EKS are all creating at the same time: each
     // starts before any of the three finishes.
@@ -185,6 +195,7 @@ async fn production_stack_end_to_end() {
     assert!(ev.at("resource_finished", "db") < ev.at("resource_started", "db_replica"));
     assert!(ev.at("resource_finished", "eks") < ev.at("resource_started", "nodes"));
     assert!(ev.at("resource_finished", "redis_auth") < ev.at("resource_started", "redis"));
+    assert!(ev.at("resource_finished", "db") < ev.at("resource_started", "schema"), "migrations run once the database is up");
 
     // ---- what exists is what the guide asks for.
     let c = conf(&w).await;
@@ -370,7 +381,7 @@ async fn production_stack_end_to_end() {
         .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
     let ev = Events::parse(&text(&out.stdout));
-    assert_eq!(ev.summary()["deleted"], 42);
+    assert_eq!(ev.summary()["deleted"], 43);
     for (dependent, dependency) in [
         ("nodes", "eks"),
         ("db_replica", "db"),

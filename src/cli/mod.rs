@@ -126,6 +126,40 @@ pub enum Command {
     },
     /// Print the JSON Schema of stack files
     Schema,
+    /// Database schema migrations
+    Migrate {
+        #[command(subcommand)]
+        command: MigrateCommand,
+    },
+    /// Database maintenance
+    Db {
+        #[command(subcommand)]
+        command: DbCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum MigrateCommand {
+    /// Which migrations are applied, pending or edited, per migrations resource
+    Status {
+        #[command(flatten)]
+        args: StackArgs,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DbCommand {
+    /// Create the monthly partitions of the next months ahead of time
+    /// (run it from cron or a Kubernetes CronJob)
+    Partitions {
+        #[command(flatten)]
+        args: StackArgs,
+        /// How many months after the current one
+        #[arg(long, default_value_t = 3)]
+        months_ahead: i32,
+    },
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -196,6 +230,10 @@ pub(crate) struct Session {
 impl StackArgs {
     pub(crate) fn load_options(&self) -> anyhow::Result<LoadOptions> {
         let mut variables = Vec::new();
+        // RALPH_DEPLOY_VAR_<name>=value, for CI; --var wins over it.
+        let env_variables = std::env::vars()
+            .filter_map(|(k, v)| Some((k.strip_prefix("RALPH_DEPLOY_VAR_")?.to_ascii_lowercase(), v)))
+            .collect();
         for v in &self.vars {
             let Some((k, val)) = v.split_once('=') else {
                 anyhow::bail!("--var {v}: write it as --var name=value");
@@ -205,6 +243,7 @@ impl StackArgs {
         Ok(LoadOptions {
             environment: self.env.clone(),
             variables,
+            env_variables,
         })
     }
 

@@ -52,6 +52,9 @@ pub struct LoadOptions {
     pub environment: Option<String>,
     /// `--var name=value`, parsed according to the variable's declared type.
     pub variables: Vec<(String, String)>,
+    /// `RALPH_DEPLOY_VAR_<name>` from the environment: like `variables`, but
+    /// applied first, and ignored for variables this stack does not declare.
+    pub env_variables: Vec<(String, String)>,
 }
 
 pub fn load(path: &Path, options: &LoadOptions, registry: &Registry) -> Result<Stack, Diagnostics> {
@@ -401,6 +404,16 @@ impl Loader {
                             });
                         self.d.error_help(Span::from_marked(k.span()), format!("environment `{environment}` sets variable `{name}`, which is not declared"), hint);
                     }
+                }
+            }
+        }
+        for (name, text) in &options.env_variables {
+            if let Some((ty, kspan)) = declared.get(name) {
+                match parse_cli_value(text, ty) {
+                    Ok(v) => {
+                        self.vars.insert(name.clone(), v);
+                    }
+                    Err(msg) => self.d.error_help(*kspan, format!("RALPH_DEPLOY_VAR_{}: {msg}", name.to_ascii_uppercase()), format!("variable `{name}` is declared here with type {ty}")),
                 }
             }
         }

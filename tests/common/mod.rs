@@ -28,6 +28,8 @@ pub struct World {
     pub dir: tempfile::TempDir,
     pub stack_name: String,
     pub endpoint: String,
+    /// Extra environment for every command (RALPH_DEPLOY_VAR_..., keys).
+    pub env: Vec<(String, String)>,
 }
 
 impl World {
@@ -40,12 +42,15 @@ impl World {
             .expect("stack has a name line")
             .to_string();
         let text = text.replacen(&first_name, &format!("name: {name}"), 1);
+        // The copy lives elsewhere: point it at the repository's migrations.
+        let text = text.replace("directory: ../migrations", &format!("directory: {}", repo().join("migrations").display()));
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("stack.yaml"), text).unwrap();
         World {
             dir,
             stack_name: name.to_string(),
             endpoint: aws_endpoint(),
+            env: Vec::new(),
         }
     }
 
@@ -78,6 +83,9 @@ impl World {
             .env_remove("AWS_PROFILE")
             .env("RALPH_DEPLOY_STATE_DIR", self.state_dir())
             .current_dir(self.dir.path());
+        for (k, v) in &self.env {
+            c.env(k, v);
+        }
         c
     }
 

@@ -21,6 +21,9 @@ fn computed(_: &Json) -> Result<(), String> {
 
 fn no_password_in_url(v: &Json) -> Result<(), String> {
     let s = v.as_str().unwrap_or_default();
+    if s.is_empty() {
+        return Ok(());
+    }
     match s.parse::<sqlx::postgres::PgConnectOptions>() {
         Err(e) => Err(format!("not a PostgreSQL url: {e}")),
         Ok(_) if s.split('@').next().is_some_and(|userinfo| userinfo.contains("://") && userinfo.split("://").nth(1).is_some_and(|u| u.contains(':'))) => {
@@ -42,7 +45,7 @@ static SCHEMA: KindSchema = KindSchema {
     doc: "The database schema: versioned SQL migrations applied in order.",
     fields: &[
         Field::new("directory", Ty::String, "the migrations directory, relative to the stack file").default("\"../migrations\""),
-        Field::new("url", Ty::String, "postgres://user@host:port/db, without a password (a tunnel, a bastion, the local cloud)").check(no_password_in_url),
+        Field::new("url", Ty::String, "postgres://user@host:port/db, without a password (a tunnel, a bastion, the local cloud); when not empty it wins over `host`").check(no_password_in_url),
         Field::new("host", Ty::String, "the database host, usually `${db.address}`"),
         Field::new("port", Ty::Int, "the database port").default("5432"),
         Field::new("database", Ty::String, "the database name (default: the url's, or ralph)"),
@@ -58,7 +61,7 @@ static SCHEMA: KindSchema = KindSchema {
     ],
     taggable: false,
     name_field: None,
-    exactly_one_of: &["url", "host"],
+    exactly_one_of: &[],
 };
 
 pub struct Migrations;
@@ -223,4 +226,37 @@ impl Driver for Migrations {
         // resource never drops tables.
         Ok(())
     }
+}
+
+/// One migration file and where it stands in the database.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MigrationStatus {
+    pub migration: String,
+    /// `applied`, `pending`, `edited` (applied, but the file changed since),
+    /// or `missing` (applied, but the file is gone).
+    pub status: &'static str,
+}
+
+/// Every migration of `props`' directory against the database.
+pub async fn status(cx: &Context, props: &Map<String, Json>) -> Result<Vec<MigrationStatus>, DriverError> {
+    let files = file_labels(&resolve_dir(&cx.base_dir, props)).map_err(DriverError::new)?;
+    let pool = connect(cx, props).await?;
+    let (done, _) = applied(&pool).await?;
+    pool.close().await;
+    let version = |l: &str| l.split_once(' ').map(|x| x.0.to_string()).unwrap_or_default();
+    let mut out = Vec::new();
+    for f in &files {
+        let status = if done.contains(f) {
+            "applied"
+        } else if done.iter().any(|d| version(d) == version(f)) {
+            "edited"
+        } else {
+            "pending"
+        };
+        out.push(MigrationStatus { migration: f.clone(), status });
+    }
+    for d in done.iter().filter(|d| !files.iter().any(|f| version(f) == version(d))) {
+        out.push(MigrationStatus { migration: d.clone(), status: "missing" });
+    }
+    Ok(out)
 }

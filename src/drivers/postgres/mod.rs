@@ -16,7 +16,8 @@ use super::{Context, DriverError};
 /// comes from a Secrets Manager secret or an environment variable at the
 /// moment of connecting; it is never a property and never in the state.
 pub async fn connect(cx: &Context, props: &Map<String, Json>) -> Result<PgPool, DriverError> {
-    let s = |k: &str| props.get(k).and_then(Json::as_str).map(str::to_string);
+    let s = |k: &str| props.get(k).and_then(Json::as_str).filter(|v| !v.is_empty()).map(str::to_string);
+    let url_has_user = s("url").and_then(|u| u.parse::<PgConnectOptions>().ok()).is_some_and(|o| !o.get_username().is_empty() && s("url").is_some_and(|u| u.contains('@')));
     let mut opts = match s("url") {
         Some(url) => url.parse::<PgConnectOptions>().map_err(|e| DriverError::new(format!("the connection url is not valid: {e}")))?,
         None => {
@@ -25,13 +26,16 @@ pub async fn connect(cx: &Context, props: &Map<String, Json>) -> Result<PgPool, 
             PgConnectOptions::new().host(&host).port(port).database("ralph")
         }
     };
-    if let Some(db) = s("database") {
+    // A url says everything about where to connect; `database` is for `host`.
+    if let Some(db) = s("database").filter(|_| s("url").is_none()) {
         opts = opts.database(&db);
     }
     if let Some(user) = s("username") {
         opts = opts.username(&user);
     }
-    if let Some(mode) = s("ssl_mode") {
+    // A url carries its own sslmode when it says one.
+    let url_sets_ssl = s("url").is_some_and(|u| u.contains("sslmode="));
+    if let Some(mode) = s("ssl_mode").filter(|_| !url_sets_ssl) {
         opts = opts.ssl_mode(match mode.as_str() {
             "disable" => PgSslMode::Disable,
             "require" => PgSslMode::Require,
@@ -54,7 +58,7 @@ pub async fn connect(cx: &Context, props: &Map<String, Json>) -> Result<PgPool, 
         match serde_json::from_str::<Json>(text) {
             Ok(Json::Object(m)) => {
                 if let Some(u) = m.get("username").and_then(Json::as_str) {
-                    if s("username").is_none() {
+                    if s("username").is_none() && !url_has_user {
                         opts = opts.username(u);
                     }
                 }
@@ -78,10 +82,10 @@ pub async fn connect(cx: &Context, props: &Map<String, Json>) -> Result<PgPool, 
 
 /// `host:port/database` for ids and messages (never credentials).
 pub fn describe_target(props: &Map<String, Json>) -> String {
-    let s = |k: &str| props.get(k).and_then(Json::as_str).map(str::to_string);
+    let s = |k: &str| props.get(k).and_then(Json::as_str).filter(|v| !v.is_empty()).map(str::to_string);
     if let Some(url) = s("url") {
         if let Ok(o) = url.parse::<PgConnectOptions>() {
-            let db = s("database").or_else(|| o.get_database().map(str::to_string)).unwrap_or_default();
+            let db = o.get_database().map(str::to_string).or_else(|| s("database")).unwrap_or_default();
             return format!("{}:{}/{}", o.get_host(), o.get_port(), db);
         }
     }
@@ -91,4 +95,17 @@ pub fn describe_target(props: &Map<String, Json>) -> String {
         props.get("port").and_then(Json::as_i64).unwrap_or(5432),
         s("database").unwrap_or_default()
     )
+}
+
+/// Creates the monthly partitions of the next `months_ahead` months that do
+/// not exist yet (the function comes with the migrations); returns how many.
+pub async fn ensure_partitions(cx: &Context, props: &Map<String, Json>, months_ahead: i32) -> Result<i32, DriverError> {
+    let pool = connect(cx, props).await?;
+    let created: i32 = sqlx::query_scalar("SELECT ralph.ensure_partitions($1)")
+        .bind(months_ahead)
+        .fetch_one(&pool)
+        .await
+        .map_err(|e| DriverError::new(format!("ralph.ensure_partitions failed: {e}")))?;
+    pool.close().await;
+    Ok(created)
 }
