@@ -44,11 +44,33 @@ start() {
 
 stop() {
   local dir="$1"
-  if [ -f "$dir/moto.pid" ]; then kill "$(cat "$dir/moto.pid")" 2>/dev/null || true; rm -f "$dir/moto.pid"; fi
+  for p in moto moto-faulty proxy; do
+    if [ -f "$dir/$p.pid" ]; then kill "$(cat "$dir/$p.pid")" 2>/dev/null || true; rm -f "$dir/$p.pid"; fi
+  done
+}
+
+# A second moto with its own delays, behind the fault proxy.
+start_faulty() {
+  local dir="$1"; mkdir -p "$dir"
+  install
+  local mport pport; mport="$(free_port)"; pport="$(free_port)"
+  MOTO_IAM_LOAD_MANAGED_POLICIES=true RALPH_MOTO_DELAY_SCALE="${RALPH_FAULT_DELAY_SCALE:-0.05}" \
+    "$venv/bin/python" "$here/local-cloud/moto_delayed.py" 127.0.0.1 "$mport" >"$dir/moto-faulty.log" 2>&1 &
+  echo $! >"$dir/moto-faulty.pid"
+  "$venv/bin/python" "$here/local-cloud/fault_proxy.py" "$pport" "http://127.0.0.1:$mport" >"$dir/proxy.log" 2>&1 &
+  echo $! >"$dir/proxy.pid"
+  for _ in $(seq 1 100); do
+    if curl -fsS "http://127.0.0.1:$pport/__faults" >/dev/null 2>&1 && curl -fsS "http://127.0.0.1:$mport/moto-api/" >/dev/null 2>&1; then
+      echo "$mport" >"$dir/moto-faulty.port"; echo "$pport" >"$dir/proxy.port"; return 0
+    fi
+    sleep 0.1
+  done
+  echo "the fault proxy did not start; see $dir/proxy.log" >&2; return 1
 }
 
 case "${1:-}" in
   install) install ;;
+  start-faulty) start_faulty "${2:?state dir}" ;;
   start) start "${2:?state dir}" ;;
   stop) stop "${2:?state dir}" ;;
   *) echo "usage: $0 install|start DIR|stop DIR" >&2; exit 2 ;;

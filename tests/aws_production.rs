@@ -59,99 +59,6 @@ fn apply_json(w: &World, extra: &[&str]) -> Events {
     Events::parse(&text(&out.stdout))
 }
 
-async fn conf(w: &World) -> aws_config::SdkConfig {
-    aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .endpoint_url(&w.endpoint)
-        .region(aws_config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_ec2::config::Credentials::new(
-            "testing", "testing", None, None, "test",
-        ))
-        .load()
-        .await
-}
-
-/// Everything outside EC2 that carries this stack's ownership tag.
-async fn tagged_beyond_ec2(w: &World) -> Vec<String> {
-    let c = conf(w).await;
-    let ours = |k: Option<&str>, v: Option<&str>| {
-        k == Some("ralph-deploy:stack") && v == Some(w.stack_name.as_str())
-    };
-    let mut found = Vec::new();
-    let rds = aws_sdk_rds::Client::new(&c);
-    for d in rds
-        .describe_db_instances()
-        .send()
-        .await
-        .unwrap()
-        .db_instances()
-    {
-        if d.tag_list().iter().any(|t| ours(t.key(), t.value())) {
-            found.push(format!(
-                "rds {}",
-                d.db_instance_identifier().unwrap_or_default()
-            ));
-        }
-    }
-    let ec = aws_sdk_elasticache::Client::new(&c);
-    for g in ec
-        .describe_replication_groups()
-        .send()
-        .await
-        .unwrap()
-        .replication_groups()
-    {
-        let tags = ec
-            .list_tags_for_resource()
-            .resource_name(g.arn().unwrap_or_default())
-            .send()
-            .await
-            .unwrap();
-        if tags.tag_list().iter().any(|t| ours(t.key(), t.value())) {
-            found.push(format!(
-                "redis {}",
-                g.replication_group_id().unwrap_or_default()
-            ));
-        }
-    }
-    let sm = aws_sdk_secretsmanager::Client::new(&c);
-    for s in sm.list_secrets().send().await.unwrap().secret_list() {
-        if s.deleted_date().is_none() && s.tags().iter().any(|t| ours(t.key(), t.value())) {
-            found.push(format!("secret {}", s.name().unwrap_or_default()));
-        }
-    }
-    let eks = aws_sdk_eks::Client::new(&c);
-    for name in eks.list_clusters().send().await.unwrap().clusters() {
-        if let Ok(d) = eks.describe_cluster().name(name).send().await {
-            let tags = d
-                .cluster()
-                .and_then(|c| c.tags())
-                .cloned()
-                .unwrap_or_default();
-            if tags.get("ralph-deploy:stack").map(String::as_str) == Some(w.stack_name.as_str()) {
-                found.push(format!("eks {name}"));
-            }
-        }
-    }
-    let s3 = aws_sdk_s3::Client::from_conf(
-        aws_sdk_s3::config::Builder::from(&c)
-            .force_path_style(true)
-            .build(),
-    );
-    for b in s3.list_buckets().send().await.unwrap().buckets() {
-        let name = b.name().unwrap_or_default();
-        if name.starts_with(&w.stack_name) {
-            found.push(format!("bucket {name}"));
-        }
-    }
-    let iam = aws_sdk_iam::Client::new(&c);
-    for r in iam.list_roles().send().await.unwrap().roles() {
-        if r.role_name().starts_with(&w.stack_name) {
-            found.push(format!("role {}", r.role_name()));
-        }
-    }
-    found
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn production_stack_end_to_end() {
     let name = format!("tp{}", std::process::id());
@@ -198,7 +105,7 @@ async fn production_stack_end_to_end() {
     assert!(ev.at("resource_finished", "db") < ev.at("resource_started", "schema"), "migrations run once the database is up");
 
     // ---- what exists is what the guide asks for.
-    let c = conf(&w).await;
+    let c = w.sdk_config().await;
     let rds = aws_sdk_rds::Client::new(&c);
     let db = rds
         .describe_db_instances()
@@ -352,7 +259,7 @@ async fn production_stack_end_to_end() {
     assert_eq!(w.run("plan", &args).status.code(), Some(0));
 
     // ---- destroy refuses protected resources without the override.
-    let before = w.tagged().await.len() + tagged_beyond_ec2(&w).await.len();
+    let before = w.tagged().await.len() + w.tagged_beyond_ec2().await.len();
     let out = w.run("destroy", &["--auto-approve"]);
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
@@ -360,7 +267,7 @@ async fn production_stack_end_to_end() {
         assert!(err.contains(a), "{err}");
     }
     assert_eq!(
-        w.tagged().await.len() + tagged_beyond_ec2(&w).await.len(),
+        w.tagged().await.len() + w.tagged_beyond_ec2().await.len(),
         before,
         "a refused destroy touched something"
     );
@@ -395,5 +302,5 @@ async fn production_stack_end_to_end() {
         );
     }
     assert_eq!(w.tagged().await, vec![]);
-    assert_eq!(tagged_beyond_ec2(&w).await, Vec::<String>::new());
+    assert_eq!(w.tagged_beyond_ec2().await, Vec::<String>::new());
 }

@@ -7,6 +7,8 @@
 //! finish. The state is written after every resource, so an interrupted
 //! apply loses at most the resources that were in flight.
 
+pub mod recover;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
@@ -20,7 +22,7 @@ use crate::events::Event;
 use crate::graph::{walk, Outcome};
 use crate::plan::{desired_properties, Action, Change, Plan};
 use crate::stack::{Reference, Stack};
-use crate::state::{Backend, ResourceState, State, StateError};
+use crate::state::{Backend, Intent, ResourceState, State, StateError};
 
 #[derive(Debug, Clone)]
 pub struct ApplyOptions {
@@ -54,6 +56,8 @@ pub struct ApplyReport {
     pub skipped: usize,
     pub not_started: usize,
     pub requests: u64,
+    /// Requests that were retries (throttling, 5xx, timeouts, resets).
+    pub retries: u64,
     pub elapsed_ms: u128,
 }
 
@@ -75,6 +79,28 @@ struct Shared<'a> {
 }
 
 impl Shared<'_> {
+    /// Journals what is about to happen; returns the intent's id.
+    async fn intend(&self, c: &Change, action: &str, lookup: Option<String>, props: &Map<String, Json>, protect: bool) -> Result<String, String> {
+        let intent = Intent {
+            id: uuid::Uuid::new_v4().to_string(),
+            address: c.address.clone(),
+            kind: c.kind.clone(),
+            action: action.to_string(),
+            lookup,
+            props: props.clone(),
+            depends_on: c.depends_on.clone(),
+            protect,
+            started_at: chrono::Utc::now(),
+            pid: std::process::id(),
+        };
+        self.backend.open_intent(&intent).await.map_err(|e| format!("cannot journal the intent, so nothing was done: {e}"))?;
+        Ok(intent.id)
+    }
+
+    async fn done(&self, intent: &str) -> Result<(), String> {
+        self.backend.close_intent(intent).await.map_err(|e| format!("the change is recorded but its intent could not be closed: {e}"))
+    }
+
     async fn record(&self, f: impl FnOnce(&mut State)) -> Result<(), String> {
         let mut st = self.state.lock().await;
         f(&mut st);
@@ -100,6 +126,7 @@ pub async fn apply(
 ) -> Result<(ApplyReport, State), ApplyError> {
     let started = Instant::now();
     let requests_before = cx.request_count();
+    let retries_before = cx.retry_count();
     let shared = Shared {
         state: Mutex::new(state),
         backend,
@@ -188,15 +215,13 @@ pub async fn apply(
                         .and_then(|s| s.resources.get(&c.address))
                         .map(|r| r.timeouts)
                         .unwrap_or_default();
-                    driver
-                        .delete(cx, &obs, &timeouts)
-                        .await
-                        .map_err(|e| e.message)
+                    let intent = shared.intend(c, "delete", c.id.clone(), &Map::new(), c.protect).await?;
+                    driver.delete(cx, &obs, &timeouts).await.map_err(|e| e.message).map(|_| Some(intent))
                 }
-                None => Ok(()), // already gone from the cloud
+                None => Ok(None), // already gone from the cloud
             };
             match result {
-                Ok(()) => {
+                Ok(intent) => {
                     let address = c.address.clone();
                     let id = c.id.clone();
                     shared
@@ -211,6 +236,9 @@ pub async fn apply(
                             }
                         })
                         .await?;
+                    if let Some(intent) = intent {
+                        shared.done(&intent).await?;
+                    }
                     if c.action == Action::Delete {
                         cx.reporter.report(Event::ResourceFinished {
                             address: c.address.clone(),
@@ -310,6 +338,11 @@ pub async fn apply(
                 owner: &cx.owner,
                 timeouts: r.timeouts,
             };
+            let (verb, lookup) = match c.action {
+                Action::Update => ("update", c.id.clone()),
+                _ => ("create", r.kind.name_field.and_then(|f| props.get(f)).and_then(Json::as_str).map(str::to_string)),
+            };
+            let intent = shared.intend(c, verb, lookup, &props, r.protect).await?;
             let result = match (c.action, c.current_observed()) {
                 (Action::Update, Some(have)) => {
                     let changed: Vec<String> =
@@ -335,6 +368,7 @@ pub async fn apply(
                             st.resources.insert(address, rs);
                         })
                         .await?;
+                    shared.done(&intent).await?;
                     cx.reporter.report(Event::ResourceFinished {
                         address: c.address.clone(),
                         action: c.action,
@@ -362,7 +396,10 @@ pub async fn apply(
                                 st.resources.insert(address, rs);
                             })
                             .await?;
+                        shared.done(&intent).await?;
                     }
+                    // Otherwise the intent stays open: whether the call took
+                    // effect is for the next run's recovery to find out.
                     cx.reporter.report(Event::ResourceFailed {
                         address: c.address.clone(),
                         action: c.action,
@@ -448,6 +485,7 @@ pub async fn apply(
     st.serial += 1;
     backend.write(&st).await?;
     report.requests = cx.request_count() - requests_before;
+    report.retries = cx.retry_count().saturating_sub(retries_before);
     report.elapsed_ms = started.elapsed().as_millis();
     Ok((report, st))
 }

@@ -2,7 +2,7 @@
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use anyhow::{anyhow, Context as _};
@@ -254,7 +254,12 @@ async fn apply_cmd(args: &StackArgs, run: &RunArgs, destroy: bool) -> Result<i32
     let s = effective_args.session(run.json)?;
     let cx = s.context(reporter(run.json));
     let lock = LockInfo::for_operation(if destroy { "destroy" } else { "apply" });
-    s.backend.lock(&lock).await.map_err(lock_error)?;
+    if let Some(stale) = s.backend.lock(&lock).await.map_err(lock_error)? {
+        eprintln!(
+            "warning: took over a stale lock: `{}` (pid {} on {}, since {}) no longer runs; its work is recovered from the state and the cloud",
+            stale.operation, stale.pid, stale.host, stale.since
+        );
+    }
     let result = locked_apply(&s, &cx, run, destroy, saved.map(|f| f.plan)).await;
     if let Err(e) = s.backend.unlock(&lock).await {
         eprintln!("warning: could not release the lock: {e}");
@@ -273,7 +278,16 @@ async fn locked_apply(
     destroy: bool,
     saved: Option<Plan>,
 ) -> Result<i32, CliError> {
-    let (state, existed) = read_state(s).await?;
+    let (mut state, existed) = read_state(s).await?;
+    // Settle what an interrupted run left open before planning anything.
+    let recovery = crate::apply::recover::recover(&s.backend, &mut state, &s.registry, cx)
+        .await
+        .map_err(|e| CliError::Other(e.into()))?;
+    if !recovery.adopted.is_empty() && saved.is_some() {
+        return Err(CliError::Other(anyhow!(
+            "recovery adopted resources into the state, so the saved plan is stale; run `ralph-deploy plan --out` again"
+        )));
+    }
     let plan = match saved {
         Some(plan) => {
             if plan.stack_digest != s.stack.digest {
@@ -338,17 +352,18 @@ async fn locked_apply(
         eprintln!("Cancelled; nothing was changed.");
         return Ok(EXIT_ERROR);
     }
-    let stop = Arc::new(AtomicBool::new(false));
+    let stop = cx.stop.clone();
     let watcher = {
         let stop = stop.clone();
         tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                stop.store(true, Ordering::SeqCst);
-                eprintln!("Interrupted: finishing the operations in flight, starting no new ones (press Ctrl-C again to exit at once).");
-                if tokio::signal::ctrl_c().await.is_ok() {
-                    std::process::exit(EXIT_INTERRUPTED);
-                }
-            }
+            use tokio::signal::unix::{signal, SignalKind};
+            let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else { return };
+            tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
+            stop.store(true, Ordering::SeqCst);
+            eprintln!("Interrupted: recording the operations in flight and starting no new ones (interrupt again to exit at once; the next apply recovers).");
+            tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
+            eprintln!("Exiting at once; the intent journal lets the next apply recover.");
+            std::process::exit(EXIT_INTERRUPTED);
         })
     };
     let options = ApplyOptions {

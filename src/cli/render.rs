@@ -144,7 +144,7 @@ pub fn summary_text(report: &ApplyReport, destroy: bool) -> String {
         "incomplete"
     };
     out.push_str(&format!(
-        "{verb} {status}: {} created, {} updated, {} replaced, {} deleted{}; {} failed, {} skipped, {} not started. {} API requests in {:.1}s.\n",
+        "{verb} {status}: {} created, {} updated, {} replaced, {} deleted{}; {} failed, {} skipped, {} not started. {} API requests ({} retried) in {:.1}s.\n",
         report.created,
         report.updated,
         report.replaced,
@@ -154,6 +154,7 @@ pub fn summary_text(report: &ApplyReport, destroy: bool) -> String {
         report.skipped,
         report.not_started,
         report.requests,
+        report.retries,
         report.elapsed_ms as f64 / 1000.0
     ));
     out

@@ -136,6 +136,11 @@ pub struct Context {
     pub cloud: CloudSettings,
     pub reporter: Arc<dyn Reporter>,
     pub requests: Arc<AtomicU64>,
+    /// API operations; `requests - operations` is the number of retries.
+    pub operations: Arc<AtomicU64>,
+    /// Set by the first Ctrl-C / SIGTERM: waits stop (the resource is
+    /// recorded as not ready yet) and nothing new starts.
+    pub stop: Arc<std::sync::atomic::AtomicBool>,
     aws: tokio::sync::OnceCell<aws::AwsClients>,
 }
 
@@ -147,6 +152,8 @@ impl Context {
             cloud,
             reporter,
             requests: Arc::new(AtomicU64::new(0)),
+            operations: Arc::new(AtomicU64::new(0)),
+            stop: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             aws: tokio::sync::OnceCell::new(),
         }
     }
@@ -157,6 +164,7 @@ impl Context {
                 aws::AwsClients::connect(
                     self.cloud.aws.clone().unwrap_or_default(),
                     self.requests.clone(),
+                    self.operations.clone(),
                 )
             })
             .await
@@ -164,6 +172,11 @@ impl Context {
 
     pub fn request_count(&self) -> u64 {
         self.requests.load(Ordering::Relaxed)
+    }
+
+    /// Requests sent again after a throttle, a 5xx, a timeout or a reset.
+    pub fn retry_count(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed).saturating_sub(self.operations.load(Ordering::Relaxed))
     }
 
     /// Polls `check` until it returns `Some`, reporting the cloud's status
@@ -195,13 +208,20 @@ impl Context {
                 });
                 last_status = status.clone();
             }
+            if self.stop.load(Ordering::SeqCst) {
+                return Err(DriverError::new(format!("interrupted while waiting for {what} (last status: {status}); the next apply waits for it")));
+            }
             if start.elapsed() >= timeout {
                 return Err(DriverError::new(format!(
                     "timed out after {}s waiting for {what} (last status: {status})",
                     timeout.as_secs()
                 )));
             }
-            tokio::time::sleep(delay).await;
+            // Sleep in short steps so an interruption is noticed quickly.
+            let until = Instant::now() + delay;
+            while Instant::now() < until && !self.stop.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(100).min(until - Instant::now())).await;
+            }
             delay = (delay * 2).min(Duration::from_secs(10));
         }
     }

@@ -187,14 +187,53 @@ pub trait StateStore: Send + Sync {
 /// One writer at a time.
 #[async_trait::async_trait]
 pub trait Locker: Send + Sync {
-    /// Takes the lock or fails at once, naming the holder.
-    async fn lock(&self, info: &LockInfo) -> Result<(), StateError>;
+    /// Takes the lock or fails at once, naming the holder. A lock left by a
+    /// process that no longer exists on this host is taken over; the stale
+    /// holder is returned so the caller can report it.
+    async fn lock(&self, info: &LockInfo) -> Result<Option<LockInfo>, StateError>;
     async fn unlock(&self, info: &LockInfo) -> Result<(), StateError>;
     async fn holder(&self) -> Result<Option<LockInfo>, StateError>;
     /// Removes the lock whatever holds it, if its id is `id`.
     async fn force_unlock(&self, id: &str) -> Result<LockInfo, StateError>;
 }
 
-/// A backend is both.
-pub trait Backend: StateStore + Locker {}
-impl<T: StateStore + Locker> Backend for T {}
+/// What a run is about to do to the cloud, written (and fsynced) before the
+/// call, closed once the result is in the state. An intent still open at
+/// the next run marks a call whose outcome the state may not know.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Intent {
+    pub id: String,
+    pub address: String,
+    pub kind: String,
+    /// create, update or delete.
+    pub action: String,
+    /// How to find the result again: the cloud id (update, delete) or the
+    /// name the resource is created with (kinds named by the stack).
+    #[serde(default)]
+    pub lookup: Option<String>,
+    /// The properties sent (never secrets: those are not properties).
+    #[serde(default)]
+    pub props: Map<String, Json>,
+    #[serde(default)]
+    pub depends_on: Vec<String>,
+    #[serde(default)]
+    pub protect: bool,
+    pub started_at: DateTime<Utc>,
+    pub pid: u32,
+}
+
+/// The intent journal.
+#[async_trait::async_trait]
+pub trait Journal: Send + Sync {
+    /// Durably records an intent before the call it describes.
+    async fn open_intent(&self, intent: &Intent) -> Result<(), StateError>;
+    async fn close_intent(&self, id: &str) -> Result<(), StateError>;
+    /// Intents opened and never closed, oldest first.
+    async fn open_intents(&self) -> Result<Vec<Intent>, StateError>;
+    /// Drops closed records (call when no intent is open).
+    async fn compact(&self) -> Result<(), StateError>;
+}
+
+/// A backend is all three.
+pub trait Backend: StateStore + Locker + Journal {}
+impl<T: StateStore + Locker + Journal> Backend for T {}

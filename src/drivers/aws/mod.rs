@@ -73,8 +73,25 @@ impl AwsClients {
     pub async fn connect(
         settings: AwsSettings,
         requests: Arc<AtomicU64>,
+        operations: Arc<AtomicU64>,
     ) -> Result<AwsClients, DriverError> {
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+        // Throttling, 5xx, timeouts and resets are retried with exponential
+        // backoff and jitter; adaptive mode also slows each service's client
+        // down while that service throttles, and speeds it up again after.
+        let attempts = std::env::var("AWS_MAX_ATTEMPTS").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
+        let retry = match std::env::var("AWS_RETRY_MODE").as_deref() {
+            Ok("standard") => aws_config::retry::RetryConfig::standard(),
+            _ => aws_config::retry::RetryConfig::adaptive(),
+        };
+        let retry = retry
+            .with_max_attempts(attempts)
+            .with_initial_backoff(std::time::Duration::from_millis(100))
+            .with_max_backoff(std::time::Duration::from_secs(20));
+        let timeouts = aws_config::timeout::TimeoutConfig::builder()
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .operation_attempt_timeout(std::time::Duration::from_secs(60))
+            .build();
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest()).retry_config(retry).timeout_config(timeouts);
         if let Some(p) = &settings.profile {
             loader = loader.profile_name(p);
         }
@@ -88,7 +105,7 @@ impl AwsClients {
         let region = config.region().map(|r| r.to_string()).ok_or_else(|| {
             DriverError::new("no AWS region is set: put `region` under `cloud.aws` in the stack, set AWS_REGION, or choose a profile that has one")
         })?;
-        let counter = RequestCounter(requests);
+        let counter = RequestCounter(requests, operations);
         // A custom endpoint (an S3-compatible store, the local cloud) is
         // addressed by path, as such endpoints expect.
         let custom_endpoint =
@@ -97,7 +114,7 @@ impl AwsClients {
             ($krate:ident) => {
                 $krate::Client::from_conf(
                     $krate::config::Builder::from(&config)
-                        .interceptor(RequestCounter(counter.0.clone()))
+                        .interceptor(RequestCounter(counter.0.clone(), counter.1.clone()))
                         .build(),
                 )
             };
@@ -110,7 +127,7 @@ impl AwsClients {
             secrets: client!(aws_sdk_secretsmanager),
             s3: aws_sdk_s3::Client::from_conf(
                 aws_sdk_s3::config::Builder::from(&config)
-                    .interceptor(RequestCounter(counter.0.clone()))
+                    .interceptor(RequestCounter(counter.0.clone(), counter.1.clone()))
                     .force_path_style(custom_endpoint)
                     .build(),
             ),
@@ -120,13 +137,22 @@ impl AwsClients {
     }
 }
 
-/// Counts every HTTP request the SDK sends, retries included.
+/// Counts operations and the HTTP requests the SDK sends for them; the
+/// difference is the number of retries.
 #[derive(Debug)]
-struct RequestCounter(Arc<AtomicU64>);
+struct RequestCounter(Arc<AtomicU64>, Arc<AtomicU64>);
 
 impl Intercept for RequestCounter {
     fn name(&self) -> &'static str {
         "ralph-deploy-request-counter"
+    }
+    fn read_before_execution(
+        &self,
+        _: &aws_sdk_ec2::config::interceptors::BeforeSerializationInterceptorContextRef<'_>,
+        _: &mut ConfigBag,
+    ) -> Result<(), aws_sdk_ec2::error::BoxError> {
+        self.1.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
     fn read_before_transmit(
         &self,

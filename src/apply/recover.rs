@@ -1,0 +1,87 @@
+//! Recovery: before anything is planned, every intent an earlier run left
+//! open is settled. A create whose result never reached the state is looked
+//! up (by its ownership tags, by the name it was created with, or for kinds
+//! without tags by the properties that identify it) and adopted into the
+//! state, or confirmed absent. Updates and deletes need nothing: the refresh
+//! that follows sees where they got to.
+
+use crate::drivers::{Context, Known, Observed, Registry};
+use crate::events::Event;
+use crate::state::{Backend, Intent, ResourceState, State, StateError};
+
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct Recovery {
+    /// (address, cloud id) adopted into the state.
+    pub adopted: Vec<(String, String)>,
+    /// Creates that never happened.
+    pub absent: Vec<String>,
+    pub closed: usize,
+}
+
+fn find<'a>(intent: &Intent, candidates: &'a [Observed], cx: &Context, registry: &Registry) -> Option<&'a Observed> {
+    let ours = |o: &Observed| o.owner.as_ref().is_none_or(|w| *w == cx.owner);
+    let tagged = candidates.iter().find(|o| o.address.as_deref() == Some(intent.address.as_str()) && o.owner.as_ref() == Some(&cx.owner));
+    if tagged.is_some() {
+        return tagged;
+    }
+    if let Some(name) = &intent.lookup {
+        if let Some(o) = candidates.iter().find(|o| &o.id == name && ours(o)) {
+            return Some(o);
+        }
+    }
+    // Kinds without tags: the properties that identify the resource.
+    let schema = registry.schema(&intent.kind)?;
+    if !schema.taggable {
+        let keys: Vec<&str> = schema.fields.iter().filter(|f| f.replace).map(|f| f.name).collect();
+        return candidates.iter().find(|o| !keys.is_empty() && keys.iter().all(|k| intent.props.get(*k).is_some_and(|v| o.attrs.get(*k) == Some(v))));
+    }
+    None
+}
+
+pub async fn recover(backend: &dyn Backend, state: &mut State, registry: &Registry, cx: &Context) -> Result<Recovery, StateError> {
+    let intents = backend.open_intents().await?;
+    let mut out = Recovery::default();
+    if intents.is_empty() {
+        return Ok(out);
+    }
+    cx.reporter.report(Event::Warning { message: format!("recovering {} operation(s) an interrupted run left open", intents.len()) });
+    for intent in &intents {
+        if intent.action == "create" && !state.resources.contains_key(&intent.address) {
+            let Some(driver) = registry.driver(&intent.kind) else { continue };
+            let known = Known { id: intent.lookup.clone().unwrap_or_default(), inputs: intent.props.clone() };
+            let candidates = match driver.refresh(cx, &[known]).await {
+                Ok(c) => c,
+                Err(e) => {
+                    // Cannot tell yet: keep the intent for the next run.
+                    cx.reporter.report(Event::Warning { message: format!("{}: could not look for the interrupted create: {}", intent.address, e.message) });
+                    continue;
+                }
+            };
+            match find(intent, &candidates, cx, registry) {
+                Some(o) => {
+                    state.resources.insert(
+                        intent.address.clone(),
+                        ResourceState {
+                            kind: intent.kind.clone(),
+                            id: o.id.clone(),
+                            inputs: intent.props.clone(),
+                            attrs: o.attrs.clone(),
+                            depends_on: intent.depends_on.clone(),
+                            protect: intent.protect,
+                            updated_at: chrono::Utc::now(),
+                        },
+                    );
+                    state.serial += 1;
+                    backend.write(state).await?;
+                    cx.reporter.report(Event::Warning { message: format!("{}: adopted {} created by the interrupted run", intent.address, o.id) });
+                    out.adopted.push((intent.address.clone(), o.id.clone()));
+                }
+                None => out.absent.push(intent.address.clone()),
+            }
+        }
+        backend.close_intent(&intent.id).await?;
+        out.closed += 1;
+    }
+    backend.compact().await?;
+    Ok(out)
+}
