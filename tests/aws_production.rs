@@ -65,14 +65,26 @@ async fn production_stack_end_to_end() {
     let mut w = World::from_stack("aws-production.yaml", &name);
     // The stack's migrations reach "the database" through a tunnel url: here,
     // a fresh database on the local PostgreSQL server.
-    let pg = std::env::var("RALPH_TEST_PG_URL").expect("RALPH_TEST_PG_URL is not set: run scripts/test");
+    let pg =
+        std::env::var("RALPH_TEST_PG_URL").expect("RALPH_TEST_PG_URL is not set: run scripts/test");
     {
         use sqlx::Connection;
-        let mut admin = sqlx::PgConnection::connect(&format!("{pg}/postgres")).await.unwrap();
-        sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut admin).await.unwrap();
-        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.unwrap();
+        let mut admin = sqlx::PgConnection::connect(&format!("{pg}/postgres"))
+            .await
+            .unwrap();
+        sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await
+            .unwrap();
     }
-    w.env.push(("RALPH_DEPLOY_VAR_database_tunnel_url".into(), format!("{pg}/{name}?sslmode=disable")));
+    w.env.push((
+        "RALPH_DEPLOY_VAR_database_tunnel_url".into(),
+        format!("{pg}/{name}?sslmode=disable"),
+    ));
 
     // ---- apply: every resource, in dependency order, branches in parallel.
     let ev = apply_json(&w, &[]);
@@ -102,7 +114,10 @@ async fn production_stack_end_to_end() {
     assert!(ev.at("resource_finished", "db") < ev.at("resource_started", "db_replica"));
     assert!(ev.at("resource_finished", "eks") < ev.at("resource_started", "nodes"));
     assert!(ev.at("resource_finished", "redis_auth") < ev.at("resource_started", "redis"));
-    assert!(ev.at("resource_finished", "db") < ev.at("resource_started", "schema"), "migrations run once the database is up");
+    assert!(
+        ev.at("resource_finished", "db") < ev.at("resource_started", "schema"),
+        "migrations run once the database is up"
+    );
 
     // ---- what exists is what the guide asks for.
     let c = w.sdk_config().await;

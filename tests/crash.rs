@@ -16,22 +16,29 @@ use serde_json::{json, Value};
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn proxy() -> String {
-    std::env::var("RALPH_TEST_FAULT_PROXY").expect("RALPH_TEST_FAULT_PROXY is not set: run scripts/test")
+    std::env::var("RALPH_TEST_FAULT_PROXY")
+        .expect("RALPH_TEST_FAULT_PROXY is not set: run scripts/test")
 }
 
 fn faulty_moto() -> String {
-    std::env::var("RALPH_TEST_FAULT_MOTO").expect("RALPH_TEST_FAULT_MOTO is not set: run scripts/test")
+    std::env::var("RALPH_TEST_FAULT_MOTO")
+        .expect("RALPH_TEST_FAULT_MOTO is not set: run scripts/test")
 }
 
 /// A minimal HTTP POST (no client library needed for two control calls).
 fn post(url: &str, body: &str) -> String {
     let rest = url.trim_start_matches("http://");
-    let (host, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((rest, "/".into()));
+    let (host, path) = rest
+        .split_once('/')
+        .map(|(h, p)| (h, format!("/{p}")))
+        .unwrap_or((rest, "/".into()));
     let mut s = std::net::TcpStream::connect(host).unwrap();
     write!(s, "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
-    out.split_once("\r\n\r\n").map(|x| x.1.to_string()).unwrap_or_default()
+    out.split_once("\r\n\r\n")
+        .map(|x| x.1.to_string())
+        .unwrap_or_default()
 }
 
 fn faults(cfg: Value) -> Value {
@@ -46,20 +53,37 @@ async fn world(tag: &str) -> World {
     let name = format!("{tag}{}", std::process::id());
     let mut w = World::from_stack("aws-production.yaml", &name);
     w.endpoint = proxy();
-    let pg = std::env::var("RALPH_TEST_PG_URL").expect("RALPH_TEST_PG_URL is not set: run scripts/test");
+    let pg =
+        std::env::var("RALPH_TEST_PG_URL").expect("RALPH_TEST_PG_URL is not set: run scripts/test");
     {
         use sqlx::Connection;
-        let mut admin = sqlx::PgConnection::connect(&format!("{pg}/postgres")).await.unwrap();
-        sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut admin).await.unwrap();
-        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.unwrap();
+        let mut admin = sqlx::PgConnection::connect(&format!("{pg}/postgres"))
+            .await
+            .unwrap();
+        sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await
+            .unwrap();
     }
-    w.env.push(("RALPH_DEPLOY_VAR_database_tunnel_url".into(), format!("{pg}/{name}?sslmode=disable")));
-    w.env.push(("ANTHROPIC_API_KEY".into(), "sk-test-crash".into()));
+    w.env.push((
+        "RALPH_DEPLOY_VAR_database_tunnel_url".into(),
+        format!("{pg}/{name}?sslmode=disable"),
+    ));
+    w.env
+        .push(("ANTHROPIC_API_KEY".into(), "sk-test-crash".into()));
     w
 }
 
 fn state(w: &World) -> Value {
-    let p = w.state_dir().join(&w.stack_name).join("production").join("state.json");
+    let p = w
+        .state_dir()
+        .join(&w.stack_name)
+        .join("production")
+        .join("state.json");
     serde_json::from_str(&std::fs::read_to_string(p).unwrap_or_else(|_| "{}".into())).unwrap()
 }
 
@@ -67,12 +91,25 @@ fn state(w: &World) -> Value {
 /// in the state (once per address), and every recorded resource exists.
 async fn assert_consistent(w: &World, context: &str) {
     let st = state(w);
-    let recorded: Vec<String> = st["resources"].as_object().unwrap().values().map(|r| r["id"].as_str().unwrap().to_string()).collect();
-    let mut inspect = World { dir: tempfile::tempdir().unwrap(), stack_name: w.stack_name.clone(), endpoint: faulty_moto(), env: vec![] };
+    let recorded: Vec<String> = st["resources"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|r| r["id"].as_str().unwrap().to_string())
+        .collect();
+    let mut inspect = World {
+        dir: tempfile::tempdir().unwrap(),
+        stack_name: w.stack_name.clone(),
+        endpoint: faulty_moto(),
+        env: vec![],
+    };
     inspect.stack_name = w.stack_name.clone();
     let tagged = inspect.tagged().await;
     for (kind, id) in &tagged {
-        assert!(recorded.contains(id), "{context}: {kind} {id} is tagged with the stack but not in the state (an orphan)");
+        assert!(
+            recorded.contains(id),
+            "{context}: {kind} {id} is tagged with the stack but not in the state (an orphan)"
+        );
     }
     let ids: Vec<&String> = tagged.iter().map(|(_, id)| id).collect();
     let mut dedup = ids.clone();
@@ -82,16 +119,32 @@ async fn assert_consistent(w: &World, context: &str) {
     // Everything beyond EC2 is named; the names must be exactly the state's.
     for entry in inspect.tagged_beyond_ec2().await {
         let id = entry.split_once(' ').map(|x| x.1).unwrap_or_default();
-        assert!(recorded.iter().any(|r| r == id || r.ends_with(&format!(":{id}")) || r.contains(id)), "{context}: {entry} is not in the state");
+        assert!(
+            recorded
+                .iter()
+                .any(|r| r == id || r.ends_with(&format!(":{id}")) || r.contains(id)),
+            "{context}: {entry} is not in the state"
+        );
     }
     // And every recorded resource exists: the plan would recreate it otherwise.
     let out = w.run("plan", &["--detailed-exitcode", "--json"]);
-    assert_eq!(out.status.code(), Some(0), "{context}: the final plan is not empty:\n{}", text(&out.stdout));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{context}: the final plan is not empty:\n{}",
+        text(&out.stdout)
+    );
 }
 
 fn apply_cmd(w: &World) -> std::process::Command {
     let stack = w.stack();
-    w.cmd(&["apply", stack.to_str().unwrap(), "--env", "production", "--auto-approve"])
+    w.cmd(&[
+        "apply",
+        stack.to_str().unwrap(),
+        "--env",
+        "production",
+        "--auto-approve",
+    ])
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -111,10 +164,19 @@ async fn a_kill_at_every_mutating_request_is_recovered_without_duplicates_or_orp
     for k in 1..=total {
         reset_cloud();
         let _ = std::fs::remove_dir_all(w.state_dir());
-        faults(json!({"rate": 0.0, "kill_after": k, "kill_pidfile": pidfile.to_str().unwrap(), "reset_counters": true}));
+        faults(
+            json!({"rate": 0.0, "kill_after": k, "kill_pidfile": pidfile.to_str().unwrap(), "reset_counters": true}),
+        );
         // The pid is written before exec, so the proxy can never miss it.
         let stack = w.stack();
-        let mut c = w.cmd(&["-c", &format!("echo $$ > {}; exec {BIN} apply {} --env production --auto-approve", pidfile.display(), stack.display())]);
+        let mut c = w.cmd(&[
+            "-c",
+            &format!(
+                "echo $$ > {}; exec {BIN} apply {} --env production --auto-approve",
+                pidfile.display(),
+                stack.display()
+            ),
+        ]);
         c.env("PATH", std::env::var("PATH").unwrap_or_default());
         let mut sh = std::process::Command::new("sh");
         sh.args(c.get_args());
@@ -124,11 +186,19 @@ async fn a_kill_at_every_mutating_request_is_recovered_without_duplicates_or_orp
             }
         }
         sh.current_dir(w.dir.path());
-        let status = sh.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).status().unwrap();
+        let status = sh
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap();
         assert_eq!(status.signal(), Some(9), "k={k}: the apply was not killed");
         faults(json!({"kill_after": 0}));
         let out = apply_cmd(&w).output().unwrap();
-        assert!(out.status.success(), "k={k}: the apply after the crash failed:\n{}", text(&out.stderr));
+        assert!(
+            out.status.success(),
+            "k={k}: the apply after the crash failed:\n{}",
+            text(&out.stderr)
+        );
         assert_consistent(&w, &format!("k={k}")).await;
         covered += 1;
     }
@@ -141,16 +211,44 @@ async fn twenty_percent_injected_faults_still_converge_and_retries_are_reported(
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let w = world("tf").await;
     reset_cloud();
-    faults(json!({"rate": 0.2, "kinds": ["throttle", "500", "503"], "seed": 42, "kill_after": 0, "reset_counters": true}));
+    faults(
+        json!({"rate": 0.2, "kinds": ["throttle", "500", "503"], "seed": 42, "kill_after": 0, "reset_counters": true}),
+    );
     let stack = w.stack();
-    let out = w.cmd(&["apply", stack.to_str().unwrap(), "--env", "production", "--auto-approve", "--json"]).output().unwrap();
+    let out = w
+        .cmd(&[
+            "apply",
+            stack.to_str().unwrap(),
+            "--env",
+            "production",
+            "--auto-approve",
+            "--json",
+        ])
+        .output()
+        .unwrap();
     let stats = faults(json!({"rate": 0.0}));
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let summary: Value = text(&out.stdout).lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).find(|e| e["event"] == "summary").unwrap();
-    let injected: u64 = stats["stats"]["faults"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
-    println!("injected {injected} faults; the apply retried {} requests", summary["retries"]);
+    let summary: Value = text(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|e| e["event"] == "summary")
+        .unwrap();
+    let injected: u64 = stats["stats"]["faults"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    println!(
+        "injected {injected} faults; the apply retried {} requests",
+        summary["retries"]
+    );
     assert!(injected > 10);
-    assert!(summary["retries"].as_u64().unwrap() >= injected.min(summary["requests"].as_u64().unwrap()) / 2, "{summary}");
+    assert!(
+        summary["retries"].as_u64().unwrap()
+            >= injected.min(summary["requests"].as_u64().unwrap()) / 2,
+        "{summary}"
+    );
     assert_eq!(summary["created"], 43);
     assert_consistent(&w, "20% faults").await;
 }
@@ -161,10 +259,19 @@ async fn ctrl_c_exits_130_with_a_consistent_state_and_the_next_apply_finishes() 
     let w = world("tc").await;
     reset_cloud();
     // Every request a little slow, so the apply is still running when interrupted.
-    faults(json!({"rate": 1.0, "kinds": ["slow"], "slow_ms": 60, "kill_after": 0, "reset_counters": true}));
+    faults(
+        json!({"rate": 1.0, "kinds": ["slow"], "slow_ms": 60, "kill_after": 0, "reset_counters": true}),
+    );
     let stack = w.stack();
     let mut child = w
-        .cmd(&["apply", stack.to_str().unwrap(), "--env", "production", "--auto-approve", "--json"])
+        .cmd(&[
+            "apply",
+            stack.to_str().unwrap(),
+            "--env",
+            "production",
+            "--auto-approve",
+            "--json",
+        ])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -188,7 +295,14 @@ async fn ctrl_c_exits_130_with_a_consistent_state_and_the_next_apply_finishes() 
     let st = state(&w);
     let n = st["resources"].as_object().map(|m| m.len()).unwrap_or(0);
     assert!(n >= 5 && n < 43, "{n} resources recorded");
-    assert!(!w.state_dir().join(&w.stack_name).join("production").join("lock.json").exists(), "the lock is released");
+    assert!(
+        !w.state_dir()
+            .join(&w.stack_name)
+            .join("production")
+            .join("lock.json")
+            .exists(),
+        "the lock is released"
+    );
     let out = apply_cmd(&w).output().unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_consistent(&w, "after Ctrl-C").await;
@@ -201,23 +315,50 @@ async fn a_killed_lock_holder_is_detected_as_stale() {
     let w = world("ts").await;
     reset_cloud();
     let pidfile = w.dir.path().join("apply.pid");
-    faults(json!({"rate": 0.0, "kill_after": 5, "kill_pidfile": pidfile.to_str().unwrap(), "reset_counters": true}));
+    faults(
+        json!({"rate": 0.0, "kill_after": 5, "kill_pidfile": pidfile.to_str().unwrap(), "reset_counters": true}),
+    );
     let stack = w.stack();
     let mut sh = std::process::Command::new("sh");
-    sh.args(["-c", &format!("echo $$ > {}; exec {BIN} apply {} --env production --auto-approve", pidfile.display(), stack.display())]);
+    sh.args([
+        "-c",
+        &format!(
+            "echo $$ > {}; exec {BIN} apply {} --env production --auto-approve",
+            pidfile.display(),
+            stack.display()
+        ),
+    ]);
     for (k, v) in w.cmd(&[]).get_envs() {
         if let Some(v) = v {
             sh.env(k, v);
         }
     }
-    let status = sh.current_dir(w.dir.path()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).status().unwrap();
+    let status = sh
+        .current_dir(w.dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
     assert_eq!(status.signal(), Some(9));
     faults(json!({"kill_after": 0}));
-    assert!(w.state_dir().join(&w.stack_name).join("production").join("lock.json").exists(), "a SIGKILL leaves the lock behind");
+    assert!(
+        w.state_dir()
+            .join(&w.stack_name)
+            .join("production")
+            .join("lock.json")
+            .exists(),
+        "a SIGKILL leaves the lock behind"
+    );
     let out = apply_cmd(&w).output().unwrap();
     let err = text(&out.stderr);
     assert!(out.status.success(), "{err}");
-    assert!(err.contains("took over a stale lock") && err.contains("no longer runs"), "{err}");
-    assert!(err.contains("adopted") || err.contains("recovering"), "the open intent was recovered: {err}");
+    assert!(
+        err.contains("took over a stale lock") && err.contains("no longer runs"),
+        "{err}"
+    );
+    assert!(
+        err.contains("adopted") || err.contains("recovering"),
+        "the open intent was recovered: {err}"
+    );
     assert_consistent(&w, "stale lock").await;
 }

@@ -9,7 +9,9 @@ use common::{text, BIN};
 use sqlx::{Connection, PgConnection, Row};
 
 fn server() -> String {
-    std::env::var("RALPH_TEST_PG_URL").expect("RALPH_TEST_PG_URL is not set: run the tests with scripts/test, which starts PostgreSQL")
+    std::env::var("RALPH_TEST_PG_URL").expect(
+        "RALPH_TEST_PG_URL is not set: run the tests with scripts/test, which starts PostgreSQL",
+    )
 }
 
 /// A fresh database, a copy of migrations/, and a stack that applies them.
@@ -22,9 +24,17 @@ struct Db {
 impl Db {
     async fn new(tag: &str) -> Db {
         let name = format!("{tag}_{}", std::process::id());
-        let mut admin = PgConnection::connect(&format!("{}/postgres", server())).await.unwrap();
-        sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut admin).await.unwrap();
-        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.unwrap();
+        let mut admin = PgConnection::connect(&format!("{}/postgres", server()))
+            .await
+            .unwrap();
+        sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await
+            .unwrap();
         let dir = tempfile::tempdir().unwrap();
         let migrations = dir.path().join("migrations");
         std::fs::create_dir(&migrations).unwrap();
@@ -47,7 +57,11 @@ impl Db {
 
     fn run(&self, args: &[&str]) -> std::process::Output {
         // The stack file goes after the (one- or two-word) command.
-        let words = if matches!(args[0], "migrate" | "db" | "state") { 2 } else { 1 };
+        let words = if matches!(args[0], "migrate" | "db" | "state") {
+            2
+        } else {
+            1
+        };
         let mut all = args[..words].to_vec();
         all.push("stack.yaml");
         all.extend_from_slice(&args[words..]);
@@ -61,7 +75,12 @@ impl Db {
 
     fn ok(&self, args: &[&str]) -> String {
         let out = self.run(args);
-        assert!(out.status.success(), "{args:?}: {}\n{}", text(&out.stderr), text(&out.stdout));
+        assert!(
+            out.status.success(),
+            "{args:?}: {}\n{}",
+            text(&out.stderr),
+            text(&out.stdout)
+        );
         text(&out.stdout)
     }
 
@@ -76,7 +95,11 @@ impl Db {
 }
 
 async fn exists(c: &mut PgConnection, regclass: &str) -> bool {
-    let r: Option<String> = sqlx::query_scalar("SELECT to_regclass($1)::text").bind(regclass).fetch_one(c).await.unwrap();
+    let r: Option<String> = sqlx::query_scalar("SELECT to_regclass($1)::text")
+        .bind(regclass)
+        .fetch_one(c)
+        .await
+        .unwrap();
     r.is_some()
 }
 
@@ -84,15 +107,31 @@ async fn exists(c: &mut PgConnection, regclass: &str) -> bool {
 async fn fresh_database_gets_the_whole_schema_and_a_second_run_does_nothing() {
     let db = Db::new("mig_fresh").await;
     let plan = db.ok(&["plan"]);
-    assert!(plan.contains("20260101000002 orchestrations"), "the plan lists pending migrations:\n{plan}");
+    assert!(
+        plan.contains("20260101000002 orchestrations"),
+        "the plan lists pending migrations:\n{plan}"
+    );
     db.ok(&["apply", "--auto-approve"]);
 
     let mut c = db.conn().await;
-    for t in ["ralph.orchestrations", "ralph.orchestrations_default", "ralph.task_ids", "audit.activity_log", "ralph.orchestrations_agent_status_created_idx", "audit.activity_log_action_idx"] {
+    for t in [
+        "ralph.orchestrations",
+        "ralph.orchestrations_default",
+        "ralph.task_ids",
+        "audit.activity_log",
+        "ralph.orchestrations_agent_status_created_idx",
+        "audit.activity_log_action_idx",
+    ] {
         assert!(exists(&mut c, t).await, "{t} missing");
     }
-    let exts: Vec<String> = sqlx::query_scalar("SELECT extname::text FROM pg_extension ORDER BY 1").fetch_all(&mut c).await.unwrap();
-    assert!(exts.contains(&"uuid-ossp".to_string()) && exts.contains(&"pg_stat_statements".to_string()), "{exts:?}");
+    let exts: Vec<String> = sqlx::query_scalar("SELECT extname::text FROM pg_extension ORDER BY 1")
+        .fetch_all(&mut c)
+        .await
+        .unwrap();
+    assert!(
+        exts.contains(&"uuid-ossp".to_string()) && exts.contains(&"pg_stat_statements".to_string()),
+        "{exts:?}"
+    );
     let cols: Vec<String> = sqlx::query_scalar(
         "SELECT a.attname::text FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
          WHERE i.indexrelid = 'ralph.orchestrations_agent_status_created_idx'::regclass ORDER BY array_position(i.indkey, a.attnum)",
@@ -101,7 +140,10 @@ async fn fresh_database_gets_the_whole_schema_and_a_second_run_does_nothing() {
     .await
     .unwrap();
     assert_eq!(cols, ["agent_type", "status", "created_at"]);
-    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success").fetch_one(&mut c).await.unwrap();
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
+        .fetch_one(&mut c)
+        .await
+        .unwrap();
     assert_eq!(applied, 6);
 
     // A second run applies nothing.
@@ -116,12 +158,27 @@ async fn new_files_are_planned_and_applied_edited_ones_refused() {
     let db = Db::new("mig_change").await;
     db.ok(&["apply", "--auto-approve"]);
 
-    std::fs::write(db.migrations().join("20260101000007_orchestration_priority.sql"), "ALTER TABLE ralph.orchestrations ADD COLUMN priority integer NOT NULL DEFAULT 0;\n").unwrap();
+    std::fs::write(
+        db.migrations()
+            .join("20260101000007_orchestration_priority.sql"),
+        "ALTER TABLE ralph.orchestrations ADD COLUMN priority integer NOT NULL DEFAULT 0;\n",
+    )
+    .unwrap();
     let plan = db.ok(&["plan"]);
-    assert!(plan.contains("+ 20260101000007 orchestration priority"), "{plan}");
-    assert_eq!(db.run(&["plan", "--detailed-exitcode"]).status.code(), Some(2));
+    assert!(
+        plan.contains("+ 20260101000007 orchestration priority"),
+        "{plan}"
+    );
+    assert_eq!(
+        db.run(&["plan", "--detailed-exitcode"]).status.code(),
+        Some(2)
+    );
     let out = db.run(&["migrate", "status"]);
-    assert!(text(&out.stdout).contains("pending  20260101000007"), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("pending  20260101000007"),
+        "{}",
+        text(&out.stdout)
+    );
     db.ok(&["apply", "--auto-approve"]);
     let mut c = db.conn().await;
     let has: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema='ralph' AND table_name='orchestrations' AND column_name='priority')")
@@ -136,13 +193,26 @@ async fn new_files_are_planned_and_applied_edited_ones_refused() {
     sql.push_str("\n-- an innocent-looking edit\n");
     std::fs::write(&f, sql).unwrap();
     for verb in ["plan", "apply"] {
-        let out = db.run(&[verb, "--auto-approve"].iter().copied().filter(|a| verb == "apply" || *a != "--auto-approve").collect::<Vec<_>>());
+        let out = db.run(
+            &[verb, "--auto-approve"]
+                .iter()
+                .copied()
+                .filter(|a| verb == "apply" || *a != "--auto-approve")
+                .collect::<Vec<_>>(),
+        );
         assert_eq!(out.status.code(), Some(1), "{verb}");
         let err = text(&out.stderr);
-        assert!(err.contains("20260101000003") && err.contains("edited after it was applied"), "{verb}: {err}");
+        assert!(
+            err.contains("20260101000003") && err.contains("edited after it was applied"),
+            "{verb}: {err}"
+        );
     }
     let out = db.run(&["migrate", "status"]);
-    assert!(text(&out.stdout).contains("edited   20260101000003"), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("edited   20260101000003"),
+        "{}",
+        text(&out.stdout)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -157,16 +227,36 @@ async fn a_failing_migration_leaves_the_database_as_it_was_and_the_state_names_i
     .unwrap();
     let out = db.run(&["apply", "--auto-approve"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("20260101000008 broken"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("20260101000008 broken"),
+        "{}",
+        text(&out.stderr)
+    );
     let mut c = db.conn().await;
-    assert!(!exists(&mut c, "ralph.half_done").await, "the failed migration was not rolled back");
-    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations").fetch_one(&mut c).await.unwrap();
+    assert!(
+        !exists(&mut c, "ralph.half_done").await,
+        "the failed migration was not rolled back"
+    );
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations")
+        .fetch_one(&mut c)
+        .await
+        .unwrap();
     assert_eq!(applied, 6);
     let show = db.ok(&["state", "show", "schema"]);
     let v: serde_json::Value = serde_json::from_str(&show).unwrap();
-    assert!(v["attrs"]["failed"].as_str().unwrap_or_default().contains("20260101000008 broken"), "{v}");
+    assert!(
+        v["attrs"]["failed"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("20260101000008 broken"),
+        "{v}"
+    );
     // Fixing the file lets the next apply through.
-    std::fs::write(db.migrations().join("20260101000008_broken.sql"), "CREATE TABLE ralph.half_done (id int);\n").unwrap();
+    std::fs::write(
+        db.migrations().join("20260101000008_broken.sql"),
+        "CREATE TABLE ralph.half_done (id int);\n",
+    )
+    .unwrap();
     db.ok(&["apply", "--auto-approve"]);
     assert!(exists(&mut c, "ralph.half_done").await);
 }
@@ -176,10 +266,16 @@ async fn the_application_role_reads_and_writes_but_cannot_change_the_schema() {
     let db = Db::new("mig_role").await;
     db.ok(&["apply", "--auto-approve"]);
     let mut app = db.conn_as("ralph_app").await;
-    let search_path: String = sqlx::query_scalar("SHOW search_path").fetch_one(&mut app).await.unwrap();
+    let search_path: String = sqlx::query_scalar("SHOW search_path")
+        .fetch_one(&mut app)
+        .await
+        .unwrap();
     assert!(search_path.starts_with("ralph"), "{search_path}");
     sqlx::query("INSERT INTO orchestrations (task_id, agent_type, status) VALUES ('t-1', 'claude', 'running')").execute(&mut app).await.unwrap();
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM orchestrations").fetch_one(&mut app).await.unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM orchestrations")
+        .fetch_one(&mut app)
+        .await
+        .unwrap();
     assert_eq!(n, 1);
     sqlx::query("INSERT INTO audit.activity_log (user_name, action, resource, ip) VALUES ('ops', 'start', 't-1', '10.0.0.1')").execute(&mut app).await.unwrap();
     for forbidden in [
@@ -191,8 +287,15 @@ async fn the_application_role_reads_and_writes_but_cannot_change_the_schema() {
         "UPDATE audit.activity_log SET action = 'forged'",
         "TRUNCATE ralph.orchestrations",
     ] {
-        let err = sqlx::query(forbidden).execute(&mut app).await.expect_err(forbidden).to_string();
-        assert!(err.contains("permission denied") || err.contains("must be owner"), "{forbidden}: {err}");
+        let err = sqlx::query(forbidden)
+            .execute(&mut app)
+            .await
+            .expect_err(forbidden)
+            .to_string();
+        assert!(
+            err.contains("permission denied") || err.contains("must be owner"),
+            "{forbidden}: {err}"
+        );
     }
     // A task_id is unique across all partitions.
     let dup = sqlx::query("INSERT INTO orchestrations (task_id, agent_type, created_at) VALUES ('t-1', 'claude', now() - interval '400 days')").execute(&mut app).await;
@@ -205,22 +308,48 @@ async fn rows_land_in_their_monthly_partitions_and_maintenance_adds_months() {
     db.ok(&["apply", "--auto-approve"]);
     let mut c = db.conn().await;
     // This month, next month, and far in the future (default partition).
-    for (task, when) in [("a", "now()"), ("b", "date_trunc('month', now()) + interval '1 month' + interval '1 hour'"), ("c", "now() + interval '2 years'")] {
+    for (task, when) in [
+        ("a", "now()"),
+        (
+            "b",
+            "date_trunc('month', now()) + interval '1 month' + interval '1 hour'",
+        ),
+        ("c", "now() + interval '2 years'"),
+    ] {
         sqlx::query(&format!("INSERT INTO ralph.orchestrations (task_id, agent_type, created_at) VALUES ('{task}', 'claude', {when})")).execute(&mut c).await.unwrap();
     }
     let rows = sqlx::query("SELECT task_id, tableoid::regclass::text AS part FROM ralph.orchestrations ORDER BY task_id").fetch_all(&mut c).await.unwrap();
-    let parts: Vec<(String, String)> = rows.iter().map(|r| (r.get("task_id"), r.get("part"))).collect();
-    let this_month: String = sqlx::query_scalar("SELECT 'ralph.orchestrations_y' || to_char(now(), 'YYYY') || 'm' || to_char(now(), 'MM')").fetch_one(&mut c).await.unwrap();
+    let parts: Vec<(String, String)> = rows
+        .iter()
+        .map(|r| (r.get("task_id"), r.get("part")))
+        .collect();
+    let this_month: String = sqlx::query_scalar(
+        "SELECT 'ralph.orchestrations_y' || to_char(now(), 'YYYY') || 'm' || to_char(now(), 'MM')",
+    )
+    .fetch_one(&mut c)
+    .await
+    .unwrap();
     assert_eq!(parts[0], ("a".to_string(), this_month));
-    assert_ne!(parts[1].1, parts[0].1, "next month has a partition of its own");
+    assert_ne!(
+        parts[1].1, parts[0].1,
+        "next month has a partition of its own"
+    );
     assert!(parts[1].1.starts_with("ralph.orchestrations_y"));
     assert_eq!(parts[2].1, "ralph.orchestrations_default");
 
     // Maintenance creates months ahead and moves the parked row out of DEFAULT.
     let out = db.ok(&["db", "partitions", "--months-ahead", "30"]);
     assert!(out.contains("partition(s) created"), "{out}");
-    let part: String = sqlx::query_scalar("SELECT tableoid::regclass::text FROM ralph.orchestrations WHERE task_id = 'c'").fetch_one(&mut c).await.unwrap();
-    assert_ne!(part, "ralph.orchestrations_default", "the far-future row moved to its month");
+    let part: String = sqlx::query_scalar(
+        "SELECT tableoid::regclass::text FROM ralph.orchestrations WHERE task_id = 'c'",
+    )
+    .fetch_one(&mut c)
+    .await
+    .unwrap();
+    assert_ne!(
+        part, "ralph.orchestrations_default",
+        "the far-future row moved to its month"
+    );
     // And it is idempotent.
     let out = db.ok(&["db", "partitions", "--months-ahead", "30"]);
     assert!(out.contains(": 0 partition(s) created"), "{out}");

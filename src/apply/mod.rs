@@ -80,7 +80,14 @@ struct Shared<'a> {
 
 impl Shared<'_> {
     /// Journals what is about to happen; returns the intent's id.
-    async fn intend(&self, c: &Change, action: &str, lookup: Option<String>, props: &Map<String, Json>, protect: bool) -> Result<String, String> {
+    async fn intend(
+        &self,
+        c: &Change,
+        action: &str,
+        lookup: Option<String>,
+        props: &Map<String, Json>,
+        protect: bool,
+    ) -> Result<String, String> {
         let intent = Intent {
             id: uuid::Uuid::new_v4().to_string(),
             address: c.address.clone(),
@@ -93,12 +100,18 @@ impl Shared<'_> {
             started_at: chrono::Utc::now(),
             pid: std::process::id(),
         };
-        self.backend.open_intent(&intent).await.map_err(|e| format!("cannot journal the intent, so nothing was done: {e}"))?;
+        self.backend
+            .open_intent(&intent)
+            .await
+            .map_err(|e| format!("cannot journal the intent, so nothing was done: {e}"))?;
         Ok(intent.id)
     }
 
     async fn done(&self, intent: &str) -> Result<(), String> {
-        self.backend.close_intent(intent).await.map_err(|e| format!("the change is recorded but its intent could not be closed: {e}"))
+        self.backend
+            .close_intent(intent)
+            .await
+            .map_err(|e| format!("the change is recorded but its intent could not be closed: {e}"))
     }
 
     async fn record(&self, f: impl FnOnce(&mut State)) -> Result<(), String> {
@@ -215,8 +228,14 @@ pub async fn apply(
                         .and_then(|s| s.resources.get(&c.address))
                         .map(|r| r.timeouts)
                         .unwrap_or_default();
-                    let intent = shared.intend(c, "delete", c.id.clone(), &Map::new(), c.protect).await?;
-                    driver.delete(cx, &obs, &timeouts).await.map_err(|e| e.message).map(|_| Some(intent))
+                    let intent = shared
+                        .intend(c, "delete", c.id.clone(), &Map::new(), c.protect)
+                        .await?;
+                    driver
+                        .delete(cx, &obs, &timeouts)
+                        .await
+                        .map_err(|e| e.message)
+                        .map(|_| Some(intent))
                 }
                 None => Ok(None), // already gone from the cloud
             };
@@ -340,7 +359,14 @@ pub async fn apply(
             };
             let (verb, lookup) = match c.action {
                 Action::Update => ("update", c.id.clone()),
-                _ => ("create", r.kind.name_field.and_then(|f| props.get(f)).and_then(Json::as_str).map(str::to_string)),
+                _ => (
+                    "create",
+                    r.kind
+                        .name_field
+                        .and_then(|f| props.get(f))
+                        .and_then(Json::as_str)
+                        .map(str::to_string),
+                ),
             };
             let intent = shared.intend(c, verb, lookup, &props, r.protect).await?;
             let result = match (c.action, c.current_observed()) {

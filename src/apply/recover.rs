@@ -18,9 +18,16 @@ pub struct Recovery {
     pub closed: usize,
 }
 
-fn find<'a>(intent: &Intent, candidates: &'a [Observed], cx: &Context, registry: &Registry) -> Option<&'a Observed> {
+fn find<'a>(
+    intent: &Intent,
+    candidates: &'a [Observed],
+    cx: &Context,
+    registry: &Registry,
+) -> Option<&'a Observed> {
     let ours = |o: &Observed| o.owner.as_ref().is_none_or(|w| *w == cx.owner);
-    let tagged = candidates.iter().find(|o| o.address.as_deref() == Some(intent.address.as_str()) && o.owner.as_ref() == Some(&cx.owner));
+    let tagged = candidates.iter().find(|o| {
+        o.address.as_deref() == Some(intent.address.as_str()) && o.owner.as_ref() == Some(&cx.owner)
+    });
     if tagged.is_some() {
         return tagged;
     }
@@ -32,28 +39,61 @@ fn find<'a>(intent: &Intent, candidates: &'a [Observed], cx: &Context, registry:
     // Kinds without tags: the properties that identify the resource.
     let schema = registry.schema(&intent.kind)?;
     if !schema.taggable {
-        let keys: Vec<&str> = schema.fields.iter().filter(|f| f.replace).map(|f| f.name).collect();
-        return candidates.iter().find(|o| !keys.is_empty() && keys.iter().all(|k| intent.props.get(*k).is_some_and(|v| o.attrs.get(*k) == Some(v))));
+        let keys: Vec<&str> = schema
+            .fields
+            .iter()
+            .filter(|f| f.replace)
+            .map(|f| f.name)
+            .collect();
+        return candidates.iter().find(|o| {
+            !keys.is_empty()
+                && keys.iter().all(|k| {
+                    intent
+                        .props
+                        .get(*k)
+                        .is_some_and(|v| o.attrs.get(*k) == Some(v))
+                })
+        });
     }
     None
 }
 
-pub async fn recover(backend: &dyn Backend, state: &mut State, registry: &Registry, cx: &Context) -> Result<Recovery, StateError> {
+pub async fn recover(
+    backend: &dyn Backend,
+    state: &mut State,
+    registry: &Registry,
+    cx: &Context,
+) -> Result<Recovery, StateError> {
     let intents = backend.open_intents().await?;
     let mut out = Recovery::default();
     if intents.is_empty() {
         return Ok(out);
     }
-    cx.reporter.report(Event::Warning { message: format!("recovering {} operation(s) an interrupted run left open", intents.len()) });
+    cx.reporter.report(Event::Warning {
+        message: format!(
+            "recovering {} operation(s) an interrupted run left open",
+            intents.len()
+        ),
+    });
     for intent in &intents {
         if intent.action == "create" && !state.resources.contains_key(&intent.address) {
-            let Some(driver) = registry.driver(&intent.kind) else { continue };
-            let known = Known { id: intent.lookup.clone().unwrap_or_default(), inputs: intent.props.clone() };
+            let Some(driver) = registry.driver(&intent.kind) else {
+                continue;
+            };
+            let known = Known {
+                id: intent.lookup.clone().unwrap_or_default(),
+                inputs: intent.props.clone(),
+            };
             let candidates = match driver.refresh(cx, &[known]).await {
                 Ok(c) => c,
                 Err(e) => {
                     // Cannot tell yet: keep the intent for the next run.
-                    cx.reporter.report(Event::Warning { message: format!("{}: could not look for the interrupted create: {}", intent.address, e.message) });
+                    cx.reporter.report(Event::Warning {
+                        message: format!(
+                            "{}: could not look for the interrupted create: {}",
+                            intent.address, e.message
+                        ),
+                    });
                     continue;
                 }
             };
@@ -73,7 +113,12 @@ pub async fn recover(backend: &dyn Backend, state: &mut State, registry: &Regist
                     );
                     state.serial += 1;
                     backend.write(state).await?;
-                    cx.reporter.report(Event::Warning { message: format!("{}: adopted {} created by the interrupted run", intent.address, o.id) });
+                    cx.reporter.report(Event::Warning {
+                        message: format!(
+                            "{}: adopted {} created by the interrupted run",
+                            intent.address, o.id
+                        ),
+                    });
                     out.adopted.push((intent.address.clone(), o.id.clone()));
                 }
                 None => out.absent.push(intent.address.clone()),

@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 
 use super::render::{plan_text, summary_text, JsonReporter, TextReporter};
 use super::{
-    CliError, Command, DbCommand, GraphFormat, MigrateCommand, RunArgs, Session, StackArgs, StateCommand, EXIT_CHANGES,
-    EXIT_ERROR, EXIT_OK,
+    CliError, Command, DbCommand, GraphFormat, MigrateCommand, RunArgs, Session, StackArgs,
+    StateCommand, EXIT_CHANGES, EXIT_ERROR, EXIT_OK,
 };
 use crate::apply::{apply, ApplyOptions};
 use crate::drivers::{Context, Registry};
@@ -39,8 +39,12 @@ pub async fn run(cmd: Command) -> anyhow::Result<i32> {
         Command::State { command } => state_cmd(command).await,
         Command::Graph { args, format } => graph(&args, format),
         Command::ForceUnlock { args, lock_id } => force_unlock(&args, &lock_id).await,
-        Command::Migrate { command: MigrateCommand::Status { args, json } } => migrate_status(&args, json).await,
-        Command::Db { command: DbCommand::Partitions { args, months_ahead } } => db_partitions(&args, months_ahead).await,
+        Command::Migrate {
+            command: MigrateCommand::Status { args, json },
+        } => migrate_status(&args, json).await,
+        Command::Db {
+            command: DbCommand::Partitions { args, months_ahead },
+        } => db_partitions(&args, months_ahead).await,
         Command::Schema => {
             println!(
                 "{}",
@@ -357,7 +361,12 @@ async fn locked_apply(
         let stop = stop.clone();
         tokio::spawn(async move {
             use tokio::signal::unix::{signal, SignalKind};
-            let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else { return };
+            let (Ok(mut int), Ok(mut term)) = (
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::terminate()),
+            ) else {
+                return;
+            };
             tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
             stop.store(true, Ordering::SeqCst);
             eprintln!("Interrupted: recording the operations in flight and starting no new ones (interrupt again to exit at once; the next apply recovers).");
@@ -484,6 +493,15 @@ fn graph(args: &StackArgs, format: GraphFormat) -> Result<i32, CliError> {
         match format {
             GraphFormat::Dot => g.to_dot(&kinds),
             GraphFormat::Mermaid => g.to_mermaid(&kinds),
+            GraphFormat::Json => {
+                let nodes: Vec<serde_json::Value> = s
+                .stack
+                .resources
+                .values()
+                .map(|r| serde_json::json!({ "address": r.address, "kind": r.kind.kind, "depends_on": g.dependencies_of(&r.address) }))
+                .collect();
+                format!("{}\n", serde_json::json!({ "nodes": nodes }))
+            }
         }
     );
     Ok(EXIT_OK)
@@ -505,14 +523,30 @@ async fn force_unlock(args: &StackArgs, id: &str) -> Result<i32, CliError> {
 
 /// The `postgres.migrations` resources of the stack, with their properties
 /// resolved from the state (host and secret come from applied resources).
-async fn migration_targets(s: &Session) -> Result<Vec<(String, serde_json::Map<String, serde_json::Value>)>, CliError> {
+async fn migration_targets(
+    s: &Session,
+) -> Result<Vec<(String, serde_json::Map<String, serde_json::Value>)>, CliError> {
     let (state, _) = read_state(s).await?;
     let mut out = Vec::new();
-    for r in s.stack.resources.values().filter(|r| r.kind.kind == "postgres.migrations") {
-        let driver = s.registry.driver(r.kind.kind).ok_or_else(|| CliError::Other(anyhow!("no driver for {}", r.kind.kind)))?;
-        let lookup = |reference: &crate::stack::Reference| state.attribute(&reference.address, &reference.attribute);
-        let owner = crate::drivers::Owner { stack: s.stack.name.clone(), environment: s.stack.environment.clone() };
-        let desired = crate::plan::desired_properties(r, driver, &owner, &s.stack.base_dir(), &lookup);
+    for r in s
+        .stack
+        .resources
+        .values()
+        .filter(|r| r.kind.kind == "postgres.migrations")
+    {
+        let driver = s
+            .registry
+            .driver(r.kind.kind)
+            .ok_or_else(|| CliError::Other(anyhow!("no driver for {}", r.kind.kind)))?;
+        let lookup = |reference: &crate::stack::Reference| {
+            state.attribute(&reference.address, &reference.attribute)
+        };
+        let owner = crate::drivers::Owner {
+            stack: s.stack.name.clone(),
+            environment: s.stack.environment.clone(),
+        };
+        let desired =
+            crate::plan::desired_properties(r, driver, &owner, &s.stack.base_dir(), &lookup);
         let mut props = serde_json::Map::new();
         for (k, v) in desired {
             match v {
@@ -520,14 +554,21 @@ async fn migration_targets(s: &Session) -> Result<Vec<(String, serde_json::Map<S
                     props.insert(k, v);
                 }
                 None => {
-                    return Err(CliError::Other(anyhow!("`{}` of {} refers to a resource that is not applied yet: run apply first", k, r.address)));
+                    return Err(CliError::Other(anyhow!(
+                        "`{}` of {} refers to a resource that is not applied yet: run apply first",
+                        k,
+                        r.address
+                    )));
                 }
             }
         }
         out.push((r.address.clone(), props));
     }
     if out.is_empty() {
-        return Err(CliError::Other(anyhow!("{} declares no postgres.migrations resource", s.stack.path.display())));
+        return Err(CliError::Other(anyhow!(
+            "{} declares no postgres.migrations resource",
+            s.stack.path.display()
+        )));
     }
     Ok(out)
 }
@@ -538,12 +579,17 @@ async fn migrate_status(args: &StackArgs, json: bool) -> Result<i32, CliError> {
     let mut report = serde_json::Map::new();
     let mut pending = false;
     for (address, props) in migration_targets(&s).await? {
-        let list = crate::drivers::postgres::migrations::status(&cx, &props).await.map_err(|e| CliError::Other(anyhow!("{address}: {e}")))?;
+        let list = crate::drivers::postgres::migrations::status(&cx, &props)
+            .await
+            .map_err(|e| CliError::Other(anyhow!("{address}: {e}")))?;
         pending |= list.iter().any(|m| m.status != "applied");
         if json {
             report.insert(address, serde_json::to_value(&list).unwrap_or_default());
         } else {
-            println!("{address} ({}):", crate::drivers::postgres::describe_target(&props));
+            println!(
+                "{address} ({}):",
+                crate::drivers::postgres::describe_target(&props)
+            );
             for m in &list {
                 println!("  {:8} {}", m.status, m.migration);
             }
@@ -559,7 +605,9 @@ async fn db_partitions(args: &StackArgs, months_ahead: i32) -> Result<i32, CliEr
     let s = args.session(false)?;
     let cx = s.context(Arc::new(Silent));
     for (address, props) in migration_targets(&s).await? {
-        let n = crate::drivers::postgres::ensure_partitions(&cx, &props, months_ahead).await.map_err(|e| CliError::Other(anyhow!("{address}: {e}")))?;
+        let n = crate::drivers::postgres::ensure_partitions(&cx, &props, months_ahead)
+            .await
+            .map_err(|e| CliError::Other(anyhow!("{address}: {e}")))?;
         println!("{address}: {n} partition(s) created; the current month and {months_ahead} ahead now exist.");
     }
     Ok(EXIT_OK)

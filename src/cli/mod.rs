@@ -53,6 +53,9 @@ pub struct StackArgs {
 pub enum GraphFormat {
     Dot,
     Mermaid,
+    /// Nodes with their kind and dependencies, for tools (the benchmarks
+    /// compute the critical path from it).
+    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -232,7 +235,9 @@ impl StackArgs {
         let mut variables = Vec::new();
         // RALPH_DEPLOY_VAR_<name>=value, for CI; --var wins over it.
         let env_variables = std::env::vars()
-            .filter_map(|(k, v)| Some((k.strip_prefix("RALPH_DEPLOY_VAR_")?.to_ascii_lowercase(), v)))
+            .filter_map(|(k, v)| {
+                Some((k.strip_prefix("RALPH_DEPLOY_VAR_")?.to_ascii_lowercase(), v))
+            })
             .collect();
         for v in &self.vars {
             let Some((k, val)) = v.split_once('=') else {

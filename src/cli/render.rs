@@ -67,15 +67,25 @@ pub fn plan_text(plan: &Plan) -> String {
                 let text_len = Json::Array(after.clone()).to_string().len();
                 if text_len > 100 && after.iter().chain(before.iter()).all(|x| x.is_string()) {
                     let sym = if c.action == Action::Create { "+" } else { "~" };
-                    let note = if a.forces_replace { "  # forces replacement" } else { "" };
+                    let note = if a.forces_replace {
+                        "  # forces replacement"
+                    } else {
+                        ""
+                    };
                     out.push_str(&format!("      {sym} {}{note}\n", a.name));
                     for item in before.iter().filter(|x| !after.contains(x)) {
-                        out.push_str(&format!("          - {}\n", item.as_str().unwrap_or_default()));
+                        out.push_str(&format!(
+                            "          - {}\n",
+                            item.as_str().unwrap_or_default()
+                        ));
                     }
                     for item in after {
                         let mark = if before.contains(item) { " " } else { "+" };
                         if mark == "+" || c.action == Action::Create {
-                            out.push_str(&format!("          {mark} {}\n", item.as_str().unwrap_or_default()));
+                            out.push_str(&format!(
+                                "          {mark} {}\n",
+                                item.as_str().unwrap_or_default()
+                            ));
                         }
                     }
                     continue;

@@ -413,7 +413,11 @@ impl Loader {
                     Ok(v) => {
                         self.vars.insert(name.clone(), v);
                     }
-                    Err(msg) => self.d.error_help(*kspan, format!("RALPH_DEPLOY_VAR_{}: {msg}", name.to_ascii_uppercase()), format!("variable `{name}` is declared here with type {ty}")),
+                    Err(msg) => self.d.error_help(
+                        *kspan,
+                        format!("RALPH_DEPLOY_VAR_{}: {msg}", name.to_ascii_uppercase()),
+                        format!("variable `{name}` is declared here with type {ty}"),
+                    ),
                 }
             }
         }

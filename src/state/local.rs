@@ -145,12 +145,17 @@ impl super::Locker for LocalBackend {
             // Write the whole lock to a temporary file, then hard-link it into
             // place: link() refuses an existing target, so of two racing runs
             // exactly one wins, and nobody ever sees a half-written lock.
-            let mut tmp = tempfile::NamedTempFile::new_in(&self.dir).map_err(|e| self.io(&self.dir, e))?;
+            let mut tmp =
+                tempfile::NamedTempFile::new_in(&self.dir).map_err(|e| self.io(&self.dir, e))?;
             let bytes = serde_json::to_vec_pretty(info).unwrap_or_default();
-            tmp.write_all(&bytes).and_then(|_| tmp.as_file().sync_all()).map_err(|e| self.io(&path, e))?;
+            tmp.write_all(&bytes)
+                .and_then(|_| tmp.as_file().sync_all())
+                .map_err(|e| self.io(&path, e))?;
             match fs::hard_link(tmp.path(), &path) {
                 Ok(()) => {
-                    fs::File::open(&self.dir).and_then(|d| d.sync_all()).map_err(|e| self.io(&self.dir, e))?;
+                    fs::File::open(&self.dir)
+                        .and_then(|d| d.sync_all())
+                        .map_err(|e| self.io(&self.dir, e))?;
                     return Ok(taken_over);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
@@ -161,7 +166,12 @@ impl super::Locker for LocalBackend {
                         // breaking it at once cannot remove each other's lock.
                         Some(h) if h.holder_is_dead() => {
                             let guard_path = self.dir.join("lock.guard");
-                            let guard = fs::OpenOptions::new().create(true).truncate(false).write(true).open(&guard_path).map_err(|e| self.io(&guard_path, e))?;
+                            let guard = fs::OpenOptions::new()
+                                .create(true)
+                                .truncate(false)
+                                .write(true)
+                                .open(&guard_path)
+                                .map_err(|e| self.io(&guard_path, e))?;
                             use std::os::fd::AsRawFd;
                             unsafe { libc::flock(guard.as_raw_fd(), libc::LOCK_EX) };
                             if self.holder().await?.is_some_and(|again| again.id == h.id) {
@@ -180,14 +190,20 @@ impl super::Locker for LocalBackend {
                                 since: chrono::Utc::now(),
                                 version: String::new(),
                             });
-                            return Err(StateError::Locked(Box::new(LockHeld { target: self.describe_dir(), holder })));
+                            return Err(StateError::Locked(Box::new(LockHeld {
+                                target: self.describe_dir(),
+                                holder,
+                            })));
                         }
                     }
                 }
                 Err(e) => return Err(self.io(&path, e)),
             }
         }
-        Err(StateError::Io { path: path.display().to_string(), source: std::io::Error::other("the lock kept changing hands; try again") })
+        Err(StateError::Io {
+            path: path.display().to_string(),
+            source: std::io::Error::other("the lock kept changing hands; try again"),
+        })
     }
 
     async fn unlock(&self, info: &LockInfo) -> Result<(), StateError> {
@@ -249,12 +265,19 @@ impl LocalBackend {
     fn append(&self, record: &JournalRecord) -> Result<(), StateError> {
         let path = self.journal_path();
         fs::create_dir_all(&self.dir).map_err(|e| self.io(&self.dir, e))?;
-        let mut line = serde_json::to_vec(record).map_err(|e| self.io(&path, std::io::Error::other(e)))?;
+        let mut line =
+            serde_json::to_vec(record).map_err(|e| self.io(&path, std::io::Error::other(e)))?;
         line.push(b'\n');
-        let mut f = fs::OpenOptions::new().create(true).append(true).open(&path).map_err(|e| self.io(&path, e))?;
+        let mut f = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| self.io(&path, e))?;
         // One write of a whole line, then fsync: a crash leaves either the
         // record or nothing (a torn last line is ignored on reading).
-        f.write_all(&line).and_then(|_| f.sync_data()).map_err(|e| self.io(&path, e))
+        f.write_all(&line)
+            .and_then(|_| f.sync_data())
+            .map_err(|e| self.io(&path, e))
     }
 
     fn describe_dir(&self) -> String {
@@ -374,6 +397,9 @@ mod stale_tests {
         let dir2 = tempfile::tempdir().unwrap();
         let b2 = LocalBackend::new(dir2.path(), "s", "prod");
         b2.lock(&LockInfo::for_operation("apply")).await.unwrap();
-        assert!(matches!(b2.lock(&LockInfo::for_operation("apply")).await, Err(StateError::Locked(_))));
+        assert!(matches!(
+            b2.lock(&LockInfo::for_operation("apply")).await,
+            Err(StateError::Locked(_))
+        ));
     }
 }

@@ -43,7 +43,10 @@ impl World {
             .to_string();
         let text = text.replacen(&first_name, &format!("name: {name}"), 1);
         // The copy lives elsewhere: point it at the repository's migrations.
-        let text = text.replace("directory: ../migrations", &format!("directory: {}", repo().join("migrations").display()));
+        let text = text.replace(
+            "directory: ../migrations",
+            &format!("directory: {}", repo().join("migrations").display()),
+        );
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("stack.yaml"), text).unwrap();
         World {
@@ -225,100 +228,100 @@ impl World {
 impl World {
     pub async fn sdk_config(&self) -> aws_config::SdkConfig {
         let w = self;
-    aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .endpoint_url(&w.endpoint)
-        .region(aws_config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_ec2::config::Credentials::new(
-            "testing", "testing", None, None, "test",
-        ))
-        .load()
-        .await
-}
+        aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .endpoint_url(&w.endpoint)
+            .region(aws_config::Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_ec2::config::Credentials::new(
+                "testing", "testing", None, None, "test",
+            ))
+            .load()
+            .await
+    }
 
     /// Everything outside EC2 that carries this stack's ownership tag (or,
     /// for buckets and roles, this stack's name), as "kind id".
     pub async fn tagged_beyond_ec2(&self) -> Vec<String> {
         let w = self;
         let c = self.sdk_config().await;
-    let ours = |k: Option<&str>, v: Option<&str>| {
-        k == Some("ralph-deploy:stack") && v == Some(w.stack_name.as_str())
-    };
-    let mut found = Vec::new();
-    let rds = aws_sdk_rds::Client::new(&c);
-    for d in rds
-        .describe_db_instances()
-        .send()
-        .await
-        .unwrap()
-        .db_instances()
-    {
-        if d.tag_list().iter().any(|t| ours(t.key(), t.value())) {
-            found.push(format!(
-                "rds {}",
-                d.db_instance_identifier().unwrap_or_default()
-            ));
-        }
-    }
-    let ec = aws_sdk_elasticache::Client::new(&c);
-    for g in ec
-        .describe_replication_groups()
-        .send()
-        .await
-        .unwrap()
-        .replication_groups()
-    {
-        let tags = ec
-            .list_tags_for_resource()
-            .resource_name(g.arn().unwrap_or_default())
+        let ours = |k: Option<&str>, v: Option<&str>| {
+            k == Some("ralph-deploy:stack") && v == Some(w.stack_name.as_str())
+        };
+        let mut found = Vec::new();
+        let rds = aws_sdk_rds::Client::new(&c);
+        for d in rds
+            .describe_db_instances()
             .send()
             .await
-            .unwrap();
-        if tags.tag_list().iter().any(|t| ours(t.key(), t.value())) {
-            found.push(format!(
-                "redis {}",
-                g.replication_group_id().unwrap_or_default()
-            ));
-        }
-    }
-    let sm = aws_sdk_secretsmanager::Client::new(&c);
-    for s in sm.list_secrets().send().await.unwrap().secret_list() {
-        if s.deleted_date().is_none() && s.tags().iter().any(|t| ours(t.key(), t.value())) {
-            found.push(format!("secret {}", s.name().unwrap_or_default()));
-        }
-    }
-    let eks = aws_sdk_eks::Client::new(&c);
-    for name in eks.list_clusters().send().await.unwrap().clusters() {
-        if let Ok(d) = eks.describe_cluster().name(name).send().await {
-            let tags = d
-                .cluster()
-                .and_then(|c| c.tags())
-                .cloned()
-                .unwrap_or_default();
-            if tags.get("ralph-deploy:stack").map(String::as_str) == Some(w.stack_name.as_str()) {
-                found.push(format!("eks {name}"));
+            .unwrap()
+            .db_instances()
+        {
+            if d.tag_list().iter().any(|t| ours(t.key(), t.value())) {
+                found.push(format!(
+                    "rds {}",
+                    d.db_instance_identifier().unwrap_or_default()
+                ));
             }
         }
-    }
-    let s3 = aws_sdk_s3::Client::from_conf(
-        aws_sdk_s3::config::Builder::from(&c)
-            .force_path_style(true)
-            .build(),
-    );
-    for b in s3.list_buckets().send().await.unwrap().buckets() {
-        let name = b.name().unwrap_or_default();
-        if name.starts_with(&w.stack_name) {
-            found.push(format!("bucket {name}"));
+        let ec = aws_sdk_elasticache::Client::new(&c);
+        for g in ec
+            .describe_replication_groups()
+            .send()
+            .await
+            .unwrap()
+            .replication_groups()
+        {
+            let tags = ec
+                .list_tags_for_resource()
+                .resource_name(g.arn().unwrap_or_default())
+                .send()
+                .await
+                .unwrap();
+            if tags.tag_list().iter().any(|t| ours(t.key(), t.value())) {
+                found.push(format!(
+                    "redis {}",
+                    g.replication_group_id().unwrap_or_default()
+                ));
+            }
         }
-    }
-    let iam = aws_sdk_iam::Client::new(&c);
-    for r in iam.list_roles().send().await.unwrap().roles() {
-        if r.role_name().starts_with(&w.stack_name) {
-            found.push(format!("role {}", r.role_name()));
+        let sm = aws_sdk_secretsmanager::Client::new(&c);
+        for s in sm.list_secrets().send().await.unwrap().secret_list() {
+            if s.deleted_date().is_none() && s.tags().iter().any(|t| ours(t.key(), t.value())) {
+                found.push(format!("secret {}", s.name().unwrap_or_default()));
+            }
         }
+        let eks = aws_sdk_eks::Client::new(&c);
+        for name in eks.list_clusters().send().await.unwrap().clusters() {
+            if let Ok(d) = eks.describe_cluster().name(name).send().await {
+                let tags = d
+                    .cluster()
+                    .and_then(|c| c.tags())
+                    .cloned()
+                    .unwrap_or_default();
+                if tags.get("ralph-deploy:stack").map(String::as_str) == Some(w.stack_name.as_str())
+                {
+                    found.push(format!("eks {name}"));
+                }
+            }
+        }
+        let s3 = aws_sdk_s3::Client::from_conf(
+            aws_sdk_s3::config::Builder::from(&c)
+                .force_path_style(true)
+                .build(),
+        );
+        for b in s3.list_buckets().send().await.unwrap().buckets() {
+            let name = b.name().unwrap_or_default();
+            if name.starts_with(&w.stack_name) {
+                found.push(format!("bucket {name}"));
+            }
+        }
+        let iam = aws_sdk_iam::Client::new(&c);
+        for r in iam.list_roles().send().await.unwrap().roles() {
+            if r.role_name().starts_with(&w.stack_name) {
+                found.push(format!("role {}", r.role_name()));
+            }
+        }
+        found
     }
-    found
-}
-
 }
 
 pub fn text(b: &[u8]) -> String {

@@ -78,7 +78,10 @@ impl AwsClients {
         // Throttling, 5xx, timeouts and resets are retried with exponential
         // backoff and jitter; adaptive mode also slows each service's client
         // down while that service throttles, and speeds it up again after.
-        let attempts = std::env::var("AWS_MAX_ATTEMPTS").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
+        let attempts = std::env::var("AWS_MAX_ATTEMPTS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(10);
         let retry = match std::env::var("AWS_RETRY_MODE").as_deref() {
             Ok("standard") => aws_config::retry::RetryConfig::standard(),
             _ => aws_config::retry::RetryConfig::adaptive(),
@@ -91,7 +94,9 @@ impl AwsClients {
             .connect_timeout(std::time::Duration::from_secs(5))
             .operation_attempt_timeout(std::time::Duration::from_secs(60))
             .build();
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest()).retry_config(retry).timeout_config(timeouts);
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .retry_config(retry)
+            .timeout_config(timeouts);
         if let Some(p) = &settings.profile {
             loader = loader.profile_name(p);
         }

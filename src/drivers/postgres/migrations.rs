@@ -36,7 +36,9 @@ fn no_password_in_url(v: &Json) -> Result<(), String> {
 fn ssl(v: &Json) -> Result<(), String> {
     match v.as_str() {
         Some("disable" | "prefer" | "require" | "verify-full") => Ok(()),
-        other => Err(format!("ssl_mode {other:?} is not one of disable, prefer, require, verify-full")),
+        other => Err(format!(
+            "ssl_mode {other:?} is not one of disable, prefer, require, verify-full"
+        )),
     }
 }
 
@@ -67,7 +69,10 @@ static SCHEMA: KindSchema = KindSchema {
 pub struct Migrations;
 
 fn resolve_dir(base: &Path, props: &Map<String, Json>) -> PathBuf {
-    let dir = props.get("directory").and_then(Json::as_str).unwrap_or("../migrations");
+    let dir = props
+        .get("directory")
+        .and_then(Json::as_str)
+        .unwrap_or("../migrations");
     let p = Path::new(dir);
     if p.is_absolute() {
         p.to_path_buf()
@@ -81,19 +86,29 @@ fn label(version: i64, description: &str, checksum: &[u8]) -> String {
 }
 
 async fn migrator(dir: &Path) -> Result<Migrator, DriverError> {
-    Migrator::new(dir.to_path_buf()).await.map_err(|e| DriverError::new(format!("reading migrations from {}: {e}", dir.display())))
+    Migrator::new(dir.to_path_buf())
+        .await
+        .map_err(|e| DriverError::new(format!("reading migrations from {}: {e}", dir.display())))
 }
 
 /// The files, as labels, in order.
 fn file_labels(dir: &Path) -> Result<Vec<String>, String> {
     let mut files: Vec<(i64, String, Vec<u8>)> = Vec::new();
-    let entries = std::fs::read_dir(dir).map_err(|e| format!("reading migrations from {}: {e}", dir.display()))?;
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| format!("reading migrations from {}: {e}", dir.display()))?;
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(stem) = name.strip_suffix(".sql") else { continue };
-        let Some((version, description)) = stem.split_once('_') else { continue };
-        let Ok(version) = version.parse::<i64>() else { continue };
-        let sql = std::fs::read_to_string(entry.path()).map_err(|e| format!("reading {}: {e}", entry.path().display()))?;
+        let Some(stem) = name.strip_suffix(".sql") else {
+            continue;
+        };
+        let Some((version, description)) = stem.split_once('_') else {
+            continue;
+        };
+        let Ok(version) = version.parse::<i64>() else {
+            continue;
+        };
+        let sql = std::fs::read_to_string(entry.path())
+            .map_err(|e| format!("reading {}: {e}", entry.path().display()))?;
         use sha2::Digest;
         let checksum = sha2::Sha384::digest(sql.as_bytes()).to_vec();
         files.push((version, description.replace('_', " "), checksum));
@@ -111,12 +126,21 @@ async fn applied(pool: &sqlx::PgPool) -> Result<(Vec<String>, Option<String>), D
     if exists.is_none() {
         return Ok((Vec::new(), None));
     }
-    let rows: Vec<(i64, String, bool, Vec<u8>)> = sqlx::query_as("SELECT version, description, success, checksum FROM _sqlx_migrations ORDER BY version")
-        .fetch_all(pool)
-        .await
-        .map_err(|e| DriverError::new(format!("reading applied migrations: {e}")))?;
-    let ok = rows.iter().filter(|r| r.2).map(|r| label(r.0, &r.1, &r.3)).collect();
-    let failed = rows.iter().find(|r| !r.2).map(|r| format!("{} {}", r.0, r.1));
+    let rows: Vec<(i64, String, bool, Vec<u8>)> = sqlx::query_as(
+        "SELECT version, description, success, checksum FROM _sqlx_migrations ORDER BY version",
+    )
+    .fetch_all(pool)
+    .await
+    .map_err(|e| DriverError::new(format!("reading applied migrations: {e}")))?;
+    let ok = rows
+        .iter()
+        .filter(|r| r.2)
+        .map(|r| label(r.0, &r.1, &r.3))
+        .collect();
+    let failed = rows
+        .iter()
+        .find(|r| !r.2)
+        .map(|r| format!("{} {}", r.0, r.1));
     Ok((ok, failed))
 }
 
@@ -149,9 +173,20 @@ async fn observe(cx: &Context, props: &Map<String, Json>) -> Result<Observed, Dr
     let mut attrs = Map::new();
     let id = describe_target(props);
     attrs.insert("id".into(), Json::String(id.clone()));
-    attrs.insert("migrations".into(), Json::Array(done.into_iter().map(Json::String).collect()));
-    attrs.insert("failed".into(), failed.map(Json::String).unwrap_or(Json::Null));
-    Ok(Observed { address: None, owner: None, id, attrs })
+    attrs.insert(
+        "migrations".into(),
+        Json::Array(done.into_iter().map(Json::String).collect()),
+    );
+    attrs.insert(
+        "failed".into(),
+        failed.map(Json::String).unwrap_or(Json::Null),
+    );
+    Ok(Observed {
+        address: None,
+        owner: None,
+        id,
+        attrs,
+    })
 }
 
 /// Applies every pending migration, in order. On failure the migrations
@@ -170,8 +205,14 @@ async fn run(cx: &Context, want: &Desired<'_>) -> Result<Observed, DriverError> 
         Err(e) => {
             // Which one: the first file not applied after the attempt.
             let (now, _) = applied(&pool).await?;
-            let failing = files.iter().find(|f| !now.contains(f)).cloned().unwrap_or_default();
-            Some(format!("migration `{failing}` failed and was rolled back: {e}"))
+            let failing = files
+                .iter()
+                .find(|f| !now.contains(f))
+                .cloned()
+                .unwrap_or_default();
+            Some(format!(
+                "migration `{failing}` failed and was rolled back: {e}"
+            ))
         }
     };
     pool.close().await;
@@ -195,7 +236,10 @@ impl Driver for Migrations {
     fn normalize(&self, base_dir: &Path, props: &mut Map<String, Json>) {
         let dir = resolve_dir(base_dir, props);
         if let Ok(labels) = file_labels(&dir) {
-            props.insert("migrations".into(), Json::Array(labels.into_iter().map(Json::String).collect()));
+            props.insert(
+                "migrations".into(),
+                Json::Array(labels.into_iter().map(Json::String).collect()),
+            );
         }
     }
 
@@ -204,8 +248,16 @@ impl Driver for Migrations {
         for k in known.iter().filter(|k| !k.inputs.is_empty()) {
             let mut o = observe(cx, &k.inputs).await?;
             // Refuse edited files at plan time already.
-            let files = file_labels(&resolve_dir(&cx.base_dir, &k.inputs)).map_err(DriverError::new)?;
-            let done: Vec<String> = o.attrs.get("migrations").and_then(Json::as_array).into_iter().flatten().filter_map(|v| v.as_str().map(str::to_string)).collect();
+            let files =
+                file_labels(&resolve_dir(&cx.base_dir, &k.inputs)).map_err(DriverError::new)?;
+            let done: Vec<String> = o
+                .attrs
+                .get("migrations")
+                .and_then(Json::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect();
             check_divergence(&files, &done)?;
             o.id = k.id.clone();
             out.push(o);
@@ -217,11 +269,22 @@ impl Driver for Migrations {
         run(cx, want).await
     }
 
-    async fn update(&self, cx: &Context, want: &Desired<'_>, _have: &Observed, _changed: &[String]) -> Result<Observed, DriverError> {
+    async fn update(
+        &self,
+        cx: &Context,
+        want: &Desired<'_>,
+        _have: &Observed,
+        _changed: &[String],
+    ) -> Result<Observed, DriverError> {
         run(cx, want).await
     }
 
-    async fn delete(&self, _cx: &Context, _have: &Observed, _timeouts: &Timeouts) -> Result<(), DriverError> {
+    async fn delete(
+        &self,
+        _cx: &Context,
+        _have: &Observed,
+        _timeouts: &Timeouts,
+    ) -> Result<(), DriverError> {
         // The schema lives and dies with its database; forgetting the
         // resource never drops tables.
         Ok(())
@@ -238,12 +301,19 @@ pub struct MigrationStatus {
 }
 
 /// Every migration of `props`' directory against the database.
-pub async fn status(cx: &Context, props: &Map<String, Json>) -> Result<Vec<MigrationStatus>, DriverError> {
+pub async fn status(
+    cx: &Context,
+    props: &Map<String, Json>,
+) -> Result<Vec<MigrationStatus>, DriverError> {
     let files = file_labels(&resolve_dir(&cx.base_dir, props)).map_err(DriverError::new)?;
     let pool = connect(cx, props).await?;
     let (done, _) = applied(&pool).await?;
     pool.close().await;
-    let version = |l: &str| l.split_once(' ').map(|x| x.0.to_string()).unwrap_or_default();
+    let version = |l: &str| {
+        l.split_once(' ')
+            .map(|x| x.0.to_string())
+            .unwrap_or_default()
+    };
     let mut out = Vec::new();
     for f in &files {
         let status = if done.contains(f) {
@@ -253,10 +323,19 @@ pub async fn status(cx: &Context, props: &Map<String, Json>) -> Result<Vec<Migra
         } else {
             "pending"
         };
-        out.push(MigrationStatus { migration: f.clone(), status });
+        out.push(MigrationStatus {
+            migration: f.clone(),
+            status,
+        });
     }
-    for d in done.iter().filter(|d| !files.iter().any(|f| version(f) == version(d))) {
-        out.push(MigrationStatus { migration: d.clone(), status: "missing" });
+    for d in done
+        .iter()
+        .filter(|d| !files.iter().any(|f| version(f) == version(d)))
+    {
+        out.push(MigrationStatus {
+            migration: d.clone(),
+            status: "missing",
+        });
     }
     Ok(out)
 }

@@ -16,14 +16,28 @@ use super::{Context, DriverError};
 /// comes from a Secrets Manager secret or an environment variable at the
 /// moment of connecting; it is never a property and never in the state.
 pub async fn connect(cx: &Context, props: &Map<String, Json>) -> Result<PgPool, DriverError> {
-    let s = |k: &str| props.get(k).and_then(Json::as_str).filter(|v| !v.is_empty()).map(str::to_string);
-    let url_has_user = s("url").and_then(|u| u.parse::<PgConnectOptions>().ok()).is_some_and(|o| !o.get_username().is_empty() && s("url").is_some_and(|u| u.contains('@')));
+    let s = |k: &str| {
+        props
+            .get(k)
+            .and_then(Json::as_str)
+            .filter(|v| !v.is_empty())
+            .map(str::to_string)
+    };
+    let url_has_user = s("url")
+        .and_then(|u| u.parse::<PgConnectOptions>().ok())
+        .is_some_and(|o| !o.get_username().is_empty() && s("url").is_some_and(|u| u.contains('@')));
     let mut opts = match s("url") {
-        Some(url) => url.parse::<PgConnectOptions>().map_err(|e| DriverError::new(format!("the connection url is not valid: {e}")))?,
+        Some(url) => url
+            .parse::<PgConnectOptions>()
+            .map_err(|e| DriverError::new(format!("the connection url is not valid: {e}")))?,
         None => {
-            let host = s("host").ok_or_else(|| DriverError::new("no `host` and no `url` to connect to"))?;
+            let host = s("host")
+                .ok_or_else(|| DriverError::new("no `host` and no `url` to connect to"))?;
             let port = props.get("port").and_then(Json::as_i64).unwrap_or(5432) as u16;
-            PgConnectOptions::new().host(&host).port(port).database("ralph")
+            PgConnectOptions::new()
+                .host(&host)
+                .port(port)
+                .database("ralph")
         }
     };
     // A url says everything about where to connect; `database` is for `host`.
@@ -69,7 +83,11 @@ pub async fn connect(cx: &Context, props: &Map<String, Json>) -> Result<PgPool, 
             _ => opts = opts.password(text),
         }
     } else if let Some(var) = s("password_env") {
-        let password = std::env::var(&var).map_err(|_| DriverError::new(format!("the database password comes from the environment variable {var}, which is not set")))?;
+        let password = std::env::var(&var).map_err(|_| {
+            DriverError::new(format!(
+                "the database password comes from the environment variable {var}, which is not set"
+            ))
+        })?;
         opts = opts.password(&password);
     }
     PgPoolOptions::new()
@@ -82,10 +100,20 @@ pub async fn connect(cx: &Context, props: &Map<String, Json>) -> Result<PgPool, 
 
 /// `host:port/database` for ids and messages (never credentials).
 pub fn describe_target(props: &Map<String, Json>) -> String {
-    let s = |k: &str| props.get(k).and_then(Json::as_str).filter(|v| !v.is_empty()).map(str::to_string);
+    let s = |k: &str| {
+        props
+            .get(k)
+            .and_then(Json::as_str)
+            .filter(|v| !v.is_empty())
+            .map(str::to_string)
+    };
     if let Some(url) = s("url") {
         if let Ok(o) = url.parse::<PgConnectOptions>() {
-            let db = o.get_database().map(str::to_string).or_else(|| s("database")).unwrap_or_default();
+            let db = o
+                .get_database()
+                .map(str::to_string)
+                .or_else(|| s("database"))
+                .unwrap_or_default();
             return format!("{}:{}/{}", o.get_host(), o.get_port(), db);
         }
     }
@@ -99,7 +127,11 @@ pub fn describe_target(props: &Map<String, Json>) -> String {
 
 /// Creates the monthly partitions of the next `months_ahead` months that do
 /// not exist yet (the function comes with the migrations); returns how many.
-pub async fn ensure_partitions(cx: &Context, props: &Map<String, Json>, months_ahead: i32) -> Result<i32, DriverError> {
+pub async fn ensure_partitions(
+    cx: &Context,
+    props: &Map<String, Json>,
+    months_ahead: i32,
+) -> Result<i32, DriverError> {
     let pool = connect(cx, props).await?;
     let created: i32 = sqlx::query_scalar("SELECT ralph.ensure_partitions($1)")
         .bind(months_ahead)

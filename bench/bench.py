@@ -1,0 +1,207 @@
+"""ralph-deploy benchmarks: prints one table, each figure with its target.
+
+Run through bench/run, which builds the release binary, starts the local
+clouds and passes their addresses in the environment:
+  RD_BIN            the ralph-deploy binary
+  BENCH_MOTO_SLOW   moto with the fixed latency profile (bench 1)
+  BENCH_MOTO_FAST   moto without delays (benches 2 and 3)
+  BENCH_PROXY       fault proxy in front of BENCH_MOTO_FAST (40 ms per request)
+  BENCH_PROFILE     the latency profile (JSON, seconds per operation)
+  BENCH_RUNS        runs per figure (median reported)
+"""
+import concurrent.futures
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+import boto3
+
+RD = os.environ["RD_BIN"]
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RUNS = int(os.environ.get("BENCH_RUNS", "3"))
+PROFILE = json.loads(os.environ["BENCH_PROFILE"])
+ROWS = []
+
+
+def row(name, value, unit, target=""):
+    ROWS.append((name, value, unit, target))
+    print(f"  {name}: {value} {unit} {('(target ' + target + ')') if target else ''}", file=sys.stderr, flush=True)
+
+
+def post(url, body=b""):
+    req = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "application/json"})
+    return json.loads(urllib.request.urlopen(req).read() or b"{}")
+
+
+def reset(moto):
+    urllib.request.urlopen(urllib.request.Request(moto + "/moto-api/reset", data=b"", method="POST")).read()
+
+
+def run(args, endpoint, state, env=None, check=True):
+    """Runs the tool; returns (seconds, peak RSS in MB, stdout)."""
+    e = dict(os.environ, AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench",
+             AWS_REGION="us-east-1", RALPH_DEPLOY_STATE_DIR=state, ANTHROPIC_API_KEY="bench-not-a-key")
+    e.update(env or {})
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    t = time.monotonic()
+    p = subprocess.run([RD] + args, env=e, capture_output=True, text=True, cwd=REPO)
+    dt = time.monotonic() - t
+    if check and p.returncode not in (0, 2):
+        raise SystemExit(f"{' '.join(args)} failed ({p.returncode}):\n{p.stderr[-3000:]}")
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return dt, max(peak, before) / 1024.0, p.stdout
+
+
+def peak_rss(args, endpoint="http://127.0.0.1:9"):
+    """Peak RSS of one command, measured alone (GNU time's %M via /proc)."""
+    e = dict(os.environ, AWS_ENDPOINT_URL=endpoint)
+    t = time.monotonic()
+    p = subprocess.Popen([RD] + args, env=e, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=REPO)
+    _, status, usage = os.wait4(p.pid, 0)
+    p.returncode = os.waitstatus_to_exitcode(status)
+    if p.returncode not in (0, 2):
+        raise SystemExit(f"{args} failed: {p.stderr.read().decode()[-2000:]}")
+    return time.monotonic() - t, usage.ru_maxrss / 1024.0
+
+
+def critical_path(stack, env):
+    """The longest chain of provisioning delays through the stack's graph."""
+    _, _, out = run(["graph", stack, "--env", env, "--format", "json"], "http://127.0.0.1:9", "/tmp/unused")
+    nodes = {n["address"]: n for n in json.loads(out)["nodes"]}
+    weight_of = {
+        "aws.eks_cluster": "eks_cluster_create", "aws.eks_nodegroup": "eks_nodegroup_create",
+        "aws.elasticache_replication_group": "elasticache_create", "aws.nat_gateway": "nat_create",
+    }
+    def weight(n):
+        if n["kind"] == "aws.rds_instance":
+            return PROFILE["rds_replica_create" if "replica" in n["address"] else "rds_create"]
+        return PROFILE.get(weight_of.get(n["kind"], ""), 0.0)
+    memo = {}
+    def finish(a):
+        if a not in memo:
+            n = nodes[a]
+            memo[a] = weight(n) + max([finish(d) for d in n["depends_on"]] or [0.0])
+        return memo[a]
+    return max(finish(a) for a in nodes)
+
+
+def bench_critical_path():
+    moto = os.environ["BENCH_MOTO_SLOW"]
+    stack, env = "stacks/aws-production.yaml", "production"
+    cp = critical_path(stack, env)
+    row("1. critical path of aws-production (delay profile)", f"{cp:.2f}", "s")
+    times = []
+    for _ in range(RUNS):
+        reset(moto)
+        with tempfile.TemporaryDirectory() as st:
+            dt, _, _ = run(["apply", stack, "--env", env, "--auto-approve"], moto, st,
+                           env={"RALPH_DEPLOY_VAR_database_tunnel_url": os.environ["BENCH_PG_URL"]})
+            times.append(dt)
+    wall = statistics.median(times)
+    row("1. apply wall time, parallelism 10 (median)", f"{wall:.2f}", "s")
+    row("1. apply / critical path", f"{wall / cp:.3f}", "x", "<= 1.05")
+    reset(moto)
+    with tempfile.TemporaryDirectory() as st:
+        dt, _, _ = run(["apply", stack, "--env", env, "--auto-approve", "--parallelism", "1"], moto, st,
+                       env={"RALPH_DEPLOY_VAR_database_tunnel_url": os.environ["BENCH_PG_URL"]})
+    row("1. apply wall time, parallelism 1 (a hand-run script)", f"{dt:.2f}", "s")
+    row("1. parallelism 1 / critical path", f"{dt / cp:.3f}", "x")
+
+
+def proxy_count():
+    return json.loads(urllib.request.urlopen(os.environ["BENCH_PROXY"] + "/__faults").read())["stats"]["requests"]
+
+
+def bench_scale():
+    fast, proxy = os.environ["BENCH_MOTO_FAST"], os.environ["BENCH_PROXY"]
+    for n in (100, 1000, 5000):
+        reset(fast)
+        with tempfile.TemporaryDirectory() as tmp:
+            stack = os.path.join(tmp, "stack.yaml")
+            with open(stack, "w") as f:
+                subprocess.run([sys.executable, os.path.join(REPO, "bench", "gen_stack.py"), str(n), f"bench-{n}"], stdout=f, check=True)
+            st = os.path.join(tmp, "state")
+            post(proxy + "/__faults", json.dumps({"rate": 0.0}).encode())
+            dt, _, out = run(["apply", stack, "--auto-approve", "--json", "--parallelism", "32"], fast, st)
+            summary = [json.loads(l) for l in out.splitlines() if '"summary"' in l][-1]
+            if n == 1000:
+                cap = capacity(fast)
+                floor = summary["requests"] / cap
+                row("3. apply of N=1000 from nothing", f"{dt:.2f}", "s")
+                row("3. its requests / local cloud capacity (the floor)", f"{summary['requests']} / {cap:.0f} per s = {floor:.2f}", "s")
+                row("3. apply / floor", f"{dt / floor:.2f}", "x")
+            # The no-op plan, every request 40 ms away.
+            post(proxy + "/__faults", json.dumps({"rate": 1.0, "kinds": ["slow"], "slow_ms": 40}).encode())
+            walls, peaks, reqs, seen = [], [], [], []
+            for _ in range(RUNS):
+                before = proxy_count()
+                t = time.monotonic()
+                p = subprocess.Popen([RD, "plan", stack, "--json", "--detailed-exitcode"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     env=dict(os.environ, AWS_ENDPOINT_URL=proxy, AWS_ACCESS_KEY_ID="b", AWS_SECRET_ACCESS_KEY="b",
+                                              AWS_REGION="us-east-1", RALPH_DEPLOY_STATE_DIR=st))
+                stdout = p.stdout.read()
+                _, status, usage = os.wait4(p.pid, 0)
+                walls.append(time.monotonic() - t)
+                code = os.waitstatus_to_exitcode(status)
+                if code != 0:
+                    raise SystemExit(f"the no-op plan of N={n} was not empty (exit {code}): {p.stderr.read().decode()[-2000:]}")
+                plan = json.loads(stdout)
+                reqs.append(plan["requests"])
+                seen.append(proxy_count() - before)
+                peaks.append(usage.ru_maxrss / 1024.0)
+            post(proxy + "/__faults", json.dumps({"rate": 0.0}).encode())
+            tgt = n == 1000
+            row(f"2. no-op plan N={n}: wall (40 ms per request)", f"{statistics.median(walls):.2f}", "s", "< 2" if tgt else "")
+            row(f"2. no-op plan N={n}: requests (tool / local cloud)", f"{statistics.median(reqs):.0f} / {statistics.median(seen):.0f}", "", "<= 50" if tgt else "")
+            row(f"2. no-op plan N={n}: peak memory", f"{statistics.median(peaks):.1f}", "MB", "< 100" if tgt else "")
+
+
+def capacity(moto, seconds=3.0, threads=8):
+    """The local cloud's own request rate, measured with a plain client."""
+    c = boto3.client("ec2", endpoint_url=moto, region_name="us-east-1", aws_access_key_id="b", aws_secret_access_key="b")
+    stop = time.monotonic() + seconds
+    def worker():
+        n = 0
+        while time.monotonic() < stop:
+            c.describe_vpcs(Filters=[{"Name": "tag:nothing", "Values": ["x"]}])
+            n += 1
+        return n
+    with concurrent.futures.ThreadPoolExecutor(threads) as ex:
+        total = sum(ex.map(lambda _: worker(), range(threads)))
+    return total / seconds
+
+
+def bench_offline():
+    with tempfile.TemporaryDirectory() as tmp:
+        stack = os.path.join(tmp, "stack.yaml")
+        with open(stack, "w") as f:
+            subprocess.run([sys.executable, os.path.join(REPO, "bench", "gen_stack.py"), "10000", "bench-offline"], stdout=f, check=True)
+        for verb, extra in (("validate", []), ("graph", ["--format", "dot"])):
+            results = [peak_rss([verb, stack] + extra) for _ in range(RUNS)]
+            row(f"4. {verb} of 10,000 resources: time", f"{statistics.median(r[0] for r in results):.3f}", "s", "< 0.5")
+            row(f"4. {verb} of 10,000 resources: peak memory", f"{statistics.median(r[1] for r in results):.1f}", "MB", "< 200")
+
+
+def main():
+    which = sys.argv[1:] or ["1", "2", "4"]
+    if "4" in which:
+        bench_offline()
+    if "1" in which:
+        bench_critical_path()
+    if "2" in which:
+        bench_scale()
+    print()
+    print(f"| benchmark | result | unit | target |")
+    print(f"|---|---|---|---|")
+    for name, value, unit, target in ROWS:
+        print(f"| {name} | {value} | {unit} | {target} |")
+
+
+if __name__ == "__main__":
+    main()
