@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# The local Kubernetes: etcd, kube-apiserver and kube-controller-manager
+# 1.20.2 (built once by scripts/local-cloud/build-kube.sh), on free loopback
+# ports. There is no scheduler and no kubelet: pods stay Pending unless a
+# node simulator marks them ready.
+#   scripts/kube.sh start DIR    writes DIR/kubeconfig
+#   scripts/kube.sh stop DIR
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+. "$here/env.sh"
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
+
+start() {
+  local dir="$1"; mkdir -p "$dir/kube"
+  local bin; bin="$("$here/local-cloud/build-kube.sh")/bin"
+  local k="$dir/kube" ep pp ap
+  ep="$(free_port)"; pp="$(free_port)"; ap="$(free_port)"
+  openssl genrsa -out "$k/sa.key" 2048 2>/dev/null
+  openssl rsa -in "$k/sa.key" -pubout -out "$k/sa.pub" 2>/dev/null
+  echo "local-admin-token,admin,admin,system:masters" >"$k/tokens.csv"
+  "$bin/etcd" --data-dir "$k/etcd" --listen-client-urls "http://127.0.0.1:$ep" --advertise-client-urls "http://127.0.0.1:$ep" \
+    --listen-peer-urls "http://127.0.0.1:$pp" --initial-advertise-peer-urls "http://127.0.0.1:$pp" \
+    --initial-cluster "default=http://127.0.0.1:$pp" >"$k/etcd.log" 2>&1 &
+  echo $! >"$k/etcd.pid"
+  "$bin/kube-apiserver" --etcd-servers "http://127.0.0.1:$ep" --bind-address 127.0.0.1 --advertise-address 127.0.0.1 \
+    --secure-port "$ap" --insecure-port 0 --token-auth-file "$k/tokens.csv" --authorization-mode AlwaysAllow \
+    --service-account-key-file "$k/sa.pub" --service-account-signing-key-file "$k/sa.key" \
+    --service-account-issuer https://kubernetes.default.svc --cert-dir "$k/certs" \
+    --service-cluster-ip-range 10.96.0.0/12 --allow-privileged=true >"$k/apiserver.log" 2>&1 &
+  echo $! >"$k/apiserver.pid"
+  cat >"$dir/kubeconfig" <<KC
+apiVersion: v1
+kind: Config
+clusters:
+- name: local
+  cluster:
+    server: https://127.0.0.1:$ap
+    insecure-skip-tls-verify: true
+users:
+- name: admin
+  user:
+    token: local-admin-token
+contexts:
+- name: local
+  context: { cluster: local, user: admin }
+current-context: local
+KC
+  for _ in $(seq 1 150); do
+    if curl -ksf -H "Authorization: Bearer local-admin-token" "https://127.0.0.1:$ap/readyz" >/dev/null 2>&1; then break; fi
+    sleep 0.2
+  done
+  curl -ksf -H "Authorization: Bearer local-admin-token" "https://127.0.0.1:$ap/readyz" >/dev/null \
+    || { echo "kube-apiserver did not become ready; see $k/apiserver.log" >&2; tail -20 "$k/apiserver.log" >&2; return 1; }
+  "$bin/kube-controller-manager" --kubeconfig "$dir/kubeconfig" --leader-elect=false \
+    --service-account-private-key-file "$k/sa.key" --use-service-account-credentials=false \
+    --bind-address 127.0.0.1 --secure-port 0 --port 0 >"$k/controller-manager.log" 2>&1 &
+  echo $! >"$k/controller-manager.pid"
+  echo "kube-apiserver ready on 127.0.0.1:$ap" >&2
+}
+
+stop() {
+  local k="$1/kube"
+  for p in controller-manager apiserver etcd; do
+    [ -f "$k/$p.pid" ] && kill "$(cat "$k/$p.pid")" 2>/dev/null || true
+  done
+}
+
+case "${1:-}" in
+  start) start "${2:?dir}" ;;
+  stop) stop "${2:?dir}" ;;
+  *) echo "usage: $0 start DIR|stop DIR" >&2; exit 2 ;;
+esac
