@@ -13,7 +13,8 @@ use aws_sdk_eks::types::{
 use serde_json::{Map, Value as Json};
 
 use super::{
-    api_error, error_code, observed_with, opt_str, read_tag_pairs, removed_tag_keys, tag_map,
+    api_error, error_code, observed_with, opt_str, read_each, read_tag_pairs, removed_tag_keys,
+    strings, tag_map, wait_ready, Readiness,
 };
 use crate::drivers::{
     Context, Desired, Driver, DriverError, Known, Observed, Timeouts, READY_ATTR, STATUS_ATTR,
@@ -238,14 +239,6 @@ static NODEGROUP: KindSchema = KindSchema {
 pub struct EksCluster;
 pub struct EksNodegroup;
 
-fn strings(v: Option<&Json>) -> Vec<String> {
-    v.and_then(Json::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(|x| x.as_str().map(str::to_string))
-        .collect()
-}
-
 fn str_array(items: &[String]) -> Json {
     Json::Array(items.iter().map(|s| Json::String(s.clone())).collect())
 }
@@ -339,8 +332,6 @@ async fn read_cluster(cx: &Context, name: &str) -> Result<Option<Observed>, Driv
     Ok(Some(with_status(o, &status)))
 }
 
-/// Waits until the cluster is ACTIVE; `created` marks a fresh create, whose
-/// timeout still leaves a resource to record.
 async fn wait_cluster(
     cx: &Context,
     address: &str,
@@ -348,27 +339,15 @@ async fn wait_cluster(
     timeout: Duration,
     created: bool,
 ) -> Result<Observed, DriverError> {
-    let result = cx
-        .wait_until(address, "the EKS cluster to become ACTIVE", timeout, || async {
-            match read_cluster(cx, name).await? {
-                Some(o) => {
-                    let status = o.attrs.get(STATUS_ATTR).and_then(Json::as_str).unwrap_or("UNKNOWN").to_string();
-                    if status == "FAILED" {
-                        return Err(DriverError::new(format!("EKS cluster {name} is FAILED; see its health issues in the console")));
-                    }
-                    Ok(((status == "ACTIVE").then_some(o), status))
-                }
-                None => Err(DriverError::new(format!("EKS cluster {name} disappeared while waiting for it"))),
-            }
-        })
-        .await;
-    match result {
-        Err(e) if created => match read_cluster(cx, name).await {
-            Ok(Some(partial)) => Err(e.with_partial(partial)),
-            _ => Err(e),
-        },
-        other => other,
-    }
+    let r = Readiness {
+        what: "the EKS cluster",
+        ready: "ACTIVE",
+        failed: &["FAILED"],
+    };
+    wait_ready(cx, address, name, timeout, created, r, || {
+        read_cluster(cx, name)
+    })
+    .await
 }
 
 fn vpc_request(want: &Desired<'_>, for_update: bool) -> VpcConfigRequest {
@@ -428,15 +407,11 @@ impl Driver for EksCluster {
     }
 
     async fn refresh(&self, cx: &Context, known: &[Known]) -> Result<Vec<Observed>, DriverError> {
-        let mut out = Vec::new();
-        for name in known.iter().map(|k| &k.id) {
-            if let Some(o) = read_cluster(cx, name).await? {
-                if o.attrs.get(STATUS_ATTR).and_then(Json::as_str) != Some("DELETING") {
-                    out.push(o);
-                }
-            }
-        }
-        Ok(out)
+        let all = read_each(known, |id| async move { read_cluster(cx, &id).await }).await?;
+        Ok(all
+            .into_iter()
+            .filter(|o| o.attrs.get(STATUS_ATTR).and_then(Json::as_str) != Some("DELETING"))
+            .collect())
     }
 
     async fn create(&self, cx: &Context, want: &Desired<'_>) -> Result<Observed, DriverError> {
@@ -624,41 +599,15 @@ async fn wait_nodegroup(
     timeout: Duration,
     created: bool,
 ) -> Result<Observed, DriverError> {
-    let result = cx
-        .wait_until(
-            address,
-            "the nodegroup to become ACTIVE",
-            timeout,
-            || async {
-                match read_nodegroup(cx, cluster, name).await? {
-                    Some(o) => {
-                        let status = o
-                            .attrs
-                            .get(STATUS_ATTR)
-                            .and_then(Json::as_str)
-                            .unwrap_or("UNKNOWN")
-                            .to_string();
-                        if status == "CREATE_FAILED" || status == "DEGRADED" {
-                            return Err(DriverError::new(format!(
-                                "nodegroup {name} is {status}; see its health issues"
-                            )));
-                        }
-                        Ok(((status == "ACTIVE").then_some(o), status))
-                    }
-                    None => Err(DriverError::new(format!(
-                        "nodegroup {name} disappeared while waiting for it"
-                    ))),
-                }
-            },
-        )
-        .await;
-    match result {
-        Err(e) if created => match read_nodegroup(cx, cluster, name).await {
-            Ok(Some(partial)) => Err(e.with_partial(partial)),
-            _ => Err(e),
-        },
-        other => other,
-    }
+    let r = Readiness {
+        what: "the nodegroup",
+        ready: "ACTIVE",
+        failed: &["CREATE_FAILED", "DEGRADED", "DELETE_FAILED"],
+    };
+    wait_ready(cx, address, name, timeout, created, r, || {
+        read_nodegroup(cx, cluster, name)
+    })
+    .await
 }
 
 fn int(want: &Desired<'_>, f: &str) -> Option<i32> {

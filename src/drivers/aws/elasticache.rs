@@ -10,7 +10,8 @@ use aws_sdk_elasticache::types::Tag;
 use serde_json::Value as Json;
 
 use super::{
-    api_error, error_code, observed_with, opt_str, read_tag_pairs, removed_tag_keys, tag_map,
+    api_error, error_code, observed_with, opt_str, read_each, read_tag_pairs, removed_tag_keys,
+    strings, tag_map, wait_ready, Readiness,
 };
 use crate::drivers::{
     Context, Desired, Driver, DriverError, Known, Observed, Timeouts, READY_ATTR, STATUS_ATTR,
@@ -202,14 +203,6 @@ fn ec_tags(want: &Desired<'_>) -> Vec<Tag> {
         .collect()
 }
 
-fn strings(v: Option<&Json>) -> Vec<String> {
-    v.and_then(Json::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(|x| x.as_str().map(str::to_string))
-        .collect()
-}
-
 async fn tags_of(
     cx: &Context,
     arn: &str,
@@ -307,11 +300,7 @@ impl Driver for SubnetGroup {
     }
 
     async fn refresh(&self, cx: &Context, known: &[Known]) -> Result<Vec<Observed>, DriverError> {
-        let mut out = Vec::new();
-        for id in known.iter().map(|k| &k.id) {
-            out.extend(read_subnet_group(cx, id).await?);
-        }
-        Ok(out)
+        read_each(known, |id| async move { read_subnet_group(cx, &id).await }).await
     }
 
     async fn create(&self, cx: &Context, want: &Desired<'_>) -> Result<Observed, DriverError> {
@@ -483,41 +472,12 @@ async fn wait_group(
     timeout: Duration,
     created: bool,
 ) -> Result<Observed, DriverError> {
-    let result = cx
-        .wait_until(
-            address,
-            "the Redis group to become available",
-            timeout,
-            || async {
-                match read_group(cx, id).await? {
-                    Some(o) => {
-                        let status = o
-                            .attrs
-                            .get(STATUS_ATTR)
-                            .and_then(Json::as_str)
-                            .unwrap_or("unknown")
-                            .to_string();
-                        if status == "create-failed" {
-                            return Err(DriverError::new(format!(
-                                "Redis group {id} failed to create"
-                            )));
-                        }
-                        Ok(((status == "available").then_some(o), status))
-                    }
-                    None => Err(DriverError::new(format!(
-                        "Redis group {id} disappeared while waiting for it"
-                    ))),
-                }
-            },
-        )
-        .await;
-    match result {
-        Err(e) if created => match read_group(cx, id).await {
-            Ok(Some(partial)) => Err(e.with_partial(partial)),
-            _ => Err(e),
-        },
-        other => other,
-    }
+    let r = Readiness {
+        what: "the Redis group",
+        ready: "available",
+        failed: &["create-failed"],
+    };
+    wait_ready(cx, address, id, timeout, created, r, || read_group(cx, id)).await
 }
 
 /// Reads the AUTH token from its secret. The value stays in this call.
@@ -545,15 +505,11 @@ impl Driver for ReplicationGroup {
     }
 
     async fn refresh(&self, cx: &Context, known: &[Known]) -> Result<Vec<Observed>, DriverError> {
-        let mut out = Vec::new();
-        for id in known.iter().map(|k| &k.id) {
-            if let Some(o) = read_group(cx, id).await? {
-                if o.attrs.get(STATUS_ATTR).and_then(Json::as_str) != Some("deleting") {
-                    out.push(o);
-                }
-            }
-        }
-        Ok(out)
+        let all = read_each(known, |id| async move { read_group(cx, &id).await }).await?;
+        Ok(all
+            .into_iter()
+            .filter(|o| o.attrs.get(STATUS_ATTR).and_then(Json::as_str) != Some("deleting"))
+            .collect())
     }
 
     async fn create(&self, cx: &Context, want: &Desired<'_>) -> Result<Observed, DriverError> {

@@ -5,7 +5,8 @@ use aws_sdk_iam::types::Tag;
 use serde_json::{json, Value as Json};
 
 use super::{
-    api_error, error_code, observed_with, opt_str, read_tag_pairs, removed_tag_keys, tag_map,
+    api_error, error_code, observed_with, opt_str, read_each, read_tag_pairs, removed_tag_keys,
+    strings, tag_map,
 };
 use crate::drivers::{Context, Desired, Driver, DriverError, Known, Observed, Timeouts};
 use crate::kinds::{checks, Attr, Field, KindSchema, Ty};
@@ -172,14 +173,6 @@ async fn sync_policies(
     Ok(())
 }
 
-fn strings(v: Option<&Json>) -> Vec<String> {
-    v.and_then(Json::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(|x| x.as_str().map(str::to_string))
-        .collect()
-}
-
 #[async_trait::async_trait]
 impl Driver for IamRole {
     fn schema(&self) -> &'static KindSchema {
@@ -187,13 +180,7 @@ impl Driver for IamRole {
     }
 
     async fn refresh(&self, cx: &Context, known: &[Known]) -> Result<Vec<Observed>, DriverError> {
-        let mut out = Vec::new();
-        for name in known.iter().map(|k| &k.id) {
-            if let Some(o) = read_one(cx, name).await? {
-                out.push(o);
-            }
-        }
-        Ok(out)
+        read_each(known, |id| async move { read_one(cx, &id).await }).await
     }
 
     async fn create(&self, cx: &Context, want: &Desired<'_>) -> Result<Observed, DriverError> {

@@ -382,3 +382,91 @@ pub(crate) fn observed_with(
 pub(crate) fn opt_str(v: Option<&str>) -> Json {
     v.map(|s| Json::String(s.to_string())).unwrap_or(Json::Null)
 }
+
+/// A list-of-strings property.
+pub(crate) fn strings(v: Option<&Json>) -> Vec<String> {
+    v.and_then(Json::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|x| x.as_str().map(str::to_string))
+        .collect()
+}
+
+/// How a slow resource reports progress, for [`wait_ready`].
+pub(crate) struct Readiness<'a> {
+    /// "the EKS cluster", "the database", ...
+    pub what: &'a str,
+    /// The status that means ready.
+    pub ready: &'a str,
+    /// Statuses that mean it will never be ready.
+    pub failed: &'a [&'a str],
+}
+
+/// Polls `read` until the resource's `status` is `r.ready`, fails on
+/// `r.failed` or if it disappears. A timed-out or interrupted wait after a
+/// create (`created`) still returns the resource as `partial`, so that it
+/// is recorded and the next apply waits for it instead of creating another.
+pub(crate) async fn wait_ready<F, Fut>(
+    cx: &Context,
+    address: &str,
+    id: &str,
+    timeout: std::time::Duration,
+    created: bool,
+    r: Readiness<'_>,
+    read: F,
+) -> Result<Observed, DriverError>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<Observed>, DriverError>>,
+{
+    let result = cx
+        .wait_until(
+            address,
+            &format!("{} to become {}", r.what, r.ready),
+            timeout,
+            || async {
+                match read().await? {
+                    Some(o) => {
+                        let status = o
+                            .attrs
+                            .get(super::STATUS_ATTR)
+                            .and_then(Json::as_str)
+                            .unwrap_or("unknown")
+                            .to_string();
+                        if r.failed.contains(&status.as_str()) {
+                            return Err(DriverError::new(format!(
+                                "{} {id} is `{status}`; see its events in the console",
+                                r.what
+                            )));
+                        }
+                        Ok(((status == r.ready).then_some(o), status))
+                    }
+                    None => Err(DriverError::new(format!(
+                        "{} {id} disappeared while waiting for it",
+                        r.what
+                    ))),
+                }
+            },
+        )
+        .await;
+    match result {
+        Err(e) if created => match read().await {
+            Ok(Some(partial)) => Err(e.with_partial(partial)),
+            _ => Err(e),
+        },
+        other => other,
+    }
+}
+
+/// Reads each known id with `read`, concurrently; keeps those that exist.
+pub(crate) async fn read_each<F, Fut>(
+    known: &[super::Known],
+    read: F,
+) -> Result<Vec<Observed>, DriverError>
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = Result<Option<Observed>, DriverError>>,
+{
+    let found = futures::future::try_join_all(known.iter().map(|k| read(k.id.clone()))).await?;
+    Ok(found.into_iter().flatten().collect())
+}

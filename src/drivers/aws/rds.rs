@@ -12,8 +12,8 @@ use aws_sdk_rds::types::{ApplyMethod, Parameter, Tag};
 use serde_json::{Map, Value as Json};
 
 use super::{
-    api_error, error_code, observed_with, opt_str, read_tag_pairs, removed_tag_keys, tag_map,
-    user_tags_of,
+    api_error, error_code, observed_with, opt_str, read_each, read_tag_pairs, removed_tag_keys,
+    strings, tag_map, user_tags_of, wait_ready, Readiness,
 };
 use crate::drivers::{
     Context, Desired, Driver, DriverError, Known, Observed, Timeouts, READY_ATTR, STATUS_ATTR,
@@ -298,14 +298,6 @@ fn rds_tags(want: &Desired<'_>) -> Vec<Tag> {
         .collect()
 }
 
-fn strings(v: Option<&Json>) -> Vec<String> {
-    v.and_then(Json::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(|x| x.as_str().map(str::to_string))
-        .collect()
-}
-
 fn int(want: &Desired<'_>, f: &str) -> Option<i32> {
     want.props.get(f).and_then(Json::as_i64).map(|v| v as i32)
 }
@@ -410,11 +402,7 @@ impl Driver for SubnetGroup {
     }
 
     async fn refresh(&self, cx: &Context, known: &[Known]) -> Result<Vec<Observed>, DriverError> {
-        let mut out = Vec::new();
-        for id in known.iter().map(|k| &k.id) {
-            out.extend(read_subnet_group(cx, id).await?);
-        }
-        Ok(out)
+        read_each(known, |id| async move { read_subnet_group(cx, &id).await }).await
     }
 
     async fn create(&self, cx: &Context, want: &Desired<'_>) -> Result<Observed, DriverError> {
@@ -592,11 +580,11 @@ impl Driver for ParameterGroup {
     }
 
     async fn refresh(&self, cx: &Context, known: &[Known]) -> Result<Vec<Observed>, DriverError> {
-        let mut out = Vec::new();
-        for id in known.iter().map(|k| &k.id) {
-            out.extend(read_parameter_group(cx, id).await?);
-        }
-        Ok(out)
+        read_each(
+            known,
+            |id| async move { read_parameter_group(cx, &id).await },
+        )
+        .await
     }
 
     async fn create(&self, cx: &Context, want: &Desired<'_>) -> Result<Observed, DriverError> {
@@ -771,45 +759,22 @@ async fn wait_available(
     timeout: Duration,
     created: bool,
 ) -> Result<Observed, DriverError> {
-    let result = cx
-        .wait_until(
-            address,
-            "the database to become available",
-            timeout,
-            || async {
-                match read_instance(cx, id).await? {
-                    Some(o) => {
-                        let status = o
-                            .attrs
-                            .get(STATUS_ATTR)
-                            .and_then(Json::as_str)
-                            .unwrap_or("unknown")
-                            .to_string();
-                        if matches!(
-                            status.as_str(),
-                            "failed"
-                                | "incompatible-parameters"
-                                | "incompatible-network"
-                                | "storage-full"
-                        ) {
-                            return Err(DriverError::new(format!("database {id} is `{status}`")));
-                        }
-                        Ok(((status == "available").then_some(o), status))
-                    }
-                    None => Err(DriverError::new(format!(
-                        "database {id} disappeared while waiting for it"
-                    ))),
-                }
-            },
-        )
-        .await;
-    match result {
-        Err(e) if created => match read_instance(cx, id).await {
-            Ok(Some(partial)) => Err(e.with_partial(partial)),
-            _ => Err(e),
-        },
-        other => other,
-    }
+    let failed = &[
+        "failed",
+        "incompatible-parameters",
+        "incompatible-network",
+        "storage-full",
+        "inaccessible-encryption-credentials",
+    ];
+    let r = Readiness {
+        what: "the database",
+        ready: "available",
+        failed,
+    };
+    wait_ready(cx, address, id, timeout, created, r, || {
+        read_instance(cx, id)
+    })
+    .await
 }
 
 #[async_trait::async_trait]
@@ -819,15 +784,11 @@ impl Driver for Instance {
     }
 
     async fn refresh(&self, cx: &Context, known: &[Known]) -> Result<Vec<Observed>, DriverError> {
-        let mut out = Vec::new();
-        for id in known.iter().map(|k| &k.id) {
-            if let Some(o) = read_instance(cx, id).await? {
-                if o.attrs.get(STATUS_ATTR).and_then(Json::as_str) != Some("deleting") {
-                    out.push(o);
-                }
-            }
-        }
-        Ok(out)
+        let all = read_each(known, |id| async move { read_instance(cx, &id).await }).await?;
+        Ok(all
+            .into_iter()
+            .filter(|o| o.attrs.get(STATUS_ATTR).and_then(Json::as_str) != Some("deleting"))
+            .collect())
     }
 
     async fn create(&self, cx: &Context, want: &Desired<'_>) -> Result<Observed, DriverError> {

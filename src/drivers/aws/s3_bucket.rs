@@ -10,7 +10,7 @@ use aws_sdk_s3::types::{
 };
 use serde_json::Value as Json;
 
-use super::{api_error, error_code, observed_with, read_tag_pairs, tag_map};
+use super::{api_error, error_code, observed_with, read_each, read_tag_pairs, tag_map};
 use crate::drivers::{Context, Desired, Driver, DriverError, Known, Observed, Timeouts};
 use crate::kinds::{checks, Attr, Field, KindSchema, Ty};
 
@@ -346,13 +346,7 @@ impl Driver for S3Bucket {
     }
 
     async fn refresh(&self, cx: &Context, known: &[Known]) -> Result<Vec<Observed>, DriverError> {
-        let mut out = Vec::new();
-        for name in known.iter().map(|k| &k.id) {
-            if let Some(o) = read_one(cx, name).await? {
-                out.push(o);
-            }
-        }
-        Ok(out)
+        read_each(known, |id| async move { read_one(cx, &id).await }).await
     }
 
     async fn create(&self, cx: &Context, want: &Desired<'_>) -> Result<Observed, DriverError> {
