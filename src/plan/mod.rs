@@ -248,12 +248,15 @@ pub fn diff(
     registry: &Registry,
     owner: &Owner,
 ) -> Vec<Change> {
-    let graph = ResourceGraph::from_stack(stack).unwrap_or_else(|_| {
-        ResourceGraph::from_dependencies(&BTreeMap::new()).expect("empty graph")
-    });
+    // Loading refuses cycles, so the order is topological; name order is
+    // only a fallback for a stack built without `Stack::load`.
+    let order = match ResourceGraph::from_stack(stack) {
+        Ok(g) => g.topological(),
+        Err(_) => stack.resources.keys().cloned().collect(),
+    };
     let mut planned: BTreeMap<String, Action> = BTreeMap::new();
     let mut changes = Vec::new();
-    for address in graph.topological() {
+    for address in order {
         let Some(r) = stack.resources.get(&address) else {
             continue;
         };
@@ -283,7 +286,10 @@ pub fn diff(
             refreshed.current.get(&address),
             state,
             refreshed.adopted.contains(&address),
-            graph.dependencies_of(&address),
+            r.dependencies()
+                .into_iter()
+                .filter(|d| stack.resources.contains_key(d))
+                .collect(),
         );
         planned.insert(address.clone(), change.action);
         changes.push(change);

@@ -37,16 +37,15 @@ pub async fn refresh(
     if let Some(stack) = stack {
         kinds.extend(stack.resources.values().map(|r| r.kind.kind.to_string()));
     }
-    let kinds: Vec<String> = kinds
+    let kinds: Vec<(String, &dyn crate::drivers::Driver)> = kinds
         .into_iter()
-        .filter(|k| registry.driver(k).is_some())
+        .filter_map(|k| registry.driver(&k).map(|d| (k, d)))
         .collect();
     cx.reporter
         .report(Event::RefreshStarted { kinds: kinds.len() });
     let started = Instant::now();
 
-    let listings = futures::future::join_all(kinds.iter().map(|kind| async move {
-        let driver = registry.driver(kind).expect("filtered above");
+    let listings = futures::future::join_all(kinds.iter().map(|(kind, driver)| async move {
         let mut known: Vec<Known> = state
             .resources
             .values()
