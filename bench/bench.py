@@ -8,6 +8,7 @@ clouds and passes their addresses in the environment:
   BENCH_PROXY       fault proxy in front of BENCH_MOTO_FAST (40 ms per request)
   BENCH_PROFILE     the latency profile (JSON, seconds per operation)
   BENCH_RUNS        runs per figure (median reported)
+  BENCH_SIZES       stack sizes for benches 2 and 3 (default 100,1000,5000)
 """
 import concurrent.futures
 import json
@@ -120,7 +121,7 @@ def proxy_count():
 
 def bench_scale():
     fast, proxy = os.environ["BENCH_MOTO_FAST"], os.environ["BENCH_PROXY"]
-    for n in (100, 1000, 5000):
+    for n in [int(x) for x in os.environ.get("BENCH_SIZES", "100,1000,5000").split(",")]:
         reset(fast)
         with tempfile.TemporaryDirectory() as tmp:
             stack = os.path.join(tmp, "stack.yaml")
@@ -138,7 +139,7 @@ def bench_scale():
                 row("3. apply / floor", f"{dt / floor:.2f}", "x")
             # The no-op plan, every request 40 ms away.
             post(proxy + "/__faults", json.dumps({"rate": 1.0, "kinds": ["slow"], "slow_ms": 40}).encode())
-            walls, peaks, reqs, seen = [], [], [], []
+            walls, peaks, reqs, seen, cpus, direct = [], [], [], [], [], []
             for _ in range(RUNS):
                 before = proxy_count()
                 t = time.monotonic()
@@ -155,11 +156,21 @@ def bench_scale():
                 reqs.append(plan["requests"])
                 seen.append(proxy_count() - before)
                 peaks.append(usage.ru_maxrss / 1024.0)
+                cpus.append(usage.ru_utime + usage.ru_stime)
+            # The same plan straight to the local cloud: what the cloud itself costs.
+            for _ in range(RUNS):
+                t = time.monotonic()
+                subprocess.run([RD, "plan", stack, "--json"], cwd=REPO, capture_output=True,
+                               env=dict(os.environ, AWS_ENDPOINT_URL=fast, AWS_ACCESS_KEY_ID="b", AWS_SECRET_ACCESS_KEY="b",
+                                        AWS_REGION="us-east-1", RALPH_DEPLOY_STATE_DIR=st))
+                direct.append(time.monotonic() - t)
             post(proxy + "/__faults", json.dumps({"rate": 0.0}).encode())
             tgt = n == 1000
             row(f"2. no-op plan N={n}: wall (40 ms per request)", f"{statistics.median(walls):.2f}", "s", "< 2" if tgt else "")
             row(f"2. no-op plan N={n}: requests (tool / local cloud)", f"{statistics.median(reqs):.0f} / {statistics.median(seen):.0f}", "", "<= 50" if tgt else "")
             row(f"2. no-op plan N={n}: peak memory", f"{statistics.median(peaks):.1f}", "MB", "< 100" if tgt else "")
+            row(f"2. no-op plan N={n}: the tool's own CPU time", f"{statistics.median(cpus):.2f}", "s")
+            row(f"2. no-op plan N={n}: wall with no added latency (the local cloud's own time)", f"{statistics.median(direct):.2f}", "s")
 
 
 def capacity(moto, seconds=3.0, threads=8):

@@ -152,6 +152,15 @@ def patch_rds():
 
     m.DBInstance.__init__ = __init__
 
+    # moto makes a read replica by copying its primary (overrides and all):
+    # give the copy its own life.
+    def replica_created(self, result, *a, **k):
+        if result is not None:
+            result.__dict__["_rd_override"] = {}
+            transition(result, "status", "creating", delay("rds_replica_create"))
+
+    wrap(m.RDSBackend, "create_db_instance_read_replica", after=replica_created)
+
     def modified(self, result, *a, **k):
         if result is not None:
             transition(result, "status", "modifying", delay("rds_modify"))
