@@ -203,6 +203,68 @@ where
     F: Fn(String) -> Fut,
     Fut: Future<Output = Result<(), String>>,
 {
+    walk_prioritized(deps, &BTreeMap::new(), parallelism, stop, run).await
+}
+
+/// The expected time from each node to the end of the graph: its own
+/// `cost` plus the longest chain of costs among the nodes that wait for it.
+pub fn remaining_cost(
+    deps: &BTreeMap<String, Vec<String>>,
+    cost: &dyn Fn(&str) -> u64,
+) -> BTreeMap<String, u64> {
+    let mut dependents: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for (node, ds) in deps {
+        for d in ds.iter().filter(|d| deps.contains_key(*d)) {
+            dependents.entry(d.as_str()).or_default().push(node);
+        }
+    }
+    fn visit<'a>(
+        n: &'a str,
+        dependents: &BTreeMap<&'a str, Vec<&'a str>>,
+        cost: &dyn Fn(&str) -> u64,
+        memo: &mut BTreeMap<&'a str, u64>,
+        depth: usize,
+    ) -> u64 {
+        if let Some(v) = memo.get(n) {
+            return *v;
+        }
+        let below = if depth > 10_000 {
+            0
+        } else {
+            dependents
+                .get(n)
+                .into_iter()
+                .flatten()
+                .map(|d| visit(d, dependents, cost, memo, depth + 1))
+                .max()
+                .unwrap_or(0)
+        };
+        let v = cost(n) + below;
+        memo.insert(n, v);
+        v
+    }
+    let mut memo = BTreeMap::new();
+    for n in deps.keys() {
+        visit(n, &dependents, cost, &mut memo, 0);
+    }
+    memo.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+}
+
+/// Like [`walk`], but when more nodes are ready than may run, the one with
+/// the highest `priority` starts first (ties in name order). With priority =
+/// the expected time from the node to the end of the graph, the critical
+/// path is never kept waiting behind quick side branches.
+pub async fn walk_prioritized<F, Fut>(
+    deps: &BTreeMap<String, Vec<String>>,
+    priority: &BTreeMap<String, u64>,
+    parallelism: usize,
+    stop: &AtomicBool,
+    run: F,
+) -> BTreeMap<String, Outcome>
+where
+    F: Fn(String) -> Fut,
+    Fut: Future<Output = Result<(), String>>,
+{
     let parallelism = parallelism.max(1);
     let mut waiting_on: BTreeMap<&str, usize> = BTreeMap::new();
     let mut dependents: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
@@ -217,18 +279,21 @@ where
             dependents.entry(d).or_default().push(node);
         }
     }
-    let mut ready: Vec<&str> = waiting_on
+    use std::cmp::Reverse;
+    let prio = |n: &str| priority.get(n).copied().unwrap_or(0);
+    let mut ready: std::collections::BinaryHeap<(u64, Reverse<&str>)> = waiting_on
         .iter()
         .filter(|(_, n)| **n == 0)
-        .map(|(k, _)| *k)
+        .map(|(k, _)| (prio(k), Reverse(*k)))
         .collect();
-    ready.reverse(); // pop() takes them in name order
     let mut outcomes: BTreeMap<String, Outcome> = BTreeMap::new();
     let mut in_flight = FuturesUnordered::new();
 
     loop {
         while in_flight.len() < parallelism && !stop.load(Ordering::SeqCst) {
-            let Some(node) = ready.pop() else { break };
+            let Some((_, Reverse(node))) = ready.pop() else {
+                break;
+            };
             let fut = run(node.to_string());
             in_flight.push(async move { (node, fut.await) });
         }
@@ -245,7 +310,7 @@ where
                     let n = waiting_on.entry(dep).or_default();
                     *n = n.saturating_sub(1);
                     if *n == 0 {
-                        ready.push(dep);
+                        ready.push((prio(dep), Reverse(dep)));
                     }
                 }
             }
@@ -342,6 +407,37 @@ mod tests {
         );
         assert_eq!(out["y"], Outcome::Done);
         assert_eq!(out["vpc"], Outcome::Done);
+    }
+
+    #[tokio::test]
+    async fn the_longest_expected_chain_starts_first() {
+        // a_quick and b_quick are ready with slow_db; with one slot, the node
+        // heading the longest chain (slow_db -> replica) must go first.
+        let d = deps(&[
+            ("a_quick", &[]),
+            ("b_quick", &[]),
+            ("slow_db", &[]),
+            ("replica", &["slow_db"]),
+        ]);
+        let cost = |n: &str| {
+            if n == "slow_db" {
+                1200
+            } else if n == "replica" {
+                600
+            } else {
+                1
+            }
+        };
+        let prio = remaining_cost(&d, &cost);
+        assert_eq!(prio["slow_db"], 1800);
+        let stop = AtomicBool::new(false);
+        let order = Mutex::new(Vec::new());
+        walk_prioritized(&d, &prio, 1, &stop, |n| {
+            order.lock().unwrap().push(n);
+            async { Ok(()) }
+        })
+        .await;
+        assert_eq!(order.lock().unwrap()[0], "slow_db");
     }
 
     #[tokio::test]

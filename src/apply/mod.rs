@@ -19,7 +19,7 @@ use tokio::sync::Mutex;
 
 use crate::drivers::{Context, Desired, Registry};
 use crate::events::Event;
-use crate::graph::{walk, Outcome};
+use crate::graph::{walk, walk_prioritized, Outcome};
 use crate::plan::{desired_properties, Action, Change, Plan};
 use crate::stack::{Reference, Stack};
 use crate::state::{Backend, Intent, ResourceState, State, StateError};
@@ -305,7 +305,17 @@ pub async fn apply(
         .filter(|(_, o)| **o != Outcome::Done)
         .map(|(k, _)| k.clone())
         .collect();
-    let build_outcomes = walk(&forward, options.parallelism, stop, |k| {
+    // Longest expected chain first: the critical path never queues behind
+    // quick side branches when more resources are ready than may run.
+    let cost = |k: &str| {
+        building
+            .get(k)
+            .and_then(|c| registry.driver(&c.kind))
+            .map(|d| d.typical_seconds())
+            .unwrap_or(1)
+    };
+    let priority = crate::graph::remaining_cost(&forward, &cost);
+    let build_outcomes = walk_prioritized(&forward, &priority, options.parallelism, stop, |k| {
         let c = building[&k];
         let shared = &shared;
         let failed_deletes = &failed_deletes;

@@ -241,6 +241,12 @@ impl Context {
 pub trait Driver: Send + Sync {
     fn schema(&self) -> &'static KindSchema;
 
+    /// How long a create typically takes on the real cloud, in seconds. The
+    /// apply starts resources on the longest expected chain first.
+    fn typical_seconds(&self) -> u64 {
+        1
+    }
+
     /// Puts desired properties in the form the cloud reports them, so that
     /// equivalent spellings (protocol `all` and `-1`) never show as changes.
     /// `base_dir` is the stack file's directory (for kinds that read files).

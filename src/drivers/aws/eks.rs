@@ -402,6 +402,10 @@ fn token(want: &Desired<'_>) -> String {
 
 #[async_trait::async_trait]
 impl Driver for EksCluster {
+    fn typical_seconds(&self) -> u64 {
+        900
+    }
+
     fn schema(&self) -> &'static KindSchema {
         &CLUSTER
     }
@@ -624,6 +628,10 @@ fn scaling(want: &Desired<'_>) -> NodegroupScalingConfig {
 
 #[async_trait::async_trait]
 impl Driver for EksNodegroup {
+    fn typical_seconds(&self) -> u64 {
+        400
+    }
+
     fn schema(&self) -> &'static KindSchema {
         &NODEGROUP
     }

@@ -500,6 +500,10 @@ async fn auth_token(cx: &Context, arn: &str) -> Result<String, DriverError> {
 
 #[async_trait::async_trait]
 impl Driver for ReplicationGroup {
+    fn typical_seconds(&self) -> u64 {
+        900
+    }
+
     fn schema(&self) -> &'static KindSchema {
         &GROUP
     }

@@ -107,6 +107,10 @@ async fn state_of(cx: &Context, id: &str) -> Result<(Option<Observed>, String), 
 
 #[async_trait::async_trait]
 impl Driver for NatGateway {
+    fn typical_seconds(&self) -> u64 {
+        120
+    }
+
     fn schema(&self) -> &'static KindSchema {
         &SCHEMA
     }

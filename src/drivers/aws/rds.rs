@@ -779,6 +779,10 @@ async fn wait_available(
 
 #[async_trait::async_trait]
 impl Driver for Instance {
+    fn typical_seconds(&self) -> u64 {
+        1200
+    }
+
     fn schema(&self) -> &'static KindSchema {
         &INSTANCE
     }
