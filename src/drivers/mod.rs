@@ -202,7 +202,7 @@ impl Context {
         let start = Instant::now();
         // Poll at a fraction of the time already spent, so the time lost
         // between "ready" and noticing it stays a small share of the wait
-        // (about 3%), from sub-second local waits to 20-minute clusters.
+        // (under 2%), from sub-second local waits to 20-minute clusters.
         let mut last_status = String::new();
         loop {
             let (done, status) = check().await?;
