@@ -228,7 +228,7 @@ impl Context {
             }
             // Sleep in short steps so an interruption is noticed quickly.
             let delay =
-                (start.elapsed() / 32).clamp(Duration::from_millis(100), Duration::from_secs(15));
+                (start.elapsed() / 64).clamp(Duration::from_millis(100), Duration::from_secs(15));
             let until = Instant::now() + delay;
             while Instant::now() < until && !self.stop.load(Ordering::SeqCst) {
                 tokio::time::sleep(Duration::from_millis(100).min(until - Instant::now())).await;
