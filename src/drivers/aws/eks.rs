@@ -14,7 +14,7 @@ use serde_json::{Map, Value as Json};
 
 use super::{
     api_error, error_code, observed_with, opt_str, read_each, read_tag_pairs, removed_tag_keys,
-    strings, tag_map, wait_ready, Readiness,
+    strings, tag_map, wait_gone, wait_ready, Readiness,
 };
 use crate::drivers::{
     Context, Desired, Driver, DriverError, Known, Observed, Timeouts, READY_ATTR, STATUS_ATTR,
@@ -505,24 +505,12 @@ impl Driver for EksCluster {
             Err(e) if error_code(&e) == Some("ResourceNotFoundException") => return Ok(()),
             Err(e) => return Err(api_error("DeleteCluster", e)),
         }
-        let address = have.address.clone().unwrap_or_else(|| have.id.clone());
-        cx.wait_until(
-            &address,
-            "the EKS cluster to be deleted",
+        wait_gone(
+            cx,
+            have,
+            "the EKS cluster",
             timeouts.delete_or(CLUSTER_DELETE),
-            || async {
-                match read_cluster(cx, &have.id).await? {
-                    Some(o) => Ok((
-                        None,
-                        o.attrs
-                            .get(STATUS_ATTR)
-                            .and_then(Json::as_str)
-                            .unwrap_or("DELETING")
-                            .to_string(),
-                    )),
-                    None => Ok((Some(()), "deleted".into())),
-                }
-            },
+            || read_cluster(cx, &have.id),
         )
         .await
     }
@@ -810,24 +798,12 @@ impl Driver for EksNodegroup {
             Err(e) if error_code(&e) == Some("ResourceNotFoundException") => return Ok(()),
             Err(e) => return Err(api_error("DeleteNodegroup", e)),
         }
-        let address = have.address.clone().unwrap_or_else(|| have.id.clone());
-        cx.wait_until(
-            &address,
-            "the nodegroup to be deleted",
+        wait_gone(
+            cx,
+            have,
+            "the nodegroup",
             timeouts.delete_or(NODEGROUP_TIMEOUT),
-            || async {
-                match read_nodegroup(cx, cluster, name).await? {
-                    Some(o) => Ok((
-                        None,
-                        o.attrs
-                            .get(STATUS_ATTR)
-                            .and_then(Json::as_str)
-                            .unwrap_or("DELETING")
-                            .to_string(),
-                    )),
-                    None => Ok((Some(()), "deleted".into())),
-                }
-            },
+            || read_nodegroup(cx, cluster, name),
         )
         .await
     }

@@ -11,7 +11,7 @@ use serde_json::Value as Json;
 
 use super::{
     api_error, error_code, observed_with, opt_str, read_each, read_tag_pairs, removed_tag_keys,
-    strings, tag_map, wait_ready, Readiness,
+    strings, tag_map, wait_gone, wait_ready, Readiness,
 };
 use crate::drivers::{
     Context, Desired, Driver, DriverError, Known, Observed, Timeouts, READY_ATTR, STATUS_ATTR,
@@ -670,24 +670,12 @@ impl Driver for ReplicationGroup {
             Err(e) if error_code(&e) == Some("ReplicationGroupNotFoundFault") => return Ok(()),
             Err(e) => return Err(api_error("DeleteReplicationGroup", e)),
         }
-        let address = have.address.clone().unwrap_or_else(|| have.id.clone());
-        cx.wait_until(
-            &address,
-            "the Redis group to be deleted",
+        wait_gone(
+            cx,
+            have,
+            "the Redis group",
             timeouts.delete_or(GROUP_TIMEOUT),
-            || async {
-                match read_group(cx, &have.id).await? {
-                    Some(o) => Ok((
-                        None,
-                        o.attrs
-                            .get(STATUS_ATTR)
-                            .and_then(Json::as_str)
-                            .unwrap_or("deleting")
-                            .to_string(),
-                    )),
-                    None => Ok((Some(()), "deleted".into())),
-                }
-            },
+            || read_group(cx, &have.id),
         )
         .await
     }

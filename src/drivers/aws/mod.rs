@@ -470,3 +470,37 @@ where
     let found = futures::future::try_join_all(known.iter().map(|k| read(k.id.clone()))).await?;
     Ok(found.into_iter().flatten().collect())
 }
+
+/// Polls `read` until the resource is gone, reporting its status meanwhile.
+pub(crate) async fn wait_gone<F, Fut>(
+    cx: &Context,
+    have: &Observed,
+    what: &str,
+    timeout: std::time::Duration,
+    read: F,
+) -> Result<(), DriverError>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<Observed>, DriverError>>,
+{
+    let address = have.address.clone().unwrap_or_else(|| have.id.clone());
+    cx.wait_until(
+        &address,
+        &format!("{what} to be deleted"),
+        timeout,
+        || async {
+            match read().await? {
+                Some(o) => Ok((
+                    None,
+                    o.attrs
+                        .get(super::STATUS_ATTR)
+                        .and_then(Json::as_str)
+                        .unwrap_or("deleting")
+                        .to_string(),
+                )),
+                None => Ok((Some(()), "deleted".into())),
+            }
+        },
+    )
+    .await
+}

@@ -13,7 +13,7 @@ use serde_json::{Map, Value as Json};
 
 use super::{
     api_error, error_code, observed_with, opt_str, read_each, read_tag_pairs, removed_tag_keys,
-    strings, tag_map, user_tags_of, wait_ready, Readiness,
+    strings, tag_map, user_tags_of, wait_gone, wait_ready, Readiness,
 };
 use crate::drivers::{
     Context, Desired, Driver, DriverError, Known, Observed, Timeouts, READY_ATTR, STATUS_ATTR,
@@ -990,23 +990,12 @@ impl Driver for Instance {
             }
             Err(e) => return Err(api_error("DeleteDBInstance", e)),
         }
-        cx.wait_until(
-            &address,
-            "the database to be deleted",
+        wait_gone(
+            cx,
+            have,
+            "the database",
             timeouts.delete_or(INSTANCE_TIMEOUT),
-            || async {
-                match read_instance(cx, &have.id).await? {
-                    Some(o) => Ok((
-                        None,
-                        o.attrs
-                            .get(STATUS_ATTR)
-                            .and_then(Json::as_str)
-                            .unwrap_or("deleting")
-                            .to_string(),
-                    )),
-                    None => Ok((Some(()), "deleted".into())),
-                }
-            },
+            || read_instance(cx, &have.id),
         )
         .await
     }
