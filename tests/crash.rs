@@ -250,6 +250,16 @@ async fn twenty_percent_injected_faults_still_converge_and_retries_are_reported(
         "{summary}"
     );
     assert_eq!(summary["created"], 43);
+    // The services that throttled were slowed down, each on its own.
+    let throttled = summary["throttled"].as_array().unwrap();
+    println!("throttled services (service, throttles, concurrency at the end): {throttled:?}");
+    assert!(!throttled.is_empty(), "{summary}");
+    assert!(
+        throttled
+            .iter()
+            .all(|t| t[2].as_f64().unwrap() < 10.0 || t[1].as_u64().unwrap() == 0),
+        "{summary}"
+    );
     assert_consistent(&w, "20% faults").await;
 }
 

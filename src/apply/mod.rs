@@ -58,6 +58,8 @@ pub struct ApplyReport {
     pub requests: u64,
     /// Requests that were retries (throttling, 5xx, timeouts, resets).
     pub retries: u64,
+    /// Per service that throttled: (service, throttles seen, concurrency at the end).
+    pub throttled: Vec<(String, u64, f64)>,
     pub elapsed_ms: u128,
 }
 
@@ -138,6 +140,7 @@ pub async fn apply(
     stop: &AtomicBool,
 ) -> Result<(ApplyReport, State), ApplyError> {
     let started = Instant::now();
+    cx.limits.set_max(options.parallelism);
     let requests_before = cx.request_count();
     let retries_before = cx.retry_count();
     let shared = Shared {
@@ -231,11 +234,18 @@ pub async fn apply(
                     let intent = shared
                         .intend(c, "delete", c.id.clone(), &Map::new(), c.protect)
                         .await?;
-                    driver
+                    let limiter = cx.limits.service(crate::drivers::service_of(&c.kind));
+                    let permit = limiter.acquire().await;
+                    let result = driver
                         .delete(cx, &obs, &timeouts)
                         .await
                         .map_err(|e| e.message)
-                        .map(|_| Some(intent))
+                        .map(|_| Some(intent));
+                    drop(permit);
+                    if result.is_ok() {
+                        limiter.succeeded();
+                    }
+                    result
                 }
                 None => Ok(None), // already gone from the cloud
             };
@@ -379,6 +389,9 @@ pub async fn apply(
                 ),
             };
             let intent = shared.intend(c, verb, lookup, &props, r.protect).await?;
+            // At most the service's current limit of operations at once.
+            let limiter = cx.limits.service(crate::drivers::service_of(r.kind.kind));
+            let permit = limiter.acquire().await;
             let result = match (c.action, c.current_observed()) {
                 (Action::Update, Some(have)) => {
                     let changed: Vec<String> =
@@ -387,6 +400,10 @@ pub async fn apply(
                 }
                 _ => driver.create(cx, &want).await,
             };
+            drop(permit);
+            if result.is_ok() {
+                limiter.succeeded();
+            }
             match result {
                 Ok(obs) => {
                     let rs = ResourceState {
@@ -522,6 +539,13 @@ pub async fn apply(
     backend.write(&st).await?;
     report.requests = cx.request_count() - requests_before;
     report.retries = cx.retry_count().saturating_sub(retries_before);
+    report.throttled = cx
+        .limits
+        .report()
+        .into_iter()
+        .filter(|(_, _, t)| *t > 0)
+        .map(|(s, l, t)| (s, t, l))
+        .collect();
     report.elapsed_ms = started.elapsed().as_millis();
     Ok((report, st))
 }

@@ -147,6 +147,9 @@ pub fn summary_text(report: &ApplyReport, destroy: bool) -> String {
             ));
         }
     }
+    for (service, throttles, limit) in &report.throttled {
+        out.push_str(&format!("  {service} throttled {throttles} time(s); its concurrency adapted down to {limit:.1}\n"));
+    }
     let verb = if destroy { "Destroy" } else { "Apply" };
     let status = if report.succeeded() {
         "complete"

@@ -5,6 +5,7 @@
 //! plus a line in [`Registry::builtin`].
 
 pub mod aws;
+pub mod limits;
 pub mod postgres;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -138,6 +139,8 @@ pub struct Context {
     pub requests: Arc<AtomicU64>,
     /// API operations; `requests - operations` is the number of retries.
     pub operations: Arc<AtomicU64>,
+    /// Operations in flight per cloud service, adapting to throttling.
+    pub limits: Arc<limits::ServiceLimits>,
     /// Set by the first Ctrl-C / SIGTERM: waits stop (the resource is
     /// recorded as not ready yet) and nothing new starts.
     pub stop: Arc<std::sync::atomic::AtomicBool>,
@@ -158,6 +161,7 @@ impl Context {
             reporter,
             requests: Arc::new(AtomicU64::new(0)),
             operations: Arc::new(AtomicU64::new(0)),
+            limits: Arc::new(limits::ServiceLimits::new(10)),
             stop: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             aws: tokio::sync::OnceCell::new(),
         }
@@ -170,6 +174,7 @@ impl Context {
                     self.cloud.aws.clone().unwrap_or_default(),
                     self.requests.clone(),
                     self.operations.clone(),
+                    self.limits.clone(),
                 )
             })
             .await
@@ -276,6 +281,29 @@ pub trait Driver: Send + Sync {
         have: &Observed,
         timeouts: &Timeouts,
     ) -> Result<(), DriverError>;
+}
+
+/// The cloud service a kind's operations count against (for the adaptive
+/// per-service concurrency).
+pub fn service_of(kind: &str) -> &'static str {
+    match kind
+        .split('.')
+        .nth(1)
+        .unwrap_or_default()
+        .split('_')
+        .next()
+        .unwrap_or_default()
+    {
+        "eks" => "eks",
+        "rds" => "rds",
+        "elasticache" => "elasticache",
+        "secret" => "secretsmanager",
+        "s3" => "s3",
+        "iam" => "iam",
+        "migrations" => "postgres",
+        _ if kind.starts_with("aws.") => "ec2",
+        _ => "other",
+    }
 }
 
 /// The resource kinds this build knows.

@@ -74,17 +74,20 @@ impl AwsClients {
         settings: AwsSettings,
         requests: Arc<AtomicU64>,
         operations: Arc<AtomicU64>,
+        limits: Arc<super::limits::ServiceLimits>,
     ) -> Result<AwsClients, DriverError> {
         // Throttling, 5xx, timeouts and resets are retried with exponential
-        // backoff and jitter; adaptive mode also slows each service's client
+        // backoff and jitter (standard mode); concurrency per service adapts
+        // in the engine (see drivers::limits). AWS_RETRY_MODE=adaptive adds
+        // the SDK's own client-side rate limiter, which slows each service's client
         // down while that service throttles, and speeds it up again after.
         let attempts = std::env::var("AWS_MAX_ATTEMPTS")
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(10);
         let retry = match std::env::var("AWS_RETRY_MODE").as_deref() {
-            Ok("standard") => aws_config::retry::RetryConfig::standard(),
-            _ => aws_config::retry::RetryConfig::adaptive(),
+            Ok("adaptive") => aws_config::retry::RetryConfig::adaptive(),
+            _ => aws_config::retry::RetryConfig::standard(),
         };
         let retry = retry
             .with_max_attempts(attempts)
@@ -110,42 +113,94 @@ impl AwsClients {
         let region = config.region().map(|r| r.to_string()).ok_or_else(|| {
             DriverError::new("no AWS region is set: put `region` under `cloud.aws` in the stack, set AWS_REGION, or choose a profile that has one")
         })?;
-        let counter = RequestCounter(requests, operations);
+        let counter = RequestCounter(requests, operations, limits, "");
         // A custom endpoint (an S3-compatible store, the local cloud) is
         // addressed by path, as such endpoints expect.
         let custom_endpoint =
             settings.endpoint.is_some() || std::env::var_os("AWS_ENDPOINT_URL").is_some();
         macro_rules! client {
-            ($krate:ident) => {
+            ($krate:ident, $service:expr) => {
                 $krate::Client::from_conf(
                     $krate::config::Builder::from(&config)
-                        .interceptor(RequestCounter(counter.0.clone(), counter.1.clone()))
+                        .interceptor(RequestCounter(
+                            counter.0.clone(),
+                            counter.1.clone(),
+                            counter.2.clone(),
+                            $service,
+                        ))
                         .build(),
                 )
             };
         }
         Ok(AwsClients {
-            ec2: client!(aws_sdk_ec2),
-            eks: client!(aws_sdk_eks),
-            rds: client!(aws_sdk_rds),
-            elasticache: client!(aws_sdk_elasticache),
-            secrets: client!(aws_sdk_secretsmanager),
+            ec2: client!(aws_sdk_ec2, "ec2"),
+            eks: client!(aws_sdk_eks, "eks"),
+            rds: client!(aws_sdk_rds, "rds"),
+            elasticache: client!(aws_sdk_elasticache, "elasticache"),
+            secrets: client!(aws_sdk_secretsmanager, "secretsmanager"),
             s3: aws_sdk_s3::Client::from_conf(
                 aws_sdk_s3::config::Builder::from(&config)
-                    .interceptor(RequestCounter(counter.0.clone(), counter.1.clone()))
+                    .interceptor(RequestCounter(
+                        counter.0.clone(),
+                        counter.1.clone(),
+                        counter.2.clone(),
+                        "s3",
+                    ))
                     .force_path_style(custom_endpoint)
                     .build(),
             ),
-            iam: client!(aws_sdk_iam),
+            iam: client!(aws_sdk_iam, "iam"),
             region,
         })
     }
 }
 
-/// Counts operations and the HTTP requests the SDK sends for them; the
-/// difference is the number of retries.
-#[derive(Debug)]
-struct RequestCounter(Arc<AtomicU64>, Arc<AtomicU64>);
+/// Counts operations and the HTTP requests the SDK sends for them (the
+/// difference is the number of retries), and tells the service's limiter
+/// when an answer is a throttle.
+struct RequestCounter(
+    Arc<AtomicU64>,
+    Arc<AtomicU64>,
+    Arc<super::limits::ServiceLimits>,
+    &'static str,
+);
+
+impl std::fmt::Debug for RequestCounter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RequestCounter({})", self.3)
+    }
+}
+
+/// Throttling, in any of the protocols' shapes: 429, an error type header,
+/// or the error code in an XML body (EC2 RequestLimitExceeded, query
+/// Throttling, S3 SlowDown).
+fn is_throttle(resp: &aws_smithy_runtime_api::http::Response) -> bool {
+    let status = resp.status().as_u16();
+    if status == 429 {
+        return true;
+    }
+    if status != 400 && status != 503 {
+        return false;
+    }
+    let marks: [&[u8]; 5] = [
+        b"Throttling",
+        b"RequestLimitExceeded",
+        b"SlowDown",
+        b"TooManyRequests",
+        b"RequestThrottled",
+    ];
+    if let Some(t) = resp.headers().get("x-amzn-ErrorType") {
+        if marks
+            .iter()
+            .any(|m| t.as_bytes().windows(m.len()).any(|w| w == *m))
+        {
+            return true;
+        }
+    }
+    resp.body()
+        .bytes()
+        .is_some_and(|b| marks.iter().any(|m| b.windows(m.len()).any(|w| w == *m)))
+}
 
 impl Intercept for RequestCounter {
     fn name(&self) -> &'static str {
@@ -157,6 +212,17 @@ impl Intercept for RequestCounter {
         _: &mut ConfigBag,
     ) -> Result<(), aws_sdk_ec2::error::BoxError> {
         self.1.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+    fn read_after_attempt(
+        &self,
+        context: &aws_sdk_ec2::config::interceptors::FinalizerInterceptorContextRef<'_>,
+        _: &RuntimeComponents,
+        _: &mut ConfigBag,
+    ) -> Result<(), aws_sdk_ec2::error::BoxError> {
+        if context.response().is_some_and(is_throttle) {
+            self.2.service(self.3).throttled();
+        }
         Ok(())
     }
     fn read_before_transmit(
