@@ -116,11 +116,84 @@ async fn set_dns(
     Ok(())
 }
 
+/// After a change only the changed VPC is read back, not every VPC the
+/// stack owns (each costs two DNS attribute calls).
 async fn read_one(cx: &Context, id: &str) -> Result<Observed, DriverError> {
-    let all = Vpc.refresh(cx, &[]).await?;
+    let by_id = aws_sdk_ec2::types::Filter::builder()
+        .name("vpc-id")
+        .values(id)
+        .build();
+    let all = describe(cx, vec![by_id]).await?;
     all.into_iter()
         .find(|o| o.id == id)
         .ok_or_else(|| DriverError::new(format!("VPC {id} vanished right after it was changed")))
+}
+
+/// The VPCs matching `filters`, with their DNS attributes and default
+/// security group.
+async fn describe(
+    cx: &Context,
+    filters: Vec<aws_sdk_ec2::types::Filter>,
+) -> Result<Vec<Observed>, DriverError> {
+    let client = ec2(cx).await?;
+    let mut pages = client
+        .describe_vpcs()
+        .set_filters(Some(filters))
+        .into_paginator()
+        .send();
+    let mut out = Vec::new();
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|e| api_error("DescribeVpcs", e))?;
+        for v in page.vpcs() {
+            let Some(id) = v.vpc_id() else { continue };
+            out.push(observed(
+                id,
+                v.tags(),
+                vec![
+                    ("cidr_block", super::opt_str(v.cidr_block())),
+                    ("owner_id", super::opt_str(v.owner_id())),
+                    (
+                        "enable_dns_support",
+                        dns(cx, id, VpcAttributeName::EnableDnsSupport).await?,
+                    ),
+                    (
+                        "enable_dns_hostnames",
+                        dns(cx, id, VpcAttributeName::EnableDnsHostnames).await?,
+                    ),
+                ],
+            ));
+        }
+    }
+    // The default security group of each VPC, in one call for all of them.
+    if !out.is_empty() {
+        let ids: Vec<String> = out.iter().map(|o| o.id.clone()).collect();
+        let sgs = client
+            .describe_security_groups()
+            .filters(
+                aws_sdk_ec2::types::Filter::builder()
+                    .name("vpc-id")
+                    .set_values(Some(ids))
+                    .build(),
+            )
+            .filters(
+                aws_sdk_ec2::types::Filter::builder()
+                    .name("group-name")
+                    .values("default")
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| api_error("DescribeSecurityGroups", e))?;
+        for sg in sgs.security_groups() {
+            if let Some(o) = out.iter_mut().find(|o| Some(o.id.as_str()) == sg.vpc_id()) {
+                o.attrs.insert(
+                    "default_security_group_id".into(),
+                    super::opt_str(sg.group_id()),
+                );
+            }
+        }
+    }
+    Ok(out)
 }
 
 #[async_trait::async_trait]
@@ -130,65 +203,7 @@ impl Driver for Vpc {
     }
 
     async fn refresh(&self, cx: &Context, _known: &[Known]) -> Result<Vec<Observed>, DriverError> {
-        let client = ec2(cx).await?;
-        let mut pages = client
-            .describe_vpcs()
-            .set_filters(Some(owner_filters(&cx.owner)))
-            .into_paginator()
-            .send();
-        let mut out = Vec::new();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| api_error("DescribeVpcs", e))?;
-            for v in page.vpcs() {
-                let Some(id) = v.vpc_id() else { continue };
-                out.push(observed(
-                    id,
-                    v.tags(),
-                    vec![
-                        ("cidr_block", super::opt_str(v.cidr_block())),
-                        ("owner_id", super::opt_str(v.owner_id())),
-                        (
-                            "enable_dns_support",
-                            dns(cx, id, VpcAttributeName::EnableDnsSupport).await?,
-                        ),
-                        (
-                            "enable_dns_hostnames",
-                            dns(cx, id, VpcAttributeName::EnableDnsHostnames).await?,
-                        ),
-                    ],
-                ));
-            }
-        }
-        // The default security group of each VPC, in one call for all of them.
-        if !out.is_empty() {
-            let ids: Vec<String> = out.iter().map(|o| o.id.clone()).collect();
-            let sgs = client
-                .describe_security_groups()
-                .filters(
-                    aws_sdk_ec2::types::Filter::builder()
-                        .name("vpc-id")
-                        .set_values(Some(ids))
-                        .build(),
-                )
-                .filters(
-                    aws_sdk_ec2::types::Filter::builder()
-                        .name("group-name")
-                        .values("default")
-                        .build(),
-                )
-                .send()
-                .await
-                .map_err(|e| api_error("DescribeSecurityGroups", e))?;
-            for sg in sgs.security_groups() {
-                if let Some(o) = out.iter_mut().find(|o| Some(o.id.as_str()) == sg.vpc_id()) {
-                    o.attrs.insert(
-                        "default_security_group_id".into(),
-                        super::opt_str(sg.group_id()),
-                    );
-                }
-            }
-        }
-        Ok(out)
+        describe(cx, owner_filters(&cx.owner)).await
     }
 
     async fn create(&self, cx: &Context, want: &Desired<'_>) -> Result<Observed, DriverError> {
