@@ -3,7 +3,9 @@
 -- append to the audit log, and use sequences. It cannot create, alter or
 -- drop anything, and cannot rewrite or delete audit entries.
 --
--- Roles are cluster-wide, so the role is created only if missing. Its
+-- Roles are cluster-wide, so the role is created only if missing, and a
+-- second database on the same server migrating at the same moment (staging
+-- next to production) may create it first: that race is not an error. Its
 -- password is set by the operator (ALTER ROLE ralph_app PASSWORD ...) or by
 -- IAM authentication; no password ever appears in a migration.
 DO $$
@@ -11,6 +13,8 @@ BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'ralph_app') THEN
         CREATE ROLE ralph_app LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE;
     END IF;
+EXCEPTION
+    WHEN duplicate_object OR unique_violation THEN NULL;
 END;
 $$;
 
@@ -24,5 +28,13 @@ ALTER DEFAULT PRIVILEGES IN SCHEMA ralph GRANT USAGE, SELECT ON SEQUENCES TO ral
 GRANT SELECT, INSERT ON audit.activity_log TO ralph_app;
 GRANT USAGE ON SEQUENCE audit.activity_log_id_seq TO ralph_app;
 
--- Unqualified names resolve to the application's schema.
-ALTER ROLE ralph_app SET search_path = ralph, public;
+-- Unqualified names resolve to the application's schema. The setting is
+-- per database: a role-wide ALTER ROLE would be one shared catalog row that
+-- concurrent migrations of other databases fight over ("tuple concurrently
+-- updated"), and it would leak this schema's search path into them.
+DO $$
+BEGIN
+    EXECUTE format('ALTER ROLE ralph_app IN DATABASE %I SET search_path = ralph, public',
+                   current_database());
+END;
+$$;

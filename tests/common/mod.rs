@@ -19,8 +19,13 @@ pub fn aws_endpoint() -> String {
     )
 }
 
+/// The checkout under test. Read at run time (cargo sets it for test
+/// processes): the compile-time value can name another clone when a shared
+/// target directory reuses a test binary built there.
 pub fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
 
 /// One test's world: a temp dir with its own stack file and state.
