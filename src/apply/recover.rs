@@ -83,6 +83,7 @@ pub async fn recover(
             let known = Known {
                 id: intent.lookup.clone().unwrap_or_default(),
                 inputs: intent.props.clone(),
+                ..Default::default()
             };
             let candidates = match driver.refresh(cx, &[known]).await {
                 Ok(c) => c,

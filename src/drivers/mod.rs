@@ -5,6 +5,7 @@
 //! plus a line in [`Registry::builtin`].
 
 pub mod aws;
+pub mod kubernetes;
 pub mod limits;
 pub mod postgres;
 
@@ -52,6 +53,8 @@ pub struct Observed {
 pub struct Known {
     pub id: String,
     pub inputs: Map<String, Json>,
+    /// The attributes recorded with it (empty when the state has none).
+    pub attrs: Map<String, Json>,
 }
 
 /// What the stack wants, references resolved and defaults filled in.
@@ -301,6 +304,7 @@ pub fn service_of(kind: &str) -> &'static str {
         "s3" => "s3",
         "iam" => "iam",
         "migrations" => "postgres",
+        "orchestrator" => "kubernetes",
         _ if kind.starts_with("aws.") => "ec2",
         _ => "other",
     }
@@ -315,6 +319,7 @@ impl Registry {
     pub fn builtin() -> Registry {
         let mut drivers = aws::drivers();
         drivers.push(Box::new(postgres::migrations::Migrations));
+        drivers.push(Box::new(kubernetes::orchestrator::Orchestrator));
         Registry { drivers }
     }
 

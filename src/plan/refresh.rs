@@ -53,6 +53,7 @@ pub async fn refresh(
             .map(|r| Known {
                 id: r.id.clone(),
                 inputs: r.inputs.clone(),
+                attrs: r.attrs.clone(),
             })
             .collect();
         // Kinds named by the stack can be looked up before the state knows them.
@@ -62,7 +63,7 @@ pub async fn refresh(
                     if !known.iter().any(|k| k.id == name) {
                         known.push(Known {
                             id: name.to_string(),
-                            inputs: Default::default(),
+                            ..Default::default()
                         });
                     }
                 }

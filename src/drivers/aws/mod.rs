@@ -6,6 +6,7 @@
 
 mod eip;
 mod eks;
+pub mod eks_token;
 mod elasticache;
 mod iam_role;
 mod internet_gateway;
@@ -67,6 +68,8 @@ pub struct AwsClients {
     pub s3: aws_sdk_s3::Client,
     pub iam: aws_sdk_iam::Client,
     pub region: String,
+    /// Credentials and region, for requests signed by hand (EKS tokens).
+    pub sdk: aws_config::SdkConfig,
 }
 
 impl AwsClients {
@@ -151,6 +154,7 @@ impl AwsClients {
             ),
             iam: client!(aws_sdk_iam, "iam"),
             region,
+            sdk: config.clone(),
         })
     }
 }

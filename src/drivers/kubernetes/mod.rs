@@ -1,0 +1,361 @@
+//! Kubernetes: how a stack reaches a cluster (a kubeconfig and context, or
+//! an EKS cluster's endpoint, CA and a token made as `aws eks get-token`
+//! makes it), which API versions the cluster serves (discovery), and the
+//! operations the orchestrator kind is built from: server-side apply with the
+//! field manager `ralph-deploy`, and pruning by ownership labels.
+
+pub mod orchestrator;
+pub mod render;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::atomic::Ordering;
+
+use base64::Engine;
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams};
+use serde_json::{Map, Value as Json};
+
+use crate::drivers::{Context, DriverError};
+use render::{ApiVersions, Rendered, MANAGER};
+
+/// Counts one API request (the summaries report them with the clouds').
+fn count(cx: &Context) {
+    cx.requests.fetch_add(1, Ordering::Relaxed);
+    cx.operations.fetch_add(1, Ordering::Relaxed);
+}
+
+fn kube_error(what: &str, e: kube::Error) -> DriverError {
+    let detail = match &e {
+        kube::Error::Api(s) => format!("{} ({} {})", s.message, s.code, s.reason),
+        other => other.to_string(),
+    };
+    DriverError::new(format!("{what}: {detail}"))
+}
+
+pub fn is_not_found(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 404)
+}
+
+fn prop<'a>(props: &'a Map<String, Json>, k: &str) -> Option<&'a str> {
+    props
+        .get(k)
+        .and_then(Json::as_str)
+        .filter(|s| !s.is_empty())
+}
+
+/// The DER certificates of a PEM bundle (EKS reports its CA as base64 PEM;
+/// a plain base64 DER is accepted too).
+fn ca_certificates(encoded: &str) -> Result<Vec<Vec<u8>>, String> {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let decoded = b64
+        .decode(encoded.trim())
+        .map_err(|e| format!("`cluster_ca` is not base64: {e}"))?;
+    let text = String::from_utf8_lossy(&decoded);
+    if !text.contains("-----BEGIN CERTIFICATE-----") {
+        return Ok(vec![decoded]);
+    }
+    let mut out = Vec::new();
+    for block in text.split("-----BEGIN CERTIFICATE-----").skip(1) {
+        let body: String = block
+            .split("-----END CERTIFICATE-----")
+            .next()
+            .unwrap_or_default()
+            .chars()
+            .filter(|c| !c.is_whitespace())
+            .collect();
+        out.push(
+            b64.decode(body)
+                .map_err(|e| format!("`cluster_ca` holds a malformed certificate: {e}"))?,
+        );
+    }
+    Ok(out)
+}
+
+/// Where the cluster is, as a short description for messages.
+pub fn describe_access(props: &Map<String, Json>) -> String {
+    match (prop(props, "kubeconfig"), prop(props, "cluster_endpoint")) {
+        (Some(k), _) => format!(
+            "kubeconfig {k}{}",
+            prop(props, "context")
+                .map(|c| format!(" (context {c})"))
+                .unwrap_or_default()
+        ),
+        (None, Some(e)) => format!("cluster {e}"),
+        _ => "no cluster".into(),
+    }
+}
+
+/// A client for the cluster the properties name: `kubeconfig` (+ `context`)
+/// when set, else `cluster_endpoint` + `cluster_ca` with an EKS token for
+/// `cluster_name`.
+pub async fn connect(cx: &Context, props: &Map<String, Json>) -> Result<kube::Client, DriverError> {
+    let mut config = if let Some(path) = prop(props, "kubeconfig") {
+        let p = Path::new(path);
+        let p = if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            cx.base_dir.join(p)
+        };
+        let kc = kube::config::Kubeconfig::read_from(&p)
+            .map_err(|e| DriverError::new(format!("reading kubeconfig {}: {e}", p.display())))?;
+        let options = kube::config::KubeConfigOptions {
+            context: prop(props, "context").map(str::to_string),
+            ..Default::default()
+        };
+        kube::Config::from_custom_kubeconfig(kc, &options)
+            .await
+            .map_err(|e| DriverError::new(format!("kubeconfig {}: {e}", p.display())))?
+    } else if let Some(endpoint) = prop(props, "cluster_endpoint") {
+        let uri: http::Uri = endpoint
+            .parse()
+            .map_err(|e| DriverError::new(format!("`cluster_endpoint` {endpoint:?}: {e}")))?;
+        let mut config = kube::Config::new(uri);
+        if let Some(ca) = prop(props, "cluster_ca") {
+            config.root_cert = Some(ca_certificates(ca).map_err(DriverError::new)?);
+        }
+        let cluster = prop(props, "cluster_name").ok_or_else(|| {
+            DriverError::new("`cluster_name` is needed with `cluster_endpoint` (the token names the cluster)")
+        })?;
+        let aws = cx.aws().await?;
+        let token = crate::drivers::aws::eks_token::token(aws, cluster).await?;
+        config.auth_info.token = Some(token.into());
+        config
+    } else {
+        return Err(DriverError::new(
+            "no cluster to deploy to: set `kubeconfig` (and `context`), or `cluster_endpoint`, `cluster_ca` and `cluster_name`",
+        ));
+    };
+    config.connect_timeout = Some(std::time::Duration::from_secs(10));
+    config.read_timeout = Some(std::time::Duration::from_secs(60));
+    kube::Client::try_from(config)
+        .map_err(|e| DriverError::new(format!("connecting to {}: {e}", describe_access(props))))
+}
+
+/// Picks the API versions the cluster serves, newest first: one request.
+pub async fn discover(cx: &Context, client: &kube::Client) -> Result<ApiVersions, DriverError> {
+    count(cx);
+    let groups = client
+        .list_api_groups()
+        .await
+        .map_err(|e| kube_error("discovering the cluster's API versions", e))?;
+    let served: BTreeSet<String> = groups
+        .groups
+        .iter()
+        .flat_map(|g| g.versions.iter().map(|v| v.group_version.clone()))
+        .collect();
+    let pick = |choices: &[&str]| -> Result<String, DriverError> {
+        choices
+            .iter()
+            .find(|c| served.contains(**c))
+            .map(|c| c.to_string())
+            .ok_or_else(|| {
+                DriverError::new(format!(
+                    "the cluster serves none of {}: it is too old or too new for this release of ralph-deploy",
+                    choices.join(", ")
+                ))
+            })
+    };
+    Ok(ApiVersions {
+        hpa: pick(&["autoscaling/v2", "autoscaling/v2beta2"])?,
+        pdb: pick(&["policy/v1", "policy/v1beta1"])?,
+    })
+}
+
+fn api_resource(api_version: &str, kind: &str) -> ApiResource {
+    let (group, version) = match api_version.split_once('/') {
+        Some((g, v)) => (g, v),
+        None => ("", api_version),
+    };
+    ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, kind))
+}
+
+fn dynamic_api(client: &kube::Client, api_version: &str, kind: &str, namespace: &str) -> Api<DynamicObject> {
+    let ar = api_resource(api_version, kind);
+    if kind == "Namespace" {
+        Api::all_with(client.clone(), &ar)
+    } else {
+        Api::namespaced_with(client.clone(), namespace, &ar)
+    }
+}
+
+/// Server-side apply of one object with the field manager `ralph-deploy`,
+/// taking over fields another manager set (the stack is the authority).
+pub async fn server_side_apply(
+    cx: &Context,
+    client: &kube::Client,
+    object: &Json,
+) -> Result<DynamicObject, DriverError> {
+    let kind = object["kind"].as_str().unwrap_or_default();
+    let name = object["metadata"]["name"].as_str().unwrap_or_default();
+    let namespace = object["metadata"]["namespace"].as_str().unwrap_or_default();
+    let api = dynamic_api(client, object["apiVersion"].as_str().unwrap_or_default(), kind, namespace);
+    let dynamic: DynamicObject = serde_json::from_value(object.clone())
+        .map_err(|e| DriverError::new(format!("{kind}/{name}: {e}")))?;
+    count(cx);
+    api.patch(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&dynamic))
+        .await
+        .map_err(|e| kube_error(&format!("applying {kind} {namespace}/{name}"), e))
+}
+
+/// The namespaced kinds the orchestrator kind manages, with the API version
+/// to list them by.
+pub fn managed_kinds(api: &ApiVersions) -> Vec<(String, &'static str)> {
+    vec![
+        ("v1".into(), "ServiceAccount"),
+        ("v1".into(), "ConfigMap"),
+        ("v1".into(), "Secret"),
+        ("v1".into(), "Service"),
+        ("networking.k8s.io/v1".into(), "NetworkPolicy"),
+        (api.pdb.clone(), "PodDisruptionBudget"),
+        ("apps/v1".into(), "Deployment"),
+        (api.hpa.clone(), "HorizontalPodAutoscaler"),
+        ("networking.k8s.io/v1".into(), "Ingress"),
+    ]
+}
+
+/// Every object in `namespace` that carries this resource's ownership
+/// labels, as `Kind/name`, per kind.
+pub async fn owned_objects(
+    cx: &Context,
+    client: &kube::Client,
+    api: &ApiVersions,
+    namespace: &str,
+    selector: &str,
+) -> Result<BTreeMap<String, (String, &'static str)>, DriverError> {
+    let mut out = BTreeMap::new();
+    for (api_version, kind) in managed_kinds(api) {
+        let list_api = dynamic_api(client, &api_version, kind, namespace);
+        count(cx);
+        let list = list_api
+            .list_metadata(&ListParams::default().labels(selector))
+            .await
+            .map_err(|e| kube_error(&format!("listing {kind} in {namespace}"), e))?;
+        for o in list.items {
+            if let Some(name) = o.metadata.name {
+                out.insert(format!("{kind}/{name}"), (api_version.clone(), kind));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Deletes this resource's objects that `keep` does not name. Only objects
+/// with all the ownership labels are ever candidates.
+pub async fn prune(
+    cx: &Context,
+    client: &kube::Client,
+    api: &ApiVersions,
+    namespace: &str,
+    selector: &str,
+    keep: &BTreeSet<String>,
+) -> Result<Vec<String>, DriverError> {
+    let mut pruned = Vec::new();
+    for (id, (api_version, kind)) in owned_objects(cx, client, api, namespace, selector).await? {
+        if keep.contains(&id) {
+            continue;
+        }
+        let name = id.split_once('/').map(|x| x.1).unwrap_or_default();
+        count(cx);
+        match dynamic_api(client, &api_version, kind, namespace)
+            .delete(name, &DeleteParams::background())
+            .await
+        {
+            Ok(_) => pruned.push(id),
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => return Err(kube_error(&format!("pruning {id}"), e)),
+        }
+    }
+    Ok(pruned)
+}
+
+/// `Kind/name` of each rendered object.
+pub fn object_ids(objects: &[Rendered]) -> BTreeSet<String> {
+    objects
+        .iter()
+        .map(|o| format!("{}/{}", o.kind(), o.name()))
+        .collect()
+}
+
+/// Reads the values of the `secrets` property: `ENV_NAME: source`, where a
+/// source is a Secrets Manager ARN (or name), optionally `#key` to pick one
+/// key of a JSON secret, or `env:VARIABLE`. Returns the values and a string
+/// that changes when any secret gets a new version (version ids, never
+/// values), so that pods restart on rotation.
+pub async fn read_secrets(
+    cx: &Context,
+    props: &Map<String, Json>,
+) -> Result<(BTreeMap<String, String>, String), DriverError> {
+    let mut values = BTreeMap::new();
+    let mut versions = Vec::new();
+    let Some(map) = props.get("secrets").and_then(Json::as_object) else {
+        return Ok((values, String::new()));
+    };
+    for (key, source) in map {
+        let source = source.as_str().unwrap_or_default();
+        if let Some(var) = source.strip_prefix("env:") {
+            let v = std::env::var(var).map_err(|_| {
+                DriverError::new(format!(
+                    "secret {key}: the environment variable {var} is not set"
+                ))
+            })?;
+            values.insert(key.clone(), v);
+            versions.push(format!("{key}=env"));
+            continue;
+        }
+        let (id, json_key) = match source.split_once('#') {
+            Some((id, k)) => (id, Some(k)),
+            None => (source, None),
+        };
+        let aws = cx.aws().await?;
+        let out = aws
+            .secrets
+            .get_secret_value()
+            .secret_id(id)
+            .send()
+            .await
+            .map_err(|e| crate::drivers::aws::api_error(&format!("reading secret {key}"), e))?;
+        let text = out.secret_string().unwrap_or_default();
+        let value = match json_key {
+            None => text.to_string(),
+            Some(k) => match serde_json::from_str::<Json>(text) {
+                Ok(Json::Object(m)) => match m.get(k) {
+                    Some(Json::String(s)) => s.clone(),
+                    Some(other) => other.to_string(),
+                    None => {
+                        return Err(DriverError::new(format!(
+                            "secret {key}: {id} has no key `{k}`"
+                        )))
+                    }
+                },
+                _ => {
+                    return Err(DriverError::new(format!(
+                        "secret {key}: {id} is not a JSON object, so `#{k}` cannot pick a key from it"
+                    )))
+                }
+            },
+        };
+        values.insert(key.clone(), value);
+        versions.push(format!(
+            "{key}={}",
+            out.version_id().unwrap_or_default()
+        ));
+    }
+    Ok((values, versions.join(",")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ca_bundles_decode_to_der() {
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let pem = format!(
+            "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+            b64.encode(b"der-one")
+        );
+        assert_eq!(ca_certificates(&b64.encode(pem)).expect("pem"), vec![b"der-one".to_vec()]);
+        assert_eq!(ca_certificates(&b64.encode(b"raw")).expect("der"), vec![b"raw".to_vec()]);
+        assert!(ca_certificates("%%").is_err());
+    }
+}

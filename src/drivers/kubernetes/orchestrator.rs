@@ -1,0 +1,584 @@
+//! `kubernetes.orchestrator`: the Ralph Orchestrator on a cluster. Its
+//! objects are rendered from templates/ (see [`super::render`]), applied
+//! server-side, pruned by ownership labels, and the Deployment's rollout is
+//! awaited the way `kubectl rollout status` does it. A rollout that fails
+//! (progress deadline exceeded, an image that cannot be pulled, a crash loop)
+//! is rolled back to the last good release recorded in the state, and the
+//! apply fails saying why.
+
+use std::path::Path;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams, ListParams};
+use serde_json::{Map, Value as Json};
+
+use super::render::{self, ApiVersions};
+use super::{connect, discover, is_not_found, owned_objects, prune, read_secrets, server_side_apply};
+use crate::drivers::{Context, Desired, Driver, DriverError, Known, Observed, Owner, Timeouts};
+use crate::kinds::{Attr, Field, KindSchema, Ty};
+
+fn computed(_: &Json) -> Result<(), String> {
+    Err("`objects` is computed from the templates; do not set it".into())
+}
+
+fn dns_label(v: &Json) -> Result<(), String> {
+    let s = v.as_str().unwrap_or_default();
+    let ok = !s.is_empty()
+        && s.len() <= 63
+        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !s.starts_with('-')
+        && !s.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{s:?} is not a valid Kubernetes name: lower-case letters, digits and `-`, at most 63, starting and ending with a letter or digit"))
+    }
+}
+
+fn image_tag(v: &Json) -> Result<(), String> {
+    let s = v.as_str().unwrap_or_default();
+    let ok = !s.is_empty()
+        && s.len() <= 128
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+        && !s.starts_with(['.', '-']);
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{s:?} is not an image tag: letters, digits, `_`, `.`, `-`, at most 128"))
+    }
+}
+
+fn secret_sources(v: &Json) -> Result<(), String> {
+    for (k, src) in v.as_object().into_iter().flatten() {
+        let src = src.as_str().unwrap_or_default();
+        if src.is_empty() {
+            return Err(format!("secret {k} has no source: give a Secrets Manager ARN (optionally `#key`) or `env:VARIABLE`"));
+        }
+        if !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(format!("secret {k:?} is not an environment variable name"));
+        }
+    }
+    Ok(())
+}
+
+static SCHEMA: KindSchema = KindSchema {
+    kind: "kubernetes.orchestrator",
+    doc: "The Ralph Orchestrator on Kubernetes: Deployment, config, secrets, Service, Ingress, NetworkPolicy, PDB, HPA.",
+    fields: &[
+        Field::new("kubeconfig", Ty::String, "a kubeconfig file (relative to the stack file); when not empty it wins over `cluster_endpoint`"),
+        Field::new("context", Ty::String, "the kubeconfig context (default: its current context)"),
+        Field::new("cluster_endpoint", Ty::String, "the API server, usually `${eks.endpoint}`"),
+        Field::new("cluster_ca", Ty::String, "the cluster's CA (base64 PEM), usually `${eks.certificate_authority}`"),
+        Field::new("cluster_name", Ty::String, "the EKS cluster's name, for its token, usually `${eks.name}`"),
+        Field::new("namespace", Ty::String, "the namespace, created with Pod Security `restricted`").default("\"ralph\"").check(dns_label).forces_replace(),
+        Field::new("name", Ty::String, "the name of the Deployment and its objects").default("\"ralph-orchestrator\"").check(dns_label).forces_replace(),
+        Field::new("image", Ty::String, "the image repository (or a full reference with tag or digest)").default("\"ghcr.io/mikeyobrien/ralph-orchestrator\""),
+        Field::new("tag", Ty::String, "the image tag; leave it out to keep the tag `ralph-deploy deploy --image` rolled out").check(image_tag),
+        Field::new("replicas", Ty::Int, "pods (and the autoscaler's minimum)").default("3"),
+        Field::new("max_surge", Ty::Int, "extra pods during a rollout").default("1"),
+        Field::new("max_unavailable", Ty::Int, "pods that may be missing during a rollout").default("0"),
+        Field::new("progress_deadline_seconds", Ty::Int, "a rollout that makes no progress this long has failed and is rolled back").default("600"),
+        Field::new("cpu_request", Ty::String, "CPU request per pod").default("\"2\""),
+        Field::new("memory_request", Ty::String, "memory request per pod").default("\"4Gi\""),
+        Field::new("cpu_limit", Ty::String, "CPU limit per pod").default("\"4\""),
+        Field::new("memory_limit", Ty::String, "memory limit per pod").default("\"8Gi\""),
+        Field::new("port", Ty::Int, "the HTTP port (/health, /ready)").default("8080"),
+        Field::new("metrics_port", Ty::Int, "the Prometheus metrics port").default("9090"),
+        Field::new("agent", Ty::String, "RALPH_AGENT").default("\"claude\""),
+        Field::new("max_iterations", Ty::Int, "RALPH_MAX_ITERATIONS").default("100"),
+        Field::new("max_runtime", Ty::Int, "RALPH_MAX_RUNTIME, seconds").default("14400"),
+        Field::new("max_tokens", Ty::Int, "RALPH_MAX_TOKENS").default("1000000"),
+        Field::new("max_cost", Ty::String, "RALPH_MAX_COST, dollars").default("\"50.0\""),
+        Field::new("checkpoint_interval", Ty::Int, "RALPH_CHECKPOINT_INTERVAL, iterations").default("5"),
+        Field::new("database_url", Ty::String, "DATABASE_URL, without a password (put the password in `secrets`)"),
+        Field::new("redis_url", Ty::String, "REDIS_URL, without a password"),
+        Field::new("database_pool_size", Ty::Int, "DATABASE_POOL_SIZE").default("20"),
+        Field::new("redis_pool_size", Ty::Int, "REDIS_POOL_SIZE").default("10"),
+        Field::new("log_level", Ty::String, "LOG_LEVEL").default("\"INFO\""),
+        Field::new("rate_limit", Ty::Int, "RATE_LIMIT (requests per second), also the Ingress limit").default("100"),
+        Field::new("rate_limit_connections", Ty::Int, "concurrent connections per client at the Ingress").default("50"),
+        Field::new("allowed_hosts", Ty::List(&Ty::String), "ALLOWED_HOSTS"),
+        Field::new("cors_origins", Ty::List(&Ty::String), "CORS_ORIGINS"),
+        Field::new("config", Ty::StringMap, "more environment for the ConfigMap (wins over the settings above)"),
+        Field::new("secrets", Ty::StringMap, "environment from secrets: NAME: a Secrets Manager ARN (`#key` picks a JSON key) or `env:VARIABLE`; values go to the cluster, never to the state").check(secret_sources),
+        Field::new("ingress_host", Ty::String, "the public host name; when set, an Ingress with TLS is made"),
+        Field::new("ingress_class", Ty::String, "the IngressClass").default("\"nginx\""),
+        Field::new("tls_issuer", Ty::String, "the cert-manager ClusterIssuer").default("\"letsencrypt-prod\""),
+        Field::new("ingress_namespace", Ty::String, "the ingress controller's namespace, the only source of traffic the NetworkPolicy admits").default("\"ingress-nginx\""),
+        Field::new("network_policy", Ty::Bool, "make the NetworkPolicy").default("true"),
+        Field::new("autoscaling", Ty::Bool, "make the HorizontalPodAutoscaler").default("true"),
+        Field::new("max_replicas", Ty::Int, "the autoscaler's maximum").default("10"),
+        Field::new("target_cpu_percent", Ty::Int, "the autoscaler's CPU target").default("70"),
+        Field::new("target_memory_percent", Ty::Int, "the autoscaler's memory target").default("80"),
+        Field::new("min_available", Ty::Int, "the PodDisruptionBudget's minimum (default: replicas - 1)"),
+        Field::new("templates", Ty::String, "a directory whose files replace the built-in templates of the same name"),
+        Field::new("objects", Ty::List(&Ty::String), "computed: the objects the templates make, as Kind/name").check(computed),
+    ],
+    attrs: &[
+        Attr { name: "id", ty: Ty::String, doc: "namespace/name of the Deployment" },
+        Attr { name: "image_ref", ty: Ty::String, doc: "the image the Deployment runs" },
+        Attr { name: "revision", ty: Ty::String, doc: "the Deployment's revision" },
+        Attr { name: "namespace", ty: Ty::String, doc: "the namespace" },
+    ],
+    taggable: false,
+    name_field: None,
+    exactly_one_of: &[],
+};
+
+pub struct Orchestrator;
+
+fn ns_name(props: &Map<String, Json>) -> (String, String) {
+    let get = |k: &str, d: &str| {
+        props
+            .get(k)
+            .and_then(Json::as_str)
+            .unwrap_or(d)
+            .to_string()
+    };
+    (get("namespace", "ralph"), get("name", "ralph-orchestrator"))
+}
+
+fn templates_dir(base: &Path, props: &Map<String, Json>) -> Option<std::path::PathBuf> {
+    let t = props.get("templates").and_then(Json::as_str)?;
+    let p = Path::new(t);
+    Some(if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    })
+}
+
+/// The objects a resource makes, rendered without a cluster (`render`,
+/// and the plan's `objects`): secrets are placeholders.
+pub fn render_offline(
+    owner: &Owner,
+    address: &str,
+    base_dir: &Path,
+    props: &Map<String, Json>,
+    api: ApiVersions,
+) -> Result<Vec<render::Rendered>, String> {
+    let values = render::values(owner, address, props, api, "")?;
+    render::render(&values, templates_dir(base_dir, props).as_deref())
+}
+
+/// The tag part of an image reference (`repo:tag`), if any.
+fn tag_of(image: &str) -> Option<&str> {
+    let last = image.rsplit('/').next()?;
+    last.split_once(':').map(|x| x.1)
+}
+
+/// What the cluster runs now, in the shape of the kind's fields: `base` (the
+/// props of the last good release) with the live replicas, tag and objects.
+async fn observe(
+    cx: &Context,
+    client: &kube::Client,
+    owner: &Owner,
+    address: &str,
+    base: &Map<String, Json>,
+    last_good: Option<&Map<String, Json>>,
+) -> Result<Option<Observed>, DriverError> {
+    let (namespace, name) = ns_name(base);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
+    super::count(cx);
+    let d = match deployments.get(&name).await {
+        Ok(d) => d,
+        Err(e) if is_not_found(&e) => return Ok(None),
+        Err(e) => return Err(super::kube_error(&format!("reading Deployment {namespace}/{name}"), e)),
+    };
+    let api = discover(cx, client).await?;
+    let objects = owned_objects(cx, client, &api, &namespace, &render::ownership_selector(owner, address)).await?;
+    let mut attrs = base.clone();
+    let spec = &d.spec;
+    if let Some(r) = spec.replicas {
+        attrs.insert("replicas".into(), Json::from(r));
+    }
+    let image = spec
+        .template
+        .spec
+        .as_ref()
+        .and_then(|p| p.containers.iter().find(|c| c.name == "orchestrator"))
+        .and_then(|c| c.image.clone())
+        .unwrap_or_default();
+    if base.contains_key("tag") || !image.is_empty() {
+        if let Some(t) = tag_of(&image) {
+            attrs.insert("tag".into(), Json::String(t.to_string()));
+        }
+    }
+    // Objects: the Namespace is not listed by label (it is cluster-wide).
+    let mut ids: Vec<Json> = vec![Json::String(format!("Namespace/{namespace}"))];
+    ids.extend(objects.keys().cloned().map(Json::String));
+    attrs.insert("objects".into(), Json::Array(ids));
+    attrs.insert("id".into(), Json::String(format!("{namespace}/{name}")));
+    attrs.insert("image_ref".into(), Json::String(image));
+    attrs.insert("namespace".into(), Json::String(namespace.clone()));
+    let revision = d
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get("deployment.kubernetes.io/revision"))
+        .cloned()
+        .unwrap_or_default();
+    attrs.insert("revision".into(), Json::String(revision));
+    if let Some(good) = last_good {
+        attrs.insert("last_good".into(), Json::Object(good.clone()));
+    }
+    Ok(Some(Observed {
+        address: None,
+        owner: None,
+        id: format!("{namespace}/{name}"),
+        attrs,
+    }))
+}
+
+/// Container states that will not fix themselves within a rollout.
+const STUCK: &[&str] = &[
+    "ImagePullBackOff",
+    "ErrImageNeverPull",
+    "InvalidImageName",
+    "CrashLoopBackOff",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+];
+
+/// Why a rollout cannot finish, from the Deployment's conditions and its
+/// new pods' container states.
+async fn rollout_problem(
+    cx: &Context,
+    client: &kube::Client,
+    d: &Deployment,
+    image: &str,
+) -> Result<Option<String>, DriverError> {
+    let conditions = d.status.as_ref().and_then(|s| s.conditions.clone()).unwrap_or_default();
+    if let Some(c) = conditions
+        .iter()
+        .find(|c| c.type_.as_deref() == Some("Progressing") && c.reason.as_deref() == Some("ProgressDeadlineExceeded"))
+    {
+        return Ok(Some(format!(
+            "ProgressDeadlineExceeded: {}",
+            c.message.clone().unwrap_or_default()
+        )));
+    }
+    let namespace = d.metadata.namespace.clone().unwrap_or_default();
+    let selector = d
+        .spec
+        .selector
+        .match_labels
+        .clone()
+        .unwrap_or_default()
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+    super::count(cx);
+    let list = pods
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(|e| super::kube_error("listing the rollout's pods", e))?;
+    for p in &list.items {
+        let runs_new = p
+            .spec
+            .as_ref()
+            .is_some_and(|s| s.containers.iter().any(|c| c.image.as_deref() == Some(image)));
+        if !runs_new {
+            continue;
+        }
+        for cs in p.status.as_ref().and_then(|s| s.container_statuses.clone()).unwrap_or_default() {
+            if let Some(w) = cs.state.as_ref().and_then(|s| s.waiting.as_ref()) {
+                let reason = w.reason.clone().unwrap_or_default();
+                if STUCK.contains(&reason.as_str()) {
+                    return Ok(Some(format!(
+                        "pod {} is {reason}: {}",
+                        p.metadata.name.clone().unwrap_or_default(),
+                        w.message.clone().unwrap_or_else(|| format!("image {image}"))
+                    )));
+                }
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Waits until the Deployment's generation `generation` is rolled out:
+/// the controller has seen it, every replica is updated and available, and
+/// no old replica remains. Fails at once on a rollout that cannot finish.
+async fn wait_rollout(
+    cx: &Context,
+    client: &kube::Client,
+    address: &str,
+    namespace: &str,
+    name: &str,
+    generation: i64,
+    image: &str,
+    timeout: Duration,
+) -> Result<(), DriverError> {
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+    cx.wait_until(address, &format!("the rollout of {image}"), timeout, || {
+        let deployments = deployments.clone();
+        async move {
+            super::count(cx);
+            let d = deployments
+                .get(name)
+                .await
+                .map_err(|e| super::kube_error(&format!("reading Deployment {namespace}/{name}"), e))?;
+            let st = d.status.clone().unwrap_or_default();
+            if st.observed_generation.unwrap_or(0) < generation {
+                return Ok((None, "waiting for the deployment controller".to_string()));
+            }
+            if let Some(problem) = rollout_problem(cx, client, &d, image).await? {
+                return Err(DriverError::new(problem));
+            }
+            let want = d.spec.replicas.unwrap_or(1);
+            let updated = st.updated_replicas.unwrap_or(0);
+            let available = st.available_replicas.unwrap_or(0);
+            let total = st.replicas.unwrap_or(0);
+            let status = format!("{updated}/{want} updated, {available}/{want} available");
+            if updated < want || total > updated || available < updated {
+                let status = if total > updated && updated >= want {
+                    format!("{} old replica(s) terminating", total - updated)
+                } else {
+                    status
+                };
+                return Ok((None, status));
+            }
+            Ok((Some(()), status))
+        }
+    })
+    .await
+}
+
+/// Applies every object of one release and waits for its rollout.
+async fn release(
+    cx: &Context,
+    client: &kube::Client,
+    owner: &Owner,
+    address: &str,
+    props: &Map<String, Json>,
+    timeout: Duration,
+) -> Result<(), DriverError> {
+    let api = discover(cx, client).await?;
+    let (secret_values, secrets_version) = read_secrets(cx, props).await?;
+    let values = render::values(owner, address, props, api.clone(), &secrets_version)
+        .map_err(DriverError::new)?;
+    let mut objects = render::render(&values, templates_dir(&cx.base_dir, props).as_deref())
+        .map_err(DriverError::new)?;
+    for o in objects.iter_mut().filter(|o| o.kind() == "Secret") {
+        let data: Map<String, Json> = secret_values
+            .iter()
+            .map(|(k, v)| (k.clone(), Json::String(v.clone())))
+            .collect();
+        o.object["stringData"] = Json::Object(data);
+    }
+    let mut generation = 0;
+    for o in &objects {
+        let applied = server_side_apply(cx, client, &o.object).await?;
+        if o.kind() == "Deployment" {
+            generation = applied.metadata.generation.unwrap_or(0);
+        }
+    }
+    let keep = super::object_ids(&objects);
+    let pruned = prune(cx, client, &api, &values.namespace, &render::ownership_selector(owner, address), &keep).await?;
+    for id in pruned {
+        cx.reporter.report(crate::events::Event::Warning {
+            message: format!("{address}: pruned {id}, which the stack no longer declares"),
+        });
+    }
+    wait_rollout(cx, client, address, &values.namespace, &values.name, generation, &values.image, timeout).await
+}
+
+/// The release `props` (completing the tag from the one running), rolled
+/// back to `last_good` when its rollout fails.
+async fn deploy(
+    cx: &Context,
+    want: &Desired<'_>,
+    have: Option<&Observed>,
+    timeout: Duration,
+) -> Result<Observed, DriverError> {
+    let mut props = want.props.clone();
+    if !props.contains_key("tag") {
+        if let Some(t) = have.and_then(|h| h.attrs.get("tag")).filter(|t| t.is_string()) {
+            props.insert("tag".into(), t.clone());
+        }
+    }
+    if render::image_ref(&props).is_none() {
+        return Err(DriverError::new("no image tag to deploy: set `tag` in the stack, or run `ralph-deploy deploy STACK --image TAG`"));
+    }
+    let last_good: Option<Map<String, Json>> = have
+        .and_then(|h| h.attrs.get("last_good"))
+        .and_then(Json::as_object)
+        .cloned();
+    let client = connect(cx, &props).await?;
+    let outcome = release(cx, &client, want.owner, want.address, &props, timeout).await;
+    let failure = match outcome {
+        Ok(()) => {
+            return observe(cx, &client, want.owner, want.address, &props, Some(&props))
+                .await?
+                .ok_or_else(|| DriverError::new("the Deployment disappeared right after its rollout"));
+        }
+        Err(e) => e,
+    };
+    let image = render::image_ref(&props).unwrap_or_default();
+    let interrupted = cx.stop.load(std::sync::atomic::Ordering::SeqCst);
+    let (message, base) = match &last_good {
+        _ if interrupted => (failure.message.clone(), last_good.clone()),
+        Some(good) if good != &props => {
+            let previous = render::image_ref(good).unwrap_or_default();
+            cx.reporter.report(crate::events::Event::Warning {
+                message: format!("{}: the rollout of {image} failed ({}); rolling back to {previous}", want.address, failure.message),
+            });
+            match release(cx, &client, want.owner, want.address, good, timeout).await {
+                Ok(()) => (
+                    format!("the rollout of {image} failed: {}. Rolled back to the last good release ({previous}), which is available again", failure.message),
+                    Some(good.clone()),
+                ),
+                Err(e) => (
+                    format!("the rollout of {image} failed: {}; the rollback to {previous} failed too: {}", failure.message, e.message),
+                    Some(good.clone()),
+                ),
+            }
+        }
+        _ => (
+            format!("the rollout of {image} failed: {}; there is no earlier good release to roll back to", failure.message),
+            None,
+        ),
+    };
+    let base_props = base.clone().unwrap_or_else(|| props.clone());
+    let mut err = DriverError::new(message);
+    if let Some(obs) = observe(cx, &client, want.owner, want.address, &base_props, base.as_ref()).await? {
+        err = err.with_partial(obs);
+    }
+    Err(err)
+}
+
+/// Rolls the resource back to the release before its last good one, as
+/// recorded in the state (`ralph-deploy rollback`).
+pub async fn rollback(
+    cx: &Context,
+    address: &str,
+    props: &Map<String, Json>,
+    previous: &Map<String, Json>,
+    timeout: Duration,
+) -> Result<Observed, DriverError> {
+    let client = connect(cx, props).await?;
+    release(cx, &client, &cx.owner, address, previous, timeout).await?;
+    observe(cx, &client, &cx.owner, address, previous, Some(previous))
+        .await?
+        .ok_or_else(|| DriverError::new("the Deployment disappeared right after its rollback"))
+}
+
+#[async_trait::async_trait]
+impl Driver for Orchestrator {
+    fn schema(&self) -> &'static KindSchema {
+        &SCHEMA
+    }
+
+    fn typical_seconds(&self) -> u64 {
+        120
+    }
+
+    fn normalize(&self, base_dir: &Path, props: &mut Map<String, Json>) {
+        // The objects the templates make (their kinds and names do not
+        // depend on the tag or on the cluster's API versions).
+        let mut p = props.clone();
+        p.entry("tag").or_insert(Json::String("0".into()));
+        let owner = Owner {
+            stack: String::new(),
+            environment: String::new(),
+        };
+        if let Ok(objects) = render_offline(&owner, "", base_dir, &p, ApiVersions::modern()) {
+            props.insert(
+                "objects".into(),
+                Json::Array(super::object_ids(&objects).into_iter().map(Json::String).collect()),
+            );
+        }
+    }
+
+    async fn refresh(&self, cx: &Context, known: &[Known]) -> Result<Vec<Observed>, DriverError> {
+        let mut out = Vec::new();
+        for k in known.iter().filter(|k| !k.inputs.is_empty()) {
+            // What is live is the last good release (a failed rollout was
+            // rolled back), so that is what the stack is compared with.
+            let last_good = k.attrs.get("last_good").and_then(Json::as_object);
+            let base = last_good.unwrap_or(&k.inputs);
+            let address = k.attrs.get("address").and_then(Json::as_str).unwrap_or_default();
+            let client = connect(cx, &k.inputs).await?;
+            if let Some(mut o) = observe(cx, &client, &cx.owner, address, base, last_good).await? {
+                o.id = k.id.clone();
+                o.attrs.insert("address".into(), Json::String(address.to_string()));
+                out.push(o);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn create(&self, cx: &Context, want: &Desired<'_>) -> Result<Observed, DriverError> {
+        let timeout = want.timeouts.create_or(Duration::from_secs(20 * 60));
+        let mut o = deploy(cx, want, None, timeout).await?;
+        o.attrs.insert("address".into(), Json::String(want.address.to_string()));
+        Ok(o)
+    }
+
+    async fn update(
+        &self,
+        cx: &Context,
+        want: &Desired<'_>,
+        have: &Observed,
+        _changed: &[String],
+    ) -> Result<Observed, DriverError> {
+        let timeout = want.timeouts.update_or(Duration::from_secs(20 * 60));
+        let mut o = deploy(cx, want, Some(have), timeout).await?;
+        o.attrs.insert("address".into(), Json::String(want.address.to_string()));
+        Ok(o)
+    }
+
+    async fn delete(
+        &self,
+        cx: &Context,
+        have: &Observed,
+        timeouts: &Timeouts,
+    ) -> Result<(), DriverError> {
+        let client = connect(cx, &have.attrs).await?;
+        let address = have.attrs.get("address").and_then(Json::as_str).unwrap_or_default();
+        let (namespace, _) = ns_name(&have.attrs);
+        let api = discover(cx, &client).await?;
+        let selector = render::ownership_selector(&cx.owner, address);
+        prune(cx, &client, &api, &namespace, &selector, &Default::default()).await?;
+        // The namespace goes too, when this resource made it.
+        let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+        super::count(cx);
+        let ns = match namespaces.get(&namespace).await {
+            Ok(ns) => ns,
+            Err(e) if is_not_found(&e) => return Ok(()),
+            Err(e) => return Err(super::kube_error(&format!("reading namespace {namespace}"), e)),
+        };
+        let labels = ns.metadata.labels.unwrap_or_default();
+        let ours = labels.get(render::LABEL_STACK) == Some(&cx.owner.stack)
+            && labels.get(render::LABEL_ENVIRONMENT) == Some(&cx.owner.environment)
+            && labels.get(render::LABEL_RESOURCE).map(String::as_str) == Some(address);
+        if !ours {
+            return Ok(());
+        }
+        super::count(cx);
+        match namespaces.delete(&namespace, &DeleteParams::background()).await {
+            Ok(_) => {}
+            Err(e) if is_not_found(&e) => return Ok(()),
+            Err(e) => return Err(super::kube_error(&format!("deleting namespace {namespace}"), e)),
+        }
+        let timeout = timeouts.delete_or(Duration::from_secs(10 * 60));
+        cx.wait_until(address, &format!("namespace {namespace} to be gone"), timeout, || {
+            let namespaces = namespaces.clone();
+            let namespace = namespace.clone();
+            async move {
+                super::count(cx);
+                match namespaces.get(&namespace).await {
+                    Err(e) if is_not_found(&e) => Ok((Some(()), "gone".to_string())),
+                    Err(e) => Err(super::kube_error(&format!("reading namespace {namespace}"), e)),
+                    Ok(_) => Ok((None, "terminating".to_string())),
+                }
+            }
+        })
+        .await
+    }
+}

@@ -1,0 +1,489 @@
+//! From a `kubernetes.orchestrator` resource's properties to Kubernetes
+//! objects: the properties become one [`Values`] context, every template of
+//! `templates/` is rendered with it (minijinja), and each non-empty result is
+//! parsed as one object. Nothing here talks to a cluster; the API versions
+//! that differ between Kubernetes releases come in as [`ApiVersions`].
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Serialize;
+use serde_json::{Map, Value as Json};
+use sha2::Digest;
+
+/// The templates compiled into the binary, in the order objects are applied
+/// (what others refer to first, the Deployment after its config, the
+/// autoscaler after the Deployment).
+pub const TEMPLATES: &[(&str, &str)] = &[
+    ("namespace.yaml", include_str!("../../../templates/namespace.yaml")),
+    ("serviceaccount.yaml", include_str!("../../../templates/serviceaccount.yaml")),
+    ("configmap.yaml", include_str!("../../../templates/configmap.yaml")),
+    ("secret.yaml", include_str!("../../../templates/secret.yaml")),
+    ("service.yaml", include_str!("../../../templates/service.yaml")),
+    ("networkpolicy.yaml", include_str!("../../../templates/networkpolicy.yaml")),
+    ("poddisruptionbudget.yaml", include_str!("../../../templates/poddisruptionbudget.yaml")),
+    ("deployment.yaml", include_str!("../../../templates/deployment.yaml")),
+    ("horizontalpodautoscaler.yaml", include_str!("../../../templates/horizontalpodautoscaler.yaml")),
+    ("ingress.yaml", include_str!("../../../templates/ingress.yaml")),
+];
+
+/// Ownership labels: prune deletes only objects that carry all three with
+/// this stack's values, so it never touches what the tool did not create.
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+pub const LABEL_STACK: &str = "ralph-deploy.io/stack";
+pub const LABEL_ENVIRONMENT: &str = "ralph-deploy.io/environment";
+pub const LABEL_RESOURCE: &str = "ralph-deploy.io/resource";
+pub const MANAGER: &str = "ralph-deploy";
+
+/// API versions that moved between Kubernetes releases.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ApiVersions {
+    /// autoscaling/v2 (1.23+) or autoscaling/v2beta2.
+    pub hpa: String,
+    /// policy/v1 (1.21+) or policy/v1beta1.
+    pub pdb: String,
+}
+
+impl ApiVersions {
+    /// What a current cluster (1.25 and later) serves.
+    pub fn modern() -> ApiVersions {
+        ApiVersions {
+            hpa: "autoscaling/v2".into(),
+            pdb: "policy/v1".into(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct Rollout {
+    pub max_surge: i64,
+    pub max_unavailable: i64,
+    pub progress_deadline_seconds: i64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Resources {
+    pub cpu_request: String,
+    pub memory_request: String,
+    pub cpu_limit: String,
+    pub memory_limit: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Ingress {
+    pub host: Option<String>,
+    pub class: String,
+    pub tls_issuer: String,
+    pub rate_limit_rps: i64,
+    pub rate_limit_connections: i64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct NetworkPolicy {
+    pub enabled: bool,
+    pub ingress_namespace: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Autoscaling {
+    pub enabled: bool,
+    pub max_replicas: i64,
+    pub cpu_percent: i64,
+    pub memory_percent: i64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Pdb {
+    pub min_available: i64,
+}
+
+/// Everything the templates see.
+#[derive(Debug, Serialize)]
+pub struct Values {
+    pub name: String,
+    pub namespace: String,
+    pub labels: BTreeMap<String, String>,
+    pub selector: BTreeMap<String, String>,
+    pub image: String,
+    pub replicas: i64,
+    pub rollout: Rollout,
+    pub resources: Resources,
+    pub port: i64,
+    pub metrics_port: i64,
+    pub config: BTreeMap<String, String>,
+    pub config_hash: String,
+    pub secret_keys: Vec<String>,
+    /// A hash of the secrets' sources and versions (never of their values).
+    pub secrets_hash: String,
+    pub ingress: Ingress,
+    pub network_policy: NetworkPolicy,
+    pub autoscaling: Autoscaling,
+    pub pdb: Pdb,
+    pub api: ApiVersions,
+}
+
+fn s(props: &Map<String, Json>, k: &str, default: &str) -> String {
+    match props.get(k) {
+        Some(Json::String(v)) => v.clone(),
+        Some(Json::Number(n)) => n.to_string(),
+        _ => default.to_string(),
+    }
+}
+
+fn i(props: &Map<String, Json>, k: &str, default: i64) -> i64 {
+    props.get(k).and_then(Json::as_i64).unwrap_or(default)
+}
+
+fn b(props: &Map<String, Json>, k: &str, default: bool) -> bool {
+    props.get(k).and_then(Json::as_bool).unwrap_or(default)
+}
+
+fn string_map(props: &Map<String, Json>, k: &str) -> BTreeMap<String, String> {
+    props
+        .get(k)
+        .and_then(Json::as_object)
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| {
+                    let v = match v {
+                        Json::String(s) => s.clone(),
+                        other => other.to_string(),
+                    };
+                    (k.clone(), v)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn string_list(props: &Map<String, Json>, k: &str) -> Vec<String> {
+    props
+        .get(k)
+        .and_then(Json::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The image reference: `image` alone when it already carries a tag or a
+/// digest, else `image:tag`.
+pub fn image_ref(props: &Map<String, Json>) -> Option<String> {
+    let image = s(props, "image", "ghcr.io/mikeyobrien/ralph-orchestrator");
+    let last = image.rsplit('/').next().unwrap_or_default();
+    if last.contains(':') || image.contains('@') {
+        return Some(image);
+    }
+    let tag = props.get("tag").and_then(Json::as_str)?;
+    Some(format!("{image}:{tag}"))
+}
+
+/// The orchestrator's environment: the RALPH_* settings, the application
+/// settings, then `config` (which wins on a clash).
+pub fn config_entries(props: &Map<String, Json>) -> BTreeMap<String, String> {
+    let mut c = BTreeMap::new();
+    let mut put = |k: &str, v: String| {
+        c.insert(k.to_string(), v);
+    };
+    put("RALPH_AGENT", s(props, "agent", "claude"));
+    put("RALPH_MAX_ITERATIONS", s(props, "max_iterations", "100"));
+    put("RALPH_MAX_RUNTIME", s(props, "max_runtime", "14400"));
+    put("RALPH_MAX_TOKENS", s(props, "max_tokens", "1000000"));
+    put("RALPH_MAX_COST", s(props, "max_cost", "50.0"));
+    put("RALPH_CHECKPOINT_INTERVAL", s(props, "checkpoint_interval", "5"));
+    if let Some(u) = props.get("database_url").and_then(Json::as_str) {
+        put("DATABASE_URL", u.to_string());
+    }
+    if let Some(u) = props.get("redis_url").and_then(Json::as_str) {
+        put("REDIS_URL", u.to_string());
+    }
+    put("DATABASE_POOL_SIZE", s(props, "database_pool_size", "20"));
+    put("REDIS_POOL_SIZE", s(props, "redis_pool_size", "10"));
+    put("LOG_LEVEL", s(props, "log_level", "INFO"));
+    put("METRICS_PORT", s(props, "metrics_port", "9090"));
+    put("PORT", s(props, "port", "8080"));
+    put("RATE_LIMIT", s(props, "rate_limit", "100"));
+    let hosts = string_list(props, "allowed_hosts");
+    if !hosts.is_empty() {
+        put("ALLOWED_HOSTS", hosts.join(","));
+    }
+    let cors = string_list(props, "cors_origins");
+    if !cors.is_empty() {
+        put("CORS_ORIGINS", cors.join(","));
+    }
+    c.extend(string_map(props, "config"));
+    c
+}
+
+fn short_hash(text: &str) -> String {
+    hex::encode(sha2::Sha256::digest(text.as_bytes()))[..16].to_string()
+}
+
+/// The labels every object carries.
+pub fn ownership_labels(
+    owner: &crate::drivers::Owner,
+    address: &str,
+    name: &str,
+) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_string(), name.to_string()),
+        ("app.kubernetes.io/instance".to_string(), format!("{}-{}", owner.stack, owner.environment)),
+        (LABEL_MANAGED_BY.to_string(), MANAGER.to_string()),
+        (LABEL_STACK.to_string(), owner.stack.clone()),
+        (LABEL_ENVIRONMENT.to_string(), owner.environment.clone()),
+        (LABEL_RESOURCE.to_string(), address.to_string()),
+    ])
+}
+
+/// The label selector that finds this resource's objects.
+pub fn ownership_selector(owner: &crate::drivers::Owner, address: &str) -> String {
+    format!(
+        "{LABEL_MANAGED_BY}={MANAGER},{LABEL_STACK}={},{LABEL_ENVIRONMENT}={},{LABEL_RESOURCE}={}",
+        owner.stack, owner.environment, address
+    )
+}
+
+/// `secrets_version` is what identifies the secrets' current contents
+/// without revealing them (the stores' version ids); `render` passes "".
+pub fn values(
+    owner: &crate::drivers::Owner,
+    address: &str,
+    props: &Map<String, Json>,
+    api: ApiVersions,
+    secrets_version: &str,
+) -> Result<Values, String> {
+    let name = s(props, "name", "ralph-orchestrator");
+    let image = image_ref(props).ok_or_else(|| {
+        "no image tag: set `tag` in the stack, or deploy one with `ralph-deploy deploy --image TAG`"
+            .to_string()
+    })?;
+    let config = config_entries(props);
+    let config_hash = short_hash(&serde_json::to_string(&config).unwrap_or_default());
+    let secrets = string_map(props, "secrets");
+    let secret_keys: Vec<String> = secrets.keys().cloned().collect();
+    let secrets_hash = short_hash(&format!(
+        "{}|{secrets_version}",
+        serde_json::to_string(&secrets).unwrap_or_default()
+    ));
+    let labels = ownership_labels(owner, address, &name);
+    let selector = BTreeMap::from([
+        ("app.kubernetes.io/name".to_string(), name.clone()),
+        ("app.kubernetes.io/instance".to_string(), format!("{}-{}", owner.stack, owner.environment)),
+    ]);
+    let replicas = i(props, "replicas", 3);
+    Ok(Values {
+        namespace: s(props, "namespace", "ralph"),
+        labels,
+        selector,
+        image,
+        replicas,
+        rollout: Rollout {
+            max_surge: i(props, "max_surge", 1),
+            max_unavailable: i(props, "max_unavailable", 0),
+            progress_deadline_seconds: i(props, "progress_deadline_seconds", 600),
+        },
+        resources: Resources {
+            cpu_request: s(props, "cpu_request", "2"),
+            memory_request: s(props, "memory_request", "4Gi"),
+            cpu_limit: s(props, "cpu_limit", "4"),
+            memory_limit: s(props, "memory_limit", "8Gi"),
+        },
+        port: i(props, "port", 8080),
+        metrics_port: i(props, "metrics_port", 9090),
+        config,
+        config_hash,
+        secret_keys,
+        secrets_hash,
+        ingress: Ingress {
+            host: props
+                .get("ingress_host")
+                .and_then(Json::as_str)
+                .filter(|h| !h.is_empty())
+                .map(str::to_string),
+            class: s(props, "ingress_class", "nginx"),
+            tls_issuer: s(props, "tls_issuer", "letsencrypt-prod"),
+            rate_limit_rps: i(props, "rate_limit", 100),
+            rate_limit_connections: i(props, "rate_limit_connections", 50),
+        },
+        network_policy: NetworkPolicy {
+            enabled: b(props, "network_policy", true),
+            ingress_namespace: s(props, "ingress_namespace", "ingress-nginx"),
+        },
+        autoscaling: Autoscaling {
+            enabled: b(props, "autoscaling", true),
+            max_replicas: i(props, "max_replicas", 10).max(replicas),
+            cpu_percent: i(props, "target_cpu_percent", 70),
+            memory_percent: i(props, "target_memory_percent", 80),
+        },
+        pdb: Pdb {
+            min_available: i(props, "min_available", (replicas - 1).max(1)),
+        },
+        api,
+        name,
+    })
+}
+
+/// One rendered object, with the template it came from.
+#[derive(Debug, Clone)]
+pub struct Rendered {
+    pub template: &'static str,
+    pub object: Json,
+}
+
+impl Rendered {
+    pub fn kind(&self) -> &str {
+        self.object["kind"].as_str().unwrap_or_default()
+    }
+    pub fn name(&self) -> &str {
+        self.object["metadata"]["name"].as_str().unwrap_or_default()
+    }
+    pub fn api_version(&self) -> &str {
+        self.object["apiVersion"].as_str().unwrap_or_default()
+    }
+}
+
+/// Renders every template. `overrides`: a directory whose files replace the
+/// built-in templates of the same name.
+pub fn render(values: &Values, overrides: Option<&Path>) -> Result<Vec<Rendered>, String> {
+    let mut env = minijinja::Environment::new();
+    env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+    let mut sources: Vec<(&'static str, String)> = Vec::new();
+    for (name, builtin) in TEMPLATES {
+        let text = match overrides.map(|d| d.join(name)) {
+            Some(p) if p.exists() => std::fs::read_to_string(&p)
+                .map_err(|e| format!("reading template {}: {e}", p.display()))?,
+            _ => builtin.to_string(),
+        };
+        sources.push((name, text));
+    }
+    for (name, text) in &sources {
+        env.add_template_owned(name.to_string(), text.clone())
+            .map_err(|e| format!("template {name}: {e}"))?;
+    }
+    let ctx = minijinja::Value::from_serialize(values);
+    let mut out = Vec::new();
+    for (name, _) in &sources {
+        let text = env
+            .get_template(name)
+            .and_then(|t| t.render(&ctx))
+            .map_err(|e| format!("template {name}: {e:#}"))?;
+        if text.trim().is_empty() {
+            continue;
+        }
+        let object: Json = serde_yaml_ng::from_str(&text)
+            .map_err(|e| format!("template {name} did not render valid YAML: {e}"))?;
+        if !object.is_object() || object.get("kind").is_none() {
+            return Err(format!("template {name} did not render a Kubernetes object"));
+        }
+        out.push(Rendered {
+            template: name,
+            object,
+        });
+    }
+    Ok(out)
+}
+
+/// The rendered objects as one multi-document YAML stream.
+pub fn to_yaml(objects: &[Rendered]) -> String {
+    let mut out = String::new();
+    for r in objects {
+        out.push_str(&format!("---\n# Source: templates/{}\n", r.template));
+        out.push_str(&serde_yaml_ng::to_string(&r.object).unwrap_or_default());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn owner() -> crate::drivers::Owner {
+        crate::drivers::Owner {
+            stack: "ralph".into(),
+            environment: "production".into(),
+        }
+    }
+
+    fn props(extra: Json) -> Map<String, Json> {
+        let mut m = serde_json::json!({"tag": "1.2.3", "secrets": {"SECRET_KEY": "arn:aws:secretsmanager:us-east-1:1:secret:k"}})
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+        if let Json::Object(e) = extra {
+            m.extend(e);
+        }
+        m
+    }
+
+    fn objects(p: Map<String, Json>, api: ApiVersions) -> Vec<Rendered> {
+        render(&values(&owner(), "app", &p, api, "").expect("values"), None).expect("render")
+    }
+
+    #[test]
+    fn the_guide_settings_are_rendered() {
+        let objs = objects(props(serde_json::json!({"ingress_host": "ralph.example.com"})), ApiVersions::modern());
+        let kinds: Vec<&str> = objs.iter().map(Rendered::kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                "Namespace", "ServiceAccount", "ConfigMap", "Secret", "Service", "NetworkPolicy",
+                "PodDisruptionBudget", "Deployment", "HorizontalPodAutoscaler", "Ingress"
+            ]
+        );
+        let d = &objs.iter().find(|o| o.kind() == "Deployment").expect("deployment").object;
+        assert_eq!(d["spec"]["replicas"], 3);
+        assert_eq!(d["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"], 0);
+        assert_eq!(d["spec"]["strategy"]["rollingUpdate"]["maxSurge"], 1);
+        let c = &d["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(c["image"], "ghcr.io/mikeyobrien/ralph-orchestrator:1.2.3");
+        assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/health");
+        assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/ready");
+        assert_eq!(c["resources"]["requests"]["memory"], "4Gi");
+        assert_eq!(c["resources"]["limits"]["cpu"], "4");
+        assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+        assert_eq!(c["securityContext"]["capabilities"]["drop"][0], "ALL");
+        let ns = &objs[0].object;
+        assert_eq!(ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"], "restricted");
+        let cm = &objs[2].object;
+        assert_eq!(cm["data"]["RALPH_MAX_ITERATIONS"], "100");
+        let secret = &objs[3].object;
+        assert_eq!(secret["stringData"]["SECRET_KEY"], "<from the secret store>");
+    }
+
+    #[test]
+    fn api_versions_follow_discovery_and_optional_objects_can_be_left_out() {
+        let old = ApiVersions {
+            hpa: "autoscaling/v2beta2".into(),
+            pdb: "policy/v1beta1".into(),
+        };
+        let objs = objects(props(serde_json::json!({"network_policy": false})), old);
+        assert!(objs.iter().all(|o| o.kind() != "NetworkPolicy" && o.kind() != "Ingress"));
+        let hpa = objs.iter().find(|o| o.kind() == "HorizontalPodAutoscaler").expect("hpa");
+        assert_eq!(hpa.api_version(), "autoscaling/v2beta2");
+        let pdb = objs.iter().find(|o| o.kind() == "PodDisruptionBudget").expect("pdb");
+        assert_eq!(pdb.api_version(), "policy/v1beta1");
+    }
+
+    #[test]
+    fn values_cannot_break_the_yaml() {
+        let objs = objects(
+            props(serde_json::json!({"config": {"WEIRD": "a: b\n- c # {{ x }}"}})),
+            ApiVersions::modern(),
+        );
+        assert_eq!(objs[2].object["data"]["WEIRD"], "a: b\n- c # {{ x }}");
+    }
+
+    #[test]
+    fn a_config_change_changes_the_pod_template() {
+        let a = objects(props(serde_json::json!({})), ApiVersions::modern());
+        let b = objects(props(serde_json::json!({"log_level": "DEBUG"})), ApiVersions::modern());
+        let hash = |o: &[Rendered]| {
+            o.iter().find(|r| r.kind() == "Deployment").expect("d").object["spec"]["template"]
+                ["metadata"]["annotations"]["ralph-deploy.io/config-hash"]
+                .clone()
+        };
+        assert_ne!(hash(&a), hash(&b));
+    }
+}
