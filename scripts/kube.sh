@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The local Kubernetes: etcd, kube-apiserver and kube-controller-manager
 # 1.20.2 (built once by scripts/local-cloud/build-kube.sh), on free loopback
-# ports. There is no scheduler and no kubelet: pods stay Pending unless a
-# node simulator marks them ready.
+# ports, and a node simulator (local-cloud/node_sim.py) in place of the
+# scheduler and kubelets, which marks pods ready (or not, by image tag).
 #   scripts/kube.sh start DIR    writes DIR/kubeconfig
 #   scripts/kube.sh stop DIR
 set -euo pipefail
@@ -55,12 +55,14 @@ KC
     --service-account-private-key-file "$k/sa.key" --use-service-account-credentials=false \
     --bind-address 127.0.0.1 --secure-port 0 --port 0 >"$k/controller-manager.log" 2>&1 &
   echo $! >"$k/controller-manager.pid"
+  python3 "$here/local-cloud/node_sim.py" "$dir/kubeconfig" >"$k/node-sim.log" 2>&1 &
+  echo $! >"$k/node-sim.pid"
   echo "kube-apiserver ready on 127.0.0.1:$ap" >&2
 }
 
 stop() {
   local k="$1/kube"
-  for p in controller-manager apiserver etcd; do
+  for p in node-sim controller-manager apiserver etcd; do
     [ -f "$k/$p.pid" ] && kill "$(cat "$k/$p.pid")" 2>/dev/null || true
   done
 }

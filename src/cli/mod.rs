@@ -198,12 +198,21 @@ pub enum StateCommand {
 
 pub fn main() -> i32 {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_env("RALPH_DEPLOY_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("RALPH_DEPLOY_LOG").unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new(
+                // A kubeconfig that skips TLS verification is the user's
+                // explicit choice; the client would repeat it on every call.
+                "warn,kube_client::client::tls=error",
+            )
+        });
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
+    // Several TLS stacks are linked (the cloud SDKs', the Kubernetes
+    // client's): name the one rustls uses, once for the process.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

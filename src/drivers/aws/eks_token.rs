@@ -8,7 +8,9 @@ use std::time::{Duration, SystemTime};
 
 use aws_credential_types::provider::ProvideCredentials;
 use aws_credential_types::Credentials;
-use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SignatureLocation, SigningSettings};
+use aws_sigv4::http_request::{
+    sign, SignableBody, SignableRequest, SignatureLocation, SigningSettings,
+};
 use aws_sigv4::sign::v4;
 use base64::Engine;
 
@@ -17,7 +19,9 @@ use crate::drivers::DriverError;
 
 pub async fn token(aws: &AwsClients, cluster: &str) -> Result<String, DriverError> {
     let provider = aws.sdk.credentials_provider().ok_or_else(|| {
-        DriverError::new("no AWS credentials to make an EKS token with: set a profile or AWS_ACCESS_KEY_ID")
+        DriverError::new(
+            "no AWS credentials to make an EKS token with: set a profile or AWS_ACCESS_KEY_ID",
+        )
     })?;
     let credentials = provider
         .provide_credentials()
@@ -32,9 +36,8 @@ pub fn presigned_token(
     cluster: &str,
     now: SystemTime,
 ) -> Result<String, DriverError> {
-    let url = format!(
-        "https://sts.{region}.amazonaws.com/?Action=GetCallerIdentity&Version=2011-06-15"
-    );
+    let url =
+        format!("https://sts.{region}.amazonaws.com/?Action=GetCallerIdentity&Version=2011-06-15");
     let identity = credentials.clone().into();
     let mut settings = SigningSettings::default();
     settings.signature_location = SignatureLocation::QueryParams;
@@ -78,15 +81,25 @@ mod tests {
     #[test]
     fn the_token_is_a_presigned_get_caller_identity() {
         let creds = Credentials::new("AKIDEXAMPLE", "secret", None, None, "test");
-        let t = presigned_token(&creds, "eu-west-1", "ralph-production", SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000))
-            .expect("token");
+        let t = presigned_token(
+            &creds,
+            "eu-west-1",
+            "ralph-production",
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+        )
+        .expect("token");
         let body = t.strip_prefix("k8s-aws-v1.").expect("prefix");
         assert!(!body.contains('='), "no padding");
         let url = String::from_utf8(
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(body).expect("base64url"),
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(body)
+                .expect("base64url"),
         )
         .expect("utf8");
-        assert!(url.starts_with("https://sts.eu-west-1.amazonaws.com/?"), "{url}");
+        assert!(
+            url.starts_with("https://sts.eu-west-1.amazonaws.com/?"),
+            "{url}"
+        );
         for part in [
             "Action=GetCallerIdentity",
             "Version=2011-06-15",

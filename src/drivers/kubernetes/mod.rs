@@ -12,7 +12,9 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 
 use base64::Engine;
-use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams};
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
+};
 use serde_json::{Map, Value as Json};
 
 use crate::drivers::{Context, DriverError};
@@ -114,7 +116,9 @@ pub async fn connect(cx: &Context, props: &Map<String, Json>) -> Result<kube::Cl
             config.root_cert = Some(ca_certificates(ca).map_err(DriverError::new)?);
         }
         let cluster = prop(props, "cluster_name").ok_or_else(|| {
-            DriverError::new("`cluster_name` is needed with `cluster_endpoint` (the token names the cluster)")
+            DriverError::new(
+                "`cluster_name` is needed with `cluster_endpoint` (the token names the cluster)",
+            )
         })?;
         let aws = cx.aws().await?;
         let token = crate::drivers::aws::eks_token::token(aws, cluster).await?;
@@ -169,7 +173,12 @@ fn api_resource(api_version: &str, kind: &str) -> ApiResource {
     ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, kind))
 }
 
-fn dynamic_api(client: &kube::Client, api_version: &str, kind: &str, namespace: &str) -> Api<DynamicObject> {
+fn dynamic_api(
+    client: &kube::Client,
+    api_version: &str,
+    kind: &str,
+    namespace: &str,
+) -> Api<DynamicObject> {
     let ar = api_resource(api_version, kind);
     if kind == "Namespace" {
         Api::all_with(client.clone(), &ar)
@@ -188,13 +197,22 @@ pub async fn server_side_apply(
     let kind = object["kind"].as_str().unwrap_or_default();
     let name = object["metadata"]["name"].as_str().unwrap_or_default();
     let namespace = object["metadata"]["namespace"].as_str().unwrap_or_default();
-    let api = dynamic_api(client, object["apiVersion"].as_str().unwrap_or_default(), kind, namespace);
+    let api = dynamic_api(
+        client,
+        object["apiVersion"].as_str().unwrap_or_default(),
+        kind,
+        namespace,
+    );
     let dynamic: DynamicObject = serde_json::from_value(object.clone())
         .map_err(|e| DriverError::new(format!("{kind}/{name}: {e}")))?;
     count(cx);
-    api.patch(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&dynamic))
-        .await
-        .map_err(|e| kube_error(&format!("applying {kind} {namespace}/{name}"), e))
+    api.patch(
+        name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&dynamic),
+    )
+    .await
+    .map_err(|e| kube_error(&format!("applying {kind} {namespace}/{name}"), e))
 }
 
 /// The namespaced kinds the orchestrator kind manages, with the API version
@@ -327,18 +345,13 @@ pub async fn read_secrets(
                         )))
                     }
                 },
-                _ => {
-                    return Err(DriverError::new(format!(
-                        "secret {key}: {id} is not a JSON object, so `#{k}` cannot pick a key from it"
-                    )))
-                }
+                _ => return Err(DriverError::new(format!(
+                    "secret {key}: {id} is not a JSON object, so `#{k}` cannot pick a key from it"
+                ))),
             },
         };
         values.insert(key.clone(), value);
-        versions.push(format!(
-            "{key}={}",
-            out.version_id().unwrap_or_default()
-        ));
+        versions.push(format!("{key}={}", out.version_id().unwrap_or_default()));
     }
     Ok((values, versions.join(",")))
 }
@@ -354,8 +367,14 @@ mod tests {
             "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
             b64.encode(b"der-one")
         );
-        assert_eq!(ca_certificates(&b64.encode(pem)).expect("pem"), vec![b"der-one".to_vec()]);
-        assert_eq!(ca_certificates(&b64.encode(b"raw")).expect("der"), vec![b"raw".to_vec()]);
+        assert_eq!(
+            ca_certificates(&b64.encode(pem)).expect("pem"),
+            vec![b"der-one".to_vec()]
+        );
+        assert_eq!(
+            ca_certificates(&b64.encode(b"raw")).expect("der"),
+            vec![b"raw".to_vec()]
+        );
         assert!(ca_certificates("%%").is_err());
     }
 }

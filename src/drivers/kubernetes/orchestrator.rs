@@ -15,7 +15,9 @@ use kube::api::{Api, DeleteParams, ListParams};
 use serde_json::{Map, Value as Json};
 
 use super::render::{self, ApiVersions};
-use super::{connect, discover, is_not_found, owned_objects, prune, read_secrets, server_side_apply};
+use super::{
+    connect, discover, is_not_found, owned_objects, prune, read_secrets, server_side_apply,
+};
 use crate::drivers::{Context, Desired, Driver, DriverError, Known, Observed, Owner, Timeouts};
 use crate::kinds::{Attr, Field, KindSchema, Ty};
 
@@ -27,7 +29,8 @@ fn dns_label(v: &Json) -> Result<(), String> {
     let s = v.as_str().unwrap_or_default();
     let ok = !s.is_empty()
         && s.len() <= 63
-        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         && !s.starts_with('-')
         && !s.ends_with('-');
     if ok {
@@ -41,12 +44,15 @@ fn image_tag(v: &Json) -> Result<(), String> {
     let s = v.as_str().unwrap_or_default();
     let ok = !s.is_empty()
         && s.len() <= 128
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
         && !s.starts_with(['.', '-']);
     if ok {
         Ok(())
     } else {
-        Err(format!("{s:?} is not an image tag: letters, digits, `_`, `.`, `-`, at most 128"))
+        Err(format!(
+            "{s:?} is not an image tag: letters, digits, `_`, `.`, `-`, at most 128"
+        ))
     }
 }
 
@@ -114,7 +120,7 @@ static SCHEMA: KindSchema = KindSchema {
         Field::new("target_memory_percent", Ty::Int, "the autoscaler's memory target").default("80"),
         Field::new("min_available", Ty::Int, "the PodDisruptionBudget's minimum (default: replicas - 1)"),
         Field::new("templates", Ty::String, "a directory whose files replace the built-in templates of the same name"),
-        Field::new("objects", Ty::List(&Ty::String), "computed: the objects the templates make, as Kind/name").check(computed),
+        Field::new("objects", Ty::Set(&Ty::String), "computed: the objects the templates make, as Kind/name").check(computed),
     ],
     attrs: &[
         Attr { name: "id", ty: Ty::String, doc: "namespace/name of the Deployment" },
@@ -130,13 +136,7 @@ static SCHEMA: KindSchema = KindSchema {
 pub struct Orchestrator;
 
 fn ns_name(props: &Map<String, Json>) -> (String, String) {
-    let get = |k: &str, d: &str| {
-        props
-            .get(k)
-            .and_then(Json::as_str)
-            .unwrap_or(d)
-            .to_string()
-    };
+    let get = |k: &str, d: &str| props.get(k).and_then(Json::as_str).unwrap_or(d).to_string();
     (get("namespace", "ralph"), get("name", "ralph-orchestrator"))
 }
 
@@ -185,10 +185,22 @@ async fn observe(
     let d = match deployments.get(&name).await {
         Ok(d) => d,
         Err(e) if is_not_found(&e) => return Ok(None),
-        Err(e) => return Err(super::kube_error(&format!("reading Deployment {namespace}/{name}"), e)),
+        Err(e) => {
+            return Err(super::kube_error(
+                &format!("reading Deployment {namespace}/{name}"),
+                e,
+            ))
+        }
     };
     let api = discover(cx, client).await?;
-    let objects = owned_objects(cx, client, &api, &namespace, &render::ownership_selector(owner, address)).await?;
+    let objects = owned_objects(
+        cx,
+        client,
+        &api,
+        &namespace,
+        &render::ownership_selector(owner, address),
+    )
+    .await?;
     let mut attrs = base.clone();
     let spec = &d.spec;
     if let Some(r) = spec.replicas {
@@ -207,9 +219,12 @@ async fn observe(
         }
     }
     // Objects: the Namespace is not listed by label (it is cluster-wide).
-    let mut ids: Vec<Json> = vec![Json::String(format!("Namespace/{namespace}"))];
-    ids.extend(objects.keys().cloned().map(Json::String));
-    attrs.insert("objects".into(), Json::Array(ids));
+    let mut ids: std::collections::BTreeSet<String> = objects.into_keys().collect();
+    ids.insert(format!("Namespace/{namespace}"));
+    attrs.insert(
+        "objects".into(),
+        Json::Array(ids.into_iter().map(Json::String).collect()),
+    );
     attrs.insert("id".into(), Json::String(format!("{namespace}/{name}")));
     attrs.insert("image_ref".into(), Json::String(image));
     attrs.insert("namespace".into(), Json::String(namespace.clone()));
@@ -250,11 +265,15 @@ async fn rollout_problem(
     d: &Deployment,
     image: &str,
 ) -> Result<Option<String>, DriverError> {
-    let conditions = d.status.as_ref().and_then(|s| s.conditions.clone()).unwrap_or_default();
-    if let Some(c) = conditions
-        .iter()
-        .find(|c| c.type_.as_deref() == Some("Progressing") && c.reason.as_deref() == Some("ProgressDeadlineExceeded"))
-    {
+    let conditions = d
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.clone())
+        .unwrap_or_default();
+    if let Some(c) = conditions.iter().find(|c| {
+        c.type_.as_deref() == Some("Progressing")
+            && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+    }) {
         return Ok(Some(format!(
             "ProgressDeadlineExceeded: {}",
             c.message.clone().unwrap_or_default()
@@ -278,21 +297,29 @@ async fn rollout_problem(
         .await
         .map_err(|e| super::kube_error("listing the rollout's pods", e))?;
     for p in &list.items {
-        let runs_new = p
-            .spec
-            .as_ref()
-            .is_some_and(|s| s.containers.iter().any(|c| c.image.as_deref() == Some(image)));
+        let runs_new = p.spec.as_ref().is_some_and(|s| {
+            s.containers
+                .iter()
+                .any(|c| c.image.as_deref() == Some(image))
+        });
         if !runs_new {
             continue;
         }
-        for cs in p.status.as_ref().and_then(|s| s.container_statuses.clone()).unwrap_or_default() {
+        for cs in p
+            .status
+            .as_ref()
+            .and_then(|s| s.container_statuses.clone())
+            .unwrap_or_default()
+        {
             if let Some(w) = cs.state.as_ref().and_then(|s| s.waiting.as_ref()) {
                 let reason = w.reason.clone().unwrap_or_default();
                 if STUCK.contains(&reason.as_str()) {
                     return Ok(Some(format!(
                         "pod {} is {reason}: {}",
                         p.metadata.name.clone().unwrap_or_default(),
-                        w.message.clone().unwrap_or_else(|| format!("image {image}"))
+                        w.message
+                            .clone()
+                            .unwrap_or_else(|| format!("image {image}"))
                     )));
                 }
             }
@@ -319,10 +346,9 @@ async fn wait_rollout(
         let deployments = deployments.clone();
         async move {
             super::count(cx);
-            let d = deployments
-                .get(name)
-                .await
-                .map_err(|e| super::kube_error(&format!("reading Deployment {namespace}/{name}"), e))?;
+            let d = deployments.get(name).await.map_err(|e| {
+                super::kube_error(&format!("reading Deployment {namespace}/{name}"), e)
+            })?;
             let st = d.status.clone().unwrap_or_default();
             if st.observed_generation.unwrap_or(0) < generation {
                 return Ok((None, "waiting for the deployment controller".to_string()));
@@ -349,15 +375,22 @@ async fn wait_rollout(
     .await
 }
 
-/// Applies every object of one release and waits for its rollout.
-async fn release(
+/// One release, rendered and with its secrets read, ready to apply.
+struct Release {
+    api: ApiVersions,
+    values: render::Values,
+    objects: Vec<render::Rendered>,
+}
+
+/// Everything that can fail before the cluster is touched: discovery, the
+/// secrets, the templates.
+async fn prepare(
     cx: &Context,
     client: &kube::Client,
     owner: &Owner,
     address: &str,
     props: &Map<String, Json>,
-    timeout: Duration,
-) -> Result<(), DriverError> {
+) -> Result<Release, DriverError> {
     let api = discover(cx, client).await?;
     let (secret_values, secrets_version) = read_secrets(cx, props).await?;
     let values = render::values(owner, address, props, api.clone(), &secrets_version)
@@ -371,21 +404,58 @@ async fn release(
             .collect();
         o.object["stringData"] = Json::Object(data);
     }
+    Ok(Release {
+        api,
+        values,
+        objects,
+    })
+}
+
+/// Applies every object of a release, prunes what it no longer has, and
+/// waits for the rollout.
+async fn roll_out(
+    cx: &Context,
+    client: &kube::Client,
+    owner: &Owner,
+    address: &str,
+    release: &Release,
+    timeout: Duration,
+) -> Result<(), DriverError> {
     let mut generation = 0;
-    for o in &objects {
+    for o in &release.objects {
         let applied = server_side_apply(cx, client, &o.object).await?;
         if o.kind() == "Deployment" {
             generation = applied.metadata.generation.unwrap_or(0);
         }
     }
-    let keep = super::object_ids(&objects);
-    let pruned = prune(cx, client, &api, &values.namespace, &render::ownership_selector(owner, address), &keep).await?;
-    for id in pruned {
+    let keep = super::object_ids(&release.objects);
+    let values = &release.values;
+    let selector = render::ownership_selector(owner, address);
+    for id in prune(
+        cx,
+        client,
+        &release.api,
+        &values.namespace,
+        &selector,
+        &keep,
+    )
+    .await?
+    {
         cx.reporter.report(crate::events::Event::Warning {
             message: format!("{address}: pruned {id}, which the stack no longer declares"),
         });
     }
-    wait_rollout(cx, client, address, &values.namespace, &values.name, generation, &values.image, timeout).await
+    wait_rollout(
+        cx,
+        client,
+        address,
+        &values.namespace,
+        &values.name,
+        generation,
+        &values.image,
+        timeout,
+    )
+    .await
 }
 
 /// The release `props` (completing the tag from the one running), rolled
@@ -398,7 +468,10 @@ async fn deploy(
 ) -> Result<Observed, DriverError> {
     let mut props = want.props.clone();
     if !props.contains_key("tag") {
-        if let Some(t) = have.and_then(|h| h.attrs.get("tag")).filter(|t| t.is_string()) {
+        if let Some(t) = have
+            .and_then(|h| h.attrs.get("tag"))
+            .filter(|t| t.is_string())
+        {
             props.insert("tag".into(), t.clone());
         }
     }
@@ -410,12 +483,15 @@ async fn deploy(
         .and_then(Json::as_object)
         .cloned();
     let client = connect(cx, &props).await?;
-    let outcome = release(cx, &client, want.owner, want.address, &props, timeout).await;
+    let next = prepare(cx, &client, want.owner, want.address, &props).await?;
+    let outcome = roll_out(cx, &client, want.owner, want.address, &next, timeout).await;
     let failure = match outcome {
         Ok(()) => {
             return observe(cx, &client, want.owner, want.address, &props, Some(&props))
                 .await?
-                .ok_or_else(|| DriverError::new("the Deployment disappeared right after its rollout"));
+                .ok_or_else(|| {
+                    DriverError::new("the Deployment disappeared right after its rollout")
+                });
         }
         Err(e) => e,
     };
@@ -428,7 +504,11 @@ async fn deploy(
             cx.reporter.report(crate::events::Event::Warning {
                 message: format!("{}: the rollout of {image} failed ({}); rolling back to {previous}", want.address, failure.message),
             });
-            match release(cx, &client, want.owner, want.address, good, timeout).await {
+            let back = match prepare(cx, &client, want.owner, want.address, good).await {
+                Ok(back) => roll_out(cx, &client, want.owner, want.address, &back, timeout).await,
+                Err(e) => Err(e),
+            };
+            match back {
                 Ok(()) => (
                     format!("the rollout of {image} failed: {}. Rolled back to the last good release ({previous}), which is available again", failure.message),
                     Some(good.clone()),
@@ -446,7 +526,16 @@ async fn deploy(
     };
     let base_props = base.clone().unwrap_or_else(|| props.clone());
     let mut err = DriverError::new(message);
-    if let Some(obs) = observe(cx, &client, want.owner, want.address, &base_props, base.as_ref()).await? {
+    if let Some(obs) = observe(
+        cx,
+        &client,
+        want.owner,
+        want.address,
+        &base_props,
+        base.as_ref(),
+    )
+    .await?
+    {
         err = err.with_partial(obs);
     }
     Err(err)
@@ -462,7 +551,8 @@ pub async fn rollback(
     timeout: Duration,
 ) -> Result<Observed, DriverError> {
     let client = connect(cx, props).await?;
-    release(cx, &client, &cx.owner, address, previous, timeout).await?;
+    let back = prepare(cx, &client, &cx.owner, address, previous).await?;
+    roll_out(cx, &client, &cx.owner, address, &back, timeout).await?;
     observe(cx, &client, &cx.owner, address, previous, Some(previous))
         .await?
         .ok_or_else(|| DriverError::new("the Deployment disappeared right after its rollback"))
@@ -490,7 +580,12 @@ impl Driver for Orchestrator {
         if let Ok(objects) = render_offline(&owner, "", base_dir, &p, ApiVersions::modern()) {
             props.insert(
                 "objects".into(),
-                Json::Array(super::object_ids(&objects).into_iter().map(Json::String).collect()),
+                Json::Array(
+                    super::object_ids(&objects)
+                        .into_iter()
+                        .map(Json::String)
+                        .collect(),
+                ),
             );
         }
     }
@@ -502,11 +597,16 @@ impl Driver for Orchestrator {
             // rolled back), so that is what the stack is compared with.
             let last_good = k.attrs.get("last_good").and_then(Json::as_object);
             let base = last_good.unwrap_or(&k.inputs);
-            let address = k.attrs.get("address").and_then(Json::as_str).unwrap_or_default();
+            let address = k
+                .attrs
+                .get("address")
+                .and_then(Json::as_str)
+                .unwrap_or_default();
             let client = connect(cx, &k.inputs).await?;
             if let Some(mut o) = observe(cx, &client, &cx.owner, address, base, last_good).await? {
                 o.id = k.id.clone();
-                o.attrs.insert("address".into(), Json::String(address.to_string()));
+                o.attrs
+                    .insert("address".into(), Json::String(address.to_string()));
                 out.push(o);
             }
         }
@@ -516,7 +616,8 @@ impl Driver for Orchestrator {
     async fn create(&self, cx: &Context, want: &Desired<'_>) -> Result<Observed, DriverError> {
         let timeout = want.timeouts.create_or(Duration::from_secs(20 * 60));
         let mut o = deploy(cx, want, None, timeout).await?;
-        o.attrs.insert("address".into(), Json::String(want.address.to_string()));
+        o.attrs
+            .insert("address".into(), Json::String(want.address.to_string()));
         Ok(o)
     }
 
@@ -529,7 +630,8 @@ impl Driver for Orchestrator {
     ) -> Result<Observed, DriverError> {
         let timeout = want.timeouts.update_or(Duration::from_secs(20 * 60));
         let mut o = deploy(cx, want, Some(have), timeout).await?;
-        o.attrs.insert("address".into(), Json::String(want.address.to_string()));
+        o.attrs
+            .insert("address".into(), Json::String(want.address.to_string()));
         Ok(o)
     }
 
@@ -540,18 +642,35 @@ impl Driver for Orchestrator {
         timeouts: &Timeouts,
     ) -> Result<(), DriverError> {
         let client = connect(cx, &have.attrs).await?;
-        let address = have.attrs.get("address").and_then(Json::as_str).unwrap_or_default();
+        let address = have
+            .attrs
+            .get("address")
+            .and_then(Json::as_str)
+            .unwrap_or_default();
         let (namespace, _) = ns_name(&have.attrs);
         let api = discover(cx, &client).await?;
         let selector = render::ownership_selector(&cx.owner, address);
-        prune(cx, &client, &api, &namespace, &selector, &Default::default()).await?;
+        prune(
+            cx,
+            &client,
+            &api,
+            &namespace,
+            &selector,
+            &Default::default(),
+        )
+        .await?;
         // The namespace goes too, when this resource made it.
         let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
         super::count(cx);
         let ns = match namespaces.get(&namespace).await {
             Ok(ns) => ns,
             Err(e) if is_not_found(&e) => return Ok(()),
-            Err(e) => return Err(super::kube_error(&format!("reading namespace {namespace}"), e)),
+            Err(e) => {
+                return Err(super::kube_error(
+                    &format!("reading namespace {namespace}"),
+                    e,
+                ))
+            }
         };
         let labels = ns.metadata.labels.unwrap_or_default();
         let ours = labels.get(render::LABEL_STACK) == Some(&cx.owner.stack)
@@ -561,24 +680,40 @@ impl Driver for Orchestrator {
             return Ok(());
         }
         super::count(cx);
-        match namespaces.delete(&namespace, &DeleteParams::background()).await {
+        match namespaces
+            .delete(&namespace, &DeleteParams::background())
+            .await
+        {
             Ok(_) => {}
             Err(e) if is_not_found(&e) => return Ok(()),
-            Err(e) => return Err(super::kube_error(&format!("deleting namespace {namespace}"), e)),
+            Err(e) => {
+                return Err(super::kube_error(
+                    &format!("deleting namespace {namespace}"),
+                    e,
+                ))
+            }
         }
         let timeout = timeouts.delete_or(Duration::from_secs(10 * 60));
-        cx.wait_until(address, &format!("namespace {namespace} to be gone"), timeout, || {
-            let namespaces = namespaces.clone();
-            let namespace = namespace.clone();
-            async move {
-                super::count(cx);
-                match namespaces.get(&namespace).await {
-                    Err(e) if is_not_found(&e) => Ok((Some(()), "gone".to_string())),
-                    Err(e) => Err(super::kube_error(&format!("reading namespace {namespace}"), e)),
-                    Ok(_) => Ok((None, "terminating".to_string())),
+        cx.wait_until(
+            address,
+            &format!("namespace {namespace} to be gone"),
+            timeout,
+            || {
+                let namespaces = namespaces.clone();
+                let namespace = namespace.clone();
+                async move {
+                    super::count(cx);
+                    match namespaces.get(&namespace).await {
+                        Err(e) if is_not_found(&e) => Ok((Some(()), "gone".to_string())),
+                        Err(e) => Err(super::kube_error(
+                            &format!("reading namespace {namespace}"),
+                            e,
+                        )),
+                        Ok(_) => Ok((None, "terminating".to_string())),
+                    }
                 }
-            }
-        })
+            },
+        )
         .await
     }
 }

@@ -15,16 +15,46 @@ use sha2::Digest;
 /// (what others refer to first, the Deployment after its config, the
 /// autoscaler after the Deployment).
 pub const TEMPLATES: &[(&str, &str)] = &[
-    ("namespace.yaml", include_str!("../../../templates/namespace.yaml")),
-    ("serviceaccount.yaml", include_str!("../../../templates/serviceaccount.yaml")),
-    ("configmap.yaml", include_str!("../../../templates/configmap.yaml")),
-    ("secret.yaml", include_str!("../../../templates/secret.yaml")),
-    ("service.yaml", include_str!("../../../templates/service.yaml")),
-    ("networkpolicy.yaml", include_str!("../../../templates/networkpolicy.yaml")),
-    ("poddisruptionbudget.yaml", include_str!("../../../templates/poddisruptionbudget.yaml")),
-    ("deployment.yaml", include_str!("../../../templates/deployment.yaml")),
-    ("horizontalpodautoscaler.yaml", include_str!("../../../templates/horizontalpodautoscaler.yaml")),
-    ("ingress.yaml", include_str!("../../../templates/ingress.yaml")),
+    (
+        "namespace.yaml",
+        include_str!("../../../templates/namespace.yaml"),
+    ),
+    (
+        "serviceaccount.yaml",
+        include_str!("../../../templates/serviceaccount.yaml"),
+    ),
+    (
+        "configmap.yaml",
+        include_str!("../../../templates/configmap.yaml"),
+    ),
+    (
+        "secret.yaml",
+        include_str!("../../../templates/secret.yaml"),
+    ),
+    (
+        "service.yaml",
+        include_str!("../../../templates/service.yaml"),
+    ),
+    (
+        "networkpolicy.yaml",
+        include_str!("../../../templates/networkpolicy.yaml"),
+    ),
+    (
+        "poddisruptionbudget.yaml",
+        include_str!("../../../templates/poddisruptionbudget.yaml"),
+    ),
+    (
+        "deployment.yaml",
+        include_str!("../../../templates/deployment.yaml"),
+    ),
+    (
+        "horizontalpodautoscaler.yaml",
+        include_str!("../../../templates/horizontalpodautoscaler.yaml"),
+    ),
+    (
+        "ingress.yaml",
+        include_str!("../../../templates/ingress.yaml"),
+    ),
 ];
 
 /// Ownership labels: prune deletes only objects that carry all three with
@@ -192,7 +222,10 @@ pub fn config_entries(props: &Map<String, Json>) -> BTreeMap<String, String> {
     put("RALPH_MAX_RUNTIME", s(props, "max_runtime", "14400"));
     put("RALPH_MAX_TOKENS", s(props, "max_tokens", "1000000"));
     put("RALPH_MAX_COST", s(props, "max_cost", "50.0"));
-    put("RALPH_CHECKPOINT_INTERVAL", s(props, "checkpoint_interval", "5"));
+    put(
+        "RALPH_CHECKPOINT_INTERVAL",
+        s(props, "checkpoint_interval", "5"),
+    );
     if let Some(u) = props.get("database_url").and_then(Json::as_str) {
         put("DATABASE_URL", u.to_string());
     }
@@ -229,7 +262,10 @@ pub fn ownership_labels(
 ) -> BTreeMap<String, String> {
     BTreeMap::from([
         ("app.kubernetes.io/name".to_string(), name.to_string()),
-        ("app.kubernetes.io/instance".to_string(), format!("{}-{}", owner.stack, owner.environment)),
+        (
+            "app.kubernetes.io/instance".to_string(),
+            format!("{}-{}", owner.stack, owner.environment),
+        ),
         (LABEL_MANAGED_BY.to_string(), MANAGER.to_string()),
         (LABEL_STACK.to_string(), owner.stack.clone()),
         (LABEL_ENVIRONMENT.to_string(), owner.environment.clone()),
@@ -270,7 +306,10 @@ pub fn values(
     let labels = ownership_labels(owner, address, &name);
     let selector = BTreeMap::from([
         ("app.kubernetes.io/name".to_string(), name.clone()),
-        ("app.kubernetes.io/instance".to_string(), format!("{}-{}", owner.stack, owner.environment)),
+        (
+            "app.kubernetes.io/instance".to_string(),
+            format!("{}-{}", owner.stack, owner.environment),
+        ),
     ]);
     let replicas = i(props, "replicas", 3);
     Ok(Values {
@@ -375,7 +414,9 @@ pub fn render(values: &Values, overrides: Option<&Path>) -> Result<Vec<Rendered>
         let object: Json = serde_yaml_ng::from_str(&text)
             .map_err(|e| format!("template {name} did not render valid YAML: {e}"))?;
         if !object.is_object() || object.get("kind").is_none() {
-            return Err(format!("template {name} did not render a Kubernetes object"));
+            return Err(format!(
+                "template {name} did not render a Kubernetes object"
+            ));
         }
         out.push(Rendered {
             template: name,
@@ -423,16 +464,31 @@ mod tests {
 
     #[test]
     fn the_guide_settings_are_rendered() {
-        let objs = objects(props(serde_json::json!({"ingress_host": "ralph.example.com"})), ApiVersions::modern());
+        let objs = objects(
+            props(serde_json::json!({"ingress_host": "ralph.example.com"})),
+            ApiVersions::modern(),
+        );
         let kinds: Vec<&str> = objs.iter().map(Rendered::kind).collect();
         assert_eq!(
             kinds,
             [
-                "Namespace", "ServiceAccount", "ConfigMap", "Secret", "Service", "NetworkPolicy",
-                "PodDisruptionBudget", "Deployment", "HorizontalPodAutoscaler", "Ingress"
+                "Namespace",
+                "ServiceAccount",
+                "ConfigMap",
+                "Secret",
+                "Service",
+                "NetworkPolicy",
+                "PodDisruptionBudget",
+                "Deployment",
+                "HorizontalPodAutoscaler",
+                "Ingress"
             ]
         );
-        let d = &objs.iter().find(|o| o.kind() == "Deployment").expect("deployment").object;
+        let d = &objs
+            .iter()
+            .find(|o| o.kind() == "Deployment")
+            .expect("deployment")
+            .object;
         assert_eq!(d["spec"]["replicas"], 3);
         assert_eq!(d["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"], 0);
         assert_eq!(d["spec"]["strategy"]["rollingUpdate"]["maxSurge"], 1);
@@ -445,11 +501,17 @@ mod tests {
         assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
         assert_eq!(c["securityContext"]["capabilities"]["drop"][0], "ALL");
         let ns = &objs[0].object;
-        assert_eq!(ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"], "restricted");
+        assert_eq!(
+            ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"],
+            "restricted"
+        );
         let cm = &objs[2].object;
         assert_eq!(cm["data"]["RALPH_MAX_ITERATIONS"], "100");
         let secret = &objs[3].object;
-        assert_eq!(secret["stringData"]["SECRET_KEY"], "<from the secret store>");
+        assert_eq!(
+            secret["stringData"]["SECRET_KEY"],
+            "<from the secret store>"
+        );
     }
 
     #[test]
@@ -459,10 +521,18 @@ mod tests {
             pdb: "policy/v1beta1".into(),
         };
         let objs = objects(props(serde_json::json!({"network_policy": false})), old);
-        assert!(objs.iter().all(|o| o.kind() != "NetworkPolicy" && o.kind() != "Ingress"));
-        let hpa = objs.iter().find(|o| o.kind() == "HorizontalPodAutoscaler").expect("hpa");
+        assert!(objs
+            .iter()
+            .all(|o| o.kind() != "NetworkPolicy" && o.kind() != "Ingress"));
+        let hpa = objs
+            .iter()
+            .find(|o| o.kind() == "HorizontalPodAutoscaler")
+            .expect("hpa");
         assert_eq!(hpa.api_version(), "autoscaling/v2beta2");
-        let pdb = objs.iter().find(|o| o.kind() == "PodDisruptionBudget").expect("pdb");
+        let pdb = objs
+            .iter()
+            .find(|o| o.kind() == "PodDisruptionBudget")
+            .expect("pdb");
         assert_eq!(pdb.api_version(), "policy/v1beta1");
     }
 
@@ -478,10 +548,16 @@ mod tests {
     #[test]
     fn a_config_change_changes_the_pod_template() {
         let a = objects(props(serde_json::json!({})), ApiVersions::modern());
-        let b = objects(props(serde_json::json!({"log_level": "DEBUG"})), ApiVersions::modern());
+        let b = objects(
+            props(serde_json::json!({"log_level": "DEBUG"})),
+            ApiVersions::modern(),
+        );
         let hash = |o: &[Rendered]| {
-            o.iter().find(|r| r.kind() == "Deployment").expect("d").object["spec"]["template"]
-                ["metadata"]["annotations"]["ralph-deploy.io/config-hash"]
+            o.iter()
+                .find(|r| r.kind() == "Deployment")
+                .expect("d")
+                .object["spec"]["template"]["metadata"]["annotations"]
+                ["ralph-deploy.io/config-hash"]
                 .clone()
         };
         assert_ne!(hash(&a), hash(&b));
