@@ -35,6 +35,22 @@ pub async fn run(cmd: Command) -> anyhow::Result<i32> {
         } => plan_cmd(&args, json, detailed_exitcode, out.as_deref(), destroy).await,
         Command::Apply { args, run } => apply_cmd(&args, &run, false).await,
         Command::Destroy { args, run } => apply_cmd(&args, &run, true).await,
+        Command::Render {
+            args,
+            resource,
+            discover,
+        } => super::kube::render_cmd(&args, resource.as_deref(), discover).await,
+        Command::Deploy {
+            args,
+            image,
+            resource,
+            run,
+        } => super::kube::deploy_cmd(&args, &image, resource.as_deref(), &run).await,
+        Command::Rollback {
+            args,
+            resource,
+            run,
+        } => super::kube::rollback_cmd(&args, resource.as_deref(), &run).await,
         Command::Output { args, name, json } => output(&args, name.as_deref(), json).await,
         Command::State { command } => state_cmd(command).await,
         Command::Graph { args, format } => graph(&args, format),
@@ -98,7 +114,7 @@ fn validate(args: &StackArgs, json: bool) -> Result<i32, CliError> {
     Ok(EXIT_OK)
 }
 
-fn reporter(json: bool) -> Arc<dyn Reporter> {
+pub(super) fn reporter(json: bool) -> Arc<dyn Reporter> {
     if json {
         Arc::new(JsonReporter)
     } else {
@@ -106,7 +122,7 @@ fn reporter(json: bool) -> Arc<dyn Reporter> {
     }
 }
 
-async fn read_state(s: &Session) -> Result<(State, bool), CliError> {
+pub(super) async fn read_state(s: &Session) -> Result<(State, bool), CliError> {
     match s
         .backend
         .read()
@@ -264,23 +280,25 @@ async fn apply_cmd(args: &StackArgs, run: &RunArgs, destroy: bool) -> Result<i32
             stale.operation, stale.pid, stale.host, stale.since
         );
     }
-    let result = locked_apply(&s, &cx, run, destroy, saved.map(|f| f.plan)).await;
+    let result = locked_apply(&s, &cx, run, destroy, saved.map(|f| f.plan), None).await;
     if let Err(e) = s.backend.unlock(&lock).await {
         eprintln!("warning: could not release the lock: {e}");
     }
     result
 }
 
-fn lock_error(e: StateError) -> CliError {
+pub(super) fn lock_error(e: StateError) -> CliError {
     CliError::Other(anyhow!(e))
 }
 
-async fn locked_apply(
+/// `only`: apply just the changes of these addresses (`deploy`).
+pub(super) async fn locked_apply(
     s: &Session,
     cx: &Context,
     run: &RunArgs,
     destroy: bool,
     saved: Option<Plan>,
+    only: Option<&[String]>,
 ) -> Result<i32, CliError> {
     let (mut state, existed) = read_state(s).await?;
     // Settle what an interrupted run left open before planning anything.
@@ -313,6 +331,10 @@ async fn locked_apply(
         }
         None => make_plan(s, &state, existed, cx, destroy, &[]).await?,
     };
+    let mut plan = plan;
+    if let Some(only) = only {
+        plan.changes.retain(|c| only.contains(&c.address));
+    }
     if !run.json {
         print!("{}", plan_text(&plan));
     }
@@ -521,19 +543,24 @@ async fn force_unlock(args: &StackArgs, id: &str) -> Result<i32, CliError> {
     Ok(EXIT_OK)
 }
 
-/// The `postgres.migrations` resources of the stack, with their properties
-/// resolved from the state (host and secret come from applied resources).
-async fn migration_targets(
+/// What to do with a property that refers to a resource not applied yet.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Unapplied {
+    Refuse,
+    /// Show it as `(known after apply)`, for offline rendering.
+    Placeholder,
+}
+
+/// The resources of `kind` in the stack, with their properties resolved
+/// from the state (hosts, ARNs and endpoints come from applied resources).
+pub(super) async fn resolved_targets(
     s: &Session,
+    kind: &str,
+    unapplied: Unapplied,
 ) -> Result<Vec<(String, serde_json::Map<String, serde_json::Value>)>, CliError> {
     let (state, _) = read_state(s).await?;
     let mut out = Vec::new();
-    for r in s
-        .stack
-        .resources
-        .values()
-        .filter(|r| r.kind.kind == "postgres.migrations")
-    {
+    for r in s.stack.resources.values().filter(|r| r.kind.kind == kind) {
         let driver = s
             .registry
             .driver(r.kind.kind)
@@ -549,11 +576,14 @@ async fn migration_targets(
             crate::plan::desired_properties(r, driver, &owner, &s.stack.base_dir(), &lookup);
         let mut props = serde_json::Map::new();
         for (k, v) in desired {
-            match v {
-                Some(v) => {
+            match (v, unapplied) {
+                (Some(v), _) => {
                     props.insert(k, v);
                 }
-                None => {
+                (None, Unapplied::Placeholder) => {
+                    props.insert(k, serde_json::Value::String("(known after apply)".into()));
+                }
+                (None, Unapplied::Refuse) => {
                     return Err(CliError::Other(anyhow!(
                         "`{}` of {} refers to a resource that is not applied yet: run apply first",
                         k,
@@ -566,11 +596,17 @@ async fn migration_targets(
     }
     if out.is_empty() {
         return Err(CliError::Other(anyhow!(
-            "{} declares no postgres.migrations resource",
+            "{} declares no {kind} resource",
             s.stack.path.display()
         )));
     }
     Ok(out)
+}
+
+async fn migration_targets(
+    s: &Session,
+) -> Result<Vec<(String, serde_json::Map<String, serde_json::Value>)>, CliError> {
+    resolved_targets(s, "postgres.migrations", Unapplied::Refuse).await
 }
 
 async fn migrate_status(args: &StackArgs, json: bool) -> Result<i32, CliError> {

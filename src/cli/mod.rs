@@ -3,6 +3,7 @@
 //! 2 changes present with `plan --detailed-exitcode`). The only layer that prints.
 
 mod commands;
+mod kube;
 mod render;
 
 use std::path::PathBuf;
@@ -89,6 +90,40 @@ pub enum Command {
     Apply {
         #[command(flatten)]
         args: StackArgs,
+        #[command(flatten)]
+        run: RunArgs,
+    },
+    /// Print the orchestrator's Kubernetes manifests, as apply would send them
+    Render {
+        #[command(flatten)]
+        args: StackArgs,
+        /// Only this resource (default: every kubernetes.orchestrator)
+        #[arg(long)]
+        resource: Option<String>,
+        /// Pick API versions by asking the cluster, instead of those of a current Kubernetes
+        #[arg(long)]
+        discover: bool,
+    },
+    /// Roll out a new orchestrator image and change nothing else, then wait for the rollout
+    Deploy {
+        #[command(flatten)]
+        args: StackArgs,
+        /// A tag (1.4.2) or a full reference (registry/repository:tag)
+        #[arg(long)]
+        image: String,
+        /// Only this resource (default: every kubernetes.orchestrator)
+        #[arg(long)]
+        resource: Option<String>,
+        #[command(flatten)]
+        run: RunArgs,
+    },
+    /// Roll the orchestrator back to the release before the current one
+    Rollback {
+        #[command(flatten)]
+        args: StackArgs,
+        /// Only this resource (default: every kubernetes.orchestrator)
+        #[arg(long)]
+        resource: Option<String>,
         #[command(flatten)]
         run: RunArgs,
     },

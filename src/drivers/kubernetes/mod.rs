@@ -345,9 +345,11 @@ pub async fn read_secrets(
                         )))
                     }
                 },
-                _ => return Err(DriverError::new(format!(
+                _ => {
+                    return Err(DriverError::new(format!(
                     "secret {key}: {id} is not a JSON object, so `#{k}` cannot pick a key from it"
-                ))),
+                )))
+                }
             },
         };
         values.insert(key.clone(), value);

@@ -192,6 +192,20 @@ async fn observe(
             ))
         }
     };
+    // A run that died before recording the resource does not know its
+    // address: the Deployment's ownership label does.
+    let label_address = d
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(render::LABEL_RESOURCE))
+        .cloned()
+        .unwrap_or_default();
+    let address = if address.is_empty() {
+        label_address.as_str()
+    } else {
+        address
+    };
     let api = discover(cx, client).await?;
     let objects = owned_objects(
         cx,
@@ -228,6 +242,7 @@ async fn observe(
     attrs.insert("id".into(), Json::String(format!("{namespace}/{name}")));
     attrs.insert("image_ref".into(), Json::String(image));
     attrs.insert("namespace".into(), Json::String(namespace.clone()));
+    attrs.insert("address".into(), Json::String(address.to_string()));
     let revision = d
         .metadata
         .annotations
@@ -276,7 +291,7 @@ async fn rollout_problem(
     }) {
         return Ok(Some(format!(
             "ProgressDeadlineExceeded: {}",
-            c.message.clone().unwrap_or_default()
+            c.message.clone().unwrap_or_default().trim_end_matches('.')
         )));
     }
     let namespace = d.metadata.namespace.clone().unwrap_or_default();
@@ -487,11 +502,20 @@ async fn deploy(
     let outcome = roll_out(cx, &client, want.owner, want.address, &next, timeout).await;
     let failure = match outcome {
         Ok(()) => {
-            return observe(cx, &client, want.owner, want.address, &props, Some(&props))
+            let mut o = observe(cx, &client, want.owner, want.address, &props, Some(&props))
                 .await?
                 .ok_or_else(|| {
                     DriverError::new("the Deployment disappeared right after its rollout")
-                });
+                })?;
+            // The release before this one, for `ralph-deploy rollback`.
+            let previous = match &last_good {
+                Some(good) if good != &props => Some(Json::Object(good.clone())),
+                _ => have.and_then(|h| h.attrs.get("previous_good")).cloned(),
+            };
+            if let Some(p) = previous {
+                o.attrs.insert("previous_good".into(), p);
+            }
+            return Ok(o);
         }
         Err(e) => e,
     };
@@ -526,7 +550,7 @@ async fn deploy(
     };
     let base_props = base.clone().unwrap_or_else(|| props.clone());
     let mut err = DriverError::new(message);
-    if let Some(obs) = observe(
+    if let Some(mut obs) = observe(
         cx,
         &client,
         want.owner,
@@ -536,6 +560,9 @@ async fn deploy(
     )
     .await?
     {
+        if let Some(p) = have.and_then(|h| h.attrs.get("previous_good")) {
+            obs.attrs.insert("previous_good".into(), p.clone());
+        }
         err = err.with_partial(obs);
     }
     Err(err)
@@ -605,8 +632,9 @@ impl Driver for Orchestrator {
             let client = connect(cx, &k.inputs).await?;
             if let Some(mut o) = observe(cx, &client, &cx.owner, address, base, last_good).await? {
                 o.id = k.id.clone();
-                o.attrs
-                    .insert("address".into(), Json::String(address.to_string()));
+                if let Some(p) = k.attrs.get("previous_good") {
+                    o.attrs.insert("previous_good".into(), p.clone());
+                }
                 out.push(o);
             }
         }
@@ -615,10 +643,7 @@ impl Driver for Orchestrator {
 
     async fn create(&self, cx: &Context, want: &Desired<'_>) -> Result<Observed, DriverError> {
         let timeout = want.timeouts.create_or(Duration::from_secs(20 * 60));
-        let mut o = deploy(cx, want, None, timeout).await?;
-        o.attrs
-            .insert("address".into(), Json::String(want.address.to_string()));
-        Ok(o)
+        deploy(cx, want, None, timeout).await
     }
 
     async fn update(
@@ -629,10 +654,7 @@ impl Driver for Orchestrator {
         _changed: &[String],
     ) -> Result<Observed, DriverError> {
         let timeout = want.timeouts.update_or(Duration::from_secs(20 * 60));
-        let mut o = deploy(cx, want, Some(have), timeout).await?;
-        o.attrs
-            .insert("address".into(), Json::String(want.address.to_string()));
-        Ok(o)
+        deploy(cx, want, Some(have), timeout).await
     }
 
     async fn delete(
