@@ -6,6 +6,7 @@ here="$(cd "$(dirname "$0")" && pwd)"
 need=()
 command -v mold >/dev/null 2>&1 || need+=(mold)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 [ -x /usr/lib/postgresql/15/bin/initdb ] || need+=(postgresql-15)
 if [ ${#need[@]} -gt 0 ]; then
@@ -18,3 +19,14 @@ fi
 # mold may have just been installed: pick it up.
 . "$here/env.sh"
 "$here/moto.sh" install
+# The official Kubernetes JSON schemas, to check rendered manifests against.
+KUBE_VALIDATE_VERSION=1.37.0
+kv="$RALPH_CACHE/kubernetes-validate-$KUBE_VALIDATE_VERSION"
+if [ ! -f "$kv/.complete" ]; then
+  echo "installing kubernetes-validate $KUBE_VALIDATE_VERSION into $kv" >&2
+  rm -rf "$kv" && python3 -m venv "$kv"
+  "$kv/bin/pip" install --quiet --disable-pip-version-check "kubernetes-validate==$KUBE_VALIDATE_VERSION"
+  touch "$kv/.complete"
+fi
+# kube-apiserver and kube-controller-manager, built from source once.
+"$here/local-cloud/build-kube.sh" >/dev/null

@@ -174,13 +174,22 @@ fn malformed_stacks_fail_with_location_and_touch_nothing() {
 
 #[test]
 fn the_shipped_stacks_are_valid_in_every_environment() {
-    for env in ["production", "staging"] {
-        let out = std::process::Command::new(BIN)
-            .current_dir(common::repo())
-            .args(["validate", "stacks/aws-network.yaml", "--env", env])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{env}: {}", text(&out.stderr));
+    let mut stacks: Vec<String> = std::fs::read_dir(common::repo().join("stacks"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".yaml"))
+        .collect();
+    stacks.sort();
+    assert!(stacks.len() >= 3, "{stacks:?}");
+    for stack in &stacks {
+        for env in ["production", "staging"] {
+            let out = std::process::Command::new(BIN)
+                .current_dir(common::repo())
+                .args(["validate", &format!("stacks/{stack}"), "--env", env])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{stack} {env}: {}", text(&out.stderr));
+        }
     }
     // Choosing no environment where several exist is an error that lists them.
     let out = std::process::Command::new(BIN)

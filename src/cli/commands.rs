@@ -566,7 +566,16 @@ pub(super) async fn resolved_targets(
             .driver(r.kind.kind)
             .ok_or_else(|| CliError::Other(anyhow!("no driver for {}", r.kind.kind)))?;
         let lookup = |reference: &crate::stack::Reference| {
-            state.attribute(&reference.address, &reference.attribute)
+            state
+                .attribute(&reference.address, &reference.attribute)
+                .or_else(|| {
+                    (unapplied == Unapplied::Placeholder).then(|| {
+                        serde_json::Value::String(format!(
+                            "({}.{} known after apply)",
+                            reference.address, reference.attribute
+                        ))
+                    })
+                })
         };
         let owner = crate::drivers::Owner {
             stack: s.stack.name.clone(),

@@ -1,0 +1,341 @@
+//! The orchestrator on a real kube-apiserver and kube-controller-manager
+//! (1.20.2, started by scripts/test with a node simulator that marks pods
+//! ready, or not: image tags `broken*` cannot be pulled, `hang*` never get
+//! ready). Secrets come from the local AWS (moto).
+
+mod common;
+
+use common::{text, World};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
+use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+
+fn kubeconfig() -> String {
+    std::env::var("RALPH_TEST_KUBECONFIG").expect(
+        "RALPH_TEST_KUBECONFIG is not set: run the tests with scripts/test, which starts the local Kubernetes",
+    )
+}
+
+async fn client() -> kube::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig()).unwrap();
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .unwrap();
+    kube::Client::try_from(cfg).unwrap()
+}
+
+/// A name of its own per test run: the local cluster outlives a test's state.
+fn unique(base: &str) -> String {
+    format!("{base}-{}", std::process::id())
+}
+
+const API_KEY: &str = "sk-ant-test-0123456789abcdef";
+
+/// The shipped kubernetes-app stack in namespace `name`, image `tag`.
+fn world(name: &str, tag: &str) -> World {
+    let mut w = World::from_stack("kubernetes-app.yaml", name);
+    for (k, v) in [
+        ("RALPH_DEPLOY_VAR_kubeconfig", kubeconfig()),
+        ("RALPH_DEPLOY_VAR_namespace", name.to_string()),
+        ("RALPH_DEPLOY_VAR_image_tag", tag.to_string()),
+        ("RALPH_DEPLOY_VAR_progress_deadline", "8".to_string()),
+        ("ANTHROPIC_API_KEY", API_KEY.to_string()),
+    ] {
+        w.env.push((k.to_string(), v));
+    }
+    w
+}
+
+fn set_var(w: &mut World, name: &str, value: &str) {
+    let key = format!("RALPH_DEPLOY_VAR_{name}");
+    w.env.retain(|(k, _)| k != &key);
+    w.env.push((key, value.to_string()));
+}
+
+async fn deployment(ns: &str) -> Deployment {
+    Api::<Deployment>::namespaced(client().await, ns)
+        .get("ralph-orchestrator")
+        .await
+        .unwrap()
+}
+
+fn image_of(d: &Deployment) -> String {
+    d.spec.template.spec.as_ref().unwrap().containers[0]
+        .image
+        .clone()
+        .unwrap()
+}
+
+fn available(d: &Deployment) -> i32 {
+    d.status.as_ref().and_then(|s| s.available_replicas).unwrap_or(0)
+}
+
+/// The orchestrator's change in a plan.
+fn orchestrator_change(plan: &serde_json::Value) -> serde_json::Value {
+    plan["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["address"] == "orchestrator")
+        .cloned()
+        .unwrap_or_else(|| panic!("no orchestrator change in {plan}"))
+}
+
+fn exit_code(out: &std::process::Output) -> Option<i32> {
+    out.status.code()
+}
+
+async fn exists(api_version: &str, kind: &str, ns: &str, name: &str) -> bool {
+    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+    let ar = kube::api::ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk(group, version, kind));
+    Api::<DynamicObject>::namespaced_with(client().await, ns, &ar)
+        .get_opt(name)
+        .await
+        .unwrap()
+        .is_some()
+}
+
+fn state_text(w: &World) -> String {
+    let mut all = String::new();
+    for e in walk(&w.state_dir()) {
+        all.push_str(&std::fs::read_to_string(e).unwrap_or_default());
+    }
+    all
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn first_deploy_creates_every_object_waits_until_available_and_keeps_secrets_out_of_state() {
+    let ns = &unique("k-first");
+    let w = world(ns, "1.0.0");
+    let out = w.run("apply", &["--auto-approve"]);
+    let all_output = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{all_output}");
+
+    let d = deployment(ns).await;
+    assert_eq!(image_of(&d), "ghcr.io/mikeyobrien/ralph-orchestrator:1.0.0");
+    assert_eq!(available(&d), 3, "the apply returned before the rollout was available");
+    let managers: Vec<String> = d
+        .metadata
+        .managed_fields
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|m| m.manager.clone())
+        .collect();
+    assert!(managers.contains(&"ralph-deploy".to_string()), "{managers:?}");
+
+    // Every object, at the API versions this 1.20 cluster serves.
+    for (v, kind, name) in [
+        ("v1", "ServiceAccount", "ralph-orchestrator"),
+        ("v1", "ConfigMap", "ralph-orchestrator-config"),
+        ("v1", "Secret", "ralph-orchestrator-secrets"),
+        ("v1", "Service", "ralph-orchestrator"),
+        ("networking.k8s.io/v1", "NetworkPolicy", "ralph-orchestrator"),
+        ("networking.k8s.io/v1", "Ingress", "ralph-orchestrator"),
+        ("policy/v1beta1", "PodDisruptionBudget", "ralph-orchestrator"),
+        ("autoscaling/v2beta2", "HorizontalPodAutoscaler", "ralph-orchestrator"),
+    ] {
+        assert!(exists(v, kind, ns, name).await, "{kind} {name} missing");
+    }
+    let namespace = Api::<Namespace>::all(client().await).get(ns).await.unwrap();
+    assert_eq!(
+        namespace.metadata.labels.unwrap()["pod-security.kubernetes.io/enforce"],
+        "restricted"
+    );
+    let cm = Api::<ConfigMap>::namespaced(client().await, ns)
+        .get("ralph-orchestrator-config")
+        .await
+        .unwrap();
+    assert_eq!(cm.data.unwrap()["RALPH_AGENT"], "claude");
+
+    // The Secret holds the values from Secrets Manager; state and output do not.
+    let secret = Api::<Secret>::namespaced(client().await, ns)
+        .get("ralph-orchestrator-secrets")
+        .await
+        .unwrap();
+    let data = secret.data.unwrap();
+    assert_eq!(String::from_utf8(data["ANTHROPIC_API_KEY"].0.clone()).unwrap(), API_KEY);
+    let secret_key = String::from_utf8(data["SECRET_KEY"].0.clone()).unwrap();
+    assert_eq!(secret_key.len(), 64, "32 random bytes as hex");
+    let state = state_text(&w);
+    for v in [API_KEY, secret_key.as_str()] {
+        assert!(!state.contains(v), "a secret value is in the state");
+        assert!(!all_output.contains(v), "a secret value is in the apply output");
+    }
+    let render = w.ok("render", &[]);
+    assert!(!render.contains(API_KEY) && !render.contains(&secret_key));
+
+    // Nothing left to do.
+    let out = w.run("plan", &["--detailed-exitcode"]);
+    assert_eq!(exit_code(&out), Some(0), "{}{}", text(&out.stdout), text(&out.stderr));
+}
+
+#[tokio::test]
+async fn image_changes_roll_out_and_a_broken_image_rolls_back_with_a_failing_exit() {
+    let ns = &unique("k-rollout");
+    let mut w = world(ns, "1.0.0");
+    w.ok("apply", &["--auto-approve"]);
+
+    set_var(&mut w, "image_tag", "1.1.0");
+    w.ok("apply", &["--auto-approve"]);
+    let d = deployment(ns).await;
+    assert_eq!(image_of(&d), "ghcr.io/mikeyobrien/ralph-orchestrator:1.1.0");
+    assert_eq!(available(&d), 3);
+
+    set_var(&mut w, "image_tag", "broken-1.2.0");
+    let out = w.run("apply", &["--auto-approve"]);
+    let err = text(&out.stderr);
+    assert_eq!(exit_code(&out), Some(1), "{err}");
+    assert!(err.contains("ImagePullBackOff"), "{err}");
+    assert!(err.contains("Rolled back to the last good release"), "{err}");
+    let d = deployment(ns).await;
+    assert_eq!(image_of(&d), "ghcr.io/mikeyobrien/ralph-orchestrator:1.1.0");
+    assert_eq!(available(&d), 3);
+    // The plan still wants the broken release: the stack asks for it.
+    let plan = w.plan_json(&[]);
+    let change = &orchestrator_change(&plan);
+    assert_eq!(change["action"], "update", "{plan}");
+    assert_eq!(change["attributes"][0]["name"], "tag");
+    assert_eq!(change["attributes"][0]["before"], "1.1.0");
+}
+
+#[tokio::test]
+async fn a_rollout_past_its_progress_deadline_is_rolled_back() {
+    let ns = &unique("k-deadline");
+    let mut w = world(ns, "1.0.0");
+    w.ok("apply", &["--auto-approve"]);
+    set_var(&mut w, "image_tag", "hang-2.0.0");
+    let started = std::time::Instant::now();
+    let out = w.run("apply", &["--auto-approve"]);
+    let err = text(&out.stderr);
+    assert_eq!(exit_code(&out), Some(1), "{err}");
+    assert!(err.contains("ProgressDeadlineExceeded"), "{err}");
+    assert!(started.elapsed().as_secs() < 60, "the deadline is 8 s");
+    let d = deployment(ns).await;
+    assert_eq!(image_of(&d), "ghcr.io/mikeyobrien/ralph-orchestrator:1.0.0");
+}
+
+#[tokio::test]
+async fn deploy_changes_only_the_image_and_rollback_returns_to_the_previous_release() {
+    let ns = &unique("k-deploy");
+    let w = world(ns, "1.0.0");
+    w.ok("apply", &["--auto-approve"]);
+    // A stack edit that `deploy` must not apply.
+    w.edit("replicas: ${var.replicas}", "replicas: 4");
+
+    w.ok("deploy", &["--image", "1.1.0", "--auto-approve"]);
+    let d = deployment(ns).await;
+    assert_eq!(image_of(&d), "ghcr.io/mikeyobrien/ralph-orchestrator:1.1.0");
+    assert_eq!(d.spec.replicas, Some(3), "deploy applied more than the image");
+
+    let out = w.run("deploy", &["--image", "broken-1.2.0", "--auto-approve"]);
+    assert_eq!(exit_code(&out), Some(1), "{}", text(&out.stderr));
+    assert_eq!(
+        image_of(&deployment(ns).await),
+        "ghcr.io/mikeyobrien/ralph-orchestrator:1.1.0"
+    );
+
+    w.ok("rollback", &["--auto-approve"]);
+    let d = deployment(ns).await;
+    assert_eq!(image_of(&d), "ghcr.io/mikeyobrien/ralph-orchestrator:1.0.0");
+    assert_eq!(available(&d), 3);
+}
+
+#[tokio::test]
+async fn replicas_scaled_by_hand_show_in_plan_and_apply_restores_them() {
+    let ns = &unique("k-drift");
+    let w = world(ns, "1.0.0");
+    w.ok("apply", &["--auto-approve"]);
+    Api::<Deployment>::namespaced(client().await, ns)
+        .patch(
+            "ralph-orchestrator",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"replicas": 5}})),
+        )
+        .await
+        .unwrap();
+    let plan = w.plan_json(&[]);
+    let change = &orchestrator_change(&plan);
+    assert_eq!(change["action"], "update", "{plan}");
+    assert_eq!(change["attributes"][0]["name"], "replicas");
+    assert_eq!(change["attributes"][0]["before"], 5);
+    assert_eq!(change["attributes"][0]["after"], 3);
+    w.ok("apply", &["--auto-approve"]);
+    assert_eq!(deployment(ns).await.spec.replicas, Some(3));
+}
+
+#[tokio::test]
+async fn objects_the_stack_drops_are_pruned_and_nothing_else_is_touched() {
+    let ns = &unique("k-prune");
+    let mut w = world(ns, "1.0.0");
+    w.ok("apply", &["--auto-approve"]);
+    // Made by hand in the same namespace: not ours.
+    let hand = ConfigMap {
+        metadata: kube::api::ObjectMeta {
+            name: Some("made-by-hand".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    Api::<ConfigMap>::namespaced(client().await, ns)
+        .create(&PostParams::default(), &hand)
+        .await
+        .unwrap();
+
+    set_var(&mut w, "ingress_host", "");
+    w.edit("replicas: ${var.replicas}", "replicas: ${var.replicas}\n      network_policy: false");
+    let plan = w.plan_json(&[]);
+    assert_eq!(orchestrator_change(&plan)["action"], "update", "{plan}");
+    let out = w.ok("apply", &["--auto-approve"]);
+    let _ = out;
+    assert!(!exists("networking.k8s.io/v1", "Ingress", ns, "ralph-orchestrator").await);
+    assert!(!exists("networking.k8s.io/v1", "NetworkPolicy", ns, "ralph-orchestrator").await);
+    assert!(exists("v1", "Service", ns, "ralph-orchestrator").await);
+    assert!(exists("v1", "ConfigMap", ns, "made-by-hand").await);
+    let out = w.run("plan", &["--detailed-exitcode"]);
+    assert_eq!(exit_code(&out), Some(0), "{}", text(&out.stdout));
+
+    // Destroy removes the Deployment and the namespace the stack made.
+    w.ok("destroy", &["--auto-approve"]);
+    assert!(Api::<Namespace>::all(client().await)
+        .get_opt(ns)
+        .await
+        .unwrap()
+        .is_none());
+}
+
+#[test]
+fn rendered_manifests_validate_against_the_kubernetes_1_28_schemas() {
+    let validate = std::env::var("RALPH_TEST_KUBE_VALIDATE").expect(
+        "RALPH_TEST_KUBE_VALIDATE is not set: run the tests with scripts/test, which installs kubernetes-validate",
+    );
+    let w = world(&unique("k-render"), "1.0.0");
+    let yaml = w.ok("render", &[]);
+    for kind in ["Deployment", "Ingress", "NetworkPolicy", "HorizontalPodAutoscaler", "PodDisruptionBudget"] {
+        assert!(yaml.contains(&format!("kind: {kind}")), "{kind} not rendered");
+    }
+    assert!(yaml.contains("apiVersion: autoscaling/v2\n"), "a current cluster gets autoscaling/v2");
+    let file = w.dir.path().join("manifests.yaml");
+    std::fs::write(&file, &yaml).unwrap();
+    let out = std::process::Command::new(validate)
+        .args(["-k", "1.28.0", "--strict"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let report = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{report}");
+    assert_eq!(report.matches("passed").count(), 10, "{report}");
+}
