@@ -89,7 +89,7 @@ async fn production_stack_end_to_end() {
     // ---- apply: every resource, in dependency order, branches in parallel.
     let ev = apply_json(&w, &[]);
     let s = ev.summary();
-    assert_eq!(s["created"], 43, "{s}");
+    assert_eq!(s["created"], 44, "{s}");
     assert_eq!(s["failed"], 0, "{s}");
     // RDS, ElastiCache and EKS are all creating at the same time: each
     // starts before any of the three finishes.
@@ -118,6 +118,12 @@ async fn production_stack_end_to_end() {
         ev.at("resource_finished", "db") < ev.at("resource_started", "schema"),
         "migrations run once the database is up"
     );
+    for before in ["schema", "nodes", "secret_key"] {
+        assert!(
+            ev.at("resource_finished", before) < ev.at("resource_started", "orchestrator"),
+            "the orchestrator rolls out after {before}"
+        );
+    }
 
     // ---- what exists is what the guide asks for.
     let c = w.sdk_config().await;
@@ -303,7 +309,7 @@ async fn production_stack_end_to_end() {
         .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
     let ev = Events::parse(&text(&out.stdout));
-    assert_eq!(ev.summary()["deleted"], 43);
+    assert_eq!(ev.summary()["deleted"], 44);
     for (dependent, dependency) in [
         ("nodes", "eks"),
         ("db_replica", "db"),

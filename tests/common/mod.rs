@@ -54,11 +54,18 @@ impl World {
         );
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("stack.yaml"), text).unwrap();
+        // Stacks that deploy the orchestrator do it on the local cluster,
+        // in a namespace of the test's own.
+        let mut env = Vec::new();
+        if let Ok(kubeconfig) = std::env::var("RALPH_TEST_KUBECONFIG") {
+            env.push(("RALPH_DEPLOY_VAR_kubeconfig".to_string(), kubeconfig));
+        }
+        env.push(("RALPH_DEPLOY_VAR_namespace".to_string(), name.to_string()));
         World {
             dir,
             stack_name: name.to_string(),
             endpoint: aws_endpoint(),
-            env: Vec::new(),
+            env,
         }
     }
 
