@@ -68,7 +68,10 @@ fn image_of(d: &Deployment) -> String {
 }
 
 fn available(d: &Deployment) -> i32 {
-    d.status.as_ref().and_then(|s| s.available_replicas).unwrap_or(0)
+    d.status
+        .as_ref()
+        .and_then(|s| s.available_replicas)
+        .unwrap_or(0)
 }
 
 /// The orchestrator's change in a plan.
@@ -88,7 +91,8 @@ fn exit_code(out: &std::process::Output) -> Option<i32> {
 
 async fn exists(api_version: &str, kind: &str, ns: &str, name: &str) -> bool {
     let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
-    let ar = kube::api::ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk(group, version, kind));
+    let ar =
+        kube::api::ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk(group, version, kind));
     Api::<DynamicObject>::namespaced_with(client().await, ns, &ar)
         .get_opt(name)
         .await
@@ -127,7 +131,11 @@ async fn first_deploy_creates_every_object_waits_until_available_and_keeps_secre
 
     let d = deployment(ns).await;
     assert_eq!(image_of(&d), "ghcr.io/mikeyobrien/ralph-orchestrator:1.0.0");
-    assert_eq!(available(&d), 3, "the apply returned before the rollout was available");
+    assert_eq!(
+        available(&d),
+        3,
+        "the apply returned before the rollout was available"
+    );
     let managers: Vec<String> = d
         .metadata
         .managed_fields
@@ -135,7 +143,10 @@ async fn first_deploy_creates_every_object_waits_until_available_and_keeps_secre
         .iter()
         .filter_map(|m| m.manager.clone())
         .collect();
-    assert!(managers.contains(&"ralph-deploy".to_string()), "{managers:?}");
+    assert!(
+        managers.contains(&"ralph-deploy".to_string()),
+        "{managers:?}"
+    );
 
     // Every object, at the API versions this 1.20 cluster serves.
     for (v, kind, name) in [
@@ -143,10 +154,22 @@ async fn first_deploy_creates_every_object_waits_until_available_and_keeps_secre
         ("v1", "ConfigMap", "ralph-orchestrator-config"),
         ("v1", "Secret", "ralph-orchestrator-secrets"),
         ("v1", "Service", "ralph-orchestrator"),
-        ("networking.k8s.io/v1", "NetworkPolicy", "ralph-orchestrator"),
+        (
+            "networking.k8s.io/v1",
+            "NetworkPolicy",
+            "ralph-orchestrator",
+        ),
         ("networking.k8s.io/v1", "Ingress", "ralph-orchestrator"),
-        ("policy/v1beta1", "PodDisruptionBudget", "ralph-orchestrator"),
-        ("autoscaling/v2beta2", "HorizontalPodAutoscaler", "ralph-orchestrator"),
+        (
+            "policy/v1beta1",
+            "PodDisruptionBudget",
+            "ralph-orchestrator",
+        ),
+        (
+            "autoscaling/v2beta2",
+            "HorizontalPodAutoscaler",
+            "ralph-orchestrator",
+        ),
     ] {
         assert!(exists(v, kind, ns, name).await, "{kind} {name} missing");
     }
@@ -167,20 +190,32 @@ async fn first_deploy_creates_every_object_waits_until_available_and_keeps_secre
         .await
         .unwrap();
     let data = secret.data.unwrap();
-    assert_eq!(String::from_utf8(data["ANTHROPIC_API_KEY"].0.clone()).unwrap(), API_KEY);
+    assert_eq!(
+        String::from_utf8(data["ANTHROPIC_API_KEY"].0.clone()).unwrap(),
+        API_KEY
+    );
     let secret_key = String::from_utf8(data["SECRET_KEY"].0.clone()).unwrap();
     assert_eq!(secret_key.len(), 64, "32 random bytes as hex");
     let state = state_text(&w);
     for v in [API_KEY, secret_key.as_str()] {
         assert!(!state.contains(v), "a secret value is in the state");
-        assert!(!all_output.contains(v), "a secret value is in the apply output");
+        assert!(
+            !all_output.contains(v),
+            "a secret value is in the apply output"
+        );
     }
     let render = w.ok("render", &[]);
     assert!(!render.contains(API_KEY) && !render.contains(&secret_key));
 
     // Nothing left to do.
     let out = w.run("plan", &["--detailed-exitcode"]);
-    assert_eq!(exit_code(&out), Some(0), "{}{}", text(&out.stdout), text(&out.stderr));
+    assert_eq!(
+        exit_code(&out),
+        Some(0),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
 }
 
 #[tokio::test]
@@ -200,7 +235,10 @@ async fn image_changes_roll_out_and_a_broken_image_rolls_back_with_a_failing_exi
     let err = text(&out.stderr);
     assert_eq!(exit_code(&out), Some(1), "{err}");
     assert!(err.contains("ImagePullBackOff"), "{err}");
-    assert!(err.contains("Rolled back to the last good release"), "{err}");
+    assert!(
+        err.contains("Rolled back to the last good release"),
+        "{err}"
+    );
     let d = deployment(ns).await;
     assert_eq!(image_of(&d), "ghcr.io/mikeyobrien/ralph-orchestrator:1.1.0");
     assert_eq!(available(&d), 3);
@@ -239,7 +277,11 @@ async fn deploy_changes_only_the_image_and_rollback_returns_to_the_previous_rele
     w.ok("deploy", &["--image", "1.1.0", "--auto-approve"]);
     let d = deployment(ns).await;
     assert_eq!(image_of(&d), "ghcr.io/mikeyobrien/ralph-orchestrator:1.1.0");
-    assert_eq!(d.spec.replicas, Some(3), "deploy applied more than the image");
+    assert_eq!(
+        d.spec.replicas,
+        Some(3),
+        "deploy applied more than the image"
+    );
 
     let out = w.run("deploy", &["--image", "broken-1.2.0", "--auto-approve"]);
     assert_eq!(exit_code(&out), Some(1), "{}", text(&out.stderr));
@@ -296,13 +338,24 @@ async fn objects_the_stack_drops_are_pruned_and_nothing_else_is_touched() {
         .unwrap();
 
     set_var(&mut w, "ingress_host", "");
-    w.edit("replicas: ${var.replicas}", "replicas: ${var.replicas}\n      network_policy: false");
+    w.edit(
+        "replicas: ${var.replicas}",
+        "replicas: ${var.replicas}\n      network_policy: false",
+    );
     let plan = w.plan_json(&[]);
     assert_eq!(orchestrator_change(&plan)["action"], "update", "{plan}");
     let out = w.ok("apply", &["--auto-approve"]);
     let _ = out;
     assert!(!exists("networking.k8s.io/v1", "Ingress", ns, "ralph-orchestrator").await);
-    assert!(!exists("networking.k8s.io/v1", "NetworkPolicy", ns, "ralph-orchestrator").await);
+    assert!(
+        !exists(
+            "networking.k8s.io/v1",
+            "NetworkPolicy",
+            ns,
+            "ralph-orchestrator"
+        )
+        .await
+    );
     assert!(exists("v1", "Service", ns, "ralph-orchestrator").await);
     assert!(exists("v1", "ConfigMap", ns, "made-by-hand").await);
     let out = w.run("plan", &["--detailed-exitcode"]);
@@ -324,10 +377,22 @@ fn rendered_manifests_validate_against_the_kubernetes_1_28_schemas() {
     );
     let w = world(&unique("k-render"), "1.0.0");
     let yaml = w.ok("render", &[]);
-    for kind in ["Deployment", "Ingress", "NetworkPolicy", "HorizontalPodAutoscaler", "PodDisruptionBudget"] {
-        assert!(yaml.contains(&format!("kind: {kind}")), "{kind} not rendered");
+    for kind in [
+        "Deployment",
+        "Ingress",
+        "NetworkPolicy",
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+    ] {
+        assert!(
+            yaml.contains(&format!("kind: {kind}")),
+            "{kind} not rendered"
+        );
     }
-    assert!(yaml.contains("apiVersion: autoscaling/v2\n"), "a current cluster gets autoscaling/v2");
+    assert!(
+        yaml.contains("apiVersion: autoscaling/v2\n"),
+        "a current cluster gets autoscaling/v2"
+    );
     let file = w.dir.path().join("manifests.yaml");
     std::fs::write(&file, &yaml).unwrap();
     let out = std::process::Command::new(validate)
