@@ -97,6 +97,13 @@ const CASES: &[(&str, usize, usize, &str)] = &[
         7,
         "stack name `Ralph_Stack` is not valid",
     ),
+    (
+        "k8s-bad-namespace.yaml",
+        7,
+        18,
+        "is not a valid Kubernetes name",
+    ),
+    ("k8s-bad-tag.yaml", 7, 12, "is not an image tag"),
 ];
 
 #[test]

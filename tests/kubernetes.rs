@@ -296,24 +296,36 @@ async fn deploy_changes_only_the_image_and_rollback_returns_to_the_previous_rele
     assert_eq!(available(&d), 3);
 }
 
+async fn scale(ns: &str, replicas: i32) {
+    Api::<Deployment>::namespaced(client().await, ns)
+        .patch(
+            "ralph-orchestrator",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"replicas": replicas}})),
+        )
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn replicas_scaled_by_hand_show_in_plan_and_apply_restores_them() {
     let ns = &unique("k-drift");
     let w = world(ns, "1.0.0");
     w.ok("apply", &["--auto-approve"]);
-    Api::<Deployment>::namespaced(client().await, ns)
-        .patch(
-            "ralph-orchestrator",
-            &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({"spec": {"replicas": 5}})),
-        )
-        .await
-        .unwrap();
+
+    // Within the autoscaler's range (3..=10) the count is the autoscaler's
+    // business: no drift, and an apply keeps it.
+    scale(ns, 6).await;
+    let out = w.run("plan", &["--detailed-exitcode"]);
+    assert_eq!(exit_code(&out), Some(0), "{}", text(&out.stdout));
+
+    // Below the floor, by hand: drift, and apply restores the stack's count.
+    scale(ns, 1).await;
     let plan = w.plan_json(&[]);
     let change = &orchestrator_change(&plan);
     assert_eq!(change["action"], "update", "{plan}");
     assert_eq!(change["attributes"][0]["name"], "replicas");
-    assert_eq!(change["attributes"][0]["before"], 5);
+    assert_eq!(change["attributes"][0]["before"], 1);
     assert_eq!(change["attributes"][0]["after"], 3);
     w.ok("apply", &["--auto-approve"]);
     assert_eq!(deployment(ns).await.spec.replicas, Some(3));
@@ -403,4 +415,21 @@ fn rendered_manifests_validate_against_the_kubernetes_1_28_schemas() {
     let report = format!("{}{}", text(&out.stdout), text(&out.stderr));
     assert!(out.status.success(), "{report}");
     assert_eq!(report.matches("passed").count(), 10, "{report}");
+}
+
+#[tokio::test]
+async fn a_deployment_of_another_stack_is_never_taken_over() {
+    let ns = &unique("k-owner");
+    let w = world(ns, "1.0.0");
+    w.ok("apply", &["--auto-approve"]);
+    let mut other = world(&unique("k-intruder"), "2.0.0");
+    set_var(&mut other, "namespace", ns);
+    let out = other.run("apply", &["--auto-approve"]);
+    let err = text(&out.stderr);
+    assert_eq!(exit_code(&out), Some(1), "{err}");
+    assert!(err.contains(&format!("belongs to stack `{ns}`")), "{err}");
+    assert_eq!(
+        image_of(&deployment(ns).await),
+        "ghcr.io/mikeyobrien/ralph-orchestrator:1.0.0"
+    );
 }

@@ -159,7 +159,7 @@ pub fn render_offline(
     props: &Map<String, Json>,
     api: ApiVersions,
 ) -> Result<Vec<render::Rendered>, String> {
-    let values = render::values(owner, address, props, api, "")?;
+    let values = render::values(owner, address, props, api, "", None)?;
     render::render(&values, templates_dir(base_dir, props).as_deref())
 }
 
@@ -167,6 +167,59 @@ pub fn render_offline(
 fn tag_of(image: &str) -> Option<&str> {
     let last = image.rsplit('/').next()?;
     last.split_once(':').map(|x| x.1)
+}
+
+/// The stack, environment and address in a Deployment's ownership labels.
+fn ownership(d: &Deployment) -> (Option<Owner>, Option<String>) {
+    let labels = d.metadata.labels.clone().unwrap_or_default();
+    if labels.get(render::LABEL_MANAGED_BY).map(String::as_str) != Some(render::MANAGER) {
+        return (None, None);
+    }
+    let owner = match (
+        labels.get(render::LABEL_STACK),
+        labels.get(render::LABEL_ENVIRONMENT),
+    ) {
+        (Some(s), Some(e)) => Some(Owner {
+            stack: s.clone(),
+            environment: e.clone(),
+        }),
+        _ => None,
+    };
+    (owner, labels.get(render::LABEL_RESOURCE).cloned())
+}
+
+/// Refuses to take over a Deployment that another stack, environment or
+/// resource deployed (same namespace and name).
+async fn check_not_taken(
+    cx: &Context,
+    client: &kube::Client,
+    owner: &Owner,
+    address: &str,
+    props: &Map<String, Json>,
+) -> Result<(), DriverError> {
+    let (namespace, name) = ns_name(props);
+    super::count(cx);
+    let d = match Api::<Deployment>::namespaced(client.clone(), &namespace)
+        .get(&name)
+        .await
+    {
+        Ok(d) => d,
+        Err(e) if is_not_found(&e) => return Ok(()),
+        Err(e) => {
+            return Err(super::kube_error(
+                &format!("reading Deployment {namespace}/{name}"),
+                e,
+            ))
+        }
+    };
+    match ownership(&d) {
+        (Some(o), Some(a)) if &o == owner && a == address => Ok(()),
+        (Some(o), a) => Err(DriverError::new(format!(
+            "Deployment {namespace}/{name} belongs to stack `{}` environment `{}` (resource {}): choose another `namespace` or `name`",
+            o.stack, o.environment, a.unwrap_or_default()
+        ))),
+        (None, _) => Ok(()),
+    }
 }
 
 /// What the cluster runs now, in the shape of the kind's fields: `base` (the
@@ -194,13 +247,8 @@ async fn observe(
     };
     // A run that died before recording the resource does not know its
     // address: the Deployment's ownership label does.
-    let label_address = d
-        .metadata
-        .labels
-        .as_ref()
-        .and_then(|l| l.get(render::LABEL_RESOURCE))
-        .cloned()
-        .unwrap_or_default();
+    let (label_owner, label_address) = ownership(&d);
+    let label_address = label_address.unwrap_or_default();
     let address = if address.is_empty() {
         label_address.as_str()
     } else {
@@ -218,7 +266,15 @@ async fn observe(
     let mut attrs = base.clone();
     let spec = &d.spec;
     if let Some(r) = spec.replicas {
-        attrs.insert("replicas".into(), Json::from(r));
+        // The autoscaler's choice within its range is not drift.
+        let r = i64::from(r);
+        let shown = if render::effective_replicas(base, Some(r)) == r {
+            base.get("replicas").cloned().unwrap_or(Json::from(r))
+        } else {
+            Json::from(r)
+        };
+        attrs.insert("replicas".into(), shown);
+        attrs.insert("running_replicas".into(), Json::from(r));
     }
     let image = spec
         .template
@@ -255,8 +311,8 @@ async fn observe(
         attrs.insert("last_good".into(), Json::Object(good.clone()));
     }
     Ok(Some(Observed {
-        address: None,
-        owner: None,
+        address: (!label_address.is_empty()).then(|| label_address.clone()),
+        owner: label_owner,
         id: format!("{namespace}/{name}"),
         attrs,
     }))
@@ -405,11 +461,19 @@ async fn prepare(
     owner: &Owner,
     address: &str,
     props: &Map<String, Json>,
+    running: Option<i64>,
 ) -> Result<Release, DriverError> {
     let api = discover(cx, client).await?;
     let (secret_values, secrets_version) = read_secrets(cx, props).await?;
-    let values = render::values(owner, address, props, api.clone(), &secrets_version)
-        .map_err(DriverError::new)?;
+    let values = render::values(
+        owner,
+        address,
+        props,
+        api.clone(),
+        &secrets_version,
+        running,
+    )
+    .map_err(DriverError::new)?;
     let mut objects = render::render(&values, templates_dir(&cx.base_dir, props).as_deref())
         .map_err(DriverError::new)?;
     for o in objects.iter_mut().filter(|o| o.kind() == "Secret") {
@@ -497,8 +561,12 @@ async fn deploy(
         .and_then(|h| h.attrs.get("last_good"))
         .and_then(Json::as_object)
         .cloned();
+    let running = have
+        .and_then(|h| h.attrs.get("running_replicas"))
+        .and_then(Json::as_i64);
     let client = connect(cx, &props).await?;
-    let next = prepare(cx, &client, want.owner, want.address, &props).await?;
+    check_not_taken(cx, &client, want.owner, want.address, &props).await?;
+    let next = prepare(cx, &client, want.owner, want.address, &props, running).await?;
     let outcome = roll_out(cx, &client, want.owner, want.address, &next, timeout).await;
     let failure = match outcome {
         Ok(()) => {
@@ -528,7 +596,7 @@ async fn deploy(
             cx.reporter.report(crate::events::Event::Warning {
                 message: format!("{}: the rollout of {image} failed ({}); rolling back to {previous}", want.address, failure.message),
             });
-            let back = match prepare(cx, &client, want.owner, want.address, good).await {
+            let back = match prepare(cx, &client, want.owner, want.address, good, running).await {
                 Ok(back) => roll_out(cx, &client, want.owner, want.address, &back, timeout).await,
                 Err(e) => Err(e),
             };
@@ -566,23 +634,6 @@ async fn deploy(
         err = err.with_partial(obs);
     }
     Err(err)
-}
-
-/// Rolls the resource back to the release before its last good one, as
-/// recorded in the state (`ralph-deploy rollback`).
-pub async fn rollback(
-    cx: &Context,
-    address: &str,
-    props: &Map<String, Json>,
-    previous: &Map<String, Json>,
-    timeout: Duration,
-) -> Result<Observed, DriverError> {
-    let client = connect(cx, props).await?;
-    let back = prepare(cx, &client, &cx.owner, address, previous).await?;
-    roll_out(cx, &client, &cx.owner, address, &back, timeout).await?;
-    observe(cx, &client, &cx.owner, address, previous, Some(previous))
-        .await?
-        .ok_or_else(|| DriverError::new("the Deployment disappeared right after its rollback"))
 }
 
 #[async_trait::async_trait]
@@ -631,7 +682,7 @@ impl Driver for Orchestrator {
                 .unwrap_or_default();
             let client = connect(cx, &k.inputs).await?;
             if let Some(mut o) = observe(cx, &client, &cx.owner, address, base, last_good).await? {
-                o.id = k.id.clone();
+                // `o.id` is namespace/name, as recorded (recovery has no id).
                 if let Some(p) = k.attrs.get("previous_good") {
                     o.attrs.insert("previous_good".into(), p.clone());
                 }

@@ -117,6 +117,7 @@ pub struct NetworkPolicy {
 #[derive(Debug, Serialize)]
 pub struct Autoscaling {
     pub enabled: bool,
+    pub min_replicas: i64,
     pub max_replicas: i64,
     pub cpu_percent: i64,
     pub memory_percent: i64,
@@ -135,6 +136,8 @@ pub struct Values {
     pub labels: BTreeMap<String, String>,
     pub selector: BTreeMap<String, String>,
     pub image: String,
+    /// The Deployment's replicas: the stack's, or with autoscaling, what
+    /// is running when that lies within the autoscaler's range.
     pub replicas: i64,
     pub rollout: Rollout,
     pub resources: Resources,
@@ -281,14 +284,28 @@ pub fn ownership_selector(owner: &crate::drivers::Owner, address: &str) -> Strin
     )
 }
 
+/// With autoscaling, the replica count the autoscaler chose stands as long
+/// as it lies within [replicas, max_replicas]: an apply during a load peak
+/// must not scale the fleet down to the stack's minimum.
+pub fn effective_replicas(props: &Map<String, Json>, running: Option<i64>) -> i64 {
+    let want = i(props, "replicas", 3);
+    let max = i(props, "max_replicas", 10).max(want);
+    match running {
+        Some(r) if b(props, "autoscaling", true) && (want..=max).contains(&r) => r,
+        _ => want,
+    }
+}
+
 /// `secrets_version` is what identifies the secrets' current contents
 /// without revealing them (the stores' version ids); `render` passes "".
+/// `running`: the replicas the live Deployment has, if it exists.
 pub fn values(
     owner: &crate::drivers::Owner,
     address: &str,
     props: &Map<String, Json>,
     api: ApiVersions,
     secrets_version: &str,
+    running: Option<i64>,
 ) -> Result<Values, String> {
     let name = s(props, "name", "ralph-orchestrator");
     let image = image_ref(props).ok_or_else(|| {
@@ -312,12 +329,13 @@ pub fn values(
         ),
     ]);
     let replicas = i(props, "replicas", 3);
+    let deployment_replicas = effective_replicas(props, running);
     Ok(Values {
         namespace: s(props, "namespace", "ralph"),
         labels,
         selector,
         image,
-        replicas,
+        replicas: deployment_replicas,
         rollout: Rollout {
             max_surge: i(props, "max_surge", 1),
             max_unavailable: i(props, "max_unavailable", 0),
@@ -352,6 +370,7 @@ pub fn values(
         },
         autoscaling: Autoscaling {
             enabled: b(props, "autoscaling", true),
+            min_replicas: replicas,
             max_replicas: i(props, "max_replicas", 10).max(replicas),
             cpu_percent: i(props, "target_cpu_percent", 70),
             memory_percent: i(props, "target_memory_percent", 80),
@@ -459,7 +478,11 @@ mod tests {
     }
 
     fn objects(p: Map<String, Json>, api: ApiVersions) -> Vec<Rendered> {
-        render(&values(&owner(), "app", &p, api, "").expect("values"), None).expect("render")
+        render(
+            &values(&owner(), "app", &p, api, "", None).expect("values"),
+            None,
+        )
+        .expect("render")
     }
 
     #[test]
@@ -534,6 +557,17 @@ mod tests {
             .find(|o| o.kind() == "PodDisruptionBudget")
             .expect("pdb");
         assert_eq!(pdb.api_version(), "policy/v1beta1");
+    }
+
+    #[test]
+    fn the_autoscalers_choice_stands_within_its_range() {
+        let p = props(serde_json::json!({}));
+        assert_eq!(effective_replicas(&p, None), 3);
+        assert_eq!(effective_replicas(&p, Some(7)), 7);
+        assert_eq!(effective_replicas(&p, Some(1)), 3);
+        assert_eq!(effective_replicas(&p, Some(12)), 3);
+        let fixed = props(serde_json::json!({"autoscaling": false}));
+        assert_eq!(effective_replicas(&fixed, Some(7)), 3);
     }
 
     #[test]
