@@ -279,6 +279,56 @@ async fn production_stack_end_to_end() {
     args.extend_from_slice(&vars);
     assert_eq!(w.run("plan", &args).status.code(), Some(0));
 
+    // ---- the cluster autoscaler moves the desired size within [min, max]:
+    // not drift, and a later change of max keeps its choice.
+    eks.update_nodegroup_config()
+        .cluster_name(format!("{name}-production"))
+        .nodegroup_name(format!("{name}-production-nodes"))
+        .scaling_config(
+            aws_sdk_eks::types::NodegroupScalingConfig::builder()
+                .min_size(2)
+                .max_size(10)
+                .desired_size(7)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    // (the delay layer keeps it UPDATING for a moment, as EKS does)
+    for _ in 0..100 {
+        let ng = eks
+            .describe_nodegroup()
+            .cluster_name(format!("{name}-production"))
+            .nodegroup_name(format!("{name}-production-nodes"))
+            .send()
+            .await
+            .unwrap();
+        if ng.nodegroup().unwrap().status() == Some(&aws_sdk_eks::types::NodegroupStatus::Active) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let out = w.run("plan", &args);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    let vars = [
+        "--var",
+        "nodes_desired=5",
+        "--var",
+        "db_backup_days=14",
+        "--var",
+        "nodes_max=8",
+    ];
+    apply_json(&w, &vars);
+    let ng = eks
+        .describe_nodegroup()
+        .cluster_name(format!("{name}-production"))
+        .nodegroup_name(format!("{name}-production-nodes"))
+        .send()
+        .await
+        .unwrap();
+    let sc = ng.nodegroup().unwrap().scaling_config().unwrap();
+    assert_eq!((sc.max_size(), sc.desired_size()), (Some(8), Some(7)));
+
     // ---- destroy refuses protected resources without the override.
     let before = w.tagged().await.len() + w.tagged_beyond_ec2().await.len();
     let out = w.run("destroy", &["--auto-approve"]);

@@ -606,12 +606,50 @@ fn int(want: &Desired<'_>, f: &str) -> Option<i32> {
     want.props.get(f).and_then(Json::as_i64).map(|v| v as i32)
 }
 
-fn scaling(want: &Desired<'_>) -> NodegroupScalingConfig {
+/// `running`: the desired size the nodegroup has now. Unless the stack
+/// changes `desired_size` itself, a running size within the new [min, max]
+/// stays: it is the cluster autoscaler's choice.
+fn scaling(
+    want: &Desired<'_>,
+    running: Option<i32>,
+    desired_changed: bool,
+) -> NodegroupScalingConfig {
+    let min = int(want, "min_size");
+    let max = int(want, "max_size");
+    let desired = match running {
+        Some(r) if !desired_changed => {
+            Some(r.clamp(min.unwrap_or(r), max.unwrap_or(r).max(min.unwrap_or(r))))
+        }
+        _ => int(want, "desired_size"),
+    };
     NodegroupScalingConfig::builder()
-        .set_min_size(int(want, "min_size"))
-        .set_max_size(int(want, "max_size"))
-        .set_desired_size(int(want, "desired_size"))
+        .set_min_size(min)
+        .set_max_size(max)
+        .set_desired_size(desired)
         .build()
+}
+
+/// A desired size moved within [min, max] by the cluster autoscaler is not
+/// drift: it reads as the recorded one (the live one stays in
+/// `running_desired_size`). Outside that range it is shown as it is.
+fn autoscaled(mut o: Observed, recorded: Option<&Known>) -> Observed {
+    let num = |k: &str| o.attrs.get(k).and_then(Json::as_i64);
+    let (Some(live), Some(min), Some(max)) =
+        (num("desired_size"), num("min_size"), num("max_size"))
+    else {
+        return o;
+    };
+    o.attrs
+        .insert("running_desired_size".into(), Json::from(live));
+    if let Some(want) = recorded
+        .and_then(|k| k.inputs.get("desired_size"))
+        .and_then(Json::as_i64)
+    {
+        if (min..=max).contains(&live) && (min..=max).contains(&want) {
+            o.attrs.insert("desired_size".into(), Json::from(want));
+        }
+    }
+    o
 }
 
 #[async_trait::async_trait]
@@ -665,7 +703,8 @@ impl Driver for EksNodegroup {
         for (cluster, name) in candidates {
             if let Some(o) = read_nodegroup(cx, &cluster, &name).await? {
                 if o.attrs.get(STATUS_ATTR).and_then(Json::as_str) != Some("DELETING") {
-                    out.push(o);
+                    let recorded = known.iter().find(|k| k.id == o.id);
+                    out.push(autoscaled(o, recorded));
                 }
             }
         }
@@ -689,7 +728,7 @@ impl Driver for EksNodegroup {
                 want.str("capacity_type").unwrap_or("ON_DEMAND"),
             ))
             .set_disk_size(int(want, "disk_size"))
-            .scaling_config(scaling(want))
+            .scaling_config(scaling(want, None, true))
             .update_config(
                 NodegroupUpdateConfig::builder()
                     .set_max_unavailable(int(want, "max_unavailable"))
@@ -736,7 +775,12 @@ impl Driver for EksNodegroup {
                 .cluster_name(cluster)
                 .nodegroup_name(name);
             if has("min_size") || has("max_size") || has("desired_size") {
-                req = req.scaling_config(scaling(want));
+                let running = have
+                    .attrs
+                    .get("running_desired_size")
+                    .and_then(Json::as_i64)
+                    .map(|v| v as i32);
+                req = req.scaling_config(scaling(want, running, has("desired_size")));
             }
             if has("max_unavailable") {
                 req = req.update_config(
