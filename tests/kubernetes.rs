@@ -433,3 +433,56 @@ async fn a_deployment_of_another_stack_is_never_taken_over() {
         "ghcr.io/mikeyobrien/ralph-orchestrator:1.0.0"
     );
 }
+
+#[tokio::test]
+async fn a_rollout_killed_midway_shows_in_plan_and_the_next_apply_settles_it() {
+    let ns = &unique("k-killed");
+    let mut w = world(ns, "1.0.0");
+    set_var(&mut w, "progress_deadline", "600");
+    w.ok("apply", &["--auto-approve"]);
+    let stack = w.stack();
+    let mut child = w
+        .cmd(&[
+            "deploy",
+            stack.to_str().unwrap(),
+            "--env",
+            "production",
+            "--image",
+            "hang-9",
+            "--auto-approve",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill it once the new release is on the cluster and being waited for.
+    let mut seen = false;
+    for _ in 0..100 {
+        if image_of(&deployment(ns).await).ends_with(":hang-9") {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(seen, "the deploy never reached the cluster");
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let plan = w.plan_json(&[]);
+    let change = orchestrator_change(&plan);
+    assert_eq!(change["action"], "update", "{plan}");
+    let names: Vec<&str> = change["attributes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a["name"].as_str())
+        .collect();
+    assert!(names.contains(&"ready"), "{names:?}");
+    w.ok("apply", &["--auto-approve"]);
+    let d = deployment(ns).await;
+    assert_eq!(image_of(&d), "ghcr.io/mikeyobrien/ralph-orchestrator:1.0.0");
+    assert_eq!(available(&d), 3);
+    let out = w.run("plan", &["--detailed-exitcode"]);
+    assert_eq!(exit_code(&out), Some(0), "{}", text(&out.stdout));
+}

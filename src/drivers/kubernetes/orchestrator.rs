@@ -188,6 +188,34 @@ fn ownership(d: &Deployment) -> (Option<Owner>, Option<String>) {
     (owner, labels.get(render::LABEL_RESOURCE).cloned())
 }
 
+/// What is left of a rollout, if it has not finished: pods of an older
+/// release remain, or the controller says the rollout is under way or
+/// stuck. (Scaling alone is not a rollout: all pods belong to the current
+/// release, and the Progressing reason stays NewReplicaSetAvailable.)
+fn unfinished_rollout(d: &Deployment) -> Option<String> {
+    let st = d.status.clone().unwrap_or_default();
+    let updated = st.updated_replicas.unwrap_or(0);
+    let total = st.replicas.unwrap_or(0);
+    let progressing = st
+        .conditions
+        .unwrap_or_default()
+        .into_iter()
+        .find(|c| c.type_.as_deref() == Some("Progressing"))
+        .and_then(|c| c.reason);
+    if total > updated {
+        Some(format!(
+            "rollout unfinished: {} old replica(s) left",
+            total - updated
+        ))
+    } else if let Some(r @ ("ReplicaSetUpdated" | "ProgressDeadlineExceeded")) =
+        progressing.as_deref()
+    {
+        Some(format!("rollout unfinished: {r}"))
+    } else {
+        None
+    }
+}
+
 /// Refuses to take over a Deployment that another stack, environment or
 /// resource deployed (same namespace and name).
 async fn check_not_taken(
@@ -307,6 +335,18 @@ async fn observe(
         .cloned()
         .unwrap_or_default();
     attrs.insert("revision".into(), Json::String(revision));
+    // A rollout left unfinished (an apply or deploy killed while waiting)
+    // reads as not ready: the plan shows it and the next apply finishes or
+    // rolls back that rollout. Pods that come and go later do not count.
+    match unfinished_rollout(&d) {
+        Some(status) => {
+            attrs.insert(crate::drivers::READY_ATTR.into(), Json::Bool(false));
+            attrs.insert(crate::drivers::STATUS_ATTR.into(), Json::String(status));
+        }
+        None => {
+            attrs.insert(crate::drivers::READY_ATTR.into(), Json::Bool(true));
+        }
+    }
     if let Some(good) = last_good {
         attrs.insert("last_good".into(), Json::Object(good.clone()));
     }
