@@ -486,3 +486,62 @@ async fn a_rollout_killed_midway_shows_in_plan_and_the_next_apply_settles_it() {
     let out = w.run("plan", &["--detailed-exitcode"]);
     assert_eq!(exit_code(&out), Some(0), "{}", text(&out.stdout));
 }
+
+#[tokio::test]
+async fn a_rotated_secret_shows_in_plan_and_apply_copies_it_and_restarts_the_pods() {
+    let ns = &unique("k-rotate");
+    let w = world(ns, "1.0.0");
+    w.ok("apply", &["--auto-approve"]);
+    let before = deployment(ns).await;
+    let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(&w.endpoint)
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_secretsmanager::config::Credentials::new(
+            "testing", "testing", None, None, "test",
+        ))
+        .load()
+        .await;
+    let rotated = "sk-ant-rotated-fedcba9876543210";
+    aws_sdk_secretsmanager::Client::new(&conf)
+        .put_secret_value()
+        .secret_id(format!("{ns}/production/anthropic-api-key"))
+        .secret_string(rotated)
+        .send()
+        .await
+        .unwrap();
+
+    let plan = w.plan_json(&[]);
+    let change = orchestrator_change(&plan);
+    assert_eq!(change["action"], "update", "{plan}");
+    assert_eq!(
+        change["attributes"][0]["name"], "secret_versions",
+        "{change}"
+    );
+    let out = w.run("apply", &["--auto-approve"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(!text(&out.stdout).contains(rotated) && !text(&out.stderr).contains(rotated));
+    assert!(!state_text(&w).contains(rotated));
+
+    let secret = Api::<Secret>::namespaced(client().await, ns)
+        .get("ralph-orchestrator-secrets")
+        .await
+        .unwrap();
+    assert_eq!(
+        String::from_utf8(secret.data.unwrap()["ANTHROPIC_API_KEY"].0.clone()).unwrap(),
+        rotated
+    );
+    let after = deployment(ns).await;
+    let hash = |d: &Deployment| {
+        d.spec
+            .template
+            .metadata
+            .as_ref()
+            .unwrap()
+            .annotations
+            .as_ref()
+            .unwrap()["ralph-deploy.io/secrets-hash"]
+            .clone()
+    };
+    assert_ne!(hash(&before), hash(&after), "the pods were not restarted");
+    assert_eq!(available(&after), 3);
+}

@@ -317,8 +317,9 @@ pub fn values(
     let secrets = string_map(props, "secrets");
     let secret_keys: Vec<String> = secrets.keys().cloned().collect();
     let secrets_hash = short_hash(&format!(
-        "{}|{secrets_version}",
-        serde_json::to_string(&secrets).unwrap_or_default()
+        "{}|{}|{secrets_version}",
+        serde_json::to_string(&secrets).unwrap_or_default(),
+        string_list(props, "secret_versions").join(",")
     ));
     let labels = ownership_labels(owner, address, &name);
     let selector = BTreeMap::from([
