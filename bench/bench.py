@@ -92,11 +92,25 @@ def critical_path(stack, env):
     return max(finish(a) for a in nodes)
 
 
+_RUN = [0]
+
+
+def production_vars():
+    """Variables of an aws-production run: the database through its tunnel
+    url, the cluster through the local kubeconfig, a fresh namespace."""
+    _RUN[0] += 1
+    return {
+        "RALPH_DEPLOY_VAR_database_tunnel_url": os.environ["BENCH_PG_URL"],
+        "RALPH_DEPLOY_VAR_kubeconfig": os.environ["BENCH_KUBECONFIG"],
+        "RALPH_DEPLOY_VAR_namespace": f"bench-{os.getpid()}-{_RUN[0]}",
+    }
+
+
 def warm(moto, stack, env, st):
     """After a reset moto builds its backends lazily on first use (IAM loads
     ~1,000 managed policies, EC2 its AMIs): seconds that belong to the local
     cloud, not to the apply. An untimed plan touches every service first."""
-    run(["plan", stack, "--env", env], moto, st, env={"RALPH_DEPLOY_VAR_database_tunnel_url": os.environ["BENCH_PG_URL"]})
+    run(["plan", stack, "--env", env], moto, st, env=production_vars())
 
 
 def bench_critical_path():
@@ -110,7 +124,7 @@ def bench_critical_path():
         with tempfile.TemporaryDirectory() as st:
             warm(moto, stack, env, st)
             dt, _, _ = run(["apply", stack, "--env", env, "--auto-approve"], moto, st,
-                           env={"RALPH_DEPLOY_VAR_database_tunnel_url": os.environ["BENCH_PG_URL"]})
+                           env=production_vars())
             times.append(dt)
     wall = statistics.median(times)
     row("1. apply wall time, parallelism 10 (median)", f"{wall:.2f}", "s")
@@ -119,7 +133,7 @@ def bench_critical_path():
     with tempfile.TemporaryDirectory() as st:
         warm(moto, stack, env, st)
         dt, _, _ = run(["apply", stack, "--env", env, "--auto-approve", "--parallelism", "1"], moto, st,
-                       env={"RALPH_DEPLOY_VAR_database_tunnel_url": os.environ["BENCH_PG_URL"]})
+                       env=production_vars())
     row("1. apply wall time, parallelism 1 (a hand-run script)", f"{dt:.2f}", "s")
     row("1. parallelism 1 / critical path", f"{dt / cp:.3f}", "x")
 
