@@ -170,6 +170,7 @@ async fn first_deploy_creates_every_object_waits_until_available_and_keeps_secre
             "HorizontalPodAutoscaler",
             "ralph-orchestrator",
         ),
+        ("batch/v1beta1", "CronJob", "ralph-orchestrator-partitions"),
     ] {
         assert!(exists(v, kind, ns, name).await, "{kind} {name} missing");
     }
@@ -395,6 +396,7 @@ fn rendered_manifests_validate_against_the_kubernetes_1_28_schemas() {
         "NetworkPolicy",
         "HorizontalPodAutoscaler",
         "PodDisruptionBudget",
+        "CronJob",
     ] {
         assert!(
             yaml.contains(&format!("kind: {kind}")),
@@ -405,6 +407,10 @@ fn rendered_manifests_validate_against_the_kubernetes_1_28_schemas() {
         yaml.contains("apiVersion: autoscaling/v2\n"),
         "a current cluster gets autoscaling/v2"
     );
+    assert!(
+        yaml.contains("apiVersion: batch/v1\n"),
+        "and batch/v1 CronJobs"
+    );
     let file = w.dir.path().join("manifests.yaml");
     std::fs::write(&file, &yaml).unwrap();
     let out = std::process::Command::new(validate)
@@ -414,7 +420,7 @@ fn rendered_manifests_validate_against_the_kubernetes_1_28_schemas() {
         .unwrap();
     let report = format!("{}{}", text(&out.stdout), text(&out.stderr));
     assert!(out.status.success(), "{report}");
-    assert_eq!(report.matches("passed").count(), 10, "{report}");
+    assert_eq!(report.matches("passed").count(), 11, "{report}");
 }
 
 #[tokio::test]

@@ -144,13 +144,13 @@ async fn fresh_database_gets_the_whole_schema_and_a_second_run_does_nothing() {
         .fetch_one(&mut c)
         .await
         .unwrap();
-    assert_eq!(applied, 6);
+    assert_eq!(applied, 7);
 
     // A second run applies nothing.
     let out = db.run(&["plan", "--detailed-exitcode"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
     let status = db.ok(&["migrate", "status"]);
-    assert_eq!(status.matches("applied").count(), 6, "{status}");
+    assert_eq!(status.matches("applied").count(), 7, "{status}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -160,13 +160,13 @@ async fn new_files_are_planned_and_applied_edited_ones_refused() {
 
     std::fs::write(
         db.migrations()
-            .join("20260101000007_orchestration_priority.sql"),
+            .join("20260101000008_orchestration_priority.sql"),
         "ALTER TABLE ralph.orchestrations ADD COLUMN priority integer NOT NULL DEFAULT 0;\n",
     )
     .unwrap();
     let plan = db.ok(&["plan"]);
     assert!(
-        plan.contains("+ 20260101000007 orchestration priority"),
+        plan.contains("+ 20260101000008 orchestration priority"),
         "{plan}"
     );
     assert_eq!(
@@ -175,7 +175,7 @@ async fn new_files_are_planned_and_applied_edited_ones_refused() {
     );
     let out = db.run(&["migrate", "status"]);
     assert!(
-        text(&out.stdout).contains("pending  20260101000007"),
+        text(&out.stdout).contains("pending  20260101000008"),
         "{}",
         text(&out.stdout)
     );
@@ -221,14 +221,14 @@ async fn a_failing_migration_leaves_the_database_as_it_was_and_the_state_names_i
     db.ok(&["apply", "--auto-approve"]);
     // The first statement would succeed; the second fails: nothing may stay.
     std::fs::write(
-        db.migrations().join("20260101000008_broken.sql"),
+        db.migrations().join("20260101000009_broken.sql"),
         "CREATE TABLE ralph.half_done (id int);\nALTER TABLE ralph.no_such_table ADD COLUMN x int;\n",
     )
     .unwrap();
     let out = db.run(&["apply", "--auto-approve"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        text(&out.stderr).contains("20260101000008 broken"),
+        text(&out.stderr).contains("20260101000009 broken"),
         "{}",
         text(&out.stderr)
     );
@@ -241,19 +241,19 @@ async fn a_failing_migration_leaves_the_database_as_it_was_and_the_state_names_i
         .fetch_one(&mut c)
         .await
         .unwrap();
-    assert_eq!(applied, 6);
+    assert_eq!(applied, 7);
     let show = db.ok(&["state", "show", "schema"]);
     let v: serde_json::Value = serde_json::from_str(&show).unwrap();
     assert!(
         v["attrs"]["failed"]
             .as_str()
             .unwrap_or_default()
-            .contains("20260101000008 broken"),
+            .contains("20260101000009 broken"),
         "{v}"
     );
     // Fixing the file lets the next apply through.
     std::fs::write(
-        db.migrations().join("20260101000008_broken.sql"),
+        db.migrations().join("20260101000009_broken.sql"),
         "CREATE TABLE ralph.half_done (id int);\n",
     )
     .unwrap();
@@ -297,6 +297,18 @@ async fn the_application_role_reads_and_writes_but_cannot_change_the_schema() {
             "{forbidden}: {err}"
         );
     }
+    // Partition maintenance: through the SECURITY DEFINER wrapper only.
+    let created: i32 = sqlx::query_scalar("SELECT ralph.maintain_partitions(6)")
+        .fetch_one(&mut app)
+        .await
+        .unwrap();
+    assert!(created >= 1, "months 4 to 6 ahead were missing");
+    let err = sqlx::query("SELECT ralph.ensure_partitions(8)")
+        .execute(&mut app)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("permission denied"), "{err}");
     // A task_id is unique across all partitions.
     let dup = sqlx::query("INSERT INTO orchestrations (task_id, agent_type, created_at) VALUES ('t-1', 'claude', now() - interval '400 days')").execute(&mut app).await;
     assert!(dup.unwrap_err().to_string().contains("duplicate key"));

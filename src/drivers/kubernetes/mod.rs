@@ -159,9 +159,25 @@ pub async fn discover(cx: &Context, client: &kube::Client) -> Result<ApiVersions
                 ))
             })
     };
+    // batch/v1 is older than its CronJob (1.21): ask for the resource.
+    let cronjob = if served.contains("batch/v1") && {
+        count(cx);
+        client
+            .list_api_group_resources("batch/v1")
+            .await
+            .map_err(|e| kube_error("discovering batch/v1", e))?
+            .resources
+            .iter()
+            .any(|r| r.kind == "CronJob")
+    } {
+        "batch/v1".to_string()
+    } else {
+        pick(&["batch/v1beta1"])?
+    };
     Ok(ApiVersions {
         hpa: pick(&["autoscaling/v2", "autoscaling/v2beta2"])?,
         pdb: pick(&["policy/v1", "policy/v1beta1"])?,
+        cronjob,
     })
 }
 
@@ -228,6 +244,7 @@ pub fn managed_kinds(api: &ApiVersions) -> Vec<(String, &'static str)> {
         ("apps/v1".into(), "Deployment"),
         (api.hpa.clone(), "HorizontalPodAutoscaler"),
         ("networking.k8s.io/v1".into(), "Ingress"),
+        (api.cronjob.clone(), "CronJob"),
     ]
 }
 

@@ -55,6 +55,10 @@ pub const TEMPLATES: &[(&str, &str)] = &[
         "ingress.yaml",
         include_str!("../../../templates/ingress.yaml"),
     ),
+    (
+        "cronjob.yaml",
+        include_str!("../../../templates/cronjob.yaml"),
+    ),
 ];
 
 /// Ownership labels: prune deletes only objects that carry all three with
@@ -72,6 +76,8 @@ pub struct ApiVersions {
     pub hpa: String,
     /// policy/v1 (1.21+) or policy/v1beta1.
     pub pdb: String,
+    /// batch/v1 (1.21+) or batch/v1beta1 for CronJob.
+    pub cronjob: String,
 }
 
 impl ApiVersions {
@@ -80,6 +86,7 @@ impl ApiVersions {
         ApiVersions {
             hpa: "autoscaling/v2".into(),
             pdb: "policy/v1".into(),
+            cronjob: "batch/v1".into(),
         }
     }
 }
@@ -128,6 +135,15 @@ pub struct Pdb {
     pub min_available: i64,
 }
 
+/// The CronJob that keeps the database's monthly partitions ahead.
+#[derive(Debug, Serialize)]
+pub struct Maintenance {
+    pub enabled: bool,
+    pub schedule: String,
+    pub months_ahead: i64,
+    pub image: String,
+}
+
 /// Everything the templates see.
 #[derive(Debug, Serialize)]
 pub struct Values {
@@ -152,6 +168,7 @@ pub struct Values {
     pub network_policy: NetworkPolicy,
     pub autoscaling: Autoscaling,
     pub pdb: Pdb,
+    pub maintenance: Maintenance,
     pub api: ApiVersions,
 }
 
@@ -379,6 +396,12 @@ pub fn values(
         pdb: Pdb {
             min_available: i(props, "min_available", (replicas - 1).max(1)),
         },
+        maintenance: Maintenance {
+            enabled: b(props, "partition_maintenance", true),
+            schedule: s(props, "maintenance_schedule", "15 3 * * *"),
+            months_ahead: i(props, "partition_months_ahead", 3),
+            image: s(props, "maintenance_image", "postgres:15-alpine"),
+        },
         api,
         name,
     })
@@ -505,7 +528,8 @@ mod tests {
                 "PodDisruptionBudget",
                 "Deployment",
                 "HorizontalPodAutoscaler",
-                "Ingress"
+                "Ingress",
+                "CronJob"
             ]
         );
         let d = &objs
@@ -543,6 +567,7 @@ mod tests {
         let old = ApiVersions {
             hpa: "autoscaling/v2beta2".into(),
             pdb: "policy/v1beta1".into(),
+            cronjob: "batch/v1beta1".into(),
         };
         let objs = objects(props(serde_json::json!({"network_policy": false})), old);
         assert!(objs
