@@ -283,6 +283,11 @@ async fn deploy_changes_only_the_image_and_rollback_returns_to_the_previous_rele
         Some(3),
         "deploy applied more than the image"
     );
+    assert_eq!(
+        w.ok("output", &["image"]).trim(),
+        "ghcr.io/mikeyobrien/ralph-orchestrator:1.1.0",
+        "outputs follow a deploy"
+    );
 
     let out = w.run("deploy", &["--image", "broken-1.2.0", "--auto-approve"]);
     assert_eq!(exit_code(&out), Some(1), "{}", text(&out.stderr));

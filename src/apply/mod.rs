@@ -521,19 +521,9 @@ pub async fn apply(
 
     // Outputs, from what is now recorded.
     let mut st = shared.state.into_inner();
-    if let Some(stack) = stack {
-        let mut outputs = BTreeMap::new();
-        for (name, o) in &stack.outputs {
-            if let Some(v) = o
-                .value
-                .evaluate(&|r: &Reference| st.attribute(&r.address, &r.attribute))
-            {
-                outputs.insert(name.clone(), v);
-            }
-        }
-        st.outputs = outputs;
-    } else {
-        st.outputs.clear();
+    match stack {
+        Some(stack) => record_outputs(stack, &mut st),
+        None => st.outputs.clear(),
     }
     st.serial += 1;
     backend.write(&st).await?;
@@ -556,4 +546,18 @@ fn current_inputs(kind: &crate::kinds::KindSchema, attrs: &Map<String, Json>) ->
         .iter()
         .filter_map(|f| Some((f.name.to_string(), attrs.get(f.name)?.clone())))
         .collect()
+}
+
+/// The stack's outputs, evaluated from what the state now records.
+pub fn record_outputs(stack: &Stack, st: &mut State) {
+    let mut outputs = BTreeMap::new();
+    for (name, o) in &stack.outputs {
+        if let Some(v) = o
+            .value
+            .evaluate(&|r: &Reference| st.attribute(&r.address, &r.attribute))
+        {
+            outputs.insert(name.clone(), v);
+        }
+    }
+    st.outputs = outputs;
 }

@@ -178,6 +178,7 @@ where
                 }
                 rs.attrs = o.attrs;
                 rs.updated_at = chrono::Utc::now();
+                crate::apply::record_outputs(&s.stack, &mut state);
                 state.serial += 1;
                 s.backend
                     .write(&state)

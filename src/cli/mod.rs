@@ -232,6 +232,13 @@ pub enum StateCommand {
 }
 
 pub fn main() -> i32 {
+    // Output piped into `head` ends quietly, as in other command-line
+    // tools, instead of a panic on the broken pipe.
+    // SAFETY: restoring the default disposition of SIGPIPE before any
+    // thread starts; no handler runs Rust code.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let filter =
         tracing_subscriber::EnvFilter::try_from_env("RALPH_DEPLOY_LOG").unwrap_or_else(|_| {
