@@ -38,6 +38,19 @@ impl Events {
     }
 }
 
+/// The stack's nodegroup, as EKS describes it.
+async fn nodegroup(
+    eks: &aws_sdk_eks::Client,
+    name: &str,
+) -> aws_sdk_eks::operation::describe_nodegroup::DescribeNodegroupOutput {
+    eks.describe_nodegroup()
+        .cluster_name(format!("{name}-production"))
+        .nodegroup_name(format!("{name}-production-nodes"))
+        .send()
+        .await
+        .unwrap()
+}
+
 fn apply_json(w: &World, extra: &[&str]) -> Events {
     let stack = w.stack();
     let mut args = vec![
@@ -156,13 +169,7 @@ async fn production_stack_end_to_end() {
         Some(format!("{name}-production-postgres").as_str())
     );
     let eks = aws_sdk_eks::Client::new(&c);
-    let ng = eks
-        .describe_nodegroup()
-        .cluster_name(format!("{name}-production"))
-        .nodegroup_name(format!("{name}-production-nodes"))
-        .send()
-        .await
-        .unwrap();
+    let ng = nodegroup(&eks, &name).await;
     let sc = ng.nodegroup().unwrap().scaling_config().unwrap();
     assert_eq!(
         (sc.min_size(), sc.max_size(), sc.desired_size()),
@@ -253,13 +260,7 @@ async fn production_stack_end_to_end() {
         ])
     );
     apply_json(&w, &vars);
-    let ng = eks
-        .describe_nodegroup()
-        .cluster_name(format!("{name}-production"))
-        .nodegroup_name(format!("{name}-production-nodes"))
-        .send()
-        .await
-        .unwrap();
+    let ng = nodegroup(&eks, &name).await;
     assert_eq!(
         ng.nodegroup()
             .unwrap()
@@ -296,13 +297,7 @@ async fn production_stack_end_to_end() {
         .unwrap();
     // (the delay layer keeps it UPDATING for a moment, as EKS does)
     for _ in 0..100 {
-        let ng = eks
-            .describe_nodegroup()
-            .cluster_name(format!("{name}-production"))
-            .nodegroup_name(format!("{name}-production-nodes"))
-            .send()
-            .await
-            .unwrap();
+        let ng = nodegroup(&eks, &name).await;
         if ng.nodegroup().unwrap().status() == Some(&aws_sdk_eks::types::NodegroupStatus::Active) {
             break;
         }
@@ -319,13 +314,7 @@ async fn production_stack_end_to_end() {
         "nodes_max=8",
     ];
     apply_json(&w, &vars);
-    let ng = eks
-        .describe_nodegroup()
-        .cluster_name(format!("{name}-production"))
-        .nodegroup_name(format!("{name}-production-nodes"))
-        .send()
-        .await
-        .unwrap();
+    let ng = nodegroup(&eks, &name).await;
     let sc = ng.nodegroup().unwrap().scaling_config().unwrap();
     assert_eq!((sc.max_size(), sc.desired_size()), (Some(8), Some(7)));
 

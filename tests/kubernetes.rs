@@ -504,14 +504,7 @@ async fn a_rotated_secret_shows_in_plan_and_apply_copies_it_and_restarts_the_pod
     let w = world(ns, "1.0.0");
     w.ok("apply", &["--auto-approve"]);
     let before = deployment(ns).await;
-    let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .endpoint_url(&w.endpoint)
-        .region(aws_config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_secretsmanager::config::Credentials::new(
-            "testing", "testing", None, None, "test",
-        ))
-        .load()
-        .await;
+    let conf = w.aws_conf().await;
     let rotated = "sk-ant-rotated-fedcba9876543210";
     aws_sdk_secretsmanager::Client::new(&conf)
         .put_secret_value()

@@ -131,15 +131,20 @@ impl World {
         serde_json::from_str(&out).unwrap()
     }
 
-    pub async fn ec2(&self) -> aws_sdk_ec2::Client {
-        let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
+    /// SDK settings that reach this world's local AWS.
+    pub async fn aws_conf(&self) -> aws_config::SdkConfig {
+        aws_config::defaults(aws_config::BehaviorVersion::latest())
             .endpoint_url(&self.endpoint)
             .region(aws_config::Region::new("us-east-1"))
             .credentials_provider(aws_sdk_ec2::config::Credentials::new(
                 "testing", "testing", None, None, "test",
             ))
             .load()
-            .await;
+            .await
+    }
+
+    pub async fn ec2(&self) -> aws_sdk_ec2::Client {
+        let conf = self.aws_conf().await;
         aws_sdk_ec2::Client::new(&conf)
     }
 
