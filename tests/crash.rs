@@ -53,25 +53,10 @@ async fn world(tag: &str) -> World {
     let name = format!("{tag}{}", std::process::id());
     let mut w = World::from_stack("aws-production.yaml", &name);
     w.endpoint = proxy();
-    let pg =
-        std::env::var("RALPH_TEST_PG_URL").expect("RALPH_TEST_PG_URL is not set: run scripts/test");
-    {
-        use sqlx::Connection;
-        let mut admin = sqlx::PgConnection::connect(&format!("{pg}/postgres"))
-            .await
-            .unwrap();
-        sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-            .execute(&mut admin)
-            .await
-            .unwrap();
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&mut admin)
-            .await
-            .unwrap();
-    }
+    let db = common::fresh_database(&name).await;
     w.env.push((
         "RALPH_DEPLOY_VAR_database_tunnel_url".into(),
-        format!("{pg}/{name}?sslmode=disable"),
+        format!("{db}?sslmode=disable"),
     ));
     w.env
         .push(("ANTHROPIC_API_KEY".into(), "sk-test-crash".into()));

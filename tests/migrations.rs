@@ -8,12 +8,6 @@ use std::path::PathBuf;
 use common::{text, BIN};
 use sqlx::{Connection, PgConnection, Row};
 
-fn server() -> String {
-    std::env::var("RALPH_TEST_PG_URL").expect(
-        "RALPH_TEST_PG_URL is not set: run the tests with scripts/test, which starts PostgreSQL",
-    )
-}
-
 /// A fresh database, a copy of migrations/, and a stack that applies them.
 struct Db {
     dir: tempfile::TempDir,
@@ -24,17 +18,7 @@ struct Db {
 impl Db {
     async fn new(tag: &str) -> Db {
         let name = format!("{tag}_{}", std::process::id());
-        let mut admin = PgConnection::connect(&format!("{}/postgres", server()))
-            .await
-            .unwrap();
-        sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-            .execute(&mut admin)
-            .await
-            .unwrap();
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&mut admin)
-            .await
-            .unwrap();
+        let url = common::fresh_database(&name).await;
         let dir = tempfile::tempdir().unwrap();
         let migrations = dir.path().join("migrations");
         std::fs::create_dir(&migrations).unwrap();
@@ -42,7 +26,6 @@ impl Db {
             let e = e.unwrap();
             std::fs::copy(e.path(), migrations.join(e.file_name())).unwrap();
         }
-        let url = format!("{}/{name}", server());
         let stack = format!(
             "name: {}\nresources:\n  schema:\n    kind: postgres.migrations\n    properties:\n      directory: migrations\n      url: {url}\n      ssl_mode: disable\n",
             name.replace('_', "-")

@@ -28,6 +28,32 @@ pub fn repo() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
 
+/// The local PostgreSQL server started by scripts/test (no database part).
+pub fn pg_server() -> String {
+    std::env::var("RALPH_TEST_PG_URL").expect(
+        "RALPH_TEST_PG_URL is not set: run the tests with scripts/test, which starts PostgreSQL",
+    )
+}
+
+/// An empty database `name` on the local server (dropped first if a test
+/// run before left it); returns its url.
+pub async fn fresh_database(name: &str) -> String {
+    use sqlx::Connection;
+    let pg = pg_server();
+    let mut admin = sqlx::PgConnection::connect(&format!("{pg}/postgres"))
+        .await
+        .unwrap();
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    format!("{pg}/{name}")
+}
+
 /// One test's world: a temp dir with its own stack file and state.
 pub struct World {
     pub dir: tempfile::TempDir,

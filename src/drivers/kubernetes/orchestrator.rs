@@ -260,6 +260,7 @@ async fn check_not_taken(
 async fn observe(
     cx: &Context,
     client: &kube::Client,
+    api: &ApiVersions,
     owner: &Owner,
     address: &str,
     base: &Map<String, Json>,
@@ -287,11 +288,10 @@ async fn observe(
     } else {
         address
     };
-    let api = discover(cx, client).await?;
     let objects = owned_objects(
         cx,
         client,
-        &api,
+        api,
         &namespace,
         &render::ownership_selector(owner, address),
     )
@@ -498,17 +498,16 @@ struct Release {
     objects: Vec<render::Rendered>,
 }
 
-/// Everything that can fail before the cluster is touched: discovery, the
-/// secrets, the templates.
+/// Everything that can fail before the cluster is touched: the secrets,
+/// the templates.
 async fn prepare(
     cx: &Context,
-    client: &kube::Client,
+    api: &ApiVersions,
     owner: &Owner,
     address: &str,
     props: &Map<String, Json>,
     running: Option<i64>,
 ) -> Result<Release, DriverError> {
-    let api = discover(cx, client).await?;
     let (secret_values, secrets_version) = read_secrets(cx, props).await?;
     let values = render::values(
         owner,
@@ -529,7 +528,7 @@ async fn prepare(
         o.object["stringData"] = Json::Object(data);
     }
     Ok(Release {
-        api,
+        api: api.clone(),
         values,
         objects,
     })
@@ -611,15 +610,25 @@ async fn deploy(
         .and_then(Json::as_i64);
     let client = connect(cx, &props).await?;
     check_not_taken(cx, &client, want.owner, want.address, &props).await?;
-    let next = prepare(cx, &client, want.owner, want.address, &props, running).await?;
+    // One discovery serves the release, a rollback and the read-back.
+    let api = discover(cx, &client).await?;
+    let next = prepare(cx, &api, want.owner, want.address, &props, running).await?;
     let outcome = roll_out(cx, &client, want.owner, want.address, &next, timeout).await;
     let failure = match outcome {
         Ok(()) => {
-            let mut o = observe(cx, &client, want.owner, want.address, &props, Some(&props))
-                .await?
-                .ok_or_else(|| {
-                    DriverError::new("the Deployment disappeared right after its rollout")
-                })?;
+            let mut o = observe(
+                cx,
+                &client,
+                &api,
+                want.owner,
+                want.address,
+                &props,
+                Some(&props),
+            )
+            .await?
+            .ok_or_else(|| {
+                DriverError::new("the Deployment disappeared right after its rollout")
+            })?;
             // The release before this one, for `ralph-deploy rollback`.
             let previous = match &last_good {
                 Some(good) if good != &props => Some(Json::Object(good.clone())),
@@ -641,7 +650,7 @@ async fn deploy(
             cx.reporter.report(crate::events::Event::Warning {
                 message: format!("{}: the rollout of {image} failed ({}); rolling back to {previous}", want.address, failure.message),
             });
-            let back = match prepare(cx, &client, want.owner, want.address, good, running).await {
+            let back = match prepare(cx, &api, want.owner, want.address, good, running).await {
                 Ok(back) => roll_out(cx, &client, want.owner, want.address, &back, timeout).await,
                 Err(e) => Err(e),
             };
@@ -666,6 +675,7 @@ async fn deploy(
     if let Some(mut obs) = observe(
         cx,
         &client,
+        &api,
         want.owner,
         want.address,
         &base_props,
@@ -726,7 +736,10 @@ impl Driver for Orchestrator {
                 .and_then(Json::as_str)
                 .unwrap_or_default();
             let client = connect(cx, &k.inputs).await?;
-            if let Some(mut o) = observe(cx, &client, &cx.owner, address, base, last_good).await? {
+            let api = discover(cx, &client).await?;
+            if let Some(mut o) =
+                observe(cx, &client, &api, &cx.owner, address, base, last_good).await?
+            {
                 // `o.id` is namespace/name, as recorded (recovery has no id).
                 if let Some(p) = k.attrs.get("previous_good") {
                     o.attrs.insert("previous_good".into(), p.clone());
