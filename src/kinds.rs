@@ -174,8 +174,15 @@ pub fn did_you_mean<'a>(
     word: &str,
     candidates: impl IntoIterator<Item = &'a str>,
 ) -> Option<&'a str> {
+    // A plausible typo has about the candidate's length; skipping the rest
+    // also keeps a hostile 100k-character word from costing seconds.
+    let n = word.chars().count();
     candidates
         .into_iter()
+        .filter(|c| {
+            let m = c.chars().count();
+            n.abs_diff(m) <= (m / 2).max(3)
+        })
         .map(|c| {
             (
                 strsim::jaro_winkler(word, c)
@@ -260,6 +267,28 @@ pub mod checks {
         if s.to_ascii_lowercase().starts_with("sg-") {
             return Err(format!(
                 "security group name `{s}` must not start with `sg-`"
+            ));
+        }
+        Ok(())
+    }
+
+    /// EC2 security group and rule descriptions (VPC): up to 255 characters
+    /// of letters, digits, spaces and `._-:/()#,@[]+=&;{}!$*`.
+    pub fn security_group_description(v: &Json) -> Result<(), String> {
+        let s = v.as_str().unwrap_or_default();
+        let n = s.chars().count();
+        if n > 255 {
+            return Err(format!(
+                "the description is {n} characters long; EC2 allows at most 255"
+            ));
+        }
+        if let Some(bad) = s
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || " ._-:/()#,@[]+=&;{}!$*".contains(*c)))
+        {
+            return Err(format!(
+                "the description contains `{}`; EC2 allows only letters, digits, spaces and ._-:/()#,@[]+=&;{{}}!$*",
+                bad.escape_default()
             ));
         }
         Ok(())

@@ -11,6 +11,7 @@ pub mod apply;
 pub mod cli;
 pub mod drivers;
 pub mod events;
+pub mod files;
 pub mod graph;
 pub mod kinds;
 pub mod plan;

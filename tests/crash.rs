@@ -357,3 +357,200 @@ async fn a_killed_lock_holder_is_detected_as_stale() {
     );
     assert_consistent(&w, "stale lock").await;
 }
+
+/// A small stack with every kind whose delete has a trap: secrets with and
+/// without a recovery window, a database keeping a final snapshot, a bucket.
+fn destroy_stack(name: &str) -> String {
+    format!(
+        r#"name: {name}
+cloud:
+  aws: {{ region: us-east-1 }}
+resources:
+  vpc:
+    kind: aws.vpc
+    properties: {{ cidr_block: 10.40.0.0/16 }}
+  a:
+    kind: aws.subnet
+    properties: {{ vpc_id: "${{vpc.id}}", cidr_block: 10.40.1.0/24, availability_zone: us-east-1a }}
+  b:
+    kind: aws.subnet
+    properties: {{ vpc_id: "${{vpc.id}}", cidr_block: 10.40.2.0/24, availability_zone: us-east-1b }}
+  db_sg:
+    kind: aws.security_group
+    properties: {{ name: "{name}-db", vpc_id: "${{vpc.id}}" }}
+  db_subnets:
+    kind: aws.rds_subnet_group
+    properties: {{ name: "{name}-db", subnet_ids: ["${{a.id}}", "${{b.id}}"] }}
+  db:
+    kind: aws.rds_instance
+    properties:
+      identifier: {name}-postgres
+      engine: postgres
+      engine_version: "15"
+      instance_class: db.t3.medium
+      allocated_storage: 20
+      db_subnet_group_name: ${{db_subnets.name}}
+      vpc_security_group_ids: ["${{db_sg.id}}"]
+      master_username: ralph_admin
+  secret_key:
+    kind: aws.secret
+    properties:
+      name: {name}/secret-key
+      generate: {{ bytes: 16, encoding: hex }}
+  token:
+    kind: aws.secret
+    properties:
+      name: {name}/token
+      recovery_window_days: 0
+      generate: {{ bytes: 16, encoding: hex }}
+  backups:
+    kind: aws.s3_bucket
+    properties: {{ name: "{name}-backups", force_destroy: true }}
+"#
+    )
+}
+
+fn destroy_world(name: &str) -> World {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("stack.yaml"), destroy_stack(name)).unwrap();
+    World {
+        dir,
+        stack_name: name.to_string(),
+        endpoint: proxy(),
+        env: vec![],
+    }
+}
+
+async fn nothing_left(w: &World, context: &str) {
+    let inspect = World {
+        dir: tempfile::tempdir().unwrap(),
+        stack_name: w.stack_name.clone(),
+        endpoint: faulty_moto(),
+        env: vec![],
+    };
+    assert_eq!(inspect.tagged().await, vec![], "{context}: EC2 left behind");
+    assert_eq!(
+        inspect.tagged_beyond_ec2().await,
+        Vec::<String>::new(),
+        "{context}: left behind"
+    );
+}
+
+fn run_quiet(w: &World, args: &[&str]) -> std::process::Output {
+    w.cmd(args).output().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kill_at_every_mutating_request_of_destroy_still_ends_with_nothing_left() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    reset_cloud();
+    let id = std::process::id();
+    // How many mutating requests a destroy makes.
+    let w = destroy_world(&format!("dk{id}-count"));
+    let stack = w.stack();
+    let s = stack.to_str().unwrap();
+    faults(json!({"rate": 0.0, "kill_after": 0}));
+    let out = run_quiet(&w, &["apply", s, "--auto-approve"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    faults(json!({"reset_counters": true}));
+    let out = run_quiet(&w, &["destroy", s, "--auto-approve"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let total = faults(json!({}))["stats"]["mutating"].as_u64().unwrap();
+    assert!(total >= 8, "only {total} mutating requests?");
+    nothing_left(&w, "plain destroy").await;
+    // Destroy then apply of the same stack: the secrets in their recovery
+    // window are restored and reused, not refused.
+    let out = run_quiet(&w, &["apply", s, "--auto-approve"]);
+    assert!(
+        out.status.success(),
+        "apply after destroy: {}",
+        text(&out.stderr)
+    );
+    let out = run_quiet(&w, &["plan", s, "--detailed-exitcode"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    let out = run_quiet(&w, &["destroy", s, "--auto-approve"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let mut covered = 0;
+    for k in 1..=total {
+        // A stack of its own per kill point: no cloud reset needed.
+        let w = destroy_world(&format!("dk{id}-{k}"));
+        let stack = w.stack();
+        let s = stack.to_str().unwrap();
+        faults(json!({"rate": 0.0, "kill_after": 0}));
+        let out = run_quiet(&w, &["apply", s, "--auto-approve"]);
+        assert!(out.status.success(), "k={k}: {}", text(&out.stderr));
+        let pidfile = w.dir.path().join("destroy.pid");
+        faults(
+            json!({"kill_after": k, "kill_pidfile": pidfile.to_str().unwrap(), "reset_counters": true}),
+        );
+        let mut sh = std::process::Command::new("sh");
+        sh.args([
+            "-c",
+            &format!(
+                "echo $$ > {}; exec {BIN} destroy {s} --auto-approve",
+                pidfile.display()
+            ),
+        ]);
+        for (k, v) in w.cmd(&[]).get_envs() {
+            if let Some(v) = v {
+                sh.env(k, v);
+            }
+        }
+        let status = sh
+            .current_dir(w.dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert_eq!(
+            status.signal(),
+            Some(9),
+            "k={k}: the destroy was not killed"
+        );
+        faults(json!({"kill_after": 0}));
+        let out = run_quiet(&w, &["destroy", s, "--auto-approve"]);
+        assert!(
+            out.status.success(),
+            "k={k}: the destroy after the crash failed:\n{}",
+            text(&out.stderr)
+        );
+        nothing_left(&w, &format!("k={k}")).await;
+        // And once more: a destroy of nothing finishes too.
+        let out = run_quiet(&w, &["destroy", s, "--auto-approve"]);
+        assert!(out.status.success(), "k={k}: {}", text(&out.stderr));
+        covered += 1;
+    }
+    println!("covered {covered} kill points of {total} mutating requests of destroy");
+    assert_eq!(covered, total);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_secret_deleted_by_hand_does_not_block_destroy() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let w = destroy_world(&format!("dh{}", std::process::id()));
+    let stack = w.stack();
+    let s = stack.to_str().unwrap();
+    faults(json!({"rate": 0.0, "kill_after": 0}));
+    let out = run_quiet(&w, &["apply", s, "--auto-approve"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(faulty_moto())
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_ec2::config::Credentials::new(
+            "testing", "testing", None, None, "test",
+        ))
+        .load()
+        .await;
+    let sm = aws_sdk_secretsmanager::Client::new(&conf);
+    sm.delete_secret()
+        .secret_id(format!("{}/secret-key", w.stack_name))
+        .send()
+        .await
+        .unwrap();
+    for round in 0..2 {
+        let out = run_quiet(&w, &["destroy", s, "--auto-approve"]);
+        assert!(out.status.success(), "round {round}: {}", text(&out.stderr));
+    }
+    nothing_left(&w, "after a secret deleted by hand").await;
+}

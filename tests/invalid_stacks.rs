@@ -53,6 +53,18 @@ const CASES: &[(&str, usize, usize, &str)] = &[
         "needs the property `cidr_block`",
     ),
     ("sg-name-rule.yaml", 10, 13, "must not start with `sg-`"),
+    (
+        "sg-description-too-long.yaml",
+        11,
+        20,
+        "300 characters long; EC2 allows at most 255",
+    ),
+    (
+        "sg-rule-description-charset.yaml",
+        15,
+        24,
+        "the description contains `<`",
+    ),
     ("reserved-tag.yaml", 8, 38, "prefix `aws:`"),
     (
         "bad-availability-zone.yaml",

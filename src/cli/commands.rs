@@ -6,7 +6,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use anyhow::{anyhow, Context as _};
-use serde::{Deserialize, Serialize};
 
 use super::render::{plan_text, summary_text, JsonReporter, TextReporter};
 use super::{
@@ -17,8 +16,9 @@ use crate::apply::{apply, ApplyOptions};
 use crate::drivers::{Context, Registry};
 use crate::events::{Reporter, Silent};
 use crate::graph::ResourceGraph;
+use crate::plan::saved::{self, PlanFile};
 use crate::plan::{destroy_changes, diff, refresh::refresh, Plan, PLAN_FORMAT};
-use crate::state::{LockInfo, Locker, State, StateError, StateStore};
+use crate::state::{Journal, LockInfo, Locker, State, StateError, StateStore};
 
 /// Exit code for a run stopped by Ctrl-C / SIGTERM.
 pub const EXIT_INTERRUPTED: i32 = 130;
@@ -178,13 +178,6 @@ async fn make_plan(
     })
 }
 
-/// A saved plan, with what is needed to load its stack again.
-#[derive(Serialize, Deserialize)]
-struct PlanFile {
-    plan: Plan,
-    variables: Vec<String>,
-}
-
 async fn plan_cmd(
     args: &StackArgs,
     json: bool,
@@ -216,7 +209,7 @@ async fn plan_cmd(
             plan: plan.clone(),
             variables: args.vars.clone(),
         };
-        let bytes = serde_json::to_vec_pretty(&file).map_err(|e| CliError::Other(e.into()))?;
+        let bytes = saved::to_bytes(&file).map_err(|e| CliError::Other(e.into()))?;
         crate::state::local::atomic_write(path, &bytes)
             .with_context(|| format!("writing the plan to {}", path.display()))?;
         if !json {
@@ -232,12 +225,6 @@ async fn plan_cmd(
     } else {
         EXIT_OK
     })
-}
-
-fn read_plan_file(path: &Path) -> Option<PlanFile> {
-    let text = std::fs::read(path).ok()?;
-    let file: PlanFile = serde_json::from_slice(&text).ok()?;
-    (file.plan.format == PLAN_FORMAT).then_some(file)
 }
 
 /// Asks on the terminal; refuses when there is none.
@@ -256,11 +243,12 @@ fn confirm(question: &str) -> Result<bool, CliError> {
 }
 
 async fn apply_cmd(args: &StackArgs, run: &RunArgs, destroy: bool) -> Result<i32, CliError> {
-    // `apply FILE` with a saved plan: load the stack it was made from.
-    let saved = if destroy {
-        None
+    // `apply FILE` / `destroy FILE` with a saved plan: verify it, then load
+    // the stack it was made from.
+    let saved = if saved::looks_like_plan(&args.stack) {
+        Some(saved_plan(args, destroy)?)
     } else {
-        read_plan_file(&args.stack)
+        None
     };
     let effective_args = match &saved {
         Some(file) => StackArgs {
@@ -280,11 +268,56 @@ async fn apply_cmd(args: &StackArgs, run: &RunArgs, destroy: bool) -> Result<i32
             stale.operation, stale.pid, stale.host, stale.since
         );
     }
-    let result = locked_apply(&s, &cx, run, destroy, saved.map(|f| f.plan), None).await;
+    let result = match s.backend.snapshot_before(&lock.operation) {
+        Ok(_) => locked_apply(&s, &cx, run, destroy, saved.map(|f| f.plan), None).await,
+        Err(e) => Err(CliError::Other(anyhow!(
+            "cannot keep a copy of the state before {}, so nothing was changed: {e}",
+            lock.operation
+        ))),
+    };
     if let Err(e) = s.backend.unlock(&lock).await {
         eprintln!("warning: could not release the lock: {e}");
     }
     result
+}
+
+/// Reads and verifies a saved plan, and refuses what the plan already fixes.
+fn saved_plan(args: &StackArgs, destroy: bool) -> Result<PlanFile, CliError> {
+    let file = saved::read(&args.stack).map_err(|e| CliError::Other(e.into()))?;
+    let plan = &file.plan;
+    if let Some(env) = &args.env {
+        return Err(CliError::Other(anyhow!(
+            "--env {env} cannot be used with a saved plan: the plan fixes its environment (`{}`). Nothing was changed. Drop --env, or make a plan for `{env}` with `ralph-deploy plan --env {env} --out FILE`",
+            plan.environment
+        )));
+    }
+    if !args.vars.is_empty() {
+        return Err(CliError::Other(anyhow!(
+            "--var cannot be used with a saved plan: the plan fixes its variables ({}). Nothing was changed. Drop --var, or make a new plan with them",
+            if file.variables.is_empty() {
+                "none were given".to_string()
+            } else {
+                file.variables
+                    .iter()
+                    .map(|v| v.split('=').next().unwrap_or(v).to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        )));
+    }
+    match (plan.destroy, destroy) {
+        (true, false) => Err(CliError::Other(anyhow!(
+            "{} is a destroy plan: apply it with `ralph-deploy destroy {}`. Nothing was changed",
+            args.stack.display(),
+            args.stack.display()
+        ))),
+        (false, true) => Err(CliError::Other(anyhow!(
+            "{} is not a destroy plan: apply it with `ralph-deploy apply {}`, or make one with `ralph-deploy plan --destroy --out FILE`. Nothing was changed",
+            args.stack.display(),
+            args.stack.display()
+        ))),
+        _ => Ok(file),
+    }
 }
 
 pub(super) fn lock_error(e: StateError) -> CliError {
@@ -310,24 +343,58 @@ pub(super) async fn locked_apply(
             "recovery adopted resources into the state, so the saved plan is stale; run `ralph-deploy plan --out` again"
         )));
     }
+    let approved = saved.is_some();
     let plan = match saved {
         Some(plan) => {
             if plan.stack_digest != s.stack.digest {
                 return Err(CliError::Other(anyhow!(
-                    "the saved plan is stale: {} (or its variables) changed since the plan was made; run `ralph-deploy plan --out` again",
+                    "the saved plan is stale: {} (or the variables it is loaded with) changed since the plan was made; run `ralph-deploy plan --out` again",
                     s.stack.path.display()
                 )));
             }
             let current_lineage = existed.then(|| state.lineage.clone());
             let current_serial = if existed { state.serial } else { 0 };
-            if plan.state_lineage != current_lineage || plan.state_serial != current_serial {
+            if plan.state_lineage != current_lineage {
+                return Err(CliError::Other(anyhow!(
+                    "the saved plan was made against another state: {}, while the state at {} {}. Nothing was changed; make a new plan against this state",
+                    match &plan.state_lineage {
+                        Some(l) => format!("lineage {l}"),
+                        None => "no state at all".to_string(),
+                    },
+                    s.backend.describe(),
+                    match &current_lineage {
+                        Some(l) => format!("has lineage {l}"),
+                        None => "does not exist".to_string(),
+                    }
+                )));
+            }
+            if plan.state_serial != current_serial {
                 return Err(CliError::Other(anyhow!(
                     "the saved plan is stale: the state changed since the plan was made (serial {} then, {} now); run `ralph-deploy plan --out` again",
                     plan.state_serial,
                     current_serial
                 )));
             }
-            plan
+            // Derive the changes again from the stack, the state and the
+            // cloud; apply runs those, and only if they are the plan's.
+            let fresh = make_plan(s, &state, existed, cx, plan.destroy, &[]).await?;
+            let differences = saved::differences(&plan.changes, &fresh.changes);
+            if !differences.is_empty() {
+                let shown = differences.len().min(10);
+                return Err(CliError::Other(anyhow!(
+                    "the saved plan does not match what the stack, the state and the cloud give now, so nothing was changed:\n  {}{}\nThe cloud changed since the plan was made, or the plan file was edited; run `ralph-deploy plan --out` again",
+                    differences[..shown].join("\n  "),
+                    if differences.len() > shown {
+                        format!("\n  ... and {} more", differences.len() - shown)
+                    } else {
+                        String::new()
+                    }
+                )));
+            }
+            Plan {
+                created_at: plan.created_at,
+                ..fresh
+            }
         }
         None => make_plan(s, &state, existed, cx, destroy, &[]).await?,
     };
@@ -368,7 +435,9 @@ pub(super) async fn locked_apply(
         }
         return Ok(EXIT_OK);
     }
+    // A saved plan is the approval (it was reviewed when it was made).
     if !run.auto_approve
+        && !approved
         && !confirm(if destroy {
             "Destroy these resources?"
         } else {
@@ -468,6 +537,44 @@ async fn output(args: &StackArgs, name: Option<&str>, json: bool) -> Result<i32,
 
 async fn state_cmd(cmd: StateCommand) -> Result<i32, CliError> {
     match cmd {
+        StateCommand::Snapshots { args, json } => {
+            let s = args.session(json)?;
+            let list = s
+                .backend
+                .snapshots()
+                .map_err(|e| CliError::Other(e.into()))?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&list).map_err(|e| CliError::Other(e.into()))?
+                );
+            } else if list.is_empty() {
+                println!("No snapshots yet: one is kept before every apply, destroy, deploy and rollback.");
+            } else {
+                for snap in &list {
+                    println!(
+                        "{}\tserial {}\tbefore {}",
+                        snap.name, snap.serial, snap.operation
+                    );
+                }
+            }
+            Ok(EXIT_OK)
+        }
+        StateCommand::Restore { args, snapshot } => {
+            let s = args.session(false)?;
+            let lock = LockInfo::for_operation("state restore");
+            if let Some(stale) = s.backend.lock(&lock).await.map_err(lock_error)? {
+                eprintln!(
+                    "warning: took over a stale lock: `{}` (pid {} on {}) no longer runs",
+                    stale.operation, stale.pid, stale.host
+                );
+            }
+            let result = restore_snapshot(&s, &snapshot).await;
+            if let Err(e) = s.backend.unlock(&lock).await {
+                eprintln!("warning: could not release the lock: {e}");
+            }
+            result
+        }
         StateCommand::List { args } => {
             let s = args.session(false)?;
             let (state, _) = read_state(&s).await?;
@@ -498,6 +605,55 @@ async fn state_cmd(cmd: StateCommand) -> Result<i32, CliError> {
             }
         }
     }
+}
+
+async fn restore_snapshot(s: &Session, which: &str) -> Result<i32, CliError> {
+    let mut restored = s
+        .backend
+        .read_snapshot(which)
+        .map_err(|e| CliError::Other(e.into()))?;
+    let (current, existed) = read_state(s).await?;
+    if restored.stack != s.stack.name || restored.environment != s.stack.environment {
+        return Err(CliError::Other(anyhow!(
+            "snapshot `{which}` belongs to stack `{}` environment `{}`; nothing was changed",
+            restored.stack,
+            restored.environment
+        )));
+    }
+    if existed && restored.lineage != current.lineage {
+        return Err(CliError::Other(anyhow!(
+            "snapshot `{which}` is of another state lineage ({}, the current state is {}); nothing was changed",
+            restored.lineage,
+            current.lineage
+        )));
+    }
+    let open = s
+        .backend
+        .open_intents()
+        .await
+        .map_err(|e| CliError::Other(e.into()))?;
+    if !open.is_empty() {
+        return Err(CliError::Other(anyhow!(
+            "an interrupted run left {} operation(s) unsettled; run `ralph-deploy plan` or `apply` first so they are recovered, then restore. Nothing was changed",
+            open.len()
+        )));
+    }
+    s.backend
+        .snapshot_before("state restore")
+        .map_err(|e| CliError::Other(e.into()))?;
+    let from_serial = restored.serial;
+    restored.serial = current.serial + 1;
+    s.backend
+        .write(&restored)
+        .await
+        .map_err(|e| CliError::Other(e.into()))?;
+    println!(
+        "Restored the state of serial {from_serial} ({} resources, {} outputs) as serial {}. The state before this restore is kept as a snapshot too. Run `ralph-deploy plan` to see how the cloud differs from it.",
+        restored.resources.len(),
+        restored.outputs.len(),
+        restored.serial
+    );
+    Ok(EXIT_OK)
 }
 
 fn graph(args: &StackArgs, format: GraphFormat) -> Result<i32, CliError> {

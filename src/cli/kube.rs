@@ -110,6 +110,11 @@ where
         );
     }
     let result = async {
+        s.backend.snapshot_before(operation).map_err(|e| {
+            CliError::Other(anyhow!(
+                "cannot keep a copy of the state before {operation}, so nothing was changed: {e}"
+            ))
+        })?;
         let (mut state, _) = read_state(s).await?;
         let addresses: Vec<String> = s
             .stack

@@ -229,6 +229,22 @@ pub enum StateCommand {
         args: StackArgs,
         address: String,
     },
+    /// List the copies of the state kept from before each apply, destroy,
+    /// deploy and rollback (the newest 30)
+    Snapshots {
+        #[command(flatten)]
+        args: StackArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make a kept snapshot the current state again (as a new serial, under
+    /// the lock); the current state is kept as a snapshot first
+    Restore {
+        #[command(flatten)]
+        args: StackArgs,
+        /// The snapshot's name, or its serial (as `state snapshots` lists them)
+        snapshot: String,
+    },
 }
 
 pub fn main() -> i32 {

@@ -7,6 +7,7 @@
 //! never recorded (an interrupted apply) are adopted instead of duplicated.
 
 pub mod refresh;
+pub mod saved;
 
 use std::collections::BTreeMap;
 
@@ -87,12 +88,14 @@ impl Change {
         self.action != Action::NoOp || self.adopt
     }
 
+    /// The live resource this change acts on; `None` when refresh found
+    /// nothing (a delete of something already gone only drops the record).
     pub fn current_observed(&self) -> Option<Observed> {
         Some(Observed {
             address: Some(self.address.clone()),
             owner: None,
             id: self.id.clone()?,
-            attrs: self.current.clone().unwrap_or_default(),
+            attrs: self.current.clone()?,
         })
     }
 }

@@ -45,6 +45,9 @@ pub async fn refresh(
         .report(Event::RefreshStarted { kinds: kinds.len() });
     let started = Instant::now();
 
+    let pending: std::sync::Mutex<BTreeSet<String>> =
+        std::sync::Mutex::new(kinds.iter().map(|(k, _)| k.clone()).collect());
+    let pending = &pending;
     let listings = futures::future::join_all(kinds.iter().map(|(kind, driver)| async move {
         let mut known: Vec<Known> = state
             .resources
@@ -69,9 +72,45 @@ pub async fn refresh(
                 }
             }
         }
-        (kind.clone(), driver.refresh(cx, &known).await)
-    }))
-    .await;
+        let listing = driver.refresh(cx, &known).await;
+        if let Ok(mut p) = pending.lock() {
+            p.remove(kind);
+        }
+        (kind.clone(), listing)
+    }));
+    // A cloud that does not answer is named within seconds, not after the
+    // operation timeout: a mistyped endpoint or a broken proxy looks like
+    // this.
+    let listings = {
+        tokio::pin!(listings);
+        let mut next = std::time::Duration::from_secs(5);
+        loop {
+            tokio::select! {
+                done = &mut listings => break done,
+                _ = tokio::time::sleep_until(tokio::time::Instant::from_std(started + next)) => {
+                    let waiting: Vec<String> = pending
+                        .lock()
+                        .map(|p| p.iter().cloned().collect())
+                        .unwrap_or_default();
+                    if !waiting.is_empty() {
+                        let shown = waiting.iter().take(4).cloned().collect::<Vec<_>>().join(", ");
+                        let more = waiting.len().saturating_sub(4);
+                        cx.reporter.report(Event::Warning {
+                            message: format!(
+                                "still reading the cloud after {}s: no answer yet for {shown}{} (requests go to {}; each call gives up after {}s, {}=SECONDS changes that)",
+                                next.as_secs(),
+                                if more > 0 { format!(" and {more} more") } else { String::new() },
+                                cx.endpoint_description(),
+                                crate::drivers::aws::api_timeout().as_secs(),
+                                crate::drivers::aws::API_TIMEOUT_ENV,
+                            ),
+                        });
+                    }
+                    next = (next * 2).min(next + std::time::Duration::from_secs(30));
+                }
+            }
+        }
+    };
 
     let mut out = Refreshed::default();
     let declared = |address: &str, kind: &str| -> bool {

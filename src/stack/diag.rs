@@ -114,6 +114,10 @@ impl Diagnostics {
     }
 
     fn push(&mut self, span: Span, message: String, help: Option<String>) {
+        // A message quotes what the user wrote; a hostile file can make that
+        // huge. Keep messages readable whatever the input.
+        let message = shorten(&message, MAX_MESSAGE_CHARS);
+        let help = help.map(|h| shorten(&h, MAX_MESSAGE_CHARS));
         let (line, column) = if span.line == 0 {
             (1, 1)
         } else {
@@ -142,13 +146,18 @@ impl Diagnostics {
         self
     }
 
-    /// Renders every problem with a source snippet.
+    /// Renders every problem with a source snippet (a plain line where the
+    /// snippet would be unreadable: very long source lines).
     pub fn render(&self) -> String {
         use miette::{GraphicalReportHandler, GraphicalTheme, NamedSource};
         let handler = GraphicalReportHandler::new_themed(GraphicalTheme::unicode_nocolor())
             .with_context_lines(1);
         let mut out = String::new();
         for p in &self.problems {
+            if !self.snippet_is_readable(p) {
+                out.push_str(&format!("  x {p}\n\n"));
+                continue;
+            }
             let byte_offset = char_to_byte(&self.source, p.span.offset);
             let byte_len = char_to_byte(&self.source[byte_offset..], p.span.len.max(1)).max(1);
             let diag = RenderedProblem {
@@ -160,10 +169,49 @@ impl Diagnostics {
                     byte_len.min(self.source.len().saturating_sub(byte_offset)),
                 ),
             };
-            let _ = handler.render_report(&mut out, &diag);
+            // The renderer is a library: should it ever fail on some input,
+            // the problem is still reported, as a plain line.
+            let mut one = String::new();
+            let rendered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                handler.render_report(&mut one, &diag)
+            }));
+            match rendered {
+                Ok(Ok(())) => out.push_str(&one),
+                _ => out.push_str(&format!("  x {p}\n\n")),
+            }
         }
         out
     }
+
+    /// Whether the lines around the problem are short enough to show.
+    fn snippet_is_readable(&self, p: &Problem) -> bool {
+        if p.span.len > MAX_SNIPPET_LINE_CHARS {
+            return false;
+        }
+        let line = p.line.max(1);
+        self.source
+            .lines()
+            .skip(line.saturating_sub(2))
+            .take(3)
+            .all(|l| l.len() <= MAX_SNIPPET_LINE_CHARS)
+    }
+}
+
+/// Longer messages are cut in the middle.
+const MAX_MESSAGE_CHARS: usize = 600;
+/// Source lines longer than this are not shown as a snippet.
+const MAX_SNIPPET_LINE_CHARS: usize = 400;
+
+/// `text` cut to at most `max` characters, keeping both ends.
+pub fn shorten(text: &str, max: usize) -> String {
+    let n = text.chars().count();
+    if n <= max {
+        return text.to_string();
+    }
+    let keep = max.saturating_sub(40) / 2;
+    let head: String = text.chars().take(keep).collect();
+    let tail: String = text.chars().skip(n - keep).collect();
+    format!("{head}...({} characters left out)...{tail}", n - 2 * keep)
 }
 
 fn char_to_byte(s: &str, chars: usize) -> usize {

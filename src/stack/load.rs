@@ -58,30 +58,31 @@ pub struct LoadOptions {
 }
 
 pub fn load(path: &Path, options: &LoadOptions, registry: &Registry) -> Result<Stack, Diagnostics> {
-    let text = match std::fs::read_to_string(path) {
+    let text = match crate::files::read_text_bounded(path, MAX_FILE_BYTES) {
         Ok(t) => t,
         Err(e) => {
             let mut d = Diagnostics::new(path, Arc::from(""));
+            let help = match e {
+                crate::files::ReadError::Io(_) | crate::files::ReadError::Directory => {
+                    "check the path: name a stack file (YAML)"
+                }
+                crate::files::ReadError::TooLarge { .. } => {
+                    "split the stack, or check that the path names the stack file"
+                }
+                crate::files::ReadError::NotText { .. } => {
+                    "stack files are YAML text in UTF-8; check that the path names the stack file"
+                }
+            };
             d.error_help(
                 Span::default(),
                 format!("cannot read the stack file: {e}"),
-                "check the path",
+                help,
             );
             return Err(d);
         }
     };
     let source: Arc<str> = Arc::from(text.as_str());
     let mut d = Diagnostics::new(path, source.clone());
-    if text.len() > MAX_FILE_BYTES {
-        d.error(
-            Span::default(),
-            format!(
-                "the stack file is {} bytes; the limit is {MAX_FILE_BYTES}",
-                text.len()
-            ),
-        );
-        return Err(d);
-    }
     if let Some(span) = too_deep(&text) {
         d.error_help(
             span,

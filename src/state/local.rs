@@ -73,9 +73,120 @@ impl LocalBackend {
     }
 }
 
+/// How many before-command snapshots are kept.
+const SNAPSHOTS: usize = 30;
+
+/// One saved copy of the state as it was before a command changed it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Snapshot {
+    /// The file name, which `state restore` takes.
+    pub name: String,
+    pub operation: String,
+    pub serial: u64,
+    pub taken_at: String,
+}
+
+impl LocalBackend {
+    fn snapshot_dir(&self) -> PathBuf {
+        self.dir.join("snapshots")
+    }
+
+    /// Keeps a copy of the current state (with its outputs) before
+    /// `operation` changes it. The intermediate versions an apply writes
+    /// rotate out of `history/`; these stay, one per command (the newest
+    /// [`SNAPSHOTS`]). Returns the snapshot's name, or `None` when there is
+    /// no state yet.
+    pub fn snapshot_before(&self, operation: &str) -> Result<Option<String>, StateError> {
+        let path = self.state_path();
+        let text = match fs::read(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(self.io(&path, e)),
+        };
+        let serial = serde_json::from_slice::<State>(&text)
+            .map(|s| s.serial)
+            .unwrap_or(0);
+        let dir = self.snapshot_dir();
+        let op: String = operation
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        let name = format!(
+            "{}-serial{serial}-before-{op}.json",
+            chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ")
+        );
+        let target = dir.join(&name);
+        atomic_write(&target, &text).map_err(|e| self.io(&target, e))?;
+        let mut all = self.snapshot_files()?;
+        while all.len() > SNAPSHOTS {
+            let _ = fs::remove_file(dir.join(all.remove(0)));
+        }
+        Ok(Some(name))
+    }
+
+    fn snapshot_files(&self) -> Result<Vec<String>, StateError> {
+        let dir = self.snapshot_dir();
+        let mut names: Vec<String> = match fs::read_dir(&dir) {
+            Ok(rd) => rd
+                .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|n| n.ends_with(".json"))
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(self.io(&dir, e)),
+        };
+        names.sort();
+        Ok(names)
+    }
+
+    /// The kept snapshots, oldest first.
+    pub fn snapshots(&self) -> Result<Vec<Snapshot>, StateError> {
+        Ok(self
+            .snapshot_files()?
+            .into_iter()
+            .map(|name| {
+                let stem = name.trim_end_matches(".json");
+                let (taken_at, rest) = stem.split_once("-serial").unwrap_or((stem, ""));
+                let (serial, operation) = rest.split_once("-before-").unwrap_or((rest, ""));
+                Snapshot {
+                    taken_at: taken_at.to_string(),
+                    serial: serial.parse().unwrap_or(0),
+                    operation: operation.to_string(),
+                    name,
+                }
+            })
+            .collect())
+    }
+
+    /// A snapshot's state, by name (or by serial, the newest with it).
+    pub fn read_snapshot(&self, which: &str) -> Result<State, StateError> {
+        let list = self.snapshots()?;
+        let found = list
+            .iter()
+            .rev()
+            .find(|s| s.name == which || s.serial.to_string() == which)
+            .ok_or_else(|| StateError::Io {
+                path: self.snapshot_dir().display().to_string(),
+                source: std::io::Error::other(format!(
+                    "no snapshot named or with serial `{which}`; `ralph-deploy state snapshots` lists them"
+                )),
+            })?;
+        let path = self.snapshot_dir().join(&found.name);
+        let text = fs::read(&path).map_err(|e| self.io(&path, e))?;
+        serde_json::from_slice(&text).map_err(|e| StateError::Corrupt {
+            path: path.display().to_string(),
+            message: e.to_string(),
+            history: self.history_dir().display().to_string(),
+        })
+    }
+}
+
 /// Temp file in the same directory, fsync, rename, fsync the directory.
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or_else(|| Path::new("."));
+    // A bare file name has "" as its parent: that is the current directory.
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
     fs::create_dir_all(dir)?;
     let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
     tmp.write_all(bytes)?;
@@ -257,6 +368,37 @@ enum JournalRecord {
     Close { id: String },
 }
 
+/// Whether the file's last byte is not a newline (a torn record).
+fn ends_torn(f: &mut fs::File) -> std::io::Result<bool> {
+    use std::io::{Read, Seek, SeekFrom};
+    let len = f.metadata()?.len();
+    if len == 0 {
+        return Ok(false);
+    }
+    f.seek(SeekFrom::Start(len - 1))?;
+    let mut last = [0u8; 1];
+    f.read_exact(&mut last)?;
+    Ok(last[0] != b'\n')
+}
+
+/// The intents still open, and the (1-based) numbers of lines that are not
+/// records (torn by a crash, or not UTF-8).
+fn parse_journal(bytes: &[u8]) -> (Vec<super::Intent>, Vec<usize>) {
+    let mut open: Vec<super::Intent> = Vec::new();
+    let mut unreadable = Vec::new();
+    for (n, line) in bytes.split(|b| *b == b'\n').enumerate() {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        match serde_json::from_slice::<JournalRecord>(line) {
+            Ok(JournalRecord::Open(i)) => open.push(*i),
+            Ok(JournalRecord::Close { id }) => open.retain(|i| i.id != id),
+            Err(_) => unreadable.push(n + 1),
+        }
+    }
+    (open, unreadable)
+}
+
 impl LocalBackend {
     fn journal_path(&self) -> PathBuf {
         self.dir.join("journal.jsonl")
@@ -270,9 +412,15 @@ impl LocalBackend {
         line.push(b'\n');
         let mut f = fs::OpenOptions::new()
             .create(true)
+            .read(true)
             .append(true)
             .open(&path)
             .map_err(|e| self.io(&path, e))?;
+        // A crash mid-write leaves a torn last line with no newline: end it
+        // first, so this record starts a line of its own and stays readable.
+        if ends_torn(&mut f).map_err(|e| self.io(&path, e))? {
+            line.insert(0, b'\n');
+        }
         // One write of a whole line, then fsync: a crash leaves either the
         // record or nothing (a torn last line is ignored on reading).
         f.write_all(&line)
@@ -297,18 +445,25 @@ impl super::Journal for LocalBackend {
 
     async fn open_intents(&self) -> Result<Vec<super::Intent>, StateError> {
         let path = self.journal_path();
-        let text = match fs::read_to_string(&path) {
+        let bytes = match fs::read(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(self.io(&path, e)),
         };
-        let mut open: Vec<super::Intent> = Vec::new();
-        for line in text.lines() {
-            match serde_json::from_str::<JournalRecord>(line) {
-                Ok(JournalRecord::Open(i)) => open.push(*i),
-                Ok(JournalRecord::Close { id }) => open.retain(|i| i.id != id),
-                Err(_) => {} // a line torn by a crash
-            }
+        let (open, unreadable) = parse_journal(&bytes);
+        if !unreadable.is_empty() {
+            // A line torn by a crash never held a complete record: its
+            // cloud call had not started (intents are fsynced first).
+            tracing::warn!(
+                "{}: skipped {} unreadable line(s) ({}); they are what a crash mid-write leaves and held no complete intent",
+                path.display(),
+                unreadable.len(),
+                unreadable
+                    .iter()
+                    .map(|n| format!("line {n}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
         }
         Ok(open)
     }
@@ -370,6 +525,94 @@ mod tests {
         assert!(err.contains(&first.id));
         b.unlock(&first).await.unwrap();
         b.lock(&LockInfo::for_operation("plan")).await.unwrap();
+    }
+}
+
+#[cfg(test)]
+mod journal_tests {
+    use super::*;
+    use crate::state::Journal;
+
+    fn intent(id: &str) -> crate::state::Intent {
+        crate::state::Intent {
+            id: id.into(),
+            address: "vpc".into(),
+            kind: "aws.vpc".into(),
+            action: "create".into(),
+            lookup: None,
+            props: Default::default(),
+            depends_on: vec![],
+            protect: false,
+            started_at: chrono::Utc::now(),
+            pid: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_torn_last_line_does_not_swallow_the_next_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = LocalBackend::new(dir.path(), "s", "prod");
+        b.open_intent(&intent("a")).await.unwrap();
+        // A kill in the middle of writing the next record.
+        let mut f = fs::OpenOptions::new()
+            .append(true)
+            .open(b.journal_path())
+            .unwrap();
+        f.write_all(br#"{"op":"open","id":"torn","addr"#).unwrap();
+        drop(f);
+        b.close_intent("a").await.unwrap();
+        assert!(b.open_intents().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn invalid_utf8_lines_are_skipped_not_fatal() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = LocalBackend::new(dir.path(), "s", "prod");
+        b.open_intent(&intent("a")).await.unwrap();
+        let mut f = fs::OpenOptions::new()
+            .append(true)
+            .open(b.journal_path())
+            .unwrap();
+        f.write_all(b"\xff\xfe garbage \xc3\n").unwrap();
+        drop(f);
+        b.open_intent(&intent("b")).await.unwrap();
+        let open: Vec<String> = b
+            .open_intents()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|i| i.id)
+            .collect();
+        assert_eq!(open, vec!["a".to_string(), "b".to_string()]);
+        b.compact().await.unwrap();
+        assert_eq!(b.open_intents().await.unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn the_state_before_each_command_is_kept_with_its_outputs() {
+        use crate::state::StateStore;
+        let dir = tempfile::tempdir().unwrap();
+        let b = LocalBackend::new(dir.path(), "s", "prod");
+        assert!(b.snapshot_before("apply").unwrap().is_none());
+        let mut st = State::new("s", "prod");
+        st.serial = 7;
+        st.outputs
+            .insert("vpc_id".into(), serde_json::json!("vpc-1"));
+        b.write(&st).await.unwrap();
+        let name = b.snapshot_before("apply").unwrap().unwrap();
+        // An apply writes many intermediate versions afterwards.
+        for serial in 8..60 {
+            st.serial = serial;
+            st.outputs.clear();
+            b.write(&st).await.unwrap();
+        }
+        let kept = b.read_snapshot(&name).unwrap();
+        assert_eq!(kept.serial, 7);
+        assert_eq!(kept.outputs["vpc_id"], serde_json::json!("vpc-1"));
+        assert_eq!(b.read_snapshot("7").unwrap().serial, 7);
+        let list = b.snapshots().unwrap();
+        assert_eq!(list.len(), 1);
+        assert_eq!(list[0].operation, "apply");
     }
 }
 

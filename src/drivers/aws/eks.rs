@@ -13,8 +13,8 @@ use aws_sdk_eks::types::{
 use serde_json::{Map, Value as Json};
 
 use super::{
-    api_error, error_code, observed_with, opt_str, read_each, read_tag_pairs, removed_tag_keys,
-    strings, tag_map, wait_gone, wait_ready, Readiness,
+    api_error, error_code, gone_or_deleting, observed_with, opt_str, read_each, read_tag_pairs,
+    removed_tag_keys, strings, tag_map, wait_gone, wait_ready, Readiness,
 };
 use crate::drivers::{
     Context, Desired, Driver, DriverError, Known, Observed, Timeouts, READY_ATTR, STATUS_ATTR,
@@ -503,7 +503,11 @@ impl Driver for EksCluster {
         {
             Ok(_) => {}
             Err(e) if error_code(&e) == Some("ResourceNotFoundException") => return Ok(()),
-            Err(e) => return Err(api_error("DeleteCluster", e)),
+            Err(e) => {
+                if !gone_or_deleting(read_cluster(cx, &have.id)).await? {
+                    return Err(api_error("DeleteCluster", e));
+                }
+            }
         }
         wait_gone(
             cx,
@@ -840,7 +844,11 @@ impl Driver for EksNodegroup {
         {
             Ok(_) => {}
             Err(e) if error_code(&e) == Some("ResourceNotFoundException") => return Ok(()),
-            Err(e) => return Err(api_error("DeleteNodegroup", e)),
+            Err(e) => {
+                if !gone_or_deleting(read_nodegroup(cx, cluster, name)).await? {
+                    return Err(api_error("DeleteNodegroup", e));
+                }
+            }
         }
         wait_gone(
             cx,

@@ -10,8 +10,8 @@ use aws_sdk_elasticache::types::Tag;
 use serde_json::Value as Json;
 
 use super::{
-    api_error, error_code, observed_with, opt_str, read_each, read_tag_pairs, removed_tag_keys,
-    strings, tag_map, wait_gone, wait_ready, Readiness,
+    api_error, error_code, gone_or_deleting, observed_with, opt_str, read_each, read_tag_pairs,
+    removed_tag_keys, strings, tag_map, wait_gone, wait_ready, Readiness,
 };
 use crate::drivers::{
     Context, Desired, Driver, DriverError, Known, Observed, Timeouts, READY_ATTR, STATUS_ATTR,
@@ -668,7 +668,11 @@ impl Driver for ReplicationGroup {
         {
             Ok(_) => {}
             Err(e) if error_code(&e) == Some("ReplicationGroupNotFoundFault") => return Ok(()),
-            Err(e) => return Err(api_error("DeleteReplicationGroup", e)),
+            Err(e) => {
+                if !gone_or_deleting(read_group(cx, &have.id)).await? {
+                    return Err(api_error("DeleteReplicationGroup", e));
+                }
+            }
         }
         wait_gone(
             cx,

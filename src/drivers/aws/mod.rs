@@ -96,9 +96,14 @@ impl AwsClients {
             .with_max_attempts(attempts)
             .with_initial_backoff(std::time::Duration::from_millis(100))
             .with_max_backoff(std::time::Duration::from_secs(20));
+        // A dead or hanging endpoint must fail within a bound the user can
+        // set, not after every retry of a long attempt timeout.
+        let total = api_timeout();
         let timeouts = aws_config::timeout::TimeoutConfig::builder()
-            .connect_timeout(std::time::Duration::from_secs(5))
-            .operation_attempt_timeout(std::time::Duration::from_secs(60))
+            .connect_timeout(std::time::Duration::from_secs(5).min(total))
+            .read_timeout(std::time::Duration::from_secs(30).min(total))
+            .operation_attempt_timeout(std::time::Duration::from_secs(30).min(total))
+            .operation_timeout(total)
             .build();
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
             .retry_config(retry)
@@ -113,6 +118,16 @@ impl AwsClients {
             loader = loader.endpoint_url(e);
         }
         let config = loader.load().await;
+        let _ = ENDPOINT.set(
+            match (&settings.endpoint, std::env::var("AWS_ENDPOINT_URL")) {
+                (Some(e), _) => e.clone(),
+                (None, Ok(e)) if !e.is_empty() => e,
+                _ => format!(
+                    "the AWS endpoints of region {}",
+                    config.region().map(|r| r.to_string()).unwrap_or_default()
+                ),
+            },
+        );
         let region = config.region().map(|r| r.to_string()).ok_or_else(|| {
             DriverError::new("no AWS region is set: put `region` under `cloud.aws` in the stack, set AWS_REGION, or choose a profile that has one")
         })?;
@@ -244,15 +259,74 @@ pub(crate) async fn ec2(cx: &Context) -> Result<&aws_sdk_ec2::Client, DriverErro
     Ok(&cx.aws().await?.ec2)
 }
 
-/// An SDK failure as one line: the service's code and message.
-pub(crate) fn api_error<E, R>(op: &str, err: SdkError<E, R>) -> DriverError
+/// Where AWS requests go, for messages (set once the clients are built).
+static ENDPOINT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// The environment variable that bounds every AWS operation, retries included.
+pub const API_TIMEOUT_ENV: &str = "RALPH_DEPLOY_API_TIMEOUT";
+const DEFAULT_API_TIMEOUT_S: u64 = 120;
+
+/// The bound on one AWS operation, retries included: RALPH_DEPLOY_API_TIMEOUT
+/// seconds (default 120). Long waits (a cluster becoming ACTIVE) are many
+/// operations, each bounded by this, within the resource's own timeout.
+pub fn api_timeout() -> std::time::Duration {
+    let secs = std::env::var(API_TIMEOUT_ENV)
+        .ok()
+        .and_then(|v| v.trim().trim_end_matches('s').parse::<u64>().ok())
+        .filter(|s| *s > 0)
+        .unwrap_or(DEFAULT_API_TIMEOUT_S);
+    std::time::Duration::from_secs(secs)
+}
+
+/// Where AWS requests go: the endpoint URL, or the region's endpoints.
+pub fn endpoint_description() -> String {
+    ENDPOINT
+        .get()
+        .cloned()
+        .unwrap_or_else(|| "the AWS endpoint".into())
+}
+
+/// An SDK failure as one line: the service's code and message, or what was
+/// reached (or not) and what was expected.
+pub(crate) fn api_error<E>(
+    op: &str,
+    err: SdkError<E, aws_smithy_runtime_api::http::Response>,
+) -> DriverError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-    R: std::fmt::Debug + Send + Sync + 'static,
 {
+    let endpoint = endpoint_description();
     let text = match (err.code(), err.message()) {
         (Some(code), Some(msg)) => format!("{code}: {msg}"),
         (Some(code), None) => code.to_string(),
+        _ if matches!(err, SdkError::TimeoutError(_)) => format!(
+            "no answer from {endpoint} within {}s (retries included). Check the endpoint (AWS_ENDPOINT_URL, cloud.aws.endpoint), proxies and the network; {API_TIMEOUT_ENV}=SECONDS sets this bound",
+            api_timeout().as_secs()
+        ),
+        _ if matches!(err, SdkError::DispatchFailure(_)) => {
+            let why = match &err {
+                SdkError::DispatchFailure(d) if d.is_timeout() => {
+                    "the connection timed out".to_string()
+                }
+                SdkError::DispatchFailure(d) if d.is_io() => {
+                    "the connection failed (refused, reset or unreachable)".to_string()
+                }
+                _ => first_line(&DisplayErrorContext(&err).to_string()),
+            };
+            format!("could not reach {endpoint}: {why}. Check the endpoint (AWS_ENDPOINT_URL, cloud.aws.endpoint), proxies, the network and the credentials")
+        }
+        _ if err.raw_response().is_some() => {
+            let status = err.raw_response().map(|r| r.status().as_u16()).unwrap_or(0);
+            let body = err
+                .raw_response()
+                .and_then(|r| r.body().bytes())
+                .map(|b| first_line(&String::from_utf8_lossy(b)))
+                .unwrap_or_default();
+            format!(
+                "{endpoint} answered HTTP {status} without an AWS error code{}; it does not look like the AWS API this call expects. Check the endpoint (AWS_ENDPOINT_URL, cloud.aws.endpoint)",
+                if body.is_empty() { String::new() } else { format!(" ({body})") }
+            )
+        }
         _ => {
             // Without a service code the SDK's text can carry a whole raw
             // response: keep the first line's worth.
@@ -265,6 +339,20 @@ where
         }
     };
     DriverError::new(format!("{op}: {text}"))
+}
+
+/// At most 200 characters of the first non-empty line.
+fn first_line(text: &str) -> String {
+    let line = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("");
+    let mut short: String = line.chars().take(200).collect();
+    if line.chars().count() > 200 {
+        short.push_str("...");
+    }
+    short
 }
 
 pub(crate) fn error_code<E, R>(err: &SdkError<E, R>) -> Option<&str>
@@ -542,6 +630,23 @@ where
 }
 
 /// Polls `read` until the resource is gone, reporting its status meanwhile.
+/// After a delete call failed: whether the resource is gone or already
+/// being deleted (a run killed mid-delete, a retried request whose first
+/// attempt took effect, a delete made by hand), which counts as done.
+pub(crate) async fn gone_or_deleting<Fut>(read: Fut) -> Result<bool, DriverError>
+where
+    Fut: std::future::Future<Output = Result<Option<Observed>, DriverError>>,
+{
+    Ok(match read.await? {
+        None => true,
+        Some(o) => o
+            .attrs
+            .get(super::STATUS_ATTR)
+            .and_then(Json::as_str)
+            .is_some_and(|s| s.eq_ignore_ascii_case("deleting")),
+    })
+}
+
 pub(crate) async fn wait_gone<F, Fut>(
     cx: &Context,
     have: &Observed,

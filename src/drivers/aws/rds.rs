@@ -978,17 +978,48 @@ impl Driver for Instance {
                 chrono::Utc::now().format("%Y%m%d%H%M%S")
             ));
         }
-        match req.send().await {
-            Ok(_) => {}
-            Err(e)
-                if matches!(
-                    error_code(&e),
-                    Some("DBInstanceNotFound" | "DBInstanceNotFoundFault")
-                ) =>
-            {
-                return Ok(())
+        // Already being deleted (a run killed mid-delete, or a retried
+        // request whose first attempt took effect): wait for it instead of
+        // asking again, which would fail or take a second final snapshot.
+        let deleting = |o: &Option<Observed>| {
+            o.as_ref()
+                .and_then(|o| o.attrs.get("status"))
+                .and_then(Json::as_str)
+                == Some("deleting")
+        };
+        let before = read_instance(cx, &have.id).await?;
+        if before.is_none() {
+            return Ok(());
+        }
+        if !deleting(&before) {
+            match req.send().await {
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        error_code(&e),
+                        Some("DBInstanceNotFound" | "DBInstanceNotFoundFault")
+                    ) =>
+                {
+                    return Ok(())
+                }
+                Err(e)
+                    if matches!(
+                        error_code(&e),
+                        Some(
+                            "InvalidDBInstanceState"
+                                | "InvalidDBInstanceStateFault"
+                                | "DBSnapshotAlreadyExists"
+                                | "DBSnapshotAlreadyExistsFault"
+                        )
+                    ) =>
+                {
+                    let now = read_instance(cx, &have.id).await?;
+                    if now.is_some() && !deleting(&now) {
+                        return Err(api_error("DeleteDBInstance", e));
+                    }
+                }
+                Err(e) => return Err(api_error("DeleteDBInstance", e)),
             }
-            Err(e) => return Err(api_error("DeleteDBInstance", e)),
         }
         wait_gone(
             cx,

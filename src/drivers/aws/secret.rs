@@ -236,6 +236,98 @@ async fn read_one(cx: &Context, arn: &str) -> Result<Observed, DriverError> {
     ))
 }
 
+/// When the secret is scheduled for deletion: its ARN and its owner.
+async fn scheduled_deletion(
+    cx: &Context,
+    id: &str,
+) -> Result<Option<(String, Option<crate::drivers::Owner>)>, DriverError> {
+    match cx
+        .aws()
+        .await?
+        .secrets
+        .describe_secret()
+        .secret_id(id)
+        .send()
+        .await
+    {
+        Ok(out) if out.deleted_date().is_some() => {
+            let tags = read_tag_pairs(
+                out.tags()
+                    .iter()
+                    .filter_map(|t| Some((t.key()?, t.value()?))),
+            );
+            let obs = observed_with(out.arn().unwrap_or(id), tags, vec![]);
+            Ok(Some((out.arn().unwrap_or(id).to_string(), obs.owner)))
+        }
+        Ok(_) => Ok(None),
+        Err(e) if error_code(&e) == Some("ResourceNotFoundException") => Ok(None),
+        Err(e) => Err(api_error("DescribeSecret", e)),
+    }
+}
+
+/// Destroy then apply: the secret this stack deleted is still in its
+/// recovery window under the same name. Restore it and give it a fresh
+/// value, settings and tags, as a create would. `Err(None)`: the name is
+/// taken by something that is not this stack's deleted secret.
+async fn restore_own(
+    cx: &Context,
+    want: &Desired<'_>,
+    value: String,
+) -> Result<Observed, Option<DriverError>> {
+    let name = want.required_str("name").map_err(Some)?;
+    let (arn, owner) = match scheduled_deletion(cx, name).await.map_err(Some)? {
+        Some(found) => found,
+        None => {
+            return Err(Some(DriverError::new(format!(
+                "a secret named `{name}` already exists and is not one this stack and environment manage (refresh did not find it by its ownership tags). Pick another `name`, or delete that secret if it is a leftover"
+            ))))
+        }
+    };
+    if owner.as_ref() != Some(want.owner) {
+        return Err(Some(DriverError::new(format!(
+            "a secret named `{name}` is scheduled for deletion and belongs to {}: it cannot be reused here. Pick another `name`, or remove it for good with `aws secretsmanager restore-secret --secret-id {name}` then `aws secretsmanager delete-secret --force-delete-without-recovery --secret-id {name}`",
+            match &owner {
+                Some(o) => format!("stack `{}` environment `{}`", o.stack, o.environment),
+                None => "no ralph-deploy stack".to_string(),
+            }
+        ))));
+    }
+    let client = &cx.aws().await.map_err(Some)?.secrets;
+    client
+        .restore_secret()
+        .secret_id(&arn)
+        .send()
+        .await
+        .map_err(|e| Some(api_error("RestoreSecret", e)))?;
+    client
+        .put_secret_value()
+        .secret_id(&arn)
+        .secret_string(value)
+        .send()
+        .await
+        .map_err(|e| Some(api_error("PutSecretValue", e)))?;
+    client
+        .update_secret()
+        .secret_id(&arn)
+        .description(want.str("description").unwrap_or_default())
+        .set_kms_key_id(want.str("kms_key_id").map(str::to_string))
+        .send()
+        .await
+        .map_err(|e| Some(api_error("UpdateSecret", e)))?;
+    let tags: Vec<Tag> = tag_map(want)
+        .into_iter()
+        .map(|(k, v)| Tag::builder().key(k).value(v).build())
+        .collect();
+    client
+        .tag_resource()
+        .secret_id(&arn)
+        .set_tags(Some(tags))
+        .send()
+        .await
+        .map_err(|e| Some(api_error("TagResource", e)))?;
+    read_one(cx, &arn).await.map_err(Some)
+}
+
 #[async_trait::async_trait]
 impl Driver for Secret {
     fn schema(&self) -> &'static KindSchema {
@@ -289,11 +381,30 @@ impl Driver for Secret {
             .name(want.required_str("name")?)
             .description(want.str("description").unwrap_or_default())
             .set_kms_key_id(want.str("kms_key_id").map(str::to_string))
-            .secret_string(value)
+            .secret_string(value.clone())
             .set_tags(Some(tags))
             .send()
-            .await
-            .map_err(|e| api_error("CreateSecret", e))?;
+            .await;
+        let out = match out {
+            Ok(out) => out,
+            // A secret of this name exists: after a destroy it is in its
+            // recovery window (AWS says InvalidRequestException, some
+            // emulators ResourceExistsException).
+            Err(e)
+                if matches!(
+                    error_code(&e),
+                    Some("ResourceExistsException" | "InvalidRequestException")
+                ) =>
+            {
+                return restore_own(cx, want, value)
+                    .await
+                    .map_err(|mine| match mine {
+                        Some(why) => why,
+                        None => api_error("CreateSecret", e),
+                    });
+            }
+            Err(e) => return Err(api_error("CreateSecret", e)),
+        };
         let arn = out
             .arn()
             .ok_or_else(|| DriverError::new("CreateSecret returned no ARN"))?;
@@ -365,6 +476,14 @@ impl Driver for Secret {
         match req.send().await {
             Ok(_) => Ok(()),
             Err(e) if error_code(&e) == Some("ResourceNotFoundException") => Ok(()),
+            // Already scheduled for deletion (by a run killed before it
+            // recorded the delete, or by hand): that is the outcome wanted.
+            Err(e) if error_code(&e) == Some("InvalidRequestException") => {
+                match scheduled_deletion(cx, &have.id).await? {
+                    Some(_) => Ok(()),
+                    None => Err(api_error("DeleteSecret", e)),
+                }
+            }
             Err(e) => Err(api_error("DeleteSecret", e)),
         }
     }

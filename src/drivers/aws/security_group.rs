@@ -24,7 +24,8 @@ static RULE: &[Field] = &[
         Ty::String,
         "the peer security group",
     ),
-    Field::new("description", Ty::String, "what the rule is for"),
+    Field::new("description", Ty::String, "what the rule is for")
+        .check(checks::security_group_description),
 ];
 
 static SCHEMA: KindSchema = KindSchema {
@@ -37,6 +38,7 @@ static SCHEMA: KindSchema = KindSchema {
             .check(checks::security_group_name),
         Field::new("description", Ty::String, "what the group is for")
             .default("\"Managed by ralph-deploy\"")
+            .check(checks::security_group_description)
             .forces_replace(),
         Field::new("vpc_id", Ty::String, "the VPC, usually `${vpc.id}`")
             .required()

@@ -1,0 +1,601 @@
+//! Hardening against the local cloud: saved plans treated as untrusted input,
+//! a destroy that always finishes, a hanging endpoint, hostile stack files.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{text, World};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+fn state_of(w: &World) -> Value {
+    let p = w
+        .state_dir()
+        .join(&w.stack_name)
+        .join("production")
+        .join("state.json");
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap_or_else(|_| "{}".into())).unwrap()
+}
+
+/// Writes `plan` as a plan file whose digest matches its (edited) content,
+/// as someone who knows the format could: only the re-derivation at apply
+/// time (or a signature) can catch such an edit.
+fn write_redigested(path: &std::path::Path, mut file: Value) {
+    let obj = file.as_object_mut().unwrap();
+    obj.remove("digest");
+    obj.remove("signature");
+    fn sorted(v: Value) -> Value {
+        match v {
+            Value::Object(m) => {
+                let mut entries: Vec<(String, Value)> = m.into_iter().collect();
+                entries.sort_by(|a, b| a.0.cmp(&b.0));
+                Value::Object(entries.into_iter().map(|(k, v)| (k, sorted(v))).collect())
+            }
+            Value::Array(a) => Value::Array(a.into_iter().map(sorted).collect()),
+            other => other,
+        }
+    }
+    let body = serde_json::to_vec(&sorted(file.clone())).unwrap();
+    let digest = format!("sha256:{}", hex::encode(Sha256::digest(&body)));
+    file["digest"] = json!(digest);
+    std::fs::write(path, serde_json::to_vec_pretty(&file).unwrap()).unwrap();
+}
+
+const ACTIONS: [&str; 5] = ["no_op", "create", "update", "replace", "delete"];
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tampered_saved_plan_is_refused_or_does_exactly_what_the_original_would() {
+    let w = World::from_stack(
+        "aws-network.yaml",
+        &format!("t-tamper-{}", std::process::id()),
+    );
+    w.ok("apply", &["--auto-approve"]);
+    // A plan with an update (a tag), two replacements (a subnet's CIDR and
+    // the association that follows it), no-ops and a protected resource.
+    w.edit("default: platform", "default: data-team");
+    w.edit("${var.net}.11.0/24", "${var.net}.12.0/24");
+    let plan_path = w.dir.path().join("prod.plan");
+    w.ok("plan", &["--out", plan_path.to_str().unwrap()]);
+    let original: Value = serde_json::from_slice(&std::fs::read(&plan_path).unwrap()).unwrap();
+    let changes = original["plan"]["changes"].as_array().unwrap().clone();
+    assert!(changes.len() > 15, "{}", changes.len());
+    assert!(changes.iter().any(|c| c["protect"] == true));
+
+    let cloud_before = w.tagged().await;
+    let serial_before = state_of(&w)["serial"].clone();
+    let tampered = w.dir.path().join("tampered.plan");
+    let mut mutations: Vec<(String, Value)> = Vec::new();
+    let n = changes.len();
+    for (i, c) in changes.iter().enumerate() {
+        let addr = c["address"].as_str().unwrap().to_string();
+        let action = c["action"].as_str().unwrap();
+        for other in ACTIONS.iter().filter(|a| **a != action) {
+            let mut f = original.clone();
+            f["plan"]["changes"][i]["action"] = json!(other);
+            mutations.push((format!("{addr}: action {action} -> {other}"), f));
+        }
+        let mut f = original.clone();
+        f["plan"]["changes"][i]["protect"] = json!(!c["protect"].as_bool().unwrap_or(false));
+        mutations.push((format!("{addr}: protect flipped"), f));
+        let j = (i + 1) % n;
+        let mut f = original.clone();
+        f["plan"]["changes"][i]["id"] = changes[j]["id"].clone();
+        mutations.push((format!("{addr}: id of {}", changes[j]["address"]), f));
+        let mut f = original.clone();
+        f["plan"]["changes"][i]["address"] = changes[j]["address"].clone();
+        f["plan"]["changes"][j]["address"] = json!(addr);
+        mutations.push((
+            format!("{addr}: address swapped with {}", changes[j]["address"]),
+            f,
+        ));
+        if let Some(first) = c["attributes"].as_array().and_then(|a| a.first()) {
+            let mut f = original.clone();
+            f["plan"]["changes"][i]["attributes"][0]["after"] = json!("tampered");
+            mutations.push((format!("{addr}: value of {}", first["name"]), f));
+        }
+    }
+    let mut f = original.clone();
+    f["plan"]["environment"] = json!("staging");
+    mutations.push(("environment".into(), f));
+    let mut f = original.clone();
+    f["plan"]["destroy"] = json!(true);
+    mutations.push(("destroy flag".into(), f));
+    let mut f = original.clone();
+    f["plan"]["changes"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|c| c["address"] != "private_b_routes");
+    mutations.push(("a change dropped".into(), f));
+
+    let started = Instant::now();
+    if std::env::var_os("SKIP_MUTATIONS").is_some() {
+        mutations.clear();
+    }
+    for (what, file) in &mutations {
+        // As edited (the digest no longer matches) and with a recomputed digest.
+        for redigest in [false, true] {
+            if redigest {
+                write_redigested(&tampered, file.clone());
+            } else {
+                std::fs::write(&tampered, serde_json::to_vec_pretty(file).unwrap()).unwrap();
+            }
+            let out = w
+                .cmd(&["apply", tampered.to_str().unwrap(), "--auto-approve"])
+                .output()
+                .unwrap();
+            let err = text(&out.stderr);
+            assert_eq!(
+                out.status.code(),
+                Some(1),
+                "{what} (redigested: {redigest}) was applied:\n{err}\n{}",
+                text(&out.stdout)
+            );
+            assert!(
+                err.contains("nothing was") || err.contains("Nothing was") || err.contains("stale"),
+                "{what}: the refusal must say nothing was changed: {err}"
+            );
+            if !redigest {
+                assert!(err.contains("was changed after"), "{what}: {err}");
+            }
+            if std::env::var_os("SHOW_REFUSALS").is_some() {
+                eprintln!("{what} ({redigest}): {}", err.lines().last().unwrap_or(""));
+            }
+        }
+    }
+    println!(
+        "{} tampered plans refused in {:.1}s",
+        mutations.len() * 2,
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        state_of(&w)["serial"],
+        serial_before,
+        "the state was written"
+    );
+    assert_eq!(w.tagged().await, cloud_before, "the cloud was changed");
+
+    // Flags that a saved plan fixes are refused, not ignored.
+    for extra in [["--env", "staging"], ["--var", "net=10.9"]] {
+        let out = w
+            .cmd(&[
+                "apply",
+                plan_path.to_str().unwrap(),
+                extra[0],
+                extra[1],
+                "--auto-approve",
+            ])
+            .output()
+            .unwrap();
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains("cannot be used with a saved plan"), "{err}");
+    }
+
+    // Edits that do not change what apply does (the reason, the cloud's
+    // report of current values) apply exactly as the original plan.
+    let mut harmless = original.clone();
+    for c in harmless["plan"]["changes"].as_array_mut().unwrap() {
+        c["reason"] = json!("edited");
+        if let Some(cur) = c.get_mut("current").and_then(Value::as_object_mut) {
+            cur.insert("cidr_block".into(), json!("10.99.0.0/16"));
+        }
+    }
+    write_redigested(&tampered, harmless);
+    let out = w
+        .cmd(&["apply", tampered.to_str().unwrap()])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "a saved plan is its own approval, and this one is the original's: {}",
+        text(&out.stderr)
+    );
+    let after = w.tagged().await;
+    let subnets = |v: &Vec<(String, String)>| {
+        v.iter()
+            .filter(|(k, _)| k == "subnet")
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(subnets(&after).len(), 4);
+    assert_ne!(
+        subnets(&after),
+        subnets(&cloud_before),
+        "private_b was replaced"
+    );
+    let out = w.run("plan", &["--detailed-exitcode"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    w.ok("destroy", &["--auto-approve", "--allow-protected"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn signed_plans_need_the_key_and_destroy_plans_need_destroy() {
+    let mut w = World::from_stack(
+        "aws-network.yaml",
+        &format!("t-signed-{}", std::process::id()),
+    );
+    w.env
+        .push(("RALPH_DEPLOY_PLAN_KEY".into(), "first key".into()));
+    let plan_path = w.dir.path().join("signed.plan");
+    w.ok("plan", &["--out", plan_path.to_str().unwrap()]);
+    let file: Value = serde_json::from_slice(&std::fs::read(&plan_path).unwrap()).unwrap();
+    assert!(file["signature"]
+        .as_str()
+        .unwrap()
+        .starts_with("hmac-sha256:"));
+
+    // An edit with a recomputed digest but no key cannot be signed.
+    let tampered = w.dir.path().join("tampered.plan");
+    let mut edited = file.clone();
+    edited["plan"]["changes"][0]["action"] = json!("no_op");
+    write_redigested(&tampered, edited);
+    let out = w
+        .cmd(&["apply", tampered.to_str().unwrap(), "--auto-approve"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("is not signed"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // Another key: refused.
+    let out = w
+        .cmd(&["apply", plan_path.to_str().unwrap(), "--auto-approve"])
+        .env("RALPH_DEPLOY_PLAN_KEY", "second key")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("does not match"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(w.tagged().await.is_empty());
+
+    // A destroy plan is applied by destroy only.
+    let dplan = w.dir.path().join("destroy.plan");
+    w.ok("plan", &["--destroy", "--out", dplan.to_str().unwrap()]);
+    let out = w
+        .cmd(&["apply", dplan.to_str().unwrap(), "--auto-approve"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("is a destroy plan"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // The right key: applied, without asking (the plan is the approval).
+    let out = w
+        .cmd(&["apply", plan_path.to_str().unwrap()])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(!w.tagged().await.is_empty());
+    // The old destroy plan was made against an empty state: stale now.
+    let out = w
+        .cmd(&["destroy", dplan.to_str().unwrap(), "--auto-approve"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("another state"),
+        "{}",
+        text(&out.stderr)
+    );
+    w.ok("plan", &["--destroy", "--out", dplan.to_str().unwrap()]);
+    let out = w
+        .cmd(&["destroy", dplan.to_str().unwrap(), "--allow-protected"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(w.tagged().await.is_empty());
+}
+
+/// A TCP listener that accepts connections and never answers.
+fn silent_endpoint() -> (std::net::TcpListener, String) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    (l, url)
+}
+
+#[test]
+fn plan_against_a_hanging_endpoint_speaks_within_seconds_and_fails_within_the_bound() {
+    let (listener, url) = silent_endpoint();
+    let held = std::thread::spawn(move || {
+        // Keep accepted sockets open (and silent) for the test's length.
+        let mut socks = Vec::new();
+        listener.set_nonblocking(true).unwrap();
+        let until = Instant::now() + Duration::from_secs(40);
+        while Instant::now() < until {
+            if let Ok((s, _)) = listener.accept() {
+                socks.push(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    let w = World::from_stack(
+        "aws-network.yaml",
+        &format!("t-hang-{}", std::process::id()),
+    );
+    let stack = w.stack();
+    let started = Instant::now();
+    let mut child = w
+        .cmd_at(
+            &url,
+            &["plan", stack.to_str().unwrap(), "--env", "production"],
+        )
+        .env("RALPH_DEPLOY_API_TIMEOUT", "12")
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    use std::io::BufRead;
+    let mut first_line_at = None;
+    let mut all = String::new();
+    for line in std::io::BufReader::new(child.stderr.take().unwrap()).lines() {
+        let line = line.unwrap();
+        if first_line_at.is_none() && !line.trim().is_empty() {
+            first_line_at = Some(started.elapsed());
+        }
+        all.push_str(&line);
+        all.push('\n');
+    }
+    let status = child.wait().unwrap();
+    let total = started.elapsed();
+    println!("first line after {first_line_at:?}, failed after {total:?}:\n{all}");
+    assert_eq!(status.code(), Some(1), "{all}");
+    assert!(first_line_at.unwrap() < Duration::from_secs(10), "{all}");
+    assert!(total < Duration::from_secs(25), "took {total:?}: {all}");
+    assert!(all.contains(&url), "the endpoint is named: {all}");
+    assert!(all.contains("RALPH_DEPLOY_API_TIMEOUT"), "{all}");
+    drop(held);
+}
+
+#[test]
+fn a_wrong_service_is_named_not_dumped() {
+    // An HTTP server that answers 501 to everything.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            let mut buf = [0u8; 65536];
+            let _ = s.read(&mut buf);
+            let body = "<html><body>Not Implemented</body></html>";
+            let _ = write!(
+                s,
+                "HTTP/1.1 501 Not Implemented\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    let w = World::from_stack("aws-network.yaml", &format!("t-501-{}", std::process::id()));
+    let stack = w.stack();
+    let out = w
+        .cmd_at(
+            &url,
+            &["plan", stack.to_str().unwrap(), "--env", "production"],
+        )
+        .env("AWS_MAX_ATTEMPTS", "2")
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("HTTP 501"), "{err}");
+    assert!(err.contains(&url), "{err}");
+    assert!(
+        !err.contains("SdkError") && !err.contains("ServiceError {"),
+        "{err}"
+    );
+}
+
+/// A small deterministic generator (xorshift), so failures reproduce.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+}
+
+/// Runs `validate` on `path`: no panic, no signal, an answer within a
+/// second; returns the child's peak memory in KiB.
+fn validate_survives(path: &std::path::Path, what: &str) -> i64 {
+    let started = Instant::now();
+    let mut child = std::process::Command::new(common::BIN)
+        .args(["validate", path.to_str().unwrap()])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = String::new();
+    use std::io::Read;
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    // wait4 gives this child's own peak memory.
+    let mut status = 0;
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    assert_eq!(pid, child.id() as i32);
+    let elapsed = started.elapsed();
+    assert!(libc::WIFEXITED(status), "{what}: killed by a signal: {err}");
+    let code = libc::WEXITSTATUS(status);
+    assert!(
+        code == 0 || code == 1,
+        "{what}: exit {code} (a panic is 101):\n{}",
+        &err[..err.len().min(2000)]
+    );
+    assert!(
+        !err.contains("panicked"),
+        "{what}: {}",
+        &err[..err.len().min(2000)]
+    );
+    assert!(
+        elapsed < Duration::from_millis(1500),
+        "{what}: took {elapsed:?}"
+    );
+    assert!(
+        err.len() < 64 * 1024,
+        "{what}: {} bytes of error output",
+        err.len()
+    );
+    usage.ru_maxrss
+}
+
+#[test]
+fn validate_never_panics_hangs_or_grows_on_hostile_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let valid = std::fs::read(common::repo().join("stacks/aws-production.yaml")).unwrap();
+    let mut rng = Rng(0x5eed_1234_abcd_ef01);
+    let mut peak = 0i64;
+    let mut cases = 0;
+    let file = dir.path().join("case.yaml");
+    // Random bytes.
+    for round in 0..40 {
+        let len = [0, 1, 7, 100, 4096, 70_000][round % 6];
+        let bytes: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+        std::fs::write(&file, &bytes).unwrap();
+        peak = peak.max(validate_survives(&file, &format!("random bytes #{round}")));
+        cases += 1;
+    }
+    // A valid stack, mutated: flipped bytes, cuts, insertions.
+    for round in 0..60 {
+        let mut bytes = valid.clone();
+        for _ in 0..1 + rng.below(8) {
+            let at = rng.below(bytes.len());
+            match rng.below(4) {
+                0 => bytes[at] = rng.next() as u8,
+                1 => bytes.truncate(at),
+                2 => {
+                    let piece: Vec<u8> = b"{}[]:-\"'${}\n\t!&*#|>%@`"
+                        .iter()
+                        .map(|_| b"{}[]:-\"'${}\n\t!&*#|>%@`"[rng.below(22)])
+                        .collect();
+                    bytes.splice(at..at, piece);
+                }
+                _ => {
+                    let from = rng.below(bytes.len().max(1));
+                    let chunk = bytes[from..(from + 50).min(bytes.len())].to_vec();
+                    bytes.splice(at.min(bytes.len())..at.min(bytes.len()), chunk);
+                }
+            }
+            if bytes.is_empty() {
+                break;
+            }
+        }
+        std::fs::write(&file, &bytes).unwrap();
+        peak = peak.max(validate_survives(&file, &format!("mutated stack #{round}")));
+        cases += 1;
+    }
+    // Huge keys and values where a message quotes them.
+    let huge = |n: usize| "k".repeat(n);
+    let shapes = [
+        format!("name: s\nresources:\n  {}:\n    kind: aws.vpc\n    properties: {{ cidr_block: 10.0.0.0/16 }}\n", huge(70_000)),
+        format!("name: s\nresources:\n  vpc:\n    kind: aws.vpc\n    properties:\n      cidr_block: 10.0.0.0/16\n      {}: 1\n", huge(100_000)),
+        format!("name: s\nresources:\n  vpc:\n    kind: {}\n", huge(100_000)),
+        format!("name: s\nresources:\n  vpc:\n    kind: aws.vpc\n    properties: {{ cidr_block: \"{}\" }}\n", huge(200_000)),
+        format!("name: {}\nresources: {{}}\n", huge(100_000)),
+        format!("name: s\nresources:\n  a:\n    kind: aws.vpc\n    depends_on: [{}]\n", huge(100_000)),
+        format!("name: s\n{}: 1\n", huge(65_536)),
+        format!("name: s\nresources:\n  sg:\n    kind: aws.security_group\n    properties: {{ name: x, vpc_id: vpc-1, description: \"{}\" }}\n", huge(100_000)),
+    ];
+    for (i, text) in shapes.iter().enumerate() {
+        std::fs::write(&file, text).unwrap();
+        peak = peak.max(validate_survives(&file, &format!("huge shape #{i}")));
+        cases += 1;
+    }
+    // Files that are not regular files.
+    let fifo = dir.path().join("fifo.yaml");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    for (p, what) in [
+        (std::path::PathBuf::from("/dev/zero"), "/dev/zero"),
+        (std::path::PathBuf::from("/dev/urandom"), "/dev/urandom"),
+        (std::path::PathBuf::from("/dev/null"), "/dev/null"),
+        (fifo.clone(), "a FIFO with no writer"),
+        (dir.path().to_path_buf(), "a directory"),
+        (dir.path().join("missing.yaml"), "a missing file"),
+    ] {
+        peak = peak.max(validate_survives(&p, what));
+        cases += 1;
+    }
+    println!(
+        "{cases} hostile inputs; peak memory of one validate: {} MiB",
+        peak / 1024
+    );
+    assert!(peak < 200 * 1024, "validate used {} MiB", peak / 1024);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_state_before_each_command_is_kept_with_outputs_and_can_be_restored() {
+    let w = World::from_stack(
+        "aws-network.yaml",
+        &format!("t-snap-{}", std::process::id()),
+    );
+    w.ok("apply", &["--auto-approve"]);
+    let first = state_of(&w);
+    assert!(!first["outputs"].as_object().unwrap().is_empty());
+    // A change that rewrites the state many times (a replace and its
+    // dependents), then more applies.
+    w.edit("${var.net}.11.0/24", "${var.net}.12.0/24");
+    w.ok("apply", &["--auto-approve"]);
+    w.edit("default: platform", "default: data-team");
+    w.ok("apply", &["--auto-approve"]);
+    let list = w
+        .cmd(&[
+            "state",
+            "snapshots",
+            w.stack().to_str().unwrap(),
+            "--env",
+            "production",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(list.status.success(), "{}", text(&list.stderr));
+    let list: Value = serde_json::from_slice(&list.stdout).unwrap();
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), 2, "{list:?}");
+    assert_eq!(list[0]["operation"], "apply");
+    assert_eq!(list[0]["serial"], first["serial"]);
+    let out = w
+        .cmd(&[
+            "state",
+            "restore",
+            w.stack().to_str().unwrap(),
+            "--env",
+            "production",
+            list[0]["name"].as_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let restored = state_of(&w);
+    assert_eq!(restored["resources"], first["resources"]);
+    assert_eq!(restored["outputs"], first["outputs"]);
+    assert!(restored["serial"].as_u64() > first["serial"].as_u64());
+    // The restored state names the old subnet: plan sees the difference.
+    let out = w.run("plan", &["--detailed-exitcode"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stdout));
+    w.ok("apply", &["--auto-approve"]);
+    w.ok("destroy", &["--auto-approve", "--allow-protected"]);
+}
