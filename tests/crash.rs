@@ -392,6 +392,7 @@ resources:
       db_subnet_group_name: ${{db_subnets.name}}
       vpc_security_group_ids: ["${{db_sg.id}}"]
       master_username: ralph_admin
+      deletion_protection: false
   secret_key:
     kind: aws.secret
     properties:

@@ -178,6 +178,21 @@ def patch_rds():
 
     wrap(m.RDSBackend, "delete_db_instance", after=deleted)
 
+    # moto names an instance's automated snapshot by the minute and keeps
+    # it after the instance is deleted (retained automated backups), so
+    # creating an instance of the same identifier again within that minute
+    # fails with DBSnapshotAlreadyExists. AWS keeps retained backups apart
+    # and never fails a create on them: skip the duplicate automated snapshot.
+    original_backup = m.DBInstance.save_automated_backup
+
+    def save_automated_backup(self):
+        stamp = m.utcnow().strftime("%Y-%m-%d-%H-%M")
+        if f"rds:{self.db_instance_identifier}-{stamp}" in self.backend.database_snapshots:
+            return
+        original_backup(self)
+
+    m.DBInstance.save_automated_backup = save_automated_backup
+
 
 def patch_elasticache():
     from moto.elasticache import models as m
