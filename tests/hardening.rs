@@ -285,11 +285,25 @@ async fn signed_plans_need_the_key_and_destroy_plans_need_destroy() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        text(&out.stderr).contains("another state"),
+        text(&out.stderr).contains("made before the state"),
         "{}",
         text(&out.stderr)
     );
     w.ok("plan", &["--destroy", "--out", dplan.to_str().unwrap()]);
+    // The same plan against another state (another lineage): refused,
+    // saying so (not "the serial changed").
+    let elsewhere = w.dir.path().join("other-state");
+    let out = w
+        .cmd(&["destroy", dplan.to_str().unwrap(), "--auto-approve"])
+        .env("RALPH_DEPLOY_STATE_DIR", &elsewhere)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("made against another state"),
+        "{}",
+        text(&out.stderr)
+    );
     let out = w
         .cmd(&["destroy", dplan.to_str().unwrap(), "--allow-protected"])
         .stdin(std::process::Stdio::null())

@@ -354,6 +354,12 @@ pub(super) async fn locked_apply(
             }
             let current_lineage = existed.then(|| state.lineage.clone());
             let current_serial = if existed { state.serial } else { 0 };
+            if plan.state_lineage.is_none() && current_lineage.is_some() {
+                return Err(CliError::Other(anyhow!(
+                    "the saved plan is stale: it was made before the state at {} existed, and another run has written it since (serial {current_serial}); run `ralph-deploy plan --out` again",
+                    s.backend.describe()
+                )));
+            }
             if plan.state_lineage != current_lineage {
                 return Err(CliError::Other(anyhow!(
                     "the saved plan was made against another state: {}, while the state at {} {}. Nothing was changed; make a new plan against this state",
