@@ -12,8 +12,6 @@ use petgraph::algo::{tarjan_scc, toposort};
 use petgraph::graph::{DiGraph, NodeIndex};
 use petgraph::Direction;
 
-use crate::stack::Stack;
-
 /// Edges point from a dependency to its dependent (vpc -> subnet).
 #[derive(Debug, Clone)]
 pub struct ResourceGraph {
@@ -40,22 +38,6 @@ impl Cycle {
 }
 
 impl ResourceGraph {
-    pub fn from_stack(stack: &Stack) -> Result<ResourceGraph, Cycle> {
-        let deps = stack
-            .resources
-            .values()
-            .map(|r| {
-                let d = r
-                    .dependencies()
-                    .into_iter()
-                    .filter(|a| stack.resources.contains_key(a))
-                    .collect();
-                (r.address.clone(), d)
-            })
-            .collect();
-        ResourceGraph::from_dependencies(&deps)
-    }
-
     /// `deps[a]` lists what `a` depends on. Unknown names are ignored.
     pub fn from_dependencies(deps: &BTreeMap<String, Vec<String>>) -> Result<ResourceGraph, Cycle> {
         let mut graph = DiGraph::new();

@@ -1,11 +1,12 @@
 //! ralph-deploy: infrastructure as code for the Ralph Orchestrator.
 //!
-//! The flow, one module per stage:
-//! [`stack`] (load and validate YAML) -> [`graph`] (dependency DAG) ->
-//! [`plan`] (refresh and diff) -> [`apply`] (parallel walk) -> [`state`].
-//! [`drivers`] hold one implementation per resource kind; [`kinds`] the
-//! descriptors they share with validation; [`cli`] is the only layer that
-//! prints.
+//! Layers, bottom up (ARCHITECTURE.md has the map):
+//! [`model`] (kind descriptors, the kind catalogue, settings) ->
+//! [`stack`] (load and validate YAML) and [`drivers`] (one implementation
+//! per resource kind), which never import each other ->
+//! [`graph`], [`plan`] (refresh and diff), [`apply`] (parallel walk),
+//! [`state`] -> [`ops`] (every command's work, through one locked runner) ->
+//! [`cli`] (parses arguments and prints; the only layer that prints).
 
 pub mod apply;
 pub mod cli;
@@ -13,7 +14,13 @@ pub mod drivers;
 pub mod events;
 pub mod files;
 pub mod graph;
-pub mod kinds;
+pub mod model;
+pub mod ops;
 pub mod plan;
 pub mod stack;
 pub mod state;
+#[cfg(test)]
+mod testing;
+
+/// The kind descriptors, at their former path.
+pub use model::kinds;

@@ -234,7 +234,7 @@ pub async fn apply(
                     let intent = shared
                         .intend(c, "delete", c.id.clone(), &Map::new(), c.protect)
                         .await?;
-                    let limiter = cx.limits.service(crate::drivers::service_of(&c.kind));
+                    let limiter = cx.limits.service(driver.service());
                     let permit = limiter.acquire().await;
                     let result = driver
                         .delete(cx, &obs, &timeouts)
@@ -390,7 +390,7 @@ pub async fn apply(
             };
             let intent = shared.intend(c, verb, lookup, &props, r.protect).await?;
             // At most the service's current limit of operations at once.
-            let limiter = cx.limits.service(crate::drivers::service_of(r.kind.kind));
+            let limiter = cx.limits.service(driver.service());
             let permit = limiter.acquire().await;
             let result = match (c.action, c.current_observed()) {
                 (Action::Update, Some(have)) => {

@@ -2,26 +2,24 @@
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use anyhow::{anyhow, Context as _};
 
 use super::render::{plan_text, summary_text, JsonReporter, TextReporter};
 use super::{
-    CliError, Command, DbCommand, GraphFormat, MigrateCommand, RunArgs, Session, StackArgs,
-    StateCommand, EXIT_CHANGES, EXIT_ERROR, EXIT_OK,
+    CliError, Command, DbCommand, GraphFormat, MigrateCommand, RunArgs, StackArgs, StateCommand,
+    EXIT_CHANGES, EXIT_ERROR, EXIT_OK,
 };
-use crate::apply::{apply, ApplyOptions};
-use crate::drivers::{Context, Registry};
+use crate::apply::ApplyOptions;
 use crate::events::{Reporter, Silent};
-use crate::graph::ResourceGraph;
+use crate::ops::apply::{Approver, Outcome, Request};
+use crate::ops::{OpError, Session};
 use crate::plan::saved::{self, PlanFile};
-use crate::plan::{destroy_changes, diff, refresh::refresh, Plan, PLAN_FORMAT};
-use crate::state::{Journal, LockInfo, Locker, State, StateError, StateStore};
+use crate::plan::Plan;
+use crate::state::State;
 
-/// Exit code for a run stopped by Ctrl-C / SIGTERM.
-pub const EXIT_INTERRUPTED: i32 = 130;
+pub use crate::ops::EXIT_INTERRUPTED;
 
 pub async fn run(cmd: Command) -> anyhow::Result<i32> {
     let result = match cmd {
@@ -65,7 +63,7 @@ pub async fn run(cmd: Command) -> anyhow::Result<i32> {
             println!(
                 "{}",
                 serde_json::to_string_pretty(&crate::stack::json_schema::stack_schema(
-                    &Registry::builtin()
+                    &crate::drivers::Registry::builtin()
                 ))?
             );
             Ok(EXIT_OK)
@@ -123,59 +121,7 @@ pub(super) fn reporter(json: bool) -> Arc<dyn Reporter> {
 }
 
 pub(super) async fn read_state(s: &Session) -> Result<(State, bool), CliError> {
-    match s
-        .backend
-        .read()
-        .await
-        .map_err(|e| CliError::Other(e.into()))?
-    {
-        Some(st) => {
-            if st.stack != s.stack.name || st.environment != s.stack.environment {
-                return Err(CliError::Other(anyhow!(
-                    "the state at {} belongs to stack `{}` environment `{}`, not `{}` `{}`",
-                    s.backend.describe(),
-                    st.stack,
-                    st.environment,
-                    s.stack.name,
-                    s.stack.environment
-                )));
-            }
-            Ok((st, true))
-        }
-        None => Ok((State::new(&s.stack.name, &s.stack.environment), false)),
-    }
-}
-
-async fn make_plan(
-    s: &Session,
-    state: &State,
-    existed: bool,
-    cx: &Context,
-    destroy: bool,
-    cli_vars: &[String],
-) -> Result<Plan, CliError> {
-    let refreshed = refresh(Some(&s.stack), state, &s.registry, cx)
-        .await
-        .map_err(|e| CliError::Other(e.into()))?;
-    let mut changes = if destroy {
-        destroy_changes(state, &refreshed)
-    } else {
-        diff(&s.stack, state, &refreshed, &s.registry, &cx.owner)
-    };
-    changes.sort_by(|a, b| a.address.cmp(&b.address).then(a.action.cmp(&b.action)));
-    let _ = cli_vars;
-    Ok(Plan {
-        format: PLAN_FORMAT.into(),
-        stack: s.stack.name.clone(),
-        stack_path: s.stack.path.display().to_string(),
-        environment: s.stack.environment.clone(),
-        stack_digest: s.stack.digest.clone(),
-        state_lineage: existed.then(|| state.lineage.clone()),
-        state_serial: if existed { state.serial } else { 0 },
-        destroy,
-        changes,
-        created_at: chrono::Utc::now(),
-    })
+    Ok(s.read_state().await?)
 }
 
 async fn plan_cmd(
@@ -192,7 +138,7 @@ async fn plan_cmd(
         reporter(false)
     });
     let (state, existed) = read_state(&s).await?;
-    let plan = make_plan(&s, &state, existed, &cx, destroy, &args.vars).await?;
+    let plan = s.make_plan(&state, existed, &cx, destroy).await?;
     if json {
         let mut v = serde_json::to_value(&plan).map_err(|e| CliError::Other(e.into()))?;
         v["counts"] = serde_json::to_value(plan.counts()).unwrap_or_default();
@@ -214,8 +160,9 @@ async fn plan_cmd(
             .with_context(|| format!("writing the plan to {}", path.display()))?;
         if !json {
             println!(
-                "Saved the plan to {}. Apply exactly this plan with: ralph-deploy apply {}",
+                "Saved the plan to {}. Apply exactly this plan with: ralph-deploy {} {}",
                 path.display(),
+                if destroy { "destroy" } else { "apply" },
                 path.display()
             );
         }
@@ -261,24 +208,83 @@ async fn apply_cmd(args: &StackArgs, run: &RunArgs, destroy: bool) -> Result<i32
     };
     let s = effective_args.session(run.json)?;
     let cx = s.context(reporter(run.json));
-    let lock = LockInfo::for_operation(if destroy { "destroy" } else { "apply" });
-    if let Some(stale) = s.backend.lock(&lock).await.map_err(lock_error)? {
-        eprintln!(
-            "warning: took over a stale lock: `{}` (pid {} on {}, since {}) no longer runs; its work is recovered from the state and the cloud",
-            stale.operation, stale.pid, stale.host, stale.since
-        );
-    }
-    let result = match s.backend.snapshot_before(&lock.operation) {
-        Ok(_) => locked_apply(&s, &cx, run, destroy, saved.map(|f| f.plan), None).await,
-        Err(e) => Err(CliError::Other(anyhow!(
-            "cannot keep a copy of the state before {}, so nothing was changed: {e}",
-            lock.operation
-        ))),
+    let request = Request {
+        destroy,
+        saved: saved.map(|f| f.plan),
+        allow_protected: run.allow_protected,
+        options: ApplyOptions {
+            parallelism: run.parallelism,
+        },
     };
-    if let Err(e) = s.backend.unlock(&lock).await {
-        eprintln!("warning: could not release the lock: {e}");
+    let approver = Terminal {
+        json: run.json,
+        destroy,
+        auto_approve: run.auto_approve,
+    };
+    match crate::ops::apply::run(&s, &cx, request, &approver).await? {
+        Outcome::NoChanges => {
+            if run.json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "event": "summary", "changes": 0 })
+                );
+            }
+            Ok(EXIT_OK)
+        }
+        Outcome::Cancelled => {
+            eprintln!("Cancelled; nothing was changed.");
+            Ok(EXIT_ERROR)
+        }
+        Outcome::Applied {
+            report,
+            interrupted,
+        } => {
+            if run.json {
+                let mut v = serde_json::to_value(&report).unwrap_or_default();
+                v["event"] = serde_json::json!("summary");
+                println!("{v}");
+            } else {
+                eprint!("{}", summary_text(&report, destroy));
+            }
+            Ok(if interrupted {
+                EXIT_INTERRUPTED
+            } else if report.succeeded() {
+                EXIT_OK
+            } else {
+                EXIT_ERROR
+            })
+        }
     }
-    result
+}
+
+/// Shows plans on the terminal and asks there (or not at all in CI).
+struct Terminal {
+    json: bool,
+    destroy: bool,
+    auto_approve: bool,
+}
+
+impl Approver for Terminal {
+    fn show(&self, plan: &Plan) {
+        if !self.json {
+            print!("{}", plan_text(plan));
+        }
+    }
+
+    fn approve(&self, _plan: &Plan) -> Result<bool, OpError> {
+        if self.auto_approve {
+            return Ok(true);
+        }
+        confirm(if self.destroy {
+            "Destroy these resources?"
+        } else {
+            "Apply these changes?"
+        })
+        .map_err(|e| match e {
+            CliError::Other(e) => OpError::Refused(e.to_string()),
+            CliError::Invalid(d, _) => OpError::Other(d.to_string()),
+        })
+    }
 }
 
 /// Reads and verifies a saved plan, and refuses what the plan already fixes.
@@ -318,190 +324,6 @@ fn saved_plan(args: &StackArgs, destroy: bool) -> Result<PlanFile, CliError> {
         ))),
         _ => Ok(file),
     }
-}
-
-pub(super) fn lock_error(e: StateError) -> CliError {
-    CliError::Other(anyhow!(e))
-}
-
-/// `only`: apply just the changes of these addresses (`deploy`).
-pub(super) async fn locked_apply(
-    s: &Session,
-    cx: &Context,
-    run: &RunArgs,
-    destroy: bool,
-    saved: Option<Plan>,
-    only: Option<&[String]>,
-) -> Result<i32, CliError> {
-    let (mut state, existed) = read_state(s).await?;
-    // Settle what an interrupted run left open before planning anything.
-    let recovery = crate::apply::recover::recover(&s.backend, &mut state, &s.registry, cx)
-        .await
-        .map_err(|e| CliError::Other(e.into()))?;
-    if !recovery.adopted.is_empty() && saved.is_some() {
-        return Err(CliError::Other(anyhow!(
-            "recovery adopted resources into the state, so the saved plan is stale; run `ralph-deploy plan --out` again"
-        )));
-    }
-    let approved = saved.is_some();
-    let plan = match saved {
-        Some(plan) => {
-            if plan.stack_digest != s.stack.digest {
-                return Err(CliError::Other(anyhow!(
-                    "the saved plan is stale: {} (or the variables it is loaded with) changed since the plan was made; run `ralph-deploy plan --out` again",
-                    s.stack.path.display()
-                )));
-            }
-            let current_lineage = existed.then(|| state.lineage.clone());
-            let current_serial = if existed { state.serial } else { 0 };
-            if plan.state_lineage.is_none() && current_lineage.is_some() {
-                return Err(CliError::Other(anyhow!(
-                    "the saved plan is stale: it was made before the state at {} existed, and another run has written it since (serial {current_serial}); run `ralph-deploy plan --out` again",
-                    s.backend.describe()
-                )));
-            }
-            if plan.state_lineage != current_lineage {
-                return Err(CliError::Other(anyhow!(
-                    "the saved plan was made against another state: {}, while the state at {} {}. Nothing was changed; make a new plan against this state",
-                    match &plan.state_lineage {
-                        Some(l) => format!("lineage {l}"),
-                        None => "no state at all".to_string(),
-                    },
-                    s.backend.describe(),
-                    match &current_lineage {
-                        Some(l) => format!("has lineage {l}"),
-                        None => "does not exist".to_string(),
-                    }
-                )));
-            }
-            if plan.state_serial != current_serial {
-                return Err(CliError::Other(anyhow!(
-                    "the saved plan is stale: the state changed since the plan was made (serial {} then, {} now); run `ralph-deploy plan --out` again",
-                    plan.state_serial,
-                    current_serial
-                )));
-            }
-            // Derive the changes again from the stack, the state and the
-            // cloud; apply runs those, and only if they are the plan's.
-            let fresh = make_plan(s, &state, existed, cx, plan.destroy, &[]).await?;
-            let differences = saved::differences(&plan.changes, &fresh.changes);
-            if !differences.is_empty() {
-                let shown = differences.len().min(10);
-                return Err(CliError::Other(anyhow!(
-                    "the saved plan does not match what the stack, the state and the cloud give now, so nothing was changed:\n  {}{}\nThe cloud changed since the plan was made, or the plan file was edited; run `ralph-deploy plan --out` again",
-                    differences[..shown].join("\n  "),
-                    if differences.len() > shown {
-                        format!("\n  ... and {} more", differences.len() - shown)
-                    } else {
-                        String::new()
-                    }
-                )));
-            }
-            Plan {
-                created_at: plan.created_at,
-                ..fresh
-            }
-        }
-        None => make_plan(s, &state, existed, cx, destroy, &[]).await?,
-    };
-    let mut plan = plan;
-    if let Some(only) = only {
-        plan.changes.retain(|c| only.contains(&c.address));
-    }
-    if !run.json {
-        print!("{}", plan_text(&plan));
-    }
-    let violations = plan.protected_violations();
-    if !violations.is_empty() && !run.allow_protected {
-        let list = violations
-            .iter()
-            .map(|c| {
-                format!(
-                    "{} ({})",
-                    c.address,
-                    if c.action == crate::plan::Action::Delete {
-                        "delete"
-                    } else {
-                        "replace"
-                    }
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(", ");
-        return Err(CliError::Other(anyhow!(
-            "refusing to delete or replace protected resources: {list}. Nothing was changed. If this is intended, run again with --allow-protected"
-        )));
-    }
-    if !plan.has_changes() {
-        if run.json {
-            println!(
-                "{}",
-                serde_json::json!({ "event": "summary", "changes": 0 })
-            );
-        }
-        return Ok(EXIT_OK);
-    }
-    // A saved plan is the approval (it was reviewed when it was made).
-    if !run.auto_approve
-        && !approved
-        && !confirm(if destroy {
-            "Destroy these resources?"
-        } else {
-            "Apply these changes?"
-        })?
-    {
-        eprintln!("Cancelled; nothing was changed.");
-        return Ok(EXIT_ERROR);
-    }
-    let stop = cx.stop.clone();
-    let watcher = {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            use tokio::signal::unix::{signal, SignalKind};
-            let (Ok(mut int), Ok(mut term)) = (
-                signal(SignalKind::interrupt()),
-                signal(SignalKind::terminate()),
-            ) else {
-                return;
-            };
-            tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
-            stop.store(true, Ordering::SeqCst);
-            eprintln!("Interrupted: recording the operations in flight and starting no new ones (interrupt again to exit at once; the next apply recovers).");
-            tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
-            eprintln!("Exiting at once; the intent journal lets the next apply recover.");
-            std::process::exit(EXIT_INTERRUPTED);
-        })
-    };
-    let options = ApplyOptions {
-        parallelism: run.parallelism,
-    };
-    let (report, _) = apply(
-        &plan,
-        if destroy { None } else { Some(&s.stack) },
-        state,
-        &s.backend,
-        &s.registry,
-        cx,
-        &options,
-        &stop,
-    )
-    .await
-    .map_err(|e| CliError::Other(e.into()))?;
-    watcher.abort();
-    if run.json {
-        let mut v = serde_json::to_value(&report).unwrap_or_default();
-        v["event"] = serde_json::json!("summary");
-        println!("{v}");
-    } else {
-        eprint!("{}", summary_text(&report, destroy));
-    }
-    Ok(if stop.load(Ordering::SeqCst) {
-        EXIT_INTERRUPTED
-    } else if report.succeeded() {
-        EXIT_OK
-    } else {
-        EXIT_ERROR
-    })
 }
 
 async fn output(args: &StackArgs, name: Option<&str>, json: bool) -> Result<i32, CliError> {
@@ -548,6 +370,7 @@ async fn state_cmd(cmd: StateCommand) -> Result<i32, CliError> {
             let list = s
                 .backend
                 .snapshots()
+                .await
                 .map_err(|e| CliError::Other(e.into()))?;
             if json {
                 println!(
@@ -568,18 +391,13 @@ async fn state_cmd(cmd: StateCommand) -> Result<i32, CliError> {
         }
         StateCommand::Restore { args, snapshot } => {
             let s = args.session(false)?;
-            let lock = LockInfo::for_operation("state restore");
-            if let Some(stale) = s.backend.lock(&lock).await.map_err(lock_error)? {
-                eprintln!(
-                    "warning: took over a stale lock: `{}` (pid {} on {}) no longer runs",
-                    stale.operation, stale.pid, stale.host
-                );
-            }
-            let result = restore_snapshot(&s, &snapshot).await;
-            if let Err(e) = s.backend.unlock(&lock).await {
-                eprintln!("warning: could not release the lock: {e}");
-            }
-            result
+            let cx = s.context(reporter(false));
+            let r = crate::ops::restore_snapshot(&s, &cx, &snapshot).await?;
+            println!(
+                "Restored the state of serial {} ({} resources, {} outputs) as serial {}. The state before this restore is kept as a snapshot too. Run `ralph-deploy plan` to see how the cloud differs from it.",
+                r.from_serial, r.resources, r.outputs, r.serial
+            );
+            Ok(EXIT_OK)
         }
         StateCommand::List { args } => {
             let s = args.session(false)?;
@@ -613,58 +431,11 @@ async fn state_cmd(cmd: StateCommand) -> Result<i32, CliError> {
     }
 }
 
-async fn restore_snapshot(s: &Session, which: &str) -> Result<i32, CliError> {
-    let mut restored = s
-        .backend
-        .read_snapshot(which)
-        .map_err(|e| CliError::Other(e.into()))?;
-    let (current, existed) = read_state(s).await?;
-    if restored.stack != s.stack.name || restored.environment != s.stack.environment {
-        return Err(CliError::Other(anyhow!(
-            "snapshot `{which}` belongs to stack `{}` environment `{}`; nothing was changed",
-            restored.stack,
-            restored.environment
-        )));
-    }
-    if existed && restored.lineage != current.lineage {
-        return Err(CliError::Other(anyhow!(
-            "snapshot `{which}` is of another state lineage ({}, the current state is {}); nothing was changed",
-            restored.lineage,
-            current.lineage
-        )));
-    }
-    let open = s
-        .backend
-        .open_intents()
-        .await
-        .map_err(|e| CliError::Other(e.into()))?;
-    if !open.is_empty() {
-        return Err(CliError::Other(anyhow!(
-            "an interrupted run left {} operation(s) unsettled; run `ralph-deploy plan` or `apply` first so they are recovered, then restore. Nothing was changed",
-            open.len()
-        )));
-    }
-    s.backend
-        .snapshot_before("state restore")
-        .map_err(|e| CliError::Other(e.into()))?;
-    let from_serial = restored.serial;
-    restored.serial = current.serial + 1;
-    s.backend
-        .write(&restored)
-        .await
-        .map_err(|e| CliError::Other(e.into()))?;
-    println!(
-        "Restored the state of serial {from_serial} ({} resources, {} outputs) as serial {}. The state before this restore is kept as a snapshot too. Run `ralph-deploy plan` to see how the cloud differs from it.",
-        restored.resources.len(),
-        restored.outputs.len(),
-        restored.serial
-    );
-    Ok(EXIT_OK)
-}
-
 fn graph(args: &StackArgs, format: GraphFormat) -> Result<i32, CliError> {
     let s = args.session(false)?;
-    let g = ResourceGraph::from_stack(&s.stack)
+    let g = s
+        .stack
+        .graph()
         .map_err(|c| CliError::Other(anyhow!("dependency cycle: {}", c.describe())))?;
     let kinds = s
         .stack
@@ -705,99 +476,21 @@ async fn force_unlock(args: &StackArgs, id: &str) -> Result<i32, CliError> {
     Ok(EXIT_OK)
 }
 
-/// What to do with a property that refers to a resource not applied yet.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(super) enum Unapplied {
-    Refuse,
-    /// Show it as `(known after apply)`, for offline rendering.
-    Placeholder,
-}
-
-/// The resources of `kind` in the stack, with their properties resolved
-/// from the state (hosts, ARNs and endpoints come from applied resources).
-pub(super) async fn resolved_targets(
-    s: &Session,
-    kind: &str,
-    unapplied: Unapplied,
-) -> Result<Vec<(String, serde_json::Map<String, serde_json::Value>)>, CliError> {
-    let (state, _) = read_state(s).await?;
-    let mut out = Vec::new();
-    for r in s.stack.resources.values().filter(|r| r.kind.kind == kind) {
-        let driver = s
-            .registry
-            .driver(r.kind.kind)
-            .ok_or_else(|| CliError::Other(anyhow!("no driver for {}", r.kind.kind)))?;
-        let lookup = |reference: &crate::stack::Reference| {
-            state
-                .attribute(&reference.address, &reference.attribute)
-                .or_else(|| {
-                    (unapplied == Unapplied::Placeholder).then(|| {
-                        serde_json::Value::String(format!(
-                            "({}.{} known after apply)",
-                            reference.address, reference.attribute
-                        ))
-                    })
-                })
-        };
-        let owner = crate::drivers::Owner {
-            stack: s.stack.name.clone(),
-            environment: s.stack.environment.clone(),
-        };
-        let desired =
-            crate::plan::desired_properties(r, driver, &owner, &s.stack.base_dir(), &lookup);
-        let mut props = serde_json::Map::new();
-        for (k, v) in desired {
-            match (v, unapplied) {
-                (Some(v), _) => {
-                    props.insert(k, v);
-                }
-                (None, Unapplied::Placeholder) => {
-                    props.insert(k, serde_json::Value::String("(known after apply)".into()));
-                }
-                (None, Unapplied::Refuse) => {
-                    return Err(CliError::Other(anyhow!(
-                        "`{}` of {} refers to a resource that is not applied yet: run apply first",
-                        k,
-                        r.address
-                    )));
-                }
-            }
-        }
-        out.push((r.address.clone(), props));
-    }
-    if out.is_empty() {
-        return Err(CliError::Other(anyhow!(
-            "{} declares no {kind} resource",
-            s.stack.path.display()
-        )));
-    }
-    Ok(out)
-}
-
-async fn migration_targets(
-    s: &Session,
-) -> Result<Vec<(String, serde_json::Map<String, serde_json::Value>)>, CliError> {
-    resolved_targets(s, "postgres.migrations", Unapplied::Refuse).await
-}
-
 async fn migrate_status(args: &StackArgs, json: bool) -> Result<i32, CliError> {
     let s = args.session(json)?;
     let cx = s.context(Arc::new(Silent));
     let mut report = serde_json::Map::new();
     let mut pending = false;
-    for (address, props) in migration_targets(&s).await? {
-        let list = crate::drivers::postgres::migrations::status(&cx, &props)
-            .await
-            .map_err(|e| CliError::Other(anyhow!("{address}: {e}")))?;
-        pending |= list.iter().any(|m| m.status != "applied");
+    for st in crate::ops::db::migrate_status(&s, &cx).await? {
+        pending |= st.migrations.iter().any(|m| m.status != "applied");
         if json {
-            report.insert(address, serde_json::to_value(&list).unwrap_or_default());
-        } else {
-            println!(
-                "{address} ({}):",
-                crate::drivers::postgres::describe_target(&props)
+            report.insert(
+                st.address,
+                serde_json::to_value(&st.migrations).unwrap_or_default(),
             );
-            for m in &list {
+        } else {
+            println!("{} ({}):", st.address, st.target);
+            for m in &st.migrations {
                 println!("  {:8} {}", m.status, m.migration);
             }
         }
@@ -811,10 +504,7 @@ async fn migrate_status(args: &StackArgs, json: bool) -> Result<i32, CliError> {
 async fn db_partitions(args: &StackArgs, months_ahead: i32) -> Result<i32, CliError> {
     let s = args.session(false)?;
     let cx = s.context(Arc::new(Silent));
-    for (address, props) in migration_targets(&s).await? {
-        let n = crate::drivers::postgres::ensure_partitions(&cx, &props, months_ahead)
-            .await
-            .map_err(|e| CliError::Other(anyhow!("{address}: {e}")))?;
+    for (address, n) in crate::ops::db::partitions(&s, &cx, months_ahead).await? {
         println!("{address}: {n} partition(s) created; the current month and {months_ahead} ahead now exist.");
     }
     Ok(EXIT_OK)

@@ -7,14 +7,11 @@ mod kube;
 mod render;
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::drivers::{Context, Owner, Registry};
-use crate::events::Reporter;
-use crate::stack::{Diagnostics, LoadOptions, Stack};
-use crate::state::local::LocalBackend;
+use crate::ops::{OpError, Session};
+use crate::stack::{Diagnostics, LoadOptions};
 
 pub const EXIT_OK: i32 = 0;
 pub const EXIT_ERROR: i32 = 1;
@@ -290,13 +287,6 @@ pub fn main() -> i32 {
     }
 }
 
-/// What every stack command starts from.
-pub(crate) struct Session {
-    pub stack: Stack,
-    pub backend: LocalBackend,
-    pub registry: Registry,
-}
-
 impl StackArgs {
     pub(crate) fn load_options(&self) -> anyhow::Result<LoadOptions> {
         let mut variables = Vec::new();
@@ -321,30 +311,9 @@ impl StackArgs {
 
     /// Loads and validates the stack; on problems prints them and fails.
     pub(crate) fn session(&self, json: bool) -> Result<Session, CliError> {
-        let registry = Registry::builtin();
         let options = self.load_options().map_err(CliError::Other)?;
-        let stack = Stack::load(&self.stack, &options, &registry)
-            .map_err(|d| CliError::Invalid(d, json))?;
-        let backend = LocalBackend::new(&self.state_dir, &stack.name, &stack.environment);
-        Ok(Session {
-            stack,
-            backend,
-            registry,
-        })
-    }
-}
-
-impl Session {
-    pub(crate) fn context(&self, reporter: Arc<dyn Reporter>) -> Context {
-        Context::new(
-            Owner {
-                stack: self.stack.name.clone(),
-                environment: self.stack.environment.clone(),
-            },
-            self.stack.base_dir(),
-            self.stack.cloud.clone(),
-            reporter,
-        )
+        Session::load(&self.stack, &options, &self.state_dir)
+            .map_err(|d| CliError::Invalid(*d, json))
     }
 }
 
@@ -352,6 +321,12 @@ impl Session {
 pub(crate) enum CliError {
     Invalid(Diagnostics, bool),
     Other(anyhow::Error),
+}
+
+impl From<OpError> for CliError {
+    fn from(e: OpError) -> Self {
+        CliError::Other(anyhow::Error::new(e))
+    }
 }
 
 impl From<anyhow::Error> for CliError {

@@ -16,14 +16,9 @@ use std::time::{Duration, Instant};
 use serde_json::{Map, Value as Json};
 
 use crate::events::{Event, Reporter};
-use crate::kinds::KindSchema;
-use crate::stack::CloudSettings;
+use crate::model::{CloudSettings, KindSchema};
 
-/// Tag keys under this prefix mark what ralph-deploy created.
-pub const OWNER_TAG_PREFIX: &str = "ralph-deploy:";
-pub const TAG_STACK: &str = "ralph-deploy:stack";
-pub const TAG_ENVIRONMENT: &str = "ralph-deploy:environment";
-pub const TAG_ADDRESS: &str = "ralph-deploy:address";
+pub use crate::model::{Timeouts, OWNER_TAG_PREFIX, TAG_ADDRESS, TAG_ENVIRONMENT, TAG_STACK};
 
 /// Whose resources these are: the stack and environment in the ownership tags.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,6 +68,20 @@ impl Desired<'_> {
     pub fn bool(&self, name: &str) -> Option<bool> {
         self.props.get(name).and_then(Json::as_bool)
     }
+    /// An integer property in the type the cloud API takes; a value that
+    /// does not fit is an error naming the property, never a silent wrap
+    /// (validation refuses such values first).
+    pub fn int<T: TryFrom<i64>>(&self, name: &str) -> Result<Option<T>, DriverError> {
+        match self.props.get(name).and_then(Json::as_i64) {
+            None => Ok(None),
+            Some(v) => T::try_from(v).map(Some).map_err(|_| {
+                DriverError::new(format!(
+                    "`{name}` is {v}, which is out of range for the cloud API"
+                ))
+            }),
+        }
+    }
+
     pub fn required_str(&self, name: &str) -> Result<&str, DriverError> {
         self.str(name)
             .ok_or_else(|| DriverError::new(format!("`{name}` has no value")))
@@ -100,27 +109,6 @@ impl DriverError {
     pub fn with_partial(mut self, created: Observed) -> Self {
         self.partial = Some(Box::new(created));
         self
-    }
-}
-
-/// How long create, update and delete may wait for the cloud, per resource.
-/// The stack's `timeouts:` overrides the kind's defaults.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Timeouts {
-    pub create: Option<Duration>,
-    pub update: Option<Duration>,
-    pub delete: Option<Duration>,
-}
-
-impl Timeouts {
-    pub fn create_or(&self, d: Duration) -> Duration {
-        self.create.unwrap_or(d)
-    }
-    pub fn update_or(&self, d: Duration) -> Duration {
-        self.update.unwrap_or(d)
-    }
-    pub fn delete_or(&self, d: Duration) -> Duration {
-        self.delete.unwrap_or(d)
     }
 }
 
@@ -259,6 +247,10 @@ impl Context {
 pub trait Driver: Send + Sync {
     fn schema(&self) -> &'static KindSchema;
 
+    /// The cloud service this kind's operations count against: its
+    /// throttling limiter (one service throttling never slows another).
+    fn service(&self) -> &'static str;
+
     /// How long a create typically takes on the real cloud, in seconds. The
     /// apply starts resources on the longest expected chain first.
     fn typical_seconds(&self) -> u64 {
@@ -296,30 +288,6 @@ pub trait Driver: Send + Sync {
     ) -> Result<(), DriverError>;
 }
 
-/// The cloud service a kind's operations count against (for the adaptive
-/// per-service concurrency).
-pub fn service_of(kind: &str) -> &'static str {
-    match kind
-        .split('.')
-        .nth(1)
-        .unwrap_or_default()
-        .split('_')
-        .next()
-        .unwrap_or_default()
-    {
-        "eks" => "eks",
-        "rds" => "rds",
-        "elasticache" => "elasticache",
-        "secret" => "secretsmanager",
-        "s3" => "s3",
-        "iam" => "iam",
-        "migrations" => "postgres",
-        "orchestrator" => "kubernetes",
-        _ if kind.starts_with("aws.") => "ec2",
-        _ => "other",
-    }
-}
-
 /// The resource kinds this build knows.
 pub struct Registry {
     drivers: Vec<Box<dyn Driver>>,
@@ -333,6 +301,17 @@ impl Registry {
         Registry { drivers }
     }
 
+    /// A registry of other drivers (the engine's tests use fakes with the
+    /// built-in kinds' schemas).
+    pub fn from_drivers(drivers: Vec<Box<dyn Driver>>) -> Registry {
+        Registry { drivers }
+    }
+
+    /// Every driver, in registration order.
+    pub fn drivers(&self) -> impl Iterator<Item = &dyn Driver> + '_ {
+        self.drivers.iter().map(|d| d.as_ref())
+    }
+
     pub fn driver(&self, kind: &str) -> Option<&dyn Driver> {
         self.drivers
             .iter()
@@ -343,12 +322,14 @@ impl Registry {
     pub fn schema(&self, kind: &str) -> Option<&'static KindSchema> {
         self.driver(kind).map(|d| d.schema())
     }
+}
 
-    pub fn kinds(&self) -> impl Iterator<Item = &'static str> + '_ {
-        self.drivers.iter().map(|d| d.schema().kind)
+impl crate::model::Catalog for Registry {
+    fn schema(&self, kind: &str) -> Option<&'static KindSchema> {
+        Registry::schema(self, kind)
     }
 
-    pub fn schemas(&self) -> impl Iterator<Item = &'static KindSchema> + '_ {
-        self.drivers.iter().map(|d| d.schema())
+    fn schemas(&self) -> Vec<&'static KindSchema> {
+        self.drivers.iter().map(|d| d.schema()).collect()
     }
 }

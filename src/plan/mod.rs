@@ -15,7 +15,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value as Json};
 
 use crate::drivers::{Driver, Observed, Owner, Registry};
-use crate::graph::ResourceGraph;
 use crate::kinds::{KindSchema, Ty};
 use crate::stack::{Reference, Resource, Stack};
 use crate::state::State;
@@ -24,28 +23,7 @@ pub use refresh::Refreshed;
 
 pub const PLAN_FORMAT: &str = "ralph-deploy-plan/1";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, PartialOrd, Ord)]
-#[serde(rename_all = "snake_case")]
-pub enum Action {
-    NoOp,
-    Create,
-    Update,
-    /// Delete the existing resource, then create its replacement.
-    Replace,
-    Delete,
-}
-
-impl Action {
-    pub fn symbol(self) -> &'static str {
-        match self {
-            Action::NoOp => " ",
-            Action::Create => "+",
-            Action::Update => "~",
-            Action::Replace => "-/+",
-            Action::Delete => "-",
-        }
-    }
-}
+pub use crate::model::Action;
 
 /// One attribute that differs.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -253,7 +231,7 @@ pub fn diff(
 ) -> Vec<Change> {
     // Loading refuses cycles, so the order is topological; name order is
     // only a fallback for a stack built without `Stack::load`.
-    let order = match ResourceGraph::from_stack(stack) {
+    let order = match stack.graph() {
         Ok(g) => g.topological(),
         Err(_) => stack.resources.keys().cloned().collect(),
     };

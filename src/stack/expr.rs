@@ -169,13 +169,7 @@ impl SExpr {
 }
 
 /// How a value reads when interpolated into a string.
-pub fn json_to_text(v: &Json) -> String {
-    match v {
-        Json::String(s) => s.clone(),
-        Json::Null => String::new(),
-        other => other.to_string(),
-    }
-}
+pub use crate::model::json_to_text;
 
 #[cfg(test)]
 mod tests {

@@ -4,8 +4,8 @@
 
 use serde_json::{json, Map, Value as Json};
 
-use crate::drivers::Registry;
 use crate::kinds::{Field, KindSchema, Ty};
+use crate::model::Catalog;
 
 fn reference_or(schema: Json) -> Json {
     // Any property may also be a `${...}` reference, resolved at plan time.
@@ -69,9 +69,9 @@ fn kind_schema(k: &KindSchema) -> Json {
     })
 }
 
-pub fn stack_schema(registry: &Registry) -> Json {
-    let kinds: Vec<Json> = registry.schemas().map(kind_schema).collect();
-    let names: Vec<&str> = registry.kinds().collect();
+pub fn stack_schema(registry: &dyn Catalog) -> Json {
+    let kinds: Vec<Json> = registry.schemas().into_iter().map(kind_schema).collect();
+    let names: Vec<&str> = registry.kinds();
     let ident = "^[a-z][a-z0-9_-]{0,63}$";
     json!({
         "$schema": "https://json-schema.org/draft/2020-12/schema",

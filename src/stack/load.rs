@@ -14,8 +14,7 @@ use sha2::{Digest, Sha256};
 use super::diag::{Diagnostics, Span, Spanned};
 use super::expr::{split_template, Expr, Part, RawPart, Reference, SExpr};
 use super::{AwsSettings, CloudSettings, GcpSettings, Output, Resource, Stack};
-use crate::drivers::Registry;
-use crate::kinds::did_you_mean;
+use crate::model::{did_you_mean, Catalog, Timeouts};
 
 /// Larger stack files are refused before parsing.
 const MAX_FILE_BYTES: usize = 16 << 20;
@@ -57,7 +56,11 @@ pub struct LoadOptions {
     pub env_variables: Vec<(String, String)>,
 }
 
-pub fn load(path: &Path, options: &LoadOptions, registry: &Registry) -> Result<Stack, Diagnostics> {
+pub fn load(
+    path: &Path,
+    options: &LoadOptions,
+    registry: &dyn Catalog,
+) -> Result<Stack, Diagnostics> {
     let text = match crate::files::read_text_bounded(path, MAX_FILE_BYTES) {
         Ok(t) => t,
         Err(e) => {
@@ -138,7 +141,7 @@ impl Loader {
         path: &Path,
         top: &MarkedMappingNode,
         options: &LoadOptions,
-        registry: &Registry,
+        registry: &dyn Catalog,
     ) -> Option<Stack> {
         self.check_keys(top, TOP_KEYS, "at the top of a stack file");
         let name = match top.get_node("name") {
@@ -558,7 +561,7 @@ impl Loader {
         &mut self,
         key: &MarkedScalarNode,
         node: &Node,
-        registry: &Registry,
+        registry: &dyn Catalog,
     ) -> Option<Resource> {
         let address = key.as_str().to_string();
         let kspan = Span::from_marked(key.span());
@@ -578,10 +581,7 @@ impl Loader {
                 self.d.error_help(
                     kspan,
                     format!("resource `{address}` has no `kind`"),
-                    format!(
-                        "add `kind:` with one of: {}",
-                        registry.kinds().collect::<Vec<_>>().join(", ")
-                    ),
+                    format!("add `kind:` with one of: {}", registry.kinds().join(", ")),
                 );
                 return None;
             }
@@ -590,10 +590,7 @@ impl Loader {
         let Some(kind) = registry.schema(kind_name) else {
             let hint = match did_you_mean(kind_name, registry.kinds()) {
                 Some(s) => format!("did you mean `{s}`?"),
-                None => format!(
-                    "known kinds: {}",
-                    registry.kinds().collect::<Vec<_>>().join(", ")
-                ),
+                None => format!("known kinds: {}", registry.kinds().join(", ")),
             };
             self.d.error_help(
                 span_of(kind_node),
@@ -635,7 +632,7 @@ impl Loader {
                 ),
             }
         }
-        let mut timeouts = crate::drivers::Timeouts::default();
+        let mut timeouts = Timeouts::default();
         if let Some(t) = map.get_node("timeouts") {
             if let Some(tm) = self.mapping(t, "timeouts") {
                 self.check_keys(tm, &["create", "update", "delete"], "in `timeouts`");

@@ -22,8 +22,8 @@ pub use diag::{Diagnostics, Problem, Span, Spanned};
 pub use expr::{Expr, Reference, SExpr};
 pub use load::LoadOptions;
 
-use crate::drivers::Registry;
-use crate::kinds::KindSchema;
+pub use crate::model::{AwsSettings, CloudSettings, GcpSettings};
+use crate::model::{Catalog, KindSchema, Timeouts};
 
 /// A stack, loaded for one environment and validated.
 #[derive(Debug, Clone)]
@@ -41,29 +41,6 @@ pub struct Stack {
     pub outputs: BTreeMap<String, Output>,
 }
 
-/// Per-cloud settings from the stack file. Anything left out comes from the
-/// environment the way each cloud's own tools take it (AWS_REGION,
-/// AWS_PROFILE, AWS_ENDPOINT_URL, the credential chain).
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct CloudSettings {
-    pub aws: Option<AwsSettings>,
-    pub gcp: Option<GcpSettings>,
-}
-
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct AwsSettings {
-    pub region: Option<String>,
-    pub profile: Option<String>,
-    pub endpoint: Option<String>,
-}
-
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct GcpSettings {
-    pub project: Option<String>,
-    pub region: Option<String>,
-    pub endpoint: Option<String>,
-}
-
 #[derive(Debug, Clone)]
 pub struct Resource {
     pub address: String,
@@ -72,7 +49,7 @@ pub struct Resource {
     pub properties: BTreeMap<String, Property>,
     pub depends_on: Vec<Spanned<String>>,
     pub protect: bool,
-    pub timeouts: crate::drivers::Timeouts,
+    pub timeouts: Timeouts,
 }
 
 #[derive(Debug, Clone)]
@@ -121,15 +98,33 @@ impl Stack {
         }
     }
 
+    /// The dependency graph of the resources (references and `depends_on`
+    /// among declared resources).
+    pub fn graph(&self) -> Result<crate::graph::ResourceGraph, crate::graph::Cycle> {
+        let deps = self
+            .resources
+            .values()
+            .map(|r| {
+                let d = r
+                    .dependencies()
+                    .into_iter()
+                    .filter(|a| self.resources.contains_key(a))
+                    .collect();
+                (r.address.clone(), d)
+            })
+            .collect();
+        crate::graph::ResourceGraph::from_dependencies(&deps)
+    }
+
     /// Loads and validates `path` for `environment`. On any problem, returns
     /// all of them; nothing outside this process is touched.
     pub fn load(
         path: &Path,
         options: &LoadOptions,
-        registry: &Registry,
+        catalog: &dyn Catalog,
     ) -> Result<Stack, Diagnostics> {
-        let stack = load::load(path, options, registry)?;
-        validate::validate(&stack, registry)?;
+        let stack = load::load(path, options, catalog)?;
+        validate::validate(&stack)?;
         Ok(stack)
     }
 }

@@ -9,10 +9,9 @@ use ipnet::Ipv4Net;
 use super::diag::{Diagnostics, Span};
 use super::expr::{Expr, SExpr};
 use super::{Resource, Stack};
-use crate::drivers::Registry;
 use crate::kinds::{did_you_mean, Field, Ty};
 
-pub fn validate(stack: &Stack, _registry: &Registry) -> Result<(), Diagnostics> {
+pub fn validate(stack: &Stack) -> Result<(), Diagnostics> {
     let mut d = Diagnostics::new(&stack.path, stack.source.clone());
     for r in stack.resources.values() {
         resource(stack, r, &mut d);
@@ -32,7 +31,7 @@ pub fn validate(stack: &Stack, _registry: &Registry) -> Result<(), Diagnostics> 
         }
     }
     within(stack, &mut d);
-    if let Err(cycle) = crate::graph::ResourceGraph::from_stack(stack) {
+    if let Err(cycle) = stack.graph() {
         let first = stack.resources.get(&cycle.members[0]);
         let span = first.map(|r| r.span).unwrap_or_default();
         d.error_help(
@@ -129,6 +128,35 @@ fn resource(stack: &Stack, r: &Resource, d: &mut Diagnostics) {
                 )
             };
             d.error(r.span, msg);
+        }
+    }
+    // Relations the service states between two integer properties.
+    for (low, high) in kind.ordered {
+        let literal = |name: &str| {
+            r.properties
+                .get(name)
+                .and_then(|p| p.value.to_literal())
+                .and_then(|v| v.as_i64())
+                .map(|v| (v, r.properties[name].value.span))
+                .or_else(|| {
+                    kind.field(name)
+                        .and_then(|f| f.default_value())
+                        .and_then(|v| v.as_i64())
+                        .map(|v| (v, r.span))
+                })
+        };
+        if let (Some((a, _)), Some((b, span))) = (literal(low), literal(high)) {
+            if a > b {
+                let at = literal(low).map(|x| x.1).unwrap_or(span);
+                d.error_help(
+                    at,
+                    format!(
+                        "`{low}` is {a}, more than `{high}` ({b}); {} requires {low} <= {high}",
+                        kind.kind
+                    ),
+                    format!("lower `{low}` or raise `{high}`"),
+                );
+            }
         }
     }
     for dep in &r.depends_on {
@@ -267,7 +295,50 @@ fn value(stack: &Stack, r: &Resource, field: &Field, ty: &Ty, v: &SExpr, d: &mut
                 }
             }
         }
-        (Ty::Bool, Expr::Bool(_)) | (Ty::Int, Expr::Int(_)) => {}
+        (Ty::Bool, Expr::Bool(_)) => {}
+        // Cloud APIs take 32-bit integers: a larger value would wrap.
+        (Ty::Int, Expr::Int(n)) if i32::try_from(*n).is_err() => d.error_help(
+            v.span,
+            format!(
+                "`{}` is {n}, which is out of range: the cloud APIs take integers from {} to {}",
+                field.name,
+                i32::MIN,
+                i32::MAX
+            ),
+            "use a value in the range the property allows (see `ralph-deploy schema`)",
+        ),
+        (Ty::Int, Expr::Int(_)) => {}
+        // A whole number too large for an integer arrives as a float or as
+        // text: say so, not "found a string".
+        (Ty::Int, Expr::Float(_) | Expr::Str(_))
+            if v.literal_str()
+                .map(|t| {
+                    let digits = t.trim_start_matches('-');
+                    !digits.is_empty()
+                        && digits.chars().all(|c| c.is_ascii_digit())
+                        && t.parse::<i64>().is_err()
+                })
+                .unwrap_or(
+                    matches!(v.expr, Expr::Float(f) if f.fract() == 0.0 && f.abs() >= 9.2e18),
+                ) =>
+        {
+            d.error_help(
+                v.span,
+                format!(
+                    "`{}` is {}, which does not fit an integer",
+                    field.name,
+                    v.literal_str()
+                        .map(|t| crate::stack::diag::shorten(t, 40))
+                        .unwrap_or_else(|| "too large".into())
+                ),
+                "use a value in the range the property allows (see `ralph-deploy schema`)",
+            );
+        }
+        (Ty::Int, Expr::Float(f)) => d.error_help(
+            v.span,
+            format!("`{}` expects an integer, found {f}", field.name),
+            "drop the fraction",
+        ),
         (Ty::List(item) | Ty::Set(item), Expr::List(items)) => {
             for i in items {
                 value(stack, r, field, item, i, d);

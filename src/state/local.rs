@@ -14,7 +14,7 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use super::{LockHeld, LockInfo, State, StateError, FORMAT_VERSION};
+use super::{LockHeld, LockInfo, Snapshot, State, StateError, FORMAT_VERSION};
 
 /// How many previous snapshots are kept.
 const HISTORY: usize = 20;
@@ -76,16 +76,6 @@ impl LocalBackend {
 /// How many before-command snapshots are kept.
 const SNAPSHOTS: usize = 30;
 
-/// One saved copy of the state as it was before a command changed it.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Snapshot {
-    /// The file name, which `state restore` takes.
-    pub name: String,
-    pub operation: String,
-    pub serial: u64,
-    pub taken_at: String,
-}
-
 impl LocalBackend {
     fn snapshot_dir(&self) -> PathBuf {
         self.dir.join("snapshots")
@@ -96,7 +86,7 @@ impl LocalBackend {
     /// rotate out of `history/`; these stay, one per command (the newest
     /// [`SNAPSHOTS`]). Returns the snapshot's name, or `None` when there is
     /// no state yet.
-    pub fn snapshot_before(&self, operation: &str) -> Result<Option<String>, StateError> {
+    fn keep_snapshot(&self, operation: &str) -> Result<Option<String>, StateError> {
         let path = self.state_path();
         let text = match fs::read(&path) {
             Ok(t) => t,
@@ -139,7 +129,7 @@ impl LocalBackend {
     }
 
     /// The kept snapshots, oldest first.
-    pub fn snapshots(&self) -> Result<Vec<Snapshot>, StateError> {
+    fn list_snapshots(&self) -> Result<Vec<Snapshot>, StateError> {
         Ok(self
             .snapshot_files()?
             .into_iter()
@@ -158,8 +148,8 @@ impl LocalBackend {
     }
 
     /// A snapshot's state, by name (or by serial, the newest with it).
-    pub fn read_snapshot(&self, which: &str) -> Result<State, StateError> {
-        let list = self.snapshots()?;
+    fn load_snapshot(&self, which: &str) -> Result<State, StateError> {
+        let list = self.list_snapshots()?;
         let found = list
             .iter()
             .rev()
@@ -243,6 +233,18 @@ impl super::StateStore for LocalBackend {
 
     fn describe(&self) -> String {
         self.state_path().display().to_string()
+    }
+
+    async fn snapshot_before(&self, operation: &str) -> Result<Option<String>, StateError> {
+        self.keep_snapshot(operation)
+    }
+
+    async fn snapshots(&self) -> Result<Vec<Snapshot>, StateError> {
+        self.list_snapshots()
+    }
+
+    async fn read_snapshot(&self, which: &str) -> Result<State, StateError> {
+        self.load_snapshot(which)
     }
 }
 
@@ -593,24 +595,24 @@ mod journal_tests {
         use crate::state::StateStore;
         let dir = tempfile::tempdir().unwrap();
         let b = LocalBackend::new(dir.path(), "s", "prod");
-        assert!(b.snapshot_before("apply").unwrap().is_none());
+        assert!(b.snapshot_before("apply").await.unwrap().is_none());
         let mut st = State::new("s", "prod");
         st.serial = 7;
         st.outputs
             .insert("vpc_id".into(), serde_json::json!("vpc-1"));
         b.write(&st).await.unwrap();
-        let name = b.snapshot_before("apply").unwrap().unwrap();
+        let name = b.snapshot_before("apply").await.unwrap().unwrap();
         // An apply writes many intermediate versions afterwards.
         for serial in 8..60 {
             st.serial = serial;
             st.outputs.clear();
             b.write(&st).await.unwrap();
         }
-        let kept = b.read_snapshot(&name).unwrap();
+        let kept = b.read_snapshot(&name).await.unwrap();
         assert_eq!(kept.serial, 7);
         assert_eq!(kept.outputs["vpc_id"], serde_json::json!("vpc-1"));
-        assert_eq!(b.read_snapshot("7").unwrap().serial, 7);
-        let list = b.snapshots().unwrap();
+        assert_eq!(b.read_snapshot("7").await.unwrap().serial, 7);
+        let list = b.snapshots().await.unwrap();
         assert_eq!(list.len(), 1);
         assert_eq!(list[0].operation, "apply");
     }

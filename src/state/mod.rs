@@ -182,6 +182,23 @@ pub trait StateStore: Send + Sync {
     async fn write(&self, state: &State) -> Result<(), StateError>;
     /// Where the state lives, for messages.
     fn describe(&self) -> String;
+    /// Keeps a copy of the current state (outputs included) before
+    /// `operation` changes it; returns the copy's name (`None`: no state yet).
+    async fn snapshot_before(&self, operation: &str) -> Result<Option<String>, StateError>;
+    /// The kept copies, oldest first.
+    async fn snapshots(&self) -> Result<Vec<Snapshot>, StateError>;
+    /// A kept copy, by name or by serial (the newest with it).
+    async fn read_snapshot(&self, which: &str) -> Result<State, StateError>;
+}
+
+/// One saved copy of the state as it was before a command changed it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Snapshot {
+    /// The name `state restore` takes.
+    pub name: String,
+    pub operation: String,
+    pub serial: u64,
+    pub taken_at: String,
 }
 
 /// One writer at a time.

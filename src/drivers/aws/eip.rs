@@ -29,6 +29,7 @@ static SCHEMA: KindSchema = KindSchema {
     taggable: true,
     name_field: None,
     exactly_one_of: &[],
+    ordered: &[],
 };
 
 pub struct ElasticIp;
@@ -57,6 +58,10 @@ async fn read_one(cx: &Context, id: &str) -> Result<Observed, DriverError> {
 
 #[async_trait::async_trait]
 impl Driver for ElasticIp {
+    fn service(&self) -> &'static str {
+        "ec2"
+    }
+
     fn schema(&self) -> &'static KindSchema {
         &SCHEMA
     }

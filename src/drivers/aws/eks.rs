@@ -159,6 +159,7 @@ static CLUSTER: KindSchema = KindSchema {
     taggable: true,
     name_field: Some("name"),
     exactly_one_of: &[],
+    ordered: &[],
 };
 
 static NODEGROUP: KindSchema = KindSchema {
@@ -197,18 +198,29 @@ static NODEGROUP: KindSchema = KindSchema {
             .default("\"ON_DEMAND\"")
             .forces_replace()
             .check(capacity),
+        // EKS CreateNodegroup: diskSize in GiB (EBS gp2/gp3 up to 16 TiB),
+        // scalingConfig minSize >= 0, maxSize >= 1, minSize <= desiredSize <=
+        // maxSize; updateConfig maxUnavailable 1 to 100.
         Field::new("disk_size", Ty::Int, "root volume GiB")
             .default("50")
-            .forces_replace(),
-        Field::new("min_size", Ty::Int, "fewest nodes").required(),
-        Field::new("max_size", Ty::Int, "most nodes").required(),
-        Field::new("desired_size", Ty::Int, "nodes now").required(),
+            .forces_replace()
+            .check(checks::range::<1, 16384>),
+        Field::new("min_size", Ty::Int, "fewest nodes")
+            .required()
+            .check(checks::range::<0, 1000>),
+        Field::new("max_size", Ty::Int, "most nodes")
+            .required()
+            .check(checks::range::<1, 1000>),
+        Field::new("desired_size", Ty::Int, "nodes now")
+            .required()
+            .check(checks::range::<0, 1000>),
         Field::new(
             "max_unavailable",
             Ty::Int,
             "nodes replaced at once during updates",
         )
-        .default("1"),
+        .default("1")
+        .check(checks::range::<1, 100>),
         Field::new("labels", Ty::StringMap, "Kubernetes node labels").default("{}"),
         Field::new("tags", Ty::StringMap, "tags besides the ownership tags")
             .default("{}")
@@ -234,6 +246,11 @@ static NODEGROUP: KindSchema = KindSchema {
     taggable: true,
     name_field: None,
     exactly_one_of: &[],
+    ordered: &[
+        ("min_size", "desired_size"),
+        ("desired_size", "max_size"),
+        ("min_size", "max_size"),
+    ],
 };
 
 pub struct EksCluster;
@@ -402,6 +419,10 @@ fn token(want: &Desired<'_>) -> String {
 
 #[async_trait::async_trait]
 impl Driver for EksCluster {
+    fn service(&self) -> &'static str {
+        "eks"
+    }
+
     fn typical_seconds(&self) -> u64 {
         900
     }
@@ -606,8 +627,8 @@ async fn wait_nodegroup(
     .await
 }
 
-fn int(want: &Desired<'_>, f: &str) -> Option<i32> {
-    want.props.get(f).and_then(Json::as_i64).map(|v| v as i32)
+fn int(want: &Desired<'_>, f: &str) -> Result<Option<i32>, DriverError> {
+    want.int(f)
 }
 
 /// `running`: the desired size the nodegroup has now. Unless the stack
@@ -617,20 +638,20 @@ fn scaling(
     want: &Desired<'_>,
     running: Option<i32>,
     desired_changed: bool,
-) -> NodegroupScalingConfig {
-    let min = int(want, "min_size");
-    let max = int(want, "max_size");
+) -> Result<NodegroupScalingConfig, DriverError> {
+    let min = int(want, "min_size")?;
+    let max = int(want, "max_size")?;
     let desired = match running {
         Some(r) if !desired_changed => {
             Some(r.clamp(min.unwrap_or(r), max.unwrap_or(r).max(min.unwrap_or(r))))
         }
-        _ => int(want, "desired_size"),
+        _ => int(want, "desired_size")?,
     };
-    NodegroupScalingConfig::builder()
+    Ok(NodegroupScalingConfig::builder()
         .set_min_size(min)
         .set_max_size(max)
         .set_desired_size(desired)
-        .build()
+        .build())
 }
 
 /// A desired size moved within [min, max] by the cluster autoscaler is not
@@ -658,6 +679,10 @@ fn autoscaled(mut o: Observed, recorded: Option<&Known>) -> Observed {
 
 #[async_trait::async_trait]
 impl Driver for EksNodegroup {
+    fn service(&self) -> &'static str {
+        "eks"
+    }
+
     fn typical_seconds(&self) -> u64 {
         400
     }
@@ -731,11 +756,11 @@ impl Driver for EksNodegroup {
             .capacity_type(CapacityTypes::from(
                 want.str("capacity_type").unwrap_or("ON_DEMAND"),
             ))
-            .set_disk_size(int(want, "disk_size"))
-            .scaling_config(scaling(want, None, true))
+            .set_disk_size(int(want, "disk_size")?)
+            .scaling_config(scaling(want, None, true)?)
             .update_config(
                 NodegroupUpdateConfig::builder()
-                    .set_max_unavailable(int(want, "max_unavailable"))
+                    .set_max_unavailable(int(want, "max_unavailable")?)
                     .build(),
             )
             .set_labels(Some(labels))
@@ -784,12 +809,12 @@ impl Driver for EksNodegroup {
                     .get("running_desired_size")
                     .and_then(Json::as_i64)
                     .map(|v| v as i32);
-                req = req.scaling_config(scaling(want, running, has("desired_size")));
+                req = req.scaling_config(scaling(want, running, has("desired_size"))?);
             }
             if has("max_unavailable") {
                 req = req.update_config(
                     NodegroupUpdateConfig::builder()
-                        .set_max_unavailable(int(want, "max_unavailable"))
+                        .set_max_unavailable(int(want, "max_unavailable")?)
                         .build(),
                 );
             }

@@ -86,6 +86,7 @@ static SUBNET_GROUP: KindSchema = KindSchema {
     taggable: true,
     name_field: Some("name"),
     exactly_one_of: &[],
+    ordered: &[],
 };
 
 static GROUP: KindSchema = KindSchema {
@@ -153,10 +154,12 @@ static GROUP: KindSchema = KindSchema {
             Ty::Int,
             "days of automatic snapshots",
         )
-        .default("0"),
+        .default("0")
+        .check(checks::range::<0, 35>),
         Field::new("port", Ty::Int, "the port")
             .default("6379")
-            .forces_replace(),
+            .forces_replace()
+            .check(checks::tcp_port),
         Field::new("tags", Ty::StringMap, "tags besides the ownership tags")
             .default("{}")
             .check(checks::tags),
@@ -191,6 +194,7 @@ static GROUP: KindSchema = KindSchema {
     taggable: true,
     name_field: Some("replication_group_id"),
     exactly_one_of: &[],
+    ordered: &[],
 };
 
 pub struct SubnetGroup;
@@ -295,6 +299,10 @@ async fn read_subnet_group(cx: &Context, name: &str) -> Result<Option<Observed>,
 
 #[async_trait::async_trait]
 impl Driver for SubnetGroup {
+    fn service(&self) -> &'static str {
+        "elasticache"
+    }
+
     fn schema(&self) -> &'static KindSchema {
         &SUBNET_GROUP
     }
@@ -500,6 +508,10 @@ async fn auth_token(cx: &Context, arn: &str) -> Result<String, DriverError> {
 
 #[async_trait::async_trait]
 impl Driver for ReplicationGroup {
+    fn service(&self) -> &'static str {
+        "elasticache"
+    }
+
     fn typical_seconds(&self) -> u64 {
         900
     }
@@ -522,7 +534,6 @@ impl Driver for ReplicationGroup {
             Some(arn) => Some(auth_token(cx, arn).await?),
             None => None,
         };
-        let int = |f: &str| want.props.get(f).and_then(Json::as_i64).map(|v| v as i32);
         cx.aws()
             .await?
             .elasticache
@@ -534,7 +545,7 @@ impl Driver for ReplicationGroup {
             .engine("redis")
             .set_engine_version(want.str("engine_version").map(str::to_string))
             .cache_node_type(want.required_str("node_type")?)
-            .set_num_cache_clusters(int("num_cache_clusters"))
+            .set_num_cache_clusters(want.int("num_cache_clusters")?)
             .automatic_failover_enabled(want.bool("automatic_failover").unwrap_or(true))
             .multi_az_enabled(want.bool("multi_az").unwrap_or(true))
             .set_cache_subnet_group_name(want.str("subnet_group_name").map(str::to_string))
@@ -543,8 +554,8 @@ impl Driver for ReplicationGroup {
             .transit_encryption_enabled(want.bool("transit_encryption").unwrap_or(true))
             .at_rest_encryption_enabled(want.bool("at_rest_encryption").unwrap_or(true))
             .set_auth_token(token)
-            .set_snapshot_retention_limit(int("snapshot_retention_days"))
-            .set_port(int("port"))
+            .set_snapshot_retention_limit(want.int("snapshot_retention_days")?)
+            .set_port(want.int("port")?)
             .set_tags(Some(ec_tags(want)))
             .send()
             .await
@@ -599,10 +610,7 @@ impl Driver for ReplicationGroup {
                 .set_automatic_failover_enabled(b("automatic_failover"))
                 .set_multi_az_enabled(b("multi_az"))
                 .set_snapshot_retention_limit(if has("snapshot_retention_days") {
-                    want.props
-                        .get("snapshot_retention_days")
-                        .and_then(Json::as_i64)
-                        .map(|v| v as i32)
+                    want.int("snapshot_retention_days")?
                 } else {
                     None
                 });
@@ -616,16 +624,13 @@ impl Driver for ReplicationGroup {
             wait_group(cx, want.address, &have.id, timeout, false).await?;
         }
         if has("num_cache_clusters") {
-            let want_n = want
-                .props
-                .get("num_cache_clusters")
-                .and_then(Json::as_i64)
-                .unwrap_or(2) as i32;
+            let want_n: i32 = want.int("num_cache_clusters")?.unwrap_or(2);
             let have_n = have
                 .attrs
                 .get("num_cache_clusters")
                 .and_then(Json::as_i64)
-                .unwrap_or(1) as i32;
+                .and_then(|v| i32::try_from(v).ok())
+                .unwrap_or(1);
             if want_n > have_n {
                 ec.increase_replica_count()
                     .replication_group_id(&have.id)

@@ -67,6 +67,7 @@ static SCHEMA: KindSchema = KindSchema {
     taggable: true,
     name_field: Some("name"),
     exactly_one_of: &[],
+    ordered: &[],
 };
 
 pub struct IamRole;
@@ -175,6 +176,10 @@ async fn sync_policies(
 
 #[async_trait::async_trait]
 impl Driver for IamRole {
+    fn service(&self) -> &'static str {
+        "iam"
+    }
+
     fn schema(&self) -> &'static KindSchema {
         &SCHEMA
     }

@@ -29,6 +29,7 @@ static SCHEMA: KindSchema = KindSchema {
     taggable: true,
     name_field: None,
     exactly_one_of: &[],
+    ordered: &[],
 };
 
 pub struct InternetGateway;
@@ -82,6 +83,10 @@ async fn detach(cx: &Context, id: &str, vpc: &str) -> Result<(), DriverError> {
 
 #[async_trait::async_trait]
 impl Driver for InternetGateway {
+    fn service(&self) -> &'static str {
+        "ec2"
+    }
+
     fn schema(&self) -> &'static KindSchema {
         &SCHEMA
     }

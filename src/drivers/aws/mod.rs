@@ -33,7 +33,7 @@ use serde_json::{Map, Value as Json};
 use super::{
     Context, Desired, Driver, DriverError, Owner, TAG_ADDRESS, TAG_ENVIRONMENT, TAG_STACK,
 };
-use crate::stack::AwsSettings;
+use crate::model::{json_to_text, AwsSettings};
 
 pub fn drivers() -> Vec<Box<dyn Driver>> {
     vec![
@@ -421,7 +421,7 @@ pub(crate) fn user_tags(props: &Map<String, Json>) -> BTreeMap<String, String> {
         .and_then(Json::as_object)
         .map(|m| {
             m.iter()
-                .map(|(k, v)| (k.clone(), crate::stack::expr::json_to_text(v)))
+                .map(|(k, v)| (k.clone(), json_to_text(v)))
                 .collect()
         })
         .unwrap_or_default()
@@ -432,7 +432,7 @@ pub(crate) fn user_tags_of<M: FromIterator<(String, String)>>(v: Option<&Json>) 
     v.and_then(Json::as_object)
         .into_iter()
         .flatten()
-        .map(|(k, v)| (k.clone(), crate::stack::expr::json_to_text(v)))
+        .map(|(k, v)| (k.clone(), json_to_text(v)))
         .collect()
 }
 
@@ -481,7 +481,7 @@ pub(crate) async fn sync_tags(
         .and_then(Json::as_object)
         .map(|m| {
             m.iter()
-                .map(|(k, v)| (k.clone(), crate::stack::expr::json_to_text(v)))
+                .map(|(k, v)| (k.clone(), json_to_text(v)))
                 .collect()
         })
         .unwrap_or_default();

@@ -54,6 +54,7 @@ static SCHEMA: KindSchema = KindSchema {
     taggable: true,
     name_field: None,
     exactly_one_of: &[],
+    ordered: &[],
 };
 
 const CREATE_TIMEOUT: Duration = Duration::from_secs(15 * 60);
@@ -107,6 +108,10 @@ async fn state_of(cx: &Context, id: &str) -> Result<(Option<Observed>, String), 
 
 #[async_trait::async_trait]
 impl Driver for NatGateway {
+    fn service(&self) -> &'static str {
+        "ec2"
+    }
+
     fn typical_seconds(&self) -> u64 {
         120
     }

@@ -98,6 +98,7 @@ static SUBNET_GROUP: KindSchema = KindSchema {
     taggable: true,
     name_field: Some("name"),
     exactly_one_of: &[],
+    ordered: &[],
 };
 
 static PARAMETER_GROUP: KindSchema = KindSchema {
@@ -143,6 +144,7 @@ static PARAMETER_GROUP: KindSchema = KindSchema {
     taggable: true,
     name_field: Some("name"),
     exactly_one_of: &[],
+    ordered: &[],
 };
 
 static INSTANCE: KindSchema = KindSchema {
@@ -285,6 +287,7 @@ static INSTANCE: KindSchema = KindSchema {
     taggable: true,
     name_field: Some("identifier"),
     exactly_one_of: &[],
+    ordered: &[],
 };
 
 pub struct SubnetGroup;
@@ -298,8 +301,8 @@ fn rds_tags(want: &Desired<'_>) -> Vec<Tag> {
         .collect()
 }
 
-fn int(want: &Desired<'_>, f: &str) -> Option<i32> {
-    want.props.get(f).and_then(Json::as_i64).map(|v| v as i32)
+fn int(want: &Desired<'_>, f: &str) -> Result<Option<i32>, DriverError> {
+    want.int(f)
 }
 
 async fn tags_of(
@@ -397,6 +400,10 @@ async fn read_subnet_group(cx: &Context, name: &str) -> Result<Option<Observed>,
 
 #[async_trait::async_trait]
 impl Driver for SubnetGroup {
+    fn service(&self) -> &'static str {
+        "rds"
+    }
+
     fn schema(&self) -> &'static KindSchema {
         &SUBNET_GROUP
     }
@@ -575,6 +582,10 @@ async fn set_parameters(
 
 #[async_trait::async_trait]
 impl Driver for ParameterGroup {
+    fn service(&self) -> &'static str {
+        "rds"
+    }
+
     fn schema(&self) -> &'static KindSchema {
         &PARAMETER_GROUP
     }
@@ -779,6 +790,10 @@ async fn wait_available(
 
 #[async_trait::async_trait]
 impl Driver for Instance {
+    fn service(&self) -> &'static str {
+        "rds"
+    }
+
     fn typical_seconds(&self) -> u64 {
         1200
     }
@@ -820,7 +835,7 @@ impl Driver for Instance {
                 .engine(want.str("engine").unwrap_or("postgres"))
                 .set_engine_version(s("engine_version"))
                 .db_instance_class(want.required_str("instance_class")?)
-                .set_allocated_storage(int(want, "allocated_storage").or(Some(20)))
+                .set_allocated_storage(int(want, "allocated_storage")?.or(Some(20)))
                 .set_storage_type(s("storage_type"))
                 .storage_encrypted(want.bool("storage_encrypted").unwrap_or(true))
                 .set_kms_key_id(s("kms_key_id"))
@@ -828,7 +843,7 @@ impl Driver for Instance {
                 .set_db_subnet_group_name(s("db_subnet_group_name"))
                 .set_db_parameter_group_name(s("parameter_group_name"))
                 .set_vpc_security_group_ids(Some(strings(want.props.get("vpc_security_group_ids"))))
-                .set_backup_retention_period(int(want, "backup_retention_days"))
+                .set_backup_retention_period(int(want, "backup_retention_days")?)
                 .set_preferred_backup_window(s("backup_window"))
                 .set_preferred_maintenance_window(s("maintenance_window"))
                 .deletion_protection(want.bool("deletion_protection").unwrap_or(true))
@@ -894,7 +909,7 @@ impl Driver for Instance {
                 .set_engine_version(s("engine_version"))
                 .set_db_instance_class(s("instance_class"))
                 .set_allocated_storage(if has("allocated_storage") {
-                    int(want, "allocated_storage")
+                    int(want, "allocated_storage")?
                 } else {
                     None
                 })
@@ -902,7 +917,7 @@ impl Driver for Instance {
                 .set_multi_az(b("multi_az"))
                 .set_db_parameter_group_name(s("parameter_group_name"))
                 .set_backup_retention_period(if has("backup_retention_days") {
-                    int(want, "backup_retention_days")
+                    int(want, "backup_retention_days")?
                 } else {
                     None
                 })

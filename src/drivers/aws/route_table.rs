@@ -54,6 +54,7 @@ static SCHEMA: KindSchema = KindSchema {
     taggable: true,
     name_field: None,
     exactly_one_of: &[],
+    ordered: &[],
 };
 
 pub struct RouteTable;
@@ -203,6 +204,10 @@ async fn sync_routes(
 
 #[async_trait::async_trait]
 impl Driver for RouteTable {
+    fn service(&self) -> &'static str {
+        "ec2"
+    }
+
     fn schema(&self) -> &'static KindSchema {
         &SCHEMA
     }

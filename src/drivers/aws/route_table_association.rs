@@ -36,12 +36,17 @@ static SCHEMA: KindSchema = KindSchema {
     taggable: false,
     name_field: None,
     exactly_one_of: &[],
+    ordered: &[],
 };
 
 pub struct RouteTableAssociation;
 
 #[async_trait::async_trait]
 impl Driver for RouteTableAssociation {
+    fn service(&self) -> &'static str {
+        "ec2"
+    }
+
     fn schema(&self) -> &'static KindSchema {
         &SCHEMA
     }

@@ -65,7 +65,8 @@ static SCHEMA: KindSchema = KindSchema {
             "expire_after_days",
             Ty::Int,
             "delete objects (and old versions) after this many days",
-        ),
+        )
+        .check(checks::range::<1, 2147483647>),
         Field::new(
             "block_public_access",
             Ty::Bool,
@@ -97,6 +98,7 @@ static SCHEMA: KindSchema = KindSchema {
     taggable: true,
     name_field: Some("name"),
     exactly_one_of: &[],
+    ordered: &[],
 };
 
 pub struct S3Bucket;
@@ -263,16 +265,16 @@ async fn configure(
             .map_err(|e| api_error("PutPublicAccessBlock", e))?;
     }
     if has("expire_after_days") {
-        match want.props.get("expire_after_days").and_then(Json::as_i64) {
+        match want.int::<i32>("expire_after_days")? {
             Some(days) => {
                 let rule = LifecycleRule::builder()
                     .id("ralph-deploy-retention")
                     .status(ExpirationStatus::Enabled)
                     .filter(LifecycleRuleFilter::builder().prefix("").build())
-                    .expiration(LifecycleExpiration::builder().days(days as i32).build())
+                    .expiration(LifecycleExpiration::builder().days(days).build())
                     .noncurrent_version_expiration(
                         NoncurrentVersionExpiration::builder()
-                            .noncurrent_days(days as i32)
+                            .noncurrent_days(days)
                             .build(),
                     )
                     .build()
@@ -341,6 +343,10 @@ async fn empty(cx: &Context, name: &str) -> Result<(), DriverError> {
 
 #[async_trait::async_trait]
 impl Driver for S3Bucket {
+    fn service(&self) -> &'static str {
+        "s3"
+    }
+
     fn schema(&self) -> &'static KindSchema {
         &SCHEMA
     }

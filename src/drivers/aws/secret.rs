@@ -65,7 +65,8 @@ static GENERATE: &[Field] = &[
         Ty::Int,
         "random bytes (or characters for alphanumeric)",
     )
-    .default("32"),
+    .default("32")
+    .check(checks::range::<8, 4096>),
     Field::new("encoding", Ty::String, "hex, base64 or alphanumeric")
         .default("\"hex\"")
         .check(encoding),
@@ -133,6 +134,7 @@ static SCHEMA: KindSchema = KindSchema {
     taggable: true,
     name_field: Some("name"),
     exactly_one_of: &["generate", "value_from_env"],
+    ordered: &[],
 };
 
 pub struct Secret;
@@ -330,6 +332,10 @@ async fn restore_own(
 
 #[async_trait::async_trait]
 impl Driver for Secret {
+    fn service(&self) -> &'static str {
+        "secretsmanager"
+    }
+
     fn schema(&self) -> &'static KindSchema {
         &SCHEMA
     }

@@ -69,6 +69,7 @@ static SCHEMA: KindSchema = KindSchema {
     taggable: true,
     name_field: None,
     exactly_one_of: &[],
+    ordered: &[],
 };
 
 pub struct SecurityGroup;
@@ -149,7 +150,12 @@ fn flatten(perms: &[IpPermission]) -> Json {
 fn permission(rule: &Json) -> IpPermission {
     let r = canonical(rule);
     let get = |k: &str| r.get(k).and_then(Json::as_str).map(str::to_string);
-    let port = |k: &str| r.get(k).and_then(Json::as_i64).map(|p| p as i32);
+    // Validation keeps ports within -1..=65535, which i32 holds.
+    let port = |k: &str| {
+        r.get(k)
+            .and_then(Json::as_i64)
+            .and_then(|p| i32::try_from(p).ok())
+    };
     let mut b = IpPermission::builder()
         .ip_protocol(get("protocol").unwrap_or_else(|| "-1".into()))
         .set_from_port(port("from_port"))
@@ -272,6 +278,10 @@ async fn read_one(cx: &Context, id: &str) -> Result<Observed, DriverError> {
 
 #[async_trait::async_trait]
 impl Driver for SecurityGroup {
+    fn service(&self) -> &'static str {
+        "ec2"
+    }
+
     fn schema(&self) -> &'static KindSchema {
         &SCHEMA
     }

@@ -55,6 +55,7 @@ static SCHEMA: KindSchema = KindSchema {
     taggable: true,
     name_field: None,
     exactly_one_of: &[],
+    ordered: &[],
 };
 
 pub struct Subnet;
@@ -105,6 +106,10 @@ async fn set_public(cx: &Context, id: &str, public: bool) -> Result<(), DriverEr
 
 #[async_trait::async_trait]
 impl Driver for Subnet {
+    fn service(&self) -> &'static str {
+        "ec2"
+    }
+
     fn schema(&self) -> &'static KindSchema {
         &SCHEMA
     }

@@ -67,6 +67,7 @@ static SCHEMA: KindSchema = KindSchema {
     taggable: true,
     name_field: None,
     exactly_one_of: &[],
+    ordered: &[],
 };
 
 pub struct Vpc;
@@ -198,6 +199,10 @@ async fn describe(
 
 #[async_trait::async_trait]
 impl Driver for Vpc {
+    fn service(&self) -> &'static str {
+        "ec2"
+    }
+
     fn schema(&self) -> &'static KindSchema {
         &SCHEMA
     }

@@ -19,7 +19,7 @@ use super::{
     connect, discover, is_not_found, owned_objects, prune, read_secrets, server_side_apply,
 };
 use crate::drivers::{Context, Desired, Driver, DriverError, Known, Observed, Owner, Timeouts};
-use crate::kinds::{Attr, Field, KindSchema, Ty};
+use crate::kinds::{checks, Attr, Field, KindSchema, Ty};
 
 fn computed(_: &Json) -> Result<(), String> {
     Err("`objects` is computed from the templates; do not set it".into())
@@ -82,16 +82,16 @@ static SCHEMA: KindSchema = KindSchema {
         Field::new("name", Ty::String, "the name of the Deployment and its objects").default("\"ralph-orchestrator\"").check(dns_label).forces_replace(),
         Field::new("image", Ty::String, "the image repository (or a full reference with tag or digest)").default("\"ghcr.io/mikeyobrien/ralph-orchestrator\""),
         Field::new("tag", Ty::String, "the image tag; leave it out to keep the tag `ralph-deploy deploy --image` rolled out").check(image_tag),
-        Field::new("replicas", Ty::Int, "pods (and the autoscaler's minimum)").default("3"),
-        Field::new("max_surge", Ty::Int, "extra pods during a rollout").default("1"),
-        Field::new("max_unavailable", Ty::Int, "pods that may be missing during a rollout").default("0"),
-        Field::new("progress_deadline_seconds", Ty::Int, "a rollout that makes no progress this long has failed and is rolled back").default("600"),
+        Field::new("replicas", Ty::Int, "pods (and the autoscaler's minimum)").default("3").check(checks::range::<1, 1000>),
+        Field::new("max_surge", Ty::Int, "extra pods during a rollout").default("1").check(checks::range::<0, 1000>),
+        Field::new("max_unavailable", Ty::Int, "pods that may be missing during a rollout").default("0").check(checks::range::<0, 1000>),
+        Field::new("progress_deadline_seconds", Ty::Int, "a rollout that makes no progress this long has failed and is rolled back").default("600").check(checks::range::<1, 86400>),
         Field::new("cpu_request", Ty::String, "CPU request per pod").default("\"2\""),
         Field::new("memory_request", Ty::String, "memory request per pod").default("\"4Gi\""),
         Field::new("cpu_limit", Ty::String, "CPU limit per pod").default("\"4\""),
         Field::new("memory_limit", Ty::String, "memory limit per pod").default("\"8Gi\""),
-        Field::new("port", Ty::Int, "the HTTP port (/health, /ready)").default("8080"),
-        Field::new("metrics_port", Ty::Int, "the Prometheus metrics port").default("9090"),
+        Field::new("port", Ty::Int, "the HTTP port (/health, /ready)").default("8080").check(checks::tcp_port),
+        Field::new("metrics_port", Ty::Int, "the Prometheus metrics port").default("9090").check(checks::tcp_port),
         Field::new("agent", Ty::String, "RALPH_AGENT").default("\"claude\""),
         Field::new("max_iterations", Ty::Int, "RALPH_MAX_ITERATIONS").default("100"),
         Field::new("max_runtime", Ty::Int, "RALPH_MAX_RUNTIME, seconds").default("14400"),
@@ -100,8 +100,8 @@ static SCHEMA: KindSchema = KindSchema {
         Field::new("checkpoint_interval", Ty::Int, "RALPH_CHECKPOINT_INTERVAL, iterations").default("5"),
         Field::new("database_url", Ty::String, "DATABASE_URL, without a password (put the password in `secrets`)"),
         Field::new("redis_url", Ty::String, "REDIS_URL, without a password"),
-        Field::new("database_pool_size", Ty::Int, "DATABASE_POOL_SIZE").default("20"),
-        Field::new("redis_pool_size", Ty::Int, "REDIS_POOL_SIZE").default("10"),
+        Field::new("database_pool_size", Ty::Int, "DATABASE_POOL_SIZE").default("20").check(checks::range::<1, 10000>),
+        Field::new("redis_pool_size", Ty::Int, "REDIS_POOL_SIZE").default("10").check(checks::range::<1, 10000>),
         Field::new("log_level", Ty::String, "LOG_LEVEL").default("\"INFO\""),
         Field::new("rate_limit", Ty::Int, "RATE_LIMIT (requests per second), also the Ingress limit").default("100"),
         Field::new("rate_limit_connections", Ty::Int, "concurrent connections per client at the Ingress").default("50"),
@@ -116,9 +116,9 @@ static SCHEMA: KindSchema = KindSchema {
         Field::new("ingress_namespace", Ty::String, "the ingress controller's namespace, the only source of traffic the NetworkPolicy admits").default("\"ingress-nginx\""),
         Field::new("network_policy", Ty::Bool, "make the NetworkPolicy").default("true"),
         Field::new("autoscaling", Ty::Bool, "make the HorizontalPodAutoscaler").default("true"),
-        Field::new("max_replicas", Ty::Int, "the autoscaler's maximum").default("10"),
-        Field::new("target_cpu_percent", Ty::Int, "the autoscaler's CPU target").default("70"),
-        Field::new("target_memory_percent", Ty::Int, "the autoscaler's memory target").default("80"),
+        Field::new("max_replicas", Ty::Int, "the autoscaler's maximum").default("10").check(checks::range::<1, 1000>),
+        Field::new("target_cpu_percent", Ty::Int, "the autoscaler's CPU target").default("70").check(checks::percent),
+        Field::new("target_memory_percent", Ty::Int, "the autoscaler's memory target").default("80").check(checks::percent),
         Field::new("min_available", Ty::Int, "the PodDisruptionBudget's minimum (default: replicas - 1)"),
         Field::new("partition_maintenance", Ty::Bool, "a CronJob that keeps the database's monthly partitions created ahead (ralph.maintain_partitions)").default("true"),
         Field::new("maintenance_schedule", Ty::String, "when it runs (cron syntax, the cluster's time zone)").default("\"15 3 * * *\""),
@@ -136,6 +136,7 @@ static SCHEMA: KindSchema = KindSchema {
     taggable: false,
     name_field: None,
     exactly_one_of: &[],
+    ordered: &[("replicas", "max_replicas")],
 };
 
 pub struct Orchestrator;
@@ -693,6 +694,10 @@ async fn deploy(
 
 #[async_trait::async_trait]
 impl Driver for Orchestrator {
+    fn service(&self) -> &'static str {
+        "kubernetes"
+    }
+
     fn schema(&self) -> &'static KindSchema {
         &SCHEMA
     }

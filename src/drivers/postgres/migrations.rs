@@ -13,7 +13,7 @@ use sqlx::migrate::Migrator;
 
 use super::{connect, describe_target};
 use crate::drivers::{Context, Desired, Driver, DriverError, Known, Observed, Timeouts};
-use crate::kinds::{Attr, Field, KindSchema, Ty};
+use crate::kinds::{checks, Attr, Field, KindSchema, Ty};
 
 fn computed(_: &Json) -> Result<(), String> {
     Err("`migrations` is computed from the files in `directory`; do not set it".into())
@@ -49,7 +49,9 @@ static SCHEMA: KindSchema = KindSchema {
         Field::new("directory", Ty::String, "the migrations directory, relative to the stack file").default("\"../migrations\""),
         Field::new("url", Ty::String, "postgres://user@host:port/db, without a password (a tunnel, a bastion, the local cloud); when not empty it wins over `host`").check(no_password_in_url),
         Field::new("host", Ty::String, "the database host, usually `${db.address}`"),
-        Field::new("port", Ty::Int, "the database port").default("5432"),
+        Field::new("port", Ty::Int, "the database port")
+            .default("5432")
+            .check(checks::tcp_port),
         Field::new("database", Ty::String, "the database name (default: the url's, or ralph)"),
         Field::new("username", Ty::String, "who runs the migrations (default: the secret's username)"),
         Field::new("ssl_mode", Ty::String, "disable, prefer, require, verify-full").default("\"prefer\"").check(ssl),
@@ -64,6 +66,7 @@ static SCHEMA: KindSchema = KindSchema {
     taggable: false,
     name_field: None,
     exactly_one_of: &[],
+    ordered: &[],
 };
 
 pub struct Migrations;
@@ -229,6 +232,10 @@ async fn run(cx: &Context, want: &Desired<'_>) -> Result<Observed, DriverError> 
 
 #[async_trait::async_trait]
 impl Driver for Migrations {
+    fn service(&self) -> &'static str {
+        "postgres"
+    }
+
     fn schema(&self) -> &'static KindSchema {
         &SCHEMA
     }

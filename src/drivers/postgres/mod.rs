@@ -33,7 +33,12 @@ pub async fn connect(cx: &Context, props: &Map<String, Json>) -> Result<PgPool, 
         None => {
             let host = s("host")
                 .ok_or_else(|| DriverError::new("no `host` and no `url` to connect to"))?;
-            let port = props.get("port").and_then(Json::as_i64).unwrap_or(5432) as u16;
+            let port = match props.get("port").and_then(Json::as_i64) {
+                None => 5432,
+                Some(p) => u16::try_from(p).map_err(|_| {
+                    DriverError::new(format!("`port` is {p}; a port is 1 to 65535"))
+                })?,
+            };
             PgConnectOptions::new()
                 .host(&host)
                 .port(port)

@@ -147,6 +147,9 @@ pub struct KindSchema {
     pub name_field: Option<&'static str>,
     /// Exactly one of these properties must be set (empty: no such rule).
     pub exactly_one_of: &'static [&'static str],
+    /// Pairs of integer properties where the first may not exceed the second
+    /// (a nodegroup's `min_size` <= `desired_size` <= `max_size`).
+    pub ordered: &'static [(&'static str, &'static str)],
 }
 
 impl KindSchema {
@@ -243,10 +246,10 @@ pub mod checks {
                     "tag key `{k}` uses the prefix `aws:`, which AWS reserves"
                 ));
             }
-            if k.starts_with(crate::drivers::OWNER_TAG_PREFIX) {
+            if k.starts_with(super::super::OWNER_TAG_PREFIX) {
                 return Err(format!(
                     "tag key `{k}` uses the prefix `{}`, which ralph-deploy reserves for ownership tags",
-                    crate::drivers::OWNER_TAG_PREFIX
+                    super::super::OWNER_TAG_PREFIX
                 ));
             }
             if val.as_str().is_some_and(|s| s.chars().count() > 256) {
@@ -292,6 +295,25 @@ pub mod checks {
             ));
         }
         Ok(())
+    }
+
+    /// An integer within `LO..=HI` (the range the service documents).
+    pub fn range<const LO: i64, const HI: i64>(v: &Json) -> Result<(), String> {
+        match v.as_i64() {
+            Some(n) if (LO..=HI).contains(&n) => Ok(()),
+            Some(n) => Err(format!("{n} is out of range: expected {LO} to {HI}")),
+            None => Ok(()),
+        }
+    }
+
+    /// A TCP port: 1 to 65535.
+    pub fn tcp_port(v: &Json) -> Result<(), String> {
+        range::<1, 65535>(v)
+    }
+
+    /// A percentage: 1 to 100.
+    pub fn percent(v: &Json) -> Result<(), String> {
+        range::<1, 100>(v)
     }
 
     pub fn ip_protocol(v: &Json) -> Result<(), String> {

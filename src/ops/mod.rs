@@ -1,0 +1,356 @@
+//! Operations: what each command does, between the command line (which
+//! parses arguments and prints) and the engine (plan, apply, drivers).
+//!
+//! Every operation that changes the cloud or the state runs through one
+//! locked runner, [`locked`]: take the state lock (a dead holder's is taken
+//! over with a warning), keep a snapshot of the state as it was, settle the
+//! intents an interrupted run left open, do the work (which journals its own
+//! intents), and release the lock whatever happened. [`SignalGuard`] gives
+//! the work the same Ctrl-C behaviour everywhere: the first interrupt starts
+//! nothing new and lets operations in flight be recorded, a second one exits
+//! at once (the journal lets the next run recover).
+
+pub mod apply;
+pub mod db;
+pub mod release;
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use serde_json::{Map, Value as Json};
+
+use crate::apply::recover::{recover, Recovery};
+use crate::drivers::{Context, Owner, Registry};
+use crate::events::{Event, Reporter};
+use crate::plan::refresh::refresh;
+use crate::plan::{destroy_changes, diff, Plan, PLAN_FORMAT};
+use crate::stack::{Diagnostics, LoadOptions, Reference, Stack};
+use crate::state::local::LocalBackend;
+use crate::state::{Backend, LockInfo, State, StateError};
+
+/// Exit code of a run stopped by Ctrl-C / SIGTERM.
+pub const EXIT_INTERRUPTED: i32 = 130;
+
+/// What went wrong in an operation, for the command line to report.
+#[derive(Debug, thiserror::Error)]
+pub enum OpError {
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// The operation refused to start; nothing was changed.
+    #[error("{0}")]
+    Refused(String),
+    /// A resource's driver failed.
+    #[error("{address}: {message}")]
+    Resource { address: String, message: String },
+    #[error("{0}")]
+    Other(String),
+}
+
+impl OpError {
+    pub fn refused(message: impl Into<String>) -> OpError {
+        OpError::Refused(message.into())
+    }
+}
+
+/// A stack loaded for one environment, with its state backend and the
+/// kinds this build knows: what every stack operation starts from.
+pub struct Session {
+    pub stack: Stack,
+    pub backend: Box<dyn Backend>,
+    pub registry: Registry,
+}
+
+impl Session {
+    /// Loads and validates the stack; problems come back all at once.
+    pub fn load(
+        path: &Path,
+        options: &LoadOptions,
+        state_dir: &Path,
+    ) -> Result<Session, Box<Diagnostics>> {
+        let registry = Registry::builtin();
+        let stack = Stack::load(path, options, &registry).map_err(Box::new)?;
+        let backend = Box::new(LocalBackend::new(
+            state_dir,
+            &stack.name,
+            &stack.environment,
+        ));
+        Ok(Session {
+            stack,
+            backend,
+            registry,
+        })
+    }
+
+    pub fn owner(&self) -> Owner {
+        Owner {
+            stack: self.stack.name.clone(),
+            environment: self.stack.environment.clone(),
+        }
+    }
+
+    pub fn context(&self, reporter: Arc<dyn Reporter>) -> Context {
+        Context::new(
+            self.owner(),
+            self.stack.base_dir(),
+            self.stack.cloud.clone(),
+            reporter,
+        )
+    }
+
+    /// The recorded state, or a new empty one; `true` when it existed.
+    pub async fn read_state(&self) -> Result<(State, bool), OpError> {
+        match self.backend.read().await? {
+            Some(st) => {
+                if st.stack != self.stack.name || st.environment != self.stack.environment {
+                    return Err(OpError::refused(format!(
+                        "the state at {} belongs to stack `{}` environment `{}`, not `{}` `{}`",
+                        self.backend.describe(),
+                        st.stack,
+                        st.environment,
+                        self.stack.name,
+                        self.stack.environment
+                    )));
+                }
+                Ok((st, true))
+            }
+            None => Ok((State::new(&self.stack.name, &self.stack.environment), false)),
+        }
+    }
+
+    /// Refreshes and diffs: the plan for this stack (or its destruction)
+    /// against `state` and the cloud.
+    pub async fn make_plan(
+        &self,
+        state: &State,
+        existed: bool,
+        cx: &Context,
+        destroy: bool,
+    ) -> Result<Plan, OpError> {
+        let refreshed = refresh(Some(&self.stack), state, &self.registry, cx)
+            .await
+            .map_err(|e| OpError::Other(e.to_string()))?;
+        let mut changes = if destroy {
+            destroy_changes(state, &refreshed)
+        } else {
+            diff(&self.stack, state, &refreshed, &self.registry, &cx.owner)
+        };
+        changes.sort_by(|a, b| a.address.cmp(&b.address).then(a.action.cmp(&b.action)));
+        Ok(Plan {
+            format: PLAN_FORMAT.into(),
+            stack: self.stack.name.clone(),
+            stack_path: self.stack.path.display().to_string(),
+            environment: self.stack.environment.clone(),
+            stack_digest: self.stack.digest.clone(),
+            state_lineage: existed.then(|| state.lineage.clone()),
+            state_serial: if existed { state.serial } else { 0 },
+            destroy,
+            changes,
+            created_at: chrono::Utc::now(),
+        })
+    }
+
+    /// The resources of `kind` with their properties resolved from the state
+    /// (hosts, ARNs and endpoints come from applied resources).
+    pub async fn resolved_targets(
+        &self,
+        kind: &str,
+        unapplied: Unapplied,
+    ) -> Result<Vec<(String, Map<String, Json>)>, OpError> {
+        let (state, _) = self.read_state().await?;
+        let owner = self.owner();
+        let mut out = Vec::new();
+        for r in self
+            .stack
+            .resources
+            .values()
+            .filter(|r| r.kind.kind == kind)
+        {
+            let driver = self
+                .registry
+                .driver(r.kind.kind)
+                .ok_or_else(|| OpError::Other(format!("no driver for {}", r.kind.kind)))?;
+            let lookup = |reference: &Reference| {
+                state
+                    .attribute(&reference.address, &reference.attribute)
+                    .or_else(|| {
+                        (unapplied == Unapplied::Placeholder).then(|| {
+                            Json::String(format!(
+                                "({}.{} known after apply)",
+                                reference.address, reference.attribute
+                            ))
+                        })
+                    })
+            };
+            let desired =
+                crate::plan::desired_properties(r, driver, &owner, &self.stack.base_dir(), &lookup);
+            let mut props = Map::new();
+            for (k, v) in desired {
+                match (v, unapplied) {
+                    (Some(v), _) => {
+                        props.insert(k, v);
+                    }
+                    (None, Unapplied::Placeholder) => {
+                        props.insert(k, Json::String("(known after apply)".into()));
+                    }
+                    (None, Unapplied::Refuse) => {
+                        return Err(OpError::refused(format!(
+                            "`{k}` of {} refers to a resource that is not applied yet: run apply first",
+                            r.address
+                        )));
+                    }
+                }
+            }
+            out.push((r.address.clone(), props));
+        }
+        if out.is_empty() {
+            return Err(OpError::refused(format!(
+                "{} declares no {kind} resource",
+                self.stack.path.display()
+            )));
+        }
+        Ok(out)
+    }
+}
+
+/// What to do with a property that refers to a resource not applied yet.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Unapplied {
+    Refuse,
+    /// Show it as `(known after apply)`, for offline rendering.
+    Placeholder,
+}
+
+/// What the locked runner hands the work: the state as recorded once open
+/// intents are settled.
+pub struct Locked {
+    pub state: State,
+    pub existed: bool,
+    pub recovery: Recovery,
+}
+
+/// The one locked runner: lock, snapshot, recover, work, unlock.
+pub async fn locked<T, F, Fut>(
+    s: &Session,
+    cx: &Context,
+    operation: &str,
+    work: F,
+) -> Result<T, OpError>
+where
+    F: FnOnce(Locked) -> Fut,
+    Fut: std::future::Future<Output = Result<T, OpError>>,
+{
+    let lock = LockInfo::for_operation(operation);
+    if let Some(stale) = s.backend.lock(&lock).await? {
+        cx.reporter.report(Event::Warning {
+            message: format!(
+                "took over a stale lock: `{}` (pid {} on {}, since {}) no longer runs; its work is recovered from the state and the cloud",
+                stale.operation, stale.pid, stale.host, stale.since
+            ),
+        });
+    }
+    let result = async {
+        s.backend.snapshot_before(operation).await.map_err(|e| {
+            OpError::refused(format!(
+                "cannot keep a copy of the state before {operation}, so nothing was changed: {e}"
+            ))
+        })?;
+        let (mut state, existed) = s.read_state().await?;
+        // Settle what an interrupted run left open before anything else.
+        let recovery = recover(s.backend.as_ref(), &mut state, &s.registry, cx).await?;
+        work(Locked {
+            state,
+            existed,
+            recovery,
+        })
+        .await
+    }
+    .await;
+    if let Err(e) = s.backend.unlock(&lock).await {
+        cx.reporter.report(Event::Warning {
+            message: format!("could not release the lock: {e}"),
+        });
+    }
+    result
+}
+
+/// While alive, Ctrl-C / SIGTERM set the context's stop flag (nothing new
+/// starts, waits end, operations in flight are recorded); a second signal
+/// exits at once with [`EXIT_INTERRUPTED`]. Taken by every operation once
+/// it starts changing things (before that, an interrupt simply ends it).
+pub struct SignalGuard(tokio::task::JoinHandle<()>);
+
+impl SignalGuard {
+    pub fn install(cx: &Context) -> SignalGuard {
+        let stop = cx.stop.clone();
+        let reporter = cx.reporter.clone();
+        SignalGuard(tokio::spawn(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let (Ok(mut int), Ok(mut term)) = (
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::terminate()),
+            ) else {
+                return;
+            };
+            tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
+            stop.store(true, Ordering::SeqCst);
+            reporter.report(Event::Warning {
+                message: "interrupted: recording the operations in flight and starting no new ones (interrupt again to exit at once; the next run recovers)".into(),
+            });
+            tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
+            reporter.report(Event::Warning {
+                message: "exiting at once; the intent journal lets the next run recover".into(),
+            });
+            std::process::exit(EXIT_INTERRUPTED);
+        }))
+    }
+
+    pub fn interrupted(cx: &Context) -> bool {
+        cx.stop.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for SignalGuard {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// What `state restore` did.
+pub struct Restored {
+    pub from_serial: u64,
+    pub serial: u64,
+    pub resources: usize,
+    pub outputs: usize,
+}
+
+/// Makes a kept snapshot the current state again, under the lock, as a new
+/// serial of the same lineage (the state it replaces is kept as a snapshot
+/// by the runner first).
+pub async fn restore_snapshot(s: &Session, cx: &Context, which: &str) -> Result<Restored, OpError> {
+    locked(s, cx, "state restore", |l| async move {
+        let mut restored = s.backend.read_snapshot(which).await?;
+        if restored.stack != s.stack.name || restored.environment != s.stack.environment {
+            return Err(OpError::refused(format!(
+                "snapshot `{which}` belongs to stack `{}` environment `{}`; nothing was changed",
+                restored.stack, restored.environment
+            )));
+        }
+        if l.existed && restored.lineage != l.state.lineage {
+            return Err(OpError::refused(format!(
+                "snapshot `{which}` is of another state lineage ({}, the current state is {}); nothing was changed",
+                restored.lineage, l.state.lineage
+            )));
+        }
+        let from_serial = restored.serial;
+        restored.serial = l.state.serial + 1;
+        s.backend.write(&restored).await?;
+        Ok(Restored {
+            from_serial,
+            serial: restored.serial,
+            resources: restored.resources.len(),
+            outputs: restored.outputs.len(),
+        })
+    })
+    .await
+}

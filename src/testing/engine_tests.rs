@@ -1,0 +1,487 @@
+//! The engine on the fake cloud: diff (every action and reason), apply
+//! ordering and parallelism, partial creates, recovery of each kind of open
+//! intent, and a kill after every driver call of the production stack's
+//! apply and of a deploy.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value as Json};
+
+use super::{context, FakeCloud, Kill, MemoryBackend};
+use crate::apply::ApplyOptions;
+use crate::drivers::{Context, Observed};
+use crate::ops::apply::{Approver, Outcome, Request};
+use crate::ops::{OpError, Session};
+use crate::plan::{Action, Plan};
+use crate::stack::{LoadOptions, Stack};
+use crate::state::{Intent, State};
+
+struct Yes;
+impl Approver for Yes {
+    fn show(&self, _: &Plan) {}
+    fn approve(&self, _: &Plan) -> Result<bool, OpError> {
+        Ok(true)
+    }
+}
+
+struct World {
+    s: Session,
+    cloud: Arc<FakeCloud>,
+    kill: Arc<Kill>,
+    cx: Context,
+    _dir: Option<tempfile::TempDir>,
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn world_at(path: &Path, dir: Option<tempfile::TempDir>) -> World {
+    let kill = Arc::new(Kill::default());
+    let cloud = FakeCloud::new(kill.clone());
+    let registry = cloud.registry();
+    let options = LoadOptions {
+        environment: Some("production".into()),
+        ..Default::default()
+    };
+    let stack = Stack::load(path, &options, &registry).unwrap_or_else(|d| panic!("{d}"));
+    let cx = context(&stack.name, &stack.environment);
+    World {
+        s: Session {
+            stack,
+            backend: Box::new(MemoryBackend::new(kill.clone())),
+            registry,
+        },
+        cloud,
+        kill,
+        cx,
+        _dir: dir,
+    }
+}
+
+fn production() -> World {
+    world_at(&repo().join("stacks/aws-production.yaml"), None)
+}
+
+const SMALL: &str = r#"name: small
+cloud: { aws: { region: us-east-1 } }
+environments: { production: {} }
+resources:
+  vpc:
+    kind: aws.vpc
+    properties: { cidr_block: 10.0.0.0/16 }
+  a:
+    kind: aws.subnet
+    properties: { vpc_id: "${vpc.id}", cidr_block: 10.0.1.0/24, availability_zone: us-east-1a, tags: { tier: private } }
+  b: { kind: aws.subnet, properties: { vpc_id: "${vpc.id}", cidr_block: 10.0.2.0/24, availability_zone: us-east-1b } }
+  sg:
+    kind: aws.security_group
+    protect: true
+    properties: { name: web, vpc_id: "${vpc.id}" }
+"#;
+
+fn small(text: &str) -> World {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("small.yaml");
+    std::fs::write(&path, text).unwrap();
+    world_at(&path, Some(dir))
+}
+
+impl World {
+    async fn state(&self) -> (State, bool) {
+        self.s.read_state().await.unwrap()
+    }
+
+    async fn plan(&self) -> Plan {
+        let (st, existed) = self.state().await;
+        self.s
+            .make_plan(&st, existed, &self.cx, false)
+            .await
+            .unwrap()
+    }
+
+    async fn apply(&self) -> Result<Outcome, OpError> {
+        self.run(false).await
+    }
+
+    async fn run(&self, destroy: bool) -> Result<Outcome, OpError> {
+        crate::ops::apply::run(
+            &self.s,
+            &self.cx,
+            Request {
+                destroy,
+                saved: None,
+                allow_protected: true,
+                options: ApplyOptions { parallelism: 10 },
+            },
+            &Yes,
+        )
+        .await
+    }
+
+    async fn apply_ok(&self) {
+        match self.apply().await {
+            Ok(Outcome::Applied { report, .. }) => {
+                assert!(report.succeeded(), "{report:?}")
+            }
+            Ok(_) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// Reloads the stack from new text (same file).
+    fn edit(&mut self, text: &str) {
+        let path = self.s.stack.path.clone();
+        std::fs::write(&path, text).unwrap();
+        let options = LoadOptions {
+            environment: Some("production".into()),
+            ..Default::default()
+        };
+        self.s.stack = Stack::load(&path, &options, &self.s.registry).unwrap();
+    }
+
+    fn cloud_mut<R>(&self, kind: &str, f: impl FnOnce(&mut BTreeMap<String, Observed>) -> R) -> R {
+        let mut all = self.cloud.resources.lock().unwrap();
+        f(all.entry(kind.to_string()).or_default())
+    }
+
+    /// Nothing orphaned, nothing duplicated: every resource in the cloud is
+    /// recorded once, every recorded one exists, the next plan is empty.
+    async fn assert_consistent(&self, context: &str) {
+        let (st, _) = self.state().await;
+        let mut recorded: BTreeMap<(String, String), String> = BTreeMap::new();
+        for (a, r) in &st.resources {
+            if let Some(other) = recorded.insert((r.kind.clone(), r.id.clone()), a.clone()) {
+                panic!("{context}: {a} and {other} share the id {}", r.id);
+            }
+        }
+        let cloud = self.cloud.all();
+        for (kind, id, _) in &cloud {
+            assert!(
+                recorded.contains_key(&(kind.clone(), id.clone())),
+                "{context}: {kind} {id} is in the cloud but not in the state"
+            );
+        }
+        for ((kind, id), address) in &recorded {
+            assert!(
+                cloud.iter().any(|(k, c, _)| k == kind && c == id),
+                "{context}: {address} ({id}) is recorded but not in the cloud"
+            );
+        }
+        let plan = self.plan().await;
+        let changes: Vec<String> = plan
+            .changes
+            .iter()
+            .filter(|c| c.is_change())
+            .map(|c| format!("{} {:?} {:?}", c.address, c.action, c.reason))
+            .collect();
+        assert!(
+            changes.is_empty(),
+            "{context}: the next plan is not empty: {changes:#?}"
+        );
+    }
+}
+
+fn action(plan: &Plan, address: &str) -> (Action, Option<String>, bool) {
+    let c = plan
+        .changes
+        .iter()
+        .find(|c| c.address == address)
+        .unwrap_or_else(|| panic!("{address} is not in the plan"));
+    (c.action, c.reason.clone(), c.adopt)
+}
+
+#[tokio::test]
+async fn diff_gives_every_action_with_its_reason() {
+    let mut w = small(SMALL);
+    // Nothing exists: everything is created.
+    let plan = w.plan().await;
+    assert!(plan.changes.iter().all(|c| c.action == Action::Create));
+    w.apply_ok().await;
+    assert_eq!(w.cloud.count(), 4);
+    // No change.
+    let plan = w.plan().await;
+    assert!(!plan.has_changes(), "{:?}", plan.changes);
+
+    // In place.
+    w.edit(&SMALL.replace("tier: private", "tier: app"));
+    let plan = w.plan().await;
+    assert_eq!(action(&plan, "a").0, Action::Update);
+    let attrs: Vec<&str> = plan
+        .changes
+        .iter()
+        .find(|c| c.address == "a")
+        .unwrap()
+        .attributes
+        .iter()
+        .map(|a| a.name.as_str())
+        .collect();
+    assert_eq!(attrs, vec!["tags"]);
+    assert_eq!(action(&plan, "vpc").0, Action::NoOp);
+
+    // A forcing field: replace, saying which.
+    w.edit(&SMALL.replace("10.0.1.0/24", "10.0.3.0/24"));
+    let (a, reason, _) = action(&w.plan().await, "a");
+    assert_eq!(a, Action::Replace);
+    assert!(reason.unwrap().contains("`cidr_block`"));
+
+    // Replacing a protected resource is a violation.
+    w.edit(&SMALL.replace("name: web", "name: web2"));
+    let plan = w.plan().await;
+    assert_eq!(action(&plan, "sg").0, Action::Replace);
+    assert_eq!(plan.protected_violations().len(), 1);
+
+    // Removed from the stack: delete.
+    let without_b: String = SMALL
+        .lines()
+        .filter(|l| !l.starts_with("  b:"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    w.edit(&without_b);
+    let (a, reason, _) = action(&w.plan().await, "b");
+    assert_eq!(
+        (a, reason.as_deref()),
+        (Action::Delete, Some("no longer in the stack"))
+    );
+
+    // ... and also gone from the cloud: only the record goes.
+    let b_id = w.state().await.0.resources["b"].id.clone();
+    w.cloud_mut("aws.subnet", |m| m.remove(&b_id));
+    let (a, reason, _) = action(&w.plan().await, "b");
+    assert_eq!(a, Action::Delete);
+    assert!(reason.unwrap().contains("already gone"));
+    w.apply_ok().await;
+    assert!(!w.state().await.0.resources.contains_key("b"));
+
+    // Deleted outside the tool while the stack keeps it: create, saying so.
+    w.edit(SMALL);
+    w.apply_ok().await;
+    let a_id = w.state().await.0.resources["a"].id.clone();
+    w.cloud_mut("aws.subnet", |m| m.remove(&a_id));
+    let (a, reason, _) = action(&w.plan().await, "a");
+    assert_eq!(a, Action::Create);
+    assert!(reason.unwrap().contains("deleted outside"));
+    w.apply_ok().await;
+
+    // In the cloud with our tags but not in the state: adopted, not duplicated.
+    let (mut st, _) = w.state().await;
+    let lost = st.resources.remove("b").unwrap();
+    st.serial += 1;
+    w.s.backend.write(&st).await.unwrap();
+    let (a, reason, adopt) = action(&w.plan().await, "b");
+    assert_eq!(a, Action::NoOp);
+    assert!(adopt);
+    assert!(reason.unwrap().contains(&format!("adopting {}", lost.id)));
+    w.apply_ok().await;
+    assert_eq!(w.state().await.0.resources["b"].id, lost.id);
+
+    // Tagged as ours for an address nobody declares: an orphan, deleted.
+    let mut stray = w.cloud_mut("aws.subnet", |m| m.values().next().cloned().unwrap());
+    stray.id = "subnet-stray".into();
+    stray.address = Some("c".into());
+    w.cloud_mut("aws.subnet", |m| m.insert("subnet-stray".into(), stray));
+    let (a, reason, _) = action(&w.plan().await, "c");
+    assert_eq!(a, Action::Delete);
+    assert!(reason.unwrap().contains("not declared in the stack"));
+    w.apply_ok().await;
+
+    // Not ready yet (a create that timed out): an in-place `ready` change.
+    let vpc_id = w.state().await.0.resources["vpc"].id.clone();
+    w.cloud_mut("aws.vpc", |m| {
+        m.get_mut(&vpc_id)
+            .unwrap()
+            .attrs
+            .insert("ready".into(), json!(false))
+    });
+    let plan = w.plan().await;
+    let vpc = plan.changes.iter().find(|c| c.address == "vpc").unwrap();
+    assert_eq!(vpc.action, Action::Update);
+    assert_eq!(vpc.attributes[0].name, "ready");
+    w.apply_ok().await;
+    w.assert_consistent("after the table").await;
+}
+
+#[tokio::test]
+async fn apply_starts_each_resource_after_its_dependencies_and_runs_branches_at_once() {
+    let w = production();
+    for kind in w.s.registry.drivers().map(|d| d.schema().kind) {
+        w.cloud
+            .latency
+            .lock()
+            .unwrap()
+            .insert(kind.to_string(), Duration::from_millis(15));
+    }
+    w.apply_ok().await;
+    let calls = w.cloud.calls.lock().unwrap().clone();
+    let n = w.s.stack.resources.len();
+    assert_eq!(calls.len(), n, "one create per resource");
+    assert!(calls.iter().all(|c| c.op == "create"));
+    let by_address: BTreeMap<&str, &super::Call> =
+        calls.iter().map(|c| (c.address.as_str(), c)).collect();
+    for r in w.s.stack.resources.values() {
+        let me = by_address[r.address.as_str()];
+        for dep in r.dependencies() {
+            let d = by_address[dep.as_str()];
+            assert!(
+                d.ended <= me.started,
+                "{} started before its dependency {dep} finished",
+                r.address
+            );
+        }
+    }
+    let most = w
+        .cloud
+        .max_in_flight
+        .load(std::sync::atomic::Ordering::SeqCst);
+    assert!(most >= 3, "independent branches ran one at a time ({most})");
+    assert!(most <= 10, "more than --parallelism at once ({most})");
+    w.assert_consistent("production apply").await;
+}
+
+#[tokio::test]
+async fn a_partial_create_is_recorded_and_the_next_apply_waits_for_it() {
+    let w = production();
+    w.cloud.partial.lock().unwrap().insert("db".into());
+    let Ok(Outcome::Applied { report, .. }) = w.apply().await else {
+        panic!("apply did not run")
+    };
+    assert_eq!(report.failed, 1);
+    assert!(report.skipped > 0, "dependents of db are skipped");
+    let (st, _) = w.state().await;
+    let db = &st.resources["db"];
+    assert_eq!(db.attrs["ready"], json!(false));
+    // The next plan waits for it (in place), never creates a second one.
+    w.cloud.partial.lock().unwrap().clear();
+    let plan = w.plan().await;
+    let c = plan.changes.iter().find(|c| c.address == "db").unwrap();
+    assert_eq!(c.action, Action::Update);
+    assert!(c.attributes.iter().any(|a| a.name == "ready"));
+    w.apply_ok().await;
+    let dbs = w
+        .cloud
+        .all()
+        .into_iter()
+        .filter(|(k, _, a)| k == "aws.rds_instance" && a.as_deref() == Some("db"))
+        .count();
+    assert_eq!(dbs, 1);
+    w.assert_consistent("after a partial create").await;
+}
+
+fn intent(w: &World, address: &str, action: &str, lookup: Option<String>) -> Intent {
+    let r = &w.s.stack.resources[address];
+    Intent {
+        id: uuid::Uuid::new_v4().to_string(),
+        address: address.into(),
+        kind: r.kind.kind.into(),
+        action: action.into(),
+        lookup,
+        props: Default::default(),
+        depends_on: vec![],
+        protect: false,
+        started_at: chrono::Utc::now(),
+        pid: 1,
+    }
+}
+
+#[tokio::test]
+async fn each_kind_of_open_intent_is_settled_before_planning() {
+    let w = small(SMALL);
+    w.apply_ok().await;
+    let (mut st, _) = w.state().await;
+    // A create that took effect but never reached the state.
+    let made = st.resources.remove("a").unwrap();
+    st.serial += 1;
+    w.s.backend.write(&st).await.unwrap();
+    let created = intent(&w, "a", "create", None);
+    // A create that never happened (the subnet b is recorded; pretend c).
+    let mut never = intent(&w, "b", "create", None);
+    never.address = "c".into();
+    // An update and a delete in flight.
+    let update = intent(&w, "vpc", "update", Some(st.resources["vpc"].id.clone()));
+    let delete = intent(&w, "sg", "delete", Some(st.resources["sg"].id.clone()));
+    for i in [&created, &never, &update, &delete] {
+        w.s.backend.open_intent(i).await.unwrap();
+    }
+    let outcome = w.apply().await.unwrap();
+    assert!(
+        matches!(outcome, Outcome::NoChanges),
+        "the adopted create needs nothing"
+    );
+    assert!(w.s.backend.open_intents().await.unwrap().is_empty());
+    let (st, _) = w.state().await;
+    assert_eq!(st.resources["a"].id, made.id, "adopted, not created again");
+    assert!(!st.resources.contains_key("c"));
+    w.assert_consistent("after recovery").await;
+}
+
+/// How many mutating driver calls `f` makes on a fresh world.
+async fn count_calls(
+    make: impl Fn() -> World,
+    prepare: impl AsyncFn(&World),
+    run: impl AsyncFn(&World),
+) -> usize {
+    let w = make();
+    prepare(&w).await;
+    let before = w.cloud.calls.lock().unwrap().len();
+    run(&w).await;
+    let after = w.cloud.calls.lock().unwrap().len();
+    after - before
+}
+
+#[tokio::test]
+async fn a_kill_after_every_driver_call_of_the_production_apply_is_recovered() {
+    let total = count_calls(production, async |_| {}, async |w| w.apply_ok().await).await;
+    assert!(total >= 40, "{total}");
+    for k in 1..=total as i64 {
+        let w = production();
+        w.kill.after(k);
+        let _ = w.apply().await;
+        assert!(w.kill.is_dead(), "k={k}: the process was not killed");
+        // The process is gone: its lock stays, the next run is new.
+        w.kill.revive();
+        let _ = w.s.backend.force_unlock("any").await;
+        w.apply_ok().await;
+        w.assert_consistent(&format!("k={k}")).await;
+    }
+    println!("covered {total} kill points of the production apply");
+}
+
+#[tokio::test]
+async fn a_kill_during_deploy_is_recovered_by_the_next_command() {
+    let prepare = async |w: &World| w.apply_ok().await;
+    let deploy = async |w: &World| {
+        let _ = crate::ops::release::deploy(&w.s, &w.cx, "9.9.9", None).await;
+    };
+    let total = count_calls(production, prepare, deploy).await;
+    assert!(total >= 1, "{total}");
+    for k in 1..=total as i64 {
+        let w = production();
+        w.apply_ok().await;
+        w.kill.after(k);
+        let _ = crate::ops::release::deploy(&w.s, &w.cx, "9.9.9", None).await;
+        assert!(w.kill.is_dead());
+        w.kill.revive();
+        let _ = w.s.backend.force_unlock("any").await;
+        // The deploy's intent is open; the next command settles it, and the
+        // plan sees the half-recorded release as drift from the stack.
+        assert!(!w.s.backend.open_intents().await.unwrap().is_empty());
+        w.apply_ok().await;
+        assert!(w.s.backend.open_intents().await.unwrap().is_empty());
+        w.assert_consistent(&format!("deploy k={k}")).await;
+    }
+    // Not killed: the state records what runs.
+    let w = production();
+    w.apply_ok().await;
+    let released = crate::ops::release::deploy(&w.s, &w.cx, "9.9.9", None)
+        .await
+        .unwrap();
+    assert!(released.iter().all(|r| r.result.is_ok()));
+    let (st, _) = w.state().await;
+    assert_eq!(
+        st.resources["orchestrator"].inputs["tag"],
+        Json::from("9.9.9")
+    );
+}

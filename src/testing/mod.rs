@@ -1,0 +1,555 @@
+//! The engine's test seam (compiled for tests only): an in-memory cloud
+//! behind fake drivers that carry the built-in kinds' schemas, and an
+//! in-memory state backend. Latency, failures, partial creates and a kill
+//! switch (the process "dies" right after the k-th mutating driver call took
+//! effect: every later driver call and every state or journal write fails)
+//! are configurable, so diff, ordering, partial creates, recovery and crash
+//! safety are tested in-process, in milliseconds.
+
+mod engine_tests;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value as Json};
+
+use crate::drivers::{
+    Context, Desired, Driver, DriverError, Known, Observed, Owner, Registry, Timeouts, READY_ATTR,
+};
+use crate::model::{KindSchema, Ty};
+use crate::state::{Intent, LockInfo, Snapshot, State, StateError};
+
+/// The process "dies" after this many more mutating calls.
+#[derive(Default)]
+pub struct Kill {
+    left: AtomicI64,
+    armed: AtomicBool,
+    dead: AtomicBool,
+}
+
+impl Kill {
+    pub fn after(&self, calls: i64) {
+        self.left.store(calls, Ordering::SeqCst);
+        self.armed.store(true, Ordering::SeqCst);
+        self.dead.store(false, Ordering::SeqCst);
+    }
+    pub fn revive(&self) {
+        self.armed.store(false, Ordering::SeqCst);
+        self.dead.store(false, Ordering::SeqCst);
+    }
+    pub fn is_dead(&self) -> bool {
+        self.dead.load(Ordering::SeqCst)
+    }
+    /// Counts one mutating call that has taken effect; true when it was the
+    /// last one the process lives to see the answer of.
+    fn count(&self) -> bool {
+        if self.armed.load(Ordering::SeqCst) && self.left.fetch_sub(1, Ordering::SeqCst) <= 1 {
+            self.dead.store(true, Ordering::SeqCst);
+            return true;
+        }
+        false
+    }
+}
+
+/// One call the fake cloud served.
+#[derive(Debug, Clone)]
+pub struct Call {
+    pub op: &'static str,
+    pub address: String,
+    pub started: Instant,
+    pub ended: Instant,
+}
+
+#[derive(Default)]
+pub struct FakeCloud {
+    /// kind -> id -> resource.
+    pub resources: Mutex<BTreeMap<String, BTreeMap<String, Observed>>>,
+    pub calls: Mutex<Vec<Call>>,
+    /// Per kind, how long create/update/delete take.
+    pub latency: Mutex<BTreeMap<String, Duration>>,
+    /// (op, address) that fail without effect.
+    pub fail: Mutex<BTreeSet<(String, String)>>,
+    /// Addresses whose create makes the resource but never sees it ready.
+    pub partial: Mutex<BTreeSet<String>>,
+    pub kill: Arc<Kill>,
+    next: AtomicUsize,
+    in_flight: AtomicUsize,
+    pub max_in_flight: AtomicUsize,
+}
+
+impl FakeCloud {
+    pub fn new(kill: Arc<Kill>) -> Arc<FakeCloud> {
+        Arc::new(FakeCloud {
+            kill,
+            ..Default::default()
+        })
+    }
+
+    /// A registry with a fake driver for every built-in kind.
+    pub fn registry(self: &Arc<Self>) -> Registry {
+        let builtin = Registry::builtin();
+        Registry::from_drivers(
+            builtin
+                .drivers()
+                .map(|d| {
+                    Box::new(FakeDriver {
+                        schema: d.schema(),
+                        cloud: self.clone(),
+                    }) as Box<dyn Driver>
+                })
+                .collect(),
+        )
+    }
+
+    /// Every resource, as (kind, id, address).
+    pub fn all(&self) -> Vec<(String, String, Option<String>)> {
+        let r = self.resources.lock().unwrap();
+        r.iter()
+            .flat_map(|(k, m)| {
+                m.values()
+                    .map(move |o| (k.clone(), o.id.clone(), o.address.clone()))
+            })
+            .collect()
+    }
+
+    pub fn count(&self) -> usize {
+        self.all().len()
+    }
+
+    fn alive(&self) -> Result<(), DriverError> {
+        if self.kill.is_dead() {
+            Err(DriverError::new("the process was killed"))
+        } else {
+            Ok(())
+        }
+    }
+
+    async fn begin(
+        &self,
+        op: &'static str,
+        kind: &str,
+        address: &str,
+    ) -> Result<Instant, DriverError> {
+        self.alive()?;
+        if self
+            .fail
+            .lock()
+            .unwrap()
+            .contains(&(op.to_string(), address.to_string()))
+        {
+            return Err(DriverError::new(format!("injected failure of {op}")));
+        }
+        let n = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_in_flight.fetch_max(n, Ordering::SeqCst);
+        let started = Instant::now();
+        let latency = self.latency.lock().unwrap().get(kind).copied();
+        if let Some(l) = latency {
+            tokio::time::sleep(l).await;
+        }
+        Ok(started)
+    }
+
+    /// After the effect: record the call; fails when the process died now.
+    fn end(&self, op: &'static str, address: &str, started: Instant) -> Result<(), DriverError> {
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.calls.lock().unwrap().push(Call {
+            op,
+            address: address.to_string(),
+            started,
+            ended: Instant::now(),
+        });
+        if self.kill.count() {
+            return Err(DriverError::new("the process was killed"));
+        }
+        self.alive()
+    }
+}
+
+/// Kinds whose create is idempotent (server-side apply, migrations).
+const IDEMPOTENT: &[&str] = &["kubernetes.orchestrator", "postgres.migrations"];
+
+/// A driver for `schema` over the fake cloud.
+pub struct FakeDriver {
+    pub schema: &'static KindSchema,
+    pub cloud: Arc<FakeCloud>,
+}
+
+fn fake_value(ty: &Ty, name: &str, id: &str) -> Json {
+    match ty {
+        Ty::Int => Json::from(5432),
+        Ty::Bool => Json::Bool(true),
+        Ty::List(_) | Ty::Set(_) => Json::Array(vec![]),
+        Ty::StringMap | Ty::Object(_) => Json::Object(Map::new()),
+        _ => Json::String(format!("{name}-of-{id}")),
+    }
+}
+
+#[async_trait::async_trait]
+impl Driver for FakeDriver {
+    fn schema(&self) -> &'static KindSchema {
+        self.schema
+    }
+
+    fn service(&self) -> &'static str {
+        "fake"
+    }
+
+    async fn refresh(&self, cx: &Context, known: &[Known]) -> Result<Vec<Observed>, DriverError> {
+        self.cloud.alive()?;
+        let all = self.cloud.resources.lock().unwrap();
+        let Some(of_kind) = all.get(self.schema.kind) else {
+            return Ok(vec![]);
+        };
+        let forcing: Vec<&str> = self
+            .schema
+            .fields
+            .iter()
+            .filter(|f| f.replace)
+            .map(|f| f.name)
+            .collect();
+        Ok(of_kind
+            .values()
+            .filter(|o| {
+                if self.schema.taggable {
+                    return o.owner.as_ref() == Some(&cx.owner);
+                }
+                known.iter().any(|k| {
+                    k.id == o.id
+                        || (!k.inputs.is_empty()
+                            && !forcing.is_empty()
+                            && forcing.iter().all(|f| k.inputs.get(*f) == o.attrs.get(*f)))
+                })
+            })
+            .cloned()
+            .map(|mut o| {
+                if !self.schema.taggable {
+                    o.owner = None;
+                    o.address = None;
+                }
+                o
+            })
+            .collect())
+    }
+
+    async fn create(&self, _cx: &Context, want: &Desired<'_>) -> Result<Observed, DriverError> {
+        let started = self
+            .cloud
+            .begin("create", self.schema.kind, want.address)
+            .await?;
+        let n = self.cloud.next.fetch_add(1, Ordering::SeqCst);
+        // Kinds without tags are identified by what they are (a subnet's
+        // association, a namespace/name, a database): creating one again is
+        // idempotent, as server-side apply and migrations are.
+        let forcing: Vec<String> = self
+            .schema
+            .fields
+            .iter()
+            .filter(|f| f.replace)
+            .map(|f| crate::model::json_to_text(want.props.get(f.name).unwrap_or(&Json::Null)))
+            .collect();
+        // Server-side apply and migrations are idempotent, named by what
+        // they are; other kinds without tags (a route table association)
+        // get a fresh id and refuse a second copy, as the cloud does, so
+        // only the intent journal finds one an interrupted run made.
+        let idempotent = IDEMPOTENT.contains(&self.schema.kind);
+        let id = match self.schema.name_field.and_then(|f| want.str(f)) {
+            Some(name) => name.to_string(),
+            None if idempotent => format!(
+                "{}:{}",
+                self.schema.kind,
+                if forcing.is_empty() {
+                    format!(
+                        "{}/{}/{}",
+                        want.owner.stack, want.owner.environment, want.address
+                    )
+                } else {
+                    forcing.join("/")
+                }
+            ),
+            None => format!("{}-{n}", self.schema.kind.replace('.', "-")),
+        };
+        if !self.schema.taggable && !idempotent && !forcing.is_empty() {
+            let names: Vec<&str> = self
+                .schema
+                .fields
+                .iter()
+                .filter(|f| f.replace)
+                .map(|f| f.name)
+                .collect();
+            let all = self.cloud.resources.lock().unwrap();
+            let twin = all.get(self.schema.kind).and_then(|m| {
+                m.values()
+                    .find(|o| names.iter().all(|f| o.attrs.get(*f) == want.props.get(*f)))
+            });
+            if let Some(t) = twin {
+                self.cloud.in_flight.fetch_sub(1, Ordering::SeqCst);
+                return Err(DriverError::new(format!("{} already exists", t.id)));
+            }
+        }
+        let mut attrs = want.props.clone();
+        for a in self.schema.attrs {
+            attrs
+                .entry(a.name.to_string())
+                .or_insert_with(|| fake_value(&a.ty, a.name, &id));
+        }
+        let partial = self.cloud.partial.lock().unwrap().contains(want.address);
+        attrs.insert(READY_ATTR.into(), Json::Bool(!partial));
+        let obs = Observed {
+            address: Some(want.address.to_string()),
+            owner: Some(want.owner.clone()),
+            id: id.clone(),
+            attrs,
+        };
+        {
+            let mut all = self.cloud.resources.lock().unwrap();
+            let of_kind = all.entry(self.schema.kind.to_string()).or_default();
+            if of_kind.contains_key(&id) && !idempotent {
+                self.cloud.in_flight.fetch_sub(1, Ordering::SeqCst);
+                return Err(DriverError::new(format!("{id} already exists")));
+            }
+            of_kind.insert(id, obs.clone());
+        }
+        self.cloud.end("create", want.address, started)?;
+        if partial {
+            return Err(DriverError::new("timed out waiting to be ready").with_partial(obs));
+        }
+        Ok(obs)
+    }
+
+    async fn update(
+        &self,
+        _cx: &Context,
+        want: &Desired<'_>,
+        have: &Observed,
+        _changed: &[String],
+    ) -> Result<Observed, DriverError> {
+        let started = self
+            .cloud
+            .begin("update", self.schema.kind, want.address)
+            .await?;
+        let obs = {
+            let mut all = self.cloud.resources.lock().unwrap();
+            let Some(o) = all
+                .get_mut(self.schema.kind)
+                .and_then(|m| m.get_mut(&have.id))
+            else {
+                self.cloud.in_flight.fetch_sub(1, Ordering::SeqCst);
+                return Err(DriverError::new(format!("{} not found", have.id)));
+            };
+            for (k, v) in want.props {
+                o.attrs.insert(k.clone(), v.clone());
+            }
+            o.attrs.insert(READY_ATTR.into(), Json::Bool(true));
+            o.clone()
+        };
+        self.cloud.end("update", want.address, started)?;
+        Ok(obs)
+    }
+
+    async fn delete(
+        &self,
+        _cx: &Context,
+        have: &Observed,
+        _timeouts: &Timeouts,
+    ) -> Result<(), DriverError> {
+        let address = have.address.clone().unwrap_or_else(|| have.id.clone());
+        let started = self
+            .cloud
+            .begin("delete", self.schema.kind, &address)
+            .await?;
+        let existed = self
+            .cloud
+            .resources
+            .lock()
+            .unwrap()
+            .get_mut(self.schema.kind)
+            .and_then(|m| m.remove(&have.id))
+            .is_some();
+        let _ = existed; // deleting what is already gone is done
+        self.cloud.end("delete", &address, started)
+    }
+}
+
+/// The state, journal, lock and snapshots, in memory.
+pub struct MemoryBackend {
+    pub state: Mutex<Option<State>>,
+    pub journal: Mutex<Vec<(Intent, bool)>>,
+    pub lock: Mutex<Option<LockInfo>>,
+    pub snapshots: Mutex<Vec<(Snapshot, State)>>,
+    pub writes: AtomicUsize,
+    pub kill: Arc<Kill>,
+}
+
+impl MemoryBackend {
+    pub fn new(kill: Arc<Kill>) -> MemoryBackend {
+        MemoryBackend {
+            state: Mutex::new(None),
+            journal: Mutex::new(Vec::new()),
+            lock: Mutex::new(None),
+            snapshots: Mutex::new(Vec::new()),
+            writes: AtomicUsize::new(0),
+            kill,
+        }
+    }
+
+    fn alive(&self) -> Result<(), StateError> {
+        if self.kill.is_dead() {
+            Err(StateError::Io {
+                path: "memory".into(),
+                source: std::io::Error::other("the process was killed"),
+            })
+        } else {
+            Ok(())
+        }
+    }
+
+    pub fn current(&self) -> Option<State> {
+        self.state.lock().unwrap().clone()
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::state::StateStore for MemoryBackend {
+    async fn read(&self) -> Result<Option<State>, StateError> {
+        Ok(self.state.lock().unwrap().clone())
+    }
+
+    async fn write(&self, state: &State) -> Result<(), StateError> {
+        self.alive()?;
+        self.writes.fetch_add(1, Ordering::SeqCst);
+        *self.state.lock().unwrap() = Some(state.clone());
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        "memory".into()
+    }
+
+    async fn snapshot_before(&self, operation: &str) -> Result<Option<String>, StateError> {
+        self.alive()?;
+        let Some(st) = self.current() else {
+            return Ok(None);
+        };
+        let mut snaps = self.snapshots.lock().unwrap();
+        let name = format!("{}-{operation}", snaps.len());
+        snaps.push((
+            Snapshot {
+                name: name.clone(),
+                operation: operation.into(),
+                serial: st.serial,
+                taken_at: String::new(),
+            },
+            st,
+        ));
+        Ok(Some(name))
+    }
+
+    async fn snapshots(&self) -> Result<Vec<Snapshot>, StateError> {
+        Ok(self
+            .snapshots
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(s, _)| s.clone())
+            .collect())
+    }
+
+    async fn read_snapshot(&self, which: &str) -> Result<State, StateError> {
+        self.snapshots
+            .lock()
+            .unwrap()
+            .iter()
+            .rev()
+            .find(|(s, _)| s.name == which || s.serial.to_string() == which)
+            .map(|(_, st)| st.clone())
+            .ok_or_else(|| StateError::NotLocked(which.into()))
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::state::Locker for MemoryBackend {
+    async fn lock(&self, info: &LockInfo) -> Result<Option<LockInfo>, StateError> {
+        self.alive()?;
+        let mut l = self.lock.lock().unwrap();
+        if let Some(h) = l.as_ref() {
+            return Err(StateError::Locked(Box::new(crate::state::LockHeld {
+                target: "memory".into(),
+                holder: h.clone(),
+            })));
+        }
+        *l = Some(info.clone());
+        Ok(None)
+    }
+
+    async fn unlock(&self, info: &LockInfo) -> Result<(), StateError> {
+        self.alive()?;
+        let mut l = self.lock.lock().unwrap();
+        if l.as_ref().is_some_and(|h| h.id == info.id) {
+            *l = None;
+        }
+        Ok(())
+    }
+
+    async fn holder(&self) -> Result<Option<LockInfo>, StateError> {
+        Ok(self.lock.lock().unwrap().clone())
+    }
+
+    async fn force_unlock(&self, _id: &str) -> Result<LockInfo, StateError> {
+        self.lock
+            .lock()
+            .unwrap()
+            .take()
+            .ok_or_else(|| StateError::NotLocked("memory".into()))
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::state::Journal for MemoryBackend {
+    async fn open_intent(&self, intent: &Intent) -> Result<(), StateError> {
+        self.alive()?;
+        self.journal.lock().unwrap().push((intent.clone(), true));
+        Ok(())
+    }
+
+    async fn close_intent(&self, id: &str) -> Result<(), StateError> {
+        self.alive()?;
+        for (i, open) in self.journal.lock().unwrap().iter_mut() {
+            if i.id == id {
+                *open = false;
+            }
+        }
+        Ok(())
+    }
+
+    async fn open_intents(&self) -> Result<Vec<Intent>, StateError> {
+        Ok(self
+            .journal
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, open)| *open)
+            .map(|(i, _)| i.clone())
+            .collect())
+    }
+
+    async fn compact(&self) -> Result<(), StateError> {
+        self.alive()?;
+        self.journal.lock().unwrap().retain(|(_, open)| *open);
+        Ok(())
+    }
+}
+
+/// A context for the fake cloud, reporting nothing.
+pub fn context(stack: &str, env: &str) -> Context {
+    Context::new(
+        Owner {
+            stack: stack.into(),
+            environment: env.into(),
+        },
+        std::path::PathBuf::from("."),
+        Default::default(),
+        Arc::new(crate::events::Silent),
+    )
+}
