@@ -54,6 +54,36 @@ const CASES: &[(&str, usize, usize, &str)] = &[
     ),
     ("sg-name-rule.yaml", 10, 13, "must not start with `sg-`"),
     (
+        "eks-desired-above-max.yaml",
+        13,
+        21,
+        "`desired_size` is 7, more than `max_size` (5)",
+    ),
+    (
+        "int-does-not-fit.yaml",
+        9,
+        26,
+        "`allocated_storage` is 99999999999999999999, which does not fit an integer",
+    ),
+    (
+        "orchestrator-replicas-above-max.yaml",
+        8,
+        17,
+        "`replicas` is 12, more than `max_replicas` (10)",
+    ),
+    (
+        "port-out-of-range.yaml",
+        8,
+        13,
+        "`port`: 70000 is out of range: expected 1 to 65535",
+    ),
+    (
+        "rds-backup-window-too-short.yaml",
+        10,
+        22,
+        "is 10 minutes long; RDS needs at least 30",
+    ),
+    (
         "sg-description-too-long.yaml",
         11,
         20,

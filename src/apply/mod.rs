@@ -17,7 +17,7 @@ use serde::Serialize;
 use serde_json::{Map, Value as Json};
 use tokio::sync::Mutex;
 
-use crate::drivers::{Context, Desired, Registry};
+use crate::drivers::{Context, Desired, Driver, Observed, Registry};
 use crate::events::Event;
 use crate::graph::{walk, walk_prioritized, Outcome};
 use crate::plan::{desired_properties, Action, Change, Plan};
@@ -75,12 +75,39 @@ pub enum ApplyError {
     State(#[from] StateError),
 }
 
-struct Shared<'a> {
-    state: Mutex<State>,
-    backend: &'a dyn Backend,
+/// Why one step failed (reported per resource; the walk goes on elsewhere).
+#[derive(Debug, thiserror::Error)]
+enum StepError {
+    #[error("{0}")]
+    Driver(String),
+    #[error("no driver for kind {0}")]
+    NoDriver(String),
+    #[error("`{0}` refers to a resource that has no value yet")]
+    Unresolved(String),
+    #[error("cannot journal the intent, so nothing was done: {0}")]
+    Journal(StateError),
+    #[error("the change was made but the state could not be written: {0}")]
+    Record(StateError),
+    #[error("the change is recorded but its intent could not be closed: {0}")]
+    Close(StateError),
+    #[error("the old resource could not be deleted")]
+    OldNotDeleted,
+    #[error("{0} is not in the stack")]
+    NotInStack(String),
 }
 
-impl Shared<'_> {
+/// What every step shares: the plan, the stack, the state being written,
+/// the backend, the drivers and the context.
+struct Steps<'a> {
+    plan: &'a Plan,
+    stack: Option<&'a Stack>,
+    state: Mutex<State>,
+    backend: &'a dyn Backend,
+    registry: &'a Registry,
+    cx: &'a Context,
+}
+
+impl Steps<'_> {
     /// Journals what is about to happen; returns the intent's id.
     async fn intend(
         &self,
@@ -89,7 +116,7 @@ impl Shared<'_> {
         lookup: Option<String>,
         props: &Map<String, Json>,
         protect: bool,
-    ) -> Result<String, String> {
+    ) -> Result<String, StepError> {
         let intent = Intent {
             id: uuid::Uuid::new_v4().to_string(),
             address: c.address.clone(),
@@ -105,30 +132,232 @@ impl Shared<'_> {
         self.backend
             .open_intent(&intent)
             .await
-            .map_err(|e| format!("cannot journal the intent, so nothing was done: {e}"))?;
+            .map_err(StepError::Journal)?;
         Ok(intent.id)
     }
 
-    async fn done(&self, intent: &str) -> Result<(), String> {
+    async fn done(&self, intent: &str) -> Result<(), StepError> {
         self.backend
             .close_intent(intent)
             .await
-            .map_err(|e| format!("the change is recorded but its intent could not be closed: {e}"))
+            .map_err(StepError::Close)
     }
 
-    async fn record(&self, f: impl FnOnce(&mut State)) -> Result<(), String> {
+    /// Changes the state and writes it (a new serial).
+    async fn record(&self, f: impl FnOnce(&mut State)) -> Result<(), StepError> {
         let mut st = self.state.lock().await;
         f(&mut st);
         st.serial += 1;
-        self.backend
-            .write(&st)
-            .await
-            .map_err(|e| format!("the change was made but the state could not be written: {e}"))
+        self.backend.write(&st).await.map_err(StepError::Record)
+    }
+
+    async fn put(&self, address: &str, rs: ResourceState) -> Result<(), StepError> {
+        let address = address.to_string();
+        self.record(|st| {
+            st.resources.insert(address, rs);
+        })
+        .await
+    }
+
+    fn driver(&self, kind: &str) -> Result<&dyn Driver, StepError> {
+        self.registry
+            .driver(kind)
+            .ok_or_else(|| StepError::NoDriver(kind.to_string()))
+    }
+
+    fn failed(&self, c: &Change, e: &StepError) {
+        self.cx.reporter.report(Event::ResourceFailed {
+            address: c.address.clone(),
+            action: c.action,
+            error: e.to_string(),
+        });
+    }
+
+    /// Adopt: a resource found by its ownership tags that needs no change
+    /// is recorded as the cloud reports it.
+    async fn adopt(&self, c: &Change) -> Result<bool, StepError> {
+        let (Some(stack), Some(obs)) = (self.stack, c.current_observed()) else {
+            return Ok(false);
+        };
+        let Some(r) = stack.resources.get(&c.address) else {
+            return Ok(false);
+        };
+        let rs = ResourceState::reported(
+            &c.kind,
+            &obs.id,
+            current_inputs(r.kind, &obs.attrs),
+            obs.attrs.clone(),
+            c.depends_on.clone(),
+            r.protect,
+        );
+        self.put(&c.address, rs).await?;
+        Ok(true)
+    }
+
+    /// Delete (a removed resource, or the old half of a replacement). One
+    /// already gone from the cloud only leaves the state.
+    async fn delete(&self, c: &Change) -> Result<(), StepError> {
+        let t = Instant::now();
+        self.cx.reporter.report(Event::ResourceStarted {
+            address: c.address.clone(),
+            kind: c.kind.clone(),
+            action: c.action,
+        });
+        let driver = self.driver(&c.kind)?;
+        let intent = match c.current_observed() {
+            Some(obs) => {
+                let timeouts = self
+                    .stack
+                    .and_then(|s| s.resources.get(&c.address))
+                    .map(|r| r.timeouts)
+                    .unwrap_or_default();
+                let intent = self
+                    .intend(c, "delete", c.id.clone(), &Map::new(), c.protect)
+                    .await?;
+                let limiter = self.cx.limits.service(driver.service());
+                let permit = limiter.acquire().await;
+                let result = driver.delete(self.cx, &obs, &timeouts).await;
+                drop(permit);
+                result.map_err(|e| StepError::Driver(e.message))?;
+                limiter.succeeded();
+                Some(intent)
+            }
+            None => None,
+        };
+        let (address, id) = (c.address.clone(), c.id.clone());
+        self.record(|st| {
+            if st
+                .resources
+                .get(&address)
+                .is_some_and(|r| Some(&r.id) == id.as_ref())
+            {
+                st.resources.remove(&address);
+            }
+        })
+        .await?;
+        if let Some(intent) = intent {
+            self.done(&intent).await?;
+        }
+        if c.action == Action::Delete {
+            self.cx.reporter.report(Event::ResourceFinished {
+                address: c.address.clone(),
+                action: c.action,
+                id: c.id.clone().unwrap_or_default(),
+                elapsed_ms: t.elapsed().as_millis(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The properties to send, references resolved from the state as it
+    /// has filled so far.
+    async fn resolve(
+        &self,
+        r: &crate::stack::Resource,
+        driver: &dyn Driver,
+    ) -> Result<Map<String, Json>, StepError> {
+        let snapshot = self.state.lock().await.clone();
+        let lookup =
+            |reference: &Reference| snapshot.attribute(&reference.address, &reference.attribute);
+        let desired = desired_properties(r, driver, &self.cx.owner, &self.cx.base_dir, &lookup)
+            .map_err(|e| StepError::Driver(e.to_string()))?;
+        let mut props = Map::new();
+        for (name, v) in desired {
+            props.insert(name.clone(), v.ok_or(StepError::Unresolved(name))?);
+        }
+        Ok(props)
+    }
+
+    /// Create, update in place (which also resumes waiting for a resource
+    /// that is not ready yet), or the new half of a replacement.
+    async fn build(&self, c: &Change) -> Result<(), StepError> {
+        let t = Instant::now();
+        let stack = self
+            .stack
+            .ok_or_else(|| StepError::NotInStack(c.address.clone()))?;
+        let r = stack
+            .resources
+            .get(&c.address)
+            .ok_or_else(|| StepError::NotInStack(c.address.clone()))?;
+        let driver = self.driver(r.kind.kind)?;
+        let props = self.resolve(r, driver).await?;
+        self.cx.reporter.report(Event::ResourceStarted {
+            address: c.address.clone(),
+            kind: c.kind.clone(),
+            action: c.action,
+        });
+        let want = Desired {
+            address: &c.address,
+            props: &props,
+            owner: &self.cx.owner,
+            timeouts: r.timeouts,
+        };
+        let update = c.action == Action::Update;
+        let lookup = if update {
+            c.id.clone()
+        } else {
+            r.kind
+                .name_field
+                .and_then(|f| props.get(f))
+                .and_then(Json::as_str)
+                .map(str::to_string)
+        };
+        let verb = if update { "update" } else { "create" };
+        let intent = self.intend(c, verb, lookup, &props, r.protect).await?;
+        // At most the service's current limit of operations at once.
+        let limiter = self.cx.limits.service(driver.service());
+        let permit = limiter.acquire().await;
+        let result = match (update, c.current_observed()) {
+            (true, Some(have)) => {
+                let changed: Vec<String> = c.attributes.iter().map(|a| a.name.clone()).collect();
+                driver.update(self.cx, &want, &have, &changed).await
+            }
+            _ => driver.create(self.cx, &want).await,
+        };
+        drop(permit);
+        if result.is_ok() {
+            limiter.succeeded();
+        }
+        let record = |obs: &Observed| {
+            ResourceState::reported(
+                r.kind.kind,
+                &obs.id,
+                props.clone(),
+                obs.attrs.clone(),
+                c.depends_on.clone(),
+                r.protect,
+            )
+        };
+        match result {
+            Ok(obs) => {
+                self.put(&c.address, record(&obs)).await?;
+                self.done(&intent).await?;
+                self.cx.reporter.report(Event::ResourceFinished {
+                    address: c.address.clone(),
+                    action: c.action,
+                    id: obs.id,
+                    elapsed_ms: t.elapsed().as_millis(),
+                });
+                Ok(())
+            }
+            Err(e) => {
+                // Created but not ready in time: record it, so the next
+                // apply waits for it instead of creating another.
+                if let Some(partial) = &e.partial {
+                    self.put(&c.address, record(partial)).await?;
+                    self.done(&intent).await?;
+                }
+                // Otherwise the intent stays open: whether the call took
+                // effect is for the next run's recovery to find out.
+                Err(StepError::Driver(e.message))
+            }
+        }
     }
 }
 
 /// Carries out `plan` against the cloud and the (locked) state.
 /// `stack` is `None` for destroy plans.
+#[allow(clippy::too_many_arguments)]
 pub async fn apply(
     plan: &Plan,
     stack: Option<&Stack>,
@@ -143,24 +372,15 @@ pub async fn apply(
     cx.limits.set_max(options.parallelism);
     let requests_before = cx.request_count();
     let retries_before = cx.retry_count();
-    let shared = Shared {
+    let steps = Steps {
+        plan,
+        stack,
         state: Mutex::new(state),
         backend,
+        registry,
+        cx,
     };
-    let key = |c: &Change| -> String {
-        let dup = plan
-            .changes
-            .iter()
-            .filter(|o| o.address == c.address)
-            .count()
-            > 1;
-        if dup && c.action == Action::Delete {
-            format!("{} ({})", c.address, c.id.clone().unwrap_or_default())
-        } else {
-            c.address.clone()
-        }
-    };
-    let by_key: BTreeMap<String, &Change> = plan.changes.iter().map(|c| (key(c), c)).collect();
+    let by_key = steps.keyed();
     let mut report = ApplyReport::default();
 
     // Adopted resources that need no change are recorded first.
@@ -169,30 +389,15 @@ pub async fn apply(
         .iter()
         .filter(|c| c.adopt && c.action == Action::NoOp)
     {
-        if let (Some(stack), Some(obs)) = (stack, c.current_observed()) {
-            if let Some(r) = stack.resources.get(&c.address) {
-                let inputs = current_inputs(r.kind, &obs.attrs);
-                let rs = ResourceState {
-                    kind: c.kind.clone(),
-                    id: obs.id.clone(),
-                    inputs,
-                    attrs: obs.attrs.clone(),
-                    depends_on: c.depends_on.clone(),
-                    protect: r.protect,
-                    updated_at: chrono::Utc::now(),
-                };
-                shared
-                    .record(|st| {
-                        st.resources.insert(c.address.clone(), rs);
-                    })
-                    .await
-                    .map_err(|e| {
-                        ApplyError::State(StateError::Io {
-                            path: backend.describe(),
-                            source: std::io::Error::other(e),
-                        })
-                    })?;
-                report.adopted += 1;
+        match steps.adopt(c).await {
+            Ok(true) => report.adopted += 1,
+            Ok(false) => {}
+            Err(StepError::Record(e)) => return Err(ApplyError::State(e)),
+            Err(e) => {
+                return Err(ApplyError::State(StateError::Io {
+                    path: backend.describe(),
+                    source: std::io::Error::other(e.to_string()),
+                }))
             }
         }
     }
@@ -212,81 +417,14 @@ pub async fn apply(
             }
         }
     }
+    let steps_ref = &steps;
     let delete_outcomes = walk(&reverse, options.parallelism, stop, |k| {
         let c = deleting[&k];
-        let shared = &shared;
         async move {
-            let t = Instant::now();
-            cx.reporter.report(Event::ResourceStarted {
-                address: c.address.clone(),
-                kind: c.kind.clone(),
-                action: c.action,
-            });
-            let driver = registry
-                .driver(&c.kind)
-                .ok_or_else(|| format!("no driver for kind {}", c.kind))?;
-            let result = match c.current_observed() {
-                Some(obs) => {
-                    let timeouts = stack
-                        .and_then(|s| s.resources.get(&c.address))
-                        .map(|r| r.timeouts)
-                        .unwrap_or_default();
-                    let intent = shared
-                        .intend(c, "delete", c.id.clone(), &Map::new(), c.protect)
-                        .await?;
-                    let limiter = cx.limits.service(driver.service());
-                    let permit = limiter.acquire().await;
-                    let result = driver
-                        .delete(cx, &obs, &timeouts)
-                        .await
-                        .map_err(|e| e.message)
-                        .map(|_| Some(intent));
-                    drop(permit);
-                    if result.is_ok() {
-                        limiter.succeeded();
-                    }
-                    result
-                }
-                None => Ok(None), // already gone from the cloud
-            };
-            match result {
-                Ok(intent) => {
-                    let address = c.address.clone();
-                    let id = c.id.clone();
-                    shared
-                        .record(|st| {
-                            if st
-                                .resources
-                                .get(&address)
-                                .map(|r| Some(&r.id) == id.as_ref())
-                                .unwrap_or(false)
-                            {
-                                st.resources.remove(&address);
-                            }
-                        })
-                        .await?;
-                    if let Some(intent) = intent {
-                        shared.done(&intent).await?;
-                    }
-                    if c.action == Action::Delete {
-                        cx.reporter.report(Event::ResourceFinished {
-                            address: c.address.clone(),
-                            action: c.action,
-                            id: c.id.clone().unwrap_or_default(),
-                            elapsed_ms: t.elapsed().as_millis(),
-                        });
-                    }
-                    Ok(())
-                }
-                Err(e) => {
-                    cx.reporter.report(Event::ResourceFailed {
-                        address: c.address.clone(),
-                        action: c.action,
-                        error: e.clone(),
-                    });
-                    Err(e)
-                }
-            }
+            steps_ref.delete(c).await.map_err(|e| {
+                steps_ref.failed(c, &e);
+                e.to_string()
+            })
         }
     })
     .await;
@@ -325,148 +463,75 @@ pub async fn apply(
             .unwrap_or(1)
     };
     let priority = crate::graph::remaining_cost(&forward, &cost);
+    let failed_deletes = &failed_deletes;
     let build_outcomes = walk_prioritized(&forward, &priority, options.parallelism, stop, |k| {
         let c = building[&k];
-        let shared = &shared;
-        let failed_deletes = &failed_deletes;
         async move {
             if failed_deletes.contains(&c.address) {
-                return Err("the old resource could not be deleted".to_string());
+                return Err(StepError::OldNotDeleted.to_string());
             }
-            let t = Instant::now();
-            let Some(stack) = stack else {
-                return Err("no stack for a create".to_string());
-            };
-            let r = stack
-                .resources
-                .get(&c.address)
-                .ok_or_else(|| format!("{} is not in the stack", c.address))?;
-            let driver = registry
-                .driver(r.kind.kind)
-                .ok_or_else(|| format!("no driver for kind {}", r.kind.kind))?;
-            let snapshot = shared.state.lock().await.clone();
-            let lookup = |reference: &Reference| {
-                snapshot.attribute(&reference.address, &reference.attribute)
-            };
-            let desired = desired_properties(r, driver, &cx.owner, &cx.base_dir, &lookup);
-            let mut props = Map::new();
-            for (name, v) in desired {
-                match v {
-                    Some(v) => {
-                        props.insert(name, v);
-                    }
-                    None => {
-                        let msg = format!("`{name}` refers to a resource that has no value yet");
-                        cx.reporter.report(Event::ResourceFailed {
-                            address: c.address.clone(),
-                            action: c.action,
-                            error: msg.clone(),
-                        });
-                        return Err(msg);
-                    }
-                }
-            }
-            cx.reporter.report(Event::ResourceStarted {
-                address: c.address.clone(),
-                kind: c.kind.clone(),
-                action: c.action,
-            });
-            let want = Desired {
-                address: &c.address,
-                props: &props,
-                owner: &cx.owner,
-                timeouts: r.timeouts,
-            };
-            let (verb, lookup) = match c.action {
-                Action::Update => ("update", c.id.clone()),
-                _ => (
-                    "create",
-                    r.kind
-                        .name_field
-                        .and_then(|f| props.get(f))
-                        .and_then(Json::as_str)
-                        .map(str::to_string),
-                ),
-            };
-            let intent = shared.intend(c, verb, lookup, &props, r.protect).await?;
-            // At most the service's current limit of operations at once.
-            let limiter = cx.limits.service(driver.service());
-            let permit = limiter.acquire().await;
-            let result = match (c.action, c.current_observed()) {
-                (Action::Update, Some(have)) => {
-                    let changed: Vec<String> =
-                        c.attributes.iter().map(|a| a.name.clone()).collect();
-                    driver.update(cx, &want, &have, &changed).await
-                }
-                _ => driver.create(cx, &want).await,
-            };
-            drop(permit);
-            if result.is_ok() {
-                limiter.succeeded();
-            }
-            match result {
-                Ok(obs) => {
-                    let rs = ResourceState {
-                        kind: r.kind.kind.to_string(),
-                        id: obs.id.clone(),
-                        inputs: props.clone(),
-                        attrs: obs.attrs.clone(),
-                        depends_on: c.depends_on.clone(),
-                        protect: r.protect,
-                        updated_at: chrono::Utc::now(),
-                    };
-                    let address = c.address.clone();
-                    shared
-                        .record(|st| {
-                            st.resources.insert(address, rs);
-                        })
-                        .await?;
-                    shared.done(&intent).await?;
-                    cx.reporter.report(Event::ResourceFinished {
-                        address: c.address.clone(),
-                        action: c.action,
-                        id: obs.id,
-                        elapsed_ms: t.elapsed().as_millis(),
-                    });
-                    Ok(())
-                }
-                Err(e) => {
-                    // Created but not ready in time: record it, so the next
-                    // apply waits for it instead of creating another.
-                    if let Some(partial) = e.partial {
-                        let rs = ResourceState {
-                            kind: r.kind.kind.to_string(),
-                            id: partial.id.clone(),
-                            inputs: props.clone(),
-                            attrs: partial.attrs.clone(),
-                            depends_on: c.depends_on.clone(),
-                            protect: r.protect,
-                            updated_at: chrono::Utc::now(),
-                        };
-                        let address = c.address.clone();
-                        shared
-                            .record(|st| {
-                                st.resources.insert(address, rs);
-                            })
-                            .await?;
-                        shared.done(&intent).await?;
-                    }
-                    // Otherwise the intent stays open: whether the call took
-                    // effect is for the next run's recovery to find out.
-                    cx.reporter.report(Event::ResourceFailed {
-                        address: c.address.clone(),
-                        action: c.action,
-                        error: e.message.clone(),
-                    });
-                    Err(e.message)
-                }
-            }
+            steps_ref.build(c).await.map_err(|e| {
+                steps_ref.failed(c, &e);
+                e.to_string()
+            })
         }
     })
     .await;
 
-    // Outcomes per change.
-    for (k, c) in &by_key {
+    tally(&by_key, &delete_outcomes, &build_outcomes, cx, &mut report);
+
+    // Outputs, from what is now recorded.
+    let mut st = steps.state.into_inner();
+    match stack {
+        Some(stack) => record_outputs(stack, &mut st),
+        None => st.outputs.clear(),
+    }
+    st.serial += 1;
+    backend.write(&st).await?;
+    report.requests = cx.request_count() - requests_before;
+    report.retries = cx.retry_count().saturating_sub(retries_before);
+    report.throttled = cx
+        .limits
+        .report()
+        .into_iter()
+        .filter(|(_, _, t)| *t > 0)
+        .map(|(s, l, t)| (s, t, l))
+        .collect();
+    report.elapsed_ms = started.elapsed().as_millis();
+    Ok((report, st))
+}
+
+impl Steps<'_> {
+    /// Each change under a key of its own (an address, or for a second
+    /// change of one address, the address and the id it deletes).
+    fn keyed(&self) -> BTreeMap<String, &Change> {
+        let plan = self.plan;
+        let key = |c: &Change| -> String {
+            let dup = plan
+                .changes
+                .iter()
+                .filter(|o| o.address == c.address)
+                .count()
+                > 1;
+            if dup && c.action == Action::Delete {
+                format!("{} ({})", c.address, c.id.clone().unwrap_or_default())
+            } else {
+                c.address.clone()
+            }
+        };
+        plan.changes.iter().map(|c| (key(c), c)).collect()
+    }
+}
+
+/// The outcome of every change, counted and reported.
+fn tally(
+    by_key: &BTreeMap<String, &Change>,
+    delete_outcomes: &BTreeMap<String, Outcome>,
+    build_outcomes: &BTreeMap<String, Outcome>,
+    cx: &Context,
+    report: &mut ApplyReport,
+) {
+    for (k, c) in by_key {
         let outcome = match c.action {
             Action::NoOp => continue,
             Action::Delete => delete_outcomes.get(k).cloned(),
@@ -518,26 +583,6 @@ pub async fn apply(
             error,
         });
     }
-
-    // Outputs, from what is now recorded.
-    let mut st = shared.state.into_inner();
-    match stack {
-        Some(stack) => record_outputs(stack, &mut st),
-        None => st.outputs.clear(),
-    }
-    st.serial += 1;
-    backend.write(&st).await?;
-    report.requests = cx.request_count() - requests_before;
-    report.retries = cx.retry_count().saturating_sub(retries_before);
-    report.throttled = cx
-        .limits
-        .report()
-        .into_iter()
-        .filter(|(_, _, t)| *t > 0)
-        .map(|(s, l, t)| (s, t, l))
-        .collect();
-    report.elapsed_ms = started.elapsed().as_millis();
-    Ok((report, st))
 }
 
 /// For an adopted resource: its properties as the cloud reports them.

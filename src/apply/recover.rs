@@ -102,15 +102,14 @@ pub async fn recover(
                 Some(o) => {
                     state.resources.insert(
                         intent.address.clone(),
-                        ResourceState {
-                            kind: intent.kind.clone(),
-                            id: o.id.clone(),
-                            inputs: intent.props.clone(),
-                            attrs: o.attrs.clone(),
-                            depends_on: intent.depends_on.clone(),
-                            protect: intent.protect,
-                            updated_at: chrono::Utc::now(),
-                        },
+                        ResourceState::reported(
+                            &intent.kind,
+                            &o.id,
+                            intent.props.clone(),
+                            o.attrs.clone(),
+                            intent.depends_on.clone(),
+                            intent.protect,
+                        ),
                     );
                     state.serial += 1;
                     backend.write(state).await?;

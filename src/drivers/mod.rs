@@ -260,7 +260,16 @@ pub trait Driver: Send + Sync {
     /// Puts desired properties in the form the cloud reports them, so that
     /// equivalent spellings (protocol `all` and `-1`) never show as changes.
     /// `base_dir` is the stack file's directory (for kinds that read files).
-    fn normalize(&self, _base_dir: &std::path::Path, _props: &mut Map<String, Json>) {}
+    /// An error means the properties cannot be what the kind needs (a
+    /// migrations directory that cannot be read, templates that do not
+    /// render); it is reported when every property is known.
+    fn normalize(
+        &self,
+        _base_dir: &std::path::Path,
+        _props: &mut Map<String, Json>,
+    ) -> Result<(), String> {
+        Ok(())
+    }
 
     /// Everything of this kind that the owner has in the cloud, found by the
     /// ownership tags in as few (paged) calls as the API allows. `ids` holds

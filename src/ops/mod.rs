@@ -134,6 +134,7 @@ impl Session {
             destroy_changes(state, &refreshed)
         } else {
             diff(&self.stack, state, &refreshed, &self.registry, &cx.owner)
+                .map_err(|e| OpError::Other(e.to_string()))?
         };
         changes.sort_by(|a, b| a.address.cmp(&b.address).then(a.action.cmp(&b.action)));
         Ok(Plan {
@@ -183,7 +184,8 @@ impl Session {
                     })
             };
             let desired =
-                crate::plan::desired_properties(r, driver, &owner, &self.stack.base_dir(), &lookup);
+                crate::plan::desired_properties(r, driver, &owner, &self.stack.base_dir(), &lookup)
+                    .map_err(|e| OpError::Other(e.to_string()))?;
             let mut props = Map::new();
             for (k, v) in desired {
                 match (v, unapplied) {

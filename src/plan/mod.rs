@@ -138,6 +138,8 @@ impl Plan {
 pub enum PlanError {
     #[error("refreshing {kind}: {message}")]
     Refresh { kind: String, message: String },
+    #[error("{address}: {message}")]
+    Properties { address: String, message: String },
 }
 
 /// The properties a resource should have: references resolved through
@@ -148,7 +150,7 @@ pub fn desired_properties(
     owner: &Owner,
     base_dir: &std::path::Path,
     lookup: &dyn Fn(&Reference) -> Option<Json>,
-) -> BTreeMap<String, Option<Json>> {
+) -> Result<BTreeMap<String, Option<Json>>, PlanError> {
     let kind = r.kind;
     let mut out: BTreeMap<String, Option<Json>> = BTreeMap::new();
     for f in kind.fields {
@@ -179,11 +181,20 @@ pub fn desired_properties(
         .iter()
         .filter_map(|(k, v)| Some((k.clone(), v.clone()?)))
         .collect();
-    driver.normalize(base_dir, &mut known);
+    let complete = known.len() == out.len();
+    if let Err(message) = driver.normalize(base_dir, &mut known) {
+        // With values still unknown the kind cannot judge them yet.
+        if complete {
+            return Err(PlanError::Properties {
+                address: r.address.clone(),
+                message,
+            });
+        }
+    }
     for (k, v) in known {
         out.insert(k, Some(v));
     }
-    out
+    Ok(out)
 }
 
 /// Compares two values of a field, sets without regard to order.
@@ -228,7 +239,7 @@ pub fn diff(
     refreshed: &Refreshed,
     registry: &Registry,
     owner: &Owner,
-) -> Vec<Change> {
+) -> Result<Vec<Change>, PlanError> {
     // Loading refuses cycles, so the order is topological; name order is
     // only a fallback for a stack built without `Stack::load`.
     let order = match stack.graph() {
@@ -259,7 +270,7 @@ pub fn diff(
                 .cloned()
                 .or_else(|| state.attribute(&reference.address, &reference.attribute))
         };
-        let desired = desired_properties(r, driver, owner, &stack.base_dir(), &lookup);
+        let desired = desired_properties(r, driver, owner, &stack.base_dir(), &lookup)?;
         let change = diff_one(
             r,
             r.kind,
@@ -317,7 +328,7 @@ pub fn diff(
         ));
     }
     fill_from_state(&mut changes, state);
-    changes
+    Ok(changes)
 }
 
 fn delete_change(

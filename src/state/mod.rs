@@ -50,6 +50,29 @@ pub struct ResourceState {
     pub updated_at: DateTime<Utc>,
 }
 
+impl ResourceState {
+    /// The record of a resource as the cloud reported it (`attrs`), applied
+    /// with `inputs`: the one way the engine builds a record.
+    pub fn reported(
+        kind: &str,
+        id: &str,
+        inputs: Map<String, Json>,
+        attrs: Map<String, Json>,
+        depends_on: Vec<String>,
+        protect: bool,
+    ) -> ResourceState {
+        ResourceState {
+            kind: kind.to_string(),
+            id: id.to_string(),
+            inputs,
+            attrs,
+            depends_on,
+            protect,
+            updated_at: Utc::now(),
+        }
+    }
+}
+
 impl State {
     pub fn new(stack: &str, environment: &str) -> State {
         State {

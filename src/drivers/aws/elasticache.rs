@@ -369,19 +369,17 @@ impl Driver for SubnetGroup {
         have: &Observed,
         _timeouts: &Timeouts,
     ) -> Result<(), DriverError> {
-        match cx
-            .aws()
-            .await?
-            .elasticache
-            .delete_cache_subnet_group()
-            .cache_subnet_group_name(&have.id)
-            .send()
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) if error_code(&e) == Some("CacheSubnetGroupNotFoundFault") => Ok(()),
-            Err(e) => Err(api_error("DeleteCacheSubnetGroup", e)),
-        }
+        super::delete_answer(
+            "DeleteCacheSubnetGroup",
+            cx.aws()
+                .await?
+                .elasticache
+                .delete_cache_subnet_group()
+                .cache_subnet_group_name(&have.id)
+                .send()
+                .await,
+            &["CacheSubnetGroupNotFoundFault"],
+        )
     }
 }
 

@@ -295,18 +295,16 @@ impl Driver for IamRole {
             &[],
         )
         .await?;
-        match cx
-            .aws()
-            .await?
-            .iam
-            .delete_role()
-            .role_name(&have.id)
-            .send()
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) if error_code(&e) == Some("NoSuchEntity") => Ok(()),
-            Err(e) => Err(api_error("DeleteRole", e)),
-        }
+        super::delete_answer(
+            "DeleteRole",
+            cx.aws()
+                .await?
+                .iam
+                .delete_role()
+                .role_name(&have.id)
+                .send()
+                .await,
+            &["NoSuchEntity"],
+        )
     }
 }

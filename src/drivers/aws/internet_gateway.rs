@@ -164,16 +164,15 @@ impl Driver for InternetGateway {
         if let Some(vpc) = have.attrs.get("vpc_id").and_then(Json::as_str) {
             detach(cx, &have.id, vpc).await?;
         }
-        match ec2(cx)
-            .await?
-            .delete_internet_gateway()
-            .internet_gateway_id(&have.id)
-            .send()
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) if super::error_code(&e) == Some("InvalidInternetGatewayID.NotFound") => Ok(()),
-            Err(e) => Err(api_error("DeleteInternetGateway", e)),
-        }
+        super::delete_answer(
+            "DeleteInternetGateway",
+            ec2(cx)
+                .await?
+                .delete_internet_gateway()
+                .internet_gateway_id(&have.id)
+                .send()
+                .await,
+            &["InvalidInternetGatewayID.NotFound"],
+        )
     }
 }

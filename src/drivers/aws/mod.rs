@@ -355,6 +355,23 @@ fn first_line(text: &str) -> String {
     short
 }
 
+/// The answer to a delete call: done, or already gone (`gone` lists the
+/// service's "not found" codes), which is the outcome wanted too.
+pub(crate) fn delete_answer<T, E>(
+    op: &str,
+    answer: Result<T, SdkError<E, aws_smithy_runtime_api::http::Response>>,
+    gone: &[&str],
+) -> Result<(), DriverError>
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    match answer {
+        Ok(_) => Ok(()),
+        Err(e) if e.code().is_some_and(|c| gone.contains(&c)) => Ok(()),
+        Err(e) => Err(api_error(op, e)),
+    }
+}
+
 pub(crate) fn error_code<E, R>(err: &SdkError<E, R>) -> Option<&str>
 where
     E: ProvideErrorMetadata,

@@ -56,6 +56,64 @@ fn retention(v: &Json) -> Result<(), String> {
     }
 }
 
+/// Minutes since midnight of `hh:mm` (24-hour, UTC).
+fn clock(t: &str) -> Option<u32> {
+    let (h, m) = t.split_once(':')?;
+    if h.len() != 2 || m.len() != 2 {
+        return None;
+    }
+    let (h, m): (u32, u32) = (h.parse().ok()?, m.parse().ok()?);
+    (h < 24 && m < 60).then_some(h * 60 + m)
+}
+
+/// RDS PreferredBackupWindow: `hh24:mi-hh24:mi`, UTC, at least 30 minutes.
+fn backup_window(v: &Json) -> Result<(), String> {
+    let s = v.as_str().unwrap_or_default();
+    let parsed = s
+        .split_once('-')
+        .and_then(|(a, b)| Some((clock(a)?, clock(b)?)));
+    let Some((from, to)) = parsed else {
+        return Err(format!(
+            "backup window `{s}` is not hh:mm-hh:mm (24-hour, UTC), such as 03:00-04:00"
+        ));
+    };
+    let length = (to + 24 * 60 - from) % (24 * 60);
+    if length < 30 {
+        return Err(format!(
+            "backup window `{s}` is {length} minutes long; RDS needs at least 30"
+        ));
+    }
+    Ok(())
+}
+
+/// RDS PreferredMaintenanceWindow: `ddd:hh24:mi-ddd:hh24:mi`, UTC, at
+/// least 30 minutes.
+fn maintenance_window(v: &Json) -> Result<(), String> {
+    const DAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+    let s = v.as_str().unwrap_or_default();
+    let point = |p: &str| -> Option<u32> {
+        let (day, time) = p.split_once(':')?;
+        let d = DAYS.iter().position(|x| x.eq_ignore_ascii_case(day))? as u32;
+        Some(d * 24 * 60 + clock(time)?)
+    };
+    let parsed = s
+        .split_once('-')
+        .and_then(|(a, b)| Some((point(a)?, point(b)?)));
+    let Some((from, to)) = parsed else {
+        return Err(format!(
+            "maintenance window `{s}` is not ddd:hh:mm-ddd:hh:mm (UTC), such as sun:04:30-sun:05:30"
+        ));
+    };
+    let week = 7 * 24 * 60;
+    let length = (to + week - from) % week;
+    if length < 30 {
+        return Err(format!(
+            "maintenance window `{s}` is {length} minutes long; RDS needs at least 30"
+        ));
+    }
+    Ok(())
+}
+
 fn storage(v: &Json) -> Result<(), String> {
     match v.as_i64() {
         Some(20..=65536) => Ok(()),
@@ -212,12 +270,14 @@ static INSTANCE: KindSchema = KindSchema {
             "backup_window",
             Ty::String,
             "daily backup window, UTC, such as 03:00-04:00",
-        ),
+        )
+        .check(backup_window),
         Field::new(
             "maintenance_window",
             Ty::String,
             "weekly maintenance window, such as sun:04:00-sun:05:00",
-        ),
+        )
+        .check(maintenance_window),
         Field::new(
             "deletion_protection",
             Ty::Bool,
@@ -470,19 +530,17 @@ impl Driver for SubnetGroup {
         have: &Observed,
         _timeouts: &Timeouts,
     ) -> Result<(), DriverError> {
-        match cx
-            .aws()
-            .await?
-            .rds
-            .delete_db_subnet_group()
-            .db_subnet_group_name(&have.id)
-            .send()
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) if error_code(&e) == Some("DBSubnetGroupNotFoundFault") => Ok(()),
-            Err(e) => Err(api_error("DeleteDBSubnetGroup", e)),
-        }
+        super::delete_answer(
+            "DeleteDBSubnetGroup",
+            cx.aws()
+                .await?
+                .rds
+                .delete_db_subnet_group()
+                .db_subnet_group_name(&have.id)
+                .send()
+                .await,
+            &["DBSubnetGroupNotFoundFault"],
+        )
     }
 }
 
@@ -653,19 +711,17 @@ impl Driver for ParameterGroup {
         have: &Observed,
         _timeouts: &Timeouts,
     ) -> Result<(), DriverError> {
-        match cx
-            .aws()
-            .await?
-            .rds
-            .delete_db_parameter_group()
-            .db_parameter_group_name(&have.id)
-            .send()
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) if error_code(&e) == Some("DBParameterGroupNotFound") => Ok(()),
-            Err(e) => Err(api_error("DeleteDBParameterGroup", e)),
-        }
+        super::delete_answer(
+            "DeleteDBParameterGroup",
+            cx.aws()
+                .await?
+                .rds
+                .delete_db_parameter_group()
+                .db_parameter_group_name(&have.id)
+                .send()
+                .await,
+            &["DBParameterGroupNotFound"],
+        )
     }
 }
 

@@ -266,16 +266,15 @@ impl Driver for RouteTable {
         have: &Observed,
         _timeouts: &Timeouts,
     ) -> Result<(), DriverError> {
-        match ec2(cx)
-            .await?
-            .delete_route_table()
-            .route_table_id(&have.id)
-            .send()
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) if super::error_code(&e) == Some("InvalidRouteTableID.NotFound") => Ok(()),
-            Err(e) => Err(api_error("DeleteRouteTable", e)),
-        }
+        super::delete_answer(
+            "DeleteRouteTable",
+            ec2(cx)
+                .await?
+                .delete_route_table()
+                .route_table_id(&have.id)
+                .send()
+                .await,
+            &["InvalidRouteTableID.NotFound"],
+        )
     }
 }

@@ -130,16 +130,15 @@ impl Driver for RouteTableAssociation {
         have: &Observed,
         _timeouts: &Timeouts,
     ) -> Result<(), DriverError> {
-        match ec2(cx)
-            .await?
-            .disassociate_route_table()
-            .association_id(&have.id)
-            .send()
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) if super::error_code(&e) == Some("InvalidAssociationID.NotFound") => Ok(()),
-            Err(e) => Err(api_error("DisassociateRouteTable", e)),
-        }
+        super::delete_answer(
+            "DisassociateRouteTable",
+            ec2(cx)
+                .await?
+                .disassociate_route_table()
+                .association_id(&have.id)
+                .send()
+                .await,
+            &["InvalidAssociationID.NotFound"],
+        )
     }
 }

@@ -286,7 +286,11 @@ impl Driver for SecurityGroup {
         &SCHEMA
     }
 
-    fn normalize(&self, _base_dir: &std::path::Path, props: &mut Map<String, Json>) {
+    fn normalize(
+        &self,
+        _base_dir: &std::path::Path,
+        props: &mut Map<String, Json>,
+    ) -> Result<(), String> {
         for k in ["ingress", "egress"] {
             if let Some(Json::Array(rules)) = props.get_mut(k) {
                 for r in rules.iter_mut() {
@@ -294,6 +298,7 @@ impl Driver for SecurityGroup {
                 }
             }
         }
+        Ok(())
     }
 
     async fn refresh(&self, cx: &Context, _known: &[Known]) -> Result<Vec<Observed>, DriverError> {
@@ -385,16 +390,15 @@ impl Driver for SecurityGroup {
         have: &Observed,
         _timeouts: &Timeouts,
     ) -> Result<(), DriverError> {
-        match ec2(cx)
-            .await?
-            .delete_security_group()
-            .group_id(&have.id)
-            .send()
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) if super::error_code(&e) == Some("InvalidGroup.NotFound") => Ok(()),
-            Err(e) => Err(api_error("DeleteSecurityGroup", e)),
-        }
+        super::delete_answer(
+            "DeleteSecurityGroup",
+            ec2(cx)
+                .await?
+                .delete_security_group()
+                .group_id(&have.id)
+                .send()
+                .await,
+            &["InvalidGroup.NotFound"],
+        )
     }
 }

@@ -178,16 +178,15 @@ impl Driver for Subnet {
         have: &Observed,
         _timeouts: &Timeouts,
     ) -> Result<(), DriverError> {
-        match ec2(cx)
-            .await?
-            .delete_subnet()
-            .subnet_id(&have.id)
-            .send()
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) if super::error_code(&e) == Some("InvalidSubnetID.NotFound") => Ok(()),
-            Err(e) => Err(api_error("DeleteSubnet", e)),
-        }
+        super::delete_answer(
+            "DeleteSubnet",
+            ec2(cx)
+                .await?
+                .delete_subnet()
+                .subnet_id(&have.id)
+                .send()
+                .await,
+            &["InvalidSubnetID.NotFound"],
+        )
     }
 }

@@ -289,10 +289,10 @@ impl Driver for Vpc {
         have: &Observed,
         _timeouts: &Timeouts,
     ) -> Result<(), DriverError> {
-        match ec2(cx).await?.delete_vpc().vpc_id(&have.id).send().await {
-            Ok(_) => Ok(()),
-            Err(e) if super::error_code(&e) == Some("InvalidVpcID.NotFound") => Ok(()),
-            Err(e) => Err(api_error("DeleteVpc", e)),
-        }
+        super::delete_answer(
+            "DeleteVpc",
+            ec2(cx).await?.delete_vpc().vpc_id(&have.id).send().await,
+            &["InvalidVpcID.NotFound"],
+        )
     }
 }

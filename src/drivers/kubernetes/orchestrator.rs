@@ -706,7 +706,7 @@ impl Driver for Orchestrator {
         120
     }
 
-    fn normalize(&self, base_dir: &Path, props: &mut Map<String, Json>) {
+    fn normalize(&self, base_dir: &Path, props: &mut Map<String, Json>) -> Result<(), String> {
         // The objects the templates make (their kinds and names do not
         // depend on the tag or on the cluster's API versions).
         let mut p = props.clone();
@@ -715,17 +715,18 @@ impl Driver for Orchestrator {
             stack: String::new(),
             environment: String::new(),
         };
-        if let Ok(objects) = render_offline(&owner, "", base_dir, &p, ApiVersions::modern()) {
-            props.insert(
-                "objects".into(),
-                Json::Array(
-                    super::object_ids(&objects)
-                        .into_iter()
-                        .map(Json::String)
-                        .collect(),
-                ),
-            );
-        }
+        let objects = render_offline(&owner, "", base_dir, &p, ApiVersions::modern())
+            .map_err(|e| e.to_string())?;
+        props.insert(
+            "objects".into(),
+            Json::Array(
+                super::object_ids(&objects)
+                    .into_iter()
+                    .map(Json::String)
+                    .collect(),
+            ),
+        );
+        Ok(())
     }
 
     async fn refresh(&self, cx: &Context, known: &[Known]) -> Result<Vec<Observed>, DriverError> {

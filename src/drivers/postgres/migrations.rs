@@ -240,14 +240,14 @@ impl Driver for Migrations {
         &SCHEMA
     }
 
-    fn normalize(&self, base_dir: &Path, props: &mut Map<String, Json>) {
+    fn normalize(&self, base_dir: &Path, props: &mut Map<String, Json>) -> Result<(), String> {
         let dir = resolve_dir(base_dir, props);
-        if let Ok(labels) = file_labels(&dir) {
-            props.insert(
-                "migrations".into(),
-                Json::Array(labels.into_iter().map(Json::String).collect()),
-            );
-        }
+        let labels = file_labels(&dir)?;
+        props.insert(
+            "migrations".into(),
+            Json::Array(labels.into_iter().map(Json::String).collect()),
+        );
+        Ok(())
     }
 
     async fn refresh(&self, cx: &Context, known: &[Known]) -> Result<Vec<Observed>, DriverError> {
