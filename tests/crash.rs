@@ -9,7 +9,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use common::{text, World, BIN};
+use common::{text, World};
 use serde_json::{json, Value};
 
 /// The proxy and its moto are shared: one test at a time.
@@ -64,12 +64,7 @@ async fn world(tag: &str) -> World {
 }
 
 fn state(w: &World) -> Value {
-    let p = w
-        .state_dir()
-        .join(&w.stack_name)
-        .join("production")
-        .join("state.json");
-    serde_json::from_str(&std::fs::read_to_string(p).unwrap_or_else(|_| "{}".into())).unwrap()
+    common::state_json(w)
 }
 
 /// No duplicates, no orphans: every EC2 resource tagged with the stack is
@@ -154,28 +149,11 @@ async fn a_kill_at_every_mutating_request_is_recovered_without_duplicates_or_orp
         );
         // The pid is written before exec, so the proxy can never miss it.
         let stack = w.stack();
-        let mut c = w.cmd(&[
-            "-c",
-            &format!(
-                "echo $$ > {}; exec {BIN} apply {} --env production --auto-approve",
-                pidfile.display(),
-                stack.display()
-            ),
-        ]);
-        c.env("PATH", std::env::var("PATH").unwrap_or_default());
-        let mut sh = std::process::Command::new("sh");
-        sh.args(c.get_args());
-        for (k, v) in c.get_envs() {
-            if let Some(v) = v {
-                sh.env(k, v);
-            }
-        }
-        sh.current_dir(w.dir.path());
-        let status = sh
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .unwrap();
+        let status = common::run_to_be_killed(
+            &w,
+            &pidfile,
+            &format!("apply {} --env production --auto-approve", stack.display()),
+        );
         assert_eq!(status.signal(), Some(9), "k={k}: the apply was not killed");
         faults(json!({"kill_after": 0}));
         let out = apply_cmd(&w).output().unwrap();
@@ -314,26 +292,11 @@ async fn a_killed_lock_holder_is_detected_as_stale() {
         json!({"rate": 0.0, "kill_after": 5, "kill_pidfile": pidfile.to_str().unwrap(), "reset_counters": true}),
     );
     let stack = w.stack();
-    let mut sh = std::process::Command::new("sh");
-    sh.args([
-        "-c",
-        &format!(
-            "echo $$ > {}; exec {BIN} apply {} --env production --auto-approve",
-            pidfile.display(),
-            stack.display()
-        ),
-    ]);
-    for (k, v) in w.cmd(&[]).get_envs() {
-        if let Some(v) = v {
-            sh.env(k, v);
-        }
-    }
-    let status = sh
-        .current_dir(w.dir.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .unwrap();
+    let status = common::run_to_be_killed(
+        &w,
+        &pidfile,
+        &format!("apply {} --env production --auto-approve", stack.display()),
+    );
     assert_eq!(status.signal(), Some(9));
     faults(json!({"kill_after": 0}));
     assert!(
@@ -485,25 +448,7 @@ async fn a_kill_at_every_mutating_request_of_destroy_still_ends_with_nothing_lef
         faults(
             json!({"kill_after": k, "kill_pidfile": pidfile.to_str().unwrap(), "reset_counters": true}),
         );
-        let mut sh = std::process::Command::new("sh");
-        sh.args([
-            "-c",
-            &format!(
-                "echo $$ > {}; exec {BIN} destroy {s} --auto-approve",
-                pidfile.display()
-            ),
-        ]);
-        for (k, v) in w.cmd(&[]).get_envs() {
-            if let Some(v) = v {
-                sh.env(k, v);
-            }
-        }
-        let status = sh
-            .current_dir(w.dir.path())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .unwrap();
+        let status = common::run_to_be_killed(&w, &pidfile, &format!("destroy {s} --auto-approve"));
         assert_eq!(
             status.signal(),
             Some(9),

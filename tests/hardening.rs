@@ -10,12 +10,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 fn state_of(w: &World) -> Value {
-    let p = w
-        .state_dir()
-        .join(&w.stack_name)
-        .join("production")
-        .join("state.json");
-    serde_json::from_str(&std::fs::read_to_string(p).unwrap_or_else(|_| "{}".into())).unwrap()
+    common::state_json(w)
 }
 
 /// Writes `plan` as a plan file whose digest matches its (edited) content,

@@ -402,13 +402,12 @@ fn value(stack: &Stack, r: &Resource, field: &Field, ty: &Ty, v: &SExpr, d: &mut
         if !matches!(ty, Ty::List(_) | Ty::Set(_)) || matches!(field.ty, Ty::List(_) | Ty::Set(_)) {
             if let Err(msg) = check(&lit) {
                 // Say which property, unless the check already does.
-                let msg = if msg.contains(&format!("`{}`", field.name))
-                    || msg.starts_with(field.name)
-                {
-                    msg
-                } else {
-                    format!("`{}`: {msg}", field.name)
-                };
+                let msg =
+                    if msg.contains(&format!("`{}`", field.name)) || msg.starts_with(field.name) {
+                        msg
+                    } else {
+                        format!("`{}`: {msg}", field.name)
+                    };
                 d.error(v.span, msg);
             }
         }

@@ -367,6 +367,38 @@ impl World {
     }
 }
 
+/// The world's recorded state for `production`, or `{}` when there is none.
+pub fn state_json(w: &World) -> serde_json::Value {
+    let p = w
+        .state_dir()
+        .join(&w.stack_name)
+        .join("production")
+        .join("state.json");
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap_or_else(|_| "{}".into())).unwrap()
+}
+
+/// Runs `ralph-deploy ARGS` in the world through a shell that writes its
+/// pid to `pidfile` before exec, so the fault proxy can SIGKILL it after the
+/// k-th mutating request; returns how it ended.
+pub fn run_to_be_killed(w: &World, pidfile: &Path, args: &str) -> std::process::ExitStatus {
+    let mut sh = Command::new("sh");
+    sh.args([
+        "-c",
+        &format!("echo $$ > {}; exec {BIN} {args}", pidfile.display()),
+    ]);
+    for (k, v) in w.cmd(&[]).get_envs() {
+        if let Some(v) = v {
+            sh.env(k, v);
+        }
+    }
+    sh.env("PATH", std::env::var("PATH").unwrap_or_default())
+        .current_dir(w.dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap()
+}
+
 pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }

@@ -238,6 +238,14 @@ async fn read_one(cx: &Context, arn: &str) -> Result<Observed, DriverError> {
     ))
 }
 
+/// The stack's tags plus the ownership tags, as Secrets Manager takes them.
+fn secret_tags(want: &Desired<'_>) -> Vec<Tag> {
+    tag_map(want)
+        .into_iter()
+        .map(|(k, v)| Tag::builder().key(k).value(v).build())
+        .collect()
+}
+
 /// When the secret is scheduled for deletion: its ARN and its owner.
 async fn scheduled_deletion(
     cx: &Context,
@@ -316,10 +324,7 @@ async fn restore_own(
         .send()
         .await
         .map_err(|e| Some(api_error("UpdateSecret", e)))?;
-    let tags: Vec<Tag> = tag_map(want)
-        .into_iter()
-        .map(|(k, v)| Tag::builder().key(k).value(v).build())
-        .collect();
+    let tags = secret_tags(want);
     client
         .tag_resource()
         .secret_id(&arn)
@@ -375,10 +380,7 @@ impl Driver for Secret {
 
     async fn create(&self, cx: &Context, want: &Desired<'_>) -> Result<Observed, DriverError> {
         let value = make_value(want)?;
-        let tags: Vec<Tag> = tag_map(want)
-            .into_iter()
-            .map(|(k, v)| Tag::builder().key(k).value(v).build())
-            .collect();
+        let tags = secret_tags(want);
         let out = cx
             .aws()
             .await?
@@ -445,10 +447,7 @@ impl Driver for Secret {
                     .await
                     .map_err(|e| api_error("UntagResource", e))?;
             }
-            let tags: Vec<Tag> = tag_map(want)
-                .into_iter()
-                .map(|(k, v)| Tag::builder().key(k).value(v).build())
-                .collect();
+            let tags = secret_tags(want);
             client
                 .tag_resource()
                 .secret_id(&have.id)
