@@ -15,7 +15,9 @@ Nothing in the tool knows about it: the tool only sees AWS_ENDPOINT_URL.
 Control: GET /__faults returns counters; POST /__faults with a JSON object
 sets {"rate": 0.2, "kinds": ["throttle", "500", "503", "reset", "slow"],
 "slow_ms": 500, "kill_after": k, "kill_pidfile": path, "seed": n,
-"reset_counters": true}.
+"account_id": "123456789012", "reset_counters": true}. With `account_id` set,
+requests carry moto's `x-moto-account-id` header: each test can have an
+account of its own (an empty cloud) without a reset, which is slow in moto.
 """
 import http.client
 import http.server
@@ -30,7 +32,7 @@ import time
 import urllib.parse
 
 LOCK = threading.Lock()
-CONFIG = {"rate": 0.0, "kinds": ["throttle", "500", "503"], "slow_ms": 300, "kill_after": 0, "kill_pidfile": ""}
+CONFIG = {"rate": 0.0, "kinds": ["throttle", "500", "503"], "slow_ms": 300, "kill_after": 0, "kill_pidfile": "", "account_id": ""}
 STATS = {"requests": 0, "mutating": 0, "faults": {}, "killed": 0}
 RNG = random.Random(1)
 
@@ -140,6 +142,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def forward(self, body, counted):
         conn = http.client.HTTPConnection(self.upstream.hostname, self.upstream.port, timeout=120)
         headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection",)}
+        with LOCK:
+            account = CONFIG["account_id"]
+        if account:
+            headers["x-moto-account-id"] = account
         conn.request(self.command, self.path, body=body, headers=headers)
         resp = conn.getresponse()
         data = resp.read()
