@@ -148,7 +148,8 @@ async fn a_kill_at_every_mutating_request_is_recovered_without_duplicates_or_orp
         // moto's account header): an empty cloud without a reset, which
         // costs moto seconds. Bucket names are global across accounts.
         let _ = std::fs::remove_dir_all(w.state_dir());
-        w.env.retain(|(name, _)| name != "RALPH_DEPLOY_VAR_bucket_suffix");
+        w.env
+            .retain(|(name, _)| name != "RALPH_DEPLOY_VAR_bucket_suffix");
         w.env
             .push(("RALPH_DEPLOY_VAR_bucket_suffix".into(), format!("k{k}")));
         faults(
