@@ -173,12 +173,8 @@ impl Context {
 
     /// Where cloud requests go, for messages about a cloud that does not answer.
     pub fn endpoint_description(&self) -> String {
-        let aws = self.cloud.aws.clone().unwrap_or_default();
-        match (aws.endpoint, std::env::var("AWS_ENDPOINT_URL")) {
-            (Some(e), _) => e,
-            (None, Ok(e)) if !e.is_empty() => e,
-            _ => aws::endpoint_description(),
-        }
+        aws::configured_endpoint(&self.cloud.aws.clone().unwrap_or_default())
+            .unwrap_or_else(aws::endpoint_description)
     }
 
     pub fn request_count(&self) -> u64 {

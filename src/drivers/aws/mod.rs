@@ -118,24 +118,20 @@ impl AwsClients {
             loader = loader.endpoint_url(e);
         }
         let config = loader.load().await;
-        let _ = ENDPOINT.set(
-            match (&settings.endpoint, std::env::var("AWS_ENDPOINT_URL")) {
-                (Some(e), _) => e.clone(),
-                (None, Ok(e)) if !e.is_empty() => e,
-                _ => format!(
-                    "the AWS endpoints of region {}",
-                    config.region().map(|r| r.to_string()).unwrap_or_default()
-                ),
-            },
-        );
+        let custom_endpoint = configured_endpoint(&settings);
+        let _ = ENDPOINT.set(custom_endpoint.clone().unwrap_or_else(|| {
+            format!(
+                "the AWS endpoints of region {}",
+                config.region().map(|r| r.to_string()).unwrap_or_default()
+            )
+        }));
         let region = config.region().map(|r| r.to_string()).ok_or_else(|| {
             DriverError::new("no AWS region is set: put `region` under `cloud.aws` in the stack, set AWS_REGION, or choose a profile that has one")
         })?;
         let counter = RequestCounter(requests, operations, limits, "");
         // A custom endpoint (an S3-compatible store, the local cloud) is
         // addressed by path, as such endpoints expect.
-        let custom_endpoint =
-            settings.endpoint.is_some() || std::env::var_os("AWS_ENDPOINT_URL").is_some();
+        let custom_endpoint = custom_endpoint.is_some();
         macro_rules! client {
             ($krate:ident, $service:expr) => {
                 $krate::Client::from_conf(
@@ -276,6 +272,17 @@ pub fn api_timeout() -> std::time::Duration {
         .filter(|s| *s > 0)
         .unwrap_or(DEFAULT_API_TIMEOUT_S);
     std::time::Duration::from_secs(secs)
+}
+
+/// The endpoint set by the stack (`cloud.aws.endpoint`) or by
+/// `AWS_ENDPOINT_URL`, if any: what the SDK sends requests to instead of
+/// the region's AWS endpoints.
+pub fn configured_endpoint(settings: &AwsSettings) -> Option<String> {
+    settings.endpoint.clone().or_else(|| {
+        std::env::var("AWS_ENDPOINT_URL")
+            .ok()
+            .filter(|e| !e.is_empty())
+    })
 }
 
 /// Where AWS requests go: the endpoint URL, or the region's endpoints.

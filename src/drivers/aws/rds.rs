@@ -12,8 +12,8 @@ use aws_sdk_rds::types::{ApplyMethod, Parameter, Tag};
 use serde_json::{Map, Value as Json};
 
 use super::{
-    api_error, error_code, observed_with, opt_str, read_each, read_tag_pairs, removed_tag_keys,
-    strings, tag_map, user_tags_of, wait_gone, wait_ready, Readiness,
+    api_error, error_code, gone_or_deleting, observed_with, opt_str, read_each, read_tag_pairs,
+    removed_tag_keys, strings, tag_map, user_tags_of, wait_gone, wait_ready, Readiness,
 };
 use crate::drivers::{
     Context, Desired, Driver, DriverError, Known, Observed, Timeouts, READY_ATTR, STATUS_ATTR,
@@ -1052,17 +1052,7 @@ impl Driver for Instance {
         // Already being deleted (a run killed mid-delete, or a retried
         // request whose first attempt took effect): wait for it instead of
         // asking again, which would fail or take a second final snapshot.
-        let deleting = |o: &Option<Observed>| {
-            o.as_ref()
-                .and_then(|o| o.attrs.get("status"))
-                .and_then(Json::as_str)
-                == Some("deleting")
-        };
-        let before = read_instance(cx, &have.id).await?;
-        if before.is_none() {
-            return Ok(());
-        }
-        if !deleting(&before) {
+        if !gone_or_deleting(read_instance(cx, &have.id)).await? {
             match req.send().await {
                 Ok(_) => {}
                 Err(e)
@@ -1084,8 +1074,7 @@ impl Driver for Instance {
                         )
                     ) =>
                 {
-                    let now = read_instance(cx, &have.id).await?;
-                    if now.is_some() && !deleting(&now) {
+                    if !gone_or_deleting(read_instance(cx, &have.id)).await? {
                         return Err(api_error("DeleteDBInstance", e));
                     }
                 }
