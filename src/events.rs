@@ -43,6 +43,11 @@ pub enum Event {
         address: String,
         because: String,
     },
+    /// A `moved` entry renamed a state entry (nothing in the cloud changes).
+    ResourceMoved {
+        from: String,
+        to: String,
+    },
     Warning {
         message: String,
     },

@@ -30,6 +30,10 @@ pub fn plan_text(plan: &Plan) -> String {
         plan.stack, plan.environment
     ));
     let mut any = false;
+    for m in &plan.moves {
+        any = true;
+        out.push_str(&format!("  > {} has moved to {}\n", m.from, m.to));
+    }
     for c in &plan.changes {
         if !c.is_change() {
             continue;
@@ -119,13 +123,18 @@ pub fn plan_text(plan: &Plan) -> String {
         out.push_str("  No changes. The cloud matches the stack.\n");
     }
     out.push_str(&format!(
-        "\nPlan: {} to create, {} to update, {} to replace, {} to delete{}, {} unchanged.\n",
+        "\nPlan: {} to create, {} to update, {} to replace, {} to delete{}{}, {} unchanged.\n",
         c.create,
         c.update,
         c.replace,
         c.delete,
         if c.adopt > 0 {
             format!(", {} to adopt", c.adopt)
+        } else {
+            String::new()
+        },
+        if c.moved > 0 {
+            format!(", {} to move", c.moved)
         } else {
             String::new()
         },
@@ -208,6 +217,7 @@ impl Reporter for TextReporter {
             Event::ResourceSkipped { address, because } => {
                 format!("{address}: skipped because {because} failed")
             }
+            Event::ResourceMoved { from, to } => format!("{from}: moved to {to} in the state"),
             Event::Warning { message } => format!("warning: {message}"),
         };
         let _ = writeln!(std::io::stderr(), "{line}");

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use serde_json::Value as Json;
 
+pub mod address;
 pub use kinds::{did_you_mean, Attr, Check, Field, KindSchema, Ty};
 
 /// What a plan does to one resource.

@@ -54,7 +54,7 @@ async fn work(
     l: Locked,
 ) -> Result<Outcome, OpError> {
     let Locked {
-        state,
+        mut state,
         existed,
         recovery,
     } = l;
@@ -83,6 +83,23 @@ async fn work(
     }
     if !approved && !approver.approve(&plan)? {
         return Ok(Outcome::Cancelled);
+    }
+    if !plan.moves.is_empty() {
+        // Renames only: one state write, before anything in the cloud changes.
+        let moves: Vec<(String, String)> = plan
+            .moves
+            .iter()
+            .map(|m| (m.from.clone(), m.to.clone()))
+            .collect();
+        let done = state.apply_moves(&moves);
+        for (from, to) in &done {
+            cx.reporter.report(crate::events::Event::ResourceMoved {
+                from: from.clone(),
+                to: to.clone(),
+            });
+        }
+        state.serial += 1;
+        s.backend.write(&state).await?;
     }
     let guard = SignalGuard::install(cx);
     let stack = if request.destroy {
@@ -172,7 +189,14 @@ async fn checked_saved_plan(
         )));
     }
     let fresh = s.make_plan(state, existed, cx, plan.destroy).await?;
-    let differences = saved::differences(&plan.changes, &fresh.changes);
+    let mut differences = saved::differences(&plan.changes, &fresh.changes);
+    if plan.moves != fresh.moves {
+        differences.push(format!(
+            "moves: the plan says {} move(s), now there are {}",
+            plan.moves.len(),
+            fresh.moves.len()
+        ));
+    }
     if !differences.is_empty() {
         let shown = differences.len().min(10);
         return Err(OpError::refused(format!(

@@ -127,6 +127,20 @@ impl Session {
         cx: &Context,
         destroy: bool,
     ) -> Result<Plan, OpError> {
+        // `moved` renames state entries first; the diff runs on the result.
+        let mut moved_state;
+        let mut moves = Vec::new();
+        let state = if destroy || self.stack.moved.is_empty() {
+            state
+        } else {
+            moved_state = state.clone();
+            moves = moved_state
+                .apply_moves(&self.stack.moves())
+                .into_iter()
+                .map(|(from, to)| crate::plan::Move { from, to })
+                .collect();
+            &moved_state
+        };
         let refreshed = refresh(Some(&self.stack), state, &self.registry, cx)
             .await
             .map_err(|e| OpError::Other(e.to_string()))?;
@@ -146,6 +160,7 @@ impl Session {
             state_lineage: existed.then(|| state.lineage.clone()),
             state_serial: if existed { state.serial } else { 0 },
             destroy,
+            moves,
             changes,
             created_at: chrono::Utc::now(),
         })

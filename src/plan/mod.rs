@@ -89,8 +89,18 @@ pub struct Plan {
     pub state_lineage: Option<String>,
     pub state_serial: u64,
     pub destroy: bool,
+    /// State entries the stack's `moved` list renames before the changes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub moves: Vec<Move>,
     pub changes: Vec<Change>,
     pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// `from` has moved to `to`: only the state's name for the resource changes.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Move {
+    pub from: String,
+    pub to: String,
 }
 
 #[derive(Debug, Default, Clone, Copy, Serialize, PartialEq, Eq)]
@@ -100,12 +110,17 @@ pub struct Counts {
     pub replace: usize,
     pub delete: usize,
     pub adopt: usize,
+    #[serde(rename = "move")]
+    pub moved: usize,
     pub unchanged: usize,
 }
 
 impl Plan {
     pub fn counts(&self) -> Counts {
-        let mut c = Counts::default();
+        let mut c = Counts {
+            moved: self.moves.len(),
+            ..Counts::default()
+        };
         for ch in &self.changes {
             match ch.action {
                 Action::NoOp => c.unchanged += 1,
@@ -122,7 +137,7 @@ impl Plan {
     }
 
     pub fn has_changes(&self) -> bool {
-        self.changes.iter().any(Change::is_change)
+        !self.moves.is_empty() || self.changes.iter().any(Change::is_change)
     }
 
     /// Deletes and replacements of protected resources.

@@ -8,10 +8,12 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-/// Where a value sits in a stack file. Lines and columns are 1-based;
-/// `offset` counts characters from the start of the file.
+/// Where a value sits in a stack file or a component file. Lines and
+/// columns are 1-based; `offset` counts characters from the start of the
+/// file; `file` indexes the [`SourceFile`]s of the load (0: the stack file).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Span {
+    pub file: u32,
     pub offset: usize,
     pub line: usize,
     pub column: usize,
@@ -27,6 +29,7 @@ impl Span {
                     .map(|end| end.character().saturating_sub(start.character()))
                     .unwrap_or(0);
                 Span {
+                    file: start.source() as u32,
                     offset: start.character(),
                     line: start.line(),
                     column: start.column(),
@@ -39,6 +42,7 @@ impl Span {
 
     pub fn from_marker(m: &marked_yaml::Marker) -> Span {
         Span {
+            file: m.source() as u32,
             offset: m.character(),
             line: m.line(),
             column: m.column(),
@@ -60,6 +64,17 @@ impl<T> Spanned<T> {
     }
 }
 
+/// One file a stack was loaded from: the stack file, or a component file
+/// as one use of it brought it in.
+#[derive(Debug, Clone)]
+pub struct SourceFile {
+    pub path: String,
+    pub source: Arc<str>,
+    /// For a component file: which use brought it in, such as "component
+    /// `app` used at stacks/prod.yaml:40:3".
+    pub via: Option<String>,
+}
+
 /// One problem in a stack file.
 #[derive(Debug, Clone, Serialize)]
 pub struct Problem {
@@ -69,6 +84,9 @@ pub struct Problem {
     pub message: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub help: Option<String>,
+    /// For a problem in a component file: the use that brought it in.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
     #[serde(skip)]
     pub span: Span,
 }
@@ -80,6 +98,9 @@ impl fmt::Display for Problem {
             "{}:{}:{}: {}",
             self.file, self.line, self.column, self.message
         )?;
+        if let Some(via) = &self.via {
+            write!(f, " (in {via})")?;
+        }
         if let Some(help) = &self.help {
             write!(f, " (help: {help})")?;
         }
@@ -91,18 +112,53 @@ impl fmt::Display for Problem {
 /// user sees all of them at once instead of one per run.
 #[derive(Debug, Clone)]
 pub struct Diagnostics {
+    /// The stack file.
     pub file: String,
-    pub source: Arc<str>,
+    /// Every file of the load; `Span::file` indexes it.
+    pub files: Arc<Vec<SourceFile>>,
     pub problems: Vec<Problem>,
 }
 
 impl Diagnostics {
     pub fn new(file: &Path, source: Arc<str>) -> Self {
+        let path = file.display().to_string();
         Diagnostics {
-            file: file.display().to_string(),
-            source,
+            file: path.clone(),
+            files: Arc::new(vec![SourceFile {
+                path,
+                source,
+                via: None,
+            }]),
             problems: Vec::new(),
         }
+    }
+
+    /// Diagnostics over the files of one load.
+    pub fn with_files(files: Arc<Vec<SourceFile>>) -> Self {
+        Diagnostics {
+            file: files.first().map(|f| f.path.clone()).unwrap_or_default(),
+            files,
+            problems: Vec::new(),
+        }
+    }
+
+    /// Registers another file (a component file for one of its uses); its
+    /// index is the source id to parse it with.
+    pub fn add_file(&mut self, file: SourceFile) -> u32 {
+        let files = Arc::make_mut(&mut self.files);
+        files.push(file);
+        (files.len() - 1) as u32
+    }
+
+    fn file_of(&self, span: Span) -> &SourceFile {
+        self.files
+            .get(span.file as usize)
+            .unwrap_or_else(|| &self.files[0])
+    }
+
+    /// The text of the stack file.
+    pub fn source(&self) -> &Arc<str> {
+        &self.files[0].source
     }
 
     pub fn error(&mut self, span: Span, message: impl Into<String>) {
@@ -123,12 +179,14 @@ impl Diagnostics {
         } else {
             (span.line, span.column)
         };
+        let file = self.file_of(span);
         self.problems.push(Problem {
-            file: self.file.clone(),
+            file: file.path.clone(),
             line,
             column,
             message,
             help,
+            via: file.via.clone(),
             span,
         });
     }
@@ -139,10 +197,20 @@ impl Diagnostics {
 
     /// Problems in source order, each once.
     pub fn sorted(mut self) -> Self {
-        self.problems
-            .sort_by(|a, b| (a.line, a.column, &a.message).cmp(&(b.line, b.column, &b.message)));
-        self.problems
-            .dedup_by(|a, b| a.line == b.line && a.column == b.column && a.message == b.message);
+        self.problems.sort_by(|a, b| {
+            (a.span.file, a.line, a.column, &a.message).cmp(&(
+                b.span.file,
+                b.line,
+                b.column,
+                &b.message,
+            ))
+        });
+        self.problems.dedup_by(|a, b| {
+            a.span.file == b.span.file
+                && a.line == b.line
+                && a.column == b.column
+                && a.message == b.message
+        });
         self
     }
 
@@ -158,15 +226,21 @@ impl Diagnostics {
                 out.push_str(&format!("  x {p}\n\n"));
                 continue;
             }
-            let byte_offset = char_to_byte(&self.source, p.span.offset);
-            let byte_len = char_to_byte(&self.source[byte_offset..], p.span.len.max(1)).max(1);
+            let source = &self.file_of(p.span).source;
+            let byte_offset = char_to_byte(source, p.span.offset);
+            let byte_len = char_to_byte(&source[byte_offset..], p.span.len.max(1)).max(1);
+            let via = p
+                .via
+                .as_ref()
+                .map(|v| format!(" (in {v})"))
+                .unwrap_or_default();
             let diag = RenderedProblem {
-                message: format!("{}:{}:{}: {}", p.file, p.line, p.column, p.message),
+                message: format!("{}:{}:{}: {}{via}", p.file, p.line, p.column, p.message),
                 help: p.help.clone(),
-                src: NamedSource::new(&p.file, self.source.to_string()),
+                src: NamedSource::new(&p.file, source.to_string()),
                 at: miette::SourceSpan::new(
                     byte_offset.into(),
-                    byte_len.min(self.source.len().saturating_sub(byte_offset)),
+                    byte_len.min(source.len().saturating_sub(byte_offset)),
                 ),
             };
             // The renderer is a library: should it ever fail on some input,
@@ -189,7 +263,8 @@ impl Diagnostics {
             return false;
         }
         let line = p.line.max(1);
-        self.source
+        self.file_of(p.span)
+            .source
             .lines()
             .skip(line.saturating_sub(2))
             .take(3)

@@ -5,6 +5,7 @@
 use serde_json::Value as Json;
 
 use super::diag::{Span, Spanned};
+use super::functions::Func;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct SExpr {
@@ -22,12 +23,17 @@ pub enum Expr {
     Str(Vec<Part>),
     List(Vec<SExpr>),
     Map(Vec<(Spanned<String>, SExpr)>),
+    /// A function call with an argument not known before the apply
+    /// (calls on known values are evaluated while loading).
+    Call(Func, Vec<SExpr>),
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Part {
     Lit(String),
     Ref(Reference),
+    /// Any other value interpolated into text (a call, a list of references).
+    Value(Box<SExpr>),
 }
 
 /// `${address.attribute}`: an attribute of another resource in the stack.
@@ -91,7 +97,7 @@ impl SExpr {
         match &self.expr {
             Expr::Str(parts) if parts.len() == 1 => match &parts[0] {
                 Part::Lit(s) => Some(s),
-                Part::Ref(_) => None,
+                Part::Ref(_) | Part::Value(_) => None,
             },
             _ => None,
         }
@@ -102,7 +108,7 @@ impl SExpr {
         match &self.expr {
             Expr::Str(parts) if parts.len() == 1 => match &parts[0] {
                 Part::Ref(r) => Some(r),
-                Part::Lit(_) => None,
+                Part::Lit(_) | Part::Value(_) => None,
             },
             _ => None,
         }
@@ -112,12 +118,16 @@ impl SExpr {
         match &self.expr {
             Expr::Str(parts) => {
                 for p in parts {
-                    if let Part::Ref(r) = p {
-                        out.push((r.clone(), self.span));
+                    match p {
+                        Part::Ref(r) => out.push((r.clone(), self.span)),
+                        Part::Value(v) => v.collect_references(out),
+                        Part::Lit(_) => {}
                     }
                 }
             }
-            Expr::List(items) => items.iter().for_each(|i| i.collect_references(out)),
+            Expr::List(items) | Expr::Call(_, items) => {
+                items.iter().for_each(|i| i.collect_references(out))
+            }
             Expr::Map(entries) => entries.iter().for_each(|(_, v)| v.collect_references(out)),
             _ => {}
         }
@@ -147,9 +157,19 @@ impl SExpr {
                     match p {
                         Part::Lit(l) => s.push_str(l),
                         Part::Ref(r) => s.push_str(&json_to_text(&lookup(r)?)),
+                        Part::Value(v) => s.push_str(&json_to_text(&v.evaluate(lookup)?)),
                     }
                 }
                 Json::String(s)
+            }
+            Expr::Call(f, args) => {
+                let args = args
+                    .iter()
+                    .map(|a| a.evaluate(lookup))
+                    .collect::<Option<Vec<_>>>()?;
+                // Argument types were checked while loading where known; a
+                // call that still fails has no value to give.
+                f.call(&args).ok()?
             }
             Expr::List(items) => Json::Array(
                 items

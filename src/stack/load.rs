@@ -12,8 +12,12 @@ use serde_json::Value as Json;
 use sha2::{Digest, Sha256};
 
 use super::diag::{Diagnostics, Span, Spanned};
-use super::expr::{split_template, Expr, Part, RawPart, Reference, SExpr};
+use super::expr::{split_template, Expr, Part, RawPart, SExpr};
+use components::push_lit;
 use super::{AwsSettings, CloudSettings, GcpSettings, Output, Resource, Stack};
+
+#[path = "components.rs"]
+mod components;
 use crate::model::{did_you_mean, Catalog, Timeouts};
 
 /// Larger stack files are refused before parsing.
@@ -28,6 +32,8 @@ const TOP_KEYS: &[&str] = &[
     "variables",
     "environments",
     "resources",
+    "components",
+    "moved",
     "outputs",
 ];
 const ENV_KEYS: &[&str] = &["variables", "cloud", "resources"];
@@ -39,7 +45,17 @@ const RESOURCE_KEYS: &[&str] = &[
     "enabled",
     "description",
     "timeouts",
+    "for_each",
 ];
+/// At the top of a component file.
+const COMPONENT_KEYS: &[&str] = &["description", "inputs", "resources", "components", "outputs"];
+/// In a use of a component.
+const USE_KEYS: &[&str] = &["source", "inputs", "for_each", "depends_on", "description"];
+/// Component inputs take these types, and `any` (a reference's type is known
+/// only to the kind it comes from).
+const INPUT_TYPES: &[&str] = &["string", "number", "bool", "list", "map", "any"];
+/// Components may use components this deep.
+const MAX_COMPONENT_DEPTH: usize = 8;
 const VARIABLE_KEYS: &[&str] = &["type", "default", "description"];
 const VARIABLE_TYPES: &[&str] = &["string", "number", "bool", "list", "map"];
 const OUTPUT_KEYS: &[&str] = &["value", "description"];
@@ -119,6 +135,15 @@ pub fn load(
         vars: BTreeMap::new(),
         stack_name: String::new(),
         environment: String::new(),
+        scope: Scope {
+            dir: path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| ".".into()),
+            ..Scope::default()
+        },
+        out: BTreeMap::new(),
     };
     let stack = loader.stack(path, top, options, registry);
     let d = loader.d;
@@ -133,6 +158,43 @@ struct Loader {
     vars: BTreeMap<String, Json>,
     stack_name: String,
     environment: String,
+    /// Where names are looked up while values are read.
+    scope: Scope,
+    /// Every resource instance, by its full address.
+    out: BTreeMap<String, Resource>,
+}
+
+/// The stack file, or one instance of a component use, while it is read.
+#[derive(Debug, Clone, Default)]
+struct Scope {
+    /// "" for the stack; `app.` or `zone["a"].` inside a component.
+    prefix: String,
+    /// The component's inputs, read in the using scope; `None` in the stack
+    /// file (which has variables instead).
+    inputs: Option<BTreeMap<String, SExpr>>,
+    /// `each.key` and `each.value` inside a `for_each`.
+    each: Option<(String, Json)>,
+    names: BTreeMap<String, Name>,
+    /// Component sources are relative to this directory.
+    dir: std::path::PathBuf,
+    /// The component files on the way here (a component may not use itself).
+    chain: Vec<std::path::PathBuf>,
+}
+
+/// What a name in a scope stands for.
+#[derive(Debug, Clone)]
+enum Name {
+    /// A resource; with `for_each`, the keys of its instances.
+    Resource { keys: Option<Vec<String>> },
+    /// A component use: each instance's outputs ("" when there is no
+    /// `for_each`) and the addresses of every resource it made.
+    Component {
+        keys: Option<Vec<String>>,
+        outputs: BTreeMap<String, BTreeMap<String, SExpr>>,
+        addresses: Vec<String>,
+    },
+    /// A component use not expanded yet.
+    Pending,
 }
 
 impl Loader {
@@ -206,26 +268,31 @@ impl Loader {
                 }
             }
         }
-        let mut resources = BTreeMap::new();
-        match &resources_node {
-            Some(node) => {
-                if let Some(map) = self.mapping(node, "resources") {
-                    for (k, v) in map.iter() {
-                        if bad_overlay.contains(k.as_str()) {
-                            continue;
-                        }
-                        if let Some(r) = self.resource(k, v, registry) {
-                            resources.insert(r.address.clone(), r);
-                        }
-                    }
+        let resources_map = match &resources_node {
+            Some(node) => self.mapping(node, "resources").cloned(),
+            None => {
+                if top.get_node("components").is_none() {
+                    self.d.error_help(
+                        span_of_map(top),
+                        "the stack has no `resources`",
+                        "add a `resources:` mapping",
+                    );
                 }
+                None
             }
-            None => self.d.error_help(
-                span_of_map(top),
-                "the stack has no `resources`",
-                "add a `resources:` mapping",
-            ),
-        }
+        };
+        let components_map = top
+            .get_node("components")
+            .and_then(|n| self.mapping(n, "components"))
+            .cloned();
+        self.body(
+            resources_map.as_ref(),
+            components_map.as_ref(),
+            &bad_overlay,
+            registry,
+        );
+        let resources = std::mem::take(&mut self.out);
+        let moved = self.moved(top.get_node("moved"));
 
         let mut outputs = BTreeMap::new();
         if let Some(map) = top
@@ -241,8 +308,10 @@ impl Loader {
 
         let digest = {
             let mut h = Sha256::new();
-            h.update(self.d.source.as_bytes());
-            h.update([0]);
+            for f in self.d.files.iter() {
+                h.update(f.source.as_bytes());
+                h.update([0]);
+            }
             h.update(environment.as_bytes());
             h.update([0]);
             h.update(serde_json::to_vec(&self.vars).unwrap_or_default());
@@ -250,7 +319,8 @@ impl Loader {
         };
         Some(Stack {
             path: path.to_path_buf(),
-            source: self.d.source.clone(),
+            source: self.d.source().clone(),
+            files: self.d.files.clone(),
             digest,
             name: name?,
             environment,
@@ -258,6 +328,7 @@ impl Loader {
             variables: self.vars.clone(),
             resources,
             outputs,
+            moved,
         })
     }
 
@@ -557,24 +628,15 @@ impl Loader {
         }
     }
 
+    /// One resource instance at `address` (its name in the file is `key`).
     fn resource(
         &mut self,
         key: &MarkedScalarNode,
-        node: &Node,
+        map: &MarkedMappingNode,
         registry: &dyn Catalog,
+        address: String,
     ) -> Option<Resource> {
-        let address = key.as_str().to_string();
         let kspan = Span::from_marked(key.span());
-        if !valid_address(&address) {
-            self.d.error_help(kspan, format!("resource address `{address}` is not valid"), "use lowercase letters, digits, `_` and `-`, starting with a letter, at most 64 characters");
-        }
-        let map = self.mapping(node, &format!("resource `{address}`"))?;
-        self.check_keys(map, RESOURCE_KEYS, &format!("in resource `{address}`"));
-        if let Some(enabled) = map.get_node("enabled") {
-            if !self.boolean(enabled, "enabled")? {
-                return None;
-            }
-        }
         let kind_node = match map.get_node("kind") {
             Some(k) => k,
             None => {
@@ -586,7 +648,24 @@ impl Loader {
                 return None;
             }
         };
-        let kind_name = self.scalar(kind_node, "kind")?;
+        let kind_text = self.scalar(kind_node, "kind")?.to_string();
+        // A component may take its kind as an input (`kind: ${input.secret_kind}`).
+        let kind_name = if kind_text.contains("${") {
+            match self.expr(kind_node, 1).and_then(|e| e.to_literal()) {
+                Some(Json::String(k)) => k,
+                _ => {
+                    self.d.error_help(
+                        span_of(kind_node),
+                        "`kind` must be known while loading",
+                        "write the kind, or take it from a variable or an input",
+                    );
+                    return None;
+                }
+            }
+        } else {
+            kind_text
+        };
+        let kind_name = kind_name.as_str();
         let Some(kind) = registry.schema(kind_name) else {
             let hint = match did_you_mean(kind_name, registry.kinds()) {
                 Some(s) => format!("did you mean `{s}`?"),
@@ -621,7 +700,9 @@ impl Loader {
                 Some(seq) => {
                     for item in seq.iter() {
                         if let Some(s) = self.scalar(item, "depends_on entry") {
-                            depends_on.push(Spanned::new(s.to_string(), span_of(item)));
+                            for a in self.depends_on_addresses(s) {
+                                depends_on.push(Spanned::new(a, span_of(item)));
+                            }
                         }
                     }
                 }
@@ -768,47 +849,18 @@ impl Loader {
                 return None;
             }
         };
-        // A string that is exactly `${var.x}` takes the variable's own type.
+        // A string that is exactly one `${...}` takes the value's own type.
         if let [RawPart::Expr(e)] = raw.as_slice() {
-            if let Some(name) = e.strip_prefix("var.") {
-                let v = self.variable(name, span)?;
-                return Some(json_to_sexpr(&v, span));
-            }
+            return self.lower_text(e, span);
         }
         let mut parts: Vec<Part> = Vec::new();
-        let push_lit = |parts: &mut Vec<Part>, text: String| match parts.last_mut() {
-            Some(Part::Lit(l)) => l.push_str(&text),
-            _ => parts.push(Part::Lit(text)),
-        };
         for p in raw {
             match p {
                 RawPart::Lit(l) => push_lit(&mut parts, l),
                 RawPart::Expr(e) => {
-                    if let Some(name) = e.strip_prefix("var.") {
-                        let v = self.variable(name, span)?;
-                        push_lit(&mut parts, super::expr::json_to_text(&v));
-                    } else if e == "stack.name" {
-                        push_lit(&mut parts, self.stack_name.clone());
-                    } else if e == "stack.environment" {
-                        push_lit(&mut parts, self.environment.clone());
-                    } else {
-                        let mut it = e.splitn(2, '.');
-                        match (it.next(), it.next()) {
-                            (Some(a), Some(attr)) if valid_address(a) && valid_attribute(attr) => {
-                                parts.push(Part::Ref(Reference {
-                                    address: a.to_string(),
-                                    attribute: attr.to_string(),
-                                }))
-                            }
-                            _ => {
-                                self.d.error_help(
-                                    span,
-                                    format!("`${{{e}}}` is not a reference"),
-                                    "write `${address.attribute}` for another resource, `${var.name}` for a variable, or `${stack.name}` / `${stack.environment}`",
-                                );
-                                return None;
-                            }
-                        }
+                    let v = self.lower_text(&e, span)?;
+                    if !self.splice(&mut parts, v, &e, span) {
+                        return None;
                     }
                 }
             }
@@ -1072,6 +1124,7 @@ fn too_deep(text: &str) -> Option<Span> {
                 depth += 1;
                 if depth > MAX_DEPTH {
                     return Some(Span {
+                        file: 0,
                         offset,
                         line,
                         column: col,
@@ -1087,6 +1140,7 @@ fn too_deep(text: &str) -> Option<Span> {
         let indent = l.len() - l.trim_start_matches(' ').len();
         if indent > MAX_DEPTH * 8 {
             return Some(Span {
+                file: 0,
                 offset: 0,
                 line: i + 1,
                 column: 1,
@@ -1105,9 +1159,6 @@ fn valid_identifier(s: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
 }
 
-pub fn valid_address(s: &str) -> bool {
-    valid_identifier(s)
-}
 
 fn valid_attribute(s: &str) -> bool {
     !s.is_empty()

@@ -8,8 +8,10 @@
 
 pub mod diag;
 pub mod expr;
+pub mod functions;
 pub mod json_schema;
 mod load;
+pub mod syntax;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -18,7 +20,7 @@ use std::sync::Arc;
 
 use serde_json::Value as Json;
 
-pub use diag::{Diagnostics, Problem, Span, Spanned};
+pub use diag::{Diagnostics, Problem, SourceFile, Span, Spanned};
 pub use expr::{Expr, Reference, SExpr};
 pub use load::LoadOptions;
 
@@ -29,7 +31,11 @@ use crate::model::{Catalog, KindSchema, Timeouts};
 #[derive(Debug, Clone)]
 pub struct Stack {
     pub path: PathBuf,
+    /// The stack file's text.
     pub source: Arc<str>,
+    /// The stack file and every component file (once per use), for
+    /// diagnostics: `Span::file` indexes it.
+    pub files: Arc<Vec<SourceFile>>,
     /// sha256 of the file, the environment and the variable values: a saved
     /// plan is only applied to the stack it was made from.
     pub digest: String,
@@ -37,8 +43,22 @@ pub struct Stack {
     pub environment: String,
     pub cloud: CloudSettings,
     pub variables: BTreeMap<String, Json>,
+    /// Every resource instance by its full address (`vpc`,
+    /// `private["a"]`, `app.deployment`): components and `for_each` are
+    /// expanded while loading.
     pub resources: BTreeMap<String, Resource>,
     pub outputs: BTreeMap<String, Output>,
+    /// State entries renamed by the stack's `moved` list.
+    pub moved: Vec<Moved>,
+}
+
+/// `moved: [{ from: private_a, to: 'private["a"]' }]`: the resource recorded
+/// at `from` is now declared at `to` (or, for a component or a `for_each`,
+/// everything under `from` is now under `to`).
+#[derive(Debug, Clone)]
+pub struct Moved {
+    pub from: Spanned<String>,
+    pub to: Spanned<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -90,6 +110,14 @@ pub struct Output {
 }
 
 impl Stack {
+    /// The `moved` entries as (from, to).
+    pub fn moves(&self) -> Vec<(String, String)> {
+        self.moved
+            .iter()
+            .map(|m| (m.from.value.clone(), m.to.value.clone()))
+            .collect()
+    }
+
     /// The directory relative paths in the stack start from.
     pub fn base_dir(&self) -> PathBuf {
         match self.path.parent() {

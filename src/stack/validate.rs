@@ -12,7 +12,7 @@ use super::{Resource, Stack};
 use crate::kinds::{did_you_mean, Field, Ty};
 
 pub fn validate(stack: &Stack) -> Result<(), Diagnostics> {
-    let mut d = Diagnostics::new(&stack.path, stack.source.clone());
+    let mut d = Diagnostics::with_files(stack.files.clone());
     for r in stack.resources.values() {
         resource(stack, r, &mut d);
     }
@@ -31,6 +31,7 @@ pub fn validate(stack: &Stack) -> Result<(), Diagnostics> {
         }
     }
     within(stack, &mut d);
+    moved(stack, &mut d);
     if let Err(cycle) = stack.graph() {
         let first = stack.resources.get(&cycle.members[0]);
         let span = first.map(|r| r.span).unwrap_or_default();
@@ -260,6 +261,22 @@ fn value(stack: &Stack, r: &Resource, field: &Field, ty: &Ty, v: &SExpr, d: &mut
         }
         return;
     }
+    if let Expr::Call(f, _) = &v.expr {
+        // Known only at apply time; a call giving text cannot fill a number.
+        if !f.returns_string() || matches!(ty, Ty::String | Ty::Version | Ty::Cidr) {
+            return;
+        }
+        d.error(
+            v.span,
+            format!(
+                "`{}` expects {}, but `{}` gives a string",
+                field.name,
+                ty.describe(),
+                f.name()
+            ),
+        );
+        return;
+    }
     let problems_before = d.problems.len();
     let type_error = |d: &mut Diagnostics, help: Option<&str>| {
         let msg = format!(
@@ -423,6 +440,7 @@ fn describe_expr(e: &Expr) -> &'static str {
         Expr::Str(_) => "a string",
         Expr::List(_) => "a list",
         Expr::Map(_) => "a mapping",
+        Expr::Call(..) => "the result of a function",
     }
 }
 
@@ -491,6 +509,40 @@ fn within(stack: &Stack, d: &mut Diagnostics) {
                     );
                 }
             }
+        }
+    }
+}
+
+/// `moved` entries: each must lead to something the stack declares, and
+/// must not rename something the stack still declares.
+fn moved(stack: &Stack, d: &mut Diagnostics) {
+    use crate::model::address::is_under;
+    let mut froms = std::collections::BTreeSet::new();
+    for m in &stack.moved {
+        let (from, to) = (&m.from.value, &m.to.value);
+        if !froms.insert(from.clone()) {
+            d.error(m.from.span, format!("`{from}` is moved twice"));
+        }
+        if from == to {
+            d.error(m.to.span, format!("`{from}` is moved to itself"));
+            continue;
+        }
+        if !stack.resources.keys().any(|a| is_under(a, to)) {
+            let hint = did_you_mean(to, stack.resources.keys().map(String::as_str))
+                .map(|s| format!("did you mean `{s}`?"))
+                .unwrap_or_else(|| "`to` names a resource (or component use) the stack declares".into());
+            d.error_help(
+                m.to.span,
+                format!("`moved` leads to `{to}`, which matches nothing in the stack"),
+                hint,
+            );
+        }
+        if stack.resources.keys().any(|a| is_under(a, from)) {
+            d.error_help(
+                m.from.span,
+                format!("`moved` renames `{from}`, which the stack still declares"),
+                "remove the old declaration, or the `moved` entry",
+            );
         }
     }
 }

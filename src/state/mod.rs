@@ -74,6 +74,45 @@ impl ResourceState {
 }
 
 impl State {
+    /// Renames entries as the stack's `moved` list says: an entry at `from`
+    /// (or under it, for a component or a `for_each`) goes to the same place
+    /// under `to`, unless something is recorded there already. Returns the
+    /// renames made, in order; references in `depends_on` follow.
+    pub fn apply_moves(&mut self, moved: &[(String, String)]) -> Vec<(String, String)> {
+        use crate::model::address::is_under;
+        let mut done = Vec::new();
+        for (from, to) in moved {
+            let hits: Vec<String> = self
+                .resources
+                .keys()
+                .filter(|a| is_under(a, from))
+                .cloned()
+                .collect();
+            for old in hits {
+                let new = format!("{to}{}", &old[from.len()..]);
+                if self.resources.contains_key(&new) {
+                    continue;
+                }
+                if let Some(r) = self.resources.remove(&old) {
+                    self.resources.insert(new.clone(), r);
+                    done.push((old, new));
+                }
+            }
+        }
+        if !done.is_empty() {
+            let renamed: BTreeMap<&str, &str> =
+                done.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+            for r in self.resources.values_mut() {
+                for d in r.depends_on.iter_mut() {
+                    if let Some(n) = renamed.get(d.as_str()) {
+                        *d = n.to_string();
+                    }
+                }
+            }
+        }
+        done
+    }
+
     pub fn new(stack: &str, environment: &str) -> State {
         State {
             format_version: FORMAT_VERSION,

@@ -406,7 +406,10 @@ pub(crate) fn tag_map(want: &Desired<'_>) -> BTreeMap<String, String> {
     let mut tags: BTreeMap<String, String> = user_tags(want.props);
     tags.insert(TAG_STACK.into(), want.owner.stack.clone());
     tags.insert(TAG_ENVIRONMENT.into(), want.owner.environment.clone());
-    tags.insert(TAG_ADDRESS.into(), want.address.to_string());
+    tags.insert(
+        TAG_ADDRESS.into(),
+        crate::model::address::to_tag(want.address),
+    );
     tags
 }
 
@@ -474,7 +477,7 @@ pub(crate) fn read_tag_pairs<'a>(
     let mut user = Map::new();
     for (k, v) in tags {
         if k == TAG_ADDRESS {
-            address = Some(v.to_string());
+            address = Some(crate::model::address::from_tag(v));
         } else if k == TAG_STACK {
             stack = Some(v.to_string());
         } else if k == TAG_ENVIRONMENT {

@@ -191,7 +191,12 @@ fn ownership(d: &Deployment) -> (Option<Owner>, Option<String>) {
         }),
         _ => None,
     };
-    (owner, labels.get(render::LABEL_RESOURCE).cloned())
+    (
+        owner,
+        labels
+            .get(render::LABEL_RESOURCE)
+            .map(|l| crate::model::address::from_label(l)),
+    )
 }
 
 /// What is left of a rollout, if it has not finished: pods of an older
@@ -812,7 +817,8 @@ impl Driver for Orchestrator {
         let labels = ns.metadata.labels.unwrap_or_default();
         let ours = labels.get(render::LABEL_STACK) == Some(&cx.owner.stack)
             && labels.get(render::LABEL_ENVIRONMENT) == Some(&cx.owner.environment)
-            && labels.get(render::LABEL_RESOURCE).map(String::as_str) == Some(address);
+            && labels.get(render::LABEL_RESOURCE)
+                == Some(&crate::model::address::to_label(address));
         if !ours {
             return Ok(());
         }

@@ -289,7 +289,10 @@ pub fn ownership_labels(
         (LABEL_MANAGED_BY.to_string(), MANAGER.to_string()),
         (LABEL_STACK.to_string(), owner.stack.clone()),
         (LABEL_ENVIRONMENT.to_string(), owner.environment.clone()),
-        (LABEL_RESOURCE.to_string(), address.to_string()),
+        (
+            LABEL_RESOURCE.to_string(),
+            crate::model::address::to_label(address),
+        ),
     ])
 }
 
@@ -297,7 +300,9 @@ pub fn ownership_labels(
 pub fn ownership_selector(owner: &crate::drivers::Owner, address: &str) -> String {
     format!(
         "{LABEL_MANAGED_BY}={MANAGER},{LABEL_STACK}={},{LABEL_ENVIRONMENT}={},{LABEL_RESOURCE}={}",
-        owner.stack, owner.environment, address
+        owner.stack,
+        owner.environment,
+        crate::model::address::to_label(address)
     )
 }
 
