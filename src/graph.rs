@@ -117,12 +117,35 @@ impl ResourceGraph {
         let mut s = String::from("digraph stack {\n  rankdir=LR;\n  node [shape=box];\n");
         let mut nodes: Vec<&String> = self.index.keys().collect();
         nodes.sort();
+        // A component use's resources are drawn inside a box of their own.
+        let mut groups: BTreeMap<&str, Vec<&String>> = BTreeMap::new();
         for n in nodes {
-            let kind = kinds.get(n).map(String::as_str).unwrap_or("");
-            s.push_str(&format!("  \"{n}\" [label=\"{n}\\n{kind}\"];\n"));
+            let group = n.rfind('.').map(|i| &n[..i]).unwrap_or("");
+            groups.entry(group).or_default().push(n);
+        }
+        for (i, (group, members)) in groups.iter().enumerate() {
+            let indent = if group.is_empty() { "  " } else { "    " };
+            if !group.is_empty() {
+                s.push_str(&format!(
+                    "  subgraph cluster_{i} {{\n    label=\"{}\";\n",
+                    dot_escape(group)
+                ));
+            }
+            for n in members {
+                let kind = kinds.get(*n).map(String::as_str).unwrap_or("");
+                let id = dot_escape(n);
+                s.push_str(&format!("{indent}\"{id}\" [label=\"{id}\\n{kind}\"];\n"));
+            }
+            if !group.is_empty() {
+                s.push_str("  }\n");
+            }
         }
         for e in self.sorted_edges() {
-            s.push_str(&format!("  \"{}\" -> \"{}\";\n", e.0, e.1));
+            s.push_str(&format!(
+                "  \"{}\" -> \"{}\";\n",
+                dot_escape(&e.0),
+                dot_escape(&e.1)
+            ));
         }
         s.push_str("}\n");
         s
@@ -134,7 +157,8 @@ impl ResourceGraph {
         nodes.sort();
         for n in nodes {
             let kind = kinds.get(n).map(String::as_str).unwrap_or("");
-            s.push_str(&format!("  {}[\"{n}<br/>{kind}\"]\n", mermaid_id(n)));
+            let label = n.replace('"', "#quot;");
+            s.push_str(&format!("  {}[\"{label}<br/>{kind}\"]\n", mermaid_id(n)));
         }
         for (a, b) in self.sorted_edges() {
             s.push_str(&format!("  {} --> {}\n", mermaid_id(&a), mermaid_id(&b)));
@@ -154,8 +178,17 @@ impl ResourceGraph {
     }
 }
 
+/// A node id mermaid accepts: `private["a"]` becomes `private__a`,
+/// `app.db` becomes `app_db`.
 fn mermaid_id(s: &str) -> String {
-    s.replace('-', "_")
+    s.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect::<String>()
+        .replace("___", "__")
+}
+
+fn dot_escape(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"")
 }
 
 /// What happened to one node of a walk.

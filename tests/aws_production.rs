@@ -108,17 +108,17 @@ async fn production_stack_end_to_end() {
         .iter()
         .any(|e| e["event"] == "resource_waiting" && e["address"] == "eks"));
     // Dependency order.
-    assert!(ev.at("resource_finished", "vpc") < ev.at("resource_started", "private_a"));
+    assert!(ev.at("resource_finished", "vpc") < ev.at("resource_started", "private[\"a\"]"));
     assert!(ev.at("resource_finished", "db") < ev.at("resource_started", "db_replica"));
     assert!(ev.at("resource_finished", "eks") < ev.at("resource_started", "nodes"));
-    assert!(ev.at("resource_finished", "redis_auth") < ev.at("resource_started", "redis"));
+    assert!(ev.at("resource_finished", "secrets.redis_auth") < ev.at("resource_started", "redis"));
     assert!(
-        ev.at("resource_finished", "db") < ev.at("resource_started", "schema"),
+        ev.at("resource_finished", "db") < ev.at("resource_started", "app.schema"),
         "migrations run once the database is up"
     );
-    for before in ["schema", "nodes", "secret_key"] {
+    for before in ["app.schema", "nodes", "secrets.secret_key"] {
         assert!(
-            ev.at("resource_finished", before) < ev.at("resource_started", "orchestrator"),
+            ev.at("resource_finished", before) < ev.at("resource_started", "app.orchestrator"),
             "the orchestrator rolls out after {before}"
         );
     }
@@ -337,9 +337,9 @@ async fn production_stack_end_to_end() {
     for (dependent, dependency) in [
         ("nodes", "eks"),
         ("db_replica", "db"),
-        ("private_a", "vpc"),
+        ("private[\"a\"]", "vpc"),
         ("db", "db_subnets"),
-        ("redis", "redis_auth"),
+        ("redis", "secrets.redis_auth"),
     ] {
         assert!(
             ev.at("resource_finished", dependent) < ev.at("resource_started", dependency),
@@ -348,4 +348,71 @@ async fn production_stack_end_to_end() {
     }
     assert_eq!(w.tagged().await, vec![]);
     assert_eq!(w.tagged_beyond_ec2().await, Vec::<String>::new());
+}
+
+/// The production stack was rewritten with `for_each` and components; a
+/// state made by the flat stack it replaced plans only moves, and applying
+/// them renames the state's entries without touching the cloud.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_rewritten_stack_only_moves_what_the_flat_one_made() {
+    let name = format!("tm{}", std::process::id());
+    let mut w = World::from_stack("tests/fixtures/aws-production-flat.yaml", &name);
+    let db = common::fresh_database(&name).await;
+    w.env.push((
+        "RALPH_DEPLOY_VAR_database_tunnel_url".into(),
+        format!("{db}?sslmode=disable"),
+    ));
+    let ev = apply_json(&w, &[]);
+    assert_eq!(ev.summary()["created"], 44);
+    let ids_before: BTreeMap<String, String> = common::state_json(&w)["resources"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|r| (r["id"].as_str().unwrap().to_string(), r["kind"].as_str().unwrap().to_string()))
+        .collect();
+
+    w.replace_stack("aws-production.yaml");
+    let out = w
+        .cmd(&["plan", w.stack().to_str().unwrap(), "--env", "production", "--json", "--detailed-exitcode"])
+        .env("ANTHROPIC_API_KEY", KEY)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "moves are changes:\n{}", text(&out.stderr));
+    let plan: Value = serde_json::from_str(&text(&out.stdout)).unwrap();
+    let moves = plan["moves"].as_array().unwrap();
+    assert_eq!(moves.len(), 27, "{plan}");
+    assert!(moves.iter().any(|m| m["from"] == "private_a" && m["to"] == "private[\"a\"]"));
+    assert!(moves.iter().any(|m| m["from"] == "orchestrator" && m["to"] == "app.orchestrator"));
+    let not_noop: Vec<String> = plan["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["action"] != "no_op" || c["adopt"] == true)
+        .map(|c| format!("{} {} {}", c["address"], c["action"], c["attributes"]))
+        .collect();
+    assert!(not_noop.is_empty(), "only moves, but: {not_noop:?}");
+    let human = w.ok("plan", &[]);
+    assert!(human.contains("private_a has moved to private[\"a\"]"), "{human}");
+    assert!(human.contains("27 to move"), "{human}");
+
+    let ev = apply_json(&w, &[]);
+    let s = ev.summary();
+    assert_eq!((s["created"].as_u64(), s["deleted"].as_u64()), (Some(0), Some(0)), "{s}");
+    assert_eq!(
+        ev.0.iter().filter(|e| e["event"] == "resource_moved").count(),
+        27
+    );
+    let st = common::state_json(&w);
+    let ids_after: BTreeMap<String, String> = st["resources"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|r| (r["id"].as_str().unwrap().to_string(), r["kind"].as_str().unwrap().to_string()))
+        .collect();
+    assert_eq!(ids_before, ids_after, "the same resources, renamed");
+    assert!(st["resources"]["nat[\"b\"]"].is_object());
+    assert!(st["resources"]["app.orchestrator"].is_object());
+    // Nothing left to do, moved entries still in the stack.
+    let out = w.run("plan", &["--detailed-exitcode"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
 }

@@ -185,7 +185,9 @@ pub fn desired_properties(
                     "Name".into(),
                     Json::String(format!(
                         "{}-{}-{}",
-                        owner.stack, owner.environment, r.address
+                        owner.stack,
+                        owner.environment,
+                        crate::model::address::to_tag(&r.address)
                     )),
                 );
             }
@@ -210,6 +212,16 @@ pub fn desired_properties(
         out.insert(k, Some(v));
     }
     Ok(out)
+}
+
+/// Whether the stack gives the resource a `Name` tag of its own (unknown
+/// tags count as yes: they are compared in full).
+fn names_itself(r: &Resource) -> bool {
+    match r.properties.get("tags").map(|p| p.value.to_literal()) {
+        None => false,
+        Some(Some(Json::Object(m))) => m.contains_key("Name"),
+        Some(_) => true,
+    }
 }
 
 /// Compares two values of a field, sets without regard to order.
@@ -422,6 +434,21 @@ fn diff_one(
             .filter(|v| !v.is_null())
             .cloned()
             .or_else(|| recorded.and_then(|rs| rs.inputs.get(f.name).cloned()));
+        // The default `Name` tag is given at creation; afterwards it is not
+        // enforced, so a resource that `moved` keeps the name it was made with.
+        let (want, have) = if f.name == "tags" && kind.taggable && !names_itself(r) {
+            let strip = |v: &Option<Json>| {
+                v.clone().map(|mut t| {
+                    if let Some(m) = t.as_object_mut() {
+                        m.remove("Name");
+                    }
+                    t
+                })
+            };
+            (&strip(want), strip(&have))
+        } else {
+            (want, have)
+        };
         let differs = match (want, &have) {
             (None, _) => true,
             (Some(w), Some(h)) => !same_value(&f.ty, w, h),

@@ -146,6 +146,11 @@ pub async fn refresh(
             let Some(address) = obs.address.clone() else {
                 continue;
             };
+            // Made under a name the stack has since `moved`.
+            let address = match stack {
+                Some(s) if !declared(&address, &kind) => moved_to(&s.moves(), address),
+                _ => address,
+            };
             if declared(&address, &kind) && !out.current.contains_key(&address) {
                 out.adopted.insert(address.clone());
                 out.kinds.insert(address.clone(), kind.clone());
@@ -161,4 +166,14 @@ pub async fn refresh(
         elapsed_ms: started.elapsed().as_millis(),
     });
     Ok(out)
+}
+
+/// Where `address` is after the stack's `moved` entries.
+fn moved_to(moves: &[(String, String)], mut address: String) -> String {
+    for (from, to) in moves {
+        if crate::model::address::is_under(&address, from) {
+            address = format!("{to}{}", &address[from.len()..]);
+        }
+    }
+    address
 }

@@ -263,6 +263,7 @@ mod tests {
                 state_lineage: Some("l".into()),
                 state_serial: 3,
                 destroy: false,
+                moves: vec![],
                 changes,
                 created_at: chrono::Utc::now(),
             },

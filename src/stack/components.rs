@@ -447,7 +447,7 @@ impl Loader {
             self.scope.prefix, at.line, at.column
         );
         let file = self.d.add_file(SourceFile {
-            path: path.display().to_string(),
+            path: tidy(&path).display().to_string(),
             source: Arc::from(text.as_str()),
             via: Some(via),
         });
@@ -1059,6 +1059,25 @@ impl Loader {
         }
         out
     }
+}
+
+/// `stacks/../components/x.yaml` as `components/x.yaml`, for messages.
+fn tidy(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out: Vec<Component> = Vec::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir if matches!(out.last(), Some(Component::Normal(_))) => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    if out.is_empty() {
+        return PathBuf::from(".");
+    }
+    out.iter().collect()
 }
 
 fn reference(address: &str, attribute: &str, span: Span) -> SExpr {

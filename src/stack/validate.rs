@@ -527,7 +527,14 @@ fn moved(stack: &Stack, d: &mut Diagnostics) {
             d.error(m.to.span, format!("`{from}` is moved to itself"));
             continue;
         }
-        if !stack.resources.keys().any(|a| is_under(a, to)) {
+        // An instance key this environment's `for_each` lacks still names
+        // something the stack declares (in another environment).
+        let instance_of_declared = to.ends_with("\"]")
+            && to.rfind("[\"").is_some_and(|i| {
+                let base = format!("{}[\"", &to[..i]);
+                stack.resources.keys().any(|a| a.starts_with(&base))
+            });
+        if !instance_of_declared && !stack.resources.keys().any(|a| is_under(a, to)) {
             let hint = did_you_mean(to, stack.resources.keys().map(String::as_str))
                 .map(|s| format!("did you mean `{s}`?"))
                 .unwrap_or_else(|| "`to` names a resource (or component use) the stack declares".into());

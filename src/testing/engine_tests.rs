@@ -481,7 +481,7 @@ async fn a_kill_during_deploy_is_recovered_by_the_next_command() {
     assert!(released.iter().all(|r| r.result.is_ok()));
     let (st, _) = w.state().await;
     assert_eq!(
-        st.resources["orchestrator"].inputs["tag"],
+        st.resources["app.orchestrator"].inputs["tag"],
         Json::from("9.9.9")
     );
 }

@@ -65,8 +65,15 @@ pub struct World {
 
 impl World {
     /// Copies `stacks/<file>` with the stack renamed to `name`.
+    /// A copy of `stacks/FILE` (or of FILE relative to the repository when
+    /// it has a `/`) named `name`, with paths pointing into the repository.
     pub fn from_stack(file: &str, name: &str) -> World {
-        let text = std::fs::read_to_string(repo().join("stacks").join(file)).unwrap();
+        let path = if file.contains('/') {
+            repo().join(file)
+        } else {
+            repo().join("stacks").join(file)
+        };
+        let text = std::fs::read_to_string(path).unwrap();
         let first_name = text
             .lines()
             .find(|l| l.starts_with("name: "))
@@ -77,6 +84,11 @@ impl World {
         let text = text.replace(
             "directory: ../migrations",
             &format!("directory: {}", repo().join("migrations").display()),
+        );
+        // And at the repository's components.
+        let text = text.replace(
+            "source: ../components/",
+            &format!("source: {}/", repo().join("components").display()),
         );
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("stack.yaml"), text).unwrap();
@@ -93,6 +105,12 @@ impl World {
             endpoint: aws_endpoint(),
             env,
         }
+    }
+
+    /// Replaces the stack file with another one, prepared the same way.
+    pub fn replace_stack(&self, file: &str) {
+        let other = World::from_stack(file, &self.stack_name);
+        std::fs::copy(other.stack(), self.stack()).unwrap();
     }
 
     pub fn stack(&self) -> PathBuf {
