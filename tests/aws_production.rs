@@ -368,21 +368,42 @@ async fn the_rewritten_stack_only_moves_what_the_flat_one_made() {
         .as_object()
         .unwrap()
         .values()
-        .map(|r| (r["id"].as_str().unwrap().to_string(), r["kind"].as_str().unwrap().to_string()))
+        .map(|r| {
+            (
+                r["id"].as_str().unwrap().to_string(),
+                r["kind"].as_str().unwrap().to_string(),
+            )
+        })
         .collect();
 
     w.replace_stack("aws-production.yaml");
     let out = w
-        .cmd(&["plan", w.stack().to_str().unwrap(), "--env", "production", "--json", "--detailed-exitcode"])
+        .cmd(&[
+            "plan",
+            w.stack().to_str().unwrap(),
+            "--env",
+            "production",
+            "--json",
+            "--detailed-exitcode",
+        ])
         .env("ANTHROPIC_API_KEY", KEY)
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2), "moves are changes:\n{}", text(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "moves are changes:\n{}",
+        text(&out.stderr)
+    );
     let plan: Value = serde_json::from_str(&text(&out.stdout)).unwrap();
     let moves = plan["moves"].as_array().unwrap();
     assert_eq!(moves.len(), 27, "{plan}");
-    assert!(moves.iter().any(|m| m["from"] == "private_a" && m["to"] == "private[\"a\"]"));
-    assert!(moves.iter().any(|m| m["from"] == "orchestrator" && m["to"] == "app.orchestrator"));
+    assert!(moves
+        .iter()
+        .any(|m| m["from"] == "private_a" && m["to"] == "private[\"a\"]"));
+    assert!(moves
+        .iter()
+        .any(|m| m["from"] == "orchestrator" && m["to"] == "app.orchestrator"));
     let not_noop: Vec<String> = plan["changes"]
         .as_array()
         .unwrap()
@@ -392,14 +413,23 @@ async fn the_rewritten_stack_only_moves_what_the_flat_one_made() {
         .collect();
     assert!(not_noop.is_empty(), "only moves, but: {not_noop:?}");
     let human = w.ok("plan", &[]);
-    assert!(human.contains("private_a has moved to private[\"a\"]"), "{human}");
+    assert!(
+        human.contains("private_a has moved to private[\"a\"]"),
+        "{human}"
+    );
     assert!(human.contains("27 to move"), "{human}");
 
     let ev = apply_json(&w, &[]);
     let s = ev.summary();
-    assert_eq!((s["created"].as_u64(), s["deleted"].as_u64()), (Some(0), Some(0)), "{s}");
     assert_eq!(
-        ev.0.iter().filter(|e| e["event"] == "resource_moved").count(),
+        (s["created"].as_u64(), s["deleted"].as_u64()),
+        (Some(0), Some(0)),
+        "{s}"
+    );
+    assert_eq!(
+        ev.0.iter()
+            .filter(|e| e["event"] == "resource_moved")
+            .count(),
         27
     );
     let st = common::state_json(&w);
@@ -407,7 +437,12 @@ async fn the_rewritten_stack_only_moves_what_the_flat_one_made() {
         .as_object()
         .unwrap()
         .values()
-        .map(|r| (r["id"].as_str().unwrap().to_string(), r["kind"].as_str().unwrap().to_string()))
+        .map(|r| {
+            (
+                r["id"].as_str().unwrap().to_string(),
+                r["kind"].as_str().unwrap().to_string(),
+            )
+        })
         .collect();
     assert_eq!(ids_before, ids_after, "the same resources, renamed");
     assert!(st["resources"]["nat[\"b\"]"].is_object());

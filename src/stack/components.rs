@@ -312,9 +312,12 @@ impl Loader {
             },
             None => vec![(None, full)],
         };
-        let keys = m
-            .get_node("for_each")
-            .map(|_| instances.iter().filter_map(|(e, _)| e.as_ref().map(|x| x.0.clone())).collect());
+        let keys = m.get_node("for_each").map(|_| {
+            instances
+                .iter()
+                .filter_map(|(e, _)| e.as_ref().map(|x| x.0.clone()))
+                .collect()
+        });
         let before: BTreeSet<String> = self.out.keys().cloned().collect();
         let mut outputs = BTreeMap::new();
         for (each, addr) in instances {
@@ -348,7 +351,12 @@ impl Loader {
                 .get_node("components")
                 .and_then(|n| self.mapping(n, "components"))
                 .cloned();
-            self.body(resources.as_ref(), components.as_ref(), &BTreeSet::new(), registry);
+            self.body(
+                resources.as_ref(),
+                components.as_ref(),
+                &BTreeSet::new(),
+                registry,
+            );
             let mut outs = BTreeMap::new();
             if let Some(map) = top
                 .get_node("outputs")
@@ -453,7 +461,8 @@ impl Loader {
         });
         if let Some(mut span) = too_deep(&text) {
             span.file = file;
-            self.d.error_help(span, "the file nests too deeply", "flatten the structure");
+            self.d
+                .error_help(span, "the file nests too deeply", "flatten the structure");
             return None;
         }
         match marked_yaml::parse_yaml_with_options(
@@ -518,10 +527,7 @@ impl Loader {
     ) -> Option<BTreeMap<String, SExpr>> {
         let mut out = BTreeMap::new();
         let mut ok = true;
-        if let Some(given) = m
-            .get_node("inputs")
-            .and_then(|n| self.mapping(n, "inputs"))
-        {
+        if let Some(given) = m.get_node("inputs").and_then(|n| self.mapping(n, "inputs")) {
             for (k, v) in given.iter() {
                 let input = k.as_str();
                 let Some((ty, _, _)) = decls.get(input) else {
@@ -548,7 +554,9 @@ impl Loader {
                 if let Some(problem) = input_type_problem(ty, &value) {
                     self.d.error_help(
                         value.span,
-                        format!("input `{input}` of component `{name}` must be {ty}, found {problem}"),
+                        format!(
+                            "input `{input}` of component `{name}` must be {ty}, found {problem}"
+                        ),
                         "pass a value of the input's declared type",
                     );
                     ok = false;
@@ -663,13 +671,7 @@ impl Loader {
         }
     }
 
-    fn lower_path(
-        &mut self,
-        head: &str,
-        steps: &[Step],
-        text: &str,
-        span: Span,
-    ) -> Option<SExpr> {
+    fn lower_path(&mut self, head: &str, steps: &[Step], text: &str, span: Span) -> Option<SExpr> {
         // `[each.key]` and friends: computed keys must be known now.
         let mut fixed = Vec::with_capacity(steps.len());
         for step in steps {
@@ -749,7 +751,9 @@ impl Loader {
                     None => {
                         let hint = did_you_mean(&name, inputs.keys().map(String::as_str))
                             .map(|s| format!("did you mean `${{input.{s}}}`?"))
-                            .unwrap_or_else(|| "declare it under `inputs` in the component file".into());
+                            .unwrap_or_else(|| {
+                                "declare it under `inputs` in the component file".into()
+                            });
                         self.d.error_help(
                             span,
                             format!("input `{name}` is not declared in this component"),
@@ -769,40 +773,41 @@ impl Loader {
                     return None;
                 };
                 match first_attr(steps).as_deref() {
-                    Some("key") if steps.len() == 1 => Some(json_to_sexpr(&Json::String(key), span)),
+                    Some("key") if steps.len() == 1 => {
+                        Some(json_to_sexpr(&Json::String(key), span))
+                    }
                     Some("value") => self
                         .index_json(value, &steps[1..], text, span)
                         .map(|j| json_to_sexpr(&j, span)),
                     _ => {
-                        self.d.error(span, format!("`${{{text}}}`: write `${{each.key}}` or `${{each.value}}`"));
+                        self.d.error(
+                            span,
+                            format!("`${{{text}}}`: write `${{each.key}}` or `${{each.value}}`"),
+                        );
                         None
                     }
                 }
             }
-            "stack" => match first_attr(steps).as_deref() {
-                Some("name") if steps.len() == 1 => {
-                    Some(json_to_sexpr(&Json::String(self.stack_name.clone()), span))
+            "stack" => {
+                match first_attr(steps).as_deref() {
+                    Some("name") if steps.len() == 1 => {
+                        Some(json_to_sexpr(&Json::String(self.stack_name.clone()), span))
+                    }
+                    Some("environment") if steps.len() == 1 => {
+                        Some(json_to_sexpr(&Json::String(self.environment.clone()), span))
+                    }
+                    _ => {
+                        self.d.error(span, format!("`${{{text}}}`: write `${{stack.name}}` or `${{stack.environment}}`"));
+                        None
+                    }
                 }
-                Some("environment") if steps.len() == 1 => {
-                    Some(json_to_sexpr(&Json::String(self.environment.clone()), span))
-                }
-                _ => {
-                    self.d.error(span, format!("`${{{text}}}`: write `${{stack.name}}` or `${{stack.environment}}`"));
-                    None
-                }
-            },
+            }
             _ => self.lower_name(head, steps, text, span),
         }
     }
 
     /// A reference to a resource or a component use of this scope.
-    fn lower_name(
-        &mut self,
-        head: &str,
-        steps: &[Step],
-        text: &str,
-        span: Span,
-    ) -> Option<SExpr> {
+    fn lower_name(&mut self, head: &str, steps: &[Step], text: &str, span: Span) -> Option<SExpr> {
         let full = format!("{}{head}", self.scope.prefix);
         let Some(name) = self.scope.names.get(head).cloned() else {
             let candidates: Vec<String> = self.scope.names.keys().cloned().collect();
@@ -828,7 +833,8 @@ impl Loader {
             return None;
         };
         let bad = |this: &mut Self, msg: String, help: &str| {
-            this.d.error_help(span, format!("`${{{text}}}`: {msg}"), help.to_string());
+            this.d
+                .error_help(span, format!("`${{{text}}}`: {msg}"), help.to_string());
             None
         };
         match name {
@@ -839,7 +845,11 @@ impl Loader {
             ),
             Name::Resource { keys: None } => match steps {
                 [Step::Attr(a)] => Some(reference(&full, a, span)),
-                [] => bad(self, "name an attribute".into(), "write `${address.attribute}`"),
+                [] => bad(
+                    self,
+                    "name an attribute".into(),
+                    "write `${address.attribute}`",
+                ),
                 _ => bad(
                     self,
                     format!("`{head}` has no `for_each`, so it takes one attribute and no index"),
@@ -864,7 +874,9 @@ impl Loader {
                 _ => bad(
                     self,
                     format!("`{head}` has `for_each`: name one instance or all of them"),
-                    &format!("write `${{{head}[\"KEY\"].attribute}}` or `${{{head}[*].attribute}}`"),
+                    &format!(
+                        "write `${{{head}[\"KEY\"].attribute}}` or `${{{head}[*].attribute}}`"
+                    ),
                 ),
             },
             Name::Component { keys, outputs, .. } => {
@@ -927,11 +939,8 @@ impl Loader {
         let hint = did_you_mean(key, keys.iter().map(String::as_str))
             .map(|s| format!("did you mean `{head}[\"{s}\"]`?"))
             .unwrap_or_else(|| format!("its keys: {}", keys.join(", ")));
-        self.d.error_help(
-            span,
-            format!("`{head}` has no instance `{key}`"),
-            hint,
-        );
+        self.d
+            .error_help(span, format!("`{head}` has no instance `{key}`"), hint);
         None
     }
 
@@ -940,7 +949,9 @@ impl Loader {
         for step in steps {
             let next = match (step, &v) {
                 (Step::Attr(k) | Step::Key(k), Json::Object(m)) => m.get(k).cloned(),
-                (Step::Index(i), Json::Array(a)) => usize::try_from(*i).ok().and_then(|i| a.get(i).cloned()),
+                (Step::Index(i), Json::Array(a)) => {
+                    usize::try_from(*i).ok().and_then(|i| a.get(i).cloned())
+                }
                 _ => None,
             };
             match next {
@@ -961,12 +972,21 @@ impl Loader {
     }
 
     /// Adds an interpolated value to a string's parts.
-    pub(super) fn splice(&mut self, parts: &mut Vec<Part>, v: SExpr, text: &str, span: Span) -> bool {
+    pub(super) fn splice(
+        &mut self,
+        parts: &mut Vec<Part>,
+        v: SExpr,
+        text: &str,
+        span: Span,
+    ) -> bool {
         if let Some(j) = v.to_literal() {
             if j.is_array() || j.is_object() {
                 self.d.error_help(
                     span,
-                    format!("`${{{text}}}` is {} and cannot be part of a text", describe_json(&j)),
+                    format!(
+                        "`${{{text}}}` is {} and cannot be part of a text",
+                        describe_json(&j)
+                    ),
                     "make the whole value `${...}`, or turn it into text with join(\", \", ...)",
                 );
                 return false;

@@ -145,7 +145,12 @@ impl Func {
     pub fn returns_string(self) -> bool {
         matches!(
             self,
-            Func::CidrSubnet | Func::CidrHost | Func::Join | Func::Format | Func::Upper | Func::Lower
+            Func::CidrSubnet
+                | Func::CidrHost
+                | Func::Join
+                | Func::Format
+                | Func::Upper
+                | Func::Lower
         )
     }
 
@@ -241,8 +246,10 @@ impl Func {
                     None => match args.get(2) {
                         Some(d) => d.clone(),
                         None => {
-                            let keys: Vec<&String> =
-                                args[0].as_object().map(|m| m.keys().collect()).unwrap_or_default();
+                            let keys: Vec<&String> = args[0]
+                                .as_object()
+                                .map(|m| m.keys().collect())
+                                .unwrap_or_default();
                             return Err(format!(
                                 "lookup: the mapping has no key `{key}` (it has: {}); give a default as the third argument",
                                 keys.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ")
@@ -339,7 +346,10 @@ fn cidr(v: &Json) -> Result<Ipv4Net, String> {
         .parse()
         .map_err(|_| format!("`{text}` is not an IPv4 CIDR block such as 10.0.0.0/16"))?;
     if net.addr() != net.network() {
-        return Err(format!("`{text}` has host bits set; did you mean `{}`?", net.trunc()));
+        return Err(format!(
+            "`{text}` has host bits set; did you mean `{}`?",
+            net.trunc()
+        ));
     }
     Ok(net)
 }
@@ -362,25 +372,39 @@ mod tests {
     use serde_json::json;
 
     fn call(name: &str, args: Json) -> Result<Json, String> {
-        Func::by_name(name)
-            .unwrap()
-            .call(args.as_array().unwrap())
+        Func::by_name(name).unwrap().call(args.as_array().unwrap())
     }
 
     #[test]
     fn cidrsubnet_carves_numbered_subnets() {
-        assert_eq!(call("cidrsubnet", json!(["10.0.0.0/16", 8, 0])).unwrap(), "10.0.0.0/24");
-        assert_eq!(call("cidrsubnet", json!(["10.0.0.0/16", 8, 12])).unwrap(), "10.0.12.0/24");
-        assert_eq!(call("cidrsubnet", json!(["10.0.0.0/16", 4, 15])).unwrap(), "10.0.240.0/20");
+        assert_eq!(
+            call("cidrsubnet", json!(["10.0.0.0/16", 8, 0])).unwrap(),
+            "10.0.0.0/24"
+        );
+        assert_eq!(
+            call("cidrsubnet", json!(["10.0.0.0/16", 8, 12])).unwrap(),
+            "10.0.12.0/24"
+        );
+        assert_eq!(
+            call("cidrsubnet", json!(["10.0.0.0/16", 4, 15])).unwrap(),
+            "10.0.240.0/20"
+        );
         assert!(call("cidrsubnet", json!(["10.0.0.0/16", 8, 256]))
             .unwrap_err()
             .contains("out of range"));
-        assert!(call("cidrsubnet", json!(["10.0.0.0/30", 8, 0])).unwrap_err().contains("/32"));
-        assert!(call("cidrsubnet", json!(["10.0.0.1/16", 8, 0])).unwrap_err().contains("host bits"));
+        assert!(call("cidrsubnet", json!(["10.0.0.0/30", 8, 0]))
+            .unwrap_err()
+            .contains("/32"));
+        assert!(call("cidrsubnet", json!(["10.0.0.1/16", 8, 0]))
+            .unwrap_err()
+            .contains("host bits"));
         assert!(call("cidrsubnet", json!(["10.0.0.0/16", "8", 0]))
             .unwrap_err()
             .contains("argument 2 of `cidrsubnet` must be a whole number"));
-        assert_eq!(call("cidrhost", json!(["10.0.4.0/24", 5])).unwrap(), "10.0.4.5");
+        assert_eq!(
+            call("cidrhost", json!(["10.0.4.0/24", 5])).unwrap(),
+            "10.0.4.5"
+        );
     }
 
     #[test]
@@ -388,7 +412,9 @@ mod tests {
         assert_eq!(call("join", json!([",", ["a", "b", 3]])).unwrap(), "a,b,3");
         assert_eq!(call("lookup", json!([{"a": 1}, "a"])).unwrap(), 1);
         assert_eq!(call("lookup", json!([{"a": 1}, "b", 2])).unwrap(), 2);
-        assert!(call("lookup", json!([{"a": 1}, "b"])).unwrap_err().contains("no key `b`"));
+        assert!(call("lookup", json!([{"a": 1}, "b"]))
+            .unwrap_err()
+            .contains("no key `b`"));
         assert_eq!(
             call("format", json!(["%s-%d-100%%", "db", 3])).unwrap(),
             "db-3-100%"
@@ -397,8 +423,14 @@ mod tests {
         assert!(call("format", json!(["%s", "a", "b"])).is_err());
         assert!(call("format", json!(["%d", "x"])).is_err());
         assert_eq!(call("length", json!([[1, 2]])).unwrap(), 2);
-        assert_eq!(call("concat", json!([[1], [2, 3]])).unwrap(), json!([1, 2, 3]));
-        assert_eq!(call("keys", json!([{"b": 1, "a": 2}])).unwrap(), json!(["a", "b"]));
+        assert_eq!(
+            call("concat", json!([[1], [2, 3]])).unwrap(),
+            json!([1, 2, 3])
+        );
+        assert_eq!(
+            call("keys", json!([{"b": 1, "a": 2}])).unwrap(),
+            json!(["a", "b"])
+        );
         assert!(Func::Join.check_arity(3).unwrap_err().contains("takes 2"));
     }
 }

@@ -13,8 +13,8 @@ use sha2::{Digest, Sha256};
 
 use super::diag::{Diagnostics, Span, Spanned};
 use super::expr::{split_template, Expr, Part, RawPart, SExpr};
-use components::push_lit;
 use super::{AwsSettings, CloudSettings, GcpSettings, Output, Resource, Stack};
+use components::push_lit;
 
 #[path = "components.rs"]
 mod components;
@@ -48,7 +48,13 @@ const RESOURCE_KEYS: &[&str] = &[
     "for_each",
 ];
 /// At the top of a component file.
-const COMPONENT_KEYS: &[&str] = &["description", "inputs", "resources", "components", "outputs"];
+const COMPONENT_KEYS: &[&str] = &[
+    "description",
+    "inputs",
+    "resources",
+    "components",
+    "outputs",
+];
 /// In a use of a component.
 const USE_KEYS: &[&str] = &["source", "inputs", "for_each", "depends_on", "description"];
 /// Component inputs take these types, and `any` (a reference's type is known
@@ -1158,7 +1164,6 @@ fn valid_identifier(s: &str) -> bool {
         && s.chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
 }
-
 
 fn valid_attribute(s: &str) -> bool {
     !s.is_empty()

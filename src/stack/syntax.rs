@@ -12,8 +12,14 @@ pub enum Ast {
     Float(f64),
     Bool(bool),
     /// `head.step.step...`
-    Path { head: String, steps: Vec<Step> },
-    Call { name: String, args: Vec<Ast> },
+    Path {
+        head: String,
+        steps: Vec<Step>,
+    },
+    Call {
+        name: String,
+        args: Vec<Ast>,
+    },
     List(Vec<Ast>),
 }
 
@@ -177,7 +183,9 @@ impl Parser {
 
     fn expr(&mut self, depth: usize) -> Result<Ast, String> {
         if depth > MAX_NESTING {
-            return Err(format!("the expression nests more than {MAX_NESTING} levels deep"));
+            return Err(format!(
+                "the expression nests more than {MAX_NESTING} levels deep"
+            ));
         }
         self.skip_ws();
         match self.peek() {

@@ -537,7 +537,9 @@ fn moved(stack: &Stack, d: &mut Diagnostics) {
         if !instance_of_declared && !stack.resources.keys().any(|a| is_under(a, to)) {
             let hint = did_you_mean(to, stack.resources.keys().map(String::as_str))
                 .map(|s| format!("did you mean `{s}`?"))
-                .unwrap_or_else(|| "`to` names a resource (or component use) the stack declares".into());
+                .unwrap_or_else(|| {
+                    "`to` names a resource (or component use) the stack declares".into()
+                });
             d.error_help(
                 m.to.span,
                 format!("`moved` leads to `{to}`, which matches nothing in the stack"),

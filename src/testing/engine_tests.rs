@@ -485,3 +485,112 @@ async fn a_kill_during_deploy_is_recovered_by_the_next_command() {
         Json::from("9.9.9")
     );
 }
+
+// ------------------------------------------------------- stack language
+
+const ZONES: &str = r#"name: zones
+cloud: { aws: { region: us-east-1 } }
+environments: { production: {} }
+variables:
+  zones:
+    type: map
+    default: ZONES
+resources:
+  vpc:
+    kind: aws.vpc
+    properties: { cidr_block: 10.0.0.0/16 }
+  private:
+    kind: aws.subnet
+    for_each: ${var.zones}
+    properties:
+      vpc_id: ${vpc.id}
+      cidr_block: ${cidrsubnet("10.0.0.0/16", 8, each.value)}
+      availability_zone: us-east-1${each.key}
+outputs:
+  subnets: ${private[*].id}
+"#;
+
+fn zones(map: &str) -> String {
+    ZONES.replace("ZONES", map)
+}
+
+fn counts(plan: &Plan) -> (usize, usize, usize, usize) {
+    let c = plan.counts();
+    (c.create, c.update, c.replace, c.delete)
+}
+
+#[tokio::test]
+async fn adding_a_for_each_key_creates_one_instance_and_removing_one_deletes_one() {
+    let mut w = small(&zones("{ a: 10, b: 11 }"));
+    let plan = w.plan().await;
+    assert_eq!(counts(&plan), (3, 0, 0, 0));
+    assert!(plan.changes.iter().any(|c| c.address == "private[\"a\"]"));
+    w.apply_ok().await;
+    let (st, _) = w.state().await;
+    assert_eq!(
+        st.resources["private[\"b\"]"].inputs["cidr_block"],
+        Json::from("10.0.11.0/24")
+    );
+    // The splat output lists every instance, in key order.
+    assert_eq!(st.outputs["subnets"].as_array().map(Vec::len), Some(2));
+
+    w.edit(&zones("{ a: 10, b: 11, c: 12 }"));
+    let plan = w.plan().await;
+    assert_eq!(counts(&plan), (1, 0, 0, 0));
+    assert_eq!(action(&plan, "private[\"c\"]").0, Action::Create);
+    w.apply_ok().await;
+
+    w.edit(&zones("{ a: 10, c: 12 }"));
+    let plan = w.plan().await;
+    assert_eq!(counts(&plan), (0, 0, 0, 1));
+    assert_eq!(action(&plan, "private[\"b\"]").0, Action::Delete);
+    w.apply_ok().await;
+    assert!(!w.plan().await.has_changes());
+}
+
+#[tokio::test]
+async fn moved_renames_state_entries_without_touching_the_cloud() {
+    let flat = r#"name: zones
+cloud: { aws: { region: us-east-1 } }
+environments: { production: {} }
+resources:
+  vpc: { kind: aws.vpc, properties: { cidr_block: 10.0.0.0/16 } }
+  private_a:
+    kind: aws.subnet
+    properties: { vpc_id: "${vpc.id}", cidr_block: 10.0.10.0/24, availability_zone: us-east-1a }
+"#;
+    let mut w = small(flat);
+    w.apply_ok().await;
+    let id = w.state().await.0.resources["private_a"].id.clone();
+    let moved = format!(
+        "{}moved:\n  - {{ from: private_a, to: 'private[\"a\"]' }}\n",
+        zones("{ a: 10 }")
+    );
+    w.edit(&moved);
+    let plan = w.plan().await;
+    assert_eq!(
+        plan.moves,
+        vec![crate::plan::Move {
+            from: "private_a".into(),
+            to: "private[\"a\"]".into()
+        }]
+    );
+    assert_eq!(counts(&plan), (0, 0, 0, 0), "{:?}", plan.changes);
+    let mutating = |w: &World| {
+        w.cloud
+            .calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|c| c.op != "refresh")
+            .count()
+    };
+    let before = mutating(&w);
+    w.apply_ok().await;
+    assert_eq!(mutating(&w), before, "a move changes nothing in the cloud");
+    let (st, _) = w.state().await;
+    assert_eq!(st.resources["private[\"a\"]"].id, id);
+    assert!(!st.resources.contains_key("private_a"));
+    // The moved entry stays in the stack and does nothing more.
+    assert!(!w.plan().await.has_changes());
+}
