@@ -59,13 +59,14 @@ pub async fn run(cmd: Command) -> anyhow::Result<i32> {
         Command::Db {
             command: DbCommand::Partitions { args, months_ahead },
         } => db_partitions(&args, months_ahead).await,
-        Command::Schema => {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&crate::stack::json_schema::stack_schema(
-                    &crate::drivers::Registry::builtin()
-                ))?
-            );
+        Command::Schema { component } => {
+            let registry = crate::drivers::Registry::builtin();
+            let schema = if component {
+                crate::stack::json_schema::component_schema(&registry)
+            } else {
+                crate::stack::json_schema::stack_schema(&registry)
+            };
+            println!("{}", serde_json::to_string_pretty(&schema)?);
             Ok(EXIT_OK)
         }
     };

@@ -159,8 +159,12 @@ pub enum Command {
         /// The lock id, as printed by the run that found the lock
         lock_id: String,
     },
-    /// Print the JSON Schema of stack files
-    Schema,
+    /// Print the JSON Schema of stack files (or of component files)
+    Schema {
+        /// The schema of component files (components/*.yaml)
+        #[arg(long)]
+        component: bool,
+    },
     /// Database schema migrations
     Migrate {
         #[command(subcommand)]

@@ -60,6 +60,12 @@ fn kind_schema(k: &KindSchema) -> Json {
             "kind": { "const": k.kind },
             "properties": object_schema(k.fields),
             "depends_on": { "type": "array", "items": { "type": "string" } },
+            "for_each": {
+                "description": "one instance per list item or mapping key: name[\"key\"]; ${each.key} and ${each.value} inside",
+                "type": ["array", "object", "string"]
+            },
+            "timeouts": { "type": "object", "additionalProperties": false,
+                          "properties": { "create": { "type": "string" }, "update": { "type": "string" }, "delete": { "type": "string" } } },
             "protect": { "type": "boolean" },
             "enabled": { "type": "boolean" },
             "description": { "type": "string" }
@@ -77,10 +83,23 @@ pub fn stack_schema(registry: &dyn Catalog) -> Json {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "ralph-deploy stack",
         "type": "object",
-        "required": ["name", "resources"],
+        "required": ["name"],
         "additionalProperties": false,
         "properties": {
+            "$schema": { "type": "string" },
             "name": { "type": "string", "pattern": "^[a-z][a-z0-9-]{0,39}$" },
+            "components": {
+                "description": "uses of component files: their resources get addresses under the use's name",
+                "type": "object",
+                "propertyNames": { "pattern": ident },
+                "additionalProperties": { "$ref": "#/$defs/component_use" }
+            },
+            "moved": {
+                "description": "state entries renamed instead of replaced",
+                "type": "array",
+                "items": { "type": "object", "required": ["from", "to"], "additionalProperties": false,
+                           "properties": { "from": { "type": "string" }, "to": { "type": "string" } } }
+            },
             "description": { "type": "string" },
             "cloud": { "$ref": "#/$defs/cloud" },
             "variables": {
@@ -141,7 +160,57 @@ pub fn stack_schema(registry: &dyn Catalog) -> Json {
                 "required": ["kind"],
                 "properties": { "kind": { "enum": names } },
                 "oneOf": kinds
+            },
+            "component_use": {
+                "type": "object",
+                "required": ["source"],
+                "additionalProperties": false,
+                "properties": {
+                    "source": { "type": "string", "description": "the component file, relative to this file" },
+                    "inputs": { "type": "object" },
+                    "for_each": { "type": ["array", "object", "string"] },
+                    "depends_on": { "type": "array", "items": { "type": "string" } },
+                    "description": { "type": "string" }
+                }
             }
         }
+    })
+}
+
+/// The schema of a component file (`components/*.yaml`): typed inputs,
+/// resources (whose kind may come from an input), component uses, outputs.
+pub fn component_schema(registry: &dyn Catalog) -> Json {
+    let stack = stack_schema(registry);
+    let ident = "^[a-z][a-z0-9_-]{0,63}$";
+    json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "ralph-deploy component",
+        "type": "object",
+        "additionalProperties": false,
+        "properties": {
+            "$schema": { "type": "string" },
+            "description": { "type": "string" },
+            "inputs": {
+                "type": "object",
+                "propertyNames": { "pattern": "^[a-z][a-z0-9_]*$" },
+                "additionalProperties": {
+                    "type": "object",
+                    "additionalProperties": false,
+                    "properties": {
+                        "type": { "enum": ["string", "number", "bool", "list", "map", "any"] },
+                        "default": {},
+                        "description": { "type": "string" }
+                    }
+                }
+            },
+            "resources": {
+                "type": "object",
+                "propertyNames": { "pattern": ident },
+                "additionalProperties": { "type": "object", "required": ["kind"] }
+            },
+            "components": stack["properties"]["components"].clone(),
+            "outputs": stack["properties"]["outputs"].clone()
+        },
+        "$defs": stack["$defs"].clone()
     })
 }
