@@ -1,6 +1,7 @@
 """Generates a stack of N resources for the benchmarks: VPCs (one per 250
 resources), and in each a mix of subnets, security groups with rules,
-route tables and secrets.
+route tables and secrets, each mix written as `for_each` resources (one
+declaration per VPC and kind, one instance per key).
 
     python3 bench/gen_stack.py N NAME > stack.yaml
 """
@@ -16,26 +17,45 @@ def main():
     for v in range(vpcs):
         out += [f"  vpc{v}:", "    kind: aws.vpc", "    properties:", f"      cidr_block: 10.{v % 256}.0.0/16"]
         count += 1
+    # (vpc, kind) -> [(key, slot)]
+    groups = {}
     i = 0
     while count < n:
         v = i % vpcs
         slot = i // vpcs
         kind = i % 10
         if kind < 4 and slot < 250:
-            out += [f"  subnet{i}:", "    kind: aws.subnet", "    properties:", f"      vpc_id: ${{vpc{v}.id}}",
-                    f"      cidr_block: 10.{v % 256}.{slot % 256}.0/24", f"      availability_zone: us-east-1{'abc'[i % 3]}"]
+            k = "subnet"
         elif kind < 6 or (kind < 4):
-            out += [f"  sg{i}:", "    kind: aws.security_group", "    properties:", f"      name: rules-{i}",
+            k = "sg"
+        elif kind < 8:
+            k = "rt"
+        else:
+            k = "secret"
+        groups.setdefault((v, k), []).append((f"n{i}", slot))
+        count += 1
+        i += 1
+    for (v, k), items in sorted(groups.items()):
+        keys = ", ".join(key for key, _ in items)
+        if k == "subnet":
+            slots = ", ".join(f"{key}: {slot % 256}" for key, slot in items)
+            out += [f"  subnet_v{v}:", "    kind: aws.subnet", f"    for_each: {{ {slots} }}", "    properties:",
+                    f"      vpc_id: ${{vpc{v}.id}}",
+                    f"      cidr_block: ${{cidrsubnet(\"10.{v % 256}.0.0/16\", 8, each.value)}}",
+                    "      availability_zone: us-east-1a"]
+        elif k == "sg":
+            out += [f"  sg_v{v}:", "    kind: aws.security_group", f"    for_each: [{keys}]", "    properties:",
+                    "      name: rules-${each.key}",
                     f"      vpc_id: ${{vpc{v}.id}}", "      ingress:",
                     "        - { protocol: tcp, from_port: 443, cidr_block: 10.0.0.0/8 }",
                     "        - { protocol: tcp, from_port: 8080, cidr_block: 10.0.0.0/8 }"]
-        elif kind < 8:
-            out += [f"  rt{i}:", "    kind: aws.route_table", "    properties:", f"      vpc_id: ${{vpc{v}.id}}"]
+        elif k == "rt":
+            out += [f"  rt_v{v}:", "    kind: aws.route_table", f"    for_each: [{keys}]", "    properties:",
+                    f"      vpc_id: ${{vpc{v}.id}}"]
         else:
-            out += [f"  secret{i}:", "    kind: aws.secret", "    properties:", f"      name: {name}/secret-{i}",
+            out += [f"  secret_v{v}:", "    kind: aws.secret", f"    for_each: [{keys}]", "    properties:",
+                    f"      name: {name}/secret-${{each.key}}",
                     "      generate: { bytes: 16, encoding: hex }", "      recovery_window_days: 0"]
-        count += 1
-        i += 1
     print("\n".join(out))
 
 

@@ -15,6 +15,9 @@ use serde_json::{json, Value};
 /// The proxy and its moto are shared: one test at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
+/// Kill points run this many at a time (each in its own proxy lane).
+const KILL_LANES: usize = 3;
+
 fn proxy() -> String {
     std::env::var("RALPH_TEST_FAULT_PROXY")
         .expect("RALPH_TEST_FAULT_PROXY is not set: run scripts/test")
@@ -82,7 +85,7 @@ async fn assert_consistent(w: &World, context: &str) {
         dir: tempfile::tempdir().unwrap(),
         stack_name: w.stack_name.clone(),
         endpoint: proxy(),
-        env: vec![],
+        env: vec![("AWS_ACCESS_KEY_ID".into(), w.access_key_id())],
     };
     inspect.stack_name = w.stack_name.clone();
     let tagged = inspect.tagged().await;
@@ -140,39 +143,56 @@ async fn a_kill_at_every_mutating_request_is_recovered_without_duplicates_or_orp
     let total = faults(json!({}))["stats"]["mutating"].as_u64().unwrap();
     assert!(total > 30, "only {total} mutating requests?");
 
-    let pidfile = w.dir.path().join("apply.pid");
-    let mut covered = 0;
-    let mut w = w;
-    for k in 1..=total {
-        // Each kill point in an AWS account of its own (the proxy adds
-        // moto's account header): an empty cloud without a reset, which
-        // costs moto seconds. Bucket names are global across accounts.
-        let _ = std::fs::remove_dir_all(w.state_dir());
-        w.env
-            .retain(|(name, _)| name != "RALPH_DEPLOY_VAR_bucket_suffix");
-        w.env
-            .push(("RALPH_DEPLOY_VAR_bucket_suffix".into(), format!("k{k}")));
-        faults(
-            json!({"rate": 0.0, "kill_after": k, "kill_pidfile": pidfile.to_str().unwrap(), "reset_counters": true, "account_id": format!("{:012}", 200_000_000_000u64 + k)}),
-        );
-        // The pid is written before exec, so the proxy can never miss it.
-        let stack = w.stack();
-        let status = common::run_to_be_killed(
-            &w,
-            &pidfile,
-            &format!("apply {} --env production --auto-approve", stack.display()),
-        );
-        assert_eq!(status.signal(), Some(9), "k={k}: the apply was not killed");
-        faults(json!({"kill_after": 0}));
-        let out = apply_cmd(&w).output().unwrap();
-        assert!(
-            out.status.success(),
-            "k={k}: the apply after the crash failed:\n{}",
-            text(&out.stderr)
-        );
-        assert_consistent(&w, &format!("k={k}")).await;
-        covered += 1;
+    // Kill points run in lanes at once: each lane signs with its own access
+    // key, which the proxy maps to its own counter, kill point and AWS
+    // account (an empty cloud per kill point, without a slow moto reset).
+    let lanes = KILL_LANES;
+    let mut worlds = vec![w];
+    for lane in 1..lanes {
+        worlds.push(world(&format!("tk{lane}x")).await);
     }
+    let covered = std::sync::atomic::AtomicU64::new(0);
+    let covered_ref = &covered;
+    std::thread::scope(|scope| {
+        for (lane, w) in worlds.iter_mut().enumerate() {
+            scope.spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                let key = format!("AKIALANE{lane:08}");
+                w.env.push(("AWS_ACCESS_KEY_ID".into(), key.clone()));
+                let pidfile = w.dir.path().join("apply.pid");
+                for k in (1..=total).filter(|k| (*k as usize) % lanes == lane) {
+                    let _ = std::fs::remove_dir_all(w.state_dir());
+                    w.env
+                        .retain(|(name, _)| name != "RALPH_DEPLOY_VAR_bucket_suffix");
+                    w.env
+                        .push(("RALPH_DEPLOY_VAR_bucket_suffix".into(), format!("k{k}")));
+                    faults(json!({"lane": key, "kill_after": k, "kill_pidfile": pidfile.to_str().unwrap(), "account_id": format!("{:012}", 200_000_000_000u64 + k)}));
+                    // The pid is written before exec, so the proxy can never miss it.
+                    let stack = w.stack();
+                    let status = common::run_to_be_killed(
+                        w,
+                        &pidfile,
+                        &format!("apply {} --env production --auto-approve", stack.display()),
+                    );
+                    assert_eq!(status.signal(), Some(9), "k={k}: the apply was not killed");
+                    faults(json!({"lane": key, "kill_after": 0, "account_id": format!("{:012}", 200_000_000_000u64 + k)}));
+                    let out = apply_cmd(w).output().unwrap();
+                    assert!(
+                        out.status.success(),
+                        "k={k}: the apply after the crash failed:\n{}",
+                        text(&out.stderr)
+                    );
+                    rt.block_on(assert_consistent(w, &format!("k={k}")));
+                    covered_ref.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                faults(json!({"lane": key, "remove": true}));
+            });
+        }
+    });
+    let covered = covered.into_inner();
     faults(json!({"account_id": ""}));
     println!("covered {covered} kill points of {total} mutating requests");
     assert_eq!(covered, total);

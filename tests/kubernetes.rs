@@ -80,7 +80,7 @@ fn orchestrator_change(plan: &serde_json::Value) -> serde_json::Value {
         .as_array()
         .unwrap()
         .iter()
-        .find(|c| c["address"] == "app.orchestrator")
+        .find(|c| c["address"] == "orchestrator")
         .cloned()
         .unwrap_or_else(|| panic!("no orchestrator change in {plan}"))
 }

@@ -18,6 +18,12 @@ sets {"rate": 0.2, "kinds": ["throttle", "500", "503", "reset", "slow"],
 "account_id": "123456789012", "reset_counters": true}. With `account_id` set,
 requests carry moto's `x-moto-account-id` header: each test can have an
 account of its own (an empty cloud) without a reset, which is slow in moto.
+
+Lanes: POST {"lane": "AKID...", "kill_after": k, "kill_pidfile": path,
+"account_id": "..."} configures a lane for requests signed with that access
+key id: its own account, mutating-request counter and kill point, so several
+runs can be killed at their own k at the same time. {"lane": "AKID...",
+"remove": true} drops it. A lane's counter starts at 0 when it is set.
 """
 import http.client
 import http.server
@@ -34,6 +40,7 @@ import urllib.parse
 LOCK = threading.Lock()
 CONFIG = {"rate": 0.0, "kinds": ["throttle", "500", "503"], "slow_ms": 300, "kill_after": 0, "kill_pidfile": "", "account_id": ""}
 STATS = {"requests": 0, "mutating": 0, "faults": {}, "killed": 0}
+LANES = {}
 RNG = random.Random(1)
 
 READ_PREFIXES = ("Describe", "List", "Get", "Head")
@@ -105,6 +112,19 @@ class Handler(http.server.BaseHTTPRequestHandler):
         with LOCK:
             if self.command == "POST":
                 cfg = json.loads(body or b"{}")
+                if "lane" in cfg:
+                    key = cfg.pop("lane")
+                    if cfg.get("remove"):
+                        LANES.pop(key, None)
+                    else:
+                        lane = {"kill_after": 0, "kill_pidfile": "", "account_id": ""}
+                        lane.update(cfg)
+                        lane["mutating"] = 0
+                        lane["killed"] = 0
+                        LANES[key] = lane
+                    out = json.dumps({"lane": LANES.get(key)})
+                    self.reply(200, {"Content-Type": "application/json"}, out)
+                    return
                 if cfg.pop("reset_counters", False):
                     STATS.update({"requests": 0, "mutating": 0, "faults": {}, "killed": 0})
                 if "seed" in cfg:
@@ -142,8 +162,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def forward(self, body, counted):
         conn = http.client.HTTPConnection(self.upstream.hostname, self.upstream.port, timeout=120)
         headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection",)}
+        auth = self.headers.get("Authorization") or ""
+        akid = auth.split("Credential=", 1)[1].split("/", 1)[0] if "Credential=" in auth else ""
         with LOCK:
-            account = CONFIG["account_id"]
+            lane = LANES.get(akid)
+            account = lane["account_id"] if lane else CONFIG["account_id"]
         if account:
             headers["x-moto-account-id"] = account
         conn.request(self.command, self.path, body=body, headers=headers)
@@ -152,15 +175,17 @@ class Handler(http.server.BaseHTTPRequestHandler):
         conn.close()
         if counted:
             with LOCK:
-                STATS["mutating"] += 1
-                kill = CONFIG["kill_after"] and STATS["mutating"] == CONFIG["kill_after"]
-                pidfile = CONFIG["kill_pidfile"]
+                counter = lane if lane else STATS
+                conf = lane if lane else CONFIG
+                counter["mutating"] += 1
+                kill = conf["kill_after"] and counter["mutating"] == conf["kill_after"]
+                pidfile = conf["kill_pidfile"]
             if kill and pidfile:
                 try:
                     with open(pidfile) as f:
                         os.kill(int(f.read().strip()), signal.SIGKILL)
                     with LOCK:
-                        STATS["killed"] += 1
+                        counter["killed"] += 1
                 except (OSError, ValueError):
                     pass
         self.reply(resp.status, dict(resp.getheaders()), data)

@@ -181,7 +181,11 @@ impl World {
             .endpoint_url(&self.endpoint)
             .region(aws_config::Region::new("us-east-1"))
             .credentials_provider(aws_sdk_ec2::config::Credentials::new(
-                "testing", "testing", None, None, "test",
+                self.access_key_id(),
+                "testing",
+                None,
+                None,
+                "test",
             ))
             .load()
             .await
@@ -287,13 +291,28 @@ impl World {
 }
 
 impl World {
+    /// The access key this world's commands sign with (a fault-proxy lane
+    /// is chosen by it).
+    pub fn access_key_id(&self) -> String {
+        self.env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "AWS_ACCESS_KEY_ID")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| "testing".into())
+    }
+
     pub async fn sdk_config(&self) -> aws_config::SdkConfig {
         let w = self;
         aws_config::defaults(aws_config::BehaviorVersion::latest())
             .endpoint_url(&w.endpoint)
             .region(aws_config::Region::new("us-east-1"))
             .credentials_provider(aws_sdk_ec2::config::Credentials::new(
-                "testing", "testing", None, None, "test",
+                self.access_key_id(),
+                "testing",
+                None,
+                None,
+                "test",
             ))
             .load()
             .await
