@@ -12,9 +12,10 @@ use aws_sdk_eks::types::{
 };
 use serde_json::{Map, Value as Json};
 
+use super::arn_tags::{self, ArnService};
 use super::{
     api_error, error_code, gone_or_deleting, observed_with, opt_str, read_each, read_tag_pairs,
-    removed_tag_keys, strings, tag_map, wait_gone, wait_ready, Readiness,
+    strings, tag_map, wait_gone, wait_ready, Readiness,
 };
 use crate::drivers::{
     Context, Desired, Driver, DriverError, Known, Observed, Timeouts, READY_ATTR, STATUS_ATTR,
@@ -380,31 +381,6 @@ fn vpc_request(want: &Desired<'_>, for_update: bool) -> VpcConfigRequest {
     b.build()
 }
 
-async fn sync_eks_tags(
-    cx: &Context,
-    arn: &str,
-    have: &Observed,
-    want: &Desired<'_>,
-) -> Result<(), DriverError> {
-    let eks = &cx.aws().await?.eks;
-    let removed = removed_tag_keys(have, want);
-    if !removed.is_empty() {
-        eks.untag_resource()
-            .resource_arn(arn)
-            .set_tag_keys(Some(removed))
-            .send()
-            .await
-            .map_err(|e| api_error("UntagResource", e))?;
-    }
-    eks.tag_resource()
-        .resource_arn(arn)
-        .set_tags(Some(tag_map(want).into_iter().collect()))
-        .send()
-        .await
-        .map_err(|e| api_error("TagResource", e))?;
-    Ok(())
-}
-
 /// A request token that is the same for the same resource, so a retried
 /// create is not a second create.
 fn token(want: &Desired<'_>) -> String {
@@ -502,7 +478,7 @@ impl Driver for EksCluster {
                 .and_then(Json::as_str)
                 .unwrap_or_default()
                 .to_string();
-            sync_eks_tags(cx, &arn, have, want).await?;
+            arn_tags::sync(cx, ArnService::Eks, &arn, have, want).await?;
         }
         wait_cluster(cx, want.address, &have.id, timeout, false).await
     }
@@ -845,7 +821,7 @@ impl Driver for EksNodegroup {
                 .and_then(Json::as_str)
                 .unwrap_or_default()
                 .to_string();
-            sync_eks_tags(cx, &arn, have, want).await?;
+            arn_tags::sync(cx, ArnService::Eks, &arn, have, want).await?;
         }
         wait_nodegroup(cx, want.address, cluster, name, timeout, false).await
     }

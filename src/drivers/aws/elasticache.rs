@@ -6,12 +6,12 @@
 
 use std::time::Duration;
 
-use aws_sdk_elasticache::types::Tag;
 use serde_json::Value as Json;
 
+use super::arn_tags::{self, ArnService};
 use super::{
-    api_error, error_code, gone_or_deleting, observed_with, opt_str, read_each, read_tag_pairs,
-    removed_tag_keys, strings, tag_map, wait_gone, wait_ready, Readiness,
+    api_error, error_code, gone_or_deleting, observed_with, opt_str, read_each, strings, wait_gone,
+    wait_ready, Readiness,
 };
 use crate::drivers::{
     Context, Desired, Driver, DriverError, Known, Observed, Timeouts, READY_ATTR, STATUS_ATTR,
@@ -200,64 +200,19 @@ static GROUP: KindSchema = KindSchema {
 pub struct SubnetGroup;
 pub struct ReplicationGroup;
 
-fn ec_tags(want: &Desired<'_>) -> Vec<Tag> {
-    tag_map(want)
-        .into_iter()
-        .map(|(k, v)| Tag::builder().key(k).value(v).build())
-        .collect()
-}
-
-async fn tags_of(
-    cx: &Context,
-    arn: &str,
-) -> Result<(Option<String>, Option<crate::drivers::Owner>, Json), DriverError> {
-    let out = cx
-        .aws()
-        .await?
-        .elasticache
-        .list_tags_for_resource()
-        .resource_name(arn)
-        .send()
-        .await
-        .map_err(|e| api_error("ListTagsForResource", e))?;
-    let pairs: Vec<(String, String)> = out
-        .tag_list()
-        .iter()
-        .filter_map(|t| Some((t.key()?.to_string(), t.value()?.to_string())))
-        .collect();
-    Ok(read_tag_pairs(
-        pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-    ))
-}
-
+/// Brings a replication group's or subnet group's tags to the stack's.
 async fn sync_ec_tags(
     cx: &Context,
     have: &Observed,
     want: &Desired<'_>,
 ) -> Result<(), DriverError> {
-    let ec = &cx.aws().await?.elasticache;
     let arn = have
         .attrs
         .get("arn")
         .and_then(Json::as_str)
         .unwrap_or_default()
         .to_string();
-    let removed = removed_tag_keys(have, want);
-    if !removed.is_empty() {
-        ec.remove_tags_from_resource()
-            .resource_name(&arn)
-            .set_tag_keys(Some(removed))
-            .send()
-            .await
-            .map_err(|e| api_error("RemoveTagsFromResource", e))?;
-    }
-    ec.add_tags_to_resource()
-        .resource_name(&arn)
-        .set_tags(Some(ec_tags(want)))
-        .send()
-        .await
-        .map_err(|e| api_error("AddTagsToResource", e))?;
-    Ok(())
+    arn_tags::sync(cx, ArnService::ElastiCache, &arn, have, want).await
 }
 
 // ---- subnet group ----
@@ -287,7 +242,7 @@ async fn read_subnet_group(cx: &Context, name: &str) -> Result<Option<Observed>,
         .collect();
     Ok(Some(observed_with(
         name,
-        tags_of(cx, &arn).await?,
+        arn_tags::read(cx, ArnService::ElastiCache, &arn).await?,
         vec![
             ("name", Json::String(name.to_string())),
             ("arn", Json::String(arn)),
@@ -322,7 +277,7 @@ impl Driver for SubnetGroup {
                 want.str("description").unwrap_or("Managed by ralph-deploy"),
             )
             .set_subnet_ids(Some(strings(want.props.get("subnet_ids"))))
-            .set_tags(Some(ec_tags(want)))
+            .set_tags(Some(arn_tags::elasticache_tags(want)))
             .send()
             .await
             .map_err(|e| api_error("CreateCacheSubnetGroup", e))?;
@@ -407,7 +362,7 @@ async fn read_group(cx: &Context, id: &str) -> Result<Option<Observed>, DriverEr
     let node_group = g.node_groups().first();
     let mut o = observed_with(
         id,
-        tags_of(cx, &arn).await?,
+        arn_tags::read(cx, ArnService::ElastiCache, &arn).await?,
         vec![
             ("replication_group_id", Json::String(id.to_string())),
             ("arn", Json::String(arn)),
@@ -554,7 +509,7 @@ impl Driver for ReplicationGroup {
             .set_auth_token(token)
             .set_snapshot_retention_limit(want.int("snapshot_retention_days")?)
             .set_port(want.int("port")?)
-            .set_tags(Some(ec_tags(want)))
+            .set_tags(Some(arn_tags::elasticache_tags(want)))
             .send()
             .await
             .map_err(|e| api_error("CreateReplicationGroup", e))?;

@@ -4,6 +4,7 @@
 //! AWS_PROFILE, AWS_ENDPOINT_URL, the standard credential chain); the stack's
 //! `cloud.aws` settings override region, profile and endpoint.
 
+mod arn_tags;
 mod eip;
 mod eks;
 pub mod eks_token;

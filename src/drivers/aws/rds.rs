@@ -8,12 +8,13 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use aws_sdk_rds::types::{ApplyMethod, Parameter, Tag};
+use aws_sdk_rds::types::{ApplyMethod, Parameter};
 use serde_json::{Map, Value as Json};
 
+use super::arn_tags::{self, ArnService};
 use super::{
     api_error, error_code, gone_or_deleting, observed_with, opt_str, read_each, read_tag_pairs,
-    removed_tag_keys, strings, tag_map, user_tags_of, wait_gone, wait_ready, Readiness,
+    strings, user_tags_of, wait_gone, wait_ready, Readiness,
 };
 use crate::drivers::{
     Context, Desired, Driver, DriverError, Known, Observed, Timeouts, READY_ATTR, STATUS_ATTR,
@@ -354,63 +355,8 @@ pub struct SubnetGroup;
 pub struct ParameterGroup;
 pub struct Instance;
 
-fn rds_tags(want: &Desired<'_>) -> Vec<Tag> {
-    tag_map(want)
-        .into_iter()
-        .map(|(k, v)| Tag::builder().key(k).value(v).build())
-        .collect()
-}
-
 fn int(want: &Desired<'_>, f: &str) -> Result<Option<i32>, DriverError> {
     want.int(f)
-}
-
-async fn tags_of(
-    cx: &Context,
-    arn: &str,
-) -> Result<(Option<String>, Option<crate::drivers::Owner>, Json), DriverError> {
-    let out = cx
-        .aws()
-        .await?
-        .rds
-        .list_tags_for_resource()
-        .resource_name(arn)
-        .send()
-        .await
-        .map_err(|e| api_error("ListTagsForResource", e))?;
-    let pairs: Vec<(String, String)> = out
-        .tag_list()
-        .iter()
-        .filter_map(|t| Some((t.key()?.to_string(), t.value()?.to_string())))
-        .collect();
-    Ok(read_tag_pairs(
-        pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-    ))
-}
-
-async fn sync_rds_tags(
-    cx: &Context,
-    arn: &str,
-    have: &Observed,
-    want: &Desired<'_>,
-) -> Result<(), DriverError> {
-    let rds = &cx.aws().await?.rds;
-    let removed = removed_tag_keys(have, want);
-    if !removed.is_empty() {
-        rds.remove_tags_from_resource()
-            .resource_name(arn)
-            .set_tag_keys(Some(removed))
-            .send()
-            .await
-            .map_err(|e| api_error("RemoveTagsFromResource", e))?;
-    }
-    rds.add_tags_to_resource()
-        .resource_name(arn)
-        .set_tags(Some(rds_tags(want)))
-        .send()
-        .await
-        .map_err(|e| api_error("AddTagsToResource", e))?;
-    Ok(())
 }
 
 fn arn_of(have: &Observed) -> String {
@@ -448,7 +394,7 @@ async fn read_subnet_group(cx: &Context, name: &str) -> Result<Option<Observed>,
         .collect();
     Ok(Some(observed_with(
         name,
-        tags_of(cx, &arn).await?,
+        arn_tags::read(cx, ArnService::Rds, &arn).await?,
         vec![
             ("name", Json::String(name.to_string())),
             ("arn", Json::String(arn)),
@@ -483,7 +429,7 @@ impl Driver for SubnetGroup {
                 want.str("description").unwrap_or("Managed by ralph-deploy"),
             )
             .set_subnet_ids(Some(strings(want.props.get("subnet_ids"))))
-            .set_tags(Some(rds_tags(want)))
+            .set_tags(Some(arn_tags::rds_tags(want)))
             .send()
             .await
             .map_err(|e| api_error("CreateDBSubnetGroup", e))?;
@@ -517,7 +463,7 @@ impl Driver for SubnetGroup {
                 .map_err(|e| api_error("ModifyDBSubnetGroup", e))?;
         }
         if changed.iter().any(|c| c == "tags") {
-            sync_rds_tags(cx, &arn_of(have), have, want).await?;
+            arn_tags::sync(cx, ArnService::Rds, &arn_of(have), have, want).await?;
         }
         read_subnet_group(cx, &have.id)
             .await?
@@ -579,7 +525,7 @@ async fn read_parameter_group(cx: &Context, name: &str) -> Result<Option<Observe
     }
     Ok(Some(observed_with(
         name,
-        tags_of(cx, &arn).await?,
+        arn_tags::read(cx, ArnService::Rds, &arn).await?,
         vec![
             ("name", Json::String(name.to_string())),
             ("arn", Json::String(arn)),
@@ -665,7 +611,7 @@ impl Driver for ParameterGroup {
             .db_parameter_group_name(name)
             .db_parameter_group_family(want.str("family").unwrap_or("postgres15"))
             .description(want.str("description").unwrap_or("Managed by ralph-deploy"))
-            .set_tags(Some(rds_tags(want)))
+            .set_tags(Some(arn_tags::rds_tags(want)))
             .send()
             .await
             .map_err(|e| api_error("CreateDBParameterGroup", e))?;
@@ -698,7 +644,7 @@ impl Driver for ParameterGroup {
             .await?;
         }
         if changed.iter().any(|c| c == "tags") {
-            sync_rds_tags(cx, &arn_of(have), have, want).await?;
+            arn_tags::sync(cx, ArnService::Rds, &arn_of(have), have, want).await?;
         }
         read_parameter_group(cx, &have.id)
             .await?
@@ -881,7 +827,7 @@ impl Driver for Instance {
                 .set_vpc_security_group_ids(Some(strings(want.props.get("vpc_security_group_ids"))))
                 .deletion_protection(want.bool("deletion_protection").unwrap_or(true))
                 .publicly_accessible(want.bool("publicly_accessible").unwrap_or(false))
-                .set_tags(Some(rds_tags(want)))
+                .set_tags(Some(arn_tags::rds_tags(want)))
                 .send()
                 .await
                 .map_err(|e| api_error("CreateDBInstanceReadReplica", e))?;
@@ -908,7 +854,7 @@ impl Driver for Instance {
                 .manage_master_user_password(true)
                 .publicly_accessible(want.bool("publicly_accessible").unwrap_or(false))
                 .copy_tags_to_snapshot(true)
-                .set_tags(Some(rds_tags(want)))
+                .set_tags(Some(arn_tags::rds_tags(want)))
                 .send()
                 .await
                 .map_err(|e| api_error("CreateDBInstance", e))?;
@@ -994,7 +940,7 @@ impl Driver for Instance {
                 .map_err(|e| api_error("ModifyDBInstance", e))?;
         }
         if has("tags") {
-            sync_rds_tags(cx, &arn_of(have), have, want).await?;
+            arn_tags::sync(cx, ArnService::Rds, &arn_of(have), have, want).await?;
         }
         wait_available(
             cx,
