@@ -332,22 +332,23 @@ impl Driver for SecurityGroup {
             .ok_or_else(|| DriverError::new("CreateSecurityGroup returned no id"))?
             .to_string();
         let fresh = read_one(cx, &id).await?;
-        sync_rules(
-            cx,
-            &id,
-            false,
-            fresh.attrs.get("ingress"),
-            want.props.get("ingress"),
-        )
-        .await?;
-        sync_rules(
-            cx,
-            &id,
-            true,
-            fresh.attrs.get("egress"),
-            want.props.get("egress"),
-        )
-        .await?;
+        // Ingress and egress rules are independent calls.
+        futures::try_join!(
+            sync_rules(
+                cx,
+                &id,
+                false,
+                fresh.attrs.get("ingress"),
+                want.props.get("ingress"),
+            ),
+            sync_rules(
+                cx,
+                &id,
+                true,
+                fresh.attrs.get("egress"),
+                want.props.get("egress"),
+            )
+        )?;
         read_one(cx, &id).await
     }
 

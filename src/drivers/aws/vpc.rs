@@ -95,25 +95,32 @@ async fn set_dns(
     hostnames: Option<bool>,
 ) -> Result<(), DriverError> {
     let client = ec2(cx).await?;
-    // EC2 takes one attribute per call.
-    if let Some(s) = support {
-        client
-            .modify_vpc_attribute()
-            .vpc_id(id)
-            .enable_dns_support(AttributeBooleanValue::builder().value(s).build())
-            .send()
-            .await
-            .map_err(|e| api_error("ModifyVpcAttribute", e))?;
-    }
-    if let Some(h) = hostnames {
-        client
-            .modify_vpc_attribute()
-            .vpc_id(id)
-            .enable_dns_hostnames(AttributeBooleanValue::builder().value(h).build())
-            .send()
-            .await
-            .map_err(|e| api_error("ModifyVpcAttribute", e))?;
-    }
+    // EC2 takes one attribute per call; the two calls are independent.
+    let support = async {
+        if let Some(s) = support {
+            client
+                .modify_vpc_attribute()
+                .vpc_id(id)
+                .enable_dns_support(AttributeBooleanValue::builder().value(s).build())
+                .send()
+                .await
+                .map_err(|e| api_error("ModifyVpcAttribute", e))?;
+        }
+        Ok::<(), DriverError>(())
+    };
+    let hostnames = async {
+        if let Some(h) = hostnames {
+            client
+                .modify_vpc_attribute()
+                .vpc_id(id)
+                .enable_dns_hostnames(AttributeBooleanValue::builder().value(h).build())
+                .send()
+                .await
+                .map_err(|e| api_error("ModifyVpcAttribute", e))?;
+        }
+        Ok::<(), DriverError>(())
+    };
+    futures::try_join!(support, hostnames)?;
     Ok(())
 }
 
@@ -147,20 +154,18 @@ async fn describe(
         let page = page.map_err(|e| api_error("DescribeVpcs", e))?;
         for v in page.vpcs() {
             let Some(id) = v.vpc_id() else { continue };
+            let (support, hostnames) = futures::try_join!(
+                dns(cx, id, VpcAttributeName::EnableDnsSupport),
+                dns(cx, id, VpcAttributeName::EnableDnsHostnames)
+            )?;
             out.push(observed(
                 id,
                 v.tags(),
                 vec![
                     ("cidr_block", super::opt_str(v.cidr_block())),
                     ("owner_id", super::opt_str(v.owner_id())),
-                    (
-                        "enable_dns_support",
-                        dns(cx, id, VpcAttributeName::EnableDnsSupport).await?,
-                    ),
-                    (
-                        "enable_dns_hostnames",
-                        dns(cx, id, VpcAttributeName::EnableDnsHostnames).await?,
-                    ),
+                    ("enable_dns_support", support),
+                    ("enable_dns_hostnames", hostnames),
                 ],
             ));
         }
@@ -225,27 +230,34 @@ impl Driver for Vpc {
             .and_then(|v| v.vpc_id())
             .ok_or_else(|| DriverError::new("CreateVpc returned no VPC id"))?
             .to_string();
-        cx.wait_until(
-            want.address,
-            "the VPC to become available",
-            std::time::Duration::from_secs(300),
-            || async {
-                let out = client
-                    .describe_vpcs()
-                    .vpc_ids(&id)
-                    .send()
-                    .await
-                    .map_err(|e| api_error("DescribeVpcs", e))?;
-                let state = out
-                    .vpcs()
-                    .first()
-                    .and_then(|v| v.state())
-                    .map(|s| s.as_str().to_string())
-                    .unwrap_or_else(|| "unknown".into());
-                Ok(((state == "available").then_some(()), state))
-            },
-        )
-        .await?;
+        // Usually available at once; otherwise wait for it.
+        let available = out
+            .vpc()
+            .and_then(|v| v.state())
+            .is_some_and(|s| s.as_str() == "available");
+        if !available {
+            cx.wait_until(
+                want.address,
+                "the VPC to become available",
+                std::time::Duration::from_secs(300),
+                || async {
+                    let out = client
+                        .describe_vpcs()
+                        .vpc_ids(&id)
+                        .send()
+                        .await
+                        .map_err(|e| api_error("DescribeVpcs", e))?;
+                    let state = out
+                        .vpcs()
+                        .first()
+                        .and_then(|v| v.state())
+                        .map(|s| s.as_str().to_string())
+                        .unwrap_or_else(|| "unknown".into());
+                    Ok(((state == "available").then_some(()), state))
+                },
+            )
+            .await?;
+        }
         set_dns(
             cx,
             &id,
