@@ -340,7 +340,7 @@ async fn a_killed_lock_holder_is_detected_as_stale() {
     let err = text(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(
-        err.contains("took over a stale lock") && err.contains("no longer runs"),
+        err.contains("took over a stale lock") && err.contains("no longer holds it"),
         "{err}"
     );
     assert!(

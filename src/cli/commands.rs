@@ -204,6 +204,7 @@ async fn apply_cmd(args: &StackArgs, run: &RunArgs, destroy: bool) -> Result<i32
             env: Some(file.plan.environment.clone()),
             vars: file.variables.clone(),
             state_dir: args.state_dir.clone(),
+            state: args.state.clone(),
         },
         None => args.clone(),
     };

@@ -45,6 +45,10 @@ pub struct StackArgs {
         default_value = ".ralph-deploy/state"
     )]
     pub state_dir: PathBuf,
+    /// A shared state store instead of local files: postgres://user@host/db
+    /// (password from PGPASSWORD). Set RALPH_DEPLOY_STATE_KEY to encrypt.
+    #[arg(long = "state", env = "RALPH_DEPLOY_STATE", value_name = "URL")]
+    pub state: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, ValueEnum)]
@@ -316,8 +320,14 @@ impl StackArgs {
     /// Loads and validates the stack; on problems prints them and fails.
     pub(crate) fn session(&self, json: bool) -> Result<Session, CliError> {
         let options = self.load_options().map_err(CliError::Other)?;
-        Session::load(&self.stack, &options, &self.state_dir)
-            .map_err(|d| CliError::Invalid(*d, json))
+        let location = match &self.state {
+            Some(url) => crate::ops::StateLocation::Url(url.clone()),
+            None => crate::ops::StateLocation::Dir(self.state_dir.clone()),
+        };
+        Session::load(&self.stack, &options, &location).map_err(|e| match e {
+            crate::ops::LoadError::Stack(d) => CliError::Invalid(*d, json),
+            crate::ops::LoadError::State(e) => CliError::Other(anyhow::anyhow!(e)),
+        })
     }
 }
 

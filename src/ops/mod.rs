@@ -61,20 +61,48 @@ pub struct Session {
     pub registry: Registry,
 }
 
+/// Where a session keeps its state.
+#[derive(Debug, Clone)]
+pub enum StateLocation {
+    /// The embedded backend's directory.
+    Dir(std::path::PathBuf),
+    /// A shared store (postgres://...).
+    Url(String),
+}
+
+#[derive(Debug)]
+pub enum LoadError {
+    Stack(Box<Diagnostics>),
+    State(String),
+}
+
 impl Session {
     /// Loads and validates the stack; problems come back all at once.
     pub fn load(
         path: &Path,
         options: &LoadOptions,
-        state_dir: &Path,
-    ) -> Result<Session, Box<Diagnostics>> {
+        state: &StateLocation,
+    ) -> Result<Session, LoadError> {
         let registry = Registry::builtin();
-        let stack = Stack::load(path, options, &registry).map_err(Box::new)?;
-        let backend = Box::new(LocalBackend::new(
-            state_dir,
-            &stack.name,
-            &stack.environment,
-        ));
+        let stack =
+            Stack::load(path, options, &registry).map_err(|d| LoadError::Stack(Box::new(d)))?;
+        let backend: Box<dyn Backend> = match state {
+            StateLocation::Dir(dir) => Box::new(LocalBackend::new(
+                dir,
+                &stack.name,
+                &stack.environment,
+            )),
+            StateLocation::Url(url) if crate::state::postgres::is_postgres_url(url) => Box::new(
+                crate::state::postgres::PostgresBackend::new(url, &stack.name, &stack.environment)
+                    .map_err(|e| LoadError::State(e.to_string()))?,
+            ),
+            StateLocation::Url(url) => {
+                return Err(LoadError::State(format!(
+                    "--state {}: not a state store this build knows; use postgres://user@host/database (or leave it out for local files)",
+                    url.split('@').next_back().unwrap_or(url)
+                )))
+            }
+        };
         Ok(Session {
             stack,
             backend,
@@ -261,7 +289,7 @@ where
     if let Some(stale) = s.backend.lock(&lock).await? {
         cx.reporter.report(Event::Warning {
             message: format!(
-                "took over a stale lock: `{}` (pid {} on {}, since {}) no longer runs; its work is recovered from the state and the cloud",
+                "took over a stale lock: `{}` (pid {} on {}, since {}) no longer holds it (its process is gone, or its lease ran out without renewal); its work is recovered from the state and the cloud",
                 stale.operation, stale.pid, stale.host, stale.since
             ),
         });

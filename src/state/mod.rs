@@ -6,7 +6,9 @@
 //! [`StateStore`] reads and writes whole snapshots atomically, [`Locker`]
 //! gives one writer at a time and names the holder to everyone else.
 
+pub mod codec;
 pub mod local;
+pub mod postgres;
 
 use std::collections::BTreeMap;
 
