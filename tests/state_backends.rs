@@ -150,3 +150,82 @@ async fn a_writer_that_read_an_older_serial_never_overwrites_a_newer_state() {
     // History: every serial written is there.
     assert_eq!(a.read_serial(1).await.unwrap().serial, 1);
 }
+
+/// `state pull|push|mv|rm|migrate` on the network stack.
+#[tokio::test(flavor = "multi_thread")]
+async fn state_commands_pull_push_mv_rm_and_migrate_to_postgres() {
+    let name = format!("sx{}", std::process::id());
+    let db = store(&name).await;
+    let w = World::from_stack("aws-network.yaml", &name);
+    w.ok("apply", &["--auto-approve"]);
+    let stack = w.stack();
+    let stack = stack.to_str().unwrap();
+    let state_cmd = |args: &[&str]| {
+        let mut all = vec!["state", args[0], stack, "--env", "production"];
+        all.extend_from_slice(&args[1..]);
+        w.cmd(&all).output().unwrap()
+    };
+    // pull, then push: an older copy is refused, a forced one accepted.
+    let pulled = state_cmd(&["pull"]);
+    assert!(pulled.status.success(), "{}", text(&pulled.stderr));
+    let old: serde_json::Value = serde_json::from_slice(&pulled.stdout).unwrap();
+    let file = w.dir.path().join("pulled.json");
+    std::fs::write(&file, &pulled.stdout).unwrap();
+    let out = state_cmd(&["mv", "igw", "gateway"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("moved igw to gateway"));
+    let out = state_cmd(&["push", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("older than the stored serial"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = state_cmd(&["push", file.to_str().unwrap(), "--force"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let now: serde_json::Value = serde_json::from_slice(&state_cmd(&["pull"]).stdout).unwrap();
+    assert!(
+        now["resources"]["igw"].is_object(),
+        "the pushed copy is current"
+    );
+    assert!(now["serial"].as_u64() > old["serial"].as_u64());
+    // Another lineage is refused.
+    let mut foreign = old.clone();
+    foreign["lineage"] = "someone-else".into();
+    foreign["serial"] = 999.into();
+    std::fs::write(&file, foreign.to_string()).unwrap();
+    let out = state_cmd(&["push", file.to_str().unwrap()]);
+    assert!(
+        text(&out.stderr).contains("another lineage"),
+        "{}",
+        text(&out.stderr)
+    );
+    // rm forgets; the ownership tags bring it back as an adoption.
+    let out = state_cmd(&["rm", "igw"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let plan = w.plan_json(&[]);
+    let igw = plan["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["address"] == "igw")
+        .unwrap()
+        .clone();
+    assert_eq!(igw["adopt"], true, "{igw}");
+    w.ok("apply", &["--auto-approve"]);
+    // migrate to PostgreSQL: the next run there sees no changes.
+    let out = state_cmd(&["migrate", "--to", &db]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let mut there = World::from_stack("aws-network.yaml", &name);
+    there.env.push(("RALPH_DEPLOY_STATE".into(), db.clone()));
+    let out = there.run("plan", &["--detailed-exitcode"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    // Migrating again finds the target holding the state, and refuses.
+    let out = state_cmd(&["migrate", "--to", &db]);
+    assert!(
+        text(&out.stderr).contains("already holds a state"),
+        "{}",
+        text(&out.stderr)
+    );
+    there.ok("destroy", &["--auto-approve", "--allow-protected"]);
+}

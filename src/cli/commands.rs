@@ -401,6 +401,76 @@ async fn state_cmd(cmd: StateCommand) -> Result<i32, CliError> {
             );
             Ok(EXIT_OK)
         }
+        StateCommand::Pull { args } => {
+            let s = args.session(false)?;
+            let (state, existed) = read_state(&s).await?;
+            if !existed {
+                return Err(CliError::Other(anyhow::anyhow!(
+                    "there is no state at {} yet",
+                    s.backend.describe()
+                )));
+            }
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&state).map_err(|e| CliError::Other(e.into()))?
+            );
+            Ok(EXIT_OK)
+        }
+        StateCommand::Push { args, file, force } => {
+            let s = args.session(false)?;
+            let text = crate::files::read_text_bounded(&file, 64 << 20)
+                .map_err(|e| CliError::Other(anyhow::anyhow!("{}: {e}", file.display())))?;
+            let incoming: crate::state::State = serde_json::from_str(&text).map_err(|e| {
+                CliError::Other(anyhow::anyhow!(
+                    "{}: not a state file ({e}); `ralph-deploy state pull` prints one",
+                    file.display()
+                ))
+            })?;
+            let cx = s.context(reporter(false));
+            let serial = crate::ops::state_cmds::push(&s, &cx, incoming, force).await?;
+            println!(
+                "Pushed {} as serial {serial} of {}.",
+                file.display(),
+                s.backend.describe()
+            );
+            Ok(EXIT_OK)
+        }
+        StateCommand::Rm { args, addresses } => {
+            let s = args.session(false)?;
+            let cx = s.context(reporter(false));
+            let removed = crate::ops::state_cmds::rm(&s, &cx, &addresses).await?;
+            for a in &removed {
+                println!("forgot {a}");
+            }
+            eprintln!("The resources still exist and carry their ralph-deploy:* ownership tags: while the stack declares them the next plan adopts them again, and once it does not, the next plan deletes them as orphans. Remove those tags to hand them over.");
+            Ok(EXIT_OK)
+        }
+        StateCommand::Mv { args, from, to } => {
+            let s = args.session(false)?;
+            let cx = s.context(reporter(false));
+            for (a, b) in crate::ops::state_cmds::mv(&s, &cx, &from, &to).await? {
+                println!("moved {a} to {b}");
+            }
+            Ok(EXIT_OK)
+        }
+        StateCommand::Migrate { args, to } => {
+            let s = args.session(false)?;
+            let cx = s.context(reporter(false));
+            let location = if crate::state::postgres::is_postgres_url(&to) || to.contains("://") {
+                crate::ops::StateLocation::Url(to.clone())
+            } else {
+                crate::ops::StateLocation::Dir(PathBuf::from(&to))
+            };
+            let target = crate::ops::state_cmds::backend_at(&s, &location)?;
+            let shown = target.describe();
+            let (serial, left) = crate::ops::state_cmds::migrate(&s, &cx, target).await?;
+            println!(
+                "Copied serial {serial} from {} to {shown}. Point every run at the new store (--state or RALPH_DEPLOY_STATE); the old copy is left as it was{}.",
+                s.backend.describe(),
+                if left > 0 { format!(", with its {left} before-command snapshot(s)") } else { String::new() }
+            );
+            Ok(EXIT_OK)
+        }
         StateCommand::List { args } => {
             let s = args.session(false)?;
             let (state, _) = read_state(&s).await?;

@@ -250,6 +250,46 @@ pub enum StateCommand {
         /// The snapshot's name, or its serial (as `state snapshots` lists them)
         snapshot: String,
     },
+    /// Print the current state as JSON (to keep a copy, or to edit and push)
+    Pull {
+        #[command(flatten)]
+        args: StackArgs,
+    },
+    /// Make a state file the current state, under the lock. An older serial
+    /// or another lineage is refused unless --force
+    Push {
+        #[command(flatten)]
+        args: StackArgs,
+        /// The state file (JSON, as `state pull` prints it)
+        file: PathBuf,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Forget resources (the cloud is not touched). The resources keep their
+    /// ownership tags: remove those too, or the next plan finds them again
+    Rm {
+        #[command(flatten)]
+        args: StackArgs,
+        #[arg(required = true)]
+        addresses: Vec<String>,
+    },
+    /// Rename a state entry (or everything under a component or for_each
+    /// address), as a `moved` entry in the stack would
+    Mv {
+        #[command(flatten)]
+        args: StackArgs,
+        from: String,
+        to: String,
+    },
+    /// Copy the current state to another store (postgres://... or a
+    /// directory), holding the locks of both
+    Migrate {
+        #[command(flatten)]
+        args: StackArgs,
+        /// The store to move to
+        #[arg(long, value_name = "URL|DIR")]
+        to: String,
+    },
 }
 
 pub fn main() -> i32 {

@@ -13,6 +13,7 @@
 pub mod apply;
 pub mod db;
 pub mod release;
+pub mod state_cmds;
 
 use std::path::Path;
 use std::sync::atomic::Ordering;

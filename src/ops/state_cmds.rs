@@ -1,0 +1,188 @@
+//! State commands that change the record only: push, rm, mv, migrate.
+//! Each runs under the lock (the one runner), after open intents are
+//! settled, and writes one new serial; nothing in the cloud is touched.
+
+use super::{locked, OpError, Session, StateLocation};
+use crate::drivers::Context;
+use crate::model::address::is_under;
+use crate::state::{Backend, LockInfo, State};
+
+/// `state push FILE`: makes `incoming` the current state. An older serial
+/// or another lineage is refused unless `force`.
+pub async fn push(
+    s: &Session,
+    cx: &Context,
+    mut incoming: State,
+    force: bool,
+) -> Result<u64, OpError> {
+    locked(s, cx, "state push", |l| async move {
+        if incoming.stack != s.stack.name || incoming.environment != s.stack.environment {
+            return Err(OpError::refused(format!(
+                "the file is the state of stack `{}` environment `{}`, not `{}` `{}`; nothing was changed",
+                incoming.stack, incoming.environment, s.stack.name, s.stack.environment
+            )));
+        }
+        if l.existed && !force {
+            if incoming.lineage != l.state.lineage {
+                return Err(OpError::refused(format!(
+                    "the file is of another lineage ({}; the stored state is {}): it is another deployment's state. Nothing was changed; --force replaces it anyway",
+                    incoming.lineage, l.state.lineage
+                )));
+            }
+            if incoming.serial < l.state.serial {
+                return Err(OpError::refused(format!(
+                    "the file has serial {}, older than the stored serial {}: pushing it would undo later changes. Nothing was changed; --force pushes it anyway",
+                    incoming.serial, l.state.serial
+                )));
+            }
+        }
+        if l.existed {
+            // Written as the next serial of the stored state, whatever the
+            // file says, so compare-and-swap stores accept it.
+            incoming.lineage = l.state.lineage.clone();
+            incoming.serial = l.state.serial + 1;
+        } else {
+            incoming.serial = incoming.serial.max(1);
+        }
+        s.backend.write(&incoming).await?;
+        Ok(incoming.serial)
+    })
+    .await
+}
+
+/// `state rm ADDRESS...`: forgets entries (and everything under a
+/// component or `for_each` address). Returns the addresses removed.
+pub async fn rm(s: &Session, cx: &Context, addresses: &[String]) -> Result<Vec<String>, OpError> {
+    locked(s, cx, "state rm", |l| async move {
+        let mut state = l.state;
+        let mut removed = Vec::new();
+        for a in addresses {
+            let hits: Vec<String> = state
+                .resources
+                .keys()
+                .filter(|k| is_under(k, a))
+                .cloned()
+                .collect();
+            if hits.is_empty() {
+                let hint =
+                    crate::model::did_you_mean(a, state.resources.keys().map(String::as_str))
+                        .map(|s| format!(" (did you mean `{s}`?)"))
+                        .unwrap_or_default();
+                return Err(OpError::refused(format!(
+                    "`{a}` is not in the state{hint}; nothing was changed"
+                )));
+            }
+            for h in hits {
+                state.resources.remove(&h);
+                removed.push(h);
+            }
+        }
+        for r in state.resources.values_mut() {
+            r.depends_on.retain(|d| !removed.contains(d));
+        }
+        state.serial += 1;
+        s.backend.write(&state).await?;
+        Ok(removed)
+    })
+    .await
+}
+
+/// `state mv FROM TO`: renames entries, as a `moved` entry would.
+pub async fn mv(
+    s: &Session,
+    cx: &Context,
+    from: &str,
+    to: &str,
+) -> Result<Vec<(String, String)>, OpError> {
+    for a in [from, to] {
+        crate::model::address::parse(a).map_err(OpError::refused)?;
+    }
+    locked(s, cx, "state mv", |l| async move {
+        let mut state = l.state;
+        if state.resources.keys().any(|k| is_under(k, to)) {
+            return Err(OpError::refused(format!(
+                "`{to}` is already in the state; nothing was changed"
+            )));
+        }
+        let done = state.apply_moves(&[(from.to_string(), to.to_string())]);
+        if done.is_empty() {
+            return Err(OpError::refused(format!(
+                "`{from}` is not in the state; nothing was changed"
+            )));
+        }
+        state.serial += 1;
+        s.backend.write(&state).await?;
+        Ok(done)
+    })
+    .await
+}
+
+/// `state migrate --to URL`: copies the current state to another store,
+/// holding both locks; returns its serial and how many before-command
+/// snapshots stay behind in the old store. The target must be empty, or hold an
+/// older serial of the same lineage.
+pub async fn migrate(
+    s: &Session,
+    cx: &Context,
+    target: Box<dyn Backend>,
+) -> Result<(u64, usize), OpError> {
+    locked(s, cx, "state migrate", |l| async move {
+        if !l.existed {
+            return Err(OpError::refused(format!(
+                "there is no state at {} to migrate",
+                s.backend.describe()
+            )));
+        }
+        let lock = LockInfo::for_operation("state migrate");
+        if let Some(stale) = target.lock(&lock).await? {
+            cx.reporter.report(crate::events::Event::Warning {
+                message: format!(
+                    "took over a stale lock on {}: `{}` on {} no longer holds it",
+                    target.describe(),
+                    stale.operation,
+                    stale.host
+                ),
+            });
+        }
+        let result = async {
+            if let Some(there) = target.read().await? {
+                if there.lineage != l.state.lineage || there.serial >= l.state.serial {
+                    return Err(OpError::refused(format!(
+                        "{} already holds a state (lineage {}, serial {}); nothing was copied",
+                        target.describe(),
+                        there.lineage,
+                        there.serial
+                    )));
+                }
+            }
+            // The current state moves; the kept snapshots stay where they
+            // are (they are named and read per store), and are counted so
+            // the caller can say so.
+            let left_behind = s.backend.snapshots().await?.len();
+            target.write(&l.state).await?;
+            Ok((l.state.serial, left_behind))
+        }
+        .await;
+        let _ = target.unlock(&lock).await;
+        result
+    })
+    .await
+}
+
+/// The backend a URL or directory names, for `state migrate --to`.
+pub fn backend_at(s: &Session, to: &StateLocation) -> Result<Box<dyn Backend>, OpError> {
+    match to {
+        StateLocation::Dir(dir) => Ok(Box::new(crate::state::local::LocalBackend::new(
+            dir,
+            &s.stack.name,
+            &s.stack.environment,
+        ))),
+        StateLocation::Url(url) if crate::state::postgres::is_postgres_url(url) => Ok(Box::new(
+            crate::state::postgres::PostgresBackend::new(url, &s.stack.name, &s.stack.environment)
+                .map_err(|e| OpError::refused(e.to_string()))?,
+        )),
+        StateLocation::Url(_) => Err(OpError::refused(
+            "--to: use postgres://user@host/database or a directory",
+        )),
+    }
+}
