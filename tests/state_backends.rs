@@ -229,3 +229,109 @@ async fn state_commands_pull_push_mv_rm_and_migrate_to_postgres() {
     );
     there.ok("destroy", &["--auto-approve", "--allow-protected"]);
 }
+
+// ------------------------------------------------------------------- S3
+
+/// The S3 tests talk to the local cloud's S3 from this process too.
+fn s3_env() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        std::env::set_var("AWS_ENDPOINT_URL", common::aws_endpoint());
+        std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
+        std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
+        std::env::set_var("AWS_REGION", "us-east-1");
+    });
+}
+
+async fn bucket(name: &str) -> String {
+    s3_env();
+    let w = World::from_stack("aws-network.yaml", name);
+    let s3 = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&w.aws_conf().await)
+            .force_path_style(true)
+            .build(),
+    );
+    s3.create_bucket().bucket(name).send().await.unwrap();
+    name.to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn state_in_s3_with_a_leased_lock_and_compare_and_swap_writes() {
+    use ralph_deploy::state::s3::S3Backend;
+    let name = format!("s3s{}", std::process::id());
+    let b = bucket(&name).await;
+    let url = format!("s3://{b}/teams/platform");
+    let mut w = World::from_stack("aws-network.yaml", &name);
+    w.env.push(("RALPH_DEPLOY_STATE".into(), url.clone()));
+    w.env.push(("RALPH_DEPLOY_STATE_KEY".into(), KEY_A.into()));
+    w.ok("apply", &["--auto-approve"]);
+    assert!(!w.state_dir().exists(), "a local state was written");
+    let out = w.run("plan", &["--detailed-exitcode"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+
+    // The object is ciphertext.
+    let s3 = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&w.aws_conf().await)
+            .force_path_style(true)
+            .build(),
+    );
+    let key = format!("teams/platform/{name}/production/state.json");
+    let body = s3.get_object().bucket(&b).key(&key).send().await.unwrap();
+    let body = body.body.collect().await.unwrap().into_bytes();
+    assert!(!String::from_utf8_lossy(&body).contains("lineage"));
+
+    // A live lease elsewhere blocks; an expired one is taken over.
+    let other = S3Backend::new(&url, &name, "production", None).unwrap();
+    let mut holder = LockInfo::for_operation("apply");
+    holder.host = "ci-runner-9".into();
+    other.lock(&holder).await.unwrap();
+    let out = w.run("apply", &["--auto-approve"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("ci-runner-9"),
+        "{}",
+        text(&out.stderr)
+    );
+    drop(other);
+    let expired = serde_json::json!({
+        "id": holder.id, "operation": "apply", "pid": 1, "host": "ci-runner-9", "user": "ci",
+        "since": "2026-01-01T00:00:00Z", "version": "0", "expires_at": "2026-01-01T00:01:00Z"
+    });
+    s3.put_object()
+        .bucket(&b)
+        .key(format!("teams/platform/{name}/production/lock.json"))
+        .body(expired.to_string().into_bytes().into())
+        .send()
+        .await
+        .unwrap();
+    let out = w.run("apply", &["--auto-approve"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("took over a stale lock"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    w.ok("destroy", &["--auto-approve", "--allow-protected"]);
+
+    // Two writers that read the same state: the second write is refused.
+    let cas = format!("s3://{b}/cas");
+    let x = S3Backend::new(&cas, "s", "prod", None).unwrap();
+    let y = S3Backend::new(&cas, "s", "prod", None).unwrap();
+    assert!(x.read().await.unwrap().is_none());
+    assert!(y.read().await.unwrap().is_none());
+    let mut st = State::new("s", "prod");
+    st.serial = 1;
+    x.write(&st).await.unwrap();
+    let err = y.write(&st).await.unwrap_err().to_string();
+    assert!(
+        err.contains("the state changed since this run read it"),
+        "{err}"
+    );
+    let mut seen = y.read().await.unwrap().unwrap();
+    st.serial = 2;
+    x.write(&st).await.unwrap();
+    seen.serial = 2;
+    let err = y.write(&seen).await.unwrap_err().to_string();
+    assert!(err.contains("nothing was overwritten"), "{err}");
+}

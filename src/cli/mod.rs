@@ -45,8 +45,9 @@ pub struct StackArgs {
         default_value = ".ralph-deploy/state"
     )]
     pub state_dir: PathBuf,
-    /// A shared state store instead of local files: postgres://user@host/db
-    /// (password from PGPASSWORD). Set RALPH_DEPLOY_STATE_KEY to encrypt.
+    /// A shared state store instead of local files: s3://bucket/prefix
+    /// (credentials from the AWS chain) or postgres://user@host/db (password
+    /// from PGPASSWORD). Set RALPH_DEPLOY_STATE_KEY to encrypt.
     #[arg(long = "state", env = "RALPH_DEPLOY_STATE", value_name = "URL")]
     pub state: Option<String>,
 }

@@ -97,9 +97,18 @@ impl Session {
                 crate::state::postgres::PostgresBackend::new(url, &stack.name, &stack.environment)
                     .map_err(|e| LoadError::State(e.to_string()))?,
             ),
+            StateLocation::Url(url) if crate::state::s3::is_s3_url(url) => Box::new(
+                crate::state::s3::S3Backend::new(
+                    url,
+                    &stack.name,
+                    &stack.environment,
+                    stack.cloud.aws.as_ref().and_then(|a| a.region.clone()),
+                )
+                .map_err(|e| LoadError::State(e.to_string()))?,
+            ),
             StateLocation::Url(url) => {
                 return Err(LoadError::State(format!(
-                    "--state {}: not a state store this build knows; use postgres://user@host/database (or leave it out for local files)",
+                    "--state {}: not a state store this build knows; use s3://bucket/prefix or postgres://user@host/database (or leave it out for local files)",
                     url.split('@').next_back().unwrap_or(url)
                 )))
             }

@@ -181,8 +181,17 @@ pub fn backend_at(s: &Session, to: &StateLocation) -> Result<Box<dyn Backend>, O
             crate::state::postgres::PostgresBackend::new(url, &s.stack.name, &s.stack.environment)
                 .map_err(|e| OpError::refused(e.to_string()))?,
         )),
+        StateLocation::Url(url) if crate::state::s3::is_s3_url(url) => Ok(Box::new(
+            crate::state::s3::S3Backend::new(
+                url,
+                &s.stack.name,
+                &s.stack.environment,
+                s.stack.cloud.aws.as_ref().and_then(|a| a.region.clone()),
+            )
+            .map_err(|e| OpError::refused(e.to_string()))?,
+        )),
         StateLocation::Url(_) => Err(OpError::refused(
-            "--to: use postgres://user@host/database or a directory",
+            "--to: use s3://bucket/prefix, postgres://user@host/database or a directory",
         )),
     }
 }

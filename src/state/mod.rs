@@ -9,6 +9,7 @@
 pub mod codec;
 pub mod local;
 pub mod postgres;
+pub mod s3;
 
 use std::collections::BTreeMap;
 
