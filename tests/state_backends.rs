@@ -335,3 +335,77 @@ async fn state_in_s3_with_a_leased_lock_and_compare_and_swap_writes() {
     let err = y.write(&seen).await.unwrap_err().to_string();
     assert!(err.contains("nothing was overwritten"), "{err}");
 }
+
+// ---------------------------------------------------------------- import
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_vpc_made_by_hand_is_imported_then_tagged_and_nothing_is_duplicated() {
+    let name = format!("im{}", std::process::id());
+    let w = World::from_stack("aws-network.yaml", &name);
+    let ec2 = w.ec2().await;
+    let made = ec2
+        .create_vpc()
+        .cidr_block("10.0.0.0/16")
+        .send()
+        .await
+        .unwrap();
+    let id = made.vpc().unwrap().vpc_id().unwrap().to_string();
+    let stack = w.stack();
+    let stack = stack.to_str().unwrap();
+    let import = |args: &[&str]| {
+        let mut all = vec!["import", stack, "--env", "production"];
+        all.extend_from_slice(args);
+        w.cmd(&all).output().unwrap()
+    };
+    // Mistakes first: nothing is recorded.
+    let out = import(&["vcp", &id]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("did you mean `vpc`?"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = import(&["vpc", "vpc-0000000000000dead"]);
+    assert!(
+        text(&out.stderr).contains("no aws.vpc with id"),
+        "{}",
+        text(&out.stderr)
+    );
+    // The real thing.
+    let out = import(&["vpc", &id]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = import(&["vpc", &id]);
+    assert!(
+        text(&out.stderr).contains("already in the state"),
+        "{}",
+        text(&out.stderr)
+    );
+    // The plan updates it (its ownership tags, and what differs), creates the rest.
+    let plan = w.plan_json(&[]);
+    let vpc = plan["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["address"] == "vpc")
+        .unwrap()
+        .clone();
+    assert_eq!(vpc["action"], "update", "{vpc}");
+    assert_eq!(vpc["id"], id.as_str());
+    assert!(vpc["attributes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|a| a["name"] == "tags"));
+    w.ok("apply", &["--auto-approve"]);
+    let out = w.run("plan", &["--detailed-exitcode"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    // One VPC for the stack: the imported one, now tagged.
+    let tagged: Vec<(String, String)> = w
+        .tagged()
+        .await
+        .into_iter()
+        .filter(|(k, _)| k == "vpc")
+        .collect();
+    assert_eq!(tagged, vec![("vpc".to_string(), id.clone())]);
+    w.ok("destroy", &["--auto-approve", "--allow-protected"]);
+}

@@ -59,6 +59,7 @@ pub async fn run(cmd: Command) -> anyhow::Result<i32> {
         Command::Db {
             command: DbCommand::Partitions { args, months_ahead },
         } => db_partitions(&args, months_ahead).await,
+        Command::Import { args, address, id } => import_cmd(&args, &address, &id).await,
         Command::Schema { component } => {
             let registry = crate::drivers::Registry::builtin();
             let schema = if component {
@@ -544,6 +545,17 @@ async fn force_unlock(args: &StackArgs, id: &str) -> Result<i32, CliError> {
     println!(
         "Removed the lock held by `{}` (pid {} on {}, since {}).",
         holder.operation, holder.pid, holder.host, holder.since
+    );
+    Ok(EXIT_OK)
+}
+
+async fn import_cmd(args: &StackArgs, address: &str, id: &str) -> Result<i32, CliError> {
+    let s = args.session(false)?;
+    let cx = s.context(reporter(false));
+    let done = crate::ops::state_cmds::import(&s, &cx, address, id).await?;
+    println!(
+        "Imported {} {} as `{address}`. Run `ralph-deploy plan` to see how it differs from the stack; the next apply also gives it the ralph-deploy ownership tags.",
+        done.kind, done.id
     );
     Ok(EXIT_OK)
 }

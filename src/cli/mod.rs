@@ -63,6 +63,17 @@ pub enum GraphFormat {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Adopt a resource made outside the tool (a VPC, a database made by
+    /// hand) into the state at an address the stack declares; the next plan
+    /// shows only real differences, and the next apply adds its ownership tags
+    Import {
+        #[command(flatten)]
+        args: StackArgs,
+        /// The address in the stack, e.g. vpc or 'private["a"]'
+        address: String,
+        /// The cloud id: vpc-..., a database identifier, a bucket name, an ARN
+        id: String,
+    },
     /// Check a stack file without contacting any cloud
     Validate {
         #[command(flatten)]

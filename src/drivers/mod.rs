@@ -277,6 +277,22 @@ pub trait Driver: Send + Sync {
     /// that cannot be listed by tag read those.
     async fn refresh(&self, cx: &Context, known: &[Known]) -> Result<Vec<Observed>, DriverError>;
 
+    /// One resource by its cloud id, whoever made it (`import`, and a
+    /// recorded resource the tag listing did not return: its tags were
+    /// removed, or it was imported and not tagged yet). `None`: it does not
+    /// exist. Kinds whose refresh looks up known ids get this for free.
+    async fn lookup(&self, cx: &Context, id: &str) -> Result<Option<Observed>, DriverError> {
+        let known = [Known {
+            id: id.to_string(),
+            ..Default::default()
+        }];
+        Ok(self
+            .refresh(cx, &known)
+            .await?
+            .into_iter()
+            .find(|o| o.id == id))
+    }
+
     async fn create(&self, cx: &Context, want: &Desired<'_>) -> Result<Observed, DriverError>;
 
     /// Changes `changed` (names of fields that differ) in place.

@@ -195,3 +195,90 @@ pub fn backend_at(s: &Session, to: &StateLocation) -> Result<Box<dyn Backend>, O
         )),
     }
 }
+
+/// What `import` recorded.
+pub struct Imported {
+    pub kind: String,
+    pub id: String,
+}
+
+/// `import ADDRESS ID`: adopts a resource made outside the tool into the
+/// state at an address the stack declares. The cloud is only read; the
+/// next plan shows what differs from the stack (and the ownership tags the
+/// next apply adds).
+pub async fn import(
+    s: &Session,
+    cx: &Context,
+    address: &str,
+    id: &str,
+) -> Result<Imported, OpError> {
+    let Some(r) = s.stack.resources.get(address) else {
+        let hint =
+            crate::model::did_you_mean(address, s.stack.resources.keys().map(String::as_str))
+                .map(|x| format!(" (did you mean `{x}`?)"))
+                .unwrap_or_default();
+        return Err(OpError::refused(format!(
+            "`{address}` is not declared in the stack{hint}: declare the resource first, then import it; nothing was changed"
+        )));
+    };
+    let kind = r.kind.kind;
+    let driver = s
+        .registry
+        .driver(kind)
+        .ok_or_else(|| OpError::refused(format!("no driver for {kind}")))?;
+    locked(s, cx, "import", |l| async move {
+        let mut state = l.state;
+        if let Some(existing) = state.resources.get(address) {
+            return Err(OpError::refused(format!(
+                "`{address}` is already in the state ({} {}); `ralph-deploy state rm` it first to import another; nothing was changed",
+                existing.kind, existing.id
+            )));
+        }
+        if let Some((other, _)) = state.resources.iter().find(|(_, x)| x.kind == kind && x.id == id) {
+            return Err(OpError::refused(format!(
+                "{kind} {id} is already in the state as `{other}`; nothing was changed"
+            )));
+        }
+        let found = driver
+            .lookup(cx, id)
+            .await
+            .map_err(|e| OpError::Other(format!("looking up {kind} {id}: {}", e.message)))?;
+        let Some(obs) = found else {
+            return Err(OpError::refused(format!(
+                "no {kind} with id `{id}` exists (at {}); nothing was changed",
+                cx.endpoint_description()
+            )));
+        };
+        if let Some(owner) = &obs.owner {
+            if *owner != cx.owner {
+                return Err(OpError::refused(format!(
+                    "{kind} {id} belongs to stack `{}` environment `{}` (its ownership tags say so); nothing was changed",
+                    owner.stack, owner.environment
+                )));
+            }
+        }
+        let deps = r
+            .dependencies()
+            .into_iter()
+            .filter(|d| s.stack.resources.contains_key(d))
+            .collect();
+        state.resources.insert(
+            address.to_string(),
+            crate::state::ResourceState::reported(
+                kind,
+                &obs.id,
+                serde_json::Map::new(),
+                obs.attrs.clone(),
+                deps,
+                r.protect,
+            ),
+        );
+        state.serial += 1;
+        s.backend.write(&state).await?;
+        Ok(Imported {
+            kind: kind.to_string(),
+            id: obs.id,
+        })
+    })
+    .await
+}

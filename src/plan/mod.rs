@@ -463,6 +463,17 @@ fn diff_one(
             });
         }
     }
+    // Imported (or its ownership tags removed by hand): it gets them back.
+    if kind.taggable && current.owner.is_none() && !attributes.iter().any(|a| a.name == "tags") {
+        if let Some(want) = desired.get("tags") {
+            attributes.push(AttrChange {
+                name: "tags".to_string(),
+                before: current.attrs.get("tags").cloned(),
+                after: want.clone(),
+                forces_replace: false,
+            });
+        }
+    }
     // Still becoming ready (a create or update whose wait timed out): apply waits.
     if current.attrs.get(crate::drivers::READY_ATTR) == Some(&Json::Bool(false))
         && attributes.iter().all(|a| !a.forces_replace)

@@ -160,6 +160,31 @@ pub async fn refresh(
             }
         }
     }
+    // Recorded resources the listings did not return: looked up by id, so
+    // one whose ownership tags are gone (removed by hand, or an imported
+    // resource not tagged yet) is not taken for deleted.
+    let missing: Vec<(&String, &crate::state::ResourceState)> = state
+        .resources
+        .iter()
+        .filter(|(a, _)| !out.current.contains_key(*a))
+        .collect();
+    let looked_up = futures::future::join_all(missing.into_iter().filter_map(|(address, rs)| {
+        let driver = registry.driver(&rs.kind)?;
+        Some(async move { (address, rs, driver.lookup(cx, &rs.id).await) })
+    }))
+    .await;
+    for (address, rs, found) in looked_up {
+        let found = found.map_err(|e| PlanError::Refresh {
+            kind: rs.kind.clone(),
+            message: e.message,
+        })?;
+        if let Some(obs) = found.filter(|o| o.owner.as_ref().is_none_or(|owner| *owner == cx.owner))
+        {
+            out.orphans.retain(|(_, _, o)| o.id != obs.id);
+            out.kinds.insert(address.clone(), rs.kind.clone());
+            out.current.insert(address.clone(), obs);
+        }
+    }
     let resources = out.current.len() + out.orphans.len();
     cx.reporter.report(Event::RefreshFinished {
         resources,

@@ -58,6 +58,16 @@ async fn read_one(cx: &Context, id: &str) -> Result<Observed, DriverError> {
 
 #[async_trait::async_trait]
 impl Driver for ElasticIp {
+    async fn lookup(&self, cx: &Context, id: &str) -> Result<Option<Observed>, DriverError> {
+        let out = ec2(cx)
+            .await?
+            .describe_addresses()
+            .filters(super::id_filter("allocation-id", id))
+            .send()
+            .await
+            .map_err(|e| api_error("DescribeAddresses", e))?;
+        Ok(out.addresses().iter().find_map(observe))
+    }
     fn service(&self) -> &'static str {
         "ec2"
     }

@@ -83,6 +83,16 @@ async fn detach(cx: &Context, id: &str, vpc: &str) -> Result<(), DriverError> {
 
 #[async_trait::async_trait]
 impl Driver for InternetGateway {
+    async fn lookup(&self, cx: &Context, id: &str) -> Result<Option<Observed>, DriverError> {
+        let out = ec2(cx)
+            .await?
+            .describe_internet_gateways()
+            .filters(super::id_filter("internet-gateway-id", id))
+            .send()
+            .await
+            .map_err(|e| api_error("DescribeInternetGateways", e))?;
+        Ok(out.internet_gateways().iter().find_map(observe))
+    }
     fn service(&self) -> &'static str {
         "ec2"
     }

@@ -401,6 +401,12 @@ pub(crate) fn owner_filters(owner: &Owner) -> Vec<Filter> {
     ]
 }
 
+/// A filter on one resource id (an id that does not exist gives an empty
+/// answer, where the `...Ids` parameters give an error).
+pub(crate) fn id_filter(name: &str, id: &str) -> Filter {
+    Filter::builder().name(name).values(id).build()
+}
+
 /// The user's tags plus the ownership tags.
 /// The user's tags plus the ownership tags, for any service.
 pub(crate) fn tag_map(want: &Desired<'_>) -> BTreeMap<String, String> {

@@ -108,6 +108,20 @@ async fn state_of(cx: &Context, id: &str) -> Result<(Option<Observed>, String), 
 
 #[async_trait::async_trait]
 impl Driver for NatGateway {
+    async fn lookup(&self, cx: &Context, id: &str) -> Result<Option<Observed>, DriverError> {
+        let out = ec2(cx)
+            .await?
+            .describe_nat_gateways()
+            .filter(super::id_filter("nat-gateway-id", id))
+            .send()
+            .await
+            .map_err(|e| api_error("DescribeNatGateways", e))?;
+        Ok(out
+            .nat_gateways()
+            .iter()
+            .filter(|g| g.state().is_none_or(|s| s.as_str() != "deleted"))
+            .find_map(observe))
+    }
     fn service(&self) -> &'static str {
         "ec2"
     }

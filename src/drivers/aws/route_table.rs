@@ -204,6 +204,19 @@ async fn sync_routes(
 
 #[async_trait::async_trait]
 impl Driver for RouteTable {
+    async fn lookup(&self, cx: &Context, id: &str) -> Result<Option<Observed>, DriverError> {
+        let out = ec2(cx)
+            .await?
+            .describe_route_tables()
+            .filters(super::id_filter("route-table-id", id))
+            .send()
+            .await
+            .map_err(|e| api_error("DescribeRouteTables", e))?;
+        Ok(out.route_tables().iter().find_map(observe).map(|mut o| {
+            o.attrs.remove("associations");
+            o
+        }))
+    }
     fn service(&self) -> &'static str {
         "ec2"
     }

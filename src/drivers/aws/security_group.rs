@@ -278,6 +278,16 @@ async fn read_one(cx: &Context, id: &str) -> Result<Observed, DriverError> {
 
 #[async_trait::async_trait]
 impl Driver for SecurityGroup {
+    async fn lookup(&self, cx: &Context, id: &str) -> Result<Option<Observed>, DriverError> {
+        let out = ec2(cx)
+            .await?
+            .describe_security_groups()
+            .filters(super::id_filter("group-id", id))
+            .send()
+            .await
+            .map_err(|e| api_error("DescribeSecurityGroups", e))?;
+        Ok(out.security_groups().iter().find_map(observe))
+    }
     fn service(&self) -> &'static str {
         "ec2"
     }

@@ -106,6 +106,16 @@ async fn set_public(cx: &Context, id: &str, public: bool) -> Result<(), DriverEr
 
 #[async_trait::async_trait]
 impl Driver for Subnet {
+    async fn lookup(&self, cx: &Context, id: &str) -> Result<Option<Observed>, DriverError> {
+        let out = ec2(cx)
+            .await?
+            .describe_subnets()
+            .filters(super::id_filter("subnet-id", id))
+            .send()
+            .await
+            .map_err(|e| api_error("DescribeSubnets", e))?;
+        Ok(out.subnets().iter().find_map(observe))
+    }
     fn service(&self) -> &'static str {
         "ec2"
     }

@@ -204,6 +204,12 @@ async fn describe(
 
 #[async_trait::async_trait]
 impl Driver for Vpc {
+    async fn lookup(&self, cx: &Context, id: &str) -> Result<Option<Observed>, DriverError> {
+        Ok(describe(cx, vec![super::id_filter("vpc-id", id)])
+            .await?
+            .into_iter()
+            .next())
+    }
     fn service(&self) -> &'static str {
         "ec2"
     }
