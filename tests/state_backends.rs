@@ -9,6 +9,11 @@ use ralph_deploy::state::postgres::PostgresBackend;
 use ralph_deploy::state::{LockInfo, Locker, State, StateStore};
 use sqlx::Connection;
 
+/// No encryption, for the tests that use the backends directly.
+fn plain() -> std::sync::Arc<ralph_deploy::state::codec::Sealer> {
+    std::sync::Arc::new(ralph_deploy::state::codec::Sealer::none())
+}
+
 const KEY_A: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
 async fn store(name: &str) -> String {
@@ -86,7 +91,7 @@ async fn a_live_lease_blocks_an_expired_one_is_taken_over_with_a_warning() {
     let name = format!("sl{}", std::process::id());
     let db = store(&name).await;
     let w = network(&name, &db);
-    let b = PostgresBackend::new(&db, &name, "production").unwrap();
+    let b = PostgresBackend::new(&db, &name, "production", plain()).unwrap();
     // A holder on another machine, alive.
     let mut holder = LockInfo::for_operation("apply");
     holder.host = "ci-runner-7".into();
@@ -125,8 +130,8 @@ async fn a_live_lease_blocks_an_expired_one_is_taken_over_with_a_warning() {
 async fn a_writer_that_read_an_older_serial_never_overwrites_a_newer_state() {
     let name = format!("sc{}", std::process::id());
     let db = store(&name).await;
-    let a = PostgresBackend::new(&db, "s", "prod").unwrap();
-    let b = PostgresBackend::new(&db, "s", "prod").unwrap();
+    let a = PostgresBackend::new(&db, "s", "prod", plain()).unwrap();
+    let b = PostgresBackend::new(&db, "s", "prod", plain()).unwrap();
     assert!(a.read().await.unwrap().is_none());
     let mut st = State::new("s", "prod");
     st.serial = 1;
@@ -281,7 +286,7 @@ async fn state_in_s3_with_a_leased_lock_and_compare_and_swap_writes() {
     assert!(!String::from_utf8_lossy(&body).contains("lineage"));
 
     // A live lease elsewhere blocks; an expired one is taken over.
-    let other = S3Backend::new(&url, &name, "production", None).unwrap();
+    let other = S3Backend::new(&url, &name, "production", None, plain()).unwrap();
     let mut holder = LockInfo::for_operation("apply");
     holder.host = "ci-runner-9".into();
     other.lock(&holder).await.unwrap();
@@ -316,8 +321,8 @@ async fn state_in_s3_with_a_leased_lock_and_compare_and_swap_writes() {
 
     // Two writers that read the same state: the second write is refused.
     let cas = format!("s3://{b}/cas");
-    let x = S3Backend::new(&cas, "s", "prod", None).unwrap();
-    let y = S3Backend::new(&cas, "s", "prod", None).unwrap();
+    let x = S3Backend::new(&cas, "s", "prod", None, plain()).unwrap();
+    let y = S3Backend::new(&cas, "s", "prod", None, plain()).unwrap();
     assert!(x.read().await.unwrap().is_none());
     assert!(y.read().await.unwrap().is_none());
     let mut st = State::new("s", "prod");
@@ -408,4 +413,126 @@ async fn a_vpc_made_by_hand_is_imported_then_tagged_and_nothing_is_duplicated() 
         .collect();
     assert_eq!(tagged, vec![("vpc".to_string(), id.clone())]);
     w.ok("destroy", &["--auto-approve", "--allow-protected"]);
+}
+
+// ------------------------------------------------------------ encryption
+
+#[tokio::test(flavor = "multi_thread")]
+async fn local_state_is_sealed_then_rekeyed_then_kms_enveloped() {
+    let name = format!("en{}", std::process::id());
+    let key_b = "cd".repeat(32);
+    let mut w = World::from_stack("aws-network.yaml", &name);
+    w.env.push(("RALPH_DEPLOY_STATE_KEY".into(), KEY_A.into()));
+    w.ok("apply", &["--auto-approve"]);
+    let file = w
+        .state_dir()
+        .join(&name)
+        .join("production")
+        .join("state.json");
+    let stored = std::fs::read(&file).unwrap();
+    assert!(
+        !String::from_utf8_lossy(&stored).contains("lineage"),
+        "plaintext on disk"
+    );
+    let stack = w.stack();
+    let stack = stack.to_str().unwrap();
+    let with_env = |vars: &[(&str, &str)], args: &[&str]| {
+        let mut c = w.cmd(args);
+        for (k, v) in vars {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    };
+    let plan = ["plan", stack, "--env", "production", "--detailed-exitcode"];
+    let rekey = ["state", "rekey", stack, "--env", "production"];
+    // Rotate A -> B: B alone cannot read it before, A is the old key during.
+    let out = with_env(&[("RALPH_DEPLOY_STATE_KEY", &key_b)], &plan);
+    assert!(
+        text(&out.stderr).contains("RALPH_DEPLOY_STATE_OLD_KEY"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = with_env(
+        &[
+            ("RALPH_DEPLOY_STATE_KEY", &key_b),
+            ("RALPH_DEPLOY_STATE_OLD_KEY", KEY_A),
+        ],
+        &rekey,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = with_env(&[("RALPH_DEPLOY_STATE_KEY", &key_b)], &plan);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let out = with_env(&[], &plan);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "the old key still opens the current state"
+    );
+    // Envelope encryption with a KMS key (the local cloud's KMS).
+    let kms = aws_sdk_kms::Client::new(&w.aws_conf().await);
+    let key = kms.create_key().send().await.unwrap();
+    let key_id = key.key_metadata().unwrap().key_id().to_string();
+    let out = with_env(
+        &[
+            ("RALPH_DEPLOY_STATE_KEY", ""),
+            ("RALPH_DEPLOY_STATE_OLD_KEY", &key_b),
+            ("RALPH_DEPLOY_STATE_KMS_KEY", &key_id),
+        ],
+        &rekey,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(std::fs::read(&file).unwrap().starts_with(b"RDKMS1"));
+    let out = with_env(
+        &[
+            ("RALPH_DEPLOY_STATE_KEY", ""),
+            ("RALPH_DEPLOY_STATE_KMS_KEY", &key_id),
+        ],
+        &plan,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    w.env.retain(|(k, _)| k != "RALPH_DEPLOY_STATE_KEY");
+    w.env.push(("RALPH_DEPLOY_STATE_KMS_KEY".into(), key_id));
+    w.ok("destroy", &["--auto-approve", "--allow-protected"]);
+}
+
+#[test]
+fn the_stack_names_its_state_store_without_credentials_and_can_require_encryption() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |state: &str| {
+        let p = dir.path().join("s.yaml");
+        std::fs::write(
+            &p,
+            format!("name: s\ncloud: {{ aws: {{ region: us-east-1 }} }}\nstate: {state}\nresources:\n  vpc: {{ kind: aws.vpc, properties: {{ cidr_block: 10.0.0.0/16 }} }}\n"),
+        )
+        .unwrap();
+        p
+    };
+    let run = |p: &std::path::Path, verb: &str| {
+        std::process::Command::new(common::BIN)
+            .args([verb, p.to_str().unwrap()])
+            .env_remove("RALPH_DEPLOY_STATE_KEY")
+            .env_remove("RALPH_DEPLOY_STATE_KMS_KEY")
+            .env("RALPH_DEPLOY_STATE_DIR", dir.path().join("st"))
+            .output()
+            .unwrap()
+    };
+    let p = write("{ url: 'postgres://admin:hunter2@db.internal/state' }");
+    let out = run(&p, "validate");
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("s.yaml:3:15: the state url carries a password"),
+        "{err}"
+    );
+    assert!(!err.contains("hunter2"), "the password was echoed: {err}");
+    let p = write("{ url: 'ftp://x' }");
+    assert!(text(&run(&p, "validate").stderr).contains("is not a state store"));
+    let p = write("{ encrypt: true }");
+    let out = run(&p, "plan");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("no key is set: set RALPH_DEPLOY_STATE_KEY"),
+        "{}",
+        text(&out.stderr)
+    );
 }

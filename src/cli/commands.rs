@@ -446,6 +446,15 @@ async fn state_cmd(cmd: StateCommand) -> Result<i32, CliError> {
             eprintln!("The resources still exist and carry their ralph-deploy:* ownership tags: while the stack declares them the next plan adopts them again, and once it does not, the next plan deletes them as orphans. Remove those tags to hand them over.");
             Ok(EXIT_OK)
         }
+        StateCommand::Rekey { args } => {
+            let s = args.session(false)?;
+            let cx = s.context(reporter(false));
+            let serial = crate::ops::state_cmds::rekey(&s, &cx).await?;
+            println!(
+                "Rewrote the state as serial {serial} with the current key. Snapshots and history written before stay sealed with the old key: keep it in RALPH_DEPLOY_STATE_OLD_KEY while you may need them."
+            );
+            Ok(EXIT_OK)
+        }
         StateCommand::Mv { args, from, to } => {
             let s = args.session(false)?;
             let cx = s.context(reporter(false));

@@ -293,6 +293,13 @@ pub enum StateCommand {
         from: String,
         to: String,
     },
+    /// Rewrite the state sealed with the current key (RALPH_DEPLOY_STATE_KEY
+    /// or RALPH_DEPLOY_STATE_KMS_KEY), reading it with the current or the
+    /// previous one (RALPH_DEPLOY_STATE_OLD_KEY); also turns encryption on
+    Rekey {
+        #[command(flatten)]
+        args: StackArgs,
+    },
     /// Copy the current state to another store (postgres://... or a
     /// directory), holding the locks of both
     Migrate {

@@ -62,6 +62,44 @@ pub struct Session {
     pub registry: Registry,
 }
 
+/// The backend `location` names for `stack`, with the sealer the
+/// environment and the stack's `state` settings ask for. Without
+/// `--state`/`RALPH_DEPLOY_STATE`, the stack's `state.url` decides, then the
+/// local directory.
+pub fn backend_for(location: &StateLocation, stack: &Stack) -> Result<Box<dyn Backend>, String> {
+    let settings = &stack.state;
+    let region = stack.cloud.aws.as_ref().and_then(|a| a.region.clone());
+    let sealer = Arc::new(crate::state::codec::Sealer::from_env(
+        settings.kms_key.as_deref(),
+        region.clone(),
+        settings.encrypt,
+    )?);
+    Ok(match location {
+        StateLocation::Dir(dir) => Box::new(
+            LocalBackend::new(dir, &stack.name, &stack.environment).with_sealer(sealer),
+        ),
+        StateLocation::Url(url) if crate::state::postgres::is_postgres_url(url) => Box::new(
+            crate::state::postgres::PostgresBackend::new(
+                url,
+                &stack.name,
+                &stack.environment,
+                sealer,
+            )
+            .map_err(|e| e.to_string())?,
+        ),
+        StateLocation::Url(url) if crate::state::s3::is_s3_url(url) => Box::new(
+            crate::state::s3::S3Backend::new(url, &stack.name, &stack.environment, region, sealer)
+                .map_err(|e| e.to_string())?,
+        ),
+        StateLocation::Url(url) => {
+            return Err(format!(
+                "state store `{}` is not one this build knows; use s3://bucket/prefix or postgres://user@host/database (or leave it out for local files)",
+                url.split('@').next_back().unwrap_or(url)
+            ))
+        }
+    })
+}
+
 /// Where a session keeps its state.
 #[derive(Debug, Clone)]
 pub enum StateLocation {
@@ -87,32 +125,12 @@ impl Session {
         let registry = Registry::builtin();
         let stack =
             Stack::load(path, options, &registry).map_err(|d| LoadError::Stack(Box::new(d)))?;
-        let backend: Box<dyn Backend> = match state {
-            StateLocation::Dir(dir) => Box::new(LocalBackend::new(
-                dir,
-                &stack.name,
-                &stack.environment,
-            )),
-            StateLocation::Url(url) if crate::state::postgres::is_postgres_url(url) => Box::new(
-                crate::state::postgres::PostgresBackend::new(url, &stack.name, &stack.environment)
-                    .map_err(|e| LoadError::State(e.to_string()))?,
-            ),
-            StateLocation::Url(url) if crate::state::s3::is_s3_url(url) => Box::new(
-                crate::state::s3::S3Backend::new(
-                    url,
-                    &stack.name,
-                    &stack.environment,
-                    stack.cloud.aws.as_ref().and_then(|a| a.region.clone()),
-                )
-                .map_err(|e| LoadError::State(e.to_string()))?,
-            ),
-            StateLocation::Url(url) => {
-                return Err(LoadError::State(format!(
-                    "--state {}: not a state store this build knows; use s3://bucket/prefix or postgres://user@host/database (or leave it out for local files)",
-                    url.split('@').next_back().unwrap_or(url)
-                )))
-            }
+        // Without --state, the stack's `state.url`, then local files.
+        let location = match (state, &stack.state.url) {
+            (StateLocation::Dir(_), Some(url)) => StateLocation::Url(url.clone()),
+            (l, _) => l.clone(),
         };
+        let backend = backend_for(&location, &stack).map_err(LoadError::State)?;
         Ok(Session {
             stack,
             backend,

@@ -169,31 +169,28 @@ pub async fn migrate(
     .await
 }
 
+/// `state rekey`: rewrites the current state sealed with the current key
+/// (`RALPH_DEPLOY_STATE_KEY` or the KMS key), having read it with either the
+/// current or the previous one (`RALPH_DEPLOY_STATE_OLD_KEY`).
+pub async fn rekey(s: &Session, cx: &Context) -> Result<u64, OpError> {
+    locked(s, cx, "state rekey", |l| async move {
+        if !l.existed {
+            return Err(OpError::refused(format!(
+                "there is no state at {} to rekey",
+                s.backend.describe()
+            )));
+        }
+        let mut state = l.state;
+        state.serial += 1;
+        s.backend.write(&state).await?;
+        Ok(state.serial)
+    })
+    .await
+}
+
 /// The backend a URL or directory names, for `state migrate --to`.
 pub fn backend_at(s: &Session, to: &StateLocation) -> Result<Box<dyn Backend>, OpError> {
-    match to {
-        StateLocation::Dir(dir) => Ok(Box::new(crate::state::local::LocalBackend::new(
-            dir,
-            &s.stack.name,
-            &s.stack.environment,
-        ))),
-        StateLocation::Url(url) if crate::state::postgres::is_postgres_url(url) => Ok(Box::new(
-            crate::state::postgres::PostgresBackend::new(url, &s.stack.name, &s.stack.environment)
-                .map_err(|e| OpError::refused(e.to_string()))?,
-        )),
-        StateLocation::Url(url) if crate::state::s3::is_s3_url(url) => Ok(Box::new(
-            crate::state::s3::S3Backend::new(
-                url,
-                &s.stack.name,
-                &s.stack.environment,
-                s.stack.cloud.aws.as_ref().and_then(|a| a.region.clone()),
-            )
-            .map_err(|e| OpError::refused(e.to_string()))?,
-        )),
-        StateLocation::Url(_) => Err(OpError::refused(
-            "--to: use s3://bucket/prefix, postgres://user@host/database or a directory",
-        )),
-    }
+    super::backend_for(to, &s.stack).map_err(OpError::refused)
 }
 
 /// What `import` recorded.

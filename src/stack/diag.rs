@@ -89,6 +89,9 @@ pub struct Problem {
     pub via: Option<String>,
     #[serde(skip)]
     pub span: Span,
+    /// The source around it holds a secret: never shown as a snippet.
+    #[serde(skip)]
+    pub redact: bool,
 }
 
 impl fmt::Display for Problem {
@@ -169,6 +172,20 @@ impl Diagnostics {
         self.push(span, message.into(), Some(help.into()));
     }
 
+    /// A problem whose source line holds a secret (a password in a URL):
+    /// reported by location, never with a snippet of the line.
+    pub fn error_redacted(
+        &mut self,
+        span: Span,
+        message: impl Into<String>,
+        help: impl Into<String>,
+    ) {
+        self.push(span, message.into(), Some(help.into()));
+        if let Some(p) = self.problems.last_mut() {
+            p.redact = true;
+        }
+    }
+
     fn push(&mut self, span: Span, message: String, help: Option<String>) {
         // A message quotes what the user wrote; a hostile file can make that
         // huge. Keep messages readable whatever the input.
@@ -188,6 +205,7 @@ impl Diagnostics {
             help,
             via: file.via.clone(),
             span,
+            redact: false,
         });
     }
 
@@ -222,7 +240,7 @@ impl Diagnostics {
             .with_context_lines(1);
         let mut out = String::new();
         for p in &self.problems {
-            if !self.snippet_is_readable(p) {
+            if p.redact || !self.snippet_is_readable(p) {
                 out.push_str(&format!("  x {p}\n\n"));
                 continue;
             }

@@ -34,6 +34,7 @@ const TOP_KEYS: &[&str] = &[
     "resources",
     "components",
     "moved",
+    "state",
     "outputs",
 ];
 const ENV_KEYS: &[&str] = &["variables", "cloud", "resources"];
@@ -299,6 +300,7 @@ impl Loader {
         );
         let resources = std::mem::take(&mut self.out);
         let moved = self.moved(top.get_node("moved"));
+        let state = self.state_settings(top.get_node("state"));
 
         let mut outputs = BTreeMap::new();
         if let Some(map) = top
@@ -335,6 +337,7 @@ impl Loader {
             resources,
             outputs,
             moved,
+            state,
         })
     }
 
@@ -618,6 +621,45 @@ impl Loader {
             });
         }
         cloud
+    }
+
+    /// The `state:` section.
+    fn state_settings(&mut self, node: Option<&Node>) -> super::StateSettings {
+        let mut out = super::StateSettings::default();
+        let Some(map) = node.and_then(|n| self.mapping(n, "state")) else {
+            return out;
+        };
+        self.check_keys(map, &["url", "encrypt", "kms_key"], "in `state`");
+        if let Some(url) = self.setting(map, "url") {
+            let span = map.get_node("url").map(span_of).unwrap_or_default();
+            let scheme_ok = ["s3://", "postgres://", "postgresql://"]
+                .iter()
+                .any(|p| url.starts_with(p));
+            let has_password = url
+                .split_once("://")
+                .and_then(|(_, rest)| rest.split_once('@'))
+                .is_some_and(|(userinfo, _)| userinfo.contains(':'));
+            if !scheme_ok {
+                self.d.error_help(
+                    span,
+                    format!("`{url}` is not a state store"),
+                    "write s3://bucket/prefix or postgres://user@host/database (leave `state` out for local files)",
+                );
+            } else if has_password {
+                self.d.error_redacted(
+                    span,
+                    "the state url carries a password",
+                    "credentials never go in the stack file: set PGPASSWORD (or use the AWS credential chain) in the environment that runs ralph-deploy",
+                );
+            } else {
+                out.url = Some(url);
+            }
+        }
+        if let Some(e) = map.get_node("encrypt") {
+            out.encrypt = self.boolean(e, "encrypt").unwrap_or(false);
+        }
+        out.kms_key = self.setting(map, "kms_key");
+        out
     }
 
     /// A cloud setting: a string, variables allowed, resource references not.

@@ -50,6 +50,20 @@ pub struct Stack {
     pub outputs: BTreeMap<String, Output>,
     /// State entries renamed by the stack's `moved` list.
     pub moved: Vec<Moved>,
+    /// Where the state lives and how it is sealed (`state:`).
+    pub state: StateSettings,
+}
+
+/// `state: { url: s3://bucket/prefix, encrypt: true, kms_key: alias/x }`.
+/// `--state` / `RALPH_DEPLOY_STATE` override the url; credentials never
+/// come from here.
+#[derive(Debug, Clone, Default)]
+pub struct StateSettings {
+    pub url: Option<String>,
+    /// Refuse to run without a state key.
+    pub encrypt: bool,
+    /// An AWS KMS key for envelope encryption.
+    pub kms_key: Option<String>,
 }
 
 /// `moved: [{ from: private_a, to: 'private["a"]' }]`: the resource recorded

@@ -21,12 +21,31 @@ const HISTORY: usize = 20;
 
 pub struct LocalBackend {
     dir: PathBuf,
+    /// Seals state files when a key is set (see `codec`).
+    sealer: std::sync::Arc<super::codec::Sealer>,
 }
 
 impl LocalBackend {
     pub fn new(root: &Path, stack: &str, environment: &str) -> LocalBackend {
         LocalBackend {
             dir: root.join(stack).join(environment),
+            sealer: std::sync::Arc::new(super::codec::Sealer::none()),
+        }
+    }
+
+    /// The same backend, sealing its state files with `sealer`.
+    pub fn with_sealer(mut self, sealer: std::sync::Arc<super::codec::Sealer>) -> LocalBackend {
+        self.sealer = sealer;
+        self
+    }
+
+    /// The serial of a stored body (0 when it cannot be read).
+    async fn serial_of(&self, text: &[u8]) -> u64 {
+        match self.sealer.open(text).await {
+            Ok(plain) => serde_json::from_slice::<State>(&plain)
+                .map(|s| s.serial)
+                .unwrap_or(0),
+            Err(_) => 0,
         }
     }
 
@@ -49,13 +68,11 @@ impl LocalBackend {
         }
     }
 
-    fn keep_history(&self, previous: &Path) -> Result<(), StateError> {
+    async fn keep_history(&self, previous: &Path) -> Result<(), StateError> {
         let Ok(text) = fs::read(previous) else {
             return Ok(());
         };
-        let serial = serde_json::from_slice::<State>(&text)
-            .map(|s| s.serial)
-            .unwrap_or(0);
+        let serial = self.serial_of(&text).await;
         let hist = self.history_dir();
         fs::create_dir_all(&hist).map_err(|e| self.io(&hist, e))?;
         let target = hist.join(format!("{serial:010}.json"));
@@ -86,16 +103,14 @@ impl LocalBackend {
     /// rotate out of `history/`; these stay, one per command (the newest
     /// [`SNAPSHOTS`]). Returns the snapshot's name, or `None` when there is
     /// no state yet.
-    fn keep_snapshot(&self, operation: &str) -> Result<Option<String>, StateError> {
+    async fn keep_snapshot(&self, operation: &str) -> Result<Option<String>, StateError> {
         let path = self.state_path();
         let text = match fs::read(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(self.io(&path, e)),
         };
-        let serial = serde_json::from_slice::<State>(&text)
-            .map(|s| s.serial)
-            .unwrap_or(0);
+        let serial = self.serial_of(&text).await;
         let dir = self.snapshot_dir();
         let op: String = operation
             .chars()
@@ -148,7 +163,7 @@ impl LocalBackend {
     }
 
     /// A snapshot's state, by name (or by serial, the newest with it).
-    fn load_snapshot(&self, which: &str) -> Result<State, StateError> {
+    async fn load_snapshot(&self, which: &str) -> Result<State, StateError> {
         let list = self.list_snapshots()?;
         let found = list
             .iter()
@@ -162,6 +177,11 @@ impl LocalBackend {
             })?;
         let path = self.snapshot_dir().join(&found.name);
         let text = fs::read(&path).map_err(|e| self.io(&path, e))?;
+        let text = self
+            .sealer
+            .open(&text)
+            .await
+            .map_err(|m| self.io(&path, std::io::Error::other(m)))?;
         serde_json::from_slice(&text).map_err(|e| StateError::Corrupt {
             path: path.display().to_string(),
             message: e.to_string(),
@@ -195,6 +215,11 @@ impl super::StateStore for LocalBackend {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(self.io(&path, e)),
         };
+        let text = self
+            .sealer
+            .open(&text)
+            .await
+            .map_err(|m| self.io(&path, std::io::Error::other(m)))?;
         let probe: serde_json::Value =
             serde_json::from_slice(&text).map_err(|e| StateError::Corrupt {
                 path: path.display().to_string(),
@@ -224,10 +249,15 @@ impl super::StateStore for LocalBackend {
         let path = self.state_path();
         fs::create_dir_all(&self.dir).map_err(|e| self.io(&self.dir, e))?;
         if path.exists() {
-            self.keep_history(&path)?;
+            self.keep_history(&path).await?;
         }
         let bytes = serde_json::to_vec_pretty(state)
             .map_err(|e| self.io(&path, std::io::Error::other(e)))?;
+        let bytes = self
+            .sealer
+            .seal(&bytes)
+            .await
+            .map_err(|m| self.io(&path, std::io::Error::other(m)))?;
         atomic_write(&path, &bytes).map_err(|e| self.io(&path, e))
     }
 
@@ -236,7 +266,7 @@ impl super::StateStore for LocalBackend {
     }
 
     async fn snapshot_before(&self, operation: &str) -> Result<Option<String>, StateError> {
-        self.keep_snapshot(operation)
+        self.keep_snapshot(operation).await
     }
 
     async fn snapshots(&self) -> Result<Vec<Snapshot>, StateError> {
@@ -244,7 +274,7 @@ impl super::StateStore for LocalBackend {
     }
 
     async fn read_snapshot(&self, which: &str) -> Result<State, StateError> {
-        self.load_snapshot(which)
+        self.load_snapshot(which).await
     }
 }
 

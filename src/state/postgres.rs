@@ -29,6 +29,7 @@ const HISTORY: i64 = 100;
 const SNAPSHOTS: i64 = 30;
 
 pub struct PostgresBackend {
+    sealer: std::sync::Arc<super::codec::Sealer>,
     pool: PgPool,
     stack: String,
     environment: String,
@@ -44,7 +45,12 @@ pub struct PostgresBackend {
 
 impl PostgresBackend {
     /// A backend over `url` (no connection is made until first use).
-    pub fn new(url: &str, stack: &str, environment: &str) -> Result<PostgresBackend, StateError> {
+    pub fn new(
+        url: &str,
+        stack: &str,
+        environment: &str,
+        sealer: Arc<super::codec::Sealer>,
+    ) -> Result<PostgresBackend, StateError> {
         let options: PgConnectOptions = url.parse().map_err(|e| StateError::Io {
             path: shown(url),
             source: std::io::Error::other(format!("not a PostgreSQL URL: {e}")),
@@ -58,6 +64,7 @@ impl PostgresBackend {
             stack: stack.to_string(),
             environment: environment.to_string(),
             url_shown: shown(url),
+            sealer,
             ready: tokio::sync::OnceCell::new(),
             seen: Mutex::new(None),
             renewer: Mutex::new(None),
@@ -105,8 +112,12 @@ impl PostgresBackend {
         Ok(&self.pool)
     }
 
-    fn decode(&self, body: &[u8], what: &str) -> Result<State, StateError> {
-        let plain = super::codec::open(body).map_err(|m| self.err(format!("{what}: {m}")))?;
+    async fn decode(&self, body: &[u8], what: &str) -> Result<State, StateError> {
+        let plain = self
+            .sealer
+            .open(body)
+            .await
+            .map_err(|m| self.err(format!("{what}: {m}")))?;
         let probe: serde_json::Value =
             serde_json::from_slice(&plain).map_err(|e| StateError::Corrupt {
                 path: format!("{} {what}", self.describe_target()),
@@ -144,6 +155,7 @@ impl PostgresBackend {
             row.get::<Vec<u8>, _>("body").as_slice(),
             &format!("serial {serial}"),
         )
+        .await
     }
 
     fn start_renewing(&self, id: String) {
@@ -236,10 +248,12 @@ impl super::StateStore for PostgresBackend {
             }
             return Ok(None);
         };
-        let state = self.decode(
-            row.get::<Vec<u8>, _>("body").as_slice(),
-            "the current state",
-        )?;
+        let state = self
+            .decode(
+                row.get::<Vec<u8>, _>("body").as_slice(),
+                "the current state",
+            )
+            .await?;
         if let Ok(mut s) = self.seen.lock() {
             *s = Some(state.serial);
         }
@@ -249,7 +263,7 @@ impl super::StateStore for PostgresBackend {
     async fn write(&self, state: &State) -> Result<(), StateError> {
         let pool = self.pool().await?;
         let body = serde_json::to_vec_pretty(state).map_err(|e| self.err(e))?;
-        let body = super::codec::seal(&body).map_err(|m| self.err(m))?;
+        let body = self.sealer.seal(&body).await.map_err(|m| self.err(m))?;
         let mut tx = pool.begin().await.map_err(|e| self.err(e))?;
         let head = sqlx::query(
             "SELECT serial, lineage FROM ralph_deploy.heads WHERE stack = $1 AND environment = $2 FOR UPDATE",
@@ -414,6 +428,7 @@ impl super::StateStore for PostgresBackend {
             ))
         })?;
         self.decode(row.get::<Vec<u8>, _>("body").as_slice(), which)
+            .await
     }
 }
 
@@ -527,7 +542,7 @@ impl super::Locker for PostgresBackend {
 impl super::Journal for PostgresBackend {
     async fn open_intent(&self, intent: &Intent) -> Result<(), StateError> {
         let body = serde_json::to_vec(intent).map_err(|e| self.err(e))?;
-        let body = super::codec::seal(&body).map_err(|m| self.err(m))?;
+        let body = self.sealer.seal(&body).await.map_err(|m| self.err(m))?;
         sqlx::query(
             "INSERT INTO ralph_deploy.intents (stack, environment, id, body) VALUES ($1, $2, $3, $4)",
         )
@@ -563,13 +578,16 @@ impl super::Journal for PostgresBackend {
         .fetch_all(self.pool().await?)
         .await
         .map_err(|e| self.err(e))?;
-        rows.iter()
-            .map(|r| {
-                let plain = super::codec::open(r.get::<Vec<u8>, _>("body").as_slice())
-                    .map_err(|m| self.err(m))?;
-                serde_json::from_slice(&plain).map_err(|e| self.err(e))
-            })
-            .collect()
+        let mut out = Vec::new();
+        for r in &rows {
+            let plain = self
+                .sealer
+                .open(r.get::<Vec<u8>, _>("body").as_slice())
+                .await
+                .map_err(|m| self.err(m))?;
+            out.push(serde_json::from_slice(&plain).map_err(|e| self.err(e))?);
+        }
+        Ok(out)
     }
 
     async fn compact(&self) -> Result<(), StateError> {

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use super::{Intent, LockHeld, LockInfo, Snapshot, State, StateError, FORMAT_VERSION};
 
 pub struct S3Backend {
+    sealer: std::sync::Arc<super::codec::Sealer>,
     bucket: String,
     /// `prefix/stack/environment`, no trailing slash.
     base: String,
@@ -49,6 +50,7 @@ impl S3Backend {
         stack: &str,
         environment: &str,
         region: Option<String>,
+        sealer: std::sync::Arc<super::codec::Sealer>,
     ) -> Result<S3Backend, StateError> {
         let rest = url.trim_start_matches("s3://");
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
@@ -66,6 +68,7 @@ impl S3Backend {
         };
         Ok(S3Backend {
             bucket: bucket.to_string(),
+            sealer,
             base,
             region,
             client: tokio::sync::OnceCell::new(),
@@ -225,8 +228,12 @@ impl S3Backend {
         Ok(out)
     }
 
-    fn decode(&self, body: &[u8], what: &str) -> Result<State, StateError> {
-        let plain = super::codec::open(body).map_err(|m| self.err(what, m))?;
+    async fn decode(&self, body: &[u8], what: &str) -> Result<State, StateError> {
+        let plain = self
+            .sealer
+            .open(body)
+            .await
+            .map_err(|m| self.err(what, m))?;
         let probe: serde_json::Value =
             serde_json::from_slice(&plain).map_err(|e| StateError::Corrupt {
                 path: format!("{} {what}", self.target()),
@@ -313,7 +320,7 @@ impl super::StateStore for S3Backend {
     async fn read(&self) -> Result<Option<State>, StateError> {
         let got = self.get(&self.key("state.json")).await?;
         let (state, etag) = match got {
-            Some((body, etag)) => (Some(self.decode(&body, "state.json")?), etag),
+            Some((body, etag)) => (Some(self.decode(&body, "state.json").await?), etag),
             None => (None, None),
         };
         if let Ok(mut s) = self.seen.lock() {
@@ -324,7 +331,11 @@ impl super::StateStore for S3Backend {
 
     async fn write(&self, state: &State) -> Result<(), StateError> {
         let body = serde_json::to_vec_pretty(state).map_err(|e| self.err("state", e))?;
-        let body = super::codec::seal(&body).map_err(|m| self.err("state", m))?;
+        let body = self
+            .sealer
+            .seal(&body)
+            .await
+            .map_err(|m| self.err("state", m))?;
         let seen = self.seen.lock().ok().and_then(|s| s.clone());
         let seen = match seen {
             Some(s) => s,
@@ -367,7 +378,7 @@ impl super::StateStore for S3Backend {
         let Some((body, _)) = self.get(&self.key("state.json")).await? else {
             return Ok(None);
         };
-        let serial = self.decode(&body, "state.json")?.serial;
+        let serial = self.decode(&body, "state.json").await?.serial;
         let op: String = operation
             .chars()
             .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
@@ -436,7 +447,7 @@ impl super::StateStore for S3Backend {
             .get(&key)
             .await?
             .ok_or_else(|| self.err("snapshots", format!("{key} vanished")))?;
-        self.decode(&body, &found.name)
+        self.decode(&body, &found.name).await
     }
 }
 
@@ -528,7 +539,11 @@ impl super::Locker for S3Backend {
 impl super::Journal for S3Backend {
     async fn open_intent(&self, intent: &Intent) -> Result<(), StateError> {
         let body = serde_json::to_vec(intent).map_err(|e| self.err("intent", e))?;
-        let body = super::codec::seal(&body).map_err(|m| self.err("intent", m))?;
+        let body = self
+            .sealer
+            .seal(&body)
+            .await
+            .map_err(|m| self.err("intent", m))?;
         self.put(
             &self.key(&format!("intents/{}.json", intent.id)),
             body,
@@ -547,7 +562,11 @@ impl super::Journal for S3Backend {
         let mut out = Vec::new();
         for (key, _) in self.list("intents/").await? {
             if let Some((body, _)) = self.get(&key).await? {
-                let plain = super::codec::open(&body).map_err(|m| self.err(&key, m))?;
+                let plain = self
+                    .sealer
+                    .open(&body)
+                    .await
+                    .map_err(|m| self.err(&key, m))?;
                 out.push(serde_json::from_slice::<Intent>(&plain).map_err(|e| self.err(&key, e))?);
             }
         }
