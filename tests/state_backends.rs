@@ -536,3 +536,55 @@ fn the_stack_names_its_state_store_without_credentials_and_can_require_encryptio
         text(&out.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_import_entry_in_the_stack_is_planned_as_an_adoption_and_applied() {
+    let name = format!("ie{}", std::process::id());
+    let w = World::from_stack("aws-network.yaml", &name);
+    let ec2 = w.ec2().await;
+    let made = ec2
+        .create_vpc()
+        .cidr_block("10.0.0.0/16")
+        .send()
+        .await
+        .unwrap();
+    let id = made.vpc().unwrap().vpc_id().unwrap().to_string();
+    let text_now = std::fs::read_to_string(w.stack()).unwrap();
+    std::fs::write(
+        w.stack(),
+        format!("{text_now}\nimport:\n  - {{ to: vpc, id: {id} }}\n"),
+    )
+    .unwrap();
+    let plan = w.plan_json(&[]);
+    let vpc = plan["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["address"] == "vpc")
+        .unwrap()
+        .clone();
+    assert_eq!(vpc["adopt"], true, "{vpc}");
+    assert_eq!(vpc["id"], id.as_str());
+    assert_ne!(vpc["action"], "create");
+    w.ok("apply", &["--auto-approve"]);
+    let st = common::state_json(&w);
+    assert_eq!(st["resources"]["vpc"]["id"], id.as_str());
+    let out = w.run("plan", &["--detailed-exitcode"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    // A wrong id is a plan error that names the entry; nothing is recorded.
+    let other = World::from_stack("aws-network.yaml", &format!("{name}b"));
+    let base = std::fs::read_to_string(other.stack()).unwrap();
+    std::fs::write(
+        other.stack(),
+        format!("{base}\nimport:\n  - {{ to: vpc, id: vpc-0000000000000dead }}\n"),
+    )
+    .unwrap();
+    let out = other.run("plan", &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("import of `vpc`: no aws.vpc with id `vpc-0000000000000dead`"),
+        "{}",
+        text(&out.stderr)
+    );
+    w.ok("destroy", &["--auto-approve", "--allow-protected"]);
+}

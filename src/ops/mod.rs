@@ -197,9 +197,12 @@ impl Session {
                 .collect();
             &moved_state
         };
-        let refreshed = refresh(Some(&self.stack), state, &self.registry, cx)
+        let mut refreshed = refresh(Some(&self.stack), state, &self.registry, cx)
             .await
             .map_err(|e| OpError::Other(e.to_string()))?;
+        if !destroy {
+            self.planned_imports(state, &mut refreshed, cx).await?;
+        }
         let mut changes = if destroy {
             destroy_changes(state, &refreshed)
         } else {
@@ -220,6 +223,58 @@ impl Session {
             changes,
             created_at: chrono::Utc::now(),
         })
+    }
+
+    /// The stack's `import:` entries not in the state yet: each resource is
+    /// looked up by its id and planned as an adoption (recorded by the
+    /// apply, then brought to the stack and tagged like any resource).
+    async fn planned_imports(
+        &self,
+        state: &State,
+        refreshed: &mut crate::plan::Refreshed,
+        cx: &Context,
+    ) -> Result<(), OpError> {
+        for entry in &self.stack.imports {
+            let address = &entry.to.value;
+            if state.resources.contains_key(address) {
+                continue;
+            }
+            let Some(r) = self.stack.resources.get(address) else {
+                continue;
+            };
+            let Some(driver) = self.registry.driver(r.kind.kind) else {
+                continue;
+            };
+            let id = &entry.id.value;
+            let found = driver.lookup(cx, id).await.map_err(|e| {
+                OpError::Other(format!(
+                    "import of {address}: looking up {id}: {}",
+                    e.message
+                ))
+            })?;
+            let Some(obs) = found else {
+                return Err(OpError::refused(format!(
+                    "import of `{address}`: no {} with id `{id}` exists (at {}); fix the `import` entry or remove it",
+                    r.kind.kind,
+                    cx.endpoint_description()
+                )));
+            };
+            if let Some(owner) = &obs.owner {
+                if *owner != cx.owner {
+                    return Err(OpError::refused(format!(
+                        "import of `{address}`: {id} belongs to stack `{}` environment `{}`",
+                        owner.stack, owner.environment
+                    )));
+                }
+            }
+            refreshed.orphans.retain(|(_, _, o)| o.id != obs.id);
+            refreshed.adopted.insert(address.clone());
+            refreshed
+                .kinds
+                .insert(address.clone(), r.kind.kind.to_string());
+            refreshed.current.insert(address.clone(), obs);
+        }
+        Ok(())
     }
 
     /// The resources of `kind` with their properties resolved from the state

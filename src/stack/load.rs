@@ -35,6 +35,7 @@ const TOP_KEYS: &[&str] = &[
     "components",
     "moved",
     "state",
+    "import",
     "outputs",
 ];
 const ENV_KEYS: &[&str] = &["variables", "cloud", "resources"];
@@ -301,6 +302,7 @@ impl Loader {
         let resources = std::mem::take(&mut self.out);
         let moved = self.moved(top.get_node("moved"));
         let state = self.state_settings(top.get_node("state"));
+        let imports = self.imports(top.get_node("import"));
 
         let mut outputs = BTreeMap::new();
         if let Some(map) = top
@@ -338,6 +340,7 @@ impl Loader {
             outputs,
             moved,
             state,
+            imports,
         })
     }
 
@@ -621,6 +624,46 @@ impl Loader {
             });
         }
         cloud
+    }
+
+    /// The `import:` list.
+    fn imports(&mut self, node: Option<&Node>) -> Vec<super::ImportEntry> {
+        let mut out = Vec::new();
+        let Some(node) = node else { return out };
+        let Some(seq) = node.as_sequence() else {
+            self.d.error_help(
+                span_of(node),
+                "`import` must be a list",
+                "write `import: [{ to: vpc, id: vpc-0abc123 }]`",
+            );
+            return out;
+        };
+        for item in seq.iter() {
+            let Some(m) = self.mapping(item, "an `import` entry") else {
+                continue;
+            };
+            self.check_keys(m, &["to", "id"], "in an `import` entry");
+            let mut get = |key: &str| -> Option<Spanned<String>> {
+                match m.get_node(key) {
+                    Some(n) => {
+                        let v = self.setting(m, key)?;
+                        Some(Spanned::new(v, span_of(n)))
+                    }
+                    None => {
+                        self.d.error_help(
+                            span_of_map(m),
+                            format!("an `import` entry needs `{key}`"),
+                            "write `{ to: ADDRESS, id: CLOUD_ID }`",
+                        );
+                        None
+                    }
+                }
+            };
+            if let (Some(to), Some(id)) = (get("to"), get("id")) {
+                out.push(super::ImportEntry { to, id });
+            }
+        }
+        out
     }
 
     /// The `state:` section.

@@ -52,6 +52,15 @@ pub struct Stack {
     pub moved: Vec<Moved>,
     /// Where the state lives and how it is sealed (`state:`).
     pub state: StateSettings,
+    /// Resources made outside the tool, adopted by the next apply.
+    pub imports: Vec<ImportEntry>,
+}
+
+/// `import: [{ to: vpc, id: vpc-0abc }]`.
+#[derive(Debug, Clone)]
+pub struct ImportEntry {
+    pub to: Spanned<String>,
+    pub id: Spanned<String>,
 }
 
 /// `state: { url: s3://bucket/prefix, encrypt: true, kms_key: alias/x }`.

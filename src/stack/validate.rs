@@ -32,6 +32,21 @@ pub fn validate(stack: &Stack) -> Result<(), Diagnostics> {
     }
     within(stack, &mut d);
     moved(stack, &mut d);
+    for i in &stack.imports {
+        if !stack.resources.contains_key(&i.to.value) {
+            let hint = did_you_mean(&i.to.value, stack.resources.keys().map(String::as_str))
+                .map(|s| format!("did you mean `{s}`?"))
+                .unwrap_or_else(|| "declare the resource under `resources`, then import it".into());
+            d.error_help(
+                i.to.span,
+                format!(
+                    "`import` names `{}`, which the stack does not declare",
+                    i.to.value
+                ),
+                hint,
+            );
+        }
+    }
     if let Err(cycle) = stack.graph() {
         let first = stack.resources.get(&cycle.members[0]);
         let span = first.map(|r| r.span).unwrap_or_default();

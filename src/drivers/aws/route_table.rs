@@ -107,6 +107,24 @@ fn observe(t: &aws_sdk_ec2::types::RouteTable) -> Option<Observed> {
     Some(o)
 }
 
+/// The route table holding association `id`, whoever made it.
+pub(super) async fn holding_association(
+    cx: &Context,
+    id: &str,
+) -> Result<Vec<Observed>, DriverError> {
+    let out = ec2(cx)
+        .await?
+        .describe_route_tables()
+        .filters(super::id_filter(
+            "association.route-table-association-id",
+            id,
+        ))
+        .send()
+        .await
+        .map_err(|e| api_error("DescribeRouteTables", e))?;
+    Ok(out.route_tables().iter().filter_map(observe).collect())
+}
+
 pub(super) async fn list(cx: &Context) -> Result<Vec<Observed>, DriverError> {
     let mut pages = ec2(cx)
         .await?

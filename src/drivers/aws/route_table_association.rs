@@ -52,38 +52,15 @@ impl Driver for RouteTableAssociation {
     }
 
     async fn refresh(&self, cx: &Context, _known: &[Known]) -> Result<Vec<Observed>, DriverError> {
-        let tables = super::route_table::list(cx).await?;
-        let mut out = Vec::new();
-        for t in tables {
-            for a in t
-                .attrs
-                .get("associations")
-                .and_then(Json::as_array)
+        Ok(associations(super::route_table::list(cx).await?))
+    }
+
+    async fn lookup(&self, cx: &Context, id: &str) -> Result<Option<Observed>, DriverError> {
+        Ok(
+            associations(super::route_table::holding_association(cx, id).await?)
                 .into_iter()
-                .flatten()
-            {
-                let Some(id) = a.get("id").and_then(Json::as_str) else {
-                    continue;
-                };
-                let mut attrs = serde_json::Map::new();
-                attrs.insert("id".into(), Json::String(id.to_string()));
-                attrs.insert(
-                    "route_table_id".into(),
-                    a.get("route_table_id").cloned().unwrap_or(Json::Null),
-                );
-                attrs.insert(
-                    "subnet_id".into(),
-                    a.get("subnet_id").cloned().unwrap_or(Json::Null),
-                );
-                out.push(Observed {
-                    address: None,
-                    owner: None,
-                    id: id.to_string(),
-                    attrs,
-                });
-            }
-        }
-        Ok(out)
+                .find(|o| o.id == id),
+        )
     }
 
     async fn create(&self, cx: &Context, want: &Desired<'_>) -> Result<Observed, DriverError> {
@@ -141,4 +118,39 @@ impl Driver for RouteTableAssociation {
             &["InvalidAssociationID.NotFound"],
         )
     }
+}
+
+/// The associations the route tables report, one `Observed` each.
+fn associations(tables: Vec<Observed>) -> Vec<Observed> {
+    let mut out = Vec::new();
+    for t in tables {
+        for a in t
+            .attrs
+            .get("associations")
+            .and_then(Json::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let Some(id) = a.get("id").and_then(Json::as_str) else {
+                continue;
+            };
+            let mut attrs = serde_json::Map::new();
+            attrs.insert("id".into(), Json::String(id.to_string()));
+            attrs.insert(
+                "route_table_id".into(),
+                a.get("route_table_id").cloned().unwrap_or(Json::Null),
+            );
+            attrs.insert(
+                "subnet_id".into(),
+                a.get("subnet_id").cloned().unwrap_or(Json::Null),
+            );
+            out.push(Observed {
+                address: None,
+                owner: None,
+                id: id.to_string(),
+                attrs,
+            });
+        }
+    }
+    out
 }

@@ -337,6 +337,17 @@ async fn restore_own(
 
 #[async_trait::async_trait]
 impl Driver for Secret {
+    async fn lookup(&self, cx: &Context, id: &str) -> Result<Option<Observed>, DriverError> {
+        // By name or ARN; a secret scheduled for deletion counts as gone.
+        if let Ok(Some(_)) = scheduled_deletion(cx, id).await {
+            return Ok(None);
+        }
+        match read_one(cx, id).await {
+            Ok(o) => Ok(Some(o)),
+            Err(e) if e.message.contains("ResourceNotFound") => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
     fn service(&self) -> &'static str {
         "secretsmanager"
     }
