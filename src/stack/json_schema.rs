@@ -94,6 +94,22 @@ pub fn stack_schema(registry: &dyn Catalog) -> Json {
                 "propertyNames": { "pattern": ident },
                 "additionalProperties": { "$ref": "#/$defs/component_use" }
             },
+            "state": {
+                "description": "where the state lives (--state / RALPH_DEPLOY_STATE override the url) and whether it must be encrypted; never credentials",
+                "type": "object",
+                "additionalProperties": false,
+                "properties": {
+                    "url": { "type": "string", "pattern": "^(s3|postgres|postgresql)://[^:@/]*(@|/|$)" },
+                    "encrypt": { "type": "boolean" },
+                    "kms_key": { "type": "string" }
+                }
+            },
+            "import": {
+                "description": "resources made outside the tool, adopted by the next apply",
+                "type": "array",
+                "items": { "type": "object", "required": ["to", "id"], "additionalProperties": false,
+                           "properties": { "to": { "type": "string" }, "id": { "type": "string" } } }
+            },
             "moved": {
                 "description": "state entries renamed instead of replaced",
                 "type": "array",
