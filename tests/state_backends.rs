@@ -588,3 +588,65 @@ async fn an_import_entry_in_the_stack_is_planned_as_an_adoption_and_applied() {
     );
     w.ok("destroy", &["--auto-approve", "--allow-protected"]);
 }
+
+// ----------------------------------------------------- runs at one time
+
+/// Two applies at the same moment, a killed holder, for each backend.
+async fn two_runs_and_a_killed_one(w: &World, store: &str) {
+    let stack = w.stack();
+    let stack = stack.to_str().unwrap();
+    let apply = |extra: &[&str]| {
+        let mut args = vec!["apply", stack, "--env", "production", "--auto-approve"];
+        args.extend_from_slice(extra);
+        w.cmd(&args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // At once: exactly one proceeds, the other fails naming the holder.
+    let (a, b) = (apply(&[]), apply(&[]));
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    let ok = [&a, &b].iter().filter(|o| o.status.success()).count();
+    assert_eq!(ok, 1, "{store}: {}\n{}", text(&a.stderr), text(&b.stderr));
+    let failed = if a.status.success() { &b } else { &a };
+    assert!(text(&failed.stderr).contains("is locked by `apply`"), "{store}: {}", text(&failed.stderr));
+    // With --lock-timeout the second waits, says for whom, then proceeds.
+    w.edit("owner: ${var.owner}", "owner: ${var.owner}\n        wave: two");
+    let (a, b) = (apply(&["--lock-timeout", "2m"]), apply(&["--lock-timeout", "2m"]));
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    assert!(a.status.success() && b.status.success(), "{store}: {}\n{}", text(&a.stderr), text(&b.stderr));
+    let waited = [&a, &b]
+        .iter()
+        .any(|o| text(&o.stderr).contains("waiting for the lock"));
+    assert!(waited, "{store}: neither run waited");
+    // A holder killed mid-apply: the next run takes the lock over and
+    // settles what it left open.
+    w.edit("wave: two", "wave: three");
+    let mut victim = apply(&[]);
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    let _ = victim.kill();
+    let _ = victim.wait();
+    let out = w.cmd(&["apply", stack, "--env", "production", "--auto-approve"]).output().unwrap();
+    assert!(out.status.success(), "{store}: {}", text(&out.stderr));
+    let out = w.run("plan", &["--detailed-exitcode"]);
+    assert_eq!(out.status.code(), Some(0), "{store}: {}", text(&out.stdout));
+    w.ok("destroy", &["--auto-approve", "--allow-protected"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_run_at_a_time_on_every_backend() {
+    let pid = std::process::id();
+    let local = World::from_stack("aws-network.yaml", &format!("cl{pid}"));
+    two_runs_and_a_killed_one(&local, "local").await;
+
+    let db = store(&format!("cp{pid}")).await;
+    let mut pg = World::from_stack("aws-network.yaml", &format!("cp{pid}"));
+    pg.env.push(("RALPH_DEPLOY_STATE".into(), db));
+    two_runs_and_a_killed_one(&pg, "postgres").await;
+
+    let b = bucket(&format!("cs{pid}")).await;
+    let mut s3 = World::from_stack("aws-network.yaml", &format!("cs{pid}"));
+    s3.env.push(("RALPH_DEPLOY_STATE".into(), format!("s3://{b}/ci")));
+    two_runs_and_a_killed_one(&s3, "s3").await;
+}

@@ -206,6 +206,7 @@ async fn apply_cmd(args: &StackArgs, run: &RunArgs, destroy: bool) -> Result<i32
             vars: file.variables.clone(),
             state_dir: args.state_dir.clone(),
             state: args.state.clone(),
+            lock_timeout: args.lock_timeout,
         },
         None => args.clone(),
     };

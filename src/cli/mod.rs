@@ -50,6 +50,40 @@ pub struct StackArgs {
     /// from PGPASSWORD). Set RALPH_DEPLOY_STATE_KEY to encrypt.
     #[arg(long = "state", env = "RALPH_DEPLOY_STATE", value_name = "URL")]
     pub state: Option<String>,
+    /// Wait this long for a lock another run holds (90s, 5m), saying who
+    /// holds it, instead of failing at once
+    #[arg(long, env = "RALPH_DEPLOY_LOCK_TIMEOUT", value_name = "DURATION", value_parser = parse_wait)]
+    pub lock_timeout: Option<std::time::Duration>,
+}
+
+/// `90s`, `5m`, `1h`, `1h30m`, or plain seconds.
+fn parse_wait(text: &str) -> Result<std::time::Duration, String> {
+    let t = text.trim();
+    if let Ok(secs) = t.parse::<u64>() {
+        return Ok(std::time::Duration::from_secs(secs));
+    }
+    let mut total = 0u64;
+    let mut num = String::new();
+    for c in t.chars() {
+        if c.is_ascii_digit() {
+            num.push(c);
+            continue;
+        }
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("`{text}` is not a duration; write 90s, 5m or 1h30m"))?;
+        num.clear();
+        total += n * match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            _ => return Err(format!("`{text}` is not a duration; write 90s, 5m or 1h30m")),
+        };
+    }
+    if !num.is_empty() {
+        return Err(format!("`{text}` is not a duration; write 90s, 5m or 1h30m"));
+    }
+    Ok(std::time::Duration::from_secs(total))
 }
 
 #[derive(Copy, Clone, Debug, ValueEnum)]
@@ -383,10 +417,12 @@ impl StackArgs {
             Some(url) => crate::ops::StateLocation::Url(url.clone()),
             None => crate::ops::StateLocation::Dir(self.state_dir.clone()),
         };
-        Session::load(&self.stack, &options, &location).map_err(|e| match e {
+        let mut s = Session::load(&self.stack, &options, &location).map_err(|e| match e {
             crate::ops::LoadError::Stack(d) => CliError::Invalid(*d, json),
             crate::ops::LoadError::State(e) => CliError::Other(anyhow::anyhow!(e)),
-        })
+        })?;
+        s.lock_timeout = self.lock_timeout;
+        Ok(s)
     }
 }
 

@@ -60,6 +60,9 @@ pub struct Session {
     pub stack: Stack,
     pub backend: Box<dyn Backend>,
     pub registry: Registry,
+    /// How long to wait for a lock another run holds (`--lock-timeout`);
+    /// `None`: fail at once, naming the holder.
+    pub lock_timeout: Option<std::time::Duration>,
 }
 
 /// The backend `location` names for `stack`, with the sealer the
@@ -135,6 +138,7 @@ impl Session {
             stack,
             backend,
             registry,
+            lock_timeout: None,
         })
     }
 
@@ -369,7 +373,37 @@ where
     Fut: std::future::Future<Output = Result<T, OpError>>,
 {
     let lock = LockInfo::for_operation(operation);
-    if let Some(stale) = s.backend.lock(&lock).await? {
+    let started = std::time::Instant::now();
+    let mut last_said: Option<std::time::Instant> = None;
+    let taken = loop {
+        match s.backend.lock(&lock).await {
+            Ok(taken) => break taken,
+            Err(crate::state::StateError::Locked(held))
+                if s.lock_timeout.is_some_and(|t| started.elapsed() < t)
+                    && !cx.stop.load(Ordering::SeqCst) =>
+            {
+                // Queue behind the holder, the way CI queues deployments.
+                if last_said.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(30)) {
+                    cx.reporter.report(Event::Warning {
+                        message: format!(
+                            "waiting for the lock ({}s of {}s): held by `{}` (pid {} on {}, user {}, since {})",
+                            started.elapsed().as_secs(),
+                            s.lock_timeout.unwrap_or_default().as_secs(),
+                            held.holder.operation,
+                            held.holder.pid,
+                            held.holder.host,
+                            held.holder.user,
+                            held.holder.since.format("%H:%M:%S UTC"),
+                        ),
+                    });
+                    last_said = Some(std::time::Instant::now());
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+    if let Some(stale) = taken {
         cx.reporter.report(Event::Warning {
             message: format!(
                 "took over a stale lock: `{}` (pid {} on {}, since {}) no longer holds it (its process is gone, or its lease ran out without renewal); its work is recovered from the state and the cloud",

@@ -54,6 +54,7 @@ fn world_at(path: &Path, dir: Option<tempfile::TempDir>) -> World {
             stack,
             backend: Box::new(MemoryBackend::new(kill.clone())),
             registry,
+            lock_timeout: None,
         },
         cloud,
         kill,
