@@ -610,12 +610,27 @@ async fn two_runs_and_a_killed_one(w: &World, store: &str) {
     let ok = [&a, &b].iter().filter(|o| o.status.success()).count();
     assert_eq!(ok, 1, "{store}: {}\n{}", text(&a.stderr), text(&b.stderr));
     let failed = if a.status.success() { &b } else { &a };
-    assert!(text(&failed.stderr).contains("is locked by `apply`"), "{store}: {}", text(&failed.stderr));
+    assert!(
+        text(&failed.stderr).contains("is locked by `apply`"),
+        "{store}: {}",
+        text(&failed.stderr)
+    );
     // With --lock-timeout the second waits, says for whom, then proceeds.
-    w.edit("owner: ${var.owner}", "owner: ${var.owner}\n        wave: two");
-    let (a, b) = (apply(&["--lock-timeout", "2m"]), apply(&["--lock-timeout", "2m"]));
+    w.edit(
+        "owner: ${var.owner}",
+        "owner: ${var.owner}\n        wave: two",
+    );
+    let (a, b) = (
+        apply(&["--lock-timeout", "2m"]),
+        apply(&["--lock-timeout", "2m"]),
+    );
     let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
-    assert!(a.status.success() && b.status.success(), "{store}: {}\n{}", text(&a.stderr), text(&b.stderr));
+    assert!(
+        a.status.success() && b.status.success(),
+        "{store}: {}\n{}",
+        text(&a.stderr),
+        text(&b.stderr)
+    );
     let waited = [&a, &b]
         .iter()
         .any(|o| text(&o.stderr).contains("waiting for the lock"));
@@ -627,7 +642,10 @@ async fn two_runs_and_a_killed_one(w: &World, store: &str) {
     std::thread::sleep(std::time::Duration::from_millis(700));
     let _ = victim.kill();
     let _ = victim.wait();
-    let out = w.cmd(&["apply", stack, "--env", "production", "--auto-approve"]).output().unwrap();
+    let out = w
+        .cmd(&["apply", stack, "--env", "production", "--auto-approve"])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{store}: {}", text(&out.stderr));
     let out = w.run("plan", &["--detailed-exitcode"]);
     assert_eq!(out.status.code(), Some(0), "{store}: {}", text(&out.stdout));
@@ -647,6 +665,118 @@ async fn one_run_at_a_time_on_every_backend() {
 
     let b = bucket(&format!("cs{pid}")).await;
     let mut s3 = World::from_stack("aws-network.yaml", &format!("cs{pid}"));
-    s3.env.push(("RALPH_DEPLOY_STATE".into(), format!("s3://{b}/ci")));
+    s3.env
+        .push(("RALPH_DEPLOY_STATE".into(), format!("s3://{b}/ci")));
     two_runs_and_a_killed_one(&s3, "s3").await;
+}
+
+/// A database and a secret made with the SDK, imported: no changes but the
+/// ownership tags when the stack matches them, the right updates when not.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_and_a_secret_made_by_hand_are_imported() {
+    let name = format!("ir{}", std::process::id());
+    let w = World::from_stack("aws-network.yaml", &name);
+    let conf = w.aws_conf().await;
+    let rds = aws_sdk_rds::Client::new(&conf);
+    let made = rds
+        .create_db_instance()
+        .db_instance_identifier(format!("{name}-db"))
+        .engine("postgres")
+        .engine_version("15.4")
+        .db_instance_class("db.t3.micro")
+        .allocated_storage(20)
+        .storage_type("gp3")
+        .master_username("app")
+        .master_user_password("only-for-this-test")
+        .backup_retention_period(7)
+        .send()
+        .await
+        .unwrap();
+    let sg = made.db_instance().unwrap().vpc_security_groups()[0]
+        .vpc_security_group_id()
+        .unwrap()
+        .to_string();
+    let sm = aws_sdk_secretsmanager::Client::new(&conf);
+    sm.create_secret()
+        .name(format!("{name}/app-key"))
+        .secret_string("made-by-hand")
+        .description("made by hand")
+        .send()
+        .await
+        .unwrap();
+    let stack = format!(
+        r#"name: {name}
+cloud: {{ aws: {{ region: us-east-1 }} }}
+resources:
+  db:
+    kind: aws.rds_instance
+    properties:
+      identifier: {name}-db
+      engine: postgres
+      engine_version: "15.4"
+      instance_class: db.t3.micro
+      allocated_storage: 20
+      storage_type: gp3
+      storage_encrypted: false
+      deletion_protection: false
+      vpc_security_group_ids: [{sg}]
+      master_username: app
+      backup_retention_days: 7
+  key:
+    kind: aws.secret
+    properties:
+      name: {name}/app-key
+      description: made by hand
+      value_from_env: APP_KEY
+"#
+    );
+    std::fs::write(w.stack(), &stack).unwrap();
+    let path = w.stack();
+    let path = path.to_str().unwrap();
+    for (address, id) in [
+        ("db", format!("{name}-db")),
+        ("key", format!("{name}/app-key")),
+    ] {
+        let out = w.cmd(&["import", path, address, &id]).output().unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    let plan_of = |w: &World| -> serde_json::Value {
+        let out = w.cmd(&["plan", path, "--json"]).output().unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    // The stack matches them: only the ownership tags are to be added.
+    let plan = plan_of(&w);
+    for c in plan["changes"].as_array().unwrap() {
+        let names: Vec<&str> = c["attributes"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|x| x["name"].as_str()).collect())
+            .unwrap_or_default();
+        assert_eq!(c["action"], "update", "{c}");
+        // (`ready`: the database made a moment ago is still being created;
+        // the apply waits for it.)
+        let names: Vec<&str> = names.into_iter().filter(|n| *n != "ready").collect();
+        assert_eq!(names, vec!["tags"], "{}: {c}", c["address"]);
+    }
+    let out = w.cmd(&["apply", path, "--auto-approve"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let plan = plan_of(&w);
+    assert_eq!(plan["counts"]["update"], 0, "{plan}");
+    // Where the stack differs, the plan says exactly that.
+    std::fs::write(
+        w.stack(),
+        stack.replace("backup_retention_days: 7", "backup_retention_days: 14"),
+    )
+    .unwrap();
+    let plan = plan_of(&w);
+    let db = plan["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["address"] == "db")
+        .unwrap()
+        .clone();
+    assert_eq!(db["action"], "update");
+    assert_eq!(db["attributes"][0]["name"], "backup_retention_days", "{db}");
+    assert_eq!(db["attributes"].as_array().unwrap().len(), 1, "{db}");
 }

@@ -77,11 +77,17 @@ fn parse_wait(text: &str) -> Result<std::time::Duration, String> {
             's' => 1,
             'm' => 60,
             'h' => 3600,
-            _ => return Err(format!("`{text}` is not a duration; write 90s, 5m or 1h30m")),
+            _ => {
+                return Err(format!(
+                    "`{text}` is not a duration; write 90s, 5m or 1h30m"
+                ))
+            }
         };
     }
     if !num.is_empty() {
-        return Err(format!("`{text}` is not a duration; write 90s, 5m or 1h30m"));
+        return Err(format!(
+            "`{text}` is not a duration; write 90s, 5m or 1h30m"
+        ));
     }
     Ok(std::time::Duration::from_secs(total))
 }

@@ -254,6 +254,23 @@ pub async fn import(
                 )));
             }
         }
+        // Settings the cloud does not report (a secret's source, what
+        // happens at deletion) cannot be read back: they are recorded as the
+        // stack says, so the next plan shows only what differs in the cloud.
+        let mut inputs = serde_json::Map::new();
+        for f in r.kind.fields {
+            if obs.attrs.get(f.name).is_some_and(|v| !v.is_null()) {
+                continue;
+            }
+            let stated = r
+                .properties
+                .get(f.name)
+                .and_then(|p| p.value.to_literal())
+                .or_else(|| f.default_value());
+            if let Some(v) = stated {
+                inputs.insert(f.name.to_string(), v);
+            }
+        }
         let deps = r
             .dependencies()
             .into_iter()
@@ -264,7 +281,7 @@ pub async fn import(
             crate::state::ResourceState::reported(
                 kind,
                 &obs.id,
-                serde_json::Map::new(),
+                inputs,
                 obs.attrs.clone(),
                 deps,
                 r.protect,
