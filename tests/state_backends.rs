@@ -780,3 +780,96 @@ resources:
     assert_eq!(db["attributes"][0]["name"], "backup_retention_days", "{db}");
     assert_eq!(db["attributes"].as_array().unwrap().len(), 1, "{db}");
 }
+
+/// local -> S3 -> PostgreSQL -> local: the state byte for byte, and the
+/// before-command snapshots with it.
+#[tokio::test(flavor = "multi_thread")]
+async fn state_migrate_round_trips_through_every_backend() {
+    let name = format!("mr{}", std::process::id());
+    let b = bucket(&name).await;
+    let db = store(&name).await;
+    let mut w = World::from_stack("aws-network.yaml", &name);
+    w.ok("apply", &["--auto-approve"]);
+    w.edit(
+        "owner: ${var.owner}",
+        "owner: ${var.owner}\n        wave: two",
+    );
+    w.ok("apply", &["--auto-approve"]);
+    let stack = w.stack();
+    let stack = stack.to_str().unwrap().to_string();
+    let snapshots = |w: &World| -> Vec<(String, u64)> {
+        let out = w
+            .cmd(&[
+                "state",
+                "snapshots",
+                &stack,
+                "--env",
+                "production",
+                "--json",
+            ])
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                (
+                    s["name"]
+                        .as_str()
+                        .unwrap()
+                        .trim_end_matches(".json")
+                        .to_string(),
+                    s["serial"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let pull = |w: &World| -> Vec<u8> {
+        let out = w
+            .cmd(&["state", "pull", &stack, "--env", "production"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        out.stdout
+    };
+    let original = pull(&w);
+    let original_snaps = snapshots(&w);
+    assert!(!original_snaps.is_empty());
+    let other_dir = tempfile::tempdir().unwrap();
+    let stores = [
+        format!("s3://{b}/migrated"),
+        db.clone(),
+        other_dir.path().display().to_string(),
+    ];
+    for to in &stores {
+        let out = w
+            .cmd(&[
+                "state",
+                "migrate",
+                &stack,
+                "--env",
+                "production",
+                "--to",
+                to,
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "to {to}: {}", text(&out.stderr));
+        // The source keeps a snapshot from before the migration as well.
+        let source_snaps = snapshots(&w);
+        assert!(!source_snaps.is_empty());
+        w.env
+            .retain(|(k, _)| k != "RALPH_DEPLOY_STATE" && k != "RALPH_DEPLOY_STATE_DIR");
+        if to.contains("://") {
+            w.env.push(("RALPH_DEPLOY_STATE".into(), to.clone()));
+        } else {
+            w.env.push(("RALPH_DEPLOY_STATE_DIR".into(), to.clone()));
+        }
+        assert_eq!(pull(&w), original, "the state changed on the way to {to}");
+        assert_eq!(snapshots(&w), source_snaps, "snapshots on the way to {to}");
+    }
+    let out = w.run("plan", &["--detailed-exitcode"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    w.ok("destroy", &["--auto-approve", "--allow-protected"]);
+}

@@ -474,11 +474,10 @@ async fn state_cmd(cmd: StateCommand) -> Result<i32, CliError> {
             };
             let target = crate::ops::state_cmds::backend_at(&s, &location)?;
             let shown = target.describe();
-            let (serial, left) = crate::ops::state_cmds::migrate(&s, &cx, target).await?;
+            let (serial, copied) = crate::ops::state_cmds::migrate(&s, &cx, target).await?;
             println!(
-                "Copied serial {serial} from {} to {shown}. Point every run at the new store (--state or RALPH_DEPLOY_STATE); the old copy is left as it was{}.",
+                "Copied serial {serial} and {copied} before-command snapshot(s) from {} to {shown}. Point every run at the new store (--state or RALPH_DEPLOY_STATE); the old copy is left as it was.",
                 s.backend.describe(),
-                if left > 0 { format!(", with its {left} before-command snapshot(s)") } else { String::new() }
             );
             Ok(EXIT_OK)
         }

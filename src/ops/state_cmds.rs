@@ -117,9 +117,9 @@ pub async fn mv(
     .await
 }
 
-/// `state migrate --to URL`: copies the current state to another store,
-/// holding both locks; returns its serial and how many before-command
-/// snapshots stay behind in the old store. The target must be empty, or hold an
+/// `state migrate --to URL`: copies the current state and its
+/// before-command snapshots to another store, holding both locks; returns
+/// the state's serial and how many snapshots were copied. The target must be empty, or hold an
 /// older serial of the same lineage.
 pub async fn migrate(
     s: &Session,
@@ -155,12 +155,18 @@ pub async fn migrate(
                     )));
                 }
             }
-            // The current state moves; the kept snapshots stay where they
-            // are (they are named and read per store), and are counted so
-            // the caller can say so.
-            let left_behind = s.backend.snapshots().await?.len();
+            // The before-command snapshots first (their names keep their
+            // time and serial), then the state itself.
+            let mut copied = 0;
+            for snap in s.backend.snapshots().await? {
+                let old = s.backend.read_snapshot(&snap.name).await?;
+                target
+                    .put_snapshot(snap.name.trim_end_matches(".json"), &snap.operation, &old)
+                    .await?;
+                copied += 1;
+            }
             target.write(&l.state).await?;
-            Ok((l.state.serial, left_behind))
+            Ok((l.state.serial, copied))
         }
         .await;
         let _ = target.unlock(&lock).await;

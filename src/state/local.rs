@@ -168,7 +168,11 @@ impl LocalBackend {
         let found = list
             .iter()
             .rev()
-            .find(|s| s.name == which || s.serial.to_string() == which)
+            .find(|s| {
+                s.name == which
+                    || s.name.trim_end_matches(".json") == which
+                    || s.serial.to_string() == which
+            })
             .ok_or_else(|| StateError::Io {
                 path: self.snapshot_dir().display().to_string(),
                 source: std::io::Error::other(format!(
@@ -271,6 +275,23 @@ impl super::StateStore for LocalBackend {
 
     async fn snapshots(&self) -> Result<Vec<Snapshot>, StateError> {
         self.list_snapshots()
+    }
+
+    async fn put_snapshot(
+        &self,
+        name: &str,
+        _operation: &str,
+        state: &State,
+    ) -> Result<(), StateError> {
+        let target = self.snapshot_dir().join(format!("{name}.json"));
+        let bytes = serde_json::to_vec_pretty(state)
+            .map_err(|e| self.io(&target, std::io::Error::other(e)))?;
+        let bytes = self
+            .sealer
+            .seal(&bytes)
+            .await
+            .map_err(|m| self.io(&target, std::io::Error::other(m)))?;
+        atomic_write(&target, &bytes).map_err(|e| self.io(&target, e))
     }
 
     async fn read_snapshot(&self, which: &str) -> Result<State, StateError> {

@@ -254,6 +254,14 @@ pub trait StateStore: Send + Sync {
     async fn snapshots(&self) -> Result<Vec<Snapshot>, StateError>;
     /// A kept copy, by name or by serial (the newest with it).
     async fn read_snapshot(&self, which: &str) -> Result<State, StateError>;
+    /// Stores a snapshot copied from another store (`state migrate`), under
+    /// its name there (without any file extension).
+    async fn put_snapshot(
+        &self,
+        name: &str,
+        operation: &str,
+        state: &State,
+    ) -> Result<(), StateError>;
 }
 
 /// One saved copy of the state as it was before a command changed it.

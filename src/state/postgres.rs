@@ -389,7 +389,7 @@ impl super::StateStore for PostgresBackend {
         let pool = self.pool().await?;
         let rows = sqlx::query(
             "SELECT name, operation, serial, taken_at FROM ralph_deploy.snapshots \
-             WHERE stack = $1 AND environment = $2 ORDER BY taken_at, name",
+             WHERE stack = $1 AND environment = $2 ORDER BY name",
         )
         .bind(&self.stack)
         .bind(&self.environment)
@@ -408,6 +408,30 @@ impl super::StateStore for PostgresBackend {
                     .to_string(),
             })
             .collect())
+    }
+
+    async fn put_snapshot(
+        &self,
+        name: &str,
+        operation: &str,
+        state: &State,
+    ) -> Result<(), StateError> {
+        let body = serde_json::to_vec_pretty(state).map_err(|e| self.err(e))?;
+        let body = self.sealer.seal(&body).await.map_err(|m| self.err(m))?;
+        sqlx::query(
+            "INSERT INTO ralph_deploy.snapshots (stack, environment, name, operation, serial, body) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (stack, environment, name) DO UPDATE SET body = EXCLUDED.body",
+        )
+        .bind(&self.stack)
+        .bind(&self.environment)
+        .bind(name)
+        .bind(operation)
+        .bind(state.serial as i64)
+        .bind(&body)
+        .execute(self.pool().await?)
+        .await
+        .map_err(|e| self.err(e))?;
+        Ok(())
     }
 
     async fn read_snapshot(&self, which: &str) -> Result<State, StateError> {

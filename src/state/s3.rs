@@ -430,6 +430,28 @@ impl super::StateStore for S3Backend {
             .collect())
     }
 
+    async fn put_snapshot(
+        &self,
+        name: &str,
+        _operation: &str,
+        state: &State,
+    ) -> Result<(), StateError> {
+        let body = serde_json::to_vec_pretty(state).map_err(|e| self.err("snapshot", e))?;
+        let body = self
+            .sealer
+            .seal(&body)
+            .await
+            .map_err(|m| self.err("snapshot", m))?;
+        self.put(
+            &self.key(&format!("snapshots/{name}.json")),
+            body,
+            None,
+            false,
+        )
+        .await?;
+        Ok(())
+    }
+
     async fn read_snapshot(&self, which: &str) -> Result<State, StateError> {
         let list = self.snapshots().await?;
         let found = list

@@ -456,6 +456,24 @@ impl crate::state::StateStore for MemoryBackend {
             .collect())
     }
 
+    async fn put_snapshot(
+        &self,
+        name: &str,
+        operation: &str,
+        state: &State,
+    ) -> Result<(), StateError> {
+        self.snapshots.lock().unwrap().push((
+            Snapshot {
+                name: name.into(),
+                operation: operation.into(),
+                serial: state.serial,
+                taken_at: String::new(),
+            },
+            state.clone(),
+        ));
+        Ok(())
+    }
+
     async fn read_snapshot(&self, which: &str) -> Result<State, StateError> {
         self.snapshots
             .lock()
