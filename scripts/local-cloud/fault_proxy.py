@@ -23,7 +23,7 @@ Lanes: POST {"lane": "AKID...", "kill_after": k, "kill_pidfile": path,
 "account_id": "..."} configures a lane for requests signed with that access
 key id: its own account, mutating-request counter and kill point, so several
 runs can be killed at their own k at the same time. {"lane": "AKID...",
-"remove": true} drops it. A lane's counter starts at 0 when it is set.
+"remove": true} drops it; {"lane": "AKID...", "read": true} returns its counters. A lane's counter starts at 0 when it is set.
 """
 import http.client
 import http.server
@@ -116,6 +116,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
                     key = cfg.pop("lane")
                     if cfg.get("remove"):
                         LANES.pop(key, None)
+                    elif cfg.get("read"):
+                        pass
                     else:
                         lane = {"kill_after": 0, "kill_pidfile": "", "account_id": ""}
                         lane.update(cfg)

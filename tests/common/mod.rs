@@ -406,6 +406,21 @@ impl World {
 
 /// The world's recorded state for `production`, or `{}` when there is none.
 pub fn state_json(w: &World) -> serde_json::Value {
+    // A shared store: read it as a user would.
+    if w.env.iter().any(|(k, _)| k == "RALPH_DEPLOY_STATE") {
+        let stack = w.stack();
+        let out = w
+            .cmd(&[
+                "state",
+                "pull",
+                stack.to_str().unwrap(),
+                "--env",
+                "production",
+            ])
+            .output()
+            .unwrap();
+        return serde_json::from_slice(&out.stdout).unwrap_or_else(|_| serde_json::json!({}));
+    }
     let p = w
         .state_dir()
         .join(&w.stack_name)
