@@ -182,10 +182,20 @@ impl Steps<'_> {
         let Some(r) = stack.resources.get(&c.address) else {
             return Ok(false);
         };
+        // What the cloud does not report (a secret's source, settings used
+        // only at deletion) is recorded as the stack states it.
+        let mut inputs = current_inputs(r.kind, &obs.attrs);
+        for f in r.kind.fields {
+            if !inputs.contains_key(f.name) {
+                if let Some(v) = r.stated(f.name) {
+                    inputs.insert(f.name.to_string(), v);
+                }
+            }
+        }
         let rs = ResourceState::reported(
             &c.kind,
             &obs.id,
-            current_inputs(r.kind, &obs.attrs),
+            inputs,
             obs.attrs.clone(),
             c.depends_on.clone(),
             r.protect,

@@ -268,12 +268,7 @@ pub async fn import(
             if obs.attrs.get(f.name).is_some_and(|v| !v.is_null()) {
                 continue;
             }
-            let stated = r
-                .properties
-                .get(f.name)
-                .and_then(|p| p.value.to_literal())
-                .or_else(|| f.default_value());
-            if let Some(v) = stated {
+            if let Some(v) = r.stated(f.name) {
                 inputs.insert(f.name.to_string(), v);
             }
         }

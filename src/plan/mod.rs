@@ -433,7 +433,16 @@ fn diff_one(
             .get(f.name)
             .filter(|v| !v.is_null())
             .cloned()
-            .or_else(|| recorded.and_then(|rs| rs.inputs.get(f.name).cloned()));
+            .or_else(|| recorded.and_then(|rs| rs.inputs.get(f.name).cloned()))
+            // Adopted (after a crash, or imported): what the cloud does not
+            // report is taken as the stack states it; adoption records it so.
+            .or_else(|| {
+                if adopted && recorded.is_none() {
+                    r.stated(f.name)
+                } else {
+                    None
+                }
+            });
         // The default `Name` tag is given at creation; afterwards it is not
         // enforced, so a resource that `moved` keeps the name it was made with.
         let (want, have) = if f.name == "tags" && kind.taggable && !names_itself(r) {

@@ -111,6 +111,15 @@ impl Resource {
         out
     }
 
+    /// What the stack says of `field` without evaluating references: its
+    /// literal value, or the field's default.
+    pub fn stated(&self, field: &str) -> Option<Json> {
+        match self.properties.get(field) {
+            Some(p) => p.value.to_literal(),
+            None => self.kind.field(field).and_then(|f| f.default_value()),
+        }
+    }
+
     /// Addresses this resource must come after: references and `depends_on`.
     pub fn dependencies(&self) -> Vec<String> {
         let mut deps: Vec<String> = self

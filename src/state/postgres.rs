@@ -462,32 +462,50 @@ impl super::Locker for PostgresBackend {
         let pool = self.pool().await?;
         let json = serde_json::to_value(info).map_err(|e| self.err(e))?;
         let mut tx = pool.begin().await.map_err(|e| self.err(e))?;
-        let held = sqlx::query(
+        // Creating the row is the lock: of two runs at once, exactly one
+        // inserts (the other waits for it, then inserts nothing). A SELECT
+        // ... FOR UPDATE alone would lock no row when there is none yet.
+        let inserted = sqlx::query(
+            "INSERT INTO ralph_deploy.locks (stack, environment, id, info, expires_at) \
+             VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5)) \
+             ON CONFLICT (stack, environment) DO NOTHING",
+        )
+        .bind(&self.stack)
+        .bind(&self.environment)
+        .bind(&info.id)
+        .bind(&json)
+        .bind(self.lease.as_secs_f64())
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| self.err(e))?
+        .rows_affected();
+        if inserted == 1 {
+            tx.commit().await.map_err(|e| self.err(e))?;
+            self.start_renewing(info.id.clone());
+            return Ok(None);
+        }
+        // Held: by whom, and is its lease still running? The row is locked
+        // until this transaction ends, so no third run can slip in.
+        let row = sqlx::query(
             "SELECT info, expires_at < now() AS expired FROM ralph_deploy.locks \
              WHERE stack = $1 AND environment = $2 FOR UPDATE",
         )
         .bind(&self.stack)
         .bind(&self.environment)
-        .fetch_optional(&mut *tx)
+        .fetch_one(&mut *tx)
         .await
         .map_err(|e| self.err(e))?;
-        let mut taken_over = None;
-        if let Some(row) = held {
-            let holder: LockInfo =
-                serde_json::from_value(row.get("info")).map_err(|e| self.err(e))?;
-            let expired: bool = row.get("expired");
-            if !expired && !holder.holder_is_dead() {
-                return Err(StateError::Locked(Box::new(LockHeld {
-                    target: self.describe_target(),
-                    holder,
-                })));
-            }
-            taken_over = Some(holder);
+        let holder: LockInfo = serde_json::from_value(row.get("info")).map_err(|e| self.err(e))?;
+        let expired: bool = row.get("expired");
+        if !expired && !holder.holder_is_dead() {
+            return Err(StateError::Locked(Box::new(LockHeld {
+                target: self.describe_target(),
+                holder,
+            })));
         }
         sqlx::query(
-            "INSERT INTO ralph_deploy.locks (stack, environment, id, info, expires_at) \
-             VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5)) \
-             ON CONFLICT (stack, environment) DO UPDATE SET id = EXCLUDED.id, info = EXCLUDED.info, expires_at = EXCLUDED.expires_at",
+            "UPDATE ralph_deploy.locks SET id = $3, info = $4, expires_at = now() + make_interval(secs => $5) \
+             WHERE stack = $1 AND environment = $2",
         )
         .bind(&self.stack)
         .bind(&self.environment)
@@ -499,7 +517,7 @@ impl super::Locker for PostgresBackend {
         .map_err(|e| self.err(e))?;
         tx.commit().await.map_err(|e| self.err(e))?;
         self.start_renewing(info.id.clone());
-        Ok(taken_over)
+        Ok(Some(holder))
     }
 
     async fn unlock(&self, info: &LockInfo) -> Result<(), StateError> {
