@@ -222,13 +222,7 @@ impl Kms {
     async fn client(&self) -> &aws_sdk_kms::Client {
         self.client
             .get_or_init(|| async {
-                let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
-                if std::env::var("AWS_REGION").is_err() {
-                    if let Some(r) = &self.region {
-                        loader = loader.region(aws_config::Region::new(r.clone()));
-                    }
-                }
-                aws_sdk_kms::Client::new(&loader.load().await)
+                aws_sdk_kms::Client::new(&super::aws_sdk_config(self.region.as_deref()).await)
             })
             .await
     }

@@ -14,7 +14,7 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use super::{LockHeld, LockInfo, Snapshot, State, StateError, FORMAT_VERSION};
+use super::{LockHeld, LockInfo, Snapshot, State, StateError};
 
 /// How many previous snapshots are kept.
 const HISTORY: usize = 20;
@@ -224,29 +224,12 @@ impl super::StateStore for LocalBackend {
             .open(&text)
             .await
             .map_err(|m| self.io(&path, std::io::Error::other(m)))?;
-        let probe: serde_json::Value =
-            serde_json::from_slice(&text).map_err(|e| StateError::Corrupt {
-                path: path.display().to_string(),
-                message: e.to_string(),
-                history: self.history_dir().display().to_string(),
-            })?;
-        let found = probe
-            .get("format_version")
-            .and_then(|v| v.as_u64())
-            .unwrap_or(0) as u32;
-        if found > FORMAT_VERSION {
-            return Err(StateError::TooNew {
-                path: path.display().to_string(),
-                found,
-            });
-        }
-        serde_json::from_value(probe)
-            .map(Some)
-            .map_err(|e| StateError::Corrupt {
-                path: path.display().to_string(),
-                message: e.to_string(),
-                history: self.history_dir().display().to_string(),
-            })
+        super::parse_state(
+            &text,
+            &path.display().to_string(),
+            &self.history_dir().display().to_string(),
+        )
+        .map(Some)
     }
 
     async fn write(&self, state: &State) -> Result<(), StateError> {

@@ -239,6 +239,38 @@ impl std::fmt::Display for LockHeld {
     }
 }
 
+/// A state from its stored JSON (already opened): refused when it is not
+/// valid (`history` says where earlier versions are) or was written by a
+/// newer ralph-deploy. `path` names where it was read, for messages.
+pub fn parse_state(plain: &[u8], path: &str, history: &str) -> Result<State, StateError> {
+    let corrupt = |e: serde_json::Error| StateError::Corrupt {
+        path: path.to_string(),
+        message: e.to_string(),
+        history: history.to_string(),
+    };
+    let probe: serde_json::Value = serde_json::from_slice(plain).map_err(corrupt)?;
+    let found = probe["format_version"].as_u64().unwrap_or(0) as u32;
+    if found > FORMAT_VERSION {
+        return Err(StateError::TooNew {
+            path: path.to_string(),
+            found,
+        });
+    }
+    serde_json::from_value(probe).map_err(corrupt)
+}
+
+/// The AWS SDK settings the state stores and KMS use: the standard chain,
+/// with the stack's region when the environment names none.
+pub(crate) async fn aws_sdk_config(region: Option<&str>) -> aws_config::SdkConfig {
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+    if std::env::var("AWS_REGION").is_err() {
+        if let Some(r) = region {
+            loader = loader.region(aws_config::Region::new(r.to_string()));
+        }
+    }
+    loader.load().await
+}
+
 /// Reads and writes whole state snapshots.
 #[async_trait::async_trait]
 pub trait StateStore: Send + Sync {

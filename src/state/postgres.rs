@@ -18,7 +18,7 @@ use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::Row;
 
-use super::{Intent, LockHeld, LockInfo, Snapshot, State, StateError, FORMAT_VERSION};
+use super::{Intent, LockHeld, LockInfo, Snapshot, State, StateError};
 
 /// How long a lock lives without renewal: a runner that vanished (a lost
 /// CI machine) blocks others at most this long.
@@ -118,24 +118,11 @@ impl PostgresBackend {
             .open(body)
             .await
             .map_err(|m| self.err(format!("{what}: {m}")))?;
-        let probe: serde_json::Value =
-            serde_json::from_slice(&plain).map_err(|e| StateError::Corrupt {
-                path: format!("{} {what}", self.describe_target()),
-                message: e.to_string(),
-                history: "the history rows (state pull --serial N)".into(),
-            })?;
-        let found = probe["format_version"].as_u64().unwrap_or(0) as u32;
-        if found > FORMAT_VERSION {
-            return Err(StateError::TooNew {
-                path: self.describe_target(),
-                found,
-            });
-        }
-        serde_json::from_value(probe).map_err(|e| StateError::Corrupt {
-            path: format!("{} {what}", self.describe_target()),
-            message: e.to_string(),
-            history: "the history rows".into(),
-        })
+        super::parse_state(
+            &plain,
+            &format!("{} {what}", self.describe_target()),
+            "the history rows (ralph_deploy.states)",
+        )
     }
 
     /// The state at `serial` from the history.

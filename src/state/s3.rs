@@ -17,7 +17,7 @@ use aws_sdk_s3::primitives::ByteStream;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{Intent, LockHeld, LockInfo, Snapshot, State, StateError, FORMAT_VERSION};
+use super::{Intent, LockHeld, LockInfo, Snapshot, State, StateError};
 
 pub struct S3Backend {
     sealer: std::sync::Arc<super::codec::Sealer>,
@@ -85,13 +85,7 @@ impl S3Backend {
     async fn s3(&self) -> &aws_sdk_s3::Client {
         self.client
             .get_or_init(|| async {
-                let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
-                if std::env::var("AWS_REGION").is_err() {
-                    if let Some(r) = &self.region {
-                        loader = loader.region(aws_config::Region::new(r.clone()));
-                    }
-                }
-                let config = loader.load().await;
+                let config = super::aws_sdk_config(self.region.as_deref()).await;
                 let custom = std::env::var("AWS_ENDPOINT_URL").is_ok_and(|e| !e.is_empty());
                 aws_sdk_s3::Client::from_conf(
                     aws_sdk_s3::config::Builder::from(&config)
@@ -234,24 +228,11 @@ impl S3Backend {
             .open(body)
             .await
             .map_err(|m| self.err(what, m))?;
-        let probe: serde_json::Value =
-            serde_json::from_slice(&plain).map_err(|e| StateError::Corrupt {
-                path: format!("{} {what}", self.target()),
-                message: e.to_string(),
-                history: "the bucket's object versions".into(),
-            })?;
-        let found = probe["format_version"].as_u64().unwrap_or(0) as u32;
-        if found > FORMAT_VERSION {
-            return Err(StateError::TooNew {
-                path: self.target(),
-                found,
-            });
-        }
-        serde_json::from_value(probe).map_err(|e| StateError::Corrupt {
-            path: format!("{} {what}", self.target()),
-            message: e.to_string(),
-            history: "the bucket's object versions".into(),
-        })
+        super::parse_state(
+            &plain,
+            &format!("{} {what}", self.target()),
+            "the bucket's object versions",
+        )
     }
 
     fn lock_body(&self, info: &LockInfo) -> Result<Vec<u8>, StateError> {
