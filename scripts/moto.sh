@@ -21,7 +21,7 @@ install() {
 }
 
 free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+  python3 "$here/local-cloud/free_port.py"
 }
 
 start() {

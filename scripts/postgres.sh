@@ -4,6 +4,7 @@
 #   scripts/postgres.sh stop DIR
 set -euo pipefail
 bin=/usr/lib/postgresql/15/bin
+here="$(cd "$(dirname "$0")" && pwd)"
 as_pg() {
   # initdb and postgres refuse to run as root.
   if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
@@ -11,7 +12,7 @@ as_pg() {
 start() {
   local dir="$1"; mkdir -p "$dir/pg"; chmod 755 "$dir"
   [ "$(id -u)" = 0 ] && chown -R postgres "$dir/pg"
-  local port; port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()')"
+  local port; port="$(python3 "$here/local-cloud/free_port.py")"
   as_pg "$bin/initdb" -D "$dir/pg/data" -U postgres --auth=trust -E UTF8 --locale=C >"$dir/pg/initdb.log" 2>&1
   as_pg "$bin/pg_ctl" -D "$dir/pg/data" -l "$dir/pg/server.log" -w \
     -o "-p $port -k $dir/pg -c listen_addresses=127.0.0.1 -c shared_preload_libraries=pg_stat_statements -c fsync=off" start >/dev/null

@@ -26,7 +26,11 @@ fn pick(
         None => Ok(targets),
         Some(r) => {
             let names: Vec<String> = targets.iter().map(|t| t.0.clone()).collect();
-            let found: Vec<_> = targets.into_iter().filter(|t| t.0 == r).collect();
+            // An address, or a component use (everything of the kind under it).
+            let found: Vec<_> = targets
+                .into_iter()
+                .filter(|t| crate::model::address::is_under(&t.0, r))
+                .collect();
             if found.is_empty() {
                 return Err(OpError::refused(format!(
                     "{r} is not a {KIND} resource of this stack (it has: {})",
@@ -159,7 +163,10 @@ where
             .stack
             .resources
             .values()
-            .filter(|r| r.kind.kind == KIND && resource.is_none_or(|want| want == r.address))
+            .filter(|r| {
+                r.kind.kind == KIND
+                    && resource.is_none_or(|want| crate::model::address::is_under(&r.address, want))
+            })
             .map(|r| r.address.clone())
             .collect();
         if addresses.is_empty() {
