@@ -318,3 +318,128 @@ fn graph_renders_dot_and_mermaid() {
     assert!(m.starts_with("graph LR"));
     assert!(!m.contains("nat_b"), "staging disables nat_b");
 }
+
+/// The schemas editors read (`schema/*.json`, named by the shipped files'
+/// `yaml-language-server` line) are what the binary prints.
+#[test]
+fn the_committed_schemas_are_the_binarys() {
+    for (file, args) in [
+        ("schema/stack.schema.json", vec!["schema"]),
+        (
+            "schema/component.schema.json",
+            vec!["schema", "--component"],
+        ),
+    ] {
+        let out = std::process::Command::new(BIN)
+            .args(&args)
+            .output()
+            .unwrap();
+        let committed = std::fs::read_to_string(common::repo().join(file)).unwrap();
+        assert_eq!(
+            text(&out.stdout),
+            committed,
+            "{file} is stale: run `ralph-deploy {} > {file}`",
+            args.join(" ")
+        );
+    }
+    for dir in ["stacks", "components"] {
+        for e in std::fs::read_dir(common::repo().join(dir)).unwrap() {
+            let p = e.unwrap().path();
+            let first = std::fs::read_to_string(&p).unwrap();
+            assert!(
+                first.starts_with("# yaml-language-server: $schema=../schema/"),
+                "{} does not name its schema",
+                p.display()
+            );
+        }
+    }
+}
+
+/// Every shipped stack and component validates against the shipped JSON
+/// Schema (with the jsonschema library of the kubernetes-validate venv the
+/// test setup installs).
+#[test]
+fn the_shipped_files_validate_against_the_json_schema() {
+    let validate = std::env::var("RALPH_TEST_KUBE_VALIDATE")
+        .expect("RALPH_TEST_KUBE_VALIDATE is not set: run scripts/test");
+    let python = std::path::Path::new(&validate).with_file_name("python");
+    let script = r#"
+import glob, json, sys, yaml, jsonschema
+root = sys.argv[1]
+bad = 0
+for schema, pattern in (("stack", "stacks/*.yaml"), ("component", "components/*.yaml")):
+    v = jsonschema.Draft202012Validator(json.load(open(f"{root}/schema/{schema}.schema.json")))
+    for f in sorted(glob.glob(f"{root}/{pattern}")):
+        for e in v.iter_errors(yaml.safe_load(open(f))):
+            bad += 1
+            print(f, list(e.path), e.message[:200])
+print("checked")
+sys.exit(1 if bad else 0)
+"#;
+    let out = std::process::Command::new(python)
+        .args(["-c", script, common::repo().to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && text(&out.stdout).contains("checked"),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+}
+
+/// Small things a first-time user meets: `output` before any apply, a
+/// mistyped output name, a missing stack file, a missing `--env`.
+#[test]
+fn first_run_mistakes_get_short_clear_answers() {
+    let state = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        std::process::Command::new(BIN)
+            .current_dir(common::repo())
+            .args(args)
+            .env("RALPH_DEPLOY_STATE_DIR", state.path())
+            .output()
+            .unwrap()
+    };
+    let out = run(&["output", "stacks/aws-network.yaml", "--env", "production"]);
+    assert_eq!(out.status.code(), Some(1), "output with no state exits 0");
+    assert!(
+        text(&out.stderr).contains("no state at"),
+        "{}",
+        text(&out.stderr)
+    );
+    // With a state (written by hand), a mistyped name gets a suggestion.
+    let dir = state.path().join("ralph-network").join("production");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("state.json"),
+        r#"{"format_version":1,"lineage":"l","serial":1,"stack":"ralph-network","environment":"production","resources":{},"outputs":{"vpc_id":"vpc-1"}}"#,
+    )
+    .unwrap();
+    let out = run(&[
+        "output",
+        "stacks/aws-network.yaml",
+        "--env",
+        "production",
+        "vpc_idd",
+    ]);
+    assert!(
+        text(&out.stderr).contains("did you mean `vpc_id`?"),
+        "{}",
+        text(&out.stderr)
+    );
+    // A missing file: one line, no empty snippet box.
+    let out = run(&["validate", "stacks/nope.yaml"]);
+    let err = text(&out.stderr);
+    assert!(err.contains("cannot read the stack file"), "{err}");
+    assert!(!err.contains('╭'), "an empty snippet box: {err}");
+    // No --env with several environments: a short excerpt.
+    let out = run(&["validate", "stacks/aws-network.yaml"]);
+    let err = text(&out.stderr);
+    assert!(err.contains("pass --env production"), "{err}");
+    assert!(
+        err.lines().count() <= 10,
+        "{} lines:\n{err}",
+        err.lines().count()
+    );
+}

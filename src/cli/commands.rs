@@ -332,7 +332,13 @@ fn saved_plan(args: &StackArgs, destroy: bool) -> Result<PlanFile, CliError> {
 
 async fn output(args: &StackArgs, name: Option<&str>, json: bool) -> Result<i32, CliError> {
     let s = args.session(json)?;
-    let (state, _) = read_state(&s).await?;
+    let (state, existed) = read_state(&s).await?;
+    if !existed {
+        return Err(CliError::Other(anyhow!(
+            "there is no state at {} yet, so no outputs: run `ralph-deploy apply` first (or point --state at the store the applies use)",
+            s.backend.describe()
+        )));
+    }
     match name {
         Some(n) => match state.outputs.get(n) {
             Some(v) => {
@@ -345,9 +351,23 @@ async fn output(args: &StackArgs, name: Option<&str>, json: bool) -> Result<i32,
             None => Err(CliError::Other(anyhow!(
                 "no output `{n}` in the state{}",
                 if s.stack.outputs.contains_key(n) {
-                    " yet: run apply first"
+                    " yet: run apply first".to_string()
                 } else {
-                    "; the stack does not declare it"
+                    let hint =
+                        crate::kinds::did_you_mean(n, s.stack.outputs.keys().map(String::as_str))
+                            .map(|x| format!(" (did you mean `{x}`?)"))
+                            .unwrap_or_else(|| {
+                                format!(
+                                    "; it has: {}",
+                                    s.stack
+                                        .outputs
+                                        .keys()
+                                        .cloned()
+                                        .collect::<Vec<_>>()
+                                        .join(", ")
+                                )
+                            });
+                    format!("; the stack does not declare it{hint}")
                 }
             ))),
         },

@@ -172,9 +172,9 @@ impl Diagnostics {
         self.push(span, message.into(), Some(help.into()));
     }
 
-    /// A problem whose source line holds a secret (a password in a URL):
-    /// reported by location, never with a snippet of the line.
-    pub fn error_redacted(
+    /// A problem reported by location only, never with a snippet: the line
+    /// holds a secret (a password in a URL), or there is no text to show.
+    pub fn error_no_snippet(
         &mut self,
         span: Span,
         message: impl Into<String>,

@@ -153,7 +153,7 @@ pub fn stack_schema(registry: &dyn Catalog) -> Json {
                 "type": "object",
                 "additionalProperties": {
                     "anyOf": [
-                        { "type": "string" },
+                        { "type": ["string", "array", "number", "boolean"] },
                         { "type": "object", "required": ["value"], "additionalProperties": false,
                           "properties": { "value": {}, "description": { "type": "string" } } }
                     ]

@@ -100,7 +100,7 @@ pub fn load(
                     "stack files are YAML text in UTF-8; check that the path names the stack file"
                 }
             };
-            d.error_help(
+            d.error_no_snippet(
                 Span::default(),
                 format!("cannot read the stack file: {e}"),
                 help,
@@ -372,8 +372,14 @@ impl Loader {
             Some(e) => e.clone(),
             None if names.len() == 1 => names[0].to_string(),
             None => {
+                // Point at the first environment's name, not the whole mapping.
+                let at = envs
+                    .keys()
+                    .next()
+                    .map(|k| Span::from_marked(k.span()))
+                    .unwrap_or_else(|| span_of_map(envs));
                 self.d.error_help(
-                    span_of_map(envs),
+                    at,
                     format!(
                         "the stack declares environments {}; none was chosen",
                         names.join(", ")
@@ -689,7 +695,7 @@ impl Loader {
                     "write s3://bucket/prefix or postgres://user@host/database (leave `state` out for local files)",
                 );
             } else if has_password {
-                self.d.error_redacted(
+                self.d.error_no_snippet(
                     span,
                     "the state url carries a password",
                     "credentials never go in the stack file: set PGPASSWORD (or use the AWS credential chain) in the environment that runs ralph-deploy",
