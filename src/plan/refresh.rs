@@ -170,6 +170,7 @@ pub async fn refresh(
         .collect();
     let looked_up = futures::future::join_all(missing.into_iter().filter_map(|(address, rs)| {
         let driver = registry.driver(&rs.kind)?;
+        tracing::debug!(address = %address, kind = %rs.kind, id = %rs.id, "not in the listing: looked up by id");
         Some(async move { (address, rs, driver.lookup(cx, &rs.id).await) })
     }))
     .await;
