@@ -103,6 +103,38 @@ pub fn backend_for(location: &StateLocation, stack: &Stack) -> Result<Box<dyn Ba
     })
 }
 
+/// The resource `id` of `kind`, for an import to `address` (`import`
+/// command or `import:` entry): it must exist and belong to no other stack.
+pub async fn find_to_import(
+    driver: &dyn crate::drivers::Driver,
+    cx: &Context,
+    address: &str,
+    kind: &str,
+    id: &str,
+) -> Result<crate::drivers::Observed, OpError> {
+    let found = driver.lookup(cx, id).await.map_err(|e| {
+        OpError::Other(format!(
+            "import of `{address}`: looking up {kind} {id}: {}",
+            e.message
+        ))
+    })?;
+    let Some(obs) = found else {
+        return Err(OpError::refused(format!(
+            "import of `{address}`: no {kind} with id `{id}` exists (at {}); nothing was changed",
+            cx.endpoint_description()
+        )));
+    };
+    if let Some(owner) = &obs.owner {
+        if *owner != cx.owner {
+            return Err(OpError::refused(format!(
+                "import of `{address}`: {kind} {id} belongs to stack `{}` environment `{}` (its ownership tags say so); nothing was changed",
+                owner.stack, owner.environment
+            )));
+        }
+    }
+    Ok(obs)
+}
+
 /// Where a session keeps its state.
 #[derive(Debug, Clone)]
 pub enum StateLocation {
@@ -249,28 +281,7 @@ impl Session {
             let Some(driver) = self.registry.driver(r.kind.kind) else {
                 continue;
             };
-            let id = &entry.id.value;
-            let found = driver.lookup(cx, id).await.map_err(|e| {
-                OpError::Other(format!(
-                    "import of {address}: looking up {id}: {}",
-                    e.message
-                ))
-            })?;
-            let Some(obs) = found else {
-                return Err(OpError::refused(format!(
-                    "import of `{address}`: no {} with id `{id}` exists (at {}); fix the `import` entry or remove it",
-                    r.kind.kind,
-                    cx.endpoint_description()
-                )));
-            };
-            if let Some(owner) = &obs.owner {
-                if *owner != cx.owner {
-                    return Err(OpError::refused(format!(
-                        "import of `{address}`: {id} belongs to stack `{}` environment `{}`",
-                        owner.stack, owner.environment
-                    )));
-                }
-            }
+            let obs = find_to_import(driver, cx, address, r.kind.kind, &entry.id.value).await?;
             refreshed.orphans.retain(|(_, _, o)| o.id != obs.id);
             refreshed.adopted.insert(address.clone());
             refreshed

@@ -242,24 +242,7 @@ pub async fn import(
                 "{kind} {id} is already in the state as `{other}`; nothing was changed"
             )));
         }
-        let found = driver
-            .lookup(cx, id)
-            .await
-            .map_err(|e| OpError::Other(format!("looking up {kind} {id}: {}", e.message)))?;
-        let Some(obs) = found else {
-            return Err(OpError::refused(format!(
-                "no {kind} with id `{id}` exists (at {}); nothing was changed",
-                cx.endpoint_description()
-            )));
-        };
-        if let Some(owner) = &obs.owner {
-            if *owner != cx.owner {
-                return Err(OpError::refused(format!(
-                    "{kind} {id} belongs to stack `{}` environment `{}` (its ownership tags say so); nothing was changed",
-                    owner.stack, owner.environment
-                )));
-            }
-        }
+        let obs = super::find_to_import(driver, cx, address, kind, id).await?;
         // Settings the cloud does not report (a secret's source, what
         // happens at deletion) cannot be read back: they are recorded as the
         // stack says, so the next plan shows only what differs in the cloud.

@@ -565,7 +565,7 @@ impl Loader {
                 out.insert(input.to_string(), value);
             }
         }
-        for (input, (ty, default, dspan)) in decls {
+        for (input, (_, default, dspan)) in decls {
             if out.contains_key(input) {
                 continue;
             }
@@ -573,7 +573,6 @@ impl Loader {
                 Some(d) => {
                     let v = super::node_to_json(d);
                     out.insert(input.clone(), json_to_sexpr(&v, span_of(d)));
-                    let _ = ty;
                 }
                 None if !ok => {}
                 None => {
@@ -820,11 +819,6 @@ impl Loader {
                         "refer to a resource declared under `resources` (or to a variable as `${var.name}`)".into()
                     }
                 });
-            let attr = match steps.last() {
-                Some(Step::Attr(a)) => a.as_str(),
-                _ => "",
-            };
-            let _ = attr;
             self.d.error_help(
                 span,
                 format!("reference to `{full}`, which is not a resource in this stack"),

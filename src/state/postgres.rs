@@ -145,6 +145,23 @@ impl PostgresBackend {
         .await
     }
 
+    /// The current state's row (body and serial), through the head row.
+    async fn current_row(
+        &self,
+        pool: &PgPool,
+    ) -> Result<Option<sqlx::postgres::PgRow>, StateError> {
+        sqlx::query(
+            "SELECT s.body, s.serial FROM ralph_deploy.heads h JOIN ralph_deploy.states s \
+             ON s.stack = h.stack AND s.environment = h.environment AND s.serial = h.serial \
+             WHERE h.stack = $1 AND h.environment = $2",
+        )
+        .bind(&self.stack)
+        .bind(&self.environment)
+        .fetch_optional(pool)
+        .await
+        .map_err(|e| self.err(e))
+    }
+
     fn start_renewing(&self, id: String) {
         let pool = self.pool.clone();
         let (stack, env, lease) = (self.stack.clone(), self.environment.clone(), self.lease);
@@ -219,16 +236,7 @@ fn shown(url: &str) -> String {
 impl super::StateStore for PostgresBackend {
     async fn read(&self) -> Result<Option<State>, StateError> {
         let pool = self.pool().await?;
-        let row = sqlx::query(
-            "SELECT s.body, s.serial FROM ralph_deploy.heads h JOIN ralph_deploy.states s \
-             ON s.stack = h.stack AND s.environment = h.environment AND s.serial = h.serial \
-             WHERE h.stack = $1 AND h.environment = $2",
-        )
-        .bind(&self.stack)
-        .bind(&self.environment)
-        .fetch_optional(pool)
-        .await
-        .map_err(|e| self.err(e))?;
+        let row = self.current_row(pool).await?;
         let Some(row) = row else {
             if let Ok(mut s) = self.seen.lock() {
                 *s = Some(0);
@@ -326,16 +334,7 @@ impl super::StateStore for PostgresBackend {
 
     async fn snapshot_before(&self, operation: &str) -> Result<Option<String>, StateError> {
         let pool = self.pool().await?;
-        let row = sqlx::query(
-            "SELECT s.body, s.serial FROM ralph_deploy.heads h JOIN ralph_deploy.states s \
-             ON s.stack = h.stack AND s.environment = h.environment AND s.serial = h.serial \
-             WHERE h.stack = $1 AND h.environment = $2",
-        )
-        .bind(&self.stack)
-        .bind(&self.environment)
-        .fetch_optional(pool)
-        .await
-        .map_err(|e| self.err(e))?;
+        let row = self.current_row(pool).await?;
         let Some(row) = row else { return Ok(None) };
         let serial: i64 = row.get("serial");
         let op: String = operation
