@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# A private PostgreSQL 15 cluster for tests, on a free loopback port.
+# A private PostgreSQL 15 cluster for tests, on a free loopback port:
+# password authentication for every role but the superuser.
 #   scripts/postgres.sh start DIR   initdb + start; writes DIR/pg.port
 #   scripts/postgres.sh stop DIR
 set -euo pipefail
@@ -14,6 +15,14 @@ start() {
   [ "$(id -u)" = 0 ] && chown -R postgres "$dir/pg"
   local port; port="$(python3 "$here/local-cloud/free_port.py")"
   as_pg "$bin/initdb" -D "$dir/pg/data" -U postgres --auth=trust -E UTF8 --locale=C >"$dir/pg/initdb.log" 2>&1
+  # The superuser connects without a password (the tests' admin knob);
+  # every other role must give its password, as on RDS and Cloud SQL, so a
+  # wrong or rotated-away password is refused.
+  cat >"$dir/pg/data/pg_hba.conf" <<HBA
+local all all trust
+host all postgres 127.0.0.1/32 trust
+host all all 127.0.0.1/32 scram-sha-256
+HBA
   as_pg "$bin/pg_ctl" -D "$dir/pg/data" -l "$dir/pg/server.log" -w \
     -o "-p $port -k $dir/pg -c listen_addresses=127.0.0.1 -c shared_preload_libraries=pg_stat_statements -c fsync=off" start >/dev/null
   echo "$port" >"$dir/pg.port"

@@ -321,6 +321,7 @@ impl Registry {
     pub fn builtin() -> Registry {
         let mut drivers = aws::drivers();
         drivers.push(Box::new(postgres::migrations::Migrations));
+        drivers.push(Box::new(postgres::role::Role));
         drivers.push(Box::new(kubernetes::orchestrator::Orchestrator));
         Registry { drivers }
     }

@@ -83,6 +83,10 @@ pub struct Field {
     /// by `parent_field` of the resource that `ref_field` refers to, and must
     /// not overlap the CIDRs of siblings with the same parent.
     pub within: Option<(&'static str, &'static str)>,
+    /// Attributes an in-place change of this property gives new values
+    /// (a rotation renews `version_id`): the plan shows them as unknown,
+    /// so what refers to them is planned to change too.
+    pub renews: &'static [&'static str],
 }
 
 impl Field {
@@ -96,6 +100,7 @@ impl Field {
             default: None,
             check: None,
             within: None,
+            renews: &[],
         }
     }
     pub const fn required(mut self) -> Field {
@@ -112,6 +117,10 @@ impl Field {
     }
     pub const fn check(mut self, check: Check) -> Field {
         self.check = Some(check);
+        self
+    }
+    pub const fn renews(mut self, attributes: &'static [&'static str]) -> Field {
+        self.renews = attributes;
         self
     }
     pub const fn within(mut self, ref_field: &'static str, parent_field: &'static str) -> Field {

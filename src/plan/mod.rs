@@ -274,6 +274,8 @@ pub fn diff(
         Err(_) => stack.resources.keys().cloned().collect(),
     };
     let mut planned: BTreeMap<String, Action> = BTreeMap::new();
+    // Attributes that planned updates give new values.
+    let mut renewed: BTreeMap<String, Vec<&'static str>> = BTreeMap::new();
     let mut changes = Vec::new();
     for address in order {
         let Some(r) = stack.resources.get(&address) else {
@@ -286,6 +288,12 @@ pub fn diff(
             match planned.get(&reference.address) {
                 Some(Action::NoOp | Action::Update) => {}
                 _ => return None,
+            }
+            if renewed
+                .get(&reference.address)
+                .is_some_and(|r| r.contains(&reference.attribute.as_str()))
+            {
+                return None;
             }
             let current = refreshed.current.get(&reference.address)?;
             if reference.attribute == "id" {
@@ -310,6 +318,17 @@ pub fn diff(
                 .filter(|d| stack.resources.contains_key(d))
                 .collect(),
         );
+        if change.action == Action::Update {
+            let renews: Vec<&'static str> = change
+                .attributes
+                .iter()
+                .filter_map(|a| r.kind.field(&a.name))
+                .flat_map(|f| f.renews.iter().copied())
+                .collect();
+            if !renews.is_empty() {
+                renewed.insert(address.clone(), renews);
+            }
+        }
         planned.insert(address.clone(), change.action);
         changes.push(change);
     }
@@ -461,7 +480,9 @@ fn diff_one(
         let differs = match (want, &have) {
             (None, _) => true,
             (Some(w), Some(h)) => !same_value(&f.ty, w, h),
-            (Some(w), None) => !w.is_null(),
+            // Nothing recorded or reported, and the stack gives nothing
+            // either: null, or an empty string (an input left at "").
+            (Some(w), None) => !(w.is_null() || w.as_str() == Some("")),
         };
         if differs {
             attributes.push(AttrChange {

@@ -91,7 +91,7 @@ impl World {
             &format!("source: {}/", repo().join("components").display()),
         );
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("stack.yaml"), text).unwrap();
+        std::fs::write(dir.path().join("stack.yaml"), &text).unwrap();
         // Stacks that deploy the orchestrator do it on the local cluster,
         // in a namespace of the test's own.
         let mut env = Vec::new();
@@ -99,6 +99,18 @@ impl World {
             env.push(("RALPH_DEPLOY_VAR_kubeconfig".to_string(), kubeconfig));
         }
         env.push(("RALPH_DEPLOY_VAR_namespace".to_string(), name.to_string()));
+        // Database roles are server-wide and every test shares one server:
+        // each world logs in as a role of its own, with ralph_app's rights.
+        if text.contains("\n  app_role:") {
+            env.push((
+                "RALPH_DEPLOY_VAR_app_role".to_string(),
+                format!("app_{}", name.replace('-', "_")),
+            ));
+            env.push((
+                "RALPH_DEPLOY_VAR_app_role_member_of".to_string(),
+                "[\"ralph_app\"]".to_string(),
+            ));
+        }
         World {
             dir,
             stack_name: name.to_string(),

@@ -16,7 +16,7 @@ mod rds;
 mod route_table;
 mod route_table_association;
 mod s3_bucket;
-mod secret;
+pub mod secret;
 mod security_group;
 mod subnet;
 mod vpc;

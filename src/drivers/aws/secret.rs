@@ -98,6 +98,12 @@ static SCHEMA: KindSchema = KindSchema {
         )
         .check(env_name),
         Field::new(
+            "rotation",
+            Ty::String,
+            "change it (a counter, a date) to rotate: a new value is generated, or read again from `value_from_env`, as a new version",
+        )
+        .renews(&["version_id"]),
+        Field::new(
             "kms_key_id",
             Ty::String,
             "a customer managed KMS key (default: the AWS managed key)",
@@ -138,6 +144,54 @@ static SCHEMA: KindSchema = KindSchema {
 };
 
 pub struct Secret;
+
+/// The value a secret source names, and what identifies its version (the
+/// store's version id, or `env` for an environment variable). A source is
+/// a Secrets Manager ARN or name, optionally `#key` to pick one key of a
+/// JSON secret, or `env:VARIABLE`. `what` names the value in errors; the
+/// value itself never appears in one.
+pub async fn read_source(
+    cx: &Context,
+    what: &str,
+    source: &str,
+) -> Result<(String, String), DriverError> {
+    if let Some(var) = source.strip_prefix("env:") {
+        let v = std::env::var(var).map_err(|_| {
+            DriverError::new(format!("{what}: the environment variable {var} is not set"))
+        })?;
+        return Ok((v, "env".to_string()));
+    }
+    let (id, json_key) = match source.split_once('#') {
+        Some((id, k)) => (id, Some(k)),
+        None => (source, None),
+    };
+    let out = cx
+        .aws()
+        .await?
+        .secrets
+        .get_secret_value()
+        .secret_id(id)
+        .send()
+        .await
+        .map_err(|e| api_error(&format!("reading {what}"), e))?;
+    let text = out.secret_string().unwrap_or_default();
+    let value = match json_key {
+        None => text.to_string(),
+        Some(k) => match serde_json::from_str::<Json>(text) {
+            Ok(Json::Object(m)) => match m.get(k) {
+                Some(Json::String(s)) => s.clone(),
+                Some(other) => other.to_string(),
+                None => return Err(DriverError::new(format!("{what}: {id} has no key `{k}`"))),
+            },
+            _ => {
+                return Err(DriverError::new(format!(
+                    "{what}: {id} is not a JSON object, so `#{k}` cannot pick a key from it"
+                )))
+            }
+        },
+    };
+    Ok((value, out.version_id().unwrap_or_default().to_string()))
+}
 
 /// Makes the value. It lives only in this function's caller until sent.
 fn make_value(want: &Desired<'_>) -> Result<String, DriverError> {
@@ -236,6 +290,41 @@ async fn read_one(cx: &Context, arn: &str) -> Result<Observed, DriverError> {
             ),
         ],
     ))
+}
+
+/// A new current version with a new value. Its version id comes from the
+/// secret and the `rotation` value, so a run killed after the new version
+/// was made finds it current and makes no third one.
+async fn rotate(cx: &Context, want: &Desired<'_>, arn: &str) -> Result<(), DriverError> {
+    use sha2::Digest;
+    let rotation = want.str("rotation").unwrap_or_default();
+    let digest = hex::encode(sha2::Sha256::digest(
+        format!("{arn}\n{rotation}").as_bytes(),
+    ));
+    let token = format!(
+        "{}-{}-{}-{}-{}",
+        &digest[..8],
+        &digest[8..12],
+        &digest[12..16],
+        &digest[16..20],
+        &digest[20..32]
+    );
+    let current = read_one(cx, arn).await?;
+    if current.attrs.get("version_id").and_then(Json::as_str) == Some(token.as_str()) {
+        return Ok(());
+    }
+    let value = make_value(want)?;
+    cx.aws()
+        .await?
+        .secrets
+        .put_secret_value()
+        .secret_id(arn)
+        .client_request_token(token)
+        .secret_string(value)
+        .send()
+        .await
+        .map_err(|e| api_error("PutSecretValue", e))?;
+    Ok(())
 }
 
 /// The stack's tags plus the ownership tags, as Secrets Manager takes them.
@@ -467,8 +556,11 @@ impl Driver for Secret {
                 .await
                 .map_err(|e| api_error("TagResource", e))?;
         }
-        // `generate` and `value_from_env` only matter for the first value;
-        // changing them records the new settings and never rotates.
+        if changed.iter().any(|c| c == "rotation") {
+            rotate(cx, want, &have.id).await?;
+        }
+        // `generate` and `value_from_env` only matter for a new value;
+        // changing them records the new settings and does not rotate.
         read_one(cx, &have.id).await
     }
 

@@ -311,66 +311,58 @@ pub fn object_ids(objects: &[Rendered]) -> BTreeSet<String> {
         .collect()
 }
 
-/// Reads the values of the `secrets` property: `ENV_NAME: source`, where a
-/// source is a Secrets Manager ARN (or name), optionally `#key` to pick one
-/// key of a JSON secret, or `env:VARIABLE`. Returns the values and a string
-/// that changes when any secret gets a new version (version ids, never
-/// values), so that pods restart on rotation.
+/// Reads what the orchestrator's Secret holds: the `secrets` property
+/// (`ENV_NAME: source`, see `aws::secret::read_source`), and for each
+/// connection with a password secret (`render::CONNECTIONS`) the url with
+/// the password in it and the password alone. Returns the values and a
+/// string that changes when any secret gets a new version (version ids,
+/// never values), so that pods restart on rotation.
 pub async fn read_secrets(
     cx: &Context,
     props: &Map<String, Json>,
 ) -> Result<(BTreeMap<String, String>, String), DriverError> {
+    use crate::drivers::aws::secret::read_source;
     let mut values = BTreeMap::new();
     let mut versions = Vec::new();
-    let Some(map) = props.get("secrets").and_then(Json::as_object) else {
-        return Ok((values, String::new()));
-    };
-    for (key, source) in map {
-        let source = source.as_str().unwrap_or_default();
-        if let Some(var) = source.strip_prefix("env:") {
-            let v = std::env::var(var).map_err(|_| {
-                DriverError::new(format!(
-                    "secret {key}: the environment variable {var} is not set"
-                ))
-            })?;
-            values.insert(key.clone(), v);
-            versions.push(format!("{key}=env"));
-            continue;
-        }
-        let (id, json_key) = match source.split_once('#') {
-            Some((id, k)) => (id, Some(k)),
-            None => (source, None),
-        };
-        let aws = cx.aws().await?;
-        let out = aws
-            .secrets
-            .get_secret_value()
-            .secret_id(id)
-            .send()
-            .await
-            .map_err(|e| crate::drivers::aws::api_error(&format!("reading secret {key}"), e))?;
-        let text = out.secret_string().unwrap_or_default();
-        let value = match json_key {
-            None => text.to_string(),
-            Some(k) => match serde_json::from_str::<Json>(text) {
-                Ok(Json::Object(m)) => match m.get(k) {
-                    Some(Json::String(s)) => s.clone(),
-                    Some(other) => other.to_string(),
-                    None => {
-                        return Err(DriverError::new(format!(
-                            "secret {key}: {id} has no key `{k}`"
-                        )))
-                    }
-                },
-                _ => {
-                    return Err(DriverError::new(format!(
-                    "secret {key}: {id} is not a JSON object, so `#{k}` cannot pick a key from it"
-                )))
-                }
-            },
-        };
+    for (key, source) in props
+        .get("secrets")
+        .and_then(Json::as_object)
+        .into_iter()
+        .flatten()
+    {
+        let (value, version) = read_source(
+            cx,
+            &format!("secret {key}"),
+            source.as_str().unwrap_or_default(),
+        )
+        .await?;
         values.insert(key.clone(), value);
-        versions.push(format!("{key}={}", out.version_id().unwrap_or_default()));
+        versions.push(format!("{key}={version}"));
+    }
+    for (url_key, password_field) in render::CONNECTIONS {
+        let Some(source) = props
+            .get(password_field)
+            .and_then(Json::as_str)
+            .filter(|s| !s.is_empty())
+        else {
+            continue;
+        };
+        let url_field = url_key.to_ascii_lowercase();
+        let url = props
+            .get(&url_field)
+            .and_then(Json::as_str)
+            .unwrap_or_default();
+        let (password, version) = read_source(cx, &format!("`{password_field}`"), source).await?;
+        let mut parsed = url::Url::parse(url)
+            .map_err(|e| DriverError::new(format!("`{url_field}` is not a url: {e}")))?;
+        parsed.set_password(Some(&password)).map_err(|()| {
+            DriverError::new(format!(
+                "`{url_field}` cannot carry a password (it has no host)"
+            ))
+        })?;
+        values.insert(url_key.to_string(), parsed.to_string());
+        values.insert(url_key.replace("_URL", "_PASSWORD"), password);
+        versions.push(format!("{password_field}={version}"));
     }
     Ok((values, versions.join(",")))
 }

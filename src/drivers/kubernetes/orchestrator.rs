@@ -56,6 +56,25 @@ fn image_tag(v: &Json) -> Result<(), String> {
     }
 }
 
+fn no_password_in_redis_url(v: &Json) -> Result<(), String> {
+    let s = v.as_str().unwrap_or_default();
+    if s.is_empty() {
+        return Ok(());
+    }
+    match url::Url::parse(s) {
+        Err(e) => Err(format!("not a Redis url: {e}")),
+        Ok(u) if !matches!(u.scheme(), "redis" | "rediss") => Err(format!(
+            "a Redis url starts with redis:// or rediss://, not {}://",
+            u.scheme()
+        )),
+        Ok(u) if u.password().is_some() => Err(
+            "the url carries a password, which would land in the state: use `redis_password`"
+                .into(),
+        ),
+        Ok(_) => Ok(()),
+    }
+}
+
 fn secret_sources(v: &Json) -> Result<(), String> {
     for (k, src) in v.as_object().into_iter().flatten() {
         let src = src.as_str().unwrap_or_default();
@@ -98,8 +117,10 @@ static SCHEMA: KindSchema = KindSchema {
         Field::new("max_tokens", Ty::Int, "RALPH_MAX_TOKENS").default("1000000"),
         Field::new("max_cost", Ty::String, "RALPH_MAX_COST, dollars").default("\"50.0\""),
         Field::new("checkpoint_interval", Ty::Int, "RALPH_CHECKPOINT_INTERVAL, iterations").default("5"),
-        Field::new("database_url", Ty::String, "DATABASE_URL, without a password (put the password in `secrets`)"),
-        Field::new("redis_url", Ty::String, "REDIS_URL, without a password"),
+        Field::new("database_url", Ty::String, "DATABASE_URL, without a password (`database_password` adds it)").check(crate::drivers::postgres::no_password_in_url),
+        Field::new("database_password", Ty::String, "the database password's secret (a Secrets Manager ARN, `#key` picks a JSON key, or `env:VARIABLE`): DATABASE_URL then goes to the Secret with the password in it, and DATABASE_PASSWORD beside it").check(crate::drivers::postgres::secret_source),
+        Field::new("redis_url", Ty::String, "REDIS_URL, without a password (`redis_password` adds it)").check(no_password_in_redis_url),
+        Field::new("redis_password", Ty::String, "the Redis AUTH token's secret (same forms as `database_password`): REDIS_URL then goes to the Secret with the token in it, and REDIS_PASSWORD beside it").check(crate::drivers::postgres::secret_source),
         Field::new("database_pool_size", Ty::Int, "DATABASE_POOL_SIZE").default("20").check(checks::range::<1, 10000>),
         Field::new("redis_pool_size", Ty::Int, "REDIS_POOL_SIZE").default("10").check(checks::range::<1, 10000>),
         Field::new("log_level", Ty::String, "LOG_LEVEL").default("\"INFO\""),
@@ -615,7 +636,11 @@ async fn deploy(
         .and_then(|h| h.attrs.get("running_replicas"))
         .and_then(Json::as_i64);
     let client = connect(cx, &props).await?;
-    check_not_taken(cx, &client, want.owner, want.address, &props).await?;
+    // A recorded release is ours whatever its labels say (they name the
+    // address it had before a `moved`, until this apply relabels it).
+    if have.is_none() {
+        check_not_taken(cx, &client, want.owner, want.address, &props).await?;
+    }
     // One discovery serves the release, a rollback and the read-back.
     let api = discover(cx, &client).await?;
     let next = prepare(cx, &api, want.owner, want.address, &props, running).await?;

@@ -230,6 +230,48 @@ pub fn image_ref(props: &Map<String, Json>) -> Option<String> {
     Some(format!("{image}:{tag}"))
 }
 
+/// The connections whose url can carry a password from a secret: the
+/// url's variable, and the property naming the password's secret.
+pub const CONNECTIONS: [(&str, &str); 2] = [
+    ("DATABASE_URL", "database_password"),
+    ("REDIS_URL", "redis_password"),
+];
+
+fn has(props: &Map<String, Json>, k: &str) -> bool {
+    props
+        .get(k)
+        .and_then(Json::as_str)
+        .is_some_and(|v| !v.is_empty())
+}
+
+/// The Secret's keys: `secrets`, plus each url with its password and the
+/// password alone (`DATABASE_URL`, `DATABASE_PASSWORD`, ...).
+pub fn secret_keys(props: &Map<String, Json>) -> Result<Vec<String>, String> {
+    let mut keys: Vec<String> = string_map(props, "secrets").into_keys().collect();
+    for (url, password) in CONNECTIONS {
+        if !has(props, password) {
+            continue;
+        }
+        if !has(props, &url.to_ascii_lowercase()) {
+            return Err(format!(
+                "`{password}` is set but `{}` is not: give the url the password goes into",
+                url.to_ascii_lowercase()
+            ));
+        }
+        let alone = url.replace("_URL", "_PASSWORD");
+        for k in [url.to_string(), alone] {
+            if keys.contains(&k) {
+                return Err(format!(
+                    "`secrets` has {k}, which `{password}` makes: remove it from `secrets`"
+                ));
+            }
+            keys.push(k);
+        }
+    }
+    keys.sort();
+    Ok(keys)
+}
+
 /// The orchestrator's environment: the RALPH_* settings, the application
 /// settings, then `config` (which wins on a clash).
 pub fn config_entries(props: &Map<String, Json>) -> BTreeMap<String, String> {
@@ -246,11 +288,16 @@ pub fn config_entries(props: &Map<String, Json>) -> BTreeMap<String, String> {
         "RALPH_CHECKPOINT_INTERVAL",
         s(props, "checkpoint_interval", "5"),
     );
-    if let Some(u) = props.get("database_url").and_then(Json::as_str) {
-        put("DATABASE_URL", u.to_string());
-    }
-    if let Some(u) = props.get("redis_url").and_then(Json::as_str) {
-        put("REDIS_URL", u.to_string());
+    // With a password, the url goes to the Secret instead (`secret_keys`).
+    for (url, password) in CONNECTIONS {
+        if !has(props, password) {
+            if let Some(u) = props
+                .get(url.to_ascii_lowercase().as_str())
+                .and_then(Json::as_str)
+            {
+                put(url, u.to_string());
+            }
+        }
     }
     put("DATABASE_POOL_SIZE", s(props, "database_pool_size", "20"));
     put("REDIS_POOL_SIZE", s(props, "redis_pool_size", "10"));
@@ -337,9 +384,17 @@ pub fn values(
     let config = config_entries(props);
     let config_hash = short_hash(&serde_json::to_string(&config).unwrap_or_default());
     let secrets = string_map(props, "secrets");
-    let secret_keys: Vec<String> = secrets.keys().cloned().collect();
+    let secret_keys = secret_keys(props)?;
+    let passwords: Vec<String> = CONNECTIONS.iter().map(|(_, p)| s(props, p, "")).collect();
+    // Without passwords the hash is what it was before they existed, so
+    // upgrading the tool restarts no pods.
+    let passwords = if passwords.iter().all(String::is_empty) {
+        String::new()
+    } else {
+        format!("{}|", passwords.join(","))
+    };
     let secrets_hash = short_hash(&format!(
-        "{}|{}|{secrets_version}",
+        "{}|{}|{passwords}{secrets_version}",
         serde_json::to_string(&secrets).unwrap_or_default(),
         string_list(props, "secret_versions").join(",")
     ));

@@ -13,55 +13,40 @@ use sqlx::migrate::Migrator;
 
 use super::{connect, describe_target};
 use crate::drivers::{Context, Desired, Driver, DriverError, Known, Observed, Timeouts};
-use crate::kinds::{checks, Attr, Field, KindSchema, Ty};
+use crate::kinds::{Attr, Field, KindSchema, Ty};
 
 fn computed(_: &Json) -> Result<(), String> {
     Err("`migrations` is computed from the files in `directory`; do not set it".into())
 }
 
-fn no_password_in_url(v: &Json) -> Result<(), String> {
-    let s = v.as_str().unwrap_or_default();
-    if s.is_empty() {
-        return Ok(());
-    }
-    match s.parse::<sqlx::postgres::PgConnectOptions>() {
-        Err(e) => Err(format!("not a PostgreSQL url: {e}")),
-        Ok(_) if s.split('@').next().is_some_and(|userinfo| userinfo.contains("://") && userinfo.split("://").nth(1).is_some_and(|u| u.contains(':'))) => {
-            Err("the url carries a password, which would land in the state: use `credentials_secret_arn` or `password_env`".into())
-        }
-        Ok(_) => Ok(()),
-    }
-}
-
-fn ssl(v: &Json) -> Result<(), String> {
-    match v.as_str() {
-        Some("disable" | "prefer" | "require" | "verify-full") => Ok(()),
-        other => Err(format!(
-            "ssl_mode {other:?} is not one of disable, prefer, require, verify-full"
-        )),
-    }
-}
-
 static SCHEMA: KindSchema = KindSchema {
     kind: "postgres.migrations",
     doc: "The database schema: versioned SQL migrations applied in order.",
-    fields: &[
-        Field::new("directory", Ty::String, "the migrations directory, relative to the stack file").default("\"../migrations\""),
-        Field::new("url", Ty::String, "postgres://user@host:port/db, without a password (a tunnel, a bastion, the local cloud); when not empty it wins over `host`").check(no_password_in_url),
-        Field::new("host", Ty::String, "the database host, usually `${db.address}`"),
-        Field::new("port", Ty::Int, "the database port")
-            .default("5432")
-            .check(checks::tcp_port),
-        Field::new("database", Ty::String, "the database name (default: the url's, or ralph)"),
-        Field::new("username", Ty::String, "who runs the migrations (default: the secret's username)"),
-        Field::new("ssl_mode", Ty::String, "disable, prefer, require, verify-full").default("\"prefer\"").check(ssl),
-        Field::new("credentials_secret_arn", Ty::String, "a Secrets Manager secret with the password, such as `${db.master_user_secret_arn}`"),
-        Field::new("password_env", Ty::String, "or: an environment variable holding the password"),
-        Field::new("migrations", Ty::List(&Ty::String), "computed: every migration file, as `version description checksum`").check(computed),
+    fields: &super::with_connection_fields![
+        Field::new(
+            "directory",
+            Ty::String,
+            "the migrations directory, relative to the stack file"
+        )
+        .default("\"../migrations\""),
+        Field::new(
+            "migrations",
+            Ty::List(&Ty::String),
+            "computed: every migration file, as `version description checksum`"
+        )
+        .check(computed),
     ],
     attrs: &[
-        Attr { name: "id", ty: Ty::String, doc: "host:port/database" },
-        Attr { name: "failed", ty: Ty::String, doc: "the migration that failed last, if any" },
+        Attr {
+            name: "id",
+            ty: Ty::String,
+            doc: "host:port/database",
+        },
+        Attr {
+            name: "failed",
+            ty: Ty::String,
+            doc: "the migration that failed last, if any",
+        },
     ],
     taggable: false,
     name_field: None,

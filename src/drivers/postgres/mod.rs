@@ -3,6 +3,7 @@
 //! connection logic that `migrate status` and `db partitions` share.
 
 pub mod migrations;
+pub mod role;
 
 use std::time::Duration;
 
@@ -11,6 +12,79 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
 use sqlx::PgPool;
 
 use super::{Context, DriverError};
+
+/// The fields that say how to reach a database and log in as an
+/// administrator, shared by every `postgres.*` kind.
+pub const CONNECTION_FIELDS: &[&str] = &[
+    "url",
+    "host",
+    "port",
+    "database",
+    "username",
+    "ssl_mode",
+    "credentials_secret_arn",
+    "password_env",
+];
+
+/// A kind's fields: the connection fields (`CONNECTION_FIELDS`), then
+/// its own.
+macro_rules! with_connection_fields {
+    ($($own:expr),* $(,)?) => {
+        [
+        $crate::kinds::Field::new("url", $crate::kinds::Ty::String, "postgres://user@host:port/db, without a password (a tunnel, a bastion, the local cloud); when not empty it wins over `host`").check($crate::drivers::postgres::no_password_in_url),
+        $crate::kinds::Field::new("host", $crate::kinds::Ty::String, "the database host, usually `${db.address}`"),
+        $crate::kinds::Field::new("port", $crate::kinds::Ty::Int, "the database port")
+            .default("5432")
+            .check($crate::kinds::checks::tcp_port),
+        $crate::kinds::Field::new("database", $crate::kinds::Ty::String, "the database name (default: the url's, or ralph)"),
+        $crate::kinds::Field::new("username", $crate::kinds::Ty::String, "who connects to make the change (default: the secret's username)"),
+        $crate::kinds::Field::new("ssl_mode", $crate::kinds::Ty::String, "disable, prefer, require, verify-full").default("\"prefer\"").check($crate::drivers::postgres::ssl),
+        $crate::kinds::Field::new("credentials_secret_arn", $crate::kinds::Ty::String, "a Secrets Manager secret with the password, such as `${db.master_user_secret_arn}`"),
+        $crate::kinds::Field::new("password_env", $crate::kinds::Ty::String, "or: an environment variable holding the password"),
+            $($own),*
+        ]
+    };
+}
+pub(crate) use with_connection_fields;
+
+pub(crate) fn no_password_in_url(v: &Json) -> Result<(), String> {
+    let s = v.as_str().unwrap_or_default();
+    if s.is_empty() {
+        return Ok(());
+    }
+    match s.parse::<sqlx::postgres::PgConnectOptions>() {
+        Err(e) => Err(format!("not a PostgreSQL url: {e}")),
+        Ok(_) if s.split('@').next().is_some_and(|userinfo| userinfo.contains("://") && userinfo.split("://").nth(1).is_some_and(|u| u.contains(':'))) => {
+            Err("the url carries a password, which would land in the state: use `credentials_secret_arn` or `password_env`".into())
+        }
+        Ok(_) => Ok(()),
+    }
+}
+
+pub(crate) fn ssl(v: &Json) -> Result<(), String> {
+    match v.as_str() {
+        Some("disable" | "prefer" | "require" | "verify-full") => Ok(()),
+        other => Err(format!(
+            "ssl_mode {other:?} is not one of disable, prefer, require, verify-full"
+        )),
+    }
+}
+
+/// A secret source: a Secrets Manager ARN or name (optionally `#key`) or
+/// `env:VARIABLE`.
+pub(crate) fn secret_source(v: &Json) -> Result<(), String> {
+    let s = v.as_str().unwrap_or_default();
+    match s.strip_prefix("env:") {
+        Some(var)
+            if var.is_empty() || !var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') =>
+        {
+            Err(format!(
+                "`{s}` does not name an environment variable after `env:`"
+            ))
+        }
+        _ => Ok(()),
+    }
+}
 
 /// How to reach a database, from a resource's properties. The password
 /// comes from a Secrets Manager secret or an environment variable at the
