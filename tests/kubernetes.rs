@@ -9,6 +9,7 @@ use common::{text, World};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use serde::Deserialize;
 
 fn kubeconfig() -> String {
     std::env::var("RALPH_TEST_KUBECONFIG").expect(
@@ -425,7 +426,53 @@ fn rendered_manifests_validate_against_the_kubernetes_1_28_schemas() {
         .unwrap();
     let report = format!("{}{}", text(&out.stdout), text(&out.stderr));
     assert!(out.status.success(), "{report}");
-    assert_eq!(report.matches("passed").count(), 11, "{report}");
+    assert_eq!(report.matches("passed").count(), 13, "{report}");
+}
+
+/// The alert rules and scrape config the stack renders (without the
+/// Prometheus Operator: a ConfigMap with both files) pass promtool, which
+/// does catch a broken rule.
+#[test]
+fn rendered_alert_rules_and_scrape_config_pass_promtool() {
+    let w = world(&unique("k-prom"), "1.0.0");
+    let yaml = w.ok("render", &[]);
+    let mut files = None;
+    for doc in serde_yaml_ng::Deserializer::from_str(&yaml) {
+        let v = serde_json::Value::deserialize(doc).unwrap();
+        if v["kind"] == "ConfigMap" && v["metadata"]["name"] == "ralph-orchestrator-monitoring" {
+            files = Some(v["data"].clone());
+        }
+    }
+    let files = files.expect("no monitoring ConfigMap rendered");
+    let dir = w.dir.path();
+    for f in ["alerts.yml", "prometheus.yml"] {
+        std::fs::write(dir.join(f), files[f].as_str().unwrap()).unwrap();
+    }
+    let rules = files["alerts.yml"].as_str().unwrap();
+    for alert in ["HighErrorRate", "HighMemoryUsage", "LongRunningTask"] {
+        assert!(rules.contains(alert), "{rules}");
+    }
+    let promtool = |args: &[&str]| {
+        let out = std::process::Command::new("promtool")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect(
+                "promtool is missing: scripts/setup.sh installs it (Debian package prometheus)",
+            );
+        (
+            out.status.success(),
+            format!("{}{}", text(&out.stdout), text(&out.stderr)),
+        )
+    };
+    let (ok, report) = promtool(&["check", "rules", "alerts.yml"]);
+    assert!(ok && report.contains("3 rules found"), "{report}");
+    let (ok, report) = promtool(&["check", "config", "prometheus.yml"]);
+    assert!(ok, "{report}");
+    // The check is real: a rule that is not PromQL fails it.
+    std::fs::write(dir.join("alerts.yml"), rules.replacen(" > ", " > > ", 1)).unwrap();
+    let (ok, report) = promtool(&["check", "rules", "alerts.yml"]);
+    assert!(!ok, "promtool took a broken rule: {report}");
 }
 
 #[tokio::test]

@@ -71,8 +71,18 @@ impl Db {
         PgConnection::connect(&self.url).await.unwrap()
     }
 
+    /// Logs in as `user` (the server asks every role but the superuser for
+    /// a password, so the superuser gives it one first; no other test logs
+    /// in as these roles).
     async fn conn_as(&self, user: &str) -> PgConnection {
-        let url = self.url.replacen("postgres@", &format!("{user}@"), 1);
+        let password = format!("test-{}", std::process::id());
+        sqlx::query(&format!("ALTER ROLE {user} PASSWORD '{password}'"))
+            .execute(&mut self.conn().await)
+            .await
+            .unwrap();
+        let url = self
+            .url
+            .replacen("postgres@", &format!("{user}:{password}@"), 1);
         PgConnection::connect(&url).await.unwrap()
     }
 }

@@ -82,9 +82,16 @@ async fn the_pods_credentials_log_in_to_postgres_and_redis_and_a_rotation_replac
     let db = format!("ws_{pid}");
     // World gives each test a login role of its own (roles are server-wide).
     let role = format!("app_ws_{pid}");
-    let admin_url = common::fresh_database(&db).await;
+    common::fresh_database(&db).await;
     let pg = url::Url::parse(&common::pg_server()).unwrap();
     let redis = url::Url::parse(&need("RALPH_TEST_REDIS_URL")).unwrap();
+    // Both reached through proxies that the test can take down, as an
+    // outage would (the servers themselves are shared with other tests).
+    let zero = std::time::Duration::ZERO;
+    let pg_proxy = common::SlowProxy::start(&format!("127.0.0.1:{}", pg.port().unwrap()), zero);
+    let redis_proxy =
+        common::SlowProxy::start(&format!("127.0.0.1:{}", redis.port().unwrap()), zero);
+    let admin_url = format!("postgres://postgres@127.0.0.1:{}/{db}", pg_proxy.port());
     let redis_password = need("RALPH_TEST_REDIS_PASSWORD");
 
     let mut w = World::from_stack("existing-cluster.yaml", &ns);
@@ -93,7 +100,7 @@ async fn the_pods_credentials_log_in_to_postgres_and_redis_and_a_rotation_replac
         ("RALPH_DEPLOY_VAR_database_host", "127.0.0.1".to_string()),
         (
             "RALPH_DEPLOY_VAR_database_port",
-            pg.port().unwrap().to_string(),
+            pg_proxy.port().to_string(),
         ),
         ("RALPH_DEPLOY_VAR_database_name", db.clone()),
         ("RALPH_DEPLOY_VAR_database_ssl_mode", "disable".to_string()),
@@ -108,7 +115,7 @@ async fn the_pods_credentials_log_in_to_postgres_and_redis_and_a_rotation_replac
         ("RALPH_DEPLOY_VAR_redis_host", "127.0.0.1".to_string()),
         (
             "RALPH_DEPLOY_VAR_redis_port",
-            redis.port().unwrap().to_string(),
+            redis_proxy.port().to_string(),
         ),
         ("RALPH_DEPLOY_VAR_redis_scheme", "redis".to_string()),
         ("REDIS_PASSWORD", redis_password.clone()),
@@ -172,6 +179,42 @@ async fn the_pods_credentials_log_in_to_postgres_and_redis_and_a_rotation_replac
         text(&out.stderr)
     );
 
+    // `status` finds it healthy, and says which part is not when the
+    // database or Redis is down.
+    let all_up = [
+        ("deployment", true),
+        ("health", true),
+        ("database", true),
+        ("redis", true),
+    ];
+    let (code, report) = status(&w);
+    assert_eq!(code, Some(0), "{report}");
+    assert_eq!(checks(&report), all_up, "{report}");
+    let human = w.run("status", &[]);
+    assert!(
+        text(&human.stdout).contains("Healthy."),
+        "{}",
+        text(&human.stdout)
+    );
+    for secret in [db_password.as_str(), redis_password.as_str()] {
+        assert!(!report.to_string().contains(secret));
+        assert!(!text(&human.stdout).contains(secret));
+    }
+    pg_proxy.set_up(false);
+    let (code, report) = status(&w);
+    pg_proxy.set_up(true);
+    assert_eq!(code, Some(1), "{report}");
+    let mut want = all_up;
+    want[2].1 = false;
+    assert_eq!(checks(&report), want, "{report}");
+    redis_proxy.set_up(false);
+    let (code, report) = status(&w);
+    redis_proxy.set_up(true);
+    assert_eq!(code, Some(1), "{report}");
+    let mut want = all_up;
+    want[3].1 = false;
+    assert_eq!(checks(&report), want, "{report}");
+
     // Rotation: a new secret version, the role's password, the pods' Secret.
     let hash_before = secrets_hash(&ns).await;
     w.env
@@ -181,7 +224,7 @@ async fn the_pods_credentials_log_in_to_postgres_and_redis_and_a_rotation_replac
         .as_array()
         .unwrap()
         .iter()
-        .filter(|c| c["action"] != "no-op")
+        .filter(|c| c["action"] != "no_op")
         .map(|c| c["address"].as_str().unwrap())
         .collect();
     for address in [
@@ -216,11 +259,45 @@ async fn the_pods_credentials_log_in_to_postgres_and_redis_and_a_rotation_replac
     );
 
     let out = w.run("plan", &["--detailed-exitcode"]);
-    assert_eq!(
-        exit_code(&out),
-        Some(0),
-        "{}{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
+    assert_eq!(exit_code(&out), Some(0), "{}", text(&out.stdout));
+    assert_eq!(status(&w).0, Some(0), "unhealthy after the rotation");
+
+    // A release that is not the recorded one, and cannot start: unhealthy.
+    let patch = serde_json::json!({"spec": {"template": {"spec": {"containers": [
+        {"name": "orchestrator", "image": "ghcr.io/mikeyobrien/ralph-orchestrator:broken-by-hand"}
+    ]}}}});
+    Api::<Deployment>::namespaced(kube_client().await, &ns)
+        .patch(
+            "ralph-orchestrator",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Strategic(patch),
+        )
+        .await
+        .unwrap();
+    let (code, report) = status(&w);
+    assert_eq!(code, Some(1), "{report}");
+    assert_eq!(checks(&report)[0], ("deployment", false), "{report}");
+}
+
+/// `status --json`: its exit code and report.
+fn status(w: &World) -> (Option<i32>, serde_json::Value) {
+    let out = w.run("status", &["--json"]);
+    let report = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}{}", text(&out.stdout), text(&out.stderr)));
+    (out.status.code(), report)
+}
+
+/// Each check's name and whether it passed.
+fn checks(report: &serde_json::Value) -> Vec<(&str, bool)> {
+    report["services"][0]["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["check"].as_str().unwrap(),
+                c["healthy"].as_bool().unwrap(),
+            )
+        })
+        .collect()
 }

@@ -11,14 +11,31 @@ Images choose their fate by tag, so tests can stage a bad release:
   tag starting with `hang`    the container runs but never becomes ready
   anything else               running and ready
 
+It also plays the scheduler and the node: one Node (`ralph-sim`, its status
+renewed like a kubelet's heartbeat) to which every pod is bound, so the
+endpoints controller puts ready pods behind their Services; and it ends
+deleted pods at once, as a kubelet confirms a pod's termination.
+
+Running pods answer HTTP the way the orchestrator does, so that a request
+through the API server's service proxy reaches "a pod": every running pod
+gets this machine's own address (the API server refuses to proxy to
+loopback), and for each container port named `http` one small server there
+answers /health and /ready with 200. Unready pods are never behind a
+Service's endpoints, so one server can answer for all of them.
+
 Usage: python3 node_sim.py KUBECONFIG
 """
+
+import http.server
+import socket
+import threading
 
 import json
 import re
 import ssl
 import sys
 import time
+import urllib.error
 import urllib.request
 from datetime import datetime, timezone
 
@@ -28,6 +45,55 @@ def read_kubeconfig(path):
     server = re.search(r"server:\s*(\S+)", text).group(1)
     token = re.search(r"token:\s*(\S+)", text).group(1)
     return server, token
+
+
+def host_address():
+    """This machine's address on its default route (no packet is sent)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        s.connect(("192.0.2.1", 9))
+        return s.getsockname()[0]
+    except OSError:
+        return "10.1.0.2"
+    finally:
+        s.close()
+
+
+HOST = host_address()
+SERVING = {}
+
+
+class App(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        path = self.path.split("?")[0]
+        if path in ("/health", "/ready"):
+            body = json.dumps({"status": "ok", "served_by": "node simulator"}).encode()
+            self.send_response(200)
+        else:
+            body = b"not found"
+            self.send_response(404)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def serve(port):
+    """One server per port, started once; a port taken by something else
+    leaves that pod unreachable (and says so)."""
+    if port in SERVING:
+        return
+    try:
+        srv = http.server.ThreadingHTTPServer((HOST, port), App)
+    except OSError as e:
+        print("node simulator: cannot serve %s:%d: %s" % (HOST, port, e), file=sys.stderr, flush=True)
+        SERVING[port] = None
+        return
+    SERVING[port] = srv
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
 
 
 def now():
@@ -69,8 +135,8 @@ def desired_status(pod):
     ready_word = "True" if ready_all else "False"
     return {
         "phase": "Running" if running else "Pending",
-        "hostIP": "10.0.0.1",
-        "podIP": "10.1.0.%d" % (hash(pod["metadata"]["name"]) % 250 + 2),
+        "hostIP": HOST,
+        "podIP": HOST,
         "startTime": now(),
         "conditions": [
             {"type": "PodScheduled", "status": "True", "lastTransitionTime": now()},
@@ -79,6 +145,21 @@ def desired_status(pod):
             {"type": "Ready", "status": ready_word, "lastTransitionTime": now()},
         ],
         "containerStatuses": statuses,
+    }
+
+
+NODE = "ralph-sim"
+
+
+def node_status():
+    return {
+        "conditions": [{
+            "type": "Ready", "status": "True", "reason": "KubeletReady",
+            "message": "node simulator", "lastHeartbeatTime": now(), "lastTransitionTime": now(),
+        }],
+        "addresses": [{"type": "InternalIP", "address": HOST}, {"type": "Hostname", "address": NODE}],
+        "capacity": {"cpu": "64", "memory": "256Gi", "pods": "1000"},
+        "allocatable": {"cpu": "64", "memory": "256Gi", "pods": "1000"},
     }
 
 
@@ -107,14 +188,47 @@ def main():
         with urllib.request.urlopen(req, context=ctx, timeout=10) as r:
             return json.loads(r.read() or b"{}")
 
+    heartbeat = 0.0
     while True:
         try:
+            if time.time() - heartbeat > 10:
+                try:
+                    call("GET", "/api/v1/nodes/" + NODE)
+                except urllib.error.HTTPError as e:
+                    if e.code != 404:
+                        raise
+                    call("POST", "/api/v1/nodes", {
+                        "apiVersion": "v1", "kind": "Node",
+                        "metadata": {"name": NODE, "labels": {"kubernetes.io/hostname": NODE}},
+                    })
+                call("PATCH", "/api/v1/nodes/%s/status" % NODE, {"status": node_status()},
+                     "application/merge-patch+json")
+                heartbeat = time.time()
             pods = call("GET", "/api/v1/pods")["items"]
             for pod in pods:
                 meta = pod["metadata"]
                 if meta.get("deletionTimestamp"):
+                    # A kubelet confirms a bound pod's end; without it the
+                    # pod (and its namespace) would stay Terminating.
+                    if pod["spec"].get("nodeName"):
+                        try:
+                            call("DELETE", "/api/v1/namespaces/%s/pods/%s" % (meta["namespace"], meta["name"]),
+                                 {"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0})
+                        except urllib.error.HTTPError as e:
+                            if e.code != 404:
+                                raise
                     continue
+                if not pod["spec"].get("nodeName"):
+                    call("POST", "/api/v1/namespaces/%s/pods/%s/binding" % (meta["namespace"], meta["name"]), {
+                        "apiVersion": "v1", "kind": "Binding", "metadata": {"name": meta["name"]},
+                        "target": {"apiVersion": "v1", "kind": "Node", "name": NODE},
+                    })
                 want = desired_status(pod)
+                if want["phase"] == "Running":
+                    for c in pod["spec"].get("containers", []):
+                        for p in c.get("ports", []):
+                            if p.get("name") == "http":
+                                serve(p["containerPort"])
                 if summary(pod.get("status")) == summary(want):
                     continue
                 call("PATCH", "/api/v1/namespaces/%s/pods/%s/status" % (meta["namespace"], meta["name"]),

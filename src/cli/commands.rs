@@ -53,6 +53,7 @@ pub async fn run(cmd: Command) -> anyhow::Result<i32> {
         Command::State { command } => state_cmd(command).await,
         Command::Graph { args, format } => graph(&args, format),
         Command::ForceUnlock { args, lock_id } => force_unlock(&args, &lock_id).await,
+        Command::Status { args, json } => status_cmd(&args, json).await,
         Command::Migrate {
             command: MigrateCommand::Status { args, json },
         } => migrate_status(&args, json).await,
@@ -587,6 +588,47 @@ async fn import_cmd(args: &StackArgs, address: &str, id: &str) -> Result<i32, Cl
         done.kind, done.id
     );
     Ok(EXIT_OK)
+}
+
+async fn status_cmd(args: &StackArgs, json: bool) -> Result<i32, CliError> {
+    let s = args.session(json)?;
+    let cx = s.context(Arc::new(Silent));
+    let reports = crate::ops::status::status(&s, &cx).await?;
+    let healthy = reports.iter().all(|r| r.checks.iter().all(|c| c.healthy));
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "stack": s.stack.name,
+                "environment": s.stack.environment,
+                "healthy": healthy,
+                "services": reports,
+            })
+        );
+    } else {
+        for r in &reports {
+            println!("{}:", r.address);
+            for c in &r.checks {
+                println!(
+                    "  {:10} {:9} {}  ({}; {} ms)",
+                    c.check,
+                    if c.healthy { "healthy" } else { "UNHEALTHY" },
+                    c.detail,
+                    c.target,
+                    c.elapsed_ms
+                );
+            }
+        }
+        println!(
+            "{}",
+            if healthy {
+                "Healthy."
+            } else {
+                "Unhealthy: see the checks marked UNHEALTHY above."
+            }
+        );
+    }
+    Ok(if healthy { EXIT_OK } else { EXIT_ERROR })
 }
 
 async fn migrate_status(args: &StackArgs, json: bool) -> Result<i32, CliError> {

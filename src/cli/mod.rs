@@ -221,6 +221,17 @@ pub enum Command {
         #[arg(long)]
         component: bool,
     },
+    /// Check a deployed environment end to end: the orchestrator's
+    /// Deployment at the recorded release, /health through the cluster, and
+    /// the pods' own credentials logging in to the database (SELECT 1 and an
+    /// audit-log write) and to Redis (AUTH and PING). Exit 1 when unhealthy.
+    Status {
+        #[command(flatten)]
+        args: StackArgs,
+        /// One JSON document instead of a table
+        #[arg(long)]
+        json: bool,
+    },
     /// Database schema migrations
     Migrate {
         #[command(subcommand)]

@@ -14,6 +14,7 @@ pub mod apply;
 pub mod db;
 pub mod release;
 pub mod state_cmds;
+pub mod status;
 
 use std::path::Path;
 use std::sync::atomic::Ordering;

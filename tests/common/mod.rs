@@ -473,6 +473,9 @@ pub fn text(b: &[u8]) -> String {
 pub struct SlowProxy {
     pub endpoint: String,
     pub connections: Arc<AtomicU64>,
+    /// While false, new connections are closed at once (the service looks
+    /// down); connections already open go on.
+    pub up: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl SlowProxy {
@@ -482,9 +485,15 @@ impl SlowProxy {
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
         let connections = Arc::new(AtomicU64::new(0));
         let counter = connections.clone();
+        let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let serving = up.clone();
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { continue };
+                if !serving.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
                 counter.fetch_add(1, Ordering::SeqCst);
                 let upstream = upstream.clone();
                 std::thread::spawn(move || {
@@ -499,11 +508,21 @@ impl SlowProxy {
         SlowProxy {
             endpoint,
             connections,
+            up,
         }
     }
 
     pub fn count(&self) -> u64 {
         self.connections.load(Ordering::SeqCst)
+    }
+
+    /// Takes the service behind the proxy down (`false`) or up again.
+    pub fn set_up(&self, up: bool) {
+        self.up.store(up, Ordering::SeqCst);
+    }
+
+    pub fn port(&self) -> u16 {
+        self.endpoint.rsplit(':').next().unwrap().parse().unwrap()
     }
 }
 

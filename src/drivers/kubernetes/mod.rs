@@ -4,6 +4,7 @@
 //! operations the orchestrator kind is built from: server-side apply with the
 //! field manager `ralph-deploy`, and pruning by ownership labels.
 
+pub mod health;
 pub mod orchestrator;
 pub mod render;
 
@@ -178,6 +179,7 @@ pub async fn discover(cx: &Context, client: &kube::Client) -> Result<ApiVersions
         hpa: pick(&["autoscaling/v2", "autoscaling/v2beta2"])?,
         pdb: pick(&["policy/v1", "policy/v1beta1"])?,
         cronjob,
+        prometheus_operator: served.contains("monitoring.coreos.com/v1"),
     })
 }
 
@@ -234,7 +236,7 @@ pub async fn server_side_apply(
 /// The namespaced kinds the orchestrator kind manages, with the API version
 /// to list them by.
 pub fn managed_kinds(api: &ApiVersions) -> Vec<(String, &'static str)> {
-    vec![
+    let mut kinds = vec![
         ("v1".into(), "ServiceAccount"),
         ("v1".into(), "ConfigMap"),
         ("v1".into(), "Secret"),
@@ -245,7 +247,12 @@ pub fn managed_kinds(api: &ApiVersions) -> Vec<(String, &'static str)> {
         (api.hpa.clone(), "HorizontalPodAutoscaler"),
         ("networking.k8s.io/v1".into(), "Ingress"),
         (api.cronjob.clone(), "CronJob"),
-    ]
+    ];
+    if api.prometheus_operator {
+        kinds.push(("monitoring.coreos.com/v1".into(), "PrometheusRule"));
+        kinds.push(("monitoring.coreos.com/v1".into(), "ServiceMonitor"));
+    }
+    kinds
 }
 
 /// Every object in `namespace` that carries this resource's ownership

@@ -56,6 +56,32 @@ fn image_tag(v: &Json) -> Result<(), String> {
     }
 }
 
+fn prometheus_duration(v: &Json) -> Result<(), String> {
+    let s = v.as_str().unwrap_or_default();
+    let digits = s.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let unit = &s[digits.len()..];
+    if !digits.is_empty()
+        && digits.chars().all(|c| c.is_ascii_digit())
+        && matches!(unit, "ms" | "s" | "m" | "h" | "d" | "w" | "y")
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "{s:?} is not a Prometheus duration such as 30s, 5m or 1h"
+        ))
+    }
+}
+
+fn ratio(v: &Json) -> Result<(), String> {
+    let s = v.as_str().unwrap_or_default();
+    match s.parse::<f64>() {
+        Ok(x) if (0.0..=1.0).contains(&x) => Ok(()),
+        _ => Err(format!(
+            "{s:?} is not a share between 0 and 1, such as 0.05"
+        )),
+    }
+}
+
 fn no_password_in_redis_url(v: &Json) -> Result<(), String> {
     let s = v.as_str().unwrap_or_default();
     if s.is_empty() {
@@ -145,6 +171,15 @@ static SCHEMA: KindSchema = KindSchema {
         Field::new("maintenance_schedule", Ty::String, "when it runs (cron syntax, the cluster's time zone)").default("\"15 3 * * *\""),
         Field::new("partition_months_ahead", Ty::Int, "how many months ahead it keeps").default("3"),
         Field::new("maintenance_image", Ty::String, "the image with psql it runs").default("\"postgres:15-alpine\""),
+        Field::new("monitoring", Ty::Bool, "alert rules and scraping: a PrometheusRule and a ServiceMonitor where the Prometheus Operator runs, else a ConfigMap with alerts.yml and prometheus.yml").default("true"),
+        Field::new("scrape_interval", Ty::String, "how often Prometheus scrapes the metrics port").default("\"30s\"").check(prometheus_duration),
+        Field::new("alert_for", Ty::String, "how long a condition must hold before an alert fires").default("\"5m\"").check(prometheus_duration),
+        Field::new("alert_error_rate", Ty::String, "HighErrorRate: the share of requests answered 5xx over 5 minutes, 0 to 1").default("\"0.05\"").check(ratio),
+        Field::new("alert_error_severity", Ty::String, "HighErrorRate's severity label").default("\"critical\""),
+        Field::new("alert_memory_percent", Ty::Int, "HighMemoryUsage: a pod's resident memory, in percent of its limit").default("90").check(checks::percent),
+        Field::new("alert_memory_severity", Ty::String, "HighMemoryUsage's severity label").default("\"warning\""),
+        Field::new("alert_task_seconds", Ty::Int, "LongRunningTask: an orchestration running longer than this").default("14400").check(checks::range::<1, 604800>),
+        Field::new("alert_task_severity", Ty::String, "LongRunningTask's severity label").default("\"warning\""),
         Field::new("templates", Ty::String, "a directory whose files replace the built-in templates of the same name"),
         Field::new("objects", Ty::Set(&Ty::String), "computed: the objects the templates make, as Kind/name").check(computed),
     ],

@@ -59,6 +59,22 @@ pub const TEMPLATES: &[(&str, &str)] = &[
         "cronjob.yaml",
         include_str!("../../../templates/cronjob.yaml"),
     ),
+    (
+        "metrics-service.yaml",
+        include_str!("../../../templates/metrics-service.yaml"),
+    ),
+    (
+        "monitoring-configmap.yaml",
+        include_str!("../../../templates/monitoring-configmap.yaml"),
+    ),
+    (
+        "prometheusrule.yaml",
+        include_str!("../../../templates/prometheusrule.yaml"),
+    ),
+    (
+        "servicemonitor.yaml",
+        include_str!("../../../templates/servicemonitor.yaml"),
+    ),
 ];
 
 /// Ownership labels: prune deletes only objects that carry all three with
@@ -78,6 +94,10 @@ pub struct ApiVersions {
     pub pdb: String,
     /// batch/v1 (1.21+) or batch/v1beta1 for CronJob.
     pub cronjob: String,
+    /// The Prometheus Operator's monitoring.coreos.com/v1 is served:
+    /// alert rules and scraping go in as PrometheusRule and ServiceMonitor,
+    /// else as a ConfigMap holding the rule file and the scrape config.
+    pub prometheus_operator: bool,
 }
 
 impl ApiVersions {
@@ -87,6 +107,7 @@ impl ApiVersions {
             hpa: "autoscaling/v2".into(),
             pdb: "policy/v1".into(),
             cronjob: "batch/v1".into(),
+            prometheus_operator: false,
         }
     }
 }
@@ -144,6 +165,115 @@ pub struct Maintenance {
     pub image: String,
 }
 
+/// Prometheus scraping and the alert rules, rendered here (not in the
+/// templates) so that each is a document Prometheus and promtool read.
+#[derive(Debug, Serialize)]
+pub struct Monitoring {
+    pub enabled: bool,
+    pub scrape_interval: String,
+    /// `{groups: [...]}`, a Prometheus rule file.
+    pub rules: Json,
+    /// The same, as YAML text (the ConfigMap's `alerts.yml`).
+    pub rules_yaml: String,
+    /// A Prometheus configuration that scrapes the pods' metrics port and
+    /// loads `alerts.yml` (the ConfigMap's `prometheus.yml`).
+    pub config_yaml: String,
+}
+
+/// Bytes in a Kubernetes memory quantity such as `8Gi` or `512M`.
+pub fn memory_bytes(q: &str) -> Option<u64> {
+    let units: [(&str, u64); 8] = [
+        ("Ki", 1 << 10),
+        ("Mi", 1 << 20),
+        ("Gi", 1 << 30),
+        ("Ti", 1 << 40),
+        ("k", 1_000),
+        ("M", 1_000_000),
+        ("G", 1_000_000_000),
+        ("T", 1_000_000_000_000),
+    ];
+    for (suffix, factor) in units {
+        if let Some(n) = q.strip_suffix(suffix) {
+            return n.parse::<u64>().ok()?.checked_mul(factor);
+        }
+    }
+    q.parse().ok()
+}
+
+/// The guide's alerts (HighErrorRate, HighMemoryUsage, LongRunningTask),
+/// with the stack's thresholds, durations and severities, scoped to this
+/// orchestrator's pods.
+pub fn alert_rules(props: &Map<String, Json>, name: &str, namespace: &str) -> Json {
+    let pods = format!("namespace={namespace:?}, pod=~{:?}", format!("{name}-.*"));
+    let memory_limit = memory_bytes(&s(props, "memory_limit", "8Gi")).unwrap_or(8 << 30);
+    let memory_percent = i(props, "alert_memory_percent", 90);
+    let error_ratio = s(props, "alert_error_rate", "0.05");
+    let task_seconds = i(props, "alert_task_seconds", 14400);
+    let pending = s(props, "alert_for", "5m");
+    let rule = |alert: &str, expr: String, severity: &str, summary: String| {
+        serde_json::json!({
+            "alert": alert,
+            "expr": expr,
+            "for": pending,
+            "labels": {"severity": severity, "service": name},
+            "annotations": {"summary": summary},
+        })
+    };
+    serde_json::json!({"groups": [{
+        "name": format!("{name}.rules"),
+        "rules": [
+            rule(
+                "HighErrorRate",
+                format!(
+                    "sum(rate(http_requests_total{{{pods}, status=~\"5..\"}}[5m])) / sum(rate(http_requests_total{{{pods}}}[5m])) > {error_ratio}"
+                ),
+                &s(props, "alert_error_severity", "critical"),
+                format!("More than {error_ratio} of {name}'s requests fail with 5xx"),
+            ),
+            rule(
+                "HighMemoryUsage",
+                format!(
+                    "max by (pod) (process_resident_memory_bytes{{{pods}}}) > {}",
+                    memory_limit / 100 * memory_percent.clamp(1, 100) as u64
+                ),
+                &s(props, "alert_memory_severity", "warning"),
+                format!("A {name} pod uses more than {memory_percent}% of its memory limit"),
+            ),
+            rule(
+                "LongRunningTask",
+                format!("max(ralph_task_duration_seconds{{{pods}}}) > {task_seconds}"),
+                &s(props, "alert_task_severity", "warning"),
+                format!("An orchestration of {name} has run longer than {task_seconds}s"),
+            ),
+        ],
+    }]})
+}
+
+/// A Prometheus configuration for these pods: DNS discovery of every
+/// pod's address through the headless `NAME-metrics` Service (one A record
+/// per ready pod), scraped on the metrics port. DNS discovery works with
+/// every Prometheus build (distribution packages leave Kubernetes
+/// discovery out) and needs no RBAC.
+pub fn scrape_config(name: &str, namespace: &str, interval: &str, port: i64) -> Json {
+    serde_json::json!({
+        "global": {"scrape_interval": interval, "evaluation_interval": interval},
+        "rule_files": ["alerts.yml"],
+        "scrape_configs": [{
+            "job_name": name,
+            "metrics_path": "/metrics",
+            "dns_sd_configs": [{
+                "names": [format!("{name}-metrics.{namespace}.svc")],
+                "type": "A",
+                "port": port,
+            }],
+            "relabel_configs": [
+                {"target_label": "namespace", "replacement": namespace},
+                {"target_label": "service", "replacement": name},
+            ],
+        }],
+    })
+}
+
 /// Everything the templates see.
 #[derive(Debug, Serialize)]
 pub struct Values {
@@ -169,6 +299,7 @@ pub struct Values {
     pub autoscaling: Autoscaling,
     pub pdb: Pdb,
     pub maintenance: Maintenance,
+    pub monitoring: Monitoring,
     pub api: ApiVersions,
 }
 
@@ -462,6 +593,24 @@ pub fn values(
             months_ahead: i(props, "partition_months_ahead", 3),
             image: s(props, "maintenance_image", "postgres:15-alpine"),
         },
+        monitoring: {
+            let namespace = s(props, "namespace", "ralph");
+            let interval = s(props, "scrape_interval", "30s");
+            let rules = alert_rules(props, &name, &namespace);
+            Monitoring {
+                enabled: b(props, "monitoring", true),
+                rules_yaml: serde_yaml_ng::to_string(&rules).map_err(|e| e.to_string())?,
+                config_yaml: serde_yaml_ng::to_string(&scrape_config(
+                    &name,
+                    &namespace,
+                    &interval,
+                    i(props, "metrics_port", 9090),
+                ))
+                .map_err(|e| e.to_string())?,
+                scrape_interval: interval,
+                rules,
+            }
+        },
         api,
         name,
     })
@@ -589,7 +738,9 @@ mod tests {
                 "Deployment",
                 "HorizontalPodAutoscaler",
                 "Ingress",
-                "CronJob"
+                "CronJob",
+                "Service",
+                "ConfigMap"
             ]
         );
         let d = &objs
@@ -628,6 +779,7 @@ mod tests {
             hpa: "autoscaling/v2beta2".into(),
             pdb: "policy/v1beta1".into(),
             cronjob: "batch/v1beta1".into(),
+            prometheus_operator: false,
         };
         let objs = objects(props(serde_json::json!({"network_policy": false})), old);
         assert!(objs
@@ -643,6 +795,38 @@ mod tests {
             .find(|o| o.kind() == "PodDisruptionBudget")
             .expect("pdb");
         assert_eq!(pdb.api_version(), "policy/v1beta1");
+    }
+
+    #[test]
+    fn monitoring_uses_the_prometheus_operator_where_it_runs() {
+        let with_operator = ApiVersions {
+            prometheus_operator: true,
+            ..ApiVersions::modern()
+        };
+        let objs = objects(
+            props(serde_json::json!({"memory_limit": "2Gi"})),
+            with_operator,
+        );
+        let kinds: Vec<&str> = objs.iter().map(Rendered::kind).collect();
+        assert!(kinds.contains(&"PrometheusRule") && kinds.contains(&"ServiceMonitor"));
+        assert!(!objs
+            .iter()
+            .any(|o| o.name() == "ralph-orchestrator-monitoring"));
+        let rule = objs.iter().find(|o| o.kind() == "PrometheusRule").unwrap();
+        let rules = &rule.object["spec"]["groups"][0]["rules"];
+        assert_eq!(rules[1]["alert"], "HighMemoryUsage");
+        // 90% of 2Gi.
+        assert!(rules[1]["expr"].as_str().unwrap().ends_with("> 1932735240"));
+        let off = objects(
+            props(serde_json::json!({"monitoring": false})),
+            ApiVersions::modern(),
+        );
+        assert!(!off
+            .iter()
+            .any(|o| o.name() == "ralph-orchestrator-monitoring"));
+        assert_eq!(memory_bytes("512Mi"), Some(512 << 20));
+        assert_eq!(memory_bytes("1G"), Some(1_000_000_000));
+        assert_eq!(memory_bytes("lots"), None);
     }
 
     #[test]

@@ -1,0 +1,332 @@
+//! Is a deployed orchestrator actually serving? Checked the way an operator
+//! would find out: the Deployment available at the recorded release, its
+//! /health answering through the cluster (the API server's service proxy),
+//! and the credentials the pods get (their Secret and ConfigMap) logging in
+//! to the database as the application's role and to Redis with AUTH.
+//! Nothing here changes a resource; the database check appends one line to
+//! the audit log, which is what proves the role can write.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::api::Api;
+use serde_json::{Map, Value as Json};
+
+use super::{connect, is_not_found};
+use crate::drivers::Context;
+
+/// How long one check may take before it counts as failed.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The outcome of one check.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Probe {
+    /// deployment, health, database, redis
+    pub check: &'static str,
+    /// What was checked (never a credential).
+    pub target: String,
+    pub healthy: bool,
+    pub detail: String,
+    pub elapsed_ms: u64,
+}
+
+/// A database reachable only through a tunnel: connections for `role`
+/// go to this url's host and port instead of DATABASE_URL's.
+pub struct Tunnel {
+    pub role: String,
+    pub url: String,
+}
+
+async fn timed<F, T>(f: F) -> (Result<T, String>, u64)
+where
+    F: std::future::Future<Output = Result<T, String>>,
+{
+    let t = Instant::now();
+    let r = match tokio::time::timeout(CHECK_TIMEOUT, f).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("no answer within {}s", CHECK_TIMEOUT.as_secs())),
+    };
+    (r, t.elapsed().as_millis() as u64)
+}
+
+fn probe(check: &'static str, target: String, outcome: (Result<String, String>, u64)) -> Probe {
+    let (r, elapsed_ms) = outcome;
+    let (healthy, detail) = match r {
+        Ok(d) => (true, d),
+        Err(d) => (false, d),
+    };
+    Probe {
+        check,
+        target,
+        healthy,
+        detail,
+        elapsed_ms,
+    }
+}
+
+/// Every check of one `kubernetes.orchestrator` resource. `props` are its
+/// properties as applied, `image_ref` the release the state records.
+pub async fn check(
+    cx: &Context,
+    props: &Map<String, Json>,
+    image_ref: Option<&str>,
+    tunnels: &[Tunnel],
+) -> Vec<Probe> {
+    let namespace = props
+        .get("namespace")
+        .and_then(Json::as_str)
+        .unwrap_or("ralph");
+    let name = props
+        .get("name")
+        .and_then(Json::as_str)
+        .unwrap_or("ralph-orchestrator");
+    let mut out = Vec::new();
+    let client = match connect(cx, props).await {
+        Ok(c) => c,
+        Err(e) => {
+            out.push(probe(
+                "deployment",
+                format!("{namespace}/{name}"),
+                (Err(format!("cannot reach the cluster: {}", e.message)), 0),
+            ));
+            return out;
+        }
+    };
+    out.push(probe(
+        "deployment",
+        format!("{namespace}/{name}"),
+        timed(deployment(&client, namespace, name, image_ref)).await,
+    ));
+    out.push(probe(
+        "health",
+        format!("service {namespace}/{name}, GET /health"),
+        timed(health(&client, namespace, name)).await,
+    ));
+    let env = match pod_environment(&client, namespace, name).await {
+        Ok(env) => env,
+        Err(e) => {
+            for check in ["database", "redis"] {
+                out.push(probe(
+                    check,
+                    format!("{namespace}/{name}"),
+                    (Err(e.clone()), 0),
+                ));
+            }
+            return out;
+        }
+    };
+    match env.get("DATABASE_URL") {
+        None => out.push(probe(
+            "database",
+            "DATABASE_URL".into(),
+            (Err("the pods get no DATABASE_URL".into()), 0),
+        )),
+        Some(url) => {
+            let (target, attempt) = database_target(url, tunnels);
+            out.push(probe("database", target, timed(database(attempt)).await));
+        }
+    }
+    match env.get("REDIS_URL") {
+        None => out.push(probe(
+            "redis",
+            "REDIS_URL".into(),
+            (Err("the pods get no REDIS_URL".into()), 0),
+        )),
+        Some(url) => out.push(probe(
+            "redis",
+            redacted(url),
+            timed(redis_ping(url.clone())).await,
+        )),
+    }
+    out
+}
+
+/// `scheme://user@host:port/path`: a url without its password.
+fn redacted(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) => {
+            let _ = u.set_password(None);
+            u.to_string()
+        }
+        Err(_) => "(not a url)".into(),
+    }
+}
+
+async fn deployment(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+    image_ref: Option<&str>,
+) -> Result<String, String> {
+    let d = match Api::<Deployment>::namespaced(client.clone(), namespace)
+        .get(name)
+        .await
+    {
+        Ok(d) => d,
+        Err(e) if is_not_found(&e) => return Err("the Deployment does not exist".into()),
+        Err(e) => return Err(format!("reading the Deployment: {e}")),
+    };
+    let want = d.spec.replicas.unwrap_or(1);
+    let st = d.status.clone().unwrap_or_default();
+    let available = st.available_replicas.unwrap_or(0);
+    let updated = st.updated_replicas.unwrap_or(0);
+    let image = d
+        .spec
+        .template
+        .spec
+        .as_ref()
+        .and_then(|p| p.containers.first())
+        .and_then(|c| c.image.clone())
+        .unwrap_or_default();
+    let generation_seen = st.observed_generation.unwrap_or(0) >= d.metadata.generation.unwrap_or(0);
+    let summary = format!("{available}/{want} available, {updated} updated, image {image}");
+    if let Some(recorded) = image_ref {
+        if recorded != image {
+            return Err(format!("{summary}; the state records release {recorded}"));
+        }
+    }
+    if available < want || updated < want || !generation_seen {
+        return Err(summary);
+    }
+    Ok(summary)
+}
+
+async fn health(client: &kube::Client, namespace: &str, name: &str) -> Result<String, String> {
+    let path = format!("/api/v1/namespaces/{namespace}/services/{name}:http/proxy/health");
+    let req = http::Request::get(&path)
+        .body(Vec::new())
+        .map_err(|e| e.to_string())?;
+    match client.request_text(req).await {
+        Ok(body) => Ok(format!(
+            "200: {}",
+            body.chars().take(80).collect::<String>()
+        )),
+        Err(kube::Error::Api(e)) => Err(format!("{} {}", e.code, e.message)),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// What the pods' environment holds: the ConfigMap, then the Secret.
+async fn pod_environment(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+) -> Result<BTreeMap<String, String>, String> {
+    let mut env = BTreeMap::new();
+    let cm = Api::<ConfigMap>::namespaced(client.clone(), namespace)
+        .get_opt(&format!("{name}-config"))
+        .await
+        .map_err(|e| format!("reading the ConfigMap: {e}"))?;
+    env.extend(cm.and_then(|c| c.data).unwrap_or_default());
+    let secret = Api::<Secret>::namespaced(client.clone(), namespace)
+        .get_opt(&format!("{name}-secrets"))
+        .await
+        .map_err(|e| format!("reading the Secret: {e}"))?;
+    for (k, v) in secret.and_then(|s| s.data).unwrap_or_default() {
+        env.insert(k, String::from_utf8_lossy(&v.0).into_owned());
+    }
+    Ok(env)
+}
+
+/// Where the database check connects: DATABASE_URL, or its credentials
+/// through the tunnel the stack gives for its role.
+fn database_target(url: &str, tunnels: &[Tunnel]) -> (String, String) {
+    let Ok(parsed) = url::Url::parse(url) else {
+        return ("DATABASE_URL".into(), url.to_string());
+    };
+    let user = parsed.username().to_string();
+    if let Some(t) = tunnels.iter().find(|t| t.role == user) {
+        if let Ok(tunnel) = url::Url::parse(&t.url) {
+            let mut via = parsed.clone();
+            let same = tunnel.host_str() == parsed.host_str() && tunnel.port() == parsed.port();
+            if !same
+                && via.set_host(tunnel.host_str()).is_ok()
+                && via.set_port(tunnel.port()).is_ok()
+            {
+                // The tunnel's TLS setting: a local forward rarely speaks it.
+                let query: Vec<(String, String)> = tunnel
+                    .query_pairs()
+                    .filter(|(k, _)| k == "sslmode")
+                    .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                    .collect();
+                if !query.is_empty() {
+                    via.query_pairs_mut().clear().extend_pairs(query);
+                }
+                return (
+                    format!(
+                        "{} (through the tunnel {})",
+                        redacted(url),
+                        redacted(&via.to_string())
+                    ),
+                    via.to_string(),
+                );
+            }
+        }
+    }
+    (redacted(url), url.to_string())
+}
+
+/// Logs in, runs SELECT 1, and appends to the audit log as the role.
+async fn database(url: String) -> Result<String, String> {
+    use sqlx::Connection;
+    let mut c = sqlx::PgConnection::connect(&url)
+        .await
+        .map_err(|e| format!("cannot log in: {e}"))?;
+    let who: String = sqlx::query_scalar("SELECT current_user::text")
+        .fetch_one(&mut c)
+        .await
+        .map_err(|e| format!("SELECT failed: {e}"))?;
+    sqlx::query(
+        "INSERT INTO audit.activity_log (user_name, action, resource) VALUES ($1, 'health-check', 'ralph-deploy status')",
+    )
+    .bind(&who)
+    .execute(&mut c)
+    .await
+    .map_err(|e| format!("logged in as {who}, but cannot write to the audit log: {e}"))?;
+    let _ = c.close().await;
+    Ok(format!("logged in as {who}, wrote to audit.activity_log"))
+}
+
+async fn redis_ping(url: String) -> Result<String, String> {
+    let client = redis::Client::open(url.as_str()).map_err(|e| format!("not a Redis url: {e}"))?;
+    let mut c = client
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(|e| format!("cannot connect: {e}"))?;
+    let pong: String = redis::cmd("PING")
+        .query_async(&mut c)
+        .await
+        .map_err(|e| format!("PING failed: {e}"))?;
+    Ok(format!("AUTH and PING answered {pong}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_never_show_a_password() {
+        let (target, url) = database_target(
+            "postgres://app:s3cret@db.internal:5432/ralph?sslmode=require",
+            &[],
+        );
+        assert!(!target.contains("s3cret"), "{target}");
+        assert!(url.contains("s3cret"));
+        let tunnels = [Tunnel {
+            role: "app".into(),
+            url: "postgres://postgres@127.0.0.1:15432/ralph?sslmode=disable".into(),
+        }];
+        let (target, url) = database_target(
+            "postgres://app:s3cret@db.internal:5432/ralph?sslmode=require",
+            &tunnels,
+        );
+        assert!(!target.contains("s3cret"), "{target}");
+        assert_eq!(
+            url,
+            "postgres://app:s3cret@127.0.0.1:15432/ralph?sslmode=disable"
+        );
+        assert_eq!(redacted("rediss://:tok@r:6379/0"), "rediss://r:6379/0");
+    }
+}
