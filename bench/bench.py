@@ -222,8 +222,63 @@ def bench_offline():
             row(f"4. {verb} of 10,000 resources: peak memory", f"{statistics.median(r[1] for r in results):.1f}", "MB", "< 200")
 
 
+def psql(url, sql):
+    out = subprocess.run(["psql", url, "-XAtqc", sql], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"psql failed: {out.stderr}")
+    return out.stdout.strip()
+
+
+def bench_backup():
+    """5. Peak memory of `backup` as the database grows: it streams, so a
+    database 50 times larger must not need more memory."""
+    server = os.environ["BENCH_PG_URL"].rsplit("/", 1)[0]
+    admin = server + "/postgres?sslmode=disable"
+    psql(admin, "DROP DATABASE IF EXISTS bench_backup WITH (FORCE)")
+    psql(admin, "CREATE DATABASE bench_backup")
+    db = server + "/bench_backup?sslmode=disable"
+    endpoint = os.environ["BENCH_MOTO_FAST"]
+    reset(endpoint)
+    with tempfile.TemporaryDirectory() as tmp:
+        stack = os.path.join(tmp, "stack.yaml")
+        with open(stack, "w") as f:
+            f.write(
+                "name: bench-backup\nvariables:\n  db: { type: string }\nenvironments:\n  production: {}\n"
+                "resources:\n  backups:\n    kind: aws.s3_bucket\n    properties:\n      name: bench-backup-bucket\n"
+                "  schema:\n    kind: postgres.migrations\n    properties:\n"
+                f"      directory: {os.path.join(REPO, 'migrations')}\n      url: ${{var.db}}\n"
+            )
+        env = dict(os.environ, AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench",
+                   AWS_REGION="us-east-1", RALPH_DEPLOY_STATE_DIR=os.path.join(tmp, "state"), RALPH_DEPLOY_VAR_db=db)
+        subprocess.run([RD, "apply", stack, "--env", "production", "--auto-approve"], env=env, check=True,
+                       capture_output=True)
+        for target_mb in (10, 500):
+            # Rows of about 1 KB of hex (compressible about 2:1) until the
+            # database reaches the target size.
+            while int(psql(db, "SELECT pg_database_size(current_database())")) < target_mb << 20:
+                psql(db, "INSERT INTO audit.activity_log (user_name, action, details) "
+                         "SELECT 'bench', 'fill', jsonb_build_object('pad', "
+                         "(SELECT string_agg(md5(random()::text), '') FROM generate_series(1, 30))) "
+                         "FROM generate_series(1, 20000)")
+            size = int(psql(db, "SELECT pg_database_size(current_database())")) / 1048576
+            t = time.monotonic()
+            p = subprocess.Popen([RD, "backup", stack, "--env", "production", "--json"], env=env,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO)
+            out = p.stdout.read()
+            _, status, usage = os.wait4(p.pid, 0)
+            if os.waitstatus_to_exitcode(status) != 0:
+                raise SystemExit(f"backup failed: {p.stderr.read().decode()[-2000:]}")
+            dumped = json.loads(out)["manifest"]["bytes"] / 1048576
+            row(f"5. backup of a {size:.0f} MB database ({dumped:.0f} MB dump): peak memory",
+                f"{usage.ru_maxrss / 1024.0:.1f}", "MB", "flat")
+            row(f"5. backup of a {size:.0f} MB database: time", f"{time.monotonic() - t:.1f}", "s")
+    psql(admin, "DROP DATABASE IF EXISTS bench_backup WITH (FORCE)")
+
+
 def main():
-    which = sys.argv[1:] or ["1", "2", "4"]
+    which = sys.argv[1:] or ["1", "2", "4", "5"]
+    if "5" in which:
+        bench_backup()
     if "4" in which:
         bench_offline()
     if "1" in which:

@@ -10,7 +10,9 @@ here="$(cd "$(dirname "$0")/.." && pwd)"
 . "$here/env.sh"
 KUBE_DEB_VERSION="${KUBE_DEB_VERSION:-1.20.5+really1.20.2-1.1+deb12u1}"
 KUBE_VERSION=v1.20.2
-out="$RALPH_CACHE/kube-1.20.2"
+# -r3: with the reflect2 fix below (a build without it crashes on custom
+# resources).
+out="$RALPH_CACHE/kube-1.20.2-r3"
 [ -f "$out/.complete" ] && { echo "$out"; exit 0; }
 work="$RALPH_CACHE/kube-build"
 rm -rf "$work" && mkdir -p "$work" && cd "$work"
@@ -53,6 +55,64 @@ src="$(ls -d gopath/src/k8s.io/*/ | head -1)"
 [ "$src" != "gopath/src/k8s.io/kubernetes/" ] && mv "$src" gopath/src/k8s.io/kubernetes
 export GOPATH="$work/gopath" GO111MODULE=off GOPROXY=off CGO_ENABLED=0 GOFLAGS=
 cd "$GOPATH/src/k8s.io/kubernetes"
+
+# The vendored github.com/modern-go/reflect2 1.0.1 links to the runtime's
+# reflect.mapiterinit with its pre-Go-1.18 signature (returning the
+# iterator), and declares only the first two fields of the runtime's
+# iterator; Go 1.18 changed mapiterinit to fill an iterator the caller
+# passes. Built with Go 1.19 as is, every map that json-iterator encodes
+# through it (custom resources, pretty-printed lists) crashes the API
+# server with SIGSEGV. Call it the Go 1.18 way with the whole iterator, as
+# reflect2 1.0.2 does.
+python3 - vendor/github.com/modern-go/reflect2 <<'PY'
+import pathlib, re, sys
+d = pathlib.Path(sys.argv[1])
+decl = re.compile(r"func mapiterinit\(rtype unsafe\.Pointer, m unsafe\.Pointer\) \*hiter")
+struct = re.compile(r"type hiter struct \{.*?\n\}", re.S)
+# The runtime's hash iteration structure (runtime/map.go, Go 1.18 and 1.19).
+layout = "\n".join([
+    "type hiter struct {",
+    "\tkey         unsafe.Pointer",
+    "\tvalue       unsafe.Pointer",
+    "\tt           unsafe.Pointer",
+    "\th           unsafe.Pointer",
+    "\tbuckets     unsafe.Pointer",
+    "\tbptr        unsafe.Pointer",
+    "\toverflow    *[]unsafe.Pointer",
+    "\toldoverflow *[]unsafe.Pointer",
+    "\tstartBucket uintptr",
+    "\toffset      uint8",
+    "\twrapped     bool",
+    "\tB           uint8",
+    "\ti           uint8",
+    "\tbucket      uintptr",
+    "\tcheckBucket uintptr",
+    "}",
+])
+call = "mapiterinit(type2.rtype, *(*unsafe.Pointer)(obj))"
+found_decl = found_call = False
+for f in sorted(d.glob("*.go")):
+    text = f.read_text()
+    new = text
+    if decl.search(new):
+        if not struct.search(new):
+            sys.exit("reflect2: hiter is not declared beside mapiterinit")
+        new = struct.sub(lambda m: layout, new)
+        new = decl.sub("func mapiterinit(rtype unsafe.Pointer, m unsafe.Pointer, it *hiter)", new)
+        new += (
+            "\n// newHiter starts an iteration the Go 1.18 way: the caller owns the iterator.\n"
+            "func newHiter(rtype unsafe.Pointer, m unsafe.Pointer) *hiter {\n"
+            "\tit := new(hiter)\n\tmapiterinit(rtype, m, it)\n\treturn it\n}\n"
+        )
+        found_decl = True
+    if call in new:
+        new = new.replace(call, "newHiter(type2.rtype, *(*unsafe.Pointer)(obj))")
+        found_call = True
+    if new != text:
+        f.write_text(new)
+if not (found_decl and found_call):
+    sys.exit("reflect2: the code to fix was not found (declaration %s, call %s)" % (found_decl, found_call))
+PY
 
 # pkg/generated/openapi is generated, not shipped: build openapi-gen from
 # vendor/ and run it over every package that asks for it.

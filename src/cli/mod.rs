@@ -232,6 +232,39 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// A consistent pg_dump of the stack's database, streamed compressed
+    /// into its backup bucket (with a manifest of row counts and checksums
+    /// per table); backups older than the bucket's expire_after_days are
+    /// removed
+    Backup {
+        #[command(flatten)]
+        args: StackArgs,
+        #[command(flatten)]
+        pick: BackupPick,
+        /// Keep backups this many days instead of the bucket's expire_after_days
+        #[arg(long)]
+        retention_days: Option<i64>,
+        /// Also take an RDS snapshot of the primary instance
+        #[arg(long)]
+        snapshot: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore a backup into a new database on the same server and check
+    /// every table's rows against the backup's manifest
+    Restore {
+        #[command(flatten)]
+        args: StackArgs,
+        /// The backup: its key, or its file name (20261127T030000Z.dump)
+        backup: String,
+        /// The new database (default: <database>_restored_<time>)
+        #[arg(long)]
+        into: Option<String>,
+        #[command(flatten)]
+        pick: BackupPick,
+        #[arg(long)]
+        json: bool,
+    },
     /// Database schema migrations
     Migrate {
         #[command(subcommand)]
@@ -242,6 +275,17 @@ pub enum Command {
         #[command(subcommand)]
         command: DbCommand,
     },
+}
+
+/// Which database and bucket, when the stack has more than one.
+#[derive(clap::Args, Debug, Clone)]
+pub struct BackupPick {
+    /// The postgres.migrations resource that names the database
+    #[arg(long)]
+    pub database: Option<String>,
+    /// The aws.s3_bucket resource to keep backups in
+    #[arg(long)]
+    pub bucket: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]

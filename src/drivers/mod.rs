@@ -322,6 +322,7 @@ impl Registry {
         let mut drivers = aws::drivers();
         drivers.push(Box::new(postgres::migrations::Migrations));
         drivers.push(Box::new(postgres::role::Role));
+        drivers.push(Box::new(kubernetes::manifests::Manifests));
         drivers.push(Box::new(kubernetes::orchestrator::Orchestrator));
         Registry { drivers }
     }

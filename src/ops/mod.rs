@@ -11,6 +11,7 @@
 //! at once (the journal lets the next run recover).
 
 pub mod apply;
+pub mod backup;
 pub mod db;
 pub mod release;
 pub mod state_cmds;
@@ -295,7 +296,7 @@ impl Session {
 
     /// The resources of `kind` with their properties resolved from the state
     /// (hosts, ARNs and endpoints come from applied resources).
-    pub async fn resolved_targets(
+    pub async fn resolved_all(
         &self,
         kind: &str,
         unapplied: Unapplied,
@@ -347,6 +348,16 @@ impl Session {
             }
             out.push((r.address.clone(), props));
         }
+        Ok(out)
+    }
+
+    /// [`Session::resolved_all`], refusing a stack without any.
+    pub async fn resolved_targets(
+        &self,
+        kind: &str,
+        unapplied: Unapplied,
+    ) -> Result<Vec<(String, Map<String, Json>)>, OpError> {
+        let out = self.resolved_all(kind, unapplied).await?;
         if out.is_empty() {
             return Err(OpError::refused(format!(
                 "{} declares no {kind} resource",

@@ -5,6 +5,7 @@
 //! field manager `ralph-deploy`, and pruning by ownership labels.
 
 pub mod health;
+pub mod manifests;
 pub mod orchestrator;
 pub mod render;
 

@@ -2,6 +2,7 @@
 //! (`postgres.migrations`), applied with sqlx's migrator, plus the
 //! connection logic that `migrate status` and `db partitions` share.
 
+pub mod backup;
 pub mod migrations;
 pub mod role;
 
@@ -90,6 +91,64 @@ pub(crate) fn secret_source(v: &Json) -> Result<(), String> {
 /// comes from a Secrets Manager secret or an environment variable at the
 /// moment of connecting; it is never a property and never in the state.
 pub async fn connect(cx: &Context, props: &Map<String, Json>) -> Result<PgPool, DriverError> {
+    let target = resolve(cx, props).await?;
+    PgPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(Duration::from_secs(15))
+        .connect_with(target.options())
+        .await
+        .map_err(|e| DriverError::new(format!("cannot connect to the database: {e}")))
+}
+
+/// Where and as whom to connect, the password included (in memory only).
+pub struct Target {
+    options: PgConnectOptions,
+    password: Option<String>,
+    ssl_mode: String,
+}
+
+impl Target {
+    pub fn options(&self) -> PgConnectOptions {
+        match &self.password {
+            Some(p) => self.options.clone().password(p),
+            None => self.options.clone(),
+        }
+    }
+
+    pub fn database(&self) -> String {
+        self.options.get_database().unwrap_or("ralph").to_string()
+    }
+
+    /// The same server, another database.
+    pub fn with_database(&self, database: &str) -> Target {
+        Target {
+            options: self.options.clone().database(database),
+            password: self.password.clone(),
+            ssl_mode: self.ssl_mode.clone(),
+        }
+    }
+
+    /// The libpq environment for pg_dump and pg_restore (the password as
+    /// PGPASSWORD: never on a command line, where `ps` would show it).
+    pub fn libpq_env(&self) -> Vec<(&'static str, String)> {
+        let mut env = vec![
+            ("PGHOST", self.options.get_host().to_string()),
+            ("PGPORT", self.options.get_port().to_string()),
+            ("PGUSER", self.options.get_username().to_string()),
+            ("PGDATABASE", self.database()),
+            ("PGSSLMODE", self.ssl_mode.clone()),
+            ("PGCONNECT_TIMEOUT", "15".to_string()),
+        ];
+        if let Some(p) = &self.password {
+            env.push(("PGPASSWORD", p.clone()));
+        }
+        env
+    }
+}
+
+/// Resolves a resource's connection properties (and its secret) into a
+/// [`Target`].
+pub async fn resolve(cx: &Context, props: &Map<String, Json>) -> Result<Target, DriverError> {
     let s = |k: &str| {
         props
             .get(k)
@@ -136,6 +195,16 @@ pub async fn connect(cx: &Context, props: &Map<String, Json>) -> Result<PgPool, 
             _ => PgSslMode::Prefer,
         });
     }
+    let ssl_mode = match opts.get_ssl_mode() {
+        PgSslMode::Disable => "disable",
+        PgSslMode::Allow => "allow",
+        PgSslMode::Prefer => "prefer",
+        PgSslMode::Require => "require",
+        PgSslMode::VerifyCa => "verify-ca",
+        PgSslMode::VerifyFull => "verify-full",
+    }
+    .to_string();
+    let mut password = None;
     if let Some(arn) = s("credentials_secret_arn") {
         let out = cx
             .aws()
@@ -156,25 +225,24 @@ pub async fn connect(cx: &Context, props: &Map<String, Json>) -> Result<PgPool, 
                     }
                 }
                 if let Some(p) = m.get("password").and_then(Json::as_str) {
-                    opts = opts.password(p);
+                    password = Some(p.to_string());
                 }
             }
-            _ => opts = opts.password(text),
+            _ => password = Some(text.to_string()),
         }
     } else if let Some(var) = s("password_env") {
-        let password = std::env::var(&var).map_err(|_| {
+        let value = std::env::var(&var).map_err(|_| {
             DriverError::new(format!(
                 "the database password comes from the environment variable {var}, which is not set"
             ))
         })?;
-        opts = opts.password(&password);
+        password = Some(value);
     }
-    PgPoolOptions::new()
-        .max_connections(2)
-        .acquire_timeout(Duration::from_secs(15))
-        .connect_with(opts)
-        .await
-        .map_err(|e| DriverError::new(format!("cannot connect to the database: {e}")))
+    Ok(Target {
+        options: opts,
+        password,
+        ssl_mode,
+    })
 }
 
 /// `host:port/database` for ids and messages (never credentials).

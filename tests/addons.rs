@@ -1,0 +1,181 @@
+//! Cluster add-ons (`kubernetes.manifests`) on the local Kubernetes: a set
+//! of manifests applied with CRDs established before the custom resources
+//! that need them and the controller available before them too, pruned when
+//! a file goes, re-applied when a value changes, and deleted by destroy.
+
+mod common;
+
+use common::{text, World};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, ApiResource, DynamicObject};
+
+async fn client() -> kube::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let path = std::env::var("RALPH_TEST_KUBECONFIG")
+        .expect("RALPH_TEST_KUBECONFIG is not set: run the tests with scripts/test");
+    let kc = kube::config::Kubeconfig::read_from(path).unwrap();
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .unwrap();
+    kube::Client::try_from(cfg).unwrap()
+}
+
+fn widgets(ns: &str, c: kube::Client) -> Api<DynamicObject> {
+    let ar = ApiResource {
+        group: "test.ralph-deploy.io".into(),
+        version: "v1".into(),
+        api_version: "test.ralph-deploy.io/v1".into(),
+        kind: "Widget".into(),
+        plural: "widgets".into(),
+    };
+    Api::namespaced_with(c, ns, &ar)
+}
+
+fn events(out: &std::process::Output) -> Vec<serde_json::Value> {
+    text(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+#[tokio::test]
+async fn addons_apply_crds_first_prune_removed_files_and_go_with_destroy() {
+    let ns = format!("addons-{}", std::process::id());
+    let w = World::from_stack("kubernetes-app.yaml", &ns);
+    let files = w.dir.path().join("addons");
+    std::fs::create_dir(&files).unwrap();
+    for f in std::fs::read_dir(common::repo().join("tests/fixtures/addons")).unwrap() {
+        let f = f.unwrap();
+        std::fs::copy(f.path(), files.join(f.file_name())).unwrap();
+    }
+    let stack = format!(
+        "name: {ns}\n\
+         variables:\n  kubeconfig: {{ type: string }}\n  namespace: {{ type: string }}\n  email: {{ type: string, default: ops@example.com }}\n\
+         environments:\n  production: {{}}\n\
+         resources:\n  addons:\n    kind: kubernetes.manifests\n    properties:\n      kubeconfig: ${{var.kubeconfig}}\n      files: [addons]\n      values:\n        namespace: ${{var.namespace}}\n        email: ${{var.email}}\n"
+    );
+    std::fs::write(w.stack(), stack).unwrap();
+
+    let out = w.run("apply", &["--auto-approve"]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stderr),
+        text(&out.stdout)
+    );
+    let c = client().await;
+    let crd = Api::<CustomResourceDefinition>::all(c.clone())
+        .get("widgets.test.ralph-deploy.io")
+        .await
+        .unwrap();
+    assert!(crd
+        .status
+        .unwrap()
+        .conditions
+        .unwrap()
+        .iter()
+        .any(|c| c.type_ == "Established"));
+    let d = Api::<Deployment>::namespaced(c.clone(), &ns)
+        .get("widget-controller")
+        .await
+        .unwrap();
+    assert_eq!(
+        d.status.unwrap().available_replicas,
+        Some(2),
+        "not waited for"
+    );
+    let widget = widgets(&ns, c.clone()).get("main").await.unwrap();
+    assert_eq!(widget.data["spec"]["email"], "ops@example.com");
+    assert_eq!(
+        widget.metadata.labels.unwrap()["ralph-deploy.io/resource"],
+        "addons",
+        "no ownership labels"
+    );
+
+    // `status` finds the add-ons there and available.
+    let out = w.run("status", &["--json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+
+    // Nothing to do; then a value change re-applies, in place.
+    let out = w.run("plan", &["--detailed-exitcode"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    let out = w.run("plan", &["--var", "email=oncall@example.com", "--json"]);
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let change = &plan["changes"][0];
+    assert_eq!(change["action"], "update", "{plan}");
+    assert!(change["attributes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|a| a["name"] == "digest"));
+
+    // A file removed: its object is pruned, nothing else is touched.
+    std::fs::remove_file(files.join("30-widget.yaml.j2")).unwrap();
+    let out = w.run("plan", &[]);
+    assert!(
+        text(&out.stdout).contains("Widget"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = w.run("apply", &["--auto-approve", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stdout));
+    assert!(
+        events(&out)
+            .iter()
+            .any(|e| e["event"] == "warning"
+                && e["message"].as_str().unwrap_or("").contains("pruned"))
+    );
+    assert!(widgets(&ns, c.clone())
+        .get_opt("main")
+        .await
+        .unwrap()
+        .is_none());
+    assert!(Api::<Deployment>::namespaced(c.clone(), &ns)
+        .get_opt("widget-controller")
+        .await
+        .unwrap()
+        .is_some());
+
+    // Deleted by hand: the plan sees it and apply puts it back.
+    Api::<Deployment>::namespaced(c.clone(), &ns)
+        .delete("widget-controller", &Default::default())
+        .await
+        .unwrap();
+    let out = w.run("plan", &["--detailed-exitcode"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stdout));
+    let out = w.run("status", &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("missing: apps/v1 Deployment"),
+        "{}",
+        text(&out.stdout)
+    );
+    w.ok("apply", &["--auto-approve"]);
+
+    // Destroy removes everything, namespace and CRD included, and waits.
+    let out = w.run("destroy", &["--auto-approve"]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stderr),
+        text(&out.stdout)
+    );
+    assert!(Api::<Namespace>::all(c.clone())
+        .get_opt(&ns)
+        .await
+        .unwrap()
+        .is_none());
+    assert!(Api::<CustomResourceDefinition>::all(c)
+        .get_opt("widgets.test.ralph-deploy.io")
+        .await
+        .unwrap()
+        .is_none());
+}
