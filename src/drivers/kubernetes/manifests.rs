@@ -35,12 +35,7 @@ fn computed(_: &Json) -> Result<(), String> {
 static SCHEMA: KindSchema = KindSchema {
     kind: "kubernetes.manifests",
     doc: "Kubernetes objects from YAML files (cluster add-ons), applied server-side: namespaces and CRDs first, custom resources last, waited on, pruned when removed.",
-    fields: &[
-        Field::new("kubeconfig", Ty::String, "a kubeconfig file (relative to the stack file); when not empty it wins over `cluster_endpoint`"),
-        Field::new("context", Ty::String, "the kubeconfig context (default: its current context)"),
-        Field::new("cluster_endpoint", Ty::String, "the API server, usually `${eks.endpoint}`"),
-        Field::new("cluster_ca", Ty::String, "the cluster's CA (base64 PEM), usually `${eks.certificate_authority}`"),
-        Field::new("cluster_name", Ty::String, "the EKS cluster's name, for its token"),
+    fields: &super::with_cluster_fields![
         Field::new("files", Ty::List(&Ty::String), "YAML files or directories (every .yaml, .yml and .j2 file in them, in name order), relative to the stack file").required(),
         Field::new("values", Ty::StringMap, "what `.j2` files can use, as `{{ values.acme_email }}`").default("{}"),
         Field::new("wait", Ty::Bool, "wait until CRDs are established and Deployments, StatefulSets and DaemonSets are available").default("true"),
@@ -246,6 +241,17 @@ fn load(base: &Path, props: &Map<String, Json>) -> Result<Vec<Object>, String> {
     Ok(out)
 }
 
+/// The object ids a resource recorded (its `objects`).
+fn recorded_ids(props: &Map<String, Json>) -> Vec<String> {
+    props
+        .get("objects")
+        .and_then(Json::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str().map(str::to_string))
+        .collect()
+}
+
 fn labels(owner: &Owner, address: &str) -> [(String, String); 3] {
     [
         (LABEL_STACK.to_string(), owner.stack.clone()),
@@ -378,15 +384,6 @@ async fn observe(
     Ok(found)
 }
 
-/// The fields that say how to reach the cluster.
-const ACCESS: [&str; 5] = [
-    "kubeconfig",
-    "context",
-    "cluster_endpoint",
-    "cluster_ca",
-    "cluster_name",
-];
-
 fn observed(
     address: &str,
     owner: &Owner,
@@ -397,7 +394,7 @@ fn observed(
     // How to reach the cluster, so that delete can from what refresh saw.
     let mut attrs: Map<String, Json> = props
         .iter()
-        .filter(|(k, _)| ACCESS.contains(&k.as_str()))
+        .filter(|(k, _)| super::CLUSTER_FIELDS.contains(&k.as_str()))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     attrs.insert("id".into(), Json::String(id.clone()));
@@ -644,13 +641,7 @@ pub async fn health(
     props: &Map<String, Json>,
     address: &str,
 ) -> Result<(bool, String), DriverError> {
-    let ids: Vec<String> = props
-        .get("objects")
-        .and_then(Json::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(|v| v.as_str().map(str::to_string))
-        .collect();
+    let ids: Vec<String> = recorded_ids(props);
     let found = observe(cx, props, &ids, &cx.owner, address).await?;
     let missing: Vec<&String> = ids.iter().filter(|i| !found.contains(*i)).collect();
     let client = connect(cx, props).await?;
@@ -741,14 +732,7 @@ impl Driver for Manifests {
             let Some(address) = k.id.splitn(3, '/').nth(2) else {
                 continue;
             };
-            let ids: Vec<String> = k
-                .inputs
-                .get("objects")
-                .and_then(Json::as_array)
-                .into_iter()
-                .flatten()
-                .filter_map(|v| v.as_str().map(str::to_string))
-                .collect();
+            let ids: Vec<String> = recorded_ids(&k.inputs);
             let found = observe(cx, &k.inputs, &ids, &cx.owner, address).await?;
             let mut o = observed(address, &cx.owner, &k.inputs, found);
             o.id = k.id.clone();
@@ -769,14 +753,7 @@ impl Driver for Manifests {
         have: &Observed,
         _changed: &[String],
     ) -> Result<Observed, DriverError> {
-        let before: BTreeSet<String> = have
-            .attrs
-            .get("objects")
-            .and_then(Json::as_array)
-            .into_iter()
-            .flatten()
-            .filter_map(|v| v.as_str().map(str::to_string))
-            .collect();
+        let before: BTreeSet<String> = recorded_ids(&have.attrs).into_iter().collect();
         let t = want.timeouts.update_or(Duration::from_secs(600));
         apply_set(cx, want, &before, t).await
     }
@@ -787,14 +764,7 @@ impl Driver for Manifests {
         have: &Observed,
         timeouts: &Timeouts,
     ) -> Result<(), DriverError> {
-        let ids: Vec<String> = have
-            .attrs
-            .get("objects")
-            .and_then(Json::as_array)
-            .into_iter()
-            .flatten()
-            .filter_map(|v| v.as_str().map(str::to_string))
-            .collect();
+        let ids: Vec<String> = recorded_ids(&have.attrs);
         if ids.is_empty() {
             return Ok(());
         }

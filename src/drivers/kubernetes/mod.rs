@@ -137,6 +137,31 @@ pub async fn connect(cx: &Context, props: &Map<String, Json>) -> Result<kube::Cl
         .map_err(|e| DriverError::new(format!("connecting to {}: {e}", describe_access(props))))
 }
 
+/// The fields that say how to reach the cluster, shared by every
+/// `kubernetes.*` kind.
+pub const CLUSTER_FIELDS: [&str; 5] = [
+    "kubeconfig",
+    "context",
+    "cluster_endpoint",
+    "cluster_ca",
+    "cluster_name",
+];
+
+/// A kind's fields: the cluster fields (`CLUSTER_FIELDS`), then its own.
+macro_rules! with_cluster_fields {
+    ($($own:expr),* $(,)?) => {
+        [
+            $crate::kinds::Field::new("kubeconfig", $crate::kinds::Ty::String, "a kubeconfig file (relative to the stack file); when not empty it wins over `cluster_endpoint`"),
+            $crate::kinds::Field::new("context", $crate::kinds::Ty::String, "the kubeconfig context (default: its current context)"),
+            $crate::kinds::Field::new("cluster_endpoint", $crate::kinds::Ty::String, "the API server, usually `${eks.endpoint}`"),
+            $crate::kinds::Field::new("cluster_ca", $crate::kinds::Ty::String, "the cluster's CA (base64 PEM), usually `${eks.certificate_authority}`"),
+            $crate::kinds::Field::new("cluster_name", $crate::kinds::Ty::String, "the EKS cluster's name, for its token, usually `${eks.name}`"),
+            $($own),*
+        ]
+    };
+}
+pub(crate) use with_cluster_fields;
+
 /// Picks the API versions the cluster serves, newest first: one request.
 pub async fn discover(cx: &Context, client: &kube::Client) -> Result<ApiVersions, DriverError> {
     count(cx);

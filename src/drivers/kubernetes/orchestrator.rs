@@ -117,12 +117,7 @@ fn secret_sources(v: &Json) -> Result<(), String> {
 static SCHEMA: KindSchema = KindSchema {
     kind: "kubernetes.orchestrator",
     doc: "The Ralph Orchestrator on Kubernetes: Deployment, config, secrets, Service, Ingress, NetworkPolicy, PDB, HPA.",
-    fields: &[
-        Field::new("kubeconfig", Ty::String, "a kubeconfig file (relative to the stack file); when not empty it wins over `cluster_endpoint`"),
-        Field::new("context", Ty::String, "the kubeconfig context (default: its current context)"),
-        Field::new("cluster_endpoint", Ty::String, "the API server, usually `${eks.endpoint}`"),
-        Field::new("cluster_ca", Ty::String, "the cluster's CA (base64 PEM), usually `${eks.certificate_authority}`"),
-        Field::new("cluster_name", Ty::String, "the EKS cluster's name, for its token, usually `${eks.name}`"),
+    fields: &super::with_cluster_fields![
         Field::new("namespace", Ty::String, "the namespace, created with Pod Security `restricted`").default("\"ralph\"").check(dns_label).forces_replace(),
         Field::new("name", Ty::String, "the name of the Deployment and its objects").default("\"ralph-orchestrator\"").check(dns_label).forces_replace(),
         Field::new("image", Ty::String, "the image repository (or a full reference with tag or digest)").default("\"ghcr.io/mikeyobrien/ralph-orchestrator\""),
