@@ -253,13 +253,14 @@ def bench_backup():
         subprocess.run([RD, "apply", stack, "--env", "production", "--auto-approve"], env=env, check=True,
                        capture_output=True)
         for target_mb in (10, 500):
-            # Rows of about 1 KB of hex (compressible about 2:1) until the
-            # database reaches the target size.
+            # Rows of about 1 KB of random hex (compressible about 2:1)
+            # until the database reaches the target size.
             while int(psql(db, "SELECT pg_database_size(current_database())")) < target_mb << 20:
                 psql(db, "INSERT INTO audit.activity_log (user_name, action, details) "
                          "SELECT 'bench', 'fill', jsonb_build_object('pad', "
-                         "(SELECT string_agg(md5(random()::text), '') FROM generate_series(1, 30))) "
-                         "FROM generate_series(1, 20000)")
+                         "(SELECT string_agg(md5(i::text || g::text || random()::text), '') "
+                         "FROM generate_series(1, 30) g)) "
+                         "FROM generate_series(1, 5000) i")
             size = int(psql(db, "SELECT pg_database_size(current_database())")) / 1048576
             t = time.monotonic()
             p = subprocess.Popen([RD, "backup", stack, "--env", "production", "--json"], env=env,
