@@ -54,6 +54,7 @@ async fn a_backup_restores_to_the_same_rows_and_retention_removes_only_expired_b
             "name: {name}\n\
              variables:\n  db_url: {{ type: string }}\n\
              environments:\n  production: {{}}\n\
+             recovery:\n  rpo: 1h\n\
              resources:\n  backups:\n    kind: aws.s3_bucket\n    properties:\n      name: {bucket}\n      expire_after_days: 30\n\
              \x20 schema:\n    kind: postgres.migrations\n    properties:\n      directory: {}\n      url: ${{var.db_url}}\n",
             common::repo().join("migrations").display()
@@ -66,6 +67,15 @@ async fn a_backup_restores_to_the_same_rows_and_retention_removes_only_expired_b
         format!("{db_url}?sslmode=disable"),
     ));
     w.ok("apply", &["--auto-approve"]);
+
+    // No backup yet: `status` holds that against the RPO.
+    let out = w.run("status", &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("no backup yet (RPO 1h)"),
+        "{}",
+        text(&out.stdout)
+    );
 
     // Rows across several monthly partitions, and an audit trail.
     let mut c = sqlx::PgConnection::connect(&db_url).await.unwrap();
@@ -107,7 +117,23 @@ async fn a_backup_restores_to_the_same_rows_and_retention_removes_only_expired_b
             .unwrap();
     }
 
+    // Only a backup from 2020: too old for the RPO.
+    let out = w.run("status", &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
     let report = json(&w.run("backup", &["--json"]));
+    let out = w.run("status", &[]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert!(
+        text(&out.stdout).contains("old (RPO 1h)"),
+        "{}",
+        text(&out.stdout)
+    );
     let key = report["key"].as_str().unwrap().to_string();
     assert!(
         key.starts_with(&prefix) && key.ends_with(".dump"),

@@ -125,6 +125,47 @@ pub async fn backup(s: &Session, cx: &Context, o: &BackupOptions) -> Result<Back
     })
 }
 
+/// The newest backup of the environment in the stack's bucket: its key
+/// and when it was taken; None when there is none.
+pub async fn latest(
+    s: &Session,
+    cx: &Context,
+) -> Result<Option<(String, chrono::DateTime<Utc>)>, OpError> {
+    let (bucket_address, bucket) = one(s, "aws.s3_bucket", None, "--bucket").await?;
+    let bucket_name = bucket
+        .get("name")
+        .and_then(Json::as_str)
+        .unwrap_or_default();
+    let prefix = prefix(s);
+    let s3 = &cx.aws().await.map_err(error(&bucket_address))?.s3;
+    let mut newest: Option<(String, chrono::DateTime<Utc>)> = None;
+    let mut token = None;
+    loop {
+        let page = s3
+            .list_objects_v2()
+            .bucket(bucket_name)
+            .prefix(&prefix)
+            .set_continuation_token(token.clone())
+            .send()
+            .await
+            .map_err(|e| {
+                error(&bucket_address)(crate::drivers::aws::api_error("ListObjectsV2", e))
+            })?;
+        for key in page.contents().iter().filter_map(|o| o.key()) {
+            if let Some(at) = backup::taken_at(&prefix, key) {
+                if newest.as_ref().is_none_or(|(_, t)| at > *t) {
+                    newest = Some((key.to_string(), at));
+                }
+            }
+        }
+        token = page.next_continuation_token().map(str::to_string);
+        if token.is_none() {
+            break;
+        }
+    }
+    Ok(newest)
+}
+
 /// Removes our backups (and their manifests) taken before `before`; any
 /// other object under the prefix is left alone.
 async fn expire(

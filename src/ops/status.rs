@@ -18,6 +18,52 @@ pub struct Report {
     pub checks: Vec<Probe>,
 }
 
+/// The latest backup's age against the stack's RPO.
+async fn backup_age(s: &Session, cx: &Context, rpo: std::time::Duration) -> Report {
+    let t = std::time::Instant::now();
+    let rpo_text = humantime(rpo);
+    let (healthy, detail, target) = match super::backup::latest(s, cx).await {
+        Ok(Some((key, at))) => {
+            let age = (chrono::Utc::now() - at).to_std().unwrap_or_default();
+            (
+                age <= rpo,
+                format!(
+                    "the latest backup is {} old (RPO {rpo_text})",
+                    humantime(age)
+                ),
+                key,
+            )
+        }
+        Ok(None) => (
+            false,
+            format!("no backup yet (RPO {rpo_text}): run `ralph-deploy backup`"),
+            "the backup bucket".to_string(),
+        ),
+        Err(e) => (false, e.to_string(), "the backup bucket".to_string()),
+    };
+    Report {
+        address: "recovery".into(),
+        checks: vec![Probe {
+            check: "backup",
+            target,
+            healthy,
+            detail,
+            elapsed_ms: t.elapsed().as_millis() as u64,
+        }],
+    }
+}
+
+/// `1h05m`, `12m`, `40s`.
+fn humantime(d: std::time::Duration) -> String {
+    let s = d.as_secs();
+    match (s / 3600, (s % 3600) / 60, s % 60) {
+        (0, 0, sec) => format!("{sec}s"),
+        (0, m, _) => format!("{m}m"),
+        (h, 0, _) => format!("{h}h"),
+        (h, m, _) => format!("{h}h{m:02}m"),
+    }
+}
+
 pub async fn status(s: &Session, cx: &Context) -> Result<Vec<Report>, OpError> {
     let targets = s
         .resolved_all("kubernetes.orchestrator", Unapplied::Refuse)
@@ -25,9 +71,9 @@ pub async fn status(s: &Session, cx: &Context) -> Result<Vec<Report>, OpError> {
     let addons = s
         .resolved_all("kubernetes.manifests", Unapplied::Refuse)
         .await?;
-    if targets.is_empty() && addons.is_empty() {
+    if targets.is_empty() && addons.is_empty() && s.stack.recovery.rpo.is_none() {
         return Err(OpError::Other(format!(
-            "{} declares no kubernetes.orchestrator and no kubernetes.manifests: there is no service to check",
+            "{} declares no kubernetes.orchestrator, no kubernetes.manifests and no recovery.rpo: there is nothing to check",
             s.stack.path.display()
         )));
     }
@@ -49,6 +95,9 @@ pub async fn status(s: &Session, cx: &Context) -> Result<Vec<Report>, OpError> {
         .collect();
     let (state, _) = s.read_state().await?;
     let mut out = Vec::new();
+    if let Some(rpo) = s.stack.recovery.rpo {
+        out.push(backup_age(s, cx, rpo).await);
+    }
     for (address, props) in addons {
         let t = std::time::Instant::now();
         let (healthy, detail) = match manifests::health(cx, &props, &address).await {

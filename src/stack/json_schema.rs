@@ -104,6 +104,15 @@ pub fn stack_schema(registry: &dyn Catalog) -> Json {
                     "kms_key": { "type": "string" }
                 }
             },
+            "recovery": {
+                "description": "the recovery objectives: `status` holds the latest backup's age against the RPO",
+                "type": "object",
+                "additionalProperties": false,
+                "properties": {
+                    "rpo": { "type": "string", "pattern": "^([0-9]+[smh])+$" },
+                    "rto": { "type": "string", "pattern": "^([0-9]+[smh])+$" }
+                }
+            },
             "import": {
                 "description": "resources made outside the tool, adopted by the next apply",
                 "type": "array",

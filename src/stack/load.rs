@@ -35,6 +35,7 @@ const TOP_KEYS: &[&str] = &[
     "components",
     "moved",
     "state",
+    "recovery",
     "import",
     "outputs",
 ];
@@ -302,6 +303,7 @@ impl Loader {
         let resources = std::mem::take(&mut self.out);
         let moved = self.moved(top.get_node("moved"));
         let state = self.state_settings(top.get_node("state"));
+        let recovery = self.recovery(top.get_node("recovery"));
         let imports = self.imports(top.get_node("import"));
 
         let mut outputs = BTreeMap::new();
@@ -340,6 +342,7 @@ impl Loader {
             outputs,
             moved,
             state,
+            recovery,
             imports,
         })
     }
@@ -708,6 +711,37 @@ impl Loader {
             out.encrypt = self.boolean(e, "encrypt").unwrap_or(false);
         }
         out.kms_key = self.setting(map, "kms_key");
+        out
+    }
+
+    fn recovery(&mut self, node: Option<&Node>) -> super::Recovery {
+        let mut out = super::Recovery::default();
+        let Some(map) = node.and_then(|n| self.mapping(n, "recovery")) else {
+            return out;
+        };
+        self.check_keys(map, &["rpo", "rto"], "in `recovery`");
+        for key in ["rpo", "rto"] {
+            let Some(text) = self.setting(map, key) else {
+                continue;
+            };
+            match parse_duration(&text) {
+                Some(d) if !d.is_zero() => {
+                    if key == "rpo" {
+                        out.rpo = Some(d);
+                    } else {
+                        out.rto = Some(d);
+                    }
+                }
+                _ => {
+                    let span = map.get_node(key).map(span_of).unwrap_or_default();
+                    self.d.error_help(
+                        span,
+                        format!("`{key}` {text:?} is not a duration"),
+                        "write it as 90s, 30m, 1h or 1h30m",
+                    );
+                }
+            }
+        }
         out
     }
 

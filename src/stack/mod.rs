@@ -52,6 +52,7 @@ pub struct Stack {
     pub moved: Vec<Moved>,
     /// Where the state lives and how it is sealed (`state:`).
     pub state: StateSettings,
+    pub recovery: Recovery,
     /// Resources made outside the tool, adopted by the next apply.
     pub imports: Vec<ImportEntry>,
 }
@@ -73,6 +74,16 @@ pub struct StateSettings {
     pub encrypt: bool,
     /// An AWS KMS key for envelope encryption.
     pub kms_key: Option<String>,
+}
+
+/// `recovery: { rpo: 1h, rto: 4h }`: the recovery objectives. `status`
+/// holds the latest backup's age against the RPO.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Recovery {
+    /// The most data (time) the environment may lose.
+    pub rpo: Option<std::time::Duration>,
+    /// How long a recovery may take.
+    pub rto: Option<std::time::Duration>,
 }
 
 /// `moved: [{ from: private_a, to: 'private["a"]' }]`: the resource recorded
