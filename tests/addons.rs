@@ -127,6 +127,10 @@ async fn addons_apply_crds_first_prune_removed_files_and_go_with_destroy() {
     );
     let out = w.run("apply", &["--auto-approve", "--json"]);
     assert!(out.status.success(), "{}", text(&out.stdout));
+    // Every event says when it happened.
+    assert!(events(&out).iter().all(|e| e["time"]
+        .as_str()
+        .is_some_and(|t| t.ends_with('Z') && chrono::DateTime::parse_from_rfc3339(t).is_ok())));
     assert!(
         events(&out)
             .iter()

@@ -260,7 +260,7 @@ async fn apply_cmd(args: &StackArgs, run: &RunArgs, destroy: bool) -> Result<i32
             if run.json {
                 println!(
                     "{}",
-                    serde_json::json!({ "event": "summary", "changes": 0 })
+                    serde_json::json!({ "event": "summary", "changes": 0, "time": crate::cli::render::now() })
                 );
             }
             Ok(EXIT_OK)
@@ -276,6 +276,7 @@ async fn apply_cmd(args: &StackArgs, run: &RunArgs, destroy: bool) -> Result<i32
             if run.json {
                 let mut v = serde_json::to_value(&report).unwrap_or_default();
                 v["event"] = serde_json::json!("summary");
+                v["time"] = serde_json::json!(crate::cli::render::now());
                 println!("{v}");
             } else {
                 eprint!("{}", summary_text(&report, destroy));

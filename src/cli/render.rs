@@ -224,15 +224,25 @@ impl Reporter for TextReporter {
     }
 }
 
-/// JSON lines on stdout, one object per event.
+/// Now, as JSON events carry it: RFC 3339, UTC, milliseconds.
+pub fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// JSON lines on stdout, one object per event, each with the time it
+/// happened (`time`, RFC 3339 UTC, milliseconds).
 pub struct JsonReporter;
 
 impl Reporter for JsonReporter {
     fn report(&self, event: Event) {
-        if let Ok(s) = serde_json::to_string(&event) {
-            let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "{s}");
+        let Ok(mut v) = serde_json::to_value(&event) else {
+            return;
+        };
+        if let Some(m) = v.as_object_mut() {
+            m.insert("time".into(), serde_json::Value::String(now()));
         }
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{v}");
     }
 }
 
