@@ -12,14 +12,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Api, ApiResource, DynamicObject};
 
 async fn client() -> kube::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let path = std::env::var("RALPH_TEST_KUBECONFIG")
-        .expect("RALPH_TEST_KUBECONFIG is not set: run the tests with scripts/test");
-    let kc = kube::config::Kubeconfig::read_from(path).unwrap();
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
-        .await
-        .unwrap();
-    kube::Client::try_from(cfg).unwrap()
+    common::kube_client().await
 }
 
 fn widgets(ns: &str, c: kube::Client) -> Api<DynamicObject> {

@@ -18,12 +18,7 @@ fn kubeconfig() -> String {
 }
 
 async fn client() -> kube::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let kc = kube::config::Kubeconfig::read_from(kubeconfig()).unwrap();
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
-        .await
-        .unwrap();
-    kube::Client::try_from(cfg).unwrap()
+    common::kube_client().await
 }
 
 /// A name of its own per test run: the local cluster outlives a test's state.

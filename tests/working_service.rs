@@ -19,12 +19,7 @@ fn need(var: &str) -> String {
 }
 
 async fn kube_client() -> kube::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let kc = kube::config::Kubeconfig::read_from(need("RALPH_TEST_KUBECONFIG")).unwrap();
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
-        .await
-        .unwrap();
-    kube::Client::try_from(cfg).unwrap()
+    common::kube_client().await
 }
 
 /// The Secret's values, as the pods get them.

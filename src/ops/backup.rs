@@ -10,6 +10,7 @@ use serde_json::{Map, Value as Json};
 
 use crate::drivers::postgres::backup::{self, Manifest, TableSum};
 use crate::drivers::Context;
+use crate::state::State;
 
 use super::{OpError, Session, Unapplied};
 
@@ -36,13 +37,14 @@ pub struct BackupReport {
 }
 
 /// One resource of `kind`, or the one `chosen` names.
-async fn one(
+fn one(
     s: &Session,
+    state: &State,
     kind: &str,
     chosen: Option<&str>,
     flag: &str,
 ) -> Result<(String, Map<String, Json>), OpError> {
-    let mut all = s.resolved_all(kind, Unapplied::Refuse).await?;
+    let mut all = s.resolved_in(state, kind, Unapplied::Refuse)?;
     if let Some(c) = chosen {
         return all.into_iter().find(|(a, _)| a == c).ok_or_else(|| {
             OpError::refused(format!("the stack has no {kind} resource `{c}` ({flag})"))
@@ -63,6 +65,27 @@ async fn one(
     }
 }
 
+/// The backup bucket: its address, name and properties.
+struct Bucket {
+    address: String,
+    name: String,
+    props: Map<String, Json>,
+}
+
+fn bucket(s: &Session, state: &State, chosen: Option<&str>) -> Result<Bucket, OpError> {
+    let (address, props) = one(s, state, "aws.s3_bucket", chosen, "--bucket")?;
+    let name = props
+        .get("name")
+        .and_then(Json::as_str)
+        .unwrap_or_default()
+        .to_string();
+    Ok(Bucket {
+        address,
+        name,
+        props,
+    })
+}
+
 fn prefix(s: &Session) -> String {
     format!("backups/{}/{}/", s.stack.name, s.stack.environment)
 }
@@ -75,19 +98,19 @@ fn error(address: &str) -> impl Fn(crate::drivers::DriverError) -> OpError + '_ 
 }
 
 pub async fn backup(s: &Session, cx: &Context, o: &BackupOptions) -> Result<BackupReport, OpError> {
+    let (state, _) = s.read_state().await?;
     let (db_address, db) = one(
         s,
+        &state,
         "postgres.migrations",
         o.database.as_deref(),
         "--database",
-    )
-    .await?;
-    let (bucket_address, bucket) = one(s, "aws.s3_bucket", o.bucket.as_deref(), "--bucket").await?;
-    let bucket_name = bucket
-        .get("name")
-        .and_then(Json::as_str)
-        .unwrap_or_default()
-        .to_string();
+    )?;
+    let Bucket {
+        address: bucket_address,
+        name: bucket_name,
+        props: bucket,
+    } = bucket(s, &state, o.bucket.as_deref())?;
     let retention = o
         .retention_days
         .or_else(|| bucket.get("expire_after_days").and_then(Json::as_i64))
@@ -112,7 +135,7 @@ pub async fn backup(s: &Session, cx: &Context, o: &BackupOptions) -> Result<Back
         None => Vec::new(),
     };
     let snapshot = if o.snapshot {
-        Some(rds_snapshot(s, cx, now).await?)
+        Some(rds_snapshot(s, cx, &state, now).await?)
     } else {
         None
     };
@@ -130,40 +153,13 @@ pub async fn backup(s: &Session, cx: &Context, o: &BackupOptions) -> Result<Back
 pub async fn latest(
     s: &Session,
     cx: &Context,
+    state: &State,
 ) -> Result<Option<(String, chrono::DateTime<Utc>)>, OpError> {
-    let (bucket_address, bucket) = one(s, "aws.s3_bucket", None, "--bucket").await?;
-    let bucket_name = bucket
-        .get("name")
-        .and_then(Json::as_str)
-        .unwrap_or_default();
-    let prefix = prefix(s);
-    let s3 = &cx.aws().await.map_err(error(&bucket_address))?.s3;
-    let mut newest: Option<(String, chrono::DateTime<Utc>)> = None;
-    let mut token = None;
-    loop {
-        let page = s3
-            .list_objects_v2()
-            .bucket(bucket_name)
-            .prefix(&prefix)
-            .set_continuation_token(token.clone())
-            .send()
-            .await
-            .map_err(|e| {
-                error(&bucket_address)(crate::drivers::aws::api_error("ListObjectsV2", e))
-            })?;
-        for key in page.contents().iter().filter_map(|o| o.key()) {
-            if let Some(at) = backup::taken_at(&prefix, key) {
-                if newest.as_ref().is_none_or(|(_, t)| at > *t) {
-                    newest = Some((key.to_string(), at));
-                }
-            }
-        }
-        token = page.next_continuation_token().map(str::to_string);
-        if token.is_none() {
-            break;
-        }
-    }
-    Ok(newest)
+    let b = bucket(s, state, None)?;
+    let all = backup::list(cx, &b.name, &prefix(s))
+        .await
+        .map_err(error(&b.address))?;
+    Ok(all.into_iter().max_by_key(|(_, at)| *at))
 }
 
 /// Removes our backups (and their manifests) taken before `before`; any
@@ -176,38 +172,19 @@ async fn expire(
 ) -> Result<Vec<String>, crate::drivers::DriverError> {
     let s3 = &cx.aws().await?.s3;
     let mut removed = Vec::new();
-    let mut token = None;
-    loop {
-        let page = s3
-            .list_objects_v2()
-            .bucket(bucket)
-            .prefix(prefix)
-            .set_continuation_token(token.clone())
-            .send()
-            .await
-            .map_err(|e| crate::drivers::aws::api_error("ListObjectsV2", e))?;
-        for obj in page.contents() {
-            let Some(key) = obj.key() else { continue };
-            let Some(at) = backup::taken_at(prefix, key) else {
-                continue;
-            };
-            if at >= before {
-                continue;
-            }
-            for k in [key.to_string(), format!("{key}.json")] {
-                s3.delete_object()
-                    .bucket(bucket)
-                    .key(&k)
-                    .send()
-                    .await
-                    .map_err(|e| crate::drivers::aws::api_error("DeleteObject", e))?;
-            }
-            removed.push(key.to_string());
+    for (key, at) in backup::list(cx, bucket, prefix).await? {
+        if at >= before {
+            continue;
         }
-        token = page.next_continuation_token().map(str::to_string);
-        if token.is_none() {
-            break;
+        for k in [key.clone(), format!("{key}.json")] {
+            s3.delete_object()
+                .bucket(bucket)
+                .key(&k)
+                .send()
+                .await
+                .map_err(|e| crate::drivers::aws::api_error("DeleteObject", e))?;
         }
+        removed.push(key);
     }
     Ok(removed)
 }
@@ -216,11 +193,11 @@ async fn expire(
 async fn rds_snapshot(
     s: &Session,
     cx: &Context,
+    state: &State,
     now: chrono::DateTime<Utc>,
 ) -> Result<String, OpError> {
     let primaries: Vec<(String, Map<String, Json>)> = s
-        .resolved_all("aws.rds_instance", Unapplied::Refuse)
-        .await?
+        .resolved_in(state, "aws.rds_instance", Unapplied::Refuse)?
         .into_iter()
         .filter(|(_, p)| {
             p.get("replicate_source_db")
@@ -271,18 +248,15 @@ pub async fn restore(
     key: &str,
     database: Option<&str>,
 ) -> Result<RestoreReport, OpError> {
+    let (state, _) = s.read_state().await?;
     let (db_address, db) = one(
         s,
+        &state,
         "postgres.migrations",
         o.database.as_deref(),
         "--database",
-    )
-    .await?;
-    let (_, bucket) = one(s, "aws.s3_bucket", o.bucket.as_deref(), "--bucket").await?;
-    let bucket_name = bucket
-        .get("name")
-        .and_then(Json::as_str)
-        .unwrap_or_default();
+    )?;
+    let bucket_name = bucket(s, &state, o.bucket.as_deref())?.name;
     let key = if key.contains('/') {
         key.to_string()
     } else {
@@ -309,7 +283,7 @@ pub async fn restore(
             "--database {database:?}: lower-case letters, digits and `_`, at most 63"
         )));
     }
-    let tables = backup::restore_from_s3(cx, &target, bucket_name, &key, &database)
+    let tables = backup::restore_from_s3(cx, &target, &bucket_name, &key, &database)
         .await
         .map_err(error(&db_address))?;
     Ok(RestoreReport {

@@ -302,6 +302,17 @@ impl Session {
         unapplied: Unapplied,
     ) -> Result<Vec<(String, Map<String, Json>)>, OpError> {
         let (state, _) = self.read_state().await?;
+        self.resolved_in(&state, kind, unapplied)
+    }
+
+    /// [`Session::resolved_all`] against a state already read (commands
+    /// that look at several kinds read it once).
+    pub fn resolved_in(
+        &self,
+        state: &crate::state::State,
+        kind: &str,
+        unapplied: Unapplied,
+    ) -> Result<Vec<(String, Map<String, Json>)>, OpError> {
         let owner = self.owner();
         let mut out = Vec::new();
         for r in self

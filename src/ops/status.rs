@@ -19,10 +19,15 @@ pub struct Report {
 }
 
 /// The latest backup's age against the stack's RPO.
-async fn backup_age(s: &Session, cx: &Context, rpo: std::time::Duration) -> Report {
+async fn backup_age(
+    s: &Session,
+    cx: &Context,
+    state: &crate::state::State,
+    rpo: std::time::Duration,
+) -> Report {
     let t = std::time::Instant::now();
     let rpo_text = humantime(rpo);
-    let (healthy, detail, target) = match super::backup::latest(s, cx).await {
+    let (healthy, detail, target) = match super::backup::latest(s, cx, state).await {
         Ok(Some((key, at))) => {
             let age = (chrono::Utc::now() - at).to_std().unwrap_or_default();
             (
@@ -65,12 +70,10 @@ fn humantime(d: std::time::Duration) -> String {
 }
 
 pub async fn status(s: &Session, cx: &Context) -> Result<Vec<Report>, OpError> {
-    let targets = s
-        .resolved_all("kubernetes.orchestrator", Unapplied::Refuse)
-        .await?;
-    let addons = s
-        .resolved_all("kubernetes.manifests", Unapplied::Refuse)
-        .await?;
+    // One read of the state serves every check.
+    let (state, _) = s.read_state().await?;
+    let targets = s.resolved_in(&state, "kubernetes.orchestrator", Unapplied::Refuse)?;
+    let addons = s.resolved_in(&state, "kubernetes.manifests", Unapplied::Refuse)?;
     if targets.is_empty() && addons.is_empty() && s.stack.recovery.rpo.is_none() {
         return Err(OpError::Other(format!(
             "{} declares no kubernetes.orchestrator, no kubernetes.manifests and no recovery.rpo: there is nothing to check",
@@ -79,8 +82,7 @@ pub async fn status(s: &Session, cx: &Context) -> Result<Vec<Report>, OpError> {
     }
     // Roles whose server the tool itself reaches through a tunnel url.
     let tunnels: Vec<Tunnel> = s
-        .resolved_all("postgres.role", Unapplied::Refuse)
-        .await?
+        .resolved_in(&state, "postgres.role", Unapplied::Refuse)?
         .into_iter()
         .filter_map(|(_, p)| {
             let url = p
@@ -93,10 +95,9 @@ pub async fn status(s: &Session, cx: &Context) -> Result<Vec<Report>, OpError> {
             })
         })
         .collect();
-    let (state, _) = s.read_state().await?;
     let mut out = Vec::new();
     if let Some(rpo) = s.stack.recovery.rpo {
-        out.push(backup_age(s, cx, rpo).await);
+        out.push(backup_age(s, cx, &state, rpo).await);
     }
     for (address, props) in addons {
         let t = std::time::Instant::now();

@@ -28,6 +28,19 @@ pub fn repo() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
 
+/// A client of the local Kubernetes that scripts/test starts.
+pub async fn kube_client() -> kube::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let path = std::env::var("RALPH_TEST_KUBECONFIG").expect(
+        "RALPH_TEST_KUBECONFIG is not set: run the tests with scripts/test, which starts the local Kubernetes",
+    );
+    let kc = kube::config::Kubeconfig::read_from(path).unwrap();
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .unwrap();
+    kube::Client::try_from(cfg).unwrap()
+}
+
 /// The local PostgreSQL server started by scripts/test (no database part).
 pub fn pg_server() -> String {
     std::env::var("RALPH_TEST_PG_URL").expect(

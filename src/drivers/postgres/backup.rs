@@ -59,6 +59,36 @@ pub fn taken_at(prefix: &str, key: &str) -> Option<DateTime<Utc>> {
         .map(|t| t.and_utc())
 }
 
+/// Every backup under `prefix` (our keys only), with when it was taken.
+pub async fn list(
+    cx: &Context,
+    bucket: &str,
+    prefix: &str,
+) -> Result<Vec<(String, DateTime<Utc>)>, DriverError> {
+    let s3 = &cx.aws().await?.s3;
+    let mut out = Vec::new();
+    let mut token = None;
+    loop {
+        let page = s3
+            .list_objects_v2()
+            .bucket(bucket)
+            .prefix(prefix)
+            .set_continuation_token(token.clone())
+            .send()
+            .await
+            .map_err(|e| crate::drivers::aws::api_error("ListObjectsV2", e))?;
+        for key in page.contents().iter().filter_map(|o| o.key()) {
+            if let Some(at) = taken_at(prefix, key) {
+                out.push((key.to_string(), at));
+            }
+        }
+        token = page.next_continuation_token().map(str::to_string);
+        if token.is_none() {
+            return Ok(out);
+        }
+    }
+}
+
 /// The sums of every ordinary table (partitions count as themselves, their
 /// partitioned parents hold no rows), in one transaction's snapshot.
 async fn table_sums(conn: &mut sqlx::PgConnection) -> Result<Vec<TableSum>, DriverError> {
@@ -131,8 +161,11 @@ pub async fn dump_to_s3(
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| DriverError::new(format!("cannot run pg_dump ({e}): install the PostgreSQL client tools, or set RALPH_DEPLOY_PG_DUMP")))?;
-    let mut stdout = child.stdout.take().expect("piped");
-    let mut stderr = child.stderr.take().expect("piped");
+    let (Some(mut stdout), Some(mut stderr)) = (child.stdout.take(), child.stderr.take()) else {
+        return Err(DriverError::new(
+            "pg_dump started without its output pipes; run the backup again",
+        ));
+    };
     let errors = tokio::spawn(async move {
         let mut text = String::new();
         let _ = stderr.read_to_string(&mut text).await;
@@ -328,8 +361,11 @@ pub async fn restore_from_s3(
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| DriverError::new(format!("cannot run pg_restore ({e}): install the PostgreSQL client tools, or set RALPH_DEPLOY_PG_RESTORE")))?;
-    let mut stdin = child.stdin.take().expect("piped");
-    let mut stderr = child.stderr.take().expect("piped");
+    let (Some(mut stdin), Some(mut stderr)) = (child.stdin.take(), child.stderr.take()) else {
+        return Err(DriverError::new(
+            "pg_restore started without its pipes; run the restore again",
+        ));
+    };
     let errors = tokio::spawn(async move {
         let mut text = String::new();
         let _ = stderr.read_to_string(&mut text).await;

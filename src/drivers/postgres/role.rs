@@ -165,7 +165,7 @@ async fn observe(cx: &Context, props: &Map<String, Json>) -> Result<Option<Obser
 /// RFC 7677; the format of PostgreSQL's `pg_authid.rolpassword`), with a
 /// fresh salt. Sending the verifier instead of the password is what psql's
 /// `\password` does.
-pub fn scram_verifier(password: &str) -> String {
+pub fn scram_verifier(password: &str) -> Result<String, DriverError> {
     use base64::Engine as _;
     use hmac::{Hmac, Mac};
     use rand::RngCore;
@@ -176,20 +176,21 @@ pub fn scram_verifier(password: &str) -> String {
     let mut salted = [0u8; 32];
     pbkdf2::pbkdf2_hmac::<Sha256>(password.as_bytes(), &salt, ITERATIONS, &mut salted);
     let hmac = |key: &[u8], msg: &[u8]| {
-        let mut m = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes any key length");
+        let mut m = <Hmac<Sha256> as Mac>::new_from_slice(key)
+            .map_err(|e| DriverError::new(format!("computing the password verifier: {e}")))?;
         m.update(msg);
-        m.finalize().into_bytes()
+        Ok::<_, DriverError>(m.finalize().into_bytes())
     };
-    let client_key = hmac(&salted, b"Client Key");
+    let client_key = hmac(&salted, b"Client Key")?;
     let stored_key = Sha256::digest(client_key);
-    let server_key = hmac(&salted, b"Server Key");
+    let server_key = hmac(&salted, b"Server Key")?;
     let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
-    format!(
+    Ok(format!(
         "SCRAM-SHA-256${ITERATIONS}:{}${}:{}",
         b64(&salt),
         b64(&stored_key),
         b64(&server_key)
-    )
+    ))
 }
 
 /// Creates the role when missing and brings it to `want` in one
@@ -308,7 +309,7 @@ async fn converge(cx: &Context, want: &Desired<'_>) -> Result<Observed, DriverEr
     if let Some(p) = &password {
         // A verifier, not the password: it is a literal of base64 and `$:`,
         // checked here so that nothing can end the literal.
-        let verifier = scram_verifier(p);
+        let verifier = scram_verifier(p)?;
         debug_assert!(!verifier.contains('\''));
         sqlx::query(&format!("ALTER ROLE {role} PASSWORD '{verifier}'"))
             .execute(&mut *tx)
@@ -411,8 +412,8 @@ mod tests {
 
     #[test]
     fn verifier_has_postgres_format_and_fresh_salt() {
-        let a = scram_verifier("pässword'\"");
-        let b = scram_verifier("pässword'\"");
+        let a = scram_verifier("pässword'\"").unwrap();
+        let b = scram_verifier("pässword'\"").unwrap();
         assert_ne!(a, b, "each verifier has its own salt");
         let rest = a.strip_prefix("SCRAM-SHA-256$4096:").expect(&a);
         let (salt, keys) = rest.split_once('$').unwrap();
