@@ -8,7 +8,8 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 . "$here/env.sh"
 MOTO_VERSION="${MOTO_VERSION:-5.2.5}"
-venv="$RALPH_CACHE/moto-$MOTO_VERSION"
+CBOR2_VERSION="${CBOR2_VERSION:-6.3.0}"
+venv="$RALPH_CACHE/moto-$MOTO_VERSION-cbor2-$CBOR2_VERSION"
 
 install() {
   # the marker file is written last, so an interrupted install is redone
@@ -16,7 +17,7 @@ install() {
   echo "installing moto $MOTO_VERSION into $venv" >&2
   rm -rf "$venv"
   python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION" "cbor2==$CBOR2_VERSION"
   touch "$venv/.complete"
 }
 

@@ -48,6 +48,11 @@ pub enum Event {
         from: String,
         to: String,
     },
+    /// One step of a day-2 operation (failover: promoted, renamed, ...).
+    Step {
+        address: String,
+        message: String,
+    },
     Warning {
         message: String,
     },

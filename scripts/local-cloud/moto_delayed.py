@@ -7,7 +7,9 @@ serving so that resources report their transitional status (CREATING,
 creating, modifying, DELETING, pending, ...) for a configurable time, deletes
 complete after a delay, and DeleteCacheSubnetGroup (missing in moto) works.
 It also mends a few places where moto's answers differ from the services'
-(NumCacheClusters ignored, the GetBucketVersioning XML root).
+(NumCacheClusters ignored, the GetBucketVersioning XML root), and serves
+CloudWatch's GetMetricStatistics and PutMetricData in the protocol today's
+SDKs speak (Smithy RPC v2 CBOR), which moto 5.2 does not route.
 
     python moto_delayed.py HOST PORT
 
@@ -167,6 +169,22 @@ def patch_rds():
 
     wrap(m.RDSBackend, "modify_db_instance", after=modified)
 
+    # A promoted replica stops naming its source (moto keeps it, so the
+    # instance would read as a replica forever) and leaves the primary's
+    # list of replicas; it is `modifying` for a while, as on RDS.
+    def promoted(self, result, *a, **k):
+        if result is None:
+            return
+        source = result.source_db_instance_identifier
+        primary = self.databases.get(source) if source else None
+        if primary is not None and result.db_instance_identifier in primary.replicas:
+            primary.replicas = [r for r in primary.replicas if r != result.db_instance_identifier]
+        result.replicas = []
+        result.source_db_instance_identifier = None
+        transition(result, "status", "modifying", delay("rds_modify"))
+
+    wrap(m.RDSBackend, "promote_read_replica", after=promoted)
+
     def deleted(self, result, db_instance_identifier, *a, **k):
         seconds = delay("rds_delete")
         if seconds <= 0 or result is None:
@@ -273,9 +291,79 @@ def patch_s3():
     r.S3Response.get_bucket_versioning = get_bucket_versioning
 
 
+def patch_cloudwatch():
+    """CloudWatch clients send POST /service/GraniteServiceVersion20100801/
+    operation/<Operation> with a CBOR body (Smithy RPC v2 CBOR); moto 5.2
+    only knows the query protocol on `/`. This route decodes the request,
+    calls moto's CloudWatch backend and answers in CBOR, for the two
+    operations the tool and its tests use."""
+    import datetime as dt
+    import re
+
+    import cbor2
+    from moto.cloudwatch import urls
+    from moto.cloudwatch.models import cloudwatch_backends
+    from moto.core import DEFAULT_ACCOUNT_ID
+
+    def naive_utc(t):
+        if isinstance(t, (int, float)):
+            t = dt.datetime.fromtimestamp(t, dt.timezone.utc)
+        if t.tzinfo is not None:
+            t = t.astimezone(dt.timezone.utc).replace(tzinfo=None)
+        return t
+
+    def epoch(t):
+        return cbor2.CBORTag(1, t.replace(tzinfo=dt.timezone.utc).timestamp())
+
+    def reply(status, body):
+        return status, {"Content-Type": "application/cbor", "smithy-protocol": "rpc-v2-cbor"}, cbor2.dumps(body)
+
+    def error(status, code, message):
+        return reply(status, {"__type": code, "message": message})
+
+    def handler(request, full_url, headers):
+        op = full_url.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+        auth = headers.get("Authorization", "")
+        m = re.search(r"Credential=[^/]+/[^/]+/([^/]+)/", auth)
+        backend = cloudwatch_backends[DEFAULT_ACCOUNT_ID][m.group(1) if m else "us-east-1"]
+        body = request.data if hasattr(request, "data") else request.body
+        try:
+            req = cbor2.loads(body) if body else {}
+        except Exception as e:
+            return error(400, "SerializationException", f"not CBOR: {e}")
+        if op == "PutMetricData":
+            data = []
+            for d in req.get("MetricData", []):
+                d = dict(d)
+                if "Timestamp" in d:
+                    d["Timestamp"] = naive_utc(d["Timestamp"])
+                if "Value" in d:
+                    d["Values"], d["Counts"] = [d.pop("Value")], ["1"]
+                data.append(d)
+            backend.put_metric_data(req["Namespace"], data)
+            return reply(200, {})
+        if op == "GetMetricStatistics":
+            stats = backend.get_metric_statistics(
+                req["Namespace"], req["MetricName"], naive_utc(req["StartTime"]),
+                naive_utc(req["EndTime"]), int(req["Period"]), req.get("Statistics", []),
+                req.get("Dimensions", []), unit=req.get("Unit"))
+            points = []
+            for s in stats:
+                p = {"Timestamp": epoch(s.timestamp)}
+                for name in req.get("Statistics", []):
+                    v = s.get_statistics_for_type(name)
+                    if v is not None:
+                        p[name] = float(v)
+                points.append(p)
+            return reply(200, {"Label": req["MetricName"], "Datapoints": points})
+        return error(400, "UnknownOperationException", f"the local cloud does not serve CloudWatch {op}")
+
+    urls.url_paths["{0}/service/GraniteServiceVersion20100801/operation/(?P<operation>[A-Za-z]+)$"] = handler
+
+
 def main():
     host, port = sys.argv[1], int(sys.argv[2])
-    for patch in (patch_eks, patch_rds, patch_elasticache, patch_nat, patch_s3):
+    for patch in (patch_eks, patch_rds, patch_elasticache, patch_nat, patch_s3, patch_cloudwatch):
         try:
             patch()
         except Exception as e:  # a moto upgrade moved something: say so, keep serving

@@ -16,7 +16,14 @@ pub struct Recovery {
     /// Creates that never happened.
     pub absent: Vec<String>,
     pub closed: usize,
+    /// A failover an interrupted run left unfinished: kept open, because
+    /// only `ralph-deploy failover` can finish it (an apply meanwhile would
+    /// take the promoted replica for a replica that stopped replicating).
+    pub failover: Option<Intent>,
 }
+
+/// The intent action of `ralph-deploy failover`.
+pub const FAILOVER: &str = "failover";
 
 fn find<'a>(
     intent: &Intent,
@@ -76,6 +83,10 @@ pub async fn recover(
         ),
     });
     for intent in &intents {
+        if intent.action == FAILOVER {
+            out.failover = Some(intent.clone());
+            continue;
+        }
         if intent.action == "create" && !state.resources.contains_key(&intent.address) {
             let Some(driver) = registry.driver(&intent.kind) else {
                 continue;

@@ -83,6 +83,16 @@ pub async fn run(cmd: Command) -> anyhow::Result<i32> {
             };
             restore_cmd(&args, &o, &backup, into.as_deref(), json).await
         }
+        Command::Failover {
+            args,
+            replica,
+            force,
+            auto_approve,
+            json,
+        } => {
+            let o = crate::ops::failover::Options { replica, force };
+            failover_cmd(&args, &o, auto_approve, json).await
+        }
         Command::Migrate {
             command: MigrateCommand::Status { args, json },
         } => migrate_status(&args, json).await,
@@ -687,6 +697,58 @@ async fn backup_cmd(
         if let Some(id) = &r.snapshot {
             println!("RDS snapshot {id} started.");
         }
+    }
+    Ok(EXIT_OK)
+}
+
+async fn failover_cmd(
+    args: &StackArgs,
+    o: &crate::ops::failover::Options,
+    auto_approve: bool,
+    json: bool,
+) -> Result<i32, CliError> {
+    let s = args.session(json)?;
+    if !auto_approve
+        && !confirm(&format!(
+            "Fail over the database of {} ({}) to its read replica{}?",
+            s.stack.name,
+            s.stack.environment,
+            o.replica
+                .as_ref()
+                .map(|r| format!(" {r}"))
+                .unwrap_or_default()
+        ))?
+    {
+        eprintln!("Failover cancelled; nothing was changed.");
+        return Ok(EXIT_ERROR);
+    }
+    let cx = s.context(reporter(json));
+    let r = crate::ops::failover::failover(&s, &cx, o).await?;
+    if json {
+        let mut v = serde_json::to_value(&r).unwrap_or_default();
+        v["event"] = serde_json::json!("failover_finished");
+        v["time"] = serde_json::json!(super::render::now());
+        println!("{v}");
+    } else {
+        println!(
+            "Failed over: {} is {} now, the promoted replica{}.",
+            r.primary,
+            r.instance,
+            r.lag_seconds
+                .map(|l| format!(" ({l:.0}s behind when promoted)"))
+                .unwrap_or_default()
+        );
+        match &r.old_primary {
+            Some(old) => println!("The old primary is {old}: untagged, deletion protection kept; delete it once you no longer need it."),
+            None => println!("The old primary no longer existed."),
+        }
+        if !r.rolled.is_empty() {
+            println!("Rolled onto the new primary: {}.", r.rolled.join(", "));
+        }
+        println!(
+            "{} is gone from the state: the next `ralph-deploy apply` creates a new replica.",
+            r.replica
+        );
     }
     Ok(EXIT_OK)
 }

@@ -265,6 +265,28 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Promote the database's read replica to primary: checks its lag
+    /// against the stack's recovery.rpo, moves the old primary aside
+    /// (renamed, untagged, kept), gives the promoted instance the primary's
+    /// name, records the new topology (the next plan creates a new replica)
+    /// and rolls the orchestrator's pods onto it. An interrupted failover
+    /// is finished by running it again.
+    Failover {
+        #[command(flatten)]
+        args: StackArgs,
+        /// The replica to promote (its address), when the stack has several
+        #[arg(long)]
+        replica: Option<String>,
+        /// Promote even when the replica lags more than the RPO or its lag is unknown
+        #[arg(long)]
+        force: bool,
+        /// Do not ask for confirmation (for CI)
+        #[arg(long)]
+        auto_approve: bool,
+        /// Print events and the result as JSON lines
+        #[arg(long)]
+        json: bool,
+    },
     /// Database schema migrations
     Migrate {
         #[command(subcommand)]

@@ -218,6 +218,7 @@ impl Reporter for TextReporter {
                 format!("{address}: skipped because {because} failed")
             }
             Event::ResourceMoved { from, to } => format!("{from}: moved to {to} in the state"),
+            Event::Step { address, message } => format!("{address}: {message}"),
             Event::Warning { message } => format!("warning: {message}"),
         };
         let _ = writeln!(std::io::stderr(), "{line}");

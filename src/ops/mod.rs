@@ -13,6 +13,7 @@
 pub mod apply;
 pub mod backup;
 pub mod db;
+pub mod failover;
 pub mod release;
 pub mod state_cmds;
 pub mod status;
@@ -23,7 +24,7 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value as Json};
 
-use crate::apply::recover::{recover, Recovery};
+use crate::apply::recover::{recover, Recovery, FAILOVER};
 use crate::drivers::{Context, Owner, Registry};
 use crate::events::{Event, Reporter};
 use crate::plan::refresh::refresh;
@@ -454,6 +455,15 @@ where
         let (mut state, existed) = s.read_state().await?;
         // Settle what an interrupted run left open before anything else.
         let recovery = recover(s.backend.as_ref(), &mut state, &s.registry, cx).await?;
+        if let Some(f) = recovery.failover.as_ref().filter(|_| operation != FAILOVER) {
+            return Err(OpError::refused(format!(
+                "a failover of {} started at {} did not finish, so {operation} would work from a half-changed database topology; nothing was changed. Finish it first: ralph-deploy failover {} --env {}",
+                f.address,
+                f.started_at.format("%Y-%m-%d %H:%M:%S UTC"),
+                s.stack.path.display(),
+                s.stack.environment
+            )));
+        }
         work(Locked {
             state,
             existed,

@@ -12,7 +12,7 @@ mod elasticache;
 mod iam_role;
 mod internet_gateway;
 mod nat_gateway;
-mod rds;
+pub mod rds;
 mod route_table;
 mod route_table_association;
 mod s3_bucket;
@@ -64,6 +64,8 @@ pub struct AwsClients {
     pub ec2: aws_sdk_ec2::Client,
     pub eks: aws_sdk_eks::Client,
     pub rds: aws_sdk_rds::Client,
+    /// Metrics (a replica's lag before a failover).
+    pub cloudwatch: aws_sdk_cloudwatch::Client,
     pub elasticache: aws_sdk_elasticache::Client,
     pub secrets: aws_sdk_secretsmanager::Client,
     pub s3: aws_sdk_s3::Client,
@@ -151,6 +153,7 @@ impl AwsClients {
             ec2: client!(aws_sdk_ec2, "ec2"),
             eks: client!(aws_sdk_eks, "eks"),
             rds: client!(aws_sdk_rds, "rds"),
+            cloudwatch: client!(aws_sdk_cloudwatch, "cloudwatch"),
             elasticache: client!(aws_sdk_elasticache, "elasticache"),
             secrets: client!(aws_sdk_secretsmanager, "secretsmanager"),
             s3: aws_sdk_s3::Client::from_conf(

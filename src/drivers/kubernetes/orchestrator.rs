@@ -915,3 +915,76 @@ impl Driver for Orchestrator {
         .await
     }
 }
+
+/// The field manager of restarts: the annotation it sets is not the stack's,
+/// so the next server-side apply of the release leaves it (and the pods) be.
+const RESTART_MANAGER: &str = "ralph-deploy-restart";
+/// Pod template annotation whose change rolls the pods (what
+/// `kubectl rollout restart` does with its own).
+pub const RESTARTED_AT: &str = "ralph-deploy.io/restarted-at";
+
+/// Rolls the recorded release's pods without changing the release (after a
+/// database failover: every pod reconnects to the new primary) and waits
+/// for the rollout. `known` is the resource as the state records it.
+pub async fn restart(
+    cx: &Context,
+    address: &str,
+    known: &Known,
+    reason: &str,
+    timeout: Duration,
+) -> Result<Observed, DriverError> {
+    let last_good = known.attrs.get("last_good").and_then(Json::as_object);
+    let base = last_good.unwrap_or(&known.inputs);
+    let (namespace, name) = ns_name(base);
+    let client = connect(cx, &known.inputs).await?;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
+    let patch = serde_json::json!({
+        "spec": {"template": {"metadata": {"annotations": {
+            RESTARTED_AT: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            "ralph-deploy.io/restart-reason": reason,
+        }}}}
+    });
+    super::count(cx);
+    let d = deployments
+        .patch(
+            &name,
+            &kube::api::PatchParams {
+                field_manager: Some(RESTART_MANAGER.into()),
+                ..Default::default()
+            },
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+        .map_err(|e| super::kube_error(&format!("restarting Deployment {namespace}/{name}"), e))?;
+    let image = d
+        .spec
+        .template
+        .spec
+        .as_ref()
+        .and_then(|p| p.containers.iter().find(|c| c.name == "orchestrator"))
+        .and_then(|c| c.image.clone())
+        .unwrap_or_default();
+    wait_rollout(
+        cx,
+        &client,
+        address,
+        &namespace,
+        &name,
+        d.metadata.generation.unwrap_or(0),
+        &image,
+        timeout,
+    )
+    .await?;
+    let api = discover(cx, &client).await?;
+    let mut o = observe(cx, &client, &api, &cx.owner, address, base, last_good)
+        .await?
+        .ok_or_else(|| {
+            DriverError::new(format!(
+                "Deployment {namespace}/{name} disappeared during its restart"
+            ))
+        })?;
+    if let Some(p) = known.attrs.get("previous_good") {
+        o.attrs.insert("previous_good".into(), p.clone());
+    }
+    Ok(o)
+}
