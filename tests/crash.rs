@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 static SERIAL: Mutex<()> = Mutex::new(());
 
 /// Kill points run this many at a time (each in its own proxy lane).
-const KILL_LANES: usize = 3;
+const KILL_LANES: usize = 5;
 
 fn proxy() -> String {
     std::env::var("RALPH_TEST_FAULT_PROXY")
