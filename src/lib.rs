@@ -10,6 +10,7 @@
 
 pub mod apply;
 pub mod cli;
+pub mod download;
 pub mod drivers;
 pub mod events;
 pub mod files;

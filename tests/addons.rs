@@ -176,3 +176,127 @@ async fn addons_apply_crds_first_prune_removed_files_and_go_with_destroy() {
         .unwrap()
         .is_none());
 }
+
+/// One file over plain HTTP on this machine (a local mirror): its content
+/// can be swapped, and requests are counted.
+struct Mirror {
+    port: u16,
+    body: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Mirror {
+    fn start(body: &str) -> Mirror {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let body = std::sync::Arc::new(std::sync::Mutex::new(body.as_bytes().to_vec()));
+        let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (b, h) = (body.clone(), hits.clone());
+        std::thread::spawn(move || {
+            for mut s in listener.incoming().flatten() {
+                let mut req = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                    }
+                }
+                h.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let body = b.lock().unwrap().clone();
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = s.write_all(&body);
+            }
+        });
+        Mirror { port, body, hits }
+    }
+
+    fn hits(&self) -> usize {
+        self.hits.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+fn sha256(s: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(s.as_bytes()))
+}
+
+#[tokio::test]
+async fn a_manifest_by_url_is_pinned_downloaded_once_and_refused_when_it_changes() {
+    let ns = format!("pinned-{}", std::process::id());
+    let upstream = format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: upstream\n  namespace: {ns}\ndata:\n  release: v1.0.0\n"
+    );
+    let mirror = Mirror::start(&upstream);
+    let mut w = World::from_stack("kubernetes-app.yaml", &ns);
+    let cache = w.dir.path().join("cache");
+    w.env
+        .push(("RALPH_DEPLOY_CACHE".into(), cache.display().to_string()));
+    let write_stack = |pin: &str| {
+        std::fs::write(
+            w.stack(),
+            format!(
+                "name: {ns}\n\
+                 variables:\n  kubeconfig: {{ type: string }}\n  namespace: {{ type: string }}\n\
+                 environments:\n  production: {{}}\n\
+                 resources:\n  upstream:\n    kind: kubernetes.manifests\n    properties:\n      kubeconfig: ${{var.kubeconfig}}\n      files:\n        - http://127.0.0.1:{}/deploy.yaml#sha256={pin}\n",
+                mirror.port
+            ),
+        )
+        .unwrap();
+    };
+    let namespaces = Api::<Namespace>::all(client().await);
+
+    // A pin that is not the file's: refused before the cluster is touched.
+    write_stack(&sha256("something else"));
+    let out = w.run("apply", &["--auto-approve"]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("has SHA-256 {}", sha256(&upstream)))
+            && err.contains(&format!("pins {}", sha256("something else"))),
+        "{err}"
+    );
+    assert!(namespaces.get_opt(&ns).await.unwrap().is_none());
+    assert!(!cache
+        .join("downloads")
+        .join(sha256("something else"))
+        .exists());
+
+    // The right pin: downloaded once, applied.
+    write_stack(&sha256(&upstream));
+    let out = w.run("apply", &["--auto-approve"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let cm = Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(client().await, &ns)
+        .get("upstream")
+        .await
+        .unwrap();
+    assert_eq!(cm.data.unwrap()["release"], "v1.0.0");
+    let downloads = mirror.hits();
+    assert_eq!(downloads, 2, "one refused download, one kept");
+
+    // From the cache from now on: no download, nothing to do, even when the
+    // file at the source changes.
+    *mirror.body.lock().unwrap() = upstream.replace("v1.0.0", "v1.0.1-tampered").into_bytes();
+    let out = w.run("plan", &["--detailed-exitcode"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(mirror.hits(), downloads);
+    // A fresh machine downloads again, and refuses the changed file.
+    std::fs::remove_dir_all(&cache).unwrap();
+    let out = w.run("plan", &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("the file changed at its source"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    *mirror.body.lock().unwrap() = upstream.clone().into_bytes();
+    let out = w.run("destroy", &["--auto-approve"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}

@@ -146,6 +146,7 @@ const CASES: &[(&str, usize, usize, &str)] = &[
         "is not a valid Kubernetes name",
     ),
     ("k8s-bad-tag.yaml", 7, 12, "is not an image tag"),
+    ("manifests-unpinned-url.yaml", 7, 14, "is not pinned"),
 ];
 
 #[test]

@@ -10,7 +10,9 @@
 //! Services whose cloud load balancer a controller still has to remove.
 //!
 //! Files ending in `.j2` are minijinja templates over `values` (an ACME
-//! email, a host name); the others are used as they are.
+//! email, a host name); the others are used as they are. An upstream
+//! release's manifest can be named by URL, pinned by its SHA-256
+//! (`crate::download`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -28,6 +30,16 @@ use super::{connect, count, is_not_found, kube_error};
 use crate::drivers::{Context, Desired, Driver, DriverError, Known, Observed, Owner, Timeouts};
 use crate::kinds::{Attr, Field, KindSchema, Ty};
 
+/// URLs in `files` must be pinned (and https, but for this machine).
+fn sources(v: &Json) -> Result<(), String> {
+    for entry in v.as_array().into_iter().flatten().filter_map(Json::as_str) {
+        if crate::download::is_url(entry) {
+            crate::download::parse(entry)?;
+        }
+    }
+    Ok(())
+}
+
 fn computed(_: &Json) -> Result<(), String> {
     Err("computed from `files`; do not set it".into())
 }
@@ -36,7 +48,7 @@ static SCHEMA: KindSchema = KindSchema {
     kind: "kubernetes.manifests",
     doc: "Kubernetes objects from YAML files (cluster add-ons), applied server-side: namespaces and CRDs first, custom resources last, waited on, pruned when removed.",
     fields: &super::with_cluster_fields![
-        Field::new("files", Ty::List(&Ty::String), "YAML files or directories (every .yaml, .yml and .j2 file in them, in name order), relative to the stack file").required(),
+        Field::new("files", Ty::List(&Ty::String), "YAML files or directories (every .yaml, .yml and .j2 file in them, in name order), relative to the stack file, or an upstream release's manifest by URL pinned to its SHA-256 (`https://.../deploy.yaml#sha256=...`, downloaded once into the cache and refused when it does not match)").required().check(sources),
         Field::new("values", Ty::StringMap, "what `.j2` files can use, as `{{ values.acme_email }}`").default("{}"),
         Field::new("wait", Ty::Bool, "wait until CRDs are established and Deployments, StatefulSets and DaemonSets are available").default("true"),
         Field::new("objects", Ty::Set(&Ty::String), "computed: every object, as `apiVersion Kind namespace/name`").check(computed),
@@ -129,6 +141,10 @@ fn manifest_files(base: &Path, props: &Map<String, Json>) -> Result<Vec<PathBuf>
         .flatten()
         .filter_map(Json::as_str)
     {
+        if crate::download::is_url(f) {
+            out.push(crate::download::fetch(&crate::download::parse(f)?)?);
+            continue;
+        }
         let path = resolve(base, f);
         if path.is_dir() {
             let mut in_dir: Vec<PathBuf> = std::fs::read_dir(&path)
