@@ -103,6 +103,8 @@ def production_vars():
         "RALPH_DEPLOY_VAR_database_tunnel_url": os.environ["BENCH_PG_URL"],
         "RALPH_DEPLOY_VAR_kubeconfig": os.environ["BENCH_KUBECONFIG"],
         "RALPH_DEPLOY_VAR_namespace": f"bench-{os.getpid()}-{_RUN[0]}",
+        # Upstream add-ons need the network and a cluster that runs containers.
+        "RALPH_DEPLOY_VAR_cluster_addons": "{}",
     }
 
 

@@ -142,7 +142,11 @@ fn download(url: &str) -> Result<Vec<u8>, String> {
                 r.status_text()
             )
         }
-        ureq::Error::Transport(t) => format!("downloading {url}: {t}"),
+        ureq::Error::Transport(t) => format!(
+            "downloading {url}: {}{}",
+            t.kind(),
+            t.message().map(|m| format!(": {m}")).unwrap_or_default()
+        ),
     })?;
     let mut bytes = Vec::new();
     response

@@ -84,10 +84,30 @@ async fn production_stack_end_to_end() {
         format!("{db}?sslmode=disable"),
     ));
 
+    // One add-on, a stand-in for the ingress controller (see the fixture).
+    w.env
+        .retain(|(k, _)| k != "RALPH_DEPLOY_VAR_cluster_addons");
+    w.env.push((
+        "RALPH_DEPLOY_VAR_cluster_addons".into(),
+        serde_json::json!({ "ingress": [common::repo().join("scripts/local-cloud/addon").display().to_string()] }).to_string(),
+    ));
+    let addon = "addons.addon[\"ingress\"]";
+
     // ---- apply: every resource, in dependency order, branches in parallel.
     let ev = apply_json(&w, &[]);
     let s = ev.summary();
-    assert_eq!(s["created"], 46, "{s}");
+    assert_eq!(s["created"], 47, "{s}");
+    // The add-on between the nodes and the orchestrator, and available.
+    assert!(ev.at("resource_finished", "nodes") < ev.at("resource_started", addon));
+    assert!(ev.at("resource_finished", addon) < ev.at("resource_started", "app.orchestrator"));
+    let controller = kube::api::Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(
+        common::kube_client().await,
+        &format!("addon-{name}-production"),
+    )
+    .get("ingress-controller")
+    .await
+    .unwrap();
+    assert_eq!(controller.status.unwrap().available_replicas, Some(1));
     assert_eq!(s["failed"], 0, "{s}");
     // RDS, ElastiCache and EKS are all creating at the same time: each
     // starts before any of the three finishes.
@@ -338,8 +358,10 @@ async fn production_stack_end_to_end() {
         text(&out.stdout)
     );
     let ev = Events::parse(&text(&out.stdout));
-    assert_eq!(ev.summary()["deleted"], 46);
+    assert_eq!(ev.summary()["deleted"], 47);
     for (dependent, dependency) in [
+        (addon, "nodes"),
+        ("app.orchestrator", addon),
         ("nodes", "eks"),
         ("db_replica", "db"),
         ("private[\"a\"]", "vpc"),

@@ -124,6 +124,14 @@ impl World {
                 "[\"ralph_app\"]".to_string(),
             ));
         }
+        // The production stack's add-ons are upstream releases by URL: the
+        // local cluster runs no containers (their webhooks could not
+        // answer) and there is no network. None, unless a test sets some.
+        // (A variable the stack does not declare is ignored.)
+        env.push((
+            "RALPH_DEPLOY_VAR_cluster_addons".to_string(),
+            "{}".to_string(),
+        ));
         World {
             dir,
             stack_name: name.to_string(),
