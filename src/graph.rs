@@ -218,7 +218,15 @@ where
     F: Fn(String) -> Fut,
     Fut: Future<Output = Result<(), String>>,
 {
-    walk_prioritized(deps, &BTreeMap::new(), parallelism, stop, run).await
+    walk_prioritized(
+        deps,
+        &BTreeMap::new(),
+        &BTreeSet::new(),
+        parallelism,
+        stop,
+        run,
+    )
+    .await
 }
 
 /// The expected time from each node to the end of the graph: its own
@@ -269,9 +277,15 @@ pub fn remaining_cost(
 /// the highest `priority` starts first (ties in name order). With priority =
 /// the expected time from the node to the end of the graph, the critical
 /// path is never kept waiting behind quick side branches.
+///
+/// And while the longest chain is in its `quick` setup (a VPC, subnets,
+/// security groups in front of a 20-minute database), nodes whose chains
+/// are less than half as long wait: they have the time to spare, and the
+/// service answers the chain's requests sooner without them.
 pub async fn walk_prioritized<F, Fut>(
     deps: &BTreeMap<String, Vec<String>>,
     priority: &BTreeMap<String, u64>,
+    quick: &BTreeSet<String>,
     parallelism: usize,
     stop: &AtomicBool,
     run: F,
@@ -303,18 +317,29 @@ where
         .collect();
     let mut outcomes: BTreeMap<String, Outcome> = BTreeMap::new();
     let mut in_flight = FuturesUnordered::new();
+    let mut running: BTreeSet<&str> = BTreeSet::new();
 
     loop {
         while in_flight.len() < parallelism && !stop.load(Ordering::SeqCst) {
-            let Some((_, Reverse(node))) = ready.pop() else {
+            let Some(&(p, Reverse(node))) = ready.peek() else {
                 break;
             };
+            let top = running.iter().map(|n| prio(n)).max().unwrap_or(0).max(p);
+            let in_setup = running
+                .iter()
+                .any(|n| quick.contains(*n) && prio(n).saturating_mul(10) >= top.saturating_mul(9));
+            if in_setup && p.saturating_mul(2) < top {
+                break;
+            }
+            ready.pop();
+            running.insert(node);
             let fut = run(node.to_string());
             in_flight.push(async move { (node, fut.await) });
         }
         let Some((node, result)) = in_flight.next().await else {
             break;
         };
+        running.remove(node);
         match result {
             Ok(()) => {
                 outcomes.insert(node.to_string(), Outcome::Done);
@@ -447,12 +472,52 @@ mod tests {
         assert_eq!(prio["slow_db"], 1800);
         let stop = AtomicBool::new(false);
         let order = Mutex::new(Vec::new());
-        walk_prioritized(&d, &prio, 1, &stop, |n| {
+        walk_prioritized(&d, &prio, &BTreeSet::new(), 1, &stop, |n| {
             order.lock().unwrap().push(n);
             async { Ok(()) }
         })
         .await;
         assert_eq!(order.lock().unwrap()[0], "slow_db");
+    }
+
+    #[tokio::test]
+    async fn side_branches_wait_for_the_critical_chains_quick_setup() {
+        // vpc (quick) -> db (20 minutes); bucket and secret have slack.
+        let d = deps(&[
+            ("vpc", &[]),
+            ("db", &["vpc"]),
+            ("bucket", &[]),
+            ("secret", &[]),
+        ]);
+        let cost = |n: &str| if n == "db" { 1200 } else { 1 };
+        let prio = remaining_cost(&d, &cost);
+        let quick: BTreeSet<String> = ["vpc", "bucket", "secret"].map(String::from).into();
+        let stop = AtomicBool::new(false);
+        let log = Mutex::new(Vec::new());
+        walk_prioritized(&d, &prio, &quick, 10, &stop, |n| {
+            let log = &log;
+            async move {
+                log.lock().unwrap().push(format!("start {n}"));
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                log.lock().unwrap().push(format!("end {n}"));
+                Ok(())
+            }
+        })
+        .await;
+        let log = log.into_inner().unwrap();
+        let at = |e: &str| log.iter().position(|l| l == e).unwrap();
+        assert!(at("start db") < at("start bucket"), "{log:?}");
+        assert!(at("start db") < at("start secret"), "{log:?}");
+        // Once the slow node runs, the rest run beside it.
+        assert!(at("start bucket") < at("end db"), "{log:?}");
+        // Without a quick setup on the chain, nothing waits.
+        let log2 = Mutex::new(Vec::new());
+        walk_prioritized(&d, &prio, &BTreeSet::new(), 10, &stop, |n| {
+            log2.lock().unwrap().push(n);
+            async { Ok(()) }
+        })
+        .await;
+        assert_eq!(log2.into_inner().unwrap().len(), 4);
     }
 
     #[tokio::test]

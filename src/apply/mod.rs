@@ -473,19 +473,28 @@ pub async fn apply(
             .unwrap_or(1)
     };
     let priority = crate::graph::remaining_cost(&forward, &cost);
+    // Resources that typically take seconds, not minutes.
+    let quick: BTreeSet<String> = forward.keys().filter(|k| cost(k) <= 10).cloned().collect();
     let failed_deletes = &failed_deletes;
-    let build_outcomes = walk_prioritized(&forward, &priority, options.parallelism, stop, |k| {
-        let c = building[&k];
-        async move {
-            if failed_deletes.contains(&c.address) {
-                return Err(StepError::OldNotDeleted.to_string());
+    let build_outcomes = walk_prioritized(
+        &forward,
+        &priority,
+        &quick,
+        options.parallelism,
+        stop,
+        |k| {
+            let c = building[&k];
+            async move {
+                if failed_deletes.contains(&c.address) {
+                    return Err(StepError::OldNotDeleted.to_string());
+                }
+                steps_ref.build(c).await.map_err(|e| {
+                    steps_ref.failed(c, &e);
+                    e.to_string()
+                })
             }
-            steps_ref.build(c).await.map_err(|e| {
-                steps_ref.failed(c, &e);
-                e.to_string()
-            })
-        }
-    })
+        },
+    )
     .await;
 
     tally(&by_key, &delete_outcomes, &build_outcomes, cx, &mut report);

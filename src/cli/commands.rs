@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, Context as _};
 
+use super::diff_text::Style;
 use super::render::{plan_text, summary_text, JsonReporter, TextReporter};
 use super::{
     CliError, Command, DbCommand, GraphFormat, MigrateCommand, RunArgs, StackArgs, StateCommand,
@@ -190,7 +191,7 @@ async fn plan_cmd(
             serde_json::to_string_pretty(&v).map_err(|e| CliError::Other(e.into()))?
         );
     } else {
-        print!("{}", plan_text(&plan));
+        print!("{}", plan_text(&plan, Style::for_stdout()));
     }
     if let Some(path) = out {
         let file = PlanFile {
@@ -312,7 +313,7 @@ struct Terminal {
 impl Approver for Terminal {
     fn show(&self, plan: &Plan) {
         if !self.json {
-            print!("{}", plan_text(plan));
+            print!("{}", plan_text(plan, Style::for_stdout()));
         }
     }
 

@@ -3,6 +3,7 @@
 //! 2 changes present with `plan --detailed-exitcode`). The only layer that prints.
 
 mod commands;
+mod diff_text;
 mod kube;
 mod render;
 

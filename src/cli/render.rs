@@ -8,21 +8,10 @@ use crate::apply::ApplyReport;
 use crate::events::{Event, Reporter};
 use crate::plan::{Action, Plan};
 
-fn short(v: &Option<Json>) -> String {
-    match v {
-        None => "(known after apply)".into(),
-        Some(v) => {
-            let s = v.to_string();
-            if s.chars().count() > 200 {
-                format!("{}...", s.chars().take(200).collect::<String>())
-            } else {
-                s
-            }
-        }
-    }
-}
+use super::diff_text::{self, Mark, Style};
 
-pub fn plan_text(plan: &Plan) -> String {
+/// The plan as text; `style` colours the change symbols (a terminal).
+pub fn plan_text(plan: &Plan, style: Style) -> String {
     let mut out = String::new();
     let title = if plan.destroy { "Destroy plan" } else { "Plan" };
     out.push_str(&format!(
@@ -52,7 +41,17 @@ pub fn plan_text(plan: &Plan) -> String {
         } else {
             c.action.symbol()
         };
-        out.push_str(&format!("  {symbol} {} ({}){id} {verb}", c.address, c.kind));
+        let mark = match c.action {
+            Action::Create => Mark::Add,
+            Action::Delete | Action::Replace => Mark::Remove,
+            _ => Mark::Change,
+        };
+        out.push_str(&format!(
+            "  {} {} ({}){id} {verb}",
+            style.paint(mark, symbol),
+            c.address,
+            c.kind
+        ));
         if let Some(r) = &c.reason {
             out.push_str(&format!(": {r}"));
         }
@@ -60,61 +59,27 @@ pub fn plan_text(plan: &Plan) -> String {
             out.push_str(" [protected]");
         }
         out.push('\n');
-        let width = c.attributes.iter().map(|a| a.name.len()).max().unwrap_or(0);
         for a in &c.attributes {
-            // Long lists read best item by item: what is added, what goes.
-            if let (Some(Json::Array(after)), before) = (&a.after, &a.before) {
-                let before: Vec<Json> = match before {
-                    Some(Json::Array(b)) => b.clone(),
-                    _ => Vec::new(),
-                };
-                let text_len = Json::Array(after.clone()).to_string().len();
-                if text_len > 100 && after.iter().chain(before.iter()).all(|x| x.is_string()) {
-                    let sym = if c.action == Action::Create { "+" } else { "~" };
-                    let note = if a.forces_replace {
-                        "  # forces replacement"
-                    } else {
-                        ""
-                    };
-                    out.push_str(&format!("      {sym} {}{note}\n", a.name));
-                    for item in before.iter().filter(|x| !after.contains(x)) {
-                        out.push_str(&format!(
-                            "          - {}\n",
-                            item.as_str().unwrap_or_default()
-                        ));
-                    }
-                    for item in after {
-                        let mark = if before.contains(item) { " " } else { "+" };
-                        if mark == "+" || c.action == Action::Create {
-                            out.push_str(&format!(
-                                "          {mark} {}\n",
-                                item.as_str().unwrap_or_default()
-                            ));
-                        }
-                    }
-                    continue;
-                }
-            }
-            match c.action {
-                Action::Create => out.push_str(&format!(
-                    "      + {:width$} = {}\n",
-                    a.name,
-                    short(&a.after)
-                )),
-                _ => {
-                    let note = if a.forces_replace {
-                        "  # forces replacement"
-                    } else {
-                        ""
-                    };
-                    let before = a.before.clone().map(Some).unwrap_or(Some(Json::Null));
-                    out.push_str(&format!(
-                        "      ~ {:width$} = {} -> {}{note}\n",
-                        a.name,
-                        short(&before),
-                        short(&a.after)
-                    ));
-                }
+            let note = if a.forces_replace {
+                "  # forces replacement"
+            } else {
+                ""
+            };
+            let before = match c.action {
+                Action::Create => None,
+                _ => a.before.as_ref(),
+            };
+            for line in diff_text::attribute(
+                &style,
+                6,
+                &a.name,
+                before,
+                a.after.as_ref(),
+                a.after.is_some(),
+                note,
+            ) {
+                out.push_str(&line);
+                out.push('\n');
             }
         }
     }

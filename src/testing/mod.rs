@@ -168,7 +168,11 @@ impl FakeCloud {
 }
 
 /// Kinds whose create is idempotent (server-side apply, migrations).
-const IDEMPOTENT: &[&str] = &["kubernetes.orchestrator", "postgres.migrations"];
+const IDEMPOTENT: &[&str] = &[
+    "kubernetes.orchestrator",
+    "kubernetes.manifests",
+    "postgres.migrations",
+];
 
 /// A driver for `schema` over the fake cloud.
 pub struct FakeDriver {
