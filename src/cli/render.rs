@@ -2,8 +2,6 @@
 
 use std::io::Write;
 
-use serde_json::Value as Json;
-
 use crate::apply::ApplyReport;
 use crate::events::{Event, Reporter};
 use crate::plan::{Action, Plan};
