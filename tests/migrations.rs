@@ -159,7 +159,7 @@ async fn new_files_are_planned_and_applied_edited_ones_refused() {
     .unwrap();
     let plan = db.ok(&["plan"]);
     assert!(
-        plan.contains("+ 20260101000008 orchestration priority"),
+        plan.contains("+ \"20260101000008 orchestration priority"),
         "{plan}"
     );
     assert_eq!(

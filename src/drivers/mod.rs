@@ -233,7 +233,7 @@ impl Context {
             // "ready" and noticing it stays under 0.5% (a 20-minute cluster
             // is polled every ~6 s, well inside the services' rate limits).
             let delay =
-                (start.elapsed() / 200).clamp(Duration::from_millis(25), Duration::from_secs(15));
+                (start.elapsed() / 200).clamp(Duration::from_millis(50), Duration::from_secs(15));
             let until = Instant::now() + delay;
             while Instant::now() < until && !self.stop.load(Ordering::SeqCst) {
                 tokio::time::sleep(Duration::from_millis(100).min(until - Instant::now())).await;

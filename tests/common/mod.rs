@@ -452,6 +452,11 @@ pub fn state_json(w: &World) -> serde_json::Value {
             ])
             .output()
             .unwrap();
+        assert!(
+            out.status.success(),
+            "state pull failed: {}",
+            text(&out.stderr)
+        );
         return serde_json::from_slice(&out.stdout).unwrap_or_else(|_| serde_json::json!({}));
     }
     let p = w

@@ -1108,17 +1108,7 @@ pub async fn promote(
     let have = read_instance(cx, id)
         .await?
         .ok_or_else(|| DriverError::new(format!("the replica {id} does not exist")))?;
-    rds.add_tags_to_resource()
-        .resource_name(arn_of(&have))
-        .tags(
-            aws_sdk_rds::types::Tag::builder()
-                .key(FAILOVER_TAG)
-                .value(marker)
-                .build(),
-        )
-        .send()
-        .await
-        .map_err(|e| api_error("AddTagsToResource", e))?;
+    add_tag(cx, &arn_of(&have), FAILOVER_TAG, marker).await?;
     if is_replica(&have) {
         rds.promote_read_replica()
             .db_instance_identifier(id)
@@ -1222,22 +1212,31 @@ pub async fn rename(
     .await
 }
 
-/// Takes the ownership tags off the old primary (so no refresh takes it
-/// for the stack's again) and records what it was in `RETIRED_TAG`.
-pub async fn retire(cx: &Context, o: &Observed, what: &str) -> Result<(), DriverError> {
-    let rds = &cx.aws().await?.rds;
-    let arn = arn_of(o);
-    rds.add_tags_to_resource()
-        .resource_name(&arn)
+/// One tag on the RDS resource at `arn`.
+async fn add_tag(cx: &Context, arn: &str, key: &str, value: &str) -> Result<(), DriverError> {
+    cx.aws()
+        .await?
+        .rds
+        .add_tags_to_resource()
+        .resource_name(arn)
         .tags(
             aws_sdk_rds::types::Tag::builder()
-                .key(RETIRED_TAG)
-                .value(what)
+                .key(key)
+                .value(value)
                 .build(),
         )
         .send()
         .await
         .map_err(|e| api_error("AddTagsToResource", e))?;
+    Ok(())
+}
+
+/// Takes the ownership tags off the old primary (so no refresh takes it
+/// for the stack's again) and records what it was in `RETIRED_TAG`.
+pub async fn retire(cx: &Context, o: &Observed, what: &str) -> Result<(), DriverError> {
+    let rds = &cx.aws().await?.rds;
+    let arn = arn_of(o);
+    add_tag(cx, &arn, RETIRED_TAG, what).await?;
     rds.remove_tags_from_resource()
         .resource_name(&arn)
         .set_tag_keys(Some(

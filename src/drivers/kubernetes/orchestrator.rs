@@ -366,13 +366,7 @@ async fn observe(
         attrs.insert("replicas".into(), shown);
         attrs.insert("running_replicas".into(), Json::from(r));
     }
-    let image = spec
-        .template
-        .spec
-        .as_ref()
-        .and_then(|p| p.containers.iter().find(|c| c.name == "orchestrator"))
-        .and_then(|c| c.image.clone())
-        .unwrap_or_default();
+    let image = running_image(&d);
     if base.contains_key("tag") || !image.is_empty() {
         if let Some(t) = tag_of(&image) {
             attrs.insert("tag".into(), Json::String(t.to_string()));
@@ -418,6 +412,17 @@ async fn observe(
         id: format!("{namespace}/{name}"),
         attrs,
     }))
+}
+
+/// The image of the Deployment's `orchestrator` container.
+fn running_image(d: &Deployment) -> String {
+    d.spec
+        .template
+        .spec
+        .as_ref()
+        .and_then(|p| p.containers.iter().find(|c| c.name == "orchestrator"))
+        .and_then(|c| c.image.clone())
+        .unwrap_or_default()
 }
 
 /// Container states that will not fix themselves within a rollout.
@@ -956,14 +961,7 @@ pub async fn restart(
         )
         .await
         .map_err(|e| super::kube_error(&format!("restarting Deployment {namespace}/{name}"), e))?;
-    let image = d
-        .spec
-        .template
-        .spec
-        .as_ref()
-        .and_then(|p| p.containers.iter().find(|c| c.name == "orchestrator"))
-        .and_then(|c| c.image.clone())
-        .unwrap_or_default();
+    let image = running_image(&d);
     wait_rollout(
         cx,
         &client,
