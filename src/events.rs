@@ -21,6 +21,10 @@ pub enum Event {
         address: String,
         kind: String,
         action: Action,
+        /// For a replacement, which half starts: `delete` (the old one) or
+        /// `create` (the new one).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        phase: Option<&'static str>,
     },
     /// A long operation is still in progress (the cloud's own status).
     ResourceWaiting {

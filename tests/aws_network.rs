@@ -159,7 +159,18 @@ async fn tag_change_is_an_update_cidr_change_is_a_replace() {
     assert_eq!(action_of(&plan, "private_b_routes"), "replace");
     assert_eq!(action_of(&plan, "vpc"), "no_op");
     let old_id = sub["id"].as_str().unwrap().to_string();
-    w.ok("apply", &["--auto-approve"]);
+    let events: Vec<serde_json::Value> = w
+        .ok("apply", &["--auto-approve", "--json"])
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    // The two halves of the replacement are told apart, old one first.
+    let phases: Vec<&str> = events
+        .iter()
+        .filter(|e| e["event"] == "resource_started" && e["address"] == "private_b")
+        .map(|e| e["phase"].as_str().unwrap_or("none"))
+        .collect();
+    assert_eq!(phases, ["delete", "create"], "{events:?}");
     let subnets: Vec<String> = w
         .tagged()
         .await

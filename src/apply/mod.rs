@@ -212,6 +212,7 @@ impl Steps<'_> {
             address: c.address.clone(),
             kind: c.kind.clone(),
             action: c.action,
+            phase: (c.action == Action::Replace).then_some("delete"),
         });
         let driver = self.driver(&c.kind)?;
         let intent = match c.current_observed() {
@@ -295,6 +296,7 @@ impl Steps<'_> {
             address: c.address.clone(),
             kind: c.kind.clone(),
             action: c.action,
+            phase: (c.action == Action::Replace).then_some("create"),
         });
         let want = Desired {
             address: &c.address,

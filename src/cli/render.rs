@@ -153,8 +153,15 @@ impl Reporter for TextReporter {
         let line = match event {
             Event::RefreshStarted { .. } | Event::RefreshFinished { .. } => return,
             Event::ResourceStarted {
-                address, action, ..
-            } => format!("{address}: {}...", progressive(action)),
+                address,
+                action,
+                phase,
+                ..
+            } => match phase {
+                Some("delete") => format!("{address}: replacing: deleting the old one..."),
+                Some(_) => format!("{address}: replacing: creating the new one..."),
+                None => format!("{address}: {}...", progressive(action)),
+            },
             Event::ResourceWaiting {
                 address,
                 status,

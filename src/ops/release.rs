@@ -227,6 +227,7 @@ where
                 address: address.clone(),
                 kind: KIND.to_string(),
                 action: Action::Update,
+                phase: None,
             });
             let intent = Intent {
                 id: uuid::Uuid::new_v4().to_string(),
