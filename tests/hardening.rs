@@ -405,6 +405,30 @@ fn a_wrong_service_is_named_not_dumped() {
         !err.contains("SdkError") && !err.contains("ServiceError {"),
         "{err}"
     );
+    // With --json the stream on stdout ends with an error event saying why.
+    let out = w
+        .cmd_at(
+            &url,
+            &[
+                "plan",
+                stack.to_str().unwrap(),
+                "--env",
+                "production",
+                "--json",
+            ],
+        )
+        .env("AWS_MAX_ATTEMPTS", "2")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let last: serde_json::Value =
+        serde_json::from_str(text(&out.stdout).lines().last().unwrap_or("{}")).unwrap();
+    assert_eq!(last["event"], "error", "{}", text(&out.stdout));
+    assert!(
+        last["message"].as_str().unwrap().contains("HTTP 501"),
+        "{last}"
+    );
+    assert!(last["time"].is_string(), "{last}");
 }
 
 /// A small deterministic generator (xorshift), so failures reproduce.

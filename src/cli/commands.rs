@@ -31,9 +31,16 @@ pub async fn run(cmd: Command) -> anyhow::Result<i32> {
             detailed_exitcode,
             out,
             destroy,
-        } => plan_cmd(&args, json, detailed_exitcode, out.as_deref(), destroy).await,
-        Command::Apply { args, run } => apply_cmd(&args, &run, false).await,
-        Command::Destroy { args, run } => apply_cmd(&args, &run, true).await,
+        } => json_error_event(
+            json,
+            plan_cmd(&args, json, detailed_exitcode, out.as_deref(), destroy).await,
+        ),
+        Command::Apply { args, run } => {
+            json_error_event(run.json, apply_cmd(&args, &run, false).await)
+        }
+        Command::Destroy { args, run } => {
+            json_error_event(run.json, apply_cmd(&args, &run, true).await)
+        }
         Command::Render {
             args,
             resource,
@@ -215,6 +222,23 @@ async fn plan_cmd(
     } else {
         EXIT_OK
     })
+}
+
+/// A JSON event stream that ends in an error (a refresh that failed, a
+/// refused plan) ends with an `error` event, so a consumer reading stdout
+/// learns why there is no summary. The message also goes to stderr.
+fn json_error_event(json: bool, result: Result<i32, CliError>) -> Result<i32, CliError> {
+    if let (true, Err(CliError::Other(e))) = (json, &result) {
+        println!(
+            "{}",
+            serde_json::json!({
+                "event": "error",
+                "message": format!("{e:#}"),
+                "time": super::render::now(),
+            })
+        );
+    }
+    result
 }
 
 /// Asks on the terminal; refuses when there is none.
