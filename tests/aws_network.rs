@@ -4,7 +4,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{text, wait_for_file, SlowProxy, World};
+use common::{changed, text, wait_for_file, SlowProxy, World};
 use serde_json::Value;
 
 fn action_of(plan: &Value, address: &str) -> String {
@@ -15,21 +15,6 @@ fn action_of(plan: &Value, address: &str) -> String {
         .find(|c| c["address"] == address)
         .map(|c| c["action"].as_str().unwrap().to_string())
         .unwrap_or_else(|| panic!("{address} not in plan"))
-}
-
-fn changed(plan: &Value) -> Vec<(String, String)> {
-    plan["changes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|c| c["action"] != "no_op")
-        .map(|c| {
-            (
-                c["address"].as_str().unwrap().to_string(),
-                c["action"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]

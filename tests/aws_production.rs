@@ -245,18 +245,7 @@ async fn production_stack_end_to_end() {
     // ---- scaling the nodegroup and changing backup retention are in place.
     let vars = ["--var", "nodes_desired=5", "--var", "db_backup_days=14"];
     let plan = w.plan_json(&vars);
-    let actions: BTreeMap<String, String> = plan["changes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|c| c["action"] != "no_op")
-        .map(|c| {
-            (
-                c["address"].as_str().unwrap().to_string(),
-                c["action"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
+    let actions: BTreeMap<String, String> = common::changed(&plan).into_iter().collect();
     assert_eq!(
         actions,
         BTreeMap::from([

@@ -234,18 +234,7 @@ async fn failover_promotes_the_replica_rolls_the_pods_and_the_next_plan_only_add
 
     // ---- the next plan: only the new replica.
     let plan = w.plan_json(&[]);
-    let changes: Vec<(String, String)> = plan["changes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|c| c["action"] != "no_op")
-        .map(|c| {
-            (
-                c["address"].as_str().unwrap().to_string(),
-                c["action"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
+    let changes = common::changed(&plan);
     assert_eq!(
         changes,
         vec![("db_replica".to_string(), "create".to_string())],

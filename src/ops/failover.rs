@@ -281,12 +281,12 @@ pub async fn failover(s: &Session, cx: &Context, o: &Options) -> Result<Report, 
         };
 
         // 2. Promote (an instance still under the replica's name).
-        if rds::instance(cx, &pair.replica_id).await.map_err(failed)?.is_some() {
+        if let Some(replica) = rds::instance(cx, &pair.replica_id).await.map_err(failed)? {
             step(cx, &pair.replica, format!("promoting {} to a standalone primary", pair.replica_id));
             rds::promote(
                 cx,
                 &pair.replica,
-                &pair.replica_id,
+                &replica,
                 int("backup_retention_days"),
                 recorded.inputs.get("backup_window").and_then(Json::as_str),
                 &intent.id,
@@ -303,7 +303,7 @@ pub async fn failover(s: &Session, cx: &Context, o: &Options) -> Result<Report, 
         //    primary's name already belongs to the promoted instance).
         let mut moved_old = None;
         if let Some(old) = rds::instance(cx, &pair.primary_id).await.map_err(failed)? {
-            if !rds::promoted_by(cx, &old, &intent.id).await.map_err(failed)? {
+            if !rds::promoted_by(&old, &intent.id) {
                 rds::retire(
                     cx,
                     &old,
@@ -335,7 +335,7 @@ pub async fn failover(s: &Session, cx: &Context, o: &Options) -> Result<Report, 
             .await
             .map_err(failed)?
             .ok_or_else(|| failed(crate::drivers::DriverError::new(format!("{} is gone", pair.primary_id))))?;
-        if !rds::promoted_by(cx, &promoted, &intent.id).await.map_err(failed)? {
+        if !rds::promoted_by(&promoted, &intent.id) {
             return Err(failed(crate::drivers::DriverError::new(format!(
                 "{} is not the instance this failover promoted; look at it in the console before running failover again",
                 pair.primary_id

@@ -489,6 +489,22 @@ pub fn run_to_be_killed(w: &World, pidfile: &Path, args: &str) -> std::process::
         .unwrap()
 }
 
+/// A plan's changes (address, action), no-ops left out.
+pub fn changed(plan: &serde_json::Value) -> Vec<(String, String)> {
+    plan["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["action"] != "no_op")
+        .map(|c| {
+            (
+                c["address"].as_str().unwrap().to_string(),
+                c["action"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
 pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }

@@ -1098,18 +1098,16 @@ pub async fn replica_lag(cx: &Context, id: &str) -> Result<Option<f64>, DriverEr
 pub async fn promote(
     cx: &Context,
     address: &str,
-    id: &str,
+    have: &Observed,
     backup_retention_days: Option<i32>,
     backup_window: Option<&str>,
     marker: &str,
     timeout: Duration,
 ) -> Result<Observed, DriverError> {
     let rds = &cx.aws().await?.rds;
-    let have = read_instance(cx, id)
-        .await?
-        .ok_or_else(|| DriverError::new(format!("the replica {id} does not exist")))?;
-    add_tag(cx, &arn_of(&have), FAILOVER_TAG, marker).await?;
-    if is_replica(&have) {
+    let id = have.id.as_str();
+    add_tag(cx, &arn_of(have), FAILOVER_TAG, marker).await?;
+    if is_replica(have) {
         rds.promote_read_replica()
             .db_instance_identifier(id)
             .set_backup_retention_period(backup_retention_days)
@@ -1159,21 +1157,15 @@ pub fn is_replica(o: &Observed) -> bool {
         .is_some_and(|v| v.as_str().is_some_and(|s| !s.is_empty()))
 }
 
-/// Whether this failover (`marker`) promoted the instance.
-pub async fn promoted_by(cx: &Context, o: &Observed, marker: &str) -> Result<bool, DriverError> {
-    let tags = cx
-        .aws()
-        .await?
-        .rds
-        .list_tags_for_resource()
-        .resource_name(arn_of(o))
-        .send()
-        .await
-        .map_err(|e| api_error("ListTagsForResource", e))?;
-    Ok(tags
-        .tag_list()
-        .iter()
-        .any(|t| t.key() == Some(FAILOVER_TAG) && t.value() == Some(marker)))
+/// Whether this failover (`marker`) promoted the instance: its tags, as
+/// the read that found it returned them (the marker is not an ownership
+/// tag, so it is among the user tags).
+pub fn promoted_by(o: &Observed, marker: &str) -> bool {
+    o.attrs
+        .get("tags")
+        .and_then(|t| t.get(FAILOVER_TAG))
+        .and_then(Json::as_str)
+        == Some(marker)
 }
 
 /// Renames the instance `from` to `to` at once and waits until it answers
@@ -1255,16 +1247,12 @@ pub async fn retire(cx: &Context, o: &Observed, what: &str) -> Result<(), Driver
 }
 
 /// Gives the promoted instance the primary's tags: its ownership tags with
-/// the primary's address, the stack's tags, and no failover marker.
+/// the primary's address, the stack's tags, and no failover marker (a user
+/// tag the stack does not have, so `sync` removes it).
 pub async fn take_over_tags(
     cx: &Context,
     o: &Observed,
     want: &Desired<'_>,
 ) -> Result<(), DriverError> {
-    let mut have = o.clone();
-    if let Some(Json::Object(tags)) = have.attrs.get_mut("tags") {
-        // Make sure the marker counts as a tag to remove.
-        tags.insert(FAILOVER_TAG.into(), Json::String(String::new()));
-    }
-    arn_tags::sync(cx, ArnService::Rds, &arn_of(o), &have, want).await
+    arn_tags::sync(cx, ArnService::Rds, &arn_of(o), o, want).await
 }
