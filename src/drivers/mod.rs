@@ -5,6 +5,7 @@
 //! plus a line in [`Registry::builtin`].
 
 pub mod aws;
+pub mod gcp;
 pub mod kubernetes;
 pub mod limits;
 pub mod postgres;
@@ -136,6 +137,7 @@ pub struct Context {
     /// recorded as not ready yet) and nothing new starts.
     pub stop: Arc<std::sync::atomic::AtomicBool>,
     aws: tokio::sync::OnceCell<aws::AwsClients>,
+    gcp: tokio::sync::OnceCell<gcp::GcpClients>,
 }
 
 impl Context {
@@ -155,6 +157,7 @@ impl Context {
             limits: Arc::new(limits::ServiceLimits::new(10)),
             stop: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             aws: tokio::sync::OnceCell::new(),
+            gcp: tokio::sync::OnceCell::new(),
         }
     }
 
@@ -168,6 +171,13 @@ impl Context {
                     self.limits.clone(),
                 )
             })
+            .await
+    }
+
+    /// The Google Cloud clients, built on first use.
+    pub async fn gcp(&self) -> Result<&gcp::GcpClients, DriverError> {
+        self.gcp
+            .get_or_try_init(|| gcp::GcpClients::connect(self.cloud.gcp.clone().unwrap_or_default()))
             .await
     }
 
@@ -320,6 +330,7 @@ pub struct Registry {
 impl Registry {
     pub fn builtin() -> Registry {
         let mut drivers = aws::drivers();
+        drivers.extend(gcp::drivers());
         drivers.push(Box::new(postgres::migrations::Migrations));
         drivers.push(Box::new(postgres::role::Role));
         drivers.push(Box::new(kubernetes::manifests::Manifests));
@@ -357,5 +368,25 @@ impl crate::model::Catalog for Registry {
 
     fn schemas(&self) -> Vec<&'static KindSchema> {
         self.drivers.iter().map(|d| d.schema()).collect()
+    }
+}
+
+/// The value a secret source names, and what identifies its version: an
+/// environment variable (`env:NAME`), a Secret Manager secret
+/// (`projects/P/secrets/S`), a Memorystore instance's AUTH string
+/// (`memorystore:NAME`), or a Secrets Manager ARN or name. `#key` picks one
+/// key of a JSON secret. `what` names the value in errors; the value itself
+/// never appears in one.
+pub async fn read_secret_source(
+    cx: &Context,
+    what: &str,
+    source: &str,
+) -> Result<(String, String), DriverError> {
+    if gcp::secret::is_source(source) {
+        gcp::secret::read_source(cx, what, source).await
+    } else if source.starts_with(gcp::redis::AUTH_SOURCE) {
+        gcp::redis::read_auth(cx, what, source).await
+    } else {
+        aws::secret::read_source(cx, what, source).await
     }
 }

@@ -29,7 +29,7 @@ fn secret_name(v: &Json) -> Result<(), String> {
     }
 }
 
-fn encoding(v: &Json) -> Result<(), String> {
+pub(crate) fn encoding(v: &Json) -> Result<(), String> {
     match v.as_str() {
         Some("hex" | "base64" | "alphanumeric") => Ok(()),
         other => Err(format!(
@@ -38,7 +38,7 @@ fn encoding(v: &Json) -> Result<(), String> {
     }
 }
 
-fn env_name(v: &Json) -> Result<(), String> {
+pub(crate) fn env_name(v: &Json) -> Result<(), String> {
     let s = v.as_str().unwrap_or_default();
     if !s.is_empty()
         && s.chars()
@@ -59,7 +59,7 @@ fn recovery(v: &Json) -> Result<(), String> {
     }
 }
 
-static GENERATE: &[Field] = &[
+pub(crate) static GENERATE: &[Field] = &[
     Field::new(
         "bytes",
         Ty::Int,
@@ -194,7 +194,7 @@ pub async fn read_source(
 }
 
 /// Makes the value. It lives only in this function's caller until sent.
-fn make_value(want: &Desired<'_>) -> Result<String, DriverError> {
+pub(crate) fn make_value(want: &Desired<'_>) -> Result<String, DriverError> {
     if let Some(g) = want.props.get("generate").and_then(Json::as_object) {
         let n = g
             .get("bytes")
@@ -227,7 +227,7 @@ fn make_value(want: &Desired<'_>) -> Result<String, DriverError> {
     match std::env::var(var) {
         Ok(v) if !v.is_empty() => Ok(v),
         _ => Err(DriverError::new(format!(
-            "the secret's value comes from the environment variable {var}, which is not set: set it for this first apply (afterwards the value lives only in Secrets Manager)"
+            "the secret's value comes from the environment variable {var}, which is not set: set it for this first apply (afterwards the value lives only in the secret store)"
         ))),
     }
 }

@@ -345,7 +345,7 @@ pub fn object_ids(objects: &[Rendered]) -> BTreeSet<String> {
 }
 
 /// Reads what the orchestrator's Secret holds: the `secrets` property
-/// (`ENV_NAME: source`, see `aws::secret::read_source`), and for each
+/// (`ENV_NAME: source`, see `drivers::read_secret_source`), and for each
 /// connection with a password secret (`render::CONNECTIONS`) the url with
 /// the password in it and the password alone. Returns the values and a
 /// string that changes when any secret gets a new version (version ids,
@@ -354,7 +354,7 @@ pub async fn read_secrets(
     cx: &Context,
     props: &Map<String, Json>,
 ) -> Result<(BTreeMap<String, String>, String), DriverError> {
-    use crate::drivers::aws::secret::read_source;
+    use crate::drivers::read_secret_source as read_source;
     let mut values = BTreeMap::new();
     let mut versions = Vec::new();
     for (key, source) in props

@@ -40,7 +40,7 @@ macro_rules! with_connection_fields {
         $crate::kinds::Field::new("database", $crate::kinds::Ty::String, "the database name (default: the url's, or ralph)"),
         $crate::kinds::Field::new("username", $crate::kinds::Ty::String, "who connects to make the change (default: the secret's username)"),
         $crate::kinds::Field::new("ssl_mode", $crate::kinds::Ty::String, "disable, prefer, require, verify-full").default("\"prefer\"").check($crate::drivers::postgres::ssl),
-        $crate::kinds::Field::new("credentials_secret_arn", $crate::kinds::Ty::String, "a Secrets Manager secret with the password, such as `${db.master_user_secret_arn}`"),
+        $crate::kinds::Field::new("credentials_secret_arn", $crate::kinds::Ty::String, "a secret with the password (a Secrets Manager ARN such as `${db.master_user_secret_arn}`, or a Secret Manager name projects/P/secrets/S): plain text, or JSON with username and password"),
         $crate::kinds::Field::new("password_env", $crate::kinds::Ty::String, "or: an environment variable holding the password"),
             $($own),*
         ]
@@ -206,16 +206,9 @@ pub async fn resolve(cx: &Context, props: &Map<String, Json>) -> Result<Target, 
     .to_string();
     let mut password = None;
     if let Some(arn) = s("credentials_secret_arn") {
-        let out = cx
-            .aws()
-            .await?
-            .secrets
-            .get_secret_value()
-            .secret_id(&arn)
-            .send()
-            .await
-            .map_err(|e| super::aws::api_error("GetSecretValue", e))?;
-        let text = out.secret_string().unwrap_or_default();
+        let (secret, _) =
+            crate::drivers::read_secret_source(cx, "the database credentials", &arn).await?;
+        let text = secret.as_str();
         // RDS-managed secrets are {"username": ..., "password": ...}.
         match serde_json::from_str::<Json>(text) {
             Ok(Json::Object(m)) => {

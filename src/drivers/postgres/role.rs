@@ -206,7 +206,7 @@ async fn converge(cx: &Context, want: &Desired<'_>) -> Result<Observed, DriverEr
             ))
         }
         (false, Some(src)) => {
-            let (value, _) = crate::drivers::aws::secret::read_source(
+            let (value, _) = crate::drivers::read_secret_source(
                 cx,
                 &format!("the password of role {name}"),
                 src,

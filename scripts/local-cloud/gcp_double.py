@@ -1,0 +1,1212 @@
+"""A test double of the Google Cloud REST APIs ralph-deploy calls.
+
+No emulator covers Compute networking, GKE, Cloud SQL Admin, Memorystore and
+Secret Manager together, so this serves exactly the routes the tool's
+google-cloud-rust clients call, on one loopback port:
+
+- Compute (networks, subnetworks, firewalls, routers, global addresses,
+  global and region operations), under /compute/v1/;
+- GKE (clusters, node pools, operations), Memorystore Redis (instances,
+  operations, AUTH string) and Secret Manager (secrets, versions), under
+  /v1/projects/{project}/...;
+- Cloud SQL Admin (instances, databases, users, operations).
+
+Behaviour kept from the real services: long-running operations stay
+PENDING/RUNNING for a configurable time and resources pass through their
+states (PROVISIONING, RECONCILING, PENDING_CREATE, RUNNABLE, CREATING,
+UPDATING, READY, ...); a GKE cluster refuses a second operation while one
+runs; list calls take label (or description) filters and are paged; errors
+come in Google's JSON error format (409 ALREADY_EXISTS, 404 NOT_FOUND, 429
+RESOURCE_EXHAUSTED, 400 INVALID_ARGUMENT with field violations, and Compute's
+and Cloud SQL's `errors[]` list). Secret values are kept in memory only.
+
+ROUTES below names each route by its Discovery method id; the conformance
+test (tests/gcp_conformance.rs) checks every route against Google's
+Discovery documents, and every request body the tool sent (logged to
+RALPH_GCP_REQUEST_LOG, bodies only, secret payloads masked) against the
+method's request schema.
+
+    python gcp_double.py HOST PORT
+
+Delays, in seconds, come from RALPH_GCP_DELAYS (JSON overriding DEFAULTS);
+RALPH_GCP_DELAY_SCALE multiplies them; RALPH_GCP_MAX_PAGE caps page sizes.
+Control: POST /__double/faults {"throttle": N, "error": N} makes the next N
+mutating requests answer 429 (or 500); GET /__double/stats counts requests.
+"""
+import base64
+import ipaddress
+import json
+import os
+import re
+import sys
+import threading
+import time
+import uuid
+import zlib
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit, unquote
+
+DEFAULTS = {
+    "compute": 0.3, "gke_cluster_create": 4.0, "gke_cluster_update": 1.0, "gke_cluster_delete": 2.0,
+    "gke_pool_create": 3.0, "gke_pool_update": 1.0, "gke_pool_delete": 1.5,
+    "sql_create": 4.0, "sql_update": 1.0, "sql_delete": 1.5, "sql_child": 0.3,
+    "redis_create": 3.0, "redis_update": 1.0, "redis_delete": 1.5,
+}
+DELAYS = dict(DEFAULTS)
+DELAYS.update(json.loads(os.environ.get("RALPH_GCP_DELAYS", "{}") or "{}"))
+SCALE = float(os.environ.get("RALPH_GCP_DELAY_SCALE", "1"))
+MAX_PAGE = int(os.environ.get("RALPH_GCP_MAX_PAGE", "500"))
+REQUEST_LOG = os.environ.get("RALPH_GCP_REQUEST_LOG", "")
+NAME_RE = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+LOCK = threading.RLock()
+STORE = {}       # collection path -> {name: resource}
+SECRETS = {}     # secret path -> [payload bytes, ...] (versions 1..n)
+OPS = {}         # operation name -> op record
+PENDING = []     # (when, fn) finishing work, run by tick()
+FAULTS = {"throttle": 0, "error": 0}
+STATS = {"requests": 0, "mutations": 0, "lists": 0, "gets": 0}
+
+
+def delay(key):
+    return DELAYS.get(key, 0.0) * SCALE
+
+
+def now_rfc3339(t=None):
+    t = time.time() if t is None else t
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + ".%03dZ" % int((t % 1) * 1000)
+
+
+def later(seconds, fn):
+    PENDING.append((time.time() + seconds, fn))
+
+
+def tick():
+    """Runs the finishing work that is due (operations complete lazily)."""
+    t = time.time()
+    due = [p for p in PENDING if p[0] <= t]
+    for p in due:
+        PENDING.remove(p)
+    for _, fn in sorted(due, key=lambda p: p[0]):
+        fn()
+
+
+def coll(path):
+    return STORE.setdefault(path, {})
+
+
+class ApiError(Exception):
+    def __init__(self, code, status, message, reason=None, violations=None, legacy=False):
+        super().__init__(message)
+        self.code, self.status, self.message = code, status, message
+        self.reason, self.violations, self.legacy = reason, violations or [], legacy
+
+    def body(self):
+        err = {"code": self.code, "message": self.message, "status": self.status}
+        if self.violations:
+            err["details"] = [{"@type": "type.googleapis.com/google.rpc.BadRequest",
+                               "fieldViolations": [{"field": f, "description": d} for f, d in self.violations]}]
+        if self.legacy:  # Compute and Cloud SQL also answer with errors[]
+            err["errors"] = [{"domain": "global", "reason": self.reason or self.status.lower(),
+                              "message": self.message}]
+        return {"error": err}
+
+
+def not_found(what, legacy=False):
+    return ApiError(404, "NOT_FOUND", f"The resource '{what}' was not found", "notFound", legacy=legacy)
+
+
+def exists(what, legacy=False):
+    return ApiError(409, "ALREADY_EXISTS", f"The resource '{what}' already exists", "alreadyExists", legacy=legacy)
+
+
+def invalid(violations, legacy=False):
+    msg = "; ".join(f"Invalid value for field '{f}': {d}" for f, d in violations)
+    return ApiError(400, "INVALID_ARGUMENT", msg, "invalid", violations, legacy)
+
+
+def precondition(message, legacy=False):
+    return ApiError(400, "FAILED_PRECONDITION", message, "failedPrecondition", legacy=legacy)
+
+
+# ---------------------------------------------------------------- filters
+
+def label_value(res, key):
+    for labels in (res.get("labels"), res.get("resourceLabels"), (res.get("settings") or {}).get("userLabels")):
+        if isinstance(labels, dict) and key in labels:
+            return labels[key]
+    return None
+
+
+def matches(res, expr):
+    """The filter forms the tool uses: `labels.K=V` / `labels.K:V` terms
+    joined by AND or spaces (Secret Manager, Cloud SQL's
+    `settings.userLabels.K:V`), and Compute's `FIELD eq "RE2"`."""
+    if not expr:
+        return True
+    m = re.fullmatch(r'\s*(\w+)\s+eq\s+"(.*)"\s*', expr)
+    if m:
+        return re.fullmatch(m.group(2), str(res.get(m.group(1), ""))) is not None
+    for term in re.split(r"\s+AND\s+|\s+", expr.strip()):
+        if not term:
+            continue
+        t = re.fullmatch(r'(?:labels|settings\.userLabels|resourceLabels)\.([\w-]+)\s*[:=]\s*"?([^"]*)"?', term)
+        if not t:
+            raise invalid([("filter", f"unsupported filter term {term!r}")])
+        if label_value(res, t.group(1)) != t.group(2):
+            return False
+    return True
+
+
+def page(items, query, size_param, default):
+    size = int((query.get(size_param) or [default])[0] or default)
+    size = max(1, min(size, MAX_PAGE))
+    start = int((query.get("pageToken") or ["0"])[0] or 0)
+    chunk = items[start:start + size]
+    token = str(start + size) if start + size < len(items) else None
+    return chunk, token
+
+
+# ---------------------------------------------------------------- Compute
+
+COMPUTE = "https://compute.googleapis.com/compute/v1/"
+COMPUTE_KINDS = {"networks": "network", "subnetworks": "subnetwork", "firewalls": "firewall",
+                 "routers": "router", "addresses": "address"}
+
+
+def compute_op(project, region, target, op_type, seconds, finish):
+    name = "operation-%d-%s" % (int(time.time() * 1000), uuid.uuid4().hex[:12])
+    scope = f"projects/{project}/regions/{region}" if region else f"projects/{project}/global"
+    rec = {"kind": "compute#operation", "id": str(uuid.uuid4().int % 10**18), "name": name,
+           "operationType": op_type, "targetLink": target, "status": "RUNNING", "progress": 0,
+           "insertTime": now_rfc3339(), "startTime": now_rfc3339(),
+           "selfLink": f"{COMPUTE}{scope}/operations/{name}", "user": "ralph-deploy@local"}
+    if region:
+        rec["region"] = f"{COMPUTE}projects/{project}/regions/{region}"
+    OPS[name] = {"style": "compute", "rec": rec}
+
+    def done():
+        failure = finish()
+        rec.update(status="DONE", progress=100, endTime=now_rfc3339())
+        if failure:
+            rec["error"] = {"errors": [{"code": failure[0], "message": failure[1]}]}
+    if seconds <= 0:
+        done()
+    else:
+        later(seconds, done)
+    return dict(rec)
+
+
+def compute_scope(p):
+    return (f"projects/{p['project']}/regions/{p['region']}" if "region" in p
+            else f"projects/{p['project']}/global")
+
+
+def link_name(link):
+    return link.rstrip("/").rsplit("/", 1)[-1] if link else ""
+
+
+def check_compute_body(collection, body, p):
+    v = []
+    name = body.get("name", "")
+    if not NAME_RE.match(name or ""):
+        v.append(("resource.name", "must match [a-z]([-a-z0-9]{0,61}[a-z0-9])?"))
+    if collection in ("subnetworks", "firewalls", "routers") or (collection == "addresses" and body.get("network")):
+        net = link_name(body.get("network", ""))
+        if not net:
+            v.append(("resource.network", "is required"))
+        elif net not in coll(f"compute/projects/{p['project']}/global/networks"):
+            raise ApiError(404, "NOT_FOUND", f"The resource 'projects/{p['project']}/global/networks/{net}' was not found",
+                           "notFound", legacy=True)
+    if collection == "subnetworks":
+        for field, cidr in [("resource.ipCidrRange", body.get("ipCidrRange"))] + [
+                (f"resource.secondaryIpRanges[{i}].ipCidrRange", r.get("ipCidrRange"))
+                for i, r in enumerate(body.get("secondaryIpRanges") or [])]:
+            try:
+                ipaddress.ip_network(cidr or "")
+            except ValueError:
+                v.append((field, f"{cidr!r} is not a CIDR range"))
+    if collection == "firewalls" and not (body.get("allowed") or body.get("denied")):
+        v.append(("resource.allowed", "a firewall needs allowed or denied rules"))
+    if v:
+        raise invalid(v, legacy=True)
+
+
+def compute_insert(collection):
+    def h(p, q, body):
+        check_compute_body(collection, body, p)
+        scope = compute_scope(p)
+        c = coll(f"compute/{scope}/{collection}")
+        link = f"{COMPUTE}{scope}/{collection}/{body['name']}"
+        if body["name"] in c or any(o["style"] == "compute" and o["rec"]["targetLink"] == link
+                                    and o["rec"]["status"] != "DONE" and o["rec"]["operationType"] == "insert"
+                                    for o in OPS.values()):
+            raise exists(f"{scope}/{collection}/{body['name']}", legacy=True)
+        res = dict(body)
+        res.update(kind="compute#" + COMPUTE_KINDS[collection], id=str(uuid.uuid4().int % 10**18),
+                   creationTimestamp=now_rfc3339(), selfLink=link)
+        if "region" in p:
+            res["region"] = f"{COMPUTE}projects/{p['project']}/regions/{p['region']}"
+        if collection == "networks":
+            res.setdefault("routingConfig", {"routingMode": "REGIONAL"})
+            res.setdefault("autoCreateSubnetworks", False)
+            res.setdefault("mtu", 1460)
+        if collection == "subnetworks":
+            net = ipaddress.ip_network(body["ipCidrRange"])
+            res["gatewayAddress"] = str(net.network_address + 1)
+            res["fingerprint"] = base64.b64encode(os.urandom(8)).decode()
+        if collection == "addresses" and body.get("purpose") == "VPC_PEERING":
+            res.setdefault("address", "10.%d.0.0" % (len(c) + 100))
+            res["status"] = "RESERVED"
+
+        def finish():
+            c[body["name"]] = res
+        return compute_op(p["project"], p.get("region"), link, "insert", delay("compute"), finish)
+    return h
+
+
+def compute_get(collection, key):
+    def h(p, q, body):
+        res = coll(f"compute/{compute_scope(p)}/{collection}").get(p[key])
+        if res is None:
+            raise not_found(f"{compute_scope(p)}/{collection}/{p[key]}", legacy=True)
+        return res
+    return h
+
+
+def compute_list(collection):
+    def h(p, q, body):
+        items = [r for r in coll(f"compute/{compute_scope(p)}/{collection}").values()
+                 if matches(r, (q.get("filter") or [""])[0])]
+        chunk, token = page(items, q, "maxResults", 500)
+        out = {"kind": "compute#%sList" % COMPUTE_KINDS[collection], "items": chunk,
+               "selfLink": f"{COMPUTE}{compute_scope(p)}/{collection}"}
+        if token:
+            out["nextPageToken"] = token
+        return out
+    return h
+
+
+def compute_patch(collection, key):
+    def h(p, q, body):
+        c = coll(f"compute/{compute_scope(p)}/{collection}")
+        res = c.get(p[key])
+        if res is None:
+            raise not_found(f"{compute_scope(p)}/{collection}/{p[key]}", legacy=True)
+        if collection == "subnetworks" and body.get("fingerprint") not in (None, res.get("fingerprint")):
+            raise precondition("Supplied fingerprint does not match current resource fingerprint.", legacy=True)
+        for k in ("name", "network", "ipCidrRange"):
+            if k in body and body[k] not in (res.get(k),) and not (k == "network" and link_name(body[k]) == link_name(res.get(k))):
+                raise invalid([(f"resource.{k}", "cannot be changed")], legacy=True)
+
+        def finish():
+            res.update({k: v for k, v in body.items() if k not in ("fingerprint", "kind", "id", "selfLink")})
+            if collection == "subnetworks":
+                res["fingerprint"] = base64.b64encode(os.urandom(8)).decode()
+        return compute_op(p["project"], p.get("region"), res["selfLink"], "patch", delay("compute"), finish)
+    return h
+
+
+def compute_delete(collection, key):
+    def h(p, q, body):
+        scope = compute_scope(p)
+        c = coll(f"compute/{scope}/{collection}")
+        res = c.get(p[key])
+        if res is None:
+            raise not_found(f"{scope}/{collection}/{p[key]}", legacy=True)
+        if collection == "networks":
+            users = [r["name"] for path, items in STORE.items() if path.startswith(f"compute/projects/{p['project']}/")
+                     and not path.endswith("/networks") for r in items.values()
+                     if link_name(r.get("network", "")) == p[key]]
+            if users:
+                raise ApiError(400, "FAILED_PRECONDITION",
+                               f"The network resource '{scope}/networks/{p[key]}' is already being used by '{users[0]}'",
+                               "resourceInUseByAnotherResource", legacy=True)
+
+        def finish():
+            c.pop(p[key], None)
+        return compute_op(p["project"], p.get("region"), res["selfLink"], "delete", delay("compute"), finish)
+    return h
+
+
+def compute_op_get(p, q, body):
+    op = OPS.get(p["operation"])
+    if op is None or op["style"] != "compute":
+        raise not_found(f"operations/{p['operation']}", legacy=True)
+    return op["rec"]
+
+
+# ---------------------------------------------------------------- GKE
+
+def gke_op(p, op_type, target, seconds, finish):
+    name = "operation-%d-%s" % (int(time.time() * 1000), uuid.uuid4().hex[:8])
+    base = f"projects/{p['project']}/locations/{p['location']}"
+    rec = {"name": name, "operationType": op_type, "status": "RUNNING", "zone": p["location"],
+           "location": p["location"], "startTime": now_rfc3339(),
+           "selfLink": f"https://container.googleapis.com/v1/{base}/operations/{name}",
+           "targetLink": f"https://container.googleapis.com/v1/{base}/{target}"}
+    OPS[f"{base}/operations/{name}"] = {"style": "gke", "rec": rec}
+
+    def done():
+        finish()
+        rec.update(status="DONE", endTime=now_rfc3339())
+    later(seconds, done)
+    return dict(rec)
+
+
+def gke_clusters(p):
+    return coll(f"gke/projects/{p['project']}/locations/{p['location']}/clusters")
+
+
+def gke_cluster(p):
+    c = gke_clusters(p).get(p["cluster"])
+    if c is None:
+        raise not_found(f"projects/{p['project']}/locations/{p['location']}/clusters/{p['cluster']}")
+    return c
+
+
+def gke_busy(cluster):
+    if cluster.get("_busy"):
+        raise precondition(f"Cluster is running incompatible operation {cluster['_busy']}.")
+
+
+def gke_pool_defaults(pool):
+    pool.setdefault("status", "PROVISIONING")
+    pool.setdefault("version", "1.28.15-gke.1000")
+    pool.setdefault("management", {"autoRepair": True, "autoUpgrade": True})
+    pool.setdefault("config", {})
+    return pool
+
+
+def gke_create(p, q, body):
+    cl = body.get("cluster") or {}
+    v = []
+    if not NAME_RE.match(cl.get("name", "") or ""):
+        v.append(("cluster.name", "must match [a-z]([-a-z0-9]{0,38}[a-z0-9])?"))
+    if not cl.get("nodePools") and not cl.get("initialNodeCount"):
+        v.append(("cluster.node_pools", "a cluster needs node pools or an initial node count"))
+    if v:
+        raise invalid(v)
+    clusters = gke_clusters(p)
+    if cl["name"] in clusters:
+        raise exists(f"projects/{p['project']}/locations/{p['location']}/clusters/{cl['name']}")
+    res = dict(cl)
+    base = f"projects/{p['project']}/locations/{p['location']}"
+    res.update(status="PROVISIONING", location=p["location"], zone=p["location"],
+               selfLink=f"https://container.googleapis.com/v1/{base}/clusters/{cl['name']}",
+               createTime=now_rfc3339(), endpoint="34.118.%d.%d" % (len(clusters) + 1, 10),
+               currentMasterVersion=(cl.get("initialClusterVersion") or "1.28") + ".15-gke.1000",
+               masterAuth={"clusterCaCertificate": base64.b64encode(
+                   b"-----BEGIN CERTIFICATE-----\nTUlJQmxvY2FsLWRvdWJsZS1jYQ==\n-----END CERTIFICATE-----\n").decode()},
+               _busy="CREATE_CLUSTER")
+    res["nodePools"] = [gke_pool_defaults(dict(np)) for np in cl.get("nodePools") or []]
+    clusters[cl["name"]] = res
+
+    def finish():
+        res.update(status="RUNNING")
+        res.pop("_busy", None)
+        for np in res["nodePools"]:
+            np["status"] = "RUNNING"
+    pc = dict(p, cluster=cl["name"])
+    return gke_op(pc, "CREATE_CLUSTER", f"clusters/{cl['name']}", delay("gke_cluster_create"), finish)
+
+
+def visible(res):
+    return {k: v for k, v in res.items() if not k.startswith("_")}
+
+
+def gke_get(p, q, body):
+    return visible(gke_cluster(p))
+
+
+def gke_list(p, q, body):
+    return {"clusters": [visible(c) for c in gke_clusters(p).values()]}
+
+
+def gke_update(p, q, body):
+    cl = gke_cluster(p)
+    gke_busy(cl)
+    upd = body.get("update") or {}
+    cl.update(status="RECONCILING", _busy="UPDATE_CLUSTER")
+
+    def finish():
+        if "desiredReleaseChannel" in upd:
+            cl["releaseChannel"] = upd["desiredReleaseChannel"]
+        if "desiredMasterVersion" in upd:
+            cl["currentMasterVersion"] = upd["desiredMasterVersion"]
+        cl.update(status="RUNNING")
+        cl.pop("_busy", None)
+    return gke_op(p, "UPDATE_CLUSTER", f"clusters/{p['cluster']}", delay("gke_cluster_update"), finish)
+
+
+def gke_labels(p, q, body):
+    cl = gke_cluster(p)
+    gke_busy(cl)
+    cl["_busy"] = "SET_LABELS"
+
+    def finish():
+        cl["resourceLabels"] = body.get("resourceLabels") or {}
+        cl.pop("_busy", None)
+    return gke_op(p, "SET_LABELS", f"clusters/{p['cluster']}", delay("compute"), finish)
+
+
+def gke_delete(p, q, body):
+    cl = gke_cluster(p)
+    gke_busy(cl)
+    cl.update(status="STOPPING", _busy="DELETE_CLUSTER")
+
+    def finish():
+        gke_clusters(p).pop(p["cluster"], None)
+    return gke_op(p, "DELETE_CLUSTER", f"clusters/{p['cluster']}", delay("gke_cluster_delete"), finish)
+
+
+def gke_pool(cl, p):
+    for np in cl["nodePools"]:
+        if np["name"] == p["pool"]:
+            return np
+    raise not_found(f"projects/{p['project']}/locations/{p['location']}/clusters/{p['cluster']}/nodePools/{p['pool']}")
+
+
+def pool_create(p, q, body):
+    cl = gke_cluster(p)
+    np = dict(body.get("nodePool") or {})
+    if not NAME_RE.match(np.get("name", "") or ""):
+        raise invalid([("node_pool.name", "must match [a-z]([-a-z0-9]{0,38}[a-z0-9])?")])
+    if any(x["name"] == np["name"] for x in cl["nodePools"]):
+        raise exists(f"clusters/{p['cluster']}/nodePools/{np['name']}")
+    gke_busy(cl)
+    np = gke_pool_defaults(np)
+    np["selfLink"] = f"{cl['selfLink']}/nodePools/{np['name']}"
+    cl["nodePools"].append(np)
+    cl.update(status="RECONCILING", _busy="CREATE_NODE_POOL")
+
+    def finish():
+        np["status"] = "RUNNING"
+        cl.update(status="RUNNING")
+        cl.pop("_busy", None)
+    return gke_op(p, "CREATE_NODE_POOL", f"clusters/{p['cluster']}/nodePools/{np['name']}",
+                  delay("gke_pool_create"), finish)
+
+
+def pool_get(p, q, body):
+    return gke_pool(gke_cluster(p), p)
+
+
+def pool_list(p, q, body):
+    return {"nodePools": gke_cluster(p)["nodePools"]}
+
+
+def pool_change(op_type, apply):
+    def h(p, q, body):
+        cl = gke_cluster(p)
+        np = gke_pool(cl, p)
+        gke_busy(cl)
+        np["status"] = "RECONCILING"
+        cl["_busy"] = op_type
+
+        def finish():
+            apply(np, body)
+            np["status"] = "RUNNING"
+            cl.pop("_busy", None)
+        return gke_op(p, op_type, f"clusters/{p['cluster']}/nodePools/{p['pool']}",
+                      delay("gke_pool_update"), finish)
+    return h
+
+
+def set_size(np, body):
+    np["initialNodeCount"] = int(body.get("nodeCount", 0))
+
+
+def set_autoscaling(np, body):
+    np["autoscaling"] = body.get("autoscaling") or {}
+
+
+def set_management(np, body):
+    np["management"] = body.get("management") or {}
+
+
+def pool_update(np, body):
+    if "labels" in body:
+        np.setdefault("config", {})["labels"] = (body.get("labels") or {}).get("labels", {})
+    if body.get("machineType"):
+        np.setdefault("config", {})["machineType"] = body["machineType"]
+
+
+def pool_delete(p, q, body):
+    cl = gke_cluster(p)
+    np = gke_pool(cl, p)
+    gke_busy(cl)
+    np["status"] = "STOPPING"
+    cl["_busy"] = "DELETE_NODE_POOL"
+
+    def finish():
+        cl["nodePools"] = [x for x in cl["nodePools"] if x is not np]
+        cl.pop("_busy", None)
+    return gke_op(p, "DELETE_NODE_POOL", f"clusters/{p['cluster']}/nodePools/{p['pool']}",
+                  delay("gke_pool_delete"), finish)
+
+
+def gke_op_get(p, q, body):
+    op = OPS.get(f"projects/{p['project']}/locations/{p['location']}/operations/{p['operation']}")
+    if op is None or op["style"] != "gke":
+        raise not_found(f"operations/{p['operation']}")
+    return op["rec"]
+
+
+# ---------------------------------------------------------------- Cloud SQL
+
+def sql_op(p, op_type, target, seconds, finish):
+    name = str(uuid.uuid4())
+    rec = {"kind": "sql#operation", "name": name, "operationType": op_type, "status": "PENDING",
+           "targetId": target, "targetProject": p["project"], "insertTime": now_rfc3339(),
+           "targetLink": f"https://sqladmin.googleapis.com/v1/projects/{p['project']}/instances/{target}",
+           "selfLink": f"https://sqladmin.googleapis.com/v1/projects/{p['project']}/operations/{name}"}
+    OPS[f"sql/{p['project']}/{name}"] = {"style": "sql", "rec": rec}
+    later(min(seconds / 4, 0.2), lambda: rec.update(status="RUNNING", startTime=now_rfc3339())
+          if rec["status"] == "PENDING" else None)
+
+    def done():
+        failure = finish()
+        rec.update(status="DONE", endTime=now_rfc3339())
+        if failure:
+            rec["error"] = {"kind": "sql#operationErrors", "errors": [{"kind": "sql#operationError",
+                                                                       "code": failure[0], "message": failure[1]}]}
+    later(seconds, done)
+    return dict(rec)
+
+
+def sql_instances(p):
+    return coll(f"sql/projects/{p['project']}/instances")
+
+
+def sql_instance(p):
+    i = sql_instances(p).get(p["instance"])
+    if i is None:
+        raise ApiError(404, "NOT_FOUND", "The Cloud SQL instance does not exist.", "instanceDoesNotExist", legacy=True)
+    return i
+
+
+def sql_insert(p, q, body):
+    v = []
+    if not NAME_RE.match(body.get("name", "") or ""):
+        v.append(("name", "must match [a-z]([-a-z0-9]{0,61}[a-z0-9])?"))
+    if not (body.get("settings") or {}).get("tier"):
+        v.append(("settings.tier", "is required"))
+    if v:
+        raise invalid(v, legacy=True)
+    inst = sql_instances(p)
+    if body["name"] in inst:
+        raise ApiError(409, "ALREADY_EXISTS", "The Cloud SQL instance already exists.", "instanceAlreadyExists", legacy=True)
+    res = {k: v for k, v in body.items() if k != "rootPassword"}
+    s = res.setdefault("settings", {})
+    s["settingsVersion"] = "1"
+    ipc = s.get("ipConfiguration") or {}
+    addrs = []
+    if ipc.get("privateNetwork"):
+        addrs.append({"type": "PRIVATE", "ipAddress": "10.%d.0.3" % (100 + len(inst))})
+    if ipc.get("ipv4Enabled", True) and not ipc.get("privateNetwork"):
+        addrs.append({"type": "PRIMARY", "ipAddress": "35.200.0.%d" % (len(inst) + 2)})
+    res.update(kind="sql#instance", state="PENDING_CREATE", project=p["project"], backendType="SECOND_GEN",
+               connectionName=f"{p['project']}:{body.get('region', 'us-central1')}:{body['name']}",
+               ipAddresses=addrs, createTime=now_rfc3339(), instanceType="CLOUD_SQL_INSTANCE",
+               selfLink=f"https://sqladmin.googleapis.com/v1/projects/{p['project']}/instances/{body['name']}",
+               serviceAccountEmailAddress=f"p{abs(hash(body['name'])) % 10**12}@gcp-sa-cloud-sql.iam.gserviceaccount.com")
+    inst[body["name"]] = res
+    coll(f"sql/projects/{p['project']}/instances/{body['name']}/databases")["postgres"] = {
+        "kind": "sql#database", "name": "postgres", "instance": body["name"], "project": p["project"],
+        "charset": "UTF8", "collation": "en_US.UTF8"}
+    coll(f"sql/projects/{p['project']}/instances/{body['name']}/users")["postgres"] = {
+        "kind": "sql#user", "name": "postgres", "instance": body["name"], "project": p["project"], "type": "BUILT_IN"}
+
+    def finish():
+        res["state"] = "RUNNABLE"
+    return sql_op(p, "CREATE", body["name"], delay("sql_create"), finish)
+
+
+def sql_get(p, q, body):
+    return sql_instance(p)
+
+
+def sql_list(p, q, body):
+    items = [i for i in sql_instances(p).values() if matches(i, (q.get("filter") or [""])[0])]
+    chunk, token = page(items, q, "maxResults", 500)
+    out = {"kind": "sql#instancesList", "items": chunk}
+    if token:
+        out["nextPageToken"] = token
+    return out
+
+
+def merge(dst, src):
+    for k, v in src.items():
+        if isinstance(v, dict) and isinstance(dst.get(k), dict):
+            merge(dst[k], v)
+        else:
+            dst[k] = v
+
+
+def sql_patch(p, q, body):
+    inst = sql_instance(p)
+    if inst["state"] != "RUNNABLE":
+        raise ApiError(409, "ABORTED", "Operation failed because another operation was already in progress.",
+                       "operationInProgress", legacy=True)
+    inst["state"] = "MAINTENANCE"
+
+    def finish():
+        merge(inst, {k: v for k, v in body.items() if k not in ("name", "kind", "settingsVersion")})
+        inst["settings"]["settingsVersion"] = str(int(inst["settings"].get("settingsVersion", "1")) + 1)
+        inst["state"] = "RUNNABLE"
+    return sql_op(p, "UPDATE", p["instance"], delay("sql_update"), finish)
+
+
+def sql_delete(p, q, body):
+    inst = sql_instance(p)
+    if (inst.get("settings") or {}).get("deletionProtectionEnabled"):
+        raise ApiError(400, "FAILED_PRECONDITION",
+                       "The instance is protected. Please disable the deletion protection and try again.",
+                       "deletionProtectionEnabled", legacy=True)
+    inst["state"] = "PENDING_DELETE"
+
+    def finish():
+        sql_instances(p).pop(p["instance"], None)
+        for path in [k for k in STORE if k.startswith(f"sql/projects/{p['project']}/instances/{p['instance']}/")]:
+            STORE.pop(path)
+    return sql_op(p, "DELETE", p["instance"], delay("sql_delete"), finish)
+
+
+def sql_children(kind):
+    def path(p):
+        return f"sql/projects/{p['project']}/instances/{p['instance']}/{kind}"
+
+    def insert(p, q, body):
+        sql_instance(p)
+        name = body.get("name", "")
+        if not name:
+            raise invalid([("name", "is required")], legacy=True)
+        c = coll(path(p))
+        if name in c:
+            raise ApiError(409, "ALREADY_EXISTS", f"{kind[:-1].capitalize()} '{name}' already exists.",
+                           "alreadyExists", legacy=True)
+        res = {k: v for k, v in body.items() if k != "password"}
+        res.update(kind=f"sql#{kind[:-1]}", instance=p["instance"], project=p["project"])
+
+        def finish():
+            c[name] = res
+        return sql_op(p, "CREATE_" + kind[:-1].upper(), p["instance"], delay("sql_child"), finish)
+
+    def get(p, q, body):
+        sql_instance(p)
+        res = coll(path(p)).get(p.get("name") or p.get("database"))
+        if res is None:
+            raise not_found(f"{kind}/{p.get('name') or p.get('database')}", legacy=True)
+        return res
+
+    def lst(p, q, body):
+        sql_instance(p)
+        return {"kind": f"sql#{kind}List" if kind == "databases" else "sql#usersList",
+                "items": list(coll(path(p)).values())}
+
+    def update(p, q, body):
+        sql_instance(p)
+        name = (q.get("name") or [body.get("name", "")])[0]
+        c = coll(path(p))
+        if name not in c:
+            raise not_found(f"{kind}/{name}", legacy=True)
+
+        def finish():
+            c[name].update({k: v for k, v in body.items() if k not in ("password", "name")})
+        return sql_op(p, "UPDATE_USER", p["instance"], delay("sql_child"), finish)
+
+    def delete(p, q, body):
+        sql_instance(p)
+        name = p.get("database") or (q.get("name") or [""])[0]
+        c = coll(path(p))
+        if name not in c:
+            raise not_found(f"{kind}/{name}", legacy=True)
+
+        def finish():
+            c.pop(name, None)
+        return sql_op(p, "DELETE_" + kind[:-1].upper(), p["instance"], delay("sql_child"), finish)
+    return insert, get, lst, update, delete
+
+
+DB_INSERT, DB_GET, DB_LIST, _, DB_DELETE = sql_children("databases")
+USER_INSERT, USER_GET, USER_LIST, USER_UPDATE, USER_DELETE = sql_children("users")
+
+
+def sql_op_get(p, q, body):
+    op = OPS.get(f"sql/{p['project']}/{p['operation']}")
+    if op is None:
+        raise not_found(f"operations/{p['operation']}", legacy=True)
+    return op["rec"]
+
+
+# ---------------------------------------------------------------- Memorystore
+
+def lro(p, service, verb, target, seconds, finish, response_type):
+    base = f"projects/{p['project']}/locations/{p['location']}"
+    name = f"{base}/operations/operation-%d-%s" % (int(time.time() * 1000), uuid.uuid4().hex[:12])
+    rec = {"name": name, "done": False,
+           "metadata": {"@type": f"type.googleapis.com/google.cloud.{service}.v1.OperationMetadata",
+                        "createTime": now_rfc3339(), "target": target, "verb": verb, "apiVersion": "v1"}}
+    OPS[name] = {"style": "lro", "rec": rec}
+
+    def done():
+        resp = finish()
+        rec["done"] = True
+        rec["metadata"]["endTime"] = now_rfc3339()
+        rec["response"] = dict(resp or {}, **{"@type": response_type})
+    later(seconds, done)
+    return dict(rec)
+
+
+def redis_instances(p):
+    return coll(f"redis/projects/{p['project']}/locations/{p['location']}/instances")
+
+
+def redis_instance(p):
+    i = redis_instances(p).get(p["instance"])
+    if i is None:
+        raise not_found(f"projects/{p['project']}/locations/{p['location']}/instances/{p['instance']}")
+    return i
+
+
+REDIS_TYPE = "type.googleapis.com/google.cloud.redis.v1.Instance"
+EMPTY_TYPE = "type.googleapis.com/google.protobuf.Empty"
+
+
+def redis_create(p, q, body):
+    iid = (q.get("instanceId") or [""])[0]
+    v = []
+    if not NAME_RE.match(iid):
+        v.append(("instance_id", "must match [a-z]([-a-z0-9]{0,38}[a-z0-9])?"))
+    if not body.get("memorySizeGb"):
+        v.append(("instance.memory_size_gb", "must be set"))
+    if body.get("tier") in (None, 0, "TIER_UNSPECIFIED"):
+        v.append(("instance.tier", "must be BASIC or STANDARD_HA"))
+    if v:
+        raise invalid(v)
+    inst = redis_instances(p)
+    if iid in inst:
+        raise exists(f"projects/{p['project']}/locations/{p['location']}/instances/{iid}")
+    name = f"projects/{p['project']}/locations/{p['location']}/instances/{iid}"
+    res = dict(body)
+    res.update(name=name, state="CREATING", createTime=now_rfc3339(), host="10.%d.0.4" % (120 + len(inst)),
+               port=6379, currentLocationId=p["location"] + "-a", locationId=body.get("locationId") or p["location"] + "-a")
+    inst[iid] = res
+
+    def finish():
+        res["state"] = "READY"
+        if res.get("authEnabled"):
+            res["_auth"] = uuid.uuid4().hex
+        return res
+    return lro(p, "redis", "create", name, delay("redis_create"), finish, REDIS_TYPE)
+
+
+def redis_get(p, q, body):
+    return visible(redis_instance(p))
+
+
+def redis_list(p, q, body):
+    items = [visible(i) for i in redis_instances(p).values()]
+    chunk, token = page(items, q, "pageSize", 1000)
+    out = {"instances": chunk}
+    if token:
+        out["nextPageToken"] = token
+    return out
+
+
+def redis_patch(p, q, body):
+    inst = redis_instance(p)
+    if inst["state"] != "READY":
+        raise precondition(f"Instance {inst['name']} is in state {inst['state']}; try again later.")
+    mask = [m for m in (q.get("updateMask") or [""])[0].split(",") if m]
+    allowed = {"memorySizeGb", "labels", "displayName", "redisConfigs", "replicaCount", "authEnabled",
+               "maintenancePolicy", "persistenceConfig", "readReplicasMode"}
+    bad = [m for m in mask if m not in allowed]
+    if not mask or bad:
+        raise invalid([("update_mask", f"cannot update {bad or 'nothing'}")])
+    inst["state"] = "UPDATING"
+
+    def finish():
+        for m in mask:
+            inst[m] = body.get(m)
+        if inst.get("authEnabled") and not inst.get("_auth"):
+            inst["_auth"] = uuid.uuid4().hex
+        inst["state"] = "READY"
+        return visible(inst)
+    return lro(p, "redis", "update", inst["name"], delay("redis_update"), finish, REDIS_TYPE)
+
+
+def redis_delete(p, q, body):
+    inst = redis_instance(p)
+    inst["state"] = "DELETING"
+
+    def finish():
+        redis_instances(p).pop(p["instance"], None)
+        return {}
+    return lro(p, "redis", "delete", inst["name"], delay("redis_delete"), finish, EMPTY_TYPE)
+
+
+def redis_auth(p, q, body):
+    inst = redis_instance(p)
+    return {"authString": inst.get("_auth", "")}
+
+
+def lro_get(p, q, body):
+    name = f"projects/{p['project']}/locations/{p['location']}/operations/{p['operation']}"
+    op = OPS.get(name)
+    if op is None:
+        raise not_found(name)
+    return op["rec"]
+
+
+# ---------------------------------------------------------------- Secret Manager
+
+def secrets(p):
+    return coll(f"secretmanager/projects/{p['project']}/secrets")
+
+
+def secret(p):
+    s = secrets(p).get(p["secret"])
+    if s is None:
+        raise not_found(f"projects/{p['project']}/secrets/{p['secret']}")
+    return s
+
+
+def secret_create(p, q, body):
+    sid = (q.get("secretId") or [""])[0]
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,255}", sid):
+        raise invalid([("secret_id", "must be 1-255 letters, digits, _ or -")])
+    if not body.get("replication"):
+        raise invalid([("secret.replication", "is required")])
+    c = secrets(p)
+    if sid in c:
+        raise exists(f"projects/{p['project']}/secrets/{sid}")
+    res = dict(body)
+    res.update(name=f"projects/{p['project']}/secrets/{sid}", createTime=now_rfc3339(), etag='"%x"' % time.time_ns())
+    c[sid] = res
+    SECRETS[res["name"]] = []
+    return res
+
+
+def secret_get(p, q, body):
+    return secret(p)
+
+
+def secret_list(p, q, body):
+    items = [s for s in secrets(p).values() if matches(s, (q.get("filter") or [""])[0])]
+    chunk, token = page(items, q, "pageSize", 25000)
+    out = {"secrets": chunk, "totalSize": len(items)}
+    if token:
+        out["nextPageToken"] = token
+    return out
+
+
+def secret_patch(p, q, body):
+    s = secret(p)
+    mask = [m for m in (q.get("updateMask") or [""])[0].split(",") if m]
+    if not mask:
+        raise invalid([("update_mask", "is required")])
+    for m in mask:
+        s[m] = body.get(m)
+    s["etag"] = '"%x"' % time.time_ns()
+    return s
+
+
+def secret_delete(p, q, body):
+    s = secret(p)
+    secrets(p).pop(p["secret"], None)
+    SECRETS.pop(s["name"], None)
+    return {}
+
+
+def crc32c(data):
+    crc = 0xFFFFFFFF
+    for b in data:
+        crc ^= b
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
+    return crc ^ 0xFFFFFFFF
+
+
+def version_rec(s, n):
+    return {"name": f"{s['name']}/versions/{n}", "state": "ENABLED", "createTime": now_rfc3339(),
+            "replicationStatus": {"automatic": {}}, "etag": '"%d"' % n}
+
+
+def secret_add_version(p, q, body):
+    s = secret(p)
+    try:
+        data = base64.b64decode((body.get("payload") or {}).get("data", ""), validate=True)
+    except ValueError:
+        raise invalid([("payload.data", "is not base64")])
+    want = (body.get("payload") or {}).get("dataCrc32c")
+    if want is not None and int(want) != crc32c(data):
+        raise invalid([("payload.data_crc32c", "does not match the data")])
+    SECRETS[s["name"]].append(data)
+    return version_rec(s, len(SECRETS[s["name"]]))
+
+
+def version_number(s, v):
+    versions = SECRETS[s["name"]]
+    n = len(versions) if v == "latest" else int(v) if v.isdigit() else 0
+    if n < 1 or n > len(versions):
+        raise not_found(f"{s['name']}/versions/{v}")
+    return n
+
+
+def secret_access(p, q, body):
+    s = secret(p)
+    n = version_number(s, p["version"])
+    data = SECRETS[s["name"]][n - 1]
+    return {"name": f"{s['name']}/versions/{n}",
+            "payload": {"data": base64.b64encode(data).decode(), "dataCrc32c": str(crc32c(data))}}
+
+
+def secret_version_get(p, q, body):
+    s = secret(p)
+    return version_rec(s, version_number(s, p["version"]))
+
+
+def secret_version_list(p, q, body):
+    s = secret(p)
+    items = [version_rec(s, n) for n in range(len(SECRETS[s["name"]]), 0, -1)]
+    chunk, token = page(items, q, "pageSize", 25000)
+    out = {"versions": chunk, "totalSize": len(items)}
+    if token:
+        out["nextPageToken"] = token
+    return out
+
+
+# ---------------------------------------------------------------- routes
+
+G = "/compute/v1/projects/{project}/global"
+R = "/compute/v1/projects/{project}/regions/{region}"
+L = "/v1/projects/{project}/locations/{location}"
+C = L + "/clusters/{cluster}"
+S = "/v1/projects/{project}/instances/{instance}"
+
+# (Discovery method id, HTTP method, path template, handler)
+ROUTES = [
+    ("compute.networks.insert", "POST", G + "/networks", compute_insert("networks")),
+    ("compute.networks.list", "GET", G + "/networks", compute_list("networks")),
+    ("compute.networks.get", "GET", G + "/networks/{network}", compute_get("networks", "network")),
+    ("compute.networks.patch", "PATCH", G + "/networks/{network}", compute_patch("networks", "network")),
+    ("compute.networks.delete", "DELETE", G + "/networks/{network}", compute_delete("networks", "network")),
+    ("compute.subnetworks.insert", "POST", R + "/subnetworks", compute_insert("subnetworks")),
+    ("compute.subnetworks.list", "GET", R + "/subnetworks", compute_list("subnetworks")),
+    ("compute.subnetworks.get", "GET", R + "/subnetworks/{subnetwork}", compute_get("subnetworks", "subnetwork")),
+    ("compute.subnetworks.patch", "PATCH", R + "/subnetworks/{subnetwork}", compute_patch("subnetworks", "subnetwork")),
+    ("compute.subnetworks.delete", "DELETE", R + "/subnetworks/{subnetwork}", compute_delete("subnetworks", "subnetwork")),
+    ("compute.firewalls.insert", "POST", G + "/firewalls", compute_insert("firewalls")),
+    ("compute.firewalls.list", "GET", G + "/firewalls", compute_list("firewalls")),
+    ("compute.firewalls.get", "GET", G + "/firewalls/{firewall}", compute_get("firewalls", "firewall")),
+    ("compute.firewalls.patch", "PATCH", G + "/firewalls/{firewall}", compute_patch("firewalls", "firewall")),
+    ("compute.firewalls.delete", "DELETE", G + "/firewalls/{firewall}", compute_delete("firewalls", "firewall")),
+    ("compute.routers.insert", "POST", R + "/routers", compute_insert("routers")),
+    ("compute.routers.list", "GET", R + "/routers", compute_list("routers")),
+    ("compute.routers.get", "GET", R + "/routers/{router}", compute_get("routers", "router")),
+    ("compute.routers.patch", "PATCH", R + "/routers/{router}", compute_patch("routers", "router")),
+    ("compute.routers.delete", "DELETE", R + "/routers/{router}", compute_delete("routers", "router")),
+    ("compute.globalAddresses.insert", "POST", G + "/addresses", compute_insert("addresses")),
+    ("compute.globalAddresses.list", "GET", G + "/addresses", compute_list("addresses")),
+    ("compute.globalAddresses.get", "GET", G + "/addresses/{address}", compute_get("addresses", "address")),
+    ("compute.globalAddresses.delete", "DELETE", G + "/addresses/{address}", compute_delete("addresses", "address")),
+    ("compute.globalOperations.get", "GET", G + "/operations/{operation}", compute_op_get),
+    ("compute.regionOperations.get", "GET", R + "/operations/{operation}", compute_op_get),
+
+    ("container.projects.locations.clusters.create", "POST", L + "/clusters", gke_create),
+    ("container.projects.locations.clusters.list", "GET", L + "/clusters", gke_list),
+    ("container.projects.locations.clusters.get", "GET", C, gke_get),
+    ("container.projects.locations.clusters.update", "PUT", C, gke_update),
+    ("container.projects.locations.clusters.setResourceLabels", "POST", C + ":setResourceLabels", gke_labels),
+    ("container.projects.locations.clusters.delete", "DELETE", C, gke_delete),
+    ("container.projects.locations.clusters.nodePools.create", "POST", C + "/nodePools", pool_create),
+    ("container.projects.locations.clusters.nodePools.list", "GET", C + "/nodePools", pool_list),
+    ("container.projects.locations.clusters.nodePools.get", "GET", C + "/nodePools/{pool}", pool_get),
+    ("container.projects.locations.clusters.nodePools.setSize", "POST", C + "/nodePools/{pool}:setSize",
+     pool_change("SET_NODE_POOL_SIZE", set_size)),
+    ("container.projects.locations.clusters.nodePools.setAutoscaling", "POST", C + "/nodePools/{pool}:setAutoscaling",
+     pool_change("SET_NODE_POOL_AUTOSCALING", set_autoscaling)),
+    ("container.projects.locations.clusters.nodePools.setManagement", "POST", C + "/nodePools/{pool}:setManagement",
+     pool_change("SET_NODE_POOL_MANAGEMENT", set_management)),
+    ("container.projects.locations.clusters.nodePools.update", "PUT", C + "/nodePools/{pool}",
+     pool_change("UPGRADE_NODES", pool_update)),
+    ("container.projects.locations.clusters.nodePools.delete", "DELETE", C + "/nodePools/{pool}", pool_delete),
+
+    ("redis.projects.locations.instances.create", "POST", L + "/instances", redis_create),
+    ("redis.projects.locations.instances.list", "GET", L + "/instances", redis_list),
+    ("redis.projects.locations.instances.get", "GET", L + "/instances/{instance}", redis_get),
+    ("redis.projects.locations.instances.patch", "PATCH", L + "/instances/{instance}", redis_patch),
+    ("redis.projects.locations.instances.delete", "DELETE", L + "/instances/{instance}", redis_delete),
+    ("redis.projects.locations.instances.getAuthString", "GET", L + "/instances/{instance}/authString", redis_auth),
+    # GKE's and Memorystore's operations share one path template; the name says whose it is
+    ("container.projects.locations.operations.get", "GET", L + "/operations/{operation}", None),
+
+    ("secretmanager.projects.secrets.create", "POST", "/v1/projects/{project}/secrets", secret_create),
+    ("secretmanager.projects.secrets.list", "GET", "/v1/projects/{project}/secrets", secret_list),
+    ("secretmanager.projects.secrets.get", "GET", "/v1/projects/{project}/secrets/{secret}", secret_get),
+    ("secretmanager.projects.secrets.patch", "PATCH", "/v1/projects/{project}/secrets/{secret}", secret_patch),
+    ("secretmanager.projects.secrets.delete", "DELETE", "/v1/projects/{project}/secrets/{secret}", secret_delete),
+    ("secretmanager.projects.secrets.addVersion", "POST", "/v1/projects/{project}/secrets/{secret}:addVersion",
+     secret_add_version),
+    ("secretmanager.projects.secrets.versions.list", "GET", "/v1/projects/{project}/secrets/{secret}/versions",
+     secret_version_list),
+    ("secretmanager.projects.secrets.versions.get", "GET",
+     "/v1/projects/{project}/secrets/{secret}/versions/{version}", secret_version_get),
+    ("secretmanager.projects.secrets.versions.access", "GET",
+     "/v1/projects/{project}/secrets/{secret}/versions/{version}:access", secret_access),
+
+    ("sql.instances.insert", "POST", "/v1/projects/{project}/instances", sql_insert),
+    ("sql.instances.list", "GET", "/v1/projects/{project}/instances", sql_list),
+    ("sql.instances.get", "GET", S, sql_get),
+    ("sql.instances.patch", "PATCH", S, sql_patch),
+    ("sql.instances.delete", "DELETE", S, sql_delete),
+    ("sql.databases.insert", "POST", S + "/databases", DB_INSERT),
+    ("sql.databases.list", "GET", S + "/databases", DB_LIST),
+    ("sql.databases.get", "GET", S + "/databases/{database}", DB_GET),
+    ("sql.databases.delete", "DELETE", S + "/databases/{database}", DB_DELETE),
+    ("sql.users.insert", "POST", S + "/users", USER_INSERT),
+    ("sql.users.list", "GET", S + "/users", USER_LIST),
+    ("sql.users.update", "PUT", S + "/users", USER_UPDATE),
+    ("sql.users.delete", "DELETE", S + "/users", USER_DELETE),
+    ("sql.operations.get", "GET", "/v1/projects/{project}/operations/{operation}", sql_op_get),
+]
+
+
+def operation_get(p, q, body):
+    name = f"projects/{p['project']}/locations/{p['location']}/operations/{p['operation']}"
+    op = OPS.get(name)
+    if op is not None and op["style"] == "gke":
+        return gke_op_get(p, q, body)
+    return lro_get(p, q, body)
+
+
+# The shared operations route answers for both services.
+ROUTES = [(i, m, t, h if h is not None else operation_get) for i, m, t, h in ROUTES]
+# Memorystore's own name for that route, for the conformance check.
+ALIASES = {"container.projects.locations.operations.get": ["redis.projects.locations.operations.get"]}
+
+
+def compile_template(t):
+    rx = re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>[^/:]+)", re.escape(t))
+    return re.compile("^" + rx + "$")
+
+
+COMPILED = [(i, m, compile_template(t), h) for i, m, t, h in ROUTES]
+
+
+def log_request(route_id, method, path, body):
+    if not REQUEST_LOG or method == "GET":
+        return
+    masked = json.loads(json.dumps(body))
+    if isinstance(masked, dict):
+        if isinstance(masked.get("payload"), dict) and "data" in masked["payload"]:
+            masked["payload"]["data"] = "bWFza2Vk"  # a value is never written to the log
+        for key in ("password", "rootPassword"):
+            if key in masked:
+                masked[key] = "masked"
+    with LOCK, open(REQUEST_LOG, "a") as f:
+        f.write(json.dumps({"id": route_id, "method": method, "path": path, "body": masked}) + "\n")
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def send(self, code, obj):
+        data = json.dumps(obj).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json; charset=UTF-8")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def handle_any(self, method):
+        url = urlsplit(self.path)
+        path = unquote(url.path)
+        q = parse_qs(url.query, keep_blank_values=True)
+        n = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(n) if n else b""
+        if path.startswith("/__double/"):
+            return self.control(method, path, raw)
+        try:
+            body = json.loads(raw) if raw else {}
+        except ValueError:
+            return self.send(400, invalid([("body", "is not JSON")]).body())
+        with LOCK:
+            STATS["requests"] += 1
+            tick()
+            for route_id, m, rx, h in COMPILED:
+                if m != method:
+                    continue
+                match = rx.match(path)
+                if not match:
+                    continue
+                legacy = route_id.startswith(("compute.", "sql."))
+                if method != "GET":
+                    STATS["mutations"] += 1
+                    if FAULTS["throttle"] > 0:
+                        FAULTS["throttle"] -= 1
+                        return self.send(429, ApiError(
+                            429, "RESOURCE_EXHAUSTED", "Quota exceeded for quota metric 'Write requests' "
+                            "and limit 'Write requests per minute'.", "rateLimitExceeded", legacy=legacy).body())
+                    if FAULTS["error"] > 0:
+                        FAULTS["error"] -= 1
+                        return self.send(503, ApiError(503, "UNAVAILABLE", "The service is currently unavailable.",
+                                                       "backendError", legacy=legacy).body())
+                    log_request(route_id, method, path, body)
+                elif route_id.endswith(".list"):
+                    STATS["lists"] += 1
+                else:
+                    STATS["gets"] += 1
+                try:
+                    return self.send(200, h(match.groupdict(), q, body))
+                except ApiError as e:
+                    return self.send(e.code, e.body())
+        self.send(404, ApiError(404, "NOT_FOUND", f"no route for {method} {path} in the test double",
+                                "notFound").body())
+
+    def control(self, method, path, raw):
+        with LOCK:
+            if path == "/__double/faults" and method == "POST":
+                FAULTS.update(json.loads(raw or b"{}"))
+                return self.send(200, FAULTS)
+            if path == "/__double/stats":
+                return self.send(200, STATS)
+            if path == "/__double/reset" and method == "POST":
+                STORE.clear(); SECRETS.clear(); OPS.clear(); PENDING.clear()
+                return self.send(200, {})
+            if path == "/__double/routes":
+                return self.send(200, [{"id": i, "method": m, "path": t, "aliases": ALIASES.get(i, [])}
+                                       for i, m, t, _ in ROUTES])
+        self.send(404, {"error": {"code": 404, "message": "unknown control route", "status": "NOT_FOUND"}})
+
+    def do_GET(self):
+        self.handle_any("GET")
+
+    def do_POST(self):
+        self.handle_any("POST")
+
+    def do_PUT(self):
+        self.handle_any("PUT")
+
+    def do_PATCH(self):
+        self.handle_any("PATCH")
+
+    def do_DELETE(self):
+        self.handle_any("DELETE")
+
+
+def main():
+    host, port = sys.argv[1], int(sys.argv[2])
+    server = ThreadingHTTPServer((host, port), Handler)
+    server.daemon_threads = True
+    print(f"gcp double on {host}:{port}", flush=True)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()
