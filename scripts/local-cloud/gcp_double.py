@@ -419,8 +419,17 @@ def gke_get(p, q, body):
     return visible(gke_cluster(p))
 
 
+def every_location(p, service, kind):
+    """`-` as the location: every location's resources, as Google answers."""
+    if p["location"] != "-":
+        return list(coll(f"{service}/projects/{p['project']}/locations/{p['location']}/{kind}").values())
+    prefix = f"{service}/projects/{p['project']}/locations/"
+    return [r for path, items in sorted(STORE.items()) if path.startswith(prefix) and path.endswith("/" + kind)
+            for r in items.values()]
+
+
 def gke_list(p, q, body):
-    return {"clusters": [visible(c) for c in gke_clusters(p).values()]}
+    return {"clusters": [visible(c) for c in every_location(p, "gke", "clusters")]}
 
 
 def gke_update(p, q, body):
@@ -790,8 +799,9 @@ def redis_create(p, q, body):
         raise exists(f"projects/{p['project']}/locations/{p['location']}/instances/{iid}")
     name = f"projects/{p['project']}/locations/{p['location']}/instances/{iid}"
     res = dict(body)
+    tls = body.get("transitEncryptionMode") in (1, "SERVER_AUTHENTICATION")
     res.update(name=name, state="CREATING", createTime=now_rfc3339(), host="10.%d.0.4" % (120 + len(inst)),
-               port=6379, currentLocationId=p["location"] + "-a", locationId=body.get("locationId") or p["location"] + "-a")
+               port=6378 if tls else 6379, currentLocationId=p["location"] + "-a", locationId=body.get("locationId") or p["location"] + "-a")
     inst[iid] = res
 
     def finish():
@@ -807,7 +817,7 @@ def redis_get(p, q, body):
 
 
 def redis_list(p, q, body):
-    items = [visible(i) for i in redis_instances(p).values()]
+    items = [visible(i) for i in every_location(p, "redis", "instances")]
     chunk, token = page(items, q, "pageSize", 1000)
     out = {"instances": chunk}
     if token:

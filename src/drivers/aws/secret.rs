@@ -132,6 +132,11 @@ static SCHEMA: KindSchema = KindSchema {
             doc: "the secret ARN",
         },
         Attr {
+            name: "ref",
+            ty: Ty::String,
+            doc: "what a secret source names: the ARN",
+        },
+        Attr {
             name: "version_id",
             ty: Ty::String,
             doc: "the current version",
@@ -245,6 +250,7 @@ fn observe(s: &aws_sdk_secretsmanager::types::SecretListEntry) -> Option<Observe
         tags,
         vec![
             ("arn", Json::String(arn.to_string())),
+            ("ref", Json::String(arn.to_string())),
             ("name", opt_str(s.name())),
             ("description", opt_str(s.description())),
             ("kms_key_id", opt_str(s.kms_key_id())),
@@ -281,6 +287,7 @@ async fn read_one(cx: &Context, arn: &str) -> Result<Observed, DriverError> {
         tags,
         vec![
             ("arn", opt_str(out.arn())),
+            ("ref", opt_str(out.arn())),
             ("name", opt_str(out.name())),
             ("description", opt_str(out.description())),
             ("kms_key_id", opt_str(out.kms_key_id())),

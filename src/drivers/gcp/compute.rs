@@ -437,6 +437,20 @@ impl Driver for ComputeKind {
         SERVICE
     }
 
+    /// Fills the defaults of nested fields (a rule's ports, the NAT's
+    /// source ranges), as the API reports them back.
+    fn normalize(&self, _base: &std::path::Path, props: &mut Map<String, Json>) -> Result<(), String> {
+        if let Some(Json::Array(rules)) = props.get_mut("allow") {
+            for r in rules.iter_mut().filter_map(Json::as_object_mut) {
+                r.entry("ports").or_insert_with(|| json!([]));
+            }
+        }
+        if let Some(Json::Object(nat)) = props.get_mut("nat") {
+            nat.entry("source_ranges").or_insert_with(|| json!("ALL_SUBNETWORKS_ALL_IP_RANGES"));
+        }
+        Ok(())
+    }
+
     fn typical_seconds(&self) -> u64 {
         match self.collection {
             Collection::Networks | Collection::Routers => 25,

@@ -117,13 +117,17 @@ pub async fn connect(cx: &Context, props: &Map<String, Json>) -> Result<kube::Cl
         if let Some(ca) = prop(props, "cluster_ca") {
             config.root_cert = Some(ca_certificates(ca).map_err(DriverError::new)?);
         }
-        let cluster = prop(props, "cluster_name").ok_or_else(|| {
-            DriverError::new(
-                "`cluster_name` is needed with `cluster_endpoint` (the token names the cluster)",
-            )
-        })?;
-        let aws = cx.aws().await?;
-        let token = crate::drivers::aws::eks_token::token(aws, cluster).await?;
+        let token = if prop(props, "cluster_auth") == Some("gke") {
+            gke_token().await?
+        } else {
+            let cluster = prop(props, "cluster_name").ok_or_else(|| {
+                DriverError::new(
+                    "`cluster_name` is needed with `cluster_endpoint` (the token names the cluster)",
+                )
+            })?;
+            let aws = cx.aws().await?;
+            crate::drivers::aws::eks_token::token(aws, cluster).await?
+        };
         config.auth_info.token = Some(token.into());
         config
     } else {
@@ -137,9 +141,25 @@ pub async fn connect(cx: &Context, props: &Map<String, Json>) -> Result<kube::Cl
         .map_err(|e| DriverError::new(format!("connecting to {}: {e}", describe_access(props))))
 }
 
+/// A Google OAuth access token from the ambient credentials (Application
+/// Default Credentials: a service account key, workload identity, or
+/// `gcloud auth application-default login`), as GKE takes it.
+async fn gke_token() -> Result<String, DriverError> {
+    let creds = google_cloud_auth::credentials::Builder::default()
+        .with_scopes(["https://www.googleapis.com/auth/cloud-platform"])
+        .build_access_token_credentials()
+        .map_err(|e| DriverError::new(format!("no Google credentials for the GKE cluster: {e}. Set up Application Default Credentials, or set `kubeconfig`")))?;
+    let token = creds
+        .access_token()
+        .await
+        .map_err(|e| DriverError::new(format!("getting a Google access token for the GKE cluster: {e}")))?;
+    Ok(token.token)
+}
+
 /// The fields that say how to reach the cluster, shared by every
 /// `kubernetes.*` kind.
-pub const CLUSTER_FIELDS: [&str; 5] = [
+pub const CLUSTER_FIELDS: [&str; 6] = [
+    "cluster_auth",
     "kubeconfig",
     "context",
     "cluster_endpoint",
@@ -156,11 +176,19 @@ macro_rules! with_cluster_fields {
             $crate::kinds::Field::new("cluster_endpoint", $crate::kinds::Ty::String, "the API server, usually `${eks.endpoint}`"),
             $crate::kinds::Field::new("cluster_ca", $crate::kinds::Ty::String, "the cluster's CA (base64 PEM), usually `${eks.certificate_authority}`"),
             $crate::kinds::Field::new("cluster_name", $crate::kinds::Ty::String, "the EKS cluster's name, for its token, usually `${eks.name}`"),
+            $crate::kinds::Field::new("cluster_auth", $crate::kinds::Ty::String, "how to log in at `cluster_endpoint`: eks (a token from the AWS credentials) or gke (a Google OAuth token from Application Default Credentials); default eks").check($crate::drivers::kubernetes::cluster_auth),
             $($own),*
         ]
     };
 }
 pub(crate) use with_cluster_fields;
+
+pub(crate) fn cluster_auth(v: &Json) -> Result<(), String> {
+    match v.as_str() {
+        Some("eks" | "gke" | "") | None => Ok(()),
+        other => Err(format!("cluster_auth {other:?} is not eks or gke")),
+    }
+}
 
 /// Picks the API versions the cluster serves, newest first: one request.
 pub async fn discover(cx: &Context, client: &kube::Client) -> Result<ApiVersions, DriverError> {
