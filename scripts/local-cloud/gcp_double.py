@@ -66,6 +66,7 @@ OPS = {}         # operation name -> op record
 PENDING = []     # (when, fn) finishing work, run by tick()
 FAULTS = {"throttle": 0, "error": 0}
 STATS = {"requests": 0, "mutations": 0, "lists": 0, "gets": 0}
+BY_PROJECT = {}  # project -> the same counts, for one test's (or run's) share
 
 
 def delay(key):
@@ -254,7 +255,7 @@ def compute_insert(collection):
         if collection == "subnetworks":
             net = ipaddress.ip_network(body["ipCidrRange"])
             res["gatewayAddress"] = str(net.network_address + 1)
-            res["fingerprint"] = base64.b64encode(os.urandom(8)).decode()
+            res["fingerprint"] = base64.urlsafe_b64encode(os.urandom(8)).decode()
         if collection == "addresses" and body.get("purpose") == "VPC_PEERING":
             res.setdefault("address", "10.%d.0.0" % (len(c) + 100))
             res["status"] = "RESERVED"
@@ -302,7 +303,7 @@ def compute_patch(collection, key):
         def finish():
             res.update({k: v for k, v in body.items() if k not in ("fingerprint", "kind", "id", "selfLink")})
             if collection == "subnetworks":
-                res["fingerprint"] = base64.b64encode(os.urandom(8)).decode()
+                res["fingerprint"] = base64.urlsafe_b64encode(os.urandom(8)).decode()
         return compute_op(p["project"], p.get("region"), res["selfLink"], "patch", delay("compute"), finish)
     return h
 
@@ -1146,8 +1147,13 @@ class Handler(BaseHTTPRequestHandler):
             body = json.loads(raw) if raw else {}
         except ValueError:
             return self.send(400, invalid([("body", "is not JSON")]).body())
+        m = re.search(r"/projects/([^/]+)/", path)
+        counts = [STATS]
         with LOCK:
-            STATS["requests"] += 1
+            if m:
+                counts.append(BY_PROJECT.setdefault(m.group(1), {"requests": 0, "mutations": 0, "lists": 0, "gets": 0}))
+            for c in counts:
+                c["requests"] += 1
             tick()
             for route_id, m, rx, h in COMPILED:
                 if m != method:
@@ -1156,8 +1162,10 @@ class Handler(BaseHTTPRequestHandler):
                 if not match:
                     continue
                 legacy = route_id.startswith(("compute.", "sql."))
+                kind = "mutations" if method != "GET" else "lists" if route_id.endswith(".list") else "gets"
+                for c in counts:
+                    c[kind] += 1
                 if method != "GET":
-                    STATS["mutations"] += 1
                     if FAULTS["throttle"] > 0:
                         FAULTS["throttle"] -= 1
                         return self.send(429, ApiError(
@@ -1168,10 +1176,6 @@ class Handler(BaseHTTPRequestHandler):
                         return self.send(503, ApiError(503, "UNAVAILABLE", "The service is currently unavailable.",
                                                        "backendError", legacy=legacy).body())
                     log_request(route_id, method, path, body)
-                elif route_id.endswith(".list"):
-                    STATS["lists"] += 1
-                else:
-                    STATS["gets"] += 1
                 try:
                     return self.send(200, h(match.groupdict(), q, body))
                 except ApiError as e:
@@ -1185,6 +1189,9 @@ class Handler(BaseHTTPRequestHandler):
                 FAULTS.update(json.loads(raw or b"{}"))
                 return self.send(200, FAULTS)
             if path == "/__double/stats":
+                project = parse_qs(urlsplit(self.path).query).get("project")
+                if project:
+                    return self.send(200, BY_PROJECT.get(project[0], {"requests": 0, "mutations": 0, "lists": 0, "gets": 0}))
                 return self.send(200, STATS)
             if path == "/__double/reset" and method == "POST":
                 STORE.clear(); SECRETS.clear(); OPS.clear(); PENDING.clear()

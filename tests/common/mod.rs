@@ -132,6 +132,12 @@ impl World {
             "RALPH_DEPLOY_VAR_cluster_addons".to_string(),
             "{}".to_string(),
         ));
+        // Google Cloud stacks reach the test double through the endpoint
+        // setting a user has; each world is a project of its own.
+        if let Ok(gcp) = std::env::var("RALPH_TEST_GCP_ENDPOINT") {
+            env.push(("RALPH_DEPLOY_GCP_ENDPOINT".to_string(), gcp));
+            env.push(("RALPH_DEPLOY_VAR_project".to_string(), name.to_string()));
+        }
         World {
             dir,
             stack_name: name.to_string(),
@@ -503,6 +509,28 @@ pub fn changed(plan: &serde_json::Value) -> Vec<(String, String)> {
             )
         })
         .collect()
+}
+
+/// The Google Cloud test double started by scripts/test.
+pub fn gcp_endpoint() -> String {
+    std::env::var("RALPH_TEST_GCP_ENDPOINT").expect(
+        "RALPH_TEST_GCP_ENDPOINT is not set: run the tests with scripts/test, which starts the Google Cloud test double",
+    )
+}
+
+/// A GET on the Google Cloud test double, as JSON (`None` on 404).
+pub fn gcp_get(path: &str) -> Option<serde_json::Value> {
+    match ureq::get(&format!("{}{path}", gcp_endpoint())).call() {
+        Ok(r) => Some(serde_json::from_str(&r.into_string().unwrap()).unwrap()),
+        Err(ureq::Error::Status(404, _)) => None,
+        Err(e) => panic!("GET {path}: {e}"),
+    }
+}
+
+/// Requests the double has answered so far for one project, by type
+/// (`requests`, `lists`, `gets`, `mutations`).
+pub fn gcp_requests(project: &str) -> serde_json::Value {
+    gcp_get(&format!("/__double/stats?project={project}")).unwrap()
 }
 
 pub fn text(b: &[u8]) -> String {

@@ -1,0 +1,197 @@
+//! The Google Cloud production stack against the test double: everything
+//! provisioned in graph order and the orchestrator rolled out on the local
+//! Kubernetes in the same apply, a second plan that changes nothing for a
+//! handful of list calls, in-place updates (node pool size, Redis size), a
+//! replacement (subnetwork range), protection on destroy, and secret values
+//! that reach neither the state nor the plan nor the events.
+
+mod common;
+
+use common::{changed, fresh_database, gcp_get, gcp_requests, text, World};
+use serde_json::Value;
+
+const KEY: &str = "sk-ant-gcp-test-0123456789abcdef";
+
+fn events(stdout: &str) -> Vec<Value> {
+    stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+fn position(ev: &[Value], kind: &str, address: &str) -> usize {
+    ev.iter()
+        .position(|e| e["event"] == kind && e["address"] == address)
+        .unwrap_or_else(|| panic!("no {kind} event for {address}"))
+}
+
+fn apply(w: &World, extra: &[&str]) -> (std::process::Output, Vec<Value>) {
+    let stack = w.stack();
+    let mut args = vec!["apply", stack.to_str().unwrap(), "--env", "production", "--auto-approve", "--json"];
+    args.extend_from_slice(extra);
+    let out = w.cmd(&args).env("ANTHROPIC_API_KEY", KEY).output().unwrap();
+    let ev = events(&text(&out.stdout));
+    (out, ev)
+}
+
+/// Every file under the state directory, as text.
+fn state_text(w: &World) -> String {
+    let mut all = String::new();
+    let mut dirs = vec![w.state_dir()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else {
+                all.push_str(&String::from_utf8_lossy(&std::fs::read(&p).unwrap_or_default()));
+            }
+        }
+    }
+    all
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gcp_production_end_to_end() {
+    let name = format!("tg{}", std::process::id());
+    let mut w = World::from_stack("gcp-production.yaml", &name);
+    let db = fresh_database(&format!("gcp_{name}")).await;
+    w.env.push(("RALPH_DEPLOY_VAR_database_tunnel_url".into(), format!("{db}?sslmode=disable")));
+    w.env.push(("RALPH_DEPLOY_VAR_image_tag".into(), "1.0.0".into()));
+
+    // ---- apply: everything, in graph order, the orchestrator included
+    let (out, ev) = apply(&w, &[]);
+    assert!(out.status.success(), "apply failed:\n{}\n{}", text(&out.stderr), text(&out.stdout));
+    let summary = ev.iter().rev().find(|e| e["event"] == "summary").expect("a summary");
+    assert_eq!(summary["created"], 21, "{summary}");
+    for (before, after) in [
+        ("vpc", "nodes_subnet"),
+        ("nodes_subnet", "gke"),
+        ("router", "gke"),
+        ("gke", "nodes"),
+        ("private_services", "db"),
+        ("private_services", "redis"),
+        ("db", "ralph_db"),
+        ("admin_password", "db_admin"),
+        ("db_admin", "app.schema"),
+        ("nodes", "app.orchestrator"),
+        ("redis", "app.orchestrator"),
+    ] {
+        assert!(
+            position(&ev, "resource_finished", before) < position(&ev, "resource_started", after),
+            "{after} started before {before} finished"
+        );
+    }
+    // Independent branches overlap: the database and the cluster are made at once.
+    assert!(position(&ev, "resource_started", "db") < position(&ev, "resource_finished", "gke"));
+
+    // The orchestrator runs on the local Kubernetes.
+    let client = common::kube_client().await;
+    let deploys: kube::Api<k8s_openapi::api::apps::v1::Deployment> = kube::Api::namespaced(client, &name);
+    let d = deploys.get("ralph-orchestrator").await.unwrap();
+    assert_eq!(d.status.unwrap().available_replicas, Some(3));
+
+    // What the double holds is what the stack says.
+    let project = name.as_str();
+    let pool = gcp_get(&format!(
+        "/v1/projects/{project}/locations/us-central1/clusters/{name}-production/nodePools/{name}-production-nodes"
+    ))
+    .expect("the node pool");
+    assert_eq!(pool["config"]["machineType"], "n2-standard-4");
+    assert_eq!(pool["autoscaling"]["minNodeCount"], 2);
+    assert_eq!(pool["autoscaling"]["maxNodeCount"], 10);
+    let cluster = gcp_get(&format!("/v1/projects/{project}/locations/us-central1/clusters/{name}-production")).unwrap();
+    assert_eq!(cluster["nodePools"].as_array().unwrap().len(), 1, "the bootstrap pool is gone");
+    let sql = gcp_get(&format!("/v1/projects/{project}/instances/{name}-production-postgres")).unwrap();
+    assert_eq!(sql["state"], "RUNNABLE");
+    assert_eq!(sql["settings"]["backupConfiguration"]["startTime"], "03:00");
+
+    // ---- no secret value in the state, the plan or the events
+    let secrets = gcp_get(&format!("/v1/projects/{project}/secrets")).unwrap();
+    let mut values = Vec::new();
+    for s in secrets["secrets"].as_array().unwrap() {
+        let v = gcp_get(&format!("/v1/{}/versions/latest:access", s["name"].as_str().unwrap())).unwrap();
+        use base64::Engine as _;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(v["payload"]["data"].as_str().unwrap())
+            .unwrap();
+        values.push(String::from_utf8(bytes).unwrap());
+    }
+    assert_eq!(values.len(), 6, "five application secrets and the admin password");
+    assert!(values.iter().any(|v| v == KEY));
+    let plan_text = w.ok("plan", &["--json"]);
+    let state = state_text(&w);
+    for v in &values {
+        assert!(!state.contains(v.as_str()), "a secret value is in the state");
+        assert!(!plan_text.contains(v.as_str()), "a secret value is in the plan");
+        assert!(!text(&out.stdout).contains(v.as_str()), "a secret value is in the events");
+        assert!(!text(&out.stderr).contains(v.as_str()), "a secret value is in the log");
+    }
+
+    // ---- a second plan changes nothing, for a handful of list calls
+    let before = gcp_requests(project);
+    let plan: Value = serde_json::from_str(&plan_text).unwrap();
+    assert!(changed(&plan).is_empty(), "{:?}", changed(&plan));
+    w.ok("plan", &["--detailed-exitcode"]);
+    let after = gcp_requests(project);
+    let cost = after["requests"].as_u64().unwrap() - before["requests"].as_u64().unwrap();
+    assert!(cost <= 16, "a no-op plan made {cost} requests to Google Cloud");
+    assert_eq!(after["mutations"], before["mutations"]);
+
+    // ---- node pool size and Redis size change in place
+    w.env.push(("RALPH_DEPLOY_VAR_nodes_count".into(), "4".into()));
+    w.env.push(("RALPH_DEPLOY_VAR_nodes_max".into(), "12".into()));
+    w.env.push(("RALPH_DEPLOY_VAR_redis_gb".into(), "6".into()));
+    let plan = w.plan_json(&[]);
+    let mut c = changed(&plan);
+    c.sort();
+    assert_eq!(c, vec![("nodes".to_string(), "update".to_string()), ("redis".to_string(), "update".to_string())]);
+    let (out, _) = apply(&w, &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let pool = gcp_get(&format!(
+        "/v1/projects/{project}/locations/us-central1/clusters/{name}-production/nodePools/{name}-production-nodes"
+    ))
+    .unwrap();
+    assert_eq!(pool["initialNodeCount"], 4);
+    assert_eq!(pool["autoscaling"]["maxNodeCount"], 12);
+    let redis = gcp_get(&format!("/v1/projects/{project}/locations/us-central1/instances/{name}-production-redis")).unwrap();
+    assert_eq!(redis["memorySizeGb"], 6);
+    assert_eq!(redis["state"], "READY");
+    assert!(changed(&w.plan_json(&[])).is_empty());
+
+    // ---- a subnetwork range is a replacement (and so is what sits in it)
+    let replan = {
+        let mut c = w.cmd(&["plan", w.stack().to_str().unwrap(), "--env", "production", "--json"]);
+        c.env("RALPH_DEPLOY_VAR_net", "10.30");
+        let out = c.output().unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        serde_json::from_str::<Value>(&text(&out.stdout)).unwrap()
+    };
+    let c = changed(&replan);
+    assert!(c.contains(&("nodes_subnet".to_string(), "replace".to_string())), "{c:?}");
+
+    // ---- destroy refuses the protected database and cache, touching nothing
+    let stack = w.stack();
+    let out = w
+        .cmd(&["destroy", stack.to_str().unwrap(), "--env", "production", "--auto-approve"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("db (delete)") && err.contains("redis (delete)") && err.contains("--allow-protected"), "{err}");
+    assert!(gcp_get(&format!("/v1/projects/{project}/instances/{name}-production-postgres")).is_some());
+    assert!(gcp_get(&format!("/compute/v1/projects/{project}/global/networks/{name}-production")).is_some());
+
+    // ---- with --allow-protected everything goes, deletion protection lifted first
+    let out = w
+        .cmd(&["destroy", stack.to_str().unwrap(), "--env", "production", "--auto-approve", "--allow-protected"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}\n{}", text(&out.stderr), text(&out.stdout));
+    assert!(gcp_get(&format!("/v1/projects/{project}/instances/{name}-production-postgres")).is_none());
+    assert!(gcp_get(&format!("/v1/projects/{project}/locations/us-central1/clusters/{name}-production")).is_none());
+    let nets = gcp_get(&format!("/compute/v1/projects/{project}/global/networks")).unwrap();
+    assert!(nets.get("items").and_then(Value::as_array).is_none_or(|i| i.is_empty()), "{nets}");
+    let secrets = gcp_get(&format!("/v1/projects/{project}/secrets")).unwrap();
+    assert!(secrets["secrets"].as_array().unwrap().is_empty());
+}
