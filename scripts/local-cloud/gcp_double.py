@@ -31,18 +31,21 @@ method's request schema.
 Delays, in seconds, come from RALPH_GCP_DELAYS (JSON overriding DEFAULTS);
 RALPH_GCP_DELAY_SCALE multiplies them; RALPH_GCP_MAX_PAGE caps page sizes.
 Control: POST /__double/faults {"throttle": N, "error": N} makes the next N
-mutating requests answer 429 (or 500); GET /__double/stats counts requests.
+mutating requests answer 429 (or 503); POST /__double/project {"project",
+"delay_scale", "kill_after": K, "pidfile"} scales one project's delays and
+SIGKILLs the process in PIDFILE right after answering that project's K-th
+mutating request; GET /__double/stats[?project=P] counts requests.
 """
 import base64
 import ipaddress
 import json
 import os
 import re
+import signal
 import sys
 import threading
 import time
 import uuid
-import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit, unquote
 
@@ -69,8 +72,13 @@ STATS = {"requests": 0, "mutations": 0, "lists": 0, "gets": 0}
 BY_PROJECT = {}  # project -> the same counts, for one test's (or run's) share
 
 
+CURRENT = {"project": None}   # the project of the request being answered
+PROJECT_SCALE = {}            # project -> delay scale (kill tests run fast)
+KILLS = {}                    # project -> {"after": k, "seen": n, "pidfile": path}
+
+
 def delay(key):
-    return DELAYS.get(key, 0.0) * SCALE
+    return DELAYS.get(key, 0.0) * PROJECT_SCALE.get(CURRENT["project"], SCALE)
 
 
 def now_rfc3339(t=None):
@@ -1107,8 +1115,8 @@ def compile_template(t):
 COMPILED = [(i, m, compile_template(t), h) for i, m, t, h in ROUTES]
 
 
-def log_request(route_id, method, path, body):
-    if not REQUEST_LOG or method == "GET":
+def log_request(route_id, method, path, query, body):
+    if not REQUEST_LOG:
         return
     masked = json.loads(json.dumps(body))
     if isinstance(masked, dict):
@@ -1118,7 +1126,8 @@ def log_request(route_id, method, path, body):
             if key in masked:
                 masked[key] = "masked"
     with LOCK, open(REQUEST_LOG, "a") as f:
-        f.write(json.dumps({"id": route_id, "method": method, "path": path, "body": masked}) + "\n")
+        f.write(json.dumps({"id": route_id, "method": method, "path": path, "query": sorted(query),
+                            "body": masked}) + "\n")
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -1147,16 +1156,17 @@ class Handler(BaseHTTPRequestHandler):
             body = json.loads(raw) if raw else {}
         except ValueError:
             return self.send(400, invalid([("body", "is not JSON")]).body())
-        m = re.search(r"/projects/([^/]+)/", path)
+        in_project = re.search(r"/projects/([^/]+)/", path)
+        project = in_project.group(1) if in_project else None
         counts = [STATS]
         with LOCK:
-            if m:
-                counts.append(BY_PROJECT.setdefault(m.group(1), {"requests": 0, "mutations": 0, "lists": 0, "gets": 0}))
+            if project:
+                counts.append(BY_PROJECT.setdefault(project, {"requests": 0, "mutations": 0, "lists": 0, "gets": 0}))
             for c in counts:
                 c["requests"] += 1
             tick()
-            for route_id, m, rx, h in COMPILED:
-                if m != method:
+            for route_id, route_method, rx, h in COMPILED:
+                if route_method != method:
                     continue
                 match = rx.match(path)
                 if not match:
@@ -1175,11 +1185,27 @@ class Handler(BaseHTTPRequestHandler):
                         FAULTS["error"] -= 1
                         return self.send(503, ApiError(503, "UNAVAILABLE", "The service is currently unavailable.",
                                                        "backendError", legacy=legacy).body())
-                    log_request(route_id, method, path, body)
+                log_request(route_id, method, path, q, body)
+                CURRENT["project"] = project
                 try:
-                    return self.send(200, h(match.groupdict(), q, body))
+                    code, answer = 200, h(match.groupdict(), q, body)
                 except ApiError as e:
-                    return self.send(e.code, e.body())
+                    code, answer = e.code, e.body()
+                finally:
+                    CURRENT["project"] = None
+                self.send(code, answer)
+                if method != "GET" and project in KILLS:
+                    kill = KILLS[project]
+                    kill["seen"] += 1
+                    if kill["seen"] == kill["after"]:
+                        # SIGKILL right after the answer: the tool dies with the
+                        # change made and not recorded, as a crash would leave it.
+                        try:
+                            with open(kill["pidfile"]) as f:
+                                os.kill(int(f.read().strip()), signal.SIGKILL)
+                        except (OSError, ValueError):
+                            pass
+                return
         self.send(404, ApiError(404, "NOT_FOUND", f"no route for {method} {path} in the test double",
                                 "notFound").body())
 
@@ -1188,6 +1214,16 @@ class Handler(BaseHTTPRequestHandler):
             if path == "/__double/faults" and method == "POST":
                 FAULTS.update(json.loads(raw or b"{}"))
                 return self.send(200, FAULTS)
+            if path == "/__double/project" and method == "POST":
+                # per project: {"project", "delay_scale", "kill_after", "pidfile"}
+                cfg = json.loads(raw or b"{}")
+                if "delay_scale" in cfg:
+                    PROJECT_SCALE[cfg["project"]] = float(cfg["delay_scale"])
+                if cfg.get("kill_after"):
+                    KILLS[cfg["project"]] = {"after": int(cfg["kill_after"]), "seen": 0, "pidfile": cfg["pidfile"]}
+                else:
+                    KILLS.pop(cfg["project"], None)
+                return self.send(200, cfg)
             if path == "/__double/stats":
                 project = parse_qs(urlsplit(self.path).query).get("project")
                 if project:

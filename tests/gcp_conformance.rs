@@ -1,0 +1,321 @@
+//! The Google Cloud test double checked against Google's own Discovery
+//! documents (shipped in the PyPI package google-api-python-client): every
+//! route it serves exists there with the same HTTP method and path template,
+//! and every request the tool sends through an apply, an in-place update, a
+//! rotation and a destroy uses query parameters the method declares and a
+//! body that validates against the method's request schema. The checker is
+//! shown to fail on deliberately wrong routes and bodies (tests/gcp/).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use common::{fresh_database, gcp_get, text, World};
+use serde_json::Value;
+
+/// The Discovery documents, by the prefix of their method ids.
+struct Discovery {
+    docs: BTreeMap<&'static str, Value>,
+}
+
+impl Discovery {
+    fn load() -> Discovery {
+        let dir = PathBuf::from(std::env::var("RALPH_TEST_GCP_DISCOVERY").expect(
+            "RALPH_TEST_GCP_DISCOVERY is not set: run the tests with scripts/test (scripts/gcp.sh discovery)",
+        ));
+        let mut docs = BTreeMap::new();
+        for (prefix, file) in [
+            ("compute", "compute.v1.json"),
+            ("container", "container.v1.json"),
+            ("sql", "sqladmin.v1.json"),
+            ("redis", "redis.v1.json"),
+            ("secretmanager", "secretmanager.v1.json"),
+        ] {
+            let text = std::fs::read_to_string(dir.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+            docs.insert(prefix, serde_json::from_str(&text).unwrap());
+        }
+        Discovery { docs }
+    }
+
+    fn doc(&self, id: &str) -> Option<&Value> {
+        self.docs.get(id.split('.').next()?)
+    }
+
+    /// The method `id` (such as `compute.networks.insert`).
+    fn method(&self, id: &str) -> Option<&Value> {
+        fn find<'a>(res: &'a Value, id: &str) -> Option<&'a Value> {
+            for r in res.get("resources")?.as_object()?.values() {
+                if let Some(m) = r.get("methods").and_then(Value::as_object).and_then(|ms| ms.values().find(|m| m["id"] == id)) {
+                    return Some(m);
+                }
+                if let Some(m) = find(r, id) {
+                    return Some(m);
+                }
+            }
+            None
+        }
+        find(self.doc(id)?, id)
+    }
+
+    /// `METHOD /servicePath/flatPath` with every parameter as `{}`.
+    fn route(&self, id: &str) -> Option<(String, String)> {
+        let m = self.method(id)?;
+        let doc = self.doc(id)?;
+        let path = m.get("flatPath").or_else(|| m.get("path"))?.as_str()?;
+        let full = format!("/{}{}", doc["servicePath"].as_str().unwrap_or_default(), path);
+        Some((m["httpMethod"].as_str()?.to_string(), templated(&full)))
+    }
+}
+
+/// A path template with every `{name}` (or `{+name}`) as `{}`.
+fn templated(path: &str) -> String {
+    let mut out = String::new();
+    let mut skip = false;
+    for c in path.chars() {
+        match c {
+            '{' => {
+                out.push_str("{}");
+                skip = true;
+            }
+            '}' => skip = false,
+            _ if skip => {}
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+/// What is wrong with the double's routes, one line each.
+fn check_routes(d: &Discovery, routes: &[Value]) -> Vec<String> {
+    let mut problems = Vec::new();
+    for r in routes {
+        let ids: Vec<&str> = std::iter::once(r["id"].as_str().unwrap())
+            .chain(r["aliases"].as_array().into_iter().flatten().filter_map(Value::as_str))
+            .collect();
+        let served = (r["method"].as_str().unwrap().to_string(), templated(r["path"].as_str().unwrap()));
+        for id in ids {
+            match d.route(id) {
+                None => problems.push(format!("{id}: no such method in the Discovery document")),
+                Some(want) if want != served => problems.push(format!(
+                    "{id}: the double serves {} {} but Discovery says {} {}",
+                    served.0, served.1, want.0, want.1
+                )),
+                Some(_) => {}
+            }
+        }
+    }
+    problems
+}
+
+/// Checks `v` against the Discovery schema `s`; problems go to `out` with
+/// the JSON path. Requests carry enums as their names or, with
+/// `enum-encoding=int`, as their numbers; 64-bit integers as strings.
+fn check_value(doc: &Value, s: &Value, v: &Value, at: &str, out: &mut Vec<String>) {
+    if let Some(r) = s.get("$ref").and_then(Value::as_str) {
+        match doc["schemas"].get(r) {
+            Some(schema) => return check_value(doc, schema, v, at, out),
+            None => return out.push(format!("{at}: schema {r} is not in the document")),
+        }
+    }
+    let ty = s.get("type").and_then(Value::as_str).unwrap_or("any");
+    let format = s.get("format").and_then(Value::as_str).unwrap_or_default();
+    match (ty, v) {
+        (_, Value::Null) => {}
+        ("any", _) => {}
+        ("object", Value::Object(m)) => {
+            let props = s.get("properties").and_then(Value::as_object);
+            for (k, fv) in m {
+                match props.and_then(|p| p.get(k)) {
+                    Some(fs) => check_value(doc, fs, fv, &format!("{at}.{k}"), out),
+                    None => match s.get("additionalProperties") {
+                        Some(ap) => check_value(doc, ap, fv, &format!("{at}.{k}"), out),
+                        None => out.push(format!("{at}.{k}: no such field")),
+                    },
+                }
+            }
+        }
+        ("array", Value::Array(items)) => {
+            for (i, item) in items.iter().enumerate() {
+                check_value(doc, &s["items"], item, &format!("{at}[{i}]"), out);
+            }
+        }
+        ("string", Value::String(text)) => {
+            if let Some(choices) = s.get("enum").and_then(Value::as_array) {
+                if !choices.iter().any(|c| c == text) {
+                    out.push(format!("{at}: {text:?} is not one of the enum's values"));
+                }
+            }
+            if format == "byte" {
+                use base64::Engine as _;
+                let ok = base64::engine::general_purpose::STANDARD.decode(text).is_ok()
+                    || base64::engine::general_purpose::URL_SAFE.decode(text).is_ok();
+                if !ok {
+                    out.push(format!("{at}: not base64"));
+                }
+            }
+        }
+        ("string", Value::Number(n)) if s.get("enum").is_some() || matches!(format, "int64" | "uint64") => {
+            if !(n.is_i64() || n.is_u64()) {
+                out.push(format!("{at}: {n} is not an integer"));
+            }
+        }
+        ("integer", Value::Number(n)) if n.is_i64() || n.is_u64() => {}
+        ("integer", Value::String(t)) if t.parse::<i64>().is_ok() => {}
+        ("number", Value::Number(_)) => {}
+        ("boolean", Value::Bool(_)) => {}
+        (ty, v) => out.push(format!("{at}: {v} is not of type {ty}{}", if format.is_empty() { String::new() } else { format!(" ({format})") })),
+    }
+}
+
+/// What is wrong with the logged requests, one line each.
+fn check_requests(d: &Discovery, requests: &[Value]) -> Vec<String> {
+    let mut problems = Vec::new();
+    for r in requests {
+        let id = r["id"].as_str().unwrap();
+        let (Some(m), Some(doc)) = (d.method(id), d.doc(id)) else {
+            problems.push(format!("{id}: no such method"));
+            continue;
+        };
+        let declared = |p: &str| {
+            m["parameters"].get(p).is_some() || doc["parameters"].get(p).is_some()
+                // system parameters google-cloud-rust sends: the JSON form (enums as
+                // numbers) and the API version the client was generated for
+                || p == "$alt" || p == "$apiVersion"
+        };
+        for q in r["query"].as_array().into_iter().flatten().filter_map(Value::as_str) {
+            // Nested message fields go in the query as `a.b`.
+            let top = q.split('.').next().unwrap_or(q);
+            if !declared(q) && !declared(top) {
+                problems.push(format!("{id}: query parameter `{q}` is not declared"));
+            }
+        }
+        let body = &r["body"];
+        let empty = body.as_object().is_some_and(|o| o.is_empty()) || body.is_null();
+        match m.get("request") {
+            None if !empty => problems.push(format!("{id}: sends a body, but the method takes none")),
+            None => {}
+            Some(schema) => {
+                let mut out = Vec::new();
+                check_value(doc, schema, body, "body", &mut out);
+                problems.extend(out.into_iter().map(|p| format!("{id}: {p}")));
+            }
+        }
+    }
+    problems
+}
+
+#[test]
+fn every_route_of_the_double_is_a_discovery_route() {
+    let d = Discovery::load();
+    let routes = gcp_get("/__double/routes").expect("the double's routes");
+    let routes = routes.as_array().unwrap();
+    assert!(routes.len() > 60, "{} routes", routes.len());
+    let problems = check_routes(&d, routes);
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[test]
+fn a_wrong_route_fails_the_check() {
+    let d = Discovery::load();
+    let text = std::fs::read_to_string(common::repo().join("tests/gcp/wrong-routes.json")).unwrap();
+    let routes: Vec<Value> = serde_json::from_str(&text).unwrap();
+    let problems = check_routes(&d, &routes);
+    assert_eq!(problems.len(), 3, "{problems:#?}");
+    assert!(problems[0].contains("serves PUT") && problems[0].contains("Discovery says POST"), "{}", problems[0]);
+    assert!(problems[1].contains("/instance/{}") && problems[1].contains("/instances/{}"), "{}", problems[1]);
+    assert!(problems[2].contains("no such method"), "{}", problems[2]);
+}
+
+#[test]
+fn a_wrong_body_fails_the_check() {
+    let d = Discovery::load();
+    let text = std::fs::read_to_string(common::repo().join("tests/gcp/wrong-bodies.jsonl")).unwrap();
+    let requests: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let problems = check_requests(&d, &requests).join("\n");
+    for expected in [
+        "compute.subnetworks.insert: body.secondaryRanges: no such field",
+        "sql.instances.insert: body.settings.backupConfiguration.enabled: \"yes\" is not of type boolean",
+        "container.projects.locations.clusters.create: query parameter `zone` is not declared",
+        "container.projects.locations.clusters.create: body.cluster.releaseChannel.channel: \"FASTEST\" is not one of the enum's values",
+    ] {
+        assert!(problems.contains(expected), "missing {expected:?} in:\n{problems}");
+    }
+    // An integer where Discovery has a string with no enum or int64 format.
+    assert!(problems.contains("body.settings.tier: 4 is not of type string"), "{problems}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_request_of_an_apply_update_rotation_and_destroy_validates() {
+    let name = format!("tc{}", std::process::id());
+    let mut w = World::from_stack("gcp-production.yaml", &name);
+    let db = fresh_database(&format!("gcpc_{name}")).await;
+    w.env.push(("RALPH_DEPLOY_VAR_database_tunnel_url".into(), format!("{db}?sslmode=disable")));
+    w.env.push(("RALPH_DEPLOY_VAR_image_tag".into(), "1.0.0".into()));
+    w.env.push(("ANTHROPIC_API_KEY".into(), "sk-ant-conformance".into()));
+    let stack = w.stack();
+    let run = |w: &World, extra: &[(&str, &str)], args: &[&str]| {
+        let mut c = w.cmd(args);
+        for (k, v) in extra {
+            c.env(k, v);
+        }
+        let out = c.output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}\n{}", text(&out.stderr), text(&out.stdout));
+    };
+    let s = stack.to_str().unwrap();
+    run(&w, &[], &["apply", s, "--env", "production", "--auto-approve"]);
+    // In-place changes of every updatable kind the stack has.
+    run(
+        &w,
+        &[
+            ("RALPH_DEPLOY_VAR_nodes_count", "4"),
+            ("RALPH_DEPLOY_VAR_nodes_max", "12"),
+            ("RALPH_DEPLOY_VAR_redis_gb", "6"),
+            ("RALPH_DEPLOY_VAR_release_channel", "STABLE"),
+            ("RALPH_DEPLOY_VAR_db_tier", "db-custom-8-32768"),
+            ("RALPH_DEPLOY_VAR_password_rotation", "1"),
+        ],
+        &["apply", s, "--env", "production", "--auto-approve"],
+    );
+    run(&w, &[], &["destroy", s, "--env", "production", "--auto-approve", "--allow-protected"]);
+
+    let log = std::fs::read_to_string(std::env::var("RALPH_TEST_GCP_REQUEST_LOG").expect("RALPH_TEST_GCP_REQUEST_LOG")).unwrap();
+    let mine: Vec<Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|r| r["path"].as_str().is_some_and(|p| p.contains(&format!("/projects/{name}/"))))
+        .collect();
+    let ids: std::collections::BTreeSet<&str> = mine.iter().filter_map(|r| r["id"].as_str()).collect();
+    for id in [
+        "compute.networks.insert",
+        "compute.subnetworks.insert",
+        "compute.firewalls.insert",
+        "compute.routers.insert",
+        "compute.globalAddresses.insert",
+        "compute.globalOperations.get",
+        "compute.regionOperations.get",
+        "container.projects.locations.clusters.create",
+        "container.projects.locations.clusters.update",
+        "container.projects.locations.clusters.nodePools.create",
+        "container.projects.locations.clusters.nodePools.setSize",
+        "container.projects.locations.clusters.nodePools.setAutoscaling",
+        "container.projects.locations.clusters.nodePools.delete",
+        "sql.instances.insert",
+        "sql.instances.patch",
+        "sql.instances.delete",
+        "sql.databases.insert",
+        "sql.users.update",
+        "sql.operations.get",
+        "redis.projects.locations.instances.create",
+        "redis.projects.locations.instances.patch",
+        "secretmanager.projects.secrets.create",
+        "secretmanager.projects.secrets.addVersion",
+        "secretmanager.projects.secrets.patch",
+        "secretmanager.projects.secrets.versions.access",
+    ] {
+        assert!(ids.contains(id), "the run never called {id}; it called {ids:?}");
+    }
+    let d = Discovery::load();
+    let problems = check_requests(&d, &mine);
+    assert!(problems.is_empty(), "{} problems:\n{}", problems.len(), problems.join("\n"));
+}
