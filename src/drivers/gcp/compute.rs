@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use serde_json::{json, Map, Value as Json};
 
-use super::{call, call_opt, describe, description_filter, from_description, json, message, observed, GcpClients};
+use super::{call, call_create, call_opt, describe, description_filter, from_description, json, message, observed, GcpClients};
 use crate::drivers::{Context, Desired, Driver, DriverError, Known, Observed, Timeouts};
 use crate::kinds::{Attr, Field, KindSchema, Ty};
 
@@ -489,21 +489,36 @@ impl Driver for ComputeKind {
         let body = self.body(cx, g, want);
         let region = region_of(want, g);
         let what = format!("creating {}", want.address);
-        let op: Json = match self.collection {
-            Collection::Networks => { let b: google_cloud_compute_v1::model::Network = message("network", body)?; json(&call(cx, SERVICE, &what, || g.networks.insert().set_project(&g.project).set_body(b.clone()).send()).await?) }
-            Collection::Subnetworks => { let b: google_cloud_compute_v1::model::Subnetwork = message("subnetwork", body)?; json(&call(cx, SERVICE, &what, || g.subnetworks.insert().set_project(&g.project).set_region(&region).set_body(b.clone()).send()).await?) }
-            Collection::Firewalls => { let b: google_cloud_compute_v1::model::Firewall = message("firewall", body)?; json(&call(cx, SERVICE, &what, || g.firewalls.insert().set_project(&g.project).set_body(b.clone()).send()).await?) }
-            Collection::Routers => { let b: google_cloud_compute_v1::model::Router = message("router", body)?; json(&call(cx, SERVICE, &what, || g.routers.insert().set_project(&g.project).set_region(&region).set_body(b.clone()).send()).await?) }
-            Collection::Addresses => { let b: google_cloud_compute_v1::model::Address = message("address", body)?; json(&call(cx, SERVICE, &what, || g.addresses.insert().set_project(&g.project).set_body(b.clone()).send()).await?) }
+        let op: Option<Json> = match self.collection {
+            Collection::Networks => { let b: google_cloud_compute_v1::model::Network = message("network", body)?; call_create(cx, SERVICE, &what, || g.networks.insert().set_project(&g.project).set_body(b.clone()).send()).await?.map(|o| json(&o)) }
+            Collection::Subnetworks => { let b: google_cloud_compute_v1::model::Subnetwork = message("subnetwork", body)?; call_create(cx, SERVICE, &what, || g.subnetworks.insert().set_project(&g.project).set_region(&region).set_body(b.clone()).send()).await?.map(|o| json(&o)) }
+            Collection::Firewalls => { let b: google_cloud_compute_v1::model::Firewall = message("firewall", body)?; call_create(cx, SERVICE, &what, || g.firewalls.insert().set_project(&g.project).set_body(b.clone()).send()).await?.map(|o| json(&o)) }
+            Collection::Routers => { let b: google_cloud_compute_v1::model::Router = message("router", body)?; call_create(cx, SERVICE, &what, || g.routers.insert().set_project(&g.project).set_region(&region).set_body(b.clone()).send()).await?.map(|o| json(&o)) }
+            Collection::Addresses => { let b: google_cloud_compute_v1::model::Address = message("address", body)?; call_create(cx, SERVICE, &what, || g.addresses.insert().set_project(&g.project).set_body(b.clone()).send()).await?.map(|o| json(&o)) }
         };
-        self.wait(cx, g, want.address, &op, want.timeouts.create_or(OP_TIMEOUT)).await?;
         let name = want.str("name").unwrap_or_default();
         let id = if self.collection.regional() {
             format!("projects/{}/regions/{region}/{}/{name}", g.project, self.collection.path())
         } else {
             format!("projects/{}/global/{}/{name}", g.project, self.collection.path())
         };
-        self.read_back(cx, g, &id).await
+        let timeout = want.timeouts.create_or(OP_TIMEOUT);
+        match op {
+            Some(op) => {
+                self.wait(cx, g, want.address, &op, timeout).await?;
+                self.read_back(cx, g, &id).await
+            }
+            None => {
+                // It exists, or an insert is still making it (a killed run's):
+                // once it can be read, it is taken over if it is ours.
+                let found = cx
+                    .wait_until(want.address, &format!("the existing {id} to be readable"), timeout, || async {
+                        Ok((self.get(cx, g, &id).await?, "PENDING".to_string()))
+                    })
+                    .await?;
+                super::take_over(cx, want.address, &id, Some(found))
+            }
+        }
     }
 
     async fn update(&self, cx: &Context, want: &Desired<'_>, have: &Observed, _changed: &[String]) -> Result<Observed, DriverError> {

@@ -118,7 +118,9 @@ fn observe_cluster(c: &google_cloud_container_v1::model::Cluster) -> Observed {
             ("endpoint", json!(if c.endpoint.is_empty() { String::new() } else { format!("https://{}", c.endpoint) })),
             ("certificate_authority", json!(c.master_auth.as_ref().map(|m| m.cluster_ca_certificate.clone()).unwrap_or_default())),
             (STATUS_ATTR, json!(status)),
-            (READY_ATTR, json!(matches!(c.status, Status::Running))),
+            // The bootstrap pool still there (a run killed before removing
+            // it) reads as not ready: the next apply finishes the create.
+            (READY_ATTR, json!(matches!(c.status, Status::Running) && !c.node_pools.iter().any(|p| p.name == BOOTSTRAP_POOL))),
         ],
     )
 }
@@ -277,18 +279,24 @@ impl Driver for Cluster {
         }
         let cluster: google_cloud_container_v1::model::Cluster = message("GKE cluster", cluster)?;
         let timeout = want.timeouts.create_or(CLUSTER_TIMEOUT);
-        let made = mutate(cx, want.address, &id, &format!("creating GKE cluster {name}"), timeout, || {
-            g.gke.create_cluster().set_parent(&parent).set_cluster(cluster.clone()).send()
-        })
-        .await;
-        if let Err(e) = made {
-            return match read_cluster(cx, &id).await {
-                Ok(Some(c)) => Err(e.with_partial(observe_cluster(&c))),
-                _ => Err(e),
-            };
+        // A cluster a killed run asked for shows at once (PROVISIONING).
+        if let Some(c) = read_cluster(cx, &id).await? {
+            super::take_over(cx, want.address, &id, Some(observe_cluster(&c)))?;
+        } else {
+            let made = mutate(cx, want.address, &id, &format!("creating GKE cluster {name}"), timeout, || {
+                g.gke.create_cluster().set_parent(&parent).set_cluster(cluster.clone()).send()
+            })
+            .await;
+            if let Err(e) = made {
+                return match read_cluster(cx, &id).await {
+                    Ok(Some(c)) => Err(e.with_partial(observe_cluster(&c))),
+                    _ => Err(e),
+                };
+            }
         }
+        wait_running(cx, want.address, &id, timeout).await?;
         remove_bootstrap(cx, want.address, &id, timeout).await?;
-        read_cluster(cx, &id).await?.as_ref().map(observe_cluster).ok_or_else(|| DriverError::new(format!("{id} vanished right after it was created")))
+        wait_running(cx, want.address, &id, timeout).await
     }
 
     async fn update(&self, cx: &Context, want: &Desired<'_>, have: &Observed, changed: &[String]) -> Result<Observed, DriverError> {
@@ -307,14 +315,9 @@ impl Driver for Cluster {
             .await?;
         }
         // A cluster killed between its create and removing the bootstrap pool.
+        wait_running(cx, want.address, &have.id, timeout).await?;
         remove_bootstrap(cx, want.address, &have.id, timeout).await?;
-        let c = cx.wait_until(want.address, &format!("{} to be RUNNING", have.id), timeout, || async move {
-            let c = read_cluster(cx, &have.id).await?.ok_or_else(|| DriverError::new(format!("{} is gone", have.id)))?;
-            let status = c.status.name().unwrap_or_default().to_string();
-            Ok(((status == "RUNNING").then_some(c), status))
-        })
-        .await?;
-        Ok(observe_cluster(&c))
+        wait_running(cx, want.address, &have.id, timeout).await
     }
 
     async fn delete(&self, cx: &Context, have: &Observed, timeouts: &Timeouts) -> Result<(), DriverError> {
@@ -327,6 +330,17 @@ impl Driver for Cluster {
     }
 }
 
+async fn wait_running(cx: &Context, address: &str, id: &str, timeout: Duration) -> Result<Observed, DriverError> {
+    let c = cx
+        .wait_until(address, &format!("{id} to be RUNNING"), timeout, || async move {
+            let c = read_cluster(cx, id).await?.ok_or_else(|| DriverError::new(format!("{id} is gone")))?;
+            let status = c.status.name().unwrap_or_default().to_string();
+            Ok(((status == "RUNNING").then_some(c), status))
+        })
+        .await?;
+    Ok(observe_cluster(&c))
+}
+
 async fn remove_bootstrap(cx: &Context, address: &str, cluster: &str, timeout: Duration) -> Result<(), DriverError> {
     let g = cx.gcp().await?;
     let has = read_cluster(cx, cluster).await?.is_some_and(|c| c.node_pools.iter().any(|p| p.name == BOOTSTRAP_POOL));
@@ -335,6 +349,15 @@ async fn remove_bootstrap(cx: &Context, address: &str, cluster: &str, timeout: D
     }
     let pool = format!("{cluster}/nodePools/{BOOTSTRAP_POOL}");
     mutate(cx, address, cluster, "removing the bootstrap node pool", timeout, || g.gke.delete_node_pool().set_name(&pool).send()).await
+}
+
+async fn pool_running(cx: &Context, address: &str, id: &str, timeout: Duration) -> Result<Observed, DriverError> {
+    cx.wait_until(address, &format!("{id} to be RUNNING"), timeout, || async move {
+        let o = read_pool(cx, id).await?.ok_or_else(|| DriverError::new(format!("{id} is gone")))?;
+        let status = o.attrs.get(STATUS_ATTR).and_then(Json::as_str).unwrap_or_default().to_string();
+        Ok(((status == "RUNNING").then_some(o), status))
+    })
+    .await
 }
 
 async fn read_pool(cx: &Context, id: &str) -> Result<Option<Observed>, DriverError> {
@@ -392,6 +415,11 @@ impl Driver for NodePool {
             "management": {"autoRepair": p.get("auto_repair"), "autoUpgrade": p.get("auto_upgrade")},
         }))?;
         let timeout = want.timeouts.create_or(POOL_TIMEOUT);
+        if let Some(found) = read_pool(cx, &id).await? {
+            // Asked for by a run that was killed: ours, once it runs.
+            super::take_over(cx, want.address, &id, Some(found))?;
+            return pool_running(cx, want.address, &id, timeout).await;
+        }
         let made = mutate(cx, want.address, cluster, &format!("creating node pool {name}"), timeout, || {
             g.gke.create_node_pool().set_parent(cluster).set_node_pool(pool.clone()).send()
         })
@@ -427,16 +455,7 @@ impl Driver for NodePool {
             let l: google_cloud_container_v1::model::NodeLabels = message("node labels", json!({"labels": p.get("labels")}))?;
             mutate(cx, want.address, &cluster, "labelling the node pool", timeout, || g.gke.update_node_pool().set_name(&have.id).set_labels(l.clone()).send()).await?;
         }
-        let id = have.id.clone();
-        cx.wait_until(want.address, &format!("{id} to be RUNNING"), timeout, || {
-            let id = id.clone();
-            async move {
-                let o = read_pool(cx, &id).await?.ok_or_else(|| DriverError::new(format!("{id} is gone")))?;
-                let status = o.attrs.get(STATUS_ATTR).and_then(Json::as_str).unwrap_or_default().to_string();
-                Ok(((status == "RUNNING").then_some(o), status))
-            }
-        })
-        .await
+        pool_running(cx, want.address, &have.id, timeout).await
     }
 
     async fn delete(&self, cx: &Context, have: &Observed, timeouts: &Timeouts) -> Result<(), DriverError> {

@@ -238,20 +238,50 @@ pub async fn call_opt<T, F, Fut>(
     cx: &Context,
     service: &str,
     what: &str,
+    f: F,
+) -> Result<Option<T>, DriverError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, google_cloud_gax::error::Error>>,
+{
+    call_unless(cx, service, what, 404, f).await
+}
+
+/// Like [`call`], but a 409 (the resource exists already: a run killed
+/// after asking for it, or an operation still making it) is `None`.
+pub async fn call_create<T, F, Fut>(
+    cx: &Context,
+    service: &str,
+    what: &str,
+    f: F,
+) -> Result<Option<T>, DriverError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, google_cloud_gax::error::Error>>,
+{
+    call_unless(cx, service, what, 409, f).await
+}
+
+/// [`call`], with one HTTP status answered as `None`.
+async fn call_unless<T, F, Fut>(
+    cx: &Context,
+    service: &str,
+    what: &str,
+    code: u16,
     mut f: F,
 ) -> Result<Option<T>, DriverError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, google_cloud_gax::error::Error>>,
 {
-    let missing = std::sync::atomic::AtomicBool::new(false);
+    let hit = std::sync::atomic::AtomicBool::new(false);
     let out = call(cx, service, what, || {
         let fut = f();
-        let missing = &missing;
+        let hit = &hit;
         async move {
             match fut.await {
-                Err(e) if is_not_found(&e) => {
-                    missing.store(true, Ordering::SeqCst);
+                Err(e) if status_code(&e) == Some(code) => {
+                    hit.store(true, Ordering::SeqCst);
                     Err(e)
                 }
                 other => other,
@@ -261,8 +291,32 @@ where
     .await;
     match out {
         Ok(v) => Ok(Some(v)),
-        Err(_) if missing.load(Ordering::SeqCst) => Ok(None),
+        Err(_) if hit.load(Ordering::SeqCst) => Ok(None),
         Err(e) => Err(e),
+    }
+}
+
+/// A create answered "already exists": it is this resource when it carries
+/// this stack's ownership for this address (a run killed after asking for
+/// it), and someone else's otherwise.
+pub fn take_over(
+    cx: &Context,
+    address: &str,
+    what: &str,
+    found: Option<Observed>,
+) -> Result<Observed, DriverError> {
+    match found {
+        Some(o)
+            if o.owner.as_ref() == Some(&cx.owner) && o.address.as_deref() == Some(address) =>
+        {
+            Ok(o)
+        }
+        Some(_) => Err(DriverError::new(format!(
+            "{what} exists already and is not this resource's (other or no ownership labels): choose another name, or `ralph-deploy import` it"
+        ))),
+        None => Err(DriverError::new(format!(
+            "{what} exists already, but cannot be read"
+        ))),
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value as Json};
 
-use super::{call, call_opt, from_labels, labels, message, observed};
+use super::{call, call_create, call_opt, from_labels, labels, message, observed};
 use crate::drivers::{Context, Desired, Driver, DriverError, Known, Observed, Timeouts, READY_ATTR, STATUS_ATTR};
 use crate::kinds::{Attr, Field, KindSchema, Ty};
 
@@ -218,10 +218,16 @@ impl Driver for RedisInstance {
         let parent = g.location_path(&region(&g.region, want));
         let name = format!("{parent}/instances/{id}");
         let b = body(cx, want)?;
-        let op = call(cx, SERVICE, &format!("creating Redis instance {id}"), || {
+        let Some(op) = call_create(cx, SERVICE, &format!("creating Redis instance {id}"), || {
             g.redis.create_instance().set_parent(&parent).set_instance_id(id).set_instance(b.clone()).send()
         })
-        .await?;
+        .await?
+        else {
+            // Asked for by a run that was killed: ours, once it is READY.
+            let found = read(cx, &name).await?;
+            super::take_over(cx, want.address, &name, found)?;
+            return wait_ready(cx, want.address, &name, want.timeouts.create_or(TIMEOUT)).await;
+        };
         match wait(cx, want.address, op, &name, want.timeouts.create_or(TIMEOUT), false).await {
             Ok(Some(o)) => Ok(o),
             Ok(None) => Err(DriverError::new(format!("{name} vanished right after it was created"))),

@@ -9,7 +9,7 @@
 
 use serde_json::{json, Value as Json};
 
-use super::{call, call_opt, from_labels, json, label_filter, labels, message, observed};
+use super::{call, call_create, call_opt, from_labels, json, label_filter, labels, message, observed};
 use crate::drivers::aws::secret::{env_name, make_value, GENERATE};
 use crate::drivers::{Context, Desired, Driver, DriverError, Known, Observed, Timeouts};
 use crate::kinds::{Attr, Field, KindSchema, Ty};
@@ -36,7 +36,9 @@ static SCHEMA: KindSchema = KindSchema {
         Field::new("description", Ty::String, "what the secret is for").default("\"Managed by ralph-deploy\""),
         Field::new("generate", Ty::Object(GENERATE), "generate the value: `{bytes: 32, encoding: hex}`"),
         Field::new("value_from_env", Ty::String, "take the value from this environment variable at the first apply").check(env_name),
-        Field::new("rotation", Ty::String, "change it (a counter, a date) to rotate: a new version with a new value").renews(&["version_id"]),
+        // A default, so a secret a killed run made without its first
+        // version (its annotation says so) always shows as a rotation.
+        Field::new("rotation", Ty::String, "change it (a counter, a date) to rotate: a new version with a new value").default("\"\"").renews(&["version_id"]),
         Field::new("labels", Ty::StringMap, "labels besides the ownership labels").default("{}"),
     ],
     attrs: &[
@@ -205,10 +207,16 @@ impl Driver for Secret {
             }),
         )?;
         let parent = format!("projects/{}", g.project);
-        call(cx, SERVICE, &format!("creating secret {id}"), || {
+        let made = call_create(cx, SERVICE, &format!("creating secret {id}"), || {
             g.secrets.create_secret().set_parent(&parent).set_secret_id(id).set_secret(body.clone()).send()
         })
         .await?;
+        if made.is_none() {
+            // Made by a run that was killed: ours gets its first version now
+            // if it has none, and keeps the one it has otherwise.
+            let have = super::take_over(cx, want.address, &name, read(cx, &name).await?)?;
+            return self.update(cx, want, &have, &[]).await;
+        }
         let version = add_version(cx, want, &name).await?;
         set_annotations(cx, want, &name, &version).await?;
         read(cx, &name).await?.ok_or_else(|| DriverError::new(format!("{name} vanished right after it was created")))

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value as Json};
 
-use super::{call, call_opt, from_labels, json, label_filter, labels, message, observed};
+use super::{call, call_create, call_opt, from_labels, json, label_filter, labels, message, observed};
 use crate::drivers::{Context, Desired, Driver, DriverError, Known, Observed, Timeouts, READY_ATTR, STATUS_ATTR};
 use crate::kinds::{Attr, Field, KindSchema, Ty};
 
@@ -249,7 +249,12 @@ impl Driver for Instance {
             "region": region,
             "settings": settings(cx, want),
         }))?;
-        let op = call(cx, SERVICE, &format!("creating Cloud SQL instance {name}"), || g.sql.insert().set_project(&g.project).set_body(body.clone()).send()).await?;
+        let Some(op) = call_create(cx, SERVICE, &format!("creating Cloud SQL instance {name}"), || g.sql.insert().set_project(&g.project).set_body(body.clone()).send()).await? else {
+            // Asked for by a run that was killed: ours, once it is RUNNABLE.
+            let found = read_instance(cx, name).await?;
+            let have = super::take_over(cx, want.address, name, found)?;
+            return self.update(cx, want, &have, &[READY_ATTR.to_string()]).await;
+        };
         if let Err(e) = wait_op(cx, want.address, &op, want.timeouts.create_or(INSTANCE_TIMEOUT)).await {
             return match read_instance(cx, name).await {
                 Ok(Some(o)) => Err(e.with_partial(o)),

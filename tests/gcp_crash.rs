@@ -1,0 +1,129 @@
+//! The Google Cloud apply killed (SIGKILL) right after each of its mutating
+//! requests, then run again: every run ends with the whole stack in the
+//! cloud exactly once, all of it recorded in the state, and a plan with
+//! nothing to do. The double kills the tool itself (scripts/local-cloud/
+//! gcp_double.py, `/__double/project`); each kill point is a project of its
+//! own, so kill points run side by side without resetting anything.
+
+mod common;
+
+use std::os::unix::process::ExitStatusExt;
+
+use common::{changed, fresh_database, gcp_get, gcp_requests, text, World};
+use serde_json::{json, Value};
+
+const LANES: usize = 3;
+
+fn configure(project: &str, kill_after: u64, pidfile: &str) {
+    let body = json!({"project": project, "delay_scale": 0.05, "kill_after": kill_after, "pidfile": pidfile});
+    ureq::post(&format!("{}/__double/project", common::gcp_endpoint()))
+        .send_string(&body.to_string())
+        .unwrap();
+}
+
+fn set_project(w: &mut World, project: &str) {
+    w.env.retain(|(k, _)| k != "RALPH_DEPLOY_VAR_project");
+    w.env.push(("RALPH_DEPLOY_VAR_project".into(), project.into()));
+}
+
+fn apply(w: &World) -> std::process::Output {
+    let stack = w.stack();
+    w.cmd(&["apply", stack.to_str().unwrap(), "--env", "production", "--auto-approve"])
+        .output()
+        .unwrap()
+}
+
+fn count(path: &str, field: &str) -> usize {
+    gcp_get(path).and_then(|v| v.get(field).and_then(Value::as_array).map(Vec::len)).unwrap_or(0)
+}
+
+/// The whole stack is there once, recorded, and a plan has nothing to do.
+fn assert_consistent(w: &World, project: &str, context: &str) {
+    let n = &w.stack_name;
+    for (path, field, want) in [
+        (format!("/compute/v1/projects/{project}/global/networks"), "items", 1),
+        (format!("/compute/v1/projects/{project}/regions/us-central1/subnetworks"), "items", 1),
+        (format!("/compute/v1/projects/{project}/global/firewalls"), "items", 2),
+        (format!("/compute/v1/projects/{project}/regions/us-central1/routers"), "items", 1),
+        (format!("/compute/v1/projects/{project}/global/addresses"), "items", 1),
+        (format!("/v1/projects/{project}/locations/-/clusters"), "clusters", 1),
+        (format!("/v1/projects/{project}/locations/us-central1/clusters/{n}-production/nodePools"), "nodePools", 1),
+        (format!("/v1/projects/{project}/instances"), "items", 1),
+        (format!("/v1/projects/{project}/instances/{n}-production-postgres/databases"), "items", 2),
+        (format!("/v1/projects/{project}/locations/-/instances"), "instances", 1),
+        (format!("/v1/projects/{project}/secrets"), "secrets", 6),
+    ] {
+        assert_eq!(count(&path, field), want, "{context}: {path}");
+    }
+    // Every secret has a value.
+    for s in gcp_get(&format!("/v1/projects/{project}/secrets")).unwrap()["secrets"].as_array().unwrap() {
+        assert!(
+            gcp_get(&format!("/v1/{}/versions/latest:access", s["name"].as_str().unwrap())).is_some(),
+            "{context}: {} has no version",
+            s["name"]
+        );
+    }
+    let state = common::state_json(w);
+    assert_eq!(state["resources"].as_object().map(|r| r.len()).unwrap_or(0), 21, "{context}: the state");
+    let plan = w.plan_json(&[]);
+    assert!(changed(&plan).is_empty(), "{context}: {:?}", changed(&plan));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kill_after_every_mutating_request_of_the_gcp_apply_is_recovered() {
+    let name = format!("tx{}", std::process::id());
+    let db = fresh_database(&format!("gcpx_{name}")).await;
+    let mut worlds = Vec::new();
+    for lane in 0..LANES {
+        let mut w = World::from_stack("gcp-production.yaml", &name);
+        w.env.push(("RALPH_DEPLOY_VAR_database_tunnel_url".into(), format!("{db}?sslmode=disable")));
+        w.env.push(("RALPH_DEPLOY_VAR_image_tag".into(), "1.0.0".into()));
+        w.env.push(("ANTHROPIC_API_KEY".into(), "sk-ant-crash".into()));
+        w.env.retain(|(k, _)| k != "RALPH_DEPLOY_VAR_namespace");
+        w.env.push(("RALPH_DEPLOY_VAR_namespace".into(), format!("{name}-{lane}")));
+        // One database role per lane: lanes share the server.
+        w.env.retain(|(k, _)| k != "RALPH_DEPLOY_VAR_app_role");
+        w.env.push(("RALPH_DEPLOY_VAR_app_role".into(), format!("app_{name}_{lane}")));
+        worlds.push(w);
+    }
+    // How many mutating requests a whole apply makes.
+    let first = format!("{name}-all");
+    configure(&first, 0, "");
+    set_project(&mut worlds[0], &first);
+    let out = apply(&worlds[0]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let total = gcp_requests(&first)["mutations"].as_u64().unwrap();
+    assert!(total >= 25, "only {total} mutating requests?");
+    assert_consistent(&worlds[0], &first, "the uninterrupted apply");
+
+    let covered = std::sync::atomic::AtomicU64::new(0);
+    std::thread::scope(|scope| {
+        for (lane, w) in worlds.iter_mut().enumerate() {
+            let covered = &covered;
+            scope.spawn(move || {
+                let pidfile = w.dir.path().join("apply.pid");
+                for k in (1..=total).filter(|k| (*k as usize) % LANES == lane) {
+                    let project = format!("{}-k{k}", w.stack_name);
+                    let _ = std::fs::remove_dir_all(w.state_dir());
+                    set_project(w, &project);
+                    configure(&project, k, pidfile.to_str().unwrap());
+                    let stack = w.stack();
+                    let status = common::run_to_be_killed(
+                        w,
+                        &pidfile,
+                        &format!("apply {} --env production --auto-approve", stack.display()),
+                    );
+                    assert_eq!(status.signal(), Some(9), "k={k}: the apply was not killed");
+                    configure(&project, 0, "");
+                    let out = apply(w);
+                    assert!(out.status.success(), "k={k}: the apply after the kill failed:\n{}", text(&out.stderr));
+                    assert_consistent(w, &project, &format!("k={k}"));
+                    covered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    let covered = covered.into_inner();
+    println!("covered {covered} kill points of {total} mutating requests");
+    assert_eq!(covered, total);
+}
