@@ -59,11 +59,18 @@ async fn gcp_production_end_to_end() {
     w.env.push(("RALPH_DEPLOY_VAR_database_tunnel_url".into(), format!("{db}?sslmode=disable")));
     w.env.push(("RALPH_DEPLOY_VAR_image_tag".into(), "1.0.0".into()));
 
-    // ---- apply: everything, in graph order, the orchestrator included
+    // ---- apply: everything, in graph order, the orchestrator included,
+    // through throttling (429 RESOURCE_EXHAUSTED) and unavailability (503)
+    ureq::post(&format!("{}/__double/project", common::gcp_endpoint()))
+        .send_string(&serde_json::json!({"project": name, "throttle": 6, "error": 3}).to_string())
+        .unwrap();
     let (out, ev) = apply(&w, &[]);
     assert!(out.status.success(), "apply failed:\n{}\n{}", text(&out.stderr), text(&out.stdout));
     let summary = ev.iter().rev().find(|e| e["event"] == "summary").expect("a summary");
     assert_eq!(summary["created"], 21, "{summary}");
+    assert!(summary["retries"].as_u64().unwrap() >= 9, "{summary}");
+    let throttled: Vec<&str> = summary["throttled"].as_array().unwrap().iter().filter_map(|t| t[0].as_str().or(t["service"].as_str())).collect();
+    assert!(!throttled.is_empty(), "throttling reached no service's limiter: {summary}");
     for (before, after) in [
         ("vpc", "nodes_subnet"),
         ("nodes_subnet", "gke"),

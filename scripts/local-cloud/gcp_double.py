@@ -32,9 +32,9 @@ Delays, in seconds, come from RALPH_GCP_DELAYS (JSON overriding DEFAULTS);
 RALPH_GCP_DELAY_SCALE multiplies them; RALPH_GCP_MAX_PAGE caps page sizes.
 Control: POST /__double/faults {"throttle": N, "error": N} makes the next N
 mutating requests answer 429 (or 503); POST /__double/project {"project",
-"delay_scale", "kill_after": K, "pidfile"} scales one project's delays and
-SIGKILLs the process in PIDFILE right after answering that project's K-th
-mutating request; GET /__double/stats[?project=P] counts requests.
+"delay_scale", "kill_after": K, "pidfile", "throttle": N, "error": N} scales
+one project's delays, SIGKILLs the process in PIDFILE right after answering
+that project's K-th mutating request, and throttles (or fails) its next N; GET /__double/stats[?project=P] counts requests.
 """
 import base64
 import ipaddress
@@ -75,6 +75,7 @@ BY_PROJECT = {}  # project -> the same counts, for one test's (or run's) share
 CURRENT = {"project": None}   # the project of the request being answered
 PROJECT_SCALE = {}            # project -> delay scale (kill tests run fast)
 KILLS = {}                    # project -> {"after": k, "seen": n, "pidfile": path}
+PROJECT_FAULTS = {}           # project -> {"throttle": n, "error": n}
 
 
 def delay(key):
@@ -1175,14 +1176,15 @@ class Handler(BaseHTTPRequestHandler):
                 kind = "mutations" if method != "GET" else "lists" if route_id.endswith(".list") else "gets"
                 for c in counts:
                     c[kind] += 1
+                faults = PROJECT_FAULTS.get(project, FAULTS)
                 if method != "GET":
-                    if FAULTS["throttle"] > 0:
-                        FAULTS["throttle"] -= 1
+                    if faults["throttle"] > 0:
+                        faults["throttle"] -= 1
                         return self.send(429, ApiError(
                             429, "RESOURCE_EXHAUSTED", "Quota exceeded for quota metric 'Write requests' "
                             "and limit 'Write requests per minute'.", "rateLimitExceeded", legacy=legacy).body())
-                    if FAULTS["error"] > 0:
-                        FAULTS["error"] -= 1
+                    if faults["error"] > 0:
+                        faults["error"] -= 1
                         return self.send(503, ApiError(503, "UNAVAILABLE", "The service is currently unavailable.",
                                                        "backendError", legacy=legacy).body())
                 log_request(route_id, method, path, q, body)
@@ -1215,10 +1217,12 @@ class Handler(BaseHTTPRequestHandler):
                 FAULTS.update(json.loads(raw or b"{}"))
                 return self.send(200, FAULTS)
             if path == "/__double/project" and method == "POST":
-                # per project: {"project", "delay_scale", "kill_after", "pidfile"}
+                # per project: {"project", "delay_scale", "kill_after", "pidfile", "throttle", "error"}
                 cfg = json.loads(raw or b"{}")
                 if "delay_scale" in cfg:
                     PROJECT_SCALE[cfg["project"]] = float(cfg["delay_scale"])
+                if "throttle" in cfg or "error" in cfg:
+                    PROJECT_FAULTS[cfg["project"]] = {"throttle": int(cfg.get("throttle", 0)), "error": int(cfg.get("error", 0))}
                 if cfg.get("kill_after"):
                     KILLS[cfg["project"]] = {"after": int(cfg["kill_after"]), "seen": 0, "pidfile": cfg["pidfile"]}
                 else:
