@@ -3,8 +3,10 @@
 //! route it serves exists there with the same HTTP method and path template,
 //! and every request the tool sends through an apply, an in-place update, a
 //! rotation and a destroy uses query parameters the method declares and a
-//! body that validates against the method's request schema. The checker is
-//! shown to fail on deliberately wrong routes and bodies (tests/gcp/).
+//! body that validates against the method's request schema, and every
+//! answer of the double validates against the method's response schema (or
+//! is Google's error object). The checker is shown to fail on deliberately
+//! wrong routes, bodies and answers (tests/gcp/).
 
 mod common;
 
@@ -205,6 +207,32 @@ fn check_requests(d: &Discovery, requests: &[Value]) -> Vec<String> {
     problems
 }
 
+/// What is wrong with the double's answers: a 200 must validate against
+/// the method's response schema, an error must be Google's error object.
+fn check_responses(d: &Discovery, requests: &[Value]) -> Vec<String> {
+    let mut problems = Vec::new();
+    for r in requests {
+        let id = r["id"].as_str().unwrap();
+        let (Some(m), Some(doc)) = (d.method(id), d.doc(id)) else {
+            continue;
+        };
+        let answer = &r["response"];
+        if r["status"] == 200 {
+            if let Some(schema) = m.get("response") {
+                let mut out = Vec::new();
+                check_value(doc, schema, answer, "response", &mut out);
+                problems.extend(out.into_iter().map(|p| format!("{id}: {p}")));
+            }
+        } else {
+            let e = &answer["error"];
+            if !(e["code"] == r["status"] && e["message"].is_string() && e["status"].is_string()) {
+                problems.push(format!("{id}: the {} answer is not Google's error object: {answer}", r["status"]));
+            }
+        }
+    }
+    problems
+}
+
 #[test]
 fn every_route_of_the_double_is_a_discovery_route() {
     let d = Discovery::load();
@@ -243,6 +271,15 @@ fn a_wrong_body_fails_the_check() {
     }
     // An integer where Discovery has a string with no enum or int64 format.
     assert!(problems.contains("body.settings.tier: 4 is not of type string"), "{problems}");
+    // Answers: a state Google does not have, a field it does not send, a bare error.
+    let answers = check_responses(&d, &requests).join("\n");
+    for expected in [
+        "container.projects.locations.clusters.create: response.status: \"BOOTING\" is not one of the enum's values",
+        "sql.instances.insert: response.progress: no such field",
+        "compute.subnetworks.insert: the 400 answer is not Google's error object",
+    ] {
+        assert!(answers.contains(expected), "missing {expected:?} in:\n{answers}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -316,6 +353,11 @@ async fn every_request_of_an_apply_update_rotation_and_destroy_validates() {
         assert!(ids.contains(id), "the run never called {id}; it called {ids:?}");
     }
     let d = Discovery::load();
-    let problems = check_requests(&d, &mine);
+    let mut problems = check_requests(&d, &mine);
+    problems.extend(check_responses(&d, &mine));
+    problems.sort();
+    problems.dedup();
     assert!(problems.is_empty(), "{} problems:\n{}", problems.len(), problems.join("\n"));
+    // Reads are checked too: refresh's lists and the operations polled.
+    assert!(mine.iter().any(|r| r["method"] == "GET" && r["status"] == 200));
 }

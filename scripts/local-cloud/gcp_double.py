@@ -72,7 +72,7 @@ STATS = {"requests": 0, "mutations": 0, "lists": 0, "gets": 0}
 BY_PROJECT = {}  # project -> the same counts, for one test's (or run's) share
 
 
-CURRENT = {"project": None}   # the project of the request being answered
+CURRENT = {"project": None, "route": None}   # the request being answered
 PROJECT_SCALE = {}            # project -> delay scale (kill tests run fast)
 KILLS = {}                    # project -> {"after": k, "seen": n, "pidfile": path}
 PROJECT_FAULTS = {}           # project -> {"throttle": n, "error": n}
@@ -818,7 +818,7 @@ def redis_create(p, q, body):
         res["state"] = "READY"
         if res.get("authEnabled"):
             res["_auth"] = uuid.uuid4().hex
-        return res
+        return visible(res)
     return lro(p, "redis", "create", name, delay("redis_create"), finish, REDIS_TYPE)
 
 
@@ -1047,7 +1047,7 @@ ROUTES = [
     ("container.projects.locations.clusters.nodePools.setSize", "POST", C + "/nodePools/{pool}:setSize",
      pool_change("SET_NODE_POOL_SIZE", set_size)),
     ("container.projects.locations.clusters.nodePools.setAutoscaling", "POST", C + "/nodePools/{pool}:setAutoscaling",
-     pool_change("SET_NODE_POOL_AUTOSCALING", set_autoscaling)),
+     pool_change("UPDATE_CLUSTER", set_autoscaling)),
     ("container.projects.locations.clusters.nodePools.setManagement", "POST", C + "/nodePools/{pool}:setManagement",
      pool_change("SET_NODE_POOL_MANAGEMENT", set_management)),
     ("container.projects.locations.clusters.nodePools.update", "PUT", C + "/nodePools/{pool}",
@@ -1099,6 +1099,7 @@ def operation_get(p, q, body):
     op = OPS.get(name)
     if op is not None and op["style"] == "gke":
         return gke_op_get(p, q, body)
+    CURRENT["route"] = "redis.projects.locations.operations.get"  # logged under its own method
     return lro_get(p, q, body)
 
 
@@ -1116,19 +1117,24 @@ def compile_template(t):
 COMPILED = [(i, m, compile_template(t), h) for i, m, t, h in ROUTES]
 
 
-def log_request(route_id, method, path, query, body):
+def masked(obj):
+    """A copy with secret values replaced: the log never holds one."""
+    out = json.loads(json.dumps(obj))
+    if isinstance(out, dict):
+        if isinstance(out.get("payload"), dict) and "data" in out["payload"]:
+            out["payload"]["data"] = "bWFza2Vk"
+        for key in ("password", "rootPassword", "authString"):
+            if key in out:
+                out[key] = "masked"
+    return out
+
+
+def log_request(route_id, method, path, query, body, code, answer):
     if not REQUEST_LOG:
         return
-    masked = json.loads(json.dumps(body))
-    if isinstance(masked, dict):
-        if isinstance(masked.get("payload"), dict) and "data" in masked["payload"]:
-            masked["payload"]["data"] = "bWFza2Vk"  # a value is never written to the log
-        for key in ("password", "rootPassword"):
-            if key in masked:
-                masked[key] = "masked"
     with LOCK, open(REQUEST_LOG, "a") as f:
         f.write(json.dumps({"id": route_id, "method": method, "path": path, "query": sorted(query),
-                            "body": masked}) + "\n")
+                            "body": masked(body), "status": code, "response": masked(answer)}) + "\n")
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -1187,7 +1193,6 @@ class Handler(BaseHTTPRequestHandler):
                         faults["error"] -= 1
                         return self.send(503, ApiError(503, "UNAVAILABLE", "The service is currently unavailable.",
                                                        "backendError", legacy=legacy).body())
-                log_request(route_id, method, path, q, body)
                 CURRENT["project"] = project
                 try:
                     code, answer = 200, h(match.groupdict(), q, body)
@@ -1195,6 +1200,7 @@ class Handler(BaseHTTPRequestHandler):
                     code, answer = e.code, e.body()
                 finally:
                     CURRENT["project"] = None
+                log_request(CURRENT.pop("route", None) or route_id, method, path, q, body, code, answer)
                 self.send(code, answer)
                 if method != "GET" and project in KILLS:
                     kill = KILLS[project]
