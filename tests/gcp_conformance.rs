@@ -33,6 +33,8 @@ impl Discovery {
             ("sql", "sqladmin.v1.json"),
             ("redis", "redis.v1.json"),
             ("secretmanager", "secretmanager.v1.json"),
+            ("iam", "iam.v1.json"),
+            ("cloudresourcemanager", "cloudresourcemanager.v3.json"),
         ] {
             let text = std::fs::read_to_string(dir.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
             docs.insert(prefix, serde_json::from_str(&text).unwrap());
@@ -320,7 +322,9 @@ async fn every_request_of_an_apply_update_rotation_and_destroy_validates() {
     let mine: Vec<Value> = log
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|r| r["path"].as_str().is_some_and(|p| p.contains(&format!("/projects/{name}/"))))
+        .filter(|r| {
+            r["path"].as_str().is_some_and(|p| p.contains(&format!("/projects/{name}/")) || p.ends_with(&format!("/projects/{name}:getIamPolicy")) || p.ends_with(&format!("/projects/{name}:setIamPolicy")))
+        })
         .collect();
     let ids: std::collections::BTreeSet<&str> = mine.iter().filter_map(|r| r["id"].as_str()).collect();
     for id in [
@@ -349,6 +353,12 @@ async fn every_request_of_an_apply_update_rotation_and_destroy_validates() {
         "secretmanager.projects.secrets.addVersion",
         "secretmanager.projects.secrets.patch",
         "secretmanager.projects.secrets.versions.access",
+        "iam.projects.serviceAccounts.create",
+        "iam.projects.serviceAccounts.getIamPolicy",
+        "iam.projects.serviceAccounts.setIamPolicy",
+        "iam.projects.serviceAccounts.delete",
+        "cloudresourcemanager.projects.getIamPolicy",
+        "cloudresourcemanager.projects.setIamPolicy",
     ] {
         assert!(ids.contains(id), "the run never called {id}; it called {ids:?}");
     }

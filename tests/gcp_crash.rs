@@ -52,6 +52,7 @@ fn assert_consistent(w: &World, project: &str, context: &str) {
         (format!("/v1/projects/{project}/instances/{n}-production-postgres/databases"), "items", 2),
         (format!("/v1/projects/{project}/locations/-/instances"), "instances", 1),
         (format!("/v1/projects/{project}/secrets"), "secrets", 6),
+        (format!("/v1/projects/{project}/serviceAccounts"), "accounts", 2),
     ] {
         assert_eq!(count(&path, field), want, "{context}: {path}");
     }
@@ -64,7 +65,7 @@ fn assert_consistent(w: &World, project: &str, context: &str) {
         );
     }
     let state = common::state_json(w);
-    assert_eq!(state["resources"].as_object().map(|r| r.len()).unwrap_or(0), 21, "{context}: the state");
+    assert_eq!(state["resources"].as_object().map(|r| r.len()).unwrap_or(0), 30, "{context}: the state");
     let plan = w.plan_json(&[]);
     assert!(changed(&plan).is_empty(), "{context}: {:?}", changed(&plan));
 }

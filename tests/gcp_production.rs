@@ -67,7 +67,7 @@ async fn gcp_production_end_to_end() {
     let (out, ev) = apply(&w, &[]);
     assert!(out.status.success(), "apply failed:\n{}\n{}", text(&out.stderr), text(&out.stdout));
     let summary = ev.iter().rev().find(|e| e["event"] == "summary").expect("a summary");
-    assert_eq!(summary["created"], 21, "{summary}");
+    assert_eq!(summary["created"], 30, "{summary}");
     assert!(summary["retries"].as_u64().unwrap() >= 9, "{summary}");
     let throttled: Vec<&str> = summary["throttled"].as_array().unwrap().iter().filter_map(|t| t[0].as_str().or(t["service"].as_str())).collect();
     assert!(!throttled.is_empty(), "throttling reached no service's limiter: {summary}");
@@ -97,6 +97,27 @@ async fn gcp_production_end_to_end() {
     let deploys: kube::Api<k8s_openapi::api::apps::v1::Deployment> = kube::Api::namespaced(client, &name);
     let d = deploys.get("ralph-orchestrator").await.unwrap();
     assert_eq!(d.status.unwrap().available_replicas, Some(3));
+
+    // The pods act as the app's service account (workload identity), which
+    // may read secrets and reach Cloud SQL; the project's owner is untouched.
+    let sas: kube::Api<k8s_openapi::api::core::v1::ServiceAccount> = kube::Api::namespaced(common::kube_client().await, &name);
+    let ksa = sas.get("ralph-orchestrator").await.unwrap();
+    let email = format!("{name}-production-app@{name}.iam.gserviceaccount.com");
+    assert_eq!(ksa.metadata.annotations.unwrap_or_default().get("iam.gke.io/gcp-service-account"), Some(&email));
+    let policy = |path: &str| -> Value {
+        let r = ureq::post(&format!("{}{path}", common::gcp_endpoint())).send_string("{}").unwrap();
+        serde_json::from_str(&r.into_string().unwrap()).unwrap()
+    };
+    let members = |p: &Value, role: &str| -> Vec<String> {
+        p["bindings"].as_array().unwrap().iter().filter(|b| b["role"] == role)
+            .flat_map(|b| b["members"].as_array().unwrap().iter().map(|m| m.as_str().unwrap().to_string())).collect()
+    };
+    let project_policy = policy(&format!("/v3/projects/{name}:getIamPolicy"));
+    assert_eq!(members(&project_policy, "roles/owner"), vec!["user:owner@example.com"]);
+    assert_eq!(members(&project_policy, "roles/cloudsql.client"), vec![format!("serviceAccount:{email}")]);
+    assert_eq!(members(&project_policy, "roles/logging.logWriter"), vec![format!("serviceAccount:{name}-production-nodes@{name}.iam.gserviceaccount.com")]);
+    let sa_policy = policy(&format!("/v1/projects/{name}/serviceAccounts/{email}:getIamPolicy"));
+    assert_eq!(members(&sa_policy, "roles/iam.workloadIdentityUser"), vec![format!("serviceAccount:{name}.svc.id.goog[{name}/ralph-orchestrator]")]);
 
     // What the double holds is what the stack says.
     let project = name.as_str();
@@ -142,7 +163,10 @@ async fn gcp_production_end_to_end() {
     w.ok("plan", &["--detailed-exitcode"]);
     let after = gcp_requests(project);
     let cost = after["requests"].as_u64().unwrap() - before["requests"].as_u64().unwrap();
-    assert!(cost <= 16, "a no-op plan made {cost} requests to Google Cloud");
+    // One paged list per kind (GKE clusters twice: clusters and node pools),
+    // one per Cloud SQL instance for its databases and users, one policy
+    // read per resource that bindings are in: 17 for the 30 resources.
+    assert!(cost <= 18, "a no-op plan made {cost} requests to Google Cloud");
     assert_eq!(after["mutations"], before["mutations"]);
 
     // ---- node pool size and Redis size change in place
@@ -201,4 +225,10 @@ async fn gcp_production_end_to_end() {
     assert!(nets.get("items").and_then(Value::as_array).is_none_or(|i| i.is_empty()), "{nets}");
     let secrets = gcp_get(&format!("/v1/projects/{project}/secrets")).unwrap();
     assert!(secrets["secrets"].as_array().unwrap().is_empty());
+    let accounts = gcp_get(&format!("/v1/projects/{project}/serviceAccounts")).unwrap();
+    assert!(accounts["accounts"].as_array().unwrap().is_empty());
+    // Only what the stack added left the project's policy: its owner stays.
+    let project_policy = policy(&format!("/v3/projects/{name}:getIamPolicy"));
+    assert_eq!(project_policy["bindings"].as_array().unwrap().len(), 1, "{project_policy}");
+    assert_eq!(members(&project_policy, "roles/owner"), vec!["user:owner@example.com"]);
 }

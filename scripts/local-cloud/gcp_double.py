@@ -9,7 +9,9 @@ google-cloud-rust clients call, on one loopback port:
 - GKE (clusters, node pools, operations), Memorystore Redis (instances,
   operations, AUTH string) and Secret Manager (secrets, versions), under
   /v1/projects/{project}/...;
-- Cloud SQL Admin (instances, databases, users, operations).
+- Cloud SQL Admin (instances, databases, users, operations);
+- IAM service accounts and their policies, and the project's IAM policy
+  (Resource Manager v3).
 
 Behaviour kept from the real services: long-running operations stay
 PENDING/RUNNING for a configurable time and resources pass through their
@@ -998,6 +1000,112 @@ def secret_version_list(p, q, body):
     return out
 
 
+# ---------------------------------------------------------------- IAM
+
+POLICIES = {}    # resource -> IAM policy
+
+
+def accounts(p):
+    return coll(f"iam/projects/{p['project']}/serviceAccounts")
+
+
+def account(p):
+    a = accounts(p).get(p["account"])
+    if a is None:
+        a = next((x for x in accounts(p).values() if x["uniqueId"] == p["account"]), None)
+    if a is None:
+        raise not_found(f"projects/{p['project']}/serviceAccounts/{p['account']}")
+    return a
+
+
+def account_create(p, q, body):
+    aid = body.get("accountId", "")
+    if not re.fullmatch(r"[a-z]([-a-z0-9]{4,28}[a-z0-9])", aid or ""):
+        raise invalid([("account_id", "must be 6-30 lowercase letters, digits or hyphens, starting with a letter")])
+    email = f"{aid}@{p['project']}.iam.gserviceaccount.com"
+    c = accounts(p)
+    if email in c:
+        raise exists(f"projects/{p['project']}/serviceAccounts/{email}")
+    sa = body.get("serviceAccount") or {}
+    uid = str(10**20 + len(STORE) * 1000 + len(c))
+    res = {"name": f"projects/{p['project']}/serviceAccounts/{email}", "projectId": p["project"], "uniqueId": uid,
+           "email": email, "displayName": sa.get("displayName", ""), "description": sa.get("description", ""),
+           "etag": base64.b64encode(b"sa-1").decode(), "oauth2ClientId": uid}
+    c[email] = res
+    return res
+
+
+def account_get(p, q, body):
+    return account(p)
+
+
+def account_list(p, q, body):
+    chunk, token = page(list(accounts(p).values()), q, "pageSize", 100)
+    out = {"accounts": chunk}
+    if token:
+        out["nextPageToken"] = token
+    return out
+
+
+def account_patch(p, q, body):
+    a = account(p)
+    sa = body.get("serviceAccount") or {}
+    mask = body.get("updateMask") or ""
+    for field in [m for m in mask.split(",") if m]:
+        key = {"display_name": "displayName"}.get(field, field)
+        if key not in ("displayName", "description"):
+            raise invalid([("update_mask", f"cannot update {field}")])
+        a[key] = sa.get(key, "")
+    return a
+
+
+def account_delete(p, q, body):
+    a = account(p)
+    accounts(p).pop(a["email"], None)
+    POLICIES.pop(a["name"], None)
+    return {}
+
+
+def policy_of(resource, default_bindings):
+    return POLICIES.setdefault(resource, {"version": 1, "etag": base64.b64encode(b"etag-0").decode(),
+                                          "bindings": default_bindings})
+
+
+def set_policy(resource, body, default_bindings):
+    current = policy_of(resource, default_bindings)
+    new = body.get("policy") or {}
+    if new.get("etag") not in (None, "", current["etag"]):
+        raise ApiError(409, "ABORTED", "There were concurrent policy changes. Please retry the whole "
+                       "read-modify-write with exponential backoff.", "aborted")
+    for b in new.get("bindings") or []:
+        if not b.get("role") or not b.get("members"):
+            raise invalid([("policy.bindings", "a binding needs a role and members")])
+    n = int(base64.b64decode(current["etag"]).decode().split("-")[1]) + 1
+    POLICIES[resource] = {"version": new.get("version") or 1, "etag": base64.b64encode(f"etag-{n}".encode()).decode(),
+                          "bindings": new.get("bindings") or []}
+    return POLICIES[resource]
+
+
+def account_get_policy(p, q, body):
+    return policy_of(account(p)["name"], [])
+
+
+def account_set_policy(p, q, body):
+    return set_policy(account(p)["name"], body, [])
+
+
+# A project starts with its owner, whom the tool must never remove.
+PROJECT_OWNER = [{"role": "roles/owner", "members": ["user:owner@example.com"]}]
+
+
+def project_get_policy(p, q, body):
+    return policy_of(f"projects/{p['project']}", json.loads(json.dumps(PROJECT_OWNER)))
+
+
+def project_set_policy(p, q, body):
+    return set_policy(f"projects/{p['project']}", body, json.loads(json.dumps(PROJECT_OWNER)))
+
+
 # ---------------------------------------------------------------- routes
 
 G = "/compute/v1/projects/{project}/global"
@@ -1091,6 +1199,19 @@ ROUTES = [
     ("sql.users.update", "PUT", S + "/users", USER_UPDATE),
     ("sql.users.delete", "DELETE", S + "/users", USER_DELETE),
     ("sql.operations.get", "GET", "/v1/projects/{project}/operations/{operation}", sql_op_get),
+
+    ("iam.projects.serviceAccounts.create", "POST", "/v1/projects/{project}/serviceAccounts", account_create),
+    ("iam.projects.serviceAccounts.list", "GET", "/v1/projects/{project}/serviceAccounts", account_list),
+    ("iam.projects.serviceAccounts.get", "GET", "/v1/projects/{project}/serviceAccounts/{account}", account_get),
+    ("iam.projects.serviceAccounts.patch", "PATCH", "/v1/projects/{project}/serviceAccounts/{account}", account_patch),
+    ("iam.projects.serviceAccounts.delete", "DELETE", "/v1/projects/{project}/serviceAccounts/{account}",
+     account_delete),
+    ("iam.projects.serviceAccounts.getIamPolicy", "POST",
+     "/v1/projects/{project}/serviceAccounts/{account}:getIamPolicy", account_get_policy),
+    ("iam.projects.serviceAccounts.setIamPolicy", "POST",
+     "/v1/projects/{project}/serviceAccounts/{account}:setIamPolicy", account_set_policy),
+    ("cloudresourcemanager.projects.getIamPolicy", "POST", "/v3/projects/{project}:getIamPolicy", project_get_policy),
+    ("cloudresourcemanager.projects.setIamPolicy", "POST", "/v3/projects/{project}:setIamPolicy", project_set_policy),
 ]
 
 
@@ -1163,7 +1284,7 @@ class Handler(BaseHTTPRequestHandler):
             body = json.loads(raw) if raw else {}
         except ValueError:
             return self.send(400, invalid([("body", "is not JSON")]).body())
-        in_project = re.search(r"/projects/([^/]+)/", path)
+        in_project = re.search(r"/projects/([^/:]+)[/:]", path)
         project = in_project.group(1) if in_project else None
         counts = [STATS]
         with LOCK:
@@ -1179,11 +1300,13 @@ class Handler(BaseHTTPRequestHandler):
                 if not match:
                     continue
                 legacy = route_id.startswith(("compute.", "sql."))
-                kind = "mutations" if method != "GET" else "lists" if route_id.endswith(".list") else "gets"
+                # getIamPolicy is a POST that changes nothing
+                reads = method == "GET" or route_id.endswith(".getIamPolicy")
+                kind = "mutations" if not reads else "lists" if route_id.endswith(".list") else "gets"
                 for c in counts:
                     c[kind] += 1
                 faults = PROJECT_FAULTS.get(project, FAULTS)
-                if method != "GET":
+                if not reads:
                     if faults["throttle"] > 0:
                         faults["throttle"] -= 1
                         return self.send(429, ApiError(
@@ -1202,7 +1325,7 @@ class Handler(BaseHTTPRequestHandler):
                     CURRENT["project"] = None
                 log_request(CURRENT.pop("route", None) or route_id, method, path, q, body, code, answer)
                 self.send(code, answer)
-                if method != "GET" and project in KILLS:
+                if not reads and project in KILLS:
                     kill = KILLS[project]
                     kill["seen"] += 1
                     if kill["seen"] == kill["after"]:
@@ -1240,7 +1363,7 @@ class Handler(BaseHTTPRequestHandler):
                     return self.send(200, BY_PROJECT.get(project[0], {"requests": 0, "mutations": 0, "lists": 0, "gets": 0}))
                 return self.send(200, STATS)
             if path == "/__double/reset" and method == "POST":
-                STORE.clear(); SECRETS.clear(); OPS.clear(); PENDING.clear()
+                STORE.clear(); SECRETS.clear(); OPS.clear(); PENDING.clear(); POLICIES.clear()
                 return self.send(200, {})
             if path == "/__double/routes":
                 return self.send(200, [{"id": i, "method": m, "path": t, "aliases": ALIASES.get(i, [])}

@@ -1,5 +1,6 @@
 //! Google Cloud: the official google-cloud-rust clients (Compute networking,
-//! GKE, Cloud SQL Admin, Memorystore Redis, Secret Manager), built once per
+//! GKE, Cloud SQL Admin, Memorystore Redis, Secret Manager, IAM and Resource
+//! Manager for service accounts and role bindings), built once per
 //! run, and what every `gcp.*` kind shares: ownership labels (or, for the
 //! Compute kinds that have no labels, a marker in the description), calls
 //! counted and retried on throttling (429 RESOURCE_EXHAUSTED feeds the
@@ -13,6 +14,7 @@
 
 pub mod compute;
 pub mod gke;
+pub mod iam;
 pub mod redis;
 pub mod secret;
 pub mod sql;
@@ -54,6 +56,8 @@ pub struct GcpClients {
     pub sql_ops: google_cloud_sql_v1::client::SqlOperationsService,
     pub redis: google_cloud_redis_v1::client::CloudRedis,
     pub secrets: google_cloud_secretmanager_v1::client::SecretManagerService,
+    pub iam: google_cloud_iam_admin_v1::client::Iam,
+    pub projects: google_cloud_resourcemanager_v3::client::Projects,
 }
 
 /// The endpoint the stack or the environment names, if any.
@@ -128,6 +132,8 @@ impl GcpClients {
             sql_ops: build_client!(google_cloud_sql_v1::client::SqlOperationsService, e),
             redis: build_client!(google_cloud_redis_v1::client::CloudRedis, e),
             secrets: build_client!(google_cloud_secretmanager_v1::client::SecretManagerService, e),
+            iam: build_client!(google_cloud_iam_admin_v1::client::Iam, e),
+            projects: build_client!(google_cloud_resourcemanager_v3::client::Projects, e),
             project,
             region,
             endpoint,
@@ -551,5 +557,6 @@ pub fn drivers() -> Vec<Box<dyn crate::drivers::Driver>> {
     d.extend(sql::drivers());
     d.push(Box::new(redis::RedisInstance));
     d.push(Box::new(secret::Secret));
+    d.extend(iam::drivers());
     d
 }

@@ -300,6 +300,9 @@ pub struct Values {
     pub pdb: Pdb,
     pub maintenance: Maintenance,
     pub monitoring: Monitoring,
+    /// On the pods' ServiceAccount: how a cloud maps it to a cloud identity
+    /// (GKE workload identity's `iam.gke.io/gcp-service-account`).
+    pub service_account_annotations: BTreeMap<String, String>,
     pub api: ApiVersions,
 }
 
@@ -558,6 +561,7 @@ pub fn values(
         },
         port: i(props, "port", 8080),
         metrics_port: i(props, "metrics_port", 9090),
+        service_account_annotations: string_map(props, "service_account_annotations"),
         config,
         config_hash,
         secret_keys,
