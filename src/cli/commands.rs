@@ -31,15 +31,16 @@ pub async fn run(cmd: Command) -> anyhow::Result<i32> {
             detailed_exitcode,
             out,
             destroy,
+            select,
         } => json_error_event(
             json,
-            plan_cmd(&args, json, detailed_exitcode, out.as_deref(), destroy).await,
+            plan_cmd(&args, json, detailed_exitcode, out.as_deref(), destroy, &select).await,
         ),
-        Command::Apply { args, run } => {
-            json_error_event(run.json, apply_cmd(&args, &run, false).await)
+        Command::Apply { args, run, select } => {
+            json_error_event(run.json, apply_cmd(&args, &run, false, &select).await)
         }
-        Command::Destroy { args, run } => {
-            json_error_event(run.json, apply_cmd(&args, &run, true).await)
+        Command::Destroy { args, run, select } => {
+            json_error_event(run.json, apply_cmd(&args, &run, true, &select).await)
         }
         Command::Render {
             args,
@@ -180,8 +181,10 @@ async fn plan_cmd(
     detailed: bool,
     out: Option<&Path>,
     destroy: bool,
+    select: &super::SelectArgs,
 ) -> Result<i32, CliError> {
-    let s = args.session(json)?;
+    let mut s = args.session(json)?;
+    s.selection = select.selection();
     let cx = s.context(if json {
         Arc::new(Silent)
     } else {
@@ -203,7 +206,7 @@ async fn plan_cmd(
     if let Some(path) = out {
         let file = PlanFile {
             plan: plan.clone(),
-            variables: args.vars.clone(),
+            variables: args.all_vars().map_err(CliError::Other)?,
         };
         let bytes = saved::to_bytes(&file).map_err(|e| CliError::Other(e.into()))?;
         crate::state::local::atomic_write(path, &bytes)
@@ -256,10 +259,20 @@ fn confirm(question: &str) -> Result<bool, CliError> {
     Ok(line.trim() == "yes")
 }
 
-async fn apply_cmd(args: &StackArgs, run: &RunArgs, destroy: bool) -> Result<i32, CliError> {
+async fn apply_cmd(
+    args: &StackArgs,
+    run: &RunArgs,
+    destroy: bool,
+    select: &super::SelectArgs,
+) -> Result<i32, CliError> {
     // `apply FILE` / `destroy FILE` with a saved plan: verify it, then load
     // the stack it was made from.
     let saved = if saved::looks_like_plan(&args.stack) {
+        if !select.selection().is_empty() {
+            return Err(CliError::Other(anyhow!(
+                "--target and --exclude cannot be used with a saved plan: the plan fixes what it covers. Nothing was changed. Drop them, or make a new plan with them"
+            )));
+        }
         Some(saved_plan(args, destroy)?)
     } else {
         None
@@ -269,13 +282,15 @@ async fn apply_cmd(args: &StackArgs, run: &RunArgs, destroy: bool) -> Result<i32
             stack: PathBuf::from(&file.plan.stack_path),
             env: Some(file.plan.environment.clone()),
             vars: file.variables.clone(),
+            var_files: Vec::new(),
             state_dir: args.state_dir.clone(),
             state: args.state.clone(),
             lock_timeout: args.lock_timeout,
         },
         None => args.clone(),
     };
-    let s = effective_args.session(run.json)?;
+    let mut s = effective_args.session(run.json)?;
+    s.selection = select.selection();
     let cx = s.context(reporter(run.json));
     let request = Request {
         destroy,
@@ -367,9 +382,9 @@ fn saved_plan(args: &StackArgs, destroy: bool) -> Result<PlanFile, CliError> {
             plan.environment
         )));
     }
-    if !args.vars.is_empty() {
+    if !args.vars.is_empty() || !args.var_files.is_empty() {
         return Err(CliError::Other(anyhow!(
-            "--var cannot be used with a saved plan: the plan fixes its variables ({}). Nothing was changed. Drop --var, or make a new plan with them",
+            "--var and --var-file cannot be used with a saved plan: the plan fixes its variables ({}). Nothing was changed. Drop --var, or make a new plan with them",
             if file.variables.is_empty() {
                 "none were given".to_string()
             } else {

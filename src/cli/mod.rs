@@ -36,9 +36,13 @@ pub struct StackArgs {
     /// The environment to use (one of the stack's `environments`)
     #[arg(long, short = 'e')]
     pub env: Option<String>,
-    /// Set a variable: --var name=value (repeatable)
+    /// Set a variable: --var name=value (repeatable; wins over --var-file)
     #[arg(long = "var", value_name = "NAME=VALUE")]
     pub vars: Vec<String>,
+    /// Read variables from a YAML file of `name: value` (repeatable; later
+    /// files win; RALPH_DEPLOY_VAR_FILE names one too)
+    #[arg(long = "var-file", value_name = "FILE", env = "RALPH_DEPLOY_VAR_FILE", value_delimiter = ',')]
+    pub var_files: Vec<PathBuf>,
     /// Where the embedded state backend keeps state files
     #[arg(
         long,
@@ -55,6 +59,61 @@ pub struct StackArgs {
     /// holds it, instead of failing at once
     #[arg(long, env = "RALPH_DEPLOY_LOCK_TIMEOUT", value_name = "DURATION", value_parser = parse_wait)]
     pub lock_timeout: Option<std::time::Duration>,
+}
+
+/// A variables file: a YAML mapping of variable names to values; strings,
+/// numbers and booleans as they are, lists and maps as JSON (the form
+/// `--var` takes them in).
+fn read_var_file(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
+    let text = crate::files::read_text_bounded(path, 1 << 20)
+        .map_err(|e| anyhow::anyhow!("--var-file {}: {e}", path.display()))?;
+    let doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("--var-file {}: {e}", path.display()))?;
+    let map = match doc {
+        serde_yaml_ng::Value::Mapping(m) => m,
+        serde_yaml_ng::Value::Null => return Ok(Vec::new()),
+        _ => anyhow::bail!(
+            "--var-file {}: expected a mapping of variable names to values, such as `region: us-east-1`",
+            path.display()
+        ),
+    };
+    let mut out = Vec::new();
+    for (k, v) in map {
+        let serde_yaml_ng::Value::String(name) = k else {
+            anyhow::bail!("--var-file {}: every key must be a variable name (a string)", path.display());
+        };
+        let value = match v {
+            serde_yaml_ng::Value::String(s) => s,
+            serde_yaml_ng::Value::Bool(b) => b.to_string(),
+            serde_yaml_ng::Value::Number(n) => n.to_string(),
+            serde_yaml_ng::Value::Null => String::new(),
+            other => serde_json::to_string(&other)
+                .map_err(|e| anyhow::anyhow!("--var-file {}: `{name}`: {e}", path.display()))?,
+        };
+        out.push(format!("{name}={value}"));
+    }
+    Ok(out)
+}
+
+/// `--target` and `--exclude` of plan, apply and destroy.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct SelectArgs {
+    /// Only this resource and what it needs (repeatable): an address, a
+    /// `for_each` resource (all its instances) or a component
+    #[arg(long = "target", value_name = "ADDRESS", env = "RALPH_DEPLOY_TARGET", value_delimiter = ',')]
+    pub targets: Vec<String>,
+    /// Leave this resource out, and what needs it (repeatable)
+    #[arg(long = "exclude", value_name = "ADDRESS", env = "RALPH_DEPLOY_EXCLUDE", value_delimiter = ',')]
+    pub excludes: Vec<String>,
+}
+
+impl SelectArgs {
+    pub fn selection(&self) -> crate::plan::Selection {
+        crate::plan::Selection {
+            targets: self.targets.clone(),
+            excludes: self.excludes.clone(),
+        }
+    }
 }
 
 /// `90s`, `5m`, `1h`, `1h30m`, or plain seconds.
@@ -139,6 +198,8 @@ pub enum Command {
         /// Plan the destruction of everything the stack manages
         #[arg(long)]
         destroy: bool,
+        #[command(flatten)]
+        select: SelectArgs,
     },
     /// Make the changes: from a stack file (plans first) or a saved plan file
     Apply {
@@ -146,6 +207,8 @@ pub enum Command {
         args: StackArgs,
         #[command(flatten)]
         run: RunArgs,
+        #[command(flatten)]
+        select: SelectArgs,
     },
     /// Print the orchestrator's Kubernetes manifests, as apply would send them
     Render {
@@ -187,6 +250,8 @@ pub enum Command {
         args: StackArgs,
         #[command(flatten)]
         run: RunArgs,
+        #[command(flatten)]
+        select: SelectArgs,
     },
     /// Print the stack's outputs
     Output {
@@ -473,6 +538,17 @@ pub fn main() -> i32 {
 }
 
 impl StackArgs {
+    /// The variables of `--var-file`s then `--var`s, as `name=value` (a
+    /// later one wins): what a saved plan records.
+    pub(crate) fn all_vars(&self) -> anyhow::Result<Vec<String>> {
+        let mut out = Vec::new();
+        for file in &self.var_files {
+            out.extend(read_var_file(file)?);
+        }
+        out.extend(self.vars.iter().cloned());
+        Ok(out)
+    }
+
     pub(crate) fn load_options(&self) -> anyhow::Result<LoadOptions> {
         let mut variables = Vec::new();
         // RALPH_DEPLOY_VAR_<name>=value, for CI; --var wins over it.
@@ -481,7 +557,7 @@ impl StackArgs {
                 Some((k.strip_prefix("RALPH_DEPLOY_VAR_")?.to_ascii_lowercase(), v))
             })
             .collect();
-        for v in &self.vars {
+        for v in self.all_vars()? {
             let Some((k, val)) = v.split_once('=') else {
                 anyhow::bail!("--var {v}: write it as --var name=value");
             };

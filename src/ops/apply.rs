@@ -188,7 +188,9 @@ async fn checked_saved_plan(
             plan.state_serial, current_serial
         )));
     }
-    let fresh = s.make_plan(state, existed, cx, plan.destroy).await?;
+    let fresh = s
+        .make_plan_of(state, existed, cx, plan.destroy, &plan.selection)
+        .await?;
     let mut differences = saved::differences(&plan.changes, &fresh.changes);
     if plan.moves != fresh.moves {
         differences.push(format!(

@@ -66,6 +66,8 @@ pub struct Session {
     /// How long to wait for a lock another run holds (`--lock-timeout`);
     /// `None`: fail at once, naming the holder.
     pub lock_timeout: Option<std::time::Duration>,
+    /// `--target` / `--exclude` of this run.
+    pub selection: crate::plan::Selection,
 }
 
 /// The backend `location` names for `stack`, with the sealer the
@@ -174,6 +176,7 @@ impl Session {
             backend,
             registry,
             lock_timeout: None,
+            selection: Default::default(),
         })
     }
 
@@ -222,6 +225,20 @@ impl Session {
         cx: &Context,
         destroy: bool,
     ) -> Result<Plan, OpError> {
+        self.make_plan_of(state, existed, cx, destroy, &self.selection)
+            .await
+    }
+
+    /// A plan of the part of the stack `selection` covers (all of it when
+    /// empty); a partial plan says so in a warning.
+    pub async fn make_plan_of(
+        &self,
+        state: &State,
+        existed: bool,
+        cx: &Context,
+        destroy: bool,
+        selection: &crate::plan::Selection,
+    ) -> Result<Plan, OpError> {
         // `moved` renames state entries first; the diff runs on the result.
         let mut moved_state;
         let mut moves = Vec::new();
@@ -249,6 +266,32 @@ impl Session {
                 .map_err(|e| OpError::Other(e.to_string()))?
         };
         changes.sort_by(|a, b| a.address.cmp(&b.address).then(a.action.cmp(&b.action)));
+        if !selection.is_empty() {
+            // What each resource needs: the stack's references and
+            // depends_on, and for what the stack no longer declares, the
+            // dependencies the state recorded.
+            let mut deps: std::collections::BTreeMap<String, Vec<String>> = state
+                .resources
+                .iter()
+                .map(|(a, r)| (a.clone(), r.depends_on.clone()))
+                .collect();
+            if !destroy {
+                for r in self.stack.resources.values() {
+                    deps.insert(r.address.clone(), r.dependencies());
+                }
+            }
+            let left_out = selection
+                .apply(&mut changes, &deps, destroy)
+                .map_err(OpError::refused)?;
+            cx.reporter.report(crate::events::Event::Warning {
+                message: format!(
+                    "this run covers part of the stack ({}): {} change(s) left out{}; run without them to converge the rest",
+                    selection_text(selection),
+                    left_out.len(),
+                    if left_out.is_empty() { String::new() } else { format!(" ({})", left_out.join(", ")) }
+                ),
+            });
+        }
         Ok(Plan {
             format: PLAN_FORMAT.into(),
             stack: self.stack.name.clone(),
@@ -261,6 +304,7 @@ impl Session {
             moves,
             changes,
             created_at: chrono::Utc::now(),
+            selection: selection.clone(),
         })
     }
 
@@ -378,6 +422,12 @@ impl Session {
         }
         Ok(out)
     }
+}
+
+fn selection_text(s: &crate::plan::Selection) -> String {
+    let mut parts: Vec<String> = s.targets.iter().map(|t| format!("--target {t}")).collect();
+    parts.extend(s.excludes.iter().map(|e| format!("--exclude {e}")));
+    parts.join(" ")
 }
 
 /// What to do with a property that refers to a resource not applied yet.

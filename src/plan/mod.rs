@@ -94,6 +94,99 @@ pub struct Plan {
     pub moves: Vec<Move>,
     pub changes: Vec<Change>,
     pub created_at: chrono::DateTime<chrono::Utc>,
+    /// `--target` / `--exclude`: the plan covers only part of the stack.
+    #[serde(default, skip_serializing_if = "Selection::is_empty")]
+    pub selection: Selection,
+}
+
+/// Which resources a run covers: the targets (and what they need), less
+/// the excluded ones (and what needs them). Empty: all of them.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Selection {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub targets: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub excludes: Vec<String>,
+}
+
+impl Selection {
+    pub fn is_empty(&self) -> bool {
+        self.targets.is_empty() && self.excludes.is_empty()
+    }
+
+    /// An address a pattern names: itself, its `for_each` instances
+    /// (`private` names `private["a"]`), or a component's resources (`app`
+    /// names `app.orchestrator`).
+    pub fn names(pattern: &str, address: &str) -> bool {
+        address == pattern
+            || address
+                .strip_prefix(pattern)
+                .is_some_and(|rest| rest.starts_with('[') || rest.starts_with('.'))
+    }
+
+    /// Keeps the changes the selection covers. `deps` maps each address to
+    /// what it needs. A build needs its dependencies built first; a destroy
+    /// needs its dependents gone first: the closure follows that direction
+    /// from the targets, and the other from the excluded. Returns the
+    /// addresses left out, or an error naming a pattern that names nothing.
+    pub fn apply(
+        &self,
+        changes: &mut Vec<Change>,
+        deps: &BTreeMap<String, Vec<String>>,
+        destroy: bool,
+    ) -> Result<Vec<String>, String> {
+        if self.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut reverse: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (a, ds) in deps {
+            for d in ds {
+                reverse.entry(d.clone()).or_default().push(a.clone());
+            }
+        }
+        let (needs, needed_by) = if destroy { (&reverse, deps) } else { (deps, &reverse) };
+        let known: std::collections::BTreeSet<&str> = deps
+            .keys()
+            .map(String::as_str)
+            .chain(changes.iter().map(|c| c.address.as_str()))
+            .collect();
+        let closure = |patterns: &[String], edges: &BTreeMap<String, Vec<String>>, flag: &str| -> Result<std::collections::BTreeSet<String>, String> {
+            let mut out = std::collections::BTreeSet::new();
+            let mut todo = Vec::new();
+            for p in patterns {
+                let hits: Vec<&str> = known.iter().copied().filter(|a| Selection::names(p, a)).collect();
+                if hits.is_empty() {
+                    let names: Vec<&str> = known.iter().copied().collect();
+                    let hint = crate::model::did_you_mean(p, names.iter().copied())
+                        .map(|s| format!(" (did you mean `{s}`?)"))
+                        .unwrap_or_default();
+                    return Err(format!("{flag} {p}: the stack has no such resource{hint}"));
+                }
+                todo.extend(hits.into_iter().map(str::to_string));
+            }
+            while let Some(a) = todo.pop() {
+                if out.insert(a.clone()) {
+                    todo.extend(edges.get(&a).into_iter().flatten().cloned());
+                }
+            }
+            Ok(out)
+        };
+        let kept = if self.targets.is_empty() {
+            None
+        } else {
+            Some(closure(&self.targets, needs, "--target")?)
+        };
+        let dropped = closure(&self.excludes, needed_by, "--exclude")?;
+        let mut left_out = Vec::new();
+        changes.retain(|c| {
+            let keep = kept.as_ref().is_none_or(|k| k.contains(&c.address)) && !dropped.contains(&c.address);
+            if !keep && c.action != Action::NoOp {
+                left_out.push(c.address.clone());
+            }
+            keep
+        });
+        Ok(left_out)
+    }
 }
 
 /// `from` has moved to `to`: only the state's name for the resource changes.

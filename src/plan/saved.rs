@@ -260,6 +260,7 @@ mod tests {
                 stack_path: "stacks/s.yaml".into(),
                 environment: "production".into(),
                 stack_digest: "d".into(),
+                selection: Default::default(),
                 state_lineage: Some("l".into()),
                 state_serial: 3,
                 destroy: false,
