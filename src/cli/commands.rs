@@ -109,6 +109,28 @@ pub async fn run(cmd: Command) -> anyhow::Result<i32> {
             command: DbCommand::Partitions { args, months_ahead },
         } => db_partitions(&args, months_ahead).await,
         Command::Import { args, address, id } => import_cmd(&args, &address, &id).await,
+        Command::Completions { shell } => {
+            let mut cmd = <super::Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "ralph-deploy", &mut std::io::stdout());
+            Ok(EXIT_OK)
+        }
+        Command::Man => {
+            let cmd = <super::Cli as clap::CommandFactory>::command();
+            let mut out = Vec::new();
+            clap_mangen::Man::new(cmd.clone()).render(&mut out)?;
+            // Each command's own options follow the overview, a section each.
+            for sub in cmd.get_subcommands().filter(|c| !c.is_hide_set()) {
+                out.extend_from_slice(
+                    format!(".SH \"RALPH-DEPLOY {}\"\n", sub.get_name().to_uppercase()).as_bytes(),
+                );
+                let page = clap_mangen::Man::new(sub.clone());
+                page.render_description_section(&mut out)?;
+                page.render_options_section(&mut out)?;
+            }
+            use std::io::Write as _;
+            std::io::stdout().write_all(&out)?;
+            Ok(EXIT_OK)
+        }
         Command::Schema { component } => {
             let registry = crate::drivers::Registry::builtin();
             let schema = if component {

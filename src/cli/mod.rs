@@ -281,6 +281,15 @@ pub enum Command {
         /// The lock id, as printed by the run that found the lock
         lock_id: String,
     },
+    /// Print a shell completion script: `ralph-deploy completions bash >
+    /// /etc/bash_completion.d/ralph-deploy` (zsh: into a directory on $fpath
+    /// as _ralph-deploy; fish: ~/.config/fish/completions/ralph-deploy.fish)
+    Completions {
+        /// bash, zsh, fish, elvish or powershell
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff): `ralph-deploy man > ralph-deploy.1`
+    Man,
     /// Print the JSON Schema of stack files (or of component files)
     Schema {
         /// The schema of component files (components/*.yaml)
