@@ -28,14 +28,23 @@ pub async fn run(cmd: Command) -> anyhow::Result<i32> {
         Command::Plan {
             args,
             json,
+            format,
             detailed_exitcode,
             out,
             destroy,
             select,
-        } => json_error_event(
-            json,
-            plan_cmd(&args, json, detailed_exitcode, out.as_deref(), destroy, &select).await,
-        ),
+        } => {
+            let format = if json { super::PlanFormat::Json } else { format };
+            json_error_event(
+                format == super::PlanFormat::Json,
+                plan_cmd(&args, format, detailed_exitcode, out.as_deref(), destroy, &select).await,
+            )
+        }
+        Command::Show { plan, format } => {
+            let file = saved::read(&plan).map_err(|e| anyhow!(e))?;
+            print!("{}", plan_in(&file.plan, format, None)?);
+            Ok(EXIT_OK)
+        }
         Command::Apply { args, run, select } => {
             json_error_event(run.json, apply_cmd(&args, &run, false, &select).await)
         }
@@ -197,14 +206,31 @@ pub(super) async fn read_state(s: &Session) -> Result<(State, bool), CliError> {
     Ok(s.read_state().await?)
 }
 
+/// A plan in the chosen format (`requests`: the API calls it cost, for JSON).
+fn plan_in(plan: &Plan, format: super::PlanFormat, requests: Option<u64>) -> anyhow::Result<String> {
+    Ok(match format {
+        super::PlanFormat::Json => {
+            let mut v = serde_json::to_value(plan)?;
+            v["counts"] = serde_json::to_value(plan.counts()).unwrap_or_default();
+            if let Some(r) = requests {
+                v["requests"] = serde_json::json!(r);
+            }
+            format!("{}\n", serde_json::to_string_pretty(&v)?)
+        }
+        super::PlanFormat::Markdown => crate::cli::render::plan_markdown(plan),
+        super::PlanFormat::Text => plan_text(plan, Style::for_stdout()),
+    })
+}
+
 async fn plan_cmd(
     args: &StackArgs,
-    json: bool,
+    format: super::PlanFormat,
     detailed: bool,
     out: Option<&Path>,
     destroy: bool,
     select: &super::SelectArgs,
 ) -> Result<i32, CliError> {
+    let json = format == super::PlanFormat::Json;
     let mut s = args.session(json)?;
     s.selection = select.selection();
     let cx = s.context(if json {
@@ -214,17 +240,10 @@ async fn plan_cmd(
     });
     let (state, existed) = read_state(&s).await?;
     let plan = s.make_plan(&state, existed, &cx, destroy).await?;
-    if json {
-        let mut v = serde_json::to_value(&plan).map_err(|e| CliError::Other(e.into()))?;
-        v["counts"] = serde_json::to_value(plan.counts()).unwrap_or_default();
-        v["requests"] = serde_json::json!(cx.request_count());
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&v).map_err(|e| CliError::Other(e.into()))?
-        );
-    } else {
-        print!("{}", plan_text(&plan, Style::for_stdout()));
-    }
+    print!(
+        "{}",
+        plan_in(&plan, format, Some(cx.request_count())).map_err(CliError::Other)?
+    );
     if let Some(path) = out {
         let file = PlanFile {
             plan: plan.clone(),

@@ -43,6 +43,11 @@ pub struct Style {
 }
 
 impl Style {
+    /// No colour (files, Markdown).
+    pub fn plain() -> Style {
+        Style { colour: false }
+    }
+
     /// Colour on a terminal, unless NO_COLOR is set (https://no-color.org).
     pub fn for_stdout() -> Style {
         use std::io::IsTerminal;

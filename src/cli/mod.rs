@@ -95,6 +95,14 @@ fn read_var_file(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
     Ok(out)
 }
 
+/// How a plan is printed.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlanFormat {
+    Text,
+    Json,
+    Markdown,
+}
+
 /// `--target` and `--exclude` of plan, apply and destroy.
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct SelectArgs {
@@ -186,9 +194,12 @@ pub enum Command {
     Plan {
         #[command(flatten)]
         args: StackArgs,
-        /// Print the plan as JSON
+        /// Print the plan as JSON (the same as --format json)
         #[arg(long)]
         json: bool,
+        /// text, json, or markdown (a pull-request comment)
+        #[arg(long, value_enum, default_value = "text", env = "RALPH_DEPLOY_PLAN_FORMAT")]
+        format: PlanFormat,
         /// Exit 2 when there are changes, 0 when there are none, 1 on error
         #[arg(long)]
         detailed_exitcode: bool,
@@ -280,6 +291,14 @@ pub enum Command {
         args: StackArgs,
         /// The lock id, as printed by the run that found the lock
         lock_id: String,
+    },
+    /// Print a saved plan (from `plan --out`), after checking its digest and signature
+    Show {
+        /// The plan file
+        plan: PathBuf,
+        /// text, json, or markdown (a pull-request comment)
+        #[arg(long, value_enum, default_value = "text")]
+        format: PlanFormat,
     },
     /// Print a shell completion script: `ralph-deploy completions bash >
     /// /etc/bash_completion.d/ralph-deploy` (zsh: into a directory on $fpath

@@ -106,6 +106,109 @@ pub fn plan_text(plan: &Plan, style: Style) -> String {
     out
 }
 
+/// GitHub's limit on a comment is 65,536 characters; a plan longer than
+/// this is cut at a resource boundary, with a note.
+const MARKDOWN_LIMIT: usize = 60_000;
+
+/// The plan as Markdown for a pull-request comment: a summary table,
+/// replacements and deletions called out first (protected ones flagged),
+/// then each change in a collapsed block. Secret values are never
+/// properties, so there is nothing to redact.
+pub fn plan_markdown(plan: &Plan) -> String {
+    let c = plan.counts();
+    let mut out = format!(
+        "### ralph-deploy {}: `{}` / `{}`\n\n",
+        if plan.destroy { "destroy plan" } else { "plan" },
+        plan.stack,
+        plan.environment
+    );
+    if !plan.selection.is_empty() {
+        let mut parts: Vec<String> = plan.selection.targets.iter().map(|t| format!("`--target {t}`")).collect();
+        parts.extend(plan.selection.excludes.iter().map(|e| format!("`--exclude {e}`")));
+        out.push_str(&format!("> **Partial plan** ({}): the rest of the stack is not covered.\n\n", parts.join(" ")));
+    }
+    out.push_str("| create | update | replace | delete | adopt | move | unchanged |\n|---:|---:|---:|---:|---:|---:|---:|\n");
+    out.push_str(&format!(
+        "| {} | {} | {} | {} | {} | {} | {} |\n\n",
+        c.create, c.update, c.replace, c.delete, c.adopt, c.moved, c.unchanged
+    ));
+    let changes: Vec<_> = plan.changes.iter().filter(|c| c.is_change()).collect();
+    if changes.is_empty() && plan.moves.is_empty() {
+        out.push_str("No changes. The cloud matches the stack.\n");
+        return out;
+    }
+    let risky: Vec<_> = changes
+        .iter()
+        .filter(|c| matches!(c.action, Action::Delete | Action::Replace))
+        .collect();
+    if !risky.is_empty() {
+        out.push_str("**Deletions and replacements**\n\n");
+        for c in &risky {
+            out.push_str(&format!(
+                "- {} `{}` ({}){}{}\n",
+                if c.action == Action::Delete { "delete" } else { "replace" },
+                c.address,
+                c.kind,
+                c.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default(),
+                if c.protect { " **[protected: needs --allow-protected]**" } else { "" }
+            ));
+        }
+        out.push('\n');
+    }
+    for m in &plan.moves {
+        out.push_str(&format!("- `{}` has moved to `{}`\n", m.from, m.to));
+    }
+    if !plan.moves.is_empty() {
+        out.push('\n');
+    }
+    // Risky ones first, then the rest in address order.
+    let mut ordered: Vec<_> = risky.iter().map(|c| **c).collect();
+    ordered.extend(changes.iter().filter(|c| !matches!(c.action, Action::Delete | Action::Replace)).copied());
+    let plain = Style::plain();
+    for (i, c) in ordered.iter().enumerate() {
+        let verb = match c.action {
+            Action::Create => "create",
+            Action::Update => "update in place",
+            Action::Replace => "replace",
+            Action::Delete => "delete",
+            Action::NoOp => "adopt",
+        };
+        let mut block = format!(
+            "<details><summary><code>{} {}</code> ({}) {verb}</summary>\n\n```diff\n",
+            if c.action == Action::NoOp { "=" } else { c.action.symbol() },
+            html_escape(&c.address),
+            html_escape(&c.kind)
+        );
+        for a in &c.attributes {
+            let before = match c.action {
+                Action::Create => None,
+                _ => a.before.as_ref(),
+            };
+            let note = if a.forces_replace { "  # forces replacement" } else { "" };
+            for line in diff_text::attribute(&plain, 0, &a.name, before, a.after.as_ref(), a.after.is_some(), note) {
+                // diff colouring keys on the first column: + added, - removed, ! changed.
+                let line = line.replacen("~ ", "! ", 1);
+                block.push_str(&line.replace("```", "`\u{200b}``"));
+                block.push('\n');
+            }
+        }
+        block.push_str("```\n\n</details>\n");
+        if out.len() + block.len() > MARKDOWN_LIMIT {
+            out.push_str(&format!(
+                "\n_{} more change(s) not shown: the plan is longer than a comment can hold. Run `ralph-deploy plan` or `show` on the saved plan for all of it._\n",
+                ordered.len() - i
+            ));
+            break;
+        }
+        out.push_str(&block);
+    }
+    out
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
 pub fn summary_text(report: &ApplyReport, destroy: bool) -> String {
     let mut out = String::new();
     for r in &report.results {

@@ -1,0 +1,45 @@
+//! `plan --format markdown` (a pull-request comment) and `show PLANFILE`.
+
+mod common;
+
+use common::{text, World};
+
+#[test]
+fn markdown_plans_and_show_of_a_saved_plan() {
+    let w = World::from_stack("aws-network.yaml", &format!("md{}", std::process::id()));
+    let md = w.ok("plan", &["--format", "markdown"]);
+    assert!(md.starts_with(&format!("### ralph-deploy plan: `{}` / `production`", w.stack_name)), "{md}");
+    assert!(md.contains("| create | update | replace | delete | adopt | move | unchanged |"));
+    assert!(md.contains("<details><summary><code>+ vpc</code> (aws.vpc) create</summary>"), "{md}");
+    assert!(md.contains("```diff\n+ cidr_block = \"10.0.0.0/16\""), "{md}");
+    assert!(!md.contains('\u{1b}'), "no escape codes in markdown");
+
+    // A saved plan shows the same, in every format, without the cloud.
+    let file = w.dir.path().join("p.plan");
+    w.ok("plan", &["--out", file.to_str().unwrap()]);
+    let shown = w.cmd(&["show", file.to_str().unwrap(), "--format", "markdown"]).env("AWS_ENDPOINT_URL", "http://127.0.0.1:9").output().unwrap();
+    assert!(shown.status.success(), "{}", text(&shown.stderr));
+    assert_eq!(text(&shown.stdout), md);
+    let json = w.cmd(&["show", file.to_str().unwrap(), "--format", "json"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert!(v["counts"]["create"].as_u64().unwrap() > 5, "{v}");
+    let plain = w.cmd(&["show", file.to_str().unwrap()]).output().unwrap();
+    assert!(text(&plain.stdout).contains("+ vpc (aws.vpc) will be created"), "{}", text(&plain.stdout));
+
+    // An edited plan file is refused by show as by apply.
+    let edited = std::fs::read_to_string(&file).unwrap().replace("10.0.0.0/16", "10.9.0.0/16");
+    std::fs::write(&file, edited).unwrap();
+    let out = w.cmd(&["show", file.to_str().unwrap()]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+
+    // Replacements and deletions come first, protected ones flagged.
+    w.ok("apply", &["--auto-approve", "--target", "public_a"]);
+    let md = w.ok("plan", &["--format", "markdown", "--target", "public_a", "--var", "net=10.7"]);
+    assert!(md.contains("> **Partial plan** (`--target public_a`)"), "{md}");
+    let risky = md.find("**Deletions and replacements**").expect("a risky section");
+    let first_details = md.find("<details>").unwrap();
+    assert!(risky < first_details);
+    assert!(md.contains("- replace `public_a` (aws.subnet)"), "{md}");
+    assert!(md.contains("# forces replacement"), "{md}");
+    w.ok("destroy", &["--auto-approve"]);
+}
