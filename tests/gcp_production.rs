@@ -66,8 +66,13 @@ async fn gcp_production_end_to_end() {
         .unwrap();
     let (out, ev) = apply(&w, &[]);
     assert!(out.status.success(), "apply failed:\n{}\n{}", text(&out.stderr), text(&out.stdout));
+    // The whole production apply's event stream validates against the
+    // documented schema (schema/events.schema.json).
+    common::check_event_stream(&text(&out.stdout));
     let summary = ev.iter().rev().find(|e| e["event"] == "summary").expect("a summary");
     assert_eq!(summary["created"], 30, "{summary}");
+    assert_eq!(summary["v"], 1);
+    assert_eq!(summary["version"], env!("CARGO_PKG_VERSION"));
     assert!(summary["retries"].as_u64().unwrap() >= 9, "{summary}");
     let throttled: Vec<&str> = summary["throttled"].as_array().unwrap().iter().filter_map(|t| t[0].as_str().or(t["service"].as_str())).collect();
     assert!(!throttled.is_empty(), "throttling reached no service's limiter: {summary}");

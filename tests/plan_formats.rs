@@ -43,3 +43,23 @@ fn markdown_plans_and_show_of_a_saved_plan() {
     assert!(md.contains("# forces replacement"), "{md}");
     w.ok("destroy", &["--auto-approve"]);
 }
+
+#[test]
+fn the_event_schema_refuses_what_it_does_not_document() {
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(common::repo().join("schema/events.schema.json")).unwrap(),
+    )
+    .unwrap();
+    let check = |line: serde_json::Value| common::schema_problems(&schema, &schema, &line, "line");
+    let good = serde_json::json!({"event": "warning", "v": 1, "time": "2026-11-27T03:00:00.000Z", "message": "m"});
+    assert!(check(good).is_empty());
+    for bad in [
+        serde_json::json!({"event": "warning", "v": 2, "time": "t", "message": "m"}),
+        serde_json::json!({"event": "warning", "v": 1, "time": "t"}),
+        serde_json::json!({"event": "warning", "v": 1, "time": "t", "message": "m", "value": "secret"}),
+        serde_json::json!({"event": "resource_started", "v": 1, "time": "t", "address": "a", "kind": "k", "action": "explode"}),
+        serde_json::json!({"event": "teleported", "v": 1, "time": "t"}),
+    ] {
+        assert!(!check(bad.clone()).is_empty(), "{bad} passed");
+    }
+}

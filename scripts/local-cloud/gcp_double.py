@@ -1386,9 +1386,16 @@ class Handler(BaseHTTPRequestHandler):
         self.handle_any("DELETE")
 
 
+class Server(ThreadingHTTPServer):
+    # The clients open many connections at once (one pool per service); the
+    # default backlog of 5 drops SYNs, which TCP retries only after a second.
+    request_queue_size = 256
+    daemon_threads = True
+
+
 def main():
     host, port = sys.argv[1], int(sys.argv[2])
-    server = ThreadingHTTPServer((host, port), Handler)
+    server = Server((host, port), Handler)
     server.daemon_threads = True
     print(f"gcp double on {host}:{port}", flush=True)
     server.serve_forever()

@@ -275,11 +275,10 @@ fn json_error_event(json: bool, result: Result<i32, CliError>) -> Result<i32, Cl
     if let (true, Err(CliError::Other(e))) = (json, &result) {
         println!(
             "{}",
-            serde_json::json!({
+            super::render::json_line(serde_json::json!({
                 "event": "error",
                 "message": format!("{e:#}"),
-                "time": super::render::now(),
-            })
+            }))
         );
     }
     result
@@ -351,7 +350,7 @@ async fn apply_cmd(
             if run.json {
                 println!(
                     "{}",
-                    serde_json::json!({ "event": "summary", "changes": 0, "time": crate::cli::render::now() })
+                    crate::cli::render::json_line(serde_json::json!({ "event": "summary", "changes": 0 }))
                 );
             }
             Ok(EXIT_OK)
@@ -367,8 +366,8 @@ async fn apply_cmd(
             if run.json {
                 let mut v = serde_json::to_value(&report).unwrap_or_default();
                 v["event"] = serde_json::json!("summary");
-                v["time"] = serde_json::json!(crate::cli::render::now());
-                println!("{v}");
+                v["changes"] = serde_json::json!(report.results.len());
+                println!("{}", crate::cli::render::json_line(v));
             } else {
                 eprint!("{}", summary_text(&report, destroy));
             }

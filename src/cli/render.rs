@@ -303,20 +303,34 @@ pub fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
-/// JSON lines on stdout, one object per event, each with the time it
-/// happened (`time`, RFC 3339 UTC, milliseconds).
+/// The version of the JSON event stream (schema/events.schema.json).
+pub const EVENTS_VERSION: u64 = 1;
+
+/// One line of the JSON event stream: the event with its schema version
+/// (`v`) and the time it happened (`time`, RFC 3339 UTC, milliseconds); the
+/// last line of a run (`summary`, `error`) also names the tool's version.
+pub fn json_line(mut v: serde_json::Value) -> String {
+    if let Some(m) = v.as_object_mut() {
+        m.insert("v".into(), serde_json::json!(EVENTS_VERSION));
+        m.insert("time".into(), serde_json::Value::String(now()));
+        if matches!(m.get("event").and_then(|e| e.as_str()), Some("summary" | "error")) {
+            m.insert("tool".into(), serde_json::json!("ralph-deploy"));
+            m.insert("version".into(), serde_json::json!(env!("CARGO_PKG_VERSION")));
+        }
+    }
+    v.to_string()
+}
+
+/// JSON lines on stdout, one object per event (see [`json_line`]).
 pub struct JsonReporter;
 
 impl Reporter for JsonReporter {
     fn report(&self, event: Event) {
-        let Ok(mut v) = serde_json::to_value(&event) else {
+        let Ok(v) = serde_json::to_value(&event) else {
             return;
         };
-        if let Some(m) = v.as_object_mut() {
-            m.insert("time".into(), serde_json::Value::String(now()));
-        }
         let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{v}");
+        let _ = writeln!(out, "{}", json_line(v));
     }
 }
 

@@ -55,6 +55,7 @@ fn world_at(path: &Path, dir: Option<tempfile::TempDir>) -> World {
             backend: Box::new(MemoryBackend::new(kill.clone())),
             registry,
             lock_timeout: None,
+            selection: Default::default(),
         },
         cloud,
         kill,

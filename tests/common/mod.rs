@@ -631,3 +631,105 @@ pub fn wait_for_file(p: &Path, timeout: Duration) -> bool {
     }
     false
 }
+
+/// What is wrong with `v` under the JSON Schema `s` (the subset the event
+/// schema uses: type, const, enum, required, properties,
+/// additionalProperties, items, prefixItems, oneOf, minimum, $ref to $defs).
+pub fn schema_problems(root: &serde_json::Value, s: &serde_json::Value, v: &serde_json::Value, at: &str) -> Vec<String> {
+    use serde_json::Value;
+    let mut out = Vec::new();
+    if let Some(r) = s.get("$ref").and_then(Value::as_str) {
+        let name = r.trim_start_matches("#/$defs/");
+        return schema_problems(root, &root["$defs"][name], v, at);
+    }
+    if let Some(c) = s.get("const") {
+        if c != v {
+            out.push(format!("{at}: {v} is not {c}"));
+        }
+    }
+    if let Some(e) = s.get("enum").and_then(Value::as_array) {
+        if !e.contains(v) {
+            out.push(format!("{at}: {v} is not one of {}", Value::Array(e.clone())));
+        }
+    }
+    if let Some(ty) = s.get("type").and_then(Value::as_str) {
+        let ok = match ty {
+            "object" => v.is_object(),
+            "array" => v.is_array(),
+            "string" => v.is_string(),
+            "integer" => v.is_i64() || v.is_u64(),
+            "number" => v.is_number(),
+            "boolean" => v.is_boolean(),
+            "null" => v.is_null(),
+            _ => true,
+        };
+        if !ok {
+            out.push(format!("{at}: {v} is not of type {ty}"));
+            return out;
+        }
+    }
+    if let (Some(min), Some(n)) = (s.get("minimum").and_then(Value::as_f64), v.as_f64()) {
+        if n < min {
+            out.push(format!("{at}: {n} < {min}"));
+        }
+    }
+    if let Some(one) = s.get("oneOf").and_then(Value::as_array) {
+        let matching = one.iter().filter(|o| schema_problems(root, o, v, at).is_empty()).count();
+        if matching != 1 {
+            out.push(format!("{at}: {v} matches {matching} of the schema's alternatives, not exactly one"));
+        }
+    }
+    if let Some(m) = v.as_object() {
+        for r in s.get("required").and_then(Value::as_array).into_iter().flatten() {
+            if !m.contains_key(r.as_str().unwrap_or_default()) {
+                out.push(format!("{at}: `{r}` is missing"));
+            }
+        }
+        let props = s.get("properties").and_then(Value::as_object);
+        for (k, fv) in m {
+            match props.and_then(|p| p.get(k)) {
+                Some(ps) => out.extend(schema_problems(root, ps, fv, &format!("{at}.{k}"))),
+                None if s.get("additionalProperties") == Some(&Value::Bool(false)) => {
+                    out.push(format!("{at}.{k}: not in the schema"))
+                }
+                None => {}
+            }
+        }
+    }
+    if let Some(items) = v.as_array() {
+        let prefix = s.get("prefixItems").and_then(Value::as_array).cloned().unwrap_or_default();
+        for (i, item) in items.iter().enumerate() {
+            match prefix.get(i) {
+                Some(ps) => out.extend(schema_problems(root, ps, item, &format!("{at}[{i}]"))),
+                None => match s.get("items") {
+                    Some(Value::Bool(false)) => out.push(format!("{at}[{i}]: no more items allowed")),
+                    Some(is) if is.is_object() => out.extend(schema_problems(root, is, item, &format!("{at}[{i}]"))),
+                    _ => {}
+                },
+            }
+        }
+    }
+    out
+}
+
+/// Checks a JSON event stream (apply/destroy --json) against
+/// schema/events.schema.json: every line validates, and the last one ends
+/// the run (`summary` or `error`).
+pub fn check_event_stream(stdout: &str) {
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("schema/events.schema.json")).unwrap(),
+    )
+    .unwrap();
+    let lines: Vec<&str> = stdout.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty(), "no events");
+    let mut problems = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        match serde_json::from_str::<serde_json::Value>(line) {
+            Ok(v) => problems.extend(schema_problems(&schema, &schema, &v, &format!("line {}", i + 1))),
+            Err(e) => problems.push(format!("line {}: not JSON: {e}", i + 1)),
+        }
+    }
+    assert!(problems.is_empty(), "{} problems:\n{}", problems.len(), problems.join("\n"));
+    let last: serde_json::Value = serde_json::from_str(lines[lines.len() - 1]).unwrap();
+    assert!(last["event"] == "summary" || last["event"] == "error", "the stream ends with {last}");
+}
