@@ -21,6 +21,7 @@ fi
 # mold may have just been installed: pick it up.
 . "$here/env.sh"
 "$here/moto.sh" install
+"$here/gcp.sh" install
 # The official Kubernetes JSON schemas, to check rendered manifests against.
 KUBE_VALIDATE_VERSION=1.37.0
 kv="$RALPH_CACHE/kubernetes-validate-$KUBE_VALIDATE_VERSION"
