@@ -113,7 +113,17 @@ impl ResourceGraph {
         v
     }
 
+    /// DOT; with `actions` (address -> planned action: create, update,
+    /// replace, delete, no_op), nodes are filled by what the plan does.
     pub fn to_dot(&self, kinds: &BTreeMap<String, String>) -> String {
+        self.to_dot_with(kinds, &BTreeMap::new())
+    }
+
+    pub fn to_dot_with(
+        &self,
+        kinds: &BTreeMap<String, String>,
+        actions: &BTreeMap<String, String>,
+    ) -> String {
         let mut s = String::from("digraph stack {\n  rankdir=LR;\n  node [shape=box];\n");
         let mut nodes: Vec<&String> = self.index.keys().collect();
         nodes.sort();
@@ -134,7 +144,13 @@ impl ResourceGraph {
             for n in members {
                 let kind = kinds.get(*n).map(String::as_str).unwrap_or("");
                 let id = dot_escape(n);
-                s.push_str(&format!("{indent}\"{id}\" [label=\"{id}\\n{kind}\"];\n"));
+                let (mark, fill) = action_style(actions.get(*n).map(String::as_str));
+                let style = fill
+                    .map(|f| format!(", style=filled, fillcolor=\"{f}\""))
+                    .unwrap_or_default();
+                s.push_str(&format!(
+                    "{indent}\"{id}\" [label=\"{mark}{id}\\n{kind}\"{style}];\n"
+                ));
             }
             if !group.is_empty() {
                 s.push_str("  }\n");
@@ -152,16 +168,35 @@ impl ResourceGraph {
     }
 
     pub fn to_mermaid(&self, kinds: &BTreeMap<String, String>) -> String {
+        self.to_mermaid_with(kinds, &BTreeMap::new())
+    }
+
+    pub fn to_mermaid_with(
+        &self,
+        kinds: &BTreeMap<String, String>,
+        actions: &BTreeMap<String, String>,
+    ) -> String {
         let mut s = String::from("graph LR\n");
         let mut nodes: Vec<&String> = self.index.keys().collect();
         nodes.sort();
+        let mut classes: BTreeMap<&str, Vec<String>> = BTreeMap::new();
         for n in nodes {
             let kind = kinds.get(n).map(String::as_str).unwrap_or("");
             let label = n.replace('"', "#quot;");
-            s.push_str(&format!("  {}[\"{label}<br/>{kind}\"]\n", mermaid_id(n)));
+            let action = actions.get(n).map(String::as_str);
+            let (mark, fill) = action_style(action);
+            s.push_str(&format!("  {}[\"{mark}{label}<br/>{kind}\"]\n", mermaid_id(n)));
+            if let (Some(a), Some(_)) = (action, fill) {
+                classes.entry(a).or_default().push(mermaid_id(n));
+            }
         }
         for (a, b) in self.sorted_edges() {
             s.push_str(&format!("  {} --> {}\n", mermaid_id(&a), mermaid_id(&b)));
+        }
+        for (action, ids) in classes {
+            let (_, fill) = action_style(Some(action));
+            s.push_str(&format!("  classDef {action} fill:{}\n", fill.unwrap_or("#ffffff")));
+            s.push_str(&format!("  class {} {action}\n", ids.join(",")));
         }
         s
     }
@@ -185,6 +220,17 @@ fn mermaid_id(s: &str) -> String {
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
         .collect::<String>()
         .replace("___", "__")
+}
+
+/// A planned action's mark before the node's name and its fill colour.
+fn action_style(action: Option<&str>) -> (&'static str, Option<&'static str>) {
+    match action {
+        Some("create") => ("+ ", Some("#c8f0c8")),
+        Some("update") => ("~ ", Some("#f5e6a8")),
+        Some("replace") => ("-/+ ", Some("#f5c08a")),
+        Some("delete") => ("- ", Some("#f0a8a8")),
+        _ => ("", None),
+    }
 }
 
 fn dot_escape(s: &str) -> String {

@@ -63,3 +63,33 @@ fn the_event_schema_refuses_what_it_does_not_document() {
         assert!(!check(bad.clone()).is_empty(), "{bad} passed");
     }
 }
+
+#[test]
+fn graph_colours_nodes_by_a_saved_plan_and_svg_needs_graphviz() {
+    let w = World::from_stack("aws-network.yaml", &format!("gr{}", std::process::id()));
+    let file = w.dir.path().join("g.plan");
+    w.ok("plan", &["--out", file.to_str().unwrap()]);
+    let stack = w.stack();
+    let s = stack.to_str().unwrap();
+    let dot = w.cmd(&["graph", s, "--env", "production", "--plan", file.to_str().unwrap()]).output().unwrap();
+    assert!(dot.status.success(), "{}", text(&dot.stderr));
+    let dot = text(&dot.stdout);
+    assert!(dot.contains("\"vpc\" [label=\"+ vpc\\naws.vpc\", style=filled, fillcolor=\"#c8f0c8\"]"), "{dot}");
+    let mermaid = w.cmd(&["graph", s, "--env", "production", "--plan", file.to_str().unwrap(), "--format", "mermaid"]).output().unwrap();
+    assert!(text(&mermaid.stdout).contains("classDef create fill:#c8f0c8"), "{}", text(&mermaid.stdout));
+    let json = w.cmd(&["graph", s, "--env", "production", "--plan", file.to_str().unwrap(), "--format", "json"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert!(v["nodes"].as_array().unwrap().iter().all(|n| n["action"] == "create"), "{v}");
+    // A plan of another environment is refused.
+    let out = w.cmd(&["graph", s, "--env", "staging", "--plan", file.to_str().unwrap()]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("is a plan of"), "{}", text(&out.stderr));
+    // SVG through Graphviz when it is installed; a clear error when it is not.
+    let svg = w.cmd(&["graph", s, "--env", "production", "--format", "svg"]).env("PATH", "/nonexistent").output().unwrap();
+    assert_eq!(svg.status.code(), Some(1));
+    assert!(text(&svg.stderr).contains("needs Graphviz's `dot` on PATH"), "{}", text(&svg.stderr));
+    if std::process::Command::new("dot").arg("-V").output().is_ok() {
+        let svg = w.cmd(&["graph", s, "--env", "production", "--format", "svg"]).output().unwrap();
+        assert!(text(&svg.stdout).contains("<svg"), "{}", text(&svg.stderr));
+    }
+}

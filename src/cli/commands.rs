@@ -69,7 +69,7 @@ pub async fn run(cmd: Command) -> anyhow::Result<i32> {
         } => super::kube::rollback_cmd(&args, resource.as_deref(), &run).await,
         Command::Output { args, name, json } => output(&args, name.as_deref(), json).await,
         Command::State { command } => state_cmd(command).await,
-        Command::Graph { args, format } => graph(&args, format),
+        Command::Graph { args, format, plan } => graph(&args, format, plan.as_deref()),
         Command::ForceUnlock { args, lock_id } => force_unlock(&args, &lock_id).await,
         Command::Status { args, json } => status_cmd(&args, json).await,
         Command::Backup {
@@ -654,8 +654,33 @@ async fn state_cmd(cmd: StateCommand) -> Result<i32, CliError> {
     }
 }
 
-fn graph(args: &StackArgs, format: GraphFormat) -> Result<i32, CliError> {
+fn graph(args: &StackArgs, format: GraphFormat, plan: Option<&Path>) -> Result<i32, CliError> {
     let s = args.session(false)?;
+    let actions: std::collections::BTreeMap<String, String> = match plan {
+        None => Default::default(),
+        Some(p) => {
+            let file = saved::read(p).map_err(|e| CliError::Other(e.into()))?;
+            if file.plan.stack != s.stack.name || file.plan.environment != s.stack.environment {
+                return Err(CliError::Other(anyhow!(
+                    "{} is a plan of `{}` / `{}`, not of `{}` / `{}`",
+                    p.display(),
+                    file.plan.stack,
+                    file.plan.environment,
+                    s.stack.name,
+                    s.stack.environment
+                )));
+            }
+            file.plan
+                .changes
+                .iter()
+                .filter(|c| c.is_change())
+                .map(|c| {
+                    let a = serde_json::to_value(c.action).ok();
+                    (c.address.clone(), a.and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default())
+                })
+                .collect()
+        }
+    };
     let g = s
         .stack
         .graph()
@@ -669,20 +694,57 @@ fn graph(args: &StackArgs, format: GraphFormat) -> Result<i32, CliError> {
     print!(
         "{}",
         match format {
-            GraphFormat::Dot => g.to_dot(&kinds),
-            GraphFormat::Mermaid => g.to_mermaid(&kinds),
+            GraphFormat::Dot => g.to_dot_with(&kinds, &actions),
+            GraphFormat::Svg => svg(&g.to_dot_with(&kinds, &actions))?,
+            GraphFormat::Mermaid => g.to_mermaid_with(&kinds, &actions),
             GraphFormat::Json => {
                 let nodes: Vec<serde_json::Value> = s
                 .stack
                 .resources
                 .values()
-                .map(|r| serde_json::json!({ "address": r.address, "kind": r.kind.kind, "depends_on": g.dependencies_of(&r.address) }))
+                .map(|r| {
+                    let mut n = serde_json::json!({ "address": r.address, "kind": r.kind.kind, "depends_on": g.dependencies_of(&r.address) });
+                    if let Some(a) = actions.get(&r.address) {
+                        n["action"] = serde_json::json!(a);
+                    }
+                    n
+                })
                 .collect();
                 format!("{}\n", serde_json::json!({ "nodes": nodes }))
             }
         }
     );
     Ok(EXIT_OK)
+}
+
+/// DOT drawn as SVG by Graphviz.
+fn svg(dot: &str) -> Result<String, CliError> {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new("dot")
+        .arg("-Tsvg")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| {
+            CliError::Other(anyhow!(
+                "--format svg needs Graphviz's `dot` on PATH ({e}): install graphviz (apt-get install graphviz, brew install graphviz), or print --format dot and draw it elsewhere"
+            ))
+        })?;
+    child
+        .stdin
+        .take()
+        .map(|mut i| i.write_all(dot.as_bytes()))
+        .transpose()
+        .map_err(|e| CliError::Other(e.into()))?;
+    let out = child.wait_with_output().map_err(|e| CliError::Other(e.into()))?;
+    if !out.status.success() {
+        return Err(CliError::Other(anyhow!(
+            "dot -Tsvg failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    String::from_utf8(out.stdout).map_err(|e| CliError::Other(e.into()))
 }
 
 async fn force_unlock(args: &StackArgs, id: &str) -> Result<i32, CliError> {

@@ -164,6 +164,8 @@ fn parse_wait(text: &str) -> Result<std::time::Duration, String> {
 pub enum GraphFormat {
     Dot,
     Mermaid,
+    /// SVG drawn by Graphviz's `dot`, which must be on PATH
+    Svg,
     /// Nodes with their kind and dependencies, for tools (the benchmarks
     /// compute the critical path from it).
     Json,
@@ -284,6 +286,10 @@ pub enum Command {
         args: StackArgs,
         #[arg(long, value_enum, default_value = "dot")]
         format: GraphFormat,
+        /// Colour the nodes by what this saved plan does (+ create, ~ update,
+        /// -/+ replace, - delete)
+        #[arg(long, value_name = "PLANFILE")]
+        plan: Option<PathBuf>,
     },
     /// Remove a lock left behind by a run that died
     ForceUnlock {
