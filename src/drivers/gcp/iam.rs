@@ -231,6 +231,10 @@ fn has_member(policy: &Json, role: &str, member: &str) -> bool {
 /// that lost a race to another writer is tried again on the new policy.
 async fn change(cx: &Context, resource: &str, role: &str, member: &str, add: bool) -> Result<(), DriverError> {
     let g = cx.gcp().await?;
+    // This run's own changes to one policy go one at a time: they would
+    // only make each other's etags stale (and retry).
+    let lock = policy_lock(resource);
+    let _one_at_a_time = lock.lock().await;
     for attempt in 0..10 {
         let Some(mut policy) = get_policy(cx, resource).await? else {
             return if add { Err(DriverError::new(format!("{resource} does not exist"))) } else { Ok(()) };
@@ -274,6 +278,16 @@ async fn change(cx: &Context, resource: &str, role: &str, member: &str, add: boo
         tokio::time::sleep(std::time::Duration::from_millis(50 * (attempt + 1) + rand::random::<u64>() % 100)).await;
     }
     Err(DriverError::new(format!("the IAM policy of {resource} kept changing under ten attempts to write it; run apply again")))
+}
+
+fn policy_lock(resource: &str) -> std::sync::Arc<tokio::sync::Mutex<()>> {
+    static LOCKS: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>> =
+        std::sync::OnceLock::new();
+    let mut map = LOCKS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    map.entry(resource.to_string()).or_default().clone()
 }
 
 fn resource_of(g: &GcpClients, want: &Desired<'_>) -> String {
