@@ -185,7 +185,10 @@ impl ResourceGraph {
             let label = n.replace('"', "#quot;");
             let action = actions.get(n).map(String::as_str);
             let (mark, fill) = action_style(action);
-            s.push_str(&format!("  {}[\"{mark}{label}<br/>{kind}\"]\n", mermaid_id(n)));
+            s.push_str(&format!(
+                "  {}[\"{mark}{label}<br/>{kind}\"]\n",
+                mermaid_id(n)
+            ));
             if let (Some(a), Some(_)) = (action, fill) {
                 classes.entry(a).or_default().push(mermaid_id(n));
             }
@@ -195,7 +198,10 @@ impl ResourceGraph {
         }
         for (action, ids) in classes {
             let (_, fill) = action_style(Some(action));
-            s.push_str(&format!("  classDef {action} fill:{}\n", fill.unwrap_or("#ffffff")));
+            s.push_str(&format!(
+                "  classDef {action} fill:{}\n",
+                fill.unwrap_or("#ffffff")
+            ));
             s.push_str(&format!("  class {} {action}\n", ids.join(",")));
         }
         s

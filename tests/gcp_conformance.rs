@@ -36,7 +36,8 @@ impl Discovery {
             ("iam", "iam.v1.json"),
             ("cloudresourcemanager", "cloudresourcemanager.v3.json"),
         ] {
-            let text = std::fs::read_to_string(dir.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+            let text =
+                std::fs::read_to_string(dir.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
             docs.insert(prefix, serde_json::from_str(&text).unwrap());
         }
         Discovery { docs }
@@ -50,7 +51,11 @@ impl Discovery {
     fn method(&self, id: &str) -> Option<&Value> {
         fn find<'a>(res: &'a Value, id: &str) -> Option<&'a Value> {
             for r in res.get("resources")?.as_object()?.values() {
-                if let Some(m) = r.get("methods").and_then(Value::as_object).and_then(|ms| ms.values().find(|m| m["id"] == id)) {
+                if let Some(m) = r
+                    .get("methods")
+                    .and_then(Value::as_object)
+                    .and_then(|ms| ms.values().find(|m| m["id"] == id))
+                {
                     return Some(m);
                 }
                 if let Some(m) = find(r, id) {
@@ -67,7 +72,11 @@ impl Discovery {
         let m = self.method(id)?;
         let doc = self.doc(id)?;
         let path = m.get("flatPath").or_else(|| m.get("path"))?.as_str()?;
-        let full = format!("/{}{}", doc["servicePath"].as_str().unwrap_or_default(), path);
+        let full = format!(
+            "/{}{}",
+            doc["servicePath"].as_str().unwrap_or_default(),
+            path
+        );
         Some((m["httpMethod"].as_str()?.to_string(), templated(&full)))
     }
 }
@@ -95,9 +104,18 @@ fn check_routes(d: &Discovery, routes: &[Value]) -> Vec<String> {
     let mut problems = Vec::new();
     for r in routes {
         let ids: Vec<&str> = std::iter::once(r["id"].as_str().unwrap())
-            .chain(r["aliases"].as_array().into_iter().flatten().filter_map(Value::as_str))
+            .chain(
+                r["aliases"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str),
+            )
             .collect();
-        let served = (r["method"].as_str().unwrap().to_string(), templated(r["path"].as_str().unwrap()));
+        let served = (
+            r["method"].as_str().unwrap().to_string(),
+            templated(r["path"].as_str().unwrap()),
+        );
         for id in ids {
             match d.route(id) {
                 None => problems.push(format!("{id}: no such method in the Discovery document")),
@@ -152,14 +170,20 @@ fn check_value(doc: &Value, s: &Value, v: &Value, at: &str, out: &mut Vec<String
             }
             if format == "byte" {
                 use base64::Engine as _;
-                let ok = base64::engine::general_purpose::STANDARD.decode(text).is_ok()
-                    || base64::engine::general_purpose::URL_SAFE.decode(text).is_ok();
+                let ok = base64::engine::general_purpose::STANDARD
+                    .decode(text)
+                    .is_ok()
+                    || base64::engine::general_purpose::URL_SAFE
+                        .decode(text)
+                        .is_ok();
                 if !ok {
                     out.push(format!("{at}: not base64"));
                 }
             }
         }
-        ("string", Value::Number(n)) if s.get("enum").is_some() || matches!(format, "int64" | "uint64") => {
+        ("string", Value::Number(n))
+            if s.get("enum").is_some() || matches!(format, "int64" | "uint64") =>
+        {
             if !(n.is_i64() || n.is_u64()) {
                 out.push(format!("{at}: {n} is not an integer"));
             }
@@ -168,7 +192,14 @@ fn check_value(doc: &Value, s: &Value, v: &Value, at: &str, out: &mut Vec<String
         ("integer", Value::String(t)) if t.parse::<i64>().is_ok() => {}
         ("number", Value::Number(_)) => {}
         ("boolean", Value::Bool(_)) => {}
-        (ty, v) => out.push(format!("{at}: {v} is not of type {ty}{}", if format.is_empty() { String::new() } else { format!(" ({format})") })),
+        (ty, v) => out.push(format!(
+            "{at}: {v} is not of type {ty}{}",
+            if format.is_empty() {
+                String::new()
+            } else {
+                format!(" ({format})")
+            }
+        )),
     }
 }
 
@@ -187,7 +218,12 @@ fn check_requests(d: &Discovery, requests: &[Value]) -> Vec<String> {
                 // numbers) and the API version the client was generated for
                 || p == "$alt" || p == "$apiVersion"
         };
-        for q in r["query"].as_array().into_iter().flatten().filter_map(Value::as_str) {
+        for q in r["query"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+        {
             // Nested message fields go in the query as `a.b`.
             let top = q.split('.').next().unwrap_or(q);
             if !declared(q) && !declared(top) {
@@ -197,7 +233,9 @@ fn check_requests(d: &Discovery, requests: &[Value]) -> Vec<String> {
         let body = &r["body"];
         let empty = body.as_object().is_some_and(|o| o.is_empty()) || body.is_null();
         match m.get("request") {
-            None if !empty => problems.push(format!("{id}: sends a body, but the method takes none")),
+            None if !empty => {
+                problems.push(format!("{id}: sends a body, but the method takes none"))
+            }
             None => {}
             Some(schema) => {
                 let mut out = Vec::new();
@@ -228,7 +266,10 @@ fn check_responses(d: &Discovery, requests: &[Value]) -> Vec<String> {
         } else {
             let e = &answer["error"];
             if !(e["code"] == r["status"] && e["message"].is_string() && e["status"].is_string()) {
-                problems.push(format!("{id}: the {} answer is not Google's error object: {answer}", r["status"]));
+                problems.push(format!(
+                    "{id}: the {} answer is not Google's error object: {answer}",
+                    r["status"]
+                ));
             }
         }
     }
@@ -252,16 +293,28 @@ fn a_wrong_route_fails_the_check() {
     let routes: Vec<Value> = serde_json::from_str(&text).unwrap();
     let problems = check_routes(&d, &routes);
     assert_eq!(problems.len(), 3, "{problems:#?}");
-    assert!(problems[0].contains("serves PUT") && problems[0].contains("Discovery says POST"), "{}", problems[0]);
-    assert!(problems[1].contains("/instance/{}") && problems[1].contains("/instances/{}"), "{}", problems[1]);
+    assert!(
+        problems[0].contains("serves PUT") && problems[0].contains("Discovery says POST"),
+        "{}",
+        problems[0]
+    );
+    assert!(
+        problems[1].contains("/instance/{}") && problems[1].contains("/instances/{}"),
+        "{}",
+        problems[1]
+    );
     assert!(problems[2].contains("no such method"), "{}", problems[2]);
 }
 
 #[test]
 fn a_wrong_body_fails_the_check() {
     let d = Discovery::load();
-    let text = std::fs::read_to_string(common::repo().join("tests/gcp/wrong-bodies.jsonl")).unwrap();
-    let requests: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let text =
+        std::fs::read_to_string(common::repo().join("tests/gcp/wrong-bodies.jsonl")).unwrap();
+    let requests: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     let problems = check_requests(&d, &requests).join("\n");
     for expected in [
         "compute.subnetworks.insert: body.secondaryRanges: no such field",
@@ -272,7 +325,10 @@ fn a_wrong_body_fails_the_check() {
         assert!(problems.contains(expected), "missing {expected:?} in:\n{problems}");
     }
     // An integer where Discovery has a string with no enum or int64 format.
-    assert!(problems.contains("body.settings.tier: 4 is not of type string"), "{problems}");
+    assert!(
+        problems.contains("body.settings.tier: 4 is not of type string"),
+        "{problems}"
+    );
     // Answers: a state Google does not have, a field it does not send, a bare error.
     let answers = check_responses(&d, &requests).join("\n");
     for expected in [
@@ -289,9 +345,14 @@ async fn every_request_of_an_apply_update_rotation_and_destroy_validates() {
     let name = format!("tc{}", std::process::id());
     let mut w = World::from_stack("gcp-production.yaml", &name);
     let db = fresh_database(&format!("gcpc_{name}")).await;
-    w.env.push(("RALPH_DEPLOY_VAR_database_tunnel_url".into(), format!("{db}?sslmode=disable")));
-    w.env.push(("RALPH_DEPLOY_VAR_image_tag".into(), "1.0.0".into()));
-    w.env.push(("ANTHROPIC_API_KEY".into(), "sk-ant-conformance".into()));
+    w.env.push((
+        "RALPH_DEPLOY_VAR_database_tunnel_url".into(),
+        format!("{db}?sslmode=disable"),
+    ));
+    w.env
+        .push(("RALPH_DEPLOY_VAR_image_tag".into(), "1.0.0".into()));
+    w.env
+        .push(("ANTHROPIC_API_KEY".into(), "sk-ant-conformance".into()));
     let stack = w.stack();
     let run = |w: &World, extra: &[(&str, &str)], args: &[&str]| {
         let mut c = w.cmd(args);
@@ -299,10 +360,19 @@ async fn every_request_of_an_apply_update_rotation_and_destroy_validates() {
             c.env(k, v);
         }
         let out = c.output().unwrap();
-        assert!(out.status.success(), "{args:?}: {}\n{}", text(&out.stderr), text(&out.stdout));
+        assert!(
+            out.status.success(),
+            "{args:?}: {}\n{}",
+            text(&out.stderr),
+            text(&out.stdout)
+        );
     };
     let s = stack.to_str().unwrap();
-    run(&w, &[], &["apply", s, "--env", "production", "--auto-approve"]);
+    run(
+        &w,
+        &[],
+        &["apply", s, "--env", "production", "--auto-approve"],
+    );
     // In-place changes of every updatable kind the stack has.
     run(
         &w,
@@ -316,17 +386,36 @@ async fn every_request_of_an_apply_update_rotation_and_destroy_validates() {
         ],
         &["apply", s, "--env", "production", "--auto-approve"],
     );
-    run(&w, &[], &["destroy", s, "--env", "production", "--auto-approve", "--allow-protected"]);
+    run(
+        &w,
+        &[],
+        &[
+            "destroy",
+            s,
+            "--env",
+            "production",
+            "--auto-approve",
+            "--allow-protected",
+        ],
+    );
 
-    let log = std::fs::read_to_string(std::env::var("RALPH_TEST_GCP_REQUEST_LOG").expect("RALPH_TEST_GCP_REQUEST_LOG")).unwrap();
+    let log = std::fs::read_to_string(
+        std::env::var("RALPH_TEST_GCP_REQUEST_LOG").expect("RALPH_TEST_GCP_REQUEST_LOG"),
+    )
+    .unwrap();
     let mine: Vec<Value> = log
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .filter(|r| {
-            r["path"].as_str().is_some_and(|p| p.contains(&format!("/projects/{name}/")) || p.ends_with(&format!("/projects/{name}:getIamPolicy")) || p.ends_with(&format!("/projects/{name}:setIamPolicy")))
+            r["path"].as_str().is_some_and(|p| {
+                p.contains(&format!("/projects/{name}/"))
+                    || p.ends_with(&format!("/projects/{name}:getIamPolicy"))
+                    || p.ends_with(&format!("/projects/{name}:setIamPolicy"))
+            })
         })
         .collect();
-    let ids: std::collections::BTreeSet<&str> = mine.iter().filter_map(|r| r["id"].as_str()).collect();
+    let ids: std::collections::BTreeSet<&str> =
+        mine.iter().filter_map(|r| r["id"].as_str()).collect();
     for id in [
         "compute.networks.insert",
         "compute.subnetworks.insert",
@@ -360,14 +449,24 @@ async fn every_request_of_an_apply_update_rotation_and_destroy_validates() {
         "cloudresourcemanager.projects.getIamPolicy",
         "cloudresourcemanager.projects.setIamPolicy",
     ] {
-        assert!(ids.contains(id), "the run never called {id}; it called {ids:?}");
+        assert!(
+            ids.contains(id),
+            "the run never called {id}; it called {ids:?}"
+        );
     }
     let d = Discovery::load();
     let mut problems = check_requests(&d, &mine);
     problems.extend(check_responses(&d, &mine));
     problems.sort();
     problems.dedup();
-    assert!(problems.is_empty(), "{} problems:\n{}", problems.len(), problems.join("\n"));
+    assert!(
+        problems.is_empty(),
+        "{} problems:\n{}",
+        problems.len(),
+        problems.join("\n")
+    );
     // Reads are checked too: refresh's lists and the operations polled.
-    assert!(mine.iter().any(|r| r["method"] == "GET" && r["status"] == 200));
+    assert!(mine
+        .iter()
+        .any(|r| r["method"] == "GET" && r["status"] == 200));
 }

@@ -23,49 +23,111 @@ fn configure(project: &str, kill_after: u64, pidfile: &str) {
 
 fn set_project(w: &mut World, project: &str) {
     w.env.retain(|(k, _)| k != "RALPH_DEPLOY_VAR_project");
-    w.env.push(("RALPH_DEPLOY_VAR_project".into(), project.into()));
+    w.env
+        .push(("RALPH_DEPLOY_VAR_project".into(), project.into()));
 }
 
 fn apply(w: &World) -> std::process::Output {
     let stack = w.stack();
-    w.cmd(&["apply", stack.to_str().unwrap(), "--env", "production", "--auto-approve"])
-        .output()
-        .unwrap()
+    w.cmd(&[
+        "apply",
+        stack.to_str().unwrap(),
+        "--env",
+        "production",
+        "--auto-approve",
+    ])
+    .output()
+    .unwrap()
 }
 
 fn count(path: &str, field: &str) -> usize {
-    gcp_get(path).and_then(|v| v.get(field).and_then(Value::as_array).map(Vec::len)).unwrap_or(0)
+    gcp_get(path)
+        .and_then(|v| v.get(field).and_then(Value::as_array).map(Vec::len))
+        .unwrap_or(0)
 }
 
 /// The whole stack is there once, recorded, and a plan has nothing to do.
 fn assert_consistent(w: &World, project: &str, context: &str) {
     let n = &w.stack_name;
     for (path, field, want) in [
-        (format!("/compute/v1/projects/{project}/global/networks"), "items", 1),
-        (format!("/compute/v1/projects/{project}/regions/us-central1/subnetworks"), "items", 1),
-        (format!("/compute/v1/projects/{project}/global/firewalls"), "items", 2),
-        (format!("/compute/v1/projects/{project}/regions/us-central1/routers"), "items", 1),
-        (format!("/compute/v1/projects/{project}/global/addresses"), "items", 1),
-        (format!("/v1/projects/{project}/locations/-/clusters"), "clusters", 1),
-        (format!("/v1/projects/{project}/locations/us-central1/clusters/{n}-production/nodePools"), "nodePools", 1),
+        (
+            format!("/compute/v1/projects/{project}/global/networks"),
+            "items",
+            1,
+        ),
+        (
+            format!("/compute/v1/projects/{project}/regions/us-central1/subnetworks"),
+            "items",
+            1,
+        ),
+        (
+            format!("/compute/v1/projects/{project}/global/firewalls"),
+            "items",
+            2,
+        ),
+        (
+            format!("/compute/v1/projects/{project}/regions/us-central1/routers"),
+            "items",
+            1,
+        ),
+        (
+            format!("/compute/v1/projects/{project}/global/addresses"),
+            "items",
+            1,
+        ),
+        (
+            format!("/v1/projects/{project}/locations/-/clusters"),
+            "clusters",
+            1,
+        ),
+        (
+            format!(
+                "/v1/projects/{project}/locations/us-central1/clusters/{n}-production/nodePools"
+            ),
+            "nodePools",
+            1,
+        ),
         (format!("/v1/projects/{project}/instances"), "items", 1),
-        (format!("/v1/projects/{project}/instances/{n}-production-postgres/databases"), "items", 2),
-        (format!("/v1/projects/{project}/locations/-/instances"), "instances", 1),
+        (
+            format!("/v1/projects/{project}/instances/{n}-production-postgres/databases"),
+            "items",
+            2,
+        ),
+        (
+            format!("/v1/projects/{project}/locations/-/instances"),
+            "instances",
+            1,
+        ),
         (format!("/v1/projects/{project}/secrets"), "secrets", 6),
-        (format!("/v1/projects/{project}/serviceAccounts"), "accounts", 2),
+        (
+            format!("/v1/projects/{project}/serviceAccounts"),
+            "accounts",
+            2,
+        ),
     ] {
         assert_eq!(count(&path, field), want, "{context}: {path}");
     }
     // Every secret has a value.
-    for s in gcp_get(&format!("/v1/projects/{project}/secrets")).unwrap()["secrets"].as_array().unwrap() {
+    for s in gcp_get(&format!("/v1/projects/{project}/secrets")).unwrap()["secrets"]
+        .as_array()
+        .unwrap()
+    {
         assert!(
-            gcp_get(&format!("/v1/{}/versions/latest:access", s["name"].as_str().unwrap())).is_some(),
+            gcp_get(&format!(
+                "/v1/{}/versions/latest:access",
+                s["name"].as_str().unwrap()
+            ))
+            .is_some(),
             "{context}: {} has no version",
             s["name"]
         );
     }
     let state = common::state_json(w);
-    assert_eq!(state["resources"].as_object().map(|r| r.len()).unwrap_or(0), 30, "{context}: the state");
+    assert_eq!(
+        state["resources"].as_object().map(|r| r.len()).unwrap_or(0),
+        30,
+        "{context}: the state"
+    );
     let plan = w.plan_json(&[]);
     assert!(changed(&plan).is_empty(), "{context}: {:?}", changed(&plan));
 }
@@ -77,14 +139,25 @@ async fn a_kill_after_every_mutating_request_of_the_gcp_apply_is_recovered() {
     let mut worlds = Vec::new();
     for lane in 0..LANES {
         let mut w = World::from_stack("gcp-production.yaml", &name);
-        w.env.push(("RALPH_DEPLOY_VAR_database_tunnel_url".into(), format!("{db}?sslmode=disable")));
-        w.env.push(("RALPH_DEPLOY_VAR_image_tag".into(), "1.0.0".into()));
-        w.env.push(("ANTHROPIC_API_KEY".into(), "sk-ant-crash".into()));
+        w.env.push((
+            "RALPH_DEPLOY_VAR_database_tunnel_url".into(),
+            format!("{db}?sslmode=disable"),
+        ));
+        w.env
+            .push(("RALPH_DEPLOY_VAR_image_tag".into(), "1.0.0".into()));
+        w.env
+            .push(("ANTHROPIC_API_KEY".into(), "sk-ant-crash".into()));
         w.env.retain(|(k, _)| k != "RALPH_DEPLOY_VAR_namespace");
-        w.env.push(("RALPH_DEPLOY_VAR_namespace".into(), format!("{name}-{lane}")));
+        w.env.push((
+            "RALPH_DEPLOY_VAR_namespace".into(),
+            format!("{name}-{lane}"),
+        ));
         // One database role per lane: lanes share the server.
         w.env.retain(|(k, _)| k != "RALPH_DEPLOY_VAR_app_role");
-        w.env.push(("RALPH_DEPLOY_VAR_app_role".into(), format!("app_{name}_{lane}")));
+        w.env.push((
+            "RALPH_DEPLOY_VAR_app_role".into(),
+            format!("app_{name}_{lane}"),
+        ));
         worlds.push(w);
     }
     // How many mutating requests a whole apply makes.
@@ -120,14 +193,21 @@ async fn a_kill_after_every_mutating_request_of_the_gcp_apply_is_recovered() {
                         // This run made fewer mutating requests than the
                         // first (a retried write or two fewer): no kill point k.
                         let made = gcp_requests(&project)["mutations"].as_u64().unwrap();
-                        assert!(made < k, "k={k}: the apply made {made} mutating requests and was not killed");
+                        assert!(
+                            made < k,
+                            "k={k}: the apply made {made} mutating requests and was not killed"
+                        );
                         unreached.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     } else {
                         assert_eq!(status.signal(), Some(9), "k={k}: the apply was not killed");
                     }
                     configure(&project, 0, "");
                     let out = apply(w);
-                    assert!(out.status.success(), "k={k}: the apply after the kill failed:\n{}", text(&out.stderr));
+                    assert!(
+                        out.status.success(),
+                        "k={k}: the apply after the kill failed:\n{}",
+                        text(&out.stderr)
+                    );
                     assert_consistent(w, &project, &format!("k={k}"));
                     covered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
@@ -138,5 +218,8 @@ async fn a_kill_after_every_mutating_request_of_the_gcp_apply_is_recovered() {
     let unreached = unreached.into_inner();
     println!("covered {covered} kill points of {total} mutating requests ({unreached} not reached: that run made fewer)");
     assert_eq!(covered, total);
-    assert!(unreached * 10 <= total, "{unreached} of {total} kill points were never reached");
+    assert!(
+        unreached * 10 <= total,
+        "{unreached} of {total} kill points were never reached"
+    );
 }

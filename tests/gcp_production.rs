@@ -27,7 +27,14 @@ fn position(ev: &[Value], kind: &str, address: &str) -> usize {
 
 fn apply(w: &World, extra: &[&str]) -> (std::process::Output, Vec<Value>) {
     let stack = w.stack();
-    let mut args = vec!["apply", stack.to_str().unwrap(), "--env", "production", "--auto-approve", "--json"];
+    let mut args = vec![
+        "apply",
+        stack.to_str().unwrap(),
+        "--env",
+        "production",
+        "--auto-approve",
+        "--json",
+    ];
     args.extend_from_slice(extra);
     let out = w.cmd(&args).env("ANTHROPIC_API_KEY", KEY).output().unwrap();
     let ev = events(&text(&out.stdout));
@@ -44,7 +51,9 @@ fn state_text(w: &World) -> String {
             if p.is_dir() {
                 dirs.push(p);
             } else {
-                all.push_str(&String::from_utf8_lossy(&std::fs::read(&p).unwrap_or_default()));
+                all.push_str(&String::from_utf8_lossy(
+                    &std::fs::read(&p).unwrap_or_default(),
+                ));
             }
         }
     }
@@ -56,8 +65,12 @@ async fn gcp_production_end_to_end() {
     let name = format!("tg{}", std::process::id());
     let mut w = World::from_stack("gcp-production.yaml", &name);
     let db = fresh_database(&format!("gcp_{name}")).await;
-    w.env.push(("RALPH_DEPLOY_VAR_database_tunnel_url".into(), format!("{db}?sslmode=disable")));
-    w.env.push(("RALPH_DEPLOY_VAR_image_tag".into(), "1.0.0".into()));
+    w.env.push((
+        "RALPH_DEPLOY_VAR_database_tunnel_url".into(),
+        format!("{db}?sslmode=disable"),
+    ));
+    w.env
+        .push(("RALPH_DEPLOY_VAR_image_tag".into(), "1.0.0".into()));
 
     // ---- apply: everything, in graph order, the orchestrator included,
     // through throttling (429 RESOURCE_EXHAUSTED) and unavailability (503)
@@ -65,17 +78,34 @@ async fn gcp_production_end_to_end() {
         .send_string(&serde_json::json!({"project": name, "throttle": 6, "error": 3}).to_string())
         .unwrap();
     let (out, ev) = apply(&w, &[]);
-    assert!(out.status.success(), "apply failed:\n{}\n{}", text(&out.stderr), text(&out.stdout));
+    assert!(
+        out.status.success(),
+        "apply failed:\n{}\n{}",
+        text(&out.stderr),
+        text(&out.stdout)
+    );
     // The whole production apply's event stream validates against the
     // documented schema (schema/events.schema.json).
     common::check_event_stream(&text(&out.stdout));
-    let summary = ev.iter().rev().find(|e| e["event"] == "summary").expect("a summary");
+    let summary = ev
+        .iter()
+        .rev()
+        .find(|e| e["event"] == "summary")
+        .expect("a summary");
     assert_eq!(summary["created"], 30, "{summary}");
     assert_eq!(summary["v"], 1);
     assert_eq!(summary["version"], env!("CARGO_PKG_VERSION"));
     assert!(summary["retries"].as_u64().unwrap() >= 9, "{summary}");
-    let throttled: Vec<&str> = summary["throttled"].as_array().unwrap().iter().filter_map(|t| t[0].as_str().or(t["service"].as_str())).collect();
-    assert!(!throttled.is_empty(), "throttling reached no service's limiter: {summary}");
+    let throttled: Vec<&str> = summary["throttled"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t[0].as_str().or(t["service"].as_str()))
+        .collect();
+    assert!(
+        !throttled.is_empty(),
+        "throttling reached no service's limiter: {summary}"
+    );
     for (before, after) in [
         ("vpc", "nodes_subnet"),
         ("nodes_subnet", "gke"),
@@ -99,30 +129,69 @@ async fn gcp_production_end_to_end() {
 
     // The orchestrator runs on the local Kubernetes.
     let client = common::kube_client().await;
-    let deploys: kube::Api<k8s_openapi::api::apps::v1::Deployment> = kube::Api::namespaced(client, &name);
+    let deploys: kube::Api<k8s_openapi::api::apps::v1::Deployment> =
+        kube::Api::namespaced(client, &name);
     let d = deploys.get("ralph-orchestrator").await.unwrap();
     assert_eq!(d.status.unwrap().available_replicas, Some(3));
 
     // The pods act as the app's service account (workload identity), which
     // may read secrets and reach Cloud SQL; the project's owner is untouched.
-    let sas: kube::Api<k8s_openapi::api::core::v1::ServiceAccount> = kube::Api::namespaced(common::kube_client().await, &name);
+    let sas: kube::Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        kube::Api::namespaced(common::kube_client().await, &name);
     let ksa = sas.get("ralph-orchestrator").await.unwrap();
     let email = format!("{name}-production-app@{name}.iam.gserviceaccount.com");
-    assert_eq!(ksa.metadata.annotations.unwrap_or_default().get("iam.gke.io/gcp-service-account"), Some(&email));
+    assert_eq!(
+        ksa.metadata
+            .annotations
+            .unwrap_or_default()
+            .get("iam.gke.io/gcp-service-account"),
+        Some(&email)
+    );
     let policy = |path: &str| -> Value {
-        let r = ureq::post(&format!("{}{path}", common::gcp_endpoint())).send_string("{}").unwrap();
+        let r = ureq::post(&format!("{}{path}", common::gcp_endpoint()))
+            .send_string("{}")
+            .unwrap();
         serde_json::from_str(&r.into_string().unwrap()).unwrap()
     };
     let members = |p: &Value, role: &str| -> Vec<String> {
-        p["bindings"].as_array().unwrap().iter().filter(|b| b["role"] == role)
-            .flat_map(|b| b["members"].as_array().unwrap().iter().map(|m| m.as_str().unwrap().to_string())).collect()
+        p["bindings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|b| b["role"] == role)
+            .flat_map(|b| {
+                b["members"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|m| m.as_str().unwrap().to_string())
+            })
+            .collect()
     };
     let project_policy = policy(&format!("/v3/projects/{name}:getIamPolicy"));
-    assert_eq!(members(&project_policy, "roles/owner"), vec!["user:owner@example.com"]);
-    assert_eq!(members(&project_policy, "roles/cloudsql.client"), vec![format!("serviceAccount:{email}")]);
-    assert_eq!(members(&project_policy, "roles/logging.logWriter"), vec![format!("serviceAccount:{name}-production-nodes@{name}.iam.gserviceaccount.com")]);
-    let sa_policy = policy(&format!("/v1/projects/{name}/serviceAccounts/{email}:getIamPolicy"));
-    assert_eq!(members(&sa_policy, "roles/iam.workloadIdentityUser"), vec![format!("serviceAccount:{name}.svc.id.goog[{name}/ralph-orchestrator]")]);
+    assert_eq!(
+        members(&project_policy, "roles/owner"),
+        vec!["user:owner@example.com"]
+    );
+    assert_eq!(
+        members(&project_policy, "roles/cloudsql.client"),
+        vec![format!("serviceAccount:{email}")]
+    );
+    assert_eq!(
+        members(&project_policy, "roles/logging.logWriter"),
+        vec![format!(
+            "serviceAccount:{name}-production-nodes@{name}.iam.gserviceaccount.com"
+        )]
+    );
+    let sa_policy = policy(&format!(
+        "/v1/projects/{name}/serviceAccounts/{email}:getIamPolicy"
+    ));
+    assert_eq!(
+        members(&sa_policy, "roles/iam.workloadIdentityUser"),
+        vec![format!(
+            "serviceAccount:{name}.svc.id.goog[{name}/ralph-orchestrator]"
+        )]
+    );
 
     // What the double holds is what the stack says.
     let project = name.as_str();
@@ -133,9 +202,19 @@ async fn gcp_production_end_to_end() {
     assert_eq!(pool["config"]["machineType"], "n2-standard-4");
     assert_eq!(pool["autoscaling"]["minNodeCount"], 2);
     assert_eq!(pool["autoscaling"]["maxNodeCount"], 10);
-    let cluster = gcp_get(&format!("/v1/projects/{project}/locations/us-central1/clusters/{name}-production")).unwrap();
-    assert_eq!(cluster["nodePools"].as_array().unwrap().len(), 1, "the bootstrap pool is gone");
-    let sql = gcp_get(&format!("/v1/projects/{project}/instances/{name}-production-postgres")).unwrap();
+    let cluster = gcp_get(&format!(
+        "/v1/projects/{project}/locations/us-central1/clusters/{name}-production"
+    ))
+    .unwrap();
+    assert_eq!(
+        cluster["nodePools"].as_array().unwrap().len(),
+        1,
+        "the bootstrap pool is gone"
+    );
+    let sql = gcp_get(&format!(
+        "/v1/projects/{project}/instances/{name}-production-postgres"
+    ))
+    .unwrap();
     assert_eq!(sql["state"], "RUNNABLE");
     assert_eq!(sql["settings"]["backupConfiguration"]["startTime"], "03:00");
 
@@ -143,22 +222,42 @@ async fn gcp_production_end_to_end() {
     let secrets = gcp_get(&format!("/v1/projects/{project}/secrets")).unwrap();
     let mut values = Vec::new();
     for s in secrets["secrets"].as_array().unwrap() {
-        let v = gcp_get(&format!("/v1/{}/versions/latest:access", s["name"].as_str().unwrap())).unwrap();
+        let v = gcp_get(&format!(
+            "/v1/{}/versions/latest:access",
+            s["name"].as_str().unwrap()
+        ))
+        .unwrap();
         use base64::Engine as _;
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(v["payload"]["data"].as_str().unwrap())
             .unwrap();
         values.push(String::from_utf8(bytes).unwrap());
     }
-    assert_eq!(values.len(), 6, "five application secrets and the admin password");
+    assert_eq!(
+        values.len(),
+        6,
+        "five application secrets and the admin password"
+    );
     assert!(values.iter().any(|v| v == KEY));
     let plan_text = w.ok("plan", &["--json"]);
     let state = state_text(&w);
     for v in &values {
-        assert!(!state.contains(v.as_str()), "a secret value is in the state");
-        assert!(!plan_text.contains(v.as_str()), "a secret value is in the plan");
-        assert!(!text(&out.stdout).contains(v.as_str()), "a secret value is in the events");
-        assert!(!text(&out.stderr).contains(v.as_str()), "a secret value is in the log");
+        assert!(
+            !state.contains(v.as_str()),
+            "a secret value is in the state"
+        );
+        assert!(
+            !plan_text.contains(v.as_str()),
+            "a secret value is in the plan"
+        );
+        assert!(
+            !text(&out.stdout).contains(v.as_str()),
+            "a secret value is in the events"
+        );
+        assert!(
+            !text(&out.stderr).contains(v.as_str()),
+            "a secret value is in the log"
+        );
     }
 
     // ---- a second plan changes nothing, for a handful of list calls
@@ -171,17 +270,28 @@ async fn gcp_production_end_to_end() {
     // One paged list per kind (GKE clusters twice: clusters and node pools),
     // one per Cloud SQL instance for its databases and users, one policy
     // read per resource that bindings are in: 17 for the 30 resources.
-    assert!(cost <= 18, "a no-op plan made {cost} requests to Google Cloud");
+    assert!(
+        cost <= 18,
+        "a no-op plan made {cost} requests to Google Cloud"
+    );
     assert_eq!(after["mutations"], before["mutations"]);
 
     // ---- node pool size and Redis size change in place
-    w.env.push(("RALPH_DEPLOY_VAR_nodes_count".into(), "4".into()));
-    w.env.push(("RALPH_DEPLOY_VAR_nodes_max".into(), "12".into()));
+    w.env
+        .push(("RALPH_DEPLOY_VAR_nodes_count".into(), "4".into()));
+    w.env
+        .push(("RALPH_DEPLOY_VAR_nodes_max".into(), "12".into()));
     w.env.push(("RALPH_DEPLOY_VAR_redis_gb".into(), "6".into()));
     let plan = w.plan_json(&[]);
     let mut c = changed(&plan);
     c.sort();
-    assert_eq!(c, vec![("nodes".to_string(), "update".to_string()), ("redis".to_string(), "update".to_string())]);
+    assert_eq!(
+        c,
+        vec![
+            ("nodes".to_string(), "update".to_string()),
+            ("redis".to_string(), "update".to_string())
+        ]
+    );
     let (out, _) = apply(&w, &[]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let pool = gcp_get(&format!(
@@ -190,50 +300,109 @@ async fn gcp_production_end_to_end() {
     .unwrap();
     assert_eq!(pool["initialNodeCount"], 4);
     assert_eq!(pool["autoscaling"]["maxNodeCount"], 12);
-    let redis = gcp_get(&format!("/v1/projects/{project}/locations/us-central1/instances/{name}-production-redis")).unwrap();
+    let redis = gcp_get(&format!(
+        "/v1/projects/{project}/locations/us-central1/instances/{name}-production-redis"
+    ))
+    .unwrap();
     assert_eq!(redis["memorySizeGb"], 6);
     assert_eq!(redis["state"], "READY");
     assert!(changed(&w.plan_json(&[])).is_empty());
 
     // ---- a subnetwork range is a replacement (and so is what sits in it)
     let replan = {
-        let mut c = w.cmd(&["plan", w.stack().to_str().unwrap(), "--env", "production", "--json"]);
+        let mut c = w.cmd(&[
+            "plan",
+            w.stack().to_str().unwrap(),
+            "--env",
+            "production",
+            "--json",
+        ]);
         c.env("RALPH_DEPLOY_VAR_net", "10.30");
         let out = c.output().unwrap();
         assert!(out.status.success(), "{}", text(&out.stderr));
         serde_json::from_str::<Value>(&text(&out.stdout)).unwrap()
     };
     let c = changed(&replan);
-    assert!(c.contains(&("nodes_subnet".to_string(), "replace".to_string())), "{c:?}");
+    assert!(
+        c.contains(&("nodes_subnet".to_string(), "replace".to_string())),
+        "{c:?}"
+    );
 
     // ---- destroy refuses the protected database and cache, touching nothing
     let stack = w.stack();
     let out = w
-        .cmd(&["destroy", stack.to_str().unwrap(), "--env", "production", "--auto-approve"])
+        .cmd(&[
+            "destroy",
+            stack.to_str().unwrap(),
+            "--env",
+            "production",
+            "--auto-approve",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());
     let err = text(&out.stderr);
-    assert!(err.contains("db (delete)") && err.contains("redis (delete)") && err.contains("--allow-protected"), "{err}");
-    assert!(gcp_get(&format!("/v1/projects/{project}/instances/{name}-production-postgres")).is_some());
-    assert!(gcp_get(&format!("/compute/v1/projects/{project}/global/networks/{name}-production")).is_some());
+    assert!(
+        err.contains("db (delete)")
+            && err.contains("redis (delete)")
+            && err.contains("--allow-protected"),
+        "{err}"
+    );
+    assert!(gcp_get(&format!(
+        "/v1/projects/{project}/instances/{name}-production-postgres"
+    ))
+    .is_some());
+    assert!(gcp_get(&format!(
+        "/compute/v1/projects/{project}/global/networks/{name}-production"
+    ))
+    .is_some());
 
     // ---- with --allow-protected everything goes, deletion protection lifted first
     let out = w
-        .cmd(&["destroy", stack.to_str().unwrap(), "--env", "production", "--auto-approve", "--allow-protected"])
+        .cmd(&[
+            "destroy",
+            stack.to_str().unwrap(),
+            "--env",
+            "production",
+            "--auto-approve",
+            "--allow-protected",
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}\n{}", text(&out.stderr), text(&out.stdout));
-    assert!(gcp_get(&format!("/v1/projects/{project}/instances/{name}-production-postgres")).is_none());
-    assert!(gcp_get(&format!("/v1/projects/{project}/locations/us-central1/clusters/{name}-production")).is_none());
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stderr),
+        text(&out.stdout)
+    );
+    assert!(gcp_get(&format!(
+        "/v1/projects/{project}/instances/{name}-production-postgres"
+    ))
+    .is_none());
+    assert!(gcp_get(&format!(
+        "/v1/projects/{project}/locations/us-central1/clusters/{name}-production"
+    ))
+    .is_none());
     let nets = gcp_get(&format!("/compute/v1/projects/{project}/global/networks")).unwrap();
-    assert!(nets.get("items").and_then(Value::as_array).is_none_or(|i| i.is_empty()), "{nets}");
+    assert!(
+        nets.get("items")
+            .and_then(Value::as_array)
+            .is_none_or(|i| i.is_empty()),
+        "{nets}"
+    );
     let secrets = gcp_get(&format!("/v1/projects/{project}/secrets")).unwrap();
     assert!(secrets["secrets"].as_array().unwrap().is_empty());
     let accounts = gcp_get(&format!("/v1/projects/{project}/serviceAccounts")).unwrap();
     assert!(accounts["accounts"].as_array().unwrap().is_empty());
     // Only what the stack added left the project's policy: its owner stays.
     let project_policy = policy(&format!("/v3/projects/{name}:getIamPolicy"));
-    assert_eq!(project_policy["bindings"].as_array().unwrap().len(), 1, "{project_policy}");
-    assert_eq!(members(&project_policy, "roles/owner"), vec!["user:owner@example.com"]);
+    assert_eq!(
+        project_policy["bindings"].as_array().unwrap().len(),
+        1,
+        "{project_policy}"
+    );
+    assert_eq!(
+        members(&project_policy, "roles/owner"),
+        vec!["user:owner@example.com"]
+    );
 }

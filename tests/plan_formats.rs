@@ -8,35 +8,70 @@ use common::{text, World};
 fn markdown_plans_and_show_of_a_saved_plan() {
     let w = World::from_stack("aws-network.yaml", &format!("md{}", std::process::id()));
     let md = w.ok("plan", &["--format", "markdown"]);
-    assert!(md.starts_with(&format!("### ralph-deploy plan: `{}` / `production`", w.stack_name)), "{md}");
+    assert!(
+        md.starts_with(&format!(
+            "### ralph-deploy plan: `{}` / `production`",
+            w.stack_name
+        )),
+        "{md}"
+    );
     assert!(md.contains("| create | update | replace | delete | adopt | move | unchanged |"));
-    assert!(md.contains("<details><summary><code>+ vpc</code> (aws.vpc) create</summary>"), "{md}");
-    assert!(md.contains("```diff\n+ cidr_block = \"10.0.0.0/16\""), "{md}");
+    assert!(
+        md.contains("<details><summary><code>+ vpc</code> (aws.vpc) create</summary>"),
+        "{md}"
+    );
+    assert!(
+        md.contains("```diff\n+ cidr_block = \"10.0.0.0/16\""),
+        "{md}"
+    );
     assert!(!md.contains('\u{1b}'), "no escape codes in markdown");
 
     // A saved plan shows the same, in every format, without the cloud.
     let file = w.dir.path().join("p.plan");
     w.ok("plan", &["--out", file.to_str().unwrap()]);
-    let shown = w.cmd(&["show", file.to_str().unwrap(), "--format", "markdown"]).env("AWS_ENDPOINT_URL", "http://127.0.0.1:9").output().unwrap();
+    let shown = w
+        .cmd(&["show", file.to_str().unwrap(), "--format", "markdown"])
+        .env("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+        .output()
+        .unwrap();
     assert!(shown.status.success(), "{}", text(&shown.stderr));
     assert_eq!(text(&shown.stdout), md);
-    let json = w.cmd(&["show", file.to_str().unwrap(), "--format", "json"]).output().unwrap();
+    let json = w
+        .cmd(&["show", file.to_str().unwrap(), "--format", "json"])
+        .output()
+        .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     assert!(v["counts"]["create"].as_u64().unwrap() > 5, "{v}");
     let plain = w.cmd(&["show", file.to_str().unwrap()]).output().unwrap();
-    assert!(text(&plain.stdout).contains("+ vpc (aws.vpc) will be created"), "{}", text(&plain.stdout));
+    assert!(
+        text(&plain.stdout).contains("+ vpc (aws.vpc) will be created"),
+        "{}",
+        text(&plain.stdout)
+    );
 
     // An edited plan file is refused by show as by apply.
-    let edited = std::fs::read_to_string(&file).unwrap().replace("10.0.0.0/16", "10.9.0.0/16");
+    let edited = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace("10.0.0.0/16", "10.9.0.0/16");
     std::fs::write(&file, edited).unwrap();
     let out = w.cmd(&["show", file.to_str().unwrap()]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
 
     // Replacements and deletions come first, protected ones flagged.
     w.ok("apply", &["--auto-approve", "--target", "public_a"]);
-    let md = w.ok("plan", &["--format", "markdown", "--target", "public_a", "--var", "net=10.7"]);
-    assert!(md.contains("> **Partial plan** (`--target public_a`)"), "{md}");
-    let risky = md.find("**Deletions and replacements**").expect("a risky section");
+    let md = w.ok(
+        "plan",
+        &[
+            "--format", "markdown", "--target", "public_a", "--var", "net=10.7",
+        ],
+    );
+    assert!(
+        md.contains("> **Partial plan** (`--target public_a`)"),
+        "{md}"
+    );
+    let risky = md
+        .find("**Deletions and replacements**")
+        .expect("a risky section");
     let first_details = md.find("<details>").unwrap();
     assert!(risky < first_details);
     assert!(md.contains("- replace `public_a` (aws.subnet)"), "{md}");
@@ -71,25 +106,98 @@ fn graph_colours_nodes_by_a_saved_plan_and_svg_needs_graphviz() {
     w.ok("plan", &["--out", file.to_str().unwrap()]);
     let stack = w.stack();
     let s = stack.to_str().unwrap();
-    let dot = w.cmd(&["graph", s, "--env", "production", "--plan", file.to_str().unwrap()]).output().unwrap();
+    let dot = w
+        .cmd(&[
+            "graph",
+            s,
+            "--env",
+            "production",
+            "--plan",
+            file.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
     assert!(dot.status.success(), "{}", text(&dot.stderr));
     let dot = text(&dot.stdout);
-    assert!(dot.contains("\"vpc\" [label=\"+ vpc\\naws.vpc\", style=filled, fillcolor=\"#c8f0c8\"]"), "{dot}");
-    let mermaid = w.cmd(&["graph", s, "--env", "production", "--plan", file.to_str().unwrap(), "--format", "mermaid"]).output().unwrap();
-    assert!(text(&mermaid.stdout).contains("classDef create fill:#c8f0c8"), "{}", text(&mermaid.stdout));
-    let json = w.cmd(&["graph", s, "--env", "production", "--plan", file.to_str().unwrap(), "--format", "json"]).output().unwrap();
+    assert!(
+        dot.contains("\"vpc\" [label=\"+ vpc\\naws.vpc\", style=filled, fillcolor=\"#c8f0c8\"]"),
+        "{dot}"
+    );
+    let mermaid = w
+        .cmd(&[
+            "graph",
+            s,
+            "--env",
+            "production",
+            "--plan",
+            file.to_str().unwrap(),
+            "--format",
+            "mermaid",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        text(&mermaid.stdout).contains("classDef create fill:#c8f0c8"),
+        "{}",
+        text(&mermaid.stdout)
+    );
+    let json = w
+        .cmd(&[
+            "graph",
+            s,
+            "--env",
+            "production",
+            "--plan",
+            file.to_str().unwrap(),
+            "--format",
+            "json",
+        ])
+        .output()
+        .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
-    assert!(v["nodes"].as_array().unwrap().iter().all(|n| n["action"] == "create"), "{v}");
+    assert!(
+        v["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["action"] == "create"),
+        "{v}"
+    );
     // A plan of another environment is refused.
-    let out = w.cmd(&["graph", s, "--env", "staging", "--plan", file.to_str().unwrap()]).output().unwrap();
+    let out = w
+        .cmd(&[
+            "graph",
+            s,
+            "--env",
+            "staging",
+            "--plan",
+            file.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("is a plan of"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("is a plan of"),
+        "{}",
+        text(&out.stderr)
+    );
     // SVG through Graphviz when it is installed; a clear error when it is not.
-    let svg = w.cmd(&["graph", s, "--env", "production", "--format", "svg"]).env("PATH", "/nonexistent").output().unwrap();
+    let svg = w
+        .cmd(&["graph", s, "--env", "production", "--format", "svg"])
+        .env("PATH", "/nonexistent")
+        .output()
+        .unwrap();
     assert_eq!(svg.status.code(), Some(1));
-    assert!(text(&svg.stderr).contains("needs Graphviz's `dot` on PATH"), "{}", text(&svg.stderr));
+    assert!(
+        text(&svg.stderr).contains("needs Graphviz's `dot` on PATH"),
+        "{}",
+        text(&svg.stderr)
+    );
     if std::process::Command::new("dot").arg("-V").output().is_ok() {
-        let svg = w.cmd(&["graph", s, "--env", "production", "--format", "svg"]).output().unwrap();
+        let svg = w
+            .cmd(&["graph", s, "--env", "production", "--format", "svg"])
+            .output()
+            .unwrap();
         assert!(text(&svg.stdout).contains("<svg"), "{}", text(&svg.stderr));
     }
 }

@@ -34,10 +34,22 @@ pub async fn run(cmd: Command) -> anyhow::Result<i32> {
             destroy,
             select,
         } => {
-            let format = if json { super::PlanFormat::Json } else { format };
+            let format = if json {
+                super::PlanFormat::Json
+            } else {
+                format
+            };
             json_error_event(
                 format == super::PlanFormat::Json,
-                plan_cmd(&args, format, detailed_exitcode, out.as_deref(), destroy, &select).await,
+                plan_cmd(
+                    &args,
+                    format,
+                    detailed_exitcode,
+                    out.as_deref(),
+                    destroy,
+                    &select,
+                )
+                .await,
             )
         }
         Command::Show { plan, format } => {
@@ -207,7 +219,11 @@ pub(super) async fn read_state(s: &Session) -> Result<(State, bool), CliError> {
 }
 
 /// A plan in the chosen format (`requests`: the API calls it cost, for JSON).
-fn plan_in(plan: &Plan, format: super::PlanFormat, requests: Option<u64>) -> anyhow::Result<String> {
+fn plan_in(
+    plan: &Plan,
+    format: super::PlanFormat,
+    requests: Option<u64>,
+) -> anyhow::Result<String> {
     Ok(match format {
         super::PlanFormat::Json => {
             let mut v = serde_json::to_value(plan)?;
@@ -350,7 +366,9 @@ async fn apply_cmd(
             if run.json {
                 println!(
                     "{}",
-                    crate::cli::render::json_line(serde_json::json!({ "event": "summary", "changes": 0 }))
+                    crate::cli::render::json_line(
+                        serde_json::json!({ "event": "summary", "changes": 0 })
+                    )
                 );
             }
             Ok(EXIT_OK)
@@ -676,7 +694,11 @@ fn graph(args: &StackArgs, format: GraphFormat, plan: Option<&Path>) -> Result<i
                 .filter(|c| c.is_change())
                 .map(|c| {
                     let a = serde_json::to_value(c.action).ok();
-                    (c.address.clone(), a.and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default())
+                    (
+                        c.address.clone(),
+                        a.and_then(|v| v.as_str().map(str::to_string))
+                            .unwrap_or_default(),
+                    )
                 })
                 .collect()
         }
@@ -737,7 +759,9 @@ fn svg(dot: &str) -> Result<String, CliError> {
         .map(|mut i| i.write_all(dot.as_bytes()))
         .transpose()
         .map_err(|e| CliError::Other(e.into()))?;
-    let out = child.wait_with_output().map_err(|e| CliError::Other(e.into()))?;
+    let out = child
+        .wait_with_output()
+        .map_err(|e| CliError::Other(e.into()))?;
     if !out.status.success() {
         return Err(CliError::Other(anyhow!(
             "dot -Tsvg failed: {}",

@@ -41,7 +41,12 @@ pub struct StackArgs {
     pub vars: Vec<String>,
     /// Read variables from a YAML file of `name: value` (repeatable; later
     /// files win; RALPH_DEPLOY_VAR_FILE names one too)
-    #[arg(long = "var-file", value_name = "FILE", env = "RALPH_DEPLOY_VAR_FILE", value_delimiter = ',')]
+    #[arg(
+        long = "var-file",
+        value_name = "FILE",
+        env = "RALPH_DEPLOY_VAR_FILE",
+        value_delimiter = ','
+    )]
     pub var_files: Vec<PathBuf>,
     /// Where the embedded state backend keeps state files
     #[arg(
@@ -80,7 +85,10 @@ fn read_var_file(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
     let mut out = Vec::new();
     for (k, v) in map {
         let serde_yaml_ng::Value::String(name) = k else {
-            anyhow::bail!("--var-file {}: every key must be a variable name (a string)", path.display());
+            anyhow::bail!(
+                "--var-file {}: every key must be a variable name (a string)",
+                path.display()
+            );
         };
         let value = match v {
             serde_yaml_ng::Value::String(s) => s,
@@ -108,10 +116,20 @@ pub enum PlanFormat {
 pub struct SelectArgs {
     /// Only this resource and what it needs (repeatable): an address, a
     /// `for_each` resource (all its instances) or a component
-    #[arg(long = "target", value_name = "ADDRESS", env = "RALPH_DEPLOY_TARGET", value_delimiter = ',')]
+    #[arg(
+        long = "target",
+        value_name = "ADDRESS",
+        env = "RALPH_DEPLOY_TARGET",
+        value_delimiter = ','
+    )]
     pub targets: Vec<String>,
     /// Leave this resource out, and what needs it (repeatable)
-    #[arg(long = "exclude", value_name = "ADDRESS", env = "RALPH_DEPLOY_EXCLUDE", value_delimiter = ',')]
+    #[arg(
+        long = "exclude",
+        value_name = "ADDRESS",
+        env = "RALPH_DEPLOY_EXCLUDE",
+        value_delimiter = ','
+    )]
     pub excludes: Vec<String>,
 }
 
@@ -200,7 +218,12 @@ pub enum Command {
         #[arg(long)]
         json: bool,
         /// text, json, or markdown (a pull-request comment)
-        #[arg(long, value_enum, default_value = "text", env = "RALPH_DEPLOY_PLAN_FORMAT")]
+        #[arg(
+            long,
+            value_enum,
+            default_value = "text",
+            env = "RALPH_DEPLOY_PLAN_FORMAT"
+        )]
         format: PlanFormat,
         /// Exit 2 when there are changes, 0 when there are none, 1 on error
         #[arg(long)]

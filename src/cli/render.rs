@@ -123,9 +123,22 @@ pub fn plan_markdown(plan: &Plan) -> String {
         plan.environment
     );
     if !plan.selection.is_empty() {
-        let mut parts: Vec<String> = plan.selection.targets.iter().map(|t| format!("`--target {t}`")).collect();
-        parts.extend(plan.selection.excludes.iter().map(|e| format!("`--exclude {e}`")));
-        out.push_str(&format!("> **Partial plan** ({}): the rest of the stack is not covered.\n\n", parts.join(" ")));
+        let mut parts: Vec<String> = plan
+            .selection
+            .targets
+            .iter()
+            .map(|t| format!("`--target {t}`"))
+            .collect();
+        parts.extend(
+            plan.selection
+                .excludes
+                .iter()
+                .map(|e| format!("`--exclude {e}`")),
+        );
+        out.push_str(&format!(
+            "> **Partial plan** ({}): the rest of the stack is not covered.\n\n",
+            parts.join(" ")
+        ));
     }
     out.push_str("| create | update | replace | delete | adopt | move | unchanged |\n|---:|---:|---:|---:|---:|---:|---:|\n");
     out.push_str(&format!(
@@ -146,11 +159,22 @@ pub fn plan_markdown(plan: &Plan) -> String {
         for c in &risky {
             out.push_str(&format!(
                 "- {} `{}` ({}){}{}\n",
-                if c.action == Action::Delete { "delete" } else { "replace" },
+                if c.action == Action::Delete {
+                    "delete"
+                } else {
+                    "replace"
+                },
                 c.address,
                 c.kind,
-                c.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default(),
-                if c.protect { " **[protected: needs --allow-protected]**" } else { "" }
+                c.reason
+                    .as_deref()
+                    .map(|r| format!(": {r}"))
+                    .unwrap_or_default(),
+                if c.protect {
+                    " **[protected: needs --allow-protected]**"
+                } else {
+                    ""
+                }
             ));
         }
         out.push('\n');
@@ -163,7 +187,12 @@ pub fn plan_markdown(plan: &Plan) -> String {
     }
     // Risky ones first, then the rest in address order.
     let mut ordered: Vec<_> = risky.iter().map(|c| **c).collect();
-    ordered.extend(changes.iter().filter(|c| !matches!(c.action, Action::Delete | Action::Replace)).copied());
+    ordered.extend(
+        changes
+            .iter()
+            .filter(|c| !matches!(c.action, Action::Delete | Action::Replace))
+            .copied(),
+    );
     let plain = Style::plain();
     for (i, c) in ordered.iter().enumerate() {
         let verb = match c.action {
@@ -175,7 +204,11 @@ pub fn plan_markdown(plan: &Plan) -> String {
         };
         let mut block = format!(
             "<details><summary><code>{} {}</code> ({}) {verb}</summary>\n\n```diff\n",
-            if c.action == Action::NoOp { "=" } else { c.action.symbol() },
+            if c.action == Action::NoOp {
+                "="
+            } else {
+                c.action.symbol()
+            },
             html_escape(&c.address),
             html_escape(&c.kind)
         );
@@ -184,8 +217,20 @@ pub fn plan_markdown(plan: &Plan) -> String {
                 Action::Create => None,
                 _ => a.before.as_ref(),
             };
-            let note = if a.forces_replace { "  # forces replacement" } else { "" };
-            for line in diff_text::attribute(&plain, 0, &a.name, before, a.after.as_ref(), a.after.is_some(), note) {
+            let note = if a.forces_replace {
+                "  # forces replacement"
+            } else {
+                ""
+            };
+            for line in diff_text::attribute(
+                &plain,
+                0,
+                &a.name,
+                before,
+                a.after.as_ref(),
+                a.after.is_some(),
+                note,
+            ) {
                 // diff colouring keys on the first column: + added, - removed, ! changed.
                 let line = line.replacen("~ ", "! ", 1);
                 block.push_str(&line.replace("```", "`\u{200b}``"));
@@ -206,7 +251,9 @@ pub fn plan_markdown(plan: &Plan) -> String {
 }
 
 fn html_escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 pub fn summary_text(report: &ApplyReport, destroy: bool) -> String {
@@ -313,9 +360,15 @@ pub fn json_line(mut v: serde_json::Value) -> String {
     if let Some(m) = v.as_object_mut() {
         m.insert("v".into(), serde_json::json!(EVENTS_VERSION));
         m.insert("time".into(), serde_json::Value::String(now()));
-        if matches!(m.get("event").and_then(|e| e.as_str()), Some("summary" | "error")) {
+        if matches!(
+            m.get("event").and_then(|e| e.as_str()),
+            Some("summary" | "error")
+        ) {
             m.insert("tool".into(), serde_json::json!("ralph-deploy"));
-            m.insert("version".into(), serde_json::json!(env!("CARGO_PKG_VERSION")));
+            m.insert(
+                "version".into(),
+                serde_json::json!(env!("CARGO_PKG_VERSION")),
+            );
         }
     }
     v.to_string()

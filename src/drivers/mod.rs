@@ -177,7 +177,9 @@ impl Context {
     /// The Google Cloud clients, built on first use.
     pub async fn gcp(&self) -> Result<&gcp::GcpClients, DriverError> {
         self.gcp
-            .get_or_try_init(|| gcp::GcpClients::connect(self.cloud.gcp.clone().unwrap_or_default()))
+            .get_or_try_init(|| {
+                gcp::GcpClients::connect(self.cloud.gcp.clone().unwrap_or_default())
+            })
             .await
     }
 

@@ -144,17 +144,28 @@ impl Selection {
                 reverse.entry(d.clone()).or_default().push(a.clone());
             }
         }
-        let (needs, needed_by) = if destroy { (&reverse, deps) } else { (deps, &reverse) };
+        let (needs, needed_by) = if destroy {
+            (&reverse, deps)
+        } else {
+            (deps, &reverse)
+        };
         let known: std::collections::BTreeSet<&str> = deps
             .keys()
             .map(String::as_str)
             .chain(changes.iter().map(|c| c.address.as_str()))
             .collect();
-        let closure = |patterns: &[String], edges: &BTreeMap<String, Vec<String>>, flag: &str| -> Result<std::collections::BTreeSet<String>, String> {
+        let closure = |patterns: &[String],
+                       edges: &BTreeMap<String, Vec<String>>,
+                       flag: &str|
+         -> Result<std::collections::BTreeSet<String>, String> {
             let mut out = std::collections::BTreeSet::new();
             let mut todo = Vec::new();
             for p in patterns {
-                let hits: Vec<&str> = known.iter().copied().filter(|a| Selection::names(p, a)).collect();
+                let hits: Vec<&str> = known
+                    .iter()
+                    .copied()
+                    .filter(|a| Selection::names(p, a))
+                    .collect();
                 if hits.is_empty() {
                     let names: Vec<&str> = known.iter().copied().collect();
                     let hint = crate::model::did_you_mean(p, names.iter().copied())
@@ -179,7 +190,8 @@ impl Selection {
         let dropped = closure(&self.excludes, needed_by, "--exclude")?;
         let mut left_out = Vec::new();
         changes.retain(|c| {
-            let keep = kept.as_ref().is_none_or(|k| k.contains(&c.address)) && !dropped.contains(&c.address);
+            let keep = kept.as_ref().is_none_or(|k| k.contains(&c.address))
+                && !dropped.contains(&c.address);
             if !keep && c.action != Action::NoOp {
                 left_out.push(c.address.clone());
             }

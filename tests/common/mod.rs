@@ -635,7 +635,12 @@ pub fn wait_for_file(p: &Path, timeout: Duration) -> bool {
 /// What is wrong with `v` under the JSON Schema `s` (the subset the event
 /// schema uses: type, const, enum, required, properties,
 /// additionalProperties, items, prefixItems, oneOf, minimum, $ref to $defs).
-pub fn schema_problems(root: &serde_json::Value, s: &serde_json::Value, v: &serde_json::Value, at: &str) -> Vec<String> {
+pub fn schema_problems(
+    root: &serde_json::Value,
+    s: &serde_json::Value,
+    v: &serde_json::Value,
+    at: &str,
+) -> Vec<String> {
     use serde_json::Value;
     let mut out = Vec::new();
     if let Some(r) = s.get("$ref").and_then(Value::as_str) {
@@ -649,7 +654,10 @@ pub fn schema_problems(root: &serde_json::Value, s: &serde_json::Value, v: &serd
     }
     if let Some(e) = s.get("enum").and_then(Value::as_array) {
         if !e.contains(v) {
-            out.push(format!("{at}: {v} is not one of {}", Value::Array(e.clone())));
+            out.push(format!(
+                "{at}: {v} is not one of {}",
+                Value::Array(e.clone())
+            ));
         }
     }
     if let Some(ty) = s.get("type").and_then(Value::as_str) {
@@ -674,13 +682,23 @@ pub fn schema_problems(root: &serde_json::Value, s: &serde_json::Value, v: &serd
         }
     }
     if let Some(one) = s.get("oneOf").and_then(Value::as_array) {
-        let matching = one.iter().filter(|o| schema_problems(root, o, v, at).is_empty()).count();
+        let matching = one
+            .iter()
+            .filter(|o| schema_problems(root, o, v, at).is_empty())
+            .count();
         if matching != 1 {
-            out.push(format!("{at}: {v} matches {matching} of the schema's alternatives, not exactly one"));
+            out.push(format!(
+                "{at}: {v} matches {matching} of the schema's alternatives, not exactly one"
+            ));
         }
     }
     if let Some(m) = v.as_object() {
-        for r in s.get("required").and_then(Value::as_array).into_iter().flatten() {
+        for r in s
+            .get("required")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             if !m.contains_key(r.as_str().unwrap_or_default()) {
                 out.push(format!("{at}: `{r}` is missing"));
             }
@@ -697,13 +715,21 @@ pub fn schema_problems(root: &serde_json::Value, s: &serde_json::Value, v: &serd
         }
     }
     if let Some(items) = v.as_array() {
-        let prefix = s.get("prefixItems").and_then(Value::as_array).cloned().unwrap_or_default();
+        let prefix = s
+            .get("prefixItems")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
         for (i, item) in items.iter().enumerate() {
             match prefix.get(i) {
                 Some(ps) => out.extend(schema_problems(root, ps, item, &format!("{at}[{i}]"))),
                 None => match s.get("items") {
-                    Some(Value::Bool(false)) => out.push(format!("{at}[{i}]: no more items allowed")),
-                    Some(is) if is.is_object() => out.extend(schema_problems(root, is, item, &format!("{at}[{i}]"))),
+                    Some(Value::Bool(false)) => {
+                        out.push(format!("{at}[{i}]: no more items allowed"))
+                    }
+                    Some(is) if is.is_object() => {
+                        out.extend(schema_problems(root, is, item, &format!("{at}[{i}]")))
+                    }
                     _ => {}
                 },
             }
@@ -725,11 +751,24 @@ pub fn check_event_stream(stdout: &str) {
     let mut problems = Vec::new();
     for (i, line) in lines.iter().enumerate() {
         match serde_json::from_str::<serde_json::Value>(line) {
-            Ok(v) => problems.extend(schema_problems(&schema, &schema, &v, &format!("line {}", i + 1))),
+            Ok(v) => problems.extend(schema_problems(
+                &schema,
+                &schema,
+                &v,
+                &format!("line {}", i + 1),
+            )),
             Err(e) => problems.push(format!("line {}: not JSON: {e}", i + 1)),
         }
     }
-    assert!(problems.is_empty(), "{} problems:\n{}", problems.len(), problems.join("\n"));
+    assert!(
+        problems.is_empty(),
+        "{} problems:\n{}",
+        problems.len(),
+        problems.join("\n")
+    );
     let last: serde_json::Value = serde_json::from_str(lines[lines.len() - 1]).unwrap();
-    assert!(last["event"] == "summary" || last["event"] == "error", "the stream ends with {last}");
+    assert!(
+        last["event"] == "summary" || last["event"] == "error",
+        "the stream ends with {last}"
+    );
 }

@@ -14,7 +14,10 @@ use std::time::Duration;
 
 use serde_json::{json, Map, Value as Json};
 
-use super::{call, call_create, call_opt, describe, description_filter, from_description, json, message, observed, GcpClients};
+use super::{
+    call, call_create, call_opt, describe, description_filter, from_description, json, message,
+    observed, GcpClients,
+};
 use crate::drivers::{Context, Desired, Driver, DriverError, Known, Observed, Timeouts};
 use crate::kinds::{Attr, Field, KindSchema, Ty};
 
@@ -28,7 +31,8 @@ pub(crate) fn rfc1035(v: &Json) -> Result<(), String> {
         && s.len() <= 63
         && s.starts_with(|c: char| c.is_ascii_lowercase())
         && !s.ends_with('-')
-        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
     if ok {
         Ok(())
     } else {
@@ -65,10 +69,24 @@ static NETWORK: KindSchema = KindSchema {
     kind: "gcp.network",
     doc: "A VPC network in custom subnet mode.",
     fields: &[
-        Field::new("name", Ty::String, "the network's name").required().forces_replace().check(rfc1035),
-        Field::new("description", Ty::String, "what it is for").default("\"\"").forces_replace(),
-        Field::new("routing_mode", Ty::String, "REGIONAL or GLOBAL dynamic routing").default("\"REGIONAL\"").check(routing_mode),
-        Field::new("mtu", Ty::Int, "the MTU").default("1460").forces_replace().check(crate::kinds::checks::range::<1300, 8896>),
+        Field::new("name", Ty::String, "the network's name")
+            .required()
+            .forces_replace()
+            .check(rfc1035),
+        Field::new("description", Ty::String, "what it is for")
+            .default("\"\"")
+            .forces_replace(),
+        Field::new(
+            "routing_mode",
+            Ty::String,
+            "REGIONAL or GLOBAL dynamic routing",
+        )
+        .default("\"REGIONAL\"")
+        .check(routing_mode),
+        Field::new("mtu", Ty::Int, "the MTU")
+            .default("1460")
+            .forces_replace()
+            .check(crate::kinds::checks::range::<1300, 8896>),
     ],
     attrs: &[ID, SELF_LINK],
     taggable: false,
@@ -78,7 +96,13 @@ static NETWORK: KindSchema = KindSchema {
 };
 
 static SECONDARY: &[Field] = &[
-    Field::new("range_name", Ty::String, "the range's name (GKE's pods or services)").required().check(rfc1035),
+    Field::new(
+        "range_name",
+        Ty::String,
+        "the range's name (GKE's pods or services)",
+    )
+    .required()
+    .check(rfc1035),
     Field::new("ip_cidr_range", Ty::Cidr, "the range").required(),
 ];
 
@@ -102,21 +126,51 @@ static SUBNETWORK: KindSchema = KindSchema {
 };
 
 static RULE: &[Field] = &[
-    Field::new("protocol", Ty::String, "tcp, udp, icmp, all, or a protocol number").required(),
-    Field::new("ports", Ty::List(&Ty::String), "ports or ranges (\"443\", \"30000-32767\"); empty: all").default("[]"),
+    Field::new(
+        "protocol",
+        Ty::String,
+        "tcp, udp, icmp, all, or a protocol number",
+    )
+    .required(),
+    Field::new(
+        "ports",
+        Ty::List(&Ty::String),
+        "ports or ranges (\"443\", \"30000-32767\"); empty: all",
+    )
+    .default("[]"),
 ];
 
 static FIREWALL: KindSchema = KindSchema {
     kind: "gcp.firewall",
     doc: "A VPC firewall rule.",
     fields: &[
-        Field::new("name", Ty::String, "the rule's name").required().forces_replace().check(rfc1035),
-        Field::new("network", Ty::String, "the network, usually `${vpc.id}`").required().forces_replace(),
-        Field::new("direction", Ty::String, "INGRESS or EGRESS").default("\"INGRESS\"").forces_replace().check(direction),
-        Field::new("priority", Ty::Int, "0 (first) to 65535").default("1000").check(crate::kinds::checks::range::<0, 65535>),
+        Field::new("name", Ty::String, "the rule's name")
+            .required()
+            .forces_replace()
+            .check(rfc1035),
+        Field::new("network", Ty::String, "the network, usually `${vpc.id}`")
+            .required()
+            .forces_replace(),
+        Field::new("direction", Ty::String, "INGRESS or EGRESS")
+            .default("\"INGRESS\"")
+            .forces_replace()
+            .check(direction),
+        Field::new("priority", Ty::Int, "0 (first) to 65535")
+            .default("1000")
+            .check(crate::kinds::checks::range::<0, 65535>),
         Field::new("allow", Ty::List(&Ty::Object(RULE)), "what the rule allows").required(),
-        Field::new("source_ranges", Ty::Set(&Ty::Cidr), "where traffic may come from (INGRESS)").default("[]"),
-        Field::new("target_tags", Ty::Set(&Ty::String), "the instances it applies to (empty: all)").default("[]"),
+        Field::new(
+            "source_ranges",
+            Ty::Set(&Ty::Cidr),
+            "where traffic may come from (INGRESS)",
+        )
+        .default("[]"),
+        Field::new(
+            "target_tags",
+            Ty::Set(&Ty::String),
+            "the instances it applies to (empty: all)",
+        )
+        .default("[]"),
         Field::new("description", Ty::String, "what it is for").default("\"\""),
     ],
     attrs: &[ID, SELF_LINK],
@@ -127,19 +181,42 @@ static FIREWALL: KindSchema = KindSchema {
 };
 
 static NAT: &[Field] = &[
-    Field::new("name", Ty::String, "the NAT's name").required().check(rfc1035),
-    Field::new("source_ranges", Ty::String, "ALL_SUBNETWORKS_ALL_IP_RANGES or ALL_SUBNETWORKS_ALL_PRIMARY_IP_RANGES").default("\"ALL_SUBNETWORKS_ALL_IP_RANGES\""),
+    Field::new("name", Ty::String, "the NAT's name")
+        .required()
+        .check(rfc1035),
+    Field::new(
+        "source_ranges",
+        Ty::String,
+        "ALL_SUBNETWORKS_ALL_IP_RANGES or ALL_SUBNETWORKS_ALL_PRIMARY_IP_RANGES",
+    )
+    .default("\"ALL_SUBNETWORKS_ALL_IP_RANGES\""),
 ];
 
 static ROUTER: KindSchema = KindSchema {
     kind: "gcp.router",
     doc: "A Cloud Router, with Cloud NAT so private nodes reach the internet.",
     fields: &[
-        Field::new("name", Ty::String, "the router's name").required().forces_replace().check(rfc1035),
-        Field::new("network", Ty::String, "the network, usually `${vpc.id}`").required().forces_replace(),
-        Field::new("region", Ty::String, "the region (default: cloud.gcp.region)").forces_replace(),
-        Field::new("nat", Ty::Object(NAT), "a Cloud NAT with automatically allocated addresses"),
-        Field::new("description", Ty::String, "what it is for").default("\"\"").forces_replace(),
+        Field::new("name", Ty::String, "the router's name")
+            .required()
+            .forces_replace()
+            .check(rfc1035),
+        Field::new("network", Ty::String, "the network, usually `${vpc.id}`")
+            .required()
+            .forces_replace(),
+        Field::new(
+            "region",
+            Ty::String,
+            "the region (default: cloud.gcp.region)",
+        )
+        .forces_replace(),
+        Field::new(
+            "nat",
+            Ty::Object(NAT),
+            "a Cloud NAT with automatically allocated addresses",
+        ),
+        Field::new("description", Ty::String, "what it is for")
+            .default("\"\"")
+            .forces_replace(),
     ],
     attrs: &[ID, SELF_LINK],
     taggable: false,
@@ -216,7 +293,10 @@ fn relative(link: &str) -> String {
 }
 
 fn region_of(want: &Desired<'_>, g: &GcpClients) -> String {
-    want.str("region").filter(|r| !r.is_empty()).unwrap_or(&g.region).to_string()
+    want.str("region")
+        .filter(|r| !r.is_empty())
+        .unwrap_or(&g.region)
+        .to_string()
 }
 
 /// The region and name of a recorded id.
@@ -233,7 +313,11 @@ fn parse_id(id: &str) -> (Option<String>, String) {
 impl ComputeKind {
     fn body(&self, cx: &Context, g: &GcpClients, want: &Desired<'_>) -> Json {
         let name = want.str("name").unwrap_or_default();
-        let description = describe(&cx.owner, want.address, want.str("description").unwrap_or_default());
+        let description = describe(
+            &cx.owner,
+            want.address,
+            want.str("description").unwrap_or_default(),
+        );
         let p = want.props;
         match self.collection {
             Collection::Networks => json!({
@@ -268,10 +352,22 @@ impl ComputeKind {
     fn observe(&self, v: &Json) -> Option<Observed> {
         let link = v.get("selfLink")?.as_str()?;
         let id = relative(link);
-        let (owner, address, description) =
-            from_description(v.get("description").and_then(Json::as_str).unwrap_or_default());
-        let network = v.get("network").and_then(Json::as_str).map(relative).map(Json::String).unwrap_or(Json::Null);
-        let region = v.get("region").and_then(Json::as_str).map(|r| Json::String(super::short_name(r).to_string())).unwrap_or(Json::Null);
+        let (owner, address, description) = from_description(
+            v.get("description")
+                .and_then(Json::as_str)
+                .unwrap_or_default(),
+        );
+        let network = v
+            .get("network")
+            .and_then(Json::as_str)
+            .map(relative)
+            .map(Json::String)
+            .unwrap_or(Json::Null);
+        let region = v
+            .get("region")
+            .and_then(Json::as_str)
+            .map(|r| Json::String(super::short_name(r).to_string()))
+            .unwrap_or(Json::Null);
         let mut attrs = vec![
             ("name", v.get("name").cloned().unwrap_or(Json::Null)),
             ("description", Json::String(description)),
@@ -287,7 +383,13 @@ impl ComputeKind {
                 attrs.push(("network", network));
                 attrs.push(("region", region));
                 attrs.push(("ip_cidr_range", super::s(v, "ipCidrRange")));
-                attrs.push(("private_google_access", json!(v.get("privateIpGoogleAccess").and_then(Json::as_bool).unwrap_or(false))));
+                attrs.push((
+                    "private_google_access",
+                    json!(v
+                        .get("privateIpGoogleAccess")
+                        .and_then(Json::as_bool)
+                        .unwrap_or(false)),
+                ));
                 let ranges: Vec<Json> = v.get("secondaryIpRanges").and_then(Json::as_array).into_iter().flatten()
                     .map(|r| json!({"range_name": r.get("rangeName"), "ip_cidr_range": r.get("ipCidrRange")}))
                     .collect();
@@ -297,13 +399,22 @@ impl ComputeKind {
             Collection::Firewalls => {
                 attrs.push(("network", network));
                 attrs.push(("direction", super::s(v, "direction")));
-                attrs.push(("priority", v.get("priority").cloned().unwrap_or(json!(1000))));
+                attrs.push((
+                    "priority",
+                    v.get("priority").cloned().unwrap_or(json!(1000)),
+                ));
                 let allow: Vec<Json> = v.get("allowed").and_then(Json::as_array).into_iter().flatten()
                     .map(|r| json!({"protocol": r.get("IPProtocol"), "ports": r.get("ports").cloned().unwrap_or(json!([]))}))
                     .collect();
                 attrs.push(("allow", Json::Array(allow)));
-                attrs.push(("source_ranges", v.get("sourceRanges").cloned().unwrap_or(json!([]))));
-                attrs.push(("target_tags", v.get("targetTags").cloned().unwrap_or(json!([]))));
+                attrs.push((
+                    "source_ranges",
+                    v.get("sourceRanges").cloned().unwrap_or(json!([])),
+                ));
+                attrs.push((
+                    "target_tags",
+                    v.get("targetTags").cloned().unwrap_or(json!([])),
+                ));
             }
             Collection::Routers => {
                 attrs.push(("network", network));
@@ -315,14 +426,22 @@ impl ComputeKind {
             }
             Collection::Addresses => {
                 attrs.push(("network", network));
-                attrs.push(("prefix_length", v.get("prefixLength").cloned().unwrap_or(Json::Null)));
+                attrs.push((
+                    "prefix_length",
+                    v.get("prefixLength").cloned().unwrap_or(Json::Null),
+                ));
                 attrs.push(("address", super::s(v, "address")));
             }
         }
         Some(observed(id, owner, address, attrs))
     }
 
-    async fn list(&self, cx: &Context, g: &GcpClients, region: &str) -> Result<Vec<Observed>, DriverError> {
+    async fn list(
+        &self,
+        cx: &Context,
+        g: &GcpClients,
+        region: &str,
+    ) -> Result<Vec<Observed>, DriverError> {
         let filter = description_filter(&cx.owner);
         let mut out = Vec::new();
         let mut token = String::new();
@@ -330,13 +449,76 @@ impl ComputeKind {
         loop {
             let t = token.clone();
             let page: Json = match self.collection {
-                Collection::Networks => json(&call(cx, SERVICE, &what, || g.networks.list().set_project(&g.project).set_filter(&filter).set_max_results(500u32).set_page_token(&t).send()).await?),
-                Collection::Subnetworks => json(&call(cx, SERVICE, &what, || g.subnetworks.list().set_project(&g.project).set_region(region).set_filter(&filter).set_max_results(500u32).set_page_token(&t).send()).await?),
-                Collection::Firewalls => json(&call(cx, SERVICE, &what, || g.firewalls.list().set_project(&g.project).set_filter(&filter).set_max_results(500u32).set_page_token(&t).send()).await?),
-                Collection::Routers => json(&call(cx, SERVICE, &what, || g.routers.list().set_project(&g.project).set_region(region).set_filter(&filter).set_max_results(500u32).set_page_token(&t).send()).await?),
-                Collection::Addresses => json(&call(cx, SERVICE, &what, || g.addresses.list().set_project(&g.project).set_filter(&filter).set_max_results(500u32).set_page_token(&t).send()).await?),
+                Collection::Networks => json(
+                    &call(cx, SERVICE, &what, || {
+                        g.networks
+                            .list()
+                            .set_project(&g.project)
+                            .set_filter(&filter)
+                            .set_max_results(500u32)
+                            .set_page_token(&t)
+                            .send()
+                    })
+                    .await?,
+                ),
+                Collection::Subnetworks => json(
+                    &call(cx, SERVICE, &what, || {
+                        g.subnetworks
+                            .list()
+                            .set_project(&g.project)
+                            .set_region(region)
+                            .set_filter(&filter)
+                            .set_max_results(500u32)
+                            .set_page_token(&t)
+                            .send()
+                    })
+                    .await?,
+                ),
+                Collection::Firewalls => json(
+                    &call(cx, SERVICE, &what, || {
+                        g.firewalls
+                            .list()
+                            .set_project(&g.project)
+                            .set_filter(&filter)
+                            .set_max_results(500u32)
+                            .set_page_token(&t)
+                            .send()
+                    })
+                    .await?,
+                ),
+                Collection::Routers => json(
+                    &call(cx, SERVICE, &what, || {
+                        g.routers
+                            .list()
+                            .set_project(&g.project)
+                            .set_region(region)
+                            .set_filter(&filter)
+                            .set_max_results(500u32)
+                            .set_page_token(&t)
+                            .send()
+                    })
+                    .await?,
+                ),
+                Collection::Addresses => json(
+                    &call(cx, SERVICE, &what, || {
+                        g.addresses
+                            .list()
+                            .set_project(&g.project)
+                            .set_filter(&filter)
+                            .set_max_results(500u32)
+                            .set_page_token(&t)
+                            .send()
+                    })
+                    .await?,
+                ),
             };
-            out.extend(page.get("items").and_then(Json::as_array).into_iter().flatten().filter_map(|v| self.observe(v)));
+            out.extend(
+                page.get("items")
+                    .and_then(Json::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|v| self.observe(v)),
+            );
             match page.get("nextPageToken").and_then(Json::as_str) {
                 Some(next) if !next.is_empty() => token = next.to_string(),
                 _ => break,
@@ -345,24 +527,85 @@ impl ComputeKind {
         Ok(out)
     }
 
-    async fn get(&self, cx: &Context, g: &GcpClients, id: &str) -> Result<Option<Observed>, DriverError> {
+    async fn get(
+        &self,
+        cx: &Context,
+        g: &GcpClients,
+        id: &str,
+    ) -> Result<Option<Observed>, DriverError> {
         let (region, name) = parse_id(id);
         let region = region.unwrap_or_else(|| g.region.clone());
         let what = format!("reading {}", id);
         let v: Option<Json> = match self.collection {
-            Collection::Networks => call_opt(cx, SERVICE, &what, || g.networks.get().set_project(&g.project).set_network(&name).send()).await?.map(|v| json(&v)),
-            Collection::Subnetworks => call_opt(cx, SERVICE, &what, || g.subnetworks.get().set_project(&g.project).set_region(&region).set_subnetwork(&name).send()).await?.map(|v| json(&v)),
-            Collection::Firewalls => call_opt(cx, SERVICE, &what, || g.firewalls.get().set_project(&g.project).set_firewall(&name).send()).await?.map(|v| json(&v)),
-            Collection::Routers => call_opt(cx, SERVICE, &what, || g.routers.get().set_project(&g.project).set_region(&region).set_router(&name).send()).await?.map(|v| json(&v)),
-            Collection::Addresses => call_opt(cx, SERVICE, &what, || g.addresses.get().set_project(&g.project).set_address(&name).send()).await?.map(|v| json(&v)),
+            Collection::Networks => call_opt(cx, SERVICE, &what, || {
+                g.networks
+                    .get()
+                    .set_project(&g.project)
+                    .set_network(&name)
+                    .send()
+            })
+            .await?
+            .map(|v| json(&v)),
+            Collection::Subnetworks => call_opt(cx, SERVICE, &what, || {
+                g.subnetworks
+                    .get()
+                    .set_project(&g.project)
+                    .set_region(&region)
+                    .set_subnetwork(&name)
+                    .send()
+            })
+            .await?
+            .map(|v| json(&v)),
+            Collection::Firewalls => call_opt(cx, SERVICE, &what, || {
+                g.firewalls
+                    .get()
+                    .set_project(&g.project)
+                    .set_firewall(&name)
+                    .send()
+            })
+            .await?
+            .map(|v| json(&v)),
+            Collection::Routers => call_opt(cx, SERVICE, &what, || {
+                g.routers
+                    .get()
+                    .set_project(&g.project)
+                    .set_region(&region)
+                    .set_router(&name)
+                    .send()
+            })
+            .await?
+            .map(|v| json(&v)),
+            Collection::Addresses => call_opt(cx, SERVICE, &what, || {
+                g.addresses
+                    .get()
+                    .set_project(&g.project)
+                    .set_address(&name)
+                    .send()
+            })
+            .await?
+            .map(|v| json(&v)),
         };
         Ok(v.as_ref().and_then(|v| self.observe(v)))
     }
 
     /// Waits for a Compute operation to finish; its error, if any, fails.
-    async fn wait(&self, cx: &Context, g: &GcpClients, address: &str, op: &Json, timeout: Duration) -> Result<(), DriverError> {
-        let name = op.get("name").and_then(Json::as_str).unwrap_or_default().to_string();
-        let region = op.get("region").and_then(Json::as_str).map(|r| super::short_name(r).to_string());
+    async fn wait(
+        &self,
+        cx: &Context,
+        g: &GcpClients,
+        address: &str,
+        op: &Json,
+        timeout: Duration,
+    ) -> Result<(), DriverError> {
+        let name = op
+            .get("name")
+            .and_then(Json::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let region = op
+            .get("region")
+            .and_then(Json::as_str)
+            .map(|r| super::short_name(r).to_string());
         let what = format!("{} operation {name}", self.collection.path());
         let what_ref = &what;
         cx.wait_until(address, &what, timeout, || {
@@ -371,16 +614,51 @@ impl ComputeKind {
             let what = what_ref;
             async move {
                 let op: Json = match &region {
-                    Some(r) => json(&call(cx, SERVICE, "reading a region operation", || g.region_ops.get().set_project(&g.project).set_region(r).set_operation(&name).send()).await?),
-                    None => json(&call(cx, SERVICE, "reading a global operation", || g.global_ops.get().set_project(&g.project).set_operation(&name).send()).await?),
+                    Some(r) => json(
+                        &call(cx, SERVICE, "reading a region operation", || {
+                            g.region_ops
+                                .get()
+                                .set_project(&g.project)
+                                .set_region(r)
+                                .set_operation(&name)
+                                .send()
+                        })
+                        .await?,
+                    ),
+                    None => json(
+                        &call(cx, SERVICE, "reading a global operation", || {
+                            g.global_ops
+                                .get()
+                                .set_project(&g.project)
+                                .set_operation(&name)
+                                .send()
+                        })
+                        .await?,
+                    ),
                 };
-                let status = op.get("status").and_then(Json::as_str).unwrap_or("PENDING").to_string();
+                let status = op
+                    .get("status")
+                    .and_then(Json::as_str)
+                    .unwrap_or("PENDING")
+                    .to_string();
                 if status != "DONE" {
                     return Ok((None, status));
                 }
                 if let Some(errors) = op.pointer("/error/errors").and_then(Json::as_array) {
-                    let text: Vec<String> = errors.iter().map(|e| format!("{}: {}", super::s(e, "code").as_str().unwrap_or("ERROR"), super::s(e, "message").as_str().unwrap_or_default())).collect();
-                    return Err(DriverError::new(format!("{what} failed: {}", text.join("; "))));
+                    let text: Vec<String> = errors
+                        .iter()
+                        .map(|e| {
+                            format!(
+                                "{}: {}",
+                                super::s(e, "code").as_str().unwrap_or("ERROR"),
+                                super::s(e, "message").as_str().unwrap_or_default()
+                            )
+                        })
+                        .collect();
+                    return Err(DriverError::new(format!(
+                        "{what} failed: {}",
+                        text.join("; ")
+                    )));
                 }
                 Ok((Some(()), status))
             }
@@ -388,8 +666,15 @@ impl ComputeKind {
         .await
     }
 
-    async fn read_back(&self, cx: &Context, g: &GcpClients, id: &str) -> Result<Observed, DriverError> {
-        self.get(cx, g, id).await?.ok_or_else(|| DriverError::new(format!("{id} vanished right after it was changed")))
+    async fn read_back(
+        &self,
+        cx: &Context,
+        g: &GcpClients,
+        id: &str,
+    ) -> Result<Observed, DriverError> {
+        self.get(cx, g, id)
+            .await?
+            .ok_or_else(|| DriverError::new(format!("{id} vanished right after it was changed")))
     }
 }
 
@@ -403,11 +688,21 @@ fn secondary(p: &Map<String, Json>) -> Json {
 
 fn allowed(p: &Map<String, Json>) -> Json {
     Json::Array(
-        p.get("allow").and_then(Json::as_array).into_iter().flatten()
+        p.get("allow")
+            .and_then(Json::as_array)
+            .into_iter()
+            .flatten()
             .map(|r| {
                 let mut m = Map::new();
-                m.insert("IPProtocol".into(), r.get("protocol").cloned().unwrap_or(Json::Null));
-                if let Some(ports) = r.get("ports").and_then(Json::as_array).filter(|p| !p.is_empty()) {
+                m.insert(
+                    "IPProtocol".into(),
+                    r.get("protocol").cloned().unwrap_or(Json::Null),
+                );
+                if let Some(ports) = r
+                    .get("ports")
+                    .and_then(Json::as_array)
+                    .filter(|p| !p.is_empty())
+                {
                     m.insert("ports".into(), Json::Array(ports.clone()));
                 }
                 Json::Object(m)
@@ -439,14 +734,19 @@ impl Driver for ComputeKind {
 
     /// Fills the defaults of nested fields (a rule's ports, the NAT's
     /// source ranges), as the API reports them back.
-    fn normalize(&self, _base: &std::path::Path, props: &mut Map<String, Json>) -> Result<(), String> {
+    fn normalize(
+        &self,
+        _base: &std::path::Path,
+        props: &mut Map<String, Json>,
+    ) -> Result<(), String> {
         if let Some(Json::Array(rules)) = props.get_mut("allow") {
             for r in rules.iter_mut().filter_map(Json::as_object_mut) {
                 r.entry("ports").or_insert_with(|| json!([]));
             }
         }
         if let Some(Json::Object(nat)) = props.get_mut("nat") {
-            nat.entry("source_ranges").or_insert_with(|| json!("ALL_SUBNETWORKS_ALL_IP_RANGES"));
+            nat.entry("source_ranges")
+                .or_insert_with(|| json!("ALL_SUBNETWORKS_ALL_IP_RANGES"));
         }
         Ok(())
     }
@@ -463,7 +763,8 @@ impl Driver for ComputeKind {
         if !self.collection.regional() {
             return self.list(cx, g, "").await;
         }
-        let mut regions: BTreeSet<String> = known.iter().filter_map(|k| parse_id(&k.id).0).collect();
+        let mut regions: BTreeSet<String> =
+            known.iter().filter_map(|k| parse_id(&k.id).0).collect();
         regions.insert(g.region.clone());
         let mut out = Vec::new();
         for r in regions {
@@ -477,9 +778,18 @@ impl Driver for ComputeKind {
         let id = if id.contains('/') {
             id.to_string()
         } else if self.collection.regional() {
-            format!("projects/{}/regions/{}/{}/{id}", g.project, g.region, self.collection.path())
+            format!(
+                "projects/{}/regions/{}/{}/{id}",
+                g.project,
+                g.region,
+                self.collection.path()
+            )
         } else {
-            format!("projects/{}/global/{}/{id}", g.project, self.collection.path())
+            format!(
+                "projects/{}/global/{}/{id}",
+                g.project,
+                self.collection.path()
+            )
         };
         self.get(cx, g, &id).await
     }
@@ -490,17 +800,82 @@ impl Driver for ComputeKind {
         let region = region_of(want, g);
         let what = format!("creating {}", want.address);
         let op: Option<Json> = match self.collection {
-            Collection::Networks => { let b: google_cloud_compute_v1::model::Network = message("network", body)?; call_create(cx, SERVICE, &what, || g.networks.insert().set_project(&g.project).set_body(b.clone()).send()).await?.map(|o| json(&o)) }
-            Collection::Subnetworks => { let b: google_cloud_compute_v1::model::Subnetwork = message("subnetwork", body)?; call_create(cx, SERVICE, &what, || g.subnetworks.insert().set_project(&g.project).set_region(&region).set_body(b.clone()).send()).await?.map(|o| json(&o)) }
-            Collection::Firewalls => { let b: google_cloud_compute_v1::model::Firewall = message("firewall", body)?; call_create(cx, SERVICE, &what, || g.firewalls.insert().set_project(&g.project).set_body(b.clone()).send()).await?.map(|o| json(&o)) }
-            Collection::Routers => { let b: google_cloud_compute_v1::model::Router = message("router", body)?; call_create(cx, SERVICE, &what, || g.routers.insert().set_project(&g.project).set_region(&region).set_body(b.clone()).send()).await?.map(|o| json(&o)) }
-            Collection::Addresses => { let b: google_cloud_compute_v1::model::Address = message("address", body)?; call_create(cx, SERVICE, &what, || g.addresses.insert().set_project(&g.project).set_body(b.clone()).send()).await?.map(|o| json(&o)) }
+            Collection::Networks => {
+                let b: google_cloud_compute_v1::model::Network = message("network", body)?;
+                call_create(cx, SERVICE, &what, || {
+                    g.networks
+                        .insert()
+                        .set_project(&g.project)
+                        .set_body(b.clone())
+                        .send()
+                })
+                .await?
+                .map(|o| json(&o))
+            }
+            Collection::Subnetworks => {
+                let b: google_cloud_compute_v1::model::Subnetwork = message("subnetwork", body)?;
+                call_create(cx, SERVICE, &what, || {
+                    g.subnetworks
+                        .insert()
+                        .set_project(&g.project)
+                        .set_region(&region)
+                        .set_body(b.clone())
+                        .send()
+                })
+                .await?
+                .map(|o| json(&o))
+            }
+            Collection::Firewalls => {
+                let b: google_cloud_compute_v1::model::Firewall = message("firewall", body)?;
+                call_create(cx, SERVICE, &what, || {
+                    g.firewalls
+                        .insert()
+                        .set_project(&g.project)
+                        .set_body(b.clone())
+                        .send()
+                })
+                .await?
+                .map(|o| json(&o))
+            }
+            Collection::Routers => {
+                let b: google_cloud_compute_v1::model::Router = message("router", body)?;
+                call_create(cx, SERVICE, &what, || {
+                    g.routers
+                        .insert()
+                        .set_project(&g.project)
+                        .set_region(&region)
+                        .set_body(b.clone())
+                        .send()
+                })
+                .await?
+                .map(|o| json(&o))
+            }
+            Collection::Addresses => {
+                let b: google_cloud_compute_v1::model::Address = message("address", body)?;
+                call_create(cx, SERVICE, &what, || {
+                    g.addresses
+                        .insert()
+                        .set_project(&g.project)
+                        .set_body(b.clone())
+                        .send()
+                })
+                .await?
+                .map(|o| json(&o))
+            }
         };
         let name = want.str("name").unwrap_or_default();
         let id = if self.collection.regional() {
-            format!("projects/{}/regions/{region}/{}/{name}", g.project, self.collection.path())
+            format!(
+                "projects/{}/regions/{region}/{}/{name}",
+                g.project,
+                self.collection.path()
+            )
         } else {
-            format!("projects/{}/global/{}/{name}", g.project, self.collection.path())
+            format!(
+                "projects/{}/global/{}/{name}",
+                g.project,
+                self.collection.path()
+            )
         };
         let timeout = want.timeouts.create_or(OP_TIMEOUT);
         match op {
@@ -512,16 +887,25 @@ impl Driver for ComputeKind {
                 // It exists, or an insert is still making it (a killed run's):
                 // once it can be read, it is taken over if it is ours.
                 let found = cx
-                    .wait_until(want.address, &format!("the existing {id} to be readable"), timeout, || async {
-                        Ok((self.get(cx, g, &id).await?, "PENDING".to_string()))
-                    })
+                    .wait_until(
+                        want.address,
+                        &format!("the existing {id} to be readable"),
+                        timeout,
+                        || async { Ok((self.get(cx, g, &id).await?, "PENDING".to_string())) },
+                    )
                     .await?;
                 super::take_over(cx, want.address, &id, Some(found))
             }
         }
     }
 
-    async fn update(&self, cx: &Context, want: &Desired<'_>, have: &Observed, _changed: &[String]) -> Result<Observed, DriverError> {
+    async fn update(
+        &self,
+        cx: &Context,
+        want: &Desired<'_>,
+        have: &Observed,
+        _changed: &[String],
+    ) -> Result<Observed, DriverError> {
         let g = cx.gcp().await?;
         let (region, name) = parse_id(&have.id);
         let region = region.unwrap_or_else(|| g.region.clone());
@@ -529,18 +913,53 @@ impl Driver for ComputeKind {
         let mut body = self.body(cx, g, want);
         let op: Json = match self.collection {
             Collection::Networks => {
-                let b: google_cloud_compute_v1::model::Network = message("network", json!({"routingConfig": body["routingConfig"]}))?;
-                json(&call(cx, SERVICE, &what, || g.networks.patch().set_project(&g.project).set_network(&name).set_body(b.clone()).send()).await?)
+                let b: google_cloud_compute_v1::model::Network =
+                    message("network", json!({"routingConfig": body["routingConfig"]}))?;
+                json(
+                    &call(cx, SERVICE, &what, || {
+                        g.networks
+                            .patch()
+                            .set_project(&g.project)
+                            .set_network(&name)
+                            .set_body(b.clone())
+                            .send()
+                    })
+                    .await?,
+                )
             }
             Collection::Subnetworks => {
                 // A subnetwork patch carries the fingerprint it was read with.
-                let current = json(&call(cx, SERVICE, &what, || g.subnetworks.get().set_project(&g.project).set_region(&region).set_subnetwork(&name).send()).await?);
-                let b: google_cloud_compute_v1::model::Subnetwork = message("subnetwork", json!({
-                    "fingerprint": current.get("fingerprint"),
-                    "secondaryIpRanges": body["secondaryIpRanges"],
-                    "privateIpGoogleAccess": body["privateIpGoogleAccess"],
-                }))?;
-                json(&call(cx, SERVICE, &what, || g.subnetworks.patch().set_project(&g.project).set_region(&region).set_subnetwork(&name).set_body(b.clone()).send()).await?)
+                let current = json(
+                    &call(cx, SERVICE, &what, || {
+                        g.subnetworks
+                            .get()
+                            .set_project(&g.project)
+                            .set_region(&region)
+                            .set_subnetwork(&name)
+                            .send()
+                    })
+                    .await?,
+                );
+                let b: google_cloud_compute_v1::model::Subnetwork = message(
+                    "subnetwork",
+                    json!({
+                        "fingerprint": current.get("fingerprint"),
+                        "secondaryIpRanges": body["secondaryIpRanges"],
+                        "privateIpGoogleAccess": body["privateIpGoogleAccess"],
+                    }),
+                )?;
+                json(
+                    &call(cx, SERVICE, &what, || {
+                        g.subnetworks
+                            .patch()
+                            .set_project(&g.project)
+                            .set_region(&region)
+                            .set_subnetwork(&name)
+                            .set_body(b.clone())
+                            .send()
+                    })
+                    .await?,
+                )
             }
             Collection::Firewalls => {
                 if let Some(m) = body.as_object_mut() {
@@ -548,35 +967,116 @@ impl Driver for ComputeKind {
                     m.remove("direction");
                 }
                 let b: google_cloud_compute_v1::model::Firewall = message("firewall", body)?;
-                json(&call(cx, SERVICE, &what, || g.firewalls.patch().set_project(&g.project).set_firewall(&name).set_body(b.clone()).send()).await?)
+                json(
+                    &call(cx, SERVICE, &what, || {
+                        g.firewalls
+                            .patch()
+                            .set_project(&g.project)
+                            .set_firewall(&name)
+                            .set_body(b.clone())
+                            .send()
+                    })
+                    .await?,
+                )
             }
             Collection::Routers => {
-                let b: google_cloud_compute_v1::model::Router = message("router", json!({"nats": body["nats"]}))?;
-                json(&call(cx, SERVICE, &what, || g.routers.patch().set_project(&g.project).set_region(&region).set_router(&name).set_body(b.clone()).send()).await?)
+                let b: google_cloud_compute_v1::model::Router =
+                    message("router", json!({"nats": body["nats"]}))?;
+                json(
+                    &call(cx, SERVICE, &what, || {
+                        g.routers
+                            .patch()
+                            .set_project(&g.project)
+                            .set_region(&region)
+                            .set_router(&name)
+                            .set_body(b.clone())
+                            .send()
+                    })
+                    .await?,
+                )
             }
-            Collection::Addresses => return Err(DriverError::new("a global address has nothing to change in place")),
+            Collection::Addresses => {
+                return Err(DriverError::new(
+                    "a global address has nothing to change in place",
+                ))
+            }
         };
-        self.wait(cx, g, want.address, &op, want.timeouts.update_or(OP_TIMEOUT)).await?;
+        self.wait(
+            cx,
+            g,
+            want.address,
+            &op,
+            want.timeouts.update_or(OP_TIMEOUT),
+        )
+        .await?;
         self.read_back(cx, g, &have.id).await
     }
 
-    async fn delete(&self, cx: &Context, have: &Observed, timeouts: &Timeouts) -> Result<(), DriverError> {
+    async fn delete(
+        &self,
+        cx: &Context,
+        have: &Observed,
+        timeouts: &Timeouts,
+    ) -> Result<(), DriverError> {
         let g = cx.gcp().await?;
         let (region, name) = parse_id(&have.id);
         let region = region.unwrap_or_else(|| g.region.clone());
         let what = format!("deleting {}", have.id);
         let op: Option<Json> = match self.collection {
-            Collection::Networks => call_opt(cx, SERVICE, &what, || g.networks.delete().set_project(&g.project).set_network(&name).send()).await?.map(|o| json(&o)),
-            Collection::Subnetworks => call_opt(cx, SERVICE, &what, || g.subnetworks.delete().set_project(&g.project).set_region(&region).set_subnetwork(&name).send()).await?.map(|o| json(&o)),
-            Collection::Firewalls => call_opt(cx, SERVICE, &what, || g.firewalls.delete().set_project(&g.project).set_firewall(&name).send()).await?.map(|o| json(&o)),
-            Collection::Routers => call_opt(cx, SERVICE, &what, || g.routers.delete().set_project(&g.project).set_region(&region).set_router(&name).send()).await?.map(|o| json(&o)),
-            Collection::Addresses => call_opt(cx, SERVICE, &what, || g.addresses.delete().set_project(&g.project).set_address(&name).send()).await?.map(|o| json(&o)),
+            Collection::Networks => call_opt(cx, SERVICE, &what, || {
+                g.networks
+                    .delete()
+                    .set_project(&g.project)
+                    .set_network(&name)
+                    .send()
+            })
+            .await?
+            .map(|o| json(&o)),
+            Collection::Subnetworks => call_opt(cx, SERVICE, &what, || {
+                g.subnetworks
+                    .delete()
+                    .set_project(&g.project)
+                    .set_region(&region)
+                    .set_subnetwork(&name)
+                    .send()
+            })
+            .await?
+            .map(|o| json(&o)),
+            Collection::Firewalls => call_opt(cx, SERVICE, &what, || {
+                g.firewalls
+                    .delete()
+                    .set_project(&g.project)
+                    .set_firewall(&name)
+                    .send()
+            })
+            .await?
+            .map(|o| json(&o)),
+            Collection::Routers => call_opt(cx, SERVICE, &what, || {
+                g.routers
+                    .delete()
+                    .set_project(&g.project)
+                    .set_region(&region)
+                    .set_router(&name)
+                    .send()
+            })
+            .await?
+            .map(|o| json(&o)),
+            Collection::Addresses => call_opt(cx, SERVICE, &what, || {
+                g.addresses
+                    .delete()
+                    .set_project(&g.project)
+                    .set_address(&name)
+                    .send()
+            })
+            .await?
+            .map(|o| json(&o)),
         };
         match op {
             None => Ok(()),
             Some(op) => {
                 let address = have.address.clone().unwrap_or_else(|| have.id.clone());
-                self.wait(cx, g, &address, &op, timeouts.delete_or(OP_TIMEOUT)).await
+                self.wait(cx, g, &address, &op, timeouts.delete_or(OP_TIMEOUT))
+                    .await
             }
         }
     }

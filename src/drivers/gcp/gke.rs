@@ -17,7 +17,9 @@ use std::time::Duration;
 use serde_json::{json, Value as Json};
 
 use super::{call, call_opt, from_labels, json, labels, message, observed};
-use crate::drivers::{Context, Desired, Driver, DriverError, Known, Observed, Timeouts, READY_ATTR, STATUS_ATTR};
+use crate::drivers::{
+    Context, Desired, Driver, DriverError, Known, Observed, Timeouts, READY_ATTR, STATUS_ATTR,
+};
 use crate::kinds::{Attr, Field, KindSchema, Ty};
 
 const SERVICE: &str = "container";
@@ -28,7 +30,9 @@ const BOOTSTRAP_POOL: &str = "bootstrap";
 fn channel(v: &Json) -> Result<(), String> {
     match v.as_str() {
         Some("RAPID" | "REGULAR" | "STABLE" | "EXTENDED" | "UNSPECIFIED") => Ok(()),
-        other => Err(format!("release_channel {other:?} is not one of RAPID, REGULAR, STABLE, EXTENDED, UNSPECIFIED")),
+        other => Err(format!(
+            "release_channel {other:?} is not one of RAPID, REGULAR, STABLE, EXTENDED, UNSPECIFIED"
+        )),
     }
 }
 
@@ -36,23 +40,98 @@ static CLUSTER: KindSchema = KindSchema {
     kind: "gcp.gke_cluster",
     doc: "A GKE Standard cluster, VPC-native, with private nodes and workload identity.",
     fields: &[
-        Field::new("name", Ty::String, "the cluster's name").required().forces_replace().check(super::compute::rfc1035),
-        Field::new("location", Ty::String, "a region (regional cluster) or a zone (default: cloud.gcp.region)").forces_replace(),
-        Field::new("network", Ty::String, "the network, usually `${vpc.id}`").required().forces_replace(),
-        Field::new("subnetwork", Ty::String, "the nodes' subnetwork, usually `${nodes_subnet.id}`").required().forces_replace(),
-        Field::new("pods_range", Ty::String, "the subnetwork's secondary range for pods").required().forces_replace(),
-        Field::new("services_range", Ty::String, "the subnetwork's secondary range for services").required().forces_replace(),
-        Field::new("version", Ty::Version, "the control plane's minimum version, such as \"1.28\"").default("\"1.28\"").forces_replace(),
-        Field::new("release_channel", Ty::String, "RAPID, REGULAR, STABLE or EXTENDED (changes in place)").default("\"REGULAR\"").check(channel),
-        Field::new("private_nodes", Ty::Bool, "nodes get internal addresses only (they reach out through Cloud NAT)").default("true").forces_replace(),
-        Field::new("master_ipv4_cidr", Ty::Cidr, "the control plane's /28 (private clusters)").default("\"172.16.0.0/28\"").forces_replace(),
-        Field::new("workload_identity", Ty::Bool, "pods act as Google service accounts (PROJECT.svc.id.goog)").default("true").forces_replace(),
-        Field::new("labels", Ty::StringMap, "labels besides the ownership labels (change in place)").default("{}"),
+        Field::new("name", Ty::String, "the cluster's name")
+            .required()
+            .forces_replace()
+            .check(super::compute::rfc1035),
+        Field::new(
+            "location",
+            Ty::String,
+            "a region (regional cluster) or a zone (default: cloud.gcp.region)",
+        )
+        .forces_replace(),
+        Field::new("network", Ty::String, "the network, usually `${vpc.id}`")
+            .required()
+            .forces_replace(),
+        Field::new(
+            "subnetwork",
+            Ty::String,
+            "the nodes' subnetwork, usually `${nodes_subnet.id}`",
+        )
+        .required()
+        .forces_replace(),
+        Field::new(
+            "pods_range",
+            Ty::String,
+            "the subnetwork's secondary range for pods",
+        )
+        .required()
+        .forces_replace(),
+        Field::new(
+            "services_range",
+            Ty::String,
+            "the subnetwork's secondary range for services",
+        )
+        .required()
+        .forces_replace(),
+        Field::new(
+            "version",
+            Ty::Version,
+            "the control plane's minimum version, such as \"1.28\"",
+        )
+        .default("\"1.28\"")
+        .forces_replace(),
+        Field::new(
+            "release_channel",
+            Ty::String,
+            "RAPID, REGULAR, STABLE or EXTENDED (changes in place)",
+        )
+        .default("\"REGULAR\"")
+        .check(channel),
+        Field::new(
+            "private_nodes",
+            Ty::Bool,
+            "nodes get internal addresses only (they reach out through Cloud NAT)",
+        )
+        .default("true")
+        .forces_replace(),
+        Field::new(
+            "master_ipv4_cidr",
+            Ty::Cidr,
+            "the control plane's /28 (private clusters)",
+        )
+        .default("\"172.16.0.0/28\"")
+        .forces_replace(),
+        Field::new(
+            "workload_identity",
+            Ty::Bool,
+            "pods act as Google service accounts (PROJECT.svc.id.goog)",
+        )
+        .default("true")
+        .forces_replace(),
+        Field::new(
+            "labels",
+            Ty::StringMap,
+            "labels besides the ownership labels (change in place)",
+        )
+        .default("{}"),
     ],
     attrs: &[
-        Attr { name: "id", ty: Ty::String, doc: "projects/P/locations/L/clusters/NAME" },
-        Attr { name: "endpoint", ty: Ty::String, doc: "the API server's URL" },
-        Attr { name: "certificate_authority", ty: Ty::String, doc: "the cluster's CA certificate (base64 PEM)" },
+        Attr {
+            name: "id",
+            ty: Ty::String,
+            doc: "projects/P/locations/L/clusters/NAME",
+        },
+        Attr {
+            name: "endpoint",
+            ty: Ty::String,
+            doc: "the API server's URL",
+        },
+        Attr {
+            name: "certificate_authority",
+            ty: Ty::String,
+            doc: "the cluster's CA certificate (base64 PEM)",
+        },
     ],
     taggable: false,
     name_field: Some("name"),
@@ -64,19 +143,54 @@ static POOL: KindSchema = KindSchema {
     kind: "gcp.gke_node_pool",
     doc: "A GKE node pool, autoscaled, with auto-repair and auto-upgrade.",
     fields: &[
-        Field::new("cluster", Ty::String, "the cluster, usually `${gke.id}`").required().forces_replace(),
-        Field::new("name", Ty::String, "the pool's name").required().forces_replace().check(super::compute::rfc1035),
-        Field::new("machine_type", Ty::String, "such as n2-standard-4").required().forces_replace(),
-        Field::new("disk_size_gb", Ty::Int, "each node's boot disk").default("100").forces_replace().check(crate::kinds::checks::range::<10, 65536>),
-        Field::new("node_count", Ty::Int, "nodes per zone now (changes in place; the autoscaler moves it within min..max)").default("1").check(crate::kinds::checks::range::<0, 1000>),
-        Field::new("min_nodes", Ty::Int, "autoscaling minimum per zone").default("1").check(crate::kinds::checks::range::<0, 1000>),
-        Field::new("max_nodes", Ty::Int, "autoscaling maximum per zone").default("3").check(crate::kinds::checks::range::<1, 1000>),
+        Field::new("cluster", Ty::String, "the cluster, usually `${gke.id}`")
+            .required()
+            .forces_replace(),
+        Field::new("name", Ty::String, "the pool's name")
+            .required()
+            .forces_replace()
+            .check(super::compute::rfc1035),
+        Field::new("machine_type", Ty::String, "such as n2-standard-4")
+            .required()
+            .forces_replace(),
+        Field::new("disk_size_gb", Ty::Int, "each node's boot disk")
+            .default("100")
+            .forces_replace()
+            .check(crate::kinds::checks::range::<10, 65536>),
+        Field::new(
+            "node_count",
+            Ty::Int,
+            "nodes per zone now (changes in place; the autoscaler moves it within min..max)",
+        )
+        .default("1")
+        .check(crate::kinds::checks::range::<0, 1000>),
+        Field::new("min_nodes", Ty::Int, "autoscaling minimum per zone")
+            .default("1")
+            .check(crate::kinds::checks::range::<0, 1000>),
+        Field::new("max_nodes", Ty::Int, "autoscaling maximum per zone")
+            .default("3")
+            .check(crate::kinds::checks::range::<1, 1000>),
         Field::new("auto_repair", Ty::Bool, "recreate unhealthy nodes").default("true"),
         Field::new("auto_upgrade", Ty::Bool, "follow the cluster's version").default("true"),
-        Field::new("service_account", Ty::String, "the nodes' service account (default: the Compute default)").default("\"\"").forces_replace(),
-        Field::new("labels", Ty::StringMap, "Kubernetes labels on the nodes (change in place)").default("{}"),
+        Field::new(
+            "service_account",
+            Ty::String,
+            "the nodes' service account (default: the Compute default)",
+        )
+        .default("\"\"")
+        .forces_replace(),
+        Field::new(
+            "labels",
+            Ty::StringMap,
+            "Kubernetes labels on the nodes (change in place)",
+        )
+        .default("{}"),
     ],
-    attrs: &[Attr { name: "id", ty: Ty::String, doc: "projects/P/locations/L/clusters/C/nodePools/NAME" }],
+    attrs: &[Attr {
+        name: "id",
+        ty: Ty::String,
+        doc: "projects/P/locations/L/clusters/C/nodePools/NAME",
+    }],
     taggable: false,
     name_field: None,
     exactly_one_of: &[],
@@ -94,9 +208,19 @@ fn observe_cluster(c: &google_cloud_container_v1::model::Cluster) -> Observed {
     use google_cloud_container_v1::model::cluster::Status;
     let v = json(c);
     let (owner, address, user) = from_labels(v.get("resourceLabels"));
-    let id = c.self_link.find("projects/").map(|i| c.self_link[i..].to_string()).unwrap_or_else(|| c.name.clone());
+    let id = c
+        .self_link
+        .find("projects/")
+        .map(|i| c.self_link[i..].to_string())
+        .unwrap_or_else(|| c.name.clone());
     let status = c.status.name().unwrap_or("STATUS_UNSPECIFIED").to_string();
-    let network = |n: &str| if n.contains('/') { n.to_string() } else { String::new() };
+    let network = |n: &str| {
+        if n.contains('/') {
+            n.to_string()
+        } else {
+            String::new()
+        }
+    };
     observed(
         id.clone(),
         owner,
@@ -107,20 +231,67 @@ fn observe_cluster(c: &google_cloud_container_v1::model::Cluster) -> Observed {
             ("location", json!(c.location)),
             ("network", json!(network(&c.network))),
             ("subnetwork", json!(network(&c.subnetwork))),
-            ("pods_range", super::s(&v, "ipAllocationPolicy.clusterSecondaryRangeName")),
-            ("services_range", super::s(&v, "ipAllocationPolicy.servicesSecondaryRangeName")),
+            (
+                "pods_range",
+                super::s(&v, "ipAllocationPolicy.clusterSecondaryRangeName"),
+            ),
+            (
+                "services_range",
+                super::s(&v, "ipAllocationPolicy.servicesSecondaryRangeName"),
+            ),
             ("version", json!(c.current_master_version)),
-            ("release_channel", json!(c.release_channel.as_ref().and_then(|r| r.channel.name()).unwrap_or("UNSPECIFIED"))),
-            ("private_nodes", json!(super::s(&v, "privateClusterConfig.enablePrivateNodes").as_bool().unwrap_or(false))),
-            ("master_ipv4_cidr", super::s(&v, "privateClusterConfig.masterIpv4CidrBlock")),
-            ("workload_identity", json!(c.workload_identity_config.as_ref().is_some_and(|w| !w.workload_pool.is_empty()))),
+            (
+                "release_channel",
+                json!(c
+                    .release_channel
+                    .as_ref()
+                    .and_then(|r| r.channel.name())
+                    .unwrap_or("UNSPECIFIED")),
+            ),
+            (
+                "private_nodes",
+                json!(super::s(&v, "privateClusterConfig.enablePrivateNodes")
+                    .as_bool()
+                    .unwrap_or(false)),
+            ),
+            (
+                "master_ipv4_cidr",
+                super::s(&v, "privateClusterConfig.masterIpv4CidrBlock"),
+            ),
+            (
+                "workload_identity",
+                json!(c
+                    .workload_identity_config
+                    .as_ref()
+                    .is_some_and(|w| !w.workload_pool.is_empty())),
+            ),
             ("labels", Json::Object(user)),
-            ("endpoint", json!(if c.endpoint.is_empty() { String::new() } else { format!("https://{}", c.endpoint) })),
-            ("certificate_authority", json!(c.master_auth.as_ref().map(|m| m.cluster_ca_certificate.clone()).unwrap_or_default())),
+            (
+                "endpoint",
+                json!(if c.endpoint.is_empty() {
+                    String::new()
+                } else {
+                    format!("https://{}", c.endpoint)
+                }),
+            ),
+            (
+                "certificate_authority",
+                json!(c
+                    .master_auth
+                    .as_ref()
+                    .map(|m| m.cluster_ca_certificate.clone())
+                    .unwrap_or_default()),
+            ),
             (STATUS_ATTR, json!(status)),
             // The bootstrap pool still there (a run killed before removing
             // it) reads as not ready: the next apply finishes the create.
-            (READY_ATTR, json!(matches!(c.status, Status::Running) && !c.node_pools.iter().any(|p| p.name == BOOTSTRAP_POOL))),
+            (
+                READY_ATTR,
+                json!(
+                    matches!(c.status, Status::Running)
+                        && !c.node_pools.iter().any(|p| p.name == BOOTSTRAP_POOL)
+                ),
+            ),
         ],
     )
 }
@@ -142,58 +313,119 @@ fn observe_pool(cluster_id: &str, p: &google_cloud_container_v1::model::NodePool
             ("cluster", json!(cluster_id)),
             ("name", json!(p.name)),
             ("machine_type", json!(config.machine_type)),
-            ("disk_size_gb", json!(if config.disk_size_gb == 0 { 100 } else { config.disk_size_gb })),
+            (
+                "disk_size_gb",
+                json!(if config.disk_size_gb == 0 {
+                    100
+                } else {
+                    config.disk_size_gb
+                }),
+            ),
             ("node_count", json!(p.initial_node_count)),
             ("min_nodes", json!(auto.min_node_count)),
             ("max_nodes", json!(auto.max_node_count)),
             ("auto_repair", json!(mgmt.auto_repair)),
             ("auto_upgrade", json!(mgmt.auto_upgrade)),
-            ("service_account", json!(if config.service_account == "default" { String::new() } else { config.service_account.clone() })),
+            (
+                "service_account",
+                json!(if config.service_account == "default" {
+                    String::new()
+                } else {
+                    config.service_account.clone()
+                }),
+            ),
             ("labels", json!(config.labels)),
-            (STATUS_ATTR, json!(p.status.name().unwrap_or("STATUS_UNSPECIFIED"))),
+            (
+                STATUS_ATTR,
+                json!(p.status.name().unwrap_or("STATUS_UNSPECIFIED")),
+            ),
             (READY_ATTR, json!(matches!(p.status, Status::Running))),
         ],
     )
 }
 
-async fn list_clusters(cx: &Context) -> Result<Vec<google_cloud_container_v1::model::Cluster>, DriverError> {
+async fn list_clusters(
+    cx: &Context,
+) -> Result<Vec<google_cloud_container_v1::model::Cluster>, DriverError> {
     let g = cx.gcp().await?;
     let parent = g.location_path("-");
-    Ok(call(cx, SERVICE, "listing GKE clusters", || g.gke.list_clusters().set_parent(&parent).send()).await?.clusters)
+    Ok(call(cx, SERVICE, "listing GKE clusters", || {
+        g.gke.list_clusters().set_parent(&parent).send()
+    })
+    .await?
+    .clusters)
 }
 
-async fn read_cluster(cx: &Context, id: &str) -> Result<Option<google_cloud_container_v1::model::Cluster>, DriverError> {
+async fn read_cluster(
+    cx: &Context,
+    id: &str,
+) -> Result<Option<google_cloud_container_v1::model::Cluster>, DriverError> {
     let g = cx.gcp().await?;
-    call_opt(cx, SERVICE, &format!("reading {id}"), || g.gke.get_cluster().set_name(id).send()).await
+    call_opt(cx, SERVICE, &format!("reading {id}"), || {
+        g.gke.get_cluster().set_name(id).send()
+    })
+    .await
 }
 
 /// Waits for a GKE operation (one at a time per cluster).
-async fn wait_op(cx: &Context, address: &str, op: google_cloud_container_v1::model::Operation, timeout: Duration) -> Result<(), DriverError> {
+async fn wait_op(
+    cx: &Context,
+    address: &str,
+    op: google_cloud_container_v1::model::Operation,
+    timeout: Duration,
+) -> Result<(), DriverError> {
     let g = cx.gcp().await?;
-    let name = op.self_link.find("projects/").map(|i| op.self_link[i..].to_string()).unwrap_or(op.name.clone());
-    cx.wait_until(address, &format!("GKE operation {}", op.name), timeout, || {
-        let name = name.clone();
-        async move {
-            let op = call(cx, SERVICE, "reading a GKE operation", || g.gke.get_operation().set_name(&name).send()).await?;
-            let status = op.status.name().unwrap_or("PENDING").to_string();
-            if status != "DONE" {
-                return Ok((None, status));
+    let name = op
+        .self_link
+        .find("projects/")
+        .map(|i| op.self_link[i..].to_string())
+        .unwrap_or(op.name.clone());
+    cx.wait_until(
+        address,
+        &format!("GKE operation {}", op.name),
+        timeout,
+        || {
+            let name = name.clone();
+            async move {
+                let op = call(cx, SERVICE, "reading a GKE operation", || {
+                    g.gke.get_operation().set_name(&name).send()
+                })
+                .await?;
+                let status = op.status.name().unwrap_or("PENDING").to_string();
+                if status != "DONE" {
+                    return Ok((None, status));
+                }
+                if let Some(e) = op.error.as_ref().filter(|e| e.code != 0) {
+                    return Err(DriverError::new(format!(
+                        "GKE operation {name} failed: {}",
+                        e.message
+                    )));
+                }
+                Ok((Some(()), status))
             }
-            if let Some(e) = op.error.as_ref().filter(|e| e.code != 0) {
-                return Err(DriverError::new(format!("GKE operation {name} failed: {}", e.message)));
-            }
-            Ok((Some(()), status))
-        }
-    })
+        },
+    )
     .await
 }
 
 /// Runs a cluster-changing call; while the cluster is busy with another
 /// operation (FAILED_PRECONDITION), waits and tries again.
-async fn mutate<F, Fut>(cx: &Context, address: &str, cluster: &str, what: &str, timeout: Duration, mut f: F) -> Result<(), DriverError>
+async fn mutate<F, Fut>(
+    cx: &Context,
+    address: &str,
+    cluster: &str,
+    what: &str,
+    timeout: Duration,
+    mut f: F,
+) -> Result<(), DriverError>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<google_cloud_container_v1::model::Operation, google_cloud_gax::error::Error>>,
+    Fut: std::future::Future<
+        Output = Result<
+            google_cloud_container_v1::model::Operation,
+            google_cloud_gax::error::Error,
+        >,
+    >,
 {
     let start = std::time::Instant::now();
     loop {
@@ -204,7 +436,10 @@ where
             async move {
                 let r = fut.await;
                 if let Err(e) = &r {
-                    if e.status().is_some_and(|s| s.code == google_cloud_gax::error::rpc::Code::FailedPrecondition && s.message.contains("operation")) {
+                    if e.status().is_some_and(|s| {
+                        s.code == google_cloud_gax::error::rpc::Code::FailedPrecondition
+                            && s.message.contains("operation")
+                    }) {
                         busy.store(true, std::sync::atomic::Ordering::SeqCst);
                     }
                 }
@@ -214,12 +449,26 @@ where
         .await;
         match out {
             Ok(op) => return wait_op(cx, address, op, timeout).await,
-            Err(_) if busy.load(std::sync::atomic::Ordering::SeqCst) && start.elapsed() < timeout => {
-                cx.wait_until(address, &format!("{cluster} to finish its running operation"), timeout, || async move {
-                    let c = read_cluster(cx, cluster).await?;
-                    let status = c.as_ref().and_then(|c| c.status.name()).unwrap_or("GONE").to_string();
-                    Ok(((status != "RECONCILING" && status != "PROVISIONING").then_some(()), status))
-                })
+            Err(_)
+                if busy.load(std::sync::atomic::Ordering::SeqCst) && start.elapsed() < timeout =>
+            {
+                cx.wait_until(
+                    address,
+                    &format!("{cluster} to finish its running operation"),
+                    timeout,
+                    || async move {
+                        let c = read_cluster(cx, cluster).await?;
+                        let status = c
+                            .as_ref()
+                            .and_then(|c| c.status.name())
+                            .unwrap_or("GONE")
+                            .to_string();
+                        Ok((
+                            (status != "RECONCILING" && status != "PROVISIONING").then_some(()),
+                            status,
+                        ))
+                    },
+                )
                 .await?;
             }
             Err(e) => return Err(e),
@@ -228,7 +477,10 @@ where
 }
 
 fn cluster_location(g: &super::GcpClients, want: &Desired<'_>) -> String {
-    want.str("location").filter(|l| !l.is_empty()).unwrap_or(&g.region).to_string()
+    want.str("location")
+        .filter(|l| !l.is_empty())
+        .unwrap_or(&g.region)
+        .to_string()
 }
 
 #[async_trait::async_trait]
@@ -244,7 +496,12 @@ impl Driver for Cluster {
     }
 
     async fn refresh(&self, cx: &Context, _known: &[Known]) -> Result<Vec<Observed>, DriverError> {
-        Ok(list_clusters(cx).await?.iter().map(observe_cluster).filter(|o| o.owner.as_ref() == Some(&cx.owner)).collect())
+        Ok(list_clusters(cx)
+            .await?
+            .iter()
+            .map(observe_cluster)
+            .filter(|o| o.owner.as_ref() == Some(&cx.owner))
+            .collect())
     }
 
     async fn lookup(&self, cx: &Context, id: &str) -> Result<Option<Observed>, DriverError> {
@@ -275,7 +532,8 @@ impl Driver for Cluster {
             cluster["privateClusterConfig"] = json!({"enablePrivateNodes": true, "masterIpv4CidrBlock": p.get("master_ipv4_cidr")});
         }
         if want.bool("workload_identity") == Some(true) {
-            cluster["workloadIdentityConfig"] = json!({"workloadPool": format!("{}.svc.id.goog", g.project)});
+            cluster["workloadIdentityConfig"] =
+                json!({"workloadPool": format!("{}.svc.id.goog", g.project)});
         }
         let cluster: google_cloud_container_v1::model::Cluster = message("GKE cluster", cluster)?;
         let timeout = want.timeouts.create_or(CLUSTER_TIMEOUT);
@@ -283,9 +541,20 @@ impl Driver for Cluster {
         if let Some(c) = read_cluster(cx, &id).await? {
             super::take_over(cx, want.address, &id, Some(observe_cluster(&c)))?;
         } else {
-            let made = mutate(cx, want.address, &id, &format!("creating GKE cluster {name}"), timeout, || {
-                g.gke.create_cluster().set_parent(&parent).set_cluster(cluster.clone()).send()
-            })
+            let made = mutate(
+                cx,
+                want.address,
+                &id,
+                &format!("creating GKE cluster {name}"),
+                timeout,
+                || {
+                    g.gke
+                        .create_cluster()
+                        .set_parent(&parent)
+                        .set_cluster(cluster.clone())
+                        .send()
+                },
+            )
             .await;
             if let Err(e) = made {
                 return match read_cluster(cx, &id).await {
@@ -299,19 +568,59 @@ impl Driver for Cluster {
         wait_running(cx, want.address, &id, timeout).await
     }
 
-    async fn update(&self, cx: &Context, want: &Desired<'_>, have: &Observed, changed: &[String]) -> Result<Observed, DriverError> {
+    async fn update(
+        &self,
+        cx: &Context,
+        want: &Desired<'_>,
+        have: &Observed,
+        changed: &[String],
+    ) -> Result<Observed, DriverError> {
         let g = cx.gcp().await?;
         let timeout = want.timeouts.update_or(CLUSTER_TIMEOUT);
         if changed.iter().any(|c| c == "release_channel") {
-            let update: google_cloud_container_v1::model::ClusterUpdate = message("cluster update", json!({"desiredReleaseChannel": {"channel": want.props.get("release_channel")}}))?;
-            mutate(cx, want.address, &have.id, &format!("updating {}", have.id), timeout, || g.gke.update_cluster().set_name(&have.id).set_update(update.clone()).send()).await?;
+            let update: google_cloud_container_v1::model::ClusterUpdate = message(
+                "cluster update",
+                json!({"desiredReleaseChannel": {"channel": want.props.get("release_channel")}}),
+            )?;
+            mutate(
+                cx,
+                want.address,
+                &have.id,
+                &format!("updating {}", have.id),
+                timeout,
+                || {
+                    g.gke
+                        .update_cluster()
+                        .set_name(&have.id)
+                        .set_update(update.clone())
+                        .send()
+                },
+            )
+            .await?;
         }
         if changed.iter().any(|c| c == "labels") {
-            let labels: std::collections::HashMap<String, String> = super::string_map(&Json::Object(labels(&cx.owner, want.address, want.props.get("labels"))));
-            let fingerprint = read_cluster(cx, &have.id).await?.map(|c| c.label_fingerprint).unwrap_or_default();
-            mutate(cx, want.address, &have.id, &format!("labelling {}", have.id), timeout, || {
-                g.gke.set_labels().set_name(&have.id).set_resource_labels(labels.clone()).set_label_fingerprint(&fingerprint).send()
-            })
+            let labels: std::collections::HashMap<String, String> = super::string_map(
+                &Json::Object(labels(&cx.owner, want.address, want.props.get("labels"))),
+            );
+            let fingerprint = read_cluster(cx, &have.id)
+                .await?
+                .map(|c| c.label_fingerprint)
+                .unwrap_or_default();
+            mutate(
+                cx,
+                want.address,
+                &have.id,
+                &format!("labelling {}", have.id),
+                timeout,
+                || {
+                    g.gke
+                        .set_labels()
+                        .set_name(&have.id)
+                        .set_resource_labels(labels.clone())
+                        .set_label_fingerprint(&fingerprint)
+                        .send()
+                },
+            )
             .await?;
         }
         // A cluster killed between its create and removing the bootstrap pool.
@@ -320,50 +629,115 @@ impl Driver for Cluster {
         wait_running(cx, want.address, &have.id, timeout).await
     }
 
-    async fn delete(&self, cx: &Context, have: &Observed, timeouts: &Timeouts) -> Result<(), DriverError> {
+    async fn delete(
+        &self,
+        cx: &Context,
+        have: &Observed,
+        timeouts: &Timeouts,
+    ) -> Result<(), DriverError> {
         let g = cx.gcp().await?;
         let address = have.address.clone().unwrap_or_else(|| have.id.clone());
         if read_cluster(cx, &have.id).await?.is_none() {
             return Ok(());
         }
-        mutate(cx, &address, &have.id, &format!("deleting {}", have.id), timeouts.delete_or(CLUSTER_TIMEOUT), || g.gke.delete_cluster().set_name(&have.id).send()).await
+        mutate(
+            cx,
+            &address,
+            &have.id,
+            &format!("deleting {}", have.id),
+            timeouts.delete_or(CLUSTER_TIMEOUT),
+            || g.gke.delete_cluster().set_name(&have.id).send(),
+        )
+        .await
     }
 }
 
-async fn wait_running(cx: &Context, address: &str, id: &str, timeout: Duration) -> Result<Observed, DriverError> {
+async fn wait_running(
+    cx: &Context,
+    address: &str,
+    id: &str,
+    timeout: Duration,
+) -> Result<Observed, DriverError> {
     let c = cx
-        .wait_until(address, &format!("{id} to be RUNNING"), timeout, || async move {
-            let c = read_cluster(cx, id).await?.ok_or_else(|| DriverError::new(format!("{id} is gone")))?;
-            let status = c.status.name().unwrap_or_default().to_string();
-            Ok(((status == "RUNNING").then_some(c), status))
-        })
+        .wait_until(
+            address,
+            &format!("{id} to be RUNNING"),
+            timeout,
+            || async move {
+                let c = read_cluster(cx, id)
+                    .await?
+                    .ok_or_else(|| DriverError::new(format!("{id} is gone")))?;
+                let status = c.status.name().unwrap_or_default().to_string();
+                Ok(((status == "RUNNING").then_some(c), status))
+            },
+        )
         .await?;
     Ok(observe_cluster(&c))
 }
 
-async fn remove_bootstrap(cx: &Context, address: &str, cluster: &str, timeout: Duration) -> Result<(), DriverError> {
+async fn remove_bootstrap(
+    cx: &Context,
+    address: &str,
+    cluster: &str,
+    timeout: Duration,
+) -> Result<(), DriverError> {
     let g = cx.gcp().await?;
-    let has = read_cluster(cx, cluster).await?.is_some_and(|c| c.node_pools.iter().any(|p| p.name == BOOTSTRAP_POOL));
+    let has = read_cluster(cx, cluster)
+        .await?
+        .is_some_and(|c| c.node_pools.iter().any(|p| p.name == BOOTSTRAP_POOL));
     if !has {
         return Ok(());
     }
     let pool = format!("{cluster}/nodePools/{BOOTSTRAP_POOL}");
-    mutate(cx, address, cluster, "removing the bootstrap node pool", timeout, || g.gke.delete_node_pool().set_name(&pool).send()).await
+    mutate(
+        cx,
+        address,
+        cluster,
+        "removing the bootstrap node pool",
+        timeout,
+        || g.gke.delete_node_pool().set_name(&pool).send(),
+    )
+    .await
 }
 
-async fn pool_running(cx: &Context, address: &str, id: &str, timeout: Duration) -> Result<Observed, DriverError> {
-    cx.wait_until(address, &format!("{id} to be RUNNING"), timeout, || async move {
-        let o = read_pool(cx, id).await?.ok_or_else(|| DriverError::new(format!("{id} is gone")))?;
-        let status = o.attrs.get(STATUS_ATTR).and_then(Json::as_str).unwrap_or_default().to_string();
-        Ok(((status == "RUNNING").then_some(o), status))
-    })
+async fn pool_running(
+    cx: &Context,
+    address: &str,
+    id: &str,
+    timeout: Duration,
+) -> Result<Observed, DriverError> {
+    cx.wait_until(
+        address,
+        &format!("{id} to be RUNNING"),
+        timeout,
+        || async move {
+            let o = read_pool(cx, id)
+                .await?
+                .ok_or_else(|| DriverError::new(format!("{id} is gone")))?;
+            let status = o
+                .attrs
+                .get(STATUS_ATTR)
+                .and_then(Json::as_str)
+                .unwrap_or_default()
+                .to_string();
+            Ok(((status == "RUNNING").then_some(o), status))
+        },
+    )
     .await
 }
 
 async fn read_pool(cx: &Context, id: &str) -> Result<Option<Observed>, DriverError> {
     let g = cx.gcp().await?;
-    let cluster = id.split("/nodePools/").next().unwrap_or_default().to_string();
-    Ok(call_opt(cx, SERVICE, &format!("reading {id}"), || g.gke.get_node_pool().set_name(id).send()).await?.map(|p| observe_pool(&cluster, &p)))
+    let cluster = id
+        .split("/nodePools/")
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    Ok(call_opt(cx, SERVICE, &format!("reading {id}"), || {
+        g.gke.get_node_pool().set_name(id).send()
+    })
+    .await?
+    .map(|p| observe_pool(&cluster, &p)))
 }
 
 #[async_trait::async_trait]
@@ -382,7 +756,12 @@ impl Driver for NodePool {
         let mut out = Vec::new();
         for c in list_clusters(cx).await? {
             let cid = observe_cluster(&c).id;
-            out.extend(c.node_pools.iter().map(|p| observe_pool(&cid, p)).filter(|o| o.owner.as_ref() == Some(&cx.owner)));
+            out.extend(
+                c.node_pools
+                    .iter()
+                    .map(|p| observe_pool(&cid, p))
+                    .filter(|o| o.owner.as_ref() == Some(&cx.owner)),
+            );
         }
         Ok(out)
     }
@@ -407,25 +786,41 @@ impl Driver for NodePool {
         if let Some(sa) = want.str("service_account").filter(|s| !s.is_empty()) {
             config["serviceAccount"] = json!(sa);
         }
-        let pool: google_cloud_container_v1::model::NodePool = message("node pool", json!({
-            "name": name,
-            "initialNodeCount": p.get("node_count"),
-            "config": config,
-            "autoscaling": {"enabled": true, "minNodeCount": p.get("min_nodes"), "maxNodeCount": p.get("max_nodes")},
-            "management": {"autoRepair": p.get("auto_repair"), "autoUpgrade": p.get("auto_upgrade")},
-        }))?;
+        let pool: google_cloud_container_v1::model::NodePool = message(
+            "node pool",
+            json!({
+                "name": name,
+                "initialNodeCount": p.get("node_count"),
+                "config": config,
+                "autoscaling": {"enabled": true, "minNodeCount": p.get("min_nodes"), "maxNodeCount": p.get("max_nodes")},
+                "management": {"autoRepair": p.get("auto_repair"), "autoUpgrade": p.get("auto_upgrade")},
+            }),
+        )?;
         let timeout = want.timeouts.create_or(POOL_TIMEOUT);
         if let Some(found) = read_pool(cx, &id).await? {
             // Asked for by a run that was killed: ours, once it runs.
             super::take_over(cx, want.address, &id, Some(found))?;
             return pool_running(cx, want.address, &id, timeout).await;
         }
-        let made = mutate(cx, want.address, cluster, &format!("creating node pool {name}"), timeout, || {
-            g.gke.create_node_pool().set_parent(cluster).set_node_pool(pool.clone()).send()
-        })
+        let made = mutate(
+            cx,
+            want.address,
+            cluster,
+            &format!("creating node pool {name}"),
+            timeout,
+            || {
+                g.gke
+                    .create_node_pool()
+                    .set_parent(cluster)
+                    .set_node_pool(pool.clone())
+                    .send()
+            },
+        )
         .await;
         match made {
-            Ok(()) => read_pool(cx, &id).await?.ok_or_else(|| DriverError::new(format!("{id} vanished right after it was created"))),
+            Ok(()) => read_pool(cx, &id).await?.ok_or_else(|| {
+                DriverError::new(format!("{id} vanished right after it was created"))
+            }),
             Err(e) => match read_pool(cx, &id).await {
                 Ok(Some(o)) => Err(e.with_partial(o)),
                 _ => Err(e),
@@ -433,38 +828,130 @@ impl Driver for NodePool {
         }
     }
 
-    async fn update(&self, cx: &Context, want: &Desired<'_>, have: &Observed, changed: &[String]) -> Result<Observed, DriverError> {
+    async fn update(
+        &self,
+        cx: &Context,
+        want: &Desired<'_>,
+        have: &Observed,
+        changed: &[String],
+    ) -> Result<Observed, DriverError> {
         let g = cx.gcp().await?;
-        let cluster = have.id.split("/nodePools/").next().unwrap_or_default().to_string();
+        let cluster = have
+            .id
+            .split("/nodePools/")
+            .next()
+            .unwrap_or_default()
+            .to_string();
         let timeout = want.timeouts.update_or(POOL_TIMEOUT);
         let has = |f: &str| changed.iter().any(|c| c == f);
         let p = want.props;
         if has("min_nodes") || has("max_nodes") {
-            let auto: google_cloud_container_v1::model::NodePoolAutoscaling = message("autoscaling", json!({"enabled": true, "minNodeCount": p.get("min_nodes"), "maxNodeCount": p.get("max_nodes")}))?;
-            mutate(cx, want.address, &cluster, "setting the node pool's autoscaling", timeout, || g.gke.set_node_pool_autoscaling().set_name(&have.id).set_autoscaling(auto.clone()).send()).await?;
+            let auto: google_cloud_container_v1::model::NodePoolAutoscaling = message(
+                "autoscaling",
+                json!({"enabled": true, "minNodeCount": p.get("min_nodes"), "maxNodeCount": p.get("max_nodes")}),
+            )?;
+            mutate(
+                cx,
+                want.address,
+                &cluster,
+                "setting the node pool's autoscaling",
+                timeout,
+                || {
+                    g.gke
+                        .set_node_pool_autoscaling()
+                        .set_name(&have.id)
+                        .set_autoscaling(auto.clone())
+                        .send()
+                },
+            )
+            .await?;
         }
         if has("node_count") {
             let n = want.int::<i32>("node_count")?.unwrap_or(1);
-            mutate(cx, want.address, &cluster, "resizing the node pool", timeout, || g.gke.set_node_pool_size().set_name(&have.id).set_node_count(n).send()).await?;
+            mutate(
+                cx,
+                want.address,
+                &cluster,
+                "resizing the node pool",
+                timeout,
+                || {
+                    g.gke
+                        .set_node_pool_size()
+                        .set_name(&have.id)
+                        .set_node_count(n)
+                        .send()
+                },
+            )
+            .await?;
         }
         if has("auto_repair") || has("auto_upgrade") {
-            let m: google_cloud_container_v1::model::NodeManagement = message("node management", json!({"autoRepair": p.get("auto_repair"), "autoUpgrade": p.get("auto_upgrade")}))?;
-            mutate(cx, want.address, &cluster, "setting the node pool's management", timeout, || g.gke.set_node_pool_management().set_name(&have.id).set_management(m.clone()).send()).await?;
+            let m: google_cloud_container_v1::model::NodeManagement = message(
+                "node management",
+                json!({"autoRepair": p.get("auto_repair"), "autoUpgrade": p.get("auto_upgrade")}),
+            )?;
+            mutate(
+                cx,
+                want.address,
+                &cluster,
+                "setting the node pool's management",
+                timeout,
+                || {
+                    g.gke
+                        .set_node_pool_management()
+                        .set_name(&have.id)
+                        .set_management(m.clone())
+                        .send()
+                },
+            )
+            .await?;
         }
         if has("labels") {
-            let l: google_cloud_container_v1::model::NodeLabels = message("node labels", json!({"labels": p.get("labels")}))?;
-            mutate(cx, want.address, &cluster, "labelling the node pool", timeout, || g.gke.update_node_pool().set_name(&have.id).set_labels(l.clone()).send()).await?;
+            let l: google_cloud_container_v1::model::NodeLabels =
+                message("node labels", json!({"labels": p.get("labels")}))?;
+            mutate(
+                cx,
+                want.address,
+                &cluster,
+                "labelling the node pool",
+                timeout,
+                || {
+                    g.gke
+                        .update_node_pool()
+                        .set_name(&have.id)
+                        .set_labels(l.clone())
+                        .send()
+                },
+            )
+            .await?;
         }
         pool_running(cx, want.address, &have.id, timeout).await
     }
 
-    async fn delete(&self, cx: &Context, have: &Observed, timeouts: &Timeouts) -> Result<(), DriverError> {
+    async fn delete(
+        &self,
+        cx: &Context,
+        have: &Observed,
+        timeouts: &Timeouts,
+    ) -> Result<(), DriverError> {
         let g = cx.gcp().await?;
         let address = have.address.clone().unwrap_or_else(|| have.id.clone());
-        let cluster = have.id.split("/nodePools/").next().unwrap_or_default().to_string();
+        let cluster = have
+            .id
+            .split("/nodePools/")
+            .next()
+            .unwrap_or_default()
+            .to_string();
         if read_pool(cx, &have.id).await?.is_none() {
             return Ok(());
         }
-        mutate(cx, &address, &cluster, &format!("deleting {}", have.id), timeouts.delete_or(POOL_TIMEOUT), || g.gke.delete_node_pool().set_name(&have.id).send()).await
+        mutate(
+            cx,
+            &address,
+            &cluster,
+            &format!("deleting {}", have.id),
+            timeouts.delete_or(POOL_TIMEOUT),
+            || g.gke.delete_node_pool().set_name(&have.id).send(),
+        )
+        .await
     }
 }

@@ -12,7 +12,9 @@
 
 use serde_json::{json, Value as Json};
 
-use super::{call, call_create, call_opt, describe, from_description, json, message, observed, GcpClients};
+use super::{
+    call, call_create, call_opt, describe, from_description, json, message, observed, GcpClients,
+};
 use crate::drivers::{Context, Desired, Driver, DriverError, Known, Observed, Timeouts};
 use crate::kinds::{Attr, Field, KindSchema, Ty};
 
@@ -23,7 +25,8 @@ fn account_id(v: &Json) -> Result<(), String> {
     let ok = (6..=30).contains(&s.len())
         && s.starts_with(|c: char| c.is_ascii_lowercase())
         && !s.ends_with('-')
-        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
     if ok {
         Ok(())
     } else {
@@ -36,13 +39,22 @@ fn role(v: &Json) -> Result<(), String> {
     if s.starts_with("roles/") || s.starts_with("projects/") || s.starts_with("organizations/") {
         Ok(())
     } else {
-        Err(format!("role {s:?} is not a role name such as roles/cloudsql.client"))
+        Err(format!(
+            "role {s:?} is not a role name such as roles/cloudsql.client"
+        ))
     }
 }
 
 fn member(v: &Json) -> Result<(), String> {
     let s = v.as_str().unwrap_or_default();
-    let kinds = ["user:", "serviceAccount:", "group:", "domain:", "principal:", "principalSet:"];
+    let kinds = [
+        "user:",
+        "serviceAccount:",
+        "group:",
+        "domain:",
+        "principal:",
+        "principalSet:",
+    ];
     if kinds.iter().any(|k| s.starts_with(k)) && s.len() > s.find(':').unwrap_or(0) + 1 {
         Ok(())
     } else {
@@ -54,14 +66,29 @@ static ACCOUNT: KindSchema = KindSchema {
     kind: "gcp.service_account",
     doc: "A Google service account.",
     fields: &[
-        Field::new("account_id", Ty::String, "the part before @ of its email").required().forces_replace().check(account_id),
+        Field::new("account_id", Ty::String, "the part before @ of its email")
+            .required()
+            .forces_replace()
+            .check(account_id),
         Field::new("display_name", Ty::String, "a display name").default("\"\""),
         Field::new("description", Ty::String, "what it is for").default("\"\""),
     ],
     attrs: &[
-        Attr { name: "id", ty: Ty::String, doc: "projects/P/serviceAccounts/EMAIL" },
-        Attr { name: "email", ty: Ty::String, doc: "the account's email" },
-        Attr { name: "member", ty: Ty::String, doc: "serviceAccount:EMAIL, as IAM bindings name it" },
+        Attr {
+            name: "id",
+            ty: Ty::String,
+            doc: "projects/P/serviceAccounts/EMAIL",
+        },
+        Attr {
+            name: "email",
+            ty: Ty::String,
+            doc: "the account's email",
+        },
+        Attr {
+            name: "member",
+            ty: Ty::String,
+            doc: "serviceAccount:EMAIL, as IAM bindings name it",
+        },
     ],
     taggable: false,
     name_field: None,
@@ -73,11 +100,27 @@ static MEMBER: KindSchema = KindSchema {
     kind: "gcp.iam_member",
     doc: "One member in one role: on the project, or on a service account.",
     fields: &[
-        Field::new("role", Ty::String, "such as roles/cloudsql.client").required().forces_replace().check(role),
-        Field::new("member", Ty::String, "such as `${app_sa.member}`").required().forces_replace().check(member),
-        Field::new("service_account", Ty::String, "a service account (`${app_sa.id}`) whose policy it goes in; empty: the project's").default("\"\"").forces_replace(),
+        Field::new("role", Ty::String, "such as roles/cloudsql.client")
+            .required()
+            .forces_replace()
+            .check(role),
+        Field::new("member", Ty::String, "such as `${app_sa.member}`")
+            .required()
+            .forces_replace()
+            .check(member),
+        Field::new(
+            "service_account",
+            Ty::String,
+            "a service account (`${app_sa.id}`) whose policy it goes in; empty: the project's",
+        )
+        .default("\"\"")
+        .forces_replace(),
     ],
-    attrs: &[Attr { name: "id", ty: Ty::String, doc: "RESOURCE ROLE MEMBER" }],
+    attrs: &[Attr {
+        name: "id",
+        ty: Ty::String,
+        doc: "RESOURCE ROLE MEMBER",
+    }],
     taggable: false,
     name_field: None,
     exactly_one_of: &[],
@@ -99,7 +142,10 @@ fn observe_account(a: &google_cloud_iam_admin_v1::model::ServiceAccount) -> Obse
         address,
         vec![
             ("id", json!(a.name)),
-            ("account_id", json!(a.email.split('@').next().unwrap_or_default())),
+            (
+                "account_id",
+                json!(a.email.split('@').next().unwrap_or_default()),
+            ),
             ("display_name", json!(a.display_name)),
             ("description", json!(description)),
             ("email", json!(a.email)),
@@ -109,18 +155,26 @@ fn observe_account(a: &google_cloud_iam_admin_v1::model::ServiceAccount) -> Obse
 }
 
 fn account_name(g: &GcpClients, account_id: &str) -> String {
-    format!("projects/{}/serviceAccounts/{account_id}@{}.iam.gserviceaccount.com", g.project, g.project)
+    format!(
+        "projects/{}/serviceAccounts/{account_id}@{}.iam.gserviceaccount.com",
+        g.project, g.project
+    )
 }
 
 async fn read_account(cx: &Context, name: &str) -> Result<Option<Observed>, DriverError> {
     let g = cx.gcp().await?;
-    Ok(call_opt(cx, SERVICE, &format!("reading {name}"), || g.iam.get_service_account().set_name(name).send())
-        .await?
-        .as_ref()
-        .map(observe_account))
+    Ok(call_opt(cx, SERVICE, &format!("reading {name}"), || {
+        g.iam.get_service_account().set_name(name).send()
+    })
+    .await?
+    .as_ref()
+    .map(observe_account))
 }
 
-fn account_body(cx: &Context, want: &Desired<'_>) -> Result<google_cloud_iam_admin_v1::model::ServiceAccount, DriverError> {
+fn account_body(
+    cx: &Context,
+    want: &Desired<'_>,
+) -> Result<google_cloud_iam_admin_v1::model::ServiceAccount, DriverError> {
     message(
         "service account",
         json!({
@@ -146,10 +200,20 @@ impl Driver for ServiceAccount {
         let mut token = String::new();
         loop {
             let page = call(cx, SERVICE, "listing service accounts", || {
-                g.iam.list_service_accounts().set_name(&parent).set_page_size(100).set_page_token(&token).send()
+                g.iam
+                    .list_service_accounts()
+                    .set_name(&parent)
+                    .set_page_size(100)
+                    .set_page_token(&token)
+                    .send()
             })
             .await?;
-            out.extend(page.accounts.iter().map(observe_account).filter(|o| o.owner.as_ref() == Some(&cx.owner)));
+            out.extend(
+                page.accounts
+                    .iter()
+                    .map(observe_account)
+                    .filter(|o| o.owner.as_ref() == Some(&cx.owner)),
+            );
             if page.next_page_token.is_empty() {
                 break;
             }
@@ -167,9 +231,19 @@ impl Driver for ServiceAccount {
         let id = want.required_str("account_id")?;
         let parent = format!("projects/{}", g.project);
         let body = account_body(cx, want)?;
-        let made = call_create(cx, SERVICE, &format!("creating service account {id}"), || {
-            g.iam.create_service_account().set_name(&parent).set_account_id(id).set_service_account(body.clone()).send()
-        })
+        let made = call_create(
+            cx,
+            SERVICE,
+            &format!("creating service account {id}"),
+            || {
+                g.iam
+                    .create_service_account()
+                    .set_name(&parent)
+                    .set_account_id(id)
+                    .set_service_account(body.clone())
+                    .send()
+            },
+        )
         .await?;
         match made {
             Some(a) => Ok(observe_account(&a)),
@@ -180,21 +254,40 @@ impl Driver for ServiceAccount {
         }
     }
 
-    async fn update(&self, cx: &Context, want: &Desired<'_>, have: &Observed, _changed: &[String]) -> Result<Observed, DriverError> {
+    async fn update(
+        &self,
+        cx: &Context,
+        want: &Desired<'_>,
+        have: &Observed,
+        _changed: &[String],
+    ) -> Result<Observed, DriverError> {
         let g = cx.gcp().await?;
         let mut body = account_body(cx, want)?;
         body.name = have.id.clone();
-        let mask = google_cloud_wkt::FieldMask::default().set_paths(["display_name", "description"]);
+        let mask =
+            google_cloud_wkt::FieldMask::default().set_paths(["display_name", "description"]);
         let a = call(cx, SERVICE, &format!("updating {}", have.id), || {
-            g.iam.patch_service_account().set_service_account(body.clone()).set_update_mask(mask.clone()).send()
+            g.iam
+                .patch_service_account()
+                .set_service_account(body.clone())
+                .set_update_mask(mask.clone())
+                .send()
         })
         .await?;
         Ok(observe_account(&a))
     }
 
-    async fn delete(&self, cx: &Context, have: &Observed, _timeouts: &Timeouts) -> Result<(), DriverError> {
+    async fn delete(
+        &self,
+        cx: &Context,
+        have: &Observed,
+        _timeouts: &Timeouts,
+    ) -> Result<(), DriverError> {
         let g = cx.gcp().await?;
-        call_opt(cx, SERVICE, &format!("deleting {}", have.id), || g.iam.delete_service_account().set_name(&have.id).send()).await?;
+        call_opt(cx, SERVICE, &format!("deleting {}", have.id), || {
+            g.iam.delete_service_account().set_name(&have.id).send()
+        })
+        .await?;
         Ok(())
     }
 }
@@ -206,7 +299,11 @@ fn member_id(resource: &str, role: &str, member: &str) -> String {
 
 fn split_member(id: &str) -> Option<(String, String, String)> {
     let mut parts = id.splitn(3, ' ');
-    Some((parts.next()?.to_string(), parts.next()?.to_string(), parts.next()?.to_string()))
+    Some((
+        parts.next()?.to_string(),
+        parts.next()?.to_string(),
+        parts.next()?.to_string(),
+    ))
 }
 
 /// The policy of a project (`projects/P`) or a service account.
@@ -214,22 +311,42 @@ async fn get_policy(cx: &Context, resource: &str) -> Result<Option<Json>, Driver
     let g = cx.gcp().await?;
     let what = format!("reading the IAM policy of {resource}");
     let policy = if resource.contains("/serviceAccounts/") {
-        call_opt(cx, SERVICE, &what, || g.iam.get_iam_policy().set_resource(resource).send()).await?
+        call_opt(cx, SERVICE, &what, || {
+            g.iam.get_iam_policy().set_resource(resource).send()
+        })
+        .await?
     } else {
-        call_opt(cx, "cloudresourcemanager", &what, || g.projects.get_iam_policy().set_resource(resource).send()).await?
+        call_opt(cx, "cloudresourcemanager", &what, || {
+            g.projects.get_iam_policy().set_resource(resource).send()
+        })
+        .await?
     };
     Ok(policy.as_ref().map(json))
 }
 
 fn has_member(policy: &Json, role: &str, member: &str) -> bool {
-    policy["bindings"].as_array().into_iter().flatten().any(|b| {
-        b["role"] == role && b["condition"].is_null() && b["members"].as_array().is_some_and(|m| m.iter().any(|x| x == member))
-    })
+    policy["bindings"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|b| {
+            b["role"] == role
+                && b["condition"].is_null()
+                && b["members"]
+                    .as_array()
+                    .is_some_and(|m| m.iter().any(|x| x == member))
+        })
 }
 
 /// Adds (or removes) one member, read-modify-write with the etag; a write
 /// that lost a race to another writer is tried again on the new policy.
-async fn change(cx: &Context, resource: &str, role: &str, member: &str, add: bool) -> Result<(), DriverError> {
+async fn change(
+    cx: &Context,
+    resource: &str,
+    role: &str,
+    member: &str,
+    add: bool,
+) -> Result<(), DriverError> {
     let g = cx.gcp().await?;
     // This run's own changes to one policy go one at a time: they would
     // only make each other's etags stale (and retry).
@@ -237,7 +354,11 @@ async fn change(cx: &Context, resource: &str, role: &str, member: &str, add: boo
     let _one_at_a_time = lock.lock().await;
     for attempt in 0..10 {
         let Some(mut policy) = get_policy(cx, resource).await? else {
-            return if add { Err(DriverError::new(format!("{resource} does not exist"))) } else { Ok(()) };
+            return if add {
+                Err(DriverError::new(format!("{resource} does not exist")))
+            } else {
+                Ok(())
+            };
         };
         if has_member(&policy, role, member) == add {
             return Ok(());
@@ -267,22 +388,40 @@ async fn change(cx: &Context, resource: &str, role: &str, member: &str, add: boo
         let what = format!("setting the IAM policy of {resource}");
         let policy: google_cloud_iam_v1::model::Policy = message("IAM policy", policy)?;
         let written = if resource.contains("/serviceAccounts/") {
-            call_create(cx, SERVICE, &what, || g.iam.set_iam_policy().set_resource(resource).set_policy(policy.clone()).send()).await?
+            call_create(cx, SERVICE, &what, || {
+                g.iam
+                    .set_iam_policy()
+                    .set_resource(resource)
+                    .set_policy(policy.clone())
+                    .send()
+            })
+            .await?
         } else {
-            call_create(cx, "cloudresourcemanager", &what, || g.projects.set_iam_policy().set_resource(resource).set_policy(policy.clone()).send()).await?
+            call_create(cx, "cloudresourcemanager", &what, || {
+                g.projects
+                    .set_iam_policy()
+                    .set_resource(resource)
+                    .set_policy(policy.clone())
+                    .send()
+            })
+            .await?
         };
         if written.is_some() {
             return Ok(());
         }
         // 409: the etag was stale. Read it again, after a short pause.
-        tokio::time::sleep(std::time::Duration::from_millis(50 * (attempt + 1) + rand::random::<u64>() % 100)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(
+            50 * (attempt + 1) + rand::random::<u64>() % 100,
+        ))
+        .await;
     }
     Err(DriverError::new(format!("the IAM policy of {resource} kept changing under ten attempts to write it; run apply again")))
 }
 
 fn policy_lock(resource: &str) -> std::sync::Arc<tokio::sync::Mutex<()>> {
-    static LOCKS: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>> =
-        std::sync::OnceLock::new();
+    static LOCKS: std::sync::OnceLock<
+        std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>,
+    > = std::sync::OnceLock::new();
     let mut map = LOCKS
         .get_or_init(Default::default)
         .lock()
@@ -291,13 +430,30 @@ fn policy_lock(resource: &str) -> std::sync::Arc<tokio::sync::Mutex<()>> {
 }
 
 fn resource_of(g: &GcpClients, want: &Desired<'_>) -> String {
-    want.str("service_account").filter(|s| !s.is_empty()).map(str::to_string).unwrap_or_else(|| format!("projects/{}", g.project))
+    want.str("service_account")
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("projects/{}", g.project))
 }
 
 fn observe_member(resource: &str, role: &str, member: &str, g: &GcpClients) -> Observed {
     let id = member_id(resource, role, member);
-    let service_account = if resource == format!("projects/{}", g.project) { String::new() } else { resource.to_string() };
-    observed(id.clone(), None, None, vec![("id", json!(id)), ("role", json!(role)), ("member", json!(member)), ("service_account", json!(service_account))])
+    let service_account = if resource == format!("projects/{}", g.project) {
+        String::new()
+    } else {
+        resource.to_string()
+    };
+    observed(
+        id.clone(),
+        None,
+        None,
+        vec![
+            ("id", json!(id)),
+            ("role", json!(role)),
+            ("member", json!(member)),
+            ("service_account", json!(service_account)),
+        ],
+    )
 }
 
 #[async_trait::async_trait]
@@ -312,15 +468,21 @@ impl Driver for Member {
     /// One policy read per resource that recorded members are in.
     async fn refresh(&self, cx: &Context, known: &[Known]) -> Result<Vec<Observed>, DriverError> {
         let g = cx.gcp().await?;
-        let mut by_resource: std::collections::BTreeMap<String, Vec<(String, String)>> = Default::default();
+        let mut by_resource: std::collections::BTreeMap<String, Vec<(String, String)>> =
+            Default::default();
         for k in known {
             if let Some((resource, role, member)) = split_member(&k.id) {
-                by_resource.entry(resource).or_default().push((role, member));
+                by_resource
+                    .entry(resource)
+                    .or_default()
+                    .push((role, member));
             }
         }
         let mut out = Vec::new();
         for (resource, members) in by_resource {
-            let Some(policy) = get_policy(cx, &resource).await? else { continue };
+            let Some(policy) = get_policy(cx, &resource).await? else {
+                continue;
+            };
             for (role, member) in members {
                 if has_member(&policy, &role, &member) {
                     out.push(observe_member(&resource, &role, &member, g));
@@ -339,13 +501,24 @@ impl Driver for Member {
         Ok(observe_member(&resource, role, member, g))
     }
 
-    async fn update(&self, cx: &Context, want: &Desired<'_>, have: &Observed, _changed: &[String]) -> Result<Observed, DriverError> {
+    async fn update(
+        &self,
+        cx: &Context,
+        want: &Desired<'_>,
+        have: &Observed,
+        _changed: &[String],
+    ) -> Result<Observed, DriverError> {
         // Every field forces a replacement: nothing changes in place.
         let _ = (cx, want);
         Ok(have.clone())
     }
 
-    async fn delete(&self, cx: &Context, have: &Observed, _timeouts: &Timeouts) -> Result<(), DriverError> {
+    async fn delete(
+        &self,
+        cx: &Context,
+        have: &Observed,
+        _timeouts: &Timeouts,
+    ) -> Result<(), DriverError> {
         let Some((resource, role, member)) = split_member(&have.id) else {
             return Ok(());
         };

@@ -131,7 +131,10 @@ impl GcpClients {
             sql_users: build_client!(google_cloud_sql_v1::client::SqlUsersService, e),
             sql_ops: build_client!(google_cloud_sql_v1::client::SqlOperationsService, e),
             redis: build_client!(google_cloud_redis_v1::client::CloudRedis, e),
-            secrets: build_client!(google_cloud_secretmanager_v1::client::SecretManagerService, e),
+            secrets: build_client!(
+                google_cloud_secretmanager_v1::client::SecretManagerService,
+                e
+            ),
             iam: build_client!(google_cloud_iam_admin_v1::client::Iam, e),
             projects: build_client!(google_cloud_resourcemanager_v3::client::Projects, e),
             project,
@@ -398,9 +401,7 @@ pub fn label_filter(owner: &Owner, prefix: &str) -> String {
 }
 
 /// Owner and address from a label map; the user's labels without ours.
-pub fn from_labels(
-    labels: Option<&Json>,
-) -> (Option<Owner>, Option<String>, Map<String, Json>) {
+pub fn from_labels(labels: Option<&Json>) -> (Option<Owner>, Option<String>, Map<String, Json>) {
     let empty = Map::new();
     let m = labels.and_then(Json::as_object).unwrap_or(&empty);
     let get = |k: &str| m.get(k).and_then(Json::as_str).and_then(label_text);
@@ -456,7 +457,10 @@ pub fn description_filter(owner: &Owner) -> String {
 /// Owner, address and the user's description from a described resource.
 pub fn from_description(d: &str) -> (Option<Owner>, Option<String>, String) {
     let (user, mark) = match d.rfind(MARKER) {
-        Some(i) => (d[..i].trim_end_matches(" | ").trim_end(), &d[i + MARKER.len()..]),
+        Some(i) => (
+            d[..i].trim_end_matches(" | ").trim_end(),
+            &d[i + MARKER.len()..],
+        ),
         None => return (None, None, d.to_string()),
     };
     let mut stack = None;
@@ -525,7 +529,13 @@ mod tests {
 
     #[test]
     fn label_values_round_trip() {
-        for s in ["ralph", "app.orchestrator", "private[\"a\"]", "Prod-1", "x_y"] {
+        for s in [
+            "ralph",
+            "app.orchestrator",
+            "private[\"a\"]",
+            "Prod-1",
+            "x_y",
+        ] {
             let v = label_value(s);
             assert!(v
                 .chars()
@@ -546,7 +556,8 @@ mod tests {
         assert_eq!(a.as_deref(), Some("private[\"a\"]"));
         assert_eq!(user, "the nodes' subnet");
         assert_eq!(from_description("hand made").0, None);
-        assert!(description_filter(&owner).contains("ralph-deploy:stack=ralph,environment=production,address=.*"));
+        assert!(description_filter(&owner)
+            .contains("ralph-deploy:stack=ralph,environment=production,address=.*"));
     }
 }
 

@@ -10,7 +10,9 @@ use std::time::Duration;
 use serde_json::{json, Value as Json};
 
 use super::{call, call_create, call_opt, from_labels, labels, message, observed};
-use crate::drivers::{Context, Desired, Driver, DriverError, Known, Observed, Timeouts, READY_ATTR, STATUS_ATTR};
+use crate::drivers::{
+    Context, Desired, Driver, DriverError, Known, Observed, Timeouts, READY_ATTR, STATUS_ATTR,
+};
 use crate::kinds::{Attr, Field, KindSchema, Ty};
 
 const SERVICE: &str = "redis";
@@ -20,7 +22,10 @@ pub const AUTH_SOURCE: &str = "memorystore:";
 fn one_of(v: &Json, choices: &[&str], what: &str) -> Result<(), String> {
     match v.as_str() {
         Some(s) if choices.contains(&s) => Ok(()),
-        other => Err(format!("{what} {other:?} is not one of {}", choices.join(", "))),
+        other => Err(format!(
+            "{what} {other:?} is not one of {}",
+            choices.join(", ")
+        )),
     }
 }
 
@@ -29,33 +34,105 @@ fn tier(v: &Json) -> Result<(), String> {
 }
 
 fn connect_mode(v: &Json) -> Result<(), String> {
-    one_of(v, &["DIRECT_PEERING", "PRIVATE_SERVICE_ACCESS"], "connect_mode")
+    one_of(
+        v,
+        &["DIRECT_PEERING", "PRIVATE_SERVICE_ACCESS"],
+        "connect_mode",
+    )
 }
 
 fn transit(v: &Json) -> Result<(), String> {
-    one_of(v, &["SERVER_AUTHENTICATION", "DISABLED"], "transit_encryption")
+    one_of(
+        v,
+        &["SERVER_AUTHENTICATION", "DISABLED"],
+        "transit_encryption",
+    )
 }
 
 static SCHEMA: KindSchema = KindSchema {
     kind: "gcp.redis_instance",
     doc: "A Memorystore for Redis instance.",
     fields: &[
-        Field::new("name", Ty::String, "the instance id").required().forces_replace().check(super::compute::rfc1035),
-        Field::new("region", Ty::String, "the region (default: cloud.gcp.region)").forces_replace(),
-        Field::new("tier", Ty::String, "BASIC or STANDARD_HA (a replica with automatic failover)").default("\"STANDARD_HA\"").forces_replace().check(tier),
-        Field::new("memory_size_gb", Ty::Int, "the size in GiB (changes in place)").required().check(crate::kinds::checks::range::<1, 300>),
-        Field::new("redis_version", Ty::String, "such as REDIS_7_0").default("\"REDIS_7_0\"").forces_replace(),
-        Field::new("authorized_network", Ty::String, "the VPC network, usually `${vpc.id}`").required().forces_replace(),
-        Field::new("connect_mode", Ty::String, "PRIVATE_SERVICE_ACCESS (the reserved range) or DIRECT_PEERING").default("\"PRIVATE_SERVICE_ACCESS\"").forces_replace().check(connect_mode),
+        Field::new("name", Ty::String, "the instance id")
+            .required()
+            .forces_replace()
+            .check(super::compute::rfc1035),
+        Field::new(
+            "region",
+            Ty::String,
+            "the region (default: cloud.gcp.region)",
+        )
+        .forces_replace(),
+        Field::new(
+            "tier",
+            Ty::String,
+            "BASIC or STANDARD_HA (a replica with automatic failover)",
+        )
+        .default("\"STANDARD_HA\"")
+        .forces_replace()
+        .check(tier),
+        Field::new(
+            "memory_size_gb",
+            Ty::Int,
+            "the size in GiB (changes in place)",
+        )
+        .required()
+        .check(crate::kinds::checks::range::<1, 300>),
+        Field::new("redis_version", Ty::String, "such as REDIS_7_0")
+            .default("\"REDIS_7_0\"")
+            .forces_replace(),
+        Field::new(
+            "authorized_network",
+            Ty::String,
+            "the VPC network, usually `${vpc.id}`",
+        )
+        .required()
+        .forces_replace(),
+        Field::new(
+            "connect_mode",
+            Ty::String,
+            "PRIVATE_SERVICE_ACCESS (the reserved range) or DIRECT_PEERING",
+        )
+        .default("\"PRIVATE_SERVICE_ACCESS\"")
+        .forces_replace()
+        .check(connect_mode),
         Field::new("auth_enabled", Ty::Bool, "require the AUTH string").default("true"),
-        Field::new("transit_encryption", Ty::String, "SERVER_AUTHENTICATION (TLS) or DISABLED").default("\"SERVER_AUTHENTICATION\"").forces_replace().check(transit),
-        Field::new("labels", Ty::StringMap, "labels besides the ownership labels").default("{}"),
+        Field::new(
+            "transit_encryption",
+            Ty::String,
+            "SERVER_AUTHENTICATION (TLS) or DISABLED",
+        )
+        .default("\"SERVER_AUTHENTICATION\"")
+        .forces_replace()
+        .check(transit),
+        Field::new(
+            "labels",
+            Ty::StringMap,
+            "labels besides the ownership labels",
+        )
+        .default("{}"),
     ],
     attrs: &[
-        Attr { name: "id", ty: Ty::String, doc: "the instance's resource name" },
-        Attr { name: "host", ty: Ty::String, doc: "the primary endpoint's address" },
-        Attr { name: "port", ty: Ty::Int, doc: "the port" },
-        Attr { name: "auth_secret", ty: Ty::String, doc: "the secret source that reads the AUTH string (memorystore:NAME)" },
+        Attr {
+            name: "id",
+            ty: Ty::String,
+            doc: "the instance's resource name",
+        },
+        Attr {
+            name: "host",
+            ty: Ty::String,
+            doc: "the primary endpoint's address",
+        },
+        Attr {
+            name: "port",
+            ty: Ty::Int,
+            doc: "the port",
+        },
+        Attr {
+            name: "auth_secret",
+            ty: Ty::String,
+            doc: "the secret source that reads the AUTH string (memorystore:NAME)",
+        },
     ],
     taggable: false,
     name_field: Some("name"),
@@ -83,10 +160,16 @@ fn observe(i: &google_cloud_redis_v1::model::Instance) -> Observed {
             ("tier", json!(i.tier.name())),
             ("memory_size_gb", json!(i.memory_size_gb)),
             ("redis_version", json!(i.redis_version)),
-            ("authorized_network", json!(relative_network(&i.authorized_network))),
+            (
+                "authorized_network",
+                json!(relative_network(&i.authorized_network)),
+            ),
             ("connect_mode", json!(i.connect_mode.name())),
             ("auth_enabled", json!(i.auth_enabled)),
-            ("transit_encryption", json!(i.transit_encryption_mode.name())),
+            (
+                "transit_encryption",
+                json!(i.transit_encryption_mode.name()),
+            ),
             ("labels", Json::Object(user)),
             ("host", json!(i.host)),
             ("port", json!(i.port)),
@@ -107,31 +190,60 @@ fn relative_network(n: &str) -> String {
 
 async fn read(cx: &Context, name: &str) -> Result<Option<Observed>, DriverError> {
     let g = cx.gcp().await?;
-    Ok(call_opt(cx, SERVICE, &format!("reading {name}"), || g.redis.get_instance().set_name(name).send())
-        .await?
-        .as_ref()
-        .map(observe))
+    Ok(call_opt(cx, SERVICE, &format!("reading {name}"), || {
+        g.redis.get_instance().set_name(name).send()
+    })
+    .await?
+    .as_ref()
+    .map(observe))
 }
 
 /// Waits for a Memorystore operation, then for the instance to be READY.
-async fn wait(cx: &Context, address: &str, op: google_cloud_longrunning::model::Operation, name: &str, timeout: Duration, gone: bool) -> Result<Option<Observed>, DriverError> {
+async fn wait(
+    cx: &Context,
+    address: &str,
+    op: google_cloud_longrunning::model::Operation,
+    name: &str,
+    timeout: Duration,
+    gone: bool,
+) -> Result<Option<Observed>, DriverError> {
     let g = cx.gcp().await?;
     let op_name = op.name.clone();
-    cx.wait_until(address, &format!("Memorystore operation {op_name}"), timeout, || {
-        let op_name = op_name.clone();
-        async move {
-            let op = call(cx, SERVICE, "reading an operation", || g.redis.get_operation().set_name(&op_name).send()).await?;
-            if !op.done {
-                let state = if gone { None } else { read(cx, name).await? };
-                let status = state.and_then(|o| o.attrs.get(STATUS_ATTR).and_then(Json::as_str).map(str::to_string)).unwrap_or_else(|| "RUNNING".into());
-                return Ok((None, status));
+    cx.wait_until(
+        address,
+        &format!("Memorystore operation {op_name}"),
+        timeout,
+        || {
+            let op_name = op_name.clone();
+            async move {
+                let op = call(cx, SERVICE, "reading an operation", || {
+                    g.redis.get_operation().set_name(&op_name).send()
+                })
+                .await?;
+                if !op.done {
+                    let state = if gone { None } else { read(cx, name).await? };
+                    let status = state
+                        .and_then(|o| {
+                            o.attrs
+                                .get(STATUS_ATTR)
+                                .and_then(Json::as_str)
+                                .map(str::to_string)
+                        })
+                        .unwrap_or_else(|| "RUNNING".into());
+                    return Ok((None, status));
+                }
+                if let Some(google_cloud_longrunning::model::operation::Result::Error(e)) =
+                    &op.result
+                {
+                    return Err(DriverError::new(format!(
+                        "Memorystore operation {op_name} failed: {}",
+                        e.message
+                    )));
+                }
+                Ok((Some(()), "DONE".into()))
             }
-            if let Some(google_cloud_longrunning::model::operation::Result::Error(e)) = &op.result {
-                return Err(DriverError::new(format!("Memorystore operation {op_name} failed: {}", e.message)));
-            }
-            Ok((Some(()), "DONE".into()))
-        }
-    })
+        },
+    )
     .await?;
     if gone {
         return Ok(None);
@@ -140,17 +252,27 @@ async fn wait(cx: &Context, address: &str, op: google_cloud_longrunning::model::
 }
 
 /// The AUTH string of an instance, for a `memorystore:NAME` secret source.
-pub async fn read_auth(cx: &Context, what: &str, source: &str) -> Result<(String, String), DriverError> {
+pub async fn read_auth(
+    cx: &Context,
+    what: &str,
+    source: &str,
+) -> Result<(String, String), DriverError> {
     let g = cx.gcp().await?;
     let name = source.trim_start_matches(AUTH_SOURCE);
-    let out = call(cx, SERVICE, &format!("reading {what}"), || g.redis.get_instance_auth_string().set_name(name).send()).await?;
+    let out = call(cx, SERVICE, &format!("reading {what}"), || {
+        g.redis.get_instance_auth_string().set_name(name).send()
+    })
+    .await?;
     use sha2::Digest;
     // The version is a digest of the string: a new AUTH string restarts the pods.
     let version = hex::encode(&sha2::Sha256::digest(out.auth_string.as_bytes())[..8]);
     Ok((out.auth_string, version))
 }
 
-fn body(cx: &Context, want: &Desired<'_>) -> Result<google_cloud_redis_v1::model::Instance, DriverError> {
+fn body(
+    cx: &Context,
+    want: &Desired<'_>,
+) -> Result<google_cloud_redis_v1::model::Instance, DriverError> {
     let p = want.props;
     message(
         "Redis instance",
@@ -169,7 +291,10 @@ fn body(cx: &Context, want: &Desired<'_>) -> Result<google_cloud_redis_v1::model
 }
 
 fn region(cx_region: &str, want: &Desired<'_>) -> String {
-    want.str("region").filter(|r| !r.is_empty()).unwrap_or(cx_region).to_string()
+    want.str("region")
+        .filter(|r| !r.is_empty())
+        .unwrap_or(cx_region)
+        .to_string()
 }
 
 #[async_trait::async_trait]
@@ -194,10 +319,20 @@ impl Driver for RedisInstance {
         let mut token = String::new();
         loop {
             let page = call(cx, SERVICE, "listing Redis instances", || {
-                g.redis.list_instances().set_parent(&parent).set_page_size(1000).set_page_token(&token).send()
+                g.redis
+                    .list_instances()
+                    .set_parent(&parent)
+                    .set_page_size(1000)
+                    .set_page_token(&token)
+                    .send()
             })
             .await?;
-            out.extend(page.instances.iter().map(observe).filter(|o| o.owner.as_ref() == Some(&cx.owner)));
+            out.extend(
+                page.instances
+                    .iter()
+                    .map(observe)
+                    .filter(|o| o.owner.as_ref() == Some(&cx.owner)),
+            );
             if page.next_page_token.is_empty() {
                 break;
             }
@@ -208,7 +343,11 @@ impl Driver for RedisInstance {
 
     async fn lookup(&self, cx: &Context, id: &str) -> Result<Option<Observed>, DriverError> {
         let g = cx.gcp().await?;
-        let name = if id.contains('/') { id.to_string() } else { format!("{}/instances/{id}", g.location_path(&g.region)) };
+        let name = if id.contains('/') {
+            id.to_string()
+        } else {
+            format!("{}/instances/{id}", g.location_path(&g.region))
+        };
         read(cx, &name).await
     }
 
@@ -218,9 +357,19 @@ impl Driver for RedisInstance {
         let parent = g.location_path(&region(&g.region, want));
         let name = format!("{parent}/instances/{id}");
         let b = body(cx, want)?;
-        let Some(op) = call_create(cx, SERVICE, &format!("creating Redis instance {id}"), || {
-            g.redis.create_instance().set_parent(&parent).set_instance_id(id).set_instance(b.clone()).send()
-        })
+        let Some(op) = call_create(
+            cx,
+            SERVICE,
+            &format!("creating Redis instance {id}"),
+            || {
+                g.redis
+                    .create_instance()
+                    .set_parent(&parent)
+                    .set_instance_id(id)
+                    .set_instance(b.clone())
+                    .send()
+            },
+        )
         .await?
         else {
             // Asked for by a run that was killed: ours, once it is READY.
@@ -228,9 +377,20 @@ impl Driver for RedisInstance {
             super::take_over(cx, want.address, &name, found)?;
             return wait_ready(cx, want.address, &name, want.timeouts.create_or(TIMEOUT)).await;
         };
-        match wait(cx, want.address, op, &name, want.timeouts.create_or(TIMEOUT), false).await {
+        match wait(
+            cx,
+            want.address,
+            op,
+            &name,
+            want.timeouts.create_or(TIMEOUT),
+            false,
+        )
+        .await
+        {
             Ok(Some(o)) => Ok(o),
-            Ok(None) => Err(DriverError::new(format!("{name} vanished right after it was created"))),
+            Ok(None) => Err(DriverError::new(format!(
+                "{name} vanished right after it was created"
+            ))),
             Err(e) => match read(cx, &name).await {
                 Ok(Some(o)) => Err(e.with_partial(o)),
                 _ => Err(e),
@@ -238,7 +398,13 @@ impl Driver for RedisInstance {
         }
     }
 
-    async fn update(&self, cx: &Context, want: &Desired<'_>, have: &Observed, changed: &[String]) -> Result<Observed, DriverError> {
+    async fn update(
+        &self,
+        cx: &Context,
+        want: &Desired<'_>,
+        have: &Observed,
+        changed: &[String],
+    ) -> Result<Observed, DriverError> {
         let g = cx.gcp().await?;
         let mut paths = Vec::new();
         for c in changed {
@@ -257,30 +423,76 @@ impl Driver for RedisInstance {
         b.name = have.id.clone();
         let mask = google_cloud_wkt::FieldMask::default().set_paths(paths);
         let op = call(cx, SERVICE, &format!("updating {}", have.id), || {
-            g.redis.update_instance().set_instance(b.clone()).set_update_mask(mask.clone()).send()
+            g.redis
+                .update_instance()
+                .set_instance(b.clone())
+                .set_update_mask(mask.clone())
+                .send()
         })
         .await?;
-        wait(cx, want.address, op, &have.id, want.timeouts.update_or(TIMEOUT), false)
-            .await?
-            .ok_or_else(|| DriverError::new(format!("{} vanished right after it was changed", have.id)))
+        wait(
+            cx,
+            want.address,
+            op,
+            &have.id,
+            want.timeouts.update_or(TIMEOUT),
+            false,
+        )
+        .await?
+        .ok_or_else(|| DriverError::new(format!("{} vanished right after it was changed", have.id)))
     }
 
-    async fn delete(&self, cx: &Context, have: &Observed, timeouts: &Timeouts) -> Result<(), DriverError> {
+    async fn delete(
+        &self,
+        cx: &Context,
+        have: &Observed,
+        timeouts: &Timeouts,
+    ) -> Result<(), DriverError> {
         let g = cx.gcp().await?;
         let address = have.address.clone().unwrap_or_else(|| have.id.clone());
-        match call_opt(cx, SERVICE, &format!("deleting {}", have.id), || g.redis.delete_instance().set_name(&have.id).send()).await? {
+        match call_opt(cx, SERVICE, &format!("deleting {}", have.id), || {
+            g.redis.delete_instance().set_name(&have.id).send()
+        })
+        .await?
+        {
             None => Ok(()),
-            Some(op) => wait(cx, &address, op, &have.id, timeouts.delete_or(TIMEOUT), true).await.map(|_| ()),
+            Some(op) => wait(
+                cx,
+                &address,
+                op,
+                &have.id,
+                timeouts.delete_or(TIMEOUT),
+                true,
+            )
+            .await
+            .map(|_| ()),
         }
     }
 }
 
-async fn wait_ready(cx: &Context, address: &str, name: &str, timeout: Duration) -> Result<Observed, DriverError> {
-    cx.wait_until(address, &format!("{name} to be READY"), timeout, || async move {
-        let o = read(cx, name).await?.ok_or_else(|| DriverError::new(format!("{name} is gone")))?;
-        let status = o.attrs.get(STATUS_ATTR).and_then(Json::as_str).unwrap_or_default().to_string();
-        let ready = o.attrs.get(READY_ATTR) == Some(&Json::Bool(true));
-        Ok((ready.then_some(o), status))
-    })
+async fn wait_ready(
+    cx: &Context,
+    address: &str,
+    name: &str,
+    timeout: Duration,
+) -> Result<Observed, DriverError> {
+    cx.wait_until(
+        address,
+        &format!("{name} to be READY"),
+        timeout,
+        || async move {
+            let o = read(cx, name)
+                .await?
+                .ok_or_else(|| DriverError::new(format!("{name} is gone")))?;
+            let status = o
+                .attrs
+                .get(STATUS_ATTR)
+                .and_then(Json::as_str)
+                .unwrap_or_default()
+                .to_string();
+            let ready = o.attrs.get(READY_ATTR) == Some(&Json::Bool(true));
+            Ok((ready.then_some(o), status))
+        },
+    )
     .await
 }

@@ -14,8 +14,12 @@ use std::time::Duration;
 
 use serde_json::{json, Value as Json};
 
-use super::{call, call_create, call_opt, from_labels, json, label_filter, labels, message, observed};
-use crate::drivers::{Context, Desired, Driver, DriverError, Known, Observed, Timeouts, READY_ATTR, STATUS_ATTR};
+use super::{
+    call, call_create, call_opt, from_labels, json, label_filter, labels, message, observed,
+};
+use crate::drivers::{
+    Context, Desired, Driver, DriverError, Known, Observed, Timeouts, READY_ATTR, STATUS_ATTR,
+};
 use crate::kinds::{Attr, Field, KindSchema, Ty};
 
 const SERVICE: &str = "sqladmin";
@@ -25,7 +29,9 @@ const CHILD_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 fn availability(v: &Json) -> Result<(), String> {
     match v.as_str() {
         Some("REGIONAL" | "ZONAL") => Ok(()),
-        other => Err(format!("availability_type {other:?} is not REGIONAL or ZONAL")),
+        other => Err(format!(
+            "availability_type {other:?} is not REGIONAL or ZONAL"
+        )),
     }
 }
 
@@ -38,7 +44,9 @@ fn hh_mm(v: &Json) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!("{s:?} is not a time of day as HH:MM (UTC), such as \"03:00\""))
+        Err(format!(
+            "{s:?} is not a time of day as HH:MM (UTC), such as \"03:00\""
+        ))
     }
 }
 
@@ -46,25 +54,96 @@ static INSTANCE: KindSchema = KindSchema {
     kind: "gcp.sql_instance",
     doc: "A Cloud SQL for PostgreSQL instance.",
     fields: &[
-        Field::new("name", Ty::String, "the instance's name").required().forces_replace().check(super::compute::rfc1035),
-        Field::new("database_version", Ty::String, "such as POSTGRES_15").default("\"POSTGRES_15\"").forces_replace(),
-        Field::new("region", Ty::String, "the region (default: cloud.gcp.region)").forces_replace(),
-        Field::new("tier", Ty::String, "the machine, such as db-custom-4-16384 (4 vCPU, 16 GB)").required(),
-        Field::new("availability_type", Ty::String, "REGIONAL (a standby in another zone, automatic failover) or ZONAL").default("\"REGIONAL\"").check(availability),
-        Field::new("disk_size_gb", Ty::Int, "storage in GB (it can only grow)").default("100").check(crate::kinds::checks::range::<10, 65536>),
-        Field::new("backup_start_time", Ty::String, "when the daily backup starts, HH:MM UTC").default("\"03:00\"").check(hh_mm),
-        Field::new("backup_retention", Ty::Int, "how many daily backups are kept").default("30").check(crate::kinds::checks::range::<1, 365>),
-        Field::new("point_in_time_recovery", Ty::Bool, "keep write-ahead logs for point-in-time recovery").default("true"),
-        Field::new("private_network", Ty::String, "the VPC network for a private IP, usually `${vpc.id}` (needs private services access)").forces_replace(),
+        Field::new("name", Ty::String, "the instance's name")
+            .required()
+            .forces_replace()
+            .check(super::compute::rfc1035),
+        Field::new("database_version", Ty::String, "such as POSTGRES_15")
+            .default("\"POSTGRES_15\"")
+            .forces_replace(),
+        Field::new(
+            "region",
+            Ty::String,
+            "the region (default: cloud.gcp.region)",
+        )
+        .forces_replace(),
+        Field::new(
+            "tier",
+            Ty::String,
+            "the machine, such as db-custom-4-16384 (4 vCPU, 16 GB)",
+        )
+        .required(),
+        Field::new(
+            "availability_type",
+            Ty::String,
+            "REGIONAL (a standby in another zone, automatic failover) or ZONAL",
+        )
+        .default("\"REGIONAL\"")
+        .check(availability),
+        Field::new("disk_size_gb", Ty::Int, "storage in GB (it can only grow)")
+            .default("100")
+            .check(crate::kinds::checks::range::<10, 65536>),
+        Field::new(
+            "backup_start_time",
+            Ty::String,
+            "when the daily backup starts, HH:MM UTC",
+        )
+        .default("\"03:00\"")
+        .check(hh_mm),
+        Field::new(
+            "backup_retention",
+            Ty::Int,
+            "how many daily backups are kept",
+        )
+        .default("30")
+        .check(crate::kinds::checks::range::<1, 365>),
+        Field::new(
+            "point_in_time_recovery",
+            Ty::Bool,
+            "keep write-ahead logs for point-in-time recovery",
+        )
+        .default("true"),
+        Field::new(
+            "private_network",
+            Ty::String,
+            "the VPC network for a private IP, usually `${vpc.id}` (needs private services access)",
+        )
+        .forces_replace(),
         Field::new("ipv4_enabled", Ty::Bool, "a public IP as well").default("false"),
-        Field::new("deletion_protection", Ty::Bool, "Cloud SQL refuses to delete it (destroy lifts it only with --allow-protected)").default("true"),
-        Field::new("labels", Ty::StringMap, "labels besides the ownership labels").default("{}"),
+        Field::new(
+            "deletion_protection",
+            Ty::Bool,
+            "Cloud SQL refuses to delete it (destroy lifts it only with --allow-protected)",
+        )
+        .default("true"),
+        Field::new(
+            "labels",
+            Ty::StringMap,
+            "labels besides the ownership labels",
+        )
+        .default("{}"),
     ],
     attrs: &[
-        Attr { name: "id", ty: Ty::String, doc: "the instance's name" },
-        Attr { name: "connection_name", ty: Ty::String, doc: "PROJECT:REGION:NAME, for the Cloud SQL Auth Proxy" },
-        Attr { name: "address", ty: Ty::String, doc: "the private IP (or the public one without a private network)" },
-        Attr { name: "port", ty: Ty::Int, doc: "5432" },
+        Attr {
+            name: "id",
+            ty: Ty::String,
+            doc: "the instance's name",
+        },
+        Attr {
+            name: "connection_name",
+            ty: Ty::String,
+            doc: "PROJECT:REGION:NAME, for the Cloud SQL Auth Proxy",
+        },
+        Attr {
+            name: "address",
+            ty: Ty::String,
+            doc: "the private IP (or the public one without a private network)",
+        },
+        Attr {
+            name: "port",
+            ty: Ty::Int,
+            doc: "5432",
+        },
     ],
     taggable: false,
     name_field: Some("name"),
@@ -76,11 +155,21 @@ static DATABASE: KindSchema = KindSchema {
     kind: "gcp.sql_database",
     doc: "A database in a Cloud SQL instance.",
     fields: &[
-        Field::new("instance", Ty::String, "the instance, usually `${db.name}`").required().forces_replace(),
-        Field::new("name", Ty::String, "the database's name").required().forces_replace(),
-        Field::new("charset", Ty::String, "the character set").default("\"UTF8\"").forces_replace(),
+        Field::new("instance", Ty::String, "the instance, usually `${db.name}`")
+            .required()
+            .forces_replace(),
+        Field::new("name", Ty::String, "the database's name")
+            .required()
+            .forces_replace(),
+        Field::new("charset", Ty::String, "the character set")
+            .default("\"UTF8\"")
+            .forces_replace(),
     ],
-    attrs: &[Attr { name: "id", ty: Ty::String, doc: "INSTANCE/databases/NAME" }],
+    attrs: &[Attr {
+        name: "id",
+        ty: Ty::String,
+        doc: "INSTANCE/databases/NAME",
+    }],
     taggable: false,
     name_field: None,
     exactly_one_of: &[],
@@ -117,13 +206,20 @@ fn observe_instance(i: &google_cloud_sql_v1::model::DatabaseInstance) -> Observe
     let settings = v.get("settings").cloned().unwrap_or(Json::Null);
     let (owner, address, user) = from_labels(settings.get("userLabels"));
     let ip = |kind: &str| {
-        i.ip_addresses.iter().find(|a| a.r#type.name() == Some(kind)).map(|a| a.ip_address.clone())
+        i.ip_addresses
+            .iter()
+            .find(|a| a.r#type.name() == Some(kind))
+            .map(|a| a.ip_address.clone())
     };
     let addr = ip("PRIVATE").or_else(|| ip("PRIMARY")).unwrap_or_default();
     let s = i.settings.clone().unwrap_or_default();
     let backup = s.backup_configuration.clone().unwrap_or_default();
     let ipc = s.ip_configuration.clone().unwrap_or_default();
-    let state = i.state.name().unwrap_or("SQL_INSTANCE_STATE_UNSPECIFIED").to_string();
+    let state = i
+        .state
+        .name()
+        .unwrap_or("SQL_INSTANCE_STATE_UNSPECIFIED")
+        .to_string();
     observed(
         i.name.clone(),
         owner,
@@ -135,50 +231,107 @@ fn observe_instance(i: &google_cloud_sql_v1::model::DatabaseInstance) -> Observe
             ("region", json!(i.region)),
             ("tier", json!(s.tier)),
             ("availability_type", json!(s.availability_type.name())),
-            ("disk_size_gb", super::s(&settings, "dataDiskSizeGb").as_str().and_then(|d| d.parse::<i64>().ok()).map(Json::from).unwrap_or_else(|| super::s(&settings, "dataDiskSizeGb"))),
+            (
+                "disk_size_gb",
+                super::s(&settings, "dataDiskSizeGb")
+                    .as_str()
+                    .and_then(|d| d.parse::<i64>().ok())
+                    .map(Json::from)
+                    .unwrap_or_else(|| super::s(&settings, "dataDiskSizeGb")),
+            ),
             ("backup_start_time", json!(backup.start_time)),
-            ("backup_retention", super::s(&settings, "backupConfiguration.backupRetentionSettings.retainedBackups")),
-            ("point_in_time_recovery", json!(backup.point_in_time_recovery_enabled.unwrap_or(false))),
+            (
+                "backup_retention",
+                super::s(
+                    &settings,
+                    "backupConfiguration.backupRetentionSettings.retainedBackups",
+                ),
+            ),
+            (
+                "point_in_time_recovery",
+                json!(backup.point_in_time_recovery_enabled.unwrap_or(false)),
+            ),
             ("private_network", json!(ipc.private_network)),
             ("ipv4_enabled", json!(ipc.ipv4_enabled.unwrap_or(false))),
-            ("deletion_protection", json!(s.deletion_protection_enabled.unwrap_or(false))),
+            (
+                "deletion_protection",
+                json!(s.deletion_protection_enabled.unwrap_or(false)),
+            ),
             ("labels", Json::Object(user)),
             ("connection_name", json!(i.connection_name)),
             ("address", json!(addr)),
             ("port", json!(5432)),
             (STATUS_ATTR, json!(state)),
-            (READY_ATTR, json!(matches!(i.state, SqlInstanceState::Runnable))),
+            (
+                READY_ATTR,
+                json!(matches!(i.state, SqlInstanceState::Runnable)),
+            ),
         ],
     )
 }
 
 async fn read_instance(cx: &Context, name: &str) -> Result<Option<Observed>, DriverError> {
     let g = cx.gcp().await?;
-    Ok(call_opt(cx, SERVICE, &format!("reading Cloud SQL instance {name}"), || g.sql.get().set_project(&g.project).set_instance(name).send())
-        .await?
-        .as_ref()
-        .map(observe_instance))
+    Ok(call_opt(
+        cx,
+        SERVICE,
+        &format!("reading Cloud SQL instance {name}"),
+        || {
+            g.sql
+                .get()
+                .set_project(&g.project)
+                .set_instance(name)
+                .send()
+        },
+    )
+    .await?
+    .as_ref()
+    .map(observe_instance))
 }
 
 /// Waits for a Cloud SQL operation; its errors fail.
-async fn wait_op(cx: &Context, address: &str, op: &google_cloud_sql_v1::model::Operation, timeout: Duration) -> Result<(), DriverError> {
+async fn wait_op(
+    cx: &Context,
+    address: &str,
+    op: &google_cloud_sql_v1::model::Operation,
+    timeout: Duration,
+) -> Result<(), DriverError> {
     let g = cx.gcp().await?;
     let name = op.name.clone();
-    cx.wait_until(address, &format!("Cloud SQL operation {name}"), timeout, || {
-        let name = name.clone();
-        async move {
-            let op = call(cx, SERVICE, "reading a Cloud SQL operation", || g.sql_ops.get().set_project(&g.project).set_operation(&name).send()).await?;
-            let status = op.status.name().unwrap_or("PENDING").to_string();
-            if status != "DONE" {
-                return Ok((None, status));
+    cx.wait_until(
+        address,
+        &format!("Cloud SQL operation {name}"),
+        timeout,
+        || {
+            let name = name.clone();
+            async move {
+                let op = call(cx, SERVICE, "reading a Cloud SQL operation", || {
+                    g.sql_ops
+                        .get()
+                        .set_project(&g.project)
+                        .set_operation(&name)
+                        .send()
+                })
+                .await?;
+                let status = op.status.name().unwrap_or("PENDING").to_string();
+                if status != "DONE" {
+                    return Ok((None, status));
+                }
+                if let Some(errors) = op.error.as_ref().filter(|e| !e.errors.is_empty()) {
+                    let text: Vec<String> = errors
+                        .errors
+                        .iter()
+                        .map(|e| format!("{}: {}", e.code, e.message))
+                        .collect();
+                    return Err(DriverError::new(format!(
+                        "Cloud SQL operation {name} failed: {}",
+                        text.join("; ")
+                    )));
+                }
+                Ok((Some(()), status))
             }
-            if let Some(errors) = op.error.as_ref().filter(|e| !e.errors.is_empty()) {
-                let text: Vec<String> = errors.errors.iter().map(|e| format!("{}: {}", e.code, e.message)).collect();
-                return Err(DriverError::new(format!("Cloud SQL operation {name} failed: {}", text.join("; "))));
-            }
-            Ok((Some(()), status))
-        }
-    })
+        },
+    )
     .await
 }
 
@@ -223,10 +376,21 @@ impl Driver for Instance {
         let mut token = String::new();
         loop {
             let page = call(cx, SERVICE, "listing Cloud SQL instances", || {
-                g.sql.list().set_project(&g.project).set_filter(&filter).set_max_results(500u32).set_page_token(&token).send()
+                g.sql
+                    .list()
+                    .set_project(&g.project)
+                    .set_filter(&filter)
+                    .set_max_results(500u32)
+                    .set_page_token(&token)
+                    .send()
             })
             .await?;
-            out.extend(page.items.iter().map(observe_instance).filter(|o| o.owner.as_ref() == Some(&cx.owner)));
+            out.extend(
+                page.items
+                    .iter()
+                    .map(observe_instance)
+                    .filter(|o| o.owner.as_ref() == Some(&cx.owner)),
+            );
             if page.next_page_token.is_empty() {
                 break;
             }
@@ -242,59 +406,158 @@ impl Driver for Instance {
     async fn create(&self, cx: &Context, want: &Desired<'_>) -> Result<Observed, DriverError> {
         let g = cx.gcp().await?;
         let name = want.required_str("name")?;
-        let region = want.str("region").filter(|r| !r.is_empty()).unwrap_or(&g.region).to_string();
-        let body: google_cloud_sql_v1::model::DatabaseInstance = message("Cloud SQL instance", json!({
-            "name": name,
-            "databaseVersion": want.props.get("database_version"),
-            "region": region,
-            "settings": settings(cx, want),
-        }))?;
-        let Some(op) = call_create(cx, SERVICE, &format!("creating Cloud SQL instance {name}"), || g.sql.insert().set_project(&g.project).set_body(body.clone()).send()).await? else {
+        let region = want
+            .str("region")
+            .filter(|r| !r.is_empty())
+            .unwrap_or(&g.region)
+            .to_string();
+        let body: google_cloud_sql_v1::model::DatabaseInstance = message(
+            "Cloud SQL instance",
+            json!({
+                "name": name,
+                "databaseVersion": want.props.get("database_version"),
+                "region": region,
+                "settings": settings(cx, want),
+            }),
+        )?;
+        let Some(op) = call_create(
+            cx,
+            SERVICE,
+            &format!("creating Cloud SQL instance {name}"),
+            || {
+                g.sql
+                    .insert()
+                    .set_project(&g.project)
+                    .set_body(body.clone())
+                    .send()
+            },
+        )
+        .await?
+        else {
             // Asked for by a run that was killed: ours, once it is RUNNABLE.
             let found = read_instance(cx, name).await?;
             let have = super::take_over(cx, want.address, name, found)?;
-            return self.update(cx, want, &have, &[READY_ATTR.to_string()]).await;
+            return self
+                .update(cx, want, &have, &[READY_ATTR.to_string()])
+                .await;
         };
-        if let Err(e) = wait_op(cx, want.address, &op, want.timeouts.create_or(INSTANCE_TIMEOUT)).await {
+        if let Err(e) = wait_op(
+            cx,
+            want.address,
+            &op,
+            want.timeouts.create_or(INSTANCE_TIMEOUT),
+        )
+        .await
+        {
             return match read_instance(cx, name).await {
                 Ok(Some(o)) => Err(e.with_partial(o)),
                 _ => Err(e),
             };
         }
-        read_instance(cx, name).await?.ok_or_else(|| DriverError::new(format!("{name} vanished right after it was created")))
+        read_instance(cx, name)
+            .await?
+            .ok_or_else(|| DriverError::new(format!("{name} vanished right after it was created")))
     }
 
-    async fn update(&self, cx: &Context, want: &Desired<'_>, have: &Observed, changed: &[String]) -> Result<Observed, DriverError> {
+    async fn update(
+        &self,
+        cx: &Context,
+        want: &Desired<'_>,
+        have: &Observed,
+        changed: &[String],
+    ) -> Result<Observed, DriverError> {
         let g = cx.gcp().await?;
         let only_ready = changed.iter().all(|c| c == READY_ATTR);
         if !only_ready {
-            let body: google_cloud_sql_v1::model::DatabaseInstance = message("Cloud SQL instance", json!({"settings": settings(cx, want)}))?;
-            let op = call(cx, SERVICE, &format!("updating {}", have.id), || g.sql.patch().set_project(&g.project).set_instance(&have.id).set_body(body.clone()).send()).await?;
-            wait_op(cx, want.address, &op, want.timeouts.update_or(INSTANCE_TIMEOUT)).await?;
+            let body: google_cloud_sql_v1::model::DatabaseInstance = message(
+                "Cloud SQL instance",
+                json!({"settings": settings(cx, want)}),
+            )?;
+            let op = call(cx, SERVICE, &format!("updating {}", have.id), || {
+                g.sql
+                    .patch()
+                    .set_project(&g.project)
+                    .set_instance(&have.id)
+                    .set_body(body.clone())
+                    .send()
+            })
+            .await?;
+            wait_op(
+                cx,
+                want.address,
+                &op,
+                want.timeouts.update_or(INSTANCE_TIMEOUT),
+            )
+            .await?;
         }
         let id = have.id.clone();
-        cx.wait_until(want.address, &format!("{id} to be RUNNABLE"), want.timeouts.update_or(INSTANCE_TIMEOUT), || {
-            let id = id.clone();
-            async move {
-                let o = read_instance(cx, &id).await?.ok_or_else(|| DriverError::new(format!("{id} is gone")))?;
-                let status = o.attrs.get(STATUS_ATTR).and_then(Json::as_str).unwrap_or_default().to_string();
-                Ok(((o.attrs.get(READY_ATTR) == Some(&Json::Bool(true))).then_some(o), status))
-            }
-        })
+        cx.wait_until(
+            want.address,
+            &format!("{id} to be RUNNABLE"),
+            want.timeouts.update_or(INSTANCE_TIMEOUT),
+            || {
+                let id = id.clone();
+                async move {
+                    let o = read_instance(cx, &id)
+                        .await?
+                        .ok_or_else(|| DriverError::new(format!("{id} is gone")))?;
+                    let status = o
+                        .attrs
+                        .get(STATUS_ATTR)
+                        .and_then(Json::as_str)
+                        .unwrap_or_default()
+                        .to_string();
+                    Ok((
+                        (o.attrs.get(READY_ATTR) == Some(&Json::Bool(true))).then_some(o),
+                        status,
+                    ))
+                }
+            },
+        )
         .await
     }
 
-    async fn delete(&self, cx: &Context, have: &Observed, timeouts: &Timeouts) -> Result<(), DriverError> {
+    async fn delete(
+        &self,
+        cx: &Context,
+        have: &Observed,
+        timeouts: &Timeouts,
+    ) -> Result<(), DriverError> {
         let g = cx.gcp().await?;
         let address = have.address.clone().unwrap_or_else(|| have.id.clone());
         // Only reached with --allow-protected: lift Cloud SQL's own protection first.
         if have.attrs.get("deletion_protection") == Some(&Json::Bool(true)) {
-            let body: google_cloud_sql_v1::model::DatabaseInstance = message("Cloud SQL instance", json!({"settings": {"deletionProtectionEnabled": false}}))?;
-            if let Some(op) = call_opt(cx, SERVICE, &format!("lifting the deletion protection of {}", have.id), || g.sql.patch().set_project(&g.project).set_instance(&have.id).set_body(body.clone()).send()).await? {
+            let body: google_cloud_sql_v1::model::DatabaseInstance = message(
+                "Cloud SQL instance",
+                json!({"settings": {"deletionProtectionEnabled": false}}),
+            )?;
+            if let Some(op) = call_opt(
+                cx,
+                SERVICE,
+                &format!("lifting the deletion protection of {}", have.id),
+                || {
+                    g.sql
+                        .patch()
+                        .set_project(&g.project)
+                        .set_instance(&have.id)
+                        .set_body(body.clone())
+                        .send()
+                },
+            )
+            .await?
+            {
                 wait_op(cx, &address, &op, timeouts.update_or(INSTANCE_TIMEOUT)).await?;
             }
         }
-        match call_opt(cx, SERVICE, &format!("deleting {}", have.id), || g.sql.delete().set_project(&g.project).set_instance(&have.id).send()).await? {
+        match call_opt(cx, SERVICE, &format!("deleting {}", have.id), || {
+            g.sql
+                .delete()
+                .set_project(&g.project)
+                .set_instance(&have.id)
+                .send()
+        })
+        .await?
+        {
             None => Ok(()),
             Some(op) => wait_op(cx, &address, &op, timeouts.delete_or(INSTANCE_TIMEOUT)).await,
         }
@@ -329,7 +592,19 @@ fn split_child(id: &str) -> (String, String) {
 
 async fn list_databases(cx: &Context, instance: &str) -> Result<Vec<Observed>, DriverError> {
     let g = cx.gcp().await?;
-    let out = call_opt(cx, SERVICE, &format!("listing the databases of {instance}"), || g.sql_databases.list().set_project(&g.project).set_instance(instance).send()).await?;
+    let out = call_opt(
+        cx,
+        SERVICE,
+        &format!("listing the databases of {instance}"),
+        || {
+            g.sql_databases
+                .list()
+                .set_project(&g.project)
+                .set_instance(instance)
+                .send()
+        },
+    )
+    .await?;
     Ok(out
         .map(|l| l.items)
         .unwrap_or_default()
@@ -369,7 +644,10 @@ impl Driver for Database {
 
     async fn lookup(&self, cx: &Context, id: &str) -> Result<Option<Observed>, DriverError> {
         let (instance, _) = split_child(id);
-        Ok(list_databases(cx, &instance).await?.into_iter().find(|o| o.id == id))
+        Ok(list_databases(cx, &instance)
+            .await?
+            .into_iter()
+            .find(|o| o.id == id))
     }
 
     async fn create(&self, cx: &Context, want: &Desired<'_>) -> Result<Observed, DriverError> {
@@ -377,32 +655,89 @@ impl Driver for Database {
         let instance = want.required_str("instance")?;
         let name = want.required_str("name")?;
         let id = child_id(instance, "databases", name);
-        let body: google_cloud_sql_v1::model::Database = message("database", json!({"name": name, "instance": instance, "project": g.project, "charset": want.props.get("charset")}))?;
+        let body: google_cloud_sql_v1::model::Database = message(
+            "database",
+            json!({"name": name, "instance": instance, "project": g.project, "charset": want.props.get("charset")}),
+        )?;
         let existing = self.lookup(cx, &id).await?;
         if existing.is_none() {
-            let op = call(cx, SERVICE, &format!("creating database {name}"), || g.sql_databases.insert().set_project(&g.project).set_instance(instance).set_body(body.clone()).send()).await?;
-            wait_op(cx, want.address, &op, want.timeouts.create_or(CHILD_TIMEOUT)).await?;
+            let op = call(cx, SERVICE, &format!("creating database {name}"), || {
+                g.sql_databases
+                    .insert()
+                    .set_project(&g.project)
+                    .set_instance(instance)
+                    .set_body(body.clone())
+                    .send()
+            })
+            .await?;
+            wait_op(
+                cx,
+                want.address,
+                &op,
+                want.timeouts.create_or(CHILD_TIMEOUT),
+            )
+            .await?;
         }
-        self.lookup(cx, &id).await?.ok_or_else(|| DriverError::new(format!("{id} vanished right after it was created")))
+        self.lookup(cx, &id)
+            .await?
+            .ok_or_else(|| DriverError::new(format!("{id} vanished right after it was created")))
     }
 
-    async fn update(&self, cx: &Context, _want: &Desired<'_>, have: &Observed, _changed: &[String]) -> Result<Observed, DriverError> {
-        self.lookup(cx, &have.id).await?.ok_or_else(|| DriverError::new(format!("{} is gone", have.id)))
+    async fn update(
+        &self,
+        cx: &Context,
+        _want: &Desired<'_>,
+        have: &Observed,
+        _changed: &[String],
+    ) -> Result<Observed, DriverError> {
+        self.lookup(cx, &have.id)
+            .await?
+            .ok_or_else(|| DriverError::new(format!("{} is gone", have.id)))
     }
 
-    async fn delete(&self, cx: &Context, have: &Observed, timeouts: &Timeouts) -> Result<(), DriverError> {
+    async fn delete(
+        &self,
+        cx: &Context,
+        have: &Observed,
+        timeouts: &Timeouts,
+    ) -> Result<(), DriverError> {
         let g = cx.gcp().await?;
         let (instance, name) = split_child(&have.id);
-        match call_opt(cx, SERVICE, &format!("deleting {}", have.id), || g.sql_databases.delete().set_project(&g.project).set_instance(&instance).set_database(&name).send()).await? {
+        match call_opt(cx, SERVICE, &format!("deleting {}", have.id), || {
+            g.sql_databases
+                .delete()
+                .set_project(&g.project)
+                .set_instance(&instance)
+                .set_database(&name)
+                .send()
+        })
+        .await?
+        {
             None => Ok(()),
             Some(op) => wait_op(cx, &have.id, &op, timeouts.delete_or(CHILD_TIMEOUT)).await,
         }
     }
 }
 
-async fn list_users(cx: &Context, instance: &str, known: &[Known]) -> Result<Vec<Observed>, DriverError> {
+async fn list_users(
+    cx: &Context,
+    instance: &str,
+    known: &[Known],
+) -> Result<Vec<Observed>, DriverError> {
     let g = cx.gcp().await?;
-    let out = call_opt(cx, SERVICE, &format!("listing the users of {instance}"), || g.sql_users.list().set_project(&g.project).set_instance(instance).send()).await?;
+    let out = call_opt(
+        cx,
+        SERVICE,
+        &format!("listing the users of {instance}"),
+        || {
+            g.sql_users
+                .list()
+                .set_project(&g.project)
+                .set_instance(instance)
+                .send()
+        },
+    )
+    .await?;
     Ok(out
         .map(|l| l.items)
         .unwrap_or_default()
@@ -412,8 +747,22 @@ async fn list_users(cx: &Context, instance: &str, known: &[Known]) -> Result<Vec
             // Cloud SQL never shows a password: the version last set is what
             // the state recorded.
             let recorded = known.iter().find(|k| k.id == id);
-            let version = recorded.and_then(|k| k.attrs.get("password_version").or_else(|| k.inputs.get("password_version"))).cloned().unwrap_or(Json::Null);
-            let source = recorded.and_then(|k| k.attrs.get("password_secret").or_else(|| k.inputs.get("password_secret"))).cloned().unwrap_or(Json::Null);
+            let version = recorded
+                .and_then(|k| {
+                    k.attrs
+                        .get("password_version")
+                        .or_else(|| k.inputs.get("password_version"))
+                })
+                .cloned()
+                .unwrap_or(Json::Null);
+            let source = recorded
+                .and_then(|k| {
+                    k.attrs
+                        .get("password_secret")
+                        .or_else(|| k.inputs.get("password_secret"))
+                })
+                .cloned()
+                .unwrap_or(Json::Null);
             observed(
                 id.clone(),
                 None,
@@ -434,15 +783,56 @@ async fn set_password(cx: &Context, want: &Desired<'_>, create: bool) -> Result<
     let g = cx.gcp().await?;
     let instance = want.required_str("instance")?;
     let name = want.required_str("name")?;
-    let (password, _) = crate::drivers::read_secret_source(cx, &format!("the password of database user {name}"), want.required_str("password_secret")?).await?;
-    let body: google_cloud_sql_v1::model::User = message("user", json!({"name": name, "instance": instance, "project": g.project, "password": password}))?;
+    let (password, _) = crate::drivers::read_secret_source(
+        cx,
+        &format!("the password of database user {name}"),
+        want.required_str("password_secret")?,
+    )
+    .await?;
+    let body: google_cloud_sql_v1::model::User = message(
+        "user",
+        json!({"name": name, "instance": instance, "project": g.project, "password": password}),
+    )?;
     drop(password);
     let op = if create {
-        call(cx, SERVICE, &format!("creating database user {name}"), || g.sql_users.insert().set_project(&g.project).set_instance(instance).set_body(body.clone()).send()).await?
+        call(
+            cx,
+            SERVICE,
+            &format!("creating database user {name}"),
+            || {
+                g.sql_users
+                    .insert()
+                    .set_project(&g.project)
+                    .set_instance(instance)
+                    .set_body(body.clone())
+                    .send()
+            },
+        )
+        .await?
     } else {
-        call(cx, SERVICE, &format!("setting the password of database user {name}"), || g.sql_users.update().set_project(&g.project).set_instance(instance).set_name(name).set_body(body.clone()).send()).await?
+        call(
+            cx,
+            SERVICE,
+            &format!("setting the password of database user {name}"),
+            || {
+                g.sql_users
+                    .update()
+                    .set_project(&g.project)
+                    .set_instance(instance)
+                    .set_name(name)
+                    .set_body(body.clone())
+                    .send()
+            },
+        )
+        .await?
     };
-    wait_op(cx, want.address, &op, want.timeouts.create_or(CHILD_TIMEOUT)).await
+    wait_op(
+        cx,
+        want.address,
+        &op,
+        want.timeouts.create_or(CHILD_TIMEOUT),
+    )
+    .await
 }
 
 #[async_trait::async_trait]
@@ -464,7 +854,10 @@ impl Driver for User {
 
     async fn lookup(&self, cx: &Context, id: &str) -> Result<Option<Observed>, DriverError> {
         let (instance, _) = split_child(id);
-        Ok(list_users(cx, &instance, &[]).await?.into_iter().find(|o| o.id == id))
+        Ok(list_users(cx, &instance, &[])
+            .await?
+            .into_iter()
+            .find(|o| o.id == id))
     }
 
     async fn create(&self, cx: &Context, want: &Desired<'_>) -> Result<Observed, DriverError> {
@@ -478,19 +871,39 @@ impl Driver for User {
         Ok(recorded(want, &id))
     }
 
-    async fn update(&self, cx: &Context, want: &Desired<'_>, have: &Observed, _changed: &[String]) -> Result<Observed, DriverError> {
+    async fn update(
+        &self,
+        cx: &Context,
+        want: &Desired<'_>,
+        have: &Observed,
+        _changed: &[String],
+    ) -> Result<Observed, DriverError> {
         set_password(cx, want, false).await?;
         Ok(recorded(want, &have.id))
     }
 
-    async fn delete(&self, cx: &Context, have: &Observed, timeouts: &Timeouts) -> Result<(), DriverError> {
+    async fn delete(
+        &self,
+        cx: &Context,
+        have: &Observed,
+        timeouts: &Timeouts,
+    ) -> Result<(), DriverError> {
         let g = cx.gcp().await?;
         let (instance, name) = split_child(&have.id);
         if name == "postgres" {
             // The instance's own administrator goes with the instance.
             return Ok(());
         }
-        match call_opt(cx, SERVICE, &format!("deleting {}", have.id), || g.sql_users.delete().set_project(&g.project).set_instance(&instance).set_name(&name).send()).await? {
+        match call_opt(cx, SERVICE, &format!("deleting {}", have.id), || {
+            g.sql_users
+                .delete()
+                .set_project(&g.project)
+                .set_instance(&instance)
+                .set_name(&name)
+                .send()
+        })
+        .await?
+        {
             None => Ok(()),
             Some(op) => wait_op(cx, &have.id, &op, timeouts.delete_or(CHILD_TIMEOUT)).await,
         }
@@ -507,8 +920,20 @@ fn recorded(want: &Desired<'_>, id: &str) -> Observed {
             ("id", json!(id)),
             ("instance", json!(instance)),
             ("name", json!(name)),
-            ("password_secret", want.props.get("password_secret").cloned().unwrap_or(Json::Null)),
-            ("password_version", want.props.get("password_version").cloned().unwrap_or(Json::Null)),
+            (
+                "password_secret",
+                want.props
+                    .get("password_secret")
+                    .cloned()
+                    .unwrap_or(Json::Null),
+            ),
+            (
+                "password_version",
+                want.props
+                    .get("password_version")
+                    .cloned()
+                    .unwrap_or(Json::Null),
+            ),
         ],
     )
 }

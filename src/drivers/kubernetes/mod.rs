@@ -149,10 +149,11 @@ async fn gke_token() -> Result<String, DriverError> {
         .with_scopes(["https://www.googleapis.com/auth/cloud-platform"])
         .build_access_token_credentials()
         .map_err(|e| DriverError::new(format!("no Google credentials for the GKE cluster: {e}. Set up Application Default Credentials, or set `kubeconfig`")))?;
-    let token = creds
-        .access_token()
-        .await
-        .map_err(|e| DriverError::new(format!("getting a Google access token for the GKE cluster: {e}")))?;
+    let token = creds.access_token().await.map_err(|e| {
+        DriverError::new(format!(
+            "getting a Google access token for the GKE cluster: {e}"
+        ))
+    })?;
     Ok(token.token)
 }
 
