@@ -706,24 +706,7 @@ async fn pool_running(
     id: &str,
     timeout: Duration,
 ) -> Result<Observed, DriverError> {
-    cx.wait_until(
-        address,
-        &format!("{id} to be RUNNING"),
-        timeout,
-        || async move {
-            let o = read_pool(cx, id)
-                .await?
-                .ok_or_else(|| DriverError::new(format!("{id} is gone")))?;
-            let status = o
-                .attrs
-                .get(STATUS_ATTR)
-                .and_then(Json::as_str)
-                .unwrap_or_default()
-                .to_string();
-            Ok(((status == "RUNNING").then_some(o), status))
-        },
-    )
-    .await
+    super::wait_ready(cx, address, id, timeout, || read_pool(cx, id)).await
 }
 
 async fn read_pool(cx: &Context, id: &str) -> Result<Option<Observed>, DriverError> {

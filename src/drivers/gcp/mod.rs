@@ -329,6 +329,38 @@ pub fn take_over(
     }
 }
 
+/// Reads `id` with `read` until it reports `ready: true`, showing its
+/// `status` while waiting; a resource that disappears fails the wait.
+pub async fn wait_ready<F, Fut>(
+    cx: &Context,
+    address: &str,
+    id: &str,
+    timeout: std::time::Duration,
+    read: F,
+) -> Result<Observed, DriverError>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<Option<Observed>, DriverError>>,
+{
+    cx.wait_until(address, &format!("{id} to be ready"), timeout, || {
+        let fut = read();
+        async move {
+            let o = fut
+                .await?
+                .ok_or_else(|| DriverError::new(format!("{id} is gone")))?;
+            let status = o
+                .attrs
+                .get(crate::drivers::STATUS_ATTR)
+                .and_then(Json::as_str)
+                .unwrap_or_default()
+                .to_string();
+            let ready = o.attrs.get(crate::drivers::READY_ATTR) == Some(&Json::Bool(true));
+            Ok((ready.then_some(o), status))
+        }
+    })
+    .await
+}
+
 /// A typed request message from JSON in the API's field names.
 pub fn message<T: serde::de::DeserializeOwned>(what: &str, v: Json) -> Result<T, DriverError> {
     serde_json::from_value(v)

@@ -476,23 +476,5 @@ async fn wait_ready(
     name: &str,
     timeout: Duration,
 ) -> Result<Observed, DriverError> {
-    cx.wait_until(
-        address,
-        &format!("{name} to be READY"),
-        timeout,
-        || async move {
-            let o = read(cx, name)
-                .await?
-                .ok_or_else(|| DriverError::new(format!("{name} is gone")))?;
-            let status = o
-                .attrs
-                .get(STATUS_ATTR)
-                .and_then(Json::as_str)
-                .unwrap_or_default()
-                .to_string();
-            let ready = o.attrs.get(READY_ATTR) == Some(&Json::Bool(true));
-            Ok((ready.then_some(o), status))
-        },
-    )
-    .await
+    super::wait_ready(cx, address, name, timeout, || read(cx, name)).await
 }

@@ -490,29 +490,12 @@ impl Driver for Instance {
             )
             .await?;
         }
-        let id = have.id.clone();
-        cx.wait_until(
+        super::wait_ready(
+            cx,
             want.address,
-            &format!("{id} to be RUNNABLE"),
+            &have.id,
             want.timeouts.update_or(INSTANCE_TIMEOUT),
-            || {
-                let id = id.clone();
-                async move {
-                    let o = read_instance(cx, &id)
-                        .await?
-                        .ok_or_else(|| DriverError::new(format!("{id} is gone")))?;
-                    let status = o
-                        .attrs
-                        .get(STATUS_ATTR)
-                        .and_then(Json::as_str)
-                        .unwrap_or_default()
-                        .to_string();
-                    Ok((
-                        (o.attrs.get(READY_ATTR) == Some(&Json::Bool(true))).then_some(o),
-                        status,
-                    ))
-                }
-            },
+            || read_instance(cx, &have.id),
         )
         .await
     }
