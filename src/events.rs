@@ -10,6 +10,12 @@ use crate::model::Action;
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
+    /// An apply or destroy is about to start: every step it will take, so
+    /// that progress can be shown against the whole and the time left
+    /// estimated from the graph.
+    ApplyStarted {
+        steps: Vec<PlannedStep>,
+    },
     RefreshStarted {
         kinds: usize,
     },
@@ -60,6 +66,20 @@ pub enum Event {
     Warning {
         message: String,
     },
+}
+
+/// One step of an apply, as `ApplyStarted` announces it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlannedStep {
+    pub address: String,
+    pub kind: String,
+    pub action: Action,
+    /// The cloud service the step's requests go to (`rds`, `eks`, ...).
+    pub service: String,
+    /// How long the step typically takes on the real cloud, in seconds.
+    pub typical_s: u64,
+    /// Steps of this run that must finish before this one starts.
+    pub after: Vec<String>,
 }
 
 pub trait Reporter: Send + Sync {

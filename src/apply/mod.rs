@@ -429,18 +429,6 @@ pub async fn apply(
             }
         }
     }
-    let steps_ref = &steps;
-    let delete_outcomes = walk(&reverse, options.parallelism, stop, |k| {
-        let c = deleting[&k];
-        async move {
-            steps_ref.delete(c).await.map_err(|e| {
-                steps_ref.failed(c, &e);
-                e.to_string()
-            })
-        }
-    })
-    .await;
-
     // Walk 2: creates and updates, dependencies first.
     let building: BTreeMap<String, &Change> = by_key
         .iter()
@@ -460,11 +448,6 @@ pub async fn apply(
             )
         })
         .collect();
-    let failed_deletes: BTreeSet<String> = delete_outcomes
-        .iter()
-        .filter(|(_, o)| **o != Outcome::Done)
-        .map(|(k, _)| k.clone())
-        .collect();
     // Longest expected chain first: the critical path never queues behind
     // quick side branches when more resources are ready than may run.
     let cost = |k: &str| {
@@ -474,6 +457,46 @@ pub async fn apply(
             .map(|d| d.typical_seconds())
             .unwrap_or(1)
     };
+    cx.reporter.report(Event::ApplyStarted {
+        steps: by_key
+            .iter()
+            .filter(|(_, c)| c.action != Action::NoOp)
+            .map(|(k, c)| crate::events::PlannedStep {
+                address: c.address.clone(),
+                kind: c.kind.clone(),
+                action: c.action,
+                service: registry
+                    .driver(&c.kind)
+                    .map(|d| d.service().to_string())
+                    .unwrap_or_default(),
+                typical_s: registry
+                    .driver(&c.kind)
+                    .map(|d| d.typical_seconds())
+                    .unwrap_or(1),
+                after: match c.action {
+                    Action::Delete => reverse.get(k).cloned().unwrap_or_default(),
+                    _ => forward.get(k).cloned().unwrap_or_default(),
+                },
+            })
+            .collect(),
+    });
+    let steps_ref = &steps;
+    let delete_outcomes = walk(&reverse, options.parallelism, stop, |k| {
+        let c = deleting[&k];
+        async move {
+            steps_ref.delete(c).await.map_err(|e| {
+                steps_ref.failed(c, &e);
+                e.to_string()
+            })
+        }
+    })
+    .await;
+
+    let failed_deletes: BTreeSet<String> = delete_outcomes
+        .iter()
+        .filter(|(_, o)| **o != Outcome::Done)
+        .map(|(k, _)| k.clone())
+        .collect();
     let priority = crate::graph::remaining_cost(&forward, &cost);
     // Resources that typically take seconds, not minutes.
     let quick: BTreeSet<String> = forward.keys().filter(|k| cost(k) <= 10).cloned().collect();

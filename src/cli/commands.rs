@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::{anyhow, Context as _};
 
 use super::diff_text::Style;
-use super::render::{plan_text, summary_text, JsonReporter, TextReporter};
+use super::render::{plan_text, summary_text, JsonReporter};
 use super::{
     CliError, Command, DbCommand, GraphFormat, MigrateCommand, RunArgs, StackArgs, StateCommand,
     EXIT_CHANGES, EXIT_ERROR, EXIT_OK,
@@ -210,7 +210,7 @@ pub(super) fn reporter(json: bool) -> Arc<dyn Reporter> {
     if json {
         Arc::new(JsonReporter)
     } else {
-        Arc::new(TextReporter)
+        super::progress::reporter()
     }
 }
 
@@ -387,6 +387,7 @@ async fn apply_cmd(
                 v["changes"] = serde_json::json!(report.results.len());
                 println!("{}", crate::cli::render::json_line(v));
             } else {
+                super::progress::finish();
                 eprint!("{}", summary_text(&report, destroy));
             }
             Ok(if interrupted {

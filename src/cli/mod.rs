@@ -5,6 +5,7 @@
 mod commands;
 mod diff_text;
 mod kube;
+mod progress;
 mod render;
 
 use std::path::PathBuf;
@@ -585,7 +586,9 @@ pub fn main() -> i32 {
             return EXIT_ERROR;
         }
     };
-    match runtime.block_on(commands::run(cli.command)) {
+    let result = runtime.block_on(commands::run(cli.command));
+    progress::finish();
+    match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -295,56 +295,6 @@ pub fn summary_text(report: &ApplyReport, destroy: bool) -> String {
     out
 }
 
-/// Progress lines on stderr.
-pub struct TextReporter;
-
-impl Reporter for TextReporter {
-    fn report(&self, event: Event) {
-        let line = match event {
-            Event::RefreshStarted { .. } | Event::RefreshFinished { .. } => return,
-            Event::ResourceStarted {
-                address,
-                action,
-                phase,
-                ..
-            } => match phase {
-                Some("delete") => format!("{address}: replacing: deleting the old one..."),
-                Some(_) => format!("{address}: replacing: creating the new one..."),
-                None => format!("{address}: {}...", progressive(action)),
-            },
-            Event::ResourceWaiting {
-                address,
-                status,
-                elapsed_s,
-            } => format!("{address}: still {status} ({elapsed_s}s)"),
-            Event::ResourceFinished {
-                address,
-                action,
-                id,
-                elapsed_ms,
-            } => {
-                format!(
-                    "{address}: {} {id} in {:.1}s",
-                    done(action),
-                    elapsed_ms as f64 / 1000.0
-                )
-            }
-            Event::ResourceFailed {
-                address,
-                action,
-                error,
-            } => format!("{address}: {} failed: {error}", progressive(action)),
-            Event::ResourceSkipped { address, because } => {
-                format!("{address}: skipped because {because} failed")
-            }
-            Event::ResourceMoved { from, to } => format!("{from}: moved to {to} in the state"),
-            Event::Step { address, message } => format!("{address}: {message}"),
-            Event::Warning { message } => format!("warning: {message}"),
-        };
-        let _ = writeln!(std::io::stderr(), "{line}");
-    }
-}
-
 /// Now, as JSON events carry it: RFC 3339, UTC, milliseconds.
 pub fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
@@ -384,25 +334,5 @@ impl Reporter for JsonReporter {
         };
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "{}", json_line(v));
-    }
-}
-
-fn progressive(a: Action) -> &'static str {
-    match a {
-        Action::Create => "creating",
-        Action::Update => "updating",
-        Action::Replace => "replacing",
-        Action::Delete => "deleting",
-        Action::NoOp => "checking",
-    }
-}
-
-fn done(a: Action) -> &'static str {
-    match a {
-        Action::Create => "created",
-        Action::Update => "updated",
-        Action::Replace => "replaced",
-        Action::Delete => "deleted",
-        Action::NoOp => "checked",
     }
 }
