@@ -443,4 +443,64 @@ fn first_run_mistakes_get_short_clear_answers() {
         "{} lines:\n{err}",
         err.lines().count()
     );
+    // An environment the stack does not declare: short too.
+    let out = run(&["validate", "stacks/aws-network.yaml", "--env", "dev"]);
+    let err = text(&out.stderr);
+    assert!(err.contains("choose one of: production, staging"), "{err}");
+    assert!(
+        err.lines().count() <= 10,
+        "{} lines:\n{err}",
+        err.lines().count()
+    );
+    // Terraform's one-dash spelling is named, not answered with a tip about -o.
+    let out = run(&["plan", "-out=prod.plan", "stacks/aws-network.yaml"]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(err.contains("write `--out=prod.plan`"), "{err}");
+    let out = run(&["apply", "stacks/aws-network.yaml", "-auto-approve"]);
+    assert!(
+        text(&out.stderr).contains("write `--auto-approve`"),
+        "{}",
+        text(&out.stderr)
+    );
+    // Validation problems as JSON: one line of the event stream.
+    let out = run(&[
+        "validate",
+        "tests/invalid/assigned-attribute.yaml",
+        "--json",
+    ]);
+    let stdout = text(&out.stdout);
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v["event"], "error");
+    assert_eq!(v["valid"], false);
+    assert_eq!(v["problems"][0]["line"], 7);
+    common::check_event_stream(&stdout);
+    // No AWS credentials: one sentence naming the profile, no SDK warnings.
+    let out = std::process::Command::new(BIN)
+        .current_dir(common::repo())
+        .args(["plan", "stacks/aws-network.yaml", "--env", "production"])
+        .env("RALPH_DEPLOY_STATE_DIR", state.path())
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env_remove("AWS_ENDPOINT_URL")
+        .env("AWS_PROFILE", "nonexistent")
+        .env("AWS_CONFIG_FILE", state.path().join("no-config"))
+        .env(
+            "AWS_SHARED_CREDENTIALS_FILE",
+            state.path().join("no-credentials"),
+        )
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_REGION", "us-east-1")
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("no AWS credentials were found"), "{err}");
+    assert!(
+        err.contains("the profile `nonexistent` (from AWS_PROFILE) is not in"),
+        "{err}"
+    );
+    assert!(!err.contains("WARN") && !err.contains('\u{1b}'), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
 }

@@ -201,3 +201,46 @@ fn graph_colours_nodes_by_a_saved_plan_and_svg_needs_graphviz() {
         assert!(text(&svg.stdout).contains("<svg"), "{}", text(&svg.stderr));
     }
 }
+
+#[test]
+fn a_bare_out_name_works_and_a_copied_stack_is_told_whose_resources_it_plans() {
+    let w = World::from_stack("aws-network.yaml", &format!("cp{}", std::process::id()));
+    let stack = w.stack();
+    // `--out prod.plan`, as README writes it: relative to the working directory.
+    let out = w
+        .cmd(&[
+            "plan",
+            stack.to_str().unwrap(),
+            "--env",
+            "production",
+            "--out",
+            "prod.plan",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(w.dir.path().join("prod.plan").is_file());
+
+    w.ok("apply", &["--auto-approve", "--target", "vpc"]);
+    let quiet = w.run("plan", &[]);
+    assert!(
+        !text(&quiet.stderr).contains("was last applied from"),
+        "{}",
+        text(&quiet.stderr)
+    );
+    // The same stack under another path, same `name:`: it plans against
+    // the same state, and says so.
+    let copy_dir = w.dir.path().join("copy");
+    std::fs::create_dir_all(&copy_dir).unwrap();
+    let copy = copy_dir.join("network.yaml");
+    std::fs::copy(&stack, &copy).unwrap();
+    let out = w
+        .cmd(&["plan", copy.to_str().unwrap(), "--env", "production"])
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("was last applied from"), "{err}");
+    assert!(err.contains("give it another `name:`"), "{err}");
+    w.ok("destroy", &["--auto-approve"]);
+}

@@ -527,7 +527,10 @@ pub async fn apply(
     // Outputs, from what is now recorded.
     let mut st = steps.state.into_inner();
     match stack {
-        Some(stack) => record_outputs(stack, &mut st),
+        Some(stack) => {
+            record_outputs(stack, &mut st);
+            st.stack_file = Some(crate::state::stack_file_identity(&stack.path));
+        }
         None => st.outputs.clear(),
     }
     st.serial += 1;

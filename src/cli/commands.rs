@@ -167,11 +167,16 @@ pub async fn run(cmd: Command) -> anyhow::Result<i32> {
         Ok(code) => Ok(code),
         Err(CliError::Invalid(d, json)) => {
             if json {
+                // One line, as every line of a JSON stream is: the stream's
+                // `error` event, with the problems.
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(
-                        &serde_json::json!({ "valid": false, "problems": d.problems })
-                    )?
+                    super::render::json_line(serde_json::json!({
+                        "event": "error",
+                        "message": format!("{} problem(s) in {}; nothing was changed", d.problems.len(), d.file),
+                        "valid": false,
+                        "problems": d.problems,
+                    }))
                 );
             } else {
                 eprint!("{}", d.render());

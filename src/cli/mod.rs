@@ -560,17 +560,28 @@ pub fn main() -> i32 {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    let cli = Cli::parse();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if let Some(message) = single_dash_long_option(&args) {
+        eprintln!("error: {message}");
+        return EXIT_ERROR;
+    }
+    let cli = Cli::parse_from(args);
     let filter =
         tracing_subscriber::EnvFilter::try_from_env("RALPH_DEPLOY_LOG").unwrap_or_else(|_| {
             tracing_subscriber::EnvFilter::new(
                 // A kubeconfig that skips TLS verification is the user's
                 // explicit choice; the client would repeat it on every call.
-                "warn,kube_client::client::tls=error",
+                // The AWS credential chain warns once per provider it
+                // tries; a missing credential is reported as one error.
+                "warn,kube_client::client::tls=error,aws_config=error,aws_runtime::env_config=error",
             )
         });
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(
+            std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+        )
         .with_writer(std::io::stderr)
         .try_init();
     // Several TLS stacks are linked (the cloud SDKs', the Kubernetes
@@ -595,6 +606,45 @@ pub fn main() -> i32 {
             EXIT_ERROR
         }
     }
+}
+
+/// Terraform habits spell long options with one dash (`-out=prod.plan`,
+/// `-auto-approve`), which clap reads as a cluster of short flags and
+/// answers with a tip about `-o`. Such an argument, when its name is one of
+/// our long options, is named with the spelling that works.
+fn single_dash_long_option(args: &[std::ffi::OsString]) -> Option<String> {
+    use clap::CommandFactory;
+    fn longs(cmd: &clap::Command, out: &mut std::collections::BTreeSet<String>) {
+        for a in cmd.get_arguments() {
+            if let Some(l) = a.get_long() {
+                out.insert(l.to_string());
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            longs(sub, out);
+        }
+    }
+    let mut known = std::collections::BTreeSet::new();
+    longs(&Cli::command(), &mut known);
+    for a in args.iter().skip(1) {
+        let a = a.to_str()?;
+        if a == "--" {
+            return None;
+        }
+        let Some(rest) = a.strip_prefix('-') else {
+            continue;
+        };
+        if rest.starts_with('-') || rest.len() < 2 {
+            continue;
+        }
+        let name = rest.split('=').next().unwrap_or(rest);
+        if known.contains(name) {
+            return Some(format!(
+                "`{a}`: options take two dashes here: write `-{a}`. Nothing was done"
+            ));
+        }
+    }
+    None
 }
 
 impl StackArgs {

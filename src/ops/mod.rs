@@ -253,6 +253,20 @@ impl Session {
                 .collect();
             &moved_state
         };
+        if let Some(recorded) = &state.stack_file {
+            let here = crate::state::stack_file_identity(&self.stack.path);
+            if *recorded != here {
+                cx.reporter.report(crate::events::Event::Warning {
+                    message: format!(
+                        "the state of stack `{}` environment `{}` ({}) was last applied from {recorded}, not from {here}: both files are named `{}`, so they manage the same resources. If {here} is meant to be a deployment of its own, give it another `name:`",
+                        self.stack.name,
+                        self.stack.environment,
+                        self.backend.describe(),
+                        self.stack.name,
+                    ),
+                });
+            }
+        }
         let mut refreshed = refresh(Some(&self.stack), state, &self.registry, cx)
             .await
             .map_err(|e| OpError::Other(e.to_string()))?;

@@ -413,8 +413,14 @@ impl Loader {
                     Some(s) => format!("did you mean `--env {s}`?"),
                     None => format!("choose one of: {}", names.join(", ")),
                 };
+                // Point at the first environment's name: a short excerpt.
+                let at = envs
+                    .keys()
+                    .next()
+                    .map(|k| Span::from_marked(k.span()))
+                    .unwrap_or_else(|| span_of_map(envs));
                 self.d.error_help(
-                    span_of_map(envs),
+                    at,
                     format!("environment `{chosen}` is not declared in this stack"),
                     hint,
                 );

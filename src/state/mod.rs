@@ -33,6 +33,30 @@ pub struct State {
     pub resources: BTreeMap<String, ResourceState>,
     #[serde(default)]
     pub outputs: BTreeMap<String, Json>,
+    /// The stack file the last apply ran from, relative to its repository
+    /// (see [`stack_file_identity`]): a copy of the stack under another
+    /// path with the same `name:` is told that it manages these resources.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stack_file: Option<String>,
+}
+
+/// How a stack file is named in the state: its path relative to the root
+/// of the repository it is in (the same on every CI runner's checkout),
+/// or its absolute path outside a repository.
+pub fn stack_file_identity(path: &std::path::Path) -> String {
+    let Ok(abs) = std::fs::canonicalize(path) else {
+        return path.display().to_string();
+    };
+    let mut dir = abs.parent();
+    while let Some(d) = dir {
+        if d.join(".git").exists() {
+            if let Ok(rel) = abs.strip_prefix(d) {
+                return rel.display().to_string();
+            }
+        }
+        dir = d.parent();
+    }
+    abs.display().to_string()
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -125,6 +149,7 @@ impl State {
             environment: environment.to_string(),
             resources: BTreeMap::new(),
             outputs: BTreeMap::new(),
+            stack_file: None,
         }
     }
 

@@ -121,6 +121,7 @@ impl AwsClients {
             loader = loader.endpoint_url(e);
         }
         let config = loader.load().await;
+        check_credentials(&config, settings.profile.as_deref()).await?;
         let custom_endpoint = configured_endpoint(&settings);
         let _ = ENDPOINT.set(custom_endpoint.clone().unwrap_or_else(|| {
             format!(
@@ -172,6 +173,67 @@ impl AwsClients {
             sdk: config.clone(),
         })
     }
+}
+
+/// Resolves the credentials once, before any request, so that a missing
+/// or misnamed profile is one clear sentence instead of every request's
+/// dispatch failure (the SDK's chain otherwise ends at the instance
+/// metadata service). The resolved credentials are cached by the SDK, so
+/// this costs nothing more than the first request would.
+async fn check_credentials(
+    config: &aws_config::SdkConfig,
+    profile: Option<&str>,
+) -> Result<(), DriverError> {
+    use aws_credential_types::provider::ProvideCredentials;
+    let Some(provider) = config.credentials_provider() else {
+        return Err(DriverError::new(
+            "no AWS credentials provider is configured",
+        ));
+    };
+    let Err(e) = provider.provide_credentials().await else {
+        return Ok(());
+    };
+    let profile = profile
+        .map(|p| (p.to_string(), "cloud.aws.profile in the stack"))
+        .or_else(|| {
+            std::env::var("AWS_PROFILE")
+                .ok()
+                .filter(|p| !p.is_empty())
+                .map(|p| (p, "AWS_PROFILE"))
+        });
+    let home = std::env::var("HOME").unwrap_or_default();
+    let config_file =
+        std::env::var("AWS_CONFIG_FILE").unwrap_or_else(|_| format!("{home}/.aws/config"));
+    let creds_file = std::env::var("AWS_SHARED_CREDENTIALS_FILE")
+        .unwrap_or_else(|_| format!("{home}/.aws/credentials"));
+    let mut msg = String::from("no AWS credentials were found");
+    if let Some((name, from)) = &profile {
+        let declared = [&config_file, &creds_file].iter().any(|f| {
+            std::fs::read_to_string(f).is_ok_and(|t| {
+                t.lines().any(|l| {
+                    let l = l.trim();
+                    l == format!("[{name}]") || l == format!("[profile {name}]")
+                })
+            })
+        });
+        if declared {
+            msg.push_str(&format!(": the profile `{name}` (from {from}) gave none"));
+        } else {
+            let missing = [&config_file, &creds_file]
+                .iter()
+                .all(|f| !std::path::Path::new(f).exists());
+            msg.push_str(&format!(
+                ": the profile `{name}` (from {from}) is not in {config_file} or {creds_file}{}; fix the name, or run `aws configure --profile {name}`",
+                if missing { " (neither file exists)" } else { "" }
+            ));
+        }
+    }
+    let first = e.to_string();
+    let first = first.split(". (").next().unwrap_or(&first);
+    msg.push_str(&format!(
+        ". Set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, choose a profile with credentials (AWS_PROFILE or cloud.aws.profile), or run where a role provides them. Nothing was changed. (The SDK said: {first})"
+    ));
+    Err(DriverError::new(msg))
 }
 
 /// Counts operations and the HTTP requests the SDK sends for them (the
