@@ -220,6 +220,31 @@ fn a_bare_out_name_works_and_a_copied_stack_is_told_whose_resources_it_plans() {
         .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(w.dir.path().join("prod.plan").is_file());
+    // Unknown is not unset: a value known only after apply has no `after`
+    // and says so, in the plan and in the saved plan alike.
+    let attr = |plan: &serde_json::Value| {
+        plan["changes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["address"] == "public_a")
+            .unwrap()["attributes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["name"] == "vpc_id")
+            .unwrap()
+            .clone()
+    };
+    let fresh = attr(&w.plan_json(&[]));
+    assert_eq!(fresh["after_unknown"], true, "{fresh}");
+    assert!(fresh.get("after").is_none(), "{fresh}");
+    let shown = w
+        .cmd(&["show", "prod.plan", "--format", "json"])
+        .output()
+        .unwrap();
+    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(attr(&shown), fresh);
 
     w.ok("apply", &["--auto-approve", "--target", "vpc"]);
     let quiet = w.run("plan", &[]);

@@ -26,13 +26,38 @@ pub const PLAN_FORMAT: &str = "ralph-deploy-plan/1";
 pub use crate::model::Action;
 
 /// One attribute that differs.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+///
+/// In JSON, an unknown value is told apart from an unset one: `after` is
+/// left out and `after_unknown` is true when the value is known only after
+/// apply, while `"after": null` means the attribute is unset.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 pub struct AttrChange {
     pub name: String,
     pub before: Option<Json>,
     /// `None`: known only after apply (it comes from a resource not created yet).
+    #[serde(default, deserialize_with = "present")]
     pub after: Option<Json>,
     pub forces_replace: bool,
+}
+
+/// A field that is present is known, even when it is `null`.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Json>, D::Error> {
+    Json::deserialize(d).map(Some)
+}
+
+impl Serialize for AttrChange {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("name", &self.name)?;
+        m.serialize_entry("before", &self.before)?;
+        match &self.after {
+            Some(v) => m.serialize_entry("after", v)?,
+            None => m.serialize_entry("after_unknown", &true)?,
+        }
+        m.serialize_entry("forces_replace", &self.forces_replace)?;
+        m.end()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
