@@ -146,3 +146,126 @@ fn var_files_set_variables_and_var_wins() {
         text(&out.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replace_refresh_false_and_refresh_only() {
+    let w = World::from_stack("aws-network.yaml", &format!("rep{}", std::process::id()));
+    w.ok("apply", &["--auto-approve"]);
+
+    // --replace: an existing resource replaced although nothing forces it;
+    // what depends on its id follows.
+    let plan = w.plan_json(&["--replace", "public_a"]);
+    let c = changed(&plan);
+    assert!(
+        c.contains(&("public_a".to_string(), "replace".to_string())),
+        "{c:?}"
+    );
+    assert!(
+        c.contains(&("nat_a".to_string(), "replace".to_string())),
+        "{c:?}"
+    );
+    assert_eq!(plan["replace"][0], "public_a");
+    let out = w.run("plan", &["--replace", "public_c"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("did you mean `public_"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = w.run("destroy", &["--replace", "public_a", "--auto-approve"]);
+    assert_eq!(out.status.code(), Some(1));
+    // A saved plan fixes it.
+    let pf = w.dir.path().join("r.plan");
+    w.ok("plan", &["--out", pf.to_str().unwrap()]);
+    let out = w
+        .cmd(&[
+            "apply",
+            pf.to_str().unwrap(),
+            "--replace",
+            "vpc",
+            "--auto-approve",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("cannot be used with a saved plan"));
+
+    // Someone edits a tag and deletes a security group by hand.
+    let ec2 = w.ec2().await;
+    let state = common::state_json(&w);
+    let subnet = state["resources"]["public_a"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let sg = state["resources"]["app_sg"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    ec2.create_tags()
+        .resources(&subnet)
+        .tags(
+            aws_sdk_ec2::types::Tag::builder()
+                .key("tier")
+                .value("by-hand")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    ec2.delete_security_group()
+        .group_id(&sg)
+        .send()
+        .await
+        .unwrap();
+
+    // --refresh=false plans from the state: it does not see them, says so,
+    // and costs no request to the cloud.
+    let out = w.run("plan", &["--refresh=false", "--detailed-exitcode"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("planned from the state alone"));
+    let plan = w.plan_json(&["--refresh=false"]);
+    assert_eq!(plan["requests"], 0, "{}", plan["requests"]);
+    assert_eq!(plan["refreshed"], false);
+
+    // A refresh-only plan shows the drift; apply records it, and nothing
+    // in the cloud changes.
+    let out = w.run("plan", &["--refresh-only", "--detailed-exitcode"]);
+    let drift = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{drift}");
+    assert!(
+        drift.contains("~ tier = \"public\" -> \"by-hand\""),
+        "{drift}"
+    );
+    assert!(
+        drift.contains(&format!(
+            "- app_sg (aws.security_group) {sg}: gone from the cloud"
+        )),
+        "{drift}"
+    );
+    let out = w.run("apply", &["--refresh-only", "--auto-approve", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    common::check_event_stream(&text(&out.stdout));
+    let state = common::state_json(&w);
+    assert!(
+        state["resources"].get("app_sg").is_none(),
+        "app_sg forgotten"
+    );
+    assert_eq!(
+        state["resources"]["public_a"]["attrs"]["tags"]["tier"],
+        "by-hand"
+    );
+    let out = w.run("plan", &["--refresh-only", "--detailed-exitcode"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    // The next plan brings the cloud back to the stack.
+    let plan = w.plan_json(&[]);
+    let c = changed(&plan);
+    assert!(
+        c.contains(&("app_sg".to_string(), "create".to_string())),
+        "{c:?}"
+    );
+    assert!(
+        c.contains(&("public_a".to_string(), "update".to_string())),
+        "{c:?}"
+    );
+    w.ok("destroy", &["--auto-approve", "--allow-protected"]);
+}

@@ -254,11 +254,32 @@ async fn plan_cmd(
     let json = format == super::PlanFormat::Json;
     let mut s = args.session(json)?;
     s.selection = select.selection();
+    s.replace = select.replace.clone();
+    s.refresh = select.refresh;
     let cx = s.context(if json {
         Arc::new(Silent)
     } else {
         reporter(false)
     });
+    if select.refresh_only {
+        if destroy || out.is_some() || !select.replace.is_empty() || !select.refresh {
+            return Err(CliError::Other(anyhow!(
+                "--refresh-only cannot be combined with --destroy, --out, --replace or --refresh=false. Nothing was changed"
+            )));
+        }
+        let drift = crate::ops::drift::plan(&s, &cx).await?;
+        print!("{}", super::render::drift_text(&drift, json));
+        return Ok(if detailed && !drift.is_empty() {
+            EXIT_CHANGES
+        } else {
+            EXIT_OK
+        });
+    }
+    if destroy && !select.replace.is_empty() {
+        return Err(CliError::Other(anyhow!(
+            "--replace cannot be used with --destroy. Nothing was changed"
+        )));
+    }
     let (state, existed) = read_state(&s).await?;
     let plan = s.make_plan(&state, existed, &cx, destroy).await?;
     print!(
@@ -329,9 +350,9 @@ async fn apply_cmd(
     // `apply FILE` / `destroy FILE` with a saved plan: verify it, then load
     // the stack it was made from.
     let saved = if saved::looks_like_plan(&args.stack) {
-        if !select.selection().is_empty() {
+        if select.any() {
             return Err(CliError::Other(anyhow!(
-                "--target and --exclude cannot be used with a saved plan: the plan fixes what it covers. Nothing was changed. Drop them, or make a new plan with them"
+                "--target, --exclude, --replace, --refresh and --refresh-only cannot be used with a saved plan: the plan fixes what it covers and how it was made. Nothing was changed. Drop them, or make a new plan with them"
             )));
         }
         Some(saved_plan(args, destroy)?)
@@ -352,7 +373,17 @@ async fn apply_cmd(
     };
     let mut s = effective_args.session(run.json)?;
     s.selection = select.selection();
+    s.replace = select.replace.clone();
+    s.refresh = select.refresh;
     let cx = s.context(reporter(run.json));
+    if destroy && (!select.replace.is_empty() || select.refresh_only) {
+        return Err(CliError::Other(anyhow!(
+            "--replace and --refresh-only cannot be used with destroy. Nothing was changed"
+        )));
+    }
+    if select.refresh_only {
+        return refresh_only_cmd(&s, &cx, run).await;
+    }
     let request = Request {
         destroy,
         saved: saved.map(|f| f.plan),
@@ -404,6 +435,54 @@ async fn apply_cmd(
             })
         }
     }
+}
+
+/// `apply --refresh-only`: the drift shown, approved, written to the state.
+async fn refresh_only_cmd(
+    s: &Session,
+    cx: &crate::drivers::Context,
+    run: &RunArgs,
+) -> Result<i32, CliError> {
+    let json = run.json;
+    let auto = run.auto_approve;
+    let approve = move |drift: &[crate::ops::drift::Drift]| -> Result<bool, OpError> {
+        if !json {
+            print!("{}", super::render::drift_text(drift, false));
+        }
+        if auto {
+            return Ok(true);
+        }
+        confirm("Record these changes in the state (the cloud is not touched)?").map_err(
+            |e| match e {
+                CliError::Other(e) => OpError::Refused(e.to_string()),
+                CliError::Invalid(d, _) => OpError::Other(d.to_string()),
+            },
+        )
+    };
+    let (drift, written) = crate::ops::drift::apply(s, cx, &approve).await?;
+    if json {
+        println!(
+            "{}",
+            crate::cli::render::json_line(serde_json::json!({
+                "event": "summary",
+                "changes": if written { drift.len() } else { 0 },
+                "refresh_only": true,
+                "drifted": drift.len(),
+                "written": written,
+            }))
+        );
+    } else if drift.is_empty() {
+        print!("{}", super::render::drift_text(&drift, false));
+    } else if written {
+        eprintln!(
+            "Refresh-only complete: the state now records {} drifted resource(s) as the cloud has them.",
+            drift.len()
+        );
+    } else {
+        eprintln!("Cancelled; the state was not changed.");
+        return Ok(EXIT_ERROR);
+    }
+    Ok(EXIT_OK)
 }
 
 /// Shows plans on the terminal and asks there (or not at all in CI).

@@ -277,7 +277,8 @@ pub fn attribute(
         ),
     }
     // The note goes on the first line (containers put it after the brace).
-    if !note.is_empty() && matches!((before, after), (None, Some(_)) | (Some(_), None)) {
+    // (An unknown value's line already carries it.)
+    if !note.is_empty() && known && matches!((before, after), (None, Some(_)) | (Some(_), None)) {
         if let Some(first) = out.first_mut() {
             first.push_str(note);
         }

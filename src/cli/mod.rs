@@ -132,9 +132,40 @@ pub struct SelectArgs {
         value_delimiter = ','
     )]
     pub excludes: Vec<String>,
+    /// Replace this resource although nothing forces it (repeatable; plan
+    /// and apply)
+    #[arg(
+        long = "replace",
+        value_name = "ADDRESS",
+        env = "RALPH_DEPLOY_REPLACE",
+        value_delimiter = ','
+    )]
+    pub replace: Vec<String>,
+    /// Read the cloud before planning; --refresh=false plans from the state
+    /// alone (fast, but blind to changes made outside ralph-deploy)
+    #[arg(
+        long,
+        value_name = "BOOL",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        env = "RALPH_DEPLOY_REFRESH"
+    )]
+    pub refresh: bool,
+    /// Only bring the state up to date with the cloud (drift accepted, gone
+    /// resources forgotten); nothing in the cloud changes
+    #[arg(long, env = "RALPH_DEPLOY_REFRESH_ONLY")]
+    pub refresh_only: bool,
 }
 
 impl SelectArgs {
+    /// Whether any of these options that a saved plan fixes was given.
+    pub fn any(&self) -> bool {
+        !self.selection().is_empty()
+            || !self.replace.is_empty()
+            || !self.refresh
+            || self.refresh_only
+    }
+
     pub fn selection(&self) -> crate::plan::Selection {
         crate::plan::Selection {
             targets: self.targets.clone(),

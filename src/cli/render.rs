@@ -83,7 +83,11 @@ pub fn plan_text(plan: &Plan, style: Style) -> String {
     }
     let c = plan.counts();
     if !any {
-        out.push_str("  No changes. The cloud matches the stack.\n");
+        out.push_str(if plan.refreshed {
+            "  No changes. The cloud matches the stack.\n"
+        } else {
+            "  No changes. The recorded state matches the stack (the cloud was not read).\n"
+        });
     }
     out.push_str(&format!(
         "\nPlan: {} to create, {} to update, {} to replace, {} to delete{}{}, {} unchanged.\n",
@@ -335,4 +339,50 @@ impl Reporter for JsonReporter {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "{}", json_line(v));
     }
+}
+
+/// Drift found by a refresh-only plan: text, or one JSON document.
+pub fn drift_text(drift: &[crate::ops::drift::Drift], json: bool) -> String {
+    if json {
+        return format!(
+            "{}\n",
+            serde_json::json!({ "refresh_only": true, "drift": drift, "drifted": drift.len() })
+        );
+    }
+    if drift.is_empty() {
+        return "No drift: the state matches the cloud.\n".to_string();
+    }
+    let mut out = String::from(
+        "Changed outside ralph-deploy (refresh-only records these in the state; the cloud is not touched):\n",
+    );
+    for d in drift {
+        if d.gone {
+            out.push_str(&format!(
+                "  - {} ({}) {}: gone from the cloud; the state forgets it\n",
+                d.address, d.kind, d.id
+            ));
+            continue;
+        }
+        out.push_str(&format!("  ~ {} ({}) {}\n", d.address, d.kind, d.id));
+        let style = Style::for_stdout();
+        for a in &d.changed {
+            for line in diff_text::attribute(
+                &style,
+                6,
+                &a.name,
+                a.recorded.as_ref(),
+                Some(&a.reported),
+                true,
+                "",
+            ) {
+                out.push_str(&line);
+                out.push('\n');
+            }
+        }
+    }
+    out.push_str(&format!(
+        "Refresh-only: {} resource(s) drifted.\n",
+        drift.len()
+    ));
+    out
 }

@@ -189,7 +189,13 @@ async fn checked_saved_plan(
         )));
     }
     let fresh = s
-        .make_plan_of(state, existed, cx, plan.destroy, &plan.selection)
+        .make_plan_of(
+            state,
+            existed,
+            cx,
+            plan.destroy,
+            &crate::plan::Scope::of(&plan),
+        )
         .await?;
     let mut differences = saved::differences(&plan.changes, &fresh.changes);
     if plan.moves != fresh.moves {

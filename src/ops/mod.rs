@@ -13,6 +13,7 @@
 pub mod apply;
 pub mod backup;
 pub mod db;
+pub mod drift;
 pub mod failover;
 pub mod release;
 pub mod state_cmds;
@@ -68,6 +69,10 @@ pub struct Session {
     pub lock_timeout: Option<std::time::Duration>,
     /// `--target` / `--exclude` of this run.
     pub selection: crate::plan::Selection,
+    /// `--replace` of this run.
+    pub replace: Vec<String>,
+    /// False for `--refresh=false`: plan from the state alone.
+    pub refresh: bool,
 }
 
 /// The backend `location` names for `stack`, with the sealer the
@@ -177,6 +182,8 @@ impl Session {
             registry,
             lock_timeout: None,
             selection: Default::default(),
+            replace: Vec::new(),
+            refresh: true,
         })
     }
 
@@ -225,8 +232,12 @@ impl Session {
         cx: &Context,
         destroy: bool,
     ) -> Result<Plan, OpError> {
-        self.make_plan_of(state, existed, cx, destroy, &self.selection)
-            .await
+        let scope = crate::plan::Scope {
+            selection: self.selection.clone(),
+            replace: self.replace.clone(),
+            refresh: self.refresh,
+        };
+        self.make_plan_of(state, existed, cx, destroy, &scope).await
     }
 
     /// A plan of the part of the stack `selection` covers (all of it when
@@ -237,8 +248,27 @@ impl Session {
         existed: bool,
         cx: &Context,
         destroy: bool,
-        selection: &crate::plan::Selection,
+        scope: &crate::plan::Scope,
     ) -> Result<Plan, OpError> {
+        let selection = &scope.selection;
+        for name in &scope.replace {
+            if !self
+                .stack
+                .resources
+                .keys()
+                .any(|a| crate::plan::Selection::names(name, a))
+            {
+                let hint = crate::model::kinds::did_you_mean(
+                    name,
+                    self.stack.resources.keys().map(|k| k.as_str()),
+                )
+                .map(|s| format!("; did you mean `{s}`?"))
+                .unwrap_or_default();
+                return Err(OpError::refused(format!(
+                    "--replace {name}: the stack declares no such resource{hint}. Nothing was changed"
+                )));
+            }
+        }
         // `moved` renames state entries first; the diff runs on the result.
         let mut moved_state;
         let mut moves = Vec::new();
@@ -267,17 +297,31 @@ impl Session {
                 });
             }
         }
-        let mut refreshed = refresh(Some(&self.stack), state, &self.registry, cx)
-            .await
-            .map_err(|e| OpError::Other(e.to_string()))?;
-        if !destroy {
+        let mut refreshed = if scope.refresh {
+            refresh(Some(&self.stack), state, &self.registry, cx)
+                .await
+                .map_err(|e| OpError::Other(e.to_string()))?
+        } else {
+            cx.reporter.report(crate::events::Event::Warning {
+                message: "planned from the state alone (--refresh=false): changes made outside ralph-deploy are not seen".into(),
+            });
+            crate::plan::Refreshed::from_state(state)
+        };
+        if !destroy && scope.refresh {
             self.planned_imports(state, &mut refreshed, cx).await?;
         }
         let mut changes = if destroy {
             destroy_changes(state, &refreshed)
         } else {
-            diff(&self.stack, state, &refreshed, &self.registry, &cx.owner)
-                .map_err(|e| OpError::Other(e.to_string()))?
+            diff(
+                &self.stack,
+                state,
+                &refreshed,
+                &self.registry,
+                &cx.owner,
+                &scope.replace,
+            )
+            .map_err(|e| OpError::Other(e.to_string()))?
         };
         changes.sort_by(|a, b| a.address.cmp(&b.address).then(a.action.cmp(&b.action)));
         if !selection.is_empty() {
@@ -319,6 +363,8 @@ impl Session {
             changes,
             created_at: chrono::Utc::now(),
             selection: selection.clone(),
+            replace: scope.replace.clone(),
+            refreshed: scope.refresh,
         })
     }
 

@@ -122,6 +122,51 @@ pub struct Plan {
     /// `--target` / `--exclude`: the plan covers only part of the stack.
     #[serde(default, skip_serializing_if = "Selection::is_empty")]
     pub selection: Selection,
+    /// `--replace`: resources replaced although nothing forces it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replace: Vec<String>,
+    /// False for `--refresh=false`: made from the state alone, without
+    /// reading the cloud.
+    #[serde(default = "yes", skip_serializing_if = "is_yes")]
+    pub refreshed: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_yes(b: &bool) -> bool {
+    *b
+}
+
+/// What a plan covers and how it is made: the selection, the resources to
+/// replace (`--replace`), and whether the cloud is read (`--refresh`).
+#[derive(Debug, Clone)]
+pub struct Scope {
+    pub selection: Selection,
+    pub replace: Vec<String>,
+    pub refresh: bool,
+}
+
+impl Default for Scope {
+    fn default() -> Self {
+        Scope {
+            selection: Selection::default(),
+            replace: Vec::new(),
+            refresh: true,
+        }
+    }
+}
+
+impl Scope {
+    /// The scope a saved plan was made with.
+    pub fn of(plan: &Plan) -> Scope {
+        Scope {
+            selection: plan.selection.clone(),
+            replace: plan.replace.clone(),
+            refresh: plan.refreshed,
+        }
+    }
 }
 
 /// Which resources a run covers: the targets (and what they need), less
@@ -396,6 +441,7 @@ pub fn diff(
     refreshed: &Refreshed,
     registry: &Registry,
     owner: &Owner,
+    replace: &[String],
 ) -> Result<Vec<Change>, PlanError> {
     // Loading refuses cycles, so the order is topological; name order is
     // only a fallback for a stack built without `Stack::load`.
@@ -436,7 +482,7 @@ pub fn diff(
                 .or_else(|| state.attribute(&reference.address, &reference.attribute))
         };
         let desired = desired_properties(r, driver, owner, &stack.base_dir(), &lookup)?;
-        let change = diff_one(
+        let mut change = diff_one(
             r,
             r.kind,
             &desired,
@@ -448,6 +494,15 @@ pub fn diff(
                 .filter(|d| stack.resources.contains_key(d))
                 .collect(),
         );
+        // `--replace`: an existing resource is replaced although nothing
+        // forces it (a resource to create is simply created).
+        if matches!(change.action, Action::NoOp | Action::Update)
+            && change.id.is_some()
+            && replace.iter().any(|p| Selection::names(p, &address))
+        {
+            change.action = Action::Replace;
+            change.reason = Some("replacement asked for with --replace".into());
+        }
         if change.action == Action::Update {
             let renews: Vec<&'static str> = change
                 .attributes

@@ -27,6 +27,41 @@ pub struct Refreshed {
     pub orphans: Vec<(String, String, Observed)>,
 }
 
+impl Refreshed {
+    /// What the state recorded, as if the cloud had been read
+    /// (`--refresh=false`): each resource as last applied, with the
+    /// attributes the cloud assigned then.
+    pub fn from_state(state: &State) -> Refreshed {
+        let mut r = Refreshed {
+            current: BTreeMap::new(),
+            kinds: BTreeMap::new(),
+            adopted: BTreeSet::new(),
+            orphans: Vec::new(),
+        };
+        for (address, rs) in &state.resources {
+            let mut attrs = rs.inputs.clone();
+            for (k, v) in &rs.attrs {
+                attrs.insert(k.clone(), v.clone());
+            }
+            r.current.insert(
+                address.clone(),
+                Observed {
+                    address: Some(address.clone()),
+                    // Recorded means ours: no ownership tags to restore.
+                    owner: Some(crate::drivers::Owner {
+                        stack: state.stack.clone(),
+                        environment: state.environment.clone(),
+                    }),
+                    id: rs.id.clone(),
+                    attrs,
+                },
+            );
+            r.kinds.insert(address.clone(), rs.kind.clone());
+        }
+        r
+    }
+}
+
 pub async fn refresh(
     stack: Option<&Stack>,
     state: &State,
