@@ -261,6 +261,8 @@ mod tests {
                 environment: "production".into(),
                 stack_digest: "d".into(),
                 selection: Default::default(),
+                replace: vec![],
+                refreshed: true,
                 state_lineage: Some("l".into()),
                 state_serial: 3,
                 destroy: false,

@@ -56,6 +56,8 @@ fn world_at(path: &Path, dir: Option<tempfile::TempDir>) -> World {
             registry,
             lock_timeout: None,
             selection: Default::default(),
+            replace: Vec::new(),
+            refresh: true,
         },
         cloud,
         kill,
