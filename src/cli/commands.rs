@@ -519,7 +519,8 @@ impl Approver for Terminal {
 fn saved_plan(args: &StackArgs, destroy: bool) -> Result<PlanFile, CliError> {
     let file = saved::read(&args.stack).map_err(|e| CliError::Other(e.into()))?;
     let plan = &file.plan;
-    if let Some(env) = &args.env {
+    // (The same environment, from RALPH_DEPLOY_ENV in a CI job, is no conflict.)
+    if let Some(env) = args.env.as_ref().filter(|e| **e != plan.environment) {
         return Err(CliError::Other(anyhow!(
             "--env {env} cannot be used with a saved plan: the plan fixes its environment (`{}`). Nothing was changed. Drop --env, or make a plan for `{env}` with `ralph-deploy plan --env {env} --out FILE`",
             plan.environment

@@ -35,7 +35,7 @@ pub struct StackArgs {
     /// The stack file, e.g. stacks/aws-network.yaml
     pub stack: PathBuf,
     /// The environment to use (one of the stack's `environments`)
-    #[arg(long, short = 'e')]
+    #[arg(long, short = 'e', env = "RALPH_DEPLOY_ENV")]
     pub env: Option<String>,
     /// Set a variable: --var name=value (repeatable; wins over --var-file)
     #[arg(long = "var", value_name = "NAME=VALUE")]
