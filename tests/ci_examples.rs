@@ -534,6 +534,29 @@ async fn the_ci_examples_plan_apply_and_release_against_the_local_cloud() {
     );
     assert!(posted.contains("<details>"), "{posted}");
     assert!(!posted.contains(API_KEY), "the API key in the comment");
+    // A Markdown parser reads it as a heading, a summary table, collapsed
+    // sections (HTML) and `diff` code blocks.
+    let mut heading = false;
+    let mut table_cells = 0;
+    let mut html = 0;
+    let mut diff_blocks = 0;
+    for event in pulldown_cmark::Parser::new_ext(&posted, pulldown_cmark::Options::ENABLE_TABLES) {
+        use pulldown_cmark::{CodeBlockKind, Event, Tag};
+        match event {
+            Event::Start(Tag::Heading { .. }) => heading = true,
+            Event::Start(Tag::TableCell) => table_cells += 1,
+            Event::Html(h) | Event::InlineHtml(h) if h.contains("details") => html += 1,
+            Event::Start(Tag::CodeBlock(CodeBlockKind::Fenced(lang))) if &*lang == "diff" => {
+                diff_blocks += 1
+            }
+            _ => {}
+        }
+    }
+    assert!(heading && table_cells >= 14, "{posted}");
+    assert!(
+        html >= 40 && diff_blocks >= 40,
+        "{html} {diff_blocks}: {posted}"
+    );
 
     // Merged: applied behind the environment, then nothing is left to do.
     let ran = runner.github(&workflow, &ctx("push", "refs/heads/main"));

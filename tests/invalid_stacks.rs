@@ -330,6 +330,8 @@ fn the_committed_schemas_are_the_binarys() {
             "schema/component.schema.json",
             vec!["schema", "--component"],
         ),
+        ("docs/commands.md", vec!["reference", "commands"]),
+        ("docs/stack-reference.md", vec!["reference", "stack"]),
     ] {
         let out = std::process::Command::new(BIN)
             .args(&args)
@@ -455,7 +457,7 @@ fn first_run_mistakes_get_short_clear_answers() {
     // Terraform's one-dash spelling is named, not answered with a tip about -o.
     let out = run(&["plan", "-out=prod.plan", "stacks/aws-network.yaml"]);
     let err = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2), "a usage error, as clap's");
     assert!(err.contains("write `--out=prod.plan`"), "{err}");
     let out = run(&["apply", "stacks/aws-network.yaml", "-auto-approve"]);
     assert!(

@@ -152,6 +152,17 @@ pub async fn run(cmd: Command) -> anyhow::Result<i32> {
             std::io::stdout().write_all(&out)?;
             Ok(EXIT_OK)
         }
+        Command::Reference { page } => {
+            let registry = crate::drivers::Registry::builtin();
+            print!(
+                "{}",
+                match page {
+                    super::ReferencePage::Commands => super::reference::commands(),
+                    super::ReferencePage::Stack => super::reference::stack(&registry),
+                }
+            );
+            Ok(EXIT_OK)
+        }
         Command::Schema { component } => {
             let registry = crate::drivers::Registry::builtin();
             let schema = if component {

@@ -6,6 +6,7 @@ mod commands;
 mod diff_text;
 mod kube;
 mod progress;
+mod reference;
 mod render;
 
 use std::path::PathBuf;
@@ -211,6 +212,12 @@ fn parse_wait(text: &str) -> Result<std::time::Duration, String> {
 }
 
 #[derive(Copy, Clone, Debug, ValueEnum)]
+pub enum ReferencePage {
+    Commands,
+    Stack,
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum)]
 pub enum GraphFormat {
     Dot,
     Mermaid,
@@ -370,6 +377,13 @@ pub enum Command {
     },
     /// Print the manual page (roff): `ralph-deploy man > ralph-deploy.1`
     Man,
+    /// Print a reference page in Markdown, as docs/ has it: `commands`
+    /// (every command and option) or `stack` (every kind's properties and
+    /// attributes)
+    Reference {
+        #[arg(value_enum)]
+        page: ReferencePage,
+    },
     /// Print the JSON Schema of stack files (or of component files)
     Schema {
         /// The schema of component files (components/*.yaml)
@@ -594,7 +608,8 @@ pub fn main() -> i32 {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if let Some(message) = single_dash_long_option(&args) {
         eprintln!("error: {message}");
-        return EXIT_ERROR;
+        // A usage error, as clap's own.
+        return 2;
     }
     let cli = Cli::parse_from(args);
     let filter =

@@ -283,7 +283,16 @@ impl Item {
             if self.service.is_empty() {
                 s.push_str(&format!(" · {st}"));
             } else {
-                s.push_str(&format!(" · {}: {st}", self.service.to_uppercase()));
+                // Acronyms as AWS writes them (RDS, EKS), words capitalised.
+                let service = if self.service.len() <= 4 {
+                    self.service.to_uppercase()
+                } else {
+                    let mut c = self.service.chars();
+                    c.next()
+                        .map(|f| f.to_uppercase().chain(c).collect())
+                        .unwrap_or_default()
+                };
+                s.push_str(&format!(" · {service}: {st}"));
             }
         }
         if let Some(start) = self.started {
