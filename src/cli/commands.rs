@@ -386,15 +386,15 @@ async fn apply_cmd(
     s.selection = select.selection();
     s.replace = select.replace.clone();
     s.refresh = select.refresh;
-    let cx = s.context(reporter(run.json));
     if destroy && (!select.replace.is_empty() || select.refresh_only) {
         return Err(CliError::Other(anyhow!(
             "--replace and --refresh-only cannot be used with destroy. Nothing was changed"
         )));
     }
     if select.refresh_only {
-        return refresh_only_cmd(&s, &cx, run).await;
+        return refresh_only_cmd(&s, run).await;
     }
+    let cx = s.context(reporter(run.json));
     let request = Request {
         destroy,
         saved: saved.map(|f| f.plan),
@@ -449,11 +449,8 @@ async fn apply_cmd(
 }
 
 /// `apply --refresh-only`: the drift shown, approved, written to the state.
-async fn refresh_only_cmd(
-    s: &Session,
-    cx: &crate::drivers::Context,
-    run: &RunArgs,
-) -> Result<i32, CliError> {
+async fn refresh_only_cmd(s: &Session, run: &RunArgs) -> Result<i32, CliError> {
+    let cx = &s.context(reporter(run.json));
     let json = run.json;
     let auto = run.auto_approve;
     let approve = move |drift: &[crate::ops::drift::Drift]| -> Result<bool, OpError> {
