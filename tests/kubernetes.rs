@@ -271,7 +271,19 @@ async fn deploy_changes_only_the_image_and_rollback_returns_to_the_previous_rele
     // A stack edit that `deploy` must not apply.
     w.edit("replicas: ${var.replicas}", "replicas: 4");
 
-    w.ok("deploy", &["--image", "1.1.0", "--auto-approve"]);
+    // The JSON stream ends with a summary naming what was rolled out.
+    let stream = w.ok("deploy", &["--image", "1.1.0", "--auto-approve", "--json"]);
+    common::check_event_stream(&stream);
+    let last: serde_json::Value = serde_json::from_str(stream.lines().last().unwrap()).unwrap();
+    assert_eq!(last["event"], "summary", "{last}");
+    assert_eq!(last["changes"], 1, "{last}");
+    assert!(
+        last["released"][0]["image"]
+            .as_str()
+            .unwrap()
+            .ends_with(":1.1.0"),
+        "{last}"
+    );
     let d = deployment(ns).await;
     assert_eq!(image_of(&d), "ghcr.io/mikeyobrien/ralph-orchestrator:1.1.0");
     assert_eq!(
@@ -285,8 +297,16 @@ async fn deploy_changes_only_the_image_and_rollback_returns_to_the_previous_rele
         "outputs follow a deploy"
     );
 
-    let out = w.run("deploy", &["--image", "broken-1.2.0", "--auto-approve"]);
+    let out = w.run(
+        "deploy",
+        &["--image", "broken-1.2.0", "--auto-approve", "--json"],
+    );
     assert_eq!(exit_code(&out), Some(1), "{}", text(&out.stderr));
+    let stream = text(&out.stdout);
+    common::check_event_stream(&stream);
+    let last: serde_json::Value = serde_json::from_str(stream.lines().last().unwrap()).unwrap();
+    assert_eq!(last["failed"], 1, "{last}");
+    assert!(last["released"][0]["error"].is_string(), "{last}");
     assert_eq!(
         image_of(&deployment(ns).await),
         "ghcr.io/mikeyobrien/ralph-orchestrator:1.1.0"

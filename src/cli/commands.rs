@@ -73,12 +73,18 @@ pub async fn run(cmd: Command) -> anyhow::Result<i32> {
             image,
             resource,
             run,
-        } => super::kube::deploy_cmd(&args, &image, resource.as_deref(), &run).await,
+        } => json_error_event(
+            run.json,
+            super::kube::deploy_cmd(&args, &image, resource.as_deref(), &run).await,
+        ),
         Command::Rollback {
             args,
             resource,
             run,
-        } => super::kube::rollback_cmd(&args, resource.as_deref(), &run).await,
+        } => json_error_event(
+            run.json,
+            super::kube::rollback_cmd(&args, resource.as_deref(), &run).await,
+        ),
         Command::Output { args, name, json } => output(&args, name.as_deref(), json).await,
         Command::State { command } => state_cmd(command).await,
         Command::Graph { args, format, plan } => graph(&args, format, plan.as_deref()),
@@ -324,7 +330,7 @@ async fn plan_cmd(
 /// A JSON event stream that ends in an error (a refresh that failed, a
 /// refused plan) ends with an `error` event, so a consumer reading stdout
 /// learns why there is no summary. The message also goes to stderr.
-fn json_error_event(json: bool, result: Result<i32, CliError>) -> Result<i32, CliError> {
+pub(super) fn json_error_event(json: bool, result: Result<i32, CliError>) -> Result<i32, CliError> {
     if let (true, Err(CliError::Other(e))) = (json, &result) {
         println!(
             "{}",

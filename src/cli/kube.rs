@@ -24,6 +24,7 @@ pub(super) async fn render_cmd(
 }
 
 fn finish(json: bool, released: Vec<Released>) -> i32 {
+    super::progress::finish();
     let mut failed = false;
     for r in &released {
         match &r.result {
@@ -31,6 +32,27 @@ fn finish(json: bool, released: Vec<Released>) -> i32 {
             Ok(()) => {}
             Err(_) => failed = true,
         }
+    }
+    if json {
+        // The stream's last line, as apply's: what was rolled out.
+        println!(
+            "{}",
+            super::render::json_line(serde_json::json!({
+                "event": "summary",
+                "changes": released.iter().filter(|r| r.result.is_ok()).count(),
+                "failed": released.iter().filter(|r| r.result.is_err()).count(),
+                "released": released
+                    .iter()
+                    .map(|r| {
+                        let mut v = serde_json::json!({ "address": r.address, "image": r.image });
+                        if let Err(e) = &r.result {
+                            v["error"] = serde_json::json!(e);
+                        }
+                        v
+                    })
+                    .collect::<Vec<_>>(),
+            }))
+        );
     }
     if failed {
         EXIT_ERROR

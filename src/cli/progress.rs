@@ -334,9 +334,13 @@ impl Progress {
         }
         inner.ticker = true;
         let me = self.me.clone();
+        // Lines mode looks often enough that a heartbeat is never late by
+        // more than a quarter of its interval.
         let every = match self.mode {
             Mode::Live { .. } => Duration::from_millis(125),
-            Mode::Lines { .. } => Duration::from_secs(1),
+            Mode::Lines { heartbeat } => {
+                (heartbeat / 4).clamp(Duration::from_millis(50), Duration::from_secs(1))
+            }
         };
         std::thread::spawn(move || loop {
             std::thread::sleep(every);
