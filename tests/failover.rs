@@ -163,9 +163,11 @@ async fn failover_promotes_the_replica_rolls_the_pods_and_the_next_plan_only_add
         text(&out.stderr),
         text(&out.stdout)
     );
+    common::check_event_stream(&text(&out.stdout));
     let last: serde_json::Value =
         serde_json::from_str(text(&out.stdout).lines().last().unwrap()).unwrap();
-    assert_eq!(last["event"], "failover_finished", "{last}");
+    assert_eq!(last["event"], "summary", "{last}");
+    let last = &last["failover"];
     assert_eq!(last["resumed"], true, "{last}");
     assert_eq!(
         last["rolled"],

@@ -991,10 +991,15 @@ async fn failover_cmd(
     let cx = s.context(reporter(json));
     let r = crate::ops::failover::failover(&s, &cx, o).await?;
     if json {
-        let mut v = serde_json::to_value(&r).unwrap_or_default();
-        v["event"] = serde_json::json!("failover_finished");
-        v["time"] = serde_json::json!(super::render::now());
-        println!("{v}");
+        // The stream's last line, as apply's: a summary, with the failover.
+        println!(
+            "{}",
+            super::render::json_line(serde_json::json!({
+                "event": "summary",
+                "changes": 1,
+                "failover": r,
+            }))
+        );
     } else {
         println!(
             "Failed over: {} is {} now, the promoted replica{}.",
