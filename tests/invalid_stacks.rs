@@ -506,3 +506,60 @@ fn first_run_mistakes_get_short_clear_answers() {
     assert!(!err.contains("WARN") && !err.contains('\u{1b}'), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
 }
+
+#[test]
+fn fmt_lays_files_out_keeps_their_meaning_and_checks_for_ci() {
+    let dir = tempfile::tempdir().unwrap();
+    let messy = "# yaml-language-server: $schema=../schema/stack.schema.json   \nname: fmt-demo\ncloud:\n    aws:\n        region: us-east-1\n\n\n\nresources:\n    vpc:\n          # the network's range\n        kind: aws.vpc\n        properties:\n            cidr_block: 10.0.0.0/16\n            tags: {tier: \"core\",\n                   team: platform}\n";
+    let file = dir.path().join("stack.yaml");
+    std::fs::write(&file, messy).unwrap();
+    let run = |args: &[&str]| {
+        std::process::Command::new(BIN)
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .unwrap()
+    };
+    let before = run(&["validate", "stack.yaml", "--json"]);
+    // --check changes nothing, names the file and exits 3.
+    let out = run(&["fmt", "--check"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "./stack.yaml");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), messy);
+    // fmt rewrites it: two spaces a level, one blank line, comments kept
+    // at the indentation of what they describe.
+    assert!(run(&["fmt"]).status.success());
+    let formatted = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(
+        formatted,
+        "# yaml-language-server: $schema=../schema/stack.schema.json\nname: fmt-demo\ncloud:\n  aws:\n    region: us-east-1\n\nresources:\n  vpc:\n    # the network's range\n    kind: aws.vpc\n    properties:\n      cidr_block: 10.0.0.0/16\n      tags: {tier: \"core\",\n             team: platform}\n"
+    );
+    assert_eq!(run(&["fmt", "--check"]).status.code(), Some(0));
+    assert_eq!(
+        run(&["validate", "stack.yaml", "--json"]).stdout,
+        before.stdout
+    );
+    // A layout it cannot keep is left alone, with the reason.
+    let odd = dir.path().join("two.yaml");
+    std::fs::write(&odd, "a: 1\n---\nb: 2\n").unwrap();
+    let out = run(&["fmt", "two.yaml"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("two.yaml: left as it is: several documents"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(std::fs::read_to_string(&odd).unwrap(), "a: 1\n---\nb: 2\n");
+    // The shipped files are formatted.
+    let out = std::process::Command::new(BIN)
+        .args(["fmt", "--check", "stacks", "components", "docs/ci"])
+        .current_dir(common::repo())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+}

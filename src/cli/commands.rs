@@ -158,6 +158,7 @@ pub async fn run(cmd: Command) -> anyhow::Result<i32> {
             std::io::stdout().write_all(&out)?;
             Ok(EXIT_OK)
         }
+        Command::Fmt { paths, check } => fmt_cmd(&paths, check),
         Command::Reference { page } => {
             let registry = crate::drivers::Registry::builtin();
             print!(
@@ -1079,4 +1080,62 @@ async fn db_partitions(args: &StackArgs, months_ahead: i32) -> Result<i32, CliEr
         println!("{address}: {n} partition(s) created; the current month and {months_ahead} ahead now exist.");
     }
     Ok(EXIT_OK)
+}
+
+/// `fmt`: the YAML files under `paths`, formatted in place (or checked).
+fn fmt_cmd(paths: &[PathBuf], check: bool) -> Result<i32, CliError> {
+    fn collect(p: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+        if p.is_dir() {
+            let mut entries: Vec<_> = std::fs::read_dir(p)?.collect::<Result<_, _>>()?;
+            entries.sort_by_key(|e| e.file_name());
+            for e in entries {
+                let name = e.file_name();
+                let name = name.to_string_lossy();
+                if name.starts_with('.') || name == "target" || name == "node_modules" {
+                    continue;
+                }
+                let path = e.path();
+                if path.is_dir() {
+                    collect(&path, out)?;
+                } else if name.ends_with(".yaml") || name.ends_with(".yml") {
+                    out.push(path);
+                }
+            }
+        } else {
+            out.push(p.to_path_buf());
+        }
+        Ok(())
+    }
+    let mut files = Vec::new();
+    for p in paths {
+        collect(p, &mut files).with_context(|| format!("reading {}", p.display()))?;
+    }
+    let (mut unformatted, mut refused) = (0, 0);
+    for f in &files {
+        let text = crate::files::read_text_bounded(f, 4 << 20)
+            .with_context(|| format!("reading {}", f.display()))?;
+        match crate::stack::fmt::format(&text) {
+            Ok(formatted) if formatted == text => {}
+            Ok(formatted) => {
+                unformatted += 1;
+                println!("{}", f.display());
+                if !check {
+                    crate::state::local::atomic_write(f, formatted.as_bytes())
+                        .with_context(|| format!("writing {}", f.display()))?;
+                }
+            }
+            Err(why) => {
+                refused += 1;
+                eprintln!("{}: left as it is: {why}", f.display());
+            }
+        }
+    }
+    Ok(if refused > 0 {
+        EXIT_ERROR
+    } else if check && unformatted > 0 {
+        eprintln!("{unformatted} file(s) are not formatted: run `ralph-deploy fmt`");
+        3
+    } else {
+        EXIT_OK
+    })
 }

@@ -377,6 +377,19 @@ pub enum Command {
     },
     /// Print the manual page (roff): `ralph-deploy man > ralph-deploy.1`
     Man,
+    /// Rewrite stack and component files in the canonical layout (two
+    /// spaces per level, no trailing whitespace, single blank lines),
+    /// keeping comments, order and quoting; a file whose meaning would
+    /// change is left as it is
+    Fmt {
+        /// Files, or directories to search for *.yaml and *.yml
+        #[arg(default_value = ".")]
+        paths: Vec<PathBuf>,
+        /// Change nothing: list the files that are not formatted and exit 3
+        /// when there are any (for CI)
+        #[arg(long)]
+        check: bool,
+    },
     /// Print a reference page in Markdown, as docs/ has it: `commands`
     /// (every command and option) or `stack` (every kind's properties and
     /// attributes)

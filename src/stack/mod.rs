@@ -8,6 +8,7 @@
 
 pub mod diag;
 pub mod expr;
+pub mod fmt;
 pub mod functions;
 pub mod json_schema;
 mod load;
