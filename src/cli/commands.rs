@@ -271,9 +271,7 @@ async fn plan_cmd(
 ) -> Result<i32, CliError> {
     let json = format == super::PlanFormat::Json;
     let mut s = args.session(json)?;
-    s.selection = select.selection();
-    s.replace = select.replace.clone();
-    s.refresh = select.refresh;
+    s.scope = select.scope();
     let cx = s.context(if json {
         Arc::new(Silent)
     } else {
@@ -390,9 +388,7 @@ async fn apply_cmd(
         None => args.clone(),
     };
     let mut s = effective_args.session(run.json)?;
-    s.selection = select.selection();
-    s.replace = select.replace.clone();
-    s.refresh = select.refresh;
+    s.scope = select.scope();
     if destroy && (!select.replace.is_empty() || select.refresh_only) {
         return Err(CliError::Other(anyhow!(
             "--replace and --refresh-only cannot be used with destroy. Nothing was changed"

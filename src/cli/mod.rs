@@ -159,6 +159,15 @@ pub struct SelectArgs {
 }
 
 impl SelectArgs {
+    /// What a plan of this run covers and how it is made.
+    pub fn scope(&self) -> crate::plan::Scope {
+        crate::plan::Scope {
+            selection: self.selection(),
+            replace: self.replace.clone(),
+            refresh: self.refresh,
+        }
+    }
+
     /// Whether any of these options that a saved plan fixes was given.
     pub fn any(&self) -> bool {
         !self.selection().is_empty()
@@ -682,6 +691,15 @@ fn single_dash_long_option(args: &[std::ffi::OsString]) -> Option<String> {
         for sub in cmd.get_subcommands() {
             longs(sub, out);
         }
+    }
+    // Most command lines have no such argument: only then is the command
+    // tree walked for the names.
+    let looks_long = |a: &std::ffi::OsString| {
+        a.to_str()
+            .is_some_and(|a| a.len() > 2 && a.starts_with('-') && !a.starts_with("--"))
+    };
+    if !args.iter().skip(1).any(looks_long) {
+        return None;
     }
     let mut known = std::collections::BTreeSet::new();
     longs(&Cli::command(), &mut known);

@@ -98,7 +98,9 @@ pub fn reporter() -> Arc<Progress> {
     let mode = if live {
         let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(8));
         let overall = multi.add(ProgressBar::hidden());
-        overall.set_style(ProgressStyle::with_template("{msg}").expect("a fixed template"));
+        if let Ok(style) = ProgressStyle::with_template("{msg}") {
+            overall.set_style(style);
+        }
         Mode::Live { multi, overall }
     } else {
         let secs = std::env::var("RALPH_DEPLOY_HEARTBEAT")
@@ -141,16 +143,6 @@ pub fn human(d: Duration) -> String {
         format!("{}m{:02}s", s / 60, s % 60)
     } else {
         format!("{s}s")
-    }
-}
-
-/// How long a step typically takes, for the sentence "of typically 15m".
-fn typically(d: Duration) -> String {
-    let s = d.as_secs();
-    if s >= 60 && s % 60 == 0 {
-        format!("{}m", s / 60)
-    } else {
-        human(d)
     }
 }
 
@@ -303,7 +295,10 @@ impl Item {
                 s.push_str(&format!(" · {}", human(spent)));
             }
             if self.typical >= Duration::from_secs(60) {
-                s.push_str(&format!(" of typically {}", typically(self.typical)));
+                s.push_str(&format!(
+                    " of typically {}",
+                    crate::ops::status::humantime(self.typical)
+                ));
             }
         }
         s
@@ -417,13 +412,14 @@ impl Progress {
         if item.bar.is_none() {
             let bar = multi.insert_before(overall, ProgressBar::new_spinner());
             let colour = std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+            let template = if colour {
+                "{spinner:.cyan} {wide_msg}"
+            } else {
+                "{spinner} {wide_msg}"
+            };
             bar.set_style(
-                ProgressStyle::with_template(if colour {
-                    "{spinner:.cyan} {wide_msg}"
-                } else {
-                    "{spinner} {wide_msg}"
-                })
-                .expect("a fixed template"),
+                ProgressStyle::with_template(template)
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
             );
             bar.set_message(item.line(address));
             item.bar = Some(bar);

@@ -352,6 +352,7 @@ pub fn drift_text(drift: &[crate::ops::drift::Drift], json: bool) -> String {
     if drift.is_empty() {
         return "No drift: the state matches the cloud.\n".to_string();
     }
+    let style = Style::for_stdout();
     let mut out = String::from(
         "Changed outside ralph-deploy (refresh-only records these in the state; the cloud is not touched):\n",
     );
@@ -364,7 +365,6 @@ pub fn drift_text(drift: &[crate::ops::drift::Drift], json: bool) -> String {
             continue;
         }
         out.push_str(&format!("  ~ {} ({}) {}\n", d.address, d.kind, d.id));
-        let style = Style::for_stdout();
         for a in &d.changed {
             for line in diff_text::attribute(
                 &style,

@@ -67,12 +67,8 @@ pub struct Session {
     /// How long to wait for a lock another run holds (`--lock-timeout`);
     /// `None`: fail at once, naming the holder.
     pub lock_timeout: Option<std::time::Duration>,
-    /// `--target` / `--exclude` of this run.
-    pub selection: crate::plan::Selection,
-    /// `--replace` of this run.
-    pub replace: Vec<String>,
-    /// False for `--refresh=false`: plan from the state alone.
-    pub refresh: bool,
+    /// `--target` / `--exclude`, `--replace` and `--refresh` of this run.
+    pub scope: crate::plan::Scope,
 }
 
 /// The backend `location` names for `stack`, with the sealer the
@@ -181,9 +177,7 @@ impl Session {
             backend,
             registry,
             lock_timeout: None,
-            selection: Default::default(),
-            replace: Vec::new(),
-            refresh: true,
+            scope: Default::default(),
         })
     }
 
@@ -232,12 +226,8 @@ impl Session {
         cx: &Context,
         destroy: bool,
     ) -> Result<Plan, OpError> {
-        let scope = crate::plan::Scope {
-            selection: self.selection.clone(),
-            replace: self.replace.clone(),
-            refresh: self.refresh,
-        };
-        self.make_plan_of(state, existed, cx, destroy, &scope).await
+        self.make_plan_of(state, existed, cx, destroy, &self.scope)
+            .await
     }
 
     /// A plan of the part of the stack `selection` covers (all of it when

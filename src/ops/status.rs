@@ -59,7 +59,7 @@ async fn backup_age(
 }
 
 /// `1h05m`, `12m`, `40s`.
-fn humantime(d: std::time::Duration) -> String {
+pub(crate) fn humantime(d: std::time::Duration) -> String {
     let s = d.as_secs();
     match (s / 3600, (s % 3600) / 60, s % 60) {
         (0, 0, sec) => format!("{sec}s"),

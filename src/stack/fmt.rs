@@ -72,12 +72,13 @@ pub fn format(text: &str) -> Result<String, String> {
         if line == "---" || line == "..." {
             return Err("several documents in one file".into());
         }
-        while levels.len() > 1 && ind < *levels.last().unwrap() {
+        let top = |l: &[usize]| l.last().copied().unwrap_or(0);
+        while levels.len() > 1 && ind < top(&levels) {
             levels.pop();
         }
-        if ind > *levels.last().unwrap() {
+        if ind > top(&levels) {
             levels.push(ind);
-        } else if ind != *levels.last().unwrap() {
+        } else if ind != top(&levels) {
             return Err(format!(
                 "a line is indented by {ind}, which matches no enclosing level: `{}`",
                 line.trim()
