@@ -55,7 +55,13 @@ KC
     --service-account-private-key-file "$k/sa.key" --use-service-account-credentials=false \
     --bind-address 127.0.0.1 --secure-port 0 --port 0 >"$k/controller-manager.log" 2>&1 &
   echo $! >"$k/controller-manager.pid"
-  python3 "$here/local-cloud/node_sim.py" "$dir/kubeconfig" >"$k/node-sim.log" 2>&1 &
+  # The pods judge their stores' reachability by the local AWS's network
+  # model: every moto started in this directory before the cluster.
+  local aws=""
+  for f in moto.port moto-faulty.port; do
+    [ -f "$dir/$f" ] && aws="${aws:+$aws,}http://127.0.0.1:$(cat "$dir/$f")"
+  done
+  RALPH_SIM_AWS_ENDPOINTS="$aws" python3 "$here/local-cloud/node_sim.py" "$dir/kubeconfig" >"$k/node-sim.log" 2>&1 &
   echo $! >"$k/node-sim.pid"
   echo "kube-apiserver ready on 127.0.0.1:$ap" >&2
 }

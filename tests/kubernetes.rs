@@ -179,7 +179,7 @@ async fn first_deploy_creates_every_object_waits_until_available_and_keeps_secre
         .get("ralph-orchestrator-config")
         .await
         .unwrap();
-    assert_eq!(cm.data.unwrap()["RALPH_AGENT"], "claude");
+    assert_eq!(cm.data.unwrap()["RALPH_AGENT"], "auto");
 
     // The Secret holds the values from Secrets Manager; state and output do not.
     let secret = Api::<Secret>::namespaced(client().await, ns)

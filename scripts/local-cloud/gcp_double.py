@@ -366,6 +366,51 @@ def gke_op(p, op_type, target, seconds, finish):
     return dict(rec)
 
 
+SUPPORT_TABLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "support", "kubernetes-versions.json")
+
+
+def gke_offered():
+    """GKE's minor versions offered today, oldest first, from the
+    repository's dated support table (what ralph-deploy validates against)."""
+    import datetime as dt
+    with open(SUPPORT_TABLE) as f:
+        table = json.load(f)["gke"]["versions"]
+    today = dt.date.today().isoformat()
+    ok = [v for v, w in table.items() if w["released"] <= today < w["end_of_support"]]
+    return sorted(ok, key=lambda v: tuple(int(x) for x in v.split(".")))
+
+
+def gke_patch_version(minor):
+    return minor + ".5-gke.1000"
+
+
+def gke_minor(version):
+    parts = str(version).replace("-", ".").split(".")
+    return ".".join(parts[:2])
+
+
+def gke_version_or_refuse(version, field):
+    """The full version GKE would run for `version` ("-" or empty: the
+    default), or Google's 400 for a version no channel offers."""
+    offered = gke_offered()
+    if not version or version in ("-", "latest"):
+        return gke_patch_version(offered[-1])
+    if gke_minor(version) not in offered:
+        raise ApiError(400, "INVALID_ARGUMENT", f'Master version "{version}" is unsupported.', "invalid",
+                       [(field, f"unsupported version; valid minor versions: {', '.join(offered)}")])
+    return version if version.count(".") >= 2 else gke_patch_version(version)
+
+
+def gke_server_config(p, q, body):
+    offered = gke_offered()
+    full = [gke_patch_version(v) for v in reversed(offered)]
+    channel = {"defaultVersion": full[0] if full else "", "validVersions": full}
+    return {"defaultClusterVersion": full[0] if full else "", "validMasterVersions": full,
+            "validNodeVersions": full, "defaultImageType": "COS_CONTAINERD",
+            "validImageTypes": ["COS_CONTAINERD", "UBUNTU_CONTAINERD"],
+            "channels": [dict(channel, channel=c) for c in ("RAPID", "REGULAR", "STABLE", "EXTENDED")]}
+
+
 def gke_clusters(p):
     return coll(f"gke/projects/{p['project']}/locations/{p['location']}/clusters")
 
@@ -382,9 +427,9 @@ def gke_busy(cluster):
         raise precondition(f"Cluster is running incompatible operation {cluster['_busy']}.")
 
 
-def gke_pool_defaults(pool):
+def gke_pool_defaults(pool, master=None):
     pool.setdefault("status", "PROVISIONING")
-    pool.setdefault("version", "1.28.15-gke.1000")
+    pool.setdefault("version", master or gke_patch_version(gke_offered()[-1]))
     pool.setdefault("management", {"autoRepair": True, "autoUpgrade": True})
     pool.setdefault("config", {})
     return pool
@@ -399,6 +444,7 @@ def gke_create(p, q, body):
         v.append(("cluster.node_pools", "a cluster needs node pools or an initial node count"))
     if v:
         raise invalid(v)
+    master = gke_version_or_refuse(cl.get("initialClusterVersion"), "cluster.initial_cluster_version")
     clusters = gke_clusters(p)
     if cl["name"] in clusters:
         raise exists(f"projects/{p['project']}/locations/{p['location']}/clusters/{cl['name']}")
@@ -407,11 +453,11 @@ def gke_create(p, q, body):
     res.update(status="PROVISIONING", location=p["location"], zone=p["location"],
                selfLink=f"https://container.googleapis.com/v1/{base}/clusters/{cl['name']}",
                createTime=now_rfc3339(), endpoint="34.118.%d.%d" % (len(clusters) + 1, 10),
-               currentMasterVersion=(cl.get("initialClusterVersion") or "1.28") + ".15-gke.1000",
+               currentMasterVersion=master, currentNodeVersion=master,
                masterAuth={"clusterCaCertificate": base64.b64encode(
                    b"-----BEGIN CERTIFICATE-----\nTUlJQmxvY2FsLWRvdWJsZS1jYQ==\n-----END CERTIFICATE-----\n").decode()},
                _busy="CREATE_CLUSTER")
-    res["nodePools"] = [gke_pool_defaults(dict(np)) for np in cl.get("nodePools") or []]
+    res["nodePools"] = [gke_pool_defaults(dict(np), master) for np in cl.get("nodePools") or []]
     clusters[cl["name"]] = res
 
     def finish():
@@ -448,6 +494,17 @@ def gke_update(p, q, body):
     cl = gke_cluster(p)
     gke_busy(cl)
     upd = body.get("update") or {}
+    if "desiredMasterVersion" in upd:
+        # One minor version at a time, never down (GKE's rule for masters).
+        want = gke_version_or_refuse(upd["desiredMasterVersion"], "update.desired_master_version")
+        have = gke_minor(cl.get("currentMasterVersion", ""))
+        a, b = (tuple(int(x) for x in v.split(".")) for v in (have, gke_minor(want)))
+        if b < a or b[1] - a[1] > 1 or b[0] != a[0]:
+            raise ApiError(400, "INVALID_ARGUMENT",
+                           f"Master cannot be upgraded from {cl.get('currentMasterVersion')} to {want}: "
+                           "one minor version at a time, and never down.", "invalid",
+                           [("update.desired_master_version", "not the next minor version")])
+        upd = dict(upd, desiredMasterVersion=want)
     cl.update(status="RECONCILING", _busy="UPDATE_CLUSTER")
 
     def finish():
@@ -496,7 +553,7 @@ def pool_create(p, q, body):
     if any(x["name"] == np["name"] for x in cl["nodePools"]):
         raise exists(f"clusters/{p['cluster']}/nodePools/{np['name']}")
     gke_busy(cl)
-    np = gke_pool_defaults(np)
+    np = gke_pool_defaults(np, cl.get("currentMasterVersion"))
     np["selfLink"] = f"{cl['selfLink']}/nodePools/{np['name']}"
     cl["nodePools"].append(np)
     cl.update(status="RECONCILING", _busy="CREATE_NODE_POOL")
@@ -1143,6 +1200,7 @@ ROUTES = [
     ("compute.globalOperations.get", "GET", G + "/operations/{operation}", compute_op_get),
     ("compute.regionOperations.get", "GET", R + "/operations/{operation}", compute_op_get),
 
+    ("container.projects.locations.getServerConfig", "GET", L + "/serverConfig", gke_server_config),
     ("container.projects.locations.clusters.create", "POST", L + "/clusters", gke_create),
     ("container.projects.locations.clusters.list", "GET", L + "/clusters", gke_list),
     ("container.projects.locations.clusters.get", "GET", C, gke_get),

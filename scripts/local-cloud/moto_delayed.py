@@ -142,6 +142,277 @@ def patch_eks():
     wrap(m.EKSBackend, "delete_nodegroup", before=delete_nodegroup)
 
 
+SUPPORT_TABLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "support", "kubernetes-versions.json")
+
+
+def supported_versions(provider):
+    """The minor versions `provider` offers today, from the repository's
+    dated support table (the one ralph-deploy validates against)."""
+    import datetime as dt
+    with open(SUPPORT_TABLE) as f:
+        table = json.load(f)[provider]["versions"]
+    today = dt.date.today().isoformat()
+    return {v: w for v, w in table.items() if w["released"] <= today < w["end_of_support"]}
+
+
+def minor(version):
+    parts = str(version).split(".")
+    return ".".join(parts[:2]) if len(parts) >= 2 else str(version)
+
+
+def patch_eks_rules():
+    """What EKS refuses and makes that moto does not:
+    - a Kubernetes version outside EKS's support (past the end of extended
+      support, or not offered yet) is refused at CreateCluster with EKS's
+      InvalidParameterException;
+    - a cluster security group: EKS creates one in the cluster's VPC
+      (`eks-cluster-sg-NAME-...`, admitting itself, tagged with the
+      cluster's name), reports it as `resourcesVpcConfig.clusterSecurityGroupId`
+      and puts it on the control plane's interfaces and every managed node;
+      it goes away with the cluster."""
+    from moto.eks import models as m
+    from moto.eks.exceptions import InvalidParameterException
+    from moto.ec2.models import ec2_backends
+
+    def check_version(version):
+        offered = supported_versions("eks")
+        if version is None:
+            return
+        if minor(version) not in offered:
+            raise InvalidParameterException(
+                clusterName=None, nodegroupName=None, fargateProfileName=None, addonName=None,
+                message="unsupported Kubernetes version %s" % version)
+
+    def before_create(self, original, name, role_arn, resources_vpc_config, *a, **k):
+        version = k.get("version") if "version" in k else (a[0] if a else None)
+        if name not in self.clusters:
+            check_version(version)
+        return None
+
+    def add_cluster_sg(self, cluster, resources_vpc_config):
+        subnets = (resources_vpc_config or {}).get("subnetIds") or []
+        ec2 = ec2_backends[self.account_id][self.region_name]
+        vpc_id = None
+        if subnets:
+            try:
+                vpc_id = ec2.get_subnet(subnets[0]).vpc_id
+            except Exception:
+                vpc_id = None
+        cfg = dict(resources_vpc_config or {})
+        if vpc_id:
+            sg_id = cluster.__dict__.get("_rd_cluster_sg")
+            if sg_id is None:
+                sg = ec2.create_security_group(
+                    name="eks-cluster-sg-%s-%s" % (cluster.name, abs(hash(cluster.arn)) % 10**10),
+                    description="EKS created security group applied to ENI that is attached to EKS Control Plane master nodes, as well as any managed workloads.",
+                    vpc_id=vpc_id,
+                    tags={"aws:eks:cluster-name": cluster.name, "kubernetes.io/cluster/%s" % cluster.name: "owned",
+                          "Name": "eks-cluster-sg-%s" % cluster.name},
+                )
+                ec2.authorize_security_group_ingress(sg.id, "-1", None, None, [], source_groups=[{"GroupId": sg.id}])
+                sg_id = sg.id
+                cluster.__dict__["_rd_cluster_sg"] = sg_id
+            cfg["clusterSecurityGroupId"] = sg_id
+            cfg["vpcId"] = vpc_id
+        cluster.resources_vpc_config = cfg
+
+    def after_create(self, cluster, name, role_arn, resources_vpc_config, *a, **k):
+        add_cluster_sg(self, cluster, resources_vpc_config)
+
+    wrap(m.EKSBackend, "create_cluster", before=before_create, after=after_create)
+
+    def after_config(self, result, name, resources_vpc_config=None, *a, **k):
+        cluster = self.clusters.get(name)
+        if cluster is not None:
+            merged = dict(cluster.resources_vpc_config or {})
+            add_cluster_sg(self, cluster, merged)
+
+    wrap(m.EKSBackend, "update_cluster_config", after=after_config)
+
+    # The cluster security group leaves with the cluster (when moto really
+    # removes it, after the delete's delay).
+    original_delete = m.EKSBackend.delete_cluster
+
+    def remove_sg(backend, cluster):
+        sg_id = cluster.__dict__.get("_rd_cluster_sg")
+        if sg_id:
+            try:
+                ec2_backends[backend.account_id][backend.region_name].delete_security_group(group_id=sg_id)
+            except Exception as e:
+                print("moto_delayed: cluster security group %s not removed: %r" % (sg_id, e), file=sys.stderr)
+
+    def delete_cluster(self, name, *a, **k):
+        cluster = self.clusters.get(name)
+        result = original_delete(self, name, *a, **k)
+        if cluster is not None:
+            def gone():
+                if self.clusters.get(name) is not cluster:
+                    remove_sg(self, cluster)
+                else:
+                    later(0.5, gone)
+            later(0.1, gone)
+        return result
+
+    m.EKSBackend.delete_cluster = delete_cluster
+
+
+def network_model():
+    """Can the pods of a cluster reach HOST:PORT? Answered from the cloud's
+    own API state, as AWS's Reachability Analyzer would: the store that owns
+    the name (an RDS instance or an ElastiCache replication group, in any
+    account), the EKS clusters in the same VPC (their pods run on managed
+    nodes, which carry the cluster security group), and the store's security
+    groups' ingress rules (protocol, port range, a source group the nodes
+    carry or a CIDR that holds the nodes' subnets). One VPC: routes between
+    its subnets always exist. Served at /moto-api/network/reach?host=&port=."""
+    import ipaddress
+    from urllib.parse import parse_qs, urlparse
+
+    from moto.ec2.models import ec2_backends
+    from moto.eks.models import eks_backends
+    from moto.elasticache.models import elasticache_backends
+    from moto.moto_api._internal import urls as api_urls
+    from moto.rds.models import rds_backends
+
+    def each(backends):
+        for account, by_region in list(backends.items()):
+            for region, backend in list(by_region.items()):
+                yield account, region, backend
+
+    def find_store(host):
+        for account, region, rds in each(rds_backends):
+            for db in list(rds.databases.values()):
+                if db.address == host:
+                    subnet_group = db.db_subnet_group
+                    vpc = getattr(subnet_group, "vpc_id", None)
+                    return dict(kind="RDS instance %s" % db.db_instance_identifier, account=account, region=region,
+                                vpc=vpc, groups=list(db.vpc_security_group_ids))
+        for account, region, ec in each(elasticache_backends):
+            for rg in list(ec.replication_groups.values()):
+                names = set()
+                for ng in getattr(rg, "node_groups", []) or []:
+                    names.add(ng.get("primary_endpoint_address"))
+                    names.add(ng.get("reader_endpoint_address"))
+                cfg = getattr(rg, "configuration_endpoint", None) or {}
+                names.add(cfg.get("address"))
+                if host in names:
+                    vpc = None
+                    sng = ec.cache_subnet_groups.get(rg.cache_subnet_group_name) if rg.cache_subnet_group_name else None
+                    if sng is not None:
+                        ec2 = ec2_backends[account][region]
+                        for sid in sng.subnet_ids:
+                            try:
+                                vpc = ec2.get_subnet(sid).vpc_id
+                                break
+                            except Exception:
+                                pass
+                    return dict(kind="ElastiCache replication group %s" % rg.replication_group_id, account=account,
+                                region=region, vpc=vpc, groups=list(rg.security_group_ids or []))
+        return None
+
+    def node_sources(store):
+        """The security groups and subnet CIDRs of the managed nodes in the
+        store's VPC, cluster by cluster."""
+        ec2 = ec2_backends[store["account"]][store["region"]]
+        eks = eks_backends[store["account"]][store["region"]]
+        out = []
+        for cluster in list(eks.clusters.values()):
+            cfg = cluster.resources_vpc_config or {}
+            if cfg.get("vpcId") != store["vpc"]:
+                continue
+            for ng in list(cluster.nodegroups.values()):
+                if ng.status not in ("ACTIVE", "UPDATING"):
+                    continue  # no nodes yet, or none any more
+                # A launch template that names security groups replaces the
+                # cluster security group on the nodes (EKS adds it only to
+                # nodes made without one).
+                groups = [cfg["clusterSecurityGroupId"]] if cfg.get("clusterSecurityGroupId") else []
+                lt = getattr(ng, "launch_template", None) or {}
+                if lt.get("id") or lt.get("name"):
+                    try:
+                        found = ec2.describe_launch_templates(
+                            template_ids=[lt["id"]] if lt.get("id") else None,
+                            template_names=None if lt.get("id") else [lt["name"]])
+                        version = lt.get("version")
+                        tpl = found[0]
+                        v = tpl.get_version(version) if version and version not in ("$Default", "$Latest") else (
+                            tpl.latest_version() if version == "$Latest" else tpl.default_version())
+                        lt_groups = list(v.data.get("SecurityGroupIds") or [])
+                        if lt_groups:
+                            groups = lt_groups
+                    except Exception as e:
+                        groups = []
+                        print("moto_delayed: launch template of %s unreadable: %r" % (ng.nodegroup_name, e), file=sys.stderr)
+                cidrs = []
+                for sid in ng.subnets or []:
+                    try:
+                        cidrs.append(ipaddress.ip_network(ec2.get_subnet(sid).cidr_block))
+                    except Exception:
+                        pass
+                out.append(dict(cluster=cluster.name, nodegroup=ng.nodegroup_name, groups=groups, cidrs=cidrs))
+        return out
+
+    def admits(rule, port, groups, cidrs):
+        proto = rule.ip_protocol
+        if proto not in ("-1", "tcp"):
+            return False
+        if proto == "tcp" and not (rule.from_port <= port <= rule.to_port):
+            return False
+        src = (rule.source_group or {}).get("GroupId")
+        if src and src in groups:
+            return True
+        cidr = (rule.ip_range or {}).get("CidrIp")
+        if cidr and cidrs:
+            net = ipaddress.ip_network(cidr, strict=False)
+            return all(c.subnet_of(net) for c in cidrs)
+        return False
+
+    def reach(host, port):
+        store = find_store(host)
+        if store is None:
+            return dict(reachable=False, reason="%s does not resolve: no store in the local cloud has that name" % host)
+        if not store["vpc"]:
+            return dict(reachable=False, reason="%s has no subnets, so no network path" % store["kind"])
+        sources = node_sources(store)
+        if not sources:
+            return dict(reachable=False, store=store["kind"],
+                        reason="no EKS managed nodes in %s, the VPC of %s" % (store["vpc"], store["kind"]))
+        ec2 = ec2_backends[store["account"]][store["region"]]
+        tried = []
+        for src in sources:
+            for gid in store["groups"]:
+                try:
+                    sg = ec2.get_security_group_from_id(gid)
+                except Exception:
+                    sg = None
+                if sg is None:
+                    continue
+                for rule in sg.ingress_rules:
+                    if admits(rule, port, src["groups"], src["cidrs"]):
+                        return dict(reachable=True, store=store["kind"],
+                                    reason="%s admits nodegroup %s of cluster %s on port %d" % (gid, src["nodegroup"], src["cluster"], port))
+            tried.append("nodegroup %s of cluster %s carries %s" % (
+                src["nodegroup"], src["cluster"], ", ".join(src["groups"]) or "no security group"))
+        return dict(reachable=False, store=store["kind"],
+                    reason="the security groups of %s (%s) admit none of the nodes on port %d: %s" % (
+                        store["kind"], ", ".join(store["groups"]) or "none", port, "; ".join(tried)))
+
+    def handler(request, full_url, headers):
+        q = parse_qs(urlparse(full_url).query)
+        try:
+            host = q["host"][0]
+            port = int(q["port"][0])
+        except (KeyError, ValueError):
+            return 400, {"Content-Type": "application/json"}, json.dumps({"error": "host and port"})
+        try:
+            answer = reach(host, port)
+        except Exception as e:  # the model must never take moto down
+            answer = dict(reachable=False, reason="network model failed: %r" % e)
+        return 200, {"Content-Type": "application/json"}, json.dumps(answer)
+
+    api_urls.url_paths["{0}/moto-api/network/reach$"] = handler
+
+
 def patch_rds():
     from moto.rds import models as m
     timed_attribute(m.DBInstance, "status")
@@ -405,7 +676,7 @@ def patch_server():
 
 def main():
     host, port = sys.argv[1], int(sys.argv[2])
-    for patch in (patch_eks, patch_rds, patch_elasticache, patch_nat, patch_s3, patch_cloudwatch, patch_iam, patch_server):
+    for patch in (patch_eks, patch_eks_rules, network_model, patch_rds, patch_elasticache, patch_nat, patch_s3, patch_cloudwatch, patch_iam, patch_server):
         try:
             patch()
         except Exception as e:  # a moto upgrade moved something: say so, keep serving

@@ -23,9 +23,22 @@ loopback), and for each container port named `http` one small server there
 answers /health and /ready with 200. Unready pods are never behind a
 Service's endpoints, so one server can answer for all of them.
 
+Pods behave like the application where the network decides: a container
+whose environment names DATABASE_URL or REDIS_URL (a value, or a key of a
+Secret through env or envFrom) is ready only when each of those stores is
+reachable from the nodes. A name of a store in the local AWS
+(`*.rds.amazonaws.com`, `*.cache.amazonaws.com`) resolves for pods only and
+is judged by the local AWS's network model (`/moto-api/network/reach` of
+each endpoint in RALPH_SIM_AWS_ENDPOINTS: the store's security groups
+against the groups the cluster's nodes carry); loopback addresses are this
+machine's own servers; other names are not modelled. An unreachable store
+keeps the pod unready with the reason in its Ready condition, as a failing
+readiness probe would.
+
 Usage: python3 node_sim.py KUBECONFIG
 """
 
+import base64
 import http.server
 import socket
 import threading
@@ -35,7 +48,9 @@ import re
 import ssl
 import sys
 import time
+import os
 import urllib.error
+import urllib.parse
 import urllib.request
 from datetime import datetime, timezone
 
@@ -109,12 +124,89 @@ def fate(image):
     return "ready"
 
 
-def desired_status(pod):
+AWS_ENDPOINTS = [e for e in os.environ.get("RALPH_SIM_AWS_ENDPOINTS", "").split(",") if e]
+REACH_TTL = 1.0
+_reach_cache = {}
+
+
+def reach(host, port):
+    """(reachable, reason) for a pod connecting to host:port."""
+    h = host.strip("[]").lower()
+    if h in ("localhost",) or h.startswith("127.") or h == "::1":
+        return True, ""
+    if not (h.endswith(".rds.amazonaws.com") or h.endswith(".cache.amazonaws.com")):
+        return True, ""
+    key = (h, port)
+    hit = _reach_cache.get(key)
+    if hit and time.time() - hit[0] < REACH_TTL:
+        return hit[1]
+    answer = (False, "%s does not resolve: no store in the local cloud has that name" % host)
+    for ep in AWS_ENDPOINTS:
+        url = "%s/moto-api/network/reach?%s" % (ep.rstrip("/"), urllib.parse.urlencode({"host": h, "port": port}))
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                got = json.loads(r.read())
+        except Exception as e:
+            answer = (False, "the local cloud's network model at %s did not answer: %s" % (ep, e))
+            continue
+        if got.get("store") or got.get("reachable"):
+            answer = (bool(got.get("reachable")), got.get("reason", ""))
+            break
+    _reach_cache[key] = (time.time(), answer)
+    return answer
+
+
+def store_urls(pod, container, secret):
+    """DATABASE_URL and REDIS_URL as the container would see them."""
+    env = {}
+    for src in container.get("envFrom", []) or []:
+        ref = (src.get("secretRef") or {}).get("name")
+        if ref:
+            data = secret(pod["metadata"]["namespace"], ref) or {}
+            for k, v in data.items():
+                env[(src.get("prefix") or "") + k] = v
+    for e in container.get("env", []) or []:
+        if "value" in e:
+            env[e["name"]] = e["value"]
+        else:
+            ref = (e.get("valueFrom") or {}).get("secretKeyRef")
+            if ref:
+                data = secret(pod["metadata"]["namespace"], ref.get("name")) or {}
+                if ref.get("key") in data:
+                    env[e["name"]] = data[ref["key"]]
+    return {k: env[k] for k in ("DATABASE_URL", "REDIS_URL") if env.get(k)}
+
+
+def unreachable_store(pod, container, secret):
+    """Why this container cannot reach one of its stores, or None."""
+    for name, url in sorted(store_urls(pod, container, secret).items()):
+        try:
+            u = urllib.parse.urlsplit(url)
+            host, port = u.hostname, u.port
+        except ValueError:
+            return "%s is not a URL" % name
+        if not host:
+            continue
+        if port is None:
+            port = 5432 if u.scheme.startswith("postgres") else 6379
+        ok, why = reach(host, port)
+        if not ok:
+            return "%s: cannot connect to %s:%d: %s" % (name, host, port, why)
+    return None
+
+
+def desired_status(pod, secret=lambda ns, name: None):
     containers = pod["spec"].get("containers", [])
     statuses = []
     ready_all = True
+    blocked = []
     for c in containers:
         f = fate(c.get("image", ""))
+        if f == "ready":
+            why = unreachable_store(pod, c, secret)
+            if why:
+                f = "unready"
+                blocked.append("%s: %s" % (c["name"], why))
         if f == "unpullable":
             ready_all = False
             statuses.append({
@@ -142,7 +234,8 @@ def desired_status(pod):
             {"type": "PodScheduled", "status": "True", "lastTransitionTime": now()},
             {"type": "Initialized", "status": "True", "lastTransitionTime": now()},
             {"type": "ContainersReady", "status": ready_word, "lastTransitionTime": now()},
-            {"type": "Ready", "status": ready_word, "lastTransitionTime": now()},
+            dict({"type": "Ready", "status": ready_word, "lastTransitionTime": now()},
+                 **({"reason": "StoreUnreachable", "message": "; ".join(blocked)} if blocked else {})),
         ],
         "containerStatuses": statuses,
     }
@@ -167,7 +260,7 @@ def summary(status):
     """What decides whether a pod's status needs writing."""
     if not status:
         return None
-    ready = [c.get("status") for c in status.get("conditions", []) if c.get("type") == "Ready"]
+    ready = [(c.get("status"), c.get("message")) for c in status.get("conditions", []) if c.get("type") == "Ready"]
     waits = [list(s.get("state", {}).keys()) + [s.get("ready")] for s in status.get("containerStatuses", [])]
     return (status.get("phase"), tuple(ready), json.dumps(waits))
 
@@ -187,6 +280,21 @@ def main():
         req = urllib.request.Request(server + path, data=data, method=method, headers=h)
         with urllib.request.urlopen(req, context=ctx, timeout=10) as r:
             return json.loads(r.read() or b"{}")
+
+    secrets = {}
+
+    def secret(namespace, name):
+        """A Secret's decoded data, read at most once a second."""
+        hit = secrets.get((namespace, name))
+        if hit and time.time() - hit[0] < REACH_TTL:
+            return hit[1]
+        try:
+            raw = call("GET", "/api/v1/namespaces/%s/secrets/%s" % (namespace, name)).get("data") or {}
+            data = {k: base64.b64decode(v).decode("utf-8", "replace") for k, v in raw.items()}
+        except urllib.error.HTTPError:
+            data = None
+        secrets[(namespace, name)] = (time.time(), data)
+        return data
 
     heartbeat = 0.0
     while True:
@@ -223,7 +331,7 @@ def main():
                         "apiVersion": "v1", "kind": "Binding", "metadata": {"name": meta["name"]},
                         "target": {"apiVersion": "v1", "kind": "Node", "name": NODE},
                     })
-                want = desired_status(pod)
+                want = desired_status(pod, secret)
                 if want["phase"] == "Running":
                     for c in pod["spec"].get("containers", []):
                         for p in c.get("ports", []):

@@ -13,6 +13,7 @@
 //! import `stack` (tests/layers.rs checks it).
 
 pub mod kinds;
+pub mod support;
 
 use std::time::Duration;
 

@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use aws_sdk_eks::types::{
-    CapacityTypes, NodegroupScalingConfig, NodegroupUpdateConfig, UpdateLabelsPayload,
-    VpcConfigRequest,
+    CapacityTypes, LaunchTemplateSpecification, NodegroupScalingConfig, NodegroupUpdateConfig,
+    UpdateLabelsPayload, VpcConfigRequest,
 };
 use serde_json::{Map, Value as Json};
 
@@ -21,6 +21,7 @@ use crate::drivers::{
     Context, Desired, Driver, DriverError, Known, Observed, Timeouts, READY_ATTR, STATUS_ATTR,
 };
 use crate::kinds::{checks, Attr, Field, KindSchema, Ty};
+use crate::model::support;
 
 const CLUSTER_CREATE: Duration = Duration::from_secs(20 * 60);
 const CLUSTER_UPDATE: Duration = Duration::from_secs(60 * 60);
@@ -51,13 +52,17 @@ fn k8s_version(v: &Json) -> Result<(), String> {
             .iter()
             .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()))
     {
-        Ok(())
+        support::check(support::Provider::Eks, s, support::today())
     } else {
         Err(format!(
-            "`{s}` is not a Kubernetes minor version such as 1.28 (quote it: \"1.28\")"
+            "`{s}` is not a Kubernetes minor version such as {DEFAULT_VERSION} (quote it: \"{DEFAULT_VERSION}\")"
         ))
     }
 }
+
+/// The version a cluster gets when the stack names none: the newest the
+/// support table lists (support/kubernetes-versions.json).
+pub(crate) const DEFAULT_VERSION: &str = "1.35";
 
 fn capacity(v: &Json) -> Result<(), String> {
     match v.as_str() {
@@ -79,7 +84,7 @@ static CLUSTER: KindSchema = KindSchema {
             Ty::String,
             "Kubernetes minor version, upgraded in place one step at a time",
         )
-        .default("\"1.28\"")
+        .default("\"1.35\"")
         .check(k8s_version),
         Field::new("role_arn", Ty::String, "the control plane's IAM role")
             .required()
@@ -206,6 +211,15 @@ static NODEGROUP: KindSchema = KindSchema {
             .default("50")
             .forces_replace()
             .check(checks::range::<1, 16384>),
+        Field::new(
+            "security_group_ids",
+            Ty::Set(&Ty::String),
+            "security groups the nodes carry, through a launch template the nodegroup owns \
+             (named CLUSTER-NODEGROUP: these groups, the root volume encrypted, IMDSv2); \
+             empty: the nodes carry only the cluster security group EKS makes",
+        )
+        .default("[]")
+        .forces_replace(),
         Field::new("min_size", Ty::Int, "fewest nodes")
             .required()
             .check(checks::range::<0, 1000>),
@@ -422,7 +436,7 @@ impl Driver for EksCluster {
             .eks
             .create_cluster()
             .name(name)
-            .version(want.str("version").unwrap_or("1.28"))
+            .version(want.str("version").unwrap_or(DEFAULT_VERSION))
             .role_arn(want.required_str("role_arn")?)
             .resources_vpc_config(vpc_request(want, false))
             .set_tags(Some(tag_map(want).into_iter().collect()))
@@ -453,7 +467,7 @@ impl Driver for EksCluster {
         if has("version") {
             eks.update_cluster_version()
                 .name(&have.id)
-                .version(want.str("version").unwrap_or("1.28"))
+                .version(want.str("version").unwrap_or(DEFAULT_VERSION))
                 .send()
                 .await
                 .map_err(|e| api_error("UpdateClusterVersion", e))?;
@@ -545,6 +559,10 @@ async fn read_nodegroup(
         return Ok(None);
     };
     let scaling = n.scaling_config();
+    let template = match n.launch_template().and_then(|t| t.id()) {
+        Some(id) => read_template(cx, id).await?,
+        None => None,
+    };
     let int = |v: Option<i32>| v.map(|x| Json::from(x as i64)).unwrap_or(Json::Null);
     let labels: Map<String, Json> = n
         .labels()
@@ -570,7 +588,28 @@ async fn read_nodegroup(
                 "capacity_type",
                 opt_str(n.capacity_type().map(|c| c.as_str())),
             ),
-            ("disk_size", int(n.disk_size())),
+            (
+                "disk_size",
+                match &template {
+                    Some(t) => int(t.disk_size),
+                    None => int(n.disk_size()),
+                },
+            ),
+            (
+                "security_group_ids",
+                Json::Array(
+                    template
+                        .as_ref()
+                        .map(|t| {
+                            t.security_groups
+                                .iter()
+                                .cloned()
+                                .map(Json::String)
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                ),
+            ),
             ("min_size", int(scaling.and_then(|s| s.min_size()))),
             ("max_size", int(scaling.and_then(|s| s.max_size()))),
             ("desired_size", int(scaling.and_then(|s| s.desired_size()))),
@@ -720,10 +759,27 @@ impl Driver for EksNodegroup {
         let cluster = want.required_str("cluster_name")?;
         let name = want.required_str("name")?;
         let labels: HashMap<String, String> = super::user_tags_of(want.props.get("labels"));
+        let groups = strings(want.props.get("security_group_ids"));
+        let template = if groups.is_empty() {
+            None
+        } else {
+            Some(ensure_template(cx, want, cluster, name, &groups).await?)
+        };
+        let disk_size = if template.is_some() {
+            None // in the launch template; EKS refuses both
+        } else {
+            int(want, "disk_size")?
+        };
         cx.aws()
             .await?
             .eks
             .create_nodegroup()
+            .set_launch_template(template.map(|id| {
+                LaunchTemplateSpecification::builder()
+                    .id(id)
+                    .version("$Default")
+                    .build()
+            }))
             .cluster_name(cluster)
             .nodegroup_name(name)
             .node_role(want.required_str("node_role_arn")?)
@@ -732,7 +788,7 @@ impl Driver for EksNodegroup {
             .capacity_type(CapacityTypes::from(
                 want.str("capacity_type").unwrap_or("ON_DEMAND"),
             ))
-            .set_disk_size(int(want, "disk_size")?)
+            .set_disk_size(disk_size)
             .scaling_config(scaling(want, None, true)?)
             .update_config(
                 NodegroupUpdateConfig::builder()
@@ -858,6 +914,146 @@ impl Driver for EksNodegroup {
             timeouts.delete_or(NODEGROUP_TIMEOUT),
             || read_nodegroup(cx, cluster, name),
         )
+        .await?;
+        delete_template(cx, cluster, name).await
+    }
+}
+
+/// What a nodegroup's launch template gives its nodes.
+struct Template {
+    security_groups: Vec<String>,
+    disk_size: Option<i32>,
+}
+
+fn template_name(cluster: &str, nodegroup: &str) -> String {
+    format!("{cluster}-{nodegroup}")
+}
+
+/// The default version of launch template `id`, or None when it is gone.
+async fn read_template(cx: &Context, id: &str) -> Result<Option<Template>, DriverError> {
+    let out = match cx
+        .aws()
+        .await?
+        .ec2
+        .describe_launch_template_versions()
+        .launch_template_id(id)
+        .versions("$Default")
+        .send()
         .await
+    {
+        Ok(out) => out,
+        Err(e) if error_code(&e).is_some_and(|c| c.starts_with("InvalidLaunchTemplateId")) => {
+            return Ok(None)
+        }
+        Err(e) => return Err(api_error("DescribeLaunchTemplateVersions", e)),
+    };
+    let Some(data) = out
+        .launch_template_versions()
+        .first()
+        .and_then(|v| v.launch_template_data())
+    else {
+        return Ok(None);
+    };
+    let mut security_groups: Vec<String> = data.security_group_ids().to_vec();
+    security_groups.sort();
+    let disk_size = data
+        .block_device_mappings()
+        .iter()
+        .find_map(|m| m.ebs().and_then(|e| e.volume_size()));
+    Ok(Some(Template {
+        security_groups,
+        disk_size,
+    }))
+}
+
+/// The nodegroup's launch template: made with the ownership tags, or the
+/// one a run that died before creating the nodegroup left (ours only).
+async fn ensure_template(
+    cx: &Context,
+    want: &Desired<'_>,
+    cluster: &str,
+    nodegroup: &str,
+    groups: &[String],
+) -> Result<String, DriverError> {
+    use aws_sdk_ec2::types::{
+        LaunchTemplateBlockDeviceMappingRequest, LaunchTemplateEbsBlockDeviceRequest,
+        LaunchTemplateHttpTokensState, LaunchTemplateInstanceMetadataOptionsRequest,
+        RequestLaunchTemplateData, ResourceType, VolumeType,
+    };
+    let ec2 = &cx.aws().await?.ec2;
+    let name = template_name(cluster, nodegroup);
+    let data = RequestLaunchTemplateData::builder()
+        .set_security_group_ids(Some(groups.to_vec()))
+        .block_device_mappings(
+            LaunchTemplateBlockDeviceMappingRequest::builder()
+                .device_name("/dev/xvda")
+                .ebs(
+                    LaunchTemplateEbsBlockDeviceRequest::builder()
+                        .set_volume_size(int(want, "disk_size")?)
+                        .volume_type(VolumeType::Gp3)
+                        .encrypted(true)
+                        .delete_on_termination(true)
+                        .build(),
+                )
+                .build(),
+        )
+        // IMDSv2 only; two hops so pods on the node still reach it.
+        .metadata_options(
+            LaunchTemplateInstanceMetadataOptionsRequest::builder()
+                .http_tokens(LaunchTemplateHttpTokensState::Required)
+                .http_put_response_hop_limit(2)
+                .build(),
+        )
+        .build();
+    match ec2
+        .create_launch_template()
+        .launch_template_name(&name)
+        .launch_template_data(data)
+        .tag_specifications(super::tag_spec(ResourceType::LaunchTemplate, want))
+        .send()
+        .await
+    {
+        Ok(out) => out
+            .launch_template()
+            .and_then(|t| t.launch_template_id())
+            .map(str::to_string)
+            .ok_or_else(|| {
+                DriverError::new(format!("CreateLaunchTemplate {name}: no id in the answer"))
+            }),
+        Err(e) if error_code(&e).is_some_and(|c| c.contains("AlreadyExists")) => {
+            let found = ec2
+                .describe_launch_templates()
+                .launch_template_names(&name)
+                .send()
+                .await
+                .map_err(|e| api_error("DescribeLaunchTemplates", e))?;
+            let t = found.launch_templates().first().ok_or_else(|| {
+                DriverError::new(format!("launch template {name} exists but cannot be read"))
+            })?;
+            let (address, owner, _) = super::read_tags(t.tags());
+            if owner.as_ref() != Some(&cx.owner) || address.as_deref() != Some(want.address) {
+                return Err(DriverError::new(format!(
+                    "launch template {name} exists and is not this stack's: rename the nodegroup or delete the template"
+                )));
+            }
+            Ok(t.launch_template_id().unwrap_or_default().to_string())
+        }
+        Err(e) => Err(api_error("CreateLaunchTemplate", e)),
+    }
+}
+
+async fn delete_template(cx: &Context, cluster: &str, nodegroup: &str) -> Result<(), DriverError> {
+    match cx
+        .aws()
+        .await?
+        .ec2
+        .delete_launch_template()
+        .launch_template_name(template_name(cluster, nodegroup))
+        .send()
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if error_code(&e).is_some_and(|c| c.starts_with("InvalidLaunchTemplate")) => Ok(()),
+        Err(e) => Err(api_error("DeleteLaunchTemplate", e)),
     }
 }

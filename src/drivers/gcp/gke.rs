@@ -21,6 +21,7 @@ use crate::drivers::{
     Context, Desired, Driver, DriverError, Known, Observed, Timeouts, READY_ATTR, STATUS_ATTR,
 };
 use crate::kinds::{Attr, Field, KindSchema, Ty};
+use crate::model::support;
 
 const SERVICE: &str = "container";
 const CLUSTER_TIMEOUT: Duration = Duration::from_secs(45 * 60);
@@ -33,6 +34,13 @@ fn channel(v: &Json) -> Result<(), String> {
         other => Err(format!(
             "release_channel {other:?} is not one of RAPID, REGULAR, STABLE, EXTENDED, UNSPECIFIED"
         )),
+    }
+}
+
+fn gke_version(v: &Json) -> Result<(), String> {
+    match v.as_str() {
+        Some(s) => support::check(support::Provider::Gke, s, support::today()),
+        None => Ok(()),
     }
 }
 
@@ -77,10 +85,10 @@ static CLUSTER: KindSchema = KindSchema {
         Field::new(
             "version",
             Ty::Version,
-            "the control plane's minimum version, such as \"1.28\"",
+            "the control plane's minimum version, such as \"1.35\" (upgraded in place, one minor version at a time)",
         )
-        .default("\"1.28\"")
-        .forces_replace(),
+        .default("\"1.35\"")
+        .check(gke_version),
         Field::new(
             "release_channel",
             Ty::String,
@@ -587,6 +595,29 @@ impl Driver for Cluster {
                 want.address,
                 &have.id,
                 &format!("updating {}", have.id),
+                timeout,
+                || {
+                    g.gke
+                        .update_cluster()
+                        .set_name(&have.id)
+                        .set_update(update.clone())
+                        .send()
+                },
+            )
+            .await?;
+        }
+        if changed.iter().any(|c| c == "version") {
+            // GKE upgrades the control plane in place; the node pools follow
+            // on their own (auto_upgrade) or through their own version.
+            let update: google_cloud_container_v1::model::ClusterUpdate = message(
+                "cluster update",
+                json!({"desiredMasterVersion": want.props.get("version")}),
+            )?;
+            mutate(
+                cx,
+                want.address,
+                &have.id,
+                &format!("upgrading {}", have.id),
                 timeout,
                 || {
                     g.gke

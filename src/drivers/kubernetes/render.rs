@@ -132,7 +132,7 @@ pub struct Ingress {
     pub host: Option<String>,
     pub class: String,
     pub tls_issuer: String,
-    pub rate_limit_rps: i64,
+    pub rate_limit_rpm: i64,
     pub rate_limit_connections: i64,
 }
 
@@ -413,11 +413,11 @@ pub fn config_entries(props: &Map<String, Json>) -> BTreeMap<String, String> {
     let mut put = |k: &str, v: String| {
         c.insert(k.to_string(), v);
     };
-    put("RALPH_AGENT", s(props, "agent", "claude"));
-    put("RALPH_MAX_ITERATIONS", s(props, "max_iterations", "100"));
-    put("RALPH_MAX_RUNTIME", s(props, "max_runtime", "14400"));
-    put("RALPH_MAX_TOKENS", s(props, "max_tokens", "1000000"));
-    put("RALPH_MAX_COST", s(props, "max_cost", "50.0"));
+    put("RALPH_AGENT", s(props, "agent", "auto"));
+    put("RALPH_MAX_ITERATIONS", s(props, "max_iterations", "1000"));
+    put("RALPH_MAX_RUNTIME", s(props, "max_runtime", "28800"));
+    put("RALPH_MAX_TOKENS", s(props, "max_tokens", "5000000"));
+    put("RALPH_MAX_COST", s(props, "max_cost", "500.0"));
     put(
         "RALPH_CHECKPOINT_INTERVAL",
         s(props, "checkpoint_interval", "5"),
@@ -434,7 +434,7 @@ pub fn config_entries(props: &Map<String, Json>) -> BTreeMap<String, String> {
         }
     }
     put("DATABASE_POOL_SIZE", s(props, "database_pool_size", "20"));
-    put("REDIS_POOL_SIZE", s(props, "redis_pool_size", "10"));
+    put("REDIS_POOL_SIZE", s(props, "redis_pool_size", "50"));
     put("LOG_LEVEL", s(props, "log_level", "INFO"));
     put("METRICS_PORT", s(props, "metrics_port", "9090"));
     put("PORT", s(props, "port", "8080"));
@@ -574,7 +574,7 @@ pub fn values(
                 .map(str::to_string),
             class: s(props, "ingress_class", "nginx"),
             tls_issuer: s(props, "tls_issuer", "letsencrypt-prod"),
-            rate_limit_rps: i(props, "rate_limit", 100),
+            rate_limit_rpm: i(props, "rate_limit", 100),
             rate_limit_connections: i(props, "rate_limit_connections", 50),
         },
         network_policy: NetworkPolicy {
@@ -769,7 +769,7 @@ mod tests {
             "restricted"
         );
         let cm = &objs[2].object;
-        assert_eq!(cm["data"]["RALPH_MAX_ITERATIONS"], "100");
+        assert_eq!(cm["data"]["RALPH_MAX_ITERATIONS"], "1000");
         let secret = &objs[3].object;
         assert_eq!(
             secret["stringData"]["SECRET_KEY"],

@@ -1,0 +1,452 @@
+//! The local cloud says no where the real clouds do. Each test here shows
+//! one refusal of a stand-in, reached only through the clouds' own APIs
+//! (and the local network model a pod would meet), never through the tool:
+//! - Kubernetes versions past their support are refused by the local EKS
+//!   and GKE (from support/kubernetes-versions.json), and by `validate`;
+//! - the local EKS makes a cluster security group, which managed nodes carry;
+//! - a store is reachable from the pods only when its security groups admit
+//!   what the nodes carry, and a pod whose store is unreachable never
+//!   becomes ready.
+mod common;
+
+use std::time::{Duration, Instant};
+
+use aws_sdk_ec2::types::{IpPermission, UserIdGroupPair};
+use common::{text, World};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, PostParams};
+
+fn sdk(w: &World) -> impl std::future::Future<Output = aws_config::SdkConfig> + '_ {
+    w.aws_conf()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn local_eks_refuses_a_version_past_its_support_and_makes_a_cluster_security_group() {
+    let name = format!("lcv{}", std::process::id());
+    let w = World::from_stack("aws-network.yaml", &name);
+    let conf = sdk(&w).await;
+    let ec2 = aws_sdk_ec2::Client::new(&conf);
+    let eks = aws_sdk_eks::Client::new(&conf);
+    let vpc = ec2
+        .create_vpc()
+        .cidr_block("10.40.0.0/16")
+        .send()
+        .await
+        .unwrap();
+    let vpc_id = vpc.vpc().unwrap().vpc_id().unwrap().to_string();
+    let subnet = ec2
+        .create_subnet()
+        .vpc_id(&vpc_id)
+        .cidr_block("10.40.1.0/24")
+        .availability_zone("us-east-1a")
+        .send()
+        .await
+        .unwrap();
+    let subnet_id = subnet.subnet().unwrap().subnet_id().unwrap().to_string();
+    let vpc_config = aws_sdk_eks::types::VpcConfigRequest::builder()
+        .subnet_ids(&subnet_id)
+        .build();
+    let role = "arn:aws:iam::123456789012:role/eks";
+
+    // 1.28 left EKS's extended support on 2025-11-26: refused, as on AWS.
+    let err = eks
+        .create_cluster()
+        .name(format!("{name}-old"))
+        .version("1.28")
+        .role_arn(role)
+        .resources_vpc_config(vpc_config.clone())
+        .send()
+        .await
+        .expect_err("the local EKS must refuse Kubernetes 1.28");
+    let svc = err.into_service_error();
+    assert!(svc.is_invalid_parameter_exception(), "{svc:?}");
+    assert!(
+        svc.to_string().contains("unsupported Kubernetes version"),
+        "{svc}"
+    );
+
+    // A supported version is made, with a cluster security group in the VPC.
+    let made = eks
+        .create_cluster()
+        .name(format!("{name}-new"))
+        .version("1.35")
+        .role_arn(role)
+        .resources_vpc_config(vpc_config)
+        .send()
+        .await
+        .unwrap();
+    let cfg = made.cluster().unwrap().resources_vpc_config().unwrap();
+    let sg = cfg
+        .cluster_security_group_id()
+        .expect("EKS reports the cluster security group")
+        .to_string();
+    assert_eq!(cfg.vpc_id(), Some(vpc_id.as_str()));
+    let groups = ec2
+        .describe_security_groups()
+        .group_ids(&sg)
+        .send()
+        .await
+        .unwrap();
+    let group = &groups.security_groups()[0];
+    assert_eq!(group.vpc_id(), Some(vpc_id.as_str()));
+    assert!(group.group_name().unwrap().starts_with("eks-cluster-sg-"));
+    // It admits itself (node to node, node to control plane).
+    assert!(group.ip_permissions().iter().any(|p| p
+        .user_id_group_pairs()
+        .iter()
+        .any(|g| g.group_id() == Some(sg.as_str()))));
+}
+
+#[test]
+fn local_gke_refuses_a_version_no_channel_offers_and_lists_what_it_offers() {
+    let project = format!("lcv-{}", std::process::id());
+    let base = format!(
+        "{}/v1/projects/{project}/locations/us-central1",
+        common::gcp_endpoint()
+    );
+    let body = serde_json::json!({"cluster": {
+        "name": "old", "initialClusterVersion": "1.28", "initialNodeCount": 1}});
+    match ureq::post(&format!("{base}/clusters"))
+        .set("Content-Type", "application/json")
+        .send_string(&body.to_string())
+    {
+        Err(ureq::Error::Status(400, r)) => {
+            let e: serde_json::Value = serde_json::from_str(&r.into_string().unwrap()).unwrap();
+            assert_eq!(e["error"]["status"], "INVALID_ARGUMENT", "{e}");
+            assert!(
+                e["error"]["message"].as_str().unwrap().contains("1.28"),
+                "{e}"
+            );
+        }
+        other => panic!("the local GKE must refuse 1.28, answered {other:?}"),
+    }
+    let config = common::gcp_get(&format!(
+        "/v1/projects/{project}/locations/us-central1/serverConfig"
+    ))
+    .unwrap();
+    let valid: Vec<&str> = config["validMasterVersions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(valid.iter().all(|v| !v.starts_with("1.28.")), "{valid:?}");
+    assert!(valid.iter().any(|v| v.starts_with("1.35.")), "{valid:?}");
+}
+
+#[test]
+fn validate_refuses_a_kubernetes_version_past_its_end_of_support() {
+    for (stack, cloud) in [
+        ("aws-production.yaml", "Amazon EKS"),
+        ("gcp-production.yaml", "GKE"),
+    ] {
+        let w = World::from_stack(stack, &format!("lcval{}", std::process::id()));
+        let out = w
+            .cmd(&[
+                "validate",
+                w.stack().to_str().unwrap(),
+                "--env",
+                "production",
+            ])
+            .env("RALPH_DEPLOY_VAR_kubernetes_version", "1.28")
+            .output()
+            .unwrap();
+        let err = text(&out.stderr);
+        assert!(!out.status.success(), "{stack}: 1.28 passed validate");
+        assert!(
+            err.contains("past its end of support") && err.contains(cloud),
+            "{stack}: {err}"
+        );
+        assert!(
+            err.contains("1.35"),
+            "{stack}: names a version to choose: {err}"
+        );
+        // The stacks' own default is inside its window.
+        let ok = w
+            .cmd(&[
+                "validate",
+                w.stack().to_str().unwrap(),
+                "--env",
+                "production",
+            ])
+            .output()
+            .unwrap();
+        assert!(ok.status.success(), "{stack}: {}", text(&ok.stderr));
+    }
+}
+
+/// The local AWS's network model, as a pod would meet it.
+fn reach(host: &str, port: u16) -> serde_json::Value {
+    let url = format!(
+        "{}/moto-api/network/reach?host={host}&port={port}",
+        common::aws_endpoint()
+    );
+    serde_json::from_str(&ureq::get(&url).call().unwrap().into_string().unwrap()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_store_is_reachable_only_through_the_groups_the_nodes_really_carry() {
+    let name = format!("lcn{}", std::process::id());
+    let w = World::from_stack("aws-network.yaml", &name);
+    let conf = sdk(&w).await;
+    let ec2 = aws_sdk_ec2::Client::new(&conf);
+    let eks = aws_sdk_eks::Client::new(&conf);
+    let rds = aws_sdk_rds::Client::new(&conf);
+    let vpc_id = ec2
+        .create_vpc()
+        .cidr_block("10.41.0.0/16")
+        .send()
+        .await
+        .unwrap()
+        .vpc()
+        .unwrap()
+        .vpc_id()
+        .unwrap()
+        .to_string();
+    let mut subnets = vec![];
+    for (i, zone) in ["us-east-1a", "us-east-1b"].iter().enumerate() {
+        let s = ec2
+            .create_subnet()
+            .vpc_id(&vpc_id)
+            .cidr_block(format!("10.41.{i}.0/24"))
+            .availability_zone(*zone)
+            .send()
+            .await
+            .unwrap();
+        subnets.push(s.subnet().unwrap().subnet_id().unwrap().to_string());
+    }
+    let group = |n: &str| {
+        let ec2 = ec2.clone();
+        let vpc_id = vpc_id.clone();
+        let n = format!("{name}-{n}");
+        async move {
+            ec2.create_security_group()
+                .group_name(&n)
+                .description(&n)
+                .vpc_id(vpc_id)
+                .send()
+                .await
+                .unwrap()
+                .group_id()
+                .unwrap()
+                .to_string()
+        }
+    };
+    let control_plane_sg = group("nodes").await;
+    let db_sg = group("db").await;
+    let admit = |from: String| {
+        IpPermission::builder()
+            .ip_protocol("tcp")
+            .from_port(5432)
+            .to_port(5432)
+            .user_id_group_pairs(UserIdGroupPair::builder().group_id(from).build())
+            .build()
+    };
+    // The shipped stack's old mistake: the database admits a group only the
+    // control plane's interfaces carry.
+    ec2.authorize_security_group_ingress()
+        .group_id(&db_sg)
+        .ip_permissions(admit(control_plane_sg.clone()))
+        .send()
+        .await
+        .unwrap();
+    rds.create_db_subnet_group()
+        .db_subnet_group_name(format!("{name}-db"))
+        .db_subnet_group_description("db")
+        .set_subnet_ids(Some(subnets.clone()))
+        .send()
+        .await
+        .unwrap();
+    let db = rds
+        .create_db_instance()
+        .db_instance_identifier(format!("{name}-pg"))
+        .engine("postgres")
+        .db_instance_class("db.t3.micro")
+        .allocated_storage(20)
+        .master_username("admin_user")
+        .master_user_password("not-a-secret-1")
+        .db_subnet_group_name(format!("{name}-db"))
+        .vpc_security_group_ids(&db_sg)
+        .send()
+        .await
+        .unwrap();
+    let host = db
+        .db_instance()
+        .unwrap()
+        .endpoint()
+        .and_then(|e| e.address())
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("{name}-pg.aaaaaaaaaa.us-east-1.rds.amazonaws.com"));
+
+    // No cluster in the VPC yet: no nodes, no path.
+    let r = reach(&host, 5432);
+    assert_eq!(r["reachable"], false, "{r}");
+    assert!(
+        r["reason"]
+            .as_str()
+            .unwrap()
+            .contains("no EKS managed nodes"),
+        "{r}"
+    );
+
+    let cluster = format!("{name}-eks");
+    let made = eks
+        .create_cluster()
+        .name(&cluster)
+        .version("1.35")
+        .role_arn("arn:aws:iam::123456789012:role/eks")
+        .resources_vpc_config(
+            aws_sdk_eks::types::VpcConfigRequest::builder()
+                .set_subnet_ids(Some(subnets.clone()))
+                .security_group_ids(&control_plane_sg)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let cluster_sg = made
+        .cluster()
+        .unwrap()
+        .resources_vpc_config()
+        .unwrap()
+        .cluster_security_group_id()
+        .unwrap()
+        .to_string();
+    let active = |what: &'static str| {
+        let eks = eks.clone();
+        let cluster = cluster.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let status = if what == "cluster" {
+                    eks.describe_cluster()
+                        .name(&cluster)
+                        .send()
+                        .await
+                        .unwrap()
+                        .cluster()
+                        .and_then(|c| c.status().cloned())
+                        .map(|s| s.as_str().to_string())
+                } else {
+                    eks.describe_nodegroup()
+                        .cluster_name(&cluster)
+                        .nodegroup_name("nodes")
+                        .send()
+                        .await
+                        .unwrap()
+                        .nodegroup()
+                        .and_then(|n| n.status().cloned())
+                        .map(|s| s.as_str().to_string())
+                };
+                if status.as_deref() == Some("ACTIVE") {
+                    return;
+                }
+                assert!(Instant::now() < deadline, "{what} never ACTIVE");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    active("cluster").await;
+    eks.create_nodegroup()
+        .cluster_name(&cluster)
+        .nodegroup_name("nodes")
+        .node_role("arn:aws:iam::123456789012:role/nodes")
+        .set_subnets(Some(subnets.clone()))
+        .send()
+        .await
+        .unwrap();
+
+    // Nodes exist once the node group is active.
+    let r = reach(&host, 5432);
+    assert!(
+        r["reason"]
+            .as_str()
+            .unwrap()
+            .contains("no EKS managed nodes"),
+        "{r}"
+    );
+    active("nodegroup").await;
+
+    // The nodes carry the cluster security group, not the control plane's
+    // extra group: refused, and the answer says what the nodes carry.
+    let r = reach(&host, 5432);
+    assert_eq!(r["reachable"], false, "{r}");
+    let why = r["reason"].as_str().unwrap();
+    assert!(why.contains(&db_sg) && why.contains(&cluster_sg), "{r}");
+
+    // A pod that needs the database stays unready, with the reason.
+    let ns = format!("{name}-pods");
+    let client = common::kube_client().await;
+    let nss: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    nss.create(
+        &PostParams::default(),
+        &serde_json::from_value(serde_json::json!({"metadata": {"name": ns}})).unwrap(),
+    )
+    .await
+    .unwrap();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "app"},
+        "spec": {"automountServiceAccountToken": false, "containers": [{"name": "app", "image": "example/app:1.0.0",
+            "env": [{"name": "DATABASE_URL", "value": format!("postgresql://app@{host}:5432/ralph")}]}]}
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    let ready = |p: &Pod| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|c| c.iter().find(|c| c.type_ == "Ready").cloned())
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let cond = loop {
+        let p = pods.get("app").await.unwrap();
+        if let Some(c) = ready(&p) {
+            if c.message.is_some() || Instant::now() > deadline {
+                break c;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the node simulator never reported the pod"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(cond.status, "False", "{cond:?}");
+    assert_eq!(cond.reason.as_deref(), Some("StoreUnreachable"), "{cond:?}");
+    assert!(cond.message.unwrap().contains(&host));
+
+    // The fix: admit the cluster security group. Reachable, and the pod
+    // becomes ready; another port stays closed.
+    ec2.authorize_security_group_ingress()
+        .group_id(&db_sg)
+        .ip_permissions(admit(cluster_sg.clone()))
+        .send()
+        .await
+        .unwrap();
+    let r = reach(&host, 5432);
+    assert_eq!(r["reachable"], true, "{r}");
+    assert_eq!(reach(&host, 6379)["reachable"], false);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let p = pods.get("app").await.unwrap();
+        if ready(&p).map(|c| c.status == "True").unwrap_or(false) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the pod never became ready: {:?}",
+            p.status
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let _ = nss.delete(&ns, &Default::default()).await;
+
+    // A name no store has does not resolve.
+    let r = reach("nothing.aaaaaaaaaa.us-east-1.rds.amazonaws.com", 5432);
+    assert_eq!(r["reachable"], false);
+    assert!(
+        r["reason"].as_str().unwrap().contains("does not resolve"),
+        "{r}"
+    );
+}
