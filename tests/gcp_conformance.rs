@@ -35,6 +35,7 @@ impl Discovery {
             ("secretmanager", "secretmanager.v1.json"),
             ("iam", "iam.v1.json"),
             ("cloudresourcemanager", "cloudresourcemanager.v3.json"),
+            ("servicenetworking", "servicenetworking.v1.json"),
         ] {
             let text =
                 std::fs::read_to_string(dir.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));

@@ -450,3 +450,95 @@ async fn a_store_is_reachable_only_through_the_groups_the_nodes_really_carry() {
         "{r}"
     );
 }
+
+/// A POST to the Google Cloud double: (status, JSON answer).
+fn gcp_post(path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+    let r = ureq::post(&format!("{}{path}", common::gcp_endpoint()))
+        .set("Content-Type", "application/json")
+        .send_string(&body.to_string());
+    let (code, resp) = match r {
+        Ok(r) => (r.status(), r),
+        Err(ureq::Error::Status(c, r)) => (c, r),
+        Err(e) => panic!("POST {path}: {e}"),
+    };
+    (
+        code,
+        serde_json::from_str(&resp.into_string().unwrap()).unwrap(),
+    )
+}
+
+#[test]
+fn local_google_refuses_private_addresses_until_private_services_access_exists() {
+    let p = format!("lcsn-{}", std::process::id());
+    let network = format!("projects/{p}/global/networks/vpc");
+    let sql = serde_json::json!({"name": "db", "region": "us-central1", "databaseVersion": "POSTGRES_15",
+        "settings": {"tier": "db-custom-2-7680", "ipConfiguration": {"ipv4Enabled": false, "privateNetwork": network}}});
+    let (code, e) = gcp_post(&format!("/v1/projects/{p}/instances"), sql.clone());
+    assert_eq!(code, 400, "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("private services access"),
+        "{e}"
+    );
+    let redis = serde_json::json!({"tier": "STANDARD_HA", "memorySizeGb": 1, "authorizedNetwork": network,
+        "connectMode": "PRIVATE_SERVICE_ACCESS"});
+    let (code, e) = gcp_post(
+        &format!("/v1/projects/{p}/locations/us-central1/instances?instanceId=cache"),
+        redis,
+    );
+    assert_eq!(code, 400, "{e}");
+
+    // A connection needs a reserved range with purpose VPC_PEERING in that network.
+    let connect = serde_json::json!({"network": network, "reservedPeeringRanges": ["services"]});
+    let (code, e) = gcp_post(
+        "/v1/services/servicenetworking.googleapis.com/connections",
+        connect.clone(),
+    );
+    assert_eq!(code, 400, "{e}");
+    assert!(
+        e["error"]["message"].as_str().unwrap().contains("services"),
+        "{e}"
+    );
+    let (code, _) = gcp_post(
+        &format!("/compute/v1/projects/{p}/global/networks"),
+        serde_json::json!({"name": "vpc", "autoCreateSubnetworks": false}),
+    );
+    assert_eq!(code, 200);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while common::gcp_get(&format!("/compute/v1/{network}")).is_none() {
+        assert!(Instant::now() < deadline, "the network never appeared");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (code, e) = gcp_post(
+        &format!("/compute/v1/projects/{p}/global/addresses"),
+        serde_json::json!({
+        "name": "services", "purpose": "VPC_PEERING", "addressType": "INTERNAL", "prefixLength": 16,
+        "network": format!("https://www.googleapis.com/compute/v1/{network}")}),
+    );
+    assert_eq!(code, 200, "{e}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while common::gcp_get(&format!(
+        "/compute/v1/projects/{p}/global/addresses/services"
+    ))
+    .is_none()
+    {
+        assert!(Instant::now() < deadline, "the range never appeared");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (code, op) = gcp_post(
+        "/v1/services/servicenetworking.googleapis.com/connections",
+        connect,
+    );
+    assert_eq!(code, 200, "{op}");
+    let name = op["name"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while common::gcp_get(&format!("/v1/{name}")).unwrap()["done"] != true {
+        assert!(Instant::now() < deadline, "the connection never finished");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Now Google makes the instance.
+    let (code, e) = gcp_post(&format!("/v1/projects/{p}/instances"), sql);
+    assert_eq!(code, 200, "{e}");
+}

@@ -55,7 +55,7 @@ DEFAULTS = {
     "compute": 0.3, "gke_cluster_create": 4.0, "gke_cluster_update": 1.0, "gke_cluster_delete": 2.0,
     "gke_pool_create": 3.0, "gke_pool_update": 1.0, "gke_pool_delete": 1.5,
     "sql_create": 4.0, "sql_update": 1.0, "sql_delete": 1.5, "sql_child": 0.3,
-    "redis_create": 3.0, "redis_update": 1.0, "redis_delete": 1.5,
+    "redis_create": 3.0, "sn_connect": 1.0, "redis_update": 1.0, "redis_delete": 1.5,
 }
 DELAYS = dict(DEFAULTS)
 DELAYS.update(json.loads(os.environ.get("RALPH_GCP_DELAYS", "{}") or "{}"))
@@ -675,6 +675,9 @@ def sql_insert(p, q, body):
     inst = sql_instances(p)
     if body["name"] in inst:
         raise ApiError(409, "ALREADY_EXISTS", "The Cloud SQL instance already exists.", "instanceAlreadyExists", legacy=True)
+    private = ((body.get("settings") or {}).get("ipConfiguration") or {}).get("privateNetwork")
+    if private:
+        require_private_access(private, "Cloud SQL private IP", legacy=True)
     res = {k: v for k, v in body.items() if k != "rootPassword"}
     s = res.setdefault("settings", {})
     s["settingsVersion"] = "1"
@@ -866,6 +869,8 @@ def redis_create(p, q, body):
     inst = redis_instances(p)
     if iid in inst:
         raise exists(f"projects/{p['project']}/locations/{p['location']}/instances/{iid}")
+    if body.get("connectMode") in (2, "PRIVATE_SERVICE_ACCESS"):
+        require_private_access(body.get("authorizedNetwork"), "Memorystore PRIVATE_SERVICE_ACCESS")
     name = f"projects/{p['project']}/locations/{p['location']}/instances/{iid}"
     res = dict(body)
     tls = body.get("transitEncryptionMode") in (1, "SERVER_AUTHENTICATION")
@@ -1163,6 +1168,160 @@ def project_set_policy(p, q, body):
     return set_policy(f"projects/{p['project']}", body, json.loads(json.dumps(PROJECT_OWNER)))
 
 
+# ---------------------------------------------------------------- Service Networking
+# Private services access: a peering between a consumer network and Google's
+# producers over reserved ranges. Cloud SQL private IP and Memorystore's
+# PRIVATE_SERVICE_ACCESS are refused until it exists, as Google refuses them.
+# Networks are named by project number here, as Google documents it.
+
+def project_number(project):
+    import hashlib
+    return str(int(hashlib.sha256(project.encode()).hexdigest(), 16) % 10**12 + 10**11)
+
+
+def project_of(ident):
+    """A project id from an id or a number (numbers of projects seen so far)."""
+    if not ident.isdigit():
+        return ident
+    for known in list(BY_PROJECT) + list(PROJECTS_SEEN):
+        if project_number(known) == ident:
+            return known
+    return ident
+
+
+PROJECTS_SEEN = set()
+
+
+def project_get(p, q, body):
+    PROJECTS_SEEN.add(p["project"])
+    return {"name": f"projects/{project_number(p['project'])}", "projectId": p["project"],
+            "state": "ACTIVE", "displayName": p["project"], "parent": "organizations/1",
+            "createTime": "2020-01-01T00:00:00Z"}
+
+
+def network_key(network):
+    """projects/ID/global/networks/NAME from a link or a name with an id or a number."""
+    m = re.search(r"projects/([^/]+)/global/networks/([^/]+)$", network or "")
+    if not m:
+        return None
+    return f"projects/{project_of(m.group(1))}/global/networks/{m.group(2)}"
+
+
+def sn_connections():
+    return coll("servicenetworking/connections")
+
+
+def sn_op(finish, seconds):
+    name = "operations/pssn.p24-%d-%s" % (int(time.time() * 1000), uuid.uuid4().hex[:12])
+    rec = {"name": name, "done": False}
+    OPS[name] = {"style": "sn", "rec": rec}
+
+    def done():
+        try:
+            resp = finish()
+            rec["response"] = dict(resp or {}, **{"@type": "type.googleapis.com/google.cloud.servicenetworking.v1.Connection"})
+        except ApiError as e:
+            rec["error"] = {"code": e.code, "message": e.message}
+        rec["done"] = True
+    later(seconds, done)
+    return dict(rec)
+
+
+def sn_check(network, ranges):
+    key = network_key(network)
+    v = []
+    if key is None:
+        v.append(("connection.network", "must be projects/{project}/global/networks/{network}"))
+    if not ranges:
+        v.append(("connection.reserved_peering_ranges", "at least one allocated range is required"))
+    if v:
+        raise invalid(v)
+    project = key.split("/")[1]
+    addrs = coll(f"compute/projects/{project}/global/addresses")
+    for r in ranges:
+        a = addrs.get(r)
+        if a is None or a.get("purpose") != "VPC_PEERING" or network_key(a.get("network", "")) != key:
+            raise ApiError(400, "FAILED_PRECONDITION",
+                           f"Allocated IP range '{r}' not found in network '{key}' (a global address with purpose VPC_PEERING).",
+                           "failedPrecondition")
+    return key
+
+
+def sn_create(p, q, body):
+    if p["service"] != "servicenetworking.googleapis.com":
+        raise not_found(f"services/{p['service']}")
+    key = sn_check(body.get("network"), body.get("reservedPeeringRanges") or [])
+    conns = sn_connections()
+    have = conns.get(key)
+    if have is not None and sorted(have["reservedPeeringRanges"]) != sorted(body["reservedPeeringRanges"]):
+        raise ApiError(400, "FAILED_PRECONDITION", "Cannot modify allocated ranges in CreateConnection. "
+                       "Please use UpdateConnection.", "failedPrecondition")
+
+    def finish():
+        conns[key] = {"network": body["network"], "reservedPeeringRanges": list(body["reservedPeeringRanges"]),
+                      "peering": "servicenetworking-googleapis-com", "service": "services/servicenetworking.googleapis.com"}
+        return conns[key]
+    return sn_op(finish, delay("sn_connect"))
+
+
+def sn_list(p, q, body):
+    key = network_key((q.get("network") or [""])[0])
+    if key is None:
+        raise invalid([("network", "is required: projects/{project}/global/networks/{network}")])
+    c = sn_connections().get(key)
+    return {"connections": [c]} if c else {}
+
+
+def sn_patch(p, q, body):
+    key = sn_check(body.get("network"), body.get("reservedPeeringRanges") or [])
+    conns = sn_connections()
+    if key not in conns:
+        raise not_found(f"services/{p['service']}/connections/{p['connection']}")
+
+    def finish():
+        conns[key]["reservedPeeringRanges"] = list(body["reservedPeeringRanges"])
+        return conns[key]
+    return sn_op(finish, delay("sn_connect"))
+
+
+def sn_delete(p, q, body):
+    key = network_key(body.get("consumerNetwork"))
+    if key is None:
+        raise invalid([("consumer_network", "must be projects/{project}/global/networks/{network}")])
+    conns = sn_connections()
+    if key not in conns:
+        raise not_found(f"services/{p['service']}/connections/{p['connection']}")
+    project = key.split("/")[1]
+    users = [i["name"] for i in sql_instances({"project": project}).values()
+             if network_key(((i.get("settings") or {}).get("ipConfiguration") or {}).get("privateNetwork", "")) == key]
+    if users:
+        raise ApiError(400, "FAILED_PRECONDITION", "Producer services (e.g. CloudSQL, Cloud Memstore, etc.) are still "
+                       f"using this connection: {', '.join(users)}", "failedPrecondition")
+
+    def finish():
+        conns.pop(key, None)
+        return {}
+    return sn_op(finish, delay("sn_connect"))
+
+
+def sn_op_get(p, q, body):
+    name = f"operations/{p['operation']}"
+    op = OPS.get(name)
+    if op is None or op["style"] != "sn":
+        raise not_found(name)
+    return op["rec"]
+
+
+def require_private_access(network, what, legacy=False):
+    """Google's refusal of a private address without the peering."""
+    key = network_key(network or "")
+    if key is None or key not in sn_connections():
+        raise ApiError(400, "FAILED_PRECONDITION",
+                       f"{what}: private services access is not configured for network '{network}': create a "
+                       "connection with service 'servicenetworking.googleapis.com' over an allocated range first.",
+                       "failedPrecondition", legacy=legacy)
+
+
 # ---------------------------------------------------------------- routes
 
 G = "/compute/v1/projects/{project}/global"
@@ -1268,6 +1427,12 @@ ROUTES = [
      "/v1/projects/{project}/serviceAccounts/{account}:getIamPolicy", account_get_policy),
     ("iam.projects.serviceAccounts.setIamPolicy", "POST",
      "/v1/projects/{project}/serviceAccounts/{account}:setIamPolicy", account_set_policy),
+    ("cloudresourcemanager.projects.get", "GET", "/v3/projects/{project}", project_get),
+    ("servicenetworking.services.connections.create", "POST", "/v1/services/{service}/connections", sn_create),
+    ("servicenetworking.services.connections.list", "GET", "/v1/services/{service}/connections", sn_list),
+    ("servicenetworking.services.connections.patch", "PATCH", "/v1/services/{service}/connections/{connection}", sn_patch),
+    ("servicenetworking.services.connections.deleteConnection", "POST", "/v1/services/{service}/connections/{connection}", sn_delete),
+    ("servicenetworking.operations.get", "GET", "/v1/operations/{operation}", sn_op_get),
     ("cloudresourcemanager.projects.getIamPolicy", "POST", "/v3/projects/{project}:getIamPolicy", project_get_policy),
     ("cloudresourcemanager.projects.setIamPolicy", "POST", "/v3/projects/{project}:setIamPolicy", project_set_policy),
 ]
@@ -1342,8 +1507,14 @@ class Handler(BaseHTTPRequestHandler):
             body = json.loads(raw) if raw else {}
         except ValueError:
             return self.send(400, invalid([("body", "is not JSON")]).body())
-        in_project = re.search(r"/projects/([^/:]+)[/:]", path)
+        in_project = re.search(r"/projects/([^/:]+)(?:[/:]|$)", path)
         project = in_project.group(1) if in_project else None
+        if project is None:
+            # Service Networking names the project in the network it is given.
+            named = body.get("network") or body.get("consumerNetwork") or (q.get("network") or [""])[0] \
+                if isinstance(body, dict) else None
+            key = network_key(named) if named else None
+            project = key.split("/")[1] if key else None
         counts = [STATS]
         with LOCK:
             if project:

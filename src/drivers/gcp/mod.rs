@@ -17,6 +17,7 @@ pub mod gke;
 pub mod iam;
 pub mod redis;
 pub mod secret;
+pub mod service_networking;
 pub mod sql;
 
 use std::collections::HashMap;
@@ -72,7 +73,7 @@ pub fn configured_endpoint(settings: &GcpSettings) -> Option<String> {
 /// A plain-http endpoint on this machine (an emulator): no credentials are
 /// looked up or sent there, so nothing reaches the metadata server or
 /// Google's token endpoint.
-fn is_local(endpoint: &str) -> bool {
+pub(crate) fn is_local(endpoint: &str) -> bool {
     url::Url::parse(endpoint).is_ok_and(|u| {
         u.scheme() == "http"
             && matches!(
@@ -80,6 +81,20 @@ fn is_local(endpoint: &str) -> bool {
                 Some("127.0.0.1" | "localhost" | "[::1]" | "::1")
             )
     })
+}
+
+/// An OAuth access token from Application Default Credentials, for the
+/// APIs google-cloud-rust has no client for (Service Networking).
+pub(crate) async fn access_token() -> Result<String, DriverError> {
+    let creds = google_cloud_auth::credentials::Builder::default()
+        .with_scopes(["https://www.googleapis.com/auth/cloud-platform"])
+        .build_access_token_credentials()
+        .map_err(|e| DriverError::new(format!("Google Cloud credentials: {e}. Set up Application Default Credentials (`gcloud auth application-default login`, or GOOGLE_APPLICATION_CREDENTIALS)")))?;
+    let token = creds
+        .access_token()
+        .await
+        .map_err(|e| DriverError::new(format!("getting a Google access token: {e}")))?;
+    Ok(token.token)
 }
 
 macro_rules! build_client {
@@ -600,6 +615,7 @@ pub fn drivers() -> Vec<Box<dyn crate::drivers::Driver>> {
     d.extend(sql::drivers());
     d.push(Box::new(redis::RedisInstance));
     d.push(Box::new(secret::Secret));
+    d.push(Box::new(service_networking::ServiceNetworkingConnection));
     d.extend(iam::drivers());
     d
 }

@@ -1,0 +1,435 @@
+//! `gcp.service_networking_connection`: private services access, the VPC
+//! peering between the stack's network and Google's service producers over
+//! reserved ranges (`gcp.global_address` with purpose VPC_PEERING). Cloud SQL
+//! private IP and Memorystore's PRIVATE_SERVICE_ACCESS are refused by Google
+//! until this connection exists.
+//!
+//! google-cloud-rust has no Service Networking client, so this kind speaks
+//! the REST API (v1) itself: the same endpoint setting, credentials (none
+//! for a local endpoint, Application Default Credentials otherwise), request
+//! counting and 429/503 retries as the other `gcp.*` kinds. Connections have
+//! no labels: a connection is identified by its service and network, which
+//! is also how an interrupted create is found again.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use serde_json::{json, Map, Value as Json};
+
+use crate::drivers::{Context, Desired, Driver, DriverError, Known, Observed, Timeouts};
+use crate::kinds::{Attr, Field, KindSchema, Ty};
+
+const SERVICE: &str = "servicenetworking";
+const DEFAULT_ENDPOINT: &str = "https://servicenetworking.googleapis.com";
+const TIMEOUT: Duration = Duration::from_secs(10 * 60);
+
+static SCHEMA: KindSchema = KindSchema {
+    kind: "gcp.service_networking_connection",
+    doc: "Private services access: the peering Cloud SQL private IP and Memorystore (PRIVATE_SERVICE_ACCESS) need, over reserved ranges.",
+    fields: &[
+        Field::new("network", Ty::String, "the VPC, usually `${vpc.id}`")
+            .required()
+            .forces_replace(),
+        Field::new(
+            "reserved_ranges",
+            Ty::List(&Ty::String),
+            "names of the reserved ranges (`gcp.global_address` with purpose VPC_PEERING), usually `[\"${private_services.name}\"]`; changed in place",
+        )
+        .required(),
+        Field::new(
+            "service",
+            Ty::String,
+            "the producer service",
+        )
+        .default("\"servicenetworking.googleapis.com\"")
+        .forces_replace(),
+    ],
+    attrs: &[
+        Attr {
+            name: "id",
+            ty: Ty::String,
+            doc: "SERVICE|NETWORK",
+        },
+        Attr {
+            name: "peering",
+            ty: Ty::String,
+            doc: "the VPC peering Google made",
+        },
+    ],
+    taggable: false,
+    name_field: None,
+    exactly_one_of: &[],
+    ordered: &[],
+};
+
+pub struct ServiceNetworkingConnection;
+
+/// `projects/P/global/networks/N` from a self link or a relative name.
+fn network_name(v: &str) -> String {
+    match v.find("projects/") {
+        Some(i) => v[i..].to_string(),
+        None => v.to_string(),
+    }
+}
+
+fn id_of(service: &str, network: &str) -> String {
+    format!("{service}|{}", network_name(network))
+}
+
+/// The connection's name in the API: the service with dots as dashes.
+fn connection_name(service: &str) -> String {
+    service.replace('.', "-")
+}
+
+struct Api<'a> {
+    cx: &'a Context,
+    base: String,
+    token: Option<String>,
+}
+
+impl<'a> Api<'a> {
+    async fn new(cx: &'a Context) -> Result<Api<'a>, DriverError> {
+        let g = cx.gcp().await?;
+        let base = g
+            .endpoint
+            .clone()
+            .unwrap_or_else(|| DEFAULT_ENDPOINT.to_string());
+        let token = if super::is_local(&base) {
+            None
+        } else {
+            Some(super::access_token().await?)
+        };
+        Ok(Api {
+            cx,
+            base: base.trim_end_matches('/').to_string(),
+            token,
+        })
+    }
+
+    /// One request with the shared retry rules; `Ok(None)` on 404.
+    async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Json>,
+        what: &str,
+    ) -> Result<Option<Json>, DriverError> {
+        let url = format!("{}/{}", self.base, path.trim_start_matches('/'));
+        let mut backoff = Duration::from_millis(100);
+        let mut attempt = 0;
+        loop {
+            self.cx.requests.fetch_add(1, Ordering::Relaxed);
+            let (url2, method2, body2, token) = (
+                url.clone(),
+                method.to_string(),
+                body.clone(),
+                self.token.clone(),
+            );
+            let timeout = crate::drivers::aws::api_timeout();
+            let answer = tokio::task::spawn_blocking(move || {
+                let agent = ureq::AgentBuilder::new().timeout(timeout).build();
+                let mut req = agent.request(&method2, &url2);
+                if let Some(t) = token {
+                    req = req.set("Authorization", &format!("Bearer {t}"));
+                }
+                let r = match body2 {
+                    Some(b) => req
+                        .set("Content-Type", "application/json")
+                        .send_string(&b.to_string()),
+                    None => req.call(),
+                };
+                match r {
+                    Ok(resp) => Ok((200u16, resp.into_string().unwrap_or_default())),
+                    Err(ureq::Error::Status(code, resp)) => {
+                        Ok((code, resp.into_string().unwrap_or_default()))
+                    }
+                    Err(e) => Err(e.to_string()),
+                }
+            })
+            .await
+            .map_err(|e| DriverError::new(format!("{what}: {e}")))?;
+            let (code, text) = match answer {
+                Ok(a) => a,
+                Err(e) => {
+                    return Err(DriverError::new(format!(
+                        "{what}: {e} (requests go to {}; the bound is RALPH_DEPLOY_API_TIMEOUT)",
+                        self.base
+                    )))
+                }
+            };
+            if code == 404 {
+                return Ok(None);
+            }
+            if (200..300).contains(&code) {
+                let v = if text.trim().is_empty() {
+                    json!({})
+                } else {
+                    serde_json::from_str(&text).map_err(|e| {
+                        DriverError::new(format!("{what}: the answer is not JSON: {e}"))
+                    })?
+                };
+                return Ok(Some(v));
+            }
+            if code == 429 {
+                self.cx.limits.service(SERVICE).throttled();
+            }
+            attempt += 1;
+            if !matches!(code, 429 | 503) || attempt >= 10 || self.cx.stop.load(Ordering::SeqCst) {
+                let message = serde_json::from_str::<Json>(&text)
+                    .ok()
+                    .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+                    .unwrap_or(text);
+                return Err(DriverError::new(format!("{what}: {code} {message}")));
+            }
+            let jitter = rand::random::<u64>() % (backoff.as_millis() as u64 + 1);
+            tokio::time::sleep(backoff / 2 + Duration::from_millis(jitter / 2)).await;
+            backoff = (backoff * 2).min(Duration::from_secs(20));
+        }
+    }
+
+    /// Waits for a long-running operation (`operations/...`) to finish.
+    async fn wait(&self, address: &str, op: Json, what: &str) -> Result<(), DriverError> {
+        let name = op["name"].as_str().unwrap_or_default().to_string();
+        let last = if op["done"].as_bool() == Some(true) || name.is_empty() {
+            op
+        } else {
+            self.cx
+                .wait_until(address, what, TIMEOUT, || {
+                    let name = name.clone();
+                    async move {
+                        let v = self.send("GET", &format!("v1/{name}"), None, what).await?;
+                        let done = v.filter(|v| v["done"].as_bool() == Some(true));
+                        Ok((done, "RUNNING".to_string()))
+                    }
+                })
+                .await?
+        };
+        if let Some(e) = last.get("error").filter(|e| !e.is_null()) {
+            return Err(DriverError::new(format!(
+                "{what}: {}",
+                e["message"].as_str().unwrap_or("the operation failed")
+            )));
+        }
+        Ok(())
+    }
+
+    /// The project's number, which Service Networking names networks by.
+    async fn numbered(&self, network: &str) -> Result<String, DriverError> {
+        let network = network_name(network);
+        let mut parts = network.splitn(3, '/');
+        let (Some("projects"), Some(project), Some(rest)) =
+            (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(DriverError::new(format!(
+                "`network` {network:?} is not projects/PROJECT/global/networks/NAME"
+            )));
+        };
+        if project.chars().all(|c| c.is_ascii_digit()) {
+            return Ok(network.clone());
+        }
+        let g = self.cx.gcp().await?;
+        let p = super::call(
+            self.cx,
+            "resourcemanager",
+            "reading the project's number",
+            || {
+                g.projects
+                    .get_project()
+                    .set_name(format!("projects/{project}"))
+                    .send()
+            },
+        )
+        .await?;
+        let number = p.name.trim_start_matches("projects/");
+        Ok(format!("projects/{number}/{rest}"))
+    }
+
+    async fn read(&self, service: &str, network: &str) -> Result<Option<Observed>, DriverError> {
+        let numbered = self.numbered(network).await?;
+        let list = self
+            .send(
+                "GET",
+                &format!(
+                    "v1/services/{service}/connections?network={}",
+                    url_escape(&numbered)
+                ),
+                None,
+                "listing private service connections",
+            )
+            .await?
+            .unwrap_or_default();
+        let found = list["connections"].as_array().and_then(|cs| {
+            cs.iter()
+                .find(|c| c["service"].as_str().is_none_or(|s| s.ends_with(service)))
+                .cloned()
+        });
+        Ok(found.map(|c| {
+            let mut attrs = Map::new();
+            attrs.insert("network".into(), Json::String(network_name(network)));
+            attrs.insert("service".into(), Json::String(service.to_string()));
+            attrs.insert(
+                "reserved_ranges".into(),
+                c.get("reservedPeeringRanges").cloned().unwrap_or(json!([])),
+            );
+            attrs.insert(
+                "peering".into(),
+                c.get("peering").cloned().unwrap_or(Json::Null),
+            );
+            let id = id_of(service, network);
+            attrs.insert("id".into(), Json::String(id.clone()));
+            Observed {
+                address: None,
+                owner: None,
+                id,
+                attrs,
+            }
+        }))
+    }
+}
+
+fn url_escape(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+#[async_trait::async_trait]
+impl Driver for ServiceNetworkingConnection {
+    fn schema(&self) -> &'static KindSchema {
+        &SCHEMA
+    }
+
+    fn service(&self) -> &'static str {
+        SERVICE
+    }
+
+    fn typical_seconds(&self) -> u64 {
+        60
+    }
+
+    async fn refresh(&self, cx: &Context, known: &[Known]) -> Result<Vec<Observed>, DriverError> {
+        let api = Api::new(cx).await?;
+        let mut out = Vec::new();
+        let mut seen = std::collections::BTreeSet::new();
+        for k in known {
+            let (service, network) = match k.id.split_once('|') {
+                Some((s, n)) => (s.to_string(), n.to_string()),
+                None => (
+                    k.inputs
+                        .get("service")
+                        .and_then(Json::as_str)
+                        .unwrap_or("servicenetworking.googleapis.com")
+                        .to_string(),
+                    match k.inputs.get("network").and_then(Json::as_str) {
+                        Some(n) => n.to_string(),
+                        None => continue,
+                    },
+                ),
+            };
+            if !seen.insert(id_of(&service, &network)) {
+                continue;
+            }
+            if let Some(o) = api.read(&service, &network).await? {
+                out.push(o);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn create(&self, cx: &Context, want: &Desired<'_>) -> Result<Observed, DriverError> {
+        let api = Api::new(cx).await?;
+        let network = want.required_str("network")?;
+        let service = want
+            .str("service")
+            .unwrap_or("servicenetworking.googleapis.com");
+        let numbered = api.numbered(network).await?;
+        let op = api
+            .send(
+                "POST",
+                &format!("v1/services/{service}/connections"),
+                Some(json!({
+                    "network": numbered,
+                    "reservedPeeringRanges": want.props.get("reserved_ranges").cloned().unwrap_or(json!([])),
+                })),
+                "creating the private service connection",
+            )
+            .await?
+            .unwrap_or_default();
+        api.wait(want.address, op, "creating the private service connection")
+            .await?;
+        api.read(service, network).await?.ok_or_else(|| {
+            DriverError::new(format!(
+                "the private service connection of {network} is not listed after its create finished"
+            ))
+        })
+    }
+
+    async fn update(
+        &self,
+        cx: &Context,
+        want: &Desired<'_>,
+        have: &Observed,
+        _changed: &[String],
+    ) -> Result<Observed, DriverError> {
+        let api = Api::new(cx).await?;
+        let network = want.required_str("network")?;
+        let service = want
+            .str("service")
+            .unwrap_or("servicenetworking.googleapis.com");
+        let numbered = api.numbered(network).await?;
+        let op = api
+            .send(
+                "PATCH",
+                &format!(
+                    "v1/services/{service}/connections/{}?updateMask=reservedPeeringRanges&force=true",
+                    connection_name(service)
+                ),
+                Some(json!({
+                    "network": numbered,
+                    "reservedPeeringRanges": want.props.get("reserved_ranges").cloned().unwrap_or(json!([])),
+                })),
+                "changing the private service connection's ranges",
+            )
+            .await?
+            .unwrap_or_default();
+        api.wait(
+            want.address,
+            op,
+            "changing the private service connection's ranges",
+        )
+        .await?;
+        Ok(api
+            .read(service, network)
+            .await?
+            .unwrap_or_else(|| have.clone()))
+    }
+
+    async fn delete(
+        &self,
+        cx: &Context,
+        have: &Observed,
+        _timeouts: &Timeouts,
+    ) -> Result<(), DriverError> {
+        let api = Api::new(cx).await?;
+        let (service, network) = have
+            .id
+            .split_once('|')
+            .ok_or_else(|| DriverError::new(format!("{} is not SERVICE|NETWORK", have.id)))?;
+        let numbered = api.numbered(network).await?;
+        let address = have.address.clone().unwrap_or_else(|| have.id.clone());
+        let op = api
+            .send(
+                "POST",
+                &format!(
+                    "v1/services/{service}/connections/{}",
+                    connection_name(service)
+                ),
+                Some(json!({ "consumerNetwork": numbered })),
+                "removing the private service connection",
+            )
+            .await?;
+        if let Some(op) = op {
+            api.wait(&address, op, "removing the private service connection")
+                .await?;
+        }
+        Ok(())
+    }
+}
