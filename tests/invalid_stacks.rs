@@ -146,6 +146,18 @@ const CASES: &[(&str, usize, usize, &str)] = &[
         "is not a valid Kubernetes name",
     ),
     ("k8s-bad-tag.yaml", 7, 12, "is not an image tag"),
+    (
+        "gke-bad-channel.yaml",
+        14,
+        24,
+        "release_channel `BLEEDING` is not one of",
+    ),
+    (
+        "eks-unsupported-version.yaml",
+        7,
+        16,
+        "Kubernetes 1.28 is past its end of support at Amazon EKS (2025-11-26)",
+    ),
     ("manifests-unpinned-url.yaml", 7, 14, "is not pinned"),
 ];
 
@@ -185,6 +197,14 @@ fn malformed_stacks_fail_with_location_and_touch_nothing() {
                 .output()
                 .unwrap();
             let err = text(&out.stderr);
+            // People read these: no Rust Debug forms (`Some("x")`, `"x"` with
+            // escapes, `Ok(..)`) in any message.
+            for debug in ["Some(", "Ok(", "Err(", "\\\""] {
+                assert!(
+                    !err.contains(debug),
+                    "{verb} {file}: Rust's Debug form `{debug}` in a message:\n{err}"
+                );
+            }
             assert_eq!(
                 out.status.code(),
                 Some(1),

@@ -334,3 +334,12 @@ pub mod checks {
         }
     }
 }
+
+/// A value a check refused, as people read it: `X` in backticks, or
+/// "nothing" when it is missing (never Rust's `Some("X")`).
+pub fn shown(v: Option<&str>) -> String {
+    match v {
+        Some(s) => format!("`{s}`"),
+        None => "nothing".to_string(),
+    }
+}

@@ -280,7 +280,7 @@ pub async fn restore(
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
     {
         return Err(OpError::refused(format!(
-            "--database {database:?}: lower-case letters, digits and `_`, at most 63"
+            "--database `{database}`: lower-case letters, digits and `_`, at most 63"
         )));
     }
     let tables = backup::restore_from_s3(cx, &target, &bucket_name, &key, &database)

@@ -115,7 +115,7 @@ pub async fn deploy(
 ) -> Result<Vec<Released>, OpError> {
     let (repository, tag) = split_image(image);
     if tag.is_empty() {
-        return Err(OpError::refused(format!("--image {image:?} has no tag")));
+        return Err(OpError::refused(format!("--image `{image}` has no tag")));
     }
     release(s, cx, "deploy", resource, |recorded| {
         let mut props = recorded.inputs.clone();

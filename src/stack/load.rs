@@ -742,7 +742,7 @@ impl Loader {
                     let span = map.get_node(key).map(span_of).unwrap_or_default();
                     self.d.error_help(
                         span,
-                        format!("`{key}` {text:?} is not a duration"),
+                        format!("`{key}` `{text}` is not a duration"),
                         "write it as 90s, 30m, 1h or 1h30m",
                     );
                 }

@@ -67,7 +67,10 @@ pub(crate) const DEFAULT_VERSION: &str = "1.35";
 fn capacity(v: &Json) -> Result<(), String> {
     match v.as_str() {
         Some("ON_DEMAND" | "SPOT") => Ok(()),
-        other => Err(format!("capacity_type {other:?} is not ON_DEMAND or SPOT")),
+        other => Err(format!(
+            "capacity_type {} is not ON_DEMAND or SPOT",
+            crate::model::kinds::shown(other)
+        )),
     }
 }
 

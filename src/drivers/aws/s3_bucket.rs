@@ -40,7 +40,10 @@ fn bucket_name(v: &Json) -> Result<(), String> {
 fn sse(v: &Json) -> Result<(), String> {
     match v.as_str() {
         Some("AES256" | "aws:kms") => Ok(()),
-        other => Err(format!("encryption {other:?} is not AES256 or aws:kms")),
+        other => Err(format!(
+            "encryption {} is not AES256 or aws:kms",
+            crate::model::kinds::shown(other)
+        )),
     }
 }
 

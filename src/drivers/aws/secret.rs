@@ -33,7 +33,8 @@ pub(crate) fn encoding(v: &Json) -> Result<(), String> {
     match v.as_str() {
         Some("hex" | "base64" | "alphanumeric") => Ok(()),
         other => Err(format!(
-            "encoding {other:?} is not one of hex, base64, alphanumeric"
+            "encoding {} is not one of hex, base64, alphanumeric",
+            crate::model::kinds::shown(other)
         )),
     }
 }

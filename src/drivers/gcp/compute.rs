@@ -36,21 +36,27 @@ pub(crate) fn rfc1035(v: &Json) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!("{s:?} is not a valid name: 1-63 characters, lowercase letters, digits and hyphens, starting with a letter and not ending with a hyphen"))
+        Err(format!("`{s}` is not a valid name: 1-63 characters, lowercase letters, digits and hyphens, starting with a letter and not ending with a hyphen"))
     }
 }
 
 fn routing_mode(v: &Json) -> Result<(), String> {
     match v.as_str() {
         Some("REGIONAL" | "GLOBAL") => Ok(()),
-        other => Err(format!("routing_mode {other:?} is not REGIONAL or GLOBAL")),
+        other => Err(format!(
+            "routing_mode {} is not REGIONAL or GLOBAL",
+            crate::model::kinds::shown(other)
+        )),
     }
 }
 
 fn direction(v: &Json) -> Result<(), String> {
     match v.as_str() {
         Some("INGRESS" | "EGRESS") => Ok(()),
-        other => Err(format!("direction {other:?} is not INGRESS or EGRESS")),
+        other => Err(format!(
+            "direction {} is not INGRESS or EGRESS",
+            crate::model::kinds::shown(other)
+        )),
     }
 }
 

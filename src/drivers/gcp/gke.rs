@@ -32,7 +32,8 @@ fn channel(v: &Json) -> Result<(), String> {
     match v.as_str() {
         Some("RAPID" | "REGULAR" | "STABLE" | "EXTENDED" | "UNSPECIFIED") => Ok(()),
         other => Err(format!(
-            "release_channel {other:?} is not one of RAPID, REGULAR, STABLE, EXTENDED, UNSPECIFIED"
+            "release_channel {} is not one of RAPID, REGULAR, STABLE, EXTENDED, UNSPECIFIED",
+            crate::model::kinds::shown(other)
         )),
     }
 }

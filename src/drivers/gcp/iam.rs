@@ -30,7 +30,7 @@ fn account_id(v: &Json) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!("account_id {s:?} must be 6-30 lowercase letters, digits and hyphens, starting with a letter"))
+        Err(format!("account_id `{s}` must be 6-30 lowercase letters, digits and hyphens, starting with a letter"))
     }
 }
 
@@ -40,7 +40,7 @@ fn role(v: &Json) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "role {s:?} is not a role name such as roles/cloudsql.client"
+            "role `{s}` is not a role name such as roles/cloudsql.client"
         ))
     }
 }
@@ -58,7 +58,7 @@ fn member(v: &Json) -> Result<(), String> {
     if kinds.iter().any(|k| s.starts_with(k)) && s.len() > s.find(':').unwrap_or(0) + 1 {
         Ok(())
     } else {
-        Err(format!("member {s:?} must be TYPE:ID, such as serviceAccount:NAME@PROJECT.iam.gserviceaccount.com"))
+        Err(format!("member `{s}` must be TYPE:ID, such as serviceAccount:NAME@PROJECT.iam.gserviceaccount.com"))
     }
 }
 

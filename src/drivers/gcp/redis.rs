@@ -23,7 +23,8 @@ fn one_of(v: &Json, choices: &[&str], what: &str) -> Result<(), String> {
     match v.as_str() {
         Some(s) if choices.contains(&s) => Ok(()),
         other => Err(format!(
-            "{what} {other:?} is not one of {}",
+            "{what} {} is not one of {}",
+            crate::model::kinds::shown(other),
             choices.join(", ")
         )),
     }

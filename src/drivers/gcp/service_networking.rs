@@ -221,7 +221,7 @@ impl<'a> Api<'a> {
             (parts.next(), parts.next(), parts.next())
         else {
             return Err(DriverError::new(format!(
-                "`network` {network:?} is not projects/PROJECT/global/networks/NAME"
+                "`network` `{network}` is not projects/PROJECT/global/networks/NAME"
             )));
         };
         if project.chars().all(|c| c.is_ascii_digit()) {

@@ -30,7 +30,8 @@ fn availability(v: &Json) -> Result<(), String> {
     match v.as_str() {
         Some("REGIONAL" | "ZONAL") => Ok(()),
         other => Err(format!(
-            "availability_type {other:?} is not REGIONAL or ZONAL"
+            "availability_type {} is not REGIONAL or ZONAL",
+            crate::model::kinds::shown(other)
         )),
     }
 }
@@ -45,7 +46,7 @@ fn hh_mm(v: &Json) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "{s:?} is not a time of day as HH:MM (UTC), such as \"03:00\""
+            "`{s}` is not a time of day as HH:MM (UTC), such as \"03:00\""
         ))
     }
 }

@@ -112,7 +112,7 @@ pub async fn connect(cx: &Context, props: &Map<String, Json>) -> Result<kube::Cl
     } else if let Some(endpoint) = prop(props, "cluster_endpoint") {
         let uri: http::Uri = endpoint
             .parse()
-            .map_err(|e| DriverError::new(format!("`cluster_endpoint` {endpoint:?}: {e}")))?;
+            .map_err(|e| DriverError::new(format!("`cluster_endpoint` `{endpoint}`: {e}")))?;
         let mut config = kube::Config::new(uri);
         if let Some(ca) = prop(props, "cluster_ca") {
             config.root_cert = Some(ca_certificates(ca).map_err(DriverError::new)?);
@@ -187,7 +187,10 @@ pub(crate) use with_cluster_fields;
 pub(crate) fn cluster_auth(v: &Json) -> Result<(), String> {
     match v.as_str() {
         Some("eks" | "gke" | "") | None => Ok(()),
-        other => Err(format!("cluster_auth {other:?} is not eks or gke")),
+        other => Err(format!(
+            "cluster_auth {} is not eks or gke",
+            crate::model::kinds::shown(other)
+        )),
     }
 }
 

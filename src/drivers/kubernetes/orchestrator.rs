@@ -36,7 +36,7 @@ fn dns_label(v: &Json) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!("{s:?} is not a valid Kubernetes name: lower-case letters, digits and `-`, at most 63, starting and ending with a letter or digit"))
+        Err(format!("`{s}` is not a valid Kubernetes name: lower-case letters, digits and `-`, at most 63, starting and ending with a letter or digit"))
     }
 }
 
@@ -51,7 +51,7 @@ fn image_tag(v: &Json) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "{s:?} is not an image tag: letters, digits, `_`, `.`, `-`, at most 128"
+            "`{s}` is not an image tag: letters, digits, `_`, `.`, `-`, at most 128"
         ))
     }
 }
@@ -67,7 +67,7 @@ fn prometheus_duration(v: &Json) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "{s:?} is not a Prometheus duration such as 30s, 5m or 1h"
+            "`{s}` is not a Prometheus duration such as 30s, 5m or 1h"
         ))
     }
 }
@@ -77,7 +77,7 @@ fn ratio(v: &Json) -> Result<(), String> {
     match s.parse::<f64>() {
         Ok(x) if (0.0..=1.0).contains(&x) => Ok(()),
         _ => Err(format!(
-            "{s:?} is not a share between 0 and 1, such as 0.05"
+            "`{s}` is not a share between 0 and 1, such as 0.05"
         )),
     }
 }
@@ -108,7 +108,7 @@ fn secret_sources(v: &Json) -> Result<(), String> {
             return Err(format!("secret {k} has no source: give a Secrets Manager ARN (optionally `#key`) or `env:VARIABLE`"));
         }
         if !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            return Err(format!("secret {k:?} is not an environment variable name"));
+            return Err(format!("secret `{k}` is not an environment variable name"));
         }
     }
     Ok(())

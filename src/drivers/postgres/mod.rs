@@ -66,7 +66,8 @@ pub(crate) fn ssl(v: &Json) -> Result<(), String> {
     match v.as_str() {
         Some("disable" | "prefer" | "require" | "verify-full") => Ok(()),
         other => Err(format!(
-            "ssl_mode {other:?} is not one of disable, prefer, require, verify-full"
+            "ssl_mode {} is not one of disable, prefer, require, verify-full",
+            crate::model::kinds::shown(other)
         )),
     }
 }

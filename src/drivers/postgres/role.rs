@@ -30,7 +30,7 @@ fn role_name(v: &Json) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "{s:?} is not a role name this tool manages: lower-case letters, digits and `_`, \
+            "`{s}` is not a role name this tool manages: lower-case letters, digits and `_`, \
              starting with a letter or `_`, at most 63, not starting with `pg_`"
         ))
     }
@@ -49,7 +49,7 @@ fn search_path(v: &Json) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "{s:?} is not a search_path this tool sets: schema names (lower-case letters, digits, `_`) separated by `, `"
+            "`{s}` is not a search_path this tool sets: schema names (lower-case letters, digits, `_`) separated by `, `"
         ))
     }
 }
