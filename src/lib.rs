@@ -8,6 +8,22 @@
 //! [`state`] -> [`ops`] (every command's work, through one locked runner) ->
 //! [`cli`] (parses arguments and prints; the only layer that prints).
 
+// Every `println!`/`print!` of the crate goes through `cli::out`, which a
+// reader that closed the pipe cannot turn into a panic or a kill.
+macro_rules! println {
+    () => {
+        $crate::cli::out::write(format_args!(""), true)
+    };
+    ($($arg:tt)*) => {
+        $crate::cli::out::write(format_args!($($arg)*), true)
+    };
+}
+macro_rules! print {
+    ($($arg:tt)*) => {
+        $crate::cli::out::write(format_args!($($arg)*), false)
+    };
+}
+
 pub mod apply;
 pub mod cli;
 pub mod download;

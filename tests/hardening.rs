@@ -642,3 +642,138 @@ async fn the_state_before_each_command_is_kept_with_outputs_and_can_be_restored(
     w.ok("apply", &["--auto-approve"]);
     w.ok("destroy", &["--auto-approve", "--allow-protected"]);
 }
+
+/// Every lock file under a world's state directory.
+fn lock_files(w: &World) -> Vec<std::path::PathBuf> {
+    fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if p.file_name().is_some_and(|n| n == "lock.json") {
+                out.push(p);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&w.state_dir(), &mut out);
+    out
+}
+
+#[test]
+fn a_reader_that_closes_stdout_ends_the_output_not_the_apply() {
+    use std::io::BufRead;
+    let w = World::from_stack("aws-network.yaml", &format!("hpipe{}", std::process::id()));
+    let stack = w.stack();
+    // `ralph-deploy apply --json | head -1`: one line read, then the pipe closes.
+    let mut child = w
+        .cmd(&[
+            "apply",
+            stack.to_str().unwrap(),
+            "--env",
+            "production",
+            "--auto-approve",
+            "--json",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.contains("\"event\""), "{first}");
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the apply must finish although nobody reads its output: {:?}\n{}",
+        out.status,
+        text(&out.stderr)
+    );
+    assert!(
+        lock_files(&w).is_empty(),
+        "a lock was left: {:?}",
+        lock_files(&w)
+    );
+    let plan = w.run("plan", &["--detailed-exitcode"]);
+    assert_eq!(plan.status.code(), Some(0), "{}", text(&plan.stderr));
+    assert!(
+        !text(&plan.stderr).contains("stale lock"),
+        "{}",
+        text(&plan.stderr)
+    );
+}
+
+#[test]
+fn one_or_two_interrupts_in_a_long_wait_leave_no_lock() {
+    use std::io::BufRead;
+    for interrupts in [1, 2] {
+        let name = format!("hint{interrupts}x{}", std::process::id());
+        let w = World::from_stack("aws-network.yaml", &name);
+        // Every request a little slow, so the apply is mid-way when stopped.
+        let proxy = common::SlowProxy::start(&w.endpoint, Duration::from_millis(150));
+        let stack = w.stack();
+        let mut child = w
+            .cmd_at(
+                &proxy.endpoint,
+                &[
+                    "apply",
+                    stack.to_str().unwrap(),
+                    "--env",
+                    "production",
+                    "--auto-approve",
+                    "--json",
+                ],
+            )
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        // Wait until some resources are being made, then interrupt.
+        let mut started = 0;
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            if line.contains("\"resource_started\"") {
+                started += 1;
+                if started == 3 {
+                    break;
+                }
+            }
+        }
+        assert_eq!(started, 3, "the apply never got going");
+        assert!(
+            !lock_files(&w).is_empty(),
+            "the running apply holds the lock"
+        );
+        for _ in 0..interrupts {
+            // SAFETY: signalling the child this test started.
+            unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let rest: Vec<String> = lines.map_while(Result::ok).collect();
+        let status = child.wait().unwrap();
+        assert_eq!(
+            status.code(),
+            Some(130),
+            "{interrupts} interrupt(s): {status:?}\n{}",
+            rest.join("\n")
+        );
+        assert!(
+            lock_files(&w).is_empty(),
+            "{interrupts} interrupt(s) left a lock: {:?}",
+            lock_files(&w)
+        );
+        // The next run starts cleanly: no stale lock to take over, and it
+        // finishes what was interrupted.
+        let out = w.run("apply", &["--auto-approve"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert!(
+            !text(&out.stderr).contains("stale lock"),
+            "{}",
+            text(&out.stderr)
+        );
+        drop(proxy);
+    }
+}

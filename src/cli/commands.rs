@@ -138,7 +138,9 @@ pub async fn run(cmd: Command) -> anyhow::Result<i32> {
         Command::Import { args, address, id } => import_cmd(&args, &address, &id).await,
         Command::Completions { shell } => {
             let mut cmd = <super::Cli as clap::CommandFactory>::command();
-            clap_complete::generate(shell, &mut cmd, "ralph-deploy", &mut std::io::stdout());
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "ralph-deploy", &mut out);
+            super::out::bytes(&out);
             Ok(EXIT_OK)
         }
         Command::Man => {
@@ -154,8 +156,7 @@ pub async fn run(cmd: Command) -> anyhow::Result<i32> {
                 page.render_description_section(&mut out)?;
                 page.render_options_section(&mut out)?;
             }
-            use std::io::Write as _;
-            std::io::stdout().write_all(&out)?;
+            super::out::bytes(&out);
             Ok(EXIT_OK)
         }
         Command::Fmt { paths, check } => fmt_cmd(&paths, check),

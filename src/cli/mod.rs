@@ -5,6 +5,7 @@
 mod commands;
 mod diff_text;
 mod kube;
+pub mod out;
 mod progress;
 mod reference;
 mod render;
@@ -620,13 +621,8 @@ pub enum StateCommand {
 }
 
 pub fn main() -> i32 {
-    // Output piped into `head` ends quietly, as in other command-line
-    // tools, instead of a panic on the broken pipe.
-    // SAFETY: restoring the default disposition of SIGPIPE before any
-    // thread starts; no handler runs Rust code.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
+    // SIGPIPE stays ignored (Rust's default): output piped into `head`
+    // ends the output (cli::out), never the run, which finishes and unlocks.
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if let Some(message) = single_dash_long_option(&args) {
         eprintln!("error: {message}");

@@ -1,7 +1,5 @@
 //! Rendering: plans in the familiar symbols, events as lines or JSON.
 
-use std::io::Write;
-
 use crate::apply::ApplyReport;
 use crate::events::{Event, Reporter};
 use crate::plan::{Action, Plan};
@@ -336,8 +334,7 @@ impl Reporter for JsonReporter {
         let Ok(v) = serde_json::to_value(&event) else {
             return;
         };
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{}", json_line(v));
+        super::out::write(format_args!("{}", json_line(v)), true);
     }
 }
 

@@ -20,7 +20,7 @@ pub mod state_cmds;
 pub mod status;
 
 use std::path::Path;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use serde_json::{Map, Value as Json};
@@ -546,7 +546,10 @@ where
             ),
         });
     }
-    let result = async {
+    // A second Ctrl-C ends the work where it stands (the intent journal
+    // lets the next run recover it) and still releases the lock below.
+    let held = HeldLock::mark();
+    let work = async {
         s.backend.snapshot_before(operation).await.map_err(|e| {
             OpError::refused(format!(
                 "cannot keep a copy of the state before {operation}, so nothing was changed: {e}"
@@ -570,14 +573,71 @@ where
             recovery,
         })
         .await
-    }
-    .await;
-    if let Err(e) = s.backend.unlock(&lock).await {
-        cx.reporter.report(Event::Warning {
+    };
+    let mut aborted = false;
+    let result = tokio::select! {
+        r = work => r,
+        _ = abort_requested() => {
+            aborted = true;
+            Err(OpError::refused(
+                "stopped at once by a second interrupt; the operations in flight are in the intent journal and the next run recovers them",
+            ))
+        }
+    };
+    let unlocked =
+        tokio::time::timeout(std::time::Duration::from_secs(10), s.backend.unlock(&lock)).await;
+    match unlocked {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => cx.reporter.report(Event::Warning {
             message: format!("could not release the lock: {e}"),
-        });
+        }),
+        Err(_) => cx.reporter.report(Event::Warning {
+            message: "could not release the lock within 10s: the next run takes it over once its holder is gone or its lease runs out".into(),
+        }),
+    }
+    drop(held);
+    if aborted {
+        std::process::exit(EXIT_INTERRUPTED);
     }
     result
+}
+
+/// How a second interrupt reaches the runner holding the lock.
+fn abort_signal() -> &'static (AtomicBool, tokio::sync::Notify, AtomicBool) {
+    static S: std::sync::OnceLock<(AtomicBool, tokio::sync::Notify, AtomicBool)> =
+        std::sync::OnceLock::new();
+    S.get_or_init(|| {
+        (
+            AtomicBool::new(false),
+            tokio::sync::Notify::new(),
+            AtomicBool::new(false),
+        )
+    })
+}
+
+/// Resolves once a second interrupt asked the runner to stop at once.
+async fn abort_requested() {
+    let (requested, notify, _) = abort_signal();
+    while !requested.load(Ordering::SeqCst) {
+        notify.notified().await;
+    }
+}
+
+/// While alive, a lock is held: a second interrupt then goes through the
+/// runner (which releases it) instead of exiting at once.
+struct HeldLock;
+
+impl HeldLock {
+    fn mark() -> HeldLock {
+        abort_signal().2.store(true, Ordering::SeqCst);
+        HeldLock
+    }
+}
+
+impl Drop for HeldLock {
+    fn drop(&mut self) {
+        abort_signal().2.store(false, Ordering::SeqCst);
+    }
 }
 
 /// While alive, Ctrl-C / SIGTERM set the context's stop flag (nothing new
@@ -605,8 +665,21 @@ impl SignalGuard {
             });
             tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
             reporter.report(Event::Warning {
-                message: "exiting at once; the intent journal lets the next run recover".into(),
+                message: "stopping at once: releasing the lock; the intent journal lets the next run recover".into(),
             });
+            let (requested, notify, held) = abort_signal();
+            if !held.load(Ordering::SeqCst) {
+                std::process::exit(EXIT_INTERRUPTED);
+            }
+            requested.store(true, Ordering::SeqCst);
+            notify.notify_one();
+            // The runner releases the lock and exits; a third interrupt, or
+            // a release that hangs, exits regardless.
+            tokio::select! {
+                _ = int.recv() => {},
+                _ = term.recv() => {},
+                _ = tokio::time::sleep(std::time::Duration::from_secs(15)) => {},
+            }
             std::process::exit(EXIT_INTERRUPTED);
         }))
     }

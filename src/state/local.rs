@@ -320,11 +320,23 @@ impl super::Locker for LocalBackend {
                                 .open(&guard_path)
                                 .map_err(|e| self.io(&guard_path, e))?;
                             use std::os::fd::AsRawFd;
-                            unsafe { libc::flock(guard.as_raw_fd(), libc::LOCK_EX) };
-                            if self.holder().await?.is_some_and(|again| again.id == h.id) {
-                                fs::remove_file(&path).map_err(|e| self.io(&path, e))?;
+                            // SAFETY: flock on a descriptor this function owns.
+                            if unsafe { libc::flock(guard.as_raw_fd(), libc::LOCK_EX) } != 0 {
+                                // Without the guard two runs could break each
+                                // other's fresh lock: refuse instead.
+                                return Err(self.io(&guard_path, std::io::Error::last_os_error()));
                             }
+                            let still = self.holder().await;
+                            let removed = match still {
+                                Ok(Some(again)) if again.id == h.id => {
+                                    fs::remove_file(&path).map_err(|e| self.io(&path, e))
+                                }
+                                Ok(_) => Ok(()),
+                                Err(e) => Err(e),
+                            };
+                            // SAFETY: as above; closing the file releases it anyway.
                             unsafe { libc::flock(guard.as_raw_fd(), libc::LOCK_UN) };
+                            removed?;
                             taken_over = Some(h);
                         }
                         holder => {
