@@ -44,6 +44,16 @@ pub fn parse(entry: &str) -> Result<Pinned, String> {
             "`{sha}` is not a SHA-256: 64 hexadecimal digits, as `sha256sum` prints them"
         ));
     }
+    check_url(url)?;
+    Ok(Pinned {
+        url: url.to_string(),
+        sha256: sha.to_ascii_lowercase(),
+    })
+}
+
+/// Refuses what the tool will not download: not a URL, not https (plain
+/// http only from this machine).
+fn check_url(url: &str) -> Result<(), String> {
     let parsed = url::Url::parse(url).map_err(|e| format!("`{url}` is not a URL: {e}"))?;
     match parsed.scheme() {
         "https" => {}
@@ -66,9 +76,46 @@ pub fn parse(entry: &str) -> Result<Pinned, String> {
             ))
         }
     }
-    Ok(Pinned {
+    if parsed.fragment().is_some() {
+        return Err(format!(
+            "`{url}` already has a `#` part: give the URL alone"
+        ));
+    }
+    Ok(())
+}
+
+/// What `ralph-deploy addons pin URL` found: the entry to put in the stack
+/// (`URL#sha256=...`), the size, and where the downloaded file is kept for
+/// review (the cache a later plan reads it from).
+pub struct PinnedFile {
+    pub entry: String,
+    pub bytes: usize,
+    pub path: PathBuf,
+}
+
+/// Downloads `url` once, as `terraform providers lock` records hashes: the
+/// pin is of exactly the bytes now in the cache, which the user reviews.
+pub fn pin(url: &str) -> Result<PinnedFile, String> {
+    check_url(url)?;
+    let bytes = blocking(|| download(url))?;
+    let sha = hex_sha256(&bytes);
+    let p = Pinned {
         url: url.to_string(),
-        sha256: sha.to_ascii_lowercase(),
+        sha256: sha.clone(),
+    };
+    let dir = cache_dir().join("downloads");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let path = dir.join(&sha);
+    let mut tmp = tempfile::NamedTempFile::new_in(&dir)
+        .map_err(|e| format!("writing into {}: {e}", dir.display()))?;
+    tmp.write_all(&bytes)
+        .map_err(|e| format!("writing into {}: {e}", dir.display()))?;
+    tmp.persist(&path)
+        .map_err(|e| format!("writing {}: {e}", path.display()))?;
+    Ok(PinnedFile {
+        entry: format!("{}#sha256={}", p.url, p.sha256),
+        bytes: bytes.len(),
+        path,
     })
 }
 

@@ -300,3 +300,85 @@ async fn a_manifest_by_url_is_pinned_downloaded_once_and_refused_when_it_changes
     let out = w.run("destroy", &["--auto-approve"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
+
+/// A one-file HTTP server on this machine: GET /FILE answers `body`,
+/// anything else 404.
+fn serve_file(file: &'static str, body: &'static [u8]) -> String {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", l.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            let mut buf = [0u8; 4096];
+            let n = s.read(&mut buf).unwrap_or(0);
+            let req = String::from_utf8_lossy(&buf[..n]).to_string();
+            let path = req.split_whitespace().nth(1).unwrap_or("").to_string();
+            let (status, content): (&str, &[u8]) = if path == format!("/{file}") {
+                ("200 OK", body)
+            } else {
+                ("404 Not Found", b"missing")
+            };
+            let _ = write!(
+                s,
+                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                content.len()
+            );
+            let _ = s.write_all(content);
+        }
+    });
+    base
+}
+
+#[test]
+fn addons_pin_downloads_once_and_prints_the_pinned_entry() {
+    use sha2::Digest;
+    const BODY: &[u8] = b"apiVersion: v1\nkind: Namespace\nmetadata: { name: pinned-addon }\n";
+    let base = serve_file("deploy.yaml", BODY);
+    let cache = tempfile::tempdir().unwrap();
+    let url = format!("{base}/deploy.yaml");
+    let out = std::process::Command::new(common::BIN)
+        .args(["addons", "pin", &url])
+        .env("RALPH_DEPLOY_CACHE", cache.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", common::text(&out.stderr));
+    let sha = hex::encode(sha2::Sha256::digest(BODY));
+    assert_eq!(common::text(&out.stdout), format!("{url}#sha256={sha}\n"));
+    let kept = cache.path().join("downloads").join(&sha);
+    assert_eq!(std::fs::read(&kept).unwrap(), BODY);
+    assert!(common::text(&out.stderr).contains(&kept.display().to_string()));
+    // What it printed is what a stack takes: the pin parses and matches.
+    let pinned = ralph_deploy::download::parse(&format!("{url}#sha256={sha}")).unwrap();
+    assert_eq!(pinned.sha256, sha);
+
+    // Failures are named, the others still pinned, the exit is 1.
+    let out = std::process::Command::new(common::BIN)
+        .args([
+            "addons",
+            "pin",
+            &format!("{base}/gone.yaml"),
+            "http://example.org/a.yaml",
+            &url,
+        ])
+        .env("RALPH_DEPLOY_CACHE", cache.path())
+        .output()
+        .unwrap();
+    let err = common::text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("404"), "{err}");
+    assert!(err.contains("plain http"), "{err}");
+    assert_eq!(common::text(&out.stdout), format!("{url}#sha256={sha}\n"));
+}
+
+#[test]
+fn the_shipped_stacks_name_no_retired_add_on() {
+    for stack in ["aws-production.yaml", "gcp-production.yaml"] {
+        let text = std::fs::read_to_string(common::repo().join("stacks").join(stack)).unwrap();
+        // ingress-nginx was retired by the Kubernetes project in March 2026.
+        assert!(
+            !text.contains("ingress-nginx/controller"),
+            "{stack} installs ingress-nginx"
+        );
+    }
+}

@@ -143,6 +143,28 @@ pub async fn run(cmd: Command) -> anyhow::Result<i32> {
             super::out::bytes(&out);
             Ok(EXIT_OK)
         }
+        Command::Addons {
+            command: super::AddonsCommand::Pin { urls },
+        } => {
+            let mut failed = 0;
+            for url in &urls {
+                match crate::download::pin(url) {
+                    Ok(p) => {
+                        println!("{}", p.entry);
+                        eprintln!(
+                            "{url}: {} bytes, kept for review at {}",
+                            p.bytes,
+                            p.path.display()
+                        );
+                    }
+                    Err(e) => {
+                        failed += 1;
+                        eprintln!("error: {e}");
+                    }
+                }
+            }
+            Ok(if failed == 0 { EXIT_OK } else { 1 })
+        }
         Command::Man => {
             let cmd = <super::Cli as clap::CommandFactory>::command();
             let mut out = Vec::new();

@@ -387,6 +387,11 @@ pub enum Command {
     },
     /// Print the manual page (roff): `ralph-deploy man > ralph-deploy.1`
     Man,
+    /// Cluster add-ons given by URL (upstream release manifests)
+    Addons {
+        #[command(subcommand)]
+        command: AddonsCommand,
+    },
     /// Rewrite stack and component files in the canonical layout (two
     /// spaces per level, no trailing whitespace, single blank lines),
     /// keeping comments, order and quoting; a file whose meaning would
@@ -510,6 +515,19 @@ pub enum MigrateCommand {
         args: StackArgs,
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AddonsCommand {
+    /// Download each file once and print it pinned (`URL#sha256=...`) for
+    /// a stack's add-on list, as `terraform providers lock` records hashes;
+    /// the file stays in the cache (path on stderr) for you to review, and
+    /// plans read it from there
+    Pin {
+        /// https URLs (plain http only from this machine)
+        #[arg(required = true)]
+        urls: Vec<String>,
     },
 }
 
