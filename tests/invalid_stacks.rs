@@ -147,6 +147,42 @@ const CASES: &[(&str, usize, usize, &str)] = &[
     ),
     ("k8s-bad-tag.yaml", 7, 12, "is not an image tag"),
     (
+        "k8s-not-a-quantity.yaml",
+        7,
+        20,
+        "`two` is not a Kubernetes quantity",
+    ),
+    (
+        "k8s-limit-below-request.yaml",
+        7,
+        20,
+        "`cpu_request` is 2, more than `cpu_limit` (500m)",
+    ),
+    (
+        "k8s-bad-cron.yaml",
+        7,
+        29,
+        "the minute `61` is outside 0-59",
+    ),
+    (
+        "sg-port-range-backwards.yaml",
+        13,
+        9,
+        "`from_port` must not be above `to_port`",
+    ),
+    (
+        "sql-bad-tier.yaml",
+        9,
+        13,
+        "`db-custom-3-4096` is not a Cloud SQL tier",
+    ),
+    (
+        "sql-bad-version.yaml",
+        9,
+        25,
+        "`POSTGRES_8` is not a Cloud SQL for PostgreSQL version",
+    ),
+    (
         "gke-bad-channel.yaml",
         14,
         24,

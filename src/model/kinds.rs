@@ -320,6 +320,128 @@ pub mod checks {
         range::<1, 65535>(v)
     }
 
+    /// The value of a Kubernetes quantity ("500m", "2", "4Gi", "1.5e3"),
+    /// in its base unit; None when it is not one.
+    pub fn quantity_value(s: &str) -> Option<f64> {
+        let s = s.trim();
+        let split = s
+            .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-'))
+            .unwrap_or(s.len());
+        let (num, suffix) = s.split_at(split);
+        if num.is_empty() || num.starts_with('.') && num.len() == 1 {
+            return None;
+        }
+        let n: f64 = num.parse().ok()?;
+        let factor = match suffix {
+            "" => 1.0,
+            "m" => 1e-3,
+            "k" => 1e3,
+            "M" => 1e6,
+            "G" => 1e9,
+            "T" => 1e12,
+            "P" => 1e15,
+            "E" => 1e18,
+            "Ki" => 1024.0,
+            "Mi" => 1024f64.powi(2),
+            "Gi" => 1024f64.powi(3),
+            "Ti" => 1024f64.powi(4),
+            "Pi" => 1024f64.powi(5),
+            "Ei" => 1024f64.powi(6),
+            e if e.starts_with(['e', 'E']) => 10f64.powi(e[1..].parse::<i32>().ok()?),
+            _ => return None,
+        };
+        (n >= 0.0).then_some(n * factor)
+    }
+
+    /// A Kubernetes resource quantity, such as 500m, 2 or 4Gi.
+    pub fn quantity(v: &Json) -> Result<(), String> {
+        match v.as_str() {
+            Some(s) if quantity_value(s).is_some() => Ok(()),
+            _ => Err(format!(
+                "{} is not a Kubernetes quantity such as 500m, 2 or 4Gi",
+                v.as_str()
+                    .map(|s| format!("`{s}`"))
+                    .unwrap_or_else(|| v.to_string())
+            )),
+        }
+    }
+
+    /// A cron schedule of five fields (minute hour day-of-month month
+    /// day-of-week), as a CronJob takes it: numbers in range, `*`, lists,
+    /// ranges and steps, month and day names, or a macro such as @daily.
+    pub fn cron(v: &Json) -> Result<(), String> {
+        let s = v.as_str().unwrap_or_default().trim();
+        if matches!(
+            s,
+            "@yearly" | "@annually" | "@monthly" | "@weekly" | "@daily" | "@midnight" | "@hourly"
+        ) {
+            return Ok(());
+        }
+        let fields: Vec<&str> = s.split_whitespace().collect();
+        let bad = |why: String| {
+            Err(format!(
+                "`{s}` is not a cron schedule: {why} (five fields: minute hour day-of-month month day-of-week, such as \"15 3 * * *\")"
+            ))
+        };
+        if fields.len() != 5 {
+            return bad(format!("{} field(s)", fields.len()));
+        }
+        const MONTHS: [&str; 12] = [
+            "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
+        ];
+        const DAYS: [&str; 7] = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"];
+        let limits: [(&str, u32, u32, &[&str]); 5] = [
+            ("minute", 0, 59, &[]),
+            ("hour", 0, 23, &[]),
+            ("day of month", 1, 31, &[]),
+            ("month", 1, 12, &MONTHS),
+            ("day of week", 0, 7, &DAYS),
+        ];
+        for (field, (name, lo, hi, names)) in fields.iter().zip(limits) {
+            for part in field.split(',') {
+                let (range, step) = part.split_once('/').unwrap_or((part, ""));
+                if !step.is_empty() && !step.parse::<u32>().is_ok_and(|n| n > 0) {
+                    return bad(format!("the {name} step `{step}` is not a positive number"));
+                }
+                if range == "*" || range == "?" && (name == "day of month" || name == "day of week")
+                {
+                    continue;
+                }
+                let value = |t: &str| -> Option<u32> {
+                    let lower = t.to_ascii_lowercase();
+                    names
+                        .iter()
+                        .position(|n| *n == lower)
+                        .map(|i| i as u32 + if lo == 1 { 1 } else { 0 })
+                        .or_else(|| t.parse().ok())
+                };
+                let (a, b) = range.split_once('-').unwrap_or((range, range));
+                match (value(a), value(b)) {
+                    (Some(x), Some(y)) if x >= lo && y <= hi && x <= y => {}
+                    _ => return bad(format!("the {name} `{part}` is outside {lo}-{hi}")),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Firewall/security group rules: each rule's port range runs upwards.
+    pub fn rule_port_ranges(v: &Json) -> Result<(), String> {
+        for (i, rule) in v.as_array().into_iter().flatten().enumerate() {
+            let from = rule.get("from_port").and_then(Json::as_i64);
+            let to = rule.get("to_port").and_then(Json::as_i64);
+            if let (Some(f), Some(t)) = (from, to) {
+                if f > t {
+                    return Err(format!(
+                        "rule {} runs from port {f} down to {t}: `from_port` must not be above `to_port`",
+                        i + 1
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// A percentage: 1 to 100.
     pub fn percent(v: &Json) -> Result<(), String> {
         range::<1, 100>(v)
@@ -341,5 +463,48 @@ pub fn shown(v: Option<&str>) -> String {
     match v {
         Some(s) => format!("`{s}`"),
         None => "nothing".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod value_check_tests {
+    use super::checks::{cron, quantity, quantity_value};
+    use serde_json::json;
+
+    #[test]
+    fn kubernetes_quantities() {
+        assert_eq!(quantity_value("500m"), Some(0.5));
+        assert_eq!(quantity_value("4Gi"), Some(4.0 * 1024.0 * 1024.0 * 1024.0));
+        assert_eq!(quantity_value("1.5"), Some(1.5));
+        assert_eq!(quantity_value("1e3"), Some(1000.0));
+        for bad in ["two", "", "4GB", "-1", "m"] {
+            assert!(quantity(&json!(bad)).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn cron_schedules() {
+        for good in [
+            "15 3 * * *",
+            "*/5 * * * *",
+            "0 0 1 jan,jul *",
+            "0 9 * * mon-fri",
+            "@daily",
+            "0 0 * * 7",
+        ] {
+            assert!(cron(&json!(good)).is_ok(), "{good}");
+        }
+        for bad in [
+            "61 3 * * *",
+            "* * *",
+            "0 24 * * *",
+            "0 0 0 * *",
+            "0 0 * 13 *",
+            "*/0 * * * *",
+            "5-1 * * * *",
+            "daily",
+        ] {
+            assert!(cron(&json!(bad)).is_err(), "{bad}");
+        }
     }
 }

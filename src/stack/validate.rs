@@ -148,21 +148,31 @@ fn resource(stack: &Stack, r: &Resource, d: &mut Diagnostics) {
     }
     // Relations the service states between two integer properties.
     for (low, high) in kind.ordered {
+        // Numbers, or Kubernetes quantities (a CPU request and its limit).
+        let magnitude = |v: &serde_json::Value| {
+            v.as_f64()
+                .or_else(|| {
+                    v.as_str()
+                        .and_then(crate::model::kinds::checks::quantity_value)
+                })
+                .map(|m| (m, crate::model::json_to_text(v)))
+        };
         let literal = |name: &str| {
             r.properties
                 .get(name)
                 .and_then(|p| p.value.to_literal())
-                .and_then(|v| v.as_i64())
+                .and_then(|v| magnitude(&v))
                 .map(|v| (v, r.properties[name].value.span))
                 .or_else(|| {
                     kind.field(name)
                         .and_then(|f| f.default_value())
-                        .and_then(|v| v.as_i64())
+                        .and_then(|v| magnitude(&v))
                         .map(|v| (v, r.span))
                 })
         };
-        if let (Some((a, _)), Some((b, span))) = (literal(low), literal(high)) {
-            if a > b {
+        if let (Some(((a_value, a), _)), Some(((b_value, b), span))) = (literal(low), literal(high))
+        {
+            if a_value > b_value {
                 let at = literal(low).map(|x| x.1).unwrap_or(span);
                 d.error_help(
                     at,

@@ -43,13 +43,16 @@ static SCHEMA: KindSchema = KindSchema {
         Field::new("vpc_id", Ty::String, "the VPC, usually `${vpc.id}`")
             .required()
             .forces_replace(),
-        Field::new("ingress", Ty::Set(&Ty::Object(RULE)), "inbound rules").default("[]"),
+        Field::new("ingress", Ty::Set(&Ty::Object(RULE)), "inbound rules")
+            .default("[]")
+            .check(checks::rule_port_ranges),
         Field::new(
             "egress",
             Ty::Set(&Ty::Object(RULE)),
             "outbound rules; none unless listed",
         )
-        .default("[]"),
+        .default("[]")
+        .check(checks::rule_port_ranges),
         Field::new("tags", Ty::StringMap, "tags besides the ownership tags")
             .default("{}")
             .check(checks::tags),

@@ -51,6 +51,62 @@ fn hh_mm(v: &Json) -> Result<(), String> {
     }
 }
 
+/// Cloud SQL for PostgreSQL's versions (the API's enum names).
+fn database_version(v: &Json) -> Result<(), String> {
+    let s = v.as_str().unwrap_or_default();
+    let ok = s == "POSTGRES_9_6"
+        || s.strip_prefix("POSTGRES_")
+            .and_then(|n| n.parse::<u32>().ok())
+            .is_some_and(|n| (10..=18).contains(&n));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{s}` is not a Cloud SQL for PostgreSQL version: POSTGRES_9_6 or POSTGRES_10 to POSTGRES_18, such as POSTGRES_15"
+        ))
+    }
+}
+
+/// Cloud SQL machine tiers: shared-core (db-f1-micro, db-g1-small),
+/// custom (db-custom-CPUS-MEMORY_MIB: 1 or an even number of vCPUs up to
+/// 96, 0.9 to 6.5 GB a vCPU in multiples of 256 MiB), predefined
+/// (db-n1-standard-N, db-n1-highmem-N) and Enterprise Plus
+/// (db-perf-optimized-N-N).
+fn tier(v: &Json) -> Result<(), String> {
+    let s = v.as_str().unwrap_or_default();
+    let bad = |why: &str| {
+        Err(format!(
+            "`{s}` is not a Cloud SQL tier{why}: db-custom-CPUS-MEMORY_MIB (such as db-custom-4-16384), db-f1-micro, db-g1-small, db-n1-standard-N, db-n1-highmem-N or db-perf-optimized-N-N"
+        ))
+    };
+    if matches!(s, "db-f1-micro" | "db-g1-small") {
+        return Ok(());
+    }
+    let number = |t: &str| t.parse::<u32>().ok().filter(|n| *n > 0);
+    if let Some(rest) = s.strip_prefix("db-custom-") {
+        let Some((cpus, mem)) = rest
+            .split_once('-')
+            .and_then(|(c, m)| Some((number(c)?, number(m)?)))
+        else {
+            return bad("");
+        };
+        if !(cpus == 1 || cpus % 2 == 0 && cpus <= 96) {
+            return bad(" (vCPUs: 1 or an even number up to 96)");
+        }
+        let per_cpu = f64::from(mem) / f64::from(cpus);
+        if mem % 256 != 0 || !(921.6..=6656.0).contains(&per_cpu) {
+            return bad(" (memory: 0.9 to 6.5 GB a vCPU, a multiple of 256 MiB)");
+        }
+        return Ok(());
+    }
+    for prefix in ["db-n1-standard-", "db-n1-highmem-", "db-perf-optimized-N-"] {
+        if let Some(n) = s.strip_prefix(prefix) {
+            return if number(n).is_some() { Ok(()) } else { bad("") };
+        }
+    }
+    bad("")
+}
+
 static INSTANCE: KindSchema = KindSchema {
     kind: "gcp.sql_instance",
     doc: "A Cloud SQL for PostgreSQL instance.",
@@ -61,7 +117,8 @@ static INSTANCE: KindSchema = KindSchema {
             .check(super::compute::rfc1035),
         Field::new("database_version", Ty::String, "such as POSTGRES_15")
             .default("\"POSTGRES_15\"")
-            .forces_replace(),
+            .forces_replace()
+            .check(database_version),
         Field::new(
             "region",
             Ty::String,
@@ -73,7 +130,8 @@ static INSTANCE: KindSchema = KindSchema {
             Ty::String,
             "the machine, such as db-custom-4-16384 (4 vCPU, 16 GB)",
         )
-        .required(),
+        .required()
+        .check(tier),
         Field::new(
             "availability_type",
             Ty::String,

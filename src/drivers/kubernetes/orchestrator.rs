@@ -126,10 +126,10 @@ static SCHEMA: KindSchema = KindSchema {
         Field::new("max_surge", Ty::Int, "extra pods during a rollout").default("1").check(checks::range::<0, 1000>),
         Field::new("max_unavailable", Ty::Int, "pods that may be missing during a rollout").default("0").check(checks::range::<0, 1000>),
         Field::new("progress_deadline_seconds", Ty::Int, "a rollout that makes no progress this long has failed and is rolled back").default("600").check(checks::range::<1, 86400>),
-        Field::new("cpu_request", Ty::String, "CPU request per pod").default("\"2\""),
-        Field::new("memory_request", Ty::String, "memory request per pod").default("\"4Gi\""),
-        Field::new("cpu_limit", Ty::String, "CPU limit per pod").default("\"4\""),
-        Field::new("memory_limit", Ty::String, "memory limit per pod").default("\"8Gi\""),
+        Field::new("cpu_request", Ty::String, "CPU request per pod").default("\"2\"").check(checks::quantity),
+        Field::new("memory_request", Ty::String, "memory request per pod").default("\"4Gi\"").check(checks::quantity),
+        Field::new("cpu_limit", Ty::String, "CPU limit per pod").default("\"4\"").check(checks::quantity),
+        Field::new("memory_limit", Ty::String, "memory limit per pod").default("\"8Gi\"").check(checks::quantity),
         Field::new("port", Ty::Int, "the HTTP port (/health, /ready)").default("8080").check(checks::tcp_port),
         Field::new("metrics_port", Ty::Int, "the Prometheus metrics port").default("9090").check(checks::tcp_port),
         Field::new("agent", Ty::String, "RALPH_AGENT (`auto` picks the agent whose credentials the pod has)").default("\"auto\""),
@@ -164,7 +164,7 @@ static SCHEMA: KindSchema = KindSchema {
         Field::new("target_memory_percent", Ty::Int, "the autoscaler's memory target").default("80").check(checks::percent),
         Field::new("min_available", Ty::Int, "the PodDisruptionBudget's minimum (default: replicas - 1)"),
         Field::new("partition_maintenance", Ty::Bool, "a CronJob that keeps the database's monthly partitions created ahead (ralph.maintain_partitions)").default("true"),
-        Field::new("maintenance_schedule", Ty::String, "when it runs (cron syntax, the cluster's time zone)").default("\"15 3 * * *\""),
+        Field::new("maintenance_schedule", Ty::String, "when it runs (cron syntax, the cluster's time zone)").default("\"15 3 * * *\"").check(checks::cron),
         Field::new("partition_months_ahead", Ty::Int, "how many months ahead it keeps").default("3"),
         Field::new("maintenance_image", Ty::String, "the image with psql it runs").default("\"postgres:15-alpine\""),
         Field::new("monitoring", Ty::Bool, "alert rules and scraping: a PrometheusRule and a ServiceMonitor where the Prometheus Operator runs, else a ConfigMap with alerts.yml and prometheus.yml").default("true"),
@@ -188,7 +188,11 @@ static SCHEMA: KindSchema = KindSchema {
     taggable: false,
     name_field: None,
     exactly_one_of: &[],
-    ordered: &[("replicas", "max_replicas")],
+    ordered: &[
+        ("replicas", "max_replicas"),
+        ("cpu_request", "cpu_limit"),
+        ("memory_request", "memory_limit"),
+    ],
 };
 
 pub struct Orchestrator;
