@@ -777,3 +777,75 @@ fn one_or_two_interrupts_in_a_long_wait_leave_no_lock() {
         drop(proxy);
     }
 }
+
+#[test]
+fn an_empty_secret_is_refused_by_name_before_anything_is_sent() {
+    let project = format!("hsec{}", std::process::id());
+    let dir = tempfile::tempdir().unwrap();
+    let stack = dir.path().join("stack.yaml");
+    std::fs::write(
+        &stack,
+        format!(
+            "name: sec\ncloud:\n  gcp: {{ project: {project}, region: us-central1 }}\nresources:\n  db:\n    kind: gcp.sql_instance\n    properties:\n      name: db\n      tier: db-custom-1-3840\n  admin:\n    kind: gcp.sql_user\n    properties:\n      instance: ${{db.name}}\n      name: admin\n      password_secret: env:RALPH_TEST_EMPTY_PASSWORD\n"
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(common::BIN)
+        .args(["apply", stack.to_str().unwrap(), "--auto-approve"])
+        .env("RALPH_DEPLOY_GCP_ENDPOINT", common::gcp_endpoint())
+        .env("RALPH_DEPLOY_STATE_DIR", dir.path().join("state"))
+        .env("RALPH_TEST_EMPTY_PASSWORD", "")
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("the password of database user admin: `env:RALPH_TEST_EMPTY_PASSWORD` holds an empty value"),
+        "{err}"
+    );
+    // The instance was made; no user was ever asked for.
+    let users = common::gcp_get(&format!("/v1/projects/{project}/instances/db/users")).unwrap();
+    let names: Vec<&str> = users["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|u| u["name"].as_str())
+        .collect();
+    assert!(!names.contains(&"admin"), "{names:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_binary_secret_is_refused_not_read_as_empty() {
+    let name = format!("hbin{}", std::process::id());
+    let w = World::from_stack("aws-network.yaml", &name);
+    let conf = w.aws_conf().await;
+    let sm = aws_sdk_secretsmanager::Client::new(&conf);
+    let arn = sm
+        .create_secret()
+        .name(format!("{name}/binary"))
+        .secret_binary(aws_sdk_secretsmanager::primitives::Blob::new(vec![
+            0u8, 159, 146, 150,
+        ]))
+        .send()
+        .await
+        .unwrap()
+        .arn()
+        .unwrap()
+        .to_string();
+    let stack = w.dir.path().join("role.yaml");
+    std::fs::write(
+        &stack,
+        format!(
+            "name: {name}\nresources:\n  role:\n    kind: postgres.role\n    properties:\n      name: {name}_app\n      password_secret: {arn}\n      url: {}/postgres?sslmode=disable\n",
+            common::pg_server()
+        ),
+    )
+    .unwrap();
+    let out = w
+        .cmd(&["apply", stack.to_str().unwrap(), "--auto-approve"])
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("holds binary data, not text"), "{err}");
+}

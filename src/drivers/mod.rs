@@ -384,11 +384,21 @@ pub async fn read_secret_source(
     what: &str,
     source: &str,
 ) -> Result<(String, String), DriverError> {
-    if gcp::secret::is_source(source) {
-        gcp::secret::read_source(cx, what, source).await
+    let (value, version) = if gcp::secret::is_source(source) {
+        gcp::secret::read_source(cx, what, source).await?
     } else if source.starts_with(gcp::redis::AUTH_SOURCE) {
-        gcp::redis::read_auth(cx, what, source).await
+        gcp::redis::read_auth(cx, what, source).await?
     } else {
-        aws::secret::read_source(cx, what, source).await
+        aws::secret::read_source(cx, what, source).await?
+    };
+    // Every reader refuses an empty value the same way: a password, token or
+    // key that is empty is a mistake (a secret created without its value),
+    // never something to send on. The value itself is never named.
+    if value.trim().is_empty() {
+        return Err(DriverError::new(format!(
+            "{what}: `{}` holds an empty value; put the value in it (or point at the secret that has it). Nothing was sent",
+            source.split('#').next().unwrap_or(source)
+        )));
     }
+    Ok((value, version))
 }

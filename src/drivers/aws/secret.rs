@@ -180,7 +180,13 @@ pub async fn read_source(
         .send()
         .await
         .map_err(|e| api_error(&format!("reading {what}"), e))?;
-    let text = out.secret_string().unwrap_or_default();
+    let Some(text) = out.secret_string() else {
+        return Err(DriverError::new(if out.secret_binary().is_some() {
+            format!("{what}: {id} holds binary data, not text: store the value as a secret string")
+        } else {
+            format!("{what}: {id} has no value yet: put one in it")
+        }));
+    };
     let value = match json_key {
         None => text.to_string(),
         Some(k) => match serde_json::from_str::<Json>(text) {

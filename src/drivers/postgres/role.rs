@@ -212,11 +212,6 @@ async fn converge(cx: &Context, want: &Desired<'_>) -> Result<Observed, DriverEr
                 src,
             )
             .await?;
-            if value.is_empty() {
-                return Err(DriverError::new(format!(
-                    "the password of role {name} is empty in its secret"
-                )));
-            }
             Some(value)
         }
         _ => None,
