@@ -465,6 +465,7 @@ def gke_create(p, q, body):
         res.pop("_busy", None)
         for np in res["nodePools"]:
             np["status"] = "RUNNING"
+            make_groups(p["project"], p["location"], cl["name"], np)
     pc = dict(p, cluster=cl["name"])
     return gke_op(pc, "CREATE_CLUSTER", f"clusters/{cl['name']}", delay("gke_cluster_create"), finish)
 
@@ -534,6 +535,8 @@ def gke_delete(p, q, body):
     cl.update(status="STOPPING", _busy="DELETE_CLUSTER")
 
     def finish():
+        for np in cl.get("nodePools") or []:
+            drop_groups(np)
         gke_clusters(p).pop(p["cluster"], None)
     return gke_op(p, "DELETE_CLUSTER", f"clusters/{p['cluster']}", delay("gke_cluster_delete"), finish)
 
@@ -560,6 +563,7 @@ def pool_create(p, q, body):
 
     def finish():
         np["status"] = "RUNNING"
+        make_groups(p["project"], p["location"], p["cluster"], np)
         cl.update(status="RUNNING")
         cl.pop("_busy", None)
     return gke_op(p, "CREATE_NODE_POOL", f"clusters/{p['cluster']}/nodePools/{np['name']}",
@@ -591,8 +595,56 @@ def pool_change(op_type, apply):
     return h
 
 
+def make_groups(project, location, cluster, np):
+    """The managed instance groups GKE makes for a running pool, one per
+    zone, sized by the initial count; the pool names them in
+    instanceGroupUrls. A resize (setSize, the autoscaler) changes their
+    target size, never the pool's initialNodeCount."""
+    if np.get("instanceGroupUrls"):
+        return
+    zones = np.get("locations") or ([location] if re.search(r"-[a-z]$", location)
+                                    else [f"{location}-{z}" for z in "abc"])
+    urls = []
+    for z in zones:
+        name = "gke-%s-%s-%s-grp" % (cluster[:14], np["name"][:10], uuid.uuid4().hex[:8])
+        link = f"{COMPUTE}projects/{project}/zones/{z}/instanceGroupManagers/{name}"
+        coll(f"compute/projects/{project}/zones/{z}/instanceGroupManagers")[name] = {
+            "kind": "compute#instanceGroupManager", "name": name, "zone": f"{COMPUTE}projects/{project}/zones/{z}",
+            "selfLink": link, "id": str(uuid.uuid4().int % 10**18), "creationTimestamp": now_rfc3339(),
+            "baseInstanceName": name[:-4], "targetSize": int(np.get("initialNodeCount") or 0),
+            "instanceGroup": link.replace("instanceGroupManagers", "instanceGroups")}
+        urls.append(link)
+    np["instanceGroupUrls"] = urls
+
+
+def groups_of(np):
+    for url in np.get("instanceGroupUrls") or []:
+        m = re.search(r"projects/([^/]+)/zones/([^/]+)/instanceGroupManagers/([^/]+)$", url)
+        if m:
+            c = coll(f"compute/projects/{m.group(1)}/zones/{m.group(2)}/instanceGroupManagers")
+            yield c, m.group(3)
+
+
+def drop_groups(np):
+    for c, name in list(groups_of(np)):
+        c.pop(name, None)
+
+
 def set_size(np, body):
-    np["initialNodeCount"] = int(body.get("nodeCount", 0))
+    for c, name in groups_of(np):
+        if name in c:
+            c[name]["targetSize"] = int(body.get("nodeCount", 0))
+
+
+def igm_aggregated_list(p, q, body):
+    prefix = f"compute/projects/{p['project']}/zones/"
+    items = {}
+    for path, groups in sorted(STORE.items()):
+        if path.startswith(prefix) and path.endswith("/instanceGroupManagers") and groups:
+            zone = path[len(prefix):].split("/")[0]
+            items[f"zones/{zone}"] = {"instanceGroupManagers": list(groups.values())}
+    return {"kind": "compute#instanceGroupManagerAggregatedList", "id": f"projects/{p['project']}/aggregated/instanceGroupManagers",
+            "items": items, "selfLink": f"{COMPUTE}projects/{p['project']}/aggregated/instanceGroupManagers"}
 
 
 def set_autoscaling(np, body):
@@ -619,6 +671,7 @@ def pool_delete(p, q, body):
 
     def finish():
         cl["nodePools"] = [x for x in cl["nodePools"] if x is not np]
+        drop_groups(np)
         cl.pop("_busy", None)
     return gke_op(p, "DELETE_NODE_POOL", f"clusters/{p['cluster']}/nodePools/{p['pool']}",
                   delay("gke_pool_delete"), finish)
@@ -1367,6 +1420,7 @@ ROUTES = [
     ("container.projects.locations.clusters.setResourceLabels", "POST", C + ":setResourceLabels", gke_labels),
     ("container.projects.locations.clusters.delete", "DELETE", C, gke_delete),
     ("container.projects.locations.clusters.nodePools.create", "POST", C + "/nodePools", pool_create),
+    ("compute.instanceGroupManagers.aggregatedList", "GET", "/compute/v1/projects/{project}/aggregated/instanceGroupManagers", igm_aggregated_list),
     ("container.projects.locations.clusters.nodePools.list", "GET", C + "/nodePools", pool_list),
     ("container.projects.locations.clusters.nodePools.get", "GET", C + "/nodePools/{pool}", pool_get),
     ("container.projects.locations.clusters.nodePools.setSize", "POST", C + "/nodePools/{pool}:setSize",

@@ -12,6 +12,7 @@
 //! Refresh is one listing of every location (`-`), which returns the node
 //! pools too.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use serde_json::{json, Value as Json};
@@ -305,7 +306,64 @@ fn observe_cluster(c: &google_cloud_container_v1::model::Cluster) -> Observed {
     )
 }
 
-fn observe_pool(cluster_id: &str, p: &google_cloud_container_v1::model::NodePool) -> Observed {
+/// The target size of every managed instance group of the project, by
+/// self link (one aggregated list, whatever the number of pools and zones).
+async fn group_sizes(cx: &Context) -> Result<HashMap<String, i64>, DriverError> {
+    let g = cx.gcp().await?;
+    let mut sizes = HashMap::new();
+    let mut token = String::new();
+    loop {
+        let page = call(
+            cx,
+            "compute",
+            "listing the node pools' instance groups",
+            || {
+                g.instance_groups
+                    .aggregated_list()
+                    .set_project(&g.project)
+                    .set_page_token(token.clone())
+                    .send()
+            },
+        )
+        .await?;
+        for scoped in page.items.values() {
+            for m in &scoped.instance_group_managers {
+                if let (Some(link), Some(size)) = (&m.self_link, m.target_size) {
+                    sizes.insert(relative_link(link), i64::from(size));
+                }
+            }
+        }
+        match page.next_page_token.filter(|t| !t.is_empty()) {
+            Some(t) => token = t,
+            None => return Ok(sizes),
+        }
+    }
+}
+
+/// `projects/...` from a full Compute URL, so links compare whatever host
+/// or version prefix the API put in front.
+fn relative_link(link: &str) -> String {
+    link.find("projects/")
+        .map(|i| link[i..].to_string())
+        .unwrap_or_else(|| link.to_string())
+}
+
+/// A pool's size per zone now: its first instance group's target size
+/// (`setSize` and the autoscaler change those; `initialNodeCount` stays what
+/// the pool was created with), or the initial count for a pool whose groups
+/// are not made yet.
+fn pool_size(p: &google_cloud_container_v1::model::NodePool, sizes: &HashMap<String, i64>) -> i64 {
+    p.instance_group_urls
+        .iter()
+        .find_map(|u| sizes.get(&relative_link(u)).copied())
+        .unwrap_or(i64::from(p.initial_node_count))
+}
+
+fn observe_pool(
+    cluster_id: &str,
+    p: &google_cloud_container_v1::model::NodePool,
+    sizes: &HashMap<String, i64>,
+) -> Observed {
     use google_cloud_container_v1::model::node_pool::Status;
     let v = json(p);
     let (owner, address, _) = from_labels(v.pointer("/config/resourceLabels"));
@@ -330,7 +388,7 @@ fn observe_pool(cluster_id: &str, p: &google_cloud_container_v1::model::NodePool
                     config.disk_size_gb
                 }),
             ),
-            ("node_count", json!(p.initial_node_count)),
+            ("node_count", json!(pool_size(p, sizes))),
             ("min_nodes", json!(auto.min_node_count)),
             ("max_nodes", json!(auto.max_node_count)),
             ("auto_repair", json!(mgmt.auto_repair)),
@@ -748,11 +806,19 @@ async fn read_pool(cx: &Context, id: &str) -> Result<Option<Observed>, DriverErr
         .next()
         .unwrap_or_default()
         .to_string();
-    Ok(call_opt(cx, SERVICE, &format!("reading {id}"), || {
+    let Some(p) = call_opt(cx, SERVICE, &format!("reading {id}"), || {
         g.gke.get_node_pool().set_name(id).send()
     })
     .await?
-    .map(|p| observe_pool(&cluster, &p)))
+    else {
+        return Ok(None);
+    };
+    let sizes = if p.instance_group_urls.is_empty() {
+        HashMap::new()
+    } else {
+        group_sizes(cx).await?
+    };
+    Ok(Some(observe_pool(&cluster, &p, &sizes)))
 }
 
 #[async_trait::async_trait]
@@ -768,13 +834,19 @@ impl Driver for NodePool {
     }
 
     async fn refresh(&self, cx: &Context, _known: &[Known]) -> Result<Vec<Observed>, DriverError> {
+        let clusters = list_clusters(cx).await?;
+        let sizes = if clusters.iter().any(|c| !c.node_pools.is_empty()) {
+            group_sizes(cx).await?
+        } else {
+            HashMap::new()
+        };
         let mut out = Vec::new();
-        for c in list_clusters(cx).await? {
+        for c in clusters {
             let cid = observe_cluster(&c).id;
             out.extend(
                 c.node_pools
                     .iter()
-                    .map(|p| observe_pool(&cid, p))
+                    .map(|p| observe_pool(&cid, p, &sizes))
                     .filter(|o| o.owner.as_ref() == Some(&cx.owner)),
             );
         }

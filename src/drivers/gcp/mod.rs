@@ -48,6 +48,9 @@ pub struct GcpClients {
     pub firewalls: google_cloud_compute_v1::client::Firewalls,
     pub routers: google_cloud_compute_v1::client::Routers,
     pub addresses: google_cloud_compute_v1::client::GlobalAddresses,
+    /// The managed instance groups behind GKE node pools: a pool's size is
+    /// its groups' target size (GKE never changes `initialNodeCount`).
+    pub instance_groups: google_cloud_compute_v1::client::InstanceGroupManagers,
     pub global_ops: google_cloud_compute_v1::client::GlobalOperations,
     pub region_ops: google_cloud_compute_v1::client::RegionOperations,
     pub gke: google_cloud_container_v1::client::ClusterManager,
@@ -138,6 +141,7 @@ impl GcpClients {
             firewalls: build_client!(compute::Firewalls, e),
             routers: build_client!(compute::Routers, e),
             addresses: build_client!(compute::GlobalAddresses, e),
+            instance_groups: build_client!(compute::InstanceGroupManagers, e),
             global_ops: build_client!(compute::GlobalOperations, e),
             region_ops: build_client!(compute::RegionOperations, e),
             gke: build_client!(google_cloud_container_v1::client::ClusterManager, e),
