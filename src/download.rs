@@ -99,21 +99,9 @@ pub fn pin(url: &str) -> Result<PinnedFile, String> {
     check_url(url)?;
     let bytes = blocking(|| download(url))?;
     let sha = hex_sha256(&bytes);
-    let p = Pinned {
-        url: url.to_string(),
-        sha256: sha.clone(),
-    };
-    let dir = cache_dir().join("downloads");
-    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-    let path = dir.join(&sha);
-    let mut tmp = tempfile::NamedTempFile::new_in(&dir)
-        .map_err(|e| format!("writing into {}: {e}", dir.display()))?;
-    tmp.write_all(&bytes)
-        .map_err(|e| format!("writing into {}: {e}", dir.display()))?;
-    tmp.persist(&path)
-        .map_err(|e| format!("writing {}: {e}", path.display()))?;
+    let path = store(&bytes, &sha)?;
     Ok(PinnedFile {
-        entry: format!("{}#sha256={}", p.url, p.sha256),
+        entry: format!("{url}#sha256={sha}"),
         bytes: bytes.len(),
         path,
     })
@@ -155,11 +143,18 @@ pub fn fetch(p: &Pinned) -> Result<PathBuf, String> {
             p.url, p.sha256
         ));
     }
+    store(&bytes, &p.sha256)
+}
+
+/// Puts downloaded bytes into the cache under their SHA-256, complete or
+/// not at all (written aside, then renamed into place).
+fn store(bytes: &[u8], sha256: &str) -> Result<PathBuf, String> {
+    let dir = cache_dir().join("downloads");
+    let path = dir.join(sha256);
     std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-    // Complete or absent: written aside, then renamed into place.
     let mut tmp = tempfile::NamedTempFile::new_in(&dir)
         .map_err(|e| format!("writing into {}: {e}", dir.display()))?;
-    tmp.write_all(&bytes)
+    tmp.write_all(bytes)
         .map_err(|e| format!("writing into {}: {e}", dir.display()))?;
     tmp.persist(&path)
         .map_err(|e| format!("writing {}: {e}", path.display()))?;

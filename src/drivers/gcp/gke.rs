@@ -644,39 +644,32 @@ impl Driver for Cluster {
     ) -> Result<Observed, DriverError> {
         let g = cx.gcp().await?;
         let timeout = want.timeouts.update_or(CLUSTER_TIMEOUT);
-        if changed.iter().any(|c| c == "release_channel") {
-            let update: google_cloud_container_v1::model::ClusterUpdate = message(
-                "cluster update",
+        // GKE takes one change per clusters.update: the channel, then the
+        // control plane's version (upgraded in place; the node pools follow
+        // on their own with auto_upgrade, or through their own version).
+        let updates = [
+            (
+                "release_channel",
                 json!({"desiredReleaseChannel": {"channel": want.props.get("release_channel")}}),
-            )?;
-            mutate(
-                cx,
-                want.address,
-                &have.id,
-                &format!("updating {}", have.id),
-                timeout,
-                || {
-                    g.gke
-                        .update_cluster()
-                        .set_name(&have.id)
-                        .set_update(update.clone())
-                        .send()
-                },
-            )
-            .await?;
-        }
-        if changed.iter().any(|c| c == "version") {
-            // GKE upgrades the control plane in place; the node pools follow
-            // on their own (auto_upgrade) or through their own version.
-            let update: google_cloud_container_v1::model::ClusterUpdate = message(
-                "cluster update",
+                "updating",
+            ),
+            (
+                "version",
                 json!({"desiredMasterVersion": want.props.get("version")}),
-            )?;
+                "upgrading",
+            ),
+        ];
+        for (field, body, verb) in updates {
+            if !changed.iter().any(|c| c == field) {
+                continue;
+            }
+            let update: google_cloud_container_v1::model::ClusterUpdate =
+                message("cluster update", body)?;
             mutate(
                 cx,
                 want.address,
                 &have.id,
-                &format!("upgrading {}", have.id),
+                &format!("{verb} {}", have.id),
                 timeout,
                 || {
                     g.gke

@@ -287,6 +287,14 @@ impl<'a> Api<'a> {
     }
 }
 
+/// The Connection body of a create or a range change.
+fn connection(numbered: &str, want: &Desired<'_>) -> Json {
+    json!({
+        "network": numbered,
+        "reservedPeeringRanges": want.props.get("reserved_ranges").cloned().unwrap_or(json!([])),
+    })
+}
+
 fn url_escape(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
@@ -345,10 +353,7 @@ impl Driver for ServiceNetworkingConnection {
             .send(
                 "POST",
                 &format!("v1/services/{service}/connections"),
-                Some(json!({
-                    "network": numbered,
-                    "reservedPeeringRanges": want.props.get("reserved_ranges").cloned().unwrap_or(json!([])),
-                })),
+                Some(connection(&numbered, want)),
                 "creating the private service connection",
             )
             .await?
@@ -382,10 +387,7 @@ impl Driver for ServiceNetworkingConnection {
                     "v1/services/{service}/connections/{}?updateMask=reservedPeeringRanges&force=true",
                     connection_name(service)
                 ),
-                Some(json!({
-                    "network": numbered,
-                    "reservedPeeringRanges": want.props.get("reserved_ranges").cloned().unwrap_or(json!([])),
-                })),
+                Some(connection(&numbered, want)),
                 "changing the private service connection's ranges",
             )
             .await?
