@@ -542,3 +542,122 @@ fn local_google_refuses_private_addresses_until_private_services_access_exists()
     let (code, e) = gcp_post(&format!("/v1/projects/{p}/instances"), sql);
     assert_eq!(code, 200, "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn local_eks_upgrades_one_minor_version_at_a_time() {
+    let name = format!("lcu{}", std::process::id());
+    let w = World::from_stack("aws-network.yaml", &name);
+    let conf = sdk(&w).await;
+    let ec2 = aws_sdk_ec2::Client::new(&conf);
+    let eks = aws_sdk_eks::Client::new(&conf);
+    let vpc_id = ec2
+        .create_vpc()
+        .cidr_block("10.42.0.0/16")
+        .send()
+        .await
+        .unwrap()
+        .vpc()
+        .unwrap()
+        .vpc_id()
+        .unwrap()
+        .to_string();
+    let subnet = ec2
+        .create_subnet()
+        .vpc_id(&vpc_id)
+        .cidr_block("10.42.1.0/24")
+        .availability_zone("us-east-1a")
+        .send()
+        .await
+        .unwrap();
+    let subnet_id = subnet.subnet().unwrap().subnet_id().unwrap().to_string();
+    eks.create_cluster()
+        .name(&name)
+        .version("1.33")
+        .role_arn("arn:aws:iam::123456789012:role/eks")
+        .resources_vpc_config(
+            aws_sdk_eks::types::VpcConfigRequest::builder()
+                .subnet_ids(&subnet_id)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let wait_active = || async {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let c = eks.describe_cluster().name(&name).send().await.unwrap();
+            let c = c.cluster().unwrap().clone();
+            if c.status().map(|s| s.as_str()) == Some("ACTIVE") {
+                return c;
+            }
+            assert!(Instant::now() < deadline, "never ACTIVE");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    wait_active().await;
+    // Two minor versions at once: refused, as EKS refuses it.
+    let err = eks
+        .update_cluster_version()
+        .name(&name)
+        .version("1.35")
+        .send()
+        .await
+        .unwrap_err();
+    let svc = err.into_service_error();
+    assert!(svc.is_invalid_parameter_exception(), "{svc:?}");
+    assert!(svc.to_string().contains("from 1.33 to 1.35"), "{svc}");
+    // One step: in place, through UPDATING.
+    let up = eks
+        .update_cluster_version()
+        .name(&name)
+        .version("1.34")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        up.update().and_then(|u| u.r#type()).map(|t| t.as_str()),
+        Some("VersionUpdate")
+    );
+    let c = wait_active().await;
+    assert_eq!(c.version(), Some("1.34"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kubernetes_upgrade_is_planned_in_place_and_applied_one_step() {
+    let name = format!("lcup{}", std::process::id());
+    let w = World::from_stack("aws-network.yaml", &name);
+    let stack = w.dir.path().join("eks.yaml");
+    std::fs::write(
+        &stack,
+        format!(
+            "name: {name}\ncloud:\n  aws: {{ region: us-east-1 }}\nvariables:\n  k8s: {{ type: string, default: \"1.34\" }}\nresources:\n  vpc:\n    kind: aws.vpc\n    properties: {{ cidr_block: 10.43.0.0/16 }}\n  a:\n    kind: aws.subnet\n    properties: {{ vpc_id: \"${{vpc.id}}\", cidr_block: 10.43.1.0/24, availability_zone: us-east-1a }}\n  b:\n    kind: aws.subnet\n    properties: {{ vpc_id: \"${{vpc.id}}\", cidr_block: 10.43.2.0/24, availability_zone: us-east-1b }}\n  role:\n    kind: aws.iam_role\n    properties: {{ name: {name}-eks, assume_role_service: eks.amazonaws.com }}\n  eks:\n    kind: aws.eks_cluster\n    properties:\n      name: {name}\n      version: ${{var.k8s}}\n      role_arn: ${{role.arn}}\n      subnet_ids: [\"${{a.id}}\", \"${{b.id}}\"]\n"
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str], k8s: &str| {
+        let mut all = vec![args[0], stack.to_str().unwrap()];
+        all.extend_from_slice(&args[1..]);
+        w.cmd(&all)
+            .env("RALPH_DEPLOY_VAR_k8s", k8s)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["apply", "--auto-approve"], "1.34");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let plan = run(&["plan", "--json"], "1.35");
+    assert!(plan.status.success(), "{}", text(&plan.stderr));
+    let plan: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
+    assert_eq!(
+        common::changed(&plan),
+        vec![("eks".to_string(), "update".to_string())],
+        "{plan}"
+    );
+    let out = run(&["apply", "--auto-approve"], "1.35");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let eks = aws_sdk_eks::Client::new(&sdk(&w).await);
+    let c = eks.describe_cluster().name(&name).send().await.unwrap();
+    assert_eq!(c.cluster().unwrap().version(), Some("1.35"));
+    // The cluster now is what the stack says: nothing left to do.
+    let out = run(&["plan", "--detailed-exitcode"], "1.35");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}

@@ -229,6 +229,42 @@ def patch_eks_rules():
 
     wrap(m.EKSBackend, "update_cluster_config", after=after_config)
 
+    # UpdateClusterVersion, which moto lacks, with EKS's rules: an ACTIVE
+    # cluster, one minor version up, to a version EKS still offers.
+    import uuid as _uuid
+    from moto.eks import responses as eks_responses
+    from moto.eks import urls as eks_urls
+    from moto.eks.exceptions import InvalidRequestException, ResourceNotFoundException
+
+    def update_cluster_version(self, name, version):
+        cluster = self.clusters.get(name)
+        if cluster is None:
+            raise ResourceNotFoundException(clusterName=name, nodegroupName=None, fargateProfileName=None,
+                                            addonName=None, message="No cluster found for name: %s." % name)
+        if cluster.status != "ACTIVE":
+            raise InvalidRequestException(message="Cluster is not in ACTIVE state: %s" % cluster.status)
+        check_version(version)
+        have = [int(x) for x in minor(cluster.version).split(".")]
+        want = [int(x) for x in minor(version).split(".")]
+        if want[0] != have[0] or want[1] != have[1] + 1:
+            raise InvalidParameterException(
+                clusterName=name, nodegroupName=None, fargateProfileName=None, addonName=None,
+                message="Unsupported Kubernetes minor version update from %s to %s" % (minor(cluster.version), minor(version)))
+        cluster.version = minor(version)
+        transition(cluster, "status", "UPDATING", delay("eks_cluster_update"))
+        return {"id": str(_uuid.uuid4()), "status": "InProgress", "type": "VersionUpdate",
+                "params": [{"type": "Version", "value": minor(version)}, {"type": "PlatformVersion", "value": "eks.1"}],
+                "createdAt": time.time(), "errors": []}
+
+    m.EKSBackend.update_cluster_version = update_cluster_version
+
+    def respond(self):
+        update = self.eks_backend.update_cluster_version(self._get_param("name"), self._get_param("version"))
+        return 200, {"Content-Type": "application/json"}, json.dumps({"update": update})
+
+    eks_responses.EKSResponse.update_cluster_version = respond
+    eks_urls.url_paths["{0}/clusters/(?P<name>[^/]+)/updates$"] = eks_urls.response.dispatch
+
     # The cluster security group leaves with the cluster (when moto really
     # removes it, after the delete's delay).
     original_delete = m.EKSBackend.delete_cluster
