@@ -183,6 +183,18 @@ const CASES: &[(&str, usize, usize, &str)] = &[
         "`POSTGRES_8` is not a Cloud SQL for PostgreSQL version",
     ),
     (
+        "duplicate-cloud-name.yaml",
+        6,
+        13,
+        "would both be the aws.s3_bucket named `app-backups-example`",
+    ),
+    (
+        "gke-pool-count-outside-bounds.yaml",
+        11,
+        19,
+        "`node_count` is 5, more than `max_nodes` (3)",
+    ),
+    (
         "gke-bad-channel.yaml",
         14,
         24,

@@ -31,6 +31,7 @@ pub fn validate(stack: &Stack) -> Result<(), Diagnostics> {
         }
     }
     within(stack, &mut d);
+    one_cloud_name_each(stack, &mut d);
     moved(stack, &mut d);
     for i in &stack.imports {
         if !stack.resources.contains_key(&i.to.value) {
@@ -540,6 +541,44 @@ fn within(stack: &Stack, d: &mut Diagnostics) {
 
 /// `moved` entries: each must lead to something the stack declares, and
 /// must not rename something the stack still declares.
+/// Two resources of one kind whose names (the kind's `name_field`) are the
+/// same literal would claim one cloud resource: the second create fails, or
+/// worse, both addresses adopt the same thing. Caught here, at the second
+/// one, with the first named (also when both come from uses of a component).
+fn one_cloud_name_each(stack: &Stack, d: &mut Diagnostics) {
+    let mut seen: std::collections::BTreeMap<(&str, String), &str> = Default::default();
+    for r in stack.resources.values() {
+        let Some(field) = r.kind.name_field else {
+            continue;
+        };
+        let Some(p) = r.properties.get(field) else {
+            continue;
+        };
+        let Some(name) = p
+            .value
+            .to_literal()
+            .and_then(|v| v.as_str().map(str::to_string))
+        else {
+            continue;
+        };
+        match seen.entry((r.kind.kind, name.clone())) {
+            std::collections::btree_map::Entry::Vacant(e) => {
+                e.insert(r.address.as_str());
+            }
+            std::collections::btree_map::Entry::Occupied(e) => d.error_help(
+                p.value.span,
+                format!(
+                    "`{}` and `{}` would both be the {} named `{name}`: the cloud keeps one",
+                    e.get(),
+                    r.address,
+                    r.kind.kind
+                ),
+                format!("give `{}` a `{field}` of its own", r.address),
+            ),
+        }
+    }
+}
+
 fn moved(stack: &Stack, d: &mut Diagnostics) {
     use crate::model::address::is_under;
     let mut froms = std::collections::BTreeSet::new();

@@ -204,7 +204,11 @@ static POOL: KindSchema = KindSchema {
     taggable: false,
     name_field: None,
     exactly_one_of: &[],
-    ordered: &[("min_nodes", "max_nodes")],
+    ordered: &[
+        ("min_nodes", "max_nodes"),
+        ("min_nodes", "node_count"),
+        ("node_count", "max_nodes"),
+    ],
 };
 
 pub fn drivers() -> Vec<Box<dyn Driver>> {
