@@ -20,6 +20,38 @@ fn sdk(w: &World) -> impl std::future::Future<Output = aws_config::SdkConfig> + 
     w.aws_conf()
 }
 
+/// A VPC `10.N.0.0/16` with one /24 subnet per zone: (vpc id, subnet ids).
+async fn vpc_with_subnets(
+    ec2: &aws_sdk_ec2::Client,
+    n: u8,
+    zones: &[&str],
+) -> (String, Vec<String>) {
+    let vpc_id = ec2
+        .create_vpc()
+        .cidr_block(format!("10.{n}.0.0/16"))
+        .send()
+        .await
+        .unwrap()
+        .vpc()
+        .unwrap()
+        .vpc_id()
+        .unwrap()
+        .to_string();
+    let mut subnets = vec![];
+    for (i, zone) in zones.iter().enumerate() {
+        let s = ec2
+            .create_subnet()
+            .vpc_id(&vpc_id)
+            .cidr_block(format!("10.{n}.{}.0/24", i + 1))
+            .availability_zone(*zone)
+            .send()
+            .await
+            .unwrap();
+        subnets.push(s.subnet().unwrap().subnet_id().unwrap().to_string());
+    }
+    (vpc_id, subnets)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn local_eks_refuses_a_version_past_its_support_and_makes_a_cluster_security_group() {
     let name = format!("lcv{}", std::process::id());
@@ -27,22 +59,8 @@ async fn local_eks_refuses_a_version_past_its_support_and_makes_a_cluster_securi
     let conf = sdk(&w).await;
     let ec2 = aws_sdk_ec2::Client::new(&conf);
     let eks = aws_sdk_eks::Client::new(&conf);
-    let vpc = ec2
-        .create_vpc()
-        .cidr_block("10.40.0.0/16")
-        .send()
-        .await
-        .unwrap();
-    let vpc_id = vpc.vpc().unwrap().vpc_id().unwrap().to_string();
-    let subnet = ec2
-        .create_subnet()
-        .vpc_id(&vpc_id)
-        .cidr_block("10.40.1.0/24")
-        .availability_zone("us-east-1a")
-        .send()
-        .await
-        .unwrap();
-    let subnet_id = subnet.subnet().unwrap().subnet_id().unwrap().to_string();
+    let (vpc_id, subnets) = vpc_with_subnets(&ec2, 40, &["us-east-1a"]).await;
+    let subnet_id = subnets[0].clone();
     let vpc_config = aws_sdk_eks::types::VpcConfigRequest::builder()
         .subnet_ids(&subnet_id)
         .build();
@@ -192,29 +210,7 @@ async fn a_store_is_reachable_only_through_the_groups_the_nodes_really_carry() {
     let ec2 = aws_sdk_ec2::Client::new(&conf);
     let eks = aws_sdk_eks::Client::new(&conf);
     let rds = aws_sdk_rds::Client::new(&conf);
-    let vpc_id = ec2
-        .create_vpc()
-        .cidr_block("10.41.0.0/16")
-        .send()
-        .await
-        .unwrap()
-        .vpc()
-        .unwrap()
-        .vpc_id()
-        .unwrap()
-        .to_string();
-    let mut subnets = vec![];
-    for (i, zone) in ["us-east-1a", "us-east-1b"].iter().enumerate() {
-        let s = ec2
-            .create_subnet()
-            .vpc_id(&vpc_id)
-            .cidr_block(format!("10.41.{i}.0/24"))
-            .availability_zone(*zone)
-            .send()
-            .await
-            .unwrap();
-        subnets.push(s.subnet().unwrap().subnet_id().unwrap().to_string());
-    }
+    let (vpc_id, subnets) = vpc_with_subnets(&ec2, 41, &["us-east-1a", "us-east-1b"]).await;
     let group = |n: &str| {
         let ec2 = ec2.clone();
         let vpc_id = vpc_id.clone();
@@ -550,26 +546,8 @@ async fn local_eks_upgrades_one_minor_version_at_a_time() {
     let conf = sdk(&w).await;
     let ec2 = aws_sdk_ec2::Client::new(&conf);
     let eks = aws_sdk_eks::Client::new(&conf);
-    let vpc_id = ec2
-        .create_vpc()
-        .cidr_block("10.42.0.0/16")
-        .send()
-        .await
-        .unwrap()
-        .vpc()
-        .unwrap()
-        .vpc_id()
-        .unwrap()
-        .to_string();
-    let subnet = ec2
-        .create_subnet()
-        .vpc_id(&vpc_id)
-        .cidr_block("10.42.1.0/24")
-        .availability_zone("us-east-1a")
-        .send()
-        .await
-        .unwrap();
-    let subnet_id = subnet.subnet().unwrap().subnet_id().unwrap().to_string();
+    let (_, subnets) = vpc_with_subnets(&ec2, 42, &["us-east-1a"]).await;
+    let subnet_id = subnets[0].clone();
     eks.create_cluster()
         .name(&name)
         .version("1.33")

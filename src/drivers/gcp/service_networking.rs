@@ -85,6 +85,9 @@ struct Api<'a> {
     cx: &'a Context,
     base: String,
     token: Option<String>,
+    /// Project id -> number, read once per Api (a create both sends and
+    /// reads back by the numbered network).
+    numbers: std::sync::Mutex<std::collections::HashMap<String, String>>,
 }
 
 impl<'a> Api<'a> {
@@ -103,6 +106,7 @@ impl<'a> Api<'a> {
             cx,
             base: base.trim_end_matches('/').to_string(),
             token,
+            numbers: Default::default(),
         })
     }
 
@@ -227,20 +231,34 @@ impl<'a> Api<'a> {
         if project.chars().all(|c| c.is_ascii_digit()) {
             return Ok(network.clone());
         }
-        let g = self.cx.gcp().await?;
-        let p = super::call(
-            self.cx,
-            "resourcemanager",
-            "reading the project's number",
-            || {
-                g.projects
-                    .get_project()
-                    .set_name(format!("projects/{project}"))
-                    .send()
-            },
-        )
-        .await?;
-        let number = p.name.trim_start_matches("projects/");
+        let known = self
+            .numbers
+            .lock()
+            .ok()
+            .and_then(|m| m.get(project).cloned());
+        let number = match known {
+            Some(n) => n,
+            None => {
+                let g = self.cx.gcp().await?;
+                let p = super::call(
+                    self.cx,
+                    "resourcemanager",
+                    "reading the project's number",
+                    || {
+                        g.projects
+                            .get_project()
+                            .set_name(format!("projects/{project}"))
+                            .send()
+                    },
+                )
+                .await?;
+                let n = p.name.trim_start_matches("projects/").to_string();
+                if let Ok(mut m) = self.numbers.lock() {
+                    m.insert(project.to_string(), n.clone());
+                }
+                n
+            }
+        };
         Ok(format!("projects/{number}/{rest}"))
     }
 
@@ -295,6 +313,47 @@ fn connection(numbered: &str, want: &Desired<'_>) -> Json {
     })
 }
 
+enum Write {
+    Create,
+    Ranges,
+}
+
+/// Creates the connection, or changes its ranges in place, waits for the
+/// operation and reads the connection back.
+async fn write(cx: &Context, want: &Desired<'_>, how: Write) -> Result<Observed, DriverError> {
+    let api = Api::new(cx).await?;
+    let network = want.required_str("network")?;
+    let service = want
+        .str("service")
+        .unwrap_or("servicenetworking.googleapis.com");
+    let numbered = api.numbered(network).await?;
+    let (method, path, what) = match how {
+        Write::Create => (
+            "POST",
+            format!("v1/services/{service}/connections"),
+            "creating the private service connection",
+        ),
+        Write::Ranges => (
+            "PATCH",
+            format!(
+                "v1/services/{service}/connections/{}?updateMask=reservedPeeringRanges&force=true",
+                connection_name(service)
+            ),
+            "changing the private service connection's ranges",
+        ),
+    };
+    let op = api
+        .send(method, &path, Some(connection(&numbered, want)), what)
+        .await?
+        .unwrap_or_default();
+    api.wait(want.address, op, what).await?;
+    api.read(service, network).await?.ok_or_else(|| {
+        DriverError::new(format!(
+            "the private service connection of {network} is not listed after {what} finished"
+        ))
+    })
+}
+
 fn url_escape(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
@@ -343,65 +402,17 @@ impl Driver for ServiceNetworkingConnection {
     }
 
     async fn create(&self, cx: &Context, want: &Desired<'_>) -> Result<Observed, DriverError> {
-        let api = Api::new(cx).await?;
-        let network = want.required_str("network")?;
-        let service = want
-            .str("service")
-            .unwrap_or("servicenetworking.googleapis.com");
-        let numbered = api.numbered(network).await?;
-        let op = api
-            .send(
-                "POST",
-                &format!("v1/services/{service}/connections"),
-                Some(connection(&numbered, want)),
-                "creating the private service connection",
-            )
-            .await?
-            .unwrap_or_default();
-        api.wait(want.address, op, "creating the private service connection")
-            .await?;
-        api.read(service, network).await?.ok_or_else(|| {
-            DriverError::new(format!(
-                "the private service connection of {network} is not listed after its create finished"
-            ))
-        })
+        write(cx, want, Write::Create).await
     }
 
     async fn update(
         &self,
         cx: &Context,
         want: &Desired<'_>,
-        have: &Observed,
+        _have: &Observed,
         _changed: &[String],
     ) -> Result<Observed, DriverError> {
-        let api = Api::new(cx).await?;
-        let network = want.required_str("network")?;
-        let service = want
-            .str("service")
-            .unwrap_or("servicenetworking.googleapis.com");
-        let numbered = api.numbered(network).await?;
-        let op = api
-            .send(
-                "PATCH",
-                &format!(
-                    "v1/services/{service}/connections/{}?updateMask=reservedPeeringRanges&force=true",
-                    connection_name(service)
-                ),
-                Some(connection(&numbered, want)),
-                "changing the private service connection's ranges",
-            )
-            .await?
-            .unwrap_or_default();
-        api.wait(
-            want.address,
-            op,
-            "changing the private service connection's ranges",
-        )
-        .await?;
-        Ok(api
-            .read(service, network)
-            .await?
-            .unwrap_or_else(|| have.clone()))
+        write(cx, want, Write::Ranges).await
     }
 
     async fn delete(
