@@ -34,6 +34,7 @@ pub mod graph;
 pub mod model;
 pub mod ops;
 pub mod plan;
+pub mod remote;
 pub mod stack;
 pub mod state;
 #[cfg(test)]

@@ -315,33 +315,30 @@ fn silent_endpoint() -> (std::net::TcpListener, String) {
     (l, url)
 }
 
-#[test]
-fn plan_against_a_hanging_endpoint_speaks_within_seconds_and_fails_within_the_bound() {
-    let (listener, url) = silent_endpoint();
-    let held = std::thread::spawn(move || {
-        // Keep accepted sockets open (and silent) for the test's length.
+/// Keeps a silent endpoint's accepted sockets open for `secs`.
+fn hold_silent(listener: std::net::TcpListener, secs: u64) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
         let mut socks = Vec::new();
         listener.set_nonblocking(true).unwrap();
-        let until = Instant::now() + Duration::from_secs(40);
+        let until = Instant::now() + Duration::from_secs(secs);
         while Instant::now() < until {
             if let Ok((s, _)) = listener.accept() {
                 socks.push(s);
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-    });
-    let w = World::from_stack(
-        "aws-network.yaml",
-        &format!("t-hang-{}", std::process::id()),
-    );
-    let stack = w.stack();
+    })
+}
+
+/// Runs `cmd` (bound 12 s) against a party that never answers: the first
+/// line comes within 10 s, the failure within the bound (plus the time to
+/// say so), and the messages name `named` and the setting; no library's
+/// log line and no other cloud's knob appear.
+fn speaks_and_fails_within_the_bound(mut cmd: std::process::Command, named: &str, not: &[&str]) {
     let started = Instant::now();
-    let mut child = w
-        .cmd_at(
-            &url,
-            &["plan", stack.to_str().unwrap(), "--env", "production"],
-        )
+    let mut child = cmd
         .env("RALPH_DEPLOY_API_TIMEOUT", "12")
+        .env_remove("RALPH_DEPLOY_LOG")
         .stderr(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
         .spawn()
@@ -363,8 +360,110 @@ fn plan_against_a_hanging_endpoint_speaks_within_seconds_and_fails_within_the_bo
     assert_eq!(status.code(), Some(1), "{all}");
     assert!(first_line_at.unwrap() < Duration::from_secs(10), "{all}");
     assert!(total < Duration::from_secs(25), "took {total:?}: {all}");
-    assert!(all.contains(&url), "the endpoint is named: {all}");
+    assert!(all.contains(named), "the endpoint is named: {all}");
     assert!(all.contains("RALPH_DEPLOY_API_TIMEOUT"), "{all}");
+    // The failure itself (not only the progress lines) names both.
+    let last = all
+        .lines()
+        .filter(|l| l.contains("error"))
+        .last()
+        .unwrap_or_default();
+    assert!(
+        last.contains(named) && last.contains("RALPH_DEPLOY_API_TIMEOUT"),
+        "{all}"
+    );
+    for word in not {
+        assert!(!all.contains(word), "`{word}` has no place here: {all}");
+    }
+    // Libraries' own log lines (tracing's level and target) stay out.
+    for level in [" ERROR ", " WARN ", "kube_client", "hyper"] {
+        assert!(!all.contains(level), "a library log line: {all}");
+    }
+}
+
+#[test]
+fn plan_against_a_hanging_endpoint_speaks_within_seconds_and_fails_within_the_bound() {
+    let (listener, url) = silent_endpoint();
+    let held = hold_silent(listener, 40);
+    let w = World::from_stack(
+        "aws-network.yaml",
+        &format!("t-hang-{}", std::process::id()),
+    );
+    let stack = w.stack();
+    speaks_and_fails_within_the_bound(
+        w.cmd_at(
+            &url,
+            &["plan", stack.to_str().unwrap(), "--env", "production"],
+        ),
+        &url,
+        &[],
+    );
+    drop(held);
+}
+
+#[test]
+fn a_hanging_google_cloud_endpoint_is_named_with_its_own_setting() {
+    let (listener, url) = silent_endpoint();
+    let held = hold_silent(listener, 40);
+    let w = World::from_stack(
+        "gcp-production.yaml",
+        &format!("t-hg-{}", std::process::id() % 10000),
+    );
+    let stack = w.stack();
+    let mut cmd = w.cmd(&["plan", stack.to_str().unwrap(), "--env", "production"]);
+    cmd.env("RALPH_DEPLOY_GCP_ENDPOINT", &url);
+    // Nothing about AWS: the stack uses Google Cloud only.
+    speaks_and_fails_within_the_bound(cmd, &url, &["AWS_ENDPOINT_URL", "the AWS API"]);
+    drop(held);
+}
+
+#[test]
+fn a_hanging_kubernetes_api_server_is_named_with_the_setting() {
+    let (listener, url) = silent_endpoint();
+    let held = hold_silent(listener, 40);
+    let w = World::from_stack(
+        "kubernetes-app.yaml",
+        &format!("t-hang-kube-{}", std::process::id()),
+    );
+    let kubeconfig = w.dir.path().join("silent-kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: silent\n  cluster:\n    server: {url}\nusers:\n- name: u\n  user:\n    token: t\ncontexts:\n- name: silent\n  context:\n    cluster: silent\n    user: u\ncurrent-context: silent\n"
+        ),
+    )
+    .unwrap();
+    let stack = w.stack();
+    let mut cmd = w.cmd(&[
+        "render",
+        stack.to_str().unwrap(),
+        "--env",
+        "production",
+        "--discover",
+    ]);
+    cmd.env("RALPH_DEPLOY_VAR_kubeconfig", &kubeconfig);
+    speaks_and_fails_within_the_bound(cmd, &url, &["ServiceError", "SendRequest"]);
+    drop(held);
+}
+
+#[test]
+fn a_hanging_postgresql_state_store_is_named_with_the_setting() {
+    let (listener, url) = silent_endpoint();
+    let held = hold_silent(listener, 40);
+    let w = World::from_stack(
+        "aws-network.yaml",
+        &format!("t-hang-pg-{}", std::process::id()),
+    );
+    let address = url.trim_start_matches("http://");
+    let state = format!("postgresql://deployer:hunter2secret@{address}/state");
+    let stack = w.stack();
+    let mut cmd = w.cmd(&["plan", stack.to_str().unwrap(), "--env", "production"]);
+    cmd.env("RALPH_DEPLOY_STATE", &state);
+    speaks_and_fails_within_the_bound(
+        cmd,
+        &format!("postgresql://deployer@{address}/state"),
+        &["hunter2secret", "pool timed out"],
+    );
     drop(held);
 }
 

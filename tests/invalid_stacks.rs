@@ -207,6 +207,48 @@ const CASES: &[(&str, usize, usize, &str)] = &[
         "Kubernetes 1.28 is past its end of support at Amazon EKS (2025-11-26)",
     ),
     ("manifests-unpinned-url.yaml", 7, 14, "is not pinned"),
+    (
+        "subnet-zone-of-another-region.yaml",
+        14,
+        26,
+        "availability zone `eu-west-1a` is in eu-west-1, and the stack's region (cloud.aws.region) is us-east-1",
+    ),
+    (
+        "eks-subnets-in-one-zone.yaml",
+        21,
+        19,
+        "EKS needs subnets in at least two availability zones",
+    ),
+    (
+        "gcp-secondary-range-overlaps.yaml",
+        18,
+        21,
+        "overlaps secondary range `pods` (10.20.0.0/16)",
+    ),
+    (
+        "gcp-secondary-range-inside-primary.yaml",
+        16,
+        21,
+        "overlaps the primary range 10.10.0.0/16",
+    ),
+    (
+        "firewall-bad-protocol.yaml",
+        15,
+        9,
+        "protocol `http` is not one of tcp, udp",
+    ),
+    (
+        "firewall-bad-port.yaml",
+        15,
+        9,
+        "`70000` is not a port (0-65535)",
+    ),
+    (
+        "gke-location-outside-subnet-region.yaml",
+        24,
+        17,
+        "location `europe-west1-b` is outside us-central1",
+    ),
 ];
 
 #[test]

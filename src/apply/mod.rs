@@ -408,7 +408,7 @@ pub async fn apply(
             Err(e) => {
                 return Err(ApplyError::State(StateError::Io {
                     path: backend.describe(),
-                    source: std::io::Error::other(e.to_string()),
+                    error: std::io::Error::other(e.to_string()),
                 }))
             }
         }

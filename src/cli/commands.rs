@@ -253,11 +253,14 @@ fn validate(args: &StackArgs, json: bool) -> Result<i32, CliError> {
 }
 
 pub(super) fn reporter(json: bool) -> Arc<dyn Reporter> {
-    if json {
+    let r: Arc<dyn Reporter> = if json {
         Arc::new(JsonReporter)
     } else {
         super::progress::reporter()
-    }
+    };
+    // Slow remote parties are named through the same view.
+    crate::remote::set_reporter(r.clone());
+    r
 }
 
 pub(super) async fn read_state(s: &Session) -> Result<(State, bool), CliError> {

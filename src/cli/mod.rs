@@ -650,13 +650,12 @@ pub fn main() -> i32 {
     let cli = Cli::parse_from(args);
     let filter =
         tracing_subscriber::EnvFilter::try_from_env("RALPH_DEPLOY_LOG").unwrap_or_else(|_| {
-            tracing_subscriber::EnvFilter::new(
-                // A kubeconfig that skips TLS verification is the user's
-                // explicit choice; the client would repeat it on every call.
-                // The AWS credential chain warns once per provider it
-                // tries; a missing credential is reported as one error.
-                "warn,kube_client::client::tls=error,aws_config=error,aws_runtime::env_config=error",
-            )
+            // Only this tool's own warnings: the libraries' log lines
+            // (the Kubernetes client's connection errors, the AWS
+            // credential chain's attempts) repeat what the tool's own
+            // message says, naming the party and the setting.
+            // RALPH_DEPLOY_LOG=warn (or debug, ...) shows them.
+            tracing_subscriber::EnvFilter::new("off,ralph_deploy=warn")
         });
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -161,6 +161,10 @@ editors read through the `# yaml-language-server: $schema=` line of the shipped 
         }
         out.push('\n');
     }
+    out.push_str("\n## Rules across resources\n\nBeyond each property's type and allowed values, `validate`, `plan` and `apply` refuse a stack that breaks one of these, naming the file, line and column:\n\n");
+    for rule in crate::stack::validate::RULES {
+        out.push_str(&format!("- {rule}\n"));
+    }
     out.push('\n');
     for k in schemas {
         kind_section(k, &mut out);

@@ -183,10 +183,28 @@ impl Context {
             .await
     }
 
-    /// Where cloud requests go, for messages about a cloud that does not answer.
+    /// Where AWS requests go, for messages about a cloud that does not answer.
     pub fn endpoint_description(&self) -> String {
         aws::configured_endpoint(&self.cloud.aws.clone().unwrap_or_default())
             .unwrap_or_else(aws::endpoint_description)
+    }
+
+    /// Where requests for resources of `kind` go: the party and its address.
+    pub fn party_of(&self, kind: &str) -> (crate::remote::Party, String) {
+        use crate::remote::Party;
+        let party = Party::of_kind(kind);
+        let at = match party {
+            Party::Aws => self.endpoint_description(),
+            Party::Gcp => self
+                .cloud
+                .gcp
+                .as_ref()
+                .and_then(gcp::configured_endpoint)
+                .unwrap_or_else(|| "Google's endpoints".into()),
+            Party::Kubernetes => crate::remote::kube_servers(),
+            _ => "the database the resource names".into(),
+        };
+        (party, at)
     }
 
     pub fn request_count(&self) -> u64 {

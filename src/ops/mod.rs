@@ -127,7 +127,7 @@ pub async fn find_to_import(
     let Some(obs) = found else {
         return Err(OpError::refused(format!(
             "import of `{address}`: no {kind} with id `{id}` exists (at {}); nothing was changed",
-            cx.endpoint_description()
+            cx.party_of(kind).1
         )));
     };
     if let Some(owner) = &obs.owner {

@@ -127,17 +127,26 @@ pub async fn refresh(
                         .lock()
                         .map(|p| p.iter().cloned().collect())
                         .unwrap_or_default();
-                    if !waiting.is_empty() {
-                        let shown = waiting.iter().take(4).cloned().collect::<Vec<_>>().join(", ");
-                        let more = waiting.len().saturating_sub(4);
+                    // One line per party waited for, naming where it is.
+                    let mut by_party: Vec<(crate::remote::Party, String, Vec<String>)> = Vec::new();
+                    for kind in waiting {
+                        let (party, at) = cx.party_of(&kind);
+                        match by_party.iter_mut().find(|(p, a, _)| *p == party && *a == at) {
+                            Some((_, _, kinds)) => kinds.push(kind),
+                            None => by_party.push((party, at, vec![kind])),
+                        }
+                    }
+                    for (party, at, kinds) in by_party {
+                        let shown = kinds.iter().take(4).cloned().collect::<Vec<_>>().join(", ");
+                        let more = kinds.len().saturating_sub(4);
                         cx.reporter.report(Event::Warning {
                             message: format!(
-                                "still reading the cloud after {}s: no answer yet for {shown}{} (requests go to {}; each call gives up after {}s, {}=SECONDS changes that)",
+                                "still reading the cloud after {}s: no answer yet for {shown}{} from {} at {at} (each call gives up after {}s, {}=SECONDS changes that)",
                                 next.as_secs(),
                                 if more > 0 { format!(" and {more} more") } else { String::new() },
-                                cx.endpoint_description(),
-                                crate::drivers::aws::api_timeout().as_secs(),
-                                crate::drivers::aws::API_TIMEOUT_ENV,
+                                party.name(),
+                                crate::remote::api_timeout().as_secs(),
+                                crate::remote::API_TIMEOUT_ENV,
                             ),
                         });
                     }

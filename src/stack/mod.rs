@@ -13,7 +13,7 @@ pub mod functions;
 pub mod json_schema;
 mod load;
 pub mod syntax;
-mod validate;
+pub(crate) mod validate;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -11,6 +11,20 @@ use super::expr::{Expr, SExpr};
 use super::{Resource, Stack};
 use crate::kinds::{did_you_mean, Field, Ty};
 
+/// The rules `validate` applies across resources (beyond each property's
+/// own type and check), for the stack reference.
+pub const RULES: &[&str] = &[
+    "A reference names a resource the stack declares and an attribute its kind has; references form no cycle.",
+    "A subnet's block lies inside its network's block, and siblings do not overlap.",
+    "Two resources of one kind never claim the same cloud name (also through two uses of one component).",
+    "An AWS subnet's availability zone is a zone of the stack's region (`cloud.aws.region`).",
+    "An EKS cluster's subnets, when the stack declares them, span at least two availability zones.",
+    "A GKE cluster's location is the region of its subnetwork, or a zone of that region.",
+    "A Google Cloud subnetwork's secondary ranges lie outside its primary range and outside each other.",
+    "A Kubernetes version is one the provider still supports, from the dated table in `support/kubernetes-versions.json`.",
+    "`moved` entries lead to a declared address and do not rename one still declared; `import` names a declared resource.",
+];
+
 pub fn validate(stack: &Stack) -> Result<(), Diagnostics> {
     let mut d = Diagnostics::with_files(stack.files.clone());
     for r in stack.resources.values() {
@@ -32,6 +46,8 @@ pub fn validate(stack: &Stack) -> Result<(), Diagnostics> {
     }
     within(stack, &mut d);
     one_cloud_name_each(stack, &mut d);
+    zones(stack, &mut d);
+    secondary_ranges(stack, &mut d);
     moved(stack, &mut d);
     for i in &stack.imports {
         if !stack.resources.contains_key(&i.to.value) {
@@ -575,6 +591,206 @@ fn one_cloud_name_each(stack: &Stack, d: &mut Diagnostics) {
                 ),
                 format!("give `{}` a `{field}` of its own", r.address),
             ),
+        }
+    }
+}
+
+/// The region an AWS availability zone name belongs to (`us-east-1a` ->
+/// `us-east-1`; a Local Zone `us-east-1-bos-1a` -> `us-east-1`).
+fn zone_region(zone: &str) -> String {
+    let parts: Vec<&str> = zone.split('-').collect();
+    if parts.len() >= 3 {
+        let third = parts[2].trim_end_matches(|c: char| c.is_ascii_lowercase());
+        format!("{}-{}-{third}", parts[0], parts[1])
+    } else {
+        zone.to_string()
+    }
+}
+
+/// Where things run: an AWS subnet's zone lies in the stack's region, an
+/// EKS cluster's subnets span two zones at least (EKS refuses fewer), and a
+/// GKE cluster's location is its subnetwork's region or a zone of it.
+fn zones(stack: &Stack, d: &mut Diagnostics) {
+    let literal = |r: &Resource, field: &str| -> Option<(String, Span)> {
+        let p = r.properties.get(field)?;
+        let v = p.value.to_literal()?;
+        Some((v.as_str()?.to_string(), p.value.span))
+    };
+    let aws_region = stack.cloud.aws.as_ref().and_then(|a| a.region.clone());
+    let gcp_region = stack.cloud.gcp.as_ref().and_then(|g| g.region.clone());
+    for r in stack.resources.values() {
+        match r.kind.kind {
+            "aws.subnet" => {
+                let (Some(region), Some((zone, span))) =
+                    (&aws_region, literal(r, "availability_zone"))
+                else {
+                    continue;
+                };
+                if zone_region(&zone) != *region {
+                    d.error_help(
+                        span,
+                        format!(
+                            "availability zone `{zone}` is in {}, and the stack's region (cloud.aws.region) is {region}",
+                            zone_region(&zone)
+                        ),
+                        format!("use a zone of {region}, such as {region}a"),
+                    );
+                }
+            }
+            "aws.eks_cluster" => {
+                let Some(p) = r.properties.get("subnet_ids") else {
+                    continue;
+                };
+                let mut refs = Vec::new();
+                p.value.collect_references(&mut refs);
+                let Expr::List(items) = &p.value.expr else {
+                    // `${private[*].id}`: one reference per subnet.
+                    if refs.is_empty() {
+                        continue;
+                    }
+                    check_eks_zones(stack, r, &refs, refs.len(), p.value.span, d);
+                    continue;
+                };
+                check_eks_zones(stack, r, &refs, items.len(), p.value.span, d);
+            }
+            "gcp.gke_cluster" => {
+                let location = literal(r, "location")
+                    .map(|(l, _)| l)
+                    .or_else(|| gcp_region.clone());
+                let Some(location) = location else { continue };
+                let Some(subnet_ref) = r
+                    .properties
+                    .get("subnetwork")
+                    .and_then(|p| p.value.sole_reference())
+                else {
+                    continue;
+                };
+                let Some(subnet) = stack.resources.get(&subnet_ref.address) else {
+                    continue;
+                };
+                let region = literal(subnet, "region")
+                    .map(|(l, _)| l)
+                    .or_else(|| gcp_region.clone());
+                let Some(region) = region else { continue };
+                let zone_of = |l: &str| {
+                    l.strip_prefix(&format!("{region}-"))
+                        .is_some_and(|z| z.len() == 1 && z.chars().all(|c| c.is_ascii_lowercase()))
+                };
+                if location != region && !zone_of(&location) {
+                    let span = r
+                        .properties
+                        .get("location")
+                        .map(|p| p.value.span)
+                        .unwrap_or(r.span);
+                    d.error_help(
+                        span,
+                        format!(
+                            "the cluster's location `{location}` is outside {region}, the region of its subnetwork `{}`",
+                            subnet.address
+                        ),
+                        format!("use {region} (a regional cluster) or one of its zones, such as {region}-b"),
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// An EKS cluster's subnets, when all are the stack's own with known zones,
+/// must span two zones at least.
+fn check_eks_zones(
+    stack: &Stack,
+    r: &Resource,
+    refs: &[(super::expr::Reference, Span)],
+    listed: usize,
+    span: Span,
+    d: &mut Diagnostics,
+) {
+    let mut zones = std::collections::BTreeSet::new();
+    for (reference, _) in refs {
+        let Some(subnet) = stack.resources.get(&reference.address) else {
+            return;
+        };
+        if subnet.kind.kind != "aws.subnet" || reference.attribute != "id" {
+            return;
+        }
+        let Some(zone) = subnet
+            .properties
+            .get("availability_zone")
+            .and_then(|p| p.value.to_literal())
+            .and_then(|v| v.as_str().map(str::to_string))
+        else {
+            return;
+        };
+        zones.insert(zone);
+    }
+    // Every listed subnet is known (none given by id).
+    if refs.len() != listed || zones.is_empty() {
+        return;
+    }
+    if zones.len() < 2 {
+        d.error_help(
+            span,
+            format!(
+                "the subnets of `{}` are all in {}: EKS needs subnets in at least two availability zones",
+                r.address,
+                zones.iter().next().map(String::as_str).unwrap_or_default()
+            ),
+            "add a subnet in another zone of the region",
+        );
+    }
+}
+
+/// A GCP subnetwork's secondary ranges lie outside its primary range and
+/// outside each other (Google refuses the subnetwork otherwise).
+fn secondary_ranges(stack: &Stack, d: &mut Diagnostics) {
+    for r in stack.resources.values() {
+        if r.kind.kind != "gcp.subnetwork" {
+            continue;
+        }
+        let primary = r
+            .properties
+            .get("ip_cidr_range")
+            .and_then(|p| p.value.literal_str())
+            .and_then(|s| s.parse::<Ipv4Net>().ok());
+        let Some(Expr::List(items)) = r.properties.get("secondary_ranges").map(|p| &p.value.expr)
+        else {
+            continue;
+        };
+        let mut seen: Vec<(String, Ipv4Net)> = Vec::new();
+        for item in items {
+            let Some(v) = item.to_literal() else { continue };
+            let name = v
+                .get("range_name")
+                .and_then(|n| n.as_str())
+                .unwrap_or("?")
+                .to_string();
+            let Some(net) = v
+                .get("ip_cidr_range")
+                .and_then(|n| n.as_str())
+                .and_then(|s| s.parse::<Ipv4Net>().ok())
+            else {
+                continue;
+            };
+            let overlaps = |a: &Ipv4Net, b: &Ipv4Net| a.contains(b) || b.contains(a);
+            if let Some(p) = primary.filter(|p| overlaps(p, &net)) {
+                d.error_help(
+                    item.span,
+                    format!(
+                        "secondary range `{name}` ({net}) overlaps the primary range {p} of `{}`",
+                        r.address
+                    ),
+                    "give the secondary range a block outside the primary range",
+                );
+            } else if let Some((other, on)) = seen.iter().find(|(_, o)| overlaps(o, &net)) {
+                d.error_help(
+                    item.span,
+                    format!("secondary range `{name}` ({net}) overlaps secondary range `{other}` ({on}) of `{}`", r.address),
+                    "give each secondary range a block of its own",
+                );
+            }
+            seen.push((name, net));
         }
     }
 }

@@ -64,7 +64,7 @@ impl LocalBackend {
     fn io(&self, path: &Path, source: std::io::Error) -> StateError {
         StateError::Io {
             path: path.display().to_string(),
-            source,
+            error: source,
         }
     }
 
@@ -175,7 +175,7 @@ impl LocalBackend {
             })
             .ok_or_else(|| StateError::Io {
                 path: self.snapshot_dir().display().to_string(),
-                source: std::io::Error::other(format!(
+                error: std::io::Error::other(format!(
                     "no snapshot named or with serial `{which}`; `ralph-deploy state snapshots` lists them"
                 )),
             })?;
@@ -361,7 +361,7 @@ impl super::Locker for LocalBackend {
         }
         Err(StateError::Io {
             path: path.display().to_string(),
-            source: std::io::Error::other("the lock kept changing hands; try again"),
+            error: std::io::Error::other("the lock kept changing hands; try again"),
         })
     }
 

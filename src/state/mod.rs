@@ -166,12 +166,10 @@ impl State {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
-    #[error("state {path}: {source}")]
-    Io {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    /// (The cause is in the message, not a source: printed as a chain it
+    /// would be said twice.)
+    #[error("state {path}: {error}")]
+    Io { path: String, error: std::io::Error },
     #[error("state {path} is not valid: {message}; restore an earlier version from {history}")]
     Corrupt {
         path: String,

@@ -53,11 +53,11 @@ impl PostgresBackend {
     ) -> Result<PostgresBackend, StateError> {
         let options: PgConnectOptions = url.parse().map_err(|e| StateError::Io {
             path: shown(url),
-            source: std::io::Error::other(format!("not a PostgreSQL URL: {e}")),
+            error: std::io::Error::other(format!("not a PostgreSQL URL: {e}")),
         })?;
         let pool = PgPoolOptions::new()
             .max_connections(4)
-            .acquire_timeout(Duration::from_secs(15))
+            .acquire_timeout(crate::remote::api_timeout())
             .connect_lazy_with(options);
         Ok(PostgresBackend {
             pool,
@@ -77,9 +77,21 @@ impl PostgresBackend {
     }
 
     fn err(&self, e: impl std::fmt::Display) -> StateError {
+        let text = e.to_string();
+        // sqlx says only "pool timed out while waiting for an open
+        // connection": name the server and the setting.
+        let text = if text.contains("timed out") {
+            crate::remote::no_answer(
+                crate::remote::Party::Postgres,
+                &self.url_shown,
+                "the state store",
+            )
+        } else {
+            text
+        };
         StateError::Io {
             path: self.describe_target(),
-            source: std::io::Error::other(e.to_string()),
+            error: std::io::Error::other(text),
         }
     }
 
@@ -94,7 +106,16 @@ impl PostgresBackend {
         self.ready
             .get_or_try_init(|| async {
                 // One creator at a time, however many runners start at once.
-                let mut tx = self.pool.begin().await.map_err(|e| self.err(e))?;
+                // The first contact says so when the server is slow.
+                let mut tx = crate::remote::bounded(
+                    crate::remote::Party::Postgres,
+                    &self.url_shown,
+                    "opening the state store",
+                    self.pool.begin(),
+                )
+                .await
+                .map_err(|e| self.err(e))?
+                .map_err(|e| self.err(e))?;
                 sqlx::query("SELECT pg_advisory_xact_lock(7203118541)")
                     .execute(&mut *tx)
                     .await

@@ -57,7 +57,7 @@ impl S3Backend {
         if bucket.is_empty() {
             return Err(StateError::Io {
                 path: url.to_string(),
-                source: std::io::Error::other("write it as s3://bucket or s3://bucket/prefix"),
+                error: std::io::Error::other("write it as s3://bucket or s3://bucket/prefix"),
             });
         }
         let prefix = prefix.trim_matches('/');
@@ -107,7 +107,7 @@ impl S3Backend {
     fn err(&self, what: &str, e: impl std::fmt::Display) -> StateError {
         StateError::Io {
             path: self.target(),
-            source: std::io::Error::other(format!("{what}: {e}")),
+            error: std::io::Error::other(format!("{what}: {e}")),
         }
     }
 

@@ -402,7 +402,7 @@ impl MemoryBackend {
         if self.kill.is_dead() {
             Err(StateError::Io {
                 path: "memory".into(),
-                source: std::io::Error::other("the process was killed"),
+                error: std::io::Error::other("the process was killed"),
             })
         } else {
             Ok(())

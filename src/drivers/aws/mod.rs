@@ -324,21 +324,8 @@ pub(crate) async fn ec2(cx: &Context) -> Result<&aws_sdk_ec2::Client, DriverErro
 /// Where AWS requests go, for messages (set once the clients are built).
 static ENDPOINT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
-/// The environment variable that bounds every AWS operation, retries included.
-pub const API_TIMEOUT_ENV: &str = "RALPH_DEPLOY_API_TIMEOUT";
-const DEFAULT_API_TIMEOUT_S: u64 = 120;
-
-/// The bound on one AWS operation, retries included: RALPH_DEPLOY_API_TIMEOUT
-/// seconds (default 120). Long waits (a cluster becoming ACTIVE) are many
-/// operations, each bounded by this, within the resource's own timeout.
-pub fn api_timeout() -> std::time::Duration {
-    let secs = std::env::var(API_TIMEOUT_ENV)
-        .ok()
-        .and_then(|v| v.trim().trim_end_matches('s').parse::<u64>().ok())
-        .filter(|s| *s > 0)
-        .unwrap_or(DEFAULT_API_TIMEOUT_S);
-    std::time::Duration::from_secs(secs)
-}
+/// The bound on one AWS operation, retries included (crate::remote).
+pub use crate::remote::{api_timeout, API_TIMEOUT_ENV};
 
 /// The endpoint set by the stack (`cloud.aws.endpoint`) or by
 /// `AWS_ENDPOINT_URL`, if any: what the SDK sends requests to instead of

@@ -50,6 +50,56 @@ fn routing_mode(v: &Json) -> Result<(), String> {
     }
 }
 
+/// A firewall's `allow` rules as Google accepts them: a protocol by name
+/// (tcp, udp, icmp, esp, ah, sctp, ipip, all) or number (0-255), and ports
+/// (`N` or `N-M`, upwards, 0-65535) only for tcp, udp and sctp.
+fn firewall_rules(v: &Json) -> Result<(), String> {
+    for (i, rule) in v.as_array().into_iter().flatten().enumerate() {
+        let n = i + 1;
+        let Some(protocol) = rule.get("protocol").and_then(Json::as_str) else {
+            continue;
+        };
+        let named = ["tcp", "udp", "icmp", "esp", "ah", "sctp", "ipip", "all"];
+        let numbered = protocol.parse::<u16>().is_ok_and(|p| p <= 255);
+        if !named.contains(&protocol) && !numbered {
+            return Err(format!(
+                "rule {n}: protocol `{protocol}` is not one of {} or a protocol number 0-255",
+                named.join(", ")
+            ));
+        }
+        let ports: Vec<&str> = rule
+            .get("ports")
+            .and_then(Json::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Json::as_str)
+            .collect();
+        if ports.is_empty() {
+            continue;
+        }
+        if !matches!(protocol, "tcp" | "udp" | "sctp" | "6" | "17" | "132") {
+            return Err(format!(
+                "rule {n}: ports are only for tcp, udp and sctp, not `{protocol}`; remove `ports` (the rule then allows the whole protocol)"
+            ));
+        }
+        for p in ports {
+            let (a, b) = p.split_once('-').unwrap_or((p, p));
+            match (a.trim().parse::<u32>(), b.trim().parse::<u32>()) {
+                (Ok(a), Ok(b)) if a <= b && b <= 65535 => {}
+                (Ok(a), Ok(b)) if a > b => {
+                    return Err(format!("rule {n}: the port range `{p}` runs downwards; write the lower port first"))
+                }
+                _ => {
+                    return Err(format!(
+                        "rule {n}: `{p}` is not a port (0-65535) or a range of ports such as `30000-32767`"
+                    ))
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 fn direction(v: &Json) -> Result<(), String> {
     match v.as_str() {
         Some("INGRESS" | "EGRESS") => Ok(()),
@@ -164,7 +214,9 @@ static FIREWALL: KindSchema = KindSchema {
         Field::new("priority", Ty::Int, "0 (first) to 65535")
             .default("1000")
             .check(crate::kinds::checks::range::<0, 65535>),
-        Field::new("allow", Ty::List(&Ty::Object(RULE)), "what the rule allows").required(),
+        Field::new("allow", Ty::List(&Ty::Object(RULE)), "what the rule allows")
+            .required()
+            .check(firewall_rules),
         Field::new(
             "source_ranges",
             Ty::Set(&Ty::Cidr),

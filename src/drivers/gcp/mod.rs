@@ -167,6 +167,11 @@ impl GcpClients {
     }
 }
 
+/// Where Google Cloud requests go, for messages.
+fn endpoint(cx: &Context) -> String {
+    cx.party_of("gcp.").1
+}
+
 /// The HTTP status of a failed call, if the service answered.
 pub fn status_code(e: &google_cloud_gax::error::Error) -> Option<u16> {
     e.http_status_code().or_else(|| {
@@ -193,12 +198,7 @@ pub fn is_conflict(e: &google_cloud_gax::error::Error) -> bool {
 /// A failed call as one line: what was called, the service's status and
 /// message (field violations included), or what could not be reached.
 pub fn api_error(cx: &Context, what: &str, e: &google_cloud_gax::error::Error) -> DriverError {
-    let endpoint = cx
-        .cloud
-        .gcp
-        .as_ref()
-        .and_then(configured_endpoint)
-        .unwrap_or_else(|| "the Google Cloud APIs".into());
+    let endpoint = endpoint(cx);
     if let Some(s) = e.status() {
         let mut text = format!("{what}: {:?}: {}", s.code, s.message);
         for d in &s.details {
@@ -225,7 +225,8 @@ pub fn api_error(cx: &Context, what: &str, e: &google_cloud_gax::error::Error) -
 
 /// Runs one API call, counted; throttling (429) and unavailability (503)
 /// are retried with backoff and jitter, and a throttle halves the
-/// service's concurrency (drivers::limits).
+/// service's concurrency (drivers::limits). The call, retries included,
+/// is bounded by RALPH_DEPLOY_API_TIMEOUT (crate::remote).
 pub async fn call<T, F, Fut>(
     cx: &Context,
     service: &str,
@@ -239,9 +240,17 @@ where
     cx.operations.fetch_add(1, Ordering::Relaxed);
     let mut backoff = Duration::from_millis(100);
     let mut attempt = 0;
+    let deadline = tokio::time::Instant::now() + crate::remote::api_timeout();
     loop {
         cx.requests.fetch_add(1, Ordering::Relaxed);
-        match f().await {
+        let Ok(answer) = tokio::time::timeout_at(deadline, f()).await else {
+            return Err(DriverError::new(crate::remote::no_answer(
+                crate::remote::Party::Gcp,
+                &endpoint(cx),
+                what,
+            )));
+        };
+        match answer {
             Ok(v) => return Ok(v),
             Err(e) => {
                 let code = status_code(&e);
@@ -254,7 +263,12 @@ where
                     return Err(api_error(cx, what, &e));
                 }
                 let jitter = rand::random::<u64>() % (backoff.as_millis() as u64 + 1);
-                tokio::time::sleep(backoff / 2 + Duration::from_millis(jitter / 2)).await;
+                let wake =
+                    tokio::time::Instant::now() + backoff / 2 + Duration::from_millis(jitter / 2);
+                if wake >= deadline {
+                    return Err(api_error(cx, what, &e));
+                }
+                tokio::time::sleep_until(wake).await;
                 backoff = (backoff * 2).min(Duration::from_secs(20));
             }
         }

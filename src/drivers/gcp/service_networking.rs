@@ -129,7 +129,7 @@ impl<'a> Api<'a> {
                 body.clone(),
                 self.token.clone(),
             );
-            let timeout = crate::drivers::aws::api_timeout();
+            let timeout = crate::remote::api_timeout();
             let answer = tokio::task::spawn_blocking(move || {
                 let agent = ureq::AgentBuilder::new().timeout(timeout).build();
                 let mut req = agent.request(&method2, &url2);
@@ -156,7 +156,7 @@ impl<'a> Api<'a> {
                 Ok(a) => a,
                 Err(e) => {
                     return Err(DriverError::new(format!(
-                        "{what}: {e} (requests go to {}; the bound is RALPH_DEPLOY_API_TIMEOUT)",
+                        "{what}: {e} (requests go to {}; RALPH_DEPLOY_API_TIMEOUT=SECONDS sets the bound)",
                         self.base
                     )))
                 }

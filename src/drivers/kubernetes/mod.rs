@@ -31,9 +31,32 @@ fn count(cx: &Context) {
 fn kube_error(what: &str, e: kube::Error) -> DriverError {
     let detail = match &e {
         kube::Error::Api(s) => format!("{} ({} {})", s.message, s.code, s.reason),
-        other => other.to_string(),
+        other => return unreachable(what, other),
     };
     DriverError::new(format!("{what}: {detail}"))
+}
+
+/// A call that got no answer from the API server (a timeout, a refused or
+/// reset connection, a TLS failure): named with the server and the settings.
+pub(crate) fn unreachable(what: &str, e: &kube::Error) -> DriverError {
+    // The innermost cause says what happened (the outer ones say "client error").
+    let mut cause: &dyn std::error::Error = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    let timed_out = cause.to_string().to_lowercase().contains("timed out")
+        || cause.to_string().to_lowercase().contains("timeout");
+    let party = crate::remote::Party::Kubernetes;
+    let servers = crate::remote::kube_servers();
+    if timed_out {
+        return DriverError::new(crate::remote::no_answer(party, &servers, what));
+    }
+    DriverError::new(format!(
+        "{what}: could not talk to {} at {servers}: {cause}. Check {} and the network; {}=SECONDS bounds each call",
+        party.name(),
+        party.set_by(),
+        crate::remote::API_TIMEOUT_ENV,
+    ))
 }
 
 pub fn is_not_found(e: &kube::Error) -> bool {
@@ -135,8 +158,12 @@ pub async fn connect(cx: &Context, props: &Map<String, Json>) -> Result<kube::Cl
             "no cluster to deploy to: set `kubeconfig` (and `context`), or `cluster_endpoint`, `cluster_ca` and `cluster_name`",
         ));
     };
-    config.connect_timeout = Some(std::time::Duration::from_secs(10));
-    config.read_timeout = Some(std::time::Duration::from_secs(60));
+    // One bound for every call (crate::remote).
+    let bound = crate::remote::api_timeout();
+    config.connect_timeout = Some(std::time::Duration::from_secs(10).min(bound));
+    config.read_timeout = Some(bound);
+    config.write_timeout = Some(bound);
+    crate::remote::note_kube_server(&config.cluster_url.to_string());
     kube::Client::try_from(config)
         .map_err(|e| DriverError::new(format!("connecting to {}: {e}", describe_access(props))))
 }
@@ -197,10 +224,16 @@ pub(crate) fn cluster_auth(v: &Json) -> Result<(), String> {
 /// Picks the API versions the cluster serves, newest first: one request.
 pub async fn discover(cx: &Context, client: &kube::Client) -> Result<ApiVersions, DriverError> {
     count(cx);
-    let groups = client
-        .list_api_groups()
-        .await
-        .map_err(|e| kube_error("discovering the cluster's API versions", e))?;
+    let what = "discovering the cluster's API versions";
+    let groups = crate::remote::bounded(
+        crate::remote::Party::Kubernetes,
+        &crate::remote::kube_servers(),
+        what,
+        client.list_api_groups(),
+    )
+    .await
+    .map_err(DriverError::new)?
+    .map_err(|e| kube_error(what, e))?;
     let served: BTreeSet<String> = groups
         .groups
         .iter()

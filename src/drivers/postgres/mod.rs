@@ -6,8 +6,6 @@ pub mod backup;
 pub mod migrations;
 pub mod role;
 
-use std::time::Duration;
-
 use serde_json::{Map, Value as Json};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
 use sqlx::PgPool;
@@ -93,12 +91,30 @@ pub(crate) fn secret_source(v: &Json) -> Result<(), String> {
 /// moment of connecting; it is never a property and never in the state.
 pub async fn connect(cx: &Context, props: &Map<String, Json>) -> Result<PgPool, DriverError> {
     let target = resolve(cx, props).await?;
-    PgPoolOptions::new()
+    let at = target.shown();
+    let connecting = PgPoolOptions::new()
         .max_connections(2)
-        .acquire_timeout(Duration::from_secs(15))
-        .connect_with(target.options())
-        .await
-        .map_err(|e| DriverError::new(format!("cannot connect to the database: {e}")))
+        .acquire_timeout(crate::remote::api_timeout())
+        .connect_with(target.options());
+    crate::remote::bounded(
+        crate::remote::Party::Postgres,
+        &at,
+        "connecting to the database",
+        connecting,
+    )
+    .await
+    .map_err(DriverError::new)?
+    .map_err(|e| {
+        if e.to_string().contains("timed out") {
+            DriverError::new(crate::remote::no_answer(
+                crate::remote::Party::Postgres,
+                &at,
+                "connecting to the database",
+            ))
+        } else {
+            DriverError::new(format!("cannot connect to the database at {at}: {e}"))
+        }
+    })
 }
 
 /// Where and as whom to connect, the password included (in memory only).
@@ -118,6 +134,17 @@ impl Target {
 
     pub fn database(&self) -> String {
         self.options.get_database().unwrap_or("ralph").to_string()
+    }
+
+    /// Where this connects, for messages (no password).
+    pub fn shown(&self) -> String {
+        format!(
+            "postgresql://{}@{}:{}/{}",
+            self.options.get_username(),
+            self.options.get_host(),
+            self.options.get_port(),
+            self.database()
+        )
     }
 
     /// The same server, another database.
