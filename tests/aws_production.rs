@@ -290,13 +290,19 @@ async fn production_stack_end_to_end() {
         .await
         .unwrap();
     // (the delay layer keeps it UPDATING for a moment, as EKS does)
+    let mut active = false;
     for _ in 0..100 {
         let ng = nodegroup(&eks, &name).await;
         if ng.nodegroup().unwrap().status() == Some(&aws_sdk_eks::types::NodegroupStatus::Active) {
+            active = true;
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
+    assert!(
+        active,
+        "the nodegroup never became ACTIVE again after the resize"
+    );
     let out = w.run("plan", &args);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
     let vars = [

@@ -638,8 +638,22 @@ async fn two_runs_and_a_killed_one(w: &World, store: &str) {
     // A holder killed mid-apply: the next run takes the lock over and
     // settles what it left open.
     w.edit("wave: two", "wave: three");
-    let mut victim = apply(&[]);
-    std::thread::sleep(std::time::Duration::from_millis(700));
+    let mut victim = apply(&["--json"]);
+    // Killed (SIGKILL: no unlock) once it holds the lock and has begun a
+    // change: its event stream says so.
+    {
+        use std::io::BufRead;
+        let lines = std::io::BufReader::new(victim.stdout.take().unwrap()).lines();
+        let mut began = false;
+        for line in lines {
+            let line = line.unwrap();
+            if line.contains("\"resource_started\"") {
+                began = true;
+                break;
+            }
+        }
+        assert!(began, "{store}: the victim never began a change");
+    }
     let _ = victim.kill();
     let _ = victim.wait();
     let out = w
@@ -647,6 +661,12 @@ async fn two_runs_and_a_killed_one(w: &World, store: &str) {
         .output()
         .unwrap();
     assert!(out.status.success(), "{store}: {}", text(&out.stderr));
+    // The next run says it took the dead holder's lock over.
+    assert!(
+        text(&out.stderr).contains("took over a stale lock"),
+        "{store}: {}",
+        text(&out.stderr)
+    );
     let out = w.run("plan", &["--detailed-exitcode"]);
     assert_eq!(out.status.code(), Some(0), "{store}: {}", text(&out.stdout));
     w.ok("destroy", &["--auto-approve", "--allow-protected"]);

@@ -306,6 +306,60 @@ async fn diff_gives_every_action_with_its_reason() {
     w.assert_consistent("after the table").await;
 }
 
+const NORMALISED: &str = r#"name: normalised
+cloud: { aws: { region: us-east-1 } }
+environments: { production: {} }
+resources:
+  vpc:
+    kind: aws.vpc
+    properties: { cidr_block: 10.0.0.0/16, tags: { team: Platform } }
+  sg:
+    kind: aws.security_group
+    properties:
+      name: web
+      vpc_id: "${vpc.id}"
+      ingress:
+        - { protocol: tcp, from_port: 443, cidr_block: 10.0.0.0/16 }
+        - { protocol: tcp, from_port: 80, cidr_block: 10.0.0.0/16 }
+"#;
+
+#[tokio::test]
+async fn a_cloud_that_normalises_values_is_a_no_op_where_the_planner_knows_the_rule_and_a_diff_where_not(
+) {
+    let mut w = small(NORMALISED);
+    // What clouds do: keep a set in an order of their own.
+    w.cloud.normalises("aws.security_group", "ingress", |v| {
+        let mut rules = v.as_array().cloned().unwrap_or_default();
+        rules.reverse();
+        Json::Array(rules)
+    });
+    w.apply_ok().await;
+    let kept = w.cloud.resources.lock().unwrap()["aws.security_group"]
+        .values()
+        .next()
+        .unwrap()
+        .attrs["ingress"][0]["from_port"]
+        .clone();
+    assert_eq!(kept, json!(80), "the fake kept its own order");
+    let plan = w.plan().await;
+    assert!(!plan.has_changes(), "{:?}", plan.changes);
+
+    // A rule the planner does not know (the cloud lowercases tag values)
+    // is a change on every plan: the fake can now show that.
+    w.cloud.normalises("aws.vpc", "tags", |v| {
+        let m = v.as_object().cloned().unwrap_or_default();
+        Json::Object(
+            m.into_iter()
+                .map(|(k, v)| (k, json!(v.as_str().unwrap_or_default().to_lowercase())))
+                .collect(),
+        )
+    });
+    w.edit(&NORMALISED.replace("team: Platform", "team: Data"));
+    w.apply_ok().await;
+    let plan = w.plan().await;
+    assert_eq!(action(&plan, "vpc").0, Action::Update, "{:?}", plan.changes);
+}
+
 #[tokio::test]
 async fn apply_starts_each_resource_after_its_dependencies_and_runs_branches_at_once() {
     let w = production();

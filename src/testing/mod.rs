@@ -73,13 +73,44 @@ pub struct FakeCloud {
     pub fail: Mutex<BTreeSet<(String, String)>>,
     /// Addresses whose create makes the resource but never sees it ready.
     pub partial: Mutex<BTreeSet<String>>,
+    /// Per (kind, property): what the cloud keeps instead of what was asked
+    /// (an engine version completed, a list reordered, a name lowercased),
+    /// so that a normalisation, and the permanent diff it may cause, can be
+    /// modelled.
+    pub normalise: Mutex<BTreeMap<(String, String), Normaliser>>,
     pub kill: Arc<Kill>,
     next: AtomicUsize,
     in_flight: AtomicUsize,
     pub max_in_flight: AtomicUsize,
 }
 
+/// What a cloud keeps of a requested value.
+pub type Normaliser = fn(&Json) -> Json;
+
 impl FakeCloud {
+    /// From now on the cloud keeps `f(value)` for `kind`'s `property`.
+    pub fn normalises(&self, kind: &str, property: &str, f: Normaliser) {
+        self.normalise
+            .lock()
+            .unwrap()
+            .insert((kind.to_string(), property.to_string()), f);
+    }
+
+    /// `props` as the cloud keeps them for `kind`.
+    fn kept(&self, kind: &str, props: &Map<String, Json>) -> Map<String, Json> {
+        let rules = self.normalise.lock().unwrap();
+        props
+            .iter()
+            .map(|(k, v)| {
+                let v = match rules.get(&(kind.to_string(), k.clone())) {
+                    Some(f) => f(v),
+                    None => v.clone(),
+                };
+                (k.clone(), v)
+            })
+            .collect()
+    }
+
     pub fn new(kill: Arc<Kill>) -> Arc<FakeCloud> {
         Arc::new(FakeCloud {
             kill,
@@ -292,7 +323,7 @@ impl Driver for FakeDriver {
                 return Err(DriverError::new(format!("{} already exists", t.id)));
             }
         }
-        let mut attrs = want.props.clone();
+        let mut attrs = self.cloud.kept(self.schema.kind, want.props);
         for a in self.schema.attrs {
             attrs
                 .entry(a.name.to_string())
@@ -342,8 +373,8 @@ impl Driver for FakeDriver {
                 self.cloud.in_flight.fetch_sub(1, Ordering::SeqCst);
                 return Err(DriverError::new(format!("{} not found", have.id)));
             };
-            for (k, v) in want.props {
-                o.attrs.insert(k.clone(), v.clone());
+            for (k, v) in self.cloud.kept(self.schema.kind, want.props) {
+                o.attrs.insert(k, v);
             }
             o.attrs.insert(READY_ATTR.into(), Json::Bool(true));
             o.clone()

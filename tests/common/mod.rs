@@ -134,7 +134,15 @@ impl World {
         ));
         // Google Cloud stacks reach the test double through the endpoint
         // setting a user has; each world is a project of its own.
-        if let Ok(gcp) = std::env::var("RALPH_TEST_GCP_ENDPOINT") {
+        // A Google Cloud stack without the double would go to Google's own
+        // endpoints: that is a set-up error, never a fallback.
+        let uses_gcp = text.contains("kind: gcp.") || text.contains("\n  gcp:");
+        let gcp = if uses_gcp {
+            Some(gcp_endpoint())
+        } else {
+            std::env::var("RALPH_TEST_GCP_ENDPOINT").ok()
+        };
+        if let Some(gcp) = gcp {
             env.push(("RALPH_DEPLOY_GCP_ENDPOINT".to_string(), gcp));
             env.push(("RALPH_DEPLOY_VAR_project".to_string(), name.to_string()));
         }
