@@ -252,6 +252,11 @@ fn validate(args: &StackArgs, json: bool) -> Result<i32, CliError> {
     Ok(EXIT_OK)
 }
 
+/// A value that would not serialise: an error, never `null` or "".
+fn json_error(e: serde_json::Error) -> CliError {
+    CliError::Other(anyhow!("cannot write the output as JSON: {e}"))
+}
+
 pub(super) fn reporter(json: bool) -> Arc<dyn Reporter> {
     let r: Arc<dyn Reporter> = if json {
         Arc::new(JsonReporter)
@@ -276,7 +281,7 @@ fn plan_in(
     Ok(match format {
         super::PlanFormat::Json => {
             let mut v = serde_json::to_value(plan)?;
-            v["counts"] = serde_json::to_value(plan.counts()).unwrap_or_default();
+            v["counts"] = serde_json::to_value(plan.counts())?;
             if let Some(r) = requests {
                 v["requests"] = serde_json::json!(r);
             }
@@ -458,7 +463,7 @@ async fn apply_cmd(
             interrupted,
         } => {
             if run.json {
-                let mut v = serde_json::to_value(&report).unwrap_or_default();
+                let mut v = serde_json::to_value(&report).map_err(json_error)?;
                 v["event"] = serde_json::json!("summary");
                 v["changes"] = serde_json::json!(report.results.len());
                 println!("{}", crate::cli::render::json_line(v));
@@ -637,7 +642,7 @@ async fn output(args: &StackArgs, name: Option<&str>, json: bool) -> Result<i32,
             if json {
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(&state.outputs).unwrap_or_default()
+                    serde_json::to_string_pretty(&state.outputs).map_err(json_error)?
                 );
             } else {
                 for (k, v) in &state.outputs {
@@ -776,7 +781,7 @@ async fn state_cmd(cmd: StateCommand) -> Result<i32, CliError> {
             let (state, _) = read_state(&s).await?;
             match state.resources.get(&address) {
                 Some(r) => {
-                    println!("{}", serde_json::to_string_pretty(r).unwrap_or_default());
+                    println!("{}", serde_json::to_string_pretty(r).map_err(json_error)?);
                     Ok(EXIT_OK)
                 }
                 None => {
@@ -969,7 +974,7 @@ async fn backup_cmd(
     let cx = s.context(Arc::new(Silent));
     let r = crate::ops::backup::backup(&s, &cx, o).await?;
     if json {
-        println!("{}", serde_json::to_string(&r).unwrap_or_default());
+        println!("{}", serde_json::to_string(&r).map_err(json_error)?);
     } else {
         let rows: i64 = r.manifest.tables.iter().map(|t| t.rows).sum();
         println!(
@@ -1058,7 +1063,7 @@ async fn restore_cmd(
     let cx = s.context(Arc::new(Silent));
     let r = crate::ops::backup::restore(&s, &cx, o, key, into).await?;
     if json {
-        println!("{}", serde_json::to_string(&r).unwrap_or_default());
+        println!("{}", serde_json::to_string(&r).map_err(json_error)?);
     } else {
         println!(
             "Restored {} into database {}: {} tables, every row count and checksum matches the backup.",
@@ -1080,7 +1085,7 @@ async fn migrate_status(args: &StackArgs, json: bool) -> Result<i32, CliError> {
         if json {
             report.insert(
                 st.address,
-                serde_json::to_value(&st.migrations).unwrap_or_default(),
+                serde_json::to_value(&st.migrations).map_err(json_error)?,
             );
         } else {
             println!("{} ({}):", st.address, st.target);

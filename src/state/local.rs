@@ -294,7 +294,8 @@ impl super::Locker for LocalBackend {
             // exactly one wins, and nobody ever sees a half-written lock.
             let mut tmp =
                 tempfile::NamedTempFile::new_in(&self.dir).map_err(|e| self.io(&self.dir, e))?;
-            let bytes = serde_json::to_vec_pretty(info).unwrap_or_default();
+            let bytes = serde_json::to_vec_pretty(info)
+                .map_err(|e| self.io(&path, std::io::Error::other(e)))?;
             tmp.write_all(&bytes)
                 .and_then(|_| tmp.as_file().sync_all())
                 .map_err(|e| self.io(&path, e))?;
@@ -528,7 +529,9 @@ impl super::Journal for LocalBackend {
         }
         let mut text = Vec::new();
         for i in open {
-            text.extend(serde_json::to_vec(&JournalRecord::Open(Box::new(i))).unwrap_or_default());
+            let record = serde_json::to_vec(&JournalRecord::Open(Box::new(i)))
+                .map_err(|e| self.io(&path, std::io::Error::other(e)))?;
+            text.extend(record);
             text.push(b'\n');
         }
         atomic_write(&path, &text).map_err(|e| self.io(&path, e))
