@@ -244,6 +244,18 @@ const CASES: &[(&str, usize, usize, &str)] = &[
         "`70000` is not a port (0-65535)",
     ),
     (
+        "gke-bad-machine-type.yaml",
+        10,
+        21,
+        "`N2 Standard 4` is not a Compute Engine machine type",
+    ),
+    (
+        "redis-bad-version.yaml",
+        10,
+        22,
+        "redis_version `REDIS_9` is not one of",
+    ),
+    (
         "gke-location-outside-subnet-region.yaml",
         24,
         17,

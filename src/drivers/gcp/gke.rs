@@ -29,6 +29,25 @@ const CLUSTER_TIMEOUT: Duration = Duration::from_secs(45 * 60);
 const POOL_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 const BOOTSTRAP_POOL: &str = "bootstrap";
 
+/// A Compute Engine machine type name: a series, then its shape
+/// (`n2-standard-4`, `e2-medium`, `n2-custom-4-8192`).
+fn machine_type(v: &Json) -> Result<(), String> {
+    let s = v.as_str().unwrap_or_default();
+    let parts: Vec<&str> = s.split('-').collect();
+    let ok = parts.len() >= 2
+        && parts[0].starts_with(|c: char| c.is_ascii_lowercase())
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{s}` is not a Compute Engine machine type; write a series and a shape, such as n2-standard-4 or e2-standard-2"
+        ))
+    }
+}
+
 fn channel(v: &Json) -> Result<(), String> {
     match v.as_str() {
         Some("RAPID" | "REGULAR" | "STABLE" | "EXTENDED" | "UNSPECIFIED") => Ok(()),
@@ -161,6 +180,7 @@ static POOL: KindSchema = KindSchema {
             .forces_replace()
             .check(super::compute::rfc1035),
         Field::new("machine_type", Ty::String, "such as n2-standard-4")
+            .check(machine_type)
             .required()
             .forces_replace(),
         Field::new("disk_size_gb", Ty::Int, "each node's boot disk")

@@ -34,6 +34,15 @@ fn tier(v: &Json) -> Result<(), String> {
     one_of(v, &["BASIC", "STANDARD_HA"], "tier")
 }
 
+/// The versions Memorystore for Redis offers (the API's enum).
+fn redis_version(v: &Json) -> Result<(), String> {
+    one_of(
+        v,
+        &["REDIS_3_2", "REDIS_4_0", "REDIS_5_0", "REDIS_6_X", "REDIS_7_0", "REDIS_7_2"],
+        "redis_version",
+    )
+}
+
 fn connect_mode(v: &Json) -> Result<(), String> {
     one_of(
         v,
@@ -81,7 +90,8 @@ static SCHEMA: KindSchema = KindSchema {
         .check(crate::kinds::checks::range::<1, 300>),
         Field::new("redis_version", Ty::String, "such as REDIS_7_0")
             .default("\"REDIS_7_0\"")
-            .forces_replace(),
+            .forces_replace()
+            .check(redis_version),
         Field::new(
             "authorized_network",
             Ty::String,
