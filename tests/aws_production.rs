@@ -178,7 +178,7 @@ async fn production_stack_end_to_end() {
     let sc = ng.nodegroup().unwrap().scaling_config().unwrap();
     assert_eq!(
         (sc.min_size(), sc.max_size(), sc.desired_size()),
-        (Some(2), Some(10), Some(3))
+        (Some(2), Some(10), Some(4))
     );
     assert_eq!(
         ng.nodegroup().unwrap().instance_types(),

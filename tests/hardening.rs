@@ -903,7 +903,10 @@ async fn one_or_two_interrupts_in_a_long_wait_leave_no_lock_on_any_store() {
         let err = text(&out.stderr);
         assert!(out.status.success(), "{store}, {interrupts}: {err}");
         assert!(!err.contains("stale lock"), "{store}, {interrupts}: {err}");
-        assert!(!err.contains("is locked by"), "{store}, {interrupts}: {err}");
+        assert!(
+            !err.contains("is locked by"),
+            "{store}, {interrupts}: {err}"
+        );
         drop(proxy);
     }
 }

@@ -244,6 +244,18 @@ const CASES: &[(&str, usize, usize, &str)] = &[
         "`70000` is not a port (0-65535)",
     ),
     (
+        "rollout-cannot-schedule.yaml",
+        18,
+        17,
+        "`orchestrator` cannot roll out: a rollout runs 3 replicas and 1 extra pod(s) at once",
+    ),
+    (
+        "pod-larger-than-node.yaml",
+        19,
+        20,
+        "a t3.large node offers pods 1.93",
+    ),
+    (
         "gke-bad-machine-type.yaml",
         10,
         21,

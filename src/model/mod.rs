@@ -12,6 +12,7 @@
 //! `ops` <- `cli`. `stack` never imports `drivers` and `drivers` never
 //! import `stack` (tests/layers.rs checks it).
 
+pub mod capacity;
 pub mod kinds;
 pub mod support;
 

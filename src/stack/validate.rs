@@ -22,6 +22,7 @@ pub const RULES: &[&str] = &[
     "A GKE cluster's location is the region of its subnetwork, or a zone of that region.",
     "A Google Cloud subnetwork's secondary ranges lie outside its primary range and outside each other.",
     "A Kubernetes version is one the provider still supports, from the dated table in `support/kubernetes-versions.json`.",
+    "The orchestrator's rollout can schedule on the stack's own nodes: replicas plus `max_surge` pods, one per node (the required anti-affinity), fit the nodes there are (the node groups' desired size, or their maximum where an autoscaler adds nodes: GKE's own, or a cluster-autoscaler or Karpenter among the stack's manifests); and one pod's CPU and memory requests fit one node's allocatable resources (`src/model/capacity.rs`).",
     "`moved` entries lead to a declared address and do not rename one still declared; `import` names a declared resource.",
 ];
 
@@ -48,6 +49,7 @@ pub fn validate(stack: &Stack) -> Result<(), Diagnostics> {
     one_cloud_name_each(stack, &mut d);
     zones(stack, &mut d);
     secondary_ranges(stack, &mut d);
+    rollouts_fit(stack, &mut d);
     moved(stack, &mut d);
     for i in &stack.imports {
         if !stack.resources.contains_key(&i.to.value) {
@@ -791,6 +793,188 @@ fn secondary_ranges(stack: &Stack, d: &mut Diagnostics) {
                 );
             }
             seen.push((name, net));
+        }
+    }
+}
+
+/// A property's value as the stack sets it or as the kind defaults it;
+/// `None` when it is not known before the apply.
+fn value_or_default(r: &Resource, name: &str) -> Option<serde_json::Value> {
+    match r.properties.get(name) {
+        Some(p) => p.value.to_literal(),
+        None => r
+            .kind
+            .fields
+            .iter()
+            .find(|f| f.name == name)
+            .and_then(|f| f.default)
+            .and_then(|d| serde_json::from_str(d).ok()),
+    }
+}
+
+/// The nodes a stack makes for its workloads, as one pool.
+struct Nodes {
+    /// How many there are now (desired size, node count).
+    now: i64,
+    /// How many an autoscaler may add up to, where one runs.
+    most: Option<i64>,
+    /// Which node groups, for messages.
+    names: Vec<String>,
+    /// Each group's allocatable resources per node, where the type is known.
+    shapes: Vec<(String, crate::model::capacity::Allocatable)>,
+}
+
+fn stack_nodes(stack: &Stack) -> Option<Nodes> {
+    use crate::model::capacity::{allocatable, Provider};
+    let int = |r: &Resource, f: &str| value_or_default(r, f).and_then(|v| v.as_i64());
+    // An autoscaler the stack installs (EKS has none of its own).
+    let eks_autoscaler = stack.resources.values().any(|r| {
+        r.kind.kind == "kubernetes.manifests"
+            && r.properties.values().any(|p| {
+                p.value.to_literal().is_some_and(|v| {
+                    let t = v.to_string();
+                    t.contains("cluster-autoscaler") || t.contains("karpenter")
+                })
+            })
+    });
+    let gcp_region = stack.cloud.gcp.as_ref().and_then(|g| g.region.clone());
+    let mut nodes = Nodes {
+        now: 0,
+        most: Some(0),
+        names: Vec::new(),
+        shapes: Vec::new(),
+    };
+    let mut any = false;
+    for r in stack.resources.values() {
+        let (now, most, machine, provider) = match r.kind.kind {
+            "aws.eks_nodegroup" => {
+                let machine = value_or_default(r, "instance_types")
+                    .and_then(|v| v.get(0).and_then(|m| m.as_str().map(str::to_string)));
+                let most = if eks_autoscaler {
+                    int(r, "max_size")
+                } else {
+                    None
+                };
+                (int(r, "desired_size")?, most, machine, Provider::Eks)
+            }
+            "gcp.gke_node_pool" => {
+                // A regional cluster's pool has its count in each of three
+                // zones; GKE's own autoscaler works between min and max.
+                let location = r.properties.get("cluster").and_then(|p| {
+                    if let Some(reference) = p.value.sole_reference() {
+                        let c = stack.resources.get(&reference.address)?;
+                        c.properties
+                            .get("location")
+                            .and_then(|l| l.value.to_literal())
+                            .and_then(|v| v.as_str().map(str::to_string))
+                            .or_else(|| gcp_region.clone())
+                    } else {
+                        let path = p.value.to_literal()?.as_str()?.to_string();
+                        path.split("/locations/")
+                            .nth(1)
+                            .and_then(|rest| rest.split('/').next())
+                            .map(str::to_string)
+                    }
+                });
+                let zones = match location {
+                    Some(l) if l.split('-').count() >= 3 => 1, // a zone
+                    Some(_) => 3,
+                    None => 1,
+                };
+                let most = int(r, "max_nodes").map(|m| m * zones);
+                let machine = value_or_default(r, "machine_type")
+                    .and_then(|v| v.as_str().map(str::to_string));
+                (int(r, "node_count")? * zones, most, machine, Provider::Gke)
+            }
+            _ => continue,
+        };
+        any = true;
+        nodes.now += now;
+        nodes.most = match (nodes.most, most) {
+            (Some(a), Some(b)) => Some(a + b.max(now)),
+            _ => None,
+        };
+        nodes.names.push(r.address.clone());
+        if let Some(a) = machine.as_deref().and_then(|m| allocatable(provider, m)) {
+            nodes.shapes.push((machine.unwrap_or_default(), a));
+        }
+    }
+    any.then_some(nodes)
+}
+
+/// The orchestrator's rollout can schedule on the nodes the stack makes
+/// (see RULES); a stack without node groups (an existing cluster) is not
+/// checked.
+fn rollouts_fit(stack: &Stack, d: &mut Diagnostics) {
+    use crate::model::capacity::show_memory;
+    use crate::model::kinds::checks::quantity_value;
+    let Some(nodes) = stack_nodes(stack) else {
+        return;
+    };
+    for r in stack.resources.values() {
+        if r.kind.kind != "kubernetes.orchestrator" {
+            continue;
+        }
+        let int = |f: &str| value_or_default(r, f).and_then(|v| v.as_i64());
+        let span = |f: &str| r.properties.get(f).map(|p| p.value.span).unwrap_or(r.span);
+        if let (Some(replicas), Some(surge)) = (int("replicas"), int("max_surge")) {
+            let peak = replicas + surge;
+            let (have, how) = match nodes.most {
+                Some(most) if most > nodes.now => (most, "at most, as the autoscaler adds them"),
+                _ => (nodes.now, "and no autoscaler adds more"),
+            };
+            if peak > have {
+                d.error_help(
+                    span("replicas"),
+                    format!(
+                        "`{}` cannot roll out: a rollout runs {replicas} replicas and {surge} extra pod(s) at once, each on a node of its own (the required anti-affinity), and {} make {have} node(s) {how}",
+                        r.address,
+                        nodes.names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", "),
+                    ),
+                    format!(
+                        "make {peak} nodes (the node group's desired size), install a cluster autoscaler, or lower `replicas` or `max_surge` (with `max_unavailable` 1, a rollout replaces pods in place)"
+                    ),
+                );
+            }
+        }
+        // One pod must fit one node, on the largest node the stack makes.
+        let Some((machine, biggest)) = nodes
+            .shapes
+            .iter()
+            .max_by(|a, b| a.1.cpu.total_cmp(&b.1.cpu))
+            .cloned()
+        else {
+            continue;
+        };
+        let quantity = |f: &str| {
+            value_or_default(r, f)
+                .and_then(|v| v.as_str().map(str::to_string))
+                .and_then(|s| quantity_value(&s).map(|q| (s, q)))
+        };
+        if let Some((shown, cpu)) = quantity("cpu_request") {
+            if cpu > biggest.cpu + 1e-9 {
+                d.error_help(
+                    span("cpu_request"),
+                    format!(
+                        "`{}` asks {shown} CPU per pod, and a {machine} node offers pods {:.2} (its cores less what the kubelet and system reserve): no pod could schedule",
+                        r.address, biggest.cpu
+                    ),
+                    format!("ask at most {:.0}m, or use a larger machine type", (biggest.cpu * 1000.0).floor()),
+                );
+            }
+        }
+        if let Some((shown, memory)) = quantity("memory_request") {
+            if memory > biggest.memory {
+                d.error_help(
+                    span("memory_request"),
+                    format!(
+                        "`{}` asks {shown} of memory per pod, and a {machine} node offers pods {}: no pod could schedule",
+                        r.address,
+                        show_memory(biggest.memory)
+                    ),
+                    "ask less, or use a larger machine type",
+                );
+            }
         }
     }
 }

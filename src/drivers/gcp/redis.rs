@@ -38,7 +38,14 @@ fn tier(v: &Json) -> Result<(), String> {
 fn redis_version(v: &Json) -> Result<(), String> {
     one_of(
         v,
-        &["REDIS_3_2", "REDIS_4_0", "REDIS_5_0", "REDIS_6_X", "REDIS_7_0", "REDIS_7_2"],
+        &[
+            "REDIS_3_2",
+            "REDIS_4_0",
+            "REDIS_5_0",
+            "REDIS_6_X",
+            "REDIS_7_0",
+            "REDIS_7_2",
+        ],
         "redis_version",
     )
 }

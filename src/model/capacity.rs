@@ -1,0 +1,171 @@
+//! What a node of a given machine type offers pods: its allocatable CPU and
+//! memory, from the provider's published machine shapes and the way EKS and
+//! GKE reserve resources for the kubelet and the system. Used by `validate`
+//! to refuse a stack whose rollout could never schedule.
+//!
+//! CPU reserved (both providers): 6% of the first core, 1% of the second,
+//! 0.5% of the third and fourth, 0.25% of every further core.
+//! Memory reserved: on EKS, 255 MiB + 11 MiB per pod the node may run
+//! (its ENI-based maximum), plus 100 MiB for eviction; on GKE, 25% of the
+//! first 4 GiB, 20% of the next 4, 10% of the next 8, 6% of the next 112,
+//! 2% above, plus 100 MiB for eviction. DaemonSets' requests (the CNI,
+//! kube-proxy) are not counted: what is left is an upper bound.
+
+/// One machine type: cores, memory in GiB, and (EKS) the most pods a node
+/// may run.
+struct Shape {
+    name: &'static str,
+    cores: u32,
+    memory_gib: f64,
+    max_pods: u32,
+}
+
+const fn s(name: &'static str, cores: u32, memory_gib: f64, max_pods: u32) -> Shape {
+    Shape {
+        name,
+        cores,
+        memory_gib,
+        max_pods,
+    }
+}
+
+/// EC2 instance types EKS nodes commonly use.
+const EC2: &[Shape] = &[
+    s("t3.medium", 2, 4.0, 17),
+    s("t3.large", 2, 8.0, 35),
+    s("t3.xlarge", 4, 16.0, 58),
+    s("t3.2xlarge", 8, 32.0, 58),
+    s("t3a.large", 2, 8.0, 35),
+    s("t3a.xlarge", 4, 16.0, 58),
+    s("m5.large", 2, 8.0, 29),
+    s("m5.xlarge", 4, 16.0, 58),
+    s("m5.2xlarge", 8, 32.0, 58),
+    s("m5.4xlarge", 16, 64.0, 234),
+    s("m6i.large", 2, 8.0, 29),
+    s("m6i.xlarge", 4, 16.0, 58),
+    s("m6i.2xlarge", 8, 32.0, 58),
+    s("m7i.large", 2, 8.0, 29),
+    s("m7i.xlarge", 4, 16.0, 58),
+    s("m7i.2xlarge", 8, 32.0, 58),
+    s("m6g.large", 2, 8.0, 29),
+    s("m6g.xlarge", 4, 16.0, 58),
+    s("m7g.large", 2, 8.0, 29),
+    s("m7g.xlarge", 4, 16.0, 58),
+    s("c5.large", 2, 4.0, 29),
+    s("c5.xlarge", 4, 8.0, 58),
+    s("c5.2xlarge", 8, 16.0, 58),
+    s("r5.large", 2, 16.0, 29),
+    s("r5.xlarge", 4, 32.0, 58),
+    s("r5.2xlarge", 8, 64.0, 58),
+];
+
+/// Compute Engine machine types GKE nodes commonly use (110 pods a node).
+const GCE: &[Shape] = &[
+    s("e2-medium", 2, 4.0, 110),
+    s("e2-standard-2", 2, 8.0, 110),
+    s("e2-standard-4", 4, 16.0, 110),
+    s("e2-standard-8", 8, 32.0, 110),
+    s("e2-standard-16", 16, 64.0, 110),
+    s("n2-standard-2", 2, 8.0, 110),
+    s("n2-standard-4", 4, 16.0, 110),
+    s("n2-standard-8", 8, 32.0, 110),
+    s("n2-standard-16", 16, 64.0, 110),
+    s("n2d-standard-2", 2, 8.0, 110),
+    s("n2d-standard-4", 4, 16.0, 110),
+    s("n1-standard-2", 2, 7.5, 110),
+    s("n1-standard-4", 4, 15.0, 110),
+    s("c3-standard-4", 4, 16.0, 110),
+];
+
+/// Which provider's reservations apply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Provider {
+    Eks,
+    Gke,
+}
+
+/// What pods may request on one node: CPU in cores, memory in bytes.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Allocatable {
+    pub cpu: f64,
+    pub memory: f64,
+}
+
+const MIB: f64 = 1024.0 * 1024.0;
+const GIB: f64 = 1024.0 * MIB;
+
+fn cpu_reserved(cores: u32) -> f64 {
+    let mut reserved = 0.0;
+    for core in 1..=cores {
+        reserved += match core {
+            1 => 0.06,
+            2 => 0.01,
+            3 | 4 => 0.005,
+            _ => 0.0025,
+        };
+    }
+    reserved
+}
+
+fn gke_memory_reserved(total: f64) -> f64 {
+    let tiers = [
+        (4.0 * GIB, 0.25),
+        (4.0 * GIB, 0.20),
+        (8.0 * GIB, 0.10),
+        (112.0 * GIB, 0.06),
+        (f64::INFINITY, 0.02),
+    ];
+    let mut left = total;
+    let mut reserved = 0.0;
+    for (size, share) in tiers {
+        let part = left.min(size);
+        reserved += part * share;
+        left -= part;
+        if left <= 0.0 {
+            break;
+        }
+    }
+    reserved
+}
+
+/// A node's allocatable resources, for a machine type this table knows.
+pub fn allocatable(provider: Provider, machine_type: &str) -> Option<Allocatable> {
+    let table = match provider {
+        Provider::Eks => EC2,
+        Provider::Gke => GCE,
+    };
+    let shape = table.iter().find(|m| m.name == machine_type)?;
+    let memory = shape.memory_gib * GIB;
+    let reserved = match provider {
+        Provider::Eks => (255.0 + 11.0 * f64::from(shape.max_pods)) * MIB,
+        Provider::Gke => gke_memory_reserved(memory),
+    } + 100.0 * MIB;
+    Some(Allocatable {
+        cpu: f64::from(shape.cores) - cpu_reserved(shape.cores),
+        memory: memory - reserved,
+    })
+}
+
+/// Memory as people read it (`14.2 GiB`).
+pub fn show_memory(bytes: f64) -> String {
+    format!("{:.1} GiB", bytes / GIB)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_two_core_node_offers_a_little_under_two_cores() {
+        let a = allocatable(Provider::Eks, "t3.large").unwrap();
+        assert!((a.cpu - 1.93).abs() < 1e-9, "{a:?}");
+        let m = allocatable(Provider::Eks, "m5.xlarge").unwrap();
+        assert!((m.cpu - 3.92).abs() < 1e-9, "{m:?}");
+        // 16 GiB less 255 + 11 * 58 + 100 MiB.
+        assert!((m.memory / GIB - (16.0 - 993.0 / 1024.0)).abs() < 1e-9);
+        let g = allocatable(Provider::Gke, "e2-standard-2").unwrap();
+        // 8 GiB less 1 + 0.8 GiB and 100 MiB.
+        assert!((g.memory / GIB - (8.0 - 1.8 - 100.0 / 1024.0)).abs() < 1e-9);
+        assert!(allocatable(Provider::Gke, "x9-mega-1").is_none());
+    }
+}
