@@ -212,6 +212,12 @@ async fn gcp_production_end_to_end() {
         1,
         "the bootstrap pool is gone"
     );
+    // Who may reach the control plane: the stack's ranges (open by default,
+    // visibly so).
+    assert_eq!(
+        cluster["masterAuthorizedNetworksConfig"]["cidrBlocks"][0]["cidrBlock"], "0.0.0.0/0",
+        "{cluster}"
+    );
     let sql = gcp_get(&format!(
         "/v1/projects/{project}/instances/{name}-production-postgres"
     ))
@@ -286,12 +292,18 @@ async fn gcp_production_end_to_end() {
     w.env
         .push(("RALPH_DEPLOY_VAR_nodes_max".into(), "12".into()));
     w.env.push(("RALPH_DEPLOY_VAR_redis_gb".into(), "6".into()));
+    // and the team narrows who reaches the control plane, in place too
+    w.env.push((
+        "RALPH_DEPLOY_VAR_api_allowed_cidrs".into(),
+        "[\"198.18.0.0/15\"]".into(),
+    ));
     let plan = w.plan_json(&[]);
     let mut c = changed(&plan);
     c.sort();
     assert_eq!(
         c,
         vec![
+            ("gke".to_string(), "update".to_string()),
             ("nodes".to_string(), "update".to_string()),
             ("redis".to_string(), "update".to_string())
         ]
@@ -327,6 +339,14 @@ async fn gcp_production_end_to_end() {
     .unwrap();
     assert_eq!(redis["memorySizeGb"], 6);
     assert_eq!(redis["state"], "READY");
+    let cluster = gcp_get(&format!(
+        "/v1/projects/{project}/locations/us-central1/clusters/{name}-production"
+    ))
+    .unwrap();
+    assert_eq!(
+        cluster["masterAuthorizedNetworksConfig"]["cidrBlocks"][0]["cidrBlock"], "198.18.0.0/15",
+        "{cluster}"
+    );
     assert!(changed(&w.plan_json(&[])).is_empty());
 
     // ---- a subnetwork range is a replacement (and so is what sits in it)

@@ -256,6 +256,12 @@ const CASES: &[(&str, usize, usize, &str)] = &[
         "a t3.large node offers pods 1.93",
     ),
     (
+        "api-placeholder-range.yaml",
+        9,
+        28,
+        "`192.0.2.0/24` is a documentation range, the shipped stacks' placeholder",
+    ),
+    (
         "gke-bad-machine-type.yaml",
         10,
         21,

@@ -193,6 +193,75 @@ fn validate_refuses_a_kubernetes_version_past_its_end_of_support() {
     }
 }
 
+/// The local EKS lists the versions it offers (DescribeClusterVersions,
+/// which moto lacks), from the dated table; a plan asks it, so a version
+/// the table does not know (newer than it) is refused at plan by EKS's own
+/// listing, before anything is changed.
+#[tokio::test(flavor = "multi_thread")]
+async fn local_eks_lists_its_versions_and_a_plan_asks_it() {
+    use aws_sdk_eks::types::VersionStatus;
+    let w = World::from_stack(
+        "aws-production.yaml",
+        &format!("lcver{}", std::process::id()),
+    );
+    let eks = aws_sdk_eks::Client::new(&sdk(&w).await);
+    let offered = eks.describe_cluster_versions().send().await.unwrap();
+    let versions: Vec<&str> = offered
+        .cluster_versions()
+        .iter()
+        .filter_map(|v| v.cluster_version())
+        .collect();
+    assert!(versions.contains(&"1.35"), "{versions:?}");
+    assert!(!versions.contains(&"1.28"), "{versions:?}");
+    let all = eks
+        .describe_cluster_versions()
+        .include_all(true)
+        .cluster_versions("1.28")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        all.cluster_versions()[0].version_status(),
+        Some(&VersionStatus::Unsupported)
+    );
+
+    let plan = |version: &str| {
+        w.cmd(&["plan", w.stack().to_str().unwrap(), "--env", "production"])
+            .env("RALPH_DEPLOY_VAR_kubernetes_version", version)
+            .output()
+            .unwrap()
+    };
+    let out = plan("1.36");
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "1.36 was planned: {err}");
+    assert!(
+        err.contains("Amazon EKS does not offer Kubernetes 1.36")
+            && err.contains("not listed")
+            && err.contains("1.35")
+            && err.contains("nothing was changed"),
+        "{err}"
+    );
+    let out = plan("1.35");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    // The same on Google Cloud, by getServerConfig.
+    let g = World::from_stack(
+        "gcp-production.yaml",
+        &format!("lcgv{}", std::process::id() % 100000),
+    );
+    let out = g
+        .cmd(&["plan", g.stack().to_str().unwrap(), "--env", "production"])
+        .env("RALPH_DEPLOY_VAR_kubernetes_version", "1.36")
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "1.36 was planned: {err}");
+    assert!(
+        err.contains("GKE does not offer Kubernetes 1.36 in us-central1") && err.contains("1.35"),
+        "{err}"
+    );
+}
+
 /// The local AWS's network model, as a pod would meet it.
 fn reach(host: &str, port: u16) -> serde_json::Value {
     let url = format!(

@@ -513,6 +513,8 @@ def gke_update(p, q, body):
             cl["releaseChannel"] = upd["desiredReleaseChannel"]
         if "desiredMasterVersion" in upd:
             cl["currentMasterVersion"] = upd["desiredMasterVersion"]
+        if "desiredMasterAuthorizedNetworksConfig" in upd:
+            cl["masterAuthorizedNetworksConfig"] = upd["desiredMasterAuthorizedNetworksConfig"]
         cl.update(status="RUNNING")
         cl.pop("_busy", None)
     return gke_op(p, "UPDATE_CLUSTER", f"clusters/{p['cluster']}", delay("gke_cluster_update"), finish)

@@ -265,6 +265,48 @@ def patch_eks_rules():
     eks_responses.EKSResponse.update_cluster_version = respond
     eks_urls.url_paths["{0}/clusters/(?P<name>[^/]+)/updates$"] = eks_urls.response.dispatch
 
+    # DescribeClusterVersions (which moto lacks), answered from the dated
+    # support table: by default the versions EKS offers today; with
+    # includeAll, the ended ones too (versionStatus UNSUPPORTED).
+    def describe_cluster_versions(self):
+        import datetime as dt
+        qs = self.querystring
+        asked = qs.get("clusterVersions", [])
+        include_all = (qs.get("includeAll") or ["false"])[0] == "true"
+        with open(SUPPORT_TABLE) as f:
+            table = json.load(f)["eks"]["versions"]
+        today = dt.date.today().isoformat()
+        offered = sorted((v for v, w in table.items() if w["released"] <= today < w["end_of_support"]),
+                         key=lambda v: [int(x) for x in v.split(".")])
+        default = offered[-2] if len(offered) >= 2 else (offered[-1] if offered else None)
+
+        def epoch(day):
+            return dt.datetime.fromisoformat(day).replace(tzinfo=dt.timezone.utc).timestamp()
+        out = []
+        for v, w in sorted(table.items(), key=lambda kv: [int(x) for x in kv[0].split(".")]):
+            if w["released"] > today:
+                continue
+            if asked and v not in [minor(a) for a in asked]:
+                continue
+            if today >= w["end_of_support"]:
+                status = "UNSUPPORTED"
+            elif today >= w["end_of_standard"]:
+                status = "EXTENDED_SUPPORT"
+            else:
+                status = "STANDARD_SUPPORT"
+            if status == "UNSUPPORTED" and not include_all:
+                continue
+            out.append({"clusterVersion": v, "clusterType": "eks", "defaultPlatformVersion": "eks.1",
+                        "defaultVersion": v == default, "releaseDate": epoch(w["released"]),
+                        "endOfStandardSupportDate": epoch(w["end_of_standard"]),
+                        "endOfExtendedSupportDate": epoch(w["end_of_support"]),
+                        "versionStatus": status, "status": status.lower().replace("_", "-"),
+                        "kubernetesPatchVersion": v + ".0"})
+        return 200, {"Content-Type": "application/json"}, json.dumps({"clusterVersions": out})
+
+    eks_responses.EKSResponse.describe_cluster_versions = describe_cluster_versions
+    eks_urls.url_paths["{0}/cluster-versions$"] = eks_urls.response.dispatch
+
     # The cluster security group leaves with the cluster (when moto really
     # removes it, after the delete's delay).
     original_delete = m.EKSBackend.delete_cluster

@@ -340,6 +340,19 @@ pub trait Driver: Send + Sync {
         have: &Observed,
         timeouts: &Timeouts,
     ) -> Result<(), DriverError>;
+
+    /// Asked while planning, for each change of this kind that creates,
+    /// replaces or updates something: whether the provider will take it,
+    /// by the provider's own listings (EKS's offered Kubernetes versions).
+    /// An error refuses the plan before anything is changed. Most kinds
+    /// have nothing to ask; a no-op plan asks nothing.
+    async fn preflight(
+        &self,
+        _cx: &Context,
+        _change: &crate::plan::Change,
+    ) -> Result<(), DriverError> {
+        Ok(())
+    }
 }
 
 /// The resource kinds this build knows.

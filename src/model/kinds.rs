@@ -442,6 +442,21 @@ pub mod checks {
         Ok(())
     }
 
+    /// Ranges that may reach a cluster's public API endpoint: the
+    /// documentation ranges (RFC 5737), which the shipped stacks use as a
+    /// placeholder, must be replaced by the team's own.
+    pub fn no_placeholder_ranges(v: &Json) -> Result<(), String> {
+        const PLACEHOLDERS: [&str; 3] = ["192.0.2.", "198.51.100.", "203.0.113."];
+        for r in v.as_array().into_iter().flatten().filter_map(Json::as_str) {
+            if PLACEHOLDERS.iter().any(|p| r.starts_with(p)) {
+                return Err(format!(
+                    "`{r}` is a documentation range, the shipped stacks' placeholder: put the ranges your team and CI reach the cluster's API from (an office or VPN range, your CI runners' ranges), or 0.0.0.0/0 to leave it open on purpose"
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// A percentage: 1 to 100.
     pub fn percent(v: &Json) -> Result<(), String> {
         range::<1, 100>(v)

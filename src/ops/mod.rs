@@ -29,7 +29,7 @@ use crate::apply::recover::{recover, Recovery, FAILOVER};
 use crate::drivers::{Context, Owner, Registry};
 use crate::events::{Event, Reporter};
 use crate::plan::refresh::refresh;
-use crate::plan::{destroy_changes, diff, Plan, PLAN_FORMAT};
+use crate::plan::{destroy_changes, diff, Action, Plan, PLAN_FORMAT};
 use crate::stack::{Diagnostics, LoadOptions, Reference, Stack};
 use crate::state::local::LocalBackend;
 use crate::state::{Backend, LockInfo, State, StateError};
@@ -314,6 +314,26 @@ impl Session {
             .map_err(|e| OpError::Other(e.to_string()))?
         };
         changes.sort_by(|a, b| a.address.cmp(&b.address).then(a.action.cmp(&b.action)));
+        if !destroy {
+            // What the providers' own listings refuse, before anything is changed.
+            let mut refused = Vec::new();
+            for c in &changes {
+                if !matches!(c.action, Action::Create | Action::Replace | Action::Update) {
+                    continue;
+                }
+                if let Some(driver) = self.registry.driver(&c.kind) {
+                    if let Err(e) = driver.preflight(cx, c).await {
+                        refused.push(format!("{}: {}", c.address, e.message));
+                    }
+                }
+            }
+            if !refused.is_empty() {
+                return Err(OpError::refused(format!(
+                    "{}; nothing was changed",
+                    refused.join("; ")
+                )));
+            }
+        }
         if !selection.is_empty() {
             // What each resource needs: the stack's references and
             // depends_on, and for what the stack no longer declares, the

@@ -121,9 +121,10 @@ static CLUSTER: KindSchema = KindSchema {
         Field::new(
             "public_access_cidrs",
             Ty::Set(&Ty::Cidr),
-            "who may reach the public endpoint",
+            "who may reach the public endpoint (changes in place)",
         )
-        .default("[\"0.0.0.0/0\"]"),
+        .default("[\"0.0.0.0/0\"]")
+        .check(checks::no_placeholder_ranges),
         Field::new("tags", Ty::StringMap, "tags besides the ownership tags")
             .default("{}")
             .check(checks::tags),
@@ -430,6 +431,73 @@ impl Driver for EksCluster {
             .into_iter()
             .filter(|o| o.attrs.get(STATUS_ATTR).and_then(Json::as_str) != Some("DELETING"))
             .collect())
+    }
+
+    /// A Kubernetes version the plan creates or upgrades to must be one
+    /// EKS lists as offered today (DescribeClusterVersions): the dated
+    /// table `validate` reads can be older than the provider's calendar.
+    async fn preflight(
+        &self,
+        cx: &Context,
+        change: &crate::plan::Change,
+    ) -> Result<(), DriverError> {
+        let Some(version) = change
+            .attributes
+            .iter()
+            .find(|a| a.name == "version")
+            .and_then(|a| a.after.as_ref())
+            .and_then(Json::as_str)
+        else {
+            return Ok(());
+        };
+        let Some(wanted) = support::minor_of(version) else {
+            return Ok(());
+        };
+        let listed = cx
+            .aws()
+            .await?
+            .eks
+            .describe_cluster_versions()
+            .include_all(true)
+            .send()
+            .await;
+        let listed = match listed {
+            Ok(l) => l,
+            Err(e) => {
+                // A role without eks:DescribeClusterVersions still plans,
+                // on the dated table alone.
+                cx.reporter.report(crate::events::Event::Warning {
+                    message: format!(
+                        "{}: could not ask EKS which versions it offers ({}); relying on the dated table",
+                        change.address,
+                        api_error("DescribeClusterVersions", e).message
+                    ),
+                });
+                return Ok(());
+            }
+        };
+        use aws_sdk_eks::types::VersionStatus;
+        let offered: Vec<&str> = listed
+            .cluster_versions()
+            .iter()
+            .filter(|v| !matches!(v.version_status(), Some(VersionStatus::Unsupported)))
+            .filter_map(|v| v.cluster_version())
+            .collect();
+        if offered.contains(&wanted.as_str()) {
+            return Ok(());
+        }
+        let why = match listed
+            .cluster_versions()
+            .iter()
+            .find(|v| v.cluster_version() == Some(wanted.as_str()))
+        {
+            Some(_) => "its support has ended",
+            None => "it is not listed",
+        };
+        Err(DriverError::new(format!(
+            "Amazon EKS does not offer Kubernetes {wanted} ({why}, by DescribeClusterVersions); it offers {}",
+            offered.join(", ")
+        )))
     }
 
     async fn create(&self, cx: &Context, want: &Desired<'_>) -> Result<Observed, DriverError> {

@@ -141,6 +141,13 @@ static CLUSTER: KindSchema = KindSchema {
         .default("true")
         .forces_replace(),
         Field::new(
+            "authorized_networks",
+            Ty::Set(&Ty::Cidr),
+            "the only ranges that may reach the control plane's public endpoint (master authorized networks; changes in place); empty: any address",
+        )
+        .default("[]")
+        .check(crate::kinds::checks::no_placeholder_ranges),
+        Field::new(
             "labels",
             Ty::StringMap,
             "labels besides the ownership labels (change in place)",
@@ -301,6 +308,7 @@ fn observe_cluster(c: &google_cloud_container_v1::model::Cluster) -> Observed {
                     .as_ref()
                     .is_some_and(|w| !w.workload_pool.is_empty())),
             ),
+            ("authorized_networks", observed_authorized_networks(&v)),
             ("labels", Json::Object(user)),
             (
                 "endpoint",
@@ -569,6 +577,36 @@ where
     }
 }
 
+/// The ranges admitted to the control plane: where GKE reports them now
+/// (`controlPlaneEndpointsConfig.ipEndpointsConfig`), else the older
+/// `masterAuthorizedNetworksConfig`; none when the feature is off.
+fn observed_authorized_networks(cluster: &Json) -> Json {
+    let config = cluster
+        .pointer("/controlPlaneEndpointsConfig/ipEndpointsConfig/authorizedNetworksConfig")
+        .or_else(|| cluster.get("masterAuthorizedNetworksConfig"));
+    let ranges: Vec<Json> = config
+        .filter(|c| c.get("enabled").and_then(Json::as_bool) == Some(true))
+        .and_then(|c| c.get("cidrBlocks"))
+        .and_then(Json::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|b| b.get("cidrBlock").cloned())
+        .collect();
+    Json::Array(ranges)
+}
+
+/// `masterAuthorizedNetworksConfig` for a list of ranges (none: off).
+fn authorized_networks(ranges: Option<&Json>) -> Json {
+    let blocks: Vec<Json> = ranges
+        .and_then(Json::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Json::as_str)
+        .map(|r| json!({"displayName": "ralph-deploy", "cidrBlock": r}))
+        .collect();
+    json!({"enabled": !blocks.is_empty(), "cidrBlocks": blocks})
+}
+
 fn cluster_location(g: &super::GcpClients, want: &Desired<'_>) -> String {
     want.str("location")
         .filter(|l| !l.is_empty())
@@ -601,6 +639,51 @@ impl Driver for Cluster {
         Ok(read_cluster(cx, id).await?.as_ref().map(observe_cluster))
     }
 
+    /// A version the plan creates or upgrades to must be one GKE offers in
+    /// the cluster's location today (getServerConfig): the dated table
+    /// `validate` reads can be older than Google's calendar.
+    async fn preflight(
+        &self,
+        cx: &Context,
+        change: &crate::plan::Change,
+    ) -> Result<(), DriverError> {
+        let after = |name: &str| {
+            change
+                .attributes
+                .iter()
+                .find(|a| a.name == name)
+                .and_then(|a| a.after.as_ref())
+                .and_then(Json::as_str)
+                .map(str::to_string)
+        };
+        let Some(wanted) = after("version").and_then(|v| crate::model::support::minor_of(&v))
+        else {
+            return Ok(());
+        };
+        let g = cx.gcp().await?;
+        let location = after("location")
+            .filter(|l| !l.is_empty())
+            .unwrap_or_else(|| g.region.clone());
+        let name = g.location_path(&location);
+        let config = call(cx, SERVICE, "asking GKE which versions it offers", || {
+            g.gke.get_server_config().set_name(&name).send()
+        })
+        .await?;
+        let mut offered: Vec<String> = config
+            .valid_master_versions
+            .iter()
+            .filter_map(|v| crate::model::support::minor_of(v))
+            .collect();
+        offered.dedup();
+        if offered.contains(&wanted) {
+            return Ok(());
+        }
+        Err(DriverError::new(format!(
+            "GKE does not offer Kubernetes {wanted} in {location} (by getServerConfig); it offers {}",
+            offered.join(", ")
+        )))
+    }
+
     async fn create(&self, cx: &Context, want: &Desired<'_>) -> Result<Observed, DriverError> {
         let g = cx.gcp().await?;
         let name = want.required_str("name")?;
@@ -624,6 +707,8 @@ impl Driver for Cluster {
         if want.bool("private_nodes") == Some(true) {
             cluster["privateClusterConfig"] = json!({"enablePrivateNodes": true, "masterIpv4CidrBlock": p.get("master_ipv4_cidr")});
         }
+        cluster["masterAuthorizedNetworksConfig"] =
+            authorized_networks(p.get("authorized_networks"));
         if want.bool("workload_identity") == Some(true) {
             cluster["workloadIdentityConfig"] =
                 json!({"workloadPool": format!("{}.svc.id.goog", g.project)});
@@ -683,6 +768,11 @@ impl Driver for Cluster {
                 "version",
                 json!({"desiredMasterVersion": want.props.get("version")}),
                 "upgrading",
+            ),
+            (
+                "authorized_networks",
+                json!({"desiredMasterAuthorizedNetworksConfig": authorized_networks(want.props.get("authorized_networks"))}),
+                "limiting who reaches",
             ),
         ];
         for (field, body, verb) in updates {
