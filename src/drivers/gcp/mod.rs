@@ -62,6 +62,8 @@ pub struct GcpClients {
     pub secrets: google_cloud_secretmanager_v1::client::SecretManagerService,
     pub iam: google_cloud_iam_admin_v1::client::Iam,
     pub projects: google_cloud_resourcemanager_v3::client::Projects,
+    /// Credentials for the REST calls without a client (built on first use).
+    tokens: tokio::sync::OnceCell<google_cloud_auth::credentials::AccessTokenCredentials>,
 }
 
 /// The endpoint the stack or the environment names, if any.
@@ -86,18 +88,27 @@ pub(crate) fn is_local(endpoint: &str) -> bool {
     })
 }
 
-/// An OAuth access token from Application Default Credentials, for the
-/// APIs google-cloud-rust has no client for (Service Networking).
-pub(crate) async fn access_token() -> Result<String, DriverError> {
-    let creds = google_cloud_auth::credentials::Builder::default()
-        .with_scopes(["https://www.googleapis.com/auth/cloud-platform"])
-        .build_access_token_credentials()
-        .map_err(|e| DriverError::new(format!("Google Cloud credentials: {e}. Set up Application Default Credentials (`gcloud auth application-default login`, or GOOGLE_APPLICATION_CREDENTIALS)")))?;
-    let token = creds
-        .access_token()
-        .await
-        .map_err(|e| DriverError::new(format!("getting a Google access token: {e}")))?;
-    Ok(token.token)
+impl GcpClients {
+    /// An OAuth access token from Application Default Credentials, for the
+    /// APIs google-cloud-rust has no client for (Service Networking). The
+    /// credentials are built once per run and keep their token until it
+    /// nears its expiry.
+    pub(crate) async fn access_token(&self) -> Result<String, DriverError> {
+        let creds = self
+            .tokens
+            .get_or_try_init(|| async {
+                google_cloud_auth::credentials::Builder::default()
+                    .with_scopes(["https://www.googleapis.com/auth/cloud-platform"])
+                    .build_access_token_credentials()
+                    .map_err(|e| DriverError::new(format!("Google Cloud credentials: {e}. Set up Application Default Credentials (`gcloud auth application-default login`, or GOOGLE_APPLICATION_CREDENTIALS)")))
+            })
+            .await?;
+        let token = creds
+            .access_token()
+            .await
+            .map_err(|e| DriverError::new(format!("getting a Google access token: {e}")))?;
+        Ok(token.token)
+    }
 }
 
 macro_rules! build_client {
@@ -156,6 +167,7 @@ impl GcpClients {
             ),
             iam: build_client!(google_cloud_iam_admin_v1::client::Iam, e),
             projects: build_client!(google_cloud_resourcemanager_v3::client::Projects, e),
+            tokens: tokio::sync::OnceCell::new(),
             project,
             region,
             endpoint,

@@ -100,7 +100,7 @@ impl<'a> Api<'a> {
         let token = if super::is_local(&base) {
             None
         } else {
-            Some(super::access_token().await?)
+            Some(g.access_token().await?)
         };
         Ok(Api {
             cx,
