@@ -68,12 +68,7 @@ async fn kills_with_the_state_in_s3_are_recovered_too() {
         lane(json!({"account_id": account}));
         // The state bucket lives in the account the run works in.
         let bucket = format!("crash-state-{}-{round}", std::process::id());
-        let s3 = aws_sdk_s3::Client::from_conf(
-            aws_sdk_s3::config::Builder::from(&w.aws_conf().await)
-                .force_path_style(true)
-                .build(),
-        );
-        s3.create_bucket().bucket(&bucket).send().await.unwrap();
+        w.s3_bucket(&bucket).await;
         w.env
             .retain(|(k, _)| k != "RALPH_DEPLOY_STATE" && k != "RALPH_DEPLOY_VAR_bucket_suffix");
         w.env

@@ -828,12 +828,7 @@ async fn one_or_two_interrupts_in_a_long_wait_leave_no_lock_on_any_store() {
                 w.env.push(("RALPH_DEPLOY_STATE".into(), db));
             }
             "s3" => {
-                let s3 = aws_sdk_s3::Client::from_conf(
-                    aws_sdk_s3::config::Builder::from(&w.aws_conf().await)
-                        .force_path_style(true)
-                        .build(),
-                );
-                s3.create_bucket().bucket(&name).send().await.unwrap();
+                w.s3_bucket(&name).await;
                 w.env
                     .push(("RALPH_DEPLOY_STATE".into(), format!("s3://{name}/ci")));
             }

@@ -251,12 +251,7 @@ fn s3_env() {
 async fn bucket(name: &str) -> String {
     s3_env();
     let w = World::from_stack("aws-network.yaml", name);
-    let s3 = aws_sdk_s3::Client::from_conf(
-        aws_sdk_s3::config::Builder::from(&w.aws_conf().await)
-            .force_path_style(true)
-            .build(),
-    );
-    s3.create_bucket().bucket(name).send().await.unwrap();
+    w.s3_bucket(name).await;
     name.to_string()
 }
 

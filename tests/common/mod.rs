@@ -223,6 +223,16 @@ impl World {
     }
 
     /// SDK settings that reach this world's local AWS.
+    /// Makes the S3 bucket `name` in the world's account (a state store).
+    pub async fn s3_bucket(&self, name: &str) {
+        let s3 = aws_sdk_s3::Client::from_conf(
+            aws_sdk_s3::config::Builder::from(&self.aws_conf().await)
+                .force_path_style(true)
+                .build(),
+        );
+        s3.create_bucket().bucket(name).send().await.unwrap();
+    }
+
     pub async fn aws_conf(&self) -> aws_config::SdkConfig {
         aws_config::defaults(aws_config::BehaviorVersion::latest())
             .endpoint_url(&self.endpoint)
