@@ -92,11 +92,26 @@ async fn production_stack_end_to_end() {
         serde_json::json!({ "ingress": [common::repo().join("scripts/local-cloud/addon").display().to_string()] }).to_string(),
     ));
     let addon = "addons.addon[\"ingress\"]";
+    // A second administrator, through an EKS access entry.
+    let alice = aws_sdk_iam::Client::new(&w.aws_conf().await)
+        .create_role()
+        .role_name(format!("admin-alice-{name}"))
+        .assume_role_policy_document("{}")
+        .send()
+        .await
+        .unwrap()
+        .role
+        .unwrap()
+        .arn;
+    w.env.push((
+        "RALPH_DEPLOY_VAR_cluster_admins".into(),
+        serde_json::json!({ "alice": alice }).to_string(),
+    ));
 
     // ---- apply: every resource, in dependency order, branches in parallel.
     let ev = apply_json(&w, &[]);
     let s = ev.summary();
-    assert_eq!(s["created"], 47, "{s}");
+    assert_eq!(s["created"], 48, "{s}");
     // The add-on between the nodes and the orchestrator, and available.
     assert!(ev.at("resource_finished", "nodes") < ev.at("resource_started", addon));
     assert!(ev.at("resource_finished", addon) < ev.at("resource_started", "app.orchestrator"));
@@ -174,6 +189,13 @@ async fn production_stack_end_to_end() {
         Some(format!("{name}-production-postgres").as_str())
     );
     let eks = aws_sdk_eks::Client::new(&c);
+    let entries = eks
+        .list_access_entries()
+        .cluster_name(format!("{name}-production"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(entries.access_entries(), [alice.clone()]);
     let ng = nodegroup(&eks, &name).await;
     let sc = ng.nodegroup().unwrap().scaling_config().unwrap();
     assert_eq!(
@@ -353,7 +375,7 @@ async fn production_stack_end_to_end() {
         text(&out.stdout)
     );
     let ev = Events::parse(&text(&out.stdout));
-    assert_eq!(ev.summary()["deleted"], 47);
+    assert_eq!(ev.summary()["deleted"], 48);
     for (dependent, dependency) in [
         (addon, "nodes"),
         ("app.orchestrator", addon),

@@ -708,3 +708,129 @@ async fn a_kubernetes_upgrade_is_planned_in_place_and_applied_one_step() {
     let out = run(&["plan", "--detailed-exitcode"], "1.35");
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
 }
+
+/// A second person gets into the cluster through an EKS access entry. The
+/// local EKS refuses entries on a cluster whose authentication mode is
+/// CONFIG_MAP (EKS's own default, which the tool no longer asks for),
+/// refuses a principal IAM does not know, and keeps the entry and its
+/// policy; a policy change is in place.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_administrator_gets_in_through_an_access_entry() {
+    let name = format!("lcae{}", std::process::id());
+    let w = World::from_stack("aws-network.yaml", &name);
+    let conf = sdk(&w).await;
+    let ec2 = aws_sdk_ec2::Client::new(&conf);
+    let iam = aws_sdk_iam::Client::new(&conf);
+    let eks = aws_sdk_eks::Client::new(&conf);
+    let (_, subnets) = vpc_with_subnets(&ec2, 43, &["us-east-1a", "us-east-1b"]).await;
+    let alice = iam
+        .create_role()
+        .role_name(format!("{name}-alice"))
+        .assume_role_policy_document("{}")
+        .send()
+        .await
+        .unwrap()
+        .role
+        .unwrap()
+        .arn
+        .clone();
+    let stack = |mode: &str, policy: &str, principal: &str| {
+        format!(
+            r#"name: {name}
+cloud: {{ aws: {{ region: us-east-1 }} }}
+environments: {{ production: {{}} }}
+resources:
+  eks:
+    kind: aws.eks_cluster
+    properties:
+      name: {name}
+      role_arn: arn:aws:iam::123456789012:role/eks
+      subnet_ids: ["{}", "{}"]
+      authentication_mode: {mode}
+  alice:
+    kind: aws.eks_access_entry
+    properties:
+      cluster_name: ${{eks.name}}
+      principal_arn: {principal}
+      policy: {policy}
+"#,
+            subnets[0], subnets[1]
+        )
+    };
+    let apply = |text: String| {
+        std::fs::write(w.stack(), text).unwrap();
+        w.run("apply", &["--auto-approve"])
+    };
+    // The cluster as EKS makes it unless asked: aws-auth only. The entry is refused.
+    let out = apply(stack("CONFIG_MAP", "AmazonEKSViewPolicy", &alice));
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("authentication mode must be set to one of [API, API_AND_CONFIG_MAP]"),
+        "{err}"
+    );
+    // Moving it towards API is in place, and then the entry is made.
+    let out = apply(stack("API_AND_CONFIG_MAP", "AmazonEKSViewPolicy", &alice));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let entries = eks
+        .list_access_entries()
+        .cluster_name(&name)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(entries.access_entries(), [alice.clone()]);
+    let policy = |policies: aws_sdk_eks::operation::list_associated_access_policies::ListAssociatedAccessPoliciesOutput| {
+        policies.associated_access_policies()[0]
+            .policy_arn()
+            .unwrap()
+            .to_string()
+    };
+    let listed = eks
+        .list_associated_access_policies()
+        .cluster_name(&name)
+        .principal_arn(&alice)
+        .send()
+        .await
+        .unwrap();
+    assert!(policy(listed).ends_with("/AmazonEKSViewPolicy"));
+    // Nothing left to do; then a wider policy is an update in place.
+    let out = w.run("plan", &["--detailed-exitcode"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    std::fs::write(
+        w.stack(),
+        stack("API_AND_CONFIG_MAP", "AmazonEKSClusterAdminPolicy", &alice),
+    )
+    .unwrap();
+    let plan = w.plan_json(&[]);
+    assert_eq!(
+        common::changed(&plan),
+        vec![("alice".to_string(), "update".to_string())]
+    );
+    let out = apply(stack(
+        "API_AND_CONFIG_MAP",
+        "AmazonEKSClusterAdminPolicy",
+        &alice,
+    ));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let listed = eks
+        .list_associated_access_policies()
+        .cluster_name(&name)
+        .principal_arn(&alice)
+        .send()
+        .await
+        .unwrap();
+    assert!(policy(listed).ends_with("/AmazonEKSClusterAdminPolicy"));
+    // A principal IAM does not know is refused by EKS.
+    let out = apply(stack(
+        "API_AND_CONFIG_MAP",
+        "AmazonEKSClusterAdminPolicy",
+        "arn:aws:iam::123456789012:role/nobody-here",
+    ));
+    assert!(
+        text(&out.stderr).contains("principalArn could not be found"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = w.run("destroy", &["--auto-approve"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}

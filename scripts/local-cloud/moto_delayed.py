@@ -21,6 +21,7 @@ import os
 import sys
 import threading
 import time
+import uuid
 
 DEFAULTS = {
     "eks_cluster_create": 3.0, "eks_cluster_update": 1.0, "eks_cluster_delete": 2.0,
@@ -752,9 +753,203 @@ def patch_server():
     WSGIRequestHandler.log_request = lambda self, *a, **k: None
 
 
+EKS_ACCESS_POLICIES = ("AmazonEKSClusterAdminPolicy", "AmazonEKSAdminPolicy", "AmazonEKSEditPolicy",
+                       "AmazonEKSViewPolicy", "AmazonEKSAdminViewPolicy")
+
+
+def patch_eks_access():
+    """EKS access entries, which moto lacks, with EKS's rules: the cluster's
+    authentication mode (accessConfig at CreateCluster, CONFIG_MAP unless
+    asked; UpdateClusterConfig moves it only towards API) must admit them;
+    the principal must exist in IAM; one entry per principal; policies are
+    EKS's own access policies, scoped to the cluster or to namespaces. An
+    entry goes away with its cluster."""
+    from urllib.parse import unquote
+    from moto.eks import responses as r
+    from moto.eks import urls as u
+    from moto.eks.exceptions import (InvalidParameterException, InvalidRequestException,
+                                     ResourceInUseException, ResourceNotFoundException)
+    from moto.iam.models import iam_backends
+
+    modes = ["CONFIG_MAP", "API_AND_CONFIG_MAP", "API"]
+
+    def reply(body):
+        return 200, {"Content-Type": "application/json"}, json.dumps(body)
+
+    def bad(message):
+        return InvalidParameterException(clusterName=None, nodegroupName=None, fargateProfileName=None,
+                                         addonName=None, message=message)
+
+    def cluster_of(self):
+        name = self._get_param("name") or unquote(self.path.split("/clusters/")[1].split("/")[0].split("?")[0])
+        cluster = self.eks_backend.clusters.get(name)
+        if cluster is None:
+            raise ResourceNotFoundException(clusterName=name, nodegroupName=None, fargateProfileName=None,
+                                            addonName=None, message="No cluster found for name: %s." % name)
+        if not hasattr(cluster, "access_config"):
+            cluster.access_config = {"authenticationMode": "CONFIG_MAP",
+                                     "bootstrapClusterCreatorAdminPermissions": True}
+        cluster.__dict__.setdefault("_rd_entries", {})
+        return cluster
+
+    original_create = r.EKSResponse.create_cluster
+
+    def create_cluster(self):
+        asked = self._get_param("accessConfig") or {}
+        mode = asked.get("authenticationMode", "CONFIG_MAP")
+        if mode not in modes:
+            raise bad("Unsupported authentication mode %s" % mode)
+        result = original_create(self)
+        cluster = self.eks_backend.clusters.get(self._get_param("name"))
+        if cluster is not None and "_rd_entries" not in cluster.__dict__:
+            cluster.access_config = {"authenticationMode": mode,
+                                     "bootstrapClusterCreatorAdminPermissions":
+                                         asked.get("bootstrapClusterCreatorAdminPermissions", True)}
+            cluster.__dict__["_rd_entries"] = {}
+        return result
+
+    r.EKSResponse.create_cluster = create_cluster
+
+    original_update = r.EKSResponse.update_cluster_config
+
+    def update_cluster_config(self):
+        asked = self._get_param("accessConfig")
+        if asked and asked.get("authenticationMode"):
+            cluster = cluster_of(self)
+            have, want = cluster.access_config["authenticationMode"], asked["authenticationMode"]
+            if want not in modes or modes.index(want) < modes.index(have):
+                raise bad("Unsupported authentication mode update from %s to %s" % (have, want))
+            cluster.access_config = dict(cluster.access_config, authenticationMode=want)
+            if not self._get_param("resourcesVpcConfig") and not self._get_param("logging"):
+                return reply({"update": {"id": str(uuid.uuid4()), "status": "Successful",
+                                         "type": "AccessConfigUpdate", "params": [], "errors": []}})
+        return original_update(self)
+
+    r.EKSResponse.update_cluster_config = update_cluster_config
+
+    def admitting(self):
+        cluster = cluster_of(self)
+        if cluster.access_config["authenticationMode"] == "CONFIG_MAP":
+            raise InvalidRequestException(
+                message="The cluster's authentication mode must be set to one of [API, API_AND_CONFIG_MAP] to perform this operation.")
+        return cluster
+
+    def entry_of(self, cluster):
+        rest = unquote(self.path.split("?")[0].split("/access-entries/", 1)[1])
+        principal = rest.split("/access-policies")[0]
+        entry = cluster._rd_entries.get(principal)
+        if entry is None:
+            raise ResourceNotFoundException(clusterName=cluster.name, nodegroupName=None, fargateProfileName=None,
+                                            addonName=None, message="The specified access entry resource could not be found.")
+        return entry
+
+    def principal_exists(account, arn):
+        kind_name = arn.split(":", 5)[-1]
+        kind, _, name = kind_name.partition("/")
+        iam = iam_backends[account]["global"]
+        try:
+            if kind == "role":
+                iam.get_role(name.split("/")[-1])
+            elif kind == "user":
+                iam.get_user(name.split("/")[-1])
+            else:
+                return False
+            return True
+        except Exception:
+            return False
+
+    def public(entry):
+        return {k: v for k, v in entry.items() if not k.startswith("_")}
+
+    def create_access_entry(self):
+        cluster = admitting(self)
+        principal = self._get_param("principalArn") or ""
+        if not principal_exists(self.current_account, principal):
+            raise bad("The specified principalArn could not be found. You can view your available IAM principals in the IAM console.")
+        if principal in cluster._rd_entries:
+            raise ResourceInUseException(clusterName=cluster.name, nodegroupName=None, addonName=None,
+                                         message="The specified access entry resource is already in use on this cluster.")
+        now = time.time()
+        entry = {"clusterName": cluster.name, "principalArn": principal,
+                 "kubernetesGroups": self._get_param("kubernetesGroups") or [],
+                 "accessEntryArn": "arn:aws:eks:%s:%s:access-entry/%s/%s" % (
+                     self.region, self.current_account, cluster.name, uuid.uuid4().hex[:12]),
+                 "createdAt": now, "modifiedAt": now, "tags": self._get_param("tags") or {},
+                 "username": principal, "type": self._get_param("type") or "STANDARD", "_policies": {}}
+        cluster._rd_entries[principal] = entry
+        return reply({"accessEntry": public(entry)})
+
+    def access_entries(self):
+        if self.method == "POST":
+            return create_access_entry(self)
+        cluster = admitting(self)
+        return reply({"accessEntries": sorted(cluster._rd_entries)})
+
+    def access_entry(self):
+        cluster = admitting(self)
+        entry = entry_of(self, cluster)
+        if self.method == "DELETE":
+            del cluster._rd_entries[entry["principalArn"]]
+            return reply({})
+        return reply({"accessEntry": public(entry)})
+
+    def access_policies(self):
+        cluster = admitting(self)
+        entry = entry_of(self, cluster)
+        if self.method == "POST":
+            policy = self._get_param("policyArn") or ""
+            if policy.rsplit("/", 1)[-1] not in EKS_ACCESS_POLICIES or ":cluster-access-policy/" not in policy:
+                raise bad("The specified policyArn is not a valid EKS access policy: %s" % policy)
+            scope = self._get_param("accessScope") or {}
+            if scope.get("type") not in ("cluster", "namespace"):
+                raise bad("accessScope.type must be cluster or namespace")
+            if scope.get("type") == "namespace" and not scope.get("namespaces"):
+                raise bad("accessScope.namespaces is required for a namespace scope")
+            now = time.time()
+            entry["_policies"][policy] = {"policyArn": policy, "accessScope": scope,
+                                          "associatedAt": now, "modifiedAt": now}
+            return reply({"clusterName": cluster.name, "principalArn": entry["principalArn"],
+                          "associatedAccessPolicy": entry["_policies"][policy]})
+        return reply({"clusterName": cluster.name, "principalArn": entry["principalArn"],
+                      "associatedAccessPolicies": list(entry["_policies"].values())})
+
+    def access_policy(self):
+        cluster = admitting(self)
+        entry = entry_of(self, cluster)
+        policy = unquote(self.path.split("?")[0]).split("/access-policies/", 1)[1]
+        if entry["_policies"].pop(policy, None) is None:
+            raise ResourceNotFoundException(clusterName=cluster.name, nodegroupName=None, fargateProfileName=None,
+                                            addonName=None, message="The specified policy is not associated.")
+        return reply({})
+
+    def route(resp):
+        # Principal and policy ARNs hold slashes (sent as %2F, often decoded
+        # before routing): one route, split on the fixed words.
+        path = unquote(resp.path.split("?")[0])
+        if "/access-entries/" not in path:
+            return access_entries(resp)
+        if "/access-policies/" in path:
+            return access_policy(resp)
+        if path.endswith("/access-policies"):
+            return access_policies(resp)
+        return access_entry(resp)
+
+    def view(request, full_url, headers):
+        resp = r.EKSResponse()
+        resp.setup_class(request, full_url, headers)
+        try:
+            return route(resp)
+        except Exception as e:
+            if hasattr(e, "code") and hasattr(e, "get_body"):
+                return e.code, dict(e.get_headers()) if hasattr(e, "get_headers") else {}, e.get_body()
+            raise
+    u.url_paths["{0}/clusters/(?P<name>[^/]+)/access-entries$"] = view
+    u.url_paths["{0}/clusters/(?P<name>[^/]+)/access-entries/(?P<rest>.+)$"] = view
+
+
 def main():
     host, port = sys.argv[1], int(sys.argv[2])
-    for patch in (patch_eks, patch_eks_rules, network_model, patch_rds, patch_elasticache, patch_nat, patch_s3, patch_cloudwatch, patch_iam, patch_server):
+    for patch in (patch_eks, patch_eks_rules, patch_eks_access, network_model, patch_rds, patch_elasticache, patch_nat, patch_s3, patch_cloudwatch, patch_iam, patch_server):
         try:
             patch()
         except Exception as e:  # a moto upgrade moved something: say so, keep serving

@@ -222,7 +222,6 @@ impl World {
         serde_json::from_str(&out).unwrap()
     }
 
-    /// SDK settings that reach this world's local AWS.
     /// Makes the S3 bucket `name` in the world's account (a state store).
     pub async fn s3_bucket(&self, name: &str) {
         let s3 = aws_sdk_s3::Client::from_conf(
@@ -233,6 +232,7 @@ impl World {
         s3.create_bucket().bucket(name).send().await.unwrap();
     }
 
+    /// SDK settings that reach this world's local AWS.
     pub async fn aws_conf(&self) -> aws_config::SdkConfig {
         aws_config::defaults(aws_config::BehaviorVersion::latest())
             .endpoint_url(&self.endpoint)

@@ -125,6 +125,13 @@ static CLUSTER: KindSchema = KindSchema {
         )
         .default("[\"0.0.0.0/0\"]")
         .check(checks::no_placeholder_ranges),
+        Field::new(
+            "authentication_mode",
+            Ty::String,
+            "who may use the cluster is kept in EKS access entries (API, or API_AND_CONFIG_MAP beside the aws-auth ConfigMap) or only in aws-auth (CONFIG_MAP); changes in place, towards API only",
+        )
+        .default("\"API_AND_CONFIG_MAP\"")
+        .check(authentication_mode),
         Field::new("tags", Ty::StringMap, "tags besides the ownership tags")
             .default("{}")
             .check(checks::tags),
@@ -363,9 +370,35 @@ async fn read_cluster(cx: &Context, name: &str) -> Result<Option<Observed>, Driv
                 vpc.map(|v| str_array(v.public_access_cidrs()))
                     .unwrap_or(Json::Null),
             ),
+            (
+                "authentication_mode",
+                Json::String(
+                    c.access_config()
+                        .and_then(|a| a.authentication_mode())
+                        .map(|m| m.as_str().to_string())
+                        .unwrap_or_else(|| "CONFIG_MAP".into()),
+                ),
+            ),
         ],
     );
     Ok(Some(with_status(o, &status)))
+}
+
+fn authentication_mode(v: &Json) -> Result<(), String> {
+    match v.as_str() {
+        Some("API" | "API_AND_CONFIG_MAP" | "CONFIG_MAP") => Ok(()),
+        other => Err(format!(
+            "authentication_mode {} is not one of API, API_AND_CONFIG_MAP, CONFIG_MAP",
+            crate::model::kinds::shown(other)
+        )),
+    }
+}
+
+fn auth_mode(want: &Desired<'_>) -> aws_sdk_eks::types::AuthenticationMode {
+    aws_sdk_eks::types::AuthenticationMode::from(
+        want.str("authentication_mode")
+            .unwrap_or("API_AND_CONFIG_MAP"),
+    )
 }
 
 async fn wait_cluster(
@@ -510,6 +543,12 @@ impl Driver for EksCluster {
             .version(want.str("version").unwrap_or(DEFAULT_VERSION))
             .role_arn(want.required_str("role_arn")?)
             .resources_vpc_config(vpc_request(want, false))
+            .access_config(
+                aws_sdk_eks::types::CreateAccessConfigRequest::builder()
+                    .authentication_mode(auth_mode(want))
+                    .bootstrap_cluster_creator_admin_permissions(true)
+                    .build(),
+            )
             .set_tags(Some(tag_map(want).into_iter().collect()))
             .client_request_token(token(want))
             .send()
@@ -551,6 +590,19 @@ impl Driver for EksCluster {
             eks.update_cluster_config()
                 .name(&have.id)
                 .resources_vpc_config(vpc_request(want, true))
+                .send()
+                .await
+                .map_err(|e| api_error("UpdateClusterConfig", e))?;
+            wait_cluster(cx, want.address, &have.id, timeout, false).await?;
+        }
+        if has("authentication_mode") {
+            eks.update_cluster_config()
+                .name(&have.id)
+                .access_config(
+                    aws_sdk_eks::types::UpdateAccessConfigRequest::builder()
+                        .authentication_mode(auth_mode(want))
+                        .build(),
+                )
                 .send()
                 .await
                 .map_err(|e| api_error("UpdateClusterConfig", e))?;

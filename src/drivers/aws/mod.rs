@@ -7,6 +7,7 @@
 mod arn_tags;
 mod eip;
 mod eks;
+mod eks_access;
 pub mod eks_token;
 mod elasticache;
 mod iam_role;
@@ -51,6 +52,7 @@ pub fn drivers() -> Vec<Box<dyn Driver>> {
         Box::new(s3_bucket::S3Bucket),
         Box::new(eks::EksCluster),
         Box::new(eks::EksNodegroup),
+        Box::new(eks_access::EksAccessEntry),
         Box::new(rds::SubnetGroup),
         Box::new(rds::ParameterGroup),
         Box::new(rds::Instance),
