@@ -14,7 +14,7 @@ start() {
   local dir="$1"; mkdir -p "$dir/kube"
   local bin; bin="$("$here/local-cloud/build-kube.sh")/bin"
   local k="$dir/kube" ep pp ap
-  ep="$(free_port)"; pp="$(free_port)"; ap="$(free_port)"
+  ep="$(free_port)"; pp="$(free_port)"; ap="$(free_port)"; wp="$(free_port)"
   openssl genrsa -out "$k/sa.key" 2048 2>/dev/null
   openssl rsa -in "$k/sa.key" -pubout -out "$k/sa.pub" 2>/dev/null
   echo "local-admin-token,admin,admin,system:masters" >"$k/tokens.csv"
@@ -22,8 +22,29 @@ start() {
     --listen-peer-urls "http://127.0.0.1:$pp" --initial-advertise-peer-urls "http://127.0.0.1:$pp" \
     --initial-cluster "default=http://127.0.0.1:$pp" >"$k/etcd.log" 2>&1 &
   echo $! >"$k/etcd.pid"
+  # EKS tokens (k8s-aws-v1.) are judged by a stand-in for EKS's
+  # authenticator, for their lifetime only (RALPH_SIM_EKS_TOKEN_SECONDS,
+  # 900 as on EKS by default); the static admin token never expires.
+  python3 "$here/local-cloud/eks_authenticator.py" "$wp" >"$k/authenticator.log" 2>&1 &
+  echo $! >"$k/authenticator.pid"
+  cat >"$k/authenticator.kubeconfig" <<WH
+apiVersion: v1
+kind: Config
+clusters:
+- name: eks-authenticator
+  cluster: { server: "http://127.0.0.1:$wp/authenticate" }
+users:
+- name: apiserver
+  user: {}
+contexts:
+- name: webhook
+  context: { cluster: eks-authenticator, user: apiserver }
+current-context: webhook
+WH
   "$bin/kube-apiserver" --etcd-servers "http://127.0.0.1:$ep" --bind-address 127.0.0.1 --advertise-address 127.0.0.1 \
     --secure-port "$ap" --insecure-port 0 --token-auth-file "$k/tokens.csv" --authorization-mode AlwaysAllow \
+    --authentication-token-webhook-config-file "$k/authenticator.kubeconfig" \
+    --authentication-token-webhook-version v1 --authentication-token-webhook-cache-ttl 0s \
     --service-account-key-file "$k/sa.pub" --service-account-signing-key-file "$k/sa.key" \
     --service-account-issuer https://kubernetes.default.svc --cert-dir "$k/certs" \
     --service-cluster-ip-range 10.96.0.0/12 --allow-privileged=true >"$k/apiserver.log" 2>&1 &
@@ -63,12 +84,15 @@ KC
   done
   RALPH_SIM_AWS_ENDPOINTS="$aws" python3 "$here/local-cloud/node_sim.py" "$dir/kubeconfig" >"$k/node-sim.log" 2>&1 &
   echo $! >"$k/node-sim.pid"
+  # What an EKS cluster reports as its endpoint and certificateAuthority.data.
+  echo "https://127.0.0.1:$ap" >"$dir/kube.endpoint"
+  base64 -w0 "$k/certs/apiserver.crt" >"$dir/kube.ca"
   echo "kube-apiserver ready on 127.0.0.1:$ap" >&2
 }
 
 stop() {
   local k="$1/kube"
-  for p in node-sim controller-manager apiserver etcd; do
+  for p in node-sim controller-manager apiserver authenticator etcd; do
     [ -f "$k/$p.pid" ] && kill "$(cat "$k/$p.pid")" 2>/dev/null || true
   done
 }

@@ -32,7 +32,8 @@ start() {
   # moto behind a delay layer: resources pass through their real
   # intermediate states (see scripts/local-cloud/moto_delayed.py).
   # AWS managed IAM policies (AmazonEKSClusterPolicy, ...) exist, as in AWS.
-  MOTO_IAM_LOAD_MANAGED_POLICIES=true "$venv/bin/python" "$here/local-cloud/moto_delayed.py" 127.0.0.1 "$port" >"$dir/moto.log" 2>&1 &
+  # Its EKS clusters are served by the local Kubernetes started in DIR, if any.
+  RALPH_SIM_KUBE_DIR="$dir" MOTO_IAM_LOAD_MANAGED_POLICIES=true "$venv/bin/python" "$here/local-cloud/moto_delayed.py" 127.0.0.1 "$port" >"$dir/moto.log" 2>&1 &
   echo $! >"$dir/moto.pid"
   for _ in $(seq 1 100); do
     if curl -fsS "http://127.0.0.1:$port/moto-api/" >/dev/null 2>&1; then
@@ -55,7 +56,7 @@ start_faulty() {
   local dir="$1"; mkdir -p "$dir"
   install
   local mport pport; mport="$(free_port)"; pport="$(free_port)"
-  MOTO_IAM_LOAD_MANAGED_POLICIES=true RALPH_MOTO_DELAY_SCALE="${RALPH_FAULT_DELAY_SCALE:-0.05}" \
+  RALPH_SIM_KUBE_DIR="$dir" MOTO_IAM_LOAD_MANAGED_POLICIES=true RALPH_MOTO_DELAY_SCALE="${RALPH_FAULT_DELAY_SCALE:-0.05}" \
     "$venv/bin/python" "$here/local-cloud/moto_delayed.py" 127.0.0.1 "$mport" >"$dir/moto-faulty.log" 2>&1 &
   echo $! >"$dir/moto-faulty.pid"
   "$venv/bin/python" "$here/local-cloud/fault_proxy.py" "$pport" "http://127.0.0.1:$mport" >"$dir/proxy.log" 2>&1 &

@@ -263,6 +263,61 @@ async fn a_rollout_past_its_progress_deadline_is_rolled_back() {
     assert_eq!(image_of(&d), "ghcr.io/mikeyobrien/ralph-orchestrator:1.0.0");
 }
 
+/// The local API server takes an EKS token for RALPH_SIM_EKS_TOKEN_SECONDS
+/// after it was signed (20 s under scripts/test; 15 minutes on EKS). A
+/// rollout that waits 30 s for its deadline must still read the cluster and
+/// roll back afterwards: only a token made after the wait gets in.
+#[tokio::test]
+async fn a_wait_longer_than_an_eks_token_lives_still_reaches_the_cluster() {
+    let endpoint = std::env::var("RALPH_TEST_KUBE_ENDPOINT")
+        .expect("RALPH_TEST_KUBE_ENDPOINT is not set: run the tests with scripts/test");
+    let ca = std::env::var("RALPH_TEST_KUBE_CA").expect("RALPH_TEST_KUBE_CA is not set");
+    let ns = &unique("k-token");
+    let mut w = world(ns, "1.0.0");
+    // The cluster by its endpoint, CA and name, as EKS reports them: no
+    // kubeconfig, an EKS token from the AWS credentials.
+    set_var(&mut w, "kubeconfig", "");
+    set_var(&mut w, "cluster_endpoint", &endpoint);
+    set_var(&mut w, "cluster_ca", &ca);
+    set_var(&mut w, "eks_cluster", "ralph-local");
+    w.ok("apply", &["--auto-approve"]);
+    set_var(&mut w, "image_tag", "hang-2.0.0");
+    set_var(&mut w, "progress_deadline", "30");
+    let started = std::time::Instant::now();
+    let out = w.run("apply", &["--auto-approve"]);
+    let err = text(&out.stderr);
+    assert!(
+        started.elapsed().as_secs() >= 25,
+        "the wait must outlive a 20 s token: {err}"
+    );
+    assert_eq!(exit_code(&out), Some(1), "{err}");
+    assert!(err.contains("ProgressDeadlineExceeded"), "{err}");
+    assert!(
+        !err.contains("Unauthorized") && !err.contains("401"),
+        "{err}"
+    );
+    let d = deployment(ns).await;
+    assert_eq!(image_of(&d), "ghcr.io/mikeyobrien/ralph-orchestrator:1.0.0");
+    // A token of 40 s ago is refused: the authenticator does judge age.
+    let old = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import base64,datetime;t=(datetime.datetime.utcnow()-datetime.timedelta(seconds=40)).strftime('%Y%m%dT%H%M%SZ');\
+             u='https://sts.us-east-1.amazonaws.com/?Action=GetCallerIdentity&X-Amz-Credential=testing%2Fx&X-Amz-Date='+t+'&X-Amz-Expires=60&X-Amz-SignedHeaders=host%3Bx-k8s-aws-id';\
+             print('k8s-aws-v1.'+base64.urlsafe_b64encode(u.encode()).decode().rstrip('='))",
+        )
+        .output()
+        .unwrap();
+    let token = text(&old.stdout).trim().to_string();
+    let status = std::process::Command::new("curl")
+        .args(["-ks", "-o", "/dev/null", "-w", "%{http_code}", "-H"])
+        .arg(format!("Authorization: Bearer {token}"))
+        .arg(format!("{endpoint}/api/v1/namespaces/{ns}"))
+        .output()
+        .unwrap();
+    assert_eq!(text(&status.stdout), "401");
+}
+
 #[tokio::test]
 async fn deploy_changes_only_the_image_and_rollback_returns_to_the_previous_release() {
     let ns = &unique("k-deploy");

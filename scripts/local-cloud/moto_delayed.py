@@ -161,6 +161,27 @@ def minor(version):
     return ".".join(parts[:2]) if len(parts) >= 2 else str(version)
 
 
+def serve_on_local_kube(cluster):
+    """Every local EKS cluster is served by the local kube-apiserver: the
+    cluster reports its endpoint and certificateAuthority.data (written by
+    scripts/kube.sh into RALPH_SIM_KUBE_DIR), and the API server takes EKS
+    tokens for their lifetime only (local-cloud/eks_authenticator.py). So the
+    tool reaches it as it reaches EKS, with no kubeconfig. Without a local
+    Kubernetes, moto's made-up endpoint stays."""
+    kube_dir = os.environ.get("RALPH_SIM_KUBE_DIR")
+    if not kube_dir:
+        return
+    try:
+        with open(os.path.join(kube_dir, "kube.endpoint")) as f:
+            endpoint = f.read().strip()
+        with open(os.path.join(kube_dir, "kube.ca")) as f:
+            ca = f.read().strip()
+    except OSError:
+        return
+    cluster.endpoint = endpoint
+    cluster.certificate_authority = {"data": ca}
+
+
 def patch_eks_rules():
     """What EKS refuses and makes that moto does not:
     - a Kubernetes version outside EKS's support (past the end of extended
@@ -219,6 +240,7 @@ def patch_eks_rules():
 
     def after_create(self, cluster, name, role_arn, resources_vpc_config, *a, **k):
         add_cluster_sg(self, cluster, resources_vpc_config)
+        serve_on_local_kube(cluster)
 
     wrap(m.EKSBackend, "create_cluster", before=before_create, after=after_create)
 

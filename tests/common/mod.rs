@@ -108,8 +108,13 @@ impl World {
         // Stacks that deploy the orchestrator do it on the local cluster,
         // in a namespace of the test's own.
         let mut env = Vec::new();
+        // A stack that makes its EKS cluster reaches it as on AWS: the local
+        // EKS reports the local API server as its endpoint, which takes EKS
+        // tokens for their lifetime only. Others get the kubeconfig.
         if let Ok(kubeconfig) = std::env::var("RALPH_TEST_KUBECONFIG") {
-            env.push(("RALPH_DEPLOY_VAR_kubeconfig".to_string(), kubeconfig));
+            if !text.contains("kind: aws.eks_cluster") {
+                env.push(("RALPH_DEPLOY_VAR_kubeconfig".to_string(), kubeconfig));
+            }
         }
         env.push(("RALPH_DEPLOY_VAR_namespace".to_string(), name.to_string()));
         // Database roles are server-wide and every test shares one server:

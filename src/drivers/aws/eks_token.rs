@@ -14,10 +14,11 @@ use aws_sigv4::http_request::{
 use aws_sigv4::sign::v4;
 use base64::Engine;
 
-use super::AwsClients;
 use crate::drivers::DriverError;
 
-pub async fn token(aws: &AwsClients, cluster: &str) -> Result<String, DriverError> {
+/// A fresh token for `cluster`. Cheap (no request to AWS; the SDK's provider
+/// caches and renews the credentials), so callers make one per request.
+pub async fn token(aws: &AwsSigner, cluster: &str) -> Result<String, DriverError> {
     let provider = aws.sdk.credentials_provider().ok_or_else(|| {
         DriverError::new(
             "no AWS credentials to make an EKS token with: set a profile or AWS_ACCESS_KEY_ID",
@@ -28,6 +29,22 @@ pub async fn token(aws: &AwsClients, cluster: &str) -> Result<String, DriverErro
         .await
         .map_err(|e| DriverError::new(format!("AWS credentials for the EKS token: {e}")))?;
     presigned_token(&credentials, &aws.region, cluster, SystemTime::now())
+}
+
+/// What signing a token needs of the AWS clients: credentials and region.
+#[derive(Clone, Debug)]
+pub struct AwsSigner {
+    pub sdk: aws_config::SdkConfig,
+    pub region: String,
+}
+
+impl AwsSigner {
+    pub fn of(aws: &super::AwsClients) -> AwsSigner {
+        AwsSigner {
+            sdk: aws.sdk.clone(),
+            region: aws.region.clone(),
+        }
+    }
 }
 
 pub fn presigned_token(

@@ -8,6 +8,7 @@ pub mod health;
 pub mod manifests;
 pub mod orchestrator;
 pub mod render;
+pub mod token;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -116,6 +117,7 @@ pub fn describe_access(props: &Map<String, Json>) -> String {
 /// when set, else `cluster_endpoint` + `cluster_ca` with an EKS token for
 /// `cluster_name`.
 pub async fn connect(cx: &Context, props: &Map<String, Json>) -> Result<kube::Client, DriverError> {
+    let mut tokens = None;
     let mut config = if let Some(path) = prop(props, "kubeconfig") {
         let p = Path::new(path);
         let p = if p.is_absolute() {
@@ -140,18 +142,20 @@ pub async fn connect(cx: &Context, props: &Map<String, Json>) -> Result<kube::Cl
         if let Some(ca) = prop(props, "cluster_ca") {
             config.root_cert = Some(ca_certificates(ca).map_err(DriverError::new)?);
         }
-        let token = if prop(props, "cluster_auth") == Some("gke") {
-            gke_token().await?
+        let source = if prop(props, "cluster_auth") == Some("gke") {
+            token::Source::gke()?
         } else {
             let cluster = prop(props, "cluster_name").ok_or_else(|| {
                 DriverError::new(
                     "`cluster_name` is needed with `cluster_endpoint` (the token names the cluster)",
                 )
             })?;
-            let aws = cx.aws().await?;
-            crate::drivers::aws::eks_token::token(aws, cluster).await?
+            token::Source::eks(cx.aws().await?, cluster)
         };
-        config.auth_info.token = Some(token.into());
+        // The first token now, so that missing credentials fail here with
+        // their own message rather than inside the first request.
+        source.token().await?;
+        tokens = Some(source);
         config
     } else {
         return Err(DriverError::new(
@@ -164,24 +168,19 @@ pub async fn connect(cx: &Context, props: &Map<String, Json>) -> Result<kube::Cl
     config.read_timeout = Some(bound);
     config.write_timeout = Some(bound);
     crate::remote::note_kube_server(&config.cluster_url.to_string());
-    kube::Client::try_from(config)
-        .map_err(|e| DriverError::new(format!("connecting to {}: {e}", describe_access(props))))
-}
-
-/// A Google OAuth access token from the ambient credentials (Application
-/// Default Credentials: a service account key, workload identity, or
-/// `gcloud auth application-default login`), as GKE takes it.
-async fn gke_token() -> Result<String, DriverError> {
-    let creds = google_cloud_auth::credentials::Builder::default()
-        .with_scopes(["https://www.googleapis.com/auth/cloud-platform"])
-        .build_access_token_credentials()
-        .map_err(|e| DriverError::new(format!("no Google credentials for the GKE cluster: {e}. Set up Application Default Credentials, or set `kubeconfig`")))?;
-    let token = creds.access_token().await.map_err(|e| {
-        DriverError::new(format!(
-            "getting a Google access token for the GKE cluster: {e}"
-        ))
-    })?;
-    Ok(token.token)
+    let builder = kube::client::ClientBuilder::try_from(config)
+        .map_err(|e| DriverError::new(format!("connecting to {}: {e}", describe_access(props))))?;
+    Ok(match tokens {
+        // Every request carries a token made for it (token::Source): a wait
+        // longer than a token's life never finds the cluster shut.
+        // (The filter waits for a token before it calls the stack beneath,
+        // so that stack is shared through a buffer.)
+        Some(source) => builder
+            .with_layer(&tower::buffer::BufferLayer::new(64))
+            .with_layer(&source.layer())
+            .build(),
+        None => builder.build(),
+    })
 }
 
 /// The fields that say how to reach the cluster, shared by every
