@@ -82,7 +82,8 @@ KC
   for f in moto.port moto-faulty.port; do
     [ -f "$dir/$f" ] && aws="${aws:+$aws,}http://127.0.0.1:$(cat "$dir/$f")"
   done
-  RALPH_SIM_AWS_ENDPOINTS="$aws" python3 "$here/local-cloud/node_sim.py" "$dir/kubeconfig" >"$k/node-sim.log" 2>&1 &
+  # ... and by the Google double's (started in this directory, before or after).
+  RALPH_SIM_GCP_PORT_FILE="$dir/gcp.port" RALPH_SIM_AWS_ENDPOINTS="$aws" python3 "$here/local-cloud/node_sim.py" "$dir/kubeconfig" >"$k/node-sim.log" 2>&1 &
   echo $! >"$k/node-sim.pid"
   # What an EKS cluster reports as its endpoint and certificateAuthority.data.
   echo "https://127.0.0.1:$ap" >"$dir/kube.endpoint"

@@ -133,7 +133,53 @@ async fn gcp_production_end_to_end() {
     let deploys: kube::Api<k8s_openapi::api::apps::v1::Deployment> =
         kube::Api::namespaced(client, &name);
     let d = deploys.get("ralph-orchestrator").await.unwrap();
-    assert_eq!(d.status.unwrap().available_replicas, Some(3));
+    assert_eq!(d.status.clone().unwrap().available_replicas, Some(3));
+    // They became ready because the double's network model admits their
+    // stores: DATABASE_URL and REDIS_URL (from their Secret) name Cloud SQL's
+    // and Memorystore's private addresses, which a VPC-native cluster on the
+    // peered network reaches, on the ports they listen on (Memorystore's TLS
+    // port is 6378).
+    let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> =
+        kube::Api::namespaced(common::kube_client().await, &name);
+    let spec = d.spec.template.spec.unwrap();
+    let mut urls = std::collections::BTreeMap::new();
+    for c in &spec.containers {
+        let names = c
+            .env_from
+            .iter()
+            .flatten()
+            .filter_map(|e| e.secret_ref.as_ref().map(|r| r.name.to_string()));
+        let keyed = c.env.iter().flatten().filter_map(|e| {
+            e.value_from
+                .as_ref()?
+                .secret_key_ref
+                .as_ref()
+                .map(|r| r.name.to_string())
+        });
+        for secret in names.chain(keyed) {
+            let data = secrets.get(&secret).await.unwrap().data.unwrap_or_default();
+            for key in ["DATABASE_URL", "REDIS_URL"] {
+                if let Some(v) = data.get(key) {
+                    urls.insert(key, String::from_utf8(v.0.clone()).unwrap());
+                }
+            }
+        }
+    }
+    assert_eq!(urls.len(), 2, "the pods' store URLs: {urls:?}");
+    for (key, url) in &urls {
+        let u = url::Url::parse(url).unwrap();
+        let judged = common::gcp_get(&format!(
+            "/__double/network/reach?host={}&port={}",
+            u.host_str().unwrap(),
+            u.port().unwrap()
+        ))
+        .unwrap();
+        assert!(
+            !judged["store"].is_null(),
+            "{key} names no store of the double: {judged}"
+        );
+        assert_eq!(judged["reachable"], true, "{key}: {judged}");
+    }
 
     // The pods act as the app's service account (workload identity), which
     // may read secrets and reach Cloud SQL; the project's owner is untouched.

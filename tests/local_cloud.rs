@@ -834,3 +834,152 @@ resources:
     let out = w.run("destroy", &["--auto-approve"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
+
+/// The Google double's network model: `/__double/network/reach`.
+fn gcp_reach(host: &str, port: u16) -> serde_json::Value {
+    common::gcp_get(&format!("/__double/network/reach?host={host}&port={port}")).unwrap()
+}
+
+/// Polls a GET on the double until `done` says so.
+fn gcp_wait(
+    path: &str,
+    what: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(v) = common::gcp_get(path) {
+            if done(&v) {
+                return v;
+            }
+        }
+        assert!(Instant::now() < deadline, "{what} never happened");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A pod reaches Cloud SQL's private address only from a running VPC-native
+/// GKE cluster on the instance's network, on the port it listens on, unless
+/// an egress firewall rule for the nodes denies it: the double judges this
+/// from its own resources, as Google's connectivity tests would.
+#[test]
+fn local_google_judges_a_pods_path_to_a_private_store_from_its_own_resources() {
+    let p = format!("lcgr-{}", std::process::id());
+    let network = format!("projects/{p}/global/networks/vpc");
+    let link = format!("https://www.googleapis.com/compute/v1/{network}");
+    let (code, e) = gcp_post(
+        &format!("/compute/v1/projects/{p}/global/networks"),
+        serde_json::json!({"name": "vpc", "autoCreateSubnetworks": false}),
+    );
+    assert_eq!(code, 200, "{e}");
+    gcp_wait(&format!("/compute/v1/{network}"), "the network", |_| true);
+    let (code, e) = gcp_post(
+        &format!("/compute/v1/projects/{p}/global/addresses"),
+        serde_json::json!({"name": "services", "purpose": "VPC_PEERING", "addressType": "INTERNAL",
+            "prefixLength": 16, "network": link}),
+    );
+    assert_eq!(code, 200, "{e}");
+    gcp_wait(
+        &format!("/compute/v1/projects/{p}/global/addresses/services"),
+        "the range",
+        |_| true,
+    );
+    let (code, op) = gcp_post(
+        "/v1/services/servicenetworking.googleapis.com/connections",
+        serde_json::json!({"network": network, "reservedPeeringRanges": ["services"]}),
+    );
+    assert_eq!(code, 200, "{op}");
+    gcp_wait(
+        &format!("/v1/{}", op["name"].as_str().unwrap()),
+        "the connection",
+        |v| v["done"] == true,
+    );
+    let (code, e) = gcp_post(
+        &format!("/v1/projects/{p}/instances"),
+        serde_json::json!({"name": "db", "region": "us-central1", "databaseVersion": "POSTGRES_15",
+            "settings": {"tier": "db-custom-2-7680",
+                "ipConfiguration": {"ipv4Enabled": false, "privateNetwork": network}}}),
+    );
+    assert_eq!(code, 200, "{e}");
+    let db = gcp_wait(
+        &format!("/v1/projects/{p}/instances/db"),
+        "Cloud SQL RUNNABLE",
+        |v| v["state"] == "RUNNABLE",
+    );
+    let ip = db["ipAddresses"][0]["ipAddress"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // No cluster on that network yet.
+    let r = gcp_reach(&ip, 5432);
+    assert_eq!(r["reachable"], false, "{r}");
+    assert!(
+        r["reason"]
+            .as_str()
+            .unwrap()
+            .contains("no running GKE cluster"),
+        "{r}"
+    );
+
+    // A routes-based cluster's pods are not carried by the peering.
+    let cluster = |name: &str, aliases: bool| {
+        let (code, e) = gcp_post(
+            &format!("/v1/projects/{p}/locations/us-central1/clusters"),
+            serde_json::json!({"cluster": {"name": name, "network": "vpc",
+                "ipAllocationPolicy": {"useIpAliases": aliases},
+                "nodePools": [{"name": "nodes", "initialNodeCount": 1,
+                    "config": {"machineType": "e2-standard-4", "tags": ["nodes"]}}]}}),
+        );
+        assert_eq!(code, 200, "{e}");
+        gcp_wait(
+            &format!("/v1/projects/{p}/locations/us-central1/clusters/{name}"),
+            "the cluster RUNNING",
+            |v| v["status"] == "RUNNING",
+        );
+    };
+    cluster("routes", false);
+    let r = gcp_reach(&ip, 5432);
+    assert_eq!(r["reachable"], false, "{r}");
+    assert!(
+        r["reason"].as_str().unwrap().contains("routes-based"),
+        "{r}"
+    );
+
+    // A VPC-native cluster on the network reaches it, on its port only.
+    cluster("native", true);
+    let r = gcp_reach(&ip, 5432);
+    assert_eq!(r["reachable"], true, "{r}");
+    let r = gcp_reach(&ip, 6379);
+    assert_eq!(r["reachable"], false, "{r}");
+    assert!(
+        r["reason"].as_str().unwrap().contains("listens on 5432"),
+        "{r}"
+    );
+
+    // An egress rule for the nodes' tag that denies the address wins over
+    // the implied allow; one for another tag changes nothing.
+    for (name, tag) in [("deny-other", "others"), ("deny-db", "nodes")] {
+        let (code, e) = gcp_post(
+            &format!("/compute/v1/projects/{p}/global/firewalls"),
+            serde_json::json!({"name": name, "network": link, "direction": "EGRESS", "priority": 100,
+                "denied": [{"IPProtocol": "tcp", "ports": ["5432"]}],
+                "destinationRanges": [format!("{ip}/32")], "targetTags": [tag]}),
+        );
+        assert_eq!(code, 200, "{e}");
+        gcp_wait(
+            &format!("/compute/v1/projects/{p}/global/firewalls/{name}"),
+            "the rule",
+            |_| true,
+        );
+        let r = gcp_reach(&ip, 5432);
+        if tag == "others" {
+            assert_eq!(r["reachable"], true, "{r}");
+        } else {
+            assert_eq!(r["reachable"], false, "{r}");
+            assert!(r["reason"].as_str().unwrap().contains("deny-db"), "{r}");
+        }
+    }
+    // An address no store has is not the double's to judge.
+    assert!(gcp_reach("10.250.250.250", 5432)["store"].is_null());
+}

@@ -708,6 +708,134 @@ def sql_op(p, op_type, target, seconds, finish):
     return dict(rec)
 
 
+ADDRESSES = {"sql": 0, "redis": 0}
+
+
+def next_address(kind):
+    """A private address no other store of the double has (the network model
+    finds a store by its address alone)."""
+    ADDRESSES[kind] += 1
+    n = ADDRESSES[kind]
+    return "10.%d.%d.%d" % (100 if kind == "sql" else 120, n // 250, n % 250 + 3)
+
+
+def network_of(project, network):
+    """The network key of a GKE cluster's or store's network (a name in the
+    resource's project, a relative name or a link)."""
+    if not network:
+        return f"projects/{project}/global/networks/default"
+    if "/" not in network:
+        return f"projects/{project}/global/networks/{network}"
+    return network_key(network)
+
+
+def stores_at(host):
+    """(project, kind, resource) of the store that answers at this address."""
+    for path, items in list(STORE.items()):
+        parts = path.split("/")
+        if path.startswith("sql/projects/") and path.endswith("/instances") and len(parts) == 4:
+            for inst in items.values():
+                for a in inst.get("ipAddresses") or []:
+                    if a.get("ipAddress") == host:
+                        yield parts[2], "sql", inst, a.get("type")
+        if path.startswith("redis/projects/") and path.endswith("/instances"):
+            for inst in items.values():
+                if inst.get("host") == host:
+                    yield parts[2], "redis", inst, "PRIVATE"
+
+
+def egress_verdict(project, network, pool, host, port):
+    """The firewall rule that decides a node's connection, Google's way:
+    EGRESS rules of the network that apply to the node (no target, its
+    network tags, or its service account), lowest priority number first,
+    deny before allow at the same priority; none means the implied allow."""
+    tags = set(((pool.get("config") or {}).get("tags")) or [])
+    account = (pool.get("config") or {}).get("serviceAccount") or "default"
+    rules = []
+    for r in coll(f"compute/projects/{project}/global/firewalls").values():
+        if r.get("disabled") or (r.get("direction") or "INGRESS") != "EGRESS":
+            continue
+        if network_key(r.get("network") or "") != network:
+            continue
+        targets, accounts = r.get("targetTags") or [], r.get("targetServiceAccounts") or []
+        if targets and not tags.intersection(targets):
+            continue
+        if accounts and account not in accounts:
+            continue
+        ranges = r.get("destinationRanges") or ["0.0.0.0/0"]
+        if not any(ipaddress.ip_address(host) in ipaddress.ip_network(c, strict=False) for c in ranges):
+            continue
+        for verdict, key in (("deny", "denied"), ("allow", "allowed")):
+            for rule in r.get(key) or []:
+                proto = str(rule.get("IPProtocol", "")).lower()
+                if proto not in ("all", "tcp", "6"):
+                    continue
+                ports = rule.get("ports") or []
+                if ports and not any(
+                        (int(x.split("-")[0]) <= port <= int(x.split("-")[-1])) for x in ports):
+                    continue
+                rules.append((int(r.get("priority", 1000)), 0 if verdict == "deny" else 1, verdict, r["name"]))
+    if not rules:
+        return "allow", None
+    rules.sort()
+    return rules[0][2], rules[0][3]
+
+
+def network_reach(host, port):
+    """Whether a pod on a GKE node reaches HOST:PORT, judged from the
+    double's own state as a connectivity test would: the store at that
+    address; a RUNNING VPC-native cluster of its project on the store's
+    network (pods' alias addresses are what the peering exports; a
+    routes-based cluster's pods are not); for private services access, the
+    Service Networking connection of that network; the port the store
+    listens on; and the network's EGRESS firewall rules for the nodes."""
+    found = list(stores_at(host))
+    if not found:
+        return {"store": None, "reachable": False, "reason": f"no store of the local Google Cloud has the address {host}"}
+    project, kind, inst, addr_type = found[0]
+    label = f"{'Cloud SQL' if kind == 'sql' else 'Memorystore'} {inst.get('name', '').rsplit('/', 1)[-1]}"
+    answer = {"store": label, "reachable": False}
+    if kind == "sql":
+        ipc = (inst.get("settings") or {}).get("ipConfiguration") or {}
+        if addr_type != "PRIVATE":
+            answer["reason"] = f"{label} answers at {host} only on its public address, which admits no pod"
+            return answer
+        network, listens, peered = network_of(project, ipc.get("privateNetwork")), 5432, True
+    else:
+        network = network_of(project, inst.get("authorizedNetwork"))
+        listens = inst.get("port") or 6379
+        peered = inst.get("connectMode") in (2, "PRIVATE_SERVICE_ACCESS")
+    if inst.get("state") not in ("RUNNABLE", "READY", "UPDATING", "MAINTENANCE"):
+        answer["reason"] = f"{label} is {inst.get('state')}"
+        return answer
+    if port != listens:
+        answer["reason"] = f"{label} listens on {listens}, not {port}"
+        return answer
+    if peered and network not in sn_connections():
+        answer["reason"] = f"{network} has no private services connection, so {host} is not routed"
+        return answer
+    why = f"no running GKE cluster of project {project} is on {network}"
+    for path, clusters in list(STORE.items()):
+        if not (path.startswith(f"gke/projects/{project}/") and path.endswith("/clusters")):
+            continue
+        for cl in clusters.values():
+            if cl.get("status") != "RUNNING" or network_of(project, cl.get("network")) != network:
+                continue
+            if not (cl.get("ipAllocationPolicy") or {}).get("useIpAliases"):
+                why = f"cluster {cl['name']} is routes-based: the peering does not carry its pods' addresses"
+                continue
+            for pool in cl.get("nodePools") or []:
+                if pool.get("status") != "RUNNING":
+                    continue
+                verdict, rule = egress_verdict(project, network, pool, host, port)
+                if verdict == "allow":
+                    answer.update(reachable=True, reason=f"from node pool {pool['name']} of cluster {cl['name']}")
+                    return answer
+                why = f"the egress firewall rule {rule} denies node pool {pool['name']} of cluster {cl['name']}"
+    answer["reason"] = why
+    return answer
+
+
 def sql_instances(p):
     return coll(f"sql/projects/{p['project']}/instances")
 
@@ -739,7 +867,7 @@ def sql_insert(p, q, body):
     ipc = s.get("ipConfiguration") or {}
     addrs = []
     if ipc.get("privateNetwork"):
-        addrs.append({"type": "PRIVATE", "ipAddress": "10.%d.0.3" % (100 + len(inst))})
+        addrs.append({"type": "PRIVATE", "ipAddress": next_address("sql")})
     if ipc.get("ipv4Enabled", True) and not ipc.get("privateNetwork"):
         addrs.append({"type": "PRIMARY", "ipAddress": "35.200.0.%d" % (len(inst) + 2)})
     res.update(kind="sql#instance", state="PENDING_CREATE", project=p["project"], backendType="SECOND_GEN",
@@ -929,7 +1057,7 @@ def redis_create(p, q, body):
     name = f"projects/{p['project']}/locations/{p['location']}/instances/{iid}"
     res = dict(body)
     tls = body.get("transitEncryptionMode") in (1, "SERVER_AUTHENTICATION")
-    res.update(name=name, state="CREATING", createTime=now_rfc3339(), host="10.%d.0.4" % (120 + len(inst)),
+    res.update(name=name, state="CREATING", createTime=now_rfc3339(), host=next_address("redis"),
                port=6378 if tls else 6379, currentLocationId=p["location"] + "-a", locationId=body.get("locationId") or p["location"] + "-a")
     inst[iid] = res
 
@@ -1642,6 +1770,13 @@ class Handler(BaseHTTPRequestHandler):
                 else:
                     KILLS.pop(cfg["project"], None)
                 return self.send(200, cfg)
+            if path == "/__double/network/reach":
+                q = parse_qs(urlsplit(self.path).query)
+                try:
+                    port = int((q.get("port") or ["0"])[0])
+                except ValueError:
+                    port = 0
+                return self.send(200, network_reach((q.get("host") or [""])[0], port))
             if path == "/__double/stats":
                 project = parse_qs(urlsplit(self.path).query).get("project")
                 if project:

@@ -43,6 +43,7 @@ import http.server
 import socket
 import threading
 
+import ipaddress
 import json
 import re
 import ssl
@@ -134,12 +135,16 @@ def reach(host, port):
     h = host.strip("[]").lower()
     if h in ("localhost",) or h.startswith("127.") or h == "::1":
         return True, ""
-    if not (h.endswith(".rds.amazonaws.com") or h.endswith(".cache.amazonaws.com")):
-        return True, ""
     key = (h, port)
     hit = _reach_cache.get(key)
     if hit and time.time() - hit[0] < REACH_TTL:
         return hit[1]
+    if is_address(h):
+        answer = gcp_reach(h, port)
+        _reach_cache[key] = (time.time(), answer)
+        return answer
+    if not (h.endswith(".rds.amazonaws.com") or h.endswith(".cache.amazonaws.com")):
+        return True, ""
     answer = (False, "%s does not resolve: no store in the local cloud has that name" % host)
     for ep in AWS_ENDPOINTS:
         url = "%s/moto-api/network/reach?%s" % (ep.rstrip("/"), urllib.parse.urlencode({"host": h, "port": port}))
@@ -154,6 +159,34 @@ def reach(host, port):
             break
     _reach_cache[key] = (time.time(), answer)
     return answer
+
+
+def is_address(h):
+    try:
+        ipaddress.ip_address(h)
+        return True
+    except ValueError:
+        return False
+
+
+def gcp_reach(host, port):
+    """The Google double's network model on a store's private address
+    (Cloud SQL, Memorystore); an address no store of it has is not judged."""
+    port_file = os.environ.get("RALPH_SIM_GCP_PORT_FILE", "")
+    try:
+        with open(port_file) as f:
+            ep = "http://127.0.0.1:%s" % f.read().strip()
+    except OSError:
+        return True, ""
+    url = "%s/__double/network/reach?%s" % (ep, urllib.parse.urlencode({"host": host, "port": port}))
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            got = json.loads(r.read())
+    except Exception as e:
+        return False, "the local Google Cloud's network model at %s did not answer: %s" % (ep, e)
+    if not got.get("store"):
+        return True, ""
+    return bool(got.get("reachable")), got.get("reason", "")
 
 
 def store_urls(pod, container, secret):
