@@ -264,6 +264,12 @@ async fn gcp_production_end_to_end() {
         cluster["masterAuthorizedNetworksConfig"]["cidrBlocks"][0]["cidrBlock"], "0.0.0.0/0",
         "{cluster}"
     );
+    // NetworkPolicies are enforced (Dataplane V2), and the orchestrator's
+    // admitted its stores (the pods are ready, above).
+    assert_eq!(
+        cluster["networkConfig"]["datapathProvider"], "ADVANCED_DATAPATH",
+        "{cluster}"
+    );
     let sql = gcp_get(&format!(
         "/v1/projects/{project}/instances/{name}-production-postgres"
     ))

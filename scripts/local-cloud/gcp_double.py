@@ -449,6 +449,11 @@ def gke_create(p, q, body):
     if cl["name"] in clusters:
         raise exists(f"projects/{p['project']}/locations/{p['location']}/clusters/{cl['name']}")
     res = dict(cl)
+    # Google answers enums by name, however they were sent.
+    if isinstance((res.get("networkConfig") or {}).get("datapathProvider"), int):
+        res["networkConfig"] = dict(res["networkConfig"], datapathProvider={
+            0: "DATAPATH_PROVIDER_UNSPECIFIED", 1: "LEGACY_DATAPATH", 2: "ADVANCED_DATAPATH"}.get(
+                res["networkConfig"]["datapathProvider"], "DATAPATH_PROVIDER_UNSPECIFIED"))
     base = f"projects/{p['project']}/locations/{p['location']}"
     res.update(status="PROVISIONING", location=p["location"], zone=p["location"],
                selfLink=f"https://container.googleapis.com/v1/{base}/clusters/{cl['name']}",

@@ -31,7 +31,11 @@ reachable from the nodes. A name of a store in the local AWS
 is judged by the local AWS's network model (`/moto-api/network/reach` of
 each endpoint in RALPH_SIM_AWS_ENDPOINTS: the store's security groups
 against the groups the cluster's nodes carry); loopback addresses are this
-machine's own servers; other names are not modelled. An unreachable store
+machine's own servers; a private address of a store of the Google double
+is judged by its network model (`/__double/network/reach`: peering, cluster,
+port, egress firewall rules); other names are not modelled. Before the
+network, the pod's own NetworkPolicies decide, as on a cluster that enforces
+them (egress rules: ports and ipBlocks). An unreachable store
 keeps the pod unready with the reason in its Ready condition, as a failing
 readiness probe would.
 
@@ -210,7 +214,79 @@ def store_urls(pod, container, secret):
     return {k: env[k] for k in ("DATABASE_URL", "REDIS_URL") if env.get(k)}
 
 
-def unreachable_store(pod, container, secret):
+def selects(selector, labels):
+    """A Kubernetes label selector (matchLabels, matchExpressions) on labels."""
+    selector = selector or {}
+    for k, v in (selector.get("matchLabels") or {}).items():
+        if labels.get(k) != v:
+            return False
+    for e in selector.get("matchExpressions") or []:
+        key, op, values = e.get("key"), e.get("operator"), e.get("values") or []
+        if op == "In" and labels.get(key) not in values:
+            return False
+        if op == "NotIn" and labels.get(key) in values:
+            return False
+        if op == "Exists" and key not in labels:
+            return False
+        if op == "DoesNotExist" and key in labels:
+            return False
+    return True
+
+
+def egress_refused(pod, host, port, policies):
+    """The NetworkPolicies of the pod's namespace that select it for Egress
+    decide a connection to a store outside the cluster, as an enforcing
+    cluster (GKE Dataplane V2, the VPC CNI's network policy agent) does: with
+    none, anything goes; with some, one of their egress rules must admit the
+    port (protocol TCP, `port`..`endPort`) and the peer (no `to`, or an
+    ipBlock holding the address; pod and namespace selectors never match a
+    store outside the cluster; a cloud name's address is unknown here, so
+    only 0.0.0.0/0 holds it). Returns why not, or None."""
+    meta = pod["metadata"]
+    labels = meta.get("labels") or {}
+    chosen = []
+    for np in policies:
+        if np["metadata"].get("namespace") != meta.get("namespace"):
+            continue
+        spec = np.get("spec") or {}
+        types = spec.get("policyTypes") or (["Ingress", "Egress"] if "egress" in spec else ["Ingress"])
+        if "Egress" in types and selects(spec.get("podSelector"), labels):
+            chosen.append(np)
+    if not chosen:
+        return None
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
+    for np in chosen:
+        for rule in np["spec"].get("egress") or []:
+            ports = rule.get("ports") or []
+            port_ok = not ports or any(
+                (p.get("protocol") or "TCP") == "TCP" and (
+                    "port" not in p or (isinstance(p["port"], int) and p["port"] <= port <= (p.get("endPort") or p["port"])))
+                for p in ports)
+            if not port_ok:
+                continue
+            peers = rule.get("to") or []
+            if not peers:
+                return None
+            for peer in peers:
+                block = peer.get("ipBlock")
+                if not block:
+                    continue
+                net = ipaddress.ip_network(block.get("cidr", "0.0.0.0/0"), strict=False)
+                if address is None:
+                    if net.prefixlen == 0:
+                        return None
+                    continue
+                if address in net and not any(address in ipaddress.ip_network(x, strict=False)
+                                              for x in block.get("except") or []):
+                    return None
+    names = ", ".join(np["metadata"]["name"] for np in chosen)
+    return "NetworkPolicy %s admits no egress to %s:%d" % (names, host, port)
+
+
+def unreachable_store(pod, container, secret, policies=()):
     """Why this container cannot reach one of its stores, or None."""
     for name, url in sorted(store_urls(pod, container, secret).items()):
         try:
@@ -222,13 +298,16 @@ def unreachable_store(pod, container, secret):
             continue
         if port is None:
             port = 5432 if u.scheme.startswith("postgres") else 6379
+        refused = egress_refused(pod, host, port, policies)
+        if refused:
+            return "%s: cannot connect to %s:%d: %s" % (name, host, port, refused)
         ok, why = reach(host, port)
         if not ok:
             return "%s: cannot connect to %s:%d: %s" % (name, host, port, why)
     return None
 
 
-def desired_status(pod, secret=lambda ns, name: None):
+def desired_status(pod, secret=lambda ns, name: None, policies=()):
     containers = pod["spec"].get("containers", [])
     statuses = []
     ready_all = True
@@ -236,7 +315,7 @@ def desired_status(pod, secret=lambda ns, name: None):
     for c in containers:
         f = fate(c.get("image", ""))
         if f == "ready":
-            why = unreachable_store(pod, c, secret)
+            why = unreachable_store(pod, c, secret, policies)
             if why:
                 f = "unready"
                 blocked.append("%s: %s" % (c["name"], why))
@@ -346,6 +425,7 @@ def main():
                      "application/merge-patch+json")
                 heartbeat = time.time()
             pods = call("GET", "/api/v1/pods")["items"]
+            policies = call("GET", "/apis/networking.k8s.io/v1/networkpolicies")["items"]
             for pod in pods:
                 meta = pod["metadata"]
                 if meta.get("deletionTimestamp"):
@@ -364,7 +444,7 @@ def main():
                         "apiVersion": "v1", "kind": "Binding", "metadata": {"name": meta["name"]},
                         "target": {"apiVersion": "v1", "kind": "Node", "name": NODE},
                     })
-                want = desired_status(pod, secret)
+                want = desired_status(pod, secret, policies)
                 if want["phase"] == "Running":
                     for c in pod["spec"].get("containers", []):
                         for p in c.get("ports", []):

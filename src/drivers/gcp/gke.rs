@@ -141,6 +141,13 @@ static CLUSTER: KindSchema = KindSchema {
         .default("true")
         .forces_replace(),
         Field::new(
+            "dataplane_v2",
+            Ty::Bool,
+            "GKE Dataplane V2 (networkConfig.datapathProvider ADVANCED_DATAPATH), which enforces NetworkPolicies; without it they are stored and ignored",
+        )
+        .default("false")
+        .forces_replace(),
+        Field::new(
             "authorized_networks",
             Ty::Set(&Ty::Cidr),
             "the only ranges that may reach the control plane's public endpoint (master authorized networks; changes in place); empty: any address",
@@ -309,6 +316,15 @@ fn observe_cluster(c: &google_cloud_container_v1::model::Cluster) -> Observed {
                     .is_some_and(|w| !w.workload_pool.is_empty())),
             ),
             ("authorized_networks", observed_authorized_networks(&v)),
+            (
+                "dataplane_v2",
+                json!(
+                    c.network_config
+                        .as_ref()
+                        .and_then(|n| n.datapath_provider.name())
+                        == Some("ADVANCED_DATAPATH")
+                ),
+            ),
             ("labels", Json::Object(user)),
             (
                 "endpoint",
@@ -709,6 +725,9 @@ impl Driver for Cluster {
         }
         cluster["masterAuthorizedNetworksConfig"] =
             authorized_networks(p.get("authorized_networks"));
+        if want.bool("dataplane_v2") == Some(true) {
+            cluster["networkConfig"] = json!({"datapathProvider": "ADVANCED_DATAPATH"});
+        }
         if want.bool("workload_identity") == Some(true) {
             cluster["workloadIdentityConfig"] =
                 json!({"workloadPool": format!("{}.svc.id.goog", g.project)});

@@ -157,6 +157,7 @@ static SCHEMA: KindSchema = KindSchema {
         Field::new("ingress_class", Ty::String, "the IngressClass").default("\"nginx\""),
         Field::new("tls_issuer", Ty::String, "the cert-manager ClusterIssuer").default("\"letsencrypt-prod\""),
         Field::new("ingress_namespace", Ty::String, "the ingress controller's namespace, the only source of traffic the NetworkPolicy admits").default("\"ingress-nginx\""),
+        Field::new("monitoring_namespace", Ty::String, "the namespace of the Prometheus that scrapes the pods: the NetworkPolicy admits it on the metrics port").default("\"monitoring\""),
         Field::new("network_policy", Ty::Bool, "make the NetworkPolicy").default("true"),
         Field::new("autoscaling", Ty::Bool, "make the HorizontalPodAutoscaler").default("true"),
         Field::new("max_replicas", Ty::Int, "the autoscaler's maximum").default("10").check(checks::range::<1, 1000>),

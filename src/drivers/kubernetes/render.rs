@@ -140,6 +140,19 @@ pub struct Ingress {
 pub struct NetworkPolicy {
     pub enabled: bool,
     pub ingress_namespace: String,
+    pub monitoring_namespace: String,
+    /// The ports of the stores the pods' DATABASE_URL and REDIS_URL name
+    /// (Memorystore with TLS listens on 6378, not 6379), which egress admits.
+    pub store_ports: Vec<u16>,
+}
+
+/// The port of a store URL: its own, else its scheme's (PostgreSQL 5432,
+/// Redis 6379).
+fn store_port(url: &str, default: u16) -> u16 {
+    url::Url::parse(url)
+        .ok()
+        .and_then(|u| u.port())
+        .unwrap_or(default)
 }
 
 #[derive(Debug, Serialize)]
@@ -580,6 +593,16 @@ pub fn values(
         network_policy: NetworkPolicy {
             enabled: b(props, "network_policy", true),
             ingress_namespace: s(props, "ingress_namespace", "ingress-nginx"),
+            monitoring_namespace: s(props, "monitoring_namespace", "monitoring"),
+            store_ports: {
+                let mut ports = vec![
+                    store_port(&s(props, "database_url", ""), 5432),
+                    store_port(&s(props, "redis_url", ""), 6379),
+                ];
+                ports.sort_unstable();
+                ports.dedup();
+                ports
+            },
         },
         autoscaling: Autoscaling {
             enabled: b(props, "autoscaling", true),
@@ -720,6 +743,38 @@ mod tests {
             None,
         )
         .expect("render")
+    }
+
+    /// Egress admits the ports the store URLs name (Memorystore with TLS on
+    /// 6378), and ingress admits the scrape on the metrics port.
+    #[test]
+    fn the_network_policy_admits_the_stores_ports_and_the_scrape() {
+        let objs = objects(
+            props(serde_json::json!({
+                "database_url": "postgresql://ralph_app@10.100.0.3/ralph",
+                "redis_url": "rediss://10.120.0.4:6378/0",
+                "metrics_port": 9102,
+            })),
+            ApiVersions::modern(),
+        );
+        let np = &objs
+            .iter()
+            .find(|o| o.kind() == "NetworkPolicy")
+            .expect("a NetworkPolicy")
+            .object;
+        let egress: Vec<i64> = np["spec"]["egress"][0]["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["port"].as_i64().unwrap())
+            .collect();
+        assert_eq!(egress, [443, 5432, 6378]);
+        let scrape = &np["spec"]["ingress"][1];
+        assert_eq!(scrape["ports"][0]["port"], 9102);
+        assert_eq!(
+            scrape["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+            "monitoring"
+        );
     }
 
     #[test]
