@@ -571,11 +571,7 @@ fn local_google_refuses_private_addresses_until_private_services_access_exists()
         serde_json::json!({"name": "vpc", "autoCreateSubnetworks": false}),
     );
     assert_eq!(code, 200);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while common::gcp_get(&format!("/compute/v1/{network}")).is_none() {
-        assert!(Instant::now() < deadline, "the network never appeared");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    gcp_wait(&format!("/compute/v1/{network}"), "the network", |_| true);
     let (code, e) = gcp_post(
         &format!("/compute/v1/projects/{p}/global/addresses"),
         serde_json::json!({
@@ -583,26 +579,21 @@ fn local_google_refuses_private_addresses_until_private_services_access_exists()
         "network": format!("https://www.googleapis.com/compute/v1/{network}")}),
     );
     assert_eq!(code, 200, "{e}");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while common::gcp_get(&format!(
-        "/compute/v1/projects/{p}/global/addresses/services"
-    ))
-    .is_none()
-    {
-        assert!(Instant::now() < deadline, "the range never appeared");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    gcp_wait(
+        &format!("/compute/v1/projects/{p}/global/addresses/services"),
+        "the range",
+        |_| true,
+    );
     let (code, op) = gcp_post(
         "/v1/services/servicenetworking.googleapis.com/connections",
         connect,
     );
     assert_eq!(code, 200, "{op}");
-    let name = op["name"].as_str().unwrap().to_string();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while common::gcp_get(&format!("/v1/{name}")).unwrap()["done"] != true {
-        assert!(Instant::now() < deadline, "the connection never finished");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    gcp_wait(
+        &format!("/v1/{}", op["name"].as_str().unwrap()),
+        "the connection",
+        |v| v["done"] == true,
+    );
     // Now Google makes the instance.
     let (code, e) = gcp_post(&format!("/v1/projects/{p}/instances"), sql);
     assert_eq!(code, 200, "{e}");

@@ -151,18 +151,25 @@ def reach(host, port):
         return True, ""
     answer = (False, "%s does not resolve: no store in the local cloud has that name" % host)
     for ep in AWS_ENDPOINTS:
-        url = "%s/moto-api/network/reach?%s" % (ep.rstrip("/"), urllib.parse.urlencode({"host": h, "port": port}))
-        try:
-            with urllib.request.urlopen(url, timeout=5) as r:
-                got = json.loads(r.read())
-        except Exception as e:
-            answer = (False, "the local cloud's network model at %s did not answer: %s" % (ep, e))
+        got, failure = ask_model(ep, "/moto-api/network/reach", h, port)
+        if failure:
+            answer = (False, failure)
             continue
         if got.get("store") or got.get("reachable"):
             answer = (bool(got.get("reachable")), got.get("reason", ""))
             break
     _reach_cache[key] = (time.time(), answer)
     return answer
+
+
+def ask_model(endpoint, path, host, port):
+    """(answer, None) from a local cloud's network model, or (None, why not)."""
+    url = "%s%s?%s" % (endpoint.rstrip("/"), path, urllib.parse.urlencode({"host": host, "port": port}))
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return json.loads(r.read()), None
+    except Exception as e:
+        return None, "the local cloud's network model at %s did not answer: %s" % (endpoint, e)
 
 
 def is_address(h):
@@ -182,12 +189,9 @@ def gcp_reach(host, port):
             ep = "http://127.0.0.1:%s" % f.read().strip()
     except OSError:
         return True, ""
-    url = "%s/__double/network/reach?%s" % (ep, urllib.parse.urlencode({"host": host, "port": port}))
-    try:
-        with urllib.request.urlopen(url, timeout=5) as r:
-            got = json.loads(r.read())
-    except Exception as e:
-        return False, "the local Google Cloud's network model at %s did not answer: %s" % (ep, e)
+    got, failure = ask_model(ep, "/__double/network/reach", host, port)
+    if failure:
+        return False, failure
     if not got.get("store"):
         return True, ""
     return bool(got.get("reachable")), got.get("reason", "")

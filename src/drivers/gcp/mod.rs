@@ -96,12 +96,7 @@ impl GcpClients {
     pub(crate) async fn access_token(&self) -> Result<String, DriverError> {
         let creds = self
             .tokens
-            .get_or_try_init(|| async {
-                google_cloud_auth::credentials::Builder::default()
-                    .with_scopes(["https://www.googleapis.com/auth/cloud-platform"])
-                    .build_access_token_credentials()
-                    .map_err(|e| DriverError::new(format!("Google Cloud credentials: {e}. Set up Application Default Credentials (`gcloud auth application-default login`, or GOOGLE_APPLICATION_CREDENTIALS)")))
-            })
+            .get_or_try_init(|| async { default_credentials() })
             .await?;
         let token = creds
             .access_token()
@@ -109,6 +104,18 @@ impl GcpClients {
             .map_err(|e| DriverError::new(format!("getting a Google access token: {e}")))?;
         Ok(token.token)
     }
+}
+
+/// Application Default Credentials with the cloud-platform scope (a service
+/// account key, workload identity, or `gcloud auth application-default
+/// login`); they hand out their cached token until shortly before it
+/// expires, then fetch the next.
+pub(crate) fn default_credentials(
+) -> Result<google_cloud_auth::credentials::AccessTokenCredentials, DriverError> {
+    google_cloud_auth::credentials::Builder::default()
+        .with_scopes(["https://www.googleapis.com/auth/cloud-platform"])
+        .build_access_token_credentials()
+        .map_err(|e| DriverError::new(format!("Google Cloud credentials: {e}. Set up Application Default Credentials (`gcloud auth application-default login`, or GOOGLE_APPLICATION_CREDENTIALS)")))
 }
 
 macro_rules! build_client {

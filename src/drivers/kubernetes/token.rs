@@ -34,15 +34,10 @@ impl Source {
         }
     }
 
-    /// Application Default Credentials (a service account key, workload
-    /// identity, or `gcloud auth application-default login`), as GKE takes
-    /// them.
+    /// Application Default Credentials, as GKE takes them (or set
+    /// `kubeconfig`).
     pub fn gke() -> Result<Source, DriverError> {
-        google_cloud_auth::credentials::Builder::default()
-            .with_scopes(["https://www.googleapis.com/auth/cloud-platform"])
-            .build_access_token_credentials()
-            .map(Source::Gke)
-            .map_err(|e| DriverError::new(format!("no Google credentials for the GKE cluster: {e}. Set up Application Default Credentials, or set `kubeconfig`")))
+        crate::drivers::gcp::default_credentials().map(Source::Gke)
     }
 
     /// A token good for the next request.
