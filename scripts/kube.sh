@@ -47,7 +47,8 @@ WH
     --authentication-token-webhook-version v1 --authentication-token-webhook-cache-ttl 0s \
     --service-account-key-file "$k/sa.pub" --service-account-signing-key-file "$k/sa.key" \
     --service-account-issuer https://kubernetes.default.svc --cert-dir "$k/certs" \
-    --service-cluster-ip-range 10.96.0.0/12 --allow-privileged=true >"$k/apiserver.log" 2>&1 &
+    --service-cluster-ip-range 10.96.0.0/12 --allow-privileged=true \
+    --kubelet-preferred-address-types InternalIP >"$k/apiserver.log" 2>&1 &
   echo $! >"$k/apiserver.pid"
   cat >"$dir/kubeconfig" <<KC
 apiVersion: v1
@@ -83,7 +84,8 @@ KC
     [ -f "$dir/$f" ] && aws="${aws:+$aws,}http://127.0.0.1:$(cat "$dir/$f")"
   done
   # ... and by the Google double's (started in this directory, before or after).
-  RALPH_SIM_GCP_PORT_FILE="$dir/gcp.port" RALPH_SIM_AWS_ENDPOINTS="$aws" python3 "$here/local-cloud/node_sim.py" "$dir/kubeconfig" >"$k/node-sim.log" 2>&1 &
+  # A port-forward to a store reaches this directory's PostgreSQL and Redis.
+  RALPH_SIM_RUN_DIR="$dir" RALPH_SIM_GCP_PORT_FILE="$dir/gcp.port" RALPH_SIM_AWS_ENDPOINTS="$aws" python3 "$here/local-cloud/node_sim.py" "$dir/kubeconfig" >"$k/node-sim.log" 2>&1 &
   echo $! >"$k/node-sim.pid"
   # What an EKS cluster reports as its endpoint and certificateAuthority.data.
   echo "https://127.0.0.1:$ap" >"$dir/kube.endpoint"

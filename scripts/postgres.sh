@@ -23,8 +23,14 @@ local all all trust
 host all postgres 127.0.0.1/32 trust
 host all all 127.0.0.1/32 scram-sha-256
 HBA
+  # TLS as on RDS and Cloud SQL (a self-signed certificate: clients that
+  # require TLS get it, none can verify it).
+  openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj /CN=local-postgres \
+    -keyout "$dir/pg/data/server.key" -out "$dir/pg/data/server.crt" >/dev/null 2>&1
+  chmod 600 "$dir/pg/data/server.key"
+  [ "$(id -u)" = 0 ] && chown postgres "$dir/pg/data/server.key" "$dir/pg/data/server.crt"
   as_pg "$bin/pg_ctl" -D "$dir/pg/data" -l "$dir/pg/server.log" -w \
-    -o "-p $port -k $dir/pg -c listen_addresses=127.0.0.1 -c shared_preload_libraries=pg_stat_statements -c fsync=off" start >/dev/null
+    -o "-p $port -k $dir/pg -c ssl=on -c listen_addresses=127.0.0.1 -c shared_preload_libraries=pg_stat_statements -c fsync=off" start >/dev/null
   echo "$port" >"$dir/pg.port"
   echo "postgres listening on 127.0.0.1:$port" >&2
 }

@@ -39,8 +39,27 @@ them (egress rules: ports and ipBlocks). An unreachable store
 keeps the pod unready with the reason in its Ready condition, as a failing
 readiness probe would.
 
+It also plays the kubelet's port-forward endpoint, which the API server
+proxies `pods/portforward` to (`kubectl port-forward`, the tool reaching a
+private store through a proxy pod): an HTTPS server on the node's address
+(its port in the Node's daemonEndpoints) that speaks the websocket
+port-forward protocol (v4.channel.k8s.io: per port a data and an error
+channel, each opened with the port number). A connection to a pod's port is
+what the pod does with it: a container running `socat TCP-LISTEN:PORT,...
+TCP:HOST:TARGET` connects on to HOST:TARGET from the pod, judged as the
+pod's stores are (its NetworkPolicies, then the cloud's network model); a
+store of the local clouds is served by this machine's PostgreSQL or Redis
+(RALPH_SIM_RUN_DIR's pg.port and redis.port), which is the only way to it,
+since its cloud name resolves for pods only. Anything else is refused on
+the port's error channel, as a kubelet reports a failed forward.
+
 Usage: python3 node_sim.py KUBECONFIG
 """
+
+import asyncio
+import hashlib
+import subprocess
+import tempfile
 
 import base64
 import http.server
@@ -194,6 +213,7 @@ def gcp_reach(host, port):
         return False, failure
     if not got.get("store"):
         return True, ""
+    STORE_LABELS[(host, port)] = got["store"]
     return bool(got.get("reachable")), got.get("reason", "")
 
 
@@ -367,9 +387,239 @@ def node_status():
             "message": "node simulator", "lastHeartbeatTime": now(), "lastTransitionTime": now(),
         }],
         "addresses": [{"type": "InternalIP", "address": HOST}, {"type": "Hostname", "address": NODE}],
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": KUBELET["port"]}},
         "capacity": {"cpu": "64", "memory": "256Gi", "pods": "1000"},
         "allocatable": {"cpu": "64", "memory": "256Gi", "pods": "1000"},
     }
+
+
+KUBELET = {"port": 0}
+RUN_DIR = os.environ.get("RALPH_SIM_RUN_DIR", "")
+WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+SEEN = {"pods": {}, "policies": []}  # the pods ((namespace, name) -> pod) and policies as last listed
+
+
+def local_server(store, host):
+    """This machine's server that plays a store of the local clouds, or None."""
+    kind = None
+    if host.endswith(".rds.amazonaws.com") or store.startswith("Cloud SQL"):
+        kind = "pg.port"
+    elif host.endswith(".cache.amazonaws.com") or store.startswith("Memorystore"):
+        kind = "redis.port"
+    if not kind or not RUN_DIR:
+        return None
+    try:
+        with open(os.path.join(RUN_DIR, kind)) as f:
+            return ("127.0.0.1", int(f.read().strip()))
+    except (OSError, ValueError):
+        return None
+
+
+def forward_target(pod, port):
+    """Where a connection to the pod's port goes: (host, port) from a socat
+    container listening on it, or None when nothing in the pod listens."""
+    for c in pod["spec"].get("containers", []):
+        args = [str(a) for a in (c.get("command") or []) + (c.get("args") or [])]
+        listens = any(re.match(r"TCP[46]?-LISTEN:%d(,|$)" % port, a) for a in args)
+        if not listens:
+            continue
+        for a in args:
+            m = re.match(r"TCP[46]?:([^:,]+|\[[^\]]+\]):(\d+)", a)
+            if m:
+                return m.group(1).strip("[]"), int(m.group(2))
+    return None
+
+
+def open_forward(namespace, name, port):
+    """(host, port) to connect to for a forward to the pod's port, or why not."""
+    pod = SEEN["pods"].get((namespace, name))
+    if not pod or (pod.get("status") or {}).get("phase") != "Running":
+        # Newer than the last list (its status was written since).
+        try:
+            pod = SEEN["get"]("/api/v1/namespaces/%s/pods/%s" % (namespace, name))
+        except Exception:
+            pod = None
+    if not pod:
+        return None, "pod %s/%s not found" % (namespace, name)
+    if (pod.get("status") or {}).get("phase") != "Running":
+        return None, "pod %s/%s is not running" % (namespace, name)
+    target = forward_target(pod, port)
+    if not target:
+        return None, "nothing in pod %s/%s listens on port %d" % (namespace, name, port)
+    host, tport = target
+    refused = egress_refused(pod, host, tport, SEEN["policies"])
+    if refused:
+        return None, "the pod cannot connect to %s:%d: %s" % (host, tport, refused)
+    ok, why = reach(host, tport)
+    if not ok:
+        return None, "the pod cannot connect to %s:%d: %s" % (host, tport, why)
+    store = ""
+    h = host.lower()
+    if is_address(h):
+        store = (STORE_LABELS.get((h, tport)) or "")
+    server = local_server(store, h)
+    if server:
+        return server, None
+    if h in ("localhost",) or h.startswith("127."):
+        return (h, tport), None
+    return None, "%s:%d is not a store of the local cloud" % (host, tport)
+
+
+STORE_LABELS = {}
+
+
+def ws_frame(payload, opcode=2):
+    n = len(payload)
+    if n < 126:
+        head = bytes([0x80 | opcode, n])
+    elif n < 65536:
+        head = bytes([0x80 | opcode, 126]) + n.to_bytes(2, "big")
+    else:
+        head = bytes([0x80 | opcode, 127]) + n.to_bytes(8, "big")
+    return head + payload
+
+
+async def ws_read(reader):
+    """One whole message: (opcode, payload); continuation frames joined."""
+    data, first = b"", None
+    while True:
+        b0, b1 = await reader.readexactly(2)
+        op, n = b0 & 0x0F, b1 & 0x7F
+        if n == 126:
+            n = int.from_bytes(await reader.readexactly(2), "big")
+        elif n == 127:
+            n = int.from_bytes(await reader.readexactly(8), "big")
+        mask = await reader.readexactly(4) if b1 & 0x80 else b""
+        chunk = await reader.readexactly(n)
+        if mask:
+            chunk = bytes(c ^ mask[i % 4] for i, c in enumerate(chunk))
+        if op >= 8:  # control frames come between fragments
+            return op, chunk
+        first = op if first is None else first
+        data += chunk
+        if b0 & 0x80:
+            return first, data
+
+
+async def portforward(reader, writer, namespace, name, ports):
+    """The v4.channel.k8s.io streams of one port-forward connection."""
+    lock = asyncio.Lock()
+
+    async def send(payload, opcode=2):
+        async with lock:
+            writer.write(ws_frame(payload, opcode))
+            await writer.drain()
+
+    upstream = {}
+    for i, p in enumerate(ports):
+        for ch in (2 * i, 2 * i + 1):
+            await send(bytes([ch]) + p.to_bytes(2, "little"))
+    pumps = []
+
+    async def pump(i, r):
+        try:
+            while True:
+                chunk = await r.read(65536)
+                if not chunk:
+                    break
+                await send(bytes([2 * i]) + chunk)
+        except (ConnectionError, OSError):
+            pass
+        try:
+            await send(b"", 8)
+        except (ConnectionError, OSError):
+            pass
+        writer.close()
+
+    try:
+        # As a kubelet: each port's connection into the pod is made at once.
+        for i, p in enumerate(ports):
+            target, why = await asyncio.get_running_loop().run_in_executor(None, open_forward, namespace, name, p)
+            if why is None:
+                try:
+                    r, w = await asyncio.open_connection(*target)
+                except OSError as e:
+                    why = "cannot connect to %s:%d: %s" % (target[0], target[1], e)
+            if why is not None:
+                print("node simulator: port-forward %s/%s:%d refused: %s" % (namespace, name, p, why),
+                      file=sys.stderr, flush=True)
+                await send(bytes([2 * i + 1]) + ("error forwarding port %d to pod %s: %s" % (p, name, why)).encode())
+                await send(b"", 8)
+                return
+            upstream[i] = w
+            pumps.append(asyncio.ensure_future(pump(i, r)))
+        while True:
+            op, msg = await ws_read(reader)
+            if op == 8:
+                break
+            if op == 9:
+                await send(msg, 10)
+                continue
+            if op != 2 or not msg:
+                continue
+            ch, body = msg[0], msg[1:]
+            i = ch // 2
+            if ch % 2 or i not in upstream:
+                continue
+            upstream[i].write(body)
+            await upstream[i].drain()
+    except (asyncio.IncompleteReadError, ConnectionError, OSError):
+        pass
+    finally:
+        for w in upstream.values():
+            w.close()
+        for t in pumps:
+            t.cancel()
+        writer.close()
+
+
+async def kubelet_conn(reader, writer):
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+        writer.close()
+        return
+    lines = head.decode("latin-1").split("\r\n")
+    method, target = lines[0].split(" ")[:2]
+    hdrs = {}
+    for line in lines[1:]:
+        if ":" in line:
+            k, v = line.split(":", 1)
+            hdrs[k.strip().lower()] = v.strip()
+    url = urllib.parse.urlsplit(target)
+    parts = url.path.strip("/").split("/")
+    query = urllib.parse.parse_qs(url.query)
+    ports = [int(p) for k in ("port", "ports") for v in query.get(k, []) for p in v.split(",") if p]
+    offered = [p.strip() for p in hdrs.get("sec-websocket-protocol", "").split(",")]
+    if len(parts) != 3 or parts[0] != "portForward" or "sec-websocket-key" not in hdrs \
+            or "v4.channel.k8s.io" not in offered or not ports:
+        body = b"the node simulator's kubelet serves websocket port-forwards (v4.channel.k8s.io) only"
+        writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        await writer.drain()
+        writer.close()
+        return
+    accept = base64.b64encode(hashlib.sha1((hdrs["sec-websocket-key"] + WS_GUID).encode()).digest()).decode()
+    writer.write(("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                  "Sec-WebSocket-Accept: %s\r\nSec-WebSocket-Protocol: v4.channel.k8s.io\r\n\r\n" % accept).encode())
+    await writer.drain()
+    await portforward(reader, writer, parts[1], parts[2], ports)
+
+
+def start_kubelet():
+    """The HTTPS port-forward endpoint on the node's address, with a
+    self-signed certificate (the API server has no kubelet CA, so it does
+    not verify it, as with a cluster started without one)."""
+    d = tempfile.mkdtemp(prefix="node-sim-")
+    crt, key = os.path.join(d, "kubelet.crt"), os.path.join(d, "kubelet.key")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30",
+                    "-subj", "/CN=" + NODE, "-addext", "subjectAltName=IP:" + HOST,
+                    "-keyout", key, "-out", crt], check=True, capture_output=True)
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(crt, key)
+    loop = asyncio.new_event_loop()
+    srv = loop.run_until_complete(asyncio.start_server(kubelet_conn, HOST, 0, ssl=ctx))
+    KUBELET["port"] = srv.sockets[0].getsockname()[1]
+    threading.Thread(target=loop.run_forever, daemon=True).start()
 
 
 def summary(status):
@@ -383,6 +633,8 @@ def summary(status):
 
 def main():
     server, token = read_kubeconfig(sys.argv[1])
+    start_kubelet()
+    SEEN["get"] = lambda path: call("GET", path)
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
@@ -430,6 +682,9 @@ def main():
                 heartbeat = time.time()
             pods = call("GET", "/api/v1/pods")["items"]
             policies = call("GET", "/apis/networking.k8s.io/v1/networkpolicies")["items"]
+            # Swapped whole: the port-forward thread reads them meanwhile.
+            SEEN["pods"] = {(p["metadata"]["namespace"], p["metadata"]["name"]): p for p in pods}
+            SEEN["policies"] = policies
             for pod in pods:
                 meta = pod["metadata"]
                 if meta.get("deletionTimestamp"):

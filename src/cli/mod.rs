@@ -679,6 +679,8 @@ pub fn main() -> i32 {
         }
     };
     let result = runtime.block_on(commands::run(cli.command));
+    // The proxy pods of private stores reached through the cluster.
+    runtime.block_on(crate::drivers::kubernetes::forward::close_all());
     progress::finish();
     match result {
         Ok(code) => code,

@@ -124,8 +124,15 @@ pub async fn check(
             (Err("the pods get no DATABASE_URL".into()), 0),
         )),
         Some(url) => {
-            let (target, attempt) = database_target(url, tunnels);
-            out.push(probe("database", target, timed(database(attempt)).await));
+            let (target, attempt) = match database_target(url, tunnels) {
+                Some((target, url)) => (target, Ok(url)),
+                None => through_cluster(cx, props, url, 5432).await,
+            };
+            let outcome = match attempt {
+                Ok(url) => timed(database(url)).await,
+                Err(e) => (Err(e), 0),
+            };
+            out.push(probe("database", target, outcome));
         }
     }
     match env.get("REDIS_URL") {
@@ -134,11 +141,14 @@ pub async fn check(
             "REDIS_URL".into(),
             (Err("the pods get no REDIS_URL".into()), 0),
         )),
-        Some(url) => out.push(probe(
-            "redis",
-            redacted(url),
-            timed(redis_ping(url.clone())).await,
-        )),
+        Some(url) => {
+            let (target, attempt) = through_cluster(cx, props, url, 6379).await;
+            let outcome = match attempt {
+                Ok(url) => timed(redis_ping(url)).await,
+                Err(e) => (Err(e), 0),
+            };
+            out.push(probe("redis", target, outcome));
+        }
     }
     out
 }
@@ -230,11 +240,47 @@ async fn pod_environment(
     Ok(env)
 }
 
-/// Where the database check connects: DATABASE_URL, or its credentials
-/// through the tunnel the stack gives for its role.
-fn database_target(url: &str, tunnels: &[Tunnel]) -> (String, String) {
+/// A store's url as the pods have it, reached from here through the
+/// cluster (a proxy pod and a port-forward, `forward`): what to show, and
+/// the url to connect to. A store the cluster cannot be asked about is
+/// tried straight.
+async fn through_cluster(
+    cx: &Context,
+    props: &Map<String, Json>,
+    url: &str,
+    default_port: u16,
+) -> (String, Result<String, String>) {
     let Ok(parsed) = url::Url::parse(url) else {
-        return ("DATABASE_URL".into(), url.to_string());
+        return ("(not a url)".into(), Ok(url.to_string()));
+    };
+    let Some(host) = parsed.host_str().map(str::to_string) else {
+        return (redacted(url), Ok(url.to_string()));
+    };
+    let port = parsed.port().unwrap_or(default_port);
+    match super::forward::shared(cx, props, host.trim_matches(['[', ']']), port).await {
+        Ok(f) => {
+            let mut via = parsed.clone();
+            let _ = via.set_host(Some("127.0.0.1"));
+            let _ = via.set_port(Some(f.local_addr().port()));
+            // TLS still runs end to end through the forward, but the
+            // certificate names the store, not the local port.
+            if via.scheme() == "rediss" {
+                via.set_fragment(Some("insecure"));
+            }
+            (
+                format!("{} (through the cluster)", redacted(url)),
+                Ok(via.to_string()),
+            )
+        }
+        Err(e) => (redacted(url), Err(e.message)),
+    }
+}
+
+/// Where the database check connects: its credentials through the tunnel
+/// the stack gives for its role, if it gives one.
+fn database_target(url: &str, tunnels: &[Tunnel]) -> Option<(String, String)> {
+    let Ok(parsed) = url::Url::parse(url) else {
+        return Some(("DATABASE_URL".into(), url.to_string()));
     };
     let user = parsed.username().to_string();
     if let Some(t) = tunnels.iter().find(|t| t.role == user) {
@@ -254,18 +300,18 @@ fn database_target(url: &str, tunnels: &[Tunnel]) -> (String, String) {
                 if !query.is_empty() {
                     via.query_pairs_mut().clear().extend_pairs(query);
                 }
-                return (
+                return Some((
                     format!(
                         "{} (through the tunnel {})",
                         redacted(url),
                         redacted(&via.to_string())
                     ),
                     via.to_string(),
-                );
+                ));
             }
         }
     }
-    (redacted(url), url.to_string())
+    None
 }
 
 /// Logs in, runs SELECT 1, and appends to the audit log as the role.
@@ -308,12 +354,12 @@ mod tests {
 
     #[test]
     fn targets_never_show_a_password() {
-        let (target, url) = database_target(
+        // No tunnel for the role: the check goes through the cluster.
+        assert!(database_target(
             "postgres://app:s3cret@db.internal:5432/ralph?sslmode=require",
             &[],
-        );
-        assert!(!target.contains("s3cret"), "{target}");
-        assert!(url.contains("s3cret"));
+        )
+        .is_none());
         let tunnels = [Tunnel {
             role: "app".into(),
             url: "postgres://postgres@127.0.0.1:15432/ralph?sslmode=disable".into(),
@@ -321,7 +367,8 @@ mod tests {
         let (target, url) = database_target(
             "postgres://app:s3cret@db.internal:5432/ralph?sslmode=require",
             &tunnels,
-        );
+        )
+        .expect("through the tunnel");
         assert!(!target.contains("s3cret"), "{target}");
         assert_eq!(
             url,

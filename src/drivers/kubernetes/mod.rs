@@ -8,6 +8,7 @@ pub mod health;
 pub mod manifests;
 pub mod orchestrator;
 pub mod render;
+pub mod forward;
 pub mod token;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -23,6 +23,14 @@ pub const CONNECTION_FIELDS: &[&str] = &[
     "ssl_mode",
     "credentials_secret_arn",
     "password_env",
+    "kubeconfig",
+    "context",
+    "cluster_endpoint",
+    "cluster_ca",
+    "cluster_name",
+    "cluster_auth",
+    "forward_namespace",
+    "forward_image",
 ];
 
 /// A kind's fields: the connection fields (`CONNECTION_FIELDS`), then
@@ -40,6 +48,14 @@ macro_rules! with_connection_fields {
         $crate::kinds::Field::new("ssl_mode", $crate::kinds::Ty::String, "disable, prefer, require, verify-full").default("\"prefer\"").check($crate::drivers::postgres::ssl),
         $crate::kinds::Field::new("credentials_secret_arn", $crate::kinds::Ty::String, "a secret with the password (a Secrets Manager ARN such as `${db.master_user_secret_arn}`, or a Secret Manager name projects/P/secrets/S): plain text, or JSON with username and password"),
         $crate::kinds::Field::new("password_env", $crate::kinds::Ty::String, "or: an environment variable holding the password"),
+        $crate::kinds::Field::new("kubeconfig", $crate::kinds::Ty::String, "reach a private database through this cluster (a kubeconfig file, relative to the stack file): a proxy pod and a port-forward through its API server, from a machine outside the network; or the three cluster_* settings"),
+        $crate::kinds::Field::new("context", $crate::kinds::Ty::String, "the kubeconfig context (default: its current context)"),
+        $crate::kinds::Field::new("cluster_endpoint", $crate::kinds::Ty::String, "reach a private database through the cluster at this API endpoint, usually `${eks.endpoint}` (a proxy pod and a port-forward through the API server); empty: connect straight to `host`"),
+        $crate::kinds::Field::new("cluster_ca", $crate::kinds::Ty::String, "that cluster's CA (base64 PEM)"),
+        $crate::kinds::Field::new("cluster_name", $crate::kinds::Ty::String, "that EKS cluster's name, for its token"),
+        $crate::kinds::Field::new("cluster_auth", $crate::kinds::Ty::String, "eks or gke: how to log in at `cluster_endpoint` (default eks)").check($crate::drivers::kubernetes::cluster_auth),
+        $crate::kinds::Field::new("forward_namespace", $crate::kinds::Ty::String, "the namespace of the proxy pods (default ralph-deploy, created with restricted pod security)"),
+        $crate::kinds::Field::new("forward_image", $crate::kinds::Ty::String, "the proxy pods' image, a socat (default alpine/socat:1.8.0.3; a mirror the nodes can pull)"),
             $($own),*
         ]
     };
@@ -105,7 +121,9 @@ pub async fn connect(cx: &Context, props: &Map<String, Json>) -> Result<PgPool, 
     .await
     .map_err(DriverError::new)?
     .map_err(|e| {
-        if e.to_string().contains("timed out") {
+        if let Some(why) = target.forward.as_ref().and_then(|f| f.last_error()) {
+            DriverError::new(format!("cannot connect to the database at {at}: {why}"))
+        } else if e.to_string().contains("timed out") {
             DriverError::new(crate::remote::no_answer(
                 crate::remote::Party::Postgres,
                 &at,
@@ -122,6 +140,8 @@ pub struct Target {
     options: PgConnectOptions,
     password: Option<String>,
     ssl_mode: String,
+    /// The forward through the cluster it connects by, if any.
+    forward: Option<std::sync::Arc<crate::drivers::kubernetes::forward::Forward>>,
 }
 
 impl Target {
@@ -138,13 +158,21 @@ impl Target {
 
     /// Where this connects, for messages (no password).
     pub fn shown(&self) -> String {
-        format!(
-            "postgresql://{}@{}:{}/{}",
-            self.options.get_username(),
-            self.options.get_host(),
-            self.options.get_port(),
-            self.database()
-        )
+        match &self.forward {
+            Some(f) => format!(
+                "postgresql://{}@{}/{} (through the cluster)",
+                self.options.get_username(),
+                f.target(),
+                self.database()
+            ),
+            None => format!(
+                "postgresql://{}@{}:{}/{}",
+                self.options.get_username(),
+                self.options.get_host(),
+                self.options.get_port(),
+                self.database()
+            ),
+        }
     }
 
     /// The same server, another database.
@@ -153,6 +181,7 @@ impl Target {
             options: self.options.clone().database(database),
             password: self.password.clone(),
             ssl_mode: self.ssl_mode.clone(),
+            forward: self.forward.clone(),
         }
     }
 
@@ -259,10 +288,29 @@ pub async fn resolve(cx: &Context, props: &Map<String, Json>) -> Result<Target, 
         })?;
         password = Some(value);
     }
+    // A private database from outside its network: through the cluster.
+    let mut forward = None;
+    if s("url").is_none() && crate::drivers::kubernetes::forward::names_a_cluster(props) {
+        if ssl_mode == "verify-full" {
+            return Err(DriverError::new(
+                "ssl_mode verify-full cannot be checked through the cluster (the connection is to a local port): use require, or a `url` to a tunnel",
+            ));
+        }
+        let f = crate::drivers::kubernetes::forward::shared(
+            cx,
+            props,
+            opts.get_host(),
+            opts.get_port(),
+        )
+        .await?;
+        opts = opts.host("127.0.0.1").port(f.local_addr().port());
+        forward = Some(f);
+    }
     Ok(Target {
         options: opts,
         password,
         ssl_mode,
+        forward,
     })
 }
 
