@@ -34,7 +34,7 @@ start() {
   local dir="$1"; mkdir -p "$dir"
   local port; port="$(python3 "$here/local-cloud/free_port.py")"
   RALPH_GCP_REQUEST_LOG="$dir/gcp-requests.jsonl" \
-    python3 "$here/local-cloud/gcp_double.py" 127.0.0.1 "$port" >"$dir/gcp.log" 2>&1 &
+    RALPH_SIM_RUN_DIR="$dir" python3 "$here/local-cloud/gcp_double.py" 127.0.0.1 "$port" >"$dir/gcp.log" 2>&1 &
   echo $! >"$dir/gcp.pid"
   for _ in $(seq 1 100); do
     if curl -fsS "http://127.0.0.1:$port/__double/stats" >/dev/null 2>&1; then

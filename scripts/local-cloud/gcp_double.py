@@ -48,6 +48,8 @@ import sys
 import threading
 import time
 import uuid
+
+import local_servers
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit, unquote
 
@@ -834,7 +836,9 @@ def network_reach(host, port):
                     continue
                 verdict, rule = egress_verdict(project, network, pool, host, port)
                 if verdict == "allow":
-                    answer.update(reachable=True, reason=f"from node pool {pool['name']} of cluster {cl['name']}")
+                    answer.update(reachable=True, reason=f"from node pool {pool['name']} of cluster {cl['name']}",
+                                  local=(local_servers.postgres_address(os.environ.get("RALPH_SIM_RUN_DIR"))
+                                         if kind == "sql" else inst.get("_local")))
                     return answer
                 why = f"the egress firewall rule {rule} denies node pool {pool['name']} of cluster {cl['name']}"
     answer["reason"] = why
@@ -1070,6 +1074,15 @@ def redis_create(p, q, body):
         res["state"] = "READY"
         if res.get("authEnabled"):
             res["_auth"] = uuid.uuid4().hex
+        # A real Redis behind it, for the pods (local_servers).
+        try:
+            res["_local"], res["_process"], pem = local_servers.redis_server(
+                os.environ.get("RALPH_SIM_RUN_DIR"), iid, res.get("_auth"), tls)
+            if pem:
+                res["serverCaCerts"] = [{"serialNumber": "1", "cert": pem, "createTime": now_rfc3339(),
+                                         "expireTime": "2036-01-01T00:00:00Z", "sha1Fingerprint": ""}]
+        except Exception as e:  # never take the double down
+            print("gcp double: no local Redis for %s: %r" % (iid, e), file=sys.stderr, flush=True)
         return visible(res)
     return lro(p, "redis", "create", name, delay("redis_create"), finish, REDIS_TYPE)
 
@@ -1114,7 +1127,9 @@ def redis_delete(p, q, body):
     inst["state"] = "DELETING"
 
     def finish():
-        redis_instances(p).pop(p["instance"], None)
+        gone = redis_instances(p).pop(p["instance"], None) or {}
+        if gone.get("_process") is not None:
+            gone["_process"].terminate()
         return {}
     return lro(p, "redis", "delete", inst["name"], delay("redis_delete"), finish, EMPTY_TYPE)
 

@@ -23,6 +23,8 @@ import threading
 import time
 import uuid
 
+import local_servers
+
 DEFAULTS = {
     "eks_cluster_create": 3.0, "eks_cluster_update": 1.0, "eks_cluster_delete": 2.0,
     "eks_nodegroup_create": 2.0, "eks_nodegroup_update": 1.0, "eks_nodegroup_delete": 2.0,
@@ -387,7 +389,7 @@ def network_model():
                     subnet_group = db.db_subnet_group
                     vpc = getattr(subnet_group, "vpc_id", None)
                     return dict(kind="RDS instance %s" % db.db_instance_identifier, account=account, region=region,
-                                vpc=vpc, groups=list(db.vpc_security_group_ids))
+                                vpc=vpc, groups=list(db.vpc_security_group_ids), local=local_servers.postgres_address(os.environ.get("RALPH_SIM_KUBE_DIR")))
         for account, region, ec in each(elasticache_backends):
             for rg in list(ec.replication_groups.values()):
                 names = set()
@@ -408,7 +410,8 @@ def network_model():
                             except Exception:
                                 pass
                     return dict(kind="ElastiCache replication group %s" % rg.replication_group_id, account=account,
-                                region=region, vpc=vpc, groups=list(rg.security_group_ids or []))
+                                region=region, vpc=vpc, groups=list(rg.security_group_ids or []),
+                                local=getattr(rg, "local_server", None))
         return None
 
     def node_sources(store):
@@ -490,7 +493,7 @@ def network_model():
                     continue
                 for rule in sg.ingress_rules:
                     if admits(rule, port, src["groups"], src["cidrs"]):
-                        return dict(reachable=True, store=store["kind"],
+                        return dict(reachable=True, store=store["kind"], local=store.get("local"),
                                     reason="%s admits nodegroup %s of cluster %s on port %d" % (gid, src["nodegroup"], src["cluster"], port))
             tried.append("nodegroup %s of cluster %s carries %s" % (
                 src["nodegroup"], src["cluster"], ", ".join(src["groups"]) or "no security group"))
@@ -635,6 +638,34 @@ def patch_elasticache():
             return ActionResult({})
 
         r.ElastiCacheResponse.delete_cache_subnet_group = response
+
+
+def patch_elasticache_servers():
+    """Every replication group gets a real Redis behind it (local_servers), and
+    loses it when deleted; the AUTH token follows ModifyReplicationGroup."""
+    from moto.elasticache import models as m
+    original_init = m.ReplicationGroup.__init__
+
+    def init(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        rg_id = kwargs.get("replication_group_id") or (args[0] if args else "group")
+        try:
+            self.local_server, self.local_process, _ = local_servers.redis_server(
+                os.environ.get("RALPH_SIM_KUBE_DIR"), rg_id, kwargs.get("auth_token"),
+                bool(kwargs.get("transit_encryption_enabled")))
+        except Exception as e:  # never take moto down
+            print("moto_delayed: no local Redis for %s: %r" % (rg_id, e), file=sys.stderr, flush=True)
+            self.local_server, self.local_process = None, None
+
+    m.ReplicationGroup.__init__ = init
+
+    def deleted(self, original, replication_group_id, *a, **k):
+        group = self.replication_groups.get(replication_group_id)
+        proc = getattr(group, "local_process", None)
+        if proc is not None:
+            later(max(delay("elasticache_delete"), 0.01), proc.terminate)
+
+    wrap(m.ElastiCacheBackend, "delete_replication_group", before=deleted)
 
 
 def patch_nat():
@@ -971,7 +1002,8 @@ def patch_eks_access():
 
 def main():
     host, port = sys.argv[1], int(sys.argv[2])
-    for patch in (patch_eks, patch_eks_rules, patch_eks_access, network_model, patch_rds, patch_elasticache, patch_nat, patch_s3, patch_cloudwatch, patch_iam, patch_server):
+    for patch in (patch_eks, patch_eks_rules, patch_eks_access, network_model, patch_rds, patch_elasticache,
+                  patch_elasticache_servers, patch_nat, patch_s3, patch_cloudwatch, patch_iam, patch_server):
         try:
             patch()
         except Exception as e:  # a moto upgrade moved something: say so, keep serving

@@ -176,6 +176,8 @@ def reach(host, port):
             continue
         if got.get("store") or got.get("reachable"):
             answer = (bool(got.get("reachable")), got.get("reason", ""))
+            if got.get("local"):
+                LOCAL_SERVERS[(h, port)] = got["local"]
             break
     _reach_cache[key] = (time.time(), answer)
     return answer
@@ -214,6 +216,8 @@ def gcp_reach(host, port):
     if not got.get("store"):
         return True, ""
     STORE_LABELS[(host, port)] = got["store"]
+    if got.get("local"):
+        LOCAL_SERVERS[(host, port)] = got["local"]
     return bool(got.get("reachable")), got.get("reason", "")
 
 
@@ -400,12 +404,12 @@ SEEN = {"pods": {}, "policies": []}  # the pods ((namespace, name) -> pod) and p
 
 
 def local_server(store, host):
-    """This machine's server that plays a store of the local clouds, or None."""
+    """This machine's PostgreSQL, which plays every database of the local
+    clouds, when the network model did not name a server (local_servers.py
+    names one for each Redis), or None."""
     kind = None
     if host.endswith(".rds.amazonaws.com") or store.startswith("Cloud SQL"):
         kind = "pg.port"
-    elif host.endswith(".cache.amazonaws.com") or store.startswith("Memorystore"):
-        kind = "redis.port"
     if not kind or not RUN_DIR:
         return None
     try:
@@ -457,7 +461,8 @@ def open_forward(namespace, name, port):
     h = host.lower()
     if is_address(h):
         store = (STORE_LABELS.get((h, tport)) or "")
-    server = local_server(store, h)
+    named = LOCAL_SERVERS.get((h, tport))
+    server = (named.rsplit(":", 1)[0], int(named.rsplit(":", 1)[1])) if named else local_server(store, h)
     if server:
         return server, None
     if h in ("localhost",) or h.startswith("127."):
@@ -466,6 +471,7 @@ def open_forward(namespace, name, port):
 
 
 STORE_LABELS = {}
+LOCAL_SERVERS = {}  # (cloud name or address, port) -> "127.0.0.1:PORT", as the models name them
 
 
 def ws_frame(payload, opcode=2):
