@@ -76,13 +76,13 @@ fn apply_json(w: &World, extra: &[&str]) -> Events {
 async fn production_stack_end_to_end() {
     let name = format!("tp{}", std::process::id());
     let mut w = World::from_stack("aws-production.yaml", &name);
-    // The stack's migrations reach "the database" through a tunnel url: here,
-    // a fresh database on the local PostgreSQL server.
-    let db = common::fresh_database(&name).await;
-    w.env.push((
-        "RALPH_DEPLOY_VAR_database_tunnel_url".into(),
-        format!("{db}?sslmode=disable"),
-    ));
+    // No tunnel: the stores are private (their names resolve for pods
+    // only), and the tool reaches the database through the cluster. Behind
+    // the local RDS is the local PostgreSQL, where this test has a database
+    // of its own; its superuser plays RDS's master user.
+    common::fresh_database(&name).await;
+    w.env.push(("RALPH_DEPLOY_VAR_database_name".into(), name.clone()));
+    w.env.push(("RALPH_DEPLOY_VAR_database_admin_user".into(), "postgres".into()));
 
     // One add-on, a stand-in for the ingress controller (see the fixture).
     w.env
@@ -263,6 +263,11 @@ async fn production_stack_end_to_end() {
         .collect();
     assert!(changed.is_empty(), "second plan is not empty: {changed:#?}");
     assert_eq!(out.status.code(), Some(0));
+
+    // ---- the service works, checked from outside the VPC: the pods' own
+    // credentials log in to PostgreSQL and Redis (with its AUTH token,
+    // over TLS) through the cluster.
+    common::healthy_through_the_cluster(&w).await;
 
     // ---- scaling the nodegroup and changing backup retention are in place.
     let vars = ["--var", "nodes_desired=5", "--var", "db_backup_days=14"];

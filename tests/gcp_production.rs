@@ -64,10 +64,13 @@ fn state_text(w: &World) -> String {
 async fn gcp_production_end_to_end() {
     let name = format!("tg{}", std::process::id());
     let mut w = World::from_stack("gcp-production.yaml", &name);
-    let db = fresh_database(&format!("gcp_{name}")).await;
+    // No tunnel: Cloud SQL and Memorystore have private addresses only,
+    // and the tool reaches them through the cluster. Behind the local Cloud
+    // SQL is the local PostgreSQL, where this test has a database of its own.
+    fresh_database(&format!("gcp_{name}")).await;
     w.env.push((
-        "RALPH_DEPLOY_VAR_database_tunnel_url".into(),
-        format!("{db}?sslmode=disable"),
+        "RALPH_DEPLOY_VAR_database_name".into(),
+        format!("gcp_{name}"),
     ));
     w.env
         .push(("RALPH_DEPLOY_VAR_image_tag".into(), "1.0.0".into()));
@@ -337,6 +340,11 @@ async fn gcp_production_end_to_end() {
         "a no-op plan made {cost} requests to Google Cloud"
     );
     assert_eq!(after["mutations"], before["mutations"]);
+
+    // ---- the service works, checked from outside the VPC: the pods' own
+    // credentials log in to Cloud SQL and to Memorystore (its AUTH string,
+    // over TLS on 6378) through the cluster.
+    common::healthy_through_the_cluster(&w).await;
 
     // ---- node pool size and Redis size change in place
     w.env

@@ -826,13 +826,14 @@ def network_reach(host, port):
         if not (path.startswith(f"gke/projects/{project}/") and path.endswith("/clusters")):
             continue
         for cl in clusters.values():
-            if cl.get("status") != "RUNNING" or network_of(project, cl.get("network")) != network:
+            # A cluster being updated (RECONCILING) keeps its nodes serving.
+            if cl.get("status") not in ("RUNNING", "RECONCILING") or network_of(project, cl.get("network")) != network:
                 continue
             if not (cl.get("ipAllocationPolicy") or {}).get("useIpAliases"):
                 why = f"cluster {cl['name']} is routes-based: the peering does not carry its pods' addresses"
                 continue
             for pool in cl.get("nodePools") or []:
-                if pool.get("status") != "RUNNING":
+                if pool.get("status") not in ("RUNNING", "RECONCILING", "RUNNING_WITH_ERROR"):
                     continue
                 verdict, rule = egress_verdict(project, network, pool, host, port)
                 if verdict == "allow":

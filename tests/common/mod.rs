@@ -48,6 +48,68 @@ pub fn pg_server() -> String {
     )
 }
 
+/// `status` of a deployed stack: every check healthy (the backup's age
+/// aside), and the pods' own
+/// DATABASE_URL and REDIS_URL checked through the cluster (their stores'
+/// names resolve for pods only, as in a VPC); then no proxy pod of those
+/// stores is left once the command has ended. Returns the report.
+pub async fn healthy_through_the_cluster(w: &World) -> serde_json::Value {
+    use k8s_openapi::api::core::v1::Pod;
+    let out = w.run("status", &["--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}{}", text(&out.stdout), text(&out.stderr)));
+    assert!(matches!(out.status.code(), Some(0 | 1)), "status: {report:#}");
+    let mut stores = Vec::new();
+    for service in report["services"].as_array().unwrap() {
+        for c in service["checks"].as_array().unwrap() {
+            // The age of the latest backup is not this helper's business.
+            if c["check"] == "backup" {
+                continue;
+            }
+            assert_eq!(c["healthy"], true, "{c:#}");
+            if c["check"] == "database" || c["check"] == "redis" {
+                let target = c["target"].as_str().unwrap();
+                assert!(target.ends_with(" (through the cluster)"), "{c:#}");
+                let url = url::Url::parse(target.trim_end_matches(" (through the cluster)")).unwrap();
+                stores.push(format!(
+                    "{}:{}",
+                    url.host_str().unwrap(),
+                    url.port().unwrap_or(if c["check"] == "database" { 5432 } else { 6379 })
+                ));
+            }
+        }
+    }
+    assert_eq!(stores.len(), 2, "{report:#}");
+    let pods = kube::api::Api::<Pod>::namespaced(kube_client().await, "ralph-deploy");
+    let mut left = Vec::new();
+    for _ in 0..40 {
+        left = pods
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|p| {
+                let target = p
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get("ralph-deploy/target"))
+                    .cloned()
+                    .unwrap_or_default();
+                stores.contains(&target)
+            })
+            .filter_map(|p| p.metadata.name)
+            .collect::<Vec<_>>();
+        if left.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(left.is_empty(), "proxy pods left after status: {left:?}");
+    report
+}
+
 /// An empty database `name` on the local server (dropped first if a test
 /// run before left it); returns its url.
 pub async fn fresh_database(name: &str) -> String {
