@@ -360,3 +360,89 @@ async fn rows_land_in_their_monthly_partitions_and_maintenance_adds_months() {
     assert!(out.contains(": 0 partition(s) created"), "{out}");
     let _ = &db.name;
 }
+
+/// A private database is reached through the cluster when the stack names
+/// one (a proxy pod and a port-forward through the API server), and only
+/// as the cluster's network allows: a name no store has does not resolve
+/// from the pod, a NetworkPolicy of the proxies' namespace is obeyed, and
+/// the proxy pods are gone when the command ends.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_private_database_is_reached_through_the_cluster_as_its_network_allows() {
+    use k8s_openapi::api::core::v1::Pod;
+    use k8s_openapi::api::networking::v1::NetworkPolicy;
+    let db = Db::new("fwd").await;
+    let pg = url::Url::parse(&common::pg_server()).unwrap();
+    let kubeconfig = std::env::var("RALPH_TEST_KUBECONFIG").unwrap();
+    let namespace = format!("fwd-{}", std::process::id());
+    let stack = |host: &str| {
+        format!(
+            "name: {}\nresources:\n  schema:\n    kind: postgres.migrations\n    properties:\n      directory: migrations\n      host: {host}\n      port: {}\n      database: {}\n      username: postgres\n      ssl_mode: require\n      kubeconfig: {kubeconfig}\n      forward_namespace: {namespace}\n",
+            db.name.replace('_', "-"),
+            pg.port().unwrap(),
+            db.name
+        )
+    };
+    let write = |host: &str| std::fs::write(db.dir.path().join("stack.yaml"), stack(host)).unwrap();
+    let pods = kube::Api::<Pod>::namespaced(common::kube_client().await, &namespace);
+    let proxies = || async {
+        // Deleted pods linger until the node confirms: count the live ones.
+        let mut live = 0;
+        for _ in 0..40 {
+            live = pods
+                .list(&Default::default())
+                .await
+                .map(|l| l.items.iter().filter(|p| p.metadata.deletion_timestamp.is_none()).count())
+                .unwrap_or(0);
+            if live == 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
+        live
+    };
+
+    // A name that no store of the local cloud has resolves nowhere, from
+    // the pod either: refused, with the cluster's reason, nothing recorded.
+    write("nowhere.c0ffee.us-east-1.rds.amazonaws.com");
+    let out = db.run(&["apply", "--auto-approve"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr) + &text(&out.stdout);
+    assert!(err.contains("(through the cluster)"), "{err}");
+    assert!(err.contains("does not resolve"), "{err}");
+    assert!(!db.dir.path().join("state").exists() || !db.ok(&["state", "list"]).contains("schema"));
+    assert_eq!(proxies().await, 0, "a proxy pod was left behind");
+
+    // The database's address as the nodes see it: migrated through the
+    // cluster, with TLS (the server's certificate, not verified).
+    write("127.0.0.1");
+    let out = db.ok(&["apply", "--auto-approve"]);
+    assert!(out.contains("schema"), "{out}");
+    let mut c = db.conn().await;
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations")
+        .fetch_one(&mut c)
+        .await
+        .unwrap();
+    assert!(applied > 0);
+    assert!(db.ok(&["migrate", "status"]).contains("applied"));
+    assert_eq!(proxies().await, 0, "a proxy pod was left behind");
+
+    // A NetworkPolicy that lets the proxies' namespace reach nothing is
+    // obeyed, as on a cluster that enforces policies.
+    let deny: NetworkPolicy = serde_json::from_value(serde_json::json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": { "name": "deny-egress", "namespace": namespace },
+        "spec": { "podSelector": {}, "policyTypes": ["Egress"] },
+    }))
+    .unwrap();
+    let policies = kube::Api::<NetworkPolicy>::namespaced(common::kube_client().await, &namespace);
+    policies.create(&Default::default(), &deny).await.unwrap();
+    // Let the node simulator see the policy before the next pod asks.
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    let out = db.run(&["migrate", "status"]);
+    let err = text(&out.stderr) + &text(&out.stdout);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("NetworkPolicy deny-egress admits no egress"), "{err}");
+    let _ = kube::Api::<k8s_openapi::api::core::v1::Namespace>::all(common::kube_client().await)
+        .delete(&namespace, &Default::default())
+        .await;
+}
