@@ -34,9 +34,12 @@ Delays, in seconds, come from RALPH_GCP_DELAYS (JSON overriding DEFAULTS);
 RALPH_GCP_DELAY_SCALE multiplies them; RALPH_GCP_MAX_PAGE caps page sizes.
 Control: POST /__double/faults {"throttle": N, "error": N} makes the next N
 mutating requests answer 429 (or 503); POST /__double/project {"project",
-"delay_scale", "kill_after": K, "pidfile", "throttle": N, "error": N} scales
+"delay_scale", "kill_after": K, "pidfile", "throttle": N, "error": N,
+"fresh": true} scales
 one project's delays, SIGKILLs the process in PIDFILE right after answering
-that project's K-th mutating request, and throttles (or fails) its next N; GET /__double/stats[?project=P] counts requests.
+that project's K-th mutating request, and throttles (or fails) its next N;
+`fresh` makes it a new project whose APIs are disabled (403 SERVICE_DISABLED)
+until Service Usage enables them; GET /__double/stats[?project=P] counts requests.
 """
 import base64
 import ipaddress
@@ -1395,6 +1398,103 @@ def project_of(ident):
 
 PROJECTS_SEEN = set()
 
+# Which APIs a project has enabled: absent, every API (a project made before
+# the double tracked them); a set, exactly those (a fresh project, as
+# POST /__double/project {"fresh": true} makes it: only the APIs Google
+# enables on every new project, Service Usage among them).
+PROJECT_SERVICES = {}
+DEFAULT_SERVICES = {"serviceusage.googleapis.com", "cloudresourcemanager.googleapis.com",
+                    "logging.googleapis.com", "monitoring.googleapis.com", "storage.googleapis.com"}
+# A route's API, by the first part of its Discovery method id.
+API_OF = {"compute": "compute.googleapis.com", "container": "container.googleapis.com",
+          "sql": "sqladmin.googleapis.com", "redis": "redis.googleapis.com",
+          "secretmanager": "secretmanager.googleapis.com", "iam": "iam.googleapis.com",
+          "servicenetworking": "servicenetworking.googleapis.com",
+          "cloudresourcemanager": "cloudresourcemanager.googleapis.com",
+          "serviceusage": "serviceusage.googleapis.com"}
+API_TITLES = {"compute.googleapis.com": "Compute Engine API", "container.googleapis.com": "Kubernetes Engine API",
+              "sqladmin.googleapis.com": "Cloud SQL Admin API", "redis.googleapis.com": "Google Cloud Memorystore for Redis API",
+              "secretmanager.googleapis.com": "Secret Manager API", "iam.googleapis.com": "Identity and Access Management (IAM) API",
+              "servicenetworking.googleapis.com": "Service Networking API"}
+
+
+def service_disabled(project, route_id):
+    """Google's 403 SERVICE_DISABLED when the route's API is not enabled on
+    the project, else None."""
+    enabled = PROJECT_SERVICES.get(project_of(project or ""))
+    api = API_OF.get(route_id.split(".")[0])
+    if enabled is None or api is None or api in enabled:
+        return None
+    number = project_number(project_of(project))
+    title = API_TITLES.get(api, api)
+    e = ApiError(403, "PERMISSION_DENIED",
+                 f"{title} has not been used in project {number} before or it is disabled. Enable it by visiting "
+                 f"https://console.developers.google.com/apis/api/{api}/overview?project={number} then retry. "
+                 "If you enabled this API recently, wait a few minutes for the action to propagate to our systems and retry.",
+                 "accessNotConfigured", legacy=route_id.startswith(("compute.", "sql.")))
+    body = e.body()
+    body["error"].setdefault("details", []).append({
+        "@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "SERVICE_DISABLED",
+        "domain": "googleapis.com", "metadata": {"service": api, "consumer": f"projects/{number}"}})
+    return body
+
+
+def usage_service(p):
+    project = project_of(p["project"])
+    enabled = PROJECT_SERVICES.get(project)
+    state = "ENABLED" if enabled is None or p["service"] in enabled else "DISABLED"
+    number = project_number(project)
+    return {"name": f"projects/{number}/services/{p['service']}", "parent": f"projects/{number}",
+            "config": {"name": p["service"], "title": API_TITLES.get(p["service"], p["service"])}, "state": state}
+
+
+def usage_check(p):
+    if p["kind"] != "projects":
+        raise invalid([("name", "must be projects/PROJECT/services/SERVICE")])
+    if not re.match(r"^[a-z][a-z0-9-]*\.googleapis\.com$", p.get("service", "x.googleapis.com")):
+        raise ApiError(403, "PERMISSION_DENIED", f"Not found or permission denied for service(s): {p['service']}.",
+                       "forbidden")
+
+
+def usage_get(p, q, body):
+    usage_check(p)
+    return usage_service(p)
+
+
+def usage_list(p, q, body):
+    usage_check(p)
+    project = project_of(p["project"])
+    enabled = PROJECT_SERVICES.get(project)
+    names = sorted(enabled if enabled is not None else set(API_OF.values()) | DEFAULT_SERVICES)
+    items = [usage_service(dict(p, service=n)) for n in names]
+    flt = (q.get("filter") or [""])[0]
+    if flt == "state:ENABLED":
+        items = [i for i in items if i["state"] == "ENABLED"]
+    elif flt and flt != "state:DISABLED":
+        raise invalid([("filter", "must be state:ENABLED or state:DISABLED")])
+    elif flt == "state:DISABLED":
+        items = []
+    return {"services": items}
+
+
+def usage_set(enable):
+    def handler(p, q, body):
+        usage_check(p)
+        project = project_of(p["project"])
+        enabled = PROJECT_SERVICES.get(project)
+        if enabled is not None:
+            if enable:
+                enabled.add(p["service"])
+            else:
+                enabled.discard(p["service"])
+        # Enabling answers with an operation that is already done, as
+        # Service Usage does for an API it enables at once.
+        return {"name": f"operations/noop.DONE_OPERATION.{uuid.uuid4().hex[:8]}", "done": True,
+                "response": {"@type": "type.googleapis.com/google.api.serviceusage.v1.%s" %
+                             ("EnableServiceResponse" if enable else "DisableServiceResponse"),
+                             "service": usage_service(p)}}
+    return handler
+
 
 def project_get(p, q, body):
     PROJECTS_SEEN.add(p["project"])
@@ -1638,6 +1738,11 @@ ROUTES = [
     ("servicenetworking.services.connections.patch", "PATCH", "/v1/services/{service}/connections/{connection}", sn_patch),
     ("servicenetworking.services.connections.deleteConnection", "POST", "/v1/services/{service}/connections/{connection}", sn_delete),
     ("servicenetworking.operations.get", "GET", "/v1/operations/{operation}", sn_op_get),
+    # Service Usage names its parent in two segments (projects/P).
+    ("serviceusage.services.get", "GET", "/v1/{kind}/{project}/services/{service}", usage_get),
+    ("serviceusage.services.list", "GET", "/v1/{kind}/{project}/services", usage_list),
+    ("serviceusage.services.enable", "POST", "/v1/{kind}/{project}/services/{service}:enable", usage_set(True)),
+    ("serviceusage.services.disable", "POST", "/v1/{kind}/{project}/services/{service}:disable", usage_set(False)),
     ("cloudresourcemanager.projects.getIamPolicy", "POST", "/v3/projects/{project}:getIamPolicy", project_get_policy),
     ("cloudresourcemanager.projects.setIamPolicy", "POST", "/v3/projects/{project}:setIamPolicy", project_set_policy),
 ]
@@ -1752,7 +1857,11 @@ class Handler(BaseHTTPRequestHandler):
                                                        "backendError", legacy=legacy).body())
                 CURRENT["project"] = project
                 try:
-                    code, answer = 200, h(match.groupdict(), q, body)
+                    disabled = service_disabled(project, route_id)
+                    if disabled is not None:
+                        code, answer = 403, disabled
+                    else:
+                        code, answer = 200, h(match.groupdict(), q, body)
                 except ApiError as e:
                     code, answer = e.code, e.body()
                 finally:
@@ -1786,6 +1895,8 @@ class Handler(BaseHTTPRequestHandler):
                     PROJECT_SCALE[cfg["project"]] = float(cfg["delay_scale"])
                 if "throttle" in cfg or "error" in cfg:
                     PROJECT_FAULTS[cfg["project"]] = {"throttle": int(cfg.get("throttle", 0)), "error": int(cfg.get("error", 0))}
+                if cfg.get("fresh"):
+                    PROJECT_SERVICES[cfg["project"]] = set(DEFAULT_SERVICES)
                 if cfg.get("kill_after"):
                     KILLS[cfg["project"]] = {"after": int(cfg["kill_after"]), "seen": 0, "pidfile": cfg["pidfile"]}
                 else:

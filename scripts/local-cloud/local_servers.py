@@ -70,6 +70,25 @@ def _spawn(argv):
     return got
 
 
+_CERT_LOCK = threading.Lock()
+
+
+def certificate(run_dir):
+    """One self-signed certificate for every store of the run directory,
+    made once (a key per store would slow each create by a key generation)."""
+    d = os.path.join(run_dir, "stores")
+    crt, key = os.path.join(d, "tls.crt"), os.path.join(d, "tls.key")
+    with _CERT_LOCK:
+        if not os.path.exists(crt):
+            os.makedirs(d, exist_ok=True)
+            subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30",
+                            "-subj", "/CN=local-store", "-keyout", key + ".new", "-out", crt + ".new"],
+                           check=True, capture_output=True)
+            os.replace(key + ".new", key)
+            os.replace(crt + ".new", crt)
+    return crt, key
+
+
 def redis_server(run_dir, name, password, tls):
     """Starts a redis-server for one store. Returns (host:port, process, the
     TLS certificate in PEM or None), or (None, None, None) without a run
@@ -85,10 +104,7 @@ def redis_server(run_dir, name, password, tls):
             "logfile " + os.path.join(d, "redis.log")]
     pem = None
     if tls:
-        crt, key = os.path.join(d, "tls.crt"), os.path.join(d, "tls.key")
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30",
-                        "-subj", "/CN=" + name, "-keyout", key, "-out", crt],
-                       check=True, capture_output=True)
+        crt, key = certificate(run_dir)
         conf += ["port 0", "tls-port %d" % port, "tls-cert-file " + crt,
                  "tls-key-file " + key, "tls-auth-clients no"]
         with open(crt) as f:

@@ -680,7 +680,7 @@ pub fn main() -> i32 {
     };
     let result = runtime.block_on(commands::run(cli.command));
     // The proxy pods of private stores reached through the cluster.
-    runtime.block_on(crate::drivers::kubernetes::forward::close_all());
+    runtime.block_on(crate::ops::close_connections());
     progress::finish();
     match result {
         Ok(code) => code,

@@ -75,6 +75,12 @@ pub struct Session {
 /// environment and the stack's `state` settings ask for. Without
 /// `--state`/`RALPH_DEPLOY_STATE`, the stack's `state.url` decides, then the
 /// local directory.
+/// Closes what a command opened to reach private stores (the proxy pods of
+/// forwards through a cluster): called once the command has finished.
+pub async fn close_connections() {
+    crate::drivers::kubernetes::forward::close_all().await;
+}
+
 pub fn backend_for(location: &StateLocation, stack: &Stack) -> Result<Box<dyn Backend>, String> {
     let settings = &stack.state;
     let region = stack.cloud.aws.as_ref().and_then(|a| a.region.clone());
