@@ -71,16 +71,16 @@ pub struct Session {
     pub scope: crate::plan::Scope,
 }
 
-/// The backend `location` names for `stack`, with the sealer the
-/// environment and the stack's `state` settings ask for. Without
-/// `--state`/`RALPH_DEPLOY_STATE`, the stack's `state.url` decides, then the
-/// local directory.
 /// Closes what a command opened to reach private stores (the proxy pods of
 /// forwards through a cluster): called once the command has finished.
 pub async fn close_connections() {
     crate::drivers::kubernetes::forward::close_all().await;
 }
 
+/// The backend `location` names for `stack`, with the sealer the
+/// environment and the stack's `state` settings ask for. Without
+/// `--state`/`RALPH_DEPLOY_STATE`, the stack's `state.url` decides, then the
+/// local directory.
 pub fn backend_for(location: &StateLocation, stack: &Stack) -> Result<Box<dyn Backend>, String> {
     let settings = &stack.state;
     let region = stack.cloud.aws.as_ref().and_then(|a| a.region.clone());
