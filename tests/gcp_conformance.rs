@@ -36,6 +36,7 @@ impl Discovery {
             ("iam", "iam.v1.json"),
             ("cloudresourcemanager", "cloudresourcemanager.v3.json"),
             ("servicenetworking", "servicenetworking.v1.json"),
+            ("serviceusage", "serviceusage.v1.json"),
         ] {
             let text =
                 std::fs::read_to_string(dir.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));

@@ -76,9 +76,11 @@ async fn gcp_production_end_to_end() {
         .push(("RALPH_DEPLOY_VAR_image_tag".into(), "1.0.0".into()));
 
     // ---- apply: everything, in graph order, the orchestrator included,
-    // through throttling (429 RESOURCE_EXHAUSTED) and unavailability (503)
+    // through throttling (429 RESOURCE_EXHAUSTED) and unavailability (503),
+    // on a new project: every API the stack calls is off until it enables
+    // it (403 SERVICE_DISABLED before).
     ureq::post(&format!("{}/__double/project", common::gcp_endpoint()))
-        .send_string(&serde_json::json!({"project": name, "throttle": 6, "error": 3}).to_string())
+        .send_string(&serde_json::json!({"project": name, "throttle": 6, "error": 3, "fresh": true}).to_string())
         .unwrap();
     let (out, ev) = apply(&w, &[]);
     assert!(
@@ -95,7 +97,7 @@ async fn gcp_production_end_to_end() {
         .rev()
         .find(|e| e["event"] == "summary")
         .expect("a summary");
-    assert_eq!(summary["created"], 31, "{summary}");
+    assert_eq!(summary["created"], 39, "{summary}");
     assert_eq!(summary["v"], 1);
     assert_eq!(summary["version"], env!("CARGO_PKG_VERSION"));
     assert!(summary["retries"].as_u64().unwrap() >= 9, "{summary}");
@@ -110,6 +112,9 @@ async fn gcp_production_end_to_end() {
         "throttling reached no service's limiter: {summary}"
     );
     for (before, after) in [
+        ("apis[\"compute\"]", "vpc"),
+        ("apis[\"iam\"]", "app_sa"),
+        ("apis[\"secretmanager\"]", "secrets.secret_key"),
         ("vpc", "nodes_subnet"),
         ("nodes_subnet", "gke"),
         ("router", "gke"),
@@ -332,11 +337,11 @@ async fn gcp_production_end_to_end() {
     // One paged list per kind (GKE clusters twice: clusters and node pools),
     // one per Cloud SQL instance for its databases and users, one policy
     // read per resource that bindings are in, the private service
-    // connection's list and the project's number it is named by, and one
-    // aggregated list of the node pools' instance groups (their sizes): 20
-    // for the 31 resources.
+    // connection's list and the project's number it is named by, one
+    // aggregated list of the node pools' instance groups (their sizes), and
+    // one list of the enabled APIs: 21 for the 39 resources.
     assert!(
-        cost <= 20,
+        cost <= 21,
         "a no-op plan made {cost} requests to Google Cloud"
     );
     assert_eq!(after["mutations"], before["mutations"]);

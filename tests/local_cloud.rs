@@ -974,3 +974,70 @@ fn local_google_judges_a_pods_path_to_a_private_store_from_its_own_resources() {
     // An address no store has is not the double's to judge.
     assert!(gcp_reach("10.250.250.250", 5432)["store"].is_null());
 }
+
+/// A GET to the Google Cloud double: (status, JSON answer).
+fn gcp_call_get(path: &str) -> (u16, serde_json::Value) {
+    let (code, resp) = match ureq::get(&format!("{}{path}", common::gcp_endpoint())).call() {
+        Ok(r) => (r.status(), r),
+        Err(ureq::Error::Status(c, r)) => (c, r),
+        Err(e) => panic!("GET {path}: {e}"),
+    };
+    (
+        code,
+        serde_json::from_str(&resp.into_string().unwrap()).unwrap(),
+    )
+}
+
+/// A new project has its APIs off, as on Google Cloud: every call to one
+/// answers 403 PERMISSION_DENIED with SERVICE_DISABLED (and the service) in
+/// its ErrorInfo, until Service Usage enables it; Service Usage itself is
+/// on, and what it lists and reports follows the enabling.
+#[test]
+fn local_google_refuses_an_api_a_new_project_has_not_enabled() {
+    let project = format!("apis{}", std::process::id());
+    let (code, _) = gcp_post("/__double/project", serde_json::json!({"project": project, "fresh": true}));
+    assert_eq!(code, 200);
+    let networks = format!("/compute/v1/projects/{project}/global/networks");
+    let (code, answer) = gcp_call_get(&networks);
+    assert_eq!(code, 403, "{answer}");
+    let err = &answer["error"];
+    assert_eq!(err["status"], "PERMISSION_DENIED", "{answer}");
+    assert!(err["message"].as_str().unwrap().contains("has not been used in project"), "{answer}");
+    let info = err["details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["@type"] == "type.googleapis.com/google.rpc.ErrorInfo")
+        .expect("an ErrorInfo");
+    assert_eq!(info["reason"], "SERVICE_DISABLED");
+    assert_eq!(info["metadata"]["service"], "compute.googleapis.com");
+    // Writes are refused the same way, and change nothing.
+    let (code, _) = gcp_post(&networks, serde_json::json!({"name": "n1", "autoCreateSubnetworks": false}));
+    assert_eq!(code, 403);
+
+    let svc = format!("/v1/projects/{project}/services/compute.googleapis.com");
+    let (code, got) = gcp_call_get(&svc);
+    assert_eq!((code, got["state"].as_str()), (200, Some("DISABLED")), "{got}");
+    let (code, listed) = gcp_call_get(&format!("/v1/projects/{project}/services?filter=state:ENABLED"));
+    assert_eq!(code, 200);
+    let names: Vec<&str> = listed["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["config"]["name"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"serviceusage.googleapis.com"), "{names:?}");
+    assert!(!names.contains(&"compute.googleapis.com"), "{names:?}");
+
+    let (code, op) = gcp_post(&format!("{svc}:enable"), serde_json::json!({}));
+    assert_eq!((code, op["done"].as_bool()), (200, Some(true)), "{op}");
+    assert_eq!(gcp_call_get(&svc).1["state"], "ENABLED");
+    let (code, answer) = gcp_call_get(&networks);
+    assert_eq!(code, 200, "{answer}");
+    // Another API of the project is still off.
+    let (code, _) = gcp_call_get(&format!("/v1/projects/{project}/instances"));
+    assert_eq!(code, 403);
+    // A name that is no API is refused as Google does.
+    let (code, _) = gcp_post(&format!("/v1/projects/{project}/services/not-an-api:enable"), serde_json::json!({}));
+    assert_eq!(code, 403);
+}

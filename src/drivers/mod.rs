@@ -97,6 +97,9 @@ pub struct DriverError {
     /// it is recorded so that the next apply resumes waiting instead of
     /// creating a second one.
     pub partial: Option<Box<Observed>>,
+    /// The cloud refused because the API is not enabled on the project
+    /// (Google's SERVICE_DISABLED): nothing of that API can exist there.
+    pub api_disabled: bool,
 }
 
 impl DriverError {
@@ -104,6 +107,7 @@ impl DriverError {
         DriverError {
             message: message.into(),
             partial: None,
+            api_disabled: false,
         }
     }
 

@@ -328,8 +328,17 @@ impl Session {
                     continue;
                 }
                 if let Some(driver) = self.registry.driver(&c.kind) {
-                    if let Err(e) = driver.preflight(cx, c).await {
-                        refused.push(format!("{}: {}", c.address, e.message));
+                    match driver.preflight(cx, c).await {
+                        // A new project: the API is enabled by this apply,
+                        // before the resource; the dated table still holds.
+                        Err(e) if e.api_disabled => cx.reporter.report(crate::events::Event::Warning {
+                            message: format!(
+                                "{}: not checked against the provider's own listing, whose API the project has not enabled yet (the dated support table still applies)",
+                                c.address
+                            ),
+                        }),
+                        Err(e) => refused.push(format!("{}: {}", c.address, e.message)),
+                        Ok(()) => {}
                     }
                 }
             }

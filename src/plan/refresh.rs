@@ -164,10 +164,19 @@ pub async fn refresh(
             || state.resources.get(address).is_some_and(|r| r.kind == kind)
     };
     for (kind, listing) in listings {
-        let mut found = listing.map_err(|e| PlanError::Refresh {
-            kind: kind.clone(),
-            message: e.message,
-        })?;
+        let mut found = match listing {
+            // An API the project has not enabled holds nothing yet: a new
+            // project's first plan reads it as empty (the stack enables it
+            // before its resources). With something recorded, the refusal
+            // stands: the API was turned off under the stack.
+            Err(e) if e.api_disabled && !state.resources.values().any(|r| r.kind == kind) => {
+                Vec::new()
+            }
+            other => other.map_err(|e| PlanError::Refresh {
+                kind: kind.clone(),
+                message: e.message,
+            })?,
+        };
         found.retain(|o| o.owner.as_ref().is_none_or(|owner| *owner == cx.owner));
         let mut unmatched: Vec<Observed> = Vec::new();
         // First: recorded ids.

@@ -15,7 +15,9 @@
 pub mod compute;
 pub mod gke;
 pub mod iam;
+pub mod project_service;
 pub mod redis;
+pub(crate) mod rest;
 pub mod secret;
 pub mod service_networking;
 pub mod sql;
@@ -220,14 +222,23 @@ pub fn api_error(cx: &Context, what: &str, e: &google_cloud_gax::error::Error) -
     let endpoint = endpoint(cx);
     if let Some(s) = e.status() {
         let mut text = format!("{what}: {:?}: {}", s.code, s.message);
+        let mut disabled = false;
         for d in &s.details {
-            if let google_cloud_gax::error::rpc::StatusDetails::BadRequest(b) = d {
-                for v in &b.field_violations {
-                    text.push_str(&format!(" [{}: {}]", v.field, v.description));
+            match d {
+                google_cloud_gax::error::rpc::StatusDetails::BadRequest(b) => {
+                    for v in &b.field_violations {
+                        text.push_str(&format!(" [{}: {}]", v.field, v.description));
+                    }
                 }
+                google_cloud_gax::error::rpc::StatusDetails::ErrorInfo(i) => {
+                    disabled |= i.reason == "SERVICE_DISABLED";
+                }
+                _ => {}
             }
         }
-        return DriverError::new(text);
+        let mut err = DriverError::new(text);
+        err.api_disabled = disabled;
+        return err;
     }
     if e.is_connect() || e.is_io() || e.is_timeout() {
         return DriverError::new(format!(
@@ -653,6 +664,7 @@ pub fn drivers() -> Vec<Box<dyn crate::drivers::Driver>> {
     d.push(Box::new(redis::RedisInstance));
     d.push(Box::new(secret::Secret));
     d.push(Box::new(service_networking::ServiceNetworkingConnection));
+    d.push(Box::new(project_service::ProjectService));
     d.extend(iam::drivers());
     d
 }

@@ -5,17 +5,15 @@
 //! until this connection exists.
 //!
 //! google-cloud-rust has no Service Networking client, so this kind speaks
-//! the REST API (v1) itself: the same endpoint setting, credentials (none
-//! for a local endpoint, Application Default Credentials otherwise), request
-//! counting and 429/503 retries as the other `gcp.*` kinds. Connections have
+//! the REST API (v1) through `rest::Rest`. Connections have
 //! no labels: a connection is identified by its service and network, which
 //! is also how an interrupted create is found again.
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use serde_json::{json, Map, Value as Json};
 
+use super::rest::Rest;
 use crate::drivers::{Context, Desired, Driver, DriverError, Known, Observed, Timeouts};
 use crate::kinds::{Attr, Field, KindSchema, Ty};
 
@@ -82,9 +80,7 @@ fn connection_name(service: &str) -> String {
 }
 
 struct Api<'a> {
-    cx: &'a Context,
-    base: String,
-    token: Option<String>,
+    rest: Rest<'a>,
     /// Project id -> number, read once per Api (a create both sends and
     /// reads back by the numbered network).
     numbers: std::sync::Mutex<std::collections::HashMap<String, String>>,
@@ -92,25 +88,12 @@ struct Api<'a> {
 
 impl<'a> Api<'a> {
     async fn new(cx: &'a Context) -> Result<Api<'a>, DriverError> {
-        let g = cx.gcp().await?;
-        let base = g
-            .endpoint
-            .clone()
-            .unwrap_or_else(|| DEFAULT_ENDPOINT.to_string());
-        let token = if super::is_local(&base) {
-            None
-        } else {
-            Some(g.access_token().await?)
-        };
         Ok(Api {
-            cx,
-            base: base.trim_end_matches('/').to_string(),
-            token,
+            rest: Rest::new(cx, SERVICE, DEFAULT_ENDPOINT).await?,
             numbers: Default::default(),
         })
     }
 
-    /// One request with the shared retry rules; `Ok(None)` on 404.
     async fn send(
         &self,
         method: &str,
@@ -118,103 +101,11 @@ impl<'a> Api<'a> {
         body: Option<Json>,
         what: &str,
     ) -> Result<Option<Json>, DriverError> {
-        let url = format!("{}/{}", self.base, path.trim_start_matches('/'));
-        let mut backoff = Duration::from_millis(100);
-        let mut attempt = 0;
-        loop {
-            self.cx.requests.fetch_add(1, Ordering::Relaxed);
-            let (url2, method2, body2, token) = (
-                url.clone(),
-                method.to_string(),
-                body.clone(),
-                self.token.clone(),
-            );
-            let timeout = crate::remote::api_timeout();
-            let answer = tokio::task::spawn_blocking(move || {
-                let agent = ureq::AgentBuilder::new().timeout(timeout).build();
-                let mut req = agent.request(&method2, &url2);
-                if let Some(t) = token {
-                    req = req.set("Authorization", &format!("Bearer {t}"));
-                }
-                let r = match body2 {
-                    Some(b) => req
-                        .set("Content-Type", "application/json")
-                        .send_string(&b.to_string()),
-                    None => req.call(),
-                };
-                match r {
-                    Ok(resp) => Ok((200u16, resp.into_string().unwrap_or_default())),
-                    Err(ureq::Error::Status(code, resp)) => {
-                        Ok((code, resp.into_string().unwrap_or_default()))
-                    }
-                    Err(e) => Err(e.to_string()),
-                }
-            })
-            .await
-            .map_err(|e| DriverError::new(format!("{what}: {e}")))?;
-            let (code, text) = match answer {
-                Ok(a) => a,
-                Err(e) => {
-                    return Err(DriverError::new(format!(
-                        "{what}: {e} (requests go to {}; RALPH_DEPLOY_API_TIMEOUT=SECONDS sets the bound)",
-                        self.base
-                    )))
-                }
-            };
-            if code == 404 {
-                return Ok(None);
-            }
-            if (200..300).contains(&code) {
-                let v = if text.trim().is_empty() {
-                    json!({})
-                } else {
-                    serde_json::from_str(&text).map_err(|e| {
-                        DriverError::new(format!("{what}: the answer is not JSON: {e}"))
-                    })?
-                };
-                return Ok(Some(v));
-            }
-            if code == 429 {
-                self.cx.limits.service(SERVICE).throttled();
-            }
-            attempt += 1;
-            if !matches!(code, 429 | 503) || attempt >= 10 || self.cx.stop.load(Ordering::SeqCst) {
-                let message = serde_json::from_str::<Json>(&text)
-                    .ok()
-                    .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
-                    .unwrap_or(text);
-                return Err(DriverError::new(format!("{what}: {code} {message}")));
-            }
-            let jitter = rand::random::<u64>() % (backoff.as_millis() as u64 + 1);
-            tokio::time::sleep(backoff / 2 + Duration::from_millis(jitter / 2)).await;
-            backoff = (backoff * 2).min(Duration::from_secs(20));
-        }
+        self.rest.send(method, path, body, what).await
     }
 
-    /// Waits for a long-running operation (`operations/...`) to finish.
     async fn wait(&self, address: &str, op: Json, what: &str) -> Result<(), DriverError> {
-        let name = op["name"].as_str().unwrap_or_default().to_string();
-        let last = if op["done"].as_bool() == Some(true) || name.is_empty() {
-            op
-        } else {
-            self.cx
-                .wait_until(address, what, TIMEOUT, || {
-                    let name = name.clone();
-                    async move {
-                        let v = self.send("GET", &format!("v1/{name}"), None, what).await?;
-                        let done = v.filter(|v| v["done"].as_bool() == Some(true));
-                        Ok((done, "RUNNING".to_string()))
-                    }
-                })
-                .await?
-        };
-        if let Some(e) = last.get("error").filter(|e| !e.is_null()) {
-            return Err(DriverError::new(format!(
-                "{what}: {}",
-                e["message"].as_str().unwrap_or("the operation failed")
-            )));
-        }
-        Ok(())
+        self.rest.wait(address, op, what, TIMEOUT).await.map(|_| ())
     }
 
     /// The project's number, which Service Networking names networks by.
@@ -239,9 +130,9 @@ impl<'a> Api<'a> {
         let number = match known {
             Some(n) => n,
             None => {
-                let g = self.cx.gcp().await?;
+                let g = self.rest.cx.gcp().await?;
                 let p = super::call(
-                    self.cx,
+                    self.rest.cx,
                     "resourcemanager",
                     "reading the project's number",
                     || {

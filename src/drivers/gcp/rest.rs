@@ -1,0 +1,167 @@
+//! The REST calls of Google APIs that google-cloud-rust has no client for
+//! (Service Networking, Service Usage): the same endpoint setting,
+//! credentials (none for a local endpoint, Application Default Credentials
+//! otherwise), request counting, bound and 429/503 retries as the other
+//! `gcp.*` kinds, and long-running operations waited for.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use serde_json::{json, Value as Json};
+
+use crate::drivers::{Context, DriverError};
+
+pub(crate) struct Rest<'a> {
+    pub cx: &'a Context,
+    base: String,
+    token: Option<String>,
+    /// The limiter's service name (throttling slows this service only).
+    service: &'static str,
+}
+
+impl<'a> Rest<'a> {
+    pub async fn new(
+        cx: &'a Context,
+        service: &'static str,
+        default_endpoint: &str,
+    ) -> Result<Rest<'a>, DriverError> {
+        let g = cx.gcp().await?;
+        let base = g
+            .endpoint
+            .clone()
+            .unwrap_or_else(|| default_endpoint.to_string());
+        let token = if super::is_local(&base) {
+            None
+        } else {
+            Some(g.access_token().await?)
+        };
+        Ok(Rest {
+            cx,
+            base: base.trim_end_matches('/').to_string(),
+            token,
+            service,
+        })
+    }
+
+    /// One request with the shared retry rules; `Ok(None)` on 404.
+    pub async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Json>,
+        what: &str,
+    ) -> Result<Option<Json>, DriverError> {
+        let url = format!("{}/{}", self.base, path.trim_start_matches('/'));
+        let mut backoff = Duration::from_millis(100);
+        let mut attempt = 0;
+        loop {
+            self.cx.requests.fetch_add(1, Ordering::Relaxed);
+            let (url2, method2, body2, token) = (
+                url.clone(),
+                method.to_string(),
+                body.clone(),
+                self.token.clone(),
+            );
+            let timeout = crate::remote::api_timeout();
+            let answer = tokio::task::spawn_blocking(move || {
+                let agent = ureq::AgentBuilder::new().timeout(timeout).build();
+                let mut req = agent.request(&method2, &url2);
+                if let Some(t) = token {
+                    req = req.set("Authorization", &format!("Bearer {t}"));
+                }
+                let r = match body2 {
+                    Some(b) => req
+                        .set("Content-Type", "application/json")
+                        .send_string(&b.to_string()),
+                    None => req.call(),
+                };
+                match r {
+                    Ok(resp) => Ok((200u16, resp.into_string().unwrap_or_default())),
+                    Err(ureq::Error::Status(code, resp)) => {
+                        Ok((code, resp.into_string().unwrap_or_default()))
+                    }
+                    Err(e) => Err(e.to_string()),
+                }
+            })
+            .await
+            .map_err(|e| DriverError::new(format!("{what}: {e}")))?;
+            let (code, text) = match answer {
+                Ok(a) => a,
+                Err(e) => {
+                    return Err(DriverError::new(format!(
+                        "{what}: {e} (requests go to {}; RALPH_DEPLOY_API_TIMEOUT=SECONDS sets the bound)",
+                        self.base
+                    )))
+                }
+            };
+            if code == 404 {
+                return Ok(None);
+            }
+            if (200..300).contains(&code) {
+                let v = if text.trim().is_empty() {
+                    json!({})
+                } else {
+                    serde_json::from_str(&text).map_err(|e| {
+                        DriverError::new(format!("{what}: the answer is not JSON: {e}"))
+                    })?
+                };
+                return Ok(Some(v));
+            }
+            if code == 429 {
+                self.cx.limits.service(self.service).throttled();
+            }
+            attempt += 1;
+            if !matches!(code, 429 | 503) || attempt >= 10 || self.cx.stop.load(Ordering::SeqCst) {
+                let answer = serde_json::from_str::<Json>(&text).unwrap_or_default();
+                let disabled = answer["error"]["details"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|d| d["reason"] == "SERVICE_DISABLED");
+                let message = answer["error"]["message"]
+                    .as_str()
+                    .map(str::to_string)
+                    .unwrap_or(text);
+                let mut err = DriverError::new(format!("{what}: {code} {message}"));
+                err.api_disabled = disabled;
+                return Err(err);
+            }
+            let jitter = rand::random::<u64>() % (backoff.as_millis() as u64 + 1);
+            tokio::time::sleep(backoff / 2 + Duration::from_millis(jitter / 2)).await;
+            backoff = (backoff * 2).min(Duration::from_secs(20));
+        }
+    }
+
+    /// Waits for a long-running operation (`operations/...`) to finish;
+    /// returns it, or its error as the failure.
+    pub async fn wait(
+        &self,
+        address: &str,
+        op: Json,
+        what: &str,
+        timeout: Duration,
+    ) -> Result<Json, DriverError> {
+        let name = op["name"].as_str().unwrap_or_default().to_string();
+        let last = if op["done"].as_bool() == Some(true) || name.is_empty() {
+            op
+        } else {
+            self.cx
+                .wait_until(address, what, timeout, || {
+                    let name = name.clone();
+                    async move {
+                        let v = self.send("GET", &format!("v1/{name}"), None, what).await?;
+                        let done = v.filter(|v| v["done"].as_bool() == Some(true));
+                        Ok((done, "RUNNING".to_string()))
+                    }
+                })
+                .await?
+        };
+        if let Some(e) = last.get("error").filter(|e| !e.is_null()) {
+            return Err(DriverError::new(format!(
+                "{what}: {}",
+                e["message"].as_str().unwrap_or("the operation failed")
+            )));
+        }
+        Ok(last)
+    }
+}
