@@ -14,8 +14,10 @@ use serde_json::{json, Value};
 
 const LANES: usize = 3;
 
-fn configure(project: &str, kill_after: u64, pidfile: &str) {
-    let body = json!({"project": project, "delay_scale": 0.05, "kill_after": kill_after, "pidfile": pidfile});
+/// The project's delays and kill point; `fresh` makes it a new project,
+/// whose APIs are off until the stack enables them.
+fn configure(project: &str, kill_after: u64, pidfile: &str, fresh: bool) {
+    let body = json!({"project": project, "delay_scale": 0.05, "kill_after": kill_after, "pidfile": pidfile, "fresh": fresh});
     ureq::post(&format!("{}/__double/project", common::gcp_endpoint()))
         .send_string(&body.to_string())
         .unwrap();
@@ -99,6 +101,12 @@ fn assert_consistent(w: &World, project: &str, context: &str) {
             1,
         ),
         (format!("/v1/projects/{project}/secrets"), "secrets", 6),
+        // The five a new project has, and the seven more the stack enables.
+        (
+            format!("/v1/projects/{project}/services?filter=state:ENABLED"),
+            "services",
+            12,
+        ),
         (
             format!("/v1/projects/{project}/serviceAccounts"),
             "accounts",
@@ -125,7 +133,7 @@ fn assert_consistent(w: &World, project: &str, context: &str) {
     let state = common::state_json(w);
     assert_eq!(
         state["resources"].as_object().map(|r| r.len()).unwrap_or(0),
-        31,
+        39,
         "{context}: the state"
     );
     let plan = w.plan_json(&[]);
@@ -162,7 +170,7 @@ async fn a_kill_after_every_mutating_request_of_the_gcp_apply_is_recovered() {
     }
     // How many mutating requests a whole apply makes.
     let first = format!("{name}-all");
-    configure(&first, 0, "");
+    configure(&first, 0, "", true);
     set_project(&mut worlds[0], &first);
     let out = apply(&worlds[0]);
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -182,7 +190,7 @@ async fn a_kill_after_every_mutating_request_of_the_gcp_apply_is_recovered() {
                     let project = format!("{}-k{k}", w.stack_name);
                     let _ = std::fs::remove_dir_all(w.state_dir());
                     set_project(w, &project);
-                    configure(&project, k, pidfile.to_str().unwrap());
+                    configure(&project, k, pidfile.to_str().unwrap(), true);
                     let stack = w.stack();
                     let status = common::run_to_be_killed(
                         w,
@@ -201,7 +209,7 @@ async fn a_kill_after_every_mutating_request_of_the_gcp_apply_is_recovered() {
                     } else {
                         assert_eq!(status.signal(), Some(9), "k={k}: the apply was not killed");
                     }
-                    configure(&project, 0, "");
+                    configure(&project, 0, "", false);
                     let out = apply(w);
                     assert!(
                         out.status.success(),

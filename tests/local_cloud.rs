@@ -1041,3 +1041,98 @@ fn local_google_refuses_an_api_a_new_project_has_not_enabled() {
     let (code, _) = gcp_post(&format!("/v1/projects/{project}/services/not-an-api:enable"), serde_json::json!({}));
     assert_eq!(code, 403);
 }
+
+/// Memorystore's TLS certificate is signed by the instance's own CA, which
+/// no public root holds: the local Memorystore reports it in
+/// `serverCaCerts` (the certificate of the real Redis behind it), and a
+/// pod whose REDIS_URL is `rediss://` becomes ready only when the url names
+/// a CA file (`ssl_ca_certs`) that a mounted ConfigMap holding that CA
+/// provides, as a verifying client needs.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pod_verifies_memorystore_tls_only_with_the_instance_ca_mounted() {
+    let p = format!("lcca-{}", std::process::id());
+    let network = format!("projects/{p}/global/networks/vpc");
+    let link = format!("https://www.googleapis.com/compute/v1/{network}");
+    let post = |path: String, body: serde_json::Value| {
+        let (code, e) = gcp_post(&path, body);
+        assert_eq!(code, 200, "{path}: {e}");
+        e
+    };
+    post(format!("/compute/v1/projects/{p}/global/networks"), serde_json::json!({"name": "vpc", "autoCreateSubnetworks": false}));
+    gcp_wait(&format!("/compute/v1/{network}"), "the network", |_| true);
+    post(
+        format!("/compute/v1/projects/{p}/global/addresses"),
+        serde_json::json!({"name": "services", "purpose": "VPC_PEERING", "addressType": "INTERNAL", "prefixLength": 16, "network": link}),
+    );
+    gcp_wait(&format!("/compute/v1/projects/{p}/global/addresses/services"), "the range", |_| true);
+    let op = post(
+        "/v1/services/servicenetworking.googleapis.com/connections".into(),
+        serde_json::json!({"network": network, "reservedPeeringRanges": ["services"]}),
+    );
+    gcp_wait(&format!("/v1/{}", op["name"].as_str().unwrap()), "the connection", |v| v["done"] == true);
+    post(
+        format!("/v1/projects/{p}/locations/us-central1/clusters"),
+        serde_json::json!({"cluster": {"name": "native", "network": "vpc", "ipAllocationPolicy": {"useIpAliases": true},
+            "nodePools": [{"name": "nodes", "initialNodeCount": 1, "config": {"machineType": "e2-standard-4"}}]}}),
+    );
+    gcp_wait(&format!("/v1/projects/{p}/locations/us-central1/clusters/native"), "the cluster RUNNING", |v| v["status"] == "RUNNING");
+    post(
+        format!("/v1/projects/{p}/locations/us-central1/instances?instanceId=cache"),
+        serde_json::json!({"tier": "BASIC", "memorySizeGb": 1, "authorizedNetwork": network,
+            "connectMode": "PRIVATE_SERVICE_ACCESS", "transitEncryptionMode": "SERVER_AUTHENTICATION"}),
+    );
+    let inst = gcp_wait(&format!("/v1/projects/{p}/locations/us-central1/instances/cache"), "Memorystore READY", |v| v["state"] == "READY");
+    let (host, port) = (inst["host"].as_str().unwrap().to_string(), inst["port"].as_u64().unwrap());
+    assert_eq!(port, 6378, "{inst}");
+    let ca = inst["serverCaCerts"][0]["cert"].as_str().expect("the instance's CA").to_string();
+    assert!(ca.contains("BEGIN CERTIFICATE"), "{inst}");
+
+    let ns = format!("{p}-pods");
+    let client = common::kube_client().await;
+    let nss: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    nss.create(&PostParams::default(), &serde_json::from_value(serde_json::json!({"metadata": {"name": ns}})).unwrap())
+        .await
+        .unwrap();
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client.clone(), &ns);
+    cms.create(
+        &PostParams::default(),
+        &serde_json::from_value(serde_json::json!({"metadata": {"name": "ca"}, "data": {"redis-ca.pem": ca}})).unwrap(),
+    )
+    .await
+    .unwrap();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let url = format!("rediss://{host}:{port}/0");
+    let with_ca = format!("{url}?ssl_ca_certs=/etc/ralph/ca/redis-ca.pem");
+    for (name, url, mounted) in [("plain", url.as_str(), false), ("verifying", with_ca.as_str(), true)] {
+        let mut spec = serde_json::json!({"automountServiceAccountToken": false, "containers": [{"name": "app", "image": "example/app:1.0.0",
+            "env": [{"name": "REDIS_URL", "value": url}]}]});
+        if mounted {
+            spec["containers"][0]["volumeMounts"] = serde_json::json!([{"name": "ca", "mountPath": "/etc/ralph/ca", "readOnly": true}]);
+            spec["volumes"] = serde_json::json!([{"name": "ca", "configMap": {"name": "ca"}}]);
+        }
+        let pod: Pod = serde_json::from_value(serde_json::json!({"metadata": {"name": name}, "spec": spec})).unwrap();
+        pods.create(&PostParams::default(), &pod).await.unwrap();
+    }
+    let ready = |p: &Pod| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|c| c.iter().find(|c| c.type_ == "Ready").cloned())
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (plain, verifying) = loop {
+        let a = ready(&pods.get("plain").await.unwrap());
+        let b = ready(&pods.get("verifying").await.unwrap());
+        if let (Some(a), Some(b)) = (&a, &b) {
+            if a.message.is_some() && b.status == "True" {
+                break (a.clone(), b.clone());
+            }
+        }
+        assert!(Instant::now() < deadline, "the pods were never judged: {a:?} {b:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(plain.status, "False", "{plain:?}");
+    assert!(plain.message.unwrap().contains("certificate verify failed"));
+    assert_eq!(verifying.status, "True", "{verifying:?}");
+    let _ = nss.delete(&ns, &Default::default()).await;
+}

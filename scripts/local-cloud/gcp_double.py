@@ -843,6 +843,9 @@ def network_reach(host, port):
                     answer.update(reachable=True, reason=f"from node pool {pool['name']} of cluster {cl['name']}",
                                   local=(local_servers.postgres_address(os.environ.get("RALPH_SIM_RUN_DIR"))
                                          if kind == "sql" else inst.get("_local")))
+                    # What a TLS client must trust to verify the server.
+                    if kind != "sql" and listens == 6378 and inst.get("serverCaCerts"):
+                        answer["ca"] = inst["serverCaCerts"][0]["cert"]
                     return answer
                 why = f"the egress firewall rule {rule} denies node pool {pool['name']} of cluster {cl['name']}"
     answer["reason"] = why

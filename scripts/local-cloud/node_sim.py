@@ -216,6 +216,8 @@ def gcp_reach(host, port):
     if not got.get("store"):
         return True, ""
     STORE_LABELS[(host, port)] = got["store"]
+    if got.get("ca"):
+        STORE_CAS[(host, port)] = got["ca"]
     if got.get("local"):
         LOCAL_SERVERS[(host, port)] = got["local"]
     return bool(got.get("reachable")), got.get("reason", "")
@@ -314,7 +316,38 @@ def egress_refused(pod, host, port, policies):
     return "NetworkPolicy %s admits no egress to %s:%d" % (names, host, port)
 
 
-def unreachable_store(pod, container, secret, policies=()):
+def untrusted(pod, container, url, ca, configmap, secret):
+    """Why a TLS client in this container cannot verify a server whose
+    certificate only `ca` signs, or None: the url must name a CA file
+    (`ssl_ca_certs`) that a volume mount of a ConfigMap or Secret holding
+    that CA provides, as a verifying client needs."""
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)
+    path = (query.get("ssl_ca_certs") or [""])[0]
+    why = ("certificate verify failed: the server's certificate is signed by its own CA, which the pod "
+           "does not trust (mount the CA and name it in ssl_ca_certs)")
+    if not path:
+        return why
+    volumes = {v.get("name"): v for v in pod["spec"].get("volumes") or []}
+    for m in container.get("volumeMounts") or []:
+        mount = m.get("mountPath", "").rstrip("/") + "/"
+        if not path.startswith(mount):
+            continue
+        key = path[len(mount):]
+        v = volumes.get(m.get("name")) or {}
+        if v.get("configMap"):
+            data = configmap(pod["metadata"]["namespace"], v["configMap"].get("name")) or {}
+        elif v.get("secret"):
+            data = secret(pod["metadata"]["namespace"], v["secret"].get("secretName")) or {}
+        else:
+            data = {}
+        held = data.get(key, "")
+        if ca.strip() and ca.strip() in held:
+            return None
+        return "certificate verify failed: %s does not hold the server's CA" % path
+    return "certificate verify failed: no volume of the pod provides %s" % path
+
+
+def unreachable_store(pod, container, secret, policies=(), configmap=lambda ns, name: None):
     """Why this container cannot reach one of its stores, or None."""
     for name, url in sorted(store_urls(pod, container, secret).items()):
         try:
@@ -332,10 +365,15 @@ def unreachable_store(pod, container, secret, policies=()):
         ok, why = reach(host, port)
         if not ok:
             return "%s: cannot connect to %s:%d: %s" % (name, host, port, why)
+        ca = STORE_CAS.get((host, port))
+        if ca and u.scheme == "rediss":
+            why = untrusted(pod, container, url, ca, configmap, secret)
+            if why:
+                return "%s: TLS to %s:%d: %s" % (name, host, port, why)
     return None
 
 
-def desired_status(pod, secret=lambda ns, name: None, policies=()):
+def desired_status(pod, secret=lambda ns, name: None, policies=(), configmap=lambda ns, name: None):
     containers = pod["spec"].get("containers", [])
     statuses = []
     ready_all = True
@@ -343,7 +381,7 @@ def desired_status(pod, secret=lambda ns, name: None, policies=()):
     for c in containers:
         f = fate(c.get("image", ""))
         if f == "ready":
-            why = unreachable_store(pod, c, secret, policies)
+            why = unreachable_store(pod, c, secret, policies, configmap)
             if why:
                 f = "unready"
                 blocked.append("%s: %s" % (c["name"], why))
@@ -471,6 +509,7 @@ def open_forward(namespace, name, port):
 
 
 STORE_LABELS = {}
+STORE_CAS = {}  # (address, port) -> the CA a TLS client must trust (Memorystore's own)
 LOCAL_SERVERS = {}  # (cloud name or address, port) -> "127.0.0.1:PORT", as the models name them
 
 
@@ -670,6 +709,20 @@ def main():
         secrets[(namespace, name)] = (time.time(), data)
         return data
 
+    configmaps = {}
+
+    def configmap(namespace, name):
+        """A ConfigMap's data, read at most once a second."""
+        hit = configmaps.get((namespace, name))
+        if hit and time.time() - hit[0] < REACH_TTL:
+            return hit[1]
+        try:
+            data = call("GET", "/api/v1/namespaces/%s/configmaps/%s" % (namespace, name)).get("data") or {}
+        except urllib.error.HTTPError:
+            data = None
+        configmaps[(namespace, name)] = (time.time(), data)
+        return data
+
     heartbeat = 0.0
     while True:
         try:
@@ -709,7 +762,7 @@ def main():
                         "apiVersion": "v1", "kind": "Binding", "metadata": {"name": meta["name"]},
                         "target": {"apiVersion": "v1", "kind": "Node", "name": NODE},
                     })
-                want = desired_status(pod, secret, policies)
+                want = desired_status(pod, secret, policies, configmap)
                 if want["phase"] == "Running":
                     for c in pod["spec"].get("containers", []):
                         for p in c.get("ports", []):

@@ -151,6 +151,11 @@ static SCHEMA: KindSchema = KindSchema {
             ty: Ty::String,
             doc: "the secret source that reads the AUTH string (memorystore:NAME)",
         },
+        Attr {
+            name: "server_ca",
+            ty: Ty::String,
+            doc: "the server's CA certificates (PEM) that a TLS client verifies the instance with; empty without TLS",
+        },
     ],
     taggable: false,
     name_field: Some("name"),
@@ -192,6 +197,14 @@ fn observe(i: &google_cloud_redis_v1::model::Instance) -> Observed {
             ("host", json!(i.host)),
             ("port", json!(i.port)),
             ("auth_secret", json!(format!("{AUTH_SOURCE}{}", i.name))),
+            (
+                "server_ca",
+                json!(i
+                    .server_ca_certs
+                    .iter()
+                    .map(|c| c.cert.trim_end().to_string() + "\n")
+                    .collect::<String>()),
+            ),
             (STATUS_ATTR, json!(state)),
             (READY_ATTR, json!(ready)),
         ],

@@ -446,12 +446,9 @@ pub async fn read_secrets(
             continue;
         };
         let url_field = url_key.to_ascii_lowercase();
-        let url = props
-            .get(&url_field)
-            .and_then(Json::as_str)
-            .unwrap_or_default();
+        let url = render::connection_url(props, url_key).unwrap_or_default();
         let (password, version) = read_source(cx, &format!("`{password_field}`"), source).await?;
-        let mut parsed = url::Url::parse(url)
+        let mut parsed = url::Url::parse(&url)
             .map_err(|e| DriverError::new(format!("`{url_field}` is not a url: {e}")))?;
         parsed.set_password(Some(&password)).map_err(|()| {
             DriverError::new(format!(

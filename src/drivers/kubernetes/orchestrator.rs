@@ -143,6 +143,7 @@ static SCHEMA: KindSchema = KindSchema {
         Field::new("redis_url", Ty::String, "REDIS_URL, without a password (`redis_password` adds it)").check(no_password_in_redis_url),
         Field::new("redis_password", Ty::String, "the Redis AUTH token's secret (same forms as `database_password`): REDIS_URL then goes to the Secret with the token in it, and REDIS_PASSWORD beside it").check(crate::drivers::postgres::secret_source),
         Field::new("database_pool_size", Ty::Int, "DATABASE_POOL_SIZE").default("20").check(checks::range::<1, 10000>),
+        Field::new("redis_ca", Ty::String, "the Redis server's CA certificates (PEM) when no public CA signs its certificate, usually `${redis.server_ca}` on Memorystore: mounted at /etc/ralph/ca/redis-ca.pem and named in REDIS_URL (`ssl_ca_certs`) and REDIS_CA_CERT"),
         Field::new("redis_pool_size", Ty::Int, "REDIS_POOL_SIZE").default("50").check(checks::range::<1, 10000>),
         Field::new("log_level", Ty::String, "LOG_LEVEL").default("\"INFO\""),
         Field::new("rate_limit", Ty::Int, "RATE_LIMIT: requests per minute from one client, also the limit at the Ingress").default("100"),

@@ -28,6 +28,10 @@ pub const TEMPLATES: &[(&str, &str)] = &[
         include_str!("../../../templates/configmap.yaml"),
     ),
     (
+        "ca-configmap.yaml",
+        include_str!("../../../templates/ca-configmap.yaml"),
+    ),
+    (
         "secret.yaml",
         include_str!("../../../templates/secret.yaml"),
     ),
@@ -304,6 +308,8 @@ pub struct Values {
     pub metrics_port: i64,
     pub config: BTreeMap<String, String>,
     pub config_hash: String,
+    /// The Redis server's CA (PEM), mounted at REDIS_CA_PATH; empty: none.
+    pub redis_ca: String,
     pub secret_keys: Vec<String>,
     /// A hash of the secrets' sources and versions (never of their values).
     pub secrets_hash: String,
@@ -384,6 +390,30 @@ pub const CONNECTIONS: [(&str, &str); 2] = [
     ("REDIS_URL", "redis_password"),
 ];
 
+/// Where the pods find the Redis server's CA (`redis_ca`), mounted from
+/// the ConfigMap NAME-ca.
+pub const REDIS_CA_PATH: &str = "/etc/ralph/ca/redis-ca.pem";
+
+/// A connection's url as the pods get it: `redis_url`, with
+/// `ssl_ca_certs` naming the mounted CA when `redis_ca` is set (a server
+/// whose certificate no public CA signs, as Memorystore's).
+pub fn connection_url(props: &Map<String, Json>, url_key: &str) -> Option<String> {
+    let url = props
+        .get(url_key.to_ascii_lowercase().as_str())
+        .and_then(Json::as_str)?
+        .to_string();
+    if url_key != "REDIS_URL" || !has(props, "redis_ca") {
+        return Some(url);
+    }
+    match url::Url::parse(&url) {
+        Ok(mut u) => {
+            u.query_pairs_mut().append_pair("ssl_ca_certs", REDIS_CA_PATH);
+            Some(u.to_string())
+        }
+        Err(_) => Some(url),
+    }
+}
+
 fn has(props: &Map<String, Json>, k: &str) -> bool {
     props
         .get(k)
@@ -438,13 +468,13 @@ pub fn config_entries(props: &Map<String, Json>) -> BTreeMap<String, String> {
     // With a password, the url goes to the Secret instead (`secret_keys`).
     for (url, password) in CONNECTIONS {
         if !has(props, password) {
-            if let Some(u) = props
-                .get(url.to_ascii_lowercase().as_str())
-                .and_then(Json::as_str)
-            {
-                put(url, u.to_string());
+            if let Some(u) = connection_url(props, url) {
+                put(url, u);
             }
         }
+    }
+    if has(props, "redis_ca") {
+        put("REDIS_CA_CERT", REDIS_CA_PATH.to_string());
     }
     put("DATABASE_POOL_SIZE", s(props, "database_pool_size", "20"));
     put("REDIS_POOL_SIZE", s(props, "redis_pool_size", "50"));
@@ -529,7 +559,13 @@ pub fn values(
             .to_string()
     })?;
     let config = config_entries(props);
-    let config_hash = short_hash(&serde_json::to_string(&config).unwrap_or_default());
+    let redis_ca = s(props, "redis_ca", "");
+    // A new CA restarts the pods, as a new setting does; without one the
+    // hash is what it was before the CA existed.
+    let config_hash = short_hash(&format!(
+        "{}{redis_ca}",
+        serde_json::to_string(&config).unwrap_or_default()
+    ));
     let secrets = string_map(props, "secrets");
     let secret_keys = secret_keys(props)?;
     let passwords: Vec<String> = CONNECTIONS.iter().map(|(_, p)| s(props, p, "")).collect();
@@ -577,6 +613,7 @@ pub fn values(
         service_account_annotations: string_map(props, "service_account_annotations"),
         config,
         config_hash,
+        redis_ca,
         secret_keys,
         secrets_hash,
         ingress: Ingress {
@@ -775,6 +812,41 @@ mod tests {
             scrape["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
             "monitoring"
         );
+    }
+
+    #[test]
+    fn a_redis_ca_is_mounted_and_named_in_the_url() {
+        let pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+        let objs = objects(
+            props(serde_json::json!({
+                "redis_url": "rediss://10.120.0.4:6378/0",
+                "redis_ca": pem,
+            })),
+            ApiVersions::modern(),
+        );
+        let find = |kind: &str, name: &str| {
+            objs.iter()
+                .find(|o| o.kind() == kind && o.object["metadata"]["name"] == name)
+                .map(|o| o.object.clone())
+        };
+        let ca = find("ConfigMap", "ralph-orchestrator-ca").expect("the CA's ConfigMap");
+        assert_eq!(ca["data"]["redis-ca.pem"], pem);
+        let config = find("ConfigMap", "ralph-orchestrator-config").unwrap();
+        assert_eq!(
+            config["data"]["REDIS_URL"],
+            "rediss://10.120.0.4:6378/0?ssl_ca_certs=%2Fetc%2Fralph%2Fca%2Fredis-ca.pem"
+        );
+        assert_eq!(config["data"]["REDIS_CA_CERT"], REDIS_CA_PATH);
+        let d = find("Deployment", "ralph-orchestrator").unwrap();
+        let pod = &d["spec"]["template"]["spec"];
+        assert_eq!(pod["volumes"][1]["configMap"]["name"], "ralph-orchestrator-ca");
+        assert_eq!(pod["containers"][0]["volumeMounts"][1]["mountPath"], "/etc/ralph/ca");
+        // Without one, nothing of it.
+        let plain = objects(
+            props(serde_json::json!({"redis_url": "rediss://10.120.0.4:6378/0"})),
+            ApiVersions::modern(),
+        );
+        assert!(!plain.iter().any(|o| o.object["metadata"]["name"] == "ralph-orchestrator-ca"));
     }
 
     #[test]
