@@ -1136,3 +1136,48 @@ async fn a_pod_verifies_memorystore_tls_only_with_the_instance_ca_mounted() {
     assert_eq!(verifying.status, "True", "{verifying:?}");
     let _ = nss.delete(&ns, &Default::default()).await;
 }
+
+/// The simulated application answers /health and /ready only, as the
+/// orchestrator does: a pod whose probes ask another path is never ready,
+/// with the kubelet's reason.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_probe_on_a_path_the_application_does_not_serve_keeps_the_pod_unready() {
+    let ns = format!("probes-{}", std::process::id());
+    let client = common::kube_client().await;
+    let nss: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    nss.create(&PostParams::default(), &serde_json::from_value(serde_json::json!({"metadata": {"name": ns}})).unwrap())
+        .await
+        .unwrap();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    for (name, path) in [("guide", "/ready"), ("wrong", "/readyz")] {
+        let pod: Pod = serde_json::from_value(serde_json::json!({"metadata": {"name": name}, "spec": {
+            "automountServiceAccountToken": false,
+            "containers": [{"name": "app", "image": "example/app:1.0.0",
+                "readinessProbe": {"httpGet": {"path": path, "port": 8080}}}]}}))
+        .unwrap();
+        pods.create(&PostParams::default(), &pod).await.unwrap();
+    }
+    let ready = |p: &Pod| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|c| c.iter().find(|c| c.type_ == "Ready").cloned())
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (guide, wrong) = loop {
+        let a = ready(&pods.get("guide").await.unwrap());
+        let b = ready(&pods.get("wrong").await.unwrap());
+        if let (Some(a), Some(b)) = (&a, &b) {
+            if a.status == "True" && b.message.is_some() {
+                break (a.clone(), b.clone());
+            }
+        }
+        assert!(Instant::now() < deadline, "the pods were never judged: {a:?} {b:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(guide.status, "True");
+    assert_eq!(wrong.status, "False");
+    assert_eq!(wrong.reason.as_deref(), Some("ProbeFailed"), "{wrong:?}");
+    assert!(wrong.message.unwrap().contains("404 (GET /readyz)"));
+    let _ = nss.delete(&ns, &Default::default()).await;
+}

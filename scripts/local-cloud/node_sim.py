@@ -373,6 +373,20 @@ def unreachable_store(pod, container, secret, policies=(), configmap=lambda ns, 
     return None
 
 
+SERVED_PATHS = ("/health", "/ready")
+
+
+def probe_refused(container):
+    """Why the container's HTTP probes fail, or None: the application
+    answers /health and /ready (App above) and 404 elsewhere, as the
+    orchestrator does."""
+    for kind in ("readinessProbe", "livenessProbe"):
+        get = (container.get(kind) or {}).get("httpGet")
+        if get and get.get("path", "/").split("?")[0] not in SERVED_PATHS:
+            return "%s failed: HTTP probe failed with statuscode: 404 (GET %s)" % (kind, get.get("path"))
+    return None
+
+
 def desired_status(pod, secret=lambda ns, name: None, policies=(), configmap=lambda ns, name: None):
     containers = pod["spec"].get("containers", [])
     statuses = []
@@ -381,7 +395,7 @@ def desired_status(pod, secret=lambda ns, name: None, policies=(), configmap=lam
     for c in containers:
         f = fate(c.get("image", ""))
         if f == "ready":
-            why = unreachable_store(pod, c, secret, policies, configmap)
+            why = probe_refused(c) or unreachable_store(pod, c, secret, policies, configmap)
             if why:
                 f = "unready"
                 blocked.append("%s: %s" % (c["name"], why))
@@ -413,7 +427,8 @@ def desired_status(pod, secret=lambda ns, name: None, policies=(), configmap=lam
             {"type": "Initialized", "status": "True", "lastTransitionTime": now()},
             {"type": "ContainersReady", "status": ready_word, "lastTransitionTime": now()},
             dict({"type": "Ready", "status": ready_word, "lastTransitionTime": now()},
-                 **({"reason": "StoreUnreachable", "message": "; ".join(blocked)} if blocked else {})),
+                 **({"reason": "ProbeFailed" if any("probe failed" in b for b in blocked) else "StoreUnreachable",
+                     "message": "; ".join(blocked)} if blocked else {})),
         ],
         "containerStatuses": statuses,
     }

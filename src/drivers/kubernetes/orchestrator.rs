@@ -82,6 +82,16 @@ fn ratio(v: &Json) -> Result<(), String> {
     }
 }
 
+fn probe_path(v: &Json) -> Result<(), String> {
+    match v.as_str() {
+        Some(p) if p.starts_with('/') && !p.chars().any(char::is_whitespace) => Ok(()),
+        other => Err(format!(
+            "{} is not an HTTP path: write it from the root, such as /health",
+            crate::model::kinds::shown(other)
+        )),
+    }
+}
+
 fn no_password_in_redis_url(v: &Json) -> Result<(), String> {
     let s = v.as_str().unwrap_or_default();
     if s.is_empty() {
@@ -132,6 +142,10 @@ static SCHEMA: KindSchema = KindSchema {
         Field::new("memory_limit", Ty::String, "memory limit per pod").default("\"8Gi\"").check(checks::quantity),
         Field::new("port", Ty::Int, "the HTTP port (/health, /ready)").default("8080").check(checks::tcp_port),
         Field::new("metrics_port", Ty::Int, "the Prometheus metrics port").default("9090").check(checks::tcp_port),
+        Field::new("command", Ty::List(&Ty::String), "the container's command (default: the image's entrypoint)"),
+        Field::new("args", Ty::List(&Ty::String), "the container's arguments (default: the image's)"),
+        Field::new("liveness_path", Ty::String, "the path the liveness probe asks").default("\"/health\"").check(probe_path),
+        Field::new("readiness_path", Ty::String, "the path the readiness probe asks").default("\"/ready\"").check(probe_path),
         Field::new("agent", Ty::String, "RALPH_AGENT (`auto` picks the agent whose credentials the pod has)").default("\"auto\""),
         Field::new("max_iterations", Ty::Int, "RALPH_MAX_ITERATIONS").default("1000"),
         Field::new("max_runtime", Ty::Int, "RALPH_MAX_RUNTIME, seconds").default("28800"),

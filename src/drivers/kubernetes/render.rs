@@ -306,6 +306,12 @@ pub struct Values {
     pub resources: Resources,
     pub port: i64,
     pub metrics_port: i64,
+    /// The container's command and arguments (empty: the image's own).
+    pub command: Vec<String>,
+    pub args: Vec<String>,
+    /// The paths the probes ask.
+    pub liveness_path: String,
+    pub readiness_path: String,
     pub config: BTreeMap<String, String>,
     pub config_hash: String,
     /// The Redis server's CA (PEM), mounted at REDIS_CA_PATH; empty: none.
@@ -610,6 +616,10 @@ pub fn values(
         },
         port: i(props, "port", 8080),
         metrics_port: i(props, "metrics_port", 9090),
+        command: string_list(props, "command"),
+        args: string_list(props, "args"),
+        liveness_path: s(props, "liveness_path", "/health"),
+        readiness_path: s(props, "readiness_path", "/ready"),
         service_account_annotations: string_map(props, "service_account_annotations"),
         config,
         config_hash,
@@ -812,6 +822,32 @@ mod tests {
             scrape["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
             "monitoring"
         );
+    }
+
+    #[test]
+    fn the_command_arguments_and_probe_paths_are_settable() {
+        let objs = objects(
+            props(serde_json::json!({
+                "command": ["python", "-m", "ralph_orchestrator"],
+                "args": ["serve", "--port", "8080"],
+                "liveness_path": "/healthz",
+                "readiness_path": "/readyz",
+            })),
+            ApiVersions::modern(),
+        );
+        let d = &objs.iter().find(|o| o.kind() == "Deployment").unwrap().object;
+        let c = &d["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(c["command"], serde_json::json!(["python", "-m", "ralph_orchestrator"]));
+        assert_eq!(c["args"], serde_json::json!(["serve", "--port", "8080"]));
+        assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+        assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+        // By default: the image's own entrypoint, and the guide's paths.
+        let objs = objects(props(serde_json::json!({})), ApiVersions::modern());
+        let d = &objs.iter().find(|o| o.kind() == "Deployment").unwrap().object;
+        let c = &d["spec"]["template"]["spec"]["containers"][0];
+        assert!(c.get("command").is_none() && c.get("args").is_none(), "{c}");
+        assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/health");
+        assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/ready");
     }
 
     #[test]
