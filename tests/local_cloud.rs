@@ -518,13 +518,22 @@ async fn a_store_is_reachable_only_through_the_groups_the_nodes_really_carry() {
 
 /// A POST to the Google Cloud double: (status, JSON answer).
 fn gcp_post(path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
-    let r = ureq::post(&format!("{}{path}", common::gcp_endpoint()))
-        .set("Content-Type", "application/json")
-        .send_string(&body.to_string());
+    gcp_call("POST", path, Some(body))
+}
+
+/// A request to the Google Cloud double: (status, JSON answer).
+fn gcp_call(method: &str, path: &str, body: Option<serde_json::Value>) -> (u16, serde_json::Value) {
+    let req = ureq::request(method, &format!("{}{path}", common::gcp_endpoint()));
+    let r = match body {
+        Some(b) => req
+            .set("Content-Type", "application/json")
+            .send_string(&b.to_string()),
+        None => req.call(),
+    };
     let (code, resp) = match r {
         Ok(r) => (r.status(), r),
         Err(ureq::Error::Status(c, r)) => (c, r),
-        Err(e) => panic!("POST {path}: {e}"),
+        Err(e) => panic!("{method} {path}: {e}"),
     };
     (
         code,
@@ -977,15 +986,7 @@ fn local_google_judges_a_pods_path_to_a_private_store_from_its_own_resources() {
 
 /// A GET to the Google Cloud double: (status, JSON answer).
 fn gcp_call_get(path: &str) -> (u16, serde_json::Value) {
-    let (code, resp) = match ureq::get(&format!("{}{path}", common::gcp_endpoint())).call() {
-        Ok(r) => (r.status(), r),
-        Err(ureq::Error::Status(c, r)) => (c, r),
-        Err(e) => panic!("GET {path}: {e}"),
-    };
-    (
-        code,
-        serde_json::from_str(&resp.into_string().unwrap()).unwrap(),
-    )
+    gcp_call("GET", path, None)
 }
 
 /// A new project has its APIs off, as on Google Cloud: every call to one

@@ -100,8 +100,9 @@ def redis_server(run_dir, name, password, tls):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    conf = ["bind 127.0.0.1", 'save ""', "appendonly no", "dir " + d,
-            "logfile " + os.path.join(d, "redis.log")]
+    # Nothing written into the directory once started (no log file, no
+    # dumps): the run directory is removed as the local cloud stops.
+    conf = ["bind 127.0.0.1", 'save ""', "appendonly no", "dir " + d, 'logfile ""']
     pem = None
     if tls:
         crt, key = certificate(run_dir)

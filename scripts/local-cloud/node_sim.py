@@ -709,34 +709,26 @@ def main():
         with urllib.request.urlopen(req, context=ctx, timeout=10) as r:
             return json.loads(r.read() or b"{}")
 
-    secrets = {}
+    def cached(resource, decode):
+        """A getter of one kind's data (Secrets, ConfigMaps) by namespace and
+        name, reading each at most once a second; None when it is missing."""
+        seen = {}
 
-    def secret(namespace, name):
-        """A Secret's decoded data, read at most once a second."""
-        hit = secrets.get((namespace, name))
-        if hit and time.time() - hit[0] < REACH_TTL:
-            return hit[1]
-        try:
-            raw = call("GET", "/api/v1/namespaces/%s/secrets/%s" % (namespace, name)).get("data") or {}
-            data = {k: base64.b64decode(v).decode("utf-8", "replace") for k, v in raw.items()}
-        except urllib.error.HTTPError:
-            data = None
-        secrets[(namespace, name)] = (time.time(), data)
-        return data
+        def get(namespace, name):
+            hit = seen.get((namespace, name))
+            if hit and time.time() - hit[0] < REACH_TTL:
+                return hit[1]
+            try:
+                raw = call("GET", "/api/v1/namespaces/%s/%s/%s" % (namespace, resource, name)).get("data") or {}
+                data = {k: decode(v) for k, v in raw.items()}
+            except urllib.error.HTTPError:
+                data = None
+            seen[(namespace, name)] = (time.time(), data)
+            return data
+        return get
 
-    configmaps = {}
-
-    def configmap(namespace, name):
-        """A ConfigMap's data, read at most once a second."""
-        hit = configmaps.get((namespace, name))
-        if hit and time.time() - hit[0] < REACH_TTL:
-            return hit[1]
-        try:
-            data = call("GET", "/api/v1/namespaces/%s/configmaps/%s" % (namespace, name)).get("data") or {}
-        except urllib.error.HTTPError:
-            data = None
-        configmaps[(namespace, name)] = (time.time(), data)
-        return data
+    secret = cached("secrets", lambda v: base64.b64decode(v).decode("utf-8", "replace"))
+    configmap = cached("configmaps", lambda v: v)
 
     heartbeat = 0.0
     while True:
