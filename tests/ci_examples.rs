@@ -512,6 +512,7 @@ async fn the_ci_examples_plan_apply_and_release_against_the_local_cloud() {
             ("github.token", "gh-token".into()),
             ("github.event.pull_request.number", "17".into()),
             ("vars.STATE_BUCKET", bucket.clone()),
+            ("vars.API_ALLOWED_CIDRS", "[\"0.0.0.0/0\"]".into()),
             (
                 "vars.AWS_ROLE_ARN",
                 "arn:aws:iam::123456789012:role/deploy".into(),
@@ -591,6 +592,7 @@ async fn the_ci_examples_plan_apply_and_release_against_the_local_cloud() {
             ("CI_MERGE_REQUEST_IID", "7"),
             ("GITLAB_API_TOKEN", "gl-token"),
             ("STATE_BUCKET", bucket.as_str()),
+            ("API_ALLOWED_CIDRS", "[\"0.0.0.0/0\"]"),
             ("RALPH_DEPLOY_STATE_KEY", STATE_KEY),
             ("ANTHROPIC_API_KEY", API_KEY),
         ]

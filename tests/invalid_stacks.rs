@@ -372,10 +372,29 @@ fn the_shipped_stacks_are_valid_in_every_environment() {
     stacks.sort();
     assert!(stacks.len() >= 3, "{stacks:?}");
     for stack in &stacks {
+        // Who may reach the API endpoint is the user's choice: the shipped
+        // placeholder is refused until it is made.
+        let asks_ranges = std::fs::read_to_string(common::repo().join("stacks").join(stack))
+            .unwrap()
+            .contains("\n  api_allowed_cidrs:");
         for env in ["production", "staging"] {
-            let out = std::process::Command::new(BIN)
-                .current_dir(common::repo())
-                .args(["validate", &format!("stacks/{stack}"), "--env", env])
+            let validate = || {
+                let mut cmd = std::process::Command::new(BIN);
+                cmd.current_dir(common::repo())
+                    .args(["validate", &format!("stacks/{stack}"), "--env", env]);
+                cmd
+            };
+            if asks_ranges {
+                let out = validate().output().unwrap();
+                assert_eq!(out.status.code(), Some(1), "{stack} {env}");
+                assert!(
+                    text(&out.stderr).contains("`192.0.2.0/24` is a documentation range"),
+                    "{stack} {env}: {}",
+                    text(&out.stderr)
+                );
+            }
+            let out = validate()
+                .env("RALPH_DEPLOY_VAR_api_allowed_cidrs", "[\"0.0.0.0/0\"]")
                 .output()
                 .unwrap();
             assert!(out.status.success(), "{stack} {env}: {}", text(&out.stderr));

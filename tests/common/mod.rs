@@ -179,6 +179,14 @@ impl World {
             }
         }
         env.push(("RALPH_DEPLOY_VAR_namespace".to_string(), name.to_string()));
+        // The production stacks leave the API endpoint's ranges to the user
+        // (their placeholder is refused): the local cloud opens them.
+        if text.contains("\n  api_allowed_cidrs:") {
+            env.push((
+                "RALPH_DEPLOY_VAR_api_allowed_cidrs".to_string(),
+                "[\"0.0.0.0/0\"]".to_string(),
+            ));
+        }
         // Database roles are server-wide and every test shares one server:
         // each world logs in as a role of its own, with ralph_app's rights.
         if text.contains("\n  app_role:") {
@@ -221,10 +229,16 @@ impl World {
         }
     }
 
-    /// Replaces the stack file with another one, prepared the same way.
-    pub fn replace_stack(&self, file: &str) {
+    /// Replaces the stack file with another one, prepared the same way;
+    /// the settings the other stack needs that this world lacks are added.
+    pub fn replace_stack(&mut self, file: &str) {
         let other = World::from_stack(file, &self.stack_name);
         std::fs::copy(other.stack(), self.stack()).unwrap();
+        for (k, v) in other.env {
+            if !self.env.iter().any(|(have, _)| *have == k) {
+                self.env.push((k, v));
+            }
+        }
     }
 
     pub fn stack(&self) -> PathBuf {
