@@ -81,8 +81,12 @@ async fn production_stack_end_to_end() {
     // the local RDS is the local PostgreSQL, where this test has a database
     // of its own; its superuser plays RDS's master user.
     common::fresh_database(&name).await;
-    w.env.push(("RALPH_DEPLOY_VAR_database_name".into(), name.clone()));
-    w.env.push(("RALPH_DEPLOY_VAR_database_admin_user".into(), "postgres".into()));
+    w.env
+        .push(("RALPH_DEPLOY_VAR_database_name".into(), name.clone()));
+    w.env.push((
+        "RALPH_DEPLOY_VAR_database_admin_user".into(),
+        "postgres".into(),
+    ));
 
     // One add-on, a stand-in for the ingress controller (see the fixture).
     w.env
@@ -467,8 +471,16 @@ async fn the_rewritten_stack_only_moves_what_the_flat_one_made() {
         c["address"] == "app.schema"
             && c["action"] == "update"
             && c["attributes"].as_array().unwrap().iter().all(|a| {
-                ["kubeconfig", "context", "cluster_endpoint", "cluster_ca", "cluster_name", "cluster_auth", "forward_image"]
-                    .contains(&a["name"].as_str().unwrap())
+                [
+                    "kubeconfig",
+                    "context",
+                    "cluster_endpoint",
+                    "cluster_ca",
+                    "cluster_name",
+                    "cluster_auth",
+                    "forward_image",
+                ]
+                .contains(&a["name"].as_str().unwrap())
             })
     };
     let added: Vec<String> = plan["changes"]

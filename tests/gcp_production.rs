@@ -80,7 +80,10 @@ async fn gcp_production_end_to_end() {
     // on a new project: every API the stack calls is off until it enables
     // it (403 SERVICE_DISABLED before).
     ureq::post(&format!("{}/__double/project", common::gcp_endpoint()))
-        .send_string(&serde_json::json!({"project": name, "throttle": 6, "error": 3, "fresh": true}).to_string())
+        .send_string(
+            &serde_json::json!({"project": name, "throttle": 6, "error": 3, "fresh": true})
+                .to_string(),
+        )
         .unwrap();
     let (out, ev) = apply(&w, &[]);
     assert!(

@@ -380,8 +380,12 @@ fn the_shipped_stacks_are_valid_in_every_environment() {
         for env in ["production", "staging"] {
             let validate = || {
                 let mut cmd = std::process::Command::new(BIN);
-                cmd.current_dir(common::repo())
-                    .args(["validate", &format!("stacks/{stack}"), "--env", env]);
+                cmd.current_dir(common::repo()).args([
+                    "validate",
+                    &format!("stacks/{stack}"),
+                    "--env",
+                    env,
+                ]);
                 cmd
             };
             if asks_ranges {

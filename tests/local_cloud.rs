@@ -996,14 +996,23 @@ fn gcp_call_get(path: &str) -> (u16, serde_json::Value) {
 #[test]
 fn local_google_refuses_an_api_a_new_project_has_not_enabled() {
     let project = format!("apis{}", std::process::id());
-    let (code, _) = gcp_post("/__double/project", serde_json::json!({"project": project, "fresh": true}));
+    let (code, _) = gcp_post(
+        "/__double/project",
+        serde_json::json!({"project": project, "fresh": true}),
+    );
     assert_eq!(code, 200);
     let networks = format!("/compute/v1/projects/{project}/global/networks");
     let (code, answer) = gcp_call_get(&networks);
     assert_eq!(code, 403, "{answer}");
     let err = &answer["error"];
     assert_eq!(err["status"], "PERMISSION_DENIED", "{answer}");
-    assert!(err["message"].as_str().unwrap().contains("has not been used in project"), "{answer}");
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap()
+            .contains("has not been used in project"),
+        "{answer}"
+    );
     let info = err["details"]
         .as_array()
         .unwrap()
@@ -1013,13 +1022,22 @@ fn local_google_refuses_an_api_a_new_project_has_not_enabled() {
     assert_eq!(info["reason"], "SERVICE_DISABLED");
     assert_eq!(info["metadata"]["service"], "compute.googleapis.com");
     // Writes are refused the same way, and change nothing.
-    let (code, _) = gcp_post(&networks, serde_json::json!({"name": "n1", "autoCreateSubnetworks": false}));
+    let (code, _) = gcp_post(
+        &networks,
+        serde_json::json!({"name": "n1", "autoCreateSubnetworks": false}),
+    );
     assert_eq!(code, 403);
 
     let svc = format!("/v1/projects/{project}/services/compute.googleapis.com");
     let (code, got) = gcp_call_get(&svc);
-    assert_eq!((code, got["state"].as_str()), (200, Some("DISABLED")), "{got}");
-    let (code, listed) = gcp_call_get(&format!("/v1/projects/{project}/services?filter=state:ENABLED"));
+    assert_eq!(
+        (code, got["state"].as_str()),
+        (200, Some("DISABLED")),
+        "{got}"
+    );
+    let (code, listed) = gcp_call_get(&format!(
+        "/v1/projects/{project}/services?filter=state:ENABLED"
+    ));
     assert_eq!(code, 200);
     let names: Vec<&str> = listed["services"]
         .as_array()
@@ -1039,7 +1057,10 @@ fn local_google_refuses_an_api_a_new_project_has_not_enabled() {
     let (code, _) = gcp_call_get(&format!("/v1/projects/{project}/instances"));
     assert_eq!(code, 403);
     // A name that is no API is refused as Google does.
-    let (code, _) = gcp_post(&format!("/v1/projects/{project}/services/not-an-api:enable"), serde_json::json!({}));
+    let (code, _) = gcp_post(
+        &format!("/v1/projects/{project}/services/not-an-api:enable"),
+        serde_json::json!({}),
+    );
     assert_eq!(code, 403);
 }
 
@@ -1059,59 +1080,96 @@ async fn a_pod_verifies_memorystore_tls_only_with_the_instance_ca_mounted() {
         assert_eq!(code, 200, "{path}: {e}");
         e
     };
-    post(format!("/compute/v1/projects/{p}/global/networks"), serde_json::json!({"name": "vpc", "autoCreateSubnetworks": false}));
+    post(
+        format!("/compute/v1/projects/{p}/global/networks"),
+        serde_json::json!({"name": "vpc", "autoCreateSubnetworks": false}),
+    );
     gcp_wait(&format!("/compute/v1/{network}"), "the network", |_| true);
     post(
         format!("/compute/v1/projects/{p}/global/addresses"),
         serde_json::json!({"name": "services", "purpose": "VPC_PEERING", "addressType": "INTERNAL", "prefixLength": 16, "network": link}),
     );
-    gcp_wait(&format!("/compute/v1/projects/{p}/global/addresses/services"), "the range", |_| true);
+    gcp_wait(
+        &format!("/compute/v1/projects/{p}/global/addresses/services"),
+        "the range",
+        |_| true,
+    );
     let op = post(
         "/v1/services/servicenetworking.googleapis.com/connections".into(),
         serde_json::json!({"network": network, "reservedPeeringRanges": ["services"]}),
     );
-    gcp_wait(&format!("/v1/{}", op["name"].as_str().unwrap()), "the connection", |v| v["done"] == true);
+    gcp_wait(
+        &format!("/v1/{}", op["name"].as_str().unwrap()),
+        "the connection",
+        |v| v["done"] == true,
+    );
     post(
         format!("/v1/projects/{p}/locations/us-central1/clusters"),
         serde_json::json!({"cluster": {"name": "native", "network": "vpc", "ipAllocationPolicy": {"useIpAliases": true},
             "nodePools": [{"name": "nodes", "initialNodeCount": 1, "config": {"machineType": "e2-standard-4"}}]}}),
     );
-    gcp_wait(&format!("/v1/projects/{p}/locations/us-central1/clusters/native"), "the cluster RUNNING", |v| v["status"] == "RUNNING");
+    gcp_wait(
+        &format!("/v1/projects/{p}/locations/us-central1/clusters/native"),
+        "the cluster RUNNING",
+        |v| v["status"] == "RUNNING",
+    );
     post(
         format!("/v1/projects/{p}/locations/us-central1/instances?instanceId=cache"),
         serde_json::json!({"tier": "BASIC", "memorySizeGb": 1, "authorizedNetwork": network,
             "connectMode": "PRIVATE_SERVICE_ACCESS", "transitEncryptionMode": "SERVER_AUTHENTICATION"}),
     );
-    let inst = gcp_wait(&format!("/v1/projects/{p}/locations/us-central1/instances/cache"), "Memorystore READY", |v| v["state"] == "READY");
-    let (host, port) = (inst["host"].as_str().unwrap().to_string(), inst["port"].as_u64().unwrap());
+    let inst = gcp_wait(
+        &format!("/v1/projects/{p}/locations/us-central1/instances/cache"),
+        "Memorystore READY",
+        |v| v["state"] == "READY",
+    );
+    let (host, port) = (
+        inst["host"].as_str().unwrap().to_string(),
+        inst["port"].as_u64().unwrap(),
+    );
     assert_eq!(port, 6378, "{inst}");
-    let ca = inst["serverCaCerts"][0]["cert"].as_str().expect("the instance's CA").to_string();
+    let ca = inst["serverCaCerts"][0]["cert"]
+        .as_str()
+        .expect("the instance's CA")
+        .to_string();
     assert!(ca.contains("BEGIN CERTIFICATE"), "{inst}");
 
     let ns = format!("{p}-pods");
     let client = common::kube_client().await;
     let nss: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
-    nss.create(&PostParams::default(), &serde_json::from_value(serde_json::json!({"metadata": {"name": ns}})).unwrap())
-        .await
-        .unwrap();
+    nss.create(
+        &PostParams::default(),
+        &serde_json::from_value(serde_json::json!({"metadata": {"name": ns}})).unwrap(),
+    )
+    .await
+    .unwrap();
     let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client.clone(), &ns);
     cms.create(
         &PostParams::default(),
-        &serde_json::from_value(serde_json::json!({"metadata": {"name": "ca"}, "data": {"redis-ca.pem": ca}})).unwrap(),
+        &serde_json::from_value(
+            serde_json::json!({"metadata": {"name": "ca"}, "data": {"redis-ca.pem": ca}}),
+        )
+        .unwrap(),
     )
     .await
     .unwrap();
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let url = format!("rediss://{host}:{port}/0");
     let with_ca = format!("{url}?ssl_ca_certs=/etc/ralph/ca/redis-ca.pem");
-    for (name, url, mounted) in [("plain", url.as_str(), false), ("verifying", with_ca.as_str(), true)] {
+    for (name, url, mounted) in [
+        ("plain", url.as_str(), false),
+        ("verifying", with_ca.as_str(), true),
+    ] {
         let mut spec = serde_json::json!({"automountServiceAccountToken": false, "containers": [{"name": "app", "image": "example/app:1.0.0",
             "env": [{"name": "REDIS_URL", "value": url}]}]});
         if mounted {
-            spec["containers"][0]["volumeMounts"] = serde_json::json!([{"name": "ca", "mountPath": "/etc/ralph/ca", "readOnly": true}]);
+            spec["containers"][0]["volumeMounts"] =
+                serde_json::json!([{"name": "ca", "mountPath": "/etc/ralph/ca", "readOnly": true}]);
             spec["volumes"] = serde_json::json!([{"name": "ca", "configMap": {"name": "ca"}}]);
         }
-        let pod: Pod = serde_json::from_value(serde_json::json!({"metadata": {"name": name}, "spec": spec})).unwrap();
+        let pod: Pod =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": name}, "spec": spec}))
+                .unwrap();
         pods.create(&PostParams::default(), &pod).await.unwrap();
     }
     let ready = |p: &Pod| {
@@ -1129,7 +1187,10 @@ async fn a_pod_verifies_memorystore_tls_only_with_the_instance_ca_mounted() {
                 break (a.clone(), b.clone());
             }
         }
-        assert!(Instant::now() < deadline, "the pods were never judged: {a:?} {b:?}");
+        assert!(
+            Instant::now() < deadline,
+            "the pods were never judged: {a:?} {b:?}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert_eq!(plain.status, "False", "{plain:?}");
@@ -1146,16 +1207,20 @@ async fn a_probe_on_a_path_the_application_does_not_serve_keeps_the_pod_unready(
     let ns = format!("probes-{}", std::process::id());
     let client = common::kube_client().await;
     let nss: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
-    nss.create(&PostParams::default(), &serde_json::from_value(serde_json::json!({"metadata": {"name": ns}})).unwrap())
-        .await
-        .unwrap();
+    nss.create(
+        &PostParams::default(),
+        &serde_json::from_value(serde_json::json!({"metadata": {"name": ns}})).unwrap(),
+    )
+    .await
+    .unwrap();
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     for (name, path) in [("guide", "/ready"), ("wrong", "/readyz")] {
-        let pod: Pod = serde_json::from_value(serde_json::json!({"metadata": {"name": name}, "spec": {
+        let pod: Pod =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": name}, "spec": {
             "automountServiceAccountToken": false,
             "containers": [{"name": "app", "image": "example/app:1.0.0",
                 "readinessProbe": {"httpGet": {"path": path, "port": 8080}}}]}}))
-        .unwrap();
+            .unwrap();
         pods.create(&PostParams::default(), &pod).await.unwrap();
     }
     let ready = |p: &Pod| {
@@ -1173,7 +1238,10 @@ async fn a_probe_on_a_path_the_application_does_not_serve_keeps_the_pod_unready(
                 break (a.clone(), b.clone());
             }
         }
-        assert!(Instant::now() < deadline, "the pods were never judged: {a:?} {b:?}");
+        assert!(
+            Instant::now() < deadline,
+            "the pods were never judged: {a:?} {b:?}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert_eq!(guide.status, "True");

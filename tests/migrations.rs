@@ -391,7 +391,12 @@ async fn a_private_database_is_reached_through_the_cluster_as_its_network_allows
             live = pods
                 .list(&Default::default())
                 .await
-                .map(|l| l.items.iter().filter(|p| p.metadata.deletion_timestamp.is_none()).count())
+                .map(|l| {
+                    l.items
+                        .iter()
+                        .filter(|p| p.metadata.deletion_timestamp.is_none())
+                        .count()
+                })
                 .unwrap_or(0);
             if live == 0 {
                 break;
@@ -441,7 +446,10 @@ async fn a_private_database_is_reached_through_the_cluster_as_its_network_allows
     let out = db.run(&["migrate", "status"]);
     let err = text(&out.stderr) + &text(&out.stdout);
     assert_ne!(out.status.code(), Some(0), "{err}");
-    assert!(err.contains("NetworkPolicy deny-egress admits no egress"), "{err}");
+    assert!(
+        err.contains("NetworkPolicy deny-egress admits no egress"),
+        "{err}"
+    );
     let _ = kube::Api::<k8s_openapi::api::core::v1::Namespace>::all(common::kube_client().await)
         .delete(&namespace, &Default::default())
         .await;

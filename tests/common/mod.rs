@@ -58,7 +58,10 @@ pub async fn healthy_through_the_cluster(w: &World) -> serde_json::Value {
     let out = w.run("status", &["--json"]);
     let report: serde_json::Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("{e}: {}{}", text(&out.stdout), text(&out.stderr)));
-    assert!(matches!(out.status.code(), Some(0 | 1)), "status: {report:#}");
+    assert!(
+        matches!(out.status.code(), Some(0 | 1)),
+        "status: {report:#}"
+    );
     let mut stores = Vec::new();
     for service in report["services"].as_array().unwrap() {
         for c in service["checks"].as_array().unwrap() {
@@ -70,11 +73,13 @@ pub async fn healthy_through_the_cluster(w: &World) -> serde_json::Value {
             if c["check"] == "database" || c["check"] == "redis" {
                 let target = c["target"].as_str().unwrap();
                 assert!(target.ends_with(" (through the cluster)"), "{c:#}");
-                let url = url::Url::parse(target.trim_end_matches(" (through the cluster)")).unwrap();
+                let url =
+                    url::Url::parse(target.trim_end_matches(" (through the cluster)")).unwrap();
                 stores.push(format!(
                     "{}:{}",
                     url.host_str().unwrap(),
-                    url.port().unwrap_or(if c["check"] == "database" { 5432 } else { 6379 })
+                    url.port()
+                        .unwrap_or(if c["check"] == "database" { 5432 } else { 6379 })
                 ));
             }
         }

@@ -66,12 +66,11 @@ static SCHEMA: KindSchema = KindSchema {
 
 pub(crate) fn api_name(v: &Json) -> Result<(), String> {
     let s = v.as_str().unwrap_or_default();
-    let ok = s
-        .strip_suffix(".googleapis.com")
-        .is_some_and(|n| {
-            n.starts_with(|c: char| c.is_ascii_lowercase())
-                && n.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        });
+    let ok = s.strip_suffix(".googleapis.com").is_some_and(|n| {
+        n.starts_with(|c: char| c.is_ascii_lowercase())
+            && n.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    });
     if ok {
         Ok(())
     } else {
@@ -88,14 +87,22 @@ fn id_of(project: &str, service: &str) -> String {
 }
 
 async fn project_of(cx: &Context, props: &Map<String, Json>) -> Result<String, DriverError> {
-    match props.get("project").and_then(Json::as_str).filter(|p| !p.is_empty()) {
+    match props
+        .get("project")
+        .and_then(Json::as_str)
+        .filter(|p| !p.is_empty())
+    {
         Some(p) => Ok(p.to_string()),
         None => Ok(cx.gcp().await?.project.clone()),
     }
 }
 
 /// The API as enabled, or None when it is off.
-async fn read(rest: &Rest<'_>, project: &str, service: &str) -> Result<Option<Observed>, DriverError> {
+async fn read(
+    rest: &Rest<'_>,
+    project: &str,
+    service: &str,
+) -> Result<Option<Observed>, DriverError> {
     let got = rest
         .send(
             "GET",
@@ -119,7 +126,11 @@ async fn enabled(rest: &Rest<'_>, project: &str) -> Result<Map<String, Json>, Dr
                 "GET",
                 &format!(
                     "v1/projects/{project}/services?filter=state:ENABLED&pageSize=200{}",
-                    if token.is_empty() { String::new() } else { format!("&pageToken={token}") }
+                    if token.is_empty() {
+                        String::new()
+                    } else {
+                        format!("&pageToken={token}")
+                    }
                 ),
                 None,
                 &format!("listing the APIs enabled on project {project}"),
@@ -169,7 +180,9 @@ async fn enable(cx: &Context, want: &Desired<'_>) -> Result<Observed, DriverErro
         .unwrap_or_default();
     rest.wait(want.address, op, &what, TIMEOUT).await?;
     read(&rest, &project, service).await?.ok_or_else(|| {
-        DriverError::new(format!("{what}: the API is still not enabled after the operation finished"))
+        DriverError::new(format!(
+            "{what}: the API is still not enabled after the operation finished"
+        ))
     })
 }
 

@@ -79,7 +79,9 @@ impl Drop for Forward {
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             let (pods, pod) = (self.pods.clone(), self.pod.clone());
             rt.spawn(async move {
-                let _ = pods.delete(&pod, &DeleteParams::default().grace_period(0)).await;
+                let _ = pods
+                    .delete(&pod, &DeleteParams::default().grace_period(0))
+                    .await;
             });
         }
     }
@@ -91,7 +93,9 @@ pub fn settings(props: &Map<String, Json>) -> (String, String) {
         prop(props, "forward_namespace")
             .unwrap_or(DEFAULT_NAMESPACE)
             .to_string(),
-        prop(props, "forward_image").unwrap_or(DEFAULT_IMAGE).to_string(),
+        prop(props, "forward_image")
+            .unwrap_or(DEFAULT_IMAGE)
+            .to_string(),
     )
 }
 
@@ -201,7 +205,9 @@ async fn prepare(cx: &Context, client: &kube::Client, namespace: &str) -> Result
         if matches!(phase, Some("Failed" | "Succeeded")) {
             if let Some(name) = p.metadata.name {
                 count(cx);
-                let _ = pods.delete(&name, &DeleteParams::default().grace_period(0)).await;
+                let _ = pods
+                    .delete(&name, &DeleteParams::default().grace_period(0))
+                    .await;
             }
         }
     }
@@ -210,7 +216,9 @@ async fn prepare(cx: &Context, client: &kube::Client, namespace: &str) -> Result
 
 /// Why a proxy pod is not ready yet, or that it never will be.
 fn pod_progress(p: &Pod) -> Result<bool, String> {
-    let Some(st) = &p.status else { return Ok(false) };
+    let Some(st) = &p.status else {
+        return Ok(false);
+    };
     if st.phase.as_deref() == Some("Failed") {
         return Err(st
             .message
@@ -219,8 +227,12 @@ fn pod_progress(p: &Pod) -> Result<bool, String> {
     }
     for c in st.container_statuses.iter().flatten() {
         if let Some(w) = c.state.as_ref().and_then(|s| s.waiting.as_ref()) {
-            if let Some(reason @ ("ImagePullBackOff" | "ErrImagePull" | "InvalidImageName" | "CreateContainerConfigError")) =
-                w.reason.as_deref()
+            if let Some(
+                reason @ ("ImagePullBackOff"
+                | "ErrImagePull"
+                | "InvalidImageName"
+                | "CreateContainerConfigError"),
+            ) = w.reason.as_deref()
             {
                 return Err(format!(
                     "{reason}: {} (set `forward_image` to an image the nodes can pull)",
@@ -250,7 +262,10 @@ pub async fn shared(
     port: u16,
 ) -> Result<Arc<Forward>, DriverError> {
     let (namespace, image) = settings(props);
-    let key = format!("{}|{namespace}|{image}|{host}:{port}", super::describe_access(props));
+    let key = format!(
+        "{}|{namespace}|{image}|{host}:{port}",
+        super::describe_access(props)
+    );
     let mut open_now = OPEN.lock().await;
     if let Some(f) = open_now.get(&key) {
         return Ok(f.clone());
@@ -295,8 +310,13 @@ pub async fn open(
             super::describe_access(props)
         ))
     };
-    prepare(cx, client, &namespace).await.map_err(|e| what(e.message))?;
-    let name = format!("forward-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    prepare(cx, client, &namespace)
+        .await
+        .map_err(|e| what(e.message))?;
+    let name = format!(
+        "forward-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
     let pods = Api::<Pod>::namespaced(client.clone(), &namespace);
     let pod: Pod = serde_json::from_value(proxy_pod(&name, &namespace, &image, host, port))
         .map_err(|e| what(e.to_string()))?;

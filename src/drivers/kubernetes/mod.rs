@@ -4,11 +4,11 @@
 //! operations the orchestrator kind is built from: server-side apply with the
 //! field manager `ralph-deploy`, and pruning by ownership labels.
 
+pub mod forward;
 pub mod health;
 pub mod manifests;
 pub mod orchestrator;
 pub mod render;
-pub mod forward;
 pub mod token;
 
 use std::collections::{BTreeMap, BTreeSet};

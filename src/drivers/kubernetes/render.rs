@@ -413,7 +413,8 @@ pub fn connection_url(props: &Map<String, Json>, url_key: &str) -> Option<String
     }
     match url::Url::parse(&url) {
         Ok(mut u) => {
-            u.query_pairs_mut().append_pair("ssl_ca_certs", REDIS_CA_PATH);
+            u.query_pairs_mut()
+                .append_pair("ssl_ca_certs", REDIS_CA_PATH);
             Some(u.to_string())
         }
         Err(_) => Some(url),
@@ -835,15 +836,26 @@ mod tests {
             })),
             ApiVersions::modern(),
         );
-        let d = &objs.iter().find(|o| o.kind() == "Deployment").unwrap().object;
+        let d = &objs
+            .iter()
+            .find(|o| o.kind() == "Deployment")
+            .unwrap()
+            .object;
         let c = &d["spec"]["template"]["spec"]["containers"][0];
-        assert_eq!(c["command"], serde_json::json!(["python", "-m", "ralph_orchestrator"]));
+        assert_eq!(
+            c["command"],
+            serde_json::json!(["python", "-m", "ralph_orchestrator"])
+        );
         assert_eq!(c["args"], serde_json::json!(["serve", "--port", "8080"]));
         assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
         assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
         // By default: the image's own entrypoint, and the guide's paths.
         let objs = objects(props(serde_json::json!({})), ApiVersions::modern());
-        let d = &objs.iter().find(|o| o.kind() == "Deployment").unwrap().object;
+        let d = &objs
+            .iter()
+            .find(|o| o.kind() == "Deployment")
+            .unwrap()
+            .object;
         let c = &d["spec"]["template"]["spec"]["containers"][0];
         assert!(c.get("command").is_none() && c.get("args").is_none(), "{c}");
         assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/health");
@@ -875,14 +887,22 @@ mod tests {
         assert_eq!(config["data"]["REDIS_CA_CERT"], REDIS_CA_PATH);
         let d = find("Deployment", "ralph-orchestrator").unwrap();
         let pod = &d["spec"]["template"]["spec"];
-        assert_eq!(pod["volumes"][1]["configMap"]["name"], "ralph-orchestrator-ca");
-        assert_eq!(pod["containers"][0]["volumeMounts"][1]["mountPath"], "/etc/ralph/ca");
+        assert_eq!(
+            pod["volumes"][1]["configMap"]["name"],
+            "ralph-orchestrator-ca"
+        );
+        assert_eq!(
+            pod["containers"][0]["volumeMounts"][1]["mountPath"],
+            "/etc/ralph/ca"
+        );
         // Without one, nothing of it.
         let plain = objects(
             props(serde_json::json!({"redis_url": "rediss://10.120.0.4:6378/0"})),
             ApiVersions::modern(),
         );
-        assert!(!plain.iter().any(|o| o.object["metadata"]["name"] == "ralph-orchestrator-ca"));
+        assert!(!plain
+            .iter()
+            .any(|o| o.object["metadata"]["name"] == "ralph-orchestrator-ca"));
     }
 
     #[test]
