@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The local Kubernetes: etcd, kube-apiserver and kube-controller-manager
-# 1.20.2 (built once by scripts/local-cloud/build-kube.sh), on free loopback
-# ports, and a node simulator (local-cloud/node_sim.py) in place of the
-# scheduler and kubelets, which marks pods ready (or not, by image tag).
+# The local Kubernetes: etcd, kube-apiserver, kube-controller-manager and
+# kube-scheduler 1.20.2 (built once by scripts/local-cloud/build-kube.sh), on
+# free loopback ports, and a node simulator (local-cloud/node_sim.py) in
+# place of the kubelets: a Node per node of every EKS node group and GKE node
+# pool of the local clouds, and pod status (ready or not, by image tag and by
+# what the network lets the pod reach).
 #   scripts/kube.sh start DIR    writes DIR/kubeconfig
 #   scripts/kube.sh stop DIR
 set -euo pipefail
@@ -77,6 +79,12 @@ KC
     --service-account-private-key-file "$k/sa.key" --use-service-account-credentials=false \
     --bind-address 127.0.0.1 --secure-port 0 --port 0 >"$k/controller-manager.log" 2>&1 &
   echo $! >"$k/controller-manager.pid"
+  # The real scheduler binds every pod: requests against the nodes'
+  # allocatable, anti-affinity, node selectors and taints, with its own
+  # reasons on the pods it cannot place.
+  "$bin/kube-scheduler" --kubeconfig "$dir/kubeconfig" --leader-elect=false \
+    --port 0 --secure-port 0 >"$k/scheduler.log" 2>&1 &
+  echo $! >"$k/scheduler.pid"
   # The pods judge their stores' reachability by the local AWS's network
   # model: every moto started in this directory before the cluster.
   local aws=""
@@ -95,7 +103,7 @@ KC
 
 stop() {
   local k="$1/kube"
-  for p in node-sim controller-manager apiserver authenticator etcd; do
+  for p in node-sim scheduler controller-manager apiserver authenticator etcd; do
     [ -f "$k/$p.pid" ] && kill "$(cat "$k/$p.pid")" 2>/dev/null || true
   done
 }

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Builds kube-apiserver and kube-controller-manager 1.20.2 from Debian's
+# Builds kube-apiserver, kube-controller-manager and kube-scheduler 1.20.2 from Debian's
 # source package, and unpacks etcd, into a cache outside the repository:
-#   $RALPH_CACHE/kube-1.20.2/bin/{kube-apiserver,kube-controller-manager,etcd}
+#   $RALPH_CACHE/kube-1.20.2-r4/bin/{kube-apiserver,kube-controller-manager,kube-scheduler,etcd}
 # Everything comes from the Debian archive the machine already uses
 # (deb-src lines are derived in a private APT configuration; /etc is not
 # touched). About 3 minutes on 2 cores, once per machine.
@@ -11,8 +11,8 @@ here="$(cd "$(dirname "$0")/.." && pwd)"
 KUBE_DEB_VERSION="${KUBE_DEB_VERSION:-1.20.5+really1.20.2-1.1+deb12u1}"
 KUBE_VERSION=v1.20.2
 # -r3: with the reflect2 fix below (a build without it crashes on custom
-# resources).
-out="$RALPH_CACHE/kube-1.20.2-r3"
+# resources); -r4: with kube-scheduler.
+out="$RALPH_CACHE/kube-1.20.2-r4"
 [ -f "$out/.complete" ] && { echo "$out"; exit 0; }
 work="$RALPH_CACHE/kube-build"
 rm -rf "$work" && mkdir -p "$work" && cd "$work"
@@ -129,6 +129,7 @@ ld="-X k8s.io/kubernetes/vendor/k8s.io/component-base/version.gitVersion=$KUBE_V
 mkdir -p "$out/bin"
 go build -ldflags "$ld" -o "$out/bin/kube-apiserver" ./cmd/kube-apiserver
 go build -ldflags "$ld" -o "$out/bin/kube-controller-manager" ./cmd/kube-controller-manager
+go build -ldflags "$ld" -o "$out/bin/kube-scheduler" ./cmd/kube-scheduler
 cp "$work/etcd/usr/bin/etcd" "$out/bin/etcd"
 touch "$out/.complete"
 rm -rf "$work"

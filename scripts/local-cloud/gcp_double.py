@@ -852,6 +852,37 @@ def network_reach(host, port):
     return answer
 
 
+def node_listing():
+    """The nodes GKE would run: per node pool with nodes (RUNNING, or being
+    updated) of a serving cluster, per zone, the target size of the pool's
+    managed instance group there (what a resize changes), with the pool's
+    machine type, labels and taints. The node simulator turns each into that
+    many Nodes. Served at /__double/nodes."""
+    out = []
+    for path, clusters in list(STORE.items()):
+        m = re.match(r"gke/projects/([^/]+)/locations/([^/]+)/clusters$", path)
+        if not m:
+            continue
+        for cl in list(clusters.values()):
+            if cl.get("status") not in ("RUNNING", "RECONCILING"):
+                continue
+            for pool in list(cl.get("nodePools") or []):
+                if pool.get("status") not in ("RUNNING", "RECONCILING", "RUNNING_WITH_ERROR"):
+                    continue
+                config = pool.get("config") or {}
+                for groups, name in groups_of(pool):
+                    mig = groups.get(name) or {}
+                    out.append({
+                        "project": m.group(1), "cluster": cl["name"], "pool": pool["name"],
+                        "zone": (mig.get("zone") or "").rsplit("/", 1)[-1],
+                        "size": int(mig.get("targetSize") or 0),
+                        "machine_type": config.get("machineType") or "e2-medium",
+                        "labels": dict(config.get("labels") or {}),
+                        "taints": list(config.get("taints") or []),
+                    })
+    return out
+
+
 def sql_instances(p):
     return coll(f"sql/projects/{p['project']}/instances")
 
@@ -1912,6 +1943,8 @@ class Handler(BaseHTTPRequestHandler):
                 except ValueError:
                     port = 0
                 return self.send(200, network_reach((q.get("host") or [""])[0], port))
+            if path == "/__double/nodes":
+                return self.send(200, node_listing())
             if path == "/__double/stats":
                 project = parse_qs(urlsplit(self.path).query).get("project")
                 if project:

@@ -517,6 +517,50 @@ def network_model():
     api_urls.url_paths["{0}/moto-api/network/reach$"] = handler
 
 
+def node_listing():
+    """The nodes EKS would run: one entry per managed node group that has
+    nodes (ACTIVE or UPDATING), in any account and region, with its current
+    size (scalingConfig.desiredSize), instance type, zones (of its subnets),
+    labels and taints. The node simulator turns each into that many Nodes.
+    Served at /moto-api/eks/nodes."""
+    from moto.ec2.models import ec2_backends
+    from moto.eks.models import eks_backends
+    from moto.moto_api._internal import urls as api_urls
+
+    def listing():
+        out = []
+        for account, by_region in list(eks_backends.items()):
+            for region, eks in list(by_region.items()):
+                ec2 = ec2_backends[account][region]
+                for cluster in list(eks.clusters.values()):
+                    for ng in list(cluster.nodegroups.values()):
+                        if ng.status not in ("ACTIVE", "UPDATING"):
+                            continue
+                        zones = []
+                        for sid in ng.subnets or []:
+                            try:
+                                zones.append(ec2.get_subnet(sid).availability_zone)
+                            except Exception:
+                                pass
+                        out.append(dict(
+                            account=account, region=region, cluster=cluster.name, nodegroup=ng.nodegroup_name,
+                            size=int((ng.scaling_config or {}).get("desiredSize") or 0),
+                            instance_type=(ng.instance_types or ["t3.medium"])[0],
+                            capacity_type=ng.capacity_type, zones=zones or [region + "a"],
+                            labels=dict(ng.labels or {}), taints=list(ng.taints or [])))
+        return out
+
+    def handler(request, full_url, headers):
+        try:
+            answer = listing()
+        except Exception as e:  # never take moto down
+            answer = []
+            print("moto_delayed: node listing failed: %r" % e, file=sys.stderr)
+        return 200, {"Content-Type": "application/json"}, json.dumps(answer)
+
+    api_urls.url_paths["{0}/moto-api/eks/nodes$"] = handler
+
+
 def patch_rds():
     from moto.rds import models as m
     timed_attribute(m.DBInstance, "status")
@@ -1002,7 +1046,7 @@ def patch_eks_access():
 
 def main():
     host, port = sys.argv[1], int(sys.argv[2])
-    for patch in (patch_eks, patch_eks_rules, patch_eks_access, network_model, patch_rds, patch_elasticache,
+    for patch in (patch_eks, patch_eks_rules, patch_eks_access, network_model, node_listing, patch_rds, patch_elasticache,
                   patch_elasticache_servers, patch_nat, patch_s3, patch_cloudwatch, patch_iam, patch_server):
         try:
             patch()

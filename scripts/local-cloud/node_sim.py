@@ -11,10 +11,22 @@ Images choose their fate by tag, so tests can stage a bad release:
   tag starting with `hang`    the container runs but never becomes ready
   anything else               running and ready
 
-It also plays the scheduler and the node: one Node (`ralph-sim`, its status
-renewed like a kubelet's heartbeat) to which every pod is bound, so the
-endpoints controller puts ready pods behind their Services; and it ends
-deleted pods at once, as a kubelet confirms a pod's termination.
+It plays the nodes, not the scheduler: the real kube-scheduler binds pods.
+Every EKS managed node group of the local AWS (`/moto-api/eks/nodes` of
+each endpoint in RALPH_SIM_AWS_ENDPOINTS) and every GKE node pool of the
+Google double (`/__double/nodes`) has as many Nodes as its current size
+(the group's desired size; the pool's instance groups' target sizes), each
+with the allocatable CPU, memory and pods of its machine type (from
+support/machine-types.json, with EKS's and GKE's reservations, the figures
+validate uses), and the labels and taints the provider sets (hostname,
+instance type, zone, `eks.amazonaws.com/nodegroup` or
+`cloud.google.com/gke-nodepool`, the group's own labels and taints). Nodes
+appear when their group is active, go when it is resized down or deleted,
+and their status is renewed like a kubelet's heartbeat. One more Node,
+`ralph-sim` (64 cores), takes the pods that name no node group, since one
+API server stands in for every cluster of the local clouds. Pods that fit
+nowhere stay Pending with the scheduler's own reason. A deleted pod is
+ended at once, as a kubelet confirms a pod's termination.
 
 Running pods answer HTTP the way the orchestrator does, so that a request
 through the API server's service proxy reaches "a pod": every running pod
@@ -435,19 +447,153 @@ def desired_status(pod, secret=lambda ns, name: None, policies=(), configmap=lam
 
 
 NODE = "ralph-sim"
+SIMULATED = "node.ralph-sim/simulated"  # the label on every Node this simulator keeps
+SOURCE = "node.ralph-sim/source"  # the annotation naming the cloud a Node's group is in
+MACHINES = json.load(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "support",
+                                       "machine-types.json")))
+EFFECTS = {"NO_SCHEDULE": "NoSchedule", "PREFER_NO_SCHEDULE": "PreferNoSchedule", "NO_EXECUTE": "NoExecute"}
+MIB = 1024 * 1024
+GIB = 1024 * MIB
 
 
-def node_status():
+def allocatable(provider, machine_type):
+    """What one node offers pods, as src/model/capacity.rs computes it:
+    {"cpu", "memory", "pods"} as Kubernetes quantities, or None for a machine
+    type the table does not know."""
+    shape = MACHINES["ec2" if provider == "eks" else "gce"].get(machine_type)
+    if shape is None:
+        return None
+    cores = shape["cores"]
+    cpu = cores - sum(0.06 if c == 1 else 0.01 if c == 2 else 0.005 if c <= 4 else 0.0025 for c in range(1, cores + 1))
+    memory = shape["memory_gib"] * GIB
+    if provider == "eks":
+        reserved = (255 + 11 * shape["max_pods"]) * MIB
+    else:
+        reserved, left = 0.0, memory
+        for size, share in ((4 * GIB, 0.25), (4 * GIB, 0.20), (8 * GIB, 0.10), (112 * GIB, 0.06), (float("inf"), 0.02)):
+            part = min(left, size)
+            reserved += part * share
+            left -= part
+            if left <= 0:
+                break
+    reserved += 100 * MIB
+    return {"cpu": "%dm" % round(cpu * 1000), "memory": "%dKi" % ((memory - reserved) // 1024),
+            "pods": str(shape["max_pods"]), "capacity": {"cpu": str(cores), "memory": "%dKi" % (memory // 1024),
+                                                            "pods": str(shape["max_pods"])}}
+
+
+def node_status(name=NODE, resources=None):
+    resources = resources or {"cpu": "64", "memory": "256Gi", "pods": "1000",
+                              "capacity": {"cpu": "64", "memory": "256Gi", "pods": "1000"}}
     return {
         "conditions": [{
             "type": "Ready", "status": "True", "reason": "KubeletReady",
             "message": "node simulator", "lastHeartbeatTime": now(), "lastTransitionTime": now(),
         }],
-        "addresses": [{"type": "InternalIP", "address": HOST}, {"type": "Hostname", "address": NODE}],
+        "addresses": [{"type": "InternalIP", "address": HOST}, {"type": "Hostname", "address": name}],
         "daemonEndpoints": {"kubeletEndpoint": {"Port": KUBELET["port"]}},
-        "capacity": {"cpu": "64", "memory": "256Gi", "pods": "1000"},
-        "allocatable": {"cpu": "64", "memory": "256Gi", "pods": "1000"},
+        "capacity": resources["capacity"],
+        "allocatable": {k: resources[k] for k in ("cpu", "memory", "pods")},
     }
+
+
+def fetch_json(url):
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return json.loads(r.read())
+
+
+def node_name(group, key, i):
+    """A node's name: its group's, a short hash of where the group is (two
+    accounts may hold groups of one name) and its index."""
+    base = re.sub(r"[^a-z0-9-]+", "-", group.lower()).strip("-")[:40] or "node"
+    return "%s-%s-%d" % (base, hashlib.sha256(key.encode()).hexdigest()[:6], i)
+
+
+def wanted_nodes():
+    """name -> the Node every node group of the local clouds has now, and
+    the sources that did not answer (their Nodes are kept as they are)."""
+    want, failed = {}, set()
+
+    def add(source, name, provider, machine_type, labels, taints):
+        resources = allocatable(provider, machine_type)
+        if resources is None:
+            print("node simulator: no figures for machine type %s (add it to support/machine-types.json); "
+                  "its nodes are left out" % machine_type, file=sys.stderr, flush=True)
+            return
+        labels = dict(labels, **{"kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
+                                 "node.kubernetes.io/instance-type": machine_type, SIMULATED: "true"})
+        want[name] = {"source": source, "labels": labels, "resources": resources,
+                      "taints": [{"key": t.get("key", ""), "value": t.get("value", ""),
+                                  "effect": EFFECTS.get(t.get("effect"), t.get("effect"))} for t in taints]}
+
+    for ep in AWS_ENDPOINTS:
+        source = "aws " + ep
+        try:
+            groups = fetch_json(ep + "/moto-api/eks/nodes")
+        except Exception:
+            failed.add(source)
+            continue
+        for g in groups:
+            key = "%s %s %s %s %s" % (ep, g["account"], g["region"], g["cluster"], g["nodegroup"])
+            for i in range(g["size"]):
+                zone = g["zones"][i % len(g["zones"])]
+                add(source, node_name(g["nodegroup"], key, i), "eks", g["instance_type"], dict(g["labels"], **{
+                    "topology.kubernetes.io/zone": zone, "topology.kubernetes.io/region": g["region"],
+                    "eks.amazonaws.com/nodegroup": g["nodegroup"],
+                    "eks.amazonaws.com/capacityType": g.get("capacity_type") or "ON_DEMAND"}), g["taints"])
+    port_file = os.environ.get("RALPH_SIM_GCP_PORT_FILE", "")
+    if port_file and os.path.exists(port_file):
+        source = "gcp"
+        try:
+            with open(port_file) as f:
+                pools = fetch_json("http://127.0.0.1:%s/__double/nodes" % f.read().strip())
+        except Exception:
+            failed.add(source)
+            pools = []
+        for g in pools:
+            key = "%s %s %s %s" % (g["project"], g["cluster"], g["pool"], g["zone"])
+            for i in range(g["size"]):
+                add(source, node_name("gke-%s-%s" % (g["cluster"][:14], g["pool"]), key, i), "gke",
+                    g["machine_type"], dict(g["labels"], **{
+                        "topology.kubernetes.io/zone": g["zone"],
+                        "topology.kubernetes.io/region": g["zone"].rsplit("-", 1)[0],
+                        "cloud.google.com/gke-nodepool": g["pool"]}), g["taints"])
+    return want, failed
+
+
+def keep_nodes(call):
+    """Make the Nodes match the node groups, and renew every Node's status
+    (the heartbeat the node lifecycle controller watches), forever."""
+    beats = {}
+    while True:
+        try:
+            want, failed = wanted_nodes()
+            want[NODE] = {"source": "", "labels": {"kubernetes.io/hostname": NODE}, "resources": None, "taints": []}
+            have = {n["metadata"]["name"]: n for n in call("GET", "/api/v1/nodes")["items"]}
+            for name, node in want.items():
+                if name not in have:
+                    call("POST", "/api/v1/nodes", {
+                        "apiVersion": "v1", "kind": "Node",
+                        "metadata": {"name": name, "labels": node["labels"],
+                                     "annotations": {SOURCE: node["source"]} if node["source"] else {}},
+                        "spec": {"taints": node["taints"]} if node["taints"] else {},
+                    })
+                    beats.pop(name, None)
+                if time.time() - beats.get(name, 0) > 15:
+                    call("PATCH", "/api/v1/nodes/%s/status" % name,
+                         {"status": node_status(name, node["resources"])}, "application/merge-patch+json")
+                    beats[name] = time.time()
+            for name, node in have.items():
+                labels = node["metadata"].get("labels") or {}
+                source = (node["metadata"].get("annotations") or {}).get(SOURCE)
+                if name not in want and labels.get(SIMULATED) == "true" and source not in failed:
+                    # The group shrank or went: its node goes, and the pod
+                    # garbage collector ends the pods that were bound to it.
+                    call("DELETE", "/api/v1/nodes/" + name)
+                    beats.pop(name, None)
+        except Exception as e:  # the API server restarts
+            print("node simulator (nodes): %s" % e, file=sys.stderr, flush=True)
+        time.sleep(2)
 
 
 KUBELET = {"port": 0}
@@ -730,22 +876,9 @@ def main():
     secret = cached("secrets", lambda v: base64.b64decode(v).decode("utf-8", "replace"))
     configmap = cached("configmaps", lambda v: v)
 
-    heartbeat = 0.0
+    threading.Thread(target=keep_nodes, args=(call,), daemon=True).start()
     while True:
         try:
-            if time.time() - heartbeat > 10:
-                try:
-                    call("GET", "/api/v1/nodes/" + NODE)
-                except urllib.error.HTTPError as e:
-                    if e.code != 404:
-                        raise
-                    call("POST", "/api/v1/nodes", {
-                        "apiVersion": "v1", "kind": "Node",
-                        "metadata": {"name": NODE, "labels": {"kubernetes.io/hostname": NODE}},
-                    })
-                call("PATCH", "/api/v1/nodes/%s/status" % NODE, {"status": node_status()},
-                     "application/merge-patch+json")
-                heartbeat = time.time()
             pods = call("GET", "/api/v1/pods")["items"]
             policies = call("GET", "/apis/networking.k8s.io/v1/networkpolicies")["items"]
             # Swapped whole: the port-forward thread reads them meanwhile.
@@ -765,10 +898,7 @@ def main():
                                 raise
                     continue
                 if not pod["spec"].get("nodeName"):
-                    call("POST", "/api/v1/namespaces/%s/pods/%s/binding" % (meta["namespace"], meta["name"]), {
-                        "apiVersion": "v1", "kind": "Binding", "metadata": {"name": meta["name"]},
-                        "target": {"apiVersion": "v1", "kind": "Node", "name": NODE},
-                    })
+                    continue  # the scheduler has not placed it (its PodScheduled condition says why)
                 want = desired_status(pod, secret, policies, configmap)
                 if want["phase"] == "Running":
                     for c in pod["spec"].get("containers", []):

@@ -11,71 +11,29 @@
 //! 2% above, plus 100 MiB for eviction. DaemonSets' requests (the CNI,
 //! kube-proxy) are not counted: what is left is an upper bound.
 
-/// One machine type: cores, memory in GiB, and (EKS) the most pods a node
-/// may run.
+/// One machine type, as `support/machine-types.json` lists it.
+#[derive(serde::Deserialize)]
 struct Shape {
-    name: &'static str,
     cores: u32,
     memory_gib: f64,
     max_pods: u32,
 }
 
-const fn s(name: &'static str, cores: u32, memory_gib: f64, max_pods: u32) -> Shape {
-    Shape {
-        name,
-        cores,
-        memory_gib,
-        max_pods,
-    }
+#[derive(serde::Deserialize)]
+struct Table {
+    ec2: std::collections::BTreeMap<String, Shape>,
+    gce: std::collections::BTreeMap<String, Shape>,
 }
 
-/// EC2 instance types EKS nodes commonly use.
-const EC2: &[Shape] = &[
-    s("t3.medium", 2, 4.0, 17),
-    s("t3.large", 2, 8.0, 35),
-    s("t3.xlarge", 4, 16.0, 58),
-    s("t3.2xlarge", 8, 32.0, 58),
-    s("t3a.large", 2, 8.0, 35),
-    s("t3a.xlarge", 4, 16.0, 58),
-    s("m5.large", 2, 8.0, 29),
-    s("m5.xlarge", 4, 16.0, 58),
-    s("m5.2xlarge", 8, 32.0, 58),
-    s("m5.4xlarge", 16, 64.0, 234),
-    s("m6i.large", 2, 8.0, 29),
-    s("m6i.xlarge", 4, 16.0, 58),
-    s("m6i.2xlarge", 8, 32.0, 58),
-    s("m7i.large", 2, 8.0, 29),
-    s("m7i.xlarge", 4, 16.0, 58),
-    s("m7i.2xlarge", 8, 32.0, 58),
-    s("m6g.large", 2, 8.0, 29),
-    s("m6g.xlarge", 4, 16.0, 58),
-    s("m7g.large", 2, 8.0, 29),
-    s("m7g.xlarge", 4, 16.0, 58),
-    s("c5.large", 2, 4.0, 29),
-    s("c5.xlarge", 4, 8.0, 58),
-    s("c5.2xlarge", 8, 16.0, 58),
-    s("r5.large", 2, 16.0, 29),
-    s("r5.xlarge", 4, 32.0, 58),
-    s("r5.2xlarge", 8, 64.0, 58),
-];
+/// The machine shapes, shared with the local cloud's simulated nodes.
+const TABLE: &str = include_str!("../../support/machine-types.json");
 
-/// Compute Engine machine types GKE nodes commonly use (110 pods a node).
-const GCE: &[Shape] = &[
-    s("e2-medium", 2, 4.0, 110),
-    s("e2-standard-2", 2, 8.0, 110),
-    s("e2-standard-4", 4, 16.0, 110),
-    s("e2-standard-8", 8, 32.0, 110),
-    s("e2-standard-16", 16, 64.0, 110),
-    s("n2-standard-2", 2, 8.0, 110),
-    s("n2-standard-4", 4, 16.0, 110),
-    s("n2-standard-8", 8, 32.0, 110),
-    s("n2-standard-16", 16, 64.0, 110),
-    s("n2d-standard-2", 2, 8.0, 110),
-    s("n2d-standard-4", 4, 16.0, 110),
-    s("n1-standard-2", 2, 7.5, 110),
-    s("n1-standard-4", 4, 15.0, 110),
-    s("c3-standard-4", 4, 16.0, 110),
-];
+fn table() -> &'static Table {
+    static PARSED: std::sync::LazyLock<Table> = std::sync::LazyLock::new(|| {
+        serde_json::from_str(TABLE).expect("support/machine-types.json is checked by a unit test")
+    });
+    &PARSED
+}
 
 /// Which provider's reservations apply.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -130,11 +88,11 @@ fn gke_memory_reserved(total: f64) -> f64 {
 
 /// A node's allocatable resources, for a machine type this table knows.
 pub fn allocatable(provider: Provider, machine_type: &str) -> Option<Allocatable> {
-    let table = match provider {
-        Provider::Eks => EC2,
-        Provider::Gke => GCE,
+    let shapes = match provider {
+        Provider::Eks => &table().ec2,
+        Provider::Gke => &table().gce,
     };
-    let shape = table.iter().find(|m| m.name == machine_type)?;
+    let shape = shapes.get(machine_type)?;
     let memory = shape.memory_gib * GIB;
     let reserved = match provider {
         Provider::Eks => (255.0 + 11.0 * f64::from(shape.max_pods)) * MIB,

@@ -168,6 +168,7 @@ static SCHEMA: KindSchema = KindSchema {
         Field::new("secrets", Ty::StringMap, "environment from secrets: NAME: a Secrets Manager ARN (`#key` picks a JSON key) or `env:VARIABLE`; values go to the cluster, never to the state").check(secret_sources),
         Field::new("secret_versions", Ty::List(&Ty::String), "the secrets' current version ids, such as `${secret_key.version_id}`: a rotation then shows in plan, and apply copies the new values and restarts the pods"),
         Field::new("ingress_host", Ty::String, "the public host name; when set, an Ingress with TLS is made"),
+        Field::new("node_selector", Ty::StringMap, "labels of the nodes the pods run on (their node group: EKS `eks.amazonaws.com/nodegroup`, GKE `cloud.google.com/gke-nodepool`)"),
         Field::new("service_account_annotations", Ty::StringMap, "annotations of the pods' ServiceAccount: the cloud identity they act as (GKE: iam.gke.io/gcp-service-account: EMAIL; EKS: eks.amazonaws.com/role-arn: ARN)"),
         Field::new("ingress_class", Ty::String, "the IngressClass").default("\"nginx\""),
         Field::new("tls_issuer", Ty::String, "the cert-manager ClusterIssuer").default("\"letsencrypt-prod\""),

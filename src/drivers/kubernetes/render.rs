@@ -325,6 +325,8 @@ pub struct Values {
     pub pdb: Pdb,
     pub maintenance: Maintenance,
     pub monitoring: Monitoring,
+    /// The pods' nodeSelector (empty: any node).
+    pub node_selector: BTreeMap<String, String>,
     /// On the pods' ServiceAccount: how a cloud maps it to a cloud identity
     /// (GKE workload identity's `iam.gke.io/gcp-service-account`).
     pub service_account_annotations: BTreeMap<String, String>,
@@ -622,6 +624,7 @@ pub fn values(
         liveness_path: s(props, "liveness_path", "/health"),
         readiness_path: s(props, "readiness_path", "/ready"),
         service_account_annotations: string_map(props, "service_account_annotations"),
+        node_selector: string_map(props, "node_selector"),
         config,
         config_hash,
         redis_ca,
