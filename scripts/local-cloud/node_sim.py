@@ -463,20 +463,21 @@ def allocatable(provider, machine_type):
     shape = MACHINES["ec2" if provider == "eks" else "gce"].get(machine_type)
     if shape is None:
         return None
-    cores = shape["cores"]
-    cpu = cores - sum(0.06 if c == 1 else 0.01 if c == 2 else 0.005 if c <= 4 else 0.0025 for c in range(1, cores + 1))
+    r = MACHINES["reservations"]
+    cores, shares = shape["cores"], r["cpu_per_core"]
+    cpu = cores - sum(shares[min(c, len(shares) - 1)] for c in range(cores))
     memory = shape["memory_gib"] * GIB
     if provider == "eks":
-        reserved = (255 + 11 * shape["max_pods"]) * MIB
+        reserved = (r["eks_memory_mib"]["fixed"] + r["eks_memory_mib"]["per_pod"] * shape["max_pods"]) * MIB
     else:
         reserved, left = 0.0, memory
-        for size, share in ((4 * GIB, 0.25), (4 * GIB, 0.20), (8 * GIB, 0.10), (112 * GIB, 0.06), (float("inf"), 0.02)):
-            part = min(left, size)
+        for size, share in r["gke_memory"]:
+            part = left if size is None else min(left, size * GIB)
             reserved += part * share
             left -= part
             if left <= 0:
                 break
-    reserved += 100 * MIB
+    reserved += r["eviction_mib"] * MIB
     return {"cpu": "%dm" % round(cpu * 1000), "memory": "%dKi" % ((memory - reserved) // 1024),
             "pods": str(shape["max_pods"]), "capacity": {"cpu": str(cores), "memory": "%dKi" % (memory // 1024),
                                                             "pods": str(shape["max_pods"])}}

@@ -20,7 +20,23 @@ struct Shape {
 }
 
 #[derive(serde::Deserialize)]
+struct EksMemory {
+    fixed: f64,
+    per_pod: f64,
+}
+
+/// What the providers keep from pods (see the file's `about`).
+#[derive(serde::Deserialize)]
+struct Reservations {
+    cpu_per_core: Vec<f64>,
+    eks_memory_mib: EksMemory,
+    gke_memory: Vec<(Option<f64>, f64)>,
+    eviction_mib: f64,
+}
+
+#[derive(serde::Deserialize)]
 struct Table {
+    reservations: Reservations,
     ec2: std::collections::BTreeMap<String, Shape>,
     gce: std::collections::BTreeMap<String, Shape>,
 }
@@ -53,30 +69,17 @@ const MIB: f64 = 1024.0 * 1024.0;
 const GIB: f64 = 1024.0 * MIB;
 
 fn cpu_reserved(cores: u32) -> f64 {
-    let mut reserved = 0.0;
-    for core in 1..=cores {
-        reserved += match core {
-            1 => 0.06,
-            2 => 0.01,
-            3 | 4 => 0.005,
-            _ => 0.0025,
-        };
-    }
-    reserved
+    let shares = &table().reservations.cpu_per_core;
+    (0..cores as usize)
+        .map(|c| shares[c.min(shares.len() - 1)])
+        .sum()
 }
 
 fn gke_memory_reserved(total: f64) -> f64 {
-    let tiers = [
-        (4.0 * GIB, 0.25),
-        (4.0 * GIB, 0.20),
-        (8.0 * GIB, 0.10),
-        (112.0 * GIB, 0.06),
-        (f64::INFINITY, 0.02),
-    ];
     let mut left = total;
     let mut reserved = 0.0;
-    for (size, share) in tiers {
-        let part = left.min(size);
+    for &(size, share) in &table().reservations.gke_memory {
+        let part = size.map_or(left, |gib| left.min(gib * GIB));
         reserved += part * share;
         left -= part;
         if left <= 0.0 {
@@ -95,9 +98,12 @@ pub fn allocatable(provider: Provider, machine_type: &str) -> Option<Allocatable
     let shape = shapes.get(machine_type)?;
     let memory = shape.memory_gib * GIB;
     let reserved = match provider {
-        Provider::Eks => (255.0 + 11.0 * f64::from(shape.max_pods)) * MIB,
+        Provider::Eks => {
+            let eks = &table().reservations.eks_memory_mib;
+            (eks.fixed + eks.per_pod * f64::from(shape.max_pods)) * MIB
+        }
         Provider::Gke => gke_memory_reserved(memory),
-    } + 100.0 * MIB;
+    } + table().reservations.eviction_mib * MIB;
     Some(Allocatable {
         cpu: f64::from(shape.cores) - cpu_reserved(shape.cores),
         memory: memory - reserved,
