@@ -22,9 +22,10 @@ validate uses), and the labels and taints the provider sets (hostname,
 instance type, zone, `eks.amazonaws.com/nodegroup` or
 `cloud.google.com/gke-nodepool`, the group's own labels and taints). Nodes
 appear when their group is active, go when it is resized down or deleted,
-and their status is renewed like a kubelet's heartbeat. One more Node,
-`ralph-sim` (64 cores), takes the pods that name no node group, since one
-API server stands in for every cluster of the local clouds. Pods that fit
+and their status is renewed like a kubelet's heartbeat. Six more Nodes,
+`ralph-sim-0` to `ralph-sim-5` (64 cores each; RALPH_SIM_DEFAULT_NODES
+sets how many), take the pods that name no node group, since one API server
+stands in for every cluster of the local clouds. Pods that fit
 nowhere stay Pending with the scheduler's own reason. A deleted pod is
 ended at once, as a kubelet confirms a pod's termination.
 
@@ -447,6 +448,10 @@ def desired_status(pod, secret=lambda ns, name: None, policies=(), configmap=lam
 
 
 NODE = "ralph-sim"
+# The pool for pods that name no node group: enough hosts for the guide's
+# three anti-affine replicas and a surge pod per namespace, so a stack
+# without a cloud cluster (the Kubernetes-only tests) can roll out.
+DEFAULT_NODES = int(os.environ.get("RALPH_SIM_DEFAULT_NODES", "6"))
 SIMULATED = "node.ralph-sim/simulated"  # the label on every Node this simulator keeps
 SOURCE = "node.ralph-sim/source"  # the annotation naming the cloud a Node's group is in
 MACHINES = json.load(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "support",
@@ -569,7 +574,11 @@ def keep_nodes(call):
     while True:
         try:
             want, failed = wanted_nodes()
-            want[NODE] = {"source": "", "labels": {"kubernetes.io/hostname": NODE}, "resources": None, "taints": []}
+            for i in range(DEFAULT_NODES):
+                name = "%s-%d" % (NODE, i)
+                want[name] = {"source": "", "resources": None, "taints": [],
+                              "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
+                                         "node.ralph-sim/pool": "default", SIMULATED: "true"}}
             have = {n["metadata"]["name"]: n for n in call("GET", "/api/v1/nodes")["items"]}
             for name, node in want.items():
                 if name not in have:
