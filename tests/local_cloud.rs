@@ -6,7 +6,10 @@
 //! - the local EKS makes a cluster security group, which managed nodes carry;
 //! - a store is reachable from the pods only when its security groups admit
 //!   what the nodes carry, and a pod whose store is unreachable never
-//!   becomes ready.
+//!   becomes ready;
+//! - the real kube-scheduler places pods on Nodes that follow the node
+//!   groups' sizes: the guide's rollout cannot place its surge pod on three
+//!   nodes and finishes on four.
 mod common;
 
 use std::time::{Duration, Instant};
@@ -1249,4 +1252,253 @@ async fn a_probe_on_a_path_the_application_does_not_serve_keeps_the_pod_unready(
     assert_eq!(wrong.reason.as_deref(), Some("ProbeFailed"), "{wrong:?}");
     assert!(wrong.message.unwrap().contains("404 (GET /readyz)"));
     let _ = nss.delete(&ns, &Default::default()).await;
+}
+
+/// Waits up to `secs` for `check` to give a value; panics with `what`.
+async fn eventually<T, F, Fut>(secs: u64, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_guides_rollout_cannot_schedule_its_surge_pod_on_three_nodes_and_can_on_four() {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::core::v1::Node;
+    use kube::api::{ListParams, Patch, PatchParams};
+
+    let name = format!("lcs{}", std::process::id());
+    let w = World::from_stack("aws-network.yaml", &name);
+    let conf = sdk(&w).await;
+    let ec2 = aws_sdk_ec2::Client::new(&conf);
+    let eks = aws_sdk_eks::Client::new(&conf);
+    let (_, subnets) =
+        vpc_with_subnets(&ec2, 42, &["us-east-1a", "us-east-1b", "us-east-1c"]).await;
+    let cluster = format!("{name}-eks");
+    let nodegroup = format!("{name}-nodes");
+    eks.create_cluster()
+        .name(&cluster)
+        .version("1.35")
+        .role_arn("arn:aws:iam::123456789012:role/eks")
+        .resources_vpc_config(
+            aws_sdk_eks::types::VpcConfigRequest::builder()
+                .set_subnet_ids(Some(subnets.clone()))
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let status = |group: bool| {
+        let (eks, cluster, nodegroup) = (eks.clone(), cluster.clone(), nodegroup.clone());
+        async move {
+            let s = if group {
+                eks.describe_nodegroup()
+                    .cluster_name(&cluster)
+                    .nodegroup_name(&nodegroup)
+                    .send()
+                    .await
+                    .unwrap()
+                    .nodegroup()
+                    .and_then(|n| n.status().cloned())
+                    .map(|s| s.as_str().to_string())
+            } else {
+                eks.describe_cluster()
+                    .name(&cluster)
+                    .send()
+                    .await
+                    .unwrap()
+                    .cluster()
+                    .and_then(|c| c.status().cloned())
+                    .map(|s| s.as_str().to_string())
+            };
+            (s.as_deref() == Some("ACTIVE")).then_some(())
+        }
+    };
+    eventually(30, "the cluster never became ACTIVE", || status(false)).await;
+    // The guide's node group, at the three nodes it runs today.
+    eks.create_nodegroup()
+        .cluster_name(&cluster)
+        .nodegroup_name(&nodegroup)
+        .node_role("arn:aws:iam::123456789012:role/nodes")
+        .set_subnets(Some(subnets.clone()))
+        .instance_types("m5.xlarge")
+        .scaling_config(
+            aws_sdk_eks::types::NodegroupScalingConfig::builder()
+                .min_size(2)
+                .max_size(10)
+                .desired_size(3)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    eventually(30, "the node group never became ACTIVE", || status(true)).await;
+
+    let client = common::kube_client().await;
+    let nodes: Api<Node> = Api::all(client.clone());
+    let of_group =
+        ListParams::default().labels(&format!("eks.amazonaws.com/nodegroup={nodegroup}"));
+    let count = |want: usize| {
+        let (nodes, lp) = (nodes.clone(), of_group.clone());
+        async move {
+            let got = nodes.list(&lp).await.unwrap().items;
+            (got.len() == want).then_some(got)
+        }
+    };
+    let three = eventually(30, "the node group's 3 Nodes never appeared", || count(3)).await;
+    // Each has what an m5.xlarge offers pods on EKS, in the group's zones.
+    for n in &three {
+        let labels = n.metadata.labels.as_ref().unwrap();
+        assert_eq!(labels["node.kubernetes.io/instance-type"], "m5.xlarge");
+        assert!(labels["topology.kubernetes.io/zone"].starts_with("us-east-1"));
+        let alloc = n.status.as_ref().unwrap().allocatable.as_ref().unwrap();
+        assert_eq!(alloc["cpu"].0, "3920m", "{alloc:?}");
+        assert_eq!(alloc["pods"].0, "58", "{alloc:?}");
+    }
+
+    // The guide's Deployment: 3 replicas, one per node (required
+    // anti-affinity), surge 1 and nothing unavailable, pinned to the group.
+    let ns = format!("{name}-app");
+    let nss: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    nss.create(
+        &PostParams::default(),
+        &serde_json::from_value(serde_json::json!({"metadata": {"name": ns}})).unwrap(),
+    )
+    .await
+    .unwrap();
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let labels = serde_json::json!({"app": "ralph-orchestrator"});
+    let deployment: Deployment = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "ralph"},
+        "spec": {
+            "replicas": 3,
+            "selector": {"matchLabels": labels},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "template": {"metadata": {"labels": labels}, "spec": {
+                "automountServiceAccountToken": false,
+                "nodeSelector": {"eks.amazonaws.com/nodegroup": nodegroup},
+                "affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{
+                    "labelSelector": {"matchLabels": labels},
+                    "topologyKey": "kubernetes.io/hostname"}]}},
+                "containers": [{"name": "app", "image": "example/app:1.0.0",
+                    "resources": {"requests": {"cpu": "1", "memory": "2Gi"},
+                                  "limits": {"cpu": "2", "memory": "4Gi"}}}]}}}
+    }))
+    .unwrap();
+    deployments
+        .create(&PostParams::default(), &deployment)
+        .await
+        .unwrap();
+    let settled = || {
+        let deployments = deployments.clone();
+        async move {
+            let d = deployments.get("ralph").await.unwrap();
+            let s = d.status.unwrap_or_default();
+            (s.observed_generation == d.metadata.generation
+                && s.updated_replicas == Some(3)
+                && s.available_replicas == Some(3)
+                && s.replicas == Some(3))
+            .then_some(())
+        }
+    };
+    eventually(
+        40,
+        "the first 3 replicas never became available on 3 nodes",
+        settled,
+    )
+    .await;
+
+    // A new release needs a fourth host for its surge pod: the scheduler
+    // leaves it Pending, and the rollout cannot make progress.
+    deployments
+        .patch(
+            "ralph",
+            &PatchParams::default(),
+            &Patch::Strategic(serde_json::json!({"spec": {"template": {"spec": {
+                "containers": [{"name": "app", "image": "example/app:1.1.0"}]}}}})),
+        )
+        .await
+        .unwrap();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let why = eventually(30, "the surge pod was never judged unschedulable", || {
+        let pods = pods.clone();
+        async move {
+            pods.list(&ListParams::default())
+                .await
+                .unwrap()
+                .items
+                .iter()
+                .find_map(|p| {
+                    let image = p.spec.as_ref()?.containers[0].image.clone()?;
+                    let c = p
+                        .status
+                        .as_ref()?
+                        .conditions
+                        .as_ref()?
+                        .iter()
+                        .find(|c| c.type_ == "PodScheduled")?;
+                    (image.ends_with(":1.1.0") && c.status == "False").then(|| c.clone())
+                })
+        }
+    })
+    .await;
+    assert_eq!(why.reason.as_deref(), Some("Unschedulable"), "{why:?}");
+    let message = why.message.unwrap_or_default();
+    assert!(message.contains("anti-affinity"), "{message}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let s = deployments.get("ralph").await.unwrap().status.unwrap();
+    assert_eq!(s.updated_replicas, Some(1), "{s:?}");
+    assert_eq!(
+        s.available_replicas,
+        Some(3),
+        "the old release keeps serving: {s:?}"
+    );
+
+    // A fourth node (what an autoscaler, or desired 4, gives): the surge
+    // pod lands and the rollout finishes.
+    eks.update_nodegroup_config()
+        .cluster_name(&cluster)
+        .nodegroup_name(&nodegroup)
+        .scaling_config(
+            aws_sdk_eks::types::NodegroupScalingConfig::builder()
+                .min_size(2)
+                .max_size(10)
+                .desired_size(4)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    eventually(40, "the node group's fourth Node never appeared", || {
+        count(4)
+    })
+    .await;
+    eventually(60, "the rollout never finished on 4 nodes", settled).await;
+    let images: Vec<String> = pods
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter_map(|p| p.spec.as_ref()?.containers[0].image.clone())
+        .collect();
+    assert!(images.iter().all(|i| i.ends_with(":1.1.0")), "{images:?}");
+
+    let _ = nss.delete(&ns, &Default::default()).await;
+    let _ = eks
+        .delete_nodegroup()
+        .cluster_name(&cluster)
+        .nodegroup_name(&nodegroup)
+        .send()
+        .await;
 }

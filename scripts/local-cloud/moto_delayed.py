@@ -359,6 +359,13 @@ def patch_eks_rules():
     m.EKSBackend.delete_cluster = delete_cluster
 
 
+def each(backends):
+    """(account, region, backend) for every backend of one service."""
+    for account, by_region in list(backends.items()):
+        for region, backend in list(by_region.items()):
+            yield account, region, backend
+
+
 def network_model():
     """Can the pods of a cluster reach HOST:PORT? Answered from the cloud's
     own API state, as AWS's Reachability Analyzer would: the store that owns
@@ -376,11 +383,6 @@ def network_model():
     from moto.elasticache.models import elasticache_backends
     from moto.moto_api._internal import urls as api_urls
     from moto.rds.models import rds_backends
-
-    def each(backends):
-        for account, by_region in list(backends.items()):
-            for region, backend in list(by_region.items()):
-                yield account, region, backend
 
     def find_store(host):
         for account, region, rds in each(rds_backends):
@@ -529,25 +531,24 @@ def node_listing():
 
     def listing():
         out = []
-        for account, by_region in list(eks_backends.items()):
-            for region, eks in list(by_region.items()):
-                ec2 = ec2_backends[account][region]
-                for cluster in list(eks.clusters.values()):
-                    for ng in list(cluster.nodegroups.values()):
-                        if ng.status not in ("ACTIVE", "UPDATING"):
-                            continue
-                        zones = []
-                        for sid in ng.subnets or []:
-                            try:
-                                zones.append(ec2.get_subnet(sid).availability_zone)
-                            except Exception:
-                                pass
-                        out.append(dict(
-                            account=account, region=region, cluster=cluster.name, nodegroup=ng.nodegroup_name,
-                            size=int((ng.scaling_config or {}).get("desiredSize") or 0),
-                            instance_type=(ng.instance_types or ["t3.medium"])[0],
-                            capacity_type=ng.capacity_type, zones=zones or [region + "a"],
-                            labels=dict(ng.labels or {}), taints=list(ng.taints or [])))
+        for account, region, eks in each(eks_backends):
+            ec2 = ec2_backends[account][region]
+            for cluster in list(eks.clusters.values()):
+                for ng in list(cluster.nodegroups.values()):
+                    if ng.status not in ("ACTIVE", "UPDATING"):
+                        continue
+                    zones = []
+                    for sid in ng.subnets or []:
+                        try:
+                            zones.append(ec2.get_subnet(sid).availability_zone)
+                        except Exception:
+                            pass
+                    out.append(dict(
+                        account=account, region=region, cluster=cluster.name, nodegroup=ng.nodegroup_name,
+                        size=int((ng.scaling_config or {}).get("desiredSize") or 0),
+                        instance_type=(ng.instance_types or ["t3.medium"])[0],
+                        capacity_type=ng.capacity_type, zones=zones or [region + "a"],
+                        labels=dict(ng.labels or {}), taints=list(ng.taints or [])))
         return out
 
     def handler(request, full_url, headers):

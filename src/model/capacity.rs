@@ -1,14 +1,12 @@
 //! What a node of a given machine type offers pods: its allocatable CPU and
 //! memory, from the provider's published machine shapes and the way EKS and
 //! GKE reserve resources for the kubelet and the system. Used by `validate`
-//! to refuse a stack whose rollout could never schedule.
+//! to refuse a stack whose rollout could never schedule; the local cloud's
+//! simulated Nodes take their allocatable from the same file.
 //!
-//! CPU reserved (both providers): 6% of the first core, 1% of the second,
-//! 0.5% of the third and fourth, 0.25% of every further core.
-//! Memory reserved: on EKS, 255 MiB + 11 MiB per pod the node may run
-//! (its ENI-based maximum), plus 100 MiB for eviction; on GKE, 25% of the
-//! first 4 GiB, 20% of the next 4, 10% of the next 8, 6% of the next 112,
-//! 2% above, plus 100 MiB for eviction. DaemonSets' requests (the CNI,
+//! The shapes and the reservations (a share of each core; on EKS a fixed
+//! amount plus some per pod, on GKE a share of each memory tier; eviction)
+//! are data in `support/machine-types.json`. DaemonSets' requests (the CNI,
 //! kube-proxy) are not counted: what is left is an upper bound.
 
 /// One machine type, as `support/machine-types.json` lists it.
