@@ -115,7 +115,7 @@ async fn production_stack_end_to_end() {
     // ---- apply: every resource, in dependency order, branches in parallel.
     let ev = apply_json(&w, &[]);
     let s = ev.summary();
-    assert_eq!(s["created"], 48, "{s}");
+    assert_eq!(s["created"], 51, "{s}");
     // The add-on between the nodes and the orchestrator, and available.
     assert!(ev.at("resource_finished", "nodes") < ev.at("resource_started", addon));
     assert!(ev.at("resource_finished", addon) < ev.at("resource_started", "app.orchestrator"));
@@ -204,7 +204,58 @@ async fn production_stack_end_to_end() {
     let sc = ng.nodegroup().unwrap().scaling_config().unwrap();
     assert_eq!(
         (sc.min_size(), sc.max_size(), sc.desired_size()),
-        (Some(2), Some(10), Some(4))
+        (Some(2), Some(10), Some(3))
+    );
+    // IRSA for the cluster autoscaler: the cluster's issuer as an IAM OIDC
+    // provider, a role only its service account may assume, and the
+    // add-on running with that role.
+    let iam = aws_sdk_iam::Client::new(&c);
+    let issuer = eks
+        .describe_cluster()
+        .name(format!("{name}-production"))
+        .send()
+        .await
+        .unwrap()
+        .cluster()
+        .unwrap()
+        .identity()
+        .unwrap()
+        .oidc()
+        .unwrap()
+        .issuer()
+        .unwrap()
+        .trim_start_matches("https://")
+        .to_string();
+    let providers = iam.list_open_id_connect_providers().send().await.unwrap();
+    let provider = providers
+        .open_id_connect_provider_list()
+        .iter()
+        .filter_map(|p| p.arn())
+        .find(|a| a.ends_with(&issuer))
+        .expect("an OIDC provider for the cluster's issuer");
+    let role = iam
+        .get_role()
+        .role_name(format!("{name}-production-cluster-autoscaler"))
+        .send()
+        .await
+        .unwrap();
+    let trust = role.role().unwrap().assume_role_policy_document().unwrap();
+    let trust = trust.replace("%3A", ":").replace("%2F", "/");
+    assert!(
+        trust.contains(provider)
+            && trust.contains(&format!(
+                "system:serviceaccount:{name}-system:cluster-autoscaler"
+            )),
+        "{trust}"
+    );
+    let sa: k8s_openapi::api::core::v1::ServiceAccount =
+        kube::Api::namespaced(common::kube_client().await, &format!("{name}-system"))
+            .get("cluster-autoscaler")
+            .await
+            .unwrap();
+    assert_eq!(
+        sa.metadata.annotations.unwrap()["eks.amazonaws.com/role-arn"],
+        role.role().unwrap().arn()
     );
     assert_eq!(
         ng.nodegroup().unwrap().instance_types(),
@@ -384,7 +435,7 @@ async fn production_stack_end_to_end() {
         text(&out.stdout)
     );
     let ev = Events::parse(&text(&out.stdout));
-    assert_eq!(ev.summary()["deleted"], 48);
+    assert_eq!(ev.summary()["deleted"], 51);
     for (dependent, dependency) in [
         (addon, "nodes"),
         ("app.orchestrator", addon),
@@ -464,7 +515,10 @@ async fn the_rewritten_stack_only_moves_what_the_flat_one_made() {
         .iter()
         .any(|m| m["from"] == "orchestrator" && m["to"] == "app.orchestrator"));
     // Besides the moves: the application's database password and role,
-    // which the flat stack did not have, the orchestrator taking them, and
+    // and the cluster autoscaler with its IAM role and the cluster's OIDC
+    // provider, which the flat stack did not have (and so the node group
+    // now starts at 3, the autoscaler adding the rollout's fourth), the
+    // orchestrator taking them, and
     // the schema now reached through the cluster (only how it is reached
     // changes: the cluster's settings).
     let through_cluster = |c: &Value| {
@@ -493,6 +547,12 @@ async fn the_rewritten_stack_only_moves_what_the_flat_one_made() {
         .filter(|c| {
             !(c.starts_with("\"secrets.database_password\" \"create\"")
                 || c.starts_with("\"app.app_role\" \"create\"")
+                || c.starts_with("\"oidc\" \"create\"")
+                || c.starts_with("\"autoscaler_role\" \"create\"")
+                || c.starts_with("\"autoscaler\" \"create\"")
+                || c.starts_with(
+                    "\"nodes\" \"update\" [{\"name\":\"desired_size\",\"before\":4,\"after\":3,",
+                )
                 || c.starts_with("\"app.orchestrator\" \"update\""))
         })
         .collect();
@@ -511,8 +571,8 @@ async fn the_rewritten_stack_only_moves_what_the_flat_one_made() {
     let s = ev.summary();
     assert_eq!(
         (s["created"].as_u64(), s["deleted"].as_u64()),
-        (Some(2), Some(0)),
-        "only the new password and role are created: {s}"
+        (Some(5), Some(0)),
+        "only the new password and role, and the autoscaler's three, are created: {s}"
     );
     assert_eq!(
         ev.0.iter()
@@ -534,7 +594,13 @@ async fn the_rewritten_stack_only_moves_what_the_flat_one_made() {
         .collect();
     let ids_after: BTreeMap<String, String> = ids_after
         .into_iter()
-        .filter(|(id, kind)| kind != "postgres.role" && !id.contains("/database-password-"))
+        .filter(|(id, kind)| {
+            kind != "postgres.role"
+                && !id.contains("/database-password-")
+                && !kind.starts_with("aws.iam_oidc")
+                && !id.ends_with("-cluster-autoscaler")
+                && !(kind == "kubernetes.manifests" && !ids_before.contains_key(id))
+        })
         .collect();
     assert_eq!(ids_before, ids_after, "the same resources, renamed");
     assert!(st["resources"]["nat[\"b\"]"].is_object());

@@ -417,6 +417,24 @@ async fn gcp_production_end_to_end() {
     );
     assert!(changed(&w.plan_json(&[])).is_empty());
 
+    // ---- GKE's autoscaler grows a zone within min..max: not drift, and
+    // the next plan does not size the pool back (that would take the node
+    // the autoscaler added for a pending pod)
+    let grown: Value = serde_json::from_str(
+        &ureq::post(&format!("{}/__double/nodes/grow", common::gcp_endpoint()))
+            .send_string(&serde_json::json!({"group": groups[0]}).to_string())
+            .unwrap()
+            .into_string()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(grown["grown"], true, "{grown}");
+    let c = changed(&w.plan_json(&[]));
+    assert!(
+        c.is_empty(),
+        "an autoscaled size planned as a change: {c:?}"
+    );
+
     // ---- a subnetwork range is a replacement (and so is what sits in it)
     let replan = {
         let mut c = w.cmd(&[

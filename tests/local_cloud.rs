@@ -1502,3 +1502,488 @@ async fn the_guides_rollout_cannot_schedule_its_surge_pod_on_three_nodes_and_can
         .send()
         .await;
 }
+
+/// The guide's Deployment on an autoscaled GKE pool of one node per zone:
+/// the rollout's surge pod makes GKE's autoscaler (the node simulator
+/// watching the pods, the double resizing the pool's zone) add a fourth
+/// node, and the rollout finishes; at the pool's maximum a pod stays
+/// Pending and says why no node was added.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_autoscaled_gke_pool_grows_for_the_surge_pod_up_to_its_maximum() {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::core::v1::{Event, Node};
+    use kube::api::{ListParams, Patch, PatchParams};
+
+    let p = format!("lcas-{}", std::process::id());
+    let pool = format!("auto-{}", std::process::id());
+    let (code, e) = gcp_post(
+        &format!("/v1/projects/{p}/locations/us-central1/clusters"),
+        serde_json::json!({"cluster": {"name": "c", "network": "default",
+            "ipAllocationPolicy": {"useIpAliases": true},
+            "nodePools": [{"name": pool, "initialNodeCount": 1,
+                "autoscaling": {"enabled": true, "minNodeCount": 1, "maxNodeCount": 2},
+                "config": {"machineType": "e2-standard-4"}}]}}),
+    );
+    assert_eq!(code, 200, "{e}");
+    let cluster_path = format!("/v1/projects/{p}/locations/us-central1/clusters/c");
+    gcp_wait(&cluster_path, "the cluster RUNNING", |v| {
+        v["status"] == "RUNNING"
+    });
+
+    let client = common::kube_client().await;
+    let nodes: Api<Node> = Api::all(client.clone());
+    let of_pool = ListParams::default().labels(&format!("cloud.google.com/gke-nodepool={pool}"));
+    let count = |want: usize| {
+        let (nodes, lp) = (nodes.clone(), of_pool.clone());
+        async move { (nodes.list(&lp).await.unwrap().items.len() == want).then_some(()) }
+    };
+    eventually(
+        30,
+        "the pool's 3 Nodes (one per zone) never appeared",
+        || count(3),
+    )
+    .await;
+
+    let ns = format!("{p}-app");
+    let nss: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    nss.create(
+        &PostParams::default(),
+        &serde_json::from_value(serde_json::json!({"metadata": {"name": ns}})).unwrap(),
+    )
+    .await
+    .unwrap();
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let labels = serde_json::json!({"app": "ralph-orchestrator"});
+    let deployment: Deployment = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "ralph"},
+        "spec": {
+            "replicas": 3,
+            "selector": {"matchLabels": labels},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "template": {"metadata": {"labels": labels}, "spec": {
+                "automountServiceAccountToken": false,
+                "nodeSelector": {"cloud.google.com/gke-nodepool": pool},
+                "affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{
+                    "labelSelector": {"matchLabels": labels},
+                    "topologyKey": "kubernetes.io/hostname"}]}},
+                "containers": [{"name": "app", "image": "example/app:1.0.0",
+                    "resources": {"requests": {"cpu": "1", "memory": "2Gi"}}}]}}}
+    }))
+    .unwrap();
+    deployments
+        .create(&PostParams::default(), &deployment)
+        .await
+        .unwrap();
+    let settled = |replicas: i32| {
+        let deployments = deployments.clone();
+        async move {
+            let d = deployments.get("ralph").await.unwrap();
+            let s = d.status.unwrap_or_default();
+            (s.observed_generation == d.metadata.generation
+                && s.updated_replicas == Some(replicas)
+                && s.available_replicas == Some(replicas)
+                && s.replicas == Some(replicas))
+            .then_some(())
+        }
+    };
+    eventually(40, "the first 3 replicas never became available", || {
+        settled(3)
+    })
+    .await;
+
+    // A new release: the surge pod finds no fourth host, the autoscaler
+    // adds one in a zone, and the rollout finishes.
+    deployments
+        .patch(
+            "ralph",
+            &PatchParams::default(),
+            &Patch::Strategic(serde_json::json!({"spec": {"template": {"spec": {
+                "containers": [{"name": "app", "image": "example/app:1.1.0"}]}}}})),
+        )
+        .await
+        .unwrap();
+    eventually(60, "the rollout never finished on the grown pool", || {
+        settled(3)
+    })
+    .await;
+    let grown = nodes.list(&of_pool).await.unwrap().items.len();
+    assert!((4..=5).contains(&grown), "{grown} nodes after one rollout");
+    let events: Api<Event> = Api::namespaced(client.clone(), &ns);
+    let reasons = || {
+        let events = events.clone();
+        async move {
+            events
+                .list(&ListParams::default())
+                .await
+                .unwrap()
+                .items
+                .into_iter()
+                .filter(|e| {
+                    e.source.as_ref().and_then(|s| s.component.as_deref())
+                        == Some("cluster-autoscaler")
+                })
+                .map(|e| (e.reason.unwrap_or_default(), e.message.unwrap_or_default()))
+                .collect::<Vec<_>>()
+        }
+    };
+    let seen = reasons().await;
+    assert!(
+        seen.iter()
+            .any(|(r, m)| r == "TriggeredScaleUp" && m.contains(&pool)),
+        "{seen:?}"
+    );
+    // GKE's way: one zone's instance group grew; the pool's initial count
+    // did not move.
+    let c = common::gcp_get(&cluster_path).unwrap();
+    assert_eq!(c["nodePools"][0]["initialNodeCount"], 1, "{c}");
+
+    // Seven replicas on a pool of at most two nodes per zone (six): the
+    // seventh stays Pending, and says why no node came.
+    deployments
+        .patch(
+            "ralph",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"replicas": 7}})),
+        )
+        .await
+        .unwrap();
+    eventually(60, "the pool never reached its maximum of 6 Nodes", || {
+        count(6)
+    })
+    .await;
+    let at_max = eventually(40, "no event said the pool was at its maximum", || {
+        let reasons = reasons();
+        async move {
+            reasons
+                .await
+                .into_iter()
+                .find(|(r, m)| r == "NotTriggerScaleUp" && m.contains("maximum"))
+        }
+    })
+    .await;
+    assert!(at_max.1.contains(&pool), "{at_max:?}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(count(6).await.is_some(), "the pool grew past its maximum");
+    let s = deployments.get("ralph").await.unwrap().status.unwrap();
+    assert_eq!(s.available_replicas, Some(6), "{s:?}");
+
+    let _ = nss.delete(&ns, &Default::default()).await;
+    let _ = gcp_call("DELETE", &cluster_path, None);
+}
+
+/// EKS has no autoscaler of its own: a node group grows for a pending pod
+/// only when a cluster-autoscaler pod serves the cluster, and only through
+/// an IAM role its service account may assume (an OIDC provider of the
+/// cluster's issuer trusted for that account) that allows
+/// SetDesiredCapacity on the group; never past the group's maximum.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_eks_node_group_grows_only_through_an_autoscaler_with_a_trusted_role() {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::core::v1::{Event, Node};
+    use kube::api::{ListParams, Patch, PatchParams};
+
+    let name = format!("lca{}", std::process::id());
+    let w = World::from_stack("aws-network.yaml", &name);
+    let conf = sdk(&w).await;
+    let ec2 = aws_sdk_ec2::Client::new(&conf);
+    let eks = aws_sdk_eks::Client::new(&conf);
+    let iam = aws_sdk_iam::Client::new(&conf);
+    let (_, subnets) = vpc_with_subnets(&ec2, 43, &["us-east-1a", "us-east-1b"]).await;
+    let cluster = format!("{name}-eks");
+    let nodegroup = format!("{name}-nodes");
+    let made = eks
+        .create_cluster()
+        .name(&cluster)
+        .version("1.35")
+        .role_arn("arn:aws:iam::123456789012:role/eks")
+        .resources_vpc_config(
+            aws_sdk_eks::types::VpcConfigRequest::builder()
+                .set_subnet_ids(Some(subnets.clone()))
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let issuer = made
+        .cluster()
+        .unwrap()
+        .identity()
+        .unwrap()
+        .oidc()
+        .unwrap()
+        .issuer()
+        .unwrap()
+        .to_string();
+    let active = || {
+        let (eks, cluster) = (eks.clone(), cluster.clone());
+        async move {
+            let c = eks.describe_cluster().name(&cluster).send().await.unwrap();
+            (c.cluster().and_then(|c| c.status()).map(|s| s.as_str()) == Some("ACTIVE"))
+                .then_some(())
+        }
+    };
+    eventually(30, "the cluster never became ACTIVE", active).await;
+    eks.create_nodegroup()
+        .cluster_name(&cluster)
+        .nodegroup_name(&nodegroup)
+        .node_role("arn:aws:iam::123456789012:role/nodes")
+        .set_subnets(Some(subnets.clone()))
+        .instance_types("m5.xlarge")
+        .scaling_config(
+            aws_sdk_eks::types::NodegroupScalingConfig::builder()
+                .min_size(1)
+                .max_size(4)
+                .desired_size(3)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let client = common::kube_client().await;
+    let nodes: Api<Node> = Api::all(client.clone());
+    let of_group =
+        ListParams::default().labels(&format!("eks.amazonaws.com/nodegroup={nodegroup}"));
+    let count = |want: usize| {
+        let (nodes, lp) = (nodes.clone(), of_group.clone());
+        async move { (nodes.list(&lp).await.unwrap().items.len() == want).then_some(()) }
+    };
+    eventually(40, "the node group's 3 Nodes never appeared", || count(3)).await;
+
+    let ns = format!("{name}-app");
+    let nss: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    nss.create(
+        &PostParams::default(),
+        &serde_json::from_value(serde_json::json!({"metadata": {"name": ns}})).unwrap(),
+    )
+    .await
+    .unwrap();
+    let labels = serde_json::json!({"app": "ralph-orchestrator"});
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let app: Deployment = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "ralph"},
+        "spec": {"replicas": 4, "selector": {"matchLabels": labels},
+            "template": {"metadata": {"labels": labels}, "spec": {
+                "automountServiceAccountToken": false,
+                "nodeSelector": {"eks.amazonaws.com/nodegroup": nodegroup},
+                "affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{
+                    "labelSelector": {"matchLabels": labels}, "topologyKey": "kubernetes.io/hostname"}]}},
+                "containers": [{"name": "app", "image": "example/app:1.0.0"}]}}}
+    }))
+    .unwrap();
+    deployments
+        .create(&PostParams::default(), &app)
+        .await
+        .unwrap();
+    let events: Api<Event> = Api::namespaced(client.clone(), &ns);
+    let autoscaler_events = || {
+        let events = events.clone();
+        async move {
+            events
+                .list(&ListParams::default())
+                .await
+                .unwrap()
+                .items
+                .into_iter()
+                .filter(|e| {
+                    e.source.as_ref().and_then(|s| s.component.as_deref())
+                        == Some("cluster-autoscaler")
+                })
+                .map(|e| (e.reason.unwrap_or_default(), e.message.unwrap_or_default()))
+                .collect::<Vec<_>>()
+        }
+    };
+    let available = |n: i32| {
+        let deployments = deployments.clone();
+        async move {
+            let s = deployments
+                .get("ralph")
+                .await
+                .unwrap()
+                .status
+                .unwrap_or_default();
+            (s.available_replicas == Some(n)).then_some(())
+        }
+    };
+    // Four replicas, one per node, on three nodes and no autoscaler: the
+    // fourth stays Pending and nothing grows.
+    eventually(30, "three replicas never became available", || available(3)).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(
+        count(3).await.is_some(),
+        "a node group grew with no autoscaler"
+    );
+    assert!(autoscaler_events().await.is_empty());
+
+    // An autoscaler whose role does not trust the cluster's issuer: it has
+    // no credentials, and says so.
+    let trust = |provider: &str, subject: &str| {
+        let issuer = issuer.trim_start_matches("https://");
+        serde_json::json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow",
+            "Principal": {"Federated": provider}, "Action": "sts:AssumeRoleWithWebIdentity",
+            "Condition": {"StringEquals": {format!("{issuer}:sub"): subject,
+                format!("{issuer}:aud"): "sts.amazonaws.com"}}}]})
+        .to_string()
+    };
+    let subject = format!("system:serviceaccount:{ns}:cluster-autoscaler");
+    let role = iam
+        .create_role()
+        .role_name(format!("{name}-autoscaler"))
+        .assume_role_policy_document(trust(
+            "arn:aws:iam::123456789012:oidc-provider/nowhere.example.com",
+            &subject,
+        ))
+        .send()
+        .await
+        .unwrap();
+    let role_arn = role.role().unwrap().arn().to_string();
+    let objects: Vec<serde_json::Value> = vec![
+        serde_json::json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {
+            "name": "cluster-autoscaler", "namespace": ns,
+            "annotations": {"eks.amazonaws.com/role-arn": role_arn}}}),
+        serde_json::json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {
+            "name": "cluster-autoscaler", "namespace": ns}, "spec": {
+            "selector": {"matchLabels": {"app": "ca"}},
+            "template": {"metadata": {"labels": {"app": "ca"}}, "spec": {
+                "serviceAccountName": "cluster-autoscaler", "automountServiceAccountToken": false,
+                "containers": [{"name": "ca", "image": "example/autoscaling/cluster-autoscaler:v1.35.0",
+                    "command": ["./cluster-autoscaler", "--cloud-provider=aws",
+                        format!("--node-group-auto-discovery=asg:tag=k8s.io/cluster-autoscaler/enabled,k8s.io/cluster-autoscaler/{cluster}")]}]}}}}),
+    ];
+    for o in objects {
+        let ar = if o["kind"] == "Deployment" {
+            kube::api::ApiResource::erase::<Deployment>(&())
+        } else {
+            kube::api::ApiResource::erase::<k8s_openapi::api::core::v1::ServiceAccount>(&())
+        };
+        let api: Api<kube::api::DynamicObject> = Api::namespaced_with(client.clone(), &ns, &ar);
+        api.create(&PostParams::default(), &serde_json::from_value(o).unwrap())
+            .await
+            .unwrap();
+    }
+    let refused = eventually(40, "the autoscaler never reported its credentials", || {
+        let ev = autoscaler_events();
+        async move {
+            ev.await
+                .into_iter()
+                .find(|(r, m)| r == "NotTriggerScaleUp" && m.contains("WebIdentityErr"))
+        }
+    })
+    .await;
+    assert!(refused.1.contains(&subject), "{refused:?}");
+    assert!(count(3).await.is_some());
+
+    // The cluster's issuer as an OIDC provider, trusted for the autoscaler's
+    // account: now it assumes the role, but the role may not resize.
+    let provider = iam
+        .create_open_id_connect_provider()
+        .url(&issuer)
+        .client_id_list("sts.amazonaws.com")
+        .send()
+        .await
+        .unwrap()
+        .open_id_connect_provider_arn()
+        .unwrap()
+        .to_string();
+    iam.update_assume_role_policy()
+        .role_name(format!("{name}-autoscaler"))
+        .policy_document(trust(&provider, &subject))
+        .send()
+        .await
+        .unwrap();
+    eventually(
+        40,
+        "a role without SetDesiredCapacity was not refused",
+        || {
+            let ev = autoscaler_events();
+            async move {
+                ev.await.into_iter().find(|(r, m)| {
+                    r == "NotTriggerScaleUp"
+                        && m.contains("not authorized to perform: autoscaling:SetDesiredCapacity")
+                })
+            }
+        },
+    )
+    .await;
+
+    // A policy for another cluster's groups does not do either.
+    let policy = |cluster: &str| {
+        serde_json::json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow",
+            "Action": ["autoscaling:SetDesiredCapacity"], "Resource": "*",
+            "Condition": {"StringEquals": {
+                format!("aws:ResourceTag/k8s.io/cluster-autoscaler/{cluster}"): "owned"}}}]})
+        .to_string()
+    };
+    iam.put_role_policy()
+        .role_name(format!("{name}-autoscaler"))
+        .policy_name("autoscaler")
+        .policy_document(policy("another"))
+        .send()
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    assert!(
+        count(3).await.is_some(),
+        "a policy for another cluster resized this one"
+    );
+    iam.put_role_policy()
+        .role_name(format!("{name}-autoscaler"))
+        .policy_name("autoscaler")
+        .policy_document(policy(&cluster))
+        .send()
+        .await
+        .unwrap();
+    eventually(40, "the node group never grew to 4", || count(4)).await;
+    eventually(40, "the fourth replica never became available", || {
+        available(4)
+    })
+    .await;
+    let seen = autoscaler_events().await;
+    assert!(
+        seen.iter()
+            .any(|(r, m)| r == "TriggeredScaleUp" && m.contains(&nodegroup)),
+        "{seen:?}"
+    );
+    let ng = eks
+        .describe_nodegroup()
+        .cluster_name(&cluster)
+        .nodegroup_name(&nodegroup)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        ng.nodegroup()
+            .unwrap()
+            .scaling_config()
+            .unwrap()
+            .desired_size(),
+        Some(4)
+    );
+
+    // A fifth replica: the group is at its maximum.
+    deployments
+        .patch(
+            "ralph",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"replicas": 5}})),
+        )
+        .await
+        .unwrap();
+    eventually(40, "no event said the group was at its maximum", || {
+        let ev = autoscaler_events();
+        async move {
+            ev.await.into_iter().find(|(r, m)| {
+                r == "NotTriggerScaleUp" && m.contains("max node group size reached")
+            })
+        }
+    })
+    .await;
+    assert!(count(4).await.is_some());
+
+    let _ = nss.delete(&ns, &Default::default()).await;
+    let _ = eks
+        .delete_nodegroup()
+        .cluster_name(&cluster)
+        .nodegroup_name(&nodegroup)
+        .send()
+        .await;
+}

@@ -856,8 +856,9 @@ def node_listing():
     """The nodes GKE would run: per node pool with nodes (RUNNING, or being
     updated) of a serving cluster, per zone, the target size of the pool's
     managed instance group there (what a resize changes), with the pool's
-    machine type, labels and taints. The node simulator turns each into that
-    many Nodes. Served at /__double/nodes."""
+    machine type, labels, taints and autoscaling limits, and the group's
+    link (what `/__double/nodes/grow` takes). The node simulator turns each
+    into that many Nodes. Served at /__double/nodes."""
     out = []
     for path, clusters in list(STORE.items()):
         m = re.match(r"gke/projects/([^/]+)/locations/([^/]+)/clusters$", path)
@@ -879,8 +880,42 @@ def node_listing():
                         "machine_type": config.get("machineType") or "e2-medium",
                         "labels": dict(config.get("labels") or {}),
                         "taints": list(config.get("taints") or []),
+                        "autoscaling": dict(pool.get("autoscaling") or {}),
+                        "group": mig.get("selfLink", ""),
                     })
     return out
+
+
+def autoscaler_grow(link):
+    """GKE's cluster autoscaler adding a node: the node simulator, which
+    sees the pods, asks for one more node in a pool's zone (a group link of
+    `/__double/nodes`) when a pod naming that pool cannot be scheduled; the
+    pool decides, as GKE's autoscaler would: only with autoscaling enabled,
+    and never past maxNodeCount per zone (or totalMaxNodeCount across its
+    zones). The group's target size grows; initialNodeCount never moves."""
+    for path, clusters in list(STORE.items()):
+        if not re.match(r"gke/projects/[^/]+/locations/[^/]+/clusters$", path):
+            continue
+        for cl in list(clusters.values()):
+            for pool in list(cl.get("nodePools") or []):
+                if link not in (pool.get("instanceGroupUrls") or []):
+                    continue
+                auto = pool.get("autoscaling") or {}
+                if not auto.get("enabled"):
+                    return {"grown": False, "reason": "node pool %s has no autoscaling" % pool["name"]}
+                sizes = {name: int((c.get(name) or {}).get("targetSize") or 0) for c, name in groups_of(pool)}
+                mig = link.rsplit("/", 1)[-1]
+                per_zone = auto.get("maxNodeCount")
+                total = auto.get("totalMaxNodeCount")
+                if per_zone is not None and sizes.get(mig, 0) >= int(per_zone):
+                    return {"grown": False, "reason": "node pool %s is at its maximum (%s per zone)" % (pool["name"], per_zone)}
+                if total is not None and sum(sizes.values()) >= int(total):
+                    return {"grown": False, "reason": "node pool %s is at its maximum (%s in all)" % (pool["name"], total)}
+                for c, name in groups_of(pool):
+                    if name == mig:
+                        c[name]["targetSize"] = sizes.get(mig, 0) + 1
+                        return {"grown": True, "size": c[name]["targetSize"]}
+    return {"grown": False, "reason": "no node pool has the group %s" % link}
 
 
 def sql_instances(p):
@@ -1945,6 +1980,8 @@ class Handler(BaseHTTPRequestHandler):
                 return self.send(200, network_reach((q.get("host") or [""])[0], port))
             if path == "/__double/nodes":
                 return self.send(200, node_listing())
+            if path == "/__double/nodes/grow" and method == "POST":
+                return self.send(200, autoscaler_grow(json.loads(raw or b"{}").get("group", "")))
             if path == "/__double/stats":
                 project = parse_qs(urlsplit(self.path).query).get("project")
                 if project:

@@ -111,6 +111,16 @@ def patch_eks():
         transition(ng, "status", "UPDATING", delay("eks_nodegroup_update"))
 
     wrap(m.EKSBackend, "update_nodegroup_config", after=ng_updated)
+
+    # moto draws one OIDC issuer id when it is imported and gives it to every
+    # cluster of a region; each EKS cluster has an issuer of its own (an IAM
+    # OIDC provider per cluster depends on it).
+    def own_issuer(self, result, *a, **k):
+        issuer = (getattr(self, "identity", None) or {}).get("oidc", {}).get("issuer")
+        if issuer:
+            self.identity = {"oidc": {"issuer": issuer.rsplit("/", 1)[0] + "/" + uuid.uuid4().hex.upper()}}
+
+    wrap(m.Cluster, "__init__", after=own_issuer)
     for name in ("update_cluster_config", "update_cluster_version"):
         if hasattr(m.EKSBackend, name):
             def cluster_updated(self, result, *a, **k):
@@ -546,6 +556,7 @@ def node_listing():
                     out.append(dict(
                         account=account, region=region, cluster=cluster.name, nodegroup=ng.nodegroup_name,
                         size=int((ng.scaling_config or {}).get("desiredSize") or 0),
+                        max_size=int((ng.scaling_config or {}).get("maxSize") or 0),
                         instance_type=(ng.instance_types or ["t3.medium"])[0],
                         capacity_type=ng.capacity_type, zones=zones or [region + "a"],
                         labels=dict(ng.labels or {}), taints=list(ng.taints or [])))
@@ -560,6 +571,129 @@ def node_listing():
         return 200, {"Content-Type": "application/json"}, json.dumps(answer)
 
     api_urls.url_paths["{0}/moto-api/eks/nodes$"] = handler
+
+
+def eks_autoscale():
+    """The cluster autoscaler's calls to AWS, for the node simulator (which
+    plays the autoscaler's pod): POST /moto-api/eks/autoscale with
+    {cluster, nodegroup, role_arn, service_account} grows the node group by
+    one node when the autoscaler could: its service account's role (IRSA)
+    must exist, trust the cluster's OIDC issuer as an IAM OIDC provider for
+    that service account and the sts.amazonaws.com audience, and allow
+    autoscaling:SetDesiredCapacity on the group's Auto Scaling group (whose
+    tags EKS sets: k8s.io/cluster-autoscaler/CLUSTER=owned,
+    k8s.io/cluster-autoscaler/enabled=true); and the group must be below
+    its maximum. Answers {grown, size} or {grown: false, reason}, the reason
+    worded as the autoscaler would log it."""
+    from urllib.parse import unquote
+
+    from moto.eks.models import eks_backends
+    from moto.iam.models import iam_backends
+    from moto.moto_api._internal import urls as api_urls
+
+    def listed(v):
+        return v if isinstance(v, list) else [v]
+
+    def action_allows(statement, action):
+        if statement.get("Effect") != "Allow":
+            return False
+        service = action.split(":")[0] + ":*"
+        return any(a in (action, service, "*") for a in listed(statement.get("Action") or []))
+
+    def conditions_hold(statement, tags):
+        for op, pairs in (statement.get("Condition") or {}).items():
+            for key, want in pairs.items():
+                if not key.startswith("aws:ResourceTag/"):
+                    continue
+                have = tags.get(key[len("aws:ResourceTag/"):])
+                if op == "StringEquals" and have not in listed(want):
+                    return False
+        return True
+
+    def documents(iam, role):
+        for doc in role.policies.values():
+            yield doc
+        for policy in role.managed_policies.values():
+            version = getattr(policy, "default_version", None)
+            if version is not None:
+                yield version.document
+
+    def grow(body):
+        role_arn, sa = body.get("role_arn") or "", body.get("service_account") or ""
+        if not role_arn:
+            return "WebIdentityErr: the service account %s has no eks.amazonaws.com/role-arn annotation, " \
+                   "so the autoscaler has no AWS credentials" % sa
+        account = role_arn.split(":")[4] if role_arn.count(":") >= 5 else ""
+        try:
+            iam = iam_backends[account]["global"]
+            role = iam.get_role(role_arn.rsplit("/", 1)[-1])
+        except Exception:
+            return "WebIdentityErr: AccessDenied: role %s does not exist" % role_arn
+        cluster = None
+        for _, _, eks in each(eks_backends):
+            if account in ("", eks.account_id) and body.get("cluster") in eks.clusters:
+                cluster = eks.clusters[body["cluster"]]
+                break
+        if cluster is None:
+            return "no EKS cluster %s in the role's account" % body.get("cluster")
+        issuer = cluster.identity["oidc"]["issuer"].replace("https://", "", 1)
+        trust = json.loads(unquote(role.assume_role_policy_document or "{}"))
+        subject = "system:serviceaccount:" + sa.replace("/", ":", 1)
+        trusted = False
+        for st in listed(trust.get("Statement") or []):
+            provider_arn = (st.get("Principal") or {}).get("Federated")
+            if "sts:AssumeRoleWithWebIdentity" not in listed(st.get("Action") or []) or not provider_arn:
+                continue
+            provider = iam.open_id_providers.get(provider_arn)
+            if provider is None or provider.url != issuer:
+                continue
+            eq = (st.get("Condition") or {}).get("StringEquals") or {}
+            if subject in listed(eq.get(issuer + ":sub", [])) and \
+                    "sts.amazonaws.com" in listed(eq.get(issuer + ":aud", [])) and \
+                    "sts.amazonaws.com" in provider.client_id_list:
+                trusted = True
+        if not trusted:
+            return ("WebIdentityErr: AccessDenied: Not authorized to perform sts:AssumeRoleWithWebIdentity "
+                    "(role %s does not trust %s for %s through an IAM OIDC provider of the cluster's issuer %s)"
+                    % (role_arn, subject, "sts.amazonaws.com", issuer))
+        ng = cluster.nodegroups.get(body.get("nodegroup"))
+        if ng is None or ng.status != "ACTIVE":
+            return "node group %s is not ACTIVE" % body.get("nodegroup")
+        tags = {"k8s.io/cluster-autoscaler/" + cluster.name: "owned", "k8s.io/cluster-autoscaler/enabled": "true",
+                "eks:cluster-name": cluster.name, "eks:nodegroup-name": ng.nodegroup_name}
+        allowed = False
+        for doc in documents(iam, role):
+            parsed = json.loads(unquote(doc)) if isinstance(doc, str) else doc
+            for st in listed(parsed.get("Statement") or []):
+                if action_allows(st, "autoscaling:SetDesiredCapacity") and conditions_hold(st, tags):
+                    allowed = True
+        if not allowed:
+            return ("AccessDenied: User: %s is not authorized to perform: autoscaling:SetDesiredCapacity on the "
+                    "Auto Scaling group of node group %s" % (role_arn, ng.nodegroup_name))
+        scaling = dict(ng.scaling_config or {})
+        size, most = int(scaling.get("desiredSize") or 0), int(scaling.get("maxSize") or 0)
+        if size >= most:
+            return "max node group size reached (node group %s is at %d)" % (ng.nodegroup_name, most)
+        scaling["desiredSize"] = size + 1
+        ng.scaling_config = scaling
+        return size + 1
+
+    def handler(request, full_url, headers):
+        try:
+            if hasattr(request, "environ"):  # the server's (werkzeug) request
+                raw = request.environ["wsgi.input"].read(int(headers.get("Content-Length") or 0))
+            else:
+                raw = request.body
+            answer = grow(json.loads(raw or b"{}"))
+        except Exception as e:  # never take moto down
+            answer = "the autoscaler's call failed: %r" % e
+        if isinstance(answer, int):
+            answer = {"grown": True, "size": answer}
+        else:
+            answer = {"grown": False, "reason": answer}
+        return 200, {"Content-Type": "application/json"}, json.dumps(answer)
+
+    api_urls.url_paths["{0}/moto-api/eks/autoscale$"] = handler
 
 
 def patch_rds():
@@ -1047,7 +1181,7 @@ def patch_eks_access():
 
 def main():
     host, port = sys.argv[1], int(sys.argv[2])
-    for patch in (patch_eks, patch_eks_rules, patch_eks_access, network_model, node_listing, patch_rds, patch_elasticache,
+    for patch in (patch_eks, patch_eks_rules, patch_eks_access, network_model, node_listing, eks_autoscale, patch_rds, patch_elasticache,
                   patch_elasticache_servers, patch_nat, patch_s3, patch_cloudwatch, patch_iam, patch_server):
         try:
             patch()

@@ -29,6 +29,19 @@ stands in for every cluster of the local clouds. Pods that fit
 nowhere stay Pending with the scheduler's own reason. A deleted pod is
 ended at once, as a kubelet confirms a pod's termination.
 
+It plays the cluster autoscalers too (`autoscale`): a pod the scheduler
+left Unschedulable that names a node group or pool, and would fit a new
+node of it, grows the group by one node, when an autoscaler serves it:
+GKE's own for a pool with autoscaling enabled (the Google double grows the
+pool's smallest zone, never past maxNodeCount), and for an EKS node group a
+cluster-autoscaler pod running with `--cloud-provider=aws` and the
+cluster's auto-discovery tag, whose service account's IAM role the local
+AWS checks as STS and IAM would (trusted through an OIDC provider of the
+cluster's issuer, allowed autoscaling:SetDesiredCapacity on the group's
+tags) before raising the group's desired size, never past its maximum.
+Each decision is an event on the pod (TriggeredScaleUp, NotTriggerScaleUp
+with the reason). Nodes are never taken away for being unneeded.
+
 Running pods answer HTTP the way the orchestrator does, so that a request
 through the API server's service proxy reaches "a pod": every running pod
 gets this machine's own address (the API server refuses to proxy to
@@ -519,6 +532,7 @@ def wanted_nodes():
     """name -> the Node every node group of the local clouds has now, and
     the sources that did not answer (their Nodes are kept as they are)."""
     want, failed = {}, set()
+    GROUPS.clear()
 
     def add(source, name, provider, machine_type, labels, taints):
         resources = allocatable(provider, machine_type)
@@ -541,12 +555,17 @@ def wanted_nodes():
             continue
         for g in groups:
             key = "%s %s %s %s %s" % (ep, g["account"], g["region"], g["cluster"], g["nodegroup"])
+            labels = dict(g["labels"], **{
+                "topology.kubernetes.io/region": g["region"], "eks.amazonaws.com/nodegroup": g["nodegroup"],
+                "eks.amazonaws.com/capacityType": g.get("capacity_type") or "ON_DEMAND"})
             for i in range(g["size"]):
                 zone = g["zones"][i % len(g["zones"])]
-                add(source, node_name(g["nodegroup"], key, i), "eks", g["instance_type"], dict(g["labels"], **{
-                    "topology.kubernetes.io/zone": zone, "topology.kubernetes.io/region": g["region"],
-                    "eks.amazonaws.com/nodegroup": g["nodegroup"],
-                    "eks.amazonaws.com/capacityType": g.get("capacity_type") or "ON_DEMAND"}), g["taints"])
+                add(source, node_name(g["nodegroup"], key, i), "eks", g["instance_type"],
+                    dict(labels, **{"topology.kubernetes.io/zone": zone}), g["taints"])
+            GROUPS.append({"pool": (ep, g["account"], g["region"], g["cluster"], g["nodegroup"]),
+                           "provider": "eks", "endpoint": ep, "cluster": g["cluster"], "name": g["nodegroup"],
+                           "size": g["size"], "labels": labels, "taints": g["taints"],
+                           "resources": allocatable("eks", g["instance_type"])})
     port_file = os.environ.get("RALPH_SIM_GCP_PORT_FILE", "")
     if port_file and os.path.exists(port_file):
         source = "gcp"
@@ -558,22 +577,202 @@ def wanted_nodes():
             pools = []
         for g in pools:
             key = "%s %s %s %s" % (g["project"], g["cluster"], g["pool"], g["zone"])
+            labels = dict(g["labels"], **{
+                "topology.kubernetes.io/zone": g["zone"],
+                "topology.kubernetes.io/region": g["zone"].rsplit("-", 1)[0],
+                "cloud.google.com/gke-nodepool": g["pool"]})
             for i in range(g["size"]):
                 add(source, node_name("gke-%s-%s" % (g["cluster"][:14], g["pool"]), key, i), "gke",
-                    g["machine_type"], dict(g["labels"], **{
-                        "topology.kubernetes.io/zone": g["zone"],
-                        "topology.kubernetes.io/region": g["zone"].rsplit("-", 1)[0],
-                        "cloud.google.com/gke-nodepool": g["pool"]}), g["taints"])
+                    g["machine_type"], labels, g["taints"])
+            if (g.get("autoscaling") or {}).get("enabled") and g.get("group"):
+                GROUPS.append({"pool": (g["project"], g["cluster"], g["pool"]), "group": g["group"],
+                               "provider": "gke", "name": g["pool"],
+                               "size": g["size"], "labels": labels, "taints": g["taints"],
+                               "resources": allocatable("gke", g["machine_type"])})
     return want, failed
+
+
+GROUPS = []  # the node groups an autoscaler may grow, as last listed
+POOL_KEYS = ("cloud.google.com/gke-nodepool", "eks.amazonaws.com/nodegroup")
+SCALE_UP_COOLDOWN = 10.0  # seconds between two growths of one pool: the new node must register first
+# Seconds a pod must have stayed unschedulable: a rollout's next pod waits a
+# moment for the node the previous old pod frees, which is no reason to grow.
+UNSCHEDULABLE_FOR = 4.0
+
+
+def quantity(text):
+    """A Kubernetes quantity ("500m", "2", "2Gi", "1G") as a float of base units."""
+    text = str(text).strip()
+    units = {"m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12,
+             "Ki": 2 ** 10, "Mi": 2 ** 20, "Gi": 2 ** 30, "Ti": 2 ** 40}
+    for suffix in sorted(units, key=len, reverse=True):
+        if text.endswith(suffix):
+            return float(text[:-len(suffix)]) * units[suffix]
+    return float(text)
+
+
+def tolerated(pod, taint):
+    """Whether one of the pod's tolerations matches a taint."""
+    for t in pod["spec"].get("tolerations") or []:
+        key_ok = t.get("key") == taint.get("key") or (not t.get("key") and t.get("operator") == "Exists")
+        value_ok = t.get("operator") == "Exists" or (t.get("value") or "") == (taint.get("value") or "")
+        effect_ok = not t.get("effect") or t.get("effect") == taint.get("effect")
+        if key_ok and value_ok and effect_ok:
+            return True
+    return False
+
+
+def fits_new_node(pod, g):
+    """Would the pod schedule on a fresh node of group g? The pod must name
+    a node group or pool (one API server plays every cluster, so a pod that
+    names none belongs to no cloud's group), and its node selector, its
+    tolerations of the group's taints and its requests must all allow it.
+    Returns None, or why not."""
+    sel = pod["spec"].get("nodeSelector") or {}
+    if not any(k in sel for k in POOL_KEYS):
+        return "it names no node pool"
+    if any(g["labels"].get(k) != v for k, v in sel.items()):
+        return "node selector does not match"
+    for t in g["taints"]:
+        effect = EFFECTS.get(t.get("effect"), t.get("effect"))
+        if effect in ("NoSchedule", "NoExecute") and not tolerated(pod, dict(t, effect=effect)):
+            return "taint %s not tolerated" % t.get("key")
+    res = g["resources"] or {}
+    for name in ("cpu", "memory"):
+        want = sum(quantity(((c.get("resources") or {}).get("requests") or {}).get(name, 0))
+                   for c in pod["spec"].get("containers") or [])
+        if res.get(name) and want > quantity(res[name]):
+            return "insufficient %s on a new node" % name
+    return None
+
+
+def eks_autoscaler(cluster):
+    """The running cluster autoscaler pod that serves an EKS cluster (its
+    --cloud-provider=aws and auto-discovery by the cluster's tag), or None:
+    EKS has no autoscaler of its own, a stack installs one."""
+    tag = "k8s.io/cluster-autoscaler/" + cluster
+    for pod in list(SEEN["pods"].values()):
+        if (pod.get("status") or {}).get("phase") != "Running" or pod["metadata"].get("deletionTimestamp"):
+            continue
+        for c in pod["spec"].get("containers") or []:
+            repo = c.get("image", "").split("@")[0].rsplit(":", 1)[0]
+            if not repo.endswith("/cluster-autoscaler") and repo != "cluster-autoscaler":
+                continue
+            args = [str(a) for a in (c.get("command") or []) + (c.get("args") or [])]
+            discovery = [a.split("=", 1)[1] for a in args if a.startswith("--node-group-auto-discovery=")]
+            if "--cloud-provider=aws" in args and any(
+                    tag in d.replace("asg:tag=", "").split(",") for d in discovery):
+                return pod
+    return None
+
+
+def grow(g, call):
+    """One more node in group g: {"grown", "size"} or {"grown": False, "reason"}."""
+    if g["provider"] == "gke":
+        ordered = sorted((x for x in GROUPS if x["pool"] == g["pool"]), key=lambda x: x["size"])
+        answer = {"grown": False, "reason": "no group"}
+        for x in ordered:
+            answer = post_gcp("/__double/nodes/grow", {"group": x["group"]})
+            if answer.get("grown"):
+                return dict(answer, zone=x["labels"].get("topology.kubernetes.io/zone"))
+        return answer
+    pod = eks_autoscaler(g["cluster"])
+    if pod is None:
+        return None
+    ns, sa = pod["metadata"]["namespace"], pod["spec"].get("serviceAccountName") or "default"
+    try:
+        account = call("GET", "/api/v1/namespaces/%s/serviceaccounts/%s" % (ns, sa))
+        role = ((account.get("metadata") or {}).get("annotations") or {}).get("eks.amazonaws.com/role-arn", "")
+    except urllib.error.HTTPError:
+        role = ""
+    return post_json(g["endpoint"] + "/moto-api/eks/autoscale", {
+        "cluster": g["cluster"], "nodegroup": g["name"], "role_arn": role, "service_account": "%s/%s" % (ns, sa)})
+
+
+PENDING_SINCE = {}  # pod uid -> when the autoscaler first saw it unschedulable
+
+
+def autoscale(call, grown):
+    """The cluster autoscalers, from the pods' side: a pod the scheduler left
+    Unschedulable that would fit a new node of a group grows that group by
+    one node, if an autoscaler serves it: GKE's own for a pool with
+    autoscaling (the Google double resizes the pool's smallest zone and
+    refuses past its maximum), or for an EKS node group a cluster-autoscaler
+    pod running in the cluster (the local AWS checks its IRSA role and the
+    group's maximum). An event on the pod says what was done, as the
+    autoscaler's TriggeredScaleUp / NotTriggerScaleUp events do."""
+    pods = list(SEEN["pods"].values())
+    live = {p["metadata"].get("uid") for p in pods if not p["spec"].get("nodeName")}
+    for uid in [u for u in PENDING_SINCE if u not in live]:
+        PENDING_SINCE.pop(uid, None)
+    for pod in pods:
+        meta, spec = pod["metadata"], pod["spec"]
+        if spec.get("nodeName") or meta.get("deletionTimestamp"):
+            continue
+        cond = next((c for c in (pod.get("status") or {}).get("conditions") or []
+                     if c.get("type") == "PodScheduled"), None)
+        if not cond or cond.get("status") != "False" or cond.get("reason") != "Unschedulable":
+            continue
+        since = PENDING_SINCE.setdefault(meta.get("uid"), time.time())
+        if time.time() - since < UNSCHEDULABLE_FOR:
+            continue
+        fitting = [g for g in GROUPS if fits_new_node(pod, g) is None]
+        if not fitting:
+            continue
+        g = fitting[0]
+        if time.time() - grown.get(g["pool"], 0) < SCALE_UP_COOLDOWN:
+            continue
+        answer = grow(g, call)
+        if answer is None:
+            continue  # no autoscaler serves the group: nothing happens, as on EKS without one
+        grown[g["pool"]] = time.time()
+        if answer.get("grown"):
+            reason, message = "TriggeredScaleUp", "pod triggered scale-up: node group %s grew to %s%s" % (
+                g["name"], answer.get("size"), " in " + answer["zone"] if answer.get("zone") else "")
+        else:
+            reason, message = "NotTriggerScaleUp", "pod didn't trigger scale-up (node group %s): %s" % (
+                g["name"], answer.get("reason"))
+        print("node simulator (autoscaler): %s/%s: %s" % (meta["namespace"], meta["name"], message),
+              file=sys.stderr, flush=True)
+        try:
+            call("POST", "/api/v1/namespaces/%s/events" % meta["namespace"], {
+                "apiVersion": "v1", "kind": "Event",
+                "metadata": {"generateName": meta["name"] + "."},
+                "involvedObject": {"kind": "Pod", "namespace": meta["namespace"], "name": meta["name"],
+                                   "uid": meta.get("uid")},
+                "reason": reason, "message": message, "type": "Normal" if answer.get("grown") else "Warning",
+                "source": {"component": "cluster-autoscaler"}, "firstTimestamp": now(), "lastTimestamp": now(),
+                "count": 1})
+        except Exception as e:
+            print("node simulator (autoscaler): event: %s" % e, file=sys.stderr, flush=True)
+
+
+def post_json(url, body):
+    try:
+        req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return json.loads(r.read())
+    except Exception as e:
+        return {"grown": False, "reason": "the local cloud at %s did not answer: %s" % (url, e)}
+
+
+def post_gcp(path, body):
+    try:
+        with open(os.environ.get("RALPH_SIM_GCP_PORT_FILE", "")) as f:
+            return post_json("http://127.0.0.1:%s%s" % (f.read().strip(), path), body)
+    except OSError as e:
+        return {"grown": False, "reason": "the Google double's port is unknown: %s" % e}
 
 
 def keep_nodes(call):
     """Make the Nodes match the node groups, and renew every Node's status
     (the heartbeat the node lifecycle controller watches), forever."""
-    beats = {}
+    beats, grown = {}, {}
     while True:
         try:
             want, failed = wanted_nodes()
+            autoscale(call, grown)
             for i in range(DEFAULT_NODES):
                 name = "%s-%d" % (NODE, i)
                 want[name] = {"source": "", "resources": None, "taints": [],

@@ -437,3 +437,28 @@ pub async fn read_secret_source(
     }
     Ok((value, version))
 }
+
+/// A node group's size moved within [min, max] by an autoscaler is not
+/// drift: `size` reads as the recorded input, and the live one stays in
+/// `running` (an update keeps it unless the stack changes `size` itself).
+/// Outside that range the live size is shown as it is.
+pub fn autoscaled_size(
+    mut o: Observed,
+    recorded: Option<&Known>,
+    [size, min, max, running]: [&str; 4],
+) -> Observed {
+    let num = |k: &str| o.attrs.get(k).and_then(Json::as_i64);
+    let (Some(live), Some(lo), Some(hi)) = (num(size), num(min), num(max)) else {
+        return o;
+    };
+    o.attrs.insert(running.into(), Json::from(live));
+    if let Some(want) = recorded
+        .and_then(|k| k.inputs.get(size))
+        .and_then(Json::as_i64)
+    {
+        if (lo..=hi).contains(&live) && (lo..=hi).contains(&want) {
+            o.attrs.insert(size.into(), Json::from(want));
+        }
+    }
+    o
+}

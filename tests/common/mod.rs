@@ -165,6 +165,11 @@ impl World {
             "directory: ../migrations",
             &format!("directory: {}", repo().join("migrations").display()),
         );
+        // And at the repository's add-on manifests.
+        let text = text.replace(
+            "files: [../addons/",
+            &format!("files: [{}/", repo().join("addons").display()),
+        );
         // And at the repository's components.
         let text = text.replace(
             "source: ../components/",
@@ -184,6 +189,14 @@ impl World {
             }
         }
         env.push(("RALPH_DEPLOY_VAR_namespace".to_string(), name.to_string()));
+        // The cluster's own add-ons (the cluster autoscaler) too: every test
+        // shares one API server.
+        if text.contains("\n  system_namespace:") {
+            env.push((
+                "RALPH_DEPLOY_VAR_system_namespace".to_string(),
+                format!("{name}-system"),
+            ));
+        }
         // The production stacks leave the API endpoint's ranges to the user
         // (their placeholder is refused): the local cloud opens them.
         if text.contains("\n  api_allowed_cidrs:") {

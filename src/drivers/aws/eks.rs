@@ -792,29 +792,6 @@ fn scaling(
         .build())
 }
 
-/// A desired size moved within [min, max] by the cluster autoscaler is not
-/// drift: it reads as the recorded one (the live one stays in
-/// `running_desired_size`). Outside that range it is shown as it is.
-fn autoscaled(mut o: Observed, recorded: Option<&Known>) -> Observed {
-    let num = |k: &str| o.attrs.get(k).and_then(Json::as_i64);
-    let (Some(live), Some(min), Some(max)) =
-        (num("desired_size"), num("min_size"), num("max_size"))
-    else {
-        return o;
-    };
-    o.attrs
-        .insert("running_desired_size".into(), Json::from(live));
-    if let Some(want) = recorded
-        .and_then(|k| k.inputs.get("desired_size"))
-        .and_then(Json::as_i64)
-    {
-        if (min..=max).contains(&live) && (min..=max).contains(&want) {
-            o.attrs.insert("desired_size".into(), Json::from(want));
-        }
-    }
-    o
-}
-
 #[async_trait::async_trait]
 impl Driver for EksNodegroup {
     fn service(&self) -> &'static str {
@@ -871,7 +848,16 @@ impl Driver for EksNodegroup {
             if let Some(o) = read_nodegroup(cx, &cluster, &name).await? {
                 if o.attrs.get(STATUS_ATTR).and_then(Json::as_str) != Some("DELETING") {
                     let recorded = known.iter().find(|k| k.id == o.id);
-                    out.push(autoscaled(o, recorded));
+                    out.push(crate::drivers::autoscaled_size(
+                        o,
+                        recorded,
+                        [
+                            "desired_size",
+                            "min_size",
+                            "max_size",
+                            "running_desired_size",
+                        ],
+                    ));
                 }
             }
         }

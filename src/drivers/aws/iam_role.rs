@@ -1,5 +1,7 @@
 //! `aws.iam_role`: an IAM role that an AWS service assumes (the EKS control
-//! plane, EC2 nodes), with managed policies attached.
+//! plane, EC2 nodes), or that Kubernetes service accounts assume through an
+//! EKS cluster's OIDC provider (IRSA), with managed policies attached and
+//! an inline policy of the stack's own.
 
 use aws_sdk_iam::types::Tag;
 use serde_json::{json, Value as Json};
@@ -28,7 +30,7 @@ fn role_name(v: &Json) -> Result<(), String> {
 
 static SCHEMA: KindSchema = KindSchema {
     kind: "aws.iam_role",
-    doc: "An IAM role assumed by an AWS service.",
+    doc: "An IAM role assumed by an AWS service, or by Kubernetes service accounts (IRSA).",
     fields: &[
         Field::new("name", Ty::String, "the role name")
             .required()
@@ -38,14 +40,31 @@ static SCHEMA: KindSchema = KindSchema {
             "assume_role_service",
             Ty::String,
             "the service principal that assumes it, such as eks.amazonaws.com",
+        ),
+        Field::new(
+            "oidc_provider_arn",
+            Ty::String,
+            "instead of a service: the aws.iam_oidc_provider whose tokens the service accounts below present (IRSA)",
+        ),
+        Field::new(
+            "service_accounts",
+            Ty::Set(&Ty::String),
+            "with oidc_provider_arn: the Kubernetes service accounts, namespace/name, that may assume it",
         )
-        .required(),
+        .default("[]")
+        .check(service_account_names),
         Field::new(
             "managed_policy_arns",
             Ty::Set(&Ty::String),
             "managed policies to attach",
         )
         .default("[]"),
+        Field::new(
+            "inline_policy",
+            Ty::String,
+            "a policy document (JSON) the role holds as its inline policy `ralph-deploy`",
+        )
+        .default("\"\""),
         Field::new("description", Ty::String, "what the role is for")
             .default("\"Managed by ralph-deploy\""),
         Field::new("tags", Ty::StringMap, "tags besides the ownership tags")
@@ -66,30 +85,115 @@ static SCHEMA: KindSchema = KindSchema {
     ],
     taggable: true,
     name_field: Some("name"),
-    exactly_one_of: &[],
+    exactly_one_of: &["assume_role_service", "oidc_provider_arn"],
     ordered: &[],
 };
 
 pub struct IamRole;
 
-fn trust_policy(service: &str) -> String {
-    json!({
-        "Version": "2012-10-17",
-        "Statement": [{ "Effect": "Allow", "Principal": { "Service": service }, "Action": "sts:AssumeRole" }]
-    })
-    .to_string()
+/// The inline policy's name.
+const INLINE: &str = "ralph-deploy";
+
+fn service_account_names(v: &Json) -> Result<(), String> {
+    for s in v.as_array().into_iter().flatten().filter_map(Json::as_str) {
+        let ok = s
+            .split_once('/')
+            .is_some_and(|(ns, name)| !ns.is_empty() && !name.is_empty() && !name.contains('/'));
+        if !ok {
+            return Err(format!(
+                "service account `{s}` must be namespace/name, such as kube-system/cluster-autoscaler"
+            ));
+        }
+    }
+    Ok(())
 }
 
-/// The service principal of a trust policy as IAM returns it (URL-encoded JSON).
-fn trusted_service(document: &str) -> Json {
+/// The issuer a provider ARN names (`arn:aws:iam::ACCOUNT:oidc-provider/ISSUER`).
+fn issuer_of(provider_arn: &str) -> &str {
+    provider_arn
+        .split_once(":oidc-provider/")
+        .map(|(_, i)| i)
+        .unwrap_or(provider_arn)
+}
+
+fn trust_policy(want: &Desired<'_>) -> Result<String, DriverError> {
+    if let Some(service) = want.str("assume_role_service").filter(|s| !s.is_empty()) {
+        return Ok(json!({
+            "Version": "2012-10-17",
+            "Statement": [{ "Effect": "Allow", "Principal": { "Service": service }, "Action": "sts:AssumeRole" }]
+        })
+        .to_string());
+    }
+    let provider = want.required_str("oidc_provider_arn")?;
+    let issuer = issuer_of(provider);
+    let subjects: Vec<String> = strings(want.props.get("service_accounts"))
+        .iter()
+        .map(|s| format!("system:serviceaccount:{}", s.replacen('/', ":", 1)))
+        .collect();
+    Ok(json!({
+        "Version": "2012-10-17",
+        "Statement": [{
+            "Effect": "Allow",
+            "Principal": { "Federated": provider },
+            "Action": "sts:AssumeRoleWithWebIdentity",
+            "Condition": { "StringEquals": {
+                format!("{issuer}:sub"): subjects,
+                format!("{issuer}:aud"): "sts.amazonaws.com",
+            }}
+        }]
+    })
+    .to_string())
+}
+
+/// Who a trust policy (as IAM returns it: URL-encoded JSON) lets in:
+/// (service principal, OIDC provider ARN, service accounts as namespace/name).
+fn trusted(document: &str) -> (Json, Json, Json) {
     let decoded = percent_decode(document);
     let v: Json = serde_json::from_str(&decoded).unwrap_or(Json::Null);
-    let principal = &v["Statement"][0]["Principal"]["Service"];
-    match principal {
+    let principal = &v["Statement"][0]["Principal"];
+    let one = |p: &Json| match p {
         Json::String(s) => Json::String(s.clone()),
         Json::Array(a) if a.len() == 1 => a[0].clone(),
         _ => Json::Null,
+    };
+    let provider = one(&principal["Federated"]);
+    let mut accounts = vec![];
+    if let Some(p) = provider.as_str() {
+        let key = format!("{}:sub", issuer_of(p));
+        let sub = &v["Statement"][0]["Condition"]["StringEquals"][key.as_str()];
+        let subs: Vec<&Json> = match sub {
+            Json::Array(a) => a.iter().collect(),
+            other => vec![other],
+        };
+        accounts = subs
+            .into_iter()
+            .filter_map(Json::as_str)
+            .filter_map(|s| s.strip_prefix("system:serviceaccount:"))
+            .map(|s| Json::String(s.replacen(':', "/", 1)))
+            .collect();
     }
+    (one(&principal["Service"]), provider, Json::Array(accounts))
+}
+
+/// A policy document with its keys sorted and no spaces, so that the
+/// stack's and IAM's forms of one document compare equal.
+fn canonical(document: &str) -> Result<String, String> {
+    fn sort(v: Json) -> Json {
+        match v {
+            Json::Object(m) => {
+                let mut pairs: Vec<(String, Json)> = m.into_iter().collect();
+                pairs.sort_by(|a, b| a.0.cmp(&b.0));
+                Json::Object(pairs.into_iter().map(|(k, v)| (k, sort(v))).collect())
+            }
+            Json::Array(a) => Json::Array(a.into_iter().map(sort).collect()),
+            other => other,
+        }
+    }
+    let v: Json = serde_json::from_str(document).map_err(|e| e.to_string())?;
+    if !v.is_object() {
+        return Err("a policy document is a JSON object".into());
+    }
+    Ok(sort(v).to_string())
 }
 
 fn percent_decode(s: &str) -> String {
@@ -129,6 +233,21 @@ async fn read_one(cx: &Context, name: &str) -> Result<Option<Observed>, DriverEr
         .iter()
         .filter_map(|p| p.policy_arn().map(|a| Json::String(a.to_string())))
         .collect();
+    let inline = match iam
+        .get_role_policy()
+        .role_name(name)
+        .policy_name(INLINE)
+        .send()
+        .await
+    {
+        Ok(out) => canonical(&percent_decode(out.policy_document())).unwrap_or_default(),
+        Err(e) if error_code(&e) == Some("NoSuchEntity") => String::new(),
+        Err(e) => return Err(api_error("GetRolePolicy", e)),
+    };
+    let (service, provider, accounts) = role
+        .assume_role_policy_document()
+        .map(trusted)
+        .unwrap_or((Json::Null, Json::Null, Json::Array(vec![])));
     let tags = read_tag_pairs(role.tags().iter().map(|t| (t.key(), t.value())));
     Ok(Some(observed_with(
         role.role_name(),
@@ -136,12 +255,10 @@ async fn read_one(cx: &Context, name: &str) -> Result<Option<Observed>, DriverEr
         vec![
             ("name", Json::String(role.role_name().to_string())),
             ("arn", Json::String(role.arn().to_string())),
-            (
-                "assume_role_service",
-                role.assume_role_policy_document()
-                    .map(trusted_service)
-                    .unwrap_or(Json::Null),
-            ),
+            ("assume_role_service", service),
+            ("oidc_provider_arn", provider),
+            ("service_accounts", accounts),
+            ("inline_policy", Json::String(inline)),
             ("managed_policy_arns", Json::Array(policies)),
             ("description", opt_str(role.description())),
         ],
@@ -174,8 +291,54 @@ async fn sync_policies(
     Ok(())
 }
 
+/// Puts the stack's inline policy on the role, or removes it when the stack
+/// has none.
+async fn put_inline(cx: &Context, name: &str, want: &Desired<'_>) -> Result<(), DriverError> {
+    let iam = &cx.aws().await?.iam;
+    match want.str("inline_policy").filter(|p| !p.is_empty()) {
+        Some(doc) => {
+            iam.put_role_policy()
+                .role_name(name)
+                .policy_name(INLINE)
+                .policy_document(doc)
+                .send()
+                .await
+                .map_err(|e| api_error("PutRolePolicy", e))?;
+            Ok(())
+        }
+        None => super::delete_answer(
+            "DeleteRolePolicy",
+            iam.delete_role_policy()
+                .role_name(name)
+                .policy_name(INLINE)
+                .send()
+                .await,
+            &["NoSuchEntity"],
+        ),
+    }
+}
+
 #[async_trait::async_trait]
 impl Driver for IamRole {
+    /// The inline policy compares in one canonical form; a document that is
+    /// not JSON is refused before anything is sent.
+    fn normalize(
+        &self,
+        _base_dir: &std::path::Path,
+        props: &mut serde_json::Map<String, Json>,
+    ) -> Result<(), String> {
+        if let Some(doc) = props
+            .get("inline_policy")
+            .and_then(Json::as_str)
+            .filter(|d| !d.trim().is_empty())
+        {
+            let c = canonical(doc)
+                .map_err(|e| format!("inline_policy is not a JSON policy document: {e}"))?;
+            props.insert("inline_policy".into(), Json::String(c));
+        }
+        Ok(())
+    }
+
     fn service(&self) -> &'static str {
         "iam"
     }
@@ -199,7 +362,7 @@ impl Driver for IamRole {
             .iam
             .create_role()
             .role_name(name)
-            .assume_role_policy_document(trust_policy(want.required_str("assume_role_service")?))
+            .assume_role_policy_document(trust_policy(want)?)
             .description(want.str("description").unwrap_or_default())
             .set_tags(Some(tags))
             .send()
@@ -212,6 +375,7 @@ impl Driver for IamRole {
             &strings(want.props.get("managed_policy_arns")),
         )
         .await?;
+        put_inline(cx, name, want).await?;
         read_one(cx, name).await?.ok_or_else(|| {
             DriverError::new(format!("role {name} vanished right after it was created"))
         })
@@ -226,13 +390,16 @@ impl Driver for IamRole {
     ) -> Result<Observed, DriverError> {
         let iam = &cx.aws().await?.iam;
         let has = |f: &str| changed.iter().any(|c| c == f);
-        if has("assume_role_service") {
+        if has("assume_role_service") || has("oidc_provider_arn") || has("service_accounts") {
             iam.update_assume_role_policy()
                 .role_name(&have.id)
-                .policy_document(trust_policy(want.required_str("assume_role_service")?))
+                .policy_document(trust_policy(want)?)
                 .send()
                 .await
                 .map_err(|e| api_error("UpdateAssumeRolePolicy", e))?;
+        }
+        if has("inline_policy") {
+            put_inline(cx, &have.id, want).await?;
         }
         if has("description") {
             iam.update_role()
@@ -295,6 +462,26 @@ impl Driver for IamRole {
             &[],
         )
         .await?;
+        // Nor one with inline policies.
+        if current
+            .attrs
+            .get("inline_policy")
+            .and_then(Json::as_str)
+            .is_some_and(|p| !p.is_empty())
+        {
+            super::delete_answer(
+                "DeleteRolePolicy",
+                cx.aws()
+                    .await?
+                    .iam
+                    .delete_role_policy()
+                    .role_name(&have.id)
+                    .policy_name(INLINE)
+                    .send()
+                    .await,
+                &["NoSuchEntity"],
+            )?;
+        }
         super::delete_answer(
             "DeleteRole",
             cx.aws()

@@ -10,6 +10,7 @@ mod eks;
 mod eks_access;
 pub mod eks_token;
 mod elasticache;
+mod iam_oidc;
 mod iam_role;
 mod internet_gateway;
 mod nat_gateway;
@@ -48,6 +49,7 @@ pub fn drivers() -> Vec<Box<dyn Driver>> {
         Box::new(route_table_association::RouteTableAssociation),
         Box::new(security_group::SecurityGroup),
         Box::new(iam_role::IamRole),
+        Box::new(iam_oidc::OidcProvider),
         Box::new(secret::Secret),
         Box::new(s3_bucket::S3Bucket),
         Box::new(eks::EksCluster),

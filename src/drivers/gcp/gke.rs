@@ -961,7 +961,7 @@ impl Driver for NodePool {
         240
     }
 
-    async fn refresh(&self, cx: &Context, _known: &[Known]) -> Result<Vec<Observed>, DriverError> {
+    async fn refresh(&self, cx: &Context, known: &[Known]) -> Result<Vec<Observed>, DriverError> {
         let clusters = list_clusters(cx).await?;
         let sizes = if clusters.iter().any(|c| !c.node_pools.is_empty()) {
             group_sizes(cx).await?
@@ -975,7 +975,17 @@ impl Driver for NodePool {
                 c.node_pools
                     .iter()
                     .map(|p| observe_pool(&cid, p, &sizes))
-                    .filter(|o| o.owner.as_ref() == Some(&cx.owner)),
+                    .filter(|o| o.owner.as_ref() == Some(&cx.owner))
+                    .map(|o| {
+                        // GKE's autoscaler moves the size within min..max:
+                        // not drift, and never resized back.
+                        let recorded = known.iter().find(|k| k.id == o.id);
+                        crate::drivers::autoscaled_size(
+                            o,
+                            recorded,
+                            ["node_count", "min_nodes", "max_nodes", "running_node_count"],
+                        )
+                    }),
             );
         }
         Ok(out)
