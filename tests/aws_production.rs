@@ -115,7 +115,7 @@ async fn production_stack_end_to_end() {
     // ---- apply: every resource, in dependency order, branches in parallel.
     let ev = apply_json(&w, &[]);
     let s = ev.summary();
-    assert_eq!(s["created"], 51, "{s}");
+    assert_eq!(s["created"], 52, "{s}");
     // The add-on between the nodes and the orchestrator, and available.
     assert!(ev.at("resource_finished", "nodes") < ev.at("resource_started", addon));
     assert!(ev.at("resource_finished", addon) < ev.at("resource_started", "app.orchestrator"));
@@ -206,6 +206,18 @@ async fn production_stack_end_to_end() {
         (sc.min_size(), sc.max_size(), sc.desired_size()),
         (Some(2), Some(10), Some(3))
     );
+    // NetworkPolicies enforced: the VPC CNI's network policy agent is on.
+    let cni = eks
+        .describe_addon()
+        .cluster_name(format!("{name}-production"))
+        .addon_name("vpc-cni")
+        .send()
+        .await
+        .unwrap();
+    let cni = cni.addon().unwrap();
+    assert_eq!(cni.status().map(|s| s.as_str()), Some("ACTIVE"));
+    let values: Value = serde_json::from_str(cni.configuration_values().unwrap()).unwrap();
+    assert_eq!(values["enableNetworkPolicy"], "true");
     // IRSA for the cluster autoscaler: the cluster's issuer as an IAM OIDC
     // provider, a role only its service account may assume, and the
     // add-on running with that role.
@@ -435,7 +447,7 @@ async fn production_stack_end_to_end() {
         text(&out.stdout)
     );
     let ev = Events::parse(&text(&out.stdout));
-    assert_eq!(ev.summary()["deleted"], 51);
+    assert_eq!(ev.summary()["deleted"], 52);
     for (dependent, dependency) in [
         (addon, "nodes"),
         ("app.orchestrator", addon),
@@ -516,7 +528,7 @@ async fn the_rewritten_stack_only_moves_what_the_flat_one_made() {
         .any(|m| m["from"] == "orchestrator" && m["to"] == "app.orchestrator"));
     // Besides the moves: the application's database password and role,
     // and the cluster autoscaler with its IAM role and the cluster's OIDC
-    // provider, which the flat stack did not have (and so the node group
+    // provider, and the VPC CNI add-on, which the flat stack did not have (and so the node group
     // now starts at 3, the autoscaler adding the rollout's fourth), the
     // orchestrator taking them, and
     // the schema now reached through the cluster (only how it is reached
@@ -550,6 +562,7 @@ async fn the_rewritten_stack_only_moves_what_the_flat_one_made() {
                 || c.starts_with("\"oidc\" \"create\"")
                 || c.starts_with("\"autoscaler_role\" \"create\"")
                 || c.starts_with("\"autoscaler\" \"create\"")
+                || c.starts_with("\"vpc_cni\" \"create\"")
                 || c.starts_with(
                     "\"nodes\" \"update\" [{\"name\":\"desired_size\",\"before\":4,\"after\":3,",
                 )
@@ -571,8 +584,8 @@ async fn the_rewritten_stack_only_moves_what_the_flat_one_made() {
     let s = ev.summary();
     assert_eq!(
         (s["created"].as_u64(), s["deleted"].as_u64()),
-        (Some(5), Some(0)),
-        "only the new password and role, and the autoscaler's three, are created: {s}"
+        (Some(6), Some(0)),
+        "only the new password and role, the autoscaler's three and the VPC CNI add-on are created: {s}"
     );
     assert_eq!(
         ev.0.iter()
@@ -598,6 +611,7 @@ async fn the_rewritten_stack_only_moves_what_the_flat_one_made() {
             kind != "postgres.role"
                 && !id.contains("/database-password-")
                 && !kind.starts_with("aws.iam_oidc")
+                && kind != "aws.eks_addon"
                 && !id.ends_with("-cluster-autoscaler")
                 && !(kind == "kubernetes.manifests" && !ids_before.contains_key(id))
         })

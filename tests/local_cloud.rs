@@ -1987,3 +1987,146 @@ async fn an_eks_node_group_grows_only_through_an_autoscaler_with_a_trusted_role(
         .send()
         .await;
 }
+
+/// NetworkPolicies bind only where the cluster enforces them: on EKS, its
+/// vpc-cni add-on with the network policy agent on (a string "true", as the
+/// add-on's schema has it); before that, a pod whose policy denies every
+/// egress still reaches its store.
+#[tokio::test(flavor = "multi_thread")]
+async fn network_policies_bind_only_once_the_vpc_cni_enforces_them() {
+    let name = format!("lcp{}", std::process::id());
+    let w = World::from_stack("aws-network.yaml", &name);
+    let conf = sdk(&w).await;
+    let ec2 = aws_sdk_ec2::Client::new(&conf);
+    let eks = aws_sdk_eks::Client::new(&conf);
+    let (_, subnets) = vpc_with_subnets(&ec2, 44, &["us-east-1a"]).await;
+    let cluster = format!("{name}-eks");
+    let nodegroup = format!("{name}-nodes");
+    eks.create_cluster()
+        .name(&cluster)
+        .version("1.35")
+        .role_arn("arn:aws:iam::123456789012:role/eks")
+        .resources_vpc_config(
+            aws_sdk_eks::types::VpcConfigRequest::builder()
+                .set_subnet_ids(Some(subnets.clone()))
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    eventually(30, "the cluster never became ACTIVE", || {
+        let (eks, cluster) = (eks.clone(), cluster.clone());
+        async move {
+            let c = eks.describe_cluster().name(&cluster).send().await.unwrap();
+            (c.cluster().and_then(|c| c.status()).map(|s| s.as_str()) == Some("ACTIVE"))
+                .then_some(())
+        }
+    })
+    .await;
+    eks.create_nodegroup()
+        .cluster_name(&cluster)
+        .nodegroup_name(&nodegroup)
+        .node_role("arn:aws:iam::123456789012:role/nodes")
+        .set_subnets(Some(subnets.clone()))
+        .instance_types("m5.xlarge")
+        .scaling_config(
+            aws_sdk_eks::types::NodegroupScalingConfig::builder()
+                .min_size(1)
+                .max_size(1)
+                .desired_size(1)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+
+    let client = common::kube_client().await;
+    let ns = format!("{name}-app");
+    let nss: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    nss.create(
+        &PostParams::default(),
+        &serde_json::from_value(serde_json::json!({"metadata": {"name": ns}})).unwrap(),
+    )
+    .await
+    .unwrap();
+    let policies: Api<k8s_openapi::api::networking::v1::NetworkPolicy> =
+        Api::namespaced(client.clone(), &ns);
+    policies
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(serde_json::json!({"metadata": {"name": "deny-egress"},
+                "spec": {"podSelector": {}, "policyTypes": ["Egress"], "egress": []}}))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "app"},
+        "spec": {"automountServiceAccountToken": false,
+            "nodeSelector": {"eks.amazonaws.com/nodegroup": nodegroup},
+            "containers": [{"name": "app", "image": "example/app:1.0.0",
+                "env": [{"name": "DATABASE_URL", "value": "postgresql://app@127.0.0.1:5432/ralph"}]}]}
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    let ready = |want: &'static str| {
+        let pods = pods.clone();
+        async move {
+            let p = pods.get("app").await.unwrap();
+            p.status
+                .and_then(|s| s.conditions)
+                .and_then(|c| c.into_iter().find(|c| c.type_ == "Ready"))
+                .filter(|c| c.status == want)
+        }
+    };
+    // Not enforced: the deny-all policy is stored and ignored.
+    eventually(
+        40,
+        "the pod never became ready on a cluster that enforces nothing",
+        || ready("True"),
+    )
+    .await;
+
+    // The agent's switch is a string in vpc-cni's schema: a boolean is refused.
+    let err = eks
+        .create_addon()
+        .cluster_name(&cluster)
+        .addon_name("vpc-cni")
+        .configuration_values(r#"{"enableNetworkPolicy": true}"#)
+        .send()
+        .await
+        .expect_err("a boolean enableNetworkPolicy must be refused");
+    let svc = err.into_service_error();
+    assert!(svc.is_invalid_parameter_exception(), "{svc:?}");
+    assert!(svc.to_string().contains("string expected"), "{svc}");
+    let made = eks
+        .create_addon()
+        .cluster_name(&cluster)
+        .addon_name("vpc-cni")
+        .configuration_values(r#"{"enableNetworkPolicy": "true"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        made.addon().and_then(|a| a.status()).map(|s| s.as_str()),
+        Some("CREATING")
+    );
+    // Enforced: the same pod loses its store, and says which policy.
+    let cond = eventually(40, "the policy never took effect", || ready("False")).await;
+    assert_eq!(cond.reason.as_deref(), Some("StoreUnreachable"), "{cond:?}");
+    assert!(
+        cond.message
+            .unwrap_or_default()
+            .contains("NetworkPolicy deny-egress"),
+        "the reason names the policy"
+    );
+
+    let _ = nss.delete(&ns, &Default::default()).await;
+    let _ = eks
+        .delete_nodegroup()
+        .cluster_name(&cluster)
+        .nodegroup_name(&nodegroup)
+        .send()
+        .await;
+}

@@ -881,6 +881,11 @@ def node_listing():
                         "labels": dict(config.get("labels") or {}),
                         "taints": list(config.get("taints") or []),
                         "autoscaling": dict(pool.get("autoscaling") or {}),
+                        # Dataplane V2 (or Calico's network policy) enforces
+                        # NetworkPolicies; without it they are stored only.
+                        "network_policy": ((cl.get("networkConfig") or {}).get("datapathProvider")
+                                           == "ADVANCED_DATAPATH"
+                                           or bool((cl.get("networkPolicy") or {}).get("enabled"))),
                         "group": mig.get("selfLink", ""),
                     })
     return out

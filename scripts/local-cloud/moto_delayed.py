@@ -559,7 +559,8 @@ def node_listing():
                         max_size=int((ng.scaling_config or {}).get("maxSize") or 0),
                         instance_type=(ng.instance_types or ["t3.medium"])[0],
                         capacity_type=ng.capacity_type, zones=zones or [region + "a"],
-                        labels=dict(ng.labels or {}), taints=list(ng.taints or [])))
+                        labels=dict(ng.labels or {}), taints=list(ng.taints or []),
+                        network_policy=enforces_network_policy(cluster)))
         return out
 
     def handler(request, full_url, headers):
@@ -1179,9 +1180,177 @@ def patch_eks_access():
     u.url_paths["{0}/clusters/(?P<name>[^/]+)/access-entries/(?P<rest>.+)$"] = view
 
 
+# What the add-ons' configuration schemas admit at the top level (EKS
+# validates configurationValues against the add-on version's JSON schema),
+# and the properties that are strings there although they read as booleans.
+ADDON_SCHEMAS = {
+    "vpc-cni": ({"affinity", "env", "init", "nodeAgent", "resources", "tolerations", "enableNetworkPolicy",
+                 "enableWindowsIpam", "enableWindowsPrefixDelegation", "eniConfig", "livenessProbeTimeoutSeconds",
+                 "readinessProbeTimeoutSeconds", "podAnnotations", "podLabels"},
+                {"enableNetworkPolicy", "enableWindowsIpam", "enableWindowsPrefixDelegation"}),
+    "coredns": ({"affinity", "autoScaling", "computeType", "corefile", "nodeSelector", "podAnnotations",
+                 "podDisruptionBudget", "podLabels", "replicaCount", "resources", "tolerations",
+                 "topologySpreadConstraints"}, set()),
+    "kube-proxy": ({"ipamMaxAllocation", "ipvs", "mode", "podAnnotations", "podLabels", "resources"}, set()),
+    "aws-ebs-csi-driver": ({"controller", "node", "defaultStorageClass", "sidecars", "storageClasses",
+                            "volumeSnapshotClasses"}, set()),
+    "eks-pod-identity-agent": ({"affinity", "agent", "podAnnotations", "podLabels", "resources",
+                                "tolerations"}, set()),
+}
+ADDON_VERSIONS = {"vpc-cni": "v1.20.4-eksbuild.1", "coredns": "v1.12.4-eksbuild.1",
+                  "kube-proxy": "v1.35.0-eksbuild.1", "aws-ebs-csi-driver": "v1.50.0-eksbuild.1",
+                  "eks-pod-identity-agent": "v1.3.9-eksbuild.1"}
+
+
+def patch_eks_addons():
+    """EKS add-ons, which moto lacks (Create/Describe/List/Update/
+    DeleteAddon): a known add-on name, configuration values that are a JSON
+    object whose keys the add-on's schema has (and whose string properties
+    are strings: vpc-cni's enableNetworkPolicy is "true", never true), one
+    add-on of a name per cluster; CREATING/UPDATING before ACTIVE; they go
+    with their cluster. The node listing reports whether a cluster enforces
+    NetworkPolicies (vpc-cni with enableNetworkPolicy "true")."""
+    from urllib.parse import unquote
+    from moto.eks import responses as r
+    from moto.eks import urls as u
+    from moto.eks.exceptions import InvalidParameterException, ResourceInUseException, ResourceNotFoundException
+
+    def reply(body):
+        return 200, {"Content-Type": "application/json"}, json.dumps(body)
+
+    def bad(message):
+        return InvalidParameterException(clusterName=None, nodegroupName=None, fargateProfileName=None,
+                                         addonName=None, message=message)
+
+    def cluster_of(resp):
+        name = unquote(resp.path.split("/clusters/")[1].split("/")[0].split("?")[0])
+        cluster = resp.eks_backend.clusters.get(name)
+        if cluster is None:
+            raise ResourceNotFoundException(clusterName=name, nodegroupName=None, fargateProfileName=None,
+                                            addonName=None, message="No cluster found for name: %s." % name)
+        cluster.__dict__.setdefault("_rd_addons", {})
+        return cluster
+
+    def check_config(name, text):
+        if not text:
+            return
+        try:
+            values = json.loads(text)
+        except ValueError as e:
+            raise bad("ConfigurationValue provided in request is not supported: Json schema validation failed "
+                      "with error: [invalid JSON: %s]" % e)
+        if not isinstance(values, dict):
+            raise bad("ConfigurationValue provided in request is not supported: Json schema validation failed "
+                      "with error: [$: is not an object]")
+        keys, strings = ADDON_SCHEMAS[name]
+        for k, v in values.items():
+            if k not in keys:
+                raise bad("ConfigurationValue provided in request is not supported: Json schema validation "
+                          "failed with error: [$.%s: is not defined in the schema and the schema does not allow "
+                          "additional properties]" % k)
+            if k in strings and not isinstance(v, str):
+                raise bad("ConfigurationValue provided in request is not supported: Json schema validation "
+                          "failed with error: [$.%s: %s found, string expected]" % (k, type(v).__name__))
+
+    def status(addon):
+        if time.time() < addon["_ready_at"]:
+            return addon["_moving"]
+        return "ACTIVE"
+
+    def public(addon):
+        out = {k: v for k, v in addon.items() if not k.startswith("_")}
+        out["status"] = status(addon)
+        return out
+
+    def addon_of(resp, cluster):
+        name = unquote(resp.path.split("?")[0].split("/addons/", 1)[1].split("/")[0])
+        addon = cluster._rd_addons.get(name)
+        if addon is None:
+            raise ResourceNotFoundException(clusterName=cluster.name, nodegroupName=None, fargateProfileName=None,
+                                            addonName=name, message="No addon: %s found in cluster: %s" % (
+                                                name, cluster.name))
+        return addon
+
+    def create(resp, cluster):
+        name = resp._get_param("addonName") or ""
+        if name not in ADDON_SCHEMAS:
+            raise bad("Addon %s specified is not supported" % name)
+        if name in cluster._rd_addons:
+            raise ResourceInUseException(clusterName=cluster.name, nodegroupName=None, addonName=name,
+                                         message="Addon already exists.")
+        config = resp._get_param("configurationValues") or ""
+        check_config(name, config)
+        now = time.time()
+        addon = {"addonName": name, "clusterName": cluster.name,
+                 "addonVersion": resp._get_param("addonVersion") or ADDON_VERSIONS[name],
+                 "addonArn": "arn:aws:eks:%s:%s:addon/%s/%s/%s" % (resp.region, resp.current_account, cluster.name,
+                                                                   name, uuid.uuid4().hex[:12]),
+                 "createdAt": now, "modifiedAt": now, "health": {"issues": []},
+                 "serviceAccountRoleArn": resp._get_param("serviceAccountRoleArn") or None,
+                 "configurationValues": config, "tags": resp._get_param("tags") or {},
+                 "_ready_at": now + delay("eks_nodegroup_update"), "_moving": "CREATING"}
+        cluster._rd_addons[name] = addon
+        return reply({"addon": public(addon)})
+
+    def update(resp, cluster, addon):
+        if status(addon) != "ACTIVE":
+            raise ResourceInUseException(clusterName=cluster.name, nodegroupName=None, addonName=addon["addonName"],
+                                         message="Addon %s is %s" % (addon["addonName"], status(addon)))
+        config = resp._get_param("configurationValues")
+        if config is not None:
+            check_config(addon["addonName"], config)
+            addon["configurationValues"] = config
+        for param, key in (("addonVersion", "addonVersion"), ("serviceAccountRoleArn", "serviceAccountRoleArn")):
+            if resp._get_param(param) is not None:
+                addon[key] = resp._get_param(param) or None
+        addon["modifiedAt"] = time.time()
+        addon["_ready_at"], addon["_moving"] = time.time() + delay("eks_nodegroup_update"), "UPDATING"
+        return reply({"update": {"id": str(uuid.uuid4()), "status": "InProgress", "type": "AddonUpdate",
+                                 "params": [], "errors": []}})
+
+    def route(resp):
+        cluster = cluster_of(resp)
+        path = unquote(resp.path.split("?")[0])
+        if "/addons/" not in path:
+            if resp.method == "POST":
+                return create(resp, cluster)
+            return reply({"addons": sorted(cluster._rd_addons)})
+        addon = addon_of(resp, cluster)
+        if path.endswith("/update"):
+            return update(resp, cluster, addon)
+        if resp.method == "DELETE":
+            del cluster._rd_addons[addon["addonName"]]
+            return reply({"addon": dict(public(addon), status="DELETING")})
+        return reply({"addon": public(addon)})
+
+    def view(request, full_url, headers):
+        resp = r.EKSResponse()
+        resp.setup_class(request, full_url, headers)
+        try:
+            return route(resp)
+        except Exception as e:
+            if hasattr(e, "code") and hasattr(e, "get_body"):
+                return e.code, dict(e.get_headers()) if hasattr(e, "get_headers") else {}, e.get_body()
+            raise
+    u.url_paths["{0}/clusters/(?P<name>[^/]+)/addons$"] = view
+    u.url_paths["{0}/clusters/(?P<name>[^/]+)/addons/(?P<rest>.+)$"] = view
+
+
+def enforces_network_policy(cluster):
+    """Whether an EKS cluster enforces NetworkPolicies: its vpc-cni add-on,
+    ACTIVE, with enableNetworkPolicy "true"."""
+    addon = (cluster.__dict__.get("_rd_addons") or {}).get("vpc-cni")
+    if not addon or time.time() < addon["_ready_at"]:
+        return False
+    try:
+        return json.loads(addon.get("configurationValues") or "{}").get("enableNetworkPolicy") == "true"
+    except ValueError:
+        return False
+
+
 def main():
     host, port = sys.argv[1], int(sys.argv[2])
-    for patch in (patch_eks, patch_eks_rules, patch_eks_access, network_model, node_listing, eks_autoscale, patch_rds, patch_elasticache,
+    for patch in (patch_eks, patch_eks_rules, patch_eks_access, patch_eks_addons, network_model, node_listing, eks_autoscale, patch_rds, patch_elasticache,
                   patch_elasticache_servers, patch_nat, patch_s3, patch_cloudwatch, patch_iam, patch_server):
         try:
             patch()

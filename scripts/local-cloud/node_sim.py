@@ -60,8 +60,11 @@ against the groups the cluster's nodes carry); loopback addresses are this
 machine's own servers; a private address of a store of the Google double
 is judged by its network model (`/__double/network/reach`: peering, cluster,
 port, egress firewall rules); other names are not modelled. Before the
-network, the pod's own NetworkPolicies decide, as on a cluster that enforces
-them (egress rules: ports and ipBlocks). An unreachable store
+network, the pod's own NetworkPolicies decide (egress rules: ports and
+ipBlocks), where the pod's cluster enforces them: an EKS cluster whose
+vpc-cni add-on has enableNetworkPolicy "true", a GKE cluster with Dataplane
+V2 or network policy on, and the default pool; elsewhere they are stored and
+ignored, as on those clouds. An unreachable store
 keeps the pod unready with the reason in its Ready condition, as a failing
 readiness probe would.
 
@@ -299,6 +302,8 @@ def egress_refused(pod, host, port, policies):
     store outside the cluster; a cloud name's address is unknown here, so
     only 0.0.0.0/0 holds it). Returns why not, or None."""
     meta = pod["metadata"]
+    if not ENFORCING.get(pod["spec"].get("nodeName"), True):
+        return None  # the pod's cluster stores its NetworkPolicies and enforces none
     labels = meta.get("labels") or {}
     chosen = []
     for np in policies:
@@ -461,6 +466,10 @@ def desired_status(pod, secret=lambda ns, name: None, policies=(), configmap=lam
 
 
 NODE = "ralph-sim"
+# node name -> whether its cluster enforces NetworkPolicies (EKS: vpc-cni's
+# network policy agent; GKE: Dataplane V2 or network policy); the default
+# pool's nodes do.
+ENFORCING = {}
 # The pool for pods that name no node group: enough hosts for the guide's
 # three anti-affine replicas and a surge pod per namespace, so a stack
 # without a cloud cluster (the Kubernetes-only tests) can roll out.
@@ -534,7 +543,7 @@ def wanted_nodes():
     want, failed = {}, set()
     GROUPS.clear()
 
-    def add(source, name, provider, machine_type, labels, taints):
+    def add(source, name, provider, machine_type, labels, taints, enforcing):
         resources = allocatable(provider, machine_type)
         if resources is None:
             print("node simulator: no figures for machine type %s (add it to support/machine-types.json); "
@@ -542,7 +551,7 @@ def wanted_nodes():
             return
         labels = dict(labels, **{"kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
                                  "node.kubernetes.io/instance-type": machine_type, SIMULATED: "true"})
-        want[name] = {"source": source, "labels": labels, "resources": resources,
+        want[name] = {"source": source, "labels": labels, "resources": resources, "enforcing": enforcing,
                       "taints": [{"key": t.get("key", ""), "value": t.get("value", ""),
                                   "effect": EFFECTS.get(t.get("effect"), t.get("effect"))} for t in taints]}
 
@@ -561,7 +570,7 @@ def wanted_nodes():
             for i in range(g["size"]):
                 zone = g["zones"][i % len(g["zones"])]
                 add(source, node_name(g["nodegroup"], key, i), "eks", g["instance_type"],
-                    dict(labels, **{"topology.kubernetes.io/zone": zone}), g["taints"])
+                    dict(labels, **{"topology.kubernetes.io/zone": zone}), g["taints"], g.get("network_policy", False))
             GROUPS.append({"pool": (ep, g["account"], g["region"], g["cluster"], g["nodegroup"]),
                            "provider": "eks", "endpoint": ep, "cluster": g["cluster"], "name": g["nodegroup"],
                            "size": g["size"], "labels": labels, "taints": g["taints"],
@@ -583,7 +592,7 @@ def wanted_nodes():
                 "cloud.google.com/gke-nodepool": g["pool"]})
             for i in range(g["size"]):
                 add(source, node_name("gke-%s-%s" % (g["cluster"][:14], g["pool"]), key, i), "gke",
-                    g["machine_type"], labels, g["taints"])
+                    g["machine_type"], labels, g["taints"], g.get("network_policy", False))
             if (g.get("autoscaling") or {}).get("enabled") and g.get("group"):
                 GROUPS.append({"pool": (g["project"], g["cluster"], g["pool"]), "group": g["group"],
                                "provider": "gke", "name": g["pool"],
@@ -775,9 +784,12 @@ def keep_nodes(call):
             autoscale(call, grown)
             for i in range(DEFAULT_NODES):
                 name = "%s-%d" % (NODE, i)
-                want[name] = {"source": "", "resources": None, "taints": [],
+                want[name] = {"source": "", "resources": None, "taints": [], "enforcing": True,
                               "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
                                          "node.ralph-sim/pool": "default", SIMULATED: "true"}}
+            # Swapped whole: the pod loop and the port-forward thread read it.
+            ENFORCING.clear()
+            ENFORCING.update({name: node["enforcing"] for name, node in want.items()})
             have = {n["metadata"]["name"]: n for n in call("GET", "/api/v1/nodes")["items"]}
             for name, node in want.items():
                 if name not in have:

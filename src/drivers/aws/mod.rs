@@ -8,6 +8,7 @@ mod arn_tags;
 mod eip;
 mod eks;
 mod eks_access;
+mod eks_addon;
 pub mod eks_token;
 mod elasticache;
 mod iam_oidc;
@@ -55,6 +56,7 @@ pub fn drivers() -> Vec<Box<dyn Driver>> {
         Box::new(eks::EksCluster),
         Box::new(eks::EksNodegroup),
         Box::new(eks_access::EksAccessEntry),
+        Box::new(eks_addon::EksAddon),
         Box::new(rds::SubnetGroup),
         Box::new(rds::ParameterGroup),
         Box::new(rds::Instance),
