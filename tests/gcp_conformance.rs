@@ -132,36 +132,66 @@ fn check_routes(d: &Discovery, routes: &[Value]) -> Vec<String> {
     problems
 }
 
+/// How Discovery marks a field: its description starts with "Required." or
+/// "Output only." (Compute writes "[Output Only]").
+fn marked(field: &Value, word: &str) -> bool {
+    let d = field["description"]
+        .as_str()
+        .unwrap_or_default()
+        .trim_start();
+    let d = d.strip_prefix('[').unwrap_or(d);
+    d.len() >= word.len() && d[..word.len()].eq_ignore_ascii_case(word)
+}
+
 /// Checks `v` against the Discovery schema `s`; problems go to `out` with
 /// the JSON path. Requests carry enums as their names or, with
 /// `enum-encoding=int`, as their numbers; 64-bit integers as strings.
+/// `strict` (the body of a create or insert) also refuses what Google's
+/// server refuses or drops there: a field marked required that is missing
+/// (but `name`, which the URL's id gives), and one marked output only.
 fn check_value(doc: &Value, s: &Value, v: &Value, at: &str, out: &mut Vec<String>) {
+    check_strict(doc, s, v, at, false, out)
+}
+
+fn check_strict(doc: &Value, s: &Value, v: &Value, at: &str, strict: bool, out: &mut Vec<String>) {
     if let Some(r) = s.get("$ref").and_then(Value::as_str) {
         match doc["schemas"].get(r) {
-            Some(schema) => return check_value(doc, schema, v, at, out),
+            Some(schema) => return check_strict(doc, schema, v, at, strict, out),
             None => return out.push(format!("{at}: schema {r} is not in the document")),
         }
     }
     let ty = s.get("type").and_then(Value::as_str).unwrap_or("any");
     let format = s.get("format").and_then(Value::as_str).unwrap_or_default();
     match (ty, v) {
+        // A null on a create is a field the caller meant to set and did not
+        // (Google reads it as unset).
+        (_, Value::Null) if strict => out.push(format!("{at}: null")),
         (_, Value::Null) => {}
         ("any", _) => {}
         ("object", Value::Object(m)) => {
             let props = s.get("properties").and_then(Value::as_object);
             for (k, fv) in m {
                 match props.and_then(|p| p.get(k)) {
-                    Some(fs) => check_value(doc, fs, fv, &format!("{at}.{k}"), out),
+                    Some(fs) if strict && marked(fs, "output only") && !fv.is_null() => {
+                        out.push(format!("{at}.{k}: output only (the server ignores it)"))
+                    }
+                    Some(fs) => check_strict(doc, fs, fv, &format!("{at}.{k}"), strict, out),
                     None => match s.get("additionalProperties") {
-                        Some(ap) => check_value(doc, ap, fv, &format!("{at}.{k}"), out),
+                        Some(ap) => check_strict(doc, ap, fv, &format!("{at}.{k}"), strict, out),
                         None => out.push(format!("{at}.{k}: no such field")),
                     },
+                }
+            }
+            for (k, fs) in props.into_iter().flatten() {
+                let given = m.get(k).is_some_and(|v| !v.is_null());
+                if strict && k != "name" && marked(fs, "required") && !given {
+                    out.push(format!("{at}.{k}: required, and missing"));
                 }
             }
         }
         ("array", Value::Array(items)) => {
             for (i, item) in items.iter().enumerate() {
-                check_value(doc, &s["items"], item, &format!("{at}[{i}]"), out);
+                check_strict(doc, &s["items"], item, &format!("{at}[{i}]"), strict, out);
             }
         }
         ("string", Value::String(text)) => {
@@ -189,6 +219,9 @@ fn check_value(doc: &Value, s: &Value, v: &Value, at: &str, out: &mut Vec<String
             if !(n.is_i64() || n.is_u64()) {
                 out.push(format!("{at}: {n} is not an integer"));
             }
+            // An enum by number (`enum-encoding=int`): Discovery lists the
+            // names only, not the protobuf numbers (Memorystore's STANDARD_HA
+            // is 3 of 3 names), so the number cannot be checked here.
         }
         ("integer", Value::Number(n)) if n.is_i64() || n.is_u64() => {}
         ("integer", Value::String(t)) if t.parse::<i64>().is_ok() => {}
@@ -241,7 +274,8 @@ fn check_requests(d: &Discovery, requests: &[Value]) -> Vec<String> {
             None => {}
             Some(schema) => {
                 let mut out = Vec::new();
-                check_value(doc, schema, body, "body", &mut out);
+                let creates = id.ends_with(".create") || id.ends_with(".insert");
+                check_strict(doc, schema, body, "body", creates, &mut out);
                 problems.extend(out.into_iter().map(|p| format!("{id}: {p}")));
             }
         }
@@ -323,6 +357,10 @@ fn a_wrong_body_fails_the_check() {
         "sql.instances.insert: body.settings.backupConfiguration.enabled: \"yes\" is not of type boolean",
         "container.projects.locations.clusters.create: query parameter `zone` is not declared",
         "container.projects.locations.clusters.create: body.cluster.releaseChannel.channel: \"FASTEST\" is not one of the enum's values",
+        // What Google's server refuses or drops on a create.
+        "redis.projects.locations.instances.create: body.memorySizeGb: required, and missing",
+        "redis.projects.locations.instances.create: body.host: output only (the server ignores it)",
+        "redis.projects.locations.instances.create: body.authorizedNetwork: null",
     ] {
         assert!(problems.contains(expected), "missing {expected:?} in:\n{problems}");
     }

@@ -155,6 +155,24 @@ def label_value(res, key):
     return None
 
 
+# What Python's re takes and RE2 (Compute's filter syntax) refuses:
+# lookaround, back references, atomic groups and possessive quantifiers.
+NOT_RE2 = re.compile(r"\(\?[=!>]|\(\?<[=!]|\\[1-9]|\(\?P=|[*+?}][+]")
+
+
+def re2(pattern):
+    """The pattern, if RE2 would compile it; else Compute's 400."""
+    bad = NOT_RE2.search(pattern)
+    if bad:
+        raise invalid([("filter", "Invalid value for field 'filter': the regular expression %r uses %r, "
+                                  "which RE2 does not support" % (pattern, bad.group(0)))])
+    try:
+        re.compile(pattern)
+    except re.error as e:
+        raise invalid([("filter", "Invalid value for field 'filter': %s" % e)])
+    return pattern
+
+
 def matches(res, expr):
     """The filter forms the tool uses: `labels.K=V` / `labels.K:V` terms
     joined by AND or spaces (Secret Manager, Cloud SQL's
@@ -163,7 +181,7 @@ def matches(res, expr):
         return True
     m = re.fullmatch(r'\s*(\w+)\s+eq\s+"(.*)"\s*', expr)
     if m:
-        return re.fullmatch(m.group(2), str(res.get(m.group(1), ""))) is not None
+        return re.fullmatch(re2(m.group(2)), str(res.get(m.group(1), ""))) is not None
     for term in re.split(r"\s+AND\s+|\s+", expr.strip()):
         if not term:
             continue

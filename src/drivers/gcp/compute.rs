@@ -394,9 +394,10 @@ impl ComputeKind {
                 "allowed": allowed(p), "sourceRanges": p.get("source_ranges"),
                 "targetTags": p.get("target_tags"),
             }),
+            // The region is the URL's (the body's is output only).
             Collection::Routers => json!({
                 "name": name, "description": description, "network": p.get("network"),
-                "region": region_of(want, g), "nats": nats(p),
+                "nats": nats(p),
             }),
             Collection::Addresses => json!({
                 "name": name, "description": description, "network": p.get("network"),
