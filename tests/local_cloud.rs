@@ -1270,6 +1270,120 @@ where
     }
 }
 
+/// An ACTIVE EKS cluster `name` (Kubernetes 1.35) in the subnets: its OIDC issuer.
+async fn active_cluster(eks: &aws_sdk_eks::Client, name: &str, subnets: &[String]) -> String {
+    let made = eks
+        .create_cluster()
+        .name(name)
+        .version("1.35")
+        .role_arn("arn:aws:iam::123456789012:role/eks")
+        .resources_vpc_config(
+            aws_sdk_eks::types::VpcConfigRequest::builder()
+                .set_subnet_ids(Some(subnets.to_vec()))
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    eventually(30, "the cluster never became ACTIVE", || async {
+        let c = eks.describe_cluster().name(name).send().await.unwrap();
+        (c.cluster().and_then(|c| c.status()).map(|s| s.as_str()) == Some("ACTIVE")).then_some(())
+    })
+    .await;
+    made.cluster()
+        .and_then(|c| c.identity())
+        .and_then(|i| i.oidc())
+        .and_then(|o| o.issuer())
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// An m5.xlarge managed node group of `min..=max` nodes, `desired` now.
+async fn node_group(
+    eks: &aws_sdk_eks::Client,
+    cluster: &str,
+    group: &str,
+    subnets: &[String],
+    (min, max, desired): (i32, i32, i32),
+) {
+    eks.create_nodegroup()
+        .cluster_name(cluster)
+        .nodegroup_name(group)
+        .node_role("arn:aws:iam::123456789012:role/nodes")
+        .set_subnets(Some(subnets.to_vec()))
+        .instance_types("m5.xlarge")
+        .scaling_config(
+            aws_sdk_eks::types::NodegroupScalingConfig::builder()
+                .min_size(min)
+                .max_size(max)
+                .desired_size(desired)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+}
+
+/// A namespace of the test's own.
+async fn new_namespace(
+    client: &kube::Client,
+    ns: &str,
+) -> Api<k8s_openapi::api::core::v1::Namespace> {
+    let nss: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    nss.create(
+        &PostParams::default(),
+        &serde_json::from_value(serde_json::json!({"metadata": {"name": ns}})).unwrap(),
+    )
+    .await
+    .unwrap();
+    nss
+}
+
+/// The guide's Deployment `ralph`: `replicas`, one per node (required
+/// anti-affinity), surge 1 and nothing unavailable, 1 CPU and 2 GiB asked
+/// per pod, pinned to a node group by the provider's label `key`.
+fn guide_deployment(
+    key: &str,
+    group: &str,
+    replicas: i32,
+) -> k8s_openapi::api::apps::v1::Deployment {
+    let labels = serde_json::json!({"app": "ralph-orchestrator"});
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "ralph"},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": labels},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "template": {"metadata": {"labels": labels}, "spec": {
+                "automountServiceAccountToken": false,
+                "nodeSelector": {key: group},
+                "affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{
+                    "labelSelector": {"matchLabels": labels},
+                    "topologyKey": "kubernetes.io/hostname"}]}},
+                "containers": [{"name": "app", "image": "example/app:1.0.0",
+                    "resources": {"requests": {"cpu": "1", "memory": "2Gi"},
+                                  "limits": {"cpu": "2", "memory": "4Gi"}}}]}}}
+    }))
+    .unwrap()
+}
+
+/// The cluster autoscaler's events in a namespace: (reason, message).
+async fn autoscaler_events(
+    events: &Api<k8s_openapi::api::core::v1::Event>,
+) -> Vec<(String, String)> {
+    events
+        .list(&kube::api::ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| {
+            e.source.as_ref().and_then(|s| s.component.as_deref()) == Some("cluster-autoscaler")
+        })
+        .map(|e| (e.reason.unwrap_or_default(), e.message.unwrap_or_default()))
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_guides_rollout_cannot_schedule_its_surge_pod_on_three_nodes_and_can_on_four() {
     use k8s_openapi::api::apps::v1::Deployment;
@@ -1285,63 +1399,24 @@ async fn the_guides_rollout_cannot_schedule_its_surge_pod_on_three_nodes_and_can
         vpc_with_subnets(&ec2, 42, &["us-east-1a", "us-east-1b", "us-east-1c"]).await;
     let cluster = format!("{name}-eks");
     let nodegroup = format!("{name}-nodes");
-    eks.create_cluster()
-        .name(&cluster)
-        .version("1.35")
-        .role_arn("arn:aws:iam::123456789012:role/eks")
-        .resources_vpc_config(
-            aws_sdk_eks::types::VpcConfigRequest::builder()
-                .set_subnet_ids(Some(subnets.clone()))
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap();
-    let status = |group: bool| {
+    active_cluster(&eks, &cluster, &subnets).await;
+    // The guide's node group, at the three nodes it runs today.
+    node_group(&eks, &cluster, &nodegroup, &subnets, (2, 10, 3)).await;
+    let status = || {
         let (eks, cluster, nodegroup) = (eks.clone(), cluster.clone(), nodegroup.clone());
         async move {
-            let s = if group {
-                eks.describe_nodegroup()
-                    .cluster_name(&cluster)
-                    .nodegroup_name(&nodegroup)
-                    .send()
-                    .await
-                    .unwrap()
-                    .nodegroup()
-                    .and_then(|n| n.status().cloned())
-                    .map(|s| s.as_str().to_string())
-            } else {
-                eks.describe_cluster()
-                    .name(&cluster)
-                    .send()
-                    .await
-                    .unwrap()
-                    .cluster()
-                    .and_then(|c| c.status().cloned())
-                    .map(|s| s.as_str().to_string())
-            };
-            (s.as_deref() == Some("ACTIVE")).then_some(())
+            let n = eks
+                .describe_nodegroup()
+                .cluster_name(&cluster)
+                .nodegroup_name(&nodegroup)
+                .send()
+                .await
+                .unwrap();
+            (n.nodegroup().and_then(|n| n.status()).map(|s| s.as_str()) == Some("ACTIVE"))
+                .then_some(())
         }
     };
-    eventually(30, "the cluster never became ACTIVE", || status(false)).await;
-    // The guide's node group, at the three nodes it runs today.
-    eks.create_nodegroup()
-        .cluster_name(&cluster)
-        .nodegroup_name(&nodegroup)
-        .node_role("arn:aws:iam::123456789012:role/nodes")
-        .set_subnets(Some(subnets.clone()))
-        .instance_types("m5.xlarge")
-        .scaling_config(
-            aws_sdk_eks::types::NodegroupScalingConfig::builder()
-                .min_size(2)
-                .max_size(10)
-                .desired_size(3)
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap();
-    eventually(30, "the node group never became ACTIVE", || status(true)).await;
+    eventually(30, "the node group never became ACTIVE", status).await;
 
     let client = common::kube_client().await;
     let nodes: Api<Node> = Api::all(client.clone());
@@ -1368,34 +1443,13 @@ async fn the_guides_rollout_cannot_schedule_its_surge_pod_on_three_nodes_and_can
     // The guide's Deployment: 3 replicas, one per node (required
     // anti-affinity), surge 1 and nothing unavailable, pinned to the group.
     let ns = format!("{name}-app");
-    let nss: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
-    nss.create(
-        &PostParams::default(),
-        &serde_json::from_value(serde_json::json!({"metadata": {"name": ns}})).unwrap(),
-    )
-    .await
-    .unwrap();
+    let nss = new_namespace(&client, &ns).await;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
-    let labels = serde_json::json!({"app": "ralph-orchestrator"});
-    let deployment: Deployment = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "ralph"},
-        "spec": {
-            "replicas": 3,
-            "selector": {"matchLabels": labels},
-            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
-            "template": {"metadata": {"labels": labels}, "spec": {
-                "automountServiceAccountToken": false,
-                "nodeSelector": {"eks.amazonaws.com/nodegroup": nodegroup},
-                "affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{
-                    "labelSelector": {"matchLabels": labels},
-                    "topologyKey": "kubernetes.io/hostname"}]}},
-                "containers": [{"name": "app", "image": "example/app:1.0.0",
-                    "resources": {"requests": {"cpu": "1", "memory": "2Gi"},
-                                  "limits": {"cpu": "2", "memory": "4Gi"}}}]}}}
-    }))
-    .unwrap();
     deployments
-        .create(&PostParams::default(), &deployment)
+        .create(
+            &PostParams::default(),
+            &guide_deployment("eks.amazonaws.com/nodegroup", &nodegroup, 3),
+        )
         .await
         .unwrap();
     let settled = || {
@@ -1545,33 +1599,13 @@ async fn an_autoscaled_gke_pool_grows_for_the_surge_pod_up_to_its_maximum() {
     .await;
 
     let ns = format!("{p}-app");
-    let nss: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
-    nss.create(
-        &PostParams::default(),
-        &serde_json::from_value(serde_json::json!({"metadata": {"name": ns}})).unwrap(),
-    )
-    .await
-    .unwrap();
+    let nss = new_namespace(&client, &ns).await;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
-    let labels = serde_json::json!({"app": "ralph-orchestrator"});
-    let deployment: Deployment = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "ralph"},
-        "spec": {
-            "replicas": 3,
-            "selector": {"matchLabels": labels},
-            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
-            "template": {"metadata": {"labels": labels}, "spec": {
-                "automountServiceAccountToken": false,
-                "nodeSelector": {"cloud.google.com/gke-nodepool": pool},
-                "affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{
-                    "labelSelector": {"matchLabels": labels},
-                    "topologyKey": "kubernetes.io/hostname"}]}},
-                "containers": [{"name": "app", "image": "example/app:1.0.0",
-                    "resources": {"requests": {"cpu": "1", "memory": "2Gi"}}}]}}}
-    }))
-    .unwrap();
     deployments
-        .create(&PostParams::default(), &deployment)
+        .create(
+            &PostParams::default(),
+            &guide_deployment("cloud.google.com/gke-nodepool", &pool, 3),
+        )
         .await
         .unwrap();
     let settled = |replicas: i32| {
@@ -1609,23 +1643,7 @@ async fn an_autoscaled_gke_pool_grows_for_the_surge_pod_up_to_its_maximum() {
     let grown = nodes.list(&of_pool).await.unwrap().items.len();
     assert!((4..=5).contains(&grown), "{grown} nodes after one rollout");
     let events: Api<Event> = Api::namespaced(client.clone(), &ns);
-    let reasons = || {
-        let events = events.clone();
-        async move {
-            events
-                .list(&ListParams::default())
-                .await
-                .unwrap()
-                .items
-                .into_iter()
-                .filter(|e| {
-                    e.source.as_ref().and_then(|s| s.component.as_deref())
-                        == Some("cluster-autoscaler")
-                })
-                .map(|e| (e.reason.unwrap_or_default(), e.message.unwrap_or_default()))
-                .collect::<Vec<_>>()
-        }
-    };
+    let reasons = || autoscaler_events(&events);
     let seen = reasons().await;
     assert!(
         seen.iter()
@@ -1691,54 +1709,8 @@ async fn an_eks_node_group_grows_only_through_an_autoscaler_with_a_trusted_role(
     let (_, subnets) = vpc_with_subnets(&ec2, 43, &["us-east-1a", "us-east-1b"]).await;
     let cluster = format!("{name}-eks");
     let nodegroup = format!("{name}-nodes");
-    let made = eks
-        .create_cluster()
-        .name(&cluster)
-        .version("1.35")
-        .role_arn("arn:aws:iam::123456789012:role/eks")
-        .resources_vpc_config(
-            aws_sdk_eks::types::VpcConfigRequest::builder()
-                .set_subnet_ids(Some(subnets.clone()))
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap();
-    let issuer = made
-        .cluster()
-        .unwrap()
-        .identity()
-        .unwrap()
-        .oidc()
-        .unwrap()
-        .issuer()
-        .unwrap()
-        .to_string();
-    let active = || {
-        let (eks, cluster) = (eks.clone(), cluster.clone());
-        async move {
-            let c = eks.describe_cluster().name(&cluster).send().await.unwrap();
-            (c.cluster().and_then(|c| c.status()).map(|s| s.as_str()) == Some("ACTIVE"))
-                .then_some(())
-        }
-    };
-    eventually(30, "the cluster never became ACTIVE", active).await;
-    eks.create_nodegroup()
-        .cluster_name(&cluster)
-        .nodegroup_name(&nodegroup)
-        .node_role("arn:aws:iam::123456789012:role/nodes")
-        .set_subnets(Some(subnets.clone()))
-        .instance_types("m5.xlarge")
-        .scaling_config(
-            aws_sdk_eks::types::NodegroupScalingConfig::builder()
-                .min_size(1)
-                .max_size(4)
-                .desired_size(3)
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap();
+    let issuer = active_cluster(&eks, &cluster, &subnets).await;
+    node_group(&eks, &cluster, &nodegroup, &subnets, (1, 4, 3)).await;
     let client = common::kube_client().await;
     let nodes: Api<Node> = Api::all(client.clone());
     let of_group =
@@ -1750,48 +1722,17 @@ async fn an_eks_node_group_grows_only_through_an_autoscaler_with_a_trusted_role(
     eventually(40, "the node group's 3 Nodes never appeared", || count(3)).await;
 
     let ns = format!("{name}-app");
-    let nss: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
-    nss.create(
-        &PostParams::default(),
-        &serde_json::from_value(serde_json::json!({"metadata": {"name": ns}})).unwrap(),
-    )
-    .await
-    .unwrap();
-    let labels = serde_json::json!({"app": "ralph-orchestrator"});
+    let nss = new_namespace(&client, &ns).await;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
-    let app: Deployment = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "ralph"},
-        "spec": {"replicas": 4, "selector": {"matchLabels": labels},
-            "template": {"metadata": {"labels": labels}, "spec": {
-                "automountServiceAccountToken": false,
-                "nodeSelector": {"eks.amazonaws.com/nodegroup": nodegroup},
-                "affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{
-                    "labelSelector": {"matchLabels": labels}, "topologyKey": "kubernetes.io/hostname"}]}},
-                "containers": [{"name": "app", "image": "example/app:1.0.0"}]}}}
-    }))
-    .unwrap();
     deployments
-        .create(&PostParams::default(), &app)
+        .create(
+            &PostParams::default(),
+            &guide_deployment("eks.amazonaws.com/nodegroup", &nodegroup, 4),
+        )
         .await
         .unwrap();
     let events: Api<Event> = Api::namespaced(client.clone(), &ns);
-    let autoscaler_events = || {
-        let events = events.clone();
-        async move {
-            events
-                .list(&ListParams::default())
-                .await
-                .unwrap()
-                .items
-                .into_iter()
-                .filter(|e| {
-                    e.source.as_ref().and_then(|s| s.component.as_deref())
-                        == Some("cluster-autoscaler")
-                })
-                .map(|e| (e.reason.unwrap_or_default(), e.message.unwrap_or_default()))
-                .collect::<Vec<_>>()
-        }
-    };
+    let autoscaler_events = || autoscaler_events(&events);
     let available = |n: i32| {
         let deployments = deployments.clone();
         async move {
@@ -2002,53 +1943,11 @@ async fn network_policies_bind_only_once_the_vpc_cni_enforces_them() {
     let (_, subnets) = vpc_with_subnets(&ec2, 44, &["us-east-1a"]).await;
     let cluster = format!("{name}-eks");
     let nodegroup = format!("{name}-nodes");
-    eks.create_cluster()
-        .name(&cluster)
-        .version("1.35")
-        .role_arn("arn:aws:iam::123456789012:role/eks")
-        .resources_vpc_config(
-            aws_sdk_eks::types::VpcConfigRequest::builder()
-                .set_subnet_ids(Some(subnets.clone()))
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap();
-    eventually(30, "the cluster never became ACTIVE", || {
-        let (eks, cluster) = (eks.clone(), cluster.clone());
-        async move {
-            let c = eks.describe_cluster().name(&cluster).send().await.unwrap();
-            (c.cluster().and_then(|c| c.status()).map(|s| s.as_str()) == Some("ACTIVE"))
-                .then_some(())
-        }
-    })
-    .await;
-    eks.create_nodegroup()
-        .cluster_name(&cluster)
-        .nodegroup_name(&nodegroup)
-        .node_role("arn:aws:iam::123456789012:role/nodes")
-        .set_subnets(Some(subnets.clone()))
-        .instance_types("m5.xlarge")
-        .scaling_config(
-            aws_sdk_eks::types::NodegroupScalingConfig::builder()
-                .min_size(1)
-                .max_size(1)
-                .desired_size(1)
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap();
-
+    active_cluster(&eks, &cluster, &subnets).await;
+    node_group(&eks, &cluster, &nodegroup, &subnets, (1, 1, 1)).await;
     let client = common::kube_client().await;
     let ns = format!("{name}-app");
-    let nss: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
-    nss.create(
-        &PostParams::default(),
-        &serde_json::from_value(serde_json::json!({"metadata": {"name": ns}})).unwrap(),
-    )
-    .await
-    .unwrap();
+    let nss = new_namespace(&client, &ns).await;
     let policies: Api<k8s_openapi::api::networking::v1::NetworkPolicy> =
         Api::namespaced(client.clone(), &ns);
     policies

@@ -228,12 +228,8 @@ impl Driver for EksAccessEntry {
             // A run killed after making it: ours when its tags say so.
             Err(e) if error_code(&e) == Some("ResourceInUseException") => {
                 let found = read_one(cx, &id).await?;
-                if found.as_ref().and_then(|o| o.owner.as_ref()) != Some(want.owner) {
-                    return Err(DriverError::new(format!(
-                        "{principal} already has an access entry on {cluster} that this stack did not make; import it (`import: [{{to: {}, id: {id}}}]`) or remove it",
-                        want.address
-                    )));
-                }
+                let what = format!("{principal} already has an access entry on {cluster}");
+                super::ours_or_refuse(found.as_ref(), want, &what, &id)?;
             }
             Err(e) => return Err(api_error("CreateAccessEntry", e)),
         }

@@ -238,12 +238,8 @@ impl Driver for EksAddon {
             // A run killed after making it: ours when its tags say so.
             Err(e) if error_code(&e) == Some("ResourceInUseException") => {
                 let found = read_one(cx, &id).await?;
-                if found.as_ref().and_then(|o| o.owner.as_ref()) != Some(want.owner) {
-                    return Err(DriverError::new(format!(
-                        "{cluster} already has the {name} add-on, which this stack did not make; import it (`import: [{{to: {}, id: {id}}}]`) or remove it",
-                        want.address
-                    )));
-                }
+                let what = format!("{cluster} already has the {name} add-on");
+                super::ours_or_refuse(found.as_ref(), want, &what, &id)?;
             }
             Err(e) => return Err(api_error("CreateAddon", e)),
         }

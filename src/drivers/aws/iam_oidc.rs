@@ -4,10 +4,9 @@
 //! issuer, is exchanged for a role's credentials when the role's trust
 //! policy names this provider (`aws.iam_role`'s `oidc_provider_arn`).
 
-use aws_sdk_iam::types::Tag;
 use serde_json::Value as Json;
 
-use super::{api_error, error_code, observed_with, read_tag_pairs, strings, tag_map};
+use super::{api_error, error_code, observed_with, read_tag_pairs, strings};
 use crate::drivers::{Context, Desired, Driver, DriverError, Known, Observed, Timeouts};
 use crate::kinds::{checks, Attr, Field, KindSchema, Ty};
 
@@ -73,13 +72,6 @@ static SCHEMA: KindSchema = KindSchema {
 };
 
 pub struct OidcProvider;
-
-fn tags_of(want: &Desired<'_>) -> Vec<Tag> {
-    tag_map(want)
-        .into_iter()
-        .filter_map(|(k, v)| Tag::builder().key(k).value(v).build().ok())
-        .collect()
-}
 
 async fn read_one(cx: &Context, arn: &str) -> Result<Option<Observed>, DriverError> {
     let iam = &cx.aws().await?.iam;
@@ -191,7 +183,7 @@ impl Driver for OidcProvider {
             .url(url)
             .set_client_id_list(Some(strings(want.props.get("client_ids"))))
             .set_thumbprint_list((!thumbprints.is_empty()).then_some(thumbprints))
-            .set_tags(Some(tags_of(want)))
+            .set_tags(Some(super::iam_tags(want)))
             .send()
             .await
             .map_err(|e| api_error("CreateOpenIDConnectProvider", e))?;
@@ -244,7 +236,7 @@ impl Driver for OidcProvider {
             }
             iam.tag_open_id_connect_provider()
                 .open_id_connect_provider_arn(&have.id)
-                .set_tags(Some(tags_of(want)))
+                .set_tags(Some(super::iam_tags(want)))
                 .send()
                 .await
                 .map_err(|e| api_error("TagOpenIDConnectProvider", e))?;

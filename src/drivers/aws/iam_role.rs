@@ -3,12 +3,11 @@
 //! EKS cluster's OIDC provider (IRSA), with managed policies attached and
 //! an inline policy of the stack's own.
 
-use aws_sdk_iam::types::Tag;
 use serde_json::{json, Value as Json};
 
 use super::{
     api_error, error_code, observed_with, opt_str, read_each, read_tag_pairs, removed_tag_keys,
-    strings, tag_map,
+    strings,
 };
 use crate::drivers::{Context, Desired, Driver, DriverError, Known, Observed, Timeouts};
 use crate::kinds::{checks, Attr, Field, KindSchema, Ty};
@@ -353,10 +352,7 @@ impl Driver for IamRole {
 
     async fn create(&self, cx: &Context, want: &Desired<'_>) -> Result<Observed, DriverError> {
         let name = want.required_str("name")?;
-        let tags: Vec<Tag> = tag_map(want)
-            .into_iter()
-            .filter_map(|(k, v)| Tag::builder().key(k).value(v).build().ok())
-            .collect();
+        let tags = super::iam_tags(want);
         cx.aws()
             .await?
             .iam
@@ -428,10 +424,7 @@ impl Driver for IamRole {
                     .await
                     .map_err(|e| api_error("UntagRole", e))?;
             }
-            let tags: Vec<Tag> = tag_map(want)
-                .into_iter()
-                .filter_map(|(k, v)| Tag::builder().key(k).value(v).build().ok())
-                .collect();
+            let tags = super::iam_tags(want);
             iam.tag_role()
                 .role_name(&have.id)
                 .set_tags(Some(tags))

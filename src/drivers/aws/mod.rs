@@ -633,6 +633,38 @@ pub(crate) fn opt_str(v: Option<&str>) -> Json {
     v.map(|s| Json::String(s.to_string())).unwrap_or(Json::Null)
 }
 
+/// The ownership and user tags as IAM takes them.
+pub(crate) fn iam_tags(want: &Desired<'_>) -> Vec<aws_sdk_iam::types::Tag> {
+    tag_map(want)
+        .into_iter()
+        .filter_map(|(k, v)| {
+            aws_sdk_iam::types::Tag::builder()
+                .key(k)
+                .value(v)
+                .build()
+                .ok()
+        })
+        .collect()
+}
+
+/// After a create answered that the resource exists: fine when its tags
+/// say this stack made it (a run killed after the create), else the error
+/// that says how to take it over. `what` names it for that error.
+pub(crate) fn ours_or_refuse(
+    found: Option<&Observed>,
+    want: &Desired<'_>,
+    what: &str,
+    id: &str,
+) -> Result<(), DriverError> {
+    if found.and_then(|o| o.owner.as_ref()) == Some(want.owner) {
+        return Ok(());
+    }
+    Err(DriverError::new(format!(
+        "{what}, which this stack did not make; import it (`import: [{{to: {}, id: {id}}}]`) or remove it",
+        want.address
+    )))
+}
+
 /// A list-of-strings property.
 pub(crate) fn strings(v: Option<&Json>) -> Vec<String> {
     v.and_then(Json::as_array)
