@@ -184,8 +184,8 @@ impl Driver for EksAddon {
         60
     }
 
-    /// The version EKS chose stands when the stack names none; the
-    /// configuration compares as JSON.
+    /// The configuration compares as JSON (refresh keeps EKS's chosen
+    /// version from showing as a change when the stack names none).
     fn normalize(
         &self,
         _base_dir: &std::path::Path,
