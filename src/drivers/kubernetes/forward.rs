@@ -14,12 +14,13 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use serde_json::{json, Map, Value as Json};
+use tokio::sync::watch;
 
 use super::{count, kube_error, prop};
 use crate::drivers::{Context, DriverError};
@@ -31,6 +32,8 @@ pub const DEFAULT_NAMESPACE: &str = "ralph-deploy";
 /// How long a proxy pod may live (a run killed before it deleted the pod).
 pub const POD_DEADLINE: Duration = Duration::from_secs(3600);
 const COMPONENT: &str = "store-forward";
+/// How long a failed connection waits for the cluster's reason.
+const SETTLE_WAIT: Duration = Duration::from_secs(2);
 
 /// An open forward: connect to [`Forward::local_addr`] to reach the store.
 pub struct Forward {
@@ -39,8 +42,48 @@ pub struct Forward {
     pods: Api<Pod>,
     pod: String,
     accept: tokio::task::JoinHandle<()>,
-    last_error: Arc<Mutex<Option<String>>>,
+    outcomes: Arc<watch::Sender<Outcomes>>,
     closed: bool,
+}
+
+/// What the connections through the pod have told so far: how many have
+/// not yet learnt whether the cluster refused them, and the last refusal.
+#[derive(Default)]
+struct Outcomes {
+    undecided: usize,
+    last_error: Option<String>,
+}
+
+/// One connection's part in [`Outcomes`]: undecided from accept until the
+/// port-forward reports an error or ends; settled once, also when dropped.
+struct Pending(Option<Arc<watch::Sender<Outcomes>>>);
+
+impl Pending {
+    fn new(outcomes: &Arc<watch::Sender<Outcomes>>) -> Self {
+        outcomes.send_modify(|o| o.undecided += 1);
+        Pending(Some(outcomes.clone()))
+    }
+
+    fn settled(&self) -> bool {
+        self.0.is_none()
+    }
+
+    fn settle(&mut self, error: Option<String>) {
+        if let Some(outcomes) = self.0.take() {
+            outcomes.send_modify(|o| {
+                o.undecided -= 1;
+                if error.is_some() {
+                    o.last_error = error;
+                }
+            });
+        }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.settle(None);
+    }
 }
 
 impl Forward {
@@ -55,8 +98,14 @@ impl Forward {
 
     /// What the last failed connection through the pod reported (the
     /// cluster's reason: the pod cannot reach the store, the pod is gone).
-    pub fn last_error(&self) -> Option<String> {
-        self.last_error.lock().ok().and_then(|e| e.clone())
+    /// A client sees the connection end a moment before the port-forward's
+    /// error is read, so this waits (briefly) until every connection made
+    /// so far has its answer.
+    pub async fn last_error(&self) -> Option<String> {
+        let mut answers = self.outcomes.subscribe();
+        let _ = tokio::time::timeout(SETTLE_WAIT, answers.wait_for(|o| o.undecided == 0)).await;
+        let last = self.outcomes.borrow().last_error.clone();
+        last
     }
 
     /// Stops listening and deletes the proxy pod.
@@ -331,7 +380,7 @@ pub async fn open(
         pods: pods.clone(),
         pod: name.clone(),
         accept: tokio::spawn(async {}),
-        last_error: Arc::new(Mutex::new(None)),
+        outcomes: Arc::new(watch::channel(Outcomes::default()).0),
         closed: false,
     };
     let bound = crate::remote::api_timeout();
@@ -361,36 +410,42 @@ pub async fn open(
         .map_err(|e| what(format!("a local port: {e}")))?;
     forward.local = listener.local_addr().map_err(|e| what(e.to_string()))?;
     let lp = listen_port(port);
-    let last_error = forward.last_error.clone();
+    let outcomes = forward.outcomes.clone();
     forward.accept = tokio::spawn(async move {
         while let Ok((mut socket, _)) = listener.accept().await {
-            let (pods, name, last_error) = (pods.clone(), name.clone(), last_error.clone());
+            let (pods, name) = (pods.clone(), name.clone());
+            let mut pending = Pending::new(&outcomes);
             tokio::spawn(async move {
-                let note = |e: String| {
-                    if let Ok(mut slot) = last_error.lock() {
-                        *slot = Some(e);
-                    }
-                };
                 let mut pf = match pods.portforward(&name, &[lp]).await {
                     Ok(pf) => pf,
-                    Err(e) => return note(format!("port-forward to pod {name}: {e}")),
-                };
-                let (Some(mut stream), errors) = (pf.take_stream(lp), pf.take_error(lp)) else {
-                    return note("the port-forward opened no stream".into());
-                };
-                let copy = tokio::io::copy_bidirectional(&mut socket, &mut stream);
-                let failed = async {
-                    match errors {
-                        Some(e) => e.await,
-                        None => std::future::pending().await,
+                    Err(e) => {
+                        return pending.settle(Some(format!("port-forward to pod {name}: {e}")));
                     }
                 };
-                tokio::select! {
-                    _ = copy => {}
-                    Some(e) = failed => note(e),
+                let (Some(mut stream), Some(failed)) = (pf.take_stream(lp), pf.take_error(lp))
+                else {
+                    return pending.settle(Some("the port-forward opened no stream".into()));
+                };
+                tokio::pin!(failed);
+                {
+                    // The pod's error message comes before its stream ends,
+                    // so when both are ready the error is the answer.
+                    let copy = tokio::io::copy_bidirectional(&mut socket, &mut stream);
+                    tokio::pin!(copy);
+                    tokio::select! {
+                        biased;
+                        e = &mut failed => pending.settle(e),
+                        _ = &mut copy => {}
+                    }
                 }
                 drop(stream);
+                drop(socket);
                 let _ = pf.join().await;
+                if !pending.settled() {
+                    if let Ok(e) = tokio::time::timeout(SETTLE_WAIT, failed).await {
+                        pending.settle(e);
+                    }
+                }
             });
         }
     });

@@ -112,16 +112,24 @@ pub async fn connect(cx: &Context, props: &Map<String, Json>) -> Result<PgPool, 
         .max_connections(2)
         .acquire_timeout(crate::remote::api_timeout())
         .connect_with(target.options());
-    crate::remote::bounded(
+    let connected = crate::remote::bounded(
         crate::remote::Party::Postgres,
         &at,
         "connecting to the database",
         connecting,
     )
     .await
-    .map_err(DriverError::new)?
-    .map_err(|e| {
-        if let Some(why) = target.forward.as_ref().and_then(|f| f.last_error()) {
+    .map_err(DriverError::new)?;
+    let e = match connected {
+        Ok(pool) => return Ok(pool),
+        Err(e) => e,
+    };
+    let refused = match &target.forward {
+        Some(f) => f.last_error().await,
+        None => None,
+    };
+    Err({
+        if let Some(why) = refused {
             DriverError::new(format!("cannot connect to the database at {at}: {why}"))
         } else if e.to_string().contains("timed out") {
             DriverError::new(crate::remote::no_answer(
