@@ -24,10 +24,18 @@ start() {
     --listen-peer-urls "http://127.0.0.1:$pp" --initial-advertise-peer-urls "http://127.0.0.1:$pp" \
     --initial-cluster "default=http://127.0.0.1:$pp" >"$k/etcd.log" 2>&1 &
   echo $! >"$k/etcd.pid"
+  # Every moto started in this directory before the cluster: the local AWS
+  # whose EKS and network the cluster and its pods answer to.
+  local aws=""
+  for f in moto.port moto-faulty.port; do
+    [ -f "$dir/$f" ] && aws="${aws:+$aws,}http://127.0.0.1:$(cat "$dir/$f")"
+  done
   # EKS tokens (k8s-aws-v1.) are judged by a stand-in for EKS's
   # authenticator, for their lifetime only (RALPH_SIM_EKS_TOKEN_SECONDS,
-  # 900 as on EKS by default); the static admin token never expires.
-  python3 "$here/local-cloud/eks_authenticator.py" "$wp" >"$k/authenticator.log" 2>&1 &
+  # 900 as on EKS by default), and the local EKS decides who gets in (the
+  # signature, the endpoint's ranges, access entries) and what they may do
+  # (access policies); the static admin token never expires.
+  RALPH_SIM_AWS_ENDPOINTS="$aws" python3 "$here/local-cloud/eks_authenticator.py" "$wp" >"$k/authenticator.log" 2>&1 &
   echo $! >"$k/authenticator.pid"
   cat >"$k/authenticator.kubeconfig" <<WH
 apiVersion: v1
@@ -43,8 +51,12 @@ contexts:
   context: { cluster: eks-authenticator, user: apiserver }
 current-context: webhook
 WH
+  sed "s#/authenticate#/authorize#; s#eks-authenticator#eks-authorizer#g" "$k/authenticator.kubeconfig" >"$k/authorizer.kubeconfig"
   "$bin/kube-apiserver" --etcd-servers "http://127.0.0.1:$ep" --bind-address 127.0.0.1 --advertise-address 127.0.0.1 \
-    --secure-port "$ap" --insecure-port 0 --token-auth-file "$k/tokens.csv" --authorization-mode AlwaysAllow \
+    --secure-port "$ap" --insecure-port 0 --token-auth-file "$k/tokens.csv" \
+    --authorization-mode Webhook,AlwaysAllow --authorization-webhook-config-file "$k/authorizer.kubeconfig" \
+    --authorization-webhook-version v1 --authorization-webhook-cache-authorized-ttl 5s \
+    --authorization-webhook-cache-unauthorized-ttl 1s \
     --authentication-token-webhook-config-file "$k/authenticator.kubeconfig" \
     --authentication-token-webhook-version v1 --authentication-token-webhook-cache-ttl 0s \
     --service-account-key-file "$k/sa.pub" --service-account-signing-key-file "$k/sa.key" \
@@ -86,11 +98,7 @@ KC
     --port 0 --secure-port 0 >"$k/scheduler.log" 2>&1 &
   echo $! >"$k/scheduler.pid"
   # The pods judge their stores' reachability by the local AWS's network
-  # model: every moto started in this directory before the cluster.
-  local aws=""
-  for f in moto.port moto-faulty.port; do
-    [ -f "$dir/$f" ] && aws="${aws:+$aws,}http://127.0.0.1:$(cat "$dir/$f")"
-  done
+  # model.
   # ... and by the Google double's (started in this directory, before or after).
   # A port-forward to a store reaches this directory's PostgreSQL and Redis.
   RALPH_SIM_RUN_DIR="$dir" RALPH_SIM_GCP_PORT_FILE="$dir/gcp.port" RALPH_SIM_AWS_ENDPOINTS="$aws" python3 "$here/local-cloud/node_sim.py" "$dir/kubeconfig" >"$k/node-sim.log" 2>&1 &

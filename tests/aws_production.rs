@@ -199,7 +199,12 @@ async fn production_stack_end_to_end() {
         .send()
         .await
         .unwrap();
-    assert_eq!(entries.access_entries(), [alice.clone()]);
+    // The stack's administrator, beside the entry EKS made for the
+    // principal that created the cluster (the key the tests apply with).
+    assert_eq!(
+        entries.access_entries(),
+        [alice.clone(), "arn:aws:iam::123456789012:root".to_string()]
+    );
     let ng = nodegroup(&eks, &name).await;
     let sc = ng.nodegroup().unwrap().scaling_config().unwrap();
     assert_eq!(

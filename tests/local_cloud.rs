@@ -712,11 +712,83 @@ async fn a_kubernetes_upgrade_is_planned_in_place_and_applied_one_step() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
 }
 
-/// A second person gets into the cluster through an EKS access entry. The
-/// local EKS refuses entries on a cluster whose authentication mode is
-/// CONFIG_MAP (EKS's own default, which the tool no longer asks for),
-/// refuses a principal IAM does not know, and keeps the entry and its
-/// policy; a policy change is in place.
+/// An EKS token for `cluster` signed with these credentials, as the tool
+/// and `aws eks get-token` make it.
+fn eks_token(key: &str, secret: &str, session: Option<String>, cluster: &str) -> String {
+    let creds = aws_credential_types::Credentials::new(key, secret, session, None, "test");
+    ralph_deploy::drivers::aws::eks_token::presigned_token(
+        &creds,
+        "us-east-1",
+        cluster,
+        std::time::SystemTime::now(),
+    )
+    .unwrap()
+}
+
+/// The local EKS's answer about a token, with its reason (the API server
+/// only says 401).
+fn eks_judgement(token: &str) -> serde_json::Value {
+    use base64::Engine;
+    let body = token.strip_prefix("k8s-aws-v1.").unwrap();
+    let url = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(body)
+        .unwrap();
+    let answer = ureq::post(&format!(
+        "{}/moto-api/eks/authenticate",
+        common::aws_endpoint()
+    ))
+    .send_string(&serde_json::json!({"url": String::from_utf8(url).unwrap()}).to_string())
+    .unwrap();
+    serde_json::from_str(&answer.into_string().unwrap()).unwrap()
+}
+
+/// The status code a request to the cluster's endpoint gets with a bearer
+/// token: listing pods in `default`, or creating a ConfigMap there. The
+/// token is made a second after the last one: the API server remembers
+/// what it learnt of a token (as EKS's does), and tokens signed within the
+/// same second are the same token.
+async fn kube_as(endpoint: &str, token: impl Fn() -> String, create: bool) -> u16 {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    tokio::time::sleep(Duration::from_millis(1050)).await;
+    let token = token();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut config = kube::Config::new(endpoint.parse().unwrap());
+    config.accept_invalid_certs = true;
+    config.auth_info.token = Some(token.into());
+    let client = kube::Client::try_from(config).unwrap();
+    let result = if create {
+        let cm: ConfigMap = serde_json::from_value(serde_json::json!({
+            "metadata": {"generateName": "access-check-"}, "data": {"a": "b"}
+        }))
+        .unwrap();
+        Api::<ConfigMap>::namespaced(client, "default")
+            .create(&PostParams::default(), &cm)
+            .await
+            .map(|_| ())
+    } else {
+        Api::<Pod>::namespaced(client, "default")
+            .list(&Default::default())
+            .await
+            .map(|_| ())
+    };
+    match result {
+        Ok(()) => 200,
+        Err(kube::Error::Api(e)) => {
+            eprintln!("the cluster answered {}: {}", e.code, e.message);
+            e.code
+        }
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// A second person gets into the cluster through an EKS access entry, and
+/// only through one. The local EKS refuses entries on a cluster whose
+/// authentication mode is CONFIG_MAP (EKS's own default, which the tool no
+/// longer asks for), refuses a principal IAM does not know, and keeps the
+/// entry and its policy; a policy change is in place. The cluster's API
+/// server asks the local EKS about every token: the signature (the key's
+/// secret, the cluster it names), the endpoint's public ranges, the entry,
+/// and its access policy for each request.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_second_administrator_gets_in_through_an_access_entry() {
     let name = format!("lcae{}", std::process::id());
@@ -772,6 +844,61 @@ resources:
         err.contains("authentication mode must be set to one of [API, API_AND_CONFIG_MAP]"),
         "{err}"
     );
+    // Who may use the cluster: its creator (the key that applied), not
+    // alice, who has no entry yet.
+    let endpoint = eks
+        .describe_cluster()
+        .name(&name)
+        .send()
+        .await
+        .unwrap()
+        .cluster
+        .unwrap()
+        .endpoint
+        .unwrap();
+    let creator = || eks_token(&w.access_key_id(), "testing", None, &name);
+    let session = aws_sdk_sts::Client::new(&conf)
+        .assume_role()
+        .role_arn(&alice)
+        .role_session_name("alice")
+        .send()
+        .await
+        .unwrap()
+        .credentials
+        .unwrap();
+    let as_alice = |cluster: &str| {
+        eks_token(
+            session.access_key_id(),
+            session.secret_access_key(),
+            Some(session.session_token().to_string()),
+            cluster,
+        )
+    };
+    assert_eq!(kube_as(&endpoint, || creator(), true).await, 200);
+    assert_eq!(kube_as(&endpoint, || as_alice(&name), false).await, 401);
+    let judged = eks_judgement(&as_alice(&name));
+    assert!(
+        judged["reason"]
+            .as_str()
+            .unwrap()
+            .contains("only the creator is mapped"),
+        "{judged}"
+    );
+    // A wrong secret, or a token signed for another cluster, is nobody's.
+    assert_eq!(
+        kube_as(
+            &endpoint,
+            || eks_token(&w.access_key_id(), "guessed", None, &name),
+            false
+        )
+        .await,
+        401
+    );
+    let elsewhere = as_alice(&format!("{name}-elsewhere"));
+    assert!(eks_judgement(&elsewhere)["reason"]
+        .as_str()
+        .unwrap()
+        .contains("SignatureDoesNotMatch"));
     // Moving it towards API is in place, and then the entry is made.
     let out = apply(stack("API_AND_CONFIG_MAP", "AmazonEKSViewPolicy", &alice));
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -796,6 +923,9 @@ resources:
         .await
         .unwrap();
     assert!(policy(listed).ends_with("/AmazonEKSViewPolicy"));
+    // Alice is in now, and may look but not change.
+    assert_eq!(kube_as(&endpoint, || as_alice(&name), false).await, 200);
+    assert_eq!(kube_as(&endpoint, || as_alice(&name), true).await, 403);
     // Nothing left to do; then a wider policy is an update in place.
     let out = w.run("plan", &["--detailed-exitcode"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
@@ -823,6 +953,28 @@ resources:
         .await
         .unwrap();
     assert!(policy(listed).ends_with("/AmazonEKSClusterAdminPolicy"));
+    assert_eq!(kube_as(&endpoint, || as_alice(&name), true).await, 200);
+    // An endpoint whose public ranges leave out the runner is not reached
+    // from it, whoever holds the token.
+    eks.update_cluster_config()
+        .name(&name)
+        .resources_vpc_config(
+            aws_sdk_eks::types::VpcConfigRequest::builder()
+                .public_access_cidrs("203.0.113.0/24")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let judged = eks_judgement(&creator());
+    assert!(
+        judged["reason"]
+            .as_str()
+            .unwrap()
+            .contains("not the runner's address"),
+        "{judged}"
+    );
+    assert_eq!(kube_as(&endpoint, || as_alice(&name), false).await, 401);
     // A principal IAM does not know is refused by EKS.
     let out = apply(stack(
         "API_AND_CONFIG_MAP",

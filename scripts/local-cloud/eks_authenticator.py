@@ -7,8 +7,14 @@ accepts the tokens `aws eks get-token` makes, and only for as long as EKS
 does: `k8s-aws-v1.` and the base64url of a presigned STS GetCallerIdentity
 URL that signs the `x-k8s-aws-id` header, refused once its X-Amz-Date is
 older than the lifetime (900 s on EKS; RALPH_SIM_EKS_TOKEN_SECONDS here, so
-tests can see a long wait outlive its token). The signature itself is not
-replayed to STS: moto accepts any credentials.
+tests can see a long wait outlive its token). Then the local EKS (moto, at
+RALPH_SIM_AWS_ENDPOINTS: /moto-api/eks/authenticate) checks the signature
+with the key's secret, finds the cluster the token was signed for, and
+decides as EKS would: the endpoint's public ranges, the authentication mode,
+the principal's access entry. Its access policies travel with the user (as
+`extra`) to /authorize, the API server's authorization webhook, which
+applies them the way EKS maps them to Kubernetes roles; everyone else (the
+static admin token, the control plane) is left to the next authorizer.
 
     eks_authenticator.py PORT
 """
@@ -19,10 +25,15 @@ import json
 import os
 import sys
 import urllib.parse
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 LIFETIME = float(os.environ.get("RALPH_SIM_EKS_TOKEN_SECONDS", "900"))
 PREFIX = "k8s-aws-v1."
+AWS_ENDPOINTS = [e for e in os.environ.get("RALPH_SIM_AWS_ENDPOINTS", "").split(",") if e]
+POLICIES = "local.eks/policies"
+CLUSTER = "local.eks/cluster"
+READ = {"get", "list", "watch"}
 
 
 def review(token, now):
@@ -54,8 +65,66 @@ def review(token, now):
         return None, f"X-Amz-Date parameter is expired ({LIFETIME:g} second expiration; the token is {age:.0f} s old)"
     if age < -300:
         return None, "X-Amz-Date is in the future"
-    access_key = query.get("x-amz-credential", "").split("/")[0] or "unknown"
-    return f"arn:aws:iam::123456789012:user/{access_key}", None
+    reason = "no local AWS to ask (RALPH_SIM_AWS_ENDPOINTS is empty)"
+    for endpoint in AWS_ENDPOINTS:
+        try:
+            ask = urllib.request.Request(endpoint + "/moto-api/eks/authenticate", method="POST",
+                                         data=json.dumps({"url": url}).encode(),
+                                         headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(ask, timeout=10) as r:
+                answer = json.loads(r.read() or b"{}")
+        except Exception as e:
+            reason = f"the local AWS at {endpoint} did not answer: {e}"
+            continue
+        if answer.get("user"):
+            return answer["user"], None
+        reason = answer.get("reason") or "refused"
+    return None, reason
+
+
+def allows(policy, attrs):
+    """Whether one EKS access policy ("Name|cluster" or "Name|ns:a,b") admits
+    a request, as EKS maps them to the cluster-admin, admin, edit and view
+    roles (approximated: the roles' verbs, and the secrets view leaves out)."""
+    name, _, scope = policy.partition("|")
+    namespace = attrs.get("namespace") or ""
+    if scope != "cluster" and (not namespace or namespace not in scope[3:].split(",")):
+        return False
+    verb, group, resource = attrs.get("verb", ""), attrs.get("group", ""), attrs.get("resource", "")
+    if name == "AmazonEKSClusterAdminPolicy":
+        return True
+    if name == "AmazonEKSAdminPolicy":
+        return bool(namespace) or verb in READ
+    if name == "AmazonEKSEditPolicy":
+        if group == "rbac.authorization.k8s.io":
+            return verb in READ
+        return bool(namespace) or verb in READ
+    if name == "AmazonEKSAdminViewPolicy":
+        return verb in READ
+    if name == "AmazonEKSViewPolicy":
+        return verb in READ and resource != "secrets"
+    return False
+
+
+def authorize(spec):
+    """(allowed, denied, reason) for a SubjectAccessReview spec."""
+    extra = spec.get("extra") or {}
+    if CLUSTER not in extra:
+        return False, False, "not an EKS principal"  # no opinion
+    cluster = (extra.get(CLUSTER) or ["?"])[0]
+    if "nonResourceAttributes" in spec:
+        return True, False, "discovery is open to every authenticated user"
+    attrs = spec.get("resourceAttributes") or {}
+    if attrs.get("resource") in ("selfsubjectaccessreviews", "selfsubjectrulesreviews") and attrs.get("verb") == "create":
+        return True, False, "anyone may ask what they may do"
+    for policy in extra.get(POLICIES) or []:
+        if allows(policy, attrs):
+            return True, False, f"EKS access policy {policy.split('|')[0]} on cluster {cluster}"
+    what = "%s %s%s" % (attrs.get("verb", "?"), attrs.get("resource", "?"),
+                        " in namespace " + attrs["namespace"] if attrs.get("namespace") else "")
+    policies = ", ".join(extra.get(POLICIES) or []) or "none"
+    return False, True, (f"{spec.get('user')} may not {what} on cluster {cluster}: its access entry's "
+                         f"policies ({policies}) do not allow it")
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -66,17 +135,32 @@ class Handler(BaseHTTPRequestHandler):
         except ValueError:
             self.send_error(400)
             return
-        token = (request.get("spec") or {}).get("token", "")
-        user, reason = review(token, datetime.datetime.now(datetime.timezone.utc))
-        status = {"authenticated": user is not None}
-        if user:
-            status["user"] = {"username": user, "uid": user, "groups": ["system:authenticated"]}
+        if self.path.startswith("/authorize"):
+            allowed, denied, reason = authorize(request.get("spec") or {})
+            status = {"allowed": allowed, "reason": reason}
+            if denied:
+                status["denied"] = True
+                print(f"denied: {reason}", file=sys.stderr, flush=True)
+            kind = "SubjectAccessReview"
+            default_version = "authorization.k8s.io/v1"
         else:
-            status["error"] = reason
-            print(f"refused a token: {reason}", file=sys.stderr, flush=True)
+            token = (request.get("spec") or {}).get("token", "")
+            user, reason = review(token, datetime.datetime.now(datetime.timezone.utc))
+            status = {"authenticated": user is not None}
+            if user:
+                status["user"] = {
+                    "username": user["username"], "uid": user["username"],
+                    "groups": list(user.get("groups") or []) + ["system:authenticated"],
+                    "extra": {CLUSTER: [user["cluster"]], POLICIES: list(user.get("policies") or [])},
+                }
+            else:
+                status["error"] = reason
+                print(f"refused a token: {reason}", file=sys.stderr, flush=True)
+            kind = "TokenReview"
+            default_version = "authentication.k8s.io/v1"
         answer = json.dumps({
-            "apiVersion": request.get("apiVersion", "authentication.k8s.io/v1"),
-            "kind": "TokenReview",
+            "apiVersion": request.get("apiVersion", default_version),
+            "kind": kind,
             "status": status,
         }).encode()
         self.send_response(200)

@@ -237,7 +237,7 @@ def patch_eks_rules():
             sg_id = cluster.__dict__.get("_rd_cluster_sg")
             if sg_id is None:
                 sg = ec2.create_security_group(
-                    name="eks-cluster-sg-%s-%s" % (cluster.name, abs(hash(cluster.arn)) % 10**10),
+                    name="eks-cluster-sg-%s-%s" % (cluster.name, uuid.uuid4().int % 10**10),
                     description="EKS created security group applied to ENI that is attached to EKS Control Plane master nodes, as well as any managed workloads.",
                     vpc_id=vpc_id,
                     tags={"aws:eks:cluster-name": cluster.name, "kubernetes.io/cluster/%s" % cluster.name: "owned",
@@ -256,13 +256,32 @@ def patch_eks_rules():
 
     wrap(m.EKSBackend, "create_cluster", before=before_create, after=after_create)
 
+    def before_config(self, original, name, resources_vpc_config=None, *a, **k):
+        # EKS changes only the fields a request names (moto replaces the
+        # whole resourcesVpcConfig, losing the subnets and groups).
+        cluster = self.clusters.get(name)
+        if cluster is not None:
+            cluster.__dict__["_rd_vpc_before"] = dict(cluster.resources_vpc_config or {})
+
     def after_config(self, result, name, resources_vpc_config=None, *a, **k):
         cluster = self.clusters.get(name)
         if cluster is not None:
-            merged = dict(cluster.resources_vpc_config or {})
+            merged = dict(cluster.__dict__.pop("_rd_vpc_before", None) or {})
+            merged.update(resources_vpc_config or {})
             add_cluster_sg(self, cluster, merged)
 
-    wrap(m.EKSBackend, "update_cluster_config", after=after_config)
+    wrap(m.EKSBackend, "update_cluster_config", before=before_config, after=after_config)
+
+    def after_delete(self, result, name, *a, **k):
+        # EKS deletes the security group it made with the cluster.
+        sg_id = getattr(result, "__dict__", {}).get("_rd_cluster_sg")
+        if sg_id:
+            try:
+                ec2_backends[self.account_id][self.region_name].delete_security_group(group_id=sg_id)
+            except Exception as e:
+                print("moto_delayed: cluster security group %s not deleted: %r" % (sg_id, e), file=sys.stderr)
+
+    wrap(m.EKSBackend, "delete_cluster", after=after_delete)
 
     # UpdateClusterVersion, which moto lacks, with EKS's rules: an ACTIVE
     # cluster, one minor version up, to a version EKS still offers.
@@ -1035,10 +1054,26 @@ def patch_eks_access():
         result = original_create(self)
         cluster = self.eks_backend.clusters.get(self._get_param("name"))
         if cluster is not None and "_rd_entries" not in cluster.__dict__:
+            bootstrap = asked.get("bootstrapClusterCreatorAdminPermissions", True)
             cluster.access_config = {"authenticationMode": mode,
-                                     "bootstrapClusterCreatorAdminPermissions":
-                                         asked.get("bootstrapClusterCreatorAdminPermissions", True)}
+                                     "bootstrapClusterCreatorAdminPermissions": bootstrap}
             cluster.__dict__["_rd_entries"] = {}
+            # Who created it: with the bootstrap flag, EKS gives that
+            # principal an access entry with the cluster admin policy (in
+            # CONFIG_MAP mode an admin no entry shows).
+            creator = caller(request_access_key(self.headers))
+            cluster.__dict__["_rd_creator"] = creator[1] if creator else None
+            if creator and bootstrap and mode != "CONFIG_MAP":
+                now = time.time()
+                policy = "arn:aws:eks::aws:cluster-access-policy/AmazonEKSClusterAdminPolicy"
+                cluster._rd_entries[creator[1]] = {
+                    "clusterName": cluster.name, "principalArn": creator[1], "kubernetesGroups": [],
+                    "accessEntryArn": "arn:aws:eks:%s:%s:access-entry/%s/%s" % (
+                        self.region, self.current_account, cluster.name, uuid.uuid4().hex[:12]),
+                    "createdAt": now, "modifiedAt": now, "tags": {}, "username": creator[1],
+                    "type": "STANDARD",
+                    "_policies": {policy: {"policyArn": policy, "accessScope": {"type": "cluster"},
+                                           "associatedAt": now, "modifiedAt": now}}}
         return result
 
     r.EKSResponse.create_cluster = create_cluster
@@ -1202,6 +1237,152 @@ ADDON_VERSIONS = {"vpc-cni": "v1.20.4-eksbuild.1", "coredns": "v1.12.4-eksbuild.
                   "eks-pod-identity-agent": "v1.3.9-eksbuild.1"}
 
 
+ROOT_SECRET = os.environ.get("RALPH_SIM_ROOT_SECRET", "testing")
+
+
+def request_access_key(headers):
+    """The access key id a SigV4 request is signed with."""
+    auth = headers.get("Authorization") or headers.get("authorization") or ""
+    if "Credential=" not in auth:
+        return ""
+    return auth.split("Credential=", 1)[1].split("/", 1)[0]
+
+
+def caller(access_key):
+    """(account, principal ARN as EKS names it, secret key) of an access key:
+    an IAM user's key, an assumed role's session key (EKS names the role), or
+    any other key as the default account's root, whose secret here is
+    RALPH_SIM_ROOT_SECRET ("testing"); None for a key IAM made inactive."""
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.iam.models import iam_backends
+    if not access_key:
+        return None
+    for account, by_partition in list(iam_backends.items()):
+        iam = by_partition.get("aws") if hasattr(by_partition, "get") else None
+        key = getattr(iam, "access_keys", {}).get(access_key) if iam is not None else None
+        if key is None:
+            continue
+        if getattr(key, "status", "Active") != "Active":
+            return None
+        if getattr(key, "role_arn", None):
+            return account, key.role_arn, key.secret_access_key
+        if getattr(key, "user_name", None):
+            return account, "arn:aws:iam::%s:user/%s" % (account, key.user_name), key.secret_access_key
+    return DEFAULT_ACCOUNT_ID, "arn:aws:iam::%s:root" % DEFAULT_ACCOUNT_ID, ROOT_SECRET
+
+
+def presigned_signature(url, secret, cluster, payload_hash):
+    """The SigV4 signature of a presigned STS GetCallerIdentity URL that signs
+    the headers host and x-k8s-aws-id: CLUSTER (as aws eks get-token makes it)."""
+    import hashlib
+    import hmac
+    from urllib.parse import parse_qsl, quote, urlsplit
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "X-Amz-Signature"]
+    canonical_query = "&".join("%s=%s" % (quote(k, safe="-_.~"), quote(v, safe="-_.~")) for k, v in sorted(query))
+    params = dict(query)
+    signed = params.get("X-Amz-SignedHeaders", "")
+    values = {"host": parts.netloc, "x-k8s-aws-id": cluster}
+    headers = "".join("%s:%s\n" % (h, values.get(h, "")) for h in signed.split(";"))
+    request = "\n".join(["GET", parts.path or "/", canonical_query, headers, signed, payload_hash])
+    scope = params.get("X-Amz-Credential", "").split("/", 1)[-1]
+    to_sign = "\n".join(["AWS4-HMAC-SHA256", params.get("X-Amz-Date", ""), scope,
+                         hashlib.sha256(request.encode()).hexdigest()])
+    key = ("AWS4" + secret).encode()
+    for part in scope.split("/"):
+        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+    return hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
+
+
+def eks_authenticate():
+    """EKS's side of a bearer token, for the local API server's authenticator:
+    POST /moto-api/eks/authenticate with {"url": the presigned STS URL}.
+    As STS would, the signature must verify with the access key's secret;
+    as the EKS authenticator does, the signed x-k8s-aws-id names the
+    cluster (tried against every cluster, so a token for another cluster,
+    a wrong secret or an inactive key is refused). Then the cluster decides:
+    its public endpoint must admit the runner's address
+    (RALPH_SIM_RUNNER_ADDRESS; the tool and the tests play a CI runner
+    outside the VPC), and in API modes the principal needs an access entry
+    (the creator's comes from bootstrapClusterCreatorAdminPermissions); in
+    CONFIG_MAP mode only the creator is admitted (the aws-auth ConfigMap is
+    not read). The answer names the user, its Kubernetes groups and its
+    access policies, which the authorizer applies."""
+    import hashlib
+    import hmac
+    import ipaddress
+    from urllib.parse import parse_qsl, urlsplit
+    from moto.eks.models import eks_backends
+    from moto.moto_api._internal import urls as api_urls
+
+    runner = ipaddress.ip_address(os.environ.get("RALPH_SIM_RUNNER_ADDRESS", "198.51.100.23"))
+    empty = hashlib.sha256(b"").hexdigest()
+
+    def decide(url):
+        params = dict(parse_qsl(urlsplit(url).query, keep_blank_values=True))
+        key = params.get("X-Amz-Credential", "").split("/", 1)[0]
+        who = caller(key)
+        if who is None:
+            return None, "InvalidClientTokenId: the security token included in the request is invalid (access key %s is not active)" % key
+        account, principal, secret = who
+        given = params.get("X-Amz-Signature", "")
+        cluster = None
+        for _, _, eks in each(eks_backends):
+            for c in list(eks.clusters.values()):
+                if any(hmac.compare_digest(presigned_signature(url, secret, c.name, h), given)
+                       for h in (empty, "UNSIGNED-PAYLOAD")):
+                    cluster = c
+                    break
+            if cluster is not None:
+                break
+        if cluster is None:
+            return None, ("SignatureDoesNotMatch: the token of %s is not signed for any cluster of the local "
+                          "EKS with that key's secret (a token for another cluster, or the wrong secret)" % principal)
+        cfg = cluster.resources_vpc_config or {}
+        if cfg.get("endpointPublicAccess") is False:
+            return None, ("cluster %s has no public endpoint: only addresses inside its VPC reach it, and the "
+                          "runner (%s) is outside" % (cluster.name, runner))
+        cidrs = cfg.get("publicAccessCidrs") or ["0.0.0.0/0"]
+        if not any(runner in ipaddress.ip_network(c, strict=False) for c in cidrs):
+            return None, ("cluster %s's public endpoint admits %s (publicAccessCidrs), not the runner's address %s: "
+                          "the connection would time out" % (cluster.name, ", ".join(cidrs), runner))
+        mode = (getattr(cluster, "access_config", None) or {}).get("authenticationMode", "CONFIG_MAP")
+        creator = cluster.__dict__.get("_rd_creator")
+        if mode == "CONFIG_MAP":
+            if principal != creator:
+                return None, ("%s has no access to cluster %s: its authentication mode is CONFIG_MAP and only "
+                              "the creator is mapped (the local cloud reads no aws-auth ConfigMap)" % (principal, cluster.name))
+            return {"username": principal, "groups": ["system:masters"], "cluster": cluster.name, "policies": []}, None
+        entry = cluster.__dict__.get("_rd_entries", {}).get(principal)
+        if entry is None and principal == creator and mode == "API_AND_CONFIG_MAP":
+            # A cluster made in CONFIG_MAP mode keeps its creator mapped
+            # (invisibly) while the config map still counts.
+            return {"username": principal, "groups": ["system:masters"], "cluster": cluster.name, "policies": []}, None
+        if entry is None:
+            return None, ("%s has no access entry on cluster %s (authentication mode %s): "
+                          "error: You must be logged in to the server (Unauthorized)" % (principal, cluster.name, mode))
+        policies = []
+        for p in entry["_policies"].values():
+            scope = p.get("accessScope") or {}
+            where = "cluster" if scope.get("type") == "cluster" else "ns:" + ",".join(scope.get("namespaces") or [])
+            policies.append("%s|%s" % (p["policyArn"].rsplit("/", 1)[-1], where))
+        return {"username": entry.get("username") or principal, "groups": list(entry.get("kubernetesGroups") or []),
+                "cluster": cluster.name, "policies": policies}, None
+
+    def handler(request, full_url, headers):
+        try:
+            if hasattr(request, "environ"):  # the server's (werkzeug) request
+                raw = request.environ["wsgi.input"].read(int(headers.get("Content-Length") or 0))
+            else:
+                raw = request.body
+            user, reason = decide(json.loads(raw or b"{}").get("url", ""))
+        except Exception as e:  # never take moto down
+            user, reason = None, "the local EKS could not judge the token: %r" % e
+        return 200, {"Content-Type": "application/json"}, json.dumps({"user": user, "reason": reason})
+
+    api_urls.url_paths["{0}/moto-api/eks/authenticate$"] = handler
+
+
 def patch_eks_addons():
     """EKS add-ons, which moto lacks (Create/Describe/List/Update/
     DeleteAddon): a known add-on name, configuration values that are a JSON
@@ -1350,7 +1531,7 @@ def enforces_network_policy(cluster):
 
 def main():
     host, port = sys.argv[1], int(sys.argv[2])
-    for patch in (patch_eks, patch_eks_rules, patch_eks_access, patch_eks_addons, network_model, node_listing, eks_autoscale, patch_rds, patch_elasticache,
+    for patch in (patch_eks, patch_eks_rules, patch_eks_access, eks_authenticate, patch_eks_addons, network_model, node_listing, eks_autoscale, patch_rds, patch_elasticache,
                   patch_elasticache_servers, patch_nat, patch_s3, patch_cloudwatch, patch_iam, patch_server):
         try:
             patch()
