@@ -279,7 +279,47 @@ async fn a_wait_longer_than_an_eks_token_lives_still_reaches_the_cluster() {
     set_var(&mut w, "kubeconfig", "");
     set_var(&mut w, "cluster_endpoint", &endpoint);
     set_var(&mut w, "cluster_ca", &ca);
-    set_var(&mut w, "eks_cluster", "ralph-local");
+    // An EKS cluster of the local AWS by that name: the local EKS judges a
+    // token by the cluster it was signed for (its creator, the key the
+    // tests use, gets in).
+    let conf = w.aws_conf().await;
+    let ec2 = aws_sdk_ec2::Client::new(&conf);
+    let vpc = ec2
+        .create_vpc()
+        .cidr_block("10.60.0.0/16")
+        .send()
+        .await
+        .unwrap()
+        .vpc
+        .unwrap()
+        .vpc_id
+        .unwrap();
+    let mut subnets = Vec::new();
+    for (i, zone) in ["us-east-1a", "us-east-1b"].iter().enumerate() {
+        let subnet = ec2
+            .create_subnet()
+            .vpc_id(&vpc)
+            .cidr_block(format!("10.60.{i}.0/24"))
+            .availability_zone(*zone)
+            .send()
+            .await
+            .unwrap();
+        subnets.push(subnet.subnet.unwrap().subnet_id.unwrap());
+    }
+    let eks = aws_sdk_eks::Client::new(&conf);
+    eks.create_cluster()
+        .name(ns)
+        .version("1.35")
+        .role_arn("arn:aws:iam::123456789012:role/eks")
+        .resources_vpc_config(
+            aws_sdk_eks::types::VpcConfigRequest::builder()
+                .set_subnet_ids(Some(subnets))
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    set_var(&mut w, "eks_cluster", ns);
     w.ok("apply", &["--auto-approve"]);
     set_var(&mut w, "image_tag", "hang-2.0.0");
     set_var(&mut w, "progress_deadline", "30");
@@ -316,6 +356,7 @@ async fn a_wait_longer_than_an_eks_token_lives_still_reaches_the_cluster() {
         .output()
         .unwrap();
     assert_eq!(text(&status.stdout), "401");
+    let _ = eks.delete_cluster().name(ns).send().await;
 }
 
 #[tokio::test]

@@ -495,20 +495,87 @@ async fn a_store_is_reachable_only_through_the_groups_the_nodes_really_carry() {
     let r = reach(&host, 5432);
     assert_eq!(r["reachable"], true, "{r}");
     assert_eq!(reach(&host, 6379)["reachable"], false);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let p = pods.get("app").await.unwrap();
-        if ready(&p).map(|c| c.status == "True").unwrap_or(false) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the pod never became ready: {:?}",
-            p.status
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // Reaching is not logging in: the pod's URL names no password, and the
+    // database refuses it, as it would the application at start.
+    let cond = eventually(20, "the pod's login was never judged", || async {
+        ready(&pods.get("app").await.unwrap())
+            .filter(|c| c.reason.as_deref() == Some("StoreLoginFailed"))
+    })
+    .await;
+    assert_eq!(cond.status, "False", "{cond:?}");
+    assert!(
+        cond.message
+            .as_deref()
+            .unwrap()
+            .contains("no password supplied"),
+        "{cond:?}"
+    );
+    // A role of the database with its own password: a wrong password and
+    // the `postgres://` spelling (which the application's SQLAlchemy
+    // refuses) stay unready; the right credentials become ready.
+    let role = format!("app_{name}");
+    let password = "pod-password-1";
+    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&common::pg_server())
+        .await
+        .unwrap();
+    sqlx::query(&format!("CREATE ROLE {role} LOGIN PASSWORD '{password}'"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let app_pod = |pod: &str, url: String| -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": pod},
+            "spec": {"automountServiceAccountToken": false, "containers": [{"name": "app", "image": "example/app:1.0.0",
+                "env": [{"name": "DATABASE_URL", "value": url}]}]}
+        }))
+        .unwrap()
+    };
+    let at = format!("{host}:5432/postgres?sslmode=require");
+    for (pod, url) in [
+        ("wrong", format!("postgresql://{role}:guessed@{at}")),
+        ("spelling", format!("postgres://{role}:{password}@{at}")),
+        ("right", format!("postgresql://{role}:{password}@{at}")),
+    ] {
+        pods.create(&PostParams::default(), &app_pod(pod, url))
+            .await
+            .unwrap();
     }
+    let judged = |pod: &'static str| {
+        let pods = pods.clone();
+        async move {
+            eventually(20, &format!("pod {pod} was never judged"), || async {
+                ready(&pods.get(pod).await.unwrap())
+                    .filter(|c| c.status == "True" || c.message.is_some())
+            })
+            .await
+        }
+    };
+    let wrong = judged("wrong").await;
+    assert_eq!(wrong.status, "False");
+    assert!(
+        wrong
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("password authentication failed"),
+        "{wrong:?}"
+    );
+    let spelling = judged("spelling").await;
+    assert_eq!(spelling.status, "False");
+    assert!(
+        spelling
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("write postgresql://"),
+        "{spelling:?}"
+    );
+    assert_eq!(judged("right").await.status, "True");
     let _ = nss.delete(&ns, &Default::default()).await;
+    let _ = sqlx::query(&format!("DROP ROLE {role}"))
+        .execute(&mut admin)
+        .await;
 
     // A name no store has does not resolve.
     let r = reach("nothing.aaaaaaaaaa.us-east-1.rds.amazonaws.com", 5432);
@@ -2224,4 +2291,80 @@ fn url_escape(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+/// EKS's community add-ons (metrics-server, cert-manager) are installed
+/// through EKS, with nothing downloaded; like any add-on that runs a
+/// Deployment, one created before a node group is up reports DEGRADED
+/// (InsufficientNumberOfReplicas), and ACTIVE once nodes exist. That is
+/// why the production stack orders them after its nodes.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_add_on_with_pods_is_degraded_until_the_cluster_has_nodes() {
+    let name = format!("lcd{}", std::process::id());
+    let w = World::from_stack("aws-network.yaml", &name);
+    let conf = sdk(&w).await;
+    let ec2 = aws_sdk_ec2::Client::new(&conf);
+    let eks = aws_sdk_eks::Client::new(&conf);
+    let (_, subnets) = vpc_with_subnets(&ec2, 44, &["us-east-1a", "us-east-1b"]).await;
+    let cluster = format!("{name}-eks");
+    active_cluster(&eks, &cluster, &subnets).await;
+    let refused = eks
+        .create_addon()
+        .cluster_name(&cluster)
+        .addon_name("ingress-nginx")
+        .send()
+        .await
+        .unwrap_err();
+    assert!(
+        format!("{:?}", refused).contains("not supported"),
+        "{refused:?}"
+    );
+    for addon in ["metrics-server", "cert-manager"] {
+        eks.create_addon()
+            .cluster_name(&cluster)
+            .addon_name(addon)
+            .send()
+            .await
+            .unwrap();
+    }
+    let status = |addon: &'static str| {
+        let (eks, cluster) = (eks.clone(), cluster.clone());
+        async move {
+            let a = eks
+                .describe_addon()
+                .cluster_name(&cluster)
+                .addon_name(addon)
+                .send()
+                .await
+                .unwrap()
+                .addon
+                .unwrap();
+            let issues: Vec<String> = a
+                .health()
+                .map(|h| {
+                    h.issues()
+                        .iter()
+                        .filter_map(|i| i.code().map(|c| c.as_str().to_string()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            (a.status().unwrap().as_str().to_string(), issues)
+        }
+    };
+    for addon in ["metrics-server", "cert-manager"] {
+        let (s, issues) = eventually(30, "the add-on never settled", || async {
+            let got = status(addon).await;
+            (got.0 != "CREATING").then_some(got)
+        })
+        .await;
+        assert_eq!(s, "DEGRADED", "{addon}");
+        assert_eq!(issues, ["InsufficientNumberOfReplicas"], "{addon}");
+    }
+    node_group(&eks, &cluster, "nodes", &subnets, (1, 2, 1)).await;
+    for addon in ["metrics-server", "cert-manager"] {
+        eventually(30, "the add-on never became ACTIVE", || async {
+            (status(addon).await.0 == "ACTIVE").then_some(())
+        })
+        .await;
+    }
 }

@@ -272,17 +272,6 @@ def patch_eks_rules():
 
     wrap(m.EKSBackend, "update_cluster_config", before=before_config, after=after_config)
 
-    def after_delete(self, result, name, *a, **k):
-        # EKS deletes the security group it made with the cluster.
-        sg_id = getattr(result, "__dict__", {}).get("_rd_cluster_sg")
-        if sg_id:
-            try:
-                ec2_backends[self.account_id][self.region_name].delete_security_group(group_id=sg_id)
-            except Exception as e:
-                print("moto_delayed: cluster security group %s not deleted: %r" % (sg_id, e), file=sys.stderr)
-
-    wrap(m.EKSBackend, "delete_cluster", after=after_delete)
-
     # UpdateClusterVersion, which moto lacks, with EKS's rules: an ACTIVE
     # cluster, one minor version up, to a version EKS still offers.
     import uuid as _uuid
@@ -1231,10 +1220,17 @@ ADDON_SCHEMAS = {
                             "volumeSnapshotClasses"}, set()),
     "eks-pod-identity-agent": ({"affinity", "agent", "podAnnotations", "podLabels", "resources",
                                 "tolerations"}, set()),
+    # Community add-ons (EKS installs and updates them; their schemas follow
+    # the upstream charts' values, approximated here at the top level).
+    "metrics-server": ({"affinity", "args", "nodeSelector", "podAnnotations", "podLabels", "priorityClassName",
+                        "replicas", "resources", "tolerations", "topologySpreadConstraints"}, set()),
+    "cert-manager": ({"affinity", "cainjector", "extraArgs", "nodeSelector", "podAnnotations", "podLabels",
+                      "prometheus", "replicaCount", "resources", "tolerations", "webhook"}, set()),
 }
 ADDON_VERSIONS = {"vpc-cni": "v1.20.4-eksbuild.1", "coredns": "v1.12.4-eksbuild.1",
                   "kube-proxy": "v1.35.0-eksbuild.1", "aws-ebs-csi-driver": "v1.50.0-eksbuild.1",
-                  "eks-pod-identity-agent": "v1.3.9-eksbuild.1"}
+                  "eks-pod-identity-agent": "v1.3.9-eksbuild.1", "metrics-server": "v0.8.0-eksbuild.1",
+                  "cert-manager": "v1.18.2-eksbuild.1"}
 
 
 ROOT_SECRET = os.environ.get("RALPH_SIM_ROOT_SECRET", "testing")
@@ -1383,6 +1379,11 @@ def eks_authenticate():
     api_urls.url_paths["{0}/moto-api/eks/authenticate$"] = handler
 
 
+# Add-ons that run a Deployment, which needs a node (DaemonSets such as
+# vpc-cni and kube-proxy come up with the nodes instead).
+ADDONS_WITH_DEPLOYMENTS = {"coredns", "metrics-server", "cert-manager", "aws-ebs-csi-driver"}
+
+
 def patch_eks_addons():
     """EKS add-ons, which moto lacks (Create/Describe/List/Update/
     DeleteAddon): a known add-on name, configuration values that are a JSON
@@ -1433,14 +1434,25 @@ def patch_eks_addons():
                 raise bad("ConfigurationValue provided in request is not supported: Json schema validation "
                           "failed with error: [$.%s: %s found, string expected]" % (k, type(v).__name__))
 
+    def without_nodes(addon):
+        """An add-on whose pods have no node to run on (EKS reports it
+        DEGRADED, InsufficientNumberOfReplicas, until a node group is up)."""
+        cluster = addon.get("_cluster")
+        return addon["addonName"] in ADDONS_WITH_DEPLOYMENTS and cluster is not None and not any(
+            ng.status == "ACTIVE" for ng in list(cluster.nodegroups.values()))
+
     def status(addon):
         if time.time() < addon["_ready_at"]:
             return addon["_moving"]
-        return "ACTIVE"
+        return "DEGRADED" if without_nodes(addon) else "ACTIVE"
 
     def public(addon):
         out = {k: v for k, v in addon.items() if not k.startswith("_")}
         out["status"] = status(addon)
+        if out["status"] == "DEGRADED":
+            out["health"] = {"issues": [{"code": "InsufficientNumberOfReplicas",
+                                         "message": "The add-on is unhealthy because it doesn't have the desired "
+                                                    "number of replicas.", "resourceIds": []}]}
         return out
 
     def addon_of(resp, cluster):
@@ -1469,7 +1481,7 @@ def patch_eks_addons():
                  "createdAt": now, "modifiedAt": now, "health": {"issues": []},
                  "serviceAccountRoleArn": resp._get_param("serviceAccountRoleArn") or None,
                  "configurationValues": config, "tags": resp._get_param("tags") or {},
-                 "_ready_at": now + delay("eks_nodegroup_update"), "_moving": "CREATING"}
+                 "_ready_at": now + delay("eks_nodegroup_update"), "_moving": "CREATING", "_cluster": cluster}
         cluster._rd_addons[name] = addon
         return reply({"addon": public(addon)})
 

@@ -66,7 +66,14 @@ vpc-cni add-on has enableNetworkPolicy "true", a GKE cluster with Dataplane
 V2 or network policy on, and the default pool; elsewhere they are stored and
 ignored, as on those clouds. An unreachable store
 keeps the pod unready with the reason in its Ready condition, as a failing
-readiness probe would.
+readiness probe would. Reaching is not enough: where the store is one of
+the local clouds' (the machine's PostgreSQL or a Redis of local_servers.py),
+the pod logs in with the URL's own credentials, as the application does at
+start: PostgreSQL's startup with SCRAM-SHA-256, MD5 or a cleartext password
+(TLS as `sslmode` asks), Redis AUTH and PING (TLS for rediss://); a refused
+login, or a `postgres://` URL (SQLAlchemy 1.4+ has no dialect by that
+name), keeps the pod unready with the server's own words. Answers are kept
+LOGIN_TTL seconds.
 
 It also plays the kubelet's port-forward endpoint, which the API server
 proxies `pods/portforward` to (`kubectl port-forward`, the tool reaching a
@@ -378,6 +385,152 @@ def untrusted(pod, container, url, ca, configmap, secret):
     return "certificate verify failed: no volume of the pod provides %s" % path
 
 
+LOGIN_TTL = 2.0
+_login_cache = {}
+
+
+def store_server(host, port):
+    """The local server that plays the store at host:port, as the network
+    models named it, or None for a name the local clouds do not serve."""
+    h = host.strip("[]").lower()
+    store = (STORE_LABELS.get((h, port)) or "") if is_address(h) else ""
+    named = LOCAL_SERVERS.get((h, port))
+    if named:
+        addr, _, p = named.rpartition(":")
+        return addr, int(p)
+    return local_server(store, h)
+
+
+def _recv_exact(sock, n):
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            raise ConnectionError("the server closed the connection")
+        data += chunk
+    return data
+
+
+def pg_login(server, user, password, database, sslmode):
+    """None when PostgreSQL at `server` lets `user` in, else its reason."""
+    import hmac
+    sock = socket.create_connection(server, timeout=5)
+    try:
+        if sslmode != "disable":
+            sock.sendall((8).to_bytes(4, "big") + (80877103).to_bytes(4, "big"))
+            if _recv_exact(sock, 1) == b"S":
+                ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+                ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+                sock = ctx.wrap_socket(sock)
+            elif sslmode in ("require", "verify-ca", "verify-full"):
+                return "server does not support SSL, but SSL was required"
+        params = b"user\0" + user.encode() + b"\0database\0" + database.encode() + b"\0\0"
+        body = (196608).to_bytes(4, "big") + params
+        sock.sendall((len(body) + 4).to_bytes(4, "big") + body)
+
+        def send(kind, payload):
+            sock.sendall(kind + (len(payload) + 4).to_bytes(4, "big") + payload)
+
+        nonce = base64.b64encode(os.urandom(18)).decode()
+        first_bare = "n=,r=" + nonce
+        while True:
+            kind = _recv_exact(sock, 1)
+            payload = _recv_exact(sock, int.from_bytes(_recv_exact(sock, 4), "big") - 4)
+            if kind == b"E":
+                fields = dict((f[:1], f[1:].decode(errors="replace")) for f in payload.split(b"\0") if f)
+                return "%s: %s" % (fields.get(b"S", "FATAL"), fields.get(b"M", "refused"))
+            if kind == b"Z":
+                send(b"X", b"")
+                return None
+            if kind != b"R":
+                continue
+            code = int.from_bytes(payload[:4], "big")
+            if code in (3, 5, 10) and password is None:
+                return "fe_sendauth: no password supplied"
+            if code == 3:
+                send(b"p", password.encode() + b"\0")
+            elif code == 5:
+                inner = hashlib.md5((password + user).encode()).hexdigest().encode()
+                send(b"p", b"md5" + hashlib.md5(inner + payload[4:8]).hexdigest().encode() + b"\0")
+            elif code == 10:
+                first = ("n,," + first_bare).encode()
+                send(b"p", b"SCRAM-SHA-256\0" + len(first).to_bytes(4, "big") + first)
+            elif code == 11:
+                server_first = payload[4:].decode()
+                attrs = dict(a.split("=", 1) for a in server_first.split(","))
+                salted = hashlib.pbkdf2_hmac("sha256", password.encode(), base64.b64decode(attrs["s"]), int(attrs["i"]))
+                client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
+                without_proof = "c=biws,r=" + attrs["r"]
+                message = ",".join([first_bare, server_first, without_proof]).encode()
+                signature = hmac.new(hashlib.sha256(client_key).digest(), message, hashlib.sha256).digest()
+                proof = bytes(a ^ b for a, b in zip(client_key, signature))
+                send(b"p", (without_proof + ",p=" + base64.b64encode(proof).decode()).encode())
+    finally:
+        sock.close()
+
+
+def redis_login(server, user, password, tls):
+    """None when Redis at `server` answers PING after AUTH, else its reason."""
+    sock = socket.create_connection(server, timeout=5)
+    try:
+        if tls:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+            sock = ctx.wrap_socket(sock)
+        reader = sock.makefile("rb")
+
+        def command(*words):
+            out = b"*%d\r\n" % len(words)
+            for w in words:
+                w = w.encode()
+                out += b"$%d\r\n%s\r\n" % (len(w), w)
+            sock.sendall(out)
+            return reader.readline().decode(errors="replace").strip()
+
+        if password is not None:
+            answer = command("AUTH", user, password) if user else command("AUTH", password)
+            if answer.startswith("-"):
+                return answer[1:]
+        answer = command("PING")
+        return answer[1:] if answer.startswith("-") else None
+    finally:
+        sock.close()
+
+
+def login_refused(url, host, port):
+    """Why the application cannot log in with the URL's credentials, or None
+    (also for a store the local clouds do not serve)."""
+    u = urllib.parse.urlsplit(url)
+    if u.scheme == "postgres":
+        return ("the application cannot use postgres://: SQLAlchemy 1.4+ has no dialect by that name "
+                "(NoSuchModuleError: Can't load plugin: sqlalchemy.dialects:postgres); write postgresql://")
+    server = store_server(host, port)
+    if server is None:
+        return None
+    key = (url, server)
+    hit = _login_cache.get(key)
+    if hit and time.time() - hit[0] < LOGIN_TTL:
+        return hit[1]
+    user = urllib.parse.unquote(u.username or "")
+    password = urllib.parse.unquote(u.password) if u.password is not None else None
+    query = urllib.parse.parse_qs(u.query)
+    try:
+        if u.scheme.startswith("postgresql"):
+            database = (u.path or "/").lstrip("/") or user
+            sslmode = (query.get("sslmode") or query.get("ssl_mode") or ["prefer"])[0]
+            why = pg_login(server, user or "postgres", password, database, sslmode)
+        elif u.scheme in ("redis", "rediss"):
+            why = redis_login(server, user, password, u.scheme == "rediss")
+        else:
+            why = None
+    except (OSError, ssl.SSLError, ValueError, KeyError) as e:
+        why = "the login did not finish: %s" % e
+    if why:
+        why = "cannot log in to %s:%d as %s: %s" % (host, port, user or "(no user)", why)
+    _login_cache[key] = (time.time(), why)
+    return why
+
+
 def unreachable_store(pod, container, secret, policies=(), configmap=lambda ns, name: None):
     """Why this container cannot reach one of its stores, or None."""
     for name, url in sorted(store_urls(pod, container, secret).items()):
@@ -401,6 +554,9 @@ def unreachable_store(pod, container, secret, policies=(), configmap=lambda ns, 
             why = untrusted(pod, container, url, ca, configmap, secret)
             if why:
                 return "%s: TLS to %s:%d: %s" % (name, host, port, why)
+        why = login_refused(url, host, port)
+        if why:
+            return "%s: %s" % (name, why)
     return None
 
 
@@ -458,7 +614,8 @@ def desired_status(pod, secret=lambda ns, name: None, policies=(), configmap=lam
             {"type": "Initialized", "status": "True", "lastTransitionTime": now()},
             {"type": "ContainersReady", "status": ready_word, "lastTransitionTime": now()},
             dict({"type": "Ready", "status": ready_word, "lastTransitionTime": now()},
-                 **({"reason": "ProbeFailed" if any("probe failed" in b for b in blocked) else "StoreUnreachable",
+                 **({"reason": "ProbeFailed" if any("probe failed" in b for b in blocked)
+                     else "StoreLoginFailed" if any("cannot log in" in b for b in blocked) else "StoreUnreachable",
                      "message": "; ".join(blocked)} if blocked else {})),
         ],
         "containerStatuses": statuses,
@@ -877,12 +1034,8 @@ def open_forward(namespace, name, port):
     ok, why = reach(host, tport)
     if not ok:
         return None, "the pod cannot connect to %s:%d: %s" % (host, tport, why)
-    store = ""
     h = host.lower()
-    if is_address(h):
-        store = (STORE_LABELS.get((h, tport)) or "")
-    named = LOCAL_SERVERS.get((h, tport))
-    server = (named.rsplit(":", 1)[0], int(named.rsplit(":", 1)[1])) if named else local_server(store, h)
+    server = store_server(h, tport)
     if server:
         return server, None
     if h in ("localhost",) or h.startswith("127."):
