@@ -115,9 +115,16 @@ async fn production_stack_end_to_end() {
     // ---- apply: every resource, in dependency order, branches in parallel.
     let ev = apply_json(&w, &[]);
     let s = ev.summary();
-    assert_eq!(s["created"], 52, "{s}");
+    assert_eq!(s["created"], 54, "{s}");
     // The add-on between the nodes and the orchestrator, and available.
     assert!(ev.at("resource_finished", "nodes") < ev.at("resource_started", addon));
+    // EKS's own metrics-server and cert-manager after the nodes (before,
+    // they would be DEGRADED), cert-manager before the add-ons that name
+    // its ClusterIssuer.
+    for eks_addon in ["metrics_server", "cert_manager"] {
+        assert!(ev.at("resource_finished", "nodes") < ev.at("resource_started", eks_addon));
+    }
+    assert!(ev.at("resource_finished", "cert_manager") < ev.at("resource_started", addon));
     assert!(ev.at("resource_finished", addon) < ev.at("resource_started", "app.orchestrator"));
     let controller = kube::api::Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(
         common::kube_client().await,
@@ -452,7 +459,7 @@ async fn production_stack_end_to_end() {
         text(&out.stdout)
     );
     let ev = Events::parse(&text(&out.stdout));
-    assert_eq!(ev.summary()["deleted"], 52);
+    assert_eq!(ev.summary()["deleted"], 54);
     for (dependent, dependency) in [
         (addon, "nodes"),
         ("app.orchestrator", addon),
@@ -568,6 +575,8 @@ async fn the_rewritten_stack_only_moves_what_the_flat_one_made() {
                 || c.starts_with("\"autoscaler_role\" \"create\"")
                 || c.starts_with("\"autoscaler\" \"create\"")
                 || c.starts_with("\"vpc_cni\" \"create\"")
+                || c.starts_with("\"metrics_server\" \"create\"")
+                || c.starts_with("\"cert_manager\" \"create\"")
                 || c.starts_with(
                     "\"nodes\" \"update\" [{\"name\":\"desired_size\",\"before\":4,\"after\":3,",
                 )
@@ -589,8 +598,8 @@ async fn the_rewritten_stack_only_moves_what_the_flat_one_made() {
     let s = ev.summary();
     assert_eq!(
         (s["created"].as_u64(), s["deleted"].as_u64()),
-        (Some(6), Some(0)),
-        "only the new password and role, the autoscaler's three and the VPC CNI add-on are created: {s}"
+        (Some(8), Some(0)),
+        "only the new password and role, the autoscaler's three and EKS's vpc-cni, metrics-server and cert-manager add-ons are created: {s}"
     );
     assert_eq!(
         ev.0.iter()

@@ -1060,6 +1060,12 @@ def sql_children(kind):
 
         def finish():
             c[name] = res
+            if kind == "databases":
+                # The local PostgreSQL plays every Cloud SQL instance: the
+                # database exists there too, so a client naming it gets in.
+                why = local_servers.create_database(os.environ.get("RALPH_SIM_RUN_DIR"), name)
+                if why:
+                    print("gcp double: database %s not made: %s" % (name, why), file=sys.stderr, flush=True)
         return sql_op(p, "CREATE_" + kind[:-1].upper(), p["instance"], delay("sql_child"), finish)
 
     def get(p, q, body):

@@ -13,11 +13,15 @@ reachable answer, and only the node simulator connects to them, for a pod
 Standard library only (the double runs on the system Python).
 """
 
+import base64
 import ctypes
+import hashlib
+import hmac
 import os
 import shutil
 import signal
 import socket
+import ssl
 import queue
 import subprocess
 import threading
@@ -71,6 +75,98 @@ def _spawn(argv):
 
 
 _CERT_LOCK = threading.Lock()
+
+
+def _recv_exact(sock, n):
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            raise ConnectionError("the server closed the connection")
+        data += chunk
+    return data
+
+
+def pg_session(server, user, password, database, sslmode, statements=()):
+    """Logs in to PostgreSQL at `server` (host, port) as a client library
+    does (TLS as `sslmode` asks, without verifying the certificate; then
+    SCRAM-SHA-256, MD5 or a cleartext password) and runs `statements` (the
+    simple query protocol). None when all went through, else the server's
+    reason (or the client's, as libpq words it)."""
+    sock = socket.create_connection(server, timeout=5)
+    try:
+        if sslmode != "disable":
+            sock.sendall((8).to_bytes(4, "big") + (80877103).to_bytes(4, "big"))
+            if _recv_exact(sock, 1) == b"S":
+                ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+                ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+                sock = ctx.wrap_socket(sock)
+            elif sslmode in ("require", "verify-ca", "verify-full"):
+                return "server does not support SSL, but SSL was required"
+        params = b"user\0" + user.encode() + b"\0database\0" + database.encode() + b"\0\0"
+        body = (196608).to_bytes(4, "big") + params
+        sock.sendall((len(body) + 4).to_bytes(4, "big") + body)
+
+        def send(kind, payload):
+            sock.sendall(kind + (len(payload) + 4).to_bytes(4, "big") + payload)
+
+        pending = list(statements)
+        nonce = base64.b64encode(os.urandom(18)).decode()
+        first_bare = "n=,r=" + nonce
+        while True:
+            kind = _recv_exact(sock, 1)
+            payload = _recv_exact(sock, int.from_bytes(_recv_exact(sock, 4), "big") - 4)
+            if kind == b"E":
+                fields = dict((f[:1], f[1:].decode(errors="replace")) for f in payload.split(b"\0") if f)
+                return "%s: %s" % (fields.get(b"S", "FATAL"), fields.get(b"M", "refused"))
+            if kind == b"Z":
+                if pending:
+                    send(b"Q", pending.pop(0).encode() + b"\0")
+                    continue
+                send(b"X", b"")
+                return None
+            if kind != b"R":
+                continue
+            code = int.from_bytes(payload[:4], "big")
+            if code in (3, 5, 10) and password is None:
+                return "fe_sendauth: no password supplied"
+            if code == 3:
+                send(b"p", password.encode() + b"\0")
+            elif code == 5:
+                inner = hashlib.md5((password + user).encode()).hexdigest().encode()
+                send(b"p", b"md5" + hashlib.md5(inner + payload[4:8]).hexdigest().encode() + b"\0")
+            elif code == 10:
+                first = ("n,," + first_bare).encode()
+                send(b"p", b"SCRAM-SHA-256\0" + len(first).to_bytes(4, "big") + first)
+            elif code == 11:
+                server_first = payload[4:].decode()
+                attrs = dict(a.split("=", 1) for a in server_first.split(","))
+                salted = hashlib.pbkdf2_hmac("sha256", password.encode(), base64.b64decode(attrs["s"]), int(attrs["i"]))
+                client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
+                without_proof = "c=biws,r=" + attrs["r"]
+                message = ",".join([first_bare, server_first, without_proof]).encode()
+                signature = hmac.new(hashlib.sha256(client_key).digest(), message, hashlib.sha256).digest()
+                proof = bytes(a ^ b for a, b in zip(client_key, signature))
+                send(b"p", (without_proof + ",p=" + base64.b64encode(proof).decode()).encode())
+    finally:
+        sock.close()
+
+
+def create_database(run_dir, name):
+    """Creates database `name` on the run directory's PostgreSQL unless it
+    exists (RDS's DBName, Cloud SQL's databases.insert), as its superuser.
+    None, or why not."""
+    address = postgres_address(run_dir)
+    if not address or not name:
+        return "no PostgreSQL in %s" % run_dir
+    if not name.replace("_", "").isalnum():
+        return "%r is not a database name the local cloud makes" % name
+    host, port = address.rsplit(":", 1)
+    why = pg_session((host, int(port)), "postgres", None, "postgres", "disable",
+                     ["CREATE DATABASE %s" % name])
+    if why and ("already exists" in why or "pg_database_datname_index" in why):  # or made at the same moment
+        return None
+    return why
 
 
 def certificate(run_dir):

@@ -726,6 +726,23 @@ def patch_rds():
 
     wrap(m.RDSBackend, "create_db_instance_read_replica", after=replica_created)
 
+    # RDS makes the database DBName names while the instance is created:
+    # the local PostgreSQL (which plays every instance) gets it too, so a
+    # client that names it can log in.
+    def db_created(self, result, *a, **k):
+        name = getattr(result, "db_name", None)
+        if result is None or not name:
+            return
+
+        def create():
+            why = local_servers.create_database(os.environ.get("RALPH_SIM_KUBE_DIR"), name)
+            if why:
+                print("moto_delayed: database %s not made: %s" % (name, why), file=sys.stderr, flush=True)
+
+        threading.Thread(target=create, daemon=True).start()
+
+    wrap(m.RDSBackend, "create_db_instance", after=db_created)
+
     def modified(self, result, *a, **k):
         if result is not None:
             transition(result, "status", "modifying", delay("rds_modify"))

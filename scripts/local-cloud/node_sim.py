@@ -114,6 +114,8 @@ import urllib.parse
 import urllib.request
 from datetime import datetime, timezone
 
+from local_servers import pg_session
+
 
 def read_kubeconfig(path):
     text = open(path).read()
@@ -401,74 +403,6 @@ def store_server(host, port):
     return local_server(store, h)
 
 
-def _recv_exact(sock, n):
-    data = b""
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        if not chunk:
-            raise ConnectionError("the server closed the connection")
-        data += chunk
-    return data
-
-
-def pg_login(server, user, password, database, sslmode):
-    """None when PostgreSQL at `server` lets `user` in, else its reason."""
-    import hmac
-    sock = socket.create_connection(server, timeout=5)
-    try:
-        if sslmode != "disable":
-            sock.sendall((8).to_bytes(4, "big") + (80877103).to_bytes(4, "big"))
-            if _recv_exact(sock, 1) == b"S":
-                ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-                ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
-                sock = ctx.wrap_socket(sock)
-            elif sslmode in ("require", "verify-ca", "verify-full"):
-                return "server does not support SSL, but SSL was required"
-        params = b"user\0" + user.encode() + b"\0database\0" + database.encode() + b"\0\0"
-        body = (196608).to_bytes(4, "big") + params
-        sock.sendall((len(body) + 4).to_bytes(4, "big") + body)
-
-        def send(kind, payload):
-            sock.sendall(kind + (len(payload) + 4).to_bytes(4, "big") + payload)
-
-        nonce = base64.b64encode(os.urandom(18)).decode()
-        first_bare = "n=,r=" + nonce
-        while True:
-            kind = _recv_exact(sock, 1)
-            payload = _recv_exact(sock, int.from_bytes(_recv_exact(sock, 4), "big") - 4)
-            if kind == b"E":
-                fields = dict((f[:1], f[1:].decode(errors="replace")) for f in payload.split(b"\0") if f)
-                return "%s: %s" % (fields.get(b"S", "FATAL"), fields.get(b"M", "refused"))
-            if kind == b"Z":
-                send(b"X", b"")
-                return None
-            if kind != b"R":
-                continue
-            code = int.from_bytes(payload[:4], "big")
-            if code in (3, 5, 10) and password is None:
-                return "fe_sendauth: no password supplied"
-            if code == 3:
-                send(b"p", password.encode() + b"\0")
-            elif code == 5:
-                inner = hashlib.md5((password + user).encode()).hexdigest().encode()
-                send(b"p", b"md5" + hashlib.md5(inner + payload[4:8]).hexdigest().encode() + b"\0")
-            elif code == 10:
-                first = ("n,," + first_bare).encode()
-                send(b"p", b"SCRAM-SHA-256\0" + len(first).to_bytes(4, "big") + first)
-            elif code == 11:
-                server_first = payload[4:].decode()
-                attrs = dict(a.split("=", 1) for a in server_first.split(","))
-                salted = hashlib.pbkdf2_hmac("sha256", password.encode(), base64.b64decode(attrs["s"]), int(attrs["i"]))
-                client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
-                without_proof = "c=biws,r=" + attrs["r"]
-                message = ",".join([first_bare, server_first, without_proof]).encode()
-                signature = hmac.new(hashlib.sha256(client_key).digest(), message, hashlib.sha256).digest()
-                proof = bytes(a ^ b for a, b in zip(client_key, signature))
-                send(b"p", (without_proof + ",p=" + base64.b64encode(proof).decode()).encode())
-    finally:
-        sock.close()
-
-
 def redis_login(server, user, password, tls):
     """None when Redis at `server` answers PING after AUTH, else its reason."""
     sock = socket.create_connection(server, timeout=5)
@@ -518,7 +452,7 @@ def login_refused(url, host, port):
         if u.scheme.startswith("postgresql"):
             database = (u.path or "/").lstrip("/") or user
             sslmode = (query.get("sslmode") or query.get("ssl_mode") or ["prefer"])[0]
-            why = pg_login(server, user or "postgres", password, database, sslmode)
+            why = pg_session(server, user or "postgres", password, database, sslmode)
         elif u.scheme in ("redis", "rediss"):
             why = redis_login(server, user, password, u.scheme == "rediss")
         else:
