@@ -377,6 +377,15 @@ def patch_eks_rules():
     m.EKSBackend.delete_cluster = delete_cluster
 
 
+def json_body(request, headers):
+    """The JSON body of a request to a /moto-api/ handler of ours."""
+    if hasattr(request, "environ"):  # the server's (werkzeug) request
+        raw = request.environ["wsgi.input"].read(int(headers.get("Content-Length") or 0))
+    else:
+        raw = request.body
+    return json.loads(raw or b"{}")
+
+
 def each(backends):
     """(account, region, backend) for every backend of one service."""
     for account, by_region in list(backends.items()):
@@ -689,11 +698,7 @@ def eks_autoscale():
 
     def handler(request, full_url, headers):
         try:
-            if hasattr(request, "environ"):  # the server's (werkzeug) request
-                raw = request.environ["wsgi.input"].read(int(headers.get("Content-Length") or 0))
-            else:
-                raw = request.body
-            answer = grow(json.loads(raw or b"{}"))
+            answer = grow(json_body(request, headers))
         except Exception as e:  # never take moto down
             answer = "the autoscaler's call failed: %r" % e
         if isinstance(answer, int):
@@ -1384,11 +1389,7 @@ def eks_authenticate():
 
     def handler(request, full_url, headers):
         try:
-            if hasattr(request, "environ"):  # the server's (werkzeug) request
-                raw = request.environ["wsgi.input"].read(int(headers.get("Content-Length") or 0))
-            else:
-                raw = request.body
-            user, reason = decide(json.loads(raw or b"{}").get("url", ""))
+            user, reason = decide(json_body(request, headers).get("url", ""))
         except Exception as e:  # never take moto down
             user, reason = None, "the local EKS could not judge the token: %r" % e
         return 200, {"Content-Type": "application/json"}, json.dumps({"user": user, "reason": reason})
