@@ -284,28 +284,7 @@ async fn a_wait_longer_than_an_eks_token_lives_still_reaches_the_cluster() {
     // tests use, gets in).
     let conf = w.aws_conf().await;
     let ec2 = aws_sdk_ec2::Client::new(&conf);
-    let vpc = ec2
-        .create_vpc()
-        .cidr_block("10.60.0.0/16")
-        .send()
-        .await
-        .unwrap()
-        .vpc
-        .unwrap()
-        .vpc_id
-        .unwrap();
-    let mut subnets = Vec::new();
-    for (i, zone) in ["us-east-1a", "us-east-1b"].iter().enumerate() {
-        let subnet = ec2
-            .create_subnet()
-            .vpc_id(&vpc)
-            .cidr_block(format!("10.60.{i}.0/24"))
-            .availability_zone(*zone)
-            .send()
-            .await
-            .unwrap();
-        subnets.push(subnet.subnet.unwrap().subnet_id.unwrap());
-    }
+    let (_, subnets) = common::vpc_with_subnets(&ec2, 60, &["us-east-1a", "us-east-1b"]).await;
     let eks = aws_sdk_eks::Client::new(&conf);
     eks.create_cluster()
         .name(ns)

@@ -15,44 +15,12 @@ mod common;
 use std::time::{Duration, Instant};
 
 use aws_sdk_ec2::types::{IpPermission, UserIdGroupPair};
-use common::{text, World};
+use common::{text, vpc_with_subnets, World};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams};
 
 fn sdk(w: &World) -> impl std::future::Future<Output = aws_config::SdkConfig> + '_ {
     w.aws_conf()
-}
-
-/// A VPC `10.N.0.0/16` with one /24 subnet per zone: (vpc id, subnet ids).
-async fn vpc_with_subnets(
-    ec2: &aws_sdk_ec2::Client,
-    n: u8,
-    zones: &[&str],
-) -> (String, Vec<String>) {
-    let vpc_id = ec2
-        .create_vpc()
-        .cidr_block(format!("10.{n}.0.0/16"))
-        .send()
-        .await
-        .unwrap()
-        .vpc()
-        .unwrap()
-        .vpc_id()
-        .unwrap()
-        .to_string();
-    let mut subnets = vec![];
-    for (i, zone) in zones.iter().enumerate() {
-        let s = ec2
-            .create_subnet()
-            .vpc_id(&vpc_id)
-            .cidr_block(format!("10.{n}.{}.0/24", i + 1))
-            .availability_zone(*zone)
-            .send()
-            .await
-            .unwrap();
-        subnets.push(s.subnet().unwrap().subnet_id().unwrap().to_string());
-    }
-    (vpc_id, subnets)
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1075,16 +1075,10 @@ def patch_eks_access():
             creator = caller(request_access_key(self.headers))
             cluster.__dict__["_rd_creator"] = creator[1] if creator else None
             if creator and bootstrap and mode != "CONFIG_MAP":
-                now = time.time()
+                entry = new_entry(self, cluster, creator[1], [], {}, "STANDARD")
                 policy = "arn:aws:eks::aws:cluster-access-policy/AmazonEKSClusterAdminPolicy"
-                cluster._rd_entries[creator[1]] = {
-                    "clusterName": cluster.name, "principalArn": creator[1], "kubernetesGroups": [],
-                    "accessEntryArn": "arn:aws:eks:%s:%s:access-entry/%s/%s" % (
-                        self.region, self.current_account, cluster.name, uuid.uuid4().hex[:12]),
-                    "createdAt": now, "modifiedAt": now, "tags": {}, "username": creator[1],
-                    "type": "STANDARD",
-                    "_policies": {policy: {"policyArn": policy, "accessScope": {"type": "cluster"},
-                                           "associatedAt": now, "modifiedAt": now}}}
+                entry["_policies"][policy] = {"policyArn": policy, "accessScope": {"type": "cluster"},
+                                              "associatedAt": entry["createdAt"], "modifiedAt": entry["createdAt"]}
         return result
 
     r.EKSResponse.create_cluster = create_cluster
@@ -1140,6 +1134,17 @@ def patch_eks_access():
     def public(entry):
         return {k: v for k, v in entry.items() if not k.startswith("_")}
 
+    def new_entry(self, cluster, principal, groups, tags, kind):
+        """A new access entry of the cluster for `principal`, recorded."""
+        now = time.time()
+        entry = {"clusterName": cluster.name, "principalArn": principal, "kubernetesGroups": groups,
+                 "accessEntryArn": "arn:aws:eks:%s:%s:access-entry/%s/%s" % (
+                     self.region, self.current_account, cluster.name, uuid.uuid4().hex[:12]),
+                 "createdAt": now, "modifiedAt": now, "tags": tags, "username": principal, "type": kind,
+                 "_policies": {}}
+        cluster._rd_entries[principal] = entry
+        return entry
+
     def create_access_entry(self):
         cluster = admitting(self)
         principal = self._get_param("principalArn") or ""
@@ -1148,14 +1153,8 @@ def patch_eks_access():
         if principal in cluster._rd_entries:
             raise ResourceInUseException(clusterName=cluster.name, nodegroupName=None, addonName=None,
                                          message="The specified access entry resource is already in use on this cluster.")
-        now = time.time()
-        entry = {"clusterName": cluster.name, "principalArn": principal,
-                 "kubernetesGroups": self._get_param("kubernetesGroups") or [],
-                 "accessEntryArn": "arn:aws:eks:%s:%s:access-entry/%s/%s" % (
-                     self.region, self.current_account, cluster.name, uuid.uuid4().hex[:12]),
-                 "createdAt": now, "modifiedAt": now, "tags": self._get_param("tags") or {},
-                 "username": principal, "type": self._get_param("type") or "STANDARD", "_policies": {}}
-        cluster._rd_entries[principal] = entry
+        entry = new_entry(self, cluster, principal, self._get_param("kubernetesGroups") or [],
+                          self._get_param("tags") or {}, self._get_param("type") or "STANDARD")
         return reply({"accessEntry": public(entry)})
 
     def access_entries(self):
@@ -1289,9 +1288,23 @@ def caller(access_key):
     return DEFAULT_ACCOUNT_ID, "arn:aws:iam::%s:root" % DEFAULT_ACCOUNT_ID, ROOT_SECRET
 
 
-def presigned_signature(url, secret, cluster, payload_hash):
-    """The SigV4 signature of a presigned STS GetCallerIdentity URL that signs
-    the headers host and x-k8s-aws-id: CLUSTER (as aws eks get-token makes it)."""
+def signing_key(url, secret):
+    """The SigV4 key of a presigned URL (its credential scope) for `secret`:
+    the same for every cluster a token is tried against."""
+    import hashlib
+    import hmac
+    from urllib.parse import parse_qsl, urlsplit
+    params = dict(parse_qsl(urlsplit(url).query, keep_blank_values=True))
+    key = ("AWS4" + secret).encode()
+    for part in params.get("X-Amz-Credential", "").split("/", 1)[-1].split("/"):
+        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+    return key
+
+
+def presigned_signature(url, key, cluster, payload_hash):
+    """The SigV4 signature (with `signing_key`'s key) of a presigned STS
+    GetCallerIdentity URL that signs the headers host and x-k8s-aws-id:
+    CLUSTER (as aws eks get-token makes it)."""
     import hashlib
     import hmac
     from urllib.parse import parse_qsl, quote, urlsplit
@@ -1306,9 +1319,6 @@ def presigned_signature(url, secret, cluster, payload_hash):
     scope = params.get("X-Amz-Credential", "").split("/", 1)[-1]
     to_sign = "\n".join(["AWS4-HMAC-SHA256", params.get("X-Amz-Date", ""), scope,
                          hashlib.sha256(request.encode()).hexdigest()])
-    key = ("AWS4" + secret).encode()
-    for part in scope.split("/"):
-        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
     return hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
 
 
@@ -1344,10 +1354,11 @@ def eks_authenticate():
             return None, "InvalidClientTokenId: the security token included in the request is invalid (access key %s is not active)" % key
         account, principal, secret = who
         given = params.get("X-Amz-Signature", "")
+        key = signing_key(url, secret)
         cluster = None
         for _, _, eks in each(eks_backends):
             for c in list(eks.clusters.values()):
-                if any(hmac.compare_digest(presigned_signature(url, secret, c.name, h), given)
+                if any(hmac.compare_digest(presigned_signature(url, key, c.name, h), given)
                        for h in (empty, "UNSIGNED-PAYLOAD")):
                     cluster = c
                     break

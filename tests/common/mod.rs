@@ -889,3 +889,35 @@ pub fn check_event_stream(stdout: &str) {
         "the stream ends with {last}"
     );
 }
+
+/// A VPC `10.N.0.0/16` with one /24 subnet per zone: (vpc id, subnet ids).
+pub async fn vpc_with_subnets(
+    ec2: &aws_sdk_ec2::Client,
+    n: u8,
+    zones: &[&str],
+) -> (String, Vec<String>) {
+    let vpc_id = ec2
+        .create_vpc()
+        .cidr_block(format!("10.{n}.0.0/16"))
+        .send()
+        .await
+        .unwrap()
+        .vpc()
+        .unwrap()
+        .vpc_id()
+        .unwrap()
+        .to_string();
+    let mut subnets = vec![];
+    for (i, zone) in zones.iter().enumerate() {
+        let s = ec2
+            .create_subnet()
+            .vpc_id(&vpc_id)
+            .cidr_block(format!("10.{n}.{}.0/24", i + 1))
+            .availability_zone(*zone)
+            .send()
+            .await
+            .unwrap();
+        subnets.push(s.subnet().unwrap().subnet_id().unwrap().to_string());
+    }
+    (vpc_id, subnets)
+}
