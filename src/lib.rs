@@ -25,6 +25,7 @@ macro_rules! print {
 }
 
 pub mod apply;
+pub mod check;
 pub mod cli;
 pub mod download;
 pub mod drivers;

@@ -399,6 +399,11 @@ resources:
   backups:
     kind: aws.s3_bucket
     properties: {{ name: "{name}-backups", force_destroy: true }}
+waivers:
+  - {{ rule: stores.high-availability, reason: a test database }}
+  - {{ rule: stores.backups, reason: a test database }}
+  - {{ rule: stores.encryption, reason: a test database }}
+  - {{ rule: stores.deletion-protection, reason: destroyed by the test }}
 "#
     )
 }

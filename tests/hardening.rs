@@ -914,7 +914,7 @@ fn an_empty_secret_is_refused_by_name_before_anything_is_sent() {
     std::fs::write(
         &stack,
         format!(
-            "name: sec\ncloud:\n  gcp: {{ project: {project}, region: us-central1 }}\nresources:\n  db:\n    kind: gcp.sql_instance\n    properties:\n      name: db\n      tier: db-custom-1-3840\n  admin:\n    kind: gcp.sql_user\n    properties:\n      instance: ${{db.name}}\n      name: admin\n      password_secret: env:RALPH_TEST_EMPTY_PASSWORD\n"
+            "name: sec\ncloud:\n  gcp: {{ project: {project}, region: us-central1 }}\nresources:\n  db:\n    kind: gcp.sql_instance\n    properties:\n      name: db\n      tier: db-custom-1-3840\n  admin:\n    kind: gcp.sql_user\n    properties:\n      instance: ${{db.name}}\n      name: admin\n      password_secret: env:RALPH_TEST_EMPTY_PASSWORD\nwaivers:\n  - {{ rule: stores.high-availability, reason: a test database }}\n  - {{ rule: stores.backups, reason: a test database }}\n  - {{ rule: stores.deletion-protection, reason: a test database }}\n"
         ),
     )
     .unwrap();

@@ -743,6 +743,10 @@ resources:
       name: {name}/app-key
       description: made by hand
       value_from_env: APP_KEY
+waivers:
+  - {{ rule: stores.high-availability, address: db, reason: adopted as it was made by hand }}
+  - {{ rule: stores.encryption, address: db, reason: adopted as it was made by hand }}
+  - {{ rule: stores.deletion-protection, address: db, reason: adopted as it was made by hand }}
 "#
     );
     std::fs::write(w.stack(), &stack).unwrap();

@@ -25,6 +25,7 @@ pub use crate::ops::EXIT_INTERRUPTED;
 pub async fn run(cmd: Command) -> anyhow::Result<i32> {
     let result = match cmd {
         Command::Validate { args, json } => validate(&args, json),
+        Command::Check { args, format, date } => check_cmd(&args, format, date),
         Command::Plan {
             args,
             json,
@@ -54,7 +55,9 @@ pub async fn run(cmd: Command) -> anyhow::Result<i32> {
         }
         Command::Show { plan, format } => {
             let file = saved::read(&plan).map_err(|e| anyhow!(e))?;
-            print!("{}", plan_in(&file.plan, format, None)?);
+            // A saved plan shows its changes; `check` and `apply` judge the stack.
+            let none = crate::check::Report::default();
+            print!("{}", plan_in(&file.plan, format, None, &none)?);
             Ok(EXIT_OK)
         }
         Command::Apply { args, run, select } => {
@@ -189,6 +192,7 @@ pub async fn run(cmd: Command) -> anyhow::Result<i32> {
                 match page {
                     super::ReferencePage::Commands => super::reference::commands(),
                     super::ReferencePage::Stack => super::reference::stack(&registry),
+                    super::ReferencePage::Rules => super::reference::rules(),
                 }
             );
             Ok(EXIT_OK)
@@ -252,6 +256,44 @@ fn validate(args: &StackArgs, json: bool) -> Result<i32, CliError> {
     Ok(EXIT_OK)
 }
 
+fn check_cmd(
+    args: &StackArgs,
+    format: super::CheckFormat,
+    date: Option<chrono::NaiveDate>,
+) -> Result<i32, CliError> {
+    let s = args.session(format != super::CheckFormat::Text)?;
+    let date = date.unwrap_or_else(|| chrono::Utc::now().date_naive());
+    let report = crate::check::check(&s.stack, date, None);
+    match format {
+        super::CheckFormat::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&report).map_err(json_error)?
+        ),
+        super::CheckFormat::Sarif => println!(
+            "{}",
+            serde_json::to_string_pretty(&crate::check::sarif::log(&report)).map_err(json_error)?
+        ),
+        super::CheckFormat::Text => {
+            print!("{}", report.text());
+            println!(
+                "{}: {} on {date}{}.",
+                args.stack.display(),
+                report.summary(),
+                if report.blocking().next().is_some() {
+                    "; apply refuses until the errors are fixed or waived"
+                } else {
+                    ""
+                }
+            );
+        }
+    }
+    Ok(if report.blocking().next().is_some() {
+        EXIT_ERROR
+    } else {
+        EXIT_OK
+    })
+}
+
 /// A value that would not serialise: an error, never `null` or "".
 fn json_error(e: serde_json::Error) -> CliError {
     CliError::Other(anyhow!("cannot write the output as JSON: {e}"))
@@ -277,6 +319,7 @@ fn plan_in(
     plan: &Plan,
     format: super::PlanFormat,
     requests: Option<u64>,
+    report: &crate::check::Report,
 ) -> anyhow::Result<String> {
     Ok(match format {
         super::PlanFormat::Json => {
@@ -285,10 +328,19 @@ fn plan_in(
             if let Some(r) = requests {
                 v["requests"] = serde_json::json!(r);
             }
+            v["findings"] = serde_json::to_value(&report.findings)?;
             format!("{}\n", serde_json::to_string_pretty(&v)?)
         }
-        super::PlanFormat::Markdown => crate::cli::render::plan_markdown(plan),
-        super::PlanFormat::Text => plan_text(plan, Style::for_stdout()),
+        super::PlanFormat::Markdown => format!(
+            "{}{}",
+            crate::cli::render::plan_markdown(plan),
+            crate::cli::render::findings_markdown(report)
+        ),
+        super::PlanFormat::Text => format!(
+            "{}{}",
+            plan_text(plan, Style::for_stdout()),
+            crate::cli::render::findings_text(report)
+        ),
     })
 }
 
@@ -329,9 +381,14 @@ async fn plan_cmd(
     }
     let (state, existed) = read_state(&s).await?;
     let plan = s.make_plan(&state, existed, &cx, destroy).await?;
+    let report = if destroy {
+        crate::check::Report::default()
+    } else {
+        crate::ops::apply::findings(&s, &plan)
+    };
     print!(
         "{}",
-        plan_in(&plan, format, Some(cx.request_count())).map_err(CliError::Other)?
+        plan_in(&plan, format, Some(cx.request_count()), &report).map_err(CliError::Other)?
     );
     if let Some(path) = out {
         let file = PlanFile {
@@ -538,6 +595,22 @@ impl Approver for Terminal {
     fn show(&self, plan: &Plan) {
         if !self.json {
             print!("{}", plan_text(plan, Style::for_stdout()));
+        }
+    }
+
+    fn findings(&self, report: &crate::check::Report) {
+        if self.json {
+            if !report.findings.is_empty() {
+                println!(
+                    "{}",
+                    crate::cli::render::json_line(serde_json::json!({
+                        "event": "findings",
+                        "findings": report.findings,
+                    }))
+                );
+            }
+        } else {
+            print!("{}", crate::cli::render::findings_text(report));
         }
     }
 

@@ -106,6 +106,14 @@ fn read_var_file(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
     Ok(out)
 }
 
+/// How `check` prints its findings.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CheckFormat {
+    Text,
+    Json,
+    Sarif,
+}
+
 /// How a plan is printed.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PlanFormat {
@@ -225,6 +233,8 @@ fn parse_wait(text: &str) -> Result<std::time::Duration, String> {
 pub enum ReferencePage {
     Commands,
     Stack,
+    /// The rules of `check`
+    Rules,
 }
 
 #[derive(Copy, Clone, Debug, ValueEnum)]
@@ -258,6 +268,23 @@ pub enum Command {
         /// Print problems as JSON
         #[arg(long)]
         json: bool,
+    },
+    /// Hold the stack against the deployment guide's production checklist
+    /// and the clouds' own rules (reachable stores, supported versions,
+    /// nothing open to the internet, backups, encryption, ...) without
+    /// contacting any cloud. Each finding names its rule, file, line and
+    /// column; `plan` shows the same findings, and `apply` refuses while an
+    /// error is not waived in the stack's `waivers:`. Exit 1 on such an error
+    Check {
+        #[command(flatten)]
+        args: StackArgs,
+        /// text, json, or sarif (SARIF 2.1.0, for code scanning)
+        #[arg(long, value_enum, default_value = "text")]
+        format: CheckFormat,
+        /// Judge support windows and waivers' ends at this date
+        /// (YYYY-MM-DD; default: today): will the stack still pass then?
+        #[arg(long, value_name = "DATE")]
+        date: Option<chrono::NaiveDate>,
     },
     /// Show what apply would change
     Plan {

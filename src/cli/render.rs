@@ -383,3 +383,50 @@ pub fn drift_text(drift: &[crate::ops::drift::Drift], json: bool) -> String {
     ));
     out
 }
+
+/// `check`'s findings under a plan: nothing when there are none.
+pub fn findings_text(report: &crate::check::Report) -> String {
+    if report.findings.is_empty() {
+        return String::new();
+    }
+    format!(
+        "\nCheck: {}{}\n{}",
+        report.summary(),
+        if report.blocking().next().is_some() {
+            " (apply refuses until the errors are fixed or waived)"
+        } else {
+            ""
+        },
+        report.text()
+    )
+}
+
+/// `check`'s findings as a Markdown section of the pull-request comment.
+pub fn findings_markdown(report: &crate::check::Report) -> String {
+    if report.findings.is_empty() {
+        return String::new();
+    }
+    let mut out = format!(
+        "\n**Check**: {}\n\n| | Rule | Where | Finding |\n|---|---|---|---|\n",
+        report.summary()
+    );
+    for f in &report.findings {
+        let mark = match (&f.waived, f.severity) {
+            (Some(_), _) => "waived",
+            (None, crate::check::Severity::Error) => "**error**",
+            (None, crate::check::Severity::Warning) => "warning",
+        };
+        let note = match &f.waived {
+            Some(reason) => format!("{} (waived: {reason})", f.message),
+            None => format!("{} Fix: {}", f.message, f.help),
+        };
+        out.push_str(&format!(
+            "| {mark} | `{}` | `{}:{}` | {} |\n",
+            f.rule,
+            f.file,
+            f.line,
+            note.replace('|', "\\|").replace('\n', " ")
+        ));
+    }
+    out
+}

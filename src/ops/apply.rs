@@ -14,6 +14,8 @@ pub trait Approver {
     /// Whether to go ahead with `plan` (not asked for a saved plan, which
     /// is its own approval, or when there is nothing to do).
     fn approve(&self, plan: &Plan) -> Result<bool, OpError>;
+    /// Shows what `check` found in the stack and the plan.
+    fn findings(&self, _report: &crate::check::Report) {}
 }
 
 pub struct Request {
@@ -81,6 +83,21 @@ async fn work(
     if !plan.has_changes() {
         return Ok(Outcome::NoChanges);
     }
+    if !request.destroy {
+        let report = findings(s, &plan);
+        approver.findings(&report);
+        let blocking: Vec<String> = report
+            .blocking()
+            .map(|f| format!("{} at {} ({}:{})", f.rule, f.address, f.file, f.line))
+            .collect();
+        if !blocking.is_empty() {
+            return Err(OpError::refused(format!(
+                "`check` finds {} error(s) no waiver accepts: {}. Nothing was changed. Fix them (`ralph-deploy check` says how), or accept one on purpose under the stack's `waivers:` with a reason",
+                blocking.len(),
+                blocking.join("; ")
+            )));
+        }
+    }
     if !approved && !approver.approve(&plan)? {
         return Ok(Outcome::Cancelled);
     }
@@ -125,6 +142,21 @@ async fn work(
         report,
         interrupted,
     })
+}
+
+/// `check` on the stack, with what `plan` would do, at today's date.
+pub fn findings(s: &Session, plan: &Plan) -> crate::check::Report {
+    let changes: Vec<(String, String, Action)> = plan
+        .changes
+        .iter()
+        .map(|c| (c.address.clone(), c.kind.clone(), c.action))
+        .collect();
+    let today = chrono::Utc::now().date_naive();
+    crate::check::check(
+        &s.stack,
+        today,
+        (!plan.destroy).then_some(changes.as_slice()),
+    )
 }
 
 fn protected_violations(plan: &Plan) -> Vec<String> {

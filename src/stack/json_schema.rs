@@ -119,6 +119,7 @@ pub fn stack_schema(registry: &dyn Catalog) -> Json {
                 "items": { "type": "object", "required": ["to", "id"], "additionalProperties": false,
                            "properties": { "to": { "type": "string" }, "id": { "type": "string" } } }
             },
+            "waivers": { "$ref": "#/$defs/waivers" },
             "moved": {
                 "description": "state entries renamed instead of replaced",
                 "type": "array",
@@ -149,7 +150,8 @@ pub fn stack_schema(registry: &dyn Catalog) -> Json {
                     "properties": {
                         "variables": { "type": "object" },
                         "cloud": { "$ref": "#/$defs/cloud" },
-                        "resources": { "type": "object", "additionalProperties": { "type": "object" } }
+                        "resources": { "type": "object", "additionalProperties": { "type": "object" } },
+                        "waivers": { "$ref": "#/$defs/waivers" }
                     }
                 }
             },
@@ -170,6 +172,17 @@ pub fn stack_schema(registry: &dyn Catalog) -> Json {
             }
         },
         "$defs": {
+            "waivers": {
+                "description": "findings of `check` accepted on purpose (`ralph-deploy reference rules` lists the rules)",
+                "type": "array",
+                "items": { "type": "object", "required": ["rule", "reason"], "additionalProperties": false,
+                           "properties": {
+                               "rule": { "type": "string", "pattern": "^[a-z]+\\.[a-z-]+$" },
+                               "address": { "type": "string", "description": "a resource, or everything under a component use or a for_each" },
+                               "reason": { "type": "string", "minLength": 1 },
+                               "until": { "type": "string", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$", "description": "the last day it holds" }
+                           } }
+            },
             "cloud": {
                 "type": "object",
                 "additionalProperties": false,

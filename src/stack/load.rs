@@ -38,8 +38,9 @@ const TOP_KEYS: &[&str] = &[
     "recovery",
     "import",
     "outputs",
+    "waivers",
 ];
-const ENV_KEYS: &[&str] = &["variables", "cloud", "resources"];
+const ENV_KEYS: &[&str] = &["variables", "cloud", "resources", "waivers"];
 const RESOURCE_KEYS: &[&str] = &[
     "kind",
     "properties",
@@ -305,6 +306,10 @@ impl Loader {
         let state = self.state_settings(top.get_node("state"));
         let recovery = self.recovery(top.get_node("recovery"));
         let imports = self.imports(top.get_node("import"));
+        // The environment's own waivers (a staging overlay's single zone)
+        // add to the stack's.
+        let mut waivers = self.waivers(top.get_node("waivers"));
+        waivers.extend(self.waivers(overlay_node("waivers")));
 
         let mut outputs = BTreeMap::new();
         if let Some(map) = top
@@ -344,6 +349,7 @@ impl Loader {
             state,
             recovery,
             imports,
+            waivers,
         })
     }
 
@@ -676,6 +682,68 @@ impl Loader {
             };
             if let (Some(to), Some(id)) = (get("to"), get("id")) {
                 out.push(super::ImportEntry { to, id });
+            }
+        }
+        out
+    }
+
+    /// The `waivers:` list.
+    fn waivers(&mut self, node: Option<&Node>) -> Vec<super::Waiver> {
+        let mut out = Vec::new();
+        let Some(node) = node else { return out };
+        let Some(seq) = node.as_sequence() else {
+            self.d.error_help(
+                span_of(node),
+                "`waivers` must be a list",
+                "write `waivers: [{ rule: RULE, address: ADDRESS, reason: WHY, until: YYYY-MM-DD }]`",
+            );
+            return out;
+        };
+        for item in seq.iter() {
+            let Some(m) = self.mapping(item, "a waiver") else {
+                continue;
+            };
+            self.check_keys(m, &["rule", "address", "reason", "until"], "in a waiver");
+            let span = span_of_map(m);
+            let spanned = |this: &mut Self, key: &str| -> Option<Spanned<String>> {
+                let n = m.get_node(key)?;
+                let v = this.setting(m, key)?;
+                Some(Spanned::new(v, span_of(n)))
+            };
+            let rule = spanned(self, "rule");
+            let address = spanned(self, "address");
+            let reason = spanned(self, "reason");
+            let until =
+                spanned(self, "until").and_then(|u| {
+                    match chrono::NaiveDate::parse_from_str(&u.value, "%Y-%m-%d") {
+                        Ok(d) => Some(Spanned::new(d, u.span)),
+                        Err(_) => {
+                            self.d.error_help(
+                                u.span,
+                                format!("`until` `{}` is not a date", u.value),
+                                "write the last day the waiver holds as YYYY-MM-DD",
+                            );
+                            None
+                        }
+                    }
+                });
+            match (rule, reason) {
+                (Some(rule), Some(reason)) => out.push(super::Waiver {
+                    rule,
+                    address,
+                    reason: reason.value,
+                    until,
+                    span,
+                }),
+                (rule, _) => self.d.error_help(
+                    span,
+                    if rule.is_none() {
+                        "a waiver needs `rule`: the id of the finding it accepts"
+                    } else {
+                        "a waiver needs `reason`: why the finding is accepted"
+                    },
+                    "write `{ rule: RULE, reason: WHY }`, with `address:` to narrow it and `until: YYYY-MM-DD` to end it",
+                ),
             }
         }
         out

@@ -56,6 +56,35 @@ pub struct Stack {
     pub recovery: Recovery,
     /// Resources made outside the tool, adopted by the next apply.
     pub imports: Vec<ImportEntry>,
+    /// Findings of `check` the team accepted, each with its reason.
+    pub waivers: Vec<Waiver>,
+}
+
+/// `waivers: [{ rule: edge.waf, address: app.orchestrator, reason: ..., until: 2027-03-31 }]`:
+/// a finding of `check` accepted on purpose. Without `address` it covers
+/// the rule everywhere in the stack; after `until` it is a finding itself.
+#[derive(Debug, Clone)]
+pub struct Waiver {
+    pub rule: Spanned<String>,
+    pub address: Option<Spanned<String>>,
+    pub reason: String,
+    pub until: Option<Spanned<chrono::NaiveDate>>,
+    pub span: Span,
+}
+
+impl Waiver {
+    /// Whether the waiver covers a finding at `address` (a resource, or
+    /// everything under a component use or a `for_each`).
+    pub fn covers(&self, rule: &str, address: &str) -> bool {
+        self.rule.value == rule
+            && self.address.as_ref().is_none_or(|a| {
+                let a = a.value.as_str();
+                address == a
+                    || address
+                        .strip_prefix(a)
+                        .is_some_and(|rest| rest.starts_with('.') || rest.starts_with('['))
+            })
+    }
 }
 
 /// `import: [{ to: vpc, id: vpc-0abc }]`.
