@@ -609,3 +609,58 @@ fn the_rule_reference_is_current() {
         "regenerate with `ralph-deploy reference rules > docs/check-rules.md`"
     );
 }
+
+/// A team's own rules in Rego (docs/policies): `deny` is an error on the
+/// resource it names, waivable as `policy.NAME`; a package outside `ralph`
+/// and a syntax error are refused with the file's name.
+#[test]
+fn rego_policies_add_the_teams_own_rules() {
+    let stack = common::repo().join("stacks/aws-network.yaml");
+    let text = std::fs::read_to_string(&stack).unwrap();
+    let policies = common::repo().join("docs/policies");
+    let policy = policies.to_str().unwrap();
+    let (code, findings) = check(&stack, &["--env", "production", "--policy", policy], &[]);
+    assert_eq!(code, Some(1), "{findings:#?}");
+    let vpc_line = text.lines().position(|l| l == "  vpc:").unwrap() as u64 + 1;
+    assert_eq!(
+        of(&findings, "policy.tagging"),
+        vec![e("aws-network.yaml", vpc_line, "vpc")]
+    );
+    // Without the policy, nothing is found; with a waiver, it passes.
+    let (code, _) = check(&stack, &["--env", "production"], &[]);
+    assert_eq!(code, Some(0));
+    let dir = tempfile::tempdir().unwrap();
+    let waived = dir.path().join("aws-network.yaml");
+    std::fs::write(
+        &waived,
+        format!("{text}\nwaivers:\n  - {{ rule: policy.tagging, address: vpc, reason: tagged by the account's SCP }}\n"),
+    )
+    .unwrap();
+    let (code, findings) = check(&waived, &["--env", "production", "--policy", policy], &[]);
+    assert_eq!(code, Some(0), "{findings:#?}");
+    // Broken policies are refused, naming the file.
+    for (body, says) in [
+        (
+            "package other\nimport rego.v1\ndeny contains \"x\" if { true }\n",
+            "is not under `ralph`",
+        ),
+        ("package ralph.broken\ndeny contains if {\n", "broken.rego"),
+    ] {
+        let bad = dir.path().join("broken.rego");
+        std::fs::write(&bad, body).unwrap();
+        let out = std::process::Command::new(common::BIN)
+            .args([
+                "check",
+                stack.to_str().unwrap(),
+                "--env",
+                "production",
+                "--policy",
+            ])
+            .arg(&bad)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        let err = common::text(&out.stderr);
+        assert!(err.contains(says), "{err}");
+    }
+}

@@ -10,6 +10,7 @@
 //! reach production, and a team can waive a finding in the stack with a
 //! reason and a date.
 
+pub mod rego;
 mod rules;
 pub mod sarif;
 
@@ -172,7 +173,8 @@ pub fn rule(id: &str) -> Option<&'static Rule> {
 /// One finding: a rule that does not hold at one place of the stack.
 #[derive(Debug, Clone, Serialize)]
 pub struct Finding {
-    pub rule: &'static str,
+    /// A built-in rule's id, or `policy.NAME` for a Rego package's.
+    pub rule: String,
     pub severity: Severity,
     /// The resource (or `stack` for the stack as a whole).
     pub address: String,
@@ -285,11 +287,36 @@ impl<'a> Findings<'a> {
         self.add_as(rule, severity, address, span, message, help);
     }
 
+    /// A finding of a custom rule (a Rego package's `deny` or `warn`),
+    /// placed on its resource when it names one the stack declares.
+    fn add_custom(&mut self, c: rego::Custom) {
+        let address = c.address.unwrap_or_else(|| "stack".to_string());
+        let span = self
+            .stack
+            .resources
+            .get(&address)
+            .map_or(Span::default(), |r| r.span);
+        let help = format!("a rule of the team's policies (`{}`)", c.rule);
+        self.push(c.rule, c.severity, &address, span, c.message, help);
+    }
+
     /// A finding of another severity than its rule's (a support window
     /// that ends soon rather than one that has ended).
     pub(crate) fn add_as(
         &mut self,
         rule: &'static str,
+        severity: Severity,
+        address: &str,
+        span: Span,
+        message: impl Into<String>,
+        help: impl Into<String>,
+    ) {
+        self.push(rule.to_string(), severity, address, span, message, help);
+    }
+
+    fn push(
+        &mut self,
+        rule: String,
         severity: Severity,
         address: &str,
         span: Span,
@@ -316,15 +343,39 @@ impl<'a> Findings<'a> {
     }
 }
 
+/// The custom rules of a stack (its `policies:`, relative to the stack
+/// file) and of `check --policy`.
+pub fn policies(stack: &Stack, extra: &[std::path::PathBuf]) -> Result<rego::Policies, String> {
+    let base = stack.base_dir();
+    let paths: Vec<std::path::PathBuf> = stack
+        .policies
+        .iter()
+        .map(|p| base.join(&p.value))
+        .chain(extra.iter().cloned())
+        .collect();
+    rego::Policies::read(&paths)
+}
+
 /// Checks `stack` at `date` (support windows, waivers' ends); with `plan`,
-/// also what the plan would do.
-pub fn check(stack: &Stack, date: NaiveDate, plan: Option<&[(String, String, Action)]>) -> Report {
+/// also what the plan would do; with `policies`, the team's own rules too.
+/// Err: a policy that cannot be evaluated.
+pub fn check(
+    stack: &Stack,
+    date: NaiveDate,
+    plan: Option<&[(String, String, Action)]>,
+    policies: &rego::Policies,
+) -> Result<Report, String> {
     let mut f = Findings::new(stack);
     rules::all(stack, date, &mut f);
     if let Some(changes) = plan {
         rules::plan(stack, changes, &mut f);
     }
-    waivers(stack, date, &mut f);
+    if !policies.is_empty() {
+        for c in policies.eval(&rego::input(stack, date, plan))? {
+            f.add_custom(c);
+        }
+    }
+    waivers(stack, date, &policies.rules, &mut f);
     let mut findings = f.out;
     for finding in &mut findings {
         if finding.rule == "waivers.valid" {
@@ -334,7 +385,7 @@ pub fn check(stack: &Stack, date: NaiveDate, plan: Option<&[(String, String, Act
             .waivers
             .iter()
             .filter(|w| w.until.as_ref().is_none_or(|u| u.value >= date))
-            .find(|w| w.covers(finding.rule, &finding.address))
+            .find(|w| w.covers(&finding.rule, &finding.address))
         {
             finding.waived = Some(match &w.until {
                 Some(u) => format!("{} (until {})", w.reason, u.value),
@@ -343,20 +394,24 @@ pub fn check(stack: &Stack, date: NaiveDate, plan: Option<&[(String, String, Act
         }
     }
     findings.sort_by(|a, b| {
-        (&a.file, a.line, a.column, a.rule).cmp(&(&b.file, b.line, b.column, b.rule))
+        (&a.file, a.line, a.column, &a.rule).cmp(&(&b.file, b.line, b.column, &b.rule))
     });
     findings.dedup_by(|a, b| a.rule == b.rule && a.address == b.address && a.message == b.message);
-    Report {
+    Ok(Report {
         date: Some(date),
         findings,
-    }
+    })
 }
 
 /// Waivers that name no rule or no resource, or have ended.
-fn waivers(stack: &Stack, date: NaiveDate, f: &mut Findings) {
+fn waivers(stack: &Stack, date: NaiveDate, custom: &[String], f: &mut Findings) {
     for w in &stack.waivers {
-        if rule(&w.rule.value).is_none() {
-            let hint = crate::kinds::did_you_mean(&w.rule.value, RULES.iter().map(|r| r.id))
+        if rule(&w.rule.value).is_none() && !custom.contains(&w.rule.value) {
+            let known = RULES
+                .iter()
+                .map(|r| r.id)
+                .chain(custom.iter().map(String::as_str));
+            let hint = crate::kinds::did_you_mean(&w.rule.value, known)
                 .map(|s| format!("did you mean `{s}`? "))
                 .unwrap_or_default();
             f.add(
@@ -439,7 +494,8 @@ mod tests {
             ),
             ("vpc".to_string(), "aws.vpc".to_string(), Action::Replace),
         ];
-        let report = check(&stack, today, Some(&changes));
+        let none = rego::Policies::default();
+        let report = check(&stack, today, Some(&changes), &none).unwrap();
         let found: Vec<(&str, usize)> = report
             .findings
             .iter()
@@ -451,7 +507,7 @@ mod tests {
         assert_eq!(found, vec![("old", 1), ("db", db_line)]);
         assert!(report.blocking().any(|f| f.rule == "plan.replaces-data"));
         // Without a plan (check itself, a destroy) there is nothing to judge.
-        let report = check(&stack, today, None);
+        let report = check(&stack, today, None, &none).unwrap();
         assert!(report
             .findings
             .iter()

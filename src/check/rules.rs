@@ -42,7 +42,7 @@ pub(super) fn all(stack: &Stack, date: NaiveDate, f: &mut Findings) {
 
 /// A property as written, references kept as `${address.attribute}` text;
 /// the kind's default when it is not set.
-fn sym(r: &Resource, field: &str) -> Option<Json> {
+pub(super) fn sym(r: &Resource, field: &str) -> Option<Json> {
     match r.properties.get(field) {
         Some(p) => p
             .value

@@ -25,7 +25,12 @@ pub use crate::ops::EXIT_INTERRUPTED;
 pub async fn run(cmd: Command) -> anyhow::Result<i32> {
     let result = match cmd {
         Command::Validate { args, json } => validate(&args, json),
-        Command::Check { args, format, date } => check_cmd(&args, format, date),
+        Command::Check {
+            args,
+            format,
+            date,
+            policy,
+        } => check_cmd(&args, format, date, &policy),
         Command::Plan {
             args,
             json,
@@ -260,10 +265,14 @@ fn check_cmd(
     args: &StackArgs,
     format: super::CheckFormat,
     date: Option<chrono::NaiveDate>,
+    policy: &[PathBuf],
 ) -> Result<i32, CliError> {
     let s = args.session(format != super::CheckFormat::Text)?;
     let date = date.unwrap_or_else(|| chrono::Utc::now().date_naive());
-    let report = crate::check::check(&s.stack, date, None);
+    let policies =
+        crate::check::policies(&s.stack, policy).map_err(|e| CliError::Other(anyhow!(e)))?;
+    let report = crate::check::check(&s.stack, date, None, &policies)
+        .map_err(|e| CliError::Other(anyhow!(e)))?;
     match format {
         super::CheckFormat::Json => println!(
             "{}",
@@ -384,7 +393,7 @@ async fn plan_cmd(
     let report = if destroy {
         crate::check::Report::default()
     } else {
-        crate::ops::apply::findings(&s, &plan)
+        crate::ops::apply::findings(&s, &plan)?
     };
     print!(
         "{}",

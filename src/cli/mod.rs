@@ -285,6 +285,11 @@ pub enum Command {
         /// (YYYY-MM-DD; default: today): will the stack still pass then?
         #[arg(long, value_name = "DATE")]
         date: Option<chrono::NaiveDate>,
+        /// Custom rules in Rego beside the stack's own `policies:` (a .rego
+        /// file or a directory of them; repeatable): packages under
+        /// `ralph`, whose `deny` and `warn` rules give errors and warnings
+        #[arg(long, value_name = "PATH")]
+        policy: Vec<PathBuf>,
     },
     /// Show what apply would change
     Plan {

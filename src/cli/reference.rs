@@ -266,6 +266,16 @@ finding on purpose, with its reason and, best, an end date:\n\n\
 ```yaml\nwaivers:\n  - rule: edge.waf\n    address: app.orchestrator   # a resource, or everything under a component use\n    reason: Cloudflare fronts the host; its WAF is managed outside this stack\n    until: 2027-06-30           # after this day the finding counts again\n```\n\n\
 `check --date YYYY-MM-DD` judges support windows and waivers at another day; `--format sarif` writes \
 SARIF 2.1.0 for code scanning, `--format json` the findings as data.\n\n\
+## Custom rules in Rego\n\n\
+A team's own rules are Rego (Open Policy Agent) files, evaluated in-process: the stack's `policies:` \
+(files or directories, relative to the stack file) and `check --policy PATH`. A package under `ralph` \
+(`package ralph.tagging`) gives `deny` (errors) and `warn` (warnings) as sets of messages or of \
+`{\"msg\": ..., \"address\": ...}` objects; its findings are the rule `policy.tagging`, placed on the \
+resource named. The input is `{stack, environment, date, resources: {ADDRESS: {kind, properties, \
+protect, depends_on}}, changes: [{address, kind, action}]}`: properties as written, variables \
+substituted and references kept as `${address.attribute}`; `changes` only under `plan` and `apply`. \
+`docs/policies/` has two examples.\n\n\
+## Built-in rules\n\n\
 | Rule | Severity | What holds | Why |\n|---|---|---|---|\n",
     );
     for r in crate::check::RULES {

@@ -84,7 +84,7 @@ async fn work(
         return Ok(Outcome::NoChanges);
     }
     if !request.destroy {
-        let report = findings(s, &plan);
+        let report = findings(s, &plan)?;
         approver.findings(&report);
         let blocking: Vec<String> = report
             .blocking()
@@ -144,19 +144,23 @@ async fn work(
     })
 }
 
-/// `check` on the stack, with what `plan` would do, at today's date.
-pub fn findings(s: &Session, plan: &Plan) -> crate::check::Report {
+/// `check` on the stack, with what `plan` would do and the stack's own
+/// policies, at today's date.
+pub fn findings(s: &Session, plan: &Plan) -> Result<crate::check::Report, OpError> {
     let changes: Vec<(String, String, Action)> = plan
         .changes
         .iter()
         .map(|c| (c.address.clone(), c.kind.clone(), c.action))
         .collect();
     let today = chrono::Utc::now().date_naive();
+    let policies = crate::check::policies(&s.stack, &[]).map_err(OpError::refused)?;
     crate::check::check(
         &s.stack,
         today,
         (!plan.destroy).then_some(changes.as_slice()),
+        &policies,
     )
+    .map_err(|e| OpError::refused(format!("{e}. Nothing was changed")))
 }
 
 fn protected_violations(plan: &Plan) -> Vec<String> {

@@ -120,6 +120,11 @@ pub fn stack_schema(registry: &dyn Catalog) -> Json {
                            "properties": { "to": { "type": "string" }, "id": { "type": "string" } } }
             },
             "waivers": { "$ref": "#/$defs/waivers" },
+            "policies": {
+                "description": "custom rules for `check` in Rego: .rego files or directories, relative to the stack file",
+                "type": "array",
+                "items": { "type": "string", "minLength": 1 }
+            },
             "moved": {
                 "description": "state entries renamed instead of replaced",
                 "type": "array",

@@ -39,6 +39,7 @@ const TOP_KEYS: &[&str] = &[
     "import",
     "outputs",
     "waivers",
+    "policies",
 ];
 const ENV_KEYS: &[&str] = &["variables", "cloud", "resources", "waivers"];
 const RESOURCE_KEYS: &[&str] = &[
@@ -310,6 +311,7 @@ impl Loader {
         // add to the stack's.
         let mut waivers = self.waivers(top.get_node("waivers"));
         waivers.extend(self.waivers(overlay_node("waivers")));
+        let policies = self.policies(top.get_node("policies"));
 
         let mut outputs = BTreeMap::new();
         if let Some(map) = top
@@ -350,6 +352,7 @@ impl Loader {
             recovery,
             imports,
             waivers,
+            policies,
         })
     }
 
@@ -682,6 +685,33 @@ impl Loader {
             };
             if let (Some(to), Some(id)) = (get("to"), get("id")) {
                 out.push(super::ImportEntry { to, id });
+            }
+        }
+        out
+    }
+
+    /// The `policies:` list: paths of `.rego` files or directories.
+    fn policies(&mut self, node: Option<&Node>) -> Vec<Spanned<String>> {
+        let Some(node) = node else { return Vec::new() };
+        let Some(seq) = node.as_sequence() else {
+            self.d.error_help(
+                span_of(node),
+                "`policies` must be a list",
+                "write `policies: [policies/]`: .rego files or directories, relative to the stack file",
+            );
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for item in seq.iter() {
+            match item.as_scalar() {
+                Some(s) if !s.as_str().is_empty() => {
+                    out.push(Spanned::new(s.as_str().to_string(), span_of(item)))
+                }
+                _ => self.d.error_help(
+                    span_of(item),
+                    "a `policies` entry must be a path",
+                    "write a .rego file or a directory of them, relative to the stack file",
+                ),
             }
         }
         out

@@ -58,6 +58,9 @@ pub struct Stack {
     pub imports: Vec<ImportEntry>,
     /// Findings of `check` the team accepted, each with its reason.
     pub waivers: Vec<Waiver>,
+    /// Custom rules for `check`: `.rego` files or directories, relative to
+    /// the stack file.
+    pub policies: Vec<Spanned<String>>,
 }
 
 /// `waivers: [{ rule: edge.waf, address: app.orchestrator, reason: ..., until: 2027-03-31 }]`:
