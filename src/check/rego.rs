@@ -24,9 +24,10 @@ use crate::model::Action;
 use crate::stack::Stack;
 
 /// The policy files of one run, read and parsed once.
-#[derive(Debug, Default, Clone)]
+#[derive(Default, Clone)]
 pub struct Policies {
-    files: Vec<(PathBuf, String)>,
+    /// The parsed policies, cloned for each evaluation (no re-parsing).
+    engine: Option<regorus::Engine>,
     /// `policy.<package>` for every package the files declare.
     pub rules: Vec<String>,
 }
@@ -65,21 +66,21 @@ impl Policies {
                 rules.push(id);
             }
         }
-        Ok(Policies { files, rules })
+        Ok(Policies {
+            engine: (!files.is_empty()).then_some(engine),
+            rules,
+        })
     }
 
     pub fn is_empty(&self) -> bool {
-        self.files.is_empty()
+        self.engine.is_none()
     }
 
     /// Evaluates every package's `deny` and `warn` over the input.
     pub(super) fn eval(&self, input: &Json) -> Result<Vec<Custom>, String> {
-        let mut engine = regorus::Engine::new();
-        for (path, text) in &self.files {
-            engine
-                .add_policy(path.display().to_string(), text.clone())
-                .map_err(|e| format!("{}: {e}", path.display()))?;
-        }
+        let Some(mut engine) = self.engine.clone() else {
+            return Ok(Vec::new());
+        };
         let input = regorus::Value::from_json_str(&input.to_string()).map_err(|e| e.to_string())?;
         engine.set_input(input);
         let results = engine

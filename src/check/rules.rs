@@ -565,15 +565,6 @@ fn stores(stack: &Stack, f: &mut Findings) {
                 "set `storage_encrypted: true` (only possible when the instance is created)",
             );
         }
-        if flag(db, "deletion_protection") != Some(true) {
-            f.add(
-                "stores.deletion-protection",
-                a,
-                at(db, "deletion_protection"),
-                format!("`{a}` can be deleted by one API call"),
-                "set `deletion_protection: true`",
-            );
-        }
     }
     for db in of_kind(stack, "gcp.sql_instance") {
         let a = &db.address;
@@ -608,15 +599,6 @@ fn stores(stack: &Stack, f: &mut Findings) {
                     }
                 ),
                 "set `backup_retention` to 7 or more and `point_in_time_recovery: true`",
-            );
-        }
-        if flag(db, "deletion_protection") != Some(true) {
-            f.add(
-                "stores.deletion-protection",
-                a,
-                at(db, "deletion_protection"),
-                format!("`{a}` can be deleted by one API call"),
-                "set `deletion_protection: true`",
             );
         }
     }
@@ -675,6 +657,22 @@ fn stores(stack: &Stack, f: &mut Findings) {
                 at(cache, "transit_encryption"),
                 format!("`{a}` is reached without TLS"),
                 "set `transit_encryption: SERVER_AUTHENTICATION` and mount its `server_ca` in the pods (`redis_ca`)",
+            );
+        }
+    }
+    // Databases: the cloud's own deletion protection (both kinds have it).
+    let databases = of_kind(stack, "aws.rds_instance")
+        .filter(|r| is_primary(r))
+        .chain(of_kind(stack, "gcp.sql_instance"));
+    for db in databases {
+        if flag(db, "deletion_protection") != Some(true) {
+            let a = &db.address;
+            f.add(
+                "stores.deletion-protection",
+                a,
+                at(db, "deletion_protection"),
+                format!("`{a}` can be deleted by one API call"),
+                "set `deletion_protection: true`",
             );
         }
     }
