@@ -189,7 +189,7 @@ pub async fn run(cmd: Command) -> anyhow::Result<i32> {
             super::out::bytes(&out);
             Ok(EXIT_OK)
         }
-        Command::Fmt { paths, check } => fmt_cmd(&paths, check),
+        Command::Fmt { paths, check, diff } => fmt_cmd(&paths, check, diff),
         Command::Reference { page } => {
             let registry = crate::drivers::Registry::builtin();
             print!(
@@ -1191,9 +1191,12 @@ async fn db_partitions(args: &StackArgs, months_ahead: i32) -> Result<i32, CliEr
     Ok(EXIT_OK)
 }
 
-/// `fmt`: the YAML files under `paths`, formatted in place (or checked).
-fn fmt_cmd(paths: &[PathBuf], check: bool) -> Result<i32, CliError> {
-    fn collect(p: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+/// `fmt`: the stack and component files under `paths`, formatted in place
+/// (or checked). Files named on the command line are always read; a
+/// directory search takes only YAML files that are stack or component files
+/// and counts the rest as skipped.
+fn fmt_cmd(paths: &[PathBuf], check: bool, diff: bool) -> Result<i32, CliError> {
+    fn collect(p: &Path, named: bool, out: &mut Vec<(PathBuf, bool)>) -> std::io::Result<()> {
         if p.is_dir() {
             let mut entries: Vec<_> = std::fs::read_dir(p)?.collect::<Result<_, _>>()?;
             entries.sort_by_key(|e| e.file_name());
@@ -1205,29 +1208,45 @@ fn fmt_cmd(paths: &[PathBuf], check: bool) -> Result<i32, CliError> {
                 }
                 let path = e.path();
                 if path.is_dir() {
-                    collect(&path, out)?;
+                    collect(&path, false, out)?;
                 } else if name.ends_with(".yaml") || name.ends_with(".yml") {
-                    out.push(path);
+                    out.push((path, false));
                 }
             }
         } else {
-            out.push(p.to_path_buf());
+            out.push((p.to_path_buf(), named));
         }
         Ok(())
     }
     let mut files = Vec::new();
     for p in paths {
-        collect(p, &mut files).with_context(|| format!("reading {}", p.display()))?;
+        collect(p, true, &mut files).with_context(|| format!("reading {}", p.display()))?;
     }
-    let (mut unformatted, mut refused) = (0, 0);
-    for f in &files {
+    let (mut checked, mut unformatted, mut refused, mut skipped) = (0, 0, 0, 0);
+    for (f, named) in &files {
         let text = crate::files::read_text_bounded(f, 4 << 20)
             .with_context(|| format!("reading {}", f.display()))?;
+        if !named && !crate::stack::fmt::is_stack_or_component(&text) {
+            skipped += 1;
+            continue;
+        }
+        checked += 1;
         match crate::stack::fmt::format(&text) {
             Ok(formatted) if formatted == text => {}
             Ok(formatted) => {
                 unformatted += 1;
-                println!("{}", f.display());
+                if diff {
+                    let name = f.display().to_string();
+                    print!(
+                        "{}",
+                        similar::TextDiff::from_lines(&text, &formatted)
+                            .unified_diff()
+                            .context_radius(2)
+                            .header(&name, &name)
+                    );
+                } else {
+                    println!("{}", f.display());
+                }
                 if !check {
                     crate::state::local::atomic_write(f, formatted.as_bytes())
                         .with_context(|| format!("writing {}", f.display()))?;
@@ -1239,10 +1258,23 @@ fn fmt_cmd(paths: &[PathBuf], check: bool) -> Result<i32, CliError> {
             }
         }
     }
+    let other = match skipped {
+        0 => String::new(),
+        n => format!("; {n} other YAML file(s) skipped (not stack or component files)"),
+    };
+    let verdict = match (check, unformatted) {
+        (_, 0) => "all formatted".to_string(),
+        (true, n) => format!("{n} not formatted (run `ralph-deploy fmt`)"),
+        (false, n) => format!("{n} reformatted"),
+    };
+    let unread = match refused {
+        0 => String::new(),
+        n => format!(", {n} left as they are (see above)"),
+    };
+    eprintln!("{checked} stack and component file(s): {verdict}{unread}{other}.");
     Ok(if refused > 0 {
         EXIT_ERROR
     } else if check && unformatted > 0 {
-        eprintln!("{unformatted} file(s) are not formatted: run `ralph-deploy fmt`");
         3
     } else {
         EXIT_OK

@@ -429,13 +429,19 @@ pub enum Command {
     /// keeping comments, order and quoting; a file whose meaning would
     /// change is left as it is
     Fmt {
-        /// Files, or directories to search for *.yaml and *.yml
+        /// Files, or directories to search for stack and component files
+        /// (*.yaml and *.yml with `resources` or `components`; other YAML,
+        /// such as workflows and manifests, is skipped)
         #[arg(default_value = ".")]
         paths: Vec<PathBuf>,
         /// Change nothing: list the files that are not formatted and exit 3
         /// when there are any (for CI)
         #[arg(long)]
         check: bool,
+        /// Print what would change as a unified diff (instead of the file
+        /// names); with --check, change nothing
+        #[arg(long)]
+        diff: bool,
     },
     /// Print a reference page in Markdown, as docs/ has it: `commands`
     /// (every command and option) or `stack` (every kind's properties and

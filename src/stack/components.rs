@@ -83,8 +83,21 @@ impl Loader {
         for d in declared {
             for (each, addr) in d.instances {
                 self.scope.each = each;
-                if let Some(r) = self.resource(d.key, d.map, registry, addr) {
-                    self.out.insert(r.address.clone(), r);
+                let before = self.d.problems.len();
+                match self.resource(d.key, d.map, registry, addr.clone()) {
+                    Some(r) if self.d.problems.len() == before => {
+                        self.out.insert(r.address.clone(), r);
+                    }
+                    Some(r) => {
+                        // Loaded with problems (a value that did not read):
+                        // its other properties are still checked, but not
+                        // for what is missing.
+                        self.partial.incomplete.insert(r.address.clone());
+                        self.out.insert(r.address.clone(), r);
+                    }
+                    None => {
+                        self.partial.unloaded.insert(addr);
+                    }
                 }
             }
             self.scope.each = None;
@@ -105,6 +118,11 @@ impl Loader {
         self.check_keys(map, RESOURCE_KEYS, &format!("in resource `{name}`"));
         if let Some(enabled) = map.get_node("enabled") {
             if !self.boolean(enabled, "enabled")? {
+                // Still a name here: a reference to it is told it is
+                // disabled, not that it does not exist.
+                self.scope
+                    .names
+                    .insert(name.to_string(), Name::Disabled);
                 return None;
             }
         }
@@ -832,6 +850,14 @@ impl Loader {
             None
         };
         match name {
+            Name::Disabled => bad(
+                self,
+                format!(
+                    "resource `{full}` is disabled (`enabled: false`) in environment `{}`",
+                    self.environment
+                ),
+                "disable what refers to it in this environment too, or enable it",
+            ),
             Name::Pending => bad(
                 self,
                 format!("component `{head}` is not expanded yet"),
@@ -1018,6 +1044,8 @@ impl Loader {
                 keys.iter().map(|k| address::instance(&full, k)).collect()
             }
             Some(Name::Component { addresses, .. }) => addresses.clone(),
+            // Waiting for what is disabled here is waiting for nothing.
+            Some(Name::Disabled) => Vec::new(),
             _ => vec![full],
         }
     }

@@ -12,6 +12,17 @@
 //! value as the original. When it does not (a layout this does not
 //! understand), the file is left as it is and the caller is told why.
 
+/// Whether `text` is a stack or component file (a YAML mapping with
+/// `resources` or `components`): what `fmt` formats when it searches a
+/// directory, leaving workflows, manifests and templates alone.
+pub fn is_stack_or_component(text: &str) -> bool {
+    matches!(
+        serde_yaml_ng::from_str::<serde_yaml_ng::Value>(text),
+        Ok(serde_yaml_ng::Value::Mapping(m))
+            if m.contains_key("resources") || m.contains_key("components")
+    )
+}
+
 /// Formats `text`. `Err` names why the file is left as it is.
 pub fn format(text: &str) -> Result<String, String> {
     let lines: Vec<&str> = text.lines().collect();

@@ -83,11 +83,13 @@ pub struct LoadOptions {
     pub env_variables: Vec<(String, String)>,
 }
 
-pub fn load(
+/// Loads what can be loaded: the stack (when its outline reads), every
+/// problem found, and what was left out because of them.
+pub fn load_partial(
     path: &Path,
     options: &LoadOptions,
     registry: &dyn Catalog,
-) -> Result<Stack, Diagnostics> {
+) -> (Option<Stack>, Diagnostics, Partial) {
     let text = match crate::files::read_text_bounded(path, MAX_FILE_BYTES) {
         Ok(t) => t,
         Err(e) => {
@@ -108,7 +110,7 @@ pub fn load(
                 format!("cannot read the stack file: {e}"),
                 help,
             );
-            return Err(d);
+            return (None, d, Partial::default());
         }
     };
     let source: Arc<str> = Arc::from(text.as_str());
@@ -119,7 +121,7 @@ pub fn load(
             format!("the file nests more than {MAX_DEPTH} levels deep"),
             "flatten the structure",
         );
-        return Err(d);
+        return (None, d, Partial::default());
     }
     let root = match marked_yaml::parse_yaml_with_options(
         0,
@@ -131,7 +133,7 @@ pub fn load(
         Ok(root) => root,
         Err(e) => {
             report_load_error(&mut d, e);
-            return Err(d);
+            return (None, d, Partial::default());
         }
     };
     let Some(top) = root.as_mapping() else {
@@ -139,7 +141,7 @@ pub fn load(
             span_of(&root),
             "a stack file must be a mapping with `name` and `resources`",
         );
-        return Err(d);
+        return (None, d, Partial::default());
     };
     let mut loader = Loader {
         d,
@@ -155,13 +157,10 @@ pub fn load(
             ..Scope::default()
         },
         out: BTreeMap::new(),
+        partial: Partial::default(),
     };
     let stack = loader.stack(path, top, options, registry);
-    let d = loader.d;
-    match stack {
-        Some(stack) if d.is_empty() => Ok(stack),
-        _ => Err(d.sorted()),
-    }
+    (stack, loader.d, loader.partial)
 }
 
 struct Loader {
@@ -173,6 +172,21 @@ struct Loader {
     scope: Scope,
     /// Every resource instance, by its full address.
     out: BTreeMap<String, Resource>,
+    /// What did not load whole, so that validation of the rest (run in the
+    /// same pass) says nothing more about it.
+    partial: Partial,
+}
+
+/// The resources a load with problems left out or read in part: `validate`
+/// still checks the rest of the file, and stays silent about these where it
+/// would only repeat the load's problem in other words.
+#[derive(Debug, Clone, Default)]
+pub struct Partial {
+    /// Declared, but not loaded (an unknown kind, no `kind`, not a mapping).
+    pub unloaded: std::collections::BTreeSet<String>,
+    /// Loaded, but some property did not read (a bad reference or
+    /// expression): no "needs the property" for these.
+    pub incomplete: std::collections::BTreeSet<String>,
 }
 
 /// The stack file, or one instance of a component use, while it is read.
@@ -206,6 +220,8 @@ enum Name {
     },
     /// A component use not expanded yet.
     Pending,
+    /// A resource with `enabled: false` in this environment.
+    Disabled,
 }
 
 impl Loader {

@@ -227,8 +227,16 @@ impl Stack {
         options: &LoadOptions,
         catalog: &dyn Catalog,
     ) -> Result<Stack, Diagnostics> {
-        let stack = load::load(path, options, catalog)?;
-        validate::validate(&stack)?;
-        Ok(stack)
+        // One pass reports everything: what the load found, and what
+        // validation finds in the rest of the file.
+        let (stack, mut d, partial) = load::load_partial(path, options, catalog);
+        if let Some(stack) = &stack {
+            d.problems
+                .extend(validate::validate_partial(stack, &partial).problems);
+        }
+        match stack {
+            Some(stack) if d.is_empty() => Ok(stack),
+            _ => Err(d.sorted()),
+        }
     }
 }

@@ -8,6 +8,7 @@ use ipnet::Ipv4Net;
 
 use super::diag::{Diagnostics, Span};
 use super::expr::{Expr, SExpr};
+use super::load::Partial;
 use super::{Resource, Stack};
 use crate::kinds::{did_you_mean, Field, Ty};
 
@@ -26,15 +27,21 @@ pub const RULES: &[&str] = &[
     "`moved` entries lead to a declared address and do not rename one still declared; `import` names a declared resource.",
 ];
 
-pub fn validate(stack: &Stack) -> Result<(), Diagnostics> {
+/// Every problem of a stack whose load found problems of its own: the
+/// resources it left out (`partial`) are neither checked nor reported
+/// missing, so one mistake is reported once.
+pub fn validate_partial(stack: &Stack, partial: &Partial) -> Diagnostics {
     let mut d = Diagnostics::with_files(stack.files.clone());
     for r in stack.resources.values() {
-        resource(stack, r, &mut d);
+        resource(stack, r, partial, &mut d);
     }
     for o in stack.outputs.values() {
         let mut refs = Vec::new();
         o.value.collect_references(&mut refs);
         for (reference, span) in refs {
+            if partial.unloaded.contains(&reference.address) {
+                continue;
+            }
             check_reference(
                 stack,
                 None,
@@ -69,21 +76,20 @@ pub fn validate(stack: &Stack) -> Result<(), Diagnostics> {
     if let Err(cycle) = stack.graph() {
         let first = stack.resources.get(&cycle.members[0]);
         let span = first.map(|r| r.span).unwrap_or_default();
-        d.error_help(
+            d.error_help(
             span,
             format!("dependency cycle: {}", cycle.describe()),
             "break the cycle: remove a `depends_on` entry or a reference between these resources",
         );
     }
-    if d.is_empty() {
-        Ok(())
-    } else {
-        Err(d.sorted())
-    }
+    d
 }
 
-fn resource(stack: &Stack, r: &Resource, d: &mut Diagnostics) {
+fn resource(stack: &Stack, r: &Resource, partial: &Partial, d: &mut Diagnostics) {
     let kind = r.kind;
+    // A misspelt property is one problem: its did-you-mean names the
+    // property that is then not reported missing.
+    let mut suggested = std::collections::BTreeSet::new();
     for (name, p) in &r.properties {
         match kind.field(name) {
             Some(f) => value(stack, r, f, &f.ty, &p.value, d),
@@ -100,7 +106,10 @@ fn resource(stack: &Stack, r: &Resource, d: &mut Diagnostics) {
             ),
             None => {
                 let hint = match did_you_mean(name, kind.fields.iter().map(|f| f.name)) {
-                    Some(s) => format!("did you mean `{s}`?"),
+                    Some(s) => {
+                        suggested.insert(s);
+                        format!("did you mean `{s}`?")
+                    }
                     None => format!(
                         "{} takes: {}",
                         kind.kind,
@@ -122,10 +131,12 @@ fn resource(stack: &Stack, r: &Resource, d: &mut Diagnostics) {
             }
         }
     }
+    let incomplete = partial.incomplete.contains(&r.address);
     for f in kind
         .fields
         .iter()
-        .filter(|f| f.required && f.default.is_none())
+        .filter(|f| f.required && f.default.is_none() && !incomplete)
+        .filter(|f| !suggested.contains(f.name))
     {
         if !r.properties.contains_key(f.name) {
             d.error_help(
@@ -138,7 +149,7 @@ fn resource(stack: &Stack, r: &Resource, d: &mut Diagnostics) {
             );
         }
     }
-    if !kind.exactly_one_of.is_empty() {
+    if !kind.exactly_one_of.is_empty() && !incomplete {
         let set: Vec<&str> = kind
             .exactly_one_of
             .iter()
@@ -207,6 +218,7 @@ fn resource(stack: &Stack, r: &Resource, d: &mut Diagnostics) {
     for dep in &r.depends_on {
         if dep.value == r.address {
             d.error(dep.span, format!("`{}` depends on itself", r.address));
+        } else if partial.unloaded.contains(&dep.value) {
         } else if !stack.resources.contains_key(&dep.value) {
             let hint = did_you_mean(&dep.value, stack.resources.keys().map(|s| s.as_str()))
                 .map(|s| format!("did you mean `{s}`?"))
@@ -222,6 +234,9 @@ fn resource(stack: &Stack, r: &Resource, d: &mut Diagnostics) {
         }
     }
     for (reference, span) in r.references() {
+        if partial.unloaded.contains(&reference.address) {
+            continue;
+        }
         check_reference(
             stack,
             Some(r),
