@@ -144,7 +144,19 @@ pub async fn run(cmd: Command) -> anyhow::Result<i32> {
             command: DbCommand::Partitions { args, months_ahead },
         } => db_partitions(&args, months_ahead).await,
         Command::Import { args, address, id } => import_cmd(&args, &address, &id).await,
-        Command::Completions { shell } => {
+        Command::Completions { shell: None } => {
+            use clap::ValueEnum;
+            let shells: Vec<String> = clap_complete::Shell::value_variants()
+                .iter()
+                .filter_map(|s| s.to_possible_value().map(|v| v.get_name().to_string()))
+                .collect();
+            eprintln!(
+                "error: name the shell to complete for: {}. For example `ralph-deploy completions bash > /etc/bash_completion.d/ralph-deploy`",
+                shells.join(", ")
+            );
+            Ok(2)
+        }
+        Command::Completions { shell: Some(shell) } => {
             let mut cmd = <super::Cli as clap::CommandFactory>::command();
             let mut out = Vec::new();
             clap_complete::generate(shell, &mut cmd, "ralph-deploy", &mut out);
@@ -639,15 +651,43 @@ impl Approver for Terminal {
     }
 }
 
+/// Whether an option's value came from the environment variable `var`
+/// rather than from one of `flags` on the command line (clap reads both
+/// into one field): a message then names what the user really set.
+fn from_environment(var: &str, value: &str, flags: &[&str]) -> bool {
+    let on_command_line = std::env::args().any(|a| {
+        flags
+            .iter()
+            .any(|f| a == *f || a.starts_with(&format!("{f}=")) || (f.len() == 2 && a.starts_with(f)))
+    });
+    !on_command_line && std::env::var(var).is_ok_and(|v| v == value)
+}
+
 /// Reads and verifies a saved plan, and refuses what the plan already fixes.
 fn saved_plan(args: &StackArgs, destroy: bool) -> Result<PlanFile, CliError> {
     let file = saved::read(&args.stack).map_err(|e| CliError::Other(e.into()))?;
     let plan = &file.plan;
     // (The same environment, from RALPH_DEPLOY_ENV in a CI job, is no conflict.)
     if let Some(env) = args.env.as_ref().filter(|e| **e != plan.environment) {
+        if from_environment("RALPH_DEPLOY_ENV", env, &["--env", "-e"]) {
+            return Err(CliError::Other(anyhow!(
+                "RALPH_DEPLOY_ENV={env} is set, but this saved plan is for environment `{}`. Nothing was changed. Apply the plan with RALPH_DEPLOY_ENV unset (or set to `{}`), or make a plan for `{env}`",
+                plan.environment,
+                plan.environment
+            )));
+        }
         return Err(CliError::Other(anyhow!(
             "--env {env} cannot be used with a saved plan: the plan fixes its environment (`{}`). Nothing was changed. Drop --env, or make a plan for `{env}` with `ralph-deploy plan --env {env} --out FILE`",
             plan.environment
+        )));
+    }
+    if args.vars.is_empty()
+        && !args.var_files.is_empty()
+        && std::env::var("RALPH_DEPLOY_VAR_FILE").is_ok_and(|v| !v.is_empty())
+        && !std::env::args().any(|a| a.starts_with("--var-file"))
+    {
+        return Err(CliError::Other(anyhow!(
+            "RALPH_DEPLOY_VAR_FILE is set, but a saved plan fixes its variables. Nothing was changed. Apply the plan with RALPH_DEPLOY_VAR_FILE unset, or make a new plan with that file"
         )));
     }
     if !args.vars.is_empty() || !args.var_files.is_empty() {
@@ -852,9 +892,22 @@ async fn state_cmd(cmd: StateCommand) -> Result<i32, CliError> {
         }
         StateCommand::List { args } => {
             let s = args.session(false)?;
-            let (state, _) = read_state(&s).await?;
+            let (state, existed) = read_state(&s).await?;
             for (address, r) in &state.resources {
                 println!("{address}\t{}\t{}", r.kind, r.id);
+            }
+            // Nothing listed is an answer too, said on stderr so that the
+            // list stays empty for scripts.
+            if !existed {
+                eprintln!(
+                    "There is no state at {} yet: nothing has been applied for this stack and environment (run `ralph-deploy apply`, or point --state at the store the applies use).",
+                    s.backend.describe()
+                );
+            } else if state.resources.is_empty() {
+                eprintln!(
+                    "The state at {} records no resources (serial {}): everything was destroyed, or nothing applied yet.",
+                    s.backend.describe(), state.serial
+                );
             }
             Ok(EXIT_OK)
         }

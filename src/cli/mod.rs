@@ -51,13 +51,12 @@ pub struct StackArgs {
         value_delimiter = ','
     )]
     pub var_files: Vec<PathBuf>,
-    /// Where the embedded state backend keeps state files
-    #[arg(
-        long,
-        env = "RALPH_DEPLOY_STATE_DIR",
-        default_value = ".ralph-deploy/state"
-    )]
-    pub state_dir: PathBuf,
+    /// Where the embedded state backend keeps state files [default:
+    /// .ralph-deploy/state at the root of the stack file's repository (the
+    /// nearest directory above it with .git), else beside the stack file:
+    /// the same state from whatever directory the command runs in]
+    #[arg(long, env = "RALPH_DEPLOY_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
     /// A shared state store instead of local files: s3://bucket/prefix
     /// (credentials from the AWS chain) or postgres://user@host/db (password
     /// from PGPASSWORD). Set RALPH_DEPLOY_STATE_KEY to encrypt.
@@ -319,6 +318,7 @@ pub enum Command {
         select: SelectArgs,
     },
     /// Make the changes: from a stack file (plans first) or a saved plan file
+    #[command(mut_arg("stack", |a| a.value_name("STACK|PLANFILE").help("The stack file (a plan is made and shown first), or a plan saved by `plan --out FILE`")))]
     Apply {
         #[command(flatten)]
         args: StackArgs,
@@ -362,6 +362,7 @@ pub enum Command {
         run: RunArgs,
     },
     /// Delete everything the stack manages, dependents first
+    #[command(mut_arg("stack", |a| a.value_name("STACK|PLANFILE").help("The stack file, or a plan saved by `plan --destroy --out FILE`")))]
     Destroy {
         #[command(flatten)]
         args: StackArgs,
@@ -415,7 +416,7 @@ pub enum Command {
     /// as _ralph-deploy; fish: ~/.config/fish/completions/ralph-deploy.fish)
     Completions {
         /// bash, zsh, fish, elvish or powershell
-        shell: clap_complete::Shell,
+        shell: Option<clap_complete::Shell>,
     },
     /// Print the manual page (roff): `ralph-deploy man > ralph-deploy.1`
     Man,
@@ -685,7 +686,16 @@ pub fn main() -> i32 {
         // A usage error, as clap's own.
         return 2;
     }
-    let cli = Cli::parse_from(args);
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            if let Some(message) = other_tools_spelling(&e) {
+                eprintln!("error: {message}");
+                return 2;
+            }
+            e.exit()
+        }
+    };
     let filter =
         tracing_subscriber::EnvFilter::try_from_env("RALPH_DEPLOY_LOG").unwrap_or_else(|_| {
             // Only this tool's own warnings: the libraries' log lines
@@ -727,6 +737,32 @@ pub fn main() -> i32 {
             EXIT_ERROR
         }
     }
+}
+
+/// Options other tools spell differently (`apply --yes`, `--dry-run`): the
+/// spelling that works here, instead of clap's tip about `-- --yes`.
+fn other_tools_spelling(e: &clap::Error) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if e.kind() != ErrorKind::UnknownArgument {
+        return None;
+    }
+    let Some(ContextValue::String(arg)) = e.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    let name = arg.split('=').next().unwrap_or(arg);
+    let instead = match name {
+        "--yes" | "-y" | "--assume-yes" | "--force" | "--approve" => {
+            "write `--auto-approve` (apply, destroy, deploy, rollback and failover take it)"
+        }
+        "--dry-run" | "--check" | "--diff" => {
+            "to see what would change without changing it, run `ralph-deploy plan STACK`"
+        }
+        "--environment" | "--workspace" => "write `--env NAME` (or set RALPH_DEPLOY_ENV)",
+        "--var-file=" | "--vars-file" | "--values" | "-f" => "write `--var-file FILE`",
+        "--output" | "-o" => "write `--out FILE` (plan) or `--format json` / `--json`",
+        _ => return None,
+    };
+    Some(format!("unexpected argument `{arg}`: {instead}. Nothing was done"))
 }
 
 /// Terraform habits spell long options with one dash (`-out=prod.plan`,
@@ -813,14 +849,49 @@ impl StackArgs {
     /// Loads and validates the stack; on problems prints them and fails.
     pub(crate) fn session(&self, json: bool) -> Result<Session, CliError> {
         let options = self.load_options().map_err(CliError::Other)?;
-        let location = match &self.state {
-            Some(url) => crate::ops::StateLocation::Url(url.clone()),
-            None => crate::ops::StateLocation::Dir(self.state_dir.clone()),
+        let location = match (&self.state, &self.state_dir) {
+            (Some(url), _) => crate::ops::StateLocation::Url(url.clone()),
+            (None, Some(dir)) => crate::ops::StateLocation::Dir(dir.clone()),
+            (None, None) => {
+                crate::ops::StateLocation::Dir(crate::state::local::default_dir(&self.stack))
+            }
         };
         let mut s = Session::load(&self.stack, &options, &location).map_err(|e| match e {
             crate::ops::LoadError::Stack(d) => CliError::Invalid(*d, json),
             crate::ops::LoadError::State(e) => CliError::Other(anyhow::anyhow!(e)),
         })?;
+        if let (None, None, crate::ops::StateLocation::Dir(dir)) =
+            (&self.state, &self.state_dir, &location)
+        {
+            // Before, the default was relative to the current directory: a
+            // state left there for this stack is named, not silently
+            // replaced by a second, empty one.
+            let here = std::path::Path::new(".ralph-deploy/state");
+            let same = |a: &std::path::Path, b: &std::path::Path| {
+                std::fs::canonicalize(a).ok() == std::fs::canonicalize(b).ok()
+            };
+            let old = here.join(&s.stack.name).join(&s.stack.environment);
+            if old.join("state.json").exists() && !same(here, dir) {
+                let new = dir.join(&s.stack.name).join(&s.stack.environment);
+                let fix = if new.exists() {
+                    "compare the two and keep one".to_string()
+                } else {
+                    format!(
+                        "if the older one is what your applies used, move it there first: mkdir -p {} && mv {} {}",
+                        dir.join(&s.stack.name).display(),
+                        old.display(),
+                        new.display()
+                    )
+                };
+                eprintln!(
+                    "warning: stack `{}` environment `{}` has a state at {} (relative to the current directory), but this stack's state is at {} (found from the stack file, whatever the current directory): {fix}",
+                    s.stack.name,
+                    s.stack.environment,
+                    old.display(),
+                    new.display(),
+                );
+            }
+        }
         s.lock_timeout = self.lock_timeout;
         Ok(s)
     }

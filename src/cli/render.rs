@@ -70,8 +70,8 @@ pub fn plan_text(plan: &Plan, style: Style) -> String {
                 6,
                 &a.name,
                 before,
-                a.after.as_ref(),
-                a.after.is_some(),
+                a.after.as_ref().or(a.partial.as_ref()),
+                a.after.is_some() || a.partial.is_some(),
                 note,
             ) {
                 out.push_str(&line);
@@ -229,8 +229,8 @@ pub fn plan_markdown(plan: &Plan) -> String {
                 0,
                 &a.name,
                 before,
-                a.after.as_ref(),
-                a.after.is_some(),
+                a.after.as_ref().or(a.partial.as_ref()),
+                a.after.is_some() || a.partial.is_some(),
                 note,
             ) {
                 // diff colouring keys on the first column: + added, - removed, ! changed.

@@ -38,6 +38,11 @@ pub struct AttrChange {
     #[serde(default, deserialize_with = "present")]
     pub after: Option<Json>,
     pub forces_replace: bool,
+    /// When `after` is unknown as a whole: the value with what is known of
+    /// it (each rule's port and range), and a `{"$unknown": "a.attr"}`
+    /// marker where a part waits for another resource. For display only.
+    #[serde(default, rename = "after_partial")]
+    pub partial: Option<Json>,
 }
 
 /// A field that is present is known, even when it is `null`.
@@ -56,6 +61,9 @@ impl Serialize for AttrChange {
             None => m.serialize_entry("after_unknown", &true)?,
         }
         m.serialize_entry("forces_replace", &self.forces_replace)?;
+        if let Some(p) = &self.partial {
+            m.serialize_entry("after_partial", p)?;
+        }
         m.end()
     }
 }
@@ -298,6 +306,8 @@ impl Plan {
         };
         for ch in &self.changes {
             match ch.action {
+                // Adopted as it is: counted once, as adopted.
+                Action::NoOp if ch.adopt => {}
                 Action::NoOp => c.unchanged += 1,
                 Action::Create => c.create += 1,
                 Action::Update => c.update += 1,
@@ -494,6 +504,17 @@ pub fn diff(
                 .filter(|d| stack.resources.contains_key(d))
                 .collect(),
         );
+        // A list or map unknown as a whole is still shown in its known parts.
+        for a in change.attributes.iter_mut().filter(|a| a.after.is_none()) {
+            if let Some(p) = r.properties.get(&a.name) {
+                let partial = p.value.evaluate_partial(&lookup);
+                if matches!(partial, Json::Array(_) | Json::Object(_))
+                    && crate::stack::expr::partly_known(&partial)
+                {
+                    a.partial = Some(partial);
+                }
+            }
+        }
         // `--replace`: an existing resource is replaced although nothing
         // forces it (a resource to create is simply created).
         if matches!(change.action, Action::NoOp | Action::Update)
@@ -618,6 +639,7 @@ fn diff_one(
                     before: None,
                     after: v.clone(),
                     forces_replace: false,
+                    partial: None,
                 })
                 .collect(),
             reason,
@@ -675,6 +697,7 @@ fn diff_one(
                 before: have,
                 after: want.clone(),
                 forces_replace: f.replace,
+                partial: None,
             });
         }
     }
@@ -686,6 +709,7 @@ fn diff_one(
                 before: current.attrs.get("tags").cloned(),
                 after: want.clone(),
                 forces_replace: false,
+                partial: None,
             });
         }
     }
@@ -698,6 +722,7 @@ fn diff_one(
             before: current.attrs.get(crate::drivers::STATUS_ATTR).cloned(),
             after: Some(Json::String("ready".into())),
             forces_replace: false,
+            partial: None,
         });
     }
     let forcing: Vec<&str> = attributes

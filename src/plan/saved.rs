@@ -285,6 +285,7 @@ mod tests {
                 before: Some(Json::String("10.0.0.0/16".into())),
                 after: Some(Json::String("10.1.0.0/16".into())),
                 forces_replace: true,
+                partial: None,
             }],
             reason: None,
             adopt: false,

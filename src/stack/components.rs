@@ -120,9 +120,7 @@ impl Loader {
             if !self.boolean(enabled, "enabled")? {
                 // Still a name here: a reference to it is told it is
                 // disabled, not that it does not exist.
-                self.scope
-                    .names
-                    .insert(name.to_string(), Name::Disabled);
+                self.scope.names.insert(name.to_string(), Name::Disabled);
                 return None;
             }
         }

@@ -92,15 +92,23 @@ pub struct Problem {
     /// The source around it holds a secret: never shown as a snippet.
     #[serde(skip)]
     pub redact: bool,
+    /// About the file as a whole (it cannot be read): shown without a
+    /// position, which would point at nothing.
+    #[serde(skip)]
+    pub whole_file: bool,
 }
 
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}:{}:{}: {}",
-            self.file, self.line, self.column, self.message
-        )?;
+        if self.whole_file {
+            write!(f, "{}: {}", self.file, self.message)?;
+        } else {
+            write!(
+                f,
+                "{}:{}:{}: {}",
+                self.file, self.line, self.column, self.message
+            )?;
+        }
         if let Some(via) = &self.via {
             write!(f, " (in {via})")?;
         }
@@ -186,6 +194,15 @@ impl Diagnostics {
         }
     }
 
+    /// A problem with the file as a whole: it cannot be read.
+    pub fn file_error(&mut self, message: impl Into<String>, help: impl Into<String>) {
+        self.push(Span::default(), message.into(), Some(help.into()));
+        if let Some(p) = self.problems.last_mut() {
+            p.redact = true;
+            p.whole_file = true;
+        }
+    }
+
     fn push(&mut self, span: Span, message: String, help: Option<String>) {
         // A message quotes what the user wrote; a hostile file can make that
         // huge. Keep messages readable whatever the input.
@@ -206,6 +223,7 @@ impl Diagnostics {
             via: file.via.clone(),
             span,
             redact: false,
+            whole_file: false,
         });
     }
 

@@ -188,6 +188,60 @@ impl SExpr {
     }
 }
 
+/// The key of the marker [`SExpr::evaluate_partial`] puts where a value is
+/// known only after apply: `{"$unknown": "nodes_sg.id"}`.
+pub const UNKNOWN_MARKER: &str = "$unknown";
+
+impl SExpr {
+    /// Like [`SExpr::evaluate`], but a value that is not known yet stays a
+    /// marker naming what it waits for, and the rest of a list or map is
+    /// still given: a plan shows every rule's port and range although one
+    /// field of each is known only after apply.
+    pub fn evaluate_partial(&self, lookup: &dyn Fn(&Reference) -> Option<Json>) -> Json {
+        let unknown = |what: String| {
+            let mut m = serde_json::Map::new();
+            m.insert(UNKNOWN_MARKER.into(), Json::String(what));
+            Json::Object(m)
+        };
+        match &self.expr {
+            Expr::List(items) => {
+                Json::Array(items.iter().map(|i| i.evaluate_partial(lookup)).collect())
+            }
+            Expr::Map(entries) => Json::Object(
+                entries
+                    .iter()
+                    .map(|(k, v)| (k.value.clone(), v.evaluate_partial(lookup)))
+                    .collect(),
+            ),
+            _ => self.evaluate(lookup).unwrap_or_else(|| {
+                let mut refs = Vec::new();
+                self.collect_references(&mut refs);
+                let names: Vec<String> = refs
+                    .iter()
+                    .map(|(r, _)| format!("{}.{}", r.address, r.attribute))
+                    .collect();
+                unknown(names.join(", "))
+            }),
+        }
+    }
+}
+
+/// Whether `v` (from [`SExpr::evaluate_partial`]) has anything known in it
+/// beyond markers.
+pub fn partly_known(v: &Json) -> bool {
+    match v {
+        Json::Object(_) if is_unknown(v) => false,
+        Json::Object(m) => m.values().any(partly_known) || m.is_empty(),
+        Json::Array(a) => a.iter().any(partly_known) || a.is_empty(),
+        _ => true,
+    }
+}
+
+/// Whether `v` is the marker of a value known only after apply.
+pub fn is_unknown(v: &Json) -> bool {
+    matches!(v, Json::Object(m) if m.len() == 1 && m.get(UNKNOWN_MARKER).is_some_and(Json::is_string))
+}
+
 /// How a value reads when interpolated into a string.
 pub use crate::model::json_to_text;
 

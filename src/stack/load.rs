@@ -105,11 +105,7 @@ pub fn load_partial(
                     "stack files are YAML text in UTF-8; check that the path names the stack file"
                 }
             };
-            d.error_no_snippet(
-                Span::default(),
-                format!("cannot read the stack file: {e}"),
-                help,
-            );
+            d.file_error(format!("cannot read the stack file: {e}"), help);
             return (None, d, Partial::default());
         }
     };

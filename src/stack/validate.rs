@@ -76,7 +76,7 @@ pub fn validate_partial(stack: &Stack, partial: &Partial) -> Diagnostics {
     if let Err(cycle) = stack.graph() {
         let first = stack.resources.get(&cycle.members[0]);
         let span = first.map(|r| r.span).unwrap_or_default();
-            d.error_help(
+        d.error_help(
             span,
             format!("dependency cycle: {}", cycle.describe()),
             "break the cycle: remove a `depends_on` entry or a reference between these resources",

@@ -195,6 +195,30 @@ impl LocalBackend {
 }
 
 /// Temp file in the same directory, fsync, rename, fsync the directory.
+/// Where local state lives when no --state-dir is given: `.ralph-deploy/state`
+/// at the root of the stack file's repository, else beside the stack file.
+/// So the state follows the stack, not the directory a command runs in.
+/// Shown relative to the current directory when it is below it.
+pub fn default_dir(stack_file: &Path) -> PathBuf {
+    const DIR: &str = ".ralph-deploy/state";
+    let Ok(abs) = fs::canonicalize(stack_file) else {
+        // Not there: the load says so; the state is never reached.
+        return PathBuf::from(DIR);
+    };
+    let base = super::repository_root(&abs)
+        .or_else(|| abs.parent())
+        .unwrap_or(Path::new("/"));
+    let dir = base.join(DIR);
+    match std::env::current_dir()
+        .ok()
+        .and_then(|cwd| fs::canonicalize(cwd).ok())
+        .and_then(|cwd| dir.strip_prefix(cwd).ok().map(Path::to_path_buf))
+    {
+        Some(rel) if !rel.as_os_str().is_empty() => rel,
+        _ => dir,
+    }
+}
+
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     // A bare file name has "" as its parent: that is the current directory.
     let dir = match path.parent() {

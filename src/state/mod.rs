@@ -47,16 +47,15 @@ pub fn stack_file_identity(path: &std::path::Path) -> String {
     let Ok(abs) = std::fs::canonicalize(path) else {
         return path.display().to_string();
     };
-    let mut dir = abs.parent();
-    while let Some(d) = dir {
-        if d.join(".git").exists() {
-            if let Ok(rel) = abs.strip_prefix(d) {
-                return rel.display().to_string();
-            }
-        }
-        dir = d.parent();
+    match repository_root(&abs).and_then(|root| abs.strip_prefix(root).ok()) {
+        Some(rel) => rel.display().to_string(),
+        None => abs.display().to_string(),
     }
-    abs.display().to_string()
+}
+
+/// The nearest directory above `file` (an absolute path) that holds `.git`.
+pub fn repository_root(file: &std::path::Path) -> Option<&std::path::Path> {
+    file.ancestors().skip(1).find(|d| d.join(".git").exists())
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
