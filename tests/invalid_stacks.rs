@@ -495,6 +495,7 @@ fn the_committed_schemas_are_the_binarys() {
         ),
         ("docs/commands.md", vec!["reference", "commands"]),
         ("docs/stack-reference.md", vec!["reference", "stack"]),
+        ("docs/language.md", vec!["reference", "language"]),
     ] {
         let out = std::process::Command::new(BIN)
             .args(&args)

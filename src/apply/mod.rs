@@ -533,6 +533,7 @@ pub async fn apply(
         }
         None => st.outputs.clear(),
     }
+    st.applied_plan = Some(plan.created_at);
     st.serial += 1;
     backend.write(&st).await?;
     report.requests = cx.request_count() - requests_before;

@@ -210,6 +210,7 @@ pub async fn run(cmd: Command) -> anyhow::Result<i32> {
                     super::ReferencePage::Commands => super::reference::commands(),
                     super::ReferencePage::Stack => super::reference::stack(&registry),
                     super::ReferencePage::Rules => super::reference::rules(),
+                    super::ReferencePage::Language => super::reference::language(),
                 }
             );
             Ok(EXIT_OK)
@@ -419,13 +420,18 @@ async fn plan_cmd(
         let bytes = saved::to_bytes(&file).map_err(|e| CliError::Other(e.into()))?;
         crate::state::local::atomic_write(path, &bytes)
             .with_context(|| format!("writing the plan to {}", path.display()))?;
-        if !json {
-            println!(
-                "Saved the plan to {}. Apply exactly this plan with: ralph-deploy {} {}",
-                path.display(),
-                if destroy { "destroy" } else { "apply" },
-                path.display()
-            );
+        // On stderr unless the plan is for people on a terminal: stdout
+        // is the document (`--format markdown > comment.md`, JSON).
+        let note = format!(
+            "Saved the plan to {}. Apply exactly this plan with: ralph-deploy {} {}",
+            path.display(),
+            if destroy { "destroy" } else { "apply" },
+            path.display()
+        );
+        if format == super::PlanFormat::Text {
+            println!("{note}");
+        } else {
+            eprintln!("{note}");
         }
     }
     Ok(if detailed && plan.has_changes() {
@@ -656,9 +662,9 @@ impl Approver for Terminal {
 /// into one field): a message then names what the user really set.
 fn from_environment(var: &str, value: &str, flags: &[&str]) -> bool {
     let on_command_line = std::env::args().any(|a| {
-        flags
-            .iter()
-            .any(|f| a == *f || a.starts_with(&format!("{f}=")) || (f.len() == 2 && a.starts_with(f)))
+        flags.iter().any(|f| {
+            a == *f || a.starts_with(&format!("{f}=")) || (f.len() == 2 && a.starts_with(f))
+        })
     });
     !on_command_line && std::env::var(var).is_ok_and(|v| v == value)
 }
@@ -1064,16 +1070,25 @@ async fn status_cmd(args: &StackArgs, json: bool) -> Result<i32, CliError> {
     let cx = s.context(Arc::new(Silent));
     let reports = crate::ops::status::status(&s, &cx).await?;
     let healthy = reports.iter().all(|r| r.checks.iter().all(|c| c.healthy));
+    let nothing = reports.is_empty().then(|| {
+        format!(
+            "Nothing to check: {} declares no kubernetes.orchestrator, no kubernetes.manifests and no recovery.rpo (status checks the orchestrator's pods and its stores, the add-ons' workloads, and the age of the last backup).",
+            s.stack.path.display()
+        )
+    });
     if json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "stack": s.stack.name,
-                "environment": s.stack.environment,
-                "healthy": healthy,
-                "services": reports,
-            })
-        );
+        let mut doc = serde_json::json!({
+            "stack": s.stack.name,
+            "environment": s.stack.environment,
+            "healthy": healthy,
+            "services": reports,
+        });
+        if let Some(n) = &nothing {
+            doc["note"] = serde_json::Value::String(n.clone());
+        }
+        println!("{doc}");
+    } else if let Some(n) = &nothing {
+        println!("{n}");
     } else {
         for r in &reports {
             println!("{}:", r.address);

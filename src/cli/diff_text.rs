@@ -113,7 +113,8 @@ fn key(k: &str) -> String {
 }
 
 fn is_container(v: &Json) -> bool {
-    matches!(v, Json::Object(m) if !m.is_empty() && !crate::stack::expr::is_unknown(v)) || matches!(v, Json::Array(a) if !a.is_empty())
+    matches!(v, Json::Object(m) if !m.is_empty() && !crate::stack::expr::is_unknown(v))
+        || matches!(v, Json::Array(a) if !a.is_empty())
 }
 
 /// Pushes `text` as lines at `indent`: a long string is wrapped with its

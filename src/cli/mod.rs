@@ -234,6 +234,8 @@ pub enum ReferencePage {
     Stack,
     /// The rules of `check`
     Rules,
+    /// The stack language: keys, expressions, functions, types
+    Language,
 }
 
 #[derive(Copy, Clone, Debug, ValueEnum)]
@@ -762,7 +764,9 @@ fn other_tools_spelling(e: &clap::Error) -> Option<String> {
         "--output" | "-o" => "write `--out FILE` (plan) or `--format json` / `--json`",
         _ => return None,
     };
-    Some(format!("unexpected argument `{arg}`: {instead}. Nothing was done"))
+    Some(format!(
+        "unexpected argument `{arg}`: {instead}. Nothing was done"
+    ))
 }
 
 /// Terraform habits spell long options with one dash (`-out=prod.plan`,

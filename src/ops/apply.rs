@@ -198,6 +198,20 @@ async fn checked_saved_plan(
     }
     let current_lineage = existed.then(|| state.lineage.clone());
     let current_serial = if existed { state.serial } else { 0 };
+    if existed
+        && state.applied_plan == Some(plan.created_at)
+        && plan
+            .state_lineage
+            .as_ref()
+            .is_none_or(|l| *l == state.lineage)
+    {
+        return Err(OpError::refused(format!(
+            "this saved plan (made {}) was applied already: the state at {} went from serial {} to {current_serial} since. Nothing was changed. To see whether anything changed since, run `ralph-deploy plan`",
+            plan.created_at.format("%Y-%m-%d %H:%M:%S UTC"),
+            s.backend.describe(),
+            plan.state_serial
+        )));
+    }
     if plan.state_lineage.is_none() && current_lineage.is_some() {
         return Err(OpError::refused(format!(
             "the saved plan is stale: it was made before the state at {} existed, and another run has written it since (serial {current_serial}); run `ralph-deploy plan --out` again",

@@ -25,7 +25,7 @@ const MAX_FILE_BYTES: usize = 16 << 20;
 /// Deeper nesting is refused: no stack needs it, and hostile input must fail fast.
 const MAX_DEPTH: usize = 48;
 
-const TOP_KEYS: &[&str] = &[
+pub(super) const TOP_KEYS: &[&str] = &[
     "name",
     "description",
     "cloud",
@@ -41,8 +41,8 @@ const TOP_KEYS: &[&str] = &[
     "waivers",
     "policies",
 ];
-const ENV_KEYS: &[&str] = &["variables", "cloud", "resources", "waivers"];
-const RESOURCE_KEYS: &[&str] = &[
+pub(super) const ENV_KEYS: &[&str] = &["variables", "cloud", "resources", "waivers"];
+pub(super) const RESOURCE_KEYS: &[&str] = &[
     "kind",
     "properties",
     "depends_on",
@@ -53,7 +53,7 @@ const RESOURCE_KEYS: &[&str] = &[
     "for_each",
 ];
 /// At the top of a component file.
-const COMPONENT_KEYS: &[&str] = &[
+pub(super) const COMPONENT_KEYS: &[&str] = &[
     "description",
     "inputs",
     "resources",
@@ -61,14 +61,14 @@ const COMPONENT_KEYS: &[&str] = &[
     "outputs",
 ];
 /// In a use of a component.
-const USE_KEYS: &[&str] = &["source", "inputs", "for_each", "depends_on", "description"];
+pub(super) const USE_KEYS: &[&str] = &["source", "inputs", "for_each", "depends_on", "description"];
 /// Component inputs take these types, and `any` (a reference's type is known
 /// only to the kind it comes from).
-const INPUT_TYPES: &[&str] = &["string", "number", "bool", "list", "map", "any"];
+pub(super) const INPUT_TYPES: &[&str] = &["string", "number", "bool", "list", "map", "any"];
 /// Components may use components this deep.
 const MAX_COMPONENT_DEPTH: usize = 8;
 const VARIABLE_KEYS: &[&str] = &["type", "default", "description"];
-const VARIABLE_TYPES: &[&str] = &["string", "number", "bool", "list", "map"];
+pub(super) const VARIABLE_TYPES: &[&str] = &["string", "number", "bool", "list", "map"];
 const OUTPUT_KEYS: &[&str] = &["value", "description"];
 
 /// What the command line adds to a stack file.

@@ -11,6 +11,7 @@ pub mod expr;
 pub mod fmt;
 pub mod functions;
 pub mod json_schema;
+pub mod language;
 mod load;
 pub mod syntax;
 pub(crate) mod validate;

@@ -38,6 +38,10 @@ pub struct State {
     /// path with the same `name:` is told that it manages these resources.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stack_file: Option<String>,
+    /// The last plan an apply carried out (when it was made), so that the
+    /// same saved plan applied again is told so, not called stale.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_plan: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// How a stack file is named in the state: its path relative to the root
@@ -149,6 +153,7 @@ impl State {
             resources: BTreeMap::new(),
             outputs: BTreeMap::new(),
             stack_file: None,
+            applied_plan: None,
         }
     }
 
