@@ -110,9 +110,21 @@ KC
 }
 
 stop() {
-  local k="$1/kube"
+  local k="$1/kube" pids=() pid i
   for p in node-sim scheduler controller-manager apiserver authenticator etcd; do
-    [ -f "$k/$p.pid" ] && kill "$(cat "$k/$p.pid")" 2>/dev/null || true
+    if [ -f "$k/$p.pid" ]; then
+      pid="$(cat "$k/$p.pid")"
+      kill "$pid" 2>/dev/null && pids+=("$pid")
+    fi
+  done
+  # Return only once they are gone (a port or etcd's data directory is
+  # free for the next start); whatever still runs after 10 s is killed.
+  for pid in "${pids[@]}"; do
+    for i in $(seq 100); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -9 "$pid" 2>/dev/null || true
   done
 }
 
