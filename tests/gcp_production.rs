@@ -145,6 +145,63 @@ async fn gcp_production_end_to_end() {
         kube::Api::namespaced(client, &name);
     let d = deploys.get("ralph-orchestrator").await.unwrap();
     assert_eq!(d.status.clone().unwrap().available_replicas, Some(3));
+
+    // The edge: GKE's own Ingress controller serves class `gce` (the local
+    // Kubernetes plays it where the pods run on GKE nodes), with a
+    // Google-managed certificate and an HTTPS redirect; `status` checks
+    // that the Ingress has an address and the certificate is Active.
+    let edge = |w: &World| -> Value {
+        let out = w.run("status", &["--json"]);
+        let report: Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|_| panic!("{}{}", text(&out.stdout), text(&out.stderr)));
+        report["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|s| s["checks"].as_array().unwrap().clone())
+            .find(|c| c["check"] == "edge")
+            .unwrap_or_else(|| panic!("no edge check: {report}"))
+    };
+    let mut served = Value::Null;
+    for _ in 0..50 {
+        served = edge(&w);
+        if served["healthy"] == true {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert_eq!(served["healthy"], true, "{served}");
+    assert!(
+        served["detail"]
+            .as_str()
+            .unwrap()
+            .contains("certificate ralph-orchestrator-cert Active"),
+        "{served}"
+    );
+    // Before, the stack rendered an nginx-class Ingress that nothing on GKE
+    // serves: it never gets an address, and `status` says so.
+    w.edit("      ingress_class: gce\n", "      ingress_class: nginx\n");
+    let (out, _) = apply(&w, &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let mut unserved = Value::Null;
+    for _ in 0..50 {
+        unserved = edge(&w);
+        if unserved["healthy"] == false {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert_eq!(unserved["healthy"], false, "{unserved}");
+    assert!(
+        unserved["detail"]
+            .as_str()
+            .unwrap()
+            .contains("no controller serves Ingress class `nginx`"),
+        "{unserved}"
+    );
+    w.edit("      ingress_class: nginx\n", "      ingress_class: gce\n");
+    let (out, _) = apply(&w, &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
     // They became ready because the double's network model admits their
     // stores: DATABASE_URL and REDIS_URL (from their Secret) name Cloud SQL's
     // and Memorystore's private addresses, which a VPC-native cluster on the

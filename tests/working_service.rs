@@ -98,6 +98,9 @@ async fn the_pods_credentials_log_in_to_postgres_and_redis_and_a_rotation_replac
             pg_proxy.port().to_string(),
         ),
         ("RALPH_DEPLOY_VAR_database_name", db.clone()),
+        // No public host: this is about the stores; nothing here serves an
+        // Ingress (`status` would rightly report the edge unserved).
+        ("RALPH_DEPLOY_VAR_ingress_host", String::new()),
         ("RALPH_DEPLOY_VAR_database_ssl_mode", "disable".to_string()),
         (
             "RALPH_DEPLOY_VAR_database_admin_url",

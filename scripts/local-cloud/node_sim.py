@@ -1145,6 +1145,76 @@ def summary(status):
     return (status.get("phase"), tuple(ready), json.dumps(waits))
 
 
+def ingress_class(ing):
+    """spec.ingressClassName, or the older annotation GKE still reads."""
+    return ((ing.get("spec") or {}).get("ingressClassName")
+            or (ing["metadata"].get("annotations") or {}).get("kubernetes.io/ingress.class") or "")
+
+
+SERVES = "local-cloud/serves"
+
+
+def serves(pods, nodes, ing):
+    """Whether something serves this Ingress: for class `gce`, GKE's own
+    controller (on by default), so where its namespace's pods run on GKE
+    nodes; for another class, a running controller pod that takes
+    `--ingress-class=CLASS`. The local Kubernetes is shared by every stack
+    under test, each standing for a cluster of its own: a stand-in
+    controller labelled `local-cloud/serves: STACK-ENVIRONMENT` serves only
+    that stack's Ingresses (a real controller, unlabelled, serves all)."""
+    meta = ing["metadata"]
+    cls = ingress_class(ing)
+    if cls == "gce":
+        gke = {n["metadata"]["name"] for n in nodes
+               if "cloud.google.com/gke-nodepool" in (n["metadata"].get("labels") or {})}
+        return any(p["metadata"]["namespace"] == meta["namespace"] and p["spec"].get("nodeName") in gke
+                   for p in pods)
+    labels = meta.get("labels") or {}
+    owner = "%s-%s" % (labels.get("ralph-deploy.io/stack"), labels.get("ralph-deploy.io/environment"))
+    for p in pods:
+        if (p.get("status") or {}).get("phase") != "Running" or p["metadata"].get("deletionTimestamp"):
+            continue
+        scope = (p["metadata"].get("labels") or {}).get(SERVES)
+        if scope is not None and scope != owner:
+            continue
+        for c in p["spec"].get("containers", []):
+            if "--ingress-class=" + cls in (c.get("args") or []) + (c.get("command") or []):
+                return True
+    return False
+
+
+def serve_ingresses(call, pods):
+    """Play the Ingress controllers: an address for each Ingress something
+    serves (none otherwise), and GKE's ManagedCertificates Active once
+    their Ingress has one."""
+    nodes = call("GET", "/api/v1/nodes")["items"]
+    merge = "application/merge-patch+json"
+    for ing in call("GET", "/apis/networking.k8s.io/v1/ingresses")["items"]:
+        meta = ing["metadata"]
+        ns, name = meta["namespace"], meta["name"]
+        cls = ingress_class(ing)
+        want = [{"ip": "127.0.0.1"}] if serves(pods, nodes, ing) else []
+        have = ((ing.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
+        if have != want:
+            call("PATCH", "/apis/networking.k8s.io/v1/namespaces/%s/ingresses/%s/status" % (ns, name),
+                 {"status": {"loadBalancer": {"ingress": want or None}}}, merge)
+        if cls != "gce":
+            continue
+        names = (meta.get("annotations") or {}).get("networking.gke.io/managed-certificates") or ""
+        for cert in [c.strip() for c in names.split(",") if c.strip()]:
+            path = "/apis/networking.gke.io/v1/namespaces/%s/managedcertificates/%s" % (ns, cert)
+            try:
+                mc = call("GET", path)
+            except urllib.error.HTTPError:
+                continue  # not made yet, or no GKE CRDs
+            status = "Active" if want else "Provisioning"
+            if (mc.get("status") or {}).get("certificateStatus") == status:
+                continue
+            call("PATCH", path + "/status", {"status": {
+                "certificateName": "mcrt-" + cert, "certificateStatus": status,
+                "domainStatus": [{"domain": d, "status": status} for d in mc["spec"].get("domains", [])]}}, merge)
+
+
 def main():
     server, token = read_kubeconfig(sys.argv[1])
     start_kubelet()
@@ -1185,6 +1255,7 @@ def main():
     configmap = cached("configmaps", lambda v: v)
 
     threading.Thread(target=keep_nodes, args=(call,), daemon=True).start()
+    rounds = 0
     while True:
         try:
             pods = call("GET", "/api/v1/pods")["items"]
@@ -1217,6 +1288,9 @@ def main():
                     continue
                 call("PATCH", "/api/v1/namespaces/%s/pods/%s/status" % (meta["namespace"], meta["name"]),
                      {"status": want}, "application/merge-patch+json")
+            rounds += 1
+            if rounds % 5 == 0:
+                serve_ingresses(call, pods)
         except Exception as e:  # the API server restarts, a pod went away
             print("node simulator: %s" % e, file=sys.stderr, flush=True)
         time.sleep(0.2)

@@ -826,7 +826,9 @@ fn orchestrators(stack: &Stack, f: &mut Findings) {
             _ => {}
         }
         if text(app, "ingress_host").is_some_and(|h| !h.is_empty()) {
-            if !manifests_mention(stack, "issuer") {
+            // GKE's own controller takes a Google-managed certificate.
+            let managed = text(app, "ingress_class").as_deref() == Some("gce");
+            if !managed && !manifests_mention(stack, "issuer") {
                 f.add(
                     "edge.tls",
                     a,

@@ -104,6 +104,21 @@ pub async fn check(
         format!("service {namespace}/{name}, GET /health"),
         timed(health(&client, namespace, name)).await,
     ));
+    if let Some(host) = props
+        .get("ingress_host")
+        .and_then(Json::as_str)
+        .filter(|h| !h.is_empty())
+    {
+        let class = props
+            .get("ingress_class")
+            .and_then(Json::as_str)
+            .unwrap_or("nginx");
+        out.push(probe(
+            "edge",
+            format!("ingress {namespace}/{name}, https://{host}"),
+            timed(edge(&client, namespace, name, class)).await,
+        ));
+    }
     let env = match pod_environment(&client, namespace, name).await {
         Ok(env) => env,
         Err(e) => {
@@ -161,6 +176,72 @@ fn redacted(url: &str) -> String {
             u.to_string()
         }
         Err(_) => "(not a url)".into(),
+    }
+}
+
+/// The Ingress is served: a controller of its class gave it an address,
+/// and (GKE's own controller) its Google-managed certificate is active.
+async fn edge(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+    class: &str,
+) -> Result<String, String> {
+    use k8s_openapi::api::networking::v1::Ingress;
+    let ing = match Api::<Ingress>::namespaced(client.clone(), namespace)
+        .get(name)
+        .await
+    {
+        Ok(i) => i,
+        Err(e) if is_not_found(&e) => return Err("the Ingress does not exist".into()),
+        Err(e) => return Err(format!("reading the Ingress: {e}")),
+    };
+    let address = ing
+        .status
+        .and_then(|s| s.load_balancer)
+        .and_then(|lb| lb.ingress)
+        .and_then(|i| i.into_iter().next())
+        .and_then(|i| i.ip.or(i.hostname));
+    let Some(address) = address else {
+        return Err(if class == "gce" {
+            "GKE's Ingress controller has given it no address yet (a new load balancer takes a few minutes)".into()
+        } else {
+            format!("no controller serves Ingress class `{class}`: it has no address. Install one with the stack's `cluster_addons` (on GKE, `ingress_class: gce` is GKE's own controller)")
+        });
+    };
+    if class != "gce" {
+        return Ok(format!("served at {address} (class {class})"));
+    }
+    let cert = format!("{name}-cert");
+    let api: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        namespace,
+        &kube::api::ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk(
+            "networking.gke.io",
+            "v1",
+            "ManagedCertificate",
+        )),
+    );
+    let status = match api.get(&cert).await {
+        Ok(o) => o.data["status"]["certificateStatus"]
+            .as_str()
+            .unwrap_or("not reported yet")
+            .to_string(),
+        Err(e) if is_not_found(&e) => {
+            return Err(format!(
+                "served at {address}, but the ManagedCertificate {cert} does not exist"
+            ))
+        }
+        Err(e) => return Err(format!("reading the ManagedCertificate {cert}: {e}")),
+    };
+    if status == "Active" {
+        Ok(format!(
+            "served at {address} by GKE's load balancer, certificate {cert} Active"
+        ))
+    } else {
+        Err(format!(
+            "served at {address}, but certificate {cert} is {status} (Google provisions it once the host's DNS points at that address)"
+        ))
     }
 }
 

@@ -271,6 +271,8 @@ pub async fn discover(cx: &Context, client: &kube::Client) -> Result<ApiVersions
         pdb: pick(&["policy/v1", "policy/v1beta1"])?,
         cronjob,
         prometheus_operator: served.contains("monitoring.coreos.com/v1"),
+        gke_ingress: served.contains("networking.gke.io/v1")
+            && served.contains("networking.gke.io/v1beta1"),
     })
 }
 
@@ -339,6 +341,10 @@ pub fn managed_kinds(api: &ApiVersions) -> Vec<(String, &'static str)> {
         ("networking.k8s.io/v1".into(), "Ingress"),
         (api.cronjob.clone(), "CronJob"),
     ];
+    if api.gke_ingress {
+        kinds.push(("networking.gke.io/v1".into(), "ManagedCertificate"));
+        kinds.push(("networking.gke.io/v1beta1".into(), "FrontendConfig"));
+    }
     if api.prometheus_operator {
         kinds.push(("monitoring.coreos.com/v1".into(), "PrometheusRule"));
         kinds.push(("monitoring.coreos.com/v1".into(), "ServiceMonitor"));

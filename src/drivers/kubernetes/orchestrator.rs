@@ -170,7 +170,7 @@ static SCHEMA: KindSchema = KindSchema {
         Field::new("ingress_host", Ty::String, "the public host name; when set, an Ingress with TLS is made"),
         Field::new("node_selector", Ty::StringMap, "labels of the nodes the pods run on (their node group: EKS `eks.amazonaws.com/nodegroup`, GKE `cloud.google.com/gke-nodepool`)"),
         Field::new("service_account_annotations", Ty::StringMap, "annotations of the pods' ServiceAccount: the cloud identity they act as (GKE: iam.gke.io/gcp-service-account: EMAIL; EKS: eks.amazonaws.com/role-arn: ARN)"),
-        Field::new("ingress_class", Ty::String, "the IngressClass").default("\"nginx\""),
+        Field::new("ingress_class", Ty::String, "the Ingress's class: `gce` is GKE's own controller (an external Application Load Balancer with a Google-managed certificate, an HTTPS redirect and container-native load balancing; nothing to install); any other class is served by the controller the stack installs, with the certificate from cert-manager's `tls_issuer` (`nginx` adds ingress-nginx's redirect and rate limits)").default("\"nginx\""),
         Field::new("tls_issuer", Ty::String, "the cert-manager ClusterIssuer").default("\"letsencrypt-prod\""),
         Field::new("ingress_namespace", Ty::String, "the ingress controller's namespace, the only source of traffic the NetworkPolicy admits").default("\"ingress-nginx\""),
         Field::new("monitoring_namespace", Ty::String, "the namespace of the Prometheus that scrapes the pods: the NetworkPolicy admits it on the metrics port").default("\"monitoring\""),
@@ -700,6 +700,19 @@ async fn deploy(
     }
     // One discovery serves the release, a rollback and the read-back.
     let api = discover(cx, &client).await?;
+    let gce = props.get("ingress_class").and_then(Json::as_str) == Some("gce");
+    if gce
+        && !api.gke_ingress
+        && props
+            .get("ingress_host")
+            .and_then(Json::as_str)
+            .is_some_and(|h| !h.is_empty())
+    {
+        return Err(DriverError::new(format!(
+            "{}: ingress_class `gce` is GKE's own Ingress controller, but this cluster does not serve networking.gke.io (ManagedCertificate, FrontendConfig): it is not a GKE cluster. Set ingress_class to the class of the controller the stack installs",
+            want.address
+        )));
+    }
     let next = prepare(cx, &api, want.owner, want.address, &props, running).await?;
     let outcome = roll_out(cx, &client, want.owner, want.address, &next, timeout).await;
     let failure = match outcome {

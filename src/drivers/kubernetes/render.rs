@@ -60,6 +60,14 @@ pub const TEMPLATES: &[(&str, &str)] = &[
         include_str!("../../../templates/ingress.yaml"),
     ),
     (
+        "managedcertificate.yaml",
+        include_str!("../../../templates/managedcertificate.yaml"),
+    ),
+    (
+        "frontendconfig.yaml",
+        include_str!("../../../templates/frontendconfig.yaml"),
+    ),
+    (
         "cronjob.yaml",
         include_str!("../../../templates/cronjob.yaml"),
     ),
@@ -102,6 +110,9 @@ pub struct ApiVersions {
     /// alert rules and scraping go in as PrometheusRule and ServiceMonitor,
     /// else as a ConfigMap holding the rule file and the scrape config.
     pub prometheus_operator: bool,
+    /// GKE's networking.gke.io (ManagedCertificate, FrontendConfig) is
+    /// served: the `gce` Ingress class can have its certificate and redirect.
+    pub gke_ingress: bool,
 }
 
 impl ApiVersions {
@@ -112,6 +123,7 @@ impl ApiVersions {
             pdb: "policy/v1".into(),
             cronjob: "batch/v1".into(),
             prometheus_operator: false,
+            gke_ingress: false,
         }
     }
 }
@@ -796,6 +808,67 @@ mod tests {
         .expect("render")
     }
 
+    /// GKE's own controller: no IngressClass, TLS or cert-manager; a
+    /// Google-managed certificate, the HTTPS redirect, NEGs on the Service,
+    /// and the NetworkPolicy open to Google's front ends on the app port.
+    #[test]
+    fn the_gce_class_is_served_by_gkes_own_load_balancer() {
+        let objs = objects(
+            props(serde_json::json!({"ingress_host": "ralph.example.com", "ingress_class": "gce"})),
+            ApiVersions::modern(),
+        );
+        let get = |kind: &str| {
+            objs.iter()
+                .find(|o| o.kind() == kind)
+                .unwrap_or_else(|| panic!("no {kind}"))
+                .object
+                .clone()
+        };
+        let ing = get("Ingress");
+        let notes = &ing["metadata"]["annotations"];
+        assert_eq!(notes["kubernetes.io/ingress.class"], "gce");
+        assert_eq!(
+            notes["networking.gke.io/managed-certificates"],
+            "ralph-orchestrator-cert"
+        );
+        assert_eq!(
+            notes["networking.gke.io/v1beta1.FrontendConfig"],
+            "ralph-orchestrator"
+        );
+        assert!(notes.get("cert-manager.io/cluster-issuer").is_none());
+        assert!(ing["spec"].get("tls").is_none() && ing["spec"].get("ingressClassName").is_none());
+        let cert = get("ManagedCertificate");
+        assert_eq!(
+            cert["spec"]["domains"],
+            serde_json::json!(["ralph.example.com"])
+        );
+        assert_eq!(
+            get("FrontendConfig")["spec"]["redirectToHttps"]["enabled"],
+            true
+        );
+        assert_eq!(
+            get("Service")["metadata"]["annotations"]["cloud.google.com/neg"],
+            "{\"ingress\": true}"
+        );
+        let np = get("NetworkPolicy");
+        assert_eq!(
+            np["spec"]["ingress"][0]["from"][1]["ipBlock"]["cidr"],
+            "35.191.0.0/16"
+        );
+        assert_eq!(np["spec"]["ingress"][0]["ports"][0]["port"], 8080);
+        // Other classes keep cert-manager's certificate and make no GKE objects.
+        let objs = objects(
+            props(serde_json::json!({"ingress_host": "ralph.example.com"})),
+            ApiVersions::modern(),
+        );
+        assert!(objs
+            .iter()
+            .all(|o| o.kind() != "ManagedCertificate" && o.kind() != "FrontendConfig"));
+        let ing = &objs.iter().find(|o| o.kind() == "Ingress").unwrap().object;
+        assert_eq!(ing["spec"]["ingressClassName"], "nginx");
+        assert!(ing["metadata"]["annotations"]["cert-manager.io/cluster-issuer"].is_string());
+    }
+
     /// Egress admits the ports the store URLs name (Memorystore with TLS on
     /// 6378), and ingress admits the scrape on the metrics port.
     #[test]
@@ -970,6 +1043,7 @@ mod tests {
             pdb: "policy/v1beta1".into(),
             cronjob: "batch/v1beta1".into(),
             prometheus_operator: false,
+            gke_ingress: false,
         };
         let objs = objects(props(serde_json::json!({"network_policy": false})), old);
         assert!(objs
