@@ -2324,3 +2324,59 @@ async fn an_add_on_with_pods_is_degraded_until_the_cluster_has_nodes() {
         .await;
     }
 }
+
+/// `scripts/kube.sh stop` returns only once the local Kubernetes is gone
+/// (before, it returned while the API server was still shutting down, and a
+/// start right after could meet its ports and etcd's data in use).
+#[test]
+fn kube_sh_stop_returns_once_its_processes_are_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = common::repo().join("scripts/kube.sh");
+    let started = std::process::Command::new("bash")
+        .arg(&script)
+        .arg("start")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(started.status.success(), "{}", text(&started.stderr));
+    let pids: Vec<u32> = [
+        "node-sim",
+        "scheduler",
+        "controller-manager",
+        "apiserver",
+        "etcd",
+    ]
+    .iter()
+    .map(|p| {
+        std::fs::read_to_string(dir.path().join(format!("kube/{p}.pid")))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    })
+    .collect();
+    // Alive, or a zombie waiting for its reaper (it has exited).
+    let running = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+            s.rsplit(')')
+                .next()
+                .is_some_and(|rest| !rest.trim_start().starts_with('Z'))
+        })
+    };
+    assert!(
+        pids.iter().all(|p| running(*p)),
+        "not all started: {pids:?}"
+    );
+    let stopped = std::process::Command::new("bash")
+        .arg(&script)
+        .arg("stop")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(stopped.status.success(), "{}", text(&stopped.stderr));
+    let left: Vec<u32> = pids.into_iter().filter(|p| running(*p)).collect();
+    assert!(
+        left.is_empty(),
+        "still running after stop returned: {left:?}"
+    );
+}
