@@ -760,7 +760,7 @@ fn other_tools_spelling(e: &clap::Error) -> Option<String> {
             "to see what would change without changing it, run `ralph-deploy plan STACK`"
         }
         "--environment" | "--workspace" => "write `--env NAME` (or set RALPH_DEPLOY_ENV)",
-        "--var-file=" | "--vars-file" | "--values" | "-f" => "write `--var-file FILE`",
+        "--vars-file" | "--values" | "-f" => "write `--var-file FILE`",
         "--output" | "-o" => "write `--out FILE` (plan) or `--format json` / `--json`",
         _ => return None,
     };
