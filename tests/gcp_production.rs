@@ -60,6 +60,45 @@ fn state_text(w: &World) -> String {
     all
 }
 
+/// `status`'s edge check.
+fn edge(w: &World) -> Value {
+    let out = w.run("status", &["--json"]);
+    let report: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("{}{}", text(&out.stdout), text(&out.stderr)));
+    report["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["checks"].as_array().unwrap().clone())
+        .find(|c| c["check"] == "edge")
+        .unwrap_or_else(|| panic!("no edge check: {report}"))
+}
+
+/// The edge check once the local controllers (which look every second)
+/// have served the Ingress, or taken its address away: waited for on the
+/// Ingress itself, since a `status` also logs in to the stores.
+async fn edge_settled(
+    ingresses: &kube::Api<k8s_openapi::api::networking::v1::Ingress>,
+    w: &World,
+    served: bool,
+) -> Value {
+    for _ in 0..50 {
+        let ing = ingresses.get("ralph-orchestrator").await.unwrap();
+        let address = ing
+            .status
+            .and_then(|s| s.load_balancer)
+            .and_then(|l| l.ingress)
+            .is_some_and(|i| !i.is_empty());
+        if address == served {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    // The certificate turns Active in the same pass as the address.
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    edge(w)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn gcp_production_end_to_end() {
     let name = format!("tg{}", std::process::id());
@@ -150,31 +189,9 @@ async fn gcp_production_end_to_end() {
     // Kubernetes plays it where the pods run on GKE nodes), with a
     // Google-managed certificate and an HTTPS redirect; `status` checks
     // that the Ingress has an address and the certificate is Active.
-    let edge = |w: &World| -> Value {
-        let out = w.run("status", &["--json"]);
-        let report: Value = serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|_| panic!("{}{}", text(&out.stdout), text(&out.stderr)));
-        report["services"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .flat_map(|s| s["checks"].as_array().unwrap().clone())
-            .find(|c| c["check"] == "edge")
-            .unwrap_or_else(|| panic!("no edge check: {report}"))
-    };
-    // The local controllers look every second: the check settles within 10.
-    let settled = |w: &World, healthy: bool| -> Value {
-        let mut last = Value::Null;
-        for _ in 0..50 {
-            last = edge(w);
-            if last["healthy"] == healthy {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(200));
-        }
-        last
-    };
-    let served = settled(&w, true);
+    let ingresses: kube::Api<k8s_openapi::api::networking::v1::Ingress> =
+        kube::Api::namespaced(common::kube_client().await, &name);
+    let served = edge_settled(&ingresses, &w, true).await;
     assert_eq!(served["healthy"], true, "{served}");
     assert!(
         served["detail"]
@@ -188,7 +205,7 @@ async fn gcp_production_end_to_end() {
     w.edit("      ingress_class: gce\n", "      ingress_class: nginx\n");
     let (out, _) = apply(&w, &[]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let unserved = settled(&w, false);
+    let unserved = edge_settled(&ingresses, &w, false).await;
     assert_eq!(unserved["healthy"], false, "{unserved}");
     assert!(
         unserved["detail"]
