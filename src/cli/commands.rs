@@ -658,15 +658,17 @@ impl Approver for Terminal {
 }
 
 /// Whether an option's value came from the environment variable `var`
-/// rather than from one of `flags` on the command line (clap reads both
-/// into one field): a message then names what the user really set.
-fn from_environment(var: &str, value: &str, flags: &[&str]) -> bool {
+/// (set, and equal to `value` when one is given) rather than from one of
+/// `flags` on the command line (clap reads both into one field): a message
+/// then names what the user really set.
+fn from_environment(var: &str, value: Option<&str>, flags: &[&str]) -> bool {
     let on_command_line = std::env::args().any(|a| {
         flags.iter().any(|f| {
             a == *f || a.starts_with(&format!("{f}=")) || (f.len() == 2 && a.starts_with(f))
         })
     });
-    !on_command_line && std::env::var(var).is_ok_and(|v| v == value)
+    !on_command_line
+        && std::env::var(var).is_ok_and(|v| !v.is_empty() && value.is_none_or(|want| v == want))
 }
 
 /// Reads and verifies a saved plan, and refuses what the plan already fixes.
@@ -675,7 +677,7 @@ fn saved_plan(args: &StackArgs, destroy: bool) -> Result<PlanFile, CliError> {
     let plan = &file.plan;
     // (The same environment, from RALPH_DEPLOY_ENV in a CI job, is no conflict.)
     if let Some(env) = args.env.as_ref().filter(|e| **e != plan.environment) {
-        if from_environment("RALPH_DEPLOY_ENV", env, &["--env", "-e"]) {
+        if from_environment("RALPH_DEPLOY_ENV", Some(env), &["--env", "-e"]) {
             return Err(CliError::Other(anyhow!(
                 "RALPH_DEPLOY_ENV={env} is set, but this saved plan is for environment `{}`. Nothing was changed. Apply the plan with RALPH_DEPLOY_ENV unset (or set to `{}`), or make a plan for `{env}`",
                 plan.environment,
@@ -689,8 +691,7 @@ fn saved_plan(args: &StackArgs, destroy: bool) -> Result<PlanFile, CliError> {
     }
     if args.vars.is_empty()
         && !args.var_files.is_empty()
-        && std::env::var("RALPH_DEPLOY_VAR_FILE").is_ok_and(|v| !v.is_empty())
-        && !std::env::args().any(|a| a.starts_with("--var-file"))
+        && from_environment("RALPH_DEPLOY_VAR_FILE", None, &["--var-file"])
     {
         return Err(CliError::Other(anyhow!(
             "RALPH_DEPLOY_VAR_FILE is set, but a saved plan fixes its variables. Nothing was changed. Apply the plan with RALPH_DEPLOY_VAR_FILE unset, or make a new plan with that file"

@@ -23,8 +23,6 @@ pub struct Section {
     pub entries: &'static [Entry],
 }
 
-const VPC: &str = "";
-
 macro_rules! stack {
     ($body:literal) => {
         concat!(
@@ -388,7 +386,7 @@ pub fn function_example(name: &str) -> &'static str {
         "lower" => stack!("variables:\n  team: { type: string, default: OPS }\nresources:\n  vpc:\n    kind: aws.vpc\n    properties:\n      cidr_block: 10.0.0.0/16\n      tags: { Team: \"${lower(var.team)}\" }\n"),
         "keys" => stack!("variables:\n  nets: { type: map, default: { blue: 1, green: 2 } }\nresources:\n  vpc:\n    kind: aws.vpc\n    for_each: ${keys(var.nets)}\n    properties: { cidr_block: 10.0.0.0/16 }\n"),
         "values" => stack!("variables:\n  owners: { type: map, default: { network: ops, data: dba } }\nresources:\n  vpc:\n    kind: aws.vpc\n    properties:\n      cidr_block: 10.0.0.0/16\n      tags: { Owners: \"${join(\\\" \\\", values(var.owners))}\" }\n"),
-        _ => VPC,
+        _ => "",
     }
 }
 

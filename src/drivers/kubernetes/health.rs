@@ -213,14 +213,11 @@ async fn edge(
         return Ok(format!("served at {address} (class {class})"));
     }
     let cert = format!("{name}-cert");
-    let api: Api<kube::api::DynamicObject> = Api::namespaced_with(
-        client.clone(),
+    let api = super::dynamic_api(
+        client,
+        "networking.gke.io/v1",
+        "ManagedCertificate",
         namespace,
-        &kube::api::ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk(
-            "networking.gke.io",
-            "v1",
-            "ManagedCertificate",
-        )),
     );
     let status = match api.get(&cert).await {
         Ok(o) => o.data["status"]["certificateStatus"]
