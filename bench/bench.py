@@ -10,6 +10,7 @@ clouds and passes their addresses in the environment:
   BENCH_GCP         the Google Cloud test double with BENCH_GCP_PROFILE (bench 1)
   BENCH_RUNS        runs per figure (median reported)
   BENCH_SIZES       stack sizes for benches 2 and 3 (default 100,1000,5000)
+  BENCH_APPLY_SIZES stack sizes for bench 6 (default 250,1000,2000,5000)
 """
 import concurrent.futures
 import json
@@ -270,6 +271,56 @@ def bench_offline():
             row(f"4. {verb} of 10,000 resources: peak memory", f"{statistics.median(r[1] for r in results):.1f}", "MB", "< 200")
 
 
+def run_measured(args, env):
+    """As `measured`, with the child's rusage read by wait4 itself."""
+    t = time.monotonic()
+    with open(os.devnull, "wb") as null, tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        p = subprocess.Popen([RD] + args, env=env, cwd=REPO, stdout=out, stderr=err, stdin=null)
+        _, status, usage = os.wait4(p.pid, 0)
+        wall = time.monotonic() - t
+        code = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        if code not in (0, 2):
+            raise SystemExit(f"{' '.join(args)} failed ({code}):\n{err.read().decode()[-3000:]}")
+        return wall, usage.ru_utime + usage.ru_stime, usage.ru_oublock * 512, out.read().decode()
+
+
+def bench_apply_scale():
+    """6. Apply from nothing at N resources on the local AWS with no delays:
+    the tool's own CPU and the bytes it writes, per resource, on the local
+    and the S3 state store; then the no-op plan of the same stack."""
+    fast = os.environ["BENCH_MOTO_FAST"]
+    base = dict(os.environ, AWS_ENDPOINT_URL=fast, AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench",
+                AWS_REGION="us-east-1", RALPH_DEPLOY_API_TIMEOUT="1800")
+    stores = os.environ.get("BENCH_STORES", "local,s3").split(",")
+    for n in [int(x) for x in os.environ.get("BENCH_APPLY_SIZES", "250,1000,2000,5000").split(",")]:
+        for store in stores:
+            reset(fast)
+            with tempfile.TemporaryDirectory() as tmp:
+                stack = os.path.join(tmp, "stack.yaml")
+                with open(stack, "w") as f:
+                    subprocess.run([sys.executable, os.path.join(REPO, "bench", "gen_stack.py"), str(n), f"scale-{n}"],
+                                   stdout=f, check=True)
+                env = dict(base, RALPH_DEPLOY_STATE_DIR=os.path.join(tmp, "state"))
+                if store == "s3":
+                    boto3.client("s3", endpoint_url=fast, region_name="us-east-1", aws_access_key_id="bench",
+                                 aws_secret_access_key="bench").create_bucket(Bucket="bench-state")
+                    env["RALPH_DEPLOY_STATE"] = f"s3://bench-state/n{n}"
+                wall, cpu, written, out = run_measured(["apply", stack, "--auto-approve", "--json", "--parallelism", "32"], env)
+                summary = [json.loads(l) for l in out.splitlines() if '"summary"' in l][-1]
+                made = summary.get("created", n)
+                row(f"6. apply of N={n} from nothing, {store} state: wall", f"{wall:.1f}", "s")
+                row(f"6. apply of N={n}, {store} state: the tool's CPU", f"{cpu:.2f} s, {1000 * cpu / made:.2f} ms per resource", "")
+                if store == "local":
+                    row(f"6. apply of N={n}, {store} state: bytes written to disk", f"{written / 1e6:.1f} MB, {written / made / 1e3:.1f} kB per resource", "")
+                row(f"6. apply of N={n}, {store} state: requests to the cloud", f"{summary['requests']}", "")
+                if store == stores[0]:
+                    wall, cpu, _, _ = run_measured(["plan", stack, "--json", "--detailed-exitcode"], env)
+                    row(f"6. no-op plan of N={n}: wall (the local cloud's own time, no added latency)", f"{wall:.1f}", "s")
+                    row(f"6. no-op plan of N={n}: the tool's CPU", f"{cpu:.2f}", "s")
+
+
 def psql(url, sql):
     out = subprocess.run(["psql", url, "-XAtqc", sql], capture_output=True, text=True)
     if out.returncode != 0:
@@ -325,7 +376,7 @@ def bench_backup():
 
 
 def main():
-    which = sys.argv[1:] or ["1", "2", "4", "5"]
+    which = sys.argv[1:] or ["1", "2", "4", "5", "6"]
     if "5" in which:
         bench_backup()
     if "4" in which:
@@ -335,6 +386,8 @@ def main():
         bench_gcp_critical_path()
     if "2" in which:
         bench_scale()
+    if "6" in which:
+        bench_apply_scale()
     print()
     print(f"| benchmark | result | unit | target |")
     print(f"|---|---|---|---|")

@@ -4,8 +4,12 @@
 //! replacements) in reverse dependency order, then every create and update
 //! in dependency order. Each resource starts as soon as what it waits for is
 //! done. A failure skips only what depends on it; independent branches
-//! finish. The state is written after every resource, so an interrupted
-//! apply loses at most the resources that were in flight.
+//! finish. Each resource's result is journaled as it comes in (one small
+//! record, closing its intent); the whole state is written every
+//! [`CHECKPOINT_EVERY`] and at the end, so an interrupted apply loses at
+//! most the resources that were in flight, and the cost per resource does
+//! not grow with the size of the state. No lock is held across I/O: the
+//! state in memory is changed under a mutex, the journal written after.
 
 pub mod recover;
 
@@ -15,14 +19,18 @@ use std::time::Instant;
 
 use serde::Serialize;
 use serde_json::{Map, Value as Json};
-use tokio::sync::Mutex;
+use std::sync::Mutex;
 
 use crate::drivers::{Context, Desired, Driver, Observed, Registry};
 use crate::events::Event;
 use crate::graph::{walk, walk_prioritized, Outcome};
 use crate::plan::{desired_properties, Action, Change, Plan};
 use crate::stack::{Reference, Stack};
-use crate::state::{Backend, Intent, ResourceState, State, StateError};
+use crate::state::{Backend, Entry, Intent, ResourceState, State, StateError};
+
+/// How often a running apply writes the whole state (a checkpoint). Between
+/// checkpoints the results are in the journal, which every read replays.
+pub const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(3);
 
 #[derive(Debug, Clone)]
 pub struct ApplyOptions {
@@ -101,7 +109,11 @@ enum StepError {
 struct Steps<'a> {
     plan: &'a Plan,
     stack: Option<&'a Stack>,
+    /// The state as results come in. Held only to read or change memory,
+    /// never across a write.
     state: Mutex<State>,
+    /// One whole-state write at a time (checkpoints and the last write).
+    writing: tokio::sync::Mutex<()>,
     backend: &'a dyn Backend,
     registry: &'a Registry,
     cx: &'a Context,
@@ -143,20 +155,58 @@ impl Steps<'_> {
             .map_err(StepError::Close)
     }
 
-    /// Changes the state and writes it (a new serial).
-    async fn record(&self, f: impl FnOnce(&mut State)) -> Result<(), StepError> {
-        let mut st = self.state.lock().await;
-        f(&mut st);
-        st.serial += 1;
-        self.backend.write(&st).await.map_err(StepError::Record)
+    /// Records what `address` now holds (`None`: removed) in memory, then
+    /// journals it, closing `closes`. The journal is written after the
+    /// mutex is released; a checkpoint taken in between holds the change.
+    async fn record(
+        &self,
+        address: &str,
+        resource: Option<ResourceState>,
+        closes: Option<&str>,
+    ) -> Result<(), StepError> {
+        let entry = {
+            let mut st = self.state.lock().expect("state mutex");
+            match &resource {
+                Some(r) => {
+                    st.resources.insert(address.to_string(), r.clone());
+                }
+                None => {
+                    st.resources.remove(address);
+                }
+            }
+            Entry {
+                lineage: st.lineage.clone(),
+                since: st.serial,
+                address: address.to_string(),
+                resource,
+                closes: closes.map(str::to_string),
+            }
+        };
+        self.backend
+            .record_result(&entry)
+            .await
+            .map_err(StepError::Record)
     }
 
-    async fn put(&self, address: &str, rs: ResourceState) -> Result<(), StepError> {
-        let address = address.to_string();
-        self.record(|st| {
-            st.resources.insert(address, rs);
-        })
-        .await
+    async fn put(
+        &self,
+        address: &str,
+        rs: ResourceState,
+        closes: Option<&str>,
+    ) -> Result<(), StepError> {
+        self.record(address, Some(rs), closes).await
+    }
+
+    /// Writes the whole state as it stands (a new serial). Results
+    /// journaled before it are held by it; later ones replay over it.
+    async fn checkpoint(&self) -> Result<(), StateError> {
+        let _one = self.writing.lock().await;
+        let snapshot = {
+            let mut st = self.state.lock().expect("state mutex");
+            st.serial += 1;
+            st.clone()
+        };
+        self.backend.write(&snapshot).await
     }
 
     fn driver(&self, kind: &str) -> Result<&dyn Driver, StepError> {
@@ -200,7 +250,7 @@ impl Steps<'_> {
             c.depends_on.clone(),
             r.protect,
         );
-        self.put(&c.address, rs).await?;
+        self.put(&c.address, rs, None).await?;
         Ok(true)
     }
 
@@ -235,18 +285,16 @@ impl Steps<'_> {
             }
             None => None,
         };
-        let (address, id) = (c.address.clone(), c.id.clone());
-        self.record(|st| {
-            if st
-                .resources
-                .get(&address)
-                .is_some_and(|r| Some(&r.id) == id.as_ref())
-            {
-                st.resources.remove(&address);
-            }
-        })
-        .await?;
-        if let Some(intent) = intent {
+        let recorded = self
+            .state
+            .lock()
+            .expect("state mutex")
+            .resources
+            .get(&c.address)
+            .is_some_and(|r| Some(&r.id) == c.id.as_ref());
+        if recorded {
+            self.record(&c.address, None, intent.as_deref()).await?;
+        } else if let Some(intent) = intent {
             self.done(&intent).await?;
         }
         if c.action == Action::Delete {
@@ -267,9 +315,24 @@ impl Steps<'_> {
         r: &crate::stack::Resource,
         driver: &dyn Driver,
     ) -> Result<Map<String, Json>, StepError> {
-        let snapshot = self.state.lock().await.clone();
-        let lookup =
-            |reference: &Reference| snapshot.attribute(&reference.address, &reference.attribute);
+        // Only the attributes this resource refers to, copied under the
+        // mutex: never the whole state per resource.
+        let known: BTreeMap<(String, String), Option<Json>> = {
+            let st = self.state.lock().expect("state mutex");
+            r.references()
+                .into_iter()
+                .map(|(rf, _)| {
+                    let v = st.attribute(&rf.address, &rf.attribute);
+                    ((rf.address, rf.attribute), v)
+                })
+                .collect()
+        };
+        let lookup = |reference: &Reference| {
+            known
+                .get(&(reference.address.clone(), reference.attribute.clone()))
+                .cloned()
+                .flatten()
+        };
         let desired = desired_properties(r, driver, &self.cx.owner, &self.cx.base_dir, &lookup)
             .map_err(|e| StepError::Driver(e.to_string()))?;
         let mut props = Map::new();
@@ -342,8 +405,7 @@ impl Steps<'_> {
         };
         match result {
             Ok(obs) => {
-                self.put(&c.address, record(&obs)).await?;
-                self.done(&intent).await?;
+                self.put(&c.address, record(&obs), Some(&intent)).await?;
                 self.cx.reporter.report(Event::ResourceFinished {
                     address: c.address.clone(),
                     action: c.action,
@@ -356,8 +418,7 @@ impl Steps<'_> {
                 // Created but not ready in time: record it, so the next
                 // apply waits for it instead of creating another.
                 if let Some(partial) = &e.partial {
-                    self.put(&c.address, record(partial)).await?;
-                    self.done(&intent).await?;
+                    self.put(&c.address, record(partial), Some(&intent)).await?;
                 }
                 // Otherwise the intent stays open: whether the call took
                 // effect is for the next run's recovery to find out.
@@ -384,10 +445,18 @@ pub async fn apply(
     cx.limits.set_max(options.parallelism);
     let requests_before = cx.request_count();
     let retries_before = cx.retry_count();
+    // Results journaled from here replay over a written state of this
+    // lineage: a state never written is written first.
+    let mut state = state;
+    if state.serial == 0 {
+        state.serial = 1;
+        backend.write(&state).await?;
+    }
     let steps = Steps {
         plan,
         stack,
         state: Mutex::new(state),
+        writing: tokio::sync::Mutex::new(()),
         backend,
         registry,
         cx,
@@ -481,51 +550,73 @@ pub async fn apply(
             .collect(),
     });
     let steps_ref = &steps;
-    let delete_outcomes = walk(&reverse, options.parallelism, stop, |k| {
-        let c = deleting[&k];
-        async move {
-            steps_ref.delete(c).await.map_err(|e| {
-                steps_ref.failed(c, &e);
-                e.to_string()
-            })
-        }
-    })
-    .await;
-
-    let failed_deletes: BTreeSet<String> = delete_outcomes
-        .iter()
-        .filter(|(_, o)| **o != Outcome::Done)
-        .map(|(k, _)| k.clone())
-        .collect();
-    let priority = crate::graph::remaining_cost(&forward, &cost);
-    // Resources that typically take seconds, not minutes.
-    let quick: BTreeSet<String> = forward.keys().filter(|k| cost(k) <= 10).cloned().collect();
-    let failed_deletes = &failed_deletes;
-    let build_outcomes = walk_prioritized(
-        &forward,
-        &priority,
-        &quick,
-        options.parallelism,
-        stop,
-        |k| {
-            let c = building[&k];
+    let walks_done = tokio::sync::Notify::new();
+    let walks = async {
+        let delete_outcomes = walk(&reverse, options.parallelism, stop, |k| {
+            let c = deleting[&k];
             async move {
-                if failed_deletes.contains(&c.address) {
-                    return Err(StepError::OldNotDeleted.to_string());
-                }
-                steps_ref.build(c).await.map_err(|e| {
+                steps_ref.delete(c).await.map_err(|e| {
                     steps_ref.failed(c, &e);
                     e.to_string()
                 })
             }
-        },
-    )
-    .await;
+        })
+        .await;
+
+        let failed_deletes: BTreeSet<String> = delete_outcomes
+            .iter()
+            .filter(|(_, o)| **o != Outcome::Done)
+            .map(|(k, _)| k.clone())
+            .collect();
+        let priority = crate::graph::remaining_cost(&forward, &cost);
+        // Resources that typically take seconds, not minutes.
+        let quick: BTreeSet<String> = forward.keys().filter(|k| cost(k) <= 10).cloned().collect();
+        let failed_deletes = &failed_deletes;
+        let build_outcomes = walk_prioritized(
+            &forward,
+            &priority,
+            &quick,
+            options.parallelism,
+            stop,
+            |k| {
+                let c = building[&k];
+                async move {
+                    if failed_deletes.contains(&c.address) {
+                        return Err(StepError::OldNotDeleted.to_string());
+                    }
+                    steps_ref.build(c).await.map_err(|e| {
+                        steps_ref.failed(c, &e);
+                        e.to_string()
+                    })
+                }
+            },
+        )
+        .await;
+        walks_done.notify_one();
+        (delete_outcomes, build_outcomes)
+    };
+    // Checkpoints beside the walks: no step waits for a whole-state write.
+    let checkpoints = async {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(CHECKPOINT_EVERY) => {}
+                _ = walks_done.notified() => break,
+            }
+            if let Err(e) = steps_ref.checkpoint().await {
+                cx.reporter.report(Event::Warning {
+                    message: format!(
+                        "could not write a checkpoint of the state (the results are in the journal, which the next run replays): {e}"
+                    ),
+                });
+            }
+        }
+    };
+    let ((delete_outcomes, build_outcomes), ()) = tokio::join!(walks, checkpoints);
 
     tally(&by_key, &delete_outcomes, &build_outcomes, cx, &mut report);
 
     // Outputs, from what is now recorded.
-    let mut st = steps.state.into_inner();
+    let mut st = steps.state.into_inner().expect("state mutex");
     match stack {
         Some(stack) => {
             record_outputs(stack, &mut st);
@@ -536,6 +627,12 @@ pub async fn apply(
     st.applied_plan = Some(plan.created_at);
     st.serial += 1;
     backend.write(&st).await?;
+    // Everything journaled is in what was just written.
+    if let Err(e) = backend.forget_results(st.serial).await {
+        cx.reporter.report(Event::Warning {
+            message: format!("could not drop the journaled results the state now holds (they are never replayed over it): {e}"),
+        });
+    }
     report.requests = cx.request_count() - requests_before;
     report.retries = cx.retry_count().saturating_sub(retries_before);
     report.throttled = cx

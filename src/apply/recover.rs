@@ -1,5 +1,7 @@
-//! Recovery: before anything is planned, every intent an earlier run left
-//! open is settled. A create whose result never reached the state is looked
+//! Recovery: before anything is planned, the results an interrupted run
+//! journaled after its last checkpoint (already replayed by the read) are
+//! written into the state, and every intent an earlier run left open is
+//! settled. A create whose result never reached the state is looked
 //! up (by its ownership tags, by the name it was created with, or for kinds
 //! without tags by the properties that identify it) and adopted into the
 //! state, or confirmed absent. Updates and deletes need nothing: the refresh
@@ -71,6 +73,15 @@ pub async fn recover(
     registry: &Registry,
     cx: &Context,
 ) -> Result<Recovery, StateError> {
+    // What the read replayed becomes part of a written state; the journal
+    // then starts empty (results of a state since deleted are dropped too).
+    if !backend.results().await?.is_empty() {
+        if state.serial > 0 {
+            state.serial += 1;
+            backend.write(state).await?;
+        }
+        backend.forget_results(u64::MAX).await?;
+    }
     let intents = backend.open_intents().await?;
     let mut out = Recovery::default();
     if intents.is_empty() {

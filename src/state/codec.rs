@@ -288,6 +288,19 @@ impl Kms {
 }
 
 #[cfg(test)]
+impl Sealer {
+    /// A sealer with this key (64 hex digits), for tests of other modules.
+    pub(crate) fn with_key(hex_key: &str) -> Sealer {
+        Sealer {
+            key: Some(Aes256Gcm::new_from_slice(&hex::decode(hex_key).unwrap()).unwrap()),
+            old: None,
+            kms: None,
+            required: false,
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

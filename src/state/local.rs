@@ -4,11 +4,14 @@
 //! <root>/<stack>/<environment>/state.json      current snapshot
 //!                              history/<serial>.json   previous snapshots (the newest few)
 //!                              lock.json       present while a run holds the lock
-//!                              journal.jsonl   intents: opened before each cloud call, closed after
+//!                              journal.jsonl   intents: opened before each cloud call, closed
+//!                                              by the result written after it
 //! ```
 //! Writes go to a temporary file in the same directory, are fsynced, renamed
 //! over the old file, and the directory is fsynced, so a crash at any moment
-//! leaves either the old or the new snapshot.
+//! leaves either the old or the new snapshot. The journal is appended one
+//! whole line at a time and fsynced; `read` replays the results in it over
+//! `state.json`. With a key set, journal lines are sealed like the state.
 
 use std::fs;
 use std::io::Write;
@@ -248,12 +251,14 @@ impl super::StateStore for LocalBackend {
             .open(&text)
             .await
             .map_err(|m| self.io(&path, std::io::Error::other(m)))?;
-        super::parse_state(
+        let mut state = super::parse_state(
             &text,
             &path.display().to_string(),
             &self.history_dir().display().to_string(),
-        )
-        .map(Some)
+        )?;
+        let (_, results) = self.read_journal().await?;
+        super::replay(&mut state, &results);
+        Ok(Some(state))
     }
 
     async fn write(&self, state: &State) -> Result<(), StateError> {
@@ -438,7 +443,15 @@ impl super::Locker for LocalBackend {
 #[serde(tag = "op", rename_all = "snake_case")]
 enum JournalRecord {
     Open(Box<super::Intent>),
-    Close { id: String },
+    Close {
+        id: String,
+    },
+    /// A resource's result; closes the intent it names.
+    Result(Box<super::Entry>),
+    /// Another record, sealed (base64 of the sealed bytes).
+    Sealed {
+        body: String,
+    },
 }
 
 /// Whether the file's last byte is not a newline (a torn record).
@@ -454,22 +467,53 @@ fn ends_torn(f: &mut fs::File) -> std::io::Result<bool> {
     Ok(last[0] != b'\n')
 }
 
-/// The intents still open, and the (1-based) numbers of lines that are not
-/// records (torn by a crash, or not UTF-8).
-fn parse_journal(bytes: &[u8]) -> (Vec<super::Intent>, Vec<usize>) {
-    let mut open: Vec<super::Intent> = Vec::new();
-    let mut unreadable = Vec::new();
-    for (n, line) in bytes.split(|b| *b == b'\n').enumerate() {
-        if line.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
-        match serde_json::from_slice::<JournalRecord>(line) {
-            Ok(JournalRecord::Open(i)) => open.push(*i),
-            Ok(JournalRecord::Close { id }) => open.retain(|i| i.id != id),
-            Err(_) => unreadable.push(n + 1),
+/// What a journal holds: the intents still open, the results in the order
+/// written, and the (1-based) numbers of lines that are not records (torn
+/// by a crash, or not UTF-8).
+#[derive(Default)]
+struct Parsed {
+    open: Vec<super::Intent>,
+    results: Vec<super::Entry>,
+    unreadable: Vec<usize>,
+}
+
+impl Parsed {
+    fn take(&mut self, record: JournalRecord, n: usize) {
+        match record {
+            JournalRecord::Open(i) => self.open.push(*i),
+            JournalRecord::Close { id } => self.open.retain(|i| i.id != id),
+            JournalRecord::Result(e) => {
+                if let Some(id) = &e.closes {
+                    self.open.retain(|i| &i.id != id);
+                }
+                self.results.push(*e);
+            }
+            // Sealed inside sealed is never written.
+            JournalRecord::Sealed { .. } => self.unreadable.push(n),
         }
     }
-    (open, unreadable)
+}
+
+/// Appends one line and fsyncs it: a crash leaves the record or nothing (a
+/// torn last line is ignored on reading).
+fn append_line(path: &Path, mut line: Vec<u8>) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir)?;
+    }
+    let mut f = fs::OpenOptions::new()
+        .create(true)
+        .read(true)
+        .append(true)
+        .open(path)?;
+    // A crash mid-write leaves a torn last line with no newline: end it
+    // first, so this record starts a line of its own and stays readable.
+    if ends_torn(&mut f)? {
+        line.insert(0, b'\n');
+    }
+    // One write of the whole line (O_APPEND: concurrent appends never
+    // interleave), then fsync.
+    f.write_all(&line)?;
+    f.sync_data()
 }
 
 impl LocalBackend {
@@ -477,28 +521,113 @@ impl LocalBackend {
         self.dir.join("journal.jsonl")
     }
 
-    fn append(&self, record: &JournalRecord) -> Result<(), StateError> {
+    /// A record as the line stored: sealed when a key is set.
+    async fn encode(&self, record: &JournalRecord) -> Result<Vec<u8>, StateError> {
         let path = self.journal_path();
-        fs::create_dir_all(&self.dir).map_err(|e| self.io(&self.dir, e))?;
         let mut line =
             serde_json::to_vec(record).map_err(|e| self.io(&path, std::io::Error::other(e)))?;
-        line.push(b'\n');
-        let mut f = fs::OpenOptions::new()
-            .create(true)
-            .read(true)
-            .append(true)
-            .open(&path)
-            .map_err(|e| self.io(&path, e))?;
-        // A crash mid-write leaves a torn last line with no newline: end it
-        // first, so this record starts a line of its own and stays readable.
-        if ends_torn(&mut f).map_err(|e| self.io(&path, e))? {
-            line.insert(0, b'\n');
+        if self.sealer.enabled() {
+            use base64::Engine;
+            let sealed = self
+                .sealer
+                .seal(&line)
+                .await
+                .map_err(|m| self.io(&path, std::io::Error::other(m)))?;
+            let body = base64::engine::general_purpose::STANDARD.encode(sealed);
+            line = serde_json::to_vec(&JournalRecord::Sealed { body })
+                .map_err(|e| self.io(&path, std::io::Error::other(e)))?;
         }
-        // One write of a whole line, then fsync: a crash leaves either the
-        // record or nothing (a torn last line is ignored on reading).
-        f.write_all(&line)
-            .and_then(|_| f.sync_data())
+        line.push(b'\n');
+        Ok(line)
+    }
+
+    /// Appends a record off the runtime's threads (the fsync blocks).
+    async fn append(&self, record: &JournalRecord) -> Result<(), StateError> {
+        let line = self.encode(record).await?;
+        let path = self.journal_path();
+        let target = path.clone();
+        tokio::task::spawn_blocking(move || append_line(&target, line))
+            .await
+            .map_err(|e| self.io(&path, std::io::Error::other(e)))?
             .map_err(|e| self.io(&path, e))
+    }
+
+    /// Rewrites the journal with `records` (nothing: removes it).
+    async fn rewrite(&self, records: Vec<JournalRecord>) -> Result<(), StateError> {
+        let path = self.journal_path();
+        if records.is_empty() {
+            return match fs::remove_file(&path) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(self.io(&path, e)),
+            };
+        }
+        let mut text = Vec::new();
+        for r in &records {
+            text.extend(self.encode(r).await?);
+        }
+        atomic_write(&path, &text).map_err(|e| self.io(&path, e))
+    }
+
+    /// The journal, parsed (sealed lines opened).
+    async fn parse_journal(&self, bytes: &[u8]) -> Result<Parsed, StateError> {
+        let mut parsed = Parsed::default();
+        for (n, line) in bytes.split(|b| *b == b'\n').enumerate() {
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            match serde_json::from_slice::<JournalRecord>(line) {
+                Ok(JournalRecord::Sealed { body }) => {
+                    use base64::Engine;
+                    let path = self.journal_path();
+                    let sealed = base64::engine::general_purpose::STANDARD
+                        .decode(body)
+                        .map_err(|e| self.io(&path, std::io::Error::other(e)))?;
+                    let plain = self
+                        .sealer
+                        .open(&sealed)
+                        .await
+                        .map_err(|m| self.io(&path, std::io::Error::other(m)))?;
+                    match serde_json::from_slice::<JournalRecord>(&plain) {
+                        Ok(r) => parsed.take(r, n + 1),
+                        Err(_) => parsed.unreadable.push(n + 1),
+                    }
+                }
+                Ok(r) => parsed.take(r, n + 1),
+                Err(_) => parsed.unreadable.push(n + 1),
+            }
+        }
+        Ok(parsed)
+    }
+
+    /// The open intents and the results in the journal.
+    async fn read_journal(&self) -> Result<(Vec<super::Intent>, Vec<super::Entry>), StateError> {
+        let path = self.journal_path();
+        let bytes = match fs::read(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok((Vec::new(), Vec::new()))
+            }
+            Err(e) => return Err(self.io(&path, e)),
+        };
+        let parsed = self.parse_journal(&bytes).await?;
+        if !parsed.unreadable.is_empty() {
+            // A line torn by a crash never held a complete record: its
+            // cloud call had not started (intents are fsynced first), or
+            // its result had not been written (its intent is still open).
+            tracing::warn!(
+                "{}: skipped {} unreadable line(s) ({}); they are what a crash mid-write leaves and held no complete record",
+                path.display(),
+                parsed.unreadable.len(),
+                parsed
+                    .unreadable
+                    .iter()
+                    .map(|n| format!("line {n}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        Ok((parsed.open, parsed.results))
     }
 
     fn describe_dir(&self) -> String {
@@ -510,56 +639,53 @@ impl LocalBackend {
 impl super::Journal for LocalBackend {
     async fn open_intent(&self, intent: &super::Intent) -> Result<(), StateError> {
         self.append(&JournalRecord::Open(Box::new(intent.clone())))
+            .await
     }
 
     async fn close_intent(&self, id: &str) -> Result<(), StateError> {
         self.append(&JournalRecord::Close { id: id.to_string() })
+            .await
     }
 
     async fn open_intents(&self) -> Result<Vec<super::Intent>, StateError> {
-        let path = self.journal_path();
-        let bytes = match fs::read(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(self.io(&path, e)),
-        };
-        let (open, unreadable) = parse_journal(&bytes);
-        if !unreadable.is_empty() {
-            // A line torn by a crash never held a complete record: its
-            // cloud call had not started (intents are fsynced first).
-            tracing::warn!(
-                "{}: skipped {} unreadable line(s) ({}); they are what a crash mid-write leaves and held no complete intent",
-                path.display(),
-                unreadable.len(),
-                unreadable
-                    .iter()
-                    .map(|n| format!("line {n}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-        }
-        Ok(open)
+        Ok(self.read_journal().await?.0)
     }
 
     async fn compact(&self) -> Result<(), StateError> {
-        let open = self.open_intents().await?;
-        let path = self.journal_path();
-        if open.is_empty() {
-            return match fs::remove_file(&path) {
-                Ok(()) => Ok(()),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                Err(e) => Err(self.io(&path, e)),
-            };
-        }
-        let mut text = Vec::new();
-        for i in open {
-            let record = serde_json::to_vec(&JournalRecord::Open(Box::new(i)))
-                .map_err(|e| self.io(&path, std::io::Error::other(e)))?;
-            text.extend(record);
-            text.push(b'\n');
-        }
-        atomic_write(&path, &text).map_err(|e| self.io(&path, e))
+        let (open, results) = self.read_journal().await?;
+        self.rewrite(journal_of(open, results)).await
     }
+
+    async fn record_result(&self, entry: &super::Entry) -> Result<(), StateError> {
+        self.append(&JournalRecord::Result(Box::new(entry.clone())))
+            .await
+    }
+
+    async fn results(&self) -> Result<Vec<super::Entry>, StateError> {
+        Ok(self.read_journal().await?.1)
+    }
+
+    async fn forget_results(&self, serial: u64) -> Result<(), StateError> {
+        let (open, mut results) = self.read_journal().await?;
+        let before = results.len();
+        results.retain(|e| e.since >= serial);
+        if results.len() == before {
+            return Ok(());
+        }
+        self.rewrite(journal_of(open, results)).await
+    }
+}
+
+/// A journal holding only `open` intents and `results` (nothing closed).
+fn journal_of(open: Vec<super::Intent>, results: Vec<super::Entry>) -> Vec<JournalRecord> {
+    open.into_iter()
+        .map(|i| JournalRecord::Open(Box::new(i)))
+        .chain(
+            results
+                .into_iter()
+                .map(|e| JournalRecord::Result(Box::new(super::Entry { closes: None, ..e }))),
+        )
+        .collect()
 }
 
 #[cfg(test)]
@@ -637,6 +763,118 @@ mod journal_tests {
         drop(f);
         b.close_intent("a").await.unwrap();
         assert!(b.open_intents().await.unwrap().is_empty());
+    }
+
+    fn result(
+        st: &State,
+        address: &str,
+        id: Option<&str>,
+        closes: Option<&str>,
+    ) -> crate::state::Entry {
+        crate::state::Entry {
+            lineage: st.lineage.clone(),
+            since: st.serial,
+            address: address.into(),
+            resource: id.map(|id| {
+                crate::state::ResourceState::reported(
+                    "aws.vpc",
+                    id,
+                    Default::default(),
+                    Default::default(),
+                    vec![],
+                    false,
+                )
+            }),
+            closes: closes.map(str::to_string),
+        }
+    }
+
+    #[tokio::test]
+    async fn results_replay_over_the_last_written_state_until_a_newer_one_holds_them() {
+        use crate::state::StateStore;
+        let dir = tempfile::tempdir().unwrap();
+        let b = LocalBackend::new(dir.path(), "s", "prod");
+        let mut st = State::new("s", "prod");
+        st.serial = 1;
+        b.write(&st).await.unwrap();
+        b.open_intent(&intent("i1")).await.unwrap();
+        b.record_result(&result(&st, "vpc", Some("vpc-1"), Some("i1")))
+            .await
+            .unwrap();
+        b.record_result(&result(&st, "old", None, None))
+            .await
+            .unwrap();
+        // The result closed its intent and is part of what a read sees.
+        assert!(b.open_intents().await.unwrap().is_empty());
+        let read = b.read().await.unwrap().unwrap();
+        assert_eq!(read.resources["vpc"].id, "vpc-1");
+        assert_eq!(read.serial, 1);
+        // A later result of the same address wins.
+        b.record_result(&result(&st, "vpc", Some("vpc-2"), None))
+            .await
+            .unwrap();
+        assert_eq!(
+            b.read().await.unwrap().unwrap().resources["vpc"].id,
+            "vpc-2"
+        );
+        // A state written with a greater serial holds them: not replayed
+        // over it even before they are forgotten (a `state rm` after it).
+        let mut newer = read.clone();
+        newer.serial = 2;
+        newer.resources.clear();
+        b.write(&newer).await.unwrap();
+        assert!(b.read().await.unwrap().unwrap().resources.is_empty());
+        b.forget_results(2).await.unwrap();
+        assert!(b.results().await.unwrap().is_empty());
+        assert!(!b.journal_path().exists());
+        // Results of another lineage (a state deleted and made again) never replay.
+        b.record_result(&result(&State::new("s", "prod"), "x", Some("x-1"), None))
+            .await
+            .unwrap();
+        assert!(b.read().await.unwrap().unwrap().resources.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_torn_result_leaves_its_intent_open_for_recovery() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = LocalBackend::new(dir.path(), "s", "prod");
+        let st = State::new("s", "prod");
+        b.open_intent(&intent("i1")).await.unwrap();
+        let line = serde_json::to_string(&JournalRecord::Result(Box::new(result(
+            &st,
+            "vpc",
+            Some("vpc-1"),
+            Some("i1"),
+        ))))
+        .unwrap();
+        let mut f = fs::OpenOptions::new()
+            .append(true)
+            .open(b.journal_path())
+            .unwrap();
+        f.write_all(&line.as_bytes()[..line.len() / 2]).unwrap();
+        drop(f);
+        assert_eq!(b.open_intents().await.unwrap().len(), 1);
+        assert!(b.results().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn sealed_journal_lines_hold_no_plain_text_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        let sealer = crate::state::codec::Sealer::with_key(key);
+        let b = LocalBackend::new(dir.path(), "s", "prod").with_sealer(std::sync::Arc::new(sealer));
+        let st = State::new("s", "prod");
+        b.open_intent(&intent("i1")).await.unwrap();
+        b.record_result(&result(&st, "vpc", Some("vpc-0secret"), Some("i1")))
+            .await
+            .unwrap();
+        let text = fs::read_to_string(b.journal_path()).unwrap();
+        assert!(!text.contains("vpc-0secret"), "{text}");
+        assert!(b.open_intents().await.unwrap().is_empty());
+        assert_eq!(
+            b.results().await.unwrap()[0].resource.as_ref().unwrap().id,
+            "vpc-0secret"
+        );
     }
 
     #[tokio::test]

@@ -1,10 +1,18 @@
 //! State: what the tool last applied, per stack and environment.
 //!
 //! The model is plain data (serial, lineage, resources with ids, inputs and
-//! cloud-reported attributes). Storage sits behind two small traits, so the
+//! cloud-reported attributes). Storage sits behind three small traits, so the
 //! local file backend here and remote ones (S3, PostgreSQL) are interchangeable:
 //! [`StateStore`] reads and writes whole snapshots atomically, [`Locker`]
-//! gives one writer at a time and names the holder to everyone else.
+//! gives one writer at a time and names the holder to everyone else, and
+//! [`Journal`] holds what a run does between two snapshots: intents before
+//! each cloud call and each resource's result after it ([`Entry`]).
+//!
+//! An apply does not rewrite the whole state per resource: it appends one
+//! small [`Entry`] per result and writes the whole state every few seconds
+//! (a checkpoint) and at its end. Every backend's `read` returns the last
+//! snapshot with the entries written after it replayed over it ([`replay`]),
+//! so a run killed at any moment loses nothing that reached the journal.
 
 pub mod codec;
 pub mod local;
@@ -371,7 +379,50 @@ pub struct Intent {
     pub pid: u32,
 }
 
-/// The intent journal.
+/// One resource's result, journaled when its cloud call returns: what the
+/// address now holds. Entries replay over a snapshot in the order they were
+/// written; each sets or removes one address, so replaying an entry a
+/// snapshot already holds changes nothing.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Entry {
+    /// The state's lineage: entries of another lineage (a state deleted
+    /// and made again) never replay.
+    pub lineage: String,
+    /// The serial of the newest snapshot taken before this entry: every
+    /// snapshot with a greater serial holds it.
+    pub since: u64,
+    pub address: String,
+    /// What the address holds now; `None`: it was removed.
+    #[serde(default)]
+    pub resource: Option<ResourceState>,
+    /// The intent this result settles, closed in the same write: the
+    /// result is durable before its intent is closed.
+    #[serde(default)]
+    pub closes: Option<String>,
+}
+
+/// Replays `entries` (in the order written) over `state`: the ones its
+/// snapshot does not hold yet. Returns how many changed it.
+pub fn replay(state: &mut State, entries: &[Entry]) -> usize {
+    let mut applied = 0;
+    for e in entries
+        .iter()
+        .filter(|e| e.lineage == state.lineage && e.since >= state.serial)
+    {
+        match &e.resource {
+            Some(r) => {
+                state.resources.insert(e.address.clone(), r.clone());
+            }
+            None => {
+                state.resources.remove(&e.address);
+            }
+        }
+        applied += 1;
+    }
+    applied
+}
+
+/// The intent journal and the results of a run between two snapshots.
 #[async_trait::async_trait]
 pub trait Journal: Send + Sync {
     /// Durably records an intent before the call it describes.
@@ -379,8 +430,16 @@ pub trait Journal: Send + Sync {
     async fn close_intent(&self, id: &str) -> Result<(), StateError>;
     /// Intents opened and never closed, oldest first.
     async fn open_intents(&self) -> Result<Vec<Intent>, StateError>;
-    /// Drops closed records (call when no intent is open).
+    /// Drops closed records (call when no intent is open). Results stay
+    /// until [`Journal::forget_results`].
     async fn compact(&self) -> Result<(), StateError>;
+    /// Durably appends a resource's result and closes the intent it names.
+    async fn record_result(&self, entry: &Entry) -> Result<(), StateError>;
+    /// The results journaled and not yet forgotten, in the order written.
+    async fn results(&self) -> Result<Vec<Entry>, StateError>;
+    /// Drops the results a written snapshot with `serial` holds (those
+    /// with `since` below it). Call with no run appending.
+    async fn forget_results(&self, serial: u64) -> Result<(), StateError>;
 }
 
 /// A backend is all three.

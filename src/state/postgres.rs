@@ -237,6 +237,11 @@ const SCHEMA: &[&str] = &[
         stack text NOT NULL, environment text NOT NULL, id text NOT NULL,
         body bytea NOT NULL, opened_at timestamptz NOT NULL DEFAULT now(),
         PRIMARY KEY (stack, environment, id))",
+    "CREATE TABLE IF NOT EXISTS ralph_deploy.results (
+        stack text NOT NULL, environment text NOT NULL, seq bigserial NOT NULL,
+        since bigint NOT NULL, body bytea NOT NULL,
+        written_at timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (stack, environment, seq))",
 ];
 
 /// The URL without its password, for messages.
@@ -273,6 +278,9 @@ impl super::StateStore for PostgresBackend {
         if let Ok(mut s) = self.seen.lock() {
             *s = Some(state.serial);
         }
+        let mut state = state;
+        let results = super::Journal::results(self).await?;
+        super::replay(&mut state, &results);
         Ok(Some(state))
     }
 
@@ -641,6 +649,69 @@ impl super::Journal for PostgresBackend {
 
     async fn compact(&self) -> Result<(), StateError> {
         // Closed intents are deleted when closed.
+        Ok(())
+    }
+
+    async fn record_result(&self, entry: &super::Entry) -> Result<(), StateError> {
+        let body = serde_json::to_vec(entry).map_err(|e| self.err(e))?;
+        let body = self.sealer.seal(&body).await.map_err(|m| self.err(m))?;
+        // The result and the closing of its intent in one transaction.
+        let mut tx = self.pool().await?.begin().await.map_err(|e| self.err(e))?;
+        sqlx::query(
+            "INSERT INTO ralph_deploy.results (stack, environment, since, body) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&self.stack)
+        .bind(&self.environment)
+        .bind(entry.since as i64)
+        .bind(&body)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| self.err(e))?;
+        if let Some(id) = &entry.closes {
+            sqlx::query(
+                "DELETE FROM ralph_deploy.intents WHERE stack = $1 AND environment = $2 AND id = $3",
+            )
+            .bind(&self.stack)
+            .bind(&self.environment)
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.err(e))?;
+        }
+        tx.commit().await.map_err(|e| self.err(e))
+    }
+
+    async fn results(&self) -> Result<Vec<super::Entry>, StateError> {
+        let rows = sqlx::query(
+            "SELECT body FROM ralph_deploy.results WHERE stack = $1 AND environment = $2 ORDER BY seq",
+        )
+        .bind(&self.stack)
+        .bind(&self.environment)
+        .fetch_all(self.pool().await?)
+        .await
+        .map_err(|e| self.err(e))?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let plain = self
+                .sealer
+                .open(r.get::<Vec<u8>, _>("body").as_slice())
+                .await
+                .map_err(|m| self.err(m))?;
+            out.push(serde_json::from_slice(&plain).map_err(|e| self.err(e))?);
+        }
+        Ok(out)
+    }
+
+    async fn forget_results(&self, serial: u64) -> Result<(), StateError> {
+        sqlx::query(
+            "DELETE FROM ralph_deploy.results WHERE stack = $1 AND environment = $2 AND since < $3",
+        )
+        .bind(&self.stack)
+        .bind(&self.environment)
+        .bind(serial as i64)
+        .execute(self.pool().await?)
+        .await
+        .map_err(|e| self.err(e))?;
         Ok(())
     }
 }

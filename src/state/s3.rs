@@ -6,8 +6,10 @@
 //! `If-None-Match: *`, holding owner, operation, host and a lease expiry
 //! that the holder renews while it runs; an expired lease is taken over
 //! with a warning naming the old holder, a live one never), the
-//! before-command `snapshots/`, and one object per open intent under
-//! `intents/`. Credentials and the endpoint come from the standard AWS
+//! before-command `snapshots/`, one object per open intent under
+//! `intents/`, and one per resource result under `results/` (named by the
+//! serial it follows and the time it was written, so a listing is in the
+//! order written; `read` replays them over `state.json`). Credentials and the endpoint come from the standard AWS
 //! chain (`AWS_PROFILE`, `AWS_ENDPOINT_URL`, ...), never from the stack.
 
 use std::sync::Mutex;
@@ -235,6 +237,21 @@ impl S3Backend {
         )
     }
 
+    /// A journaled result (`None`: gone meanwhile).
+    async fn result_at(&self, key: String) -> Result<Option<super::Entry>, StateError> {
+        let Some((body, _)) = self.get(&key).await? else {
+            return Ok(None);
+        };
+        let plain = self
+            .sealer
+            .open(&body)
+            .await
+            .map_err(|m| self.err(&key, m))?;
+        serde_json::from_slice(&plain)
+            .map(Some)
+            .map_err(|e| self.err(&key, e))
+    }
+
     fn lock_body(&self, info: &LockInfo) -> Result<Vec<u8>, StateError> {
         let lease = chrono::Duration::from_std(self.lease).unwrap_or(chrono::Duration::seconds(60));
         serde_json::to_vec(&LeasedLock {
@@ -307,7 +324,12 @@ impl super::StateStore for S3Backend {
         if let Ok(mut s) = self.seen.lock() {
             *s = Some(etag);
         }
-        Ok(state)
+        let Some(mut state) = state else {
+            return Ok(None);
+        };
+        let results = super::Journal::results(self).await?;
+        super::replay(&mut state, &results);
+        Ok(Some(state))
     }
 
     async fn write(&self, state: &State) -> Result<(), StateError> {
@@ -578,6 +600,89 @@ impl super::Journal for S3Backend {
     }
 
     async fn compact(&self) -> Result<(), StateError> {
+        Ok(())
+    }
+
+    async fn record_result(&self, entry: &super::Entry) -> Result<(), StateError> {
+        let body = serde_json::to_vec(entry).map_err(|e| self.err("result", e))?;
+        let body = self
+            .sealer
+            .seal(&body)
+            .await
+            .map_err(|m| self.err("result", m))?;
+        let at = Utc::now();
+        let key = self.key(&format!(
+            "results/{:012}-{:020}-{}.json",
+            entry.since,
+            at.timestamp_nanos_opt().unwrap_or_default(),
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        ));
+        self.put(&key, body, None, false).await?;
+        // The result is durable first: a crash between the two leaves an
+        // open intent whose address the state holds, which recovery closes.
+        if let Some(id) = &entry.closes {
+            self.close_intent(id).await?;
+        }
+        Ok(())
+    }
+
+    async fn results(&self) -> Result<Vec<super::Entry>, StateError> {
+        use futures::StreamExt;
+        let mut keys: Vec<String> = self
+            .list("results/")
+            .await?
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        keys.sort();
+        let bodies: Vec<Result<Option<super::Entry>, StateError>> =
+            futures::stream::iter(keys.into_iter().map(|key| self.result_at(key)))
+                .buffered(16)
+                .collect()
+                .await;
+        bodies.into_iter().filter_map(Result::transpose).collect()
+    }
+
+    async fn forget_results(&self, serial: u64) -> Result<(), StateError> {
+        let held: Vec<String> = self
+            .list("results/")
+            .await?
+            .into_iter()
+            .map(|(k, _)| k)
+            .filter(|k| {
+                k.rsplit('/')
+                    .next()
+                    .and_then(|name| name.split('-').next())
+                    .and_then(|since| since.parse::<u64>().ok())
+                    .is_some_and(|since| since < serial)
+            })
+            .collect();
+        for chunk in held.chunks(1000) {
+            let objects = chunk
+                .iter()
+                .map(|k| {
+                    aws_sdk_s3::types::ObjectIdentifier::builder()
+                        .key(k)
+                        .build()
+                        .map_err(|e| self.err("DeleteObjects", e))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let delete = aws_sdk_s3::types::Delete::builder()
+                .set_objects(Some(objects))
+                .quiet(true)
+                .build()
+                .map_err(|e| self.err("DeleteObjects", e))?;
+            self.s3()
+                .await
+                .delete_objects()
+                .bucket(&self.bucket)
+                .delete(delete)
+                .send()
+                .await
+                .map_err(|e| {
+                    self.err("DeleteObjects", aws_sdk_s3::error::DisplayErrorContext(e))
+                })?;
+        }
         Ok(())
     }
 }

@@ -29,6 +29,8 @@ impl Approver for Yes {
 
 struct World {
     s: Session,
+    /// The backend's count of whole-state writes.
+    writes: Arc<std::sync::atomic::AtomicUsize>,
     cloud: Arc<FakeCloud>,
     kill: Arc<Kill>,
     cx: Context,
@@ -56,10 +58,12 @@ fn world_at(path: &Path, dir: Option<tempfile::TempDir>) -> World {
     let registry = cloud.registry();
     let stack = Stack::load(path, &load_options(), &registry).unwrap_or_else(|d| panic!("{d}"));
     let cx = context(&stack.name, &stack.environment);
+    let backend = MemoryBackend::new(kill.clone());
     World {
+        writes: backend.writes.clone(),
         s: Session {
             stack,
-            backend: Box::new(MemoryBackend::new(kill.clone())),
+            backend: Box::new(backend),
             registry,
             lock_timeout: None,
             scope: Default::default(),
@@ -509,6 +513,21 @@ async fn a_kill_after_every_driver_call_of_the_production_apply_is_recovered() {
 }
 
 #[tokio::test]
+async fn an_apply_journals_each_result_and_writes_the_whole_state_a_few_times() {
+    let w = production();
+    w.apply_ok().await;
+    let (st, _) = w.state().await;
+    assert!(st.resources.len() >= 40, "{}", st.resources.len());
+    // The first write of a new state, and the last: no whole-state write
+    // per resource (the fake cloud answers within the checkpoint interval).
+    let writes = w.writes.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(writes, 2, "{writes} whole-state writes");
+    // Everything journaled is in the state written last, so none is kept.
+    assert!(w.s.backend.results().await.unwrap().is_empty());
+    assert!(w.s.backend.open_intents().await.unwrap().is_empty());
+}
+
+#[tokio::test]
 async fn a_kill_during_deploy_is_recovered_by_the_next_command() {
     let prepare = async |w: &World| w.apply_ok().await;
     let deploy = async |w: &World| {
@@ -652,4 +671,102 @@ resources:
     assert!(!st.resources.contains_key("private_a"));
     // The moved entry stays in the stack and does nothing more.
     assert!(!w.plan().await.has_changes());
+}
+
+// ------------------------------------------------------------- at scale
+
+/// The tool's own cost of applying N resources from nothing, with the cloud
+/// out of the picture: the fake cloud answers at once and the state is the
+/// local file backend in a temporary directory. A harness that prints
+/// numbers for `bench/run 6` (which runs it with `--ignored`), not a timed
+/// test: it asserts only that the apply succeeded and recorded everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn apply_at_scale_on_the_fake_cloud() {
+    let sizes = std::env::var("RALPH_BENCH_FAKE_SIZES").unwrap_or_else(|_| "1000,10000".into());
+    for n in sizes.split(',').map(|s| s.trim().parse::<usize>().unwrap()) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stack.yaml");
+        let generated = std::process::Command::new("python3")
+            .arg(repo().join("bench/gen_stack.py"))
+            .args([n.to_string(), format!("scale-{n}")])
+            .output()
+            .unwrap();
+        assert!(generated.status.success());
+        std::fs::write(&path, &generated.stdout).unwrap();
+        let kill = Arc::new(Kill::default());
+        let cloud = FakeCloud::new(kill.clone());
+        let registry = cloud.registry();
+        let stack = Stack::load(&path, &LoadOptions::default(), &registry)
+            .unwrap_or_else(|d| panic!("{d}"));
+        let cx = context(&stack.name, &stack.environment);
+        let backend = crate::state::local::LocalBackend::new(
+            &dir.path().join("state"),
+            &stack.name,
+            &stack.environment,
+        );
+        let s = Session {
+            stack,
+            backend: Box::new(backend),
+            registry,
+            lock_timeout: None,
+            scope: Default::default(),
+        };
+        let (cpu0, written0) = (cpu_seconds(), bytes_written());
+        let t = std::time::Instant::now();
+        let outcome = crate::ops::apply::run(
+            &s,
+            &cx,
+            Request {
+                destroy: false,
+                saved: None,
+                allow_protected: true,
+                options: ApplyOptions { parallelism: 32 },
+            },
+            &Yes,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        let wall = t.elapsed().as_secs_f64();
+        let (cpu, written) = (cpu_seconds() - cpu0, bytes_written() - written0);
+        let Outcome::Applied { report, .. } = outcome else {
+            panic!("not applied")
+        };
+        assert!(report.succeeded(), "{report:?}");
+        let (st, _) = s.read_state().await.unwrap();
+        assert_eq!(st.resources.len(), n);
+        println!(
+            "fake cloud, N={n}: wall {wall:.2} s, the tool's CPU {cpu:.2} s ({:.2} ms per resource), written {:.1} MB ({:.1} kB per resource), final state {:.1} MB",
+            1000.0 * cpu / n as f64,
+            written as f64 / 1e6,
+            written as f64 / n as f64 / 1e3,
+            std::fs::metadata(dir.path().join("state").join(&st.stack).join(&st.environment).join("state.json"))
+                .map(|m| m.len() as f64 / 1e6)
+                .unwrap_or(0.0),
+        );
+    }
+}
+
+/// This process's user and system CPU time so far.
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage fills the struct it is given.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    let t = |v: libc::timeval| v.tv_sec as f64 + v.tv_usec as f64 / 1e6;
+    t(u.ru_utime) + t(u.ru_stime)
+}
+
+/// Bytes this process has caused to be written to storage.
+fn bytes_written() -> u64 {
+    std::fs::read_to_string("/proc/self/io")
+        .ok()
+        .and_then(|io| {
+            io.lines()
+                .find_map(|l| {
+                    l.strip_prefix("write_bytes: ")
+                        .map(|v| v.trim().parse().ok())
+                })
+                .flatten()
+        })
+        .unwrap_or(0)
 }

@@ -411,9 +411,11 @@ impl Driver for FakeDriver {
 pub struct MemoryBackend {
     pub state: Mutex<Option<State>>,
     pub journal: Mutex<Vec<(Intent, bool)>>,
+    pub results: Mutex<Vec<crate::state::Entry>>,
     pub lock: Mutex<Option<LockInfo>>,
     pub snapshots: Mutex<Vec<(Snapshot, State)>>,
-    pub writes: AtomicUsize,
+    /// Whole-state writes so far (shared, so a test keeps a handle).
+    pub writes: Arc<AtomicUsize>,
     pub kill: Arc<Kill>,
 }
 
@@ -422,9 +424,10 @@ impl MemoryBackend {
         MemoryBackend {
             state: Mutex::new(None),
             journal: Mutex::new(Vec::new()),
+            results: Mutex::new(Vec::new()),
             lock: Mutex::new(None),
             snapshots: Mutex::new(Vec::new()),
-            writes: AtomicUsize::new(0),
+            writes: Arc::new(AtomicUsize::new(0)),
             kill,
         }
     }
@@ -440,15 +443,19 @@ impl MemoryBackend {
         }
     }
 
+    /// The last snapshot with the journaled results replayed over it:
+    /// what the next run reads.
     pub fn current(&self) -> Option<State> {
-        self.state.lock().unwrap().clone()
+        let mut st = self.state.lock().unwrap().clone()?;
+        crate::state::replay(&mut st, &self.results.lock().unwrap());
+        Some(st)
     }
 }
 
 #[async_trait::async_trait]
 impl crate::state::StateStore for MemoryBackend {
     async fn read(&self) -> Result<Option<State>, StateError> {
-        Ok(self.state.lock().unwrap().clone())
+        Ok(self.current())
     }
 
     async fn write(&self, state: &State) -> Result<(), StateError> {
@@ -590,6 +597,29 @@ impl crate::state::Journal for MemoryBackend {
     async fn compact(&self) -> Result<(), StateError> {
         self.alive()?;
         self.journal.lock().unwrap().retain(|(_, open)| *open);
+        Ok(())
+    }
+
+    async fn record_result(&self, entry: &crate::state::Entry) -> Result<(), StateError> {
+        self.alive()?;
+        self.results.lock().unwrap().push(entry.clone());
+        if let Some(id) = &entry.closes {
+            for (i, open) in self.journal.lock().unwrap().iter_mut() {
+                if &i.id == id {
+                    *open = false;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn results(&self) -> Result<Vec<crate::state::Entry>, StateError> {
+        Ok(self.results.lock().unwrap().clone())
+    }
+
+    async fn forget_results(&self, serial: u64) -> Result<(), StateError> {
+        self.alive()?;
+        self.results.lock().unwrap().retain(|e| e.since >= serial);
         Ok(())
     }
 }
