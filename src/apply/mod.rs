@@ -28,9 +28,15 @@ use crate::plan::{desired_properties, Action, Change, Plan};
 use crate::stack::{Reference, Stack};
 use crate::state::{Backend, Entry, Intent, ResourceState, State, StateError};
 
-/// How often a running apply writes the whole state (a checkpoint). Between
+/// How often a running apply may write the whole state (a checkpoint). Between
 /// checkpoints the results are in the journal, which every read replays.
 pub const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// A checkpoint also waits until results for at least 1/`CHECKPOINT_SHARE`
+/// of the state have been journaled since the last one: each whole-state
+/// write is paid for by as many small ones, so the bytes written per
+/// resource stay flat however large the state and however long the apply.
+const CHECKPOINT_SHARE: usize = 2;
 
 #[derive(Debug, Clone)]
 pub struct ApplyOptions {
@@ -114,6 +120,8 @@ struct Steps<'a> {
     state: Mutex<State>,
     /// One whole-state write at a time (checkpoints and the last write).
     writing: tokio::sync::Mutex<()>,
+    /// Results journaled since the last checkpoint.
+    since_checkpoint: std::sync::atomic::AtomicUsize,
     backend: &'a dyn Backend,
     registry: &'a Registry,
     cx: &'a Context,
@@ -174,6 +182,8 @@ impl Steps<'_> {
                     st.resources.remove(address);
                 }
             }
+            self.since_checkpoint
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             Entry {
                 lineage: st.lineage.clone(),
                 since: st.serial,
@@ -199,10 +209,18 @@ impl Steps<'_> {
 
     /// Writes the whole state as it stands (a new serial). Results
     /// journaled before it are held by it; later ones replay over it.
+    /// Nothing is written until enough has been journaled (see
+    /// [`CHECKPOINT_SHARE`]).
     async fn checkpoint(&self) -> Result<(), StateError> {
+        use std::sync::atomic::Ordering;
         let _one = self.writing.lock().await;
         let snapshot = {
             let mut st = self.state.lock().expect("state mutex");
+            let journaled = self.since_checkpoint.load(Ordering::Relaxed);
+            if journaled == 0 || journaled * CHECKPOINT_SHARE < st.resources.len() {
+                return Ok(());
+            }
+            self.since_checkpoint.store(0, Ordering::Relaxed);
             st.serial += 1;
             st.clone()
         };
@@ -457,6 +475,7 @@ pub async fn apply(
         stack,
         state: Mutex::new(state),
         writing: tokio::sync::Mutex::new(()),
+        since_checkpoint: Default::default(),
         backend,
         registry,
         cx,
@@ -651,13 +670,12 @@ impl Steps<'_> {
     /// change of one address, the address and the id it deletes).
     fn keyed(&self) -> BTreeMap<String, &Change> {
         let plan = self.plan;
+        let mut per_address: BTreeMap<&str, usize> = BTreeMap::new();
+        for c in &plan.changes {
+            *per_address.entry(c.address.as_str()).or_default() += 1;
+        }
         let key = |c: &Change| -> String {
-            let dup = plan
-                .changes
-                .iter()
-                .filter(|o| o.address == c.address)
-                .count()
-                > 1;
+            let dup = per_address[c.address.as_str()] > 1;
             if dup && c.action == Action::Delete {
                 format!("{} ({})", c.address, c.id.clone().unwrap_or_default())
             } else {

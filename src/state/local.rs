@@ -44,8 +44,12 @@ impl LocalBackend {
 
     /// The serial of a stored body (0 when it cannot be read).
     async fn serial_of(&self, text: &[u8]) -> u64 {
+        #[derive(serde::Deserialize)]
+        struct Serial {
+            serial: u64,
+        }
         match self.sealer.open(text).await {
-            Ok(plain) => serde_json::from_slice::<State>(&plain)
+            Ok(plain) => serde_json::from_slice::<Serial>(&plain)
                 .map(|s| s.serial)
                 .unwrap_or(0),
             Err(_) => 0,
@@ -71,15 +75,21 @@ impl LocalBackend {
         }
     }
 
-    async fn keep_history(&self, previous: &Path) -> Result<(), StateError> {
-        let Ok(text) = fs::read(previous) else {
-            return Ok(());
-        };
-        let serial = self.serial_of(&text).await;
+    /// Keeps the state about to be replaced under `history/`: a second
+    /// name for the same file (nothing copied), as the new state is
+    /// renamed over the old name, not written into it.
+    async fn keep_history(&self, previous: &Path, serial: u64) -> Result<(), StateError> {
         let hist = self.history_dir();
         fs::create_dir_all(&hist).map_err(|e| self.io(&hist, e))?;
         let target = hist.join(format!("{serial:010}.json"));
-        atomic_write(&target, &text).map_err(|e| self.io(&target, e))?;
+        let _ = fs::remove_file(&target);
+        if fs::hard_link(previous, &target).is_err() {
+            let text = fs::read(previous).map_err(|e| self.io(previous, e))?;
+            atomic_write(&target, &text).map_err(|e| self.io(&target, e))?;
+        }
+        fs::File::open(&hist)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| self.io(&hist, e))?;
         let mut old: Vec<PathBuf> = fs::read_dir(&hist)
             .map_err(|e| self.io(&hist, e))?
             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -264,8 +274,9 @@ impl super::StateStore for LocalBackend {
     async fn write(&self, state: &State) -> Result<(), StateError> {
         let path = self.state_path();
         fs::create_dir_all(&self.dir).map_err(|e| self.io(&self.dir, e))?;
-        if path.exists() {
-            self.keep_history(&path).await?;
+        if let Ok(previous) = fs::read(&path) {
+            let serial = self.serial_of(&previous).await;
+            self.keep_history(&path, serial).await?;
         }
         let bytes = serde_json::to_vec_pretty(state)
             .map_err(|e| self.io(&path, std::io::Error::other(e)))?;
@@ -274,7 +285,12 @@ impl super::StateStore for LocalBackend {
             .seal(&bytes)
             .await
             .map_err(|m| self.io(&path, std::io::Error::other(m)))?;
-        atomic_write(&path, &bytes).map_err(|e| self.io(&path, e))
+        // The fsyncs off the runtime's threads: the walks go on meanwhile.
+        let target = path.clone();
+        tokio::task::spawn_blocking(move || atomic_write(&target, &bytes))
+            .await
+            .map_err(|e| self.io(&path, std::io::Error::other(e)))?
+            .map_err(|e| self.io(&path, e))
     }
 
     fn describe(&self) -> String {
