@@ -217,7 +217,7 @@ def bench_scale():
                 t = time.monotonic()
                 p = subprocess.Popen([RD, "plan", stack, "--json", "--detailed-exitcode"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      env=dict(os.environ, AWS_ENDPOINT_URL=proxy, AWS_ACCESS_KEY_ID="b", AWS_SECRET_ACCESS_KEY="b",
-                                              AWS_REGION="us-east-1", RALPH_DEPLOY_STATE_DIR=st))
+                                              AWS_REGION="us-east-1", RALPH_DEPLOY_STATE_DIR=st, RALPH_DEPLOY_API_TIMEOUT="1800"))
                 stdout = p.stdout.read()
                 _, status, usage = os.wait4(p.pid, 0)
                 walls.append(time.monotonic() - t)
@@ -234,7 +234,7 @@ def bench_scale():
                 t = time.monotonic()
                 subprocess.run([RD, "plan", stack, "--json"], cwd=REPO, capture_output=True,
                                env=dict(os.environ, AWS_ENDPOINT_URL=fast, AWS_ACCESS_KEY_ID="b", AWS_SECRET_ACCESS_KEY="b",
-                                        AWS_REGION="us-east-1", RALPH_DEPLOY_STATE_DIR=st))
+                                        AWS_REGION="us-east-1", RALPH_DEPLOY_STATE_DIR=st, RALPH_DEPLOY_API_TIMEOUT="1800"))
                 direct.append(time.monotonic() - t)
             post(proxy + "/__faults", json.dumps({"rate": 0.0}).encode())
             tgt = n == 1000
@@ -284,6 +284,23 @@ def run_measured(args, env):
         if code not in (0, 2):
             raise SystemExit(f"{' '.join(args)} failed ({code}):\n{err.read().decode()[-3000:]}")
         return wall, usage.ru_utime + usage.ru_stime, usage.ru_oublock * 512, out.read().decode()
+
+
+def bench_apply_fake_cloud():
+    """6. The engine alone: apply of N resources (default 1,000, 5,000 and
+    10,000) on the in-process fake cloud with the local state store. A test
+    harness of the crate (debug build, as the test suite builds it) prints
+    one line per size; the numbers are for their ratio across sizes."""
+    sizes = os.environ.get("BENCH_FAKE_SIZES", "1000,5000,10000")
+    p = subprocess.run(["cargo", "test", "--locked", "--quiet", "--lib", "apply_at_scale_on_the_fake_cloud", "--",
+                        "--ignored", "--nocapture"], cwd=REPO, capture_output=True, text=True,
+                       env=dict(os.environ, RALPH_BENCH_FAKE_SIZES=sizes))
+    lines = [l for l in p.stdout.splitlines() if l.startswith("fake cloud, N=")]
+    if p.returncode != 0 or not lines:
+        raise SystemExit(f"the fake-cloud harness failed:\n{p.stdout[-2000:]}\n{p.stderr[-2000:]}")
+    for l in lines:
+        head, rest = l.split(": ", 1)
+        row(f"6. apply on the in-process fake cloud, {head[len('fake cloud, '):]} (debug build)", rest, "")
 
 
 def bench_apply_scale():
@@ -388,6 +405,7 @@ def main():
         bench_scale()
     if "6" in which:
         bench_apply_scale()
+        bench_apply_fake_cloud()
     print()
     print(f"| benchmark | result | unit | target |")
     print(f"|---|---|---|---|")

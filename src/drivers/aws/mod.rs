@@ -108,10 +108,11 @@ impl AwsClients {
         // A dead or hanging endpoint must fail within a bound the user can
         // set, not after every retry of a long attempt timeout.
         let total = api_timeout();
+        let attempt = attempt_timeout(total);
         let timeouts = aws_config::timeout::TimeoutConfig::builder()
             .connect_timeout(std::time::Duration::from_secs(5).min(total))
-            .read_timeout(std::time::Duration::from_secs(30).min(total))
-            .operation_attempt_timeout(std::time::Duration::from_secs(30).min(total))
+            .read_timeout(attempt)
+            .operation_attempt_timeout(attempt)
             .operation_timeout(total)
             .build();
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
@@ -352,6 +353,15 @@ pub fn endpoint_description() -> String {
         .unwrap_or_else(|| "the AWS endpoint".into())
 }
 
+/// How long one attempt of a call may take: 30 s, or a quarter of the bound
+/// on the whole call when that is more, so a user who raises the bound for
+/// a slow party gives each attempt the time too (never more than the bound).
+fn attempt_timeout(total: std::time::Duration) -> std::time::Duration {
+    (total / 4)
+        .max(std::time::Duration::from_secs(30))
+        .min(total)
+}
+
 /// An SDK failure as one line: the service's code and message, or what was
 /// reached (or not) and what was expected.
 pub(crate) fn api_error<E>(
@@ -366,7 +376,8 @@ where
         (Some(code), Some(msg)) => format!("{code}: {msg}"),
         (Some(code), None) => code.to_string(),
         _ if matches!(err, SdkError::TimeoutError(_)) => format!(
-            "no answer from {endpoint} within {}s (retries included). Check the endpoint (AWS_ENDPOINT_URL, cloud.aws.endpoint), proxies and the network; {API_TIMEOUT_ENV}=SECONDS sets this bound",
+            "no answer from {endpoint} within {}s per attempt, {}s in all (retries included). Check the endpoint (AWS_ENDPOINT_URL, cloud.aws.endpoint), proxies and the network; {API_TIMEOUT_ENV}=SECONDS sets the bound in all (an attempt gets a quarter of it, at least 30s)",
+            attempt_timeout(api_timeout()).as_secs(),
             api_timeout().as_secs()
         ),
         _ if matches!(err, SdkError::DispatchFailure(_)) => {
@@ -802,4 +813,18 @@ where
         },
     )
     .await
+}
+
+#[cfg(test)]
+mod timeout_tests {
+    use super::attempt_timeout;
+    use std::time::Duration;
+
+    #[test]
+    fn an_attempt_gets_a_quarter_of_the_bound_at_least_30s_never_more_than_the_bound() {
+        let s = Duration::from_secs;
+        assert_eq!(attempt_timeout(s(120)), s(30));
+        assert_eq!(attempt_timeout(s(12)), s(12));
+        assert_eq!(attempt_timeout(s(1800)), s(450));
+    }
 }
