@@ -1,7 +1,7 @@
 //! Recovery: before anything is planned, the results an interrupted run
-//! journaled after its last checkpoint (already replayed by the read) are
-//! written into the state, and every intent an earlier run left open is
-//! settled. A create whose result never reached the state is looked
+//! journaled after its last checkpoint are written into the state
+//! ([`fold_results`], before the command keeps its copy of the state), and
+//! every intent an earlier run left open is settled. A create whose result never reached the state is looked
 //! up (by its ownership tags, by the name it was created with, or for kinds
 //! without tags by the properties that identify it) and adopted into the
 //! state, or confirmed absent. Updates and deletes need nothing: the refresh
@@ -67,21 +67,29 @@ fn find<'a>(
     None
 }
 
+/// Writes the results an interrupted run journaled after its last
+/// checkpoint (which every read replays) into a new serial, and empties
+/// the journal of results (those of a state since deleted go too). Run
+/// under the lock, first: the copy kept before a command then holds them.
+pub async fn fold_results(backend: &dyn Backend) -> Result<usize, StateError> {
+    let results = backend.results().await?;
+    if results.is_empty() {
+        return Ok(0);
+    }
+    if let Some(mut state) = backend.read().await? {
+        state.serial += 1;
+        backend.write(&state).await?;
+    }
+    backend.forget_results(u64::MAX).await?;
+    Ok(results.len())
+}
+
 pub async fn recover(
     backend: &dyn Backend,
     state: &mut State,
     registry: &Registry,
     cx: &Context,
 ) -> Result<Recovery, StateError> {
-    // What the read replayed becomes part of a written state; the journal
-    // then starts empty (results of a state since deleted are dropped too).
-    if !backend.results().await?.is_empty() {
-        if state.serial > 0 {
-            state.serial += 1;
-            backend.write(state).await?;
-        }
-        backend.forget_results(u64::MAX).await?;
-    }
     let intents = backend.open_intents().await?;
     let mut out = Recovery::default();
     if intents.is_empty() {

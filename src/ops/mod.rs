@@ -585,6 +585,7 @@ where
     // lets the next run recover it) and still releases the lock below.
     let held = HeldLock::mark();
     let work = async {
+        crate::apply::recover::fold_results(s.backend.as_ref()).await?;
         s.backend.snapshot_before(operation).await.map_err(|e| {
             OpError::refused(format!(
                 "cannot keep a copy of the state before {operation}, so nothing was changed: {e}"

@@ -528,6 +528,45 @@ async fn an_apply_journals_each_result_and_writes_the_whole_state_a_few_times() 
 }
 
 #[tokio::test]
+async fn results_journaled_before_a_kill_are_read_and_kept_in_the_copy_before_the_next_command() {
+    let w = production();
+    w.kill.after(12);
+    let _ = w.apply().await;
+    assert!(w.kill.is_dead());
+    w.kill.revive();
+    let _ = w.s.backend.force_unlock("any").await;
+    // The killed run wrote the new state and then only journaled.
+    let journaled = w.s.backend.results().await.unwrap();
+    assert!(journaled.len() >= 5, "{} results", journaled.len());
+    let (read, _) = w.state().await;
+    for e in &journaled {
+        assert_eq!(
+            read.resources.get(&e.address),
+            e.resource.as_ref(),
+            "{}",
+            e.address
+        );
+    }
+    // The next command folds them into a written state first, so the copy
+    // it keeps of the state before it holds them too.
+    w.apply_ok().await;
+    assert!(w.s.backend.results().await.unwrap().is_empty());
+    let before = w.s.backend.snapshots().await.unwrap();
+    let kept =
+        w.s.backend
+            .read_snapshot(&before.last().unwrap().name)
+            .await
+            .unwrap();
+    for e in journaled.iter().filter(|e| e.resource.is_some()) {
+        assert!(
+            kept.resources.contains_key(&e.address),
+            "{} not in the copy",
+            e.address
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_kill_during_deploy_is_recovered_by_the_next_command() {
     let prepare = async |w: &World| w.apply_ok().await;
     let deploy = async |w: &World| {

@@ -471,7 +471,9 @@ impl crate::state::StateStore for MemoryBackend {
 
     async fn snapshot_before(&self, operation: &str) -> Result<Option<String>, StateError> {
         self.alive()?;
-        let Some(st) = self.current() else {
+        // A copy of what was last written, as the real stores copy their
+        // state object (journaled results are not in it).
+        let Some(st) = self.state.lock().unwrap().clone() else {
             return Ok(None);
         };
         let mut snaps = self.snapshots.lock().unwrap();
