@@ -95,6 +95,30 @@ impl PostgresBackend {
         }
     }
 
+    /// The sealed JSON bodies `sql` selects for this stack and environment
+    /// (bound as $1 and $2), opened and parsed, in the order selected.
+    async fn bodies<T: serde::de::DeserializeOwned>(
+        &self,
+        sql: &str,
+    ) -> Result<Vec<T>, StateError> {
+        let rows = sqlx::query(sql)
+            .bind(&self.stack)
+            .bind(&self.environment)
+            .fetch_all(self.pool().await?)
+            .await
+            .map_err(|e| self.err(e))?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let plain = self
+                .sealer
+                .open(r.get::<Vec<u8>, _>("body").as_slice())
+                .await
+                .map_err(|m| self.err(m))?;
+            out.push(serde_json::from_slice(&plain).map_err(|e| self.err(e))?);
+        }
+        Ok(out)
+    }
+
     fn describe_target(&self) -> String {
         format!(
             "{} (stack {}, environment {})",
@@ -627,24 +651,10 @@ impl super::Journal for PostgresBackend {
     }
 
     async fn open_intents(&self) -> Result<Vec<Intent>, StateError> {
-        let rows = sqlx::query(
+        self.bodies(
             "SELECT body FROM ralph_deploy.intents WHERE stack = $1 AND environment = $2 ORDER BY opened_at, id",
         )
-        .bind(&self.stack)
-        .bind(&self.environment)
-        .fetch_all(self.pool().await?)
         .await
-        .map_err(|e| self.err(e))?;
-        let mut out = Vec::new();
-        for r in &rows {
-            let plain = self
-                .sealer
-                .open(r.get::<Vec<u8>, _>("body").as_slice())
-                .await
-                .map_err(|m| self.err(m))?;
-            out.push(serde_json::from_slice(&plain).map_err(|e| self.err(e))?);
-        }
-        Ok(out)
     }
 
     async fn compact(&self) -> Result<(), StateError> {
@@ -682,24 +692,10 @@ impl super::Journal for PostgresBackend {
     }
 
     async fn results(&self) -> Result<Vec<super::Entry>, StateError> {
-        let rows = sqlx::query(
+        self.bodies(
             "SELECT body FROM ralph_deploy.results WHERE stack = $1 AND environment = $2 ORDER BY seq",
         )
-        .bind(&self.stack)
-        .bind(&self.environment)
-        .fetch_all(self.pool().await?)
         .await
-        .map_err(|e| self.err(e))?;
-        let mut out = Vec::with_capacity(rows.len());
-        for r in &rows {
-            let plain = self
-                .sealer
-                .open(r.get::<Vec<u8>, _>("body").as_slice())
-                .await
-                .map_err(|m| self.err(m))?;
-            out.push(serde_json::from_slice(&plain).map_err(|e| self.err(e))?);
-        }
-        Ok(out)
     }
 
     async fn forget_results(&self, serial: u64) -> Result<(), StateError> {
