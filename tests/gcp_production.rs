@@ -217,6 +217,10 @@ async fn gcp_production_end_to_end() {
     w.edit("      ingress_class: nginx\n", "      ingress_class: gce\n");
     let (out, _) = apply(&w, &[]);
     assert!(out.status.success(), "{}", text(&out.stderr));
+    // GKE's controller takes the Ingress back (a pass of its own, as on
+    // GKE): wait for it, or a later `status` can come first.
+    let again = edge_settled(&ingresses, &w, true).await;
+    assert_eq!(again["healthy"], true, "{again}");
     // They became ready because the double's network model admits their
     // stores: DATABASE_URL and REDIS_URL (from their Secret) name Cloud SQL's
     // and Memorystore's private addresses, which a VPC-native cluster on the
