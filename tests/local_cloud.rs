@@ -1601,7 +1601,15 @@ async fn the_guides_rollout_cannot_schedule_its_surge_pod_on_three_nodes_and_can
         let (nodes, lp) = (nodes.clone(), of_group.clone());
         async move {
             let got = nodes.list(&lp).await.unwrap().items;
-            (got.len() == want).then_some(got)
+            // A Node is written first and its status (allocatable) in a
+            // second request: count only Nodes with both.
+            let ready = got.iter().all(|n| {
+                n.status
+                    .as_ref()
+                    .and_then(|s| s.allocatable.as_ref())
+                    .is_some()
+            });
+            (got.len() == want && ready).then_some(got)
         }
     };
     let three = eventually(30, "the node group's 3 Nodes never appeared", || count(3)).await;
