@@ -87,20 +87,21 @@ KC
   done
   curl -ksf -H "Authorization: Bearer local-admin-token" "https://127.0.0.1:$ap/readyz" >/dev/null \
     || { echo "kube-apiserver did not become ready; see $k/apiserver.log" >&2; tail -20 "$k/apiserver.log" >&2; return 1; }
-  # GKE's own CRDs (ManagedCertificate, FrontendConfig), as a GKE cluster has them.
-  python3 - "$here/local-cloud/gke-crds.yaml" "https://127.0.0.1:$ap" <<'PY'
+  # GKE's own CRDs (ManagedCertificate, FrontendConfig), as a GKE cluster
+  # has them, and cert-manager's, as its add-on installs them.
+  python3 - "https://127.0.0.1:$ap" "$here/local-cloud/gke-crds.yaml" "$here/local-cloud/cert-manager-crds.yaml" <<'PY'
 import json, ssl, sys, urllib.request
-docs = open(sys.argv[1]).read().split("\n---\n")
+docs = [d for f in sys.argv[2:] for d in open(f).read().split("\n---\n")]
 ctx = ssl._create_unverified_context()
 for doc in docs:
-    req = urllib.request.Request(sys.argv[2] + "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
+    req = urllib.request.Request(sys.argv[1] + "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
                                  data=doc.encode(), method="POST",
                                  headers={"Authorization": "Bearer local-admin-token", "Content-Type": "application/yaml"})
     try:
         urllib.request.urlopen(req, context=ctx, timeout=10).read()
     except urllib.error.HTTPError as e:
         if e.code != 409:
-            sys.exit("installing GKE's CRDs: %s %s" % (e.code, e.read()[:300]))
+            sys.exit("installing the CRDs: %s %s" % (e.code, e.read()[:300]))
 PY
   "$bin/kube-controller-manager" --kubeconfig "$dir/kubeconfig" --leader-elect=false \
     --service-account-private-key-file "$k/sa.key" --use-service-account-credentials=false \

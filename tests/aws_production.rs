@@ -88,14 +88,10 @@ async fn production_stack_end_to_end() {
         "postgres".into(),
     ));
 
-    // One add-on, a stand-in for the ingress controller (see the fixture).
-    w.env
-        .retain(|(k, _)| k != "RALPH_DEPLOY_VAR_cluster_addons");
-    w.env.push((
-        "RALPH_DEPLOY_VAR_cluster_addons".into(),
-        serde_json::json!({ "ingress": [common::repo().join("scripts/local-cloud/addon").display().to_string()] }).to_string(),
-    ));
-    let addon = "addons.addon[\"ingress\"]";
+    // No stand-in add-on: the edge is the stack's own AWS Load Balancer
+    // Controller, which the local cloud lets serve only through its IRSA
+    // role and an issued ACM certificate.
+    let edge = "lb_controller";
     // A second administrator, through an EKS access entry.
     let alice = aws_sdk_iam::Client::new(&w.aws_conf().await)
         .create_role()
@@ -115,25 +111,25 @@ async fn production_stack_end_to_end() {
     // ---- apply: every resource, in dependency order, branches in parallel.
     let ev = apply_json(&w, &[]);
     let s = ev.summary();
-    assert_eq!(s["created"], 54, "{s}");
-    // The add-on between the nodes and the orchestrator, and available.
-    assert!(ev.at("resource_finished", "nodes") < ev.at("resource_started", addon));
+    assert_eq!(s["created"], 56, "{s}");
+    // The edge between the nodes and the orchestrator, and available.
+    assert!(ev.at("resource_finished", "nodes") < ev.at("resource_started", edge));
     // EKS's own metrics-server and cert-manager after the nodes (before,
     // they would be DEGRADED), cert-manager before the add-ons that name
-    // its ClusterIssuer.
+    // its issuers (the controller's webhook certificate).
     for eks_addon in ["metrics_server", "cert_manager"] {
         assert!(ev.at("resource_finished", "nodes") < ev.at("resource_started", eks_addon));
     }
-    assert!(ev.at("resource_finished", "cert_manager") < ev.at("resource_started", addon));
-    assert!(ev.at("resource_finished", addon) < ev.at("resource_started", "app.orchestrator"));
+    assert!(ev.at("resource_finished", "cert_manager") < ev.at("resource_started", edge));
+    assert!(ev.at("resource_finished", edge) < ev.at("resource_started", "app.orchestrator"));
     let controller = kube::api::Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(
         common::kube_client().await,
-        &format!("addon-{name}-production"),
+        &format!("{name}-system"),
     )
-    .get("ingress-controller")
+    .get("aws-load-balancer-controller")
     .await
     .unwrap();
-    assert_eq!(controller.status.unwrap().available_replicas, Some(1));
+    assert_eq!(controller.status.unwrap().available_replicas, Some(2));
     assert_eq!(s["failed"], 0, "{s}");
     // RDS, ElastiCache and EKS are all creating at the same time: each
     // starts before any of the three finishes.
@@ -343,10 +339,36 @@ async fn production_stack_end_to_end() {
     assert!(changed.is_empty(), "second plan is not empty: {changed:#?}");
     assert_eq!(out.status.code(), Some(0));
 
+    // ---- the edge: an ALB the controller built with the ACM certificate
+    // (issued once its DNS records exist: the local ACM's wait).
+    let ingresses = kube::api::Api::<k8s_openapi::api::networking::v1::Ingress>::namespaced(
+        common::kube_client().await,
+        &name,
+    );
+    let mut hostname = None;
+    for _ in 0..150 {
+        hostname = ingresses
+            .get("ralph-orchestrator")
+            .await
+            .unwrap()
+            .status
+            .and_then(|s| s.load_balancer)
+            .and_then(|l| l.ingress)
+            .and_then(|i| i.into_iter().next())
+            .and_then(|i| i.hostname);
+        if hostname.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+    let hostname = hostname.expect("the controller never served the Ingress");
+    assert!(hostname.ends_with(".us-east-1.elb.amazonaws.com"), "{hostname}");
+
     // ---- the service works, checked from outside the VPC: the pods' own
     // credentials log in to PostgreSQL and Redis (with its AUTH token,
-    // over TLS) through the cluster.
-    common::healthy_through_the_cluster(&w).await;
+    // over TLS) through the cluster, and the edge is served.
+    let report = common::healthy_through_the_cluster(&w).await;
+    assert!(report.to_string().contains("AWS Load Balancer Controller's ALB"), "{report}");
 
     // ---- scaling the nodegroup and changing backup retention are in place.
     let vars = ["--var", "nodes_desired=5", "--var", "db_backup_days=14"];
@@ -459,10 +481,11 @@ async fn production_stack_end_to_end() {
         text(&out.stdout)
     );
     let ev = Events::parse(&text(&out.stdout));
-    assert_eq!(ev.summary()["deleted"], 54);
+    assert_eq!(ev.summary()["deleted"], 56);
     for (dependent, dependency) in [
-        (addon, "nodes"),
-        ("app.orchestrator", addon),
+        (edge, "nodes"),
+        ("app.orchestrator", edge),
+        ("app.orchestrator", "edge_cert"),
         ("nodes", "eks"),
         ("db_replica", "db"),
         ("private[\"a\"]", "vpc"),

@@ -16,6 +16,7 @@ SDKs speak (Smithy RPC v2 CBOR), which moto 5.2 does not route.
 Delays, in seconds, come from RALPH_MOTO_DELAYS (a JSON object overriding
 DEFAULTS below); RALPH_MOTO_DELAY_SCALE multiplies all of them.
 """
+import hashlib
 import json
 import os
 import sys
@@ -591,101 +592,121 @@ def node_listing():
     api_urls.url_paths["{0}/moto-api/eks/nodes$"] = handler
 
 
-def eks_autoscale():
-    """The cluster autoscaler's calls to AWS, for the node simulator (which
-    plays the autoscaler's pod): POST /moto-api/eks/autoscale with
-    {cluster, nodegroup, role_arn, service_account} grows the node group by
-    one node when the autoscaler could: its service account's role (IRSA)
-    must exist, trust the cluster's OIDC issuer as an IAM OIDC provider for
-    that service account and the sts.amazonaws.com audience, and allow
-    autoscaling:SetDesiredCapacity on the group's Auto Scaling group (whose
-    tags EKS sets: k8s.io/cluster-autoscaler/CLUSTER=owned,
-    k8s.io/cluster-autoscaler/enabled=true); and the group must be below
-    its maximum. Answers {grown, size} or {grown: false, reason}, the reason
-    worded as the autoscaler would log it."""
+def listed(v):
+    return v if isinstance(v, list) else [v]
+
+
+def action_allows(statement, action):
+    if statement.get("Effect") != "Allow":
+        return False
+    service = action.split(":")[0] + ":*"
+    return any(a in (action, service, "*") for a in listed(statement.get("Action") or []))
+
+
+def conditions_hold(statement, tags):
+    for op, pairs in (statement.get("Condition") or {}).items():
+        for key, want in pairs.items():
+            if not key.startswith("aws:ResourceTag/"):
+                continue
+            have = tags.get(key[len("aws:ResourceTag/"):])
+            if op == "StringEquals" and have not in listed(want):
+                return False
+    return True
+
+
+def role_documents(role):
+    for doc in role.policies.values():
+        yield doc
+    for policy in role.managed_policies.values():
+        version = getattr(policy, "default_version", None)
+        if version is not None:
+            yield version.document
+
+
+def role_allows(role, action, tags):
+    from urllib.parse import unquote
+    for doc in role_documents(role):
+        parsed = json.loads(unquote(doc)) if isinstance(doc, str) else doc
+        for st in listed(parsed.get("Statement") or []):
+            if action_allows(st, action) and conditions_hold(st, tags):
+                return True
+    return False
+
+
+def irsa(body, who):
+    """A pod's AWS identity through IRSA, as STS's AssumeRoleWithWebIdentity
+    decides it: body {cluster, role_arn, service_account}. The role must
+    exist and trust the cluster's OIDC issuer, as an IAM OIDC provider with
+    the sts.amazonaws.com audience, for that service account. Answers
+    (iam backend, role, cluster) or the refusal, worded as `who` (the
+    controller) would log it."""
     from urllib.parse import unquote
 
     from moto.eks.models import eks_backends
     from moto.iam.models import iam_backends
+
+    role_arn, sa = body.get("role_arn") or "", body.get("service_account") or ""
+    if not role_arn:
+        return "WebIdentityErr: the service account %s has no eks.amazonaws.com/role-arn annotation, " \
+               "so %s has no AWS credentials" % (sa, who)
+    account = role_arn.split(":")[4] if role_arn.count(":") >= 5 else ""
+    try:
+        iam = iam_backends[account]["global"]
+        role = iam.get_role(role_arn.rsplit("/", 1)[-1])
+    except Exception:
+        return "WebIdentityErr: AccessDenied: role %s does not exist" % role_arn
+    cluster = None
+    for _, _, eks in each(eks_backends):
+        if account in ("", eks.account_id) and body.get("cluster") in eks.clusters:
+            cluster = eks.clusters[body["cluster"]]
+            break
+    if cluster is None:
+        return "no EKS cluster %s in the role's account" % body.get("cluster")
+    issuer = cluster.identity["oidc"]["issuer"].replace("https://", "", 1)
+    trust = json.loads(unquote(role.assume_role_policy_document or "{}"))
+    subject = "system:serviceaccount:" + sa.replace("/", ":", 1)
+    for st in listed(trust.get("Statement") or []):
+        provider_arn = (st.get("Principal") or {}).get("Federated")
+        if "sts:AssumeRoleWithWebIdentity" not in listed(st.get("Action") or []) or not provider_arn:
+            continue
+        provider = iam.open_id_providers.get(provider_arn)
+        if provider is None or provider.url != issuer:
+            continue
+        eq = (st.get("Condition") or {}).get("StringEquals") or {}
+        if subject in listed(eq.get(issuer + ":sub", [])) and \
+                "sts.amazonaws.com" in listed(eq.get(issuer + ":aud", [])) and \
+                "sts.amazonaws.com" in provider.client_id_list:
+            return iam, role, cluster
+    return ("WebIdentityErr: AccessDenied: Not authorized to perform sts:AssumeRoleWithWebIdentity "
+            "(role %s does not trust %s for %s through an IAM OIDC provider of the cluster's issuer %s)"
+            % (role_arn, subject, "sts.amazonaws.com", issuer))
+
+
+def eks_autoscale():
+    """The cluster autoscaler's calls to AWS, for the node simulator (which
+    plays the autoscaler's pod): POST /moto-api/eks/autoscale with
+    {cluster, nodegroup, role_arn, service_account} grows the node group by
+    one node when the autoscaler could: its service account's role must be
+    its own through IRSA (`irsa`) and allow autoscaling:SetDesiredCapacity
+    on the group's Auto Scaling group (whose tags EKS sets:
+    k8s.io/cluster-autoscaler/CLUSTER=owned,
+    k8s.io/cluster-autoscaler/enabled=true); and the group must be below
+    its maximum. Answers {grown, size} or {grown: false, reason}, the reason
+    worded as the autoscaler would log it."""
     from moto.moto_api._internal import urls as api_urls
 
-    def listed(v):
-        return v if isinstance(v, list) else [v]
-
-    def action_allows(statement, action):
-        if statement.get("Effect") != "Allow":
-            return False
-        service = action.split(":")[0] + ":*"
-        return any(a in (action, service, "*") for a in listed(statement.get("Action") or []))
-
-    def conditions_hold(statement, tags):
-        for op, pairs in (statement.get("Condition") or {}).items():
-            for key, want in pairs.items():
-                if not key.startswith("aws:ResourceTag/"):
-                    continue
-                have = tags.get(key[len("aws:ResourceTag/"):])
-                if op == "StringEquals" and have not in listed(want):
-                    return False
-        return True
-
-    def documents(iam, role):
-        for doc in role.policies.values():
-            yield doc
-        for policy in role.managed_policies.values():
-            version = getattr(policy, "default_version", None)
-            if version is not None:
-                yield version.document
-
     def grow(body):
-        role_arn, sa = body.get("role_arn") or "", body.get("service_account") or ""
-        if not role_arn:
-            return "WebIdentityErr: the service account %s has no eks.amazonaws.com/role-arn annotation, " \
-                   "so the autoscaler has no AWS credentials" % sa
-        account = role_arn.split(":")[4] if role_arn.count(":") >= 5 else ""
-        try:
-            iam = iam_backends[account]["global"]
-            role = iam.get_role(role_arn.rsplit("/", 1)[-1])
-        except Exception:
-            return "WebIdentityErr: AccessDenied: role %s does not exist" % role_arn
-        cluster = None
-        for _, _, eks in each(eks_backends):
-            if account in ("", eks.account_id) and body.get("cluster") in eks.clusters:
-                cluster = eks.clusters[body["cluster"]]
-                break
-        if cluster is None:
-            return "no EKS cluster %s in the role's account" % body.get("cluster")
-        issuer = cluster.identity["oidc"]["issuer"].replace("https://", "", 1)
-        trust = json.loads(unquote(role.assume_role_policy_document or "{}"))
-        subject = "system:serviceaccount:" + sa.replace("/", ":", 1)
-        trusted = False
-        for st in listed(trust.get("Statement") or []):
-            provider_arn = (st.get("Principal") or {}).get("Federated")
-            if "sts:AssumeRoleWithWebIdentity" not in listed(st.get("Action") or []) or not provider_arn:
-                continue
-            provider = iam.open_id_providers.get(provider_arn)
-            if provider is None or provider.url != issuer:
-                continue
-            eq = (st.get("Condition") or {}).get("StringEquals") or {}
-            if subject in listed(eq.get(issuer + ":sub", [])) and \
-                    "sts.amazonaws.com" in listed(eq.get(issuer + ":aud", [])) and \
-                    "sts.amazonaws.com" in provider.client_id_list:
-                trusted = True
-        if not trusted:
-            return ("WebIdentityErr: AccessDenied: Not authorized to perform sts:AssumeRoleWithWebIdentity "
-                    "(role %s does not trust %s for %s through an IAM OIDC provider of the cluster's issuer %s)"
-                    % (role_arn, subject, "sts.amazonaws.com", issuer))
+        found = irsa(body, "the autoscaler")
+        if isinstance(found, str):
+            return found
+        _, role, cluster = found
+        role_arn = body.get("role_arn")
         ng = cluster.nodegroups.get(body.get("nodegroup"))
         if ng is None or ng.status != "ACTIVE":
             return "node group %s is not ACTIVE" % body.get("nodegroup")
         tags = {"k8s.io/cluster-autoscaler/" + cluster.name: "owned", "k8s.io/cluster-autoscaler/enabled": "true",
                 "eks:cluster-name": cluster.name, "eks:nodegroup-name": ng.nodegroup_name}
-        allowed = False
-        for doc in documents(iam, role):
-            parsed = json.loads(unquote(doc)) if isinstance(doc, str) else doc
-            for st in listed(parsed.get("Statement") or []):
-                if action_allows(st, "autoscaling:SetDesiredCapacity") and conditions_hold(st, tags):
-                    allowed = True
-        if not allowed:
+        if not role_allows(role, "autoscaling:SetDesiredCapacity", tags):
             return ("AccessDenied: User: %s is not authorized to perform: autoscaling:SetDesiredCapacity on the "
                     "Auto Scaling group of node group %s" % (role_arn, ng.nodegroup_name))
         scaling = dict(ng.scaling_config or {})
@@ -708,6 +729,76 @@ def eks_autoscale():
         return 200, {"Content-Type": "application/json"}, json.dumps(answer)
 
     api_urls.url_paths["{0}/moto-api/eks/autoscale$"] = handler
+
+
+def elbv2_serve():
+    """The AWS Load Balancer Controller's calls to AWS, for the node
+    simulator (which plays the controller's pod): POST
+    /moto-api/elbv2/serve with {cluster, role_arn, service_account,
+    namespace, name, hosts, certificate_arn} answers {served, hostname} when
+    the controller could build the Ingress's load balancer: its service
+    account's role is its own through IRSA (`irsa`) and allows
+    elasticloadbalancing:CreateLoadBalancer, and the HTTPS listener has a
+    certificate: the ACM certificate the Ingress names, or (none named) one
+    ACM holds for its host, which must exist in the cluster's account and
+    region, be ISSUED and cover every host. Else {served: false, reason},
+    worded as the controller's FailedDeployModel / FailedBuildModel event.
+    Nothing is created in ELB: the model stops at the decision."""
+    from moto.acm.models import acm_backends
+    from moto.moto_api._internal import urls as api_urls
+
+    def covers(names, host):
+        for n in names:
+            if n == host or (n.startswith("*.") and host.split(".", 1)[-1] == n[2:] and host.count(".") == n.count(".")):
+                return True
+        return False
+
+    def serve(body):
+        found = irsa(body, "the load balancer controller")
+        if isinstance(found, str):
+            return found
+        _, role, cluster = found
+        if not role_allows(role, "elasticloadbalancing:CreateLoadBalancer", {"elbv2.k8s.aws/cluster": cluster.name}):
+            return ("FailedDeployModel: AccessDenied: User: %s is not authorized to perform: "
+                    "elasticloadbalancing:CreateLoadBalancer" % body.get("role_arn"))
+        account, region = cluster.arn.split(":")[4], cluster.arn.split(":")[3]
+        acm = acm_backends[account][region]
+        hosts = [h for h in body.get("hosts") or [] if h]
+        arn = body.get("certificate_arn") or ""
+        if arn:
+            cert = acm._certificates.get(arn)
+            if cert is None:
+                return "FailedDeployModel: CertificateNotFound: Certificate '%s' not found" % arn
+            certs = [cert]
+        else:
+            certs = list(acm._certificates.values())
+        usable = []
+        for cert in certs:
+            cert.check()
+            names = set(cert.sans or []) | {cert.common_name}
+            if cert.status == "ISSUED" and all(covers(names, h) for h in hosts):
+                usable.append(cert)
+        if not usable:
+            if arn:
+                return ("FailedDeployModel: UnsupportedCertificate: The certificate '%s' must have a fully-qualified "
+                        "domain name, a supported signature, a supported key size, and be ISSUED for %s (it is %s)"
+                        % (arn, ", ".join(hosts), certs[0].status))
+            return ("FailedBuildModel: failed to build LoadBalancer configuration due to no certificate found "
+                    "for host: %s" % ", ".join(hosts))
+        digest = hashlib.sha256(("%s/%s" % (body.get("namespace"), body.get("name"))).encode()).hexdigest()[:10]
+        name = ("k8s-%s-%s" % (body.get("namespace", ""), body.get("name", "")))[:21].rstrip("-")
+        return {"served": True, "hostname": "%s-%s.%s.elb.amazonaws.com" % (name, digest, region)}
+
+    def handler(request, full_url, headers):
+        try:
+            answer = serve(json_body(request, headers))
+        except Exception as e:  # never take moto down
+            answer = "the controller's call failed: %r" % e
+        if isinstance(answer, str):
+            answer = {"served": False, "reason": answer}
+        return 200, {"Content-Type": "application/json"}, json.dumps(answer)
+
+    api_urls.url_paths["{0}/moto-api/elbv2/serve$"] = handler
 
 
 def patch_rds():
@@ -1572,7 +1663,7 @@ def enforces_network_policy(cluster):
 
 def main():
     host, port = sys.argv[1], int(sys.argv[2])
-    for patch in (patch_eks, patch_eks_rules, patch_eks_access, eks_authenticate, patch_eks_addons, network_model, node_listing, eks_autoscale, patch_rds, patch_elasticache,
+    for patch in (patch_eks, patch_eks_rules, patch_eks_access, eks_authenticate, patch_eks_addons, network_model, node_listing, eks_autoscale, elbv2_serve, patch_rds, patch_elasticache,
                   patch_elasticache_servers, patch_nat, patch_s3, patch_cloudwatch, patch_iam, patch_server):
         try:
             patch()

@@ -495,15 +495,20 @@ def unreachable_store(pod, container, secret, policies=(), configmap=lambda ns, 
 
 
 SERVED_PATHS = ("/health", "/ready")
+# What the add-ons' controllers serve, by their image's name.
+IMAGE_PATHS = {"aws-load-balancer-controller": ("/healthz", "/readyz")}
 
 
 def probe_refused(container):
     """Why the container's HTTP probes fail, or None: the application
     answers /health and /ready (App above) and 404 elsewhere, as the
-    orchestrator does."""
+    orchestrator does; the add-ons' controllers answer the paths their
+    software serves (IMAGE_PATHS)."""
+    repo = container.get("image", "").split("@")[0].rsplit(":", 1)[0].rsplit("/", 1)[-1]
+    served = IMAGE_PATHS.get(repo, SERVED_PATHS)
     for kind in ("readinessProbe", "livenessProbe"):
         get = (container.get(kind) or {}).get("httpGet")
-        if get and get.get("path", "/").split("?")[0] not in SERVED_PATHS:
+        if get and get.get("path", "/").split("?")[0] not in served:
             return "%s failed: HTTP probe failed with statuscode: 404 (GET %s)" % (kind, get.get("path"))
     return None
 
@@ -567,6 +572,7 @@ ENFORCING = {}
 DEFAULT_NODES = int(os.environ.get("RALPH_SIM_DEFAULT_NODES", "6"))
 SIMULATED = "node.ralph-sim/simulated"  # the label on every Node this simulator keeps
 SOURCE = "node.ralph-sim/source"  # the annotation naming the cloud a Node's group is in
+EKS_CLUSTER = "node.ralph-sim/eks-cluster"  # the label naming an EKS Node's cluster
 MACHINES = json.load(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "support",
                                        "machine-types.json")))
 EFFECTS = {"NO_SCHEDULE": "NoSchedule", "PREFER_NO_SCHEDULE": "PreferNoSchedule", "NO_EXECUTE": "NoExecute"}
@@ -656,6 +662,7 @@ def wanted_nodes():
         for g in groups:
             key = "%s %s %s %s %s" % (ep, g["account"], g["region"], g["cluster"], g["nodegroup"])
             labels = dict(g["labels"], **{
+                EKS_CLUSTER: g["cluster"],
                 "topology.kubernetes.io/region": g["region"], "eks.amazonaws.com/nodegroup": g["nodegroup"],
                 "eks.amazonaws.com/capacityType": g.get("capacity_type") or "ON_DEMAND"})
             for i in range(g["size"]):
@@ -1183,6 +1190,87 @@ def serves(pods, nodes, ing):
     return False
 
 
+def running(p):
+    return (p.get("status") or {}).get("phase") == "Running" and not p["metadata"].get("deletionTimestamp")
+
+
+def alb_answer(call, pods, nodes, ing):
+    """The AWS Load Balancer Controller, for an Ingress of class `alb`:
+    ([{"hostname"}], None) when a running controller pod of the cluster the
+    Ingress's pods run in (its --cluster-name; the one local Kubernetes
+    stands for every cluster, so where the controller's own pod runs is
+    not asked) could build the load balancer, as the local AWS decides from its IRSA
+    role and ACM (/moto-api/elbv2/serve); ([], reason) when it could not;
+    ([], None) when no controller serves the class there."""
+    meta = ing["metadata"]
+    by_name = {n["metadata"]["name"]: n for n in nodes}
+
+    def cluster_of(pod):
+        n = by_name.get(pod["spec"].get("nodeName") or "")
+        if n is None:
+            return None
+        cluster = (n["metadata"].get("labels") or {}).get(EKS_CLUSTER)
+        source = (n["metadata"].get("annotations") or {}).get(SOURCE) or ""
+        return (cluster, source.split(" ", 1)[-1]) if cluster and source.startswith("aws ") else None
+
+    backends = {cluster_of(p) for p in pods if p["metadata"]["namespace"] == meta["namespace"] and running(p)}
+    backends.discard(None)
+    endpoints = dict(backends)
+    for p in pods:
+        if not running(p):
+            continue
+        for c in p["spec"].get("containers") or []:
+            repo = c.get("image", "").split("@")[0].rsplit(":", 1)[0]
+            if repo.rsplit("/", 1)[-1] != "aws-load-balancer-controller":
+                continue
+            args = [str(a) for a in (c.get("command") or []) + (c.get("args") or [])]
+            flag = lambda k, d="": next((a.split("=", 1)[1] for a in args if a.startswith(k + "=")), d)
+            if flag("--ingress-class", "alb") != "alb" or flag("--cluster-name") not in endpoints:
+                continue
+            where = (flag("--cluster-name"), endpoints[flag("--cluster-name")])
+            ns, sa = p["metadata"]["namespace"], p["spec"].get("serviceAccountName") or "default"
+            try:
+                account = call("GET", "/api/v1/namespaces/%s/serviceaccounts/%s" % (ns, sa))
+                role = ((account.get("metadata") or {}).get("annotations") or {}).get("eks.amazonaws.com/role-arn", "")
+            except urllib.error.HTTPError:
+                role = ""
+            notes = meta.get("annotations") or {}
+            answer = post_json(where[1] + "/moto-api/elbv2/serve", {
+                "cluster": where[0], "role_arn": role, "service_account": "%s/%s" % (ns, sa),
+                "namespace": meta["namespace"], "name": meta["name"],
+                "hosts": [r.get("host") for r in (ing.get("spec") or {}).get("rules") or []],
+                "certificate_arn": (notes.get("alb.ingress.kubernetes.io/certificate-arn") or "").split(",")[0].strip()})
+            if answer.get("served"):
+                return [{"hostname": answer["hostname"]}], None
+            return [], answer.get("reason") or "the controller's call failed"
+    return [], None
+
+
+EDGE_REASONS = {}  # (namespace, name) -> the last refusal an Ingress's event said
+
+
+def edge_event(call, ing, reason):
+    """The controller's Warning event on the Ingress, once per new reason."""
+    meta = ing["metadata"]
+    key = (meta["namespace"], meta["name"])
+    if EDGE_REASONS.get(key) == reason:
+        return
+    EDGE_REASONS[key] = reason
+    if reason is None:
+        return
+    print("node simulator (load balancer controller): %s/%s: %s" % (key + (reason,)), file=sys.stderr, flush=True)
+    word, _, message = reason.partition(": ")
+    try:
+        call("POST", "/api/v1/namespaces/%s/events" % meta["namespace"], {
+            "apiVersion": "v1", "kind": "Event", "metadata": {"generateName": meta["name"] + "."},
+            "involvedObject": {"kind": "Ingress", "apiVersion": "networking.k8s.io/v1",
+                               "namespace": meta["namespace"], "name": meta["name"], "uid": meta.get("uid")},
+            "reason": word if message else "FailedDeployModel", "message": message or reason, "type": "Warning",
+            "source": {"component": "ingress"}, "firstTimestamp": now(), "lastTimestamp": now(), "count": 1})
+    except Exception as e:
+        print("node simulator: event: %s" % e, file=sys.stderr, flush=True)
+
+
 def serve_ingresses(call, pods):
     """Play the Ingress controllers: an address for each Ingress something
     serves (none otherwise), and GKE's ManagedCertificates Active once
@@ -1193,7 +1281,11 @@ def serve_ingresses(call, pods):
         meta = ing["metadata"]
         ns, name = meta["namespace"], meta["name"]
         cls = ingress_class(ing)
-        want = [{"ip": "127.0.0.1"}] if serves(pods, nodes, ing) else []
+        if cls == "alb":
+            want, reason = alb_answer(call, pods, nodes, ing)
+            edge_event(call, ing, reason)
+        else:
+            want = [{"ip": "127.0.0.1"}] if serves(pods, nodes, ing) else []
         have = ((ing.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
         if have != want:
             call("PATCH", "/apis/networking.k8s.io/v1/namespaces/%s/ingresses/%s/status" % (ns, name),

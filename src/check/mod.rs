@@ -125,7 +125,7 @@ pub const RULES: &[Rule] = &[
     Rule {
         id: "edge.tls",
         severity: Severity::Warning,
-        title: "A public host name has a certificate issuer the stack installs (a cert-manager ClusterIssuer among its manifests), or a Google-managed certificate (Ingress class `gce` on GKE).",
+        title: "A public host name has a certificate issuer the stack installs (a cert-manager ClusterIssuer among its manifests), a Google-managed certificate (Ingress class `gce` on GKE), or an ACM certificate on an ALB (class `alb` with `certificate_arn`).",
         why: "Without an issuer the Ingress's TLS secret never exists and the edge serves no valid certificate.",
     },
     Rule {

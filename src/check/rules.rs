@@ -826,8 +826,12 @@ fn orchestrators(stack: &Stack, f: &mut Findings) {
             _ => {}
         }
         if text(app, "ingress_host").is_some_and(|h| !h.is_empty()) {
-            // GKE's own controller takes a Google-managed certificate.
-            let managed = text(app, "ingress_class").as_deref() == Some("gce");
+            // GKE's own controller takes a Google-managed certificate, an
+            // ALB one from ACM.
+            let class = text(app, "ingress_class");
+            let managed = class.as_deref() == Some("gce")
+                || (class.as_deref() == Some("alb")
+                    && text(app, "certificate_arn").is_some_and(|c| !c.is_empty()));
             if !managed && !manifests_mention(stack, "issuer") {
                 f.add(
                     "edge.tls",

@@ -4,6 +4,7 @@
 //! AWS_PROFILE, AWS_ENDPOINT_URL, the standard credential chain); the stack's
 //! `cloud.aws` settings override region, profile and endpoint.
 
+mod acm_certificate;
 mod arn_tags;
 mod eip;
 mod eks;
@@ -53,6 +54,7 @@ pub fn drivers() -> Vec<Box<dyn Driver>> {
         Box::new(iam_oidc::OidcProvider),
         Box::new(secret::Secret),
         Box::new(s3_bucket::S3Bucket),
+        Box::new(acm_certificate::AcmCertificate),
         Box::new(eks::EksCluster),
         Box::new(eks::EksNodegroup),
         Box::new(eks_access::EksAccessEntry),
@@ -67,6 +69,8 @@ pub fn drivers() -> Vec<Box<dyn Driver>> {
 
 /// SDK clients, built once per run from the shared configuration.
 pub struct AwsClients {
+    /// Certificates for the load balancers.
+    pub acm: aws_sdk_acm::Client,
     pub ec2: aws_sdk_ec2::Client,
     pub eks: aws_sdk_eks::Client,
     pub rds: aws_sdk_rds::Client,
@@ -158,6 +162,7 @@ impl AwsClients {
             };
         }
         Ok(AwsClients {
+            acm: client!(aws_sdk_acm, "acm"),
             ec2: client!(aws_sdk_ec2, "ec2"),
             eks: client!(aws_sdk_eks, "eks"),
             rds: client!(aws_sdk_rds, "rds"),

@@ -206,9 +206,14 @@ async fn edge(
         return Err(if class == "gce" {
             "GKE's Ingress controller has given it no address yet (a new load balancer takes a few minutes)".into()
         } else {
-            format!("no controller serves Ingress class `{class}`: it has no address. Install one with the stack's `cluster_addons` (on GKE, `ingress_class: gce` is GKE's own controller)")
+            format!("no controller serves Ingress class `{class}`: it has no address. Install one with the stack's `cluster_addons` (on GKE, `ingress_class: gce` is GKE's own controller; on EKS, `alb` is the AWS Load Balancer Controller, whose events on the Ingress say why it made no load balancer)")
         });
     };
+    if class == "alb" {
+        return Ok(format!(
+            "served at {address} by the AWS Load Balancer Controller's ALB"
+        ));
+    }
     if class != "gce" {
         return Ok(format!("served at {address} (class {class})"));
     }

@@ -143,6 +143,9 @@ pub struct Resources {
     pub memory_limit: String,
 }
 
+/// RFC 1918: where a VPC's addresses are, unless it says otherwise.
+const PRIVATE_RANGES: [&str; 3] = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"];
+
 #[derive(Debug, Serialize)]
 pub struct Ingress {
     pub host: Option<String>,
@@ -150,6 +153,10 @@ pub struct Ingress {
     pub tls_issuer: String,
     pub rate_limit_rpm: i64,
     pub rate_limit_connections: i64,
+    /// `alb`: the ACM certificate the load balancer's HTTPS listener serves.
+    pub certificate_arn: Option<String>,
+    /// `alb`: where the load balancer's connections to the pods come from.
+    pub edge_cidrs: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -652,6 +659,27 @@ pub fn values(
             tls_issuer: s(props, "tls_issuer", "letsencrypt-prod"),
             rate_limit_rpm: i(props, "rate_limit", 100),
             rate_limit_connections: i(props, "rate_limit_connections", 50),
+            certificate_arn: props
+                .get("certificate_arn")
+                .and_then(Json::as_str)
+                .filter(|a| !a.is_empty())
+                .map(str::to_string),
+            edge_cidrs: {
+                let set: Vec<String> = props
+                    .get("edge_cidrs")
+                    .and_then(Json::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|c| c.as_str().map(str::to_string))
+                    .collect();
+                // An ALB's addresses are private ones of its VPC: never an
+                // empty `from`, which would admit every source.
+                if set.is_empty() {
+                    PRIVATE_RANGES.iter().map(|c| c.to_string()).collect()
+                } else {
+                    set
+                }
+            },
         },
         network_policy: NetworkPolicy {
             enabled: b(props, "network_policy", true),
@@ -806,6 +834,50 @@ mod tests {
             None,
         )
         .expect("render")
+    }
+
+    /// The AWS Load Balancer Controller: class `alb`, an internet-facing ALB
+    /// to the pods with the ACM certificate and the redirect, no TLS secret
+    /// or cert-manager, and the NetworkPolicy open to the VPC on the app
+    /// port only (RFC 1918 when the stack names no range).
+    #[test]
+    fn the_alb_class_is_an_application_load_balancer_with_an_acm_certificate() {
+        let arn = "arn:aws:acm:us-east-1:123456789012:certificate/abc";
+        for (cidrs, want) in [
+            (serde_json::json!(["10.0.0.0/16"]), vec!["10.0.0.0/16"]),
+            (serde_json::json!([]), PRIVATE_RANGES.to_vec()),
+        ] {
+            let objs = objects(
+                props(serde_json::json!({"ingress_host": "ralph.example.com", "ingress_class": "alb",
+                    "certificate_arn": arn, "edge_cidrs": cidrs})),
+                ApiVersions::modern(),
+            );
+            let get = |kind: &str| {
+                objs.iter()
+                    .find(|o| o.kind() == kind)
+                    .unwrap_or_else(|| panic!("no {kind}"))
+                    .object
+                    .clone()
+            };
+            let ing = get("Ingress");
+            let notes = &ing["metadata"]["annotations"];
+            assert_eq!(ing["spec"]["ingressClassName"], "alb");
+            assert!(ing["spec"].get("tls").is_none());
+            assert_eq!(notes["alb.ingress.kubernetes.io/certificate-arn"], arn);
+            assert_eq!(notes["alb.ingress.kubernetes.io/target-type"], "ip");
+            assert_eq!(notes["alb.ingress.kubernetes.io/ssl-redirect"], "443");
+            assert_eq!(notes["alb.ingress.kubernetes.io/healthcheck-path"], "/ready");
+            assert!(notes.get("cert-manager.io/cluster-issuer").is_none());
+            let np = get("NetworkPolicy");
+            let from: Vec<&str> = np["spec"]["ingress"][0]["from"]
+                .as_array()
+                .expect("from")
+                .iter()
+                .filter_map(|f| f["ipBlock"]["cidr"].as_str())
+                .collect();
+            assert_eq!(from, want);
+            assert_eq!(np["spec"]["ingress"][0]["ports"][0]["port"], 8080);
+        }
     }
 
     /// GKE's own controller: no IngressClass, TLS or cert-manager; a
