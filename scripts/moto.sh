@@ -33,7 +33,9 @@ start() {
   # intermediate states (see scripts/local-cloud/moto_delayed.py).
   # AWS managed IAM policies (AmazonEKSClusterPolicy, ...) exist, as in AWS.
   # Its EKS clusters are served by the local Kubernetes started in DIR, if any.
-  RALPH_SIM_KUBE_DIR="$dir" MOTO_IAM_LOAD_MANAGED_POLICIES=true "$venv/bin/python" "$here/local-cloud/moto_delayed.py" 127.0.0.1 "$port" >"$dir/moto.log" 2>&1 &
+  # ACM issues a DNS-validated certificate after MOTO_ACM_VALIDATION_WAIT
+  # seconds, standing for the time until its DNS records are made.
+  RALPH_SIM_KUBE_DIR="$dir" MOTO_IAM_LOAD_MANAGED_POLICIES=true MOTO_ACM_VALIDATION_WAIT="${MOTO_ACM_VALIDATION_WAIT:-25}" "$venv/bin/python" "$here/local-cloud/moto_delayed.py" 127.0.0.1 "$port" >"$dir/moto.log" 2>&1 &
   echo $! >"$dir/moto.pid"
   for _ in $(seq 1 100); do
     if curl -fsS "http://127.0.0.1:$port/moto-api/" >/dev/null 2>&1; then
@@ -56,7 +58,7 @@ start_faulty() {
   local dir="$1"; mkdir -p "$dir"
   install
   local mport pport; mport="$(free_port)"; pport="$(free_port)"
-  RALPH_SIM_KUBE_DIR="$dir" MOTO_IAM_LOAD_MANAGED_POLICIES=true RALPH_MOTO_DELAY_SCALE="${RALPH_FAULT_DELAY_SCALE:-0.05}" \
+  RALPH_SIM_KUBE_DIR="$dir" MOTO_IAM_LOAD_MANAGED_POLICIES=true MOTO_ACM_VALIDATION_WAIT="${MOTO_ACM_VALIDATION_WAIT:-25}" RALPH_MOTO_DELAY_SCALE="${RALPH_FAULT_DELAY_SCALE:-0.05}" \
     "$venv/bin/python" "$here/local-cloud/moto_delayed.py" 127.0.0.1 "$mport" >"$dir/moto-faulty.log" 2>&1 &
   echo $! >"$dir/moto-faulty.pid"
   "$venv/bin/python" "$here/local-cloud/fault_proxy.py" "$pport" "http://127.0.0.1:$mport" >"$dir/proxy.log" 2>&1 &

@@ -2388,3 +2388,235 @@ fn kube_sh_stop_returns_once_its_processes_are_gone() {
         "still running after stop returned: {left:?}"
     );
 }
+
+/// EKS serves no Ingress by itself: one of class `alb` gets a load
+/// balancer only from a running AWS Load Balancer Controller of its
+/// cluster, which acts through its IRSA role (trusted for its service
+/// account, allowed to create load balancers) and serves an ACM
+/// certificate of the host once ACM has issued it; each refusal is the
+/// controller's Warning event on the Ingress.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_alb_ingress_is_served_only_through_a_trusted_role_and_an_issued_certificate() {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::core::v1::{Event, Node};
+    use k8s_openapi::api::networking::v1::Ingress;
+    use kube::api::{ListParams, Patch, PatchParams};
+
+    let name = format!("lcb{}", std::process::id());
+    let w = World::from_stack("aws-network.yaml", &name);
+    let conf = sdk(&w).await;
+    let ec2 = aws_sdk_ec2::Client::new(&conf);
+    let eks = aws_sdk_eks::Client::new(&conf);
+    let iam = aws_sdk_iam::Client::new(&conf);
+    let acm = aws_sdk_acm::Client::new(&conf);
+    let (_, subnets) = vpc_with_subnets(&ec2, 44, &["us-east-1a", "us-east-1b"]).await;
+    let cluster = format!("{name}-eks");
+    let nodegroup = format!("{name}-nodes");
+    let issuer = active_cluster(&eks, &cluster, &subnets).await;
+    node_group(&eks, &cluster, &nodegroup, &subnets, (1, 2, 1)).await;
+    let client = common::kube_client().await;
+    let nodes: Api<Node> = Api::all(client.clone());
+    let of_group =
+        ListParams::default().labels(&format!("eks.amazonaws.com/nodegroup={nodegroup}"));
+    eventually(40, "the node group's Node never appeared", || {
+        let (nodes, lp) = (nodes.clone(), of_group.clone());
+        async move { (!nodes.list(&lp).await.unwrap().items.is_empty()).then_some(()) }
+    })
+    .await;
+
+    let ns = format!("{name}-app");
+    let nss = new_namespace(&client, &ns).await;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    deployments
+        .create(
+            &PostParams::default(),
+            &guide_deployment("eks.amazonaws.com/nodegroup", &nodegroup, 1),
+        )
+        .await
+        .unwrap();
+    let host = format!("{name}.example.com");
+    let ingresses: Api<Ingress> = Api::namespaced(client.clone(), &ns);
+    ingresses
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(serde_json::json!({"metadata": {"name": "ralph"},
+                "spec": {"ingressClassName": "alb", "rules": [{"host": host, "http": {"paths": [{
+                    "path": "/", "pathType": "Prefix",
+                    "backend": {"service": {"name": "ralph", "port": {"number": 80}}}}]}}]}}))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let address = || {
+        let ingresses = ingresses.clone();
+        async move {
+            ingresses
+                .get("ralph")
+                .await
+                .unwrap()
+                .status
+                .and_then(|s| s.load_balancer)
+                .and_then(|l| l.ingress)
+                .and_then(|i| i.into_iter().next())
+                .and_then(|i| i.hostname)
+        }
+    };
+    let events: Api<Event> = Api::namespaced(client.clone(), &ns);
+    let warned = |text: &'static str| {
+        let events = events.clone();
+        async move {
+            events
+                .list(&ListParams::default())
+                .await
+                .unwrap()
+                .items
+                .into_iter()
+                .filter(|e| e.involved_object.kind.as_deref() == Some("Ingress"))
+                .find(|e| e.message.as_deref().unwrap_or_default().contains(text))
+                .map(|e| e.message.unwrap_or_default())
+        }
+    };
+
+    // The controller, with a role that trusts no provider of this cluster.
+    let subject = format!("system:serviceaccount:{ns}:aws-load-balancer-controller");
+    let trust = |provider: &str| {
+        let issuer = issuer.trim_start_matches("https://");
+        serde_json::json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow",
+            "Principal": {"Federated": provider}, "Action": "sts:AssumeRoleWithWebIdentity",
+            "Condition": {"StringEquals": {format!("{issuer}:sub"): subject.clone(),
+                format!("{issuer}:aud"): "sts.amazonaws.com"}}}]})
+        .to_string()
+    };
+    let role_name = format!("{name}-lbc");
+    let role_arn = iam
+        .create_role()
+        .role_name(&role_name)
+        .assume_role_policy_document(trust(
+            "arn:aws:iam::123456789012:oidc-provider/nowhere.example.com",
+        ))
+        .send()
+        .await
+        .unwrap()
+        .role
+        .unwrap()
+        .arn;
+    let sa: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        Api::namespaced(client.clone(), &ns);
+    sa.create(
+        &PostParams::default(),
+        &serde_json::from_value(serde_json::json!({"metadata": {
+            "name": "aws-load-balancer-controller",
+            "annotations": {"eks.amazonaws.com/role-arn": role_arn}}}))
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    deployments
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(serde_json::json!({"metadata": {"name": "lbc"}, "spec": {
+                "selector": {"matchLabels": {"app": "lbc"}},
+                "template": {"metadata": {"labels": {"app": "lbc"}}, "spec": {
+                    "serviceAccountName": "aws-load-balancer-controller",
+                    "automountServiceAccountToken": false,
+                    "containers": [{"name": "controller",
+                        "image": "example/eks/aws-load-balancer-controller:v2.17.1",
+                        "args": [format!("--cluster-name={cluster}"), "--ingress-class=alb"],
+                        "readinessProbe": {"httpGet": {"path": "/readyz", "port": 61779}}}]}}}}))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let refused = eventually(40, "the controller never reported its credentials", || {
+        warned("WebIdentityErr")
+    })
+    .await;
+    assert!(refused.contains(&subject), "{refused}");
+    assert_eq!(address().await, None);
+
+    // Trusted through an OIDC provider of the cluster's issuer, but not
+    // allowed to create load balancers.
+    let provider = iam
+        .create_open_id_connect_provider()
+        .url(&issuer)
+        .client_id_list("sts.amazonaws.com")
+        .send()
+        .await
+        .unwrap()
+        .open_id_connect_provider_arn()
+        .unwrap()
+        .to_string();
+    iam.update_assume_role_policy()
+        .role_name(&role_name)
+        .policy_document(trust(&provider))
+        .send()
+        .await
+        .unwrap();
+    eventually(40, "a role without CreateLoadBalancer was not refused", || {
+        warned("not authorized to perform: elasticloadbalancing:CreateLoadBalancer")
+    })
+    .await;
+    assert_eq!(address().await, None);
+
+    // Allowed, but ACM holds no certificate of the host ...
+    iam.put_role_policy()
+        .role_name(&role_name)
+        .policy_name("lbc")
+        .policy_document(
+            serde_json::json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow",
+                "Action": ["elasticloadbalancing:CreateLoadBalancer"], "Resource": "*"}]})
+            .to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let refused = eventually(40, "an Ingress with no certificate was served", || {
+        warned("no certificate found for host")
+    })
+    .await;
+    assert!(refused.contains(&host), "{refused}");
+    // ... and the one the Ingress names is pending validation (its DNS
+    // records do not exist yet: the local ACM issues it after a wait) ...
+    let cert = acm
+        .request_certificate()
+        .domain_name(&host)
+        .validation_method(aws_sdk_acm::types::ValidationMethod::Dns)
+        .send()
+        .await
+        .unwrap()
+        .certificate_arn()
+        .unwrap()
+        .to_string();
+    let named = serde_json::json!({"metadata": {"annotations": {
+        "alb.ingress.kubernetes.io/certificate-arn": cert}}});
+    ingresses
+        .patch("ralph", &PatchParams::default(), &Patch::Merge(&named))
+        .await
+        .unwrap();
+    let refused = eventually(15, "a pending certificate was not refused", || {
+        warned("UnsupportedCertificate")
+    })
+    .await;
+    assert!(refused.contains("PENDING_VALIDATION"), "{refused}");
+    assert_eq!(address().await, None);
+    // ... until ACM issues it.
+    let hostname = eventually(90, "the Ingress was never served", address).await;
+    assert!(
+        hostname.ends_with(".us-east-1.elb.amazonaws.com"),
+        "{hostname}"
+    );
+
+    // An Ingress of another class is not this controller's: nothing serves
+    // it here, and its address goes.
+    let other: serde_json::Value = serde_json::json!({"spec": {"ingressClassName": "nginx"}});
+    ingresses
+        .patch("ralph", &PatchParams::default(), &Patch::Merge(&other))
+        .await
+        .unwrap();
+    eventually(20, "an nginx-class Ingress was served with no controller", || {
+        let address = address();
+        async move { address.await.is_none().then_some(()) }
+    })
+    .await;
+    nss.delete(&ns, &Default::default()).await.unwrap();
+}

@@ -1259,13 +1259,18 @@ def edge_event(call, ing, reason):
     if reason is None:
         return
     print("node simulator (load balancer controller): %s/%s: %s" % (key + (reason,)), file=sys.stderr, flush=True)
-    word, _, message = reason.partition(": ")
+    # The controller's own wording: a reason, and "Failed ... due to" the
+    # AWS error.
+    word, _, rest = reason.partition(": ")
+    if word not in ("FailedDeployModel", "FailedBuildModel"):
+        word, rest = "FailedDeployModel", reason
+    message = ("Failed build model due to " if word == "FailedBuildModel" else "Failed deploy model due to ") + rest
     try:
         call("POST", "/api/v1/namespaces/%s/events" % meta["namespace"], {
             "apiVersion": "v1", "kind": "Event", "metadata": {"generateName": meta["name"] + "."},
             "involvedObject": {"kind": "Ingress", "apiVersion": "networking.k8s.io/v1",
                                "namespace": meta["namespace"], "name": meta["name"], "uid": meta.get("uid")},
-            "reason": word if message else "FailedDeployModel", "message": message or reason, "type": "Warning",
+            "reason": word, "message": message, "type": "Warning",
             "source": {"component": "ingress"}, "firstTimestamp": now(), "lastTimestamp": now(), "count": 1})
     except Exception as e:
         print("node simulator: event: %s" % e, file=sys.stderr, flush=True)
