@@ -2500,8 +2500,7 @@ async fn an_alb_ingress_is_served_only_through_a_trusted_role_and_an_issued_cert
         .role
         .unwrap()
         .arn;
-    let sa: Api<k8s_openapi::api::core::v1::ServiceAccount> =
-        Api::namespaced(client.clone(), &ns);
+    let sa: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(client.clone(), &ns);
     sa.create(
         &PostParams::default(),
         &serde_json::from_value(serde_json::json!({"metadata": {
@@ -2552,9 +2551,11 @@ async fn an_alb_ingress_is_served_only_through_a_trusted_role_and_an_issued_cert
         .send()
         .await
         .unwrap();
-    eventually(40, "a role without CreateLoadBalancer was not refused", || {
-        warned("not authorized to perform: elasticloadbalancing:CreateLoadBalancer")
-    })
+    eventually(
+        40,
+        "a role without CreateLoadBalancer was not refused",
+        || warned("not authorized to perform: elasticloadbalancing:CreateLoadBalancer"),
+    )
     .await;
     assert_eq!(address().await, None);
 
@@ -2613,10 +2614,14 @@ async fn an_alb_ingress_is_served_only_through_a_trusted_role_and_an_issued_cert
         .patch("ralph", &PatchParams::default(), &Patch::Merge(&other))
         .await
         .unwrap();
-    eventually(20, "an nginx-class Ingress was served with no controller", || {
-        let address = address();
-        async move { address.await.is_none().then_some(()) }
-    })
+    eventually(
+        20,
+        "an nginx-class Ingress was served with no controller",
+        || {
+            let address = address();
+            async move { address.await.is_none().then_some(()) }
+        },
+    )
     .await;
     nss.delete(&ns, &Default::default()).await.unwrap();
 }

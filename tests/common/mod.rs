@@ -197,6 +197,16 @@ impl World {
                 format!("{name}-system"),
             ));
         }
+        // Cluster-wide objects of the AWS stack's edge (the load balancer
+        // controller's CRDs and IngressClass) have one owner per cluster,
+        // and worlds run side by side in one: none of them installs them,
+        // unless a test that is alone says otherwise.
+        if text.contains("\n  lb_controller_crds:") {
+            env.push((
+                "RALPH_DEPLOY_VAR_lb_controller_crds".to_string(),
+                "false".to_string(),
+            ));
+        }
         // The production stacks leave the API endpoint's ranges to the user
         // (their placeholder is refused): the local cloud opens them.
         if text.contains("\n  api_allowed_cidrs:") {

@@ -848,8 +848,10 @@ mod tests {
             (serde_json::json!([]), PRIVATE_RANGES.to_vec()),
         ] {
             let objs = objects(
-                props(serde_json::json!({"ingress_host": "ralph.example.com", "ingress_class": "alb",
-                    "certificate_arn": arn, "edge_cidrs": cidrs})),
+                props(
+                    serde_json::json!({"ingress_host": "ralph.example.com", "ingress_class": "alb",
+                    "certificate_arn": arn, "edge_cidrs": cidrs}),
+                ),
                 ApiVersions::modern(),
             );
             let get = |kind: &str| {
@@ -866,7 +868,10 @@ mod tests {
             assert_eq!(notes["alb.ingress.kubernetes.io/certificate-arn"], arn);
             assert_eq!(notes["alb.ingress.kubernetes.io/target-type"], "ip");
             assert_eq!(notes["alb.ingress.kubernetes.io/ssl-redirect"], "443");
-            assert_eq!(notes["alb.ingress.kubernetes.io/healthcheck-path"], "/ready");
+            assert_eq!(
+                notes["alb.ingress.kubernetes.io/healthcheck-path"],
+                "/ready"
+            );
             assert!(notes.get("cert-manager.io/cluster-issuer").is_none());
             let np = get("NetworkPolicy");
             let from: Vec<&str> = np["spec"]["ingress"][0]["from"]
