@@ -283,8 +283,37 @@ fn check_requests(d: &Discovery, requests: &[Value]) -> Vec<String> {
     problems
 }
 
+/// Output-only fields Google's servers fill in on every resource of a kind
+/// (read back by a get): what a double that echoes the request would lack.
+const ALWAYS_SET: &[(&str, &[&str])] = &[
+    ("compute.networks.get", &["id", "creationTimestamp", "selfLink"]),
+    ("compute.subnetworks.get", &["id", "creationTimestamp", "selfLink", "gatewayAddress", "fingerprint"]),
+    ("compute.firewalls.get", &["id", "creationTimestamp", "selfLink"]),
+    ("compute.routers.get", &["id", "creationTimestamp", "selfLink"]),
+    ("compute.globalAddresses.get", &["id", "creationTimestamp", "selfLink", "status"]),
+    (
+        "container.projects.locations.clusters.get",
+        &["id", "selfLink", "createTime", "status", "endpoint", "currentMasterVersion",
+          "currentNodeCount", "servicesIpv4Cidr", "clusterIpv4Cidr", "location"],
+    ),
+    (
+        "container.projects.locations.clusters.nodePools.get",
+        &["selfLink", "status", "version", "podIpv4CidrSize", "etag"],
+    ),
+    (
+        "redis.projects.locations.instances.get",
+        &["host", "port", "state", "createTime", "currentLocationId", "nodes", "persistenceIamIdentity"],
+    ),
+    (
+        "sql.instances.get",
+        &["state", "connectionName", "selfLink", "createTime", "databaseInstalledVersion", "serviceAccountEmailAddress"],
+    ),
+    ("secretmanager.projects.secrets.get", &["name", "createTime"]),
+];
+
 /// What is wrong with the double's answers: a 200 must validate against
-/// the method's response schema, an error must be Google's error object.
+/// the method's response schema and carry what Google always sets
+/// (`ALWAYS_SET`), an error must be Google's error object.
 fn check_responses(d: &Discovery, requests: &[Value]) -> Vec<String> {
     let mut problems = Vec::new();
     for r in requests {
@@ -294,6 +323,15 @@ fn check_responses(d: &Discovery, requests: &[Value]) -> Vec<String> {
         };
         let answer = &r["response"];
         if r["status"] == 200 {
+            for (_, fields) in ALWAYS_SET.iter().filter(|(m, _)| *m == id) {
+                for f in *fields {
+                    if answer.get(*f).is_none_or(Value::is_null) {
+                        problems.push(format!(
+                            "{id}: response.{f}: missing (Google's server always sets it)"
+                        ));
+                    }
+                }
+            }
             if let Some(schema) = m.get("response") {
                 let mut out = Vec::new();
                 check_value(doc, schema, answer, "response", &mut out);
@@ -374,6 +412,7 @@ fn a_wrong_body_fails_the_check() {
     for expected in [
         "container.projects.locations.clusters.create: response.status: \"BOOTING\" is not one of the enum's values",
         "sql.instances.insert: response.progress: no such field",
+        "redis.projects.locations.instances.get: response.nodes: missing (Google's server always sets it)",
         "compute.subnetworks.insert: the 400 answer is not Google's error object",
     ] {
         assert!(answers.contains(expected), "missing {expected:?} in:\n{answers}");

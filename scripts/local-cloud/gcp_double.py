@@ -451,7 +451,10 @@ def gke_busy(cluster):
 
 
 def gke_pool_defaults(pool, master=None):
+    """What GKE fills in on a node pool it takes (output only)."""
     pool.setdefault("status", "PROVISIONING")
+    pool.setdefault("podIpv4CidrSize", 24)
+    pool["etag"] = uuid.uuid4().hex
     pool.setdefault("version", master or gke_patch_version(gke_offered()[-1]))
     pool.setdefault("management", {"autoRepair": True, "autoUpgrade": True})
     pool.setdefault("config", {})
@@ -481,7 +484,11 @@ def gke_create(p, q, body):
     res.update(status="PROVISIONING", location=p["location"], zone=p["location"],
                selfLink=f"https://container.googleapis.com/v1/{base}/clusters/{cl['name']}",
                createTime=now_rfc3339(), endpoint="34.118.%d.%d" % (len(clusters) + 1, 10),
-               currentMasterVersion=master, currentNodeVersion=master,
+               currentMasterVersion=master, currentNodeVersion=master, id=uuid.uuid4().hex,
+               clusterIpv4Cidr=(cl.get("ipAllocationPolicy") or {}).get("clusterIpv4CidrBlock")
+               or "10.%d.0.0/14" % (4 * (len(clusters) % 60) + 8),
+               servicesIpv4Cidr=(cl.get("ipAllocationPolicy") or {}).get("servicesIpv4CidrBlock")
+               or "34.118.%d.0/20" % (224 + 16 * (len(clusters) % 2)),
                masterAuth={"clusterCaCertificate": base64.b64encode(
                    b"-----BEGIN CERTIFICATE-----\nTUlJQmxvY2FsLWRvdWJsZS1jYQ==\n-----END CERTIFICATE-----\n").decode()},
                _busy="CREATE_CLUSTER")
@@ -502,8 +509,17 @@ def visible(res):
     return {k: v for k, v in res.items() if not k.startswith("_")}
 
 
+def cluster_view(cl):
+    """A cluster as GKE answers it: its nodes counted from its pools'
+    instance groups (their current size, whatever resized them)."""
+    out = visible(cl)
+    out["currentNodeCount"] = sum(int((c.get(name) or {}).get("targetSize") or 0)
+                                  for np in cl.get("nodePools") or [] for c, name in groups_of(np))
+    return out
+
+
 def gke_get(p, q, body):
-    return visible(gke_cluster(p))
+    return cluster_view(gke_cluster(p))
 
 
 def every_location(p, service, kind):
@@ -516,7 +532,7 @@ def every_location(p, service, kind):
 
 
 def gke_list(p, q, body):
-    return {"clusters": [visible(c) for c in every_location(p, "gke", "clusters")]}
+    return {"clusters": [cluster_view(c) for c in every_location(p, "gke", "clusters")]}
 
 
 def gke_update(p, q, body):
@@ -952,6 +968,19 @@ def sql_instance(p):
     return i
 
 
+# SqlDatabaseVersion's numbers (requests with enum-encoding=int) for the
+# PostgreSQL majors.
+SQL_POSTGRES = {9: "POSTGRES_9_6", 18: "POSTGRES_10", 10: "POSTGRES_11", 19: "POSTGRES_12", 23: "POSTGRES_13",
+                110: "POSTGRES_14", 172: "POSTGRES_15", 272: "POSTGRES_16", 408: "POSTGRES_17", 557: "POSTGRES_18"}
+
+
+def installed_version(version):
+    """The minor version Cloud SQL installs for a major one (a string field,
+    such as POSTGRES_15_10), whichever way the major was named."""
+    name = SQL_POSTGRES.get(version, "POSTGRES_15") if isinstance(version, int) else (version or "POSTGRES_15")
+    return name if re.search(r"_\d+_\d+$", name) else name + "_10"
+
+
 def sql_insert(p, q, body):
     v = []
     if not NAME_RE.match(body.get("name", "") or ""):
@@ -979,7 +1008,8 @@ def sql_insert(p, q, body):
                connectionName=f"{p['project']}:{body.get('region', 'us-central1')}:{body['name']}",
                ipAddresses=addrs, createTime=now_rfc3339(), instanceType="CLOUD_SQL_INSTANCE",
                selfLink=f"https://sqladmin.googleapis.com/v1/projects/{p['project']}/instances/{body['name']}",
-               serviceAccountEmailAddress=f"p{abs(hash(body['name'])) % 10**12}@gcp-sa-cloud-sql.iam.gserviceaccount.com")
+               serviceAccountEmailAddress=f"p{abs(hash(body['name'])) % 10**12}@gcp-sa-cloud-sql.iam.gserviceaccount.com",
+               databaseInstalledVersion=installed_version(body.get("databaseVersion")))
     inst[body["name"]] = res
     coll(f"sql/projects/{p['project']}/instances/{body['name']}/databases")["postgres"] = {
         "kind": "sql#database", "name": "postgres", "instance": body["name"], "project": p["project"],
@@ -1168,8 +1198,16 @@ def redis_create(p, q, body):
     name = f"projects/{p['project']}/locations/{p['location']}/instances/{iid}"
     res = dict(body)
     tls = body.get("transitEncryptionMode") in (1, "SERVER_AUTHENTICATION")
+    zone = body.get("locationId") or p["location"] + "-a"
+    ha = body.get("tier") in (3, "STANDARD_HA")
     res.update(name=name, state="CREATING", createTime=now_rfc3339(), host=next_address("redis"),
-               port=6378 if tls else 6379, currentLocationId=p["location"] + "-a", locationId=body.get("locationId") or p["location"] + "-a")
+               port=6378 if tls else 6379, currentLocationId=zone, locationId=zone,
+               # the nodes Memorystore runs (a replica in a second zone for
+               # STANDARD_HA) and the identity it exports RDB snapshots as
+               nodes=[{"id": "node-0", "zone": zone}] + ([{
+                   "id": "node-1", "zone": body.get("alternativeLocationId") or p["location"] + "-b"}] if ha else []),
+               persistenceIamIdentity="serviceAccount:service-%d@cloud-redis.iam.gserviceaccount.com"
+               % (abs(hash(p["project"])) % 10**12))
     inst[iid] = res
 
     def finish():
