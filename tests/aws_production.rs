@@ -115,7 +115,7 @@ async fn production_stack_end_to_end() {
     // ---- apply: every resource, in dependency order, branches in parallel.
     let ev = apply_json(&w, &[]);
     let s = ev.summary();
-    assert_eq!(s["created"], 56, "{s}");
+    assert_eq!(s["created"], 57, "{s}");
     // The edge between the nodes and the orchestrator, and available.
     assert!(ev.at("resource_finished", "nodes") < ev.at("resource_started", edge));
     // EKS's own metrics-server and cert-manager after the nodes (before,
@@ -366,6 +366,15 @@ async fn production_stack_end_to_end() {
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     }
     let hostname = hostname.expect("the controller never served the Ingress");
+    // Behind the stack's web ACL (the local AWS checked it exists and that
+    // the controller's role may associate it).
+    let ing = ingresses.get("ralph-orchestrator").await.unwrap();
+    let acl =
+        &ing.metadata.annotations.unwrap_or_default()["alb.ingress.kubernetes.io/wafv2-acl-arn"];
+    assert!(
+        acl.starts_with("arn:aws:wafv2:us-east-1:") && acl.contains(":regional/webacl/"),
+        "{acl}"
+    );
     assert!(
         hostname.ends_with(".us-east-1.elb.amazonaws.com"),
         "{hostname}"
@@ -493,11 +502,12 @@ async fn production_stack_end_to_end() {
         text(&out.stdout)
     );
     let ev = Events::parse(&text(&out.stdout));
-    assert_eq!(ev.summary()["deleted"], 56);
+    assert_eq!(ev.summary()["deleted"], 57);
     for (dependent, dependency) in [
         (edge, "nodes"),
         ("app.orchestrator", edge),
         ("app.orchestrator", "edge_cert"),
+        ("app.orchestrator", "edge_waf"),
         ("nodes", "eks"),
         ("db_replica", "db"),
         ("private[\"a\"]", "vpc"),
@@ -613,6 +623,7 @@ async fn the_rewritten_stack_only_moves_what_the_flat_one_made() {
                 || c.starts_with("\"metrics_server\" \"create\"")
                 || c.starts_with("\"cert_manager\" \"create\"")
                 || c.starts_with("\"edge_cert\" \"create\"")
+                || c.starts_with("\"edge_waf\" \"create\"")
                 || c.starts_with("\"lb_controller_role\" \"create\"")
                 || c.starts_with("\"lb_controller\" \"create\"")
                 || c.starts_with(
@@ -636,8 +647,8 @@ async fn the_rewritten_stack_only_moves_what_the_flat_one_made() {
     let s = ev.summary();
     assert_eq!(
         (s["created"].as_u64(), s["deleted"].as_u64()),
-        (Some(11), Some(0)),
-        "only the new password and role, the autoscaler's three, EKS's vpc-cni, metrics-server and cert-manager add-ons and the edge's three (certificate, controller role, controller) are created: {s}"
+        (Some(12), Some(0)),
+        "only the new password and role, the autoscaler's three, EKS's vpc-cni, metrics-server and cert-manager add-ons and the edge's four (certificate, web ACL, controller role, controller) are created: {s}"
     );
     assert_eq!(
         ev.0.iter()
@@ -667,6 +678,7 @@ async fn the_rewritten_stack_only_moves_what_the_flat_one_made() {
                 && !id.ends_with("-cluster-autoscaler")
                 && !id.ends_with("-lb-controller")
                 && kind != "aws.acm_certificate"
+                && kind != "aws.wafv2_web_acl"
                 && !(kind == "kubernetes.manifests" && !ids_before.contains_key(id))
         })
         .collect();

@@ -286,15 +286,46 @@ fn check_requests(d: &Discovery, requests: &[Value]) -> Vec<String> {
 /// Output-only fields Google's servers fill in on every resource of a kind
 /// (read back by a get): what a double that echoes the request would lack.
 const ALWAYS_SET: &[(&str, &[&str])] = &[
-    ("compute.networks.get", &["id", "creationTimestamp", "selfLink"]),
-    ("compute.subnetworks.get", &["id", "creationTimestamp", "selfLink", "gatewayAddress", "fingerprint"]),
-    ("compute.firewalls.get", &["id", "creationTimestamp", "selfLink"]),
-    ("compute.routers.get", &["id", "creationTimestamp", "selfLink"]),
-    ("compute.globalAddresses.get", &["id", "creationTimestamp", "selfLink", "status"]),
+    (
+        "compute.networks.get",
+        &["id", "creationTimestamp", "selfLink"],
+    ),
+    (
+        "compute.subnetworks.get",
+        &[
+            "id",
+            "creationTimestamp",
+            "selfLink",
+            "gatewayAddress",
+            "fingerprint",
+        ],
+    ),
+    (
+        "compute.firewalls.get",
+        &["id", "creationTimestamp", "selfLink"],
+    ),
+    (
+        "compute.routers.get",
+        &["id", "creationTimestamp", "selfLink"],
+    ),
+    (
+        "compute.globalAddresses.get",
+        &["id", "creationTimestamp", "selfLink", "status"],
+    ),
     (
         "container.projects.locations.clusters.get",
-        &["id", "selfLink", "createTime", "status", "endpoint", "currentMasterVersion",
-          "currentNodeCount", "servicesIpv4Cidr", "clusterIpv4Cidr", "location"],
+        &[
+            "id",
+            "selfLink",
+            "createTime",
+            "status",
+            "endpoint",
+            "currentMasterVersion",
+            "currentNodeCount",
+            "servicesIpv4Cidr",
+            "clusterIpv4Cidr",
+            "location",
+        ],
     ),
     (
         "container.projects.locations.clusters.nodePools.get",
@@ -302,13 +333,31 @@ const ALWAYS_SET: &[(&str, &[&str])] = &[
     ),
     (
         "redis.projects.locations.instances.get",
-        &["host", "port", "state", "createTime", "currentLocationId", "nodes", "persistenceIamIdentity"],
+        &[
+            "host",
+            "port",
+            "state",
+            "createTime",
+            "currentLocationId",
+            "nodes",
+            "persistenceIamIdentity",
+        ],
     ),
     (
         "sql.instances.get",
-        &["state", "connectionName", "selfLink", "createTime", "databaseInstalledVersion", "serviceAccountEmailAddress"],
+        &[
+            "state",
+            "connectionName",
+            "selfLink",
+            "createTime",
+            "databaseInstalledVersion",
+            "serviceAccountEmailAddress",
+        ],
     ),
-    ("secretmanager.projects.secrets.get", &["name", "createTime"]),
+    (
+        "secretmanager.projects.secrets.get",
+        &["name", "createTime"],
+    ),
 ];
 
 /// What is wrong with the double's answers: a 200 must validate against

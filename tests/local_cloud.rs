@@ -2607,6 +2607,74 @@ async fn an_alb_ingress_is_served_only_through_a_trusted_role_and_an_issued_cert
         "{hostname}"
     );
 
+    // A web ACL in front: one that does not exist is refused, and the
+    // load balancer goes with it ...
+    let acl_arn = "arn:aws:wafv2:us-east-1:123456789012:regional/webacl/nowhere/0000";
+    let guarded = serde_json::json!({"metadata": {"annotations": {
+        "alb.ingress.kubernetes.io/wafv2-acl-arn": acl_arn}}});
+    ingresses
+        .patch("ralph", &PatchParams::default(), &Patch::Merge(&guarded))
+        .await
+        .unwrap();
+    eventually(20, "a web ACL that does not exist was not refused", || {
+        warned("WAFNonexistentItemException")
+    })
+    .await;
+    eventually(20, "the load balancer outlived its refusal", || {
+        let address = address();
+        async move { address.await.is_none().then_some(()) }
+    })
+    .await;
+    // ... one that exists needs the role's wafv2:AssociateWebACL ...
+    let waf = aws_sdk_wafv2::Client::new(&conf);
+    let visibility = aws_sdk_wafv2::types::VisibilityConfig::builder()
+        .sampled_requests_enabled(true)
+        .cloud_watch_metrics_enabled(true)
+        .metric_name("edge")
+        .build()
+        .unwrap();
+    let acl = waf
+        .create_web_acl()
+        .name(format!("{name}-edge"))
+        .scope(aws_sdk_wafv2::types::Scope::Regional)
+        .default_action(
+            aws_sdk_wafv2::types::DefaultAction::builder()
+                .allow(aws_sdk_wafv2::types::AllowAction::builder().build())
+                .build(),
+        )
+        .visibility_config(visibility)
+        .send()
+        .await
+        .unwrap()
+        .summary
+        .unwrap()
+        .arn
+        .unwrap();
+    let guarded = serde_json::json!({"metadata": {"annotations": {
+        "alb.ingress.kubernetes.io/wafv2-acl-arn": acl}}});
+    ingresses
+        .patch("ralph", &PatchParams::default(), &Patch::Merge(&guarded))
+        .await
+        .unwrap();
+    eventually(20, "a role without AssociateWebACL was not refused", || {
+        warned("not authorized to perform: wafv2:AssociateWebACL")
+    })
+    .await;
+    // ... and then the load balancer is back, behind it.
+    iam.put_role_policy()
+        .role_name(&role_name)
+        .policy_name("lbc")
+        .policy_document(
+            serde_json::json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow",
+                "Action": ["elasticloadbalancing:CreateLoadBalancer", "wafv2:AssociateWebACL"],
+                "Resource": "*"}]})
+            .to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    eventually(30, "the Ingress was not served behind its web ACL", address).await;
+
     // An Ingress of another class is not this controller's: nothing serves
     // it here, and its address goes.
     let other: serde_json::Value = serde_json::json!({"spec": {"ingressClassName": "nginx"}});

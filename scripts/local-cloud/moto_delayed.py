@@ -741,7 +741,9 @@ def elbv2_serve():
     elasticloadbalancing:CreateLoadBalancer, and the HTTPS listener has a
     certificate: the ACM certificate the Ingress names, or (none named) one
     ACM holds for its host, which must exist in the cluster's account and
-    region, be ISSUED and cover every host. Else {served: false, reason},
+    region, be ISSUED and cover every host; and the web ACL the Ingress
+    names, if any, must exist there and the role may associate it
+    (wafv2:AssociateWebACL). Else {served: false, reason},
     worded as the controller's FailedDeployModel / FailedBuildModel event.
     Nothing is created in ELB: the model stops at the decision."""
     from moto.acm.models import acm_backends
@@ -785,6 +787,15 @@ def elbv2_serve():
                         % (arn, ", ".join(hosts), certs[0].status))
             return ("FailedBuildModel: failed to build LoadBalancer configuration due to no certificate found "
                     "for host: %s" % ", ".join(hosts))
+        acl = body.get("waf_acl_arn") or ""
+        if acl:
+            from moto.wafv2.models import wafv2_backends
+            if acl not in wafv2_backends[account][region].wacls:
+                return ("FailedDeployModel: WAFNonexistentItemException: AWS WAF couldn't perform the operation "
+                        "because your resource doesn't exist (web ACL %s)" % acl)
+            if not role_allows(role, "wafv2:AssociateWebACL", {}):
+                return ("FailedDeployModel: AccessDeniedException: User: %s is not authorized to perform: "
+                        "wafv2:AssociateWebACL on resource: %s" % (body.get("role_arn"), acl))
         digest = hashlib.sha256(("%s/%s" % (body.get("namespace"), body.get("name"))).encode()).hexdigest()[:10]
         name = ("k8s-%s-%s" % (body.get("namespace", ""), body.get("name", "")))[:21].rstrip("-")
         return {"served": True, "hostname": "%s-%s.%s.elb.amazonaws.com" % (name, digest, region)}
@@ -799,6 +810,20 @@ def elbv2_serve():
         return 200, {"Content-Type": "application/json"}, json.dumps(answer)
 
     api_urls.url_paths["{0}/moto-api/elbv2/serve$"] = handler
+
+
+def patch_wafv2():
+    """WAF names a duplicate name's error WAFDuplicateItemException (moto:
+    WafV2DuplicateItem), which a create that finds its own ACL after a
+    crash has to recognise."""
+    from moto.wafv2 import exceptions
+
+    def init(self):
+        exceptions.WAFv2ClientError.__init__(
+            self, "WAFDuplicateItemException",
+            "AWS WAF couldn't perform the operation because some resource in your request is a duplicate "
+            "of an existing one.")
+    exceptions.WAFV2DuplicateItemException.__init__ = init
 
 
 def patch_rds():
@@ -1663,7 +1688,7 @@ def enforces_network_policy(cluster):
 
 def main():
     host, port = sys.argv[1], int(sys.argv[2])
-    for patch in (patch_eks, patch_eks_rules, patch_eks_access, eks_authenticate, patch_eks_addons, network_model, node_listing, eks_autoscale, elbv2_serve, patch_rds, patch_elasticache,
+    for patch in (patch_eks, patch_eks_rules, patch_eks_access, eks_authenticate, patch_eks_addons, network_model, node_listing, eks_autoscale, elbv2_serve, patch_wafv2, patch_rds, patch_elasticache,
                   patch_elasticache_servers, patch_nat, patch_s3, patch_cloudwatch, patch_iam, patch_server):
         try:
             patch()

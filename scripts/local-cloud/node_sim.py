@@ -1239,7 +1239,8 @@ def alb_answer(call, pods, nodes, ing):
                 "cluster": where[0], "role_arn": role, "service_account": "%s/%s" % (ns, sa),
                 "namespace": meta["namespace"], "name": meta["name"],
                 "hosts": [r.get("host") for r in (ing.get("spec") or {}).get("rules") or []],
-                "certificate_arn": (notes.get("alb.ingress.kubernetes.io/certificate-arn") or "").split(",")[0].strip()})
+                "certificate_arn": (notes.get("alb.ingress.kubernetes.io/certificate-arn") or "").split(",")[0].strip(),
+                "waf_acl_arn": notes.get("alb.ingress.kubernetes.io/wafv2-acl-arn") or ""})
             if answer.get("served"):
                 return [{"hostname": answer["hostname"]}], None
             return [], answer.get("reason") or "the controller's call failed"

@@ -841,9 +841,16 @@ fn orchestrators(stack: &Stack, f: &mut Findings) {
                     "install cert-manager and a ClusterIssuer (the stacks' `cluster_addons` take ../addons/cluster-issuer.yaml.j2)",
                 );
             }
-            let waf = stack.resources.values().any(|r| {
-                r.kind.kind.starts_with("aws.wafv2") || r.kind.kind == "gcp.security_policy"
-            });
+            // On an ALB the ACL must be the one the Ingress names; elsewhere
+            // (Cloud Armor, not yet attached by the orchestrator) one that
+            // the stack makes.
+            let waf = if class.as_deref() == Some("alb") {
+                text(app, "waf_acl_arn").is_some_and(|w| !w.is_empty())
+            } else {
+                stack.resources.values().any(|r| {
+                    r.kind.kind.starts_with("aws.wafv2") || r.kind.kind == "gcp.security_policy"
+                })
+            };
             if !waf {
                 f.add(
                     "edge.waf",

@@ -233,7 +233,12 @@ impl Driver for AcmCertificate {
         super::read_each(known, |arn| async move { read_one(cx, &arn).await }).await
     }
 
+    /// An interrupted request has no ARN to look for: the next request,
+    /// with the same idempotency token, answers the first one's.
     async fn lookup(&self, cx: &Context, id: &str) -> Result<Option<Observed>, DriverError> {
+        if !id.starts_with("arn:") {
+            return Ok(None);
+        }
         read_one(cx, id).await
     }
 

@@ -24,6 +24,7 @@ pub mod secret;
 mod security_group;
 mod subnet;
 mod vpc;
+mod wafv2_web_acl;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -55,6 +56,7 @@ pub fn drivers() -> Vec<Box<dyn Driver>> {
         Box::new(secret::Secret),
         Box::new(s3_bucket::S3Bucket),
         Box::new(acm_certificate::AcmCertificate),
+        Box::new(wafv2_web_acl::WebAcl),
         Box::new(eks::EksCluster),
         Box::new(eks::EksNodegroup),
         Box::new(eks_access::EksAccessEntry),
@@ -71,6 +73,8 @@ pub fn drivers() -> Vec<Box<dyn Driver>> {
 pub struct AwsClients {
     /// Certificates for the load balancers.
     pub acm: aws_sdk_acm::Client,
+    /// Web ACLs for the load balancers.
+    pub wafv2: aws_sdk_wafv2::Client,
     pub ec2: aws_sdk_ec2::Client,
     pub eks: aws_sdk_eks::Client,
     pub rds: aws_sdk_rds::Client,
@@ -163,6 +167,7 @@ impl AwsClients {
         }
         Ok(AwsClients {
             acm: client!(aws_sdk_acm, "acm"),
+            wafv2: client!(aws_sdk_wafv2, "wafv2"),
             ec2: client!(aws_sdk_ec2, "ec2"),
             eks: client!(aws_sdk_eks, "eks"),
             rds: client!(aws_sdk_rds, "rds"),

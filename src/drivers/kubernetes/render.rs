@@ -157,6 +157,8 @@ pub struct Ingress {
     pub certificate_arn: Option<String>,
     /// `alb`: where the load balancer's connections to the pods come from.
     pub edge_cidrs: Vec<String>,
+    /// `alb`: the AWS WAF web ACL in front of the load balancer.
+    pub waf_acl_arn: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -664,6 +666,11 @@ pub fn values(
                 .and_then(Json::as_str)
                 .filter(|a| !a.is_empty())
                 .map(str::to_string),
+            waf_acl_arn: props
+                .get("waf_acl_arn")
+                .and_then(Json::as_str)
+                .filter(|a| !a.is_empty())
+                .map(str::to_string),
             edge_cidrs: {
                 let set: Vec<String> = props
                     .get("edge_cidrs")
@@ -850,7 +857,8 @@ mod tests {
             let objs = objects(
                 props(
                     serde_json::json!({"ingress_host": "ralph.example.com", "ingress_class": "alb",
-                    "certificate_arn": arn, "edge_cidrs": cidrs}),
+                    "certificate_arn": arn, "edge_cidrs": cidrs,
+                    "waf_acl_arn": "arn:aws:wafv2:us-east-1:123456789012:regional/webacl/edge/1"}),
                 ),
                 ApiVersions::modern(),
             );
@@ -866,6 +874,10 @@ mod tests {
             assert_eq!(ing["spec"]["ingressClassName"], "alb");
             assert!(ing["spec"].get("tls").is_none());
             assert_eq!(notes["alb.ingress.kubernetes.io/certificate-arn"], arn);
+            assert_eq!(
+                notes["alb.ingress.kubernetes.io/wafv2-acl-arn"],
+                "arn:aws:wafv2:us-east-1:123456789012:regional/webacl/edge/1"
+            );
             assert_eq!(notes["alb.ingress.kubernetes.io/target-type"], "ip");
             assert_eq!(notes["alb.ingress.kubernetes.io/ssl-redirect"], "443");
             assert_eq!(
