@@ -12,7 +12,9 @@
 use aws_sdk_acm::types::{Tag, ValidationMethod};
 use serde_json::{json, Value as Json};
 
-use super::{api_error, error_code, observed_with, read_tag_pairs, removed_tag_keys, strings};
+use super::{
+    api_error, error_code, observed_with, read_tag_pairs, removed_tag_keys, strings, DeleteAttempt,
+};
 use crate::drivers::{Context, Desired, Driver, DriverError, Known, Observed, Timeouts};
 use crate::kinds::{checks, Attr, Field, KindSchema, Ty};
 
@@ -343,11 +345,11 @@ impl Driver for AcmCertificate {
         timeouts: &Timeouts,
     ) -> Result<(), DriverError> {
         let acm = &cx.aws().await?.acm;
-        let address = have.address.clone().unwrap_or_else(|| have.id.clone());
-        cx.wait_until(
-            &address,
-            "the load balancers that serve the certificate to let it go",
-            timeouts.delete_or(std::time::Duration::from_secs(20 * 60)),
+        super::delete_once_released(
+            cx,
+            have,
+            timeouts,
+            "the load balancers that serve the certificate",
             || async {
                 match acm
                     .delete_certificate()
@@ -355,12 +357,12 @@ impl Driver for AcmCertificate {
                     .send()
                     .await
                 {
-                    Ok(_) => Ok((Some(()), String::new())),
+                    Ok(_) => Ok(DeleteAttempt::Gone),
                     Err(e) if error_code(&e) == Some("ResourceNotFoundException") => {
-                        Ok((Some(()), String::new()))
+                        Ok(DeleteAttempt::Gone)
                     }
                     Err(e) if error_code(&e) == Some("ResourceInUseException") => {
-                        Ok((None, "in use".to_string()))
+                        Ok(DeleteAttempt::InUse)
                     }
                     Err(e) => Err(api_error("DeleteCertificate", e)),
                 }

@@ -15,7 +15,9 @@ use aws_sdk_wafv2::types::{
 };
 use serde_json::Value as Json;
 
-use super::{api_error, error_code, observed_with, read_tag_pairs, removed_tag_keys, strings};
+use super::{
+    api_error, error_code, observed_with, read_tag_pairs, removed_tag_keys, strings, DeleteAttempt,
+};
 use crate::drivers::{Context, Desired, Driver, DriverError, Known, Observed, Timeouts};
 use crate::kinds::{checks, Attr, Field, KindSchema, Ty};
 
@@ -500,14 +502,14 @@ impl Driver for WebAcl {
     ) -> Result<(), DriverError> {
         let waf = &cx.aws().await?.wafv2;
         let (scope, name, id) = parts(&have.id)?;
-        let address = have.address.clone().unwrap_or_else(|| have.id.clone());
-        cx.wait_until(
-            &address,
-            "the load balancers that use the web ACL to let it go",
-            timeouts.delete_or(std::time::Duration::from_secs(20 * 60)),
+        super::delete_once_released(
+            cx,
+            have,
+            timeouts,
+            "the load balancers that use the web ACL",
             || async {
                 let Some((_, token)) = fetch(cx, &have.id).await? else {
-                    return Ok((Some(()), String::new()));
+                    return Ok(DeleteAttempt::Gone);
                 };
                 match waf
                     .delete_web_acl()
@@ -518,17 +520,18 @@ impl Driver for WebAcl {
                     .send()
                     .await
                 {
-                    Ok(_) => Ok((Some(()), String::new())),
+                    Ok(_) => Ok(DeleteAttempt::Gone),
                     Err(e) if error_code(&e) == Some("WAFNonexistentItemException") => {
-                        Ok((Some(()), String::new()))
+                        Ok(DeleteAttempt::Gone)
                     }
+                    // Still associated, or changed since the token was read.
                     Err(e)
                         if matches!(
                             error_code(&e),
                             Some("WAFAssociatedItemException" | "WAFOptimisticLockException")
                         ) =>
                     {
-                        Ok((None, "in use".to_string()))
+                        Ok(DeleteAttempt::InUse)
                     }
                     Err(e) => Err(api_error("DeleteWebACL", e)),
                 }
