@@ -87,7 +87,7 @@ KC
   done
   curl -ksf -H "Authorization: Bearer local-admin-token" "https://127.0.0.1:$ap/readyz" >/dev/null \
     || { echo "kube-apiserver did not become ready; see $k/apiserver.log" >&2; tail -20 "$k/apiserver.log" >&2; return 1; }
-  # GKE's own CRDs (ManagedCertificate, FrontendConfig), as a GKE cluster
+  # GKE's own CRDs (ManagedCertificate, FrontendConfig, BackendConfig), as a GKE cluster
   # has them, and cert-manager's, as its add-on installs them.
   python3 - "https://127.0.0.1:$ap" "$here/local-cloud/gke-crds.yaml" "$here/local-cloud/cert-manager-crds.yaml" <<'PY'
 import json, ssl, sys, urllib.request

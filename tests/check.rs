@@ -668,3 +668,34 @@ fn rego_policies_add_the_teams_own_rules() {
         assert!(err.contains(says), "{err}");
     }
 }
+
+/// GKE's edge without its Cloud Armor policy: the Ingress names no
+/// BackendConfig policy, and `edge.waf` says where to set one.
+#[test]
+fn a_gke_edge_without_its_cloud_armor_policy_is_found() {
+    let (_, findings) = check(
+        &common::repo().join("stacks/gcp-production.yaml"),
+        &["--env", "production"],
+        &[],
+    );
+    assert!(of(&findings, "edge.waf").is_empty(), "{findings:#?}");
+    let v = variant(
+        "gcp-production.yaml",
+        &[("      security_policy: ${edge_armor.name}\n", "")],
+    );
+    let (_, findings) = check(&v.stack, &["--env", "production"], &[]);
+    let found: Vec<&Value> = findings
+        .iter()
+        .filter(|f| f["rule"] == "edge.waf")
+        .collect();
+    assert_eq!(found.len(), 1, "{findings:#?}");
+    assert_eq!(found[0]["address"], "app.orchestrator");
+    assert_eq!(
+        found[0]["line"].as_u64(),
+        Some(component_line("ingress_host: ${input.ingress_host}"))
+    );
+    assert!(found[0]["help"]
+        .as_str()
+        .unwrap()
+        .contains("gcp.security_policy"));
+}

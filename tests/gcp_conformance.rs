@@ -309,6 +309,10 @@ const ALWAYS_SET: &[(&str, &[&str])] = &[
         &["id", "creationTimestamp", "selfLink"],
     ),
     (
+        "compute.securityPolicies.get",
+        &["id", "creationTimestamp", "selfLink", "fingerprint", "type"],
+    ),
+    (
         "compute.globalAddresses.get",
         &["id", "creationTimestamp", "selfLink", "status"],
     ),

@@ -139,7 +139,7 @@ async fn gcp_production_end_to_end() {
         .rev()
         .find(|e| e["event"] == "summary")
         .expect("a summary");
-    assert_eq!(summary["created"], 39, "{summary}");
+    assert_eq!(summary["created"], 40, "{summary}");
     assert_eq!(summary["v"], 1);
     assert_eq!(summary["version"], env!("CARGO_PKG_VERSION"));
     assert!(summary["retries"].as_u64().unwrap() >= 9, "{summary}");
@@ -219,6 +219,68 @@ async fn gcp_production_end_to_end() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     // GKE's controller takes the Ingress back (a pass of its own, as on
     // GKE): wait for it, or a later `status` can come first.
+    let again = edge_settled(&ingresses, &w, true).await;
+    assert_eq!(again["healthy"], true, "{again}");
+
+    // Cloud Armor: the policy holds the WAF rules, then the rate limit, then
+    // the default rule; GKE's controller (the node simulator) set it on the
+    // backend service from the BackendConfig, so Compute refuses to delete
+    // it while the Ingress stands.
+    let policy = common::gcp_get(&format!(
+        "/compute/v1/projects/{name}/global/securityPolicies/{name}-production-edge"
+    ))
+    .expect("the security policy");
+    let rules: Vec<(i64, String)> = policy["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["priority"].as_i64().unwrap(),
+                r["action"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(rules.len(), 9, "{rules:?}");
+    assert_eq!(rules[0], (1000, "deny(403)".to_string()));
+    assert_eq!(rules[7], (2000, "throttle".to_string()));
+    assert_eq!(rules[8], (2147483647, "allow".to_string()));
+    let refused = ureq::delete(&format!(
+        "{}/compute/v1/projects/{name}/global/securityPolicies/{name}-production-edge",
+        common::gcp_endpoint()
+    ))
+    .call();
+    match refused {
+        Err(ureq::Error::Status(400, r)) => {
+            let body = r.into_string().unwrap();
+            assert!(body.contains("already being used"), "{body}");
+        }
+        other => panic!("deleting a policy in use: {other:?}"),
+    }
+    // The stand-in says no: a BackendConfig naming a policy the project does
+    // not have leaves the Ingress without a load balancer, and `status`
+    // repeats GKE's controller's complaint.
+    w.edit(
+        "      security_policy: ${edge_armor.name}\n",
+        "      security_policy: no-such-policy\n",
+    );
+    let (out, _) = apply(&w, &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let refused = edge_settled(&ingresses, &w, false).await;
+    assert_eq!(refused["healthy"], false, "{refused}");
+    assert!(
+        refused["detail"]
+            .as_str()
+            .unwrap()
+            .contains("securityPolicies/no-such-policy' was not found"),
+        "{refused}"
+    );
+    w.edit(
+        "      security_policy: no-such-policy\n",
+        "      security_policy: ${edge_armor.name}\n",
+    );
+    let (out, _) = apply(&w, &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
     let again = edge_settled(&ingresses, &w, true).await;
     assert_eq!(again["healthy"], true, "{again}");
     // They became ready because the double's network model admits their
@@ -418,9 +480,9 @@ async fn gcp_production_end_to_end() {
     // read per resource that bindings are in, the private service
     // connection's list and the project's number it is named by, one
     // aggregated list of the node pools' instance groups (their sizes), and
-    // one list of the enabled APIs: 21 for the 39 resources.
+    // one list of the enabled APIs: 22 for the 40 resources.
     assert!(
-        cost <= 21,
+        cost <= 22,
         "a no-op plan made {cost} requests to Google Cloud"
     );
     assert_eq!(after["mutations"], before["mutations"]);
@@ -608,4 +670,112 @@ async fn gcp_production_end_to_end() {
         members(&project_policy, "roles/owner"),
         vec!["user:owner@example.com"]
     );
+}
+
+/// `gcp.security_policy` alone against the double: rules change one call
+/// per rule (patchRule, removeRule, addRule; `patch` never carries them), a
+/// rule added by hand is a difference the apply takes away, and a delete
+/// waits while GKE's controller still has the policy on a backend service.
+#[test]
+fn cloud_armor_rules_change_one_by_one_and_the_delete_waits_for_the_load_balancer() {
+    let name = format!("ta{}", std::process::id());
+    let mut w = World::from_stack("tests/fixtures/gcp-armor.yaml", &name);
+    let (out, _) = apply(&w, &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let path = format!("/compute/v1/projects/{name}/global/securityPolicies/{name}-edge");
+    let priorities = || -> Vec<(i64, String)> {
+        common::gcp_get(&path).expect("the policy")["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["priority"].as_i64().unwrap(),
+                    r["description"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        priorities().iter().map(|p| p.0).collect::<Vec<_>>(),
+        vec![1000, 1001, 1002, 2000, 2147483647]
+    );
+    assert!(changed(&w.plan_json(&[])).is_empty());
+
+    // A rule added by hand shows in the plan and goes at the next apply;
+    // the rate limit changes in place, one rule set goes.
+    let added = ureq::post(&format!("{}{path}/addRule", common::gcp_endpoint())).send_string(
+        &serde_json::json!({"priority": 10, "action": "deny(403)", "description": "by hand",
+                            "match": {"versionedExpr": "SRC_IPS_V1", "config": {"srcIpRanges": ["203.0.113.0/24"]}}})
+        .to_string(),
+    );
+    assert!(added.is_ok(), "{added:?}");
+    assert_eq!(
+        changed(&w.plan_json(&[])),
+        vec![("edge".to_string(), "update".to_string())]
+    );
+    w.env
+        .push(("RALPH_DEPLOY_VAR_rate_limit".into(), "50".into()));
+    w.edit(
+        "[sqli-v33-stable, xss-v33-stable, lfi-v33-stable]",
+        "[sqli-v33-stable, lfi-v33-stable]",
+    );
+    let before = common::gcp_requests(&name);
+    let (out, _) = apply(&w, &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let after = common::gcp_requests(&name);
+    let rules = priorities();
+    assert_eq!(
+        rules.iter().map(|p| p.0).collect::<Vec<_>>(),
+        vec![1000, 1001, 2000, 2147483647],
+        "{rules:?}"
+    );
+    assert_eq!(rules[1].1, "preconfigured WAF rules lfi-v33-stable");
+    let policy = common::gcp_get(&path).unwrap();
+    assert_eq!(
+        policy["rules"][2]["rateLimitOptions"]["rateLimitThreshold"]["count"],
+        50
+    );
+    // Four rule calls (remove 10 and 1002, patch 1001 and 2000): exactly
+    // the rules that differ.
+    let mutations = after["mutations"].as_u64().unwrap() - before["mutations"].as_u64().unwrap();
+    assert_eq!(mutations, 4, "{before} {after}");
+    assert!(changed(&w.plan_json(&[])).is_empty());
+
+    // Attached to a backend service (as GKE's controller does for a
+    // BackendConfig), the policy cannot go: destroy waits, and finishes
+    // once the load balancer lets it go.
+    fn attach(project: &str, on: bool) {
+        ureq::post(&format!("{}/__double/armor/attach", common::gcp_endpoint()))
+            .send_string(
+                &serde_json::json!({"project": project, "policy": format!("{project}-edge"),
+                                    "backend": "k8s1-test-backend", "attach": on})
+                .to_string(),
+            )
+            .unwrap();
+    }
+    attach(&name, true);
+    let release = {
+        let name = name.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_secs(3));
+            attach(&name, false);
+        })
+    };
+    let started = std::time::Instant::now();
+    let stack = w.stack();
+    let out = w
+        .cmd(&[
+            "destroy",
+            stack.to_str().unwrap(),
+            "--env",
+            "production",
+            "--auto-approve",
+        ])
+        .output()
+        .unwrap();
+    release.join().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(started.elapsed() >= std::time::Duration::from_secs(3));
+    assert!(common::gcp_get(&path).is_none());
 }

@@ -5,7 +5,8 @@ Secret Manager together, so this serves exactly the routes the tool's
 google-cloud-rust clients call, on one loopback port:
 
 - Compute (networks, subnetworks, firewalls, routers, global addresses,
-  global and region operations), under /compute/v1/;
+  Cloud Armor security policies and their rules, global and region
+  operations), under /compute/v1/;
 - GKE (clusters, node pools, operations), Memorystore Redis (instances,
   operations, AUTH string) and Secret Manager (secrets, versions), under
   /v1/projects/{project}/...;
@@ -206,7 +207,7 @@ def page(items, query, size_param, default):
 
 COMPUTE = "https://compute.googleapis.com/compute/v1/"
 COMPUTE_KINDS = {"networks": "network", "subnetworks": "subnetwork", "firewalls": "firewall",
-                 "routers": "router", "addresses": "address"}
+                 "routers": "router", "addresses": "address", "securityPolicies": "securityPolicy"}
 
 
 def compute_op(project, region, target, op_type, seconds, finish):
@@ -314,8 +315,9 @@ def compute_list(collection):
         items = [r for r in coll(f"compute/{compute_scope(p)}/{collection}").values()
                  if matches(r, (q.get("filter") or [""])[0])]
         chunk, token = page(items, q, "maxResults", 500)
-        out = {"kind": "compute#%sList" % COMPUTE_KINDS[collection], "items": chunk,
-               "selfLink": f"{COMPUTE}{compute_scope(p)}/{collection}"}
+        out = {"kind": "compute#%sList" % COMPUTE_KINDS[collection], "items": chunk}
+        if collection != "securityPolicies":  # SecurityPolicyList has no selfLink
+            out["selfLink"] = f"{COMPUTE}{compute_scope(p)}/{collection}"
         if token:
             out["nextPageToken"] = token
         return out
@@ -1762,6 +1764,225 @@ def require_private_access(network, what, legacy=False):
                        "failedPrecondition", legacy=legacy)
 
 
+# ---------------------------------------------------------------- Cloud Armor
+
+ARMOR_SETS = {b + s for b in ("sqli", "xss", "lfi", "rfi", "rce", "methodenforcement", "scannerdetection",
+                              "protocolattack", "php", "sessionfixation")
+              for s in ("-v33-stable", "-v33-canary", "-stable", "-canary")}
+ARMOR_SETS |= {"java-v33-stable", "java-v33-canary", "nodejs-v33-stable", "nodejs-v33-canary",
+               "cve-canary", "json-sqli-canary"}
+ARMOR_WINDOWS = {10, 30, 60, 120, 180, 240, 300, 600, 900, 1200, 1800, 2700, 3600}
+ARMOR_KEYS = {"ALL", "IP", "HTTP_HEADER", "XFF_IP", "HTTP_COOKIE", "HTTP_PATH", "SNI", "REGION_CODE",
+              "TLS_JA3_FINGERPRINT", "USER_IP"}
+DEFAULT_RULE = 2147483647
+ARMOR_USERS = {}  # "projects/P/global/securityPolicies/N" -> {backend service, ...} (GKE's controller's)
+
+
+def armor_path(p):
+    return f"projects/{p['project']}/global/securityPolicies"
+
+
+def armor_rule_check(rule, field):
+    """Cloud Armor's own refusals of a rule: actions, matches, the
+    preconfigured WAF sets and the rate limit's options."""
+    v = []
+    try:
+        priority = int(rule.get("priority"))
+    except (TypeError, ValueError):
+        priority = -1
+    if not 0 <= priority <= DEFAULT_RULE:
+        v.append((f"{field}.priority", "must be 0 to 2147483647"))
+    action = rule.get("action") or ""
+    match = rule.get("match") or {}
+    if action not in ("allow", "deny(403)", "deny(404)", "deny(502)", "throttle", "rate_based_ban", "redirect"):
+        v.append((f"{field}.action", f"'{action}' is not an action Cloud Armor takes"))
+    expr = (match.get("expr") or {}).get("expression")
+    if expr:
+        for name in re.findall(r"evaluatePreconfigured(?:Waf|Expr)\(\s*'([^']*)'", expr):
+            if name not in ARMOR_SETS:
+                v.append((f"{field}.match.expr.expression", f"'{name}' is not a preconfigured expression set"))
+    elif match.get("versionedExpr") == "SRC_IPS_V1":
+        ranges = (match.get("config") or {}).get("srcIpRanges") or []
+        if not ranges or len(ranges) > 10:
+            v.append((f"{field}.match.config.srcIpRanges", "needs 1 to 10 ranges"))
+    else:
+        v.append((f"{field}.match", "needs an expr or a versionedExpr with its config"))
+    if priority == DEFAULT_RULE and (expr or (match.get("config") or {}).get("srcIpRanges") != ["*"]):
+        v.append((f"{field}.match", "the default rule must match every source ('*')"))
+    options = rule.get("rateLimitOptions")
+    if action in ("throttle", "rate_based_ban"):
+        o = options or {}
+        threshold = o.get("rateLimitThreshold") or {}
+        try:
+            count, interval = int(threshold.get("count", 0)), int(threshold.get("intervalSec", 0))
+        except (TypeError, ValueError):
+            count, interval = 0, 0
+        if count <= 0:
+            v.append((f"{field}.rateLimitOptions.rateLimitThreshold.count", "must be positive"))
+        if interval not in ARMOR_WINDOWS:
+            v.append((f"{field}.rateLimitOptions.rateLimitThreshold.intervalSec",
+                      f"{interval} is not one of {sorted(ARMOR_WINDOWS)}"))
+        if o.get("conformAction") != "allow":
+            v.append((f"{field}.rateLimitOptions.conformAction", "must be 'allow'"))
+        if o.get("exceedAction") not in ("deny(403)", "deny(404)", "deny(429)", "deny(502)", "redirect"):
+            v.append((f"{field}.rateLimitOptions.exceedAction", "must be deny(STATUS) or redirect"))
+        if o.get("enforceOnKey", "ALL") not in ARMOR_KEYS:
+            v.append((f"{field}.rateLimitOptions.enforceOnKey", f"'{o.get('enforceOnKey')}' is not a key"))
+    elif options:
+        v.append((f"{field}.rateLimitOptions", "is only for the throttle and rate_based_ban actions"))
+    return v, priority
+
+
+def armor_rule(rule, priority):
+    out = dict(rule, kind="compute#securityPolicyRule", priority=priority)
+    out.setdefault("preview", False)
+    return out
+
+
+def armor_fingerprint():
+    return base64.urlsafe_b64encode(os.urandom(8)).decode()
+
+
+def armor_get_policy(p):
+    res = coll("compute/" + armor_path(p)).get(p["securityPolicy"])
+    if res is None:
+        raise not_found(f"{armor_path(p)}/{p['securityPolicy']}", legacy=True)
+    return res
+
+
+def armor_insert(p, q, body):
+    v = []
+    if not NAME_RE.match(body.get("name") or ""):
+        v.append(("resource.name", "must match [a-z]([-a-z0-9]{0,61}[a-z0-9])?"))
+    if body.get("type", "CLOUD_ARMOR") not in ("CLOUD_ARMOR", "CLOUD_ARMOR_EDGE"):
+        v.append(("resource.type", "a global policy is CLOUD_ARMOR or CLOUD_ARMOR_EDGE"))
+    rules, seen = [], set()
+    for i, r in enumerate(body.get("rules") or []):
+        rv, priority = armor_rule_check(r, f"resource.rules[{i}]")
+        v += rv
+        if priority in seen:
+            v.append((f"resource.rules[{i}].priority", "Cannot have rules with the same priorities."))
+        seen.add(priority)
+        rules.append(armor_rule(r, priority))
+    if v:
+        raise invalid(v, legacy=True)
+    if DEFAULT_RULE not in seen:
+        rules.append(armor_rule({"action": "allow", "description": "default rule", "match": {
+            "versionedExpr": "SRC_IPS_V1", "config": {"srcIpRanges": ["*"]}}}, DEFAULT_RULE))
+    c = coll("compute/" + armor_path(p))
+    link = f"{COMPUTE}{armor_path(p)}/{body['name']}"
+    if body["name"] in c:
+        raise exists(f"{armor_path(p)}/{body['name']}", legacy=True)
+    res = dict(body, kind="compute#securityPolicy", id=str(uuid.uuid4().int % 10**18),
+               creationTimestamp=now_rfc3339(), selfLink=link, type=body.get("type", "CLOUD_ARMOR"),
+               rules=sorted(rules, key=lambda r: r["priority"]), fingerprint=armor_fingerprint())
+    c[body["name"]] = res  # reserved at once: a second insert of the name is refused
+    return compute_op(p["project"], None, link, "insert", delay("compute"), lambda: None)
+
+
+def armor_patch(p, q, body):
+    res = armor_get_policy(p)
+    if "rules" in body:
+        raise invalid([("resource.rules", "rules cannot be changed by patch; use addRule, patchRule and removeRule")],
+                      legacy=True)
+    if body.get("fingerprint") != res["fingerprint"]:
+        raise precondition("Supplied fingerprint does not match current resource fingerprint.", legacy=True)
+    for k in ("name", "type"):
+        if k in body and body[k] != res.get(k):
+            raise invalid([(f"resource.{k}", "cannot be changed")], legacy=True)
+    res.update({k: v for k, v in body.items() if k not in ("fingerprint", "kind", "id", "selfLink")})
+    res["fingerprint"] = armor_fingerprint()
+    return compute_op(p["project"], None, res["selfLink"], "patch", delay("compute"), lambda: None)
+
+
+def armor_priority(q):
+    try:
+        return int((q.get("priority") or [""])[0])
+    except ValueError:
+        raise invalid([("priority", "is required")], legacy=True)
+
+
+def armor_add_rule(p, q, body):
+    res = armor_get_policy(p)
+    v, priority = armor_rule_check(body, "resource")
+    if v:
+        raise invalid(v, legacy=True)
+    if any(r["priority"] == priority for r in res["rules"]):
+        raise invalid([("resource.priority", "Cannot have rules with the same priorities.")], legacy=True)
+    res["rules"] = sorted(res["rules"] + [armor_rule(body, priority)], key=lambda r: r["priority"])
+    res["fingerprint"] = armor_fingerprint()
+    return compute_op(p["project"], None, res["selfLink"], "addSecurityPolicyRule", delay("compute"), lambda: None)
+
+
+def armor_patch_rule(p, q, body):
+    res = armor_get_policy(p)
+    priority = armor_priority(q)
+    old = next((r for r in res["rules"] if r["priority"] == priority), None)
+    if old is None:
+        raise invalid([("priority", f"no rule has priority {priority}")], legacy=True)
+    merged = dict(old, **body)
+    v, new_priority = armor_rule_check(merged, "resource")
+    if v:
+        raise invalid(v, legacy=True)
+    res["rules"] = sorted([r for r in res["rules"] if r is not old] + [armor_rule(merged, new_priority)],
+                          key=lambda r: r["priority"])
+    res["fingerprint"] = armor_fingerprint()
+    return compute_op(p["project"], None, res["selfLink"], "patchSecurityPolicyRule", delay("compute"), lambda: None)
+
+
+def armor_remove_rule(p, q, body):
+    res = armor_get_policy(p)
+    priority = armor_priority(q)
+    if priority == DEFAULT_RULE:
+        raise invalid([("priority", "the default rule cannot be removed")], legacy=True)
+    if not any(r["priority"] == priority for r in res["rules"]):
+        raise invalid([("priority", f"no rule has priority {priority}")], legacy=True)
+    res["rules"] = [r for r in res["rules"] if r["priority"] != priority]
+    res["fingerprint"] = armor_fingerprint()
+    return compute_op(p["project"], None, res["selfLink"], "removeSecurityPolicyRule", delay("compute"), lambda: None)
+
+
+def armor_get_rule(p, q, body):
+    res = armor_get_policy(p)
+    priority = armor_priority(q)
+    rule = next((r for r in res["rules"] if r["priority"] == priority), None)
+    if rule is None:
+        raise invalid([("priority", f"no rule has priority {priority}")], legacy=True)
+    return rule
+
+
+def armor_delete(p, q, body):
+    res = armor_get_policy(p)
+    path = f"{armor_path(p)}/{p['securityPolicy']}"
+    users = sorted(ARMOR_USERS.get(path) or ())
+    if users:
+        raise ApiError(400, "FAILED_PRECONDITION",
+                       f"The security_policy resource '{path}' is already being used by "
+                       f"'projects/{p['project']}/global/backendServices/{users[0]}'",
+                       "resourceInUseByAnotherResource", legacy=True)
+
+    def finish():
+        coll("compute/" + armor_path(p)).pop(p["securityPolicy"], None)
+    return compute_op(p["project"], None, res["selfLink"], "delete", delay("compute"), finish)
+
+
+def armor_attach(cfg):
+    """GKE's Ingress controller setting (or clearing) a BackendConfig's
+    security policy on the backend service it made: refused, as the
+    controller's sync is, when the policy does not exist."""
+    scope = f"projects/{cfg.get('project')}/global/securityPolicies"
+    path = f"{scope}/{cfg.get('policy')}"
+    with LOCK:
+        users = ARMOR_USERS.setdefault(path, set())
+        if not cfg.get("attach"):
+            users.discard(cfg.get("backend"))
+            return {"attached": False}
+        if cfg.get("policy") not in coll(f"compute/{scope}"):
+            return {"attached": False, "reason": f"The resource '{path}' was not found"}
+        users.add(cfg.get("backend"))
+        return {"attached": True}
+
+
 # ---------------------------------------------------------------- routes
 
 G = "/compute/v1/projects/{project}/global"
@@ -1796,6 +2017,15 @@ ROUTES = [
     ("compute.globalAddresses.list", "GET", G + "/addresses", compute_list("addresses")),
     ("compute.globalAddresses.get", "GET", G + "/addresses/{address}", compute_get("addresses", "address")),
     ("compute.globalAddresses.delete", "DELETE", G + "/addresses/{address}", compute_delete("addresses", "address")),
+    ("compute.securityPolicies.insert", "POST", G + "/securityPolicies", armor_insert),
+    ("compute.securityPolicies.list", "GET", G + "/securityPolicies", compute_list("securityPolicies")),
+    ("compute.securityPolicies.get", "GET", G + "/securityPolicies/{securityPolicy}", lambda p, q, b: armor_get_policy(p)),
+    ("compute.securityPolicies.patch", "PATCH", G + "/securityPolicies/{securityPolicy}", armor_patch),
+    ("compute.securityPolicies.delete", "DELETE", G + "/securityPolicies/{securityPolicy}", armor_delete),
+    ("compute.securityPolicies.addRule", "POST", G + "/securityPolicies/{securityPolicy}/addRule", armor_add_rule),
+    ("compute.securityPolicies.patchRule", "POST", G + "/securityPolicies/{securityPolicy}/patchRule", armor_patch_rule),
+    ("compute.securityPolicies.removeRule", "POST", G + "/securityPolicies/{securityPolicy}/removeRule", armor_remove_rule),
+    ("compute.securityPolicies.getRule", "GET", G + "/securityPolicies/{securityPolicy}/getRule", armor_get_rule),
     ("compute.globalOperations.get", "GET", G + "/operations/{operation}", compute_op_get),
     ("compute.regionOperations.get", "GET", R + "/operations/{operation}", compute_op_get),
 
@@ -2045,6 +2275,8 @@ class Handler(BaseHTTPRequestHandler):
                 except ValueError:
                     port = 0
                 return self.send(200, network_reach((q.get("host") or [""])[0], port))
+            if path == "/__double/armor/attach" and method == "POST":
+                return self.send(200, armor_attach(json.loads(raw or b"{}")))
             if path == "/__double/nodes":
                 return self.send(200, node_listing())
             if path == "/__double/nodes/grow" and method == "POST":
@@ -2055,7 +2287,7 @@ class Handler(BaseHTTPRequestHandler):
                     return self.send(200, BY_PROJECT.get(project[0], {"requests": 0, "mutations": 0, "lists": 0, "gets": 0}))
                 return self.send(200, STATS)
             if path == "/__double/reset" and method == "POST":
-                STORE.clear(); SECRETS.clear(); OPS.clear(); PENDING.clear(); POLICIES.clear()
+                STORE.clear(); SECRETS.clear(); OPS.clear(); PENDING.clear(); POLICIES.clear(); ARMOR_USERS.clear()
                 return self.send(200, {})
             if path == "/__double/routes":
                 return self.send(200, [{"id": i, "method": m, "path": t, "aliases": ALIASES.get(i, [])}

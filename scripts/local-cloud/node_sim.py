@@ -573,6 +573,7 @@ DEFAULT_NODES = int(os.environ.get("RALPH_SIM_DEFAULT_NODES", "6"))
 SIMULATED = "node.ralph-sim/simulated"  # the label on every Node this simulator keeps
 SOURCE = "node.ralph-sim/source"  # the annotation naming the cloud a Node's group is in
 EKS_CLUSTER = "node.ralph-sim/eks-cluster"  # the label naming an EKS Node's cluster
+GKE_PROJECT = "node.ralph-sim/gke-project"  # the label naming a GKE Node's project
 MACHINES = json.load(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "support",
                                        "machine-types.json")))
 EFFECTS = {"NO_SCHEDULE": "NoSchedule", "PREFER_NO_SCHEDULE": "PreferNoSchedule", "NO_EXECUTE": "NoExecute"}
@@ -687,7 +688,7 @@ def wanted_nodes():
             labels = dict(g["labels"], **{
                 "topology.kubernetes.io/zone": g["zone"],
                 "topology.kubernetes.io/region": g["zone"].rsplit("-", 1)[0],
-                "cloud.google.com/gke-nodepool": g["pool"]})
+                "cloud.google.com/gke-nodepool": g["pool"], GKE_PROJECT: g["project"]})
             for i in range(g["size"]):
                 add(source, node_name("gke-%s-%s" % (g["cluster"][:14], g["pool"]), key, i), "gke",
                     g["machine_type"], labels, g["taints"], g.get("network_policy", False))
@@ -1263,18 +1264,90 @@ def edge_event(call, ing, reason):
     # The controller's own wording: a reason, and "Failed ... due to" the
     # AWS error.
     word, _, rest = reason.partition(": ")
-    if word not in ("FailedDeployModel", "FailedBuildModel"):
-        word, rest = "FailedDeployModel", reason
-    message = ("Failed build model due to " if word == "FailedBuildModel" else "Failed deploy model due to ") + rest
+    if word == "Sync":
+        message = rest  # GKE's controller's wording
+    else:
+        if word not in ("FailedDeployModel", "FailedBuildModel"):
+            word, rest = "FailedDeployModel", reason
+        message = ("Failed build model due to " if word == "FailedBuildModel" else "Failed deploy model due to ") + rest
     try:
         call("POST", "/api/v1/namespaces/%s/events" % meta["namespace"], {
             "apiVersion": "v1", "kind": "Event", "metadata": {"generateName": meta["name"] + "."},
             "involvedObject": {"kind": "Ingress", "apiVersion": "networking.k8s.io/v1",
                                "namespace": meta["namespace"], "name": meta["name"], "uid": meta.get("uid")},
             "reason": word, "message": message, "type": "Warning",
-            "source": {"component": "ingress"}, "firstTimestamp": now(), "lastTimestamp": now(), "count": 1})
+            "source": {"component": "loadbalancer-controller" if word == "Sync" else "ingress"}, "firstTimestamp": now(), "lastTimestamp": now(), "count": 1})
     except Exception as e:
         print("node simulator: event: %s" % e, file=sys.stderr, flush=True)
+
+
+ARMOR = {}  # (namespace, Ingress) -> {(project, policy, backend service), ...} GKE's controller attached
+ARMOR_SEEN = {}  # (namespace, Ingress) -> (when, what was asked, the answer): asked again after ARMOR_TTL
+ARMOR_TTL = 5.0
+
+
+def gce_backends(call, pods, nodes, ing):
+    """GKE's controller's backend pass for an Ingress it serves: each
+    backend Service's BackendConfig (the `cloud.google.com/backend-config`
+    annotation) read, and its Cloud Armor policy set on the backend service
+    in the project of the nodes the pods run on. (None, {attached}) when it
+    could; (reason, {}) when it could not: a BackendConfig that does not
+    exist, or a policy the project does not have."""
+    meta = ing["metadata"]
+    ns = meta["namespace"]
+    projects = {(n["metadata"].get("labels") or {}).get(GKE_PROJECT) for n in nodes
+                if any(p["spec"].get("nodeName") == n["metadata"]["name"] and p["metadata"]["namespace"] == ns
+                       for p in pods)}
+    projects.discard(None)
+    spec = ing.get("spec") or {}
+    services = [(spec.get("defaultBackend") or {}).get("service")] + [
+        (path.get("backend") or {}).get("service") for rule in spec.get("rules") or []
+        for path in (rule.get("http") or {}).get("paths") or []]
+    wanted = []
+    for svc in [s for s in services if s]:
+        try:
+            service = call("GET", "/api/v1/namespaces/%s/services/%s" % (ns, svc["name"]))
+        except urllib.error.HTTPError:
+            continue
+        notes = service["metadata"].get("annotations") or {}
+        raw = notes.get("cloud.google.com/backend-config") or notes.get("beta.cloud.google.com/backend-config")
+        if not raw:
+            continue
+        try:
+            ref = json.loads(raw)
+        except ValueError:
+            return "Sync: Error syncing to GCP: invalid backend-config annotation %r on Service %s/%s" % (raw, ns, svc["name"]), set()
+        port = (svc.get("port") or {}).get("name") or str((svc.get("port") or {}).get("number"))
+        config = (ref.get("ports") or {}).get(port) or ref.get("default")
+        if not config:
+            continue
+        try:
+            bc = call("GET", "/apis/cloud.google.com/v1/namespaces/%s/backendconfigs/%s" % (ns, config))
+        except urllib.error.HTTPError:
+            return "Sync: Translation failed: invalid ingress spec: error getting BackendConfig for port %s on service \"%s/%s\": no BackendConfig for service port exists" % (port, ns, svc["name"]), set()
+        policy = (((bc.get("spec") or {}).get("securityPolicy")) or {}).get("name")
+        if policy:
+            backend = "k8s1-%s-%s-%s-%s" % (hashlib.sha256(ns.encode()).hexdigest()[:8], ns[:16], svc["name"][:16], port)
+            wanted += [(project, policy, backend) for project in sorted(projects)]
+    for project, policy, backend in wanted:
+        answer = post_gcp("/__double/armor/attach", {"project": project, "policy": policy, "backend": backend,
+                                                     "attach": True})
+        if not answer.get("attached"):
+            return ("Sync: Error syncing to GCP: error running backend syncing routine: googleapi: Error 404: %s, notFound"
+                    % answer.get("reason", "the policy cannot be set")), set()
+    return None, set(wanted)
+
+
+def armor_release(key, keep):
+    """Clears the security policies an Ingress's backend services no longer
+    use (their BackendConfig changed, or the Ingress is gone: GKE deletes
+    its backend services)."""
+    for project, policy, backend in ARMOR.get(key, set()) - keep:
+        post_gcp("/__double/armor/attach", {"project": project, "policy": policy, "backend": backend, "attach": False})
+    if keep:
+        ARMOR[key] = keep
+    else:
+        ARMOR.pop(key, None)
 
 
 def serve_ingresses(call, pods):
@@ -1283,7 +1356,12 @@ def serve_ingresses(call, pods):
     their Ingress has one."""
     nodes = call("GET", "/api/v1/nodes")["items"]
     merge = "application/merge-patch+json"
-    for ing in call("GET", "/apis/networking.k8s.io/v1/ingresses")["items"]:
+    ingresses = call("GET", "/apis/networking.k8s.io/v1/ingresses")["items"]
+    present = {(i["metadata"]["namespace"], i["metadata"]["name"]) for i in ingresses}
+    for key in [k for k in ARMOR if k not in present]:
+        armor_release(key, set())
+        ARMOR_SEEN.pop(key, None)
+    for ing in ingresses:
         meta = ing["metadata"]
         ns, name = meta["namespace"], meta["name"]
         cls = ingress_class(ing)
@@ -1292,6 +1370,19 @@ def serve_ingresses(call, pods):
             edge_event(call, ing, reason)
         else:
             want = [{"ip": "127.0.0.1"}] if serves(pods, nodes, ing) else []
+        if cls == "gce" and want and os.environ.get("RALPH_SIM_GCP_PORT_FILE"):
+            # The backend pass, asked again every ARMOR_TTL seconds (or at
+            # once when the Ingress changed).
+            last = ARMOR_SEEN.get((ns, name))
+            if last and last[1] == meta.get("resourceVersion") and time.time() - last[0] < ARMOR_TTL:
+                reason, attached = last[2]
+            else:
+                reason, attached = gce_backends(call, pods, nodes, ing)
+                ARMOR_SEEN[(ns, name)] = (time.time(), meta.get("resourceVersion"), (reason, attached))
+            armor_release((ns, name), attached)
+            edge_event(call, ing, reason)
+            if reason:
+                want = []
         have = ((ing.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
         if have != want:
             call("PATCH", "/apis/networking.k8s.io/v1/namespaces/%s/ingresses/%s/status" % (ns, name),

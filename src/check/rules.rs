@@ -841,11 +841,13 @@ fn orchestrators(stack: &Stack, f: &mut Findings) {
                     "install cert-manager and a ClusterIssuer (the stacks' `cluster_addons` take ../addons/cluster-issuer.yaml.j2)",
                 );
             }
-            // On an ALB the ACL must be the one the Ingress names; elsewhere
-            // (Cloud Armor, not yet attached by the orchestrator) one that
-            // the stack makes.
+            // On an ALB the ACL must be the one the Ingress names, on GKE's
+            // load balancer the Cloud Armor policy its BackendConfig names;
+            // elsewhere one that the stack makes.
             let waf = if class.as_deref() == Some("alb") {
                 text(app, "waf_acl_arn").is_some_and(|w| !w.is_empty())
+            } else if class.as_deref() == Some("gce") {
+                text(app, "security_policy").is_some_and(|w| !w.is_empty())
             } else {
                 stack.resources.values().any(|r| {
                     r.kind.kind.starts_with("aws.wafv2") || r.kind.kind == "gcp.security_policy"
@@ -857,7 +859,11 @@ fn orchestrators(stack: &Stack, f: &mut Findings) {
                     a,
                     at(app, "ingress_host"),
                     format!("`{a}` serves a public host with no web application firewall in front"),
-                    "put AWS WAF or Cloud Armor in front of the load balancer; until the stack can, waive this rule with the reason",
+                    match class.as_deref() {
+                        Some("alb") => "add an aws.wafv2_web_acl and set the orchestrator's `waf_acl_arn` to its arn",
+                        Some("gce") => "add a gcp.security_policy and set the orchestrator's `security_policy` to its name",
+                        _ => "put AWS WAF or Cloud Armor in front of the load balancer; until the stack can, waive this rule with the reason",
+                    },
                 );
             }
         }

@@ -462,3 +462,42 @@ pub fn autoscaled_size(
     }
     o
 }
+
+/// What one delete attempt of [`delete_once_released`] found.
+pub(crate) enum DeleteAttempt {
+    /// Deleted, or already gone.
+    Gone,
+    /// Refused because something still uses it: try again.
+    InUse,
+}
+
+/// Deletes through `attempt` until it is gone, retrying while the cloud
+/// refuses because something still uses the resource (a load balancer
+/// holding a certificate, a web ACL or a Cloud Armor policy, which its
+/// controller lets go after the Ingress is deleted). `what` names the users in the progress line;
+/// the wait ends at the delete timeout (20 minutes unless the stack says).
+pub(crate) async fn delete_once_released<F, Fut>(
+    cx: &Context,
+    have: &Observed,
+    timeouts: &Timeouts,
+    what: &str,
+    attempt: F,
+) -> Result<(), DriverError>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<DeleteAttempt, DriverError>>,
+{
+    let address = have.address.clone().unwrap_or_else(|| have.id.clone());
+    cx.wait_until(
+        &address,
+        &format!("{what} to let it go"),
+        timeouts.delete_or(std::time::Duration::from_secs(20 * 60)),
+        || async {
+            Ok(match attempt().await? {
+                DeleteAttempt::Gone => (Some(()), String::new()),
+                DeleteAttempt::InUse => (None, "in use".to_string()),
+            })
+        },
+    )
+    .await
+}

@@ -12,10 +12,10 @@
 use aws_sdk_acm::types::{Tag, ValidationMethod};
 use serde_json::{json, Value as Json};
 
-use super::{
-    api_error, error_code, observed_with, read_tag_pairs, removed_tag_keys, strings, DeleteAttempt,
+use super::{api_error, error_code, observed_with, read_tag_pairs, removed_tag_keys, strings};
+use crate::drivers::{
+    Context, DeleteAttempt, Desired, Driver, DriverError, Known, Observed, Timeouts,
 };
-use crate::drivers::{Context, Desired, Driver, DriverError, Known, Observed, Timeouts};
 use crate::kinds::{checks, Attr, Field, KindSchema, Ty};
 
 fn domain(v: &Json) -> Result<(), String> {
@@ -345,7 +345,7 @@ impl Driver for AcmCertificate {
         timeouts: &Timeouts,
     ) -> Result<(), DriverError> {
         let acm = &cx.aws().await?.acm;
-        super::delete_once_released(
+        crate::drivers::delete_once_released(
             cx,
             have,
             timeouts,

@@ -774,45 +774,6 @@ where
     Ok(found.into_iter().flatten().collect())
 }
 
-/// What one delete attempt of [`delete_once_released`] found.
-pub(crate) enum DeleteAttempt {
-    /// Deleted, or already gone.
-    Gone,
-    /// Refused because something still uses it: try again.
-    InUse,
-}
-
-/// Deletes through `attempt` until it is gone, retrying while the cloud
-/// refuses because something still uses the resource (a load balancer
-/// holding a certificate or a web ACL, which its controller lets go after
-/// the Ingress is deleted). `what` names the users in the progress line;
-/// the wait ends at the delete timeout (20 minutes unless the stack says).
-pub(crate) async fn delete_once_released<F, Fut>(
-    cx: &Context,
-    have: &Observed,
-    timeouts: &super::Timeouts,
-    what: &str,
-    attempt: F,
-) -> Result<(), DriverError>
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = Result<DeleteAttempt, DriverError>>,
-{
-    let address = have.address.clone().unwrap_or_else(|| have.id.clone());
-    cx.wait_until(
-        &address,
-        &format!("{what} to let it go"),
-        timeouts.delete_or(std::time::Duration::from_secs(20 * 60)),
-        || async {
-            Ok(match attempt().await? {
-                DeleteAttempt::Gone => (Some(()), String::new()),
-                DeleteAttempt::InUse => (None, "in use".to_string()),
-            })
-        },
-    )
-    .await
-}
-
 /// Polls `read` until the resource is gone, reporting its status meanwhile.
 /// After a delete call failed: whether the resource is gone or already
 /// being deleted (a run killed mid-delete, a retried request whose first

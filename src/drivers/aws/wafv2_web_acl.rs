@@ -15,10 +15,10 @@ use aws_sdk_wafv2::types::{
 };
 use serde_json::Value as Json;
 
-use super::{
-    api_error, error_code, observed_with, read_tag_pairs, removed_tag_keys, strings, DeleteAttempt,
+use super::{api_error, error_code, observed_with, read_tag_pairs, removed_tag_keys, strings};
+use crate::drivers::{
+    Context, DeleteAttempt, Desired, Driver, DriverError, Known, Observed, Timeouts,
 };
-use crate::drivers::{Context, Desired, Driver, DriverError, Known, Observed, Timeouts};
 use crate::kinds::{checks, Attr, Field, KindSchema, Ty};
 
 /// The rate rule's name, and the prefix the managed groups' rules carry.
@@ -502,7 +502,7 @@ impl Driver for WebAcl {
     ) -> Result<(), DriverError> {
         let waf = &cx.aws().await?.wafv2;
         let (scope, name, id) = parts(&have.id)?;
-        super::delete_once_released(
+        crate::drivers::delete_once_released(
             cx,
             have,
             timeouts,

@@ -647,84 +647,6 @@ impl ComputeKind {
         Ok(v.as_ref().and_then(|v| self.observe(v)))
     }
 
-    /// Waits for a Compute operation to finish; its error, if any, fails.
-    async fn wait(
-        &self,
-        cx: &Context,
-        g: &GcpClients,
-        address: &str,
-        op: &Json,
-        timeout: Duration,
-    ) -> Result<(), DriverError> {
-        let name = op
-            .get("name")
-            .and_then(Json::as_str)
-            .unwrap_or_default()
-            .to_string();
-        let region = op
-            .get("region")
-            .and_then(Json::as_str)
-            .map(|r| super::short_name(r).to_string());
-        let what = format!("{} operation {name}", self.collection.path());
-        let what_ref = &what;
-        cx.wait_until(address, &what, timeout, || {
-            let name = name.clone();
-            let region = region.clone();
-            let what = what_ref;
-            async move {
-                let op: Json = match &region {
-                    Some(r) => json(
-                        &call(cx, SERVICE, "reading a region operation", || {
-                            g.region_ops
-                                .get()
-                                .set_project(&g.project)
-                                .set_region(r)
-                                .set_operation(&name)
-                                .send()
-                        })
-                        .await?,
-                    ),
-                    None => json(
-                        &call(cx, SERVICE, "reading a global operation", || {
-                            g.global_ops
-                                .get()
-                                .set_project(&g.project)
-                                .set_operation(&name)
-                                .send()
-                        })
-                        .await?,
-                    ),
-                };
-                let status = op
-                    .get("status")
-                    .and_then(Json::as_str)
-                    .unwrap_or("PENDING")
-                    .to_string();
-                if status != "DONE" {
-                    return Ok((None, status));
-                }
-                if let Some(errors) = op.pointer("/error/errors").and_then(Json::as_array) {
-                    let text: Vec<String> = errors
-                        .iter()
-                        .map(|e| {
-                            format!(
-                                "{}: {}",
-                                super::s(e, "code").as_str().unwrap_or("ERROR"),
-                                super::s(e, "message").as_str().unwrap_or_default()
-                            )
-                        })
-                        .collect();
-                    return Err(DriverError::new(format!(
-                        "{what} failed: {}",
-                        text.join("; ")
-                    )));
-                }
-                Ok((Some(()), status))
-            }
-        })
-        .await
-    }
-
     async fn read_back(
         &self,
         cx: &Context,
@@ -735,6 +657,85 @@ impl ComputeKind {
             .await?
             .ok_or_else(|| DriverError::new(format!("{id} vanished right after it was changed")))
     }
+}
+
+/// Waits for a Compute operation (global or regional) to finish; its
+/// error, if any, fails. `what` names it in progress lines and errors.
+pub(crate) async fn wait_op(
+    cx: &Context,
+    g: &GcpClients,
+    address: &str,
+    op: &Json,
+    timeout: Duration,
+    what: &str,
+) -> Result<(), DriverError> {
+    let name = op
+        .get("name")
+        .and_then(Json::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let region = op
+        .get("region")
+        .and_then(Json::as_str)
+        .map(|r| super::short_name(r).to_string());
+    let what = format!("{what} operation {name}");
+    let what_ref = &what;
+    cx.wait_until(address, &what, timeout, || {
+        let name = name.clone();
+        let region = region.clone();
+        let what = what_ref;
+        async move {
+            let op: Json = match &region {
+                Some(r) => json(
+                    &call(cx, SERVICE, "reading a region operation", || {
+                        g.region_ops
+                            .get()
+                            .set_project(&g.project)
+                            .set_region(r)
+                            .set_operation(&name)
+                            .send()
+                    })
+                    .await?,
+                ),
+                None => json(
+                    &call(cx, SERVICE, "reading a global operation", || {
+                        g.global_ops
+                            .get()
+                            .set_project(&g.project)
+                            .set_operation(&name)
+                            .send()
+                    })
+                    .await?,
+                ),
+            };
+            let status = op
+                .get("status")
+                .and_then(Json::as_str)
+                .unwrap_or("PENDING")
+                .to_string();
+            if status != "DONE" {
+                return Ok((None, status));
+            }
+            if let Some(errors) = op.pointer("/error/errors").and_then(Json::as_array) {
+                let text: Vec<String> = errors
+                    .iter()
+                    .map(|e| {
+                        format!(
+                            "{}: {}",
+                            super::s(e, "code").as_str().unwrap_or("ERROR"),
+                            super::s(e, "message").as_str().unwrap_or_default()
+                        )
+                    })
+                    .collect();
+                return Err(DriverError::new(format!(
+                    "{what} failed: {}",
+                    text.join("; ")
+                )));
+            }
+            Ok((Some(()), status))
+        }
+    })
+    .await
 }
 
 fn secondary(p: &Map<String, Json>) -> Json {
@@ -939,7 +940,7 @@ impl Driver for ComputeKind {
         let timeout = want.timeouts.create_or(OP_TIMEOUT);
         match op {
             Some(op) => {
-                self.wait(cx, g, want.address, &op, timeout).await?;
+                wait_op(cx, g, want.address, &op, timeout, self.collection.path()).await?;
                 self.read_back(cx, g, &id).await
             }
             None => {
@@ -1060,12 +1061,13 @@ impl Driver for ComputeKind {
                 ))
             }
         };
-        self.wait(
+        wait_op(
             cx,
             g,
             want.address,
             &op,
             want.timeouts.update_or(OP_TIMEOUT),
+            self.collection.path(),
         )
         .await?;
         self.read_back(cx, g, &have.id).await
@@ -1134,8 +1136,15 @@ impl Driver for ComputeKind {
             None => Ok(()),
             Some(op) => {
                 let address = have.address.clone().unwrap_or_else(|| have.id.clone());
-                self.wait(cx, g, &address, &op, timeouts.delete_or(OP_TIMEOUT))
-                    .await
+                wait_op(
+                    cx,
+                    g,
+                    &address,
+                    &op,
+                    timeouts.delete_or(OP_TIMEOUT),
+                    self.collection.path(),
+                )
+                .await
             }
         }
     }

@@ -19,6 +19,7 @@ pub mod project_service;
 pub mod redis;
 pub(crate) mod rest;
 pub mod secret;
+pub mod security_policy;
 pub mod service_networking;
 pub mod sql;
 
@@ -50,6 +51,7 @@ pub struct GcpClients {
     pub firewalls: google_cloud_compute_v1::client::Firewalls,
     pub routers: google_cloud_compute_v1::client::Routers,
     pub addresses: google_cloud_compute_v1::client::GlobalAddresses,
+    pub security_policies: google_cloud_compute_v1::client::SecurityPolicies,
     /// The managed instance groups behind GKE node pools: a pool's size is
     /// its groups' target size (GKE never changes `initialNodeCount`).
     pub instance_groups: google_cloud_compute_v1::client::InstanceGroupManagers,
@@ -161,6 +163,7 @@ impl GcpClients {
             firewalls: build_client!(compute::Firewalls, e),
             routers: build_client!(compute::Routers, e),
             addresses: build_client!(compute::GlobalAddresses, e),
+            security_policies: build_client!(compute::SecurityPolicies, e),
             instance_groups: build_client!(compute::InstanceGroupManagers, e),
             global_ops: build_client!(compute::GlobalOperations, e),
             region_ops: build_client!(compute::RegionOperations, e),
@@ -663,6 +666,7 @@ pub fn drivers() -> Vec<Box<dyn crate::drivers::Driver>> {
     d.extend(sql::drivers());
     d.push(Box::new(redis::RedisInstance));
     d.push(Box::new(secret::Secret));
+    d.push(Box::new(security_policy::SecurityPolicy));
     d.push(Box::new(service_networking::ServiceNetworkingConnection));
     d.push(Box::new(project_service::ProjectService));
     d.extend(iam::drivers());

@@ -203,6 +203,13 @@ async fn edge(
         .and_then(|i| i.into_iter().next())
         .and_then(|i| i.ip.or(i.hostname));
     let Some(address) = address else {
+        // GKE's and the AWS controller's last complaint, when they made
+        // one, says why.
+        if class == "gce" || class == "alb" {
+            if let Some(warning) = last_warning(client, namespace, name).await {
+                return Err(format!("it has no address; {warning}"));
+            }
+        }
         return Err(if class == "gce" {
             "GKE's Ingress controller has given it no address yet (a new load balancer takes a few minutes)".into()
         } else {
@@ -245,6 +252,32 @@ async fn edge(
             "served at {address}, but certificate {cert} is {status} (Google provisions it once the host's DNS points at that address)"
         ))
     }
+}
+
+/// The newest Warning event about the Ingress (its controller's: a load
+/// balancer it could not make, a BackendConfig or security policy it could
+/// not find), with when it was said.
+async fn last_warning(client: &kube::Client, namespace: &str, name: &str) -> Option<String> {
+    use k8s_openapi::api::core::v1::Event;
+    let fields = format!("involvedObject.kind=Ingress,involvedObject.name={name},type=Warning");
+    let events = Api::<Event>::namespaced(client.clone(), namespace)
+        .list(&kube::api::ListParams::default().fields(&fields))
+        .await
+        .ok()?;
+    let when = |e: &Event| {
+        e.last_timestamp
+            .as_ref()
+            .map(|t| t.0)
+            .or(e.event_time.as_ref().map(|t| t.0))
+    };
+    let newest = events.items.into_iter().max_by_key(when)?;
+    let at = when(&newest)
+        .map(|t| format!(" at {t}"))
+        .unwrap_or_default();
+    Some(format!(
+        "its controller said{at}: {}",
+        newest.message.as_deref().unwrap_or("(no message)")
+    ))
 }
 
 async fn deployment(

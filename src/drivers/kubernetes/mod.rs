@@ -344,6 +344,7 @@ pub fn managed_kinds(api: &ApiVersions) -> Vec<(String, &'static str)> {
     if api.gke_ingress {
         kinds.push(("networking.gke.io/v1".into(), "ManagedCertificate"));
         kinds.push(("networking.gke.io/v1beta1".into(), "FrontendConfig"));
+        kinds.push(("cloud.google.com/v1".into(), "BackendConfig"));
     }
     if api.prometheus_operator {
         kinds.push(("monitoring.coreos.com/v1".into(), "PrometheusRule"));

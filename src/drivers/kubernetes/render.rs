@@ -68,6 +68,10 @@ pub const TEMPLATES: &[(&str, &str)] = &[
         include_str!("../../../templates/frontendconfig.yaml"),
     ),
     (
+        "backendconfig.yaml",
+        include_str!("../../../templates/backendconfig.yaml"),
+    ),
+    (
         "cronjob.yaml",
         include_str!("../../../templates/cronjob.yaml"),
     ),
@@ -159,6 +163,8 @@ pub struct Ingress {
     pub edge_cidrs: Vec<String>,
     /// `alb`: the AWS WAF web ACL in front of the load balancer.
     pub waf_acl_arn: Option<String>,
+    /// `gce`: the Cloud Armor policy on the backend (a BackendConfig).
+    pub security_policy: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -671,6 +677,11 @@ pub fn values(
                 .and_then(Json::as_str)
                 .filter(|a| !a.is_empty())
                 .map(str::to_string),
+            security_policy: props
+                .get("security_policy")
+                .and_then(Json::as_str)
+                .filter(|a| !a.is_empty())
+                .map(str::to_string),
             edge_cidrs: {
                 let set: Vec<String> = props
                     .get("edge_cidrs")
@@ -945,6 +956,37 @@ mod tests {
             "35.191.0.0/16"
         );
         assert_eq!(np["spec"]["ingress"][0]["ports"][0]["port"], 8080);
+        // No policy named: no BackendConfig, and the Service names none.
+        assert!(objs.iter().all(|o| o.kind() != "BackendConfig"));
+        assert!(get("Service")["metadata"]["annotations"]
+            .get("cloud.google.com/backend-config")
+            .is_none());
+        // A Cloud Armor policy: a BackendConfig of the Service's name that
+        // names it, and the Service pointing its backend at that config.
+        let objs = objects(
+            props(
+                serde_json::json!({"ingress_host": "ralph.example.com", "ingress_class": "gce",
+                                     "security_policy": "ralph-edge"}),
+            ),
+            ApiVersions::modern(),
+        );
+        let bc = objs
+            .iter()
+            .find(|o| o.kind() == "BackendConfig")
+            .expect("a BackendConfig");
+        assert_eq!(bc.object["apiVersion"], "cloud.google.com/v1");
+        assert_eq!(bc.object["spec"]["securityPolicy"]["name"], "ralph-edge");
+        let svc = objs
+            .iter()
+            .find(|o| o.kind() == "Service")
+            .expect("Service");
+        let named: serde_json::Value = serde_json::from_str(
+            svc.object["metadata"]["annotations"]["cloud.google.com/backend-config"]
+                .as_str()
+                .expect("the annotation"),
+        )
+        .expect("JSON");
+        assert_eq!(named, serde_json::json!({"default": "ralph-orchestrator"}));
         // Other classes keep cert-manager's certificate and make no GKE objects.
         let objs = objects(
             props(serde_json::json!({"ingress_host": "ralph.example.com"})),
