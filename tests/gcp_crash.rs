@@ -78,6 +78,11 @@ fn assert_consistent(w: &World, project: &str, context: &str) {
             1,
         ),
         (
+            format!("/compute/v1/projects/{project}/global/securityPolicies"),
+            "items",
+            1,
+        ),
+        (
             format!("/v1/projects/{project}/locations/-/clusters"),
             "clusters",
             1,
@@ -133,7 +138,7 @@ fn assert_consistent(w: &World, project: &str, context: &str) {
     let state = common::state_json(w);
     assert_eq!(
         state["resources"].as_object().map(|r| r.len()).unwrap_or(0),
-        39,
+        40,
         "{context}: the state"
     );
     let plan = w.plan_json(&[]);

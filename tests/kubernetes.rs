@@ -535,13 +535,23 @@ fn rendered_alert_rules_and_scrape_config_pass_promtool() {
     }
     let files = files.expect("no monitoring ConfigMap rendered");
     let dir = w.dir.path();
-    for f in ["alerts.yml", "prometheus.yml"] {
+    for f in ["alerts.yml", "prometheus.yml", "alertmanager.yml"] {
         std::fs::write(dir.join(f), files[f].as_str().unwrap()).unwrap();
     }
     let rules = files["alerts.yml"].as_str().unwrap();
-    for alert in ["HighErrorRate", "HighMemoryUsage", "LongRunningTask"] {
+    for alert in [
+        "HighErrorRate",
+        "HighMemoryUsage",
+        "LongRunningTask",
+        "ErrorBudgetBurnFast",
+        "ErrorBudgetBurnSlow",
+        "LatencyP95High",
+        "OrchestratorDown",
+    ] {
         assert!(rules.contains(alert), "{rules}");
     }
+    // No matcher on `pod`: DNS discovery never sets it.
+    assert!(!rules.contains("pod="), "{rules}");
     let promtool = |args: &[&str]| {
         let out = std::process::Command::new("promtool")
             .args(args)
@@ -556,9 +566,20 @@ fn rendered_alert_rules_and_scrape_config_pass_promtool() {
         )
     };
     let (ok, report) = promtool(&["check", "rules", "alerts.yml"]);
-    assert!(ok && report.contains("3 rules found"), "{report}");
+    assert!(ok && report.contains("7 rules found"), "{report}");
     let (ok, report) = promtool(&["check", "config", "prometheus.yml"]);
     assert!(ok, "{report}");
+    let amtool = std::process::Command::new("amtool")
+        .args(["check-config", "alertmanager.yml"])
+        .current_dir(dir)
+        .output()
+        .expect("amtool is missing: scripts/setup.sh installs it (Debian package prometheus-alertmanager)");
+    assert!(
+        amtool.status.success(),
+        "{}{}",
+        text(&amtool.stdout),
+        text(&amtool.stderr)
+    );
     // The check is real: a rule that is not PromQL fails it.
     std::fs::write(dir.join("alerts.yml"), rules.replacen(" > ", " > > ", 1)).unwrap();
     let (ok, report) = promtool(&["check", "rules", "alerts.yml"]);
@@ -685,4 +706,137 @@ async fn a_rotated_secret_shows_in_plan_and_apply_copies_it_and_restarts_the_pod
     };
     assert_ne!(hash(&before), hash(&after), "the pods were not restarted");
     assert_eq!(available(&after), 3);
+}
+
+/// The rendered alerts fire on the series they watch and stay quiet on a
+/// healthy service: `promtool test rules` feeds each rule series that must
+/// fire and series that must not (the scrape's own labels: namespace and
+/// service, no pod).
+#[test]
+fn rendered_alerts_fire_on_bad_series_and_stay_quiet_on_good_ones() {
+    let w = world(&unique("k-promtest"), "1.0.0");
+    let yaml = w.ok("render", &[]);
+    let mut files = None;
+    for doc in serde_yaml_ng::Deserializer::from_str(&yaml) {
+        let v = serde_json::Value::deserialize(doc).unwrap();
+        if v["kind"] == "ConfigMap" && v["metadata"]["name"] == "ralph-orchestrator-monitoring" {
+            files = Some(v["data"].clone());
+        }
+    }
+    let rules_text = files.expect("the monitoring ConfigMap")["alerts.yml"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let rules: serde_json::Value = serde_yaml_ng::from_str(&rules_text).unwrap();
+    let summary = |alert: &str| -> String {
+        rules["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|g| g["rules"].as_array().unwrap())
+            .find(|r| r["alert"] == alert)
+            .unwrap_or_else(|| panic!("no rule {alert}"))["annotations"]["summary"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let ns = &w.stack_name;
+    let sel = format!("namespace=\"{ns}\",service=\"ralph-orchestrator\"");
+    // Requests at 10 a second (600 a minute); `bad` of them fail.
+    let requests = |bad: u32| {
+        serde_json::json!([
+            {"series": format!("http_requests_total{{{sel},status=\"200\"}}"),
+             "values": format!("0+{}x480", 600 - bad)},
+            {"series": format!("http_requests_total{{{sel},status=\"500\"}}"),
+             "values": format!("0+{bad}x480")},
+        ])
+    };
+    // Request durations: all within `le`'s bucket and above the one before.
+    let latency = |slow: bool| {
+        let mut s = Vec::new();
+        for (le, count) in [
+            ("0.25", if slow { 0 } else { 600 }),
+            ("0.5", if slow { 0 } else { 600 }),
+            ("1", 600),
+            ("+Inf", 600),
+        ] {
+            s.push(serde_json::json!({
+                "series": format!("http_request_duration_seconds_bucket{{{sel},le=\"{le}\"}}"),
+                "values": format!("0+{count}x120"),
+            }));
+        }
+        serde_json::Value::Array(s)
+    };
+    let gauge = |metric: &str, value: u64| {
+        serde_json::json!([{"series": format!("{metric}{{{sel},instance=\"10.0.0.7:9090\"}}"),
+                            "values": format!("{value}x120")}])
+    };
+    let firing = |alert: &str, extra: serde_json::Value, severity: &str| {
+        let mut labels = serde_json::json!({"severity": severity, "service": "ralph-orchestrator"});
+        if let (Some(l), Some(e)) = (labels.as_object_mut(), extra.as_object()) {
+            l.extend(e.clone());
+        }
+        serde_json::json!([{"exp_labels": labels, "exp_annotations": {"summary": summary(alert)}}])
+    };
+    let case = |series: serde_json::Value, alert: &str, at: &str, exp: serde_json::Value| {
+        serde_json::json!({"interval": "1m", "input_series": series,
+                           "alert_rule_test": [{"eval_time": at, "alertname": alert, "exp_alerts": exp}]})
+    };
+    let none = serde_json::json!([]);
+    let no_extra = serde_json::json!({});
+    let tests = serde_json::json!({
+        "rule_files": ["alerts.yml"],
+        "evaluation_interval": "1m",
+        "tests": [
+            // 10% of requests fail: the guide's 5% threshold, and the 99.9%
+            // objective's budget spent 100 times too fast.
+            case(requests(60), "HighErrorRate", "15m", firing("HighErrorRate", no_extra.clone(), "critical")),
+            case(requests(0), "HighErrorRate", "15m", none.clone()),
+            case(requests(60), "ErrorBudgetBurnFast", "70m", firing("ErrorBudgetBurnFast", no_extra.clone(), "critical")),
+            // 1% failing is 10 times the budget: above the slow burn's 6,
+            // below the fast burn's 14.4; 0.5% (5 times) is below both.
+            case(requests(6), "ErrorBudgetBurnFast", "70m", none.clone()),
+            case(requests(6), "ErrorBudgetBurnSlow", "7h", firing("ErrorBudgetBurnSlow", no_extra.clone(), "warning")),
+            case(requests(3), "ErrorBudgetBurnSlow", "7h", none.clone()),
+            case(latency(true), "LatencyP95High", "15m", firing("LatencyP95High", no_extra.clone(), "warning")),
+            case(latency(false), "LatencyP95High", "15m", none.clone()),
+            case(gauge("up", 0), "OrchestratorDown", "15m", firing("OrchestratorDown", no_extra.clone(), "critical")),
+            case(gauge("up", 1), "OrchestratorDown", "15m", none.clone()),
+            // 90% of the 8Gi limit is 7730941080 bytes.
+            case(gauge("process_resident_memory_bytes", 8_000_000_000), "HighMemoryUsage", "15m",
+                 firing("HighMemoryUsage", serde_json::json!({"instance": "10.0.0.7:9090"}), "warning")),
+            case(gauge("process_resident_memory_bytes", 1_000_000_000), "HighMemoryUsage", "15m", none.clone()),
+            case(gauge("ralph_task_duration_seconds", 20_000), "LongRunningTask", "15m",
+                 firing("LongRunningTask", no_extra.clone(), "warning")),
+            case(gauge("ralph_task_duration_seconds", 60), "LongRunningTask", "15m", none.clone()),
+        ],
+    });
+    let dir = w.dir.path();
+    std::fs::write(dir.join("alerts.yml"), &rules_text).unwrap();
+    std::fs::write(dir.join("tests.yml"), tests.to_string()).unwrap();
+    let run = || {
+        let out = std::process::Command::new("promtool")
+            .args(["test", "rules", "tests.yml"])
+            .current_dir(dir)
+            .output()
+            .expect(
+                "promtool is missing: scripts/setup.sh installs it (Debian package prometheus)",
+            );
+        (
+            out.status.success(),
+            format!("{}{}", text(&out.stdout), text(&out.stderr)),
+        )
+    };
+    let (ok, report) = run();
+    assert!(ok, "{report}");
+    // The test is real: with the old rules' `pod` matcher, which no series
+    // of the scrape carries, HighErrorRate never fires and promtool says so.
+    let old = serde_json::to_string(&rules).unwrap().replace(
+        "service=\\\"ralph-orchestrator\\\"",
+        "pod=~\\\"ralph-orchestrator-.*\\\"",
+    );
+    assert_ne!(old, serde_json::to_string(&rules).unwrap());
+    std::fs::write(dir.join("alerts.yml"), old).unwrap();
+    let (ok, report) = run();
+    assert!(!ok && report.contains("HighErrorRate"), "{report}");
 }

@@ -46,7 +46,10 @@ Running pods answer HTTP the way the orchestrator does, so that a request
 through the API server's service proxy reaches "a pod": every running pod
 gets this machine's own address (the API server refuses to proxy to
 loopback), and for each container port named `http` one small server there
-answers /health and /ready with 200. Unready pods are never behind a
+answers /health and /ready with 200; a port named `metrics` serves the
+application's Prometheus metrics (requests and their 5xx share, a latency
+histogram, memory, task durations), which POST /__sim/misbehave on it turns
+bad (Traffic). Unready pods are never behind a
 Service's endpoints, so one server can answer for all of them.
 
 Pods behave like the application where the network decides: a container
@@ -158,13 +161,96 @@ class App(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def serve(port):
+class Traffic:
+    """What the application's metrics report on one metrics port: requests
+    at RATE a second since the port was first served, answered 5xx at the
+    error share and taking `latency` seconds, which POST /__sim/misbehave
+    ({"error_ratio": R, "latency_seconds": S}) changes from then on (both 0
+    and 0.05 s to start with: a healthy service)."""
+    RATE = 10.0
+    BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.last = time.time()
+        self.ok = self.errors = 0.0
+        self.by_bucket = {b: 0.0 for b in self.BUCKETS}
+        self.total_seconds = 0.0
+        self.error_ratio, self.latency = 0.0, 0.05
+
+    def advance(self):
+        t = time.time()
+        n = (t - self.last) * self.RATE
+        self.last = t
+        self.errors += n * self.error_ratio
+        self.ok += n * (1 - self.error_ratio)
+        for b in self.BUCKETS:
+            if self.latency <= b:
+                self.by_bucket[b] += n
+        self.total_seconds += n * self.latency
+
+    def misbehave(self, cfg):
+        with self.lock:
+            self.advance()
+            self.error_ratio = float(cfg.get("error_ratio", 0.0))
+            self.latency = float(cfg.get("latency_seconds", 0.05))
+
+    def exposition(self):
+        with self.lock:
+            self.advance()
+            count = self.ok + self.errors
+            lines = [
+                "# TYPE http_requests_total counter",
+                'http_requests_total{method="GET",status="200"} %d' % self.ok,
+                'http_requests_total{method="GET",status="500"} %d' % self.errors,
+                "# TYPE http_request_duration_seconds histogram",
+            ]
+            lines += ['http_request_duration_seconds_bucket{le="%s"} %d' % (b, self.by_bucket[b]) for b in self.BUCKETS]
+            lines += ['http_request_duration_seconds_bucket{le="+Inf"} %d' % count,
+                      "http_request_duration_seconds_sum %.3f" % self.total_seconds,
+                      "http_request_duration_seconds_count %d" % count,
+                      "# TYPE process_resident_memory_bytes gauge",
+                      "process_resident_memory_bytes 268435456",
+                      "# TYPE ralph_task_duration_seconds gauge",
+                      "ralph_task_duration_seconds 30"]
+            return ("\n".join(lines) + "\n").encode()
+
+
+class Metrics(http.server.BaseHTTPRequestHandler):
+    """A container port named `metrics`: the application's Prometheus
+    metrics (Traffic), and the control that makes it misbehave."""
+
+    def reply(self, code, body, kind="text/plain; version=0.0.4"):
+        self.send_response(code)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        if self.path.split("?")[0] == "/metrics":
+            return self.reply(200, self.server.traffic.exposition())
+        self.reply(404, b"not found")
+
+    def do_POST(self):
+        if self.path == "/__sim/misbehave":
+            cfg = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+            self.server.traffic.misbehave(cfg)
+            return self.reply(200, b"{}", "application/json")
+        self.reply(404, b"not found")
+
+    def log_message(self, *args):
+        pass
+
+
+def serve(port, metrics=False):
     """One server per port, started once; a port taken by something else
     leaves that pod unreachable (and says so)."""
     if port in SERVING:
         return
     try:
-        srv = http.server.ThreadingHTTPServer((HOST, port), App)
+        srv = http.server.ThreadingHTTPServer((HOST, port), Metrics if metrics else App)
+        srv.traffic = Traffic()
     except OSError as e:
         print("node simulator: cannot serve %s:%d: %s" % (HOST, port, e), file=sys.stderr, flush=True)
         SERVING[port] = None
@@ -1471,8 +1557,8 @@ def main():
                 if want["phase"] == "Running":
                     for c in pod["spec"].get("containers", []):
                         for p in c.get("ports", []):
-                            if p.get("name") == "http":
-                                serve(p["containerPort"])
+                            if p.get("name") in ("http", "metrics"):
+                                serve(p["containerPort"], p.get("name") == "metrics")
                 if summary(pod.get("status")) == summary(want):
                     continue
                 call("PATCH", "/api/v1/namespaces/%s/pods/%s/status" % (meta["namespace"], meta["name"]),

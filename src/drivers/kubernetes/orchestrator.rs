@@ -72,6 +72,71 @@ fn prometheus_duration(v: &Json) -> Result<(), String> {
     }
 }
 
+/// An availability objective in percent, below 100 (100 leaves no error
+/// budget to burn).
+fn percent_objective(v: &Json) -> Result<(), String> {
+    let s = v.as_str().unwrap_or_default();
+    match s.parse::<f64>() {
+        Ok(x) if x > 0.0 && x < 100.0 => Ok(()),
+        _ => Err(format!(
+            "`{s}` is not an objective in percent below 100, such as 99.9"
+        )),
+    }
+}
+
+static RECEIVER: &[Field] = &[
+    Field::new("name", Ty::String, "the receiver's name").required(),
+    Field::new("type", Ty::String, "pagerduty, slack, webhook or email").required(),
+    Field::new("severities", Ty::List(&Ty::String), "the severity labels it takes (empty: every alert no earlier receiver took)").default("[]"),
+    Field::new("key_file", Ty::String, "pagerduty: the file holding the Events API v2 routing key; slack: the file holding the incoming-webhook URL (mounted from the secret store)").default("\"\""),
+    Field::new("channel", Ty::String, "slack: the channel").default("\"\""),
+    Field::new("url", Ty::String, "webhook: where alerts are posted (SNS or Pub/Sub through a webhook bridge)").default("\"\""),
+    Field::new("to", Ty::String, "email: the address").default("\"\""),
+];
+
+/// Alert receivers Alertmanager can use: a known type with what it needs,
+/// and no secret written into the stack.
+fn receivers(v: &Json) -> Result<(), String> {
+    for (i, r) in v.as_array().into_iter().flatten().enumerate() {
+        let n = i + 1;
+        let get = |k: &str| r.get(k).and_then(Json::as_str).unwrap_or_default();
+        let need = |k: &str, what: &str| {
+            if get(k).is_empty() {
+                Err(format!(
+                    "receiver {n} (`{}`): a {} receiver needs `{k}`, {what}",
+                    get("name"),
+                    get("type")
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        match get("type") {
+            "pagerduty" => need("key_file", "the file its routing key is mounted at")?,
+            "slack" => {
+                need("key_file", "the file its webhook URL is mounted at")?;
+                need("channel", "the channel")?
+            }
+            "webhook" => {
+                need("url", "the URL alerts are posted to")?;
+                if !(get("url").starts_with("http://") || get("url").starts_with("https://")) {
+                    return Err(format!(
+                        "receiver {n}: `{}` is not an http(s) URL",
+                        get("url")
+                    ));
+                }
+            }
+            "email" => need("to", "the address")?,
+            other => {
+                return Err(format!(
+                    "receiver {n}: type `{other}` is not pagerduty, slack, webhook or email"
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
 fn ratio(v: &Json) -> Result<(), String> {
     let s = v.as_str().unwrap_or_default();
     match s.parse::<f64>() {
@@ -197,6 +262,11 @@ static SCHEMA: KindSchema = KindSchema {
         Field::new("alert_memory_severity", Ty::String, "HighMemoryUsage's severity label").default("\"warning\""),
         Field::new("alert_task_seconds", Ty::Int, "LongRunningTask: an orchestration running longer than this").default("14400").check(checks::range::<1, 604800>),
         Field::new("alert_task_severity", Ty::String, "LongRunningTask's severity label").default("\"warning\""),
+        Field::new("slo_availability", Ty::String, "the availability objective in percent (the guide's SLA: 99.9); the error-budget burn-rate alerts page when it is being spent 14.4 times too fast (1 h and 5 min windows) and warn at 6 times (6 h and 30 min)").default("\"99.9\"").check(percent_objective),
+        Field::new("slo_latency_ms", Ty::Int, "the latency objective: the 95th percentile of request durations in milliseconds (the guide's 500); LatencyP95High warns above it").default("500").check(checks::range::<1, 600000>),
+        Field::new("alertmanager", Ty::String, "host:port of the Alertmanager prometheus.yml sends alerts to (default: alertmanager.MONITORING_NAMESPACE.svc:9093)").default("\"\""),
+        Field::new("alert_group_wait", Ty::String, "how long Alertmanager waits to group a new alert's first notification").default("\"30s\"").check(prometheus_duration),
+        Field::new("alert_receivers", Ty::List(&Ty::Object(RECEIVER)), "where Alertmanager sends alerts (the ConfigMap's alertmanager.yml, without the Prometheus Operator): each receiver takes the severities it names, in order; keys are files the Alertmanager mounts from the secret store, never values").default("[]").check(receivers),
         Field::new("templates", Ty::String, "a directory whose files replace the built-in templates of the same name"),
         Field::new("objects", Ty::Set(&Ty::String), "computed: the objects the templates make, as Kind/name").check(computed),
     ],

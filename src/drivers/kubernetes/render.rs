@@ -222,6 +222,8 @@ pub struct Monitoring {
     /// A Prometheus configuration that scrapes the pods' metrics port and
     /// loads `alerts.yml` (the ConfigMap's `prometheus.yml`).
     pub config_yaml: String,
+    /// Alertmanager's routes and receivers (`alertmanager.yml`).
+    pub alertmanager_yaml: String,
 }
 
 /// Bytes in a Kubernetes memory quantity such as `8Gi` or `512M`.
@@ -245,63 +247,128 @@ pub fn memory_bytes(q: &str) -> Option<u64> {
 }
 
 /// The guide's alerts (HighErrorRate, HighMemoryUsage, LongRunningTask),
-/// with the stack's thresholds, durations and severities, scoped to this
-/// orchestrator's pods.
+/// with the stack's thresholds, durations and severities, and the SLO's:
+/// error-budget burn rates over two windows each (the availability
+/// objective), the 95th percentile latency, and the orchestrator down.
+///
+/// Series are chosen by the `namespace` and `service` labels, which both
+/// ways of scraping set: the Prometheus Operator from the ServiceMonitor's
+/// Service, prometheus.yml by relabelling. (DNS discovery knows no pod
+/// names, so a `pod` matcher would never match there.)
 pub fn alert_rules(props: &Map<String, Json>, name: &str, namespace: &str) -> Json {
-    let pods = format!("namespace={namespace:?}, pod=~{:?}", format!("{name}-.*"));
+    let sel = format!("namespace={namespace:?}, service={name:?}");
     let memory_limit = memory_bytes(&s(props, "memory_limit", "8Gi")).unwrap_or(8 << 30);
     let memory_percent = i(props, "alert_memory_percent", 90);
     let error_ratio = s(props, "alert_error_rate", "0.05");
     let task_seconds = i(props, "alert_task_seconds", 14400);
     let pending = s(props, "alert_for", "5m");
-    let rule = |alert: &str, expr: String, severity: &str, summary: String| {
+    let objective = s(props, "slo_availability", "99.9")
+        .parse::<f64>()
+        .unwrap_or(99.9);
+    let budget = (100.0 - objective) / 100.0;
+    let latency = i(props, "slo_latency_ms", 500) as f64 / 1000.0;
+    let rule = |alert: &str, expr: String, wait: &str, severity: &str, summary: String| {
         serde_json::json!({
             "alert": alert,
             "expr": expr,
-            "for": pending,
+            "for": wait,
             "labels": {"severity": severity, "service": name},
             "annotations": {"summary": summary},
         })
     };
-    serde_json::json!({"groups": [{
-        "name": format!("{name}.rules"),
-        "rules": [
-            rule(
-                "HighErrorRate",
-                format!(
-                    "sum(rate(http_requests_total{{{pods}, status=~\"5..\"}}[5m])) / sum(rate(http_requests_total{{{pods}}}[5m])) > {error_ratio}"
+    let errors = |window: &str| {
+        format!(
+            "(sum(rate(http_requests_total{{{sel}, status=~\"5..\"}}[{window}])) / sum(rate(http_requests_total{{{sel}}}[{window}])))"
+        )
+    };
+    let burn = |rate: f64, long: &str, short: &str| {
+        let limit = format!("{}", (rate * budget * 1e9).round() / 1e9);
+        format!("{} > {limit} and {} > {limit}", errors(long), errors(short))
+    };
+    serde_json::json!({"groups": [
+        {
+            "name": format!("{name}.rules"),
+            "rules": [
+                rule(
+                    "HighErrorRate",
+                    format!("{} > {error_ratio}", errors("5m")),
+                    &pending,
+                    &s(props, "alert_error_severity", "critical"),
+                    format!("More than {error_ratio} of {name}'s requests fail with 5xx"),
                 ),
-                &s(props, "alert_error_severity", "critical"),
-                format!("More than {error_ratio} of {name}'s requests fail with 5xx"),
-            ),
-            rule(
-                "HighMemoryUsage",
-                format!(
-                    "max by (pod) (process_resident_memory_bytes{{{pods}}}) > {}",
-                    memory_limit / 100 * memory_percent.clamp(1, 100) as u64
+                rule(
+                    "HighMemoryUsage",
+                    format!(
+                        "max by (instance) (process_resident_memory_bytes{{{sel}}}) > {}",
+                        memory_limit / 100 * memory_percent.clamp(1, 100) as u64
+                    ),
+                    &pending,
+                    &s(props, "alert_memory_severity", "warning"),
+                    format!("A {name} pod uses more than {memory_percent}% of its memory limit"),
                 ),
-                &s(props, "alert_memory_severity", "warning"),
-                format!("A {name} pod uses more than {memory_percent}% of its memory limit"),
-            ),
-            rule(
-                "LongRunningTask",
-                format!("max(ralph_task_duration_seconds{{{pods}}}) > {task_seconds}"),
-                &s(props, "alert_task_severity", "warning"),
-                format!("An orchestration of {name} has run longer than {task_seconds}s"),
-            ),
-        ],
-    }]})
+                rule(
+                    "LongRunningTask",
+                    format!("max(ralph_task_duration_seconds{{{sel}}}) > {task_seconds}"),
+                    &pending,
+                    &s(props, "alert_task_severity", "warning"),
+                    format!("An orchestration of {name} has run longer than {task_seconds}s"),
+                ),
+            ],
+        },
+        {
+            "name": format!("{name}.slo"),
+            "rules": [
+                rule(
+                    "ErrorBudgetBurnFast",
+                    burn(14.4, "1h", "5m"),
+                    "2m",
+                    "critical",
+                    format!("{name} is spending its {objective}% availability budget 14.4 times too fast: a month's budget in two days"),
+                ),
+                rule(
+                    "ErrorBudgetBurnSlow",
+                    burn(6.0, "6h", "30m"),
+                    "15m",
+                    "warning",
+                    format!("{name} is spending its {objective}% availability budget 6 times too fast: a month's budget in five days"),
+                ),
+                rule(
+                    "LatencyP95High",
+                    format!(
+                        "histogram_quantile(0.95, sum by (le) (rate(http_request_duration_seconds_bucket{{{sel}}}[5m]))) > {latency}"
+                    ),
+                    &pending,
+                    "warning",
+                    format!("{name}'s 95th percentile latency is above {}ms", i(props, "slo_latency_ms", 500)),
+                ),
+                rule(
+                    "OrchestratorDown",
+                    format!("absent(up{{{sel}}} == 1)"),
+                    &pending,
+                    "critical",
+                    format!("No {name} pod answers Prometheus's scrape"),
+                ),
+            ],
+        },
+    ]})
 }
 
 /// A Prometheus configuration for these pods: DNS discovery of every
 /// pod's address through the headless `NAME-metrics` Service (one A record
-/// per ready pod), scraped on the metrics port. DNS discovery works with
-/// every Prometheus build (distribution packages leave Kubernetes
-/// discovery out) and needs no RBAC.
-pub fn scrape_config(name: &str, namespace: &str, interval: &str, port: i64) -> Json {
+/// per ready pod), scraped on the metrics port, and alerts sent to
+/// `alertmanager`. DNS discovery works with every Prometheus build
+/// (distribution packages leave Kubernetes discovery out) and needs no RBAC.
+pub fn scrape_config(
+    name: &str,
+    namespace: &str,
+    interval: &str,
+    port: i64,
+    alertmanager: &str,
+) -> Json {
     serde_json::json!({
         "global": {"scrape_interval": interval, "evaluation_interval": interval},
         "rule_files": ["alerts.yml"],
+        "alerting": {"alertmanagers": [{"static_configs": [{"targets": [alertmanager]}]}]},
         "scrape_configs": [{
             "job_name": name,
             "metrics_path": "/metrics",
@@ -316,6 +383,93 @@ pub fn scrape_config(name: &str, namespace: &str, interval: &str, port: i64) -> 
             ],
         }],
     })
+}
+
+/// Alertmanager's configuration: one route per receiver in the stack's
+/// order, each taking the severities it names (the last without any takes
+/// the rest), grouped by alert and service. Keys are `*_file` settings, so
+/// the configuration holds no secret.
+pub fn alertmanager_config(props: &Map<String, Json>) -> Json {
+    let receivers: Vec<&Map<String, Json>> = props
+        .get("alert_receivers")
+        .and_then(Json::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Json::as_object)
+        .collect();
+    let get = |r: &Map<String, Json>, k: &str| {
+        r.get(k)
+            .and_then(Json::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let mut out_receivers = vec![serde_json::json!({"name": "none"})];
+    let mut routes = Vec::new();
+    let mut fallback = "none".to_string();
+    for r in &receivers {
+        let name = get(r, "name");
+        let config = match get(r, "type").as_str() {
+            "pagerduty" => serde_json::json!({"pagerduty_configs": [{
+                "routing_key_file": get(r, "key_file"), "send_resolved": true}]}),
+            "slack" => serde_json::json!({"slack_configs": [{
+                "api_url_file": get(r, "key_file"), "channel": get(r, "channel"),
+                "send_resolved": true}]}),
+            "webhook" => serde_json::json!({"webhook_configs": [{
+                "url": get(r, "url"), "send_resolved": true}]}),
+            _ => {
+                serde_json::json!({"email_configs": [{"to": get(r, "to"), "send_resolved": true}]})
+            }
+        };
+        let mut receiver = serde_json::json!({"name": name});
+        if let (Some(m), Some(c)) = (receiver.as_object_mut(), config.as_object()) {
+            m.extend(c.clone());
+        }
+        out_receivers.push(receiver);
+        let severities: Vec<String> = r
+            .get("severities")
+            .and_then(Json::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s.as_str().map(str::to_string))
+            .collect();
+        if severities.is_empty() {
+            fallback = name;
+        } else {
+            let pattern = severities
+                .iter()
+                .map(|s| regex_escape(s))
+                .collect::<Vec<_>>()
+                .join("|");
+            routes.push(serde_json::json!({
+                "receiver": name,
+                "matchers": [format!("severity=~\"{pattern}\"")],
+            }));
+        }
+    }
+    serde_json::json!({
+        "route": {
+            "receiver": fallback,
+            "group_by": ["alertname", "service"],
+            "group_wait": props.get("alert_group_wait").and_then(Json::as_str).unwrap_or("30s"),
+            "group_interval": "5m",
+            "repeat_interval": "4h",
+            "routes": routes,
+        },
+        "receivers": out_receivers,
+    })
+}
+
+/// `s` with the characters a Go regular expression treats specially escaped.
+fn regex_escape(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            let special = "\\.+*?()|[]{}^$".contains(c);
+            special
+                .then_some('\\')
+                .into_iter()
+                .chain(std::iter::once(c))
+        })
+        .collect()
 }
 
 /// Everything the templates see.
@@ -741,8 +895,18 @@ pub fn values(
                     &namespace,
                     &interval,
                     i(props, "metrics_port", 9090),
+                    &Some(s(props, "alertmanager", ""))
+                        .filter(|a| !a.is_empty())
+                        .unwrap_or_else(|| {
+                            format!(
+                                "alertmanager.{}.svc:9093",
+                                s(props, "monitoring_namespace", "monitoring")
+                            )
+                        }),
                 ))
                 .map_err(|e| e.to_string())?,
+                alertmanager_yaml: serde_yaml_ng::to_string(&alertmanager_config(props))
+                    .map_err(|e| e.to_string())?,
                 scrape_interval: interval,
                 rules,
             }
