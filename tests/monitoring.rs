@@ -1,0 +1,252 @@
+//! A real Prometheus and Alertmanager (Debian's packages) on the rendered
+//! configuration: the orchestrator applied to the local Kubernetes, whose
+//! simulated pods serve the application's metrics; Prometheus loads the
+//! ConfigMap's prometheus.yml and alerts.yml (DNS discovery swapped for the
+//! pods' address: the machine has no cluster DNS), Alertmanager its
+//! alertmanager.yml. A healthy service raises nothing; an injected burst of
+//! 5xx reaches the stack's paging receiver (a local webhook) within the
+//! rule's `for`, scaled down to seconds, and nothing reaches the ticket one.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::World;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use kube::api::{Api, ListParams};
+use serde_json::Value;
+
+/// Children killed when the test ends, however it ends.
+struct Running(Vec<Child>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A webhook receiver: every request's path and body.
+fn webhook() -> (u16, Arc<Mutex<Vec<(String, String)>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let seen = got.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(stream);
+            let mut line = String::new();
+            if reader.read_line(&mut line).is_err() {
+                continue;
+            }
+            let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
+            let mut length = 0;
+            loop {
+                let mut h = String::new();
+                if reader.read_line(&mut h).is_err() || h.trim().is_empty() {
+                    break;
+                }
+                if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; length];
+            let _ = reader.read_exact(&mut body);
+            seen.lock()
+                .unwrap()
+                .push((path, String::from_utf8_lossy(&body).into_owned()));
+            let _ = reader
+                .get_mut()
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        }
+    });
+    (port, got)
+}
+
+fn query(prometheus: u16, q: &str) -> Vec<Value> {
+    let url = format!("http://127.0.0.1:{prometheus}/api/v1/query");
+    match ureq::get(&url).query("query", q).call() {
+        Ok(r) => {
+            let v: Value = serde_json::from_str(&r.into_string().unwrap()).unwrap();
+            v["data"]["result"].as_array().cloned().unwrap_or_default()
+        }
+        Err(_) => Vec::new(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_error_burst_pages_through_alertmanager_and_a_healthy_service_pages_no_one() {
+    let ns = format!("k-alerts-{}", std::process::id());
+    let mut w = World::from_stack("kubernetes-app.yaml", &ns);
+    let (hook, notifications) = webhook();
+    let (metrics, alertmanager, prometheus) = (free_port(), free_port(), free_port());
+    for (k, v) in [
+        ("RALPH_DEPLOY_VAR_image_tag", "1.0.0".to_string()),
+        (
+            "ANTHROPIC_API_KEY",
+            "sk-ant-test-0123456789abcdef".to_string(),
+        ),
+    ] {
+        w.env.push((k.into(), v));
+    }
+    // The scale: a 1 s scrape, 3 s `for`, 1 s group wait.
+    w.edit(
+        "      ingress_host: ${var.ingress_host}\n",
+        &format!(
+            "      ingress_host: ${{var.ingress_host}}\n      metrics_port: {metrics}\n      scrape_interval: 1s\n      alert_for: 3s\n      alert_group_wait: 1s\n      alertmanager: 127.0.0.1:{alertmanager}\n      alert_receivers:\n        - {{ name: oncall, type: webhook, url: \"http://127.0.0.1:{hook}/page\", severities: [critical] }}\n        - {{ name: tickets, type: webhook, url: \"http://127.0.0.1:{hook}/ticket\" }}\n"
+        ),
+    );
+    w.ok("apply", &["--auto-approve"]);
+
+    let client = common::kube_client().await;
+    let data = Api::<ConfigMap>::namespaced(client.clone(), &ns)
+        .get("ralph-orchestrator-monitoring")
+        .await
+        .unwrap()
+        .data
+        .unwrap();
+    let pods = Api::<Pod>::namespaced(client, &ns)
+        .list(&ListParams::default().labels("app.kubernetes.io/name=ralph-orchestrator"))
+        .await
+        .unwrap();
+    let ip = pods
+        .items
+        .iter()
+        .find_map(|p| p.status.as_ref()?.pod_ip.clone())
+        .expect("a running pod");
+    let dir = tempfile::tempdir().unwrap();
+    let mut config: Value = serde_yaml_ng::from_str(&data["prometheus.yml"]).unwrap();
+    let job = &mut config["scrape_configs"][0];
+    assert_eq!(
+        job["dns_sd_configs"][0]["names"][0],
+        format!("ralph-orchestrator-metrics.{ns}.svc")
+    );
+    job.as_object_mut().unwrap().remove("dns_sd_configs");
+    job["static_configs"] = serde_json::json!([{"targets": [format!("{ip}:{metrics}")]}]);
+    std::fs::write(dir.path().join("prometheus.yml"), config.to_string()).unwrap();
+    std::fs::write(dir.path().join("alerts.yml"), &data["alerts.yml"]).unwrap();
+    std::fs::write(
+        dir.path().join("alertmanager.yml"),
+        &data["alertmanager.yml"],
+    )
+    .unwrap();
+
+    let spawn = |program: &str, args: Vec<String>| {
+        Command::new(program)
+            .args(args)
+            .current_dir(dir.path())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join(format!("{program}.log"))).unwrap())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("{program}: {e} (scripts/setup.sh installs Debian's prometheus and prometheus-alertmanager)")
+            })
+    };
+    let _running = Running(vec![
+        spawn(
+            "prometheus-alertmanager",
+            vec![
+                "--config.file=alertmanager.yml".into(),
+                "--storage.path=am".into(),
+                format!("--web.listen-address=127.0.0.1:{alertmanager}"),
+                "--cluster.listen-address=".into(),
+            ],
+        ),
+        spawn(
+            "prometheus",
+            vec![
+                "--config.file=prometheus.yml".into(),
+                "--storage.tsdb.path=data".into(),
+                format!("--web.listen-address=127.0.0.1:{prometheus}"),
+            ],
+        ),
+    ]);
+    let log = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap_or_default();
+
+    // Prometheus scrapes the pods, with the labels the rules select on.
+    let selector = format!("{{namespace=\"{ns}\",service=\"ralph-orchestrator\"}}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while query(prometheus, &format!("up{selector} == 1")).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus never scraped the pods:\n{}",
+            log("prometheus.log")
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(!query(prometheus, &format!("http_requests_total{selector}")).is_empty());
+
+    // Healthy: several `for` windows pass and no one is notified.
+    std::thread::sleep(Duration::from_secs(10));
+    let firing = query(prometheus, "ALERTS{alertstate=\"firing\"}");
+    assert!(firing.is_empty(), "a healthy service fires: {firing:?}");
+    assert!(
+        notifications.lock().unwrap().is_empty(),
+        "{:?}",
+        notifications.lock().unwrap()
+    );
+
+    // A burst of 5xx: half the requests fail from now on.
+    ureq::post(&format!("http://{ip}:{metrics}/__sim/misbehave"))
+        .send_string(r#"{"error_ratio": 0.5}"#)
+        .unwrap();
+    let started = Instant::now();
+    let paged = loop {
+        let page = notifications
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(path, body)| path == "/page" && body.contains("HighErrorRate"))
+            .cloned();
+        if let Some((_, body)) = page {
+            break body;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(40),
+            "no page within 40 s: {:?}\n{}\n{}",
+            notifications.lock().unwrap(),
+            log("prometheus.log"),
+            log("prometheus-alertmanager.log")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let elapsed = started.elapsed();
+    ureq::post(&format!("http://{ip}:{metrics}/__sim/misbehave"))
+        .send_string(r#"{"error_ratio": 0}"#)
+        .unwrap();
+    let page: Value = serde_json::from_str(&paged).unwrap();
+    assert_eq!(page["receiver"], "oncall");
+    assert_eq!(page["status"], "firing");
+    assert_eq!(page["commonLabels"]["severity"], "critical");
+    assert_eq!(page["commonLabels"]["service"], "ralph-orchestrator");
+    // The rule's 3 s `for`, a 1 s scrape and evaluation, a 1 s group wait:
+    // well within 15 s.
+    assert!(elapsed < Duration::from_secs(15), "paged after {elapsed:?}");
+    eprintln!("paged {elapsed:?} after the burst began");
+    // Nothing critical reached the ticket receiver.
+    let tickets: Vec<String> = notifications
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(path, _)| path == "/ticket")
+        .map(|(_, b)| b.clone())
+        .collect();
+    assert!(
+        tickets.iter().all(|b| !b.contains("\"critical\"")),
+        "{tickets:?}"
+    );
+}
