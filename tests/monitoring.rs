@@ -190,6 +190,48 @@ async fn an_error_burst_pages_through_alertmanager_and_a_healthy_service_pages_n
     }
     assert!(!query(prometheus, &format!("http_requests_total{selector}")).is_empty());
 
+    // Every query of the generated Grafana dashboard is PromQL this
+    // Prometheus runs, over series the pods export.
+    let dashboards = Api::<ConfigMap>::namespaced(common::kube_client().await, &ns)
+        .get("ralph-orchestrator-dashboard")
+        .await
+        .unwrap();
+    assert_eq!(
+        dashboards.metadata.labels.unwrap()["grafana_dashboard"],
+        "1"
+    );
+    let board: Value =
+        serde_json::from_str(&dashboards.data.unwrap()["ralph-orchestrator.json"]).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let mut asked = 0;
+    for panel in board["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"]
+                .as_str()
+                .unwrap()
+                .replace("$__rate_interval", "1m")
+                .replace("[30d]", "[1m]");
+            let url = format!("http://127.0.0.1:{prometheus}/api/v1/query");
+            let answer: Value = serde_json::from_str(
+                &ureq::get(&url)
+                    .query("query", &expr)
+                    .call()
+                    .unwrap_or_else(|e| panic!("{}: {expr}: {e}", panel["title"]))
+                    .into_string()
+                    .unwrap(),
+            )
+            .unwrap();
+            assert_eq!(answer["status"], "success", "{expr}: {answer}");
+            assert!(
+                !answer["data"]["result"].as_array().unwrap().is_empty(),
+                "{}: `{expr}` has no data",
+                panel["title"]
+            );
+            asked += 1;
+        }
+    }
+    assert_eq!(asked, 12);
+
     // Healthy: several `for` windows pass and no one is notified.
     std::thread::sleep(Duration::from_secs(10));
     let firing = query(prometheus, "ALERTS{alertstate=\"firing\"}");

@@ -172,7 +172,7 @@ class Traffic:
 
     def __init__(self):
         self.lock = threading.Lock()
-        self.last = time.time()
+        self.last = self.born = time.time()
         self.ok = self.errors = 0.0
         self.by_bucket = {b: 0.0 for b in self.BUCKETS}
         self.total_seconds = 0.0
@@ -209,6 +209,8 @@ class Traffic:
             lines += ['http_request_duration_seconds_bucket{le="+Inf"} %d' % count,
                       "http_request_duration_seconds_sum %.3f" % self.total_seconds,
                       "http_request_duration_seconds_count %d" % count,
+                      "# TYPE process_cpu_seconds_total counter",
+                      "process_cpu_seconds_total %.3f" % (0.2 * (self.last - self.born)),
                       "# TYPE process_resident_memory_bytes gauge",
                       "process_resident_memory_bytes 268435456",
                       "# TYPE ralph_task_duration_seconds gauge",

@@ -72,6 +72,10 @@ pub const TEMPLATES: &[(&str, &str)] = &[
         include_str!("../../../templates/backendconfig.yaml"),
     ),
     (
+        "dashboard-configmap.yaml",
+        include_str!("../../../templates/dashboard-configmap.yaml"),
+    ),
+    (
         "cronjob.yaml",
         include_str!("../../../templates/cronjob.yaml"),
     ),
@@ -224,6 +228,8 @@ pub struct Monitoring {
     pub config_yaml: String,
     /// Alertmanager's routes and receivers (`alertmanager.yml`).
     pub alertmanager_yaml: String,
+    /// The Grafana dashboard, as JSON text.
+    pub dashboard_json: String,
 }
 
 /// Bytes in a Kubernetes memory quantity such as `8Gi` or `512M`.
@@ -265,7 +271,7 @@ pub fn alert_rules(props: &Map<String, Json>, name: &str, namespace: &str) -> Js
     let objective = s(props, "slo_availability", "99.9")
         .parse::<f64>()
         .unwrap_or(99.9);
-    let budget = (100.0 - objective) / 100.0;
+    let budget = error_budget(props);
     let latency = i(props, "slo_latency_ms", 500) as f64 / 1000.0;
     let rule = |alert: &str, expr: String, wait: &str, severity: &str, summary: String| {
         serde_json::json!({
@@ -382,6 +388,87 @@ pub fn scrape_config(
                 {"target_label": "service", "replacement": name},
             ],
         }],
+    })
+}
+
+/// The share of requests the availability objective lets fail (0.001 for
+/// 99.9%), rounded clear of binary fractions.
+fn error_budget(props: &Map<String, Json>) -> f64 {
+    let objective = s(props, "slo_availability", "99.9")
+        .parse::<f64>()
+        .unwrap_or(99.9);
+    ((100.0 - objective) / 100.0 * 1e9).round() / 1e9
+}
+
+/// A Grafana dashboard for this orchestrator (Grafana's dashboard JSON
+/// model, its Prometheus data source a variable): traffic by status, the
+/// 5xx share against the objective's budget, p50/p95/p99 latency against
+/// the latency objective, availability over 30 days, orchestrations, and
+/// saturation (memory against the limit, CPU, pods up). Its queries select
+/// by the same labels as the alerts.
+pub fn dashboard(props: &Map<String, Json>, name: &str, namespace: &str) -> Json {
+    let sel = format!("namespace={namespace:?}, service={name:?}");
+    let objective = s(props, "slo_availability", "99.9");
+    let latency = i(props, "slo_latency_ms", 500) as f64 / 1000.0;
+    let memory_limit = memory_bytes(&s(props, "memory_limit", "8Gi")).unwrap_or(8 << 30);
+    let panel = |id: u32, title: &str, unit: &str, x: u32, y: u32, targets: Vec<(&str, String)>| {
+        serde_json::json!({
+            "id": id,
+            "type": "timeseries",
+            "title": title,
+            "datasource": {"type": "prometheus", "uid": "${datasource}"},
+            "gridPos": {"h": 8, "w": 12, "x": x, "y": y},
+            "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
+            "targets": targets.into_iter().enumerate().map(|(i, (legend, expr))| serde_json::json!({
+                "refId": ((b'A' + i as u8) as char).to_string(),
+                "expr": expr,
+                "legendFormat": legend,
+                "datasource": {"type": "prometheus", "uid": "${datasource}"},
+            })).collect::<Vec<_>>(),
+        })
+    };
+    let quantile = |q: &str| {
+        format!("histogram_quantile({q}, sum by (le) (rate(http_request_duration_seconds_bucket{{{sel}}}[$__rate_interval])))")
+    };
+    serde_json::json!({
+        "uid": format!("ralph-{}", short_hash(&format!("{namespace}/{name}"))),
+        "title": format!("{name} ({namespace})"),
+        "tags": ["ralph-orchestrator", "ralph-deploy"],
+        "timezone": "utc",
+        "schemaVersion": 39,
+        "version": 1,
+        "refresh": "30s",
+        "time": {"from": "now-6h", "to": "now"},
+        "templating": {"list": [{
+            "name": "datasource", "type": "datasource", "query": "prometheus",
+            "label": "Prometheus", "current": {}, "hide": 0,
+        }]},
+        "panels": [
+            panel(1, "Requests by status", "reqps", 0, 0, vec![
+                ("{{status}}", format!("sum by (status) (rate(http_requests_total{{{sel}}}[$__rate_interval]))")),
+            ]),
+            panel(2, "5xx share (budget: the objective's remainder)", "percentunit", 12, 0, vec![
+                ("5xx", format!("sum(rate(http_requests_total{{{sel}, status=~\"5..\"}}[$__rate_interval])) / sum(rate(http_requests_total{{{sel}}}[$__rate_interval]))")),
+                ("budget", format!("vector({})", error_budget(props))),
+            ]),
+            panel(3, "Latency", "s", 0, 8, vec![
+                ("p50", quantile("0.5")),
+                ("p95", quantile("0.95")),
+                ("p99", quantile("0.99")),
+                ("objective (p95)", format!("vector({latency})")),
+            ]),
+            panel(4, &format!("Availability over 30 days (objective {objective}%)"), "percentunit", 12, 8, vec![
+                ("availability", format!("1 - (sum(increase(http_requests_total{{{sel}, status=~\"5..\"}}[30d])) / sum(increase(http_requests_total{{{sel}}}[30d])))")),
+            ]),
+            panel(5, "Orchestrations", "s", 0, 16, vec![
+                ("longest running", format!("max(ralph_task_duration_seconds{{{sel}}})")),
+            ]),
+            panel(6, "Saturation", "percentunit", 12, 16, vec![
+                ("memory {{instance}}", format!("process_resident_memory_bytes{{{sel}}} / {memory_limit}")),
+                ("cpu {{instance}}", format!("rate(process_cpu_seconds_total{{{sel}}}[$__rate_interval])")),
+                ("pods up", format!("sum(up{{{sel}}}) / count(up{{{sel}}})")),
+            ]),
+        ],
     })
 }
 
@@ -907,6 +994,7 @@ pub fn values(
                 .map_err(|e| e.to_string())?,
                 alertmanager_yaml: serde_yaml_ng::to_string(&alertmanager_config(props))
                     .map_err(|e| e.to_string())?,
+                dashboard_json: dashboard(props, &name, &namespace).to_string(),
                 scrape_interval: interval,
                 rules,
             }
