@@ -391,18 +391,53 @@ async fn production_stack_end_to_end() {
         "{report}"
     );
 
-    // ---- scaling the nodegroup and changing backup retention are in place.
-    let vars = ["--var", "nodes_desired=5", "--var", "db_backup_days=14"];
+    // The control plane's API, audit and authenticator logs are on.
+    let logs = |eks: aws_sdk_eks::Client, cluster: String| async move {
+        let c = eks.describe_cluster().name(cluster).send().await.unwrap();
+        let mut on: Vec<String> = c
+            .cluster()
+            .unwrap()
+            .logging()
+            .unwrap()
+            .cluster_logging()
+            .iter()
+            .filter(|s| s.enabled() == Some(true))
+            .flat_map(|s| s.types().iter().map(|t| t.as_str().to_string()))
+            .collect();
+        on.sort();
+        on
+    };
+    assert_eq!(
+        logs(eks.clone(), format!("{name}-production")).await,
+        ["api", "audit", "authenticator"]
+    );
+
+    // ---- scaling the nodegroup, changing backup retention and adding the
+    // scheduler's logs are in place (the logs an update of their own: EKS
+    // takes one kind of change per UpdateClusterConfig).
+    let vars = [
+        "--var",
+        "nodes_desired=5",
+        "--var",
+        "db_backup_days=14",
+        "--var",
+        "control_plane_logs=[\"api\", \"audit\", \"authenticator\", \"scheduler\"]",
+    ];
     let plan = w.plan_json(&vars);
     let actions: BTreeMap<String, String> = common::changed(&plan).into_iter().collect();
     assert_eq!(
         actions,
         BTreeMap::from([
             ("db".to_string(), "update".to_string()),
+            ("eks".to_string(), "update".to_string()),
             ("nodes".to_string(), "update".to_string())
         ])
     );
     apply_json(&w, &vars);
+    assert_eq!(
+        logs(eks.clone(), format!("{name}-production")).await,
+        ["api", "audit", "authenticator", "scheduler"]
+    );
     let ng = nodegroup(&eks, &name).await;
     assert_eq!(
         ng.nodegroup()
@@ -629,7 +664,9 @@ async fn the_rewritten_stack_only_moves_what_the_flat_one_made() {
                 || c.starts_with(
                     "\"nodes\" \"update\" [{\"name\":\"desired_size\",\"before\":4,\"after\":3,",
                 )
-                || c.starts_with("\"app.orchestrator\" \"update\""))
+                || c.starts_with("\"app.orchestrator\" \"update\"")
+                // the control plane's logs, which the flat stack left off
+                || c.starts_with("\"eks\" \"update\" [{\"name\":\"control_plane_logs\""))
         })
         .collect();
     assert!(

@@ -1173,12 +1173,40 @@ def patch_eks_access():
 
     original_create = r.EKSResponse.create_cluster
 
+    log_types = ("api", "audit", "authenticator", "controllerManager", "scheduler")
+
+    def check_logging(logging):
+        """EKS's refusal of an unknown control-plane log type."""
+        for setup in (logging or {}).get("clusterLogging") or []:
+            for t in setup.get("types") or []:
+                if t not in log_types:
+                    raise bad("%s is not a valid log type. Valid types: %s" % (t, ", ".join(log_types)))
+
+    def merged_logging(current, logging):
+        """What EKS keeps after an update: each type's last setting, every
+        type listed (enabled ones first), not the request as sent."""
+        state = {}
+        for setup in (current or {}).get("clusterLogging") or []:
+            for t in setup.get("types") or []:
+                state[t] = bool(setup.get("enabled"))
+        for setup in (logging or {}).get("clusterLogging") or []:
+            for t in setup.get("types") or []:
+                state[t] = bool(setup.get("enabled"))
+        on = [t for t in log_types if state.get(t)]
+        off = [t for t in log_types if not state.get(t)]
+        return {"clusterLogging": [s for s in ({"types": on, "enabled": True}, {"types": off, "enabled": False})
+                                   if s["types"]]}
+
     def create_cluster(self):
         asked = self._get_param("accessConfig") or {}
         mode = asked.get("authenticationMode", "CONFIG_MAP")
         if mode not in modes:
             raise bad("Unsupported authentication mode %s" % mode)
+        check_logging(self._get_param("logging"))
         result = original_create(self)
+        made = self.eks_backend.clusters.get(self._get_param("name"))
+        if made is not None:
+            made.logging = merged_logging(None, self._get_param("logging"))
         cluster = self.eks_backend.clusters.get(self._get_param("name"))
         if cluster is not None and "_rd_entries" not in cluster.__dict__:
             bootstrap = asked.get("bootstrapClusterCreatorAdminPermissions", True)
@@ -1202,6 +1230,17 @@ def patch_eks_access():
     original_update = r.EKSResponse.update_cluster_config
 
     def update_cluster_config(self):
+        # EKS takes one kind of change per update.
+        kinds = [k for k in ("resourcesVpcConfig", "logging", "accessConfig", "kubernetesNetworkConfig")
+                 if self._get_param(k)]
+        if len(kinds) > 1:
+            raise bad("Only one type of update can be allowed.")
+        if self._get_param("logging"):
+            check_logging(self._get_param("logging"))
+            cluster = cluster_of(self)
+            cluster.logging = merged_logging(cluster.logging, self._get_param("logging"))
+            return reply({"update": {"id": str(uuid.uuid4()), "status": "Successful",
+                                     "type": "LoggingUpdate", "params": [], "errors": []}})
         asked = self._get_param("accessConfig")
         if asked and asked.get("authenticationMode"):
             cluster = cluster_of(self)

@@ -132,6 +132,13 @@ static CLUSTER: KindSchema = KindSchema {
         )
         .default("\"API_AND_CONFIG_MAP\"")
         .check(authentication_mode),
+        Field::new(
+            "control_plane_logs",
+            Ty::Set(&Ty::String),
+            "control-plane logs sent to CloudWatch Logs (log group /aws/eks/NAME/cluster): api, audit, authenticator, controllerManager, scheduler; changes in place",
+        )
+        .default("[]")
+        .check(log_types),
         Field::new("tags", Ty::StringMap, "tags besides the ownership tags")
             .default("{}")
             .check(checks::tags),
@@ -371,6 +378,22 @@ async fn read_cluster(cx: &Context, name: &str) -> Result<Option<Observed>, Driv
                     .unwrap_or(Json::Null),
             ),
             (
+                "control_plane_logs",
+                Json::Array({
+                    let mut on: Vec<String> = c
+                        .logging()
+                        .map(|l| l.cluster_logging())
+                        .unwrap_or_default()
+                        .iter()
+                        .filter(|s| s.enabled() == Some(true))
+                        .flat_map(|s| s.types().iter().map(|t| t.as_str().to_string()))
+                        .collect();
+                    on.sort();
+                    on.dedup();
+                    on.into_iter().map(Json::String).collect()
+                }),
+            ),
+            (
                 "authentication_mode",
                 Json::String(
                     c.access_config()
@@ -382,6 +405,54 @@ async fn read_cluster(cx: &Context, name: &str) -> Result<Option<Observed>, Driv
         ],
     );
     Ok(Some(with_status(o, &status)))
+}
+
+const LOG_TYPES: &[&str] = &[
+    "api",
+    "audit",
+    "authenticator",
+    "controllerManager",
+    "scheduler",
+];
+
+fn log_types(v: &Json) -> Result<(), String> {
+    for t in v.as_array().into_iter().flatten() {
+        let t = t.as_str().unwrap_or_default();
+        if !LOG_TYPES.contains(&t) {
+            return Err(format!(
+                "`{t}` is not an EKS control-plane log type: {}",
+                LOG_TYPES.join(", ")
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The logging request: the wanted types on, with `off` the others off
+/// (an update names both, since EKS keeps each type's last setting).
+fn logging(want: &Desired<'_>, off: bool) -> aws_sdk_eks::types::Logging {
+    use aws_sdk_eks::types::{LogSetup, LogType, Logging};
+    let on = strings(want.props.get("control_plane_logs"));
+    let mut b = Logging::builder().cluster_logging(
+        LogSetup::builder()
+            .set_types(Some(on.iter().map(|t| LogType::from(t.as_str())).collect()))
+            .enabled(true)
+            .build(),
+    );
+    let rest: Vec<LogType> = LOG_TYPES
+        .iter()
+        .filter(|t| !on.iter().any(|o| o == *t))
+        .map(|t| LogType::from(*t))
+        .collect();
+    if off && !rest.is_empty() {
+        b = b.cluster_logging(
+            LogSetup::builder()
+                .set_types(Some(rest))
+                .enabled(false)
+                .build(),
+        );
+    }
+    b.build()
 }
 
 fn authentication_mode(v: &Json) -> Result<(), String> {
@@ -550,6 +621,10 @@ impl Driver for EksCluster {
                     .build(),
             )
             .set_tags(Some(tag_map(want).into_iter().collect()))
+            .set_logging(
+                (!strings(want.props.get("control_plane_logs")).is_empty())
+                    .then(|| logging(want, false)),
+            )
             .client_request_token(token(want))
             .send()
             .await
@@ -590,6 +665,16 @@ impl Driver for EksCluster {
             eks.update_cluster_config()
                 .name(&have.id)
                 .resources_vpc_config(vpc_request(want, true))
+                .send()
+                .await
+                .map_err(|e| api_error("UpdateClusterConfig", e))?;
+            wait_cluster(cx, want.address, &have.id, timeout, false).await?;
+        }
+        // EKS takes one kind of change per UpdateClusterConfig.
+        if has("control_plane_logs") {
+            eks.update_cluster_config()
+                .name(&have.id)
+                .logging(logging(want, true))
                 .send()
                 .await
                 .map_err(|e| api_error("UpdateClusterConfig", e))?;

@@ -1384,6 +1384,7 @@ mod tests {
                 "Deployment",
                 "HorizontalPodAutoscaler",
                 "Ingress",
+                "ConfigMap",
                 "CronJob",
                 "Service",
                 "ConfigMap"
