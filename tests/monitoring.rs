@@ -77,8 +77,8 @@ fn webhook() -> (u16, Arc<Mutex<Vec<(String, String)>>>) {
     (port, got)
 }
 
-fn query(prometheus: u16, q: &str) -> Vec<Value> {
-    let url = format!("http://127.0.0.1:{prometheus}/api/v1/query");
+fn query(at: &str, q: &str) -> Vec<Value> {
+    let url = format!("http://{at}/api/v1/query");
     match ureq::get(&url).query("query", q).call() {
         Ok(r) => {
             let v: Value = serde_json::from_str(&r.into_string().unwrap()).unwrap();
@@ -107,7 +107,7 @@ async fn an_error_burst_pages_through_alertmanager_and_a_healthy_service_pages_n
     w.edit(
         "      ingress_host: ${var.ingress_host}\n",
         &format!(
-            "      ingress_host: ${{var.ingress_host}}\n      metrics_port: {metrics}\n      scrape_interval: 1s\n      alert_for: 3s\n      alert_group_wait: 1s\n      alertmanager: 127.0.0.1:{alertmanager}\n      alert_receivers:\n        - {{ name: oncall, type: webhook, url: \"http://127.0.0.1:{hook}/page\", severities: [critical] }}\n        - {{ name: tickets, type: webhook, url: \"http://127.0.0.1:{hook}/ticket\" }}\n"
+            "      ingress_host: ${{var.ingress_host}}\n      metrics_port: {metrics}\n      scrape_interval: 1s\n      alert_for: 3s\n      alert_group_wait: 1s\n      alertmanager: 127.0.0.1:{alertmanager}\n      prometheus: {ns}/prometheus:9090\n      alert_receivers:\n        - {{ name: oncall, type: webhook, url: \"http://127.0.0.1:{hook}/page\", severities: [critical] }}\n        - {{ name: tickets, type: webhook, url: \"http://127.0.0.1:{hook}/ticket\" }}\n"
         ),
     );
     w.ok("apply", &["--auto-approve"]);
@@ -171,16 +171,82 @@ async fn an_error_burst_pages_through_alertmanager_and_a_healthy_service_pages_n
             vec![
                 "--config.file=prometheus.yml".into(),
                 "--storage.tsdb.path=data".into(),
-                format!("--web.listen-address=127.0.0.1:{prometheus}"),
+                // On the pods' address, which the API server's service
+                // proxy (status's way in) reaches, unlike loopback.
+                format!("--web.listen-address={ip}:{prometheus}"),
             ],
         ),
     ]);
     let log = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap_or_default();
+    let at = format!("{ip}:{prometheus}");
+    // The cluster's Prometheus as `status` finds it: a pod (the simulated
+    // nodes give every pod this machine's address, where this Prometheus
+    // listens) behind a Service. The API server proxies only to endpoints
+    // that are pods.
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "prometheus-0", "labels": {"app": "prometheus"}},
+        "spec": {"containers": [{"name": "prometheus", "image": "prom/prometheus:v2.42.0",
+                                 "ports": [{"name": "web", "containerPort": prometheus}]}]},
+    }))
+    .unwrap();
+    let service: k8s_openapi::api::core::v1::Service = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "prometheus"},
+        "spec": {"selector": {"app": "prometheus"},
+                 "ports": [{"name": "web", "port": 9090, "targetPort": "web"}]},
+    }))
+    .unwrap();
+    let kube = common::kube_client().await;
+    Api::<Pod>::namespaced(kube.clone(), &ns)
+        .create(&Default::default(), &pod)
+        .await
+        .unwrap();
+    Api::<k8s_openapi::api::core::v1::Service>::namespaced(kube.clone(), &ns)
+        .create(&Default::default(), &service)
+        .await
+        .unwrap();
+    let endpoints = Api::<k8s_openapi::api::core::v1::Endpoints>::namespaced(kube, &ns);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ready = endpoints
+            .get_opt("prometheus")
+            .await
+            .unwrap()
+            .and_then(|e| e.subsets)
+            .is_some_and(|s| {
+                s.iter()
+                    .any(|s| !s.addresses.clone().unwrap_or_default().is_empty())
+            });
+        if ready {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the Prometheus pod never became an endpoint"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let monitoring_status = || -> Value {
+        let out = w.run("status", &["--json"]);
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+            panic!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        report["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|s| s["checks"].as_array().unwrap().clone())
+            .find(|c| c["check"] == "monitoring")
+            .unwrap_or_else(|| panic!("no monitoring check: {report}"))
+    };
 
     // Prometheus scrapes the pods, with the labels the rules select on.
     let selector = format!("{{namespace=\"{ns}\",service=\"ralph-orchestrator\"}}");
     let deadline = Instant::now() + Duration::from_secs(30);
-    while query(prometheus, &format!("up{selector} == 1")).is_empty() {
+    while query(&at, &format!("up{selector} == 1")).is_empty() {
         assert!(
             Instant::now() < deadline,
             "Prometheus never scraped the pods:\n{}",
@@ -188,7 +254,7 @@ async fn an_error_burst_pages_through_alertmanager_and_a_healthy_service_pages_n
         );
         std::thread::sleep(Duration::from_millis(500));
     }
-    assert!(!query(prometheus, &format!("http_requests_total{selector}")).is_empty());
+    assert!(!query(&at, &format!("http_requests_total{selector}")).is_empty());
 
     // Every query of the generated Grafana dashboard is PromQL this
     // Prometheus runs, over series the pods export.
@@ -211,7 +277,7 @@ async fn an_error_burst_pages_through_alertmanager_and_a_healthy_service_pages_n
                 .unwrap()
                 .replace("$__rate_interval", "1m")
                 .replace("[30d]", "[1m]");
-            let url = format!("http://127.0.0.1:{prometheus}/api/v1/query");
+            let url = format!("http://{at}/api/v1/query");
             let answer: Value = serde_json::from_str(
                 &ureq::get(&url)
                     .query("query", &expr)
@@ -234,12 +300,22 @@ async fn an_error_burst_pages_through_alertmanager_and_a_healthy_service_pages_n
 
     // Healthy: several `for` windows pass and no one is notified.
     std::thread::sleep(Duration::from_secs(10));
-    let firing = query(prometheus, "ALERTS{alertstate=\"firing\"}");
+    let firing = query(&at, "ALERTS{alertstate=\"firing\"}");
     assert!(firing.is_empty(), "a healthy service fires: {firing:?}");
     assert!(
         notifications.lock().unwrap().is_empty(),
         "{:?}",
         notifications.lock().unwrap()
+    );
+    // `status` finds the rules loaded and nothing firing.
+    let quiet = monitoring_status();
+    assert_eq!(quiet["healthy"], true, "{quiet}");
+    assert!(
+        quiet["detail"]
+            .as_str()
+            .unwrap()
+            .contains("no alert firing"),
+        "{quiet}"
     );
 
     // A burst of 5xx: half the requests fail from now on.
@@ -267,6 +343,16 @@ async fn an_error_burst_pages_through_alertmanager_and_a_healthy_service_pages_n
         std::thread::sleep(Duration::from_millis(200));
     };
     let elapsed = started.elapsed();
+    // `status` names the critical alert that fires.
+    let loud = monitoring_status();
+    assert_eq!(loud["healthy"], false, "{loud}");
+    assert!(
+        loud["detail"]
+            .as_str()
+            .unwrap()
+            .contains("HighErrorRate (critical)"),
+        "{loud}"
+    );
     ureq::post(&format!("http://{ip}:{metrics}/__sim/misbehave"))
         .send_string(r#"{"error_ratio": 0}"#)
         .unwrap();

@@ -23,7 +23,7 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 /// The outcome of one check.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Probe {
-    /// deployment, health, database, redis
+    /// deployment, health, edge, monitoring, database, redis
     pub check: &'static str,
     /// What was checked (never a credential).
     pub target: String,
@@ -117,6 +117,17 @@ pub async fn check(
             "edge",
             format!("ingress {namespace}/{name}, https://{host}"),
             timed(edge(&client, namespace, name, class)).await,
+        ));
+    }
+    if let Some(target) = props
+        .get("prometheus")
+        .and_then(Json::as_str)
+        .filter(|p| !p.is_empty())
+    {
+        out.push(probe(
+            "monitoring",
+            format!("prometheus {target}, rules and alerts of {name}"),
+            timed(monitoring(&client, target, namespace, name)).await,
         ));
     }
     let env = match pod_environment(&client, namespace, name).await {
@@ -317,6 +328,98 @@ async fn deployment(
         return Err(summary);
     }
     Ok(summary)
+}
+
+/// GET `path` of Prometheus's HTTP API through the API server's service
+/// proxy, its `data`.
+async fn prometheus_api(client: &kube::Client, base: &str, path: &str) -> Result<Json, String> {
+    let req = http::Request::get(format!("{base}{path}"))
+        .body(Vec::new())
+        .map_err(|e| e.to_string())?;
+    let text = match client.request_text(req).await {
+        Ok(t) => t,
+        Err(kube::Error::Api(e)) => return Err(format!("{path}: {} {}", e.code, e.message)),
+        Err(e) => return Err(format!("{path}: {e}")),
+    };
+    let v: Json = serde_json::from_str(&text)
+        .map_err(|e| format!("{path}: not Prometheus's answer ({e})"))?;
+    if v["status"] != "success" {
+        return Err(format!(
+            "{path}: {}",
+            v["error"].as_str().unwrap_or("failed")
+        ));
+    }
+    Ok(v["data"].clone())
+}
+
+/// Monitoring works: the Prometheus at `target` (NAMESPACE/SERVICE:PORT,
+/// asked through the API server's service proxy, as the cluster's own
+/// Prometheus is private) has loaded this orchestrator's rule groups, and
+/// none of its critical alerts fires (the firing ones are listed).
+async fn monitoring(
+    client: &kube::Client,
+    target: &str,
+    namespace: &str,
+    name: &str,
+) -> Result<String, String> {
+    let (ns, rest) = target
+        .split_once('/')
+        .ok_or_else(|| format!("`{target}` is not NAMESPACE/SERVICE:PORT"))?;
+    let (service, port) = rest.split_once(':').unwrap_or((rest, "9090"));
+    let base = format!("/api/v1/namespaces/{ns}/services/{service}:{port}/proxy");
+    let rules = prometheus_api(client, &base, "/api/v1/rules").await?;
+    let loaded: Vec<&str> = rules["groups"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|g| g["name"].as_str())
+        .collect();
+    let missing: Vec<String> = [format!("{name}.rules"), format!("{name}.slo")]
+        .into_iter()
+        .filter(|g| !loaded.contains(&g.as_str()))
+        .collect();
+    if !missing.is_empty() {
+        return Err(format!(
+            "Prometheus has not loaded the rule groups {}: give it the ConfigMap {name}-monitoring's alerts.yml, or run the Prometheus Operator (the PrometheusRule)",
+            missing.join(", ")
+        ));
+    }
+    let alerts = prometheus_api(client, &base, "/api/v1/alerts").await?;
+    let mut firing: Vec<(String, String)> = alerts["alerts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|a| a["state"] == "firing" && a["labels"]["service"] == name)
+        .filter(|a| {
+            a["labels"]["namespace"]
+                .as_str()
+                .is_none_or(|n| n == namespace)
+        })
+        .map(|a| {
+            (
+                a["labels"]["alertname"].as_str().unwrap_or("?").to_string(),
+                a["labels"]["severity"]
+                    .as_str()
+                    .unwrap_or("none")
+                    .to_string(),
+            )
+        })
+        .collect();
+    firing.sort();
+    firing.dedup();
+    let shown = firing
+        .iter()
+        .map(|(a, s)| format!("{a} ({s})"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if firing.iter().any(|(_, s)| s == "critical") {
+        return Err(format!("firing: {shown}"));
+    }
+    Ok(if firing.is_empty() {
+        "2 rule groups loaded, no alert firing".to_string()
+    } else {
+        format!("rule groups loaded; firing: {shown}")
+    })
 }
 
 async fn health(client: &kube::Client, namespace: &str, name: &str) -> Result<String, String> {
