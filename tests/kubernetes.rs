@@ -516,7 +516,7 @@ fn rendered_manifests_validate_against_the_kubernetes_1_28_schemas() {
         .unwrap();
     let report = format!("{}{}", text(&out.stdout), text(&out.stderr));
     assert!(out.status.success(), "{report}");
-    assert_eq!(report.matches("passed").count(), 13, "{report}");
+    assert_eq!(report.matches("passed").count(), 14, "{report}");
 }
 
 /// The alert rules and scrape config the stack renders (without the
