@@ -115,7 +115,7 @@ async fn production_stack_end_to_end() {
     // ---- apply: every resource, in dependency order, branches in parallel.
     let ev = apply_json(&w, &[]);
     let s = ev.summary();
-    assert_eq!(s["created"], 57, "{s}");
+    assert_eq!(s["created"], 58, "{s}");
     // The edge between the nodes and the orchestrator, and available.
     assert!(ev.at("resource_finished", "nodes") < ev.at("resource_started", edge));
     // EKS's own metrics-server and cert-manager after the nodes (before,
@@ -411,6 +411,17 @@ async fn production_stack_end_to_end() {
         logs(eks.clone(), format!("{name}-production")).await,
         ["api", "audit", "authenticator"]
     );
+    // Into a log group the stack made first, with its retention.
+    let cwl = aws_sdk_cloudwatchlogs::Client::new(&c);
+    let group = format!("/aws/eks/{name}-production/cluster");
+    let groups = cwl
+        .describe_log_groups()
+        .log_group_name_prefix(&group)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(groups.log_groups().len(), 1);
+    assert_eq!(groups.log_groups()[0].retention_in_days(), Some(90));
 
     // ---- scaling the nodegroup, changing backup retention and adding the
     // scheduler's logs are in place (the logs an update of their own: EKS
@@ -537,7 +548,7 @@ async fn production_stack_end_to_end() {
         text(&out.stdout)
     );
     let ev = Events::parse(&text(&out.stdout));
-    assert_eq!(ev.summary()["deleted"], 57);
+    assert_eq!(ev.summary()["deleted"], 58);
     for (dependent, dependency) in [
         (edge, "nodes"),
         ("app.orchestrator", edge),
@@ -658,6 +669,7 @@ async fn the_rewritten_stack_only_moves_what_the_flat_one_made() {
                 || c.starts_with("\"metrics_server\" \"create\"")
                 || c.starts_with("\"cert_manager\" \"create\"")
                 || c.starts_with("\"edge_cert\" \"create\"")
+                || c.starts_with("\"eks_logs\" \"create\"")
                 || c.starts_with("\"edge_waf\" \"create\"")
                 || c.starts_with("\"lb_controller_role\" \"create\"")
                 || c.starts_with("\"lb_controller\" \"create\"")
@@ -684,8 +696,8 @@ async fn the_rewritten_stack_only_moves_what_the_flat_one_made() {
     let s = ev.summary();
     assert_eq!(
         (s["created"].as_u64(), s["deleted"].as_u64()),
-        (Some(12), Some(0)),
-        "only the new password and role, the autoscaler's three, EKS's vpc-cni, metrics-server and cert-manager add-ons and the edge's four (certificate, web ACL, controller role, controller) are created: {s}"
+        (Some(13), Some(0)),
+        "only the new password and role, the autoscaler's three, EKS's vpc-cni, metrics-server and cert-manager add-ons, the edge's four (certificate, web ACL, controller role, controller) and the control plane's log group are created: {s}"
     );
     assert_eq!(
         ev.0.iter()
@@ -716,6 +728,7 @@ async fn the_rewritten_stack_only_moves_what_the_flat_one_made() {
                 && !id.ends_with("-lb-controller")
                 && kind != "aws.acm_certificate"
                 && kind != "aws.wafv2_web_acl"
+                && kind != "aws.cloudwatch_log_group"
                 && !(kind == "kubernetes.manifests" && !ids_before.contains_key(id))
         })
         .collect();

@@ -826,6 +826,24 @@ def patch_wafv2():
     exceptions.WAFV2DuplicateItemException.__init__ = init
 
 
+def patch_logs():
+    """CloudWatch Logs refuses a retention period it does not offer (moto
+    keeps any number)."""
+    from moto.logs import models as m
+    from moto.logs.exceptions import InvalidParameterException
+    periods = {1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557,
+               2922, 3288, 3653}
+    original = m.LogsBackend.put_retention_policy
+
+    def put_retention_policy(self, log_group_name, retention_in_days):
+        if retention_in_days is not None and int(retention_in_days) not in periods:
+            raise InvalidParameterException(
+                "1 validation error detected: Value '%s' at 'retentionInDays' failed to satisfy constraint: "
+                "Member must satisfy enum value set: [%s]" % (retention_in_days, ", ".join(map(str, sorted(periods)))))
+        return original(self, log_group_name, retention_in_days)
+    m.LogsBackend.put_retention_policy = put_retention_policy
+
+
 def patch_rds():
     from moto.rds import models as m
     timed_attribute(m.DBInstance, "status")
@@ -1727,7 +1745,7 @@ def enforces_network_policy(cluster):
 
 def main():
     host, port = sys.argv[1], int(sys.argv[2])
-    for patch in (patch_eks, patch_eks_rules, patch_eks_access, eks_authenticate, patch_eks_addons, network_model, node_listing, eks_autoscale, elbv2_serve, patch_wafv2, patch_rds, patch_elasticache,
+    for patch in (patch_eks, patch_eks_rules, patch_eks_access, eks_authenticate, patch_eks_addons, network_model, node_listing, eks_autoscale, elbv2_serve, patch_wafv2, patch_logs, patch_rds, patch_elasticache,
                   patch_elasticache_servers, patch_nat, patch_s3, patch_cloudwatch, patch_iam, patch_server):
         try:
             patch()

@@ -15,6 +15,7 @@ mod elasticache;
 mod iam_oidc;
 mod iam_role;
 mod internet_gateway;
+mod log_group;
 mod nat_gateway;
 pub mod rds;
 mod route_table;
@@ -55,6 +56,7 @@ pub fn drivers() -> Vec<Box<dyn Driver>> {
         Box::new(iam_oidc::OidcProvider),
         Box::new(secret::Secret),
         Box::new(s3_bucket::S3Bucket),
+        Box::new(log_group::LogGroup),
         Box::new(acm_certificate::AcmCertificate),
         Box::new(wafv2_web_acl::WebAcl),
         Box::new(eks::EksCluster),
@@ -83,6 +85,8 @@ pub struct AwsClients {
     pub elasticache: aws_sdk_elasticache::Client,
     pub secrets: aws_sdk_secretsmanager::Client,
     pub s3: aws_sdk_s3::Client,
+    /// Log groups (the control plane's and the application's logs).
+    pub logs: aws_sdk_cloudwatchlogs::Client,
     pub iam: aws_sdk_iam::Client,
     pub region: String,
     /// Credentials and region, for requests signed by hand (EKS tokens).
@@ -172,6 +176,7 @@ impl AwsClients {
             eks: client!(aws_sdk_eks, "eks"),
             rds: client!(aws_sdk_rds, "rds"),
             cloudwatch: client!(aws_sdk_cloudwatch, "cloudwatch"),
+            logs: client!(aws_sdk_cloudwatchlogs, "logs"),
             elasticache: client!(aws_sdk_elasticache, "elasticache"),
             secrets: client!(aws_sdk_secretsmanager, "secretsmanager"),
             s3: aws_sdk_s3::Client::from_conf(
