@@ -211,6 +211,22 @@ pub mod checks {
     //! Reusable value checks for `Field::check`.
     use serde_json::Value as Json;
 
+    /// A number that must be one of the values a service takes (retention
+    /// periods, rate windows): the error lists them with their `unit`.
+    pub fn one_of(v: &Json, allowed: &[i64], what: &str, unit: &str) -> Result<(), String> {
+        match v.as_i64() {
+            Some(n) if allowed.contains(&n) => Ok(()),
+            _ => Err(format!(
+                "{v} is not {what}: one of {} {unit}",
+                allowed
+                    .iter()
+                    .map(i64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        }
+    }
+
     pub fn port(v: &Json) -> Result<(), String> {
         match v.as_i64() {
             Some(p) if (-1..=65535).contains(&p) => Ok(()),

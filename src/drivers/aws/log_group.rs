@@ -20,17 +20,12 @@ const RETENTION_DAYS: &[i64] = &[
 ];
 
 fn retention(v: &Json) -> Result<(), String> {
-    match v.as_i64() {
-        Some(d) if RETENTION_DAYS.contains(&d) => Ok(()),
-        _ => Err(format!(
-            "{v} is not a retention CloudWatch Logs takes: one of {} days",
-            RETENTION_DAYS
-                .iter()
-                .map(i64::to_string)
-                .collect::<Vec<_>>()
-                .join(", ")
-        )),
-    }
+    checks::one_of(
+        v,
+        RETENTION_DAYS,
+        "a retention CloudWatch Logs takes",
+        "days",
+    )
 }
 
 fn group_name(v: &Json) -> Result<(), String> {

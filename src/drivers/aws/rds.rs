@@ -989,10 +989,12 @@ impl Driver for Instance {
             .skip_final_snapshot(skip)
             .delete_automated_backups(false);
         if !skip {
+            // To the millisecond: an instance of the same name destroyed in
+            // the same second (destroy, apply, destroy) left its own.
             req = req.final_db_snapshot_identifier(format!(
                 "{}-final-{}",
                 have.id,
-                chrono::Utc::now().format("%Y%m%d%H%M%S")
+                chrono::Utc::now().format("%Y%m%d%H%M%S%3f")
             ));
         }
         // Already being deleted (a run killed mid-delete, or a retried

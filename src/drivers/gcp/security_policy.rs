@@ -108,17 +108,7 @@ fn waf_sets(v: &Json) -> Result<(), String> {
 }
 
 fn window(v: &Json) -> Result<(), String> {
-    match v.as_i64() {
-        Some(w) if WINDOWS.contains(&w) => Ok(()),
-        _ => Err(format!(
-            "{v} is not a window Cloud Armor takes: one of {} seconds",
-            WINDOWS
-                .iter()
-                .map(i64::to_string)
-                .collect::<Vec<_>>()
-                .join(", ")
-        )),
-    }
+    crate::kinds::checks::one_of(v, WINDOWS, "a window Cloud Armor takes", "seconds")
 }
 
 static SCHEMA: KindSchema = KindSchema {
