@@ -11,6 +11,12 @@ use serde_json::Value;
 
 const KEY: &str = "sk-ant-test-0123456789abcdef";
 
+/// One at a time: the local Kubernetes stands for both tests' clusters,
+/// so a proxy pod of one can land on a node of the other, which that test
+/// then scales away ("port-forward to pod ...: pods \"...-nodes-...-3\" not
+/// found"). On a real account each cluster has its own nodes.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 struct Events(Vec<Value>);
 
 impl Events {
@@ -74,6 +80,7 @@ fn apply_json(w: &World, extra: &[&str]) -> Events {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn production_stack_end_to_end() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let name = format!("tp{}", std::process::id());
     let mut w = World::from_stack("aws-production.yaml", &name);
     // No tunnel: the stores are private (their names resolve for pods
@@ -574,6 +581,7 @@ async fn production_stack_end_to_end() {
 /// them renames the state's entries without touching the cloud.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_rewritten_stack_only_moves_what_the_flat_one_made() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let name = format!("tm{}", std::process::id());
     let mut w = World::from_stack("tests/fixtures/aws-production-flat.yaml", &name);
     let db = common::fresh_database(&name).await;
