@@ -343,7 +343,7 @@ pub fn drivers() -> Vec<Box<dyn Driver>> {
 }
 
 /// `projects/P/global/networks/N` from a full URL (or the path itself).
-fn relative(link: &str) -> String {
+pub(crate) fn relative(link: &str) -> String {
     match link.find("/projects/") {
         Some(i) => link[i + 1..].to_string(),
         None => link.to_string(),

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use serde_json::{json, Map, Value as Json};
 
-use super::compute::{rfc1035, wait_op};
+use super::compute::{relative, rfc1035, wait_op};
 use super::{
     call, call_create, call_opt, describe, description_filter, from_description, json, message,
     observed, GcpClients,
@@ -244,10 +244,7 @@ impl SecurityPolicy {
     /// plan shows it and the apply removes it.
     fn observe(v: &Json) -> Option<Observed> {
         let link = v.get("selfLink")?.as_str()?;
-        let id = match link.find("/projects/") {
-            Some(i) => link[i + 1..].to_string(),
-            None => link.to_string(),
-        };
+        let id = relative(link);
         let (owner, address, description) = from_description(
             v.get("description")
                 .and_then(Json::as_str)
