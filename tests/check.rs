@@ -559,6 +559,7 @@ fn sarif_output_places_findings_on_the_stack_files_lines() {
     assert_eq!(out.status.code(), Some(1));
     let log: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(log["version"], "2.1.0");
+    conforms_to_sarif_schema(&log);
     let run = &log["runs"][0];
     let rules = run["tool"]["driver"]["rules"].as_array().unwrap();
     assert!(rules.len() >= 15);
@@ -595,6 +596,48 @@ fn sarif_output_places_findings_on_the_stack_files_lines() {
     assert_eq!(
         waf["suppressions"][0]["justification"],
         "a CDN's WAF fronts the host"
+    );
+}
+
+/// Holds a SARIF log to the OASIS SARIF 2.1.0 JSON Schema (check-jsonschema
+/// from the CI linters, the schema fetched by scripts/setup.sh), after
+/// making sure the validator refuses a log the schema forbids.
+fn conforms_to_sarif_schema(log: &Value) {
+    let schema = std::env::var("RALPH_TEST_SARIF_SCHEMA")
+        .expect("RALPH_TEST_SARIF_SCHEMA is not set: run the tests with scripts/test");
+    let bin = PathBuf::from(
+        std::env::var("RALPH_TEST_CI_LINT")
+            .expect("RALPH_TEST_CI_LINT is not set: run the tests with scripts/test"),
+    )
+    .join("check-jsonschema");
+    let dir = tempfile::tempdir().unwrap();
+    let validate = |name: &str, log: &Value| {
+        let file = dir.path().join(name);
+        std::fs::write(&file, serde_json::to_vec_pretty(log).unwrap()).unwrap();
+        std::process::Command::new(&bin)
+            // The OASIS schema's `language` pattern has a stray `]`, which
+            // ECMAScript's unicode mode refuses; Python's reading of it is
+            // the one its authors tested.
+            .args(["--regex-variant", "python", "--schemafile", &schema])
+            .arg(&file)
+            .output()
+            .unwrap()
+    };
+    let mut broken = log.clone();
+    broken["runs"][0]["results"][0]["level"] = Value::from("fatal");
+    broken["runs"][0]["tool"]["driver"]["rules"][0]["id"] = Value::from(7);
+    let refused = validate("broken.sarif", &broken);
+    assert!(
+        !refused.status.success(),
+        "the validator must refuse a level and a rule id the schema forbids: {}",
+        common::text(&refused.stdout)
+    );
+    let out = validate("check.sarif", log);
+    assert!(
+        out.status.success(),
+        "SARIF 2.1.0 schema: {}{}",
+        common::text(&out.stdout),
+        common::text(&out.stderr)
     );
 }
 

@@ -102,31 +102,62 @@ pub(crate) fn secret_source(v: &Json) -> Result<(), String> {
     }
 }
 
+/// How many times a connection through the cluster is tried when the stream
+/// is cut before the database answers.
+const FORWARD_ATTEMPTS: u32 = 3;
+
 /// How to reach a database, from a resource's properties. The password
 /// comes from a Secrets Manager secret or an environment variable at the
 /// moment of connecting; it is never a property and never in the state.
 pub async fn connect(cx: &Context, props: &Map<String, Json>) -> Result<PgPool, DriverError> {
     let target = resolve(cx, props).await?;
     let at = target.shown();
-    let connecting = PgPoolOptions::new()
-        .max_connections(2)
-        .acquire_timeout(crate::remote::api_timeout())
-        .connect_with(target.options());
-    let connected = crate::remote::bounded(
-        crate::remote::Party::Postgres,
-        &at,
-        "connecting to the database",
-        connecting,
-    )
-    .await
-    .map_err(DriverError::new)?;
-    let e = match connected {
-        Ok(pool) => return Ok(pool),
-        Err(e) => e,
-    };
-    let refused = match &target.forward {
-        Some(f) => f.last_error().await,
-        None => None,
+    let mut attempt = 1;
+    let (e, refused) = loop {
+        let connecting = PgPoolOptions::new()
+            .max_connections(2)
+            .acquire_timeout(crate::remote::api_timeout())
+            .connect_with(target.options());
+        let connected = crate::remote::bounded(
+            crate::remote::Party::Postgres,
+            &at,
+            "connecting to the database",
+            connecting,
+        )
+        .await
+        .map_err(DriverError::new)?;
+        let e = match connected {
+            Ok(pool) => return Ok(pool),
+            Err(e) => e,
+        };
+        let refused = match &target.forward {
+            Some(f) => f.last_error().await,
+            None => None,
+        };
+        // A stream through the API server and the kubelet can be cut
+        // while it is being set up (a node's port-forward restarting, a
+        // proxy pod that just became ready): worth another try, unlike a
+        // refusal the cluster states (a NetworkPolicy, a store the pod
+        // cannot reach) or a wrong password.
+        let cut = |s: &str| {
+            let s = s.to_ascii_lowercase();
+            [
+                "reset by peer",
+                "unexpected end of file",
+                "broken pipe",
+                "connection closed",
+            ]
+            .iter()
+            .any(|w| s.contains(w))
+        };
+        let transient =
+            target.forward.is_some() && cut(&e.to_string()) && refused.as_deref().is_none_or(cut);
+        if !transient || attempt == FORWARD_ATTEMPTS {
+            break (e, refused);
+        }
+        tracing::debug!(%at, attempt, error = %e, "the connection through the cluster was cut; connecting again");
+        tokio::time::sleep(std::time::Duration::from_millis(250 * attempt as u64)).await;
+        attempt += 1;
     };
     Err({
         if let Some(why) = refused {
