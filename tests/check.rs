@@ -284,6 +284,93 @@ fn kubernetes_versions_are_held_against_the_support_table_at_a_date() {
     }
 }
 
+/// Support windows of the stores (support/store-versions.json): charged
+/// extended support and a standard support about to end are warnings, past
+/// all support an error, each on the line of the version.
+#[test]
+fn store_versions_are_held_against_the_support_table_at_a_date() {
+    let aws = variant(
+        "aws-production.yaml",
+        &[
+            ("engine_version: \"15\"", "engine_version: \"13.20\""),
+            ("engine_version: \"7.1\"", "engine_version: \"6.2\""),
+        ],
+    );
+    let db_line = line_of(&aws.text, "engine_version: \"13.20\"");
+    let redis_line = line_of(&aws.text, "engine_version: \"6.2\"");
+    let file = "aws-production.yaml";
+    for (date, db, redis, code) in [
+        // RDS 13 in extended support; ElastiCache 6's standard ends in 56 days.
+        ("2026-12-06", "warning", Some("warning"), 0),
+        // Standard support of Redis 6 ends more than 90 days later.
+        ("2026-10-01", "warning", None, 0),
+        // RDS 13's extended support ended on 2029-02-28.
+        ("2029-03-01", "error", Some("warning"), 1),
+    ] {
+        let (exit, findings) = check(&aws.stack, &["--env", "production", "--date", date], &[]);
+        let mut want = vec![(db.to_string(), file.to_string(), db_line, "db".to_string())];
+        if let Some(r) = redis {
+            want.push((
+                r.to_string(),
+                file.to_string(),
+                redis_line,
+                "redis".to_string(),
+            ));
+        }
+        assert_eq!(of(&findings, "versions.store-support"), want, "{date}");
+        assert_eq!(exit, Some(code), "{date}");
+    }
+    let (_, findings) = check(
+        &aws.stack,
+        &["--env", "production", "--date", "2029-03-01"],
+        &[],
+    );
+    let message = findings
+        .iter()
+        .find(|f| f["rule"] == "versions.store-support" && f["address"] == "db")
+        .unwrap();
+    assert!(
+        message["message"].as_str().unwrap().contains("2029-02-28")
+            && message["help"]
+                .as_str()
+                .unwrap()
+                .ends_with("on 2029-03-01: 17"),
+        "{message}"
+    );
+    // Cloud SQL: PostgreSQL 12 was deprecated on 2028-02-01; 9.6 is older
+    // than RDS's whole table.
+    let gcp = variant(
+        "gcp-production.yaml",
+        &[(
+            "database_version: POSTGRES_15",
+            "database_version: POSTGRES_12",
+        )],
+    );
+    let (exit, findings) = check(
+        &gcp.stack,
+        &["--env", "production", "--date", "2028-02-01"],
+        &[],
+    );
+    assert_eq!(
+        of(&findings, "versions.store-support"),
+        vec![e(
+            "gcp-production.yaml",
+            line_of(&gcp.text, "database_version: POSTGRES_12"),
+            "db"
+        )]
+    );
+    assert_eq!(exit, Some(1));
+    let old = variant(
+        "aws-production.yaml",
+        &[("engine_version: \"15\"", "engine_version: \"9.6\"")],
+    );
+    let (_, findings) = check(&old.stack, &["--env", "production"], &[]);
+    assert_eq!(
+        of(&findings, "versions.store-support"),
+        vec![e(file, line_of(&old.text, "engine_version: \"9.6\""), "db")]
+    );
+}
+
 /// Issue item 7: NetworkPolicies nobody enforces; and anything but the
 /// edge open to the internet.
 #[test]

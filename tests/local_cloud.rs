@@ -4,6 +4,8 @@
 //! - Kubernetes versions past their support are refused by the local EKS
 //!   and GKE (from support/kubernetes-versions.json), and by `validate`;
 //! - the local EKS makes a cluster security group, which managed nodes carry;
+//! - RDS, ElastiCache and Cloud SQL refuse store versions past their support
+//!   (support/store-versions.json);
 //! - a store is reachable from the pods only when its security groups admit
 //!   what the nodes carry, and a pod whose store is unreachable never
 //!   becomes ready;
@@ -565,6 +567,86 @@ fn gcp_call(method: &str, path: &str, body: Option<serde_json::Value>) -> (u16, 
         code,
         serde_json::from_str(&resp.into_string().unwrap()).unwrap(),
     )
+}
+
+/// RDS, ElastiCache and Cloud SQL no longer create a major version past all
+/// of its support (support/store-versions.json); one inside it is made.
+#[tokio::test(flavor = "multi_thread")]
+async fn local_stores_refuse_major_versions_past_their_support() {
+    let name = format!("lcsv{}", std::process::id());
+    let w = World::from_stack("aws-network.yaml", &name);
+    let conf = sdk(&w).await;
+    let rds = aws_sdk_rds::Client::new(&conf);
+    let create = |id: String, version: &'static str| {
+        rds.create_db_instance()
+            .db_instance_identifier(id)
+            .engine("postgres")
+            .engine_version(version)
+            .db_instance_class("db.t3.micro")
+            .allocated_storage(20)
+            .master_username("ralph")
+            .master_user_password("not-a-real-password-1")
+            .send()
+    };
+    let err = create(format!("{name}-old"), "10.21")
+        .await
+        .expect_err("the local RDS must refuse PostgreSQL 10");
+    let svc = err.into_service_error();
+    assert_eq!(
+        svc.meta().code(),
+        Some("InvalidParameterCombination"),
+        "{svc:?}"
+    );
+    assert!(
+        svc.meta()
+            .message()
+            .unwrap_or_default()
+            .contains("Cannot find version 10.21 for postgres"),
+        "{svc:?}"
+    );
+    let made = create(format!("{name}-new"), "15.7").await.unwrap();
+    assert_eq!(
+        made.db_instance().and_then(|d| d.engine_version()),
+        Some("15.7")
+    );
+    rds.delete_db_instance()
+        .db_instance_identifier(format!("{name}-new"))
+        .skip_final_snapshot(true)
+        .send()
+        .await
+        .unwrap();
+
+    let cache = aws_sdk_elasticache::Client::new(&conf);
+    let err = cache
+        .create_replication_group()
+        .replication_group_id(format!("{name}-r3"))
+        .replication_group_description("Redis 3")
+        .engine("redis")
+        .engine_version("3.2.10")
+        .cache_node_type("cache.t3.micro")
+        .num_cache_clusters(1)
+        .send()
+        .await
+        .expect_err("the local ElastiCache must refuse Redis 3.2");
+    let svc = err.into_service_error();
+    assert_eq!(svc.meta().code(), Some("InvalidParameterValue"), "{svc:?}");
+
+    let p = format!("lcsv-{}", std::process::id());
+    let sql = |version: &str| {
+        serde_json::json!({"name": "db", "region": "us-central1", "databaseVersion": version,
+            "settings": {"tier": "db-custom-2-7680"}})
+    };
+    let (code, e) = gcp_post(&format!("/v1/projects/{p}/instances"), sql("POSTGRES_9_5"));
+    assert_eq!(code, 400, "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("POSTGRES_9_5 is not supported"),
+        "{e}"
+    );
+    let (code, e) = gcp_post(&format!("/v1/projects/{p}/instances"), sql("POSTGRES_15"));
+    assert_eq!(code, 200, "{e}");
 }
 
 #[test]

@@ -54,6 +54,7 @@ import time
 import uuid
 
 import local_servers
+import store_support
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit, unquote
 
@@ -994,6 +995,10 @@ def sql_insert(p, q, body):
     inst = sql_instances(p)
     if body["name"] in inst:
         raise ApiError(409, "ALREADY_EXISTS", "The Cloud SQL instance already exists.", "instanceAlreadyExists", legacy=True)
+    why = store_support.refusal("cloudsql_postgres", body.get("databaseVersion"))
+    if why:
+        raise ApiError(400, "INVALID_ARGUMENT", f"Invalid request: Database version {body.get('databaseVersion')} is not supported ({why}).",
+                       "invalid", legacy=True)
     private = ((body.get("settings") or {}).get("ipConfiguration") or {}).get("privateNetwork")
     if private:
         require_private_access(private, "Cloud SQL private IP", legacy=True)

@@ -25,6 +25,7 @@ import time
 import uuid
 
 import local_servers
+import store_support
 
 DEFAULTS = {
     "eks_cluster_create": 3.0, "eks_cluster_update": 1.0, "eks_cluster_delete": 2.0,
@@ -868,6 +869,14 @@ def patch_rds():
     # RDS makes the database DBName names while the instance is created:
     # the local PostgreSQL (which plays every instance) gets it too, so a
     # client that names it can log in.
+    # RDS no longer creates a major version past its extended support.
+    def supported_engine(self, original, db_kwargs, *a, **k):
+        from moto.rds.exceptions import InvalidParameterCombination
+        engine, version = db_kwargs.get("engine"), db_kwargs.get("engine_version")
+        if engine == "postgres" and store_support.refusal("rds_postgres", version):
+            raise InvalidParameterCombination(f"Cannot find version {version} for postgres")
+        return None
+
     def db_created(self, result, *a, **k):
         name = getattr(result, "db_name", None)
         if result is None or not name:
@@ -880,7 +889,7 @@ def patch_rds():
 
         threading.Thread(target=create, daemon=True).start()
 
-    wrap(m.RDSBackend, "create_db_instance", after=db_created)
+    wrap(m.RDSBackend, "create_db_instance", before=supported_engine, after=db_created)
 
     def modified(self, result, *a, **k):
         if result is not None:
@@ -953,6 +962,17 @@ def patch_elasticache():
         transition(result, "status", "modifying", delay("elasticache_modify"))
 
     wrap(m.ElastiCacheBackend, "modify_replication_group", after=modified)
+
+    # ElastiCache no longer creates a Redis OSS major past its extended support.
+    def supported_engine(self, original, *a, **k):
+        from moto.elasticache.exceptions import InvalidParameterValueException
+        version = k.get("engine_version")
+        why = (k.get("engine") or "redis") == "redis" and store_support.refusal("elasticache_redis", version)
+        if why:
+            raise InvalidParameterValueException(f"Cache engine version {version} is not supported: {why}.")
+        return None
+
+    wrap(m.ElastiCacheBackend, "create_replication_group", before=supported_engine)
 
     def deleted(self, result, replication_group_id, *a, **k):
         # moto leaves it `deleting` forever; finish the delete, with its clusters.

@@ -75,6 +75,12 @@ pub const RULES: &[Rule] = &[
         why: "Past its end of support a provider stops patching the version and upgrades the cluster on its own schedule (EKS) or refuses to create it.",
     },
     Rule {
+        id: "versions.store-support",
+        severity: Severity::Error,
+        title: "PostgreSQL and Redis major versions are inside the provider's support at the check's date (support/store-versions.json): an error past the end of all support, a warning in charged extended support and 90 days before standard support ends.",
+        why: "Past standard support RDS, Cloud SQL and ElastiCache charge for extended support; past that they upgrade the store in a maintenance window, a major upgrade the application was never tested on, and refuse to create the version.",
+    },
+    Rule {
         id: "scheduling.drain",
         severity: Severity::Error,
         title: "The PodDisruptionBudget lets a node drain: `min_available` is below `replicas`.",

@@ -13,7 +13,7 @@ use ipnet::Ipv4Net;
 use serde_json::Value as Json;
 
 use super::{Findings, Severity};
-use crate::model::support::{self, Provider};
+use crate::model::support::{self, Provider, Store, StoreSupport};
 use crate::model::Action;
 use crate::stack::{Expr, Resource, Span, Stack};
 
@@ -26,15 +26,13 @@ const STORES: &[&str] = &[
     "gcp.redis_instance",
 ];
 
-/// How far ahead an ending support window is a warning.
-const SUPPORT_WARNING_DAYS: i64 = 90;
-
 pub(super) fn all(stack: &Stack, date: NaiveDate, f: &mut Findings) {
     aws_stores_reachable(stack, f);
     gcp_stores_reachable(stack, f);
     open_to_internet(stack, f);
     api_endpoints(stack, f);
     kubernetes_versions(stack, date, f);
+    store_versions(stack, date, f);
     stores(stack, f);
     orchestrators(stack, f);
     recovery(stack, f);
@@ -490,7 +488,7 @@ fn kubernetes_versions(stack: &Stack, date: NaiveDate, f: &mut Findings) {
                     support::as_of()
                 ),
             )
-        } else if days <= SUPPORT_WARNING_DAYS {
+        } else if days <= support::WARNING_DAYS {
             (
                 Severity::Warning,
                 format!(
@@ -512,6 +510,64 @@ fn kubernetes_versions(stack: &Stack, date: NaiveDate, f: &mut Findings) {
             format!(
                 "upgrade one minor version at a time (control plane, then nodes); offered on {date}: {}",
                 newest.join(", ")
+            ),
+        );
+    }
+}
+
+fn store_versions(stack: &Stack, date: NaiveDate, f: &mut Findings) {
+    let postgres_on_rds = of_kind(stack, "aws.rds_instance")
+        .filter(|r| text(r, "engine").is_none_or(|e| e == "postgres"))
+        .map(|r| (r, Store::RdsPostgres, "engine_version"));
+    let stores = postgres_on_rds
+        .chain(
+            of_kind(stack, "gcp.sql_instance")
+                .map(|r| (r, Store::CloudSqlPostgres, "database_version")),
+        )
+        .chain(
+            of_kind(stack, "aws.elasticache_replication_group")
+                .map(|r| (r, Store::ElastiCacheRedis, "engine_version")),
+        );
+    for (r, store, field) in stores {
+        let Some(major) = text(r, field).and_then(|v| store.major_of(&v)) else {
+            continue;
+        };
+        let (engine, label) = (store.engine(), store.label());
+        let (severity, message) = match support::store_support(store, &major, date) {
+            StoreSupport::Supported => continue,
+            StoreSupport::Ended(Some(w)) => (
+                Severity::Error,
+                format!("{engine} {major} left {label}'s support on {} (the table of {})", w.end_of_support, support::stores_as_of()),
+            ),
+            StoreSupport::Ended(None) => (
+                Severity::Error,
+                format!("{engine} {major} is older than every version {label} supports (the table of {})", support::stores_as_of()),
+            ),
+            StoreSupport::Extended(w) => (
+                Severity::Warning,
+                format!(
+                    "{engine} {major} left {label}'s standard support on {}: extended support is charged until {}, when the provider upgrades it",
+                    w.end_of_standard, w.end_of_support
+                ),
+            ),
+            StoreSupport::StandardEnds(w) => (
+                Severity::Warning,
+                format!(
+                    "{engine} {major} leaves {label}'s standard support on {}, in {} day(s); extended support is charged after that",
+                    w.end_of_standard,
+                    (w.end_of_standard - date).num_days()
+                ),
+            ),
+        };
+        f.add_as(
+            "versions.store-support",
+            severity,
+            &r.address,
+            at(r, field),
+            message,
+            format!(
+                "upgrade the major version (test it on a restored copy first); in standard support on {date}: {}",
+                support::store_offered(store, date).join(", ")
             ),
         );
     }

@@ -139,6 +139,155 @@ pub fn check(provider: Provider, version: &str, day: NaiveDate) -> Result<(), St
     Ok(())
 }
 
+// ------------------------------------------------------------ data stores
+
+const STORE_TABLE: &str = include_str!("../../support/store-versions.json");
+
+/// The managed data stores whose major versions the store table dates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Store {
+    RdsPostgres,
+    CloudSqlPostgres,
+    ElastiCacheRedis,
+}
+
+impl Store {
+    pub fn label(self) -> &'static str {
+        match self {
+            Store::RdsPostgres => "Amazon RDS for PostgreSQL",
+            Store::CloudSqlPostgres => "Cloud SQL for PostgreSQL",
+            Store::ElastiCacheRedis => "Amazon ElastiCache for Redis OSS",
+        }
+    }
+
+    pub fn engine(self) -> &'static str {
+        match self {
+            Store::RdsPostgres | Store::CloudSqlPostgres => "PostgreSQL",
+            Store::ElastiCacheRedis => "Redis OSS",
+        }
+    }
+
+    fn table(self) -> &'static StoreTable {
+        let t = store_tables();
+        match self {
+            Store::RdsPostgres => &t.rds_postgres,
+            Store::CloudSqlPostgres => &t.cloudsql_postgres,
+            Store::ElastiCacheRedis => &t.elasticache_redis,
+        }
+    }
+
+    /// The major version of a version as a stack writes it: "15", "15.7"
+    /// (RDS), "POSTGRES_15", "POSTGRES_9_6" (Cloud SQL), "7.1", "6.x",
+    /// "4.0.10" (ElastiCache). None: not a version of this store.
+    pub fn major_of(self, version: &str) -> Option<String> {
+        let digits = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_digit());
+        let parts: Vec<&str> = match self {
+            Store::CloudSqlPostgres => version.strip_prefix("POSTGRES_")?.split('_').collect(),
+            _ => version.split('.').collect(),
+        };
+        let major = *parts.first()?;
+        if !digits(major) {
+            return None;
+        }
+        // Before PostgreSQL 10 the major version had two parts (9.6).
+        let two_part = self != Store::ElastiCacheRedis && major.parse::<u32>().ok()? < 10;
+        match parts.get(1) {
+            Some(minor) if two_part && digits(minor) => Some(format!("{major}.{minor}")),
+            _ if two_part => None,
+            _ => Some(major.to_string()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct StoreWindow {
+    pub end_of_standard: NaiveDate,
+    pub end_of_support: NaiveDate,
+}
+
+#[derive(Deserialize)]
+struct StoreTable {
+    versions: std::collections::BTreeMap<String, StoreWindow>,
+    /// Majors offered with no end published yet.
+    #[serde(default)]
+    undated: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct StoreTables {
+    as_of: NaiveDate,
+    rds_postgres: StoreTable,
+    cloudsql_postgres: StoreTable,
+    elasticache_redis: StoreTable,
+}
+
+fn store_tables() -> &'static StoreTables {
+    static T: OnceLock<StoreTables> = OnceLock::new();
+    T.get_or_init(|| {
+        serde_json::from_str(STORE_TABLE)
+            .expect("support/store-versions.json is checked by a unit test")
+    })
+}
+
+/// The date the store table's calendars were read.
+pub fn stores_as_of() -> NaiveDate {
+    store_tables().as_of
+}
+
+/// Where a store's major version stands on a day.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreSupport<'t> {
+    /// In standard support, or newer than the table: nothing to say.
+    Supported,
+    /// In standard support, which ends on the window's date.
+    StandardEnds(&'t StoreWindow),
+    /// In the provider's charged extended support, until the window's end.
+    Extended(&'t StoreWindow),
+    /// Past all support (None: older than every version the table lists).
+    Ended(Option<&'t StoreWindow>),
+}
+
+/// How far ahead an ending support window is worth a warning.
+pub const WARNING_DAYS: i64 = 90;
+
+/// Where `major` of `store` stands on `day`.
+pub fn store_support(store: Store, major: &str, day: NaiveDate) -> StoreSupport<'static> {
+    let t = store.table();
+    let Some(w) = t.versions.get(major) else {
+        let oldest = t.versions.keys().map(|k| minor_number(k)).min();
+        let older = oldest.is_some_and(|o| minor_number(major) < o);
+        return if older && !t.undated.iter().any(|u| u == major) {
+            StoreSupport::Ended(None)
+        } else {
+            StoreSupport::Supported
+        };
+    };
+    if day >= w.end_of_support {
+        StoreSupport::Ended(Some(w))
+    } else if day >= w.end_of_standard {
+        StoreSupport::Extended(w)
+    } else if (w.end_of_standard - day).num_days() <= WARNING_DAYS {
+        StoreSupport::StandardEnds(w)
+    } else {
+        StoreSupport::Supported
+    }
+}
+
+/// The majors of `store` in standard support on `day`, oldest first (those
+/// with no end published included).
+pub fn store_offered(store: Store, day: NaiveDate) -> Vec<&'static str> {
+    let t = store.table();
+    let mut v: Vec<&'static str> = t
+        .versions
+        .iter()
+        .filter(|(_, w)| day < w.end_of_standard)
+        .map(|(k, _)| k.as_str())
+        .chain(t.undated.iter().map(String::as_str))
+        .collect();
+    v.sort_by_key(|s| minor_number(s));
+    v
+}
+
 /// Today, in UTC.
 pub fn today() -> NaiveDate {
     chrono::Utc::now().date_naive()
@@ -163,6 +312,64 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn the_store_table_parses_and_reads_each_stores_versions() {
+        for s in [
+            Store::RdsPostgres,
+            Store::CloudSqlPostgres,
+            Store::ElastiCacheRedis,
+        ] {
+            for w in s.table().versions.values() {
+                assert!(w.end_of_standard < w.end_of_support);
+            }
+        }
+        let day = d("2026-12-06");
+        assert_eq!(Store::RdsPostgres.major_of("15.7").as_deref(), Some("15"));
+        assert_eq!(
+            Store::RdsPostgres.major_of("9.6.22").as_deref(),
+            Some("9.6")
+        );
+        assert_eq!(
+            Store::CloudSqlPostgres.major_of("POSTGRES_9_6").as_deref(),
+            Some("9.6")
+        );
+        assert_eq!(Store::CloudSqlPostgres.major_of("MYSQL_8_0"), None);
+        assert_eq!(
+            Store::ElastiCacheRedis.major_of("6.x").as_deref(),
+            Some("6")
+        );
+        assert_eq!(
+            store_support(Store::RdsPostgres, "15", day),
+            StoreSupport::Supported
+        );
+        assert!(matches!(
+            store_support(Store::RdsPostgres, "13", day),
+            StoreSupport::Extended(_)
+        ));
+        assert!(matches!(
+            store_support(Store::ElastiCacheRedis, "6", day),
+            StoreSupport::StandardEnds(_)
+        ));
+        assert!(matches!(
+            store_support(Store::CloudSqlPostgres, "12", d("2028-02-01")),
+            StoreSupport::Ended(Some(_))
+        ));
+        // Older than every row: past support; newer, or undated: the provider's.
+        assert_eq!(
+            store_support(Store::RdsPostgres, "9.6", day),
+            StoreSupport::Ended(None)
+        );
+        assert_eq!(
+            store_support(Store::RdsPostgres, "18", day),
+            StoreSupport::Supported
+        );
+        assert_eq!(
+            store_support(Store::ElastiCacheRedis, "7", day),
+            StoreSupport::Supported
+        );
+        assert_eq!(store_offered(Store::ElastiCacheRedis, day), vec!["6", "7"]);
     }
 
     #[test]
