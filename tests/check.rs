@@ -371,6 +371,47 @@ fn store_versions_are_held_against_the_support_table_at_a_date() {
     );
 }
 
+/// The application's database password rotates on a stated schedule: the
+/// shipped component states one; a secret a role logs in with and no
+/// schedule is a warning on that secret's line, and the schedule is held
+/// to a year.
+#[test]
+fn a_database_password_without_a_rotation_schedule_is_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = |every: &str| {
+        format!(
+            "name: rot\ncloud:\n  aws: {{ region: us-east-1 }}\nresources:\n  app_password:\n    kind: aws.secret\n    properties:\n      name: rot/app-password\n      generate: {{ bytes: 40, encoding: alphanumeric }}\n{every}  app_role:\n    kind: postgres.role\n    properties:\n      name: ralph_app\n      password_secret: ${{app_password.ref}}\n      url: postgresql://postgres@db.internal:5432/ralph\n"
+        )
+    };
+    let path = dir.path().join("rot.yaml");
+    std::fs::write(&path, stack("")).unwrap();
+    let (exit, findings) = check(&path, &[], &[]);
+    assert_eq!(
+        of(&findings, "secrets.rotation"),
+        vec![(
+            "warning".to_string(),
+            "rot.yaml".to_string(),
+            5,
+            "app_password".to_string()
+        )]
+    );
+    assert_eq!(exit, Some(0));
+    std::fs::write(&path, stack("      rotate_every_days: 90\n")).unwrap();
+    let (_, findings) = check(&path, &[], &[]);
+    assert!(of(&findings, "secrets.rotation").is_empty(), "{findings:?}");
+    std::fs::write(&path, stack("      rotate_every_days: 400\n")).unwrap();
+    let out = std::process::Command::new(common::BIN)
+        .args(["check", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = common::text(&out.stderr);
+    assert!(
+        err.contains("rot.yaml:10") && err.contains("rotate_every_days"),
+        "{err}"
+    );
+}
+
 /// Issue item 7: NetworkPolicies nobody enforces; and anything but the
 /// edge open to the internet.
 #[test]

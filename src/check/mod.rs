@@ -81,6 +81,12 @@ pub const RULES: &[Rule] = &[
         why: "Past standard support RDS, Cloud SQL and ElastiCache charge for extended support; past that they upgrade the store in a maintenance window, a major upgrade the application was never tested on, and refuse to create the version.",
     },
     Rule {
+        id: "secrets.rotation",
+        severity: Severity::Warning,
+        title: "The application's database password (the secret a `postgres.role` logs in with) rotates on a schedule: `rotate_every_days` on its secret.",
+        why: "The guide's checklist asks for rotated keys; a password that only changes when someone remembers outlives the people who knew it.",
+    },
+    Rule {
         id: "scheduling.drain",
         severity: Severity::Error,
         title: "The PodDisruptionBudget lets a node drain: `min_available` is below `replicas`.",

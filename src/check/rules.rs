@@ -35,6 +35,7 @@ pub(super) fn all(stack: &Stack, date: NaiveDate, f: &mut Findings) {
     store_versions(stack, date, f);
     stores(stack, f);
     orchestrators(stack, f);
+    secret_rotation(stack, f);
     recovery(stack, f);
 }
 
@@ -923,6 +924,35 @@ fn orchestrators(stack: &Stack, f: &mut Findings) {
                 );
             }
         }
+    }
+}
+
+/// The application's database password, the one credential the stack makes
+/// and hands to a login, rotates on a schedule the stack states.
+fn secret_rotation(stack: &Stack, f: &mut Findings) {
+    for role in of_kind(stack, "postgres.role") {
+        let Some(source) = text(role, "password_secret") else {
+            continue;
+        };
+        let Some(secret) =
+            named(stack, &source, "aws.secret").or_else(|| named(stack, &source, "gcp.secret"))
+        else {
+            continue;
+        };
+        if int(secret, "rotate_every_days").is_some() {
+            continue;
+        }
+        let a = &secret.address;
+        f.add(
+            "secrets.rotation",
+            a,
+            at(secret, "rotation"),
+            format!(
+                "`{a}`, the password of database role `{}`, is never rotated unless someone remembers to",
+                role.address
+            ),
+            format!("set `rotate_every_days` on `{a}` (90 is common; at most 365): the first plan of each period shows the rotation, and the role and the pods follow in the same apply"),
+        );
     }
 }
 

@@ -104,6 +104,7 @@ static SCHEMA: KindSchema = KindSchema {
             "change it (a counter, a date) to rotate: a new value is generated, or read again from `value_from_env`, as a new version",
         )
         .renews(&["version_id"]),
+        rotate_every_field(),
         Field::new(
             "kms_key_id",
             Ty::String,
@@ -203,6 +204,46 @@ pub async fn read_source(
         },
     };
     Ok((value, out.version_id().unwrap_or_default().to_string()))
+}
+
+/// `rotate_every_days`, shared with `gcp.secret`.
+pub(crate) const fn rotate_every_field() -> Field {
+    Field::new(
+        "rotate_every_days",
+        Ty::Int,
+        "rotate on a schedule, at most a year apart: `rotation` gains the first day of the current period of this many days (periods counted from 1970-01-01, so every run agrees), so the first plan of a new period shows the rotation and its apply makes the new version. Setting it rotates once",
+    )
+    .check(checks::range::<1, 365>)
+}
+
+/// Adds the current period of `rotate_every_days` (if set) to `rotation`:
+/// "0" every 90 days reads "0 (every 90 days from 2026-10-29)" until the
+/// next period starts.
+pub(crate) fn scheduled_rotation(
+    props: &mut serde_json::Map<String, Json>,
+    today: chrono::NaiveDate,
+) {
+    let Some(days) = props
+        .get("rotate_every_days")
+        .and_then(Json::as_i64)
+        .filter(|d| *d > 0)
+    else {
+        return;
+    };
+    let epoch = chrono::NaiveDate::default();
+    let n = (today - epoch).num_days();
+    let start = epoch + chrono::Duration::days(n - n.rem_euclid(days));
+    let base = props
+        .get("rotation")
+        .and_then(Json::as_str)
+        .unwrap_or_default();
+    let period = format!("every {days} days from {start}");
+    let rotation = if base.is_empty() {
+        period
+    } else {
+        format!("{base} ({period})")
+    };
+    props.insert("rotation".into(), Json::String(rotation));
 }
 
 /// Makes the value. It lives only in this function's caller until sent.
@@ -459,6 +500,15 @@ impl Driver for Secret {
         &SCHEMA
     }
 
+    fn normalize(
+        &self,
+        _base_dir: &std::path::Path,
+        props: &mut serde_json::Map<String, Json>,
+    ) -> Result<(), String> {
+        scheduled_rotation(props, crate::model::support::today());
+        Ok(())
+    }
+
     async fn refresh(&self, cx: &Context, _known: &[Known]) -> Result<Vec<Observed>, DriverError> {
         let client = &cx.aws().await?.secrets;
         // Secrets Manager filters tag keys and tag values separately; the
@@ -608,5 +658,40 @@ impl Driver for Secret {
             }
             Err(e) => Err(api_error("DeleteSecret", e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rotation(props: Json, today: &str) -> Option<String> {
+        let mut props = props.as_object().unwrap().clone();
+        scheduled_rotation(&mut props, today.parse().unwrap());
+        props
+            .get("rotation")
+            .and_then(Json::as_str)
+            .map(String::from)
+    }
+
+    #[test]
+    fn a_schedule_adds_the_periods_first_day_to_the_rotation() {
+        let every_90 = serde_json::json!({"rotation": "0", "rotate_every_days": 90});
+        // 2026-12-03 is day 20,790 after 1970-01-01, a multiple of 90.
+        let first = rotation(every_90.clone(), "2026-12-06");
+        assert_eq!(first.as_deref(), Some("0 (every 90 days from 2026-12-03)"));
+        assert_eq!(rotation(every_90.clone(), "2027-03-02"), first);
+        assert_eq!(
+            rotation(every_90, "2027-03-03").as_deref(),
+            Some("0 (every 90 days from 2027-03-03)")
+        );
+        assert_eq!(
+            rotation(serde_json::json!({"rotate_every_days": 30}), "2026-12-06").as_deref(),
+            Some("every 30 days from 2026-12-03")
+        );
+        assert_eq!(
+            rotation(serde_json::json!({"rotation": "3"}), "2026-12-06").as_deref(),
+            Some("3")
+        );
     }
 }

@@ -12,7 +12,9 @@ use serde_json::{json, Value as Json};
 use super::{
     call, call_create, call_opt, from_labels, json, label_filter, labels, message, observed,
 };
-use crate::drivers::aws::secret::{env_name, make_value, GENERATE};
+use crate::drivers::aws::secret::{
+    env_name, make_value, rotate_every_field, scheduled_rotation, GENERATE,
+};
 use crate::drivers::{Context, Desired, Driver, DriverError, Known, Observed, Timeouts};
 use crate::kinds::{Attr, Field, KindSchema, Ty};
 
@@ -68,6 +70,7 @@ static SCHEMA: KindSchema = KindSchema {
         )
         .default("\"\"")
         .renews(&["version_id"]),
+        rotate_every_field(),
         Field::new(
             "labels",
             Ty::StringMap,
@@ -241,6 +244,15 @@ pub fn is_source(source: &str) -> bool {
 impl Driver for Secret {
     fn schema(&self) -> &'static KindSchema {
         &SCHEMA
+    }
+
+    fn normalize(
+        &self,
+        _base_dir: &std::path::Path,
+        props: &mut serde_json::Map<String, Json>,
+    ) -> Result<(), String> {
+        scheduled_rotation(props, crate::model::support::today());
+        Ok(())
     }
 
     fn service(&self) -> &'static str {
