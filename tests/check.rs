@@ -412,6 +412,38 @@ fn a_database_password_without_a_rotation_schedule_is_found() {
     );
 }
 
+/// Alert rules nothing loads: the shipped stacks run their own Prometheus
+/// (`monitoring_install`); without it the orchestrator is found, at its
+/// `monitoring` line in the component.
+#[test]
+fn alert_rules_without_a_prometheus_are_found() {
+    let v = variant(
+        "aws-production.yaml",
+        &[("      monitoring_install: true\n", "")],
+    );
+    let (exit, findings) = check(&v.stack, &["--env", "production"], &[]);
+    assert_eq!(
+        of(&findings, "monitoring.prometheus"),
+        vec![(
+            "warning".to_string(),
+            "orchestrator.yaml".to_string(),
+            component_line("    kind: kubernetes.orchestrator") - 1,
+            "app.orchestrator".to_string()
+        )]
+    );
+    assert_eq!(exit, Some(0));
+    // A Prometheus named for `status` is one that loads them.
+    let named = variant(
+        "aws-production.yaml",
+        &[(
+            "      monitoring_install: true\n",
+            "      prometheus: monitoring/prometheus-operated:9090\n",
+        )],
+    );
+    let (_, findings) = check(&named.stack, &["--env", "production"], &[]);
+    assert!(of(&findings, "monitoring.prometheus").is_empty());
+}
+
 /// Issue item 7: NetworkPolicies nobody enforces; and anything but the
 /// edge open to the internet.
 #[test]

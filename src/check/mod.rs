@@ -81,6 +81,12 @@ pub const RULES: &[Rule] = &[
         why: "Past standard support RDS, Cloud SQL and ElastiCache charge for extended support; past that they upgrade the store in a maintenance window, a major upgrade the application was never tested on, and refuse to create the version.",
     },
     Rule {
+        id: "monitoring.prometheus",
+        severity: Severity::Warning,
+        title: "The orchestrator's alert rules have a Prometheus that loads them: `monitoring_install`, the Prometheus Operator among the stack's manifests, or a Prometheus named in `prometheus`.",
+        why: "Rules that no Prometheus evaluates never fire: the guide's alerts exist on paper only.",
+    },
+    Rule {
         id: "secrets.rotation",
         severity: Severity::Warning,
         title: "The application's database password (the secret a `postgres.role` logs in with) rotates on a schedule: `rotate_every_days` on its secret.",

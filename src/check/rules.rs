@@ -803,6 +803,21 @@ fn orchestrators(stack: &Stack, f: &mut Findings) {
                 );
             }
         }
+        if flag(app, "monitoring") != Some(false)
+            && flag(app, "monitoring_install") != Some(true)
+            && text(app, "prometheus").is_none_or(|p| p.is_empty())
+            && !manifests_mention(stack, "kind: prometheus")
+            && !manifests_mention(stack, "prometheus/prometheus")
+            && !manifests_mention(stack, "prom/prometheus")
+        {
+            f.add(
+                "monitoring.prometheus",
+                a,
+                at(app, "monitoring"),
+                format!("`{a}`'s alert rules and scrape settings are rendered, and nothing in the stack runs a Prometheus that loads them"),
+                "set `monitoring_install: true` (a Prometheus and an Alertmanager beside the pods), install the Prometheus Operator among the stack's manifests, or name the Prometheus that loads them in `prometheus`",
+            );
+        }
         let tag = text(app, "tag");
         let image = text(app, "image").unwrap_or_default();
         if tag.as_deref() == Some("latest") || (image.ends_with(":latest") && tag.is_none()) {

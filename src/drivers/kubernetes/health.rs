@@ -119,15 +119,11 @@ pub async fn check(
             timed(edge(&client, namespace, name, class)).await,
         ));
     }
-    if let Some(target) = props
-        .get("prometheus")
-        .and_then(Json::as_str)
-        .filter(|p| !p.is_empty())
-    {
+    if let Some(target) = super::render::prometheus_target(props) {
         out.push(probe(
             "monitoring",
             format!("prometheus {target}, rules and alerts of {name}"),
-            timed(monitoring(&client, target, namespace, name)).await,
+            timed(monitoring(&client, &target, namespace, name)).await,
         ));
     }
     let env = match pod_environment(&client, namespace, name).await {

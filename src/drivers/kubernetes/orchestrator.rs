@@ -265,7 +265,11 @@ static SCHEMA: KindSchema = KindSchema {
         Field::new("slo_availability", Ty::String, "the availability objective in percent (the guide's SLA: 99.9); the error-budget burn-rate alerts page when it is being spent 14.4 times too fast (1 h and 5 min windows) and warn at 6 times (6 h and 30 min)").default("\"99.9\"").check(percent_objective),
         Field::new("slo_latency_ms", Ty::Int, "the latency objective: the 95th percentile of request durations in milliseconds (the guide's 500); LatencyP95High warns above it").default("500").check(checks::range::<1, 600000>),
         Field::new("prometheus", Ty::String, "the Prometheus `status` asks, as NAMESPACE/SERVICE:PORT (through the API server's service proxy): whether it loaded the rules, and which alerts fire; empty: not asked").default("\"\""),
-        Field::new("alertmanager", Ty::String, "host:port of the Alertmanager prometheus.yml sends alerts to (default: alertmanager.MONITORING_NAMESPACE.svc:9093)").default("\"\""),
+        Field::new("alertmanager", Ty::String, "host:port of the Alertmanager prometheus.yml sends alerts to (default: the one `monitoring_install` runs, else alertmanager.MONITORING_NAMESPACE.svc:9093)").default("\"\""),
+        Field::new("monitoring_install", Ty::Bool, "run a Prometheus (NAME-prometheus, port 9090) and an Alertmanager (NAME-alertmanager, 9093) in the orchestrator's namespace on the monitoring ConfigMap, under restricted pod security; `status` then asks that Prometheus. Not where the Prometheus Operator runs (its Prometheus takes the PrometheusRule)").default("false"),
+        Field::new("prometheus_image", Ty::String, "the image `monitoring_install` runs Prometheus from (pin a digest: `prom/prometheus:v3.5.0@sha256:...`)").default("\"prom/prometheus:v3.5.0\""),
+        Field::new("alertmanager_image", Ty::String, "the image `monitoring_install` runs Alertmanager from").default("\"prom/alertmanager:v0.28.1\""),
+        Field::new("prometheus_retention", Ty::String, "how long the installed Prometheus keeps samples").default("\"15d\"").check(prometheus_duration),
         Field::new("alert_group_wait", Ty::String, "how long Alertmanager waits to group a new alert's first notification").default("\"30s\"").check(prometheus_duration),
         Field::new("alert_receivers", Ty::List(&Ty::Object(RECEIVER)), "where Alertmanager sends alerts (the ConfigMap's alertmanager.yml, without the Prometheus Operator): each receiver takes the severities it names, in order; keys are files the Alertmanager mounts from the secret store, never values").default("[]").check(receivers),
         Field::new("templates", Ty::String, "a directory whose files replace the built-in templates of the same name"),
@@ -706,7 +710,8 @@ async fn roll_out(
     let mut generation = 0;
     for o in &release.objects {
         let applied = server_side_apply(cx, client, &o.object).await?;
-        if o.kind() == "Deployment" {
+        // The orchestrator's own Deployment (not monitoring_install's).
+        if o.kind() == "Deployment" && o.name() == release.values.name {
             generation = applied.metadata.generation.unwrap_or(0);
         }
     }

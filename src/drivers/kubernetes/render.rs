@@ -95,6 +95,26 @@ pub const TEMPLATES: &[(&str, &str)] = &[
         "servicemonitor.yaml",
         include_str!("../../../templates/servicemonitor.yaml"),
     ),
+    (
+        "monitoring-serviceaccount.yaml",
+        include_str!("../../../templates/monitoring-serviceaccount.yaml"),
+    ),
+    (
+        "prometheus-deployment.yaml",
+        include_str!("../../../templates/prometheus-deployment.yaml"),
+    ),
+    (
+        "prometheus-service.yaml",
+        include_str!("../../../templates/prometheus-service.yaml"),
+    ),
+    (
+        "alertmanager-deployment.yaml",
+        include_str!("../../../templates/alertmanager-deployment.yaml"),
+    ),
+    (
+        "alertmanager-service.yaml",
+        include_str!("../../../templates/alertmanager-service.yaml"),
+    ),
 ];
 
 /// Ownership labels: prune deletes only objects that carry all three with
@@ -230,6 +250,49 @@ pub struct Monitoring {
     pub alertmanager_yaml: String,
     /// The Grafana dashboard, as JSON text.
     pub dashboard_json: String,
+    /// Prometheus and Alertmanager run beside the pods, on this ConfigMap.
+    pub install: MonitoringInstall,
+}
+
+/// The Prometheus and Alertmanager the orchestrator brings along
+/// (`monitoring_install`), in its namespace, reading its ConfigMap.
+#[derive(Debug, Clone, Serialize)]
+pub struct MonitoringInstall {
+    pub enabled: bool,
+    pub prometheus_image: String,
+    pub alertmanager_image: String,
+    /// How long Prometheus keeps samples.
+    pub retention: String,
+    /// Hashes of what each reads, so a change restarts it.
+    pub prometheus_hash: String,
+    pub alertmanager_hash: String,
+    /// Their pods' labels (the ownership labels, and a name of their own so
+    /// the orchestrator's Services never select them) and selectors.
+    pub prometheus_labels: BTreeMap<String, String>,
+    pub prometheus_selector: BTreeMap<String, String>,
+    pub alertmanager_labels: BTreeMap<String, String>,
+    pub alertmanager_selector: BTreeMap<String, String>,
+}
+
+/// The Service and port of the Prometheus `monitoring_install` runs.
+pub const INSTALLED_PROMETHEUS_PORT: i64 = 9090;
+/// The same for its Alertmanager.
+pub const INSTALLED_ALERTMANAGER_PORT: i64 = 9093;
+
+/// Where `status` asks Prometheus, as NAMESPACE/SERVICE:PORT: the stack's
+/// `prometheus`, else the one `monitoring_install` runs, else nowhere.
+pub fn prometheus_target(props: &Map<String, Json>) -> Option<String> {
+    let named = s(props, "prometheus", "");
+    if !named.is_empty() {
+        return Some(named);
+    }
+    (b(props, "monitoring", true) && b(props, "monitoring_install", false)).then(|| {
+        format!(
+            "{}/{}-prometheus:{INSTALLED_PROMETHEUS_PORT}",
+            s(props, "namespace", "ralph"),
+            s(props, "name", "ralph-orchestrator")
+        )
+    })
 }
 
 /// Bytes in a Kubernetes memory quantity such as `8Gi` or `512M`.
@@ -870,8 +933,8 @@ pub fn values(
     let deployment_replicas = effective_replicas(props, running);
     Ok(Values {
         namespace: s(props, "namespace", "ralph"),
-        labels,
-        selector,
+        labels: labels.clone(),
+        selector: selector.clone(),
         image,
         replicas: deployment_replicas,
         rollout: Rollout {
@@ -974,26 +1037,61 @@ pub fn values(
             let namespace = s(props, "namespace", "ralph");
             let interval = s(props, "scrape_interval", "30s");
             let rules = alert_rules(props, &name, &namespace);
-            Monitoring {
-                enabled: b(props, "monitoring", true),
-                rules_yaml: serde_yaml_ng::to_string(&rules).map_err(|e| e.to_string())?,
-                config_yaml: serde_yaml_ng::to_string(&scrape_config(
-                    &name,
-                    &namespace,
-                    &interval,
-                    i(props, "metrics_port", 9090),
-                    &Some(s(props, "alertmanager", ""))
-                        .filter(|a| !a.is_empty())
-                        .unwrap_or_else(|| {
+            let install = b(props, "monitoring_install", false);
+            let part = |role: &str| {
+                let own = format!("{name}-{role}");
+                let mut l = labels.clone();
+                l.insert("app.kubernetes.io/name".into(), own.clone());
+                l.insert("app.kubernetes.io/component".into(), "monitoring".into());
+                let mut sel = selector.clone();
+                sel.insert("app.kubernetes.io/name".into(), own);
+                (l, sel)
+            };
+            let (prometheus_labels, prometheus_selector) = part("prometheus");
+            let (alertmanager_labels, alertmanager_selector) = part("alertmanager");
+            let rules_yaml = serde_yaml_ng::to_string(&rules).map_err(|e| e.to_string())?;
+            let config_yaml = serde_yaml_ng::to_string(&scrape_config(
+                &name,
+                &namespace,
+                &interval,
+                i(props, "metrics_port", 9090),
+                &Some(s(props, "alertmanager", ""))
+                    .filter(|a| !a.is_empty())
+                    .unwrap_or_else(|| {
+                        if install {
+                            format!(
+                                "{name}-alertmanager.{namespace}.svc:{INSTALLED_ALERTMANAGER_PORT}"
+                            )
+                        } else {
                             format!(
                                 "alertmanager.{}.svc:9093",
                                 s(props, "monitoring_namespace", "monitoring")
                             )
-                        }),
-                ))
-                .map_err(|e| e.to_string())?,
-                alertmanager_yaml: serde_yaml_ng::to_string(&alertmanager_config(props))
-                    .map_err(|e| e.to_string())?,
+                        }
+                    }),
+            ))
+            .map_err(|e| e.to_string())?;
+            let alertmanager_yaml =
+                serde_yaml_ng::to_string(&alertmanager_config(props)).map_err(|e| e.to_string())?;
+            Monitoring {
+                enabled: b(props, "monitoring", true),
+                install: MonitoringInstall {
+                    enabled: install,
+                    // The kind's defaults: Prometheus's long-term support
+                    // release and the Alertmanager of its time.
+                    prometheus_image: s(props, "prometheus_image", ""),
+                    alertmanager_image: s(props, "alertmanager_image", ""),
+                    retention: s(props, "prometheus_retention", "15d"),
+                    prometheus_hash: short_hash(&format!("{config_yaml}{rules_yaml}")),
+                    alertmanager_hash: short_hash(&alertmanager_yaml),
+                    prometheus_labels,
+                    prometheus_selector,
+                    alertmanager_labels,
+                    alertmanager_selector,
+                },
+                rules_yaml,
+                config_yaml,
+                alertmanager_yaml,
                 dashboard_json: dashboard(props, &name, &namespace).to_string(),
                 scrape_interval: interval,
                 rules,
@@ -1475,6 +1573,85 @@ mod tests {
         assert_eq!(memory_bytes("512Mi"), Some(512 << 20));
         assert_eq!(memory_bytes("1G"), Some(1_000_000_000));
         assert_eq!(memory_bytes("lots"), None);
+    }
+
+    /// `monitoring_install`: a Prometheus and an Alertmanager beside the
+    /// pods on the ConfigMap, sent to and scraped through their own
+    /// Services, admitted by the NetworkPolicy, asked by `status`.
+    #[test]
+    fn monitoring_install_runs_prometheus_and_alertmanager_on_the_configmap() {
+        let p = props(serde_json::json!({"monitoring_install": true,
+            "prometheus_image": "prom/prometheus:v3.5.0", "alertmanager_image": "prom/alertmanager:v0.28.1",
+            "prometheus_retention": "30d"}));
+        let objs = objects(p.clone(), ApiVersions::modern());
+        let get = |kind: &str, name: &str| {
+            objs.iter()
+                .find(|o| o.kind() == kind && o.name() == name)
+                .unwrap_or_else(|| panic!("{kind} {name}"))
+                .object
+                .clone()
+        };
+        let cm = get("ConfigMap", "ralph-orchestrator-monitoring");
+        let config: Json =
+            serde_yaml_ng::from_str(cm["data"]["prometheus.yml"].as_str().unwrap()).unwrap();
+        assert_eq!(
+            config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"][0],
+            "ralph-orchestrator-alertmanager.ralph.svc:9093"
+        );
+        let prom = get("Deployment", "ralph-orchestrator-prometheus");
+        let pod = &prom["spec"]["template"]["spec"];
+        let c = &pod["containers"][0];
+        assert_eq!(c["image"], "prom/prometheus:v3.5.0");
+        assert!(
+            c["args"]
+                .as_array()
+                .unwrap()
+                .contains(&Json::from("--storage.tsdb.retention.time=30d")),
+            "{}",
+            c["args"]
+        );
+        assert_eq!(
+            pod["volumes"][0]["configMap"]["name"],
+            "ralph-orchestrator-monitoring"
+        );
+        assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+        assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+        // Never selected by the orchestrator's own Services.
+        let app = get("Service", "ralph-orchestrator");
+        let own = &prom["spec"]["selector"]["matchLabels"];
+        assert_ne!(own, &app["spec"]["selector"]);
+        assert_eq!(
+            get("Service", "ralph-orchestrator-prometheus")["spec"]["selector"],
+            *own
+        );
+        get("Deployment", "ralph-orchestrator-alertmanager");
+        get("Service", "ralph-orchestrator-alertmanager");
+        let np = get("NetworkPolicy", "ralph-orchestrator");
+        assert!(np["spec"]["ingress"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["from"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|f| f["podSelector"]["matchLabels"] == *own)));
+        assert_eq!(
+            prometheus_target(&p).as_deref(),
+            Some("ralph/ralph-orchestrator-prometheus:9090")
+        );
+        // The Prometheus Operator's Prometheus takes the PrometheusRule instead.
+        let with_operator = objects(
+            p,
+            ApiVersions {
+                prometheus_operator: true,
+                ..ApiVersions::modern()
+            },
+        );
+        assert!(with_operator
+            .iter()
+            .all(|o| o.name() != "ralph-orchestrator-prometheus"));
+        assert_eq!(prometheus_target(&props(serde_json::json!({}))), None);
     }
 
     #[test]
