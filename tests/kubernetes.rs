@@ -484,7 +484,7 @@ fn rendered_manifests_validate_against_the_kubernetes_1_28_schemas() {
     let validate = std::env::var("RALPH_TEST_KUBE_VALIDATE").expect(
         "RALPH_TEST_KUBE_VALIDATE is not set: run the tests with scripts/test, which installs kubernetes-validate",
     );
-    let mut w = world(&unique("k-render"), "1.0.0");
+    let w = world(&unique("k-render"), "1.0.0");
     // With the Prometheus and Alertmanager of `monitoring_install`.
     w.edit(
         "      ingress_host: ${var.ingress_host}\n",

@@ -88,6 +88,72 @@ fn query(at: &str, q: &str) -> Vec<Value> {
     }
 }
 
+/// Plays the kubelet for the pod of Deployment `name`: writes its
+/// ConfigMap volumes' items under `root` at their mount paths, makes its
+/// emptyDir volumes there, and returns its container's arguments with those
+/// paths under `root` and its listen address on `ip` (the pods' address).
+async fn kubelet(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    root: &std::path::Path,
+    ip: &str,
+) -> Vec<String> {
+    use k8s_openapi::api::apps::v1::Deployment;
+    let d = Api::<Deployment>::namespaced(client.clone(), ns)
+        .get(name)
+        .await
+        .unwrap_or_else(|e| panic!("the stack made no Deployment {name}: {e}"));
+    let pod = d.spec.template.spec.unwrap();
+    let c = &pod.containers[0];
+    let mounts: Vec<(String, String)> = c
+        .volume_mounts
+        .iter()
+        .flatten()
+        .map(|m| (m.name.clone(), m.mount_path.clone()))
+        .collect();
+    let configmaps = Api::<ConfigMap>::namespaced(client.clone(), ns);
+    for v in pod.volumes.iter().flatten() {
+        let (_, at) = mounts
+            .iter()
+            .find(|(n, _)| *n == v.name)
+            .unwrap_or_else(|| panic!("{name}: volume {} is not mounted", v.name));
+        let place = root.join(at.trim_start_matches('/'));
+        std::fs::create_dir_all(&place).unwrap();
+        if let Some(source) = &v.config_map {
+            let data = configmaps
+                .get(&source.name)
+                .await
+                .unwrap_or_else(|e| panic!("{name} mounts ConfigMap {}: {e}", source.name))
+                .data
+                .unwrap_or_default();
+            for item in source.items.iter().flatten() {
+                let text = data.get(&item.key).unwrap_or_else(|| {
+                    panic!("{name}: ConfigMap {} has no {}", source.name, item.key)
+                });
+                std::fs::write(place.join(&item.path), text).unwrap();
+            }
+        }
+    }
+    c.args
+        .iter()
+        .flatten()
+        .map(|a| {
+            let (flag, value) = a.split_once('=').unwrap_or((a.as_str(), ""));
+            if let Some(port) = value.strip_prefix(':') {
+                return format!("{flag}={ip}:{port}");
+            }
+            match mounts.iter().find(|(_, m)| value.starts_with(m.as_str())) {
+                Some(_) => format!(
+                    "{flag}={}",
+                    root.join(value.trim_start_matches('/')).display()
+                ),
+                None => a.clone(),
+            }
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_error_burst_pages_through_alertmanager_and_a_healthy_service_pages_no_one() {
     let ns = format!("k-alerts-{}", std::process::id());
@@ -103,23 +169,19 @@ async fn an_error_burst_pages_through_alertmanager_and_a_healthy_service_pages_n
     ] {
         w.env.push((k.into(), v));
     }
-    // The scale: a 1 s scrape, 3 s `for`, 1 s group wait.
+    // The scale: a 1 s scrape, 3 s `for`, 1 s group wait. The stack runs
+    // its own Prometheus and Alertmanager (`monitoring_install`), on ports
+    // free on this machine: every simulated pod has its address.
     w.edit(
         "      ingress_host: ${var.ingress_host}\n",
         &format!(
-            "      ingress_host: ${{var.ingress_host}}\n      metrics_port: {metrics}\n      scrape_interval: 1s\n      alert_for: 3s\n      alert_group_wait: 1s\n      alertmanager: 127.0.0.1:{alertmanager}\n      prometheus: {ns}/prometheus:9090\n      alert_receivers:\n        - {{ name: oncall, type: webhook, url: \"http://127.0.0.1:{hook}/page\", severities: [critical] }}\n        - {{ name: tickets, type: webhook, url: \"http://127.0.0.1:{hook}/ticket\" }}\n"
+            "      ingress_host: ${{var.ingress_host}}\n      metrics_port: {metrics}\n      scrape_interval: 1s\n      alert_for: 3s\n      alert_group_wait: 1s\n      monitoring_install: true\n      prometheus_port: {prometheus}\n      alertmanager_port: {alertmanager}\n      alert_receivers:\n        - {{ name: oncall, type: webhook, url: \"http://127.0.0.1:{hook}/page\", severities: [critical] }}\n        - {{ name: tickets, type: webhook, url: \"http://127.0.0.1:{hook}/ticket\" }}\n"
         ),
     );
     w.ok("apply", &["--auto-approve"]);
 
     let client = common::kube_client().await;
-    let data = Api::<ConfigMap>::namespaced(client.clone(), &ns)
-        .get("ralph-orchestrator-monitoring")
-        .await
-        .unwrap()
-        .data
-        .unwrap();
-    let pods = Api::<Pod>::namespaced(client, &ns)
+    let pods = Api::<Pod>::namespaced(client.clone(), &ns)
         .list(&ListParams::default().labels("app.kubernetes.io/name=ralph-orchestrator"))
         .await
         .unwrap();
@@ -129,7 +191,29 @@ async fn an_error_burst_pages_through_alertmanager_and_a_healthy_service_pages_n
         .find_map(|p| p.status.as_ref()?.pod_ip.clone())
         .expect("a running pod");
     let dir = tempfile::tempdir().unwrap();
-    let mut config: Value = serde_yaml_ng::from_str(&data["prometheus.yml"]).unwrap();
+    // This test is the kubelet of the two Deployments the stack made: their
+    // pods' ConfigMap volumes written where they mount them, their own
+    // arguments, Debian's binaries. The one liberty: no cluster DNS, so the
+    // Service names in prometheus.yml become the pods' address.
+    let prometheus_args = kubelet(
+        &client,
+        &ns,
+        "ralph-orchestrator-prometheus",
+        dir.path(),
+        &ip,
+    )
+    .await;
+    let alertmanager_args = kubelet(
+        &client,
+        &ns,
+        "ralph-orchestrator-alertmanager",
+        dir.path(),
+        &ip,
+    )
+    .await;
+    let config_file = dir.path().join("etc/prometheus/prometheus.yml");
+    let mut config: Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(&config_file).unwrap()).unwrap();
     let job = &mut config["scrape_configs"][0];
     assert_eq!(
         job["dns_sd_configs"][0]["names"][0],
@@ -137,13 +221,13 @@ async fn an_error_burst_pages_through_alertmanager_and_a_healthy_service_pages_n
     );
     job.as_object_mut().unwrap().remove("dns_sd_configs");
     job["static_configs"] = serde_json::json!([{"targets": [format!("{ip}:{metrics}")]}]);
-    std::fs::write(dir.path().join("prometheus.yml"), config.to_string()).unwrap();
-    std::fs::write(dir.path().join("alerts.yml"), &data["alerts.yml"]).unwrap();
-    std::fs::write(
-        dir.path().join("alertmanager.yml"),
-        &data["alertmanager.yml"],
-    )
-    .unwrap();
+    let sent_to = &mut config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"][0];
+    assert_eq!(
+        *sent_to,
+        format!("ralph-orchestrator-alertmanager.{ns}.svc:{alertmanager}")
+    );
+    *sent_to = Value::from(format!("{ip}:{alertmanager}"));
+    std::fs::write(&config_file, config.to_string()).unwrap();
 
     let spawn = |program: &str, args: Vec<String>| {
         Command::new(program)
@@ -157,58 +241,18 @@ async fn an_error_burst_pages_through_alertmanager_and_a_healthy_service_pages_n
             })
     };
     let _running = Running(vec![
-        spawn(
-            "prometheus-alertmanager",
-            vec![
-                "--config.file=alertmanager.yml".into(),
-                "--storage.path=am".into(),
-                format!("--web.listen-address=127.0.0.1:{alertmanager}"),
-                "--cluster.listen-address=".into(),
-            ],
-        ),
-        spawn(
-            "prometheus",
-            vec![
-                "--config.file=prometheus.yml".into(),
-                "--storage.tsdb.path=data".into(),
-                // On the pods' address, which the API server's service
-                // proxy (status's way in) reaches, unlike loopback.
-                format!("--web.listen-address={ip}:{prometheus}"),
-            ],
-        ),
+        spawn("prometheus-alertmanager", alertmanager_args),
+        spawn("prometheus", prometheus_args),
     ]);
     let log = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap_or_default();
     let at = format!("{ip}:{prometheus}");
-    // The cluster's Prometheus as `status` finds it: a pod (the simulated
-    // nodes give every pod this machine's address, where this Prometheus
-    // listens) behind a Service. The API server proxies only to endpoints
-    // that are pods.
-    let pod: Pod = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "prometheus-0", "labels": {"app": "prometheus"}},
-        "spec": {"containers": [{"name": "prometheus", "image": "prom/prometheus:v2.42.0",
-                                 "ports": [{"name": "web", "containerPort": prometheus}]}]},
-    }))
-    .unwrap();
-    let service: k8s_openapi::api::core::v1::Service = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "prometheus"},
-        "spec": {"selector": {"app": "prometheus"},
-                 "ports": [{"name": "web", "port": 9090, "targetPort": "web"}]},
-    }))
-    .unwrap();
-    let kube = common::kube_client().await;
-    Api::<Pod>::namespaced(kube.clone(), &ns)
-        .create(&Default::default(), &pod)
-        .await
-        .unwrap();
-    Api::<k8s_openapi::api::core::v1::Service>::namespaced(kube.clone(), &ns)
-        .create(&Default::default(), &service)
-        .await
-        .unwrap();
-    let endpoints = Api::<k8s_openapi::api::core::v1::Endpoints>::namespaced(kube, &ns);
+    // `status` asks the installed Prometheus through its Service, which
+    // the API server proxies to its ready pod.
+    let endpoints = Api::<k8s_openapi::api::core::v1::Endpoints>::namespaced(client.clone(), &ns);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let ready = endpoints
-            .get_opt("prometheus")
+            .get_opt("ralph-orchestrator-prometheus")
             .await
             .unwrap()
             .and_then(|e| e.subsets)
@@ -221,7 +265,7 @@ async fn an_error_burst_pages_through_alertmanager_and_a_healthy_service_pages_n
         }
         assert!(
             Instant::now() < deadline,
-            "the Prometheus pod never became an endpoint"
+            "the installed Prometheus's pod never became ready"
         );
         std::thread::sleep(Duration::from_millis(300));
     }

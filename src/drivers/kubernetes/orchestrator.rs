@@ -269,6 +269,8 @@ static SCHEMA: KindSchema = KindSchema {
         Field::new("monitoring_install", Ty::Bool, "run a Prometheus (NAME-prometheus, port 9090) and an Alertmanager (NAME-alertmanager, 9093) in the orchestrator's namespace on the monitoring ConfigMap, under restricted pod security; `status` then asks that Prometheus. Not where the Prometheus Operator runs (its Prometheus takes the PrometheusRule)").default("false"),
         Field::new("prometheus_image", Ty::String, "the image `monitoring_install` runs Prometheus from (pin a digest: `prom/prometheus:v3.5.0@sha256:...`)").default("\"prom/prometheus:v3.5.0\""),
         Field::new("alertmanager_image", Ty::String, "the image `monitoring_install` runs Alertmanager from").default("\"prom/alertmanager:v0.28.1\""),
+        Field::new("prometheus_port", Ty::Int, "the port the installed Prometheus listens on, and its Service's").default("9090").check(checks::port),
+        Field::new("alertmanager_port", Ty::Int, "the port the installed Alertmanager listens on, and its Service's").default("9093").check(checks::port),
         Field::new("prometheus_retention", Ty::String, "how long the installed Prometheus keeps samples").default("\"15d\"").check(prometheus_duration),
         Field::new("alert_group_wait", Ty::String, "how long Alertmanager waits to group a new alert's first notification").default("\"30s\"").check(prometheus_duration),
         Field::new("alert_receivers", Ty::List(&Ty::Object(RECEIVER)), "where Alertmanager sends alerts (the ConfigMap's alertmanager.yml, without the Prometheus Operator): each receiver takes the severities it names, in order; keys are files the Alertmanager mounts from the secret store, never values").default("[]").check(receivers),

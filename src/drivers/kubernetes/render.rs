@@ -263,6 +263,9 @@ pub struct MonitoringInstall {
     pub alertmanager_image: String,
     /// How long Prometheus keeps samples.
     pub retention: String,
+    /// The ports they listen on (and their Services').
+    pub prometheus_port: i64,
+    pub alertmanager_port: i64,
     /// Hashes of what each reads, so a change restarts it.
     pub prometheus_hash: String,
     pub alertmanager_hash: String,
@@ -274,11 +277,6 @@ pub struct MonitoringInstall {
     pub alertmanager_selector: BTreeMap<String, String>,
 }
 
-/// The Service and port of the Prometheus `monitoring_install` runs.
-pub const INSTALLED_PROMETHEUS_PORT: i64 = 9090;
-/// The same for its Alertmanager.
-pub const INSTALLED_ALERTMANAGER_PORT: i64 = 9093;
-
 /// Where `status` asks Prometheus, as NAMESPACE/SERVICE:PORT: the stack's
 /// `prometheus`, else the one `monitoring_install` runs, else nowhere.
 pub fn prometheus_target(props: &Map<String, Json>) -> Option<String> {
@@ -288,9 +286,10 @@ pub fn prometheus_target(props: &Map<String, Json>) -> Option<String> {
     }
     (b(props, "monitoring", true) && b(props, "monitoring_install", false)).then(|| {
         format!(
-            "{}/{}-prometheus:{INSTALLED_PROMETHEUS_PORT}",
+            "{}/{}-prometheus:{}",
             s(props, "namespace", "ralph"),
-            s(props, "name", "ralph-orchestrator")
+            s(props, "name", "ralph-orchestrator"),
+            i(props, "prometheus_port", 9090)
         )
     })
 }
@@ -1060,7 +1059,8 @@ pub fn values(
                     .unwrap_or_else(|| {
                         if install {
                             format!(
-                                "{name}-alertmanager.{namespace}.svc:{INSTALLED_ALERTMANAGER_PORT}"
+                                "{name}-alertmanager.{namespace}.svc:{}",
+                                i(props, "alertmanager_port", 9093)
                             )
                         } else {
                             format!(
@@ -1082,6 +1082,8 @@ pub fn values(
                     prometheus_image: s(props, "prometheus_image", ""),
                     alertmanager_image: s(props, "alertmanager_image", ""),
                     retention: s(props, "prometheus_retention", "15d"),
+                    prometheus_port: i(props, "prometheus_port", 9090),
+                    alertmanager_port: i(props, "alertmanager_port", 9093),
                     prometheus_hash: short_hash(&format!("{config_yaml}{rules_yaml}")),
                     alertmanager_hash: short_hash(&alertmanager_yaml),
                     prometheus_labels,
