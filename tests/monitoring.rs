@@ -88,8 +88,11 @@ fn query(at: &str, q: &str) -> Vec<Value> {
     }
 }
 
+/// A PagerDuty routing key the operator keeps in the secret store.
+const PAGERDUTY_KEY: &str = "R0UT1NGKEY0123456789abcdefabcdef";
+
 /// Plays the kubelet for the pod of Deployment `name`: writes its
-/// ConfigMap volumes' items under `root` at their mount paths, makes its
+/// ConfigMap and Secret volumes' items under `root` at their mount paths, makes its
 /// emptyDir volumes there, and returns its container's arguments with those
 /// paths under `root` and its listen address on `ip` (the pods' address).
 async fn kubelet(
@@ -113,6 +116,7 @@ async fn kubelet(
         .map(|m| (m.name.clone(), m.mount_path.clone()))
         .collect();
     let configmaps = Api::<ConfigMap>::namespaced(client.clone(), ns);
+    let secrets = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), ns);
     for v in pod.volumes.iter().flatten() {
         let (_, at) = mounts
             .iter()
@@ -132,6 +136,13 @@ async fn kubelet(
                     panic!("{name}: ConfigMap {} has no {}", source.name, item.key)
                 });
                 std::fs::write(place.join(&item.path), text).unwrap();
+            }
+        }
+        if let Some(source) = &v.secret {
+            let name = source.secret_name.clone().unwrap();
+            let data = secrets.get(&name).await.unwrap().data.unwrap_or_default();
+            for (key, value) in data {
+                std::fs::write(place.join(key), value.0).unwrap();
             }
         }
     }
@@ -166,6 +177,7 @@ async fn an_error_burst_pages_through_alertmanager_and_a_healthy_service_pages_n
             "ANTHROPIC_API_KEY",
             "sk-ant-test-0123456789abcdef".to_string(),
         ),
+        ("PAGERDUTY_ROUTING_KEY", PAGERDUTY_KEY.to_string()),
     ] {
         w.env.push((k.into(), v));
     }
@@ -175,7 +187,7 @@ async fn an_error_burst_pages_through_alertmanager_and_a_healthy_service_pages_n
     w.edit(
         "      ingress_host: ${var.ingress_host}\n",
         &format!(
-            "      ingress_host: ${{var.ingress_host}}\n      metrics_port: {metrics}\n      scrape_interval: 1s\n      alert_for: 3s\n      alert_group_wait: 1s\n      monitoring_install: true\n      prometheus_port: {prometheus}\n      alertmanager_port: {alertmanager}\n      alert_receivers:\n        - {{ name: oncall, type: webhook, url: \"http://127.0.0.1:{hook}/page\", severities: [critical] }}\n        - {{ name: tickets, type: webhook, url: \"http://127.0.0.1:{hook}/ticket\" }}\n"
+            "      ingress_host: ${{var.ingress_host}}\n      metrics_port: {metrics}\n      scrape_interval: 1s\n      alert_for: 3s\n      alert_group_wait: 1s\n      monitoring_install: true\n      prometheus_port: {prometheus}\n      alertmanager_port: {alertmanager}\n      alert_receivers:\n        - {{ name: oncall, type: webhook, url: \"http://127.0.0.1:{hook}/page\", severities: [critical] }}\n        - {{ name: pager, type: pagerduty, key_secret: \"env:PAGERDUTY_ROUTING_KEY\", severities: [never-sent] }}\n        - {{ name: tickets, type: webhook, url: \"http://127.0.0.1:{hook}/ticket\" }}\n"
         ),
     );
     w.ok("apply", &["--auto-approve"]);
@@ -211,6 +223,45 @@ async fn an_error_burst_pages_through_alertmanager_and_a_healthy_service_pages_n
         &ip,
     )
     .await;
+    // The PagerDuty receiver's key came from the secret store into the file
+    // alertmanager.yml names, and into nothing the tool keeps.
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("etc/alertmanager/keys/pager")).unwrap(),
+        PAGERDUTY_KEY
+    );
+    let routes =
+        std::fs::read_to_string(dir.path().join("etc/alertmanager/alertmanager.yml")).unwrap();
+    assert!(
+        routes.contains("routing_key_file: /etc/alertmanager/keys/pager"),
+        "{routes}"
+    );
+    assert!(!routes.contains(PAGERDUTY_KEY));
+    std::fs::write(
+        dir.path().join("etc/alertmanager/alertmanager.yml"),
+        routes.replace(
+            "/etc/alertmanager/keys",
+            &dir.path()
+                .join("etc/alertmanager/keys")
+                .display()
+                .to_string(),
+        ),
+    )
+    .unwrap();
+    let state = w
+        .cmd(&[
+            "state",
+            "pull",
+            w.stack().to_str().unwrap(),
+            "--env",
+            "production",
+        ])
+        .output()
+        .unwrap();
+    assert!(state.status.success(), "{}", common::text(&state.stderr));
+    assert!(
+        !common::text(&state.stdout).contains(PAGERDUTY_KEY),
+        "the receiver's key is in the state"
+    );
     let config_file = dir.path().join("etc/prometheus/prometheus.yml");
     let mut config: Value =
         serde_yaml_ng::from_str(&std::fs::read_to_string(&config_file).unwrap()).unwrap();

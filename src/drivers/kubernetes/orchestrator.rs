@@ -88,7 +88,8 @@ static RECEIVER: &[Field] = &[
     Field::new("name", Ty::String, "the receiver's name").required(),
     Field::new("type", Ty::String, "pagerduty, slack, webhook or email").required(),
     Field::new("severities", Ty::List(&Ty::String), "the severity labels it takes (empty: every alert no earlier receiver took)").default("[]"),
-    Field::new("key_file", Ty::String, "pagerduty: the file holding the Events API v2 routing key; slack: the file holding the incoming-webhook URL (mounted from the secret store)").default("\"\""),
+    Field::new("key_file", Ty::String, "pagerduty: the file holding the Events API v2 routing key; slack: the file holding the incoming-webhook URL (default with `key_secret`: where the installed Alertmanager mounts it)").default("\"\""),
+    Field::new("key_secret", Ty::String, "pagerduty, slack: the secret holding the key or URL (a Secrets Manager ARN, optionally `#key`, a Secret Manager version, or `env:VARIABLE`): copied at apply into the Secret NAME-alertmanager-keys, which `monitoring_install`'s Alertmanager mounts at /etc/alertmanager/keys (never into the state or the ConfigMap)").default("\"\""),
     Field::new("channel", Ty::String, "slack: the channel").default("\"\""),
     Field::new("url", Ty::String, "webhook: where alerts are posted (SNS or Pub/Sub through a webhook bridge)").default("\"\""),
     Field::new("to", Ty::String, "email: the address").default("\"\""),
@@ -111,10 +112,30 @@ fn receivers(v: &Json) -> Result<(), String> {
                 Ok(())
             }
         };
+        let key = |what: &str| {
+            if get("key_secret").is_empty() {
+                need(
+                    "key_file",
+                    &format!(
+                        "the file {what} is mounted at (or `key_secret`, the secret holding it)"
+                    ),
+                )
+            } else if !get("name")
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                Err(format!(
+                    "receiver {n}: `{}` cannot name a key file (letters, digits, -, _ and . only)",
+                    get("name")
+                ))
+            } else {
+                Ok(())
+            }
+        };
         match get("type") {
-            "pagerduty" => need("key_file", "the file its routing key is mounted at")?,
+            "pagerduty" => key("its routing key")?,
             "slack" => {
-                need("key_file", "the file its webhook URL is mounted at")?;
+                key("its webhook URL")?;
                 need("channel", "the channel")?
             }
             "webhook" => {
@@ -685,8 +706,24 @@ async fn prepare(
     .map_err(DriverError::new)?;
     let mut objects = render::render(&values, templates_dir(&cx.base_dir, props).as_deref())
         .map_err(DriverError::new)?;
+    let mut receiver_keys = std::collections::BTreeMap::new();
+    for (receiver, source) in render::receiver_keys(props) {
+        let (value, _) = crate::drivers::read_secret_source(
+            cx,
+            &format!("the key of alert receiver `{receiver}`"),
+            &source,
+        )
+        .await?;
+        receiver_keys.insert(receiver, value);
+    }
+    let keys_secret = format!("{}-alertmanager-keys", values.name);
     for o in objects.iter_mut().filter(|o| o.kind() == "Secret") {
-        let data: Map<String, Json> = secret_values
+        let from = if o.name() == keys_secret {
+            &receiver_keys
+        } else {
+            &secret_values
+        };
+        let data: Map<String, Json> = from
             .iter()
             .map(|(k, v)| (k.clone(), Json::String(v.clone())))
             .collect();

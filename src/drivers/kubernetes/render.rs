@@ -108,6 +108,10 @@ pub const TEMPLATES: &[(&str, &str)] = &[
         include_str!("../../../templates/prometheus-service.yaml"),
     ),
     (
+        "alertmanager-keys-secret.yaml",
+        include_str!("../../../templates/alertmanager-keys-secret.yaml"),
+    ),
+    (
         "alertmanager-deployment.yaml",
         include_str!("../../../templates/alertmanager-deployment.yaml"),
     ),
@@ -266,6 +270,9 @@ pub struct MonitoringInstall {
     /// The ports they listen on (and their Services').
     pub prometheus_port: i64,
     pub alertmanager_port: i64,
+    /// Receivers whose key the Secret `NAME-alertmanager-keys` holds.
+    pub receiver_keys: Vec<String>,
+    pub receiver_keys_dir: &'static str,
     /// Hashes of what each reads, so a change restarts it.
     pub prometheus_hash: String,
     pub alertmanager_hash: String,
@@ -534,6 +541,25 @@ pub fn dashboard(props: &Map<String, Json>, name: &str, namespace: &str) -> Json
     })
 }
 
+/// Where the installed Alertmanager mounts the receivers' keys
+/// (`key_secret`), one file per receiver name.
+pub const RECEIVER_KEYS_DIR: &str = "/etc/alertmanager/keys";
+
+/// The receivers whose key comes from the secret store: (receiver name,
+/// secret source).
+pub fn receiver_keys(props: &Map<String, Json>) -> Vec<(String, String)> {
+    props
+        .get("alert_receivers")
+        .and_then(Json::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|r| {
+            let source = r.get("key_secret")?.as_str().filter(|s| !s.is_empty())?;
+            Some((r.get("name")?.as_str()?.to_string(), source.to_string()))
+        })
+        .collect()
+}
+
 /// Alertmanager's configuration: one route per receiver in the stack's
 /// order, each taking the severities it names (the last without any takes
 /// the rest), grouped by alert and service. Keys are `*_file` settings, so
@@ -557,11 +583,17 @@ pub fn alertmanager_config(props: &Map<String, Json>) -> Json {
     let mut fallback = "none".to_string();
     for r in &receivers {
         let name = get(r, "name");
+        let key_file = match get(r, "key_file") {
+            f if f.is_empty() && !get(r, "key_secret").is_empty() => {
+                format!("{RECEIVER_KEYS_DIR}/{name}")
+            }
+            f => f,
+        };
         let config = match get(r, "type").as_str() {
             "pagerduty" => serde_json::json!({"pagerduty_configs": [{
-                "routing_key_file": get(r, "key_file"), "send_resolved": true}]}),
+                "routing_key_file": key_file, "send_resolved": true}]}),
             "slack" => serde_json::json!({"slack_configs": [{
-                "api_url_file": get(r, "key_file"), "channel": get(r, "channel"),
+                "api_url_file": key_file, "channel": get(r, "channel"),
                 "send_resolved": true}]}),
             "webhook" => serde_json::json!({"webhook_configs": [{
                 "url": get(r, "url"), "send_resolved": true}]}),
@@ -1084,6 +1116,8 @@ pub fn values(
                     retention: s(props, "prometheus_retention", "15d"),
                     prometheus_port: i(props, "prometheus_port", 9090),
                     alertmanager_port: i(props, "alertmanager_port", 9093),
+                    receiver_keys: receiver_keys(props).into_iter().map(|(n, _)| n).collect(),
+                    receiver_keys_dir: RECEIVER_KEYS_DIR,
                     prometheus_hash: short_hash(&format!("{config_yaml}{rules_yaml}")),
                     alertmanager_hash: short_hash(&alertmanager_yaml),
                     prometheus_labels,
@@ -1584,7 +1618,8 @@ mod tests {
     fn monitoring_install_runs_prometheus_and_alertmanager_on_the_configmap() {
         let p = props(serde_json::json!({"monitoring_install": true,
             "prometheus_image": "prom/prometheus:v3.5.0", "alertmanager_image": "prom/alertmanager:v0.28.1",
-            "prometheus_retention": "30d"}));
+            "prometheus_retention": "30d",
+            "alert_receivers": [{"name": "oncall", "type": "pagerduty", "key_secret": "env:PD_KEY", "severities": ["critical"]}]}));
         let objs = objects(p.clone(), ApiVersions::modern());
         let get = |kind: &str, name: &str| {
             objs.iter()
@@ -1626,7 +1661,25 @@ mod tests {
             get("Service", "ralph-orchestrator-prometheus")["spec"]["selector"],
             *own
         );
-        get("Deployment", "ralph-orchestrator-alertmanager");
+        // The receiver's key: a file of the Secret the Alertmanager mounts.
+        let routes: Json =
+            serde_yaml_ng::from_str(cm["data"]["alertmanager.yml"].as_str().unwrap()).unwrap();
+        assert_eq!(
+            routes["receivers"][1]["pagerduty_configs"][0]["routing_key_file"],
+            "/etc/alertmanager/keys/oncall"
+        );
+        let keys = get("Secret", "ralph-orchestrator-alertmanager-keys");
+        assert_eq!(keys["stringData"]["oncall"], "<from the secret store>");
+        let am = get("Deployment", "ralph-orchestrator-alertmanager");
+        let am_pod = &am["spec"]["template"]["spec"];
+        assert_eq!(
+            am_pod["volumes"][2]["secret"]["secretName"],
+            "ralph-orchestrator-alertmanager-keys"
+        );
+        assert_eq!(
+            am_pod["containers"][0]["volumeMounts"][2]["mountPath"],
+            "/etc/alertmanager/keys"
+        );
         get("Service", "ralph-orchestrator-alertmanager");
         let np = get("NetworkPolicy", "ralph-orchestrator");
         assert!(np["spec"]["ingress"]
