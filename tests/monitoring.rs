@@ -1,9 +1,10 @@
-//! A real Prometheus and Alertmanager (Debian's packages) on the rendered
-//! configuration: the orchestrator applied to the local Kubernetes, whose
-//! simulated pods serve the application's metrics; Prometheus loads the
-//! ConfigMap's prometheus.yml and alerts.yml (DNS discovery swapped for the
-//! pods' address: the machine has no cluster DNS), Alertmanager its
-//! alertmanager.yml. A healthy service raises nothing; an injected burst of
+//! A real Prometheus and Alertmanager (Debian's packages) as the stack
+//! installs them: the orchestrator applied to the local Kubernetes with
+//! `monitoring_install`, whose simulated pods serve the application's
+//! metrics. The test is the kubelet of the two Deployments the stack makes:
+//! their ConfigMap and Secret volumes written at their mount paths, their
+//! own arguments (DNS names swapped for the pods' address: the machine has
+//! no cluster DNS); `status` asks that Prometheus through its Service. A healthy service raises nothing; an injected burst of
 //! 5xx reaches the stack's paging receiver (a local webhook) within the
 //! rule's `for`, scaled down to seconds, and nothing reaches the ticket one.
 
