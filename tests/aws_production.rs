@@ -122,7 +122,7 @@ async fn production_stack_end_to_end() {
     // ---- apply: every resource, in dependency order, branches in parallel.
     let ev = apply_json(&w, &[]);
     let s = ev.summary();
-    assert_eq!(s["created"], 58, "{s}");
+    assert_eq!(s["created"], 59, "{s}");
     // The edge between the nodes and the orchestrator, and available.
     assert!(ev.at("resource_finished", "nodes") < ev.at("resource_started", edge));
     // EKS's own metrics-server and cert-manager after the nodes (before,
@@ -555,7 +555,7 @@ async fn production_stack_end_to_end() {
         text(&out.stdout)
     );
     let ev = Events::parse(&text(&out.stdout));
-    assert_eq!(ev.summary()["deleted"], 58);
+    assert_eq!(ev.summary()["deleted"], 59);
     for (dependent, dependency) in [
         (edge, "nodes"),
         ("app.orchestrator", edge),
@@ -638,6 +638,7 @@ async fn the_rewritten_stack_only_moves_what_the_flat_one_made() {
         .iter()
         .any(|m| m["from"] == "orchestrator" && m["to"] == "app.orchestrator"));
     // Besides the moves: the application's database password and role,
+    // Grafana's admin password,
     // and the cluster autoscaler with its IAM role and the cluster's OIDC
     // provider, and the VPC CNI add-on, which the flat stack did not have (and so the node group
     // now starts at 3, the autoscaler adding the rollout's fourth), the
@@ -669,6 +670,7 @@ async fn the_rewritten_stack_only_moves_what_the_flat_one_made() {
         .map(|c| format!("{} {} {}", c["address"], c["action"], c["attributes"]))
         .filter(|c| {
             !(c.starts_with("\"secrets.database_password\" \"create\"")
+                || c.starts_with("\"secrets.grafana_admin_password\" \"create\"")
                 || c.starts_with("\"app.app_role\" \"create\"")
                 || c.starts_with("\"oidc\" \"create\"")
                 || c.starts_with("\"autoscaler_role\" \"create\"")

@@ -139,7 +139,7 @@ async fn gcp_production_end_to_end() {
         .rev()
         .find(|e| e["event"] == "summary")
         .expect("a summary");
-    assert_eq!(summary["created"], 40, "{summary}");
+    assert_eq!(summary["created"], 41, "{summary}");
     assert_eq!(summary["v"], 1);
     assert_eq!(summary["version"], env!("CARGO_PKG_VERSION"));
     assert!(summary["retries"].as_u64().unwrap() >= 9, "{summary}");
@@ -480,7 +480,7 @@ async fn gcp_production_end_to_end() {
     // read per resource that bindings are in, the private service
     // connection's list and the project's number it is named by, one
     // aggregated list of the node pools' instance groups (their sizes), and
-    // one list of the enabled APIs: 22 for the 40 resources.
+    // one list of the enabled APIs: 22 for the 41 resources.
     assert!(
         cost <= 22,
         "a no-op plan made {cost} requests to Google Cloud"

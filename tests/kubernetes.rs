@@ -485,10 +485,10 @@ fn rendered_manifests_validate_against_the_kubernetes_1_28_schemas() {
         "RALPH_TEST_KUBE_VALIDATE is not set: run the tests with scripts/test, which installs kubernetes-validate",
     );
     let w = world(&unique("k-render"), "1.0.0");
-    // With the Prometheus and Alertmanager of `monitoring_install`.
+    // With the Prometheus, Alertmanager and Grafana of `monitoring_install`.
     w.edit(
         "      ingress_host: ${var.ingress_host}\n",
-        "      ingress_host: ${var.ingress_host}\n      monitoring_install: true\n",
+        "      ingress_host: ${var.ingress_host}\n      monitoring_install: true\n      grafana_install: true\n      grafana_admin_secret: env:GRAFANA_ADMIN_PASSWORD\n",
     );
     let yaml = w.ok("render", &[]);
     for kind in [
@@ -521,9 +521,9 @@ fn rendered_manifests_validate_against_the_kubernetes_1_28_schemas() {
         .unwrap();
     let report = format!("{}{}", text(&out.stdout), text(&out.stderr));
     assert!(out.status.success(), "{report}");
-    // 14 objects, and monitoring_install's ServiceAccount, two
-    // Deployments and two Services.
-    assert_eq!(report.matches("passed").count(), 19, "{report}");
+    // 14 objects, monitoring_install's ServiceAccount, two Deployments and
+    // two Services, and Grafana's ConfigMap, Secret, Deployment and Service.
+    assert_eq!(report.matches("passed").count(), 23, "{report}");
 }
 
 /// The alert rules and scrape config the stack renders (without the

@@ -585,7 +585,8 @@ def unreachable_store(pod, container, secret, policies=(), configmap=lambda ns, 
 SERVED_PATHS = ("/health", "/ready")
 # What the add-ons' controllers serve, by their image's name.
 IMAGE_PATHS = {"aws-load-balancer-controller": ("/healthz", "/readyz"),
-               "prometheus": ("/-/ready", "/-/healthy"), "alertmanager": ("/-/ready", "/-/healthy")}
+               "prometheus": ("/-/ready", "/-/healthy"), "alertmanager": ("/-/ready", "/-/healthy"),
+               "grafana": ("/api/health",)}
 
 
 def probe_refused(container):

@@ -290,6 +290,9 @@ static SCHEMA: KindSchema = KindSchema {
         Field::new("monitoring_install", Ty::Bool, "run a Prometheus (NAME-prometheus, port 9090) and an Alertmanager (NAME-alertmanager, 9093) in the orchestrator's namespace on the monitoring ConfigMap, under restricted pod security; `status` then asks that Prometheus. Not where the Prometheus Operator runs (its Prometheus takes the PrometheusRule)").default("false"),
         Field::new("prometheus_image", Ty::String, "the image `monitoring_install` runs Prometheus from (pin a digest: `prom/prometheus:v3.5.0@sha256:...`)").default("\"prom/prometheus:v3.5.0\""),
         Field::new("alertmanager_image", Ty::String, "the image `monitoring_install` runs Alertmanager from").default("\"prom/alertmanager:v0.28.1\""),
+        Field::new("grafana_install", Ty::Bool, "with `monitoring_install`: a Grafana (NAME-grafana, port 3000) whose data source is the installed Prometheus and which shows the orchestrator's dashboard from its ConfigMap; the `admin` password comes from `grafana_admin_secret`").default("false"),
+        Field::new("grafana_image", Ty::String, "the image `grafana_install` runs").default("\"grafana/grafana:12.1.0\""),
+        Field::new("grafana_admin_secret", Ty::String, "the secret holding Grafana's admin password (a Secrets Manager ARN, optionally `#key`, a Secret Manager version, or `env:VARIABLE`): copied at apply into the Secret NAME-grafana, never into the state").default("\"\""),
         Field::new("prometheus_port", Ty::Int, "the port the installed Prometheus listens on, and its Service's").default("9090").check(checks::port),
         Field::new("alertmanager_port", Ty::Int, "the port the installed Alertmanager listens on, and its Service's").default("9093").check(checks::port),
         Field::new("prometheus_retention", Ty::String, "how long the installed Prometheus keeps samples").default("\"15d\"").check(prometheus_duration),
@@ -716,10 +719,23 @@ async fn prepare(
         .await?;
         receiver_keys.insert(receiver, value);
     }
+    let mut grafana = std::collections::BTreeMap::new();
+    if values.monitoring.install.grafana {
+        let source = props
+            .get("grafana_admin_secret")
+            .and_then(Json::as_str)
+            .unwrap_or_default();
+        let (value, _) =
+            crate::drivers::read_secret_source(cx, "Grafana's admin password", source).await?;
+        grafana.insert("admin-password".to_string(), value);
+    }
     let keys_secret = format!("{}-alertmanager-keys", values.name);
+    let grafana_secret = format!("{}-grafana", values.name);
     for o in objects.iter_mut().filter(|o| o.kind() == "Secret") {
         let from = if o.name() == keys_secret {
             &receiver_keys
+        } else if o.name() == grafana_secret {
+            &grafana
         } else {
             &secret_values
         };

@@ -119,6 +119,22 @@ pub const TEMPLATES: &[(&str, &str)] = &[
         "alertmanager-service.yaml",
         include_str!("../../../templates/alertmanager-service.yaml"),
     ),
+    (
+        "grafana-configmap.yaml",
+        include_str!("../../../templates/grafana-configmap.yaml"),
+    ),
+    (
+        "grafana-secret.yaml",
+        include_str!("../../../templates/grafana-secret.yaml"),
+    ),
+    (
+        "grafana-deployment.yaml",
+        include_str!("../../../templates/grafana-deployment.yaml"),
+    ),
+    (
+        "grafana-service.yaml",
+        include_str!("../../../templates/grafana-service.yaml"),
+    ),
 ];
 
 /// Ownership labels: prune deletes only objects that carry all three with
@@ -273,6 +289,16 @@ pub struct MonitoringInstall {
     /// Receivers whose key the Secret `NAME-alertmanager-keys` holds.
     pub receiver_keys: Vec<String>,
     pub receiver_keys_dir: &'static str,
+    /// A Grafana on this Prometheus, showing the dashboard.
+    pub grafana: bool,
+    pub grafana_image: String,
+    pub grafana_labels: BTreeMap<String, String>,
+    pub grafana_selector: BTreeMap<String, String>,
+    /// Its provisioning: the data source and the dashboard provider.
+    pub grafana_datasources_yaml: String,
+    pub grafana_dashboards_yaml: String,
+    pub grafana_hash: String,
+    pub grafana_dashboards_dir: &'static str,
     /// Hashes of what each reads, so a change restarts it.
     pub prometheus_hash: String,
     pub alertmanager_hash: String,
@@ -540,6 +566,9 @@ pub fn dashboard(props: &Map<String, Json>, name: &str, namespace: &str) -> Json
         ],
     })
 }
+
+/// Where the installed Grafana reads the dashboard ConfigMap from.
+pub const GRAFANA_DASHBOARDS_DIR: &str = "/var/lib/grafana/dashboards";
 
 /// Where the installed Alertmanager mounts the receivers' keys
 /// (`key_secret`), one file per receiver name.
@@ -1080,6 +1109,31 @@ pub fn values(
             };
             let (prometheus_labels, prometheus_selector) = part("prometheus");
             let (alertmanager_labels, alertmanager_selector) = part("alertmanager");
+            let (grafana_labels, grafana_selector) = part("grafana");
+            let grafana = install && b(props, "grafana_install", false);
+            if grafana && s(props, "grafana_admin_secret", "").is_empty() {
+                return Err("`grafana_install` needs `grafana_admin_secret`, the secret holding Grafana's admin password".into());
+            }
+            if b(props, "grafana_install", false) && !install {
+                return Err("`grafana_install` needs `monitoring_install` (its data source is the installed Prometheus)".into());
+            }
+            let grafana_datasources_yaml = serde_yaml_ng::to_string(&serde_json::json!({
+                "apiVersion": 1,
+                "datasources": [{
+                    "name": "Prometheus", "uid": "prometheus", "type": "prometheus", "access": "proxy",
+                    "url": format!("http://{name}-prometheus.{namespace}.svc:{}", i(props, "prometheus_port", 9090)),
+                    "isDefault": true, "editable": false,
+                }],
+            }))
+            .map_err(|e| e.to_string())?;
+            let grafana_dashboards_yaml = serde_yaml_ng::to_string(&serde_json::json!({
+                "apiVersion": 1,
+                "providers": [{
+                    "name": name, "type": "file", "disableDeletion": true, "allowUiUpdates": false,
+                    "options": {"path": GRAFANA_DASHBOARDS_DIR},
+                }],
+            }))
+            .map_err(|e| e.to_string())?;
             let rules_yaml = serde_yaml_ng::to_string(&rules).map_err(|e| e.to_string())?;
             let config_yaml = serde_yaml_ng::to_string(&scrape_config(
                 &name,
@@ -1118,6 +1172,16 @@ pub fn values(
                     alertmanager_port: i(props, "alertmanager_port", 9093),
                     receiver_keys: receiver_keys(props).into_iter().map(|(n, _)| n).collect(),
                     receiver_keys_dir: RECEIVER_KEYS_DIR,
+                    grafana,
+                    grafana_image: s(props, "grafana_image", ""),
+                    grafana_labels,
+                    grafana_selector,
+                    grafana_hash: short_hash(&format!(
+                        "{grafana_datasources_yaml}{grafana_dashboards_yaml}"
+                    )),
+                    grafana_datasources_yaml,
+                    grafana_dashboards_yaml,
+                    grafana_dashboards_dir: GRAFANA_DASHBOARDS_DIR,
                     prometheus_hash: short_hash(&format!("{config_yaml}{rules_yaml}")),
                     alertmanager_hash: short_hash(&alertmanager_yaml),
                     prometheus_labels,
@@ -1619,6 +1683,7 @@ mod tests {
         let p = props(serde_json::json!({"monitoring_install": true,
             "prometheus_image": "prom/prometheus:v3.5.0", "alertmanager_image": "prom/alertmanager:v0.28.1",
             "prometheus_retention": "30d",
+            "grafana_install": true, "grafana_image": "grafana/grafana:12.1.0", "grafana_admin_secret": "env:GRAFANA_PASSWORD",
             "alert_receivers": [{"name": "oncall", "type": "pagerduty", "key_secret": "env:PD_KEY", "severities": ["critical"]}]}));
         let objs = objects(p.clone(), ApiVersions::modern());
         let get = |kind: &str, name: &str| {
@@ -1695,6 +1760,43 @@ mod tests {
             prometheus_target(&p).as_deref(),
             Some("ralph/ralph-orchestrator-prometheus:9090")
         );
+        // Grafana: the installed Prometheus as its data source, the
+        // dashboard ConfigMap as its dashboards, the password from a Secret.
+        let grafana = get("ConfigMap", "ralph-orchestrator-grafana");
+        let sources: Json =
+            serde_yaml_ng::from_str(grafana["data"]["datasources.yaml"].as_str().unwrap()).unwrap();
+        assert_eq!(
+            sources["datasources"][0]["url"],
+            "http://ralph-orchestrator-prometheus.ralph.svc:9090"
+        );
+        let g = get("Deployment", "ralph-orchestrator-grafana");
+        let g_pod = &g["spec"]["template"]["spec"];
+        assert!(g_pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["configMap"]["name"] == "ralph-orchestrator-dashboard"));
+        assert_eq!(
+            g_pod["containers"][0]["env"][1]["valueFrom"]["secretKeyRef"]["name"],
+            "ralph-orchestrator-grafana"
+        );
+        assert_eq!(
+            get("Secret", "ralph-orchestrator-grafana")["stringData"]["admin-password"],
+            "<from the secret store>"
+        );
+        get("Service", "ralph-orchestrator-grafana");
+        let mut no_password = p.clone();
+        no_password.remove("grafana_admin_secret");
+        let e = values(
+            &owner(),
+            "app",
+            &no_password,
+            ApiVersions::modern(),
+            "",
+            None,
+        )
+        .unwrap_err();
+        assert!(e.contains("grafana_admin_secret"), "{e}");
         // The Prometheus Operator's Prometheus takes the PrometheusRule instead.
         let with_operator = objects(
             p,
