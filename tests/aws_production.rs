@@ -122,7 +122,7 @@ async fn production_stack_end_to_end() {
     // ---- apply: every resource, in dependency order, branches in parallel.
     let ev = apply_json(&w, &[]);
     let s = ev.summary();
-    assert_eq!(s["created"], 59, "{s}");
+    assert_eq!(s["created"], 62, "{s}");
     // The edge between the nodes and the orchestrator, and available.
     assert!(ev.at("resource_finished", "nodes") < ev.at("resource_started", edge));
     // EKS's own metrics-server and cert-manager after the nodes (before,
@@ -555,7 +555,7 @@ async fn production_stack_end_to_end() {
         text(&out.stdout)
     );
     let ev = Events::parse(&text(&out.stdout));
-    assert_eq!(ev.summary()["deleted"], 59);
+    assert_eq!(ev.summary()["deleted"], 62);
     for (dependent, dependency) in [
         (edge, "nodes"),
         ("app.orchestrator", edge),
@@ -680,6 +680,9 @@ async fn the_rewritten_stack_only_moves_what_the_flat_one_made() {
                 || c.starts_with("\"cert_manager\" \"create\"")
                 || c.starts_with("\"edge_cert\" \"create\"")
                 || c.starts_with("\"eks_logs\" \"create\"")
+                || c.starts_with("\"app_logs\" \"create\"")
+                || c.starts_with("\"log_shipper_role\" \"create\"")
+                || c.starts_with("\"log_shipper\" \"create\"")
                 || c.starts_with("\"edge_waf\" \"create\"")
                 || c.starts_with("\"lb_controller_role\" \"create\"")
                 || c.starts_with("\"lb_controller\" \"create\"")
@@ -706,8 +709,8 @@ async fn the_rewritten_stack_only_moves_what_the_flat_one_made() {
     let s = ev.summary();
     assert_eq!(
         (s["created"].as_u64(), s["deleted"].as_u64()),
-        (Some(13), Some(0)),
-        "only the new password and role, the autoscaler's three, EKS's vpc-cni, metrics-server and cert-manager add-ons, the edge's four (certificate, web ACL, controller role, controller) and the control plane's log group are created: {s}"
+        (Some(17), Some(0)),
+        "only the new passwords (the role's, Grafana's) and role, the autoscaler's three, the log shipper's three, EKS's vpc-cni, metrics-server and cert-manager add-ons, the edge's four (certificate, web ACL, controller role, controller) and the control plane's log group are created: {s}"
     );
     assert_eq!(
         ev.0.iter()

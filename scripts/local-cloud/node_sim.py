@@ -586,7 +586,7 @@ SERVED_PATHS = ("/health", "/ready")
 # What the add-ons' controllers serve, by their image's name.
 IMAGE_PATHS = {"aws-load-balancer-controller": ("/healthz", "/readyz"),
                "prometheus": ("/-/ready", "/-/healthy"), "alertmanager": ("/-/ready", "/-/healthy"),
-               "grafana": ("/api/health",)}
+               "grafana": ("/api/health",), "fluent-bit": ("/api/v1/health",)}
 
 
 def probe_refused(container):
