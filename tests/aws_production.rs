@@ -735,6 +735,8 @@ async fn the_rewritten_stack_only_moves_what_the_flat_one_made() {
         .filter(|(id, kind)| {
             kind != "postgres.role"
                 && !id.contains("/database-password-")
+                && !id.contains("/grafana-admin-password-")
+                && !id.ends_with("-fluent-bit")
                 && !kind.starts_with("aws.iam_oidc")
                 && kind != "aws.eks_addon"
                 && !id.ends_with("-cluster-autoscaler")

@@ -212,6 +212,12 @@ impl World {
                 format!("{name}-system"),
             ));
         }
+        if text.contains("\n  logging_namespace:") {
+            env.push((
+                "RALPH_DEPLOY_VAR_logging_namespace".to_string(),
+                format!("{name}-logging"),
+            ));
+        }
         // Cluster-wide objects of the AWS stack's edge (the load balancer
         // controller's CRDs and IngressClass) have one owner per cluster,
         // and worlds run side by side in one: none of them installs them,
