@@ -443,8 +443,8 @@ async fn gcp_production_end_to_end() {
     }
     assert_eq!(
         values.len(),
-        6,
-        "five application secrets and the admin password"
+        7,
+        "six application secrets (Grafana's admin password among them) and the database's admin password"
     );
     assert!(values.iter().any(|v| v == KEY));
     let plan_text = w.ok("plan", &["--json"]);
