@@ -444,6 +444,28 @@ fn alert_rules_without_a_prometheus_are_found() {
     assert!(of(&findings, "monitoring.prometheus").is_empty());
 }
 
+/// Logs that nothing ships off EKS are found at the orchestrator; the shipped
+/// AWS stack's Fluent Bit add-on is what ships them.
+#[test]
+fn container_logs_nothing_ships_off_eks_are_found() {
+    let repo = common::repo();
+    let text = std::fs::read_to_string(repo.join("stacks/aws-production.yaml")).unwrap();
+    let start = text.find("  log_shipper:\n").unwrap();
+    let end = start + text[start..].find("\n\n").unwrap() + 1;
+    let v = variant("aws-production.yaml", &[(&text[start..end], "")]);
+    let (exit, findings) = check(&v.stack, &["--env", "production"], &[]);
+    assert_eq!(
+        of(&findings, "logs.shipped"),
+        vec![(
+            "warning".to_string(),
+            "orchestrator.yaml".to_string(),
+            component_line("    kind: kubernetes.orchestrator") + 5,
+            "app.orchestrator".to_string()
+        )]
+    );
+    assert_eq!(exit, Some(0));
+}
+
 /// Issue item 7: NetworkPolicies nobody enforces; and anything but the
 /// edge open to the internet.
 #[test]

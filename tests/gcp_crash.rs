@@ -105,7 +105,7 @@ fn assert_consistent(w: &World, project: &str, context: &str) {
             "instances",
             1,
         ),
-        (format!("/v1/projects/{project}/secrets"), "secrets", 6),
+        (format!("/v1/projects/{project}/secrets"), "secrets", 7),
         // The five a new project has, and the seven more the stack enables.
         (
             format!("/v1/projects/{project}/services?filter=state:ENABLED"),

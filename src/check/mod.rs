@@ -87,6 +87,12 @@ pub const RULES: &[Rule] = &[
         why: "Rules that no Prometheus evaluates never fire: the guide's alerts exist on paper only.",
     },
     Rule {
+        id: "logs.shipped",
+        severity: Severity::Warning,
+        title: "On EKS the orchestrator's container logs are shipped (Fluent Bit or the amazon-cloudwatch-observability add-on); GKE sends them to Cloud Logging itself.",
+        why: "A pod's logs live on its node and go with the pod: after a crash, a rollback or a scale-down nothing is left to read.",
+    },
+    Rule {
         id: "secrets.rotation",
         severity: Severity::Warning,
         title: "The application's database password (the secret a `postgres.role` logs in with) rotates on a schedule: `rotate_every_days` on its secret.",

@@ -818,6 +818,23 @@ fn orchestrators(stack: &Stack, f: &mut Findings) {
                 "set `monitoring_install: true` (a Prometheus and an Alertmanager beside the pods), install the Prometheus Operator among the stack's manifests, or name the Prometheus that loads them in `prometheus`",
             );
         }
+        // EKS keeps no container logs of its own: something must ship them
+        // (GKE sends them to Cloud Logging by default).
+        if let Some(cluster) = cluster_of(stack, app).filter(|c| c.kind.kind == "aws.eks_cluster") {
+            let shipped = manifests_mention(stack, "fluent-bit")
+                || manifests_mention(stack, "fluentbit")
+                || manifests_mention(stack, "cloudwatch_logs")
+                || eks_addon(stack, &cluster.address, "amazon-cloudwatch-observability").is_some();
+            if !shipped {
+                f.add(
+                    "logs.shipped",
+                    a,
+                    at(app, "cluster_endpoint"),
+                    format!("`{a}`'s logs stay on the nodes of `{}`: nothing ships them, and they go with each pod", cluster.address),
+                    "ship them to CloudWatch Logs: the Fluent Bit add-on (../addons/fluent-bit.yaml.j2, with an aws.cloudwatch_log_group and its IRSA role, as stacks/aws-production.yaml does) or the amazon-cloudwatch-observability EKS add-on",
+                );
+            }
+        }
         let tag = text(app, "tag");
         let image = text(app, "image").unwrap_or_default();
         if tag.as_deref() == Some("latest") || (image.ends_with(":latest") && tag.is_none()) {

@@ -119,6 +119,18 @@ pub async fn check(
             timed(edge(&client, namespace, name, class)).await,
         ));
     }
+    let flag = |k: &str, default: bool| props.get(k).and_then(Json::as_bool).unwrap_or(default);
+    if flag("monitoring", true) && flag("monitoring_install", false) {
+        let mut parts = vec!["prometheus", "alertmanager"];
+        if flag("grafana_install", false) {
+            parts.push("grafana");
+        }
+        out.push(probe(
+            "monitoring-install",
+            format!("{namespace}/{name}-{{{}}}", parts.join(",")),
+            timed(installed(&client, namespace, name, &parts)).await,
+        ));
+    }
     if let Some(target) = super::render::prometheus_target(props) {
         out.push(probe(
             "monitoring",
@@ -324,6 +336,24 @@ async fn deployment(
         return Err(summary);
     }
     Ok(summary)
+}
+
+/// The Deployments of `monitoring_install` (NAME-PART each), available.
+async fn installed(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+    parts: &[&str],
+) -> Result<String, String> {
+    let mut seen = Vec::new();
+    for part in parts {
+        let deployment_name = format!("{name}-{part}");
+        match deployment(client, namespace, &deployment_name, None).await {
+            Ok(summary) => seen.push(format!("{part} {summary}")),
+            Err(e) => return Err(format!("{part}: {e}")),
+        }
+    }
+    Ok(seen.join("; "))
 }
 
 /// GET `path` of Prometheus's HTTP API through the API server's service
