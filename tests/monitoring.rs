@@ -188,7 +188,7 @@ async fn an_error_burst_pages_through_alertmanager_and_a_healthy_service_pages_n
     w.edit(
         "      ingress_host: ${var.ingress_host}\n",
         &format!(
-            "      ingress_host: ${{var.ingress_host}}\n      metrics_port: {metrics}\n      scrape_interval: 1s\n      alert_for: 3s\n      alert_group_wait: 1s\n      monitoring_install: true\n      prometheus_port: {prometheus}\n      alertmanager_port: {alertmanager}\n      alert_receivers:\n        - {{ name: oncall, type: webhook, url: \"http://127.0.0.1:{hook}/page\", severities: [critical] }}\n        - {{ name: pager, type: pagerduty, key_secret: \"env:PAGERDUTY_ROUTING_KEY\", severities: [never-sent] }}\n        - {{ name: tickets, type: webhook, url: \"http://127.0.0.1:{hook}/ticket\" }}\n"
+            "      ingress_host: ${{var.ingress_host}}\n      metrics_port: {metrics}\n      scrape_interval: 1s\n      alert_for: 3s\n      alert_group_wait: 1s\n      monitoring_install: true\n      prometheus: {ns}/ralph-orchestrator-prometheus:{prometheus}\n      prometheus_port: {prometheus}\n      alertmanager_port: {alertmanager}\n      alert_receivers:\n        - {{ name: oncall, type: webhook, url: \"http://127.0.0.1:{hook}/page\", severities: [critical] }}\n        - {{ name: pager, type: pagerduty, key_secret: \"env:PAGERDUTY_ROUTING_KEY\", severities: [never-sent] }}\n        - {{ name: tickets, type: webhook, url: \"http://127.0.0.1:{hook}/ticket\" }}\n"
         ),
     );
     w.ok("apply", &["--auto-approve"]);

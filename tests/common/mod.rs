@@ -69,21 +69,6 @@ pub async fn healthy_through_the_cluster(w: &World) -> serde_json::Value {
             if c["check"] == "backup" {
                 continue;
             }
-            // The stack's own Prometheus (monitoring_install) is asked, as
-            // on a real cluster; the local cluster runs no containers, so
-            // its pod's address answers with the simulated application's
-            // metrics port instead. tests/monitoring.rs runs that
-            // Deployment's Prometheus and Alertmanager for real.
-            if c["check"] == "monitoring" {
-                assert!(
-                    c["target"]
-                        .as_str()
-                        .unwrap()
-                        .contains("/ralph-orchestrator-prometheus:9090"),
-                    "{c:#}"
-                );
-                continue;
-            }
             assert_eq!(c["healthy"], true, "{c:#}");
             if c["check"] == "database" || c["check"] == "redis" {
                 let target = c["target"].as_str().unwrap();
