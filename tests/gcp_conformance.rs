@@ -37,6 +37,7 @@ impl Discovery {
             ("cloudresourcemanager", "cloudresourcemanager.v3.json"),
             ("servicenetworking", "servicenetworking.v1.json"),
             ("serviceusage", "serviceusage.v1.json"),
+            ("logging", "logging.v2.json"),
         ] {
             let text =
                 std::fs::read_to_string(dir.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));

@@ -141,7 +141,7 @@ async fn gcp_production_end_to_end() {
         .rev()
         .find(|e| e["event"] == "summary")
         .expect("a summary");
-    assert_eq!(summary["created"], 41, "{summary}");
+    assert_eq!(summary["created"], 44, "{summary}");
     assert_eq!(summary["v"], 1);
     assert_eq!(summary["version"], env!("CARGO_PKG_VERSION"));
     assert!(summary["retries"].as_u64().unwrap() >= 9, "{summary}");
@@ -481,10 +481,11 @@ async fn gcp_production_end_to_end() {
     // one per Cloud SQL instance for its databases and users, one policy
     // read per resource that bindings are in, the private service
     // connection's list and the project's number it is named by, one
-    // aggregated list of the node pools' instance groups (their sizes), and
-    // one list of the enabled APIs: 22 for the 41 resources.
+    // aggregated list of the node pools' instance groups (their sizes), one
+    // list of the enabled APIs, and the log buckets' and sinks' lists: 24
+    // for the 44 resources.
     assert!(
-        cost <= 22,
+        cost <= 24,
         "a no-op plan made {cost} requests to Google Cloud"
     );
     assert_eq!(after["mutations"], before["mutations"]);
@@ -780,4 +781,136 @@ fn cloud_armor_rules_change_one_by_one_and_the_delete_waits_for_the_load_balance
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(started.elapsed() >= std::time::Duration::from_secs(3));
     assert!(common::gcp_get(&path).is_none());
+}
+
+/// The orchestrator's logs kept as long as the stack says: a log bucket and
+/// the sink that fills it, changed in place, a hand edit taken back, and a
+/// destroyed bucket (which Google keeps DELETE_REQUESTED for 7 days, its id
+/// still taken) brought back by the next apply. The double refuses what
+/// Cloud Logging refuses.
+#[test]
+fn log_bucket_and_sink_keep_the_orchestrators_logs_as_the_stack_says() {
+    let name = format!("tl{}", std::process::id());
+    let mut w = World::from_stack("tests/fixtures/gcp-logs.yaml", &name);
+    let bucket = format!("/v2/projects/{name}/locations/us-central1/buckets/{name}-orchestrator");
+    let sink = format!("/v2/projects/{name}/sinks/{name}-orchestrator");
+    let endpoint = common::gcp_endpoint();
+    // The stand-in says no: retention out of range, a sink into a bucket
+    // that does not exist, Google's own ids.
+    let refused = |method: &str, path: &str, body: Value| -> u16 {
+        match ureq::request(method, &format!("{endpoint}{path}")).send_string(&body.to_string()) {
+            Ok(r) => r.status(),
+            Err(ureq::Error::Status(code, _)) => code,
+            Err(e) => panic!("{e}"),
+        }
+    };
+    let parent = format!("/v2/projects/{name}/locations/global/buckets");
+    assert_eq!(
+        refused(
+            "POST",
+            &format!("{parent}?bucketId=x"),
+            serde_json::json!({"retentionDays": 0})
+        ),
+        400
+    );
+    assert_eq!(
+        refused(
+            "POST",
+            &format!("{parent}?bucketId=_Mine"),
+            serde_json::json!({})
+        ),
+        400
+    );
+    assert_eq!(
+        refused(
+            "POST",
+            &format!("/v2/projects/{name}/sinks"),
+            serde_json::json!({"name": "s", "destination": format!("logging.googleapis.com{parent}/missing")})
+        ),
+        400
+    );
+    assert_eq!(
+        refused(
+            "DELETE",
+            &format!("{parent}/_Default"),
+            serde_json::json!({})
+        ),
+        400
+    );
+
+    let (out, _) = apply(&w, &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let b = common::gcp_get(&bucket).expect("the bucket");
+    assert_eq!(b["retentionDays"], 90);
+    assert_eq!(b["lifecycleState"], "ACTIVE");
+    let s = common::gcp_get(&sink).expect("the sink");
+    assert_eq!(
+        s["destination"],
+        format!("logging.googleapis.com/projects/{name}/locations/us-central1/buckets/{name}-orchestrator")
+    );
+    assert!(s["filter"]
+        .as_str()
+        .unwrap()
+        .contains("resource.labels.namespace_name=\"ralph\""));
+    assert!(s["writerIdentity"]
+        .as_str()
+        .unwrap()
+        .starts_with("serviceAccount:service-"));
+    assert!(changed(&w.plan_json(&[])).is_empty());
+
+    // Retention changes in place; a filter edited by hand is taken back.
+    w.env
+        .push(("RALPH_DEPLOY_VAR_log_retention_days".into(), "400".into()));
+    let edited = ureq::request("PATCH", &format!("{endpoint}{sink}?updateMask=filter"))
+        .send_string(&serde_json::json!({"filter": "severity>=ERROR"}).to_string());
+    assert!(edited.is_ok(), "{edited:?}");
+    let mut plan = changed(&w.plan_json(&[]));
+    plan.sort();
+    assert_eq!(
+        plan,
+        vec![
+            ("app_log_route".to_string(), "update".to_string()),
+            ("app_logs".to_string(), "update".to_string())
+        ]
+    );
+    let (out, _) = apply(&w, &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(common::gcp_get(&bucket).unwrap()["retentionDays"], 400);
+    assert!(common::gcp_get(&sink).unwrap()["filter"]
+        .as_str()
+        .unwrap()
+        .starts_with("resource.type=\"k8s_container\""));
+    assert!(changed(&w.plan_json(&[])).is_empty());
+
+    // Destroyed: the sink goes, the bucket waits out Google's 7 days with
+    // its id taken; the next apply undeletes it rather than failing.
+    let stack = w.stack();
+    let out = w
+        .cmd(&[
+            "destroy",
+            stack.to_str().unwrap(),
+            "--env",
+            "production",
+            "--auto-approve",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(common::gcp_get(&sink).is_none());
+    assert_eq!(
+        common::gcp_get(&bucket).unwrap()["lifecycleState"],
+        "DELETE_REQUESTED"
+    );
+    let plan = changed(&w.plan_json(&[]));
+    assert!(
+        plan.contains(&("app_logs".to_string(), "create".to_string())),
+        "{plan:?}"
+    );
+    let (out, _) = apply(&w, &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let b = common::gcp_get(&bucket).unwrap();
+    assert_eq!(b["lifecycleState"], "ACTIVE");
+    assert_eq!(b["retentionDays"], 400);
+    assert!(common::gcp_get(&sink).is_some());
+    assert!(changed(&w.plan_json(&[])).is_empty());
 }

@@ -1,37 +1,27 @@
 //! A real Prometheus and Alertmanager (Debian's packages) as the stack
 //! installs them: the orchestrator applied to the local Kubernetes with
 //! `monitoring_install`, whose simulated pods serve the application's
-//! metrics. The test is the kubelet of the two Deployments the stack makes:
-//! their ConfigMap and Secret volumes written at their mount paths, their
-//! own arguments (DNS names swapped for the pods' address: the machine has
-//! no cluster DNS); `status` asks that Prometheus through its Service. A healthy service raises nothing; an injected burst of
-//! 5xx reaches the stack's paging receiver (a local webhook) within the
+//! metrics. The node simulator runs the two Deployments' pods for real
+//! (scripts/local-cloud/pod_runner.py): each on an address of its own,
+//! their ConfigMap and Secret volumes where they mount them, the cluster's
+//! DNS for the Service names in the rendered configuration, Ready when
+//! the program answers its probe. `status` asks that Prometheus through
+//! its Service. A healthy service raises nothing; an injected burst of
+//! 5xx reaches the stack's PagerDuty receiver (its Events API pointed at a
+//! local webhook, with the routing key from the secret store) within the
 //! rule's `for`, scaled down to seconds, and nothing reaches the ticket one.
 
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::World;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Endpoints, Pod};
 use kube::api::{Api, ListParams};
 use serde_json::Value;
-
-/// Children killed when the test ends, however it ends.
-struct Running(Vec<Child>);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -92,78 +82,30 @@ fn query(at: &str, q: &str) -> Vec<Value> {
 /// A PagerDuty routing key the operator keeps in the secret store.
 const PAGERDUTY_KEY: &str = "R0UT1NGKEY0123456789abcdefabcdef";
 
-/// Plays the kubelet for the pod of Deployment `name`: writes its
-/// ConfigMap and Secret volumes' items under `root` at their mount paths, makes its
-/// emptyDir volumes there, and returns its container's arguments with those
-/// paths under `root` and its listen address on `ip` (the pods' address).
-async fn kubelet(
-    client: &kube::Client,
-    ns: &str,
-    name: &str,
-    root: &std::path::Path,
-    ip: &str,
-) -> Vec<String> {
-    use k8s_openapi::api::apps::v1::Deployment;
-    let d = Api::<Deployment>::namespaced(client.clone(), ns)
-        .get(name)
-        .await
-        .unwrap_or_else(|e| panic!("the stack made no Deployment {name}: {e}"));
-    let pod = d.spec.template.spec.unwrap();
-    let c = &pod.containers[0];
-    let mounts: Vec<(String, String)> = c
-        .volume_mounts
-        .iter()
-        .flatten()
-        .map(|m| (m.name.clone(), m.mount_path.clone()))
-        .collect();
-    let configmaps = Api::<ConfigMap>::namespaced(client.clone(), ns);
-    let secrets = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), ns);
-    for v in pod.volumes.iter().flatten() {
-        let (_, at) = mounts
-            .iter()
-            .find(|(n, _)| *n == v.name)
-            .unwrap_or_else(|| panic!("{name}: volume {} is not mounted", v.name));
-        let place = root.join(at.trim_start_matches('/'));
-        std::fs::create_dir_all(&place).unwrap();
-        if let Some(source) = &v.config_map {
-            let data = configmaps
-                .get(&source.name)
-                .await
-                .unwrap_or_else(|e| panic!("{name} mounts ConfigMap {}: {e}", source.name))
-                .data
-                .unwrap_or_default();
-            for item in source.items.iter().flatten() {
-                let text = data.get(&item.key).unwrap_or_else(|| {
-                    panic!("{name}: ConfigMap {} has no {}", source.name, item.key)
-                });
-                std::fs::write(place.join(&item.path), text).unwrap();
-            }
+/// The address of the ready pod behind Service `name`, once there is one.
+async fn ready_address(client: &kube::Client, ns: &str, name: &str) -> String {
+    let endpoints = Api::<Endpoints>::namespaced(client.clone(), ns);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ready = endpoints
+            .get_opt(name)
+            .await
+            .unwrap()
+            .and_then(|e| e.subsets)
+            .into_iter()
+            .flatten()
+            .flat_map(|s| s.addresses.unwrap_or_default())
+            .map(|a| a.ip)
+            .next();
+        if let Some(ip) = ready {
+            return ip;
         }
-        if let Some(source) = &v.secret {
-            let name = source.secret_name.clone().unwrap();
-            let data = secrets.get(&name).await.unwrap().data.unwrap_or_default();
-            for (key, value) in data {
-                std::fs::write(place.join(key), value.0).unwrap();
-            }
-        }
+        assert!(
+            Instant::now() < deadline,
+            "{name}'s pod never became ready (the node simulator's log says why)"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    c.args
-        .iter()
-        .flatten()
-        .map(|a| {
-            let (flag, value) = a.split_once('=').unwrap_or((a.as_str(), ""));
-            if let Some(port) = value.strip_prefix(':') {
-                return format!("{flag}={ip}:{port}");
-            }
-            match mounts.iter().find(|(_, m)| value.starts_with(m.as_str())) {
-                Some(_) => format!(
-                    "{flag}={}",
-                    root.join(value.trim_start_matches('/')).display()
-                ),
-                None => a.clone(),
-            }
-        })
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -171,7 +113,9 @@ async fn an_error_burst_pages_through_alertmanager_and_a_healthy_service_pages_n
     let ns = format!("k-alerts-{}", std::process::id());
     let mut w = World::from_stack("kubernetes-app.yaml", &ns);
     let (hook, notifications) = webhook();
-    let (metrics, alertmanager, prometheus) = (free_port(), free_port(), free_port());
+    // The simulated orchestrators share one address, so this stack's
+    // metrics get a port of their own (it is told to misbehave below).
+    let metrics = free_port();
     for (k, v) in [
         ("RALPH_DEPLOY_VAR_image_tag", "1.0.0".to_string()),
         (
@@ -182,13 +126,13 @@ async fn an_error_burst_pages_through_alertmanager_and_a_healthy_service_pages_n
     ] {
         w.env.push((k.into(), v));
     }
-    // The scale: a 1 s scrape, 3 s `for`, 1 s group wait. The stack runs
-    // its own Prometheus and Alertmanager (`monitoring_install`), on ports
-    // free on this machine: every simulated pod has its address.
+    // The scale: a 1 s scrape, 3 s `for`, 1 s group wait. Prometheus and
+    // Alertmanager keep their default ports: every pod that runs for real
+    // has an address of its own.
     w.edit(
         "      ingress_host: ${var.ingress_host}\n",
         &format!(
-            "      ingress_host: ${{var.ingress_host}}\n      metrics_port: {metrics}\n      scrape_interval: 1s\n      alert_for: 3s\n      alert_group_wait: 1s\n      monitoring_install: true\n      prometheus: {ns}/ralph-orchestrator-prometheus:{prometheus}\n      prometheus_port: {prometheus}\n      alertmanager_port: {alertmanager}\n      alert_receivers:\n        - {{ name: oncall, type: webhook, url: \"http://127.0.0.1:{hook}/page\", severities: [critical] }}\n        - {{ name: pager, type: pagerduty, key_secret: \"env:PAGERDUTY_ROUTING_KEY\", severities: [never-sent] }}\n        - {{ name: tickets, type: webhook, url: \"http://127.0.0.1:{hook}/ticket\" }}\n"
+            "      ingress_host: ${{var.ingress_host}}\n      metrics_port: {metrics}\n      scrape_interval: 1s\n      alert_for: 3s\n      alert_group_wait: 1s\n      monitoring_install: true\n      prometheus: {ns}/ralph-orchestrator-prometheus:9090\n      alert_receivers:\n        - {{ name: oncall, type: pagerduty, key_secret: \"env:PAGERDUTY_ROUTING_KEY\", url: \"http://127.0.0.1:{hook}/page\", severities: [critical] }}\n        - {{ name: tickets, type: webhook, url: \"http://127.0.0.1:{hook}/ticket\" }}\n"
         ),
     );
     w.ok("apply", &["--auto-approve"]);
@@ -198,56 +142,28 @@ async fn an_error_burst_pages_through_alertmanager_and_a_healthy_service_pages_n
         .list(&ListParams::default().labels("app.kubernetes.io/name=ralph-orchestrator"))
         .await
         .unwrap();
-    let ip = pods
+    let app_ip = pods
         .items
         .iter()
         .find_map(|p| p.status.as_ref()?.pod_ip.clone())
         .expect("a running pod");
-    let dir = tempfile::tempdir().unwrap();
-    // This test is the kubelet of the two Deployments the stack made: their
-    // pods' ConfigMap volumes written where they mount them, their own
-    // arguments, Debian's binaries. The one liberty: no cluster DNS, so the
-    // Service names in prometheus.yml become the pods' address.
-    let prometheus_args = kubelet(
-        &client,
-        &ns,
-        "ralph-orchestrator-prometheus",
-        dir.path(),
-        &ip,
-    )
-    .await;
-    let alertmanager_args = kubelet(
-        &client,
-        &ns,
-        "ralph-orchestrator-alertmanager",
-        dir.path(),
-        &ip,
-    )
-    .await;
-    // The PagerDuty receiver's key came from the secret store into the file
-    // alertmanager.yml names, and into nothing the tool keeps.
-    assert_eq!(
-        std::fs::read_to_string(dir.path().join("etc/alertmanager/keys/pager")).unwrap(),
-        PAGERDUTY_KEY
-    );
-    let routes =
-        std::fs::read_to_string(dir.path().join("etc/alertmanager/alertmanager.yml")).unwrap();
-    assert!(
-        routes.contains("routing_key_file: /etc/alertmanager/keys/pager"),
-        "{routes}"
-    );
-    assert!(!routes.contains(PAGERDUTY_KEY));
-    std::fs::write(
-        dir.path().join("etc/alertmanager/alertmanager.yml"),
-        routes.replace(
-            "/etc/alertmanager/keys",
-            &dir.path()
-                .join("etc/alertmanager/keys")
-                .display()
-                .to_string(),
-        ),
+    // Ready means the programs answer their probes, on addresses of their own.
+    let prometheus_ip = ready_address(&client, &ns, "ralph-orchestrator-prometheus").await;
+    let alertmanager_ip = ready_address(&client, &ns, "ralph-orchestrator-alertmanager").await;
+    assert_ne!(prometheus_ip, app_ip);
+    assert_ne!(prometheus_ip, alertmanager_ip);
+    let at = format!("{prometheus_ip}:9090");
+    let am: Value = serde_json::from_str(
+        &ureq::get(&format!("http://{alertmanager_ip}:9093/api/v2/status"))
+            .call()
+            .unwrap()
+            .into_string()
+            .unwrap(),
     )
     .unwrap();
+    let loaded = am["config"]["original"].as_str().unwrap();
+    assert!(loaded.contains("routing_key_file:"), "{loaded}");
+    assert!(!loaded.contains(PAGERDUTY_KEY));
     let state = w
         .cmd(&[
             "state",
@@ -263,64 +179,6 @@ async fn an_error_burst_pages_through_alertmanager_and_a_healthy_service_pages_n
         !common::text(&state.stdout).contains(PAGERDUTY_KEY),
         "the receiver's key is in the state"
     );
-    let config_file = dir.path().join("etc/prometheus/prometheus.yml");
-    let mut config: Value =
-        serde_yaml_ng::from_str(&std::fs::read_to_string(&config_file).unwrap()).unwrap();
-    let job = &mut config["scrape_configs"][0];
-    assert_eq!(
-        job["dns_sd_configs"][0]["names"][0],
-        format!("ralph-orchestrator-metrics.{ns}.svc")
-    );
-    job.as_object_mut().unwrap().remove("dns_sd_configs");
-    job["static_configs"] = serde_json::json!([{"targets": [format!("{ip}:{metrics}")]}]);
-    let sent_to = &mut config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"][0];
-    assert_eq!(
-        *sent_to,
-        format!("ralph-orchestrator-alertmanager.{ns}.svc:{alertmanager}")
-    );
-    *sent_to = Value::from(format!("{ip}:{alertmanager}"));
-    std::fs::write(&config_file, config.to_string()).unwrap();
-
-    let spawn = |program: &str, args: Vec<String>| {
-        Command::new(program)
-            .args(args)
-            .current_dir(dir.path())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join(format!("{program}.log"))).unwrap())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("{program}: {e} (scripts/setup.sh installs Debian's prometheus and prometheus-alertmanager)")
-            })
-    };
-    let _running = Running(vec![
-        spawn("prometheus-alertmanager", alertmanager_args),
-        spawn("prometheus", prometheus_args),
-    ]);
-    let log = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap_or_default();
-    let at = format!("{ip}:{prometheus}");
-    // `status` asks the installed Prometheus through its Service, which
-    // the API server proxies to its ready pod.
-    let endpoints = Api::<k8s_openapi::api::core::v1::Endpoints>::namespaced(client.clone(), &ns);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let ready = endpoints
-            .get_opt("ralph-orchestrator-prometheus")
-            .await
-            .unwrap()
-            .and_then(|e| e.subsets)
-            .is_some_and(|s| {
-                s.iter()
-                    .any(|s| !s.addresses.clone().unwrap_or_default().is_empty())
-            });
-        if ready {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the installed Prometheus's pod never became ready"
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
     let monitoring_status = || -> Value {
         let out = w.run("status", &["--json"]);
         let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
@@ -339,22 +197,46 @@ async fn an_error_burst_pages_through_alertmanager_and_a_healthy_service_pages_n
             .unwrap_or_else(|| panic!("no monitoring check: {report}"))
     };
 
-    // Prometheus scrapes the pods, with the labels the rules select on.
+    // Prometheus finds the pods through the cluster's DNS and scrapes them,
+    // with the labels the rules select on.
     let selector = format!("{{namespace=\"{ns}\",service=\"ralph-orchestrator\"}}");
     let deadline = Instant::now() + Duration::from_secs(30);
     while query(&at, &format!("up{selector} == 1")).is_empty() {
         assert!(
             Instant::now() < deadline,
-            "Prometheus never scraped the pods:\n{}",
-            log("prometheus.log")
+            "Prometheus never scraped the pods: {:?}",
+            query(&at, "up")
         );
         std::thread::sleep(Duration::from_millis(500));
     }
     assert!(!query(&at, &format!("http_requests_total{selector}")).is_empty());
+    // ... and sends to the Alertmanager by its Service's name (the page
+    // below shows the name resolved).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let answer: Value = serde_json::from_str(
+            &ureq::get(&format!("http://{at}/api/v1/alertmanagers"))
+                .call()
+                .unwrap()
+                .into_string()
+                .unwrap(),
+        )
+        .unwrap();
+        let active = answer["data"]["activeAlertmanagers"].as_array().unwrap();
+        let by_name = format!("http://ralph-orchestrator-alertmanager.{ns}.svc:9093/");
+        if active
+            .iter()
+            .any(|a| a["url"].as_str().unwrap_or_default().starts_with(&by_name))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no Alertmanager found: {answer}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
 
     // Every query of the generated Grafana dashboard is PromQL this
     // Prometheus runs, over series the pods export.
-    let dashboards = Api::<ConfigMap>::namespaced(common::kube_client().await, &ns)
+    let dashboards = Api::<ConfigMap>::namespaced(client.clone(), &ns)
         .get("ralph-orchestrator-dashboard")
         .await
         .unwrap();
@@ -415,7 +297,7 @@ async fn an_error_burst_pages_through_alertmanager_and_a_healthy_service_pages_n
     );
 
     // A burst of 5xx: half the requests fail from now on.
-    ureq::post(&format!("http://{ip}:{metrics}/__sim/misbehave"))
+    ureq::post(&format!("http://{app_ip}:{metrics}/__sim/misbehave"))
         .send_string(r#"{"error_ratio": 0.5}"#)
         .unwrap();
     let started = Instant::now();
@@ -431,10 +313,8 @@ async fn an_error_burst_pages_through_alertmanager_and_a_healthy_service_pages_n
         }
         assert!(
             started.elapsed() < Duration::from_secs(40),
-            "no page within 40 s: {:?}\n{}\n{}",
+            "no page within 40 s: {:?}",
             notifications.lock().unwrap(),
-            log("prometheus.log"),
-            log("prometheus-alertmanager.log")
         );
         std::thread::sleep(Duration::from_millis(200));
     };
@@ -449,14 +329,21 @@ async fn an_error_burst_pages_through_alertmanager_and_a_healthy_service_pages_n
             .contains("HighErrorRate (critical)"),
         "{loud}"
     );
-    ureq::post(&format!("http://{ip}:{metrics}/__sim/misbehave"))
+    ureq::post(&format!("http://{app_ip}:{metrics}/__sim/misbehave"))
         .send_string(r#"{"error_ratio": 0}"#)
         .unwrap();
+    // A PagerDuty Events API v2 trigger, with the routing key the
+    // Alertmanager read from the Secret the secret store filled.
     let page: Value = serde_json::from_str(&paged).unwrap();
-    assert_eq!(page["receiver"], "oncall");
-    assert_eq!(page["status"], "firing");
-    assert_eq!(page["commonLabels"]["severity"], "critical");
-    assert_eq!(page["commonLabels"]["service"], "ralph-orchestrator");
+    assert_eq!(page["routing_key"], PAGERDUTY_KEY, "{page}");
+    assert_eq!(page["event_action"], "trigger", "{page}");
+    assert!(
+        page["payload"]["summary"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("HighErrorRate"),
+        "{page}"
+    );
     // The rule's 3 s `for`, a 1 s scrape and evaluation, a 1 s group wait:
     // well within 15 s.
     assert!(elapsed < Duration::from_secs(15), "paged after {elapsed:?}");
@@ -473,4 +360,19 @@ async fn an_error_burst_pages_through_alertmanager_and_a_healthy_service_pages_n
         tickets.iter().all(|b| !b.contains("\"critical\"")),
         "{tickets:?}"
     );
+
+    // The stack's teardown stops them: their pods go, and with them the
+    // programs and their addresses.
+    w.ok("destroy", &["--auto-approve"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let agent = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(1))
+        .build();
+    while agent.get(&format!("http://{at}/-/healthy")).call().is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus still runs after destroy"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
 }

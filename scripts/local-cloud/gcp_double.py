@@ -12,7 +12,9 @@ google-cloud-rust clients call, on one loopback port:
   /v1/projects/{project}/...;
 - Cloud SQL Admin (instances, databases, users, operations);
 - IAM service accounts and their policies, and the project's IAM policy
-  (Resource Manager v3).
+  (Resource Manager v3);
+- Cloud Logging log buckets and project sinks (v2), with each project's
+  `_Default` and `_Required` ones.
 
 Behaviour kept from the real services: long-running operations stay
 PENDING/RUNNING for a configurable time and resources pass through their
@@ -1554,7 +1556,7 @@ API_OF = {"compute": "compute.googleapis.com", "container": "container.googleapi
           "secretmanager": "secretmanager.googleapis.com", "iam": "iam.googleapis.com",
           "servicenetworking": "servicenetworking.googleapis.com",
           "cloudresourcemanager": "cloudresourcemanager.googleapis.com",
-          "serviceusage": "serviceusage.googleapis.com"}
+          "serviceusage": "serviceusage.googleapis.com", "logging": "logging.googleapis.com"}
 API_TITLES = {"compute.googleapis.com": "Compute Engine API", "container.googleapis.com": "Kubernetes Engine API",
               "sqladmin.googleapis.com": "Cloud SQL Admin API", "redis.googleapis.com": "Google Cloud Memorystore for Redis API",
               "secretmanager.googleapis.com": "Secret Manager API", "iam.googleapis.com": "Identity and Access Management (IAM) API",
@@ -1997,6 +1999,197 @@ C = L + "/clusters/{cluster}"
 S = "/v1/projects/{project}/instances/{instance}"
 
 # (Discovery method id, HTTP method, path template, handler)
+# ---------------------------------------------------------------- Cloud Logging
+# Every project has the `_Default` bucket (30 days) and sink, and the locked
+# `_Required` ones (400 days). A deleted bucket stays DELETE_REQUESTED (7
+# days on Google): its id is still taken and `undelete` brings it back.
+
+LOG_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+LOG_LOCATION_RE = re.compile(r"^(global|[a-z]+(-[a-z]+)+[0-9]+|us|eu)$")
+
+
+def log_buckets(p):
+    c = coll(f"logging/projects/{p['project']}/buckets")
+    if not c:
+        for bid, days in (("_Default", 30), ("_Required", 400)):
+            c[f"global/{bid}"] = {"name": f"projects/{p['project']}/locations/global/buckets/{bid}",
+                                  "retentionDays": days, "lifecycleState": "ACTIVE",
+                                  "locked": bid == "_Required", "createTime": now_rfc3339(),
+                                  "updateTime": now_rfc3339()}
+    return c
+
+
+def log_bucket(p):
+    b = log_buckets(p).get(f"{p['location']}/{p['bucket']}")
+    if b is None:
+        raise not_found(f"projects/{p['project']}/locations/{p['location']}/buckets/{p['bucket']}")
+    return b
+
+
+def check_retention(body):
+    days = body.get("retentionDays")
+    if days is not None and not (isinstance(days, int) and 1 <= days <= 3650):
+        raise invalid([("retention_days", "must be between 1 and 3650 days")])
+
+
+def log_bucket_create(p, q, body):
+    bid = (q.get("bucketId") or [""])[0]
+    if not LOG_ID_RE.match(bid):
+        raise invalid([("bucket_id", "must be 1-100 letters, digits, underscores, hyphens or periods, "
+                                     "starting with a letter or digit")])
+    if not LOG_LOCATION_RE.match(p["location"]):
+        raise invalid([("parent", f"location '{p['location']}' is not a supported location")])
+    check_retention(body)
+    c = log_buckets(p)
+    key = f"{p['location']}/{bid}"
+    if key in c:
+        raise exists(f"projects/{p['project']}/locations/{p['location']}/buckets/{bid}")
+    res = dict(body, name=f"projects/{p['project']}/locations/{p['location']}/buckets/{bid}",
+               lifecycleState="ACTIVE", createTime=now_rfc3339(), updateTime=now_rfc3339())
+    res.setdefault("retentionDays", 30)
+    c[key] = res
+    return res
+
+
+def log_bucket_get(p, q, body):
+    return log_bucket(p)
+
+
+def log_bucket_list(p, q, body):
+    items = [b for k, b in sorted(log_buckets(p).items()) if p["location"] in ("-", k.split("/")[0])]
+    chunk, token = page(items, q, "pageSize", 50)
+    out = {"buckets": chunk}
+    if token:
+        out["nextPageToken"] = token
+    return out
+
+
+def log_bucket_patch(p, q, body):
+    b = log_bucket(p)
+    mask = [m for m in (q.get("updateMask") or [""])[0].split(",") if m]
+    if not mask:
+        raise invalid([("update_mask", "is required")])
+    if b["lifecycleState"] != "ACTIVE":
+        raise precondition(f"Bucket {b['name']} is not active (it is {b['lifecycleState']})")
+    if b.get("locked") and "retentionDays" in mask and body.get("retentionDays", 0) < b["retentionDays"]:
+        raise precondition(f"Bucket {b['name']} is locked: its retention cannot be reduced")
+    for m in mask:
+        if m not in ("description", "retentionDays", "locked", "analyticsEnabled", "restrictedFields",
+                     "indexConfigs", "cmekSettings"):
+            raise invalid([("update_mask", f"field '{m}' cannot be updated")])
+        check_retention(body)
+        b[m] = body.get(m)
+    b["updateTime"] = now_rfc3339()
+    return b
+
+
+def log_bucket_delete(p, q, body):
+    b = log_bucket(p)
+    if p["bucket"].startswith("_") or b.get("locked"):
+        raise precondition(f"Bucket {b['name']} cannot be deleted")
+    if b["lifecycleState"] == "DELETE_REQUESTED":
+        raise not_found(b["name"])
+    b["lifecycleState"] = "DELETE_REQUESTED"
+    b["updateTime"] = now_rfc3339()
+    return {}
+
+
+def log_bucket_undelete(p, q, body):
+    b = log_bucket(p)
+    if b["lifecycleState"] != "DELETE_REQUESTED":
+        raise precondition(f"Bucket {b['name']} is not deleted")
+    b["lifecycleState"] = "ACTIVE"
+    b["updateTime"] = now_rfc3339()
+    return {}
+
+
+def log_sinks(p):
+    c = coll(f"logging/projects/{p['project']}/sinks")
+    if not c:
+        for sid, flt in (("_Default", 'NOT LOG_ID("cloudaudit.googleapis.com/activity") AND NOT '
+                                      'LOG_ID("externalaudit.googleapis.com/activity")'),
+                         ("_Required", 'LOG_ID("cloudaudit.googleapis.com/activity")')):
+            c[sid] = {"name": sid, "filter": flt, "createTime": now_rfc3339(), "updateTime": now_rfc3339(),
+                      "destination": f"logging.googleapis.com/projects/{p['project']}/locations/global/buckets/{sid}"}
+    return c
+
+
+def log_sink(p):
+    s = log_sinks(p).get(p["sink"])
+    if s is None:
+        raise not_found(f"projects/{p['project']}/sinks/{p['sink']}")
+    return s
+
+
+def check_sink(p, body):
+    dest = body.get("destination") or ""
+    m = re.match(r"^logging\.googleapis\.com/projects/([^/]+)/locations/([^/]+)/buckets/([^/]+)$", dest)
+    if m:
+        b = log_buckets({"project": m.group(1)}).get(f"{m.group(2)}/{m.group(3)}")
+        if b is None or b["lifecycleState"] != "ACTIVE":
+            raise invalid([("sink.destination", f"log bucket '{dest}' does not exist")])
+    elif not re.match(r"^(storage|bigquery|pubsub)\.googleapis\.com/.+", dest):
+        raise invalid([("sink.destination", f"'{dest}' is not a valid destination")])
+    flt = body.get("filter") or ""
+    if flt.count('"') % 2 or flt.count("(") != flt.count(")"):
+        raise invalid([("sink.filter", f"Unparseable filter: {flt}")])
+
+
+def log_sink_create(p, q, body):
+    sid = body.get("name") or ""
+    if not LOG_ID_RE.match(sid):
+        raise invalid([("sink.name", "must be 1-100 letters, digits, underscores, hyphens or periods")])
+    check_sink(p, body)
+    c = log_sinks(p)
+    if sid in c:
+        raise exists(f"projects/{p['project']}/sinks/{sid}")
+    res = dict(body, createTime=now_rfc3339(), updateTime=now_rfc3339(),
+               writerIdentity=f"serviceAccount:service-{project_number(p['project'])}@gcp-sa-logging.iam.gserviceaccount.com")
+    c[sid] = res
+    return res
+
+
+def log_sink_get(p, q, body):
+    return log_sink(p)
+
+
+def log_sink_list(p, q, body):
+    items = [s for _, s in sorted(log_sinks(p).items())]
+    chunk, token = page(items, q, "pageSize", 50)
+    out = {"sinks": chunk}
+    if token:
+        out["nextPageToken"] = token
+    return out
+
+
+def log_sink_patch(p, q, body):
+    s = log_sink(p)
+    # Google: an empty mask means destination, filter and includeChildren.
+    mask = [m for m in (q.get("updateMask") or [""])[0].split(",") if m] or \
+        ["destination", "filter", "includeChildren"]
+    if p["sink"] == "_Required":
+        raise precondition("The _Required sink cannot be changed")
+    check_sink(p, dict(s, **{m: body.get(m) for m in mask}))
+    for m in mask:
+        if m not in ("destination", "filter", "description", "disabled", "exclusions", "includeChildren",
+                     "bigqueryOptions", "outputVersionFormat"):
+            raise invalid([("update_mask", f"field '{m}' cannot be updated")])
+        s[m] = body.get(m)
+    s["updateTime"] = now_rfc3339()
+    return s
+
+
+def log_sink_delete(p, q, body):
+    log_sink(p)
+    if p["sink"] == "_Required":
+        raise precondition("The _Required sink cannot be deleted")
+    log_sinks(p).pop(p["sink"])
+    return {}
+
+
+
+LB = "/v2/projects/{project}/locations/{location}/buckets"
+
 ROUTES = [
     ("compute.networks.insert", "POST", G + "/networks", compute_insert("networks")),
     ("compute.networks.list", "GET", G + "/networks", compute_list("networks")),
@@ -2063,6 +2256,18 @@ ROUTES = [
     ("redis.projects.locations.instances.getAuthString", "GET", L + "/instances/{instance}/authString", redis_auth),
     # GKE's and Memorystore's operations share one path template; the name says whose it is
     ("container.projects.locations.operations.get", "GET", L + "/operations/{operation}", None),
+
+    ("logging.projects.locations.buckets.create", "POST", LB, log_bucket_create),
+    ("logging.projects.locations.buckets.list", "GET", LB, log_bucket_list),
+    ("logging.projects.locations.buckets.get", "GET", LB + "/{bucket}", log_bucket_get),
+    ("logging.projects.locations.buckets.patch", "PATCH", LB + "/{bucket}", log_bucket_patch),
+    ("logging.projects.locations.buckets.delete", "DELETE", LB + "/{bucket}", log_bucket_delete),
+    ("logging.projects.locations.buckets.undelete", "POST", LB + "/{bucket}:undelete", log_bucket_undelete),
+    ("logging.projects.sinks.create", "POST", "/v2/projects/{project}/sinks", log_sink_create),
+    ("logging.projects.sinks.list", "GET", "/v2/projects/{project}/sinks", log_sink_list),
+    ("logging.projects.sinks.get", "GET", "/v2/projects/{project}/sinks/{sink}", log_sink_get),
+    ("logging.projects.sinks.patch", "PATCH", "/v2/projects/{project}/sinks/{sink}", log_sink_patch),
+    ("logging.projects.sinks.delete", "DELETE", "/v2/projects/{project}/sinks/{sink}", log_sink_delete),
 
     ("secretmanager.projects.secrets.create", "POST", "/v1/projects/{project}/secrets", secret_create),
     ("secretmanager.projects.secrets.list", "GET", "/v1/projects/{project}/secrets", secret_list),

@@ -118,6 +118,7 @@ import urllib.request
 from datetime import datetime, timezone
 
 from local_servers import pg_session
+import pod_runner
 
 
 def read_kubeconfig(path):
@@ -603,14 +604,25 @@ def probe_refused(container):
     return None
 
 
+# The kubelet of pods whose software runs here for real (pod_runner.py);
+# set by main().
+RUNNER = None
+
+
 def desired_status(pod, secret=lambda ns, name: None, policies=(), configmap=lambda ns, name: None):
     containers = pod["spec"].get("containers", [])
     statuses = []
     ready_all = True
     blocked = []
+    real = RUNNER is not None and RUNNER.program(pod) is not None
     for c in containers:
         f = fate(c.get("image", ""))
-        if f == "ready":
+        if f == "ready" and real:
+            why = RUNNER.probe(pod, c)
+            if why:
+                f = "unready"
+                blocked.append("%s: %s" % (c["name"], why))
+        elif f == "ready":
             why = probe_refused(c) or unreachable_store(pod, c, secret, policies, configmap)
             if why:
                 f = "unready"
@@ -628,7 +640,7 @@ def desired_status(pod, secret=lambda ns, name: None, policies=(), configmap=lam
             ready_all = ready_all and ready
             statuses.append({
                 "name": c["name"], "image": c.get("image", ""), "imageID": "local://" + c.get("image", ""),
-                "ready": ready, "restartCount": 0, "started": True,
+                "ready": ready, "restartCount": RUNNER.restarts(pod) if real else 0, "started": True,
                 "state": {"running": {"startedAt": now()}},
             })
     running = all("running" in s["state"] for s in statuses)
@@ -636,7 +648,7 @@ def desired_status(pod, secret=lambda ns, name: None, policies=(), configmap=lam
     return {
         "phase": "Running" if running else "Pending",
         "hostIP": HOST,
-        "podIP": HOST,
+        "podIP": (RUNNER.address(pod) if real else None) or HOST,
         "startTime": now(),
         "conditions": [
             {"type": "PodScheduled", "status": "True", "lastTransitionTime": now()},
@@ -1239,8 +1251,9 @@ def summary(status):
     if not status:
         return None
     ready = [(c.get("status"), c.get("message")) for c in status.get("conditions", []) if c.get("type") == "Ready"]
-    waits = [list(s.get("state", {}).keys()) + [s.get("ready")] for s in status.get("containerStatuses", [])]
-    return (status.get("phase"), tuple(ready), json.dumps(waits))
+    waits = [list(s.get("state", {}).keys()) + [s.get("ready"), s.get("restartCount")]
+             for s in status.get("containerStatuses", [])]
+    return (status.get("phase"), tuple(ready), json.dumps(waits), status.get("podIP"))
 
 
 def ingress_class(ing):
@@ -1534,6 +1547,8 @@ def main():
     configmap = cached("configmaps", lambda v: v)
 
     threading.Thread(target=keep_nodes, args=(call,), daemon=True).start()
+    global RUNNER
+    RUNNER = pod_runner.Runner(os.environ.get("RALPH_SIM_RUN_DIR") or tempfile.mkdtemp(), call)
     rounds = 0
     while True:
         try:
@@ -1542,6 +1557,8 @@ def main():
             # Swapped whole: the port-forward thread reads them meanwhile.
             SEEN["pods"] = {(p["metadata"]["namespace"], p["metadata"]["name"]): p for p in pods}
             SEEN["policies"] = policies
+            RUNNER.reap({p["metadata"]["uid"] for p in pods
+                         if p["spec"].get("nodeName") and not p["metadata"].get("deletionTimestamp")})
             for pod in pods:
                 meta = pod["metadata"]
                 if meta.get("deletionTimestamp"):
@@ -1557,6 +1574,9 @@ def main():
                     continue
                 if not pod["spec"].get("nodeName"):
                     continue  # the scheduler has not placed it (its PodScheduled condition says why)
+                runs = RUNNER.program(pod)
+                if runs and fate(runs[0].get("image", "")) != "unpullable":
+                    RUNNER.start(pod, runs[0], runs[1], secret, configmap)
                 want = desired_status(pod, secret, policies, configmap)
                 if want["phase"] == "Running":
                     for c in pod["spec"].get("containers", []):

@@ -15,6 +15,7 @@
 pub mod compute;
 pub mod gke;
 pub mod iam;
+pub mod logging;
 pub mod project_service;
 pub mod redis;
 pub(crate) mod rest;
@@ -669,6 +670,7 @@ pub fn drivers() -> Vec<Box<dyn crate::drivers::Driver>> {
     d.push(Box::new(security_policy::SecurityPolicy));
     d.push(Box::new(service_networking::ServiceNetworkingConnection));
     d.push(Box::new(project_service::ProjectService));
+    d.extend(logging::drivers());
     d.extend(iam::drivers());
     d
 }

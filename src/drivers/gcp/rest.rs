@@ -1,5 +1,5 @@
 //! The REST calls of Google APIs that google-cloud-rust has no client for
-//! (Service Networking, Service Usage): the same endpoint setting,
+//! (Service Networking, Service Usage, Cloud Logging): the same endpoint setting,
 //! credentials (none for a local endpoint, Application Default Credentials
 //! otherwise), request counting, bound and 429/503 retries as the other
 //! `gcp.*` kinds, and long-running operations waited for.
@@ -51,6 +51,62 @@ impl<'a> Rest<'a> {
         body: Option<Json>,
         what: &str,
     ) -> Result<Option<Json>, DriverError> {
+        let (code, text) = self.exchange(method, path, body, what).await?;
+        self.answer(code, text, what)
+    }
+
+    /// A create: `Ok(Err(answer))` when the name is taken (409
+    /// ALREADY_EXISTS), so the caller can look at what holds it.
+    pub async fn create(
+        &self,
+        path: &str,
+        body: Json,
+        what: &str,
+    ) -> Result<Result<Json, Json>, DriverError> {
+        let (code, text) = self.exchange("POST", path, Some(body), what).await?;
+        if code == 409 {
+            return Ok(Err(serde_json::from_str(&text).unwrap_or_default()));
+        }
+        Ok(Ok(self.answer(code, text, what)?.unwrap_or_default()))
+    }
+
+    fn answer(&self, code: u16, text: String, what: &str) -> Result<Option<Json>, DriverError> {
+        if code == 404 {
+            return Ok(None);
+        }
+        if (200..300).contains(&code) {
+            let v = if text.trim().is_empty() {
+                json!({})
+            } else {
+                serde_json::from_str(&text)
+                    .map_err(|e| DriverError::new(format!("{what}: the answer is not JSON: {e}")))?
+            };
+            return Ok(Some(v));
+        }
+        let answer = serde_json::from_str::<Json>(&text).unwrap_or_default();
+        let disabled = answer["error"]["details"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|d| d["reason"] == "SERVICE_DISABLED");
+        let message = answer["error"]["message"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or(text);
+        let mut err = DriverError::new(format!("{what}: {code} {message}"));
+        err.api_disabled = disabled;
+        Err(err)
+    }
+
+    /// Sends until the answer is final: 429 and 503 are tried again with
+    /// jittered backoff (at most 10 times, or until the run is stopped).
+    async fn exchange(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Json>,
+        what: &str,
+    ) -> Result<(u16, String), DriverError> {
         let url = format!("{}/{}", self.base, path.trim_start_matches('/'));
         let mut backoff = Duration::from_millis(100);
         let mut attempt = 0;
@@ -94,37 +150,12 @@ impl<'a> Rest<'a> {
                     )))
                 }
             };
-            if code == 404 {
-                return Ok(None);
-            }
-            if (200..300).contains(&code) {
-                let v = if text.trim().is_empty() {
-                    json!({})
-                } else {
-                    serde_json::from_str(&text).map_err(|e| {
-                        DriverError::new(format!("{what}: the answer is not JSON: {e}"))
-                    })?
-                };
-                return Ok(Some(v));
-            }
             if code == 429 {
                 self.cx.limits.service(self.service).throttled();
             }
             attempt += 1;
             if !matches!(code, 429 | 503) || attempt >= 10 || self.cx.stop.load(Ordering::SeqCst) {
-                let answer = serde_json::from_str::<Json>(&text).unwrap_or_default();
-                let disabled = answer["error"]["details"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .any(|d| d["reason"] == "SERVICE_DISABLED");
-                let message = answer["error"]["message"]
-                    .as_str()
-                    .map(str::to_string)
-                    .unwrap_or(text);
-                let mut err = DriverError::new(format!("{what}: {code} {message}"));
-                err.api_disabled = disabled;
-                return Err(err);
+                return Ok((code, text));
             }
             let jitter = rand::random::<u64>() % (backoff.as_millis() as u64 + 1);
             tokio::time::sleep(backoff / 2 + Duration::from_millis(jitter / 2)).await;

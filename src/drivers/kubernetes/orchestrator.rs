@@ -91,7 +91,7 @@ static RECEIVER: &[Field] = &[
     Field::new("key_file", Ty::String, "pagerduty: the file holding the Events API v2 routing key; slack: the file holding the incoming-webhook URL (default with `key_secret`: where the installed Alertmanager mounts it)").default("\"\""),
     Field::new("key_secret", Ty::String, "pagerduty, slack: the secret holding the key or URL (a Secrets Manager ARN, optionally `#key`, a Secret Manager version, or `env:VARIABLE`): copied at apply into the Secret NAME-alertmanager-keys, which `monitoring_install`'s Alertmanager mounts at /etc/alertmanager/keys (never into the state or the ConfigMap)").default("\"\""),
     Field::new("channel", Ty::String, "slack: the channel").default("\"\""),
-    Field::new("url", Ty::String, "webhook: where alerts are posted (SNS or Pub/Sub through a webhook bridge)").default("\"\""),
+    Field::new("url", Ty::String, "webhook: where alerts are posted (SNS or Pub/Sub through a webhook bridge); pagerduty: the Events API v2 endpoint, for an account in PagerDuty's EU service region https://events.eu.pagerduty.com/v2/enqueue (default: Alertmanager's, the US one)").default("\"\""),
     Field::new("to", Ty::String, "email: the address").default("\"\""),
 ];
 
@@ -132,20 +132,30 @@ fn receivers(v: &Json) -> Result<(), String> {
                 Ok(())
             }
         };
+        let http_url = || {
+            if get("url").starts_with("http://") || get("url").starts_with("https://") {
+                Ok(())
+            } else {
+                Err(format!(
+                    "receiver {n}: `{}` is not an http(s) URL",
+                    get("url")
+                ))
+            }
+        };
         match get("type") {
-            "pagerduty" => key("its routing key")?,
+            "pagerduty" => {
+                key("its routing key")?;
+                if !get("url").is_empty() {
+                    http_url()?
+                }
+            }
             "slack" => {
                 key("its webhook URL")?;
                 need("channel", "the channel")?
             }
             "webhook" => {
                 need("url", "the URL alerts are posted to")?;
-                if !(get("url").starts_with("http://") || get("url").starts_with("https://")) {
-                    return Err(format!(
-                        "receiver {n}: `{}` is not an http(s) URL",
-                        get("url")
-                    ));
-                }
+                http_url()?
             }
             "email" => need("to", "the address")?,
             other => {

@@ -446,7 +446,7 @@ pub fn alert_rules(props: &Map<String, Json>, name: &str, namespace: &str) -> Js
 
 /// A Prometheus configuration for these pods: DNS discovery of every
 /// pod's address through the headless `NAME-metrics` Service (one A record
-/// per ready pod), scraped on the metrics port, and alerts sent to
+/// per ready pod, re-read every scrape interval), scraped on the metrics port, and alerts sent to
 /// `alertmanager`. DNS discovery works with every Prometheus build
 /// (distribution packages leave Kubernetes discovery out) and needs no RBAC.
 pub fn scrape_config(
@@ -467,6 +467,9 @@ pub fn scrape_config(
                 "names": [format!("{name}-metrics.{namespace}.svc")],
                 "type": "A",
                 "port": port,
+                // A new pod is scraped within one interval (the default
+                // re-reads DNS every 30 s).
+                "refresh_interval": interval,
             }],
             "relabel_configs": [
                 {"target_label": "namespace", "replacement": namespace},
@@ -609,8 +612,14 @@ pub fn alertmanager_config(props: &Map<String, Json>) -> Json {
             f => f,
         };
         let config = match get(r, "type").as_str() {
-            "pagerduty" => serde_json::json!({"pagerduty_configs": [{
-                "routing_key_file": key_file, "send_resolved": true}]}),
+            "pagerduty" => {
+                let mut c =
+                    serde_json::json!({"routing_key_file": key_file, "send_resolved": true});
+                if !get(r, "url").is_empty() {
+                    c["url"] = Json::from(get(r, "url"));
+                }
+                serde_json::json!({"pagerduty_configs": [c]})
+            }
             "slack" => serde_json::json!({"slack_configs": [{
                 "api_url_file": key_file, "channel": get(r, "channel"),
                 "send_resolved": true}]}),
