@@ -397,6 +397,14 @@ async fn production_stack_end_to_end() {
             .contains("AWS Load Balancer Controller's ALB"),
         "{report}"
     );
+    // The Prometheus the stack installed runs (a real one, on the node
+    // simulator), loaded the rules, and nothing fires.
+    assert!(
+        report
+            .to_string()
+            .contains("2 rule groups loaded, no alert firing"),
+        "{report}"
+    );
 
     // The control plane's API, audit and authenticator logs are on.
     let logs = |eks: aws_sdk_eks::Client, cluster: String| async move {

@@ -493,7 +493,15 @@ async fn gcp_production_end_to_end() {
     // ---- the service works, checked from outside the VPC: the pods' own
     // credentials log in to Cloud SQL and to Memorystore (its AUTH string,
     // over TLS on 6378) through the cluster.
-    common::healthy_through_the_cluster(&w).await;
+    let report = common::healthy_through_the_cluster(&w).await;
+    // The Prometheus the stack installed runs (a real one, on the node
+    // simulator), loaded the rules, and nothing fires.
+    assert!(
+        report
+            .to_string()
+            .contains("2 rule groups loaded, no alert firing"),
+        "{report}"
+    );
 
     // ---- node pool size and Redis size change in place
     w.env

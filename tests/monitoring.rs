@@ -132,7 +132,7 @@ async fn an_error_burst_pages_through_alertmanager_and_a_healthy_service_pages_n
     w.edit(
         "      ingress_host: ${var.ingress_host}\n",
         &format!(
-            "      ingress_host: ${{var.ingress_host}}\n      metrics_port: {metrics}\n      scrape_interval: 1s\n      alert_for: 3s\n      alert_group_wait: 1s\n      monitoring_install: true\n      prometheus: {ns}/ralph-orchestrator-prometheus:9090\n      alert_receivers:\n        - {{ name: oncall, type: pagerduty, key_secret: \"env:PAGERDUTY_ROUTING_KEY\", url: \"http://127.0.0.1:{hook}/page\", severities: [critical] }}\n        - {{ name: tickets, type: webhook, url: \"http://127.0.0.1:{hook}/ticket\" }}\n"
+            "      ingress_host: ${{var.ingress_host}}\n      metrics_port: {metrics}\n      scrape_interval: 1s\n      alert_for: 3s\n      alert_group_wait: 1s\n      monitoring_install: true\n      alert_receivers:\n        - {{ name: oncall, type: pagerduty, key_secret: \"env:PAGERDUTY_ROUTING_KEY\", url: \"http://127.0.0.1:{hook}/page\", severities: [critical] }}\n        - {{ name: tickets, type: webhook, url: \"http://127.0.0.1:{hook}/ticket\" }}\n"
         ),
     );
     w.ok("apply", &["--auto-approve"]);
@@ -375,4 +375,78 @@ async fn an_error_burst_pages_through_alertmanager_and_a_healthy_service_pages_n
         );
         std::thread::sleep(Duration::from_millis(300));
     }
+}
+
+/// The release is the orchestrator and its monitoring together: a
+/// Prometheus that refuses to start (here a flag it does not have, through
+/// a template override) fails the apply with the program's own words, and
+/// the whole release goes back to the last good one, whose Prometheus
+/// answers again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_prometheus_that_will_not_start_fails_the_release_and_rolls_it_back() {
+    let ns = format!("k-promfail-{}", std::process::id());
+    let mut w = World::from_stack("kubernetes-app.yaml", &ns);
+    let metrics = free_port();
+    for (k, v) in [
+        ("RALPH_DEPLOY_VAR_image_tag", "1.0.0"),
+        ("ANTHROPIC_API_KEY", "sk-ant-test-0123456789abcdef"),
+    ] {
+        w.env.push((k.into(), v.into()));
+    }
+    w.edit(
+        "      ingress_host: ${var.ingress_host}\n",
+        &format!(
+            "      ingress_host: ${{var.ingress_host}}\n      metrics_port: {metrics}\n      monitoring_install: true\n"
+        ),
+    );
+    w.ok("apply", &["--auto-approve"]);
+    let client = common::kube_client().await;
+    let good = ready_address(&client, &ns, "ralph-orchestrator-prometheus").await;
+
+    // The built-in Prometheus Deployment, with one flag Prometheus refuses.
+    let custom = w.stack().parent().unwrap().join("custom");
+    std::fs::create_dir_all(&custom).unwrap();
+    let builtin =
+        std::fs::read_to_string(common::repo().join("templates/prometheus-deployment.yaml"))
+            .unwrap();
+    let broken = builtin.replacen(
+        "            - --storage.tsdb.path=/prometheus\n",
+        "            - --storage.tsdb.path=/prometheus\n            - --no-such-flag\n",
+        1,
+    );
+    assert_ne!(broken, builtin);
+    std::fs::write(custom.join("prometheus-deployment.yaml"), broken).unwrap();
+    w.edit(
+        "      monitoring_install: true\n",
+        "      monitoring_install: true\n      templates: custom\n",
+    );
+    let out = w.run("apply", &["--auto-approve"]);
+    let err = common::text(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("CrashLoopBackOff"), "{err}");
+    assert!(err.contains("no-such-flag"), "{err}");
+    assert!(
+        err.contains("Rolled back to the last good release"),
+        "{err}"
+    );
+    // The last good release's Prometheus runs again.
+    let deployments =
+        Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(client.clone(), &ns);
+    let args = deployments
+        .get("ralph-orchestrator-prometheus")
+        .await
+        .unwrap()
+        .spec
+        .template
+        .spec
+        .unwrap()
+        .containers[0]
+        .args
+        .clone()
+        .unwrap();
+    assert!(!args.iter().any(|a| a == "--no-such-flag"), "{args:?}");
+    let again = ready_address(&client, &ns, "ralph-orchestrator-prometheus").await;
+    let up = ureq::get(&format!("http://{again}:9090/-/ready")).call();
+    assert!(up.is_ok(), "{up:?} (before: {good})");
+    w.ok("destroy", &["--auto-approve"]);
 }

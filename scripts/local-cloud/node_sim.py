@@ -617,6 +617,15 @@ def desired_status(pod, secret=lambda ns, name: None, policies=(), configmap=lam
     real = RUNNER is not None and RUNNER.program(pod) is not None
     for c in containers:
         f = fate(c.get("image", ""))
+        crash = RUNNER.crashed(pod) if real else None
+        if crash:
+            ready_all = False
+            statuses.append({
+                "name": c["name"], "image": c.get("image", ""), "imageID": "local://" + c.get("image", ""),
+                "ready": False, "restartCount": RUNNER.restarts(pod), "started": False,
+                "state": {"waiting": {"reason": "CrashLoopBackOff", "message": crash}},
+            })
+            continue
         if f == "ready" and real:
             why = RUNNER.probe(pod, c)
             if why:

@@ -234,9 +234,13 @@ class Runner:
         if run["proc"] is not None and run["proc"].poll() is None:
             return
         if run["proc"] is not None:
-            run["restarts"] += 1
-            if time.time() - run["started"] < min(5 * run["restarts"], 60):
-                return  # back-off, as a kubelet's CrashLoopBackOff
+            if not run.get("counted"):
+                run["restarts"] += 1
+                run["counted"] = True
+                run["exited"] = time.time()
+            # The kubelet's back-off: 10 s, doubling (capped here at 80 s).
+            if time.time() - run["exited"] < min(10 * 2 ** (run["restarts"] - 1), 80):
+                return
         try:
             made = self.volumes(pod, c, run["dir"], secret, configmap)
         except RuntimeError as e:
@@ -249,7 +253,7 @@ class Runner:
                                        cwd=run["dir"], stdout=out, stderr=out, start_new_session=True,
                                        preexec_fn=die_with_parent)
         run["started"] = time.time()
-        run["ready"] = False
+        run["counted"] = False
         log("%s runs %s on %s (pid %d)" % (run["name"], program, run["address"], run["proc"].pid))
 
     def probe(self, pod, c):
@@ -273,6 +277,20 @@ class Runner:
                 return None if 200 <= r.status < 400 else "readiness probe: %d" % r.status
         except Exception as e:
             return "readiness probe failed: %s" % e
+
+    def crashed(self, pod):
+        """The kubelet's CrashLoopBackOff message when the program exited,
+        else None."""
+        run = self.pods.get(pod["metadata"]["uid"])
+        if run is None or run["proc"] is None or run["proc"].poll() is None:
+            return None
+        try:
+            with open(os.path.join(run["dir"], "container.log")) as f:
+                last = [line.strip() for line in f if line.strip()][-1:]
+        except OSError:
+            last = []
+        return "back-off restarting failed container (exit code %d%s)" % (
+            run["proc"].returncode, ": " + last[0][-300:] if last else "")
 
     def restarts(self, pod):
         run = self.pods.get(pod["metadata"]["uid"])

@@ -295,9 +295,9 @@ static SCHEMA: KindSchema = KindSchema {
         Field::new("alert_task_severity", Ty::String, "LongRunningTask's severity label").default("\"warning\""),
         Field::new("slo_availability", Ty::String, "the availability objective in percent (the guide's SLA: 99.9); the error-budget burn-rate alerts page when it is being spent 14.4 times too fast (1 h and 5 min windows) and warn at 6 times (6 h and 30 min)").default("\"99.9\"").check(percent_objective),
         Field::new("slo_latency_ms", Ty::Int, "the latency objective: the 95th percentile of request durations in milliseconds (the guide's 500); LatencyP95High warns above it").default("500").check(checks::range::<1, 600000>),
-        Field::new("prometheus", Ty::String, "the Prometheus `status` asks, as NAMESPACE/SERVICE:PORT (through the API server's service proxy): whether it loaded the rules, and which alerts fire; empty: not asked").default("\"\""),
+        Field::new("prometheus", Ty::String, "the Prometheus `status` asks, as NAMESPACE/SERVICE:PORT (through the API server's service proxy): whether it loaded the rules, and which alerts fire; empty: the one `monitoring_install` runs, else none").default("\"\""),
         Field::new("alertmanager", Ty::String, "host:port of the Alertmanager prometheus.yml sends alerts to (default: the one `monitoring_install` runs, else alertmanager.MONITORING_NAMESPACE.svc:9093)").default("\"\""),
-        Field::new("monitoring_install", Ty::Bool, "run a Prometheus (NAME-prometheus, port 9090) and an Alertmanager (NAME-alertmanager, 9093) in the orchestrator's namespace on the monitoring ConfigMap, under restricted pod security; `status` checks their Deployments (and asks that Prometheus which alerts fire when `prometheus` names it: NAMESPACE/NAME-prometheus:PORT). Not where the Prometheus Operator runs (its Prometheus takes the PrometheusRule)").default("false"),
+        Field::new("monitoring_install", Ty::Bool, "run a Prometheus (NAME-prometheus, port 9090) and an Alertmanager (NAME-alertmanager, 9093) in the orchestrator's namespace on the monitoring ConfigMap, under restricted pod security; `status` checks their Deployments and asks that Prometheus which rules it loaded and which alerts fire. Not where the Prometheus Operator runs (its Prometheus takes the PrometheusRule)").default("false"),
         Field::new("prometheus_image", Ty::String, "the image `monitoring_install` runs Prometheus from (pin a digest: `prom/prometheus:v3.5.0@sha256:...`)").default("\"prom/prometheus:v3.5.0\""),
         Field::new("alertmanager_image", Ty::String, "the image `monitoring_install` runs Alertmanager from").default("\"prom/alertmanager:v0.28.1\""),
         Field::new("grafana_install", Ty::Bool, "with `monitoring_install`: a Grafana (NAME-grafana, port 3000) whose data source is the installed Prometheus and which shows the orchestrator's dashboard from its ConfigMap; the `admin` password comes from `grafana_admin_secret`").default("false"),
@@ -605,6 +605,7 @@ async fn rollout_problem(
         .map(|(k, v)| format!("{k}={v}"))
         .collect::<Vec<_>>()
         .join(",");
+    let current = current_template_hash(cx, client, d, &selector).await?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
     super::count(cx);
     let list = pods
@@ -612,11 +613,23 @@ async fn rollout_problem(
         .await
         .map_err(|e| super::kube_error("listing the rollout's pods", e))?;
     for p in &list.items {
-        let runs_new = p.spec.as_ref().is_some_and(|s| {
-            s.containers
-                .iter()
-                .any(|c| c.image.as_deref() == Some(image))
-        });
+        // The pods of the Deployment's current template (an old one, still
+        // terminating, may run the same image: a rollback, a change of
+        // configuration only); by image where that cannot be told.
+        let runs_new = match &current {
+            Some(hash) => {
+                p.metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get("pod-template-hash"))
+                    == Some(hash)
+            }
+            None => p.spec.as_ref().is_some_and(|s| {
+                s.containers
+                    .iter()
+                    .any(|c| c.image.as_deref() == Some(image))
+            }),
+        };
         if !runs_new {
             continue;
         }
@@ -641,6 +654,50 @@ async fn rollout_problem(
         }
     }
     Ok(None)
+}
+
+/// The `pod-template-hash` of the Deployment's current ReplicaSet (the one
+/// of its revision), if the controller has made it.
+async fn current_template_hash(
+    cx: &Context,
+    client: &kube::Client,
+    d: &Deployment,
+    selector: &str,
+) -> Result<Option<String>, DriverError> {
+    use k8s_openapi::api::apps::v1::ReplicaSet;
+    const REVISION: &str = "deployment.kubernetes.io/revision";
+    let Some(revision) = d
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(REVISION))
+    else {
+        return Ok(None);
+    };
+    let namespace = d.metadata.namespace.clone().unwrap_or_default();
+    super::count(cx);
+    let sets = Api::<ReplicaSet>::namespaced(client.clone(), &namespace)
+        .list(&ListParams::default().labels(selector))
+        .await
+        .map_err(|e| super::kube_error("listing the rollout's ReplicaSets", e))?;
+    Ok(sets
+        .items
+        .into_iter()
+        .filter(|rs| {
+            rs.metadata
+                .owner_references
+                .iter()
+                .flatten()
+                .any(|o| Some(&o.uid) == d.metadata.uid.as_ref())
+        })
+        .find(|rs| {
+            rs.metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(REVISION))
+                == Some(revision)
+        })
+        .and_then(|rs| rs.metadata.labels?.remove("pod-template-hash")))
 }
 
 /// Waits until the Deployment's generation `generation` is rolled out:
@@ -763,7 +820,10 @@ async fn prepare(
 }
 
 /// Applies every object of a release, prunes what it no longer has, and
-/// waits for the rollout.
+/// waits for the rollout: the orchestrator's Deployment first, then the
+/// others the release has (monitoring_install's Prometheus, Alertmanager
+/// and Grafana), so a release whose Prometheus cannot start (a rule it
+/// refuses, an image it cannot pull) fails and is rolled back whole.
 async fn roll_out(
     cx: &Context,
     client: &kube::Client,
@@ -773,11 +833,21 @@ async fn roll_out(
     timeout: Duration,
 ) -> Result<(), DriverError> {
     let mut generation = 0;
+    let mut others = Vec::new();
     for o in &release.objects {
         let applied = server_side_apply(cx, client, &o.object).await?;
-        // The orchestrator's own Deployment (not monitoring_install's).
-        if o.kind() == "Deployment" && o.name() == release.values.name {
-            generation = applied.metadata.generation.unwrap_or(0);
+        if o.kind() != "Deployment" {
+            continue;
+        }
+        let g = applied.metadata.generation.unwrap_or(0);
+        if o.name() == release.values.name {
+            generation = g;
+        } else {
+            let image = o.object["spec"]["template"]["spec"]["containers"][0]["image"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            others.push((o.name().to_string(), g, image));
         }
     }
     let keep = super::object_ids(&release.objects);
@@ -807,7 +877,21 @@ async fn roll_out(
         &values.image,
         timeout,
     )
-    .await
+    .await?;
+    for (name, generation, image) in others {
+        wait_rollout(
+            cx,
+            client,
+            address,
+            &values.namespace,
+            &name,
+            generation,
+            &image,
+            timeout,
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 /// The release `props` (completing the tag from the one running), rolled

@@ -313,8 +313,21 @@ pub struct MonitoringInstall {
 /// Where `status` asks Prometheus, as NAMESPACE/SERVICE:PORT: the stack's
 /// `prometheus` (for the one `monitoring_install` runs,
 /// `NAMESPACE/NAME-prometheus:PORT`), else nowhere.
+/// The Prometheus `status` asks: the one `prometheus` names, else the one
+/// `monitoring_install` runs (with monitoring on), else none.
 pub fn prometheus_target(props: &Map<String, Json>) -> Option<String> {
-    Some(s(props, "prometheus", "")).filter(|p| !p.is_empty())
+    let named = s(props, "prometheus", "");
+    if !named.is_empty() {
+        return Some(named);
+    }
+    (b(props, "monitoring", true) && b(props, "monitoring_install", false)).then(|| {
+        format!(
+            "{}/{}-prometheus:{}",
+            s(props, "namespace", "ralph"),
+            s(props, "name", "ralph-orchestrator"),
+            i(props, "prometheus_port", 9090)
+        )
+    })
 }
 
 /// Bytes in a Kubernetes memory quantity such as `8Gi` or `512M`.
@@ -1755,15 +1768,16 @@ mod tests {
                 .unwrap()
                 .iter()
                 .any(|f| f["podSelector"]["matchLabels"] == *own)));
-        assert_eq!(prometheus_target(&p), None);
-        let mut named = p.clone();
-        named.insert(
-            "prometheus".into(),
-            "ralph/ralph-orchestrator-prometheus:9090".into(),
+        // `status` asks the installed Prometheus unless another is named.
+        assert_eq!(
+            prometheus_target(&p).as_deref(),
+            Some("ralph/ralph-orchestrator-prometheus:9090")
         );
+        let mut named = p.clone();
+        named.insert("prometheus".into(), "monitoring/prometheus-k8s:9090".into());
         assert_eq!(
             prometheus_target(&named).as_deref(),
-            Some("ralph/ralph-orchestrator-prometheus:9090")
+            Some("monitoring/prometheus-k8s:9090")
         );
         // Grafana: the installed Prometheus as its data source, the
         // dashboard ConfigMap as its dashboards, the password from a Secret.
