@@ -9,11 +9,14 @@ prometheus-alertmanager), as a kubelet would:
   network tests, which the API server proxies to, unlike loopback), added
   to this machine's loopback interface; the programs listen there, so two
   stacks' Prometheus both use 9090 and the orchestrators' simulated
-  metrics on the machine's address keep theirs;
+  metrics on the machine's address keep theirs. Each local cloud on the
+  machine (the tests' and the walkthrough's run at once) claims a /24 of
+  its own: the first 198.18.B.1 it can add is its DNS server's address,
+  and its pods take 198.18.B.2-254;
 - its ConfigMap, Secret and emptyDir volumes are made under a directory of
   its own, and the mount paths in its arguments and in those files point
   there (the one liberty: no container filesystem);
-- it resolves names through the cluster's DNS: a server on 198.18.0.1:53
+- it resolves names through the cluster's DNS: a server on 198.18.B.1:53
   that answers `SERVICE.NAMESPACE.svc[.cluster.local]` with the Service's
   ready endpoints (what kube-dns returns for a headless Service; there is
   no kube-proxy here, so a ClusterIP Service answers the same), through a
@@ -37,7 +40,6 @@ import urllib.error
 import urllib.request
 
 POD_NET = "198.18"
-DNS_ADDRESS = POD_NET + ".0.1"
 # Image name -> the program that is that image's software here.
 PROGRAMS = {"prometheus": "prometheus", "alertmanager": "prometheus-alertmanager"}
 
@@ -62,11 +64,10 @@ def drop_address(addr):
 class Dns:
     """A DNS server for the cluster's Service names (A records only)."""
 
-    def __init__(self, endpoints):
+    def __init__(self, address, endpoints):
         self.endpoints = endpoints  # (namespace, service) -> [address] or None
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind((DNS_ADDRESS, 53))
+        self.sock.bind((address, 53))
         threading.Thread(target=self.serve, daemon=True).start()
 
     def lookup(self, name):
@@ -117,8 +118,8 @@ class Runner:
     def __init__(self, run_dir, call):
         self.call = call
         self.root = os.path.join(run_dir, "pods")
-        self.pods = {}  # uid -> {"address", "proc", "dir", "restarts", "started", "ready"}
-        self.next = 1
+        self.pods = {}  # uid -> {"address", "proc", "dir", "restarts", "started", ...}
+        self.block = None
         self.free = []
         self.enabled = False
         why = self.unavailable()
@@ -128,8 +129,9 @@ class Runner:
         os.makedirs(self.root, exist_ok=True)
         self.resolv = os.path.join(self.root, "resolv.conf")
         with open(self.resolv, "w") as f:
-            f.write("search svc.cluster.local cluster.local\nnameserver %s\noptions ndots:5\n" % DNS_ADDRESS)
-        self.dns = Dns(self.endpoints)
+            f.write("search svc.cluster.local cluster.local\nnameserver %s\noptions ndots:5\n" % self.dns_address)
+        self.dns = Dns(self.dns_address, self.endpoints)
+        self.free = ["%s.%d.%d" % (POD_NET, self.block, h) for h in range(254, 1, -1)]
         self.enabled = True
         signal.signal(signal.SIGTERM, lambda *a: (self.stop_all(), os._exit(0)))
 
@@ -137,9 +139,19 @@ class Runner:
         for tool in ("ip", "unshare"):
             if not shutil.which(tool):
                 return "no `%s` on this machine" % tool
-        ok, err = add_address(DNS_ADDRESS)
-        if not ok:
-            return "cannot add %s to the loopback interface: %s" % (DNS_ADDRESS, err)
+        err = ""
+        for block in range(1, 255):
+            r = subprocess.run(["ip", "addr", "add", "%s.%d.1/32" % (POD_NET, block), "dev", "lo"],
+                               capture_output=True, text=True)
+            if r.returncode == 0:
+                self.block = block
+                break
+            err = r.stderr.strip()
+            if "File exists" not in err:
+                break
+        if self.block is None:
+            return "cannot add an address of 198.18.0.0/16 to the loopback interface: %s" % err
+        self.dns_address = "%s.%d.1" % (POD_NET, self.block)
         probe = subprocess.run(["unshare", "-m", "true"], capture_output=True, text=True)
         if probe.returncode != 0:
             return "cannot make a mount namespace: %s" % probe.stderr.strip()
@@ -171,11 +183,7 @@ class Runner:
         return run["address"] if run else None
 
     def allocate(self):
-        if self.free:
-            return self.free.pop()
-        n = self.next
-        self.next += 1
-        return "%s.%d.%d" % (POD_NET, 1 + n // 254, 1 + n % 254)
+        return self.free.pop() if self.free else None
 
     def volumes(self, pod, c, here, secret, configmap):
         """Writes the pod's volumes under `here`; returns [(mountPath, dir)]."""
@@ -223,6 +231,9 @@ class Runner:
         run = self.pods.get(uid)
         if run is None:
             addr = self.allocate()
+            if addr is None:
+                log("no address left for %s/%s" % (pod["metadata"]["namespace"], pod["metadata"]["name"]))
+                return
             ok, err = add_address(addr)
             if not ok:
                 log("cannot add %s: %s" % (addr, err))
@@ -323,7 +334,8 @@ class Runner:
         for run in self.pods.values():
             self.kill(run)
             drop_address(run["address"])
-        drop_address(DNS_ADDRESS)
+        if self.block is not None:
+            drop_address(self.dns_address)
 
 
 def die_with_parent():
