@@ -120,7 +120,19 @@ pub async fn check(
         ));
     }
     let flag = |k: &str, default: bool| props.get(k).and_then(Json::as_bool).unwrap_or(default);
-    if flag("monitoring", true) && flag("monitoring_install", false) {
+    // Where the Prometheus Operator runs, `monitoring_install` makes nothing
+    // (the Operator's Prometheus takes the PrometheusRule): there is no
+    // installed Prometheus to check or to ask.
+    let installs = flag("monitoring", true)
+        && flag("monitoring_install", false)
+        && !super::discover(cx, &client)
+            .await
+            .is_ok_and(|api| api.prometheus_operator);
+    let named = props
+        .get("prometheus")
+        .and_then(Json::as_str)
+        .is_some_and(|p| !p.is_empty());
+    if installs {
         let mut parts = vec!["prometheus", "alertmanager"];
         if flag("grafana_install", false) {
             parts.push("grafana");
@@ -131,7 +143,7 @@ pub async fn check(
             timed(installed(&client, namespace, name, &parts)).await,
         ));
     }
-    if let Some(target) = super::render::prometheus_target(props) {
+    if let Some(target) = super::render::prometheus_target(props).filter(|_| named || installs) {
         out.push(probe(
             "monitoring",
             format!("prometheus {target}, rules and alerts of {name}"),
