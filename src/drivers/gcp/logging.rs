@@ -195,6 +195,45 @@ async fn list_all(
     }
 }
 
+/// Everything of one collection of the stack's project that the owner has:
+/// one paged list of `v2/projects/PROJECT/{collection}`, kept by the
+/// description marker.
+async fn owned(
+    cx: &Context,
+    collection: &str,
+    key: &str,
+    noun: &str,
+    observe: impl Fn(&str, &Json) -> Option<Observed>,
+) -> Result<Vec<Observed>, DriverError> {
+    let project = cx.gcp().await?.project.clone();
+    let rest = Rest::new(cx, SERVICE, DEFAULT_ENDPOINT).await?;
+    let all = list_all(
+        &rest,
+        &format!("v2/projects/{project}/{collection}"),
+        key,
+        &format!("listing the {noun} of project {project}"),
+    )
+    .await?;
+    Ok(all
+        .iter()
+        .filter_map(|v| observe(&project, v))
+        .filter(|o| o.owner.as_ref() == Some(&cx.owner))
+        .collect())
+}
+
+/// Deletes `id` (a 404, gone already, is done).
+async fn delete_named(cx: &Context, id: &str, noun: &str) -> Result<(), DriverError> {
+    let rest = Rest::new(cx, SERVICE, DEFAULT_ENDPOINT).await?;
+    rest.send(
+        "DELETE",
+        &format!("v2/{id}"),
+        None,
+        &format!("deleting {noun} {id}"),
+    )
+    .await?;
+    Ok(())
+}
+
 /// A bucket as the kind's attributes; `None` for one Google is deleting.
 fn observe_bucket(v: &Json) -> Option<Observed> {
     if v["lifecycleState"] == "DELETE_REQUESTED" {
@@ -290,20 +329,14 @@ impl Driver for LogBucket {
     }
 
     async fn refresh(&self, cx: &Context, _known: &[Known]) -> Result<Vec<Observed>, DriverError> {
-        let project = cx.gcp().await?.project.clone();
-        let rest = Rest::new(cx, SERVICE, DEFAULT_ENDPOINT).await?;
-        let all = list_all(
-            &rest,
-            &format!("v2/projects/{project}/locations/-/buckets"),
+        owned(
+            cx,
+            "locations/-/buckets",
             "buckets",
-            &format!("listing the log buckets of project {project}"),
+            "log buckets",
+            |_, v| observe_bucket(v),
         )
-        .await?;
-        Ok(all
-            .iter()
-            .filter_map(observe_bucket)
-            .filter(|o| o.owner.as_ref() == Some(&cx.owner))
-            .collect())
+        .await
     }
 
     async fn lookup(&self, cx: &Context, id: &str) -> Result<Option<Observed>, DriverError> {
@@ -392,16 +425,7 @@ impl Driver for LogBucket {
         have: &Observed,
         _timeouts: &Timeouts,
     ) -> Result<(), DriverError> {
-        let rest = Rest::new(cx, SERVICE, DEFAULT_ENDPOINT).await?;
-        // Gone already (404) is done.
-        rest.send(
-            "DELETE",
-            &format!("v2/{}", have.id),
-            None,
-            &format!("deleting log bucket {}", have.id),
-        )
-        .await?;
-        Ok(())
+        delete_named(cx, &have.id, "log bucket").await
     }
 }
 
@@ -449,20 +473,7 @@ impl Driver for LogSink {
     }
 
     async fn refresh(&self, cx: &Context, _known: &[Known]) -> Result<Vec<Observed>, DriverError> {
-        let project = cx.gcp().await?.project.clone();
-        let rest = Rest::new(cx, SERVICE, DEFAULT_ENDPOINT).await?;
-        let all = list_all(
-            &rest,
-            &format!("v2/projects/{project}/sinks"),
-            "sinks",
-            &format!("listing the log sinks of project {project}"),
-        )
-        .await?;
-        Ok(all
-            .iter()
-            .filter_map(|v| observe_sink(&project, v))
-            .filter(|o| o.owner.as_ref() == Some(&cx.owner))
-            .collect())
+        owned(cx, "sinks", "sinks", "log sinks", observe_sink).await
     }
 
     async fn lookup(&self, cx: &Context, id: &str) -> Result<Option<Observed>, DriverError> {
@@ -534,15 +545,7 @@ impl Driver for LogSink {
         have: &Observed,
         _timeouts: &Timeouts,
     ) -> Result<(), DriverError> {
-        let rest = Rest::new(cx, SERVICE, DEFAULT_ENDPOINT).await?;
-        rest.send(
-            "DELETE",
-            &format!("v2/{}", have.id),
-            None,
-            &format!("deleting log sink {}", have.id),
-        )
-        .await?;
-        Ok(())
+        delete_named(cx, &have.id, "log sink").await
     }
 }
 
