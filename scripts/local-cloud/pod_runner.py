@@ -118,7 +118,7 @@ class Runner:
     def __init__(self, run_dir, call):
         self.call = call
         self.root = os.path.join(run_dir, "pods")
-        self.pods = {}  # uid -> {"address", "proc", "dir", "restarts", "started", ...}
+        self.pods = {}  # uid -> {"address", "proc", "dir", "restarts", "started", "name", ...}
         self.block = None
         self.free = []
         self.enabled = False
@@ -240,7 +240,7 @@ class Runner:
                 return
             here = os.path.join(self.root, uid)
             run = {"address": addr, "dir": here, "proc": None, "restarts": 0, "started": None,
-                   "ready": False, "name": "%s/%s" % (pod["metadata"]["namespace"], pod["metadata"]["name"])}
+                   "name": "%s/%s" % (pod["metadata"]["namespace"], pod["metadata"]["name"])}
             self.pods[uid] = run
         if run["proc"] is not None and run["proc"].poll() is None:
             return

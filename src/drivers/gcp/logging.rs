@@ -169,32 +169,6 @@ pub(crate) fn drivers() -> Vec<Box<dyn Driver>> {
 pub struct LogBucket;
 pub struct LogSink;
 
-/// Lists every page of `path` (which has no query yet), collecting `key`.
-async fn list_all(
-    rest: &Rest<'_>,
-    path: &str,
-    key: &str,
-    what: &str,
-) -> Result<Vec<Json>, DriverError> {
-    let mut out = Vec::new();
-    let mut token = String::new();
-    loop {
-        let mut url = format!("{path}?pageSize=200");
-        if !token.is_empty() {
-            url.push_str(&format!("&pageToken={token}"));
-        }
-        let page = rest
-            .send("GET", &url, None, what)
-            .await?
-            .unwrap_or_default();
-        out.extend(page[key].as_array().into_iter().flatten().cloned());
-        match page["nextPageToken"].as_str().filter(|t| !t.is_empty()) {
-            Some(t) => token = t.to_string(),
-            None => return Ok(out),
-        }
-    }
-}
-
 /// Everything of one collection of the stack's project that the owner has:
 /// one paged list of `v2/projects/PROJECT/{collection}`, kept by the
 /// description marker.
@@ -207,13 +181,13 @@ async fn owned(
 ) -> Result<Vec<Observed>, DriverError> {
     let project = cx.gcp().await?.project.clone();
     let rest = Rest::new(cx, SERVICE, DEFAULT_ENDPOINT).await?;
-    let all = list_all(
-        &rest,
-        &format!("v2/projects/{project}/{collection}"),
-        key,
-        &format!("listing the {noun} of project {project}"),
-    )
-    .await?;
+    let all = rest
+        .list_all(
+            &format!("v2/projects/{project}/{collection}"),
+            key,
+            &format!("listing the {noun} of project {project}"),
+        )
+        .await?;
     Ok(all
         .iter()
         .filter_map(|v| observe(&project, v))

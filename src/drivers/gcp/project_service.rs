@@ -118,35 +118,17 @@ async fn read(
 
 /// The APIs enabled on a project: one paged list.
 async fn enabled(rest: &Rest<'_>, project: &str) -> Result<Map<String, Json>, DriverError> {
-    let mut out = Map::new();
-    let mut token = String::new();
-    loop {
-        let page = rest
-            .send(
-                "GET",
-                &format!(
-                    "v1/projects/{project}/services?filter=state:ENABLED&pageSize=200{}",
-                    if token.is_empty() {
-                        String::new()
-                    } else {
-                        format!("&pageToken={token}")
-                    }
-                ),
-                None,
-                &format!("listing the APIs enabled on project {project}"),
-            )
-            .await?
-            .unwrap_or_default();
-        for s in page["services"].as_array().into_iter().flatten() {
-            if let Some(name) = s["config"]["name"].as_str() {
-                out.insert(name.to_string(), s.clone());
-            }
-        }
-        match page["nextPageToken"].as_str().filter(|t| !t.is_empty()) {
-            Some(t) => token = t.to_string(),
-            None => return Ok(out),
-        }
-    }
+    let services = rest
+        .list_all(
+            &format!("v1/projects/{project}/services?filter=state:ENABLED"),
+            "services",
+            &format!("listing the APIs enabled on project {project}"),
+        )
+        .await?;
+    Ok(services
+        .into_iter()
+        .filter_map(|s| Some((s["config"]["name"].as_str()?.to_string(), s)))
+        .collect())
 }
 
 fn observed(project: &str, service: &str, v: &Json) -> Observed {

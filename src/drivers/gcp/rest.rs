@@ -55,6 +55,34 @@ impl<'a> Rest<'a> {
         self.answer(code, text, what)
     }
 
+    /// Every page of a list at `path` (which has no query string yet), the
+    /// items under `key` of each.
+    pub async fn list_all(
+        &self,
+        path: &str,
+        key: &str,
+        what: &str,
+    ) -> Result<Vec<Json>, DriverError> {
+        let mut out = Vec::new();
+        let mut token = String::new();
+        loop {
+            let sep = if path.contains('?') { '&' } else { '?' };
+            let mut url = format!("{path}{sep}pageSize=200");
+            if !token.is_empty() {
+                url.push_str(&format!("&pageToken={token}"));
+            }
+            let page = self
+                .send("GET", &url, None, what)
+                .await?
+                .unwrap_or_default();
+            out.extend(page[key].as_array().into_iter().flatten().cloned());
+            match page["nextPageToken"].as_str().filter(|t| !t.is_empty()) {
+                Some(t) => token = t.to_string(),
+                None => return Ok(out),
+            }
+        }
+    }
+
     /// A create: `Ok(Err(answer))` when the name is taken (409
     /// ALREADY_EXISTS), so the caller can look at what holds it.
     pub async fn create(

@@ -605,7 +605,8 @@ async fn rollout_problem(
         .map(|(k, v)| format!("{k}={v}"))
         .collect::<Vec<_>>()
         .join(",");
-    let current = current_template_hash(cx, client, d, &selector).await?;
+    // Read only when a pod is stuck: a healthy rollout's polls ask nothing more.
+    let mut current: Option<Option<String>> = None;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
     super::count(cx);
     let list = pods
@@ -613,26 +614,6 @@ async fn rollout_problem(
         .await
         .map_err(|e| super::kube_error("listing the rollout's pods", e))?;
     for p in &list.items {
-        // The pods of the Deployment's current template (an old one, still
-        // terminating, may run the same image: a rollback, a change of
-        // configuration only); by image where that cannot be told.
-        let runs_new = match &current {
-            Some(hash) => {
-                p.metadata
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get("pod-template-hash"))
-                    == Some(hash)
-            }
-            None => p.spec.as_ref().is_some_and(|s| {
-                s.containers
-                    .iter()
-                    .any(|c| c.image.as_deref() == Some(image))
-            }),
-        };
-        if !runs_new {
-            continue;
-        }
         for cs in p
             .status
             .as_ref()
@@ -641,7 +622,31 @@ async fn rollout_problem(
         {
             if let Some(w) = cs.state.as_ref().and_then(|s| s.waiting.as_ref()) {
                 let reason = w.reason.clone().unwrap_or_default();
-                if STUCK.contains(&reason.as_str()) {
+                if !STUCK.contains(&reason.as_str()) {
+                    continue;
+                }
+                // Only the pods of the Deployment's current template count
+                // (an old one, still terminating, may run the same image: a
+                // rollback, a change of configuration only); by image where
+                // the template cannot be told.
+                if current.is_none() {
+                    current = Some(current_template_hash(cx, client, d, &selector).await?);
+                }
+                let runs_new = match current.as_ref().and_then(Option::as_ref) {
+                    Some(hash) => {
+                        p.metadata
+                            .labels
+                            .as_ref()
+                            .and_then(|l| l.get("pod-template-hash"))
+                            == Some(hash)
+                    }
+                    None => p.spec.as_ref().is_some_and(|s| {
+                        s.containers
+                            .iter()
+                            .any(|c| c.image.as_deref() == Some(image))
+                    }),
+                };
+                if runs_new {
                     return Ok(Some(format!(
                         "pod {} is {reason}: {}",
                         p.metadata.name.clone().unwrap_or_default(),
