@@ -429,6 +429,7 @@ def main():
         bench_offline()
     if "1" in which:
         bench_critical_path()
+    if "1" in which or "1g" in which:
         bench_gcp_critical_path()
     if "2" in which:
         bench_scale()

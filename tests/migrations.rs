@@ -441,11 +441,19 @@ async fn a_private_database_is_reached_through_the_cluster_as_its_network_allows
     .unwrap();
     let policies = kube::Api::<NetworkPolicy>::namespaced(common::kube_client().await, &namespace);
     policies.create(&Default::default(), &deny).await.unwrap();
-    // Let the node simulator see the policy before the next pod asks.
-    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
-    let out = db.run(&["migrate", "status"]);
-    let err = text(&out.stderr) + &text(&out.stdout);
-    assert_ne!(out.status.code(), Some(0), "{err}");
+    // Policies take effect a moment after they are made, on a cluster as
+    // on the node simulator (which reads them once per round, slower when
+    // the machine is busy): the next commands are refused within seconds.
+    let started = std::time::Instant::now();
+    let err = loop {
+        let out = db.run(&["migrate", "status"]);
+        let err = text(&out.stderr) + &text(&out.stdout);
+        if out.status.code() != Some(0) || started.elapsed().as_secs() > 20 {
+            assert_ne!(out.status.code(), Some(0), "never refused: {err}");
+            break err;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    };
     assert!(
         err.contains("NetworkPolicy deny-egress admits no egress"),
         "{err}"
