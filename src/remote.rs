@@ -207,3 +207,17 @@ mod tests {
         assert!(message.contains("PostgreSQL"), "{message}");
     }
 }
+
+/// The AWS SDK's settings loader with the project's HTTPS client: rustls
+/// with ring, as every other client here (the SDK's default client would
+/// compile aws-lc, a C library, for the AWS SDK alone). Certificates are
+/// the platform's, as with the default client.
+pub fn aws_defaults() -> aws_config::ConfigLoader {
+    use aws_smithy_http_client::tls;
+    let client = aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(
+            tls::rustls_provider::CryptoMode::Ring,
+        ))
+        .build_https();
+    aws_config::defaults(aws_config::BehaviorVersion::latest()).http_client(client)
+}

@@ -297,7 +297,7 @@ pub fn parse_state(plain: &[u8], path: &str, history: &str) -> Result<State, Sta
 /// The AWS SDK settings the state stores and KMS use: the standard chain,
 /// with the stack's region when the environment names none.
 pub(crate) async fn aws_sdk_config(region: Option<&str>) -> aws_config::SdkConfig {
-    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+    let mut loader = crate::remote::aws_defaults();
     if std::env::var("AWS_REGION").is_err() {
         if let Some(r) = region {
             loader = loader.region(aws_config::Region::new(r.to_string()));

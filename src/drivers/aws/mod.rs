@@ -127,7 +127,7 @@ impl AwsClients {
             .operation_attempt_timeout(attempt)
             .operation_timeout(total)
             .build();
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        let mut loader = crate::remote::aws_defaults()
             .retry_config(retry)
             .timeout_config(timeouts);
         if let Some(p) = &settings.profile {
