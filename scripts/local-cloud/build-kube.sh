@@ -53,7 +53,9 @@ mkdir -p gopath/src/k8s.io
 tar -xf kubernetes_*.orig.tar.* -C gopath/src/k8s.io
 src="$(ls -d gopath/src/k8s.io/*/ | head -1)"
 [ "$src" != "gopath/src/k8s.io/kubernetes/" ] && mv "$src" gopath/src/k8s.io/kubernetes
-export GOPATH="$work/gopath" GO111MODULE=off GOPROXY=off CGO_ENABLED=0 GOFLAGS=
+# Go's build cache in the work directory too: removed with it, so
+# ~/.cache/go-build does not keep a gigabyte of objects after the build.
+export GOPATH="$work/gopath" GOCACHE="$work/gocache" GO111MODULE=off GOPROXY=off CGO_ENABLED=0 GOFLAGS=
 cd "$GOPATH/src/k8s.io/kubernetes"
 
 # The vendored github.com/modern-go/reflect2 1.0.1 links to the runtime's

@@ -362,15 +362,22 @@ pub async fn owned_objects(
     namespace: &str,
     selector: &str,
 ) -> Result<BTreeMap<String, (String, &'static str)>, DriverError> {
+    // One list per kind, all at once.
+    let lists = futures::future::try_join_all(managed_kinds(api).into_iter().map(
+        |(api_version, kind)| async move {
+            let list_api = dynamic_api(client, &api_version, kind, namespace);
+            count(cx);
+            let list = list_api
+                .list_metadata(&ListParams::default().labels(selector))
+                .await
+                .map_err(|e| kube_error(&format!("listing {kind} in {namespace}"), e))?;
+            Ok::<_, DriverError>((api_version, kind, list.items))
+        },
+    ))
+    .await?;
     let mut out = BTreeMap::new();
-    for (api_version, kind) in managed_kinds(api) {
-        let list_api = dynamic_api(client, &api_version, kind, namespace);
-        count(cx);
-        let list = list_api
-            .list_metadata(&ListParams::default().labels(selector))
-            .await
-            .map_err(|e| kube_error(&format!("listing {kind} in {namespace}"), e))?;
-        for o in list.items {
+    for (api_version, kind, items) in lists {
+        for o in items {
             if let Some(name) = o.metadata.name {
                 out.insert(format!("{kind}/{name}"), (api_version.clone(), kind));
             }
@@ -427,34 +434,44 @@ pub async fn read_secrets(
     props: &Map<String, Json>,
 ) -> Result<(BTreeMap<String, String>, String), DriverError> {
     use crate::drivers::read_secret_source as read_source;
-    let mut values = BTreeMap::new();
-    let mut versions = Vec::new();
-    for (key, source) in props
+    // Every source at once (each is a call to a secret store): a release
+    // waits for the slowest read, not for their sum.
+    let plain: Vec<(&String, &str)> = props
         .get("secrets")
         .and_then(Json::as_object)
         .into_iter()
         .flatten()
-    {
-        let (value, version) = read_source(
-            cx,
-            &format!("secret {key}"),
-            source.as_str().unwrap_or_default(),
-        )
-        .await?;
-        values.insert(key.clone(), value);
+        .map(|(key, source)| (key, source.as_str().unwrap_or_default()))
+        .collect();
+    let passwords: Vec<(&str, &str, &str)> = render::CONNECTIONS
+        .iter()
+        .filter_map(|(url_key, password_field)| {
+            let source = props
+                .get(*password_field)
+                .and_then(Json::as_str)
+                .filter(|s| !s.is_empty())?;
+            Some((*url_key, *password_field, source))
+        })
+        .collect();
+    let (plain_read, passwords_read) = futures::future::try_join(
+        futures::future::try_join_all(plain.iter().map(|(key, source)| async move {
+            read_source(cx, &format!("secret {key}"), source).await
+        })),
+        futures::future::try_join_all(passwords.iter().map(|(_, field, source)| async move {
+            read_source(cx, &format!("`{field}`"), source).await
+        })),
+    )
+    .await?;
+    let mut values = BTreeMap::new();
+    let mut versions = Vec::new();
+    for ((key, _), (value, version)) in plain.iter().zip(plain_read) {
+        values.insert(key.to_string(), value);
         versions.push(format!("{key}={version}"));
     }
-    for (url_key, password_field) in render::CONNECTIONS {
-        let Some(source) = props
-            .get(password_field)
-            .and_then(Json::as_str)
-            .filter(|s| !s.is_empty())
-        else {
-            continue;
-        };
+    for ((url_key, password_field, _), (password, version)) in passwords.iter().zip(passwords_read)
+    {
         let url_field = url_key.to_ascii_lowercase();
         let url = render::connection_url(props, url_key).unwrap_or_default();
-        let (password, version) = read_source(cx, &format!("`{password_field}`"), source).await?;
         let mut parsed = url::Url::parse(&url)
             .map_err(|e| DriverError::new(format!("`{url_field}` is not a url: {e}")))?;
         parsed.set_password(Some(&password)).map_err(|()| {

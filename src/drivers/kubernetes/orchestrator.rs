@@ -769,7 +769,17 @@ async fn prepare(
     props: &Map<String, Json>,
     running: Option<i64>,
 ) -> Result<Release, DriverError> {
-    let (secret_values, secrets_version) = read_secrets(cx, props).await?;
+    // The orchestrator's secrets and the alert receivers' keys, all read at once.
+    let receivers = render::receiver_keys(props);
+    let ((secret_values, secrets_version), keys) = futures::future::try_join(
+        read_secrets(cx, props),
+        futures::future::try_join_all(receivers.iter().map(|(receiver, source)| async move {
+            let what = format!("the key of alert receiver `{receiver}`");
+            let (value, _) = crate::drivers::read_secret_source(cx, &what, source).await?;
+            Ok::<_, DriverError>((receiver.clone(), value))
+        })),
+    )
+    .await?;
     let values = render::values(
         owner,
         address,
@@ -781,16 +791,7 @@ async fn prepare(
     .map_err(DriverError::new)?;
     let mut objects = render::render(&values, templates_dir(&cx.base_dir, props).as_deref())
         .map_err(DriverError::new)?;
-    let mut receiver_keys = std::collections::BTreeMap::new();
-    for (receiver, source) in render::receiver_keys(props) {
-        let (value, _) = crate::drivers::read_secret_source(
-            cx,
-            &format!("the key of alert receiver `{receiver}`"),
-            &source,
-        )
-        .await?;
-        receiver_keys.insert(receiver, value);
-    }
+    let receiver_keys: std::collections::BTreeMap<String, String> = keys.into_iter().collect();
     let mut grafana = std::collections::BTreeMap::new();
     if values.monitoring.install.grafana {
         let source = props
@@ -839,20 +840,41 @@ async fn roll_out(
 ) -> Result<(), DriverError> {
     let mut generation = 0;
     let mut others = Vec::new();
-    for o in &release.objects {
-        let applied = server_side_apply(cx, client, &o.object).await?;
-        if o.kind() != "Deployment" {
-            continue;
-        }
-        let g = applied.metadata.generation.unwrap_or(0);
-        if o.name() == release.values.name {
-            generation = g;
-        } else {
-            let image = o.object["spec"]["template"]["spec"]["containers"][0]["image"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string();
-            others.push((o.name().to_string(), g, image));
+    // In three waves, each applied at once: the namespace; what the pods
+    // read (accounts, configuration, secrets) and everything else; then
+    // the workloads, whose first pods find all of it there.
+    let wave = |o: &render::Rendered| match o.kind() {
+        "Namespace" => 0,
+        "Deployment"
+        | "StatefulSet"
+        | "DaemonSet"
+        | "CronJob"
+        | "Job"
+        | "HorizontalPodAutoscaler" => 2,
+        _ => 1,
+    };
+    for w in 0..3 {
+        let applied =
+            futures::future::try_join_all(release.objects.iter().filter(|o| wave(o) == w).map(
+                |o| async move {
+                    Ok::<_, DriverError>((o, server_side_apply(cx, client, &o.object).await?))
+                },
+            ))
+            .await?;
+        for (o, applied) in applied {
+            if o.kind() != "Deployment" {
+                continue;
+            }
+            let g = applied.metadata.generation.unwrap_or(0);
+            if o.name() == release.values.name {
+                generation = g;
+            } else {
+                let image = o.object["spec"]["template"]["spec"]["containers"][0]["image"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                others.push((o.name().to_string(), g, image));
+            }
         }
     }
     let keep = super::object_ids(&release.objects);
