@@ -977,3 +977,111 @@ async fn a_binary_secret_is_refused_not_read_as_empty() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("holds binary data, not text"), "{err}");
 }
+
+/// A TLS endpoint with a certificate from a CA of its own (made with the
+/// `openssl` command): a private API endpoint, or a proxy that intercepts
+/// TLS. Returns its URL, the CA's PEM file and the server process.
+fn tls_endpoint(dir: &std::path::Path) -> (String, std::path::PathBuf, std::process::Child) {
+    let sh = |script: &str| {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    sh("openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 1 -subj '/CN=private CA' \
+        && openssl req -newkey rsa:2048 -nodes -keyout leaf.key -out leaf.csr -subj '/CN=127.0.0.1' \
+        && printf 'subjectAltName=IP:127.0.0.1\\nbasicConstraints=CA:FALSE\\nextendedKeyUsage=serverAuth\\n' > ext.cnf \
+        && openssl x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out leaf.pem -days 1 -extfile ext.cnf");
+    // Answers every request 403 with an AWS-looking body that is not what
+    // the call expects: reaching it at all is what the test looks for.
+    let server = r#"
+import http.server, ssl, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        body = b"<ErrorResponse><Error><Type>Sender</Type><Message>the private endpoint</Message></Error></ErrorResponse>"
+        self.send_response(403); self.send_header("content-length", str(len(body))); self.end_headers(); self.wfile.write(body)
+    do_GET = do_POST
+    def log_message(self, *a): pass
+http.server.ThreadingHTTPServer.request_queue_size = 256
+s = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); ctx.load_cert_chain("leaf.pem", "leaf.key")
+s.socket = ctx.wrap_socket(s.socket, server_side=True)
+print(s.server_address[1], flush=True)
+s.serve_forever()
+"#;
+    let mut child = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(server)
+        .current_dir(dir)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut port = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut port,
+    )
+    .unwrap();
+    (
+        format!("https://127.0.0.1:{}", port.trim()),
+        dir.join("ca.pem"),
+        child,
+    )
+}
+
+#[test]
+fn an_endpoint_whose_certificate_is_not_trusted_is_named_and_its_ca_can_be_given() {
+    let w = World::from_stack("aws-network.yaml", &format!("t-tls-{}", std::process::id()));
+    let stack = w.stack();
+    let tmp = tempfile::tempdir().unwrap();
+    let (url, ca, server) = tls_endpoint(tmp.path());
+    // Stopped however the test ends.
+    struct Stop(std::process::Child);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _server = Stop(server);
+    // (The SDK retries a refused certificate as a transient failure: one
+    // attempt keeps the test short.)
+    let plan = || {
+        let mut c = w.cmd_at(
+            &url,
+            &["plan", stack.to_str().unwrap(), "--env", "production"],
+        );
+        c.env("AWS_MAX_ATTEMPTS", "1");
+        c
+    };
+    // The platform's roots do not vouch for it: refused, and said so.
+    let out = plan().env_remove("SSL_CERT_FILE").output().unwrap();
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_ne!(out.status.code(), Some(0), "{all}");
+    assert!(
+        all.contains("refused its certificate (invalid peer certificate: UnknownIssuer)"),
+        "{all}"
+    );
+    assert!(all.contains("SSL_CERT_FILE"), "{all}");
+    // Its CA given: the TLS connection is made and the endpoint answers.
+    let out = plan().env("SSL_CERT_FILE", &ca).output().unwrap();
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(all.contains("answered HTTP 403"), "{all}");
+    assert!(!all.contains("certificate"), "{all}");
+}

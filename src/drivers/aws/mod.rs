@@ -377,6 +377,22 @@ fn attempt_timeout(total: std::time::Duration) -> std::time::Duration {
         .min(total)
 }
 
+/// What an error chain says was wrong with a certificate (rustls:
+/// "invalid peer certificate: UnknownIssuer").
+fn certificate_reason(chain: &str) -> String {
+    const PEER: &str = "invalid peer certificate: ";
+    match chain.find(PEER) {
+        Some(at) => {
+            let rest = &chain[at + PEER.len()..];
+            let end = rest
+                .find(|c: char| !(c.is_alphanumeric() || c == '_'))
+                .unwrap_or(rest.len());
+            format!("{PEER}{}", &rest[..end])
+        }
+        None => "a certificate problem".to_string(),
+    }
+}
+
 /// An SDK failure as one line: the service's code and message, or what was
 /// reached (or not) and what was expected.
 pub(crate) fn api_error<E>(
@@ -396,7 +412,15 @@ where
             api_timeout().as_secs()
         ),
         _ if matches!(err, SdkError::DispatchFailure(_)) => {
+            let chain = DisplayErrorContext(&err).to_string();
             let why = match &err {
+                // A certificate the platform's roots do not vouch for (a
+                // proxy that intercepts TLS, a private endpoint's own CA)
+                // is an I/O error to the SDK: say which it is.
+                SdkError::DispatchFailure(_) if chain.contains("certificate") => format!(
+                    "the TLS handshake refused its certificate ({}); a proxy that intercepts TLS or an endpoint with a CA of its own needs that CA in the system's trust store or in SSL_CERT_FILE",
+                    certificate_reason(&chain)
+                ),
                 SdkError::DispatchFailure(d) if d.is_timeout() => {
                     "the connection timed out".to_string()
                 }
