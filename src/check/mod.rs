@@ -489,7 +489,7 @@ mod tests {
             env_variables: vec![("api_allowed_cidrs".into(), "[\"10.99.0.0/16\"]".into())],
             ..Default::default()
         };
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        let path = crate::testing::engine_tests::repo()
             .join("stacks")
             .join(name);
         Stack::load(&path, &options, &crate::drivers::Registry::builtin())

@@ -37,8 +37,13 @@ struct World {
     _dir: Option<tempfile::TempDir>,
 }
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+/// The checkout the tests run in: cargo sets CARGO_MANIFEST_DIR when it
+/// runs them (the compiled-in path can name another checkout that shares
+/// the target directory).
+pub(crate) fn repo() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
 
 /// The production environment, with the API endpoint's ranges the

@@ -6,7 +6,7 @@
 //! are configurable, so diff, ordering, partial creates, recovery and crash
 //! safety are tested in-process, in milliseconds.
 
-mod engine_tests;
+pub(crate) mod engine_tests;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
