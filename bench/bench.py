@@ -101,6 +101,8 @@ def critical_path(stack, env, profile=None):
     def weight(n):
         if n["kind"] == "aws.rds_instance":
             return profile["rds_replica_create" if "replica" in n["address"] else "rds_create"]
+        if n["kind"] == "gcp.sql_instance" and "replica" in n["address"]:
+            return profile["sql_replica_create"]
         if n["kind"] in GCP_WEIGHTS:
             return sum(profile.get(k, 0.0) for k in GCP_WEIGHTS[n["kind"]])
         return profile.get(weight_of.get(n["kind"], ""), 0.0)

@@ -221,11 +221,16 @@ fn a_private_cloud_sql_address_without_private_services_access_is_caught() {
     let (code, findings) = check(&v.stack, &["--env", "production"], &[]);
     assert_eq!(code, Some(1));
     let line = line_of(&v.text, "private_network: projects/other");
+    // The read replica is on the primary's network (`${db.private_network}`,
+    // followed to it), on its own line.
+    let replica = line_of(&v.text, "private_network: ${db.private_network}");
     assert_eq!(
         of(&findings, "network.store-unreachable"),
         vec![
             e("gcp-production.yaml", line, "db"),
-            e("gcp-production.yaml", line, "db")
+            e("gcp-production.yaml", line, "db"),
+            e("gcp-production.yaml", replica, "db_replica"),
+            e("gcp-production.yaml", replica, "db_replica")
         ],
         "no connection on that network, and not the cluster's: {findings:#?}"
     );

@@ -141,7 +141,7 @@ async fn gcp_production_end_to_end() {
         .rev()
         .find(|e| e["event"] == "summary")
         .expect("a summary");
-    assert_eq!(summary["created"], 44, "{summary}");
+    assert_eq!(summary["created"], 45, "{summary}");
     assert_eq!(summary["v"], 1);
     assert_eq!(summary["version"], env!("CARGO_PKG_VERSION"));
     assert!(summary["retries"].as_u64().unwrap() >= 9, "{summary}");
@@ -483,7 +483,7 @@ async fn gcp_production_end_to_end() {
     // connection's list and the project's number it is named by, one
     // aggregated list of the node pools' instance groups (their sizes), one
     // list of the enabled APIs, and the log buckets' and sinks' lists: 24
-    // for the 44 resources.
+    // for the 45 resources.
     assert!(
         cost <= 24,
         "a no-op plan made {cost} requests to Google Cloud"

@@ -649,6 +649,104 @@ async fn local_stores_refuse_major_versions_past_their_support() {
     assert_eq!(code, 200, "{e}");
 }
 
+/// The local Cloud SQL's read replicas behave as Google's: made of a running
+/// primary of the same major, with no backups of their own; their
+/// databases and users are the primary's and cannot be changed on them; a
+/// primary with a replica cannot be deleted, and the replica's delete
+/// releases it.
+#[test]
+fn local_cloud_sql_replicas_are_refused_what_google_refuses() {
+    let p = format!("lcrr-{}", std::process::id());
+    ureq::post(&format!("{}/__double/project", common::gcp_endpoint()))
+        .send_string(&serde_json::json!({"project": p, "delay_scale": 0}).to_string())
+        .unwrap();
+    let instances = format!("/v1/projects/{p}/instances");
+    let instance = |name: &str, version: &str, master: Option<&str>, backups: bool| {
+        let mut body = serde_json::json!({"name": name, "region": "us-central1", "databaseVersion": version,
+            "settings": {"tier": "db-custom-2-7680", "backupConfiguration": {"enabled": backups}}});
+        if let Some(m) = master {
+            body["masterInstanceName"] = m.into();
+        }
+        body
+    };
+    let refused = |body: serde_json::Value, code: u16, words: &str| {
+        let (c, e) = gcp_post(&instances, body);
+        assert_eq!(c, code, "{e}");
+        let message = e["error"]["message"].as_str().unwrap().to_string();
+        assert!(message.contains(words), "{message}");
+    };
+    refused(
+        instance("r0", "POSTGRES_15", Some("nowhere"), false),
+        404,
+        "does not exist",
+    );
+    let (code, e) = gcp_post(&instances, instance("primary", "POSTGRES_15", None, true));
+    assert_eq!(code, 200, "{e}");
+    let running = || {
+        for _ in 0..100 {
+            if gcp_call_get(&format!("{instances}/primary")).1["state"] == "RUNNABLE" {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("the primary never became RUNNABLE");
+    };
+    running();
+    refused(
+        instance("r1", "POSTGRES_15", Some("primary"), true),
+        400,
+        "not supported on a read replica",
+    );
+    refused(
+        instance("r2", "POSTGRES_14", Some("primary"), false),
+        400,
+        "its primary's major version",
+    );
+    let (code, e) = gcp_post(
+        &instances,
+        instance("replica", "POSTGRES_15", Some("primary"), false),
+    );
+    assert_eq!(code, 200, "{e}");
+    let (_, replica) = gcp_call_get(&format!("{instances}/replica"));
+    assert_eq!(replica["masterInstanceName"], format!("{p}:primary"));
+    assert_eq!(replica["instanceType"], "READ_REPLICA_INSTANCE");
+    // Its databases are the primary's; none can be made on it.
+    let (_, listed) = gcp_call_get(&format!("{instances}/replica/databases"));
+    assert_eq!(listed["items"][0]["name"], "postgres", "{listed}");
+    let (code, e) = gcp_post(
+        &format!("{instances}/replica/databases"),
+        serde_json::json!({"name": "app"}),
+    );
+    assert_eq!(code, 400, "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("is a read replica"),
+        "{e}"
+    );
+    // The primary stays while the replica does.
+    let (code, e) = gcp_call("DELETE", &format!("{instances}/primary"), None);
+    assert_eq!(code, 400, "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("has read replicas (replica)"),
+        "{e}"
+    );
+    let (code, e) = gcp_call("DELETE", &format!("{instances}/replica"), None);
+    assert_eq!(code, 200, "{e}");
+    for _ in 0..100 {
+        if gcp_call_get(&format!("{instances}/replica")).0 == 404 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let (code, e) = gcp_call("DELETE", &format!("{instances}/primary"), None);
+    assert_eq!(code, 200, "{e}");
+}
+
 #[test]
 fn local_google_refuses_private_addresses_until_private_services_access_exists() {
     let p = format!("lcsn-{}", std::process::id());

@@ -63,7 +63,7 @@ from urllib.parse import parse_qs, urlsplit, unquote
 DEFAULTS = {
     "compute": 0.3, "gke_cluster_create": 4.0, "gke_cluster_update": 1.0, "gke_cluster_delete": 2.0,
     "gke_pool_create": 3.0, "gke_pool_update": 1.0, "gke_pool_delete": 1.5,
-    "sql_create": 4.0, "sql_update": 1.0, "sql_delete": 1.5, "sql_child": 0.3,
+    "sql_create": 4.0, "sql_replica_create": 3.0, "sql_update": 1.0, "sql_delete": 1.5, "sql_child": 0.3,
     "redis_create": 3.0, "sn_connect": 1.0, "redis_update": 1.0, "redis_delete": 1.5,
 }
 DELAYS = dict(DEFAULTS)
@@ -986,6 +986,36 @@ def installed_version(version):
     return name if re.search(r"_\d+_\d+$", name) else name + "_10"
 
 
+def invalid_operation(message):
+    """Cloud SQL's INVALID_OPERATION: the operation is not valid for this instance."""
+    return ApiError(400, "FAILED_PRECONDITION", message, "invalidOperation", legacy=True)
+
+
+def replica_primary(p, body):
+    """The primary a read-replica insert names (masterInstanceName, which
+    GET reports as PROJECT:NAME), checked as Cloud SQL checks it: it exists
+    and is running, the replica runs its major version, and the replica
+    asks for no backups of its own."""
+    name = (body.get("masterInstanceName") or "").split(":")[-1]
+    primary = sql_instances(p).get(name)
+    if primary is None:
+        raise ApiError(404, "NOT_FOUND", f"The Cloud SQL instance {name} (the replica's primary) does not exist.",
+                       "instanceDoesNotExist", legacy=True)
+    if primary.get("masterInstanceName"):
+        raise invalid_operation(f"{name} is itself a read replica: a replica's primary must be a primary instance.")
+    if primary["state"] != "RUNNABLE":
+        raise ApiError(409, "ABORTED", f"The primary {name} is {primary['state']}: a replica can be made of a running instance only.",
+                       "operationInProgress", legacy=True)
+    if installed_version(body.get("databaseVersion")).rsplit("_", 1)[0] != primary["databaseInstalledVersion"].rsplit("_", 1)[0]:
+        raise invalid([("databaseVersion", f"a read replica runs its primary's major version ({primary['databaseVersion']})")],
+                      legacy=True)
+    backups = (body.get("settings") or {}).get("backupConfiguration") or {}
+    if backups.get("enabled") or backups.get("pointInTimeRecoveryEnabled"):
+        raise invalid([("settings.backupConfiguration", "backups and point-in-time recovery are not supported on a read replica")],
+                      legacy=True)
+    return primary
+
+
 def sql_insert(p, q, body):
     v = []
     if not NAME_RE.match(body.get("name", "") or ""):
@@ -997,6 +1027,7 @@ def sql_insert(p, q, body):
     inst = sql_instances(p)
     if body["name"] in inst:
         raise ApiError(409, "ALREADY_EXISTS", "The Cloud SQL instance already exists.", "instanceAlreadyExists", legacy=True)
+    primary = replica_primary(p, body) if body.get("masterInstanceName") else None
     why = store_support.refusal("cloudsql_postgres", body.get("databaseVersion"))
     if why:
         raise ApiError(400, "INVALID_ARGUMENT", f"Invalid request: Database version {body.get('databaseVersion')} is not supported ({why}).",
@@ -1015,11 +1046,21 @@ def sql_insert(p, q, body):
         addrs.append({"type": "PRIMARY", "ipAddress": "35.200.0.%d" % (len(inst) + 2)})
     res.update(kind="sql#instance", state="PENDING_CREATE", project=p["project"], backendType="SECOND_GEN",
                connectionName=f"{p['project']}:{body.get('region', 'us-central1')}:{body['name']}",
-               ipAddresses=addrs, createTime=now_rfc3339(), instanceType="CLOUD_SQL_INSTANCE",
+               ipAddresses=addrs, createTime=now_rfc3339(),
+               instanceType="READ_REPLICA_INSTANCE" if primary else "CLOUD_SQL_INSTANCE",
                selfLink=f"https://sqladmin.googleapis.com/v1/projects/{p['project']}/instances/{body['name']}",
                serviceAccountEmailAddress=f"p{abs(hash(body['name'])) % 10**12}@gcp-sa-cloud-sql.iam.gserviceaccount.com",
                databaseInstalledVersion=installed_version(body.get("databaseVersion")))
     inst[body["name"]] = res
+    if primary is not None:
+        # A replica's databases and users are its primary's, replicated.
+        res["masterInstanceName"] = f"{p['project']}:{primary['name']}"
+        res["replicaConfiguration"] = {"kind": "sql#replicaConfiguration", "failoverTarget": False}
+        primary.setdefault("replicaNames", []).append(body["name"])
+
+        def made():
+            res["state"] = "RUNNABLE"
+        return sql_op(p, "CREATE_REPLICA", body["name"], delay("sql_replica_create"), made)
     coll(f"sql/projects/{p['project']}/instances/{body['name']}/databases")["postgres"] = {
         "kind": "sql#database", "name": "postgres", "instance": body["name"], "project": p["project"],
         "charset": "UTF8", "collation": "en_US.UTF8"}
@@ -1054,6 +1095,10 @@ def merge(dst, src):
 
 def sql_patch(p, q, body):
     inst = sql_instance(p)
+    backups = (body.get("settings") or {}).get("backupConfiguration") or {}
+    if inst.get("masterInstanceName") and (backups.get("enabled") or backups.get("pointInTimeRecoveryEnabled")):
+        raise invalid([("settings.backupConfiguration", "backups and point-in-time recovery are not supported on a read replica")],
+                      legacy=True)
     if inst["state"] != "RUNNABLE":
         raise ApiError(409, "ABORTED", "Operation failed because another operation was already in progress.",
                        "operationInProgress", legacy=True)
@@ -1072,9 +1117,17 @@ def sql_delete(p, q, body):
         raise ApiError(400, "FAILED_PRECONDITION",
                        "The instance is protected. Please disable the deletion protection and try again.",
                        "deletionProtectionEnabled", legacy=True)
+    if inst.get("replicaNames"):
+        raise invalid_operation("The instance has read replicas (%s): delete or promote them first."
+                                % ", ".join(inst["replicaNames"]))
     inst["state"] = "PENDING_DELETE"
 
     def finish():
+        primary = sql_instances(p).get((inst.get("masterInstanceName") or "").split(":")[-1])
+        if primary is not None and p["instance"] in primary.get("replicaNames", []):
+            primary["replicaNames"].remove(p["instance"])
+            if not primary["replicaNames"]:
+                primary.pop("replicaNames")
         sql_instances(p).pop(p["instance"], None)
         for path in [k for k in STORE if k.startswith(f"sql/projects/{p['project']}/instances/{p['instance']}/")]:
             STORE.pop(path)
@@ -1083,10 +1136,20 @@ def sql_delete(p, q, body):
 
 def sql_children(kind):
     def path(p):
-        return f"sql/projects/{p['project']}/instances/{p['instance']}/{kind}"
+        # A read replica reads its primary's.
+        inst = sql_instances(p).get(p["instance"]) or {}
+        owner = (inst.get("masterInstanceName") or "").split(":")[-1] or p["instance"]
+        return f"sql/projects/{p['project']}/instances/{owner}/{kind}"
+
+    def replica_refuses(p):
+        inst = sql_instance(p)
+        if inst.get("masterInstanceName"):
+            raise invalid_operation(f"{p['instance']} is a read replica: its {kind} are its primary's "
+                                    f"({inst['masterInstanceName']}); change them there.")
+        return inst
 
     def insert(p, q, body):
-        sql_instance(p)
+        replica_refuses(p)
         name = body.get("name", "")
         if not name:
             raise invalid([("name", "is required")], legacy=True)
@@ -1120,7 +1183,7 @@ def sql_children(kind):
                 "items": list(coll(path(p)).values())}
 
     def update(p, q, body):
-        sql_instance(p)
+        replica_refuses(p)
         name = (q.get("name") or [body.get("name", "")])[0]
         c = coll(path(p))
         if name not in c:
@@ -1131,7 +1194,7 @@ def sql_children(kind):
         return sql_op(p, "UPDATE_USER", p["instance"], delay("sql_child"), finish)
 
     def delete(p, q, body):
-        sql_instance(p)
+        replica_refuses(p)
         name = p.get("database") or (q.get("name") or [""])[0]
         c = coll(path(p))
         if name not in c:

@@ -54,6 +54,23 @@ fn text(r: &Resource, field: &str) -> Option<String> {
     sym(r, field).and_then(|v| v.as_str().map(str::to_string))
 }
 
+/// `text`, with a reference to another resource's property (a replica's
+/// `private_network: ${db.private_network}`) followed to that property's
+/// own text, so that two spellings of one network compare equal.
+fn text_through(stack: &Stack, r: &Resource, field: &str) -> Option<String> {
+    let mut t = text(r, field)?;
+    for _ in 0..8 {
+        let Some((address, property)) = reference(&t) else {
+            break;
+        };
+        let Some(next) = stack.resources.get(address).and_then(|o| text(o, property)) else {
+            break;
+        };
+        t = next;
+    }
+    Some(t)
+}
+
 fn flag(r: &Resource, field: &str) -> Option<bool> {
     sym(r, field).and_then(|v| v.as_bool())
 }
@@ -114,8 +131,23 @@ fn shown(s: &str) -> String {
     }
 }
 
+/// A database that is not a read replica (RDS's `replicate_source_db`,
+/// Cloud SQL's `master_instance`).
 fn is_primary(r: &Resource) -> bool {
-    text(r, "replicate_source_db").is_none_or(|s| s.is_empty())
+    ["replicate_source_db", "master_instance"]
+        .iter()
+        .all(|field| text(r, field).is_none_or(|s| s.is_empty()))
+}
+
+/// Whether a database of `kind` in the stack replicates `primary`, named
+/// through `field` by a reference to it.
+fn has_replica(stack: &Stack, kind: &str, field: &str, primary: &str) -> bool {
+    of_kind(stack, kind).any(|r| {
+        text(r, field)
+            .as_deref()
+            .and_then(reference)
+            .is_some_and(|(source, _)| source == primary)
+    })
 }
 
 // ------------------------------------------------------------ reachability
@@ -298,7 +330,13 @@ fn gcp_stores_reachable(stack: &Stack, f: &mut Findings) {
         .filter_map(|c| Some((c.address.clone(), text(c, "network")?)))
         .collect();
     let stores = of_kind(stack, "gcp.sql_instance")
-        .filter_map(|r| Some((r, "private_network", text(r, "private_network")?)))
+        .filter_map(|r| {
+            Some((
+                r,
+                "private_network",
+                text_through(stack, r, "private_network")?,
+            ))
+        })
         .chain(
             of_kind(stack, "gcp.redis_instance")
                 .filter(|r| text(r, "connect_mode").as_deref() == Some("PRIVATE_SERVICE_ACCESS"))
@@ -588,13 +626,7 @@ fn stores(stack: &Stack, f: &mut Findings) {
                 "set `multi_az: true` (a synchronous standby in another zone)",
             );
         }
-        let has_replica = of_kind(stack, "aws.rds_instance").any(|r| {
-            text(r, "replicate_source_db")
-                .as_deref()
-                .and_then(reference)
-                .is_some_and(|(source, _)| source == a)
-        });
-        if !has_replica {
+        if !has_replica(stack, "aws.rds_instance", "replicate_source_db", a) {
             f.add(
                 "stores.replica",
                 a,
@@ -623,8 +655,17 @@ fn stores(stack: &Stack, f: &mut Findings) {
             );
         }
     }
-    for db in of_kind(stack, "gcp.sql_instance") {
+    for db in of_kind(stack, "gcp.sql_instance").filter(|r| is_primary(r)) {
         let a = &db.address;
+        if !has_replica(stack, "gcp.sql_instance", "master_instance", a) {
+            f.add(
+                "stores.replica",
+                a,
+                db.span,
+                format!("`{a}` has no read replica in the stack"),
+                format!("add a gcp.sql_instance with `master_instance: ${{{a}.name}}`"),
+            );
+        }
         if text(db, "availability_type").as_deref() != Some("REGIONAL") {
             f.add(
                 "stores.high-availability",
@@ -718,9 +759,10 @@ fn stores(stack: &Stack, f: &mut Findings) {
         }
     }
     // Databases: the cloud's own deletion protection (both kinds have it).
+    // (A read replica holds no data of its own.)
     let databases = of_kind(stack, "aws.rds_instance")
-        .filter(|r| is_primary(r))
-        .chain(of_kind(stack, "gcp.sql_instance"));
+        .chain(of_kind(stack, "gcp.sql_instance"))
+        .filter(|r| is_primary(r));
     for db in databases {
         if flag(db, "deletion_protection") != Some(true) {
             let a = &db.address;
@@ -992,7 +1034,7 @@ fn recovery(stack: &Stack, f: &mut Findings) {
     let database = stack
         .resources
         .values()
-        .find(|r| matches!(r.kind.kind, "aws.rds_instance" | "gcp.sql_instance"));
+        .find(|r| matches!(r.kind.kind, "aws.rds_instance" | "gcp.sql_instance") && is_primary(r));
     if let Some(db) = database {
         if stack.recovery.rpo.is_none() || stack.recovery.rto.is_none() {
             f.add(

@@ -1,6 +1,7 @@
 //! Cloud SQL: `gcp.sql_instance` (PostgreSQL; tier, REGIONAL availability,
 //! backups and point-in-time recovery, private IP on the VPC, deletion
-//! protection honoured as RDS's is), `gcp.sql_database` and `gcp.sql_user`
+//! protection honoured as RDS's is; or a read replica of another instance
+//! with `master_instance`), `gcp.sql_database` and `gcp.sql_user`
 //! (its password read from a secret at apply time and sent only to Cloud
 //! SQL: the state keeps the secret's version, never the value).
 //!
@@ -181,6 +182,13 @@ static INSTANCE: KindSchema = KindSchema {
             "labels besides the ownership labels",
         )
         .default("{}"),
+        Field::new(
+            "master_instance",
+            Ty::String,
+            "makes this a read replica of that instance, usually `${db.name}`: its databases and users are the primary's, it keeps no backups of its own (Cloud SQL refuses them on a replica, and the backup fields are ignored), and `database_version` must be the primary's",
+        )
+        .forces_replace()
+        .check(super::compute::rfc1035),
     ],
     attrs: &[
         Attr {
@@ -279,6 +287,15 @@ fn observe_instance(i: &google_cloud_sql_v1::model::DatabaseInstance) -> Observe
         .name()
         .unwrap_or("SQL_INSTANCE_STATE_UNSPECIFIED")
         .to_string();
+    // Cloud SQL names a replica's primary PROJECT:INSTANCE.
+    let master = (!i.master_instance_name.is_empty()).then(|| {
+        i.master_instance_name
+            .rsplit(':')
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    });
+    let replica = master.is_some();
     observed(
         i.name.clone(),
         owner,
@@ -298,17 +315,29 @@ fn observe_instance(i: &google_cloud_sql_v1::model::DatabaseInstance) -> Observe
                     .map(Json::from)
                     .unwrap_or_else(|| super::s(&settings, "dataDiskSizeGb")),
             ),
-            ("backup_start_time", json!(backup.start_time)),
+            ("master_instance", json!(master)),
+            (
+                "backup_start_time",
+                if replica {
+                    json!(REPLICA_BACKUPS.0)
+                } else {
+                    json!(backup.start_time)
+                },
+            ),
             (
                 "backup_retention",
-                super::s(
-                    &settings,
-                    "backupConfiguration.backupRetentionSettings.retainedBackups",
-                ),
+                if replica {
+                    json!(REPLICA_BACKUPS.1)
+                } else {
+                    super::s(
+                        &settings,
+                        "backupConfiguration.backupRetentionSettings.retainedBackups",
+                    )
+                },
             ),
             (
                 "point_in_time_recovery",
-                json!(backup.point_in_time_recovery_enabled.unwrap_or(false)),
+                json!(!replica && backup.point_in_time_recovery_enabled.unwrap_or(false)),
             ),
             ("private_network", json!(ipc.private_network)),
             ("ipv4_enabled", json!(ipc.ipv4_enabled.unwrap_or(false))),
@@ -394,11 +423,34 @@ async fn wait_op(
     .await
 }
 
+/// What a replica's backup fields read as, in the plan and from the cloud:
+/// it has no backups of its own.
+const REPLICA_BACKUPS: (&str, i64, bool) = ("", 0, false);
+
+/// The primary `props` make a read replica of, if any.
+fn master_of(props: &serde_json::Map<String, Json>) -> Option<&str> {
+    props
+        .get("master_instance")
+        .and_then(Json::as_str)
+        .filter(|m| !m.is_empty())
+}
+
 fn settings(cx: &Context, want: &Desired<'_>) -> Json {
     let p = want.props;
     let mut ip = json!({"ipv4Enabled": p.get("ipv4_enabled")});
     if let Some(net) = want.str("private_network").filter(|n| !n.is_empty()) {
         ip["privateNetwork"] = json!(net);
+    }
+    if master_of(p).is_some() {
+        // Cloud SQL refuses a backup configuration on a read replica.
+        return json!({
+            "tier": p.get("tier"),
+            "availabilityType": p.get("availability_type"),
+            "dataDiskSizeGb": p.get("disk_size_gb").map(crate::model::json_to_text),
+            "ipConfiguration": ip,
+            "deletionProtectionEnabled": p.get("deletion_protection"),
+            "userLabels": labels(&cx.owner, want.address, p.get("labels")),
+        });
     }
     json!({
         "tier": p.get("tier"),
@@ -426,6 +478,20 @@ impl Driver for Instance {
     }
     fn typical_seconds(&self) -> u64 {
         900
+    }
+
+    /// A replica's backup fields as the cloud reports them (it has none).
+    fn normalize(
+        &self,
+        _base: &std::path::Path,
+        props: &mut serde_json::Map<String, Json>,
+    ) -> Result<(), String> {
+        if master_of(props).is_some() {
+            props.insert("backup_start_time".into(), json!(REPLICA_BACKUPS.0));
+            props.insert("backup_retention".into(), json!(REPLICA_BACKUPS.1));
+            props.insert("point_in_time_recovery".into(), json!(REPLICA_BACKUPS.2));
+        }
+        Ok(())
     }
 
     async fn refresh(&self, cx: &Context, _known: &[Known]) -> Result<Vec<Observed>, DriverError> {
@@ -470,15 +536,18 @@ impl Driver for Instance {
             .filter(|r| !r.is_empty())
             .unwrap_or(&g.region)
             .to_string();
-        let body: google_cloud_sql_v1::model::DatabaseInstance = message(
-            "Cloud SQL instance",
-            json!({
-                "name": name,
-                "databaseVersion": want.props.get("database_version"),
-                "region": region,
-                "settings": settings(cx, want),
-            }),
-        )?;
+        let mut body = json!({
+            "name": name,
+            "databaseVersion": want.props.get("database_version"),
+            "region": region,
+            "settings": settings(cx, want),
+        });
+        if let Some(master) = master_of(want.props) {
+            body["masterInstanceName"] = json!(master);
+            body["instanceType"] = json!("READ_REPLICA_INSTANCE");
+        }
+        let body: google_cloud_sql_v1::model::DatabaseInstance =
+            message("Cloud SQL instance", body)?;
         let Some(op) = call_create(
             cx,
             SERVICE,
