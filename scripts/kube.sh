@@ -103,7 +103,10 @@ for doc in docs:
         if e.code != 409:
             sys.exit("installing the CRDs: %s %s" % (e.code, e.read()[:300]))
 PY
+  # A node's status is renewed every 4 minutes (node_sim.py's heartbeat):
+  # the grace period before a node is NotReady is 10 minutes, not 40 s.
   "$bin/kube-controller-manager" --kubeconfig "$dir/kubeconfig" --leader-elect=false \
+    --node-monitor-grace-period 10m \
     --service-account-private-key-file "$k/sa.key" --use-service-account-credentials=false \
     --bind-address 127.0.0.1 --secure-port 0 --port 0 >"$k/controller-manager.log" 2>&1 &
   echo $! >"$k/controller-manager.pid"

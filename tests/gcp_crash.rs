@@ -94,7 +94,8 @@ fn assert_consistent(w: &World, project: &str, context: &str) {
             "nodePools",
             1,
         ),
-        (format!("/v1/projects/{project}/instances"), "items", 1),
+        // The primary and its read replica.
+        (format!("/v1/projects/{project}/instances"), "items", 2),
         (
             format!("/v1/projects/{project}/instances/{n}-production-postgres/databases"),
             "items",

@@ -151,7 +151,7 @@ fn choose(s: &Session, state: &State, wanted: Option<&str>) -> Result<Pair, OpEr
         [] => {
             return Err(OpError::refused(match wanted {
                 Some(w) => format!("{w} is not a read replica of another database in the state of {} ({}); nothing was changed", s.stack.name, s.stack.environment),
-                None => format!("the state of {} ({}) records no read replica to promote; nothing was changed", s.stack.name, s.stack.environment),
+                None => format!("the state of {} ({}) records no read replica of kind {RDS_INSTANCE} to promote (failover does not promote other kinds' replicas yet); nothing was changed", s.stack.name, s.stack.environment),
             }))
         }
         many => {
