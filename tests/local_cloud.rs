@@ -669,11 +669,24 @@ fn local_cloud_sql_replicas_are_refused_what_google_refuses() {
         }
         body
     };
-    let refused = |body: serde_json::Value, code: u16, words: &str| {
-        let (c, e) = gcp_post(&instances, body);
+    // An answer with this code whose error message says `words`.
+    let answered = |(c, e): (u16, serde_json::Value), code: u16, words: &str| {
         assert_eq!(c, code, "{e}");
-        let message = e["error"]["message"].as_str().unwrap().to_string();
-        assert!(message.contains(words), "{message}");
+        let message = e["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(words), "{e}");
+    };
+    let refused = |body: serde_json::Value, code: u16, words: &str| {
+        answered(gcp_post(&instances, body), code, words)
+    };
+    // Until `path`'s answer passes `done` (the double's operations end at once here).
+    let until = |path: String, done: &dyn Fn(&(u16, serde_json::Value)) -> bool| {
+        for _ in 0..100 {
+            if done(&gcp_call_get(&path)) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("{path} never got there");
     };
     refused(
         instance("r0", "POSTGRES_15", Some("nowhere"), false),
@@ -682,16 +695,9 @@ fn local_cloud_sql_replicas_are_refused_what_google_refuses() {
     );
     let (code, e) = gcp_post(&instances, instance("primary", "POSTGRES_15", None, true));
     assert_eq!(code, 200, "{e}");
-    let running = || {
-        for _ in 0..100 {
-            if gcp_call_get(&format!("{instances}/primary")).1["state"] == "RUNNABLE" {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        panic!("the primary never became RUNNABLE");
-    };
-    running();
+    until(format!("{instances}/primary"), &|(_, i)| {
+        i["state"] == "RUNNABLE"
+    });
     refused(
         instance("r1", "POSTGRES_15", Some("primary"), true),
         400,
@@ -713,36 +719,23 @@ fn local_cloud_sql_replicas_are_refused_what_google_refuses() {
     // Its databases are the primary's; none can be made on it.
     let (_, listed) = gcp_call_get(&format!("{instances}/replica/databases"));
     assert_eq!(listed["items"][0]["name"], "postgres", "{listed}");
-    let (code, e) = gcp_post(
-        &format!("{instances}/replica/databases"),
-        serde_json::json!({"name": "app"}),
-    );
-    assert_eq!(code, 400, "{e}");
-    assert!(
-        e["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("is a read replica"),
-        "{e}"
+    answered(
+        gcp_post(
+            &format!("{instances}/replica/databases"),
+            serde_json::json!({"name": "app"}),
+        ),
+        400,
+        "is a read replica",
     );
     // The primary stays while the replica does.
-    let (code, e) = gcp_call("DELETE", &format!("{instances}/primary"), None);
-    assert_eq!(code, 400, "{e}");
-    assert!(
-        e["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("has read replicas (replica)"),
-        "{e}"
+    answered(
+        gcp_call("DELETE", &format!("{instances}/primary"), None),
+        400,
+        "has read replicas (replica)",
     );
     let (code, e) = gcp_call("DELETE", &format!("{instances}/replica"), None);
     assert_eq!(code, 200, "{e}");
-    for _ in 0..100 {
-        if gcp_call_get(&format!("{instances}/replica")).0 == 404 {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    until(format!("{instances}/replica"), &|(code, _)| *code == 404);
     let (code, e) = gcp_call("DELETE", &format!("{instances}/primary"), None);
     assert_eq!(code, 200, "{e}");
 }

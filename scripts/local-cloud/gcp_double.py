@@ -986,6 +986,11 @@ def installed_version(version):
     return name if re.search(r"_\d+_\d+$", name) else name + "_10"
 
 
+def primary_name(inst):
+    """The primary a replica names in masterInstanceName (PROJECT:NAME or NAME); "" for a primary."""
+    return (inst.get("masterInstanceName") or "").split(":")[-1]
+
+
 def invalid_operation(message):
     """Cloud SQL's INVALID_OPERATION: the operation is not valid for this instance."""
     return ApiError(400, "FAILED_PRECONDITION", message, "invalidOperation", legacy=True)
@@ -996,7 +1001,7 @@ def replica_primary(p, body):
     GET reports as PROJECT:NAME), checked as Cloud SQL checks it: it exists
     and is running, the replica runs its major version, and the replica
     asks for no backups of its own."""
-    name = (body.get("masterInstanceName") or "").split(":")[-1]
+    name = primary_name(body)
     primary = sql_instances(p).get(name)
     if primary is None:
         raise ApiError(404, "NOT_FOUND", f"The Cloud SQL instance {name} (the replica's primary) does not exist.",
@@ -1123,7 +1128,7 @@ def sql_delete(p, q, body):
     inst["state"] = "PENDING_DELETE"
 
     def finish():
-        primary = sql_instances(p).get((inst.get("masterInstanceName") or "").split(":")[-1])
+        primary = sql_instances(p).get(primary_name(inst))
         if primary is not None and p["instance"] in primary.get("replicaNames", []):
             primary["replicaNames"].remove(p["instance"])
             if not primary["replicaNames"]:
@@ -1138,7 +1143,7 @@ def sql_children(kind):
     def path(p):
         # A read replica reads its primary's.
         inst = sql_instances(p).get(p["instance"]) or {}
-        owner = (inst.get("masterInstanceName") or "").split(":")[-1] or p["instance"]
+        owner = primary_name(inst) or p["instance"]
         return f"sql/projects/{p['project']}/instances/{owner}/{kind}"
 
     def replica_refuses(p):

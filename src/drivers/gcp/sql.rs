@@ -441,18 +441,7 @@ fn settings(cx: &Context, want: &Desired<'_>) -> Json {
     if let Some(net) = want.str("private_network").filter(|n| !n.is_empty()) {
         ip["privateNetwork"] = json!(net);
     }
-    if master_of(p).is_some() {
-        // Cloud SQL refuses a backup configuration on a read replica.
-        return json!({
-            "tier": p.get("tier"),
-            "availabilityType": p.get("availability_type"),
-            "dataDiskSizeGb": p.get("disk_size_gb").map(crate::model::json_to_text),
-            "ipConfiguration": ip,
-            "deletionProtectionEnabled": p.get("deletion_protection"),
-            "userLabels": labels(&cx.owner, want.address, p.get("labels")),
-        });
-    }
-    json!({
+    let mut settings = json!({
         "tier": p.get("tier"),
         "availabilityType": p.get("availability_type"),
         "dataDiskSizeGb": p.get("disk_size_gb").map(crate::model::json_to_text),
@@ -465,7 +454,14 @@ fn settings(cx: &Context, want: &Desired<'_>) -> Json {
         "ipConfiguration": ip,
         "deletionProtectionEnabled": p.get("deletion_protection"),
         "userLabels": labels(&cx.owner, want.address, p.get("labels")),
-    })
+    });
+    if master_of(p).is_some() {
+        // Cloud SQL refuses a backup configuration on a read replica.
+        settings
+            .as_object_mut()
+            .map(|s| s.remove("backupConfiguration"));
+    }
+    settings
 }
 
 #[async_trait::async_trait]
