@@ -122,6 +122,13 @@ PY
   # A port-forward to a store reaches this directory's PostgreSQL and Redis.
   RALPH_SIM_RUN_DIR="$dir" RALPH_SIM_GCP_PORT_FILE="$dir/gcp.port" RALPH_SIM_AWS_ENDPOINTS="$aws" python3 "$here/local-cloud/node_sim.py" "$dir/kubeconfig" >"$k/node-sim.log" 2>&1 &
   echo $! >"$k/node-sim.pid"
+  # Whether Prometheus and Alertmanager pods run for real (pod_runner.py);
+  # the monitoring tests need them to, so say it where the run's log shows.
+  for _ in $(seq 100); do
+    grep -q "^pod runner: pods" "$k/node-sim.log" 2>/dev/null && break
+    sleep 0.1
+  done
+  grep "^pod runner: pods" "$k/node-sim.log" >&2 || echo "the node simulator has not said how it runs pods: see $k/node-sim.log" >&2
   # What an EKS cluster reports as its endpoint and certificateAuthority.data.
   echo "https://127.0.0.1:$ap" >"$dir/kube.endpoint"
   base64 -w0 "$k/certs/apiserver.crt" >"$dir/kube.ca"

@@ -52,9 +52,16 @@ def log(msg):
     print("pod runner: %s" % msg, file=sys.stderr, flush=True)
 
 
+def already_there(stderr):
+    """Whether `ip addr add` failed because the address is on the interface
+    already (EEXIST: "RTNETLINK answers: File exists" from older iproute2,
+    "Error: ipv4: Address already assigned." from newer ones)."""
+    return "File exists" in stderr or "already assigned" in stderr
+
+
 def add_address(addr):
     r = subprocess.run(["ip", "addr", "add", addr + "/32", "dev", "lo"], capture_output=True, text=True)
-    return r.returncode == 0 or "File exists" in r.stderr, r.stderr.strip()
+    return r.returncode == 0 or already_there(r.stderr), r.stderr.strip()
 
 
 def drop_address(addr):
@@ -133,6 +140,7 @@ class Runner:
         self.dns = Dns(self.dns_address, self.endpoints)
         self.free = ["%s.%d.%d" % (POD_NET, self.block, h) for h in range(254, 1, -1)]
         self.enabled = True
+        log("pods of %s run for real on %s.%d.0/24" % (", ".join(sorted(PROGRAMS)), POD_NET, self.block))
         signal.signal(signal.SIGTERM, lambda *a: (self.stop_all(), os._exit(0)))
 
     def unavailable(self):
@@ -146,8 +154,10 @@ class Runner:
             if r.returncode == 0:
                 self.block = block
                 break
+            # Taken: by another local cloud running now, or left by one that
+            # was killed before it could remove its addresses.
             err = r.stderr.strip()
-            if "File exists" not in err:
+            if not already_there(err):
                 break
         if self.block is None:
             return "cannot add an address of 198.18.0.0/16 to the loopback interface: %s" % err
