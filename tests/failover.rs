@@ -96,7 +96,7 @@ async fn failover_promotes_the_replica_rolls_the_pods_and_the_next_plan_only_add
     let out = failover(&w, &[]);
     assert!(!out.status.success());
     assert!(
-        text(&out.stderr).contains("no ReplicaLag"),
+        text(&out.stderr).contains("ReplicaLag") && text(&out.stderr).contains("no reading"),
         "{}",
         text(&out.stderr)
     );

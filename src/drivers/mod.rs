@@ -5,6 +5,7 @@
 //! plus a line in [`Registry::builtin`].
 
 pub mod aws;
+pub mod capability;
 pub mod gcp;
 pub mod kubernetes;
 pub mod limits;
@@ -357,6 +358,26 @@ pub trait Driver: Send + Sync {
     ) -> Result<(), DriverError> {
         Ok(())
     }
+
+    /// What the day-2 operations find this kind by (`capability::Role`).
+    fn roles(&self) -> &'static [capability::Role] {
+        &[]
+    }
+
+    /// A database kind's read-replica promotion (`failover`).
+    fn promotion(&self) -> Option<&dyn capability::Promotion> {
+        None
+    }
+
+    /// A database kind's snapshots on request (`backup --snapshot`).
+    fn snapshots(&self) -> Option<&dyn capability::Snapshots> {
+        None
+    }
+
+    /// A bucket kind's objects (`backup`, `restore`, `status`'s RPO).
+    fn object_store(&self) -> Option<&dyn capability::ObjectStore> {
+        None
+    }
 }
 
 /// The resource kinds this build knows.
@@ -395,6 +416,12 @@ impl Registry {
 
     pub fn schema(&self, kind: &str) -> Option<&'static KindSchema> {
         self.driver(kind).map(|d| d.schema())
+    }
+
+    /// Whether `kind` offers `role`.
+    pub fn offers(&self, kind: &str, role: capability::Role) -> bool {
+        self.driver(kind)
+            .is_some_and(|d| capability::offers(d, role))
     }
 }
 

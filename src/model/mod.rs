@@ -97,6 +97,14 @@ pub struct CloudSettings {
     pub gcp: Option<GcpSettings>,
 }
 
+impl CloudSettings {
+    /// The region the state's key management (KMS) and bucket calls use
+    /// when the state's own settings name none: the stack's AWS region.
+    pub fn state_region(&self) -> Option<String> {
+        self.aws.as_ref().and_then(|a| a.region.clone())
+    }
+}
+
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct AwsSettings {
     pub region: Option<String>,

@@ -1,28 +1,30 @@
-//! `backup` and `restore`: the stack's database (its `postgres.migrations`
-//! resource says where and how to connect) dumped into its backup bucket
-//! (its `aws.s3_bucket`), old backups removed by the bucket's
-//! `expire_after_days`, and an RDS snapshot on request; a restore into a
-//! new database, checked table by table. Neither changes a resource of the
-//! stack, so neither takes the lock.
+//! `backup` and `restore`: the stack's database (its schema resource,
+//! `Role::Schema`, says where and how to connect) dumped into its backup
+//! bucket (a kind offering `Role::Bucket`), old backups removed by the
+//! bucket's retention, and the cloud's own snapshot of the primary on
+//! request (`Role::Snapshots`); a restore into a new database, checked table
+//! by table. Neither changes a resource of the stack, so neither takes the
+//! lock.
 
 use chrono::Utc;
 use serde_json::{Map, Value as Json};
 
+use crate::drivers::capability::ObjectStore;
 use crate::drivers::postgres::backup::{self, Manifest, TableSum};
 use crate::drivers::Context;
 use crate::state::State;
 
-use super::{OpError, Session, Unapplied};
+use super::{OpError, Role, Session, Unapplied};
 
 #[derive(Debug, Default)]
 pub struct BackupOptions {
-    /// The `aws.s3_bucket` resource when the stack has several.
+    /// The bucket resource when the stack has several.
     pub bucket: Option<String>,
-    /// The `postgres.migrations` resource when the stack has several.
+    /// The schema (migrations) resource when the stack has several.
     pub database: Option<String>,
-    /// Overrides the bucket's `expire_after_days`.
+    /// Overrides the bucket's retention (`expire_after_days`).
     pub retention_days: Option<i64>,
-    /// Also take an RDS snapshot of the primary instance.
+    /// Also take the cloud's snapshot of the primary instance.
     pub snapshot: bool,
 }
 
@@ -36,27 +38,29 @@ pub struct BackupReport {
     pub snapshot: Option<String>,
 }
 
-/// One resource of `kind`, or the one `chosen` names.
+/// The one resource offering `role`, or the one `chosen` names.
 fn one(
     s: &Session,
     state: &State,
-    kind: &str,
+    role: Role,
     chosen: Option<&str>,
     flag: &str,
 ) -> Result<(String, Map<String, Json>), OpError> {
-    let mut all = s.resolved_in(state, kind, Unapplied::Refuse)?;
+    let mut all = s.resolved_in(state, role, Unapplied::Refuse)?;
+    let noun = role.noun();
     if let Some(c) = chosen {
-        return all.into_iter().find(|(a, _)| a == c).ok_or_else(|| {
-            OpError::refused(format!("the stack has no {kind} resource `{c}` ({flag})"))
-        });
+        return all
+            .into_iter()
+            .find(|(a, _)| a == c)
+            .ok_or_else(|| OpError::refused(format!("the stack has no {noun} `{c}` ({flag})")));
     }
     match all.len() {
         1 => Ok(all.remove(0)),
         0 => Err(OpError::refused(format!(
-            "the stack has no {kind} resource, so there is nothing to back up to or from"
+            "the stack has no {noun}, so there is nothing to back up to or from"
         ))),
         _ => Err(OpError::refused(format!(
-            "the stack has several {kind} resources ({}): choose one with {flag}",
+            "the stack has several of them ({}): choose one with {flag}",
             all.iter()
                 .map(|(a, _)| a.as_str())
                 .collect::<Vec<_>>()
@@ -65,24 +69,25 @@ fn one(
     }
 }
 
-/// The backup bucket: its address, name and properties.
-struct Bucket {
+/// The backup bucket: its address, name, retention and objects.
+struct Bucket<'a> {
     address: String,
     name: String,
-    props: Map<String, Json>,
+    expire_after_days: Option<i64>,
+    store: &'a dyn ObjectStore,
 }
 
-fn bucket(s: &Session, state: &State, chosen: Option<&str>) -> Result<Bucket, OpError> {
-    let (address, props) = one(s, state, "aws.s3_bucket", chosen, "--bucket")?;
-    let name = props
-        .get("name")
-        .and_then(Json::as_str)
-        .unwrap_or_default()
-        .to_string();
+fn bucket<'s>(s: &'s Session, state: &State, chosen: Option<&str>) -> Result<Bucket<'s>, OpError> {
+    let (address, props) = one(s, state, Role::Bucket, chosen, "--bucket")?;
+    let store = s
+        .driver_at(&address)?
+        .object_store()
+        .ok_or_else(|| OpError::Other(format!("{address} keeps no objects")))?;
     Ok(Bucket {
+        name: store.bucket_name(&props).unwrap_or_default(),
+        expire_after_days: store.expire_after_days(&props),
+        store,
         address,
-        name,
-        props,
     })
 }
 
@@ -99,48 +104,30 @@ fn error(address: &str) -> impl Fn(crate::drivers::DriverError) -> OpError + '_ 
 
 pub async fn backup(s: &Session, cx: &Context, o: &BackupOptions) -> Result<BackupReport, OpError> {
     let (state, _) = s.read_state().await?;
-    let (db_address, db) = one(
-        s,
-        &state,
-        "postgres.migrations",
-        o.database.as_deref(),
-        "--database",
-    )?;
-    let Bucket {
-        address: bucket_address,
-        name: bucket_name,
-        props: bucket,
-    } = bucket(s, &state, o.bucket.as_deref())?;
-    let retention = o
-        .retention_days
-        .or_else(|| bucket.get("expire_after_days").and_then(Json::as_i64))
-        .filter(|d| *d > 0);
+    let (db_address, db) = one(s, &state, Role::Schema, o.database.as_deref(), "--database")?;
+    let b = bucket(s, &state, o.bucket.as_deref())?;
+    let retention = o.retention_days.or(b.expire_after_days).filter(|d| *d > 0);
     let target = crate::drivers::postgres::resolve(cx, &db)
         .await
         .map_err(error(&db_address))?;
     let now = Utc::now();
     let key = backup::object_key(&prefix(s), now);
-    let manifest = backup::dump_to_s3(cx, &target, &bucket_name, &key)
+    let manifest = backup::dump(cx, b.store, &target, &b.name, &key)
         .await
         .map_err(error(&db_address))?;
     let removed = match retention {
-        Some(days) => expire(
-            cx,
-            &bucket_name,
-            &prefix(s),
-            now - chrono::Duration::days(days),
-        )
-        .await
-        .map_err(error(&bucket_address))?,
+        Some(days) => expire(cx, &b, &prefix(s), now - chrono::Duration::days(days))
+            .await
+            .map_err(error(&b.address))?,
         None => Vec::new(),
     };
     let snapshot = if o.snapshot {
-        Some(rds_snapshot(s, cx, &state, now).await?)
+        Some(snapshot(s, cx, &state, now).await?)
     } else {
         None
     };
     Ok(BackupReport {
-        bucket: bucket_name,
+        bucket: b.name,
         key,
         manifest,
         removed,
@@ -156,7 +143,7 @@ pub async fn latest(
     state: &State,
 ) -> Result<Option<(String, chrono::DateTime<Utc>)>, OpError> {
     let b = bucket(s, state, None)?;
-    let all = backup::list(cx, &b.name, &prefix(s))
+    let all = backup::list(cx, b.store, &b.name, &prefix(s))
         .await
         .map_err(error(&b.address))?;
     Ok(all.into_iter().max_by_key(|(_, at)| *at))
@@ -166,70 +153,44 @@ pub async fn latest(
 /// other object under the prefix is left alone.
 async fn expire(
     cx: &Context,
-    bucket: &str,
+    b: &Bucket<'_>,
     prefix: &str,
     before: chrono::DateTime<Utc>,
 ) -> Result<Vec<String>, crate::drivers::DriverError> {
-    let s3 = &cx.aws().await?.s3;
     let mut removed = Vec::new();
-    for (key, at) in backup::list(cx, bucket, prefix).await? {
+    for (key, at) in backup::list(cx, b.store, &b.name, prefix).await? {
         if at >= before {
             continue;
         }
         for k in [key.clone(), format!("{key}.json")] {
-            s3.delete_object()
-                .bucket(bucket)
-                .key(&k)
-                .send()
-                .await
-                .map_err(|e| crate::drivers::aws::api_error("DeleteObject", e))?;
+            b.store.delete(cx, &b.name, &k).await?;
         }
         removed.push(key);
     }
     Ok(removed)
 }
 
-/// A manual snapshot of the stack's primary RDS instance.
-async fn rds_snapshot(
+/// The cloud's snapshot of the stack's primary database.
+async fn snapshot(
     s: &Session,
     cx: &Context,
     state: &State,
     now: chrono::DateTime<Utc>,
 ) -> Result<String, OpError> {
-    let primaries: Vec<(String, Map<String, Json>)> = s
-        .resolved_in(state, "aws.rds_instance", Unapplied::Refuse)?
-        .into_iter()
-        .filter(|(_, p)| {
-            p.get("replicate_source_db")
-                .and_then(Json::as_str)
-                .unwrap_or("")
-                .is_empty()
-        })
-        .collect();
-    let Some((address, props)) = primaries.first() else {
-        return Err(OpError::refused(
-            "--snapshot: the stack has no RDS primary instance",
-        ));
-    };
-    let instance = props
-        .get("identifier")
-        .and_then(Json::as_str)
-        .unwrap_or_default();
-    let id = format!("{instance}-{}", now.format("%Y%m%d%H%M%S"));
-    cx.aws()
-        .await
-        .map_err(error(address))?
-        .rds
-        .create_db_snapshot()
-        .db_instance_identifier(instance)
-        .db_snapshot_identifier(&id)
-        .send()
-        .await
-        .map_err(|e| OpError::Resource {
-            address: address.clone(),
-            message: crate::drivers::aws::api_error("CreateDBSnapshot", e).message,
-        })?;
-    Ok(id)
+    for (address, props) in s.resolved_in(state, Role::Snapshots, Unapplied::Refuse)? {
+        let Some(snapshots) = s.driver_at(&address)?.snapshots() else {
+            continue;
+        };
+        if snapshots.is_primary(&props) {
+            return snapshots
+                .snapshot(cx, &props, now)
+                .await
+                .map_err(error(&address));
+        }
+    }
+    Err(OpError::refused(
+        "--snapshot: the stack has no primary database the cloud can snapshot",
+    ))
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -249,14 +210,8 @@ pub async fn restore(
     database: Option<&str>,
 ) -> Result<RestoreReport, OpError> {
     let (state, _) = s.read_state().await?;
-    let (db_address, db) = one(
-        s,
-        &state,
-        "postgres.migrations",
-        o.database.as_deref(),
-        "--database",
-    )?;
-    let bucket_name = bucket(s, &state, o.bucket.as_deref())?.name;
+    let (db_address, db) = one(s, &state, Role::Schema, o.database.as_deref(), "--database")?;
+    let b = bucket(s, &state, o.bucket.as_deref())?;
     let key = if key.contains('/') {
         key.to_string()
     } else {
@@ -283,7 +238,7 @@ pub async fn restore(
             "--database `{database}`: lower-case letters, digits and `_`, at most 63"
         )));
     }
-    let tables = backup::restore_from_s3(cx, &target, &bucket_name, &key, &database)
+    let tables = backup::restore(cx, b.store, &target, &b.name, &key, &database)
         .await
         .map_err(error(&db_address))?;
     Ok(RestoreReport {

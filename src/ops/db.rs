@@ -1,4 +1,4 @@
-//! Database operations on the stack's `postgres.migrations` resources:
+//! Database operations on the stack's schema resources (`Role::Schema`):
 //! migration status and partition maintenance. Both read only the state
 //! (for hosts and secrets) and need no lock: they change no resource.
 
@@ -7,9 +7,7 @@ use crate::drivers::Context;
 
 pub use crate::drivers::postgres::migrations::MigrationStatus;
 
-use super::{OpError, Session, Unapplied};
-
-const KIND: &str = "postgres.migrations";
+use super::{OpError, Role, Session, Unapplied};
 
 /// Per migrations resource: where it points and each file's status.
 pub struct Status {
@@ -20,7 +18,7 @@ pub struct Status {
 
 pub async fn migrate_status(s: &Session, cx: &Context) -> Result<Vec<Status>, OpError> {
     let mut out = Vec::new();
-    for (address, props) in s.resolved_targets(KIND, Unapplied::Refuse).await? {
+    for (address, props) in s.resolved_targets(Role::Schema, Unapplied::Refuse).await? {
         let migrations = postgres::migrations::status(cx, &props)
             .await
             .map_err(|e| OpError::Resource {
@@ -44,7 +42,7 @@ pub async fn partitions(
     months_ahead: i32,
 ) -> Result<Vec<(String, i32)>, OpError> {
     let mut out = Vec::new();
-    for (address, props) in s.resolved_targets(KIND, Unapplied::Refuse).await? {
+    for (address, props) in s.resolved_targets(Role::Schema, Unapplied::Refuse).await? {
         let n = postgres::ensure_partitions(cx, &props, months_ahead)
             .await
             .map_err(|e| OpError::Resource {

@@ -4,18 +4,14 @@
 //! finished by running it again; until then every other locked command
 //! refuses to run, see `apply::recover`):
 //! 1. check the replica's lag against the stack's `recovery.rpo`;
-//! 2. promote the replica (marked with this failover's id);
-//! 3. take the old primary's ownership tags off and rename it out of the way
-//!    (`<name>-old-<UTC minute>`; it keeps its deletion protection and is
-//!    left for the operator to inspect and delete);
-//! 4. give the promoted instance the primary's name and ownership tags, so
-//!    its endpoint is the name the application already uses and the stack's
-//!    primary is this instance from now on;
-//! 5. record the new topology (the primary's entry is the promoted instance,
+//! 2. promote the replica, move the old primary out of the way and give the
+//!    promoted instance the primary's identity and ownership: the
+//!    database kind's own way (`capability::Promotion`; on RDS, renames);
+//! 3. record the new topology (the primary's entry is the promoted instance,
 //!    the replica's entry is gone, so the next plan creates a new replica);
-//! 6. bring the promoted instance to the primary's settings (Multi-AZ,
+//! 4. bring the promoted instance to the primary's settings (Multi-AZ,
 //!    backups) and the orchestrators to the new state through the engine;
-//! 7. roll every orchestrator's pods so none keeps a connection to the old
+//! 5. roll every orchestrator's pods so none keeps a connection to the old
 //!    primary, and wait for the rollouts.
 
 use std::time::Duration;
@@ -23,19 +19,17 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::{Map, Value as Json};
 
-use super::{locked, OpError, Session, SignalGuard};
+use super::{locked, OpError, Role, Session, SignalGuard};
 use crate::apply::recover::FAILOVER;
-use crate::drivers::aws::rds;
+use crate::drivers::capability::{Promotion, PromotionPlan};
 use crate::drivers::kubernetes::orchestrator;
-use crate::drivers::{Context, Desired, Known};
+use crate::drivers::{Context, Known};
 use crate::events::Event;
 use crate::model::Action;
 use crate::state::{Intent, State};
 
-const RDS_INSTANCE: &str = "aws.rds_instance";
-const ORCHESTRATOR: &str = "kubernetes.orchestrator";
-/// RDS waits (promotion, renames) when the stack sets no update timeout.
-const RDS_TIMEOUT: Duration = Duration::from_secs(40 * 60);
+/// Database waits (promotion, renames) when the stack sets no update timeout.
+const DATABASE_TIMEOUT: Duration = Duration::from_secs(40 * 60);
 const ROLLOUT_TIMEOUT: Duration = Duration::from_secs(20 * 60);
 
 pub struct Options {
@@ -67,6 +61,8 @@ pub struct Report {
 
 /// The pair to fail over, as the intent records it.
 struct Pair {
+    /// The database kind (the primary's and the replica's).
+    kind: String,
     primary: String,
     replica: String,
     primary_id: String,
@@ -91,7 +87,7 @@ impl Pair {
         Intent {
             id: uuid::Uuid::new_v4().to_string(),
             address: self.primary.clone(),
-            kind: RDS_INSTANCE.into(),
+            kind: self.kind.clone(),
             action: FAILOVER.into(),
             lookup: Some(self.replica_id.clone()),
             props,
@@ -113,6 +109,7 @@ impl Pair {
                 })
         };
         Ok(Pair {
+            kind: i.kind.clone(),
             primary: i.address.clone(),
             replica: get("replica")?,
             primary_id: get("primary_id")?,
@@ -122,12 +119,12 @@ impl Pair {
     }
 }
 
-/// The name the old primary moves to: `<name>-old-<UTC minute>`, within
-/// RDS's 63 characters and without a trailing or doubled hyphen.
-fn old_name(primary_id: &str, now: chrono::DateTime<chrono::Utc>) -> String {
-    let suffix = format!("-old-{}", now.format("%Y%m%d%H%M"));
-    let keep: String = primary_id.chars().take(63 - suffix.len()).collect();
-    format!("{}{suffix}", keep.trim_end_matches('-'))
+/// The kind's promotion.
+fn promotion<'s>(s: &'s Session, kind: &str) -> Result<&'s dyn Promotion, OpError> {
+    s.registry
+        .driver(kind)
+        .and_then(|d| d.promotion())
+        .ok_or_else(|| OpError::Other(format!("{kind} has no replica promotion")))
 }
 
 /// The replica (and its primary) to fail over, from the state.
@@ -135,13 +132,13 @@ fn choose(s: &Session, state: &State, wanted: Option<&str>) -> Result<Pair, OpEr
     let pairs: Vec<(String, String)> = state
         .resources
         .iter()
-        .filter(|(_, r)| r.kind == RDS_INSTANCE)
         .filter_map(|(address, r)| {
-            let source = r.inputs.get("replicate_source_db")?.as_str()?;
-            let primary = state.resources.iter().find(|(_, p)| {
-                p.kind == RDS_INSTANCE
-                    && (p.id == source || p.attrs.get("arn").and_then(Json::as_str) == Some(source))
-            })?;
+            let promotion = s.registry.driver(&r.kind)?.promotion()?;
+            let source = promotion.primary_of(&r.inputs)?;
+            let primary = state
+                .resources
+                .iter()
+                .find(|(_, p)| p.kind == r.kind && promotion.is_named(&p.id, &p.attrs, source))?;
             Some((primary.0.clone(), address.clone()))
         })
         .filter(|(_, replica)| wanted.is_none_or(|w| w == replica))
@@ -151,7 +148,7 @@ fn choose(s: &Session, state: &State, wanted: Option<&str>) -> Result<Pair, OpEr
         [] => {
             return Err(OpError::refused(match wanted {
                 Some(w) => format!("{w} is not a read replica of another database in the state of {} ({}); nothing was changed", s.stack.name, s.stack.environment),
-                None => format!("the state of {} ({}) records no read replica of kind {RDS_INSTANCE} to promote (failover does not promote other kinds' replicas yet); nothing was changed", s.stack.name, s.stack.environment),
+                None => format!("the state of {} ({}) records no read replica that can be promoted (failover promotes the replicas of {}); nothing was changed", s.stack.name, s.stack.environment, promotable_kinds(s)),
             }))
         }
         many => {
@@ -162,14 +159,26 @@ fn choose(s: &Session, state: &State, wanted: Option<&str>) -> Result<Pair, OpEr
             )))
         }
     };
+    let kind = state.resources[&primary].kind.clone();
     let primary_id = state.resources[&primary].id.clone();
     Ok(Pair {
         replica_id: state.resources[&replica].id.clone(),
-        old_name: old_name(&primary_id, chrono::Utc::now()),
+        old_name: promotion(s, &kind)?.aside_name(&primary_id, chrono::Utc::now()),
+        kind,
         primary,
         replica,
         primary_id,
     })
+}
+
+/// The kinds whose replicas `failover` promotes, for messages.
+fn promotable_kinds(s: &Session) -> String {
+    s.registry
+        .drivers()
+        .filter(|d| d.promotion().is_some())
+        .map(|d| d.schema().kind)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Refuses a replica that lags more than the RPO (or whose lag is unknown)
@@ -180,7 +189,8 @@ async fn check_lag(
     pair: &Pair,
     force: bool,
 ) -> Result<Option<f64>, OpError> {
-    let lag = rds::replica_lag(cx, &pair.replica_id)
+    let (lag, source) = promotion(s, &pair.kind)?
+        .replica_lag(cx, &pair.replica_id)
         .await
         .map_err(|e| OpError::Resource {
             address: pair.replica.clone(),
@@ -190,8 +200,7 @@ async fn check_lag(
     let problem = match (lag, rpo) {
         _ if force => None,
         (None, _) => Some(format!(
-            "CloudWatch has no ReplicaLag for {} in the last 10 minutes, so how much data the promotion would lose is unknown",
-            pair.replica_id
+            "{source} has no reading in the last 10 minutes, so how much data the promotion would lose is unknown"
         )),
         (Some(_), None) => Some(format!(
             "{} states no `recovery.rpo` to hold the replica's lag against",
@@ -270,90 +279,40 @@ pub async fn failover(s: &Session, cx: &Context, o: &Options) -> Result<Report, 
             .stack
             .resources
             .get(&pair.primary)
-            .map(|r| r.timeouts.update_or(RDS_TIMEOUT))
-            .unwrap_or(RDS_TIMEOUT);
-        let int = |k: &str| {
-            recorded
-                .inputs
-                .get(k)
-                .and_then(Json::as_i64)
-                .and_then(|v| i32::try_from(v).ok())
-        };
+            .map(|r| r.timeouts.update_or(DATABASE_TIMEOUT))
+            .unwrap_or(DATABASE_TIMEOUT);
 
-        // 2. Promote (an instance still under the replica's name).
-        if let Some(replica) = rds::instance(cx, &pair.replica_id).await.map_err(failed)? {
-            step(cx, &pair.replica, format!("promoting {} to a standalone primary", pair.replica_id));
-            rds::promote(
-                cx,
-                &pair.replica,
-                &replica,
-                int("backup_retention_days"),
-                recorded.inputs.get("backup_window").and_then(Json::as_str),
-                &intent.id,
-                timeout,
-            )
-            .await
-            .map_err(failed)?;
-        }
+        // 2. The database kind's promotion.
+        let plan = PromotionPlan {
+            primary: &pair.primary,
+            replica: &pair.replica,
+            primary_id: &pair.primary_id,
+            replica_id: &pair.replica_id,
+            old_name: &pair.old_name,
+            marker: &intent.id,
+            primary_inputs: &recorded.inputs,
+            retired_as: format!(
+                "{}/{}/{} until a failover at {}",
+                s.stack.name,
+                s.stack.environment,
+                pair.primary,
+                intent.started_at.format("%Y-%m-%dT%H:%MZ")
+            ),
+            timeout,
+        };
+        let interrupted = || SignalGuard::interrupted(cx);
+        let promoted = promotion(s, &pair.kind)?
+            .promote(cx, &plan, &interrupted)
+            .await;
         if let Some(e) = stopped() {
             return Err(e);
         }
+        let crate::drivers::capability::Promoted {
+            observed: promoted,
+            old_primary: moved_old,
+        } = promoted.map_err(failed)?;
 
-        // 3. The old primary out of the way (unless it is gone, or the
-        //    primary's name already belongs to the promoted instance).
-        let mut moved_old = None;
-        if let Some(old) = rds::instance(cx, &pair.primary_id).await.map_err(failed)? {
-            if !rds::promoted_by(&old, &intent.id) {
-                rds::retire(
-                    cx,
-                    &old,
-                    &format!("{}/{}/{} until a failover at {}", s.stack.name, s.stack.environment, pair.primary, intent.started_at.format("%Y-%m-%dT%H:%MZ")),
-                )
-                .await
-                .map_err(failed)?;
-                step(cx, &pair.primary, format!("renaming the old primary {} to {}", pair.primary_id, pair.old_name));
-                rds::rename(cx, &pair.primary, &pair.primary_id, &pair.old_name, timeout)
-                    .await
-                    .map_err(failed)?;
-                moved_old = Some(pair.old_name.clone());
-            }
-        } else if rds::instance(cx, &pair.old_name).await.map_err(failed)?.is_some() {
-            moved_old = Some(pair.old_name.clone());
-        }
-        if let Some(e) = stopped() {
-            return Err(e);
-        }
-
-        // 4. The promoted instance takes the primary's name and tags.
-        if rds::instance(cx, &pair.replica_id).await.map_err(failed)?.is_some() {
-            step(cx, &pair.primary, format!("renaming the promoted {} to {}", pair.replica_id, pair.primary_id));
-            rds::rename(cx, &pair.primary, &pair.replica_id, &pair.primary_id, timeout)
-                .await
-                .map_err(failed)?;
-        }
-        let promoted = rds::instance(cx, &pair.primary_id)
-            .await
-            .map_err(failed)?
-            .ok_or_else(|| failed(crate::drivers::DriverError::new(format!("{} is gone", pair.primary_id))))?;
-        if !rds::promoted_by(&promoted, &intent.id) {
-            return Err(failed(crate::drivers::DriverError::new(format!(
-                "{} is not the instance this failover promoted; look at it in the console before running failover again",
-                pair.primary_id
-            ))));
-        }
-        let want = Desired {
-            address: &pair.primary,
-            props: &recorded.inputs,
-            owner: &cx.owner,
-            timeouts: Default::default(),
-        };
-        rds::take_over_tags(cx, &promoted, &want).await.map_err(failed)?;
-        let promoted = rds::instance(cx, &pair.primary_id)
-            .await
-            .map_err(failed)?
-            .ok_or_else(|| failed(crate::drivers::DriverError::new(format!("{} is gone", pair.primary_id))))?;
-
-        // 5. The new topology in the state.
+        // 3. The new topology in the state.
         if let Some(p) = state.resources.get_mut(&pair.primary) {
             p.attrs = promoted.attrs.clone();
             p.updated_at = chrono::Utc::now();
@@ -367,12 +326,13 @@ pub async fn failover(s: &Session, cx: &Context, o: &Options) -> Result<Report, 
         s.backend.write(&state).await?;
         step(cx, &pair.primary, format!("{} is the primary now; the state records it", pair.primary_id));
 
-        // 6. The primary's settings and the orchestrators' inputs, through
+        // 4. The primary's settings and the orchestrators' inputs, through
         //    the engine (journaled like any apply). The new replica waits
         //    for the next apply.
         let mut plan = s.make_plan(&state, true, cx, false).await?;
         plan.changes.retain(|c| {
-            c.action == Action::Update && (c.address == pair.primary || c.kind == ORCHESTRATOR)
+            c.action == Action::Update
+                && (c.address == pair.primary || s.registry.offers(&c.kind, Role::Orchestrator))
         });
         let mut converged = Vec::new();
         if plan.has_changes() {
@@ -407,14 +367,14 @@ pub async fn failover(s: &Session, cx: &Context, o: &Options) -> Result<Report, 
             return Err(e);
         }
 
-        // 7. Every orchestrator's pods reconnect (those the engine just
+        // 5. Every orchestrator's pods reconnect (those the engine just
         //    rolled for a changed DATABASE_URL too: a rollout that changed no
         //    pod template leaves connections to the old primary open).
         let mut rolled = Vec::new();
         let orchestrators: Vec<String> = state
             .resources
             .iter()
-            .filter(|(_, r)| r.kind == ORCHESTRATOR)
+            .filter(|(_, r)| s.registry.offers(&r.kind, Role::Orchestrator))
             .map(|(a, _)| a.clone())
             .collect();
         for address in orchestrators {
@@ -461,24 +421,4 @@ pub async fn failover(s: &Session, cx: &Context, o: &Options) -> Result<Report, 
         })
     })
     .await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_old_name_fits_rds_rules() {
-        let at = chrono::DateTime::parse_from_rfc3339("2026-11-27T19:05:00Z")
-            .unwrap()
-            .with_timezone(&chrono::Utc);
-        assert_eq!(
-            old_name("prod-postgres", at),
-            "prod-postgres-old-202611271905"
-        );
-        let long = format!("{}-x", "a".repeat(44));
-        let n = old_name(&long, at);
-        assert!(n.len() <= 63, "{n}");
-        assert!(!n.contains("--"), "{n}");
-    }
 }

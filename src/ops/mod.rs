@@ -26,12 +26,12 @@ use std::sync::Arc;
 use serde_json::{Map, Value as Json};
 
 use crate::apply::recover::{recover, Recovery, FAILOVER};
+pub use crate::drivers::capability::Role;
 use crate::drivers::{Context, Owner, Registry};
 use crate::events::{Event, Reporter};
 use crate::plan::refresh::refresh;
 use crate::plan::{destroy_changes, diff, Action, Plan, PLAN_FORMAT};
 use crate::stack::{Diagnostics, LoadOptions, Reference, Stack};
-use crate::state::local::LocalBackend;
 use crate::state::{Backend, LockInfo, State, StateError};
 
 /// Exit code of a run stopped by Ctrl-C / SIGTERM.
@@ -82,37 +82,14 @@ pub async fn close_connections() {
 /// `--state`/`RALPH_DEPLOY_STATE`, the stack's `state.url` decides, then the
 /// local directory.
 pub fn backend_for(location: &StateLocation, stack: &Stack) -> Result<Box<dyn Backend>, String> {
-    let settings = &stack.state;
-    let region = stack.cloud.aws.as_ref().and_then(|a| a.region.clone());
-    let sealer = Arc::new(crate::state::codec::Sealer::from_env(
-        settings.kms_key.as_deref(),
-        region.clone(),
-        settings.encrypt,
-    )?);
-    Ok(match location {
-        StateLocation::Dir(dir) => Box::new(
-            LocalBackend::new(dir, &stack.name, &stack.environment).with_sealer(sealer),
-        ),
-        StateLocation::Url(url) if crate::state::postgres::is_postgres_url(url) => Box::new(
-            crate::state::postgres::PostgresBackend::new(
-                url,
-                &stack.name,
-                &stack.environment,
-                sealer,
-            )
-            .map_err(|e| e.to_string())?,
-        ),
-        StateLocation::Url(url) if crate::state::s3::is_s3_url(url) => Box::new(
-            crate::state::s3::S3Backend::new(url, &stack.name, &stack.environment, region, sealer)
-                .map_err(|e| e.to_string())?,
-        ),
-        StateLocation::Url(url) => {
-            return Err(format!(
-                "state store `{}` is not one this build knows; use s3://bucket/prefix or postgres://user@host/database (or leave it out for local files)",
-                url.split('@').next_back().unwrap_or(url)
-            ))
-        }
-    })
+    crate::state::open(
+        location,
+        &stack.name,
+        &stack.environment,
+        stack.state.kms_key.as_deref(),
+        stack.state.encrypt,
+        stack.cloud.state_region(),
+    )
 }
 
 /// The resource `id` of `kind`, for an import to `address` (`import`
@@ -147,14 +124,7 @@ pub async fn find_to_import(
     Ok(obs)
 }
 
-/// Where a session keeps its state.
-#[derive(Debug, Clone)]
-pub enum StateLocation {
-    /// The embedded backend's directory.
-    Dir(std::path::PathBuf),
-    /// A shared store (postgres://...).
-    Url(String),
-}
+pub use crate::state::StateLocation;
 
 #[derive(Debug)]
 pub enum LoadError {
@@ -424,15 +394,29 @@ impl Session {
         Ok(())
     }
 
-    /// The resources of `kind` with their properties resolved from the state
-    /// (hosts, ARNs and endpoints come from applied resources).
+    /// The resources whose kind offers `role`, with their properties
+    /// resolved from the state (hosts, ARNs and endpoints come from applied
+    /// resources).
     pub async fn resolved_all(
         &self,
-        kind: &str,
+        role: Role,
         unapplied: Unapplied,
     ) -> Result<Vec<(String, Map<String, Json>)>, OpError> {
         let (state, _) = self.read_state().await?;
-        self.resolved_in(&state, kind, unapplied)
+        self.resolved_in(&state, role, unapplied)
+    }
+
+    /// The driver of the stack's resource at `address`.
+    pub fn driver_at(&self, address: &str) -> Result<&dyn crate::drivers::Driver, OpError> {
+        let kind = self
+            .stack
+            .resources
+            .get(address)
+            .map(|r| r.kind.kind)
+            .ok_or_else(|| OpError::Other(format!("{address} is not a resource of the stack")))?;
+        self.registry
+            .driver(kind)
+            .ok_or_else(|| OpError::Other(format!("no driver for {kind}")))
     }
 
     /// [`Session::resolved_all`] against a state already read (commands
@@ -440,7 +424,7 @@ impl Session {
     pub fn resolved_in(
         &self,
         state: &crate::state::State,
-        kind: &str,
+        role: Role,
         unapplied: Unapplied,
     ) -> Result<Vec<(String, Map<String, Json>)>, OpError> {
         let owner = self.owner();
@@ -449,7 +433,7 @@ impl Session {
             .stack
             .resources
             .values()
-            .filter(|r| r.kind.kind == kind)
+            .filter(|r| self.registry.offers(r.kind.kind, role))
         {
             let driver = self
                 .registry
@@ -495,14 +479,15 @@ impl Session {
     /// [`Session::resolved_all`], refusing a stack without any.
     pub async fn resolved_targets(
         &self,
-        kind: &str,
+        role: Role,
         unapplied: Unapplied,
     ) -> Result<Vec<(String, Map<String, Json>)>, OpError> {
-        let out = self.resolved_all(kind, unapplied).await?;
+        let out = self.resolved_all(role, unapplied).await?;
         if out.is_empty() {
             return Err(OpError::refused(format!(
-                "{} declares no {kind} resource",
-                self.stack.path.display()
+                "{} declares no {}",
+                self.stack.path.display(),
+                role.noun()
             )));
         }
         Ok(out)

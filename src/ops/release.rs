@@ -14,9 +14,7 @@ use crate::events::Event;
 use crate::plan::Action;
 use crate::state::{Intent, ResourceState};
 
-use super::{locked, OpError, Session, SignalGuard, Unapplied};
-
-pub const KIND: &str = "kubernetes.orchestrator";
+use super::{locked, OpError, Role, Session, SignalGuard, Unapplied};
 
 fn pick(
     targets: Vec<(String, Map<String, Json>)>,
@@ -33,7 +31,7 @@ fn pick(
                 .collect();
             if found.is_empty() {
                 return Err(OpError::refused(format!(
-                    "{r} is not a {KIND} resource of this stack (it has: {})",
+                    "{r} is not an orchestrator of this stack (it has: {})",
                     names.join(", ")
                 )));
             }
@@ -54,7 +52,8 @@ pub async fn render_yaml(
     let (state, _) = s.read_state().await?;
     let mut out = String::new();
     for (address, mut props) in pick(
-        s.resolved_targets(KIND, Unapplied::Placeholder).await?,
+        s.resolved_targets(Role::Orchestrator, Unapplied::Placeholder)
+            .await?,
         resource,
     )? {
         if !props.contains_key("tag") {
@@ -164,22 +163,18 @@ where
             .resources
             .values()
             .filter(|r| {
-                r.kind.kind == KIND
+                s.registry.offers(r.kind.kind, Role::Orchestrator)
                     && resource.is_none_or(|want| crate::model::address::is_under(&r.address, want))
             })
             .map(|r| r.address.clone())
             .collect();
         if addresses.is_empty() {
             return Err(OpError::refused(format!(
-                "{} declares no {KIND} resource{}",
+                "{} declares no orchestrator{}",
                 s.stack.path.display(),
                 resource.map(|r| format!(" named {r}")).unwrap_or_default()
             )));
         }
-        let driver = s
-            .registry
-            .driver(KIND)
-            .ok_or_else(|| OpError::Other(format!("no driver for {KIND}")))?;
         let _guard = SignalGuard::install(cx);
         let mut out = Vec::new();
         for address in addresses {
@@ -190,6 +185,8 @@ where
                 address: address.clone(),
                 message,
             };
+            let driver = s.driver_at(&address)?;
+            let kind = driver.schema().kind.to_string();
             let Some(recorded) = state.resources.get(&address).cloned() else {
                 return Err(failed(
                     "not deployed yet: run `ralph-deploy apply` first".into(),
@@ -225,14 +222,14 @@ where
             let image = render::image_ref(&props).unwrap_or_default();
             cx.reporter.report(Event::ResourceStarted {
                 address: address.clone(),
-                kind: KIND.to_string(),
+                kind: kind.clone(),
                 action: Action::Update,
                 phase: None,
             });
             let intent = Intent {
                 id: uuid::Uuid::new_v4().to_string(),
                 address: address.clone(),
-                kind: KIND.to_string(),
+                kind,
                 action: "update".into(),
                 lookup: Some(recorded.id.clone()),
                 props: props.clone(),

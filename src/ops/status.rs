@@ -9,7 +9,7 @@ use crate::drivers::kubernetes::manifests;
 use crate::drivers::Context;
 use serde_json::Value as Json;
 
-use super::{OpError, Session, Unapplied};
+use super::{OpError, Role, Session, Unapplied};
 
 /// One orchestrator's checks.
 #[derive(Debug, serde::Serialize)]
@@ -72,15 +72,15 @@ pub(crate) fn humantime(d: std::time::Duration) -> String {
 pub async fn status(s: &Session, cx: &Context) -> Result<Vec<Report>, OpError> {
     // One read of the state serves every check.
     let (state, _) = s.read_state().await?;
-    let targets = s.resolved_in(&state, "kubernetes.orchestrator", Unapplied::Refuse)?;
-    let addons = s.resolved_in(&state, "kubernetes.manifests", Unapplied::Refuse)?;
+    let targets = s.resolved_in(&state, Role::Orchestrator, Unapplied::Refuse)?;
+    let addons = s.resolved_in(&state, Role::AddOns, Unapplied::Refuse)?;
     if targets.is_empty() && addons.is_empty() && s.stack.recovery.rpo.is_none() {
         // Nothing to check is an answer, not a failure: the caller says so.
         return Ok(Vec::new());
     }
     // Roles whose server the tool itself reaches through a tunnel url.
     let tunnels: Vec<Tunnel> = s
-        .resolved_in(&state, "postgres.role", Unapplied::Refuse)?
+        .resolved_in(&state, Role::DatabaseLogin, Unapplied::Refuse)?
         .into_iter()
         .filter_map(|(_, p)| {
             let url = p

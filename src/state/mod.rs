@@ -19,6 +19,48 @@ pub mod local;
 pub mod postgres;
 pub mod s3;
 
+/// Where a session keeps its state.
+#[derive(Debug, Clone)]
+pub enum StateLocation {
+    /// The embedded backend's directory.
+    Dir(std::path::PathBuf),
+    /// A shared store (postgres://... or s3://...).
+    Url(String),
+}
+
+/// The store `location` names for the stack `name`'s `environment`, with
+/// the sealer the environment and the state settings ask for (`kms_key`,
+/// `encrypt`; `region` is where the key and an S3 store are).
+pub fn open(
+    location: &StateLocation,
+    name: &str,
+    environment: &str,
+    kms_key: Option<&str>,
+    encrypt: bool,
+    region: Option<String>,
+) -> Result<Box<dyn Backend>, String> {
+    let sealer = std::sync::Arc::new(codec::Sealer::from_env(kms_key, region.clone(), encrypt)?);
+    Ok(match location {
+        StateLocation::Dir(dir) => {
+            Box::new(local::LocalBackend::new(dir, name, environment).with_sealer(sealer))
+        }
+        StateLocation::Url(url) if postgres::is_postgres_url(url) => Box::new(
+            postgres::PostgresBackend::new(url, name, environment, sealer)
+                .map_err(|e| e.to_string())?,
+        ),
+        StateLocation::Url(url) if s3::is_s3_url(url) => Box::new(
+            s3::S3Backend::new(url, name, environment, region, sealer)
+                .map_err(|e| e.to_string())?,
+        ),
+        StateLocation::Url(url) => {
+            return Err(format!(
+                "state store `{}` is not one this build knows; use s3://bucket/prefix or postgres://user@host/database (or leave it out for local files)",
+                url.split('@').next_back().unwrap_or(url)
+            ))
+        }
+    })
+}
+
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};

@@ -127,6 +127,7 @@ impl FakeCloud {
                 .map(|d| {
                     Box::new(FakeDriver {
                         schema: d.schema(),
+                        roles: d.roles(),
                         cloud: self.clone(),
                     }) as Box<dyn Driver>
                 })
@@ -208,6 +209,9 @@ const IDEMPOTENT: &[&str] = &[
 /// A driver for `schema` over the fake cloud.
 pub struct FakeDriver {
     pub schema: &'static KindSchema,
+    /// The built-in kind's roles, so operations find the fakes as they find
+    /// the real kinds.
+    pub roles: &'static [crate::drivers::capability::Role],
     pub cloud: Arc<FakeCloud>,
 }
 
@@ -229,6 +233,10 @@ impl Driver for FakeDriver {
 
     fn service(&self) -> &'static str {
         "fake"
+    }
+
+    fn roles(&self) -> &'static [crate::drivers::capability::Role] {
+        self.roles
     }
 
     async fn refresh(&self, cx: &Context, known: &[Known]) -> Result<Vec<Observed>, DriverError> {

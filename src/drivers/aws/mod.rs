@@ -21,6 +21,7 @@ pub mod rds;
 mod route_table;
 mod route_table_association;
 mod s3_bucket;
+mod s3_objects;
 pub mod secret;
 mod security_group;
 mod subnet;

@@ -23,6 +23,8 @@ use crate::kinds::{checks, Attr, Field, KindSchema, Ty};
 
 const INSTANCE_TIMEOUT: Duration = Duration::from_secs(40 * 60);
 
+mod failover;
+
 fn identifier(v: &Json) -> Result<(), String> {
     let s = v.as_str().unwrap_or_default();
     let ok = !s.is_empty()
@@ -796,6 +798,14 @@ impl Driver for Instance {
         "rds"
     }
 
+    fn promotion(&self) -> Option<&dyn crate::drivers::capability::Promotion> {
+        Some(&failover::RdsPromotion)
+    }
+
+    fn snapshots(&self) -> Option<&dyn crate::drivers::capability::Snapshots> {
+        Some(&failover::RdsSnapshots)
+    }
+
     fn typical_seconds(&self) -> u64 {
         1200
     }
@@ -1038,223 +1048,4 @@ impl Driver for Instance {
         )
         .await
     }
-}
-
-// ---- failover: a read replica promoted to primary ----
-//
-// The steps `ralph-deploy failover` takes on RDS, each safe to repeat: a
-// failover interrupted at any point is finished by running it again.
-
-/// Marks the promoted instance between its promotion and taking over the
-/// primary's name, so that a resumed failover tells it from the old primary.
-pub const FAILOVER_TAG: &str = "ralph-deploy-failover";
-/// Left on the old primary once it is out of the way: what it was.
-pub const RETIRED_TAG: &str = "ralph-deploy-retired";
-
-/// The instance named `id`, as refresh reads it (`None` when there is none).
-pub async fn instance(cx: &Context, id: &str) -> Result<Option<Observed>, DriverError> {
-    read_instance(cx, id).await
-}
-
-/// The replica's lag behind its primary: the highest `ReplicaLag` CloudWatch
-/// has for it over the last ten minutes, in seconds (`None`: no datapoint,
-/// so the lag is unknown).
-pub async fn replica_lag(cx: &Context, id: &str) -> Result<Option<f64>, DriverError> {
-    use aws_sdk_cloudwatch::primitives::DateTime;
-    use aws_sdk_cloudwatch::types::{Dimension, Statistic};
-    let now = std::time::SystemTime::now();
-    let out = cx
-        .aws()
-        .await?
-        .cloudwatch
-        .get_metric_statistics()
-        .namespace("AWS/RDS")
-        .metric_name("ReplicaLag")
-        .dimensions(
-            Dimension::builder()
-                .name("DBInstanceIdentifier")
-                .value(id)
-                .build(),
-        )
-        .start_time(DateTime::from(now - Duration::from_secs(600)))
-        // Past now: the current minute's datapoints count too.
-        .end_time(DateTime::from(now + Duration::from_secs(60)))
-        .period(60)
-        .statistics(Statistic::Maximum)
-        .send()
-        .await
-        .map_err(|e| api_error("GetMetricStatistics", e))?;
-    // The latest minute is the one that counts.
-    Ok(out
-        .datapoints()
-        .iter()
-        .filter_map(|d| Some((d.timestamp()?.as_secs_f64(), d.maximum()?)))
-        .max_by(|a, b| a.0.total_cmp(&b.0))
-        .map(|(_, lag)| lag))
-}
-
-/// Promotes the read replica `id` to a standalone instance (with the
-/// primary's backup settings) and waits until it is available and no
-/// longer a replica. `marker` tags it as the instance this failover
-/// promoted. Nothing is sent again for an instance already promoted.
-pub async fn promote(
-    cx: &Context,
-    address: &str,
-    have: &Observed,
-    backup_retention_days: Option<i32>,
-    backup_window: Option<&str>,
-    marker: &str,
-    timeout: Duration,
-) -> Result<Observed, DriverError> {
-    let rds = &cx.aws().await?.rds;
-    let id = have.id.as_str();
-    add_tag(cx, &arn_of(have), FAILOVER_TAG, marker).await?;
-    if is_replica(have) {
-        rds.promote_read_replica()
-            .db_instance_identifier(id)
-            .set_backup_retention_period(backup_retention_days)
-            .set_preferred_backup_window(backup_window.map(str::to_string))
-            .send()
-            .await
-            .map_err(|e| api_error("PromoteReadReplica", e))?;
-    }
-    // Available is not enough right after the call: it must also have
-    // stopped replicating.
-    cx.wait_until(
-        address,
-        &format!("{id} to be promoted"),
-        timeout,
-        || async {
-            let o = read_instance(cx, id).await?.ok_or_else(|| {
-                DriverError::new(format!("{id} disappeared while being promoted"))
-            })?;
-            let status = status_of(&o);
-            if ["failed", "incompatible-parameters", "storage-full"].contains(&status.as_str()) {
-                return Err(DriverError::new(format!(
-                    "{id} is `{status}`; see its events in the console"
-                )));
-            }
-            if status == "available" && !is_replica(&o) {
-                Ok((Some(o), status))
-            } else {
-                Ok((None, format!("promoting ({status})")))
-            }
-        },
-    )
-    .await
-}
-
-fn status_of(o: &Observed) -> String {
-    o.attrs
-        .get(STATUS_ATTR)
-        .and_then(Json::as_str)
-        .unwrap_or("unknown")
-        .to_string()
-}
-
-/// Whether the instance still replicates from another.
-pub fn is_replica(o: &Observed) -> bool {
-    o.attrs
-        .get("replicate_source_db")
-        .is_some_and(|v| v.as_str().is_some_and(|s| !s.is_empty()))
-}
-
-/// Whether this failover (`marker`) promoted the instance: its tags, as
-/// the read that found it returned them (the marker is not an ownership
-/// tag, so it is among the user tags).
-pub fn promoted_by(o: &Observed, marker: &str) -> bool {
-    o.attrs
-        .get("tags")
-        .and_then(|t| t.get(FAILOVER_TAG))
-        .and_then(Json::as_str)
-        == Some(marker)
-}
-
-/// Renames the instance `from` to `to` at once and waits until it answers
-/// to its new name. Done already (only `to` exists) is fine.
-pub async fn rename(
-    cx: &Context,
-    address: &str,
-    from: &str,
-    to: &str,
-    timeout: Duration,
-) -> Result<Observed, DriverError> {
-    if read_instance(cx, from).await?.is_some() {
-        cx.aws()
-            .await?
-            .rds
-            .modify_db_instance()
-            .db_instance_identifier(from)
-            .new_db_instance_identifier(to)
-            .apply_immediately(true)
-            .send()
-            .await
-            .map_err(|e| api_error("ModifyDBInstance", e))?;
-    }
-    cx.wait_until(
-        address,
-        &format!("{from} to be renamed {to}"),
-        timeout,
-        || async {
-            Ok(match read_instance(cx, to).await? {
-                Some(o) if status_of(&o) == "available" => (Some(o), "available".to_string()),
-                Some(o) => (None, status_of(&o)),
-                None => (None, "renaming".to_string()),
-            })
-        },
-    )
-    .await
-}
-
-/// One tag on the RDS resource at `arn`.
-async fn add_tag(cx: &Context, arn: &str, key: &str, value: &str) -> Result<(), DriverError> {
-    cx.aws()
-        .await?
-        .rds
-        .add_tags_to_resource()
-        .resource_name(arn)
-        .tags(
-            aws_sdk_rds::types::Tag::builder()
-                .key(key)
-                .value(value)
-                .build(),
-        )
-        .send()
-        .await
-        .map_err(|e| api_error("AddTagsToResource", e))?;
-    Ok(())
-}
-
-/// Takes the ownership tags off the old primary (so no refresh takes it
-/// for the stack's again) and records what it was in `RETIRED_TAG`.
-pub async fn retire(cx: &Context, o: &Observed, what: &str) -> Result<(), DriverError> {
-    let rds = &cx.aws().await?.rds;
-    let arn = arn_of(o);
-    add_tag(cx, &arn, RETIRED_TAG, what).await?;
-    rds.remove_tags_from_resource()
-        .resource_name(&arn)
-        .set_tag_keys(Some(
-            [
-                crate::model::TAG_STACK,
-                crate::model::TAG_ENVIRONMENT,
-                crate::model::TAG_ADDRESS,
-            ]
-            .map(str::to_string)
-            .to_vec(),
-        ))
-        .send()
-        .await
-        .map_err(|e| api_error("RemoveTagsFromResource", e))?;
-    Ok(())
-}
-
-/// Gives the promoted instance the primary's tags: its ownership tags with
-/// the primary's address, the stack's tags, and no failover marker (a user
-/// tag the stack does not have, so `sync` removes it).
-pub async fn take_over_tags(
-    cx: &Context,
-    o: &Observed,
-    want: &Desired<'_>,
-) -> Result<(), DriverError> {
-    arn_tags::sync(cx, ArnService::Rds, &arn_of(o), o, want).await
 }

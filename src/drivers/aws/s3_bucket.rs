@@ -350,6 +350,10 @@ impl Driver for S3Bucket {
         "s3"
     }
 
+    fn object_store(&self) -> Option<&dyn crate::drivers::capability::ObjectStore> {
+        Some(&super::s3_objects::S3Objects)
+    }
+
     fn schema(&self) -> &'static KindSchema {
         &SCHEMA
     }

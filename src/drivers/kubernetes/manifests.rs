@@ -711,6 +711,10 @@ pub async fn health(
 
 #[async_trait::async_trait]
 impl Driver for Manifests {
+    fn roles(&self) -> &'static [crate::drivers::capability::Role] {
+        &[crate::drivers::capability::Role::AddOns]
+    }
+
     fn service(&self) -> &'static str {
         "kubernetes"
     }

@@ -1050,6 +1050,10 @@ async fn deploy(
 
 #[async_trait::async_trait]
 impl Driver for Orchestrator {
+    fn roles(&self) -> &'static [crate::drivers::capability::Role] {
+        &[crate::drivers::capability::Role::Orchestrator]
+    }
+
     fn service(&self) -> &'static str {
         "kubernetes"
     }

@@ -1,7 +1,8 @@
-//! Logical backups of a database into S3 and restores from them.
+//! Logical backups of a database into a bucket and restores from them.
 //!
 //! A backup is one consistent `pg_dump --format=custom` (compressed)
-//! streamed into an S3 multipart upload in fixed-size parts, so memory stays
+//! streamed into the bucket's upload (`capability::ObjectStore`; S3's
+//! multipart upload) in fixed-size parts, so memory stays
 //! flat however large the database is and nothing touches the local disk.
 //! Beside it goes a small JSON manifest: per table, the row count and an
 //! order-independent checksum of its rows, taken in the very snapshot the
@@ -13,16 +14,14 @@
 use std::process::Stdio;
 
 use chrono::{DateTime, NaiveDateTime, Utc};
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use sqlx::Connection;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::Target;
+use crate::drivers::capability::ObjectStore;
 use crate::drivers::{Context, DriverError};
-
-/// S3's smallest part but the last is 5 MiB; 8 MiB parts keep a 500 MB
-/// dump at about 60 requests and the memory at one part.
-const PART_SIZE: usize = 8 << 20;
 
 /// What a backup holds, stored beside it as `<key>.json`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -62,31 +61,16 @@ pub fn taken_at(prefix: &str, key: &str) -> Option<DateTime<Utc>> {
 /// Every backup under `prefix` (our keys only), with when it was taken.
 pub async fn list(
     cx: &Context,
+    store: &dyn ObjectStore,
     bucket: &str,
     prefix: &str,
 ) -> Result<Vec<(String, DateTime<Utc>)>, DriverError> {
-    let s3 = &cx.aws().await?.s3;
-    let mut out = Vec::new();
-    let mut token = None;
-    loop {
-        let page = s3
-            .list_objects_v2()
-            .bucket(bucket)
-            .prefix(prefix)
-            .set_continuation_token(token.clone())
-            .send()
-            .await
-            .map_err(|e| crate::drivers::aws::api_error("ListObjectsV2", e))?;
-        for key in page.contents().iter().filter_map(|o| o.key()) {
-            if let Some(at) = taken_at(prefix, key) {
-                out.push((key.to_string(), at));
-            }
-        }
-        token = page.next_continuation_token().map(str::to_string);
-        if token.is_none() {
-            return Ok(out);
-        }
-    }
+    Ok(store
+        .list(cx, bucket, prefix)
+        .await?
+        .into_iter()
+        .filter_map(|key| taken_at(prefix, &key).map(|at| (key, at)))
+        .collect())
 }
 
 /// The sums of every ordinary table (partitions count as themselves, their
@@ -128,8 +112,9 @@ fn tool(name: &str) -> String {
 }
 
 /// Dumps `target` into `bucket`/`key` and writes the manifest beside it.
-pub async fn dump_to_s3(
+pub async fn dump(
     cx: &Context,
+    store: &dyn ObjectStore,
     target: &Target,
     bucket: &str,
     key: &str,
@@ -172,24 +157,18 @@ pub async fn dump_to_s3(
         text
     });
 
-    let s3 = &cx.aws().await?.s3;
-    let upload = s3
-        .create_multipart_upload()
-        .bucket(bucket)
-        .key(key)
-        .content_type("application/vnd.postgresql.custom-dump")
-        .send()
-        .await
-        .map_err(|e| crate::drivers::aws::api_error("CreateMultipartUpload", e))?;
-    let upload_id = upload.upload_id().unwrap_or_default().to_string();
+    let mut upload = store
+        .upload(cx, bucket, key, "application/vnd.postgresql.custom-dump")
+        .await?;
+    let part_size = upload.part_size();
     let streamed = async {
-        let mut parts = Vec::new();
+        let mut parts = 0usize;
         let mut bytes = 0u64;
-        let mut buf = vec![0u8; PART_SIZE];
+        let mut buf = vec![0u8; part_size];
         loop {
             // Fill a whole part (the last one may be short).
             let mut filled = 0;
-            while filled < PART_SIZE {
+            while filled < part_size {
                 let n = stdout
                     .read(&mut buf[filled..])
                     .await
@@ -199,28 +178,13 @@ pub async fn dump_to_s3(
                 }
                 filled += n;
             }
-            if filled == 0 && !parts.is_empty() {
+            if filled == 0 && parts > 0 {
                 break;
             }
-            let number = parts.len() as i32 + 1;
-            let part = s3
-                .upload_part()
-                .bucket(bucket)
-                .key(key)
-                .upload_id(&upload_id)
-                .part_number(number)
-                .body(buf[..filled].to_vec().into())
-                .send()
-                .await
-                .map_err(|e| crate::drivers::aws::api_error("UploadPart", e))?;
-            parts.push(
-                aws_sdk_s3::types::CompletedPart::builder()
-                    .part_number(number)
-                    .set_e_tag(part.e_tag().map(str::to_string))
-                    .build(),
-            );
+            upload.part(buf[..filled].to_vec()).await?;
+            parts += 1;
             bytes += filled as u64;
-            if filled < PART_SIZE {
+            if filled < part_size {
                 break;
             }
         }
@@ -235,35 +199,18 @@ pub async fn dump_to_s3(
                 why.trim()
             )));
         }
-        Ok::<_, DriverError>((parts, bytes))
+        Ok::<_, DriverError>(bytes)
     }
     .await;
-    let (parts, bytes) = match streamed {
+    let bytes = match streamed {
         Ok(x) => x,
         Err(e) => {
             // No half backup is left behind.
-            let _ = s3
-                .abort_multipart_upload()
-                .bucket(bucket)
-                .key(key)
-                .upload_id(&upload_id)
-                .send()
-                .await;
+            upload.abort().await;
             return Err(e);
         }
     };
-    s3.complete_multipart_upload()
-        .bucket(bucket)
-        .key(key)
-        .upload_id(&upload_id)
-        .multipart_upload(
-            aws_sdk_s3::types::CompletedMultipartUpload::builder()
-                .set_parts(Some(parts))
-                .build(),
-        )
-        .send()
-        .await
-        .map_err(|e| crate::drivers::aws::api_error("CompleteMultipartUpload", e))?;
+    upload.finish().await?;
     let _ = sqlx::query("COMMIT").execute(&mut conn).await;
     let _ = conn.close().await;
     let manifest = Manifest {
@@ -274,41 +221,33 @@ pub async fn dump_to_s3(
         bytes,
         tables,
     };
-    s3.put_object()
-        .bucket(bucket)
-        .key(format!("{key}.json"))
-        .content_type("application/json")
-        .body(
-            serde_json::to_vec_pretty(&manifest)
-                .unwrap_or_default()
-                .into(),
+    store
+        .put(
+            cx,
+            bucket,
+            &format!("{key}.json"),
+            "application/json",
+            serde_json::to_vec_pretty(&manifest).unwrap_or_default(),
         )
-        .send()
-        .await
-        .map_err(|e| crate::drivers::aws::api_error("PutObject", e))?;
+        .await?;
     Ok(manifest)
 }
 
 /// The manifest of the backup at `key`.
-pub async fn manifest(cx: &Context, bucket: &str, key: &str) -> Result<Manifest, DriverError> {
-    let out = cx
-        .aws()
-        .await?
-        .s3
-        .get_object()
-        .bucket(bucket)
-        .key(format!("{key}.json"))
-        .send()
+pub async fn manifest(
+    cx: &Context,
+    store: &dyn ObjectStore,
+    bucket: &str,
+    key: &str,
+) -> Result<Manifest, DriverError> {
+    let mut chunks = store
+        .get(cx, bucket, &format!("{key}.json"))
         .await
-        .map_err(|e| {
-            crate::drivers::aws::api_error(&format!("reading the manifest of {key}"), e)
-        })?;
-    let body = out
-        .body
-        .collect()
-        .await
-        .map_err(|e| DriverError::new(format!("reading the manifest of {key}: {e}")))?
-        .into_bytes();
+        .map_err(|e| DriverError::new(format!("reading the manifest of {key}: {}", e.message)))?;
+    let mut body = Vec::new();
+    while let Some(chunk) = chunks.next().await {
+        body.extend_from_slice(&chunk?);
+    }
     serde_json::from_slice(&body).map_err(|e| {
         DriverError::new(format!(
             "the manifest of {key} is not one ralph-deploy wrote: {e}"
@@ -319,14 +258,15 @@ pub async fn manifest(cx: &Context, bucket: &str, key: &str) -> Result<Manifest,
 /// Creates `database` (which must not exist) next to `target`'s, streams
 /// the backup into pg_restore, and checks every table against the
 /// manifest. Returns the sums found.
-pub async fn restore_from_s3(
+pub async fn restore(
     cx: &Context,
+    store: &dyn ObjectStore,
     target: &Target,
     bucket: &str,
     key: &str,
     database: &str,
 ) -> Result<Vec<TableSum>, DriverError> {
-    let expected = manifest(cx, bucket, key).await?;
+    let expected = manifest(cx, store, bucket, key).await?;
     {
         let mut admin = sqlx::PgConnection::connect_with(&target.options())
             .await
@@ -371,23 +311,9 @@ pub async fn restore_from_s3(
         let _ = stderr.read_to_string(&mut text).await;
         text
     });
-    let object = cx
-        .aws()
-        .await?
-        .s3
-        .get_object()
-        .bucket(bucket)
-        .key(key)
-        .send()
-        .await
-        .map_err(|e| crate::drivers::aws::api_error(&format!("reading {key}"), e))?;
-    let mut body = object.body;
-    while let Some(chunk) = body
-        .try_next()
-        .await
-        .map_err(|e| DriverError::new(format!("reading {key}: {e}")))?
-    {
-        if stdin.write_all(&chunk).await.is_err() {
+    let mut body = store.get(cx, bucket, key).await?;
+    while let Some(chunk) = body.next().await {
+        if stdin.write_all(&chunk?).await.is_err() {
             break; // pg_restore stopped: its exit status says why
         }
     }

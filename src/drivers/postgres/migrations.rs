@@ -217,6 +217,10 @@ async fn run(cx: &Context, want: &Desired<'_>) -> Result<Observed, DriverError> 
 
 #[async_trait::async_trait]
 impl Driver for Migrations {
+    fn roles(&self) -> &'static [crate::drivers::capability::Role] {
+        &[crate::drivers::capability::Role::Schema]
+    }
+
     fn service(&self) -> &'static str {
         "postgres"
     }

@@ -326,6 +326,10 @@ async fn converge(cx: &Context, want: &Desired<'_>) -> Result<Observed, DriverEr
 
 #[async_trait::async_trait]
 impl Driver for Role {
+    fn roles(&self) -> &'static [crate::drivers::capability::Role] {
+        &[crate::drivers::capability::Role::DatabaseLogin]
+    }
+
     fn service(&self) -> &'static str {
         "postgres"
     }

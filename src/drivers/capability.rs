@@ -1,0 +1,189 @@
+//! What a kind offers beyond its lifecycle, for the day-2 operations
+//! (`ops`): a role the operations find resources by (the orchestrator, the
+//! schema, the add-ons), and the capabilities they call through a trait
+//! (a database's replica promotion and snapshots, a bucket's objects).
+//! Operations ask the registry which kinds offer what, so none of them
+//! names a cloud or a kind: a kind of another cloud that implements the
+//! trait is found the same way.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use serde_json::{Map, Value as Json};
+
+use super::{Context, DriverError, Observed};
+
+/// What a resource is to the operations that look for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Runs the orchestrator: `deploy`, `rollback`, `render`, `status`, and
+    /// the pods a failover rolls.
+    Orchestrator,
+    /// Installs add-ons whose health `status` reads.
+    AddOns,
+    /// Owns a database's schema and says how to reach it: `db`, `backup`,
+    /// `restore`.
+    Schema,
+    /// A database login whose server the tool reaches (its tunnel url).
+    DatabaseLogin,
+    /// A bucket whose objects backups go to ([`ObjectStore`]).
+    Bucket,
+    /// A database whose read replicas can be promoted ([`Promotion`]).
+    Promotable,
+    /// A database the cloud can snapshot ([`Snapshots`]).
+    Snapshots,
+}
+
+impl Role {
+    /// The role's name in messages ("the stack has no …").
+    pub fn noun(self) -> &'static str {
+        match self {
+            Role::Orchestrator => "orchestrator",
+            Role::AddOns => "add-ons resource",
+            Role::Schema => "database schema (migrations) resource",
+            Role::DatabaseLogin => "database role",
+            Role::Bucket => "backup bucket",
+            Role::Promotable => "database with read replicas",
+            Role::Snapshots => "database the cloud can snapshot",
+        }
+    }
+}
+
+/// Whether `driver`'s kind offers `role`.
+pub fn offers(driver: &dyn super::Driver, role: Role) -> bool {
+    match role {
+        Role::Bucket => driver.object_store().is_some(),
+        Role::Promotable => driver.promotion().is_some(),
+        Role::Snapshots => driver.snapshots().is_some(),
+        _ => driver.roles().contains(&role),
+    }
+}
+
+/// A bucket's objects, as backups use them.
+#[async_trait::async_trait]
+pub trait ObjectStore: Send + Sync {
+    /// The bucket's name in a resource's resolved properties.
+    fn bucket_name(&self, props: &Map<String, Json>) -> Option<String>;
+    /// How many days the bucket keeps an object, from its properties.
+    fn expire_after_days(&self, props: &Map<String, Json>) -> Option<i64>;
+    /// Starts a streamed upload of `key`: parts in order, then finish.
+    async fn upload(
+        &self,
+        cx: &Context,
+        bucket: &str,
+        key: &str,
+        content_type: &str,
+    ) -> Result<Box<dyn Upload>, DriverError>;
+    /// Writes a small object whole.
+    async fn put(
+        &self,
+        cx: &Context,
+        bucket: &str,
+        key: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> Result<(), DriverError>;
+    /// An object's bytes, as they arrive.
+    async fn get(
+        &self,
+        cx: &Context,
+        bucket: &str,
+        key: &str,
+    ) -> Result<BoxStream<'static, Result<Bytes, DriverError>>, DriverError>;
+    /// The keys under `prefix`.
+    async fn list(
+        &self,
+        cx: &Context,
+        bucket: &str,
+        prefix: &str,
+    ) -> Result<Vec<String>, DriverError>;
+    async fn delete(&self, cx: &Context, bucket: &str, key: &str) -> Result<(), DriverError>;
+}
+
+/// An upload under way: nothing is visible under its key until `finish`.
+#[async_trait::async_trait]
+pub trait Upload: Send {
+    /// The size the parts should have (the last one may be shorter).
+    fn part_size(&self) -> usize;
+    async fn part(&mut self, bytes: Vec<u8>) -> Result<(), DriverError>;
+    async fn finish(self: Box<Self>) -> Result<(), DriverError>;
+    /// Drops what was uploaded (best effort: no half object is left).
+    async fn abort(self: Box<Self>);
+}
+
+/// A failover's pair, as its intent records it.
+pub struct PromotionPlan<'a> {
+    /// The primary's and the replica's addresses.
+    pub primary: &'a str,
+    pub replica: &'a str,
+    /// Their ids in the cloud.
+    pub primary_id: &'a str,
+    pub replica_id: &'a str,
+    /// Where the old primary goes (see [`Promotion::aside_name`]).
+    pub old_name: &'a str,
+    /// The failover's id: marks the instance it promoted.
+    pub marker: &'a str,
+    /// The primary's recorded inputs (its backup settings, its tags).
+    pub primary_inputs: &'a Map<String, Json>,
+    /// What the old primary was, left on it (`stack/env/address until …`).
+    pub retired_as: String,
+    pub timeout: Duration,
+}
+
+/// What a promotion left: the instance now serving under the primary's
+/// identity, and where the old primary went (`None`: it was gone).
+pub struct Promoted {
+    pub observed: Observed,
+    pub old_primary: Option<String>,
+}
+
+/// A database kind whose read replica can take over as the primary.
+#[async_trait::async_trait]
+pub trait Promotion: Send + Sync {
+    /// The primary a replica's recorded inputs name (an id or another
+    /// reference the cloud takes); `None`: it is not a replica.
+    fn primary_of<'a>(&self, inputs: &'a Map<String, Json>) -> Option<&'a str>;
+    /// Whether the recorded resource (`id`, `attrs`) is the one `source`
+    /// names.
+    fn is_named(&self, id: &str, attrs: &Map<String, Json>, source: &str) -> bool {
+        id == source || attrs.get("arn").and_then(Json::as_str) == Some(source)
+    }
+    /// Where the old primary is moved to, a name the cloud accepts.
+    fn aside_name(&self, primary_id: &str, now: chrono::DateTime<chrono::Utc>) -> String;
+    /// The replica's lag behind its primary in seconds, from the cloud's
+    /// metrics (`None`: unknown), and where it was read (for messages).
+    async fn replica_lag(
+        &self,
+        cx: &Context,
+        replica_id: &str,
+    ) -> Result<(Option<f64>, String), DriverError>;
+    /// The replica promoted, the old primary out of the way and the
+    /// promoted instance under the primary's identity and ownership. Every
+    /// step is safe to repeat: a promotion interrupted anywhere is finished
+    /// by calling this again with the same plan. `stopped` is asked between
+    /// steps; when it says so, the promotion returns an error saying it is
+    /// unfinished.
+    async fn promote(
+        &self,
+        cx: &Context,
+        plan: &PromotionPlan<'_>,
+        stopped: &(dyn Fn() -> bool + Send + Sync),
+    ) -> Result<Promoted, DriverError>;
+}
+
+/// A database kind whose instances the cloud can snapshot on request.
+#[async_trait::async_trait]
+pub trait Snapshots: Send + Sync {
+    /// Whether the resource (its resolved properties) is a primary (a
+    /// replica's snapshots are its primary's).
+    fn is_primary(&self, props: &Map<String, Json>) -> bool;
+    /// Takes a snapshot of the instance the properties name, called `name`
+    /// plus a time stamp; returns the snapshot's id.
+    async fn snapshot(
+        &self,
+        cx: &Context,
+        props: &Map<String, Json>,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<String, DriverError>;
+}
