@@ -235,3 +235,136 @@ async fn a_backup_restores_to_the_same_rows_and_retention_removes_only_expired_b
         text(&out.stderr)
     );
 }
+
+/// The objects of a bucket in the Google Cloud double.
+fn gcs_keys(bucket: &str) -> Vec<String> {
+    common::gcp_get(&format!("/storage/v1/b/{bucket}/o")).expect("the bucket's objects")["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|o| o["name"].as_str().map(str::to_string))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backup_to_cloud_storage_restores_the_same_rows_and_the_full_bucket_is_kept() {
+    let pid = std::process::id();
+    let name = format!("gbk{pid}");
+    let db_url = common::fresh_database(&name).await;
+    let mut w = World::from_stack("kubernetes-app.yaml", &name);
+    let bucket = format!("{name}-backups");
+    std::fs::write(
+        w.stack(),
+        format!(
+            "name: {name}\n\
+             variables:\n  db_url: {{ type: string }}\n\
+             cloud:\n  gcp:\n    project: {name}-project\n    region: europe-west1\n\
+             environments:\n  production: {{}}\n\
+             recovery:\n  rpo: 1h\n\
+             resources:\n  backups:\n    kind: gcp.storage_bucket\n    properties:\n      name: {bucket}\n      location: europe-west1\n      expire_after_days: 30\n      labels: {{ purpose: backups }}\n\
+             \x20 schema:\n    kind: postgres.migrations\n    properties:\n      directory: {}\n      url: ${{var.db_url}}\n",
+            common::repo().join("migrations").display()
+        ),
+    )
+    .unwrap();
+    w.env.push((
+        "RALPH_DEPLOY_VAR_db_url".into(),
+        format!("{db_url}?sslmode=disable"),
+    ));
+    w.ok("apply", &["--auto-approve"]);
+    // The bucket as Google reports it is the bucket as the stack says.
+    let plan = w.plan_json(&[]);
+    assert!(
+        common::changed(&plan).is_empty(),
+        "{:?}",
+        common::changed(&plan)
+    );
+    let held = common::gcp_get(&format!("/storage/v1/b/{bucket}")).unwrap();
+    assert_eq!(
+        held["iamConfiguration"]["publicAccessPrevention"],
+        "enforced"
+    );
+    assert_eq!(
+        held["iamConfiguration"]["uniformBucketLevelAccess"]["enabled"],
+        true
+    );
+    assert_eq!(held["versioning"]["enabled"], true);
+
+    let out = w.run("status", &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("no backup yet (RPO 1h)"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    let mut c = sqlx::PgConnection::connect(&db_url).await.unwrap();
+    sqlx::query(
+        "INSERT INTO ralph.orchestrations (task_id, agent_type, status, created_at)
+         SELECT 't-' || i, 'claude', 'completed', now() - (i % 3) * interval '20 days'
+           FROM generate_series(1, 3000) i",
+    )
+    .execute(&mut c)
+    .await
+    .unwrap();
+
+    // An expired backup of ours, and an object that is not one.
+    let prefix = format!("backups/{name}/production/");
+    let expired = format!("{prefix}20200101T000000Z.dump");
+    let other = format!("{prefix}README.txt");
+    for k in [&expired, &other] {
+        ureq::post(&format!(
+            "{}/upload/storage/v1/b/{bucket}/o?uploadType=media&name={}",
+            common::gcp_endpoint(),
+            k.replace('/', "%2F")
+        ))
+        .send_bytes(b"old")
+        .unwrap();
+    }
+
+    let report = json(&w.run("backup", &["--json"]));
+    let key = report["key"].as_str().unwrap().to_string();
+    assert_eq!(report["removed"], serde_json::json!([expired]), "{report}");
+    let keys = gcs_keys(&bucket);
+    for k in [&key, &format!("{key}.json"), &other] {
+        assert!(keys.contains(k), "{k} is not in the bucket: {keys:?}");
+    }
+    assert!(!keys.contains(&expired), "{keys:?}");
+    assert!(
+        !keys.iter().any(|k| k.contains(".part-")),
+        "the upload's parts were left behind: {keys:?}"
+    );
+    let out = w.run("status", &[]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+
+    // Restored from Cloud Storage: the same rows, by our own count.
+    let into = format!("{name}_restored");
+    let base = common::pg_server();
+    let mut admin = sqlx::PgConnection::connect(&format!("{base}/postgres"))
+        .await
+        .unwrap();
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {into} WITH (FORCE)"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    json(&w.run("restore", &[&key, "--into", &into, "--json"]));
+    assert_eq!(sums(&db_url).await, sums(&format!("{base}/{into}")).await);
+
+    // A bucket that holds backups is not destroyed unless the stack says so.
+    let out = w.run("destroy", &["--auto-approve"]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        text(&out.stderr).contains("still holds") || text(&out.stdout).contains("still holds"),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert!(common::gcp_get(&format!("/storage/v1/b/{bucket}")).is_some());
+}

@@ -139,7 +139,7 @@ fn assert_consistent(w: &World, project: &str, context: &str) {
     let state = common::state_json(w);
     assert_eq!(
         state["resources"].as_object().map(|r| r.len()).unwrap_or(0),
-        45,
+        46,
         "{context}: the state"
     );
     let plan = w.plan_json(&[]);

@@ -2866,3 +2866,83 @@ async fn an_alb_ingress_is_served_only_through_a_trusted_role_and_an_issued_cert
     .await;
     nss.delete(&ns, &Default::default()).await.unwrap();
 }
+
+/// The local Cloud Storage refuses what Google's does: a bucket name held by
+/// anyone (names are global), a name outside the rules, deleting a bucket
+/// that holds objects, deleting an object its bucket's retention policy
+/// still holds, composing more than 32 objects; and a download is the
+/// object's bytes.
+#[test]
+fn local_cloud_storage_refuses_what_google_refuses() {
+    let pid = std::process::id();
+    let bucket = format!("lcs-{pid}");
+    let answered = |(c, e): (u16, serde_json::Value), code: u16, words: &str| {
+        assert_eq!(c, code, "{e}");
+        let message = e["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(words), "{e}");
+    };
+    let body = serde_json::json!({"name": bucket, "location": "europe-west1",
+        "retentionPolicy": {"retentionPeriod": "3600"}});
+    let (code, b) = gcp_post(&format!("/storage/v1/b?project=lcs-a-{pid}"), body.clone());
+    assert_eq!(code, 200, "{b}");
+    assert_eq!(b["location"], "EUROPE-WEST1");
+    answered(
+        gcp_post(&format!("/storage/v1/b?project=lcs-b-{pid}"), body),
+        409,
+        "not available",
+    );
+    answered(
+        gcp_post(
+            &format!("/storage/v1/b?project=lcs-a-{pid}"),
+            serde_json::json!({"name": "Not_A-Bucket!"}),
+        ),
+        400,
+        "Invalid bucket name",
+    );
+    let upload = |name: &str, bytes: &[u8]| {
+        ureq::post(&format!(
+            "{}/upload/storage/v1/b/{bucket}/o?uploadType=media&name={}",
+            common::gcp_endpoint(),
+            name.replace('/', "%2F")
+        ))
+        .send_bytes(bytes)
+        .unwrap();
+    };
+    upload("a/one", b"first ");
+    upload("a/two", b"second");
+    let (code, o) = gcp_post(
+        &format!("/storage/v1/b/{bucket}/o/a%2Fboth/compose"),
+        serde_json::json!({"sourceObjects": [{"name": "a/one"}, {"name": "a/two"}]}),
+    );
+    assert_eq!(code, 200, "{o}");
+    let bytes = ureq::get(&format!(
+        "{}/storage/v1/b/{bucket}/o/a%2Fboth?alt=media",
+        common::gcp_endpoint()
+    ))
+    .call()
+    .unwrap()
+    .into_string()
+    .unwrap();
+    assert_eq!(bytes, "first second");
+    let many: Vec<serde_json::Value> = (0..33)
+        .map(|_| serde_json::json!({"name": "a/one"}))
+        .collect();
+    answered(
+        gcp_post(
+            &format!("/storage/v1/b/{bucket}/o/a%2Fmany/compose"),
+            serde_json::json!({"sourceObjects": many}),
+        ),
+        400,
+        "exceeds the maximum (32)",
+    );
+    answered(
+        gcp_call("DELETE", &format!("/storage/v1/b/{bucket}/o/a%2Fone"), None),
+        403,
+        "retention policy",
+    );
+    answered(
+        gcp_call("DELETE", &format!("/storage/v1/b/{bucket}"), None),
+        409,
+        "not empty",
+    );
+}

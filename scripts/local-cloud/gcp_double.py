@@ -14,7 +14,11 @@ google-cloud-rust clients call, on one loopback port:
 - IAM service accounts and their policies, and the project's IAM policy
   (Resource Manager v3);
 - Cloud Logging log buckets and project sinks (v2), with each project's
-  `_Default` and `_Required` ones.
+  `_Default` and `_Required` ones;
+- Cloud Storage buckets and objects (JSON API v1: media uploads, `alt=media`
+  downloads, compose), refusing what Google refuses (a bucket name taken by
+  anyone, a non-empty bucket's delete, an object held by the retention
+  policy, a compose of more than 32).
 
 Behaviour kept from the real services: long-running operations stay
 PENDING/RUNNING for a configurable time and resources pass through their
@@ -1624,7 +1628,8 @@ API_OF = {"compute": "compute.googleapis.com", "container": "container.googleapi
           "secretmanager": "secretmanager.googleapis.com", "iam": "iam.googleapis.com",
           "servicenetworking": "servicenetworking.googleapis.com",
           "cloudresourcemanager": "cloudresourcemanager.googleapis.com",
-          "serviceusage": "serviceusage.googleapis.com", "logging": "logging.googleapis.com"}
+          "serviceusage": "serviceusage.googleapis.com", "logging": "logging.googleapis.com",
+          "storage": "storage.googleapis.com"}
 API_TITLES = {"compute.googleapis.com": "Compute Engine API", "container.googleapis.com": "Kubernetes Engine API",
               "sqladmin.googleapis.com": "Cloud SQL Admin API", "redis.googleapis.com": "Google Cloud Memorystore for Redis API",
               "secretmanager.googleapis.com": "Secret Manager API", "iam.googleapis.com": "Identity and Access Management (IAM) API",
@@ -2058,6 +2063,224 @@ def armor_attach(cfg):
         return {"attached": True}
 
 
+# ---------------------------------------------------------------- Cloud Storage
+#
+# Buckets and their objects (JSON API v1). What Google refuses is refused:
+# a bucket name taken (names are global, whoever holds them), a name outside
+# the naming rules, deleting a bucket that still holds objects, deleting or
+# overwriting an object younger than the bucket's retention period, a
+# composite of more than 32 sources. Objects are kept in memory.
+
+STORAGE = "https://storage.googleapis.com/storage/v1/"
+BUCKETS = {}     # name -> bucket resource
+OBJECTS = {}     # (bucket, name) -> {"meta": object resource, "data": bytes}
+BUCKET_NAME_RE = re.compile(r"^[a-z0-9][-a-z0-9_.]{1,61}[a-z0-9]$")
+STORAGE_CLASSES = {"STANDARD", "NEARLINE", "COLDLINE", "ARCHIVE"}
+
+
+class Media:
+    """An answer that is the object's bytes, not JSON (`alt=media`)."""
+
+    def __init__(self, data):
+        self.data = data
+
+
+def storage_error(code, message, reason):
+    status = {400: "INVALID_ARGUMENT", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
+              409: "ALREADY_EXISTS", 412: "FAILED_PRECONDITION"}.get(code, "UNKNOWN")
+    return ApiError(code, status, message, reason, legacy=True)
+
+
+def bucket_of(name):
+    b = BUCKETS.get(name)
+    if b is None:
+        raise storage_error(404, "The specified bucket does not exist.", "notFound")
+    return b
+
+
+def bucket_settle(b, body):
+    """The bucket's settings from `body` (insert or patch), checked."""
+    for key in ("labels", "versioning", "lifecycle", "retentionPolicy", "iamConfiguration", "storageClass"):
+        if key in body:
+            b[key] = body[key]
+    sc = b.get("storageClass", "STANDARD")
+    if sc not in STORAGE_CLASSES:
+        raise storage_error(400, f"Invalid argument: storage class {sc}", "invalid")
+    retention = b.get("retentionPolicy") or {}
+    if retention:
+        try:
+            seconds = int(retention.get("retentionPeriod", "0"))
+        except ValueError:
+            raise storage_error(400, "Invalid argument: retentionPeriod", "invalid")
+        if seconds <= 0 or seconds > 3155760000:
+            raise storage_error(400, "The retention period must be between 1 second and 100 years.", "invalid")
+        retention.setdefault("effectiveTime", now_rfc3339())
+        retention["retentionPeriod"] = str(seconds)
+    for rule in (b.get("lifecycle") or {}).get("rule") or []:
+        kind = (rule.get("action") or {}).get("type")
+        if kind not in ("Delete", "SetStorageClass", "AbortIncompleteMultipartUpload"):
+            raise storage_error(400, f"Invalid argument: lifecycle action {kind}", "invalid")
+        if not rule.get("condition"):
+            raise storage_error(400, "A lifecycle rule needs a condition.", "invalid")
+    iam = b.setdefault("iamConfiguration", {})
+    ubla = iam.get("uniformBucketLevelAccess") or iam.get("bucketPolicyOnly") or {"enabled": False}
+    iam["uniformBucketLevelAccess"] = {"enabled": bool(ubla.get("enabled"))}
+    iam["bucketPolicyOnly"] = {"enabled": bool(ubla.get("enabled"))}
+    iam["publicAccessPrevention"] = iam.get("publicAccessPrevention") or "inherited"
+    if iam["publicAccessPrevention"] not in ("inherited", "enforced"):
+        raise storage_error(400, "Invalid argument: publicAccessPrevention", "invalid")
+    b["metageneration"] = str(int(b.get("metageneration", "0")) + 1)
+    b["updated"] = now_rfc3339()
+
+
+def bucket_insert(p, q, body):
+    project = (q.get("project") or [""])[0]
+    if not project:
+        raise storage_error(400, "Required parameter: project", "required")
+    name = body.get("name", "")
+    if not BUCKET_NAME_RE.match(name) or ".." in name or name.startswith("goog"):
+        raise storage_error(400, f"Invalid bucket name: '{name}'", "invalid")
+    if name in BUCKETS:
+        if BUCKETS[name]["_project"] == project_of(project):
+            raise storage_error(409, "Your previous request to create the named bucket succeeded and you already own it.", "conflict")
+        raise storage_error(409, "The requested bucket name is not available. The bucket namespace is shared by all users "
+                                 "of the system. Please select a different name and try again.", "conflict")
+    b = {"kind": "storage#bucket", "id": name, "name": name, "selfLink": STORAGE + "b/" + name,
+         "projectNumber": project_number(project_of(project)), "location": (body.get("location") or "US").upper(),
+         "locationType": "region" if "-" in (body.get("location") or "") else "multi-region",
+         "timeCreated": now_rfc3339(), "etag": uuid.uuid4().hex[:8], "_project": project_of(project)}
+    bucket_settle(b, body)
+    BUCKETS[name] = b
+    return bucket_view(b)
+
+
+def bucket_view(b):
+    return {k: v for k, v in b.items() if not k.startswith("_")}
+
+
+def bucket_get(p, q, body):
+    return bucket_view(bucket_of(p["bucket"]))
+
+
+def bucket_list(p, q, body):
+    project = project_of((q.get("project") or [""])[0])
+    items = [bucket_view(b) for n, b in sorted(BUCKETS.items()) if b["_project"] == project]
+    prefix = (q.get("prefix") or [""])[0]
+    items = [b for b in items if b["name"].startswith(prefix)]
+    chunk, token = page(items, q, "maxResults", 1000)
+    out = {"kind": "storage#buckets", "items": chunk}
+    if token:
+        out["nextPageToken"] = token
+    return out
+
+
+def bucket_patch(p, q, body):
+    b = bucket_of(p["bucket"])
+    if "name" in body and body["name"] != b["name"]:
+        raise storage_error(400, "A bucket cannot be renamed.", "invalid")
+    if (b.get("retentionPolicy") or {}).get("isLocked") and "retentionPolicy" in body:
+        raise storage_error(403, "Cannot reduce retention duration of a locked retention policy.", "forbidden")
+    bucket_settle(b, body)
+    return bucket_view(b)
+
+
+def bucket_delete(p, q, body):
+    b = bucket_of(p["bucket"])
+    if any(key[0] == b["name"] for key in OBJECTS):
+        raise storage_error(409, "The bucket you tried to delete is not empty.", "conflict")
+    del BUCKETS[b["name"]]
+    return {}
+
+
+def object_held(b, obj):
+    """Google's 403 when the bucket's retention still holds the object."""
+    period = int((b.get("retentionPolicy") or {}).get("retentionPeriod") or 0)
+    if period and time.time() < obj["_created"] + period:
+        until = now_rfc3339(obj["_created"] + period)
+        raise storage_error(403, f"Object '{b['name']}/{obj['name']}' is subject to bucket's retention policy or "
+                                 f"object retention and cannot be deleted or overwritten until {until}", "retentionPolicyNotMet")
+
+
+def object_put(b, name, data, content_type):
+    if not name or len(name.encode()) > 1024 or "\n" in name or "\r" in name:
+        raise storage_error(400, "The object name is not valid.", "invalid")
+    old = OBJECTS.get((b["name"], name))
+    if old is not None:
+        object_held(b, old["meta"])
+    created = time.time()
+    meta = {"kind": "storage#object", "id": f"{b['name']}/{name}/{int(created * 1e6)}", "name": name,
+            "bucket": b["name"], "generation": str(int(created * 1e6)), "metageneration": "1",
+            "contentType": content_type or "application/octet-stream", "size": str(len(data)),
+            "timeCreated": now_rfc3339(created), "updated": now_rfc3339(created),
+            "storageClass": b.get("storageClass", "STANDARD"), "selfLink": f"{STORAGE}b/{b['name']}/o/{name}",
+            "_created": created}
+    OBJECTS[(b["name"], name)] = {"meta": meta, "data": data}
+    return object_view(meta)
+
+
+def object_view(meta):
+    return {k: v for k, v in meta.items() if not k.startswith("_")}
+
+
+def object_insert(p, q, body):
+    """The media upload (`uploadType=media`): the request's bytes are the object."""
+    b = bucket_of(p["bucket"])
+    if (q.get("uploadType") or [""])[0] != "media":
+        raise storage_error(400, "Only uploadType=media is served by the test double.", "invalid")
+    return object_put(b, (q.get("name") or [""])[0], CURRENT.pop("media", b""), CURRENT.pop("content_type", ""))
+
+
+def object_of(p):
+    b = bucket_of(p["bucket"])
+    o = OBJECTS.get((b["name"], p["object"]))
+    if o is None:
+        raise storage_error(404, "No such object: %s/%s" % (b["name"], p["object"]), "notFound")
+    return b, o
+
+
+def object_get(p, q, body):
+    _, o = object_of(p)
+    if (q.get("alt") or ["json"])[0] == "media":
+        return Media(o["data"])
+    return object_view(o["meta"])
+
+
+def object_list(p, q, body):
+    b = bucket_of(p["bucket"])
+    prefix = (q.get("prefix") or [""])[0]
+    items = [object_view(o["meta"]) for (bn, n), o in sorted(OBJECTS.items()) if bn == b["name"] and n.startswith(prefix)]
+    chunk, token = page(items, q, "maxResults", 1000)
+    out = {"kind": "storage#objects", "items": chunk}
+    if token:
+        out["nextPageToken"] = token
+    return out
+
+
+def object_delete(p, q, body):
+    b, o = object_of(p)
+    object_held(b, o["meta"])
+    del OBJECTS[(b["name"], p["object"])]
+    return {}
+
+
+def object_compose(p, q, body):
+    b = bucket_of(p["destinationBucket"])
+    sources = body.get("sourceObjects") or []
+    if not sources:
+        raise storage_error(400, "Required: sourceObjects", "required")
+    if len(sources) > 32:
+        raise storage_error(400, "The number of source components provided (%d) exceeds the maximum (32)" % len(sources),
+                            "invalid")
+    data = b""
+    for s in sources:
+        o = OBJECTS.get((b["name"], s.get("name", "")))
+        if o is None:
+            raise storage_error(404, "Object %s/%s not found" % (b["name"], s.get("name")), "notFound")
+        data += o["data"]
+    content_type = (body.get("destination") or {}).get("contentType", "")
+    return object_put(b, p["destinationObject"], data, content_type)
+
+
 # ---------------------------------------------------------------- routes
 
 G = "/compute/v1/projects/{project}/global"
@@ -2389,6 +2612,17 @@ ROUTES = [
     ("serviceusage.services.disable", "POST", "/v1/{kind}/{project}/services/{service}:disable", usage_set(False)),
     ("cloudresourcemanager.projects.getIamPolicy", "POST", "/v3/projects/{project}:getIamPolicy", project_get_policy),
     ("cloudresourcemanager.projects.setIamPolicy", "POST", "/v3/projects/{project}:setIamPolicy", project_set_policy),
+    ("storage.buckets.insert", "POST", "/storage/v1/b", bucket_insert),
+    ("storage.buckets.list", "GET", "/storage/v1/b", bucket_list),
+    ("storage.buckets.get", "GET", "/storage/v1/b/{bucket}", bucket_get),
+    ("storage.buckets.patch", "PATCH", "/storage/v1/b/{bucket}", bucket_patch),
+    ("storage.buckets.delete", "DELETE", "/storage/v1/b/{bucket}", bucket_delete),
+    # The media upload's own path (Discovery's mediaUpload.protocols.simple).
+    ("storage.objects.insert", "POST", "/upload/storage/v1/b/{bucket}/o", object_insert),
+    ("storage.objects.list", "GET", "/storage/v1/b/{bucket}/o", object_list),
+    ("storage.objects.compose", "POST", "/storage/v1/b/{destinationBucket}/o/{destinationObject}/compose", object_compose),
+    ("storage.objects.get", "GET", "/storage/v1/b/{bucket}/o/{object}", object_get),
+    ("storage.objects.delete", "DELETE", "/storage/v1/b/{bucket}/o/{object}", object_delete),
 ]
 
 
@@ -2409,6 +2643,9 @@ ALIASES = {"container.projects.locations.operations.get": ["redis.projects.locat
 
 def compile_template(t):
     rx = re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>[^/:]+)", re.escape(t))
+    # Cloud Storage's object names hold slashes (the request escapes them).
+    rx = rx.replace("(?P<object>[^/:]+)", "(?P<object>.+)")
+    rx = rx.replace("(?P<destinationObject>[^/:]+)", "(?P<destinationObject>.+)")
     return re.compile("^" + rx + "$")
 
 
@@ -2449,6 +2686,13 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+    def send_media(self, data):
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
     def handle_any(self, method):
         url = urlsplit(self.path)
         path = unquote(url.path)
@@ -2457,12 +2701,21 @@ class Handler(BaseHTTPRequestHandler):
         raw = self.rfile.read(n) if n else b""
         if path.startswith("/__double/"):
             return self.control(method, path, raw)
+        media = None
+        if path.startswith("/upload/"):
+            # A media upload: the body is the object's bytes.
+            media, raw = (raw, self.headers.get("Content-Type", "")), b""
         try:
             body = json.loads(raw) if raw else {}
         except ValueError:
             return self.send(400, invalid([("body", "is not JSON")]).body())
         in_project = re.search(r"/projects/([^/:]+)(?:[/:]|$)", path)
         project = in_project.group(1) if in_project else None
+        in_bucket = re.match(r"^(?:/upload)?/storage/v1/b(?:/([^/]+))?", path)
+        if in_bucket:
+            # Cloud Storage names the project in the query, or through the bucket.
+            held = BUCKETS.get(in_bucket.group(1) or "")
+            project = held["_project"] if held else (q.get("project") or [None])[0]
         if project is None:
             # Service Networking names the project in the network it is given.
             named = body.get("network") or body.get("consumerNetwork") or (q.get("network") or [""])[0] \
@@ -2500,6 +2753,8 @@ class Handler(BaseHTTPRequestHandler):
                         return self.send(503, ApiError(503, "UNAVAILABLE", "The service is currently unavailable.",
                                                        "backendError", legacy=legacy).body())
                 CURRENT["project"] = project
+                if media is not None:
+                    CURRENT["media"], CURRENT["content_type"] = media
                 try:
                     disabled = service_disabled(project, route_id)
                     if disabled is not None:
@@ -2510,8 +2765,14 @@ class Handler(BaseHTTPRequestHandler):
                     code, answer = e.code, e.body()
                 finally:
                     CURRENT["project"] = None
-                log_request(CURRENT.pop("route", None) or route_id, method, path, q, body, code, answer)
-                self.send(code, answer)
+                CURRENT.pop("media", None)
+                CURRENT.pop("content_type", None)
+                if isinstance(answer, Media):
+                    log_request(route_id, method, path, q, body, code, {"media": len(answer.data)})
+                    self.send_media(answer.data)
+                else:
+                    log_request(CURRENT.pop("route", None) or route_id, method, path, q, body, code, answer)
+                    self.send(code, answer)
                 if not reads and project in KILLS:
                     kill = KILLS[project]
                     kill["seen"] += 1
@@ -2566,6 +2827,7 @@ class Handler(BaseHTTPRequestHandler):
                 return self.send(200, STATS)
             if path == "/__double/reset" and method == "POST":
                 STORE.clear(); SECRETS.clear(); OPS.clear(); PENDING.clear(); POLICIES.clear(); ARMOR_USERS.clear()
+                BUCKETS.clear(); OBJECTS.clear()
                 return self.send(200, {})
             if path == "/__double/routes":
                 return self.send(200, [{"id": i, "method": m, "path": t, "aliases": ALIASES.get(i, [])}

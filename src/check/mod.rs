@@ -177,6 +177,12 @@ pub const RULES: &[Rule] = &[
         why: "The guide's SLA (recovery under 4 hours) is only held if `status` can hold the backups against it.",
     },
     Rule {
+        id: "recovery.backup-bucket",
+        severity: Severity::Error,
+        title: "A stack with a recovery point objective has a bucket for `ralph-deploy backup` (`aws.s3_bucket`, `gcp.storage_bucket`).",
+        why: "`backup` has nowhere to write and `status` can only ever report the RPO as missed.",
+    },
+    Rule {
         id: "plan.replaces-data",
         severity: Severity::Error,
         title: "A plan does not replace or delete a data store (a database, a cache, a backup bucket) except in a destroy.",

@@ -17,11 +17,15 @@ use crate::model::support::{self, Provider, Store, StoreSupport};
 use crate::model::Action;
 use crate::stack::{Expr, Resource, Span, Stack};
 
+/// The kinds `ralph-deploy backup` writes to.
+const BUCKETS: &[&str] = &["aws.s3_bucket", "gcp.storage_bucket"];
+
 /// The kinds that hold data: replacing one loses it.
 const STORES: &[&str] = &[
     "aws.rds_instance",
     "aws.elasticache_replication_group",
     "aws.s3_bucket",
+    "gcp.storage_bucket",
     "gcp.sql_instance",
     "gcp.redis_instance",
 ];
@@ -780,7 +784,7 @@ fn stores(stack: &Stack, f: &mut Findings) {
         .values()
         // (A bucket's objects are kept by its versioning.)
         .filter(|r| {
-            STORES.contains(&r.kind.kind) && r.kind.kind != "aws.s3_bucket" && is_primary(r)
+            STORES.contains(&r.kind.kind) && !BUCKETS.contains(&r.kind.kind) && is_primary(r)
         })
     {
         if !store.protect {
@@ -1053,6 +1057,19 @@ fn recovery(stack: &Stack, f: &mut Findings) {
                 "add `recovery: { rpo: 1h, rto: 4h }` (the guide's); `status` then holds the latest backup against the RPO",
             );
         }
+    }
+    let has_bucket = stack
+        .resources
+        .values()
+        .any(|r| BUCKETS.contains(&r.kind.kind));
+    if stack.recovery.rpo.is_some() && !has_bucket {
+        f.add(
+            "recovery.backup-bucket",
+            "stack",
+            Span::default(),
+            "the stack declares a recovery point objective and no bucket for `ralph-deploy backup`".to_string(),
+            "add an `aws.s3_bucket` or a `gcp.storage_bucket` (versioned, private, expiring) for the backups",
+        );
     }
 }
 

@@ -106,10 +106,10 @@ pub trait ObjectStore: Send + Sync {
 pub trait Upload: Send {
     /// The size the parts should have (the last one may be shorter).
     fn part_size(&self) -> usize;
-    async fn part(&mut self, bytes: Vec<u8>) -> Result<(), DriverError>;
-    async fn finish(self: Box<Self>) -> Result<(), DriverError>;
+    async fn part(&mut self, cx: &Context, bytes: Vec<u8>) -> Result<(), DriverError>;
+    async fn finish(self: Box<Self>, cx: &Context) -> Result<(), DriverError>;
     /// Drops what was uploaded (best effort: no half object is left).
-    async fn abort(self: Box<Self>);
+    async fn abort(self: Box<Self>, cx: &Context);
 }
 
 /// A failover's pair, as its intent records it.

@@ -165,7 +165,7 @@ impl Upload for Multipart {
         PART_SIZE
     }
 
-    async fn part(&mut self, bytes: Vec<u8>) -> Result<(), DriverError> {
+    async fn part(&mut self, _cx: &Context, bytes: Vec<u8>) -> Result<(), DriverError> {
         let number = self.parts.len() as i32 + 1;
         let part = self
             .s3
@@ -187,7 +187,7 @@ impl Upload for Multipart {
         Ok(())
     }
 
-    async fn finish(self: Box<Self>) -> Result<(), DriverError> {
+    async fn finish(self: Box<Self>, _cx: &Context) -> Result<(), DriverError> {
         self.s3
             .complete_multipart_upload()
             .bucket(&self.bucket)
@@ -204,7 +204,7 @@ impl Upload for Multipart {
         Ok(())
     }
 
-    async fn abort(self: Box<Self>) {
+    async fn abort(self: Box<Self>, _cx: &Context) {
         let _ = self
             .s3
             .abort_multipart_upload()

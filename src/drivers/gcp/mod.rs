@@ -23,6 +23,7 @@ pub mod secret;
 pub mod security_policy;
 pub mod service_networking;
 pub mod sql;
+pub mod storage;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -671,6 +672,7 @@ pub fn drivers() -> Vec<Box<dyn crate::drivers::Driver>> {
     d.push(Box::new(service_networking::ServiceNetworkingConnection));
     d.push(Box::new(project_service::ProjectService));
     d.extend(logging::drivers());
+    d.push(Box::new(storage::StorageBucket));
     d.extend(iam::drivers());
     d
 }

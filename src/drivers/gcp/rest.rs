@@ -11,6 +11,15 @@ use serde_json::{json, Value as Json};
 
 use crate::drivers::{Context, DriverError};
 
+/// What a request carries.
+#[derive(Clone)]
+enum Payload {
+    None,
+    Json(Json),
+    /// A media upload's bytes and their content type.
+    Bytes(String, std::sync::Arc<Vec<u8>>),
+}
+
 pub(crate) struct Rest<'a> {
     pub cx: &'a Context,
     base: String,
@@ -51,23 +60,107 @@ impl<'a> Rest<'a> {
         body: Option<Json>,
         what: &str,
     ) -> Result<Option<Json>, DriverError> {
-        let (code, text) = self.exchange(method, path, body, what).await?;
+        let payload = body.map(Payload::Json).unwrap_or(Payload::None);
+        let (code, text) = self.exchange(method, path, payload, what).await?;
         self.answer(code, text, what)
     }
 
-    /// Every page of a list at `path` (which has no query string yet), the
-    /// items under `key` of each.
-    pub async fn list_all(
+    /// A media upload (Cloud Storage's `uploadType=media`): `bytes` are the
+    /// request's body; the answer is the JSON resource.
+    pub async fn send_media(
+        &self,
+        path: &str,
+        content_type: &str,
+        bytes: Vec<u8>,
+        what: &str,
+    ) -> Result<Option<Json>, DriverError> {
+        let payload = Payload::Bytes(content_type.to_string(), std::sync::Arc::new(bytes));
+        let (code, text) = self.exchange("POST", path, payload, what).await?;
+        self.answer(code, text, what)
+    }
+
+    /// A download (`alt=media`) as chunks of at most 1 MiB, read as they
+    /// arrive; `Ok(None)` on 404.
+    pub async fn download(
+        &self,
+        path: &str,
+        what: &str,
+    ) -> Result<Option<tokio::sync::mpsc::Receiver<Result<bytes::Bytes, DriverError>>>, DriverError>
+    {
+        let url = format!("{}/{}", self.base, path.trim_start_matches('/'));
+        let token = self.token.clone();
+        let timeout = crate::remote::api_timeout();
+        self.cx.requests.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let what2 = what.to_string();
+        let (first_tx, first_rx) = tokio::sync::oneshot::channel();
+        tokio::task::spawn_blocking(move || {
+            let agent = ureq::AgentBuilder::new()
+                .timeout_connect(timeout)
+                .timeout_read(timeout)
+                .build();
+            let mut req = agent.get(&url);
+            if let Some(t) = token {
+                req = req.set("Authorization", &format!("Bearer {t}"));
+            }
+            let resp = match req.call() {
+                Ok(resp) => resp,
+                Err(ureq::Error::Status(code, resp)) => {
+                    let _ = first_tx.send(Err((code, resp.into_string().unwrap_or_default())));
+                    return;
+                }
+                Err(e) => {
+                    let _ = first_tx.send(Err((0, e.to_string())));
+                    return;
+                }
+            };
+            let _ = first_tx.send(Ok(()));
+            let mut reader = resp.into_reader();
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                match std::io::Read::read(&mut reader, &mut buf) {
+                    Ok(0) => return,
+                    Ok(n) => {
+                        if tx
+                            .blocking_send(Ok(bytes::Bytes::copy_from_slice(&buf[..n])))
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(DriverError::new(format!("{what2}: {e}"))));
+                        return;
+                    }
+                }
+            }
+        });
+        match first_rx.await {
+            Ok(Ok(())) => Ok(Some(rx)),
+            Ok(Err((404, _))) => Ok(None),
+            Ok(Err((0, e))) => Err(DriverError::new(format!(
+                "{what}: {e} (requests go to {})",
+                self.base
+            ))),
+            Ok(Err((code, text))) => self.answer(code, text, what).map(|_| None),
+            Err(_) => Err(DriverError::new(format!("{what}: the download stopped"))),
+        }
+    }
+
+    /// Every page of a list at `path` whose page size parameter is
+    /// `size_param` (Cloud Storage's `maxResults`), the items under `key`.
+    pub async fn list_pages(
         &self,
         path: &str,
         key: &str,
+        size_param: &str,
         what: &str,
     ) -> Result<Vec<Json>, DriverError> {
         let mut out = Vec::new();
         let mut token = String::new();
         loop {
             let sep = if path.contains('?') { '&' } else { '?' };
-            let mut url = format!("{path}{sep}pageSize=200");
+            let mut url = format!("{path}{sep}{size_param}=200");
             if !token.is_empty() {
                 url.push_str(&format!("&pageToken={token}"));
             }
@@ -83,6 +176,17 @@ impl<'a> Rest<'a> {
         }
     }
 
+    /// Every page of a list at `path` (which has no query string yet), the
+    /// items under `key` of each.
+    pub async fn list_all(
+        &self,
+        path: &str,
+        key: &str,
+        what: &str,
+    ) -> Result<Vec<Json>, DriverError> {
+        self.list_pages(path, key, "pageSize", what).await
+    }
+
     /// A create: `Ok(Err(answer))` when the name is taken (409
     /// ALREADY_EXISTS), so the caller can look at what holds it.
     pub async fn create(
@@ -91,7 +195,9 @@ impl<'a> Rest<'a> {
         body: Json,
         what: &str,
     ) -> Result<Result<Json, Json>, DriverError> {
-        let (code, text) = self.exchange("POST", path, Some(body), what).await?;
+        let (code, text) = self
+            .exchange("POST", path, Payload::Json(body), what)
+            .await?;
         if code == 409 {
             return Ok(Err(serde_json::from_str(&text).unwrap_or_default()));
         }
@@ -132,7 +238,7 @@ impl<'a> Rest<'a> {
         &self,
         method: &str,
         path: &str,
-        body: Option<Json>,
+        body: Payload,
         what: &str,
     ) -> Result<(u16, String), DriverError> {
         let url = format!("{}/{}", self.base, path.trim_start_matches('/'));
@@ -154,10 +260,13 @@ impl<'a> Rest<'a> {
                     req = req.set("Authorization", &format!("Bearer {t}"));
                 }
                 let r = match body2 {
-                    Some(b) => req
+                    Payload::Json(b) => req
                         .set("Content-Type", "application/json")
                         .send_string(&b.to_string()),
-                    None => req.call(),
+                    Payload::Bytes(content_type, b) => {
+                        req.set("Content-Type", &content_type).send_bytes(&b)
+                    }
+                    Payload::None => req.call(),
                 };
                 match r {
                     Ok(resp) => Ok((200u16, resp.into_string().unwrap_or_default())),

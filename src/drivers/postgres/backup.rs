@@ -181,7 +181,7 @@ pub async fn dump(
             if filled == 0 && parts > 0 {
                 break;
             }
-            upload.part(buf[..filled].to_vec()).await?;
+            upload.part(cx, buf[..filled].to_vec()).await?;
             parts += 1;
             bytes += filled as u64;
             if filled < part_size {
@@ -206,11 +206,11 @@ pub async fn dump(
         Ok(x) => x,
         Err(e) => {
             // No half backup is left behind.
-            upload.abort().await;
+            upload.abort(cx).await;
             return Err(e);
         }
     };
-    upload.finish().await?;
+    upload.finish(cx).await?;
     let _ = sqlx::query("COMMIT").execute(&mut conn).await;
     let _ = conn.close().await;
     let manifest = Manifest {
