@@ -326,6 +326,11 @@ async fn a_backup_to_cloud_storage_restores_the_same_rows_and_the_full_bucket_is
     let report = json(&w.run("backup", &["--json"]));
     let key = report["key"].as_str().unwrap().to_string();
     assert_eq!(report["removed"], serde_json::json!([expired]), "{report}");
+    assert_eq!(
+        report["url"],
+        format!("gs://{bucket}/{key}").as_str(),
+        "{report}"
+    );
     let keys = gcs_keys(&bucket);
     for k in [&key, &format!("{key}.json"), &other] {
         assert!(keys.contains(k), "{k} is not in the bucket: {keys:?}");

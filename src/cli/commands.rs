@@ -1129,18 +1129,17 @@ async fn backup_cmd(
     } else {
         let rows: i64 = r.manifest.tables.iter().map(|t| t.rows).sum();
         println!(
-            "Backed up {} ({} tables, {rows} rows, {} bytes compressed) to s3://{}/{}",
+            "Backed up {} ({} tables, {rows} rows, {} bytes compressed) to {}",
             r.manifest.database,
             r.manifest.tables.len(),
             r.manifest.bytes,
-            r.bucket,
-            r.key
+            r.url
         );
         for k in &r.removed {
             println!("Removed {k}, older than the retention.");
         }
         if let Some(id) = &r.snapshot {
-            println!("RDS snapshot {id} started.");
+            println!("Snapshot {id} started.");
         }
     }
     Ok(EXIT_OK)

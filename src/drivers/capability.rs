@@ -67,6 +67,8 @@ pub trait ObjectStore: Send + Sync {
     fn bucket_name(&self, props: &Map<String, Json>) -> Option<String>;
     /// How many days the bucket keeps an object, from its properties.
     fn expire_after_days(&self, props: &Map<String, Json>) -> Option<i64>;
+    /// An object's URL as the cloud's own tools write it (`s3://B/K`).
+    fn url(&self, bucket: &str, key: &str) -> String;
     /// Starts a streamed upload of `key`: parts in order, then finish.
     async fn upload(
         &self,

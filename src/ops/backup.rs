@@ -32,6 +32,8 @@ pub struct BackupOptions {
 pub struct BackupReport {
     pub bucket: String,
     pub key: String,
+    /// The backup's URL (`s3://…`, `gs://…`).
+    pub url: String,
     pub manifest: Manifest,
     /// Backups older than the retention, removed.
     pub removed: Vec<String>,
@@ -127,6 +129,7 @@ pub async fn backup(s: &Session, cx: &Context, o: &BackupOptions) -> Result<Back
         None
     };
     Ok(BackupReport {
+        url: b.store.url(&b.name, &key),
         bucket: b.name,
         key,
         manifest,

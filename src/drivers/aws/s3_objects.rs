@@ -26,6 +26,10 @@ impl ObjectStore for S3Objects {
         props.get("expire_after_days").and_then(Json::as_i64)
     }
 
+    fn url(&self, bucket: &str, key: &str) -> String {
+        format!("s3://{bucket}/{key}")
+    }
+
     async fn upload(
         &self,
         cx: &Context,

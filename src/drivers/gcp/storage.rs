@@ -399,6 +399,10 @@ impl ObjectStore for GcsObjects {
         props.get("expire_after_days").and_then(Json::as_i64)
     }
 
+    fn url(&self, bucket: &str, key: &str) -> String {
+        format!("gs://{bucket}/{key}")
+    }
+
     async fn upload(
         &self,
         _cx: &Context,
