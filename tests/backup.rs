@@ -31,6 +31,43 @@ async fn sums(url: &str) -> Vec<(String, i64, String)> {
     out
 }
 
+/// `status` says there is no backup yet, and fails.
+fn no_backup_yet(w: &World) {
+    let out = w.run("status", &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("no backup yet (RPO 1h)"),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
+/// 3,000 orchestrations across three monthly partitions; the connection.
+async fn orchestrations(db_url: &str) -> sqlx::PgConnection {
+    let mut c = sqlx::PgConnection::connect(db_url).await.unwrap();
+    sqlx::query(
+        "INSERT INTO ralph.orchestrations (task_id, agent_type, status, created_at)
+         SELECT 't-' || i, 'claude', 'completed', now() - (i % 3) * interval '20 days'
+           FROM generate_series(1, 3000) i",
+    )
+    .execute(&mut c)
+    .await
+    .unwrap();
+    c
+}
+
+/// No database `into` on the server at `base`; an admin connection.
+async fn fresh_target(base: &str, into: &str) -> sqlx::PgConnection {
+    let mut admin = sqlx::PgConnection::connect(&format!("{base}/postgres"))
+        .await
+        .unwrap();
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {into} WITH (FORCE)"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    admin
+}
+
 fn json(out: &std::process::Output) -> serde_json::Value {
     assert!(
         out.status.success(),
@@ -69,24 +106,10 @@ async fn a_backup_restores_to_the_same_rows_and_retention_removes_only_expired_b
     w.ok("apply", &["--auto-approve"]);
 
     // No backup yet: `status` holds that against the RPO.
-    let out = w.run("status", &[]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
-    assert!(
-        text(&out.stdout).contains("no backup yet (RPO 1h)"),
-        "{}",
-        text(&out.stdout)
-    );
+    no_backup_yet(&w);
 
     // Rows across several monthly partitions, and an audit trail.
-    let mut c = sqlx::PgConnection::connect(&db_url).await.unwrap();
-    sqlx::query(
-        "INSERT INTO ralph.orchestrations (task_id, agent_type, status, created_at)
-         SELECT 't-' || i, 'claude', 'completed', now() - (i % 3) * interval '20 days'
-           FROM generate_series(1, 3000) i",
-    )
-    .execute(&mut c)
-    .await
-    .unwrap();
+    let mut c = orchestrations(&db_url).await;
     sqlx::query(
         "INSERT INTO audit.activity_log (user_name, action, resource, details)
          SELECT 'ops', 'start', 't-' || i, jsonb_build_object('n', i) FROM generate_series(1, 2000) i",
@@ -166,13 +189,7 @@ async fn a_backup_restores_to_the_same_rows_and_retention_removes_only_expired_b
     // Restore into a new database: the same rows, by our own count.
     let into = format!("{name}_restored");
     let base = common::pg_server();
-    let mut admin = sqlx::PgConnection::connect(&format!("{base}/postgres"))
-        .await
-        .unwrap();
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {into} WITH (FORCE)"))
-        .execute(&mut admin)
-        .await
-        .unwrap();
+    let mut admin = fresh_target(&base, &into).await;
     let restored = json(&w.run("restore", &[&key, "--into", &into, "--json"]));
     assert_eq!(restored["database"], into.as_str());
     let before = sums(&db_url).await;
@@ -291,23 +308,9 @@ async fn a_backup_to_cloud_storage_restores_the_same_rows_and_the_full_bucket_is
     );
     assert_eq!(held["versioning"]["enabled"], true);
 
-    let out = w.run("status", &[]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
-    assert!(
-        text(&out.stdout).contains("no backup yet (RPO 1h)"),
-        "{}",
-        text(&out.stdout)
-    );
+    no_backup_yet(&w);
 
-    let mut c = sqlx::PgConnection::connect(&db_url).await.unwrap();
-    sqlx::query(
-        "INSERT INTO ralph.orchestrations (task_id, agent_type, status, created_at)
-         SELECT 't-' || i, 'claude', 'completed', now() - (i % 3) * interval '20 days'
-           FROM generate_series(1, 3000) i",
-    )
-    .execute(&mut c)
-    .await
-    .unwrap();
+    orchestrations(&db_url).await;
 
     // An expired backup of ours, and an object that is not one.
     let prefix = format!("backups/{name}/production/");
@@ -352,13 +355,7 @@ async fn a_backup_to_cloud_storage_restores_the_same_rows_and_the_full_bucket_is
     // Restored from Cloud Storage: the same rows, by our own count.
     let into = format!("{name}_restored");
     let base = common::pg_server();
-    let mut admin = sqlx::PgConnection::connect(&format!("{base}/postgres"))
-        .await
-        .unwrap();
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {into} WITH (FORCE)"))
-        .execute(&mut admin)
-        .await
-        .unwrap();
+    fresh_target(&base, &into).await;
     json(&w.run("restore", &[&key, "--into", &into, "--json"]));
     assert_eq!(sums(&db_url).await, sums(&format!("{base}/{into}")).await);
 

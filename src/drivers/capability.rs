@@ -63,10 +63,14 @@ pub fn offers(driver: &dyn super::Driver, role: Role) -> bool {
 /// A bucket's objects, as backups use them.
 #[async_trait::async_trait]
 pub trait ObjectStore: Send + Sync {
-    /// The bucket's name in a resource's resolved properties.
-    fn bucket_name(&self, props: &Map<String, Json>) -> Option<String>;
-    /// How many days the bucket keeps an object, from its properties.
-    fn expire_after_days(&self, props: &Map<String, Json>) -> Option<i64>;
+    /// The bucket's name in a resource's resolved properties (`name`).
+    fn bucket_name(&self, props: &Map<String, Json>) -> Option<String> {
+        props.get("name").and_then(Json::as_str).map(str::to_string)
+    }
+    /// How many days the bucket keeps an object (`expire_after_days`).
+    fn expire_after_days(&self, props: &Map<String, Json>) -> Option<i64> {
+        props.get("expire_after_days").and_then(Json::as_i64)
+    }
     /// An object's URL as the cloud's own tools write it (`s3://B/K`).
     fn url(&self, bucket: &str, key: &str) -> String;
     /// Starts a streamed upload of `key`: parts in order, then finish.

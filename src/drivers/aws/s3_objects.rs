@@ -4,7 +4,6 @@
 
 use bytes::Bytes;
 use futures::stream::{BoxStream, StreamExt};
-use serde_json::{Map, Value as Json};
 
 use super::api_error;
 use crate::drivers::capability::{ObjectStore, Upload};
@@ -18,14 +17,6 @@ pub struct S3Objects;
 
 #[async_trait::async_trait]
 impl ObjectStore for S3Objects {
-    fn bucket_name(&self, props: &Map<String, Json>) -> Option<String> {
-        props.get("name").and_then(Json::as_str).map(str::to_string)
-    }
-
-    fn expire_after_days(&self, props: &Map<String, Json>) -> Option<i64> {
-        props.get("expire_after_days").and_then(Json::as_i64)
-    }
-
     fn url(&self, bucket: &str, key: &str) -> String {
         format!("s3://{bucket}/{key}")
     }

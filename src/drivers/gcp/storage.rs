@@ -19,7 +19,7 @@
 
 use bytes::Bytes;
 use futures::stream::{BoxStream, StreamExt};
-use serde_json::{json, Map, Value as Json};
+use serde_json::{json, Value as Json};
 
 use super::rest::Rest;
 use super::{from_labels, labels, observed, take_over};
@@ -391,14 +391,6 @@ fn object_path(bucket: &str, key: &str) -> String {
 
 #[async_trait::async_trait]
 impl ObjectStore for GcsObjects {
-    fn bucket_name(&self, props: &Map<String, Json>) -> Option<String> {
-        props.get("name").and_then(Json::as_str).map(str::to_string)
-    }
-
-    fn expire_after_days(&self, props: &Map<String, Json>) -> Option<i64> {
-        props.get("expire_after_days").and_then(Json::as_i64)
-    }
-
     fn url(&self, bucket: &str, key: &str) -> String {
         format!("gs://{bucket}/{key}")
     }
