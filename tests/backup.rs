@@ -277,9 +277,10 @@ async fn a_backup_to_cloud_storage_restores_the_same_rows_and_the_full_bucket_is
             "name: {name}\n\
              variables:\n  db_url: {{ type: string }}\n\
              cloud:\n  gcp:\n    project: {name}-project\n    region: europe-west1\n\
-             environments:\n  production: {{}}\n\
+             environments:\n  production:\n    waivers: [{{ rule: stores.replica, reason: the test reads no replica }}]\n\
              recovery:\n  rpo: 1h\n\
              resources:\n  backups:\n    kind: gcp.storage_bucket\n    properties:\n      name: {bucket}\n      location: europe-west1\n      expire_after_days: 30\n      labels: {{ purpose: backups }}\n\
+             \x20 db:\n    kind: gcp.sql_instance\n    protect: true\n    properties:\n      name: {name}-postgres\n      database_version: POSTGRES_15\n      tier: db-custom-1-3840\n      availability_type: REGIONAL\n      ipv4_enabled: true\n      deletion_protection: true\n\
              \x20 schema:\n    kind: postgres.migrations\n    properties:\n      directory: {}\n      url: ${{var.db_url}}\n",
             common::repo().join("migrations").display()
         ),
@@ -289,6 +290,10 @@ async fn a_backup_to_cloud_storage_restores_the_same_rows_and_the_full_bucket_is
         "RALPH_DEPLOY_VAR_db_url".into(),
         format!("{db_url}?sslmode=disable"),
     ));
+    let project = format!("{name}-project");
+    ureq::post(&format!("{}/__double/project", common::gcp_endpoint()))
+        .send_string(&serde_json::json!({"project": project, "delay_scale": 0.05}).to_string())
+        .unwrap();
     w.ok("apply", &["--auto-approve"]);
     // The bucket as Google reports it is the bucket as the stack says.
     let plan = w.plan_json(&[]);
@@ -326,7 +331,21 @@ async fn a_backup_to_cloud_storage_restores_the_same_rows_and_the_full_bucket_is
         .unwrap();
     }
 
-    let report = json(&w.run("backup", &["--json"]));
+    // With the cloud's own backup of the primary: an on-demand backup run.
+    let report = json(&w.run("backup", &["--json", "--snapshot"]));
+    assert!(
+        report["snapshot"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("on-demand backup"),
+        "{report}"
+    );
+    let runs = common::gcp_get(&format!(
+        "/v1/projects/{project}/instances/{name}-postgres/backupRuns"
+    ))
+    .unwrap();
+    assert_eq!(runs["items"][0]["type"], "ON_DEMAND", "{runs}");
+    assert_eq!(runs["items"][0]["status"], "SUCCESSFUL", "{runs}");
     let key = report["key"].as_str().unwrap().to_string();
     assert_eq!(report["removed"], serde_json::json!([expired]), "{report}");
     assert_eq!(
@@ -359,8 +378,9 @@ async fn a_backup_to_cloud_storage_restores_the_same_rows_and_the_full_bucket_is
     json(&w.run("restore", &[&key, "--into", &into, "--json"]));
     assert_eq!(sums(&db_url).await, sums(&format!("{base}/{into}")).await);
 
-    // A bucket that holds backups is not destroyed unless the stack says so.
-    let out = w.run("destroy", &["--auto-approve"]);
+    // A bucket that holds backups is not destroyed unless the stack says
+    // so (the protected database goes: destroy is told it may).
+    let out = w.run("destroy", &["--auto-approve", "--allow-protected"]);
     assert_ne!(out.status.code(), Some(0));
     assert!(
         text(&out.stderr).contains("still holds") || text(&out.stdout).contains("still holds"),

@@ -1143,6 +1143,36 @@ def sql_delete(p, q, body):
     return sql_op(p, "DELETE", p["instance"], delay("sql_delete"), finish)
 
 
+def backup_runs(p):
+    return coll(f"sql/projects/{p['project']}/instances/{p['instance']}/backupRuns")
+
+
+def backup_run_insert(p, q, body):
+    """An on-demand backup: refused on a replica (its backups are its
+    primary's) and while another operation runs; listed once it is done."""
+    inst = sql_instance(p)
+    if inst.get("masterInstanceName"):
+        raise invalid_operation("Backups are not supported for read replica instances.")
+    if inst["state"] != "RUNNABLE":
+        raise ApiError(409, "ABORTED", "Operation failed because another operation was already in progress.",
+                       "operationInProgress", legacy=True)
+    run_id = str(int(time.time() * 1000))
+    run = {"kind": "sql#backupRun", "id": run_id, "instance": p["instance"], "type": "ON_DEMAND",
+           "status": "RUNNING", "description": body.get("description", ""), "enqueuedTime": now_rfc3339(),
+           "selfLink": f"https://sqladmin.googleapis.com/v1/projects/{p['project']}/instances/{p['instance']}/backupRuns/{run_id}"}
+    backup_runs(p)[run_id] = run
+
+    def finish():
+        run.update(status="SUCCESSFUL", endTime=now_rfc3339())
+    return sql_op(p, "BACKUP_VOLUME", p["instance"], delay("sql_child"), finish)
+
+
+def backup_run_list(p, q, body):
+    sql_instance(p)
+    items = sorted(backup_runs(p).values(), key=lambda r: r["id"], reverse=True)
+    return {"kind": "sql#backupRunsList", "items": items}
+
+
 def sql_children(kind):
     def path(p):
         # A read replica reads its primary's.
@@ -2579,6 +2609,8 @@ ROUTES = [
     ("sql.instances.get", "GET", S, sql_get),
     ("sql.instances.patch", "PATCH", S, sql_patch),
     ("sql.instances.delete", "DELETE", S, sql_delete),
+    ("sql.backupRuns.insert", "POST", S + "/backupRuns", backup_run_insert),
+    ("sql.backupRuns.list", "GET", S + "/backupRuns", backup_run_list),
     ("sql.databases.insert", "POST", S + "/databases", DB_INSERT),
     ("sql.databases.list", "GET", S + "/databases", DB_LIST),
     ("sql.databases.get", "GET", S + "/databases/{database}", DB_GET),

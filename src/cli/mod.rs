@@ -482,7 +482,7 @@ pub enum Command {
         /// Keep backups this many days instead of the bucket's expire_after_days
         #[arg(long)]
         retention_days: Option<i64>,
-        /// Also take an RDS snapshot of the primary instance
+        /// Also take the cloud's own backup of the primary: an RDS snapshot (started), a Cloud SQL on-demand backup (waited for)
         #[arg(long)]
         snapshot: bool,
         #[arg(long)]

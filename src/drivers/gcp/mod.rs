@@ -64,6 +64,7 @@ pub struct GcpClients {
     pub sql_databases: google_cloud_sql_v1::client::SqlDatabasesService,
     pub sql_users: google_cloud_sql_v1::client::SqlUsersService,
     pub sql_ops: google_cloud_sql_v1::client::SqlOperationsService,
+    pub sql_backup_runs: google_cloud_sql_v1::client::SqlBackupRunsService,
     pub redis: google_cloud_redis_v1::client::CloudRedis,
     pub secrets: google_cloud_secretmanager_v1::client::SecretManagerService,
     pub iam: google_cloud_iam_admin_v1::client::Iam,
@@ -174,6 +175,7 @@ impl GcpClients {
             sql_databases: build_client!(google_cloud_sql_v1::client::SqlDatabasesService, e),
             sql_users: build_client!(google_cloud_sql_v1::client::SqlUsersService, e),
             sql_ops: build_client!(google_cloud_sql_v1::client::SqlOperationsService, e),
+            sql_backup_runs: build_client!(google_cloud_sql_v1::client::SqlBackupRunsService, e),
             redis: build_client!(google_cloud_redis_v1::client::CloudRedis, e),
             secrets: build_client!(
                 google_cloud_secretmanager_v1::client::SecretManagerService,

@@ -469,6 +469,10 @@ impl Driver for Instance {
     fn schema(&self) -> &'static KindSchema {
         &INSTANCE
     }
+
+    fn snapshots(&self) -> Option<&dyn crate::drivers::capability::Snapshots> {
+        Some(&OnDemandBackups)
+    }
     fn service(&self) -> &'static str {
         SERVICE
     }
@@ -1043,4 +1047,51 @@ fn recorded(want: &Desired<'_>, id: &str) -> Observed {
             ),
         ],
     )
+}
+
+/// `backup --snapshot` on Cloud SQL: an on-demand backup run of the
+/// primary (kept until deleted, unlike the automated ones), waited for.
+pub struct OnDemandBackups;
+
+#[async_trait::async_trait]
+impl crate::drivers::capability::Snapshots for OnDemandBackups {
+    fn is_primary(&self, props: &serde_json::Map<String, Json>) -> bool {
+        props
+            .get("master_instance")
+            .and_then(Json::as_str)
+            .is_none_or(str::is_empty)
+    }
+
+    async fn snapshot(
+        &self,
+        cx: &Context,
+        props: &serde_json::Map<String, Json>,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<String, DriverError> {
+        let g = cx.gcp().await?;
+        let instance = props
+            .get("name")
+            .and_then(Json::as_str)
+            .ok_or_else(|| DriverError::new("the instance has no name"))?;
+        let description = format!(
+            "ralph-deploy backup --snapshot at {}",
+            now.format("%Y-%m-%dT%H:%M:%SZ")
+        );
+        let body: google_cloud_sql_v1::model::BackupRun = message(
+            "an on-demand backup",
+            serde_json::json!({"description": description}),
+        )?;
+        let what = format!("starting an on-demand backup of {instance}");
+        let op = call(cx, SERVICE, &what, || {
+            g.sql_backup_runs
+                .insert()
+                .set_project(&g.project)
+                .set_instance(instance)
+                .set_body(body.clone())
+                .send()
+        })
+        .await?;
+        wait_op(cx, instance, &op, Duration::from_secs(30 * 60)).await?;
+        Ok(format!("{instance} on-demand backup ({})", op.name))
+    }
 }
