@@ -129,9 +129,9 @@ pkgs=$(grep -rl --include='*.go' '+k8s:openapi-gen=' pkg staging/src vendor/k8s.
 
 ld="-X k8s.io/kubernetes/vendor/k8s.io/component-base/version.gitVersion=$KUBE_VERSION -s -w"
 mkdir -p "$out/bin"
-go build -ldflags "$ld" -o "$out/bin/kube-apiserver" ./cmd/kube-apiserver
-go build -ldflags "$ld" -o "$out/bin/kube-controller-manager" ./cmd/kube-controller-manager
-go build -ldflags "$ld" -o "$out/bin/kube-scheduler" ./cmd/kube-scheduler
+# One build of the three: the packages they share are compiled once and
+# the three links run side by side (-o DIR/ names each after its package).
+go build -ldflags "$ld" -o "$out/bin/" ./cmd/kube-apiserver ./cmd/kube-controller-manager ./cmd/kube-scheduler
 cp "$work/etcd/usr/bin/etcd" "$out/bin/etcd"
 touch "$out/.complete"
 rm -rf "$work"

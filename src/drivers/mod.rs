@@ -423,6 +423,17 @@ impl Registry {
         self.driver(kind)
             .is_some_and(|d| capability::offers(d, role))
     }
+
+    /// What offers `role`, for messages: "backup bucket (aws.s3_bucket or
+    /// gcp.storage_bucket)".
+    pub fn role_text(&self, role: capability::Role) -> String {
+        let kinds: Vec<&str> = self
+            .drivers()
+            .filter(|d| capability::offers(*d, role))
+            .map(|d| d.schema().kind)
+            .collect();
+        format!("{} ({})", role.noun(), kinds.join(" or "))
+    }
 }
 
 impl crate::model::Catalog for Registry {

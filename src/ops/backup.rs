@@ -49,7 +49,7 @@ fn one(
     flag: &str,
 ) -> Result<(String, Map<String, Json>), OpError> {
     let mut all = s.resolved_in(state, role, Unapplied::Refuse)?;
-    let noun = role.noun();
+    let noun = s.registry.role_text(role);
     if let Some(c) = chosen {
         return all
             .into_iter()

@@ -487,7 +487,7 @@ impl Session {
             return Err(OpError::refused(format!(
                 "{} declares no {}",
                 self.stack.path.display(),
-                role.noun()
+                self.registry.role_text(role)
             )));
         }
         Ok(out)

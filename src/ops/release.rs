@@ -170,8 +170,9 @@ where
             .collect();
         if addresses.is_empty() {
             return Err(OpError::refused(format!(
-                "{} declares no orchestrator{}",
+                "{} declares no {}{}",
                 s.stack.path.display(),
+                s.registry.role_text(Role::Orchestrator),
                 resource.map(|r| format!(" named {r}")).unwrap_or_default()
             )));
         }

@@ -492,6 +492,21 @@ fn tokio_stream_of(
     futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) }).boxed()
 }
 
+/// The composes that join `parts` into `key`, in order: the first 32 parts
+/// into the key, then the key and up to 31 more, until every part is in.
+fn compose_batches<'a>(key: &'a str, parts: &'a [String]) -> Vec<Vec<&'a str>> {
+    let mut out = Vec::new();
+    let mut done = 0;
+    while done < parts.len() {
+        let mut batch: Vec<&str> = if done > 0 { vec![key] } else { Vec::new() };
+        let room = COMPOSE_MAX - batch.len();
+        batch.extend(parts.iter().skip(done).take(room).map(String::as_str));
+        done += batch.len() - usize::from(done > 0);
+        out.push(batch);
+    }
+    out
+}
+
 /// A parallel-composite upload: a part object per part, composed into the
 /// key at the end.
 struct Composite {
@@ -528,16 +543,8 @@ impl Upload for Composite {
     async fn finish(self: Box<Self>, cx: &Context) -> Result<(), DriverError> {
         let rest = Rest::new(cx, SERVICE, DEFAULT_ENDPOINT).await?;
         let what = format!("composing gs://{}/{}", self.bucket, self.key);
-        // The first 32 parts into the key, then the key and up to 31 more.
-        let mut done = 0;
-        while done < self.parts.len() {
-            let mut sources: Vec<Json> = Vec::new();
-            if done > 0 {
-                sources.push(json!({"name": self.key}));
-            }
-            let room = COMPOSE_MAX - sources.len();
-            let batch: Vec<&String> = self.parts.iter().skip(done).take(room).collect();
-            sources.extend(batch.iter().map(|p| json!({"name": p})));
+        for batch in compose_batches(&self.key, &self.parts) {
+            let sources: Vec<Json> = batch.iter().map(|p| json!({"name": p})).collect();
             rest.send(
                 "POST",
                 &format!("{}/compose", object_path(&self.bucket, &self.key)),
@@ -549,7 +556,6 @@ impl Upload for Composite {
             )
             .await?
             .ok_or_else(|| DriverError::new(format!("{what}: a part is gone")))?;
-            done += batch.len();
         }
         self.drop_parts(cx).await
     }
@@ -567,6 +573,29 @@ mod tests {
     fn object_names_are_one_path_segment() {
         assert_eq!(segment("backups/a b/x.dump"), "backups%2Fa%20b%2Fx.dump");
         assert_eq!(segment("plain-name_1.json"), "plain-name_1.json");
+    }
+
+    #[test]
+    fn seventy_parts_are_three_composes_of_at_most_32() {
+        let parts: Vec<String> = (1..=70).map(|i| format!("k.part-{i:05}")).collect();
+        let batches = compose_batches("k", &parts);
+        assert_eq!(
+            batches.iter().map(Vec::len).collect::<Vec<_>>(),
+            [32, 32, 8]
+        );
+        assert_eq!(batches[1][0], "k");
+        assert_eq!(batches[2][0], "k");
+        let joined: Vec<&str> = batches
+            .iter()
+            .flatten()
+            .copied()
+            .filter(|p| *p != "k")
+            .collect();
+        assert_eq!(joined, parts.iter().map(String::as_str).collect::<Vec<_>>());
+        assert_eq!(
+            compose_batches("k", &parts[..1]),
+            vec![vec!["k.part-00001"]]
+        );
     }
 
     #[test]
