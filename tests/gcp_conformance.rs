@@ -518,6 +518,8 @@ async fn every_request_of_an_apply_update_rotation_and_destroy_validates() {
         &[],
         &["apply", s, "--env", "production", "--auto-approve"],
     );
+    // A backup into the stack's Cloud Storage bucket, with Cloud SQL's own.
+    run(&w, &[], &["backup", s, "--env", "production", "--snapshot"]);
     // In-place changes of every updatable kind the stack has.
     run(
         &w,
@@ -531,6 +533,19 @@ async fn every_request_of_an_apply_update_rotation_and_destroy_validates() {
         ],
         &["apply", s, "--env", "production", "--auto-approve"],
     );
+    // The backups out of the bucket first: destroy keeps a bucket that
+    // holds objects.
+    let bucket = format!("{name}-production-backups-example");
+    let listed = gcp_get(&format!("/storage/v1/b/{bucket}/o")).expect("the backup bucket");
+    for o in listed["items"].as_array().into_iter().flatten() {
+        let key = o["name"].as_str().unwrap().replace('/', "%2F");
+        ureq::delete(&format!(
+            "{}/storage/v1/b/{bucket}/o/{key}",
+            common::gcp_endpoint()
+        ))
+        .call()
+        .unwrap();
+    }
     run(
         &w,
         &[],
@@ -554,6 +569,7 @@ async fn every_request_of_an_apply_update_rotation_and_destroy_validates() {
         .filter(|r| {
             r["path"].as_str().is_some_and(|p| {
                 p.contains(&format!("/projects/{name}/"))
+                    || p.contains(&format!("/b/{name}-production-backups"))
                     || p.ends_with(&format!("/projects/{name}:getIamPolicy"))
                     || p.ends_with(&format!("/projects/{name}:setIamPolicy"))
             })
@@ -593,6 +609,12 @@ async fn every_request_of_an_apply_update_rotation_and_destroy_validates() {
         "iam.projects.serviceAccounts.delete",
         "cloudresourcemanager.projects.getIamPolicy",
         "cloudresourcemanager.projects.setIamPolicy",
+        "storage.buckets.delete",
+        "storage.objects.insert",
+        "storage.objects.compose",
+        "storage.objects.list",
+        "storage.objects.delete",
+        "sql.backupRuns.insert",
     ] {
         assert!(
             ids.contains(id),
