@@ -11,6 +11,66 @@ use serde_json::{json, Value as Json};
 
 use crate::drivers::{Context, DriverError};
 
+/// A download's bytes as they arrive.
+pub(crate) type Chunks = tokio::sync::mpsc::Receiver<Result<bytes::Bytes, DriverError>>;
+
+/// A GET of `url` on a blocking thread: the first answer (or its status and
+/// body) through the oneshot, then the body in chunks of at most 1 MiB.
+fn start_download(
+    url: String,
+    token: Option<String>,
+    what: String,
+) -> (
+    tokio::sync::oneshot::Receiver<Result<(), (u16, String)>>,
+    Chunks,
+) {
+    let timeout = crate::remote::api_timeout();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let (first_tx, first_rx) = tokio::sync::oneshot::channel();
+    tokio::task::spawn_blocking(move || {
+        let agent = ureq::AgentBuilder::new()
+            .timeout_connect(timeout)
+            .timeout_read(timeout)
+            .build();
+        let mut req = agent.get(&url);
+        if let Some(t) = token {
+            req = req.set("Authorization", &format!("Bearer {t}"));
+        }
+        let resp = match req.call() {
+            Ok(resp) => resp,
+            Err(ureq::Error::Status(code, resp)) => {
+                let _ = first_tx.send(Err((code, resp.into_string().unwrap_or_default())));
+                return;
+            }
+            Err(e) => {
+                let _ = first_tx.send(Err((0, e.to_string())));
+                return;
+            }
+        };
+        let _ = first_tx.send(Ok(()));
+        let mut reader = resp.into_reader();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            match std::io::Read::read(&mut reader, &mut buf) {
+                Ok(0) => return,
+                Ok(n) => {
+                    if tx
+                        .blocking_send(Ok(bytes::Bytes::copy_from_slice(&buf[..n])))
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(DriverError::new(format!("{what}: {e}"))));
+                    return;
+                }
+            }
+        }
+    });
+    (first_rx, rx)
+}
+
 /// What a request carries.
 #[derive(Clone)]
 enum Payload {
@@ -81,69 +141,38 @@ impl<'a> Rest<'a> {
 
     /// A download (`alt=media`) as chunks of at most 1 MiB, read as they
     /// arrive; `Ok(None)` on 404.
-    pub async fn download(
-        &self,
-        path: &str,
-        what: &str,
-    ) -> Result<Option<tokio::sync::mpsc::Receiver<Result<bytes::Bytes, DriverError>>>, DriverError>
-    {
+    pub async fn download(&self, path: &str, what: &str) -> Result<Option<Chunks>, DriverError> {
         let url = format!("{}/{}", self.base, path.trim_start_matches('/'));
-        let token = self.token.clone();
-        let timeout = crate::remote::api_timeout();
-        self.cx.requests.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
-        let what2 = what.to_string();
-        let (first_tx, first_rx) = tokio::sync::oneshot::channel();
-        tokio::task::spawn_blocking(move || {
-            let agent = ureq::AgentBuilder::new()
-                .timeout_connect(timeout)
-                .timeout_read(timeout)
-                .build();
-            let mut req = agent.get(&url);
-            if let Some(t) = token {
-                req = req.set("Authorization", &format!("Bearer {t}"));
-            }
-            let resp = match req.call() {
-                Ok(resp) => resp,
-                Err(ureq::Error::Status(code, resp)) => {
-                    let _ = first_tx.send(Err((code, resp.into_string().unwrap_or_default())));
-                    return;
-                }
-                Err(e) => {
-                    let _ = first_tx.send(Err((0, e.to_string())));
-                    return;
-                }
+        let mut backoff = Duration::from_millis(100);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            self.cx.requests.fetch_add(1, Ordering::Relaxed);
+            let (first, rx) = start_download(url.clone(), self.token.clone(), what.to_string());
+            let (code, text) = match first.await {
+                Ok(Ok(())) => return Ok(Some(rx)),
+                Ok(Err(failed)) => failed,
+                Err(_) => (0, "the download stopped".to_string()),
             };
-            let _ = first_tx.send(Ok(()));
-            let mut reader = resp.into_reader();
-            let mut buf = vec![0u8; 1 << 20];
-            loop {
-                match std::io::Read::read(&mut reader, &mut buf) {
-                    Ok(0) => return,
-                    Ok(n) => {
-                        if tx
-                            .blocking_send(Ok(bytes::Bytes::copy_from_slice(&buf[..n])))
-                            .is_err()
-                        {
-                            return;
-                        }
-                    }
-                    Err(e) => {
-                        let _ = tx.blocking_send(Err(DriverError::new(format!("{what2}: {e}"))));
-                        return;
-                    }
-                }
+            if code == 429 {
+                self.cx.limits.service(self.service).throttled();
             }
-        });
-        match first_rx.await {
-            Ok(Ok(())) => Ok(Some(rx)),
-            Ok(Err((404, _))) => Ok(None),
-            Ok(Err((0, e))) => Err(DriverError::new(format!(
-                "{what}: {e} (requests go to {})",
-                self.base
-            ))),
-            Ok(Err((code, text))) => self.answer(code, text, what).map(|_| None),
-            Err(_) => Err(DriverError::new(format!("{what}: the download stopped"))),
+            // Throttled or unavailable before the first byte: again, as
+            // every other request is.
+            if matches!(code, 429 | 503) && attempt < 10 && !self.cx.stop.load(Ordering::SeqCst) {
+                let jitter = rand::random::<u64>() % (backoff.as_millis() as u64 + 1);
+                tokio::time::sleep(backoff / 2 + Duration::from_millis(jitter / 2)).await;
+                backoff = (backoff * 2).min(Duration::from_secs(20));
+                continue;
+            }
+            return match code {
+                404 => Ok(None),
+                0 => Err(DriverError::new(format!(
+                    "{what}: {text} (requests go to {})",
+                    self.base
+                ))),
+                _ => self.answer(code, text, what).map(|_| None),
+            };
         }
     }
 

@@ -486,9 +486,7 @@ impl ObjectStore for GcsObjects {
     }
 }
 
-fn tokio_stream_of(
-    rx: tokio::sync::mpsc::Receiver<Result<Bytes, DriverError>>,
-) -> BoxStream<'static, Result<Bytes, DriverError>> {
+fn tokio_stream_of(rx: super::rest::Chunks) -> BoxStream<'static, Result<Bytes, DriverError>> {
     futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) }).boxed()
 }
 
