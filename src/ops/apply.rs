@@ -166,16 +166,11 @@ pub fn findings(s: &Session, plan: &Plan) -> Result<crate::check::Report, OpErro
 fn protected_violations(plan: &Plan) -> Vec<String> {
     plan.protected_violations()
         .iter()
-        .map(|c| {
-            format!(
-                "{} ({})",
-                c.address,
-                if c.action == Action::Delete {
-                    "delete"
-                } else {
-                    "replace"
-                }
-            )
+        .map(|c| match (c.action, &c.reason) {
+            (Action::Delete, _) => format!("{} (delete)", c.address),
+            // Why: which property forces it (or --replace).
+            (_, Some(why)) => format!("{} (replace: {why})", c.address),
+            (_, None) => format!("{} (replace)", c.address),
         })
         .collect()
 }
