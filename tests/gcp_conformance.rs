@@ -39,6 +39,7 @@ impl Discovery {
             ("serviceusage", "serviceusage.v1.json"),
             ("logging", "logging.v2.json"),
             ("storage", "storage.v1.json"),
+            ("monitoring", "monitoring.v3.json"),
         ] {
             let text =
                 std::fs::read_to_string(dir.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));

@@ -51,6 +51,11 @@ fn count(path: &str, field: &str) -> usize {
 /// The whole stack is there once, recorded, and a plan has nothing to do.
 fn assert_consistent(w: &World, project: &str, context: &str) {
     let n = &w.stack_name;
+    // The primary's name is generated: the state has it.
+    let db = common::state_json(w)["resources"]["db"]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     for (path, field, want) in [
         (
             format!("/compute/v1/projects/{project}/global/networks"),
@@ -97,7 +102,7 @@ fn assert_consistent(w: &World, project: &str, context: &str) {
         // The primary and its read replica.
         (format!("/v1/projects/{project}/instances"), "items", 2),
         (
-            format!("/v1/projects/{project}/instances/{n}-production-postgres/databases"),
+            format!("/v1/projects/{project}/instances/{db}/databases"),
             "items",
             2,
         ),

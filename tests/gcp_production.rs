@@ -101,6 +101,141 @@ async fn edge_settled(
     edge(w)
 }
 
+/// How far the local Cloud SQL replica lags (Cloud Monitoring's
+/// `replica_lag` in the double).
+fn set_lag(project: &str, instance: &str, seconds: f64) {
+    ureq::post(&format!("{}/__double/sql/lag", common::gcp_endpoint()))
+        .send_string(
+            &serde_json::json!({"database_id": format!("{project}:{instance}"), "seconds": seconds})
+                .to_string(),
+        )
+        .unwrap();
+}
+
+fn sql_instance(project: &str, id: &str) -> Option<Value> {
+    gcp_get(&format!("/v1/projects/{project}/instances/{id}"))
+}
+
+/// `failover` on Cloud SQL: the replica's lag (Cloud Monitoring) is held
+/// against the RPO; Cloud SQL renames nothing, so the promoted replica is
+/// recorded, under its own (generated) name, as `db`, and the database, the
+/// user and the pods follow it; the old primary is retired, not deleted;
+/// the next plan only makes a new replica, of the promoted one.
+fn failover_follows_the_promoted_replica(w: &World, project: &str) {
+    let st = common::state_json(w);
+    let id = |a: &str| st["resources"][a]["id"].as_str().unwrap().to_string();
+    let (primary_id, replica_id) = (id("db"), id("db_replica"));
+    assert!(
+        primary_id.starts_with(&format!("{project}-production-postgres-"))
+            && primary_id.len() == format!("{project}-production-postgres-").len() + 8,
+        "a generated name: {primary_id}"
+    );
+    let database = id("ralph_db");
+
+    set_lag(project, &replica_id, 7200.0);
+    let out = w.run("failover", &["--auto-approve"]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(&format!("{replica_id} lags 7200s")) && err.contains("RPO of 3600s"),
+        "{err}"
+    );
+    let replica = sql_instance(project, &replica_id).unwrap();
+    assert!(
+        replica["masterInstanceName"]
+            .as_str()
+            .unwrap()
+            .ends_with(&primary_id),
+        "a refused failover changed nothing: {replica}"
+    );
+
+    set_lag(project, &replica_id, 2.0);
+    let out = w.run("failover", &["--auto-approve", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stderr),
+        text(&out.stdout)
+    );
+    let summary: Value = serde_json::from_str(text(&out.stdout).lines().last().unwrap()).unwrap();
+    let report = &summary["failover"];
+    assert_eq!(report["instance"], replica_id.as_str(), "{report}");
+    assert_eq!(report["old_primary"], primary_id.as_str(), "{report}");
+    assert_eq!(report["lag_seconds"], 2.0, "{report}");
+    assert_eq!(
+        report["rolled"],
+        serde_json::json!(["app.orchestrator"]),
+        "{report}"
+    );
+
+    // The promoted replica is a primary owned as `db`, with the primary's
+    // settings; the old one is retired, still protected, its data kept.
+    let promoted = sql_instance(project, &replica_id).unwrap();
+    assert!(promoted.get("masterInstanceName").is_none(), "{promoted}");
+    let labels = &promoted["settings"]["userLabels"];
+    assert_eq!(labels["ralph-deploy-address"], "db", "{labels}");
+    // (REGIONAL: 2, as the client sends enums)
+    let availability = &promoted["settings"]["availabilityType"];
+    assert!(
+        availability == "REGIONAL" || availability == 2,
+        "{promoted}"
+    );
+    assert_eq!(promoted["settings"]["backupConfiguration"]["enabled"], true);
+    let old = sql_instance(project, &primary_id).unwrap();
+    let labels = &old["settings"]["userLabels"];
+    assert!(labels.get("ralph-deploy-stack").is_none(), "{labels}");
+    assert_eq!(labels["ralph-deploy-retired"], "db", "{labels}");
+    assert_eq!(old["settings"]["deletionProtectionEnabled"], true);
+
+    // The state follows: `db` is the promoted instance, the database lives
+    // in it, the replica is gone from the state.
+    let st = common::state_json(w);
+    assert_eq!(st["resources"]["db"]["id"], replica_id.as_str());
+    assert_eq!(
+        st["resources"]["ralph_db"]["id"],
+        database.replacen(&primary_id, &replica_id, 1).as_str()
+    );
+    assert!(st["resources"].get("db_replica").is_none());
+    let c = changed(&w.plan_json(&[]));
+    assert_eq!(
+        c,
+        vec![("db_replica".to_string(), "create".to_string())],
+        "after a failover only a new replica is planned"
+    );
+    w.ok("apply", &["--auto-approve"]);
+    assert!(changed(&w.plan_json(&[])).is_empty());
+    let st = common::state_json(w);
+    let new_replica = sql_instance(project, &id_of(&st, "db_replica")).unwrap();
+    assert!(
+        new_replica["masterInstanceName"]
+            .as_str()
+            .unwrap()
+            .ends_with(&replica_id),
+        "{new_replica}"
+    );
+    assert_ne!(id_of(&st, "db_replica"), replica_id);
+
+    // The operator deletes the retired primary (its private address holds
+    // the network's peering until then).
+    let url = format!(
+        "{}/v1/projects/{project}/instances/{primary_id}",
+        common::gcp_endpoint()
+    );
+    ureq::request("PATCH", &url)
+        .send_string(r#"{"settings": {"deletionProtectionEnabled": false}}"#)
+        .unwrap();
+    for _ in 0..100 {
+        if ureq::delete(&url).call().is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+fn id_of(st: &Value, address: &str) -> String {
+    st["resources"][address]["id"].as_str().unwrap().to_string()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn gcp_production_end_to_end() {
     let name = format!("tg{}", std::process::id());
@@ -421,10 +556,7 @@ async fn gcp_production_end_to_end() {
         cluster["networkConfig"]["datapathProvider"], "ADVANCED_DATAPATH",
         "{cluster}"
     );
-    let sql = gcp_get(&format!(
-        "/v1/projects/{project}/instances/{name}-production-postgres"
-    ))
-    .unwrap();
+    let sql = sql_instance(project, &id_of(&common::state_json(&w), "db")).unwrap();
     assert_eq!(sql["state"], "RUNNABLE");
     assert_eq!(sql["settings"]["backupConfiguration"]["startTime"], "03:00");
 
@@ -584,6 +716,9 @@ async fn gcp_production_end_to_end() {
         "an autoscaled size planned as a change: {c:?}"
     );
 
+    // ---- failover
+    failover_follows_the_promoted_replica(&w, &name);
+
     // ---- a subnetwork range is a replacement (and so is what sits in it)
     let replan = {
         let mut c = w.cmd(&[
@@ -605,6 +740,7 @@ async fn gcp_production_end_to_end() {
     );
 
     // ---- destroy refuses the protected database and cache, touching nothing
+    let db_id = id_of(&common::state_json(&w), "db");
     let stack = w.stack();
     let out = w
         .cmd(&[
@@ -624,10 +760,7 @@ async fn gcp_production_end_to_end() {
             && err.contains("--allow-protected"),
         "{err}"
     );
-    assert!(gcp_get(&format!(
-        "/v1/projects/{project}/instances/{name}-production-postgres"
-    ))
-    .is_some());
+    assert!(sql_instance(project, &db_id).is_some());
     assert!(gcp_get(&format!(
         "/compute/v1/projects/{project}/global/networks/{name}-production"
     ))
@@ -651,10 +784,7 @@ async fn gcp_production_end_to_end() {
         text(&out.stderr),
         text(&out.stdout)
     );
-    assert!(gcp_get(&format!(
-        "/v1/projects/{project}/instances/{name}-production-postgres"
-    ))
-    .is_none());
+    assert!(sql_instance(project, &db_id).is_none());
     assert!(gcp_get(&format!(
         "/v1/projects/{project}/locations/us-central1/clusters/{name}-production"
     ))

@@ -10,7 +10,9 @@ google-cloud-rust clients call, on one loopback port:
 - GKE (clusters, node pools, operations), Memorystore Redis (instances,
   operations, AUTH string) and Secret Manager (secrets, versions), under
   /v1/projects/{project}/...;
-- Cloud SQL Admin (instances, databases, users, operations);
+- Cloud SQL Admin (instances, read replicas and their promotion, databases,
+  users, on-demand backups, operations), and Cloud Monitoring's time series
+  for a replica's lag;
 - IAM service accounts and their policies, and the project's IAM policy
   (Resource Manager v3);
 - Cloud Logging log buckets and project sinks (v2), with each project's
@@ -46,7 +48,9 @@ mutating requests answer 429 (or 503); POST /__double/project {"project",
 one project's delays, SIGKILLs the process in PIDFILE right after answering
 that project's K-th mutating request, and throttles (or fails) its next N;
 `fresh` makes it a new project whose APIs are disabled (403 SERVICE_DISABLED)
-until Service Usage enables them; GET /__double/stats[?project=P] counts requests.
+until Service Usage enables them; GET /__double/stats[?project=P] counts requests;
+POST /__double/sql/lag {"database_id": "P:I", "seconds": N} is how far a Cloud
+SQL replica lags (Cloud Monitoring's replica_lag; 0 otherwise).
 """
 import base64
 import ipaddress
@@ -100,6 +104,16 @@ def delay(key):
 def now_rfc3339(t=None):
     t = time.time() if t is None else t
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + ".%03dZ" % int((t % 1) * 1000)
+
+
+def parse_rfc3339(text):
+    """Seconds since the epoch of an RFC 3339 time (Z or an offset); a
+    400 when it is not one."""
+    import datetime
+    try:
+        return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        raise invalid([("interval", f"{text!r} is not an RFC 3339 time")])
 
 
 def later(seconds, fn):
@@ -1095,8 +1109,12 @@ def sql_list(p, q, body):
 
 
 def merge(dst, src):
+    """A PATCH body merged in (JSON merge patch: a null removes the key,
+    as a label set to null in Cloud SQL's PATCH is removed)."""
     for k, v in src.items():
-        if isinstance(v, dict) and isinstance(dst.get(k), dict):
+        if v is None:
+            dst.pop(k, None)
+        elif isinstance(v, dict) and isinstance(dst.get(k), dict):
             merge(dst[k], v)
         else:
             dst[k] = v
@@ -1141,6 +1159,88 @@ def sql_delete(p, q, body):
         for path in [k for k in STORE if k.startswith(f"sql/projects/{p['project']}/instances/{p['instance']}/")]:
             STORE.pop(path)
     return sql_op(p, "DELETE", p["instance"], delay("sql_delete"), finish)
+
+
+def sql_promote(p, q, body):
+    """promoteReplica: a read replica becomes a standalone primary under its
+    own name (Cloud SQL renames no instance), with its primary's databases
+    and users as they were replicated. Refused on an instance that is not a
+    replica and while another operation runs."""
+    inst = sql_instance(p)
+    if not inst.get("masterInstanceName"):
+        raise invalid_operation(f"{p['instance']} is not a read replica: only a replica can be promoted.")
+    if inst["state"] != "RUNNABLE":
+        raise ApiError(409, "ABORTED", "Operation failed because another operation was already in progress.",
+                       "operationInProgress", legacy=True)
+    inst["state"] = "MAINTENANCE"
+
+    def finish():
+        primary_key = primary_name(inst)
+        primary = sql_instances(p).get(primary_key)
+        for kind in ("databases", "users"):
+            src = coll(f"sql/projects/{p['project']}/instances/{primary_key}/{kind}")
+            dst = coll(f"sql/projects/{p['project']}/instances/{p['instance']}/{kind}")
+            for name, res in src.items():
+                dst[name] = dict(res, instance=p["instance"])
+        if primary is not None and p["instance"] in primary.get("replicaNames", []):
+            primary["replicaNames"].remove(p["instance"])
+            if not primary["replicaNames"]:
+                primary.pop("replicaNames")
+        for k in ("masterInstanceName", "replicaConfiguration"):
+            inst.pop(k, None)
+        inst.update(instanceType="CLOUD_SQL_INSTANCE", state="RUNNABLE")
+        SQL_LAG.pop(f"{p['project']}:{p['instance']}", None)
+    return sql_op(p, "PROMOTE_REPLICA", p["instance"], delay("sql_update"), finish)
+
+
+# ---------------------------------------------------------------- Cloud Monitoring
+
+# A replica's replication lag in seconds, by PROJECT:INSTANCE, as Cloud SQL
+# reports it to Cloud Monitoring (0 unless a test says the replica is
+# behind: POST /__double/sql/lag {"database_id": "P:I", "seconds": N}).
+SQL_LAG = {}
+REPLICA_LAG = "cloudsql.googleapis.com/database/replication/replica_lag"
+
+
+def filter_term(flt, key):
+    m = re.search(re.escape(key) + r'\s*=\s*"([^"]*)"', flt)
+    return m.group(1) if m else None
+
+
+def time_series_list(p, q, body):
+    """timeSeries.list, for the Cloud SQL replica-lag gauge: one point in
+    the interval for each running read replica the filter names, none for
+    a primary (the metric exists for replicas only). Refuses what Cloud
+    Monitoring refuses: no filter, a filter naming no metric type, no end
+    of the interval."""
+    flt = (q.get("filter") or [""])[0]
+    metric = filter_term(flt, "metric.type")
+    if not flt or metric is None:
+        raise invalid([("filter", "must name exactly one metric.type")])
+    end = (q.get("interval.endTime") or [""])[0]
+    if not end:
+        raise invalid([("interval.endTime", "is required")])
+    start = (q.get("interval.startTime") or [end])[0]
+    if metric != REPLICA_LAG:
+        return {}
+    wanted = filter_term(flt, "resource.labels.database_id")
+    at = min(parse_rfc3339(end), time.time() - 5)
+    if at < parse_rfc3339(start):
+        return {}
+    series = []
+    for key, inst in sql_instances(p).items():
+        database_id = f"{p['project']}:{key}"
+        if (wanted and wanted != database_id) or not inst.get("masterInstanceName") or inst["state"] != "RUNNABLE":
+            continue
+        series.append({
+            "metric": {"type": REPLICA_LAG},
+            "resource": {"type": "cloudsql_database",
+                         "labels": {"project_id": p["project"], "database_id": database_id,
+                                    "region": inst.get("region", "us-central1")}},
+            "metricKind": "GAUGE", "valueType": "DOUBLE",
+            "points": [{"interval": {"startTime": now_rfc3339(at), "endTime": now_rfc3339(at)},
+                        "value": {"doubleValue": float(SQL_LAG.get(database_id, 0.0))}}]})
+    return {"timeSeries": series} if series else {}
 
 
 def backup_runs(p):
@@ -2609,6 +2709,7 @@ ROUTES = [
     ("sql.instances.get", "GET", S, sql_get),
     ("sql.instances.patch", "PATCH", S, sql_patch),
     ("sql.instances.delete", "DELETE", S, sql_delete),
+    ("sql.instances.promoteReplica", "POST", S + "/promoteReplica", sql_promote),
     ("sql.backupRuns.insert", "POST", S + "/backupRuns", backup_run_insert),
     ("sql.backupRuns.list", "GET", S + "/backupRuns", backup_run_list),
     ("sql.databases.insert", "POST", S + "/databases", DB_INSERT),
@@ -2644,6 +2745,7 @@ ROUTES = [
     ("serviceusage.services.disable", "POST", "/v1/{kind}/{project}/services/{service}:disable", usage_set(False)),
     ("cloudresourcemanager.projects.getIamPolicy", "POST", "/v3/projects/{project}:getIamPolicy", project_get_policy),
     ("cloudresourcemanager.projects.setIamPolicy", "POST", "/v3/projects/{project}:setIamPolicy", project_set_policy),
+    ("monitoring.projects.timeSeries.list", "GET", "/v3/projects/{project}/timeSeries", time_series_list),
     ("storage.buckets.insert", "POST", "/storage/v1/b", bucket_insert),
     ("storage.buckets.list", "GET", "/storage/v1/b", bucket_list),
     ("storage.buckets.get", "GET", "/storage/v1/b/{bucket}", bucket_get),
@@ -2848,6 +2950,10 @@ class Handler(BaseHTTPRequestHandler):
                 return self.send(200, network_reach((q.get("host") or [""])[0], port))
             if path == "/__double/armor/attach" and method == "POST":
                 return self.send(200, armor_attach(json.loads(raw or b"{}")))
+            if path == "/__double/sql/lag" and method == "POST":
+                cfg = json.loads(raw or b"{}")
+                SQL_LAG[cfg["database_id"]] = float(cfg["seconds"])
+                return self.send(200, cfg)
             if path == "/__double/nodes":
                 return self.send(200, node_listing())
             if path == "/__double/nodes/grow" and method == "POST":

@@ -372,7 +372,21 @@ impl Steps<'_> {
             .get(&c.address)
             .ok_or_else(|| StepError::NotInStack(c.address.clone()))?;
         let driver = self.driver(r.kind.kind)?;
-        let props = self.resolve(r, driver).await?;
+        let mut props = self.resolve(r, driver).await?;
+        let update = c.action == Action::Update;
+        // A name left to the tool is chosen before the intent records it, so
+        // a killed create is found again by it.
+        if let Some(field) = r.kind.generates_names().filter(|_| !update) {
+            if !props.contains_key(field) {
+                if let Some(prefix) = props
+                    .get(crate::model::kinds::NAME_PREFIX)
+                    .and_then(Json::as_str)
+                {
+                    let name = crate::model::kinds::generated_name(prefix);
+                    props.insert(field.to_string(), Json::String(name));
+                }
+            }
+        }
         self.cx.reporter.report(Event::ResourceStarted {
             address: c.address.clone(),
             kind: c.kind.clone(),
@@ -385,7 +399,6 @@ impl Steps<'_> {
             owner: &self.cx.owner,
             timeouts: r.timeouts,
         };
-        let update = c.action == Action::Update;
         let lookup = if update {
             c.id.clone()
         } else {

@@ -117,6 +117,12 @@ pub const RULES: &[Rule] = &[
         why: "The guide asks for one: reads scale out, and failover has a warm target.",
     },
     Rule {
+        id: "recovery.failover-name",
+        severity: Severity::Warning,
+        title: "A Cloud SQL primary with a read replica lets the tool choose its name (`name_prefix`).",
+        why: "Cloud SQL renames no instance: after `failover` the promoted replica serves under its own name, which only a generated name can follow; with a fixed `name` failover refuses, and the next plan would replace the promoted primary.",
+    },
+    Rule {
         id: "stores.backups",
         severity: Severity::Error,
         title: "Databases keep backups at least 7 days with point-in-time recovery; caches keep snapshots.",

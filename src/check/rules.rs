@@ -669,6 +669,14 @@ fn stores(stack: &Stack, f: &mut Findings) {
                 format!("`{a}` has no read replica in the stack"),
                 format!("add a gcp.sql_instance with `master_instance: ${{{a}.name}}`"),
             );
+        } else if db.properties.contains_key("name") {
+            f.add(
+                "recovery.failover-name",
+                a,
+                at(db, "name"),
+                format!("`{a}` has a read replica and a fixed `name`: `failover` cannot keep that name"),
+                "use `name_prefix` instead of `name` (changing it replaces the instance: do it before it holds data), and on the replica too",
+            );
         }
         if text(db, "availability_type").as_deref() != Some("REGIONAL") {
             f.add(

@@ -155,6 +155,13 @@ pub trait Promotion: Send + Sync {
     fn is_named(&self, id: &str, attrs: &Map<String, Json>, source: &str) -> bool {
         id == source || attrs.get("arn").and_then(Json::as_str) == Some(source)
     }
+    /// Whether the promoted instance takes the primary's name (RDS renames
+    /// it). When not, it serves under its own name, which the state then
+    /// records as the primary's: only a primary whose name the tool
+    /// generated (`name_prefix`) can follow it.
+    fn renames(&self) -> bool {
+        true
+    }
     /// Where the old primary is moved to, a name the cloud accepts.
     fn aside_name(&self, primary_id: &str, now: chrono::DateTime<chrono::Utc>) -> String;
     /// The replica's lag behind its primary in seconds, from the cloud's

@@ -378,6 +378,15 @@ pub trait Driver: Send + Sync {
     fn object_store(&self) -> Option<&dyn capability::ObjectStore> {
         None
     }
+
+    /// The recorded resource as it is once the resource it lives in, named
+    /// `from`, is served by `to` with the same data (a failover that
+    /// promoted a replica under its own name: the databases and users are
+    /// the promoted instance's now, nothing to create). `None`: it does not
+    /// live in `from`.
+    fn moved_parent(&self, _known: &Known, _from: &str, _to: &str) -> Option<Known> {
+        None
+    }
 }
 
 /// The resource kinds this build knows.

@@ -161,9 +161,30 @@ pub struct KindSchema {
     pub ordered: &'static [(&'static str, &'static str)],
 }
 
+/// The property that leaves a resource's name to the tool: at creation it
+/// gets a name of its own under this prefix ([`generated_name`]), which the
+/// state records and references read. A name the stack does not fix can
+/// follow the resource: a failover on a cloud that renames nothing records
+/// the promoted instance, under its own name, as the primary.
+pub const NAME_PREFIX: &str = "name_prefix";
+
+/// A new name under `prefix`: a hyphen and eight random lowercase hex
+/// digits after it (`ralph-production-postgres-3f9a1c2b`).
+pub fn generated_name(prefix: &str) -> String {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    format!("{prefix}-{}", &id[..8])
+}
+
 impl KindSchema {
     pub fn field(&self, name: &str) -> Option<&'static Field> {
         self.fields.iter().find(|f| f.name == name)
+    }
+
+    /// The name field, when the kind can generate names (it has
+    /// [`NAME_PREFIX`] as well).
+    pub fn generates_names(&self) -> Option<&'static str> {
+        self.name_field
+            .filter(|_| self.field(NAME_PREFIX).is_some())
     }
 
     /// Type of `name` as seen by a reference: a property or an assigned attribute.

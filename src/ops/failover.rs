@@ -10,7 +10,8 @@
 //! 3. record the new topology (the primary's entry is the promoted instance,
 //!    the replica's entry is gone, so the next plan creates a new replica);
 //! 4. bring the promoted instance to the primary's settings (Multi-AZ,
-//!    backups) and the orchestrators to the new state through the engine;
+//!    backups), and what depends on it (its address: the roles, the schema)
+//!    and the orchestrators to the new state, through the engine;
 //! 5. roll every orchestrator's pods so none keeps a connection to the old
 //!    primary, and wait for the rollouts.
 
@@ -45,7 +46,8 @@ pub struct Report {
     pub primary: String,
     /// The replica's address (gone from the state: the next plan creates it).
     pub replica: String,
-    /// The instance now serving as primary, under the primary's name.
+    /// The instance now serving as primary: under the primary's name where
+    /// the cloud renames (RDS), under its own where it does not (Cloud SQL).
     pub instance: String,
     /// Where the old primary was moved to (`None`: it no longer existed).
     pub old_primary: Option<String>,
@@ -161,6 +163,7 @@ fn choose(s: &Session, state: &State, wanted: Option<&str>) -> Result<Pair, OpEr
     };
     let kind = state.resources[&primary].kind.clone();
     let primary_id = state.resources[&primary].id.clone();
+    keeps_its_name(s, &kind, &primary)?;
     Ok(Pair {
         replica_id: state.resources[&replica].id.clone(),
         old_name: promotion(s, &kind)?.aside_name(&primary_id, chrono::Utc::now()),
@@ -169,6 +172,34 @@ fn choose(s: &Session, state: &State, wanted: Option<&str>) -> Result<Pair, OpEr
         replica,
         primary_id,
     })
+}
+
+/// Refuses a primary whose name the stack fixes when the promoted replica
+/// cannot take it: the next plan would replace the promoted instance.
+fn keeps_its_name(s: &Session, kind: &str, primary: &str) -> Result<(), OpError> {
+    let driver = s
+        .registry
+        .driver(kind)
+        .ok_or_else(|| OpError::Other(format!("no driver for {kind}")))?;
+    let promotion = promotion(s, kind)?;
+    let schema = driver.schema();
+    let fixed = schema.name_field.filter(|f| {
+        s.stack
+            .resources
+            .get(primary)
+            .is_some_and(|r| r.properties.contains_key(*f))
+    });
+    match (promotion.renames(), fixed, schema.generates_names()) {
+        (false, Some(field), generated) => Err(OpError::refused(format!(
+            "{kind} renames no instance, so the promoted replica keeps its own name, and {primary} fixes its `{field}` in {}: the next plan would replace the promoted primary. {}Nothing was changed",
+            s.stack.path.display(),
+            match generated {
+                Some(_) => format!("Give {primary} `{}` instead of `{field}` (the tool then chooses the name and the state follows a failover); changing it replaces the instance, so do it before it holds data. ", crate::model::kinds::NAME_PREFIX),
+                None => String::new(),
+            }
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// The kinds whose replicas `failover` promotes, for messages.
@@ -219,6 +250,46 @@ async fn check_lag(
             "{p}. Nothing was changed. To promote it anyway, run again with --force"
         ))),
         None => Ok(lag),
+    }
+}
+
+/// `address` and everything recorded as depending on it, directly or not
+/// (what reads the primary's address: roles, the schema, the orchestrators).
+fn dependents(state: &State, address: &str) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::from([address.to_string()]);
+    loop {
+        let more: Vec<String> = state
+            .resources
+            .iter()
+            .filter(|(a, r)| !out.contains(*a) && r.depends_on.iter().any(|d| out.contains(d)))
+            .map(|(a, _)| a.clone())
+            .collect();
+        if more.is_empty() {
+            return out;
+        }
+        out.extend(more);
+    }
+}
+
+/// Every recorded resource that lived in the old primary `from` recorded
+/// as living in `to`, which serves the same data (its kind says how:
+/// `Driver::moved_parent`), so that no plan recreates it.
+fn move_children(s: &Session, state: &mut State, from: &str, to: &str) {
+    for r in state.resources.values_mut() {
+        let Some(driver) = s.registry.driver(&r.kind) else {
+            continue;
+        };
+        let known = Known {
+            id: r.id.clone(),
+            inputs: r.inputs.clone(),
+            attrs: r.attrs.clone(),
+        };
+        if let Some(moved) = driver.moved_parent(&known, from, to) {
+            r.id = moved.id;
+            r.inputs = moved.inputs;
+            r.attrs = moved.attrs;
+            r.updated_at = chrono::Utc::now();
+        }
     }
 }
 
@@ -312,10 +383,22 @@ pub async fn failover(s: &Session, cx: &Context, o: &Options) -> Result<Report, 
             old_primary: moved_old,
         } = promoted.map_err(failed)?;
 
-        // 3. The new topology in the state.
+        // 3. The new topology in the state: the primary's entry is the
+        //    promoted instance (under its own id where the cloud renames
+        //    nothing, and what lived in the old primary follows it).
         if let Some(p) = state.resources.get_mut(&pair.primary) {
+            if p.id != promoted.id {
+                let name_field = s.registry.driver(&pair.kind).and_then(|d| d.schema().name_field);
+                if let Some(f) = name_field.filter(|f| p.inputs.contains_key(*f)) {
+                    p.inputs.insert(f.to_string(), Json::String(promoted.id.clone()));
+                }
+                p.id = promoted.id.clone();
+            }
             p.attrs = promoted.attrs.clone();
             p.updated_at = chrono::Utc::now();
+        }
+        if promoted.id != pair.primary_id {
+            move_children(s, &mut state, &pair.primary_id, &promoted.id);
         }
         state.resources.remove(&pair.replica);
         for r in state.resources.values_mut() {
@@ -324,15 +407,18 @@ pub async fn failover(s: &Session, cx: &Context, o: &Options) -> Result<Report, 
         crate::apply::record_outputs(&s.stack, &mut state);
         state.serial += 1;
         s.backend.write(&state).await?;
-        step(cx, &pair.primary, format!("{} is the primary now; the state records it", pair.primary_id));
+        let instance = promoted.id.clone();
+        step(cx, &pair.primary, format!("{instance} is the primary now; the state records it"));
 
         // 4. The primary's settings and the orchestrators' inputs, through
         //    the engine (journaled like any apply). The new replica waits
         //    for the next apply.
         let mut plan = s.make_plan(&state, true, cx, false).await?;
+        let following = dependents(&state, &pair.primary);
         plan.changes.retain(|c| {
             c.action == Action::Update
-                && (c.address == pair.primary || s.registry.offers(&c.kind, Role::Orchestrator))
+                && (following.contains(&c.address)
+                    || s.registry.offers(&c.kind, Role::Orchestrator))
         });
         let mut converged = Vec::new();
         if plan.has_changes() {
@@ -412,7 +498,7 @@ pub async fn failover(s: &Session, cx: &Context, o: &Options) -> Result<Report, 
         Ok(Report {
             primary: pair.primary.clone(),
             replica: pair.replica.clone(),
-            instance: pair.primary_id.clone(),
+            instance,
             old_primary: moved_old,
             lag_seconds,
             converged,

@@ -471,6 +471,14 @@ impl Session {
                     }
                 }
             }
+            // A name the tool generated is the state's.
+            if let Some(field) = r.kind.generates_names() {
+                if !props.contains_key(field) {
+                    if let Some(v) = state.attribute(&r.address, field) {
+                        props.insert(field.to_string(), v);
+                    }
+                }
+            }
             out.push((r.address.clone(), props));
         }
         Ok(out)

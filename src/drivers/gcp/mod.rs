@@ -23,6 +23,7 @@ pub mod secret;
 pub mod security_policy;
 pub mod service_networking;
 pub mod sql;
+pub mod sql_failover;
 pub mod storage;
 
 use std::collections::HashMap;

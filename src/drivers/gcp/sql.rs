@@ -112,10 +112,20 @@ static INSTANCE: KindSchema = KindSchema {
     kind: "gcp.sql_instance",
     doc: "A Cloud SQL for PostgreSQL instance.",
     fields: &[
-        Field::new("name", Ty::String, "the instance's name")
-            .required()
-            .forces_replace()
-            .check(super::compute::rfc1035),
+        Field::new(
+            "name",
+            Ty::String,
+            "the instance's name (or `name_prefix`: Cloud SQL renames no instance, so a failover can keep only a generated name)",
+        )
+        .forces_replace()
+        .check(super::compute::rfc1035),
+        Field::new(
+            crate::model::kinds::NAME_PREFIX,
+            Ty::String,
+            "the instance is named this, a hyphen and 8 random hex digits, chosen at creation and kept in the state (`${db.name}` reads it); a failover then records the promoted replica, under its own name, as the primary",
+        )
+        .forces_replace()
+        .check(name_prefix),
         Field::new("database_version", Ty::String, "such as POSTGRES_15")
             .default("\"POSTGRES_15\"")
             .forces_replace()
@@ -214,9 +224,22 @@ static INSTANCE: KindSchema = KindSchema {
     ],
     taggable: false,
     name_field: Some("name"),
-    exactly_one_of: &[],
+    exactly_one_of: &["name", crate::model::kinds::NAME_PREFIX],
     ordered: &[],
 };
+
+/// A prefix that leaves room for the generated suffix (`-` and 8 hex
+/// digits) within Cloud SQL's 63 characters.
+fn name_prefix(v: &Json) -> Result<(), String> {
+    super::compute::rfc1035(v)?;
+    let len = v.as_str().map_or(0, str::len);
+    if len > 54 {
+        return Err(format!(
+            "the prefix has {len} characters: at most 54, so the generated name (9 more) fits in 63"
+        ));
+    }
+    Ok(())
+}
 
 static DATABASE: KindSchema = KindSchema {
     kind: "gcp.sql_database",
@@ -358,7 +381,10 @@ fn observe_instance(i: &google_cloud_sql_v1::model::DatabaseInstance) -> Observe
     )
 }
 
-async fn read_instance(cx: &Context, name: &str) -> Result<Option<Observed>, DriverError> {
+pub(super) async fn read_instance(
+    cx: &Context,
+    name: &str,
+) -> Result<Option<Observed>, DriverError> {
     let g = cx.gcp().await?;
     Ok(call_opt(
         cx,
@@ -378,7 +404,7 @@ async fn read_instance(cx: &Context, name: &str) -> Result<Option<Observed>, Dri
 }
 
 /// Waits for a Cloud SQL operation; its errors fail.
-async fn wait_op(
+pub(super) async fn wait_op(
     cx: &Context,
     address: &str,
     op: &google_cloud_sql_v1::model::Operation,
@@ -472,6 +498,9 @@ impl Driver for Instance {
 
     fn snapshots(&self) -> Option<&dyn crate::drivers::capability::Snapshots> {
         Some(&OnDemandBackups)
+    }
+    fn promotion(&self) -> Option<&dyn crate::drivers::capability::Promotion> {
+        Some(&super::sql_failover::CloudSqlPromotion)
     }
     fn service(&self) -> &'static str {
         SERVICE
@@ -694,6 +723,25 @@ fn child_id(instance: &str, kind: &str, name: &str) -> String {
     format!("{instance}/{kind}/{name}")
 }
 
+/// A database or user of `from` recorded as `to`'s (`Driver::moved_parent`).
+fn moved_child(known: &Known, kind: &str, from: &str, to: &str) -> Option<Known> {
+    let (instance, name) = split_child(&known.id);
+    if instance != from {
+        return None;
+    }
+    let mut moved = known.clone();
+    moved.id = child_id(to, kind, &name);
+    for m in [&mut moved.inputs, &mut moved.attrs] {
+        if m.contains_key("instance") {
+            m.insert("instance".into(), json!(to));
+        }
+    }
+    if moved.attrs.contains_key("id") {
+        moved.attrs.insert("id".into(), json!(moved.id));
+    }
+    Some(moved)
+}
+
 fn split_child(id: &str) -> (String, String) {
     let mut parts = id.splitn(3, '/');
     let instance = parts.next().unwrap_or_default().to_string();
@@ -740,6 +788,9 @@ async fn list_databases(cx: &Context, instance: &str) -> Result<Vec<Observed>, D
 impl Driver for Database {
     fn schema(&self) -> &'static KindSchema {
         &DATABASE
+    }
+    fn moved_parent(&self, known: &Known, from: &str, to: &str) -> Option<Known> {
+        moved_child(known, "databases", from, to)
     }
     fn service(&self) -> &'static str {
         SERVICE
@@ -950,6 +1001,9 @@ async fn set_password(cx: &Context, want: &Desired<'_>, create: bool) -> Result<
 impl Driver for User {
     fn schema(&self) -> &'static KindSchema {
         &USER
+    }
+    fn moved_parent(&self, known: &Known, from: &str, to: &str) -> Option<Known> {
+        moved_child(known, "users", from, to)
     }
     fn service(&self) -> &'static str {
         SERVICE
