@@ -521,6 +521,17 @@ async fn every_request_of_an_apply_update_rotation_and_destroy_validates() {
     );
     // A backup into the stack's Cloud Storage bucket, with Cloud SQL's own.
     run(&w, &[], &["backup", s, "--env", "production", "--snapshot"]);
+    // A failover: the replica's lag read from Cloud Monitoring, the
+    // promotion, the old primary's labels taken off (nulls in a PATCH).
+    let old_primary = common::state_json(&w)["resources"]["db"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    run(
+        &w,
+        &[],
+        &["failover", s, "--env", "production", "--auto-approve"],
+    );
     // In-place changes of every updatable kind the stack has.
     run(
         &w,
@@ -534,8 +545,25 @@ async fn every_request_of_an_apply_update_rotation_and_destroy_validates() {
         ],
         &["apply", s, "--env", "production", "--auto-approve"],
     );
-    // The backups out of the bucket first: destroy keeps a bucket that
-    // holds objects.
+    // The retired primary goes as its operator would delete it (it is not
+    // the stack's any more), and the backups out of the bucket: destroy
+    // keeps a bucket that holds objects.
+    let url = format!(
+        "{}/v1/projects/{name}/instances/{old_primary}",
+        common::gcp_endpoint()
+    );
+    ureq::request("PATCH", &url)
+        .send_string(r#"{"settings": {"deletionProtectionEnabled": false}}"#)
+        .unwrap();
+    // (once the PATCH's operation is done)
+    let deleted = (0..100).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        ureq::delete(&url).call().is_ok()
+    });
+    assert!(
+        deleted,
+        "the retired primary {old_primary} could not be deleted"
+    );
     let bucket = format!("{name}-production-backups-example");
     let listed = gcp_get(&format!("/storage/v1/b/{bucket}/o")).expect("the backup bucket");
     for o in listed["items"].as_array().into_iter().flatten() {
@@ -616,6 +644,8 @@ async fn every_request_of_an_apply_update_rotation_and_destroy_validates() {
         "storage.objects.list",
         "storage.objects.delete",
         "sql.backupRuns.insert",
+        "sql.instances.promoteReplica",
+        "monitoring.projects.timeSeries.list",
     ] {
         assert!(
             ids.contains(id),
