@@ -1188,7 +1188,7 @@ async fn failover_cmd(
                 .unwrap_or_default()
         );
         match &r.old_primary {
-            Some(old) => println!("The old primary is {old}: untagged, deletion protection kept; delete it once you no longer need it."),
+            Some(old) => println!("The old primary is {old}: no longer the stack's (its ownership tags or labels are off), deletion protection kept; delete it once you no longer need it."),
             None => println!("The old primary no longer existed."),
         }
         if !r.rolled.is_empty() {
