@@ -12,7 +12,7 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 use serde_json::{Map, Value as Json};
 
-use super::{Context, DriverError, Observed};
+use super::{Context, DriverError, Known, Observed};
 
 /// What a resource is to the operations that look for it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -183,6 +183,23 @@ pub trait Promotion: Send + Sync {
         plan: &PromotionPlan<'_>,
         stopped: &(dyn Fn() -> bool + Send + Sync),
     ) -> Result<Promoted, DriverError>;
+}
+
+/// A workload whose pods can be replaced in place, every one of them, the
+/// rollout waited for (`failover` rolls the orchestrators onto the new
+/// primary so none keeps a connection to the old one).
+#[async_trait::async_trait]
+pub trait Restarts: Send + Sync {
+    /// Restarts the recorded workload at `address` (`reason` is left on
+    /// it) and returns it as it runs afterwards.
+    async fn restart(
+        &self,
+        cx: &Context,
+        address: &str,
+        known: &Known,
+        reason: &str,
+        timeout: Duration,
+    ) -> Result<Observed, DriverError>;
 }
 
 /// A database kind whose instances the cloud can snapshot on request.

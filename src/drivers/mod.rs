@@ -369,6 +369,11 @@ pub trait Driver: Send + Sync {
         None
     }
 
+    /// A workload kind's in-place restart (`failover`'s pods).
+    fn restarts(&self) -> Option<&dyn capability::Restarts> {
+        None
+    }
+
     /// A database kind's snapshots on request (`backup --snapshot`).
     fn snapshots(&self) -> Option<&dyn capability::Snapshots> {
         None

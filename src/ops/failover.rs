@@ -23,7 +23,6 @@ use serde_json::{Map, Value as Json};
 use super::{locked, OpError, Role, Session, SignalGuard};
 use crate::apply::recover::FAILOVER;
 use crate::drivers::capability::{Promotion, PromotionPlan};
-use crate::drivers::kubernetes::orchestrator;
 use crate::drivers::{Context, Known};
 use crate::events::Event;
 use crate::model::Action;
@@ -473,14 +472,20 @@ pub async fn failover(s: &Session, cx: &Context, o: &Options) -> Result<Report, 
                 inputs: r.inputs.clone(),
                 attrs: r.attrs.clone(),
             };
-            let observed = orchestrator::restart(
-                cx,
-                &address,
-                &known,
-                &format!("failover of {} to {}", pair.primary, pair.replica_id),
-                ROLLOUT_TIMEOUT,
-            )
-            .await
+            let restarts = s
+                .registry
+                .driver(&r.kind)
+                .and_then(|d| d.restarts())
+                .ok_or_else(|| OpError::Other(format!("{} cannot restart its pods", r.kind)))?;
+            let observed = restarts
+                .restart(
+                    cx,
+                    &address,
+                    &known,
+                    &format!("failover of {} to {}", pair.primary, pair.replica_id),
+                    ROLLOUT_TIMEOUT,
+                )
+                .await
             .map_err(|e| OpError::Resource {
                 address: address.clone(),
                 message: format!("{}. The database failed over; run `ralph-deploy failover` again to roll the pods", e.message),

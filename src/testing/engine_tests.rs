@@ -608,6 +608,98 @@ async fn a_kill_during_deploy_is_recovered_by_the_next_command() {
     );
 }
 
+async fn failover(w: &World) -> Result<crate::ops::failover::Report, OpError> {
+    let o = crate::ops::failover::Options {
+        replica: None,
+        force: false,
+    };
+    crate::ops::failover::failover(&w.s, &w.cx, &o).await
+}
+
+/// The operator deletes the old primaries failovers retired (they are not
+/// the stack's any more).
+fn delete_retired(w: &World) {
+    for m in w.cloud.resources.lock().unwrap().values_mut() {
+        m.retain(|_, o| !o.attrs.contains_key(super::RETIRED_BY));
+    }
+}
+
+#[tokio::test]
+async fn a_kill_during_failover_is_finished_by_the_next_failover() {
+    let prepare = async |w: &World| w.apply_ok().await;
+    let run = async |w: &World| {
+        failover(w).await.unwrap();
+    };
+    let total = count_calls(production, prepare, run).await;
+    // Promote, retire, take over, the primary's settings, the orchestrator's
+    // new inputs and its restart at least.
+    assert!(total >= 5, "{total}");
+    for k in 1..=total as i64 {
+        let w = production();
+        w.apply_ok().await;
+        w.kill.after(k);
+        let _ = failover(&w).await;
+        assert!(w.kill.is_dead(), "k={k}: the process was not killed");
+        w.kill.revive();
+        let _ = w.s.backend.force_unlock("any").await;
+        // Every other command refuses until a failover finishes it.
+        let refused = w.apply().await.map(|_| ()).unwrap_err().to_string();
+        assert!(refused.contains("failover"), "k={k}: {refused}");
+        let report = failover(&w).await.unwrap_or_else(|e| panic!("k={k}: {e}"));
+        assert!(report.resumed, "k={k}");
+        assert_eq!(report.rolled, vec!["app.orchestrator".to_string()], "k={k}");
+        // The next apply makes the new replica, and nothing else is amiss.
+        w.apply_ok().await;
+        delete_retired(&w);
+        w.assert_consistent(&format!("failover k={k}")).await;
+        let (st, _) = w.state().await;
+        assert!(
+            st.resources.contains_key("db_replica"),
+            "k={k}: the new replica"
+        );
+    }
+    println!("covered {total} kill points of the failover");
+}
+
+#[tokio::test]
+async fn a_kill_during_rollback_is_recovered_by_the_next_command() {
+    let prepare = async |w: &World| {
+        w.apply_ok().await;
+        crate::ops::release::deploy(&w.s, &w.cx, "9.9.9", None)
+            .await
+            .unwrap();
+    };
+    let rollback = async |w: &World| {
+        let _ = crate::ops::release::rollback(&w.s, &w.cx, None).await;
+    };
+    let total = count_calls(production, prepare, rollback).await;
+    assert!(total >= 1, "{total}");
+    for k in 1..=total as i64 {
+        let w = production();
+        prepare(&w).await;
+        w.kill.after(k);
+        rollback(&w).await;
+        assert!(w.kill.is_dead());
+        w.kill.revive();
+        let _ = w.s.backend.force_unlock("any").await;
+        assert!(!w.s.backend.open_intents().await.unwrap().is_empty());
+        w.apply_ok().await;
+        assert!(w.s.backend.open_intents().await.unwrap().is_empty());
+        w.assert_consistent(&format!("rollback k={k}")).await;
+    }
+    // Not killed: the state records the release before.
+    let w = production();
+    prepare(&w).await;
+    crate::ops::release::rollback(&w.s, &w.cx, None)
+        .await
+        .unwrap();
+    let (st, _) = w.state().await;
+    assert_ne!(
+        st.resources["app.orchestrator"].inputs["tag"],
+        Json::from("9.9.9")
+    );
+}
+
 // ------------------------------------------------------- stack language
 
 const ZONES: &str = r#"name: zones

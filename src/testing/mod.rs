@@ -120,15 +120,19 @@ impl FakeCloud {
 
     /// A registry with a fake driver for every built-in kind.
     pub fn registry(self: &Arc<Self>) -> Registry {
-        let builtin = Registry::builtin();
         Registry::from_drivers(
-            builtin
+            builtin()
                 .drivers()
                 .map(|d| {
                     Box::new(FakeDriver {
                         schema: d.schema(),
                         roles: d.roles(),
                         cloud: self.clone(),
+                        promotion: d.promotion().map(|real| FakePromotion {
+                            real,
+                            kind: d.schema().kind,
+                            cloud: self.clone(),
+                        }),
                     }) as Box<dyn Driver>
                 })
                 .collect(),
@@ -199,6 +203,196 @@ impl FakeCloud {
     }
 }
 
+/// The built-in kinds, kept for the life of the tests (the fakes borrow
+/// their pure parts: a promotion's naming rules).
+fn builtin() -> &'static Registry {
+    static BUILTIN: std::sync::OnceLock<Registry> = std::sync::OnceLock::new();
+    BUILTIN.get_or_init(Registry::builtin)
+}
+
+/// A database kind's replica promotion over the fake cloud, each step a
+/// mutating call (so a kill can fall between any two), repeatable as the
+/// real ones are. Where the real kind renames (RDS), the old primary moves
+/// to the aside name and the promoted one to the primary's; where it does
+/// not (Cloud SQL), only their ownership moves. The lag reads 0 s.
+pub struct FakePromotion {
+    real: &'static dyn crate::drivers::capability::Promotion,
+    kind: &'static str,
+    cloud: Arc<FakeCloud>,
+}
+
+/// Marks the instance a fake failover promoted.
+const PROMOTED_BY: &str = "fake_promoted_by";
+/// Marks an old primary a fake failover retired.
+pub const RETIRED_BY: &str = "fake_retired_by";
+
+impl FakePromotion {
+    /// One mutating step on the resource `id`: `f` changes it (or says
+    /// there is nothing to do by returning false before any effect).
+    async fn step(
+        &self,
+        op: &'static str,
+        address: &str,
+        f: impl FnOnce(&mut BTreeMap<String, Observed>) -> bool,
+    ) -> Result<(), DriverError> {
+        let started = self.cloud.begin(op, self.kind, address).await?;
+        let changed = {
+            let mut all = self.cloud.resources.lock().unwrap();
+            f(all.entry(self.kind.to_string()).or_default())
+        };
+        if !changed {
+            self.cloud.in_flight.fetch_sub(1, Ordering::SeqCst);
+            return Ok(());
+        }
+        self.cloud.end(op, address, started)
+    }
+
+    fn get(&self, id: &str) -> Option<Observed> {
+        self.cloud
+            .resources
+            .lock()
+            .unwrap()
+            .get(self.kind)
+            .and_then(|m| m.get(id).cloned())
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::drivers::capability::Promotion for FakePromotion {
+    fn primary_of<'a>(&self, inputs: &'a Map<String, Json>) -> Option<&'a str> {
+        self.real.primary_of(inputs)
+    }
+    fn is_named(&self, id: &str, attrs: &Map<String, Json>, source: &str) -> bool {
+        self.real.is_named(id, attrs, source)
+    }
+    fn renames(&self) -> bool {
+        self.real.renames()
+    }
+    fn aside_name(&self, primary_id: &str, now: chrono::DateTime<chrono::Utc>) -> String {
+        self.real.aside_name(primary_id, now)
+    }
+    async fn replica_lag(
+        &self,
+        _cx: &Context,
+        replica_id: &str,
+    ) -> Result<(Option<f64>, String), DriverError> {
+        self.cloud.alive()?;
+        Ok((Some(0.0), format!("the fake lag of {replica_id}")))
+    }
+
+    async fn promote(
+        &self,
+        cx: &Context,
+        p: &crate::drivers::capability::PromotionPlan<'_>,
+        stopped: &(dyn Fn() -> bool + Send + Sync),
+    ) -> Result<crate::drivers::capability::Promoted, DriverError> {
+        let real = self.real;
+        let marker = Json::String(p.marker.to_string());
+        // 1. The replica stops replicating (the field naming its primary goes).
+        self.step("promote", p.replica, |m| {
+            let Some(r) = m.get_mut(p.replica_id) else {
+                return false;
+            };
+            let Some(source) = real.primary_of(&r.attrs).map(str::to_string) else {
+                return false;
+            };
+            r.attrs.retain(|_, v| v.as_str() != Some(source.as_str()));
+            r.attrs.insert(PROMOTED_BY.into(), marker.clone());
+            true
+        })
+        .await?;
+        if stopped() {
+            return Err(DriverError::new("interrupted"));
+        }
+        // 2. The old primary is no longer the stack's (and moves aside).
+        let renames = real.renames();
+        self.step("retire", p.primary, |m| {
+            let old = m.get(p.primary_id);
+            if old.is_none_or(|o| o.attrs.get(PROMOTED_BY) == Some(&marker) || o.owner.is_none()) {
+                return false;
+            }
+            let mut old = m.remove(p.primary_id).unwrap();
+            old.owner = None;
+            old.address = None;
+            old.attrs.insert(RETIRED_BY.into(), marker.clone());
+            let to = if renames { p.old_name } else { p.primary_id };
+            old.id = to.to_string();
+            m.insert(to.to_string(), old);
+            true
+        })
+        .await?;
+        if stopped() {
+            return Err(DriverError::new("interrupted"));
+        }
+        // 3. The promoted one takes the primary's name (where the kind
+        //    renames) and its ownership.
+        let serving = if renames { p.primary_id } else { p.replica_id };
+        self.step("take over", p.primary, |m| {
+            let Some(mut r) = m.remove(p.replica_id) else {
+                return false;
+            };
+            if r.address.as_deref() == Some(p.primary) && r.id == serving {
+                m.insert(p.replica_id.to_string(), r);
+                return false;
+            }
+            r.id = serving.to_string();
+            if let Some(f) = builtin()
+                .driver(self.kind)
+                .and_then(|d| d.schema().name_field)
+            {
+                if r.attrs.contains_key(f) {
+                    r.attrs
+                        .insert(f.to_string(), Json::String(serving.to_string()));
+                }
+            }
+            r.address = Some(p.primary.to_string());
+            r.owner = Some(cx.owner.clone());
+            m.insert(serving.to_string(), r);
+            true
+        })
+        .await?;
+        let observed = self
+            .get(serving)
+            .ok_or_else(|| DriverError::new(format!("{serving} is gone")))?;
+        Ok(crate::drivers::capability::Promoted {
+            observed,
+            old_primary: Some(if renames { p.old_name } else { p.primary_id }.to_string()),
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::drivers::capability::Restarts for FakeDriver {
+    async fn restart(
+        &self,
+        _cx: &Context,
+        address: &str,
+        known: &Known,
+        reason: &str,
+        _timeout: Duration,
+    ) -> Result<Observed, DriverError> {
+        let started = self
+            .cloud
+            .begin("restart", self.schema.kind, address)
+            .await?;
+        let obs = {
+            let mut all = self.cloud.resources.lock().unwrap();
+            let Some(o) = all
+                .get_mut(self.schema.kind)
+                .and_then(|m| m.get_mut(&known.id))
+            else {
+                self.cloud.in_flight.fetch_sub(1, Ordering::SeqCst);
+                return Err(DriverError::new(format!("{} not found", known.id)));
+            };
+            o.attrs
+                .insert("restarted".into(), Json::String(reason.into()));
+            o.clone()
+        };
+        self.cloud.end("restart", address, started)?;
+        Ok(obs)
+    }
+}
+
 /// Kinds whose create is idempotent (server-side apply, migrations).
 const IDEMPOTENT: &[&str] = &[
     "kubernetes.orchestrator",
@@ -213,6 +407,8 @@ pub struct FakeDriver {
     /// the real kinds.
     pub roles: &'static [crate::drivers::capability::Role],
     pub cloud: Arc<FakeCloud>,
+    /// The fake promotion of a kind whose real driver has one.
+    pub promotion: Option<FakePromotion>,
 }
 
 fn fake_value(ty: &Ty, name: &str, id: &str) -> Json {
@@ -237,6 +433,18 @@ impl Driver for FakeDriver {
 
     fn roles(&self) -> &'static [crate::drivers::capability::Role] {
         self.roles
+    }
+
+    fn promotion(&self) -> Option<&dyn crate::drivers::capability::Promotion> {
+        self.promotion
+            .as_ref()
+            .map(|p| p as &dyn crate::drivers::capability::Promotion)
+    }
+
+    fn restarts(&self) -> Option<&dyn crate::drivers::capability::Restarts> {
+        self.roles
+            .contains(&crate::drivers::capability::Role::Orchestrator)
+            .then_some(self as &dyn crate::drivers::capability::Restarts)
     }
 
     async fn refresh(&self, cx: &Context, known: &[Known]) -> Result<Vec<Observed>, DriverError> {
@@ -339,6 +547,12 @@ impl Driver for FakeDriver {
         }
         let partial = self.cloud.partial.lock().unwrap().contains(want.address);
         attrs.insert(READY_ATTR.into(), Json::Bool(!partial));
+        if self
+            .roles
+            .contains(&crate::drivers::capability::Role::Orchestrator)
+        {
+            attrs.insert("last_good".into(), Json::Object(want.props.clone()));
+        }
         let obs = Observed {
             address: Some(want.address.to_string()),
             owner: Some(want.owner.clone()),
@@ -381,6 +595,20 @@ impl Driver for FakeDriver {
                 self.cloud.in_flight.fetch_sub(1, Ordering::SeqCst);
                 return Err(DriverError::new(format!("{} not found", have.id)));
             };
+            if self
+                .roles
+                .contains(&crate::drivers::capability::Role::Orchestrator)
+            {
+                // What the release before this one ran, for `rollback`, as
+                // the orchestrator records it.
+                let good = o.attrs.get("last_good").cloned();
+                if good.is_some() && good.as_ref() != Some(&Json::Object(want.props.clone())) {
+                    o.attrs
+                        .insert("previous_good".into(), good.unwrap_or_default());
+                }
+                o.attrs
+                    .insert("last_good".into(), Json::Object(want.props.clone()));
+            }
             for (k, v) in self.cloud.kept(self.schema.kind, want.props) {
                 o.attrs.insert(k, v);
             }

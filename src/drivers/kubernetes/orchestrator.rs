@@ -1054,6 +1054,10 @@ impl Driver for Orchestrator {
         &[crate::drivers::capability::Role::Orchestrator]
     }
 
+    fn restarts(&self) -> Option<&dyn crate::drivers::capability::Restarts> {
+        Some(self)
+    }
+
     fn service(&self) -> &'static str {
         "kubernetes"
     }
@@ -1226,7 +1230,21 @@ pub const RESTARTED_AT: &str = "ralph-deploy.io/restarted-at";
 /// Rolls the recorded release's pods without changing the release (after a
 /// database failover: every pod reconnects to the new primary) and waits
 /// for the rollout. `known` is the resource as the state records it.
-pub async fn restart(
+#[async_trait::async_trait]
+impl crate::drivers::capability::Restarts for Orchestrator {
+    async fn restart(
+        &self,
+        cx: &Context,
+        address: &str,
+        known: &Known,
+        reason: &str,
+        timeout: Duration,
+    ) -> Result<Observed, DriverError> {
+        restart(cx, address, known, reason, timeout).await
+    }
+}
+
+async fn restart(
     cx: &Context,
     address: &str,
     known: &Known,
