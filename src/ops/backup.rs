@@ -138,8 +138,9 @@ pub async fn backup(s: &Session, cx: &Context, o: &BackupOptions) -> Result<Back
     })
 }
 
-/// The newest backup of the environment in the stack's bucket: its key
-/// and when it was taken; None when there is none.
+/// The newest complete backup of the environment in the stack's bucket
+/// (its manifest written: a dump without one never finished): its key and
+/// when it was taken; None when there is none.
 pub async fn latest(
     s: &Session,
     cx: &Context,
@@ -149,11 +150,15 @@ pub async fn latest(
     let all = backup::list(cx, b.store, &b.name, &prefix(s))
         .await
         .map_err(error(&b.address))?;
-    Ok(all.into_iter().max_by_key(|(_, at)| *at))
+    Ok(all
+        .into_iter()
+        .filter(|l| l.complete)
+        .max_by_key(|l| l.taken_at)
+        .map(|l| (l.key, l.taken_at)))
 }
 
-/// Removes our backups (and their manifests) taken before `before`; any
-/// other object under the prefix is left alone.
+/// Removes our backups (and their manifests) taken before `before`,
+/// unfinished ones too; any other object under the prefix is left alone.
 async fn expire(
     cx: &Context,
     b: &Bucket<'_>,
@@ -161,8 +166,8 @@ async fn expire(
     before: chrono::DateTime<Utc>,
 ) -> Result<Vec<String>, crate::drivers::DriverError> {
     let mut removed = Vec::new();
-    for (key, at) in backup::list(cx, b.store, &b.name, prefix).await? {
-        if at >= before {
+    for backup::Listed { key, taken_at, .. } in backup::list(cx, b.store, &b.name, prefix).await? {
+        if taken_at >= before {
             continue;
         }
         for k in [key.clone(), format!("{key}.json")] {

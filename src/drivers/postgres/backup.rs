@@ -58,18 +58,36 @@ pub fn taken_at(prefix: &str, key: &str) -> Option<DateTime<Utc>> {
         .map(|t| t.and_utc())
 }
 
-/// Every backup under `prefix` (our keys only), with when it was taken.
+/// One of our dumps under a prefix.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listed {
+    pub key: String,
+    pub taken_at: DateTime<Utc>,
+    /// Its manifest is there: the manifest is written last, so a dump
+    /// without one is a backup that never finished (the run was killed
+    /// between the two) and cannot be restored or checked.
+    pub complete: bool,
+}
+
+/// Every dump under `prefix` (our keys only), with when it was taken and
+/// whether it is complete.
 pub async fn list(
     cx: &Context,
     store: &dyn ObjectStore,
     bucket: &str,
     prefix: &str,
-) -> Result<Vec<(String, DateTime<Utc>)>, DriverError> {
-    Ok(store
-        .list(cx, bucket, prefix)
-        .await?
-        .into_iter()
-        .filter_map(|key| taken_at(prefix, &key).map(|at| (key, at)))
+) -> Result<Vec<Listed>, DriverError> {
+    let keys: std::collections::BTreeSet<String> =
+        store.list(cx, bucket, prefix).await?.into_iter().collect();
+    Ok(keys
+        .iter()
+        .filter_map(|key| {
+            taken_at(prefix, key).map(|at| Listed {
+                key: key.clone(),
+                taken_at: at,
+                complete: keys.contains(&format!("{key}.json")),
+            })
+        })
         .collect())
 }
 
