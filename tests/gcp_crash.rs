@@ -242,3 +242,137 @@ async fn a_kill_after_every_mutating_request_of_the_gcp_apply_is_recovered() {
         "{unreached} of {total} kill points were never reached"
     );
 }
+
+/// The instances a failover retired (no longer the stack's), deleted as
+/// their operator would.
+fn delete_retired(project: &str) {
+    let all = gcp_get(&format!("/v1/projects/{project}/instances")).unwrap();
+    for i in all["items"].as_array().into_iter().flatten() {
+        if i["settings"]["userLabels"]
+            .get("ralph-deploy-retired")
+            .is_none()
+        {
+            continue;
+        }
+        let url = format!(
+            "{}/v1/projects/{project}/instances/{}",
+            common::gcp_endpoint(),
+            i["name"].as_str().unwrap()
+        );
+        ureq::request("PATCH", &url)
+            .send_string(r#"{"settings": {"deletionProtectionEnabled": false}}"#)
+            .unwrap();
+        let deleted = (0..100).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            ureq::delete(&url).call().is_ok()
+        });
+        assert!(deleted, "{url} could not be deleted");
+        // (once the delete's operation is done)
+        let gone = (0..200).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            matches!(ureq::get(&url).call(), Err(ureq::Error::Status(404, _)))
+        });
+        assert!(gone, "{url} is still there");
+    }
+}
+
+fn failover(w: &World) -> std::process::Output {
+    let stack = w.stack();
+    w.cmd(&[
+        "failover",
+        stack.to_str().unwrap(),
+        "--env",
+        "production",
+        "--auto-approve",
+    ])
+    .output()
+    .unwrap()
+}
+
+/// Cloud SQL's failover killed after each of its mutating requests
+/// (promoteReplica, the old primary's labels, the promoted one's, its
+/// settings): every other command refuses, the next `failover` finishes
+/// it, and an apply then leaves the stack whole (one primary and a new
+/// replica, the primary's databases, an empty plan).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kill_after_every_mutating_request_of_a_gcp_failover_is_finished_by_the_next() {
+    let name = format!("tf{}", std::process::id());
+    let db = fresh_database(&format!("gcpf_{name}")).await;
+    let mut w = World::from_stack("gcp-production.yaml", &name);
+    w.env.push((
+        "RALPH_DEPLOY_VAR_database_tunnel_url".into(),
+        format!("{db}?sslmode=disable"),
+    ));
+    w.env
+        .push(("RALPH_DEPLOY_VAR_image_tag".into(), "1.0.0".into()));
+    w.env
+        .push(("ANTHROPIC_API_KEY".into(), "sk-ant-crash".into()));
+    let project = format!("{name}-fo");
+    set_project(&mut w, &project);
+    configure(&project, 0, "", true);
+    let out = apply(&w);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    // How many mutating requests a whole failover makes.
+    let before = gcp_requests(&project)["mutations"].as_u64().unwrap();
+    let out = failover(&w);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let total = gcp_requests(&project)["mutations"].as_u64().unwrap() - before;
+    assert!(total >= 3, "only {total} mutating requests?");
+
+    let pidfile = w.dir.path().join("failover.pid");
+    let mut killed = 0;
+    for k in 1..=total {
+        // Back to a primary and its replica.
+        let out = apply(&w);
+        assert!(out.status.success(), "k={k}: {}", text(&out.stderr));
+        delete_retired(&project);
+        assert_consistent(&w, &project, &format!("before k={k}"));
+
+        configure(&project, k, pidfile.to_str().unwrap(), false);
+        let stack = w.stack();
+        let status = common::run_to_be_killed(
+            &w,
+            &pidfile,
+            &format!(
+                "failover {} --env production --auto-approve",
+                stack.display()
+            ),
+        );
+        configure(&project, 0, "", false);
+        if status.success() {
+            continue;
+        }
+        assert_eq!(
+            status.signal(),
+            Some(9),
+            "k={k}: the failover was not killed"
+        );
+        killed += 1;
+        let out = apply(&w);
+        assert!(
+            !out.status.success(),
+            "k={k}: apply ran with a failover unfinished"
+        );
+        assert!(
+            text(&out.stderr).contains("ralph-deploy failover"),
+            "k={k}: {}",
+            text(&out.stderr)
+        );
+        let out = failover(&w);
+        assert!(
+            out.status.success(),
+            "k={k}: the failover after the kill failed:\n{}",
+            text(&out.stderr)
+        );
+        let out = apply(&w);
+        assert!(out.status.success(), "k={k}: {}", text(&out.stderr));
+        delete_retired(&project);
+        assert_consistent(&w, &project, &format!("after k={k}"));
+    }
+    println!("killed {killed} of {total} failovers at a mutating request");
+    assert!(
+        killed * 10 >= total * 8,
+        "only {killed} of {total} kill points reached"
+    );
+}
