@@ -548,22 +548,7 @@ async fn every_request_of_an_apply_update_rotation_and_destroy_validates() {
     // The retired primary goes as its operator would delete it (it is not
     // the stack's any more), and the backups out of the bucket: destroy
     // keeps a bucket that holds objects.
-    let url = format!(
-        "{}/v1/projects/{name}/instances/{old_primary}",
-        common::gcp_endpoint()
-    );
-    ureq::request("PATCH", &url)
-        .send_string(r#"{"settings": {"deletionProtectionEnabled": false}}"#)
-        .unwrap();
-    // (once the PATCH's operation is done)
-    let deleted = (0..100).any(|_| {
-        std::thread::sleep(std::time::Duration::from_millis(100));
-        ureq::delete(&url).call().is_ok()
-    });
-    assert!(
-        deleted,
-        "the retired primary {old_primary} could not be deleted"
-    );
+    common::gcp_delete_sql_instance(&name, &old_primary);
     let bucket = format!("{name}-production-backups-example");
     let listed = gcp_get(&format!("/storage/v1/b/{bucket}/o")).expect("the backup bucket");
     for o in listed["items"].as_array().into_iter().flatten() {

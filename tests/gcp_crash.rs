@@ -254,25 +254,7 @@ fn delete_retired(project: &str) {
         {
             continue;
         }
-        let url = format!(
-            "{}/v1/projects/{project}/instances/{}",
-            common::gcp_endpoint(),
-            i["name"].as_str().unwrap()
-        );
-        ureq::request("PATCH", &url)
-            .send_string(r#"{"settings": {"deletionProtectionEnabled": false}}"#)
-            .unwrap();
-        let deleted = (0..100).any(|_| {
-            std::thread::sleep(std::time::Duration::from_millis(50));
-            ureq::delete(&url).call().is_ok()
-        });
-        assert!(deleted, "{url} could not be deleted");
-        // (once the delete's operation is done)
-        let gone = (0..200).any(|_| {
-            std::thread::sleep(std::time::Duration::from_millis(50));
-            matches!(ureq::get(&url).call(), Err(ureq::Error::Status(404, _)))
-        });
-        assert!(gone, "{url} is still there");
+        common::gcp_delete_sql_instance(project, i["name"].as_str().unwrap());
     }
 }
 

@@ -217,19 +217,7 @@ fn failover_follows_the_promoted_replica(w: &World, project: &str) {
 
     // The operator deletes the retired primary (its private address holds
     // the network's peering until then).
-    let url = format!(
-        "{}/v1/projects/{project}/instances/{primary_id}",
-        common::gcp_endpoint()
-    );
-    ureq::request("PATCH", &url)
-        .send_string(r#"{"settings": {"deletionProtectionEnabled": false}}"#)
-        .unwrap();
-    for _ in 0..100 {
-        if ureq::delete(&url).call().is_ok() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    common::gcp_delete_sql_instance(project, &primary_id);
 }
 
 fn id_of(st: &Value, address: &str) -> String {

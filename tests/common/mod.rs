@@ -652,6 +652,30 @@ pub fn gcp_endpoint() -> String {
 }
 
 /// A GET on the Google Cloud test double, as JSON (`None` on 404).
+/// Deletes a Cloud SQL instance of the local Google Cloud as its operator
+/// would (its deletion protection lifted first) and waits until it is gone.
+pub fn gcp_delete_sql_instance(project: &str, instance: &str) {
+    let url = format!(
+        "{}/v1/projects/{project}/instances/{instance}",
+        gcp_endpoint()
+    );
+    ureq::request("PATCH", &url)
+        .send_string(r#"{"settings": {"deletionProtectionEnabled": false}}"#)
+        .unwrap();
+    let pause = || std::thread::sleep(std::time::Duration::from_millis(50));
+    // Once the PATCH's operation is done, and then the delete's.
+    let deleted = (0..200).any(|_| {
+        pause();
+        ureq::delete(&url).call().is_ok()
+    });
+    assert!(deleted, "{url} could not be deleted");
+    let gone = (0..200).any(|_| {
+        pause();
+        matches!(ureq::get(&url).call(), Err(ureq::Error::Status(404, _)))
+    });
+    assert!(gone, "{url} is still there");
+}
+
 pub fn gcp_get(path: &str) -> Option<serde_json::Value> {
     match ureq::get(&format!("{}{path}", gcp_endpoint())).call() {
         Ok(r) => Some(serde_json::from_str(&r.into_string().unwrap()).unwrap()),
