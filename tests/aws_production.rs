@@ -122,7 +122,7 @@ async fn production_stack_end_to_end() {
     // ---- apply: every resource, in dependency order, branches in parallel.
     let ev = apply_json(&w, &[]);
     let s = ev.summary();
-    assert_eq!(s["created"], 62, "{s}");
+    assert_eq!(s["created"], 63, "{s}");
     // The edge between the nodes and the orchestrator, and available.
     assert!(ev.at("resource_finished", "nodes") < ev.at("resource_started", edge));
     // EKS's own metrics-server and cert-manager after the nodes (before,
@@ -406,6 +406,28 @@ async fn production_stack_end_to_end() {
         "{report}"
     );
 
+    // ---- rotating the Redis AUTH token: the group takes the new token
+    // beside the old one (ROTATE) before the pods roll onto it, and keeps
+    // it alone (SET) only once they have: no pod ever holds a token the
+    // group refuses (the local group's Redis drops the old one on SET).
+    w.env
+        .push(("RALPH_DEPLOY_VAR_redis_auth_rotation".into(), "1".into()));
+    let ev = apply_json(&w, &[]);
+    let rotated = ev.summary();
+    assert!(ev.at("resource_finished", "secrets.redis_auth") < ev.at("resource_started", "redis"));
+    assert!(ev.at("resource_finished", "redis") < ev.at("resource_started", "app.orchestrator"));
+    assert!(
+        ev.at("resource_finished", "app.orchestrator")
+            < ev.at("resource_started", "redis_auth_rotation")
+    );
+    assert_eq!(rotated["replaced"], 0, "{rotated}");
+    let report = common::healthy_through_the_cluster(&w).await;
+    assert!(
+        report.to_string().contains("AUTH and PING answered PONG"),
+        "{report}"
+    );
+    assert!(common::changed(&w.plan_json(&[])).is_empty());
+
     // The control plane's API, audit and authenticator logs are on.
     let logs = |eks: aws_sdk_eks::Client, cluster: String| async move {
         let c = eks.describe_cluster().name(cluster).send().await.unwrap();
@@ -563,7 +585,7 @@ async fn production_stack_end_to_end() {
         text(&out.stdout)
     );
     let ev = Events::parse(&text(&out.stdout));
-    assert_eq!(ev.summary()["deleted"], 62);
+    assert_eq!(ev.summary()["deleted"], 63);
     for (dependent, dependency) in [
         (edge, "nodes"),
         ("app.orchestrator", edge),

@@ -241,7 +241,7 @@ async fn twenty_percent_injected_faults_still_converge_and_retries_are_reported(
             >= injected.min(summary["requests"].as_u64().unwrap()) / 2,
         "{summary}"
     );
-    assert_eq!(summary["created"], 61);
+    assert_eq!(summary["created"], 62);
     // The services that throttled were slowed down, each on its own.
     let throttled = summary["throttled"].as_array().unwrap();
     println!("throttled services (service, throttles, concurrency at the end): {throttled:?}");

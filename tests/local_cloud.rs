@@ -2946,3 +2946,143 @@ fn local_cloud_storage_refuses_what_google_refuses() {
         "not empty",
     );
 }
+
+/// PING through `redis-cli` with `password`, over TLS (the local
+/// ElastiCache's Redis takes any certificate's client).
+fn redis_ping(port: &str, password: &str) -> String {
+    let out = std::process::Command::new("redis-cli")
+        .args([
+            "--tls",
+            "--insecure",
+            "--no-auth-warning",
+            "-p",
+            port,
+            "-a",
+            password,
+            "PING",
+        ])
+        .output()
+        .expect("redis-cli (installed with redis-server)");
+    format!("{}{}", text(&out.stdout), text(&out.stderr))
+        .trim()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn local_elasticache_rotates_an_auth_token_as_elasticache_does() {
+    let name = format!("lcra{}", std::process::id());
+    let w = World::from_stack("aws-network.yaml", &name);
+    let ec = aws_sdk_elasticache::Client::new(&sdk(&w).await);
+    let (old, new) = ("old-token-0123456789", "new-token-0123456789");
+    let available = |id: String| {
+        let ec = ec.clone();
+        async move {
+            for _ in 0..200 {
+                let g = ec
+                    .describe_replication_groups()
+                    .replication_group_id(&id)
+                    .send()
+                    .await
+                    .unwrap();
+                if g.replication_groups()[0].status() == Some("available") {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            panic!("{id} never became available");
+        }
+    };
+    let group = |id: &str, tls: bool| {
+        ec.create_replication_group()
+            .replication_group_id(id)
+            .replication_group_description("rotation")
+            .engine("redis")
+            .cache_node_type("cache.t3.micro")
+            .num_cache_clusters(1)
+            .transit_encryption_enabled(tls)
+            .set_auth_token(tls.then(|| old.to_string()))
+            .send()
+    };
+    let modify = |id: &str, token: &str, strategy: &str| {
+        ec.modify_replication_group()
+            .replication_group_id(id)
+            .apply_immediately(true)
+            .auth_token(token)
+            .auth_token_update_strategy(strategy.into())
+            .send()
+    };
+    let code = |e: aws_sdk_elasticache::error::SdkError<
+        aws_sdk_elasticache::operation::modify_replication_group::ModifyReplicationGroupError,
+    >| {
+        e.into_service_error()
+            .meta()
+            .code()
+            .unwrap_or_default()
+            .to_string()
+    };
+
+    let id = format!("{name}-tls");
+    group(&id, true).await.unwrap();
+    available(id.clone()).await;
+    // The Redis behind it: the run directory's stores (next to the kubeconfig).
+    let run_dir = std::path::PathBuf::from(std::env::var("RALPH_TEST_KUBECONFIG").unwrap())
+        .parent()
+        .unwrap()
+        .join("stores");
+    let conf = std::fs::read_dir(&run_dir)
+        .unwrap()
+        .filter_map(Result::ok)
+        .find(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(&format!("{id}-"))
+        })
+        .expect("the group's Redis")
+        .path()
+        .join("redis.conf");
+    let port = std::fs::read_to_string(conf)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("tls-port ").map(str::to_string))
+        .unwrap();
+    assert_eq!(redis_ping(&port, old), "PONG");
+
+    // ROTATE: both tokens get in; a second change waits for the first.
+    modify(&id, new, "ROTATE").await.unwrap();
+    assert_eq!(redis_ping(&port, old), "PONG");
+    assert_eq!(redis_ping(&port, new), "PONG");
+    let busy = modify(&id, new, "SET").await.unwrap_err();
+    assert_eq!(code(busy), "InvalidReplicationGroupState");
+    // SET: only the new one.
+    available(id.clone()).await;
+    modify(&id, new, "SET").await.unwrap();
+    assert!(
+        redis_ping(&port, old).contains("WRONGPASS"),
+        "{}",
+        redis_ping(&port, old)
+    );
+    assert_eq!(redis_ping(&port, new), "PONG");
+    // A token without its strategy, or on a group without TLS, is refused.
+    available(id.clone()).await;
+    let lone = ec
+        .modify_replication_group()
+        .replication_group_id(&id)
+        .apply_immediately(true)
+        .auth_token(new)
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(code(lone), "InvalidParameterCombination");
+    let plain = format!("{name}-plain");
+    group(&plain, false).await.unwrap();
+    available(plain.clone()).await;
+    let err = modify(&plain, new, "ROTATE").await.unwrap_err();
+    assert_eq!(code(err), "InvalidParameterCombination");
+    for g in [id, plain] {
+        let _ = ec
+            .delete_replication_group()
+            .replication_group_id(g)
+            .send()
+            .await;
+    }
+}

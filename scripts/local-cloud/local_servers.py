@@ -185,6 +185,37 @@ def certificate(run_dir):
     return crt, key
 
 
+def redis_command(server, tls, password, *args):
+    """One command to a store's Redis (AUTH first with `password`), in
+    RESP; returns the reply's first line. Raises on an error reply."""
+    host, port = server.rsplit(":", 1)
+    sock = socket.create_connection((host, int(port)), timeout=5)
+    if tls:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        sock = ctx.wrap_socket(sock)
+
+    def send(*words):
+        out = b"*%d\r\n" % len(words)
+        for w in words:
+            b = w.encode() if isinstance(w, str) else w
+            out += b"$%d\r\n%s\r\n" % (len(b), b)
+        sock.sendall(out)
+        line = b""
+        while not line.endswith(b"\r\n"):
+            line += _recv_exact(sock, 1)
+        if line.startswith(b"-"):
+            raise RuntimeError(line[1:].decode().strip())
+        return line.decode().strip()
+    try:
+        if password:
+            send("AUTH", password)
+        return send(*args)
+    finally:
+        sock.close()
+
+
 def redis_server(run_dir, name, password, tls):
     """Starts a redis-server for one store. Returns (host:port, process, the
     TLS certificate in PEM or None), or (None, None, None) without a run

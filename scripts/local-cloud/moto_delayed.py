@@ -940,6 +940,14 @@ def patch_rds():
     m.DBInstance.save_automated_backup = save_automated_backup
 
 
+def _invalid_group_state():
+    from moto.elasticache.exceptions import ElastiCacheException
+
+    class InvalidReplicationGroupState(ElastiCacheException):
+        code = "InvalidReplicationGroupState"
+    return InvalidReplicationGroupState
+
+
 def patch_elasticache():
     from moto.elasticache import models as m
     from moto.elasticache import responses as r
@@ -962,6 +970,57 @@ def patch_elasticache():
         transition(result, "status", "modifying", delay("elasticache_modify"))
 
     wrap(m.ElastiCacheBackend, "modify_replication_group", after=modified)
+
+    # moto ignores AuthToken on ModifyReplicationGroup. ElastiCache rotates
+    # the AUTH token in two steps: ROTATE adds the new token and keeps the
+    # old one, SET leaves the new one alone; the Redis behind the group
+    # follows (its default user's passwords), so a client holding a token
+    # the group no longer has is refused.
+    original_modify = r.ElastiCacheResponse.modify_replication_group
+    InvalidReplicationGroupState = _invalid_group_state()
+
+    def modify_with_auth(self):
+        token = self._get_param("AuthToken")
+        strategy = self._get_param("AuthTokenUpdateStrategy")
+        if token is None and strategy is None:
+            return original_modify(self)
+        from moto.elasticache.exceptions import (
+            InvalidParameterCombinationException, InvalidParameterValueException, ReplicationGroupNotFound)
+        group_id = self._get_param("ReplicationGroupId")
+        group = self.elasticache_backend.replication_groups.get(group_id)
+        if group is None:
+            raise ReplicationGroupNotFound(group_id)
+        if not token or strategy not in ("SET", "ROTATE"):
+            raise InvalidParameterCombinationException(
+                "AuthToken and AuthTokenUpdateStrategy (SET or ROTATE) must be given together.")
+        if not 16 <= len(token) <= 128:
+            raise InvalidParameterValueException("Passwords length must be between 16-128 characters.")
+        if not group.transit_encryption_enabled:
+            raise InvalidParameterCombinationException(
+                "The AUTH token can only be modified on a replication group with in-transit encryption.")
+        if group.status != "available":
+            raise InvalidReplicationGroupState(f"Replication group {group_id} is not in available state.")
+        tokens = list(getattr(group, "auth_tokens", None) or [])
+        current = tokens[-1] if tokens else ""
+
+        if strategy == "ROTATE":
+            if not tokens:
+                raise InvalidParameterCombinationException(
+                    "ROTATE needs an AUTH token to rotate from; use SET to set the first one.")
+            tokens = [t for t in tokens[-1:] if t != token] + [token]
+        else:
+            tokens = [token]
+        server = getattr(group, "local_server", None)
+        if server:
+            # (logged in with the newest token the group has now)
+            local_servers.redis_command(server, bool(group.transit_encryption_enabled), current,
+                                        "ACL", "SETUSER", "default", "on", "resetpass", *[">" + t for t in tokens])
+        group.auth_tokens = tokens
+        group.auth_token_enabled = True
+        group.auth_token_last_modified_date = m.utcnow()
+        return original_modify(self)
+
+    r.ElastiCacheResponse.modify_replication_group = modify_with_auth
 
     # ElastiCache no longer creates a Redis OSS major past its extended support.
     def supported_engine(self, original, *a, **k):
@@ -1012,6 +1071,8 @@ def patch_elasticache_servers():
 
     def init(self, *args, **kwargs):
         original_init(self, *args, **kwargs)
+        # The tokens the group accepts (ModifyReplicationGroup's ROTATE adds one).
+        self.auth_tokens = [kwargs["auth_token"]] if kwargs.get("auth_token") else []
         rg_id = kwargs.get("replication_group_id") or (args[0] if args else "group")
         try:
             self.local_server, self.local_process, _ = local_servers.redis_server(

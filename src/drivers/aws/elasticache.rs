@@ -150,6 +150,11 @@ static GROUP: KindSchema = KindSchema {
         )
         .forces_replace(),
         Field::new(
+            "auth_token_version",
+            Ty::String,
+            "the version of the token's secret, usually `${secrets.redis_auth_version}`: when it changes, the group takes the new token beside the old one (ROTATE), so clients holding either get in, until an `aws.elasticache_auth_rotation` that runs after the clients have the new token keeps it alone",
+        ),
+        Field::new(
             "snapshot_retention_days",
             Ty::Int,
             "days of automatic snapshots",
@@ -340,7 +345,7 @@ impl Driver for SubnetGroup {
 
 // ---- replication group ----
 
-async fn read_group(cx: &Context, id: &str) -> Result<Option<Observed>, DriverError> {
+pub(super) async fn read_group(cx: &Context, id: &str) -> Result<Option<Observed>, DriverError> {
     let out = match cx
         .aws()
         .await?
@@ -426,7 +431,7 @@ async fn read_group(cx: &Context, id: &str) -> Result<Option<Observed>, DriverEr
     Ok(Some(o))
 }
 
-async fn wait_group(
+pub(super) async fn wait_group(
     cx: &Context,
     address: &str,
     id: &str,
@@ -441,8 +446,35 @@ async fn wait_group(
     wait_ready(cx, address, id, timeout, created, r, || read_group(cx, id)).await
 }
 
+/// Gives the group the token its secret holds now, beside the old one
+/// (`ROTATE`) or alone (`SET`), and waits for it. The token stays in this
+/// call.
+pub(super) async fn rotate_token(
+    cx: &Context,
+    want: &Desired<'_>,
+    id: &str,
+    strategy: &str,
+    timeout: Duration,
+) -> Result<Observed, DriverError> {
+    use aws_sdk_elasticache::types::AuthTokenUpdateStrategyType;
+    let arn = want.required_str("auth_token_secret_arn")?;
+    let token = auth_token(cx, arn).await?;
+    cx.aws()
+        .await?
+        .elasticache
+        .modify_replication_group()
+        .replication_group_id(id)
+        .apply_immediately(true)
+        .auth_token(token)
+        .auth_token_update_strategy(AuthTokenUpdateStrategyType::from(strategy))
+        .send()
+        .await
+        .map_err(|e| api_error("ModifyReplicationGroup", e))?;
+    wait_group(cx, want.address, id, timeout, false).await
+}
+
 /// Reads the AUTH token from its secret. The value stays in this call.
-async fn auth_token(cx: &Context, arn: &str) -> Result<String, DriverError> {
+pub(super) async fn auth_token(cx: &Context, arn: &str) -> Result<String, DriverError> {
     let out = cx
         .aws()
         .await?
@@ -575,6 +607,9 @@ impl Driver for ReplicationGroup {
                 .await
                 .map_err(|e| api_error("ModifyReplicationGroup", e))?;
             wait_group(cx, want.address, &have.id, timeout, false).await?;
+        }
+        if has("auth_token_version") {
+            rotate_token(cx, want, &have.id, "ROTATE", timeout).await?;
         }
         if has("num_cache_clusters") {
             let want_n: i32 = want.int("num_cache_clusters")?.unwrap_or(2);

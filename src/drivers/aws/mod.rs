@@ -12,6 +12,7 @@ mod eks_access;
 mod eks_addon;
 pub mod eks_token;
 mod elasticache;
+mod elasticache_auth;
 mod iam_oidc;
 mod iam_role;
 mod internet_gateway;
@@ -69,6 +70,7 @@ pub fn drivers() -> Vec<Box<dyn Driver>> {
         Box::new(rds::Instance),
         Box::new(elasticache::SubnetGroup),
         Box::new(elasticache::ReplicationGroup),
+        Box::new(elasticache_auth::Rotation),
     ]
 }
 
