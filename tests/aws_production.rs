@@ -621,6 +621,13 @@ async fn the_rewritten_stack_only_moves_what_the_flat_one_made() {
     ));
     let ev = apply_json(&w, &[]);
     assert_eq!(ev.summary()["created"], 44);
+    let token_version = |w: &World, address: &str| {
+        common::state_json(w)["resources"][address]["attrs"]["version_id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let token_before = token_version(&w, "redis_auth");
     let ids_before: BTreeMap<String, String> = common::state_json(&w)["resources"]
         .as_object()
         .unwrap()
@@ -720,6 +727,12 @@ async fn the_rewritten_stack_only_moves_what_the_flat_one_made() {
                     "\"nodes\" \"update\" [{\"name\":\"desired_size\",\"before\":4,\"after\":3,",
                 )
                 || c.starts_with("\"app.orchestrator\" \"update\"")
+                // the AUTH token's version, recorded (nothing rotates), and
+                // the rotation's second half
+                || c.starts_with("\"redis\" \"update\" [{\"name\":\"auth_token_version\"")
+                || c.starts_with("\"redis_auth_rotation\" \"create\"")
+                // the token's secret takes the rotation counter ("0": no new value)
+                || c.starts_with("\"secrets.redis_auth\" \"update\" [{\"name\":\"rotation\",\"before\":null,\"after\":\"0\"")
                 // the control plane's logs, which the flat stack left off
                 || c.starts_with("\"eks\" \"update\" [{\"name\":\"control_plane_logs\""))
         })
@@ -736,11 +749,14 @@ async fn the_rewritten_stack_only_moves_what_the_flat_one_made() {
     assert!(human.contains("27 to move"), "{human}");
 
     let ev = apply_json(&w, &[]);
+    // The Redis token's secret took the rotation counter without a new
+    // value: the group and the pods keep the token they have.
+    assert_eq!(token_version(&w, "secrets.redis_auth"), token_before);
     let s = ev.summary();
     assert_eq!(
         (s["created"].as_u64(), s["deleted"].as_u64()),
-        (Some(17), Some(0)),
-        "only the new passwords (the role's, Grafana's) and role, the autoscaler's three, the log shipper's three, EKS's vpc-cni, metrics-server and cert-manager add-ons, the edge's four (certificate, web ACL, controller role, controller) and the control plane's log group are created: {s}"
+        (Some(18), Some(0)),
+        "only the new passwords (the role's, Grafana's) and role, the autoscaler's three, the log shipper's three, EKS's vpc-cni, metrics-server and cert-manager add-ons, the edge's four (certificate, web ACL, controller role, controller), the control plane's log group and the Redis AUTH rotation's second half are created: {s}"
     );
     assert_eq!(
         ev.0.iter()
@@ -774,6 +790,7 @@ async fn the_rewritten_stack_only_moves_what_the_flat_one_made() {
                 && kind != "aws.acm_certificate"
                 && kind != "aws.wafv2_web_acl"
                 && kind != "aws.cloudwatch_log_group"
+                && kind != "aws.elasticache_auth_rotation"
                 && !(kind == "kubernetes.manifests" && !ids_before.contains_key(id))
         })
         .collect();

@@ -54,6 +54,21 @@ pub struct Known {
     pub attrs: Map<String, Json>,
 }
 
+/// Whether a secret's changed `rotation` asks for a new value: any change
+/// but the first setting of the initial "0" on a secret that had none (a
+/// stack that starts passing its rotation counter rotates nothing).
+pub fn rotation_requested(have: &Observed, want: &Desired<'_>, changed: &[String]) -> bool {
+    if !changed.iter().any(|c| c == "rotation") {
+        return false;
+    }
+    let before = have
+        .attrs
+        .get("rotation")
+        .and_then(Json::as_str)
+        .unwrap_or_default();
+    !(before.is_empty() && want.str("rotation") == Some("0"))
+}
+
 /// What the stack wants, references resolved and defaults filled in.
 #[derive(Debug, Clone)]
 pub struct Desired<'a> {

@@ -687,6 +687,15 @@ fn diff_one(
         let differs = match (want, &have) {
             (None, _) => true,
             (Some(w), Some(h)) => !same_value(&f.ty, w, h),
+            // A `name_prefix` given to a resource made with a fixed name
+            // under that prefix (the stack moved to generated names): the
+            // name it has fits, nothing to replace.
+            (Some(Json::String(prefix)), None)
+                if f.name == crate::model::kinds::NAME_PREFIX
+                    && (current.id == *prefix || current.id.starts_with(&format!("{prefix}-"))) =>
+            {
+                false
+            }
             // Nothing recorded or reported, and the stack gives nothing
             // either: null, or an empty string (an input left at "").
             (Some(w), None) => !(w.is_null() || w.as_str() == Some("")),

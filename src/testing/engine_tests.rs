@@ -700,6 +700,50 @@ async fn a_kill_during_rollback_is_recovered_by_the_next_command() {
     );
 }
 
+#[tokio::test]
+async fn a_fixed_name_under_the_prefix_given_later_is_kept() {
+    let fixed = r#"name: names
+cloud: { gcp: { project: p, region: us-central1 } }
+environments: { production: {} }
+resources:
+  db:
+    kind: gcp.sql_instance
+    protect: true
+    properties: { name: names-production-postgres, tier: db-custom-2-7680 }
+"#;
+    let mut w = small(fixed);
+    w.apply_ok().await;
+    // The stack moves to generated names: the instance it has is kept.
+    w.edit(&fixed.replace(
+        "name: names-production-postgres",
+        "name_prefix: names-production-postgres",
+    ));
+    let plan = w.plan().await;
+    assert!(!plan.has_changes(), "{:?}", plan.changes);
+    // A prefix its name is not under is another instance.
+    w.edit(&fixed.replace(
+        "name: names-production-postgres",
+        "name_prefix: names-staging-postgres",
+    ));
+    let plan = w.plan().await;
+    assert_eq!(action(&plan, "db").0, Action::Replace);
+    // A new one gets a name of its own under the prefix.
+    let w = small(&fixed.replace(
+        "name: names-production-postgres",
+        "name_prefix: names-production-postgres",
+    ));
+    w.apply_ok().await;
+    let (st, _) = w.state().await;
+    let id = &st.resources["db"].id;
+    assert!(
+        id.starts_with("names-production-postgres-")
+            && id.len() == "names-production-postgres-".len() + 8,
+        "{id}"
+    );
+    assert_eq!(st.attribute("db", "name"), Some(Json::from(id.as_str())));
+    w.assert_consistent("generated").await;
+}
+
 // ------------------------------------------------------- stack language
 
 const ZONES: &str = r#"name: zones

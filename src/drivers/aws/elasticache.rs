@@ -608,7 +608,13 @@ impl Driver for ReplicationGroup {
                 .map_err(|e| api_error("ModifyReplicationGroup", e))?;
             wait_group(cx, want.address, &have.id, timeout, false).await?;
         }
-        if has("auth_token_version") {
+        // A version recorded before (not one given for the first time to a
+        // group that has the token already): a new token to rotate to.
+        let rotated = have
+            .attrs
+            .get("auth_token_version")
+            .is_some_and(|v| !v.is_null());
+        if has("auth_token_version") && rotated {
             rotate_token(cx, want, &have.id, "ROTATE", timeout).await?;
         }
         if has("num_cache_clusters") {

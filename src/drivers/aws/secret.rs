@@ -620,7 +620,7 @@ impl Driver for Secret {
                 .await
                 .map_err(|e| api_error("TagResource", e))?;
         }
-        if changed.iter().any(|c| c == "rotation") {
+        if crate::drivers::rotation_requested(have, want, changed) {
             rotate(cx, want, &have.id).await?;
         }
         // `generate` and `value_from_env` only matter for a new value;

@@ -346,7 +346,7 @@ impl Driver for Secret {
             .unwrap_or_default()
             .to_string();
         // A secret made by a run killed before its first version has none yet.
-        if changed.iter().any(|c| c == "rotation") || version.is_empty() {
+        if crate::drivers::rotation_requested(have, want, changed) || version.is_empty() {
             version = add_version(cx, want, &have.id).await?;
         }
         set_annotations(cx, want, &have.id, &version).await?;
