@@ -30,16 +30,7 @@ fn set_project(w: &mut World, project: &str) {
 }
 
 fn apply(w: &World) -> std::process::Output {
-    let stack = w.stack();
-    w.cmd(&[
-        "apply",
-        stack.to_str().unwrap(),
-        "--env",
-        "production",
-        "--auto-approve",
-    ])
-    .output()
-    .unwrap()
+    w.run("apply", &["--auto-approve"])
 }
 
 fn count(path: &str, field: &str) -> usize {
@@ -259,16 +250,7 @@ fn delete_retired(project: &str) {
 }
 
 fn failover(w: &World) -> std::process::Output {
-    let stack = w.stack();
-    w.cmd(&[
-        "failover",
-        stack.to_str().unwrap(),
-        "--env",
-        "production",
-        "--auto-approve",
-    ])
-    .output()
-    .unwrap()
+    w.run("failover", &["--auto-approve"])
 }
 
 /// Cloud SQL's failover killed after each of its mutating requests
