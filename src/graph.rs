@@ -100,6 +100,19 @@ impl ResourceGraph {
         self.neighbors(address, Direction::Outgoing)
     }
 
+    /// `address` and everything that depends on it, directly or not.
+    pub fn with_all_dependents(&self, address: &str) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        let Some(&start) = self.index.get(address) else {
+            return out;
+        };
+        let mut walk = petgraph::visit::Dfs::new(&self.graph, start);
+        while let Some(n) = walk.next(&self.graph) {
+            out.insert(self.graph[n].clone());
+        }
+        out
+    }
+
     fn neighbors(&self, address: &str, dir: Direction) -> Vec<String> {
         let Some(&n) = self.index.get(address) else {
             return Vec::new();
@@ -441,6 +454,20 @@ mod tests {
             .iter()
             .map(|(a, ds)| (a.to_string(), ds.iter().map(|s| s.to_string()).collect()))
             .collect()
+    }
+
+    #[test]
+    fn all_dependents_follow_the_edges_transitively_and_no_further() {
+        let g = ResourceGraph::from_dependencies(&deps(&[
+            ("db", &[]),
+            ("role", &["db"]),
+            ("app", &["role"]),
+            ("cache", &[]),
+        ]))
+        .unwrap();
+        let got: Vec<String> = g.with_all_dependents("db").into_iter().collect();
+        assert_eq!(got, ["app", "db", "role"]);
+        assert!(g.with_all_dependents("nothing").is_empty());
     }
 
     #[test]

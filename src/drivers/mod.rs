@@ -161,6 +161,14 @@ pub struct Context {
 }
 
 impl Context {
+    /// Reports one step of a day-2 operation (`failover`'s promotion, ...).
+    pub fn step(&self, address: &str, message: String) {
+        self.reporter.report(crate::events::Event::Step {
+            address: address.to_string(),
+            message,
+        });
+    }
+
     pub fn new(
         owner: Owner,
         base_dir: std::path::PathBuf,

@@ -255,18 +255,15 @@ async fn check_lag(
 /// `address` and everything recorded as depending on it, directly or not
 /// (what reads the primary's address: roles, the schema, the orchestrators).
 fn dependents(state: &State, address: &str) -> std::collections::BTreeSet<String> {
-    let mut out = std::collections::BTreeSet::from([address.to_string()]);
-    loop {
-        let more: Vec<String> = state
-            .resources
-            .iter()
-            .filter(|(a, r)| !out.contains(*a) && r.depends_on.iter().any(|d| out.contains(d)))
-            .map(|(a, _)| a.clone())
-            .collect();
-        if more.is_empty() {
-            return out;
-        }
-        out.extend(more);
+    let deps = state
+        .resources
+        .iter()
+        .map(|(a, r)| (a.clone(), r.depends_on.clone()))
+        .collect();
+    match crate::graph::ResourceGraph::from_dependencies(&deps) {
+        Ok(g) => g.with_all_dependents(address),
+        // (a recorded cycle cannot be applied anyway: the primary alone)
+        Err(_) => std::collections::BTreeSet::from([address.to_string()]),
     }
 }
 
@@ -290,13 +287,6 @@ fn move_children(s: &Session, state: &mut State, from: &str, to: &str) {
             r.updated_at = chrono::Utc::now();
         }
     }
-}
-
-fn step(cx: &Context, address: &str, message: String) {
-    cx.reporter.report(Event::Step {
-        address: address.to_string(),
-        message,
-    });
 }
 
 pub async fn failover(s: &Session, cx: &Context, o: &Options) -> Result<Report, OpError> {
@@ -407,7 +397,7 @@ pub async fn failover(s: &Session, cx: &Context, o: &Options) -> Result<Report, 
         state.serial += 1;
         s.backend.write(&state).await?;
         let instance = promoted.id.clone();
-        step(cx, &pair.primary, format!("{instance} is the primary now; the state records it"));
+        cx.step( &pair.primary, format!("{instance} is the primary now; the state records it"));
 
         // 4. The primary's settings and the orchestrators' inputs, through
         //    the engine (journaled like any apply). The new replica waits
@@ -466,7 +456,7 @@ pub async fn failover(s: &Session, cx: &Context, o: &Options) -> Result<Report, 
             let Some(r) = state.resources.get(&address).cloned() else {
                 continue;
             };
-            step(cx, &address, format!("rolling the pods onto the new primary {}", pair.primary_id));
+            cx.step( &address, format!("rolling the pods onto the new primary {}", pair.primary_id));
             let known = Known {
                 id: r.id.clone(),
                 inputs: r.inputs.clone(),

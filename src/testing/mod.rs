@@ -307,11 +307,15 @@ impl crate::drivers::capability::Promotion for FakePromotion {
         // 2. The old primary is no longer the stack's (and moves aside).
         let renames = real.renames();
         self.step("retire", p.primary, |m| {
-            let old = m.get(p.primary_id);
-            if old.is_none_or(|o| o.attrs.get(PROMOTED_BY) == Some(&marker) || o.owner.is_none()) {
+            let ours = m
+                .get(p.primary_id)
+                .is_some_and(|o| o.attrs.get(PROMOTED_BY) != Some(&marker) && o.owner.is_some());
+            if !ours {
                 return false;
             }
-            let mut old = m.remove(p.primary_id).unwrap();
+            let Some(mut old) = m.remove(p.primary_id) else {
+                return false;
+            };
             old.owner = None;
             old.address = None;
             old.attrs.insert(RETIRED_BY.into(), marker.clone());

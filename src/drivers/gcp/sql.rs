@@ -454,7 +454,7 @@ pub(super) async fn wait_op(
 const REPLICA_BACKUPS: (&str, i64, bool) = ("", 0, false);
 
 /// The primary `props` make a read replica of, if any.
-fn master_of(props: &serde_json::Map<String, Json>) -> Option<&str> {
+pub(super) fn master_of(props: &serde_json::Map<String, Json>) -> Option<&str> {
     props
         .get("master_instance")
         .and_then(Json::as_str)
@@ -1110,10 +1110,7 @@ pub struct OnDemandBackups;
 #[async_trait::async_trait]
 impl crate::drivers::capability::Snapshots for OnDemandBackups {
     fn is_primary(&self, props: &serde_json::Map<String, Json>) -> bool {
-        props
-            .get("master_instance")
-            .and_then(Json::as_str)
-            .is_none_or(str::is_empty)
+        master_of(props).is_none()
     }
 
     async fn snapshot(

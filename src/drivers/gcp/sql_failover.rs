@@ -20,11 +20,10 @@ use std::time::Duration;
 use serde_json::{json, Map, Value as Json};
 
 use super::rest::Rest;
-use super::sql::{read_instance, wait_op};
+use super::sql::{master_of, read_instance, wait_op};
 use super::{label_value, labels, message, LABEL_ADDRESS, LABEL_ENVIRONMENT, LABEL_STACK};
 use crate::drivers::capability::{Promoted, Promotion, PromotionPlan};
 use crate::drivers::{Context, DriverError, Observed};
-use crate::events::Event;
 
 const SERVICE: &str = "sqladmin";
 const SQL_ENDPOINT: &str = "https://sqladmin.googleapis.com/";
@@ -36,18 +35,8 @@ const REPLICA_LAG: &str = "cloudsql.googleapis.com/database/replication/replica_
 const RETIRED_LABEL: &str = "ralph-deploy-retired";
 const FAILOVER_LABEL: &str = "ralph-deploy-failover";
 
-fn step(cx: &Context, address: &str, message: String) {
-    cx.reporter.report(Event::Step {
-        address: address.to_string(),
-        message,
-    });
-}
-
 fn is_replica(o: &Observed) -> bool {
-    o.attrs
-        .get("master_instance")
-        .and_then(Json::as_str)
-        .is_some_and(|m| !m.is_empty())
+    master_of(&o.attrs).is_some()
 }
 
 /// A label value within Google's 63 characters.
@@ -140,10 +129,7 @@ pub struct CloudSqlPromotion;
 #[async_trait::async_trait]
 impl Promotion for CloudSqlPromotion {
     fn primary_of<'a>(&self, inputs: &'a Map<String, Json>) -> Option<&'a str> {
-        inputs
-            .get("master_instance")
-            .and_then(Json::as_str)
-            .filter(|m| !m.is_empty())
+        master_of(inputs)
     }
 
     fn renames(&self) -> bool {
@@ -178,8 +164,7 @@ impl Promotion for CloudSqlPromotion {
         // 1. Promote (an instance that still replicates).
         let replica = read_instance(cx, p.replica_id).await?.ok_or_else(gone)?;
         if is_replica(&replica) {
-            step(
-                cx,
+            cx.step(
                 p.replica,
                 format!("promoting {} to a standalone primary", p.replica_id),
             );
@@ -203,8 +188,7 @@ impl Promotion for CloudSqlPromotion {
         //    was retired already).
         if let Some(old) = read_instance(cx, p.primary_id).await? {
             if old.owner.as_ref() == Some(&cx.owner) {
-                step(
-                    cx,
+                cx.step(
                     p.primary,
                     format!(
                         "retiring the old primary {}: it keeps its data and its deletion protection",
@@ -227,8 +211,7 @@ impl Promotion for CloudSqlPromotion {
         // 3. The promoted instance is the stack's primary.
         let promoted = read_instance(cx, p.replica_id).await?.ok_or_else(gone)?;
         if promoted.address.as_deref() != Some(p.primary) {
-            step(
-                cx,
+            cx.step(
                 p.primary,
                 format!("{} takes over as {}", p.replica_id, p.primary),
             );

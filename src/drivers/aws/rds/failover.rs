@@ -19,7 +19,6 @@ use super::super::arn_tags::{self, ArnService};
 use super::{arn_of, read_instance};
 use crate::drivers::capability::{Promoted, Promotion, PromotionPlan, Snapshots};
 use crate::drivers::{Context, Desired, DriverError, Observed, STATUS_ATTR};
-use crate::events::Event;
 
 /// Marks the promoted instance between its promotion and taking over the
 /// primary's name, so that a resumed failover tells it from the old primary.
@@ -231,13 +230,6 @@ async fn take_over_tags(cx: &Context, o: &Observed, want: &Desired<'_>) -> Resul
     arn_tags::sync(cx, ArnService::Rds, &arn_of(o), o, want).await
 }
 
-fn step(cx: &Context, address: &str, message: String) {
-    cx.reporter.report(Event::Step {
-        address: address.to_string(),
-        message,
-    });
-}
-
 /// `aws.rds_instance`'s replica promotion.
 pub struct RdsPromotion;
 
@@ -285,8 +277,7 @@ impl Promotion for RdsPromotion {
 
         // 1. Promote (an instance still under the replica's name).
         if let Some(replica) = instance(cx, p.replica_id).await? {
-            step(
-                cx,
+            cx.step(
                 p.replica,
                 format!("promoting {} to a standalone primary", p.replica_id),
             );
@@ -311,8 +302,7 @@ impl Promotion for RdsPromotion {
         if let Some(old) = instance(cx, p.primary_id).await? {
             if !promoted_by(&old, p.marker) {
                 retire(cx, &old, &p.retired_as).await?;
-                step(
-                    cx,
+                cx.step(
                     p.primary,
                     format!(
                         "renaming the old primary {} to {}",
@@ -331,8 +321,7 @@ impl Promotion for RdsPromotion {
 
         // 3. The promoted instance takes the primary's name and tags.
         if instance(cx, p.replica_id).await?.is_some() {
-            step(
-                cx,
+            cx.step(
                 p.primary,
                 format!("renaming the promoted {} to {}", p.replica_id, p.primary_id),
             );
