@@ -1,12 +1,14 @@
 //! ralph-deploy: infrastructure as code for the Ralph Orchestrator.
 //!
-//! Layers, bottom up (ARCHITECTURE.md has the map):
-//! [`model`] (kind descriptors, the kind catalogue, settings) ->
-//! [`stack`] (load and validate YAML) and [`drivers`] (one implementation
-//! per resource kind), which never import each other ->
-//! [`graph`], [`plan`] (refresh and diff), [`apply`] (parallel walk),
-//! [`state`] -> [`ops`] (every command's work, through one locked runner) ->
-//! [`cli`] (parses arguments and prints; the only layer that prints).
+//! This crate is the command line ([`cli`]: parses arguments and prints;
+//! the only layer that prints). The work is in the workspace's crates,
+//! bottom up (ARCHITECTURE.md has the map): ralph-core (the model, the
+//! driver interface, events, the graph) -> ralph-stack (load and validate
+//! YAML) and the driver crates ralph-aws, ralph-gcp and ralph-service,
+//! which never import each other's layer -> ralph-engine (plan, apply,
+//! state, and every command's work through one locked runner) -> here.
+//! The command line reaches drivers only through ralph-engine: it does not
+//! depend on a driver crate, so an import of one does not build.
 
 // Every `println!`/`print!` of the crate goes through `cli::out`, which a
 // reader that closed the pipe cannot turn into a panic or a kill.
@@ -24,22 +26,4 @@ macro_rules! print {
     };
 }
 
-pub mod apply;
-pub mod check;
 pub mod cli;
-pub mod download;
-pub mod drivers;
-pub mod events;
-pub mod files;
-pub mod graph;
-pub mod model;
-pub mod ops;
-pub mod plan;
-pub mod remote;
-pub mod stack;
-pub mod state;
-#[cfg(test)]
-mod testing;
-
-/// The kind descriptors, at their former path.
-pub use model::kinds;

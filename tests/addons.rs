@@ -349,7 +349,7 @@ fn addons_pin_downloads_once_and_prints_the_pinned_entry() {
     assert_eq!(std::fs::read(&kept).unwrap(), BODY);
     assert!(common::text(&out.stderr).contains(&kept.display().to_string()));
     // What it printed is what a stack takes: the pin parses and matches.
-    let pinned = ralph_deploy::download::parse(&format!("{url}#sha256={sha}")).unwrap();
+    let pinned = ralph_core::download::parse(&format!("{url}#sha256={sha}")).unwrap();
     assert_eq!(pinned.sha256, sha);
 
     // Failures are named, the others still pinned, the exit is 1.

@@ -514,7 +514,7 @@ async fn a_secret_deleted_by_hand_does_not_block_destroy() {
     faults(json!({"rate": 0.0, "kill_after": 0}));
     let out = run_quiet(&w, &["apply", s, "--auto-approve"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let conf = ralph_deploy::remote::aws_defaults()
+    let conf = ralph_core::remote::aws_defaults()
         .endpoint_url(faulty_moto())
         .region(aws_config::Region::new("us-east-1"))
         .credentials_provider(aws_sdk_ec2::config::Credentials::new(

@@ -912,7 +912,7 @@ async fn a_kubernetes_upgrade_is_planned_in_place_and_applied_one_step() {
 /// and `aws eks get-token` make it.
 fn eks_token(key: &str, secret: &str, session: Option<String>, cluster: &str) -> String {
     let creds = aws_credential_types::Credentials::new(key, secret, session, None, "test");
-    ralph_deploy::drivers::aws::eks_token::presigned_token(
+    ralph_aws::eks_token::presigned_token(
         &creds,
         "us-east-1",
         cluster,

@@ -5,13 +5,13 @@
 mod common;
 
 use common::{text, World};
-use ralph_deploy::state::postgres::PostgresBackend;
-use ralph_deploy::state::{LockInfo, Locker, State, StateStore};
+use ralph_engine::state::postgres::PostgresBackend;
+use ralph_engine::state::{LockInfo, Locker, State, StateStore};
 use sqlx::Connection;
 
 /// No encryption, for the tests that use the backends directly.
-fn plain() -> std::sync::Arc<ralph_deploy::state::codec::Sealer> {
-    std::sync::Arc::new(ralph_deploy::state::codec::Sealer::none())
+fn plain() -> std::sync::Arc<ralph_engine::state::codec::Sealer> {
+    std::sync::Arc::new(ralph_engine::state::codec::Sealer::none())
 }
 
 const KEY_A: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
@@ -265,7 +265,7 @@ async fn bucket(name: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn state_in_s3_with_a_leased_lock_and_compare_and_swap_writes() {
-    use ralph_deploy::state::s3::S3Backend;
+    use ralph_engine::state::s3::S3Backend;
     let name = format!("s3s{}", std::process::id());
     let b = bucket(&name).await;
     let url = format!("s3://{b}/teams/platform");

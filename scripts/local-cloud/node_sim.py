@@ -693,7 +693,7 @@ GIB = 1024 * MIB
 
 
 def allocatable(provider, machine_type):
-    """What one node offers pods, as src/model/capacity.rs computes it:
+    """What one node offers pods, as crates/core/src/model/capacity.rs computes it:
     {"cpu", "memory", "pods"} as Kubernetes quantities, or None for a machine
     type the table does not know."""
     shape = MACHINES["ec2" if provider == "eks" else "gce"].get(machine_type)

@@ -12,15 +12,15 @@ use super::{
     CliError, Command, DbCommand, GraphFormat, MigrateCommand, RunArgs, StackArgs, StateCommand,
     EXIT_CHANGES, EXIT_ERROR, EXIT_OK,
 };
-use crate::apply::ApplyOptions;
-use crate::events::{Reporter, Silent};
-use crate::ops::apply::{Approver, Outcome, Request};
-use crate::ops::{OpError, Session};
-use crate::plan::saved::{self, PlanFile};
-use crate::plan::Plan;
-use crate::state::State;
+use ralph_core::events::{Reporter, Silent};
+use ralph_engine::apply::ApplyOptions;
+use ralph_engine::ops::apply::{Approver, Outcome, Request};
+use ralph_engine::ops::{OpError, Session};
+use ralph_engine::plan::saved::{self, PlanFile};
+use ralph_engine::plan::Plan;
+use ralph_engine::state::State;
 
-pub use crate::ops::EXIT_INTERRUPTED;
+pub use ralph_engine::ops::EXIT_INTERRUPTED;
 
 pub async fn run(cmd: Command) -> anyhow::Result<i32> {
     let result = match cmd {
@@ -61,7 +61,7 @@ pub async fn run(cmd: Command) -> anyhow::Result<i32> {
         Command::Show { plan, format } => {
             let file = saved::read(&plan).map_err(|e| anyhow!(e))?;
             // A saved plan shows its changes; `check` and `apply` judge the stack.
-            let none = crate::check::Report::default();
+            let none = ralph_engine::check::Report::default();
             print!("{}", plan_in(&file.plan, format, None, &none)?);
             Ok(EXIT_OK)
         }
@@ -105,7 +105,7 @@ pub async fn run(cmd: Command) -> anyhow::Result<i32> {
             snapshot,
             json,
         } => {
-            let o = crate::ops::backup::BackupOptions {
+            let o = ralph_engine::ops::backup::BackupOptions {
                 bucket: pick.bucket,
                 database: pick.database,
                 retention_days,
@@ -120,7 +120,7 @@ pub async fn run(cmd: Command) -> anyhow::Result<i32> {
             pick,
             json,
         } => {
-            let o = crate::ops::backup::BackupOptions {
+            let o = ralph_engine::ops::backup::BackupOptions {
                 bucket: pick.bucket,
                 database: pick.database,
                 ..Default::default()
@@ -134,7 +134,7 @@ pub async fn run(cmd: Command) -> anyhow::Result<i32> {
             auto_approve,
             json,
         } => {
-            let o = crate::ops::failover::Options { replica, force };
+            let o = ralph_engine::ops::failover::Options { replica, force };
             failover_cmd(&args, &o, auto_approve, json).await
         }
         Command::Migrate {
@@ -168,7 +168,7 @@ pub async fn run(cmd: Command) -> anyhow::Result<i32> {
         } => {
             let mut failed = 0;
             for url in &urls {
-                match crate::download::pin(url) {
+                match ralph_core::download::pin(url) {
                     Ok(p) => {
                         println!("{}", p.entry);
                         eprintln!(
@@ -203,7 +203,7 @@ pub async fn run(cmd: Command) -> anyhow::Result<i32> {
         }
         Command::Fmt { paths, check, diff } => fmt_cmd(&paths, check, diff),
         Command::Reference { page } => {
-            let registry = crate::drivers::Registry::builtin();
+            let registry = ralph_engine::registry();
             print!(
                 "{}",
                 match page {
@@ -216,11 +216,11 @@ pub async fn run(cmd: Command) -> anyhow::Result<i32> {
             Ok(EXIT_OK)
         }
         Command::Schema { component } => {
-            let registry = crate::drivers::Registry::builtin();
+            let registry = ralph_engine::registry();
             let schema = if component {
-                crate::stack::json_schema::component_schema(&registry)
+                ralph_stack::json_schema::component_schema(&registry)
             } else {
-                crate::stack::json_schema::stack_schema(&registry)
+                ralph_stack::json_schema::stack_schema(&registry)
             };
             println!("{}", serde_json::to_string_pretty(&schema)?);
             Ok(EXIT_OK)
@@ -283,8 +283,8 @@ fn check_cmd(
     let s = args.session(format != super::CheckFormat::Text)?;
     let date = date.unwrap_or_else(|| chrono::Utc::now().date_naive());
     let policies =
-        crate::check::policies(&s.stack, policy).map_err(|e| CliError::Other(anyhow!(e)))?;
-    let report = crate::check::check(&s.stack, date, None, &policies)
+        ralph_engine::check::policies(&s.stack, policy).map_err(|e| CliError::Other(anyhow!(e)))?;
+    let report = ralph_engine::check::check(&s.stack, date, None, &policies)
         .map_err(|e| CliError::Other(anyhow!(e)))?;
     match format {
         super::CheckFormat::Json => println!(
@@ -293,7 +293,8 @@ fn check_cmd(
         ),
         super::CheckFormat::Sarif => println!(
             "{}",
-            serde_json::to_string_pretty(&crate::check::sarif::log(&report)).map_err(json_error)?
+            serde_json::to_string_pretty(&ralph_engine::check::sarif::log(&report))
+                .map_err(json_error)?
         ),
         super::CheckFormat::Text => {
             print!("{}", report.text());
@@ -328,7 +329,7 @@ pub(super) fn reporter(json: bool) -> Arc<dyn Reporter> {
         super::progress::reporter()
     };
     // Slow remote parties are named through the same view.
-    crate::remote::set_reporter(r.clone());
+    ralph_core::remote::set_reporter(r.clone());
     r
 }
 
@@ -341,7 +342,7 @@ fn plan_in(
     plan: &Plan,
     format: super::PlanFormat,
     requests: Option<u64>,
-    report: &crate::check::Report,
+    report: &ralph_engine::check::Report,
 ) -> anyhow::Result<String> {
     Ok(match format {
         super::PlanFormat::Json => {
@@ -388,7 +389,7 @@ async fn plan_cmd(
                 "--refresh-only cannot be combined with --destroy, --out, --replace or --refresh=false. Nothing was changed"
             )));
         }
-        let drift = crate::ops::drift::plan(&s, &cx).await?;
+        let drift = ralph_engine::ops::drift::plan(&s, &cx).await?;
         print!("{}", super::render::drift_text(&drift, json));
         return Ok(if detailed && !drift.is_empty() {
             EXIT_CHANGES
@@ -404,9 +405,9 @@ async fn plan_cmd(
     let (state, existed) = read_state(&s).await?;
     let plan = s.make_plan(&state, existed, &cx, destroy).await?;
     let report = if destroy {
-        crate::check::Report::default()
+        ralph_engine::check::Report::default()
     } else {
-        crate::ops::apply::findings(&s, &plan)?
+        ralph_engine::ops::apply::findings(&s, &plan)?
     };
     print!(
         "{}",
@@ -418,7 +419,7 @@ async fn plan_cmd(
             variables: args.all_vars().map_err(CliError::Other)?,
         };
         let bytes = saved::to_bytes(&file).map_err(|e| CliError::Other(e.into()))?;
-        crate::state::local::atomic_write(path, &bytes)
+        ralph_engine::state::local::atomic_write(path, &bytes)
             .with_context(|| format!("writing the plan to {}", path.display()))?;
         // On stderr unless the plan is for people on a terminal: stdout
         // is the document (`--format markdown > comment.md`, JSON).
@@ -526,7 +527,7 @@ async fn apply_cmd(
         destroy,
         auto_approve: run.auto_approve,
     };
-    match crate::ops::apply::run(&s, &cx, request, &approver).await? {
+    match ralph_engine::ops::apply::run(&s, &cx, request, &approver).await? {
         Outcome::NoChanges => {
             if run.json {
                 println!(
@@ -571,7 +572,7 @@ async fn refresh_only_cmd(s: &Session, run: &RunArgs) -> Result<i32, CliError> {
     let cx = &s.context(reporter(run.json));
     let json = run.json;
     let auto = run.auto_approve;
-    let approve = move |drift: &[crate::ops::drift::Drift]| -> Result<bool, OpError> {
+    let approve = move |drift: &[ralph_engine::ops::drift::Drift]| -> Result<bool, OpError> {
         if !json {
             print!("{}", super::render::drift_text(drift, false));
         }
@@ -585,7 +586,7 @@ async fn refresh_only_cmd(s: &Session, run: &RunArgs) -> Result<i32, CliError> {
             },
         )
     };
-    let (drift, written) = crate::ops::drift::apply(s, cx, &approve).await?;
+    let (drift, written) = ralph_engine::ops::drift::apply(s, cx, &approve).await?;
     if json {
         println!(
             "{}",
@@ -625,7 +626,7 @@ impl Approver for Terminal {
         }
     }
 
-    fn findings(&self, report: &crate::check::Report) {
+    fn findings(&self, report: &ralph_engine::check::Report) {
         if self.json {
             if !report.findings.is_empty() {
                 println!(
@@ -749,20 +750,22 @@ async fn output(args: &StackArgs, name: Option<&str>, json: bool) -> Result<i32,
                 if s.stack.outputs.contains_key(n) {
                     " yet: run apply first".to_string()
                 } else {
-                    let hint =
-                        crate::kinds::did_you_mean(n, s.stack.outputs.keys().map(String::as_str))
-                            .map(|x| format!(" (did you mean `{x}`?)"))
-                            .unwrap_or_else(|| {
-                                format!(
-                                    "; it has: {}",
-                                    s.stack
-                                        .outputs
-                                        .keys()
-                                        .cloned()
-                                        .collect::<Vec<_>>()
-                                        .join(", ")
-                                )
-                            });
+                    let hint = ralph_core::model::kinds::did_you_mean(
+                        n,
+                        s.stack.outputs.keys().map(String::as_str),
+                    )
+                    .map(|x| format!(" (did you mean `{x}`?)"))
+                    .unwrap_or_else(|| {
+                        format!(
+                            "; it has: {}",
+                            s.stack
+                                .outputs
+                                .keys()
+                                .cloned()
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )
+                    });
                     format!("; the stack does not declare it{hint}")
                 }
             ))),
@@ -812,7 +815,7 @@ async fn state_cmd(cmd: StateCommand) -> Result<i32, CliError> {
         StateCommand::Restore { args, snapshot } => {
             let s = args.session(false)?;
             let cx = s.context(reporter(false));
-            let r = crate::ops::restore_snapshot(&s, &cx, &snapshot).await?;
+            let r = ralph_engine::ops::restore_snapshot(&s, &cx, &snapshot).await?;
             println!(
                 "Restored the state of serial {} ({} resources, {} outputs) as serial {}. The state before this restore is kept as a snapshot too. Run `ralph-deploy plan` to see how the cloud differs from it.",
                 r.from_serial, r.resources, r.outputs, r.serial
@@ -836,16 +839,17 @@ async fn state_cmd(cmd: StateCommand) -> Result<i32, CliError> {
         }
         StateCommand::Push { args, file, force } => {
             let s = args.session(false)?;
-            let text = crate::files::read_text_bounded(&file, 64 << 20)
+            let text = ralph_core::files::read_text_bounded(&file, 64 << 20)
                 .map_err(|e| CliError::Other(anyhow::anyhow!("{}: {e}", file.display())))?;
-            let incoming: crate::state::State = serde_json::from_str(&text).map_err(|e| {
-                CliError::Other(anyhow::anyhow!(
-                    "{}: not a state file ({e}); `ralph-deploy state pull` prints one",
-                    file.display()
-                ))
-            })?;
+            let incoming: ralph_engine::state::State =
+                serde_json::from_str(&text).map_err(|e| {
+                    CliError::Other(anyhow::anyhow!(
+                        "{}: not a state file ({e}); `ralph-deploy state pull` prints one",
+                        file.display()
+                    ))
+                })?;
             let cx = s.context(reporter(false));
-            let serial = crate::ops::state_cmds::push(&s, &cx, incoming, force).await?;
+            let serial = ralph_engine::ops::state_cmds::push(&s, &cx, incoming, force).await?;
             println!(
                 "Pushed {} as serial {serial} of {}.",
                 file.display(),
@@ -856,7 +860,7 @@ async fn state_cmd(cmd: StateCommand) -> Result<i32, CliError> {
         StateCommand::Rm { args, addresses } => {
             let s = args.session(false)?;
             let cx = s.context(reporter(false));
-            let removed = crate::ops::state_cmds::rm(&s, &cx, &addresses).await?;
+            let removed = ralph_engine::ops::state_cmds::rm(&s, &cx, &addresses).await?;
             for a in &removed {
                 println!("forgot {a}");
             }
@@ -866,7 +870,7 @@ async fn state_cmd(cmd: StateCommand) -> Result<i32, CliError> {
         StateCommand::Rekey { args } => {
             let s = args.session(false)?;
             let cx = s.context(reporter(false));
-            let serial = crate::ops::state_cmds::rekey(&s, &cx).await?;
+            let serial = ralph_engine::ops::state_cmds::rekey(&s, &cx).await?;
             println!(
                 "Rewrote the state as serial {serial} with the current key. Snapshots and history written before stay sealed with the old key: keep it in RALPH_DEPLOY_STATE_OLD_KEY while you may need them."
             );
@@ -875,7 +879,7 @@ async fn state_cmd(cmd: StateCommand) -> Result<i32, CliError> {
         StateCommand::Mv { args, from, to } => {
             let s = args.session(false)?;
             let cx = s.context(reporter(false));
-            for (a, b) in crate::ops::state_cmds::mv(&s, &cx, &from, &to).await? {
+            for (a, b) in ralph_engine::ops::state_cmds::mv(&s, &cx, &from, &to).await? {
                 println!("moved {a} to {b}");
             }
             Ok(EXIT_OK)
@@ -883,14 +887,15 @@ async fn state_cmd(cmd: StateCommand) -> Result<i32, CliError> {
         StateCommand::Migrate { args, to } => {
             let s = args.session(false)?;
             let cx = s.context(reporter(false));
-            let location = if crate::state::postgres::is_postgres_url(&to) || to.contains("://") {
-                crate::ops::StateLocation::Url(to.clone())
-            } else {
-                crate::ops::StateLocation::Dir(PathBuf::from(&to))
-            };
-            let target = crate::ops::state_cmds::backend_at(&s, &location)?;
+            let location =
+                if ralph_engine::state::postgres::is_postgres_url(&to) || to.contains("://") {
+                    ralph_engine::ops::StateLocation::Url(to.clone())
+                } else {
+                    ralph_engine::ops::StateLocation::Dir(PathBuf::from(&to))
+                };
+            let target = ralph_engine::ops::state_cmds::backend_at(&s, &location)?;
             let shown = target.describe();
-            let (serial, copied) = crate::ops::state_cmds::migrate(&s, &cx, target).await?;
+            let (serial, copied) = ralph_engine::ops::state_cmds::migrate(&s, &cx, target).await?;
             println!(
                 "Copied serial {serial} and {copied} before-command snapshot(s) from {} to {shown}. Point every run at the new store (--state or RALPH_DEPLOY_STATE); the old copy is left as it was.",
                 s.backend.describe(),
@@ -927,7 +932,7 @@ async fn state_cmd(cmd: StateCommand) -> Result<i32, CliError> {
                     Ok(EXIT_OK)
                 }
                 None => {
-                    let hint = crate::kinds::did_you_mean(
+                    let hint = ralph_core::model::kinds::did_you_mean(
                         &address,
                         state.resources.keys().map(|s| s.as_str()),
                     )
@@ -1058,7 +1063,7 @@ async fn force_unlock(args: &StackArgs, id: &str) -> Result<i32, CliError> {
 async fn import_cmd(args: &StackArgs, address: &str, id: &str) -> Result<i32, CliError> {
     let s = args.session(false)?;
     let cx = s.context(reporter(false));
-    let done = crate::ops::state_cmds::import(&s, &cx, address, id).await?;
+    let done = ralph_engine::ops::state_cmds::import(&s, &cx, address, id).await?;
     println!(
         "Imported {} {} as `{address}`. Run `ralph-deploy plan` to see how it differs from the stack; the next apply also gives it the ralph-deploy ownership tags.",
         done.kind, done.id
@@ -1069,7 +1074,7 @@ async fn import_cmd(args: &StackArgs, address: &str, id: &str) -> Result<i32, Cl
 async fn status_cmd(args: &StackArgs, json: bool) -> Result<i32, CliError> {
     let s = args.session(json)?;
     let cx = s.context(Arc::new(Silent));
-    let reports = crate::ops::status::status(&s, &cx).await?;
+    let reports = ralph_engine::ops::status::status(&s, &cx).await?;
     let healthy = reports.iter().all(|r| r.checks.iter().all(|c| c.healthy));
     let nothing = reports.is_empty().then(|| {
         format!(
@@ -1118,12 +1123,12 @@ async fn status_cmd(args: &StackArgs, json: bool) -> Result<i32, CliError> {
 
 async fn backup_cmd(
     args: &StackArgs,
-    o: &crate::ops::backup::BackupOptions,
+    o: &ralph_engine::ops::backup::BackupOptions,
     json: bool,
 ) -> Result<i32, CliError> {
     let s = args.session(json)?;
     let cx = s.context(Arc::new(Silent));
-    let r = crate::ops::backup::backup(&s, &cx, o).await?;
+    let r = ralph_engine::ops::backup::backup(&s, &cx, o).await?;
     if json {
         println!("{}", serde_json::to_string(&r).map_err(json_error)?);
     } else {
@@ -1147,7 +1152,7 @@ async fn backup_cmd(
 
 async fn failover_cmd(
     args: &StackArgs,
-    o: &crate::ops::failover::Options,
+    o: &ralph_engine::ops::failover::Options,
     auto_approve: bool,
     json: bool,
 ) -> Result<i32, CliError> {
@@ -1167,7 +1172,7 @@ async fn failover_cmd(
         return Ok(EXIT_ERROR);
     }
     let cx = s.context(reporter(json));
-    let r = crate::ops::failover::failover(&s, &cx, o).await?;
+    let r = ralph_engine::ops::failover::failover(&s, &cx, o).await?;
     if json {
         // The stream's last line, as apply's: a summary, with the failover.
         println!(
@@ -1204,14 +1209,14 @@ async fn failover_cmd(
 
 async fn restore_cmd(
     args: &StackArgs,
-    o: &crate::ops::backup::BackupOptions,
+    o: &ralph_engine::ops::backup::BackupOptions,
     key: &str,
     into: Option<&str>,
     json: bool,
 ) -> Result<i32, CliError> {
     let s = args.session(json)?;
     let cx = s.context(Arc::new(Silent));
-    let r = crate::ops::backup::restore(&s, &cx, o, key, into).await?;
+    let r = ralph_engine::ops::backup::restore(&s, &cx, o, key, into).await?;
     if json {
         println!("{}", serde_json::to_string(&r).map_err(json_error)?);
     } else {
@@ -1230,7 +1235,7 @@ async fn migrate_status(args: &StackArgs, json: bool) -> Result<i32, CliError> {
     let cx = s.context(Arc::new(Silent));
     let mut report = serde_json::Map::new();
     let mut pending = false;
-    for st in crate::ops::db::migrate_status(&s, &cx).await? {
+    for st in ralph_engine::ops::db::migrate_status(&s, &cx).await? {
         pending |= st.migrations.iter().any(|m| m.status != "applied");
         if json {
             report.insert(
@@ -1253,7 +1258,7 @@ async fn migrate_status(args: &StackArgs, json: bool) -> Result<i32, CliError> {
 async fn db_partitions(args: &StackArgs, months_ahead: i32) -> Result<i32, CliError> {
     let s = args.session(false)?;
     let cx = s.context(Arc::new(Silent));
-    for (address, n) in crate::ops::db::partitions(&s, &cx, months_ahead).await? {
+    for (address, n) in ralph_engine::ops::db::partitions(&s, &cx, months_ahead).await? {
         println!("{address}: {n} partition(s) created; the current month and {months_ahead} ahead now exist.");
     }
     Ok(EXIT_OK)
@@ -1292,14 +1297,14 @@ fn fmt_cmd(paths: &[PathBuf], check: bool, diff: bool) -> Result<i32, CliError> 
     }
     let (mut checked, mut unformatted, mut refused, mut skipped) = (0, 0, 0, 0);
     for (f, named) in &files {
-        let text = crate::files::read_text_bounded(f, 4 << 20)
+        let text = ralph_core::files::read_text_bounded(f, 4 << 20)
             .with_context(|| format!("reading {}", f.display()))?;
-        if !named && !crate::stack::fmt::is_stack_or_component(&text) {
+        if !named && !ralph_stack::fmt::is_stack_or_component(&text) {
             skipped += 1;
             continue;
         }
         checked += 1;
-        match crate::stack::fmt::format(&text) {
+        match ralph_stack::fmt::format(&text) {
             Ok(formatted) if formatted == text => {}
             Ok(formatted) => {
                 unformatted += 1;
@@ -1316,7 +1321,7 @@ fn fmt_cmd(paths: &[PathBuf], check: bool, diff: bool) -> Result<i32, CliError> 
                     println!("{}", f.display());
                 }
                 if !check {
-                    crate::state::local::atomic_write(f, formatted.as_bytes())
+                    ralph_engine::state::local::atomic_write(f, formatted.as_bytes())
                         .with_context(|| format!("writing {}", f.display()))?;
                 }
             }

@@ -83,7 +83,7 @@ impl Style {
 fn inline(v: &Json) -> String {
     match v {
         // A part of a value known only after apply (a plan's partly known list).
-        Json::Object(m) if crate::stack::expr::is_unknown(v) => format!(
+        Json::Object(m) if ralph_stack::expr::is_unknown(v) => format!(
             "(known after apply: {})",
             m.values().next().and_then(Json::as_str).unwrap_or_default()
         ),
@@ -113,7 +113,7 @@ fn key(k: &str) -> String {
 }
 
 fn is_container(v: &Json) -> bool {
-    matches!(v, Json::Object(m) if !m.is_empty() && !crate::stack::expr::is_unknown(v))
+    matches!(v, Json::Object(m) if !m.is_empty() && !ralph_stack::expr::is_unknown(v))
         || matches!(v, Json::Array(a) if !a.is_empty())
 }
 

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use super::commands::reporter;
 use super::{CliError, RunArgs, StackArgs, EXIT_ERROR, EXIT_OK};
-use crate::events::Silent;
-use crate::ops::release::{self, Released};
+use ralph_core::events::Silent;
+use ralph_engine::ops::release::{self, Released};
 
 /// `render`: the manifests, as the next apply would send them.
 pub(super) async fn render_cmd(

@@ -14,8 +14,8 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::ops::{OpError, Session};
-use crate::stack::{Diagnostics, LoadOptions};
+use ralph_engine::ops::{OpError, Session};
+use ralph_stack::{Diagnostics, LoadOptions};
 
 pub const EXIT_OK: i32 = 0;
 pub const EXIT_ERROR: i32 = 1;
@@ -72,7 +72,7 @@ pub struct StackArgs {
 /// numbers and booleans as they are, lists and maps as JSON (the form
 /// `--var` takes them in).
 fn read_var_file(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
-    let text = crate::files::read_text_bounded(path, 1 << 20)
+    let text = ralph_core::files::read_text_bounded(path, 1 << 20)
         .map_err(|e| anyhow::anyhow!("--var-file {}: {e}", path.display()))?;
     let doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text)
         .map_err(|e| anyhow::anyhow!("--var-file {}: {e}", path.display()))?;
@@ -168,8 +168,8 @@ pub struct SelectArgs {
 
 impl SelectArgs {
     /// What a plan of this run covers and how it is made.
-    pub fn scope(&self) -> crate::plan::Scope {
-        crate::plan::Scope {
+    pub fn scope(&self) -> ralph_engine::plan::Scope {
+        ralph_engine::plan::Scope {
             selection: self.selection(),
             replace: self.replace.clone(),
             refresh: self.refresh,
@@ -184,8 +184,8 @@ impl SelectArgs {
             || self.refresh_only
     }
 
-    pub fn selection(&self) -> crate::plan::Selection {
-        crate::plan::Selection {
+    pub fn selection(&self) -> ralph_engine::plan::Selection {
+        ralph_engine::plan::Selection {
             targets: self.targets.clone(),
             excludes: self.excludes.clone(),
         }
@@ -730,7 +730,7 @@ pub fn main() -> i32 {
     };
     let result = runtime.block_on(commands::run(cli.command));
     // The proxy pods of private stores reached through the cluster.
-    runtime.block_on(crate::ops::close_connections());
+    runtime.block_on(ralph_engine::ops::close_connections());
     progress::finish();
     match result {
         Ok(code) => code,
@@ -854,17 +854,17 @@ impl StackArgs {
     pub(crate) fn session(&self, json: bool) -> Result<Session, CliError> {
         let options = self.load_options().map_err(CliError::Other)?;
         let location = match (&self.state, &self.state_dir) {
-            (Some(url), _) => crate::ops::StateLocation::Url(url.clone()),
-            (None, Some(dir)) => crate::ops::StateLocation::Dir(dir.clone()),
-            (None, None) => {
-                crate::ops::StateLocation::Dir(crate::state::local::default_dir(&self.stack))
-            }
+            (Some(url), _) => ralph_engine::ops::StateLocation::Url(url.clone()),
+            (None, Some(dir)) => ralph_engine::ops::StateLocation::Dir(dir.clone()),
+            (None, None) => ralph_engine::ops::StateLocation::Dir(
+                ralph_engine::state::local::default_dir(&self.stack),
+            ),
         };
         let mut s = Session::load(&self.stack, &options, &location).map_err(|e| match e {
-            crate::ops::LoadError::Stack(d) => CliError::Invalid(*d, json),
-            crate::ops::LoadError::State(e) => CliError::Other(anyhow::anyhow!(e)),
+            ralph_engine::ops::LoadError::Stack(d) => CliError::Invalid(*d, json),
+            ralph_engine::ops::LoadError::State(e) => CliError::Other(anyhow::anyhow!(e)),
         })?;
-        if let (None, None, crate::ops::StateLocation::Dir(dir)) =
+        if let (None, None, ralph_engine::ops::StateLocation::Dir(dir)) =
             (&self.state, &self.state_dir, &location)
         {
             // Before, the default was relative to the current directory: a

@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::events::{Event, PlannedStep, Reporter};
-use crate::model::Action;
+use ralph_core::events::{Event, PlannedStep, Reporter};
+use ralph_core::model::Action;
 
 /// The live view of this process, if one is drawing (see [`finish`]).
 static LIVE: OnceLock<Mutex<Option<Weak<Progress>>>> = OnceLock::new();
@@ -225,7 +225,7 @@ impl Inner {
             let spent = i.started.map(|s| s.elapsed().as_secs_f64()).unwrap_or(0.0);
             ((expected - spent).max(0.0) * 1000.0) as u64
         };
-        let left = crate::graph::remaining_cost(&open, &cost)
+        let left = ralph_core::graph::remaining_cost(&open, &cost)
             .into_values()
             .max()
             .unwrap_or(0);
@@ -297,7 +297,7 @@ impl Item {
             if self.typical >= Duration::from_secs(60) {
                 s.push_str(&format!(
                     " of typically {}",
-                    crate::ops::status::humantime(self.typical)
+                    ralph_engine::ops::status::humantime(self.typical)
                 ));
             }
         }

@@ -6,8 +6,8 @@
 
 use clap::CommandFactory;
 
-use crate::model::kinds::{Field, KindSchema, Ty};
-use crate::model::Catalog;
+use ralph_core::model::kinds::{Field, KindSchema, Ty};
+use ralph_core::model::Catalog;
 
 /// A table cell: one line, pipes escaped.
 fn cell(s: &str) -> String {
@@ -162,7 +162,7 @@ editors read through the `# yaml-language-server: $schema=` line of the shipped 
         out.push('\n');
     }
     out.push_str("\n## Rules across resources\n\nBeyond each property's type and allowed values, `validate`, `plan` and `apply` refuse a stack that breaks one of these, naming the file, line and column:\n\n");
-    for rule in crate::stack::validate::RULES {
+    for rule in ralph_stack::validate::RULES {
         out.push_str(&format!("- {rule}\n"));
     }
     out.push('\n');
@@ -278,7 +278,7 @@ substituted and references kept as `${address.attribute}`; `changes` only under 
 ## Built-in rules\n\n\
 | Rule | Severity | What holds | Why |\n|---|---|---|---|\n",
     );
-    for r in crate::check::RULES {
+    for r in ralph_engine::check::RULES {
         out.push_str(&format!(
             "| `{}` | {} | {} | {} |\n",
             r.id,
@@ -305,7 +305,7 @@ fn example(text: &str, out: &mut String) {
 
 /// docs/language.md
 pub fn language() -> String {
-    use crate::stack::language::{
+    use ralph_stack::language::{
         function_example, function_what, FIRST_COMMANDS, FIRST_STACK, SECTIONS,
     };
     let mut out = String::from(
@@ -341,8 +341,8 @@ deletes everything again.\n",
         }
     }
     out.push_str("\n## Functions\n\nCalled inside `${...}`; a wrong number or type of arguments is reported by `validate`.\n");
-    for name in crate::stack::functions::NAMES {
-        let sig = crate::stack::functions::Func::by_name(name)
+    for name in ralph_stack::functions::NAMES {
+        let sig = ralph_stack::functions::Func::by_name(name)
             .map(|f| f.signature())
             .unwrap_or(name);
         out.push_str(&format!("\n### `{sig}`\n\n{}\n\n", function_what(name)));

@@ -1,8 +1,8 @@
 //! Rendering: plans in the familiar symbols, events as lines or JSON.
 
-use crate::apply::ApplyReport;
-use crate::events::{Event, Reporter};
-use crate::plan::{Action, Plan};
+use ralph_core::events::{Event, Reporter};
+use ralph_engine::apply::ApplyReport;
+use ralph_engine::plan::{Action, Plan};
 
 use super::diff_text::{self, Mark, Style};
 
@@ -339,7 +339,7 @@ impl Reporter for JsonReporter {
 }
 
 /// Drift found by a refresh-only plan: text, or one JSON document.
-pub fn drift_text(drift: &[crate::ops::drift::Drift], json: bool) -> String {
+pub fn drift_text(drift: &[ralph_engine::ops::drift::Drift], json: bool) -> String {
     if json {
         return format!(
             "{}\n",
@@ -385,7 +385,7 @@ pub fn drift_text(drift: &[crate::ops::drift::Drift], json: bool) -> String {
 }
 
 /// `check`'s findings under a plan: nothing when there are none.
-pub fn findings_text(report: &crate::check::Report) -> String {
+pub fn findings_text(report: &ralph_engine::check::Report) -> String {
     if report.findings.is_empty() {
         return String::new();
     }
@@ -402,7 +402,7 @@ pub fn findings_text(report: &crate::check::Report) -> String {
 }
 
 /// `check`'s findings as a Markdown section of the pull-request comment.
-pub fn findings_markdown(report: &crate::check::Report) -> String {
+pub fn findings_markdown(report: &ralph_engine::check::Report) -> String {
     if report.findings.is_empty() {
         return String::new();
     }
@@ -413,8 +413,8 @@ pub fn findings_markdown(report: &crate::check::Report) -> String {
     for f in &report.findings {
         let mark = match (&f.waived, f.severity) {
             (Some(_), _) => "waived",
-            (None, crate::check::Severity::Error) => "**error**",
-            (None, crate::check::Severity::Warning) => "warning",
+            (None, ralph_engine::check::Severity::Error) => "**error**",
+            (None, ralph_engine::check::Severity::Warning) => "warning",
         };
         let note = match &f.waived {
             Some(reason) => format!("{} (waived: {reason})", f.message),

@@ -349,7 +349,7 @@ impl World {
 
     /// SDK settings that reach this world's local AWS.
     pub async fn aws_conf(&self) -> aws_config::SdkConfig {
-        ralph_deploy::remote::aws_defaults()
+        ralph_core::remote::aws_defaults()
             .endpoint_url(&self.endpoint)
             .region(aws_config::Region::new("us-east-1"))
             .credentials_provider(aws_sdk_ec2::config::Credentials::new(
@@ -476,7 +476,7 @@ impl World {
 
     pub async fn sdk_config(&self) -> aws_config::SdkConfig {
         let w = self;
-        ralph_deploy::remote::aws_defaults()
+        ralph_core::remote::aws_defaults()
             .endpoint_url(&w.endpoint)
             .region(aws_config::Region::new("us-east-1"))
             .credentials_provider(aws_sdk_ec2::config::Credentials::new(

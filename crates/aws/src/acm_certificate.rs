@@ -1,0 +1,372 @@
+//! `aws.acm_certificate`: a public certificate from AWS Certificate Manager,
+//! validated by DNS. It is what an Application Load Balancer serves on its
+//! HTTPS listener (the AWS Load Balancer Controller reads it from the
+//! Ingress's `alb.ingress.kubernetes.io/certificate-arn`); cert-manager's
+//! certificates live in Kubernetes Secrets, which an ALB cannot use.
+//!
+//! ACM issues the certificate once the CNAME record it asks for exists in
+//! the domain's DNS. Apply does not wait for that: it records the records to
+//! create (`validation_records`, also an output of the shipped stack), and
+//! the load balancer's listener follows once ACM reports `ISSUED`.
+
+use aws_sdk_acm::types::{Tag, ValidationMethod};
+use serde_json::{json, Value as Json};
+
+use super::{api_error, error_code, observed_with, read_tag_pairs, removed_tag_keys, strings};
+use ralph_core::driver::{
+    Context, DeleteAttempt, Desired, Driver, DriverError, Known, Observed, Timeouts,
+};
+use ralph_core::model::kinds::{checks, Attr, Field, KindSchema, Ty};
+
+fn domain(v: &Json) -> Result<(), String> {
+    let s = v.as_str().unwrap_or_default();
+    let host = s.strip_prefix("*.").unwrap_or(s);
+    let ok = !host.is_empty()
+        && s.len() <= 253
+        && host.contains('.')
+        && host.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{s}` is not a domain name ACM can issue for (labels of letters, digits and hyphens, such as ralph.example.com or *.example.com)"
+        ))
+    }
+}
+
+fn domains(v: &Json) -> Result<(), String> {
+    let names = v.as_array().map(Vec::as_slice).unwrap_or_default();
+    if names.len() > 99 {
+        return Err(format!(
+            "{} names; ACM allows the domain name and at most 99 more",
+            names.len()
+        ));
+    }
+    names.iter().try_for_each(domain)
+}
+
+fn method(v: &Json) -> Result<(), String> {
+    match v.as_str() {
+        Some("DNS" | "EMAIL") => Ok(()),
+        other => Err(format!(
+            "`{}` is not a validation method: DNS (a CNAME record, renewed without anyone) or EMAIL",
+            other.unwrap_or_default()
+        )),
+    }
+}
+
+static SCHEMA: KindSchema = KindSchema {
+    kind: "aws.acm_certificate",
+    doc: "A public TLS certificate from AWS Certificate Manager, validated by DNS (the certificate an ALB serves).",
+    fields: &[
+        Field::new("domain_name", Ty::String, "the name the certificate is for")
+            .required()
+            .forces_replace()
+            .check(domain),
+        Field::new(
+            "subject_alternative_names",
+            Ty::Set(&Ty::String),
+            "further names it covers",
+        )
+        .default("[]")
+        .forces_replace()
+        .check(domains),
+        Field::new(
+            "validation_method",
+            Ty::String,
+            "DNS (a CNAME record in the domain, which also renews it) or EMAIL",
+        )
+        .default("\"DNS\"")
+        .forces_replace()
+        .check(method),
+        Field::new("tags", Ty::StringMap, "tags besides the ownership tags")
+            .default("{}")
+            .check(checks::tags),
+    ],
+    attrs: &[
+        Attr {
+            name: "id",
+            ty: Ty::String,
+            doc: "the certificate ARN",
+        },
+        Attr {
+            name: "arn",
+            ty: Ty::String,
+            doc: "the certificate ARN (the Ingress's alb.ingress.kubernetes.io/certificate-arn)",
+        },
+        Attr {
+            name: "status",
+            ty: Ty::String,
+            doc: "PENDING_VALIDATION until the DNS records exist, then ISSUED",
+        },
+        Attr {
+            name: "validation_records",
+            ty: Ty::List(&Ty::StringMap),
+            doc: "the DNS records ACM asks for, one per name: domain, name, type and value",
+        },
+        Attr {
+            name: "in_use_by",
+            ty: Ty::List(&Ty::String),
+            doc: "the load balancers that serve it",
+        },
+    ],
+    taggable: true,
+    name_field: None,
+    exactly_one_of: &[],
+    ordered: &[],
+};
+
+pub struct AcmCertificate;
+
+async fn read_one(cx: &Context, arn: &str) -> Result<Option<Observed>, DriverError> {
+    let acm = &crate::clients(cx).await?.acm;
+    let out = match acm.describe_certificate().certificate_arn(arn).send().await {
+        Ok(out) => out,
+        Err(e) if error_code(&e) == Some("ResourceNotFoundException") => return Ok(None),
+        Err(e) => return Err(api_error("DescribeCertificate", e)),
+    };
+    let Some(cert) = out.certificate() else {
+        return Ok(None);
+    };
+    let tags = acm
+        .list_tags_for_certificate()
+        .certificate_arn(arn)
+        .send()
+        .await
+        .map_err(|e| api_error("ListTagsForCertificate", e))?;
+    let tags = read_tag_pairs(
+        tags.tags()
+            .iter()
+            .map(|t| (t.key(), t.value().unwrap_or_default())),
+    );
+    let domain_name = cert.domain_name().unwrap_or_default().to_string();
+    // ACM lists the domain name among the alternative names; the stack does not.
+    let sans: Vec<Json> = cert
+        .subject_alternative_names()
+        .iter()
+        .filter(|n| **n != domain_name)
+        .map(|n| Json::String(n.clone()))
+        .collect();
+    let options = cert.domain_validation_options();
+    let method = options
+        .iter()
+        .find_map(|o| o.validation_method())
+        .map(|m| m.as_str().to_string())
+        .unwrap_or_else(|| "DNS".to_string());
+    let records: Vec<Json> = options
+        .iter()
+        .filter_map(|o| {
+            let r = o.resource_record()?;
+            Some(json!({
+                "domain": o.domain_name(),
+                "name": r.name(),
+                "type": r.r#type().as_str(),
+                "value": r.value(),
+            }))
+        })
+        .collect();
+    Ok(Some(observed_with(
+        arn,
+        tags,
+        vec![
+            ("arn", Json::String(arn.to_string())),
+            ("domain_name", Json::String(domain_name)),
+            ("subject_alternative_names", Json::Array(sans)),
+            ("validation_method", Json::String(method)),
+            (
+                "status",
+                Json::String(
+                    cert.status()
+                        .map(|s| s.as_str().to_string())
+                        .unwrap_or_default(),
+                ),
+            ),
+            ("validation_records", Json::Array(records)),
+            (
+                "in_use_by",
+                Json::Array(
+                    cert.in_use_by()
+                        .iter()
+                        .map(|s| Json::String(s.clone()))
+                        .collect(),
+                ),
+            ),
+        ],
+    )))
+}
+
+fn acm_tags(want: &Desired<'_>) -> Vec<Tag> {
+    super::tag_map(want)
+        .into_iter()
+        .filter_map(|(k, v)| Tag::builder().key(k).value(v).build().ok())
+        .collect()
+}
+
+/// The same request, the same certificate: ACM answers a repeated
+/// RequestCertificate with this token (within an hour) with the first ARN,
+/// so a run killed between the request and the state's record makes no
+/// second certificate. ACM allows 32 word characters.
+fn idempotency_token(want: &Desired<'_>) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(format!(
+        "{}\n{}\n{}",
+        want.owner.stack, want.owner.environment, want.address
+    ));
+    digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
+}
+
+#[async_trait::async_trait]
+impl Driver for AcmCertificate {
+    fn service(&self) -> &'static str {
+        "acm"
+    }
+
+    fn schema(&self) -> &'static KindSchema {
+        &SCHEMA
+    }
+
+    async fn refresh(&self, cx: &Context, known: &[Known]) -> Result<Vec<Observed>, DriverError> {
+        super::read_each(known, |arn| async move { read_one(cx, &arn).await }).await
+    }
+
+    /// An interrupted request has no ARN to look for: the next request,
+    /// with the same idempotency token, answers the first one's.
+    async fn lookup(&self, cx: &Context, id: &str) -> Result<Option<Observed>, DriverError> {
+        if !id.starts_with("arn:") {
+            return Ok(None);
+        }
+        read_one(cx, id).await
+    }
+
+    async fn create(&self, cx: &Context, want: &Desired<'_>) -> Result<Observed, DriverError> {
+        let sans = strings(want.props.get("subject_alternative_names"));
+        let out = crate::clients(cx)
+            .await?
+            .acm
+            .request_certificate()
+            .domain_name(want.required_str("domain_name")?)
+            .set_subject_alternative_names((!sans.is_empty()).then_some(sans))
+            .validation_method(ValidationMethod::from(
+                want.str("validation_method").unwrap_or("DNS"),
+            ))
+            .idempotency_token(idempotency_token(want))
+            .set_tags(Some(acm_tags(want)))
+            .send()
+            .await
+            .map_err(|e| api_error("RequestCertificate", e))?;
+        let arn = out.certificate_arn().unwrap_or_default().to_string();
+        // ACM fills in the validation records a few seconds after the
+        // request; they are what the user needs from this apply.
+        let email = want.str("validation_method") == Some("EMAIL");
+        let result = cx
+            .wait_until(
+                want.address,
+                "ACM to name the certificate's DNS validation records",
+                std::time::Duration::from_secs(120),
+                || async {
+                    let Some(o) = read_one(cx, &arn).await? else {
+                        return Err(DriverError::new(format!(
+                            "certificate {arn} vanished right after it was requested"
+                        )));
+                    };
+                    let ready = email
+                        || o.attrs
+                            .get("validation_records")
+                            .and_then(Json::as_array)
+                            .is_some_and(|r| !r.is_empty());
+                    let status = o
+                        .attrs
+                        .get("status")
+                        .and_then(Json::as_str)
+                        .unwrap_or_default()
+                        .to_string();
+                    Ok((ready.then_some(o), status))
+                },
+            )
+            .await;
+        match result {
+            Err(e) => match read_one(cx, &arn).await {
+                Ok(Some(partial)) => Err(e.with_partial(partial)),
+                _ => Err(e),
+            },
+            ok => ok,
+        }
+    }
+
+    async fn update(
+        &self,
+        cx: &Context,
+        want: &Desired<'_>,
+        have: &Observed,
+        changed: &[String],
+    ) -> Result<Observed, DriverError> {
+        if changed.iter().any(|c| c == "tags") {
+            let acm = &crate::clients(cx).await?.acm;
+            let removed = removed_tag_keys(have, want);
+            if !removed.is_empty() {
+                acm.remove_tags_from_certificate()
+                    .certificate_arn(&have.id)
+                    .set_tags(Some(
+                        removed
+                            .into_iter()
+                            .filter_map(|k| Tag::builder().key(k).build().ok())
+                            .collect(),
+                    ))
+                    .send()
+                    .await
+                    .map_err(|e| api_error("RemoveTagsFromCertificate", e))?;
+            }
+            acm.add_tags_to_certificate()
+                .certificate_arn(&have.id)
+                .set_tags(Some(acm_tags(want)))
+                .send()
+                .await
+                .map_err(|e| api_error("AddTagsToCertificate", e))?;
+        }
+        read_one(cx, &have.id)
+            .await?
+            .ok_or_else(|| DriverError::new(format!("certificate {} vanished", have.id)))
+    }
+
+    /// A certificate a load balancer still serves cannot be deleted: the
+    /// controller removes its load balancer after the Ingress goes, so the
+    /// delete is retried until then, within the delete timeout.
+    async fn delete(
+        &self,
+        cx: &Context,
+        have: &Observed,
+        timeouts: &Timeouts,
+    ) -> Result<(), DriverError> {
+        let acm = &crate::clients(cx).await?.acm;
+        ralph_core::driver::delete_once_released(
+            cx,
+            have,
+            timeouts,
+            "the load balancers that serve the certificate",
+            || async {
+                match acm
+                    .delete_certificate()
+                    .certificate_arn(&have.id)
+                    .send()
+                    .await
+                {
+                    Ok(_) => Ok(DeleteAttempt::Gone),
+                    Err(e) if error_code(&e) == Some("ResourceNotFoundException") => {
+                        Ok(DeleteAttempt::Gone)
+                    }
+                    Err(e) if error_code(&e) == Some("ResourceInUseException") => {
+                        Ok(DeleteAttempt::InUse)
+                    }
+                    Err(e) => Err(api_error("DeleteCertificate", e)),
+                }
+            },
+        )
+        .await
+    }
+}

@@ -1,0 +1,154 @@
+//! Tagging by ARN, the style RDS, ElastiCache and EKS share: read a
+//! resource's tags by its ARN, and bring them to what the stack wants
+//! (remove the keys no longer wanted, then add or overwrite the rest, the
+//! ownership tags included). EC2's style (resource ids, CreateTags and
+//! DeleteTags) is `super::sync_tags`.
+
+use serde_json::Value as Json;
+
+use super::{api_error, read_tag_pairs, removed_tag_keys, tag_map};
+use ralph_core::driver::{Context, Desired, DriverError, Observed, Owner};
+
+/// The services that tag by ARN.
+#[derive(Debug, Clone, Copy)]
+pub enum ArnService {
+    Rds,
+    ElastiCache,
+    Eks,
+}
+
+/// The tags a create sends to RDS: the stack's and the ownership tags.
+pub fn rds_tags(want: &Desired<'_>) -> Vec<aws_sdk_rds::types::Tag> {
+    tag_map(want)
+        .into_iter()
+        .map(|(k, v)| aws_sdk_rds::types::Tag::builder().key(k).value(v).build())
+        .collect()
+}
+
+/// The same for ElastiCache.
+pub fn elasticache_tags(want: &Desired<'_>) -> Vec<aws_sdk_elasticache::types::Tag> {
+    tag_map(want)
+        .into_iter()
+        .map(|(k, v)| {
+            aws_sdk_elasticache::types::Tag::builder()
+                .key(k)
+                .value(v)
+                .build()
+        })
+        .collect()
+}
+
+/// (address, owner, user tags) of the resource at `arn`.
+pub async fn read(
+    cx: &Context,
+    service: ArnService,
+    arn: &str,
+) -> Result<(Option<String>, Option<Owner>, Json), DriverError> {
+    let aws = crate::clients(cx).await?;
+    let pairs: Vec<(String, String)> = match service {
+        ArnService::Rds => aws
+            .rds
+            .list_tags_for_resource()
+            .resource_name(arn)
+            .send()
+            .await
+            .map_err(|e| api_error("ListTagsForResource", e))?
+            .tag_list()
+            .iter()
+            .filter_map(|t| Some((t.key()?.to_string(), t.value()?.to_string())))
+            .collect(),
+        ArnService::ElastiCache => aws
+            .elasticache
+            .list_tags_for_resource()
+            .resource_name(arn)
+            .send()
+            .await
+            .map_err(|e| api_error("ListTagsForResource", e))?
+            .tag_list()
+            .iter()
+            .filter_map(|t| Some((t.key()?.to_string(), t.value()?.to_string())))
+            .collect(),
+        ArnService::Eks => aws
+            .eks
+            .list_tags_for_resource()
+            .resource_arn(arn)
+            .send()
+            .await
+            .map_err(|e| api_error("ListTagsForResource", e))?
+            .tags()
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default(),
+    };
+    Ok(read_tag_pairs(
+        pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+    ))
+}
+
+/// Brings the tags of the resource at `arn` from `have` to `want`.
+pub async fn sync(
+    cx: &Context,
+    service: ArnService,
+    arn: &str,
+    have: &Observed,
+    want: &Desired<'_>,
+) -> Result<(), DriverError> {
+    let aws = crate::clients(cx).await?;
+    let removed = removed_tag_keys(have, want);
+    match service {
+        ArnService::Rds => {
+            if !removed.is_empty() {
+                aws.rds
+                    .remove_tags_from_resource()
+                    .resource_name(arn)
+                    .set_tag_keys(Some(removed))
+                    .send()
+                    .await
+                    .map_err(|e| api_error("RemoveTagsFromResource", e))?;
+            }
+            aws.rds
+                .add_tags_to_resource()
+                .resource_name(arn)
+                .set_tags(Some(rds_tags(want)))
+                .send()
+                .await
+                .map_err(|e| api_error("AddTagsToResource", e))?;
+        }
+        ArnService::ElastiCache => {
+            if !removed.is_empty() {
+                aws.elasticache
+                    .remove_tags_from_resource()
+                    .resource_name(arn)
+                    .set_tag_keys(Some(removed))
+                    .send()
+                    .await
+                    .map_err(|e| api_error("RemoveTagsFromResource", e))?;
+            }
+            aws.elasticache
+                .add_tags_to_resource()
+                .resource_name(arn)
+                .set_tags(Some(elasticache_tags(want)))
+                .send()
+                .await
+                .map_err(|e| api_error("AddTagsToResource", e))?;
+        }
+        ArnService::Eks => {
+            if !removed.is_empty() {
+                aws.eks
+                    .untag_resource()
+                    .resource_arn(arn)
+                    .set_tag_keys(Some(removed))
+                    .send()
+                    .await
+                    .map_err(|e| api_error("UntagResource", e))?;
+            }
+            aws.eks
+                .tag_resource()
+                .resource_arn(arn)
+                .set_tags(Some(tag_map(want).into_iter().collect()))
+                .send()
+                .await
+                .map_err(|e| api_error("TagResource", e))?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,681 @@
+//! ElastiCache Redis: `aws.elasticache_subnet_group` and
+//! `aws.elasticache_replication_group` (a primary with replicas, automatic
+//! failover, Multi-AZ, encryption in transit and at rest, and an AUTH token
+//! read from a Secrets Manager secret at apply time and never stored).
+//! Creating a group takes up to an hour on AWS.
+
+use std::time::Duration;
+
+use serde_json::Value as Json;
+
+use super::arn_tags::{self, ArnService};
+use super::{
+    api_error, error_code, gone_or_deleting, observed_with, opt_str, read_each, strings, wait_gone,
+    wait_ready, Readiness,
+};
+use ralph_core::driver::{
+    Context, Desired, Driver, DriverError, Known, Observed, Timeouts, READY_ATTR, STATUS_ATTR,
+};
+use ralph_core::model::kinds::{checks, Attr, Field, KindSchema, Ty};
+
+const GROUP_TIMEOUT: Duration = Duration::from_secs(60 * 60);
+
+fn group_id(v: &Json) -> Result<(), String> {
+    let s = v.as_str().unwrap_or_default();
+    let ok = !s.is_empty()
+        && s.len() <= 40
+        && s.starts_with(|c: char| c.is_ascii_lowercase())
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !s.ends_with('-')
+        && !s.contains("--");
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("`{s}` breaks ElastiCache naming: 1-40 lowercase letters, digits and single hyphens, starting with a letter"))
+    }
+}
+
+fn node_type(v: &Json) -> Result<(), String> {
+    let s = v.as_str().unwrap_or_default();
+    if s.starts_with("cache.") && s.split('.').count() == 3 {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{s}` is not a cache node type such as cache.r6g.large"
+        ))
+    }
+}
+
+fn clusters(v: &Json) -> Result<(), String> {
+    match v.as_i64() {
+        Some(1..=6) => Ok(()),
+        _ => Err(
+            "num_cache_clusters must be between 1 and 6 (a primary and up to 5 replicas)".into(),
+        ),
+    }
+}
+
+static SUBNET_GROUP: KindSchema = KindSchema {
+    kind: "aws.elasticache_subnet_group",
+    doc: "The subnets an ElastiCache group may use.",
+    fields: &[
+        Field::new("name", Ty::String, "the group name")
+            .required()
+            .forces_replace()
+            .check(group_id),
+        Field::new("description", Ty::String, "what it is for")
+            .default("\"Managed by ralph-deploy\""),
+        Field::new("subnet_ids", Ty::Set(&Ty::String), "private subnets").required(),
+        Field::new("tags", Ty::StringMap, "tags besides the ownership tags")
+            .default("{}")
+            .check(checks::tags),
+    ],
+    attrs: &[
+        Attr {
+            name: "id",
+            ty: Ty::String,
+            doc: "the group name",
+        },
+        Attr {
+            name: "arn",
+            ty: Ty::String,
+            doc: "the group ARN",
+        },
+    ],
+    taggable: true,
+    name_field: Some("name"),
+    exactly_one_of: &[],
+    ordered: &[],
+};
+
+static GROUP: KindSchema = KindSchema {
+    kind: "aws.elasticache_replication_group",
+    doc: "A Redis replication group: a primary and its replicas.",
+    fields: &[
+        Field::new("replication_group_id", Ty::String, "the group id")
+            .required()
+            .forces_replace()
+            .check(group_id),
+        Field::new("description", Ty::String, "what it is for")
+            .default("\"Managed by ralph-deploy\""),
+        Field::new(
+            "engine_version",
+            Ty::Version,
+            "Redis version, such as \"7.1\"",
+        ),
+        Field::new("node_type", Ty::String, "such as cache.r6g.large")
+            .required()
+            .check(node_type),
+        Field::new(
+            "num_cache_clusters",
+            Ty::Int,
+            "nodes: the primary plus replicas",
+        )
+        .default("2")
+        .check(clusters),
+        Field::new("subnet_group_name", Ty::String, "the subnet group").forces_replace(),
+        Field::new(
+            "security_group_ids",
+            Ty::Set(&Ty::String),
+            "security groups",
+        )
+        .default("[]"),
+        Field::new(
+            "parameter_group_name",
+            Ty::String,
+            "a cache parameter group",
+        ),
+        Field::new(
+            "automatic_failover",
+            Ty::Bool,
+            "promote a replica when the primary fails",
+        )
+        .default("true"),
+        Field::new("multi_az", Ty::Bool, "spread nodes over zones").default("true"),
+        Field::new(
+            "transit_encryption",
+            Ty::Bool,
+            "TLS between clients and nodes",
+        )
+        .default("true")
+        .forces_replace(),
+        Field::new("at_rest_encryption", Ty::Bool, "encrypt data on disk")
+            .default("true")
+            .forces_replace(),
+        Field::new(
+            "auth_token_secret_arn",
+            Ty::String,
+            "a Secrets Manager secret holding the AUTH token (needs transit_encryption)",
+        )
+        .forces_replace(),
+        Field::new(
+            "auth_token_version",
+            Ty::String,
+            "the version of the token's secret, usually `${secrets.redis_auth_version}`: when it changes, the group takes the new token beside the old one (ROTATE), so clients holding either get in, until an `aws.elasticache_auth_rotation` that runs after the clients have the new token keeps it alone",
+        ),
+        Field::new(
+            "snapshot_retention_days",
+            Ty::Int,
+            "days of automatic snapshots",
+        )
+        .default("0")
+        .check(checks::range::<0, 35>),
+        Field::new("port", Ty::Int, "the port")
+            .default("6379")
+            .forces_replace()
+            .check(checks::tcp_port),
+        Field::new("tags", Ty::StringMap, "tags besides the ownership tags")
+            .default("{}")
+            .check(checks::tags),
+    ],
+    attrs: &[
+        Attr {
+            name: "id",
+            ty: Ty::String,
+            doc: "the group id",
+        },
+        Attr {
+            name: "arn",
+            ty: Ty::String,
+            doc: "the group ARN",
+        },
+        Attr {
+            name: "primary_endpoint",
+            ty: Ty::String,
+            doc: "where writes go",
+        },
+        Attr {
+            name: "reader_endpoint",
+            ty: Ty::String,
+            doc: "where reads may go",
+        },
+        Attr {
+            name: "status",
+            ty: Ty::String,
+            doc: "creating, available, modifying, ...",
+        },
+    ],
+    taggable: true,
+    name_field: Some("replication_group_id"),
+    exactly_one_of: &[],
+    ordered: &[],
+};
+
+pub struct SubnetGroup;
+pub struct ReplicationGroup;
+
+/// Brings a replication group's or subnet group's tags to the stack's.
+async fn sync_ec_tags(
+    cx: &Context,
+    have: &Observed,
+    want: &Desired<'_>,
+) -> Result<(), DriverError> {
+    let arn = have
+        .attrs
+        .get("arn")
+        .and_then(Json::as_str)
+        .unwrap_or_default()
+        .to_string();
+    arn_tags::sync(cx, ArnService::ElastiCache, &arn, have, want).await
+}
+
+// ---- subnet group ----
+
+async fn read_subnet_group(cx: &Context, name: &str) -> Result<Option<Observed>, DriverError> {
+    let out = match crate::clients(cx)
+        .await?
+        .elasticache
+        .describe_cache_subnet_groups()
+        .cache_subnet_group_name(name)
+        .send()
+        .await
+    {
+        Ok(o) => o,
+        Err(e) if error_code(&e) == Some("CacheSubnetGroupNotFoundFault") => return Ok(None),
+        Err(e) => return Err(api_error("DescribeCacheSubnetGroups", e)),
+    };
+    let Some(g) = out.cache_subnet_groups().first() else {
+        return Ok(None);
+    };
+    let arn = g.arn().unwrap_or_default().to_string();
+    let subnets: Vec<Json> = g
+        .subnets()
+        .iter()
+        .filter_map(|s| s.subnet_identifier().map(|i| Json::String(i.to_string())))
+        .collect();
+    Ok(Some(observed_with(
+        name,
+        arn_tags::read(cx, ArnService::ElastiCache, &arn).await?,
+        vec![
+            ("name", Json::String(name.to_string())),
+            ("arn", Json::String(arn)),
+            ("description", opt_str(g.cache_subnet_group_description())),
+            ("subnet_ids", Json::Array(subnets)),
+        ],
+    )))
+}
+
+#[async_trait::async_trait]
+impl Driver for SubnetGroup {
+    fn service(&self) -> &'static str {
+        "elasticache"
+    }
+
+    fn schema(&self) -> &'static KindSchema {
+        &SUBNET_GROUP
+    }
+
+    async fn refresh(&self, cx: &Context, known: &[Known]) -> Result<Vec<Observed>, DriverError> {
+        read_each(known, |id| async move { read_subnet_group(cx, &id).await }).await
+    }
+
+    async fn create(&self, cx: &Context, want: &Desired<'_>) -> Result<Observed, DriverError> {
+        let name = want.required_str("name")?;
+        crate::clients(cx)
+            .await?
+            .elasticache
+            .create_cache_subnet_group()
+            .cache_subnet_group_name(name)
+            .cache_subnet_group_description(
+                want.str("description").unwrap_or("Managed by ralph-deploy"),
+            )
+            .set_subnet_ids(Some(strings(want.props.get("subnet_ids"))))
+            .set_tags(Some(arn_tags::elasticache_tags(want)))
+            .send()
+            .await
+            .map_err(|e| api_error("CreateCacheSubnetGroup", e))?;
+        read_subnet_group(cx, name)
+            .await?
+            .ok_or_else(|| DriverError::new(format!("cache subnet group {name} vanished")))
+    }
+
+    async fn update(
+        &self,
+        cx: &Context,
+        want: &Desired<'_>,
+        have: &Observed,
+        changed: &[String],
+    ) -> Result<Observed, DriverError> {
+        if changed
+            .iter()
+            .any(|c| c == "description" || c == "subnet_ids")
+        {
+            crate::clients(cx)
+                .await?
+                .elasticache
+                .modify_cache_subnet_group()
+                .cache_subnet_group_name(&have.id)
+                .cache_subnet_group_description(
+                    want.str("description").unwrap_or("Managed by ralph-deploy"),
+                )
+                .set_subnet_ids(Some(strings(want.props.get("subnet_ids"))))
+                .send()
+                .await
+                .map_err(|e| api_error("ModifyCacheSubnetGroup", e))?;
+        }
+        if changed.iter().any(|c| c == "tags") {
+            sync_ec_tags(cx, have, want).await?;
+        }
+        read_subnet_group(cx, &have.id)
+            .await?
+            .ok_or_else(|| DriverError::new(format!("cache subnet group {} vanished", have.id)))
+    }
+
+    async fn delete(
+        &self,
+        cx: &Context,
+        have: &Observed,
+        _timeouts: &Timeouts,
+    ) -> Result<(), DriverError> {
+        super::delete_answer(
+            "DeleteCacheSubnetGroup",
+            crate::clients(cx)
+                .await?
+                .elasticache
+                .delete_cache_subnet_group()
+                .cache_subnet_group_name(&have.id)
+                .send()
+                .await,
+            &["CacheSubnetGroupNotFoundFault"],
+        )
+    }
+}
+
+// ---- replication group ----
+
+pub(super) async fn read_group(cx: &Context, id: &str) -> Result<Option<Observed>, DriverError> {
+    let out = match crate::clients(cx)
+        .await?
+        .elasticache
+        .describe_replication_groups()
+        .replication_group_id(id)
+        .send()
+        .await
+    {
+        Ok(o) => o,
+        Err(e) if error_code(&e) == Some("ReplicationGroupNotFoundFault") => return Ok(None),
+        Err(e) => return Err(api_error("DescribeReplicationGroups", e)),
+    };
+    let Some(g) = out.replication_groups().first() else {
+        return Ok(None);
+    };
+    let arn = g.arn().unwrap_or_default().to_string();
+    let status = g.status().unwrap_or("unknown").to_string();
+    let node_group = g.node_groups().first();
+    let mut o = observed_with(
+        id,
+        arn_tags::read(cx, ArnService::ElastiCache, &arn).await?,
+        vec![
+            ("replication_group_id", Json::String(id.to_string())),
+            ("arn", Json::String(arn)),
+            ("description", opt_str(g.description())),
+            ("node_type", opt_str(g.cache_node_type())),
+            (
+                "num_cache_clusters",
+                Json::from(g.member_clusters().len() as i64),
+            ),
+            (
+                "automatic_failover",
+                g.automatic_failover()
+                    .map(|a| Json::Bool(a.as_str() == "enabled" || a.as_str() == "enabling"))
+                    .unwrap_or(Json::Null),
+            ),
+            (
+                "multi_az",
+                g.multi_az()
+                    .map(|m| Json::Bool(m.as_str() == "enabled"))
+                    .unwrap_or(Json::Null),
+            ),
+            (
+                "transit_encryption",
+                g.transit_encryption_enabled()
+                    .map(Json::Bool)
+                    .unwrap_or(Json::Null),
+            ),
+            (
+                "at_rest_encryption",
+                g.at_rest_encryption_enabled()
+                    .map(Json::Bool)
+                    .unwrap_or(Json::Null),
+            ),
+            (
+                "snapshot_retention_days",
+                g.snapshot_retention_limit()
+                    .map(|d| Json::from(d as i64))
+                    .unwrap_or(Json::Null),
+            ),
+            (
+                "primary_endpoint",
+                opt_str(
+                    node_group
+                        .and_then(|n| n.primary_endpoint())
+                        .and_then(|e| e.address()),
+                ),
+            ),
+            (
+                "reader_endpoint",
+                opt_str(
+                    node_group
+                        .and_then(|n| n.reader_endpoint())
+                        .and_then(|e| e.address()),
+                ),
+            ),
+        ],
+    );
+    o.attrs
+        .insert(READY_ATTR.into(), Json::Bool(status == "available"));
+    o.attrs.insert(STATUS_ATTR.into(), Json::String(status));
+    Ok(Some(o))
+}
+
+pub(super) async fn wait_group(
+    cx: &Context,
+    address: &str,
+    id: &str,
+    timeout: Duration,
+    created: bool,
+) -> Result<Observed, DriverError> {
+    let r = Readiness {
+        what: "the Redis group",
+        ready: "available",
+        failed: &["create-failed"],
+    };
+    wait_ready(cx, address, id, timeout, created, r, || read_group(cx, id)).await
+}
+
+/// Gives the group the token its secret holds now, beside the old one
+/// (`ROTATE`) or alone (`SET`), and waits for it. The token stays in this
+/// call.
+pub(super) async fn rotate_token(
+    cx: &Context,
+    want: &Desired<'_>,
+    id: &str,
+    strategy: &str,
+    timeout: Duration,
+) -> Result<Observed, DriverError> {
+    use aws_sdk_elasticache::types::AuthTokenUpdateStrategyType;
+    let arn = want.required_str("auth_token_secret_arn")?;
+    let token = auth_token(cx, arn).await?;
+    crate::clients(cx)
+        .await?
+        .elasticache
+        .modify_replication_group()
+        .replication_group_id(id)
+        .apply_immediately(true)
+        .auth_token(token)
+        .auth_token_update_strategy(AuthTokenUpdateStrategyType::from(strategy))
+        .send()
+        .await
+        .map_err(|e| api_error("ModifyReplicationGroup", e))?;
+    wait_group(cx, want.address, id, timeout, false).await
+}
+
+/// Reads the AUTH token from its secret. The value stays in this call.
+pub(super) async fn auth_token(cx: &Context, arn: &str) -> Result<String, DriverError> {
+    let out = crate::clients(cx)
+        .await?
+        .secrets
+        .get_secret_value()
+        .secret_id(arn)
+        .send()
+        .await
+        .map_err(|e| api_error("GetSecretValue", e))?;
+    out.secret_string().map(str::to_string).ok_or_else(|| {
+        DriverError::new(format!(
+            "secret {arn} has no string value for the Redis AUTH token"
+        ))
+    })
+}
+
+#[async_trait::async_trait]
+impl Driver for ReplicationGroup {
+    fn service(&self) -> &'static str {
+        "elasticache"
+    }
+
+    fn typical_seconds(&self) -> u64 {
+        900
+    }
+
+    fn schema(&self) -> &'static KindSchema {
+        &GROUP
+    }
+
+    async fn refresh(&self, cx: &Context, known: &[Known]) -> Result<Vec<Observed>, DriverError> {
+        let all = read_each(known, |id| async move { read_group(cx, &id).await }).await?;
+        Ok(all
+            .into_iter()
+            .filter(|o| o.attrs.get(STATUS_ATTR).and_then(Json::as_str) != Some("deleting"))
+            .collect())
+    }
+
+    async fn create(&self, cx: &Context, want: &Desired<'_>) -> Result<Observed, DriverError> {
+        let id = want.required_str("replication_group_id")?;
+        let token = match want.str("auth_token_secret_arn") {
+            Some(arn) => Some(auth_token(cx, arn).await?),
+            None => None,
+        };
+        crate::clients(cx)
+            .await?
+            .elasticache
+            .create_replication_group()
+            .replication_group_id(id)
+            .replication_group_description(
+                want.str("description").unwrap_or("Managed by ralph-deploy"),
+            )
+            .engine("redis")
+            .set_engine_version(want.str("engine_version").map(str::to_string))
+            .cache_node_type(want.required_str("node_type")?)
+            .set_num_cache_clusters(want.int("num_cache_clusters")?)
+            .automatic_failover_enabled(want.bool("automatic_failover").unwrap_or(true))
+            .multi_az_enabled(want.bool("multi_az").unwrap_or(true))
+            .set_cache_subnet_group_name(want.str("subnet_group_name").map(str::to_string))
+            .set_security_group_ids(Some(strings(want.props.get("security_group_ids"))))
+            .set_cache_parameter_group_name(want.str("parameter_group_name").map(str::to_string))
+            .transit_encryption_enabled(want.bool("transit_encryption").unwrap_or(true))
+            .at_rest_encryption_enabled(want.bool("at_rest_encryption").unwrap_or(true))
+            .set_auth_token(token)
+            .set_snapshot_retention_limit(want.int("snapshot_retention_days")?)
+            .set_port(want.int("port")?)
+            .set_tags(Some(arn_tags::elasticache_tags(want)))
+            .send()
+            .await
+            .map_err(|e| api_error("CreateReplicationGroup", e))?;
+        wait_group(
+            cx,
+            want.address,
+            id,
+            want.timeouts.create_or(GROUP_TIMEOUT),
+            true,
+        )
+        .await
+    }
+
+    async fn update(
+        &self,
+        cx: &Context,
+        want: &Desired<'_>,
+        have: &Observed,
+        changed: &[String],
+    ) -> Result<Observed, DriverError> {
+        let ec = &crate::clients(cx).await?.elasticache;
+        let has = |f: &str| changed.iter().any(|c| c == f);
+        let timeout = want.timeouts.update_or(GROUP_TIMEOUT);
+        let modifiable = [
+            "description",
+            "node_type",
+            "engine_version",
+            "security_group_ids",
+            "parameter_group_name",
+            "automatic_failover",
+            "multi_az",
+            "snapshot_retention_days",
+        ];
+        if modifiable.iter().any(|f| has(f)) {
+            let s = |f: &str| {
+                if has(f) {
+                    want.str(f).map(str::to_string)
+                } else {
+                    None
+                }
+            };
+            let b = |f: &str| if has(f) { want.bool(f) } else { None };
+            let mut req = ec
+                .modify_replication_group()
+                .replication_group_id(&have.id)
+                .apply_immediately(true)
+                .set_replication_group_description(s("description"))
+                .set_cache_node_type(s("node_type"))
+                .set_engine_version(s("engine_version"))
+                .set_cache_parameter_group_name(s("parameter_group_name"))
+                .set_automatic_failover_enabled(b("automatic_failover"))
+                .set_multi_az_enabled(b("multi_az"))
+                .set_snapshot_retention_limit(if has("snapshot_retention_days") {
+                    want.int("snapshot_retention_days")?
+                } else {
+                    None
+                });
+            if has("security_group_ids") {
+                req =
+                    req.set_security_group_ids(Some(strings(want.props.get("security_group_ids"))));
+            }
+            req.send()
+                .await
+                .map_err(|e| api_error("ModifyReplicationGroup", e))?;
+            wait_group(cx, want.address, &have.id, timeout, false).await?;
+        }
+        // A version recorded before (not one given for the first time to a
+        // group that has the token already): a new token to rotate to.
+        let rotated = have
+            .attrs
+            .get("auth_token_version")
+            .is_some_and(|v| !v.is_null());
+        if has("auth_token_version") && rotated {
+            rotate_token(cx, want, &have.id, "ROTATE", timeout).await?;
+        }
+        if has("num_cache_clusters") {
+            let want_n: i32 = want.int("num_cache_clusters")?.unwrap_or(2);
+            let have_n = have
+                .attrs
+                .get("num_cache_clusters")
+                .and_then(Json::as_i64)
+                .and_then(|v| i32::try_from(v).ok())
+                .unwrap_or(1);
+            if want_n > have_n {
+                ec.increase_replica_count()
+                    .replication_group_id(&have.id)
+                    .new_replica_count(want_n - 1)
+                    .apply_immediately(true)
+                    .send()
+                    .await
+                    .map_err(|e| api_error("IncreaseReplicaCount", e))?;
+            } else if want_n < have_n {
+                ec.decrease_replica_count()
+                    .replication_group_id(&have.id)
+                    .new_replica_count(want_n - 1)
+                    .apply_immediately(true)
+                    .send()
+                    .await
+                    .map_err(|e| api_error("DecreaseReplicaCount", e))?;
+            }
+            wait_group(cx, want.address, &have.id, timeout, false).await?;
+        }
+        if has("tags") {
+            sync_ec_tags(cx, have, want).await?;
+        }
+        wait_group(cx, want.address, &have.id, timeout, false).await
+    }
+
+    async fn delete(
+        &self,
+        cx: &Context,
+        have: &Observed,
+        timeouts: &Timeouts,
+    ) -> Result<(), DriverError> {
+        match crate::clients(cx)
+            .await?
+            .elasticache
+            .delete_replication_group()
+            .replication_group_id(&have.id)
+            .send()
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if error_code(&e) == Some("ReplicationGroupNotFoundFault") => return Ok(()),
+            Err(e) => {
+                if !gone_or_deleting(read_group(cx, &have.id)).await? {
+                    return Err(api_error("DeleteReplicationGroup", e));
+                }
+            }
+        }
+        wait_gone(
+            cx,
+            have,
+            "the Redis group",
+            timeouts.delete_or(GROUP_TIMEOUT),
+            || read_group(cx, &have.id),
+        )
+        .await
+    }
+}

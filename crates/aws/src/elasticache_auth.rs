@@ -1,0 +1,128 @@
+//! `aws.elasticache_auth_rotation`: the second half of an AUTH token
+//! rotation. ElastiCache rotates in two steps: `ROTATE` adds the new token
+//! and keeps the old one valid, `SET` leaves the new one alone. The group
+//! (`aws.elasticache_replication_group` with `auth_token_version`) does the
+//! first when the secret gets a new version; this resource, placed after
+//! the clients (it depends on the orchestrator, whose pods roll onto the
+//! new token), does the second. So no client ever holds a token the group
+//! refuses: before the rollout both tokens work, after it only the pods'.
+//!
+//! It owns nothing in the cloud: creating it records the version the group
+//! was made with (a new group has that token alone), deleting it forgets
+//! it.
+
+use serde_json::{json, Value as Json};
+
+use super::elasticache::{read_group, rotate_token};
+use ralph_core::driver::{Context, Desired, Driver, DriverError, Known, Observed, Timeouts};
+use ralph_core::model::kinds::{Attr, Field, KindSchema, Ty};
+
+static ROTATION: KindSchema = KindSchema {
+    kind: "aws.elasticache_auth_rotation",
+    doc: "Finishes a Redis AUTH token rotation: once what it depends on (the pods) has the new token, the replication group keeps only that one (SET).",
+    fields: &[
+        Field::new(
+            "replication_group_id",
+            Ty::String,
+            "the group, usually `${redis.id}`",
+        )
+        .required()
+        .forces_replace(),
+        Field::new(
+            "auth_token_secret_arn",
+            Ty::String,
+            "the token's secret, the group's `auth_token_secret_arn`",
+        )
+        .required(),
+        Field::new(
+            "auth_token_version",
+            Ty::String,
+            "the version the group rotated to, the group's `auth_token_version`",
+        )
+        .required(),
+    ],
+    attrs: &[Attr {
+        name: "id",
+        ty: Ty::String,
+        doc: "GROUP/auth",
+    }],
+    taggable: false,
+    name_field: None,
+    exactly_one_of: &[],
+    ordered: &[],
+};
+
+pub struct Rotation;
+
+fn observed(group: &str, props: &serde_json::Map<String, Json>) -> Observed {
+    let id = format!("{group}/auth");
+    let mut attrs = props.clone();
+    attrs.insert("id".into(), json!(id));
+    Observed {
+        id,
+        owner: None,
+        address: None,
+        attrs,
+    }
+}
+
+#[async_trait::async_trait]
+impl Driver for Rotation {
+    fn schema(&self) -> &'static KindSchema {
+        &ROTATION
+    }
+
+    fn service(&self) -> &'static str {
+        "elasticache"
+    }
+
+    /// There while its group is; what it last set is what the state recorded.
+    async fn refresh(&self, cx: &Context, known: &[Known]) -> Result<Vec<Observed>, DriverError> {
+        let mut out = Vec::new();
+        for k in known.iter().filter(|k| !k.inputs.is_empty()) {
+            let group = k
+                .inputs
+                .get("replication_group_id")
+                .and_then(Json::as_str)
+                .unwrap_or_default();
+            if read_group(cx, group).await?.is_some() {
+                out.push(observed(group, &k.inputs));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn create(&self, cx: &Context, want: &Desired<'_>) -> Result<Observed, DriverError> {
+        let group = want.required_str("replication_group_id")?;
+        if read_group(cx, group).await?.is_none() {
+            return Err(DriverError::new(format!(
+                "the replication group {group} does not exist"
+            )));
+        }
+        Ok(observed(group, want.props))
+    }
+
+    async fn update(
+        &self,
+        cx: &Context,
+        want: &Desired<'_>,
+        _have: &Observed,
+        _changed: &[String],
+    ) -> Result<Observed, DriverError> {
+        let group = want.required_str("replication_group_id")?;
+        let timeout = want
+            .timeouts
+            .update_or(std::time::Duration::from_secs(60 * 60));
+        rotate_token(cx, want, group, "SET", timeout).await?;
+        Ok(observed(group, want.props))
+    }
+
+    async fn delete(
+        &self,
+        _cx: &Context,
+        _have: &Observed,
+        _timeouts: &Timeouts,
+    ) -> Result<(), DriverError> {
+        Ok(())
+    }
+}

@@ -1,0 +1,266 @@
+//! `aws.nat_gateway`: a NAT gateway in a public subnet, so private subnets
+//! reach the internet. Creation takes minutes on AWS: create waits for
+//! `available`, delete waits for `deleted`.
+
+use std::time::Duration;
+
+use aws_sdk_ec2::types::{ConnectivityType, Filter, NatGatewayState, ResourceType};
+use serde_json::Value as Json;
+
+use super::{api_error, ec2, observed, opt_str, owner_filters, sync_tags, tag_spec};
+use ralph_core::driver::{Context, Desired, Driver, DriverError, Known, Observed, Timeouts};
+use ralph_core::model::kinds::{checks, Attr, Field, KindSchema, Ty};
+
+fn connectivity(v: &Json) -> Result<(), String> {
+    match v.as_str() {
+        Some("public" | "private") => Ok(()),
+        _ => Err("connectivity_type must be `public` or `private`".into()),
+    }
+}
+
+static SCHEMA: KindSchema = KindSchema {
+    kind: "aws.nat_gateway",
+    doc: "A NAT gateway.",
+    fields: &[
+        Field::new("subnet_id", Ty::String, "the (public) subnet it lives in")
+            .required()
+            .forces_replace(),
+        Field::new(
+            "allocation_id",
+            Ty::String,
+            "the Elastic IP for a public gateway, usually `${eip.id}`",
+        )
+        .forces_replace(),
+        Field::new("connectivity_type", Ty::String, "`public` or `private`")
+            .default("\"public\"")
+            .forces_replace()
+            .check(connectivity),
+        Field::new("tags", Ty::StringMap, "tags besides the ownership tags")
+            .default("{}")
+            .check(checks::tags),
+    ],
+    attrs: &[
+        Attr {
+            name: "id",
+            ty: Ty::String,
+            doc: "the gateway id (nat-...)",
+        },
+        Attr {
+            name: "public_ip",
+            ty: Ty::String,
+            doc: "its public address",
+        },
+    ],
+    taggable: true,
+    name_field: None,
+    exactly_one_of: &[],
+    ordered: &[],
+};
+
+const CREATE_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+const DELETE_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+
+pub struct NatGateway;
+
+fn observe(g: &aws_sdk_ec2::types::NatGateway) -> Option<Observed> {
+    let addr = g.nat_gateway_addresses().first();
+    Some(observed(
+        g.nat_gateway_id()?,
+        g.tags(),
+        vec![
+            ("subnet_id", opt_str(g.subnet_id())),
+            (
+                "allocation_id",
+                opt_str(addr.and_then(|a| a.allocation_id())),
+            ),
+            (
+                "connectivity_type",
+                opt_str(g.connectivity_type().map(|c| c.as_str())),
+            ),
+            ("public_ip", opt_str(addr.and_then(|a| a.public_ip()))),
+            ("state", opt_str(g.state().map(|s| s.as_str()))),
+        ],
+    ))
+}
+
+async fn state_of(cx: &Context, id: &str) -> Result<(Option<Observed>, String), DriverError> {
+    let out = ec2(cx)
+        .await?
+        .describe_nat_gateways()
+        .nat_gateway_ids(id)
+        .send()
+        .await;
+    match out {
+        Ok(out) => {
+            let g = out.nat_gateways().first();
+            let state = g
+                .and_then(|g| g.state())
+                .map(|s| s.as_str().to_string())
+                .unwrap_or_else(|| "deleted".into());
+            Ok((g.and_then(observe), state))
+        }
+        Err(e) if super::error_code(&e) == Some("NatGatewayNotFound") => {
+            Ok((None, "deleted".into()))
+        }
+        Err(e) => Err(api_error("DescribeNatGateways", e)),
+    }
+}
+
+#[async_trait::async_trait]
+impl Driver for NatGateway {
+    async fn lookup(&self, cx: &Context, id: &str) -> Result<Option<Observed>, DriverError> {
+        let out = ec2(cx)
+            .await?
+            .describe_nat_gateways()
+            .filter(super::id_filter("nat-gateway-id", id))
+            .send()
+            .await
+            .map_err(|e| api_error("DescribeNatGateways", e))?;
+        Ok(out
+            .nat_gateways()
+            .iter()
+            .filter(|g| g.state().is_none_or(|s| s.as_str() != "deleted"))
+            .find_map(observe))
+    }
+    fn service(&self) -> &'static str {
+        "ec2"
+    }
+
+    fn typical_seconds(&self) -> u64 {
+        120
+    }
+
+    fn schema(&self) -> &'static KindSchema {
+        &SCHEMA
+    }
+
+    async fn refresh(&self, cx: &Context, _known: &[Known]) -> Result<Vec<Observed>, DriverError> {
+        let mut filters = owner_filters(&cx.owner);
+        // Deleted gateways stay visible for an hour; they are gone for us.
+        filters.push(
+            Filter::builder()
+                .name("state")
+                .values("pending")
+                .values("available")
+                .values("deleting")
+                .values("failed")
+                .build(),
+        );
+        let mut pages = ec2(cx)
+            .await?
+            .describe_nat_gateways()
+            .set_filter(Some(filters))
+            .into_paginator()
+            .send();
+        let mut out = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| api_error("DescribeNatGateways", e))?;
+            out.extend(
+                page.nat_gateways()
+                    .iter()
+                    .filter(|g| {
+                        !matches!(
+                            g.state(),
+                            Some(NatGatewayState::Deleted | NatGatewayState::Deleting)
+                        )
+                    })
+                    .filter_map(observe),
+            );
+        }
+        Ok(out)
+    }
+
+    async fn create(&self, cx: &Context, want: &Desired<'_>) -> Result<Observed, DriverError> {
+        let mut req = ec2(cx)
+            .await?
+            .create_nat_gateway()
+            .subnet_id(want.required_str("subnet_id")?)
+            .connectivity_type(ConnectivityType::from(
+                want.str("connectivity_type").unwrap_or("public"),
+            ))
+            .tag_specifications(tag_spec(ResourceType::Natgateway, want))
+            // Same token, same gateway: a retried create does not make a second one.
+            .client_token(
+                format!(
+                    "{}-{}-{}",
+                    want.owner.stack, want.owner.environment, want.address
+                )
+                .chars()
+                .take(64)
+                .collect::<String>(),
+            );
+        if let Some(a) = want.str("allocation_id") {
+            req = req.allocation_id(a);
+        }
+        let out = req
+            .send()
+            .await
+            .map_err(|e| api_error("CreateNatGateway", e))?;
+        let id = out
+            .nat_gateway()
+            .and_then(|g| g.nat_gateway_id())
+            .ok_or_else(|| DriverError::new("CreateNatGateway returned no id"))?
+            .to_string();
+        cx.wait_until(
+            want.address,
+            "the NAT gateway to become available",
+            CREATE_TIMEOUT,
+            || async {
+                let (obs, state) = state_of(cx, &id).await?;
+                if state == "failed" {
+                    let reason = obs
+                        .map(|_| "see the gateway's failure message in the console")
+                        .unwrap_or("");
+                    return Err(DriverError::new(format!(
+                        "NAT gateway {id} failed to create {reason}"
+                    )));
+                }
+                Ok((if state == "available" { obs } else { None }, state))
+            },
+        )
+        .await
+    }
+
+    async fn update(
+        &self,
+        cx: &Context,
+        want: &Desired<'_>,
+        have: &Observed,
+        _changed: &[String],
+    ) -> Result<Observed, DriverError> {
+        sync_tags(cx, &have.id, have, want).await?;
+        state_of(cx, &have.id)
+            .await?
+            .0
+            .ok_or_else(|| DriverError::new(format!("NAT gateway {} vanished", have.id)))
+    }
+
+    async fn delete(
+        &self,
+        cx: &Context,
+        have: &Observed,
+        _timeouts: &Timeouts,
+    ) -> Result<(), DriverError> {
+        match ec2(cx)
+            .await?
+            .delete_nat_gateway()
+            .nat_gateway_id(&have.id)
+            .send()
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if super::error_code(&e) == Some("NatGatewayNotFound") => return Ok(()),
+            Err(e) => return Err(api_error("DeleteNatGateway", e)),
+        }
+        cx.wait_until(
+            have.address.as_deref().unwrap_or(&have.id),
+            "the NAT gateway to be deleted",
+            DELETE_TIMEOUT,
+            || async {
+                let (_, state) = state_of(cx, &have.id).await?;
+                Ok(((state == "deleted").then_some(()), state))
+            },
+        )
+        .await
+    }
+}

@@ -1,0 +1,402 @@
+//! `failover` on RDS: a read replica promoted to primary, and snapshots on
+//! request (`capability::Promotion`, `capability::Snapshots`).
+//!
+//! The steps, each safe to repeat (a failover interrupted at any point is
+//! finished by running it again):
+//! 1. promote the replica (tagged with the failover's id);
+//! 2. take the old primary's ownership tags off and rename it out of the
+//!    way (`<name>-old-<UTC minute>`; it keeps its deletion protection and
+//!    is left for the operator to inspect and delete);
+//! 3. give the promoted instance the primary's name and ownership tags, so
+//!    its endpoint is the name the application already uses.
+
+use std::time::Duration;
+
+use serde_json::{Map, Value as Json};
+
+use super::super::api_error;
+use super::super::arn_tags::{self, ArnService};
+use super::{arn_of, read_instance};
+use ralph_core::driver::capability::{Promoted, Promotion, PromotionPlan, Snapshots};
+use ralph_core::driver::{Context, Desired, DriverError, Observed, STATUS_ATTR};
+
+/// Marks the promoted instance between its promotion and taking over the
+/// primary's name, so that a resumed failover tells it from the old primary.
+const FAILOVER_TAG: &str = "ralph-deploy-failover";
+/// Left on the old primary once it is out of the way: what it was.
+const RETIRED_TAG: &str = "ralph-deploy-retired";
+
+/// The instance named `id`, as refresh reads it (`None` when there is none).
+async fn instance(cx: &Context, id: &str) -> Result<Option<Observed>, DriverError> {
+    read_instance(cx, id).await
+}
+
+/// The replica's lag behind its primary: the highest `ReplicaLag` CloudWatch
+/// has for it over the last ten minutes, in seconds (`None`: no datapoint,
+/// so the lag is unknown).
+async fn replica_lag(cx: &Context, id: &str) -> Result<Option<f64>, DriverError> {
+    use aws_sdk_cloudwatch::primitives::DateTime;
+    use aws_sdk_cloudwatch::types::{Dimension, Statistic};
+    let now = std::time::SystemTime::now();
+    let out = crate::clients(cx)
+        .await?
+        .cloudwatch
+        .get_metric_statistics()
+        .namespace("AWS/RDS")
+        .metric_name("ReplicaLag")
+        .dimensions(
+            Dimension::builder()
+                .name("DBInstanceIdentifier")
+                .value(id)
+                .build(),
+        )
+        .start_time(DateTime::from(now - Duration::from_secs(600)))
+        // Past now: the current minute's datapoints count too.
+        .end_time(DateTime::from(now + Duration::from_secs(60)))
+        .period(60)
+        .statistics(Statistic::Maximum)
+        .send()
+        .await
+        .map_err(|e| api_error("GetMetricStatistics", e))?;
+    // The latest minute is the one that counts.
+    Ok(out
+        .datapoints()
+        .iter()
+        .filter_map(|d| Some((d.timestamp()?.as_secs_f64(), d.maximum()?)))
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, lag)| lag))
+}
+
+/// Promotes the read replica `id` to a standalone instance (with the
+/// primary's backup settings) and waits until it is available and no
+/// longer a replica. `marker` tags it as the instance this failover
+/// promoted. Nothing is sent again for an instance already promoted.
+async fn promote(
+    cx: &Context,
+    address: &str,
+    have: &Observed,
+    backup_retention_days: Option<i32>,
+    backup_window: Option<&str>,
+    marker: &str,
+    timeout: Duration,
+) -> Result<Observed, DriverError> {
+    let rds = &crate::clients(cx).await?.rds;
+    let id = have.id.as_str();
+    add_tag(cx, &arn_of(have), FAILOVER_TAG, marker).await?;
+    if is_replica(have) {
+        rds.promote_read_replica()
+            .db_instance_identifier(id)
+            .set_backup_retention_period(backup_retention_days)
+            .set_preferred_backup_window(backup_window.map(str::to_string))
+            .send()
+            .await
+            .map_err(|e| api_error("PromoteReadReplica", e))?;
+    }
+    // Available is not enough right after the call: it must also have
+    // stopped replicating.
+    cx.wait_until(
+        address,
+        &format!("{id} to be promoted"),
+        timeout,
+        || async {
+            let o = read_instance(cx, id).await?.ok_or_else(|| {
+                DriverError::new(format!("{id} disappeared while being promoted"))
+            })?;
+            let status = status_of(&o);
+            if ["failed", "incompatible-parameters", "storage-full"].contains(&status.as_str()) {
+                return Err(DriverError::new(format!(
+                    "{id} is `{status}`; see its events in the console"
+                )));
+            }
+            if status == "available" && !is_replica(&o) {
+                Ok((Some(o), status))
+            } else {
+                Ok((None, format!("promoting ({status})")))
+            }
+        },
+    )
+    .await
+}
+
+fn status_of(o: &Observed) -> String {
+    o.attrs
+        .get(STATUS_ATTR)
+        .and_then(Json::as_str)
+        .unwrap_or("unknown")
+        .to_string()
+}
+
+/// Whether the instance still replicates from another.
+fn is_replica(o: &Observed) -> bool {
+    o.attrs
+        .get("replicate_source_db")
+        .is_some_and(|v| v.as_str().is_some_and(|s| !s.is_empty()))
+}
+
+/// Whether this failover (`marker`) promoted the instance: its tags, as
+/// the read that found it returned them (the marker is not an ownership
+/// tag, so it is among the user tags).
+fn promoted_by(o: &Observed, marker: &str) -> bool {
+    o.attrs
+        .get("tags")
+        .and_then(|t| t.get(FAILOVER_TAG))
+        .and_then(Json::as_str)
+        == Some(marker)
+}
+
+/// Renames the instance `from` to `to` at once and waits until it answers
+/// to its new name. Done already (only `to` exists) is fine.
+async fn rename(
+    cx: &Context,
+    address: &str,
+    from: &str,
+    to: &str,
+    timeout: Duration,
+) -> Result<Observed, DriverError> {
+    if read_instance(cx, from).await?.is_some() {
+        crate::clients(cx)
+            .await?
+            .rds
+            .modify_db_instance()
+            .db_instance_identifier(from)
+            .new_db_instance_identifier(to)
+            .apply_immediately(true)
+            .send()
+            .await
+            .map_err(|e| api_error("ModifyDBInstance", e))?;
+    }
+    cx.wait_until(
+        address,
+        &format!("{from} to be renamed {to}"),
+        timeout,
+        || async {
+            Ok(match read_instance(cx, to).await? {
+                Some(o) if status_of(&o) == "available" => (Some(o), "available".to_string()),
+                Some(o) => (None, status_of(&o)),
+                None => (None, "renaming".to_string()),
+            })
+        },
+    )
+    .await
+}
+
+/// One tag on the RDS resource at `arn`.
+async fn add_tag(cx: &Context, arn: &str, key: &str, value: &str) -> Result<(), DriverError> {
+    crate::clients(cx)
+        .await?
+        .rds
+        .add_tags_to_resource()
+        .resource_name(arn)
+        .tags(
+            aws_sdk_rds::types::Tag::builder()
+                .key(key)
+                .value(value)
+                .build(),
+        )
+        .send()
+        .await
+        .map_err(|e| api_error("AddTagsToResource", e))?;
+    Ok(())
+}
+
+/// Takes the ownership tags off the old primary (so no refresh takes it
+/// for the stack's again) and records what it was in `RETIRED_TAG`.
+async fn retire(cx: &Context, o: &Observed, what: &str) -> Result<(), DriverError> {
+    let rds = &crate::clients(cx).await?.rds;
+    let arn = arn_of(o);
+    add_tag(cx, &arn, RETIRED_TAG, what).await?;
+    rds.remove_tags_from_resource()
+        .resource_name(&arn)
+        .set_tag_keys(Some(
+            [
+                ralph_core::model::TAG_STACK,
+                ralph_core::model::TAG_ENVIRONMENT,
+                ralph_core::model::TAG_ADDRESS,
+            ]
+            .map(str::to_string)
+            .to_vec(),
+        ))
+        .send()
+        .await
+        .map_err(|e| api_error("RemoveTagsFromResource", e))?;
+    Ok(())
+}
+
+/// Gives the promoted instance the primary's tags: its ownership tags with
+/// the primary's address, the stack's tags, and no failover marker (a user
+/// tag the stack does not have, so `sync` removes it).
+async fn take_over_tags(cx: &Context, o: &Observed, want: &Desired<'_>) -> Result<(), DriverError> {
+    arn_tags::sync(cx, ArnService::Rds, &arn_of(o), o, want).await
+}
+
+/// `aws.rds_instance`'s replica promotion.
+pub struct RdsPromotion;
+
+#[async_trait::async_trait]
+impl Promotion for RdsPromotion {
+    fn primary_of<'a>(&self, inputs: &'a Map<String, Json>) -> Option<&'a str> {
+        inputs
+            .get("replicate_source_db")
+            .and_then(Json::as_str)
+            .filter(|s| !s.is_empty())
+    }
+
+    /// `<name>-old-<UTC minute>`, within RDS's 63 characters and without a
+    /// trailing or doubled hyphen.
+    fn aside_name(&self, primary_id: &str, now: chrono::DateTime<chrono::Utc>) -> String {
+        let suffix = format!("-old-{}", now.format("%Y%m%d%H%M"));
+        let keep: String = primary_id.chars().take(63 - suffix.len()).collect();
+        format!("{}{suffix}", keep.trim_end_matches('-'))
+    }
+
+    async fn replica_lag(
+        &self,
+        cx: &Context,
+        replica_id: &str,
+    ) -> Result<(Option<f64>, String), DriverError> {
+        Ok((
+            replica_lag(cx, replica_id).await?,
+            format!("CloudWatch's ReplicaLag for {replica_id}"),
+        ))
+    }
+
+    async fn promote(
+        &self,
+        cx: &Context,
+        p: &PromotionPlan<'_>,
+        stopped: &(dyn Fn() -> bool + Send + Sync),
+    ) -> Result<Promoted, DriverError> {
+        let unfinished = || DriverError::new("interrupted");
+        let int = |k: &str| {
+            p.primary_inputs
+                .get(k)
+                .and_then(Json::as_i64)
+                .and_then(|v| i32::try_from(v).ok())
+        };
+
+        // 1. Promote (an instance still under the replica's name).
+        if let Some(replica) = instance(cx, p.replica_id).await? {
+            cx.step(
+                p.replica,
+                format!("promoting {} to a standalone primary", p.replica_id),
+            );
+            promote(
+                cx,
+                p.replica,
+                &replica,
+                int("backup_retention_days"),
+                p.primary_inputs.get("backup_window").and_then(Json::as_str),
+                p.marker,
+                p.timeout,
+            )
+            .await?;
+        }
+        if stopped() {
+            return Err(unfinished());
+        }
+
+        // 2. The old primary out of the way (unless it is gone, or the
+        //    primary's name already belongs to the promoted instance).
+        let mut old_primary = None;
+        if let Some(old) = instance(cx, p.primary_id).await? {
+            if !promoted_by(&old, p.marker) {
+                retire(cx, &old, &p.retired_as).await?;
+                cx.step(
+                    p.primary,
+                    format!(
+                        "renaming the old primary {} to {}",
+                        p.primary_id, p.old_name
+                    ),
+                );
+                rename(cx, p.primary, p.primary_id, p.old_name, p.timeout).await?;
+                old_primary = Some(p.old_name.to_string());
+            }
+        } else if instance(cx, p.old_name).await?.is_some() {
+            old_primary = Some(p.old_name.to_string());
+        }
+        if stopped() {
+            return Err(unfinished());
+        }
+
+        // 3. The promoted instance takes the primary's name and tags.
+        if instance(cx, p.replica_id).await?.is_some() {
+            cx.step(
+                p.primary,
+                format!("renaming the promoted {} to {}", p.replica_id, p.primary_id),
+            );
+            rename(cx, p.primary, p.replica_id, p.primary_id, p.timeout).await?;
+        }
+        let gone = || DriverError::new(format!("{} is gone", p.primary_id));
+        let promoted = instance(cx, p.primary_id).await?.ok_or_else(gone)?;
+        if !promoted_by(&promoted, p.marker) {
+            return Err(DriverError::new(format!(
+                "{} is not the instance this failover promoted; look at it in the console before running failover again",
+                p.primary_id
+            )));
+        }
+        let want = Desired {
+            address: p.primary,
+            props: p.primary_inputs,
+            owner: &cx.owner,
+            timeouts: Default::default(),
+        };
+        take_over_tags(cx, &promoted, &want).await?;
+        Ok(Promoted {
+            observed: instance(cx, p.primary_id).await?.ok_or_else(gone)?,
+            old_primary,
+        })
+    }
+}
+
+/// `aws.rds_instance`'s manual snapshots.
+pub struct RdsSnapshots;
+
+#[async_trait::async_trait]
+impl Snapshots for RdsSnapshots {
+    fn is_primary(&self, props: &Map<String, Json>) -> bool {
+        RdsPromotion.primary_of(props).is_none()
+    }
+
+    async fn snapshot(
+        &self,
+        cx: &Context,
+        props: &Map<String, Json>,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<String, DriverError> {
+        let instance = props
+            .get("identifier")
+            .and_then(Json::as_str)
+            .unwrap_or_default();
+        let id = format!("{instance}-{}", now.format("%Y%m%d%H%M%S"));
+        crate::clients(cx)
+            .await?
+            .rds
+            .create_db_snapshot()
+            .db_instance_identifier(instance)
+            .db_snapshot_identifier(&id)
+            .send()
+            .await
+            .map_err(|e| api_error("CreateDBSnapshot", e))?;
+        Ok(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_old_name_fits_rds_rules() {
+        let at = chrono::DateTime::parse_from_rfc3339("2026-11-27T19:05:00Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        assert_eq!(
+            RdsPromotion.aside_name("prod-postgres", at),
+            "prod-postgres-old-202611271905"
+        );
+        let long = format!("{}-x", "a".repeat(44));
+        let n = RdsPromotion.aside_name(&long, at);
+        assert!(n.len() <= 63, "{n}");
+        assert!(!n.contains("--"), "{n}");
+    }
+}

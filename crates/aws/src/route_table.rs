@@ -1,0 +1,311 @@
+//! `aws.route_table`: a route table with its routes (the VPC's `local`
+//! route is implicit and never listed).
+
+use std::collections::BTreeMap;
+
+use aws_sdk_ec2::types::ResourceType;
+use serde_json::{Map, Value as Json};
+
+use super::{api_error, ec2, observed, opt_str, owner_filters, sync_tags, tag_spec};
+use ralph_core::driver::{Context, Desired, Driver, DriverError, Known, Observed, Timeouts};
+use ralph_core::model::kinds::{checks, Attr, Field, KindSchema, Ty};
+
+static ROUTE: &[Field] = &[
+    Field::new(
+        "destination_cidr_block",
+        Ty::Cidr,
+        "where the route leads, such as 0.0.0.0/0",
+    )
+    .required(),
+    Field::new(
+        "gateway_id",
+        Ty::String,
+        "an internet gateway, usually `${igw.id}`",
+    ),
+    Field::new(
+        "nat_gateway_id",
+        Ty::String,
+        "a NAT gateway, usually `${nat.id}`",
+    ),
+];
+
+static SCHEMA: KindSchema = KindSchema {
+    kind: "aws.route_table",
+    doc: "A route table of a VPC and its routes.",
+    fields: &[
+        Field::new("vpc_id", Ty::String, "the VPC, usually `${vpc.id}`")
+            .required()
+            .forces_replace(),
+        Field::new(
+            "routes",
+            Ty::Set(&Ty::Object(ROUTE)),
+            "routes besides the VPC's local route",
+        )
+        .default("[]"),
+        Field::new("tags", Ty::StringMap, "tags besides the ownership tags")
+            .default("{}")
+            .check(checks::tags),
+    ],
+    attrs: &[Attr {
+        name: "id",
+        ty: Ty::String,
+        doc: "the route table id (rtb-...)",
+    }],
+    taggable: true,
+    name_field: None,
+    exactly_one_of: &[],
+    ordered: &[],
+};
+
+pub struct RouteTable;
+
+fn observe(t: &aws_sdk_ec2::types::RouteTable) -> Option<Observed> {
+    let routes: Vec<Json> = t
+        .routes()
+        .iter()
+        .filter(|r| {
+            r.gateway_id() != Some("local")
+                && r.origin().map(|o| o.as_str()) != Some("CreateRouteTable")
+        })
+        .filter_map(|r| {
+            let mut m = Map::new();
+            m.insert(
+                "destination_cidr_block".into(),
+                Json::String(r.destination_cidr_block()?.to_string()),
+            );
+            if let Some(g) = r.gateway_id() {
+                m.insert("gateway_id".into(), Json::String(g.to_string()));
+            }
+            if let Some(n) = r.nat_gateway_id() {
+                m.insert("nat_gateway_id".into(), Json::String(n.to_string()));
+            }
+            Some(Json::Object(m))
+        })
+        .collect();
+    let mut o = observed(
+        t.route_table_id()?,
+        t.tags(),
+        vec![
+            ("vpc_id", opt_str(t.vpc_id())),
+            ("routes", Json::Array(routes)),
+        ],
+    );
+    // Associations are their own kind; keep them for its refresh.
+    let assoc: Vec<Json> = t
+        .associations()
+        .iter()
+        .filter(|a| a.main() != Some(true))
+        .filter_map(|a| {
+            Some(serde_json::json!({
+                "id": a.route_table_association_id()?,
+                "subnet_id": a.subnet_id()?,
+                "route_table_id": t.route_table_id()?,
+            }))
+        })
+        .collect();
+    o.attrs.insert("associations".into(), Json::Array(assoc));
+    Some(o)
+}
+
+/// The route table holding association `id`, whoever made it.
+pub(super) async fn holding_association(
+    cx: &Context,
+    id: &str,
+) -> Result<Vec<Observed>, DriverError> {
+    let out = ec2(cx)
+        .await?
+        .describe_route_tables()
+        .filters(super::id_filter(
+            "association.route-table-association-id",
+            id,
+        ))
+        .send()
+        .await
+        .map_err(|e| api_error("DescribeRouteTables", e))?;
+    Ok(out.route_tables().iter().filter_map(observe).collect())
+}
+
+pub(super) async fn list(cx: &Context) -> Result<Vec<Observed>, DriverError> {
+    let mut pages = ec2(cx)
+        .await?
+        .describe_route_tables()
+        .set_filters(Some(owner_filters(&cx.owner)))
+        .into_paginator()
+        .send();
+    let mut out = Vec::new();
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|e| api_error("DescribeRouteTables", e))?;
+        out.extend(page.route_tables().iter().filter_map(observe));
+    }
+    Ok(out)
+}
+
+async fn read_one(cx: &Context, id: &str) -> Result<Observed, DriverError> {
+    let out = ec2(cx)
+        .await?
+        .describe_route_tables()
+        .route_table_ids(id)
+        .send()
+        .await
+        .map_err(|e| api_error("DescribeRouteTables", e))?;
+    let mut o = out
+        .route_tables()
+        .first()
+        .and_then(observe)
+        .ok_or_else(|| DriverError::new(format!("route table {id} vanished")))?;
+    o.attrs.remove("associations");
+    Ok(o)
+}
+
+fn by_destination(v: Option<&Json>) -> BTreeMap<String, Map<String, Json>> {
+    v.and_then(Json::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|r| {
+            let m = r.as_object()?;
+            Some((
+                m.get("destination_cidr_block")?.as_str()?.to_string(),
+                m.clone(),
+            ))
+        })
+        .collect()
+}
+
+async fn sync_routes(
+    cx: &Context,
+    id: &str,
+    have: Option<&Json>,
+    want: Option<&Json>,
+) -> Result<(), DriverError> {
+    let client = ec2(cx).await?;
+    let have = by_destination(have);
+    let want = by_destination(want);
+    for dest in have.keys().filter(|d| !want.contains_key(*d)) {
+        client
+            .delete_route()
+            .route_table_id(id)
+            .destination_cidr_block(dest)
+            .send()
+            .await
+            .map_err(|e| api_error("DeleteRoute", e))?;
+    }
+    for (dest, route) in &want {
+        let target = |k: &str| route.get(k).and_then(Json::as_str).map(str::to_string);
+        match have.get(dest) {
+            Some(old) if old == route => {}
+            Some(_) => {
+                client
+                    .replace_route()
+                    .route_table_id(id)
+                    .destination_cidr_block(dest)
+                    .set_gateway_id(target("gateway_id"))
+                    .set_nat_gateway_id(target("nat_gateway_id"))
+                    .send()
+                    .await
+                    .map_err(|e| api_error("ReplaceRoute", e))?;
+            }
+            None => {
+                client
+                    .create_route()
+                    .route_table_id(id)
+                    .destination_cidr_block(dest)
+                    .set_gateway_id(target("gateway_id"))
+                    .set_nat_gateway_id(target("nat_gateway_id"))
+                    .send()
+                    .await
+                    .map_err(|e| api_error("CreateRoute", e))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[async_trait::async_trait]
+impl Driver for RouteTable {
+    async fn lookup(&self, cx: &Context, id: &str) -> Result<Option<Observed>, DriverError> {
+        let out = ec2(cx)
+            .await?
+            .describe_route_tables()
+            .filters(super::id_filter("route-table-id", id))
+            .send()
+            .await
+            .map_err(|e| api_error("DescribeRouteTables", e))?;
+        Ok(out.route_tables().iter().find_map(observe).map(|mut o| {
+            o.attrs.remove("associations");
+            o
+        }))
+    }
+    fn service(&self) -> &'static str {
+        "ec2"
+    }
+
+    fn schema(&self) -> &'static KindSchema {
+        &SCHEMA
+    }
+
+    async fn refresh(&self, cx: &Context, _known: &[Known]) -> Result<Vec<Observed>, DriverError> {
+        let mut all = list(cx).await?;
+        for o in &mut all {
+            o.attrs.remove("associations");
+        }
+        Ok(all)
+    }
+
+    async fn create(&self, cx: &Context, want: &Desired<'_>) -> Result<Observed, DriverError> {
+        let out = ec2(cx)
+            .await?
+            .create_route_table()
+            .vpc_id(want.required_str("vpc_id")?)
+            .tag_specifications(tag_spec(ResourceType::RouteTable, want))
+            .send()
+            .await
+            .map_err(|e| api_error("CreateRouteTable", e))?;
+        let id = out
+            .route_table()
+            .and_then(|t| t.route_table_id())
+            .ok_or_else(|| DriverError::new("CreateRouteTable returned no id"))?
+            .to_string();
+        sync_routes(cx, &id, None, want.props.get("routes")).await?;
+        read_one(cx, &id).await
+    }
+
+    async fn update(
+        &self,
+        cx: &Context,
+        want: &Desired<'_>,
+        have: &Observed,
+        changed: &[String],
+    ) -> Result<Observed, DriverError> {
+        if changed.iter().any(|c| c == "routes") {
+            sync_routes(
+                cx,
+                &have.id,
+                have.attrs.get("routes"),
+                want.props.get("routes"),
+            )
+            .await?;
+        }
+        if changed.iter().any(|c| c == "tags") {
+            sync_tags(cx, &have.id, have, want).await?;
+        }
+        read_one(cx, &have.id).await
+    }
+
+    async fn delete(
+        &self,
+        cx: &Context,
+        have: &Observed,
+        _timeouts: &Timeouts,
+    ) -> Result<(), DriverError> {
+        super::delete_answer(
+            "DeleteRouteTable",
+            ec2(cx)
+                .await?
+                .delete_route_table()
+                .route_table_id(&have.id)
+                .send()
+                .await,
+            &["InvalidRouteTableID.NotFound"],
+        )
+    }
+}

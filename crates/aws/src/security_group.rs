@@ -1,0 +1,418 @@
+//! `aws.security_group`: a security group with its ingress and egress rules.
+//! Rules are written flat (one source per rule) and compared as a set, so the
+//! way EC2 groups them never shows up as a difference. The default egress
+//! rule EC2 adds is removed unless the stack asks for it.
+
+use std::collections::BTreeSet;
+
+use aws_sdk_ec2::types::{IpPermission, IpRange, ResourceType, UserIdGroupPair};
+use serde_json::{Map, Value as Json};
+
+use super::{api_error, ec2, observed, opt_str, owner_filters, sync_tags, tag_spec};
+use ralph_core::driver::{Context, Desired, Driver, DriverError, Known, Observed, Timeouts};
+use ralph_core::model::kinds::{checks, Attr, Field, KindSchema, Ty};
+
+static RULE: &[Field] = &[
+    Field::new("protocol", Ty::String, "tcp, udp, icmp or all")
+        .required()
+        .check(checks::ip_protocol),
+    Field::new("from_port", Ty::Int, "first port (not for `all`)").check(checks::port),
+    Field::new("to_port", Ty::Int, "last port; defaults to from_port").check(checks::port),
+    Field::new("cidr_block", Ty::Cidr, "the peer range"),
+    Field::new(
+        "source_security_group_id",
+        Ty::String,
+        "the peer security group",
+    ),
+    Field::new("description", Ty::String, "what the rule is for")
+        .check(checks::security_group_description),
+];
+
+static SCHEMA: KindSchema = KindSchema {
+    kind: "aws.security_group",
+    doc: "A VPC security group and its rules.",
+    fields: &[
+        Field::new("name", Ty::String, "the group name, unique in the VPC")
+            .required()
+            .forces_replace()
+            .check(checks::security_group_name),
+        Field::new("description", Ty::String, "what the group is for")
+            .default("\"Managed by ralph-deploy\"")
+            .check(checks::security_group_description)
+            .forces_replace(),
+        Field::new("vpc_id", Ty::String, "the VPC, usually `${vpc.id}`")
+            .required()
+            .forces_replace(),
+        Field::new("ingress", Ty::Set(&Ty::Object(RULE)), "inbound rules")
+            .default("[]")
+            .check(checks::rule_port_ranges),
+        Field::new(
+            "egress",
+            Ty::Set(&Ty::Object(RULE)),
+            "outbound rules; none unless listed",
+        )
+        .default("[]")
+        .check(checks::rule_port_ranges),
+        Field::new("tags", Ty::StringMap, "tags besides the ownership tags")
+            .default("{}")
+            .check(checks::tags),
+    ],
+    attrs: &[
+        Attr {
+            name: "id",
+            ty: Ty::String,
+            doc: "the group id (sg-...)",
+        },
+        Attr {
+            name: "arn",
+            ty: Ty::String,
+            doc: "the group ARN",
+        },
+    ],
+    taggable: true,
+    name_field: None,
+    exactly_one_of: &[],
+    ordered: &[],
+};
+
+pub struct SecurityGroup;
+
+/// One rule in canonical form: protocol `-1` for all, no ports for `-1`,
+/// `to_port` filled from `from_port`, empty description dropped.
+fn canonical(rule: &Json) -> Json {
+    let Some(m) = rule.as_object() else {
+        return rule.clone();
+    };
+    let mut out = Map::new();
+    let proto = match m.get("protocol").and_then(Json::as_str) {
+        Some("all") | Some("-1") | None => "-1".to_string(),
+        Some(p) => p.to_ascii_lowercase(),
+    };
+    if proto != "-1" {
+        let from = m.get("from_port").and_then(Json::as_i64);
+        let to = m.get("to_port").and_then(Json::as_i64).or(from);
+        if let Some(f) = from {
+            out.insert("from_port".into(), Json::from(f));
+        }
+        if let Some(t) = to {
+            out.insert("to_port".into(), Json::from(t));
+        }
+    }
+    out.insert("protocol".into(), Json::String(proto));
+    for k in ["cidr_block", "source_security_group_id"] {
+        if let Some(v) = m.get(k).filter(|v| !v.is_null()) {
+            out.insert(k.into(), v.clone());
+        }
+    }
+    if let Some(d) = m
+        .get("description")
+        .and_then(Json::as_str)
+        .filter(|d| !d.is_empty())
+    {
+        out.insert("description".into(), Json::String(d.to_string()));
+    }
+    Json::Object(out)
+}
+
+fn flatten(perms: &[IpPermission]) -> Json {
+    let mut rules = Vec::new();
+    for p in perms {
+        let base = |extra: Vec<(&str, Json)>, desc: Option<&str>| {
+            let mut m = Map::new();
+            m.insert("protocol".into(), opt_str(p.ip_protocol()));
+            if let Some(f) = p.from_port() {
+                m.insert("from_port".into(), Json::from(f));
+            }
+            if let Some(t) = p.to_port() {
+                m.insert("to_port".into(), Json::from(t));
+            }
+            for (k, v) in extra {
+                m.insert(k.into(), v);
+            }
+            if let Some(d) = desc {
+                m.insert("description".into(), Json::String(d.to_string()));
+            }
+            canonical(&Json::Object(m))
+        };
+        for r in p.ip_ranges() {
+            rules.push(base(
+                vec![("cidr_block", opt_str(r.cidr_ip()))],
+                r.description(),
+            ));
+        }
+        for g in p.user_id_group_pairs() {
+            rules.push(base(
+                vec![("source_security_group_id", opt_str(g.group_id()))],
+                g.description(),
+            ));
+        }
+    }
+    Json::Array(rules)
+}
+
+fn permission(rule: &Json) -> IpPermission {
+    let r = canonical(rule);
+    let get = |k: &str| r.get(k).and_then(Json::as_str).map(str::to_string);
+    // Validation keeps ports within -1..=65535, which i32 holds.
+    let port = |k: &str| {
+        r.get(k)
+            .and_then(Json::as_i64)
+            .and_then(|p| i32::try_from(p).ok())
+    };
+    let mut b = IpPermission::builder()
+        .ip_protocol(get("protocol").unwrap_or_else(|| "-1".into()))
+        .set_from_port(port("from_port"))
+        .set_to_port(port("to_port"));
+    if let Some(c) = get("cidr_block") {
+        b = b.ip_ranges(
+            IpRange::builder()
+                .cidr_ip(c)
+                .set_description(get("description"))
+                .build(),
+        );
+    }
+    if let Some(g) = get("source_security_group_id") {
+        b = b.user_id_group_pairs(
+            UserIdGroupPair::builder()
+                .group_id(g)
+                .set_description(get("description"))
+                .build(),
+        );
+    }
+    b.build()
+}
+
+fn rule_set(v: Option<&Json>) -> BTreeSet<String> {
+    v.and_then(Json::as_array)
+        .into_iter()
+        .flatten()
+        .map(|r| canonical(r).to_string())
+        .collect()
+}
+
+async fn sync_rules(
+    cx: &Context,
+    id: &str,
+    egress: bool,
+    have: Option<&Json>,
+    want: Option<&Json>,
+) -> Result<(), DriverError> {
+    let client = ec2(cx).await?;
+    let have = rule_set(have);
+    let want = rule_set(want);
+    let parse = |s: &String| serde_json::from_str::<Json>(s).unwrap_or(Json::Null);
+    let revoke: Vec<IpPermission> = have
+        .difference(&want)
+        .map(|s| permission(&parse(s)))
+        .collect();
+    let grant: Vec<IpPermission> = want
+        .difference(&have)
+        .map(|s| permission(&parse(s)))
+        .collect();
+    if !revoke.is_empty() {
+        if egress {
+            client
+                .revoke_security_group_egress()
+                .group_id(id)
+                .set_ip_permissions(Some(revoke))
+                .send()
+                .await
+                .map_err(|e| api_error("RevokeSecurityGroupEgress", e))?;
+        } else {
+            client
+                .revoke_security_group_ingress()
+                .group_id(id)
+                .set_ip_permissions(Some(revoke))
+                .send()
+                .await
+                .map_err(|e| api_error("RevokeSecurityGroupIngress", e))?;
+        }
+    }
+    if !grant.is_empty() {
+        if egress {
+            client
+                .authorize_security_group_egress()
+                .group_id(id)
+                .set_ip_permissions(Some(grant))
+                .send()
+                .await
+                .map_err(|e| api_error("AuthorizeSecurityGroupEgress", e))?;
+        } else {
+            client
+                .authorize_security_group_ingress()
+                .group_id(id)
+                .set_ip_permissions(Some(grant))
+                .send()
+                .await
+                .map_err(|e| api_error("AuthorizeSecurityGroupIngress", e))?;
+        }
+    }
+    Ok(())
+}
+
+fn observe(g: &aws_sdk_ec2::types::SecurityGroup) -> Option<Observed> {
+    Some(observed(
+        g.group_id()?,
+        g.tags(),
+        vec![
+            ("name", opt_str(g.group_name())),
+            ("description", opt_str(g.description())),
+            ("vpc_id", opt_str(g.vpc_id())),
+            ("ingress", flatten(g.ip_permissions())),
+            ("egress", flatten(g.ip_permissions_egress())),
+            ("arn", opt_str(g.security_group_arn())),
+        ],
+    ))
+}
+
+async fn read_one(cx: &Context, id: &str) -> Result<Observed, DriverError> {
+    let out = ec2(cx)
+        .await?
+        .describe_security_groups()
+        .group_ids(id)
+        .send()
+        .await
+        .map_err(|e| api_error("DescribeSecurityGroups", e))?;
+    out.security_groups()
+        .first()
+        .and_then(observe)
+        .ok_or_else(|| DriverError::new(format!("security group {id} vanished")))
+}
+
+#[async_trait::async_trait]
+impl Driver for SecurityGroup {
+    async fn lookup(&self, cx: &Context, id: &str) -> Result<Option<Observed>, DriverError> {
+        let out = ec2(cx)
+            .await?
+            .describe_security_groups()
+            .filters(super::id_filter("group-id", id))
+            .send()
+            .await
+            .map_err(|e| api_error("DescribeSecurityGroups", e))?;
+        Ok(out.security_groups().iter().find_map(observe))
+    }
+    fn service(&self) -> &'static str {
+        "ec2"
+    }
+
+    fn schema(&self) -> &'static KindSchema {
+        &SCHEMA
+    }
+
+    fn normalize(
+        &self,
+        _base_dir: &std::path::Path,
+        props: &mut Map<String, Json>,
+    ) -> Result<(), String> {
+        for k in ["ingress", "egress"] {
+            if let Some(Json::Array(rules)) = props.get_mut(k) {
+                for r in rules.iter_mut() {
+                    *r = canonical(r);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn refresh(&self, cx: &Context, _known: &[Known]) -> Result<Vec<Observed>, DriverError> {
+        let mut pages = ec2(cx)
+            .await?
+            .describe_security_groups()
+            .set_filters(Some(owner_filters(&cx.owner)))
+            .into_paginator()
+            .send();
+        let mut out = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| api_error("DescribeSecurityGroups", e))?;
+            out.extend(page.security_groups().iter().filter_map(observe));
+        }
+        Ok(out)
+    }
+
+    async fn create(&self, cx: &Context, want: &Desired<'_>) -> Result<Observed, DriverError> {
+        let out = ec2(cx)
+            .await?
+            .create_security_group()
+            .group_name(want.required_str("name")?)
+            .description(want.str("description").unwrap_or("Managed by ralph-deploy"))
+            .vpc_id(want.required_str("vpc_id")?)
+            .tag_specifications(tag_spec(ResourceType::SecurityGroup, want))
+            .send()
+            .await
+            .map_err(|e| api_error("CreateSecurityGroup", e))?;
+        let id = out
+            .group_id()
+            .ok_or_else(|| DriverError::new("CreateSecurityGroup returned no id"))?
+            .to_string();
+        let fresh = read_one(cx, &id).await?;
+        // Ingress and egress rules are independent calls.
+        futures::try_join!(
+            sync_rules(
+                cx,
+                &id,
+                false,
+                fresh.attrs.get("ingress"),
+                want.props.get("ingress"),
+            ),
+            sync_rules(
+                cx,
+                &id,
+                true,
+                fresh.attrs.get("egress"),
+                want.props.get("egress"),
+            )
+        )?;
+        read_one(cx, &id).await
+    }
+
+    async fn update(
+        &self,
+        cx: &Context,
+        want: &Desired<'_>,
+        have: &Observed,
+        changed: &[String],
+    ) -> Result<Observed, DriverError> {
+        if changed.iter().any(|c| c == "ingress") {
+            sync_rules(
+                cx,
+                &have.id,
+                false,
+                have.attrs.get("ingress"),
+                want.props.get("ingress"),
+            )
+            .await?;
+        }
+        if changed.iter().any(|c| c == "egress") {
+            sync_rules(
+                cx,
+                &have.id,
+                true,
+                have.attrs.get("egress"),
+                want.props.get("egress"),
+            )
+            .await?;
+        }
+        if changed.iter().any(|c| c == "tags") {
+            sync_tags(cx, &have.id, have, want).await?;
+        }
+        read_one(cx, &have.id).await
+    }
+
+    async fn delete(
+        &self,
+        cx: &Context,
+        have: &Observed,
+        _timeouts: &Timeouts,
+    ) -> Result<(), DriverError> {
+        super::delete_answer(
+            "DeleteSecurityGroup",
+            ec2(cx)
+                .await?
+                .delete_security_group()
+                .group_id(&have.id)
+                .send()
+                .await,
+            &["InvalidGroup.NotFound"],
+        )
+    }
+}

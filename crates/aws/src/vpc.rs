@@ -1,0 +1,316 @@
+//! `aws.vpc`: a VPC with its DNS settings.
+
+use aws_sdk_ec2::types::{AttributeBooleanValue, ResourceType, VpcAttributeName};
+use serde_json::Value as Json;
+
+use super::{api_error, ec2, observed, owner_filters, sync_tags, tag_spec};
+use ralph_core::driver::{Context, Desired, Driver, DriverError, Known, Observed, Timeouts};
+use ralph_core::model::kinds::{checks, Attr, Field, KindSchema, Ty};
+
+fn vpc_prefix(v: &Json) -> Result<(), String> {
+    let net: ipnet::Ipv4Net = v
+        .as_str()
+        .unwrap_or_default()
+        .parse()
+        .map_err(|_| "not a CIDR block".to_string())?;
+    if (16..=28).contains(&net.prefix_len()) {
+        Ok(())
+    } else {
+        Err(format!(
+            "a VPC's CIDR block must have a prefix between /16 and /28, not /{}",
+            net.prefix_len()
+        ))
+    }
+}
+
+static SCHEMA: KindSchema = KindSchema {
+    kind: "aws.vpc",
+    doc: "An Amazon VPC.",
+    fields: &[
+        Field::new("cidr_block", Ty::Cidr, "the VPC's IPv4 range, /16 to /28")
+            .required()
+            .forces_replace()
+            .check(vpc_prefix),
+        Field::new(
+            "enable_dns_support",
+            Ty::Bool,
+            "resolve DNS through the Amazon DNS server",
+        )
+        .default("true"),
+        Field::new(
+            "enable_dns_hostnames",
+            Ty::Bool,
+            "give instances public DNS hostnames",
+        )
+        .default("true"),
+        Field::new("tags", Ty::StringMap, "tags besides the ownership tags")
+            .default("{}")
+            .check(checks::tags),
+    ],
+    attrs: &[
+        Attr {
+            name: "id",
+            ty: Ty::String,
+            doc: "the VPC id (vpc-...)",
+        },
+        Attr {
+            name: "owner_id",
+            ty: Ty::String,
+            doc: "the owning account",
+        },
+        Attr {
+            name: "default_security_group_id",
+            ty: Ty::String,
+            doc: "the VPC's default security group",
+        },
+    ],
+    taggable: true,
+    name_field: None,
+    exactly_one_of: &[],
+    ordered: &[],
+};
+
+pub struct Vpc;
+
+async fn dns(cx: &Context, id: &str, attr: VpcAttributeName) -> Result<Json, DriverError> {
+    let out = ec2(cx)
+        .await?
+        .describe_vpc_attribute()
+        .vpc_id(id)
+        .attribute(attr.clone())
+        .send()
+        .await
+        .map_err(|e| api_error("DescribeVpcAttribute", e))?;
+    let v = match attr {
+        VpcAttributeName::EnableDnsSupport => out.enable_dns_support().and_then(|a| a.value()),
+        _ => out.enable_dns_hostnames().and_then(|a| a.value()),
+    };
+    Ok(v.map(Json::Bool).unwrap_or(Json::Null))
+}
+
+async fn set_dns(
+    cx: &Context,
+    id: &str,
+    support: Option<bool>,
+    hostnames: Option<bool>,
+) -> Result<(), DriverError> {
+    let client = ec2(cx).await?;
+    // EC2 takes one attribute per call; the two calls are independent.
+    let support = async {
+        if let Some(s) = support {
+            client
+                .modify_vpc_attribute()
+                .vpc_id(id)
+                .enable_dns_support(AttributeBooleanValue::builder().value(s).build())
+                .send()
+                .await
+                .map_err(|e| api_error("ModifyVpcAttribute", e))?;
+        }
+        Ok::<(), DriverError>(())
+    };
+    let hostnames = async {
+        if let Some(h) = hostnames {
+            client
+                .modify_vpc_attribute()
+                .vpc_id(id)
+                .enable_dns_hostnames(AttributeBooleanValue::builder().value(h).build())
+                .send()
+                .await
+                .map_err(|e| api_error("ModifyVpcAttribute", e))?;
+        }
+        Ok::<(), DriverError>(())
+    };
+    futures::try_join!(support, hostnames)?;
+    Ok(())
+}
+
+/// After a change only the changed VPC is read back, not every VPC the
+/// stack owns (each costs two DNS attribute calls).
+async fn read_one(cx: &Context, id: &str) -> Result<Observed, DriverError> {
+    let by_id = aws_sdk_ec2::types::Filter::builder()
+        .name("vpc-id")
+        .values(id)
+        .build();
+    let all = describe(cx, vec![by_id]).await?;
+    all.into_iter()
+        .find(|o| o.id == id)
+        .ok_or_else(|| DriverError::new(format!("VPC {id} vanished right after it was changed")))
+}
+
+/// The VPCs matching `filters`, with their DNS attributes and default
+/// security group.
+async fn describe(
+    cx: &Context,
+    filters: Vec<aws_sdk_ec2::types::Filter>,
+) -> Result<Vec<Observed>, DriverError> {
+    let client = ec2(cx).await?;
+    let mut pages = client
+        .describe_vpcs()
+        .set_filters(Some(filters))
+        .into_paginator()
+        .send();
+    let mut out = Vec::new();
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|e| api_error("DescribeVpcs", e))?;
+        for v in page.vpcs() {
+            let Some(id) = v.vpc_id() else { continue };
+            let (support, hostnames) = futures::try_join!(
+                dns(cx, id, VpcAttributeName::EnableDnsSupport),
+                dns(cx, id, VpcAttributeName::EnableDnsHostnames)
+            )?;
+            out.push(observed(
+                id,
+                v.tags(),
+                vec![
+                    ("cidr_block", super::opt_str(v.cidr_block())),
+                    ("owner_id", super::opt_str(v.owner_id())),
+                    ("enable_dns_support", support),
+                    ("enable_dns_hostnames", hostnames),
+                ],
+            ));
+        }
+    }
+    // The default security group of each VPC, in one call for all of them.
+    if !out.is_empty() {
+        let ids: Vec<String> = out.iter().map(|o| o.id.clone()).collect();
+        let sgs = client
+            .describe_security_groups()
+            .filters(
+                aws_sdk_ec2::types::Filter::builder()
+                    .name("vpc-id")
+                    .set_values(Some(ids))
+                    .build(),
+            )
+            .filters(
+                aws_sdk_ec2::types::Filter::builder()
+                    .name("group-name")
+                    .values("default")
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| api_error("DescribeSecurityGroups", e))?;
+        for sg in sgs.security_groups() {
+            if let Some(o) = out.iter_mut().find(|o| Some(o.id.as_str()) == sg.vpc_id()) {
+                o.attrs.insert(
+                    "default_security_group_id".into(),
+                    super::opt_str(sg.group_id()),
+                );
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[async_trait::async_trait]
+impl Driver for Vpc {
+    async fn lookup(&self, cx: &Context, id: &str) -> Result<Option<Observed>, DriverError> {
+        Ok(describe(cx, vec![super::id_filter("vpc-id", id)])
+            .await?
+            .into_iter()
+            .next())
+    }
+    fn service(&self) -> &'static str {
+        "ec2"
+    }
+
+    fn schema(&self) -> &'static KindSchema {
+        &SCHEMA
+    }
+
+    async fn refresh(&self, cx: &Context, _known: &[Known]) -> Result<Vec<Observed>, DriverError> {
+        describe(cx, owner_filters(&cx.owner)).await
+    }
+
+    async fn create(&self, cx: &Context, want: &Desired<'_>) -> Result<Observed, DriverError> {
+        let client = ec2(cx).await?;
+        let out = client
+            .create_vpc()
+            .cidr_block(want.required_str("cidr_block")?)
+            .tag_specifications(tag_spec(ResourceType::Vpc, want))
+            .send()
+            .await
+            .map_err(|e| api_error("CreateVpc", e))?;
+        let id = out
+            .vpc()
+            .and_then(|v| v.vpc_id())
+            .ok_or_else(|| DriverError::new("CreateVpc returned no VPC id"))?
+            .to_string();
+        // Usually available at once; otherwise wait for it.
+        let available = out
+            .vpc()
+            .and_then(|v| v.state())
+            .is_some_and(|s| s.as_str() == "available");
+        if !available {
+            cx.wait_until(
+                want.address,
+                "the VPC to become available",
+                std::time::Duration::from_secs(300),
+                || async {
+                    let out = client
+                        .describe_vpcs()
+                        .vpc_ids(&id)
+                        .send()
+                        .await
+                        .map_err(|e| api_error("DescribeVpcs", e))?;
+                    let state = out
+                        .vpcs()
+                        .first()
+                        .and_then(|v| v.state())
+                        .map(|s| s.as_str().to_string())
+                        .unwrap_or_else(|| "unknown".into());
+                    Ok(((state == "available").then_some(()), state))
+                },
+            )
+            .await?;
+        }
+        set_dns(
+            cx,
+            &id,
+            want.bool("enable_dns_support"),
+            want.bool("enable_dns_hostnames"),
+        )
+        .await?;
+        read_one(cx, &id).await
+    }
+
+    async fn update(
+        &self,
+        cx: &Context,
+        want: &Desired<'_>,
+        have: &Observed,
+        changed: &[String],
+    ) -> Result<Observed, DriverError> {
+        let pick = |name: &str| {
+            if changed.iter().any(|c| c == name) {
+                want.bool(name)
+            } else {
+                None
+            }
+        };
+        set_dns(
+            cx,
+            &have.id,
+            pick("enable_dns_support"),
+            pick("enable_dns_hostnames"),
+        )
+        .await?;
+        if changed.iter().any(|c| c == "tags") {
+            sync_tags(cx, &have.id, have, want).await?;
+        }
+        read_one(cx, &have.id).await
+    }
+
+    async fn delete(
+        &self,
+        cx: &Context,
+        have: &Observed,
+        _timeouts: &Timeouts,
+    ) -> Result<(), DriverError> {
+        super::delete_answer(
+            "DeleteVpc",
+            ec2(cx).await?.delete_vpc().vpc_id(&have.id).send().await,
+            &["InvalidVpcID.NotFound"],
+        )
+    }
+}
