@@ -217,3 +217,76 @@ pub trait Snapshots: Send + Sync {
         now: chrono::DateTime<chrono::Utc>,
     ) -> Result<String, DriverError>;
 }
+
+/// What a backup holds, stored beside it as `<key>.json`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct Manifest {
+    pub format: String,
+    pub database: String,
+    pub server_version: String,
+    pub created: chrono::DateTime<chrono::Utc>,
+    pub bytes: u64,
+    pub tables: Vec<TableSum>,
+}
+
+/// One table's rows in a backup: how many, and a checksum of their content.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct TableSum {
+    pub table: String,
+    pub rows: i64,
+    /// The sum of every row's 64-bit text hash: equal sets of rows give
+    /// equal sums whatever their order.
+    pub checksum: String,
+}
+
+/// A database whose data can be dumped into a bucket and restored from it
+/// (`backup`, `restore`), reached through the resource's resolved
+/// properties (the schema resource says where and how to connect).
+#[async_trait::async_trait]
+pub trait Dumps: Send + Sync {
+    /// The name of the database the properties reach (a restore's default
+    /// name starts with it).
+    async fn database(
+        &self,
+        cx: &Context,
+        props: &Map<String, Json>,
+    ) -> Result<String, DriverError>;
+    /// Whether `database` exists beside the one the properties reach (a
+    /// restore is refused into one that does, before anything starts).
+    async fn exists(
+        &self,
+        cx: &Context,
+        props: &Map<String, Json>,
+        database: &str,
+    ) -> Result<bool, DriverError>;
+    /// Dumps the database into `bucket`/`key`, then writes the manifest
+    /// beside it as `<key>.json` (last: a dump without one never finished).
+    async fn dump(
+        &self,
+        cx: &Context,
+        props: &Map<String, Json>,
+        store: &dyn ObjectStore,
+        bucket: &str,
+        key: &str,
+    ) -> Result<Manifest, DriverError>;
+    /// Creates `database` (which must not exist) beside the one the
+    /// properties reach, restores `key` into it and checks every table
+    /// against the manifest; returns the sums found.
+    async fn restore(
+        &self,
+        cx: &Context,
+        props: &Map<String, Json>,
+        store: &dyn ObjectStore,
+        bucket: &str,
+        key: &str,
+        database: &str,
+    ) -> Result<Vec<TableSum>, DriverError>;
+    /// Drops `database`, which a killed restore left unfinished (nothing
+    /// when it is not there).
+    async fn discard(
+        &self,
+        cx: &Context,
+        props: &Map<String, Json>,
+        database: &str,
+    ) -> Result<(), DriverError>;
+}

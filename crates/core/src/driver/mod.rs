@@ -405,6 +405,10 @@ pub trait Driver: Send + Sync {
     }
 
     /// A bucket kind's objects (`backup`, `restore`, `status`'s RPO).
+    fn dumps(&self) -> Option<&dyn capability::Dumps> {
+        None
+    }
+
     fn object_store(&self) -> Option<&dyn capability::ObjectStore> {
         None
     }

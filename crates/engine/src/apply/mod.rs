@@ -87,6 +87,9 @@ impl ApplyReport {
 pub enum ApplyError {
     #[error(transparent)]
     State(#[from] StateError),
+    /// A step outside a plan could not run or be recorded ([`run_step`]).
+    #[error("{0}")]
+    Step(String),
 }
 
 /// Why one step failed (reported per resource; the walk goes on elsewhere).
@@ -113,7 +116,6 @@ enum StepError {
 /// What every step shares: the plan, the stack, the state being written,
 /// the backend, the drivers and the context.
 struct Steps<'a> {
-    plan: &'a Plan,
     stack: Option<&'a Stack>,
     /// The state as results come in. Held only to read or change memory,
     /// never across a write.
@@ -363,7 +365,6 @@ impl Steps<'_> {
     /// Create, update in place (which also resumes waiting for a resource
     /// that is not ready yet), or the new half of a replacement.
     async fn build(&self, c: &Change) -> Result<(), StepError> {
-        let t = Instant::now();
         let stack = self
             .stack
             .ok_or_else(|| StepError::NotInStack(c.address.clone()))?;
@@ -387,12 +388,6 @@ impl Steps<'_> {
                 }
             }
         }
-        self.cx.reporter.report(Event::ResourceStarted {
-            address: c.address.clone(),
-            kind: c.kind.clone(),
-            action: c.action,
-            phase: (c.action == Action::Replace).then_some("create"),
-        });
         let want = Desired {
             address: &c.address,
             props: &props,
@@ -408,55 +403,199 @@ impl Steps<'_> {
                 .and_then(Json::as_str)
                 .map(str::to_string)
         };
-        let verb = if update { "update" } else { "create" };
-        let intent = self.intend(c, verb, lookup, &props, r.protect).await?;
+        let spec = StepSpec {
+            verb: if update { "update" } else { "create" },
+            phase: (c.action == Action::Replace).then_some("create"),
+            lookup,
+            inputs: &props,
+            inputs_if_failed: &props,
+            protect: r.protect,
+        };
+        self.step(c, driver, spec, || async {
+            match (update, c.current_observed()) {
+                (true, Some(have)) => {
+                    let changed: Vec<String> =
+                        c.attributes.iter().map(|a| a.name.clone()).collect();
+                    driver.update(self.cx, &want, &have, &changed).await
+                }
+                _ => driver.create(self.cx, &want).await,
+            }
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// One resource's step, the same for apply's creates and updates and
+    /// for the operations' changes outside a plan ([`run_step`]): reported
+    /// as started, journaled as an intent, `call` (with its wait) under the
+    /// service's limiter, the result recorded as it comes back and reported.
+    /// A call that fails after leaving something (a create not ready in
+    /// time, a rollout that failed and was rolled back) is recorded with
+    /// `inputs_if_failed`, so the next run waits for it instead of making
+    /// another; one that left nothing keeps its intent open, and whether it
+    /// took effect is for the next run's recovery to find out.
+    async fn step<F, Fut>(
+        &self,
+        c: &Change,
+        driver: &dyn Driver,
+        spec: StepSpec<'_>,
+        call: F,
+    ) -> Result<Observed, StepError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<Observed, ralph_core::driver::DriverError>>,
+    {
+        let t = Instant::now();
+        self.cx.reporter.report(Event::ResourceStarted {
+            address: c.address.clone(),
+            kind: c.kind.clone(),
+            action: c.action,
+            phase: spec.phase,
+        });
+        let intent = self
+            .intend(c, spec.verb, spec.lookup, spec.inputs, spec.protect)
+            .await?;
         // At most the service's current limit of operations at once.
         let limiter = self.cx.limits.service(driver.service());
         let permit = limiter.acquire().await;
-        let result = match (update, c.current_observed()) {
-            (true, Some(have)) => {
-                let changed: Vec<String> = c.attributes.iter().map(|a| a.name.clone()).collect();
-                driver.update(self.cx, &want, &have, &changed).await
-            }
-            _ => driver.create(self.cx, &want).await,
-        };
+        let result = call().await;
         drop(permit);
         if result.is_ok() {
             limiter.succeeded();
         }
-        let record = |obs: &Observed| {
+        let record = |obs: &Observed, inputs: &Map<String, Json>| {
             ResourceState::reported(
-                r.kind.kind,
+                &c.kind,
                 &obs.id,
-                props.clone(),
+                inputs.clone(),
                 obs.attrs.clone(),
                 c.depends_on.clone(),
-                r.protect,
+                spec.protect,
             )
         };
         match result {
             Ok(obs) => {
-                self.put(&c.address, record(&obs), Some(&intent)).await?;
+                self.put(&c.address, record(&obs, spec.inputs), Some(&intent))
+                    .await?;
                 self.cx.reporter.report(Event::ResourceFinished {
                     address: c.address.clone(),
                     action: c.action,
-                    id: obs.id,
+                    id: obs.id.clone(),
                     elapsed_ms: t.elapsed().as_millis(),
                 });
-                Ok(())
+                Ok(obs)
             }
             Err(e) => {
-                // Created but not ready in time: record it, so the next
-                // apply waits for it instead of creating another.
                 if let Some(partial) = &e.partial {
-                    self.put(&c.address, record(partial), Some(&intent)).await?;
+                    self.put(
+                        &c.address,
+                        record(partial, spec.inputs_if_failed),
+                        Some(&intent),
+                    )
+                    .await?;
                 }
-                // Otherwise the intent stays open: whether the call took
-                // effect is for the next run's recovery to find out.
                 Err(StepError::Driver(e.message))
             }
         }
     }
+}
+
+/// How one step is journaled and recorded (see `Steps::step`).
+struct StepSpec<'a> {
+    /// The intent's action: create, update.
+    verb: &'static str,
+    /// The progress phase (a replacement's `create`).
+    phase: Option<&'static str>,
+    /// What finds the resource again after a kill (its id or name).
+    lookup: Option<String>,
+    /// The inputs recorded when the call succeeds.
+    inputs: &'a Map<String, Json>,
+    /// The inputs recorded with what a failed call left behind.
+    inputs_if_failed: &'a Map<String, Json>,
+    protect: bool,
+}
+
+/// One change to a recorded resource outside a plan: `deploy` and
+/// `rollback`'s release, a failover's restart of the pods.
+pub struct OneStep<'a> {
+    pub address: &'a str,
+    /// The inputs to record when it succeeds (a failure keeps the recorded
+    /// ones).
+    pub inputs: Map<String, Json>,
+}
+
+/// Runs `call` (the driver's update, or a capability such as a restart)
+/// on the recorded resource `step.address` through the same
+/// step as apply's updates (`Steps::step`: intent, the service's limiter,
+/// the call and its wait, the journaled result, the events), then writes
+/// the state once with the stack's outputs. Returns what the call reported
+/// (or why it failed) and the state written.
+pub async fn run_step<F, Fut>(
+    stack: &Stack,
+    state: State,
+    backend: &dyn Backend,
+    registry: &Registry,
+    cx: &Context,
+    step: OneStep<'_>,
+    call: F,
+) -> Result<(Result<Observed, String>, State), ApplyError>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<Observed, ralph_core::driver::DriverError>>,
+{
+    let recorded = state.resources.get(step.address).cloned().ok_or_else(|| {
+        ApplyError::Step(StepError::NotInStack(step.address.to_string()).to_string())
+    })?;
+    let driver = registry
+        .driver(&recorded.kind)
+        .ok_or_else(|| ApplyError::Step(StepError::NoDriver(recorded.kind.clone()).to_string()))?;
+    let change = Change {
+        address: step.address.to_string(),
+        kind: recorded.kind.clone(),
+        action: Action::Update,
+        id: Some(recorded.id.clone()),
+        attributes: Vec::new(),
+        reason: None,
+        adopt: false,
+        protect: recorded.protect,
+        depends_on: recorded.depends_on.clone(),
+        current: Some(recorded.attrs.clone()),
+    };
+    let steps = Steps {
+        stack: Some(stack),
+        state: Mutex::new(state),
+        writing: tokio::sync::Mutex::new(()),
+        since_checkpoint: Default::default(),
+        backend,
+        registry,
+        cx,
+    };
+    let spec = StepSpec {
+        verb: "update",
+        phase: None,
+        lookup: Some(recorded.id.clone()),
+        inputs: &step.inputs,
+        inputs_if_failed: &recorded.inputs,
+        protect: recorded.protect,
+    };
+    let outcome = match steps.step(&change, driver, spec, call).await {
+        Ok(o) => Ok(o),
+        Err(StepError::Driver(message)) => {
+            steps.failed(&change, &StepError::Driver(message.clone()));
+            Err(message)
+        }
+        Err(e) => return Err(ApplyError::Step(e.to_string())),
+    };
+    let mut st = steps.state.into_inner().expect("state mutex");
+    record_outputs(stack, &mut st);
+    st.serial += 1;
+    backend.write(&st).await?;
+    if let Err(e) = backend.forget_results(st.serial).await {
+        cx.reporter.report(Event::Warning {
+            message: format!("could not drop the journaled results the state now holds (they are never replayed over it): {e}"),
+        });
+    }
+    Ok((outcome, st))
 }
 
 /// Carries out `plan` against the cloud and the (locked) state.
@@ -484,7 +623,6 @@ pub async fn apply(
         backend.write(&state).await?;
     }
     let steps = Steps {
-        plan,
         stack,
         state: Mutex::new(state),
         writing: tokio::sync::Mutex::new(()),
@@ -493,7 +631,7 @@ pub async fn apply(
         registry,
         cx,
     };
-    let by_key = steps.keyed();
+    let by_key = keyed(plan);
     let mut report = ApplyReport::default();
 
     // Adopted resources that need no change are recorded first.
@@ -678,11 +816,10 @@ pub async fn apply(
     Ok((report, st))
 }
 
-impl Steps<'_> {
-    /// Each change under a key of its own (an address, or for a second
-    /// change of one address, the address and the id it deletes).
-    fn keyed(&self) -> BTreeMap<String, &Change> {
-        let plan = self.plan;
+/// Each change under a key of its own (an address, or for a second
+/// change of one address, the address and the id it deletes).
+fn keyed(plan: &Plan) -> BTreeMap<String, &Change> {
+    {
         let mut per_address: BTreeMap<&str, usize> = BTreeMap::new();
         for c in &plan.changes {
             *per_address.entry(c.address.as_str()).or_default() += 1;

@@ -5,7 +5,9 @@
 //! up (by its ownership tags, by the name it was created with, or for kinds
 //! without tags by the properties that identify it) and adopted into the
 //! state, or confirmed absent. Updates and deletes need nothing: the refresh
-//! that follows sees where they got to.
+//! that follows sees where they got to. A backup killed before its manifest
+//! was written has its dump removed from the bucket; a restore killed
+//! half-way has the database it was making dropped.
 
 use crate::state::{Backend, Intent, ResourceState, State, StateError};
 use ralph_core::driver::{Context, Known, Observed, Registry};
@@ -18,6 +20,9 @@ pub struct Recovery {
     /// Creates that never happened.
     pub absent: Vec<String>,
     pub closed: usize,
+    /// Unfinished backups removed and unfinished restores dropped: what
+    /// each was (`backup KEY`, `restore DATABASE`).
+    pub discarded: Vec<String>,
     /// A failover an interrupted run left unfinished: kept open, because
     /// only `ralph-deploy failover` can finish it (an apply meanwhile would
     /// take the promoted replica for a replica that stopped replicating).
@@ -26,6 +31,64 @@ pub struct Recovery {
 
 /// The intent action of `ralph-deploy failover`.
 pub const FAILOVER: &str = "failover";
+/// The intent action of `ralph-deploy backup` (its lookup: the dump's key).
+pub const BACKUP: &str = "backup";
+/// The intent action of `ralph-deploy restore` (its lookup: the database).
+pub const RESTORE: &str = "restore";
+/// The intent action of `ralph-deploy db partitions` (idempotent DDL: a
+/// killed run's intent is only closed).
+pub const PARTITIONS: &str = "partitions";
+
+/// Settles a backup's or a restore's intent: an unfinished dump (no
+/// manifest beside it) is removed, a restore's database dropped. `Ok(None)`:
+/// nothing was left to remove.
+async fn discard(
+    intent: &Intent,
+    registry: &Registry,
+    cx: &Context,
+) -> Result<Option<String>, String> {
+    let driver = registry
+        .driver(&intent.kind)
+        .ok_or_else(|| format!("no driver for kind {}", intent.kind))?;
+    let lookup = intent.lookup.clone().unwrap_or_default();
+    if intent.action == BACKUP {
+        let store = driver
+            .object_store()
+            .ok_or_else(|| format!("{} keeps no objects", intent.kind))?;
+        let bucket = intent
+            .props
+            .get("bucket")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_default();
+        let found = store
+            .list(cx, bucket, &lookup)
+            .await
+            .map_err(|e| e.message)?;
+        if found.contains(&format!("{lookup}.json")) || !found.contains(&lookup) {
+            return Ok(None);
+        }
+        store
+            .delete(cx, bucket, &lookup)
+            .await
+            .map_err(|e| e.message)?;
+        return Ok(Some(format!("backup {lookup}")));
+    }
+    let dumps = driver
+        .dumps()
+        .ok_or_else(|| format!("{} cannot dump a database", intent.kind))?;
+    if !dumps
+        .exists(cx, &intent.props, &lookup)
+        .await
+        .map_err(|e| e.message)?
+    {
+        return Ok(None);
+    }
+    dumps
+        .discard(cx, &intent.props, &lookup)
+        .await
+        .map_err(|e| e.message)?;
+    Ok(Some(format!("restore {lookup}")))
+}
 
 fn find<'a>(
     intent: &Intent,
@@ -105,6 +168,30 @@ pub async fn recover(
         if intent.action == FAILOVER {
             out.failover = Some(intent.clone());
             continue;
+        }
+        if intent.action == BACKUP || intent.action == RESTORE {
+            match discard(intent, registry, cx).await {
+                Ok(Some(what)) => {
+                    cx.reporter.report(Event::Warning {
+                        message: format!(
+                            "{}: removed the unfinished {what} an interrupted run left",
+                            intent.address
+                        ),
+                    });
+                    out.discarded.push(what);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    // Cannot tell yet: keep the intent for the next run.
+                    cx.reporter.report(Event::Warning {
+                        message: format!(
+                            "{}: could not settle the interrupted {}: {e}",
+                            intent.address, intent.action
+                        ),
+                    });
+                    continue;
+                }
+            }
         }
         if intent.action == "create" && !state.resources.contains_key(&intent.address) {
             let Some(driver) = registry.driver(&intent.kind) else {

@@ -1,20 +1,24 @@
 //! `backup` and `restore`: the stack's database (its schema resource,
-//! `Role::Schema`, says where and how to connect) dumped into its backup
-//! bucket (a kind offering `Role::Bucket`), old backups removed by the
-//! bucket's retention, and the cloud's own snapshot of the primary on
-//! request (`Role::Snapshots`); a restore into a new database, checked table
-//! by table. Neither changes a resource of the stack, so neither takes the
-//! lock.
+//! `Role::Schema`, says where and how to connect, and its kind's [`Dumps`]
+//! how to dump and restore it) dumped into its backup bucket (a kind
+//! offering `Role::Bucket`), old backups removed by the bucket's retention,
+//! and the cloud's own snapshot of the primary on request
+//! (`Role::Snapshots`); a restore into a new database, checked table by
+//! table. Both run under the lock with an intent of their own (no copy of
+//! the state is kept: neither changes a resource), so a run killed half-way
+//! is settled by the next command: an unfinished dump is removed from the
+//! bucket, an unfinished restore's database dropped (`apply::recover`).
 
 use chrono::Utc;
 use serde_json::{Map, Value as Json};
 
-use crate::state::State;
-use ralph_core::driver::capability::ObjectStore;
+use crate::apply::recover::{BACKUP, RESTORE};
+use crate::state::{Intent, State};
+use ralph_core::driver::capability::{Dumps, Manifest, ObjectStore, TableSum};
 use ralph_core::driver::Context;
-use ralph_service::postgres::backup::{self, Manifest, TableSum};
+use ralph_service::postgres::backup;
 
-use super::{OpError, Role, Session, Unapplied};
+use super::{locked_without_copy, OpError, Role, Session, Unapplied};
 
 #[derive(Debug, Default)]
 pub struct BackupOptions {
@@ -71,9 +75,24 @@ fn one(
     }
 }
 
+/// The schema resource and its kind's dumps.
+fn database<'s>(
+    s: &'s Session,
+    state: &State,
+    chosen: Option<&str>,
+) -> Result<(String, Map<String, Json>, &'s dyn Dumps), OpError> {
+    let (address, props) = one(s, state, Role::Schema, chosen, "--database")?;
+    let dumps = s
+        .driver_at(&address)?
+        .dumps()
+        .ok_or_else(|| OpError::Other(format!("{address}: its kind cannot dump its database")))?;
+    Ok((address, props, dumps))
+}
+
 /// The backup bucket: its address, name, retention and objects.
 struct Bucket<'a> {
     address: String,
+    kind: String,
     name: String,
     expire_after_days: Option<i64>,
     store: &'a dyn ObjectStore,
@@ -86,6 +105,7 @@ fn bucket<'s>(s: &'s Session, state: &State, chosen: Option<&str>) -> Result<Buc
         .object_store()
         .ok_or_else(|| OpError::Other(format!("{address} keeps no objects")))?;
     Ok(Bucket {
+        kind: s.driver_at(&address)?.schema().kind.to_string(),
         name: store.bucket_name(&props).unwrap_or_default(),
         expire_after_days: store.expire_after_days(&props),
         store,
@@ -105,37 +125,46 @@ fn error(address: &str) -> impl Fn(ralph_core::driver::DriverError) -> OpError +
 }
 
 pub async fn backup(s: &Session, cx: &Context, o: &BackupOptions) -> Result<BackupReport, OpError> {
-    let (state, _) = s.read_state().await?;
-    let (db_address, db) = one(s, &state, Role::Schema, o.database.as_deref(), "--database")?;
-    let b = bucket(s, &state, o.bucket.as_deref())?;
-    let retention = o.retention_days.or(b.expire_after_days).filter(|d| *d > 0);
-    let target = ralph_service::postgres::resolve(cx, &db)
-        .await
-        .map_err(error(&db_address))?;
-    let now = Utc::now();
-    let key = backup::object_key(&prefix(s), now);
-    let manifest = backup::dump(cx, b.store, &target, &b.name, &key)
-        .await
-        .map_err(error(&db_address))?;
-    let removed = match retention {
-        Some(days) => expire(cx, &b, &prefix(s), now - chrono::Duration::days(days))
+    locked_without_copy(s, cx, BACKUP, |l| async move {
+        let state = l.state;
+        let (db_address, db, dumps) = database(s, &state, o.database.as_deref())?;
+        let b = bucket(s, &state, o.bucket.as_deref())?;
+        let retention = o.retention_days.or(b.expire_after_days).filter(|d| *d > 0);
+        let now = Utc::now();
+        let key = backup::object_key(&prefix(s), now);
+        // A kill before the manifest is written leaves a dump that can be
+        // neither checked nor restored: the next command removes it.
+        let mut bucket_props = Map::new();
+        bucket_props.insert("bucket".into(), Json::String(b.name.clone()));
+        let intent = Intent::operation(&b.address, &b.kind, BACKUP, &key, bucket_props);
+        s.backend.open_intent(&intent).await?;
+        let manifest = dumps
+            .dump(cx, &db, b.store, &b.name, &key)
             .await
-            .map_err(error(&b.address))?,
-        None => Vec::new(),
-    };
-    let snapshot = if o.snapshot {
-        Some(snapshot(s, cx, &state, now).await?)
-    } else {
-        None
-    };
-    Ok(BackupReport {
-        url: b.store.url(&b.name, &key),
-        bucket: b.name,
-        key,
-        manifest,
-        removed,
-        snapshot,
+            .map_err(error(&db_address))?;
+        s.backend.close_intent(&intent.id).await?;
+        let removed = match retention {
+            Some(days) => expire(cx, &b, &prefix(s), now - chrono::Duration::days(days))
+                .await
+                .map_err(error(&b.address))?,
+            None => Vec::new(),
+        };
+        let snapshot = if o.snapshot {
+            Some(snapshot(s, cx, &state, now).await?)
+        } else {
+            None
+        };
+        s.backend.compact().await?;
+        Ok(BackupReport {
+            url: b.store.url(&b.name, &key),
+            bucket: b.name,
+            key,
+            manifest,
+            removed,
+            snapshot,
+        })
     })
+    .await
 }
 
 /// The newest complete backup of the environment in the stack's bucket
@@ -215,43 +244,66 @@ pub async fn restore(
     cx: &Context,
     o: &BackupOptions,
     key: &str,
-    database: Option<&str>,
+    database_name: Option<&str>,
 ) -> Result<RestoreReport, OpError> {
-    let (state, _) = s.read_state().await?;
-    let (db_address, db) = one(s, &state, Role::Schema, o.database.as_deref(), "--database")?;
-    let b = bucket(s, &state, o.bucket.as_deref())?;
-    let key = if key.contains('/') {
-        key.to_string()
-    } else {
-        format!("{}{key}", prefix(s))
-    };
-    let target = ralph_service::postgres::resolve(cx, &db)
-        .await
-        .map_err(error(&db_address))?;
-    let database = match database {
-        Some(d) => d.to_string(),
-        None => format!(
-            "{}_restored_{}",
-            target.database(),
-            Utc::now().format("%Y%m%d%H%M%S")
-        ),
-    };
-    if database.is_empty()
-        || database.len() > 63
-        || !database
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-    {
-        return Err(OpError::refused(format!(
-            "--database `{database}`: lower-case letters, digits and `_`, at most 63"
-        )));
-    }
-    let tables = backup::restore(cx, b.store, &target, &b.name, &key, &database)
-        .await
-        .map_err(error(&db_address))?;
-    Ok(RestoreReport {
-        key,
-        database,
-        tables,
+    locked_without_copy(s, cx, RESTORE, |l| async move {
+        let state = l.state;
+        let (db_address, db, dumps) = database(s, &state, o.database.as_deref())?;
+        let b = bucket(s, &state, o.bucket.as_deref())?;
+        let key = if key.contains('/') {
+            key.to_string()
+        } else {
+            format!("{}{key}", prefix(s))
+        };
+        let failed = error(&db_address);
+        let into = match database_name {
+            Some(d) => d.to_string(),
+            None => format!(
+                "{}_restored_{}",
+                dumps.database(cx, &db).await.map_err(&failed)?,
+                Utc::now().format("%Y%m%d%H%M%S")
+            ),
+        };
+        if into.is_empty()
+            || into.len() > 63
+            || !into
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        {
+            return Err(OpError::refused(format!(
+                "--database `{into}`: lower-case letters, digits and `_`, at most 63"
+            )));
+        }
+        // Only a database this restore creates is ever dropped: one that
+        // exists is refused before the intent names it.
+        if dumps.exists(cx, &db, &into).await.map_err(&failed)? {
+            return Err(OpError::refused(format!(
+                "database {into} exists already: restore into a new one (--database NAME), then switch the application over"
+            )));
+        }
+        let kind = s.driver_at(&db_address)?.schema().kind;
+        let intent = Intent::operation(&db_address, kind, RESTORE, &into, db.clone());
+        s.backend.open_intent(&intent).await?;
+        let restored = dumps.restore(cx, &db, b.store, &b.name, &key, &into).await;
+        let tables = match restored {
+            Ok(tables) => tables,
+            Err(e) => {
+                // What pg_restore left is no copy of the backup: dropped, so
+                // a second try can use the same name.
+                let dropped = dumps.discard(cx, &db, &into).await;
+                if dropped.is_ok() {
+                    s.backend.close_intent(&intent.id).await?;
+                }
+                return Err(failed(e));
+            }
+        };
+        s.backend.close_intent(&intent.id).await?;
+        s.backend.compact().await?;
+        Ok(RestoreReport {
+            key,
+            database: into,
+            tables,
+        })
     })
+    .await
 }

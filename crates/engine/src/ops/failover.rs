@@ -467,25 +467,26 @@ pub async fn failover(s: &Session, cx: &Context, o: &Options) -> Result<Report, 
                 .driver(&r.kind)
                 .and_then(|d| d.restarts())
                 .ok_or_else(|| OpError::Other(format!("{} cannot restart its pods", r.kind)))?;
-            let observed = restarts
-                .restart(
-                    cx,
-                    &address,
-                    &known,
-                    &format!("failover of {} to {}", pair.primary, pair.replica_id),
-                    ROLLOUT_TIMEOUT,
-                )
-                .await
-            .map_err(|e| OpError::Resource {
+            let reason = format!("failover of {} to {}", pair.primary, pair.replica_id);
+            let (result, after) = crate::apply::run_step(
+                &s.stack,
+                state,
+                s.backend.as_ref(),
+                &s.registry,
+                cx,
+                crate::apply::OneStep {
+                    address: &address,
+                    inputs: r.inputs.clone(),
+                },
+                || restarts.restart(cx, &address, &known, &reason, ROLLOUT_TIMEOUT),
+            )
+            .await
+            .map_err(|e| OpError::Other(e.to_string()))?;
+            state = after;
+            result.map_err(|message| OpError::Resource {
                 address: address.clone(),
-                message: format!("{}. The database failed over; run `ralph-deploy failover` again to roll the pods", e.message),
+                message: format!("{message}. The database failed over; run `ralph-deploy failover` again to roll the pods"),
             })?;
-            if let Some(rs) = state.resources.get_mut(&address) {
-                rs.attrs = observed.attrs;
-                rs.updated_at = chrono::Utc::now();
-            }
-            state.serial += 1;
-            s.backend.write(&state).await?;
             rolled.push(address);
         }
         s.backend.close_intent(&intent.id).await?;

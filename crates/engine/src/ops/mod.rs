@@ -535,6 +535,36 @@ where
     F: FnOnce(Locked) -> Fut,
     Fut: std::future::Future<Output = Result<T, OpError>>,
 {
+    run_locked(s, cx, operation, true, work).await
+}
+
+/// [`locked`] for an operation that changes no resource of the stack
+/// (`backup`, `restore`): no copy of the state is kept before it, so they
+/// do not push the copies kept before applies out of the history.
+pub async fn locked_without_copy<T, F, Fut>(
+    s: &Session,
+    cx: &Context,
+    operation: &str,
+    work: F,
+) -> Result<T, OpError>
+where
+    F: FnOnce(Locked) -> Fut,
+    Fut: std::future::Future<Output = Result<T, OpError>>,
+{
+    run_locked(s, cx, operation, false, work).await
+}
+
+async fn run_locked<T, F, Fut>(
+    s: &Session,
+    cx: &Context,
+    operation: &str,
+    copy: bool,
+    work: F,
+) -> Result<T, OpError>
+where
+    F: FnOnce(Locked) -> Fut,
+    Fut: std::future::Future<Output = Result<T, OpError>>,
+{
     let lock = LockInfo::for_operation(operation);
     let started = std::time::Instant::now();
     let mut last_said: Option<std::time::Instant> = None;
@@ -579,11 +609,13 @@ where
     let held = HeldLock::mark();
     let work = async {
         crate::apply::recover::fold_results(s.backend.as_ref()).await?;
-        s.backend.snapshot_before(operation).await.map_err(|e| {
-            OpError::refused(format!(
-                "cannot keep a copy of the state before {operation}, so nothing was changed: {e}"
-            ))
-        })?;
+        if copy {
+            s.backend.snapshot_before(operation).await.map_err(|e| {
+                OpError::refused(format!(
+                    "cannot keep a copy of the state before {operation}, so nothing was changed: {e}"
+                ))
+            })?;
+        }
         let (mut state, existed) = s.read_state().await?;
         // Settle what an interrupted run left open before anything else.
         let recovery = recover(s.backend.as_ref(), &mut state, &s.registry, cx).await?;

@@ -1,17 +1,17 @@
 //! The orchestrator's own operations: `render` its manifests, `deploy` a
 //! new image and nothing else (what `kubectl set image` plus `kubectl
 //! rollout status` do), `rollback` to the release before the current one.
-//! Deploy and rollback run under the locked runner and journal their
-//! intents like apply does, so a kill mid-rollout is recovered by the next
-//! command (the unfinished rollout then reads as not ready, and the next
-//! apply settles it).
+//! Deploy and rollback run under the locked runner, each release through
+//! apply's own resource step (`apply::run_step`: intent, limiter, rollout
+//! and wait, journaled result, events), so a kill mid-rollout is recovered
+//! by the next command (the unfinished rollout then reads as not ready, and
+//! the next apply settles it).
 
 use serde_json::{Map, Value as Json};
 
-use crate::plan::Action;
-use crate::state::{Intent, ResourceState};
+use crate::apply::OneStep;
+use crate::state::ResourceState;
 use ralph_core::driver::{Context, Desired, Known};
-use ralph_core::events::Event;
 use ralph_service::kubernetes::{connect, discover, orchestrator, render};
 
 use super::{locked, OpError, Role, Session, SignalGuard, Unapplied};
@@ -187,7 +187,6 @@ where
                 message,
             };
             let driver = s.driver_at(&address)?;
-            let kind = driver.schema().kind.to_string();
             let Some(recorded) = state.resources.get(&address).cloned() else {
                 return Err(failed(
                     "not deployed yet: run `ralph-deploy apply` first".into(),
@@ -221,62 +220,25 @@ where
                 timeouts,
             };
             let image = render::image_ref(&props).unwrap_or_default();
-            cx.reporter.report(Event::ResourceStarted {
-                address: address.clone(),
-                kind: kind.clone(),
-                action: Action::Update,
-                phase: None,
-            });
-            let intent = Intent {
-                id: uuid::Uuid::new_v4().to_string(),
-                address: address.clone(),
-                kind,
-                action: "update".into(),
-                lookup: Some(recorded.id.clone()),
-                props: props.clone(),
-                depends_on: recorded.depends_on.clone(),
-                protect: recorded.protect,
-                started_at: chrono::Utc::now(),
-                pid: std::process::id(),
-            };
-            s.backend.open_intent(&intent).await?;
-            let started = std::time::Instant::now();
-            let (result, observed) = match driver.update(cx, &want, &have, &[]).await {
-                Ok(o) => (Ok(()), Some(o)),
-                Err(e) => (Err(e.message.clone()), e.partial.map(|p| *p)),
-            };
-            if let Some(o) = &observed {
-                let rs = state
-                    .resources
-                    .entry(address.clone())
-                    .or_insert(recorded.clone());
-                if result.is_ok() {
-                    rs.inputs = props.clone();
-                }
-                rs.attrs = o.attrs.clone();
-                rs.updated_at = chrono::Utc::now();
-                crate::apply::record_outputs(&s.stack, &mut state);
-                state.serial += 1;
-                s.backend.write(&state).await?;
-            }
-            s.backend.close_intent(&intent.id).await?;
-            match &result {
-                Ok(()) => cx.reporter.report(Event::ResourceFinished {
-                    address: address.clone(),
-                    action: Action::Update,
-                    id: recorded.id.clone(),
-                    elapsed_ms: started.elapsed().as_millis(),
-                }),
-                Err(e) => cx.reporter.report(Event::ResourceFailed {
-                    address: address.clone(),
-                    action: Action::Update,
-                    error: e.clone(),
-                }),
-            }
+            let (result, after) = crate::apply::run_step(
+                &s.stack,
+                state,
+                s.backend.as_ref(),
+                &s.registry,
+                cx,
+                OneStep {
+                    address: &address,
+                    inputs: props.clone(),
+                },
+                || driver.update(cx, &want, &have, &[]),
+            )
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+            state = after;
             out.push(Released {
                 address,
                 image,
-                result,
+                result: result.map(|_| ()),
             });
         }
         s.backend.compact().await?;

@@ -421,6 +421,31 @@ pub struct Intent {
     pub pid: u32,
 }
 
+impl Intent {
+    /// An intent of a day-2 operation on `address` (a backup's object, a
+    /// restore's database), opened now by this process.
+    pub fn operation(
+        address: &str,
+        kind: &str,
+        action: &str,
+        lookup: &str,
+        props: Map<String, Json>,
+    ) -> Intent {
+        Intent {
+            id: uuid::Uuid::new_v4().to_string(),
+            address: address.to_string(),
+            kind: kind.to_string(),
+            action: action.to_string(),
+            lookup: Some(lookup.to_string()),
+            props,
+            depends_on: Vec::new(),
+            protect: false,
+            started_at: Utc::now(),
+            pid: std::process::id(),
+        }
+    }
+}
+
 /// One resource's result, journaled when its cloud call returns: what the
 /// address now holds. Entries replay over a snapshot in the order they were
 /// written; each sets or removes one address, so replaying an entry a

@@ -609,6 +609,115 @@ async fn a_kill_during_deploy_is_recovered_by_the_next_command() {
     );
 }
 
+/// The backups' objects in the fake buckets (dumps and manifests).
+fn backup_objects(w: &World) -> Vec<String> {
+    let objects = w.cloud.objects.lock().unwrap();
+    objects
+        .keys()
+        .map(|(_, k)| k.clone())
+        .filter(|k| k.starts_with("backups/"))
+        .collect()
+}
+
+async fn take_backup(w: &World) -> Result<crate::ops::backup::BackupReport, OpError> {
+    crate::ops::backup::backup(&w.s, &w.cx, &Default::default()).await
+}
+
+async fn restore_copy(w: &World) -> Result<crate::ops::backup::RestoreReport, OpError> {
+    let dump = backup_objects(w)
+        .into_iter()
+        .find(|k| k.ends_with(".dump"))
+        .expect("a backup");
+    crate::ops::backup::restore(&w.s, &w.cx, &Default::default(), &dump, Some("ralph_copy")).await
+}
+
+#[tokio::test]
+async fn a_kill_during_backup_is_settled_by_the_next_command() {
+    let prepare = async |w: &World| w.apply_ok().await;
+    let backup = async |w: &World| {
+        let _ = take_backup(w).await;
+    };
+    let total = count_calls(production, prepare, backup).await;
+    // The dump's upload and its manifest.
+    assert_eq!(total, 2);
+    for k in 1..=total as i64 {
+        let w = production();
+        w.apply_ok().await;
+        w.kill.after(k);
+        backup(&w).await;
+        assert!(w.kill.is_dead(), "k={k}");
+        w.kill.revive();
+        let _ = w.s.backend.force_unlock("any").await;
+        assert_eq!(w.s.backend.open_intents().await.unwrap().len(), 1, "k={k}");
+        // The next command settles it: a dump without its manifest is
+        // removed, a finished one kept.
+        let (st, _) = w.state().await;
+        let before = backup_objects(&w);
+        w.apply_ok().await;
+        assert!(
+            w.s.backend.open_intents().await.unwrap().is_empty(),
+            "k={k}"
+        );
+        let after = backup_objects(&w);
+        if k == 1 {
+            assert!(after.is_empty(), "k={k}: {before:?} -> {after:?}");
+        } else {
+            assert_eq!(after, before, "k={k}");
+        }
+        let latest = crate::ops::backup::latest(&w.s, &w.cx, &st).await.unwrap();
+        assert_eq!(latest.is_some(), k == 2, "k={k}");
+        // And the next backup works.
+        let report = take_backup(&w).await.unwrap();
+        assert_eq!(report.manifest.tables, super::backups::seeded_tables());
+        w.assert_consistent(&format!("backup k={k}")).await;
+    }
+}
+
+#[tokio::test]
+async fn a_kill_during_restore_is_settled_by_the_next_command() {
+    let prepare = async |w: &World| {
+        w.apply_ok().await;
+        take_backup(w).await.unwrap();
+    };
+    let restore = async |w: &World| {
+        let _ = restore_copy(w).await;
+    };
+    let total = count_calls(production, prepare, restore).await;
+    // The database created, then each of its two tables.
+    assert_eq!(total, 3);
+    for k in 1..=total as i64 {
+        let w = production();
+        prepare(&w).await;
+        w.kill.after(k);
+        restore(&w).await;
+        assert!(w.kill.is_dead(), "k={k}");
+        w.kill.revive();
+        let _ = w.s.backend.force_unlock("any").await;
+        assert!(w.cloud.databases.lock().unwrap().contains_key("ralph_copy"));
+        // The next command drops the half-made database, so the restore
+        // can be run again under the same name.
+        w.apply_ok().await;
+        assert!(
+            w.s.backend.open_intents().await.unwrap().is_empty(),
+            "k={k}"
+        );
+        assert!(
+            !w.cloud.databases.lock().unwrap().contains_key("ralph_copy"),
+            "k={k}"
+        );
+        let report = restore_copy(&w).await.unwrap();
+        assert_eq!(report.tables, super::backups::seeded_tables(), "k={k}");
+        w.assert_consistent(&format!("restore k={k}")).await;
+    }
+    // A database that exists is refused before anything starts, and kept.
+    let w = production();
+    prepare(&w).await;
+    restore_copy(&w).await.unwrap();
+    let again = restore_copy(&w).await.unwrap_err().to_string();
+    assert!(again.contains("exists already"), "{again}");
+    assert!(w.cloud.databases.lock().unwrap().contains_key("ralph_copy"));
+}
+
 async fn failover(w: &World) -> Result<crate::ops::failover::Report, OpError> {
     let o = crate::ops::failover::Options {
         replica: None,

@@ -6,6 +6,7 @@
 //! are configurable, so diff, ordering, partial creates, recovery and crash
 //! safety are tested in-process, in milliseconds.
 
+pub mod backups;
 pub mod engine_tests;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -79,6 +80,10 @@ pub struct FakeCloud {
     /// modelled.
     pub normalise: Mutex<BTreeMap<(String, String), Normaliser>>,
     pub kill: Arc<Kill>,
+    /// The buckets' objects: (bucket, key) -> bytes.
+    pub objects: Mutex<BTreeMap<(String, String), Vec<u8>>>,
+    /// The database server's databases and their tables.
+    pub databases: Mutex<BTreeMap<String, Vec<ralph_core::driver::capability::TableSum>>>,
     next: AtomicUsize,
     in_flight: AtomicUsize,
     pub max_in_flight: AtomicUsize,
@@ -133,6 +138,8 @@ impl FakeCloud {
                             kind: d.schema().kind,
                             cloud: self.clone(),
                         }),
+                        store: d.object_store(),
+                        dumps: d.dumps().is_some(),
                     }) as Box<dyn Driver>
                 })
                 .collect(),
@@ -413,6 +420,12 @@ pub struct FakeDriver {
     pub cloud: Arc<FakeCloud>,
     /// The fake promotion of a kind whose real driver has one.
     pub promotion: Option<FakePromotion>,
+    /// A bucket kind's real store (its pure parts: names, URLs): the fake
+    /// keeps the objects.
+    pub store: Option<&'static dyn ralph_core::driver::capability::ObjectStore>,
+    /// Whether the real kind dumps its database: the fake dumps the fake
+    /// server's.
+    pub dumps: bool,
 }
 
 fn fake_value(ty: &Ty, name: &str, id: &str) -> Json {
@@ -443,6 +456,16 @@ impl Driver for FakeDriver {
         self.promotion
             .as_ref()
             .map(|p| p as &dyn ralph_core::driver::capability::Promotion)
+    }
+
+    fn object_store(&self) -> Option<&dyn ralph_core::driver::capability::ObjectStore> {
+        self.store
+            .map(|_| self as &dyn ralph_core::driver::capability::ObjectStore)
+    }
+
+    fn dumps(&self) -> Option<&dyn ralph_core::driver::capability::Dumps> {
+        self.dumps
+            .then_some(self as &dyn ralph_core::driver::capability::Dumps)
     }
 
     fn restarts(&self) -> Option<&dyn ralph_core::driver::capability::Restarts> {

@@ -15,33 +15,12 @@ use std::process::Stdio;
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 use futures::StreamExt;
-use serde::{Deserialize, Serialize};
 use sqlx::Connection;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::Target;
-use ralph_core::driver::capability::ObjectStore;
+use ralph_core::driver::capability::{Manifest, ObjectStore, TableSum};
 use ralph_core::driver::{Context, DriverError};
-
-/// What a backup holds, stored beside it as `<key>.json`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Manifest {
-    pub format: String,
-    pub database: String,
-    pub server_version: String,
-    pub created: DateTime<Utc>,
-    pub bytes: u64,
-    pub tables: Vec<TableSum>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct TableSum {
-    pub table: String,
-    pub rows: i64,
-    /// The sum of every row's 64-bit text hash: equal sets of rows give
-    /// equal sums whatever their order.
-    pub checksum: String,
-}
 
 /// `backups/<stack>/<environment>/<UTC time>.dump`: the name carries the
 /// time, which is what retention reads.
@@ -289,13 +268,7 @@ pub async fn restore(
         let mut admin = sqlx::PgConnection::connect_with(&target.options())
             .await
             .map_err(|e| DriverError::new(format!("cannot connect to the database: {e}")))?;
-        let exists: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-                .bind(database)
-                .fetch_one(&mut admin)
-                .await
-                .map_err(|e| DriverError::new(format!("checking for database {database}: {e}")))?;
-        if exists {
+        if exists_on(&mut admin, database).await? {
             return Err(DriverError::new(format!(
                 "database {database} exists already: restore into a new one (--database NAME), then switch the application over"
             )));
@@ -374,6 +347,41 @@ pub async fn restore(
         )));
     }
     Ok(found)
+}
+
+async fn exists_on(admin: &mut sqlx::PgConnection, database: &str) -> Result<bool, DriverError> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+        .bind(database)
+        .fetch_one(admin)
+        .await
+        .map_err(|e| DriverError::new(format!("checking for database {database}: {e}")))
+}
+
+/// Whether `database` exists on `target`'s server.
+pub async fn exists(target: &Target, database: &str) -> Result<bool, DriverError> {
+    let mut admin = sqlx::PgConnection::connect_with(&target.options())
+        .await
+        .map_err(|e| DriverError::new(format!("cannot connect to the database: {e}")))?;
+    let found = exists_on(&mut admin, database).await;
+    let _ = admin.close().await;
+    found
+}
+
+/// Drops `database`, which a killed restore left unfinished (nothing when
+/// it is not there). Sessions still in it are ended first.
+pub async fn discard(target: &Target, database: &str) -> Result<(), DriverError> {
+    let mut admin = sqlx::PgConnection::connect_with(&target.options())
+        .await
+        .map_err(|e| DriverError::new(format!("cannot connect to the database: {e}")))?;
+    sqlx::query(&format!(
+        "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+        database.replace('"', "\"\"")
+    ))
+    .execute(&mut admin)
+    .await
+    .map_err(|e| DriverError::new(format!("dropping the unfinished restore {database}: {e}")))?;
+    let _ = admin.close().await;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ use serde_json::{Map, Value as Json};
 use sqlx::migrate::Migrator;
 
 use super::{connect, describe_target};
+use ralph_core::driver::capability::{Dumps, Manifest, ObjectStore, TableSum};
 use ralph_core::driver::{Context, Desired, Driver, DriverError, Known, Observed, Timeouts};
 use ralph_core::model::kinds::{Attr, Field, KindSchema, Ty};
 
@@ -217,6 +218,10 @@ async fn run(cx: &Context, want: &Desired<'_>) -> Result<Observed, DriverError> 
 
 #[async_trait::async_trait]
 impl Driver for Migrations {
+    fn dumps(&self) -> Option<&dyn Dumps> {
+        Some(self)
+    }
+
     fn roles(&self) -> &'static [ralph_core::driver::capability::Role] {
         &[ralph_core::driver::capability::Role::Schema]
     }
@@ -334,4 +339,62 @@ pub async fn status(
         });
     }
     Ok(out)
+}
+
+/// The schema's database dumped with pg_dump and restored with pg_restore
+/// (`super::backup`), each table checked against the manifest.
+#[async_trait::async_trait]
+impl Dumps for Migrations {
+    async fn database(
+        &self,
+        cx: &Context,
+        props: &Map<String, Json>,
+    ) -> Result<String, DriverError> {
+        Ok(super::resolve(cx, props).await?.database())
+    }
+
+    async fn exists(
+        &self,
+        cx: &Context,
+        props: &Map<String, Json>,
+        database: &str,
+    ) -> Result<bool, DriverError> {
+        let target = super::resolve(cx, props).await?;
+        super::backup::exists(&target, database).await
+    }
+
+    async fn dump(
+        &self,
+        cx: &Context,
+        props: &Map<String, Json>,
+        store: &dyn ObjectStore,
+        bucket: &str,
+        key: &str,
+    ) -> Result<Manifest, DriverError> {
+        let target = super::resolve(cx, props).await?;
+        super::backup::dump(cx, store, &target, bucket, key).await
+    }
+
+    async fn restore(
+        &self,
+        cx: &Context,
+        props: &Map<String, Json>,
+        store: &dyn ObjectStore,
+        bucket: &str,
+        key: &str,
+        database: &str,
+    ) -> Result<Vec<TableSum>, DriverError> {
+        let target = super::resolve(cx, props).await?;
+        super::backup::restore(cx, store, &target, bucket, key, database).await
+    }
+
+    async fn discard(
+        &self,
+        cx: &Context,
+        props: &Map<String, Json>,
+        database: &str,
+    ) -> Result<(), DriverError> {
+        let target = super::resolve(cx, props).await?;
+        super::backup::discard(&target, database).await
+    }
 }
