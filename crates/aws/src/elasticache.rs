@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde_json::Value as Json;
 
 use super::arn_tags::{self, ArnService};
+use super::subnet_group::{Calls, Found};
 use super::{
     api_error, error_code, gone_or_deleting, observed_with, opt_str, read_each, strings, wait_gone,
     wait_ready, Readiness,
@@ -202,7 +203,6 @@ static GROUP: KindSchema = KindSchema {
     ordered: &[],
 };
 
-pub struct SubnetGroup;
 pub struct ReplicationGroup;
 
 /// Brings a replication group's or subnet group's tags to the stack's.
@@ -222,119 +222,97 @@ async fn sync_ec_tags(
 
 // ---- subnet group ----
 
-async fn read_subnet_group(cx: &Context, name: &str) -> Result<Option<Observed>, DriverError> {
-    let out = match crate::clients(cx)
-        .await?
-        .elasticache
-        .describe_cache_subnet_groups()
-        .cache_subnet_group_name(name)
-        .send()
-        .await
-    {
-        Ok(o) => o,
-        Err(e) if error_code(&e) == Some("CacheSubnetGroupNotFoundFault") => return Ok(None),
-        Err(e) => return Err(api_error("DescribeCacheSubnetGroups", e)),
-    };
-    let Some(g) = out.cache_subnet_groups().first() else {
-        return Ok(None);
-    };
-    let arn = g.arn().unwrap_or_default().to_string();
-    let subnets: Vec<Json> = g
-        .subnets()
-        .iter()
-        .filter_map(|s| s.subnet_identifier().map(|i| Json::String(i.to_string())))
-        .collect();
-    Ok(Some(observed_with(
-        name,
-        arn_tags::read(cx, ArnService::ElastiCache, &arn).await?,
-        vec![
-            ("name", Json::String(name.to_string())),
-            ("arn", Json::String(arn)),
-            ("description", opt_str(g.cache_subnet_group_description())),
-            ("subnet_ids", Json::Array(subnets)),
-        ],
-    )))
-}
+/// ElastiCache's subnet-group calls (`super::subnet_group`).
+pub struct CacheSubnets;
 
 #[async_trait::async_trait]
-impl Driver for SubnetGroup {
-    fn service(&self) -> &'static str {
-        "elasticache"
-    }
-
+impl Calls for CacheSubnets {
     fn schema(&self) -> &'static KindSchema {
         &SUBNET_GROUP
     }
 
-    async fn refresh(&self, cx: &Context, known: &[Known]) -> Result<Vec<Observed>, DriverError> {
-        read_each(known, |id| async move { read_subnet_group(cx, &id).await }).await
+    fn service(&self) -> &'static str {
+        "elasticache"
     }
 
-    async fn create(&self, cx: &Context, want: &Desired<'_>) -> Result<Observed, DriverError> {
-        let name = want.required_str("name")?;
+    fn arn_service(&self) -> ArnService {
+        ArnService::ElastiCache
+    }
+
+    async fn describe(&self, cx: &Context, name: &str) -> Result<Option<Found>, DriverError> {
+        let out = match crate::clients(cx)
+            .await?
+            .elasticache
+            .describe_cache_subnet_groups()
+            .cache_subnet_group_name(name)
+            .send()
+            .await
+        {
+            Ok(o) => o,
+            Err(e) if error_code(&e) == Some("CacheSubnetGroupNotFoundFault") => return Ok(None),
+            Err(e) => return Err(api_error("DescribeCacheSubnetGroups", e)),
+        };
+        Ok(out.cache_subnet_groups().first().map(|g| Found {
+            arn: g.arn().unwrap_or_default().to_string(),
+            description: g.cache_subnet_group_description().map(str::to_string),
+            subnet_ids: g
+                .subnets()
+                .iter()
+                .filter_map(|s| s.subnet_identifier().map(str::to_string))
+                .collect(),
+        }))
+    }
+
+    async fn create(
+        &self,
+        cx: &Context,
+        name: &str,
+        description: &str,
+        subnet_ids: Vec<String>,
+        want: &Desired<'_>,
+    ) -> Result<(), DriverError> {
         crate::clients(cx)
             .await?
             .elasticache
             .create_cache_subnet_group()
             .cache_subnet_group_name(name)
-            .cache_subnet_group_description(
-                want.str("description").unwrap_or("Managed by ralph-deploy"),
-            )
-            .set_subnet_ids(Some(strings(want.props.get("subnet_ids"))))
+            .cache_subnet_group_description(description)
+            .set_subnet_ids(Some(subnet_ids))
             .set_tags(Some(arn_tags::elasticache_tags(want)))
             .send()
             .await
             .map_err(|e| api_error("CreateCacheSubnetGroup", e))?;
-        read_subnet_group(cx, name)
-            .await?
-            .ok_or_else(|| DriverError::new(format!("cache subnet group {name} vanished")))
+        Ok(())
     }
 
-    async fn update(
+    async fn modify(
         &self,
         cx: &Context,
-        want: &Desired<'_>,
-        have: &Observed,
-        changed: &[String],
-    ) -> Result<Observed, DriverError> {
-        if changed
-            .iter()
-            .any(|c| c == "description" || c == "subnet_ids")
-        {
-            crate::clients(cx)
-                .await?
-                .elasticache
-                .modify_cache_subnet_group()
-                .cache_subnet_group_name(&have.id)
-                .cache_subnet_group_description(
-                    want.str("description").unwrap_or("Managed by ralph-deploy"),
-                )
-                .set_subnet_ids(Some(strings(want.props.get("subnet_ids"))))
-                .send()
-                .await
-                .map_err(|e| api_error("ModifyCacheSubnetGroup", e))?;
-        }
-        if changed.iter().any(|c| c == "tags") {
-            sync_ec_tags(cx, have, want).await?;
-        }
-        read_subnet_group(cx, &have.id)
-            .await?
-            .ok_or_else(|| DriverError::new(format!("cache subnet group {} vanished", have.id)))
-    }
-
-    async fn delete(
-        &self,
-        cx: &Context,
-        have: &Observed,
-        _timeouts: &Timeouts,
+        name: &str,
+        description: &str,
+        subnet_ids: Vec<String>,
     ) -> Result<(), DriverError> {
+        crate::clients(cx)
+            .await?
+            .elasticache
+            .modify_cache_subnet_group()
+            .cache_subnet_group_name(name)
+            .cache_subnet_group_description(description)
+            .set_subnet_ids(Some(subnet_ids))
+            .send()
+            .await
+            .map_err(|e| api_error("ModifyCacheSubnetGroup", e))?;
+        Ok(())
+    }
+
+    async fn delete(&self, cx: &Context, name: &str) -> Result<(), DriverError> {
         super::delete_answer(
             "DeleteCacheSubnetGroup",
             crate::clients(cx)
                 .await?
                 .elasticache
                 .delete_cache_subnet_group()
-                .cache_subnet_group_name(&have.id)
+                .cache_subnet_group_name(name)
                 .send()
                 .await,
             &["CacheSubnetGroupNotFoundFault"],

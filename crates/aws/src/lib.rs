@@ -26,6 +26,7 @@ mod s3_objects;
 pub mod secret;
 mod security_group;
 mod subnet;
+mod subnet_group;
 mod vpc;
 mod wafv2_web_acl;
 
@@ -65,10 +66,10 @@ pub fn drivers() -> Vec<Box<dyn Driver>> {
         Box::new(eks::EksNodegroup),
         Box::new(eks_access::EksAccessEntry),
         Box::new(eks_addon::EksAddon),
-        Box::new(rds::SubnetGroup),
+        Box::new(subnet_group::SubnetGroup(&rds::DbSubnets)),
         Box::new(rds::ParameterGroup),
         Box::new(rds::Instance),
-        Box::new(elasticache::SubnetGroup),
+        Box::new(subnet_group::SubnetGroup(&elasticache::CacheSubnets)),
         Box::new(elasticache::ReplicationGroup),
         Box::new(elasticache_auth::Rotation),
     ]

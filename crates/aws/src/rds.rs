@@ -12,6 +12,7 @@ use aws_sdk_rds::types::{ApplyMethod, Parameter};
 use serde_json::{Map, Value as Json};
 
 use super::arn_tags::{self, ArnService};
+use super::subnet_group::{Calls, Found};
 use super::{
     api_error, error_code, gone_or_deleting, observed_with, opt_str, read_each, read_tag_pairs,
     strings, user_tags_of, wait_gone, wait_ready, Readiness,
@@ -353,7 +354,6 @@ static INSTANCE: KindSchema = KindSchema {
     ordered: &[],
 };
 
-pub struct SubnetGroup;
 pub struct ParameterGroup;
 pub struct Instance;
 
@@ -371,119 +371,97 @@ fn arn_of(have: &Observed) -> String {
 
 // ---- subnet group ----
 
-async fn read_subnet_group(cx: &Context, name: &str) -> Result<Option<Observed>, DriverError> {
-    let out = match crate::clients(cx)
-        .await?
-        .rds
-        .describe_db_subnet_groups()
-        .db_subnet_group_name(name)
-        .send()
-        .await
-    {
-        Ok(o) => o,
-        Err(e) if error_code(&e) == Some("DBSubnetGroupNotFoundFault") => return Ok(None),
-        Err(e) => return Err(api_error("DescribeDBSubnetGroups", e)),
-    };
-    let Some(g) = out.db_subnet_groups().first() else {
-        return Ok(None);
-    };
-    let arn = g.db_subnet_group_arn().unwrap_or_default().to_string();
-    let subnets: Vec<Json> = g
-        .subnets()
-        .iter()
-        .filter_map(|s| s.subnet_identifier().map(|i| Json::String(i.to_string())))
-        .collect();
-    Ok(Some(observed_with(
-        name,
-        arn_tags::read(cx, ArnService::Rds, &arn).await?,
-        vec![
-            ("name", Json::String(name.to_string())),
-            ("arn", Json::String(arn)),
-            ("description", opt_str(g.db_subnet_group_description())),
-            ("subnet_ids", Json::Array(subnets)),
-        ],
-    )))
-}
+/// RDS's subnet-group calls (`super::subnet_group`).
+pub struct DbSubnets;
 
 #[async_trait::async_trait]
-impl Driver for SubnetGroup {
-    fn service(&self) -> &'static str {
-        "rds"
-    }
-
+impl Calls for DbSubnets {
     fn schema(&self) -> &'static KindSchema {
         &SUBNET_GROUP
     }
 
-    async fn refresh(&self, cx: &Context, known: &[Known]) -> Result<Vec<Observed>, DriverError> {
-        read_each(known, |id| async move { read_subnet_group(cx, &id).await }).await
+    fn service(&self) -> &'static str {
+        "rds"
     }
 
-    async fn create(&self, cx: &Context, want: &Desired<'_>) -> Result<Observed, DriverError> {
-        let name = want.required_str("name")?;
+    fn arn_service(&self) -> ArnService {
+        ArnService::Rds
+    }
+
+    async fn describe(&self, cx: &Context, name: &str) -> Result<Option<Found>, DriverError> {
+        let out = match crate::clients(cx)
+            .await?
+            .rds
+            .describe_db_subnet_groups()
+            .db_subnet_group_name(name)
+            .send()
+            .await
+        {
+            Ok(o) => o,
+            Err(e) if error_code(&e) == Some("DBSubnetGroupNotFoundFault") => return Ok(None),
+            Err(e) => return Err(api_error("DescribeDBSubnetGroups", e)),
+        };
+        Ok(out.db_subnet_groups().first().map(|g| Found {
+            arn: g.db_subnet_group_arn().unwrap_or_default().to_string(),
+            description: g.db_subnet_group_description().map(str::to_string),
+            subnet_ids: g
+                .subnets()
+                .iter()
+                .filter_map(|s| s.subnet_identifier().map(str::to_string))
+                .collect(),
+        }))
+    }
+
+    async fn create(
+        &self,
+        cx: &Context,
+        name: &str,
+        description: &str,
+        subnet_ids: Vec<String>,
+        want: &Desired<'_>,
+    ) -> Result<(), DriverError> {
         crate::clients(cx)
             .await?
             .rds
             .create_db_subnet_group()
             .db_subnet_group_name(name)
-            .db_subnet_group_description(
-                want.str("description").unwrap_or("Managed by ralph-deploy"),
-            )
-            .set_subnet_ids(Some(strings(want.props.get("subnet_ids"))))
+            .db_subnet_group_description(description)
+            .set_subnet_ids(Some(subnet_ids))
             .set_tags(Some(arn_tags::rds_tags(want)))
             .send()
             .await
             .map_err(|e| api_error("CreateDBSubnetGroup", e))?;
-        read_subnet_group(cx, name)
-            .await?
-            .ok_or_else(|| DriverError::new(format!("subnet group {name} vanished")))
+        Ok(())
     }
 
-    async fn update(
+    async fn modify(
         &self,
         cx: &Context,
-        want: &Desired<'_>,
-        have: &Observed,
-        changed: &[String],
-    ) -> Result<Observed, DriverError> {
-        if changed
-            .iter()
-            .any(|c| c == "description" || c == "subnet_ids")
-        {
-            crate::clients(cx)
-                .await?
-                .rds
-                .modify_db_subnet_group()
-                .db_subnet_group_name(&have.id)
-                .db_subnet_group_description(
-                    want.str("description").unwrap_or("Managed by ralph-deploy"),
-                )
-                .set_subnet_ids(Some(strings(want.props.get("subnet_ids"))))
-                .send()
-                .await
-                .map_err(|e| api_error("ModifyDBSubnetGroup", e))?;
-        }
-        if changed.iter().any(|c| c == "tags") {
-            arn_tags::sync(cx, ArnService::Rds, &arn_of(have), have, want).await?;
-        }
-        read_subnet_group(cx, &have.id)
-            .await?
-            .ok_or_else(|| DriverError::new(format!("subnet group {} vanished", have.id)))
-    }
-
-    async fn delete(
-        &self,
-        cx: &Context,
-        have: &Observed,
-        _timeouts: &Timeouts,
+        name: &str,
+        description: &str,
+        subnet_ids: Vec<String>,
     ) -> Result<(), DriverError> {
+        crate::clients(cx)
+            .await?
+            .rds
+            .modify_db_subnet_group()
+            .db_subnet_group_name(name)
+            .db_subnet_group_description(description)
+            .set_subnet_ids(Some(subnet_ids))
+            .send()
+            .await
+            .map_err(|e| api_error("ModifyDBSubnetGroup", e))?;
+        Ok(())
+    }
+
+    async fn delete(&self, cx: &Context, name: &str) -> Result<(), DriverError> {
         super::delete_answer(
             "DeleteDBSubnetGroup",
             crate::clients(cx)
                 .await?
                 .rds
                 .delete_db_subnet_group()
-                .db_subnet_group_name(&have.id)
+                .db_subnet_group_name(name)
                 .send()
                 .await,
             &["DBSubnetGroupNotFoundFault"],

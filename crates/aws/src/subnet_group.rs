@@ -1,0 +1,139 @@
+//! `aws.rds_subnet_group` and `aws.elasticache_subnet_group`: the subnets a
+//! database or a cache may use. One kind implementation over the two
+//! services' calls, which differ only in their names ([`Calls`]); tags go
+//! through each service's ARN tagging (`arn_tags`).
+
+use serde_json::Value as Json;
+
+use super::arn_tags::{self, ArnService};
+use super::{observed_with, read_each, strings};
+use ralph_core::driver::{Context, Desired, Driver, DriverError, Known, Observed, Timeouts};
+use ralph_core::model::kinds::KindSchema;
+
+/// What a subnet group is in its service: its ARN, description and subnets.
+pub struct Found {
+    pub arn: String,
+    pub description: Option<String>,
+    pub subnet_ids: Vec<String>,
+}
+
+/// A service's subnet-group calls.
+#[async_trait::async_trait]
+pub trait Calls: Send + Sync {
+    fn schema(&self) -> &'static KindSchema;
+    /// The throttling limiter's service (`Driver::service`).
+    fn service(&self) -> &'static str;
+    fn arn_service(&self) -> ArnService;
+    /// The group called `name`; `None` when there is none.
+    async fn describe(&self, cx: &Context, name: &str) -> Result<Option<Found>, DriverError>;
+    /// Creates the group with the ownership and the stack's tags.
+    async fn create(
+        &self,
+        cx: &Context,
+        name: &str,
+        description: &str,
+        subnet_ids: Vec<String>,
+        want: &Desired<'_>,
+    ) -> Result<(), DriverError>;
+    async fn modify(
+        &self,
+        cx: &Context,
+        name: &str,
+        description: &str,
+        subnet_ids: Vec<String>,
+    ) -> Result<(), DriverError>;
+    /// Deletes it; one already gone is fine.
+    async fn delete(&self, cx: &Context, name: &str) -> Result<(), DriverError>;
+}
+
+/// The subnet-group kind of one service.
+pub struct SubnetGroup(pub &'static dyn Calls);
+
+const DESCRIPTION: &str = "Managed by ralph-deploy";
+
+impl SubnetGroup {
+    async fn read(&self, cx: &Context, name: &str) -> Result<Option<Observed>, DriverError> {
+        let Some(g) = self.0.describe(cx, name).await? else {
+            return Ok(None);
+        };
+        let subnets = g.subnet_ids.into_iter().map(Json::String).collect();
+        Ok(Some(observed_with(
+            name,
+            arn_tags::read(cx, self.0.arn_service(), &g.arn).await?,
+            vec![
+                ("name", Json::String(name.to_string())),
+                ("arn", Json::String(g.arn)),
+                (
+                    "description",
+                    g.description.map(Json::String).unwrap_or(Json::Null),
+                ),
+                ("subnet_ids", Json::Array(subnets)),
+            ],
+        )))
+    }
+
+    async fn read_back(&self, cx: &Context, name: &str) -> Result<Observed, DriverError> {
+        self.read(cx, name)
+            .await?
+            .ok_or_else(|| DriverError::new(format!("subnet group {name} vanished")))
+    }
+}
+
+#[async_trait::async_trait]
+impl Driver for SubnetGroup {
+    fn service(&self) -> &'static str {
+        self.0.service()
+    }
+
+    fn schema(&self) -> &'static KindSchema {
+        self.0.schema()
+    }
+
+    async fn refresh(&self, cx: &Context, known: &[Known]) -> Result<Vec<Observed>, DriverError> {
+        read_each(known, |id| async move { self.read(cx, &id).await }).await
+    }
+
+    async fn create(&self, cx: &Context, want: &Desired<'_>) -> Result<Observed, DriverError> {
+        let name = want.required_str("name")?;
+        let description = want.str("description").unwrap_or(DESCRIPTION);
+        let subnets = strings(want.props.get("subnet_ids"));
+        self.0.create(cx, name, description, subnets, want).await?;
+        self.read_back(cx, name).await
+    }
+
+    async fn update(
+        &self,
+        cx: &Context,
+        want: &Desired<'_>,
+        have: &Observed,
+        changed: &[String],
+    ) -> Result<Observed, DriverError> {
+        if changed
+            .iter()
+            .any(|c| c == "description" || c == "subnet_ids")
+        {
+            let description = want.str("description").unwrap_or(DESCRIPTION);
+            let subnets = strings(want.props.get("subnet_ids"));
+            self.0.modify(cx, &have.id, description, subnets).await?;
+        }
+        if changed.iter().any(|c| c == "tags") {
+            let arn = have
+                .attrs
+                .get("arn")
+                .and_then(Json::as_str)
+                .unwrap_or_default()
+                .to_string();
+            arn_tags::sync(cx, self.0.arn_service(), &arn, have, want).await?;
+        }
+        self.read_back(cx, &have.id).await
+    }
+
+    async fn delete(
+        &self,
+        cx: &Context,
+        have: &Observed,
+        _timeouts: &Timeouts,
+    ) -> Result<(), DriverError> {
+        self.0.delete(cx, &have.id).await
+    }
+}
