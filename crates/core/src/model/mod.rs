@@ -8,9 +8,10 @@
 //! - [`Timeouts`], [`CloudSettings`], the ownership tag keys, and
 //!   [`json_to_text`], the one way a value becomes text (tags, labels).
 //!
-//! Layers, bottom up: `model` <- `stack`, `drivers` <- `plan`, `apply` <-
-//! `ops` <- `cli`. `stack` never imports `drivers` and `drivers` never
-//! import `stack` (tests/layers.rs checks it).
+//! Layers, bottom up: this crate (`model`, the driver interface) <-
+//! ralph-stack and the driver crates <- ralph-engine <- the command line.
+//! The stack loader and the drivers are crates that do not depend on each
+//! other, so neither can import the other.
 
 pub mod capacity;
 pub mod kinds;

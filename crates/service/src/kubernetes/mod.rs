@@ -424,7 +424,7 @@ pub fn object_ids(objects: &[Rendered]) -> BTreeSet<String> {
 }
 
 /// Reads what the orchestrator's Secret holds: the `secrets` property
-/// (`ENV_NAME: source`, see `drivers::read_secret_source`), and for each
+/// (`ENV_NAME: source`, see `crate::read_secret_source`), and for each
 /// connection with a password secret (`render::CONNECTIONS`) the url with
 /// the password in it and the password alone. Returns the values and a
 /// string that changes when any secret gets a new version (version ids,
