@@ -635,58 +635,14 @@ pub async fn apply(
     let mut report = ApplyReport::default();
 
     // Adopted resources that need no change are recorded first.
-    for c in plan
-        .changes
-        .iter()
-        .filter(|c| c.adopt && c.action == Action::NoOp)
-    {
-        match steps.adopt(c).await {
-            Ok(true) => report.adopted += 1,
-            Ok(false) => {}
-            Err(StepError::Record(e)) => return Err(ApplyError::State(e)),
-            Err(e) => {
-                return Err(ApplyError::State(StateError::Io {
-                    path: backend.describe(),
-                    error: std::io::Error::other(e.to_string()),
-                }))
-            }
-        }
-    }
+    report.adopted = adopt_unchanged(&steps, plan).await?;
 
-    // Walk 1: deletes, dependents before their dependencies.
-    let deleting: BTreeMap<String, &Change> = by_key
-        .iter()
-        .filter(|(_, c)| matches!(c.action, Action::Delete | Action::Replace))
-        .map(|(k, c)| (k.clone(), *c))
-        .collect();
-    let mut reverse: BTreeMap<String, Vec<String>> =
-        deleting.keys().map(|k| (k.clone(), Vec::new())).collect();
-    for (k, c) in &deleting {
-        for dep in &c.depends_on {
-            if let Some(list) = reverse.get_mut(dep) {
-                list.push(k.clone());
-            }
-        }
-    }
-    // Walk 2: creates and updates, dependencies first.
-    let building: BTreeMap<String, &Change> = by_key
-        .iter()
-        .filter(|(_, c)| matches!(c.action, Action::Create | Action::Update | Action::Replace))
-        .map(|(k, c)| (k.clone(), *c))
-        .collect();
-    let forward: BTreeMap<String, Vec<String>> = building
-        .iter()
-        .map(|(k, c)| {
-            (
-                k.clone(),
-                c.depends_on
-                    .iter()
-                    .filter(|d| building.contains_key(*d))
-                    .cloned()
-                    .collect(),
-            )
-        })
-        .collect();
+    let Walks {
+        deleting,
+        reverse,
+        building,
+        forward,
+    } = walks_of(&by_key);
     // Longest expected chain first: the critical path never queues behind
     // quick side branches when more resources are ready than may run.
     let cost = |k: &str| {
@@ -696,29 +652,8 @@ pub async fn apply(
             .map(|d| d.typical_seconds())
             .unwrap_or(1)
     };
-    cx.reporter.report(Event::ApplyStarted {
-        steps: by_key
-            .iter()
-            .filter(|(_, c)| c.action != Action::NoOp)
-            .map(|(k, c)| ralph_core::events::PlannedStep {
-                address: c.address.clone(),
-                kind: c.kind.clone(),
-                action: c.action,
-                service: registry
-                    .driver(&c.kind)
-                    .map(|d| d.service().to_string())
-                    .unwrap_or_default(),
-                typical_s: registry
-                    .driver(&c.kind)
-                    .map(|d| d.typical_seconds())
-                    .unwrap_or(1),
-                after: match c.action {
-                    Action::Delete => reverse.get(k).cloned().unwrap_or_default(),
-                    _ => forward.get(k).cloned().unwrap_or_default(),
-                },
-            })
-            .collect(),
-    });
+    cx.reporter
+        .report(planned_steps(&by_key, &reverse, &forward, registry));
     let steps_ref = &steps;
     let walks_done = tokio::sync::Notify::new();
     let walks = async {
@@ -766,25 +701,159 @@ pub async fn apply(
         (delete_outcomes, build_outcomes)
     };
     // Checkpoints beside the walks: no step waits for a whole-state write.
-    let checkpoints = async {
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(CHECKPOINT_EVERY) => {}
-                _ = walks_done.notified() => break,
-            }
-            if let Err(e) = steps_ref.checkpoint().await {
-                cx.reporter.report(Event::Warning {
-                    message: format!(
-                        "could not write a checkpoint of the state (the results are in the journal, which the next run replays): {e}"
-                    ),
-                });
-            }
-        }
-    };
+    let checkpoints = checkpoints(steps_ref, &walks_done);
     let ((delete_outcomes, build_outcomes), ()) = tokio::join!(walks, checkpoints);
 
     tally(&by_key, &delete_outcomes, &build_outcomes, cx, &mut report);
 
+    let st = finish(steps, plan, stack, backend, cx).await?;
+    report.requests = cx.request_count() - requests_before;
+    report.retries = cx.retry_count().saturating_sub(retries_before);
+    report.throttled = cx
+        .limits
+        .report()
+        .into_iter()
+        .filter(|(_, _, t)| *t > 0)
+        .map(|(s, l, t)| (s, t, l))
+        .collect();
+    report.elapsed_ms = started.elapsed().as_millis();
+    Ok((report, st))
+}
+
+/// Records the adopted resources that need no change; returns how many.
+async fn adopt_unchanged(steps: &Steps<'_>, plan: &Plan) -> Result<usize, ApplyError> {
+    let mut adopted = 0;
+    for c in plan
+        .changes
+        .iter()
+        .filter(|c| c.adopt && c.action == Action::NoOp)
+    {
+        match steps.adopt(c).await {
+            Ok(true) => adopted += 1,
+            Ok(false) => {}
+            Err(StepError::Record(e)) => return Err(ApplyError::State(e)),
+            Err(e) => {
+                return Err(ApplyError::State(StateError::Io {
+                    path: steps.backend.describe(),
+                    error: std::io::Error::other(e.to_string()),
+                }))
+            }
+        }
+    }
+    Ok(adopted)
+}
+
+/// Writes a checkpoint every [`CHECKPOINT_EVERY`] until the walks are done.
+async fn checkpoints(steps: &Steps<'_>, walks_done: &tokio::sync::Notify) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(CHECKPOINT_EVERY) => {}
+            _ = walks_done.notified() => break,
+        }
+        if let Err(e) = steps.checkpoint().await {
+            steps.cx.reporter.report(Event::Warning {
+                message: format!(
+                    "could not write a checkpoint of the state (the results are in the journal, which the next run replays): {e}"
+                ),
+            });
+        }
+    }
+}
+
+/// The two walks of an apply: deletes with their reverse dependencies
+/// (dependents first), builds with their dependencies (dependencies first).
+struct Walks<'p> {
+    deleting: BTreeMap<String, &'p Change>,
+    reverse: BTreeMap<String, Vec<String>>,
+    building: BTreeMap<String, &'p Change>,
+    forward: BTreeMap<String, Vec<String>>,
+}
+
+fn walks_of<'p>(by_key: &BTreeMap<String, &'p Change>) -> Walks<'p> {
+    // Walk 1: deletes, dependents before their dependencies.
+    let deleting: BTreeMap<String, &Change> = by_key
+        .iter()
+        .filter(|(_, c)| matches!(c.action, Action::Delete | Action::Replace))
+        .map(|(k, c)| (k.clone(), *c))
+        .collect();
+    let mut reverse: BTreeMap<String, Vec<String>> =
+        deleting.keys().map(|k| (k.clone(), Vec::new())).collect();
+    for (k, c) in &deleting {
+        for dep in &c.depends_on {
+            if let Some(list) = reverse.get_mut(dep) {
+                list.push(k.clone());
+            }
+        }
+    }
+    // Walk 2: creates and updates, dependencies first.
+    let building: BTreeMap<String, &Change> = by_key
+        .iter()
+        .filter(|(_, c)| matches!(c.action, Action::Create | Action::Update | Action::Replace))
+        .map(|(k, c)| (k.clone(), *c))
+        .collect();
+    let forward: BTreeMap<String, Vec<String>> = building
+        .iter()
+        .map(|(k, c)| {
+            (
+                k.clone(),
+                c.depends_on
+                    .iter()
+                    .filter(|d| building.contains_key(*d))
+                    .cloned()
+                    .collect(),
+            )
+        })
+        .collect();
+    Walks {
+        deleting,
+        reverse,
+        building,
+        forward,
+    }
+}
+
+/// The `apply_started` event: every step with its service, typical time
+/// and what it waits for.
+fn planned_steps(
+    by_key: &BTreeMap<String, &Change>,
+    reverse: &BTreeMap<String, Vec<String>>,
+    forward: &BTreeMap<String, Vec<String>>,
+    registry: &Registry,
+) -> Event {
+    Event::ApplyStarted {
+        steps: by_key
+            .iter()
+            .filter(|(_, c)| c.action != Action::NoOp)
+            .map(|(k, c)| ralph_core::events::PlannedStep {
+                address: c.address.clone(),
+                kind: c.kind.clone(),
+                action: c.action,
+                service: registry
+                    .driver(&c.kind)
+                    .map(|d| d.service().to_string())
+                    .unwrap_or_default(),
+                typical_s: registry
+                    .driver(&c.kind)
+                    .map(|d| d.typical_seconds())
+                    .unwrap_or(1),
+                after: match c.action {
+                    Action::Delete => reverse.get(k).cloned().unwrap_or_default(),
+                    _ => forward.get(k).cloned().unwrap_or_default(),
+                },
+            })
+            .collect(),
+    }
+}
+
+/// After the walks: the outputs from what is now recorded, the whole state
+/// written once more, and the journaled results it holds dropped.
+async fn finish(
+    steps: Steps<'_>,
+    plan: &Plan,
+    stack: Option<&Stack>,
+    backend: &dyn Backend,
+    cx: &Context,
+) -> Result<State, ApplyError> {
     // Outputs, from what is now recorded.
     let mut st = steps.state.into_inner().expect("state mutex");
     match stack {
@@ -803,37 +872,25 @@ pub async fn apply(
             message: format!("could not drop the journaled results the state now holds (they are never replayed over it): {e}"),
         });
     }
-    report.requests = cx.request_count() - requests_before;
-    report.retries = cx.retry_count().saturating_sub(retries_before);
-    report.throttled = cx
-        .limits
-        .report()
-        .into_iter()
-        .filter(|(_, _, t)| *t > 0)
-        .map(|(s, l, t)| (s, t, l))
-        .collect();
-    report.elapsed_ms = started.elapsed().as_millis();
-    Ok((report, st))
+    Ok(st)
 }
 
 /// Each change under a key of its own (an address, or for a second
 /// change of one address, the address and the id it deletes).
 fn keyed(plan: &Plan) -> BTreeMap<String, &Change> {
-    {
-        let mut per_address: BTreeMap<&str, usize> = BTreeMap::new();
-        for c in &plan.changes {
-            *per_address.entry(c.address.as_str()).or_default() += 1;
-        }
-        let key = |c: &Change| -> String {
-            let dup = per_address[c.address.as_str()] > 1;
-            if dup && c.action == Action::Delete {
-                format!("{} ({})", c.address, c.id.clone().unwrap_or_default())
-            } else {
-                c.address.clone()
-            }
-        };
-        plan.changes.iter().map(|c| (key(c), c)).collect()
+    let mut per_address: BTreeMap<&str, usize> = BTreeMap::new();
+    for c in &plan.changes {
+        *per_address.entry(c.address.as_str()).or_default() += 1;
     }
+    let key = |c: &Change| -> String {
+        let dup = per_address[c.address.as_str()] > 1;
+        if dup && c.action == Action::Delete {
+            format!("{} ({})", c.address, c.id.clone().unwrap_or_default())
+        } else {
+            c.address.clone()
+        }
+    };
+    plan.changes.iter().map(|c| (key(c), c)).collect()
 }
 
 /// The outcome of every change, counted and reported.

@@ -84,29 +84,7 @@ pub async fn refresh(
         std::sync::Mutex::new(kinds.iter().map(|(k, _)| k.clone()).collect());
     let pending = &pending;
     let listings = futures::future::join_all(kinds.iter().map(|(kind, driver)| async move {
-        let mut known: Vec<Known> = state
-            .resources
-            .values()
-            .filter(|r| &r.kind == kind)
-            .map(|r| Known {
-                id: r.id.clone(),
-                inputs: r.inputs.clone(),
-                attrs: r.attrs.clone(),
-            })
-            .collect();
-        // Kinds named by the stack can be looked up before the state knows them.
-        if let (Some(stack), Some(field)) = (stack, driver.schema().name_field) {
-            for r in stack.resources.values().filter(|r| r.kind.kind == kind) {
-                if let Some(name) = r.properties.get(field).and_then(|p| p.value.literal_str()) {
-                    if !known.iter().any(|k| k.id == name) {
-                        known.push(Known {
-                            id: name.to_string(),
-                            ..Default::default()
-                        });
-                    }
-                }
-            }
-        }
+        let known = known_of(stack, state, kind, *driver);
         let listing = driver.refresh(cx, &known).await;
         if let Ok(mut p) = pending.lock() {
             p.remove(kind);
@@ -123,33 +101,7 @@ pub async fn refresh(
             tokio::select! {
                 done = &mut listings => break done,
                 _ = tokio::time::sleep_until(tokio::time::Instant::from_std(started + next)) => {
-                    let waiting: Vec<String> = pending
-                        .lock()
-                        .map(|p| p.iter().cloned().collect())
-                        .unwrap_or_default();
-                    // One line per party waited for, naming where it is.
-                    let mut by_party: Vec<(ralph_core::remote::Party, String, Vec<String>)> = Vec::new();
-                    for kind in waiting {
-                        let (party, at) = cx.party_of(&kind);
-                        match by_party.iter_mut().find(|(p, a, _)| *p == party && *a == at) {
-                            Some((_, _, kinds)) => kinds.push(kind),
-                            None => by_party.push((party, at, vec![kind])),
-                        }
-                    }
-                    for (party, at, kinds) in by_party {
-                        let shown = kinds.iter().take(4).cloned().collect::<Vec<_>>().join(", ");
-                        let more = kinds.len().saturating_sub(4);
-                        cx.reporter.report(Event::Warning {
-                            message: format!(
-                                "still reading the cloud after {}s: no answer yet for {shown}{} from {} at {at} (each call gives up after {}s, {}=SECONDS changes that)",
-                                next.as_secs(),
-                                if more > 0 { format!(" and {more} more") } else { String::new() },
-                                party.name(),
-                                ralph_core::remote::api_timeout().as_secs(),
-                                ralph_core::remote::API_TIMEOUT_ENV,
-                            ),
-                        });
-                    }
+                    report_waiting(cx, pending, next);
                     next = (next * 2).min(next + std::time::Duration::from_secs(30));
                 }
             }
@@ -213,9 +165,97 @@ pub async fn refresh(
             }
         }
     }
-    // Recorded resources the listings did not return: looked up by id, so
-    // one whose ownership tags are gone (removed by hand, or an imported
-    // resource not tagged yet) is not taken for deleted.
+    look_up_missing(state, registry, cx, &mut out).await?;
+    let resources = out.current.len() + out.orphans.len();
+    cx.reporter.report(Event::RefreshFinished {
+        resources,
+        elapsed_ms: started.elapsed().as_millis(),
+    });
+    Ok(out)
+}
+
+/// What refresh asks `kind`'s driver about: the recorded resources, and the
+/// names the stack gives (kinds named by the stack can be looked up before
+/// the state knows them).
+fn known_of(
+    stack: Option<&Stack>,
+    state: &State,
+    kind: &str,
+    driver: &dyn ralph_core::driver::Driver,
+) -> Vec<Known> {
+    let mut known: Vec<Known> = state
+        .resources
+        .values()
+        .filter(|r| &r.kind == kind)
+        .map(|r| Known {
+            id: r.id.clone(),
+            inputs: r.inputs.clone(),
+            attrs: r.attrs.clone(),
+        })
+        .collect();
+    // Kinds named by the stack can be looked up before the state knows them.
+    if let (Some(stack), Some(field)) = (stack, driver.schema().name_field) {
+        for r in stack.resources.values().filter(|r| r.kind.kind == kind) {
+            if let Some(name) = r.properties.get(field).and_then(|p| p.value.literal_str()) {
+                if !known.iter().any(|k| k.id == name) {
+                    known.push(Known {
+                        id: name.to_string(),
+                        ..Default::default()
+                    });
+                }
+            }
+        }
+    }
+    known
+}
+
+/// Names who has not answered yet, one line per party and address.
+fn report_waiting(
+    cx: &Context,
+    pending: &std::sync::Mutex<BTreeSet<String>>,
+    next: std::time::Duration,
+) {
+    let waiting: Vec<String> = pending
+        .lock()
+        .map(|p| p.iter().cloned().collect())
+        .unwrap_or_default();
+    // One line per party waited for, naming where it is.
+    let mut by_party: Vec<(ralph_core::remote::Party, String, Vec<String>)> = Vec::new();
+    for kind in waiting {
+        let (party, at) = cx.party_of(&kind);
+        match by_party
+            .iter_mut()
+            .find(|(p, a, _)| *p == party && *a == at)
+        {
+            Some((_, _, kinds)) => kinds.push(kind),
+            None => by_party.push((party, at, vec![kind])),
+        }
+    }
+    for (party, at, kinds) in by_party {
+        let shown = kinds.iter().take(4).cloned().collect::<Vec<_>>().join(", ");
+        let more = kinds.len().saturating_sub(4);
+        cx.reporter.report(Event::Warning {
+            message: format!(
+                "still reading the cloud after {}s: no answer yet for {shown}{} from {} at {at} (each call gives up after {}s, {}=SECONDS changes that)",
+                next.as_secs(),
+                if more > 0 { format!(" and {more} more") } else { String::new() },
+                party.name(),
+                ralph_core::remote::api_timeout().as_secs(),
+                ralph_core::remote::API_TIMEOUT_ENV,
+            ),
+        });
+    }
+}
+
+/// Recorded resources the listings did not return, looked up by id, so one
+/// whose ownership tags are gone (removed by hand, or an imported resource
+/// not tagged yet) is not taken for deleted.
+async fn look_up_missing(
+    state: &State,
+    registry: &Registry,
+    cx: &Context,
+    out: &mut Refreshed,
+) -> Result<(), PlanError> {
     let missing: Vec<(&String, &crate::state::ResourceState)> = state
         .resources
         .iter()
@@ -239,12 +279,7 @@ pub async fn refresh(
             out.current.insert(address.clone(), obs);
         }
     }
-    let resources = out.current.len() + out.orphans.len();
-    cx.reporter.report(Event::RefreshFinished {
-        resources,
-        elapsed_ms: started.elapsed().as_millis(),
-    });
-    Ok(out)
+    Ok(())
 }
 
 /// Where `address` is after the stack's `moved` entries.
