@@ -692,12 +692,7 @@ impl Driver for EksCluster {
             wait_cluster(cx, want.address, &have.id, timeout, false).await?;
         }
         if has("tags") {
-            let arn = have
-                .attrs
-                .get("arn")
-                .and_then(Json::as_str)
-                .unwrap_or_default()
-                .to_string();
+            let arn = crate::arn_of(have);
             arn_tags::sync(cx, ArnService::Eks, &arn, have, want).await?;
         }
         wait_cluster(cx, want.address, &have.id, timeout, false).await
@@ -1060,12 +1055,7 @@ impl Driver for EksNodegroup {
                 .map_err(|e| api_error("UpdateNodegroupConfig", e))?;
         }
         if has("tags") {
-            let arn = have
-                .attrs
-                .get("arn")
-                .and_then(Json::as_str)
-                .unwrap_or_default()
-                .to_string();
+            let arn = crate::arn_of(have);
             arn_tags::sync(cx, ArnService::Eks, &arn, have, want).await?;
         }
         wait_nodegroup(cx, want.address, cluster, name, timeout, false).await

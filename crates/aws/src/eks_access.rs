@@ -275,12 +275,7 @@ impl Driver for EksAccessEntry {
             associate(cx, cluster, principal, want).await?;
         }
         if has("tags") {
-            let arn = have
-                .attrs
-                .get("arn")
-                .and_then(Json::as_str)
-                .unwrap_or_default()
-                .to_string();
+            let arn = crate::arn_of(have);
             super::arn_tags::sync(cx, super::arn_tags::ArnService::Eks, &arn, have, want).await?;
         }
         read_one(cx, &have.id)

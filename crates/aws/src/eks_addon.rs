@@ -290,12 +290,7 @@ impl Driver for EksAddon {
             req.send().await.map_err(|e| api_error("UpdateAddon", e))?;
         }
         if has("tags") {
-            let arn = have
-                .attrs
-                .get("arn")
-                .and_then(Json::as_str)
-                .unwrap_or_default()
-                .to_string();
+            let arn = crate::arn_of(have);
             super::arn_tags::sync(cx, super::arn_tags::ArnService::Eks, &arn, have, want).await?;
         }
         let timeout = want.timeouts.update_or(TIMEOUT);

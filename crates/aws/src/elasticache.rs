@@ -211,12 +211,7 @@ async fn sync_ec_tags(
     have: &Observed,
     want: &Desired<'_>,
 ) -> Result<(), DriverError> {
-    let arn = have
-        .attrs
-        .get("arn")
-        .and_then(Json::as_str)
-        .unwrap_or_default()
-        .to_string();
+    let arn = crate::arn_of(have);
     arn_tags::sync(cx, ArnService::ElastiCache, &arn, have, want).await
 }
 

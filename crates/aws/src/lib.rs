@@ -344,6 +344,15 @@ impl Intercept for RequestCounter {
     }
 }
 
+/// A resource's ARN as refresh recorded it (empty when it has none).
+pub fn arn_of(have: &Observed) -> String {
+    have.attrs
+        .get("arn")
+        .and_then(Json::as_str)
+        .unwrap_or_default()
+        .to_string()
+}
+
 /// This run's AWS clients, built on the first call.
 pub async fn clients(cx: &Context) -> Result<&AwsClients, DriverError> {
     cx.clients(ralph_core::driver::Clients::Aws, || {

@@ -211,12 +211,7 @@ impl Driver for LogGroup {
         }
         if has("tags") {
             let logs = &crate::clients(cx).await?.logs;
-            let arn = have
-                .attrs
-                .get("arn")
-                .and_then(Json::as_str)
-                .unwrap_or_default()
-                .to_string();
+            let arn = crate::arn_of(have);
             let removed = super::removed_tag_keys(have, want);
             if !removed.is_empty() {
                 logs.untag_resource()

@@ -361,14 +361,6 @@ fn int(want: &Desired<'_>, f: &str) -> Result<Option<i32>, DriverError> {
     want.int(f)
 }
 
-fn arn_of(have: &Observed) -> String {
-    have.attrs
-        .get("arn")
-        .and_then(Json::as_str)
-        .unwrap_or_default()
-        .to_string()
-}
-
 // ---- subnet group ----
 
 /// RDS's subnet-group calls (`super::subnet_group`).
@@ -623,7 +615,7 @@ impl Driver for ParameterGroup {
             .await?;
         }
         if changed.iter().any(|c| c == "tags") {
-            arn_tags::sync(cx, ArnService::Rds, &arn_of(have), have, want).await?;
+            arn_tags::sync(cx, ArnService::Rds, &crate::arn_of(have), have, want).await?;
         }
         read_parameter_group(cx, &have.id)
             .await?
@@ -925,7 +917,7 @@ impl Driver for Instance {
                 .map_err(|e| api_error("ModifyDBInstance", e))?;
         }
         if has("tags") {
-            arn_tags::sync(cx, ArnService::Rds, &arn_of(have), have, want).await?;
+            arn_tags::sync(cx, ArnService::Rds, &crate::arn_of(have), have, want).await?;
         }
         wait_available(
             cx,

@@ -117,12 +117,7 @@ impl Driver for SubnetGroup {
             self.0.modify(cx, &have.id, description, subnets).await?;
         }
         if changed.iter().any(|c| c == "tags") {
-            let arn = have
-                .attrs
-                .get("arn")
-                .and_then(Json::as_str)
-                .unwrap_or_default()
-                .to_string();
+            let arn = crate::arn_of(have);
             arn_tags::sync(cx, self.0.arn_service(), &arn, have, want).await?;
         }
         self.read_back(cx, &have.id).await

@@ -16,7 +16,8 @@ use serde_json::{Map, Value as Json};
 
 use super::super::api_error;
 use super::super::arn_tags::{self, ArnService};
-use super::{arn_of, read_instance};
+use super::read_instance;
+use crate::arn_of;
 use ralph_core::driver::capability::{Promoted, Promotion, PromotionPlan, Snapshots};
 use ralph_core::driver::{Context, Desired, DriverError, Observed, STATUS_ATTR};
 
