@@ -144,88 +144,21 @@ pub async fn run(cmd: Command) -> anyhow::Result<i32> {
             command: DbCommand::Partitions { args, months_ahead },
         } => db_partitions(&args, months_ahead).await,
         Command::Import { args, address, id } => import_cmd(&args, &address, &id).await,
-        Command::Completions { shell: None } => {
-            use clap::ValueEnum;
-            let shells: Vec<String> = clap_complete::Shell::value_variants()
-                .iter()
-                .filter_map(|s| s.to_possible_value().map(|v| v.get_name().to_string()))
-                .collect();
-            eprintln!(
-                "error: name the shell to complete for: {}. For example `ralph-deploy completions bash > /etc/bash_completion.d/ralph-deploy`",
-                shells.join(", ")
-            );
-            Ok(2)
-        }
-        Command::Completions { shell: Some(shell) } => {
-            let mut cmd = <super::Cli as clap::CommandFactory>::command();
-            let mut out = Vec::new();
-            clap_complete::generate(shell, &mut cmd, "ralph-deploy", &mut out);
-            super::out::bytes(&out);
-            Ok(EXIT_OK)
-        }
+        Command::Completions { shell } => completions(shell),
         Command::Addons {
             command: super::AddonsCommand::Pin { urls },
-        } => {
-            let mut failed = 0;
-            for url in &urls {
-                match ralph_core::download::pin(url) {
-                    Ok(p) => {
-                        println!("{}", p.entry);
-                        eprintln!(
-                            "{url}: {} bytes, kept for review at {}",
-                            p.bytes,
-                            p.path.display()
-                        );
-                    }
-                    Err(e) => {
-                        failed += 1;
-                        eprintln!("error: {e}");
-                    }
-                }
-            }
-            Ok(if failed == 0 { EXIT_OK } else { 1 })
-        }
-        Command::Man => {
-            let cmd = <super::Cli as clap::CommandFactory>::command();
-            let mut out = Vec::new();
-            clap_mangen::Man::new(cmd.clone()).render(&mut out)?;
-            // Each command's own options follow the overview, a section each.
-            for sub in cmd.get_subcommands().filter(|c| !c.is_hide_set()) {
-                out.extend_from_slice(
-                    format!(".SH \"RALPH-DEPLOY {}\"\n", sub.get_name().to_uppercase()).as_bytes(),
-                );
-                let page = clap_mangen::Man::new(sub.clone());
-                page.render_description_section(&mut out)?;
-                page.render_options_section(&mut out)?;
-            }
-            super::out::bytes(&out);
-            Ok(EXIT_OK)
-        }
+        } => addons_pin(&urls),
+        Command::Man => Ok(man()?),
         Command::Fmt { paths, check, diff } => fmt_cmd(&paths, check, diff),
-        Command::Reference { page } => {
-            let registry = ralph_engine::registry();
-            print!(
-                "{}",
-                match page {
-                    super::ReferencePage::Commands => super::reference::commands(),
-                    super::ReferencePage::Stack => super::reference::stack(&registry),
-                    super::ReferencePage::Rules => super::reference::rules(),
-                    super::ReferencePage::Language => super::reference::language(),
-                }
-            );
-            Ok(EXIT_OK)
-        }
-        Command::Schema { component } => {
-            let registry = ralph_engine::registry();
-            let schema = if component {
-                ralph_stack::json_schema::component_schema(&registry)
-            } else {
-                ralph_stack::json_schema::stack_schema(&registry)
-            };
-            println!("{}", serde_json::to_string_pretty(&schema)?);
-            Ok(EXIT_OK)
-        }
+        Command::Reference { page } => reference(page),
+        Command::Schema { component } => Ok(schema(component)?),
     };
+    finish(result)
+}
+
+/// A command's result as the exit code: invalid stacks are reported here,
+/// as text or as the JSON stream's `error` event; other errors go on.
+fn finish(result: Result<i32, CliError>) -> anyhow::Result<i32> {
     match result {
         Ok(code) => Ok(code),
         Err(CliError::Invalid(d, json)) => {
@@ -253,6 +186,94 @@ pub async fn run(cmd: Command) -> anyhow::Result<i32> {
         }
         Err(CliError::Other(e)) => Err(e),
     }
+}
+
+/// `completions SHELL`: the script for the shell; without one, which shells there are.
+fn completions(shell: Option<clap_complete::Shell>) -> Result<i32, CliError> {
+    let Some(shell) = shell else {
+        use clap::ValueEnum;
+        let shells: Vec<String> = clap_complete::Shell::value_variants()
+            .iter()
+            .filter_map(|s| s.to_possible_value().map(|v| v.get_name().to_string()))
+            .collect();
+        eprintln!(
+            "error: name the shell to complete for: {}. For example `ralph-deploy completions bash > /etc/bash_completion.d/ralph-deploy`",
+            shells.join(", ")
+        );
+        return Ok(2);
+    };
+    let mut cmd = <super::Cli as clap::CommandFactory>::command();
+    let mut out = Vec::new();
+    clap_complete::generate(shell, &mut cmd, "ralph-deploy", &mut out);
+    super::out::bytes(&out);
+    Ok(EXIT_OK)
+}
+
+/// `addons pin URL...`: each download's pinned entry, for the add-on catalogue.
+fn addons_pin(urls: &[String]) -> Result<i32, CliError> {
+    let mut failed = 0;
+    for url in urls {
+        match ralph_core::download::pin(url) {
+            Ok(p) => {
+                println!("{}", p.entry);
+                eprintln!(
+                    "{url}: {} bytes, kept for review at {}",
+                    p.bytes,
+                    p.path.display()
+                );
+            }
+            Err(e) => {
+                failed += 1;
+                eprintln!("error: {e}");
+            }
+        }
+    }
+    Ok(if failed == 0 { EXIT_OK } else { 1 })
+}
+
+/// `man`: the manual page, with a section for each command's options.
+fn man() -> anyhow::Result<i32> {
+    let cmd = <super::Cli as clap::CommandFactory>::command();
+    let mut out = Vec::new();
+    clap_mangen::Man::new(cmd.clone()).render(&mut out)?;
+    // Each command's own options follow the overview, a section each.
+    for sub in cmd.get_subcommands().filter(|c| !c.is_hide_set()) {
+        out.extend_from_slice(
+            format!(".SH \"RALPH-DEPLOY {}\"\n", sub.get_name().to_uppercase()).as_bytes(),
+        );
+        let page = clap_mangen::Man::new(sub.clone());
+        page.render_description_section(&mut out)?;
+        page.render_options_section(&mut out)?;
+    }
+    super::out::bytes(&out);
+    Ok(EXIT_OK)
+}
+
+/// `reference PAGE`: a page of the generated documentation.
+fn reference(page: super::ReferencePage) -> Result<i32, CliError> {
+    let registry = ralph_engine::registry();
+    print!(
+        "{}",
+        match page {
+            super::ReferencePage::Commands => super::reference::commands(),
+            super::ReferencePage::Stack => super::reference::stack(&registry),
+            super::ReferencePage::Rules => super::reference::rules(),
+            super::ReferencePage::Language => super::reference::language(),
+        }
+    );
+    Ok(EXIT_OK)
+}
+
+/// `schema`: the JSON Schema of stack files, or with `--component` of components.
+fn schema(component: bool) -> anyhow::Result<i32> {
+    let registry = ralph_engine::registry();
+    let schema = if component {
+        ralph_stack::json_schema::component_schema(&registry)
+    } else {
+        ralph_stack::json_schema::stack_schema(&registry)
+    };
+    println!("{}", serde_json::to_string_pretty(&schema)?);
+    Ok(EXIT_OK)
 }
 
 fn validate(args: &StackArgs, json: bool) -> Result<i32, CliError> {

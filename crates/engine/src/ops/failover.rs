@@ -292,203 +292,32 @@ fn move_children(s: &Session, state: &mut State, from: &str, to: &str) {
 pub async fn failover(s: &Session, cx: &Context, o: &Options) -> Result<Report, OpError> {
     locked(s, cx, FAILOVER, |l| async move {
         let mut state = l.state;
-        let (pair, intent, resumed) = match &l.recovery.failover {
-            Some(open) => {
-                let pair = Pair::from_intent(open)?;
-                if o.replica.as_deref().is_some_and(|r| r != pair.replica) {
-                    return Err(OpError::refused(format!(
-                        "a failover to {} is unfinished: finish it first (run without --replica); nothing was changed",
-                        pair.replica
-                    )));
-                }
-                cx.reporter.report(Event::Warning {
-                    message: format!(
-                        "finishing the failover of {} to {} that a run started at {}",
-                        pair.primary,
-                        pair.replica,
-                        open.started_at.format("%Y-%m-%d %H:%M:%S UTC")
-                    ),
-                });
-                (pair, open.clone(), true)
-            }
-            None => {
-                let pair = choose(s, &state, o.replica.as_deref())?;
-                let lag = check_lag(s, cx, &pair, o.force).await?;
-                let intent = pair.to_intent(lag);
-                s.backend.open_intent(&intent).await?;
-                (pair, intent, false)
-            }
-        };
+        let (pair, intent, resumed) = begin(s, cx, o, l.recovery.failover.as_ref(), &state).await?;
         let lag_seconds = intent.props.get("lag_seconds").and_then(Json::as_f64);
         let _guard = SignalGuard::install(cx);
-        let failed = |e: ralph_core::driver::DriverError| OpError::Resource {
-            address: pair.primary.clone(),
-            message: format!("{}. The failover is unfinished: run `ralph-deploy failover` again to finish it", e.message),
-        };
-        let stopped = || {
-            SignalGuard::interrupted(cx).then(|| {
-                OpError::Other("interrupted: the failover is unfinished; run `ralph-deploy failover` again to finish it".into())
-            })
-        };
-        let recorded = state
-            .resources
-            .get(&pair.primary)
-            .cloned()
-            .ok_or_else(|| OpError::Other(format!("{} is not in the state", pair.primary)))?;
-        let timeout = s
-            .stack
-            .resources
-            .get(&pair.primary)
-            .map(|r| r.timeouts.update_or(DATABASE_TIMEOUT))
-            .unwrap_or(DATABASE_TIMEOUT);
-
-        // 2. The database kind's promotion.
-        let plan = PromotionPlan {
-            primary: &pair.primary,
-            replica: &pair.replica,
-            primary_id: &pair.primary_id,
-            replica_id: &pair.replica_id,
-            old_name: &pair.old_name,
-            marker: &intent.id,
-            primary_inputs: &recorded.inputs,
-            retired_as: format!(
-                "{}/{}/{} until a failover at {}",
-                s.stack.name,
-                s.stack.environment,
-                pair.primary,
-                intent.started_at.format("%Y-%m-%dT%H:%MZ")
-            ),
-            timeout,
-        };
-        let interrupted = || SignalGuard::interrupted(cx);
-        let promoted = promotion(s, &pair.kind)?
-            .promote(cx, &plan, &interrupted)
-            .await;
-        if let Some(e) = stopped() {
-            return Err(e);
-        }
+        let promoted = promote(s, cx, &pair, &intent, &state).await?;
         let ralph_core::driver::capability::Promoted {
             observed: promoted,
             old_primary: moved_old,
-        } = promoted.map_err(failed)?;
+        } = promoted;
 
-        // 3. The new topology in the state: the primary's entry is the
-        //    promoted instance (under its own id where the cloud renames
-        //    nothing, and what lived in the old primary follows it).
-        if let Some(p) = state.resources.get_mut(&pair.primary) {
-            if p.id != promoted.id {
-                let name_field = s.registry.driver(&pair.kind).and_then(|d| d.schema().name_field);
-                if let Some(f) = name_field.filter(|f| p.inputs.contains_key(*f)) {
-                    p.inputs.insert(f.to_string(), Json::String(promoted.id.clone()));
-                }
-                p.id = promoted.id.clone();
-            }
-            p.attrs = promoted.attrs.clone();
-            p.updated_at = chrono::Utc::now();
-        }
-        if promoted.id != pair.primary_id {
-            move_children(s, &mut state, &pair.primary_id, &promoted.id);
-        }
-        state.resources.remove(&pair.replica);
-        for r in state.resources.values_mut() {
-            r.depends_on.retain(|d| d != &pair.replica);
-        }
-        crate::apply::record_outputs(&s.stack, &mut state);
-        state.serial += 1;
+        // 3. The new topology in the state.
+        record_topology(s, &mut state, &pair, &promoted);
         s.backend.write(&state).await?;
         let instance = promoted.id.clone();
-        cx.step( &pair.primary, format!("{instance} is the primary now; the state records it"));
+        cx.step(
+            &pair.primary,
+            format!("{instance} is the primary now; the state records it"),
+        );
 
-        // 4. The primary's settings and the orchestrators' inputs, through
-        //    the engine (journaled like any apply). The new replica waits
-        //    for the next apply.
-        let mut plan = s.make_plan(&state, true, cx, false).await?;
-        let following = dependents(&state, &pair.primary);
-        plan.changes.retain(|c| {
-            c.action == Action::Update
-                && (following.contains(&c.address)
-                    || s.registry.offers(&c.kind, Role::Orchestrator))
-        });
-        let mut converged = Vec::new();
-        if plan.has_changes() {
-            let (report, after) = crate::apply::apply(
-                &plan,
-                Some(&s.stack),
-                state,
-                s.backend.as_ref(),
-                &s.registry,
-                cx,
-                &Default::default(),
-                &cx.stop,
-            )
-            .await
-            .map_err(|e| OpError::Other(e.to_string()))?;
-            state = after;
-            if let Some(bad) = report.results.iter().find(|r| r.error.is_some()) {
-                return Err(OpError::Resource {
-                    address: bad.address.clone(),
-                    message: format!(
-                        "{}. The database failed over; run `ralph-deploy failover` again to finish the rest",
-                        bad.error.clone().unwrap_or_default()
-                    ),
-                });
-            }
-            if !report.succeeded() {
-                return Err(OpError::Other("the engine did not finish bringing the primary and the orchestrators to the stack; run `ralph-deploy failover` again".into()));
-            }
-            converged = report.results.iter().map(|r| r.address.clone()).collect();
-        }
-        if let Some(e) = stopped() {
+        // 4. The primary's settings and the orchestrators' inputs.
+        let (state, converged) = converge(s, cx, state, &pair).await?;
+        if let Some(e) = stopped(cx) {
             return Err(e);
         }
 
-        // 5. Every orchestrator's pods reconnect (those the engine just
-        //    rolled for a changed DATABASE_URL too: a rollout that changed no
-        //    pod template leaves connections to the old primary open).
-        let mut rolled = Vec::new();
-        let orchestrators: Vec<String> = state
-            .resources
-            .iter()
-            .filter(|(_, r)| s.registry.offers(&r.kind, Role::Orchestrator))
-            .map(|(a, _)| a.clone())
-            .collect();
-        for address in orchestrators {
-            let Some(r) = state.resources.get(&address).cloned() else {
-                continue;
-            };
-            cx.step( &address, format!("rolling the pods onto the new primary {}", pair.primary_id));
-            let known = Known {
-                id: r.id.clone(),
-                inputs: r.inputs.clone(),
-                attrs: r.attrs.clone(),
-            };
-            let restarts = s
-                .registry
-                .driver(&r.kind)
-                .and_then(|d| d.restarts())
-                .ok_or_else(|| OpError::Other(format!("{} cannot restart its pods", r.kind)))?;
-            let reason = format!("failover of {} to {}", pair.primary, pair.replica_id);
-            let (result, after) = crate::apply::run_step(
-                &s.stack,
-                state,
-                s.backend.as_ref(),
-                &s.registry,
-                cx,
-                crate::apply::OneStep {
-                    address: &address,
-                    inputs: r.inputs.clone(),
-                },
-                || restarts.restart(cx, &address, &known, &reason, ROLLOUT_TIMEOUT),
-            )
-            .await
-            .map_err(|e| OpError::Other(e.to_string()))?;
-            state = after;
-            result.map_err(|message| OpError::Resource {
-                address: address.clone(),
-                message: format!("{message}. The database failed over; run `ralph-deploy failover` again to roll the pods"),
-            })?;
-            rolled.push(address);
-        }
+        // 5. Every orchestrator's pods reconnect.
+        let (_, rolled) = roll_pods(s, cx, state, &pair).await?;
         s.backend.close_intent(&intent.id).await?;
         s.backend.compact().await?;
         Ok(Report {
@@ -503,4 +332,238 @@ pub async fn failover(s: &Session, cx: &Context, o: &Options) -> Result<Report, 
         })
     })
     .await
+}
+
+/// An interruption's error, once the user has asked to stop.
+fn stopped(cx: &Context) -> Option<OpError> {
+    SignalGuard::interrupted(cx).then(|| {
+        OpError::Other("interrupted: the failover is unfinished; run `ralph-deploy failover` again to finish it".into())
+    })
+}
+
+/// 1. The pair and its intent: the unfinished failover's, or a new one once
+///    the replica is chosen and its lag is within the objective.
+async fn begin(
+    s: &Session,
+    cx: &Context,
+    o: &Options,
+    open: Option<&Intent>,
+    state: &State,
+) -> Result<(Pair, Intent, bool), OpError> {
+    if let Some(open) = open {
+        let pair = Pair::from_intent(open)?;
+        if o.replica.as_deref().is_some_and(|r| r != pair.replica) {
+            return Err(OpError::refused(format!(
+                "a failover to {} is unfinished: finish it first (run without --replica); nothing was changed",
+                pair.replica
+            )));
+        }
+        cx.reporter.report(Event::Warning {
+            message: format!(
+                "finishing the failover of {} to {} that a run started at {}",
+                pair.primary,
+                pair.replica,
+                open.started_at.format("%Y-%m-%d %H:%M:%S UTC")
+            ),
+        });
+        return Ok((pair, open.clone(), true));
+    }
+    let pair = choose(s, state, o.replica.as_deref())?;
+    let lag = check_lag(s, cx, &pair, o.force).await?;
+    let intent = pair.to_intent(lag);
+    s.backend.open_intent(&intent).await?;
+    Ok((pair, intent, false))
+}
+
+/// 2. The database kind's promotion of the replica.
+async fn promote(
+    s: &Session,
+    cx: &Context,
+    pair: &Pair,
+    intent: &Intent,
+    state: &State,
+) -> Result<ralph_core::driver::capability::Promoted, OpError> {
+    let recorded = state
+        .resources
+        .get(&pair.primary)
+        .ok_or_else(|| OpError::Other(format!("{} is not in the state", pair.primary)))?;
+    let timeout = s
+        .stack
+        .resources
+        .get(&pair.primary)
+        .map(|r| r.timeouts.update_or(DATABASE_TIMEOUT))
+        .unwrap_or(DATABASE_TIMEOUT);
+    let plan = PromotionPlan {
+        primary: &pair.primary,
+        replica: &pair.replica,
+        primary_id: &pair.primary_id,
+        replica_id: &pair.replica_id,
+        old_name: &pair.old_name,
+        marker: &intent.id,
+        primary_inputs: &recorded.inputs,
+        retired_as: format!(
+            "{}/{}/{} until a failover at {}",
+            s.stack.name,
+            s.stack.environment,
+            pair.primary,
+            intent.started_at.format("%Y-%m-%dT%H:%MZ")
+        ),
+        timeout,
+    };
+    let interrupted = || SignalGuard::interrupted(cx);
+    let promoted = promotion(s, &pair.kind)?
+        .promote(cx, &plan, &interrupted)
+        .await;
+    if let Some(e) = stopped(cx) {
+        return Err(e);
+    }
+    promoted.map_err(|e| OpError::Resource {
+        address: pair.primary.clone(),
+        message: format!(
+            "{}. The failover is unfinished: run `ralph-deploy failover` again to finish it",
+            e.message
+        ),
+    })
+}
+
+/// The primary's entry is the promoted instance (under its own id where the
+/// cloud renames nothing, and what lived in the old primary follows it); the
+/// replica's entry is gone.
+fn record_topology(
+    s: &Session,
+    state: &mut State,
+    pair: &Pair,
+    promoted: &ralph_core::driver::Observed,
+) {
+    if let Some(p) = state.resources.get_mut(&pair.primary) {
+        if p.id != promoted.id {
+            let name_field = s
+                .registry
+                .driver(&pair.kind)
+                .and_then(|d| d.schema().name_field);
+            if let Some(f) = name_field.filter(|f| p.inputs.contains_key(*f)) {
+                p.inputs
+                    .insert(f.to_string(), Json::String(promoted.id.clone()));
+            }
+            p.id = promoted.id.clone();
+        }
+        p.attrs = promoted.attrs.clone();
+        p.updated_at = chrono::Utc::now();
+    }
+    if promoted.id != pair.primary_id {
+        move_children(s, state, &pair.primary_id, &promoted.id);
+    }
+    state.resources.remove(&pair.replica);
+    for r in state.resources.values_mut() {
+        r.depends_on.retain(|d| d != &pair.replica);
+    }
+    crate::apply::record_outputs(&s.stack, state);
+    state.serial += 1;
+}
+
+/// 4. The primary's settings and the orchestrators' inputs, through the
+///    engine (journaled like any apply). The new replica waits for the next
+///    apply. Returns the addresses it changed.
+async fn converge(
+    s: &Session,
+    cx: &Context,
+    state: State,
+    pair: &Pair,
+) -> Result<(State, Vec<String>), OpError> {
+    let mut plan = s.make_plan(&state, true, cx, false).await?;
+    let following = dependents(&state, &pair.primary);
+    plan.changes.retain(|c| {
+        c.action == Action::Update
+            && (following.contains(&c.address) || s.registry.offers(&c.kind, Role::Orchestrator))
+    });
+    if !plan.has_changes() {
+        return Ok((state, Vec::new()));
+    }
+    let (report, after) = crate::apply::apply(
+        &plan,
+        Some(&s.stack),
+        state,
+        s.backend.as_ref(),
+        &s.registry,
+        cx,
+        &Default::default(),
+        &cx.stop,
+    )
+    .await
+    .map_err(|e| OpError::Other(e.to_string()))?;
+    if let Some(bad) = report.results.iter().find(|r| r.error.is_some()) {
+        return Err(OpError::Resource {
+            address: bad.address.clone(),
+            message: format!(
+                "{}. The database failed over; run `ralph-deploy failover` again to finish the rest",
+                bad.error.clone().unwrap_or_default()
+            ),
+        });
+    }
+    if !report.succeeded() {
+        return Err(OpError::Other("the engine did not finish bringing the primary and the orchestrators to the stack; run `ralph-deploy failover` again".into()));
+    }
+    Ok((
+        after,
+        report.results.iter().map(|r| r.address.clone()).collect(),
+    ))
+}
+
+/// 5. Every orchestrator's pods reconnect (those the engine just rolled for
+///    a changed DATABASE_URL too: a rollout that changed no pod template
+///    leaves connections to the old primary open), each as one step.
+async fn roll_pods(
+    s: &Session,
+    cx: &Context,
+    mut state: State,
+    pair: &Pair,
+) -> Result<(State, Vec<String>), OpError> {
+    let mut rolled = Vec::new();
+    let orchestrators: Vec<String> = state
+        .resources
+        .iter()
+        .filter(|(_, r)| s.registry.offers(&r.kind, Role::Orchestrator))
+        .map(|(a, _)| a.clone())
+        .collect();
+    for address in orchestrators {
+        let Some(r) = state.resources.get(&address).cloned() else {
+            continue;
+        };
+        cx.step(
+            &address,
+            format!("rolling the pods onto the new primary {}", pair.primary_id),
+        );
+        let known = Known {
+            id: r.id.clone(),
+            inputs: r.inputs.clone(),
+            attrs: r.attrs.clone(),
+        };
+        let restarts = s
+            .registry
+            .driver(&r.kind)
+            .and_then(|d| d.restarts())
+            .ok_or_else(|| OpError::Other(format!("{} cannot restart its pods", r.kind)))?;
+        let reason = format!("failover of {} to {}", pair.primary, pair.replica_id);
+        let (result, after) = crate::apply::run_step(
+            &s.stack,
+            state,
+            s.backend.as_ref(),
+            &s.registry,
+            cx,
+            crate::apply::OneStep {
+                address: &address,
+                inputs: r.inputs.clone(),
+            },
+            || restarts.restart(cx, &address, &known, &reason, ROLLOUT_TIMEOUT),
+        )
+        .await
+        .map_err(|e| OpError::Other(e.to_string()))?;
+        state = after;
+        result.map_err(|message| OpError::Resource {
+            address: address.clone(),
+            message: format!("{message}. The database failed over; run `ralph-deploy failover` again to roll the pods"),
+        })?;
+        rolled.push(address);
+    }
+    Ok((state, rolled))
 }

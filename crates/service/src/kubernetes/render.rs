@@ -748,6 +748,15 @@ fn i(props: &Map<String, Json>, k: &str, default: i64) -> i64 {
     props.get(k).and_then(Json::as_i64).unwrap_or(default)
 }
 
+/// A string property that is set and not empty.
+fn set(props: &Map<String, Json>, k: &str) -> Option<String> {
+    props
+        .get(k)
+        .and_then(Json::as_str)
+        .filter(|v| !v.is_empty())
+        .map(str::to_string)
+}
+
 fn b(props: &Map<String, Json>, k: &str, default: bool) -> bool {
     props.get(k).and_then(Json::as_bool).unwrap_or(default)
 }
@@ -1033,48 +1042,7 @@ pub fn values(
         redis_ca,
         secret_keys,
         secrets_hash,
-        ingress: Ingress {
-            host: props
-                .get("ingress_host")
-                .and_then(Json::as_str)
-                .filter(|h| !h.is_empty())
-                .map(str::to_string),
-            class: s(props, "ingress_class", "nginx"),
-            tls_issuer: s(props, "tls_issuer", "letsencrypt-prod"),
-            rate_limit_rpm: i(props, "rate_limit", 100),
-            rate_limit_connections: i(props, "rate_limit_connections", 50),
-            certificate_arn: props
-                .get("certificate_arn")
-                .and_then(Json::as_str)
-                .filter(|a| !a.is_empty())
-                .map(str::to_string),
-            waf_acl_arn: props
-                .get("waf_acl_arn")
-                .and_then(Json::as_str)
-                .filter(|a| !a.is_empty())
-                .map(str::to_string),
-            security_policy: props
-                .get("security_policy")
-                .and_then(Json::as_str)
-                .filter(|a| !a.is_empty())
-                .map(str::to_string),
-            edge_cidrs: {
-                let set: Vec<String> = props
-                    .get("edge_cidrs")
-                    .and_then(Json::as_array)
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|c| c.as_str().map(str::to_string))
-                    .collect();
-                // An ALB's addresses are private ones of its VPC: never an
-                // empty `from`, which would admit every source.
-                if set.is_empty() {
-                    PRIVATE_RANGES.iter().map(|c| c.to_string()).collect()
-                } else {
-                    set
-                }
-            },
-        },
+        ingress: ingress_values(props),
         network_policy: NetworkPolicy {
             enabled: b(props, "network_policy", true),
             ingress_namespace: s(props, "ingress_namespace", "ingress-nginx"),
@@ -1105,113 +1073,154 @@ pub fn values(
             months_ahead: i(props, "partition_months_ahead", 3),
             image: s(props, "maintenance_image", "postgres:15-alpine"),
         },
-        monitoring: {
-            let namespace = s(props, "namespace", "ralph");
-            let interval = s(props, "scrape_interval", "30s");
-            let rules = alert_rules(props, &name, &namespace);
-            let install = b(props, "monitoring_install", false);
-            let part = |role: &str| {
-                let own = format!("{name}-{role}");
-                let mut l = labels.clone();
-                l.insert("app.kubernetes.io/name".into(), own.clone());
-                l.insert("app.kubernetes.io/component".into(), "monitoring".into());
-                let mut sel = selector.clone();
-                sel.insert("app.kubernetes.io/name".into(), own);
-                (l, sel)
-            };
-            let (prometheus_labels, prometheus_selector) = part("prometheus");
-            let (alertmanager_labels, alertmanager_selector) = part("alertmanager");
-            let (grafana_labels, grafana_selector) = part("grafana");
-            let grafana = install && b(props, "grafana_install", false);
-            if grafana && s(props, "grafana_admin_secret", "").is_empty() {
-                return Err("`grafana_install` needs `grafana_admin_secret`, the secret holding Grafana's admin password".into());
-            }
-            if b(props, "grafana_install", false) && !install {
-                return Err("`grafana_install` needs `monitoring_install` (its data source is the installed Prometheus)".into());
-            }
-            let grafana_datasources_yaml = serde_yaml_ng::to_string(&serde_json::json!({
-                "apiVersion": 1,
-                "datasources": [{
-                    "name": "Prometheus", "uid": "prometheus", "type": "prometheus", "access": "proxy",
-                    "url": format!("http://{name}-prometheus.{namespace}.svc:{}", i(props, "prometheus_port", 9090)),
-                    "isDefault": true, "editable": false,
-                }],
-            }))
-            .map_err(|e| e.to_string())?;
-            let grafana_dashboards_yaml = serde_yaml_ng::to_string(&serde_json::json!({
-                "apiVersion": 1,
-                "providers": [{
-                    "name": name, "type": "file", "disableDeletion": true, "allowUiUpdates": false,
-                    "options": {"path": GRAFANA_DASHBOARDS_DIR},
-                }],
-            }))
-            .map_err(|e| e.to_string())?;
-            let rules_yaml = serde_yaml_ng::to_string(&rules).map_err(|e| e.to_string())?;
-            let config_yaml = serde_yaml_ng::to_string(&scrape_config(
-                &name,
-                &namespace,
-                &interval,
-                i(props, "metrics_port", 9090),
-                &Some(s(props, "alertmanager", ""))
-                    .filter(|a| !a.is_empty())
-                    .unwrap_or_else(|| {
-                        if install {
-                            format!(
-                                "{name}-alertmanager.{namespace}.svc:{}",
-                                i(props, "alertmanager_port", 9093)
-                            )
-                        } else {
-                            format!(
-                                "alertmanager.{}.svc:9093",
-                                s(props, "monitoring_namespace", "monitoring")
-                            )
-                        }
-                    }),
-            ))
-            .map_err(|e| e.to_string())?;
-            let alertmanager_yaml =
-                serde_yaml_ng::to_string(&alertmanager_config(props)).map_err(|e| e.to_string())?;
-            Monitoring {
-                enabled: b(props, "monitoring", true),
-                install: MonitoringInstall {
-                    enabled: install,
-                    // The kind's defaults: Prometheus's long-term support
-                    // release and the Alertmanager of its time.
-                    prometheus_image: s(props, "prometheus_image", ""),
-                    alertmanager_image: s(props, "alertmanager_image", ""),
-                    retention: s(props, "prometheus_retention", "15d"),
-                    prometheus_port: i(props, "prometheus_port", 9090),
-                    alertmanager_port: i(props, "alertmanager_port", 9093),
-                    receiver_keys: receiver_keys(props).into_iter().map(|(n, _)| n).collect(),
-                    receiver_keys_dir: RECEIVER_KEYS_DIR,
-                    grafana,
-                    grafana_image: s(props, "grafana_image", ""),
-                    grafana_labels,
-                    grafana_selector,
-                    grafana_hash: short_hash(&format!(
-                        "{grafana_datasources_yaml}{grafana_dashboards_yaml}"
-                    )),
-                    grafana_datasources_yaml,
-                    grafana_dashboards_yaml,
-                    grafana_dashboards_dir: GRAFANA_DASHBOARDS_DIR,
-                    prometheus_hash: short_hash(&format!("{config_yaml}{rules_yaml}")),
-                    alertmanager_hash: short_hash(&alertmanager_yaml),
-                    prometheus_labels,
-                    prometheus_selector,
-                    alertmanager_labels,
-                    alertmanager_selector,
-                },
-                rules_yaml,
-                config_yaml,
-                alertmanager_yaml,
-                dashboard_json: dashboard(props, &name, &namespace).to_string(),
-                scrape_interval: interval,
-                rules,
-            }
-        },
+        monitoring: monitoring_values(props, &name, &labels, &selector)?,
         api,
         name,
     })
+}
+
+/// The monitoring part of the values: the scrape config, the alert rules,
+/// Alertmanager's routes and, when installed, Prometheus, Alertmanager and
+/// Grafana with their labels and the hashes that restart them.
+fn monitoring_values(
+    props: &Map<String, Json>,
+    name: &str,
+    labels: &BTreeMap<String, String>,
+    selector: &BTreeMap<String, String>,
+) -> Result<Monitoring, String> {
+    let namespace = s(props, "namespace", "ralph");
+    let interval = s(props, "scrape_interval", "30s");
+    let rules = alert_rules(props, &name, &namespace);
+    let install = b(props, "monitoring_install", false);
+    let part = |role: &str| {
+        let own = format!("{name}-{role}");
+        let mut l = labels.clone();
+        l.insert("app.kubernetes.io/name".into(), own.clone());
+        l.insert("app.kubernetes.io/component".into(), "monitoring".into());
+        let mut sel = selector.clone();
+        sel.insert("app.kubernetes.io/name".into(), own);
+        (l, sel)
+    };
+    let (prometheus_labels, prometheus_selector) = part("prometheus");
+    let (alertmanager_labels, alertmanager_selector) = part("alertmanager");
+    let (grafana_labels, grafana_selector) = part("grafana");
+    let grafana = install && b(props, "grafana_install", false);
+    if grafana && s(props, "grafana_admin_secret", "").is_empty() {
+        return Err("`grafana_install` needs `grafana_admin_secret`, the secret holding Grafana's admin password".into());
+    }
+    if b(props, "grafana_install", false) && !install {
+        return Err("`grafana_install` needs `monitoring_install` (its data source is the installed Prometheus)".into());
+    }
+    let grafana_datasources_yaml = serde_yaml_ng::to_string(&serde_json::json!({
+        "apiVersion": 1,
+        "datasources": [{
+            "name": "Prometheus", "uid": "prometheus", "type": "prometheus", "access": "proxy",
+            "url": format!("http://{name}-prometheus.{namespace}.svc:{}", i(props, "prometheus_port", 9090)),
+            "isDefault": true, "editable": false,
+        }],
+    }))
+    .map_err(|e| e.to_string())?;
+    let grafana_dashboards_yaml = serde_yaml_ng::to_string(&serde_json::json!({
+        "apiVersion": 1,
+        "providers": [{
+            "name": name, "type": "file", "disableDeletion": true, "allowUiUpdates": false,
+            "options": {"path": GRAFANA_DASHBOARDS_DIR},
+        }],
+    }))
+    .map_err(|e| e.to_string())?;
+    let rules_yaml = serde_yaml_ng::to_string(&rules).map_err(|e| e.to_string())?;
+    let config_yaml = serde_yaml_ng::to_string(&scrape_config(
+        &name,
+        &namespace,
+        &interval,
+        i(props, "metrics_port", 9090),
+        &Some(s(props, "alertmanager", ""))
+            .filter(|a| !a.is_empty())
+            .unwrap_or_else(|| {
+                if install {
+                    format!(
+                        "{name}-alertmanager.{namespace}.svc:{}",
+                        i(props, "alertmanager_port", 9093)
+                    )
+                } else {
+                    format!(
+                        "alertmanager.{}.svc:9093",
+                        s(props, "monitoring_namespace", "monitoring")
+                    )
+                }
+            }),
+    ))
+    .map_err(|e| e.to_string())?;
+    let alertmanager_yaml =
+        serde_yaml_ng::to_string(&alertmanager_config(props)).map_err(|e| e.to_string())?;
+    Ok(Monitoring {
+        enabled: b(props, "monitoring", true),
+        install: MonitoringInstall {
+            enabled: install,
+            // The kind's defaults: Prometheus's long-term support
+            // release and the Alertmanager of its time.
+            prometheus_image: s(props, "prometheus_image", ""),
+            alertmanager_image: s(props, "alertmanager_image", ""),
+            retention: s(props, "prometheus_retention", "15d"),
+            prometheus_port: i(props, "prometheus_port", 9090),
+            alertmanager_port: i(props, "alertmanager_port", 9093),
+            receiver_keys: receiver_keys(props).into_iter().map(|(n, _)| n).collect(),
+            receiver_keys_dir: RECEIVER_KEYS_DIR,
+            grafana,
+            grafana_image: s(props, "grafana_image", ""),
+            grafana_labels,
+            grafana_selector,
+            grafana_hash: short_hash(&format!(
+                "{grafana_datasources_yaml}{grafana_dashboards_yaml}"
+            )),
+            grafana_datasources_yaml,
+            grafana_dashboards_yaml,
+            grafana_dashboards_dir: GRAFANA_DASHBOARDS_DIR,
+            prometheus_hash: short_hash(&format!("{config_yaml}{rules_yaml}")),
+            alertmanager_hash: short_hash(&alertmanager_yaml),
+            prometheus_labels,
+            prometheus_selector,
+            alertmanager_labels,
+            alertmanager_selector,
+        },
+        rules_yaml,
+        config_yaml,
+        alertmanager_yaml,
+        dashboard_json: dashboard(props, &name, &namespace).to_string(),
+        scrape_interval: interval,
+        rules,
+    })
+}
+
+/// The Ingress part of the values: host, class, TLS, rate limits and, on an
+/// ALB, its certificate, WAF and the ranges it admits from.
+fn ingress_values(props: &Map<String, Json>) -> Ingress {
+    Ingress {
+        host: set(props, "ingress_host"),
+        class: s(props, "ingress_class", "nginx"),
+        tls_issuer: s(props, "tls_issuer", "letsencrypt-prod"),
+        rate_limit_rpm: i(props, "rate_limit", 100),
+        rate_limit_connections: i(props, "rate_limit_connections", 50),
+        certificate_arn: set(props, "certificate_arn"),
+        waf_acl_arn: set(props, "waf_acl_arn"),
+        security_policy: set(props, "security_policy"),
+        edge_cidrs: {
+            let set: Vec<String> = props
+                .get("edge_cidrs")
+                .and_then(Json::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|c| c.as_str().map(str::to_string))
+                .collect();
+            // An ALB's addresses are private ones of its VPC: never an
+            // empty `from`, which would admit every source.
+            if set.is_empty() {
+                PRIVATE_RANGES.iter().map(|c| c.to_string()).collect()
+            } else {
+                set
+            }
+        },
+    }
 }
 
 /// One rendered object, with the template it came from.
