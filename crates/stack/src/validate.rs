@@ -299,41 +299,7 @@ fn check_reference(
 }
 
 fn value(stack: &Stack, r: &Resource, field: &Field, ty: &Ty, v: &SExpr, d: &mut Diagnostics) {
-    if let Some(reference) = v.sole_reference() {
-        // The referenced attribute's type must fit; its value is checked at apply.
-        if let Some(target_ty) = stack
-            .resources
-            .get(&reference.address)
-            .and_then(|t| t.kind.attribute_type(&reference.attribute))
-        {
-            if !ty.accepts(&target_ty) {
-                d.error(
-                    v.span,
-                    format!(
-                        "`{}` expects {}, but `{reference}` is {}",
-                        field.name,
-                        ty.describe(),
-                        target_ty.describe()
-                    ),
-                );
-            }
-        }
-        return;
-    }
-    if let Expr::Call(f, _) = &v.expr {
-        // Known only at apply time; a call giving text cannot fill a number.
-        if !f.returns_string() || matches!(ty, Ty::String | Ty::Version | Ty::Cidr) {
-            return;
-        }
-        d.error(
-            v.span,
-            format!(
-                "`{}` expects {}, but `{}` gives a string",
-                field.name,
-                ty.describe(),
-                f.name()
-            ),
-        );
+    if deferred(stack, field, ty, v, d) {
         return;
     }
     let problems_before = d.problems.len();
@@ -354,23 +320,7 @@ fn value(stack: &Stack, r: &Resource, field: &Field, ty: &Ty, v: &SExpr, d: &mut
         (Ty::String | Ty::Version, Expr::Int(_) | Expr::Float(_) | Expr::Bool(_)) => {
             type_error(d, Some("quote the value to make it a string"))
         }
-        (Ty::Cidr, Expr::Str(_)) => {
-            if let Some(text) = v.literal_str() {
-                match text.parse::<Ipv4Net>() {
-                    Ok(net) if net.addr() != net.network() => d.error_help(
-                        v.span,
-                        format!("`{text}` has host bits set"),
-                        format!("did you mean `{}`?", net.trunc()),
-                    ),
-                    Ok(_) => {}
-                    Err(_) => d.error_help(
-                        v.span,
-                        format!("`{text}` is not an IPv4 CIDR block"),
-                        "write it as address/prefix, such as 10.0.1.0/24",
-                    ),
-                }
-            }
-        }
+        (Ty::Cidr, Expr::Str(_)) => cidr(v, d),
         (Ty::Bool, Expr::Bool(_)) => {}
         // Cloud APIs take 32-bit integers: a larger value would wrap.
         (Ty::Int, Expr::Int(n)) if i32::try_from(*n).is_err() => d.error_help(
@@ -436,36 +386,7 @@ fn value(stack: &Stack, r: &Resource, field: &Field, ty: &Ty, v: &SExpr, d: &mut
                 }
             }
         }
-        (Ty::Object(fields), Expr::Map(entries)) => {
-            for (k, val) in entries {
-                match fields.iter().find(|f| f.name == k.value) {
-                    Some(f) => value(stack, r, f, &f.ty, val, d),
-                    None => {
-                        let hint = match did_you_mean(&k.value, fields.iter().map(|f| f.name)) {
-                            Some(s) => format!("did you mean `{s}`?"),
-                            None => format!(
-                                "allowed: {}",
-                                fields.iter().map(|f| f.name).collect::<Vec<_>>().join(", ")
-                            ),
-                        };
-                        d.error_help(
-                            k.span,
-                            format!("unknown field `{}` in `{}`", k.value, field.name),
-                            hint,
-                        );
-                    }
-                }
-            }
-            for f in fields.iter().filter(|f| f.required && f.default.is_none()) {
-                if !entries.iter().any(|(k, _)| k.value == f.name) {
-                    d.error_help(
-                        v.span,
-                        format!("an entry of `{}` needs `{}`", field.name, f.name),
-                        f.doc,
-                    );
-                }
-            }
-        }
+        (Ty::Object(fields), Expr::Map(entries)) => object(stack, r, field, fields, v, entries, d),
         _ => {
             type_error(d, None);
             return;
@@ -474,6 +395,115 @@ fn value(stack: &Stack, r: &Resource, field: &Field, ty: &Ty, v: &SExpr, d: &mut
     if d.problems.len() > problems_before {
         return;
     }
+    field_check(field, ty, v, d);
+}
+
+/// A reference or a function call: known only at apply, so only its type
+/// is checked here. True when `v` is one.
+fn deferred(stack: &Stack, field: &Field, ty: &Ty, v: &SExpr, d: &mut Diagnostics) -> bool {
+    if let Some(reference) = v.sole_reference() {
+        // The referenced attribute's type must fit; its value is checked at apply.
+        if let Some(target_ty) = stack
+            .resources
+            .get(&reference.address)
+            .and_then(|t| t.kind.attribute_type(&reference.attribute))
+        {
+            if !ty.accepts(&target_ty) {
+                d.error(
+                    v.span,
+                    format!(
+                        "`{}` expects {}, but `{reference}` is {}",
+                        field.name,
+                        ty.describe(),
+                        target_ty.describe()
+                    ),
+                );
+            }
+        }
+        return true;
+    }
+    if let Expr::Call(f, _) = &v.expr {
+        // Known only at apply time; a call giving text cannot fill a number.
+        if !f.returns_string() || matches!(ty, Ty::String | Ty::Version | Ty::Cidr) {
+            return true;
+        }
+        d.error(
+            v.span,
+            format!(
+                "`{}` expects {}, but `{}` gives a string",
+                field.name,
+                ty.describe(),
+                f.name()
+            ),
+        );
+        return true;
+    }
+    false
+}
+
+/// A literal CIDR block: IPv4, with no host bits set.
+fn cidr(v: &SExpr, d: &mut Diagnostics) {
+    if let Some(text) = v.literal_str() {
+        match text.parse::<Ipv4Net>() {
+            Ok(net) if net.addr() != net.network() => d.error_help(
+                v.span,
+                format!("`{text}` has host bits set"),
+                format!("did you mean `{}`?", net.trunc()),
+            ),
+            Ok(_) => {}
+            Err(_) => d.error_help(
+                v.span,
+                format!("`{text}` is not an IPv4 CIDR block"),
+                "write it as address/prefix, such as 10.0.1.0/24",
+            ),
+        }
+    }
+}
+
+/// An object's entries: each a known field of the right type, and every
+/// required field there.
+fn object(
+    stack: &Stack,
+    r: &Resource,
+    field: &Field,
+    fields: &[Field],
+    v: &SExpr,
+    entries: &[(crate::Spanned<String>, SExpr)],
+    d: &mut Diagnostics,
+) {
+    for (k, val) in entries {
+        match fields.iter().find(|f| f.name == k.value) {
+            Some(f) => value(stack, r, f, &f.ty, val, d),
+            None => {
+                let hint = match did_you_mean(&k.value, fields.iter().map(|f| f.name)) {
+                    Some(s) => format!("did you mean `{s}`?"),
+                    None => format!(
+                        "allowed: {}",
+                        fields.iter().map(|f| f.name).collect::<Vec<_>>().join(", ")
+                    ),
+                };
+                d.error_help(
+                    k.span,
+                    format!("unknown field `{}` in `{}`", k.value, field.name),
+                    hint,
+                );
+            }
+        }
+    }
+    for f in fields.iter().filter(|f| f.required && f.default.is_none()) {
+        if !entries.iter().any(|(k, _)| k.value == f.name) {
+            d.error_help(
+                v.span,
+                format!("an entry of `{}` needs `{}`", field.name, f.name),
+                f.doc,
+            );
+        }
+    }
+}
+
+/// The field's own check on a literal value (a list's check on the list,
+/// not on each item).
+fn field_check(field: &Field, ty: &Ty, v: &SExpr, d: &mut Diagnostics) {
     if let (Some(check), Some(lit)) = (field.check, v.to_literal()) {
         if !matches!(ty, Ty::List(_) | Ty::Set(_)) || matches!(field.ty, Ty::List(_) | Ty::Set(_)) {
             if let Err(msg) = check(&lit) {

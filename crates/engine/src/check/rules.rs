@@ -619,6 +619,15 @@ fn store_versions(stack: &Stack, date: NaiveDate, f: &mut Findings) {
 // ------------------------------------------------------------- data stores
 
 fn stores(stack: &Stack, f: &mut Findings) {
+    rds_instances(stack, f);
+    sql_instances(stack, f);
+    elasticache_groups(stack, f);
+    memorystore_instances(stack, f);
+    deletion_protection(stack, f);
+}
+
+/// Amazon RDS primaries: Multi-AZ, a read replica, backups, encryption.
+fn rds_instances(stack: &Stack, f: &mut Findings) {
     for db in of_kind(stack, "aws.rds_instance").filter(|r| is_primary(r)) {
         let a = &db.address;
         if flag(db, "multi_az") != Some(true) {
@@ -659,6 +668,10 @@ fn stores(stack: &Stack, f: &mut Findings) {
             );
         }
     }
+}
+
+/// Cloud SQL primaries: a read replica (and a name failover can keep), regional HA, backups with point-in-time recovery.
+fn sql_instances(stack: &Stack, f: &mut Findings) {
     for db in of_kind(stack, "gcp.sql_instance").filter(|r| is_primary(r)) {
         let a = &db.address;
         if !has_replica(stack, "gcp.sql_instance", "master_instance", a) {
@@ -712,6 +725,10 @@ fn stores(stack: &Stack, f: &mut Findings) {
             );
         }
     }
+}
+
+/// ElastiCache groups: failover to another zone, encryption, snapshots.
+fn elasticache_groups(stack: &Stack, f: &mut Findings) {
     for cache in of_kind(stack, "aws.elasticache_replication_group") {
         let a = &cache.address;
         if flag(cache, "multi_az") != Some(true) || flag(cache, "automatic_failover") != Some(true)
@@ -749,6 +766,10 @@ fn stores(stack: &Stack, f: &mut Findings) {
             );
         }
     }
+}
+
+/// Memorystore instances: a replica, TLS.
+fn memorystore_instances(stack: &Stack, f: &mut Findings) {
     for cache in of_kind(stack, "gcp.redis_instance") {
         let a = &cache.address;
         if text(cache, "tier").as_deref() != Some("STANDARD_HA") {
@@ -770,6 +791,10 @@ fn stores(stack: &Stack, f: &mut Findings) {
             );
         }
     }
+}
+
+/// Stores that hold data: the cloud's deletion protection and `protect: true`.
+fn deletion_protection(stack: &Stack, f: &mut Findings) {
     // Databases: the cloud's own deletion protection (both kinds have it).
     // (A read replica holds no data of its own.)
     let databases = of_kind(stack, "aws.rds_instance")
@@ -844,171 +869,212 @@ fn manifests_mention(stack: &Stack, needle: &str) -> bool {
 
 fn orchestrators(stack: &Stack, f: &mut Findings) {
     for app in of_kind(stack, "kubernetes.orchestrator") {
-        let a = &app.address;
-        if let Some(replicas) = int(app, "replicas") {
-            let min = int(app, "min_available").unwrap_or(replicas - 1);
-            if replicas > 0 && min >= replicas {
-                f.add(
-                    "scheduling.drain",
-                    a,
-                    at(app, if app.properties.contains_key("min_available") { "min_available" } else { "replicas" }),
-                    format!("`{a}`'s PodDisruptionBudget keeps {min} of {replicas} pod(s): no node can be drained"),
-                    "set `min_available` below `replicas` (the default is replicas - 1)",
-                );
-            }
-        }
-        if flag(app, "monitoring") != Some(false)
-            && flag(app, "monitoring_install") != Some(true)
-            && text(app, "prometheus").is_none_or(|p| p.is_empty())
-            && !manifests_mention(stack, "kind: prometheus")
-            && !manifests_mention(stack, "prometheus/prometheus")
-            && !manifests_mention(stack, "prom/prometheus")
-        {
+        drain(app, f);
+        prometheus(stack, app, f);
+        logs_shipped(stack, app, f);
+        image_pinned(app, f);
+        database_url(app, f);
+        policy_enforced(stack, app, f);
+        edge(stack, app, f);
+    }
+}
+
+/// A PodDisruptionBudget that lets a node drain.
+fn drain(app: &Resource, f: &mut Findings) {
+    let a = &app.address;
+    if let Some(replicas) = int(app, "replicas") {
+        let min = int(app, "min_available").unwrap_or(replicas - 1);
+        if replicas > 0 && min >= replicas {
             f.add(
-                "monitoring.prometheus",
+                "scheduling.drain",
                 a,
-                at(app, "monitoring"),
-                format!("`{a}`'s alert rules and scrape settings are rendered, and nothing in the stack runs a Prometheus that loads them"),
-                "set `monitoring_install: true` (a Prometheus and an Alertmanager beside the pods), install the Prometheus Operator among the stack's manifests, or name the Prometheus that loads them in `prometheus`",
+                at(app, if app.properties.contains_key("min_available") { "min_available" } else { "replicas" }),
+                format!("`{a}`'s PodDisruptionBudget keeps {min} of {replicas} pod(s): no node can be drained"),
+                "set `min_available` below `replicas` (the default is replicas - 1)",
             );
         }
-        // EKS keeps no container logs of its own: something must ship them
-        // (GKE sends them to Cloud Logging by default).
-        if let Some(cluster) = cluster_of(stack, app).filter(|c| c.kind.kind == "aws.eks_cluster") {
-            let shipped = manifests_mention(stack, "fluent-bit")
-                || manifests_mention(stack, "fluentbit")
-                || manifests_mention(stack, "cloudwatch_logs")
-                || eks_addon(stack, &cluster.address, "amazon-cloudwatch-observability").is_some();
-            if !shipped {
-                f.add(
-                    "logs.shipped",
-                    a,
-                    at(app, "cluster_endpoint"),
-                    format!("`{a}`'s logs stay on the nodes of `{}`: nothing ships them, and they go with each pod", cluster.address),
-                    "ship them to CloudWatch Logs: the Fluent Bit add-on (../addons/fluent-bit.yaml.j2, with an aws.cloudwatch_log_group and its IRSA role, as stacks/aws-production.yaml does) or the amazon-cloudwatch-observability EKS add-on",
-                );
-            }
-        }
-        let tag = text(app, "tag");
-        let image = text(app, "image").unwrap_or_default();
-        if tag.as_deref() == Some("latest") || (image.ends_with(":latest") && tag.is_none()) {
+    }
+}
+
+/// Something that loads the rendered alert rules and scrape settings.
+fn prometheus(stack: &Stack, app: &Resource, f: &mut Findings) {
+    let a = &app.address;
+    if flag(app, "monitoring") != Some(false)
+        && flag(app, "monitoring_install") != Some(true)
+        && text(app, "prometheus").is_none_or(|p| p.is_empty())
+        && !manifests_mention(stack, "kind: prometheus")
+        && !manifests_mention(stack, "prometheus/prometheus")
+        && !manifests_mention(stack, "prom/prometheus")
+    {
+        f.add(
+            "monitoring.prometheus",
+            a,
+            at(app, "monitoring"),
+            format!("`{a}`'s alert rules and scrape settings are rendered, and nothing in the stack runs a Prometheus that loads them"),
+            "set `monitoring_install: true` (a Prometheus and an Alertmanager beside the pods), install the Prometheus Operator among the stack's manifests, or name the Prometheus that loads them in `prometheus`",
+        );
+    }
+}
+
+/// On EKS, something that ships the containers' logs.
+fn logs_shipped(stack: &Stack, app: &Resource, f: &mut Findings) {
+    let a = &app.address;
+    // EKS keeps no container logs of its own: something must ship them
+    // (GKE sends them to Cloud Logging by default).
+    if let Some(cluster) = cluster_of(stack, app).filter(|c| c.kind.kind == "aws.eks_cluster") {
+        let shipped = manifests_mention(stack, "fluent-bit")
+            || manifests_mention(stack, "fluentbit")
+            || manifests_mention(stack, "cloudwatch_logs")
+            || eks_addon(stack, &cluster.address, "amazon-cloudwatch-observability").is_some();
+        if !shipped {
             f.add(
-                "app.image-pinned",
+                "logs.shipped",
                 a,
-                at(app, if tag.is_some() { "tag" } else { "image" }),
-                format!("`{a}` runs the image tagged `latest`"),
-                "pin a release (`tag: \"2.1.0\"`) or a digest, and roll out new ones with `ralph-deploy deploy --image`",
+                at(app, "cluster_endpoint"),
+                format!("`{a}`'s logs stay on the nodes of `{}`: nothing ships them, and they go with each pod", cluster.address),
+                "ship them to CloudWatch Logs: the Fluent Bit add-on (../addons/fluent-bit.yaml.j2, with an aws.cloudwatch_log_group and its IRSA role, as stacks/aws-production.yaml does) or the amazon-cloudwatch-observability EKS add-on",
             );
         }
-        if let Some(url) = text(app, "database_url") {
-            if url.starts_with("postgres://") {
+    }
+}
+
+/// A pinned image, not `latest`.
+fn image_pinned(app: &Resource, f: &mut Findings) {
+    let a = &app.address;
+    let tag = text(app, "tag");
+    let image = text(app, "image").unwrap_or_default();
+    if tag.as_deref() == Some("latest") || (image.ends_with(":latest") && tag.is_none()) {
+        f.add(
+            "app.image-pinned",
+            a,
+            at(app, if tag.is_some() { "tag" } else { "image" }),
+            format!("`{a}` runs the image tagged `latest`"),
+            "pin a release (`tag: \"2.1.0\"`) or a digest, and roll out new ones with `ralph-deploy deploy --image`",
+        );
+    }
+}
+
+/// The DATABASE_URL's scheme and TLS.
+fn database_url(app: &Resource, f: &mut Findings) {
+    let a = &app.address;
+    if let Some(url) = text(app, "database_url") {
+        if url.starts_with("postgres://") {
+            f.add(
+                "app.database-url",
+                a,
+                at(app, "database_url"),
+                format!("`{a}`'s DATABASE_URL starts with `postgres://`"),
+                "write `postgresql://` (SQLAlchemy's dialect name)",
+            );
+        }
+        if url.contains("sslmode=disable") {
+            f.add(
+                "stores.encryption",
+                a,
+                at(app, "database_url"),
+                format!("`{a}` connects to its database with `sslmode=disable`"),
+                "connect with `sslmode=require` (or verify-full)",
+            );
+        }
+    }
+}
+
+/// A NetworkPolicy the cluster enforces, and metrics for the autoscaler.
+fn policy_enforced(stack: &Stack, app: &Resource, f: &mut Findings) {
+    let a = &app.address;
+    let cluster = cluster_of(stack, app);
+    let network_policy = flag(app, "network_policy").unwrap_or(true);
+    match cluster.map(|c| (c, c.kind.kind)) {
+        Some((c, "aws.eks_cluster")) => {
+            let enforced = eks_addon(stack, &c.address, "vpc-cni").is_some_and(|cni| {
+                text(cni, "configuration")
+                    .and_then(|t| serde_json::from_str::<Json>(&t).ok())
+                    .is_some_and(|v| {
+                        matches!(&v["enableNetworkPolicy"], Json::Bool(true))
+                            || v["enableNetworkPolicy"].as_str() == Some("true")
+                    })
+            });
+            if network_policy && !enforced {
                 f.add(
-                    "app.database-url",
+                    "cluster.network-policy",
                     a,
-                    at(app, "database_url"),
-                    format!("`{a}`'s DATABASE_URL starts with `postgres://`"),
-                    "write `postgresql://` (SQLAlchemy's dialect name)",
+                    at(app, "network_policy"),
+                    format!("`{a}`'s NetworkPolicy is stored and not enforced: `{}` has no vpc-cni add-on with its network policy agent on", c.address),
+                    format!("add an aws.eks_addon `vpc-cni` on `{}` with `configuration: '{{\"enableNetworkPolicy\": \"true\"}}'`", c.address),
                 );
             }
-            if url.contains("sslmode=disable") {
+            let autoscaling = flag(app, "autoscaling").unwrap_or(true);
+            if autoscaling
+                && eks_addon(stack, &c.address, "metrics-server").is_none()
+                && !manifests_mention(stack, "metrics-server")
+            {
                 f.add(
-                    "stores.encryption",
+                    "cluster.metrics",
                     a,
-                    at(app, "database_url"),
-                    format!("`{a}` connects to its database with `sslmode=disable`"),
-                    "connect with `sslmode=require` (or verify-full)",
+                    at(app, "autoscaling"),
+                    format!("`{a}`'s HorizontalPodAutoscaler has no metrics: `{}` runs no metrics-server", c.address),
+                    format!("add an aws.eks_addon `metrics-server` on `{}`", c.address),
                 );
             }
         }
-        let cluster = cluster_of(stack, app);
-        let network_policy = flag(app, "network_policy").unwrap_or(true);
-        match cluster.map(|c| (c, c.kind.kind)) {
-            Some((c, "aws.eks_cluster")) => {
-                let enforced = eks_addon(stack, &c.address, "vpc-cni").is_some_and(|cni| {
-                    text(cni, "configuration")
-                        .and_then(|t| serde_json::from_str::<Json>(&t).ok())
-                        .is_some_and(|v| {
-                            matches!(&v["enableNetworkPolicy"], Json::Bool(true))
-                                || v["enableNetworkPolicy"].as_str() == Some("true")
-                        })
-                });
-                if network_policy && !enforced {
-                    f.add(
-                        "cluster.network-policy",
-                        a,
-                        at(app, "network_policy"),
-                        format!("`{a}`'s NetworkPolicy is stored and not enforced: `{}` has no vpc-cni add-on with its network policy agent on", c.address),
-                        format!("add an aws.eks_addon `vpc-cni` on `{}` with `configuration: '{{\"enableNetworkPolicy\": \"true\"}}'`", c.address),
-                    );
-                }
-                let autoscaling = flag(app, "autoscaling").unwrap_or(true);
-                if autoscaling
-                    && eks_addon(stack, &c.address, "metrics-server").is_none()
-                    && !manifests_mention(stack, "metrics-server")
-                {
-                    f.add(
-                        "cluster.metrics",
-                        a,
-                        at(app, "autoscaling"),
-                        format!("`{a}`'s HorizontalPodAutoscaler has no metrics: `{}` runs no metrics-server", c.address),
-                        format!("add an aws.eks_addon `metrics-server` on `{}`", c.address),
-                    );
-                }
+        Some((c, "gcp.gke_cluster")) => {
+            if network_policy && flag(c, "dataplane_v2") != Some(true) {
+                f.add(
+                    "cluster.network-policy",
+                    a,
+                    at(app, "network_policy"),
+                    format!("`{a}`'s NetworkPolicy is stored and not enforced: `{}` runs without Dataplane V2", c.address),
+                    format!("set `dataplane_v2: true` on `{}`", c.address),
+                );
             }
-            Some((c, "gcp.gke_cluster")) => {
-                if network_policy && flag(c, "dataplane_v2") != Some(true) {
-                    f.add(
-                        "cluster.network-policy",
-                        a,
-                        at(app, "network_policy"),
-                        format!("`{a}`'s NetworkPolicy is stored and not enforced: `{}` runs without Dataplane V2", c.address),
-                        format!("set `dataplane_v2: true` on `{}`", c.address),
-                    );
-                }
-            }
-            _ => {}
         }
-        if text(app, "ingress_host").is_some_and(|h| !h.is_empty()) {
-            // GKE's own controller takes a Google-managed certificate, an
-            // ALB one from ACM.
-            let class = text(app, "ingress_class");
-            let managed = class.as_deref() == Some("gce")
-                || (class.as_deref() == Some("alb")
-                    && text(app, "certificate_arn").is_some_and(|c| !c.is_empty()));
-            if !managed && !manifests_mention(stack, "issuer") {
-                f.add(
-                    "edge.tls",
-                    a,
-                    at(app, "ingress_host"),
-                    format!("`{a}` serves a public host, and the stack installs no certificate issuer: its TLS secret will never exist"),
-                    "install cert-manager and a ClusterIssuer (the stacks' `cluster_addons` take ../addons/cluster-issuer.yaml.j2)",
-                );
-            }
-            // On an ALB the ACL must be the one the Ingress names, on GKE's
-            // load balancer the Cloud Armor policy its BackendConfig names;
-            // elsewhere one that the stack makes.
-            let waf = if class.as_deref() == Some("alb") {
-                text(app, "waf_acl_arn").is_some_and(|w| !w.is_empty())
-            } else if class.as_deref() == Some("gce") {
-                text(app, "security_policy").is_some_and(|w| !w.is_empty())
-            } else {
-                stack.resources.values().any(|r| {
-                    r.kind.kind.starts_with("aws.wafv2") || r.kind.kind == "gcp.security_policy"
-                })
-            };
-            if !waf {
-                f.add(
-                    "edge.waf",
-                    a,
-                    at(app, "ingress_host"),
-                    format!("`{a}` serves a public host with no web application firewall in front"),
-                    match class.as_deref() {
-                        Some("alb") => "add an aws.wafv2_web_acl and set the orchestrator's `waf_acl_arn` to its arn",
-                        Some("gce") => "add a gcp.security_policy and set the orchestrator's `security_policy` to its name",
-                        _ => "put AWS WAF or Cloud Armor in front of the load balancer; until the stack can, waive this rule with the reason",
-                    },
-                );
-            }
+        _ => {}
+    }
+}
+
+/// A public host: a certificate issuer and a web application firewall.
+fn edge(stack: &Stack, app: &Resource, f: &mut Findings) {
+    let a = &app.address;
+    if text(app, "ingress_host").is_some_and(|h| !h.is_empty()) {
+        // GKE's own controller takes a Google-managed certificate, an
+        // ALB one from ACM.
+        let class = text(app, "ingress_class");
+        let managed = class.as_deref() == Some("gce")
+            || (class.as_deref() == Some("alb")
+                && text(app, "certificate_arn").is_some_and(|c| !c.is_empty()));
+        if !managed && !manifests_mention(stack, "issuer") {
+            f.add(
+                "edge.tls",
+                a,
+                at(app, "ingress_host"),
+                format!("`{a}` serves a public host, and the stack installs no certificate issuer: its TLS secret will never exist"),
+                "install cert-manager and a ClusterIssuer (the stacks' `cluster_addons` take ../addons/cluster-issuer.yaml.j2)",
+            );
+        }
+        // On an ALB the ACL must be the one the Ingress names, on GKE's
+        // load balancer the Cloud Armor policy its BackendConfig names;
+        // elsewhere one that the stack makes.
+        let waf = if class.as_deref() == Some("alb") {
+            text(app, "waf_acl_arn").is_some_and(|w| !w.is_empty())
+        } else if class.as_deref() == Some("gce") {
+            text(app, "security_policy").is_some_and(|w| !w.is_empty())
+        } else {
+            stack.resources.values().any(|r| {
+                r.kind.kind.starts_with("aws.wafv2") || r.kind.kind == "gcp.security_policy"
+            })
+        };
+        if !waf {
+            f.add(
+                "edge.waf",
+                a,
+                at(app, "ingress_host"),
+                format!("`{a}` serves a public host with no web application firewall in front"),
+                match class.as_deref() {
+                    Some("alb") => "add an aws.wafv2_web_acl and set the orchestrator's `waf_acl_arn` to its arn",
+                    Some("gce") => "add a gcp.security_policy and set the orchestrator's `security_policy` to its name",
+                    _ => "put AWS WAF or Cloud Armor in front of the load balancer; until the stack can, waive this rule with the reason",
+                },
+            );
         }
     }
 }
