@@ -454,7 +454,14 @@ pub fn diff(
         planned.insert(address.clone(), change.action);
         changes.push(change);
     }
-    // Recorded or tagged resources that the stack no longer declares.
+    departed(stack, state, refreshed, &mut changes);
+    fill_from_state(&mut changes, state);
+    Ok(changes)
+}
+
+/// Deletions: recorded or tagged resources that the stack no longer
+/// declares, and the orphans refresh found by their ownership tags.
+fn departed(stack: &Stack, state: &State, refreshed: &Refreshed, changes: &mut Vec<Change>) {
     for (address, rs) in &state.resources {
         if stack.resources.contains_key(address) {
             continue;
@@ -495,8 +502,6 @@ pub fn diff(
             "found in the cloud by its ownership tags, but not declared in the stack",
         ));
     }
-    fill_from_state(&mut changes, state);
-    Ok(changes)
 }
 
 fn delete_change(
@@ -526,6 +531,104 @@ fn service_protected(current: &Observed) -> bool {
     current.attrs.get("deletion_protection") == Some(&Json::Bool(true))
 }
 
+/// A resource that does not exist (or was deleted outside the tool) is created.
+fn create_change(
+    r: &Resource,
+    kind: &KindSchema,
+    desired: &BTreeMap<String, Option<Json>>,
+    recorded: Option<&crate::state::ResourceState>,
+    depends_on: Vec<String>,
+) -> Change {
+    let reason = recorded.map(|rs| format!("{} was deleted outside ralph-deploy", rs.id));
+    Change {
+        address: r.address.clone(),
+        kind: kind.kind.to_string(),
+        action: Action::Create,
+        id: None,
+        attributes: desired
+            .iter()
+            .map(|(k, v)| AttrChange {
+                name: k.clone(),
+                before: None,
+                after: v.clone(),
+                forces_replace: false,
+                partial: None,
+            })
+            .collect(),
+        reason,
+        adopt: false,
+        protect: r.protect,
+        depends_on,
+        current: None,
+    }
+}
+
+/// One field's change, if the stack's value differs from what the cloud
+/// reports (or, where it reports nothing, from what the state recorded).
+fn field_change(
+    r: &Resource,
+    kind: &KindSchema,
+    f: &ralph_core::model::Field,
+    want: &Option<Json>,
+    current: &Observed,
+    recorded: Option<&crate::state::ResourceState>,
+    adopted: bool,
+) -> Option<AttrChange> {
+    let have = current
+        .attrs
+        .get(f.name)
+        .filter(|v| !v.is_null())
+        .cloned()
+        .or_else(|| recorded.and_then(|rs| rs.inputs.get(f.name).cloned()))
+        // Adopted (after a crash, or imported): what the cloud does not
+        // report is taken as the stack states it; adoption records it so.
+        .or_else(|| {
+            if adopted && recorded.is_none() {
+                r.stated(f.name)
+            } else {
+                None
+            }
+        });
+    // The default `Name` tag is given at creation; afterwards it is not
+    // enforced, so a resource that `moved` keeps the name it was made with.
+    let (want, have) = if f.name == "tags" && kind.taggable && !names_itself(r) {
+        let strip = |v: &Option<Json>| {
+            v.clone().map(|mut t| {
+                if let Some(m) = t.as_object_mut() {
+                    m.remove("Name");
+                }
+                t
+            })
+        };
+        (&strip(want), strip(&have))
+    } else {
+        (want, have)
+    };
+    let differs = match (want, &have) {
+        (None, _) => true,
+        (Some(w), Some(h)) => !same_value(&f.ty, w, h),
+        // A `name_prefix` given to a resource made with a fixed name
+        // under that prefix (the stack moved to generated names): the
+        // name it has fits, nothing to replace.
+        (Some(Json::String(prefix)), None)
+            if f.name == ralph_core::model::kinds::NAME_PREFIX
+                && (current.id == *prefix || current.id.starts_with(&format!("{prefix}-"))) =>
+        {
+            false
+        }
+        // Nothing recorded or reported, and the stack gives nothing
+        // either: null, or an empty string (an input left at "").
+        (Some(w), None) => !(w.is_null() || w.as_str() == Some("")),
+    };
+    differs.then(|| AttrChange {
+        name: f.name.to_string(),
+        before: have,
+        after: want.clone(),
+        forces_replace: f.replace,
+        partial: None,
+    })
+}
+
 fn diff_one(
     r: &Resource,
     kind: &KindSchema,
@@ -539,93 +642,16 @@ fn diff_one(
     let protect =
         r.protect || recorded.is_some_and(|s| s.protect) || current.is_some_and(service_protected);
     let Some(current) = current else {
-        let reason = match recorded {
-            Some(rs) => Some(format!("{} was deleted outside ralph-deploy", rs.id)),
-            None => None,
-        };
-        return Change {
-            address: r.address.clone(),
-            kind: kind.kind.to_string(),
-            action: Action::Create,
-            id: None,
-            attributes: desired
-                .iter()
-                .map(|(k, v)| AttrChange {
-                    name: k.clone(),
-                    before: None,
-                    after: v.clone(),
-                    forces_replace: false,
-                    partial: None,
-                })
-                .collect(),
-            reason,
-            adopt: false,
-            protect: r.protect,
-            depends_on,
-            current: None,
-        };
+        return create_change(r, kind, desired, recorded, depends_on);
     };
-    let mut attributes = Vec::new();
-    for f in kind.fields {
-        let Some(want) = desired.get(f.name) else {
-            continue;
-        };
-        let have = current
-            .attrs
-            .get(f.name)
-            .filter(|v| !v.is_null())
-            .cloned()
-            .or_else(|| recorded.and_then(|rs| rs.inputs.get(f.name).cloned()))
-            // Adopted (after a crash, or imported): what the cloud does not
-            // report is taken as the stack states it; adoption records it so.
-            .or_else(|| {
-                if adopted && recorded.is_none() {
-                    r.stated(f.name)
-                } else {
-                    None
-                }
-            });
-        // The default `Name` tag is given at creation; afterwards it is not
-        // enforced, so a resource that `moved` keeps the name it was made with.
-        let (want, have) = if f.name == "tags" && kind.taggable && !names_itself(r) {
-            let strip = |v: &Option<Json>| {
-                v.clone().map(|mut t| {
-                    if let Some(m) = t.as_object_mut() {
-                        m.remove("Name");
-                    }
-                    t
-                })
-            };
-            (&strip(want), strip(&have))
-        } else {
-            (want, have)
-        };
-        let differs = match (want, &have) {
-            (None, _) => true,
-            (Some(w), Some(h)) => !same_value(&f.ty, w, h),
-            // A `name_prefix` given to a resource made with a fixed name
-            // under that prefix (the stack moved to generated names): the
-            // name it has fits, nothing to replace.
-            (Some(Json::String(prefix)), None)
-                if f.name == ralph_core::model::kinds::NAME_PREFIX
-                    && (current.id == *prefix || current.id.starts_with(&format!("{prefix}-"))) =>
-            {
-                false
-            }
-            // Nothing recorded or reported, and the stack gives nothing
-            // either: null, or an empty string (an input left at "").
-            (Some(w), None) => !(w.is_null() || w.as_str() == Some("")),
-        };
-        if differs {
-            attributes.push(AttrChange {
-                name: f.name.to_string(),
-                before: have,
-                after: want.clone(),
-                forces_replace: f.replace,
-                partial: None,
-            });
-        }
-    }
+    let mut attributes: Vec<AttrChange> = kind
+        .fields
+        .iter()
+        .filter_map(|f| {
+            let want = desired.get(f.name)?;
+            field_change(r, kind, f, want, current, recorded, adopted)
+        })
+        .collect();
     // Imported (or its ownership tags removed by hand): it gets them back.
     if kind.taggable && current.owner.is_none() && !attributes.iter().any(|a| a.name == "tags") {
         if let Some(want) = desired.get("tags") {
