@@ -217,24 +217,7 @@ impl Session {
         scope: &crate::plan::Scope,
     ) -> Result<Plan, OpError> {
         let selection = &scope.selection;
-        for name in &scope.replace {
-            if !self
-                .stack
-                .resources
-                .keys()
-                .any(|a| crate::plan::Selection::names(name, a))
-            {
-                let hint = ralph_core::model::kinds::did_you_mean(
-                    name,
-                    self.stack.resources.keys().map(|k| k.as_str()),
-                )
-                .map(|s| format!("; did you mean `{s}`?"))
-                .unwrap_or_default();
-                return Err(OpError::refused(format!(
-                    "--replace {name}: the stack declares no such resource{hint}. Nothing was changed"
-                )));
-            }
-        }
+        self.replaced_exist(&scope.replace)?;
         // `moved` renames state entries first; the diff runs on the result.
         let mut moved_state;
         let mut moves = Vec::new();
@@ -249,20 +232,7 @@ impl Session {
                 .collect();
             &moved_state
         };
-        if let Some(recorded) = &state.stack_file {
-            let here = crate::state::stack_file_identity(&self.stack.path);
-            if *recorded != here {
-                cx.reporter.report(ralph_core::events::Event::Warning {
-                    message: format!(
-                        "the state of stack `{}` environment `{}` ({}) was last applied from {recorded}, not from {here}: both files are named `{}`, so they manage the same resources. If {here} is meant to be a deployment of its own, give it another `name:`",
-                        self.stack.name,
-                        self.stack.environment,
-                        self.backend.describe(),
-                        self.stack.name,
-                    ),
-                });
-            }
-        }
+        self.warn_other_stack_file(state, cx);
         let mut refreshed = if scope.refresh {
             refresh(Some(&self.stack), state, &self.registry, cx)
                 .await
@@ -291,33 +261,7 @@ impl Session {
         };
         changes.sort_by(|a, b| a.address.cmp(&b.address).then(a.action.cmp(&b.action)));
         if !destroy {
-            // What the providers' own listings refuse, before anything is changed.
-            let mut refused = Vec::new();
-            for c in &changes {
-                if !matches!(c.action, Action::Create | Action::Replace | Action::Update) {
-                    continue;
-                }
-                if let Some(driver) = self.registry.driver(&c.kind) {
-                    match driver.preflight(cx, c).await {
-                        // A new project: the API is enabled by this apply,
-                        // before the resource; the dated table still holds.
-                        Err(e) if e.api_disabled => cx.reporter.report(ralph_core::events::Event::Warning {
-                            message: format!(
-                                "{}: not checked against the provider's own listing, whose API the project has not enabled yet (the dated support table still applies)",
-                                c.address
-                            ),
-                        }),
-                        Err(e) => refused.push(format!("{}: {}", c.address, e.message)),
-                        Ok(()) => {}
-                    }
-                }
-            }
-            if !refused.is_empty() {
-                return Err(OpError::refused(format!(
-                    "{}; nothing was changed",
-                    refused.join("; ")
-                )));
-            }
+            self.preflight(&changes, cx).await?;
         }
         if !selection.is_empty() {
             // What each resource needs: the stack's references and
@@ -361,6 +305,82 @@ impl Session {
             replace: scope.replace.clone(),
             refreshed: scope.refresh,
         })
+    }
+
+    /// Every `--replace` names a resource of the stack.
+    fn replaced_exist(&self, replace: &[String]) -> Result<(), OpError> {
+        for name in replace {
+            if !self
+                .stack
+                .resources
+                .keys()
+                .any(|a| crate::plan::Selection::names(name, a))
+            {
+                let hint = ralph_core::model::kinds::did_you_mean(
+                    name,
+                    self.stack.resources.keys().map(|k| k.as_str()),
+                )
+                .map(|s| format!("; did you mean `{s}`?"))
+                .unwrap_or_default();
+                return Err(OpError::refused(format!(
+                    "--replace {name}: the stack declares no such resource{hint}. Nothing was changed"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The state was last applied from another file of the same stack name.
+    fn warn_other_stack_file(&self, state: &State, cx: &Context) {
+        if let Some(recorded) = &state.stack_file {
+            let here = crate::state::stack_file_identity(&self.stack.path);
+            if *recorded != here {
+                cx.reporter.report(ralph_core::events::Event::Warning {
+                    message: format!(
+                        "the state of stack `{}` environment `{}` ({}) was last applied from {recorded}, not from {here}: both files are named `{}`, so they manage the same resources. If {here} is meant to be a deployment of its own, give it another `name:`",
+                        self.stack.name,
+                        self.stack.environment,
+                        self.backend.describe(),
+                        self.stack.name,
+                    ),
+                });
+            }
+        }
+    }
+
+    /// What the providers' own listings refuse, before anything is changed.
+    async fn preflight(
+        &self,
+        changes: &[ralph_core::change::Change],
+        cx: &Context,
+    ) -> Result<(), OpError> {
+        let mut refused = Vec::new();
+        for c in changes {
+            if !matches!(c.action, Action::Create | Action::Replace | Action::Update) {
+                continue;
+            }
+            if let Some(driver) = self.registry.driver(&c.kind) {
+                match driver.preflight(cx, c).await {
+                    // A new project: the API is enabled by this apply,
+                    // before the resource; the dated table still holds.
+                    Err(e) if e.api_disabled => cx.reporter.report(ralph_core::events::Event::Warning {
+                        message: format!(
+                            "{}: not checked against the provider's own listing, whose API the project has not enabled yet (the dated support table still applies)",
+                            c.address
+                        ),
+                    }),
+                    Err(e) => refused.push(format!("{}: {}", c.address, e.message)),
+                    Ok(()) => {}
+                }
+            }
+        }
+        if !refused.is_empty() {
+            return Err(OpError::refused(format!(
+                "{}; nothing was changed",
+                refused.join("; ")
+            )));
+        }
+        Ok(())
     }
 
     /// The stack's `import:` entries not in the state yet: each resource is
