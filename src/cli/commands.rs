@@ -45,26 +45,17 @@ pub async fn run(cmd: Command) -> anyhow::Result<i32> {
             } else {
                 format
             };
-            json_error_event(
-                format == super::PlanFormat::Json,
-                plan_cmd(
-                    &args,
-                    format,
-                    detailed_exitcode,
-                    out.as_deref(),
-                    destroy,
-                    &select,
-                )
-                .await,
-            )
+            let planned = plan_cmd(
+                &args,
+                format,
+                detailed_exitcode,
+                out.as_deref(),
+                destroy,
+                &select,
+            );
+            json_error_event(format == super::PlanFormat::Json, planned.await)
         }
-        Command::Show { plan, format } => {
-            let file = saved::read(&plan).map_err(|e| anyhow!(e))?;
-            // A saved plan shows its changes; `check` and `apply` judge the stack.
-            let none = ralph_engine::check::Report::default();
-            print!("{}", plan_in(&file.plan, format, None, &none)?);
-            Ok(EXIT_OK)
-        }
+        Command::Show { plan, format } => show(&plan, format),
         Command::Apply { args, run, select } => {
             json_error_event(run.json, apply_cmd(&args, &run, false, &select).await)
         }
@@ -106,10 +97,9 @@ pub async fn run(cmd: Command) -> anyhow::Result<i32> {
             json,
         } => {
             let o = ralph_engine::ops::backup::BackupOptions {
-                bucket: pick.bucket,
-                database: pick.database,
                 retention_days,
                 snapshot,
+                ..pick.into()
             };
             backup_cmd(&args, &o, json).await
         }
@@ -119,14 +109,7 @@ pub async fn run(cmd: Command) -> anyhow::Result<i32> {
             into,
             pick,
             json,
-        } => {
-            let o = ralph_engine::ops::backup::BackupOptions {
-                bucket: pick.bucket,
-                database: pick.database,
-                ..Default::default()
-            };
-            restore_cmd(&args, &o, &backup, into.as_deref(), json).await
-        }
+        } => restore_cmd(&args, &pick.into(), &backup, into.as_deref(), json).await,
         Command::Failover {
             args,
             replica,
@@ -386,6 +369,14 @@ fn plan_in(
             crate::cli::render::findings_text(report)
         ),
     })
+}
+
+/// `show PLAN`: a saved plan's changes; `check` and `apply` judge the stack.
+fn show(plan: &Path, format: super::PlanFormat) -> Result<i32, CliError> {
+    let file = saved::read(plan).map_err(|e| anyhow!(e))?;
+    let none = ralph_engine::check::Report::default();
+    print!("{}", plan_in(&file.plan, format, None, &none)?);
+    Ok(EXIT_OK)
 }
 
 async fn plan_cmd(
@@ -809,30 +800,7 @@ async fn output(args: &StackArgs, name: Option<&str>, json: bool) -> Result<i32,
 
 async fn state_cmd(cmd: StateCommand) -> Result<i32, CliError> {
     match cmd {
-        StateCommand::Snapshots { args, json } => {
-            let s = args.session(json)?;
-            let list = s
-                .backend
-                .snapshots()
-                .await
-                .map_err(|e| CliError::Other(e.into()))?;
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&list).map_err(|e| CliError::Other(e.into()))?
-                );
-            } else if list.is_empty() {
-                println!("No snapshots yet: one is kept before every apply, destroy, deploy and rollback.");
-            } else {
-                for snap in &list {
-                    println!(
-                        "{}\tserial {}\tbefore {}",
-                        snap.name, snap.serial, snap.operation
-                    );
-                }
-            }
-            Ok(EXIT_OK)
-        }
+        StateCommand::Snapshots { args, json } => state_snapshots(&args, json).await,
         StateCommand::Restore { args, snapshot } => {
             let s = args.session(false)?;
             let cx = s.context(reporter(false));
@@ -858,26 +826,7 @@ async fn state_cmd(cmd: StateCommand) -> Result<i32, CliError> {
             );
             Ok(EXIT_OK)
         }
-        StateCommand::Push { args, file, force } => {
-            let s = args.session(false)?;
-            let text = ralph_core::files::read_text_bounded(&file, 64 << 20)
-                .map_err(|e| CliError::Other(anyhow::anyhow!("{}: {e}", file.display())))?;
-            let incoming: ralph_engine::state::State =
-                serde_json::from_str(&text).map_err(|e| {
-                    CliError::Other(anyhow::anyhow!(
-                        "{}: not a state file ({e}); `ralph-deploy state pull` prints one",
-                        file.display()
-                    ))
-                })?;
-            let cx = s.context(reporter(false));
-            let serial = ralph_engine::ops::state_cmds::push(&s, &cx, incoming, force).await?;
-            println!(
-                "Pushed {} as serial {serial} of {}.",
-                file.display(),
-                s.backend.describe()
-            );
-            Ok(EXIT_OK)
-        }
+        StateCommand::Push { args, file, force } => state_push(&args, &file, force).await,
         StateCommand::Rm { args, addresses } => {
             let s = args.session(false)?;
             let cx = s.context(reporter(false));
@@ -905,65 +854,120 @@ async fn state_cmd(cmd: StateCommand) -> Result<i32, CliError> {
             }
             Ok(EXIT_OK)
         }
-        StateCommand::Migrate { args, to } => {
-            let s = args.session(false)?;
-            let cx = s.context(reporter(false));
-            let location =
-                if ralph_engine::state::postgres::is_postgres_url(&to) || to.contains("://") {
-                    ralph_engine::ops::StateLocation::Url(to.clone())
-                } else {
-                    ralph_engine::ops::StateLocation::Dir(PathBuf::from(&to))
-                };
-            let target = ralph_engine::ops::state_cmds::backend_at(&s, &location)?;
-            let shown = target.describe();
-            let (serial, copied) = ralph_engine::ops::state_cmds::migrate(&s, &cx, target).await?;
+        StateCommand::Migrate { args, to } => state_migrate(&args, &to).await,
+        StateCommand::List { args } => state_list(&args).await,
+        StateCommand::Show { args, address } => state_show(&args, &address).await,
+    }
+}
+
+/// `state snapshots`: the copies kept before each command.
+async fn state_snapshots(args: &StackArgs, json: bool) -> Result<i32, CliError> {
+    let s = args.session(json)?;
+    let list = s
+        .backend
+        .snapshots()
+        .await
+        .map_err(|e| CliError::Other(e.into()))?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&list).map_err(|e| CliError::Other(e.into()))?
+        );
+    } else if list.is_empty() {
+        println!("No snapshots yet: one is kept before every apply, destroy, deploy and rollback.");
+    } else {
+        for snap in &list {
             println!(
-                "Copied serial {serial} and {copied} before-command snapshot(s) from {} to {shown}. Point every run at the new store (--state or RALPH_DEPLOY_STATE); the old copy is left as it was.",
-                s.backend.describe(),
+                "{}\tserial {}\tbefore {}",
+                snap.name, snap.serial, snap.operation
             );
+        }
+    }
+    Ok(EXIT_OK)
+}
+
+/// `state push FILE`: a state file replaces the stored state.
+async fn state_push(args: &StackArgs, file: &Path, force: bool) -> Result<i32, CliError> {
+    let s = args.session(false)?;
+    let text = ralph_core::files::read_text_bounded(&file, 64 << 20)
+        .map_err(|e| CliError::Other(anyhow::anyhow!("{}: {e}", file.display())))?;
+    let incoming: ralph_engine::state::State = serde_json::from_str(&text).map_err(|e| {
+        CliError::Other(anyhow::anyhow!(
+            "{}: not a state file ({e}); `ralph-deploy state pull` prints one",
+            file.display()
+        ))
+    })?;
+    let cx = s.context(reporter(false));
+    let serial = ralph_engine::ops::state_cmds::push(&s, &cx, incoming, force).await?;
+    println!(
+        "Pushed {} as serial {serial} of {}.",
+        file.display(),
+        s.backend.describe()
+    );
+    Ok(EXIT_OK)
+}
+
+/// `state migrate TO`: the state and its snapshots copied to another store.
+async fn state_migrate(args: &StackArgs, to: &str) -> Result<i32, CliError> {
+    let s = args.session(false)?;
+    let cx = s.context(reporter(false));
+    let location = if ralph_engine::state::postgres::is_postgres_url(&to) || to.contains("://") {
+        ralph_engine::ops::StateLocation::Url(to.to_string())
+    } else {
+        ralph_engine::ops::StateLocation::Dir(PathBuf::from(&to))
+    };
+    let target = ralph_engine::ops::state_cmds::backend_at(&s, &location)?;
+    let shown = target.describe();
+    let (serial, copied) = ralph_engine::ops::state_cmds::migrate(&s, &cx, target).await?;
+    println!(
+        "Copied serial {serial} and {copied} before-command snapshot(s) from {} to {shown}. Point every run at the new store (--state or RALPH_DEPLOY_STATE); the old copy is left as it was.",
+        s.backend.describe(),
+    );
+    Ok(EXIT_OK)
+}
+
+/// `state list`: the recorded resources, one a line.
+async fn state_list(args: &StackArgs) -> Result<i32, CliError> {
+    let s = args.session(false)?;
+    let (state, existed) = read_state(&s).await?;
+    for (address, r) in &state.resources {
+        println!("{address}\t{}\t{}", r.kind, r.id);
+    }
+    // Nothing listed is an answer too, said on stderr so that the
+    // list stays empty for scripts.
+    if !existed {
+        eprintln!(
+            "There is no state at {} yet: nothing has been applied for this stack and environment (run `ralph-deploy apply`, or point --state at the store the applies use).",
+            s.backend.describe()
+        );
+    } else if state.resources.is_empty() {
+        eprintln!(
+            "The state at {} records no resources (serial {}): everything was destroyed, or nothing applied yet.",
+            s.backend.describe(), state.serial
+        );
+    }
+    Ok(EXIT_OK)
+}
+
+/// `state show ADDRESS`: one recorded resource.
+async fn state_show(args: &StackArgs, address: &str) -> Result<i32, CliError> {
+    let s = args.session(false)?;
+    let (state, _) = read_state(&s).await?;
+    match state.resources.get(address) {
+        Some(r) => {
+            println!("{}", serde_json::to_string_pretty(r).map_err(json_error)?);
             Ok(EXIT_OK)
         }
-        StateCommand::List { args } => {
-            let s = args.session(false)?;
-            let (state, existed) = read_state(&s).await?;
-            for (address, r) in &state.resources {
-                println!("{address}\t{}\t{}", r.kind, r.id);
-            }
-            // Nothing listed is an answer too, said on stderr so that the
-            // list stays empty for scripts.
-            if !existed {
-                eprintln!(
-                    "There is no state at {} yet: nothing has been applied for this stack and environment (run `ralph-deploy apply`, or point --state at the store the applies use).",
-                    s.backend.describe()
-                );
-            } else if state.resources.is_empty() {
-                eprintln!(
-                    "The state at {} records no resources (serial {}): everything was destroyed, or nothing applied yet.",
-                    s.backend.describe(), state.serial
-                );
-            }
-            Ok(EXIT_OK)
-        }
-        StateCommand::Show { args, address } => {
-            let s = args.session(false)?;
-            let (state, _) = read_state(&s).await?;
-            match state.resources.get(&address) {
-                Some(r) => {
-                    println!("{}", serde_json::to_string_pretty(r).map_err(json_error)?);
-                    Ok(EXIT_OK)
-                }
-                None => {
-                    let hint = ralph_core::model::kinds::did_you_mean(
-                        &address,
-                        state.resources.keys().map(|s| s.as_str()),
-                    )
-                    .map(|s| format!("; did you mean `{s}`?"))
-                    .unwrap_or_default();
-                    Err(CliError::Other(anyhow!(
-                        "`{address}` is not in the state{hint}"
-                    )))
-                }
-            }
+        None => {
+            let hint = ralph_core::model::kinds::did_you_mean(
+                &address,
+                state.resources.keys().map(|s| s.as_str()),
+            )
+            .map(|s| format!("; did you mean `{s}`?"))
+            .unwrap_or_default();
+            Err(CliError::Other(anyhow!(
+                "`{address}` is not in the state{hint}"
+            )))
         }
     }
 }

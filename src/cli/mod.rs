@@ -543,9 +543,19 @@ pub struct BackupPick {
     /// The postgres.migrations resource that names the database
     #[arg(long)]
     pub database: Option<String>,
-    /// The aws.s3_bucket resource to keep backups in
+    /// The bucket resource (aws.s3_bucket or gcp.storage_bucket) to keep backups in
     #[arg(long)]
     pub bucket: Option<String>,
+}
+
+impl From<BackupPick> for ralph_engine::ops::backup::BackupOptions {
+    fn from(pick: BackupPick) -> Self {
+        Self {
+            bucket: pick.bucket,
+            database: pick.database,
+            ..Default::default()
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]

@@ -150,33 +150,75 @@ fn resource(stack: &Stack, r: &Resource, partial: &Partial, d: &mut Diagnostics)
         }
     }
     if !kind.exactly_one_of.is_empty() && !incomplete {
-        let set: Vec<&str> = kind
-            .exactly_one_of
-            .iter()
-            .copied()
-            .filter(|f| r.properties.contains_key(*f))
-            .collect();
-        if set.len() != 1 {
-            let list = kind
-                .exactly_one_of
-                .iter()
-                .map(|f| format!("`{f}`"))
-                .collect::<Vec<_>>()
-                .join(" or ");
-            let msg = if set.is_empty() {
-                format!("{} `{}` needs one of {list}", kind.kind, r.address)
-            } else {
+        exactly_one(r, d);
+    }
+    ordered_pairs(r, d);
+    for dep in &r.depends_on {
+        if dep.value == r.address {
+            d.error(dep.span, format!("`{}` depends on itself", r.address));
+        } else if partial.unloaded.contains(&dep.value) {
+        } else if !stack.resources.contains_key(&dep.value) {
+            let hint = did_you_mean(&dep.value, stack.resources.keys().map(|s| s.as_str()))
+                .map(|s| format!("did you mean `{s}`?"))
+                .unwrap_or_else(|| "list addresses of resources declared in this stack".into());
+            d.error_help(
+                dep.span,
                 format!(
-                    "{} `{}` sets {}; only one of {list} may be set",
-                    kind.kind,
-                    r.address,
-                    set.join(" and ")
-                )
-            };
-            d.error(r.span, msg);
+                    "`depends_on` names `{}`, which is not a resource in this stack",
+                    dep.value
+                ),
+                hint,
+            );
         }
     }
-    // Relations the service states between two integer properties.
+    for (reference, span) in r.references() {
+        if partial.unloaded.contains(&reference.address) {
+            continue;
+        }
+        check_reference(
+            stack,
+            Some(r),
+            &reference.address,
+            &reference.attribute,
+            span,
+            d,
+        );
+    }
+}
+
+/// Of the kind's `exactly_one_of` properties, exactly one is set.
+fn exactly_one(r: &Resource, d: &mut Diagnostics) {
+    let kind = r.kind;
+    let set: Vec<&str> = kind
+        .exactly_one_of
+        .iter()
+        .copied()
+        .filter(|f| r.properties.contains_key(*f))
+        .collect();
+    if set.len() != 1 {
+        let list = kind
+            .exactly_one_of
+            .iter()
+            .map(|f| format!("`{f}`"))
+            .collect::<Vec<_>>()
+            .join(" or ");
+        let msg = if set.is_empty() {
+            format!("{} `{}` needs one of {list}", kind.kind, r.address)
+        } else {
+            format!(
+                "{} `{}` sets {}; only one of {list} may be set",
+                kind.kind,
+                r.address,
+                set.join(" and ")
+            )
+        };
+        d.error(r.span, msg);
+    }
+}
+
+/// Relations the service states between two integer properties.
+fn ordered_pairs(r: &Resource, d: &mut Diagnostics) {
+    let kind = r.kind;
     for (low, high) in kind.ordered {
         // Numbers, or Kubernetes quantities (a CPU request and its limit).
         let magnitude = |v: &serde_json::Value| {
@@ -214,37 +256,6 @@ fn resource(stack: &Stack, r: &Resource, partial: &Partial, d: &mut Diagnostics)
                 );
             }
         }
-    }
-    for dep in &r.depends_on {
-        if dep.value == r.address {
-            d.error(dep.span, format!("`{}` depends on itself", r.address));
-        } else if partial.unloaded.contains(&dep.value) {
-        } else if !stack.resources.contains_key(&dep.value) {
-            let hint = did_you_mean(&dep.value, stack.resources.keys().map(|s| s.as_str()))
-                .map(|s| format!("did you mean `{s}`?"))
-                .unwrap_or_else(|| "list addresses of resources declared in this stack".into());
-            d.error_help(
-                dep.span,
-                format!(
-                    "`depends_on` names `{}`, which is not a resource in this stack",
-                    dep.value
-                ),
-                hint,
-            );
-        }
-    }
-    for (reference, span) in r.references() {
-        if partial.unloaded.contains(&reference.address) {
-            continue;
-        }
-        check_reference(
-            stack,
-            Some(r),
-            &reference.address,
-            &reference.attribute,
-            span,
-            d,
-        );
     }
 }
 
