@@ -343,48 +343,7 @@ impl Loader {
             let Some(inputs) = inputs else {
                 continue;
             };
-            let child = Scope {
-                prefix: format!("{addr}."),
-                inputs: Some(inputs),
-                each: None,
-                names: BTreeMap::new(),
-                dir: path
-                    .parent()
-                    .map(Path::to_path_buf)
-                    .unwrap_or_else(|| ".".into()),
-                chain: {
-                    let mut c = self.scope.chain.clone();
-                    c.push(path.clone());
-                    c
-                },
-            };
-            let parent = std::mem::replace(&mut self.scope, child);
-            let resources = top
-                .get_node("resources")
-                .and_then(|n| self.mapping(n, "resources"))
-                .cloned();
-            let components = top
-                .get_node("components")
-                .and_then(|n| self.mapping(n, "components"))
-                .cloned();
-            self.body(
-                resources.as_ref(),
-                components.as_ref(),
-                &BTreeSet::new(),
-                registry,
-            );
-            let mut outs = BTreeMap::new();
-            if let Some(map) = top
-                .get_node("outputs")
-                .and_then(|n| self.mapping(n, "outputs"))
-            {
-                for (k, v) in map.iter() {
-                    if let Some(o) = self.output(k, v) {
-                        outs.insert(o.name, o.value);
-                    }
-                }
-            }
-            self.scope = parent;
+            let outs = self.instance(&addr, &path, top, inputs, registry);
             outputs.insert(each.map(|e| e.0).unwrap_or_default(), outs);
         }
         let addresses: Vec<String> = self
@@ -393,31 +352,7 @@ impl Loader {
             .filter(|a| !before.contains(*a))
             .cloned()
             .collect();
-        // `depends_on` on a use: every resource of it comes after those.
-        if let Some(dn) = m.get_node("depends_on") {
-            let mut deps = Vec::new();
-            match dn.as_sequence() {
-                Some(seq) => {
-                    for item in seq.iter() {
-                        if let Some(s) = self.scalar(item, "depends_on entry") {
-                            for a in self.depends_on_addresses(s) {
-                                deps.push(Spanned::new(a, span_of(item)));
-                            }
-                        }
-                    }
-                }
-                None => self.d.error_help(
-                    span_of(dn),
-                    "`depends_on` must be a list of names",
-                    "write `depends_on: [nodes]`",
-                ),
-            }
-            for a in &addresses {
-                if let Some(r) = self.out.get_mut(a) {
-                    r.depends_on.extend(deps.iter().cloned());
-                }
-            }
-        }
+        self.use_depends_on(m, &addresses);
         self.scope.names.insert(
             name,
             Name::Component {
@@ -426,6 +361,90 @@ impl Loader {
                 addresses,
             },
         );
+    }
+
+    /// One instance of a component: its resources and nested components
+    /// under `addr.`, in a scope of its own; returns its outputs.
+    fn instance(
+        &mut self,
+        addr: &str,
+        path: &Path,
+        top: &MarkedMappingNode,
+        inputs: BTreeMap<String, SExpr>,
+        registry: &dyn Catalog,
+    ) -> BTreeMap<String, SExpr> {
+        let child = Scope {
+            prefix: format!("{addr}."),
+            inputs: Some(inputs),
+            each: None,
+            names: BTreeMap::new(),
+            dir: path
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| ".".into()),
+            chain: {
+                let mut c = self.scope.chain.clone();
+                c.push(path.to_path_buf());
+                c
+            },
+        };
+        let parent = std::mem::replace(&mut self.scope, child);
+        let resources = top
+            .get_node("resources")
+            .and_then(|n| self.mapping(n, "resources"))
+            .cloned();
+        let components = top
+            .get_node("components")
+            .and_then(|n| self.mapping(n, "components"))
+            .cloned();
+        self.body(
+            resources.as_ref(),
+            components.as_ref(),
+            &BTreeSet::new(),
+            registry,
+        );
+        let mut outs = BTreeMap::new();
+        if let Some(map) = top
+            .get_node("outputs")
+            .and_then(|n| self.mapping(n, "outputs"))
+        {
+            for (k, v) in map.iter() {
+                if let Some(o) = self.output(k, v) {
+                    outs.insert(o.name, o.value);
+                }
+            }
+        }
+        self.scope = parent;
+        outs
+    }
+
+    /// `depends_on` on a use: every resource of it comes after those.
+    fn use_depends_on(&mut self, m: &MarkedMappingNode, addresses: &[String]) {
+        let Some(dn) = m.get_node("depends_on") else {
+            return;
+        };
+        let mut deps = Vec::new();
+        match dn.as_sequence() {
+            Some(seq) => {
+                for item in seq.iter() {
+                    if let Some(s) = self.scalar(item, "depends_on entry") {
+                        for a in self.depends_on_addresses(s) {
+                            deps.push(Spanned::new(a, span_of(item)));
+                        }
+                    }
+                }
+            }
+            None => self.d.error_help(
+                span_of(dn),
+                "`depends_on` must be a list of names",
+                "write `depends_on: [nodes]`",
+            ),
+        }
+        for a in addresses {
+            if let Some(r) = self.out.get_mut(a) {
+                r.depends_on.extend(deps.iter().cloned());
+            }
+        }
     }
 
     /// Reads a component file for one use; registers it with the
@@ -687,30 +706,7 @@ impl Loader {
     }
 
     fn lower_path(&mut self, head: &str, steps: &[Step], text: &str, span: Span) -> Option<SExpr> {
-        // `[each.key]` and friends: computed keys must be known now.
-        let mut fixed = Vec::with_capacity(steps.len());
-        for step in steps {
-            match step {
-                Step::Dyn(ast) => {
-                    let key = self.lower(ast, &text.to_string(), span)?;
-                    match key.to_literal() {
-                        Some(Json::String(k)) => fixed.push(Step::Key(k)),
-                        Some(Json::Number(n)) if n.is_i64() => {
-                            fixed.push(Step::Index(n.as_i64().unwrap_or_default()))
-                        }
-                        _ => {
-                            self.d.error_help(
-                                span,
-                                format!("`${{{text}}}`: an index must be a string or a number known before the apply"),
-                                "index with `each.key`, a variable, an input or a literal",
-                            );
-                            return None;
-                        }
-                    }
-                }
-                other => fixed.push(other.clone()),
-            }
-        }
+        let fixed = self.fixed_steps(steps, text, span)?;
         let steps = &fixed[..];
         let first_attr = |steps: &[Step]| match steps.first() {
             Some(Step::Attr(a)) => Some(a.clone()),
@@ -734,50 +730,7 @@ impl Loader {
                 self.index_json(v, &steps[1..], text, span)
                     .map(|v| json_to_sexpr(&v, span))
             }
-            "input" => {
-                let Some(name) = first_attr(steps) else {
-                    self.d.error(span, "write `${input.name}`");
-                    return None;
-                };
-                let Some(inputs) = &self.scope.inputs else {
-                    self.d.error_help(
-                        span,
-                        format!("`${{{text}}}`: `input` is only known inside a component file"),
-                        "in a stack file, use variables: `${var.name}`",
-                    );
-                    return None;
-                };
-                match inputs.get(&name) {
-                    Some(v) => {
-                        let v = v.clone();
-                        if steps.len() == 1 {
-                            return Some(SExpr { span, ..v });
-                        }
-                        match v.to_literal() {
-                            Some(j) => self
-                                .index_json(j, &steps[1..], text, span)
-                                .map(|j| json_to_sexpr(&j, span)),
-                            None => {
-                                self.d.error(span, format!("`${{{text}}}`: the input is not known before the apply, so it cannot be indexed"));
-                                None
-                            }
-                        }
-                    }
-                    None => {
-                        let hint = did_you_mean(&name, inputs.keys().map(String::as_str))
-                            .map(|s| format!("did you mean `${{input.{s}}}`?"))
-                            .unwrap_or_else(|| {
-                                "declare it under `inputs` in the component file".into()
-                            });
-                        self.d.error_help(
-                            span,
-                            format!("input `{name}` is not declared in this component"),
-                            hint,
-                        );
-                        None
-                    }
-                }
-            }
+            "input" => self.lower_input(first_attr(steps), steps, text, span),
             "each" => {
                 let Some((key, value)) = self.scope.each.clone() else {
                     self.d.error_help(
@@ -898,58 +851,159 @@ impl Loader {
                 ),
             },
             Name::Component { keys, outputs, .. } => {
-                let pick = |this: &mut Self, inst: &str, o: &str| -> Option<SExpr> {
-                    let outs = outputs.get(inst)?;
-                    match outs.get(o) {
-                        Some(v) => Some(SExpr { span, ..v.clone() }),
-                        None => {
-                            let hint = did_you_mean(o, outs.keys().map(String::as_str))
-                                .map(|s| format!("did you mean `{s}`?"))
-                                .unwrap_or_else(|| {
-                                    format!(
-                                        "its outputs: {}",
-                                        outs.keys().cloned().collect::<Vec<_>>().join(", ")
-                                    )
-                                });
-                            this.d.error_help(
+                self.lower_output(head, &full, keys.as_deref(), &outputs, steps, text, span)
+            }
+        }
+    }
+
+    /// `[each.key]` and friends: computed keys must be known now.
+    fn fixed_steps(&mut self, steps: &[Step], text: &str, span: Span) -> Option<Vec<Step>> {
+        let mut fixed = Vec::with_capacity(steps.len());
+        for step in steps {
+            match step {
+                Step::Dyn(ast) => {
+                    let key = self.lower(ast, &text.to_string(), span)?;
+                    match key.to_literal() {
+                        Some(Json::String(k)) => fixed.push(Step::Key(k)),
+                        Some(Json::Number(n)) if n.is_i64() => {
+                            fixed.push(Step::Index(n.as_i64().unwrap_or_default()))
+                        }
+                        _ => {
+                            self.d.error_help(
                                 span,
-                                format!("component `{full}` has no output `{o}`"),
-                                hint,
+                                format!("`${{{text}}}`: an index must be a string or a number known before the apply"),
+                                "index with `each.key`, a variable, an input or a literal",
                             );
-                            None
+                            return None;
                         }
                     }
-                };
-                match (&keys, steps) {
-                    (None, [Step::Attr(o)]) => pick(self, "", o),
-                    (Some(keys), [Step::Key(k), Step::Attr(o)]) => {
-                        if !keys.contains(k) {
-                            return self.no_key(head, k, keys, span);
-                        }
-                        pick(self, k, o)
+                }
+                other => fixed.push(other.clone()),
+            }
+        }
+        Some(fixed)
+    }
+
+    /// `${input.NAME...}` inside a component file.
+    fn lower_input(
+        &mut self,
+        name: Option<String>,
+        steps: &[Step],
+        text: &str,
+        span: Span,
+    ) -> Option<SExpr> {
+        let Some(name) = name else {
+            self.d.error(span, "write `${input.name}`");
+            return None;
+        };
+        let Some(inputs) = &self.scope.inputs else {
+            self.d.error_help(
+                span,
+                format!("`${{{text}}}`: `input` is only known inside a component file"),
+                "in a stack file, use variables: `${var.name}`",
+            );
+            return None;
+        };
+        match inputs.get(&name) {
+            Some(v) => {
+                let v = v.clone();
+                if steps.len() == 1 {
+                    return Some(SExpr { span, ..v });
+                }
+                match v.to_literal() {
+                    Some(j) => self
+                        .index_json(j, &steps[1..], text, span)
+                        .map(|j| json_to_sexpr(&j, span)),
+                    None => {
+                        self.d.error(span, format!("`${{{text}}}`: the input is not known before the apply, so it cannot be indexed"));
+                        None
                     }
-                    (Some(keys), [Step::Splat, Step::Attr(o)]) => {
-                        let items = keys
-                            .iter()
-                            .map(|k| pick(self, k, o))
-                            .collect::<Option<Vec<_>>>()?;
-                        Some(SExpr {
-                            expr: Expr::List(items),
-                            span,
-                        })
-                    }
-                    (None, _) => bad(
-                        self,
-                        format!("`{head}` is a component use: name one of its outputs"),
-                        "write `${component.output}`",
-                    ),
-                    (Some(_), _) => bad(
-                        self,
-                        format!("`{head}` is a component use with `for_each`: name one instance or all of them"),
-                        &format!("write `${{{head}[\"KEY\"].output}}` or `${{{head}[*].output}}`"),
-                    ),
                 }
             }
+            None => {
+                let hint = did_you_mean(&name, inputs.keys().map(String::as_str))
+                    .map(|s| format!("did you mean `${{input.{s}}}`?"))
+                    .unwrap_or_else(|| "declare it under `inputs` in the component file".into());
+                self.d.error_help(
+                    span,
+                    format!("input `{name}` is not declared in this component"),
+                    hint,
+                );
+                None
+            }
+        }
+    }
+
+    /// `${use.output}`, `${use["KEY"].output}` or `${use[*].output}`: a
+    /// component use's outputs.
+    #[allow(clippy::too_many_arguments)]
+    fn lower_output(
+        &mut self,
+        head: &str,
+        full: &str,
+        keys: Option<&[String]>,
+        outputs: &BTreeMap<String, BTreeMap<String, SExpr>>,
+        steps: &[Step],
+        text: &str,
+        span: Span,
+    ) -> Option<SExpr> {
+        let bad = |this: &mut Self, msg: String, help: &str| {
+            this.d
+                .error_help(span, format!("`${{{text}}}`: {msg}"), help.to_string());
+            None
+        };
+        let pick = |this: &mut Self, inst: &str, o: &str| -> Option<SExpr> {
+            let outs = outputs.get(inst)?;
+            match outs.get(o) {
+                Some(v) => Some(SExpr { span, ..v.clone() }),
+                None => {
+                    let hint = did_you_mean(o, outs.keys().map(String::as_str))
+                        .map(|s| format!("did you mean `{s}`?"))
+                        .unwrap_or_else(|| {
+                            format!(
+                                "its outputs: {}",
+                                outs.keys().cloned().collect::<Vec<_>>().join(", ")
+                            )
+                        });
+                    this.d.error_help(
+                        span,
+                        format!("component `{full}` has no output `{o}`"),
+                        hint,
+                    );
+                    None
+                }
+            }
+        };
+        match (keys, steps) {
+            (None, [Step::Attr(o)]) => pick(self, "", o),
+            (Some(keys), [Step::Key(k), Step::Attr(o)]) => {
+                if !keys.contains(k) {
+                    return self.no_key(head, k, keys, span);
+                }
+                pick(self, k, o)
+            }
+            (Some(keys), [Step::Splat, Step::Attr(o)]) => {
+                let items = keys
+                    .iter()
+                    .map(|k| pick(self, k, o))
+                    .collect::<Option<Vec<_>>>()?;
+                Some(SExpr {
+                    expr: Expr::List(items),
+                    span,
+                })
+            }
+            (None, _) => bad(
+                self,
+                format!("`{head}` is a component use: name one of its outputs"),
+                "write `${component.output}`",
+            ),
+            (Some(_), _) => bad(
+                self,
+                format!(
+                    "`{head}` is a component use with `for_each`: name one instance or all of them"
+                ),
+                &format!("write `${{{head}[\"KEY\"].output}}` or `${{{head}[*].output}}`"),
+            ),
         }
     }
 
