@@ -196,27 +196,7 @@ impl Func {
         let text = |v: &Json| json_to_text(v);
         let int = |v: &Json| v.as_i64().unwrap_or_default();
         Ok(match self {
-            Func::CidrSubnet => {
-                let net = cidr(&args[0])?;
-                let (newbits, netnum) = (int(&args[1]), int(&args[2]));
-                let prefix = i64::from(net.prefix_len()) + newbits;
-                if !(0..=32).contains(&newbits) || prefix > 32 {
-                    return Err(format!(
-                        "cidrsubnet: {net} with {newbits} more bits would be longer than /32"
-                    ));
-                }
-                let count = 1u64 << newbits;
-                if netnum < 0 || netnum as u64 >= count {
-                    return Err(format!(
-                        "cidrsubnet: {net} has {count} subnets of /{prefix}, numbered 0 to {}; {netnum} is out of range",
-                        count - 1
-                    ));
-                }
-                let base = u32::from(net.network()) as u64;
-                let step = 1u64 << (32 - prefix);
-                let addr = Ipv4Addr::from((base + netnum as u64 * step) as u32);
-                Json::String(format!("{addr}/{prefix}"))
-            }
+            Func::CidrSubnet => cidr_subnet(args)?,
             Func::CidrHost => {
                 let net = cidr(&args[0])?;
                 let host = int(&args[1]);
@@ -258,51 +238,7 @@ impl Func {
                     },
                 }
             }
-            Func::Format => {
-                let spec = text(&args[0]);
-                let mut out = String::new();
-                let mut next = 1;
-                let mut chars = spec.chars();
-                while let Some(c) = chars.next() {
-                    if c != '%' {
-                        out.push(c);
-                        continue;
-                    }
-                    match chars.next() {
-                        Some('%') => out.push('%'),
-                        Some(verb @ ('s' | 'd')) => {
-                            let Some(v) = args.get(next) else {
-                                return Err(format!(
-                                    "format: `{spec}` has more verbs than the {} value(s) given",
-                                    args.len() - 1
-                                ));
-                            };
-                            if verb == 'd' && v.as_i64().is_none() {
-                                return Err(format!(
-                                    "format: %d needs a whole number, found {}",
-                                    describe(v)
-                                ));
-                            }
-                            out.push_str(&text(v));
-                            next += 1;
-                        }
-                        other => {
-                            return Err(format!(
-                                "format: `%{}` is not a verb; use %s, %d or %%",
-                                other.map(String::from).unwrap_or_default()
-                            ))
-                        }
-                    }
-                }
-                if next != args.len() {
-                    return Err(format!(
-                        "format: `{spec}` uses {} value(s), given {}",
-                        next - 1,
-                        args.len() - 1
-                    ));
-                }
-                Json::String(out)
-            }
+            Func::Format => format_text(args)?,
             Func::Length => Json::from(match &args[0] {
                 Json::Array(a) => a.len(),
                 Json::Object(m) => m.len(),
@@ -338,6 +274,79 @@ impl Func {
             }
         })
     }
+}
+
+/// `cidrsubnet(prefix, newbits, netnum)`: the netnum-th subnet of the
+/// prefix, newbits longer.
+fn cidr_subnet(args: &[Json]) -> Result<Json, String> {
+    let net = cidr(&args[0])?;
+    let int = |v: &Json| v.as_i64().unwrap_or_default();
+    let (newbits, netnum) = (int(&args[1]), int(&args[2]));
+    let prefix = i64::from(net.prefix_len()) + newbits;
+    if !(0..=32).contains(&newbits) || prefix > 32 {
+        return Err(format!(
+            "cidrsubnet: {net} with {newbits} more bits would be longer than /32"
+        ));
+    }
+    let count = 1u64 << newbits;
+    if netnum < 0 || netnum as u64 >= count {
+        return Err(format!(
+            "cidrsubnet: {net} has {count} subnets of /{prefix}, numbered 0 to {}; {netnum} is out of range",
+            count - 1
+        ));
+    }
+    let base = u32::from(net.network()) as u64;
+    let step = 1u64 << (32 - prefix);
+    let addr = Ipv4Addr::from((base + netnum as u64 * step) as u32);
+    Ok(Json::String(format!("{addr}/{prefix}")))
+}
+
+/// `format(spec, values...)`: %s and %d replaced in order, %% a percent sign.
+fn format_text(args: &[Json]) -> Result<Json, String> {
+    let text = |v: &Json| json_to_text(v);
+    let spec = text(&args[0]);
+    let mut out = String::new();
+    let mut next = 1;
+    let mut chars = spec.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('%') => out.push('%'),
+            Some(verb @ ('s' | 'd')) => {
+                let Some(v) = args.get(next) else {
+                    return Err(format!(
+                        "format: `{spec}` has more verbs than the {} value(s) given",
+                        args.len() - 1
+                    ));
+                };
+                if verb == 'd' && v.as_i64().is_none() {
+                    return Err(format!(
+                        "format: %d needs a whole number, found {}",
+                        describe(v)
+                    ));
+                }
+                out.push_str(&text(v));
+                next += 1;
+            }
+            other => {
+                return Err(format!(
+                    "format: `%{}` is not a verb; use %s, %d or %%",
+                    other.map(String::from).unwrap_or_default()
+                ))
+            }
+        }
+    }
+    if next != args.len() {
+        return Err(format!(
+            "format: `{spec}` uses {} value(s), given {}",
+            next - 1,
+            args.len() - 1
+        ));
+    }
+    Ok(Json::String(out))
 }
 
 fn cidr(v: &Json) -> Result<Ipv4Net, String> {

@@ -229,27 +229,7 @@ impl Loader {
         registry: &dyn Catalog,
     ) -> Option<Stack> {
         self.check_keys(top, TOP_KEYS, "at the top of a stack file");
-        let name = match top.get_node("name") {
-            Some(n) => self.scalar(n, "name").map(|s| s.to_string()),
-            None => {
-                self.d.error_help(
-                    span_of_map(top),
-                    "the stack has no `name`",
-                    "add `name: my-stack` at the top",
-                );
-                None
-            }
-        };
-        if let Some(n) = &name {
-            if !valid_stack_name(n) {
-                let span = top.get_node("name").map(span_of).unwrap_or_default();
-                self.d.error_help(
-                    span,
-                    format!("stack name `{n}` is not valid"),
-                    "use 1 to 40 lowercase letters, digits and hyphens, starting with a letter (it goes into tags and resource names)",
-                );
-            }
-        }
+        let name = self.stack_name_of(top);
         self.stack_name = name.clone().unwrap_or_default();
 
         // Pick the environment and its overlay.
@@ -274,23 +254,11 @@ impl Loader {
         let cloud = self.cloud(cloud_node.as_ref());
 
         let resources_node = merged(top.get_node("resources"), overlay_node("resources"));
-        let mut bad_overlay = std::collections::BTreeSet::new();
-        if let (Some(o), Some(base)) = (
+        let bad_overlay = self.bad_overlay(
             overlay_node("resources").and_then(Node::as_mapping),
             top.get_node("resources").and_then(Node::as_mapping),
-        ) {
-            for (k, v) in o.iter() {
-                let addr = k.as_str();
-                let adds_kind = v.as_mapping().is_some_and(|m| m.get_node("kind").is_some());
-                if base.get_node(addr).is_none() && !adds_kind {
-                    bad_overlay.insert(addr.to_string());
-                    let hint = did_you_mean(addr, base.keys().map(|k| k.as_str()))
-                        .map(|s| format!("did you mean `{s}`?"))
-                        .unwrap_or_else(|| "an overlay changes resources declared under the top-level `resources`, or declares a new one with its `kind`".into());
-                    self.d.error_help(Span::from_marked(k.span()), format!("environment `{environment}` overrides resource `{addr}`, which the stack does not declare"), hint);
-                }
-            }
-        }
+            &environment,
+        );
         let resources_map = match &resources_node {
             Some(node) => self.mapping(node, "resources").cloned(),
             None => {
@@ -337,17 +305,7 @@ impl Loader {
             }
         }
 
-        let digest = {
-            let mut h = Sha256::new();
-            for f in self.d.files.iter() {
-                h.update(f.source.as_bytes());
-                h.update([0]);
-            }
-            h.update(environment.as_bytes());
-            h.update([0]);
-            h.update(serde_json::to_vec(&self.vars).unwrap_or_default());
-            hex::encode(h.finalize())
-        };
+        let digest = self.digest(&environment);
         Some(Stack {
             path: path.to_path_buf(),
             source: self.d.source().clone(),
@@ -366,6 +324,71 @@ impl Loader {
             waivers,
             policies,
         })
+    }
+
+    /// The stack's `name`, which goes into tags and resource names.
+    fn stack_name_of(&mut self, top: &MarkedMappingNode) -> Option<String> {
+        let name = match top.get_node("name") {
+            Some(n) => self.scalar(n, "name").map(|s| s.to_string()),
+            None => {
+                self.d.error_help(
+                    span_of_map(top),
+                    "the stack has no `name`",
+                    "add `name: my-stack` at the top",
+                );
+                None
+            }
+        };
+        if let Some(n) = &name {
+            if !valid_stack_name(n) {
+                let span = top.get_node("name").map(span_of).unwrap_or_default();
+                self.d.error_help(
+                    span,
+                    format!("stack name `{n}` is not valid"),
+                    "use 1 to 40 lowercase letters, digits and hyphens, starting with a letter (it goes into tags and resource names)",
+                );
+            }
+        }
+        name
+    }
+
+    /// The overlay's resources that the stack does not declare (and the
+    /// overlay does not declare with a kind): each is an error.
+    fn bad_overlay(
+        &mut self,
+        overlay: Option<&MarkedMappingNode>,
+        base: Option<&MarkedMappingNode>,
+        environment: &str,
+    ) -> std::collections::BTreeSet<String> {
+        let mut bad_overlay = std::collections::BTreeSet::new();
+        if let (Some(o), Some(base)) = (overlay, base) {
+            for (k, v) in o.iter() {
+                let addr = k.as_str();
+                let adds_kind = v.as_mapping().is_some_and(|m| m.get_node("kind").is_some());
+                if base.get_node(addr).is_none() && !adds_kind {
+                    bad_overlay.insert(addr.to_string());
+                    let hint = did_you_mean(addr, base.keys().map(|k| k.as_str()))
+                        .map(|s| format!("did you mean `{s}`?"))
+                        .unwrap_or_else(|| "an overlay changes resources declared under the top-level `resources`, or declares a new one with its `kind`".into());
+                    self.d.error_help(Span::from_marked(k.span()), format!("environment `{environment}` overrides resource `{addr}`, which the stack does not declare"), hint);
+                }
+            }
+        }
+        bad_overlay
+    }
+
+    /// What identifies the loaded stack: its files, the environment and the
+    /// variables' values (a saved plan is applied only to the same).
+    fn digest(&self, environment: &str) -> String {
+        let mut h = Sha256::new();
+        for f in self.d.files.iter() {
+            h.update(f.source.as_bytes());
+            h.update([0]);
+        }
+        h.update(environment.as_bytes());
+        h.update([0]);
+        h.update(serde_json::to_vec(&self.vars).unwrap_or_default());
+        hex::encode(h.finalize())
     }
 
     fn pick_environment<'a>(
