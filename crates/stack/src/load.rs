@@ -482,76 +482,9 @@ impl Loader {
     ) {
         let decls = decls.and_then(|n| self.mapping(n, "variables"));
         let overlay = overlay.and_then(|n| self.mapping(n, "variables"));
-        let mut declared: BTreeMap<String, (String, Span)> = BTreeMap::new();
-        if let Some(decls) = decls {
-            for (k, v) in decls.iter() {
-                let name = k.as_str().to_string();
-                let kspan = Span::from_marked(k.span());
-                if !valid_variable_name(&name) {
-                    self.d.error_help(
-                        kspan,
-                        format!("variable name `{name}` is not valid"),
-                        "use lowercase letters, digits and `_`, starting with a letter",
-                    );
-                }
-                let Some(m) = self.mapping(v, &format!("variable `{name}`")) else {
-                    continue;
-                };
-                self.check_keys(m, VARIABLE_KEYS, &format!("in variable `{name}`"));
-                let ty = match m.get_node("type") {
-                    Some(t) => match self.scalar(t, "type") {
-                        Some(s) if VARIABLE_TYPES.contains(&s) => s.to_string(),
-                        Some(s) => {
-                            let hint = did_you_mean(s, VARIABLE_TYPES.iter().copied())
-                                .map(|x| format!("did you mean `{x}`?"))
-                                .unwrap_or_else(|| {
-                                    format!("use one of: {}", VARIABLE_TYPES.join(", "))
-                                });
-                            self.d.error_help(
-                                span_of(t),
-                                format!("unknown variable type `{s}`"),
-                                hint,
-                            );
-                            continue;
-                        }
-                        None => continue,
-                    },
-                    None => "string".into(),
-                };
-                declared.insert(name.clone(), (ty.clone(), kspan));
-                if let Some(def) = m.get_node("default") {
-                    if let Some(v) =
-                        self.typed_value(def, &ty, &format!("the default of variable `{name}`"))
-                    {
-                        self.vars.insert(name.clone(), v);
-                    }
-                }
-            }
-        }
+        let declared = self.declared_variables(decls);
         if let Some(overlay) = overlay {
-            for (k, v) in overlay.iter() {
-                let name = k.as_str();
-                match declared.get(name) {
-                    Some((ty, _)) => {
-                        let ty = ty.clone();
-                        if let Some(v) = self.typed_value(
-                            v,
-                            &ty,
-                            &format!("variable `{name}` in environment `{environment}`"),
-                        ) {
-                            self.vars.insert(name.to_string(), v);
-                        }
-                    }
-                    None => {
-                        let hint = did_you_mean(name, declared.keys().map(|s| s.as_str()))
-                            .map(|s| format!("did you mean `{s}`?"))
-                            .unwrap_or_else(|| {
-                                "declare it under the top-level `variables` first".into()
-                            });
-                        self.d.error_help(Span::from_marked(k.span()), format!("environment `{environment}` sets variable `{name}`, which is not declared"), hint);
-                    }
-                }
-            }
+            self.overlay_variables(overlay, &declared, environment);
         }
         for (name, text) in &options.env_variables {
             if let Some((ty, kspan)) = declared.get(name) {
@@ -598,6 +531,91 @@ impl Loader {
                     format!("variable `{name}` has no value in environment `{environment}`"),
                     format!("give it a `default`, set it under `environments.{environment}.variables`, or pass --var {name}=..."),
                 );
+            }
+        }
+    }
+
+    /// The stack's variable declarations: name to (type, where declared);
+    /// defaults go into the values.
+    fn declared_variables(
+        &mut self,
+        decls: Option<&MarkedMappingNode>,
+    ) -> BTreeMap<String, (String, Span)> {
+        let mut declared: BTreeMap<String, (String, Span)> = BTreeMap::new();
+        let Some(decls) = decls else {
+            return declared;
+        };
+        for (k, v) in decls.iter() {
+            let name = k.as_str().to_string();
+            let kspan = Span::from_marked(k.span());
+            if !valid_variable_name(&name) {
+                self.d.error_help(
+                    kspan,
+                    format!("variable name `{name}` is not valid"),
+                    "use lowercase letters, digits and `_`, starting with a letter",
+                );
+            }
+            let Some(m) = self.mapping(v, &format!("variable `{name}`")) else {
+                continue;
+            };
+            self.check_keys(m, VARIABLE_KEYS, &format!("in variable `{name}`"));
+            let ty = match m.get_node("type") {
+                Some(t) => match self.scalar(t, "type") {
+                    Some(s) if VARIABLE_TYPES.contains(&s) => s.to_string(),
+                    Some(s) => {
+                        let hint = did_you_mean(s, VARIABLE_TYPES.iter().copied())
+                            .map(|x| format!("did you mean `{x}`?"))
+                            .unwrap_or_else(|| {
+                                format!("use one of: {}", VARIABLE_TYPES.join(", "))
+                            });
+                        self.d
+                            .error_help(span_of(t), format!("unknown variable type `{s}`"), hint);
+                        continue;
+                    }
+                    None => continue,
+                },
+                None => "string".into(),
+            };
+            declared.insert(name.clone(), (ty.clone(), kspan));
+            if let Some(def) = m.get_node("default") {
+                if let Some(v) =
+                    self.typed_value(def, &ty, &format!("the default of variable `{name}`"))
+                {
+                    self.vars.insert(name.clone(), v);
+                }
+            }
+        }
+        declared
+    }
+
+    /// An environment's values for declared variables.
+    fn overlay_variables(
+        &mut self,
+        overlay: &MarkedMappingNode,
+        declared: &BTreeMap<String, (String, Span)>,
+        environment: &str,
+    ) {
+        for (k, v) in overlay.iter() {
+            let name = k.as_str();
+            match declared.get(name) {
+                Some((ty, _)) => {
+                    let ty = ty.clone();
+                    if let Some(v) = self.typed_value(
+                        v,
+                        &ty,
+                        &format!("variable `{name}` in environment `{environment}`"),
+                    ) {
+                        self.vars.insert(name.to_string(), v);
+                    }
+                }
+                None => {
+                    let hint = did_you_mean(name, declared.keys().map(|s| s.as_str()))
+                        .map(|s| format!("did you mean `{s}`?"))
+                        .unwrap_or_else(|| {
+                            "declare it under the top-level `variables` first".into()
+                        });
+                    self.d.error_help(Span::from_marked(k.span()), format!("environment `{environment}` sets variable `{name}`, which is not declared"), hint);
+                }
             }
         }
     }
