@@ -420,26 +420,11 @@ impl Loader {
 
     /// `depends_on` on a use: every resource of it comes after those.
     fn use_depends_on(&mut self, m: &MarkedMappingNode, addresses: &[String]) {
-        let Some(dn) = m.get_node("depends_on") else {
-            return;
-        };
-        let mut deps = Vec::new();
-        match dn.as_sequence() {
-            Some(seq) => {
-                for item in seq.iter() {
-                    if let Some(s) = self.scalar(item, "depends_on entry") {
-                        for a in self.depends_on_addresses(s) {
-                            deps.push(Spanned::new(a, span_of(item)));
-                        }
-                    }
-                }
-            }
-            None => self.d.error_help(
-                span_of(dn),
-                "`depends_on` must be a list of names",
-                "write `depends_on: [nodes]`",
-            ),
-        }
+        let deps = self.depends_on_list(
+            m.get_node("depends_on"),
+            "`depends_on` must be a list of names",
+            "write `depends_on: [nodes]`",
+        );
         for a in addresses {
             if let Some(r) = self.out.get_mut(a) {
                 r.depends_on.extend(deps.iter().cloned());

@@ -982,27 +982,57 @@ impl Loader {
                 }
             }
         }
-        let mut depends_on = Vec::new();
-        if let Some(dn) = map.get_node("depends_on") {
-            match dn.as_sequence() {
-                Some(seq) => {
-                    for item in seq.iter() {
-                        if let Some(s) = self.scalar(item, "depends_on entry") {
-                            for a in self.depends_on_addresses(s) {
-                                depends_on.push(Spanned::new(a, span_of(item)));
-                            }
+        let depends_on = self.depends_on_list(
+            map.get_node("depends_on"),
+            "`depends_on` must be a list of resource addresses",
+            "write `depends_on: [vpc, igw]`",
+        );
+        let timeouts = self.timeouts(map.get_node("timeouts"));
+        let protect = match map.get_node("protect") {
+            Some(p) => self.boolean(p, "protect").unwrap_or(false),
+            None => false,
+        };
+        Some(Resource {
+            address,
+            kind,
+            span: kspan,
+            properties,
+            depends_on,
+            protect,
+            timeouts,
+        })
+    }
+
+    /// A `depends_on` list: each entry's addresses, where it was written.
+    pub(crate) fn depends_on_list(
+        &mut self,
+        node: Option<&Node>,
+        problem: &str,
+        help: &str,
+    ) -> Vec<Spanned<String>> {
+        let mut deps = Vec::new();
+        let Some(dn) = node else {
+            return deps;
+        };
+        match dn.as_sequence() {
+            Some(seq) => {
+                for item in seq.iter() {
+                    if let Some(s) = self.scalar(item, "depends_on entry") {
+                        for a in self.depends_on_addresses(s) {
+                            deps.push(Spanned::new(a, span_of(item)));
                         }
                     }
                 }
-                None => self.d.error_help(
-                    span_of(dn),
-                    "`depends_on` must be a list of resource addresses",
-                    "write `depends_on: [vpc, igw]`",
-                ),
             }
+            None => self.d.error_help(span_of(dn), problem, help),
         }
+        deps
+    }
+
+    /// A resource's `timeouts`: create, update and delete, as durations.
+    fn timeouts(&mut self, node: Option<&Node>) -> Timeouts {
         let mut timeouts = Timeouts::default();
-        if let Some(t) = map.get_node("timeouts") {
+        if let Some(t) = node {
             if let Some(tm) = self.mapping(t, "timeouts") {
                 self.check_keys(tm, &["create", "update", "delete"], "in `timeouts`");
                 for (k, v) in tm.iter() {
@@ -1024,19 +1054,7 @@ impl Loader {
                 }
             }
         }
-        let protect = match map.get_node("protect") {
-            Some(p) => self.boolean(p, "protect").unwrap_or(false),
-            None => false,
-        };
-        Some(Resource {
-            address,
-            kind,
-            span: kspan,
-            properties,
-            depends_on,
-            protect,
-            timeouts,
-        })
+        timeouts
     }
 
     fn output(&mut self, key: &MarkedScalarNode, node: &Node) -> Option<Output> {
