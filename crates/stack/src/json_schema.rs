@@ -75,6 +75,52 @@ fn kind_schema(k: &KindSchema) -> Json {
     })
 }
 
+/// The definitions a stack file's schema refers to: waivers, the cloud
+/// settings, a resource (one of the kinds) and a component use.
+fn stack_defs(names: Vec<&str>, kinds: Vec<Json>) -> Json {
+    json!({
+        "waivers": {
+            "description": "findings of `check` accepted on purpose (`ralph-deploy reference rules` lists the rules)",
+            "type": "array",
+            "items": { "type": "object", "required": ["rule", "reason"], "additionalProperties": false,
+                       "properties": {
+                           "rule": { "type": "string", "pattern": "^[a-z]+\\.[a-z-]+$" },
+                           "address": { "type": "string", "description": "a resource, or everything under a component use or a for_each" },
+                           "reason": { "type": "string", "minLength": 1 },
+                           "until": { "type": "string", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$", "description": "the last day it holds" }
+                       } }
+        },
+        "cloud": {
+            "type": "object",
+            "additionalProperties": false,
+            "properties": {
+                "aws": { "type": "object", "additionalProperties": false,
+                         "properties": { "region": { "type": "string" }, "profile": { "type": "string" }, "endpoint": { "type": "string" } } },
+                "gcp": { "type": "object", "additionalProperties": false,
+                         "properties": { "project": { "type": "string" }, "region": { "type": "string" }, "endpoint": { "type": "string" } } }
+            }
+        },
+        "resource": {
+            "type": "object",
+            "required": ["kind"],
+            "properties": { "kind": { "enum": names } },
+            "oneOf": kinds
+        },
+        "component_use": {
+            "type": "object",
+            "required": ["source"],
+            "additionalProperties": false,
+            "properties": {
+                "source": { "type": "string", "description": "the component file, relative to this file" },
+                "inputs": { "type": "object" },
+                "for_each": { "type": ["array", "object", "string"] },
+                "depends_on": { "type": "array", "items": { "type": "string" } },
+                "description": { "type": "string" }
+            }
+        }
+    })
+}
+
 pub fn stack_schema(registry: &dyn Catalog) -> Json {
     let kinds: Vec<Json> = registry.schemas().into_iter().map(kind_schema).collect();
     let names: Vec<&str> = registry.kinds();
@@ -176,47 +222,7 @@ pub fn stack_schema(registry: &dyn Catalog) -> Json {
                 }
             }
         },
-        "$defs": {
-            "waivers": {
-                "description": "findings of `check` accepted on purpose (`ralph-deploy reference rules` lists the rules)",
-                "type": "array",
-                "items": { "type": "object", "required": ["rule", "reason"], "additionalProperties": false,
-                           "properties": {
-                               "rule": { "type": "string", "pattern": "^[a-z]+\\.[a-z-]+$" },
-                               "address": { "type": "string", "description": "a resource, or everything under a component use or a for_each" },
-                               "reason": { "type": "string", "minLength": 1 },
-                               "until": { "type": "string", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$", "description": "the last day it holds" }
-                           } }
-            },
-            "cloud": {
-                "type": "object",
-                "additionalProperties": false,
-                "properties": {
-                    "aws": { "type": "object", "additionalProperties": false,
-                             "properties": { "region": { "type": "string" }, "profile": { "type": "string" }, "endpoint": { "type": "string" } } },
-                    "gcp": { "type": "object", "additionalProperties": false,
-                             "properties": { "project": { "type": "string" }, "region": { "type": "string" }, "endpoint": { "type": "string" } } }
-                }
-            },
-            "resource": {
-                "type": "object",
-                "required": ["kind"],
-                "properties": { "kind": { "enum": names } },
-                "oneOf": kinds
-            },
-            "component_use": {
-                "type": "object",
-                "required": ["source"],
-                "additionalProperties": false,
-                "properties": {
-                    "source": { "type": "string", "description": "the component file, relative to this file" },
-                    "inputs": { "type": "object" },
-                    "for_each": { "type": ["array", "object", "string"] },
-                    "depends_on": { "type": "array", "items": { "type": "string" } },
-                    "description": { "type": "string" }
-                }
-            }
-        }
+        "$defs": stack_defs(names, kinds)
     })
 }
 
