@@ -197,49 +197,7 @@ pub fn plan_markdown(plan: &Plan) -> String {
     );
     let plain = Style::plain();
     for (i, c) in ordered.iter().enumerate() {
-        let verb = match c.action {
-            Action::Create => "create",
-            Action::Update => "update in place",
-            Action::Replace => "replace",
-            Action::Delete => "delete",
-            Action::NoOp => "adopt",
-        };
-        let mut block = format!(
-            "<details><summary><code>{} {}</code> ({}) {verb}</summary>\n\n```diff\n",
-            if c.action == Action::NoOp {
-                "="
-            } else {
-                c.action.symbol()
-            },
-            html_escape(&c.address),
-            html_escape(&c.kind)
-        );
-        for a in &c.attributes {
-            let before = match c.action {
-                Action::Create => None,
-                _ => a.before.as_ref(),
-            };
-            let note = if a.forces_replace {
-                "  # forces replacement"
-            } else {
-                ""
-            };
-            for line in diff_text::attribute(
-                &plain,
-                0,
-                &a.name,
-                before,
-                a.after.as_ref().or(a.partial.as_ref()),
-                a.after.is_some() || a.partial.is_some(),
-                note,
-            ) {
-                // diff colouring keys on the first column: + added, - removed, ! changed.
-                let line = line.replacen("~ ", "! ", 1);
-                block.push_str(&line.replace("```", "`\u{200b}``"));
-                block.push('\n');
-            }
-        }
-        block.push_str("```\n\n</details>\n");
+        let block = markdown_block(c, &plain);
         if out.len() + block.len() > MARKDOWN_LIMIT {
             out.push_str(&format!(
                 "\n_{} more change(s) not shown: the plan is longer than a comment can hold. Run `ralph-deploy plan` or `show` on the saved plan for all of it._\n",
@@ -250,6 +208,54 @@ pub fn plan_markdown(plan: &Plan) -> String {
         out.push_str(&block);
     }
     out
+}
+
+/// One change as a collapsed block with its attributes as a diff.
+fn markdown_block(c: &ralph_core::change::Change, plain: &Style) -> String {
+    let verb = match c.action {
+        Action::Create => "create",
+        Action::Update => "update in place",
+        Action::Replace => "replace",
+        Action::Delete => "delete",
+        Action::NoOp => "adopt",
+    };
+    let mut block = format!(
+        "<details><summary><code>{} {}</code> ({}) {verb}</summary>\n\n```diff\n",
+        if c.action == Action::NoOp {
+            "="
+        } else {
+            c.action.symbol()
+        },
+        html_escape(&c.address),
+        html_escape(&c.kind)
+    );
+    for a in &c.attributes {
+        let before = match c.action {
+            Action::Create => None,
+            _ => a.before.as_ref(),
+        };
+        let note = if a.forces_replace {
+            "  # forces replacement"
+        } else {
+            ""
+        };
+        for line in diff_text::attribute(
+            plain,
+            0,
+            &a.name,
+            before,
+            a.after.as_ref().or(a.partial.as_ref()),
+            a.after.is_some() || a.partial.is_some(),
+            note,
+        ) {
+            // diff colouring keys on the first column: + added, - removed, ! changed.
+            let line = line.replacen("~ ", "! ", 1);
+            block.push_str(&line.replace("```", "`\u{200b}``"));
+            block.push('\n');
+        }
+    }
+    block.push_str("```\n\n</details>\n");
+    block
 }
 
 fn html_escape(s: &str) -> String {

@@ -119,13 +119,41 @@ pub async fn check(
             timed(edge(&client, namespace, name, class)).await,
         ));
     }
+    monitoring_probes(cx, &client, props, namespace, name, &mut out).await;
+    let env = match pod_environment(&client, namespace, name).await {
+        Ok(env) => env,
+        Err(e) => {
+            for check in ["database", "redis"] {
+                out.push(probe(
+                    check,
+                    format!("{namespace}/{name}"),
+                    (Err(e.clone()), 0),
+                ));
+            }
+            return out;
+        }
+    };
+    store_probes(cx, props, &env, tunnels, &mut out).await;
+    out
+}
+
+/// The installed Prometheus, Alertmanager and Grafana, and the Prometheus
+/// that loads the rules (installed, or named in `prometheus`).
+async fn monitoring_probes(
+    cx: &Context,
+    client: &kube::Client,
+    props: &Map<String, Json>,
+    namespace: &str,
+    name: &str,
+    out: &mut Vec<Probe>,
+) {
     let flag = |k: &str, default: bool| props.get(k).and_then(Json::as_bool).unwrap_or(default);
     // Where the Prometheus Operator runs, `monitoring_install` makes nothing
     // (the Operator's Prometheus takes the PrometheusRule): there is no
     // installed Prometheus to check or to ask.
     let installs = flag("monitoring", true)
         && flag("monitoring_install", false)
-        && !super::discover(cx, &client)
+        && !super::discover(cx, client)
             .await
             .is_ok_and(|api| api.prometheus_operator);
     let named = props
@@ -140,29 +168,27 @@ pub async fn check(
         out.push(probe(
             "monitoring-install",
             format!("{namespace}/{name}-{{{}}}", parts.join(",")),
-            timed(installed(&client, namespace, name, &parts)).await,
+            timed(installed(client, namespace, name, &parts)).await,
         ));
     }
     if let Some(target) = super::render::prometheus_target(props).filter(|_| named || installs) {
         out.push(probe(
             "monitoring",
             format!("prometheus {target}, rules and alerts of {name}"),
-            timed(monitoring(&client, &target, namespace, name)).await,
+            timed(monitoring(client, &target, namespace, name)).await,
         ));
     }
-    let env = match pod_environment(&client, namespace, name).await {
-        Ok(env) => env,
-        Err(e) => {
-            for check in ["database", "redis"] {
-                out.push(probe(
-                    check,
-                    format!("{namespace}/{name}"),
-                    (Err(e.clone()), 0),
-                ));
-            }
-            return out;
-        }
-    };
+}
+
+/// The database and Redis the pods are given, reached as the pods reach
+/// them (through a tunnel the caller opened, or through the cluster).
+async fn store_probes(
+    cx: &Context,
+    props: &Map<String, Json>,
+    env: &BTreeMap<String, String>,
+    tunnels: &[Tunnel],
+    out: &mut Vec<Probe>,
+) {
     match env.get("DATABASE_URL") {
         None => out.push(probe(
             "database",
@@ -196,7 +222,6 @@ pub async fn check(
             out.push(probe("redis", target, outcome));
         }
     }
-    out
 }
 
 /// `scheme://user@host:port/path`: a url without its password.
