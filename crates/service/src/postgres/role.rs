@@ -193,13 +193,14 @@ pub fn scram_verifier(password: &str) -> Result<String, DriverError> {
     ))
 }
 
-/// Creates the role when missing and brings it to `want` in one
-/// transaction: login, IAM membership, password and the version comment.
-async fn converge(cx: &Context, want: &Desired<'_>) -> Result<Observed, DriverError> {
-    let name = want.required_str("name")?;
-    let iam = want.bool("iam_auth").unwrap_or(false);
-    let login = want.bool("login").unwrap_or(true);
-    let password = match (iam, want.str("password_secret").filter(|s| !s.is_empty())) {
+/// The role's password, read from its `password_secret` (an IAM role has none).
+async fn password_of(
+    cx: &Context,
+    want: &Desired<'_>,
+    name: &str,
+    iam: bool,
+) -> Result<Option<String>, DriverError> {
+    Ok(match (iam, want.str("password_secret").filter(|s| !s.is_empty())) {
         (true, Some(_)) => {
             return Err(DriverError::new(
                 "`iam_auth` and `password_secret` exclude each other: an rds_iam role cannot log in with a password",
@@ -215,7 +216,56 @@ async fn converge(cx: &Context, want: &Desired<'_>) -> Result<Observed, DriverEr
             Some(value)
         }
         _ => None,
-    };
+    })
+}
+
+/// The role's group memberships (`member_of`), granted and revoked to match.
+async fn member_of(
+    conn: &mut sqlx::PgConnection,
+    want: &Desired<'_>,
+    name: &str,
+) -> Result<(), sqlx::Error> {
+    let role = ident(name);
+    let want_groups: Vec<&str> = want
+        .props
+        .get("member_of")
+        .and_then(Json::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Json::as_str)
+        .collect();
+    let have_groups: Vec<String> = sqlx::query_scalar(
+        "SELECT g.rolname::text FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid
+          JOIN pg_roles r ON r.oid = m.member WHERE r.rolname = $1 AND g.rolname <> 'rds_iam'",
+    )
+    .bind(name)
+    .fetch_all(&mut *conn)
+    .await?;
+    for g in &want_groups {
+        if !have_groups.iter().any(|h| h == g) {
+            sqlx::query(&format!("GRANT {} TO {role}", ident(g)))
+                .execute(&mut *conn)
+                .await?;
+        }
+    }
+    for g in have_groups
+        .iter()
+        .filter(|h| !want_groups.contains(&h.as_str()))
+    {
+        sqlx::query(&format!("REVOKE {} FROM {role}", ident(g)))
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Creates the role when missing and brings it to `want` in one
+/// transaction: login, IAM membership, password and the version comment.
+async fn converge(cx: &Context, want: &Desired<'_>) -> Result<Observed, DriverError> {
+    let name = want.required_str("name")?;
+    let iam = want.bool("iam_auth").unwrap_or(false);
+    let login = want.bool("login").unwrap_or(true);
+    let password = password_of(cx, want, name, iam).await?;
     let version = want.str("password_version").unwrap_or_default();
     let pool = connect(cx, want.props).await?;
     let fail = |e: sqlx::Error| DriverError::new(format!("setting up role {name}: {e}"));
@@ -251,39 +301,7 @@ async fn converge(cx: &Context, want: &Desired<'_>) -> Result<Observed, DriverEr
                 ))
             })?;
     }
-    let want_groups: Vec<&str> = want
-        .props
-        .get("member_of")
-        .and_then(Json::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(Json::as_str)
-        .collect();
-    let have_groups: Vec<String> = sqlx::query_scalar(
-        "SELECT g.rolname::text FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid
-          JOIN pg_roles r ON r.oid = m.member WHERE r.rolname = $1 AND g.rolname <> 'rds_iam'",
-    )
-    .bind(name)
-    .fetch_all(&mut *tx)
-    .await
-    .map_err(fail)?;
-    for g in &want_groups {
-        if !have_groups.iter().any(|h| h == g) {
-            sqlx::query(&format!("GRANT {} TO {role}", ident(g)))
-                .execute(&mut *tx)
-                .await
-                .map_err(fail)?;
-        }
-    }
-    for g in have_groups
-        .iter()
-        .filter(|h| !want_groups.contains(&h.as_str()))
-    {
-        sqlx::query(&format!("REVOKE {} FROM {role}", ident(g)))
-            .execute(&mut *tx)
-            .await
-            .map_err(fail)?;
-    }
+    member_of(&mut tx, want, name).await.map_err(fail)?;
     // Per database, as the migrations set it for ralph_app: a role's
     // settings are not inherited by its members.
     let search_path = want.str("search_path").unwrap_or_default();
