@@ -920,6 +920,29 @@ async fn roll_out(
     Ok(())
 }
 
+/// `ingress_class: gce` with a host needs GKE's own Ingress controller,
+/// which only a GKE cluster serves.
+fn gke_ingress_served(
+    api: &ApiVersions,
+    props: &Map<String, Json>,
+    address: &str,
+) -> Result<(), DriverError> {
+    let gce = props.get("ingress_class").and_then(Json::as_str) == Some("gce");
+    if gce
+        && !api.gke_ingress
+        && props
+            .get("ingress_host")
+            .and_then(Json::as_str)
+            .is_some_and(|h| !h.is_empty())
+    {
+        return Err(DriverError::new(format!(
+            "{}: ingress_class `gce` is GKE's own Ingress controller, but this cluster does not serve networking.gke.io (ManagedCertificate, FrontendConfig): it is not a GKE cluster. Set ingress_class to the class of the controller the stack installs",
+            address
+        )));
+    }
+    Ok(())
+}
+
 /// The release `props` (completing the tag from the one running), rolled
 /// back to `last_good` when its rollout fails.
 async fn deploy(
@@ -955,19 +978,7 @@ async fn deploy(
     }
     // One discovery serves the release, a rollback and the read-back.
     let api = discover(cx, &client).await?;
-    let gce = props.get("ingress_class").and_then(Json::as_str) == Some("gce");
-    if gce
-        && !api.gke_ingress
-        && props
-            .get("ingress_host")
-            .and_then(Json::as_str)
-            .is_some_and(|h| !h.is_empty())
-    {
-        return Err(DriverError::new(format!(
-            "{}: ingress_class `gce` is GKE's own Ingress controller, but this cluster does not serve networking.gke.io (ManagedCertificate, FrontendConfig): it is not a GKE cluster. Set ingress_class to the class of the controller the stack installs",
-            want.address
-        )));
-    }
+    gke_ingress_served(&api, &props, want.address)?;
     let next = prepare(cx, &api, want.owner, want.address, &props, running).await?;
     let outcome = roll_out(cx, &client, want.owner, want.address, &next, timeout).await;
     let failure = match outcome {
