@@ -1,8 +1,9 @@
 //! `aws.eip`: an Elastic IP address in the VPC domain (for NAT gateways).
 
-use aws_sdk_ec2::types::{DomainType, ResourceType};
+use aws_sdk_ec2::types::{DomainType, Filter, ResourceType};
 
-use super::{api_error, ec2, observed, opt_str, owner_filters, sync_tags, tag_spec};
+use super::ec2_listing::{self, Listed};
+use super::{api_error, ec2, observed, opt_str, sync_tags, tag_spec};
 use ralph_core::driver::{Context, Desired, Driver, DriverError, Known, Observed, Timeouts};
 use ralph_core::model::kinds::{checks, Attr, Field, KindSchema, Ty};
 
@@ -15,16 +16,8 @@ static SCHEMA: KindSchema = KindSchema {
             .check(checks::tags),
     ],
     attrs: &[
-        Attr {
-            name: "id",
-            ty: Ty::String,
-            doc: "the allocation id (eipalloc-...)",
-        },
-        Attr {
-            name: "public_ip",
-            ty: Ty::String,
-            doc: "the address",
-        },
+        Attr::new("id", Ty::String, "the allocation id (eipalloc-...)"),
+        Attr::new("public_ip", Ty::String, "the address"),
     ],
     taggable: true,
     name_field: None,
@@ -42,31 +35,28 @@ fn observe(a: &aws_sdk_ec2::types::Address) -> Option<Observed> {
     ))
 }
 
-async fn read_one(cx: &Context, id: &str) -> Result<Observed, DriverError> {
-    let out = ec2(cx)
-        .await?
-        .describe_addresses()
-        .allocation_ids(id)
-        .send()
-        .await
-        .map_err(|e| api_error("DescribeAddresses", e))?;
-    out.addresses()
-        .first()
-        .and_then(observe)
-        .ok_or_else(|| DriverError::new(format!("address {id} vanished")))
+#[async_trait::async_trait]
+impl Listed for ElasticIp {
+    const NOUN: &'static str = "address";
+    const ID_FILTER: &'static str = "allocation-id";
+
+    async fn describe(cx: &Context, filters: Vec<Filter>) -> Result<Vec<Observed>, DriverError> {
+        // DescribeAddresses is not paged.
+        let out = ec2(cx)
+            .await?
+            .describe_addresses()
+            .set_filters(Some(filters))
+            .send()
+            .await
+            .map_err(|e| api_error("DescribeAddresses", e))?;
+        Ok(out.addresses().iter().filter_map(observe).collect())
+    }
 }
 
 #[async_trait::async_trait]
 impl Driver for ElasticIp {
     async fn lookup(&self, cx: &Context, id: &str) -> Result<Option<Observed>, DriverError> {
-        let out = ec2(cx)
-            .await?
-            .describe_addresses()
-            .filters(super::id_filter("allocation-id", id))
-            .send()
-            .await
-            .map_err(|e| api_error("DescribeAddresses", e))?;
-        Ok(out.addresses().iter().find_map(observe))
+        ec2_listing::by_id::<Self>(cx, id).await
     }
     fn service(&self) -> &'static str {
         "ec2"
@@ -77,15 +67,7 @@ impl Driver for ElasticIp {
     }
 
     async fn refresh(&self, cx: &Context, _known: &[Known]) -> Result<Vec<Observed>, DriverError> {
-        // DescribeAddresses is not paged.
-        let out = ec2(cx)
-            .await?
-            .describe_addresses()
-            .set_filters(Some(owner_filters(&cx.owner)))
-            .send()
-            .await
-            .map_err(|e| api_error("DescribeAddresses", e))?;
-        Ok(out.addresses().iter().filter_map(observe).collect())
+        ec2_listing::owned::<Self>(cx).await
     }
 
     async fn create(&self, cx: &Context, want: &Desired<'_>) -> Result<Observed, DriverError> {
@@ -101,7 +83,7 @@ impl Driver for ElasticIp {
             .allocation_id()
             .ok_or_else(|| DriverError::new("AllocateAddress returned no allocation id"))?
             .to_string();
-        read_one(cx, &id).await
+        ec2_listing::read_back::<Self>(cx, &id).await
     }
 
     async fn update(
@@ -112,7 +94,7 @@ impl Driver for ElasticIp {
         _changed: &[String],
     ) -> Result<Observed, DriverError> {
         sync_tags(cx, &have.id, have, want).await?;
-        read_one(cx, &have.id).await
+        ec2_listing::read_back::<Self>(cx, &have.id).await
     }
 
     async fn delete(

@@ -14,7 +14,7 @@ use serde_json::{Map, Value as Json};
 
 use super::arn_tags::{self, ArnService};
 use super::{
-    api_error, error_code, gone_or_deleting, observed_with, opt_str, read_each, read_tag_pairs,
+    api_error, delete_started, error_code, observed_with, opt_str, read_each, read_tag_pairs,
     strings, tag_map, wait_gone, wait_ready, Readiness,
 };
 use ralph_core::driver::{
@@ -22,6 +22,9 @@ use ralph_core::driver::{
 };
 use ralph_core::model::kinds::{checks, Attr, Field, KindSchema, Ty};
 use ralph_core::model::support;
+
+/// EKS's answer for a cluster or nodegroup that does not exist.
+const NOT_FOUND: &str = "ResourceNotFoundException";
 
 const CLUSTER_CREATE: Duration = Duration::from_secs(20 * 60);
 const CLUSTER_UPDATE: Duration = Duration::from_secs(60 * 60);
@@ -144,41 +147,13 @@ static CLUSTER: KindSchema = KindSchema {
             .check(checks::tags),
     ],
     attrs: &[
-        Attr {
-            name: "id",
-            ty: Ty::String,
-            doc: "the cluster name",
-        },
-        Attr {
-            name: "arn",
-            ty: Ty::String,
-            doc: "the cluster ARN",
-        },
-        Attr {
-            name: "endpoint",
-            ty: Ty::String,
-            doc: "the API server URL",
-        },
-        Attr {
-            name: "certificate_authority",
-            ty: Ty::String,
-            doc: "the API server's CA, base64 PEM",
-        },
-        Attr {
-            name: "oidc_issuer",
-            ty: Ty::String,
-            doc: "the OIDC issuer URL (for IRSA)",
-        },
-        Attr {
-            name: "cluster_security_group_id",
-            ty: Ty::String,
-            doc: "the security group EKS created",
-        },
-        Attr {
-            name: "status",
-            ty: Ty::String,
-            doc: "CREATING, ACTIVE, UPDATING, DELETING, FAILED",
-        },
+        Attr::new("id", Ty::String, "the cluster name"),
+        Attr::new("arn", Ty::String, "the cluster ARN"),
+        Attr::new("endpoint", Ty::String, "the API server URL"),
+        Attr::new("certificate_authority", Ty::String, "the API server's CA, base64 PEM"),
+        Attr::new("oidc_issuer", Ty::String, "the OIDC issuer URL (for IRSA)"),
+        Attr::new("cluster_security_group_id", Ty::String, "the security group EKS created"),
+        Attr::new("status", Ty::String, "CREATING, ACTIVE, UPDATING, DELETING, FAILED"),
     ],
     taggable: true,
     name_field: Some("name"),
@@ -260,21 +235,13 @@ static NODEGROUP: KindSchema = KindSchema {
             .check(checks::tags),
     ],
     attrs: &[
-        Attr {
-            name: "id",
-            ty: Ty::String,
-            doc: "cluster:nodegroup",
-        },
-        Attr {
-            name: "arn",
-            ty: Ty::String,
-            doc: "the nodegroup ARN",
-        },
-        Attr {
-            name: "status",
-            ty: Ty::String,
-            doc: "CREATING, ACTIVE, UPDATING, DELETING, ...",
-        },
+        Attr::new("id", Ty::String, "cluster:nodegroup"),
+        Attr::new("arn", Ty::String, "the nodegroup ARN"),
+        Attr::new(
+            "status",
+            Ty::String,
+            "CREATING, ACTIVE, UPDATING, DELETING, ...",
+        ),
     ],
     taggable: true,
     name_field: None,
@@ -321,7 +288,7 @@ async fn read_cluster(cx: &Context, name: &str) -> Result<Option<Observed>, Driv
         .await
     {
         Ok(out) => out,
-        Err(e) if error_code(&e) == Some("ResourceNotFoundException") => return Ok(None),
+        Err(e) if error_code(&e) == Some(NOT_FOUND) => return Ok(None),
         Err(e) => return Err(api_error("DescribeCluster", e)),
     };
     let Some(c) = out.cluster() else {
@@ -704,21 +671,16 @@ impl Driver for EksCluster {
         have: &Observed,
         timeouts: &Timeouts,
     ) -> Result<(), DriverError> {
-        match crate::clients(cx)
+        let answer = crate::clients(cx)
             .await?
             .eks
             .delete_cluster()
             .name(&have.id)
             .send()
-            .await
-        {
-            Ok(_) => {}
-            Err(e) if error_code(&e) == Some("ResourceNotFoundException") => return Ok(()),
-            Err(e) => {
-                if !gone_or_deleting(read_cluster(cx, &have.id)).await? {
-                    return Err(api_error("DeleteCluster", e));
-                }
-            }
+            .await;
+        let read = read_cluster(cx, &have.id);
+        if delete_started("DeleteCluster", answer, &[NOT_FOUND], read).await? {
+            return Ok(());
         }
         wait_gone(
             cx,
@@ -751,7 +713,7 @@ async fn read_nodegroup(
         .await
     {
         Ok(out) => out,
-        Err(e) if error_code(&e) == Some("ResourceNotFoundException") => return Ok(None),
+        Err(e) if error_code(&e) == Some(NOT_FOUND) => return Ok(None),
         Err(e) => return Err(api_error("DescribeNodegroup", e)),
     };
     let Some(n) = out.nodegroup() else {
@@ -1068,22 +1030,17 @@ impl Driver for EksNodegroup {
         timeouts: &Timeouts,
     ) -> Result<(), DriverError> {
         let (cluster, name) = split_id(&have.id)?;
-        match crate::clients(cx)
+        let answer = crate::clients(cx)
             .await?
             .eks
             .delete_nodegroup()
             .cluster_name(cluster)
             .nodegroup_name(name)
             .send()
-            .await
-        {
-            Ok(_) => {}
-            Err(e) if error_code(&e) == Some("ResourceNotFoundException") => return Ok(()),
-            Err(e) => {
-                if !gone_or_deleting(read_nodegroup(cx, cluster, name)).await? {
-                    return Err(api_error("DeleteNodegroup", e));
-                }
-            }
+            .await;
+        let read = read_nodegroup(cx, cluster, name);
+        if delete_started("DeleteNodegroup", answer, &[NOT_FOUND], read).await? {
+            return Ok(());
         }
         wait_gone(
             cx,

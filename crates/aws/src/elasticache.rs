@@ -11,7 +11,7 @@ use serde_json::Value as Json;
 use super::arn_tags::{self, ArnService};
 use super::subnet_group::{Calls, Found};
 use super::{
-    api_error, error_code, gone_or_deleting, observed_with, opt_str, read_each, strings, wait_gone,
+    api_error, delete_started, error_code, observed_with, opt_str, read_each, strings, wait_gone,
     wait_ready, Readiness,
 };
 use ralph_core::driver::{
@@ -73,16 +73,8 @@ static SUBNET_GROUP: KindSchema = KindSchema {
             .check(checks::tags),
     ],
     attrs: &[
-        Attr {
-            name: "id",
-            ty: Ty::String,
-            doc: "the group name",
-        },
-        Attr {
-            name: "arn",
-            ty: Ty::String,
-            doc: "the group ARN",
-        },
+        Attr::new("id", Ty::String, "the group name"),
+        Attr::new("arn", Ty::String, "the group ARN"),
     ],
     taggable: true,
     name_field: Some("name"),
@@ -171,31 +163,11 @@ static GROUP: KindSchema = KindSchema {
             .check(checks::tags),
     ],
     attrs: &[
-        Attr {
-            name: "id",
-            ty: Ty::String,
-            doc: "the group id",
-        },
-        Attr {
-            name: "arn",
-            ty: Ty::String,
-            doc: "the group ARN",
-        },
-        Attr {
-            name: "primary_endpoint",
-            ty: Ty::String,
-            doc: "where writes go",
-        },
-        Attr {
-            name: "reader_endpoint",
-            ty: Ty::String,
-            doc: "where reads may go",
-        },
-        Attr {
-            name: "status",
-            ty: Ty::String,
-            doc: "creating, available, modifying, ...",
-        },
+        Attr::new("id", Ty::String, "the group id"),
+        Attr::new("arn", Ty::String, "the group ARN"),
+        Attr::new("primary_endpoint", Ty::String, "where writes go"),
+        Attr::new("reader_endpoint", Ty::String, "where reads may go"),
+        Attr::new("status", Ty::String, "creating, available, modifying, ..."),
     ],
     taggable: true,
     name_field: Some("replication_group_id"),
@@ -626,21 +598,17 @@ impl Driver for ReplicationGroup {
         have: &Observed,
         timeouts: &Timeouts,
     ) -> Result<(), DriverError> {
-        match crate::clients(cx)
+        let answer = crate::clients(cx)
             .await?
             .elasticache
             .delete_replication_group()
             .replication_group_id(&have.id)
             .send()
-            .await
-        {
-            Ok(_) => {}
-            Err(e) if error_code(&e) == Some("ReplicationGroupNotFoundFault") => return Ok(()),
-            Err(e) => {
-                if !gone_or_deleting(read_group(cx, &have.id)).await? {
-                    return Err(api_error("DeleteReplicationGroup", e));
-                }
-            }
+            .await;
+        let read = read_group(cx, &have.id);
+        let not_found = ["ReplicationGroupNotFoundFault"];
+        if delete_started("DeleteReplicationGroup", answer, &not_found, read).await? {
+            return Ok(());
         }
         wait_gone(
             cx,

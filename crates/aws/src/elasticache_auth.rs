@@ -41,11 +41,7 @@ static ROTATION: KindSchema = KindSchema {
         )
         .required(),
     ],
-    attrs: &[Attr {
-        name: "id",
-        ty: Ty::String,
-        doc: "GROUP/auth",
-    }],
+    attrs: &[Attr::new("id", Ty::String, "GROUP/auth")],
     taggable: false,
     name_field: None,
     exactly_one_of: &[],

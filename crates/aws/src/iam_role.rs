@@ -71,16 +71,8 @@ static SCHEMA: KindSchema = KindSchema {
             .check(checks::tags),
     ],
     attrs: &[
-        Attr {
-            name: "id",
-            ty: Ty::String,
-            doc: "the role name",
-        },
-        Attr {
-            name: "arn",
-            ty: Ty::String,
-            doc: "the role ARN",
-        },
+        Attr::new("id", Ty::String, "the role name"),
+        Attr::new("arn", Ty::String, "the role ARN"),
     ],
     taggable: true,
     name_field: Some("name"),

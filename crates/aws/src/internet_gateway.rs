@@ -3,7 +3,8 @@
 use aws_sdk_ec2::types::ResourceType;
 use serde_json::Value as Json;
 
-use super::{api_error, ec2, observed, owner_filters, sync_tags, tag_spec};
+use super::ec2_listing::{self, paged_listing};
+use super::{api_error, ec2, observed, sync_tags, tag_spec};
 use ralph_core::driver::{Context, Desired, Driver, DriverError, Known, Observed, Timeouts};
 use ralph_core::model::kinds::{checks, Attr, Field, KindSchema, Ty};
 
@@ -21,11 +22,7 @@ static SCHEMA: KindSchema = KindSchema {
             .default("{}")
             .check(checks::tags),
     ],
-    attrs: &[Attr {
-        name: "id",
-        ty: Ty::String,
-        doc: "the gateway id (igw-...)",
-    }],
+    attrs: &[Attr::new("id", Ty::String, "the gateway id (igw-...)")],
     taggable: true,
     name_field: None,
     exactly_one_of: &[],
@@ -43,20 +40,6 @@ fn observe(g: &aws_sdk_ec2::types::InternetGateway) -> Option<Observed> {
         .map(|v| Json::String(v.to_string()))
         .unwrap_or(Json::Null);
     Some(observed(id, g.tags(), vec![("vpc_id", vpc)]))
-}
-
-async fn read_one(cx: &Context, id: &str) -> Result<Observed, DriverError> {
-    let out = ec2(cx)
-        .await?
-        .describe_internet_gateways()
-        .internet_gateway_ids(id)
-        .send()
-        .await
-        .map_err(|e| api_error("DescribeInternetGateways", e))?;
-    out.internet_gateways()
-        .first()
-        .and_then(observe)
-        .ok_or_else(|| DriverError::new(format!("internet gateway {id} vanished")))
 }
 
 async fn detach(cx: &Context, id: &str, vpc: &str) -> Result<(), DriverError> {
@@ -81,17 +64,21 @@ async fn detach(cx: &Context, id: &str, vpc: &str) -> Result<(), DriverError> {
     }
 }
 
+paged_listing!(
+    InternetGateway,
+    "internet gateway",
+    "internet-gateway-id",
+    describe_internet_gateways,
+    set_filters,
+    internet_gateways,
+    "DescribeInternetGateways",
+    observe
+);
+
 #[async_trait::async_trait]
 impl Driver for InternetGateway {
     async fn lookup(&self, cx: &Context, id: &str) -> Result<Option<Observed>, DriverError> {
-        let out = ec2(cx)
-            .await?
-            .describe_internet_gateways()
-            .filters(super::id_filter("internet-gateway-id", id))
-            .send()
-            .await
-            .map_err(|e| api_error("DescribeInternetGateways", e))?;
-        Ok(out.internet_gateways().iter().find_map(observe))
+        ec2_listing::by_id::<Self>(cx, id).await
     }
     fn service(&self) -> &'static str {
         "ec2"
@@ -102,18 +89,7 @@ impl Driver for InternetGateway {
     }
 
     async fn refresh(&self, cx: &Context, _known: &[Known]) -> Result<Vec<Observed>, DriverError> {
-        let mut pages = ec2(cx)
-            .await?
-            .describe_internet_gateways()
-            .set_filters(Some(owner_filters(&cx.owner)))
-            .into_paginator()
-            .send();
-        let mut out = Vec::new();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| api_error("DescribeInternetGateways", e))?;
-            out.extend(page.internet_gateways().iter().filter_map(observe));
-        }
-        Ok(out)
+        ec2_listing::owned::<Self>(cx).await
     }
 
     async fn create(&self, cx: &Context, want: &Desired<'_>) -> Result<Observed, DriverError> {
@@ -136,7 +112,7 @@ impl Driver for InternetGateway {
             .send()
             .await
             .map_err(|e| api_error("AttachInternetGateway", e))?;
-        read_one(cx, &id).await
+        ec2_listing::read_back::<Self>(cx, &id).await
     }
 
     async fn update(
@@ -162,7 +138,7 @@ impl Driver for InternetGateway {
         if changed.iter().any(|c| c == "tags") {
             sync_tags(cx, &have.id, have, want).await?;
         }
-        read_one(cx, &have.id).await
+        ec2_listing::read_back::<Self>(cx, &have.id).await
     }
 
     async fn delete(

@@ -6,6 +6,7 @@
 
 mod acm_certificate;
 mod arn_tags;
+mod ec2_listing;
 mod eip;
 mod eks;
 mod eks_access;
@@ -824,6 +825,28 @@ where
             .and_then(Json::as_str)
             .is_some_and(|s| s.eq_ignore_ascii_case("deleting")),
     })
+}
+
+/// A delete call's answer, for a resource that takes a while to go: true
+/// when it does not exist (nothing to wait for), false when it is going.
+/// Another error stands unless `read` shows the resource gone or being
+/// deleted (a delete retried after its first attempt took effect).
+pub async fn delete_started<T, E, Fut>(
+    op: &str,
+    answer: Result<T, SdkError<E, aws_smithy_runtime_api::http::Response>>,
+    not_found: &[&str],
+    read: Fut,
+) -> Result<bool, DriverError>
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<Option<Observed>, DriverError>>,
+{
+    match answer {
+        Ok(_) => Ok(false),
+        Err(e) if e.code().is_some_and(|c| not_found.contains(&c)) => Ok(true),
+        Err(_) if gone_or_deleting(read).await? => Ok(false),
+        Err(e) => Err(api_error(op, e)),
+    }
 }
 
 pub async fn wait_gone<F, Fut>(

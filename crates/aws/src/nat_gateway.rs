@@ -7,8 +7,9 @@ use std::time::Duration;
 use aws_sdk_ec2::types::{ConnectivityType, Filter, NatGatewayState, ResourceType};
 use serde_json::Value as Json;
 
-use super::{api_error, ec2, observed, opt_str, owner_filters, sync_tags, tag_spec};
-use ralph_core::driver::{Context, Desired, Driver, DriverError, Known, Observed, Timeouts};
+use super::ec2_listing::{self, Listed};
+use super::{api_error, ec2, observed, opt_str, sync_tags, tag_spec};
+use ralph_core::driver::{Context, Desired, Driver, DriverError, Known, Observed, Owner, Timeouts};
 use ralph_core::model::kinds::{checks, Attr, Field, KindSchema, Ty};
 
 fn connectivity(v: &Json) -> Result<(), String> {
@@ -40,16 +41,8 @@ static SCHEMA: KindSchema = KindSchema {
             .check(checks::tags),
     ],
     attrs: &[
-        Attr {
-            name: "id",
-            ty: Ty::String,
-            doc: "the gateway id (nat-...)",
-        },
-        Attr {
-            name: "public_ip",
-            ty: Ty::String,
-            doc: "its public address",
-        },
+        Attr::new("id", Ty::String, "the gateway id (nat-...)"),
+        Attr::new("public_ip", Ty::String, "its public address"),
     ],
     taggable: true,
     name_field: None,
@@ -83,6 +76,44 @@ fn observe(g: &aws_sdk_ec2::types::NatGateway) -> Option<Observed> {
     ))
 }
 
+#[async_trait::async_trait]
+impl Listed for NatGateway {
+    const NOUN: &'static str = "NAT gateway";
+    const ID_FILTER: &'static str = "nat-gateway-id";
+
+    /// Deleted gateways stay visible for an hour; they are gone for us.
+    async fn describe(cx: &Context, filters: Vec<Filter>) -> Result<Vec<Observed>, DriverError> {
+        let mut pages = ec2(cx)
+            .await?
+            .describe_nat_gateways()
+            .set_filter(Some(filters))
+            .into_paginator()
+            .send();
+        let mut out = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| api_error("DescribeNatGateways", e))?;
+            let live = page
+                .nat_gateways()
+                .iter()
+                .filter(|g| g.state() != Some(&NatGatewayState::Deleted));
+            out.extend(live.filter_map(observe));
+        }
+        Ok(out)
+    }
+
+    fn owned_filters(owner: &Owner) -> Vec<Filter> {
+        let mut filters = super::owner_filters(owner);
+        let states = ["pending", "available", "deleting", "failed"];
+        filters.push(
+            Filter::builder()
+                .name("state")
+                .set_values(Some(states.map(String::from).to_vec()))
+                .build(),
+        );
+        filters
+    }
+}
+
 async fn state_of(cx: &Context, id: &str) -> Result<(Option<Observed>, String), DriverError> {
     let out = ec2(cx)
         .await?
@@ -109,18 +140,7 @@ async fn state_of(cx: &Context, id: &str) -> Result<(Option<Observed>, String), 
 #[async_trait::async_trait]
 impl Driver for NatGateway {
     async fn lookup(&self, cx: &Context, id: &str) -> Result<Option<Observed>, DriverError> {
-        let out = ec2(cx)
-            .await?
-            .describe_nat_gateways()
-            .filter(super::id_filter("nat-gateway-id", id))
-            .send()
-            .await
-            .map_err(|e| api_error("DescribeNatGateways", e))?;
-        Ok(out
-            .nat_gateways()
-            .iter()
-            .filter(|g| g.state().is_none_or(|s| s.as_str() != "deleted"))
-            .find_map(observe))
+        ec2_listing::by_id::<Self>(cx, id).await
     }
     fn service(&self) -> &'static str {
         "ec2"
@@ -135,39 +155,11 @@ impl Driver for NatGateway {
     }
 
     async fn refresh(&self, cx: &Context, _known: &[Known]) -> Result<Vec<Observed>, DriverError> {
-        let mut filters = owner_filters(&cx.owner);
-        // Deleted gateways stay visible for an hour; they are gone for us.
-        filters.push(
-            Filter::builder()
-                .name("state")
-                .values("pending")
-                .values("available")
-                .values("deleting")
-                .values("failed")
-                .build(),
-        );
-        let mut pages = ec2(cx)
-            .await?
-            .describe_nat_gateways()
-            .set_filter(Some(filters))
-            .into_paginator()
-            .send();
-        let mut out = Vec::new();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| api_error("DescribeNatGateways", e))?;
-            out.extend(
-                page.nat_gateways()
-                    .iter()
-                    .filter(|g| {
-                        !matches!(
-                            g.state(),
-                            Some(NatGatewayState::Deleted | NatGatewayState::Deleting)
-                        )
-                    })
-                    .filter_map(observe),
-            );
-        }
-        Ok(out)
+        // One being deleted is gone for the stack too.
+        let owned = ec2_listing::owned::<Self>(cx).await?;
+        let deleting =
+            |o: &Observed| o.attrs.get("state").and_then(Json::as_str) == Some("deleting");
+        Ok(owned.into_iter().filter(|o| !deleting(o)).collect())
     }
 
     async fn create(&self, cx: &Context, want: &Desired<'_>) -> Result<Observed, DriverError> {

@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use aws_sdk_ec2::types::ResourceType;
 use serde_json::{Map, Value as Json};
 
-use super::{api_error, ec2, observed, opt_str, owner_filters, sync_tags, tag_spec};
+use super::ec2_listing::{self, paged_listing, Listed};
+use super::{api_error, ec2, observed, opt_str, sync_tags, tag_spec};
 use ralph_core::driver::{Context, Desired, Driver, DriverError, Known, Observed, Timeouts};
 use ralph_core::model::kinds::{checks, Attr, Field, KindSchema, Ty};
 
@@ -46,11 +47,7 @@ static SCHEMA: KindSchema = KindSchema {
             .default("{}")
             .check(checks::tags),
     ],
-    attrs: &[Attr {
-        name: "id",
-        ty: Ty::String,
-        doc: "the route table id (rtb-...)",
-    }],
+    attrs: &[Attr::new("id", Ty::String, "the route table id (rtb-...)")],
     taggable: true,
     name_field: None,
     exactly_one_of: &[],
@@ -107,54 +104,43 @@ fn observe(t: &aws_sdk_ec2::types::RouteTable) -> Option<Observed> {
     Some(o)
 }
 
+paged_listing!(
+    RouteTable,
+    "route table",
+    "route-table-id",
+    describe_route_tables,
+    set_filters,
+    route_tables,
+    "DescribeRouteTables",
+    observe
+);
+
 /// The route table holding association `id`, whoever made it.
 pub(super) async fn holding_association(
     cx: &Context,
     id: &str,
 ) -> Result<Vec<Observed>, DriverError> {
-    let out = ec2(cx)
-        .await?
-        .describe_route_tables()
-        .filters(super::id_filter(
-            "association.route-table-association-id",
-            id,
-        ))
-        .send()
-        .await
-        .map_err(|e| api_error("DescribeRouteTables", e))?;
-    Ok(out.route_tables().iter().filter_map(observe).collect())
+    let filter = super::id_filter("association.route-table-association-id", id);
+    RouteTable::describe(cx, vec![filter]).await
 }
 
+/// The stack's route tables with their associations (the associations'
+/// kind reads them there).
 pub(super) async fn list(cx: &Context) -> Result<Vec<Observed>, DriverError> {
-    let mut pages = ec2(cx)
-        .await?
-        .describe_route_tables()
-        .set_filters(Some(owner_filters(&cx.owner)))
-        .into_paginator()
-        .send();
-    let mut out = Vec::new();
-    while let Some(page) = pages.next().await {
-        let page = page.map_err(|e| api_error("DescribeRouteTables", e))?;
-        out.extend(page.route_tables().iter().filter_map(observe));
-    }
-    Ok(out)
+    ec2_listing::owned::<RouteTable>(cx).await
+}
+
+/// A route table as its own kind sees it: the associations are a kind of
+/// their own.
+fn without_associations(mut o: Observed) -> Observed {
+    o.attrs.remove("associations");
+    o
 }
 
 async fn read_one(cx: &Context, id: &str) -> Result<Observed, DriverError> {
-    let out = ec2(cx)
-        .await?
-        .describe_route_tables()
-        .route_table_ids(id)
-        .send()
-        .await
-        .map_err(|e| api_error("DescribeRouteTables", e))?;
-    let mut o = out
-        .route_tables()
-        .first()
-        .and_then(observe)
-        .ok_or_else(|| DriverError::new(format!("route table {id} vanished")))?;
-    o.attrs.remove("associations");
-    Ok(o)
+    Ok(without_associations(
+        ec2_listing::read_back::<RouteTable>(cx, id).await?,
+    ))
 }
 
 fn by_destination(v: Option<&Json>) -> BTreeMap<String, Map<String, Json>> {
@@ -223,17 +209,9 @@ async fn sync_routes(
 #[async_trait::async_trait]
 impl Driver for RouteTable {
     async fn lookup(&self, cx: &Context, id: &str) -> Result<Option<Observed>, DriverError> {
-        let out = ec2(cx)
+        Ok(ec2_listing::by_id::<Self>(cx, id)
             .await?
-            .describe_route_tables()
-            .filters(super::id_filter("route-table-id", id))
-            .send()
-            .await
-            .map_err(|e| api_error("DescribeRouteTables", e))?;
-        Ok(out.route_tables().iter().find_map(observe).map(|mut o| {
-            o.attrs.remove("associations");
-            o
-        }))
+            .map(without_associations))
     }
     fn service(&self) -> &'static str {
         "ec2"
@@ -244,11 +222,8 @@ impl Driver for RouteTable {
     }
 
     async fn refresh(&self, cx: &Context, _known: &[Known]) -> Result<Vec<Observed>, DriverError> {
-        let mut all = list(cx).await?;
-        for o in &mut all {
-            o.attrs.remove("associations");
-        }
-        Ok(all)
+        let all = list(cx).await?;
+        Ok(all.into_iter().map(without_associations).collect())
     }
 
     async fn create(&self, cx: &Context, want: &Desired<'_>) -> Result<Observed, DriverError> {

@@ -87,16 +87,8 @@ static SCHEMA: KindSchema = KindSchema {
             .check(checks::tags),
     ],
     attrs: &[
-        Attr {
-            name: "id",
-            ty: Ty::String,
-            doc: "the bucket name",
-        },
-        Attr {
-            name: "arn",
-            ty: Ty::String,
-            doc: "the bucket ARN",
-        },
+        Attr::new("id", Ty::String, "the bucket name"),
+        Attr::new("arn", Ty::String, "the bucket ARN"),
     ],
     taggable: true,
     name_field: Some("name"),

@@ -8,7 +8,8 @@ use std::collections::BTreeSet;
 use aws_sdk_ec2::types::{IpPermission, IpRange, ResourceType, UserIdGroupPair};
 use serde_json::{Map, Value as Json};
 
-use super::{api_error, ec2, observed, opt_str, owner_filters, sync_tags, tag_spec};
+use super::ec2_listing::{self, paged_listing};
+use super::{api_error, ec2, observed, opt_str, sync_tags, tag_spec};
 use ralph_core::driver::{Context, Desired, Driver, DriverError, Known, Observed, Timeouts};
 use ralph_core::model::kinds::{checks, Attr, Field, KindSchema, Ty};
 
@@ -58,16 +59,8 @@ static SCHEMA: KindSchema = KindSchema {
             .check(checks::tags),
     ],
     attrs: &[
-        Attr {
-            name: "id",
-            ty: Ty::String,
-            doc: "the group id (sg-...)",
-        },
-        Attr {
-            name: "arn",
-            ty: Ty::String,
-            doc: "the group ARN",
-        },
+        Attr::new("id", Ty::String, "the group id (sg-...)"),
+        Attr::new("arn", Ty::String, "the group ARN"),
     ],
     taggable: true,
     name_field: None,
@@ -265,31 +258,21 @@ fn observe(g: &aws_sdk_ec2::types::SecurityGroup) -> Option<Observed> {
     ))
 }
 
-async fn read_one(cx: &Context, id: &str) -> Result<Observed, DriverError> {
-    let out = ec2(cx)
-        .await?
-        .describe_security_groups()
-        .group_ids(id)
-        .send()
-        .await
-        .map_err(|e| api_error("DescribeSecurityGroups", e))?;
-    out.security_groups()
-        .first()
-        .and_then(observe)
-        .ok_or_else(|| DriverError::new(format!("security group {id} vanished")))
-}
+paged_listing!(
+    SecurityGroup,
+    "security group",
+    "group-id",
+    describe_security_groups,
+    set_filters,
+    security_groups,
+    "DescribeSecurityGroups",
+    observe
+);
 
 #[async_trait::async_trait]
 impl Driver for SecurityGroup {
     async fn lookup(&self, cx: &Context, id: &str) -> Result<Option<Observed>, DriverError> {
-        let out = ec2(cx)
-            .await?
-            .describe_security_groups()
-            .filters(super::id_filter("group-id", id))
-            .send()
-            .await
-            .map_err(|e| api_error("DescribeSecurityGroups", e))?;
-        Ok(out.security_groups().iter().find_map(observe))
+        ec2_listing::by_id::<Self>(cx, id).await
     }
     fn service(&self) -> &'static str {
         "ec2"
@@ -315,18 +298,7 @@ impl Driver for SecurityGroup {
     }
 
     async fn refresh(&self, cx: &Context, _known: &[Known]) -> Result<Vec<Observed>, DriverError> {
-        let mut pages = ec2(cx)
-            .await?
-            .describe_security_groups()
-            .set_filters(Some(owner_filters(&cx.owner)))
-            .into_paginator()
-            .send();
-        let mut out = Vec::new();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| api_error("DescribeSecurityGroups", e))?;
-            out.extend(page.security_groups().iter().filter_map(observe));
-        }
-        Ok(out)
+        ec2_listing::owned::<Self>(cx).await
     }
 
     async fn create(&self, cx: &Context, want: &Desired<'_>) -> Result<Observed, DriverError> {
@@ -344,7 +316,7 @@ impl Driver for SecurityGroup {
             .group_id()
             .ok_or_else(|| DriverError::new("CreateSecurityGroup returned no id"))?
             .to_string();
-        let fresh = read_one(cx, &id).await?;
+        let fresh = ec2_listing::read_back::<Self>(cx, &id).await?;
         // Ingress and egress rules are independent calls.
         futures::try_join!(
             sync_rules(
@@ -362,7 +334,7 @@ impl Driver for SecurityGroup {
                 want.props.get("egress"),
             )
         )?;
-        read_one(cx, &id).await
+        ec2_listing::read_back::<Self>(cx, &id).await
     }
 
     async fn update(
@@ -395,7 +367,7 @@ impl Driver for SecurityGroup {
         if changed.iter().any(|c| c == "tags") {
             sync_tags(cx, &have.id, have, want).await?;
         }
-        read_one(cx, &have.id).await
+        ec2_listing::read_back::<Self>(cx, &have.id).await
     }
 
     async fn delete(

@@ -3,7 +3,8 @@
 use aws_sdk_ec2::types::{AttributeBooleanValue, ResourceType};
 use serde_json::Value as Json;
 
-use super::{api_error, ec2, observed, opt_str, owner_filters, sync_tags, tag_spec};
+use super::ec2_listing::{self, paged_listing};
+use super::{api_error, ec2, observed, opt_str, sync_tags, tag_spec};
 use ralph_core::driver::{Context, Desired, Driver, DriverError, Known, Observed, Timeouts};
 use ralph_core::model::kinds::{checks, Attr, Field, KindSchema, Ty};
 
@@ -41,16 +42,8 @@ static SCHEMA: KindSchema = KindSchema {
             .check(checks::tags),
     ],
     attrs: &[
-        Attr {
-            name: "id",
-            ty: Ty::String,
-            doc: "the subnet id (subnet-...)",
-        },
-        Attr {
-            name: "arn",
-            ty: Ty::String,
-            doc: "the subnet ARN",
-        },
+        Attr::new("id", Ty::String, "the subnet id (subnet-...)"),
+        Attr::new("arn", Ty::String, "the subnet ARN"),
     ],
     taggable: true,
     name_field: None,
@@ -78,20 +71,6 @@ fn observe(s: &aws_sdk_ec2::types::Subnet) -> Option<Observed> {
     ))
 }
 
-async fn read_one(cx: &Context, id: &str) -> Result<Observed, DriverError> {
-    let out = ec2(cx)
-        .await?
-        .describe_subnets()
-        .subnet_ids(id)
-        .send()
-        .await
-        .map_err(|e| api_error("DescribeSubnets", e))?;
-    out.subnets()
-        .first()
-        .and_then(observe)
-        .ok_or_else(|| DriverError::new(format!("subnet {id} vanished right after it was changed")))
-}
-
 async fn set_public(cx: &Context, id: &str, public: bool) -> Result<(), DriverError> {
     ec2(cx)
         .await?
@@ -104,17 +83,21 @@ async fn set_public(cx: &Context, id: &str, public: bool) -> Result<(), DriverEr
     Ok(())
 }
 
+paged_listing!(
+    Subnet,
+    "subnet",
+    "subnet-id",
+    describe_subnets,
+    set_filters,
+    subnets,
+    "DescribeSubnets",
+    observe
+);
+
 #[async_trait::async_trait]
 impl Driver for Subnet {
     async fn lookup(&self, cx: &Context, id: &str) -> Result<Option<Observed>, DriverError> {
-        let out = ec2(cx)
-            .await?
-            .describe_subnets()
-            .filters(super::id_filter("subnet-id", id))
-            .send()
-            .await
-            .map_err(|e| api_error("DescribeSubnets", e))?;
-        Ok(out.subnets().iter().find_map(observe))
+        ec2_listing::by_id::<Self>(cx, id).await
     }
     fn service(&self) -> &'static str {
         "ec2"
@@ -125,18 +108,7 @@ impl Driver for Subnet {
     }
 
     async fn refresh(&self, cx: &Context, _known: &[Known]) -> Result<Vec<Observed>, DriverError> {
-        let mut pages = ec2(cx)
-            .await?
-            .describe_subnets()
-            .set_filters(Some(owner_filters(&cx.owner)))
-            .into_paginator()
-            .send();
-        let mut out = Vec::new();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| api_error("DescribeSubnets", e))?;
-            out.extend(page.subnets().iter().filter_map(observe));
-        }
-        Ok(out)
+        ec2_listing::owned::<Self>(cx).await
     }
 
     async fn create(&self, cx: &Context, want: &Desired<'_>) -> Result<Observed, DriverError> {
@@ -158,7 +130,7 @@ impl Driver for Subnet {
         if want.bool("map_public_ip_on_launch") == Some(true) {
             set_public(cx, &id, true).await?;
         }
-        read_one(cx, &id).await
+        ec2_listing::read_back::<Self>(cx, &id).await
     }
 
     async fn update(
@@ -179,7 +151,7 @@ impl Driver for Subnet {
         if changed.iter().any(|c| c == "tags") {
             sync_tags(cx, &have.id, have, want).await?;
         }
-        read_one(cx, &have.id).await
+        ec2_listing::read_back::<Self>(cx, &have.id).await
     }
 
     async fn delete(

@@ -1,9 +1,10 @@
 //! `aws.vpc`: a VPC with its DNS settings.
 
-use aws_sdk_ec2::types::{AttributeBooleanValue, ResourceType, VpcAttributeName};
+use aws_sdk_ec2::types::{AttributeBooleanValue, Filter, ResourceType, VpcAttributeName};
 use serde_json::Value as Json;
 
-use super::{api_error, ec2, observed, owner_filters, sync_tags, tag_spec};
+use super::ec2_listing::{self, Listed};
+use super::{api_error, ec2, observed, sync_tags, tag_spec};
 use ralph_core::driver::{Context, Desired, Driver, DriverError, Known, Observed, Timeouts};
 use ralph_core::model::kinds::{checks, Attr, Field, KindSchema, Ty};
 
@@ -48,21 +49,13 @@ static SCHEMA: KindSchema = KindSchema {
             .check(checks::tags),
     ],
     attrs: &[
-        Attr {
-            name: "id",
-            ty: Ty::String,
-            doc: "the VPC id (vpc-...)",
-        },
-        Attr {
-            name: "owner_id",
-            ty: Ty::String,
-            doc: "the owning account",
-        },
-        Attr {
-            name: "default_security_group_id",
-            ty: Ty::String,
-            doc: "the VPC's default security group",
-        },
+        Attr::new("id", Ty::String, "the VPC id (vpc-...)"),
+        Attr::new("owner_id", Ty::String, "the owning account"),
+        Attr::new(
+            "default_security_group_id",
+            Ty::String,
+            "the VPC's default security group",
+        ),
     ],
     taggable: true,
     name_field: None,
@@ -124,17 +117,14 @@ async fn set_dns(
     Ok(())
 }
 
-/// After a change only the changed VPC is read back, not every VPC the
-/// stack owns (each costs two DNS attribute calls).
-async fn read_one(cx: &Context, id: &str) -> Result<Observed, DriverError> {
-    let by_id = aws_sdk_ec2::types::Filter::builder()
-        .name("vpc-id")
-        .values(id)
-        .build();
-    let all = describe(cx, vec![by_id]).await?;
-    all.into_iter()
-        .find(|o| o.id == id)
-        .ok_or_else(|| DriverError::new(format!("VPC {id} vanished right after it was changed")))
+#[async_trait::async_trait]
+impl Listed for Vpc {
+    const NOUN: &'static str = "VPC";
+    const ID_FILTER: &'static str = "vpc-id";
+
+    async fn describe(cx: &Context, filters: Vec<Filter>) -> Result<Vec<Observed>, DriverError> {
+        describe(cx, filters).await
+    }
 }
 
 /// The VPCs matching `filters`, with their DNS attributes and default
@@ -205,10 +195,7 @@ async fn describe(
 #[async_trait::async_trait]
 impl Driver for Vpc {
     async fn lookup(&self, cx: &Context, id: &str) -> Result<Option<Observed>, DriverError> {
-        Ok(describe(cx, vec![super::id_filter("vpc-id", id)])
-            .await?
-            .into_iter()
-            .next())
+        ec2_listing::by_id::<Self>(cx, id).await
     }
     fn service(&self) -> &'static str {
         "ec2"
@@ -219,7 +206,7 @@ impl Driver for Vpc {
     }
 
     async fn refresh(&self, cx: &Context, _known: &[Known]) -> Result<Vec<Observed>, DriverError> {
-        describe(cx, owner_filters(&cx.owner)).await
+        ec2_listing::owned::<Self>(cx).await
     }
 
     async fn create(&self, cx: &Context, want: &Desired<'_>) -> Result<Observed, DriverError> {
@@ -271,7 +258,7 @@ impl Driver for Vpc {
             want.bool("enable_dns_hostnames"),
         )
         .await?;
-        read_one(cx, &id).await
+        ec2_listing::read_back::<Self>(cx, &id).await
     }
 
     async fn update(
@@ -298,7 +285,7 @@ impl Driver for Vpc {
         if changed.iter().any(|c| c == "tags") {
             sync_tags(cx, &have.id, have, want).await?;
         }
-        read_one(cx, &have.id).await
+        ec2_listing::read_back::<Self>(cx, &have.id).await
     }
 
     async fn delete(

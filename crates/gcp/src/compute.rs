@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use serde_json::{json, Map, Value as Json};
 
+use super::OpState;
 use super::{
     call, call_create, call_opt, describe, description_filter, from_description, json, message,
     observed, GcpClients,
@@ -110,16 +111,12 @@ fn direction(v: &Json) -> Result<(), String> {
     }
 }
 
-const ID: Attr = Attr {
-    name: "id",
-    ty: Ty::String,
-    doc: "the resource's path, such as projects/P/global/networks/NAME (what other resources refer to)",
-};
-const SELF_LINK: Attr = Attr {
-    name: "self_link",
-    ty: Ty::String,
-    doc: "the resource's full URL",
-};
+const ID: Attr = Attr::new(
+    "id",
+    Ty::String,
+    "the resource's path, such as projects/P/global/networks/NAME (what other resources refer to)",
+);
+const SELF_LINK: Attr = Attr::new("self_link", Ty::String, "the resource's full URL");
 
 static NETWORK: KindSchema = KindSchema {
     kind: "gcp.network",
@@ -174,7 +171,7 @@ static SUBNETWORK: KindSchema = KindSchema {
         Field::new("private_google_access", Ty::Bool, "reach Google APIs without external addresses").default("true"),
         Field::new("description", Ty::String, "what it is for").default("\"\"").forces_replace(),
     ],
-    attrs: &[ID, SELF_LINK, Attr { name: "gateway_address", ty: Ty::String, doc: "the subnetwork's gateway" }],
+    attrs: &[ID, SELF_LINK, Attr::new("gateway_address", Ty::String, "the subnetwork's gateway")],
     taggable: false,
     name_field: Some("name"),
     exactly_one_of: &[],
@@ -292,7 +289,7 @@ static GLOBAL_ADDRESS: KindSchema = KindSchema {
         Field::new("prefix_length", Ty::Int, "the range's size (16: a /16)").default("16").forces_replace().check(ralph_core::model::kinds::checks::range::<8, 29>),
         Field::new("description", Ty::String, "what it is for").default("\"\"").forces_replace(),
     ],
-    attrs: &[ID, SELF_LINK, Attr { name: "address", ty: Ty::String, doc: "the range's first address" }],
+    attrs: &[ID, SELF_LINK, Attr::new("address", Ty::String, "the range's first address")],
     taggable: false,
     name_field: Some("name"),
     exactly_one_of: &[],
@@ -502,88 +499,78 @@ impl ComputeKind {
         region: &str,
     ) -> Result<Vec<Observed>, DriverError> {
         let filter = description_filter(&cx.owner);
-        let mut out = Vec::new();
-        let mut token = String::new();
         let what = format!("listing {}", self.collection.path());
-        loop {
-            let t = token.clone();
-            let page: Json = match self.collection {
-                Collection::Networks => json(
-                    &call(cx, SERVICE, &what, || {
-                        g.networks
-                            .list()
-                            .set_project(&g.project)
-                            .set_filter(&filter)
-                            .set_max_results(500u32)
-                            .set_page_token(&t)
-                            .send()
-                    })
-                    .await?,
-                ),
-                Collection::Subnetworks => json(
-                    &call(cx, SERVICE, &what, || {
-                        g.subnetworks
-                            .list()
-                            .set_project(&g.project)
-                            .set_region(region)
-                            .set_filter(&filter)
-                            .set_max_results(500u32)
-                            .set_page_token(&t)
-                            .send()
-                    })
-                    .await?,
-                ),
-                Collection::Firewalls => json(
-                    &call(cx, SERVICE, &what, || {
-                        g.firewalls
-                            .list()
-                            .set_project(&g.project)
-                            .set_filter(&filter)
-                            .set_max_results(500u32)
-                            .set_page_token(&t)
-                            .send()
-                    })
-                    .await?,
-                ),
-                Collection::Routers => json(
-                    &call(cx, SERVICE, &what, || {
-                        g.routers
-                            .list()
-                            .set_project(&g.project)
-                            .set_region(region)
-                            .set_filter(&filter)
-                            .set_max_results(500u32)
-                            .set_page_token(&t)
-                            .send()
-                    })
-                    .await?,
-                ),
-                Collection::Addresses => json(
-                    &call(cx, SERVICE, &what, || {
-                        g.addresses
-                            .list()
-                            .set_project(&g.project)
-                            .set_filter(&filter)
-                            .set_max_results(500u32)
-                            .set_page_token(&t)
-                            .send()
-                    })
-                    .await?,
-                ),
-            };
-            out.extend(
-                page.get("items")
-                    .and_then(Json::as_array)
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|v| self.observe(v)),
-            );
-            match page.get("nextPageToken").and_then(Json::as_str) {
-                Some(next) if !next.is_empty() => token = next.to_string(),
-                _ => break,
+        crate::every_page(|t| {
+            let (filter, what) = (&filter, &what);
+            async move {
+                let page: Json = match self.collection {
+                    Collection::Networks => json(
+                        &call(cx, SERVICE, what, || {
+                            g.networks
+                                .list()
+                                .set_project(&g.project)
+                                .set_filter(filter)
+                                .set_max_results(500u32)
+                                .set_page_token(&t)
+                                .send()
+                        })
+                        .await?,
+                    ),
+                    Collection::Subnetworks => json(
+                        &call(cx, SERVICE, what, || {
+                            g.subnetworks
+                                .list()
+                                .set_project(&g.project)
+                                .set_region(region)
+                                .set_filter(filter)
+                                .set_max_results(500u32)
+                                .set_page_token(&t)
+                                .send()
+                        })
+                        .await?,
+                    ),
+                    Collection::Firewalls => json(
+                        &call(cx, SERVICE, what, || {
+                            g.firewalls
+                                .list()
+                                .set_project(&g.project)
+                                .set_filter(filter)
+                                .set_max_results(500u32)
+                                .set_page_token(&t)
+                                .send()
+                        })
+                        .await?,
+                    ),
+                    Collection::Routers => json(
+                        &call(cx, SERVICE, what, || {
+                            g.routers
+                                .list()
+                                .set_project(&g.project)
+                                .set_region(region)
+                                .set_filter(filter)
+                                .set_max_results(500u32)
+                                .set_page_token(&t)
+                                .send()
+                        })
+                        .await?,
+                    ),
+                    Collection::Addresses => json(
+                        &call(cx, SERVICE, what, || {
+                            g.addresses
+                                .list()
+                                .set_project(&g.project)
+                                .set_filter(filter)
+                                .set_max_results(500u32)
+                                .set_page_token(&t)
+                                .send()
+                        })
+                        .await?,
+                    ),
+                };
+                Ok(items_of(&page, |v| self.observe(v)))
             }
-        }
-        Ok(out)
+        })
+        .await
     }
 
     async fn get(
@@ -659,6 +646,23 @@ impl ComputeKind {
     }
 }
 
+/// A Compute list page's items, observed, and the next page's token.
+pub fn items_of(
+    page: &Json,
+    observe: impl Fn(&Json) -> Option<Observed>,
+) -> (Vec<Observed>, Option<String>) {
+    let items = page
+        .get("items")
+        .and_then(Json::as_array)
+        .into_iter()
+        .flatten();
+    let next = page.get("nextPageToken").and_then(Json::as_str);
+    (
+        items.filter_map(observe).collect(),
+        next.map(str::to_string),
+    )
+}
+
 /// Waits for a Compute operation (global or regional) to finish; its
 /// error, if any, fails. `what` names it in progress lines and errors.
 pub async fn wait_op(
@@ -678,21 +682,18 @@ pub async fn wait_op(
         .get("region")
         .and_then(Json::as_str)
         .map(|r| super::short_name(r).to_string());
+    let (name, region) = (&name, &region);
     let what = format!("{what} operation {name}");
-    let what_ref = &what;
-    cx.wait_until(address, &what, timeout, || {
-        let name = name.clone();
-        let region = region.clone();
-        let what = what_ref;
-        async move {
-            let op: Json = match &region {
+    crate::wait_operation(cx, address, &what, timeout, || async move {
+        {
+            let op: Json = match region {
                 Some(r) => json(
                     &call(cx, SERVICE, "reading a region operation", || {
                         g.region_ops
                             .get()
                             .set_project(&g.project)
                             .set_region(r)
-                            .set_operation(&name)
+                            .set_operation(name)
                             .send()
                     })
                     .await?,
@@ -702,37 +703,33 @@ pub async fn wait_op(
                         g.global_ops
                             .get()
                             .set_project(&g.project)
-                            .set_operation(&name)
+                            .set_operation(name)
                             .send()
                     })
                     .await?,
                 ),
             };
-            let status = op
-                .get("status")
-                .and_then(Json::as_str)
-                .unwrap_or("PENDING")
-                .to_string();
+            let status = op.get("status").and_then(Json::as_str).unwrap_or("PENDING");
             if status != "DONE" {
-                return Ok((None, status));
+                return Ok(OpState::Running(status.to_string()));
             }
-            if let Some(errors) = op.pointer("/error/errors").and_then(Json::as_array) {
-                let text: Vec<String> = errors
-                    .iter()
-                    .map(|e| {
-                        format!(
-                            "{}: {}",
-                            super::s(e, "code").as_str().unwrap_or("ERROR"),
-                            super::s(e, "message").as_str().unwrap_or_default()
-                        )
-                    })
-                    .collect();
-                return Err(DriverError::new(format!(
-                    "{what} failed: {}",
-                    text.join("; ")
-                )));
-            }
-            Ok((Some(()), status))
+            let errors = op.pointer("/error/errors").and_then(Json::as_array);
+            Ok(match errors {
+                Some(errors) => OpState::Failed(
+                    errors
+                        .iter()
+                        .map(|e| {
+                            format!(
+                                "{}: {}",
+                                super::s(e, "code").as_str().unwrap_or("ERROR"),
+                                super::s(e, "message").as_str().unwrap_or_default()
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                ),
+                None => OpState::Done,
+            })
         }
     })
     .await

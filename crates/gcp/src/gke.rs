@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value as Json};
 
+use super::OpState;
 use super::{call, call_opt, from_labels, json, labels, message, observed};
 use ralph_core::driver::{
     Context, Desired, Driver, DriverError, Known, Observed, Timeouts, READY_ATTR, STATUS_ATTR,
@@ -162,21 +163,9 @@ static CLUSTER: KindSchema = KindSchema {
         .default("{}"),
     ],
     attrs: &[
-        Attr {
-            name: "id",
-            ty: Ty::String,
-            doc: "projects/P/locations/L/clusters/NAME",
-        },
-        Attr {
-            name: "endpoint",
-            ty: Ty::String,
-            doc: "the API server's URL",
-        },
-        Attr {
-            name: "certificate_authority",
-            ty: Ty::String,
-            doc: "the cluster's CA certificate (base64 PEM)",
-        },
+        Attr::new("id", Ty::String, "projects/P/locations/L/clusters/NAME"),
+        Attr::new("endpoint", Ty::String, "the API server's URL"),
+        Attr::new("certificate_authority", Ty::String, "the cluster's CA certificate (base64 PEM)"),
     ],
     taggable: false,
     name_field: Some("name"),
@@ -232,11 +221,11 @@ static POOL: KindSchema = KindSchema {
         )
         .default("{}"),
     ],
-    attrs: &[Attr {
-        name: "id",
-        ty: Ty::String,
-        doc: "projects/P/locations/L/clusters/C/nodePools/NAME",
-    }],
+    attrs: &[Attr::new(
+        "id",
+        Ty::String,
+        "projects/P/locations/L/clusters/C/nodePools/NAME",
+    )],
     taggable: false,
     name_field: None,
     exactly_one_of: &[],
@@ -360,34 +349,25 @@ fn observe_cluster(c: &google_cloud_container_v1::model::Cluster) -> Observed {
 /// self link (one aggregated list, whatever the number of pools and zones).
 async fn group_sizes(cx: &Context) -> Result<HashMap<String, i64>, DriverError> {
     let g = crate::clients(cx).await?;
-    let mut sizes = HashMap::new();
-    let mut token = String::new();
-    loop {
-        let page = call(
-            cx,
-            "compute",
-            "listing the node pools' instance groups",
-            || {
-                g.instance_groups
-                    .aggregated_list()
-                    .set_project(&g.project)
-                    .set_page_token(token.clone())
-                    .send()
-            },
-        )
+    let sizes = crate::every_page(|token| async move {
+        let what = "listing the node pools' instance groups";
+        let page = call(cx, "compute", what, || {
+            g.instance_groups
+                .aggregated_list()
+                .set_project(&g.project)
+                .set_page_token(token.clone())
+                .send()
+        })
         .await?;
-        for scoped in page.items.values() {
-            for m in &scoped.instance_group_managers {
-                if let (Some(link), Some(size)) = (&m.self_link, m.target_size) {
-                    sizes.insert(relative_link(link), i64::from(size));
-                }
-            }
-        }
-        match page.next_page_token.filter(|t| !t.is_empty()) {
-            Some(t) => token = t,
-            None => return Ok(sizes),
-        }
-    }
+        let managers = page.items.values().flat_map(|s| &s.instance_group_managers);
+        let sizes = managers.filter_map(|m| match (&m.self_link, m.target_size) {
+            (Some(link), Some(size)) => Some((relative_link(link), i64::from(size))),
+            _ => None,
+        });
+        Ok((sizes.collect(), page.next_page_token))
+    })
+    .await?;
+    Ok(sizes.into_iter().collect())
 }
 
 /// `projects/...` from a full Compute URL, so links compare whatever host
@@ -497,31 +477,23 @@ async fn wait_op(
         .find("projects/")
         .map(|i| op.self_link[i..].to_string())
         .unwrap_or(op.name.clone());
-    cx.wait_until(
-        address,
-        &format!("GKE operation {}", op.name),
-        timeout,
-        || {
-            let name = name.clone();
-            async move {
-                let op = call(cx, SERVICE, "reading a GKE operation", || {
-                    g.gke.get_operation().set_name(&name).send()
-                })
-                .await?;
-                let status = op.status.name().unwrap_or("PENDING").to_string();
-                if status != "DONE" {
-                    return Ok((None, status));
-                }
-                if let Some(e) = op.error.as_ref().filter(|e| e.code != 0) {
-                    return Err(DriverError::new(format!(
-                        "GKE operation {name} failed: {}",
-                        e.message
-                    )));
-                }
-                Ok((Some(()), status))
-            }
-        },
-    )
+    let what = format!("GKE operation {}", op.name);
+    crate::wait_operation(cx, address, &what, timeout, || {
+        let name = &name;
+        async move {
+            let op = call(cx, SERVICE, "reading a GKE operation", || {
+                g.gke.get_operation().set_name(name).send()
+            })
+            .await?;
+            Ok(match op.status.name().unwrap_or("PENDING") {
+                "DONE" => match op.error.as_ref().filter(|e| e.code != 0) {
+                    Some(e) => OpState::Failed(e.message.clone()),
+                    None => OpState::Done,
+                },
+                status => OpState::Running(status.to_string()),
+            })
+        }
+    })
     .await
 }
 

@@ -74,21 +74,13 @@ static ACCOUNT: KindSchema = KindSchema {
         Field::new("description", Ty::String, "what it is for").default("\"\""),
     ],
     attrs: &[
-        Attr {
-            name: "id",
-            ty: Ty::String,
-            doc: "projects/P/serviceAccounts/EMAIL",
-        },
-        Attr {
-            name: "email",
-            ty: Ty::String,
-            doc: "the account's email",
-        },
-        Attr {
-            name: "member",
-            ty: Ty::String,
-            doc: "serviceAccount:EMAIL, as IAM bindings name it",
-        },
+        Attr::new("id", Ty::String, "projects/P/serviceAccounts/EMAIL"),
+        Attr::new("email", Ty::String, "the account's email"),
+        Attr::new(
+            "member",
+            Ty::String,
+            "serviceAccount:EMAIL, as IAM bindings name it",
+        ),
     ],
     taggable: false,
     name_field: None,
@@ -116,11 +108,7 @@ static MEMBER: KindSchema = KindSchema {
         .default("\"\"")
         .forces_replace(),
     ],
-    attrs: &[Attr {
-        name: "id",
-        ty: Ty::String,
-        doc: "RESOURCE ROLE MEMBER",
-    }],
+    attrs: &[Attr::new("id", Ty::String, "RESOURCE ROLE MEMBER")],
     taggable: false,
     name_field: None,
     exactly_one_of: &[],
@@ -196,30 +184,27 @@ impl Driver for ServiceAccount {
     async fn refresh(&self, cx: &Context, _known: &[Known]) -> Result<Vec<Observed>, DriverError> {
         let g = crate::clients(cx).await?;
         let parent = format!("projects/{}", g.project);
-        let mut out = Vec::new();
-        let mut token = String::new();
-        loop {
-            let page = call(cx, SERVICE, "listing service accounts", || {
-                g.iam
-                    .list_service_accounts()
-                    .set_name(&parent)
-                    .set_page_size(100)
-                    .set_page_token(&token)
-                    .send()
-            })
-            .await?;
-            out.extend(
-                page.accounts
-                    .iter()
-                    .map(observe_account)
-                    .filter(|o| o.owner.as_ref() == Some(&cx.owner)),
-            );
-            if page.next_page_token.is_empty() {
-                break;
+        let all = crate::every_page(|token| {
+            let parent = &parent;
+            async move {
+                let page = call(cx, SERVICE, "listing service accounts", || {
+                    g.iam
+                        .list_service_accounts()
+                        .set_name(parent)
+                        .set_page_size(100)
+                        .set_page_token(&token)
+                        .send()
+                })
+                .await?;
+                let items = page.accounts.iter().map(observe_account).collect();
+                Ok((items, Some(page.next_page_token)))
             }
-            token = page.next_page_token;
-        }
-        Ok(out)
+        })
+        .await?;
+        Ok(all
+            .into_iter()
+            .filter(|o| o.owner.as_ref() == Some(&cx.owner))
+            .collect())
     }
 
     async fn lookup(&self, cx: &Context, id: &str) -> Result<Option<Observed>, DriverError> {

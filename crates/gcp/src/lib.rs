@@ -291,6 +291,64 @@ pub fn api_error(cx: &Context, what: &str, e: &google_cloud_gax::error::Error) -
 /// are retried with backoff and jitter, and a throttle halves the
 /// service's concurrency (drivers::limits). The call, retries included,
 /// is bounded by RALPH_DEPLOY_API_TIMEOUT (ralph_core::remote).
+/// Where a long-running operation stands, as one read of it says.
+pub enum OpState {
+    /// Not finished; the status to show.
+    Running(String),
+    Done,
+    /// Finished with an error: what the service said.
+    Failed(String),
+}
+
+/// Waits for a long-running operation of any Google Cloud API: `read` reads
+/// it once. `what` names it in progress lines and in the error when it
+/// fails.
+pub async fn wait_operation<F, Fut>(
+    cx: &Context,
+    address: &str,
+    what: &str,
+    timeout: Duration,
+    read: F,
+) -> Result<(), DriverError>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<OpState, DriverError>>,
+{
+    cx.wait_until(address, what, timeout, || {
+        let state = read();
+        async move {
+            match state.await? {
+                OpState::Running(status) => Ok((None, status)),
+                OpState::Done => Ok((Some(()), "DONE".into())),
+                OpState::Failed(message) => {
+                    Err(DriverError::new(format!("{what} failed: {message}")))
+                }
+            }
+        }
+    })
+    .await
+}
+
+/// Every item of a paged listing. `page` is given the page token (empty
+/// for the first page) and answers that page's items and the next token
+/// (empty or none on the last page).
+pub async fn every_page<T, F, Fut>(page: F) -> Result<Vec<T>, DriverError>
+where
+    F: Fn(String) -> Fut,
+    Fut: Future<Output = Result<(Vec<T>, Option<String>), DriverError>>,
+{
+    let mut out = Vec::new();
+    let mut token = String::new();
+    loop {
+        let (items, next) = page(token).await?;
+        out.extend(items);
+        match next.filter(|t| !t.is_empty()) {
+            Some(t) => token = t,
+            None => return Ok(out),
+        }
+    }
+}
+
 pub async fn call<T, F, Fut>(
     cx: &Context,
     service: &str,
@@ -655,6 +713,29 @@ pub fn string_map(v: &Json) -> HashMap<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Pages are read in order, each with the token the one before gave,
+    /// until a page gives none (or an empty one).
+    #[tokio::test]
+    async fn every_page_follows_the_tokens_to_the_end() {
+        let asked = std::sync::Mutex::new(Vec::new());
+        let items = every_page(|token| {
+            asked.lock().unwrap().push(token.clone());
+            async move {
+                Ok(match token.as_str() {
+                    "" => (vec![1, 2], Some("b".to_string())),
+                    "b" => (vec![3], Some("c".to_string())),
+                    _ => (vec![4], Some(String::new())),
+                })
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(items, vec![1, 2, 3, 4]);
+        assert_eq!(*asked.lock().unwrap(), vec!["", "b", "c"]);
+        let failed = every_page::<i32, _, _>(|_| async { Err(DriverError::new("denied")) }).await;
+        assert_eq!(failed.unwrap_err().message, "denied");
+    }
 
     #[test]
     fn label_values_round_trip() {

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value as Json};
 
+use super::OpState;
 use super::{call, call_create, call_opt, from_labels, labels, message, observed};
 use ralph_core::driver::{
     Context, Desired, Driver, DriverError, Known, Observed, Timeouts, READY_ATTR, STATUS_ATTR,
@@ -131,31 +132,11 @@ static SCHEMA: KindSchema = KindSchema {
         .default("{}"),
     ],
     attrs: &[
-        Attr {
-            name: "id",
-            ty: Ty::String,
-            doc: "the instance's resource name",
-        },
-        Attr {
-            name: "host",
-            ty: Ty::String,
-            doc: "the primary endpoint's address",
-        },
-        Attr {
-            name: "port",
-            ty: Ty::Int,
-            doc: "the port",
-        },
-        Attr {
-            name: "auth_secret",
-            ty: Ty::String,
-            doc: "the secret source that reads the AUTH string (memorystore:NAME)",
-        },
-        Attr {
-            name: "server_ca",
-            ty: Ty::String,
-            doc: "the server's CA certificates (PEM) that a TLS client verifies the instance with; empty without TLS",
-        },
+        Attr::new("id", Ty::String, "the instance's resource name"),
+        Attr::new("host", Ty::String, "the primary endpoint's address"),
+        Attr::new("port", Ty::Int, "the port"),
+        Attr::new("auth_secret", Ty::String, "the secret source that reads the AUTH string (memorystore:NAME)"),
+        Attr::new("server_ca", Ty::String, "the server's CA certificates (PEM) that a TLS client verifies the instance with; empty without TLS"),
     ],
     taggable: false,
     name_field: Some("name"),
@@ -239,42 +220,33 @@ async fn wait(
     gone: bool,
 ) -> Result<Option<Observed>, DriverError> {
     let g = crate::clients(cx).await?;
-    let op_name = op.name.clone();
-    cx.wait_until(
-        address,
-        &format!("Memorystore operation {op_name}"),
-        timeout,
-        || {
-            let op_name = op_name.clone();
-            async move {
-                let op = call(cx, SERVICE, "reading an operation", || {
-                    g.redis.get_operation().set_name(&op_name).send()
+    let op_name = &op.name;
+    let what = format!("Memorystore operation {op_name}");
+    crate::wait_operation(cx, address, &what, timeout, || async move {
+        let op = call(cx, SERVICE, "reading an operation", || {
+            g.redis.get_operation().set_name(op_name).send()
+        })
+        .await?;
+        if !op.done {
+            // The instance's own state says more than the operation's.
+            let state = if gone { None } else { read(cx, name).await? };
+            let status = state
+                .and_then(|o| {
+                    o.attrs
+                        .get(STATUS_ATTR)
+                        .and_then(Json::as_str)
+                        .map(str::to_string)
                 })
-                .await?;
-                if !op.done {
-                    let state = if gone { None } else { read(cx, name).await? };
-                    let status = state
-                        .and_then(|o| {
-                            o.attrs
-                                .get(STATUS_ATTR)
-                                .and_then(Json::as_str)
-                                .map(str::to_string)
-                        })
-                        .unwrap_or_else(|| "RUNNING".into());
-                    return Ok((None, status));
-                }
-                if let Some(google_cloud_longrunning::model::operation::Result::Error(e)) =
-                    &op.result
-                {
-                    return Err(DriverError::new(format!(
-                        "Memorystore operation {op_name} failed: {}",
-                        e.message
-                    )));
-                }
-                Ok((Some(()), "DONE".into()))
+                .unwrap_or_else(|| "RUNNING".into());
+            return Ok(OpState::Running(status));
+        }
+        Ok(match &op.result {
+            Some(google_cloud_longrunning::model::operation::Result::Error(e)) => {
+                OpState::Failed(e.message.clone())
             }
-        },
-    )
+            _ => OpState::Done,
+        })
+    })
     .await?;
     if gone {
         return Ok(None);
@@ -346,30 +318,27 @@ impl Driver for RedisInstance {
         let g = crate::clients(cx).await?;
         // `-`: every region, one paged listing.
         let parent = g.location_path("-");
-        let mut out = Vec::new();
-        let mut token = String::new();
-        loop {
-            let page = call(cx, SERVICE, "listing Redis instances", || {
-                g.redis
-                    .list_instances()
-                    .set_parent(&parent)
-                    .set_page_size(1000)
-                    .set_page_token(&token)
-                    .send()
-            })
-            .await?;
-            out.extend(
-                page.instances
-                    .iter()
-                    .map(observe)
-                    .filter(|o| o.owner.as_ref() == Some(&cx.owner)),
-            );
-            if page.next_page_token.is_empty() {
-                break;
+        let all = crate::every_page(|token| {
+            let parent = &parent;
+            async move {
+                let page = call(cx, SERVICE, "listing Redis instances", || {
+                    g.redis
+                        .list_instances()
+                        .set_parent(parent)
+                        .set_page_size(1000)
+                        .set_page_token(&token)
+                        .send()
+                })
+                .await?;
+                let items = page.instances.iter().map(observe).collect();
+                Ok((items, Some(page.next_page_token)))
             }
-            token = page.next_page_token;
-        }
-        Ok(out)
+        })
+        .await?;
+        Ok(all
+            .into_iter()
+            .filter(|o| o.owner.as_ref() == Some(&cx.owner))
+            .collect())
     }
 
     async fn lookup(&self, cx: &Context, id: &str) -> Result<Option<Observed>, DriverError> {

@@ -185,10 +185,8 @@ impl<'a> Rest<'a> {
         size_param: &str,
         what: &str,
     ) -> Result<Vec<Json>, DriverError> {
-        let mut out = Vec::new();
-        let mut token = String::new();
-        loop {
-            let sep = if path.contains('?') { '&' } else { '?' };
+        let sep = if path.contains('?') { '&' } else { '?' };
+        crate::every_page(|token| async move {
             let mut url = format!("{path}{sep}{size_param}=200");
             if !token.is_empty() {
                 url.push_str(&format!("&pageToken={token}"));
@@ -197,12 +195,11 @@ impl<'a> Rest<'a> {
                 .send("GET", &url, None, what)
                 .await?
                 .unwrap_or_default();
-            out.extend(page[key].as_array().into_iter().flatten().cloned());
-            match page["nextPageToken"].as_str().filter(|t| !t.is_empty()) {
-                Some(t) => token = t.to_string(),
-                None => return Ok(out),
-            }
-        }
+            let items = page[key].as_array().into_iter().flatten().cloned();
+            let next = page["nextPageToken"].as_str().map(str::to_string);
+            Ok((items.collect(), next))
+        })
+        .await
     }
 
     /// Every page of a list at `path` (which has no query string yet), the

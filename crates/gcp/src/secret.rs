@@ -79,21 +79,21 @@ static SCHEMA: KindSchema = KindSchema {
         .default("{}"),
     ],
     attrs: &[
-        Attr {
-            name: "id",
-            ty: Ty::String,
-            doc: "the secret's resource name, projects/P/secrets/NAME",
-        },
-        Attr {
-            name: "ref",
-            ty: Ty::String,
-            doc: "what a secret source names: the resource name",
-        },
-        Attr {
-            name: "version_id",
-            ty: Ty::String,
-            doc: "the current version's resource name",
-        },
+        Attr::new(
+            "id",
+            Ty::String,
+            "the secret's resource name, projects/P/secrets/NAME",
+        ),
+        Attr::new(
+            "ref",
+            Ty::String,
+            "what a secret source names: the resource name",
+        ),
+        Attr::new(
+            "version_id",
+            Ty::String,
+            "the current version's resource name",
+        ),
     ],
     taggable: false,
     name_field: Some("name"),
@@ -263,26 +263,24 @@ impl Driver for Secret {
         let g = crate::clients(cx).await?;
         let parent = format!("projects/{}", g.project);
         let filter = label_filter(&cx.owner, "labels.");
-        let mut out = Vec::new();
-        let mut token = String::new();
-        loop {
-            let page = call(cx, SERVICE, "listing secrets", || {
-                g.secrets
-                    .list_secrets()
-                    .set_parent(&parent)
-                    .set_filter(&filter)
-                    .set_page_size(250)
-                    .set_page_token(&token)
-                    .send()
-            })
-            .await?;
-            out.extend(page.secrets.iter().map(json).filter_map(|v| observe(&v)));
-            if page.next_page_token.is_empty() {
-                break;
+        crate::every_page(|token| {
+            let (parent, filter) = (&parent, &filter);
+            async move {
+                let page = call(cx, SERVICE, "listing secrets", || {
+                    g.secrets
+                        .list_secrets()
+                        .set_parent(parent)
+                        .set_filter(filter)
+                        .set_page_size(250)
+                        .set_page_token(&token)
+                        .send()
+                })
+                .await?;
+                let items = page.secrets.iter().map(json).filter_map(|v| observe(&v));
+                Ok((items.collect(), Some(page.next_page_token)))
             }
-            token = page.next_page_token;
-        }
-        Ok(out)
+        })
+        .await
     }
 
     async fn lookup(&self, cx: &Context, id: &str) -> Result<Option<Observed>, DriverError> {

@@ -123,8 +123,8 @@ static SCHEMA: KindSchema = KindSchema {
         Field::new("adaptive_protection", Ty::Bool, "Layer 7 DDoS defense (Adaptive Protection): Google learns the traffic and proposes rules against an attack").default("true"),
     ],
     attrs: &[
-        Attr { name: "id", ty: Ty::String, doc: "the policy's path, projects/P/global/securityPolicies/NAME" },
-        Attr { name: "self_link", ty: Ty::String, doc: "the policy's full URL" },
+        Attr::new("id", Ty::String, "the policy's path, projects/P/global/securityPolicies/NAME"),
+        Attr::new("self_link", Ty::String, "the policy's full URL"),
     ],
     taggable: false,
     name_field: Some("name"),
@@ -423,35 +423,25 @@ impl Driver for SecurityPolicy {
     async fn refresh(&self, cx: &Context, _known: &[Known]) -> Result<Vec<Observed>, DriverError> {
         let g = crate::clients(cx).await?;
         let filter = description_filter(&cx.owner);
-        let mut out = Vec::new();
-        let mut token = String::new();
-        loop {
-            let t = token.clone();
-            let page = json(
-                &call(cx, SERVICE, "listing security policies", || {
-                    g.security_policies
-                        .list()
-                        .set_project(&g.project)
-                        .set_filter(&filter)
-                        .set_max_results(500u32)
-                        .set_page_token(&t)
-                        .send()
-                })
-                .await?,
-            );
-            out.extend(
-                page.get("items")
-                    .and_then(Json::as_array)
-                    .into_iter()
-                    .flatten()
-                    .filter_map(Self::observe),
-            );
-            match page.get("nextPageToken").and_then(Json::as_str) {
-                Some(next) if !next.is_empty() => token = next.to_string(),
-                _ => break,
+        crate::every_page(|token| {
+            let filter = &filter;
+            async move {
+                let page = json(
+                    &call(cx, SERVICE, "listing security policies", || {
+                        g.security_policies
+                            .list()
+                            .set_project(&g.project)
+                            .set_filter(filter)
+                            .set_max_results(500u32)
+                            .set_page_token(&token)
+                            .send()
+                    })
+                    .await?,
+                );
+                Ok(crate::compute::items_of(&page, Self::observe))
             }
-        }
-        Ok(out)
+        })
+        .await
     }
 
     async fn lookup(&self, cx: &Context, id: &str) -> Result<Option<Observed>, DriverError> {

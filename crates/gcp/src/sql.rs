@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value as Json};
 
+use super::OpState;
 use super::{
     call, call_create, call_opt, from_labels, json, label_filter, labels, message, observed,
 };
@@ -201,26 +202,10 @@ static INSTANCE: KindSchema = KindSchema {
         .check(super::compute::rfc1035),
     ],
     attrs: &[
-        Attr {
-            name: "id",
-            ty: Ty::String,
-            doc: "the instance's name",
-        },
-        Attr {
-            name: "connection_name",
-            ty: Ty::String,
-            doc: "PROJECT:REGION:NAME, for the Cloud SQL Auth Proxy",
-        },
-        Attr {
-            name: "address",
-            ty: Ty::String,
-            doc: "the private IP (or the public one without a private network)",
-        },
-        Attr {
-            name: "port",
-            ty: Ty::Int,
-            doc: "5432",
-        },
+        Attr::new("id", Ty::String, "the instance's name"),
+        Attr::new("connection_name", Ty::String, "PROJECT:REGION:NAME, for the Cloud SQL Auth Proxy"),
+        Attr::new("address", Ty::String, "the private IP (or the public one without a private network)"),
+        Attr::new("port", Ty::Int, "5432"),
     ],
     taggable: false,
     name_field: Some("name"),
@@ -255,11 +240,7 @@ static DATABASE: KindSchema = KindSchema {
             .default("\"UTF8\"")
             .forces_replace(),
     ],
-    attrs: &[Attr {
-        name: "id",
-        ty: Ty::String,
-        doc: "INSTANCE/databases/NAME",
-    }],
+    attrs: &[Attr::new("id", Ty::String, "INSTANCE/databases/NAME")],
     taggable: false,
     name_field: None,
     exactly_one_of: &[],
@@ -275,7 +256,7 @@ static USER: KindSchema = KindSchema {
         Field::new("password_secret", Ty::String, "the secret holding the password: a Secret Manager name (projects/P/secrets/S, `#key` picks a JSON key) or `env:VARIABLE`").required().check(ralph_core::driver::secret_value::secret_source),
         Field::new("password_version", Ty::String, "the secret's current version, usually `${admin_password.version_id}`: a new one sets the new password"),
     ],
-    attrs: &[Attr { name: "id", ty: Ty::String, doc: "INSTANCE/users/NAME" }],
+    attrs: &[Attr::new("id", Ty::String, "INSTANCE/users/NAME")],
     taggable: false,
     name_field: None,
     exactly_one_of: &[],
@@ -411,41 +392,32 @@ pub(super) async fn wait_op(
     timeout: Duration,
 ) -> Result<(), DriverError> {
     let g = crate::clients(cx).await?;
-    let name = op.name.clone();
-    cx.wait_until(
-        address,
-        &format!("Cloud SQL operation {name}"),
-        timeout,
-        || {
-            let name = name.clone();
-            async move {
-                let op = call(cx, SERVICE, "reading a Cloud SQL operation", || {
-                    g.sql_ops
-                        .get()
-                        .set_project(&g.project)
-                        .set_operation(&name)
-                        .send()
-                })
-                .await?;
-                let status = op.status.name().unwrap_or("PENDING").to_string();
-                if status != "DONE" {
-                    return Ok((None, status));
-                }
-                if let Some(errors) = op.error.as_ref().filter(|e| !e.errors.is_empty()) {
-                    let text: Vec<String> = errors
+    let name = &op.name;
+    let what = format!("Cloud SQL operation {name}");
+    crate::wait_operation(cx, address, &what, timeout, || async move {
+        let op = call(cx, SERVICE, "reading a Cloud SQL operation", || {
+            g.sql_ops
+                .get()
+                .set_project(&g.project)
+                .set_operation(name)
+                .send()
+        })
+        .await?;
+        Ok(match op.status.name().unwrap_or("PENDING") {
+            "DONE" => match op.error.as_ref().filter(|e| !e.errors.is_empty()) {
+                Some(errors) => OpState::Failed(
+                    errors
                         .errors
                         .iter()
                         .map(|e| format!("{}: {}", e.code, e.message))
-                        .collect();
-                    return Err(DriverError::new(format!(
-                        "Cloud SQL operation {name} failed: {}",
-                        text.join("; ")
-                    )));
-                }
-                Ok((Some(()), status))
-            }
-        },
-    )
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                ),
+                None => OpState::Done,
+            },
+            status => OpState::Running(status.to_string()),
+        })
+    })
     .await
 }
 
@@ -526,31 +498,28 @@ impl Driver for Instance {
     async fn refresh(&self, cx: &Context, _known: &[Known]) -> Result<Vec<Observed>, DriverError> {
         let g = crate::clients(cx).await?;
         let filter = label_filter(&cx.owner, "settings.userLabels.");
-        let mut out = Vec::new();
-        let mut token = String::new();
-        loop {
-            let page = call(cx, SERVICE, "listing Cloud SQL instances", || {
-                g.sql
-                    .list()
-                    .set_project(&g.project)
-                    .set_filter(&filter)
-                    .set_max_results(500u32)
-                    .set_page_token(&token)
-                    .send()
-            })
-            .await?;
-            out.extend(
-                page.items
-                    .iter()
-                    .map(observe_instance)
-                    .filter(|o| o.owner.as_ref() == Some(&cx.owner)),
-            );
-            if page.next_page_token.is_empty() {
-                break;
+        let all = crate::every_page(|token| {
+            let filter = &filter;
+            async move {
+                let page = call(cx, SERVICE, "listing Cloud SQL instances", || {
+                    g.sql
+                        .list()
+                        .set_project(&g.project)
+                        .set_filter(filter)
+                        .set_max_results(500u32)
+                        .set_page_token(&token)
+                        .send()
+                })
+                .await?;
+                let items = page.items.iter().map(observe_instance).collect();
+                Ok((items, Some(page.next_page_token)))
             }
-            token = page.next_page_token;
-        }
-        Ok(out)
+        })
+        .await?;
+        Ok(all
+            .into_iter()
+            .filter(|o| o.owner.as_ref() == Some(&cx.owner))
+            .collect())
     }
 
     async fn lookup(&self, cx: &Context, id: &str) -> Result<Option<Observed>, DriverError> {

@@ -117,16 +117,8 @@ static SCHEMA: KindSchema = KindSchema {
         Field::new("labels", Ty::StringMap, "labels besides the ownership labels").default("{}"),
     ],
     attrs: &[
-        Attr {
-            name: "id",
-            ty: Ty::String,
-            doc: "the bucket name",
-        },
-        Attr {
-            name: "url",
-            ty: Ty::String,
-            doc: "gs://NAME",
-        },
+        Attr::new("id", Ty::String, "the bucket name"),
+        Attr::new("url", Ty::String, "gs://NAME"),
     ],
     taggable: false,
     name_field: Some("name"),

@@ -38,16 +38,12 @@ static SCHEMA: KindSchema = KindSchema {
         .check(computed),
     ],
     attrs: &[
-        Attr {
-            name: "id",
-            ty: Ty::String,
-            doc: "host:port/database",
-        },
-        Attr {
-            name: "failed",
-            ty: Ty::String,
-            doc: "the migration that failed last, if any",
-        },
+        Attr::new("id", Ty::String, "host:port/database"),
+        Attr::new(
+            "failed",
+            Ty::String,
+            "the migration that failed last, if any",
+        ),
     ],
     taggable: false,
     name_field: None,
