@@ -90,11 +90,31 @@ static SCHEMA: KindSchema = KindSchema {
             .check(checks::tags),
     ],
     attrs: &[
-        Attr::new("id", Ty::String, "the certificate ARN"),
-        Attr::new("arn", Ty::String, "the certificate ARN (the Ingress's alb.ingress.kubernetes.io/certificate-arn)"),
-        Attr::new("status", Ty::String, "PENDING_VALIDATION until the DNS records exist, then ISSUED"),
-        Attr::new("validation_records", Ty::List(&Ty::StringMap), "the DNS records ACM asks for, one per name: domain, name, type and value"),
-        Attr::new("in_use_by", Ty::List(&Ty::String), "the load balancers that serve it"),
+        Attr {
+            name: "id",
+            ty: Ty::String,
+            doc: "the certificate ARN",
+        },
+        Attr {
+            name: "arn",
+            ty: Ty::String,
+            doc: "the certificate ARN (the Ingress's alb.ingress.kubernetes.io/certificate-arn)",
+        },
+        Attr {
+            name: "status",
+            ty: Ty::String,
+            doc: "PENDING_VALIDATION until the DNS records exist, then ISSUED",
+        },
+        Attr {
+            name: "validation_records",
+            ty: Ty::List(&Ty::StringMap),
+            doc: "the DNS records ACM asks for, one per name: domain, name, type and value",
+        },
+        Attr {
+            name: "in_use_by",
+            ty: Ty::List(&Ty::String),
+            doc: "the load balancers that serve it",
+        },
     ],
     taggable: true,
     name_field: None,

@@ -16,8 +16,16 @@ static SCHEMA: KindSchema = KindSchema {
             .check(checks::tags),
     ],
     attrs: &[
-        Attr::new("id", Ty::String, "the allocation id (eipalloc-...)"),
-        Attr::new("public_ip", Ty::String, "the address"),
+        Attr {
+            name: "id",
+            ty: Ty::String,
+            doc: "the allocation id (eipalloc-...)",
+        },
+        Attr {
+            name: "public_ip",
+            ty: Ty::String,
+            doc: "the address",
+        },
     ],
     taggable: true,
     name_field: None,

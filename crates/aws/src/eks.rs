@@ -147,13 +147,41 @@ static CLUSTER: KindSchema = KindSchema {
             .check(checks::tags),
     ],
     attrs: &[
-        Attr::new("id", Ty::String, "the cluster name"),
-        Attr::new("arn", Ty::String, "the cluster ARN"),
-        Attr::new("endpoint", Ty::String, "the API server URL"),
-        Attr::new("certificate_authority", Ty::String, "the API server's CA, base64 PEM"),
-        Attr::new("oidc_issuer", Ty::String, "the OIDC issuer URL (for IRSA)"),
-        Attr::new("cluster_security_group_id", Ty::String, "the security group EKS created"),
-        Attr::new("status", Ty::String, "CREATING, ACTIVE, UPDATING, DELETING, FAILED"),
+        Attr {
+            name: "id",
+            ty: Ty::String,
+            doc: "the cluster name",
+        },
+        Attr {
+            name: "arn",
+            ty: Ty::String,
+            doc: "the cluster ARN",
+        },
+        Attr {
+            name: "endpoint",
+            ty: Ty::String,
+            doc: "the API server URL",
+        },
+        Attr {
+            name: "certificate_authority",
+            ty: Ty::String,
+            doc: "the API server's CA, base64 PEM",
+        },
+        Attr {
+            name: "oidc_issuer",
+            ty: Ty::String,
+            doc: "the OIDC issuer URL (for IRSA)",
+        },
+        Attr {
+            name: "cluster_security_group_id",
+            ty: Ty::String,
+            doc: "the security group EKS created",
+        },
+        Attr {
+            name: "status",
+            ty: Ty::String,
+            doc: "CREATING, ACTIVE, UPDATING, DELETING, FAILED",
+        },
     ],
     taggable: true,
     name_field: Some("name"),
@@ -235,13 +263,21 @@ static NODEGROUP: KindSchema = KindSchema {
             .check(checks::tags),
     ],
     attrs: &[
-        Attr::new("id", Ty::String, "cluster:nodegroup"),
-        Attr::new("arn", Ty::String, "the nodegroup ARN"),
-        Attr::new(
-            "status",
-            Ty::String,
-            "CREATING, ACTIVE, UPDATING, DELETING, ...",
-        ),
+        Attr {
+            name: "id",
+            ty: Ty::String,
+            doc: "cluster:nodegroup",
+        },
+        Attr {
+            name: "arn",
+            ty: Ty::String,
+            doc: "the nodegroup ARN",
+        },
+        Attr {
+            name: "status",
+            ty: Ty::String,
+            doc: "CREATING, ACTIVE, UPDATING, DELETING, ...",
+        },
     ],
     taggable: true,
     name_field: None,

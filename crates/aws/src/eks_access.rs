@@ -77,8 +77,16 @@ static SCHEMA: KindSchema = KindSchema {
         Field::new("tags", Ty::StringMap, "tags besides the ownership tags").default("{}"),
     ],
     attrs: &[
-        Attr::new("id", Ty::String, "CLUSTER/PRINCIPAL_ARN"),
-        Attr::new("arn", Ty::String, "the access entry's ARN"),
+        Attr {
+            name: "id",
+            ty: Ty::String,
+            doc: "CLUSTER/PRINCIPAL_ARN",
+        },
+        Attr {
+            name: "arn",
+            ty: Ty::String,
+            doc: "the access entry's ARN",
+        },
     ],
     taggable: true,
     name_field: None,

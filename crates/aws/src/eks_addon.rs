@@ -69,8 +69,16 @@ static SCHEMA: KindSchema = KindSchema {
             .check(checks::tags),
     ],
     attrs: &[
-        Attr::new("id", Ty::String, "CLUSTER/ADDON"),
-        Attr::new("arn", Ty::String, "the add-on's ARN"),
+        Attr {
+            name: "id",
+            ty: Ty::String,
+            doc: "CLUSTER/ADDON",
+        },
+        Attr {
+            name: "arn",
+            ty: Ty::String,
+            doc: "the add-on's ARN",
+        },
     ],
     taggable: true,
     name_field: None,

@@ -73,8 +73,16 @@ static SUBNET_GROUP: KindSchema = KindSchema {
             .check(checks::tags),
     ],
     attrs: &[
-        Attr::new("id", Ty::String, "the group name"),
-        Attr::new("arn", Ty::String, "the group ARN"),
+        Attr {
+            name: "id",
+            ty: Ty::String,
+            doc: "the group name",
+        },
+        Attr {
+            name: "arn",
+            ty: Ty::String,
+            doc: "the group ARN",
+        },
     ],
     taggable: true,
     name_field: Some("name"),
@@ -163,11 +171,31 @@ static GROUP: KindSchema = KindSchema {
             .check(checks::tags),
     ],
     attrs: &[
-        Attr::new("id", Ty::String, "the group id"),
-        Attr::new("arn", Ty::String, "the group ARN"),
-        Attr::new("primary_endpoint", Ty::String, "where writes go"),
-        Attr::new("reader_endpoint", Ty::String, "where reads may go"),
-        Attr::new("status", Ty::String, "creating, available, modifying, ..."),
+        Attr {
+            name: "id",
+            ty: Ty::String,
+            doc: "the group id",
+        },
+        Attr {
+            name: "arn",
+            ty: Ty::String,
+            doc: "the group ARN",
+        },
+        Attr {
+            name: "primary_endpoint",
+            ty: Ty::String,
+            doc: "where writes go",
+        },
+        Attr {
+            name: "reader_endpoint",
+            ty: Ty::String,
+            doc: "where reads may go",
+        },
+        Attr {
+            name: "status",
+            ty: Ty::String,
+            doc: "creating, available, modifying, ...",
+        },
     ],
     taggable: true,
     name_field: Some("replication_group_id"),

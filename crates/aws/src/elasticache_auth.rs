@@ -41,7 +41,11 @@ static ROTATION: KindSchema = KindSchema {
         )
         .required(),
     ],
-    attrs: &[Attr::new("id", Ty::String, "GROUP/auth")],
+    attrs: &[Attr {
+            name: "id",
+            ty: Ty::String,
+            doc: "GROUP/auth",
+        }],
     taggable: false,
     name_field: None,
     exactly_one_of: &[],

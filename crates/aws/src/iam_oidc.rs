@@ -49,9 +49,21 @@ static SCHEMA: KindSchema = KindSchema {
             .check(checks::tags),
     ],
     attrs: &[
-        Attr::new("id", Ty::String, "the provider ARN"),
-        Attr::new("arn", Ty::String, "the provider ARN (a role's oidc_provider_arn)"),
-        Attr::new("issuer", Ty::String, "the URL without https://, the prefix of the trust policy's condition keys"),
+        Attr {
+            name: "id",
+            ty: Ty::String,
+            doc: "the provider ARN",
+        },
+        Attr {
+            name: "arn",
+            ty: Ty::String,
+            doc: "the provider ARN (a role's oidc_provider_arn)",
+        },
+        Attr {
+            name: "issuer",
+            ty: Ty::String,
+            doc: "the URL without https://, the prefix of the trust policy's condition keys",
+        },
     ],
     taggable: true,
     name_field: None,

@@ -71,8 +71,16 @@ static SCHEMA: KindSchema = KindSchema {
             .check(checks::tags),
     ],
     attrs: &[
-        Attr::new("id", Ty::String, "the role name"),
-        Attr::new("arn", Ty::String, "the role ARN"),
+        Attr {
+            name: "id",
+            ty: Ty::String,
+            doc: "the role name",
+        },
+        Attr {
+            name: "arn",
+            ty: Ty::String,
+            doc: "the role ARN",
+        },
     ],
     taggable: true,
     name_field: Some("name"),

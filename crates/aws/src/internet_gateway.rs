@@ -22,7 +22,11 @@ static SCHEMA: KindSchema = KindSchema {
             .default("{}")
             .check(checks::tags),
     ],
-    attrs: &[Attr::new("id", Ty::String, "the gateway id (igw-...)")],
+    attrs: &[Attr {
+        name: "id",
+        ty: Ty::String,
+        doc: "the gateway id (igw-...)",
+    }],
     taggable: true,
     name_field: None,
     exactly_one_of: &[],

@@ -62,8 +62,16 @@ static SCHEMA: KindSchema = KindSchema {
             .check(checks::tags),
     ],
     attrs: &[
-        Attr::new("id", Ty::String, "the group's name"),
-        Attr::new("arn", Ty::String, "the group's ARN (without the `:*` of its streams)"),
+        Attr {
+            name: "id",
+            ty: Ty::String,
+            doc: "the group's name",
+        },
+        Attr {
+            name: "arn",
+            ty: Ty::String,
+            doc: "the group's ARN (without the `:*` of its streams)",
+        },
     ],
     taggable: true,
     name_field: Some("name"),

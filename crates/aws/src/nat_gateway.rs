@@ -41,8 +41,16 @@ static SCHEMA: KindSchema = KindSchema {
             .check(checks::tags),
     ],
     attrs: &[
-        Attr::new("id", Ty::String, "the gateway id (nat-...)"),
-        Attr::new("public_ip", Ty::String, "its public address"),
+        Attr {
+            name: "id",
+            ty: Ty::String,
+            doc: "the gateway id (nat-...)",
+        },
+        Attr {
+            name: "public_ip",
+            ty: Ty::String,
+            doc: "its public address",
+        },
     ],
     taggable: true,
     name_field: None,

@@ -146,8 +146,16 @@ static SUBNET_GROUP: KindSchema = KindSchema {
             .check(checks::tags),
     ],
     attrs: &[
-        Attr::new("id", Ty::String, "the group name"),
-        Attr::new("arn", Ty::String, "the group ARN"),
+        Attr {
+            name: "id",
+            ty: Ty::String,
+            doc: "the group name",
+        },
+        Attr {
+            name: "arn",
+            ty: Ty::String,
+            doc: "the group ARN",
+        },
     ],
     taggable: true,
     name_field: Some("name"),
@@ -184,8 +192,16 @@ static PARAMETER_GROUP: KindSchema = KindSchema {
             .check(checks::tags),
     ],
     attrs: &[
-        Attr::new("id", Ty::String, "the group name"),
-        Attr::new("arn", Ty::String, "the group ARN"),
+        Attr {
+            name: "id",
+            ty: Ty::String,
+            doc: "the group name",
+        },
+        Attr {
+            name: "arn",
+            ty: Ty::String,
+            doc: "the group ARN",
+        },
     ],
     taggable: true,
     name_field: Some("name"),
@@ -301,16 +317,36 @@ static INSTANCE: KindSchema = KindSchema {
             .check(checks::tags),
     ],
     attrs: &[
-        Attr::new("id", Ty::String, "the instance identifier"),
-        Attr::new("arn", Ty::String, "the instance ARN"),
-        Attr::new("address", Ty::String, "the endpoint host name"),
-        Attr::new("port", Ty::Int, "the endpoint port"),
-        Attr::new(
-            "master_user_secret_arn",
-            Ty::String,
-            "the Secrets Manager secret RDS keeps the master password in",
-        ),
-        Attr::new("status", Ty::String, "creating, available, modifying, ..."),
+        Attr {
+            name: "id",
+            ty: Ty::String,
+            doc: "the instance identifier",
+        },
+        Attr {
+            name: "arn",
+            ty: Ty::String,
+            doc: "the instance ARN",
+        },
+        Attr {
+            name: "address",
+            ty: Ty::String,
+            doc: "the endpoint host name",
+        },
+        Attr {
+            name: "port",
+            ty: Ty::Int,
+            doc: "the endpoint port",
+        },
+        Attr {
+            name: "master_user_secret_arn",
+            ty: Ty::String,
+            doc: "the Secrets Manager secret RDS keeps the master password in",
+        },
+        Attr {
+            name: "status",
+            ty: Ty::String,
+            doc: "creating, available, modifying, ...",
+        },
     ],
     taggable: true,
     name_field: Some("identifier"),

@@ -47,7 +47,11 @@ static SCHEMA: KindSchema = KindSchema {
             .default("{}")
             .check(checks::tags),
     ],
-    attrs: &[Attr::new("id", Ty::String, "the route table id (rtb-...)")],
+    attrs: &[Attr {
+        name: "id",
+        ty: Ty::String,
+        doc: "the route table id (rtb-...)",
+    }],
     taggable: true,
     name_field: None,
     exactly_one_of: &[],

@@ -28,11 +28,11 @@ static SCHEMA: KindSchema = KindSchema {
         .required()
         .forces_replace(),
     ],
-    attrs: &[Attr::new(
-        "id",
-        Ty::String,
-        "the association id (rtbassoc-...)",
-    )],
+    attrs: &[Attr {
+        name: "id",
+        ty: Ty::String,
+        doc: "the association id (rtbassoc-...)",
+    }],
     taggable: false,
     name_field: None,
     exactly_one_of: &[],

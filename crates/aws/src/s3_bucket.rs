@@ -87,8 +87,16 @@ static SCHEMA: KindSchema = KindSchema {
             .check(checks::tags),
     ],
     attrs: &[
-        Attr::new("id", Ty::String, "the bucket name"),
-        Attr::new("arn", Ty::String, "the bucket ARN"),
+        Attr {
+            name: "id",
+            ty: Ty::String,
+            doc: "the bucket name",
+        },
+        Attr {
+            name: "arn",
+            ty: Ty::String,
+            doc: "the bucket ARN",
+        },
     ],
     taggable: true,
     name_field: Some("name"),

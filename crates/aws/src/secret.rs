@@ -89,10 +89,26 @@ static SCHEMA: KindSchema = KindSchema {
             .check(checks::tags),
     ],
     attrs: &[
-        Attr::new("id", Ty::String, "the secret ARN"),
-        Attr::new("arn", Ty::String, "the secret ARN"),
-        Attr::new("ref", Ty::String, "what a secret source names: the ARN"),
-        Attr::new("version_id", Ty::String, "the current version"),
+        Attr {
+            name: "id",
+            ty: Ty::String,
+            doc: "the secret ARN",
+        },
+        Attr {
+            name: "arn",
+            ty: Ty::String,
+            doc: "the secret ARN",
+        },
+        Attr {
+            name: "ref",
+            ty: Ty::String,
+            doc: "what a secret source names: the ARN",
+        },
+        Attr {
+            name: "version_id",
+            ty: Ty::String,
+            doc: "the current version",
+        },
     ],
     taggable: true,
     name_field: Some("name"),

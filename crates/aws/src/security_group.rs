@@ -59,8 +59,16 @@ static SCHEMA: KindSchema = KindSchema {
             .check(checks::tags),
     ],
     attrs: &[
-        Attr::new("id", Ty::String, "the group id (sg-...)"),
-        Attr::new("arn", Ty::String, "the group ARN"),
+        Attr {
+            name: "id",
+            ty: Ty::String,
+            doc: "the group id (sg-...)",
+        },
+        Attr {
+            name: "arn",
+            ty: Ty::String,
+            doc: "the group ARN",
+        },
     ],
     taggable: true,
     name_field: None,

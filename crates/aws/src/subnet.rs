@@ -42,8 +42,16 @@ static SCHEMA: KindSchema = KindSchema {
             .check(checks::tags),
     ],
     attrs: &[
-        Attr::new("id", Ty::String, "the subnet id (subnet-...)"),
-        Attr::new("arn", Ty::String, "the subnet ARN"),
+        Attr {
+            name: "id",
+            ty: Ty::String,
+            doc: "the subnet id (subnet-...)",
+        },
+        Attr {
+            name: "arn",
+            ty: Ty::String,
+            doc: "the subnet ARN",
+        },
     ],
     taggable: true,
     name_field: None,

@@ -49,13 +49,21 @@ static SCHEMA: KindSchema = KindSchema {
             .check(checks::tags),
     ],
     attrs: &[
-        Attr::new("id", Ty::String, "the VPC id (vpc-...)"),
-        Attr::new("owner_id", Ty::String, "the owning account"),
-        Attr::new(
-            "default_security_group_id",
-            Ty::String,
-            "the VPC's default security group",
-        ),
+        Attr {
+            name: "id",
+            ty: Ty::String,
+            doc: "the VPC id (vpc-...)",
+        },
+        Attr {
+            name: "owner_id",
+            ty: Ty::String,
+            doc: "the owning account",
+        },
+        Attr {
+            name: "default_security_group_id",
+            ty: Ty::String,
+            doc: "the VPC's default security group",
+        },
     ],
     taggable: true,
     name_field: None,

@@ -110,9 +110,21 @@ static SCHEMA: KindSchema = KindSchema {
             .check(checks::tags),
     ],
     attrs: &[
-        Attr::new("id", Ty::String, "the ACL's ARN"),
-        Attr::new("arn", Ty::String, "the ACL's ARN (the Ingress's alb.ingress.kubernetes.io/wafv2-acl-arn)"),
-        Attr::new("capacity", Ty::Int, "the web ACL capacity units its rules use (at most 1,500 without extra charge)"),
+        Attr {
+            name: "id",
+            ty: Ty::String,
+            doc: "the ACL's ARN",
+        },
+        Attr {
+            name: "arn",
+            ty: Ty::String,
+            doc: "the ACL's ARN (the Ingress's alb.ingress.kubernetes.io/wafv2-acl-arn)",
+        },
+        Attr {
+            name: "capacity",
+            ty: Ty::Int,
+            doc: "the web ACL capacity units its rules use (at most 1,500 without extra charge)",
+        },
     ],
     taggable: true,
     // The state keeps the ARN; a run killed after the create finds its ACL

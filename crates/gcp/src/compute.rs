@@ -111,12 +111,16 @@ fn direction(v: &Json) -> Result<(), String> {
     }
 }
 
-const ID: Attr = Attr::new(
-    "id",
-    Ty::String,
-    "the resource's path, such as projects/P/global/networks/NAME (what other resources refer to)",
-);
-const SELF_LINK: Attr = Attr::new("self_link", Ty::String, "the resource's full URL");
+const ID: Attr = Attr {
+            name: "id",
+            ty: Ty::String,
+            doc: "the resource's path, such as projects/P/global/networks/NAME (what other resources refer to)",
+        };
+const SELF_LINK: Attr = Attr {
+    name: "self_link",
+    ty: Ty::String,
+    doc: "the resource's full URL",
+};
 
 static NETWORK: KindSchema = KindSchema {
     kind: "gcp.network",
@@ -171,7 +175,11 @@ static SUBNETWORK: KindSchema = KindSchema {
         Field::new("private_google_access", Ty::Bool, "reach Google APIs without external addresses").default("true"),
         Field::new("description", Ty::String, "what it is for").default("\"\"").forces_replace(),
     ],
-    attrs: &[ID, SELF_LINK, Attr::new("gateway_address", Ty::String, "the subnetwork's gateway")],
+    attrs: &[ID, SELF_LINK, Attr {
+            name: "gateway_address",
+            ty: Ty::String,
+            doc: "the subnetwork's gateway",
+        }],
     taggable: false,
     name_field: Some("name"),
     exactly_one_of: &[],
@@ -289,7 +297,11 @@ static GLOBAL_ADDRESS: KindSchema = KindSchema {
         Field::new("prefix_length", Ty::Int, "the range's size (16: a /16)").default("16").forces_replace().check(ralph_core::model::kinds::checks::range::<8, 29>),
         Field::new("description", Ty::String, "what it is for").default("\"\"").forces_replace(),
     ],
-    attrs: &[ID, SELF_LINK, Attr::new("address", Ty::String, "the range's first address")],
+    attrs: &[ID, SELF_LINK, Attr {
+            name: "address",
+            ty: Ty::String,
+            doc: "the range's first address",
+        }],
     taggable: false,
     name_field: Some("name"),
     exactly_one_of: &[],

@@ -163,9 +163,21 @@ static CLUSTER: KindSchema = KindSchema {
         .default("{}"),
     ],
     attrs: &[
-        Attr::new("id", Ty::String, "projects/P/locations/L/clusters/NAME"),
-        Attr::new("endpoint", Ty::String, "the API server's URL"),
-        Attr::new("certificate_authority", Ty::String, "the cluster's CA certificate (base64 PEM)"),
+        Attr {
+            name: "id",
+            ty: Ty::String,
+            doc: "projects/P/locations/L/clusters/NAME",
+        },
+        Attr {
+            name: "endpoint",
+            ty: Ty::String,
+            doc: "the API server's URL",
+        },
+        Attr {
+            name: "certificate_authority",
+            ty: Ty::String,
+            doc: "the cluster's CA certificate (base64 PEM)",
+        },
     ],
     taggable: false,
     name_field: Some("name"),
@@ -221,11 +233,11 @@ static POOL: KindSchema = KindSchema {
         )
         .default("{}"),
     ],
-    attrs: &[Attr::new(
-        "id",
-        Ty::String,
-        "projects/P/locations/L/clusters/C/nodePools/NAME",
-    )],
+    attrs: &[Attr {
+        name: "id",
+        ty: Ty::String,
+        doc: "projects/P/locations/L/clusters/C/nodePools/NAME",
+    }],
     taggable: false,
     name_field: None,
     exactly_one_of: &[],

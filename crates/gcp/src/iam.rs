@@ -74,13 +74,21 @@ static ACCOUNT: KindSchema = KindSchema {
         Field::new("description", Ty::String, "what it is for").default("\"\""),
     ],
     attrs: &[
-        Attr::new("id", Ty::String, "projects/P/serviceAccounts/EMAIL"),
-        Attr::new("email", Ty::String, "the account's email"),
-        Attr::new(
-            "member",
-            Ty::String,
-            "serviceAccount:EMAIL, as IAM bindings name it",
-        ),
+        Attr {
+            name: "id",
+            ty: Ty::String,
+            doc: "projects/P/serviceAccounts/EMAIL",
+        },
+        Attr {
+            name: "email",
+            ty: Ty::String,
+            doc: "the account's email",
+        },
+        Attr {
+            name: "member",
+            ty: Ty::String,
+            doc: "serviceAccount:EMAIL, as IAM bindings name it",
+        },
     ],
     taggable: false,
     name_field: None,
@@ -108,7 +116,11 @@ static MEMBER: KindSchema = KindSchema {
         .default("\"\"")
         .forces_replace(),
     ],
-    attrs: &[Attr::new("id", Ty::String, "RESOURCE ROLE MEMBER")],
+    attrs: &[Attr {
+        name: "id",
+        ty: Ty::String,
+        doc: "RESOURCE ROLE MEMBER",
+    }],
     taggable: false,
     name_field: None,
     exactly_one_of: &[],

@@ -102,8 +102,16 @@ static BUCKET: KindSchema = KindSchema {
             .default("\"Managed by ralph-deploy\""),
     ],
     attrs: &[
-        Attr::new("id", Ty::String, "projects/PROJECT/locations/LOCATION/buckets/NAME"),
-        Attr::new("destination", Ty::String, "the bucket as a sink names it: logging.googleapis.com/projects/..."),
+        Attr {
+            name: "id",
+            ty: Ty::String,
+            doc: "projects/PROJECT/locations/LOCATION/buckets/NAME",
+        },
+        Attr {
+            name: "destination",
+            ty: Ty::String,
+            doc: "the bucket as a sink names it: logging.googleapis.com/projects/...",
+        },
     ],
     taggable: false,
     name_field: None,
@@ -137,8 +145,16 @@ static SINK: KindSchema = KindSchema {
         Field::new("disabled", Ty::Bool, "stop routing without deleting the sink").default("false"),
     ],
     attrs: &[
-        Attr::new("id", Ty::String, "projects/PROJECT/sinks/NAME"),
-        Attr::new("writer_identity", Ty::String, "the service account the sink writes as (grant it the destination when that is not a log bucket of this project)"),
+        Attr {
+            name: "id",
+            ty: Ty::String,
+            doc: "projects/PROJECT/sinks/NAME",
+        },
+        Attr {
+            name: "writer_identity",
+            ty: Ty::String,
+            doc: "the service account the sink writes as (grant it the destination when that is not a log bucket of this project)",
+        },
     ],
     taggable: false,
     name_field: None,

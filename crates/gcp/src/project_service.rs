@@ -47,8 +47,16 @@ static SCHEMA: KindSchema = KindSchema {
         .default("false"),
     ],
     attrs: &[
-        Attr::new("id", Ty::String, "PROJECT|SERVICE"),
-        Attr::new("title", Ty::String, "the API's display name"),
+        Attr {
+            name: "id",
+            ty: Ty::String,
+            doc: "PROJECT|SERVICE",
+        },
+        Attr {
+            name: "title",
+            ty: Ty::String,
+            doc: "the API's display name",
+        },
     ],
     taggable: false,
     name_field: None,

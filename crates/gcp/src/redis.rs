@@ -132,11 +132,31 @@ static SCHEMA: KindSchema = KindSchema {
         .default("{}"),
     ],
     attrs: &[
-        Attr::new("id", Ty::String, "the instance's resource name"),
-        Attr::new("host", Ty::String, "the primary endpoint's address"),
-        Attr::new("port", Ty::Int, "the port"),
-        Attr::new("auth_secret", Ty::String, "the secret source that reads the AUTH string (memorystore:NAME)"),
-        Attr::new("server_ca", Ty::String, "the server's CA certificates (PEM) that a TLS client verifies the instance with; empty without TLS"),
+        Attr {
+            name: "id",
+            ty: Ty::String,
+            doc: "the instance's resource name",
+        },
+        Attr {
+            name: "host",
+            ty: Ty::String,
+            doc: "the primary endpoint's address",
+        },
+        Attr {
+            name: "port",
+            ty: Ty::Int,
+            doc: "the port",
+        },
+        Attr {
+            name: "auth_secret",
+            ty: Ty::String,
+            doc: "the secret source that reads the AUTH string (memorystore:NAME)",
+        },
+        Attr {
+            name: "server_ca",
+            ty: Ty::String,
+            doc: "the server's CA certificates (PEM) that a TLS client verifies the instance with; empty without TLS",
+        },
     ],
     taggable: false,
     name_field: Some("name"),

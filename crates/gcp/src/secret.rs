@@ -79,21 +79,21 @@ static SCHEMA: KindSchema = KindSchema {
         .default("{}"),
     ],
     attrs: &[
-        Attr::new(
-            "id",
-            Ty::String,
-            "the secret's resource name, projects/P/secrets/NAME",
-        ),
-        Attr::new(
-            "ref",
-            Ty::String,
-            "what a secret source names: the resource name",
-        ),
-        Attr::new(
-            "version_id",
-            Ty::String,
-            "the current version's resource name",
-        ),
+        Attr {
+            name: "id",
+            ty: Ty::String,
+            doc: "the secret's resource name, projects/P/secrets/NAME",
+        },
+        Attr {
+            name: "ref",
+            ty: Ty::String,
+            doc: "what a secret source names: the resource name",
+        },
+        Attr {
+            name: "version_id",
+            ty: Ty::String,
+            doc: "the current version's resource name",
+        },
     ],
     taggable: false,
     name_field: Some("name"),

@@ -123,8 +123,16 @@ static SCHEMA: KindSchema = KindSchema {
         Field::new("adaptive_protection", Ty::Bool, "Layer 7 DDoS defense (Adaptive Protection): Google learns the traffic and proposes rules against an attack").default("true"),
     ],
     attrs: &[
-        Attr::new("id", Ty::String, "the policy's path, projects/P/global/securityPolicies/NAME"),
-        Attr::new("self_link", Ty::String, "the policy's full URL"),
+        Attr {
+            name: "id",
+            ty: Ty::String,
+            doc: "the policy's path, projects/P/global/securityPolicies/NAME",
+        },
+        Attr {
+            name: "self_link",
+            ty: Ty::String,
+            doc: "the policy's full URL",
+        },
     ],
     taggable: false,
     name_field: Some("name"),

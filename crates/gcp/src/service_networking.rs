@@ -43,8 +43,16 @@ static SCHEMA: KindSchema = KindSchema {
         .forces_replace(),
     ],
     attrs: &[
-        Attr::new("id", Ty::String, "SERVICE|NETWORK"),
-        Attr::new("peering", Ty::String, "the VPC peering Google made"),
+        Attr {
+            name: "id",
+            ty: Ty::String,
+            doc: "SERVICE|NETWORK",
+        },
+        Attr {
+            name: "peering",
+            ty: Ty::String,
+            doc: "the VPC peering Google made",
+        },
     ],
     taggable: false,
     name_field: None,

@@ -202,10 +202,26 @@ static INSTANCE: KindSchema = KindSchema {
         .check(super::compute::rfc1035),
     ],
     attrs: &[
-        Attr::new("id", Ty::String, "the instance's name"),
-        Attr::new("connection_name", Ty::String, "PROJECT:REGION:NAME, for the Cloud SQL Auth Proxy"),
-        Attr::new("address", Ty::String, "the private IP (or the public one without a private network)"),
-        Attr::new("port", Ty::Int, "5432"),
+        Attr {
+            name: "id",
+            ty: Ty::String,
+            doc: "the instance's name",
+        },
+        Attr {
+            name: "connection_name",
+            ty: Ty::String,
+            doc: "PROJECT:REGION:NAME, for the Cloud SQL Auth Proxy",
+        },
+        Attr {
+            name: "address",
+            ty: Ty::String,
+            doc: "the private IP (or the public one without a private network)",
+        },
+        Attr {
+            name: "port",
+            ty: Ty::Int,
+            doc: "5432",
+        },
     ],
     taggable: false,
     name_field: Some("name"),
@@ -240,7 +256,11 @@ static DATABASE: KindSchema = KindSchema {
             .default("\"UTF8\"")
             .forces_replace(),
     ],
-    attrs: &[Attr::new("id", Ty::String, "INSTANCE/databases/NAME")],
+    attrs: &[Attr {
+        name: "id",
+        ty: Ty::String,
+        doc: "INSTANCE/databases/NAME",
+    }],
     taggable: false,
     name_field: None,
     exactly_one_of: &[],
@@ -256,7 +276,11 @@ static USER: KindSchema = KindSchema {
         Field::new("password_secret", Ty::String, "the secret holding the password: a Secret Manager name (projects/P/secrets/S, `#key` picks a JSON key) or `env:VARIABLE`").required().check(ralph_core::driver::secret_value::secret_source),
         Field::new("password_version", Ty::String, "the secret's current version, usually `${admin_password.version_id}`: a new one sets the new password"),
     ],
-    attrs: &[Attr::new("id", Ty::String, "INSTANCE/users/NAME")],
+    attrs: &[Attr {
+            name: "id",
+            ty: Ty::String,
+            doc: "INSTANCE/users/NAME",
+        }],
     taggable: false,
     name_field: None,
     exactly_one_of: &[],

@@ -117,8 +117,16 @@ static SCHEMA: KindSchema = KindSchema {
         Field::new("labels", Ty::StringMap, "labels besides the ownership labels").default("{}"),
     ],
     attrs: &[
-        Attr::new("id", Ty::String, "the bucket name"),
-        Attr::new("url", Ty::String, "gs://NAME"),
+        Attr {
+            name: "id",
+            ty: Ty::String,
+            doc: "the bucket name",
+        },
+        Attr {
+            name: "url",
+            ty: Ty::String,
+            doc: "gs://NAME",
+        },
     ],
     taggable: false,
     name_field: Some("name"),

@@ -141,12 +141,6 @@ pub struct Attr {
     pub doc: &'static str,
 }
 
-impl Attr {
-    pub const fn new(name: &'static str, ty: Ty, doc: &'static str) -> Self {
-        Self { name, ty, doc }
-    }
-}
-
 #[derive(Debug)]
 pub struct KindSchema {
     /// `cloud.kind`, e.g. `aws.vpc`.

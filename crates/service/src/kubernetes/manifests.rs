@@ -54,7 +54,11 @@ static SCHEMA: KindSchema = KindSchema {
         Field::new("objects", Ty::Set(&Ty::String), "computed: every object, as `apiVersion Kind namespace/name`").check(computed),
         Field::new("digest", Ty::String, "computed: a digest of every object's content (a change re-applies the set)").check(computed),
     ],
-    attrs: &[Attr::new("id", Ty::String, "stack/environment/address")],
+    attrs: &[Attr {
+            name: "id",
+            ty: Ty::String,
+            doc: "stack/environment/address",
+        }],
     taggable: false,
     name_field: None,
     exactly_one_of: &[],

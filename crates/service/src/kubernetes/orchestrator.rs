@@ -312,10 +312,26 @@ static SCHEMA: KindSchema = KindSchema {
         Field::new("objects", Ty::Set(&Ty::String), "computed: the objects the templates make, as Kind/name").check(computed),
     ],
     attrs: &[
-        Attr::new("id", Ty::String, "namespace/name of the Deployment"),
-        Attr::new("image_ref", Ty::String, "the image the Deployment runs"),
-        Attr::new("revision", Ty::String, "the Deployment's revision"),
-        Attr::new("namespace", Ty::String, "the namespace"),
+        Attr {
+            name: "id",
+            ty: Ty::String,
+            doc: "namespace/name of the Deployment",
+        },
+        Attr {
+            name: "image_ref",
+            ty: Ty::String,
+            doc: "the image the Deployment runs",
+        },
+        Attr {
+            name: "revision",
+            ty: Ty::String,
+            doc: "the Deployment's revision",
+        },
+        Attr {
+            name: "namespace",
+            ty: Ty::String,
+            doc: "the namespace",
+        },
     ],
     taggable: false,
     name_field: None,

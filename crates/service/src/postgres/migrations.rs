@@ -38,12 +38,16 @@ static SCHEMA: KindSchema = KindSchema {
         .check(computed),
     ],
     attrs: &[
-        Attr::new("id", Ty::String, "host:port/database"),
-        Attr::new(
-            "failed",
-            Ty::String,
-            "the migration that failed last, if any",
-        ),
+        Attr {
+            name: "id",
+            ty: Ty::String,
+            doc: "host:port/database",
+        },
+        Attr {
+            name: "failed",
+            ty: Ty::String,
+            doc: "the migration that failed last, if any",
+        },
     ],
     taggable: false,
     name_field: None,

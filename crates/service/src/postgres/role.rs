@@ -70,7 +70,11 @@ static SCHEMA: KindSchema = KindSchema {
         Field::new("search_path", Ty::String, "its search_path in this database, such as `ralph, public`").default("\"\"").check(search_path),
         Field::new("iam_auth", Ty::Bool, "IAM database authentication (RDS): the role is granted rds_iam and has no password").default("false"),
     ],
-    attrs: &[Attr::new("id", Ty::String, "host:port/role")],
+    attrs: &[Attr {
+            name: "id",
+            ty: Ty::String,
+            doc: "host:port/role",
+        }],
     taggable: false,
     name_field: None,
     exactly_one_of: &[],
