@@ -631,7 +631,7 @@ impl Driver for Cluster {
             .await?
             .iter()
             .map(observe_cluster)
-            .filter(|o| o.owner.as_ref() == Some(&cx.owner))
+            .filter(|o| crate::ours(cx, o))
             .collect())
     }
 
@@ -959,7 +959,7 @@ impl Driver for NodePool {
                 c.node_pools
                     .iter()
                     .map(|p| observe_pool(&cid, p, &sizes))
-                    .filter(|o| o.owner.as_ref() == Some(&cx.owner))
+                    .filter(|o| crate::ours(cx, o))
                     .map(|o| {
                         // GKE's autoscaler moves the size within min..max:
                         // not drift, and never resized back.

@@ -196,7 +196,7 @@ impl Driver for ServiceAccount {
     async fn refresh(&self, cx: &Context, _known: &[Known]) -> Result<Vec<Observed>, DriverError> {
         let g = crate::clients(cx).await?;
         let parent = format!("projects/{}", g.project);
-        let all = crate::every_page(|token| {
+        crate::every_page(|token| {
             let parent = &parent;
             async move {
                 let page = call(cx, SERVICE, "listing service accounts", || {
@@ -208,15 +208,14 @@ impl Driver for ServiceAccount {
                         .send()
                 })
                 .await?;
-                let items = page.accounts.iter().map(observe_account).collect();
-                Ok((items, Some(page.next_page_token)))
+                let items = page.accounts.iter().map(observe_account);
+                Ok((
+                    items.filter(|o| crate::ours(cx, o)).collect(),
+                    Some(page.next_page_token),
+                ))
             }
         })
-        .await?;
-        Ok(all
-            .into_iter()
-            .filter(|o| o.owner.as_ref() == Some(&cx.owner))
-            .collect())
+        .await
     }
 
     async fn lookup(&self, cx: &Context, id: &str) -> Result<Option<Observed>, DriverError> {

@@ -329,6 +329,11 @@ where
     .await
 }
 
+/// Whether what a listing found is this stack and environment's.
+pub fn ours(cx: &Context, o: &Observed) -> bool {
+    o.owner.as_ref() == Some(&cx.owner)
+}
+
 /// Every item of a paged listing. `page` is given the page token (empty
 /// for the first page) and answers that page's items and the next token
 /// (empty or none on the last page).

@@ -191,7 +191,7 @@ async fn owned(
     Ok(all
         .iter()
         .filter_map(|v| observe(&project, v))
-        .filter(|o| o.owner.as_ref() == Some(&cx.owner))
+        .filter(|o| crate::ours(cx, o))
         .collect())
 }
 

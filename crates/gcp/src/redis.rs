@@ -338,7 +338,7 @@ impl Driver for RedisInstance {
         let g = crate::clients(cx).await?;
         // `-`: every region, one paged listing.
         let parent = g.location_path("-");
-        let all = crate::every_page(|token| {
+        crate::every_page(|token| {
             let parent = &parent;
             async move {
                 let page = call(cx, SERVICE, "listing Redis instances", || {
@@ -350,15 +350,14 @@ impl Driver for RedisInstance {
                         .send()
                 })
                 .await?;
-                let items = page.instances.iter().map(observe).collect();
-                Ok((items, Some(page.next_page_token)))
+                let items = page.instances.iter().map(observe);
+                Ok((
+                    items.filter(|o| crate::ours(cx, o)).collect(),
+                    Some(page.next_page_token),
+                ))
             }
         })
-        .await?;
-        Ok(all
-            .into_iter()
-            .filter(|o| o.owner.as_ref() == Some(&cx.owner))
-            .collect())
+        .await
     }
 
     async fn lookup(&self, cx: &Context, id: &str) -> Result<Option<Observed>, DriverError> {

@@ -522,7 +522,7 @@ impl Driver for Instance {
     async fn refresh(&self, cx: &Context, _known: &[Known]) -> Result<Vec<Observed>, DriverError> {
         let g = crate::clients(cx).await?;
         let filter = label_filter(&cx.owner, "settings.userLabels.");
-        let all = crate::every_page(|token| {
+        crate::every_page(|token| {
             let filter = &filter;
             async move {
                 let page = call(cx, SERVICE, "listing Cloud SQL instances", || {
@@ -535,15 +535,14 @@ impl Driver for Instance {
                         .send()
                 })
                 .await?;
-                let items = page.items.iter().map(observe_instance).collect();
-                Ok((items, Some(page.next_page_token)))
+                let items = page.items.iter().map(observe_instance);
+                Ok((
+                    items.filter(|o| crate::ours(cx, o)).collect(),
+                    Some(page.next_page_token),
+                ))
             }
         })
-        .await?;
-        Ok(all
-            .into_iter()
-            .filter(|o| o.owner.as_ref() == Some(&cx.owner))
-            .collect())
+        .await
     }
 
     async fn lookup(&self, cx: &Context, id: &str) -> Result<Option<Observed>, DriverError> {

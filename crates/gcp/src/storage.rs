@@ -287,7 +287,7 @@ impl Driver for StorageBucket {
             .await?
             .iter()
             .filter_map(observe)
-            .filter(|o| o.owner.as_ref() == Some(&cx.owner))
+            .filter(|o| crate::ours(cx, o))
             .collect();
         // Recorded and declared names the listing did not return (another
         // project's bucket, or one whose labels were removed).
