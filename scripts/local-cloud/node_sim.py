@@ -97,6 +97,8 @@ Usage: python3 node_sim.py KUBECONFIG
 
 import asyncio
 import hashlib
+import http.client
+import io
 import subprocess
 import tempfile
 
@@ -1477,13 +1479,12 @@ def armor_release(key, keep):
         ARMOR.pop(key, None)
 
 
-def serve_ingresses(call, pods):
+def serve_ingresses(call, pods, nodes):
     """Play the Ingress controllers: an address for each Ingress something
     serves (none otherwise), and GKE's ManagedCertificates Active once
     their Ingress has one."""
-    nodes = call("GET", "/api/v1/nodes")["items"]
     merge = "application/merge-patch+json"
-    ingresses = call("GET", "/apis/networking.k8s.io/v1/ingresses")["items"]
+    ingresses = call("GET", "/apis/networking.k8s.io/v1/ingresses?resourceVersion=0")["items"]
     present = {(i["metadata"]["namespace"], i["metadata"]["name"]) for i in ingresses}
     for key in [k for k in ARMOR if k not in present]:
         armor_release(key, set())
@@ -1531,6 +1532,76 @@ def serve_ingresses(call, pods):
                 "domainStatus": [{"domain": d, "status": status} for d in mc["spec"].get("domains", [])]}}, merge)
 
 
+class Informer:
+    """One kind's objects across the cluster, kept as the API server has them
+    by a list and then a watch, as a kubelet's informer keeps them: a round
+    reads memory instead of listing and decoding every pod five times a
+    second (which cost this process and the API server more than all the
+    rest of the suite's use of them)."""
+
+    def __init__(self, server, ctx, headers, path):
+        self.target = urllib.parse.urlsplit(server)
+        self.ctx, self.headers, self.path = ctx, headers, path
+        self.items = {}
+        self.lock = threading.Lock()
+        self.synced = threading.Event()
+        threading.Thread(target=self.run, daemon=True).start()
+
+    def snapshot(self):
+        self.synced.wait()
+        with self.lock:
+            return list(self.items.values())
+
+    def get(self, namespace, name):
+        self.synced.wait()
+        with self.lock:
+            return self.items.get((namespace, name))
+
+    @staticmethod
+    def key(obj):
+        return (obj["metadata"].get("namespace", ""), obj["metadata"]["name"])
+
+    def request(self, conn, query):
+        conn.request("GET", self.path + query, headers=self.headers)
+        r = conn.getresponse()
+        if r.status >= 400:
+            raise RuntimeError("%s%s: %s %s" % (self.path, query, r.status, r.read()[:200]))
+        return r
+
+    def run(self):
+        while True:
+            conn = http.client.HTTPSConnection(self.target.hostname, self.target.port, context=self.ctx, timeout=330)
+            try:
+                listed = json.loads(self.request(conn, "?resourceVersion=0").read())
+                with self.lock:
+                    self.items = {self.key(o): o for o in listed.get("items") or []}
+                self.synced.set()
+                # The server ends a watch after timeoutSeconds (or with an
+                # ERROR event when its resourceVersion is too old): list again.
+                r = self.request(conn, "?watch=1&allowWatchBookmarks=true&timeoutSeconds=300&resourceVersion="
+                                 + listed["metadata"]["resourceVersion"])
+                while True:
+                    line = r.readline()
+                    if not line:
+                        break
+                    event = json.loads(line)
+                    kind, obj = event.get("type"), event.get("object") or {}
+                    if kind == "ERROR":
+                        break
+                    if kind not in ("ADDED", "MODIFIED", "DELETED"):
+                        continue
+                    with self.lock:
+                        if kind == "DELETED":
+                            self.items.pop(self.key(obj), None)
+                        else:
+                            self.items[self.key(obj)] = obj
+            except Exception as e:  # the API server restarts
+                print("node simulator (watch %s): %s" % (self.path, e), file=sys.stderr, flush=True)
+                time.sleep(0.5)
+            finally:
+                conn.close()
+
+
 def main():
     server, token = read_kubeconfig(sys.argv[1])
     start_kubelet()
@@ -1540,37 +1611,58 @@ def main():
     ctx.verify_mode = ssl.CERT_NONE
     headers = {"Authorization": "Bearer " + token}
 
+    target = urllib.parse.urlsplit(server)
+    local = threading.local()
+
     def call(method, path, body=None, content_type="application/json", accept=None):
+        """One request to the API server on this thread's kept-alive
+        connection (a new TLS handshake per request cost the API server and
+        this process more than the requests themselves); an HTTPError for
+        an answer of 400 or more, as urllib gives."""
         data = None if body is None else json.dumps(body).encode()
         h = dict(headers)
         if data is not None:
             h["Content-Type"] = content_type
         if accept:
             h["Accept"] = accept
-        req = urllib.request.Request(server + path, data=data, method=method, headers=h)
-        with urllib.request.urlopen(req, context=ctx, timeout=10) as r:
-            return json.loads(r.read() or b"{}")
-
-    def cached(resource, decode):
-        """A getter of one kind's data (Secrets, ConfigMaps) by namespace and
-        name, reading each at most once a second; None when it is missing."""
-        seen = {}
-
-        def get(namespace, name):
-            hit = seen.get((namespace, name))
-            if hit and time.time() - hit[0] < REACH_TTL:
-                return hit[1]
+        for attempt in (0, 1):
+            conn = getattr(local, "conn", None)
+            if conn is None:
+                conn = http.client.HTTPSConnection(target.hostname, target.port, context=ctx, timeout=10)
+                local.conn = conn
             try:
-                raw = call("GET", "/api/v1/namespaces/%s/%s/%s" % (namespace, resource, name)).get("data") or {}
-                data = {k: decode(v) for k, v in raw.items()}
-            except urllib.error.HTTPError:
-                data = None
-            seen[(namespace, name)] = (time.time(), data)
-            return data
+                conn.request(method, path, body=data, headers=h)
+                r = conn.getresponse()
+                raw = r.read()
+            except (http.client.HTTPException, OSError):
+                # The server closed an idle connection (or restarted): once
+                # more on a new one.
+                conn.close()
+                local.conn = None
+                if attempt:
+                    raise
+                continue
+            if r.status >= 400:
+                raise urllib.error.HTTPError(server + path, r.status, r.reason, r.headers, io.BytesIO(raw))
+            return json.loads(raw or b"{}")
+
+    pods_seen = Informer(server, ctx, headers, "/api/v1/pods")
+    secrets_seen = Informer(server, ctx, headers, "/api/v1/secrets")
+    configmaps_seen = Informer(server, ctx, headers, "/api/v1/configmaps")
+    nodes_seen = Informer(server, ctx, headers, "/api/v1/nodes")
+
+    def reader(informer, decode):
+        """A getter of one kind's data (Secrets, ConfigMaps) by namespace and
+        name, from its informer; None when it is missing."""
+        def get(namespace, name):
+            obj = informer.get(namespace, name)
+            if obj is None:
+                return None
+            return {k: decode(v) for k, v in (obj.get("data") or {}).items()}
         return get
 
-    secret = cached("secrets", lambda v: base64.b64decode(v).decode("utf-8", "replace"))
-    configmap = cached("configmaps", lambda v: v)
+    secret = reader(secrets_seen, lambda v: base64.b64decode(v).decode("utf-8", "replace"))
+    configmap = reader(configmaps_seen, lambda v: v)
 
     threading.Thread(target=keep_nodes, args=(call,), daemon=True).start()
     global RUNNER
@@ -1578,8 +1670,9 @@ def main():
     rounds = 0
     while True:
         try:
-            pods = call("GET", "/api/v1/pods")["items"]
-            policies = call("GET", "/apis/networking.k8s.io/v1/networkpolicies")["items"]
+            pods = pods_seen.snapshot()
+            # (A few objects: read from the API server's watch cache.)
+            policies = call("GET", "/apis/networking.k8s.io/v1/networkpolicies?resourceVersion=0")["items"]
             # Swapped whole: the port-forward thread reads them meanwhile.
             SEEN["pods"] = {(p["metadata"]["namespace"], p["metadata"]["name"]): p for p in pods}
             SEEN["policies"] = policies
@@ -1615,7 +1708,7 @@ def main():
                      {"status": want}, "application/merge-patch+json")
             rounds += 1
             if rounds % 5 == 0:
-                serve_ingresses(call, pods)
+                serve_ingresses(call, pods, nodes_seen.snapshot())
         except Exception as e:  # the API server restarts, a pod went away
             print("node simulator: %s" % e, file=sys.stderr, flush=True)
         time.sleep(0.2)

@@ -40,6 +40,8 @@ import urllib.error
 import urllib.request
 
 POD_NET = "198.18"
+# How long a passed readiness probe holds (a kubelet's holds for its period).
+PROBE_TTL = 2.0
 # Image name -> the program that is that image's software here.
 PROGRAMS = {"prometheus": "prometheus", "alertmanager": "prometheus-alertmanager"}
 
@@ -126,6 +128,7 @@ class Runner:
         self.call = call
         self.root = os.path.join(run_dir, "pods")
         self.pods = {}  # uid -> {"address", "proc", "dir", "restarts", "started", "name", ...}
+        self.passed = {}  # (uid, container) -> when its readiness probe last passed
         self.block = None
         self.free = []
         self.enabled = False
@@ -254,6 +257,7 @@ class Runner:
             self.pods[uid] = run
         if run["proc"] is not None and run["proc"].poll() is None:
             return
+        self.passed.pop((uid, c["name"]), None)
         if run["proc"] is not None:
             if not run.get("counted"):
                 run["restarts"] += 1
@@ -289,13 +293,21 @@ class Runner:
         get = (c.get("readinessProbe") or {}).get("httpGet")
         if not get:
             return None
+        # A passed probe holds for PROBE_TTL seconds, as a kubelet's holds
+        # until its next period; a failing one is asked again every round.
+        key = (pod["metadata"]["uid"], c["name"])
+        if time.time() - self.passed.get(key, 0) < PROBE_TTL:
+            return None
         port = get.get("port")
         if not isinstance(port, int):
             port = next((p["containerPort"] for p in c.get("ports") or [] if p.get("name") == port), None)
         try:
             with urllib.request.urlopen("http://%s:%s%s" % (run["address"], port, get.get("path", "/")),
                                         timeout=1) as r:
-                return None if 200 <= r.status < 400 else "readiness probe: %d" % r.status
+                if 200 <= r.status < 400:
+                    self.passed[key] = time.time()
+                    return None
+                return "readiness probe: %d" % r.status
         except Exception as e:
             return "readiness probe failed: %s" % e
 
@@ -321,6 +333,8 @@ class Runner:
         """Stops the programs of pods that are gone."""
         for uid in [u for u in self.pods if u not in live]:
             run = self.pods.pop(uid)
+            for key in [k for k in self.passed if k[0] == uid]:
+                del self.passed[key]
             self.kill(run)
             drop_address(run["address"])
             self.free.append(run["address"])
