@@ -606,6 +606,54 @@ pub fn state_json(w: &World) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(p).unwrap_or_else(|_| "{}".into())).unwrap()
 }
 
+/// Every how many kill points a process-level kill test visits by default.
+pub const KILL_STRIDE: u64 = 3;
+
+/// The kill points (the k-th mutating request, 1-based) that a kill test
+/// against the local cloud visits of the `total` an uninterrupted run makes.
+///
+/// `RALPH_TEST_KILL_POINTS=all` visits every one: `.ci/run` sets it, so every
+/// landing is checked at every point. Otherwise (a developer's
+/// `scripts/test`) every third point is visited, plus the first and the
+/// last, from an offset that moves each day, so that three days' runs cover
+/// them all; `RALPH_TEST_KILL_OFFSET=N` repeats a given run. What is skipped
+/// here is still covered on every run in-process: the engine's kill test
+/// (`ralph-engine`'s testing module) kills after every driver call.
+pub fn kill_points(total: u64) -> Vec<u64> {
+    match std::env::var("RALPH_TEST_KILL_POINTS").as_deref() {
+        Ok("all") => return (1..=total).collect(),
+        Ok("") | Err(_) => {}
+        Ok(other) => panic!(
+            "RALPH_TEST_KILL_POINTS={other}: set it to `all` to visit every kill point, \
+             or leave it unset for every {KILL_STRIDE}rd"
+        ),
+    }
+    let offset = match std::env::var("RALPH_TEST_KILL_OFFSET") {
+        Ok(v) => v.trim().parse::<u64>().unwrap_or_else(|_| {
+            panic!(
+                "RALPH_TEST_KILL_OFFSET={v}: a whole number (0 to {})",
+                KILL_STRIDE - 1
+            )
+        }),
+        Err(_) => {
+            let secs = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs();
+            secs / 86_400
+        }
+    } % KILL_STRIDE;
+    let points: Vec<u64> = (1..=total)
+        .filter(|k| k % KILL_STRIDE == offset || *k == 1 || *k == total)
+        .collect();
+    eprintln!(
+        "kill points: {} of {total} (every {KILL_STRIDE}rd, offset {offset}: \
+         RALPH_TEST_KILL_OFFSET={offset} repeats this run, RALPH_TEST_KILL_POINTS=all visits every one)",
+        points.len()
+    );
+    points
+}
+
 /// Runs `ralph-deploy ARGS` in the world through a shell that writes its
 /// pid to `pidfile` before exec, so the fault proxy can SIGKILL it after the
 /// k-th mutating request; returns how it ended.
