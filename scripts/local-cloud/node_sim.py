@@ -1479,12 +1479,11 @@ def armor_release(key, keep):
         ARMOR.pop(key, None)
 
 
-def serve_ingresses(call, pods, nodes):
+def serve_ingresses(call, pods, nodes, ingresses):
     """Play the Ingress controllers: an address for each Ingress something
     serves (none otherwise), and GKE's ManagedCertificates Active once
     their Ingress has one."""
     merge = "application/merge-patch+json"
-    ingresses = call("GET", "/apis/networking.k8s.io/v1/ingresses?resourceVersion=0")["items"]
     present = {(i["metadata"]["namespace"], i["metadata"]["name"]) for i in ingresses}
     for key in [k for k in ARMOR if k not in present]:
         armor_release(key, set())
@@ -1650,6 +1649,8 @@ def main():
     secrets_seen = Informer(server, ctx, headers, "/api/v1/secrets")
     configmaps_seen = Informer(server, ctx, headers, "/api/v1/configmaps")
     nodes_seen = Informer(server, ctx, headers, "/api/v1/nodes")
+    policies_seen = Informer(server, ctx, headers, "/apis/networking.k8s.io/v1/networkpolicies")
+    ingresses_seen = Informer(server, ctx, headers, "/apis/networking.k8s.io/v1/ingresses")
 
     def reader(informer, decode):
         """A getter of one kind's data (Secrets, ConfigMaps) by namespace and
@@ -1671,8 +1672,7 @@ def main():
     while True:
         try:
             pods = pods_seen.snapshot()
-            # (A few objects: read from the API server's watch cache.)
-            policies = call("GET", "/apis/networking.k8s.io/v1/networkpolicies?resourceVersion=0")["items"]
+            policies = policies_seen.snapshot()
             # Swapped whole: the port-forward thread reads them meanwhile.
             SEEN["pods"] = {(p["metadata"]["namespace"], p["metadata"]["name"]): p for p in pods}
             SEEN["policies"] = policies
@@ -1708,7 +1708,7 @@ def main():
                      {"status": want}, "application/merge-patch+json")
             rounds += 1
             if rounds % 5 == 0:
-                serve_ingresses(call, pods, nodes_seen.snapshot())
+                serve_ingresses(call, pods, nodes_seen.snapshot(), ingresses_seen.snapshot())
         except Exception as e:  # the API server restarts, a pod went away
             print("node simulator: %s" % e, file=sys.stderr, flush=True)
         time.sleep(0.2)
