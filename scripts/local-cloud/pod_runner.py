@@ -31,6 +31,7 @@ import os
 import shutil
 import signal
 import socket
+import collections
 import struct
 import subprocess
 import sys
@@ -130,7 +131,11 @@ class Runner:
         self.pods = {}  # uid -> {"address", "proc", "dir", "restarts", "started", "name", ...}
         self.passed = {}  # (uid, container) -> when its readiness probe last passed
         self.block = None
-        self.free = []
+        # Addresses are handed out in turn, oldest freed first, as a CNI's
+        # host-local allocator does: an address freed a moment ago is the
+        # last to be reused, so a client that still holds it (a test that
+        # waits for a deleted pod's server to go) never reaches a new pod.
+        self.free = collections.deque()
         self.enabled = False
         why = self.unavailable()
         if why:
@@ -141,7 +146,7 @@ class Runner:
         with open(self.resolv, "w") as f:
             f.write("search svc.cluster.local cluster.local\nnameserver %s\noptions ndots:5\n" % self.dns_address)
         self.dns = Dns(self.dns_address, self.endpoints)
-        self.free = ["%s.%d.%d" % (POD_NET, self.block, h) for h in range(254, 1, -1)]
+        self.free = collections.deque("%s.%d.%d" % (POD_NET, self.block, h) for h in range(2, 255))
         self.enabled = True
         log("pods of %s run for real on %s.%d.0/24" % (", ".join(sorted(PROGRAMS)), POD_NET, self.block))
         signal.signal(signal.SIGTERM, lambda *a: (self.stop_all(), os._exit(0)))
@@ -196,7 +201,7 @@ class Runner:
         return run["address"] if run else None
 
     def allocate(self):
-        return self.free.pop() if self.free else None
+        return self.free.popleft() if self.free else None
 
     def volumes(self, pod, c, here, secret, configmap):
         """Writes the pod's volumes under `here`; returns [(mountPath, dir)]."""
