@@ -255,16 +255,69 @@ impl Context {
         address: &str,
         what: &str,
         timeout: Duration,
-        mut check: F,
+        check: F,
     ) -> Result<T, DriverError>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<(Option<T>, String), DriverError>>,
     {
-        let start = Instant::now();
         // Poll at a fraction of the time already spent, so the time lost
-        // between "ready" and noticing it stays a small share of the wait
-        // (under 2%), from sub-second local waits to 20-minute clusters.
+        // between "ready" and noticing it stays under 0.5% (a 20-minute
+        // cluster is polled every ~6 s, well inside the services' rate
+        // limits), from sub-second local waits to 20-minute clusters.
+        let every = |spent: Duration| (spent / 200).clamp(POLL_FLOOR, Duration::from_secs(15));
+        self.wait_loop(
+            address,
+            what,
+            timeout,
+            check,
+            every,
+            futures::stream::pending(),
+        )
+        .await
+    }
+
+    /// Like [`Context::wait_until`], for a cloud that says when something
+    /// changed (a Kubernetes watch): `check` runs again as soon as `wake`
+    /// yields, and at least every `recheck` for what the stream does not
+    /// see, instead of polling. Should `wake` end, the wait goes on
+    /// rechecking at that pace.
+    pub async fn wait_until_woken<T, F, Fut, S>(
+        &self,
+        address: &str,
+        what: &str,
+        timeout: Duration,
+        recheck: Duration,
+        wake: S,
+        check: F,
+    ) -> Result<T, DriverError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<(Option<T>, String), DriverError>>,
+        S: futures::Stream<Item = ()>,
+    {
+        self.wait_loop(address, what, timeout, check, |_| recheck, wake)
+            .await
+    }
+
+    async fn wait_loop<T, F, Fut, S>(
+        &self,
+        address: &str,
+        what: &str,
+        timeout: Duration,
+        mut check: F,
+        every: impl Fn(Duration) -> Duration,
+        wake: S,
+    ) -> Result<T, DriverError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<(Option<T>, String), DriverError>>,
+        S: futures::Stream<Item = ()>,
+    {
+        use futures::{FutureExt, StreamExt};
+        let start = Instant::now();
+        let mut wake = std::pin::pin!(wake);
+        let mut listening = true;
         let mut last_status = String::new();
         loop {
             let (done, status) = check().await?;
@@ -288,19 +341,34 @@ impl Context {
                     timeout.as_secs()
                 )));
             }
-            // Sleep in short steps so an interruption is noticed quickly.
-            // A fraction of the time already waited: the time lost between
-            // "ready" and noticing it stays under 0.5% (a 20-minute cluster
-            // is polled every ~6 s, well inside the services' rate limits).
-            let delay =
-                (start.elapsed() / 200).clamp(Duration::from_millis(50), Duration::from_secs(15));
-            let until = Instant::now() + delay;
+            // Sleep in short steps so an interruption is noticed quickly;
+            // a change the cloud announces ends the sleep at once.
+            let until = Instant::now() + every(start.elapsed());
             while Instant::now() < until && !self.stop.load(Ordering::SeqCst) {
-                tokio::time::sleep(Duration::from_millis(100).min(until - Instant::now())).await;
+                let nap =
+                    tokio::time::sleep(Duration::from_millis(100).min(until - Instant::now()));
+                if !listening {
+                    nap.await;
+                    continue;
+                }
+                tokio::select! {
+                    _ = nap => {}
+                    event = wake.next() => match event {
+                        Some(()) => {
+                            // A burst of changes is one look.
+                            while let Some(Some(())) = wake.next().now_or_never() {}
+                            break;
+                        }
+                        None => listening = false,
+                    },
+                }
             }
         }
     }
 }
+
+/// The shortest pause between two polls of a wait.
+const POLL_FLOOR: Duration = Duration::from_millis(50);
 
 #[async_trait::async_trait]
 pub trait Driver: Send + Sync {
@@ -559,4 +627,100 @@ where
         },
     )
     .await
+}
+
+#[cfg(test)]
+mod wait_tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    fn context() -> Context {
+        Context::new(
+            Owner {
+                stack: "s".into(),
+                environment: "e".into(),
+            },
+            std::path::PathBuf::from("."),
+            Default::default(),
+            Arc::new(crate::events::Silent),
+        )
+    }
+
+    /// `check` returns done on its `n`th call; counts the calls.
+    fn done_on(
+        n: usize,
+        calls: &AtomicUsize,
+    ) -> impl FnMut() -> std::future::Ready<Result<(Option<()>, String), DriverError>> + '_ {
+        move || {
+            let i = calls.fetch_add(1, Ordering::SeqCst) + 1;
+            std::future::ready(Ok(((i >= n).then_some(()), format!("look {i}"))))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_change_is_looked_at_at_once_and_a_burst_of_them_once() {
+        let cx = context();
+        let looks = std::sync::Mutex::new(Vec::new());
+        let (tx, rx) = futures::channel::mpsc::unbounded();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            for _ in 0..3 {
+                tx.unbounded_send(()).unwrap();
+            }
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        });
+        let start = Instant::now();
+        cx.wait_until_woken(
+            "a",
+            "it",
+            Duration::from_secs(30),
+            Duration::from_secs(1),
+            rx,
+            || {
+                let mut l = looks.lock().unwrap();
+                l.push(start.elapsed());
+                std::future::ready(Ok::<_, DriverError>((
+                    (l.len() == 3).then_some(()),
+                    String::new(),
+                )))
+            },
+        )
+        .await
+        .unwrap();
+        let l = looks.into_inner().unwrap();
+        // The second look follows the burst at once; the burst's other two
+        // changes are not looks of their own: the third waits for the
+        // recheck a second later.
+        assert!(
+            l[1] >= Duration::from_millis(150) && l[1] < Duration::from_millis(600),
+            "{l:?}"
+        );
+        assert!(l[2] - l[1] >= Duration::from_millis(900), "{l:?}");
+    }
+
+    #[tokio::test]
+    async fn a_wake_stream_that_ends_leaves_the_rechecks_not_a_busy_loop() {
+        let cx = context();
+        let calls = AtomicUsize::new(0);
+        let start = Instant::now();
+        let ended = futures::stream::empty::<()>();
+        let err = cx
+            .wait_until_woken(
+                "a",
+                "it",
+                Duration::from_millis(700),
+                Duration::from_millis(200),
+                ended,
+                done_on(usize::MAX, &calls),
+            )
+            .await
+            .unwrap_err();
+        assert!(err.message.contains("timed out"), "{}", err.message);
+        let looks = calls.load(Ordering::SeqCst);
+        assert!(
+            (3..=6).contains(&looks),
+            "{looks} looks in {:?}",
+            start.elapsed()
+        );
+    }
 }

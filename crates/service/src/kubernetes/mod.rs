@@ -30,6 +30,59 @@ fn count(cx: &Context) {
     cx.operations.fetch_add(1, Ordering::Relaxed);
 }
 
+/// A wake-up for each change of the object `name` that `api` sees, from a
+/// watch (one request, held open) instead of polls: kept open again when
+/// the server ends it or the connection drops, a second later after an
+/// error. Each (re)opening counts as a request.
+fn changes<K>(cx: &Context, api: Api<K>, name: &str) -> impl futures::Stream<Item = ()> + Send
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    use futures::StreamExt;
+    use kube::api::{WatchEvent, WatchParams};
+    type Events<K> = futures::stream::BoxStream<'static, kube::Result<WatchEvent<K>>>;
+    // Under the client's read timeout: a quiet watch ends on the server's
+    // side first, and bookmarks keep it from looking idle.
+    let held = ralph_core::remote::api_timeout()
+        .as_secs()
+        .saturating_sub(5)
+        .clamp(1, 240) as u32;
+    let params = WatchParams::default()
+        .fields(&format!("metadata.name={name}"))
+        .timeout(held);
+    let (requests, operations) = (cx.requests.clone(), cx.operations.clone());
+    futures::stream::unfold(None::<Events<K>>, move |mut open| {
+        let (api, params) = (api.clone(), params.clone());
+        let (requests, operations) = (requests.clone(), operations.clone());
+        async move {
+            loop {
+                let Some(events) = open.as_mut() else {
+                    requests.fetch_add(1, Ordering::Relaxed);
+                    operations.fetch_add(1, Ordering::Relaxed);
+                    // From "0": the object as it is now comes first, which
+                    // only costs one extra look.
+                    match api.watch(&params, "0").await {
+                        Ok(events) => open = Some(events.boxed()),
+                        Err(_) => tokio::time::sleep(std::time::Duration::from_secs(1)).await,
+                    }
+                    continue;
+                };
+                match events.next().await {
+                    Some(Ok(
+                        WatchEvent::Added(_) | WatchEvent::Modified(_) | WatchEvent::Deleted(_),
+                    )) => return Some(((), open)),
+                    Some(Ok(WatchEvent::Bookmark(_))) => {}
+                    Some(Ok(WatchEvent::Error(_)) | Err(_)) => {
+                        open = None;
+                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    }
+                    None => open = None,
+                }
+            }
+        }
+    })
+}
+
 fn kube_error(what: &str, e: kube::Error) -> DriverError {
     let detail = match &e {
         kube::Error::Api(s) => format!("{} ({} {})", s.message, s.code, s.reason),

@@ -721,6 +721,9 @@ async fn current_template_hash(
         .and_then(|rs| rs.metadata.labels?.remove("pod-template-hash")))
 }
 
+/// How often a rollout's wait looks again without a change of its Deployment.
+const ROLLOUT_RECHECK: Duration = Duration::from_secs(1);
+
 /// Waits until the Deployment's generation `generation` is rolled out:
 /// the controller has seen it, every replica is updated and available, and
 /// no old replica remains. Fails at once on a rollout that cannot finish.
@@ -735,7 +738,13 @@ async fn wait_rollout(
     timeout: Duration,
 ) -> Result<(), DriverError> {
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
-    cx.wait_until(address, &format!("the rollout of {image}"), timeout, || {
+    // The Deployment's changes end each pause at once (the controller
+    // writes its status as replicas move); a look each second catches a pod
+    // stuck on its image or its configuration, which the Deployment does
+    // not show until its progress deadline.
+    let wake = super::changes(cx, deployments.clone(), name);
+    let what = format!("the rollout of {image}");
+    cx.wait_until_woken(address, &what, timeout, ROLLOUT_RECHECK, wake, || {
         let deployments = deployments.clone();
         async move {
             super::count(cx);
