@@ -641,6 +641,11 @@ async fn the_rewritten_stack_only_moves_what_the_flat_one_made() {
         .collect();
 
     w.replace_stack("aws-production.yaml");
+    // The token is rotated in the same apply that first records its
+    // version on the group: the group must take the new token before the
+    // pods do, though it has no version on record to compare.
+    w.env
+        .push(("RALPH_DEPLOY_VAR_redis_auth_rotation".into(), "1".into()));
     w.env
         .push(("RALPH_DEPLOY_VAR_app_role".into(), format!("app_{name}")));
     w.env.push((
@@ -727,12 +732,12 @@ async fn the_rewritten_stack_only_moves_what_the_flat_one_made() {
                     "\"nodes\" \"update\" [{\"name\":\"desired_size\",\"before\":4,\"after\":3,",
                 )
                 || c.starts_with("\"app.orchestrator\" \"update\"")
-                // the AUTH token's version, recorded (nothing rotates), and
-                // the rotation's second half
+                // the AUTH token's version, recorded, and the rotation's
+                // second half
                 || c.starts_with("\"redis\" \"update\" [{\"name\":\"auth_token_version\"")
                 || c.starts_with("\"redis_auth_rotation\" \"create\"")
-                // the token's secret takes the rotation counter ("0": no new value)
-                || c.starts_with("\"secrets.redis_auth\" \"update\" [{\"name\":\"rotation\",\"before\":null,\"after\":\"0\"")
+                // the token's secret takes the rotation counter, a new value
+                || c.starts_with("\"secrets.redis_auth\" \"update\" [{\"name\":\"rotation\",\"before\":null,\"after\":\"1\"")
                 // the control plane's logs, which the flat stack left off
                 || c.starts_with("\"eks\" \"update\" [{\"name\":\"control_plane_logs\""))
         })
@@ -749,9 +754,44 @@ async fn the_rewritten_stack_only_moves_what_the_flat_one_made() {
     assert!(human.contains("27 to move"), "{human}");
 
     let ev = apply_json(&w, &[]);
-    // The Redis token's secret took the rotation counter without a new
-    // value: the group and the pods keep the token they have.
-    assert_eq!(token_version(&w, "secrets.redis_auth"), token_before);
+    // The Redis token's secret took a new value, which the group took
+    // beside the old one before the pods rolled onto it (their readiness
+    // logs in: the rollout would not finish), then alone: the old one is
+    // refused. (The edge's certificate is not validated in this test, so
+    // `status` would not be healthy as a whole.)
+    assert_ne!(token_version(&w, "secrets.redis_auth"), token_before);
+    let token = |stage: &'static str| {
+        let w = &w;
+        async move {
+            let arn = common::state_json(w)["resources"]["secrets.redis_auth"]["attrs"]["arn"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            aws_sdk_secretsmanager::Client::new(&w.sdk_config().await)
+                .get_secret_value()
+                .secret_id(arn)
+                .version_stage(stage)
+                .send()
+                .await
+                .unwrap()
+                .secret_string()
+                .unwrap()
+                .to_string()
+        }
+    };
+    let group = common::state_json(&w)["resources"]["redis"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let port = common::group_redis_port(&group);
+    assert_eq!(
+        common::redis_ping(&port, &token("AWSCURRENT").await),
+        "PONG"
+    );
+    assert!(
+        common::redis_ping(&port, &token("AWSPREVIOUS").await).contains("WRONGPASS"),
+        "the token before the rotation still gets in"
+    );
     let s = ev.summary();
     assert_eq!(
         (s["created"].as_u64(), s["deleted"].as_u64()),

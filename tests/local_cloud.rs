@@ -2947,27 +2947,6 @@ fn local_cloud_storage_refuses_what_google_refuses() {
     );
 }
 
-/// PING through `redis-cli` with `password`, over TLS (the local
-/// ElastiCache's Redis takes any certificate's client).
-fn redis_ping(port: &str, password: &str) -> String {
-    let out = std::process::Command::new("redis-cli")
-        .args([
-            "--tls",
-            "--insecure",
-            "--no-auth-warning",
-            "-p",
-            port,
-            "-a",
-            password,
-            "PING",
-        ])
-        .output()
-        .expect("redis-cli (installed with redis-server)");
-    format!("{}{}", text(&out.stdout), text(&out.stderr))
-        .trim()
-        .to_string()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn local_elasticache_rotates_an_auth_token_as_elasticache_does() {
     let name = format!("lcra{}", std::process::id());
@@ -3024,44 +3003,24 @@ async fn local_elasticache_rotates_an_auth_token_as_elasticache_does() {
     let id = format!("{name}-tls");
     group(&id, true).await.unwrap();
     available(id.clone()).await;
-    // The Redis behind it: the run directory's stores (next to the kubeconfig).
-    let run_dir = std::path::PathBuf::from(std::env::var("RALPH_TEST_KUBECONFIG").unwrap())
-        .parent()
-        .unwrap()
-        .join("stores");
-    let conf = std::fs::read_dir(&run_dir)
-        .unwrap()
-        .filter_map(Result::ok)
-        .find(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .starts_with(&format!("{id}-"))
-        })
-        .expect("the group's Redis")
-        .path()
-        .join("redis.conf");
-    let port = std::fs::read_to_string(conf)
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("tls-port ").map(str::to_string))
-        .unwrap();
-    assert_eq!(redis_ping(&port, old), "PONG");
+    let port = common::group_redis_port(&id);
+    assert_eq!(common::redis_ping(&port, old), "PONG");
 
     // ROTATE: both tokens get in; a second change waits for the first.
     modify(&id, new, "ROTATE").await.unwrap();
-    assert_eq!(redis_ping(&port, old), "PONG");
-    assert_eq!(redis_ping(&port, new), "PONG");
+    assert_eq!(common::redis_ping(&port, old), "PONG");
+    assert_eq!(common::redis_ping(&port, new), "PONG");
     let busy = modify(&id, new, "SET").await.unwrap_err();
     assert_eq!(code(busy), "InvalidReplicationGroupState");
     // SET: only the new one.
     available(id.clone()).await;
     modify(&id, new, "SET").await.unwrap();
     assert!(
-        redis_ping(&port, old).contains("WRONGPASS"),
+        common::redis_ping(&port, old).contains("WRONGPASS"),
         "{}",
-        redis_ping(&port, old)
+        common::redis_ping(&port, old)
     );
-    assert_eq!(redis_ping(&port, new), "PONG");
+    assert_eq!(common::redis_ping(&port, new), "PONG");
     // A token without its strategy, or on a group without TLS, is refused.
     available(id.clone()).await;
     let lone = ec

@@ -1009,3 +1009,53 @@ pub async fn vpc_with_subnets(
     }
     (vpc_id, subnets)
 }
+
+/// The TLS port of the Redis behind the local ElastiCache group `id` (in
+/// the run directory's stores, next to the kubeconfig).
+pub fn group_redis_port(id: &str) -> String {
+    let stores = std::path::PathBuf::from(
+        std::env::var("RALPH_TEST_KUBECONFIG")
+            .expect("RALPH_TEST_KUBECONFIG: run the tests with scripts/test"),
+    )
+    .parent()
+    .unwrap()
+    .join("stores");
+    let conf = std::fs::read_dir(&stores)
+        .unwrap()
+        .filter_map(Result::ok)
+        .find(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(&format!("{id}-"))
+        })
+        .unwrap_or_else(|| panic!("no local Redis for group {id} in {}", stores.display()))
+        .path()
+        .join("redis.conf");
+    std::fs::read_to_string(conf)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("tls-port ").map(str::to_string))
+        .unwrap()
+}
+
+/// PING through `redis-cli` with `password`, over TLS (the local
+/// ElastiCache's Redis takes any certificate's client): "PONG", or the
+/// server's refusal.
+pub fn redis_ping(port: &str, password: &str) -> String {
+    let out = std::process::Command::new("redis-cli")
+        .args([
+            "--tls",
+            "--insecure",
+            "--no-auth-warning",
+            "-p",
+            port,
+            "-a",
+            password,
+            "PING",
+        ])
+        .output()
+        .expect("redis-cli (installed with redis-server)");
+    format!("{}{}", text(&out.stdout), text(&out.stderr))
+        .trim()
+        .to_string()
+}

@@ -444,6 +444,88 @@ pub(super) async fn rotate_token(
     wait_group(cx, want.address, id, timeout, false).await
 }
 
+/// When the group was made and when its AUTH token last changed, as
+/// ElastiCache reports them (None where it does not say).
+async fn token_dates(
+    cx: &Context,
+    id: &str,
+) -> Result<
+    (
+        Option<aws_sdk_elasticache::primitives::DateTime>,
+        Option<aws_sdk_elasticache::primitives::DateTime>,
+    ),
+    DriverError,
+> {
+    let out = crate::clients(cx)
+        .await?
+        .elasticache
+        .describe_replication_groups()
+        .replication_group_id(id)
+        .send()
+        .await
+        .map_err(|e| api_error("DescribeReplicationGroups", e))?;
+    Ok(out.replication_groups().first().map_or((None, None), |g| {
+        (
+            g.replication_group_create_time().copied(),
+            g.auth_token_last_modified_date().copied(),
+        )
+    }))
+}
+
+/// When the secret's current value was made (its version's creation).
+/// Only the date leaves this call.
+async fn token_made(
+    cx: &Context,
+    arn: &str,
+) -> Result<Option<aws_sdk_elasticache::primitives::DateTime>, DriverError> {
+    let out = crate::clients(cx)
+        .await?
+        .secrets
+        .get_secret_value()
+        .secret_id(arn)
+        .send()
+        .await
+        .map_err(|e| api_error("GetSecretValue", e))?;
+    Ok(out.created_date().copied())
+}
+
+/// Whether the group already holds the value its secret holds now: its
+/// token last changed when or after that value was made (the group was
+/// made from it, or rotated to it). Asked where no version is on record
+/// yet: the secret may have taken a new value in this very apply, which
+/// the group has never seen. Where either service gives no date, yes (as
+/// a version on record for the first time always counted).
+pub(super) async fn holds_current_token(
+    cx: &Context,
+    id: &str,
+    arn: &str,
+) -> Result<bool, DriverError> {
+    let (made, changed) = token_dates(cx, id).await?;
+    let Some(changed) = changed.or(made) else {
+        return Ok(true);
+    };
+    Ok(token_made(cx, arn)
+        .await?
+        .is_none_or(|value| changed.secs() >= value.secs()))
+}
+
+/// Whether a rotation may have left the group a second token: the secret's
+/// current value was made after the group, so the group did not start with
+/// it and took it beside its first (`ROTATE`).
+pub(super) async fn took_a_later_token(
+    cx: &Context,
+    id: &str,
+    arn: &str,
+) -> Result<bool, DriverError> {
+    let (made, _) = token_dates(cx, id).await?;
+    let Some(made) = made else {
+        return Ok(false);
+    };
+    Ok(token_made(cx, arn)
+        .await?
+        .is_some_and(|value| value.secs() > made.secs()))
+}
+
 /// Reads the AUTH token from its secret. The value stays in this call.
 pub(super) async fn auth_token(cx: &Context, arn: &str) -> Result<String, DriverError> {
     let out = crate::clients(cx)
@@ -578,13 +660,18 @@ impl Driver for ReplicationGroup {
                 .map_err(|e| api_error("ModifyReplicationGroup", e))?;
             wait_group(cx, want.address, &have.id, timeout, false).await?;
         }
-        // A version recorded before (not one given for the first time to a
-        // group that has the token already): a new token to rotate to.
-        let rotated = have
+        // A version recorded before: a new token to rotate to. A version
+        // given for the first time: only if the group does not hold that
+        // value already (the secret took a new one in the same apply).
+        let recorded = have
             .attrs
             .get("auth_token_version")
             .is_some_and(|v| !v.is_null());
-        if has("auth_token_version") && rotated {
+        if has("auth_token_version")
+            && (recorded
+                || !holds_current_token(cx, &have.id, want.required_str("auth_token_secret_arn")?)
+                    .await?)
+        {
             rotate_token(cx, want, &have.id, "ROTATE", timeout).await?;
         }
         if has("num_cache_clusters") {

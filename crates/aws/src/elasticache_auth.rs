@@ -9,11 +9,13 @@
 //!
 //! It owns nothing in the cloud: creating it records the version the group
 //! was made with (a new group has that token alone), deleting it forgets
-//! it.
+//! it. A group older than its secret's current value (a stack that first
+//! records the version in the apply that rotates the token) took that value
+//! beside its first: creating the rotation then keeps the new one alone.
 
 use serde_json::{json, Value as Json};
 
-use super::elasticache::{read_group, rotate_token};
+use super::elasticache::{read_group, rotate_token, took_a_later_token};
 use ralph_core::driver::{Context, Desired, Driver, DriverError, Known, Observed, Timeouts};
 use ralph_core::model::kinds::{Attr, Field, KindSchema, Ty};
 
@@ -92,12 +94,21 @@ impl Driver for Rotation {
         Ok(out)
     }
 
+    /// Records the version; where the group was not made with the
+    /// secret's current value (it took it beside the first in the same
+    /// apply that first recorded a version), finishes that rotation too.
     async fn create(&self, cx: &Context, want: &Desired<'_>) -> Result<Observed, DriverError> {
         let group = want.required_str("replication_group_id")?;
         if read_group(cx, group).await?.is_none() {
             return Err(DriverError::new(format!(
                 "the replication group {group} does not exist"
             )));
+        }
+        if took_a_later_token(cx, group, want.required_str("auth_token_secret_arn")?).await? {
+            let timeout = want
+                .timeouts
+                .create_or(std::time::Duration::from_secs(60 * 60));
+            rotate_token(cx, want, group, "SET", timeout).await?;
         }
         Ok(observed(group, want.props))
     }
