@@ -472,21 +472,29 @@ async fn token_dates(
     }))
 }
 
-/// When the secret's current value was made (its version's creation).
-/// Only the date leaves this call.
-async fn token_made(
+/// The secret's current version: its value and when it was made.
+async fn current_version(
     cx: &Context,
     arn: &str,
-) -> Result<Option<aws_sdk_elasticache::primitives::DateTime>, DriverError> {
-    let out = crate::clients(cx)
+) -> Result<aws_sdk_secretsmanager::operation::get_secret_value::GetSecretValueOutput, DriverError>
+{
+    crate::clients(cx)
         .await?
         .secrets
         .get_secret_value()
         .secret_id(arn)
         .send()
         .await
-        .map_err(|e| api_error("GetSecretValue", e))?;
-    Ok(out.created_date().copied())
+        .map_err(|e| api_error("GetSecretValue", e))
+}
+
+/// When the secret's current value was made (its version's creation).
+/// Only the date leaves this call.
+async fn token_made(
+    cx: &Context,
+    arn: &str,
+) -> Result<Option<aws_sdk_elasticache::primitives::DateTime>, DriverError> {
+    Ok(current_version(cx, arn).await?.created_date().copied())
 }
 
 /// Whether the group already holds the value its secret holds now: its
@@ -528,14 +536,7 @@ pub(super) async fn took_a_later_token(
 
 /// Reads the AUTH token from its secret. The value stays in this call.
 pub(super) async fn auth_token(cx: &Context, arn: &str) -> Result<String, DriverError> {
-    let out = crate::clients(cx)
-        .await?
-        .secrets
-        .get_secret_value()
-        .secret_id(arn)
-        .send()
-        .await
-        .map_err(|e| api_error("GetSecretValue", e))?;
+    let out = current_version(cx, arn).await?;
     out.secret_string().map(str::to_string).ok_or_else(|| {
         DriverError::new(format!(
             "secret {arn} has no string value for the Redis AUTH token"
