@@ -317,8 +317,12 @@ impl Calls for CacheSubnets {
 
 // ---- replication group ----
 
-pub(super) async fn read_group(cx: &Context, id: &str) -> Result<Option<Observed>, DriverError> {
-    let out = match crate::clients(cx)
+/// The group as DescribeReplicationGroups gives it; None when it is gone.
+pub(super) async fn describe_group(
+    cx: &Context,
+    id: &str,
+) -> Result<Option<aws_sdk_elasticache::types::ReplicationGroup>, DriverError> {
+    match crate::clients(cx)
         .await?
         .elasticache
         .describe_replication_groups()
@@ -326,13 +330,17 @@ pub(super) async fn read_group(cx: &Context, id: &str) -> Result<Option<Observed
         .send()
         .await
     {
-        Ok(o) => o,
-        Err(e) if error_code(&e) == Some("ReplicationGroupNotFoundFault") => return Ok(None),
-        Err(e) => return Err(api_error("DescribeReplicationGroups", e)),
-    };
-    let Some(g) = out.replication_groups().first() else {
+        Ok(o) => Ok(o.replication_groups().first().cloned()),
+        Err(e) if error_code(&e) == Some("ReplicationGroupNotFoundFault") => Ok(None),
+        Err(e) => Err(api_error("DescribeReplicationGroups", e)),
+    }
+}
+
+pub(super) async fn read_group(cx: &Context, id: &str) -> Result<Option<Observed>, DriverError> {
+    let Some(g) = describe_group(cx, id).await? else {
         return Ok(None);
     };
+    let g = &g;
     let arn = g.arn().unwrap_or_default().to_string();
     let status = g.status().unwrap_or("unknown").to_string();
     let node_group = g.node_groups().first();
@@ -444,34 +452,6 @@ pub(super) async fn rotate_token(
     wait_group(cx, want.address, id, timeout, false).await
 }
 
-/// When the group was made and when its AUTH token last changed, as
-/// ElastiCache reports them (None where it does not say).
-async fn token_dates(
-    cx: &Context,
-    id: &str,
-) -> Result<
-    (
-        Option<aws_sdk_elasticache::primitives::DateTime>,
-        Option<aws_sdk_elasticache::primitives::DateTime>,
-    ),
-    DriverError,
-> {
-    let out = crate::clients(cx)
-        .await?
-        .elasticache
-        .describe_replication_groups()
-        .replication_group_id(id)
-        .send()
-        .await
-        .map_err(|e| api_error("DescribeReplicationGroups", e))?;
-    Ok(out.replication_groups().first().map_or((None, None), |g| {
-        (
-            g.replication_group_create_time().copied(),
-            g.auth_token_last_modified_date().copied(),
-        )
-    }))
-}
-
 /// The secret's current version: its value and when it was made.
 async fn current_version(
     cx: &Context,
@@ -505,11 +485,11 @@ async fn token_made(
 /// a version on record for the first time always counted).
 pub(super) async fn holds_current_token(
     cx: &Context,
-    id: &str,
+    group: &aws_sdk_elasticache::types::ReplicationGroup,
     arn: &str,
 ) -> Result<bool, DriverError> {
-    let (made, changed) = token_dates(cx, id).await?;
-    let Some(changed) = changed.or(made) else {
+    let changed = group.auth_token_last_modified_date();
+    let Some(changed) = changed.or(group.replication_group_create_time()) else {
         return Ok(true);
     };
     Ok(token_made(cx, arn)
@@ -522,11 +502,10 @@ pub(super) async fn holds_current_token(
 /// it and took it beside its first (`ROTATE`).
 pub(super) async fn took_a_later_token(
     cx: &Context,
-    id: &str,
+    group: &aws_sdk_elasticache::types::ReplicationGroup,
     arn: &str,
 ) -> Result<bool, DriverError> {
-    let (made, _) = token_dates(cx, id).await?;
-    let Some(made) = made else {
+    let Some(made) = group.replication_group_create_time() else {
         return Ok(false);
     };
     Ok(token_made(cx, arn)
@@ -668,11 +647,15 @@ impl Driver for ReplicationGroup {
             .attrs
             .get("auth_token_version")
             .is_some_and(|v| !v.is_null());
-        if has("auth_token_version")
-            && (recorded
-                || !holds_current_token(cx, &have.id, want.required_str("auth_token_secret_arn")?)
-                    .await?)
-        {
+        let rotate = has("auth_token_version")
+            && (recorded || {
+                let arn = want.required_str("auth_token_secret_arn")?;
+                match describe_group(cx, &have.id).await? {
+                    Some(g) => !holds_current_token(cx, &g, arn).await?,
+                    None => false,
+                }
+            });
+        if rotate {
             rotate_token(cx, want, &have.id, "ROTATE", timeout).await?;
         }
         if has("num_cache_clusters") {

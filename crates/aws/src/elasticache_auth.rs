@@ -15,7 +15,7 @@
 
 use serde_json::{json, Value as Json};
 
-use super::elasticache::{read_group, rotate_token, took_a_later_token};
+use super::elasticache::{describe_group, read_group, rotate_token, took_a_later_token};
 use ralph_core::driver::{Context, Desired, Driver, DriverError, Known, Observed, Timeouts};
 use ralph_core::model::kinds::{Attr, Field, KindSchema, Ty};
 
@@ -99,12 +99,12 @@ impl Driver for Rotation {
     /// apply that first recorded a version), finishes that rotation too.
     async fn create(&self, cx: &Context, want: &Desired<'_>) -> Result<Observed, DriverError> {
         let group = want.required_str("replication_group_id")?;
-        if read_group(cx, group).await?.is_none() {
+        let Some(found) = describe_group(cx, group).await? else {
             return Err(DriverError::new(format!(
                 "the replication group {group} does not exist"
             )));
-        }
-        if took_a_later_token(cx, group, want.required_str("auth_token_secret_arn")?).await? {
+        };
+        if took_a_later_token(cx, &found, want.required_str("auth_token_secret_arn")?).await? {
             let timeout = want
                 .timeouts
                 .create_or(std::time::Duration::from_secs(60 * 60));
