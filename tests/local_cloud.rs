@@ -3045,3 +3045,36 @@ async fn local_elasticache_rotates_an_auth_token_as_elasticache_does() {
             .await;
     }
 }
+
+/// S3's conditional writes are decided and made as one step: of many PUTs
+/// with `If-None-Match: *` to one key at the same moment, exactly one
+/// succeeds and the rest get 412 (the state lock on S3 rests on it; moto
+/// checked, then wrote, so two could win).
+#[tokio::test(flavor = "multi_thread")]
+async fn local_s3_lets_one_of_simultaneous_conditional_writes_win() {
+    let name = format!("lcs3{}", std::process::id());
+    let w = World::from_stack("aws-network.yaml", &name);
+    let s3 = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&sdk(&w).await)
+            .force_path_style(true)
+            .build(),
+    );
+    s3.create_bucket().bucket(&name).send().await.unwrap();
+    for round in 0..5 {
+        let key = format!("lock-{round}.json");
+        let mut puts = tokio::task::JoinSet::new();
+        for i in 0..12 {
+            let put = s3
+                .put_object()
+                .bucket(&name)
+                .key(&key)
+                .if_none_match("*")
+                .body(aws_sdk_s3::primitives::ByteStream::from(
+                    format!("holder {i}").into_bytes(),
+                ));
+            puts.spawn(async move { put.send().await.is_ok() });
+        }
+        let won = puts.join_all().await.into_iter().filter(|ok| *ok).count();
+        assert_eq!(won, 1, "round {round}: {won} writers won one key");
+    }
+}

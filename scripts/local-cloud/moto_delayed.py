@@ -1118,6 +1118,22 @@ def patch_s3():
 
     r.S3Response.get_bucket_versioning = get_bucket_versioning
 
+    # S3 decides a conditional write (If-None-Match: *, If-Match) and makes
+    # it as one step; moto checks, then writes, on whichever thread serves
+    # the request, so two PUTs with If-None-Match: * at the same moment could
+    # both win (two runs holding one state lock). Conditional writes here
+    # take turns.
+    original_put = r.S3Response.put_object
+    conditional = threading.Lock()
+
+    def put_object(self):
+        if self.headers.get("If-None-Match") or self.headers.get("If-Match"):
+            with conditional:
+                return original_put(self)
+        return original_put(self)
+
+    r.S3Response.put_object = put_object
+
 
 def patch_cloudwatch():
     """CloudWatch clients send POST /service/GraniteServiceVersion20100801/
