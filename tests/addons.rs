@@ -3,7 +3,7 @@
 //! that need them and the controller available before them too, pruned when
 //! a file goes, re-applied when a value changes, and deleted by destroy.
 
-mod common;
+use crate::common;
 
 use common::{text, World};
 use k8s_openapi::api::apps::v1::Deployment;

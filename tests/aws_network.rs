@@ -1,6 +1,6 @@
 //! The core engine against the local AWS (moto), through the real binary.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

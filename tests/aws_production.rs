@@ -2,7 +2,7 @@
 //! layer: parallel provisioning, no perpetual diffs, in-place updates,
 //! protection, reverse-order destroy, and secrets that never reach the state.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 

@@ -1,7 +1,7 @@
 //! A create whose wait times out is recorded; the next apply waits for the
 //! same resource instead of creating another.
 
-mod common;
+use crate::common;
 
 use common::{text, World};
 

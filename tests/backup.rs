@@ -3,7 +3,7 @@
 //! independently of the tool's own manifest), retention removes only our
 //! expired backups, and a restore that does not match is refused.
 
-mod common;
+use crate::common;
 
 use common::{text, World};
 use sqlx::Connection;

@@ -2,7 +2,7 @@
 //! defect the real-account review found is caught again when it is put back
 //! into them, at the line of the property to change. No cloud is contacted.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

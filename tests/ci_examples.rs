@@ -12,7 +12,7 @@
 //! stand-ins for the code hosts' APIs (`gh`, the GitLab notes endpoint).
 //! `uses:` steps are not run.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};

@@ -1,7 +1,7 @@
 //! Shell completions and the manual page, generated from the command
 //! definitions: they know every command and option, and they parse.
 
-mod common;
+use crate::common;
 
 use common::{text, BIN};
 use std::process::Command;

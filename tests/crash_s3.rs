@@ -1,9 +1,9 @@
 //! The kill test with the state in S3, in a fault-proxy lane of its own
 //! (its own access key, counter, kill point and account), so it runs beside
-//! tests/crash.rs: the state writes go through the proxy too, so a kill can
+//! tests/aws_crash.rs: the state writes go through the proxy too, so a kill can
 //! land in the middle of the state store's own writes and locks.
 
-mod common;
+use crate::common;
 
 use std::os::unix::process::ExitStatusExt;
 

@@ -5,7 +5,7 @@
 //! moved aside untagged, the orchestrator's pods were rolled, and the next
 //! plan only creates the new replica.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;

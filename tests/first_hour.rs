@@ -6,7 +6,7 @@
 //! language reference: generated, every example a valid stack, and a first
 //! stack written from docs/ alone that validates, plans and applies.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -8,7 +8,7 @@
 //! is Google's error object). The checker is shown to fail on deliberately
 //! wrong routes, bodies and answers (tests/gcp/).
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -5,7 +5,7 @@
 //! gcp_double.py, `/__double/project`); each kill point is a project of its
 //! own, so kill points run side by side without resetting anything.
 
-mod common;
+use crate::common;
 
 use std::os::unix::process::ExitStatusExt;
 

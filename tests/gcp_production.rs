@@ -5,7 +5,7 @@
 //! replacement (subnetwork range), protection on destroy, and secret values
 //! that reach neither the state nor the plan nor the events.
 
-mod common;
+use crate::common;
 
 use common::{changed, fresh_database, gcp_get, gcp_requests, text, World};
 use serde_json::Value;

@@ -1,7 +1,7 @@
 //! Hardening against the local cloud: saved plans treated as untrusted input,
 //! a destroy that always finishes, a hanging endpoint, hostile stack files.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

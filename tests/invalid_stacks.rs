@@ -2,7 +2,7 @@
 //! right file:line:column and message, and touches neither cloud nor state:
 //! `plan` is pointed at a counting proxy that must see no connection.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

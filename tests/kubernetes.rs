@@ -3,7 +3,7 @@
 //! ready, or not: image tags `broken*` cannot be pulled, `hang*` never get
 //! ready). Secrets come from the local AWS (moto).
 
-mod common;
+use crate::common;
 
 use common::{text, World};
 use k8s_openapi::api::apps::v1::Deployment;

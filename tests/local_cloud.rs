@@ -12,7 +12,7 @@
 //! - the real kube-scheduler places pods on Nodes that follow the node
 //!   groups' sizes: the guide's rollout cannot place its surge pod on three
 //!   nodes and finishes on four.
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

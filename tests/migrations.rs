@@ -1,7 +1,7 @@
 //! The database schema as migrations, against a real PostgreSQL server
 //! (scripts/test starts one).
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 

@@ -11,7 +11,7 @@
 //! local webhook, with the routing key from the secret store) within the
 //! rule's `for`, scaled down to seconds, and nothing reaches the ticket one.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;

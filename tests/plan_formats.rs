@@ -1,6 +1,6 @@
 //! `plan --format markdown` (a pull-request comment) and `show PLANFILE`.
 
-mod common;
+use crate::common;
 
 use common::{text, World};
 

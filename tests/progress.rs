@@ -2,7 +2,7 @@
 //! on a real pseudo-terminal, in tmux), plain timestamped lines with
 //! heartbeats when the output is a file or a pipe.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 use std::time::{Duration, Instant};

@@ -1,7 +1,7 @@
 //! `--target`, `--exclude` and `--var-file` on plan, apply and destroy,
 //! against moto with the networking stack.
 
-mod common;
+use crate::common;
 
 use common::{changed, text, World};
 

@@ -3,7 +3,7 @@
 //! across component boundaries, and errors that point into component files
 //! and name the use that brought them in.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

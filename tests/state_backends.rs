@@ -2,7 +2,7 @@
 //! whose state lives in the database, leases on the lock, writes that
 //! refuse to overwrite a newer state, and client-side encryption.
 
-mod common;
+use crate::common;
 
 use common::{text, World};
 use ralph_engine::state::postgres::PostgresBackend;

@@ -4,7 +4,7 @@
 //! real Redis (with AUTH) that scripts/test starts. Checked the way an
 //! operator would: read the Secret the pods get and connect with it.
 
-mod common;
+use crate::common;
 
 use common::{text, World};
 use k8s_openapi::api::apps::v1::Deployment;

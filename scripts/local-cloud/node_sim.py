@@ -142,6 +142,9 @@ def host_address():
         s.close()
 
 
+# The nodes' address (their InternalIP, the kubelet's, the simulated pods'
+# podIP and ports): this machine's, or the first of the pod runner's block
+# when it has one (main).
 HOST = host_address()
 SERVING = {}
 
@@ -1603,7 +1606,6 @@ class Informer:
 
 def main():
     server, token = read_kubeconfig(sys.argv[1])
-    start_kubelet()
     SEEN["get"] = lambda path: call("GET", path)
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
@@ -1665,9 +1667,17 @@ def main():
     secret = reader(secrets_seen, lambda v: base64.b64decode(v).decode("utf-8", "replace"))
     configmap = reader(configmaps_seen, lambda v: v)
 
-    threading.Thread(target=keep_nodes, args=(call,), daemon=True).start()
-    global RUNNER
+    global RUNNER, HOST
     RUNNER = pod_runner.Runner(os.environ.get("RALPH_SIM_RUN_DIR") or tempfile.mkdtemp(), call)
+    if RUNNER.enabled:
+        # The nodes' address is the first of this cloud's block: the
+        # simulated pods' ports (8080, 9090, ...) and the kubelet's are this
+        # cloud's own, as on separate machines, so two local clouds on one
+        # machine (the tests' and the walkthrough's) do not take each
+        # other's ports.
+        HOST = RUNNER.dns_address
+    start_kubelet()
+    threading.Thread(target=keep_nodes, args=(call,), daemon=True).start()
     rounds = 0
     while True:
         try:

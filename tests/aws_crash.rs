@@ -2,7 +2,7 @@
 //! (scripts/test starts a dedicated moto and the proxy): a kill at every
 //! mutating request, injected faults, Ctrl-C, and a stale lock.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, Read, Write};
 use std::os::unix::process::ExitStatusExt;
