@@ -1,18 +1,19 @@
 #!/usr/bin/env bash
 # Builds kube-apiserver, kube-controller-manager and kube-scheduler 1.20.2 from Debian's
 # source package, and unpacks etcd, into a cache outside the repository:
-#   $RALPH_CACHE/kube-1.20.2-r4/bin/{kube-apiserver,kube-controller-manager,kube-scheduler,etcd}
+#   $RALPH_CACHE/kube-1.20.2-r5/bin/{kube-apiserver,kube-controller-manager,kube-scheduler,etcd}
 # Everything comes from the Debian archive the machine already uses
 # (deb-src lines are derived in a private APT configuration; /etc is not
-# touched). About 3 minutes on 2 cores, once per machine.
+# touched). About 2 minutes on 2 cores, once per machine.
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 . "$here/env.sh"
 KUBE_DEB_VERSION="${KUBE_DEB_VERSION:-1.20.5+really1.20.2-1.1+deb12u1}"
 KUBE_VERSION=v1.20.2
 # -r3: with the reflect2 fix below (a build without it crashes on custom
-# resources); -r4: with kube-scheduler.
-out="$RALPH_CACHE/kube-1.20.2-r4"
+# resources); -r4: with kube-scheduler; -r5: without the in-tree cloud
+# providers.
+out="$RALPH_CACHE/kube-1.20.2-r5"
 [ -f "$out/.complete" ] && { echo "$out"; exit 0; }
 work="$RALPH_CACHE/kube-build"
 rm -rf "$work" && mkdir -p "$work" && cd "$work"
@@ -131,7 +132,11 @@ ld="-X k8s.io/kubernetes/vendor/k8s.io/component-base/version.gitVersion=$KUBE_V
 mkdir -p "$out/bin"
 # One build of the three: the packages they share are compiled once and
 # the three links run side by side (-o DIR/ names each after its package).
-go build -ldflags "$ld" -o "$out/bin/" ./cmd/kube-apiserver ./cmd/kube-controller-manager ./cmd/kube-scheduler
+# `providerless` leaves out the in-tree cloud providers (AWS, Azure, GCE,
+# OpenStack, vSphere) and their SDKs, which a cluster without
+# --cloud-provider never calls: measured cold, 1 min 49 s and 197 CPU
+# seconds instead of 3 min 6 s and 332.
+go build -tags providerless -ldflags "$ld" -o "$out/bin/" ./cmd/kube-apiserver ./cmd/kube-controller-manager ./cmd/kube-scheduler
 cp "$work/etcd/usr/bin/etcd" "$out/bin/etcd"
 touch "$out/.complete"
 rm -rf "$work"
