@@ -68,8 +68,13 @@ case "$mode" in
   demo) cargo build --locked --quiet --manifest-path "$here/../Cargo.toml" & build_pid=$! ;;
   test) cargo test --locked --no-run --quiet --manifest-path "$here/../Cargo.toml" & build_pid=$! ;;
 esac
-# A failed install stops the build it started.
-trap '[ -z "$build_pid" ] || kill "$build_pid" 2>/dev/null || true' EXIT
+# kube-apiserver, kube-controller-manager and kube-scheduler, built from
+# source once, from the start: on a fresh machine the first run is bound by
+# the two builds' CPU, and the installs below mostly wait on the network.
+# (A no-op once built.)
+"$here/local-cloud/build-kube.sh" >/dev/null & kube_pid=$!
+# A failed install stops the builds it started.
+trap 'for p in $build_pid $kube_pid; do kill "$p" 2>/dev/null || true; done' EXIT
 "$here/moto.sh" install
 "$here/gcp.sh" install
 if [ "$mode" != demo ]; then
@@ -95,8 +100,10 @@ if [ "$mode" != demo ]; then
     touch "$cl/.complete"
   fi
 fi
-# kube-apiserver and kube-controller-manager, built from source once.
-"$here/local-cloud/build-kube.sh" >/dev/null
+status=0
+wait "$kube_pid" || status=$?
+kube_pid=
+[ "$status" -eq 0 ] || { echo "the Kubernetes build failed (exit $status)" >&2; exit "$status"; }
 if [ -n "$build_pid" ]; then
   status=0
   wait "$build_pid" || status=$?
