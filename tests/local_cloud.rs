@@ -2767,7 +2767,8 @@ async fn an_alb_ingress_is_served_only_through_a_trusted_role_and_an_issued_cert
         .patch("ralph", &PatchParams::default(), &Patch::Merge(&named))
         .await
         .unwrap();
-    let refused = eventually(15, "a pending certificate was not refused", || {
+    // (ACM issues it 25 s after the request: the refusal must come first.)
+    let refused = eventually(20, "a pending certificate was not refused", || {
         warned("UnsupportedCertificate")
     })
     .await;

@@ -1545,6 +1545,9 @@ class Informer:
         self.target = urllib.parse.urlsplit(server)
         self.ctx, self.headers, self.path = ctx, headers, path
         self.items = {}
+        # How many changes have been seen: a controller reconciles when
+        # this moves, not only on its resync period.
+        self.changes = 0
         self.lock = threading.Lock()
         self.synced = threading.Event()
         threading.Thread(target=self.run, daemon=True).start()
@@ -1577,6 +1580,7 @@ class Informer:
                 listed = json.loads(self.request(conn, "?resourceVersion=0").read())
                 with self.lock:
                     self.items = {self.key(o): o for o in listed.get("items") or []}
+                    self.changes += 1
                 self.synced.set()
                 # The server ends a watch after timeoutSeconds (or with an
                 # ERROR event when its resourceVersion is too old): list again.
@@ -1597,6 +1601,7 @@ class Informer:
                             self.items.pop(self.key(obj), None)
                         else:
                             self.items[self.key(obj)] = obj
+                        self.changes += 1
             except Exception as e:  # the API server restarts
                 print("node simulator (watch %s): %s" % (self.path, e), file=sys.stderr, flush=True)
                 time.sleep(0.5)
@@ -1679,6 +1684,7 @@ def main():
     start_kubelet()
     threading.Thread(target=keep_nodes, args=(call,), daemon=True).start()
     rounds = 0
+    ingress_changes = -1
     while True:
         try:
             pods = pods_seen.snapshot()
@@ -1717,7 +1723,14 @@ def main():
                 call("PATCH", "/api/v1/namespaces/%s/pods/%s/status" % (meta["namespace"], meta["name"]),
                      {"status": want}, "application/merge-patch+json")
             rounds += 1
-            if rounds % 5 == 0:
+            # The Ingress controllers: at once when an Ingress changed (a
+            # round can take seconds with many pods, and an Ingress that
+            # names a pending certificate must be refused before ACM issues
+            # it), else every fifth round for what they read elsewhere
+            # (pods, certificates, roles).
+            seen = ingresses_seen.changes
+            if rounds % 5 == 0 or seen != ingress_changes:
+                ingress_changes = seen
                 serve_ingresses(call, pods, nodes_seen.snapshot(), ingresses_seen.snapshot())
         except Exception as e:  # the API server restarts, a pod went away
             print("node simulator: %s" % e, file=sys.stderr, flush=True)
