@@ -819,6 +819,12 @@ def wanted_nodes():
 GROUPS = []  # the node groups an autoscaler may grow, as last listed
 POOL_KEYS = ("cloud.google.com/gke-nodepool", "eks.amazonaws.com/nodegroup")
 SCALE_UP_COOLDOWN = 10.0  # seconds between two growths of one pool: the new node must register first
+# Pools grown whose new Node is not registered yet: their cooldown counts
+# from the Node's registration (keep_nodes), not from the request, as an
+# autoscaler counts a node it asked for as upcoming until it joins; under
+# load the join can take longer than the cooldown, and a second node would
+# be asked for the same pod.
+AWAITING = set()
 # Seconds a pod must have stayed unschedulable: a rollout's next pod waits a
 # moment for the node the previous old pod frees, which is no reason to grow.
 UNSCHEDULABLE_FOR = 4.0
@@ -951,6 +957,7 @@ def autoscale(call, grown):
             continue  # no autoscaler serves the group: nothing happens, as on EKS without one
         grown[g["pool"]] = time.time()
         if answer.get("grown"):
+            AWAITING.add(g["pool"])
             reason, message = "TriggeredScaleUp", "pod triggered scale-up: node group %s grew to %s%s" % (
                 g["name"], answer.get("size"), " in " + answer["zone"] if answer.get("zone") else "")
         else:
@@ -1030,6 +1037,9 @@ def keep_nodes(call):
                         "spec": {"taints": node["taints"]} if node["taints"] else {},
                     })
                     beats.pop(name, None)
+                    for pool in list(AWAITING):
+                        grown[pool] = time.time()
+                    AWAITING.clear()
                 if time.time() - beats.get(name, 0) > HEARTBEAT_SECONDS:
                     call("PATCH", "/api/v1/nodes/%s/status" % name,
                          {"status": node_status(name, node["resources"])}, "application/merge-patch+json")
