@@ -14,11 +14,11 @@ use std::time::Duration;
 
 use serde_json::{json, Map, Value as Json};
 
+mod calls;
+
+use self::calls::{At, Calls};
 use super::OpState;
-use super::{
-    call, call_create, call_opt, describe, description_filter, from_description, json, message,
-    observed, GcpClients,
-};
+use super::{call, describe, description_filter, from_description, json, observed, GcpClients};
 use ralph_core::driver::{Context, Desired, Driver, DriverError, Known, Observed, Timeouts};
 use ralph_core::model::kinds::{Attr, Field, KindSchema, Ty};
 
@@ -330,6 +330,24 @@ impl Collection {
             Collection::Addresses => "addresses",
         }
     }
+    fn calls(self) -> &'static dyn Calls {
+        match self {
+            Collection::Networks => &calls::Networks,
+            Collection::Subnetworks => &calls::Subnetworks,
+            Collection::Firewalls => &calls::Firewalls,
+            Collection::Routers => &calls::Routers,
+            Collection::Addresses => &calls::Addresses,
+        }
+    }
+    /// The id (relative resource name) of item `name`.
+    fn id(self, project: &str, region: &str, name: &str) -> String {
+        let path = self.path();
+        if self.regional() {
+            format!("projects/{project}/regions/{region}/{path}/{name}")
+        } else {
+            format!("projects/{project}/global/{path}/{name}")
+        }
+    }
 }
 
 /// One Compute networking kind.
@@ -504,6 +522,15 @@ impl ComputeKind {
         Some(observed(id, owner, address, attrs))
     }
 
+    fn at<'a>(cx: &'a Context, g: &'a GcpClients, region: &'a str, what: &'a str) -> At<'a> {
+        At {
+            cx,
+            g,
+            region,
+            what,
+        }
+    }
+
     async fn list(
         &self,
         cx: &Context,
@@ -512,73 +539,12 @@ impl ComputeKind {
     ) -> Result<Vec<Observed>, DriverError> {
         let filter = description_filter(&cx.owner);
         let what = format!("listing {}", self.collection.path());
-        crate::every_page(|t| {
-            let (filter, what) = (&filter, &what);
+        let at = Self::at(cx, g, region, &what);
+        let calls = self.collection.calls();
+        crate::every_page(|token| {
+            let (at, filter) = (&at, &filter);
             async move {
-                let page: Json = match self.collection {
-                    Collection::Networks => json(
-                        &call(cx, SERVICE, what, || {
-                            g.networks
-                                .list()
-                                .set_project(&g.project)
-                                .set_filter(filter)
-                                .set_max_results(500u32)
-                                .set_page_token(&t)
-                                .send()
-                        })
-                        .await?,
-                    ),
-                    Collection::Subnetworks => json(
-                        &call(cx, SERVICE, what, || {
-                            g.subnetworks
-                                .list()
-                                .set_project(&g.project)
-                                .set_region(region)
-                                .set_filter(filter)
-                                .set_max_results(500u32)
-                                .set_page_token(&t)
-                                .send()
-                        })
-                        .await?,
-                    ),
-                    Collection::Firewalls => json(
-                        &call(cx, SERVICE, what, || {
-                            g.firewalls
-                                .list()
-                                .set_project(&g.project)
-                                .set_filter(filter)
-                                .set_max_results(500u32)
-                                .set_page_token(&t)
-                                .send()
-                        })
-                        .await?,
-                    ),
-                    Collection::Routers => json(
-                        &call(cx, SERVICE, what, || {
-                            g.routers
-                                .list()
-                                .set_project(&g.project)
-                                .set_region(region)
-                                .set_filter(filter)
-                                .set_max_results(500u32)
-                                .set_page_token(&t)
-                                .send()
-                        })
-                        .await?,
-                    ),
-                    Collection::Addresses => json(
-                        &call(cx, SERVICE, what, || {
-                            g.addresses
-                                .list()
-                                .set_project(&g.project)
-                                .set_filter(filter)
-                                .set_max_results(500u32)
-                                .set_page_token(&t)
-                                .send()
-                        })
-                        .await?,
-                    ),
-                };
+                let page = calls.list(at, filter, &token).await?;
                 Ok(items_of(&page, |v| self.observe(v)))
             }
         })
@@ -593,56 +559,9 @@ impl ComputeKind {
     ) -> Result<Option<Observed>, DriverError> {
         let (region, name) = parse_id(id);
         let region = region.unwrap_or_else(|| g.region.clone());
-        let what = format!("reading {}", id);
-        let v: Option<Json> = match self.collection {
-            Collection::Networks => call_opt(cx, SERVICE, &what, || {
-                g.networks
-                    .get()
-                    .set_project(&g.project)
-                    .set_network(&name)
-                    .send()
-            })
-            .await?
-            .map(|v| json(&v)),
-            Collection::Subnetworks => call_opt(cx, SERVICE, &what, || {
-                g.subnetworks
-                    .get()
-                    .set_project(&g.project)
-                    .set_region(&region)
-                    .set_subnetwork(&name)
-                    .send()
-            })
-            .await?
-            .map(|v| json(&v)),
-            Collection::Firewalls => call_opt(cx, SERVICE, &what, || {
-                g.firewalls
-                    .get()
-                    .set_project(&g.project)
-                    .set_firewall(&name)
-                    .send()
-            })
-            .await?
-            .map(|v| json(&v)),
-            Collection::Routers => call_opt(cx, SERVICE, &what, || {
-                g.routers
-                    .get()
-                    .set_project(&g.project)
-                    .set_region(&region)
-                    .set_router(&name)
-                    .send()
-            })
-            .await?
-            .map(|v| json(&v)),
-            Collection::Addresses => call_opt(cx, SERVICE, &what, || {
-                g.addresses
-                    .get()
-                    .set_project(&g.project)
-                    .set_address(&name)
-                    .send()
-            })
-            .await?
-            .map(|v| json(&v)),
-        };
+        let what = format!("reading {id}");
+        let at = Self::at(cx, g, &region, &what);
+        let v = self.collection.calls().get(&at, &name).await?;
         Ok(v.as_ref().and_then(|v| self.observe(v)))
     }
 
@@ -655,6 +574,36 @@ impl ComputeKind {
         self.get(cx, g, id)
             .await?
             .ok_or_else(|| DriverError::new(format!("{id} vanished right after it was changed")))
+    }
+
+    /// What a patch sends: the fields that can change in place, with the
+    /// fingerprint of the item as read for the kinds whose patch needs it.
+    async fn patch_body(
+        &self,
+        at: &At<'_>,
+        name: &str,
+        mut body: Json,
+    ) -> Result<Json, DriverError> {
+        Ok(match self.collection {
+            Collection::Networks => json!({"routingConfig": body["routingConfig"]}),
+            Collection::Subnetworks => {
+                let current = self.collection.calls().get(at, name).await?;
+                json!({
+                    "fingerprint": current.as_ref().and_then(|c| c.get("fingerprint")),
+                    "secondaryIpRanges": body["secondaryIpRanges"],
+                    "privateIpGoogleAccess": body["privateIpGoogleAccess"],
+                })
+            }
+            Collection::Firewalls => {
+                if let Some(m) = body.as_object_mut() {
+                    m.remove("network");
+                    m.remove("direction");
+                }
+                body
+            }
+            Collection::Routers => json!({"nats": body["nats"]}),
+            Collection::Addresses => body,
+        })
     }
 }
 
@@ -846,19 +795,8 @@ impl Driver for ComputeKind {
         let g = crate::clients(cx).await?;
         let id = if id.contains('/') {
             id.to_string()
-        } else if self.collection.regional() {
-            format!(
-                "projects/{}/regions/{}/{}/{id}",
-                g.project,
-                g.region,
-                self.collection.path()
-            )
         } else {
-            format!(
-                "projects/{}/global/{}/{id}",
-                g.project,
-                self.collection.path()
-            )
+            self.collection.id(&g.project, &g.region, id)
         };
         self.get(cx, g, &id).await
     }
@@ -868,84 +806,10 @@ impl Driver for ComputeKind {
         let body = self.body(cx, g, want);
         let region = region_of(want, g);
         let what = format!("creating {}", want.address);
-        let op: Option<Json> = match self.collection {
-            Collection::Networks => {
-                let b: google_cloud_compute_v1::model::Network = message("network", body)?;
-                call_create(cx, SERVICE, &what, || {
-                    g.networks
-                        .insert()
-                        .set_project(&g.project)
-                        .set_body(b.clone())
-                        .send()
-                })
-                .await?
-                .map(|o| json(&o))
-            }
-            Collection::Subnetworks => {
-                let b: google_cloud_compute_v1::model::Subnetwork = message("subnetwork", body)?;
-                call_create(cx, SERVICE, &what, || {
-                    g.subnetworks
-                        .insert()
-                        .set_project(&g.project)
-                        .set_region(&region)
-                        .set_body(b.clone())
-                        .send()
-                })
-                .await?
-                .map(|o| json(&o))
-            }
-            Collection::Firewalls => {
-                let b: google_cloud_compute_v1::model::Firewall = message("firewall", body)?;
-                call_create(cx, SERVICE, &what, || {
-                    g.firewalls
-                        .insert()
-                        .set_project(&g.project)
-                        .set_body(b.clone())
-                        .send()
-                })
-                .await?
-                .map(|o| json(&o))
-            }
-            Collection::Routers => {
-                let b: google_cloud_compute_v1::model::Router = message("router", body)?;
-                call_create(cx, SERVICE, &what, || {
-                    g.routers
-                        .insert()
-                        .set_project(&g.project)
-                        .set_region(&region)
-                        .set_body(b.clone())
-                        .send()
-                })
-                .await?
-                .map(|o| json(&o))
-            }
-            Collection::Addresses => {
-                let b: google_cloud_compute_v1::model::Address = message("address", body)?;
-                call_create(cx, SERVICE, &what, || {
-                    g.addresses
-                        .insert()
-                        .set_project(&g.project)
-                        .set_body(b.clone())
-                        .send()
-                })
-                .await?
-                .map(|o| json(&o))
-            }
-        };
+        let at = Self::at(cx, g, &region, &what);
+        let op = self.collection.calls().insert(&at, body).await?;
         let name = want.str("name").unwrap_or_default();
-        let id = if self.collection.regional() {
-            format!(
-                "projects/{}/regions/{region}/{}/{name}",
-                g.project,
-                self.collection.path()
-            )
-        } else {
-            format!(
-                "projects/{}/global/{}/{name}",
-                g.project,
-                self.collection.path()
-            )
-        };
+        let id = self.collection.id(&g.project, &region, name);
         let timeout = want.timeouts.create_or(OP_TIMEOUT);
         match op {
             Some(op) => {
@@ -979,106 +843,16 @@ impl Driver for ComputeKind {
         let (region, name) = parse_id(&have.id);
         let region = region.unwrap_or_else(|| g.region.clone());
         let what = format!("updating {}", want.address);
-        let mut body = self.body(cx, g, want);
-        let op: Json = match self.collection {
-            Collection::Networks => {
-                let b: google_cloud_compute_v1::model::Network =
-                    message("network", json!({"routingConfig": body["routingConfig"]}))?;
-                json(
-                    &call(cx, SERVICE, &what, || {
-                        g.networks
-                            .patch()
-                            .set_project(&g.project)
-                            .set_network(&name)
-                            .set_body(b.clone())
-                            .send()
-                    })
-                    .await?,
-                )
-            }
-            Collection::Subnetworks => {
-                // A subnetwork patch carries the fingerprint it was read with.
-                let current = json(
-                    &call(cx, SERVICE, &what, || {
-                        g.subnetworks
-                            .get()
-                            .set_project(&g.project)
-                            .set_region(&region)
-                            .set_subnetwork(&name)
-                            .send()
-                    })
-                    .await?,
-                );
-                let b: google_cloud_compute_v1::model::Subnetwork = message(
-                    "subnetwork",
-                    json!({
-                        "fingerprint": current.get("fingerprint"),
-                        "secondaryIpRanges": body["secondaryIpRanges"],
-                        "privateIpGoogleAccess": body["privateIpGoogleAccess"],
-                    }),
-                )?;
-                json(
-                    &call(cx, SERVICE, &what, || {
-                        g.subnetworks
-                            .patch()
-                            .set_project(&g.project)
-                            .set_region(&region)
-                            .set_subnetwork(&name)
-                            .set_body(b.clone())
-                            .send()
-                    })
-                    .await?,
-                )
-            }
-            Collection::Firewalls => {
-                if let Some(m) = body.as_object_mut() {
-                    m.remove("network");
-                    m.remove("direction");
-                }
-                let b: google_cloud_compute_v1::model::Firewall = message("firewall", body)?;
-                json(
-                    &call(cx, SERVICE, &what, || {
-                        g.firewalls
-                            .patch()
-                            .set_project(&g.project)
-                            .set_firewall(&name)
-                            .set_body(b.clone())
-                            .send()
-                    })
-                    .await?,
-                )
-            }
-            Collection::Routers => {
-                let b: google_cloud_compute_v1::model::Router =
-                    message("router", json!({"nats": body["nats"]}))?;
-                json(
-                    &call(cx, SERVICE, &what, || {
-                        g.routers
-                            .patch()
-                            .set_project(&g.project)
-                            .set_region(&region)
-                            .set_router(&name)
-                            .set_body(b.clone())
-                            .send()
-                    })
-                    .await?,
-                )
-            }
-            Collection::Addresses => {
-                return Err(DriverError::new(
-                    "a global address has nothing to change in place",
-                ))
-            }
+        let at = Self::at(cx, g, &region, &what);
+        let body = self.patch_body(&at, &name, self.body(cx, g, want)).await?;
+        let Some(op) = self.collection.calls().patch(&at, &name, body).await? else {
+            return Err(DriverError::new(format!(
+                "a {} has nothing to change in place",
+                self.schema.kind
+            )));
         };
-        wait_op(
-            cx,
-            g,
-            want.address,
-            &op,
-            want.timeouts.update_or(OP_TIMEOUT),
-            self.collection.path(),
-        )
-        .await?;
+        let timeout = want.timeouts.update_or(OP_TIMEOUT);
+        wait_op(cx, g, want.address, &op, timeout, self.collection.path()).await?;
         self.read_back(cx, g, &have.id).await
     }
 
@@ -1092,69 +866,12 @@ impl Driver for ComputeKind {
         let (region, name) = parse_id(&have.id);
         let region = region.unwrap_or_else(|| g.region.clone());
         let what = format!("deleting {}", have.id);
-        let op: Option<Json> = match self.collection {
-            Collection::Networks => call_opt(cx, SERVICE, &what, || {
-                g.networks
-                    .delete()
-                    .set_project(&g.project)
-                    .set_network(&name)
-                    .send()
-            })
-            .await?
-            .map(|o| json(&o)),
-            Collection::Subnetworks => call_opt(cx, SERVICE, &what, || {
-                g.subnetworks
-                    .delete()
-                    .set_project(&g.project)
-                    .set_region(&region)
-                    .set_subnetwork(&name)
-                    .send()
-            })
-            .await?
-            .map(|o| json(&o)),
-            Collection::Firewalls => call_opt(cx, SERVICE, &what, || {
-                g.firewalls
-                    .delete()
-                    .set_project(&g.project)
-                    .set_firewall(&name)
-                    .send()
-            })
-            .await?
-            .map(|o| json(&o)),
-            Collection::Routers => call_opt(cx, SERVICE, &what, || {
-                g.routers
-                    .delete()
-                    .set_project(&g.project)
-                    .set_region(&region)
-                    .set_router(&name)
-                    .send()
-            })
-            .await?
-            .map(|o| json(&o)),
-            Collection::Addresses => call_opt(cx, SERVICE, &what, || {
-                g.addresses
-                    .delete()
-                    .set_project(&g.project)
-                    .set_address(&name)
-                    .send()
-            })
-            .await?
-            .map(|o| json(&o)),
+        let at = Self::at(cx, g, &region, &what);
+        let Some(op) = self.collection.calls().delete(&at, &name).await? else {
+            return Ok(());
         };
-        match op {
-            None => Ok(()),
-            Some(op) => {
-                let address = have.address.clone().unwrap_or_else(|| have.id.clone());
-                wait_op(
-                    cx,
-                    g,
-                    &address,
-                    &op,
-                    timeouts.delete_or(OP_TIMEOUT),
-                    self.collection.path(),
-                )
-                .await
-            }
-        }
+        let address = have.address.clone().unwrap_or_else(|| have.id.clone());
+        let timeout = timeouts.delete_or(OP_TIMEOUT);
+        wait_op(cx, g, &address, &op, timeout, self.collection.path()).await
     }
 }
