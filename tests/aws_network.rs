@@ -335,3 +335,59 @@ async fn apply_without_a_terminal_or_approval_changes_nothing() {
     );
     assert!(w.tagged().await.is_empty());
 }
+
+/// Someone deletes a NAT gateway in the console. EC2 takes about a minute
+/// over it (`deleting`), then lists it as `deleted` for an hour: for the
+/// stack it is gone from the first moment, so the plan makes a new one
+/// and points the routes at it, rather than reporting nothing to do while
+/// the private subnets lose their way out.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_nat_gateway_deleted_outside_is_gone_while_ec2_is_still_deleting_it() {
+    let w = World::from_stack("aws-network.yaml", "t-natgone");
+    w.ok("apply", &["--auto-approve"]);
+    let show = w
+        .cmd(&[
+            "state",
+            "show",
+            w.stack().to_str().unwrap(),
+            "--env",
+            "production",
+            "nat_a",
+        ])
+        .output()
+        .unwrap();
+    let state: Value = serde_json::from_str(&text(&show.stdout)).unwrap();
+    let nat = state["id"].as_str().unwrap().to_string();
+    let url = format!("{}/moto-api/ec2/nat/delete", common::aws_endpoint());
+    let body = serde_json::json!({"id": nat, "seconds": 600}).to_string();
+    let answer: Value = serde_json::from_str(
+        &ureq::post(&url)
+            .set("Content-Type", "application/json")
+            .send_string(&body)
+            .unwrap()
+            .into_string()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(answer["deleted"], true, "{answer}");
+    let listed = w
+        .ec2()
+        .await
+        .describe_nat_gateways()
+        .nat_gateway_ids(&nat)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        listed.nat_gateways()[0].state().map(|s| s.as_str()),
+        Some("deleting"),
+        "the stand-in must hold the gateway in `deleting`"
+    );
+
+    let plan = w.plan_json(&[]);
+    assert_eq!(action_of(&plan, "nat_a"), "create", "{plan}");
+    w.ok("apply", &["--auto-approve"]);
+    let out = w.run("plan", &["--detailed-exitcode"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    w.ok("destroy", &["--auto-approve", "--allow-protected"]);
+}

@@ -1102,6 +1102,76 @@ def patch_nat():
         transition(result, "state", "deleting", delay("nat_delete"))
 
     wrap(m.NatGatewayBackend, "delete_nat_gateway", after=deleted)
+    nat_deleted_outside()
+    nat_client_tokens()
+
+
+def nat_client_tokens():
+    """EC2's idempotency, which moto leaves out: a CreateNatGateway with a
+    ClientToken seen before answers the gateway that token made, whatever
+    state it is in now (deleted included), when the parameters are the
+    same, and IdempotentParameterMismatch when they differ. EC2 keeps
+    tokens far longer than any of our runs."""
+    from moto.core.responses import ActionResult
+    from moto.ec2.exceptions import EC2ClientError
+    from moto.ec2.responses.nat_gateways import NatGateways
+
+    original = NatGateways.create_nat_gateway
+    made = {}  # (account, region, token) -> (parameters, gateway id)
+
+    def create_nat_gateway(self):
+        token = self._get_param("ClientToken")
+        if not token:
+            return original(self)
+        key = (self.current_account, self.region, token)
+        params = (self._get_param("SubnetId"), self._get_param("AllocationId"),
+                  self._get_param("ConnectivityType") or "public")
+        if key in made:
+            seen, gateway_id = made[key]
+            if seen != params:
+                raise EC2ClientError(
+                    "IdempotentParameterMismatch",
+                    "Client token %s was used before with other parameters" % token)
+            gateway = self.ec2_backend.nat_gateways.get(gateway_id)
+            if gateway is not None:
+                return ActionResult({"NatGateway": gateway, "ClientToken": token})
+        result = original(self)
+        gateway = result.result["NatGateway"] if hasattr(result, "result") else None
+        if gateway is not None:
+            made[key] = (params, gateway.id)
+        return result
+
+    NatGateways.create_nat_gateway = create_nat_gateway
+
+
+def nat_deleted_outside():
+    """Someone deletes a NAT gateway in the console, and EC2 takes its real
+    time over it (about a minute, against our scaled-down second): POST
+    /moto-api/ec2/nat/delete with {id, seconds} deletes the gateway, in
+    whichever account and region holds it, and keeps it `deleting` for
+    `seconds`. The tests' own stand-in for a slow deletion they did not ask
+    the tool for; the tool's own deletions keep the usual delay."""
+    from moto.ec2.models import ec2_backends
+    from moto.moto_api._internal import urls as api_urls
+
+    def delete(body):
+        nat_id, seconds = body.get("id"), float(body.get("seconds") or 0)
+        for _, _, backend in each(ec2_backends):
+            if nat_id in backend.nat_gateways:
+                gateway = backend.delete_nat_gateway(nat_id)
+                transition(gateway, "state", "deleting", seconds)
+                return True
+        return False
+
+    def handler(request, full_url, headers):
+        try:
+            found = delete(json_body(request, headers))
+        except Exception as e:  # never take moto down
+            print("moto_delayed: deleting a NAT gateway failed: %r" % e, file=sys.stderr)
+            found = False
+        return 200, {"Content-Type": "application/json"}, json.dumps({"deleted": found})
+
+    api_urls.url_paths["{0}/moto-api/ec2/nat/delete$"] = handler
 
 
 def patch_s3():

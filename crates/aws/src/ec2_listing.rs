@@ -1,11 +1,16 @@
-//! One way the EC2 kinds find their resources: the ones the stack owns by
-//! its ownership tags (refresh), one by its id (lookup, adoption, import),
-//! and the read after a change. Each kind says how it describes a set of
-//! resources by filters; the rest is here.
+//! What the EC2 kinds share: how they find their resources (the ones the
+//! stack owns by its ownership tags, one by its id for lookup, adoption and
+//! import, the read after a change) and their `Driver` (`Ec2`). Each kind
+//! says how it describes a set of resources by filters and how it makes,
+//! changes and deletes one; the rest is here.
+
+use std::path::Path;
 
 use aws_sdk_ec2::types::Filter;
+use serde_json::{Map, Value as Json};
 
-use ralph_core::driver::{Context, DriverError, Observed, Owner};
+use ralph_core::driver::{Context, Desired, Driver, DriverError, Known, Observed, Owner, Timeouts};
+use ralph_core::model::kinds::KindSchema;
 
 /// An EC2 kind whose Describe call takes filters.
 #[async_trait::async_trait]
@@ -79,3 +84,106 @@ macro_rules! paged_listing {
     };
 }
 pub(crate) use paged_listing;
+
+/// An EC2 kind as a driver sees it: how it is listed (`Listed`), made,
+/// changed besides its tags, and deleted. [`Ec2`] is its `Driver`: the
+/// listing by ownership tags, the lookup by id, the tag sync and the read
+/// after every change are the same for every EC2 kind, and written once.
+#[async_trait::async_trait]
+pub trait Ec2Kind: Listed + Send + Sync + 'static {
+    fn schema() -> &'static KindSchema;
+    /// How long a create typically takes on the real cloud, in seconds.
+    const TYPICAL_SECONDS: u64 = 1;
+
+    /// Makes it, tagged from the start, and answers its id.
+    async fn make(cx: &Context, want: &Desired<'_>) -> Result<String, DriverError>;
+
+    /// Changes the fields in `changed` other than the tags, in place.
+    async fn change(
+        _cx: &Context,
+        _want: &Desired<'_>,
+        _have: &Observed,
+        _changed: &[String],
+    ) -> Result<(), DriverError> {
+        Ok(())
+    }
+
+    /// Deletes it; one that is gone already counts as deleted.
+    async fn remove(cx: &Context, have: &Observed) -> Result<(), DriverError>;
+
+    /// Whether a listed resource is still there for the stack (a NAT
+    /// gateway being deleted is not).
+    fn present(_o: &Observed) -> bool {
+        true
+    }
+
+    /// The resource as this kind shows it (a route table's associations
+    /// are a kind of their own).
+    fn shown(o: Observed) -> Observed {
+        o
+    }
+
+    /// The desired properties in the form EC2 reports them.
+    fn normalize(_props: &mut Map<String, Json>) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// The `Driver` of EC2 kind `K`.
+pub struct Ec2<K>(pub K);
+
+#[async_trait::async_trait]
+impl<K: Ec2Kind> Driver for Ec2<K> {
+    fn schema(&self) -> &'static KindSchema {
+        K::schema()
+    }
+
+    fn service(&self) -> &'static str {
+        "ec2"
+    }
+
+    fn typical_seconds(&self) -> u64 {
+        K::TYPICAL_SECONDS
+    }
+
+    fn normalize(&self, _base: &Path, props: &mut Map<String, Json>) -> Result<(), String> {
+        K::normalize(props)
+    }
+
+    async fn refresh(&self, cx: &Context, _known: &[Known]) -> Result<Vec<Observed>, DriverError> {
+        let found = owned::<K>(cx).await?;
+        Ok(found.into_iter().filter(K::present).map(K::shown).collect())
+    }
+
+    async fn lookup(&self, cx: &Context, id: &str) -> Result<Option<Observed>, DriverError> {
+        Ok(by_id::<K>(cx, id).await?.filter(K::present).map(K::shown))
+    }
+
+    async fn create(&self, cx: &Context, want: &Desired<'_>) -> Result<Observed, DriverError> {
+        let id = K::make(cx, want).await?;
+        Ok(K::shown(read_back::<K>(cx, &id).await?))
+    }
+
+    async fn update(
+        &self,
+        cx: &Context,
+        want: &Desired<'_>,
+        have: &Observed,
+        changed: &[String],
+    ) -> Result<Observed, DriverError> {
+        K::change(cx, want, have, changed).await?;
+        if changed.iter().any(|c| c == "tags") {
+            super::sync_tags(cx, &have.id, have, want).await?;
+        }
+        Ok(K::shown(read_back::<K>(cx, &have.id).await?))
+    }
+
+    async fn delete(
+        &self,
+        cx: &Context,
+        have: &Observed,
+        _timeouts: &Timeouts,
+    ) -> Result<(), DriverError> {
+        K::remove(cx, have).await
+    }
+}

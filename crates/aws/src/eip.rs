@@ -2,9 +2,9 @@
 
 use aws_sdk_ec2::types::{DomainType, Filter, ResourceType};
 
-use super::ec2_listing::{self, Listed};
-use super::{api_error, ec2, observed, opt_str, sync_tags, tag_spec};
-use ralph_core::driver::{Context, Desired, Driver, DriverError, Known, Observed, Timeouts};
+use super::ec2_listing::{Ec2Kind, Listed};
+use super::{api_error, ec2, observed, opt_str, tag_spec};
+use ralph_core::driver::{Context, Desired, DriverError, Observed};
 use ralph_core::model::kinds::{checks, Attr, Field, KindSchema, Ty};
 
 static SCHEMA: KindSchema = KindSchema {
@@ -62,23 +62,12 @@ impl Listed for ElasticIp {
 }
 
 #[async_trait::async_trait]
-impl Driver for ElasticIp {
-    async fn lookup(&self, cx: &Context, id: &str) -> Result<Option<Observed>, DriverError> {
-        ec2_listing::by_id::<Self>(cx, id).await
-    }
-    fn service(&self) -> &'static str {
-        "ec2"
-    }
-
-    fn schema(&self) -> &'static KindSchema {
+impl Ec2Kind for ElasticIp {
+    fn schema() -> &'static KindSchema {
         &SCHEMA
     }
 
-    async fn refresh(&self, cx: &Context, _known: &[Known]) -> Result<Vec<Observed>, DriverError> {
-        ec2_listing::owned::<Self>(cx).await
-    }
-
-    async fn create(&self, cx: &Context, want: &Desired<'_>) -> Result<Observed, DriverError> {
+    async fn make(cx: &Context, want: &Desired<'_>) -> Result<String, DriverError> {
         let out = ec2(cx)
             .await?
             .allocate_address()
@@ -87,42 +76,18 @@ impl Driver for ElasticIp {
             .send()
             .await
             .map_err(|e| api_error("AllocateAddress", e))?;
-        let id = out
-            .allocation_id()
-            .ok_or_else(|| DriverError::new("AllocateAddress returned no allocation id"))?
-            .to_string();
-        ec2_listing::read_back::<Self>(cx, &id).await
+        out.allocation_id()
+            .map(str::to_string)
+            .ok_or_else(|| DriverError::new("AllocateAddress returned no allocation id"))
     }
 
-    async fn update(
-        &self,
-        cx: &Context,
-        want: &Desired<'_>,
-        have: &Observed,
-        _changed: &[String],
-    ) -> Result<Observed, DriverError> {
-        sync_tags(cx, &have.id, have, want).await?;
-        ec2_listing::read_back::<Self>(cx, &have.id).await
-    }
-
-    async fn delete(
-        &self,
-        cx: &Context,
-        have: &Observed,
-        _timeouts: &Timeouts,
-    ) -> Result<(), DriverError> {
-        match ec2(cx)
-            .await?
+    async fn remove(cx: &Context, have: &Observed) -> Result<(), DriverError> {
+        let client = ec2(cx).await?;
+        let answer = client
             .release_address()
             .allocation_id(&have.id)
             .send()
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) if matches!(super::error_code(&e), Some("InvalidAllocationID.NotFound")) => {
-                Ok(())
-            }
-            Err(e) => Err(api_error("ReleaseAddress", e)),
-        }
+            .await;
+        super::delete_answer("ReleaseAddress", answer, &["InvalidAllocationID.NotFound"])
     }
 }

@@ -3,9 +3,9 @@
 use aws_sdk_ec2::types::ResourceType;
 use serde_json::Value as Json;
 
-use super::ec2_listing::{self, paged_listing};
-use super::{api_error, ec2, observed, sync_tags, tag_spec};
-use ralph_core::driver::{Context, Desired, Driver, DriverError, Known, Observed, Timeouts};
+use super::ec2_listing::{paged_listing, Ec2Kind};
+use super::{api_error, ec2, observed, tag_spec};
+use ralph_core::driver::{Context, Desired, DriverError, Observed};
 use ralph_core::model::kinds::{checks, Attr, Field, KindSchema, Ty};
 
 static SCHEMA: KindSchema = KindSchema {
@@ -79,26 +79,31 @@ paged_listing!(
     observe
 );
 
-#[async_trait::async_trait]
-impl Driver for InternetGateway {
-    async fn lookup(&self, cx: &Context, id: &str) -> Result<Option<Observed>, DriverError> {
-        ec2_listing::by_id::<Self>(cx, id).await
-    }
-    fn service(&self) -> &'static str {
-        "ec2"
-    }
+async fn attach(cx: &Context, id: &str, want: &Desired<'_>) -> Result<(), DriverError> {
+    ec2(cx)
+        .await?
+        .attach_internet_gateway()
+        .internet_gateway_id(id)
+        .vpc_id(want.required_str("vpc_id")?)
+        .send()
+        .await
+        .map_err(|e| api_error("AttachInternetGateway", e))?;
+    Ok(())
+}
 
-    fn schema(&self) -> &'static KindSchema {
+fn attached_vpc(have: &Observed) -> Option<&str> {
+    have.attrs.get("vpc_id").and_then(Json::as_str)
+}
+
+#[async_trait::async_trait]
+impl Ec2Kind for InternetGateway {
+    fn schema() -> &'static KindSchema {
         &SCHEMA
     }
 
-    async fn refresh(&self, cx: &Context, _known: &[Known]) -> Result<Vec<Observed>, DriverError> {
-        ec2_listing::owned::<Self>(cx).await
-    }
-
-    async fn create(&self, cx: &Context, want: &Desired<'_>) -> Result<Observed, DriverError> {
-        let client = ec2(cx).await?;
-        let out = client
+    async fn make(cx: &Context, want: &Desired<'_>) -> Result<String, DriverError> {
+        let out = ec2(cx)
+            .await?
             .create_internet_gateway()
             .tag_specifications(tag_spec(ResourceType::InternetGateway, want))
             .send()
@@ -109,60 +114,36 @@ impl Driver for InternetGateway {
             .and_then(|g| g.internet_gateway_id())
             .ok_or_else(|| DriverError::new("CreateInternetGateway returned no id"))?
             .to_string();
-        client
-            .attach_internet_gateway()
-            .internet_gateway_id(&id)
-            .vpc_id(want.required_str("vpc_id")?)
-            .send()
-            .await
-            .map_err(|e| api_error("AttachInternetGateway", e))?;
-        ec2_listing::read_back::<Self>(cx, &id).await
+        attach(cx, &id, want).await?;
+        Ok(id)
     }
 
-    async fn update(
-        &self,
+    async fn change(
         cx: &Context,
         want: &Desired<'_>,
         have: &Observed,
         changed: &[String],
-    ) -> Result<Observed, DriverError> {
+    ) -> Result<(), DriverError> {
         if changed.iter().any(|c| c == "vpc_id") {
-            if let Some(old) = have.attrs.get("vpc_id").and_then(Json::as_str) {
+            if let Some(old) = attached_vpc(have) {
                 detach(cx, &have.id, old).await?;
             }
-            ec2(cx)
-                .await?
-                .attach_internet_gateway()
-                .internet_gateway_id(&have.id)
-                .vpc_id(want.required_str("vpc_id")?)
-                .send()
-                .await
-                .map_err(|e| api_error("AttachInternetGateway", e))?;
+            attach(cx, &have.id, want).await?;
         }
-        if changed.iter().any(|c| c == "tags") {
-            sync_tags(cx, &have.id, have, want).await?;
-        }
-        ec2_listing::read_back::<Self>(cx, &have.id).await
+        Ok(())
     }
 
-    async fn delete(
-        &self,
-        cx: &Context,
-        have: &Observed,
-        _timeouts: &Timeouts,
-    ) -> Result<(), DriverError> {
-        if let Some(vpc) = have.attrs.get("vpc_id").and_then(Json::as_str) {
+    async fn remove(cx: &Context, have: &Observed) -> Result<(), DriverError> {
+        if let Some(vpc) = attached_vpc(have) {
             detach(cx, &have.id, vpc).await?;
         }
-        super::delete_answer(
-            "DeleteInternetGateway",
-            ec2(cx)
-                .await?
-                .delete_internet_gateway()
-                .internet_gateway_id(&have.id)
-                .send()
-                .await,
-            &["InvalidInternetGatewayID.NotFound"],
-        )
+        let client = ec2(cx).await?;
+        let answer = client
+            .delete_internet_gateway()
+            .internet_gateway_id(&have.id)
+            .send()
+            .await;
+        let gone = ["InvalidInternetGatewayID.NotFound"];
+        super::delete_answer("DeleteInternetGateway", answer, &gone)
     }
 }

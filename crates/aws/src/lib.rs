@@ -46,16 +46,18 @@ use ralph_core::driver::{
 };
 use ralph_core::model::{json_to_text, AwsSettings};
 
+use ec2_listing::Ec2;
+
 pub fn drivers() -> Vec<Box<dyn Driver>> {
     vec![
-        Box::new(vpc::Vpc),
-        Box::new(subnet::Subnet),
-        Box::new(internet_gateway::InternetGateway),
-        Box::new(eip::ElasticIp),
-        Box::new(nat_gateway::NatGateway),
-        Box::new(route_table::RouteTable),
+        Box::new(Ec2(vpc::Vpc)),
+        Box::new(Ec2(subnet::Subnet)),
+        Box::new(Ec2(internet_gateway::InternetGateway)),
+        Box::new(Ec2(eip::ElasticIp)),
+        Box::new(Ec2(nat_gateway::NatGateway)),
+        Box::new(Ec2(route_table::RouteTable)),
         Box::new(route_table_association::RouteTableAssociation),
-        Box::new(security_group::SecurityGroup),
+        Box::new(Ec2(security_group::SecurityGroup)),
         Box::new(iam_role::IamRole),
         Box::new(iam_oidc::OidcProvider),
         Box::new(secret::Secret),

@@ -7,9 +7,9 @@ use std::time::Duration;
 use aws_sdk_ec2::types::{ConnectivityType, Filter, NatGatewayState, ResourceType};
 use serde_json::Value as Json;
 
-use super::ec2_listing::{self, Listed};
-use super::{api_error, ec2, observed, opt_str, sync_tags, tag_spec};
-use ralph_core::driver::{Context, Desired, Driver, DriverError, Known, Observed, Owner, Timeouts};
+use super::ec2_listing::{Ec2Kind, Listed};
+use super::{api_error, ec2, observed, opt_str, tag_spec};
+use ralph_core::driver::{Context, Desired, DriverError, Observed, Owner};
 use ralph_core::model::kinds::{checks, Attr, Field, KindSchema, Ty};
 
 fn connectivity(v: &Json) -> Result<(), String> {
@@ -146,31 +146,20 @@ async fn state_of(cx: &Context, id: &str) -> Result<(Option<Observed>, String), 
 }
 
 #[async_trait::async_trait]
-impl Driver for NatGateway {
-    async fn lookup(&self, cx: &Context, id: &str) -> Result<Option<Observed>, DriverError> {
-        ec2_listing::by_id::<Self>(cx, id).await
-    }
-    fn service(&self) -> &'static str {
-        "ec2"
-    }
+impl Ec2Kind for NatGateway {
+    const TYPICAL_SECONDS: u64 = 120;
 
-    fn typical_seconds(&self) -> u64 {
-        120
-    }
-
-    fn schema(&self) -> &'static KindSchema {
+    fn schema() -> &'static KindSchema {
         &SCHEMA
     }
 
-    async fn refresh(&self, cx: &Context, _known: &[Known]) -> Result<Vec<Observed>, DriverError> {
-        // One being deleted is gone for the stack too.
-        let owned = ec2_listing::owned::<Self>(cx).await?;
-        let deleting =
-            |o: &Observed| o.attrs.get("state").and_then(Json::as_str) == Some("deleting");
-        Ok(owned.into_iter().filter(|o| !deleting(o)).collect())
+    /// One being deleted is gone for the stack too (EC2 takes about a
+    /// minute over it, and lists it as `deleted` for an hour after).
+    fn present(o: &Observed) -> bool {
+        o.attrs.get("state").and_then(Json::as_str) != Some("deleting")
     }
 
-    async fn create(&self, cx: &Context, want: &Desired<'_>) -> Result<Observed, DriverError> {
+    async fn make(cx: &Context, want: &Desired<'_>) -> Result<String, DriverError> {
         let mut req = ec2(cx)
             .await?
             .create_nat_gateway()
@@ -178,17 +167,13 @@ impl Driver for NatGateway {
             .connectivity_type(ConnectivityType::from(
                 want.str("connectivity_type").unwrap_or("public"),
             ))
-            .tag_specifications(tag_spec(ResourceType::Natgateway, want))
-            // Same token, same gateway: a retried create does not make a second one.
-            .client_token(
-                format!(
-                    "{}-{}-{}",
-                    want.owner.stack, want.owner.environment, want.address
-                )
-                .chars()
-                .take(64)
-                .collect::<String>(),
-            );
+            .tag_specifications(tag_spec(ResourceType::Natgateway, want));
+        // No client token of ours: the SDK makes one per call, which its
+        // own retries repeat, and a gateway a killed run asked for carries
+        // the ownership tags from the start, so the next run finds it. A
+        // token derived from the address would make EC2 answer every later
+        // create of that address (after a deletion, a replacement) with the
+        // first gateway, long gone.
         if let Some(a) = want.str("allocation_id") {
             req = req.allocation_id(a);
         }
@@ -201,6 +186,19 @@ impl Driver for NatGateway {
             .and_then(|g| g.nat_gateway_id())
             .ok_or_else(|| DriverError::new("CreateNatGateway returned no id"))?
             .to_string();
+        // EC2 answers a reused client token with the gateway that token
+        // made, however long ago and in whatever state: never wait for a
+        // dead one to become available.
+        let state = out.nat_gateway().and_then(|g| g.state());
+        if matches!(
+            state,
+            Some(NatGatewayState::Deleting | NatGatewayState::Deleted)
+        ) {
+            return Err(DriverError::new(format!(
+                "CreateNatGateway answered with NAT gateway {id}, which is being deleted: \
+                 EC2 took the request for a repeat of the one that made it (same client token)"
+            )));
+        }
         cx.wait_until(
             want.address,
             "the NAT gateway to become available",
@@ -215,34 +213,16 @@ impl Driver for NatGateway {
                         "NAT gateway {id} failed to create {reason}"
                     )));
                 }
-                Ok((if state == "available" { obs } else { None }, state))
+                Ok(((state == "available").then_some(()), state))
             },
         )
-        .await
+        .await?;
+        Ok(id)
     }
 
-    async fn update(
-        &self,
-        cx: &Context,
-        want: &Desired<'_>,
-        have: &Observed,
-        _changed: &[String],
-    ) -> Result<Observed, DriverError> {
-        sync_tags(cx, &have.id, have, want).await?;
-        state_of(cx, &have.id)
-            .await?
-            .0
-            .ok_or_else(|| DriverError::new(format!("NAT gateway {} vanished", have.id)))
-    }
-
-    async fn delete(
-        &self,
-        cx: &Context,
-        have: &Observed,
-        _timeouts: &Timeouts,
-    ) -> Result<(), DriverError> {
-        match ec2(cx)
-            .await?
+    async fn remove(cx: &Context, have: &Observed) -> Result<(), DriverError> {
+        let client = ec2(cx).await?;
+        match client
             .delete_nat_gateway()
             .nat_gateway_id(&have.id)
             .send()

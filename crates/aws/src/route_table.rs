@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use aws_sdk_ec2::types::ResourceType;
 use serde_json::{Map, Value as Json};
 
-use super::ec2_listing::{self, paged_listing, Listed};
-use super::{api_error, ec2, observed, opt_str, sync_tags, tag_spec};
-use ralph_core::driver::{Context, Desired, Driver, DriverError, Known, Observed, Timeouts};
+use super::ec2_listing::{self, paged_listing, Ec2Kind, Listed};
+use super::{api_error, ec2, observed, opt_str, tag_spec};
+use ralph_core::driver::{Context, Desired, DriverError, Observed};
 use ralph_core::model::kinds::{checks, Attr, Field, KindSchema, Ty};
 
 static ROUTE: &[Field] = &[
@@ -141,12 +141,6 @@ fn without_associations(mut o: Observed) -> Observed {
     o
 }
 
-async fn read_one(cx: &Context, id: &str) -> Result<Observed, DriverError> {
-    Ok(without_associations(
-        ec2_listing::read_back::<RouteTable>(cx, id).await?,
-    ))
-}
-
 fn by_destination(v: Option<&Json>) -> BTreeMap<String, Map<String, Json>> {
     v.and_then(Json::as_array)
         .into_iter()
@@ -211,26 +205,16 @@ async fn sync_routes(
 }
 
 #[async_trait::async_trait]
-impl Driver for RouteTable {
-    async fn lookup(&self, cx: &Context, id: &str) -> Result<Option<Observed>, DriverError> {
-        Ok(ec2_listing::by_id::<Self>(cx, id)
-            .await?
-            .map(without_associations))
-    }
-    fn service(&self) -> &'static str {
-        "ec2"
-    }
-
-    fn schema(&self) -> &'static KindSchema {
+impl Ec2Kind for RouteTable {
+    fn schema() -> &'static KindSchema {
         &SCHEMA
     }
 
-    async fn refresh(&self, cx: &Context, _known: &[Known]) -> Result<Vec<Observed>, DriverError> {
-        let all = list(cx).await?;
-        Ok(all.into_iter().map(without_associations).collect())
+    fn shown(o: Observed) -> Observed {
+        without_associations(o)
     }
 
-    async fn create(&self, cx: &Context, want: &Desired<'_>) -> Result<Observed, DriverError> {
+    async fn make(cx: &Context, want: &Desired<'_>) -> Result<String, DriverError> {
         let out = ec2(cx)
             .await?
             .create_route_table()
@@ -245,45 +229,32 @@ impl Driver for RouteTable {
             .ok_or_else(|| DriverError::new("CreateRouteTable returned no id"))?
             .to_string();
         sync_routes(cx, &id, None, want.props.get("routes")).await?;
-        read_one(cx, &id).await
+        Ok(id)
     }
 
-    async fn update(
-        &self,
+    async fn change(
         cx: &Context,
         want: &Desired<'_>,
         have: &Observed,
         changed: &[String],
-    ) -> Result<Observed, DriverError> {
+    ) -> Result<(), DriverError> {
         if changed.iter().any(|c| c == "routes") {
-            sync_routes(
-                cx,
-                &have.id,
-                have.attrs.get("routes"),
-                want.props.get("routes"),
-            )
-            .await?;
+            let (old, new) = (have.attrs.get("routes"), want.props.get("routes"));
+            sync_routes(cx, &have.id, old, new).await?;
         }
-        if changed.iter().any(|c| c == "tags") {
-            sync_tags(cx, &have.id, have, want).await?;
-        }
-        read_one(cx, &have.id).await
+        Ok(())
     }
 
-    async fn delete(
-        &self,
-        cx: &Context,
-        have: &Observed,
-        _timeouts: &Timeouts,
-    ) -> Result<(), DriverError> {
+    async fn remove(cx: &Context, have: &Observed) -> Result<(), DriverError> {
+        let client = ec2(cx).await?;
+        let answer = client
+            .delete_route_table()
+            .route_table_id(&have.id)
+            .send()
+            .await;
         super::delete_answer(
             "DeleteRouteTable",
-            ec2(cx)
-                .await?
-                .delete_route_table()
-                .route_table_id(&have.id)
-                .send()
-                .await,
+            answer,
             &["InvalidRouteTableID.NotFound"],
         )
     }

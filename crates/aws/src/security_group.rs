@@ -8,9 +8,9 @@ use std::collections::BTreeSet;
 use aws_sdk_ec2::types::{IpPermission, IpRange, ResourceType, UserIdGroupPair};
 use serde_json::{Map, Value as Json};
 
-use super::ec2_listing::{self, paged_listing};
-use super::{api_error, ec2, observed, opt_str, sync_tags, tag_spec};
-use ralph_core::driver::{Context, Desired, Driver, DriverError, Known, Observed, Timeouts};
+use super::ec2_listing::{self, paged_listing, Ec2Kind};
+use super::{api_error, ec2, observed, opt_str, tag_spec};
+use ralph_core::driver::{Context, Desired, DriverError, Observed};
 use ralph_core::model::kinds::{checks, Attr, Field, KindSchema, Ty};
 
 static RULE: &[Field] = &[
@@ -278,23 +278,12 @@ paged_listing!(
 );
 
 #[async_trait::async_trait]
-impl Driver for SecurityGroup {
-    async fn lookup(&self, cx: &Context, id: &str) -> Result<Option<Observed>, DriverError> {
-        ec2_listing::by_id::<Self>(cx, id).await
-    }
-    fn service(&self) -> &'static str {
-        "ec2"
-    }
-
-    fn schema(&self) -> &'static KindSchema {
+impl Ec2Kind for SecurityGroup {
+    fn schema() -> &'static KindSchema {
         &SCHEMA
     }
 
-    fn normalize(
-        &self,
-        _base_dir: &std::path::Path,
-        props: &mut Map<String, Json>,
-    ) -> Result<(), String> {
+    fn normalize(props: &mut Map<String, Json>) -> Result<(), String> {
         for k in ["ingress", "egress"] {
             if let Some(Json::Array(rules)) = props.get_mut(k) {
                 for r in rules.iter_mut() {
@@ -305,11 +294,7 @@ impl Driver for SecurityGroup {
         Ok(())
     }
 
-    async fn refresh(&self, cx: &Context, _known: &[Known]) -> Result<Vec<Observed>, DriverError> {
-        ec2_listing::owned::<Self>(cx).await
-    }
-
-    async fn create(&self, cx: &Context, want: &Desired<'_>) -> Result<Observed, DriverError> {
+    async fn make(cx: &Context, want: &Desired<'_>) -> Result<String, DriverError> {
         let out = ec2(cx)
             .await?
             .create_security_group()
@@ -324,75 +309,53 @@ impl Driver for SecurityGroup {
             .group_id()
             .ok_or_else(|| DriverError::new("CreateSecurityGroup returned no id"))?
             .to_string();
+        // The rules EC2 gave the new group (its default egress) are replaced.
         let fresh = ec2_listing::read_back::<Self>(cx, &id).await?;
-        // Ingress and egress rules are independent calls.
-        futures::try_join!(
-            sync_rules(
-                cx,
-                &id,
-                false,
-                fresh.attrs.get("ingress"),
-                want.props.get("ingress"),
-            ),
-            sync_rules(
-                cx,
-                &id,
-                true,
-                fresh.attrs.get("egress"),
-                want.props.get("egress"),
-            )
-        )?;
-        ec2_listing::read_back::<Self>(cx, &id).await
+        sync_both(cx, &id, &fresh, want, &["ingress", "egress"]).await?;
+        Ok(id)
     }
 
-    async fn update(
-        &self,
+    async fn change(
         cx: &Context,
         want: &Desired<'_>,
         have: &Observed,
         changed: &[String],
-    ) -> Result<Observed, DriverError> {
-        if changed.iter().any(|c| c == "ingress") {
-            sync_rules(
-                cx,
-                &have.id,
-                false,
-                have.attrs.get("ingress"),
-                want.props.get("ingress"),
-            )
-            .await?;
-        }
-        if changed.iter().any(|c| c == "egress") {
-            sync_rules(
-                cx,
-                &have.id,
-                true,
-                have.attrs.get("egress"),
-                want.props.get("egress"),
-            )
-            .await?;
-        }
-        if changed.iter().any(|c| c == "tags") {
-            sync_tags(cx, &have.id, have, want).await?;
-        }
-        ec2_listing::read_back::<Self>(cx, &have.id).await
+    ) -> Result<(), DriverError> {
+        let changed: Vec<&str> = changed.iter().map(String::as_str).collect();
+        sync_both(cx, &have.id, have, want, &changed).await
     }
 
-    async fn delete(
-        &self,
-        cx: &Context,
-        have: &Observed,
-        _timeouts: &Timeouts,
-    ) -> Result<(), DriverError> {
-        super::delete_answer(
-            "DeleteSecurityGroup",
-            ec2(cx)
-                .await?
-                .delete_security_group()
-                .group_id(&have.id)
-                .send()
-                .await,
-            &["InvalidGroup.NotFound"],
-        )
+    async fn remove(cx: &Context, have: &Observed) -> Result<(), DriverError> {
+        let client = ec2(cx).await?;
+        let answer = client
+            .delete_security_group()
+            .group_id(&have.id)
+            .send()
+            .await;
+        super::delete_answer("DeleteSecurityGroup", answer, &["InvalidGroup.NotFound"])
     }
+}
+
+/// Brings the ingress and egress rules named in `which` from what `have`
+/// holds to what `want` declares; the two directions are independent calls.
+async fn sync_both(
+    cx: &Context,
+    id: &str,
+    have: &Observed,
+    want: &Desired<'_>,
+    which: &[&str],
+) -> Result<(), DriverError> {
+    let direction = |egress: bool| {
+        let name = if egress { "egress" } else { "ingress" };
+        let wanted = which.contains(&name);
+        async move {
+            if wanted {
+                let (old, new) = (have.attrs.get(name), want.props.get(name));
+                sync_rules(cx, id, egress, old, new).await?;
+            }
+            Ok::<(), DriverError>(())
+        }
+    };
+    futures::try_join!(direction(false), direction(true))?;
+    Ok(())
 }

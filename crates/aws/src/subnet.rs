@@ -3,9 +3,9 @@
 use aws_sdk_ec2::types::{AttributeBooleanValue, ResourceType};
 use serde_json::Value as Json;
 
-use super::ec2_listing::{self, paged_listing};
-use super::{api_error, ec2, observed, opt_str, sync_tags, tag_spec};
-use ralph_core::driver::{Context, Desired, Driver, DriverError, Known, Observed, Timeouts};
+use super::ec2_listing::{paged_listing, Ec2Kind};
+use super::{api_error, ec2, observed, opt_str, tag_spec};
+use ralph_core::driver::{Context, Desired, DriverError, Observed};
 use ralph_core::model::kinds::{checks, Attr, Field, KindSchema, Ty};
 
 static SCHEMA: KindSchema = KindSchema {
@@ -103,23 +103,12 @@ paged_listing!(
 );
 
 #[async_trait::async_trait]
-impl Driver for Subnet {
-    async fn lookup(&self, cx: &Context, id: &str) -> Result<Option<Observed>, DriverError> {
-        ec2_listing::by_id::<Self>(cx, id).await
-    }
-    fn service(&self) -> &'static str {
-        "ec2"
-    }
-
-    fn schema(&self) -> &'static KindSchema {
+impl Ec2Kind for Subnet {
+    fn schema() -> &'static KindSchema {
         &SCHEMA
     }
 
-    async fn refresh(&self, cx: &Context, _known: &[Known]) -> Result<Vec<Observed>, DriverError> {
-        ec2_listing::owned::<Self>(cx).await
-    }
-
-    async fn create(&self, cx: &Context, want: &Desired<'_>) -> Result<Observed, DriverError> {
+    async fn make(cx: &Context, want: &Desired<'_>) -> Result<String, DriverError> {
         let out = ec2(cx)
             .await?
             .create_subnet()
@@ -138,45 +127,25 @@ impl Driver for Subnet {
         if want.bool("map_public_ip_on_launch") == Some(true) {
             set_public(cx, &id, true).await?;
         }
-        ec2_listing::read_back::<Self>(cx, &id).await
+        Ok(id)
     }
 
-    async fn update(
-        &self,
+    async fn change(
         cx: &Context,
         want: &Desired<'_>,
         have: &Observed,
         changed: &[String],
-    ) -> Result<Observed, DriverError> {
+    ) -> Result<(), DriverError> {
         if changed.iter().any(|c| c == "map_public_ip_on_launch") {
-            set_public(
-                cx,
-                &have.id,
-                want.bool("map_public_ip_on_launch").unwrap_or(false),
-            )
-            .await?;
+            let public = want.bool("map_public_ip_on_launch").unwrap_or(false);
+            set_public(cx, &have.id, public).await?;
         }
-        if changed.iter().any(|c| c == "tags") {
-            sync_tags(cx, &have.id, have, want).await?;
-        }
-        ec2_listing::read_back::<Self>(cx, &have.id).await
+        Ok(())
     }
 
-    async fn delete(
-        &self,
-        cx: &Context,
-        have: &Observed,
-        _timeouts: &Timeouts,
-    ) -> Result<(), DriverError> {
-        super::delete_answer(
-            "DeleteSubnet",
-            ec2(cx)
-                .await?
-                .delete_subnet()
-                .subnet_id(&have.id)
-                .send()
-                .await,
-            &["InvalidSubnetID.NotFound"],
-        )
+    async fn remove(cx: &Context, have: &Observed) -> Result<(), DriverError> {
+        let client = ec2(cx).await?;
+        let answer = client.delete_subnet().subnet_id(&have.id).send().await;
+        super::delete_answer("DeleteSubnet", answer, &["InvalidSubnetID.NotFound"])
     }
 }

@@ -3,9 +3,9 @@
 use aws_sdk_ec2::types::{AttributeBooleanValue, Filter, ResourceType, VpcAttributeName};
 use serde_json::Value as Json;
 
-use super::ec2_listing::{self, Listed};
-use super::{api_error, ec2, observed, sync_tags, tag_spec};
-use ralph_core::driver::{Context, Desired, Driver, DriverError, Known, Observed, Timeouts};
+use super::ec2_listing::{Ec2Kind, Listed};
+use super::{api_error, ec2, observed, tag_spec};
+use ralph_core::driver::{Context, Desired, DriverError, Observed};
 use ralph_core::model::kinds::{checks, Attr, Field, KindSchema, Ty};
 
 fn vpc_prefix(v: &Json) -> Result<(), String> {
@@ -200,26 +200,41 @@ async fn describe(
     Ok(out)
 }
 
-#[async_trait::async_trait]
-impl Driver for Vpc {
-    async fn lookup(&self, cx: &Context, id: &str) -> Result<Option<Observed>, DriverError> {
-        ec2_listing::by_id::<Self>(cx, id).await
-    }
-    fn service(&self) -> &'static str {
-        "ec2"
-    }
+/// Waits for a VPC that was not `available` at once.
+async fn wait_available(cx: &Context, address: &str, id: &str) -> Result<(), DriverError> {
+    let client = ec2(cx).await?;
+    cx.wait_until(
+        address,
+        "the VPC to become available",
+        std::time::Duration::from_secs(300),
+        || async {
+            let out = client
+                .describe_vpcs()
+                .vpc_ids(id)
+                .send()
+                .await
+                .map_err(|e| api_error("DescribeVpcs", e))?;
+            let state = out
+                .vpcs()
+                .first()
+                .and_then(|v| v.state())
+                .map(|s| s.as_str().to_string())
+                .unwrap_or_else(|| "unknown".into());
+            Ok(((state == "available").then_some(()), state))
+        },
+    )
+    .await
+}
 
-    fn schema(&self) -> &'static KindSchema {
+#[async_trait::async_trait]
+impl Ec2Kind for Vpc {
+    fn schema() -> &'static KindSchema {
         &SCHEMA
     }
 
-    async fn refresh(&self, cx: &Context, _known: &[Known]) -> Result<Vec<Observed>, DriverError> {
-        ec2_listing::owned::<Self>(cx).await
-    }
-
-    async fn create(&self, cx: &Context, want: &Desired<'_>) -> Result<Observed, DriverError> {
-        let client = ec2(cx).await?;
-        let out = client
+    async fn make(cx: &Context, want: &Desired<'_>) -> Result<String, DriverError> {
+        let out = ec2(cx)
+            .await?
             .create_vpc()
             .cidr_block(want.required_str("cidr_block")?)
             .tag_specifications(tag_spec(ResourceType::Vpc, want))
@@ -237,45 +252,19 @@ impl Driver for Vpc {
             .and_then(|v| v.state())
             .is_some_and(|s| s.as_str() == "available");
         if !available {
-            cx.wait_until(
-                want.address,
-                "the VPC to become available",
-                std::time::Duration::from_secs(300),
-                || async {
-                    let out = client
-                        .describe_vpcs()
-                        .vpc_ids(&id)
-                        .send()
-                        .await
-                        .map_err(|e| api_error("DescribeVpcs", e))?;
-                    let state = out
-                        .vpcs()
-                        .first()
-                        .and_then(|v| v.state())
-                        .map(|s| s.as_str().to_string())
-                        .unwrap_or_else(|| "unknown".into());
-                    Ok(((state == "available").then_some(()), state))
-                },
-            )
-            .await?;
+            wait_available(cx, want.address, &id).await?;
         }
-        set_dns(
-            cx,
-            &id,
-            want.bool("enable_dns_support"),
-            want.bool("enable_dns_hostnames"),
-        )
-        .await?;
-        ec2_listing::read_back::<Self>(cx, &id).await
+        let support = want.bool("enable_dns_support");
+        set_dns(cx, &id, support, want.bool("enable_dns_hostnames")).await?;
+        Ok(id)
     }
 
-    async fn update(
-        &self,
+    async fn change(
         cx: &Context,
         want: &Desired<'_>,
         have: &Observed,
         changed: &[String],
-    ) -> Result<Observed, DriverError> {
+    ) -> Result<(), DriverError> {
         let pick = |name: &str| {
             if changed.iter().any(|c| c == name) {
                 want.bool(name)
@@ -283,29 +272,12 @@ impl Driver for Vpc {
                 None
             }
         };
-        set_dns(
-            cx,
-            &have.id,
-            pick("enable_dns_support"),
-            pick("enable_dns_hostnames"),
-        )
-        .await?;
-        if changed.iter().any(|c| c == "tags") {
-            sync_tags(cx, &have.id, have, want).await?;
-        }
-        ec2_listing::read_back::<Self>(cx, &have.id).await
+        let support = pick("enable_dns_support");
+        set_dns(cx, &have.id, support, pick("enable_dns_hostnames")).await
     }
 
-    async fn delete(
-        &self,
-        cx: &Context,
-        have: &Observed,
-        _timeouts: &Timeouts,
-    ) -> Result<(), DriverError> {
-        super::delete_answer(
-            "DeleteVpc",
-            ec2(cx).await?.delete_vpc().vpc_id(&have.id).send().await,
-            &["InvalidVpcID.NotFound"],
-        )
+    async fn remove(cx: &Context, have: &Observed) -> Result<(), DriverError> {
+        let answer = ec2(cx).await?.delete_vpc().vpc_id(&have.id).send().await;
+        super::delete_answer("DeleteVpc", answer, &["InvalidVpcID.NotFound"])
     }
 }
