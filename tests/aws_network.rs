@@ -359,7 +359,7 @@ async fn a_nat_gateway_deleted_outside_is_gone_while_ec2_is_still_deleting_it() 
     let state: Value = serde_json::from_str(&text(&show.stdout)).unwrap();
     let nat = state["id"].as_str().unwrap().to_string();
     let url = format!("{}/moto-api/ec2/nat/delete", common::aws_endpoint());
-    let body = serde_json::json!({"id": nat, "seconds": 600}).to_string();
+    let body = serde_json::json!({"id": nat, "seconds": 15}).to_string();
     let answer: Value = serde_json::from_str(
         &ureq::post(&url)
             .set("Content-Type", "application/json")

@@ -1100,6 +1100,7 @@ def patch_nat():
 
     def deleted(self, result, nat_gateway_id, *a, **k):
         transition(result, "state", "deleting", delay("nat_delete"))
+        later(max(delay("nat_delete"), 0.01), lambda: release_nat_address(self, result))
 
     wrap(m.NatGatewayBackend, "delete_nat_gateway", after=deleted)
     nat_deleted_outside()
@@ -1144,6 +1145,18 @@ def nat_client_tokens():
     NatGateways.create_nat_gateway = create_nat_gateway
 
 
+def release_nat_address(backend, gateway):
+    """A deleted NAT gateway's Elastic IP is disassociated (not released)
+    once EC2 is done deleting it; until then it cannot go to another
+    gateway. moto never disassociates it."""
+    eni = getattr(gateway, "_eni", None)
+    for address in list(backend.addresses):
+        if eni is not None and address.eni is not None and address.eni.id == eni.id:
+            address.eni = None
+            address.instance = None
+            address.association_id = None
+
+
 def nat_deleted_outside():
     """Someone deletes a NAT gateway in the console, and EC2 takes its real
     time over it (about a minute, against our scaled-down second): POST
@@ -1158,8 +1171,11 @@ def nat_deleted_outside():
         nat_id, seconds = body.get("id"), float(body.get("seconds") or 0)
         for _, _, backend in each(ec2_backends):
             if nat_id in backend.nat_gateways:
-                gateway = backend.delete_nat_gateway(nat_id)
+                # What moto's delete does, without the tool's short window.
+                gateway = backend.nat_gateways[nat_id]
+                gateway.state = "deleted"
                 transition(gateway, "state", "deleting", seconds)
+                later(max(seconds, 0.01), lambda: release_nat_address(backend, gateway))
                 return True
         return False
 

@@ -145,6 +145,38 @@ async fn state_of(cx: &Context, id: &str) -> Result<(Option<Observed>, String), 
     }
 }
 
+/// Waits until no gateway that is being deleted holds Elastic IP
+/// `allocation`: EC2 keeps the address associated until the deletion is
+/// done (about a minute), and refuses it to a new gateway until then
+/// (`Resource.AlreadyAssociated`). A gateway deleted outside and made again
+/// at once, or replaced, would fail without this.
+async fn await_address(cx: &Context, address: &str, allocation: &str) -> Result<(), DriverError> {
+    let deleting = Filter::builder().name("state").values("deleting").build();
+    let found = ec2(cx)
+        .await?
+        .describe_nat_gateways()
+        .filter(deleting)
+        .send()
+        .await
+        .map_err(|e| api_error("DescribeNatGateways", e))?;
+    // Checked here as well: not every EC2 stand-in applies the filter.
+    let holders = found.nat_gateways().iter().filter(|g| {
+        g.state() == Some(&NatGatewayState::Deleting)
+            && g.nat_gateway_addresses()
+                .iter()
+                .any(|a| a.allocation_id() == Some(allocation))
+    });
+    for id in holders.filter_map(|g| g.nat_gateway_id()) {
+        let what = format!("NAT gateway {id}, being deleted, to let go of {allocation}");
+        cx.wait_until(address, &what, DELETE_TIMEOUT, || async {
+            let (_, state) = state_of(cx, id).await?;
+            Ok(((state == "deleted").then_some(()), state))
+        })
+        .await?;
+    }
+    Ok(())
+}
+
 #[async_trait::async_trait]
 impl Ec2Kind for NatGateway {
     const TYPICAL_SECONDS: u64 = 120;
@@ -175,6 +207,7 @@ impl Ec2Kind for NatGateway {
         // create of that address (after a deletion, a replacement) with the
         // first gateway, long gone.
         if let Some(a) = want.str("allocation_id") {
+            await_address(cx, want.address, a).await?;
             req = req.allocation_id(a);
         }
         let out = req
