@@ -391,3 +391,70 @@ async fn a_nat_gateway_deleted_outside_is_gone_while_ec2_is_still_deleting_it() 
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
     w.ok("destroy", &["--auto-approve", "--allow-protected"]);
 }
+
+/// A certificate for another host replaces the first. ACM answers a
+/// RequestCertificate whose idempotency token it saw within the hour with
+/// the first certificate's ARN: a token that names only the address would
+/// get the old host's certificate back (or, once that is deleted, an ARN
+/// that no longer exists) instead of a new one.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_certificate_for_another_host_is_a_new_certificate() {
+    let w = World::from_stack("tests/fixtures/aws-certificate.yaml", "t-cert");
+    w.ok("apply", &["--auto-approve"]);
+    let arn_of = || {
+        let show = w
+            .cmd(&[
+                "state",
+                "show",
+                w.stack().to_str().unwrap(),
+                "--env",
+                "production",
+                "edge_cert",
+            ])
+            .output()
+            .unwrap();
+        let state: Value = serde_json::from_str(&text(&show.stdout)).unwrap();
+        state["id"].as_str().unwrap().to_string()
+    };
+    let first = arn_of();
+
+    w.edit(
+        "default: ralph.example.com",
+        "default: orchestrator.example.com",
+    );
+    let plan = w.plan_json(&[]);
+    assert_eq!(action_of(&plan, "edge_cert"), "replace", "{plan}");
+    w.ok("apply", &["--auto-approve"]);
+    let second = arn_of();
+    assert_ne!(
+        first, second,
+        "the new host must get a certificate of its own"
+    );
+    let acm = aws_sdk_acm::Client::new(&w.aws_conf().await);
+    let cert = acm
+        .describe_certificate()
+        .certificate_arn(&second)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        cert.certificate().and_then(|c| c.domain_name()),
+        Some("orchestrator.example.com")
+    );
+    let out = w.run("plan", &["--detailed-exitcode"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+
+    // And back: the first host's certificate is gone, so it is requested
+    // anew, not answered with the deleted one.
+    w.edit(
+        "default: orchestrator.example.com",
+        "default: ralph.example.com",
+    );
+    w.ok("apply", &["--auto-approve"]);
+    let third = arn_of();
+    assert_ne!(third, first);
+    assert_ne!(third, second);
+    let out = w.run("plan", &["--detailed-exitcode"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    w.ok("destroy", &["--auto-approve"]);
+}

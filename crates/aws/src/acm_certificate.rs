@@ -211,12 +211,23 @@ fn acm_tags(want: &Desired<'_>) -> Vec<Tag> {
 /// The same request, the same certificate: ACM answers a repeated
 /// RequestCertificate with this token (within an hour) with the first ARN,
 /// so a run killed between the request and the state's record makes no
-/// second certificate. ACM allows 32 word characters.
+/// second certificate. The token covers what is asked (the names, the
+/// validation) and the certificate it replaces: another host, or a new
+/// certificate where the last one was deleted, is another request, which a
+/// token of the address alone would have answered with the old (perhaps
+/// deleted) certificate. ACM allows 32 word characters.
 fn idempotency_token(want: &Desired<'_>) -> String {
     use sha2::{Digest, Sha256};
+    let sans = strings(want.props.get("subject_alternative_names")).join(",");
     let digest = Sha256::digest(format!(
-        "{}\n{}\n{}",
-        want.owner.stack, want.owner.environment, want.address
+        "{}\n{}\n{}\n{}\n{}\n{}\n{}",
+        want.owner.stack,
+        want.owner.environment,
+        want.address,
+        want.str("domain_name").unwrap_or_default(),
+        sans,
+        want.str("validation_method").unwrap_or("DNS"),
+        want.replaces.unwrap_or_default(),
     ));
     digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
 }

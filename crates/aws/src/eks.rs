@@ -505,16 +505,21 @@ fn vpc_request(want: &Desired<'_>, for_update: bool) -> VpcConfigRequest {
     b.build()
 }
 
-/// A request token that is the same for the same resource, so a retried
-/// create is not a second create.
+/// A request token that is the same for the same create, so a create
+/// repeated after a killed run is not a second one, and another for a
+/// create that replaces (or re-creates) what the state recorded: EKS would
+/// take a reused token for the request it first answered.
 fn token(want: &Desired<'_>) -> String {
-    format!(
-        "ralph-{}-{}-{}",
-        want.owner.stack, want.owner.environment, want.address
-    )
-    .chars()
-    .take(64)
-    .collect()
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(format!(
+        "{}\n{}\n{}\n{}",
+        want.owner.stack,
+        want.owner.environment,
+        want.address,
+        want.replaces.unwrap_or_default()
+    ));
+    let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+    format!("ralph-{hex}")
 }
 
 #[async_trait::async_trait]

@@ -340,6 +340,7 @@ impl Promotion for RdsPromotion {
             props: p.primary_inputs,
             owner: &cx.owner,
             timeouts: Default::default(),
+            replaces: None,
         };
         take_over_tags(cx, &promoted, &want).await?;
         Ok(Promoted {

@@ -74,6 +74,11 @@ pub struct Desired<'a> {
     pub props: &'a Map<String, Json>,
     pub owner: &'a Owner,
     pub timeouts: Timeouts,
+    /// The id the state records at this address when a create runs: the
+    /// resource a replacement makes way for, or one deleted outside.
+    /// `None` for a first create. Two creates of one address differ in it,
+    /// and a create repeated after a killed run does not.
+    pub replaces: Option<&'a str>,
 }
 
 impl Desired<'_> {

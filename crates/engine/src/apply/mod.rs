@@ -393,6 +393,7 @@ impl Steps<'_> {
             props: &props,
             owner: &self.cx.owner,
             timeouts: r.timeouts,
+            replaces: c.id.as_deref().filter(|_| !update),
         };
         let lookup = if update {
             c.id.clone()

@@ -218,6 +218,7 @@ where
                 props: &props,
                 owner: &cx.owner,
                 timeouts,
+                replaces: None,
             };
             let image = render::image_ref(&props).unwrap_or_default();
             let (result, after) = crate::apply::run_step(
