@@ -17,6 +17,24 @@ fn action_of(plan: &Value, address: &str) -> String {
         .unwrap_or_else(|| panic!("{address} not in plan"))
 }
 
+/// The id the state records for `address` (`state show`).
+fn recorded_id(w: &World, address: &str) -> String {
+    let stack = w.stack();
+    let show = w
+        .cmd(&[
+            "state",
+            "show",
+            stack.to_str().unwrap(),
+            "--env",
+            "production",
+            address,
+        ])
+        .output()
+        .unwrap();
+    let state: Value = serde_json::from_str(&text(&show.stdout)).unwrap();
+    state["id"].as_str().unwrap().to_string()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn apply_creates_everything_then_plan_is_empty_then_destroy_leaves_nothing() {
     let w = World::from_stack("aws-network.yaml", "t-lifecycle");
@@ -174,19 +192,7 @@ async fn tag_change_is_an_update_cidr_change_is_a_replace() {
 async fn a_resource_deleted_behind_the_tools_back_is_recreated() {
     let w = World::from_stack("aws-network.yaml", "t-drift");
     w.ok("apply", &["--auto-approve"]);
-    let show = w
-        .cmd(&[
-            "state",
-            "show",
-            w.stack().to_str().unwrap(),
-            "--env",
-            "production",
-            "db_sg",
-        ])
-        .output()
-        .unwrap();
-    let state: Value = serde_json::from_str(&text(&show.stdout)).unwrap();
-    let sg = state["id"].as_str().unwrap().to_string();
+    let sg = recorded_id(&w, "db_sg");
     w.ec2()
         .await
         .delete_security_group()
@@ -345,19 +351,7 @@ async fn apply_without_a_terminal_or_approval_changes_nothing() {
 async fn a_nat_gateway_deleted_outside_is_gone_while_ec2_is_still_deleting_it() {
     let w = World::from_stack("aws-network.yaml", "t-natgone");
     w.ok("apply", &["--auto-approve"]);
-    let show = w
-        .cmd(&[
-            "state",
-            "show",
-            w.stack().to_str().unwrap(),
-            "--env",
-            "production",
-            "nat_a",
-        ])
-        .output()
-        .unwrap();
-    let state: Value = serde_json::from_str(&text(&show.stdout)).unwrap();
-    let nat = state["id"].as_str().unwrap().to_string();
+    let nat = recorded_id(&w, "nat_a");
     let url = format!("{}/moto-api/ec2/nat/delete", common::aws_endpoint());
     let body = serde_json::json!({"id": nat, "seconds": 15}).to_string();
     let answer: Value = serde_json::from_str(
@@ -401,21 +395,7 @@ async fn a_nat_gateway_deleted_outside_is_gone_while_ec2_is_still_deleting_it() 
 async fn a_certificate_for_another_host_is_a_new_certificate() {
     let w = World::from_stack("tests/fixtures/aws-certificate.yaml", "t-cert");
     w.ok("apply", &["--auto-approve"]);
-    let arn_of = || {
-        let show = w
-            .cmd(&[
-                "state",
-                "show",
-                w.stack().to_str().unwrap(),
-                "--env",
-                "production",
-                "edge_cert",
-            ])
-            .output()
-            .unwrap();
-        let state: Value = serde_json::from_str(&text(&show.stdout)).unwrap();
-        state["id"].as_str().unwrap().to_string()
-    };
+    let arn_of = || recorded_id(&w, "edge_cert");
     let first = arn_of();
 
     w.edit(
