@@ -217,19 +217,10 @@ fn acm_tags(want: &Desired<'_>) -> Vec<Tag> {
 /// token of the address alone would have answered with the old (perhaps
 /// deleted) certificate. ACM allows 32 word characters.
 fn idempotency_token(want: &Desired<'_>) -> String {
-    use sha2::{Digest, Sha256};
     let sans = strings(want.props.get("subject_alternative_names")).join(",");
-    let digest = Sha256::digest(format!(
-        "{}\n{}\n{}\n{}\n{}\n{}\n{}",
-        want.owner.stack,
-        want.owner.environment,
-        want.address,
-        want.str("domain_name").unwrap_or_default(),
-        sans,
-        want.str("validation_method").unwrap_or("DNS"),
-        want.replaces.unwrap_or_default(),
-    ));
-    digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
+    let domain = want.str("domain_name").unwrap_or_default();
+    let validation = want.str("validation_method").unwrap_or("DNS");
+    super::create_token(want, &[domain, &sans, validation])
 }
 
 #[async_trait::async_trait]

@@ -510,16 +510,7 @@ fn vpc_request(want: &Desired<'_>, for_update: bool) -> VpcConfigRequest {
 /// create that replaces (or re-creates) what the state recorded: EKS would
 /// take a reused token for the request it first answered.
 fn token(want: &Desired<'_>) -> String {
-    use sha2::{Digest, Sha256};
-    let digest = Sha256::digest(format!(
-        "{}\n{}\n{}\n{}",
-        want.owner.stack,
-        want.owner.environment,
-        want.address,
-        want.replaces.unwrap_or_default()
-    ));
-    let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
-    format!("ralph-{hex}")
+    format!("ralph-{}", super::create_token(want, &[]))
 }
 
 #[async_trait::async_trait]

@@ -724,6 +724,30 @@ pub fn ours_or_refuse(
 }
 
 /// A list-of-strings property.
+/// An idempotency token for one create: 32 hex characters of a hash of the
+/// resource's identity (stack, environment, address, what the create
+/// replaces) and `request`, what is asked. The same for a create repeated
+/// after a killed run; another for another request or a re-creation.
+pub fn create_token(want: &Desired<'_>, request: &[&str]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    let identity = [
+        want.owner.stack.as_str(),
+        want.owner.environment.as_str(),
+        want.address,
+        want.replaces.unwrap_or_default(),
+    ];
+    for part in identity.iter().chain(request) {
+        h.update(part.as_bytes());
+        h.update(b"\n");
+    }
+    h.finalize()
+        .iter()
+        .take(16)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 pub fn strings(v: Option<&Json>) -> Vec<String> {
     v.and_then(Json::as_array)
         .into_iter()

@@ -219,19 +219,6 @@ impl Ec2Kind for NatGateway {
             .and_then(|g| g.nat_gateway_id())
             .ok_or_else(|| DriverError::new("CreateNatGateway returned no id"))?
             .to_string();
-        // EC2 answers a reused client token with the gateway that token
-        // made, however long ago and in whatever state: never wait for a
-        // dead one to become available.
-        let state = out.nat_gateway().and_then(|g| g.state());
-        if matches!(
-            state,
-            Some(NatGatewayState::Deleting | NatGatewayState::Deleted)
-        ) {
-            return Err(DriverError::new(format!(
-                "CreateNatGateway answered with NAT gateway {id}, which is being deleted: \
-                 EC2 took the request for a repeat of the one that made it (same client token)"
-            )));
-        }
         cx.wait_until(
             want.address,
             "the NAT gateway to become available",
