@@ -200,6 +200,8 @@ async fn failover_promotes_the_replica_rolls_the_pods_and_the_next_plan_only_add
     let t = tags(&old);
     assert!(!t.keys().any(|k| k.starts_with("ralph-deploy:")), "{t:?}");
     assert!(t["ralph-deploy-retired"].contains("/db"), "{t:?}");
+    assert_eq!(t["ralph-deploy-retired-stack"], name, "{t:?}");
+    assert_eq!(t["ralph-deploy-retired-address"], "db", "{t:?}");
     assert_eq!(old.deletion_protection(), Some(true));
 
     // The pods were rolled, with DATABASE_URL at the primary's endpoint.
@@ -256,5 +258,37 @@ async fn failover_promotes_the_replica_rolls_the_pods_and_the_next_plan_only_add
         "{}{}",
         text(&out.stdout),
         text(&out.stderr)
+    );
+
+    // ---- destroy: the retired primary holds the subnet group, so it goes
+    // too, before it; protected, it needs --allow-protected like `db`.
+    let retired = format!("db~retired:{old_name}");
+    let out = w.run("destroy", &["--auto-approve"]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(&format!("{retired} (delete)")) && err.contains("--allow-protected"),
+        "{err}"
+    );
+    assert!(
+        instance(&rds, &old_name).await.is_some(),
+        "refused: untouched"
+    );
+    let out = w.run("destroy", &["--auto-approve", "--allow-protected"]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stderr),
+        text(&out.stdout)
+    );
+    assert!(instance(&rds, &old_name).await.is_none());
+    assert!(instance(&rds, &primary_id).await.is_none());
+    let groups = rds.describe_db_subnet_groups().send().await.unwrap();
+    assert!(
+        !groups.db_subnet_groups().iter().any(|g| g
+            .db_subnet_group_name()
+            .unwrap_or_default()
+            .starts_with(&name)),
+        "{groups:?}"
     );
 }

@@ -545,10 +545,8 @@ async fn every_request_of_an_apply_update_rotation_and_destroy_validates() {
         ],
         &["apply", s, "--env", "production", "--auto-approve"],
     );
-    // The retired primary goes as its operator would delete it (it is not
-    // the stack's any more), and the backups out of the bucket: destroy
-    // keeps a bucket that holds objects.
-    common::gcp_delete_sql_instance(&name, &old_primary);
+    // The backups go out of the bucket: destroy keeps a bucket that holds
+    // objects. (The retired primary destroy deletes itself.)
     let bucket = format!("{name}-production-backups-example");
     let listed = gcp_get(&format!("/storage/v1/b/{bucket}/o")).expect("the backup bucket");
     for o in listed["items"].as_array().into_iter().flatten() {
@@ -571,6 +569,10 @@ async fn every_request_of_an_apply_update_rotation_and_destroy_validates() {
             "--auto-approve",
             "--allow-protected",
         ],
+    );
+    assert!(
+        gcp_get(&format!("/v1/projects/{name}/instances/{old_primary}")).is_none(),
+        "destroy deletes the primary the failover retired"
     );
 
     let log = std::fs::read_to_string(
@@ -630,6 +632,7 @@ async fn every_request_of_an_apply_update_rotation_and_destroy_validates() {
         "storage.objects.delete",
         "sql.backupRuns.insert",
         "sql.instances.promoteReplica",
+        "sql.instances.list",
         "monitoring.projects.timeSeries.list",
     ] {
         assert!(

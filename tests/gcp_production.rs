@@ -120,8 +120,9 @@ fn sql_instance(project: &str, id: &str) -> Option<Value> {
 /// against the RPO; Cloud SQL renames nothing, so the promoted replica is
 /// recorded, under its own (generated) name, as `db`, and the database, the
 /// user and the pods follow it; the old primary is retired, not deleted;
-/// the next plan only makes a new replica, of the promoted one.
-fn failover_follows_the_promoted_replica(w: &World, project: &str) {
+/// the next plan only makes a new replica, of the promoted one. Returns
+/// the retired primary's name.
+fn failover_follows_the_promoted_replica(w: &World, project: &str) -> String {
     let st = common::state_json(w);
     let id = |a: &str| st["resources"][a]["id"].as_str().unwrap().to_string();
     let (primary_id, replica_id) = (id("db"), id("db_replica"));
@@ -215,9 +216,10 @@ fn failover_follows_the_promoted_replica(w: &World, project: &str) {
     );
     assert_ne!(id_of(&st, "db_replica"), replica_id);
 
-    // The operator deletes the retired primary (its private address holds
-    // the network's peering until then).
-    common::gcp_delete_sql_instance(project, &primary_id);
+    // The retired primary stays (it holds the network's peering): destroy
+    // deletes it first.
+    assert!(sql_instance(project, &primary_id).is_some());
+    primary_id
 }
 
 fn id_of(st: &Value, address: &str) -> String {
@@ -705,7 +707,7 @@ async fn gcp_production_end_to_end() {
     );
 
     // ---- failover
-    failover_follows_the_promoted_replica(&w, &name);
+    let retired = failover_follows_the_promoted_replica(&w, &name);
 
     // ---- a subnetwork range is a replacement (and so is what sits in it)
     let replan = {
@@ -745,6 +747,7 @@ async fn gcp_production_end_to_end() {
     assert!(
         err.contains("db (delete)")
             && err.contains("redis (delete)")
+            && err.contains(&format!("db~retired:{retired} (delete)"))
             && err.contains("--allow-protected"),
         "{err}"
     );
@@ -773,6 +776,7 @@ async fn gcp_production_end_to_end() {
         text(&out.stdout)
     );
     assert!(sql_instance(project, &db_id).is_none());
+    assert!(sql_instance(project, &retired).is_none());
     assert!(gcp_get(&format!(
         "/v1/projects/{project}/locations/us-central1/clusters/{name}-production"
     ))

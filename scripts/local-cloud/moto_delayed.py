@@ -924,6 +924,34 @@ def patch_rds():
 
     wrap(m.RDSBackend, "delete_db_instance", after=deleted)
 
+    # RDS refuses to delete a subnet group an instance still uses (one being
+    # deleted too, until it is gone); moto deletes it regardless.
+    def subnet_group_unused(self, original, subnet_name, *a, **k):
+        from moto.rds.exceptions import RDSClientError
+        users = sorted(db.db_instance_identifier for db in self.databases.values()
+                       if db.db_subnet_group_name == subnet_name)
+        if users:
+            raise RDSClientError(
+                "InvalidDBSubnetGroupStateFault",
+                f"Cannot delete the subnet group '{subnet_name}' because at least one "
+                f"database instance: {users[0]} is still using it.")
+        return None
+
+    wrap(m.RDSBackend, "delete_subnet_group", before=subnet_group_unused)
+
+    # Likewise a parameter group an instance is a member of.
+    def parameter_group_unused(self, original, db_parameter_group_name, *a, **k):
+        from moto.rds.exceptions import RDSClientError
+        if any(getattr(db, "db_parameter_group_name", None) == db_parameter_group_name
+               for db in self.databases.values()):
+            raise RDSClientError(
+                "InvalidDBParameterGroupState",
+                "One or more database instances are still members of this parameter group "
+                f"{db_parameter_group_name}, so the group cannot be deleted")
+        return None
+
+    wrap(m.RDSBackend, "delete_db_parameter_group", before=parameter_group_unused)
+
     # moto names an instance's automated snapshot by the minute and keeps
     # it after the instance is deleted (retained automated backups), so
     # creating an instance of the same identifier again within that minute
@@ -1047,9 +1075,16 @@ def patch_elasticache():
     wrap(m.ElastiCacheBackend, "delete_replication_group", after=deleted)
 
     def delete_cache_subnet_group(self, cache_subnet_group_name):
-        from moto.elasticache.exceptions import CacheSubnetGroupNotFound
+        from moto.elasticache.exceptions import CacheSubnetGroupNotFound, ElastiCacheException
         if cache_subnet_group_name not in self.cache_subnet_groups:
             raise CacheSubnetGroupNotFound(cache_subnet_group_name)
+        # ElastiCache refuses while a cache cluster (a group's member, one
+        # being deleted too) still uses it.
+        holders = list(self.cache_clusters.values()) + list(self.replication_groups.values())
+        if any(getattr(h, "cache_subnet_group_name", None) == cache_subnet_group_name for h in holders):
+            raise ElastiCacheException(
+                "CacheSubnetGroupInUse",
+                f"Cache subnet group {cache_subnet_group_name} is currently in use by a cache cluster.")
         return self.cache_subnet_groups.pop(cache_subnet_group_name)
 
     if not hasattr(m.ElastiCacheBackend, "delete_cache_subnet_group"):

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::Value as Json;
 
 use super::arn_tags::{self, ArnService};
-use super::subnet_group::{Calls, Found};
+use super::subnet_group::subnet_group_calls;
 use super::{
     api_error, delete_started, error_code, observed_with, opt_str, read_each, strings, wait_gone,
     wait_ready, Readiness,
@@ -217,103 +217,23 @@ async fn sync_ec_tags(
 
 // ---- subnet group ----
 
-/// ElastiCache's subnet-group calls (`super::subnet_group`).
-pub struct CacheSubnets;
-
-#[async_trait::async_trait]
-impl Calls for CacheSubnets {
-    fn schema(&self) -> &'static KindSchema {
-        &SUBNET_GROUP
-    }
-
-    fn service(&self) -> &'static str {
-        "elasticache"
-    }
-
-    fn arn_service(&self) -> ArnService {
-        ArnService::ElastiCache
-    }
-
-    async fn describe(&self, cx: &Context, name: &str) -> Result<Option<Found>, DriverError> {
-        let out = match crate::clients(cx)
-            .await?
-            .elasticache
-            .describe_cache_subnet_groups()
-            .cache_subnet_group_name(name)
-            .send()
-            .await
-        {
-            Ok(o) => o,
-            Err(e) if error_code(&e) == Some("CacheSubnetGroupNotFoundFault") => return Ok(None),
-            Err(e) => return Err(api_error("DescribeCacheSubnetGroups", e)),
-        };
-        Ok(out.cache_subnet_groups().first().map(|g| Found {
-            arn: g.arn().unwrap_or_default().to_string(),
-            description: g.cache_subnet_group_description().map(str::to_string),
-            subnet_ids: g
-                .subnets()
-                .iter()
-                .filter_map(|s| s.subnet_identifier().map(str::to_string))
-                .collect(),
-        }))
-    }
-
-    async fn create(
-        &self,
-        cx: &Context,
-        name: &str,
-        description: &str,
-        subnet_ids: Vec<String>,
-        want: &Desired<'_>,
-    ) -> Result<(), DriverError> {
-        crate::clients(cx)
-            .await?
-            .elasticache
-            .create_cache_subnet_group()
-            .cache_subnet_group_name(name)
-            .cache_subnet_group_description(description)
-            .set_subnet_ids(Some(subnet_ids))
-            .set_tags(Some(arn_tags::elasticache_tags(want)))
-            .send()
-            .await
-            .map_err(|e| api_error("CreateCacheSubnetGroup", e))?;
-        Ok(())
-    }
-
-    async fn modify(
-        &self,
-        cx: &Context,
-        name: &str,
-        description: &str,
-        subnet_ids: Vec<String>,
-    ) -> Result<(), DriverError> {
-        crate::clients(cx)
-            .await?
-            .elasticache
-            .modify_cache_subnet_group()
-            .cache_subnet_group_name(name)
-            .cache_subnet_group_description(description)
-            .set_subnet_ids(Some(subnet_ids))
-            .send()
-            .await
-            .map_err(|e| api_error("ModifyCacheSubnetGroup", e))?;
-        Ok(())
-    }
-
-    async fn delete(&self, cx: &Context, name: &str) -> Result<(), DriverError> {
-        super::delete_answer(
-            "DeleteCacheSubnetGroup",
-            crate::clients(cx)
-                .await?
-                .elasticache
-                .delete_cache_subnet_group()
-                .cache_subnet_group_name(name)
-                .send()
-                .await,
-            &["CacheSubnetGroupNotFoundFault"],
-        )
-    }
-}
+subnet_group_calls!(CacheSubnets {
+    schema: SUBNET_GROUP,
+    service: "elasticache",
+    arn: ArnService::ElastiCache,
+    client: elasticache,
+    tags: arn_tags::elasticache_tags,
+    noun: "CacheSubnetGroup",
+    missing: "CacheSubnetGroupNotFoundFault",
+    describe: describe_cache_subnet_groups,
+    groups: cache_subnet_groups,
+    group_arn: arn,
+    name: cache_subnet_group_name,
+    description: cache_subnet_group_description,
+    create: create_cache_subnet_group,
+    modify: modify_cache_subnet_group,
+    delete: delete_cache_subnet_group,
+});
 
 // ---- replication group ----
 

@@ -12,7 +12,7 @@ use aws_sdk_rds::types::{ApplyMethod, Parameter};
 use serde_json::{Map, Value as Json};
 
 use super::arn_tags::{self, ArnService};
-use super::subnet_group::{Calls, Found};
+use super::subnet_group::subnet_group_calls;
 use super::{
     api_error, error_code, gone_or_deleting, observed_with, opt_str, read_each, read_tag_pairs,
     strings, user_tags_of, wait_gone, wait_ready, Readiness,
@@ -363,103 +363,23 @@ fn int(want: &Desired<'_>, f: &str) -> Result<Option<i32>, DriverError> {
 
 // ---- subnet group ----
 
-/// RDS's subnet-group calls (`super::subnet_group`).
-pub struct DbSubnets;
-
-#[async_trait::async_trait]
-impl Calls for DbSubnets {
-    fn schema(&self) -> &'static KindSchema {
-        &SUBNET_GROUP
-    }
-
-    fn service(&self) -> &'static str {
-        "rds"
-    }
-
-    fn arn_service(&self) -> ArnService {
-        ArnService::Rds
-    }
-
-    async fn describe(&self, cx: &Context, name: &str) -> Result<Option<Found>, DriverError> {
-        let out = match crate::clients(cx)
-            .await?
-            .rds
-            .describe_db_subnet_groups()
-            .db_subnet_group_name(name)
-            .send()
-            .await
-        {
-            Ok(o) => o,
-            Err(e) if error_code(&e) == Some("DBSubnetGroupNotFoundFault") => return Ok(None),
-            Err(e) => return Err(api_error("DescribeDBSubnetGroups", e)),
-        };
-        Ok(out.db_subnet_groups().first().map(|g| Found {
-            arn: g.db_subnet_group_arn().unwrap_or_default().to_string(),
-            description: g.db_subnet_group_description().map(str::to_string),
-            subnet_ids: g
-                .subnets()
-                .iter()
-                .filter_map(|s| s.subnet_identifier().map(str::to_string))
-                .collect(),
-        }))
-    }
-
-    async fn create(
-        &self,
-        cx: &Context,
-        name: &str,
-        description: &str,
-        subnet_ids: Vec<String>,
-        want: &Desired<'_>,
-    ) -> Result<(), DriverError> {
-        crate::clients(cx)
-            .await?
-            .rds
-            .create_db_subnet_group()
-            .db_subnet_group_name(name)
-            .db_subnet_group_description(description)
-            .set_subnet_ids(Some(subnet_ids))
-            .set_tags(Some(arn_tags::rds_tags(want)))
-            .send()
-            .await
-            .map_err(|e| api_error("CreateDBSubnetGroup", e))?;
-        Ok(())
-    }
-
-    async fn modify(
-        &self,
-        cx: &Context,
-        name: &str,
-        description: &str,
-        subnet_ids: Vec<String>,
-    ) -> Result<(), DriverError> {
-        crate::clients(cx)
-            .await?
-            .rds
-            .modify_db_subnet_group()
-            .db_subnet_group_name(name)
-            .db_subnet_group_description(description)
-            .set_subnet_ids(Some(subnet_ids))
-            .send()
-            .await
-            .map_err(|e| api_error("ModifyDBSubnetGroup", e))?;
-        Ok(())
-    }
-
-    async fn delete(&self, cx: &Context, name: &str) -> Result<(), DriverError> {
-        super::delete_answer(
-            "DeleteDBSubnetGroup",
-            crate::clients(cx)
-                .await?
-                .rds
-                .delete_db_subnet_group()
-                .db_subnet_group_name(name)
-                .send()
-                .await,
-            &["DBSubnetGroupNotFoundFault"],
-        )
-    }
-}
+subnet_group_calls!(DbSubnets {
+    schema: SUBNET_GROUP,
+    service: "rds",
+    arn: ArnService::Rds,
+    client: rds,
+    tags: arn_tags::rds_tags,
+    noun: "DBSubnetGroup",
+    missing: "DBSubnetGroupNotFoundFault",
+    describe: describe_db_subnet_groups,
+    groups: db_subnet_groups,
+    group_arn: db_subnet_group_arn,
+    name: db_subnet_group_name,
+    description: db_subnet_group_description,
+    create: create_db_subnet_group,
+    modify: modify_db_subnet_group,
+    delete: delete_db_subnet_group,
+});
 
 // ---- parameter group ----
 

@@ -46,6 +46,124 @@ pub trait Calls: Send + Sync {
     async fn delete(&self, cx: &Context, name: &str) -> Result<(), DriverError>;
 }
 
+/// A service's [`Calls`], from the names its SDK gives the same things: its
+/// client, the operations' noun (`DBSubnetGroup`), the not-found code, the
+/// five calls, the list the describe answers, the group's ARN getter, and
+/// the name and description fields (each a setter on the requests and, for
+/// the description, a getter on the group).
+macro_rules! subnet_group_calls {
+    ($ty:ident {
+        schema: $schema:expr,
+        service: $service:literal,
+        arn: $arn:expr,
+        client: $client:ident,
+        tags: $tags:path,
+        noun: $noun:literal,
+        missing: $missing:literal,
+        describe: $describe:ident,
+        groups: $groups:ident,
+        group_arn: $group_arn:ident,
+        name: $name:ident,
+        description: $description:ident,
+        create: $create:ident,
+        modify: $modify:ident,
+        delete: $delete:ident $(,)?
+    }) => {
+        pub struct $ty;
+
+        #[async_trait::async_trait]
+        impl $crate::subnet_group::Calls for $ty {
+            fn schema(&self) -> &'static ralph_core::model::kinds::KindSchema {
+                &$schema
+            }
+
+            fn service(&self) -> &'static str {
+                $service
+            }
+
+            fn arn_service(&self) -> $crate::arn_tags::ArnService {
+                $arn
+            }
+
+            async fn describe(
+                &self,
+                cx: &ralph_core::driver::Context,
+                name: &str,
+            ) -> Result<Option<$crate::subnet_group::Found>, ralph_core::driver::DriverError> {
+                let client = &$crate::clients(cx).await?.$client;
+                let out = match client.$describe().$name(name).send().await {
+                    Ok(o) => o,
+                    Err(e) if $crate::error_code(&e) == Some($missing) => return Ok(None),
+                    Err(e) => return Err($crate::api_error(concat!("Describe", $noun, "s"), e)),
+                };
+                Ok(out.$groups().first().map(|g| $crate::subnet_group::Found {
+                    arn: g.$group_arn().unwrap_or_default().to_string(),
+                    description: g.$description().map(str::to_string),
+                    subnet_ids: g
+                        .subnets()
+                        .iter()
+                        .filter_map(|s| s.subnet_identifier().map(str::to_string))
+                        .collect(),
+                }))
+            }
+
+            async fn create(
+                &self,
+                cx: &ralph_core::driver::Context,
+                name: &str,
+                description: &str,
+                subnet_ids: Vec<String>,
+                want: &ralph_core::driver::Desired<'_>,
+            ) -> Result<(), ralph_core::driver::DriverError> {
+                let client = &$crate::clients(cx).await?.$client;
+                client
+                    .$create()
+                    .$name(name)
+                    .$description(description)
+                    .set_subnet_ids(Some(subnet_ids))
+                    .set_tags(Some($tags(want)))
+                    .send()
+                    .await
+                    .map_err(|e| $crate::api_error(concat!("Create", $noun), e))?;
+                Ok(())
+            }
+
+            async fn modify(
+                &self,
+                cx: &ralph_core::driver::Context,
+                name: &str,
+                description: &str,
+                subnet_ids: Vec<String>,
+            ) -> Result<(), ralph_core::driver::DriverError> {
+                let client = &$crate::clients(cx).await?.$client;
+                client
+                    .$modify()
+                    .$name(name)
+                    .$description(description)
+                    .set_subnet_ids(Some(subnet_ids))
+                    .send()
+                    .await
+                    .map_err(|e| $crate::api_error(concat!("Modify", $noun), e))?;
+                Ok(())
+            }
+
+            async fn delete(
+                &self,
+                cx: &ralph_core::driver::Context,
+                name: &str,
+            ) -> Result<(), ralph_core::driver::DriverError> {
+                let client = &$crate::clients(cx).await?.$client;
+                $crate::delete_answer(
+                    concat!("Delete", $noun),
+                    client.$delete().$name(name).send().await,
+                    &[$missing],
+                )
+            }
+        }
+    };
+}
+pub(crate) use subnet_group_calls;
+
 /// The subnet-group kind of one service.
 pub struct SubnetGroup(pub &'static dyn Calls);
 

@@ -585,8 +585,14 @@ pub fn labels(owner: &Owner, address: &str, user: Option<&Json>) -> Map<String, 
 /// The label filter that finds an owner's resources (Secret Manager's and
 /// Cloud SQL's filter syntax; `prefix` is `labels.` or `settings.userLabels.`).
 pub fn label_filter(owner: &Owner, prefix: &str) -> String {
+    owner_filter(owner, prefix, [LABEL_STACK, LABEL_ENVIRONMENT])
+}
+
+/// The filter for an owner's stack and environment under other label keys
+/// (a retired instance's, say).
+pub fn owner_filter(owner: &Owner, prefix: &str, [stack, environment]: [&str; 2]) -> String {
     format!(
-        "{prefix}{LABEL_STACK}:{} AND {prefix}{LABEL_ENVIRONMENT}:{}",
+        "{prefix}{stack}:{} AND {prefix}{environment}:{}",
         label_value(&owner.stack),
         label_value(&owner.environment)
     )

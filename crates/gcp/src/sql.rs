@@ -295,7 +295,7 @@ pub struct Instance;
 pub struct Database;
 pub struct User;
 
-fn observe_instance(i: &google_cloud_sql_v1::model::DatabaseInstance) -> Observed {
+pub(super) fn observe_instance(i: &google_cloud_sql_v1::model::DatabaseInstance) -> Observed {
     use google_cloud_sql_v1::model::database_instance::SqlInstanceState;
     let v = json(i);
     let settings = v.get("settings").cloned().unwrap_or(Json::Null);
@@ -384,6 +384,28 @@ fn observe_instance(i: &google_cloud_sql_v1::model::DatabaseInstance) -> Observe
             ),
         ],
     )
+}
+
+/// Every Cloud SQL instance the filter (Cloud SQL's syntax) finds.
+pub(super) async fn list_instances(
+    cx: &Context,
+    filter: &str,
+) -> Result<Vec<google_cloud_sql_v1::model::DatabaseInstance>, DriverError> {
+    let g = crate::clients(cx).await?;
+    crate::every_page(|token| async move {
+        let page = call(cx, SERVICE, "listing Cloud SQL instances", || {
+            g.sql
+                .list()
+                .set_project(&g.project)
+                .set_filter(filter)
+                .set_max_results(500u32)
+                .set_page_token(&token)
+                .send()
+        })
+        .await?;
+        Ok((page.items, Some(page.next_page_token)))
+    })
+    .await
 }
 
 pub(super) async fn read_instance(
@@ -520,29 +542,13 @@ impl Driver for Instance {
     }
 
     async fn refresh(&self, cx: &Context, _known: &[Known]) -> Result<Vec<Observed>, DriverError> {
-        let g = crate::clients(cx).await?;
         let filter = label_filter(&cx.owner, "settings.userLabels.");
-        crate::every_page(|token| {
-            let filter = &filter;
-            async move {
-                let page = call(cx, SERVICE, "listing Cloud SQL instances", || {
-                    g.sql
-                        .list()
-                        .set_project(&g.project)
-                        .set_filter(filter)
-                        .set_max_results(500u32)
-                        .set_page_token(&token)
-                        .send()
-                })
-                .await?;
-                let items = page.items.iter().map(observe_instance);
-                Ok((
-                    items.filter(|o| crate::ours(cx, o)).collect(),
-                    Some(page.next_page_token),
-                ))
-            }
-        })
-        .await
+        let all = list_instances(cx, &filter).await?;
+        Ok(all
+            .iter()
+            .map(observe_instance)
+            .filter(|o| crate::ours(cx, o))
+            .collect())
     }
 
     async fn lookup(&self, cx: &Context, id: &str) -> Result<Option<Observed>, DriverError> {

@@ -10,7 +10,8 @@
 //!    a primary;
 //! 2. take the old primary's ownership labels off (null removes a label in
 //!    a PATCH) and label it retired: it keeps its data and its deletion
-//!    protection, for the operator to inspect and delete;
+//!    protection, for the operator to inspect (`destroy` finds it by its
+//!    retired-* labels, `Promotion::retired`, and deletes it first);
 //! 3. give the promoted instance the primary's ownership labels.
 //!
 //! The replica's lag is Cloud Monitoring's `replica_lag` gauge.
@@ -20,9 +21,12 @@ use std::time::Duration;
 use serde_json::{json, Map, Value as Json};
 
 use super::rest::Rest;
-use super::sql::{master_of, read_instance, wait_op};
-use super::{label_value, labels, message, LABEL_ADDRESS, LABEL_ENVIRONMENT, LABEL_STACK};
-use ralph_core::driver::capability::{Promoted, Promotion, PromotionPlan};
+use super::sql::{list_instances, master_of, observe_instance, read_instance, wait_op};
+use super::{
+    label_text, label_value, labels, message, owner_filter, LABEL_ADDRESS, LABEL_ENVIRONMENT,
+    LABEL_STACK,
+};
+use ralph_core::driver::capability::{Promoted, Promotion, PromotionPlan, Retired};
 use ralph_core::driver::{Context, DriverError, Observed};
 
 const SERVICE: &str = "sqladmin";
@@ -34,6 +38,12 @@ const REPLICA_LAG: &str = "cloudsql.googleapis.com/database/replication/replica_
 /// Left on the old primary: the address it served, and the failover.
 const RETIRED_LABEL: &str = "ralph-deploy-retired";
 const FAILOVER_LABEL: &str = "ralph-deploy-failover";
+/// And the ownership it had, by which `destroy` finds it (the ownership
+/// labels themselves go, so that no refresh takes it for the stack's).
+const RETIRED_OWNER_LABELS: [&str; 2] = [
+    "ralph-deploy-retired-stack",
+    "ralph-deploy-retired-environment",
+];
 
 fn is_replica(o: &Observed) -> bool {
     master_of(&o.attrs).is_some()
@@ -201,6 +211,12 @@ impl Promotion for CloudSqlPromotion {
                 }
                 retired.insert(RETIRED_LABEL.into(), short_label(p.primary));
                 retired.insert(FAILOVER_LABEL.into(), short_label(p.marker));
+                let [stack, environment] = RETIRED_OWNER_LABELS;
+                retired.insert(stack.into(), label_value(&cx.owner.stack).into());
+                retired.insert(
+                    environment.into(),
+                    label_value(&cx.owner.environment).into(),
+                );
                 patch_labels(cx, p.primary, p.primary_id, retired, p.timeout).await?;
             }
         }
@@ -222,6 +238,22 @@ impl Promotion for CloudSqlPromotion {
             observed: read_instance(cx, p.replica_id).await?.ok_or_else(gone)?,
             old_primary: Some(p.primary_id.to_string()),
         })
+    }
+
+    async fn retired(&self, cx: &Context) -> Result<Vec<Retired>, DriverError> {
+        let filter = owner_filter(&cx.owner, "settings.userLabels.", RETIRED_OWNER_LABELS);
+        let found = list_instances(cx, &filter).await?;
+        Ok(found
+            .iter()
+            .filter_map(|i| {
+                let labels = &i.settings.as_ref()?.user_labels;
+                let address = label_text(labels.get(RETIRED_LABEL)?)?;
+                Some(Retired {
+                    address,
+                    observed: observe_instance(i),
+                })
+            })
+            .collect())
     }
 }
 

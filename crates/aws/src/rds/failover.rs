@@ -6,7 +6,8 @@
 //! 1. promote the replica (tagged with the failover's id);
 //! 2. take the old primary's ownership tags off and rename it out of the
 //!    way (`<name>-old-<UTC minute>`; it keeps its deletion protection and
-//!    is left for the operator to inspect and delete);
+//!    is left for the operator to inspect; `destroy` finds it by its
+//!    retired-* tags, `Promotion::retired`, and deletes it first);
 //! 3. give the promoted instance the primary's name and ownership tags, so
 //!    its endpoint is the name the application already uses.
 
@@ -18,7 +19,7 @@ use super::super::api_error;
 use super::super::arn_tags::{self, ArnService};
 use super::read_instance;
 use crate::arn_of;
-use ralph_core::driver::capability::{Promoted, Promotion, PromotionPlan, Snapshots};
+use ralph_core::driver::capability::{Promoted, Promotion, PromotionPlan, Retired, Snapshots};
 use ralph_core::driver::{Context, Desired, DriverError, Observed, STATUS_ATTR};
 
 /// Marks the promoted instance between its promotion and taking over the
@@ -26,6 +27,12 @@ use ralph_core::driver::{Context, Desired, DriverError, Observed, STATUS_ATTR};
 const FAILOVER_TAG: &str = "ralph-deploy-failover";
 /// Left on the old primary once it is out of the way: what it was.
 const RETIRED_TAG: &str = "ralph-deploy-retired";
+/// Also left on it: the ownership it had, by which `destroy` finds it (the
+/// ownership tags themselves go, so that no refresh takes it for the
+/// stack's primary again).
+const RETIRED_STACK_TAG: &str = "ralph-deploy-retired-stack";
+const RETIRED_ENVIRONMENT_TAG: &str = "ralph-deploy-retired-environment";
+const RETIRED_ADDRESS_TAG: &str = "ralph-deploy-retired-address";
 
 /// The instance named `id`, as refresh reads it (`None` when there is none).
 async fn instance(cx: &Context, id: &str) -> Result<Option<Observed>, DriverError> {
@@ -83,7 +90,7 @@ async fn promote(
 ) -> Result<Observed, DriverError> {
     let rds = &crate::clients(cx).await?.rds;
     let id = have.id.as_str();
-    add_tag(cx, &arn_of(have), FAILOVER_TAG, marker).await?;
+    add_tags(cx, &arn_of(have), &[(FAILOVER_TAG, marker)]).await?;
     if is_replica(have) {
         rds.promote_read_replica()
             .db_instance_identifier(id)
@@ -181,19 +188,18 @@ async fn rename(
     .await
 }
 
-/// One tag on the RDS resource at `arn`.
-async fn add_tag(cx: &Context, arn: &str, key: &str, value: &str) -> Result<(), DriverError> {
+/// Tags on the RDS resource at `arn`.
+async fn add_tags(cx: &Context, arn: &str, tags: &[(&str, &str)]) -> Result<(), DriverError> {
+    let tags = tags
+        .iter()
+        .map(|(k, v)| aws_sdk_rds::types::Tag::builder().key(*k).value(*v).build())
+        .collect();
     crate::clients(cx)
         .await?
         .rds
         .add_tags_to_resource()
         .resource_name(arn)
-        .tags(
-            aws_sdk_rds::types::Tag::builder()
-                .key(key)
-                .value(value)
-                .build(),
-        )
+        .set_tags(Some(tags))
         .send()
         .await
         .map_err(|e| api_error("AddTagsToResource", e))?;
@@ -201,11 +207,22 @@ async fn add_tag(cx: &Context, arn: &str, key: &str, value: &str) -> Result<(), 
 }
 
 /// Takes the ownership tags off the old primary (so no refresh takes it
-/// for the stack's again) and records what it was in `RETIRED_TAG`.
-async fn retire(cx: &Context, o: &Observed, what: &str) -> Result<(), DriverError> {
+/// for the stack's again) and records what it was: in words in
+/// `RETIRED_TAG`, and the owner and `address` in the retired-* tags.
+async fn retire(cx: &Context, o: &Observed, address: &str, what: &str) -> Result<(), DriverError> {
     let rds = &crate::clients(cx).await?.rds;
     let arn = arn_of(o);
-    add_tag(cx, &arn, RETIRED_TAG, what).await?;
+    add_tags(
+        cx,
+        &arn,
+        &[
+            (RETIRED_TAG, what),
+            (RETIRED_STACK_TAG, &cx.owner.stack),
+            (RETIRED_ENVIRONMENT_TAG, &cx.owner.environment),
+            (RETIRED_ADDRESS_TAG, address),
+        ],
+    )
+    .await?;
     rds.remove_tags_from_resource()
         .resource_name(&arn)
         .set_tag_keys(Some(
@@ -301,7 +318,7 @@ impl Promotion for RdsPromotion {
         let mut old_primary = None;
         if let Some(old) = instance(cx, p.primary_id).await? {
             if !promoted_by(&old, p.marker) {
-                retire(cx, &old, &p.retired_as).await?;
+                retire(cx, &old, p.primary, &p.retired_as).await?;
                 cx.step(
                     p.primary,
                     format!(
@@ -347,6 +364,39 @@ impl Promotion for RdsPromotion {
             observed: instance(cx, p.primary_id).await?.ok_or_else(gone)?,
             old_primary,
         })
+    }
+
+    async fn retired(&self, cx: &Context) -> Result<Vec<Retired>, DriverError> {
+        let rds = &crate::clients(cx).await?.rds;
+        let mut found = Vec::new();
+        let mut pages = rds.describe_db_instances().into_paginator().send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| api_error("DescribeDBInstances", e))?;
+            for d in page.db_instances() {
+                let tag = |k: &str| {
+                    d.tag_list()
+                        .iter()
+                        .find(|t| t.key() == Some(k))
+                        .and_then(|t| t.value())
+                        .map(str::to_string)
+                };
+                let ours = tag(RETIRED_STACK_TAG).as_deref() == Some(cx.owner.stack.as_str())
+                    && tag(RETIRED_ENVIRONMENT_TAG).as_deref()
+                        == Some(cx.owner.environment.as_str());
+                if let (true, Some(id), Some(address)) =
+                    (ours, d.db_instance_identifier(), tag(RETIRED_ADDRESS_TAG))
+                {
+                    found.push((id.to_string(), address));
+                }
+            }
+        }
+        let mut retired = Vec::new();
+        for (id, address) in found {
+            if let Some(observed) = instance(cx, &id).await? {
+                retired.push(Retired { address, observed });
+            }
+        }
+        Ok(retired)
     }
 }
 

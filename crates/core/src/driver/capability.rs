@@ -183,6 +183,20 @@ pub trait Promotion: Send + Sync {
         plan: &PromotionPlan<'_>,
         stopped: &(dyn Fn() -> bool + Send + Sync),
     ) -> Result<Promoted, DriverError>;
+    /// The old primaries this owner's failovers retired that still stand
+    /// (a deleting one too), each with the address it served. They hold
+    /// their network (a subnet group, a peering) until they go, so
+    /// `destroy` deletes them first.
+    async fn retired(&self, cx: &Context) -> Result<Vec<Retired>, DriverError>;
+}
+
+/// An old primary a failover retired: no longer the stack's, kept with its
+/// data and its deletion protection.
+pub struct Retired {
+    /// The address it served as primary.
+    pub address: String,
+    /// As a refresh reads it (its id, its protection, its settings).
+    pub observed: Observed,
 }
 
 /// A workload whose pods can be replaced in place, every one of them, the

@@ -247,7 +247,11 @@ impl Session {
             self.planned_imports(state, &mut refreshed, cx).await?;
         }
         let mut changes = if destroy {
-            destroy_changes(state, &refreshed)
+            let mut changes = destroy_changes(state, &refreshed);
+            if scope.refresh {
+                changes.extend(self.retired_changes(state, cx).await?);
+            }
+            changes
         } else {
             diff(
                 &self.stack,
@@ -272,6 +276,10 @@ impl Session {
                 .iter()
                 .map(|(a, r)| (a.clone(), r.depends_on.clone()))
                 .collect();
+            for c in &changes {
+                deps.entry(c.address.clone())
+                    .or_insert_with(|| c.depends_on.clone());
+            }
             if !destroy {
                 for r in self.stack.resources.values() {
                     deps.insert(r.address.clone(), r.dependencies());
@@ -305,6 +313,35 @@ impl Session {
             replace: scope.replace.clone(),
             refreshed: scope.refresh,
         })
+    }
+
+    /// The deletions of the old primaries this owner's failovers retired
+    /// (`Promotion::retired`), asked of each promotable kind the state
+    /// holds: each holds its network (a subnet group, a peering) until it
+    /// goes, so it goes first, as the primary it was would.
+    async fn retired_changes(
+        &self,
+        state: &State,
+        cx: &Context,
+    ) -> Result<Vec<crate::plan::Change>, OpError> {
+        let kinds: std::collections::BTreeSet<&str> =
+            state.resources.values().map(|r| r.kind.as_str()).collect();
+        let mut changes = Vec::new();
+        for kind in kinds {
+            let Some(promotion) = self.registry.driver(kind).and_then(|d| d.promotion()) else {
+                continue;
+            };
+            let retired = promotion.retired(cx).await.map_err(|e| OpError::Resource {
+                address: kind.to_string(),
+                message: format!("finding the old primaries failovers retired: {}", e.message),
+            })?;
+            changes.extend(
+                retired
+                    .into_iter()
+                    .map(|r| crate::plan::retired_change(kind, r, state)),
+            );
+        }
+        Ok(changes)
     }
 
     /// Every `--replace` names a resource of the stack.

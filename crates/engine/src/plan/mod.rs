@@ -773,6 +773,42 @@ pub fn destroy_changes(state: &State, refreshed: &Refreshed) -> Vec<Change> {
     changes
 }
 
+/// The deletion of an old primary a failover retired (`kind`'s
+/// `Promotion::retired`), at an address of its own beside the one it
+/// served: it needs what that primary needed (so it goes before its network),
+/// its deletion protection makes it protected, and its delete sees the
+/// settings the primary was applied with (its final snapshot).
+pub fn retired_change(
+    kind: &str,
+    retired: ralph_core::driver::capability::Retired,
+    state: &State,
+) -> Change {
+    let served = state.resources.get(&retired.address);
+    let mut c = delete_change(
+        &format!("{}~retired:{}", retired.address, retired.observed.id),
+        kind,
+        Some(&retired.observed),
+        true,
+        served.map(|p| p.depends_on.clone()).unwrap_or_default(),
+        &format!(
+            "destroy (the old primary of {} a failover retired; it still holds its data)",
+            retired.address
+        ),
+    );
+    if let (Some(current), Some(served)) = (c.current.as_mut(), served) {
+        fill_missing(current, &served.inputs);
+    }
+    c
+}
+
+fn fill_missing(current: &mut Map<String, Json>, inputs: &Map<String, Json>) {
+    for (k, v) in inputs {
+        if current.get(k).is_none_or(Json::is_null) {
+            current.insert(k.clone(), v.clone());
+        }
+    }
+}
+
 /// Settings the cloud does not report (a secret's recovery window, whether a
 /// database keeps a final snapshot) come from what was applied, so that
 /// delete and update see them.
@@ -785,11 +821,6 @@ fn fill_from_state(changes: &mut [Change], state: &State) {
         if c.id.as_deref() != Some(rs.id.as_str()) {
             continue;
         }
-        for (k, v) in &rs.inputs {
-            let missing = current.get(k).is_none_or(Json::is_null);
-            if missing {
-                current.insert(k.clone(), v.clone());
-            }
-        }
+        fill_missing(current, &rs.inputs);
     }
 }

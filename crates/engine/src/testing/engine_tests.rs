@@ -772,6 +772,37 @@ async fn a_kill_during_failover_is_finished_by_the_next_failover() {
 }
 
 #[tokio::test]
+async fn destroy_after_a_failover_deletes_the_retired_primary_first() {
+    let w = production();
+    w.apply_ok().await;
+    let report = failover(&w).await.unwrap();
+    let old = report.old_primary.clone().expect("a retired primary");
+    let (st, existed) = w.state().await;
+    let plan = w.s.make_plan(&st, existed, &w.cx, true).await.unwrap();
+    let retired = format!("db~retired:{old}");
+    let c = plan
+        .changes
+        .iter()
+        .find(|c| c.address == retired)
+        .unwrap_or_else(|| panic!("{:?}", plan.changes));
+    assert!(c.protect, "its deletion protection makes it protected");
+    assert_eq!(
+        c.depends_on, st.resources["db"].depends_on,
+        "it needs what db needed"
+    );
+    w.run(true).await.unwrap();
+    let left: Vec<String> = w
+        .cloud
+        .resources
+        .lock()
+        .unwrap()
+        .values()
+        .flat_map(|m| m.keys().cloned())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[tokio::test]
 async fn a_kill_during_rollback_is_recovered_by_the_next_command() {
     let prepare = async |w: &World| {
         w.apply_ok().await;

@@ -232,6 +232,8 @@ pub struct FakePromotion {
 const PROMOTED_BY: &str = "fake_promoted_by";
 /// Marks an old primary a fake failover retired.
 pub const RETIRED_BY: &str = "fake_retired_by";
+/// And the address it served.
+const RETIRED_FROM: &str = "fake_retired_from";
 
 impl FakePromotion {
     /// One mutating step on the resource `id`: `f` changes it (or says
@@ -287,6 +289,26 @@ impl ralph_core::driver::capability::Promotion for FakePromotion {
         Ok((Some(0.0), format!("the fake lag of {replica_id}")))
     }
 
+    async fn retired(
+        &self,
+        _cx: &Context,
+    ) -> Result<Vec<ralph_core::driver::capability::Retired>, DriverError> {
+        self.cloud.alive()?;
+        let all = self.cloud.resources.lock().unwrap();
+        Ok(all
+            .get(self.kind)
+            .into_iter()
+            .flat_map(|m| m.values())
+            .filter_map(|o| {
+                let address = o.attrs.get(RETIRED_FROM)?.as_str()?.to_string();
+                Some(ralph_core::driver::capability::Retired {
+                    address,
+                    observed: o.clone(),
+                })
+            })
+            .collect())
+    }
+
     async fn promote(
         &self,
         cx: &Context,
@@ -326,6 +348,7 @@ impl ralph_core::driver::capability::Promotion for FakePromotion {
             old.owner = None;
             old.address = None;
             old.attrs.insert(RETIRED_BY.into(), marker.clone());
+            old.attrs.insert(RETIRED_FROM.into(), p.primary.into());
             let to = if renames { p.old_name } else { p.primary_id };
             old.id = to.to_string();
             m.insert(to.to_string(), old);
