@@ -928,8 +928,9 @@ def patch_rds():
     # deleted too, until it is gone); moto deletes it regardless.
     def subnet_group_unused(self, original, subnet_name, *a, **k):
         from moto.rds.exceptions import RDSClientError
+        # (moto's instance keeps the name write-only, in `_db_subnet_group_name`)
         users = sorted(db.db_instance_identifier for db in self.databases.values()
-                       if db.db_subnet_group_name == subnet_name)
+                       if getattr(db, "_db_subnet_group_name", None) == subnet_name)
         if users:
             raise RDSClientError(
                 "InvalidDBSubnetGroupStateFault",
