@@ -190,14 +190,15 @@ async fn replace_refresh_false_and_refresh_only() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("cannot be used with a saved plan"));
 
-    // Someone edits a tag and deletes a security group by hand.
+    // Someone edits a tag and deletes a security group by hand (one no
+    // other group's rule names: EC2 refuses that one).
     let ec2 = w.ec2().await;
     let state = common::state_json(&w);
     let subnet = state["resources"]["public_a"]["id"]
         .as_str()
         .unwrap()
         .to_string();
-    let sg = state["resources"]["app_sg"]["id"]
+    let sg = state["resources"]["db_sg"]["id"]
         .as_str()
         .unwrap()
         .to_string();
@@ -238,7 +239,7 @@ async fn replace_refresh_false_and_refresh_only() {
     );
     assert!(
         drift.contains(&format!(
-            "- app_sg (aws.security_group) {sg}: gone from the cloud"
+            "- db_sg (aws.security_group) {sg}: gone from the cloud"
         )),
         "{drift}"
     );
@@ -246,10 +247,7 @@ async fn replace_refresh_false_and_refresh_only() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     common::check_event_stream(&text(&out.stdout));
     let state = common::state_json(&w);
-    assert!(
-        state["resources"].get("app_sg").is_none(),
-        "app_sg forgotten"
-    );
+    assert!(state["resources"].get("db_sg").is_none(), "db_sg forgotten");
     assert_eq!(
         state["resources"]["public_a"]["attrs"]["tags"]["tier"],
         "by-hand"
@@ -260,7 +258,7 @@ async fn replace_refresh_false_and_refresh_only() {
     let plan = w.plan_json(&[]);
     let c = changed(&plan);
     assert!(
-        c.contains(&("app_sg".to_string(), "create".to_string())),
+        c.contains(&("db_sg".to_string(), "create".to_string())),
         "{c:?}"
     );
     assert!(

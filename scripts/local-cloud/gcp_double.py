@@ -372,6 +372,19 @@ def compute_delete(collection, key):
         res = c.get(p[key])
         if res is None:
             raise not_found(f"{scope}/{collection}/{p[key]}", legacy=True)
+        if collection == "subnetworks":
+            # Google refuses while instances sit in it: a GKE cluster's nodes
+            # (until the cluster is gone, a deleting one too).
+            users = [c["name"] for path, items in STORE.items()
+                     if path.startswith(f"gke/projects/{p['project']}/locations/") and path.endswith("/clusters")
+                     for c in items.values()
+                     if link_name(c.get("subnetwork") or "") == p[key]
+                     and path.split("/")[4].startswith(p.get("region", ""))]
+            if users:
+                raise ApiError(400, "FAILED_PRECONDITION",
+                               f"The subnetwork resource '{scope}/subnetworks/{p[key]}' is already being used by "
+                               f"'projects/{p['project']}/zones/{p.get('region', '')}-a/instances/gke-{users[0]}-node'",
+                               "resourceInUseByAnotherResource", legacy=True)
         if collection == "networks":
             users = [r["name"] for path, items in STORE.items() if path.startswith(f"compute/projects/{p['project']}/")
                      and not path.endswith("/networks") for r in items.values()

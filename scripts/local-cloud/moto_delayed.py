@@ -1962,10 +1962,106 @@ def enforces_network_policy(cluster):
         return False
 
 
+def ec2_dependencies():
+    """EC2's DependencyViolation where moto has none, so that a destroy in
+    the wrong order fails here as on AWS: a security group another group's
+    rule names, or that a database, cache group or EKS cluster still uses;
+    a subnet a NAT gateway, an EKS cluster or node group, or a database or
+    cache group (through its subnet group) still sits in; an internet
+    gateway detached while a NAT gateway's public address is mapped in its
+    VPC. Whatever is still being deleted counts until it is gone."""
+    from moto.ec2.exceptions import DependencyViolationError
+    from moto.ec2.models import EC2Backend
+    from moto.eks.models import eks_backends
+    from moto.elasticache.models import elasticache_backends
+    from moto.rds.models import rds_backends
+
+    def same_place(backend, other):
+        return other.account_id == backend.account_id and other.region_name == backend.region_name
+
+    def places(backends, backend):
+        return [b for _, _, b in each(backends) if same_place(backend, b)]
+
+    def nats(ec2):
+        return [n for n in ec2.nat_gateways.values() if n.state != "deleted"]
+
+    def sg_users(ec2, group_id):
+        for groups in ec2.groups.values():
+            for g in groups.values():
+                if g.id != group_id and any((r.source_group or {}).get("GroupId") == group_id
+                                            for r in g.ingress_rules + g.egress_rules):
+                    return g.id
+        for rds in places(rds_backends, ec2):
+            for db in rds.databases.values():
+                if group_id in (getattr(db, "vpc_security_group_ids", None) or []):
+                    return db.db_instance_identifier
+        for ec in places(elasticache_backends, ec2):
+            for rg in ec.replication_groups.values():
+                if group_id in (getattr(rg, "security_group_ids", None) or []):
+                    return rg.replication_group_id
+        for eks in places(eks_backends, ec2):
+            for c in eks.clusters.values():
+                if group_id in ((c.resources_vpc_config or {}).get("securityGroupIds") or []):
+                    return c.name
+        return None
+
+    def sg_free(self, original, *args, **kwargs):
+        group_id = kwargs.get("group_id") or (args[1] if len(args) > 1 else None)
+        user = group_id and sg_users(self, group_id)
+        if user:
+            raise DependencyViolationError(f"resource {group_id} has a dependent object ({user})")
+        return None
+
+    wrap(EC2Backend, "delete_security_group", before=sg_free)
+
+    def subnet_users(ec2, subnet_id):
+        for n in nats(ec2):
+            if n.subnet_id == subnet_id:
+                return n.id
+        for eks in places(eks_backends, ec2):
+            for c in eks.clusters.values():
+                if subnet_id in ((c.resources_vpc_config or {}).get("subnetIds") or []):
+                    return c.name
+                for ng in c.nodegroups.values():
+                    if subnet_id in (ng.subnets or []):
+                        return ng.nodegroup_name
+        for rds in places(rds_backends, ec2):
+            for db in rds.databases.values():
+                # (moto keeps the group's Subnet objects in `_subnets`)
+                group = getattr(db, "db_subnet_group", None)
+                if subnet_id in [getattr(x, "id", None) for x in getattr(group, "_subnets", None) or []]:
+                    return db.db_instance_identifier
+        for ec in places(elasticache_backends, ec2):
+            for rg in ec.replication_groups.values():
+                group = ec.cache_subnet_groups.get(getattr(rg, "cache_subnet_group_name", None) or "")
+                if group is not None and subnet_id in (group.subnet_ids or []):
+                    return rg.replication_group_id
+        return None
+
+    def subnet_free(self, original, subnet_id, *a, **k):
+        user = subnet_users(self, subnet_id)
+        if user:
+            raise DependencyViolationError(
+                f"The subnet '{subnet_id}' has dependencies and cannot be deleted. ({user})")
+        return None
+
+    wrap(EC2Backend, "delete_subnet", before=subnet_free)
+
+    def unmapped(self, original, internet_gateway_id, vpc_id, *a, **k):
+        subnets = {sid for by_zone in self.subnets.values() for sid, sn in by_zone.items() if sn.vpc_id == vpc_id}
+        if any(n.subnet_id in subnets and (getattr(n, "connectivity_type", None) or "public") == "public" for n in nats(self)):
+            raise DependencyViolationError(
+                f"Network {vpc_id} has some mapped public address(es). Please unmap those public "
+                "address(es) before detaching the gateway.")
+        return None
+
+    wrap(EC2Backend, "detach_internet_gateway", before=unmapped)
+
+
 def main():
     host, port = sys.argv[1], int(sys.argv[2])
     for patch in (patch_eks, patch_eks_rules, patch_eks_access, eks_authenticate, patch_eks_addons, network_model, node_listing, eks_autoscale, elbv2_serve, patch_wafv2, patch_logs, patch_rds, patch_elasticache,
-                  patch_elasticache_servers, patch_nat, patch_s3, patch_cloudwatch, patch_iam, patch_server):
+                  patch_elasticache_servers, patch_nat, ec2_dependencies, patch_s3, patch_cloudwatch, patch_iam, patch_server):
         try:
             patch()
         except Exception as e:  # a moto upgrade moved something: say so, keep serving

@@ -251,6 +251,7 @@ impl Session {
             if scope.refresh {
                 changes.extend(self.retired_changes(state, cx).await?);
             }
+            crate::plan::with_declared_dependencies(&mut changes, &self.stack);
             changes
         } else {
             diff(
@@ -277,8 +278,7 @@ impl Session {
                 .map(|(a, r)| (a.clone(), r.depends_on.clone()))
                 .collect();
             for c in &changes {
-                deps.entry(c.address.clone())
-                    .or_insert_with(|| c.depends_on.clone());
+                deps.insert(c.address.clone(), c.depends_on.clone());
             }
             if !destroy {
                 for r in self.stack.resources.values() {

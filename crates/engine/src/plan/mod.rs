@@ -773,6 +773,27 @@ pub fn destroy_changes(state: &State, refreshed: &Refreshed) -> Vec<Change> {
     changes
 }
 
+/// A destroy goes in the order of what was recorded and of what the stack
+/// declares now: a recorded dependency can be missing (one `state rm`
+/// dropped and an adoption did not bring back, one `depends_on` added since
+/// the resource last changed), and a NAT gateway deleted after its internet
+/// gateway, say, leaves the gateway refused. A retired primary
+/// (`ADDRESS~retired:ID`) needs what the primary at ADDRESS needs.
+pub fn with_declared_dependencies(changes: &mut [Change], stack: &Stack) {
+    for c in changes.iter_mut() {
+        let served = c.address.split(RETIRED_MARK).next().unwrap_or_default();
+        if let Some(r) = stack.resources.get(served) {
+            c.depends_on.extend(r.dependencies());
+            c.depends_on.sort();
+            c.depends_on.dedup();
+        }
+    }
+}
+
+/// Between the address an old primary served and its id, in the address of
+/// its deletion.
+const RETIRED_MARK: &str = "~retired:";
+
 /// The deletion of an old primary a failover retired (`kind`'s
 /// `Promotion::retired`), at an address of its own beside the one it
 /// served: it needs what that primary needed (so it goes before its network),
@@ -785,7 +806,7 @@ pub fn retired_change(
 ) -> Change {
     let served = state.resources.get(&retired.address);
     let mut c = delete_change(
-        &format!("{}~retired:{}", retired.address, retired.observed.id),
+        &format!("{}{RETIRED_MARK}{}", retired.address, retired.observed.id),
         kind,
         Some(&retired.observed),
         true,
