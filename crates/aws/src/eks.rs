@@ -68,13 +68,7 @@ fn k8s_version(v: &Json) -> Result<(), String> {
 pub const DEFAULT_VERSION: &str = "1.35";
 
 fn capacity(v: &Json) -> Result<(), String> {
-    match v.as_str() {
-        Some("ON_DEMAND" | "SPOT") => Ok(()),
-        other => Err(format!(
-            "capacity_type {} is not ON_DEMAND or SPOT",
-            ralph_core::model::kinds::shown(other)
-        )),
-    }
+    checks::choice(v, &["ON_DEMAND", "SPOT"], "capacity_type")
 }
 
 static CLUSTER: KindSchema = KindSchema {
@@ -458,13 +452,11 @@ fn logging(want: &Desired<'_>, off: bool) -> aws_sdk_eks::types::Logging {
 }
 
 fn authentication_mode(v: &Json) -> Result<(), String> {
-    match v.as_str() {
-        Some("API" | "API_AND_CONFIG_MAP" | "CONFIG_MAP") => Ok(()),
-        other => Err(format!(
-            "authentication_mode {} is not one of API, API_AND_CONFIG_MAP, CONFIG_MAP",
-            ralph_core::model::kinds::shown(other)
-        )),
-    }
+    checks::choice(
+        v,
+        &["API", "API_AND_CONFIG_MAP", "CONFIG_MAP"],
+        "authentication_mode",
+    )
 }
 
 fn auth_mode(want: &Desired<'_>) -> aws_sdk_eks::types::AuthenticationMode {

@@ -23,13 +23,7 @@ const GROUP_TIMEOUT: Duration = Duration::from_secs(60 * 60);
 
 fn group_id(v: &Json) -> Result<(), String> {
     let s = v.as_str().unwrap_or_default();
-    let ok = !s.is_empty()
-        && s.len() <= 40
-        && s.starts_with(|c: char| c.is_ascii_lowercase())
-        && s.chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        && !s.ends_with('-')
-        && !s.contains("--");
+    let ok = checks::lowercase_name(s, 1..=40) && !s.contains("--");
     if ok {
         Ok(())
     } else {

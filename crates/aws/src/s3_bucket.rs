@@ -38,13 +38,7 @@ fn bucket_name(v: &Json) -> Result<(), String> {
 }
 
 fn sse(v: &Json) -> Result<(), String> {
-    match v.as_str() {
-        Some("AES256" | "aws:kms") => Ok(()),
-        other => Err(format!(
-            "encryption {} is not AES256 or aws:kms",
-            ralph_core::model::kinds::shown(other)
-        )),
-    }
+    checks::choice(v, &["AES256", "aws:kms"], "encryption")
 }
 
 static SCHEMA: KindSchema = KindSchema {

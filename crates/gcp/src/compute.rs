@@ -28,12 +28,7 @@ const OP_TIMEOUT: Duration = Duration::from_secs(600);
 /// A name Compute accepts: RFC 1035, 1-63 characters.
 pub fn rfc1035(v: &Json) -> Result<(), String> {
     let s = v.as_str().unwrap_or_default();
-    let ok = !s.is_empty()
-        && s.len() <= 63
-        && s.starts_with(|c: char| c.is_ascii_lowercase())
-        && !s.ends_with('-')
-        && s.chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    let ok = ralph_core::model::kinds::checks::lowercase_name(s, 1..=63);
     if ok {
         Ok(())
     } else {
@@ -42,13 +37,7 @@ pub fn rfc1035(v: &Json) -> Result<(), String> {
 }
 
 fn routing_mode(v: &Json) -> Result<(), String> {
-    match v.as_str() {
-        Some("REGIONAL" | "GLOBAL") => Ok(()),
-        other => Err(format!(
-            "routing_mode {} is not REGIONAL or GLOBAL",
-            ralph_core::model::kinds::shown(other)
-        )),
-    }
+    ralph_core::model::kinds::checks::choice(v, &["REGIONAL", "GLOBAL"], "routing_mode")
 }
 
 /// A firewall's `allow` rules as Google accepts them: a protocol by name
@@ -102,13 +91,7 @@ fn firewall_rules(v: &Json) -> Result<(), String> {
 }
 
 fn direction(v: &Json) -> Result<(), String> {
-    match v.as_str() {
-        Some("INGRESS" | "EGRESS") => Ok(()),
-        other => Err(format!(
-            "direction {} is not INGRESS or EGRESS",
-            ralph_core::model::kinds::shown(other)
-        )),
-    }
+    ralph_core::model::kinds::checks::choice(v, &["INGRESS", "EGRESS"], "direction")
 }
 
 const ID: Attr = Attr {

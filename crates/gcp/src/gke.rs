@@ -52,13 +52,11 @@ fn machine_type(v: &Json) -> Result<(), String> {
 }
 
 fn channel(v: &Json) -> Result<(), String> {
-    match v.as_str() {
-        Some("RAPID" | "REGULAR" | "STABLE" | "EXTENDED" | "UNSPECIFIED") => Ok(()),
-        other => Err(format!(
-            "release_channel {} is not one of RAPID, REGULAR, STABLE, EXTENDED, UNSPECIFIED",
-            ralph_core::model::kinds::shown(other)
-        )),
-    }
+    ralph_core::model::kinds::checks::choice(
+        v,
+        &["RAPID", "REGULAR", "STABLE", "EXTENDED", "UNSPECIFIED"],
+        "release_channel",
+    )
 }
 
 fn gke_version(v: &Json) -> Result<(), String> {

@@ -22,11 +22,7 @@ const SERVICE: &str = "iam";
 
 fn account_id(v: &Json) -> Result<(), String> {
     let s = v.as_str().unwrap_or_default();
-    let ok = (6..=30).contains(&s.len())
-        && s.starts_with(|c: char| c.is_ascii_lowercase())
-        && !s.ends_with('-')
-        && s.chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    let ok = ralph_core::model::kinds::checks::lowercase_name(s, 6..=30);
     if ok {
         Ok(())
     } else {

@@ -14,30 +14,19 @@ use super::{call, call_create, call_opt, from_labels, labels, message, observed}
 use ralph_core::driver::{
     Context, Desired, Driver, DriverError, Known, Observed, Timeouts, READY_ATTR, STATUS_ATTR,
 };
-use ralph_core::model::kinds::{Attr, Field, KindSchema, Ty};
+use ralph_core::model::kinds::{checks, Attr, Field, KindSchema, Ty};
 
 const SERVICE: &str = "redis";
 const TIMEOUT: Duration = Duration::from_secs(3600);
 pub const AUTH_SOURCE: &str = "memorystore:";
 
-fn one_of(v: &Json, choices: &[&str], what: &str) -> Result<(), String> {
-    match v.as_str() {
-        Some(s) if choices.contains(&s) => Ok(()),
-        other => Err(format!(
-            "{what} {} is not one of {}",
-            ralph_core::model::kinds::shown(other),
-            choices.join(", ")
-        )),
-    }
-}
-
 fn tier(v: &Json) -> Result<(), String> {
-    one_of(v, &["BASIC", "STANDARD_HA"], "tier")
+    checks::choice(v, &["BASIC", "STANDARD_HA"], "tier")
 }
 
 /// The versions Memorystore for Redis offers (the API's enum).
 fn redis_version(v: &Json) -> Result<(), String> {
-    one_of(
+    checks::choice(
         v,
         &[
             "REDIS_3_2",
@@ -52,7 +41,7 @@ fn redis_version(v: &Json) -> Result<(), String> {
 }
 
 fn connect_mode(v: &Json) -> Result<(), String> {
-    one_of(
+    checks::choice(
         v,
         &["DIRECT_PEERING", "PRIVATE_SERVICE_ACCESS"],
         "connect_mode",
@@ -60,7 +49,7 @@ fn connect_mode(v: &Json) -> Result<(), String> {
 }
 
 fn transit(v: &Json) -> Result<(), String> {
-    one_of(
+    checks::choice(
         v,
         &["SERVER_AUTHENTICATION", "DISABLED"],
         "transit_encryption",

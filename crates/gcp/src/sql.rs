@@ -29,13 +29,7 @@ const INSTANCE_TIMEOUT: Duration = Duration::from_secs(60 * 60);
 const CHILD_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 
 fn availability(v: &Json) -> Result<(), String> {
-    match v.as_str() {
-        Some("REGIONAL" | "ZONAL") => Ok(()),
-        other => Err(format!(
-            "availability_type {} is not REGIONAL or ZONAL",
-            ralph_core::model::kinds::shown(other)
-        )),
-    }
+    ralph_core::model::kinds::checks::choice(v, &["REGIONAL", "ZONAL"], "availability_type")
 }
 
 fn hh_mm(v: &Json) -> Result<(), String> {

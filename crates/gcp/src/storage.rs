@@ -57,13 +57,11 @@ fn bucket_name(v: &Json) -> Result<(), String> {
 }
 
 fn storage_class(v: &Json) -> Result<(), String> {
-    match v.as_str() {
-        Some("STANDARD" | "NEARLINE" | "COLDLINE" | "ARCHIVE") => Ok(()),
-        other => Err(format!(
-            "storage_class {} is not STANDARD, NEARLINE, COLDLINE or ARCHIVE",
-            ralph_core::model::kinds::shown(other)
-        )),
-    }
+    checks::choice(
+        v,
+        &["STANDARD", "NEARLINE", "COLDLINE", "ARCHIVE"],
+        "storage_class",
+    )
 }
 
 static SCHEMA: KindSchema = KindSchema {

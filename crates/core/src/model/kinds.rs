@@ -248,6 +248,32 @@ pub mod checks {
         }
     }
 
+    /// A word that must be one of `choices` (an API's enum): the error
+    /// names the field (`what`), what was given and what is taken.
+    pub fn choice(v: &Json, choices: &[&str], what: &str) -> Result<(), String> {
+        match v.as_str() {
+            Some(s) if choices.contains(&s) => Ok(()),
+            other => {
+                let taken = match choices {
+                    [a, b] => format!("{a} or {b}"),
+                    _ => format!("one of {}", choices.join(", ")),
+                };
+                Err(format!("{what} {} is not {taken}", super::shown(other)))
+            }
+        }
+    }
+
+    /// A name of lowercase letters, digits and hyphens, starting with a
+    /// letter and not ending with a hyphen, its length in `len` (the rule
+    /// of RDS, ElastiCache, Compute and IAM names; some also forbid `--`).
+    pub fn lowercase_name(s: &str, len: std::ops::RangeInclusive<usize>) -> bool {
+        len.contains(&s.len())
+            && s.starts_with(|c: char| c.is_ascii_lowercase())
+            && !s.ends_with('-')
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    }
+
     pub fn port(v: &Json) -> Result<(), String> {
         match v.as_i64() {
             Some(p) if (-1..=65535).contains(&p) => Ok(()),
@@ -520,8 +546,31 @@ pub fn shown(v: Option<&str>) -> String {
 
 #[cfg(test)]
 mod value_check_tests {
-    use super::checks::{cron, quantity, quantity_value};
+    use super::checks::{choice, cron, lowercase_name, quantity, quantity_value};
     use serde_json::json;
+
+    #[test]
+    fn choices_name_the_field_and_what_it_takes() {
+        assert!(choice(&json!("SPOT"), &["ON_DEMAND", "SPOT"], "capacity_type").is_ok());
+        assert_eq!(
+            choice(&json!("spot"), &["ON_DEMAND", "SPOT"], "capacity_type").unwrap_err(),
+            "capacity_type `spot` is not ON_DEMAND or SPOT"
+        );
+        assert_eq!(
+            choice(&json!(3), &["A", "B", "C"], "mode").unwrap_err(),
+            "mode nothing is not one of A, B, C"
+        );
+    }
+
+    #[test]
+    fn lowercase_names() {
+        assert!(lowercase_name("prod-db-1", 1..=63));
+        for bad in ["", "1db", "db-", "Db", "db_1"] {
+            assert!(!lowercase_name(bad, 1..=63), "{bad}");
+        }
+        assert!(!lowercase_name("abcde", 6..=30));
+        assert!(!lowercase_name(&"a".repeat(41), 1..=40));
+    }
 
     #[test]
     fn kubernetes_quantities() {

@@ -77,13 +77,11 @@ pub fn no_password_in_url(v: &Json) -> Result<(), String> {
 }
 
 pub fn ssl(v: &Json) -> Result<(), String> {
-    match v.as_str() {
-        Some("disable" | "prefer" | "require" | "verify-full") => Ok(()),
-        other => Err(format!(
-            "ssl_mode {} is not one of disable, prefer, require, verify-full",
-            ralph_core::model::kinds::shown(other)
-        )),
-    }
+    ralph_core::model::kinds::checks::choice(
+        v,
+        &["disable", "prefer", "require", "verify-full"],
+        "ssl_mode",
+    )
 }
 
 /// How many times a connection through the cluster is tried when the stream
