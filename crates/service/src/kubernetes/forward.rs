@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use serde_json::{json, Map, Value as Json};
 use tokio::sync::watch;
@@ -40,6 +40,7 @@ pub struct Forward {
     local: SocketAddr,
     target: String,
     pods: Api<Pod>,
+    nodes: Api<Node>,
     pod: String,
     accept: tokio::task::JoinHandle<()>,
     outcomes: Arc<watch::Sender<Outcomes>>,
@@ -106,6 +107,25 @@ impl Forward {
         let _ = tokio::time::timeout(SETTLE_WAIT, answers.wait_for(|o| o.undecided == 0)).await;
         let last = self.outcomes.borrow().last_error.clone();
         last
+    }
+
+    /// Whether the proxy pod can no longer serve: it is gone, has ended, or
+    /// the node it ran on is (a node scaled away under it). A forward that
+    /// has lost its pod is [`forget`]-ten and opened again.
+    pub async fn lost(&self) -> bool {
+        let pod = match self.pods.get_opt(&self.pod).await {
+            Ok(Some(p)) => p,
+            Ok(None) => return true,
+            Err(_) => return false,
+        };
+        let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+        if matches!(phase, Some("Failed" | "Succeeded")) {
+            return true;
+        }
+        match pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) {
+            Some(node) => matches!(self.nodes.get_opt(node).await, Ok(None)),
+            None => false,
+        }
     }
 
     /// Stops listening and deletes the proxy pod.
@@ -325,6 +345,13 @@ pub async fn shared(
     Ok(f)
 }
 
+/// Drops a forward that has [`Forward::lost`] its pod from the open ones
+/// (its pod deleted once the last user lets it go), so that the next
+/// [`shared`] opens another.
+pub async fn forget(lost: &Arc<Forward>) {
+    OPEN.lock().await.retain(|_, f| !Arc::ptr_eq(f, lost));
+}
+
 /// Closes every forward of this process (their proxy pods are deleted):
 /// called once the command has finished.
 pub async fn close_all() {
@@ -378,6 +405,7 @@ pub async fn open(
         local: SocketAddr::from(([127, 0, 0, 1], 0)),
         target: target.clone(),
         pods: pods.clone(),
+        nodes: Api::<Node>::all(client.clone()),
         pod: name.clone(),
         accept: tokio::spawn(async {}),
         outcomes: Arc::new(watch::channel(Outcomes::default()).0),

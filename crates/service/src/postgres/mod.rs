@@ -92,7 +92,7 @@ const FORWARD_ATTEMPTS: u32 = 3;
 /// comes from a Secrets Manager secret or an environment variable at the
 /// moment of connecting; it is never a property and never in the state.
 pub async fn connect(cx: &Context, props: &Map<String, Json>) -> Result<PgPool, DriverError> {
-    let target = resolve(cx, props).await?;
+    let mut target = resolve(cx, props).await?;
     let at = target.shown();
     let mut attempt = 1;
     let (e, refused) = loop {
@@ -134,6 +134,20 @@ pub async fn connect(cx: &Context, props: &Map<String, Json>) -> Result<PgPool, 
         };
         let transient =
             target.forward.is_some() && cut(&e.to_string()) && refused.as_deref().is_none_or(cut);
+        // The proxy pod gone (its node scaled away): through a new one.
+        let lost = match &target.forward {
+            Some(f) if attempt < FORWARD_ATTEMPTS && f.lost().await => {
+                crate::kubernetes::forward::forget(f).await;
+                true
+            }
+            _ => false,
+        };
+        if lost {
+            tracing::debug!(%at, attempt, "the proxy pod is gone; forwarding through a new one");
+            target = resolve(cx, props).await?;
+            attempt += 1;
+            continue;
+        }
         if !transient || attempt == FORWARD_ATTEMPTS {
             break (e, refused);
         }
