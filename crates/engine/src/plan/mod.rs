@@ -773,19 +773,20 @@ pub fn destroy_changes(state: &State, refreshed: &Refreshed) -> Vec<Change> {
     changes
 }
 
-/// A destroy goes in the order of what was recorded and of what the stack
-/// declares now: a recorded dependency can be missing (one `state rm`
-/// dropped and an adoption did not bring back, one `depends_on` added since
-/// the resource last changed), and a NAT gateway deleted after its internet
-/// gateway, say, leaves the gateway refused. A retired primary
-/// (`ADDRESS~retired:ID`) needs what the primary at ADDRESS needs.
+/// A destroy goes in the order the stack declares now for what it declares,
+/// and in the recorded order for the rest (as a plan does). The record can
+/// be short: a `state rm` drops the address from every recorded
+/// `depends_on` and the adoption that brings it back does not restore them,
+/// and a `depends_on` added to a resource with nothing to change is never
+/// recorded; a NAT gateway deleted beside its internet gateway, say, leaves
+/// the gateway refused. A retired primary (`ADDRESS~retired:ID`) needs what
+/// the primary at ADDRESS needs. (Replacing rather than adding keeps the
+/// order acyclic when the stack turned a dependency around.)
 pub fn with_declared_dependencies(changes: &mut [Change], stack: &Stack) {
     for c in changes.iter_mut() {
         let served = c.address.split(RETIRED_MARK).next().unwrap_or_default();
         if let Some(r) = stack.resources.get(served) {
-            c.depends_on.extend(r.dependencies());
-            c.depends_on.sort();
-            c.depends_on.dedup();
+            c.depends_on = r.dependencies();
         }
     }
 }

@@ -772,6 +772,28 @@ async fn a_kill_during_failover_is_finished_by_the_next_failover() {
 }
 
 #[tokio::test]
+async fn destroy_orders_by_what_the_stack_declares_when_the_record_is_short() {
+    let w = small(SMALL);
+    w.apply_ok().await;
+    // What `state rm vpc` and the adoption that brings it back leave: the
+    // subnets' records no longer name the VPC.
+    let (mut st, _) = w.state().await;
+    for r in st.resources.values_mut() {
+        r.depends_on.retain(|d| d != "vpc");
+    }
+    st.serial += 1;
+    w.s.backend.write(&st).await.unwrap();
+    let (st, existed) = w.state().await;
+    let plan = w.s.make_plan(&st, existed, &w.cx, true).await.unwrap();
+    let a = plan.changes.iter().find(|c| c.address == "a").unwrap();
+    assert_eq!(
+        a.depends_on,
+        vec!["vpc".to_string()],
+        "the subnet goes before its VPC"
+    );
+}
+
+#[tokio::test]
 async fn destroy_after_a_failover_deletes_the_retired_primary_first() {
     let w = production();
     w.apply_ok().await;
