@@ -920,6 +920,30 @@ def grow(g, call):
 
 
 PENDING_SINCE = {}  # pod uid -> when the autoscaler first saw it unschedulable
+# (pool label, its value) -> when a Node of the pool last registered. The
+# scheduler tries the pool's pending pods again on the new node; their
+# Unschedulable condition until then says nothing about the pool as it is.
+JOINED = {}
+
+
+def freed_by_a_leaving_pod(pod, pods):
+    """Whether a pod the pending pod's required anti-affinity keeps it away
+    from is being deleted: the place it holds comes free once it is gone
+    (a rollout's next pod waits for the old pod it replaces), which a new
+    node would not make sooner. The autoscaler's simulation sees the
+    cluster as it will be, so this is no reason to grow."""
+    terms = (((pod["spec"].get("affinity") or {}).get("podAntiAffinity") or {})
+             .get("requiredDuringSchedulingIgnoredDuringExecution") or [])
+    ns = pod["metadata"].get("namespace")
+    for term in terms:
+        spaces = term.get("namespaces") or [ns]
+        for other in pods:
+            meta = other["metadata"]
+            if (meta.get("deletionTimestamp") and other["spec"].get("nodeName")
+                    and meta.get("namespace") in spaces
+                    and selects(term.get("labelSelector"), meta.get("labels") or {})):
+                return True
+    return False
 
 
 def autoscale(call, grown):
@@ -944,7 +968,9 @@ def autoscale(call, grown):
         if not cond or cond.get("status") != "False" or cond.get("reason") != "Unschedulable":
             continue
         since = PENDING_SINCE.setdefault(meta.get("uid"), time.time())
-        if time.time() - since < UNSCHEDULABLE_FOR:
+        sel = spec.get("nodeSelector") or {}
+        joined = max([JOINED.get((k, sel[k]), 0) for k in POOL_KEYS if k in sel] or [0])
+        if time.time() - max(since, joined) < UNSCHEDULABLE_FOR or freed_by_a_leaving_pod(pod, pods):
             continue
         fitting = [g for g in GROUPS if fits_new_node(pod, g) is None]
         if not fitting:
@@ -1040,6 +1066,9 @@ def keep_nodes(call):
                     for pool in list(AWAITING):
                         grown[pool] = time.time()
                     AWAITING.clear()
+                    for key in POOL_KEYS:
+                        if key in node["labels"]:
+                            JOINED[(key, node["labels"][key])] = time.time()
                 if time.time() - beats.get(name, 0) > HEARTBEAT_SECONDS:
                     call("PATCH", "/api/v1/nodes/%s/status" % name,
                          {"status": node_status(name, node["resources"])}, "application/merge-patch+json")
