@@ -14,7 +14,7 @@ use serde_json::{json, Value as Json};
 
 use super::{api_error, error_code, observed_with, read_tag_pairs, removed_tag_keys, strings};
 use ralph_core::driver::{
-    Context, DeleteAttempt, Desired, Driver, DriverError, Known, Observed, Timeouts,
+    Context, DeleteAttempt, Desired, Driver, DriverError, Known, Observed, Timeouts, Update,
 };
 use ralph_core::model::kinds::{checks, Attr, Field, KindSchema, Ty};
 
@@ -31,13 +31,11 @@ fn domain(v: &Json) -> Result<(), String> {
                 && !l.ends_with('-')
                 && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
         });
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
+    checks::require(ok, || {
+        format!(
             "`{s}` is not a domain name ACM can issue for (labels of letters, digits and hyphens, such as ralph.example.com or *.example.com)"
-        ))
-    }
+        )
+    })
 }
 
 fn domains(v: &Json) -> Result<(), String> {
@@ -63,6 +61,7 @@ fn method(v: &Json) -> Result<(), String> {
 
 static SCHEMA: KindSchema = KindSchema {
     kind: "aws.acm_certificate",
+    service: "acm",
     doc: "A public TLS certificate from AWS Certificate Manager, validated by DNS (the certificate an ALB serves).",
     fields: &[
         Field::new("domain_name", Ty::String, "the name the certificate is for")
@@ -85,9 +84,7 @@ static SCHEMA: KindSchema = KindSchema {
         .default("\"DNS\"")
         .forces_replace()
         .check(method),
-        Field::new("tags", Ty::StringMap, "tags besides the ownership tags")
-            .default("{}")
-            .check(checks::tags),
+        Field::tags(),
     ],
     attrs: &[
         Attr {
@@ -225,25 +222,14 @@ fn idempotency_token(want: &Desired<'_>) -> String {
 
 #[async_trait::async_trait]
 impl Driver for AcmCertificate {
-    fn service(&self) -> &'static str {
-        "acm"
-    }
-
     fn schema(&self) -> &'static KindSchema {
         &SCHEMA
     }
 
-    async fn refresh(&self, cx: &Context, known: &[Known]) -> Result<Vec<Observed>, DriverError> {
-        super::read_each(known, |arn| async move { read_one(cx, &arn).await }).await
-    }
-
     /// An interrupted request has no ARN to look for: the next request,
     /// with the same idempotency token, answers the first one's.
-    async fn lookup(&self, cx: &Context, id: &str) -> Result<Option<Observed>, DriverError> {
-        if !id.starts_with("arn:") {
-            return Ok(None);
-        }
-        read_one(cx, id).await
+    async fn refresh(&self, cx: &Context, known: &[Known]) -> Result<Vec<Observed>, DriverError> {
+        super::read_each_arn(known, |arn| async move { read_one(cx, &arn).await }).await
     }
 
     async fn create(&self, cx: &Context, want: &Desired<'_>) -> Result<Observed, DriverError> {
@@ -301,14 +287,9 @@ impl Driver for AcmCertificate {
         }
     }
 
-    async fn update(
-        &self,
-        cx: &Context,
-        want: &Desired<'_>,
-        have: &Observed,
-        changed: &[String],
-    ) -> Result<Observed, DriverError> {
-        if changed.iter().any(|c| c == "tags") {
+    async fn update(&self, cx: &Context, u: Update<'_>) -> Result<Observed, DriverError> {
+        let Update { want, have, .. } = u;
+        if u.changes("tags") {
             let acm = &crate::clients(cx).await?.acm;
             let removed = removed_tag_keys(have, want);
             if !removed.is_empty() {

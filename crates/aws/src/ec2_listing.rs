@@ -9,7 +9,9 @@ use std::path::Path;
 use aws_sdk_ec2::types::Filter;
 use serde_json::{Map, Value as Json};
 
-use ralph_core::driver::{Context, Desired, Driver, DriverError, Known, Observed, Owner, Timeouts};
+use ralph_core::driver::{
+    Context, Desired, Driver, DriverError, Known, Observed, Owner, Timeouts, Update,
+};
 use ralph_core::model::kinds::KindSchema;
 
 /// An EC2 kind whose Describe call takes filters.
@@ -98,13 +100,8 @@ pub trait Ec2Kind: Listed + Send + Sync + 'static {
     /// Makes it, tagged from the start, and answers its id.
     async fn make(cx: &Context, want: &Desired<'_>) -> Result<String, DriverError>;
 
-    /// Changes the fields in `changed` other than the tags, in place.
-    async fn change(
-        _cx: &Context,
-        _want: &Desired<'_>,
-        _have: &Observed,
-        _changed: &[String],
-    ) -> Result<(), DriverError> {
+    /// Changes the fields that differ other than the tags, in place.
+    async fn change(_cx: &Context, _u: Update<'_>) -> Result<(), DriverError> {
         Ok(())
     }
 
@@ -138,10 +135,6 @@ impl<K: Ec2Kind> Driver for Ec2<K> {
         K::schema()
     }
 
-    fn service(&self) -> &'static str {
-        "ec2"
-    }
-
     fn typical_seconds(&self) -> u64 {
         K::TYPICAL_SECONDS
     }
@@ -164,15 +157,10 @@ impl<K: Ec2Kind> Driver for Ec2<K> {
         Ok(K::shown(read_back::<K>(cx, &id).await?))
     }
 
-    async fn update(
-        &self,
-        cx: &Context,
-        want: &Desired<'_>,
-        have: &Observed,
-        changed: &[String],
-    ) -> Result<Observed, DriverError> {
-        K::change(cx, want, have, changed).await?;
-        if changed.iter().any(|c| c == "tags") {
+    async fn update(&self, cx: &Context, u: Update<'_>) -> Result<Observed, DriverError> {
+        let Update { want, have, .. } = u;
+        K::change(cx, u).await?;
+        if u.changes("tags") {
             super::sync_tags(cx, &have.id, have, want).await?;
         }
         Ok(K::shown(read_back::<K>(cx, &have.id).await?))

@@ -5,16 +5,13 @@ use aws_sdk_ec2::types::{DomainType, Filter, ResourceType};
 use super::ec2_listing::{Ec2Kind, Listed};
 use super::{api_error, ec2, observed, opt_str, tag_spec};
 use ralph_core::driver::{Context, Desired, DriverError, Observed};
-use ralph_core::model::kinds::{checks, Attr, Field, KindSchema, Ty};
+use ralph_core::model::kinds::{Attr, Field, KindSchema, Ty};
 
 static SCHEMA: KindSchema = KindSchema {
     kind: "aws.eip",
+    service: "ec2",
     doc: "An Elastic IP address, allocated for use in a VPC.",
-    fields: &[
-        Field::new("tags", Ty::StringMap, "tags besides the ownership tags")
-            .default("{}")
-            .check(checks::tags),
-    ],
+    fields: &[Field::tags()],
     attrs: &[
         Attr {
             name: "id",

@@ -18,7 +18,8 @@ use super::{
     strings, tag_map, wait_gone, wait_ready, Readiness,
 };
 use ralph_core::driver::{
-    Context, Desired, Driver, DriverError, Known, Observed, Timeouts, READY_ATTR, STATUS_ATTR,
+    Context, Desired, Driver, DriverError, Known, Observed, Timeouts, Update, READY_ATTR,
+    STATUS_ATTR,
 };
 use ralph_core::model::kinds::{checks, Attr, Field, KindSchema, Ty};
 use ralph_core::model::support;
@@ -38,13 +39,9 @@ fn eks_name(v: &Json) -> Result<(), String> {
         && s.starts_with(|c: char| c.is_ascii_alphanumeric())
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "`{s}` must be 1-100 letters, digits, `-` and `_`, starting with a letter or digit"
-        ))
-    }
+    checks::require(ok, || {
+        format!("`{s}` must be 1-100 letters, digits, `-` and `_`, starting with a letter or digit")
+    })
 }
 
 fn k8s_version(v: &Json) -> Result<(), String> {
@@ -73,6 +70,7 @@ fn capacity(v: &Json) -> Result<(), String> {
 
 static CLUSTER: KindSchema = KindSchema {
     kind: "aws.eks_cluster",
+    service: "eks",
     doc: "An EKS cluster (the Kubernetes control plane).",
     fields: &[
         Field::new("name", Ty::String, "the cluster name")
@@ -136,9 +134,7 @@ static CLUSTER: KindSchema = KindSchema {
         )
         .default("[]")
         .check(log_types),
-        Field::new("tags", Ty::StringMap, "tags besides the ownership tags")
-            .default("{}")
-            .check(checks::tags),
+        Field::tags(),
     ],
     attrs: &[
         Attr {
@@ -185,6 +181,7 @@ static CLUSTER: KindSchema = KindSchema {
 
 static NODEGROUP: KindSchema = KindSchema {
     kind: "aws.eks_nodegroup",
+    service: "eks",
     doc: "An EKS managed nodegroup.",
     fields: &[
         Field::new(
@@ -252,9 +249,7 @@ static NODEGROUP: KindSchema = KindSchema {
         .default("1")
         .check(checks::range::<1, 100>),
         Field::new("labels", Ty::StringMap, "Kubernetes node labels").default("{}"),
-        Field::new("tags", Ty::StringMap, "tags besides the ownership tags")
-            .default("{}")
-            .check(checks::tags),
+        Field::tags(),
     ],
     attrs: &[
         Attr {
@@ -507,10 +502,6 @@ fn token(want: &Desired<'_>) -> String {
 
 #[async_trait::async_trait]
 impl Driver for EksCluster {
-    fn service(&self) -> &'static str {
-        "eks"
-    }
-
     fn typical_seconds(&self) -> u64 {
         900
     }
@@ -628,17 +619,11 @@ impl Driver for EksCluster {
         .await
     }
 
-    async fn update(
-        &self,
-        cx: &Context,
-        want: &Desired<'_>,
-        have: &Observed,
-        changed: &[String],
-    ) -> Result<Observed, DriverError> {
+    async fn update(&self, cx: &Context, u: Update<'_>) -> Result<Observed, DriverError> {
+        let Update { want, have, .. } = u;
         let eks = &crate::clients(cx).await?.eks;
-        let has = |f: &str| changed.iter().any(|c| c == f);
         let timeout = want.timeouts.update_or(CLUSTER_UPDATE);
-        if has("version") {
+        if u.changes("version") {
             eks.update_cluster_version()
                 .name(&have.id)
                 .version(want.str("version").unwrap_or(DEFAULT_VERSION))
@@ -647,9 +632,9 @@ impl Driver for EksCluster {
                 .map_err(|e| api_error("UpdateClusterVersion", e))?;
             wait_cluster(cx, want.address, &have.id, timeout, false).await?;
         }
-        if has("endpoint_private_access")
-            || has("endpoint_public_access")
-            || has("public_access_cidrs")
+        if u.changes("endpoint_private_access")
+            || u.changes("endpoint_public_access")
+            || u.changes("public_access_cidrs")
         {
             eks.update_cluster_config()
                 .name(&have.id)
@@ -660,7 +645,7 @@ impl Driver for EksCluster {
             wait_cluster(cx, want.address, &have.id, timeout, false).await?;
         }
         // EKS takes one kind of change per UpdateClusterConfig.
-        if has("control_plane_logs") {
+        if u.changes("control_plane_logs") {
             eks.update_cluster_config()
                 .name(&have.id)
                 .logging(logging(want, true))
@@ -669,7 +654,7 @@ impl Driver for EksCluster {
                 .map_err(|e| api_error("UpdateClusterConfig", e))?;
             wait_cluster(cx, want.address, &have.id, timeout, false).await?;
         }
-        if has("authentication_mode") {
+        if u.changes("authentication_mode") {
             eks.update_cluster_config()
                 .name(&have.id)
                 .access_config(
@@ -682,7 +667,7 @@ impl Driver for EksCluster {
                 .map_err(|e| api_error("UpdateClusterConfig", e))?;
             wait_cluster(cx, want.address, &have.id, timeout, false).await?;
         }
-        if has("tags") {
+        if u.changes("tags") {
             let arn = crate::arn_of(have);
             arn_tags::sync(cx, ArnService::Eks, &arn, have, want).await?;
         }
@@ -856,10 +841,6 @@ fn scaling(
 
 #[async_trait::async_trait]
 impl Driver for EksNodegroup {
-    fn service(&self) -> &'static str {
-        "eks"
-    }
-
     fn typical_seconds(&self) -> u64 {
         400
     }
@@ -983,21 +964,15 @@ impl Driver for EksNodegroup {
         .await
     }
 
-    async fn update(
-        &self,
-        cx: &Context,
-        want: &Desired<'_>,
-        have: &Observed,
-        changed: &[String],
-    ) -> Result<Observed, DriverError> {
+    async fn update(&self, cx: &Context, u: Update<'_>) -> Result<Observed, DriverError> {
+        let Update { want, have, .. } = u;
         let (cluster, name) = split_id(&have.id)?;
-        let has = |f: &str| changed.iter().any(|c| c == f);
         let timeout = want.timeouts.update_or(NODEGROUP_TIMEOUT);
-        if has("min_size")
-            || has("max_size")
-            || has("desired_size")
-            || has("max_unavailable")
-            || has("labels")
+        if u.changes("min_size")
+            || u.changes("max_size")
+            || u.changes("desired_size")
+            || u.changes("max_unavailable")
+            || u.changes("labels")
         {
             let mut req = crate::clients(cx)
                 .await?
@@ -1005,22 +980,22 @@ impl Driver for EksNodegroup {
                 .update_nodegroup_config()
                 .cluster_name(cluster)
                 .nodegroup_name(name);
-            if has("min_size") || has("max_size") || has("desired_size") {
+            if u.changes("min_size") || u.changes("max_size") || u.changes("desired_size") {
                 let running = have
                     .attrs
                     .get("running_desired_size")
                     .and_then(Json::as_i64)
                     .map(|v| v as i32);
-                req = req.scaling_config(scaling(want, running, has("desired_size"))?);
+                req = req.scaling_config(scaling(want, running, u.changes("desired_size"))?);
             }
-            if has("max_unavailable") {
+            if u.changes("max_unavailable") {
                 req = req.update_config(
                     NodegroupUpdateConfig::builder()
                         .set_max_unavailable(int(want, "max_unavailable")?)
                         .build(),
                 );
             }
-            if has("labels") {
+            if u.changes("labels") {
                 let wanted: HashMap<String, String> = super::user_tags_of(want.props.get("labels"));
                 let current: HashMap<String, String> =
                     super::user_tags_of(have.attrs.get("labels"));
@@ -1040,7 +1015,7 @@ impl Driver for EksNodegroup {
                 .await
                 .map_err(|e| api_error("UpdateNodegroupConfig", e))?;
         }
-        if has("tags") {
+        if u.changes("tags") {
             let arn = crate::arn_of(have);
             arn_tags::sync(cx, ArnService::Eks, &arn, have, want).await?;
         }

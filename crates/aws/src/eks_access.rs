@@ -9,8 +9,10 @@ use serde_json::Value as Json;
 use super::{
     api_error, error_code, observed_with, opt_str, read_each, read_tag_pairs, strings, tag_map,
 };
-use ralph_core::driver::{Context, Desired, Driver, DriverError, Known, Observed, Timeouts};
-use ralph_core::model::kinds::{Attr, Field, KindSchema, Ty};
+use ralph_core::driver::{
+    Context, Desired, Driver, DriverError, Known, Observed, Timeouts, Update,
+};
+use ralph_core::model::kinds::{checks, Attr, Field, KindSchema, Ty};
 
 /// EKS's own access policies (`arn:aws:eks::aws:cluster-access-policy/NAME`).
 const POLICIES: &[&str] = &[
@@ -37,17 +39,14 @@ fn principal(v: &Json) -> Result<(), String> {
     let ok = s.starts_with("arn:aws")
         && s.split(':').count() == 6
         && (s.contains(":role/") || s.contains(":user/"));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "`{s}` is not the ARN of an IAM role or user (arn:aws:iam::ACCOUNT:role/NAME)"
-        ))
-    }
+    checks::require(ok, || {
+        format!("`{s}` is not the ARN of an IAM role or user (arn:aws:iam::ACCOUNT:role/NAME)")
+    })
 }
 
 static SCHEMA: KindSchema = KindSchema {
     kind: "aws.eks_access_entry",
+    service: "eks",
     doc: "A principal allowed into an EKS cluster with one of EKS's access policies (an access entry).",
     fields: &[
         Field::new("cluster_name", Ty::String, "the cluster, usually `${eks.name}`")
@@ -74,7 +73,7 @@ static SCHEMA: KindSchema = KindSchema {
             "limit the policy to these namespaces (empty: the whole cluster)",
         )
         .default("[]"),
-        Field::new("tags", Ty::StringMap, "tags besides the ownership tags").default("{}"),
+        Field::tags(),
     ],
     attrs: &[
         Attr {
@@ -197,10 +196,6 @@ async fn associate(
 
 #[async_trait::async_trait]
 impl Driver for EksAccessEntry {
-    fn service(&self) -> &'static str {
-        "eks"
-    }
-
     fn schema(&self) -> &'static KindSchema {
         &SCHEMA
     }
@@ -240,21 +235,15 @@ impl Driver for EksAccessEntry {
         })
     }
 
-    async fn update(
-        &self,
-        cx: &Context,
-        want: &Desired<'_>,
-        have: &Observed,
-        changed: &[String],
-    ) -> Result<Observed, DriverError> {
+    async fn update(&self, cx: &Context, u: Update<'_>) -> Result<Observed, DriverError> {
+        let Update { want, have, .. } = u;
         let Some((cluster, principal)) = split_id(&have.id) else {
             return Err(DriverError::new(format!(
                 "`{}` is not CLUSTER/PRINCIPAL",
                 have.id
             )));
         };
-        let has = |f: &str| changed.iter().any(|c| c == f);
-        if has("policy") || has("namespaces") {
+        if u.changes("policy") || u.changes("namespaces") {
             if let Some(old) = have.attrs.get("policy").and_then(Json::as_str) {
                 if Some(old) != want.str("policy") {
                     super::delete_answer(
@@ -274,7 +263,7 @@ impl Driver for EksAccessEntry {
             }
             associate(cx, cluster, principal, want).await?;
         }
-        if has("tags") {
+        if u.changes("tags") {
             let arn = crate::arn_of(have);
             super::arn_tags::sync(cx, super::arn_tags::ArnService::Eks, &arn, have, want).await?;
         }

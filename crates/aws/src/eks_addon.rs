@@ -10,9 +10,10 @@ use serde_json::Value as Json;
 use super::{api_error, error_code, observed_with, opt_str, read_each, read_tag_pairs, tag_map};
 use super::{wait_ready, Readiness};
 use ralph_core::driver::{
-    Context, Desired, Driver, DriverError, Known, Observed, Timeouts, READY_ATTR, STATUS_ATTR,
+    Context, Desired, Driver, DriverError, Known, Observed, Timeouts, Update, READY_ATTR,
+    STATUS_ATTR,
 };
-use ralph_core::model::kinds::{checks, Attr, Field, KindSchema, Ty};
+use ralph_core::model::kinds::{Attr, Field, KindSchema, Ty};
 
 const TIMEOUT: Duration = Duration::from_secs(20 * 60);
 
@@ -33,6 +34,7 @@ fn json_object(v: &Json) -> Result<(), String> {
 
 static SCHEMA: KindSchema = KindSchema {
     kind: "aws.eks_addon",
+    service: "eks",
     doc: "An EKS add-on, such as vpc-cni with its network policy agent on.",
     fields: &[
         Field::new("cluster_name", Ty::String, "the cluster, usually `${eks.name}`")
@@ -64,9 +66,7 @@ static SCHEMA: KindSchema = KindSchema {
             "an IAM role for the add-on's service account (IRSA)",
         )
         .default("\"\""),
-        Field::new("tags", Ty::StringMap, "tags besides the ownership tags")
-            .default("{}")
-            .check(checks::tags),
+        Field::tags(),
     ],
     attrs: &[
         Attr {
@@ -171,10 +171,6 @@ fn opt(want: &Desired<'_>, f: &str) -> Option<String> {
 
 #[async_trait::async_trait]
 impl Driver for EksAddon {
-    fn service(&self) -> &'static str {
-        "eks"
-    }
-
     fn schema(&self) -> &'static KindSchema {
         &SCHEMA
     }
@@ -250,13 +246,8 @@ impl Driver for EksAddon {
         Ok(o)
     }
 
-    async fn update(
-        &self,
-        cx: &Context,
-        want: &Desired<'_>,
-        have: &Observed,
-        changed: &[String],
-    ) -> Result<Observed, DriverError> {
+    async fn update(&self, cx: &Context, u: Update<'_>) -> Result<Observed, DriverError> {
+        let Update { want, have, .. } = u;
         use aws_sdk_eks::types::ResolveConflicts;
         let Some((cluster, name)) = have.id.split_once('/') else {
             return Err(DriverError::new(format!(
@@ -264,8 +255,10 @@ impl Driver for EksAddon {
                 have.id
             )));
         };
-        let has = |f: &str| changed.iter().any(|c| c == f);
-        if has("version") || has("configuration") || has("service_account_role_arn") {
+        if u.changes("version")
+            || u.changes("configuration")
+            || u.changes("service_account_role_arn")
+        {
             let mut req = crate::clients(cx)
                 .await?
                 .eks
@@ -273,23 +266,23 @@ impl Driver for EksAddon {
                 .cluster_name(cluster)
                 .addon_name(name)
                 .resolve_conflicts(ResolveConflicts::Overwrite);
-            if has("version") {
+            if u.changes("version") {
                 req = req.set_addon_version(opt(want, "version"));
             }
-            if has("configuration") {
+            if u.changes("configuration") {
                 // An empty object clears what was set.
                 req = req.configuration_values(
                     opt(want, "configuration").unwrap_or_else(|| "{}".into()),
                 );
             }
-            if has("service_account_role_arn") {
+            if u.changes("service_account_role_arn") {
                 req = req.service_account_role_arn(
                     want.str("service_account_role_arn").unwrap_or_default(),
                 );
             }
             req.send().await.map_err(|e| api_error("UpdateAddon", e))?;
         }
-        if has("tags") {
+        if u.changes("tags") {
             let arn = crate::arn_of(have);
             super::arn_tags::sync(cx, super::arn_tags::ArnService::Eks, &arn, have, want).await?;
         }

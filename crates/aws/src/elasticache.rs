@@ -15,7 +15,8 @@ use super::{
     wait_ready, Readiness,
 };
 use ralph_core::driver::{
-    Context, Desired, Driver, DriverError, Known, Observed, Timeouts, READY_ATTR, STATUS_ATTR,
+    Context, Desired, Driver, DriverError, Known, Observed, Timeouts, Update, READY_ATTR,
+    STATUS_ATTR,
 };
 use ralph_core::model::kinds::{checks, Attr, Field, KindSchema, Ty};
 
@@ -24,22 +25,16 @@ const GROUP_TIMEOUT: Duration = Duration::from_secs(60 * 60);
 fn group_id(v: &Json) -> Result<(), String> {
     let s = v.as_str().unwrap_or_default();
     let ok = checks::lowercase_name(s, 1..=40) && !s.contains("--");
-    if ok {
-        Ok(())
-    } else {
-        Err(format!("`{s}` breaks ElastiCache naming: 1-40 lowercase letters, digits and single hyphens, starting with a letter"))
-    }
+    checks::require(ok, || {
+        format!("`{s}` breaks ElastiCache naming: 1-40 lowercase letters, digits and single hyphens, starting with a letter")
+    })
 }
 
 fn node_type(v: &Json) -> Result<(), String> {
     let s = v.as_str().unwrap_or_default();
-    if s.starts_with("cache.") && s.split('.').count() == 3 {
-        Ok(())
-    } else {
-        Err(format!(
-            "`{s}` is not a cache node type such as cache.r6g.large"
-        ))
-    }
+    checks::require(s.starts_with("cache.") && s.split('.').count() == 3, || {
+        format!("`{s}` is not a cache node type such as cache.r6g.large")
+    })
 }
 
 fn clusters(v: &Json) -> Result<(), String> {
@@ -53,6 +48,7 @@ fn clusters(v: &Json) -> Result<(), String> {
 
 static SUBNET_GROUP: KindSchema = KindSchema {
     kind: "aws.elasticache_subnet_group",
+    service: "elasticache",
     doc: "The subnets an ElastiCache group may use.",
     fields: &[
         Field::new("name", Ty::String, "the group name")
@@ -62,9 +58,7 @@ static SUBNET_GROUP: KindSchema = KindSchema {
         Field::new("description", Ty::String, "what it is for")
             .default("\"Managed by ralph-deploy\""),
         Field::new("subnet_ids", Ty::Set(&Ty::String), "private subnets").required(),
-        Field::new("tags", Ty::StringMap, "tags besides the ownership tags")
-            .default("{}")
-            .check(checks::tags),
+        Field::tags(),
     ],
     attrs: &[
         Attr {
@@ -86,6 +80,7 @@ static SUBNET_GROUP: KindSchema = KindSchema {
 
 static GROUP: KindSchema = KindSchema {
     kind: "aws.elasticache_replication_group",
+    service: "elasticache",
     doc: "A Redis replication group: a primary and its replicas.",
     fields: &[
         Field::new("replication_group_id", Ty::String, "the group id")
@@ -160,9 +155,7 @@ static GROUP: KindSchema = KindSchema {
             .default("6379")
             .forces_replace()
             .check(checks::tcp_port),
-        Field::new("tags", Ty::StringMap, "tags besides the ownership tags")
-            .default("{}")
-            .check(checks::tags),
+        Field::tags(),
     ],
     attrs: &[
         Attr {
@@ -213,7 +206,6 @@ async fn sync_ec_tags(
 
 subnet_group_calls!(CacheSubnets {
     schema: SUBNET_GROUP,
-    service: "elasticache",
     arn: ArnService::ElastiCache,
     client: elasticache,
     tags: arn_tags::elasticache_tags,
@@ -439,10 +431,6 @@ pub(super) async fn auth_token(cx: &Context, arn: &str) -> Result<String, Driver
 
 #[async_trait::async_trait]
 impl Driver for ReplicationGroup {
-    fn service(&self) -> &'static str {
-        "elasticache"
-    }
-
     fn typical_seconds(&self) -> u64 {
         900
     }
@@ -501,15 +489,9 @@ impl Driver for ReplicationGroup {
         .await
     }
 
-    async fn update(
-        &self,
-        cx: &Context,
-        want: &Desired<'_>,
-        have: &Observed,
-        changed: &[String],
-    ) -> Result<Observed, DriverError> {
+    async fn update(&self, cx: &Context, u: Update<'_>) -> Result<Observed, DriverError> {
+        let Update { want, have, .. } = u;
         let ec = &crate::clients(cx).await?.elasticache;
-        let has = |f: &str| changed.iter().any(|c| c == f);
         let timeout = want.timeouts.update_or(GROUP_TIMEOUT);
         let modifiable = [
             "description",
@@ -521,15 +503,15 @@ impl Driver for ReplicationGroup {
             "multi_az",
             "snapshot_retention_days",
         ];
-        if modifiable.iter().any(|f| has(f)) {
+        if modifiable.iter().any(|f| u.changes(f)) {
             let s = |f: &str| {
-                if has(f) {
+                if u.changes(f) {
                     want.str(f).map(str::to_string)
                 } else {
                     None
                 }
             };
-            let b = |f: &str| if has(f) { want.bool(f) } else { None };
+            let b = |f: &str| if u.changes(f) { want.bool(f) } else { None };
             let mut req = ec
                 .modify_replication_group()
                 .replication_group_id(&have.id)
@@ -540,12 +522,12 @@ impl Driver for ReplicationGroup {
                 .set_cache_parameter_group_name(s("parameter_group_name"))
                 .set_automatic_failover_enabled(b("automatic_failover"))
                 .set_multi_az_enabled(b("multi_az"))
-                .set_snapshot_retention_limit(if has("snapshot_retention_days") {
+                .set_snapshot_retention_limit(if u.changes("snapshot_retention_days") {
                     want.int("snapshot_retention_days")?
                 } else {
                     None
                 });
-            if has("security_group_ids") {
+            if u.changes("security_group_ids") {
                 req =
                     req.set_security_group_ids(Some(strings(want.props.get("security_group_ids"))));
             }
@@ -561,7 +543,7 @@ impl Driver for ReplicationGroup {
             .attrs
             .get("auth_token_version")
             .is_some_and(|v| !v.is_null());
-        let rotate = has("auth_token_version")
+        let rotate = u.changes("auth_token_version")
             && (recorded || {
                 let arn = want.required_str("auth_token_secret_arn")?;
                 match describe_group(cx, &have.id).await? {
@@ -572,7 +554,7 @@ impl Driver for ReplicationGroup {
         if rotate {
             rotate_token(cx, want, &have.id, "ROTATE", timeout).await?;
         }
-        if has("num_cache_clusters") {
+        if u.changes("num_cache_clusters") {
             let want_n: i32 = want.int("num_cache_clusters")?.unwrap_or(2);
             let have_n = have
                 .attrs
@@ -599,7 +581,7 @@ impl Driver for ReplicationGroup {
             }
             wait_group(cx, want.address, &have.id, timeout, false).await?;
         }
-        if has("tags") {
+        if u.changes("tags") {
             sync_ec_tags(cx, have, want).await?;
         }
         wait_group(cx, want.address, &have.id, timeout, false).await

@@ -16,11 +16,14 @@
 use serde_json::{json, Value as Json};
 
 use super::elasticache::{describe_group, read_group, rotate_token, took_a_later_token};
-use ralph_core::driver::{Context, Desired, Driver, DriverError, Known, Observed, Timeouts};
+use ralph_core::driver::{
+    Context, Desired, Driver, DriverError, Known, Observed, Timeouts, Update,
+};
 use ralph_core::model::kinds::{Attr, Field, KindSchema, Ty};
 
 static ROTATION: KindSchema = KindSchema {
     kind: "aws.elasticache_auth_rotation",
+    service: "elasticache",
     doc: "Finishes a Redis AUTH token rotation: once what it depends on (the pods) has the new token, the replication group keeps only that one (SET).",
     fields: &[
         Field::new(
@@ -74,10 +77,6 @@ impl Driver for Rotation {
         &ROTATION
     }
 
-    fn service(&self) -> &'static str {
-        "elasticache"
-    }
-
     /// There while its group is; what it last set is what the state recorded.
     async fn refresh(&self, cx: &Context, known: &[Known]) -> Result<Vec<Observed>, DriverError> {
         let mut out = Vec::new();
@@ -113,13 +112,8 @@ impl Driver for Rotation {
         Ok(observed(group, want.props))
     }
 
-    async fn update(
-        &self,
-        cx: &Context,
-        want: &Desired<'_>,
-        _have: &Observed,
-        _changed: &[String],
-    ) -> Result<Observed, DriverError> {
+    async fn update(&self, cx: &Context, u: Update<'_>) -> Result<Observed, DriverError> {
+        let Update { want, .. } = u;
         let group = want.required_str("replication_group_id")?;
         let timeout = want
             .timeouts

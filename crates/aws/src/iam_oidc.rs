@@ -7,8 +7,10 @@
 use serde_json::Value as Json;
 
 use super::{api_error, error_code, observed_with, read_tag_pairs, strings};
-use ralph_core::driver::{Context, Desired, Driver, DriverError, Known, Observed, Timeouts};
-use ralph_core::model::kinds::{checks, Attr, Field, KindSchema, Ty};
+use ralph_core::driver::{
+    Context, Desired, Driver, DriverError, Known, Observed, Timeouts, Update,
+};
+use ralph_core::model::kinds::{Attr, Field, KindSchema, Ty};
 
 fn https_url(v: &Json) -> Result<(), String> {
     let s = v.as_str().unwrap_or_default();
@@ -22,6 +24,7 @@ fn https_url(v: &Json) -> Result<(), String> {
 
 static SCHEMA: KindSchema = KindSchema {
     kind: "aws.iam_oidc_provider",
+    service: "iam",
     doc: "An IAM OpenID Connect provider for an EKS cluster's issuer (IAM roles for service accounts).",
     fields: &[
         Field::new(
@@ -44,9 +47,7 @@ static SCHEMA: KindSchema = KindSchema {
             "the issuer's certificate thumbprints (IAM verifies EKS issuers itself; leave empty)",
         )
         .default("[]"),
-        Field::new("tags", Ty::StringMap, "tags besides the ownership tags")
-            .default("{}")
-            .check(checks::tags),
+        Field::tags(),
     ],
     attrs: &[
         Attr {
@@ -135,10 +136,6 @@ async fn sync_client_ids(
 
 #[async_trait::async_trait]
 impl Driver for OidcProvider {
-    fn service(&self) -> &'static str {
-        "iam"
-    }
-
     fn schema(&self) -> &'static KindSchema {
         &SCHEMA
     }
@@ -197,16 +194,10 @@ impl Driver for OidcProvider {
         })
     }
 
-    async fn update(
-        &self,
-        cx: &Context,
-        want: &Desired<'_>,
-        have: &Observed,
-        changed: &[String],
-    ) -> Result<Observed, DriverError> {
+    async fn update(&self, cx: &Context, u: Update<'_>) -> Result<Observed, DriverError> {
+        let Update { want, have, .. } = u;
         let iam = &crate::clients(cx).await?.iam;
-        let has = |f: &str| changed.iter().any(|c| c == f);
-        if has("client_ids") {
+        if u.changes("client_ids") {
             sync_client_ids(
                 cx,
                 &have.id,
@@ -215,7 +206,7 @@ impl Driver for OidcProvider {
             )
             .await?;
         }
-        if has("thumbprints") {
+        if u.changes("thumbprints") {
             iam.update_open_id_connect_provider_thumbprint()
                 .open_id_connect_provider_arn(&have.id)
                 .set_thumbprint_list(Some(strings(want.props.get("thumbprints"))))
@@ -223,7 +214,7 @@ impl Driver for OidcProvider {
                 .await
                 .map_err(|e| api_error("UpdateOpenIDConnectProviderThumbprint", e))?;
         }
-        if has("tags") {
+        if u.changes("tags") {
             let removed = super::removed_tag_keys(have, want);
             if !removed.is_empty() {
                 iam.untag_open_id_connect_provider()

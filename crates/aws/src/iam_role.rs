@@ -9,8 +9,10 @@ use super::{
     api_error, error_code, observed_with, opt_str, read_each, read_tag_pairs, removed_tag_keys,
     strings,
 };
-use ralph_core::driver::{Context, Desired, Driver, DriverError, Known, Observed, Timeouts};
-use ralph_core::model::kinds::{checks, Attr, Field, KindSchema, Ty};
+use ralph_core::driver::{
+    Context, Desired, Driver, DriverError, Known, Observed, Timeouts, Update,
+};
+use ralph_core::model::kinds::{Attr, Field, KindSchema, Ty};
 
 fn role_name(v: &Json) -> Result<(), String> {
     let s = v.as_str().unwrap_or_default();
@@ -29,6 +31,7 @@ fn role_name(v: &Json) -> Result<(), String> {
 
 static SCHEMA: KindSchema = KindSchema {
     kind: "aws.iam_role",
+    service: "iam",
     doc: "An IAM role assumed by an AWS service, or by Kubernetes service accounts (IRSA).",
     fields: &[
         Field::new("name", Ty::String, "the role name")
@@ -66,9 +69,7 @@ static SCHEMA: KindSchema = KindSchema {
         .default("\"\""),
         Field::new("description", Ty::String, "what the role is for")
             .default("\"Managed by ralph-deploy\""),
-        Field::new("tags", Ty::StringMap, "tags besides the ownership tags")
-            .default("{}")
-            .check(checks::tags),
+        Field::tags(),
     ],
     attrs: &[
         Attr {
@@ -338,10 +339,6 @@ impl Driver for IamRole {
         Ok(())
     }
 
-    fn service(&self) -> &'static str {
-        "iam"
-    }
-
     fn schema(&self) -> &'static KindSchema {
         &SCHEMA
     }
@@ -377,16 +374,13 @@ impl Driver for IamRole {
         })
     }
 
-    async fn update(
-        &self,
-        cx: &Context,
-        want: &Desired<'_>,
-        have: &Observed,
-        changed: &[String],
-    ) -> Result<Observed, DriverError> {
+    async fn update(&self, cx: &Context, u: Update<'_>) -> Result<Observed, DriverError> {
+        let Update { want, have, .. } = u;
         let iam = &crate::clients(cx).await?.iam;
-        let has = |f: &str| changed.iter().any(|c| c == f);
-        if has("assume_role_service") || has("oidc_provider_arn") || has("service_accounts") {
+        if u.changes("assume_role_service")
+            || u.changes("oidc_provider_arn")
+            || u.changes("service_accounts")
+        {
             iam.update_assume_role_policy()
                 .role_name(&have.id)
                 .policy_document(trust_policy(want)?)
@@ -394,10 +388,10 @@ impl Driver for IamRole {
                 .await
                 .map_err(|e| api_error("UpdateAssumeRolePolicy", e))?;
         }
-        if has("inline_policy") {
+        if u.changes("inline_policy") {
             put_inline(cx, &have.id, want).await?;
         }
-        if has("description") {
+        if u.changes("description") {
             iam.update_role()
                 .role_name(&have.id)
                 .description(want.str("description").unwrap_or_default())
@@ -405,7 +399,7 @@ impl Driver for IamRole {
                 .await
                 .map_err(|e| api_error("UpdateRole", e))?;
         }
-        if has("managed_policy_arns") {
+        if u.changes("managed_policy_arns") {
             sync_policies(
                 cx,
                 &have.id,
@@ -414,7 +408,7 @@ impl Driver for IamRole {
             )
             .await?;
         }
-        if has("tags") {
+        if u.changes("tags") {
             let removed = removed_tag_keys(have, want);
             if !removed.is_empty() {
                 iam.untag_role()

@@ -5,11 +5,12 @@ use serde_json::Value as Json;
 
 use super::ec2_listing::{paged_listing, Ec2Kind};
 use super::{api_error, ec2, observed, tag_spec};
-use ralph_core::driver::{Context, Desired, DriverError, Observed};
-use ralph_core::model::kinds::{checks, Attr, Field, KindSchema, Ty};
+use ralph_core::driver::{Context, Desired, DriverError, Observed, Update};
+use ralph_core::model::kinds::{Attr, Field, KindSchema, Ty};
 
 static SCHEMA: KindSchema = KindSchema {
     kind: "aws.internet_gateway",
+    service: "ec2",
     doc: "An internet gateway, attached to a VPC.",
     fields: &[
         Field::new(
@@ -18,9 +19,7 @@ static SCHEMA: KindSchema = KindSchema {
             "the VPC to attach to; moving it detaches and re-attaches in place",
         )
         .required(),
-        Field::new("tags", Ty::StringMap, "tags besides the ownership tags")
-            .default("{}")
-            .check(checks::tags),
+        Field::tags(),
     ],
     attrs: &[Attr {
         name: "id",
@@ -118,13 +117,9 @@ impl Ec2Kind for InternetGateway {
         Ok(id)
     }
 
-    async fn change(
-        cx: &Context,
-        want: &Desired<'_>,
-        have: &Observed,
-        changed: &[String],
-    ) -> Result<(), DriverError> {
-        if changed.iter().any(|c| c == "vpc_id") {
+    async fn change(cx: &Context, u: Update<'_>) -> Result<(), DriverError> {
+        let Update { want, have, .. } = u;
+        if u.changes("vpc_id") {
             if let Some(old) = attached_vpc(have) {
                 detach(cx, &have.id, old).await?;
             }

@@ -835,6 +835,24 @@ where
     Ok(found.into_iter().flatten().collect())
 }
 
+/// [`read_each`] for a kind whose id is an ARN: an id that is not one (an
+/// interrupted create that never got its ARN) names nothing to read.
+pub async fn read_each_arn<F, Fut>(
+    known: &[ralph_core::driver::Known],
+    read: F,
+) -> Result<Vec<Observed>, DriverError>
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = Result<Option<Observed>, DriverError>>,
+{
+    let arns: Vec<_> = known
+        .iter()
+        .filter(|k| k.id.starts_with("arn:"))
+        .cloned()
+        .collect();
+    read_each(&arns, read).await
+}
+
 /// Polls `read` until the resource is gone, reporting its status meanwhile.
 /// After a delete call failed: whether the resource is gone or already
 /// being deleted (a run killed mid-delete, a retried request whose first

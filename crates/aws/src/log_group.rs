@@ -10,7 +10,9 @@
 use serde_json::Value as Json;
 
 use super::{api_error, error_code, observed_with, ours_or_refuse, read_tag_pairs, tag_map};
-use ralph_core::driver::{Context, Desired, Driver, DriverError, Known, Observed, Timeouts};
+use ralph_core::driver::{
+    Context, Desired, Driver, DriverError, Known, Observed, Timeouts, Update,
+};
 use ralph_core::model::kinds::{checks, Attr, Field, KindSchema, Ty};
 
 /// The retention periods CloudWatch Logs takes, in days.
@@ -34,17 +36,14 @@ fn group_name(v: &Json) -> Result<(), String> {
         && s.len() <= 512
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || "_-/.#".contains(c));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "`{s}` is not a log group name: 1-512 characters of letters, digits, _ - / . #"
-        ))
-    }
+    checks::require(ok, || {
+        format!("`{s}` is not a log group name: 1-512 characters of letters, digits, _ - / . #")
+    })
 }
 
 static SCHEMA: KindSchema = KindSchema {
     kind: "aws.cloudwatch_log_group",
+    service: "logs",
     doc: "A CloudWatch Logs log group with a retention period (an EKS cluster's control-plane logs, the application's logs).",
     fields: &[
         Field::new("name", Ty::String, "the group's name, such as /aws/eks/CLUSTER/cluster")
@@ -57,9 +56,7 @@ static SCHEMA: KindSchema = KindSchema {
         Field::new("kms_key_id", Ty::String, "a KMS key ARN to encrypt the events with (empty: CloudWatch Logs' own encryption)")
             .default("\"\"")
             .forces_replace(),
-        Field::new("tags", Ty::StringMap, "tags besides the ownership tags")
-            .default("{}")
-            .check(checks::tags),
+        Field::tags(),
     ],
     attrs: &[
         Attr {
@@ -152,10 +149,6 @@ fn vanished(name: &str) -> DriverError {
 
 #[async_trait::async_trait]
 impl Driver for LogGroup {
-    fn service(&self) -> &'static str {
-        "logs"
-    }
-
     fn schema(&self) -> &'static KindSchema {
         &SCHEMA
     }
@@ -206,18 +199,12 @@ impl Driver for LogGroup {
         read_one(cx, name).await?.ok_or_else(|| vanished(name))
     }
 
-    async fn update(
-        &self,
-        cx: &Context,
-        want: &Desired<'_>,
-        have: &Observed,
-        changed: &[String],
-    ) -> Result<Observed, DriverError> {
-        let has = |f: &str| changed.iter().any(|c| c == f);
-        if has("retention_days") {
+    async fn update(&self, cx: &Context, u: Update<'_>) -> Result<Observed, DriverError> {
+        let Update { want, have, .. } = u;
+        if u.changes("retention_days") {
             set_retention(cx, want, &have.id).await?;
         }
-        if has("tags") {
+        if u.changes("tags") {
             let logs = &crate::clients(cx).await?.logs;
             let arn = crate::arn_of(have);
             let removed = super::removed_tag_keys(have, want);

@@ -10,7 +10,7 @@ use serde_json::Value as Json;
 use super::ec2_listing::{Ec2Kind, Listed};
 use super::{api_error, ec2, observed, opt_str, tag_spec};
 use ralph_core::driver::{Context, Desired, DriverError, Observed, Owner};
-use ralph_core::model::kinds::{checks, Attr, Field, KindSchema, Ty};
+use ralph_core::model::kinds::{Attr, Field, KindSchema, Ty};
 
 fn connectivity(v: &Json) -> Result<(), String> {
     match v.as_str() {
@@ -21,6 +21,7 @@ fn connectivity(v: &Json) -> Result<(), String> {
 
 static SCHEMA: KindSchema = KindSchema {
     kind: "aws.nat_gateway",
+    service: "ec2",
     doc: "A NAT gateway.",
     fields: &[
         Field::new("subnet_id", Ty::String, "the (public) subnet it lives in")
@@ -36,9 +37,7 @@ static SCHEMA: KindSchema = KindSchema {
             .default("\"public\"")
             .forces_replace()
             .check(connectivity),
-        Field::new("tags", Ty::StringMap, "tags besides the ownership tags")
-            .default("{}")
-            .check(checks::tags),
+        Field::tags(),
     ],
     attrs: &[
         Attr {

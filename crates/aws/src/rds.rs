@@ -18,7 +18,8 @@ use super::{
     strings, user_tags_of, wait_gone, wait_ready, Readiness,
 };
 use ralph_core::driver::{
-    Context, Desired, Driver, DriverError, Known, Observed, Timeouts, READY_ATTR, STATUS_ATTR,
+    Context, Desired, Driver, DriverError, Known, Observed, Timeouts, Update, READY_ATTR,
+    STATUS_ATTR,
 };
 use ralph_core::model::kinds::{checks, Attr, Field, KindSchema, Ty};
 
@@ -29,22 +30,16 @@ mod failover;
 fn identifier(v: &Json) -> Result<(), String> {
     let s = v.as_str().unwrap_or_default();
     let ok = checks::lowercase_name(s, 1..=63) && !s.contains("--");
-    if ok {
-        Ok(())
-    } else {
-        Err(format!("`{s}` breaks RDS naming: 1-63 lowercase letters, digits and single hyphens, starting with a letter, not ending with a hyphen"))
-    }
+    checks::require(ok, || {
+        format!("`{s}` breaks RDS naming: 1-63 lowercase letters, digits and single hyphens, starting with a letter, not ending with a hyphen")
+    })
 }
 
 fn instance_class(v: &Json) -> Result<(), String> {
     let s = v.as_str().unwrap_or_default();
-    if s.starts_with("db.") && s.split('.').count() == 3 {
-        Ok(())
-    } else {
-        Err(format!(
-            "`{s}` is not a DB instance class such as db.t3.large"
-        ))
-    }
+    checks::require(s.starts_with("db.") && s.split('.').count() == 3, || {
+        format!("`{s}` is not a DB instance class such as db.t3.large")
+    })
 }
 
 fn retention(v: &Json) -> Result<(), String> {
@@ -121,6 +116,7 @@ fn storage(v: &Json) -> Result<(), String> {
 
 static SUBNET_GROUP: KindSchema = KindSchema {
     kind: "aws.rds_subnet_group",
+    service: "rds",
     doc: "The subnets an RDS instance may use.",
     fields: &[
         Field::new("name", Ty::String, "the group name")
@@ -135,9 +131,7 @@ static SUBNET_GROUP: KindSchema = KindSchema {
             "private subnets in at least two zones",
         )
         .required(),
-        Field::new("tags", Ty::StringMap, "tags besides the ownership tags")
-            .default("{}")
-            .check(checks::tags),
+        Field::tags(),
     ],
     attrs: &[
         Attr {
@@ -159,6 +153,7 @@ static SUBNET_GROUP: KindSchema = KindSchema {
 
 static PARAMETER_GROUP: KindSchema = KindSchema {
     kind: "aws.rds_parameter_group",
+    service: "rds",
     doc: "Database engine settings for RDS instances.",
     fields: &[
         Field::new("name", Ty::String, "the group name")
@@ -181,9 +176,7 @@ static PARAMETER_GROUP: KindSchema = KindSchema {
             "parameter name to value (applied at the next reboot)",
         )
         .default("{}"),
-        Field::new("tags", Ty::StringMap, "tags besides the ownership tags")
-            .default("{}")
-            .check(checks::tags),
+        Field::tags(),
     ],
     attrs: &[
         Attr {
@@ -205,6 +198,7 @@ static PARAMETER_GROUP: KindSchema = KindSchema {
 
 static INSTANCE: KindSchema = KindSchema {
     kind: "aws.rds_instance",
+    service: "rds",
     doc: "An RDS database instance: a primary, or a read replica of one.",
     fields: &[
         Field::new("identifier", Ty::String, "the instance identifier")
@@ -306,9 +300,7 @@ static INSTANCE: KindSchema = KindSchema {
             "delete without a final snapshot",
         )
         .default("false"),
-        Field::new("tags", Ty::StringMap, "tags besides the ownership tags")
-            .default("{}")
-            .check(checks::tags),
+        Field::tags(),
     ],
     attrs: &[
         Attr {
@@ -359,7 +351,6 @@ fn int(want: &Desired<'_>, f: &str) -> Result<Option<i32>, DriverError> {
 
 subnet_group_calls!(DbSubnets {
     schema: SUBNET_GROUP,
-    service: "rds",
     arn: ArnService::Rds,
     client: rds,
     tags: arn_tags::rds_tags,
@@ -471,10 +462,6 @@ async fn set_parameters(
 
 #[async_trait::async_trait]
 impl Driver for ParameterGroup {
-    fn service(&self) -> &'static str {
-        "rds"
-    }
-
     fn schema(&self) -> &'static KindSchema {
         &PARAMETER_GROUP
     }
@@ -512,14 +499,9 @@ impl Driver for ParameterGroup {
             .ok_or_else(|| DriverError::new(format!("parameter group {name} vanished")))
     }
 
-    async fn update(
-        &self,
-        cx: &Context,
-        want: &Desired<'_>,
-        have: &Observed,
-        changed: &[String],
-    ) -> Result<Observed, DriverError> {
-        if changed.iter().any(|c| c == "parameters") {
+    async fn update(&self, cx: &Context, u: Update<'_>) -> Result<Observed, DriverError> {
+        let Update { want, have, .. } = u;
+        if u.changes("parameters") {
             set_parameters(
                 cx,
                 &have.id,
@@ -528,7 +510,7 @@ impl Driver for ParameterGroup {
             )
             .await?;
         }
-        if changed.iter().any(|c| c == "tags") {
+        if u.changes("tags") {
             arn_tags::sync(cx, ArnService::Rds, &crate::arn_of(have), have, want).await?;
         }
         read_parameter_group(cx, &have.id)
@@ -676,10 +658,6 @@ async fn wait_available(
 
 #[async_trait::async_trait]
 impl Driver for Instance {
-    fn service(&self) -> &'static str {
-        "rds"
-    }
-
     fn promotion(&self) -> Option<&dyn ralph_core::driver::capability::Promotion> {
         Some(&failover::RdsPromotion)
     }
@@ -761,14 +739,8 @@ impl Driver for Instance {
         .await
     }
 
-    async fn update(
-        &self,
-        cx: &Context,
-        want: &Desired<'_>,
-        have: &Observed,
-        changed: &[String],
-    ) -> Result<Observed, DriverError> {
-        let has = |f: &str| changed.iter().any(|c| c == f);
+    async fn update(&self, cx: &Context, u: Update<'_>) -> Result<Observed, DriverError> {
+        let Update { want, have, .. } = u;
         let settings = [
             "engine_version",
             "instance_class",
@@ -783,15 +755,15 @@ impl Driver for Instance {
             "deletion_protection",
             "publicly_accessible",
         ];
-        if settings.iter().any(|f| has(f)) {
+        if settings.iter().any(|f| u.changes(f)) {
             let s = |f: &str| {
-                if has(f) {
+                if u.changes(f) {
                     want.str(f).map(str::to_string)
                 } else {
                     None
                 }
             };
-            let b = |f: &str| if has(f) { want.bool(f) } else { None };
+            let b = |f: &str| if u.changes(f) { want.bool(f) } else { None };
             let mut req = crate::clients(cx)
                 .await?
                 .rds
@@ -801,7 +773,7 @@ impl Driver for Instance {
             req = req
                 .set_engine_version(s("engine_version"))
                 .set_db_instance_class(s("instance_class"))
-                .set_allocated_storage(if has("allocated_storage") {
+                .set_allocated_storage(if u.changes("allocated_storage") {
                     int(want, "allocated_storage")?
                 } else {
                     None
@@ -809,7 +781,7 @@ impl Driver for Instance {
                 .set_storage_type(s("storage_type"))
                 .set_multi_az(b("multi_az"))
                 .set_db_parameter_group_name(s("parameter_group_name"))
-                .set_backup_retention_period(if has("backup_retention_days") {
+                .set_backup_retention_period(if u.changes("backup_retention_days") {
                     int(want, "backup_retention_days")?
                 } else {
                     None
@@ -818,10 +790,10 @@ impl Driver for Instance {
                 .set_preferred_maintenance_window(s("maintenance_window"))
                 .set_deletion_protection(b("deletion_protection"))
                 .set_publicly_accessible(b("publicly_accessible"));
-            if has("engine_version") {
+            if u.changes("engine_version") {
                 req = req.allow_major_version_upgrade(true);
             }
-            if has("vpc_security_group_ids") {
+            if u.changes("vpc_security_group_ids") {
                 req = req.set_vpc_security_group_ids(Some(strings(
                     want.props.get("vpc_security_group_ids"),
                 )));
@@ -830,7 +802,7 @@ impl Driver for Instance {
                 .await
                 .map_err(|e| api_error("ModifyDBInstance", e))?;
         }
-        if has("tags") {
+        if u.changes("tags") {
             arn_tags::sync(cx, ArnService::Rds, &crate::arn_of(have), have, want).await?;
         }
         wait_available(

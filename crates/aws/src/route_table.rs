@@ -8,8 +8,8 @@ use serde_json::{Map, Value as Json};
 
 use super::ec2_listing::{self, paged_listing, Ec2Kind, Listed};
 use super::{api_error, ec2, observed, opt_str, tag_spec};
-use ralph_core::driver::{Context, Desired, DriverError, Observed};
-use ralph_core::model::kinds::{checks, Attr, Field, KindSchema, Ty};
+use ralph_core::driver::{Context, Desired, DriverError, Observed, Update};
+use ralph_core::model::kinds::{Attr, Field, KindSchema, Ty};
 
 static ROUTE: &[Field] = &[
     Field::new(
@@ -32,6 +32,7 @@ static ROUTE: &[Field] = &[
 
 static SCHEMA: KindSchema = KindSchema {
     kind: "aws.route_table",
+    service: "ec2",
     doc: "A route table of a VPC and its routes.",
     fields: &[
         Field::new("vpc_id", Ty::String, "the VPC, usually `${vpc.id}`")
@@ -43,9 +44,7 @@ static SCHEMA: KindSchema = KindSchema {
             "routes besides the VPC's local route",
         )
         .default("[]"),
-        Field::new("tags", Ty::StringMap, "tags besides the ownership tags")
-            .default("{}")
-            .check(checks::tags),
+        Field::tags(),
     ],
     attrs: &[Attr {
         name: "id",
@@ -232,13 +231,9 @@ impl Ec2Kind for RouteTable {
         Ok(id)
     }
 
-    async fn change(
-        cx: &Context,
-        want: &Desired<'_>,
-        have: &Observed,
-        changed: &[String],
-    ) -> Result<(), DriverError> {
-        if changed.iter().any(|c| c == "routes") {
+    async fn change(cx: &Context, u: Update<'_>) -> Result<(), DriverError> {
+        let Update { want, have, .. } = u;
+        if u.changes("routes") {
             let (old, new) = (have.attrs.get("routes"), want.props.get("routes"));
             sync_routes(cx, &have.id, old, new).await?;
         }

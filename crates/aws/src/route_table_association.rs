@@ -6,11 +6,14 @@
 use serde_json::Value as Json;
 
 use super::{api_error, ec2};
-use ralph_core::driver::{Context, Desired, Driver, DriverError, Known, Observed, Timeouts};
+use ralph_core::driver::{
+    Context, Desired, Driver, DriverError, Known, Observed, Timeouts, Update,
+};
 use ralph_core::model::kinds::{Attr, Field, KindSchema, Ty};
 
 static SCHEMA: KindSchema = KindSchema {
     kind: "aws.route_table_association",
+    service: "ec2",
     doc: "Associates a subnet with a route table.",
     fields: &[
         Field::new(
@@ -43,10 +46,6 @@ pub struct RouteTableAssociation;
 
 #[async_trait::async_trait]
 impl Driver for RouteTableAssociation {
-    fn service(&self) -> &'static str {
-        "ec2"
-    }
-
     fn schema(&self) -> &'static KindSchema {
         &SCHEMA
     }
@@ -90,13 +89,8 @@ impl Driver for RouteTableAssociation {
         })
     }
 
-    async fn update(
-        &self,
-        _cx: &Context,
-        _want: &Desired<'_>,
-        have: &Observed,
-        _changed: &[String],
-    ) -> Result<Observed, DriverError> {
+    async fn update(&self, _cx: &Context, u: Update<'_>) -> Result<Observed, DriverError> {
+        let Update { have, .. } = u;
         // Every field forces a replacement; nothing changes in place.
         Ok(have.clone())
     }

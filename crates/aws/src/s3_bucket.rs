@@ -11,7 +11,9 @@ use aws_sdk_s3::types::{
 use serde_json::Value as Json;
 
 use super::{api_error, error_code, observed_with, read_each, read_tag_pairs, tag_map};
-use ralph_core::driver::{Context, Desired, Driver, DriverError, Known, Observed, Timeouts};
+use ralph_core::driver::{
+    Context, Desired, Driver, DriverError, Known, Observed, Timeouts, Update,
+};
 use ralph_core::model::kinds::{checks, Attr, Field, KindSchema, Ty};
 
 /// S3 bucket naming rules.
@@ -43,6 +45,7 @@ fn sse(v: &Json) -> Result<(), String> {
 
 static SCHEMA: KindSchema = KindSchema {
     kind: "aws.s3_bucket",
+    service: "s3",
     doc: "An S3 bucket (backups).",
     fields: &[
         Field::new("name", Ty::String, "the globally unique bucket name")
@@ -76,9 +79,7 @@ static SCHEMA: KindSchema = KindSchema {
             "let destroy delete a bucket that still holds objects",
         )
         .default("false"),
-        Field::new("tags", Ty::StringMap, "tags besides the ownership tags")
-            .default("{}")
-            .check(checks::tags),
+        Field::tags(),
     ],
     attrs: &[
         Attr {
@@ -340,10 +341,6 @@ async fn empty(cx: &Context, name: &str) -> Result<(), DriverError> {
 
 #[async_trait::async_trait]
 impl Driver for S3Bucket {
-    fn service(&self) -> &'static str {
-        "s3"
-    }
-
     fn object_store(&self) -> Option<&dyn ralph_core::driver::capability::ObjectStore> {
         Some(&super::s3_objects::S3Objects)
     }
@@ -384,13 +381,12 @@ impl Driver for S3Bucket {
         })
     }
 
-    async fn update(
-        &self,
-        cx: &Context,
-        want: &Desired<'_>,
-        have: &Observed,
-        changed: &[String],
-    ) -> Result<Observed, DriverError> {
+    async fn update(&self, cx: &Context, u: Update<'_>) -> Result<Observed, DriverError> {
+        let Update {
+            want,
+            have,
+            changed,
+        } = u;
         configure(cx, &have.id, want, Some(changed)).await?;
         read_one(cx, &have.id)
             .await?

@@ -10,7 +10,7 @@ use serde_json::{Map, Value as Json};
 
 use super::ec2_listing::{self, paged_listing, Ec2Kind};
 use super::{api_error, ec2, observed, opt_str, tag_spec};
-use ralph_core::driver::{Context, Desired, DriverError, Observed};
+use ralph_core::driver::{Context, Desired, DriverError, Observed, Update};
 use ralph_core::model::kinds::{checks, Attr, Field, KindSchema, Ty};
 
 static RULE: &[Field] = &[
@@ -31,6 +31,7 @@ static RULE: &[Field] = &[
 
 static SCHEMA: KindSchema = KindSchema {
     kind: "aws.security_group",
+    service: "ec2",
     doc: "A VPC security group and its rules.",
     fields: &[
         Field::new("name", Ty::String, "the group name, unique in the VPC")
@@ -54,9 +55,7 @@ static SCHEMA: KindSchema = KindSchema {
         )
         .default("[]")
         .check(checks::rule_port_ranges),
-        Field::new("tags", Ty::StringMap, "tags besides the ownership tags")
-            .default("{}")
-            .check(checks::tags),
+        Field::tags(),
     ],
     attrs: &[
         Attr {
@@ -315,12 +314,12 @@ impl Ec2Kind for SecurityGroup {
         Ok(id)
     }
 
-    async fn change(
-        cx: &Context,
-        want: &Desired<'_>,
-        have: &Observed,
-        changed: &[String],
-    ) -> Result<(), DriverError> {
+    async fn change(cx: &Context, u: Update<'_>) -> Result<(), DriverError> {
+        let Update {
+            want,
+            have,
+            changed,
+        } = u;
         let changed: Vec<&str> = changed.iter().map(String::as_str).collect();
         sync_both(cx, &have.id, have, want, &changed).await
     }

@@ -5,11 +5,12 @@ use serde_json::Value as Json;
 
 use super::ec2_listing::{paged_listing, Ec2Kind};
 use super::{api_error, ec2, observed, opt_str, tag_spec};
-use ralph_core::driver::{Context, Desired, DriverError, Observed};
+use ralph_core::driver::{Context, Desired, DriverError, Observed, Update};
 use ralph_core::model::kinds::{checks, Attr, Field, KindSchema, Ty};
 
 static SCHEMA: KindSchema = KindSchema {
     kind: "aws.subnet",
+    service: "ec2",
     doc: "A subnet of a VPC in one availability zone.",
     fields: &[
         Field::new("vpc_id", Ty::String, "the VPC, usually `${vpc.id}`")
@@ -37,9 +38,7 @@ static SCHEMA: KindSchema = KindSchema {
             "give instances public addresses (public subnets)",
         )
         .default("false"),
-        Field::new("tags", Ty::StringMap, "tags besides the ownership tags")
-            .default("{}")
-            .check(checks::tags),
+        Field::tags(),
     ],
     attrs: &[
         Attr {
@@ -130,13 +129,9 @@ impl Ec2Kind for Subnet {
         Ok(id)
     }
 
-    async fn change(
-        cx: &Context,
-        want: &Desired<'_>,
-        have: &Observed,
-        changed: &[String],
-    ) -> Result<(), DriverError> {
-        if changed.iter().any(|c| c == "map_public_ip_on_launch") {
+    async fn change(cx: &Context, u: Update<'_>) -> Result<(), DriverError> {
+        let Update { want, have, .. } = u;
+        if u.changes("map_public_ip_on_launch") {
             let public = want.bool("map_public_ip_on_launch").unwrap_or(false);
             set_public(cx, &have.id, public).await?;
         }

@@ -7,7 +7,9 @@ use serde_json::Value as Json;
 
 use super::arn_tags::{self, ArnService};
 use super::{observed_with, read_each, strings};
-use ralph_core::driver::{Context, Desired, Driver, DriverError, Known, Observed, Timeouts};
+use ralph_core::driver::{
+    Context, Desired, Driver, DriverError, Known, Observed, Timeouts, Update,
+};
 use ralph_core::model::kinds::KindSchema;
 
 /// What a subnet group is in its service: its ARN, description and subnets.
@@ -21,8 +23,6 @@ pub struct Found {
 #[async_trait::async_trait]
 pub trait Calls: Send + Sync {
     fn schema(&self) -> &'static KindSchema;
-    /// The throttling limiter's service (`Driver::service`).
-    fn service(&self) -> &'static str;
     fn arn_service(&self) -> ArnService;
     /// The group called `name`; `None` when there is none.
     async fn describe(&self, cx: &Context, name: &str) -> Result<Option<Found>, DriverError>;
@@ -54,7 +54,6 @@ pub trait Calls: Send + Sync {
 macro_rules! subnet_group_calls {
     ($ty:ident {
         schema: $schema:expr,
-        service: $service:literal,
         arn: $arn:expr,
         client: $client:ident,
         tags: $tags:path,
@@ -75,10 +74,6 @@ macro_rules! subnet_group_calls {
         impl $crate::subnet_group::Calls for $ty {
             fn schema(&self) -> &'static ralph_core::model::kinds::KindSchema {
                 &$schema
-            }
-
-            fn service(&self) -> &'static str {
-                $service
             }
 
             fn arn_service(&self) -> $crate::arn_tags::ArnService {
@@ -199,10 +194,6 @@ impl SubnetGroup {
 
 #[async_trait::async_trait]
 impl Driver for SubnetGroup {
-    fn service(&self) -> &'static str {
-        self.0.service()
-    }
-
     fn schema(&self) -> &'static KindSchema {
         self.0.schema()
     }
@@ -219,13 +210,12 @@ impl Driver for SubnetGroup {
         self.read_back(cx, name).await
     }
 
-    async fn update(
-        &self,
-        cx: &Context,
-        want: &Desired<'_>,
-        have: &Observed,
-        changed: &[String],
-    ) -> Result<Observed, DriverError> {
+    async fn update(&self, cx: &Context, u: Update<'_>) -> Result<Observed, DriverError> {
+        let Update {
+            want,
+            have,
+            changed,
+        } = u;
         if changed
             .iter()
             .any(|c| c == "description" || c == "subnet_ids")
@@ -234,7 +224,7 @@ impl Driver for SubnetGroup {
             let subnets = strings(want.props.get("subnet_ids"));
             self.0.modify(cx, &have.id, description, subnets).await?;
         }
-        if changed.iter().any(|c| c == "tags") {
+        if u.changes("tags") {
             let arn = crate::arn_of(have);
             arn_tags::sync(cx, self.0.arn_service(), &arn, have, want).await?;
         }

@@ -5,7 +5,7 @@ use serde_json::Value as Json;
 
 use super::ec2_listing::{Ec2Kind, Listed};
 use super::{api_error, ec2, observed, tag_spec};
-use ralph_core::driver::{Context, Desired, DriverError, Observed};
+use ralph_core::driver::{Context, Desired, DriverError, Observed, Update};
 use ralph_core::model::kinds::{checks, Attr, Field, KindSchema, Ty};
 
 fn vpc_prefix(v: &Json) -> Result<(), String> {
@@ -14,18 +14,17 @@ fn vpc_prefix(v: &Json) -> Result<(), String> {
         .unwrap_or_default()
         .parse()
         .map_err(|_| "not a CIDR block".to_string())?;
-    if (16..=28).contains(&net.prefix_len()) {
-        Ok(())
-    } else {
-        Err(format!(
+    checks::require((16..=28).contains(&net.prefix_len()), || {
+        format!(
             "a VPC's CIDR block must have a prefix between /16 and /28, not /{}",
             net.prefix_len()
-        ))
-    }
+        )
+    })
 }
 
 static SCHEMA: KindSchema = KindSchema {
     kind: "aws.vpc",
+    service: "ec2",
     doc: "An Amazon VPC.",
     fields: &[
         Field::new("cidr_block", Ty::Cidr, "the VPC's IPv4 range, /16 to /28")
@@ -44,9 +43,7 @@ static SCHEMA: KindSchema = KindSchema {
             "give instances public DNS hostnames",
         )
         .default("true"),
-        Field::new("tags", Ty::StringMap, "tags besides the ownership tags")
-            .default("{}")
-            .check(checks::tags),
+        Field::tags(),
     ],
     attrs: &[
         Attr {
@@ -259,14 +256,10 @@ impl Ec2Kind for Vpc {
         Ok(id)
     }
 
-    async fn change(
-        cx: &Context,
-        want: &Desired<'_>,
-        have: &Observed,
-        changed: &[String],
-    ) -> Result<(), DriverError> {
+    async fn change(cx: &Context, u: Update<'_>) -> Result<(), DriverError> {
+        let Update { want, have, .. } = u;
         let pick = |name: &str| {
-            if changed.iter().any(|c| c == name) {
+            if u.changes(name) {
                 want.bool(name)
             } else {
                 None

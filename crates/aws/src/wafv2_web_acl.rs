@@ -17,9 +17,9 @@ use serde_json::Value as Json;
 
 use super::{api_error, error_code, observed_with, read_tag_pairs, removed_tag_keys, strings};
 use ralph_core::driver::{
-    Context, DeleteAttempt, Desired, Driver, DriverError, Known, Observed, Timeouts,
+    Context, DeleteAttempt, Desired, Driver, DriverError, Known, Observed, Timeouts, Update,
 };
-use ralph_core::model::kinds::{checks, Attr, Field, KindSchema, Ty};
+use ralph_core::model::kinds::{Attr, Field, KindSchema, Ty};
 
 /// The rate rule's name, and the prefix the managed groups' rules carry.
 const RATE_RULE: &str = "rate-per-ip";
@@ -70,6 +70,7 @@ fn window(v: &Json) -> Result<(), String> {
 
 static SCHEMA: KindSchema = KindSchema {
     kind: "aws.wafv2_web_acl",
+    service: "wafv2",
     doc: "An AWS WAF web ACL for a load balancer: AWS's managed rule groups and a rate limit per client address.",
     fields: &[
         Field::new("name", Ty::String, "the ACL's name, unique in the account and region")
@@ -105,9 +106,7 @@ static SCHEMA: KindSchema = KindSchema {
         )
         .default("300")
         .check(window),
-        Field::new("tags", Ty::StringMap, "tags besides the ownership tags")
-            .default("{}")
-            .check(checks::tags),
+        Field::tags(),
     ],
     attrs: &[
         Attr {
@@ -369,25 +368,14 @@ fn scope_of(want: &Desired<'_>) -> Scope {
 
 #[async_trait::async_trait]
 impl Driver for WebAcl {
-    fn service(&self) -> &'static str {
-        "wafv2"
-    }
-
     fn schema(&self) -> &'static KindSchema {
         &SCHEMA
     }
 
-    async fn refresh(&self, cx: &Context, known: &[Known]) -> Result<Vec<Observed>, DriverError> {
-        super::read_each(known, |arn| async move { read_one(cx, &arn).await }).await
-    }
-
     /// An interrupted create has no ARN to look for: its ACL is found by
     /// name when the next create is refused as a duplicate.
-    async fn lookup(&self, cx: &Context, id: &str) -> Result<Option<Observed>, DriverError> {
-        if !id.starts_with("arn:") {
-            return Ok(None);
-        }
-        read_one(cx, id).await
+    async fn refresh(&self, cx: &Context, known: &[Known]) -> Result<Vec<Observed>, DriverError> {
+        super::read_each_arn(known, |arn| async move { read_one(cx, &arn).await }).await
     }
 
     async fn create(&self, cx: &Context, want: &Desired<'_>) -> Result<Observed, DriverError> {
@@ -436,13 +424,12 @@ impl Driver for WebAcl {
         })
     }
 
-    async fn update(
-        &self,
-        cx: &Context,
-        want: &Desired<'_>,
-        have: &Observed,
-        changed: &[String],
-    ) -> Result<Observed, DriverError> {
+    async fn update(&self, cx: &Context, u: Update<'_>) -> Result<Observed, DriverError> {
+        let Update {
+            want,
+            have,
+            changed,
+        } = u;
         let waf = &crate::clients(cx).await?.wafv2;
         if changed.iter().any(|c| c != "tags") {
             let (scope, name, id) = parts(&have.id)?;
@@ -467,7 +454,7 @@ impl Driver for WebAcl {
                 .await
                 .map_err(|e| api_error("UpdateWebACL", e))?;
         }
-        if changed.iter().any(|c| c == "tags") {
+        if u.changes("tags") {
             let removed = removed_tag_keys(have, want);
             if !removed.is_empty() {
                 waf.untag_resource()

@@ -19,8 +19,10 @@ mod calls;
 use self::calls::{At, Calls};
 use super::OpState;
 use super::{call, describe, description_filter, from_description, json, observed, GcpClients};
-use ralph_core::driver::{Context, Desired, Driver, DriverError, Known, Observed, Timeouts};
-use ralph_core::model::kinds::{Attr, Field, KindSchema, Ty};
+use ralph_core::driver::{
+    Context, Desired, Driver, DriverError, Known, Observed, Timeouts, Update,
+};
+use ralph_core::model::kinds::{checks, Attr, Field, KindSchema, Ty};
 
 const SERVICE: &str = "compute";
 const OP_TIMEOUT: Duration = Duration::from_secs(600);
@@ -29,11 +31,9 @@ const OP_TIMEOUT: Duration = Duration::from_secs(600);
 pub fn rfc1035(v: &Json) -> Result<(), String> {
     let s = v.as_str().unwrap_or_default();
     let ok = ralph_core::model::kinds::checks::lowercase_name(s, 1..=63);
-    if ok {
-        Ok(())
-    } else {
-        Err(format!("`{s}` is not a valid name: 1-63 characters, lowercase letters, digits and hyphens, starting with a letter and not ending with a hyphen"))
-    }
+    checks::require(ok, || {
+        format!("`{s}` is not a valid name: 1-63 characters, lowercase letters, digits and hyphens, starting with a letter and not ending with a hyphen")
+    })
 }
 
 fn routing_mode(v: &Json) -> Result<(), String> {
@@ -107,6 +107,7 @@ const SELF_LINK: Attr = Attr {
 
 static NETWORK: KindSchema = KindSchema {
     kind: "gcp.network",
+    service: SERVICE,
     doc: "A VPC network in custom subnet mode.",
     fields: &[
         Field::new("name", Ty::String, "the network's name")
@@ -148,6 +149,7 @@ static SECONDARY: &[Field] = &[
 
 static SUBNETWORK: KindSchema = KindSchema {
     kind: "gcp.subnetwork",
+    service: SERVICE,
     doc: "A subnetwork of a VPC network in one region, with secondary ranges for GKE's pods and services.",
     fields: &[
         Field::new("name", Ty::String, "the subnetwork's name").required().forces_replace().check(rfc1035),
@@ -186,6 +188,7 @@ static RULE: &[Field] = &[
 
 static FIREWALL: KindSchema = KindSchema {
     kind: "gcp.firewall",
+    service: SERVICE,
     doc: "A VPC firewall rule.",
     fields: &[
         Field::new("name", Ty::String, "the rule's name")
@@ -240,6 +243,7 @@ static NAT: &[Field] = &[
 
 static ROUTER: KindSchema = KindSchema {
     kind: "gcp.router",
+    service: SERVICE,
     doc: "A Cloud Router, with Cloud NAT so private nodes reach the internet.",
     fields: &[
         Field::new("name", Ty::String, "the router's name")
@@ -273,6 +277,7 @@ static ROUTER: KindSchema = KindSchema {
 
 static GLOBAL_ADDRESS: KindSchema = KindSchema {
     kind: "gcp.global_address",
+    service: SERVICE,
     doc: "An internal address range for private services access (VPC_PEERING), where Cloud SQL's and Memorystore's private addresses come from.",
     fields: &[
         Field::new("name", Ty::String, "the range's name").required().forces_replace().check(rfc1035),
@@ -729,10 +734,6 @@ impl Driver for ComputeKind {
         self.schema
     }
 
-    fn service(&self) -> &'static str {
-        SERVICE
-    }
-
     /// Fills the defaults of nested fields (a rule's ports, the NAT's
     /// source ranges), as the API reports them back.
     fn normalize(
@@ -815,13 +816,8 @@ impl Driver for ComputeKind {
         }
     }
 
-    async fn update(
-        &self,
-        cx: &Context,
-        want: &Desired<'_>,
-        have: &Observed,
-        _changed: &[String],
-    ) -> Result<Observed, DriverError> {
+    async fn update(&self, cx: &Context, u: Update<'_>) -> Result<Observed, DriverError> {
+        let Update { want, have, .. } = u;
         let g = crate::clients(cx).await?;
         let (region, name) = parse_id(&have.id);
         let region = region.unwrap_or_else(|| g.region.clone());

@@ -20,9 +20,10 @@ use serde_json::{json, Value as Json};
 use super::OpState;
 use super::{call, call_opt, from_labels, json, labels, message, observed};
 use ralph_core::driver::{
-    Context, Desired, Driver, DriverError, Known, Observed, Timeouts, READY_ATTR, STATUS_ATTR,
+    Context, Desired, Driver, DriverError, Known, Observed, Timeouts, Update, READY_ATTR,
+    STATUS_ATTR,
 };
-use ralph_core::model::kinds::{Attr, Field, KindSchema, Ty};
+use ralph_core::model::kinds::{checks, Attr, Field, KindSchema, Ty};
 use ralph_core::model::support;
 
 const SERVICE: &str = "container";
@@ -42,13 +43,11 @@ fn machine_type(v: &Json) -> Result<(), String> {
                 && p.chars()
                     .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
         });
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
+    checks::require(ok, || {
+        format!(
             "`{s}` is not a Compute Engine machine type; write a series and a shape, such as n2-standard-4 or e2-standard-2"
-        ))
-    }
+        )
+    })
 }
 
 fn channel(v: &Json) -> Result<(), String> {
@@ -68,6 +67,7 @@ fn gke_version(v: &Json) -> Result<(), String> {
 
 static CLUSTER: KindSchema = KindSchema {
     kind: "gcp.gke_cluster",
+    service: SERVICE,
     doc: "A GKE Standard cluster, VPC-native, with private nodes and workload identity.",
     fields: &[
         Field::new("name", Ty::String, "the cluster's name")
@@ -185,6 +185,7 @@ static CLUSTER: KindSchema = KindSchema {
 
 static POOL: KindSchema = KindSchema {
     kind: "gcp.gke_node_pool",
+    service: SERVICE,
     doc: "A GKE node pool, autoscaled, with auto-repair and auto-upgrade.",
     fields: &[
         Field::new("cluster", Ty::String, "the cluster, usually `${gke.id}`")
@@ -617,9 +618,6 @@ impl Driver for Cluster {
     fn schema(&self) -> &'static KindSchema {
         &CLUSTER
     }
-    fn service(&self) -> &'static str {
-        SERVICE
-    }
     fn typical_seconds(&self) -> u64 {
         600
     }
@@ -747,13 +745,12 @@ impl Driver for Cluster {
         wait_running(cx, want.address, &id, timeout).await
     }
 
-    async fn update(
-        &self,
-        cx: &Context,
-        want: &Desired<'_>,
-        have: &Observed,
-        changed: &[String],
-    ) -> Result<Observed, DriverError> {
+    async fn update(&self, cx: &Context, u: Update<'_>) -> Result<Observed, DriverError> {
+        let Update {
+            want,
+            have,
+            changed,
+        } = u;
         let g = crate::clients(cx).await?;
         let timeout = want.timeouts.update_or(CLUSTER_TIMEOUT);
         // GKE takes one change per clusters.update: the channel, then the
@@ -798,7 +795,7 @@ impl Driver for Cluster {
             )
             .await?;
         }
-        if changed.iter().any(|c| c == "labels") {
+        if u.changes("labels") {
             let labels: std::collections::HashMap<String, String> = super::string_map(
                 &Json::Object(labels(&cx.owner, want.address, want.props.get("labels"))),
             );
@@ -936,9 +933,6 @@ impl Driver for NodePool {
     fn schema(&self) -> &'static KindSchema {
         &POOL
     }
-    fn service(&self) -> &'static str {
-        SERVICE
-    }
     fn typical_seconds(&self) -> u64 {
         240
     }
@@ -1035,13 +1029,8 @@ impl Driver for NodePool {
         }
     }
 
-    async fn update(
-        &self,
-        cx: &Context,
-        want: &Desired<'_>,
-        have: &Observed,
-        changed: &[String],
-    ) -> Result<Observed, DriverError> {
+    async fn update(&self, cx: &Context, u: Update<'_>) -> Result<Observed, DriverError> {
+        let Update { want, have, .. } = u;
         let g = crate::clients(cx).await?;
         let cluster = have
             .id
@@ -1050,9 +1039,8 @@ impl Driver for NodePool {
             .unwrap_or_default()
             .to_string();
         let timeout = want.timeouts.update_or(POOL_TIMEOUT);
-        let has = |f: &str| changed.iter().any(|c| c == f);
         let p = want.props;
-        if has("min_nodes") || has("max_nodes") {
+        if u.changes("min_nodes") || u.changes("max_nodes") {
             let auto: google_cloud_container_v1::model::NodePoolAutoscaling = message(
                 "autoscaling",
                 json!({"enabled": true, "minNodeCount": p.get("min_nodes"), "maxNodeCount": p.get("max_nodes")}),
@@ -1073,7 +1061,7 @@ impl Driver for NodePool {
             )
             .await?;
         }
-        if has("node_count") {
+        if u.changes("node_count") {
             let n = want.int::<i32>("node_count")?.unwrap_or(1);
             mutate(
                 cx,
@@ -1091,7 +1079,7 @@ impl Driver for NodePool {
             )
             .await?;
         }
-        if has("auto_repair") || has("auto_upgrade") {
+        if u.changes("auto_repair") || u.changes("auto_upgrade") {
             let m: google_cloud_container_v1::model::NodeManagement = message(
                 "node management",
                 json!({"autoRepair": p.get("auto_repair"), "autoUpgrade": p.get("auto_upgrade")}),
@@ -1112,7 +1100,7 @@ impl Driver for NodePool {
             )
             .await?;
         }
-        if has("labels") {
+        if u.changes("labels") {
             let l: google_cloud_container_v1::model::NodeLabels =
                 message("node labels", json!({"labels": p.get("labels")}))?;
             mutate(

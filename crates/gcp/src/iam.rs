@@ -15,30 +15,27 @@ use serde_json::{json, Value as Json};
 use super::{
     call, call_create, call_opt, describe, from_description, json, message, observed, GcpClients,
 };
-use ralph_core::driver::{Context, Desired, Driver, DriverError, Known, Observed, Timeouts};
-use ralph_core::model::kinds::{Attr, Field, KindSchema, Ty};
+use ralph_core::driver::{
+    Context, Desired, Driver, DriverError, Known, Observed, Timeouts, Update,
+};
+use ralph_core::model::kinds::{checks, Attr, Field, KindSchema, Ty};
 
 const SERVICE: &str = "iam";
 
 fn account_id(v: &Json) -> Result<(), String> {
     let s = v.as_str().unwrap_or_default();
     let ok = ralph_core::model::kinds::checks::lowercase_name(s, 6..=30);
-    if ok {
-        Ok(())
-    } else {
-        Err(format!("account_id `{s}` must be 6-30 lowercase letters, digits and hyphens, starting with a letter"))
-    }
+    checks::require(ok, || {
+        format!("account_id `{s}` must be 6-30 lowercase letters, digits and hyphens, starting with a letter")
+    })
 }
 
 fn role(v: &Json) -> Result<(), String> {
     let s = v.as_str().unwrap_or_default();
-    if s.starts_with("roles/") || s.starts_with("projects/") || s.starts_with("organizations/") {
-        Ok(())
-    } else {
-        Err(format!(
-            "role `{s}` is not a role name such as roles/cloudsql.client"
-        ))
-    }
+    checks::require(
+        s.starts_with("roles/") || s.starts_with("projects/") || s.starts_with("organizations/"),
+        || format!("role `{s}` is not a role name such as roles/cloudsql.client"),
+    )
 }
 
 fn member(v: &Json) -> Result<(), String> {
@@ -51,15 +48,17 @@ fn member(v: &Json) -> Result<(), String> {
         "principal:",
         "principalSet:",
     ];
-    if kinds.iter().any(|k| s.starts_with(k)) && s.len() > s.find(':').unwrap_or(0) + 1 {
-        Ok(())
-    } else {
-        Err(format!("member `{s}` must be TYPE:ID, such as serviceAccount:NAME@PROJECT.iam.gserviceaccount.com"))
-    }
+    checks::require(
+        kinds.iter().any(|k| s.starts_with(k)) && s.len() > s.find(':').unwrap_or(0) + 1,
+        || {
+            format!("member `{s}` must be TYPE:ID, such as serviceAccount:NAME@PROJECT.iam.gserviceaccount.com")
+        },
+    )
 }
 
 static ACCOUNT: KindSchema = KindSchema {
     kind: "gcp.service_account",
+    service: SERVICE,
     doc: "A Google service account.",
     fields: &[
         Field::new("account_id", Ty::String, "the part before @ of its email")
@@ -94,6 +93,7 @@ static ACCOUNT: KindSchema = KindSchema {
 
 static MEMBER: KindSchema = KindSchema {
     kind: "gcp.iam_member",
+    service: SERVICE,
     doc: "One member in one role: on the project, or on a service account.",
     fields: &[
         Field::new("role", Ty::String, "such as roles/cloudsql.client")
@@ -185,10 +185,6 @@ impl Driver for ServiceAccount {
     fn schema(&self) -> &'static KindSchema {
         &ACCOUNT
     }
-    fn service(&self) -> &'static str {
-        SERVICE
-    }
-
     async fn refresh(&self, cx: &Context, _known: &[Known]) -> Result<Vec<Observed>, DriverError> {
         let g = crate::clients(cx).await?;
         let parent = format!("projects/{}", g.project);
@@ -246,13 +242,8 @@ impl Driver for ServiceAccount {
         }
     }
 
-    async fn update(
-        &self,
-        cx: &Context,
-        want: &Desired<'_>,
-        have: &Observed,
-        _changed: &[String],
-    ) -> Result<Observed, DriverError> {
+    async fn update(&self, cx: &Context, u: Update<'_>) -> Result<Observed, DriverError> {
+        let Update { want, have, .. } = u;
         let g = crate::clients(cx).await?;
         let mut body = account_body(cx, want)?;
         body.name = have.id.clone();
@@ -453,10 +444,6 @@ impl Driver for Member {
     fn schema(&self) -> &'static KindSchema {
         &MEMBER
     }
-    fn service(&self) -> &'static str {
-        SERVICE
-    }
-
     /// One policy read per resource that recorded members are in.
     async fn refresh(&self, cx: &Context, known: &[Known]) -> Result<Vec<Observed>, DriverError> {
         let g = crate::clients(cx).await?;
@@ -493,13 +480,8 @@ impl Driver for Member {
         Ok(observe_member(&resource, role, member, g))
     }
 
-    async fn update(
-        &self,
-        cx: &Context,
-        want: &Desired<'_>,
-        have: &Observed,
-        _changed: &[String],
-    ) -> Result<Observed, DriverError> {
+    async fn update(&self, cx: &Context, u: Update<'_>) -> Result<Observed, DriverError> {
+        let Update { want, have, .. } = u;
         // Every field forces a replacement: nothing changes in place.
         let _ = (cx, want);
         Ok(have.clone())

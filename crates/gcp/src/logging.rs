@@ -24,8 +24,10 @@ use serde_json::{json, Value as Json};
 
 use super::rest::Rest;
 use super::{describe, from_description, observed, take_over};
-use ralph_core::driver::{Context, Desired, Driver, DriverError, Known, Observed, Timeouts};
-use ralph_core::model::kinds::{Attr, Field, KindSchema, Ty};
+use ralph_core::driver::{
+    Context, Desired, Driver, DriverError, Known, Observed, Timeouts, Update,
+};
+use ralph_core::model::kinds::{checks, Attr, Field, KindSchema, Ty};
 
 const SERVICE: &str = "logging";
 const DEFAULT_ENDPOINT: &str = "https://logging.googleapis.com";
@@ -41,13 +43,11 @@ fn log_id(v: &Json) -> Result<(), String> {
         && s.starts_with(|c: char| c.is_ascii_alphanumeric())
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
+    checks::require(ok, || {
+        format!(
             "`{s}` is not a Cloud Logging id: 1-100 letters, digits, _, - or ., starting with a letter or digit (ids starting with _ are Google's)"
-        ))
-    }
+        )
+    })
 }
 
 fn retention(v: &Json) -> Result<(), String> {
@@ -67,17 +67,19 @@ fn destination(v: &Json) -> Result<(), String> {
         "bigquery.googleapis.com/",
         "pubsub.googleapis.com/",
     ];
-    if known.iter().any(|p| s.starts_with(p) && s.len() > p.len()) {
-        Ok(())
-    } else {
-        Err(format!(
+    checks::require(
+        known.iter().any(|p| s.starts_with(p) && s.len() > p.len()),
+        || {
+            format!(
             "`{s}` is not a sink destination: name a log bucket as logging.googleapis.com/projects/P/locations/L/buckets/B (a gcp.log_bucket's `destination`), or a storage, BigQuery or Pub/Sub destination"
-        ))
-    }
+        )
+        },
+    )
 }
 
 static BUCKET: KindSchema = KindSchema {
     kind: "gcp.log_bucket",
+    service: SERVICE,
     doc: "A Cloud Logging bucket that keeps the log entries routed to it `retention_days` days (the project's _Default bucket keeps everything 30).",
     fields: &[
         Field::new("name", Ty::String, "the bucket's id, such as ralph-production")
@@ -121,6 +123,7 @@ static BUCKET: KindSchema = KindSchema {
 
 static SINK: KindSchema = KindSchema {
     kind: "gcp.log_sink",
+    service: SERVICE,
     doc: "A project log sink: routes the entries its filter matches to a destination, such as a gcp.log_bucket.",
     fields: &[
         Field::new("name", Ty::String, "the sink's id, such as ralph-production-orchestrator")
@@ -298,10 +301,6 @@ impl Driver for LogBucket {
         &BUCKET
     }
 
-    fn service(&self) -> &'static str {
-        SERVICE
-    }
-
     async fn refresh(&self, cx: &Context, _known: &[Known]) -> Result<Vec<Observed>, DriverError> {
         owned(
             cx,
@@ -379,13 +378,8 @@ impl Driver for LogBucket {
         set_bucket(&rest, cx, &path, want, &what).await
     }
 
-    async fn update(
-        &self,
-        cx: &Context,
-        want: &Desired<'_>,
-        _have: &Observed,
-        _changed: &[String],
-    ) -> Result<Observed, DriverError> {
+    async fn update(&self, cx: &Context, u: Update<'_>) -> Result<Observed, DriverError> {
+        let Update { want, .. } = u;
         let project = crate::clients(cx).await?.project.clone();
         let rest = Rest::new(cx, SERVICE, DEFAULT_ENDPOINT).await?;
         let path = bucket_path(&project, want)?;
@@ -442,10 +436,6 @@ impl Driver for LogSink {
         &SINK
     }
 
-    fn service(&self) -> &'static str {
-        SERVICE
-    }
-
     async fn refresh(&self, cx: &Context, _known: &[Known]) -> Result<Vec<Observed>, DriverError> {
         owned(cx, "sinks", "sinks", "log sinks", observe_sink).await
     }
@@ -497,13 +487,8 @@ impl Driver for LogSink {
         set_sink(&rest, cx, &project, want, &what).await
     }
 
-    async fn update(
-        &self,
-        cx: &Context,
-        want: &Desired<'_>,
-        _have: &Observed,
-        _changed: &[String],
-    ) -> Result<Observed, DriverError> {
+    async fn update(&self, cx: &Context, u: Update<'_>) -> Result<Observed, DriverError> {
+        let Update { want, .. } = u;
         let project = crate::clients(cx).await?.project.clone();
         let rest = Rest::new(cx, SERVICE, DEFAULT_ENDPOINT).await?;
         let what = format!(

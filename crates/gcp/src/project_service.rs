@@ -14,8 +14,10 @@ use std::time::Duration;
 use serde_json::{Map, Value as Json};
 
 use super::rest::Rest;
-use ralph_core::driver::{Context, Desired, Driver, DriverError, Known, Observed, Timeouts};
-use ralph_core::model::kinds::{Attr, Field, KindSchema, Ty};
+use ralph_core::driver::{
+    Context, Desired, Driver, DriverError, Known, Observed, Timeouts, Update,
+};
+use ralph_core::model::kinds::{checks, Attr, Field, KindSchema, Ty};
 
 const SERVICE: &str = "serviceusage";
 const DEFAULT_ENDPOINT: &str = "https://serviceusage.googleapis.com";
@@ -23,6 +25,7 @@ const TIMEOUT: Duration = Duration::from_secs(10 * 60);
 
 static SCHEMA: KindSchema = KindSchema {
     kind: "gcp.project_service",
+    service: SERVICE,
     doc: "An API enabled on the project: a new project refuses calls to every API it has not enabled (403 SERVICE_DISABLED), so the stack's other Google Cloud resources depend on these.",
     fields: &[
         Field::new(
@@ -71,13 +74,11 @@ pub fn api_name(v: &Json) -> Result<(), String> {
             && n.chars()
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
     });
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
+    checks::require(ok, || {
+        format!(
             "`{s}` is not an API's service name: write it as NAME.googleapis.com, such as compute.googleapis.com"
-        ))
-    }
+        )
+    })
 }
 
 pub struct ProjectService;
@@ -174,10 +175,6 @@ impl Driver for ProjectService {
         &SCHEMA
     }
 
-    fn service(&self) -> &'static str {
-        SERVICE
-    }
-
     fn typical_seconds(&self) -> u64 {
         30
     }
@@ -213,13 +210,8 @@ impl Driver for ProjectService {
         enable(cx, want).await
     }
 
-    async fn update(
-        &self,
-        cx: &Context,
-        want: &Desired<'_>,
-        _have: &Observed,
-        _changed: &[String],
-    ) -> Result<Observed, DriverError> {
+    async fn update(&self, cx: &Context, u: Update<'_>) -> Result<Observed, DriverError> {
+        let Update { want, .. } = u;
         // Only `disable_on_destroy` changes in place, and it is the state's.
         enable(cx, want).await
     }

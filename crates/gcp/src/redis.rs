@@ -12,7 +12,8 @@ use serde_json::{json, Value as Json};
 use super::OpState;
 use super::{call, call_create, call_opt, from_labels, labels, message, observed};
 use ralph_core::driver::{
-    Context, Desired, Driver, DriverError, Known, Observed, Timeouts, READY_ATTR, STATUS_ATTR,
+    Context, Desired, Driver, DriverError, Known, Observed, Timeouts, Update, READY_ATTR,
+    STATUS_ATTR,
 };
 use ralph_core::model::kinds::{checks, Attr, Field, KindSchema, Ty};
 
@@ -58,6 +59,7 @@ fn transit(v: &Json) -> Result<(), String> {
 
 static SCHEMA: KindSchema = KindSchema {
     kind: "gcp.redis_instance",
+    service: SERVICE,
     doc: "A Memorystore for Redis instance.",
     fields: &[
         Field::new("name", Ty::String, "the instance id")
@@ -315,10 +317,6 @@ impl Driver for RedisInstance {
         &SCHEMA
     }
 
-    fn service(&self) -> &'static str {
-        SERVICE
-    }
-
     fn typical_seconds(&self) -> u64 {
         420
     }
@@ -406,13 +404,12 @@ impl Driver for RedisInstance {
         }
     }
 
-    async fn update(
-        &self,
-        cx: &Context,
-        want: &Desired<'_>,
-        have: &Observed,
-        changed: &[String],
-    ) -> Result<Observed, DriverError> {
+    async fn update(&self, cx: &Context, u: Update<'_>) -> Result<Observed, DriverError> {
+        let Update {
+            want,
+            have,
+            changed,
+        } = u;
         let g = crate::clients(cx).await?;
         let mut paths = Vec::new();
         for c in changed {

@@ -31,7 +31,7 @@ use super::{
     observed, GcpClients,
 };
 use ralph_core::driver::{
-    Context, DeleteAttempt, Desired, Driver, DriverError, Known, Observed, Timeouts,
+    Context, DeleteAttempt, Desired, Driver, DriverError, Known, Observed, Timeouts, Update,
 };
 use ralph_core::model::kinds::{Attr, Field, KindSchema, Ty};
 
@@ -113,6 +113,7 @@ fn window(v: &Json) -> Result<(), String> {
 
 static SCHEMA: KindSchema = KindSchema {
     kind: "gcp.security_policy",
+    service: SERVICE,
     doc: "A Cloud Armor security policy for the backends of GKE's load balancer: Google's preconfigured WAF rules (each denying with 403), a rate limit per client address (429 over it) and Layer 7 DDoS defense. The orchestrator attaches it with `security_policy`.",
     fields: &[
         Field::new("name", Ty::String, "the policy's name").required().forces_replace().check(rfc1035),
@@ -420,10 +421,6 @@ impl Driver for SecurityPolicy {
         &SCHEMA
     }
 
-    fn service(&self) -> &'static str {
-        SERVICE
-    }
-
     fn typical_seconds(&self) -> u64 {
         15
     }
@@ -508,13 +505,12 @@ impl Driver for SecurityPolicy {
         }
     }
 
-    async fn update(
-        &self,
-        cx: &Context,
-        want: &Desired<'_>,
-        have: &Observed,
-        changed: &[String],
-    ) -> Result<Observed, DriverError> {
+    async fn update(&self, cx: &Context, u: Update<'_>) -> Result<Observed, DriverError> {
+        let Update {
+            want,
+            have,
+            changed,
+        } = u;
         let g = crate::clients(cx).await?;
         let name = name_of(&have.id).to_string();
         let timeout = want.timeouts.update_or(OP_TIMEOUT);

@@ -14,7 +14,9 @@ use std::time::Duration;
 use serde_json::{json, Map, Value as Json};
 
 use super::rest::Rest;
-use ralph_core::driver::{Context, Desired, Driver, DriverError, Known, Observed, Timeouts};
+use ralph_core::driver::{
+    Context, Desired, Driver, DriverError, Known, Observed, Timeouts, Update,
+};
 use ralph_core::model::kinds::{Attr, Field, KindSchema, Ty};
 
 const SERVICE: &str = "servicenetworking";
@@ -23,6 +25,7 @@ const TIMEOUT: Duration = Duration::from_secs(10 * 60);
 
 static SCHEMA: KindSchema = KindSchema {
     kind: "gcp.service_networking_connection",
+    service: SERVICE,
     doc: "Private services access: the peering Cloud SQL private IP and Memorystore (PRIVATE_SERVICE_ACCESS) need, over reserved ranges.",
     fields: &[
         Field::new("network", Ty::String, "the VPC, usually `${vpc.id}`")
@@ -255,10 +258,6 @@ impl Driver for ServiceNetworkingConnection {
         &SCHEMA
     }
 
-    fn service(&self) -> &'static str {
-        SERVICE
-    }
-
     fn typical_seconds(&self) -> u64 {
         60
     }
@@ -296,13 +295,8 @@ impl Driver for ServiceNetworkingConnection {
         write(cx, want, Write::Create).await
     }
 
-    async fn update(
-        &self,
-        cx: &Context,
-        want: &Desired<'_>,
-        _have: &Observed,
-        _changed: &[String],
-    ) -> Result<Observed, DriverError> {
+    async fn update(&self, cx: &Context, u: Update<'_>) -> Result<Observed, DriverError> {
+        let Update { want, .. } = u;
         write(cx, want, Write::Ranges).await
     }
 

@@ -20,9 +20,10 @@ use super::{
     call, call_create, call_opt, from_labels, json, label_filter, labels, message, observed,
 };
 use ralph_core::driver::{
-    Context, Desired, Driver, DriverError, Known, Observed, Timeouts, READY_ATTR, STATUS_ATTR,
+    Context, Desired, Driver, DriverError, Known, Observed, Timeouts, Update, READY_ATTR,
+    STATUS_ATTR,
 };
-use ralph_core::model::kinds::{Attr, Field, KindSchema, Ty};
+use ralph_core::model::kinds::{checks, Attr, Field, KindSchema, Ty};
 
 const SERVICE: &str = "sqladmin";
 const INSTANCE_TIMEOUT: Duration = Duration::from_secs(60 * 60);
@@ -38,13 +39,9 @@ fn hh_mm(v: &Json) -> Result<(), String> {
         && s.as_bytes()[2] == b':'
         && s[..2].parse::<u8>().is_ok_and(|h| h < 24)
         && s[3..].parse::<u8>().is_ok_and(|m| m < 60);
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "`{s}` is not a time of day as HH:MM (UTC), such as \"03:00\""
-        ))
-    }
+    checks::require(ok, || {
+        format!("`{s}` is not a time of day as HH:MM (UTC), such as \"03:00\"")
+    })
 }
 
 /// Cloud SQL for PostgreSQL's versions (the API's enum names).
@@ -54,13 +51,11 @@ fn database_version(v: &Json) -> Result<(), String> {
         || s.strip_prefix("POSTGRES_")
             .and_then(|n| n.parse::<u32>().ok())
             .is_some_and(|n| (10..=18).contains(&n));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
+    checks::require(ok, || {
+        format!(
             "`{s}` is not a Cloud SQL for PostgreSQL version: POSTGRES_9_6 or POSTGRES_10 to POSTGRES_18, such as POSTGRES_15"
-        ))
-    }
+        )
+    })
 }
 
 /// Cloud SQL machine tiers: shared-core (db-f1-micro, db-g1-small),
@@ -105,6 +100,7 @@ fn tier(v: &Json) -> Result<(), String> {
 
 static INSTANCE: KindSchema = KindSchema {
     kind: "gcp.sql_instance",
+    service: SERVICE,
     doc: "A Cloud SQL for PostgreSQL instance.",
     fields: &[
         Field::new(
@@ -238,6 +234,7 @@ fn name_prefix(v: &Json) -> Result<(), String> {
 
 static DATABASE: KindSchema = KindSchema {
     kind: "gcp.sql_database",
+    service: SERVICE,
     doc: "A database in a Cloud SQL instance.",
     fields: &[
         Field::new("instance", Ty::String, "the instance, usually `${db.name}`")
@@ -263,6 +260,7 @@ static DATABASE: KindSchema = KindSchema {
 
 static USER: KindSchema = KindSchema {
     kind: "gcp.sql_user",
+    service: SERVICE,
     doc: "A built-in database user of a Cloud SQL instance, its password from a secret.",
     fields: &[
         Field::new("instance", Ty::String, "the instance, usually `${db.name}`").required().forces_replace(),
@@ -514,9 +512,6 @@ impl Driver for Instance {
     fn promotion(&self) -> Option<&dyn ralph_core::driver::capability::Promotion> {
         Some(&super::sql_failover::CloudSqlPromotion)
     }
-    fn service(&self) -> &'static str {
-        SERVICE
-    }
     fn typical_seconds(&self) -> u64 {
         900
     }
@@ -586,9 +581,13 @@ impl Driver for Instance {
             // Asked for by a run that was killed: ours, once it is RUNNABLE.
             let found = read_instance(cx, name).await?;
             let have = super::take_over(cx, want.address, name, found)?;
-            return self
-                .update(cx, want, &have, &[READY_ATTR.to_string()])
-                .await;
+            let changed = [READY_ATTR.to_string()];
+            let u = Update {
+                want,
+                have: &have,
+                changed: &changed,
+            };
+            return self.update(cx, u).await;
         };
         if let Err(e) = wait_op(
             cx,
@@ -608,13 +607,12 @@ impl Driver for Instance {
             .ok_or_else(|| DriverError::new(format!("{name} vanished right after it was created")))
     }
 
-    async fn update(
-        &self,
-        cx: &Context,
-        want: &Desired<'_>,
-        have: &Observed,
-        changed: &[String],
-    ) -> Result<Observed, DriverError> {
+    async fn update(&self, cx: &Context, u: Update<'_>) -> Result<Observed, DriverError> {
+        let Update {
+            want,
+            have,
+            changed,
+        } = u;
         let g = crate::clients(cx).await?;
         let only_ready = changed.iter().all(|c| c == READY_ATTR);
         if !only_ready {
@@ -784,10 +782,6 @@ impl Driver for Database {
     fn moved_parent(&self, known: &Known, from: &str, to: &str) -> Option<Known> {
         moved_child(known, "databases", from, to)
     }
-    fn service(&self) -> &'static str {
-        SERVICE
-    }
-
     async fn refresh(&self, cx: &Context, known: &[Known]) -> Result<Vec<Observed>, DriverError> {
         let mut out = Vec::new();
         for i in instances(known) {
@@ -837,13 +831,8 @@ impl Driver for Database {
             .ok_or_else(|| DriverError::new(format!("{id} vanished right after it was created")))
     }
 
-    async fn update(
-        &self,
-        cx: &Context,
-        _want: &Desired<'_>,
-        have: &Observed,
-        _changed: &[String],
-    ) -> Result<Observed, DriverError> {
+    async fn update(&self, cx: &Context, u: Update<'_>) -> Result<Observed, DriverError> {
+        let Update { have, .. } = u;
         self.lookup(cx, &have.id)
             .await?
             .ok_or_else(|| DriverError::new(format!("{} is gone", have.id)))
@@ -997,10 +986,6 @@ impl Driver for User {
     fn moved_parent(&self, known: &Known, from: &str, to: &str) -> Option<Known> {
         moved_child(known, "users", from, to)
     }
-    fn service(&self) -> &'static str {
-        SERVICE
-    }
-
     async fn refresh(&self, cx: &Context, known: &[Known]) -> Result<Vec<Observed>, DriverError> {
         let mut out = Vec::new();
         for i in instances(known) {
@@ -1028,13 +1013,8 @@ impl Driver for User {
         Ok(recorded(want, &id))
     }
 
-    async fn update(
-        &self,
-        cx: &Context,
-        want: &Desired<'_>,
-        have: &Observed,
-        _changed: &[String],
-    ) -> Result<Observed, DriverError> {
+    async fn update(&self, cx: &Context, u: Update<'_>) -> Result<Observed, DriverError> {
+        let Update { want, have, .. } = u;
         set_password(cx, want, false).await?;
         Ok(recorded(want, &have.id))
     }

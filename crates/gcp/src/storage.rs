@@ -24,7 +24,9 @@ use serde_json::{json, Value as Json};
 use super::rest::Rest;
 use super::{from_labels, labels, observed, take_over};
 use ralph_core::driver::capability::{ObjectStore, Upload};
-use ralph_core::driver::{Context, Desired, Driver, DriverError, Known, Observed, Timeouts};
+use ralph_core::driver::{
+    Context, Desired, Driver, DriverError, Known, Observed, Timeouts, Update,
+};
 use ralph_core::model::kinds::{checks, Attr, Field, KindSchema, Ty};
 
 const SERVICE: &str = "storage";
@@ -47,13 +49,11 @@ fn bucket_name(v: &Json) -> Result<(), String> {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'))
         && !s.contains("..")
         && !s.starts_with("goog");
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
+    checks::require(ok, || {
+        format!(
             "`{s}` is not a Cloud Storage bucket name: 3-63 lower-case letters, digits, -, _ or ., starting and ending with a letter or digit, not starting with goog"
-        ))
-    }
+        )
+    })
 }
 
 fn storage_class(v: &Json) -> Result<(), String> {
@@ -66,6 +66,7 @@ fn storage_class(v: &Json) -> Result<(), String> {
 
 static SCHEMA: KindSchema = KindSchema {
     kind: "gcp.storage_bucket",
+    service: SERVICE,
     doc: "A Cloud Storage bucket (backups): uniform access, no public access, versions, expiry and retention.",
     fields: &[
         Field::new("name", Ty::String, "the globally unique bucket name")
@@ -260,10 +261,6 @@ impl Driver for StorageBucket {
         &SCHEMA
     }
 
-    fn service(&self) -> &'static str {
-        SERVICE
-    }
-
     fn typical_seconds(&self) -> u64 {
         2
     }
@@ -322,18 +319,18 @@ impl Driver for StorageBucket {
             Err(_) => {
                 let found = read(&rest, name).await?;
                 let mine = take_over(cx, want.address, &format!("bucket {name}"), found)?;
-                self.update(cx, want, &mine, &[]).await
+                let u = Update {
+                    want,
+                    have: &mine,
+                    changed: &[],
+                };
+                self.update(cx, u).await
             }
         }
     }
 
-    async fn update(
-        &self,
-        cx: &Context,
-        want: &Desired<'_>,
-        have: &Observed,
-        _changed: &[String],
-    ) -> Result<Observed, DriverError> {
+    async fn update(&self, cx: &Context, u: Update<'_>) -> Result<Observed, DriverError> {
+        let Update { want, have, .. } = u;
         let rest = Rest::new(cx, SERVICE, DEFAULT_ENDPOINT).await?;
         let name = want.required_str("name")?;
         let what = format!("updating bucket {name}");

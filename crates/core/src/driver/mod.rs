@@ -108,6 +108,22 @@ impl Desired<'_> {
     }
 }
 
+/// What an update is asked to do: the resource as the stack wants it, as
+/// it was last observed, and the names of the fields that differ.
+#[derive(Debug, Clone, Copy)]
+pub struct Update<'a> {
+    pub want: &'a Desired<'a>,
+    pub have: &'a Observed,
+    pub changed: &'a [String],
+}
+
+impl Update<'_> {
+    /// Whether `field` is one of those that differ.
+    pub fn changes(&self, field: &str) -> bool {
+        self.changed.iter().any(|c| c == field)
+    }
+}
+
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{message}")]
 pub struct DriverError {
@@ -379,9 +395,11 @@ const POLL_FLOOR: Duration = Duration::from_millis(50);
 pub trait Driver: Send + Sync {
     fn schema(&self) -> &'static KindSchema;
 
-    /// The cloud service this kind's operations count against: its
-    /// throttling limiter (one service throttling never slows another).
-    fn service(&self) -> &'static str;
+    /// The cloud service this kind's operations count against
+    /// (`KindSchema::service`).
+    fn service(&self) -> &'static str {
+        self.schema().service
+    }
 
     /// How long a create typically takes on the real cloud, in seconds. The
     /// apply starts resources on the longest expected chain first.
@@ -428,14 +446,8 @@ pub trait Driver: Send + Sync {
 
     async fn create(&self, cx: &Context, want: &Desired<'_>) -> Result<Observed, DriverError>;
 
-    /// Changes `changed` (names of fields that differ) in place.
-    async fn update(
-        &self,
-        cx: &Context,
-        want: &Desired<'_>,
-        have: &Observed,
-        changed: &[String],
-    ) -> Result<Observed, DriverError>;
+    /// Changes the fields that differ ([`Update::changed`]) in place.
+    async fn update(&self, cx: &Context, u: Update<'_>) -> Result<Observed, DriverError>;
 
     async fn delete(
         &self,

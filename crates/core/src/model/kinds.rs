@@ -103,6 +103,13 @@ impl Field {
             renews: &[],
         }
     }
+    /// An AWS kind's `tags`: the stack's tags besides the ownership tags,
+    /// checked against AWS's tag limits.
+    pub const fn tags() -> Field {
+        Field::new("tags", Ty::StringMap, "tags besides the ownership tags")
+            .default("{}")
+            .check(checks::tags)
+    }
     pub const fn required(mut self) -> Field {
         self.required = true;
         self
@@ -146,6 +153,9 @@ pub struct KindSchema {
     /// `cloud.kind`, e.g. `aws.vpc`.
     pub kind: &'static str,
     pub doc: &'static str,
+    /// The cloud service the kind's operations count against: its
+    /// throttling limiter (one service throttling never slows another).
+    pub service: &'static str,
     pub fields: &'static [Field],
     pub attrs: &'static [Attr],
     /// The kind carries the ownership tags, so refresh can list it by tag.
@@ -231,6 +241,15 @@ pub fn did_you_mean<'a>(
 pub mod checks {
     //! Reusable value checks for `Field::check`.
     use serde_json::Value as Json;
+
+    /// A check's answer: fine when `ok`, else what `why` says.
+    pub fn require(ok: bool, why: impl FnOnce() -> String) -> Result<(), String> {
+        if ok {
+            Ok(())
+        } else {
+            Err(why())
+        }
+    }
 
     /// A number that must be one of the values a service takes (retention
     /// periods, rate windows): the error lists them with their `unit`.

@@ -23,7 +23,7 @@ use std::sync::Mutex;
 
 use crate::plan::{desired_properties, Action, Change, Plan};
 use crate::state::{Backend, Entry, Intent, ResourceState, State, StateError};
-use ralph_core::driver::{Context, Desired, Driver, Observed, Registry};
+use ralph_core::driver::{Context, Desired, Driver, Observed, Registry, Update};
 use ralph_core::events::Event;
 use ralph_core::graph::{walk, walk_prioritized, Outcome};
 use ralph_stack::{Reference, Stack};
@@ -417,7 +417,12 @@ impl Steps<'_> {
                 (true, Some(have)) => {
                     let changed: Vec<String> =
                         c.attributes.iter().map(|a| a.name.clone()).collect();
-                    driver.update(self.cx, &want, &have, &changed).await
+                    let u = Update {
+                        want: &want,
+                        have: &have,
+                        changed: &changed,
+                    };
+                    driver.update(self.cx, u).await
                 }
                 _ => driver.create(self.cx, &want).await,
             }

@@ -11,7 +11,7 @@ use serde_json::{Map, Value as Json};
 
 use crate::apply::OneStep;
 use crate::state::ResourceState;
-use ralph_core::driver::{Context, Desired, Known};
+use ralph_core::driver::{Context, Desired, Known, Update};
 use ralph_service::kubernetes::{connect, discover, orchestrator, render};
 
 use super::{locked, OpError, Role, Session, SignalGuard, Unapplied};
@@ -231,7 +231,14 @@ where
                     address: &address,
                     inputs: props.clone(),
                 },
-                || driver.update(cx, &want, &have, &[]),
+                || {
+                    let u = Update {
+                        want: &want,
+                        have: &have,
+                        changed: &[],
+                    };
+                    driver.update(cx, u)
+                },
             )
             .await
             .map_err(|e| failed(e.to_string()))?;

@@ -18,7 +18,8 @@ use serde_json::{Map, Value as Json};
 
 use crate::state::{Intent, LockInfo, Snapshot, State, StateError};
 use ralph_core::driver::{
-    Context, Desired, Driver, DriverError, Known, Observed, Owner, Registry, Timeouts, READY_ATTR,
+    Context, Desired, Driver, DriverError, Known, Observed, Owner, Registry, Timeouts, Update,
+    READY_ATTR,
 };
 use ralph_core::model::{KindSchema, Ty};
 
@@ -625,13 +626,8 @@ impl Driver for FakeDriver {
         Ok(obs)
     }
 
-    async fn update(
-        &self,
-        _cx: &Context,
-        want: &Desired<'_>,
-        have: &Observed,
-        _changed: &[String],
-    ) -> Result<Observed, DriverError> {
+    async fn update(&self, _cx: &Context, u: Update<'_>) -> Result<Observed, DriverError> {
+        let Update { want, have, .. } = u;
         let started = self
             .cloud
             .begin("update", self.schema.kind, want.address)

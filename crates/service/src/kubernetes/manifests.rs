@@ -27,7 +27,9 @@ use serde_json::{Map, Value as Json};
 
 use super::render::{LABEL_ENVIRONMENT, LABEL_RESOURCE, LABEL_STACK, MANAGER};
 use super::{connect, count, is_not_found, kube_error};
-use ralph_core::driver::{Context, Desired, Driver, DriverError, Known, Observed, Owner, Timeouts};
+use ralph_core::driver::{
+    Context, Desired, Driver, DriverError, Known, Observed, Owner, Timeouts, Update,
+};
 use ralph_core::model::kinds::{Attr, Field, KindSchema, Ty};
 
 /// URLs in `files` must be pinned (and https, but for this machine).
@@ -46,6 +48,7 @@ fn computed(_: &Json) -> Result<(), String> {
 
 static SCHEMA: KindSchema = KindSchema {
     kind: "kubernetes.manifests",
+    service: "kubernetes",
     doc: "Kubernetes objects from YAML files (cluster add-ons), applied server-side: namespaces and CRDs first, custom resources last, waited on, pruned when removed.",
     fields: &super::with_cluster_fields![
         Field::new("files", Ty::List(&Ty::String), "YAML files or directories (every .yaml, .yml and .j2 file in them, in name order), relative to the stack file, or an upstream release's manifest by URL pinned to its SHA-256 (`https://.../deploy.yaml#sha256=...`, downloaded once into the cache and refused when it does not match)").required().check(sources),
@@ -717,10 +720,6 @@ impl Driver for Manifests {
         &[ralph_core::driver::capability::Role::AddOns]
     }
 
-    fn service(&self) -> &'static str {
-        "kubernetes"
-    }
-
     fn schema(&self) -> &'static KindSchema {
         &SCHEMA
     }
@@ -768,13 +767,8 @@ impl Driver for Manifests {
         apply_set(cx, want, &BTreeSet::new(), t).await
     }
 
-    async fn update(
-        &self,
-        cx: &Context,
-        want: &Desired<'_>,
-        have: &Observed,
-        _changed: &[String],
-    ) -> Result<Observed, DriverError> {
+    async fn update(&self, cx: &Context, u: Update<'_>) -> Result<Observed, DriverError> {
+        let Update { want, have, .. } = u;
         let before: BTreeSet<String> = recorded_ids(&have.attrs).into_iter().collect();
         let t = want.timeouts.update_or(Duration::from_secs(600));
         apply_set(cx, want, &before, t).await

@@ -18,7 +18,9 @@ use super::render::{self, ApiVersions};
 use super::{
     connect, discover, is_not_found, owned_objects, prune, read_secrets, server_side_apply,
 };
-use ralph_core::driver::{Context, Desired, Driver, DriverError, Known, Observed, Owner, Timeouts};
+use ralph_core::driver::{
+    Context, Desired, Driver, DriverError, Known, Observed, Owner, Timeouts, Update,
+};
 use ralph_core::model::kinds::{checks, Attr, Field, KindSchema, Ty};
 
 fn computed(_: &Json) -> Result<(), String> {
@@ -33,11 +35,9 @@ fn dns_label(v: &Json) -> Result<(), String> {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         && !s.starts_with('-')
         && !s.ends_with('-');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!("`{s}` is not a valid Kubernetes name: lower-case letters, digits and `-`, at most 63, starting and ending with a letter or digit"))
-    }
+    checks::require(ok, || {
+        format!("`{s}` is not a valid Kubernetes name: lower-case letters, digits and `-`, at most 63, starting and ending with a letter or digit")
+    })
 }
 
 fn image_tag(v: &Json) -> Result<(), String> {
@@ -47,13 +47,9 @@ fn image_tag(v: &Json) -> Result<(), String> {
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
         && !s.starts_with(['.', '-']);
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "`{s}` is not an image tag: letters, digits, `_`, `.`, `-`, at most 128"
-        ))
-    }
+    checks::require(ok, || {
+        format!("`{s}` is not an image tag: letters, digits, `_`, `.`, `-`, at most 128")
+    })
 }
 
 fn prometheus_duration(v: &Json) -> Result<(), String> {
@@ -222,6 +218,7 @@ fn secret_sources(v: &Json) -> Result<(), String> {
 
 static SCHEMA: KindSchema = KindSchema {
     kind: "kubernetes.orchestrator",
+    service: "kubernetes",
     doc: "The Ralph Orchestrator on Kubernetes: Deployment, config, secrets, Service, Ingress, NetworkPolicy, PDB, HPA.",
     fields: &super::with_cluster_fields![
         Field::new("namespace", Ty::String, "the namespace, created with Pod Security `restricted`").default("\"ralph\"").check(dns_label).forces_replace(),
@@ -1093,10 +1090,6 @@ impl Driver for Orchestrator {
         Some(self)
     }
 
-    fn service(&self) -> &'static str {
-        "kubernetes"
-    }
-
     fn schema(&self) -> &'static KindSchema {
         &SCHEMA
     }
@@ -1160,13 +1153,8 @@ impl Driver for Orchestrator {
         deploy(cx, want, None, timeout).await
     }
 
-    async fn update(
-        &self,
-        cx: &Context,
-        want: &Desired<'_>,
-        have: &Observed,
-        _changed: &[String],
-    ) -> Result<Observed, DriverError> {
+    async fn update(&self, cx: &Context, u: Update<'_>) -> Result<Observed, DriverError> {
+        let Update { want, have, .. } = u;
         let timeout = want.timeouts.update_or(Duration::from_secs(20 * 60));
         deploy(cx, want, Some(have), timeout).await
     }

@@ -13,7 +13,9 @@ use sqlx::migrate::Migrator;
 
 use super::{connect, describe_target};
 use ralph_core::driver::capability::{Dumps, Manifest, ObjectStore, TableSum};
-use ralph_core::driver::{Context, Desired, Driver, DriverError, Known, Observed, Timeouts};
+use ralph_core::driver::{
+    Context, Desired, Driver, DriverError, Known, Observed, Timeouts, Update,
+};
 use ralph_core::model::kinds::{Attr, Field, KindSchema, Ty};
 
 fn computed(_: &Json) -> Result<(), String> {
@@ -22,6 +24,7 @@ fn computed(_: &Json) -> Result<(), String> {
 
 static SCHEMA: KindSchema = KindSchema {
     kind: "postgres.migrations",
+    service: "postgres",
     doc: "The database schema: versioned SQL migrations applied in order.",
     fields: &super::with_connection_fields![
         Field::new(
@@ -226,10 +229,6 @@ impl Driver for Migrations {
         &[ralph_core::driver::capability::Role::Schema]
     }
 
-    fn service(&self) -> &'static str {
-        "postgres"
-    }
-
     fn schema(&self) -> &'static KindSchema {
         &SCHEMA
     }
@@ -270,13 +269,8 @@ impl Driver for Migrations {
         run(cx, want).await
     }
 
-    async fn update(
-        &self,
-        cx: &Context,
-        want: &Desired<'_>,
-        _have: &Observed,
-        _changed: &[String],
-    ) -> Result<Observed, DriverError> {
+    async fn update(&self, cx: &Context, u: Update<'_>) -> Result<Observed, DriverError> {
+        let Update { want, .. } = u;
         run(cx, want).await
     }
 

@@ -13,8 +13,10 @@ use serde_json::{Map, Value as Json};
 use sqlx::Connection;
 
 use super::{connect, describe_target};
-use ralph_core::driver::{Context, Desired, Driver, DriverError, Known, Observed, Timeouts};
-use ralph_core::model::kinds::{Attr, Field, KindSchema, Ty};
+use ralph_core::driver::{
+    Context, Desired, Driver, DriverError, Known, Observed, Timeouts, Update,
+};
+use ralph_core::model::kinds::{checks, Attr, Field, KindSchema, Ty};
 
 /// What the comment on a role starts with; the version id follows.
 const COMMENT_PREFIX: &str = "ralph-deploy password version: ";
@@ -26,14 +28,12 @@ fn role_name(v: &Json) -> Result<(), String> {
         && s.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
         && s.chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-    if ok && !s.starts_with("pg_") {
-        Ok(())
-    } else {
-        Err(format!(
+    checks::require(ok && !s.starts_with("pg_"), || {
+        format!(
             "`{s}` is not a role name this tool manages: lower-case letters, digits and `_`, \
              starting with a letter or `_`, at most 63, not starting with `pg_`"
-        ))
-    }
+        )
+    })
 }
 
 fn search_path(v: &Json) -> Result<(), String> {
@@ -45,17 +45,16 @@ fn search_path(v: &Json) -> Result<(), String> {
                 && p.chars()
                     .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
         });
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
+    checks::require(ok, || {
+        format!(
             "`{s}` is not a search_path this tool sets: schema names (lower-case letters, digits, `_`) separated by `, `"
-        ))
-    }
+        )
+    })
 }
 
 static SCHEMA: KindSchema = KindSchema {
     kind: "postgres.role",
+    service: "postgres",
     doc: "A login role whose password is kept in a secret store and set by the tool (rotated when the secret gets a new version).",
     fields: &super::with_connection_fields![
         Field::new("name", Ty::String, "the role's name, such as ralph_app")
@@ -348,10 +347,6 @@ impl Driver for Role {
         &[ralph_core::driver::capability::Role::DatabaseLogin]
     }
 
-    fn service(&self) -> &'static str {
-        "postgres"
-    }
-
     fn schema(&self) -> &'static KindSchema {
         &SCHEMA
     }
@@ -373,13 +368,8 @@ impl Driver for Role {
         converge(cx, want).await
     }
 
-    async fn update(
-        &self,
-        cx: &Context,
-        want: &Desired<'_>,
-        _have: &Observed,
-        _changed: &[String],
-    ) -> Result<Observed, DriverError> {
+    async fn update(&self, cx: &Context, u: Update<'_>) -> Result<Observed, DriverError> {
+        let Update { want, .. } = u;
         converge(cx, want).await
     }
 
