@@ -624,6 +624,8 @@ pub async fn apply(
     // Results journaled from here replay over a written state of this
     // lineage: a state never written is written first.
     let mut state = state;
+    // Written with the rest when the apply finishes.
+    record_dependencies(&mut state, plan);
     if state.serial == 0 {
         state.serial = 1;
         backend.write(&state).await?;
@@ -747,6 +749,33 @@ async fn adopt_unchanged(steps: &Steps<'_>, plan: &Plan) -> Result<usize, ApplyE
         }
     }
     Ok(adopted)
+}
+
+/// Records the stack's dependencies for the resources that need no change
+/// but whose record names others (the stack gained or dropped a reference,
+/// or an adoption recorded none): a later destroy from the record alone
+/// (`--refresh=false`, a stack that no longer declares them) then goes in
+/// the stack's order. Returns how many records changed.
+pub fn record_dependencies(state: &mut State, plan: &Plan) -> usize {
+    let mut changed = 0;
+    for c in plan
+        .changes
+        .iter()
+        .filter(|c| c.action == Action::NoOp && !c.adopt)
+    {
+        let Some(r) = state.resources.get_mut(&c.address) else {
+            continue;
+        };
+        let mut had = r.depends_on.clone();
+        let mut now = c.depends_on.clone();
+        had.sort();
+        now.sort();
+        if had != now {
+            r.depends_on = c.depends_on.clone();
+            changed += 1;
+        }
+    }
+    changed
 }
 
 /// Writes a checkpoint every [`CHECKPOINT_EVERY`] until the walks are done.

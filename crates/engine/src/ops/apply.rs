@@ -81,6 +81,12 @@ async fn work(
         )));
     }
     if !plan.has_changes() {
+        // Nothing in the cloud to change; the record's dependencies may be
+        // stale all the same (one state write, no cloud call).
+        if crate::apply::record_dependencies(&mut state, &plan) > 0 {
+            state.serial += 1;
+            s.backend.write(&state).await?;
+        }
         return Ok(Outcome::NoChanges);
     }
     if !request.destroy {

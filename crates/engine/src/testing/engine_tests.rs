@@ -794,6 +794,29 @@ async fn destroy_orders_by_what_the_stack_declares_when_the_record_is_short() {
 }
 
 #[tokio::test]
+async fn an_apply_with_nothing_to_change_records_the_stacks_dependencies() {
+    let w = small(SMALL);
+    w.apply_ok().await;
+    let (mut st, _) = w.state().await;
+    for r in st.resources.values_mut() {
+        r.depends_on.retain(|d| d != "vpc");
+    }
+    st.serial += 1;
+    w.s.backend.write(&st).await.unwrap();
+    w.apply_ok().await;
+    let (st, _) = w.state().await;
+    assert_eq!(
+        st.resources["a"].depends_on,
+        vec!["vpc".to_string()],
+        "the record names the VPC again"
+    );
+    // Without the stack, a destroy reads only the record.
+    let changes = crate::plan::destroy_changes(&st, &Default::default());
+    let a = changes.iter().find(|c| c.address == "a").unwrap();
+    assert_eq!(a.depends_on, vec!["vpc".to_string()]);
+}
+
+#[tokio::test]
 async fn destroy_after_a_failover_deletes_the_retired_primary_first() {
     let w = production();
     w.apply_ok().await;
