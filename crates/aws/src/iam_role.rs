@@ -12,21 +12,17 @@ use super::{
 use ralph_core::driver::{
     Context, Desired, Driver, DriverError, Known, Observed, Timeouts, Update,
 };
-use ralph_core::model::kinds::{Attr, Field, KindSchema, Ty};
+use ralph_core::model::kinds::{checks, Attr, Field, KindSchema, Ty};
 
 fn role_name(v: &Json) -> Result<(), String> {
     let s = v.as_str().unwrap_or_default();
-    if !s.is_empty()
+    let ok = !s.is_empty()
         && s.len() <= 64
         && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "+=,.@_-".contains(c))
-    {
-        Ok(())
-    } else {
-        Err(format!(
-            "role name `{s}` must be 1-64 characters of letters, digits and +=,.@_-"
-        ))
-    }
+            .all(|c| c.is_ascii_alphanumeric() || "+=,.@_-".contains(c));
+    checks::require(ok, || {
+        format!("role name `{s}` must be 1-64 characters of letters, digits and +=,.@_-")
+    })
 }
 
 static SCHEMA: KindSchema = KindSchema {

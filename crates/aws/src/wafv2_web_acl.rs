@@ -19,24 +19,20 @@ use super::{api_error, error_code, observed_with, read_tag_pairs, removed_tag_ke
 use ralph_core::driver::{
     Context, DeleteAttempt, Desired, Driver, DriverError, Known, Observed, Timeouts, Update,
 };
-use ralph_core::model::kinds::{Attr, Field, KindSchema, Ty};
+use ralph_core::model::kinds::{checks, Attr, Field, KindSchema, Ty};
 
 /// The rate rule's name, and the prefix the managed groups' rules carry.
 const RATE_RULE: &str = "rate-per-ip";
 
 fn acl_name(v: &Json) -> Result<(), String> {
     let s = v.as_str().unwrap_or_default();
-    if !s.is_empty()
+    let ok = !s.is_empty()
         && s.len() <= 128
         && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-    {
-        Ok(())
-    } else {
-        Err(format!(
-            "`{s}` is not a web ACL name: 1 to 128 letters, digits, hyphens and underscores"
-        ))
-    }
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    checks::require(ok, || {
+        format!("`{s}` is not a web ACL name: 1 to 128 letters, digits, hyphens and underscores")
+    })
 }
 
 fn scope(v: &Json) -> Result<(), String> {

@@ -18,7 +18,7 @@ use ralph_core::driver::secret_value::{
 use ralph_core::driver::{
     Context, Desired, Driver, DriverError, Known, Observed, Timeouts, Update,
 };
-use ralph_core::model::kinds::{Attr, Field, KindSchema, Ty};
+use ralph_core::model::kinds::{checks, Attr, Field, KindSchema, Ty};
 
 const SERVICE: &str = "secretmanager";
 const VERSION: &str = "ralph-deploy-version";
@@ -27,15 +27,13 @@ const DESCRIPTION: &str = "description";
 
 fn secret_id(v: &Json) -> Result<(), String> {
     let s = v.as_str().unwrap_or_default();
-    if !s.is_empty()
+    let ok = !s.is_empty()
         && s.len() <= 255
         && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-    {
-        Ok(())
-    } else {
-        Err(format!("secret name `{s}` must be 1-255 letters, digits, _ or - (Secret Manager allows no `/`)"))
-    }
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    checks::require(ok, || {
+        format!("secret name `{s}` must be 1-255 letters, digits, _ or - (Secret Manager allows no `/`)")
+    })
 }
 
 static SCHEMA: KindSchema = KindSchema {

@@ -26,7 +26,7 @@ use super::{
     label_text, label_value, labels, message, owner_filter, LABEL_ADDRESS, LABEL_ENVIRONMENT,
     LABEL_STACK,
 };
-use ralph_core::driver::capability::{Promoted, Promotion, PromotionPlan, Retired};
+use ralph_core::driver::capability::{Lag, Promoted, Promotion, PromotionPlan, Retired};
 use ralph_core::driver::{Context, DriverError, Observed};
 
 const SERVICE: &str = "sqladmin";
@@ -151,15 +151,11 @@ impl Promotion for CloudSqlPromotion {
         primary_id.to_string()
     }
 
-    async fn replica_lag(
-        &self,
-        cx: &Context,
-        replica_id: &str,
-    ) -> Result<(Option<f64>, String), DriverError> {
-        Ok((
-            replica_lag(cx, replica_id).await?,
-            format!("Cloud Monitoring's replica_lag for {replica_id}"),
-        ))
+    async fn replica_lag(&self, cx: &Context, replica_id: &str) -> Result<Lag, DriverError> {
+        Ok(Lag {
+            seconds: replica_lag(cx, replica_id).await?,
+            source: format!("Cloud Monitoring's replica_lag for {replica_id}"),
+        })
     }
 
     async fn promote(

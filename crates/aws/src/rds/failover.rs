@@ -19,7 +19,7 @@ use super::super::api_error;
 use super::super::arn_tags::{self, ArnService};
 use super::read_instance;
 use crate::arn_of;
-use ralph_core::driver::capability::{Promoted, Promotion, PromotionPlan, Retired, Snapshots};
+use ralph_core::driver::capability::{Lag, Promoted, Promotion, PromotionPlan, Retired, Snapshots};
 use ralph_core::driver::{Context, Desired, DriverError, Observed, STATUS_ATTR};
 
 /// Marks the promoted instance between its promotion and taking over the
@@ -267,15 +267,11 @@ impl Promotion for RdsPromotion {
         format!("{}{suffix}", keep.trim_end_matches('-'))
     }
 
-    async fn replica_lag(
-        &self,
-        cx: &Context,
-        replica_id: &str,
-    ) -> Result<(Option<f64>, String), DriverError> {
-        Ok((
-            replica_lag(cx, replica_id).await?,
-            format!("CloudWatch's ReplicaLag for {replica_id}"),
-        ))
+    async fn replica_lag(&self, cx: &Context, replica_id: &str) -> Result<Lag, DriverError> {
+        Ok(Lag {
+            seconds: replica_lag(cx, replica_id).await?,
+            source: format!("CloudWatch's ReplicaLag for {replica_id}"),
+        })
     }
 
     async fn promote(

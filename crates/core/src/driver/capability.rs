@@ -97,6 +97,16 @@ pub trait ObjectStore: Send + Sync {
         bucket: &str,
         key: &str,
     ) -> Result<BoxStream<'static, Result<Bytes, DriverError>>, DriverError>;
+    /// A small object's bytes, whole.
+    async fn get_all(&self, cx: &Context, bucket: &str, key: &str) -> Result<Vec<u8>, DriverError> {
+        use futures::StreamExt;
+        let mut chunks = self.get(cx, bucket, key).await?;
+        let mut body = Vec::new();
+        while let Some(chunk) = chunks.next().await {
+            body.extend_from_slice(&chunk?);
+        }
+        Ok(body)
+    }
     /// The keys under `prefix`.
     async fn list(
         &self,
@@ -145,6 +155,15 @@ pub struct Promoted {
 }
 
 /// A database kind whose read replica can take over as the primary.
+/// A replica's lag behind its primary, as a promotion reads it.
+#[derive(Debug, Clone)]
+pub struct Lag {
+    /// Seconds behind (`None`: the metric has no recent reading).
+    pub seconds: Option<f64>,
+    /// Where it was read, for messages ("CloudWatch's ReplicaLag for ...").
+    pub source: String,
+}
+
 #[async_trait::async_trait]
 pub trait Promotion: Send + Sync {
     /// The primary a replica's recorded inputs name (an id or another
@@ -164,13 +183,8 @@ pub trait Promotion: Send + Sync {
     }
     /// Where the old primary is moved to, a name the cloud accepts.
     fn aside_name(&self, primary_id: &str, now: chrono::DateTime<chrono::Utc>) -> String;
-    /// The replica's lag behind its primary in seconds, from the cloud's
-    /// metrics (`None`: unknown), and where it was read (for messages).
-    async fn replica_lag(
-        &self,
-        cx: &Context,
-        replica_id: &str,
-    ) -> Result<(Option<f64>, String), DriverError>;
+    /// The replica's lag behind its primary, from the cloud's metrics.
+    async fn replica_lag(&self, cx: &Context, replica_id: &str) -> Result<Lag, DriverError>;
     /// The replica promoted, the old primary out of the way and the
     /// promoted instance under the primary's identity and ownership. Every
     /// step is safe to repeat: a promotion interrupted anywhere is finished
@@ -241,6 +255,42 @@ pub struct Manifest {
     pub created: chrono::DateTime<chrono::Utc>,
     pub bytes: u64,
     pub tables: Vec<TableSum>,
+}
+
+impl Manifest {
+    /// Writes it beside the dump at `key`, as `<key>.json`: last, so that a
+    /// dump without one never finished.
+    pub async fn put(
+        &self,
+        cx: &Context,
+        store: &dyn ObjectStore,
+        bucket: &str,
+        key: &str,
+    ) -> Result<(), DriverError> {
+        let body = serde_json::to_vec_pretty(self).unwrap_or_default();
+        let at = format!("{key}.json");
+        store.put(cx, bucket, &at, "application/json", body).await
+    }
+
+    /// The manifest of the dump at `key`.
+    pub async fn get(
+        cx: &Context,
+        store: &dyn ObjectStore,
+        bucket: &str,
+        key: &str,
+    ) -> Result<Manifest, DriverError> {
+        let body = store
+            .get_all(cx, bucket, &format!("{key}.json"))
+            .await
+            .map_err(|e| {
+                DriverError::new(format!("reading the manifest of {key}: {}", e.message))
+            })?;
+        serde_json::from_slice(&body).map_err(|e| {
+            DriverError::new(format!(
+                "the manifest of {key} is not one ralph-deploy wrote: {e}"
+            ))
+        })
+    }
 }
 
 /// One table's rows in a backup: how many, and a checksum of their content.

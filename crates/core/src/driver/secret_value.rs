@@ -23,16 +23,12 @@ pub fn encoding(v: &Json) -> Result<(), String> {
 
 pub fn env_name(v: &Json) -> Result<(), String> {
     let s = v.as_str().unwrap_or_default();
-    if !s.is_empty()
+    let ok = !s.is_empty()
         && s.chars()
-            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
-    {
-        Ok(())
-    } else {
-        Err(format!(
-            "`{s}` is not an environment variable name (UPPER_CASE letters, digits, _)"
-        ))
-    }
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
+    checks::require(ok, || {
+        format!("`{s}` is not an environment variable name (UPPER_CASE letters, digits, _)")
+    })
 }
 
 pub static GENERATE: &[Field] = &[

@@ -23,7 +23,7 @@ use serde_json::{Map, Value as Json};
 use super::{locked, OpError, Role, Session, SignalGuard};
 use crate::apply::recover::FAILOVER;
 use crate::state::{Intent, State};
-use ralph_core::driver::capability::{Promotion, PromotionPlan};
+use ralph_core::driver::capability::{Lag, Promotion, PromotionPlan};
 use ralph_core::driver::{Context, Known};
 use ralph_core::events::Event;
 use ralph_core::model::Action;
@@ -219,7 +219,10 @@ async fn check_lag(
     pair: &Pair,
     force: bool,
 ) -> Result<Option<f64>, OpError> {
-    let (lag, source) = promotion(s, &pair.kind)?
+    let Lag {
+        seconds: lag,
+        source,
+    } = promotion(s, &pair.kind)?
         .replica_lag(cx, &pair.replica_id)
         .await
         .map_err(|e| OpError::Resource {

@@ -250,15 +250,7 @@ impl Dumps for FakeDriver {
             bytes: body.len() as u64,
             tables,
         };
-        store
-            .put(
-                cx,
-                bucket,
-                &format!("{key}.json"),
-                "application/json",
-                serde_json::to_vec(&manifest).unwrap_or_default(),
-            )
-            .await?;
+        manifest.put(cx, store, bucket, key).await?;
         Ok(manifest)
     }
 
@@ -271,18 +263,8 @@ impl Dumps for FakeDriver {
         key: &str,
         database: &str,
     ) -> Result<Vec<TableSum>, DriverError> {
-        use futures::StreamExt;
-        let read = |key: String| async move {
-            let mut body = Vec::new();
-            let mut chunks = store.get(cx, bucket, &key).await?;
-            while let Some(c) = chunks.next().await {
-                body.extend_from_slice(&c?);
-            }
-            Ok::<_, DriverError>(body)
-        };
-        let manifest: Manifest = serde_json::from_slice(&read(format!("{key}.json")).await?)
-            .map_err(|e| DriverError::new(format!("manifest: {e}")))?;
-        let dumped: Vec<TableSum> = serde_json::from_slice(&read(key.to_string()).await?)
+        let manifest = Manifest::get(cx, store, bucket, key).await?;
+        let dumped: Vec<TableSum> = serde_json::from_slice(&store.get_all(cx, bucket, key).await?)
             .map_err(|e| DriverError::new(format!("dump: {e}")))?;
         let created = self
             .cloud

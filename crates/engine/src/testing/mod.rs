@@ -285,9 +285,12 @@ impl ralph_core::driver::capability::Promotion for FakePromotion {
         &self,
         _cx: &Context,
         replica_id: &str,
-    ) -> Result<(Option<f64>, String), DriverError> {
+    ) -> Result<ralph_core::driver::capability::Lag, DriverError> {
         self.cloud.alive()?;
-        Ok((Some(0.0), format!("the fake lag of {replica_id}")))
+        Ok(ralph_core::driver::capability::Lag {
+            seconds: Some(0.0),
+            source: format!("the fake lag of {replica_id}"),
+        })
     }
 
     async fn retired(

@@ -56,16 +56,12 @@ fn prometheus_duration(v: &Json) -> Result<(), String> {
     let s = v.as_str().unwrap_or_default();
     let digits = s.trim_end_matches(|c: char| c.is_ascii_alphabetic());
     let unit = &s[digits.len()..];
-    if !digits.is_empty()
+    let ok = !digits.is_empty()
         && digits.chars().all(|c| c.is_ascii_digit())
-        && matches!(unit, "ms" | "s" | "m" | "h" | "d" | "w" | "y")
-    {
-        Ok(())
-    } else {
-        Err(format!(
-            "`{s}` is not a Prometheus duration such as 30s, 5m or 1h"
-        ))
-    }
+        && matches!(unit, "ms" | "s" | "m" | "h" | "d" | "w" | "y");
+    checks::require(ok, || {
+        format!("`{s}` is not a Prometheus duration such as 30s, 5m or 1h")
+    })
 }
 
 /// An availability objective in percent, below 100 (100 leaves no error

@@ -218,38 +218,8 @@ pub async fn dump(
         bytes,
         tables,
     };
-    store
-        .put(
-            cx,
-            bucket,
-            &format!("{key}.json"),
-            "application/json",
-            serde_json::to_vec_pretty(&manifest).unwrap_or_default(),
-        )
-        .await?;
+    manifest.put(cx, store, bucket, key).await?;
     Ok(manifest)
-}
-
-/// The manifest of the backup at `key`.
-pub async fn manifest(
-    cx: &Context,
-    store: &dyn ObjectStore,
-    bucket: &str,
-    key: &str,
-) -> Result<Manifest, DriverError> {
-    let mut chunks = store
-        .get(cx, bucket, &format!("{key}.json"))
-        .await
-        .map_err(|e| DriverError::new(format!("reading the manifest of {key}: {}", e.message)))?;
-    let mut body = Vec::new();
-    while let Some(chunk) = chunks.next().await {
-        body.extend_from_slice(&chunk?);
-    }
-    serde_json::from_slice(&body).map_err(|e| {
-        DriverError::new(format!(
-            "the manifest of {key} is not one ralph-deploy wrote: {e}"
-        ))
-    })
 }
 
 /// Creates `database` (which must not exist) next to `target`'s, streams
@@ -263,7 +233,7 @@ pub async fn restore(
     key: &str,
     database: &str,
 ) -> Result<Vec<TableSum>, DriverError> {
-    let expected = manifest(cx, store, bucket, key).await?;
+    let expected = Manifest::get(cx, store, bucket, key).await?;
     {
         let mut admin = sqlx::PgConnection::connect_with(&target.options())
             .await
