@@ -576,7 +576,11 @@ async fn the_ci_examples_plan_apply_and_release_against_the_local_cloud() {
     assert_eq!(image(&name).await, "1.1.0");
     let ran = runner.github(&workflow, &ctx("push", "refs/heads/main"));
     assert_eq!(ran, ["apply"]);
-    assert_eq!(image(&name).await, "1.1.0", "the merge rolled the release back");
+    assert_eq!(
+        image(&name).await,
+        "1.1.0",
+        "the merge rolled the release back"
+    );
 
     // ---- GitLab CI, on the same state
     let pipeline: Yaml = serde_yaml_ng::from_str(
@@ -621,7 +625,11 @@ async fn the_ci_examples_plan_apply_and_release_against_the_local_cloud() {
     // An infrastructure change merged after a release keeps the release.
     let ran = runner.gitlab(&pipeline, &vars("push", "main", ""));
     assert_eq!(ran, ["apply"]);
-    assert_eq!(image(&name).await, "1.1.0", "the merge rolled the release back");
+    assert_eq!(
+        image(&name).await,
+        "1.1.0",
+        "the merge rolled the release back"
+    );
     let ran = runner.gitlab(&pipeline, &vars("push", "", "v1.2.0"));
     assert_eq!(ran, ["release"]);
     assert_eq!(image(&name).await, "1.2.0");

@@ -382,11 +382,7 @@ impl Driver for S3Bucket {
     }
 
     async fn update(&self, cx: &Context, u: Update<'_>) -> Result<Observed, DriverError> {
-        let Update {
-            want,
-            have,
-            changed,
-        } = u;
+        let (want, have, changed) = (u.want, u.have, u.changed);
         configure(cx, &have.id, want, Some(changed)).await?;
         read_one(cx, &have.id)
             .await?

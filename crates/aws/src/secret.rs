@@ -455,11 +455,7 @@ impl Driver for Secret {
     }
 
     async fn update(&self, cx: &Context, u: Update<'_>) -> Result<Observed, DriverError> {
-        let Update {
-            want,
-            have,
-            changed,
-        } = u;
+        let (want, have, changed) = (u.want, u.have, u.changed);
         let client = &crate::clients(cx).await?.secrets;
         if u.changes("description") {
             client

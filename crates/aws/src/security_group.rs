@@ -315,11 +315,7 @@ impl Ec2Kind for SecurityGroup {
     }
 
     async fn change(cx: &Context, u: Update<'_>) -> Result<(), DriverError> {
-        let Update {
-            want,
-            have,
-            changed,
-        } = u;
+        let (want, have, changed) = (u.want, u.have, u.changed);
         let changed: Vec<&str> = changed.iter().map(String::as_str).collect();
         sync_both(cx, &have.id, have, want, &changed).await
     }

@@ -211,11 +211,7 @@ impl Driver for SubnetGroup {
     }
 
     async fn update(&self, cx: &Context, u: Update<'_>) -> Result<Observed, DriverError> {
-        let Update {
-            want,
-            have,
-            changed,
-        } = u;
+        let (want, have, changed) = (u.want, u.have, u.changed);
         if changed
             .iter()
             .any(|c| c == "description" || c == "subnet_ids")

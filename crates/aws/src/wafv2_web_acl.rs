@@ -421,11 +421,7 @@ impl Driver for WebAcl {
     }
 
     async fn update(&self, cx: &Context, u: Update<'_>) -> Result<Observed, DriverError> {
-        let Update {
-            want,
-            have,
-            changed,
-        } = u;
+        let (want, have, changed) = (u.want, u.have, u.changed);
         let waf = &crate::clients(cx).await?.wafv2;
         if changed.iter().any(|c| c != "tags") {
             let (scope, name, id) = parts(&have.id)?;

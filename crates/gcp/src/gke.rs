@@ -746,11 +746,7 @@ impl Driver for Cluster {
     }
 
     async fn update(&self, cx: &Context, u: Update<'_>) -> Result<Observed, DriverError> {
-        let Update {
-            want,
-            have,
-            changed,
-        } = u;
+        let (want, have, changed) = (u.want, u.have, u.changed);
         let g = crate::clients(cx).await?;
         let timeout = want.timeouts.update_or(CLUSTER_TIMEOUT);
         // GKE takes one change per clusters.update: the channel, then the

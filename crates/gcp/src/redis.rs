@@ -405,11 +405,7 @@ impl Driver for RedisInstance {
     }
 
     async fn update(&self, cx: &Context, u: Update<'_>) -> Result<Observed, DriverError> {
-        let Update {
-            want,
-            have,
-            changed,
-        } = u;
+        let (want, have, changed) = (u.want, u.have, u.changed);
         let g = crate::clients(cx).await?;
         let mut paths = Vec::new();
         for c in changed {

@@ -333,11 +333,7 @@ impl Driver for Secret {
     }
 
     async fn update(&self, cx: &Context, u: Update<'_>) -> Result<Observed, DriverError> {
-        let Update {
-            want,
-            have,
-            changed,
-        } = u;
+        let (want, have, changed) = (u.want, u.have, u.changed);
         let mut version = have
             .attrs
             .get("version_id")

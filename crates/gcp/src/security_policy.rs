@@ -506,11 +506,7 @@ impl Driver for SecurityPolicy {
     }
 
     async fn update(&self, cx: &Context, u: Update<'_>) -> Result<Observed, DriverError> {
-        let Update {
-            want,
-            have,
-            changed,
-        } = u;
+        let (want, have, changed) = (u.want, u.have, u.changed);
         let g = crate::clients(cx).await?;
         let name = name_of(&have.id).to_string();
         let timeout = want.timeouts.update_or(OP_TIMEOUT);

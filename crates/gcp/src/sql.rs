@@ -608,11 +608,7 @@ impl Driver for Instance {
     }
 
     async fn update(&self, cx: &Context, u: Update<'_>) -> Result<Observed, DriverError> {
-        let Update {
-            want,
-            have,
-            changed,
-        } = u;
+        let (want, have, changed) = (u.want, u.have, u.changed);
         let g = crate::clients(cx).await?;
         let only_ready = changed.iter().all(|c| c == READY_ATTR);
         if !only_ready {
