@@ -14,7 +14,8 @@ use serde_json::{json, Value as Json};
 
 use super::{api_error, error_code, observed_with, read_tag_pairs, removed_tag_keys, strings};
 use ralph_core::driver::{
-    Context, DeleteAttempt, Desired, Driver, DriverError, Known, Observed, Timeouts, Update,
+    found_again, Context, DeleteAttempt, Desired, Driver, DriverError, Known, Observed, Timeouts,
+    Update,
 };
 use ralph_core::model::kinds::{checks, Attr, Field, KindSchema, Ty};
 
@@ -312,9 +313,9 @@ impl Driver for AcmCertificate {
                 .await
                 .map_err(|e| api_error("AddTagsToCertificate", e))?;
         }
-        read_one(cx, &have.id)
-            .await?
-            .ok_or_else(|| DriverError::new(format!("certificate {} vanished", have.id)))
+        found_again(read_one(cx, &have.id).await?, || {
+            format!("certificate {}", have.id)
+        })
     }
 
     /// A certificate a load balancer still serves cannot be deleted: the

@@ -10,7 +10,7 @@ use super::{
     api_error, error_code, observed_with, opt_str, read_each, read_tag_pairs, strings, tag_map,
 };
 use ralph_core::driver::{
-    Context, Desired, Driver, DriverError, Known, Observed, Timeouts, Update,
+    found_again, Context, Desired, Driver, DriverError, Known, Observed, Timeouts, Update,
 };
 use ralph_core::model::kinds::{checks, Attr, Field, KindSchema, Ty};
 
@@ -228,11 +228,7 @@ impl Driver for EksAccessEntry {
             Err(e) => return Err(api_error("CreateAccessEntry", e)),
         }
         associate(cx, cluster, principal, want).await?;
-        read_one(cx, &id).await?.ok_or_else(|| {
-            DriverError::new(format!(
-                "access entry {id} vanished right after it was made"
-            ))
-        })
+        found_again(read_one(cx, &id).await?, || format!("access entry {id}"))
     }
 
     async fn update(&self, cx: &Context, u: Update<'_>) -> Result<Observed, DriverError> {
@@ -267,9 +263,9 @@ impl Driver for EksAccessEntry {
             let arn = crate::arn_of(have);
             super::arn_tags::sync(cx, super::arn_tags::ArnService::Eks, &arn, have, want).await?;
         }
-        read_one(cx, &have.id)
-            .await?
-            .ok_or_else(|| DriverError::new(format!("access entry {} vanished", have.id)))
+        found_again(read_one(cx, &have.id).await?, || {
+            format!("access entry {}", have.id)
+        })
     }
 
     async fn delete(

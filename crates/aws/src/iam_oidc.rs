@@ -8,7 +8,7 @@ use serde_json::Value as Json;
 
 use super::{api_error, error_code, observed_with, read_tag_pairs, strings};
 use ralph_core::driver::{
-    Context, Desired, Driver, DriverError, Known, Observed, Timeouts, Update,
+    found_again, Context, Desired, Driver, DriverError, Known, Observed, Timeouts, Update,
 };
 use ralph_core::model::kinds::{Attr, Field, KindSchema, Ty};
 
@@ -187,11 +187,7 @@ impl Driver for OidcProvider {
             .open_id_connect_provider_arn()
             .unwrap_or_default()
             .to_string();
-        read_one(cx, &arn).await?.ok_or_else(|| {
-            DriverError::new(format!(
-                "OIDC provider {arn} vanished right after it was created"
-            ))
-        })
+        found_again(read_one(cx, &arn).await?, || format!("OIDC provider {arn}"))
     }
 
     async fn update(&self, cx: &Context, u: Update<'_>) -> Result<Observed, DriverError> {
@@ -231,9 +227,9 @@ impl Driver for OidcProvider {
                 .await
                 .map_err(|e| api_error("TagOpenIDConnectProvider", e))?;
         }
-        read_one(cx, &have.id)
-            .await?
-            .ok_or_else(|| DriverError::new(format!("OIDC provider {} vanished", have.id)))
+        found_again(read_one(cx, &have.id).await?, || {
+            format!("OIDC provider {}", have.id)
+        })
     }
 
     async fn delete(

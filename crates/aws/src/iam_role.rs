@@ -10,7 +10,7 @@ use super::{
     strings,
 };
 use ralph_core::driver::{
-    Context, Desired, Driver, DriverError, Known, Observed, Timeouts, Update,
+    found_again, Context, Desired, Driver, DriverError, Known, Observed, Timeouts, Update,
 };
 use ralph_core::model::kinds::{checks, Attr, Field, KindSchema, Ty};
 
@@ -365,9 +365,7 @@ impl Driver for IamRole {
         )
         .await?;
         put_inline(cx, name, want).await?;
-        read_one(cx, name).await?.ok_or_else(|| {
-            DriverError::new(format!("role {name} vanished right after it was created"))
-        })
+        found_again(read_one(cx, name).await?, || format!("role {name}"))
     }
 
     async fn update(&self, cx: &Context, u: Update<'_>) -> Result<Observed, DriverError> {
@@ -422,9 +420,9 @@ impl Driver for IamRole {
                 .await
                 .map_err(|e| api_error("TagRole", e))?;
         }
-        read_one(cx, &have.id)
-            .await?
-            .ok_or_else(|| DriverError::new(format!("role {} vanished", have.id)))
+        found_again(read_one(cx, &have.id).await?, || {
+            format!("role {}", have.id)
+        })
     }
 
     async fn delete(

@@ -18,8 +18,8 @@ use super::{
     strings, user_tags_of, wait_gone, wait_ready, Readiness,
 };
 use ralph_core::driver::{
-    Context, Desired, Driver, DriverError, Known, Observed, Timeouts, Update, READY_ATTR,
-    STATUS_ATTR,
+    found_again, Context, Desired, Driver, DriverError, Known, Observed, Timeouts, Update,
+    READY_ATTR, STATUS_ATTR,
 };
 use ralph_core::model::kinds::{checks, Attr, Field, KindSchema, Ty};
 
@@ -494,9 +494,9 @@ impl Driver for ParameterGroup {
             &user_tags_of(want.props.get("parameters")),
         )
         .await?;
-        read_parameter_group(cx, name)
-            .await?
-            .ok_or_else(|| DriverError::new(format!("parameter group {name} vanished")))
+        found_again(read_parameter_group(cx, name).await?, || {
+            format!("parameter group {name}")
+        })
     }
 
     async fn update(&self, cx: &Context, u: Update<'_>) -> Result<Observed, DriverError> {
@@ -513,9 +513,9 @@ impl Driver for ParameterGroup {
         if u.changes("tags") {
             arn_tags::sync(cx, ArnService::Rds, &crate::arn_of(have), have, want).await?;
         }
-        read_parameter_group(cx, &have.id)
-            .await?
-            .ok_or_else(|| DriverError::new(format!("parameter group {} vanished", have.id)))
+        found_again(read_parameter_group(cx, &have.id).await?, || {
+            format!("parameter group {}", have.id)
+        })
     }
 
     async fn delete(

@@ -12,7 +12,7 @@ use serde_json::Value as Json;
 
 use super::{api_error, error_code, observed_with, read_each, read_tag_pairs, tag_map};
 use ralph_core::driver::{
-    Context, Desired, Driver, DriverError, Known, Observed, Timeouts, Update,
+    found_again, Context, Desired, Driver, DriverError, Known, Observed, Timeouts, Update,
 };
 use ralph_core::model::kinds::{checks, Attr, Field, KindSchema, Ty};
 
@@ -376,17 +376,15 @@ impl Driver for S3Bucket {
         if let Err(e) = configure(cx, name, want, None).await {
             return Err(e.with_partial(created));
         }
-        read_one(cx, name).await?.ok_or_else(|| {
-            DriverError::new(format!("bucket {name} vanished right after it was created"))
-        })
+        found_again(read_one(cx, name).await?, || format!("bucket {name}"))
     }
 
     async fn update(&self, cx: &Context, u: Update<'_>) -> Result<Observed, DriverError> {
         let (want, have, changed) = (u.want, u.have, u.changed);
         configure(cx, &have.id, want, Some(changed)).await?;
-        read_one(cx, &have.id)
-            .await?
-            .ok_or_else(|| DriverError::new(format!("bucket {} vanished", have.id)))
+        found_again(read_one(cx, &have.id).await?, || {
+            format!("bucket {}", have.id)
+        })
     }
 
     async fn delete(

@@ -8,7 +8,7 @@ use serde_json::Value as Json;
 use super::arn_tags::{self, ArnService};
 use super::{observed_with, read_each, strings};
 use ralph_core::driver::{
-    Context, Desired, Driver, DriverError, Known, Observed, Timeouts, Update,
+    found_again, Context, Desired, Driver, DriverError, Known, Observed, Timeouts, Update,
 };
 use ralph_core::model::kinds::KindSchema;
 
@@ -186,9 +186,9 @@ impl SubnetGroup {
     }
 
     async fn read_back(&self, cx: &Context, name: &str) -> Result<Observed, DriverError> {
-        self.read(cx, name)
-            .await?
-            .ok_or_else(|| DriverError::new(format!("subnet group {name} vanished")))
+        found_again(self.read(cx, name).await?, || {
+            format!("subnet group {name}")
+        })
     }
 }
 

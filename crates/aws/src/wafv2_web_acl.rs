@@ -17,7 +17,8 @@ use serde_json::Value as Json;
 
 use super::{api_error, error_code, observed_with, read_tag_pairs, removed_tag_keys, strings};
 use ralph_core::driver::{
-    Context, DeleteAttempt, Desired, Driver, DriverError, Known, Observed, Timeouts, Update,
+    found_again, Context, DeleteAttempt, Desired, Driver, DriverError, Known, Observed, Timeouts,
+    Update,
 };
 use ralph_core::model::kinds::{checks, Attr, Field, KindSchema, Ty};
 
@@ -415,9 +416,7 @@ impl Driver for WebAcl {
             }
             Err(e) => return Err(api_error("CreateWebACL", e)),
         };
-        read_one(cx, &arn).await?.ok_or_else(|| {
-            DriverError::new(format!("web ACL {arn} vanished right after it was created"))
-        })
+        found_again(read_one(cx, &arn).await?, || format!("web ACL {arn}"))
     }
 
     async fn update(&self, cx: &Context, u: Update<'_>) -> Result<Observed, DriverError> {
@@ -463,9 +462,9 @@ impl Driver for WebAcl {
                 .await
                 .map_err(|e| api_error("TagResource", e))?;
         }
-        read_one(cx, &have.id)
-            .await?
-            .ok_or_else(|| DriverError::new(format!("web ACL {} vanished", have.id)))
+        found_again(read_one(cx, &have.id).await?, || {
+            format!("web ACL {}", have.id)
+        })
     }
 
     /// An ACL a load balancer still uses cannot be deleted: the controller

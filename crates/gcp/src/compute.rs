@@ -20,7 +20,7 @@ use self::calls::{At, Calls};
 use super::OpState;
 use super::{call, describe, description_filter, from_description, json, observed, GcpClients};
 use ralph_core::driver::{
-    Context, Desired, Driver, DriverError, Known, Observed, Timeouts, Update,
+    found_again, Context, Desired, Driver, DriverError, Known, Observed, Timeouts, Update,
 };
 use ralph_core::model::kinds::{checks, Attr, Field, KindSchema, Ty};
 
@@ -559,9 +559,7 @@ impl ComputeKind {
         g: &GcpClients,
         id: &str,
     ) -> Result<Observed, DriverError> {
-        self.get(cx, g, id)
-            .await?
-            .ok_or_else(|| DriverError::new(format!("{id} vanished right after it was changed")))
+        found_again(self.get(cx, g, id).await?, || id.to_string())
     }
 
     /// What a patch sends: the fields that can change in place, with the

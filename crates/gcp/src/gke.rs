@@ -20,8 +20,8 @@ use serde_json::{json, Value as Json};
 use super::OpState;
 use super::{call, call_opt, from_labels, json, labels, message, observed};
 use ralph_core::driver::{
-    Context, Desired, Driver, DriverError, Known, Observed, Timeouts, Update, READY_ATTR,
-    STATUS_ATTR,
+    found_again, Context, Desired, Driver, DriverError, Known, Observed, Timeouts, Update,
+    READY_ATTR, STATUS_ATTR,
 };
 use ralph_core::model::kinds::{checks, Attr, Field, KindSchema, Ty};
 use ralph_core::model::support;
@@ -1015,9 +1015,7 @@ impl Driver for NodePool {
         )
         .await;
         match made {
-            Ok(()) => read_pool(cx, &id).await?.ok_or_else(|| {
-                DriverError::new(format!("{id} vanished right after it was created"))
-            }),
+            Ok(()) => found_again(read_pool(cx, &id).await?, || id.to_string()),
             Err(e) => match read_pool(cx, &id).await {
                 Ok(Some(o)) => Err(e.with_partial(o)),
                 _ => Err(e),

@@ -16,7 +16,7 @@ use ralph_core::driver::secret_value::{
     env_name, make_value, rotate_every_field, scheduled_rotation, GENERATE,
 };
 use ralph_core::driver::{
-    Context, Desired, Driver, DriverError, Known, Observed, Timeouts, Update,
+    found_again, Context, Desired, Driver, DriverError, Known, Observed, Timeouts, Update,
 };
 use ralph_core::model::kinds::{checks, Attr, Field, KindSchema, Ty};
 
@@ -327,9 +327,7 @@ impl Driver for Secret {
         }
         let version = add_version(cx, want, &name).await?;
         set_annotations(cx, want, &name, &version).await?;
-        read(cx, &name)
-            .await?
-            .ok_or_else(|| DriverError::new(format!("{name} vanished right after it was created")))
+        found_again(read(cx, &name).await?, || name.to_string())
     }
 
     async fn update(&self, cx: &Context, u: Update<'_>) -> Result<Observed, DriverError> {
@@ -345,9 +343,7 @@ impl Driver for Secret {
             version = add_version(cx, want, &have.id).await?;
         }
         set_annotations(cx, want, &have.id, &version).await?;
-        read(cx, &have.id).await?.ok_or_else(|| {
-            DriverError::new(format!("{} vanished right after it was changed", have.id))
-        })
+        found_again(read(cx, &have.id).await?, || have.id.clone())
     }
 
     async fn delete(

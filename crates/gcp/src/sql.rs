@@ -20,8 +20,8 @@ use super::{
     call, call_create, call_opt, from_labels, json, label_filter, labels, message, observed,
 };
 use ralph_core::driver::{
-    Context, Desired, Driver, DriverError, Known, Observed, Timeouts, Update, READY_ATTR,
-    STATUS_ATTR,
+    found_again, Context, Desired, Driver, DriverError, Known, Observed, Timeouts, Update,
+    READY_ATTR, STATUS_ATTR,
 };
 use ralph_core::model::kinds::{checks, Attr, Field, KindSchema, Ty};
 
@@ -602,9 +602,7 @@ impl Driver for Instance {
                 _ => Err(e),
             };
         }
-        read_instance(cx, name)
-            .await?
-            .ok_or_else(|| DriverError::new(format!("{name} vanished right after it was created")))
+        found_again(read_instance(cx, name).await?, || name.to_string())
     }
 
     async fn update(&self, cx: &Context, u: Update<'_>) -> Result<Observed, DriverError> {
@@ -822,9 +820,7 @@ impl Driver for Database {
             )
             .await?;
         }
-        self.lookup(cx, &id)
-            .await?
-            .ok_or_else(|| DriverError::new(format!("{id} vanished right after it was created")))
+        found_again(self.lookup(cx, &id).await?, || id.to_string())
     }
 
     async fn update(&self, cx: &Context, u: Update<'_>) -> Result<Observed, DriverError> {

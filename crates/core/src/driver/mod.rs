@@ -108,6 +108,21 @@ impl Desired<'_> {
     }
 }
 
+/// A resource read back after the tool made or changed it: `None` means it
+/// was deleted meanwhile (by hand, or by another run), an error naming
+/// `what` (the resource in words: "bucket NAME").
+pub fn found_again(
+    found: Option<Observed>,
+    what: impl FnOnce() -> String,
+) -> Result<Observed, DriverError> {
+    found.ok_or_else(|| {
+        DriverError::new(format!(
+            "{} vanished right after it was made or changed",
+            what()
+        ))
+    })
+}
+
 /// What an update is asked to do: the resource as the stack wants it, as
 /// it was last observed, and the names of the fields that differ.
 #[derive(Debug, Clone, Copy)]
