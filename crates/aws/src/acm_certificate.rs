@@ -230,7 +230,10 @@ impl Driver for AcmCertificate {
     /// An interrupted request has no ARN to look for: the next request,
     /// with the same idempotency token, answers the first one's.
     async fn refresh(&self, cx: &Context, known: &[Known]) -> Result<Vec<Observed>, DriverError> {
-        super::read_each_arn(known, |arn| async move { read_one(cx, &arn).await }).await
+        super::read_each(&super::arns(known), |arn| async move {
+            read_one(cx, &arn).await
+        })
+        .await
     }
 
     async fn create(&self, cx: &Context, want: &Desired<'_>) -> Result<Observed, DriverError> {

@@ -835,22 +835,14 @@ where
     Ok(found.into_iter().flatten().collect())
 }
 
-/// [`read_each`] for a kind whose id is an ARN: an id that is not one (an
+/// The known ids that are ARNs, for a kind whose id is one: another (an
 /// interrupted create that never got its ARN) names nothing to read.
-pub async fn read_each_arn<F, Fut>(
-    known: &[ralph_core::driver::Known],
-    read: F,
-) -> Result<Vec<Observed>, DriverError>
-where
-    F: Fn(String) -> Fut,
-    Fut: std::future::Future<Output = Result<Option<Observed>, DriverError>>,
-{
-    let arns: Vec<_> = known
+pub fn arns(known: &[ralph_core::driver::Known]) -> Vec<ralph_core::driver::Known> {
+    known
         .iter()
         .filter(|k| k.id.starts_with("arn:"))
         .cloned()
-        .collect();
-    read_each(&arns, read).await
+        .collect()
 }
 
 /// Polls `read` until the resource is gone, reporting its status meanwhile.

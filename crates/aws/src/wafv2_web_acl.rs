@@ -372,7 +372,10 @@ impl Driver for WebAcl {
     /// An interrupted create has no ARN to look for: its ACL is found by
     /// name when the next create is refused as a duplicate.
     async fn refresh(&self, cx: &Context, known: &[Known]) -> Result<Vec<Observed>, DriverError> {
-        super::read_each_arn(known, |arn| async move { read_one(cx, &arn).await }).await
+        super::read_each(&super::arns(known), |arn| async move {
+            read_one(cx, &arn).await
+        })
+        .await
     }
 
     async fn create(&self, cx: &Context, want: &Desired<'_>) -> Result<Observed, DriverError> {
