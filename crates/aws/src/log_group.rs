@@ -11,7 +11,7 @@ use serde_json::Value as Json;
 
 use super::{api_error, error_code, observed_with, ours_or_refuse, read_tag_pairs, tag_map};
 use ralph_core::driver::{
-    Context, Desired, Driver, DriverError, Known, Observed, Timeouts, Update,
+    found_again, Context, Desired, Driver, DriverError, Known, Observed, Timeouts, Update,
 };
 use ralph_core::model::kinds::{checks, Attr, Field, KindSchema, Ty};
 
@@ -141,12 +141,6 @@ async fn set_retention(cx: &Context, want: &Desired<'_>, name: &str) -> Result<(
     Ok(())
 }
 
-fn vanished(name: &str) -> DriverError {
-    DriverError::new(format!(
-        "log group {name} vanished right after it was changed"
-    ))
-}
-
 #[async_trait::async_trait]
 impl Driver for LogGroup {
     fn schema(&self) -> &'static KindSchema {
@@ -196,7 +190,7 @@ impl Driver for LogGroup {
             Err(e) => return Err(api_error("CreateLogGroup", e)),
         }
         set_retention(cx, want, name).await?;
-        read_one(cx, name).await?.ok_or_else(|| vanished(name))
+        found_again(read_one(cx, name).await?, || format!("log group {name}"))
     }
 
     async fn update(&self, cx: &Context, u: Update<'_>) -> Result<Observed, DriverError> {
@@ -223,9 +217,9 @@ impl Driver for LogGroup {
                 .await
                 .map_err(|e| api_error("TagResource", e))?;
         }
-        read_one(cx, &have.id)
-            .await?
-            .ok_or_else(|| vanished(&have.id))
+        found_again(read_one(cx, &have.id).await?, || {
+            format!("log group {}", have.id)
+        })
     }
 
     async fn delete(
