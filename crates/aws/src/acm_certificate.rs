@@ -14,7 +14,7 @@ use serde_json::{json, Value as Json};
 
 use super::{api_error, error_code, observed_with, read_tag_pairs, removed_tag_keys, strings};
 use ralph_core::driver::{
-    found_again, Context, DeleteAttempt, Desired, Driver, DriverError, Known, Observed, Timeouts,
+    found_again, Context, Delete, DeleteAttempt, Desired, Driver, DriverError, Known, Observed,
     Update,
 };
 use ralph_core::model::kinds::{checks, Attr, Field, KindSchema, Ty};
@@ -60,11 +60,8 @@ fn method(v: &Json) -> Result<(), String> {
     }
 }
 
-static SCHEMA: KindSchema = KindSchema {
-    kind: "aws.acm_certificate",
-    service: "acm",
-    doc: "A public TLS certificate from AWS Certificate Manager, validated by DNS (the certificate an ALB serves).",
-    fields: &[
+static SCHEMA: KindSchema = KindSchema::new("aws.acm_certificate", "acm", "A public TLS certificate from AWS Certificate Manager, validated by DNS (the certificate an ALB serves).")
+    .fields(&[
         Field::new("domain_name", Ty::String, "the name the certificate is for")
             .required()
             .forces_replace()
@@ -86,50 +83,27 @@ static SCHEMA: KindSchema = KindSchema {
         .forces_replace()
         .check(method),
         Field::tags(),
-    ],
-    attrs: &[
-        Attr {
-            name: "id",
-            ty: Ty::String,
-            doc: "the certificate ARN",
-        },
-        Attr {
-            name: "arn",
-            ty: Ty::String,
-            doc: "the certificate ARN (the Ingress's alb.ingress.kubernetes.io/certificate-arn)",
-        },
-        Attr {
-            name: "status",
-            ty: Ty::String,
-            doc: "PENDING_VALIDATION until the DNS records exist, then ISSUED",
-        },
-        Attr {
-            name: "validation_records",
-            ty: Ty::List(&Ty::StringMap),
-            doc: "the DNS records ACM asks for, one per name: domain, name, type and value",
-        },
-        Attr {
-            name: "in_use_by",
-            ty: Ty::List(&Ty::String),
-            doc: "the load balancers that serve it",
-        },
-    ],
-    taggable: true,
-    name_field: None,
-    exactly_one_of: &[],
-    ordered: &[],
-};
+    ])
+    .attrs(&[
+        Attr::string("id", "the certificate ARN"),
+        Attr::string("arn", "the certificate ARN (the Ingress's alb.ingress.kubernetes.io/certificate-arn)"),
+        Attr::string("status", "PENDING_VALIDATION until the DNS records exist, then ISSUED"),
+        Attr::new("validation_records", Ty::List(&Ty::StringMap), "the DNS records ACM asks for, one per name: domain, name, type and value"),
+        Attr::new("in_use_by", Ty::List(&Ty::String), "the load balancers that serve it"),
+    ])
+    .taggable();
 
 pub struct AcmCertificate;
 
 async fn read_one(cx: &Context, arn: &str) -> Result<Option<Observed>, DriverError> {
     let acm = &crate::clients(cx).await?.acm;
-    let out = match acm.describe_certificate().certificate_arn(arn).send().await {
-        Ok(out) => out,
-        Err(e) if error_code(&e) == Some("ResourceNotFoundException") => return Ok(None),
-        Err(e) => return Err(api_error("DescribeCertificate", e)),
-    };
-    let Some(cert) = out.certificate() else {
+    let answer = acm.describe_certificate().certificate_arn(arn).send().await;
+    let found = super::found(
+        "DescribeCertificate",
+        answer,
+        &["ResourceNotFoundException"],
+    )?;
+    let Some(cert) = found.and_then(|out| out.certificate) else {
         return Ok(None);
     };
     let tags = acm
@@ -316,30 +290,22 @@ impl Driver for AcmCertificate {
                 .await
                 .map_err(|e| api_error("AddTagsToCertificate", e))?;
         }
-        found_again(read_one(cx, &have.id).await?, || {
-            format!("certificate {}", have.id)
-        })
+        found_again(read_one(cx, &have.id).await?, "certificate", &have.id)
     }
 
     /// A certificate a load balancer still serves cannot be deleted: the
     /// controller removes its load balancer after the Ingress goes, so the
     /// delete is retried until then, within the delete timeout.
-    async fn delete(
-        &self,
-        cx: &Context,
-        have: &Observed,
-        timeouts: &Timeouts,
-    ) -> Result<(), DriverError> {
+    async fn delete(&self, cx: &Context, d: Delete<'_>) -> Result<(), DriverError> {
         let acm = &crate::clients(cx).await?.acm;
         ralph_core::driver::delete_once_released(
             cx,
-            have,
-            timeouts,
+            d,
             "the load balancers that serve the certificate",
             || async {
                 match acm
                     .delete_certificate()
-                    .certificate_arn(&have.id)
+                    .certificate_arn(&d.have.id)
                     .send()
                     .await
                 {

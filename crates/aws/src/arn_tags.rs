@@ -17,25 +17,64 @@ pub enum ArnService {
     Eks,
 }
 
+/// The stack's tags and the ownership tags as a service's own `Tag` type
+/// (RDS and ElastiCache each have one, built alike).
+macro_rules! service_tags {
+    ($tag:ty, $want:expr) => {
+        tag_map($want)
+            .into_iter()
+            .map(|(k, v)| <$tag>::builder().key(k).value(v).build())
+            .collect()
+    };
+}
+
 /// The tags a create sends to RDS: the stack's and the ownership tags.
 pub fn rds_tags(want: &Desired<'_>) -> Vec<aws_sdk_rds::types::Tag> {
-    tag_map(want)
-        .into_iter()
-        .map(|(k, v)| aws_sdk_rds::types::Tag::builder().key(k).value(v).build())
-        .collect()
+    service_tags!(aws_sdk_rds::types::Tag, want)
 }
 
 /// The same for ElastiCache.
 pub fn elasticache_tags(want: &Desired<'_>) -> Vec<aws_sdk_elasticache::types::Tag> {
-    tag_map(want)
-        .into_iter()
-        .map(|(k, v)| {
-            aws_sdk_elasticache::types::Tag::builder()
-                .key(k)
-                .value(v)
-                .build()
-        })
-        .collect()
+    service_tags!(aws_sdk_elasticache::types::Tag, want)
+}
+
+/// RDS and ElastiCache name the resource `ResourceName` and share their
+/// tag calls' names and shapes, in types of their own: their pairs...
+macro_rules! named_pairs {
+    ($client:expr, $arn:expr) => {
+        $client
+            .list_tags_for_resource()
+            .resource_name($arn)
+            .send()
+            .await
+            .map_err(|e| api_error("ListTagsForResource", e))?
+            .tag_list()
+            .iter()
+            .filter_map(|t| Some((t.key()?.to_string(), t.value()?.to_string())))
+            .collect()
+    };
+}
+
+/// ...and the removal of the keys no longer wanted, then the rest added.
+macro_rules! named_sync {
+    ($client:expr, $arn:expr, $removed:expr, $tags:expr) => {{
+        if !$removed.is_empty() {
+            $client
+                .remove_tags_from_resource()
+                .resource_name($arn)
+                .set_tag_keys(Some($removed))
+                .send()
+                .await
+                .map_err(|e| api_error("RemoveTagsFromResource", e))?;
+        }
+        $client
+            .add_tags_to_resource()
+            .resource_name($arn)
+            .set_tags(Some($tags))
+            .send()
+            .await
+            .map_err(|e| api_error("AddTagsToResource", e))?;
+    }};
 }
 
 /// (address, owner, user tags) of the resource at `arn`.
@@ -46,28 +85,8 @@ pub async fn read(
 ) -> Result<(Option<String>, Option<Owner>, Json), DriverError> {
     let aws = crate::clients(cx).await?;
     let pairs: Vec<(String, String)> = match service {
-        ArnService::Rds => aws
-            .rds
-            .list_tags_for_resource()
-            .resource_name(arn)
-            .send()
-            .await
-            .map_err(|e| api_error("ListTagsForResource", e))?
-            .tag_list()
-            .iter()
-            .filter_map(|t| Some((t.key()?.to_string(), t.value()?.to_string())))
-            .collect(),
-        ArnService::ElastiCache => aws
-            .elasticache
-            .list_tags_for_resource()
-            .resource_name(arn)
-            .send()
-            .await
-            .map_err(|e| api_error("ListTagsForResource", e))?
-            .tag_list()
-            .iter()
-            .filter_map(|t| Some((t.key()?.to_string(), t.value()?.to_string())))
-            .collect(),
+        ArnService::Rds => named_pairs!(aws.rds, arn),
+        ArnService::ElastiCache => named_pairs!(aws.elasticache, arn),
         ArnService::Eks => aws
             .eks
             .list_tags_for_resource()
@@ -95,41 +114,9 @@ pub async fn sync(
     let aws = crate::clients(cx).await?;
     let removed = removed_tag_keys(have, want);
     match service {
-        ArnService::Rds => {
-            if !removed.is_empty() {
-                aws.rds
-                    .remove_tags_from_resource()
-                    .resource_name(arn)
-                    .set_tag_keys(Some(removed))
-                    .send()
-                    .await
-                    .map_err(|e| api_error("RemoveTagsFromResource", e))?;
-            }
-            aws.rds
-                .add_tags_to_resource()
-                .resource_name(arn)
-                .set_tags(Some(rds_tags(want)))
-                .send()
-                .await
-                .map_err(|e| api_error("AddTagsToResource", e))?;
-        }
+        ArnService::Rds => named_sync!(aws.rds, arn, removed, rds_tags(want)),
         ArnService::ElastiCache => {
-            if !removed.is_empty() {
-                aws.elasticache
-                    .remove_tags_from_resource()
-                    .resource_name(arn)
-                    .set_tag_keys(Some(removed))
-                    .send()
-                    .await
-                    .map_err(|e| api_error("RemoveTagsFromResource", e))?;
-            }
-            aws.elasticache
-                .add_tags_to_resource()
-                .resource_name(arn)
-                .set_tags(Some(elasticache_tags(want)))
-                .send()
-                .await
-                .map_err(|e| api_error("AddTagsToResource", e))?;
+            named_sync!(aws.elasticache, arn, removed, elasticache_tags(want))
         }
         ArnService::Eks => {
             if !removed.is_empty() {

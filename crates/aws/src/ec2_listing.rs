@@ -10,7 +10,7 @@ use aws_sdk_ec2::types::Filter;
 use serde_json::{Map, Value as Json};
 
 use ralph_core::driver::{
-    Context, Desired, Driver, DriverError, Known, Observed, Owner, Timeouts, Update,
+    Context, Delete, Desired, Driver, DriverError, Known, Observed, Owner, Update,
 };
 use ralph_core::model::kinds::KindSchema;
 
@@ -45,12 +45,7 @@ pub async fn by_id<K: Listed>(cx: &Context, id: &str) -> Result<Option<Observed>
 
 /// The resource just created or changed.
 pub async fn read_back<K: Listed>(cx: &Context, id: &str) -> Result<Observed, DriverError> {
-    by_id::<K>(cx, id).await?.ok_or_else(|| {
-        DriverError::new(format!(
-            "{} {id} vanished right after it was changed",
-            K::NOUN
-        ))
-    })
+    ralph_core::driver::found_again(by_id::<K>(cx, id).await?, K::NOUN, id)
 }
 
 /// `Listed` for a kind whose Describe call pages: the kind, its noun and
@@ -166,12 +161,7 @@ impl<K: Ec2Kind> Driver for Ec2<K> {
         Ok(K::shown(read_back::<K>(cx, &have.id).await?))
     }
 
-    async fn delete(
-        &self,
-        cx: &Context,
-        have: &Observed,
-        _timeouts: &Timeouts,
-    ) -> Result<(), DriverError> {
-        K::remove(cx, have).await
+    async fn delete(&self, cx: &Context, d: Delete<'_>) -> Result<(), DriverError> {
+        K::remove(cx, d.have).await
     }
 }

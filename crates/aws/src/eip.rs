@@ -5,30 +5,19 @@ use aws_sdk_ec2::types::{DomainType, Filter, ResourceType};
 use super::ec2_listing::{Ec2Kind, Listed};
 use super::{api_error, ec2, observed, opt_str, tag_spec};
 use ralph_core::driver::{Context, Desired, DriverError, Observed};
-use ralph_core::model::kinds::{Attr, Field, KindSchema, Ty};
+use ralph_core::model::kinds::{Attr, Field, KindSchema};
 
-static SCHEMA: KindSchema = KindSchema {
-    kind: "aws.eip",
-    service: "ec2",
-    doc: "An Elastic IP address, allocated for use in a VPC.",
-    fields: &[Field::tags()],
-    attrs: &[
-        Attr {
-            name: "id",
-            ty: Ty::String,
-            doc: "the allocation id (eipalloc-...)",
-        },
-        Attr {
-            name: "public_ip",
-            ty: Ty::String,
-            doc: "the address",
-        },
-    ],
-    taggable: true,
-    name_field: None,
-    exactly_one_of: &[],
-    ordered: &[],
-};
+static SCHEMA: KindSchema = KindSchema::new(
+    "aws.eip",
+    "ec2",
+    "An Elastic IP address, allocated for use in a VPC.",
+)
+.fields(&[Field::tags()])
+.attrs(&[
+    Attr::string("id", "the allocation id (eipalloc-...)"),
+    Attr::string("public_ip", "the address"),
+])
+.taggable();
 
 pub struct ElasticIp;
 
@@ -73,9 +62,7 @@ impl Ec2Kind for ElasticIp {
             .send()
             .await
             .map_err(|e| api_error("AllocateAddress", e))?;
-        out.allocation_id()
-            .map(str::to_string)
-            .ok_or_else(|| DriverError::new("AllocateAddress returned no allocation id"))
+        super::made_id("AllocateAddress", out.allocation_id())
     }
 
     async fn remove(cx: &Context, have: &Observed) -> Result<(), DriverError> {

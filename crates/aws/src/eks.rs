@@ -18,8 +18,7 @@ use super::{
     strings, tag_map, wait_gone, wait_ready, Readiness,
 };
 use ralph_core::driver::{
-    Context, Desired, Driver, DriverError, Known, Observed, Timeouts, Update, READY_ATTR,
-    STATUS_ATTR,
+    Context, Delete, Desired, Driver, DriverError, Known, Observed, Update, READY_ATTR, STATUS_ATTR,
 };
 use ralph_core::model::kinds::{checks, Attr, Field, KindSchema, Ty};
 use ralph_core::model::support;
@@ -68,11 +67,8 @@ fn capacity(v: &Json) -> Result<(), String> {
     checks::choice(v, &["ON_DEMAND", "SPOT"], "capacity_type")
 }
 
-static CLUSTER: KindSchema = KindSchema {
-    kind: "aws.eks_cluster",
-    service: "eks",
-    doc: "An EKS cluster (the Kubernetes control plane).",
-    fields: &[
+static CLUSTER: KindSchema = KindSchema::new("aws.eks_cluster", "eks", "An EKS cluster (the Kubernetes control plane).")
+    .fields(&[
         Field::new("name", Ty::String, "the cluster name")
             .required()
             .forces_replace()
@@ -135,148 +131,100 @@ static CLUSTER: KindSchema = KindSchema {
         .default("[]")
         .check(log_types),
         Field::tags(),
-    ],
-    attrs: &[
-        Attr {
-            name: "id",
-            ty: Ty::String,
-            doc: "the cluster name",
-        },
-        Attr {
-            name: "arn",
-            ty: Ty::String,
-            doc: "the cluster ARN",
-        },
-        Attr {
-            name: "endpoint",
-            ty: Ty::String,
-            doc: "the API server URL",
-        },
-        Attr {
-            name: "certificate_authority",
-            ty: Ty::String,
-            doc: "the API server's CA, base64 PEM",
-        },
-        Attr {
-            name: "oidc_issuer",
-            ty: Ty::String,
-            doc: "the OIDC issuer URL (for IRSA)",
-        },
-        Attr {
-            name: "cluster_security_group_id",
-            ty: Ty::String,
-            doc: "the security group EKS created",
-        },
-        Attr {
-            name: "status",
-            ty: Ty::String,
-            doc: "CREATING, ACTIVE, UPDATING, DELETING, FAILED",
-        },
-    ],
-    taggable: true,
-    name_field: Some("name"),
-    exactly_one_of: &[],
-    ordered: &[],
-};
+    ])
+    .attrs(&[
+        Attr::string("id", "the cluster name"),
+        Attr::string("arn", "the cluster ARN"),
+        Attr::string("endpoint", "the API server URL"),
+        Attr::string("certificate_authority", "the API server's CA, base64 PEM"),
+        Attr::string("oidc_issuer", "the OIDC issuer URL (for IRSA)"),
+        Attr::string("cluster_security_group_id", "the security group EKS created"),
+        Attr::string("status", "CREATING, ACTIVE, UPDATING, DELETING, FAILED"),
+    ])
+    .taggable()
+    .name_field("name");
 
-static NODEGROUP: KindSchema = KindSchema {
-    kind: "aws.eks_nodegroup",
-    service: "eks",
-    doc: "An EKS managed nodegroup.",
-    fields: &[
-        Field::new(
-            "cluster_name",
-            Ty::String,
-            "the cluster, usually `${eks.name}`",
-        )
-        .required()
-        .forces_replace(),
-        Field::new("name", Ty::String, "the nodegroup name")
-            .required()
-            .forces_replace()
-            .check(eks_name),
-        Field::new("node_role_arn", Ty::String, "the nodes' IAM role")
+static NODEGROUP: KindSchema =
+    KindSchema::new("aws.eks_nodegroup", "eks", "An EKS managed nodegroup.")
+        .fields(&[
+            Field::new(
+                "cluster_name",
+                Ty::String,
+                "the cluster, usually `${eks.name}`",
+            )
             .required()
             .forces_replace(),
-        Field::new(
-            "subnet_ids",
-            Ty::Set(&Ty::String),
-            "where nodes run (private subnets)",
-        )
-        .required()
-        .forces_replace(),
-        Field::new(
-            "instance_types",
-            Ty::List(&Ty::String),
-            "EC2 instance types",
-        )
-        .default("[\"m5.xlarge\"]")
-        .forces_replace(),
-        Field::new("capacity_type", Ty::String, "ON_DEMAND or SPOT")
-            .default("\"ON_DEMAND\"")
-            .forces_replace()
-            .check(capacity),
-        // EKS CreateNodegroup: diskSize in GiB (EBS gp2/gp3 up to 16 TiB),
-        // scalingConfig minSize >= 0, maxSize >= 1, minSize <= desiredSize <=
-        // maxSize; updateConfig maxUnavailable 1 to 100.
-        Field::new("disk_size", Ty::Int, "root volume GiB")
-            .default("50")
-            .forces_replace()
-            .check(checks::range::<1, 16384>),
-        Field::new(
-            "security_group_ids",
-            Ty::Set(&Ty::String),
-            "security groups the nodes carry, through a launch template the nodegroup owns \
+            Field::new("name", Ty::String, "the nodegroup name")
+                .required()
+                .forces_replace()
+                .check(eks_name),
+            Field::new("node_role_arn", Ty::String, "the nodes' IAM role")
+                .required()
+                .forces_replace(),
+            Field::new(
+                "subnet_ids",
+                Ty::Set(&Ty::String),
+                "where nodes run (private subnets)",
+            )
+            .required()
+            .forces_replace(),
+            Field::new(
+                "instance_types",
+                Ty::List(&Ty::String),
+                "EC2 instance types",
+            )
+            .default("[\"m5.xlarge\"]")
+            .forces_replace(),
+            Field::new("capacity_type", Ty::String, "ON_DEMAND or SPOT")
+                .default("\"ON_DEMAND\"")
+                .forces_replace()
+                .check(capacity),
+            // EKS CreateNodegroup: diskSize in GiB (EBS gp2/gp3 up to 16 TiB),
+            // scalingConfig minSize >= 0, maxSize >= 1, minSize <= desiredSize <=
+            // maxSize; updateConfig maxUnavailable 1 to 100.
+            Field::new("disk_size", Ty::Int, "root volume GiB")
+                .default("50")
+                .forces_replace()
+                .check(checks::range::<1, 16384>),
+            Field::new(
+                "security_group_ids",
+                Ty::Set(&Ty::String),
+                "security groups the nodes carry, through a launch template the nodegroup owns \
              (named CLUSTER-NODEGROUP: these groups, the root volume encrypted, IMDSv2); \
              empty: the nodes carry only the cluster security group EKS makes",
-        )
-        .default("[]")
-        .forces_replace(),
-        Field::new("min_size", Ty::Int, "fewest nodes")
-            .required()
-            .check(checks::range::<0, 1000>),
-        Field::new("max_size", Ty::Int, "most nodes")
-            .required()
-            .check(checks::range::<1, 1000>),
-        Field::new("desired_size", Ty::Int, "nodes now")
-            .required()
-            .check(checks::range::<0, 1000>),
-        Field::new(
-            "max_unavailable",
-            Ty::Int,
-            "nodes replaced at once during updates",
-        )
-        .default("1")
-        .check(checks::range::<1, 100>),
-        Field::new("labels", Ty::StringMap, "Kubernetes node labels").default("{}"),
-        Field::tags(),
-    ],
-    attrs: &[
-        Attr {
-            name: "id",
-            ty: Ty::String,
-            doc: "cluster:nodegroup",
-        },
-        Attr {
-            name: "arn",
-            ty: Ty::String,
-            doc: "the nodegroup ARN",
-        },
-        Attr {
-            name: "status",
-            ty: Ty::String,
-            doc: "CREATING, ACTIVE, UPDATING, DELETING, ...",
-        },
-    ],
-    taggable: true,
-    name_field: None,
-    exactly_one_of: &[],
-    ordered: &[
-        ("min_size", "desired_size"),
-        ("desired_size", "max_size"),
-        ("min_size", "max_size"),
-    ],
-};
+            )
+            .default("[]")
+            .forces_replace(),
+            Field::new("min_size", Ty::Int, "fewest nodes")
+                .required()
+                .check(checks::range::<0, 1000>),
+            Field::new("max_size", Ty::Int, "most nodes")
+                .required()
+                .check(checks::range::<1, 1000>),
+            Field::new("desired_size", Ty::Int, "nodes now")
+                .required()
+                .check(checks::range::<0, 1000>),
+            Field::new(
+                "max_unavailable",
+                Ty::Int,
+                "nodes replaced at once during updates",
+            )
+            .default("1")
+            .check(checks::range::<1, 100>),
+            Field::new("labels", Ty::StringMap, "Kubernetes node labels").default("{}"),
+            Field::tags(),
+        ])
+        .attrs(&[
+            Attr::string("id", "cluster:nodegroup"),
+            Attr::string("arn", "the nodegroup ARN"),
+            Attr::string("status", "CREATING, ACTIVE, UPDATING, DELETING, ..."),
+        ])
+        .taggable()
+        .ordered(&[
+            ("min_size", "desired_size"),
+            ("desired_size", "max_size"),
+            ("min_size", "max_size"),
+        ]);
 
 pub struct EksCluster;
 pub struct EksNodegroup;
@@ -304,19 +252,15 @@ fn with_status(mut o: Observed, status: &str) -> Observed {
 }
 
 async fn read_cluster(cx: &Context, name: &str) -> Result<Option<Observed>, DriverError> {
-    let out = match crate::clients(cx)
+    let answer = crate::clients(cx)
         .await?
         .eks
         .describe_cluster()
         .name(name)
         .send()
-        .await
-    {
-        Ok(out) => out,
-        Err(e) if error_code(&e) == Some(NOT_FOUND) => return Ok(None),
-        Err(e) => return Err(api_error("DescribeCluster", e)),
-    };
-    let Some(c) = out.cluster() else {
+        .await;
+    let Some(c) = super::found("DescribeCluster", answer, &[NOT_FOUND])?.and_then(|o| o.cluster)
+    else {
         return Ok(None);
     };
     let vpc = c.resources_vpc_config();
@@ -674,29 +618,24 @@ impl Driver for EksCluster {
         wait_cluster(cx, want.address, &have.id, timeout, false).await
     }
 
-    async fn delete(
-        &self,
-        cx: &Context,
-        have: &Observed,
-        timeouts: &Timeouts,
-    ) -> Result<(), DriverError> {
+    async fn delete(&self, cx: &Context, d: Delete<'_>) -> Result<(), DriverError> {
         let answer = crate::clients(cx)
             .await?
             .eks
             .delete_cluster()
-            .name(&have.id)
+            .name(&d.have.id)
             .send()
             .await;
-        let read = read_cluster(cx, &have.id);
+        let read = read_cluster(cx, &d.have.id);
         if delete_started("DeleteCluster", answer, &[NOT_FOUND], read).await? {
             return Ok(());
         }
         wait_gone(
             cx,
-            have,
+            d.have,
             "the EKS cluster",
-            timeouts.delete_or(CLUSTER_DELETE),
-            || read_cluster(cx, &have.id),
+            d.timeouts.delete_or(CLUSTER_DELETE),
+            || read_cluster(cx, &d.have.id),
         )
         .await
     }
@@ -712,20 +651,16 @@ async fn read_nodegroup(
     cluster: &str,
     name: &str,
 ) -> Result<Option<Observed>, DriverError> {
-    let out = match crate::clients(cx)
+    let answer = crate::clients(cx)
         .await?
         .eks
         .describe_nodegroup()
         .cluster_name(cluster)
         .nodegroup_name(name)
         .send()
-        .await
-    {
-        Ok(out) => out,
-        Err(e) if error_code(&e) == Some(NOT_FOUND) => return Ok(None),
-        Err(e) => return Err(api_error("DescribeNodegroup", e)),
-    };
-    let Some(n) = out.nodegroup() else {
+        .await;
+    let found = super::found("DescribeNodegroup", answer, &[NOT_FOUND])?;
+    let Some(n) = found.and_then(|o| o.nodegroup) else {
         return Ok(None);
     };
     let scaling = n.scaling_config();
@@ -1022,13 +957,8 @@ impl Driver for EksNodegroup {
         wait_nodegroup(cx, want.address, cluster, name, timeout, false).await
     }
 
-    async fn delete(
-        &self,
-        cx: &Context,
-        have: &Observed,
-        timeouts: &Timeouts,
-    ) -> Result<(), DriverError> {
-        let (cluster, name) = split_id(&have.id)?;
+    async fn delete(&self, cx: &Context, d: Delete<'_>) -> Result<(), DriverError> {
+        let (cluster, name) = split_id(&d.have.id)?;
         let answer = crate::clients(cx)
             .await?
             .eks
@@ -1043,9 +973,9 @@ impl Driver for EksNodegroup {
         }
         wait_gone(
             cx,
-            have,
+            d.have,
             "the nodegroup",
-            timeouts.delete_or(NODEGROUP_TIMEOUT),
+            d.timeouts.delete_or(NODEGROUP_TIMEOUT),
             || read_nodegroup(cx, cluster, name),
         )
         .await?;

@@ -10,7 +10,7 @@ use super::{
     api_error, error_code, observed_with, opt_str, read_each, read_tag_pairs, strings, tag_map,
 };
 use ralph_core::driver::{
-    found_again, Context, Desired, Driver, DriverError, Known, Observed, Timeouts, Update,
+    found_again, Context, Delete, Desired, Driver, DriverError, Known, Observed, Update,
 };
 use ralph_core::model::kinds::{checks, Attr, Field, KindSchema, Ty};
 
@@ -44,11 +44,8 @@ fn principal(v: &Json) -> Result<(), String> {
     })
 }
 
-static SCHEMA: KindSchema = KindSchema {
-    kind: "aws.eks_access_entry",
-    service: "eks",
-    doc: "A principal allowed into an EKS cluster with one of EKS's access policies (an access entry).",
-    fields: &[
+static SCHEMA: KindSchema = KindSchema::new("aws.eks_access_entry", "eks", "A principal allowed into an EKS cluster with one of EKS's access policies (an access entry).")
+    .fields(&[
         Field::new("cluster_name", Ty::String, "the cluster, usually `${eks.name}`")
             .required()
             .forces_replace(),
@@ -74,24 +71,12 @@ static SCHEMA: KindSchema = KindSchema {
         )
         .default("[]"),
         Field::tags(),
-    ],
-    attrs: &[
-        Attr {
-            name: "id",
-            ty: Ty::String,
-            doc: "CLUSTER/PRINCIPAL_ARN",
-        },
-        Attr {
-            name: "arn",
-            ty: Ty::String,
-            doc: "the access entry's ARN",
-        },
-    ],
-    taggable: true,
-    name_field: None,
-    exactly_one_of: &[],
-    ordered: &[],
-};
+    ])
+    .attrs(&[
+        Attr::string("id", "CLUSTER/PRINCIPAL_ARN"),
+        Attr::string("arn", "the access entry's ARN"),
+    ])
+    .taggable();
 
 pub struct EksAccessEntry;
 
@@ -108,18 +93,20 @@ async fn read_one(cx: &Context, id: &str) -> Result<Option<Observed>, DriverErro
         return Ok(None);
     };
     let eks = &crate::clients(cx).await?.eks;
-    let entry = match eks
+    let answer = eks
         .describe_access_entry()
         .cluster_name(cluster)
         .principal_arn(principal)
         .send()
-        .await
-    {
-        Ok(out) => out.access_entry,
-        Err(e) if error_code(&e) == Some("ResourceNotFoundException") => return Ok(None),
-        Err(e) => return Err(api_error("DescribeAccessEntry", e)),
+        .await;
+    let found = super::found(
+        "DescribeAccessEntry",
+        answer,
+        &["ResourceNotFoundException"],
+    )?;
+    let Some(entry) = found.and_then(|o| o.access_entry) else {
+        return Ok(None);
     };
-    let Some(entry) = entry else { return Ok(None) };
     let policies = eks
         .list_associated_access_policies()
         .cluster_name(cluster)
@@ -228,7 +215,7 @@ impl Driver for EksAccessEntry {
             Err(e) => return Err(api_error("CreateAccessEntry", e)),
         }
         associate(cx, cluster, principal, want).await?;
-        found_again(read_one(cx, &id).await?, || format!("access entry {id}"))
+        found_again(read_one(cx, &id).await?, "access entry", &id)
     }
 
     async fn update(&self, cx: &Context, u: Update<'_>) -> Result<Observed, DriverError> {
@@ -263,18 +250,11 @@ impl Driver for EksAccessEntry {
             let arn = crate::arn_of(have);
             super::arn_tags::sync(cx, super::arn_tags::ArnService::Eks, &arn, have, want).await?;
         }
-        found_again(read_one(cx, &have.id).await?, || {
-            format!("access entry {}", have.id)
-        })
+        found_again(read_one(cx, &have.id).await?, "access entry", &have.id)
     }
 
-    async fn delete(
-        &self,
-        cx: &Context,
-        have: &Observed,
-        _timeouts: &Timeouts,
-    ) -> Result<(), DriverError> {
-        let Some((cluster, principal)) = split_id(&have.id) else {
+    async fn delete(&self, cx: &Context, d: Delete<'_>) -> Result<(), DriverError> {
+        let Some((cluster, principal)) = split_id(&d.have.id) else {
             return Ok(());
         };
         // A cluster that is gone took its entries with it.

@@ -10,8 +10,7 @@ use serde_json::Value as Json;
 use super::{api_error, error_code, observed_with, opt_str, read_each, read_tag_pairs, tag_map};
 use super::{wait_ready, Readiness};
 use ralph_core::driver::{
-    Context, Desired, Driver, DriverError, Known, Observed, Timeouts, Update, READY_ATTR,
-    STATUS_ATTR,
+    Context, Delete, Desired, Driver, DriverError, Known, Observed, Update, READY_ATTR, STATUS_ATTR,
 };
 use ralph_core::model::kinds::{Attr, Field, KindSchema, Ty};
 
@@ -32,59 +31,52 @@ fn json_object(v: &Json) -> Result<(), String> {
     }
 }
 
-static SCHEMA: KindSchema = KindSchema {
-    kind: "aws.eks_addon",
-    service: "eks",
-    doc: "An EKS add-on, such as vpc-cni with its network policy agent on.",
-    fields: &[
-        Field::new("cluster_name", Ty::String, "the cluster, usually `${eks.name}`")
-            .required()
-            .forces_replace(),
-        Field::new(
-            "name",
-            Ty::String,
-            "the add-on: vpc-cni, coredns, kube-proxy, aws-ebs-csi-driver, eks-pod-identity-agent, ...",
-        )
-        .required()
-        .forces_replace(),
-        Field::new(
-            "version",
-            Ty::String,
-            "the add-on version (empty: EKS's default for the cluster's Kubernetes version)",
-        )
-        .default("\"\""),
-        Field::new(
-            "configuration",
-            Ty::String,
-            "its configuration values, a JSON object in the add-on's schema (changes in place)",
-        )
-        .default("\"\"")
-        .check(json_object),
-        Field::new(
-            "service_account_role_arn",
-            Ty::String,
-            "an IAM role for the add-on's service account (IRSA)",
-        )
-        .default("\"\""),
-        Field::tags(),
-    ],
-    attrs: &[
-        Attr {
-            name: "id",
-            ty: Ty::String,
-            doc: "CLUSTER/ADDON",
-        },
-        Attr {
-            name: "arn",
-            ty: Ty::String,
-            doc: "the add-on's ARN",
-        },
-    ],
-    taggable: true,
-    name_field: None,
-    exactly_one_of: &[],
-    ordered: &[],
-};
+static SCHEMA: KindSchema = KindSchema::new(
+    "aws.eks_addon",
+    "eks",
+    "An EKS add-on, such as vpc-cni with its network policy agent on.",
+)
+.fields(&[
+    Field::new(
+        "cluster_name",
+        Ty::String,
+        "the cluster, usually `${eks.name}`",
+    )
+    .required()
+    .forces_replace(),
+    Field::new(
+        "name",
+        Ty::String,
+        "the add-on: vpc-cni, coredns, kube-proxy, aws-ebs-csi-driver, eks-pod-identity-agent, ...",
+    )
+    .required()
+    .forces_replace(),
+    Field::new(
+        "version",
+        Ty::String,
+        "the add-on version (empty: EKS's default for the cluster's Kubernetes version)",
+    )
+    .default("\"\""),
+    Field::new(
+        "configuration",
+        Ty::String,
+        "its configuration values, a JSON object in the add-on's schema (changes in place)",
+    )
+    .default("\"\"")
+    .check(json_object),
+    Field::new(
+        "service_account_role_arn",
+        Ty::String,
+        "an IAM role for the add-on's service account (IRSA)",
+    )
+    .default("\"\""),
+    Field::tags(),
+])
+.attrs(&[
+    Attr::string("id", "CLUSTER/ADDON"),
+    Attr::string("arn", "the add-on's ARN"),
+])
+.taggable();
 
 pub struct EksAddon;
 
@@ -102,20 +94,18 @@ async fn read_one(cx: &Context, id: &str) -> Result<Option<Observed>, DriverErro
     let Some((cluster, name)) = id.split_once('/') else {
         return Ok(None);
     };
-    let out = match crate::clients(cx)
+    let answer = crate::clients(cx)
         .await?
         .eks
         .describe_addon()
         .cluster_name(cluster)
         .addon_name(name)
         .send()
-        .await
-    {
-        Ok(out) => out.addon,
-        Err(e) if error_code(&e) == Some("ResourceNotFoundException") => return Ok(None),
-        Err(e) => return Err(api_error("DescribeAddon", e)),
+        .await;
+    let found = super::found("DescribeAddon", answer, &["ResourceNotFoundException"])?;
+    let Some(a) = found.and_then(|o| o.addon) else {
+        return Ok(None);
     };
-    let Some(a) = out else { return Ok(None) };
     let status = a
         .status()
         .map(|s| s.as_str().to_string())
@@ -295,13 +285,8 @@ impl Driver for EksAddon {
         Ok(o)
     }
 
-    async fn delete(
-        &self,
-        cx: &Context,
-        have: &Observed,
-        timeouts: &Timeouts,
-    ) -> Result<(), DriverError> {
-        let Some((cluster, name)) = have.id.split_once('/') else {
+    async fn delete(&self, cx: &Context, d: Delete<'_>) -> Result<(), DriverError> {
+        let Some((cluster, name)) = d.have.id.split_once('/') else {
             return Ok(());
         };
         // `preserve`: the add-on's software stays on the cluster (the nodes
@@ -320,10 +305,14 @@ impl Driver for EksAddon {
                 .await,
             &["ResourceNotFoundException"],
         )?;
-        let id = have.id.clone();
-        super::wait_gone(cx, have, "the add-on", timeouts.delete_or(TIMEOUT), || {
-            read_one(cx, &id)
-        })
+        let id = d.have.id.clone();
+        super::wait_gone(
+            cx,
+            d.have,
+            "the add-on",
+            d.timeouts.delete_or(TIMEOUT),
+            || read_one(cx, &id),
+        )
         .await
     }
 }

@@ -15,8 +15,7 @@ use super::{
     wait_ready, Readiness,
 };
 use ralph_core::driver::{
-    Context, Desired, Driver, DriverError, Known, Observed, Timeouts, Update, READY_ATTR,
-    STATUS_ATTR,
+    Context, Delete, Desired, Driver, DriverError, Known, Observed, Update, READY_ATTR, STATUS_ATTR,
 };
 use ralph_core::model::kinds::{checks, Attr, Field, KindSchema, Ty};
 
@@ -46,43 +45,29 @@ fn clusters(v: &Json) -> Result<(), String> {
     }
 }
 
-static SUBNET_GROUP: KindSchema = KindSchema {
-    kind: "aws.elasticache_subnet_group",
-    service: "elasticache",
-    doc: "The subnets an ElastiCache group may use.",
-    fields: &[
-        Field::new("name", Ty::String, "the group name")
-            .required()
-            .forces_replace()
-            .check(group_id),
-        Field::new("description", Ty::String, "what it is for")
-            .default("\"Managed by ralph-deploy\""),
-        Field::new("subnet_ids", Ty::Set(&Ty::String), "private subnets").required(),
-        Field::tags(),
-    ],
-    attrs: &[
-        Attr {
-            name: "id",
-            ty: Ty::String,
-            doc: "the group name",
-        },
-        Attr {
-            name: "arn",
-            ty: Ty::String,
-            doc: "the group ARN",
-        },
-    ],
-    taggable: true,
-    name_field: Some("name"),
-    exactly_one_of: &[],
-    ordered: &[],
-};
+static SUBNET_GROUP: KindSchema = KindSchema::new(
+    "aws.elasticache_subnet_group",
+    "elasticache",
+    "The subnets an ElastiCache group may use.",
+)
+.fields(&[
+    Field::new("name", Ty::String, "the group name")
+        .required()
+        .forces_replace()
+        .check(group_id),
+    Field::new("description", Ty::String, "what it is for").default("\"Managed by ralph-deploy\""),
+    Field::new("subnet_ids", Ty::Set(&Ty::String), "private subnets").required(),
+    Field::tags(),
+])
+.attrs(&[
+    Attr::string("id", "the group name"),
+    Attr::string("arn", "the group ARN"),
+])
+.taggable()
+.name_field("name");
 
-static GROUP: KindSchema = KindSchema {
-    kind: "aws.elasticache_replication_group",
-    service: "elasticache",
-    doc: "A Redis replication group: a primary and its replicas.",
-    fields: &[
+static GROUP: KindSchema = KindSchema::new("aws.elasticache_replication_group", "elasticache", "A Redis replication group: a primary and its replicas.")
+    .fields(&[
         Field::new("replication_group_id", Ty::String, "the group id")
             .required()
             .forces_replace()
@@ -156,39 +141,16 @@ static GROUP: KindSchema = KindSchema {
             .forces_replace()
             .check(checks::tcp_port),
         Field::tags(),
-    ],
-    attrs: &[
-        Attr {
-            name: "id",
-            ty: Ty::String,
-            doc: "the group id",
-        },
-        Attr {
-            name: "arn",
-            ty: Ty::String,
-            doc: "the group ARN",
-        },
-        Attr {
-            name: "primary_endpoint",
-            ty: Ty::String,
-            doc: "where writes go",
-        },
-        Attr {
-            name: "reader_endpoint",
-            ty: Ty::String,
-            doc: "where reads may go",
-        },
-        Attr {
-            name: "status",
-            ty: Ty::String,
-            doc: "creating, available, modifying, ...",
-        },
-    ],
-    taggable: true,
-    name_field: Some("replication_group_id"),
-    exactly_one_of: &[],
-    ordered: &[],
-};
+    ])
+    .attrs(&[
+        Attr::string("id", "the group id"),
+        Attr::string("arn", "the group ARN"),
+        Attr::string("primary_endpoint", "where writes go"),
+        Attr::string("reader_endpoint", "where reads may go"),
+        Attr::string("status", "creating, available, modifying, ..."),
+    ])
+    .taggable()
+    .name_field("replication_group_id");
 
 pub struct ReplicationGroup;
 
@@ -587,30 +549,25 @@ impl Driver for ReplicationGroup {
         wait_group(cx, want.address, &have.id, timeout, false).await
     }
 
-    async fn delete(
-        &self,
-        cx: &Context,
-        have: &Observed,
-        timeouts: &Timeouts,
-    ) -> Result<(), DriverError> {
+    async fn delete(&self, cx: &Context, d: Delete<'_>) -> Result<(), DriverError> {
         let answer = crate::clients(cx)
             .await?
             .elasticache
             .delete_replication_group()
-            .replication_group_id(&have.id)
+            .replication_group_id(&d.have.id)
             .send()
             .await;
-        let read = read_group(cx, &have.id);
+        let read = read_group(cx, &d.have.id);
         let not_found = ["ReplicationGroupNotFoundFault"];
         if delete_started("DeleteReplicationGroup", answer, &not_found, read).await? {
             return Ok(());
         }
         wait_gone(
             cx,
-            have,
+            d.have,
             "the Redis group",
-            timeouts.delete_or(GROUP_TIMEOUT),
-            || read_group(cx, &have.id),
+            d.timeouts.delete_or(GROUP_TIMEOUT),
+            || read_group(cx, &d.have.id),
         )
         .await
     }

@@ -16,16 +16,11 @@
 use serde_json::{json, Value as Json};
 
 use super::elasticache::{describe_group, read_group, rotate_token, took_a_later_token};
-use ralph_core::driver::{
-    Context, Desired, Driver, DriverError, Known, Observed, Timeouts, Update,
-};
+use ralph_core::driver::{Context, Delete, Desired, Driver, DriverError, Known, Observed, Update};
 use ralph_core::model::kinds::{Attr, Field, KindSchema, Ty};
 
-static ROTATION: KindSchema = KindSchema {
-    kind: "aws.elasticache_auth_rotation",
-    service: "elasticache",
-    doc: "Finishes a Redis AUTH token rotation: once what it depends on (the pods) has the new token, the replication group keeps only that one (SET).",
-    fields: &[
+static ROTATION: KindSchema = KindSchema::new("aws.elasticache_auth_rotation", "elasticache", "Finishes a Redis AUTH token rotation: once what it depends on (the pods) has the new token, the replication group keeps only that one (SET).")
+    .fields(&[
         Field::new(
             "replication_group_id",
             Ty::String,
@@ -45,17 +40,8 @@ static ROTATION: KindSchema = KindSchema {
             "the version the group rotated to, the group's `auth_token_version`",
         )
         .required(),
-    ],
-    attrs: &[Attr {
-            name: "id",
-            ty: Ty::String,
-            doc: "GROUP/auth",
-        }],
-    taggable: false,
-    name_field: None,
-    exactly_one_of: &[],
-    ordered: &[],
-};
+    ])
+    .attrs(&[Attr::string("id", "GROUP/auth")]);
 
 pub struct Rotation;
 
@@ -122,12 +108,7 @@ impl Driver for Rotation {
         Ok(observed(group, want.props))
     }
 
-    async fn delete(
-        &self,
-        _cx: &Context,
-        _have: &Observed,
-        _timeouts: &Timeouts,
-    ) -> Result<(), DriverError> {
+    async fn delete(&self, _cx: &Context, _d: Delete<'_>) -> Result<(), DriverError> {
         Ok(())
     }
 }

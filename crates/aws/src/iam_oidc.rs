@@ -6,9 +6,9 @@
 
 use serde_json::Value as Json;
 
-use super::{api_error, error_code, observed_with, read_tag_pairs, strings};
+use super::{api_error, observed_with, read_tag_pairs, strings};
 use ralph_core::driver::{
-    found_again, Context, Desired, Driver, DriverError, Known, Observed, Timeouts, Update,
+    found_again, Context, Delete, Desired, Driver, DriverError, Known, Observed, Update,
 };
 use ralph_core::model::kinds::{Attr, Field, KindSchema, Ty};
 
@@ -22,69 +22,55 @@ fn https_url(v: &Json) -> Result<(), String> {
     }
 }
 
-static SCHEMA: KindSchema = KindSchema {
-    kind: "aws.iam_oidc_provider",
-    service: "iam",
-    doc: "An IAM OpenID Connect provider for an EKS cluster's issuer (IAM roles for service accounts).",
-    fields: &[
-        Field::new(
-            "url",
-            Ty::String,
-            "the issuer's URL, such as an EKS cluster's oidc_issuer",
-        )
-        .required()
-        .forces_replace()
-        .check(https_url),
-        Field::new(
-            "client_ids",
-            Ty::Set(&Ty::String),
-            "the audiences tokens must name (sts.amazonaws.com for IRSA)",
-        )
-        .default("[\"sts.amazonaws.com\"]"),
-        Field::new(
-            "thumbprints",
-            Ty::Set(&Ty::String),
-            "the issuer's certificate thumbprints (IAM verifies EKS issuers itself; leave empty)",
-        )
-        .default("[]"),
-        Field::tags(),
-    ],
-    attrs: &[
-        Attr {
-            name: "id",
-            ty: Ty::String,
-            doc: "the provider ARN",
-        },
-        Attr {
-            name: "arn",
-            ty: Ty::String,
-            doc: "the provider ARN (a role's oidc_provider_arn)",
-        },
-        Attr {
-            name: "issuer",
-            ty: Ty::String,
-            doc: "the URL without https://, the prefix of the trust policy's condition keys",
-        },
-    ],
-    taggable: true,
-    name_field: None,
-    exactly_one_of: &[],
-    ordered: &[],
-};
+static SCHEMA: KindSchema = KindSchema::new(
+    "aws.iam_oidc_provider",
+    "iam",
+    "An IAM OpenID Connect provider for an EKS cluster's issuer (IAM roles for service accounts).",
+)
+.fields(&[
+    Field::new(
+        "url",
+        Ty::String,
+        "the issuer's URL, such as an EKS cluster's oidc_issuer",
+    )
+    .required()
+    .forces_replace()
+    .check(https_url),
+    Field::new(
+        "client_ids",
+        Ty::Set(&Ty::String),
+        "the audiences tokens must name (sts.amazonaws.com for IRSA)",
+    )
+    .default("[\"sts.amazonaws.com\"]"),
+    Field::new(
+        "thumbprints",
+        Ty::Set(&Ty::String),
+        "the issuer's certificate thumbprints (IAM verifies EKS issuers itself; leave empty)",
+    )
+    .default("[]"),
+    Field::tags(),
+])
+.attrs(&[
+    Attr::string("id", "the provider ARN"),
+    Attr::string("arn", "the provider ARN (a role's oidc_provider_arn)"),
+    Attr::string(
+        "issuer",
+        "the URL without https://, the prefix of the trust policy's condition keys",
+    ),
+])
+.taggable();
 
 pub struct OidcProvider;
 
 async fn read_one(cx: &Context, arn: &str) -> Result<Option<Observed>, DriverError> {
     let iam = &crate::clients(cx).await?.iam;
-    let out = match iam
+    let answer = iam
         .get_open_id_connect_provider()
         .open_id_connect_provider_arn(arn)
         .send()
-        .await
-    {
-        Ok(out) => out,
-        Err(e) if error_code(&e) == Some("NoSuchEntity") => return Ok(None),
-        Err(e) => return Err(api_error("GetOpenIDConnectProvider", e)),
+        .await;
+    let Some(out) = super::found("GetOpenIDConnectProvider", answer, &["NoSuchEntity"])? else {
+        return Ok(None);
     };
     // IAM answers the URL without its scheme.
     let issuer = out
@@ -187,7 +173,7 @@ impl Driver for OidcProvider {
             .open_id_connect_provider_arn()
             .unwrap_or_default()
             .to_string();
-        found_again(read_one(cx, &arn).await?, || format!("OIDC provider {arn}"))
+        found_again(read_one(cx, &arn).await?, "OIDC provider", &arn)
     }
 
     async fn update(&self, cx: &Context, u: Update<'_>) -> Result<Observed, DriverError> {
@@ -227,24 +213,17 @@ impl Driver for OidcProvider {
                 .await
                 .map_err(|e| api_error("TagOpenIDConnectProvider", e))?;
         }
-        found_again(read_one(cx, &have.id).await?, || {
-            format!("OIDC provider {}", have.id)
-        })
+        found_again(read_one(cx, &have.id).await?, "OIDC provider", &have.id)
     }
 
-    async fn delete(
-        &self,
-        cx: &Context,
-        have: &Observed,
-        _timeouts: &Timeouts,
-    ) -> Result<(), DriverError> {
+    async fn delete(&self, cx: &Context, d: Delete<'_>) -> Result<(), DriverError> {
         super::delete_answer(
             "DeleteOpenIDConnectProvider",
             crate::clients(cx)
                 .await?
                 .iam
                 .delete_open_id_connect_provider()
-                .open_id_connect_provider_arn(&have.id)
+                .open_id_connect_provider_arn(&d.have.id)
                 .send()
                 .await,
             &["NoSuchEntity"],

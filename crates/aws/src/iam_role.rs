@@ -10,7 +10,7 @@ use super::{
     strings,
 };
 use ralph_core::driver::{
-    found_again, Context, Desired, Driver, DriverError, Known, Observed, Timeouts, Update,
+    found_again, Context, Delete, Desired, Driver, DriverError, Known, Observed, Update,
 };
 use ralph_core::model::kinds::{checks, Attr, Field, KindSchema, Ty};
 
@@ -25,11 +25,8 @@ fn role_name(v: &Json) -> Result<(), String> {
     })
 }
 
-static SCHEMA: KindSchema = KindSchema {
-    kind: "aws.iam_role",
-    service: "iam",
-    doc: "An IAM role assumed by an AWS service, or by Kubernetes service accounts (IRSA).",
-    fields: &[
+static SCHEMA: KindSchema = KindSchema::new("aws.iam_role", "iam", "An IAM role assumed by an AWS service, or by Kubernetes service accounts (IRSA).")
+    .fields(&[
         Field::new("name", Ty::String, "the role name")
             .required()
             .forces_replace()
@@ -66,24 +63,14 @@ static SCHEMA: KindSchema = KindSchema {
         Field::new("description", Ty::String, "what the role is for")
             .default("\"Managed by ralph-deploy\""),
         Field::tags(),
-    ],
-    attrs: &[
-        Attr {
-            name: "id",
-            ty: Ty::String,
-            doc: "the role name",
-        },
-        Attr {
-            name: "arn",
-            ty: Ty::String,
-            doc: "the role ARN",
-        },
-    ],
-    taggable: true,
-    name_field: Some("name"),
-    exactly_one_of: &["assume_role_service", "oidc_provider_arn"],
-    ordered: &[],
-};
+    ])
+    .attrs(&[
+        Attr::string("id", "the role name"),
+        Attr::string("arn", "the role ARN"),
+    ])
+    .taggable()
+    .name_field("name")
+    .exactly_one_of(&["assume_role_service", "oidc_provider_arn"]);
 
 pub struct IamRole;
 
@@ -212,12 +199,11 @@ fn percent_decode(s: &str) -> String {
 
 async fn read_one(cx: &Context, name: &str) -> Result<Option<Observed>, DriverError> {
     let iam = &crate::clients(cx).await?.iam;
-    let role = match iam.get_role().role_name(name).send().await {
-        Ok(out) => out.role,
-        Err(e) if error_code(&e) == Some("NoSuchEntity") => return Ok(None),
-        Err(e) => return Err(api_error("GetRole", e)),
+    let answer = iam.get_role().role_name(name).send().await;
+    let Some(role) = super::found("GetRole", answer, &["NoSuchEntity"])?.and_then(|o| o.role)
+    else {
+        return Ok(None);
     };
-    let Some(role) = role else { return Ok(None) };
     let attached = iam
         .list_attached_role_policies()
         .role_name(name)
@@ -365,7 +351,7 @@ impl Driver for IamRole {
         )
         .await?;
         put_inline(cx, name, want).await?;
-        found_again(read_one(cx, name).await?, || format!("role {name}"))
+        found_again(read_one(cx, name).await?, "role", &name)
     }
 
     async fn update(&self, cx: &Context, u: Update<'_>) -> Result<Observed, DriverError> {
@@ -420,25 +406,18 @@ impl Driver for IamRole {
                 .await
                 .map_err(|e| api_error("TagRole", e))?;
         }
-        found_again(read_one(cx, &have.id).await?, || {
-            format!("role {}", have.id)
-        })
+        found_again(read_one(cx, &have.id).await?, "role", &have.id)
     }
 
-    async fn delete(
-        &self,
-        cx: &Context,
-        have: &Observed,
-        _timeouts: &Timeouts,
-    ) -> Result<(), DriverError> {
+    async fn delete(&self, cx: &Context, d: Delete<'_>) -> Result<(), DriverError> {
         // A role with attached policies cannot be deleted.
-        let current = match read_one(cx, &have.id).await? {
+        let current = match read_one(cx, &d.have.id).await? {
             Some(c) => c,
             None => return Ok(()),
         };
         sync_policies(
             cx,
-            &have.id,
+            &d.have.id,
             &strings(current.attrs.get("managed_policy_arns")),
             &[],
         )
@@ -456,7 +435,7 @@ impl Driver for IamRole {
                     .await?
                     .iam
                     .delete_role_policy()
-                    .role_name(&have.id)
+                    .role_name(&d.have.id)
                     .policy_name(INLINE)
                     .send()
                     .await,
@@ -469,7 +448,7 @@ impl Driver for IamRole {
                 .await?
                 .iam
                 .delete_role()
-                .role_name(&have.id)
+                .role_name(&d.have.id)
                 .send()
                 .await,
             &["NoSuchEntity"],

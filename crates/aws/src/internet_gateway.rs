@@ -8,29 +8,22 @@ use super::{api_error, ec2, observed, tag_spec};
 use ralph_core::driver::{Context, Desired, DriverError, Observed, Update};
 use ralph_core::model::kinds::{Attr, Field, KindSchema, Ty};
 
-static SCHEMA: KindSchema = KindSchema {
-    kind: "aws.internet_gateway",
-    service: "ec2",
-    doc: "An internet gateway, attached to a VPC.",
-    fields: &[
-        Field::new(
-            "vpc_id",
-            Ty::String,
-            "the VPC to attach to; moving it detaches and re-attaches in place",
-        )
-        .required(),
-        Field::tags(),
-    ],
-    attrs: &[Attr {
-        name: "id",
-        ty: Ty::String,
-        doc: "the gateway id (igw-...)",
-    }],
-    taggable: true,
-    name_field: None,
-    exactly_one_of: &[],
-    ordered: &[],
-};
+static SCHEMA: KindSchema = KindSchema::new(
+    "aws.internet_gateway",
+    "ec2",
+    "An internet gateway, attached to a VPC.",
+)
+.fields(&[
+    Field::new(
+        "vpc_id",
+        Ty::String,
+        "the VPC to attach to; moving it detaches and re-attaches in place",
+    )
+    .required(),
+    Field::tags(),
+])
+.attrs(&[Attr::string("id", "the gateway id (igw-...)")])
+.taggable();
 
 pub struct InternetGateway;
 
@@ -108,11 +101,10 @@ impl Ec2Kind for InternetGateway {
             .send()
             .await
             .map_err(|e| api_error("CreateInternetGateway", e))?;
-        let id = out
-            .internet_gateway()
-            .and_then(|g| g.internet_gateway_id())
-            .ok_or_else(|| DriverError::new("CreateInternetGateway returned no id"))?
-            .to_string();
+        let id = super::made_id(
+            "CreateInternetGateway",
+            out.internet_gateway().and_then(|g| g.internet_gateway_id()),
+        )?;
         attach(cx, &id, want).await?;
         Ok(id)
     }

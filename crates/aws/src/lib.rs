@@ -479,6 +479,30 @@ fn first_line(text: &str) -> String {
     short
 }
 
+/// The id a create call's answer gave the new resource: an answer without
+/// one is an error naming the call.
+pub fn made_id(op: &str, id: Option<&str>) -> Result<String, DriverError> {
+    id.map(str::to_string)
+        .ok_or_else(|| DriverError::new(format!("{op} returned no id")))
+}
+
+/// A read's answer: what it found, or `None` where the service says there is
+/// no such thing (`missing` lists its "not found" codes).
+pub fn found<T, E>(
+    op: &str,
+    answer: Result<T, SdkError<E, aws_smithy_runtime_api::http::Response>>,
+    missing: &[&str],
+) -> Result<Option<T>, DriverError>
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    match answer {
+        Ok(out) => Ok(Some(out)),
+        Err(e) if e.code().is_some_and(|c| missing.contains(&c)) => Ok(None),
+        Err(e) => Err(api_error(op, e)),
+    }
+}
+
 /// The answer to a delete call: done, or already gone (`gone` lists the
 /// service's "not found" codes), which is the outcome wanted too.
 pub fn delete_answer<T, E>(
@@ -489,11 +513,7 @@ pub fn delete_answer<T, E>(
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
-    match answer {
-        Ok(_) => Ok(()),
-        Err(e) if e.code().is_some_and(|c| gone.contains(&c)) => Ok(()),
-        Err(e) => Err(api_error(op, e)),
-    }
+    found(op, answer, gone).map(drop)
 }
 
 pub fn error_code<E, R>(err: &SdkError<E, R>) -> Option<&str>

@@ -11,7 +11,7 @@ use serde_json::Value as Json;
 
 use super::{api_error, error_code, observed_with, ours_or_refuse, read_tag_pairs, tag_map};
 use ralph_core::driver::{
-    found_again, Context, Desired, Driver, DriverError, Known, Observed, Timeouts, Update,
+    found_again, Context, Delete, Desired, Driver, DriverError, Known, Observed, Update,
 };
 use ralph_core::model::kinds::{checks, Attr, Field, KindSchema, Ty};
 
@@ -41,11 +41,8 @@ fn group_name(v: &Json) -> Result<(), String> {
     })
 }
 
-static SCHEMA: KindSchema = KindSchema {
-    kind: "aws.cloudwatch_log_group",
-    service: "logs",
-    doc: "A CloudWatch Logs log group with a retention period (an EKS cluster's control-plane logs, the application's logs).",
-    fields: &[
+static SCHEMA: KindSchema = KindSchema::new("aws.cloudwatch_log_group", "logs", "A CloudWatch Logs log group with a retention period (an EKS cluster's control-plane logs, the application's logs).")
+    .fields(&[
         Field::new("name", Ty::String, "the group's name, such as /aws/eks/CLUSTER/cluster")
             .required()
             .forces_replace()
@@ -57,24 +54,13 @@ static SCHEMA: KindSchema = KindSchema {
             .default("\"\"")
             .forces_replace(),
         Field::tags(),
-    ],
-    attrs: &[
-        Attr {
-            name: "id",
-            ty: Ty::String,
-            doc: "the group's name",
-        },
-        Attr {
-            name: "arn",
-            ty: Ty::String,
-            doc: "the group's ARN (without the `:*` of its streams)",
-        },
-    ],
-    taggable: true,
-    name_field: Some("name"),
-    exactly_one_of: &[],
-    ordered: &[],
-};
+    ])
+    .attrs(&[
+        Attr::string("id", "the group's name"),
+        Attr::string("arn", "the group's ARN (without the `:*` of its streams)"),
+    ])
+    .taggable()
+    .name_field("name");
 
 pub struct LogGroup;
 
@@ -98,15 +84,18 @@ async fn read_one(cx: &Context, name: &str) -> Result<Option<Observed>, DriverEr
         .unwrap_or_default()
         .trim_end_matches(":*")
         .to_string();
-    let tags = match logs
+    let answer = logs
         .list_tags_for_resource()
         .resource_arn(&arn)
         .send()
-        .await
-    {
-        Ok(t) => t.tags().cloned().unwrap_or_default(),
-        Err(e) if error_code(&e) == Some("ResourceNotFoundException") => return Ok(None),
-        Err(e) => return Err(api_error("ListTagsForResource", e)),
+        .await;
+    let found = super::found(
+        "ListTagsForResource",
+        answer,
+        &["ResourceNotFoundException"],
+    )?;
+    let Some(tags) = found.map(|t| t.tags.unwrap_or_default()) else {
+        return Ok(None);
     };
     Ok(Some(observed_with(
         name,
@@ -190,7 +179,7 @@ impl Driver for LogGroup {
             Err(e) => return Err(api_error("CreateLogGroup", e)),
         }
         set_retention(cx, want, name).await?;
-        found_again(read_one(cx, name).await?, || format!("log group {name}"))
+        found_again(read_one(cx, name).await?, "log group", &name)
     }
 
     async fn update(&self, cx: &Context, u: Update<'_>) -> Result<Observed, DriverError> {
@@ -217,24 +206,17 @@ impl Driver for LogGroup {
                 .await
                 .map_err(|e| api_error("TagResource", e))?;
         }
-        found_again(read_one(cx, &have.id).await?, || {
-            format!("log group {}", have.id)
-        })
+        found_again(read_one(cx, &have.id).await?, "log group", &have.id)
     }
 
-    async fn delete(
-        &self,
-        cx: &Context,
-        have: &Observed,
-        _timeouts: &Timeouts,
-    ) -> Result<(), DriverError> {
+    async fn delete(&self, cx: &Context, d: Delete<'_>) -> Result<(), DriverError> {
         super::delete_answer(
             "DeleteLogGroup",
             crate::clients(cx)
                 .await?
                 .logs
                 .delete_log_group()
-                .log_group_name(&have.id)
+                .log_group_name(&d.have.id)
                 .send()
                 .await,
             &["ResourceNotFoundException"],

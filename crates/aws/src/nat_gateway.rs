@@ -19,11 +19,8 @@ fn connectivity(v: &Json) -> Result<(), String> {
     }
 }
 
-static SCHEMA: KindSchema = KindSchema {
-    kind: "aws.nat_gateway",
-    service: "ec2",
-    doc: "A NAT gateway.",
-    fields: &[
+static SCHEMA: KindSchema = KindSchema::new("aws.nat_gateway", "ec2", "A NAT gateway.")
+    .fields(&[
         Field::new("subnet_id", Ty::String, "the (public) subnet it lives in")
             .required()
             .forces_replace(),
@@ -38,24 +35,12 @@ static SCHEMA: KindSchema = KindSchema {
             .forces_replace()
             .check(connectivity),
         Field::tags(),
-    ],
-    attrs: &[
-        Attr {
-            name: "id",
-            ty: Ty::String,
-            doc: "the gateway id (nat-...)",
-        },
-        Attr {
-            name: "public_ip",
-            ty: Ty::String,
-            doc: "its public address",
-        },
-    ],
-    taggable: true,
-    name_field: None,
-    exactly_one_of: &[],
-    ordered: &[],
-};
+    ])
+    .attrs(&[
+        Attr::string("id", "the gateway id (nat-...)"),
+        Attr::string("public_ip", "its public address"),
+    ])
+    .taggable();
 
 const CREATE_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 const DELETE_TIMEOUT: Duration = Duration::from_secs(15 * 60);
@@ -213,11 +198,10 @@ impl Ec2Kind for NatGateway {
             .send()
             .await
             .map_err(|e| api_error("CreateNatGateway", e))?;
-        let id = out
-            .nat_gateway()
-            .and_then(|g| g.nat_gateway_id())
-            .ok_or_else(|| DriverError::new("CreateNatGateway returned no id"))?
-            .to_string();
+        let id = super::made_id(
+            "CreateNatGateway",
+            out.nat_gateway().and_then(|g| g.nat_gateway_id()),
+        )?;
         cx.wait_until(
             want.address,
             "the NAT gateway to become available",

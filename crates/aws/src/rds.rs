@@ -18,7 +18,7 @@ use super::{
     strings, user_tags_of, wait_gone, wait_ready, Readiness,
 };
 use ralph_core::driver::{
-    found_again, Context, Desired, Driver, DriverError, Known, Observed, Timeouts, Update,
+    found_again, Context, Delete, Desired, Driver, DriverError, Known, Observed, Update,
     READY_ATTR, STATUS_ATTR,
 };
 use ralph_core::model::kinds::{checks, Attr, Field, KindSchema, Ty};
@@ -114,231 +114,187 @@ fn storage(v: &Json) -> Result<(), String> {
     }
 }
 
-static SUBNET_GROUP: KindSchema = KindSchema {
-    kind: "aws.rds_subnet_group",
-    service: "rds",
-    doc: "The subnets an RDS instance may use.",
-    fields: &[
-        Field::new("name", Ty::String, "the group name")
-            .required()
-            .forces_replace()
-            .check(identifier),
-        Field::new("description", Ty::String, "what it is for")
-            .default("\"Managed by ralph-deploy\""),
-        Field::new(
-            "subnet_ids",
-            Ty::Set(&Ty::String),
-            "private subnets in at least two zones",
-        )
-        .required(),
-        Field::tags(),
-    ],
-    attrs: &[
-        Attr {
-            name: "id",
-            ty: Ty::String,
-            doc: "the group name",
-        },
-        Attr {
-            name: "arn",
-            ty: Ty::String,
-            doc: "the group ARN",
-        },
-    ],
-    taggable: true,
-    name_field: Some("name"),
-    exactly_one_of: &[],
-    ordered: &[],
-};
+static SUBNET_GROUP: KindSchema = KindSchema::new(
+    "aws.rds_subnet_group",
+    "rds",
+    "The subnets an RDS instance may use.",
+)
+.fields(&[
+    Field::new("name", Ty::String, "the group name")
+        .required()
+        .forces_replace()
+        .check(identifier),
+    Field::new("description", Ty::String, "what it is for").default("\"Managed by ralph-deploy\""),
+    Field::new(
+        "subnet_ids",
+        Ty::Set(&Ty::String),
+        "private subnets in at least two zones",
+    )
+    .required(),
+    Field::tags(),
+])
+.attrs(&[
+    Attr::string("id", "the group name"),
+    Attr::string("arn", "the group ARN"),
+])
+.taggable()
+.name_field("name");
 
-static PARAMETER_GROUP: KindSchema = KindSchema {
-    kind: "aws.rds_parameter_group",
-    service: "rds",
-    doc: "Database engine settings for RDS instances.",
-    fields: &[
-        Field::new("name", Ty::String, "the group name")
-            .required()
-            .forces_replace()
-            .check(identifier),
-        Field::new(
-            "family",
-            Ty::String,
-            "the engine family, such as postgres15",
-        )
-        .default("\"postgres15\"")
+static PARAMETER_GROUP: KindSchema = KindSchema::new(
+    "aws.rds_parameter_group",
+    "rds",
+    "Database engine settings for RDS instances.",
+)
+.fields(&[
+    Field::new("name", Ty::String, "the group name")
+        .required()
+        .forces_replace()
+        .check(identifier),
+    Field::new(
+        "family",
+        Ty::String,
+        "the engine family, such as postgres15",
+    )
+    .default("\"postgres15\"")
+    .forces_replace(),
+    Field::new("description", Ty::String, "what it is for")
+        .default("\"Managed by ralph-deploy\"")
         .forces_replace(),
-        Field::new("description", Ty::String, "what it is for")
-            .default("\"Managed by ralph-deploy\"")
-            .forces_replace(),
-        Field::new(
-            "parameters",
-            Ty::StringMap,
-            "parameter name to value (applied at the next reboot)",
-        )
-        .default("{}"),
-        Field::tags(),
-    ],
-    attrs: &[
-        Attr {
-            name: "id",
-            ty: Ty::String,
-            doc: "the group name",
-        },
-        Attr {
-            name: "arn",
-            ty: Ty::String,
-            doc: "the group ARN",
-        },
-    ],
-    taggable: true,
-    name_field: Some("name"),
-    exactly_one_of: &[],
-    ordered: &[],
-};
+    Field::new(
+        "parameters",
+        Ty::StringMap,
+        "parameter name to value (applied at the next reboot)",
+    )
+    .default("{}"),
+    Field::tags(),
+])
+.attrs(&[
+    Attr::string("id", "the group name"),
+    Attr::string("arn", "the group ARN"),
+])
+.taggable()
+.name_field("name");
 
-static INSTANCE: KindSchema = KindSchema {
-    kind: "aws.rds_instance",
-    service: "rds",
-    doc: "An RDS database instance: a primary, or a read replica of one.",
-    fields: &[
-        Field::new("identifier", Ty::String, "the instance identifier")
-            .required()
-            .forces_replace()
-            .check(identifier),
-        Field::new(
-            "replicate_source_db",
-            Ty::String,
-            "make this a read replica of that instance",
-        )
+static INSTANCE: KindSchema = KindSchema::new(
+    "aws.rds_instance",
+    "rds",
+    "An RDS database instance: a primary, or a read replica of one.",
+)
+.fields(&[
+    Field::new("identifier", Ty::String, "the instance identifier")
+        .required()
+        .forces_replace()
+        .check(identifier),
+    Field::new(
+        "replicate_source_db",
+        Ty::String,
+        "make this a read replica of that instance",
+    )
+    .forces_replace(),
+    Field::new("engine", Ty::String, "the engine")
+        .default("\"postgres\"")
         .forces_replace(),
-        Field::new("engine", Ty::String, "the engine")
-            .default("\"postgres\"")
-            .forces_replace(),
-        Field::new(
-            "engine_version",
-            Ty::Version,
-            "engine version, such as \"15\"; upgrades happen in place",
-        ),
-        Field::new("instance_class", Ty::String, "such as db.t3.large")
-            .required()
-            .check(instance_class),
-        Field::new(
-            "allocated_storage",
-            Ty::Int,
-            "GiB of storage (can only grow)",
-        )
-        .check(storage),
-        Field::new("storage_type", Ty::String, "gp3, gp2 or io1").default("\"gp3\""),
-        Field::new("storage_encrypted", Ty::Bool, "encrypt storage at rest")
-            .default("true")
-            .forces_replace(),
-        Field::new("kms_key_id", Ty::String, "KMS key for storage encryption").forces_replace(),
-        Field::new(
-            "multi_az",
-            Ty::Bool,
-            "a synchronous standby in another zone",
-        )
-        .default("false"),
-        Field::new(
-            "db_subnet_group_name",
-            Ty::String,
-            "the subnet group (primaries)",
-        )
+    Field::new(
+        "engine_version",
+        Ty::Version,
+        "engine version, such as \"15\"; upgrades happen in place",
+    ),
+    Field::new("instance_class", Ty::String, "such as db.t3.large")
+        .required()
+        .check(instance_class),
+    Field::new(
+        "allocated_storage",
+        Ty::Int,
+        "GiB of storage (can only grow)",
+    )
+    .check(storage),
+    Field::new("storage_type", Ty::String, "gp3, gp2 or io1").default("\"gp3\""),
+    Field::new("storage_encrypted", Ty::Bool, "encrypt storage at rest")
+        .default("true")
         .forces_replace(),
-        Field::new("parameter_group_name", Ty::String, "the parameter group"),
-        Field::new(
-            "vpc_security_group_ids",
-            Ty::Set(&Ty::String),
-            "security groups",
-        )
-        .default("[]"),
-        Field::new(
-            "backup_retention_days",
-            Ty::Int,
-            "days of automated backups (0 turns them off)",
-        )
-        .check(retention),
-        Field::new(
-            "backup_window",
-            Ty::String,
-            "daily backup window, UTC, such as 03:00-04:00",
-        )
-        .check(backup_window),
-        Field::new(
-            "maintenance_window",
-            Ty::String,
-            "weekly maintenance window, such as sun:04:00-sun:05:00",
-        )
-        .check(maintenance_window),
-        Field::new(
-            "deletion_protection",
-            Ty::Bool,
-            "the service refuses to delete it",
-        )
-        .default("true"),
-        Field::new(
-            "db_name",
-            Ty::String,
-            "a database created with the instance",
-        )
-        .forces_replace(),
-        Field::new(
-            "master_username",
-            Ty::String,
-            "the administrator (primaries)",
-        )
-        .forces_replace(),
-        Field::new(
-            "publicly_accessible",
-            Ty::Bool,
-            "reachable from outside the VPC",
-        )
-        .default("false"),
-        Field::new(
-            "skip_final_snapshot",
-            Ty::Bool,
-            "delete without a final snapshot",
-        )
-        .default("false"),
-        Field::tags(),
-    ],
-    attrs: &[
-        Attr {
-            name: "id",
-            ty: Ty::String,
-            doc: "the instance identifier",
-        },
-        Attr {
-            name: "arn",
-            ty: Ty::String,
-            doc: "the instance ARN",
-        },
-        Attr {
-            name: "address",
-            ty: Ty::String,
-            doc: "the endpoint host name",
-        },
-        Attr {
-            name: "port",
-            ty: Ty::Int,
-            doc: "the endpoint port",
-        },
-        Attr {
-            name: "master_user_secret_arn",
-            ty: Ty::String,
-            doc: "the Secrets Manager secret RDS keeps the master password in",
-        },
-        Attr {
-            name: "status",
-            ty: Ty::String,
-            doc: "creating, available, modifying, ...",
-        },
-    ],
-    taggable: true,
-    name_field: Some("identifier"),
-    exactly_one_of: &[],
-    ordered: &[],
-};
+    Field::new("kms_key_id", Ty::String, "KMS key for storage encryption").forces_replace(),
+    Field::new(
+        "multi_az",
+        Ty::Bool,
+        "a synchronous standby in another zone",
+    )
+    .default("false"),
+    Field::new(
+        "db_subnet_group_name",
+        Ty::String,
+        "the subnet group (primaries)",
+    )
+    .forces_replace(),
+    Field::new("parameter_group_name", Ty::String, "the parameter group"),
+    Field::new(
+        "vpc_security_group_ids",
+        Ty::Set(&Ty::String),
+        "security groups",
+    )
+    .default("[]"),
+    Field::new(
+        "backup_retention_days",
+        Ty::Int,
+        "days of automated backups (0 turns them off)",
+    )
+    .check(retention),
+    Field::new(
+        "backup_window",
+        Ty::String,
+        "daily backup window, UTC, such as 03:00-04:00",
+    )
+    .check(backup_window),
+    Field::new(
+        "maintenance_window",
+        Ty::String,
+        "weekly maintenance window, such as sun:04:00-sun:05:00",
+    )
+    .check(maintenance_window),
+    Field::new(
+        "deletion_protection",
+        Ty::Bool,
+        "the service refuses to delete it",
+    )
+    .default("true"),
+    Field::new(
+        "db_name",
+        Ty::String,
+        "a database created with the instance",
+    )
+    .forces_replace(),
+    Field::new(
+        "master_username",
+        Ty::String,
+        "the administrator (primaries)",
+    )
+    .forces_replace(),
+    Field::new(
+        "publicly_accessible",
+        Ty::Bool,
+        "reachable from outside the VPC",
+    )
+    .default("false"),
+    Field::new(
+        "skip_final_snapshot",
+        Ty::Bool,
+        "delete without a final snapshot",
+    )
+    .default("false"),
+    Field::tags(),
+])
+.attrs(&[
+    Attr::string("id", "the instance identifier"),
+    Attr::string("arn", "the instance ARN"),
+    Attr::string("address", "the endpoint host name"),
+    Attr::new("port", Ty::Int, "the endpoint port"),
+    Attr::string(
+        "master_user_secret_arn",
+        "the Secrets Manager secret RDS keeps the master password in",
+    ),
+    Attr::string("status", "creating, available, modifying, ..."),
+])
+.taggable()
+.name_field("identifier");
 
 pub struct ParameterGroup;
 pub struct Instance;
@@ -370,17 +326,17 @@ subnet_group_calls!(DbSubnets {
 
 async fn read_parameter_group(cx: &Context, name: &str) -> Result<Option<Observed>, DriverError> {
     let rds = &crate::clients(cx).await?.rds;
-    let out = match rds
+    let answer = rds
         .describe_db_parameter_groups()
         .db_parameter_group_name(name)
         .send()
-        .await
-    {
-        Ok(o) => o,
-        Err(e) if error_code(&e) == Some("DBParameterGroupNotFound") => return Ok(None),
-        Err(e) => return Err(api_error("DescribeDBParameterGroups", e)),
-    };
-    let Some(g) = out.db_parameter_groups().first() else {
+        .await;
+    let found = super::found(
+        "DescribeDBParameterGroups",
+        answer,
+        &["DBParameterGroupNotFound"],
+    )?;
+    let Some(g) = found.and_then(|o| o.db_parameter_groups?.into_iter().next()) else {
         return Ok(None);
     };
     let arn = g.db_parameter_group_arn().unwrap_or_default().to_string();
@@ -494,9 +450,11 @@ impl Driver for ParameterGroup {
             &user_tags_of(want.props.get("parameters")),
         )
         .await?;
-        found_again(read_parameter_group(cx, name).await?, || {
-            format!("parameter group {name}")
-        })
+        found_again(
+            read_parameter_group(cx, name).await?,
+            "parameter group",
+            &name,
+        )
     }
 
     async fn update(&self, cx: &Context, u: Update<'_>) -> Result<Observed, DriverError> {
@@ -513,24 +471,21 @@ impl Driver for ParameterGroup {
         if u.changes("tags") {
             arn_tags::sync(cx, ArnService::Rds, &crate::arn_of(have), have, want).await?;
         }
-        found_again(read_parameter_group(cx, &have.id).await?, || {
-            format!("parameter group {}", have.id)
-        })
+        found_again(
+            read_parameter_group(cx, &have.id).await?,
+            "parameter group",
+            &have.id,
+        )
     }
 
-    async fn delete(
-        &self,
-        cx: &Context,
-        have: &Observed,
-        _timeouts: &Timeouts,
-    ) -> Result<(), DriverError> {
+    async fn delete(&self, cx: &Context, d: Delete<'_>) -> Result<(), DriverError> {
         super::delete_answer(
             "DeleteDBParameterGroup",
             crate::clients(cx)
                 .await?
                 .rds
                 .delete_db_parameter_group()
-                .db_parameter_group_name(&have.id)
+                .db_parameter_group_name(&d.have.id)
                 .send()
                 .await,
             &["DBParameterGroupNotFound"],
@@ -815,18 +770,13 @@ impl Driver for Instance {
         .await
     }
 
-    async fn delete(
-        &self,
-        cx: &Context,
-        have: &Observed,
-        timeouts: &Timeouts,
-    ) -> Result<(), DriverError> {
+    async fn delete(&self, cx: &Context, d: Delete<'_>) -> Result<(), DriverError> {
         let rds = &crate::clients(cx).await?.rds;
-        let address = have.address.clone().unwrap_or_else(|| have.id.clone());
+        let address = d.address();
         // Only reached with --allow-protected: lift the service's own protection first.
-        if have.attrs.get("deletion_protection") == Some(&Json::Bool(true)) {
+        if d.have.attrs.get("deletion_protection") == Some(&Json::Bool(true)) {
             rds.modify_db_instance()
-                .db_instance_identifier(&have.id)
+                .db_instance_identifier(&d.have.id)
                 .deletion_protection(false)
                 .apply_immediately(true)
                 .send()
@@ -835,20 +785,21 @@ impl Driver for Instance {
             wait_available(
                 cx,
                 &address,
-                &have.id,
-                timeouts.update_or(INSTANCE_TIMEOUT),
+                &d.have.id,
+                d.timeouts.update_or(INSTANCE_TIMEOUT),
                 false,
             )
             .await?;
         }
-        let replica = have
+        let replica = d
+            .have
             .attrs
             .get("replicate_source_db")
             .is_some_and(|v| !v.is_null());
-        let skip = replica || have.attrs.get("skip_final_snapshot") == Some(&Json::Bool(true));
+        let skip = replica || d.have.attrs.get("skip_final_snapshot") == Some(&Json::Bool(true));
         let mut req = rds
             .delete_db_instance()
-            .db_instance_identifier(&have.id)
+            .db_instance_identifier(&d.have.id)
             .skip_final_snapshot(skip)
             .delete_automated_backups(false);
         if !skip {
@@ -856,14 +807,14 @@ impl Driver for Instance {
             // the same second (destroy, apply, destroy) left its own.
             req = req.final_db_snapshot_identifier(format!(
                 "{}-final-{}",
-                have.id,
+                d.have.id,
                 chrono::Utc::now().format("%Y%m%d%H%M%S%3f")
             ));
         }
         // Already being deleted (a run killed mid-delete, or a retried
         // request whose first attempt took effect): wait for it instead of
         // asking again, which would fail or take a second final snapshot.
-        if !gone_or_deleting(read_instance(cx, &have.id)).await? {
+        if !gone_or_deleting(read_instance(cx, &d.have.id)).await? {
             match req.send().await {
                 Ok(_) => {}
                 Err(e)
@@ -885,7 +836,7 @@ impl Driver for Instance {
                         )
                     ) =>
                 {
-                    if !gone_or_deleting(read_instance(cx, &have.id)).await? {
+                    if !gone_or_deleting(read_instance(cx, &d.have.id)).await? {
                         return Err(api_error("DeleteDBInstance", e));
                     }
                 }
@@ -894,10 +845,10 @@ impl Driver for Instance {
         }
         wait_gone(
             cx,
-            have,
+            d.have,
             "the database",
-            timeouts.delete_or(INSTANCE_TIMEOUT),
-            || read_instance(cx, &have.id),
+            d.timeouts.delete_or(INSTANCE_TIMEOUT),
+            || read_instance(cx, &d.have.id),
         )
         .await
     }

@@ -30,32 +30,25 @@ static ROUTE: &[Field] = &[
     ),
 ];
 
-static SCHEMA: KindSchema = KindSchema {
-    kind: "aws.route_table",
-    service: "ec2",
-    doc: "A route table of a VPC and its routes.",
-    fields: &[
-        Field::new("vpc_id", Ty::String, "the VPC, usually `${vpc.id}`")
-            .required()
-            .forces_replace(),
-        Field::new(
-            "routes",
-            Ty::Set(&Ty::Object(ROUTE)),
-            "routes besides the VPC's local route",
-        )
-        .default("[]"),
-        Field::tags(),
-    ],
-    attrs: &[Attr {
-        name: "id",
-        ty: Ty::String,
-        doc: "the route table id (rtb-...)",
-    }],
-    taggable: true,
-    name_field: None,
-    exactly_one_of: &[],
-    ordered: &[],
-};
+static SCHEMA: KindSchema = KindSchema::new(
+    "aws.route_table",
+    "ec2",
+    "A route table of a VPC and its routes.",
+)
+.fields(&[
+    Field::new("vpc_id", Ty::String, "the VPC, usually `${vpc.id}`")
+        .required()
+        .forces_replace(),
+    Field::new(
+        "routes",
+        Ty::Set(&Ty::Object(ROUTE)),
+        "routes besides the VPC's local route",
+    )
+    .default("[]"),
+    Field::tags(),
+])
+.attrs(&[Attr::string("id", "the route table id (rtb-...)")])
+.taggable();
 
 pub struct RouteTable;
 
@@ -222,11 +215,10 @@ impl Ec2Kind for RouteTable {
             .send()
             .await
             .map_err(|e| api_error("CreateRouteTable", e))?;
-        let id = out
-            .route_table()
-            .and_then(|t| t.route_table_id())
-            .ok_or_else(|| DriverError::new("CreateRouteTable returned no id"))?
-            .to_string();
+        let id = super::made_id(
+            "CreateRouteTable",
+            out.route_table().and_then(|t| t.route_table_id()),
+        )?;
         sync_routes(cx, &id, None, want.props.get("routes")).await?;
         Ok(id)
     }

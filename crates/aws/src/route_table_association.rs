@@ -6,41 +6,31 @@
 use serde_json::Value as Json;
 
 use super::{api_error, ec2};
-use ralph_core::driver::{
-    Context, Desired, Driver, DriverError, Known, Observed, Timeouts, Update,
-};
+use ralph_core::driver::{Context, Delete, Desired, Driver, DriverError, Known, Observed, Update};
 use ralph_core::model::kinds::{Attr, Field, KindSchema, Ty};
 
-static SCHEMA: KindSchema = KindSchema {
-    kind: "aws.route_table_association",
-    service: "ec2",
-    doc: "Associates a subnet with a route table.",
-    fields: &[
-        Field::new(
-            "route_table_id",
-            Ty::String,
-            "the route table, usually `${rt.id}`",
-        )
-        .required()
-        .forces_replace(),
-        Field::new(
-            "subnet_id",
-            Ty::String,
-            "the subnet, usually `${subnet.id}`",
-        )
-        .required()
-        .forces_replace(),
-    ],
-    attrs: &[Attr {
-        name: "id",
-        ty: Ty::String,
-        doc: "the association id (rtbassoc-...)",
-    }],
-    taggable: false,
-    name_field: None,
-    exactly_one_of: &[],
-    ordered: &[],
-};
+static SCHEMA: KindSchema = KindSchema::new(
+    "aws.route_table_association",
+    "ec2",
+    "Associates a subnet with a route table.",
+)
+.fields(&[
+    Field::new(
+        "route_table_id",
+        Ty::String,
+        "the route table, usually `${rt.id}`",
+    )
+    .required()
+    .forces_replace(),
+    Field::new(
+        "subnet_id",
+        Ty::String,
+        "the subnet, usually `${subnet.id}`",
+    )
+    .required()
+    .forces_replace(),
+])
+.attrs(&[Attr::string("id", "the association id (rtbassoc-...)")]);
 
 pub struct RouteTableAssociation;
 
@@ -73,10 +63,7 @@ impl Driver for RouteTableAssociation {
             .send()
             .await
             .map_err(|e| api_error("AssociateRouteTable", e))?;
-        let id = out
-            .association_id()
-            .ok_or_else(|| DriverError::new("AssociateRouteTable returned no id"))?
-            .to_string();
+        let id = super::made_id("AssociateRouteTable", out.association_id())?;
         let mut attrs = serde_json::Map::new();
         attrs.insert("id".into(), Json::String(id.clone()));
         attrs.insert("route_table_id".into(), Json::String(rt.to_string()));
@@ -95,18 +82,13 @@ impl Driver for RouteTableAssociation {
         Ok(have.clone())
     }
 
-    async fn delete(
-        &self,
-        cx: &Context,
-        have: &Observed,
-        _timeouts: &Timeouts,
-    ) -> Result<(), DriverError> {
+    async fn delete(&self, cx: &Context, d: Delete<'_>) -> Result<(), DriverError> {
         super::delete_answer(
             "DisassociateRouteTable",
             ec2(cx)
                 .await?
                 .disassociate_route_table()
-                .association_id(&have.id)
+                .association_id(&d.have.id)
                 .send()
                 .await,
             &["InvalidAssociationID.NotFound"],

@@ -12,7 +12,7 @@ use serde_json::Value as Json;
 
 use super::{api_error, error_code, observed_with, read_each, read_tag_pairs, tag_map};
 use ralph_core::driver::{
-    found_again, Context, Desired, Driver, DriverError, Known, Observed, Timeouts, Update,
+    found_again, Context, Delete, Desired, Driver, DriverError, Known, Observed, Update,
 };
 use ralph_core::model::kinds::{checks, Attr, Field, KindSchema, Ty};
 
@@ -43,11 +43,8 @@ fn sse(v: &Json) -> Result<(), String> {
     checks::choice(v, &["AES256", "aws:kms"], "encryption")
 }
 
-static SCHEMA: KindSchema = KindSchema {
-    kind: "aws.s3_bucket",
-    service: "s3",
-    doc: "An S3 bucket (backups).",
-    fields: &[
+static SCHEMA: KindSchema = KindSchema::new("aws.s3_bucket", "s3", "An S3 bucket (backups).")
+    .fields(&[
         Field::new("name", Ty::String, "the globally unique bucket name")
             .required()
             .forces_replace()
@@ -80,24 +77,13 @@ static SCHEMA: KindSchema = KindSchema {
         )
         .default("false"),
         Field::tags(),
-    ],
-    attrs: &[
-        Attr {
-            name: "id",
-            ty: Ty::String,
-            doc: "the bucket name",
-        },
-        Attr {
-            name: "arn",
-            ty: Ty::String,
-            doc: "the bucket ARN",
-        },
-    ],
-    taggable: true,
-    name_field: Some("name"),
-    exactly_one_of: &[],
-    ordered: &[],
-};
+    ])
+    .attrs(&[
+        Attr::string("id", "the bucket name"),
+        Attr::string("arn", "the bucket ARN"),
+    ])
+    .taggable()
+    .name_field("name");
 
 pub struct S3Bucket;
 
@@ -376,32 +362,25 @@ impl Driver for S3Bucket {
         if let Err(e) = configure(cx, name, want, None).await {
             return Err(e.with_partial(created));
         }
-        found_again(read_one(cx, name).await?, || format!("bucket {name}"))
+        found_again(read_one(cx, name).await?, "bucket", &name)
     }
 
     async fn update(&self, cx: &Context, u: Update<'_>) -> Result<Observed, DriverError> {
         let (want, have, changed) = (u.want, u.have, u.changed);
         configure(cx, &have.id, want, Some(changed)).await?;
-        found_again(read_one(cx, &have.id).await?, || {
-            format!("bucket {}", have.id)
-        })
+        found_again(read_one(cx, &have.id).await?, "bucket", &have.id)
     }
 
-    async fn delete(
-        &self,
-        cx: &Context,
-        have: &Observed,
-        _timeouts: &Timeouts,
-    ) -> Result<(), DriverError> {
-        if have.attrs.get("force_destroy") == Some(&Json::Bool(true)) {
-            empty(cx, &have.id).await?;
+    async fn delete(&self, cx: &Context, d: Delete<'_>) -> Result<(), DriverError> {
+        if d.have.attrs.get("force_destroy") == Some(&Json::Bool(true)) {
+            empty(cx, &d.have.id).await?;
         }
-        match crate::clients(cx).await?.s3.delete_bucket().bucket(&have.id).send().await {
+        match crate::clients(cx).await?.s3.delete_bucket().bucket(&d.have.id).send().await {
             Ok(_) => Ok(()),
             Err(e) if error_code(&e) == Some("NoSuchBucket") => Ok(()),
             Err(e) if error_code(&e) == Some("BucketNotEmpty") => Err(DriverError::new(format!(
                 "bucket {} still holds objects: empty it, or set `force_destroy: true` on it and apply before destroying",
-                have.id
+                d.have.id
             ))),
             Err(e) => Err(api_error("DeleteBucket", e)),
         }

@@ -29,51 +29,40 @@ static RULE: &[Field] = &[
         .check(checks::security_group_description),
 ];
 
-static SCHEMA: KindSchema = KindSchema {
-    kind: "aws.security_group",
-    service: "ec2",
-    doc: "A VPC security group and its rules.",
-    fields: &[
-        Field::new("name", Ty::String, "the group name, unique in the VPC")
-            .required()
-            .forces_replace()
-            .check(checks::security_group_name),
-        Field::new("description", Ty::String, "what the group is for")
-            .default("\"Managed by ralph-deploy\"")
-            .check(checks::security_group_description)
-            .forces_replace(),
-        Field::new("vpc_id", Ty::String, "the VPC, usually `${vpc.id}`")
-            .required()
-            .forces_replace(),
-        Field::new("ingress", Ty::Set(&Ty::Object(RULE)), "inbound rules")
-            .default("[]")
-            .check(checks::rule_port_ranges),
-        Field::new(
-            "egress",
-            Ty::Set(&Ty::Object(RULE)),
-            "outbound rules; none unless listed",
-        )
+static SCHEMA: KindSchema = KindSchema::new(
+    "aws.security_group",
+    "ec2",
+    "A VPC security group and its rules.",
+)
+.fields(&[
+    Field::new("name", Ty::String, "the group name, unique in the VPC")
+        .required()
+        .forces_replace()
+        .check(checks::security_group_name),
+    Field::new("description", Ty::String, "what the group is for")
+        .default("\"Managed by ralph-deploy\"")
+        .check(checks::security_group_description)
+        .forces_replace(),
+    Field::new("vpc_id", Ty::String, "the VPC, usually `${vpc.id}`")
+        .required()
+        .forces_replace(),
+    Field::new("ingress", Ty::Set(&Ty::Object(RULE)), "inbound rules")
         .default("[]")
         .check(checks::rule_port_ranges),
-        Field::tags(),
-    ],
-    attrs: &[
-        Attr {
-            name: "id",
-            ty: Ty::String,
-            doc: "the group id (sg-...)",
-        },
-        Attr {
-            name: "arn",
-            ty: Ty::String,
-            doc: "the group ARN",
-        },
-    ],
-    taggable: true,
-    name_field: None,
-    exactly_one_of: &[],
-    ordered: &[],
-};
+    Field::new(
+        "egress",
+        Ty::Set(&Ty::Object(RULE)),
+        "outbound rules; none unless listed",
+    )
+    .default("[]")
+    .check(checks::rule_port_ranges),
+    Field::tags(),
+])
+.attrs(&[
+    Attr::string("id", "the group id (sg-...)"),
+    Attr::string("arn", "the group ARN"),
+])
+.taggable();
 
 pub struct SecurityGroup;
 
@@ -304,10 +293,7 @@ impl Ec2Kind for SecurityGroup {
             .send()
             .await
             .map_err(|e| api_error("CreateSecurityGroup", e))?;
-        let id = out
-            .group_id()
-            .ok_or_else(|| DriverError::new("CreateSecurityGroup returned no id"))?
-            .to_string();
+        let id = super::made_id("CreateSecurityGroup", out.group_id())?;
         // The rules EC2 gave the new group (its default egress) are replaced.
         let fresh = ec2_listing::read_back::<Self>(cx, &id).await?;
         sync_both(cx, &id, &fresh, want, &["ingress", "egress"]).await?;

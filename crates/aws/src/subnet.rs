@@ -8,55 +8,44 @@ use super::{api_error, ec2, observed, opt_str, tag_spec};
 use ralph_core::driver::{Context, Desired, DriverError, Observed, Update};
 use ralph_core::model::kinds::{checks, Attr, Field, KindSchema, Ty};
 
-static SCHEMA: KindSchema = KindSchema {
-    kind: "aws.subnet",
-    service: "ec2",
-    doc: "A subnet of a VPC in one availability zone.",
-    fields: &[
-        Field::new("vpc_id", Ty::String, "the VPC, usually `${vpc.id}`")
-            .required()
-            .forces_replace(),
-        Field::new(
-            "cidr_block",
-            Ty::Cidr,
-            "the subnet's range, inside the VPC's",
-        )
+static SCHEMA: KindSchema = KindSchema::new(
+    "aws.subnet",
+    "ec2",
+    "A subnet of a VPC in one availability zone.",
+)
+.fields(&[
+    Field::new("vpc_id", Ty::String, "the VPC, usually `${vpc.id}`")
         .required()
-        .forces_replace()
-        .within("vpc_id", "cidr_block"),
-        Field::new(
-            "availability_zone",
-            Ty::String,
-            "the zone, such as us-east-1a",
-        )
-        .required()
-        .forces_replace()
-        .check(checks::availability_zone),
-        Field::new(
-            "map_public_ip_on_launch",
-            Ty::Bool,
-            "give instances public addresses (public subnets)",
-        )
-        .default("false"),
-        Field::tags(),
-    ],
-    attrs: &[
-        Attr {
-            name: "id",
-            ty: Ty::String,
-            doc: "the subnet id (subnet-...)",
-        },
-        Attr {
-            name: "arn",
-            ty: Ty::String,
-            doc: "the subnet ARN",
-        },
-    ],
-    taggable: true,
-    name_field: None,
-    exactly_one_of: &[],
-    ordered: &[],
-};
+        .forces_replace(),
+    Field::new(
+        "cidr_block",
+        Ty::Cidr,
+        "the subnet's range, inside the VPC's",
+    )
+    .required()
+    .forces_replace()
+    .within("vpc_id", "cidr_block"),
+    Field::new(
+        "availability_zone",
+        Ty::String,
+        "the zone, such as us-east-1a",
+    )
+    .required()
+    .forces_replace()
+    .check(checks::availability_zone),
+    Field::new(
+        "map_public_ip_on_launch",
+        Ty::Bool,
+        "give instances public addresses (public subnets)",
+    )
+    .default("false"),
+    Field::tags(),
+])
+.attrs(&[
+    Attr::string("id", "the subnet id (subnet-...)"),
+    Attr::string("arn", "the subnet ARN"),
+])
+.taggable();
 
 pub struct Subnet;
 
@@ -118,11 +107,7 @@ impl Ec2Kind for Subnet {
             .send()
             .await
             .map_err(|e| api_error("CreateSubnet", e))?;
-        let id = out
-            .subnet()
-            .and_then(|s| s.subnet_id())
-            .ok_or_else(|| DriverError::new("CreateSubnet returned no id"))?
-            .to_string();
+        let id = super::made_id("CreateSubnet", out.subnet().and_then(|s| s.subnet_id()))?;
         if want.bool("map_public_ip_on_launch") == Some(true) {
             set_public(cx, &id, true).await?;
         }

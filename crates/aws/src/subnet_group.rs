@@ -8,7 +8,7 @@ use serde_json::Value as Json;
 use super::arn_tags::{self, ArnService};
 use super::{observed_with, read_each, strings};
 use ralph_core::driver::{
-    found_again, Context, Desired, Driver, DriverError, Known, Observed, Timeouts, Update,
+    found_again, Context, Delete, Desired, Driver, DriverError, Known, Observed, Update,
 };
 use ralph_core::model::kinds::KindSchema;
 
@@ -86,10 +86,10 @@ macro_rules! subnet_group_calls {
                 name: &str,
             ) -> Result<Option<$crate::subnet_group::Found>, ralph_core::driver::DriverError> {
                 let client = &$crate::clients(cx).await?.$client;
-                let out = match client.$describe().$name(name).send().await {
-                    Ok(o) => o,
-                    Err(e) if $crate::error_code(&e) == Some($missing) => return Ok(None),
-                    Err(e) => return Err($crate::api_error(concat!("Describe", $noun, "s"), e)),
+                let answer = client.$describe().$name(name).send().await;
+                let op = concat!("Describe", $noun, "s");
+                let Some(out) = $crate::found(op, answer, &[$missing])? else {
+                    return Ok(None);
                 };
                 Ok(out.$groups().first().map(|g| $crate::subnet_group::Found {
                     arn: g.$group_arn().unwrap_or_default().to_string(),
@@ -186,9 +186,7 @@ impl SubnetGroup {
     }
 
     async fn read_back(&self, cx: &Context, name: &str) -> Result<Observed, DriverError> {
-        found_again(self.read(cx, name).await?, || {
-            format!("subnet group {name}")
-        })
+        found_again(self.read(cx, name).await?, "subnet group", &name)
     }
 }
 
@@ -227,12 +225,7 @@ impl Driver for SubnetGroup {
         self.read_back(cx, &have.id).await
     }
 
-    async fn delete(
-        &self,
-        cx: &Context,
-        have: &Observed,
-        _timeouts: &Timeouts,
-    ) -> Result<(), DriverError> {
-        self.0.delete(cx, &have.id).await
+    async fn delete(&self, cx: &Context, d: Delete<'_>) -> Result<(), DriverError> {
+        self.0.delete(cx, &d.have.id).await
     }
 }

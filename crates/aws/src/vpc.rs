@@ -22,11 +22,8 @@ fn vpc_prefix(v: &Json) -> Result<(), String> {
     })
 }
 
-static SCHEMA: KindSchema = KindSchema {
-    kind: "aws.vpc",
-    service: "ec2",
-    doc: "An Amazon VPC.",
-    fields: &[
+static SCHEMA: KindSchema = KindSchema::new("aws.vpc", "ec2", "An Amazon VPC.")
+    .fields(&[
         Field::new("cidr_block", Ty::Cidr, "the VPC's IPv4 range, /16 to /28")
             .required()
             .forces_replace()
@@ -44,29 +41,16 @@ static SCHEMA: KindSchema = KindSchema {
         )
         .default("true"),
         Field::tags(),
-    ],
-    attrs: &[
-        Attr {
-            name: "id",
-            ty: Ty::String,
-            doc: "the VPC id (vpc-...)",
-        },
-        Attr {
-            name: "owner_id",
-            ty: Ty::String,
-            doc: "the owning account",
-        },
-        Attr {
-            name: "default_security_group_id",
-            ty: Ty::String,
-            doc: "the VPC's default security group",
-        },
-    ],
-    taggable: true,
-    name_field: None,
-    exactly_one_of: &[],
-    ordered: &[],
-};
+    ])
+    .attrs(&[
+        Attr::string("id", "the VPC id (vpc-...)"),
+        Attr::string("owner_id", "the owning account"),
+        Attr::string(
+            "default_security_group_id",
+            "the VPC's default security group",
+        ),
+    ])
+    .taggable();
 
 pub struct Vpc;
 
@@ -238,11 +222,7 @@ impl Ec2Kind for Vpc {
             .send()
             .await
             .map_err(|e| api_error("CreateVpc", e))?;
-        let id = out
-            .vpc()
-            .and_then(|v| v.vpc_id())
-            .ok_or_else(|| DriverError::new("CreateVpc returned no VPC id"))?
-            .to_string();
+        let id = super::made_id("CreateVpc", out.vpc().and_then(|v| v.vpc_id()))?;
         // Usually available at once; otherwise wait for it.
         let available = out
             .vpc()

@@ -17,7 +17,7 @@ use serde_json::Value as Json;
 
 use super::{api_error, error_code, observed_with, read_tag_pairs, removed_tag_keys, strings};
 use ralph_core::driver::{
-    found_again, Context, DeleteAttempt, Desired, Driver, DriverError, Known, Observed, Timeouts,
+    found_again, Context, Delete, DeleteAttempt, Desired, Driver, DriverError, Known, Observed,
     Update,
 };
 use ralph_core::model::kinds::{checks, Attr, Field, KindSchema, Ty};
@@ -65,11 +65,8 @@ fn window(v: &Json) -> Result<(), String> {
     }
 }
 
-static SCHEMA: KindSchema = KindSchema {
-    kind: "aws.wafv2_web_acl",
-    service: "wafv2",
-    doc: "An AWS WAF web ACL for a load balancer: AWS's managed rule groups and a rate limit per client address.",
-    fields: &[
+static SCHEMA: KindSchema = KindSchema::new("aws.wafv2_web_acl", "wafv2", "An AWS WAF web ACL for a load balancer: AWS's managed rule groups and a rate limit per client address.")
+    .fields(&[
         Field::new("name", Ty::String, "the ACL's name, unique in the account and region")
             .required()
             .forces_replace()
@@ -104,31 +101,13 @@ static SCHEMA: KindSchema = KindSchema {
         .default("300")
         .check(window),
         Field::tags(),
-    ],
-    attrs: &[
-        Attr {
-            name: "id",
-            ty: Ty::String,
-            doc: "the ACL's ARN",
-        },
-        Attr {
-            name: "arn",
-            ty: Ty::String,
-            doc: "the ACL's ARN (the Ingress's alb.ingress.kubernetes.io/wafv2-acl-arn)",
-        },
-        Attr {
-            name: "capacity",
-            ty: Ty::Int,
-            doc: "the web ACL capacity units its rules use (at most 1,500 without extra charge)",
-        },
-    ],
-    taggable: true,
-    // The state keeps the ARN; a run killed after the create finds its ACL
-    // by name when the next create is refused as a duplicate.
-    name_field: None,
-    exactly_one_of: &[],
-    ordered: &[],
-};
+    ])
+    .attrs(&[
+        Attr::string("id", "the ACL's ARN"),
+        Attr::string("arn", "the ACL's ARN (the Ingress's alb.ingress.kubernetes.io/wafv2-acl-arn)"),
+        Attr::new("capacity", Ty::Int, "the web ACL capacity units its rules use (at most 1,500 without extra charge)"),
+    ])
+    .taggable();
 
 pub struct WebAcl;
 
@@ -249,7 +228,7 @@ async fn fetch(
     arn: &str,
 ) -> Result<Option<(aws_sdk_wafv2::types::WebAcl, String)>, DriverError> {
     let (scope, name, id) = parts(arn)?;
-    let out = match crate::clients(cx)
+    let answer = crate::clients(cx)
         .await?
         .wafv2
         .get_web_acl()
@@ -257,11 +236,9 @@ async fn fetch(
         .name(name)
         .id(id)
         .send()
-        .await
-    {
-        Ok(out) => out,
-        Err(e) if error_code(&e) == Some("WAFNonexistentItemException") => return Ok(None),
-        Err(e) => return Err(api_error("GetWebACL", e)),
+        .await;
+    let Some(out) = super::found("GetWebACL", answer, &["WAFNonexistentItemException"])? else {
+        return Ok(None);
     };
     let token = out.lock_token().unwrap_or_default().to_string();
     Ok(out.web_acl.map(|acl| (acl, token)))
@@ -419,7 +396,7 @@ impl Driver for WebAcl {
             }
             Err(e) => return Err(api_error("CreateWebACL", e)),
         };
-        found_again(read_one(cx, &arn).await?, || format!("web ACL {arn}"))
+        found_again(read_one(cx, &arn).await?, "web ACL", &arn)
     }
 
     async fn update(&self, cx: &Context, u: Update<'_>) -> Result<Observed, DriverError> {
@@ -465,28 +442,20 @@ impl Driver for WebAcl {
                 .await
                 .map_err(|e| api_error("TagResource", e))?;
         }
-        found_again(read_one(cx, &have.id).await?, || {
-            format!("web ACL {}", have.id)
-        })
+        found_again(read_one(cx, &have.id).await?, "web ACL", &have.id)
     }
 
     /// An ACL a load balancer still uses cannot be deleted: the controller
     /// lets it go when the Ingress goes, so the delete is retried until then.
-    async fn delete(
-        &self,
-        cx: &Context,
-        have: &Observed,
-        timeouts: &Timeouts,
-    ) -> Result<(), DriverError> {
+    async fn delete(&self, cx: &Context, d: Delete<'_>) -> Result<(), DriverError> {
         let waf = &crate::clients(cx).await?.wafv2;
-        let (scope, name, id) = parts(&have.id)?;
+        let (scope, name, id) = parts(&d.have.id)?;
         ralph_core::driver::delete_once_released(
             cx,
-            have,
-            timeouts,
+            d,
             "the load balancers that use the web ACL",
             || async {
-                let Some((_, token)) = fetch(cx, &have.id).await? else {
+                let Some((_, token)) = fetch(cx, &d.have.id).await? else {
                     return Ok(DeleteAttempt::Gone);
                 };
                 match waf

@@ -20,7 +20,7 @@ use self::calls::{At, Calls};
 use super::OpState;
 use super::{call, describe, description_filter, from_description, json, observed, GcpClients};
 use ralph_core::driver::{
-    found_again, Context, Desired, Driver, DriverError, Known, Observed, Timeouts, Update,
+    found_again, Context, Delete, Desired, Driver, DriverError, Known, Observed, Update,
 };
 use ralph_core::model::kinds::{checks, Attr, Field, KindSchema, Ty};
 
@@ -94,47 +94,39 @@ fn direction(v: &Json) -> Result<(), String> {
     ralph_core::model::kinds::checks::choice(v, &["INGRESS", "EGRESS"], "direction")
 }
 
-const ID: Attr = Attr {
-            name: "id",
-            ty: Ty::String,
-            doc: "the resource's path, such as projects/P/global/networks/NAME (what other resources refer to)",
-        };
-const SELF_LINK: Attr = Attr {
-    name: "self_link",
-    ty: Ty::String,
-    doc: "the resource's full URL",
-};
+const ID: Attr = Attr::string(
+    "id",
+    "the resource's path, such as projects/P/global/networks/NAME (what other resources refer to)",
+);
+const SELF_LINK: Attr = Attr::string("self_link", "the resource's full URL");
 
-static NETWORK: KindSchema = KindSchema {
-    kind: "gcp.network",
-    service: SERVICE,
-    doc: "A VPC network in custom subnet mode.",
-    fields: &[
-        Field::new("name", Ty::String, "the network's name")
-            .required()
-            .forces_replace()
-            .check(rfc1035),
-        Field::new("description", Ty::String, "what it is for")
-            .default("\"\"")
-            .forces_replace(),
-        Field::new(
-            "routing_mode",
-            Ty::String,
-            "REGIONAL or GLOBAL dynamic routing",
-        )
-        .default("\"REGIONAL\"")
-        .check(routing_mode),
-        Field::new("mtu", Ty::Int, "the MTU")
-            .default("1460")
-            .forces_replace()
-            .check(ralph_core::model::kinds::checks::range::<1300, 8896>),
-    ],
-    attrs: &[ID, SELF_LINK],
-    taggable: false,
-    name_field: Some("name"),
-    exactly_one_of: &[],
-    ordered: &[],
-};
+static NETWORK: KindSchema = KindSchema::new(
+    "gcp.network",
+    SERVICE,
+    "A VPC network in custom subnet mode.",
+)
+.fields(&[
+    Field::new("name", Ty::String, "the network's name")
+        .required()
+        .forces_replace()
+        .check(rfc1035),
+    Field::new("description", Ty::String, "what it is for")
+        .default("\"\"")
+        .forces_replace(),
+    Field::new(
+        "routing_mode",
+        Ty::String,
+        "REGIONAL or GLOBAL dynamic routing",
+    )
+    .default("\"REGIONAL\"")
+    .check(routing_mode),
+    Field::new("mtu", Ty::Int, "the MTU")
+        .default("1460")
+        .forces_replace()
+        .check(ralph_core::model::kinds::checks::range::<1300, 8896>),
+])
+.attrs(&[ID, SELF_LINK])
+.name_field("name");
 
 static SECONDARY: &[Field] = &[
     Field::new(
@@ -147,11 +139,8 @@ static SECONDARY: &[Field] = &[
     Field::new("ip_cidr_range", Ty::Cidr, "the range").required(),
 ];
 
-static SUBNETWORK: KindSchema = KindSchema {
-    kind: "gcp.subnetwork",
-    service: SERVICE,
-    doc: "A subnetwork of a VPC network in one region, with secondary ranges for GKE's pods and services.",
-    fields: &[
+static SUBNETWORK: KindSchema = KindSchema::new("gcp.subnetwork", SERVICE, "A subnetwork of a VPC network in one region, with secondary ranges for GKE's pods and services.")
+    .fields(&[
         Field::new("name", Ty::String, "the subnetwork's name").required().forces_replace().check(rfc1035),
         Field::new("network", Ty::String, "the network, usually `${vpc.id}`").required().forces_replace(),
         Field::new("region", Ty::String, "the region (default: cloud.gcp.region)").forces_replace(),
@@ -159,17 +148,9 @@ static SUBNETWORK: KindSchema = KindSchema {
         Field::new("secondary_ranges", Ty::List(&Ty::Object(SECONDARY)), "secondary ranges, such as pods and services for GKE").default("[]"),
         Field::new("private_google_access", Ty::Bool, "reach Google APIs without external addresses").default("true"),
         Field::new("description", Ty::String, "what it is for").default("\"\"").forces_replace(),
-    ],
-    attrs: &[ID, SELF_LINK, Attr {
-            name: "gateway_address",
-            ty: Ty::String,
-            doc: "the subnetwork's gateway",
-        }],
-    taggable: false,
-    name_field: Some("name"),
-    exactly_one_of: &[],
-    ordered: &[],
-};
+    ])
+    .attrs(&[ID, SELF_LINK, Attr::string("gateway_address", "the subnetwork's gateway")])
+    .name_field("name");
 
 static RULE: &[Field] = &[
     Field::new(
@@ -186,11 +167,8 @@ static RULE: &[Field] = &[
     .default("[]"),
 ];
 
-static FIREWALL: KindSchema = KindSchema {
-    kind: "gcp.firewall",
-    service: SERVICE,
-    doc: "A VPC firewall rule.",
-    fields: &[
+static FIREWALL: KindSchema = KindSchema::new("gcp.firewall", SERVICE, "A VPC firewall rule.")
+    .fields(&[
         Field::new("name", Ty::String, "the rule's name")
             .required()
             .forces_replace()
@@ -221,13 +199,9 @@ static FIREWALL: KindSchema = KindSchema {
         )
         .default("[]"),
         Field::new("description", Ty::String, "what it is for").default("\"\""),
-    ],
-    attrs: &[ID, SELF_LINK],
-    taggable: false,
-    name_field: Some("name"),
-    exactly_one_of: &[],
-    ordered: &[],
-};
+    ])
+    .attrs(&[ID, SELF_LINK])
+    .name_field("name");
 
 static NAT: &[Field] = &[
     Field::new("name", Ty::String, "the NAT's name")
@@ -241,60 +215,46 @@ static NAT: &[Field] = &[
     .default("\"ALL_SUBNETWORKS_ALL_IP_RANGES\""),
 ];
 
-static ROUTER: KindSchema = KindSchema {
-    kind: "gcp.router",
-    service: SERVICE,
-    doc: "A Cloud Router, with Cloud NAT so private nodes reach the internet.",
-    fields: &[
-        Field::new("name", Ty::String, "the router's name")
-            .required()
-            .forces_replace()
-            .check(rfc1035),
-        Field::new("network", Ty::String, "the network, usually `${vpc.id}`")
-            .required()
-            .forces_replace(),
-        Field::new(
-            "region",
-            Ty::String,
-            "the region (default: cloud.gcp.region)",
-        )
+static ROUTER: KindSchema = KindSchema::new(
+    "gcp.router",
+    SERVICE,
+    "A Cloud Router, with Cloud NAT so private nodes reach the internet.",
+)
+.fields(&[
+    Field::new("name", Ty::String, "the router's name")
+        .required()
+        .forces_replace()
+        .check(rfc1035),
+    Field::new("network", Ty::String, "the network, usually `${vpc.id}`")
+        .required()
         .forces_replace(),
-        Field::new(
-            "nat",
-            Ty::Object(NAT),
-            "a Cloud NAT with automatically allocated addresses",
-        ),
-        Field::new("description", Ty::String, "what it is for")
-            .default("\"\"")
-            .forces_replace(),
-    ],
-    attrs: &[ID, SELF_LINK],
-    taggable: false,
-    name_field: Some("name"),
-    exactly_one_of: &[],
-    ordered: &[],
-};
+    Field::new(
+        "region",
+        Ty::String,
+        "the region (default: cloud.gcp.region)",
+    )
+    .forces_replace(),
+    Field::new(
+        "nat",
+        Ty::Object(NAT),
+        "a Cloud NAT with automatically allocated addresses",
+    ),
+    Field::new("description", Ty::String, "what it is for")
+        .default("\"\"")
+        .forces_replace(),
+])
+.attrs(&[ID, SELF_LINK])
+.name_field("name");
 
-static GLOBAL_ADDRESS: KindSchema = KindSchema {
-    kind: "gcp.global_address",
-    service: SERVICE,
-    doc: "An internal address range for private services access (VPC_PEERING), where Cloud SQL's and Memorystore's private addresses come from.",
-    fields: &[
+static GLOBAL_ADDRESS: KindSchema = KindSchema::new("gcp.global_address", SERVICE, "An internal address range for private services access (VPC_PEERING), where Cloud SQL's and Memorystore's private addresses come from.")
+    .fields(&[
         Field::new("name", Ty::String, "the range's name").required().forces_replace().check(rfc1035),
         Field::new("network", Ty::String, "the network, usually `${vpc.id}`").required().forces_replace(),
         Field::new("prefix_length", Ty::Int, "the range's size (16: a /16)").default("16").forces_replace().check(ralph_core::model::kinds::checks::range::<8, 29>),
         Field::new("description", Ty::String, "what it is for").default("\"\"").forces_replace(),
-    ],
-    attrs: &[ID, SELF_LINK, Attr {
-            name: "address",
-            ty: Ty::String,
-            doc: "the range's first address",
-        }],
-    taggable: false,
-    name_field: Some("name"),
-    exactly_one_of: &[],
-    ordered: &[],
-};
+    ])
+    .attrs(&[ID, SELF_LINK, Attr::string("address", "the range's first address")])
+    .name_field("name");
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Collection {
@@ -559,7 +519,7 @@ impl ComputeKind {
         g: &GcpClients,
         id: &str,
     ) -> Result<Observed, DriverError> {
-        found_again(self.get(cx, g, id).await?, || id.to_string())
+        found_again(self.get(cx, g, id).await?, "Compute resource", id)
     }
 
     /// What a patch sends: the fields that can change in place, with the
@@ -833,22 +793,17 @@ impl Driver for ComputeKind {
         self.read_back(cx, g, &have.id).await
     }
 
-    async fn delete(
-        &self,
-        cx: &Context,
-        have: &Observed,
-        timeouts: &Timeouts,
-    ) -> Result<(), DriverError> {
+    async fn delete(&self, cx: &Context, d: Delete<'_>) -> Result<(), DriverError> {
         let g = crate::clients(cx).await?;
-        let (region, name) = parse_id(&have.id);
+        let (region, name) = parse_id(&d.have.id);
         let region = region.unwrap_or_else(|| g.region.clone());
-        let what = format!("deleting {}", have.id);
+        let what = format!("deleting {}", d.have.id);
         let at = Self::at(cx, g, &region, &what);
         let Some(op) = self.collection.calls().delete(&at, &name).await? else {
             return Ok(());
         };
-        let address = have.address.clone().unwrap_or_else(|| have.id.clone());
-        let timeout = timeouts.delete_or(OP_TIMEOUT);
+        let address = d.address();
+        let timeout = d.timeouts.delete_or(OP_TIMEOUT);
         wait_op(cx, g, &address, &op, timeout, self.collection.path()).await
     }
 }

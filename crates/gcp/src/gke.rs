@@ -20,7 +20,7 @@ use serde_json::{json, Value as Json};
 use super::OpState;
 use super::{call, call_opt, from_labels, json, labels, message, observed};
 use ralph_core::driver::{
-    found_again, Context, Desired, Driver, DriverError, Known, Observed, Timeouts, Update,
+    found_again, Context, Delete, Desired, Driver, DriverError, Known, Observed, Update,
     READY_ATTR, STATUS_ATTR,
 };
 use ralph_core::model::kinds::{checks, Attr, Field, KindSchema, Ty};
@@ -65,11 +65,8 @@ fn gke_version(v: &Json) -> Result<(), String> {
     }
 }
 
-static CLUSTER: KindSchema = KindSchema {
-    kind: "gcp.gke_cluster",
-    service: SERVICE,
-    doc: "A GKE Standard cluster, VPC-native, with private nodes and workload identity.",
-    fields: &[
+static CLUSTER: KindSchema = KindSchema::new("gcp.gke_cluster", SERVICE, "A GKE Standard cluster, VPC-native, with private nodes and workload identity.")
+    .fields(&[
         Field::new("name", Ty::String, "the cluster's name")
             .required()
             .forces_replace()
@@ -159,93 +156,73 @@ static CLUSTER: KindSchema = KindSchema {
             "labels besides the ownership labels (change in place)",
         )
         .default("{}"),
-    ],
-    attrs: &[
-        Attr {
-            name: "id",
-            ty: Ty::String,
-            doc: "projects/P/locations/L/clusters/NAME",
-        },
-        Attr {
-            name: "endpoint",
-            ty: Ty::String,
-            doc: "the API server's URL",
-        },
-        Attr {
-            name: "certificate_authority",
-            ty: Ty::String,
-            doc: "the cluster's CA certificate (base64 PEM)",
-        },
-    ],
-    taggable: false,
-    name_field: Some("name"),
-    exactly_one_of: &[],
-    ordered: &[],
-};
+    ])
+    .attrs(&[
+        Attr::string("id", "projects/P/locations/L/clusters/NAME"),
+        Attr::string("endpoint", "the API server's URL"),
+        Attr::string("certificate_authority", "the cluster's CA certificate (base64 PEM)"),
+    ])
+    .name_field("name");
 
-static POOL: KindSchema = KindSchema {
-    kind: "gcp.gke_node_pool",
-    service: SERVICE,
-    doc: "A GKE node pool, autoscaled, with auto-repair and auto-upgrade.",
-    fields: &[
-        Field::new("cluster", Ty::String, "the cluster, usually `${gke.id}`")
-            .required()
-            .forces_replace(),
-        Field::new("name", Ty::String, "the pool's name")
-            .required()
-            .forces_replace()
-            .check(super::compute::rfc1035),
-        Field::new("machine_type", Ty::String, "such as n2-standard-4")
-            .check(machine_type)
-            .required()
-            .forces_replace(),
-        Field::new("disk_size_gb", Ty::Int, "each node's boot disk")
-            .default("100")
-            .forces_replace()
-            .check(ralph_core::model::kinds::checks::range::<10, 65536>),
-        Field::new(
-            "node_count",
-            Ty::Int,
-            "nodes per zone now (changes in place; the autoscaler moves it within min..max)",
-        )
+static POOL: KindSchema = KindSchema::new(
+    "gcp.gke_node_pool",
+    SERVICE,
+    "A GKE node pool, autoscaled, with auto-repair and auto-upgrade.",
+)
+.fields(&[
+    Field::new("cluster", Ty::String, "the cluster, usually `${gke.id}`")
+        .required()
+        .forces_replace(),
+    Field::new("name", Ty::String, "the pool's name")
+        .required()
+        .forces_replace()
+        .check(super::compute::rfc1035),
+    Field::new("machine_type", Ty::String, "such as n2-standard-4")
+        .check(machine_type)
+        .required()
+        .forces_replace(),
+    Field::new("disk_size_gb", Ty::Int, "each node's boot disk")
+        .default("100")
+        .forces_replace()
+        .check(ralph_core::model::kinds::checks::range::<10, 65536>),
+    Field::new(
+        "node_count",
+        Ty::Int,
+        "nodes per zone now (changes in place; the autoscaler moves it within min..max)",
+    )
+    .default("1")
+    .check(ralph_core::model::kinds::checks::range::<0, 1000>),
+    Field::new("min_nodes", Ty::Int, "autoscaling minimum per zone")
         .default("1")
         .check(ralph_core::model::kinds::checks::range::<0, 1000>),
-        Field::new("min_nodes", Ty::Int, "autoscaling minimum per zone")
-            .default("1")
-            .check(ralph_core::model::kinds::checks::range::<0, 1000>),
-        Field::new("max_nodes", Ty::Int, "autoscaling maximum per zone")
-            .default("3")
-            .check(ralph_core::model::kinds::checks::range::<1, 1000>),
-        Field::new("auto_repair", Ty::Bool, "recreate unhealthy nodes").default("true"),
-        Field::new("auto_upgrade", Ty::Bool, "follow the cluster's version").default("true"),
-        Field::new(
-            "service_account",
-            Ty::String,
-            "the nodes' service account (default: the Compute default)",
-        )
-        .default("\"\"")
-        .forces_replace(),
-        Field::new(
-            "labels",
-            Ty::StringMap,
-            "Kubernetes labels on the nodes (change in place)",
-        )
-        .default("{}"),
-    ],
-    attrs: &[Attr {
-        name: "id",
-        ty: Ty::String,
-        doc: "projects/P/locations/L/clusters/C/nodePools/NAME",
-    }],
-    taggable: false,
-    name_field: None,
-    exactly_one_of: &[],
-    ordered: &[
-        ("min_nodes", "max_nodes"),
-        ("min_nodes", "node_count"),
-        ("node_count", "max_nodes"),
-    ],
-};
+    Field::new("max_nodes", Ty::Int, "autoscaling maximum per zone")
+        .default("3")
+        .check(ralph_core::model::kinds::checks::range::<1, 1000>),
+    Field::new("auto_repair", Ty::Bool, "recreate unhealthy nodes").default("true"),
+    Field::new("auto_upgrade", Ty::Bool, "follow the cluster's version").default("true"),
+    Field::new(
+        "service_account",
+        Ty::String,
+        "the nodes' service account (default: the Compute default)",
+    )
+    .default("\"\"")
+    .forces_replace(),
+    Field::new(
+        "labels",
+        Ty::StringMap,
+        "Kubernetes labels on the nodes (change in place)",
+    )
+    .default("{}"),
+])
+.attrs(&[Attr::string(
+    "id",
+    "projects/P/locations/L/clusters/C/nodePools/NAME",
+)])
+.ordered(&[
+    ("min_nodes", "max_nodes"),
+    ("min_nodes", "node_count"),
+    ("node_count", "max_nodes"),
+]);
 
 pub fn drivers() -> Vec<Box<dyn Driver>> {
     vec![Box::new(Cluster), Box::new(NodePool)]
@@ -508,71 +485,100 @@ async fn wait_op(
     .await
 }
 
-/// Runs a cluster-changing call; while the cluster is busy with another
-/// operation (FAILED_PRECONDITION), waits and tries again.
-async fn mutate<F, Fut>(
-    cx: &Context,
-    address: &str,
-    cluster: &str,
-    what: &str,
+/// A cluster the tool is changing (or one of its node pools): where
+/// progress is reported, and how long each of its operations may take.
+#[derive(Clone, Copy)]
+struct On<'a> {
+    cx: &'a Context,
+    address: &'a str,
+    cluster: &'a str,
     timeout: Duration,
-    mut f: F,
-) -> Result<(), DriverError>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<
-        Output = Result<
-            google_cloud_container_v1::model::Operation,
-            google_cloud_gax::error::Error,
-        >,
-    >,
-{
-    let start = std::time::Instant::now();
-    loop {
-        let busy = std::sync::atomic::AtomicBool::new(false);
-        let out = call(cx, SERVICE, what, || {
-            let fut = f();
-            let busy = &busy;
-            async move {
-                let r = fut.await;
-                if let Err(e) = &r {
-                    if e.status().is_some_and(|s| {
-                        s.code == google_cloud_gax::error::rpc::Code::FailedPrecondition
-                            && s.message.contains("operation")
-                    }) {
-                        busy.store(true, std::sync::atomic::Ordering::SeqCst);
-                    }
-                }
-                r
-            }
-        })
-        .await;
-        match out {
-            Ok(op) => return wait_op(cx, address, op, timeout).await,
-            Err(_)
-                if busy.load(std::sync::atomic::Ordering::SeqCst) && start.elapsed() < timeout =>
-            {
-                cx.wait_until(
-                    address,
-                    &format!("{cluster} to finish its running operation"),
-                    timeout,
-                    || async move {
-                        let c = read_cluster(cx, cluster).await?;
-                        let status = c
-                            .as_ref()
-                            .and_then(|c| c.status.name())
-                            .unwrap_or("GONE")
-                            .to_string();
-                        Ok((
-                            (status != "RECONCILING" && status != "PROVISIONING").then_some(()),
-                            status,
-                        ))
-                    },
-                )
-                .await?;
-            }
-            Err(e) => return Err(e),
+}
+
+impl<'a> On<'a> {
+    fn new(cx: &'a Context, address: &'a str, cluster: &'a str, timeout: Duration) -> Self {
+        On {
+            cx,
+            address,
+            cluster,
+            timeout,
         }
+    }
+
+    /// Runs a cluster-changing call; while the cluster is busy with another
+    /// operation (FAILED_PRECONDITION), waits and tries again.
+    async fn mutate<F, Fut>(self, what: &str, mut f: F) -> Result<(), DriverError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<
+            Output = Result<
+                google_cloud_container_v1::model::Operation,
+                google_cloud_gax::error::Error,
+            >,
+        >,
+    {
+        let On {
+            cx,
+            address,
+            cluster,
+            timeout,
+        } = self;
+        let start = std::time::Instant::now();
+        loop {
+            let busy = std::sync::atomic::AtomicBool::new(false);
+            let out = call(cx, SERVICE, what, || {
+                let fut = f();
+                let busy = &busy;
+                async move {
+                    let r = fut.await;
+                    if let Err(e) = &r {
+                        if e.status().is_some_and(|s| {
+                            s.code == google_cloud_gax::error::rpc::Code::FailedPrecondition
+                                && s.message.contains("operation")
+                        }) {
+                            busy.store(true, std::sync::atomic::Ordering::SeqCst);
+                        }
+                    }
+                    r
+                }
+            })
+            .await;
+            match out {
+                Ok(op) => return wait_op(cx, address, op, timeout).await,
+                Err(_)
+                    if busy.load(std::sync::atomic::Ordering::SeqCst)
+                        && start.elapsed() < timeout =>
+                {
+                    cx.wait_until(
+                        address,
+                        &format!("{cluster} to finish its running operation"),
+                        timeout,
+                        || async move {
+                            let c = read_cluster(cx, cluster).await?;
+                            let status = c
+                                .as_ref()
+                                .and_then(|c| c.status.name())
+                                .unwrap_or("GONE")
+                                .to_string();
+                            Ok((
+                                (status != "RECONCILING" && status != "PROVISIONING").then_some(()),
+                                status,
+                            ))
+                        },
+                    )
+                    .await?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Waits for the cluster to run, removes the node pool it was created
+    /// with (GKE needs one) and waits again.
+    async fn settle(self) -> Result<Observed, DriverError> {
+        wait_running(self).await?;
+        remove_bootstrap(self).await?;
+        wait_running(self).await
     }
 }
 
@@ -713,26 +719,22 @@ impl Driver for Cluster {
                 json!({"workloadPool": format!("{}.svc.id.goog", g.project)});
         }
         let cluster: google_cloud_container_v1::model::Cluster = message("GKE cluster", cluster)?;
-        let timeout = want.timeouts.create_or(CLUSTER_TIMEOUT);
+        let on = On::new(
+            cx,
+            want.address,
+            &id,
+            want.timeouts.create_or(CLUSTER_TIMEOUT),
+        );
         // A cluster a killed run asked for shows at once (PROVISIONING).
         if let Some(c) = read_cluster(cx, &id).await? {
             super::take_over(cx, want.address, &id, Some(observe_cluster(&c)))?;
         } else {
-            let made = mutate(
-                cx,
-                want.address,
-                &id,
-                &format!("creating GKE cluster {name}"),
-                timeout,
-                || {
-                    g.gke
-                        .create_cluster()
-                        .set_parent(&parent)
-                        .set_cluster(cluster.clone())
-                        .send()
-                },
-            )
-            .await;
+            let made = on
+                .mutate(&format!("creating GKE cluster {name}"), || {
+                    let create = g.gke.create_cluster().set_parent(&parent);
+                    create.set_cluster(cluster.clone()).send()
+                })
+                .await;
             if let Err(e) = made {
                 return match read_cluster(cx, &id).await {
                     Ok(Some(c)) => Err(e.with_partial(observe_cluster(&c))),
@@ -740,15 +742,18 @@ impl Driver for Cluster {
                 };
             }
         }
-        wait_running(cx, want.address, &id, timeout).await?;
-        remove_bootstrap(cx, want.address, &id, timeout).await?;
-        wait_running(cx, want.address, &id, timeout).await
+        on.settle().await
     }
 
     async fn update(&self, cx: &Context, u: Update<'_>) -> Result<Observed, DriverError> {
         let (want, have, changed) = (u.want, u.have, u.changed);
         let g = crate::clients(cx).await?;
-        let timeout = want.timeouts.update_or(CLUSTER_TIMEOUT);
+        let on = On::new(
+            cx,
+            want.address,
+            &have.id,
+            want.timeouts.update_or(CLUSTER_TIMEOUT),
+        );
         // GKE takes one change per clusters.update: the channel, then the
         // control plane's version (upgraded in place; the node pools follow
         // on their own with auto_upgrade, or through their own version).
@@ -775,20 +780,10 @@ impl Driver for Cluster {
             }
             let update: google_cloud_container_v1::model::ClusterUpdate =
                 message("cluster update", body)?;
-            mutate(
-                cx,
-                want.address,
-                &have.id,
-                &format!("{verb} {}", have.id),
-                timeout,
-                || {
-                    g.gke
-                        .update_cluster()
-                        .set_name(&have.id)
-                        .set_update(update.clone())
-                        .send()
-                },
-            )
+            on.mutate(&format!("{verb} {}", have.id), || {
+                let call = g.gke.update_cluster().set_name(&have.id);
+                call.set_update(update.clone()).send()
+            })
             .await?;
         }
         if u.changes("labels") {
@@ -799,58 +794,43 @@ impl Driver for Cluster {
                 .await?
                 .map(|c| c.label_fingerprint)
                 .unwrap_or_default();
-            mutate(
-                cx,
-                want.address,
-                &have.id,
-                &format!("labelling {}", have.id),
-                timeout,
-                || {
-                    g.gke
-                        .set_labels()
-                        .set_name(&have.id)
-                        .set_resource_labels(labels.clone())
-                        .set_label_fingerprint(&fingerprint)
-                        .send()
-                },
-            )
+            on.mutate(&format!("labelling {}", have.id), || {
+                let call = g.gke.set_labels().set_name(&have.id);
+                let call = call.set_resource_labels(labels.clone());
+                call.set_label_fingerprint(&fingerprint).send()
+            })
             .await?;
         }
         // A cluster killed between its create and removing the bootstrap pool.
-        wait_running(cx, want.address, &have.id, timeout).await?;
-        remove_bootstrap(cx, want.address, &have.id, timeout).await?;
-        wait_running(cx, want.address, &have.id, timeout).await
+        on.settle().await
     }
 
-    async fn delete(
-        &self,
-        cx: &Context,
-        have: &Observed,
-        timeouts: &Timeouts,
-    ) -> Result<(), DriverError> {
+    async fn delete(&self, cx: &Context, d: Delete<'_>) -> Result<(), DriverError> {
         let g = crate::clients(cx).await?;
-        let address = have.address.clone().unwrap_or_else(|| have.id.clone());
-        if read_cluster(cx, &have.id).await?.is_none() {
+        let address = d.address();
+        if read_cluster(cx, &d.have.id).await?.is_none() {
             return Ok(());
         }
-        mutate(
+        let on = On::new(
             cx,
             &address,
-            &have.id,
-            &format!("deleting {}", have.id),
-            timeouts.delete_or(CLUSTER_TIMEOUT),
-            || g.gke.delete_cluster().set_name(&have.id).send(),
-        )
+            &d.have.id,
+            d.timeouts.delete_or(CLUSTER_TIMEOUT),
+        );
+        on.mutate(&format!("deleting {}", d.have.id), || {
+            g.gke.delete_cluster().set_name(&d.have.id).send()
+        })
         .await
     }
 }
 
-async fn wait_running(
-    cx: &Context,
-    address: &str,
-    id: &str,
-    timeout: Duration,
-) -> Result<Observed, DriverError> {
+async fn wait_running(on: On<'_>) -> Result<Observed, DriverError> {
+    let On {
+        cx,
+        address,
+        cluster: id,
+        timeout,
+    } = on;
     let c = cx
         .wait_until(
             address,
@@ -868,28 +848,19 @@ async fn wait_running(
     Ok(observe_cluster(&c))
 }
 
-async fn remove_bootstrap(
-    cx: &Context,
-    address: &str,
-    cluster: &str,
-    timeout: Duration,
-) -> Result<(), DriverError> {
-    let g = crate::clients(cx).await?;
-    let has = read_cluster(cx, cluster)
+async fn remove_bootstrap(on: On<'_>) -> Result<(), DriverError> {
+    let g = crate::clients(on.cx).await?;
+    let cluster = on.cluster;
+    let has = read_cluster(on.cx, cluster)
         .await?
         .is_some_and(|c| c.node_pools.iter().any(|p| p.name == BOOTSTRAP_POOL));
     if !has {
         return Ok(());
     }
     let pool = format!("{cluster}/nodePools/{BOOTSTRAP_POOL}");
-    mutate(
-        cx,
-        address,
-        cluster,
-        "removing the bootstrap node pool",
-        timeout,
-        || g.gke.delete_node_pool().set_name(&pool).send(),
-    )
+    on.mutate("removing the bootstrap node pool", || {
+        g.gke.delete_node_pool().set_name(&pool).send()
+    })
     .await
 }
 
@@ -902,13 +873,14 @@ async fn pool_running(
     super::wait_ready(cx, address, id, timeout, || read_pool(cx, id)).await
 }
 
+/// The cluster a node pool's id (`CLUSTER/nodePools/NAME`) names.
+fn cluster_of(pool: &str) -> &str {
+    pool.split("/nodePools/").next().unwrap_or_default()
+}
+
 async fn read_pool(cx: &Context, id: &str) -> Result<Option<Observed>, DriverError> {
     let g = crate::clients(cx).await?;
-    let cluster = id
-        .split("/nodePools/")
-        .next()
-        .unwrap_or_default()
-        .to_string();
+    let cluster = cluster_of(id);
     let Some(p) = call_opt(cx, SERVICE, &format!("reading {id}"), || {
         g.gke.get_node_pool().set_name(id).send()
     })
@@ -921,7 +893,7 @@ async fn read_pool(cx: &Context, id: &str) -> Result<Option<Observed>, DriverErr
     } else {
         group_sizes(cx).await?
     };
-    Ok(Some(observe_pool(&cluster, &p, &sizes)))
+    Ok(Some(observe_pool(cluster, &p, &sizes)))
 }
 
 #[async_trait::async_trait]
@@ -999,23 +971,15 @@ impl Driver for NodePool {
             super::take_over(cx, want.address, &id, Some(found))?;
             return pool_running(cx, want.address, &id, timeout).await;
         }
-        let made = mutate(
-            cx,
-            want.address,
-            cluster,
-            &format!("creating node pool {name}"),
-            timeout,
-            || {
-                g.gke
-                    .create_node_pool()
-                    .set_parent(cluster)
-                    .set_node_pool(pool.clone())
-                    .send()
-            },
-        )
-        .await;
+        let on = On::new(cx, want.address, cluster, timeout);
+        let made = on
+            .mutate(&format!("creating node pool {name}"), || {
+                let create = g.gke.create_node_pool().set_parent(cluster);
+                create.set_node_pool(pool.clone()).send()
+            })
+            .await;
         match made {
-            Ok(()) => found_again(read_pool(cx, &id).await?, || id.to_string()),
+            Ok(()) => found_again(read_pool(cx, &id).await?, "node pool", &id),
             Err(e) => match read_pool(cx, &id).await {
                 Ok(Some(o)) => Err(e.with_partial(o)),
                 _ => Err(e),
@@ -1026,51 +990,26 @@ impl Driver for NodePool {
     async fn update(&self, cx: &Context, u: Update<'_>) -> Result<Observed, DriverError> {
         let Update { want, have, .. } = u;
         let g = crate::clients(cx).await?;
-        let cluster = have
-            .id
-            .split("/nodePools/")
-            .next()
-            .unwrap_or_default()
-            .to_string();
         let timeout = want.timeouts.update_or(POOL_TIMEOUT);
+        let on = On::new(cx, want.address, cluster_of(&have.id), timeout);
         let p = want.props;
         if u.changes("min_nodes") || u.changes("max_nodes") {
             let auto: google_cloud_container_v1::model::NodePoolAutoscaling = message(
                 "autoscaling",
                 json!({"enabled": true, "minNodeCount": p.get("min_nodes"), "maxNodeCount": p.get("max_nodes")}),
             )?;
-            mutate(
-                cx,
-                want.address,
-                &cluster,
-                "setting the node pool's autoscaling",
-                timeout,
-                || {
-                    g.gke
-                        .set_node_pool_autoscaling()
-                        .set_name(&have.id)
-                        .set_autoscaling(auto.clone())
-                        .send()
-                },
-            )
+            on.mutate("setting the node pool's autoscaling", || {
+                let call = g.gke.set_node_pool_autoscaling().set_name(&have.id);
+                call.set_autoscaling(auto.clone()).send()
+            })
             .await?;
         }
         if u.changes("node_count") {
             let n = want.int::<i32>("node_count")?.unwrap_or(1);
-            mutate(
-                cx,
-                want.address,
-                &cluster,
-                "resizing the node pool",
-                timeout,
-                || {
-                    g.gke
-                        .set_node_pool_size()
-                        .set_name(&have.id)
-                        .set_node_count(n)
-                        .send()
-                },
-            )
+            on.mutate("resizing the node pool", || {
+                let call = g.gke.set_node_pool_size().set_name(&have.id);
+                call.set_node_count(n).send()
+            })
             .await?;
         }
         if u.changes("auto_repair") || u.changes("auto_upgrade") {
@@ -1078,69 +1017,35 @@ impl Driver for NodePool {
                 "node management",
                 json!({"autoRepair": p.get("auto_repair"), "autoUpgrade": p.get("auto_upgrade")}),
             )?;
-            mutate(
-                cx,
-                want.address,
-                &cluster,
-                "setting the node pool's management",
-                timeout,
-                || {
-                    g.gke
-                        .set_node_pool_management()
-                        .set_name(&have.id)
-                        .set_management(m.clone())
-                        .send()
-                },
-            )
+            on.mutate("setting the node pool's management", || {
+                let call = g.gke.set_node_pool_management().set_name(&have.id);
+                call.set_management(m.clone()).send()
+            })
             .await?;
         }
         if u.changes("labels") {
             let l: google_cloud_container_v1::model::NodeLabels =
                 message("node labels", json!({"labels": p.get("labels")}))?;
-            mutate(
-                cx,
-                want.address,
-                &cluster,
-                "labelling the node pool",
-                timeout,
-                || {
-                    g.gke
-                        .update_node_pool()
-                        .set_name(&have.id)
-                        .set_labels(l.clone())
-                        .send()
-                },
-            )
+            on.mutate("labelling the node pool", || {
+                let call = g.gke.update_node_pool().set_name(&have.id);
+                call.set_labels(l.clone()).send()
+            })
             .await?;
         }
         pool_running(cx, want.address, &have.id, timeout).await
     }
 
-    async fn delete(
-        &self,
-        cx: &Context,
-        have: &Observed,
-        timeouts: &Timeouts,
-    ) -> Result<(), DriverError> {
+    async fn delete(&self, cx: &Context, d: Delete<'_>) -> Result<(), DriverError> {
         let g = crate::clients(cx).await?;
-        let address = have.address.clone().unwrap_or_else(|| have.id.clone());
-        let cluster = have
-            .id
-            .split("/nodePools/")
-            .next()
-            .unwrap_or_default()
-            .to_string();
-        if read_pool(cx, &have.id).await?.is_none() {
+        let address = d.address();
+        if read_pool(cx, &d.have.id).await?.is_none() {
             return Ok(());
         }
-        mutate(
-            cx,
-            &address,
-            &cluster,
-            &format!("deleting {}", have.id),
-            timeouts.delete_or(POOL_TIMEOUT),
-            || g.gke.delete_node_pool().set_name(&have.id).send(),
-        )
+        let timeout = d.timeouts.delete_or(POOL_TIMEOUT);
+        let on = On::new(cx, &address, cluster_of(&d.have.id), timeout);
+        on.mutate(&format!("deleting {}", d.have.id), || {
+            g.gke.delete_node_pool().set_name(&d.have.id).send()
+        })
         .await
     }
 }

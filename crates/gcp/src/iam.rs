@@ -15,9 +15,7 @@ use serde_json::{json, Value as Json};
 use super::{
     call, call_create, call_opt, describe, from_description, json, message, observed, GcpClients,
 };
-use ralph_core::driver::{
-    Context, Desired, Driver, DriverError, Known, Observed, Timeouts, Update,
-};
+use ralph_core::driver::{Context, Delete, Desired, Driver, DriverError, Known, Observed, Update};
 use ralph_core::model::kinds::{checks, Attr, Field, KindSchema, Ty};
 
 const SERVICE: &str = "iam";
@@ -56,72 +54,45 @@ fn member(v: &Json) -> Result<(), String> {
     )
 }
 
-static ACCOUNT: KindSchema = KindSchema {
-    kind: "gcp.service_account",
-    service: SERVICE,
-    doc: "A Google service account.",
-    fields: &[
-        Field::new("account_id", Ty::String, "the part before @ of its email")
-            .required()
-            .forces_replace()
-            .check(account_id),
-        Field::new("display_name", Ty::String, "a display name").default("\"\""),
-        Field::new("description", Ty::String, "what it is for").default("\"\""),
-    ],
-    attrs: &[
-        Attr {
-            name: "id",
-            ty: Ty::String,
-            doc: "projects/P/serviceAccounts/EMAIL",
-        },
-        Attr {
-            name: "email",
-            ty: Ty::String,
-            doc: "the account's email",
-        },
-        Attr {
-            name: "member",
-            ty: Ty::String,
-            doc: "serviceAccount:EMAIL, as IAM bindings name it",
-        },
-    ],
-    taggable: false,
-    name_field: None,
-    exactly_one_of: &[],
-    ordered: &[],
-};
+static ACCOUNT: KindSchema =
+    KindSchema::new("gcp.service_account", SERVICE, "A Google service account.")
+        .fields(&[
+            Field::new("account_id", Ty::String, "the part before @ of its email")
+                .required()
+                .forces_replace()
+                .check(account_id),
+            Field::new("display_name", Ty::String, "a display name").default("\"\""),
+            Field::new("description", Ty::String, "what it is for").default("\"\""),
+        ])
+        .attrs(&[
+            Attr::string("id", "projects/P/serviceAccounts/EMAIL"),
+            Attr::string("email", "the account's email"),
+            Attr::string("member", "serviceAccount:EMAIL, as IAM bindings name it"),
+        ]);
 
-static MEMBER: KindSchema = KindSchema {
-    kind: "gcp.iam_member",
-    service: SERVICE,
-    doc: "One member in one role: on the project, or on a service account.",
-    fields: &[
-        Field::new("role", Ty::String, "such as roles/cloudsql.client")
-            .required()
-            .forces_replace()
-            .check(role),
-        Field::new("member", Ty::String, "such as `${app_sa.member}`")
-            .required()
-            .forces_replace()
-            .check(member),
-        Field::new(
-            "service_account",
-            Ty::String,
-            "a service account (`${app_sa.id}`) whose policy it goes in; empty: the project's",
-        )
-        .default("\"\"")
-        .forces_replace(),
-    ],
-    attrs: &[Attr {
-        name: "id",
-        ty: Ty::String,
-        doc: "RESOURCE ROLE MEMBER",
-    }],
-    taggable: false,
-    name_field: None,
-    exactly_one_of: &[],
-    ordered: &[],
-};
+static MEMBER: KindSchema = KindSchema::new(
+    "gcp.iam_member",
+    SERVICE,
+    "One member in one role: on the project, or on a service account.",
+)
+.fields(&[
+    Field::new("role", Ty::String, "such as roles/cloudsql.client")
+        .required()
+        .forces_replace()
+        .check(role),
+    Field::new("member", Ty::String, "such as `${app_sa.member}`")
+        .required()
+        .forces_replace()
+        .check(member),
+    Field::new(
+        "service_account",
+        Ty::String,
+        "a service account (`${app_sa.id}`) whose policy it goes in; empty: the project's",
+    )
+    .default("\"\"")
+    .forces_replace(),
+])
+.attrs(&[Attr::string("id", "RESOURCE ROLE MEMBER")]);
 
 pub fn drivers() -> Vec<Box<dyn Driver>> {
     vec![Box::new(ServiceAccount), Box::new(Member)]
@@ -260,15 +231,10 @@ impl Driver for ServiceAccount {
         Ok(observe_account(&a))
     }
 
-    async fn delete(
-        &self,
-        cx: &Context,
-        have: &Observed,
-        _timeouts: &Timeouts,
-    ) -> Result<(), DriverError> {
+    async fn delete(&self, cx: &Context, d: Delete<'_>) -> Result<(), DriverError> {
         let g = crate::clients(cx).await?;
-        call_opt(cx, SERVICE, &format!("deleting {}", have.id), || {
-            g.iam.delete_service_account().set_name(&have.id).send()
+        call_opt(cx, SERVICE, &format!("deleting {}", d.have.id), || {
+            g.iam.delete_service_account().set_name(&d.have.id).send()
         })
         .await?;
         Ok(())
@@ -487,13 +453,8 @@ impl Driver for Member {
         Ok(have.clone())
     }
 
-    async fn delete(
-        &self,
-        cx: &Context,
-        have: &Observed,
-        _timeouts: &Timeouts,
-    ) -> Result<(), DriverError> {
-        let Some((resource, role, member)) = split_member(&have.id) else {
+    async fn delete(&self, cx: &Context, d: Delete<'_>) -> Result<(), DriverError> {
+        let Some((resource, role, member)) = split_member(&d.have.id) else {
             return Ok(());
         };
         change(cx, &resource, &role, &member, false).await

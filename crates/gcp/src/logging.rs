@@ -24,9 +24,7 @@ use serde_json::{json, Value as Json};
 
 use super::rest::Rest;
 use super::{describe, from_description, observed, take_over};
-use ralph_core::driver::{
-    Context, Desired, Driver, DriverError, Known, Observed, Timeouts, Update,
-};
+use ralph_core::driver::{Context, Delete, Desired, Driver, DriverError, Known, Observed, Update};
 use ralph_core::model::kinds::{checks, Attr, Field, KindSchema, Ty};
 
 const SERVICE: &str = "logging";
@@ -77,11 +75,8 @@ fn destination(v: &Json) -> Result<(), String> {
     )
 }
 
-static BUCKET: KindSchema = KindSchema {
-    kind: "gcp.log_bucket",
-    service: SERVICE,
-    doc: "A Cloud Logging bucket that keeps the log entries routed to it `retention_days` days (the project's _Default bucket keeps everything 30).",
-    fields: &[
+static BUCKET: KindSchema = KindSchema::new("gcp.log_bucket", SERVICE, "A Cloud Logging bucket that keeps the log entries routed to it `retention_days` days (the project's _Default bucket keeps everything 30).")
+    .fields(&[
         Field::new("name", Ty::String, "the bucket's id, such as ralph-production")
             .required()
             .forces_replace()
@@ -102,30 +97,14 @@ static BUCKET: KindSchema = KindSchema {
         .check(retention),
         Field::new("description", Ty::String, "what the bucket holds")
             .default("\"Managed by ralph-deploy\""),
-    ],
-    attrs: &[
-        Attr {
-            name: "id",
-            ty: Ty::String,
-            doc: "projects/PROJECT/locations/LOCATION/buckets/NAME",
-        },
-        Attr {
-            name: "destination",
-            ty: Ty::String,
-            doc: "the bucket as a sink names it: logging.googleapis.com/projects/...",
-        },
-    ],
-    taggable: false,
-    name_field: None,
-    exactly_one_of: &[],
-    ordered: &[],
-};
+    ])
+    .attrs(&[
+        Attr::string("id", "projects/PROJECT/locations/LOCATION/buckets/NAME"),
+        Attr::string("destination", "the bucket as a sink names it: logging.googleapis.com/projects/..."),
+    ]);
 
-static SINK: KindSchema = KindSchema {
-    kind: "gcp.log_sink",
-    service: SERVICE,
-    doc: "A project log sink: routes the entries its filter matches to a destination, such as a gcp.log_bucket.",
-    fields: &[
+static SINK: KindSchema = KindSchema::new("gcp.log_sink", SERVICE, "A project log sink: routes the entries its filter matches to a destination, such as a gcp.log_bucket.")
+    .fields(&[
         Field::new("name", Ty::String, "the sink's id, such as ralph-production-orchestrator")
             .required()
             .forces_replace()
@@ -146,24 +125,11 @@ static SINK: KindSchema = KindSchema {
         Field::new("description", Ty::String, "what the sink routes")
             .default("\"Managed by ralph-deploy\""),
         Field::new("disabled", Ty::Bool, "stop routing without deleting the sink").default("false"),
-    ],
-    attrs: &[
-        Attr {
-            name: "id",
-            ty: Ty::String,
-            doc: "projects/PROJECT/sinks/NAME",
-        },
-        Attr {
-            name: "writer_identity",
-            ty: Ty::String,
-            doc: "the service account the sink writes as (grant it the destination when that is not a log bucket of this project)",
-        },
-    ],
-    taggable: false,
-    name_field: None,
-    exactly_one_of: &[],
-    ordered: &[],
-};
+    ])
+    .attrs(&[
+        Attr::string("id", "projects/PROJECT/sinks/NAME"),
+        Attr::string("writer_identity", "the service account the sink writes as (grant it the destination when that is not a log bucket of this project)"),
+    ]);
 
 pub fn drivers() -> Vec<Box<dyn Driver>> {
     vec![Box::new(LogBucket), Box::new(LogSink)]
@@ -387,13 +353,8 @@ impl Driver for LogBucket {
         set_bucket(&rest, cx, &path, want, &what).await
     }
 
-    async fn delete(
-        &self,
-        cx: &Context,
-        have: &Observed,
-        _timeouts: &Timeouts,
-    ) -> Result<(), DriverError> {
-        delete_named(cx, &have.id, "log bucket").await
+    async fn delete(&self, cx: &Context, d: Delete<'_>) -> Result<(), DriverError> {
+        delete_named(cx, &d.have.id, "log bucket").await
     }
 }
 
@@ -498,13 +459,8 @@ impl Driver for LogSink {
         set_sink(&rest, cx, &project, want, &what).await
     }
 
-    async fn delete(
-        &self,
-        cx: &Context,
-        have: &Observed,
-        _timeouts: &Timeouts,
-    ) -> Result<(), DriverError> {
-        delete_named(cx, &have.id, "log sink").await
+    async fn delete(&self, cx: &Context, d: Delete<'_>) -> Result<(), DriverError> {
+        delete_named(cx, &d.have.id, "log sink").await
     }
 }
 

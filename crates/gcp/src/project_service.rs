@@ -14,20 +14,15 @@ use std::time::Duration;
 use serde_json::{Map, Value as Json};
 
 use super::rest::Rest;
-use ralph_core::driver::{
-    Context, Desired, Driver, DriverError, Known, Observed, Timeouts, Update,
-};
+use ralph_core::driver::{Context, Delete, Desired, Driver, DriverError, Known, Observed, Update};
 use ralph_core::model::kinds::{checks, Attr, Field, KindSchema, Ty};
 
 const SERVICE: &str = "serviceusage";
 const DEFAULT_ENDPOINT: &str = "https://serviceusage.googleapis.com";
 const TIMEOUT: Duration = Duration::from_secs(10 * 60);
 
-static SCHEMA: KindSchema = KindSchema {
-    kind: "gcp.project_service",
-    service: SERVICE,
-    doc: "An API enabled on the project: a new project refuses calls to every API it has not enabled (403 SERVICE_DISABLED), so the stack's other Google Cloud resources depend on these.",
-    fields: &[
+static SCHEMA: KindSchema = KindSchema::new("gcp.project_service", SERVICE, "An API enabled on the project: a new project refuses calls to every API it has not enabled (403 SERVICE_DISABLED), so the stack's other Google Cloud resources depend on these.")
+    .fields(&[
         Field::new(
             "service",
             Ty::String,
@@ -48,24 +43,11 @@ static SCHEMA: KindSchema = KindSchema {
             "turn the API off when this resource is destroyed (by default it stays on: other things in the project may use it)",
         )
         .default("false"),
-    ],
-    attrs: &[
-        Attr {
-            name: "id",
-            ty: Ty::String,
-            doc: "PROJECT|SERVICE",
-        },
-        Attr {
-            name: "title",
-            ty: Ty::String,
-            doc: "the API's display name",
-        },
-    ],
-    taggable: false,
-    name_field: None,
-    exactly_one_of: &[],
-    ordered: &[],
-};
+    ])
+    .attrs(&[
+        Attr::string("id", "PROJECT|SERVICE"),
+        Attr::string("title", "the API's display name"),
+    ]);
 
 pub fn api_name(v: &Json) -> Result<(), String> {
     let s = v.as_str().unwrap_or_default();
@@ -216,19 +198,15 @@ impl Driver for ProjectService {
         enable(cx, want).await
     }
 
-    async fn delete(
-        &self,
-        cx: &Context,
-        have: &Observed,
-        _timeouts: &Timeouts,
-    ) -> Result<(), DriverError> {
-        if have.attrs.get("disable_on_destroy") != Some(&Json::Bool(true)) {
+    async fn delete(&self, cx: &Context, d: Delete<'_>) -> Result<(), DriverError> {
+        if d.have.attrs.get("disable_on_destroy") != Some(&Json::Bool(true)) {
             return Ok(());
         }
-        let (project, service) = have
+        let (project, service) = d
+            .have
             .id
             .split_once('|')
-            .ok_or_else(|| DriverError::new(format!("{} is not PROJECT|SERVICE", have.id)))?;
+            .ok_or_else(|| DriverError::new(format!("{} is not PROJECT|SERVICE", d.have.id)))?;
         let rest = Rest::new(cx, SERVICE, DEFAULT_ENDPOINT).await?;
         let what = format!("disabling {service} on project {project}");
         let op = rest
@@ -240,7 +218,7 @@ impl Driver for ProjectService {
             )
             .await?;
         if let Some(op) = op {
-            let address = have.address.clone().unwrap_or_else(|| have.id.clone());
+            let address = d.address();
             rest.wait(&address, op, &what, TIMEOUT).await?;
         }
         Ok(())

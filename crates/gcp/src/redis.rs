@@ -12,8 +12,7 @@ use serde_json::{json, Value as Json};
 use super::OpState;
 use super::{call, call_create, call_opt, from_labels, labels, message, observed};
 use ralph_core::driver::{
-    Context, Desired, Driver, DriverError, Known, Observed, Timeouts, Update, READY_ATTR,
-    STATUS_ATTR,
+    Context, Delete, Desired, Driver, DriverError, Known, Observed, Update, READY_ATTR, STATUS_ATTR,
 };
 use ralph_core::model::kinds::{checks, Attr, Field, KindSchema, Ty};
 
@@ -57,11 +56,8 @@ fn transit(v: &Json) -> Result<(), String> {
     )
 }
 
-static SCHEMA: KindSchema = KindSchema {
-    kind: "gcp.redis_instance",
-    service: SERVICE,
-    doc: "A Memorystore for Redis instance.",
-    fields: &[
+static SCHEMA: KindSchema = KindSchema::new("gcp.redis_instance", SERVICE, "A Memorystore for Redis instance.")
+    .fields(&[
         Field::new("name", Ty::String, "the instance id")
             .required()
             .forces_replace()
@@ -121,39 +117,15 @@ static SCHEMA: KindSchema = KindSchema {
             "labels besides the ownership labels",
         )
         .default("{}"),
-    ],
-    attrs: &[
-        Attr {
-            name: "id",
-            ty: Ty::String,
-            doc: "the instance's resource name",
-        },
-        Attr {
-            name: "host",
-            ty: Ty::String,
-            doc: "the primary endpoint's address",
-        },
-        Attr {
-            name: "port",
-            ty: Ty::Int,
-            doc: "the port",
-        },
-        Attr {
-            name: "auth_secret",
-            ty: Ty::String,
-            doc: "the secret source that reads the AUTH string (memorystore:NAME)",
-        },
-        Attr {
-            name: "server_ca",
-            ty: Ty::String,
-            doc: "the server's CA certificates (PEM) that a TLS client verifies the instance with; empty without TLS",
-        },
-    ],
-    taggable: false,
-    name_field: Some("name"),
-    exactly_one_of: &[],
-    ordered: &[],
-};
+    ])
+    .attrs(&[
+        Attr::string("id", "the instance's resource name"),
+        Attr::string("host", "the primary endpoint's address"),
+        Attr::new("port", Ty::Int, "the port"),
+        Attr::string("auth_secret", "the secret source that reads the AUTH string (memorystore:NAME)"),
+        Attr::string("server_ca", "the server's CA certificates (PEM) that a TLS client verifies the instance with; empty without TLS"),
+    ])
+    .name_field("name");
 
 pub struct RedisInstance;
 
@@ -443,16 +415,11 @@ impl Driver for RedisInstance {
         .ok_or_else(|| DriverError::new(format!("{} vanished right after it was changed", have.id)))
     }
 
-    async fn delete(
-        &self,
-        cx: &Context,
-        have: &Observed,
-        timeouts: &Timeouts,
-    ) -> Result<(), DriverError> {
+    async fn delete(&self, cx: &Context, d: Delete<'_>) -> Result<(), DriverError> {
         let g = crate::clients(cx).await?;
-        let address = have.address.clone().unwrap_or_else(|| have.id.clone());
-        match call_opt(cx, SERVICE, &format!("deleting {}", have.id), || {
-            g.redis.delete_instance().set_name(&have.id).send()
+        let address = d.address();
+        match call_opt(cx, SERVICE, &format!("deleting {}", d.have.id), || {
+            g.redis.delete_instance().set_name(&d.have.id).send()
         })
         .await?
         {
@@ -461,8 +428,8 @@ impl Driver for RedisInstance {
                 cx,
                 &address,
                 op,
-                &have.id,
-                timeouts.delete_or(TIMEOUT),
+                &d.have.id,
+                d.timeouts.delete_or(TIMEOUT),
                 true,
             )
             .await

@@ -31,7 +31,7 @@ use super::{
     observed, GcpClients,
 };
 use ralph_core::driver::{
-    Context, DeleteAttempt, Desired, Driver, DriverError, Known, Observed, Timeouts, Update,
+    Context, Delete, DeleteAttempt, Desired, Driver, DriverError, Known, Observed, Update,
 };
 use ralph_core::model::kinds::{Attr, Field, KindSchema, Ty};
 
@@ -111,35 +111,20 @@ fn window(v: &Json) -> Result<(), String> {
     ralph_core::model::kinds::checks::one_of(v, WINDOWS, "a window Cloud Armor takes", "seconds")
 }
 
-static SCHEMA: KindSchema = KindSchema {
-    kind: "gcp.security_policy",
-    service: SERVICE,
-    doc: "A Cloud Armor security policy for the backends of GKE's load balancer: Google's preconfigured WAF rules (each denying with 403), a rate limit per client address (429 over it) and Layer 7 DDoS defense. The orchestrator attaches it with `security_policy`.",
-    fields: &[
+static SCHEMA: KindSchema = KindSchema::new("gcp.security_policy", SERVICE, "A Cloud Armor security policy for the backends of GKE's load balancer: Google's preconfigured WAF rules (each denying with 403), a rate limit per client address (429 over it) and Layer 7 DDoS defense. The orchestrator attaches it with `security_policy`.")
+    .fields(&[
         Field::new("name", Ty::String, "the policy's name").required().forces_replace().check(rfc1035),
         Field::new("description", Ty::String, "what it is for").default("\"\""),
         Field::new("preconfigured_waf", Ty::List(&Ty::String), "Google's preconfigured WAF rule sets to deny, in order (such as sqli-v33-stable, xss-v33-stable, lfi-v33-stable, rce-v33-stable, scannerdetection-v33-stable, protocolattack-v33-stable)").default("[]").check(waf_sets),
         Field::new("rate_limit", Ty::Int, "requests one client address may make per window before it is answered 429; 0: no rate limit").default("0").check(ralph_core::model::kinds::checks::range::<0, 1_000_000>),
         Field::new("rate_window_seconds", Ty::Int, "the rate limit's window: 10, 30, 60, 120, 180, 240, 300, 600, 900, 1200, 1800, 2700 or 3600 seconds").default("60").check(window),
         Field::new("adaptive_protection", Ty::Bool, "Layer 7 DDoS defense (Adaptive Protection): Google learns the traffic and proposes rules against an attack").default("true"),
-    ],
-    attrs: &[
-        Attr {
-            name: "id",
-            ty: Ty::String,
-            doc: "the policy's path, projects/P/global/securityPolicies/NAME",
-        },
-        Attr {
-            name: "self_link",
-            ty: Ty::String,
-            doc: "the policy's full URL",
-        },
-    ],
-    taggable: false,
-    name_field: Some("name"),
-    exactly_one_of: &[],
-    ordered: &[],
-};
+    ])
+    .attrs(&[
+        Attr::string("id", "the policy's path, projects/P/global/securityPolicies/NAME"),
+        Attr::string("self_link", "the policy's full URL"),
+    ])
+    .name_field("name");
 
 pub struct SecurityPolicy;
 
@@ -551,23 +536,17 @@ impl Driver for SecurityPolicy {
 
     /// Retried while a backend service still uses the policy: GKE's
     /// controller lets it go only after the Ingress is gone.
-    async fn delete(
-        &self,
-        cx: &Context,
-        have: &Observed,
-        timeouts: &Timeouts,
-    ) -> Result<(), DriverError> {
+    async fn delete(&self, cx: &Context, d: Delete<'_>) -> Result<(), DriverError> {
         let g = crate::clients(cx).await?;
-        let name = name_of(&have.id).to_string();
-        let address = have.address.clone().unwrap_or_else(|| have.id.clone());
+        let name = name_of(&d.have.id).to_string();
+        let address = d.address();
         let (name, address) = (&name, &address);
         ralph_core::driver::delete_once_released(
             cx,
-            have,
-            timeouts,
+            d,
             "the load balancer's backend services",
             || async move {
-                let what = format!("deleting {}", have.id);
+                let what = format!("deleting {}", d.have.id);
                 let op = match call_opt(cx, SERVICE, &what, || {
                     g.security_policies
                         .delete()
@@ -589,7 +568,7 @@ impl Driver for SecurityPolicy {
                     g,
                     address,
                     &json(&op),
-                    timeouts.delete_or(OP_TIMEOUT),
+                    d.timeouts.delete_or(OP_TIMEOUT),
                     "security policy",
                 )
                 .await?;

@@ -14,20 +14,15 @@ use std::time::Duration;
 use serde_json::{json, Map, Value as Json};
 
 use super::rest::Rest;
-use ralph_core::driver::{
-    Context, Desired, Driver, DriverError, Known, Observed, Timeouts, Update,
-};
+use ralph_core::driver::{Context, Delete, Desired, Driver, DriverError, Known, Observed, Update};
 use ralph_core::model::kinds::{Attr, Field, KindSchema, Ty};
 
 const SERVICE: &str = "servicenetworking";
 const DEFAULT_ENDPOINT: &str = "https://servicenetworking.googleapis.com";
 const TIMEOUT: Duration = Duration::from_secs(10 * 60);
 
-static SCHEMA: KindSchema = KindSchema {
-    kind: "gcp.service_networking_connection",
-    service: SERVICE,
-    doc: "Private services access: the peering Cloud SQL private IP and Memorystore (PRIVATE_SERVICE_ACCESS) need, over reserved ranges.",
-    fields: &[
+static SCHEMA: KindSchema = KindSchema::new("gcp.service_networking_connection", SERVICE, "Private services access: the peering Cloud SQL private IP and Memorystore (PRIVATE_SERVICE_ACCESS) need, over reserved ranges.")
+    .fields(&[
         Field::new("network", Ty::String, "the VPC, usually `${vpc.id}`")
             .required()
             .forces_replace(),
@@ -44,24 +39,11 @@ static SCHEMA: KindSchema = KindSchema {
         )
         .default("\"servicenetworking.googleapis.com\"")
         .forces_replace(),
-    ],
-    attrs: &[
-        Attr {
-            name: "id",
-            ty: Ty::String,
-            doc: "SERVICE|NETWORK",
-        },
-        Attr {
-            name: "peering",
-            ty: Ty::String,
-            doc: "the VPC peering Google made",
-        },
-    ],
-    taggable: false,
-    name_field: None,
-    exactly_one_of: &[],
-    ordered: &[],
-};
+    ])
+    .attrs(&[
+        Attr::string("id", "SERVICE|NETWORK"),
+        Attr::string("peering", "the VPC peering Google made"),
+    ]);
 
 pub struct ServiceNetworkingConnection;
 
@@ -300,19 +282,15 @@ impl Driver for ServiceNetworkingConnection {
         write(cx, want, Write::Ranges).await
     }
 
-    async fn delete(
-        &self,
-        cx: &Context,
-        have: &Observed,
-        _timeouts: &Timeouts,
-    ) -> Result<(), DriverError> {
+    async fn delete(&self, cx: &Context, d: Delete<'_>) -> Result<(), DriverError> {
         let api = Api::new(cx).await?;
-        let (service, network) = have
+        let (service, network) = d
+            .have
             .id
             .split_once('|')
-            .ok_or_else(|| DriverError::new(format!("{} is not SERVICE|NETWORK", have.id)))?;
+            .ok_or_else(|| DriverError::new(format!("{} is not SERVICE|NETWORK", d.have.id)))?;
         let numbered = api.numbered(network).await?;
-        let address = have.address.clone().unwrap_or_else(|| have.id.clone());
+        let address = d.address();
         let op = api
             .send(
                 "POST",

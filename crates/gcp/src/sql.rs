@@ -20,7 +20,7 @@ use super::{
     call, call_create, call_opt, from_labels, json, label_filter, labels, message, observed,
 };
 use ralph_core::driver::{
-    found_again, Context, Desired, Driver, DriverError, Known, Observed, Timeouts, Update,
+    found_again, Context, Delete, Desired, Driver, DriverError, Known, Observed, Update,
     READY_ATTR, STATUS_ATTR,
 };
 use ralph_core::model::kinds::{checks, Attr, Field, KindSchema, Ty};
@@ -98,11 +98,8 @@ fn tier(v: &Json) -> Result<(), String> {
     bad("")
 }
 
-static INSTANCE: KindSchema = KindSchema {
-    kind: "gcp.sql_instance",
-    service: SERVICE,
-    doc: "A Cloud SQL for PostgreSQL instance.",
-    fields: &[
+static INSTANCE: KindSchema = KindSchema::new("gcp.sql_instance", SERVICE, "A Cloud SQL for PostgreSQL instance.")
+    .fields(&[
         Field::new(
             "name",
             Ty::String,
@@ -190,34 +187,15 @@ static INSTANCE: KindSchema = KindSchema {
         )
         .forces_replace()
         .check(super::compute::rfc1035),
-    ],
-    attrs: &[
-        Attr {
-            name: "id",
-            ty: Ty::String,
-            doc: "the instance's name",
-        },
-        Attr {
-            name: "connection_name",
-            ty: Ty::String,
-            doc: "PROJECT:REGION:NAME, for the Cloud SQL Auth Proxy",
-        },
-        Attr {
-            name: "address",
-            ty: Ty::String,
-            doc: "the private IP (or the public one without a private network)",
-        },
-        Attr {
-            name: "port",
-            ty: Ty::Int,
-            doc: "5432",
-        },
-    ],
-    taggable: false,
-    name_field: Some("name"),
-    exactly_one_of: &["name", ralph_core::model::kinds::NAME_PREFIX],
-    ordered: &[],
-};
+    ])
+    .attrs(&[
+        Attr::string("id", "the instance's name"),
+        Attr::string("connection_name", "PROJECT:REGION:NAME, for the Cloud SQL Auth Proxy"),
+        Attr::string("address", "the private IP (or the public one without a private network)"),
+        Attr::new("port", Ty::Int, "5432"),
+    ])
+    .name_field("name")
+    .exactly_one_of(&["name", ralph_core::model::kinds::NAME_PREFIX]);
 
 /// A prefix that leaves room for the generated suffix (`-` and 8 hex
 /// digits) within Cloud SQL's 63 characters.
@@ -232,52 +210,32 @@ fn name_prefix(v: &Json) -> Result<(), String> {
     Ok(())
 }
 
-static DATABASE: KindSchema = KindSchema {
-    kind: "gcp.sql_database",
-    service: SERVICE,
-    doc: "A database in a Cloud SQL instance.",
-    fields: &[
-        Field::new("instance", Ty::String, "the instance, usually `${db.name}`")
-            .required()
-            .forces_replace(),
-        Field::new("name", Ty::String, "the database's name")
-            .required()
-            .forces_replace(),
-        Field::new("charset", Ty::String, "the character set")
-            .default("\"UTF8\"")
-            .forces_replace(),
-    ],
-    attrs: &[Attr {
-        name: "id",
-        ty: Ty::String,
-        doc: "INSTANCE/databases/NAME",
-    }],
-    taggable: false,
-    name_field: None,
-    exactly_one_of: &[],
-    ordered: &[],
-};
+static DATABASE: KindSchema = KindSchema::new(
+    "gcp.sql_database",
+    SERVICE,
+    "A database in a Cloud SQL instance.",
+)
+.fields(&[
+    Field::new("instance", Ty::String, "the instance, usually `${db.name}`")
+        .required()
+        .forces_replace(),
+    Field::new("name", Ty::String, "the database's name")
+        .required()
+        .forces_replace(),
+    Field::new("charset", Ty::String, "the character set")
+        .default("\"UTF8\"")
+        .forces_replace(),
+])
+.attrs(&[Attr::string("id", "INSTANCE/databases/NAME")]);
 
-static USER: KindSchema = KindSchema {
-    kind: "gcp.sql_user",
-    service: SERVICE,
-    doc: "A built-in database user of a Cloud SQL instance, its password from a secret.",
-    fields: &[
+static USER: KindSchema = KindSchema::new("gcp.sql_user", SERVICE, "A built-in database user of a Cloud SQL instance, its password from a secret.")
+    .fields(&[
         Field::new("instance", Ty::String, "the instance, usually `${db.name}`").required().forces_replace(),
         Field::new("name", Ty::String, "the user's name").required().forces_replace(),
         Field::new("password_secret", Ty::String, "the secret holding the password: a Secret Manager name (projects/P/secrets/S, `#key` picks a JSON key) or `env:VARIABLE`").required().check(ralph_core::driver::secret_value::secret_source),
         Field::new("password_version", Ty::String, "the secret's current version, usually `${admin_password.version_id}`: a new one sets the new password"),
-    ],
-    attrs: &[Attr {
-            name: "id",
-            ty: Ty::String,
-            doc: "INSTANCE/users/NAME",
-        }],
-    taggable: false,
-    name_field: None,
-    exactly_one_of: &[],
-    ordered: &[],
-};
+    ])
+    .attrs(&[Attr::string("id", "INSTANCE/users/NAME")]);
 
 pub fn drivers() -> Vec<Box<dyn Driver>> {
     vec![Box::new(Instance), Box::new(Database), Box::new(User)]
@@ -602,7 +560,7 @@ impl Driver for Instance {
                 _ => Err(e),
             };
         }
-        found_again(read_instance(cx, name).await?, || name.to_string())
+        found_again(read_instance(cx, name).await?, "Cloud SQL instance", &name)
     }
 
     async fn update(&self, cx: &Context, u: Update<'_>) -> Result<Observed, DriverError> {
@@ -641,16 +599,11 @@ impl Driver for Instance {
         .await
     }
 
-    async fn delete(
-        &self,
-        cx: &Context,
-        have: &Observed,
-        timeouts: &Timeouts,
-    ) -> Result<(), DriverError> {
+    async fn delete(&self, cx: &Context, d: Delete<'_>) -> Result<(), DriverError> {
         let g = crate::clients(cx).await?;
-        let address = have.address.clone().unwrap_or_else(|| have.id.clone());
+        let address = d.address();
         // Only reached with --allow-protected: lift Cloud SQL's own protection first.
-        if have.attrs.get("deletion_protection") == Some(&Json::Bool(true)) {
+        if d.have.attrs.get("deletion_protection") == Some(&Json::Bool(true)) {
             let body: google_cloud_sql_v1::model::DatabaseInstance = message(
                 "Cloud SQL instance",
                 json!({"settings": {"deletionProtectionEnabled": false}}),
@@ -658,32 +611,32 @@ impl Driver for Instance {
             if let Some(op) = call_opt(
                 cx,
                 SERVICE,
-                &format!("lifting the deletion protection of {}", have.id),
+                &format!("lifting the deletion protection of {}", d.have.id),
                 || {
                     g.sql
                         .patch()
                         .set_project(&g.project)
-                        .set_instance(&have.id)
+                        .set_instance(&d.have.id)
                         .set_body(body.clone())
                         .send()
                 },
             )
             .await?
             {
-                wait_op(cx, &address, &op, timeouts.update_or(INSTANCE_TIMEOUT)).await?;
+                wait_op(cx, &address, &op, d.timeouts.update_or(INSTANCE_TIMEOUT)).await?;
             }
         }
-        match call_opt(cx, SERVICE, &format!("deleting {}", have.id), || {
+        match call_opt(cx, SERVICE, &format!("deleting {}", d.have.id), || {
             g.sql
                 .delete()
                 .set_project(&g.project)
-                .set_instance(&have.id)
+                .set_instance(&d.have.id)
                 .send()
         })
         .await?
         {
             None => Ok(()),
-            Some(op) => wait_op(cx, &address, &op, timeouts.delete_or(INSTANCE_TIMEOUT)).await,
+            Some(op) => wait_op(cx, &address, &op, d.timeouts.delete_or(INSTANCE_TIMEOUT)).await,
         }
     }
 }
@@ -820,7 +773,7 @@ impl Driver for Database {
             )
             .await?;
         }
-        found_again(self.lookup(cx, &id).await?, || id.to_string())
+        found_again(self.lookup(cx, &id).await?, "database", &id)
     }
 
     async fn update(&self, cx: &Context, u: Update<'_>) -> Result<Observed, DriverError> {
@@ -830,15 +783,10 @@ impl Driver for Database {
             .ok_or_else(|| DriverError::new(format!("{} is gone", have.id)))
     }
 
-    async fn delete(
-        &self,
-        cx: &Context,
-        have: &Observed,
-        timeouts: &Timeouts,
-    ) -> Result<(), DriverError> {
+    async fn delete(&self, cx: &Context, d: Delete<'_>) -> Result<(), DriverError> {
         let g = crate::clients(cx).await?;
-        let (instance, name) = split_child(&have.id);
-        match call_opt(cx, SERVICE, &format!("deleting {}", have.id), || {
+        let (instance, name) = split_child(&d.have.id);
+        match call_opt(cx, SERVICE, &format!("deleting {}", d.have.id), || {
             g.sql_databases
                 .delete()
                 .set_project(&g.project)
@@ -849,7 +797,7 @@ impl Driver for Database {
         .await?
         {
             None => Ok(()),
-            Some(op) => wait_op(cx, &have.id, &op, timeouts.delete_or(CHILD_TIMEOUT)).await,
+            Some(op) => wait_op(cx, &d.have.id, &op, d.timeouts.delete_or(CHILD_TIMEOUT)).await,
         }
     }
 }
@@ -1011,19 +959,14 @@ impl Driver for User {
         Ok(recorded(want, &have.id))
     }
 
-    async fn delete(
-        &self,
-        cx: &Context,
-        have: &Observed,
-        timeouts: &Timeouts,
-    ) -> Result<(), DriverError> {
+    async fn delete(&self, cx: &Context, d: Delete<'_>) -> Result<(), DriverError> {
         let g = crate::clients(cx).await?;
-        let (instance, name) = split_child(&have.id);
+        let (instance, name) = split_child(&d.have.id);
         if name == "postgres" {
             // The instance's own administrator goes with the instance.
             return Ok(());
         }
-        match call_opt(cx, SERVICE, &format!("deleting {}", have.id), || {
+        match call_opt(cx, SERVICE, &format!("deleting {}", d.have.id), || {
             g.sql_users
                 .delete()
                 .set_project(&g.project)
@@ -1034,7 +977,7 @@ impl Driver for User {
         .await?
         {
             None => Ok(()),
-            Some(op) => wait_op(cx, &have.id, &op, timeouts.delete_or(CHILD_TIMEOUT)).await,
+            Some(op) => wait_op(cx, &d.have.id, &op, d.timeouts.delete_or(CHILD_TIMEOUT)).await,
         }
     }
 }

@@ -24,9 +24,7 @@ use serde_json::{json, Value as Json};
 use super::rest::Rest;
 use super::{from_labels, labels, observed, take_over};
 use ralph_core::driver::capability::{ObjectStore, Upload};
-use ralph_core::driver::{
-    Context, Desired, Driver, DriverError, Known, Observed, Timeouts, Update,
-};
+use ralph_core::driver::{Context, Delete, Desired, Driver, DriverError, Known, Observed, Update};
 use ralph_core::model::kinds::{checks, Attr, Field, KindSchema, Ty};
 
 const SERVICE: &str = "storage";
@@ -64,11 +62,8 @@ fn storage_class(v: &Json) -> Result<(), String> {
     )
 }
 
-static SCHEMA: KindSchema = KindSchema {
-    kind: "gcp.storage_bucket",
-    service: SERVICE,
-    doc: "A Cloud Storage bucket (backups): uniform access, no public access, versions, expiry and retention.",
-    fields: &[
+static SCHEMA: KindSchema = KindSchema::new("gcp.storage_bucket", SERVICE, "A Cloud Storage bucket (backups): uniform access, no public access, versions, expiry and retention.")
+    .fields(&[
         Field::new("name", Ty::String, "the globally unique bucket name")
             .required()
             .forces_replace()
@@ -114,24 +109,12 @@ static SCHEMA: KindSchema = KindSchema {
         )
         .default("false"),
         Field::new("labels", Ty::StringMap, "labels besides the ownership labels").default("{}"),
-    ],
-    attrs: &[
-        Attr {
-            name: "id",
-            ty: Ty::String,
-            doc: "the bucket name",
-        },
-        Attr {
-            name: "url",
-            ty: Ty::String,
-            doc: "gs://NAME",
-        },
-    ],
-    taggable: false,
-    name_field: Some("name"),
-    exactly_one_of: &[],
-    ordered: &[],
-};
+    ])
+    .attrs(&[
+        Attr::string("id", "the bucket name"),
+        Attr::string("url", "gs://NAME"),
+    ])
+    .name_field("name");
 
 pub struct StorageBucket;
 
@@ -346,17 +329,12 @@ impl Driver for StorageBucket {
         observe(&got).ok_or_else(|| DriverError::new(format!("{what}: the answer is not a bucket")))
     }
 
-    async fn delete(
-        &self,
-        cx: &Context,
-        have: &Observed,
-        _timeouts: &Timeouts,
-    ) -> Result<(), DriverError> {
+    async fn delete(&self, cx: &Context, d: Delete<'_>) -> Result<(), DriverError> {
         let rest = Rest::new(cx, SERVICE, DEFAULT_ENDPOINT).await?;
-        let name = have.id.as_str();
+        let name = d.have.id.as_str();
         let objects = GcsObjects.list(cx, name, "").await?;
         if !objects.is_empty() {
-            if have.attrs.get("force_destroy") != Some(&Json::Bool(true)) {
+            if d.have.attrs.get("force_destroy") != Some(&Json::Bool(true)) {
                 return Err(DriverError::new(format!(
                     "bucket {name} still holds {} objects: empty it, or set `force_destroy: true` on it and apply before destroying",
                     objects.len()

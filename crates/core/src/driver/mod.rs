@@ -110,15 +110,11 @@ impl Desired<'_> {
 
 /// A resource read back after the tool made or changed it: `None` means it
 /// was deleted meanwhile (by hand, or by another run), an error naming
-/// `what` (the resource in words: "bucket NAME").
-pub fn found_again(
-    found: Option<Observed>,
-    what: impl FnOnce() -> String,
-) -> Result<Observed, DriverError> {
+/// it: `what` in words ("bucket") and its `id`.
+pub fn found_again(found: Option<Observed>, what: &str, id: &str) -> Result<Observed, DriverError> {
     found.ok_or_else(|| {
         DriverError::new(format!(
-            "{} vanished right after it was made or changed",
-            what()
+            "{what} {id} vanished right after it was made or changed"
         ))
     })
 }
@@ -136,6 +132,21 @@ impl Update<'_> {
     /// Whether `field` is one of those that differ.
     pub fn changes(&self, field: &str) -> bool {
         self.changed.iter().any(|c| c == field)
+    }
+}
+
+/// What a delete is asked to do: the resource as last observed, and the
+/// stack's timeouts for it (how long a delete may wait for the cloud).
+#[derive(Debug, Clone, Copy)]
+pub struct Delete<'a> {
+    pub have: &'a Observed,
+    pub timeouts: &'a Timeouts,
+}
+
+impl Delete<'_> {
+    /// Where progress is reported: the resource's address, else its id.
+    pub fn address(&self) -> &str {
+        self.have.address.as_deref().unwrap_or(&self.have.id)
     }
 }
 
@@ -464,12 +475,7 @@ pub trait Driver: Send + Sync {
     /// Changes the fields that differ ([`Update::changed`]) in place.
     async fn update(&self, cx: &Context, u: Update<'_>) -> Result<Observed, DriverError>;
 
-    async fn delete(
-        &self,
-        cx: &Context,
-        have: &Observed,
-        timeouts: &Timeouts,
-    ) -> Result<(), DriverError>;
+    async fn delete(&self, cx: &Context, d: Delete<'_>) -> Result<(), DriverError>;
 
     /// Asked while planning, for each change of this kind that creates,
     /// replaces or updates something: whether the provider will take it,
@@ -637,8 +643,7 @@ pub enum DeleteAttempt {
 /// the wait ends at the delete timeout (20 minutes unless the stack says).
 pub async fn delete_once_released<F, Fut>(
     cx: &Context,
-    have: &Observed,
-    timeouts: &Timeouts,
+    d: Delete<'_>,
     what: &str,
     attempt: F,
 ) -> Result<(), DriverError>
@@ -646,11 +651,11 @@ where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = Result<DeleteAttempt, DriverError>>,
 {
-    let address = have.address.clone().unwrap_or_else(|| have.id.clone());
     cx.wait_until(
-        &address,
+        d.address(),
         &format!("{what} to let it go"),
-        timeouts.delete_or(std::time::Duration::from_secs(20 * 60)),
+        d.timeouts
+            .delete_or(std::time::Duration::from_secs(20 * 60)),
         || async {
             Ok(match attempt().await? {
                 DeleteAttempt::Gone => (Some(()), String::new()),

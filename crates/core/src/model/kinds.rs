@@ -148,6 +148,17 @@ pub struct Attr {
     pub doc: &'static str,
 }
 
+impl Attr {
+    pub const fn new(name: &'static str, ty: Ty, doc: &'static str) -> Attr {
+        Attr { name, ty, doc }
+    }
+
+    /// A string attribute, what most are (ids, ARNs, endpoints).
+    pub const fn string(name: &'static str, doc: &'static str) -> Attr {
+        Attr::new(name, Ty::String, doc)
+    }
+}
+
 #[derive(Debug)]
 pub struct KindSchema {
     /// `cloud.kind`, e.g. `aws.vpc`.
@@ -185,7 +196,53 @@ pub fn generated_name(prefix: &str) -> String {
     format!("{prefix}-{}", &id[..8])
 }
 
+/// A kind is described as `KindSchema::new(kind, service, doc)` and
+/// builders for the rest, each empty or off unless called.
 impl KindSchema {
+    pub const fn new(kind: &'static str, service: &'static str, doc: &'static str) -> KindSchema {
+        KindSchema {
+            kind,
+            doc,
+            service,
+            fields: &[],
+            attrs: &[],
+            taggable: false,
+            name_field: None,
+            exactly_one_of: &[],
+            ordered: &[],
+        }
+    }
+
+    pub const fn fields(mut self, fields: &'static [Field]) -> KindSchema {
+        self.fields = fields;
+        self
+    }
+
+    pub const fn attrs(mut self, attrs: &'static [Attr]) -> KindSchema {
+        self.attrs = attrs;
+        self
+    }
+
+    pub const fn taggable(mut self) -> KindSchema {
+        self.taggable = true;
+        self
+    }
+
+    pub const fn name_field(mut self, field: &'static str) -> KindSchema {
+        self.name_field = Some(field);
+        self
+    }
+
+    pub const fn exactly_one_of(mut self, fields: &'static [&'static str]) -> KindSchema {
+        self.exactly_one_of = fields;
+        self
+    }
+
+    pub const fn ordered(mut self, pairs: &'static [(&'static str, &'static str)]) -> KindSchema {
+        self.ordered = pairs;
+        self
+    }
+
     pub fn field(&self, name: &str) -> Option<&'static Field> {
         self.fields.iter().find(|f| f.name == name)
     }

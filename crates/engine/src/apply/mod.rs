@@ -23,7 +23,7 @@ use std::sync::Mutex;
 
 use crate::plan::{desired_properties, Action, Change, Plan};
 use crate::state::{Backend, Entry, Intent, ResourceState, State, StateError};
-use ralph_core::driver::{Context, Desired, Driver, Observed, Registry, Update};
+use ralph_core::driver::{Context, Delete, Desired, Driver, Observed, Registry, Update};
 use ralph_core::events::Event;
 use ralph_core::graph::{walk, walk_prioritized, Outcome};
 use ralph_stack::{Reference, Stack};
@@ -297,7 +297,15 @@ impl Steps<'_> {
                     .await?;
                 let limiter = self.cx.limits.service(driver.service());
                 let permit = limiter.acquire().await;
-                let result = driver.delete(self.cx, &obs, &timeouts).await;
+                let result = driver
+                    .delete(
+                        self.cx,
+                        Delete {
+                            have: &obs,
+                            timeouts: &timeouts,
+                        },
+                    )
+                    .await;
                 drop(permit);
                 result.map_err(|e| StepError::Driver(e.message))?;
                 limiter.succeeded();

@@ -18,7 +18,7 @@ use serde_json::{Map, Value as Json};
 
 use crate::state::{Intent, LockInfo, Snapshot, State, StateError};
 use ralph_core::driver::{
-    Context, Desired, Driver, DriverError, Known, Observed, Owner, Registry, Timeouts, Update,
+    Context, Delete, Desired, Driver, DriverError, Known, Observed, Owner, Registry, Update,
     READY_ATTR,
 };
 use ralph_core::model::{KindSchema, Ty};
@@ -668,13 +668,8 @@ impl Driver for FakeDriver {
         Ok(obs)
     }
 
-    async fn delete(
-        &self,
-        _cx: &Context,
-        have: &Observed,
-        _timeouts: &Timeouts,
-    ) -> Result<(), DriverError> {
-        let address = have.address.clone().unwrap_or_else(|| have.id.clone());
+    async fn delete(&self, _cx: &Context, d: Delete<'_>) -> Result<(), DriverError> {
+        let address = d.address();
         let started = self
             .cloud
             .begin("delete", self.schema.kind, &address)
@@ -685,7 +680,7 @@ impl Driver for FakeDriver {
             .lock()
             .unwrap()
             .get_mut(self.schema.kind)
-            .and_then(|m| m.remove(&have.id))
+            .and_then(|m| m.remove(&d.have.id))
             .is_some();
         let _ = existed; // deleting what is already gone is done
         self.cloud.end("delete", &address, started)

@@ -28,7 +28,7 @@ use serde_json::{Map, Value as Json};
 use super::render::{LABEL_ENVIRONMENT, LABEL_RESOURCE, LABEL_STACK, MANAGER};
 use super::{connect, count, is_not_found, kube_error};
 use ralph_core::driver::{
-    Context, Desired, Driver, DriverError, Known, Observed, Owner, Timeouts, Update,
+    Context, Delete, Desired, Driver, DriverError, Known, Observed, Owner, Update,
 };
 use ralph_core::model::kinds::{Attr, Field, KindSchema, Ty};
 
@@ -46,27 +46,15 @@ fn computed(_: &Json) -> Result<(), String> {
     Err("computed from `files`; do not set it".into())
 }
 
-static SCHEMA: KindSchema = KindSchema {
-    kind: "kubernetes.manifests",
-    service: "kubernetes",
-    doc: "Kubernetes objects from YAML files (cluster add-ons), applied server-side: namespaces and CRDs first, custom resources last, waited on, pruned when removed.",
-    fields: &super::with_cluster_fields![
+static SCHEMA: KindSchema = KindSchema::new("kubernetes.manifests", "kubernetes", "Kubernetes objects from YAML files (cluster add-ons), applied server-side: namespaces and CRDs first, custom resources last, waited on, pruned when removed.")
+    .fields(&super::with_cluster_fields![
         Field::new("files", Ty::List(&Ty::String), "YAML files or directories (every .yaml, .yml and .j2 file in them, in name order), relative to the stack file, or an upstream release's manifest by URL pinned to its SHA-256 (`https://.../deploy.yaml#sha256=...`, downloaded once into the cache and refused when it does not match)").required().check(sources),
         Field::new("values", Ty::StringMap, "what `.j2` files can use, as `{{ values.acme_email }}`").default("{}"),
         Field::new("wait", Ty::Bool, "wait until CRDs are established and Deployments, StatefulSets and DaemonSets are available").default("true"),
         Field::new("objects", Ty::Set(&Ty::String), "computed: every object, as `apiVersion Kind namespace/name`").check(computed),
         Field::new("digest", Ty::String, "computed: a digest of every object's content (a change re-applies the set)").check(computed),
-    ],
-    attrs: &[Attr {
-            name: "id",
-            ty: Ty::String,
-            doc: "stack/environment/address",
-        }],
-    taggable: false,
-    name_field: None,
-    exactly_one_of: &[],
-    ordered: &[],
-};
+    ])
+    .attrs(&[Attr::string("id", "stack/environment/address")]);
 
 pub struct Manifests;
 
@@ -774,29 +762,25 @@ impl Driver for Manifests {
         apply_set(cx, want, &before, t).await
     }
 
-    async fn delete(
-        &self,
-        cx: &Context,
-        have: &Observed,
-        timeouts: &Timeouts,
-    ) -> Result<(), DriverError> {
-        let ids: Vec<String> = recorded_ids(&have.attrs);
+    async fn delete(&self, cx: &Context, d: Delete<'_>) -> Result<(), DriverError> {
+        let ids: Vec<String> = recorded_ids(&d.have.attrs);
         if ids.is_empty() {
             return Ok(());
         }
-        let client = connect(cx, &have.attrs).await?;
-        let address = have
+        let client = connect(cx, &d.have.attrs).await?;
+        let address = d
+            .have
             .id
             .splitn(3, '/')
             .nth(2)
-            .unwrap_or(&have.id)
+            .unwrap_or(&d.have.id)
             .to_string();
         delete_objects(
             cx,
             &client,
             &address,
             &ids,
-            timeouts.delete.unwrap_or(Duration::from_secs(900)),
+            d.timeouts.delete.unwrap_or(Duration::from_secs(900)),
         )
         .await
     }

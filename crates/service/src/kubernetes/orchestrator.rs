@@ -19,7 +19,7 @@ use super::{
     connect, discover, is_not_found, owned_objects, prune, read_secrets, server_side_apply,
 };
 use ralph_core::driver::{
-    Context, Desired, Driver, DriverError, Known, Observed, Owner, Timeouts, Update,
+    Context, Delete, Desired, Driver, DriverError, Known, Observed, Owner, Update,
 };
 use ralph_core::model::kinds::{checks, Attr, Field, KindSchema, Ty};
 
@@ -212,11 +212,8 @@ fn secret_sources(v: &Json) -> Result<(), String> {
     Ok(())
 }
 
-static SCHEMA: KindSchema = KindSchema {
-    kind: "kubernetes.orchestrator",
-    service: "kubernetes",
-    doc: "The Ralph Orchestrator on Kubernetes: Deployment, config, secrets, Service, Ingress, NetworkPolicy, PDB, HPA.",
-    fields: &super::with_cluster_fields![
+static SCHEMA: KindSchema = KindSchema::new("kubernetes.orchestrator", "kubernetes", "The Ralph Orchestrator on Kubernetes: Deployment, config, secrets, Service, Ingress, NetworkPolicy, PDB, HPA.")
+    .fields(&super::with_cluster_fields![
         Field::new("namespace", Ty::String, "the namespace, created with Pod Security `restricted`").default("\"ralph\"").check(dns_label).forces_replace(),
         Field::new("name", Ty::String, "the name of the Deployment and its objects").default("\"ralph-orchestrator\"").check(dns_label).forces_replace(),
         Field::new("image", Ty::String, "the image repository (or a full reference with tag or digest)").default("\"ghcr.io/mikeyobrien/ralph-orchestrator\""),
@@ -303,38 +300,18 @@ static SCHEMA: KindSchema = KindSchema {
         Field::new("alert_receivers", Ty::List(&Ty::Object(RECEIVER)), "where Alertmanager sends alerts (the ConfigMap's alertmanager.yml, without the Prometheus Operator): each receiver takes the severities it names, in order; keys are files the Alertmanager mounts from the secret store, never values").default("[]").check(receivers),
         Field::new("templates", Ty::String, "a directory whose files replace the built-in templates of the same name"),
         Field::new("objects", Ty::Set(&Ty::String), "computed: the objects the templates make, as Kind/name").check(computed),
-    ],
-    attrs: &[
-        Attr {
-            name: "id",
-            ty: Ty::String,
-            doc: "namespace/name of the Deployment",
-        },
-        Attr {
-            name: "image_ref",
-            ty: Ty::String,
-            doc: "the image the Deployment runs",
-        },
-        Attr {
-            name: "revision",
-            ty: Ty::String,
-            doc: "the Deployment's revision",
-        },
-        Attr {
-            name: "namespace",
-            ty: Ty::String,
-            doc: "the namespace",
-        },
-    ],
-    taggable: false,
-    name_field: None,
-    exactly_one_of: &[],
-    ordered: &[
+    ])
+    .attrs(&[
+        Attr::string("id", "namespace/name of the Deployment"),
+        Attr::string("image_ref", "the image the Deployment runs"),
+        Attr::string("revision", "the Deployment's revision"),
+        Attr::string("namespace", "the namespace"),
+    ])
+    .ordered(&[
         ("replicas", "max_replicas"),
         ("cpu_request", "cpu_limit"),
         ("memory_request", "memory_limit"),
-    ],
-};
+    ]);
 
 pub struct Orchestrator;
 
@@ -1155,19 +1132,15 @@ impl Driver for Orchestrator {
         deploy(cx, want, Some(have), timeout).await
     }
 
-    async fn delete(
-        &self,
-        cx: &Context,
-        have: &Observed,
-        timeouts: &Timeouts,
-    ) -> Result<(), DriverError> {
-        let client = connect(cx, &have.attrs).await?;
-        let address = have
+    async fn delete(&self, cx: &Context, d: Delete<'_>) -> Result<(), DriverError> {
+        let client = connect(cx, &d.have.attrs).await?;
+        let address = d
+            .have
             .attrs
             .get("address")
             .and_then(Json::as_str)
             .unwrap_or_default();
-        let (namespace, _) = ns_name(&have.attrs);
+        let (namespace, _) = ns_name(&d.have.attrs);
         let api = discover(cx, &client).await?;
         let selector = render::ownership_selector(&cx.owner, address);
         prune(
@@ -1214,7 +1187,7 @@ impl Driver for Orchestrator {
                 ))
             }
         }
-        let timeout = timeouts.delete_or(Duration::from_secs(10 * 60));
+        let timeout = d.timeouts.delete_or(Duration::from_secs(10 * 60));
         cx.wait_until(
             address,
             &format!("namespace {namespace} to be gone"),

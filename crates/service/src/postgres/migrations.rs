@@ -13,50 +13,36 @@ use sqlx::migrate::Migrator;
 
 use super::{connect, describe_target};
 use ralph_core::driver::capability::{Dumps, Manifest, ObjectStore, TableSum};
-use ralph_core::driver::{
-    Context, Desired, Driver, DriverError, Known, Observed, Timeouts, Update,
-};
+use ralph_core::driver::{Context, Delete, Desired, Driver, DriverError, Known, Observed, Update};
 use ralph_core::model::kinds::{Attr, Field, KindSchema, Ty};
 
 fn computed(_: &Json) -> Result<(), String> {
     Err("`migrations` is computed from the files in `directory`; do not set it".into())
 }
 
-static SCHEMA: KindSchema = KindSchema {
-    kind: "postgres.migrations",
-    service: "postgres",
-    doc: "The database schema: versioned SQL migrations applied in order.",
-    fields: &super::with_connection_fields![
-        Field::new(
-            "directory",
-            Ty::String,
-            "the migrations directory, relative to the stack file"
-        )
-        .default("\"../migrations\""),
-        Field::new(
-            "migrations",
-            Ty::List(&Ty::String),
-            "computed: every migration file, as `version description checksum`"
-        )
-        .check(computed),
-    ],
-    attrs: &[
-        Attr {
-            name: "id",
-            ty: Ty::String,
-            doc: "host:port/database",
-        },
-        Attr {
-            name: "failed",
-            ty: Ty::String,
-            doc: "the migration that failed last, if any",
-        },
-    ],
-    taggable: false,
-    name_field: None,
-    exactly_one_of: &[],
-    ordered: &[],
-};
+static SCHEMA: KindSchema = KindSchema::new(
+    "postgres.migrations",
+    "postgres",
+    "The database schema: versioned SQL migrations applied in order.",
+)
+.fields(&super::with_connection_fields![
+    Field::new(
+        "directory",
+        Ty::String,
+        "the migrations directory, relative to the stack file"
+    )
+    .default("\"../migrations\""),
+    Field::new(
+        "migrations",
+        Ty::List(&Ty::String),
+        "computed: every migration file, as `version description checksum`"
+    )
+    .check(computed),
+])
+.attrs(&[
+    Attr::string("id", "host:port/database"),
+    Attr::string("failed", "the migration that failed last, if any"),
+]);
 
 pub struct Migrations;
 
@@ -274,12 +260,7 @@ impl Driver for Migrations {
         run(cx, want).await
     }
 
-    async fn delete(
-        &self,
-        _cx: &Context,
-        _have: &Observed,
-        _timeouts: &Timeouts,
-    ) -> Result<(), DriverError> {
+    async fn delete(&self, _cx: &Context, _d: Delete<'_>) -> Result<(), DriverError> {
         // The schema lives and dies with its database; forgetting the
         // resource never drops tables.
         Ok(())

@@ -13,9 +13,7 @@ use serde_json::{Map, Value as Json};
 use sqlx::Connection;
 
 use super::{connect, describe_target};
-use ralph_core::driver::{
-    Context, Desired, Driver, DriverError, Known, Observed, Timeouts, Update,
-};
+use ralph_core::driver::{Context, Delete, Desired, Driver, DriverError, Known, Observed, Update};
 use ralph_core::model::kinds::{checks, Attr, Field, KindSchema, Ty};
 
 /// What the comment on a role starts with; the version id follows.
@@ -52,11 +50,8 @@ fn search_path(v: &Json) -> Result<(), String> {
     })
 }
 
-static SCHEMA: KindSchema = KindSchema {
-    kind: "postgres.role",
-    service: "postgres",
-    doc: "A login role whose password is kept in a secret store and set by the tool (rotated when the secret gets a new version).",
-    fields: &super::with_connection_fields![
+static SCHEMA: KindSchema = KindSchema::new("postgres.role", "postgres", "A login role whose password is kept in a secret store and set by the tool (rotated when the secret gets a new version).")
+    .fields(&super::with_connection_fields![
         Field::new("name", Ty::String, "the role's name, such as ralph_app")
             .required()
             .forces_replace()
@@ -68,17 +63,8 @@ static SCHEMA: KindSchema = KindSchema {
         Field::new("member_of", Ty::Set(&Ty::String), "roles whose privileges it inherits, such as the schema's ralph_app (one login role per environment on a shared server)").default("[]"),
         Field::new("search_path", Ty::String, "its search_path in this database, such as `ralph, public`").default("\"\"").check(search_path),
         Field::new("iam_auth", Ty::Bool, "IAM database authentication (RDS): the role is granted rds_iam and has no password").default("false"),
-    ],
-    attrs: &[Attr {
-            name: "id",
-            ty: Ty::String,
-            doc: "host:port/role",
-        }],
-    taggable: false,
-    name_field: None,
-    exactly_one_of: &[],
-    ordered: &[],
-};
+    ])
+    .attrs(&[Attr::string("id", "host:port/role")]);
 
 pub struct Role;
 
@@ -376,19 +362,14 @@ impl Driver for Role {
     /// The role stays (the schema's grants name it, and other databases on
     /// the server may use it) but can no longer log in: its password is
     /// removed and its login taken away.
-    async fn delete(
-        &self,
-        cx: &Context,
-        have: &Observed,
-        _timeouts: &Timeouts,
-    ) -> Result<(), DriverError> {
-        let Some(name) = have.attrs.get("name").and_then(Json::as_str) else {
+    async fn delete(&self, cx: &Context, d: Delete<'_>) -> Result<(), DriverError> {
+        let Some(name) = d.have.attrs.get("name").and_then(Json::as_str) else {
             return Ok(());
         };
         // When the server cannot be reached any more (a destroy that takes
         // the database and its credentials with it), there is no login left
         // to take away; say so rather than keep the rest of a destroy waiting.
-        let pool = match connect(cx, &have.attrs).await {
+        let pool = match connect(cx, &d.have.attrs).await {
             Ok(pool) => pool,
             Err(e) => {
                 cx.reporter.report(ralph_core::events::Event::Warning {
