@@ -90,8 +90,7 @@ static SCHEMA: KindSchema = KindSchema::new("aws.acm_certificate", "acm", "A pub
         Attr::string("status", "PENDING_VALIDATION until the DNS records exist, then ISSUED"),
         Attr::new("validation_records", Ty::List(&Ty::StringMap), "the DNS records ACM asks for, one per name: domain, name, type and value"),
         Attr::new("in_use_by", Ty::List(&Ty::String), "the load balancers that serve it"),
-    ])
-    .taggable();
+    ]);
 
 pub struct AcmCertificate;
 

@@ -16,8 +16,7 @@ static SCHEMA: KindSchema = KindSchema::new(
 .attrs(&[
     Attr::string("id", "the allocation id (eipalloc-...)"),
     Attr::string("public_ip", "the address"),
-])
-.taggable();
+]);
 
 pub struct ElasticIp;
 

@@ -141,7 +141,6 @@ static CLUSTER: KindSchema = KindSchema::new("aws.eks_cluster", "eks", "An EKS c
         Attr::string("cluster_security_group_id", "the security group EKS created"),
         Attr::string("status", "CREATING, ACTIVE, UPDATING, DELETING, FAILED"),
     ])
-    .taggable()
     .name_field("name");
 
 static NODEGROUP: KindSchema =
@@ -219,7 +218,6 @@ static NODEGROUP: KindSchema =
             Attr::string("arn", "the nodegroup ARN"),
             Attr::string("status", "CREATING, ACTIVE, UPDATING, DELETING, ..."),
         ])
-        .taggable()
         .ordered(&[
             ("min_size", "desired_size"),
             ("desired_size", "max_size"),

@@ -75,8 +75,7 @@ static SCHEMA: KindSchema = KindSchema::new("aws.eks_access_entry", "eks", "A pr
     .attrs(&[
         Attr::string("id", "CLUSTER/PRINCIPAL_ARN"),
         Attr::string("arn", "the access entry's ARN"),
-    ])
-    .taggable();
+    ]);
 
 pub struct EksAccessEntry;
 

@@ -75,8 +75,7 @@ static SCHEMA: KindSchema = KindSchema::new(
 .attrs(&[
     Attr::string("id", "CLUSTER/ADDON"),
     Attr::string("arn", "the add-on's ARN"),
-])
-.taggable();
+]);
 
 pub struct EksAddon;
 

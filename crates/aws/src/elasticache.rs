@@ -63,7 +63,6 @@ static SUBNET_GROUP: KindSchema = KindSchema::new(
     Attr::string("id", "the group name"),
     Attr::string("arn", "the group ARN"),
 ])
-.taggable()
 .name_field("name");
 
 static GROUP: KindSchema = KindSchema::new("aws.elasticache_replication_group", "elasticache", "A Redis replication group: a primary and its replicas.")
@@ -149,7 +148,6 @@ static GROUP: KindSchema = KindSchema::new("aws.elasticache_replication_group", 
         Attr::string("reader_endpoint", "where reads may go"),
         Attr::string("status", "creating, available, modifying, ..."),
     ])
-    .taggable()
     .name_field("replication_group_id");
 
 pub struct ReplicationGroup;

@@ -57,8 +57,7 @@ static SCHEMA: KindSchema = KindSchema::new(
         "issuer",
         "the URL without https://, the prefix of the trust policy's condition keys",
     ),
-])
-.taggable();
+]);
 
 pub struct OidcProvider;
 

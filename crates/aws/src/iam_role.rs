@@ -68,7 +68,6 @@ static SCHEMA: KindSchema = KindSchema::new("aws.iam_role", "iam", "An IAM role 
         Attr::string("id", "the role name"),
         Attr::string("arn", "the role ARN"),
     ])
-    .taggable()
     .name_field("name")
     .exactly_one_of(&["assume_role_service", "oidc_provider_arn"]);
 

@@ -22,8 +22,7 @@ static SCHEMA: KindSchema = KindSchema::new(
     .required(),
     Field::tags(),
 ])
-.attrs(&[Attr::string("id", "the gateway id (igw-...)")])
-.taggable();
+.attrs(&[Attr::string("id", "the gateway id (igw-...)")]);
 
 pub struct InternetGateway;
 

@@ -59,7 +59,6 @@ static SCHEMA: KindSchema = KindSchema::new("aws.cloudwatch_log_group", "logs", 
         Attr::string("id", "the group's name"),
         Attr::string("arn", "the group's ARN (without the `:*` of its streams)"),
     ])
-    .taggable()
     .name_field("name");
 
 pub struct LogGroup;

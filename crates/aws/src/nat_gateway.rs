@@ -39,8 +39,7 @@ static SCHEMA: KindSchema = KindSchema::new("aws.nat_gateway", "ec2", "A NAT gat
     .attrs(&[
         Attr::string("id", "the gateway id (nat-...)"),
         Attr::string("public_ip", "its public address"),
-    ])
-    .taggable();
+    ]);
 
 const CREATE_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 const DELETE_TIMEOUT: Duration = Duration::from_secs(15 * 60);

@@ -137,7 +137,6 @@ static SUBNET_GROUP: KindSchema = KindSchema::new(
     Attr::string("id", "the group name"),
     Attr::string("arn", "the group ARN"),
 ])
-.taggable()
 .name_field("name");
 
 static PARAMETER_GROUP: KindSchema = KindSchema::new(
@@ -172,7 +171,6 @@ static PARAMETER_GROUP: KindSchema = KindSchema::new(
     Attr::string("id", "the group name"),
     Attr::string("arn", "the group ARN"),
 ])
-.taggable()
 .name_field("name");
 
 static INSTANCE: KindSchema = KindSchema::new(
@@ -293,7 +291,6 @@ static INSTANCE: KindSchema = KindSchema::new(
     ),
     Attr::string("status", "creating, available, modifying, ..."),
 ])
-.taggable()
 .name_field("identifier");
 
 pub struct ParameterGroup;

@@ -47,8 +47,7 @@ static SCHEMA: KindSchema = KindSchema::new(
     .default("[]"),
     Field::tags(),
 ])
-.attrs(&[Attr::string("id", "the route table id (rtb-...)")])
-.taggable();
+.attrs(&[Attr::string("id", "the route table id (rtb-...)")]);
 
 pub struct RouteTable;
 

@@ -82,7 +82,6 @@ static SCHEMA: KindSchema = KindSchema::new("aws.s3_bucket", "s3", "An S3 bucket
         Attr::string("id", "the bucket name"),
         Attr::string("arn", "the bucket ARN"),
     ])
-    .taggable()
     .name_field("name");
 
 pub struct S3Bucket;

@@ -86,7 +86,6 @@ static SCHEMA: KindSchema = KindSchema::new("aws.secret", "secretsmanager", "A S
         Attr::string("ref", "what a secret source names: the ARN"),
         Attr::string("version_id", "the current version"),
     ])
-    .taggable()
     .name_field("name")
     .exactly_one_of(&["generate", "value_from_env"]);
 

@@ -61,8 +61,7 @@ static SCHEMA: KindSchema = KindSchema::new(
 .attrs(&[
     Attr::string("id", "the group id (sg-...)"),
     Attr::string("arn", "the group ARN"),
-])
-.taggable();
+]);
 
 pub struct SecurityGroup;
 

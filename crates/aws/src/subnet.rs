@@ -44,8 +44,7 @@ static SCHEMA: KindSchema = KindSchema::new(
 .attrs(&[
     Attr::string("id", "the subnet id (subnet-...)"),
     Attr::string("arn", "the subnet ARN"),
-])
-.taggable();
+]);
 
 pub struct Subnet;
 

@@ -49,8 +49,7 @@ static SCHEMA: KindSchema = KindSchema::new("aws.vpc", "ec2", "An Amazon VPC.")
             "default_security_group_id",
             "the VPC's default security group",
         ),
-    ])
-    .taggable();
+    ]);
 
 pub struct Vpc;
 

@@ -106,8 +106,7 @@ static SCHEMA: KindSchema = KindSchema::new("aws.wafv2_web_acl", "wafv2", "An AW
         Attr::string("id", "the ACL's ARN"),
         Attr::string("arn", "the ACL's ARN (the Ingress's alb.ingress.kubernetes.io/wafv2-acl-arn)"),
         Attr::new("capacity", Ty::Int, "the web ACL capacity units its rules use (at most 1,500 without extra charge)"),
-    ])
-    .taggable();
+    ]);
 
 pub struct WebAcl;
 

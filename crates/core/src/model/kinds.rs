@@ -169,7 +169,8 @@ pub struct KindSchema {
     pub service: &'static str,
     pub fields: &'static [Field],
     pub attrs: &'static [Attr],
-    /// The kind carries the ownership tags, so refresh can list it by tag.
+    /// The kind carries the ownership tags, so refresh can list it by tag
+    /// (the kinds with a `tags` property).
     pub taggable: bool,
     /// The property whose value is the cloud's identifier (a bucket name, a
     /// DB instance identifier), so refresh can look a resource up before the
@@ -213,18 +214,22 @@ impl KindSchema {
         }
     }
 
+    /// The properties; a kind with [`Field::tags`] among them carries the
+    /// ownership tags too (`taggable`).
     pub const fn fields(mut self, fields: &'static [Field]) -> KindSchema {
         self.fields = fields;
+        let mut i = 0;
+        while i < fields.len() {
+            if matches!(fields[i].name.as_bytes(), b"tags") {
+                self.taggable = true;
+            }
+            i += 1;
+        }
         self
     }
 
     pub const fn attrs(mut self, attrs: &'static [Attr]) -> KindSchema {
         self.attrs = attrs;
-        self
-    }
-
-    pub const fn taggable(mut self) -> KindSchema {
-        self.taggable = true;
         self
     }
 
