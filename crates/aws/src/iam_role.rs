@@ -16,10 +16,7 @@ use ralph_core::model::kinds::{checks, Attr, Field, KindSchema, Ty};
 
 fn role_name(v: &Json) -> Result<(), String> {
     let s = v.as_str().unwrap_or_default();
-    let ok = !s.is_empty()
-        && s.len() <= 64
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "+=,.@_-".contains(c));
+    let ok = checks::name_of(s, 1..=64, "+=,.@_-");
     checks::require(ok, || {
         format!("role name `{s}` must be 1-64 characters of letters, digits and +=,.@_-")
     })

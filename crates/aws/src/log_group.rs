@@ -32,10 +32,7 @@ fn retention(v: &Json) -> Result<(), String> {
 
 fn group_name(v: &Json) -> Result<(), String> {
     let s = v.as_str().unwrap_or_default();
-    let ok = !s.is_empty()
-        && s.len() <= 512
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_-/.#".contains(c));
+    let ok = checks::name_of(s, 1..=512, "_-/.#");
     checks::require(ok, || {
         format!("`{s}` is not a log group name: 1-512 characters of letters, digits, _ - / . #")
     })

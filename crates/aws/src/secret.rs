@@ -10,7 +10,7 @@ use super::{
     api_error, error_code, observed_with, opt_str, read_tag_pairs, removed_tag_keys, tag_map,
 };
 use ralph_core::driver::secret_value::{
-    env_name, make_value, rotate_every_field, scheduled_rotation, GENERATE,
+    generate_field, make_value, rotate_every_field, scheduled_rotation, value_from_env_field,
 };
 use ralph_core::driver::{
     Context, Delete, Desired, Driver, DriverError, Known, Observed, Update, TAG_STACK,
@@ -19,10 +19,7 @@ use ralph_core::model::kinds::{checks, Attr, Field, KindSchema, Ty};
 
 fn secret_name(v: &Json) -> Result<(), String> {
     let s = v.as_str().unwrap_or_default();
-    let ok = !s.is_empty()
-        && s.len() <= 512
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "/_+=.@-".contains(c));
+    let ok = checks::name_of(s, 1..=512, "/_+=.@-");
     checks::require(ok, || {
         format!("secret name `{s}` must be 1-512 characters of letters, digits and /_+=.@-")
     })
@@ -47,17 +44,8 @@ static SCHEMA: KindSchema = KindSchema::new("aws.secret", "secretsmanager", "A S
         .check(secret_name),
         Field::new("description", Ty::String, "what the secret is for")
             .default("\"Managed by ralph-deploy\""),
-        Field::new(
-            "generate",
-            Ty::Object(GENERATE),
-            "generate the value: `{bytes: 32, encoding: hex}`",
-        ),
-        Field::new(
-            "value_from_env",
-            Ty::String,
-            "take the value from this environment variable at the first apply",
-        )
-        .check(env_name),
+        generate_field(),
+        value_from_env_field(),
         Field::new(
             "rotation",
             Ty::String,

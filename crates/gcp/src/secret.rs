@@ -13,7 +13,7 @@ use super::{
     call, call_create, call_opt, from_labels, json, label_filter, labels, message, observed,
 };
 use ralph_core::driver::secret_value::{
-    env_name, make_value, rotate_every_field, scheduled_rotation, GENERATE,
+    generate_field, make_value, rotate_every_field, scheduled_rotation, value_from_env_field,
 };
 use ralph_core::driver::{
     found_again, Context, Delete, Desired, Driver, DriverError, Known, Observed, Update,
@@ -52,17 +52,8 @@ static SCHEMA: KindSchema = KindSchema::new(
     .check(secret_id),
     Field::new("description", Ty::String, "what the secret is for")
         .default("\"Managed by ralph-deploy\""),
-    Field::new(
-        "generate",
-        Ty::Object(GENERATE),
-        "generate the value: `{bytes: 32, encoding: hex}`",
-    ),
-    Field::new(
-        "value_from_env",
-        Ty::String,
-        "take the value from this environment variable at the first apply",
-    )
-    .check(env_name),
+    generate_field(),
+    value_from_env_field(),
     // A default, so a secret a killed run made without its first
     // version (its annotation says so) always shows as a rotation.
     Field::new(

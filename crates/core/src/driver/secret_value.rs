@@ -44,7 +44,26 @@ pub static GENERATE: &[Field] = &[
         .check(encoding),
 ];
 
-/// `rotate_every_days`, shared with `gcp.secret`.
+/// `generate`, shared by `aws.secret` and `gcp.secret`.
+pub const fn generate_field() -> Field {
+    Field::new(
+        "generate",
+        Ty::Object(GENERATE),
+        "generate the value: `{bytes: 32, encoding: hex}`",
+    )
+}
+
+/// `value_from_env`, shared by both.
+pub const fn value_from_env_field() -> Field {
+    Field::new(
+        "value_from_env",
+        Ty::String,
+        "take the value from this environment variable at the first apply",
+    )
+    .check(env_name)
+}
+
+/// `rotate_every_days`, shared by both.
 pub const fn rotate_every_field() -> Field {
     Field::new(
         "rotate_every_days",

@@ -355,6 +355,14 @@ pub mod checks {
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
     }
 
+    /// `s` is `len` characters long, each an ASCII letter, a digit or one of
+    /// `also`.
+    pub fn name_of(s: &str, len: std::ops::RangeInclusive<usize>, also: &str) -> bool {
+        len.contains(&s.len())
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || also.contains(c))
+    }
+
     pub fn port(v: &Json) -> Result<(), String> {
         match v.as_i64() {
             Some(p) if (-1..=65535).contains(&p) => Ok(()),

@@ -42,11 +42,7 @@ fn dns_label(v: &Json) -> Result<(), String> {
 
 fn image_tag(v: &Json) -> Result<(), String> {
     let s = v.as_str().unwrap_or_default();
-    let ok = !s.is_empty()
-        && s.len() <= 128
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
-        && !s.starts_with(['.', '-']);
+    let ok = checks::name_of(s, 1..=128, "_.-") && !s.starts_with(['.', '-']);
     checks::require(ok, || {
         format!("`{s}` is not an image tag: letters, digits, `_`, `.`, `-`, at most 128")
     })
