@@ -686,32 +686,41 @@ fn split_child(id: &str) -> (String, String) {
     (instance, parts.next().unwrap_or_default().to_string())
 }
 
+/// The databases or users of `instance` (`what` says which) as its list
+/// call answers them, none when the instance is gone.
+async fn children<T, F, Fut>(
+    cx: &Context,
+    instance: &str,
+    what: &str,
+    list: F,
+) -> Result<Vec<T>, DriverError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<T>, google_cloud_gax::error::Error>>,
+{
+    let listing = format!("listing the {what} of {instance}");
+    Ok(call_opt(cx, SERVICE, &listing, list)
+        .await?
+        .unwrap_or_default())
+}
+
 async fn list_databases(cx: &Context, instance: &str) -> Result<Vec<Observed>, DriverError> {
     let g = crate::clients(cx).await?;
-    let out = call_opt(
-        cx,
-        SERVICE,
-        &format!("listing the databases of {instance}"),
-        || {
-            g.sql_databases
-                .list()
-                .set_project(&g.project)
-                .set_instance(instance)
-                .send()
-        },
-    )
+    let found = children(cx, instance, "databases", || async {
+        let list = g.sql_databases.list().set_project(&g.project);
+        list.set_instance(instance).send().await.map(|l| l.items)
+    })
     .await?;
-    Ok(out
-        .map(|l| l.items)
-        .unwrap_or_default()
+    Ok(found
         .iter()
         .map(|d| {
+            let id = child_id(instance, "databases", &d.name);
             observed(
-                child_id(instance, "databases", &d.name),
+                id.clone(),
                 None,
                 None,
                 vec![
-                    ("id", json!(child_id(instance, "databases", &d.name))),
+                    ("id", json!(id)),
                     ("instance", json!(instance)),
                     ("name", json!(d.name)),
                     ("charset", json!(d.charset)),
@@ -808,44 +817,19 @@ async fn list_users(
     known: &[Known],
 ) -> Result<Vec<Observed>, DriverError> {
     let g = crate::clients(cx).await?;
-    let out = call_opt(
-        cx,
-        SERVICE,
-        &format!("listing the users of {instance}"),
-        || {
-            g.sql_users
-                .list()
-                .set_project(&g.project)
-                .set_instance(instance)
-                .send()
-        },
-    )
+    let found = children(cx, instance, "users", || async {
+        let list = g.sql_users.list().set_project(&g.project);
+        list.set_instance(instance).send().await.map(|l| l.items)
+    })
     .await?;
-    Ok(out
-        .map(|l| l.items)
-        .unwrap_or_default()
+    Ok(found
         .iter()
         .map(|u| {
             let id = child_id(instance, "users", &u.name);
             // Cloud SQL never shows a password: the version last set is what
             // the state recorded.
             let recorded = known.iter().find(|k| k.id == id);
-            let version = recorded
-                .and_then(|k| {
-                    k.attrs
-                        .get("password_version")
-                        .or_else(|| k.inputs.get("password_version"))
-                })
-                .cloned()
-                .unwrap_or(Json::Null);
-            let source = recorded
-                .and_then(|k| {
-                    k.attrs
-                        .get("password_secret")
-                        .or_else(|| k.inputs.get("password_secret"))
-                })
-                .cloned()
-                .unwrap_or(Json::Null);
+            let was = |name| recorded.and_then(|k| k.recorded(name)).cloned();
             observed(
                 id.clone(),
                 None,
@@ -854,8 +838,14 @@ async fn list_users(
                     ("id", json!(id)),
                     ("instance", json!(instance)),
                     ("name", json!(u.name)),
-                    ("password_secret", source),
-                    ("password_version", version),
+                    (
+                        "password_secret",
+                        was("password_secret").unwrap_or(Json::Null),
+                    ),
+                    (
+                        "password_version",
+                        was("password_version").unwrap_or(Json::Null),
+                    ),
                 ],
             )
         })

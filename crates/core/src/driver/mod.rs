@@ -41,6 +41,14 @@ pub struct Observed {
     pub attrs: Map<String, Json>,
 }
 
+impl Known {
+    /// What the state recorded under `name`: the attribute, else the input
+    /// it was applied with.
+    pub fn recorded(&self, name: &str) -> Option<&Json> {
+        self.attrs.get(name).or_else(|| self.inputs.get(name))
+    }
+}
+
 /// A resource refresh should look for: a recorded one (with the inputs it
 /// was applied with, for kinds that need them to reach the resource at all)
 /// or a name the stack declares (`inputs` empty).
