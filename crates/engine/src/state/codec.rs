@@ -157,6 +157,19 @@ impl Sealer {
     }
 
     /// A stored body as plain bytes.
+    /// A state as indented JSON (what a person reads in a plain store),
+    /// sealed.
+    pub async fn seal_state(&self, state: &super::State) -> Result<Vec<u8>, String> {
+        let plain = serde_json::to_vec_pretty(state).map_err(|e| e.to_string())?;
+        self.seal(&plain).await
+    }
+
+    /// A journal record (an intent, a result) as one line of JSON, sealed.
+    pub async fn seal_record<T: serde::Serialize>(&self, record: &T) -> Result<Vec<u8>, String> {
+        let plain = serde_json::to_vec(record).map_err(|e| e.to_string())?;
+        self.seal(&plain).await
+    }
+
     pub async fn open(&self, stored: &[u8]) -> Result<Vec<u8>, String> {
         if let Some(rest) = stored.strip_prefix(KMS_MAGIC) {
             return self.open_kms(rest).await;

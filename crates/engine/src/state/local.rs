@@ -278,13 +278,8 @@ impl super::StateStore for LocalBackend {
             let serial = self.serial_of(&previous).await;
             self.keep_history(&path, serial).await?;
         }
-        let bytes = serde_json::to_vec_pretty(state)
-            .map_err(|e| self.io(&path, std::io::Error::other(e)))?;
-        let bytes = self
-            .sealer
-            .seal(&bytes)
-            .await
-            .map_err(|m| self.io(&path, std::io::Error::other(m)))?;
+        let bytes = self.sealer.seal_state(state).await;
+        let bytes = bytes.map_err(|m| self.io(&path, std::io::Error::other(m)))?;
         // The fsyncs off the runtime's threads: the walks go on meanwhile.
         let target = path.clone();
         tokio::task::spawn_blocking(move || atomic_write(&target, &bytes))
@@ -312,13 +307,8 @@ impl super::StateStore for LocalBackend {
         state: &State,
     ) -> Result<(), StateError> {
         let target = self.snapshot_dir().join(format!("{name}.json"));
-        let bytes = serde_json::to_vec_pretty(state)
-            .map_err(|e| self.io(&target, std::io::Error::other(e)))?;
-        let bytes = self
-            .sealer
-            .seal(&bytes)
-            .await
-            .map_err(|m| self.io(&target, std::io::Error::other(m)))?;
+        let bytes = self.sealer.seal_state(state).await;
+        let bytes = bytes.map_err(|m| self.io(&target, std::io::Error::other(m)))?;
         atomic_write(&target, &bytes).map_err(|e| self.io(&target, e))
     }
 

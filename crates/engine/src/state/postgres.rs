@@ -310,8 +310,11 @@ impl super::StateStore for PostgresBackend {
 
     async fn write(&self, state: &State) -> Result<(), StateError> {
         let pool = self.pool().await?;
-        let body = serde_json::to_vec_pretty(state).map_err(|e| self.err(e))?;
-        let body = self.sealer.seal(&body).await.map_err(|m| self.err(m))?;
+        let body = self
+            .sealer
+            .seal_state(state)
+            .await
+            .map_err(|m| self.err(m))?;
         let mut tx = pool.begin().await.map_err(|e| self.err(e))?;
         let head = sqlx::query(
             "SELECT serial, lineage FROM ralph_deploy.heads WHERE stack = $1 AND environment = $2 FOR UPDATE",
@@ -455,8 +458,11 @@ impl super::StateStore for PostgresBackend {
         operation: &str,
         state: &State,
     ) -> Result<(), StateError> {
-        let body = serde_json::to_vec_pretty(state).map_err(|e| self.err(e))?;
-        let body = self.sealer.seal(&body).await.map_err(|m| self.err(m))?;
+        let body = self
+            .sealer
+            .seal_state(state)
+            .await
+            .map_err(|m| self.err(m))?;
         sqlx::query(
             "INSERT INTO ralph_deploy.snapshots (stack, environment, name, operation, serial, body) \
              VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (stack, environment, name) DO UPDATE SET body = EXCLUDED.body",
@@ -622,8 +628,11 @@ impl super::Locker for PostgresBackend {
 #[async_trait::async_trait]
 impl super::Journal for PostgresBackend {
     async fn open_intent(&self, intent: &Intent) -> Result<(), StateError> {
-        let body = serde_json::to_vec(intent).map_err(|e| self.err(e))?;
-        let body = self.sealer.seal(&body).await.map_err(|m| self.err(m))?;
+        let body = self
+            .sealer
+            .seal_record(intent)
+            .await
+            .map_err(|m| self.err(m))?;
         sqlx::query(
             "INSERT INTO ralph_deploy.intents (stack, environment, id, body) VALUES ($1, $2, $3, $4)",
         )
@@ -663,8 +672,11 @@ impl super::Journal for PostgresBackend {
     }
 
     async fn record_result(&self, entry: &super::Entry) -> Result<(), StateError> {
-        let body = serde_json::to_vec(entry).map_err(|e| self.err(e))?;
-        let body = self.sealer.seal(&body).await.map_err(|m| self.err(m))?;
+        let body = self
+            .sealer
+            .seal_record(entry)
+            .await
+            .map_err(|m| self.err(m))?;
         // The result and the closing of its intent in one transaction.
         let mut tx = self.pool().await?.begin().await.map_err(|e| self.err(e))?;
         sqlx::query(

@@ -333,12 +333,8 @@ impl super::StateStore for S3Backend {
     }
 
     async fn write(&self, state: &State) -> Result<(), StateError> {
-        let body = serde_json::to_vec_pretty(state).map_err(|e| self.err("state", e))?;
-        let body = self
-            .sealer
-            .seal(&body)
-            .await
-            .map_err(|m| self.err("state", m))?;
+        let body = self.sealer.seal_state(state).await;
+        let body = body.map_err(|m| self.err("state", m))?;
         let seen = self.seen.lock().ok().and_then(|s| s.clone());
         let seen = match seen {
             Some(s) => s,
@@ -439,12 +435,8 @@ impl super::StateStore for S3Backend {
         _operation: &str,
         state: &State,
     ) -> Result<(), StateError> {
-        let body = serde_json::to_vec_pretty(state).map_err(|e| self.err("snapshot", e))?;
-        let body = self
-            .sealer
-            .seal(&body)
-            .await
-            .map_err(|m| self.err("snapshot", m))?;
+        let body = self.sealer.seal_state(state).await;
+        let body = body.map_err(|m| self.err("snapshot", m))?;
         self.put(
             &self.key(&format!("snapshots/{name}.json")),
             body,
@@ -563,12 +555,8 @@ impl super::Locker for S3Backend {
 #[async_trait::async_trait]
 impl super::Journal for S3Backend {
     async fn open_intent(&self, intent: &Intent) -> Result<(), StateError> {
-        let body = serde_json::to_vec(intent).map_err(|e| self.err("intent", e))?;
-        let body = self
-            .sealer
-            .seal(&body)
-            .await
-            .map_err(|m| self.err("intent", m))?;
+        let body = self.sealer.seal_record(intent).await;
+        let body = body.map_err(|m| self.err("intent", m))?;
         self.put(
             &self.key(&format!("intents/{}.json", intent.id)),
             body,
@@ -604,12 +592,8 @@ impl super::Journal for S3Backend {
     }
 
     async fn record_result(&self, entry: &super::Entry) -> Result<(), StateError> {
-        let body = serde_json::to_vec(entry).map_err(|e| self.err("result", e))?;
-        let body = self
-            .sealer
-            .seal(&body)
-            .await
-            .map_err(|m| self.err("result", m))?;
+        let body = self.sealer.seal_record(entry).await;
+        let body = body.map_err(|m| self.err("result", m))?;
         let at = Utc::now();
         let key = self.key(&format!(
             "results/{:012}-{:020}-{}.json",
