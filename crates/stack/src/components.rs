@@ -1090,18 +1090,8 @@ impl Loader {
     /// The stack's `moved` entries.
     pub(super) fn moved(&mut self, node: Option<&Node>) -> Vec<Moved> {
         let mut out = Vec::new();
-        let Some(node) = node else {
-            return out;
-        };
-        let Some(seq) = node.as_sequence() else {
-            self.d.error_help(
-                span_of(node),
-                "`moved` must be a list",
-                "write `moved: [{ from: old_name, to: new_name }]`",
-            );
-            return out;
-        };
-        for item in seq.iter() {
+        let example = "write `moved: [{ from: old_name, to: new_name }]`";
+        for item in self.list_items(node, "moved", example) {
             let Some(m) = self.mapping(item, "a `moved` entry") else {
                 continue;
             };

@@ -706,16 +706,8 @@ impl Loader {
     /// The `import:` list.
     fn imports(&mut self, node: Option<&Node>) -> Vec<super::ImportEntry> {
         let mut out = Vec::new();
-        let Some(node) = node else { return out };
-        let Some(seq) = node.as_sequence() else {
-            self.d.error_help(
-                span_of(node),
-                "`import` must be a list",
-                "write `import: [{ to: vpc, id: vpc-0abc123 }]`",
-            );
-            return out;
-        };
-        for item in seq.iter() {
+        let example = "write `import: [{ to: vpc, id: vpc-0abc123 }]`";
+        for item in self.list_items(node, "import", example) {
             let Some(m) = self.mapping(item, "an `import` entry") else {
                 continue;
             };
@@ -745,17 +737,10 @@ impl Loader {
 
     /// The `policies:` list: paths of `.rego` files or directories.
     fn policies(&mut self, node: Option<&Node>) -> Vec<Spanned<String>> {
-        let Some(node) = node else { return Vec::new() };
-        let Some(seq) = node.as_sequence() else {
-            self.d.error_help(
-                span_of(node),
-                "`policies` must be a list",
-                "write `policies: [policies/]`: .rego files or directories, relative to the stack file",
-            );
-            return Vec::new();
-        };
+        let example =
+            "write `policies: [policies/]`: .rego files or directories, relative to the stack file";
         let mut out = Vec::new();
-        for item in seq.iter() {
+        for item in self.list_items(node, "policies", example) {
             match item.as_scalar() {
                 Some(s) if !s.as_str().is_empty() => {
                     out.push(Spanned::new(s.as_str().to_string(), span_of(item)))
@@ -773,16 +758,9 @@ impl Loader {
     /// The `waivers:` list.
     fn waivers(&mut self, node: Option<&Node>) -> Vec<super::Waiver> {
         let mut out = Vec::new();
-        let Some(node) = node else { return out };
-        let Some(seq) = node.as_sequence() else {
-            self.d.error_help(
-                span_of(node),
-                "`waivers` must be a list",
-                "write `waivers: [{ rule: RULE, address: ADDRESS, reason: WHY, until: YYYY-MM-DD }]`",
-            );
-            return out;
-        };
-        for item in seq.iter() {
+        let example =
+            "write `waivers: [{ rule: RULE, address: ADDRESS, reason: WHY, until: YYYY-MM-DD }]`";
+        for item in self.list_items(node, "waivers", example) {
             let Some(m) = self.mapping(item, "a waiver") else {
                 continue;
             };
@@ -1209,6 +1187,27 @@ impl Loader {
                     format!("unknown field `{}` {context}", k.as_str()),
                     hint,
                 );
+            }
+        }
+    }
+
+    /// The entries of the top-level list `key` (none when it is absent);
+    /// anything but a list is reported, with `example` as the help.
+    fn list_items<'n>(
+        &mut self,
+        node: Option<&'n Node>,
+        key: &str,
+        example: &str,
+    ) -> Vec<&'n Node> {
+        let Some(node) = node else {
+            return Vec::new();
+        };
+        match node.as_sequence() {
+            Some(seq) => seq.iter().collect(),
+            None => {
+                let message = format!("`{key}` must be a list");
+                self.d.error_help(span_of(node), message, example);
+                Vec::new()
             }
         }
     }
