@@ -12,10 +12,9 @@
 use aws_sdk_acm::types::{Tag, ValidationMethod};
 use serde_json::{json, Value as Json};
 
-use super::{api_error, error_code, observed_with, read_tag_pairs, removed_tag_keys, strings};
+use super::{api_error, observed_with, read_tag_pairs, removed_tag_keys, strings};
 use ralph_core::driver::{
-    found_again, Context, Delete, DeleteAttempt, Desired, Driver, DriverError, Known, Observed,
-    Update,
+    found_again, Context, Delete, Desired, Driver, DriverError, Known, Observed, Update,
 };
 use ralph_core::model::kinds::{checks, Attr, Field, KindSchema, Ty};
 
@@ -302,21 +301,13 @@ impl Driver for AcmCertificate {
             d,
             "the load balancers that serve the certificate",
             || async {
-                match acm
-                    .delete_certificate()
-                    .certificate_arn(&d.have.id)
-                    .send()
-                    .await
-                {
-                    Ok(_) => Ok(DeleteAttempt::Gone),
-                    Err(e) if error_code(&e) == Some("ResourceNotFoundException") => {
-                        Ok(DeleteAttempt::Gone)
-                    }
-                    Err(e) if error_code(&e) == Some("ResourceInUseException") => {
-                        Ok(DeleteAttempt::InUse)
-                    }
-                    Err(e) => Err(api_error("DeleteCertificate", e)),
-                }
+                let answer = acm.delete_certificate().certificate_arn(&d.have.id).send();
+                super::delete_attempt(
+                    "DeleteCertificate",
+                    answer.await,
+                    &["ResourceNotFoundException"],
+                    &["ResourceInUseException"],
+                )
             },
         )
         .await

@@ -503,6 +503,25 @@ where
     }
 }
 
+/// The answer to a delete call that a resource still in use refuses
+/// (`in_use` lists those codes): gone (deleted now, or already: `gone`
+/// lists the "not found" codes), or still in use.
+pub fn delete_attempt<T, E>(
+    op: &str,
+    answer: Result<T, SdkError<E, aws_smithy_runtime_api::http::Response>>,
+    gone: &[&str],
+    in_use: &[&str],
+) -> Result<ralph_core::driver::DeleteAttempt, DriverError>
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    use ralph_core::driver::DeleteAttempt;
+    match answer {
+        Err(e) if e.code().is_some_and(|c| in_use.contains(&c)) => Ok(DeleteAttempt::InUse),
+        other => found(op, other, gone).map(|_| DeleteAttempt::Gone),
+    }
+}
+
 /// The answer to a delete call: done, or already gone (`gone` lists the
 /// service's "not found" codes), which is the outcome wanted too.
 pub fn delete_answer<T, E>(

@@ -457,30 +457,21 @@ impl Driver for WebAcl {
                 let Some((_, token)) = fetch(cx, &d.have.id).await? else {
                     return Ok(DeleteAttempt::Gone);
                 };
-                match waf
+                let answer = waf
                     .delete_web_acl()
                     .scope(scope.clone())
                     .name(&name)
                     .id(&id)
                     .lock_token(token)
                     .send()
-                    .await
-                {
-                    Ok(_) => Ok(DeleteAttempt::Gone),
-                    Err(e) if error_code(&e) == Some("WAFNonexistentItemException") => {
-                        Ok(DeleteAttempt::Gone)
-                    }
+                    .await;
+                super::delete_attempt(
+                    "DeleteWebACL",
+                    answer,
+                    &["WAFNonexistentItemException"],
                     // Still associated, or changed since the token was read.
-                    Err(e)
-                        if matches!(
-                            error_code(&e),
-                            Some("WAFAssociatedItemException" | "WAFOptimisticLockException")
-                        ) =>
-                    {
-                        Ok(DeleteAttempt::InUse)
-                    }
-                    Err(e) => Err(api_error("DeleteWebACL", e)),
-                }
+                    &["WAFAssociatedItemException", "WAFOptimisticLockException"],
+                )
             },
         )
         .await
