@@ -268,25 +268,19 @@ impl Driver for AcmCertificate {
         if u.changes("tags") {
             let acm = &crate::clients(cx).await?.acm;
             let removed = removed_tag_keys(have, want);
-            if !removed.is_empty() {
-                acm.remove_tags_from_certificate()
-                    .certificate_arn(&have.id)
-                    .set_tags(Some(
-                        removed
-                            .into_iter()
-                            .filter_map(|k| Tag::builder().key(k).build().ok())
-                            .collect(),
-                    ))
-                    .send()
-                    .await
-                    .map_err(|e| api_error("RemoveTagsFromCertificate", e))?;
-            }
-            acm.add_tags_to_certificate()
-                .certificate_arn(&have.id)
-                .set_tags(Some(acm_tags(want)))
-                .send()
-                .await
-                .map_err(|e| api_error("AddTagsToCertificate", e))?;
+            let keys = removed
+                .iter()
+                .filter_map(|k| Tag::builder().key(k).build().ok());
+            let untag = acm.remove_tags_from_certificate().certificate_arn(&have.id);
+            let untag = untag.set_tags(Some(keys.collect()));
+            let tag = acm.add_tags_to_certificate().certificate_arn(&have.id);
+            let tag = tag.set_tags(Some(acm_tags(want)));
+            super::retag(
+                &removed,
+                ("RemoveTagsFromCertificate", untag.send()),
+                ("AddTagsToCertificate", tag.send()),
+            )
+            .await?;
         }
         found_again(read_one(cx, &have.id).await?, "certificate", &have.id)
     }

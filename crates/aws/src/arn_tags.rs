@@ -55,28 +55,6 @@ macro_rules! named_pairs {
     };
 }
 
-/// ...and the removal of the keys no longer wanted, then the rest added.
-macro_rules! named_sync {
-    ($client:expr, $arn:expr, $removed:expr, $tags:expr) => {{
-        if !$removed.is_empty() {
-            $client
-                .remove_tags_from_resource()
-                .resource_name($arn)
-                .set_tag_keys(Some($removed))
-                .send()
-                .await
-                .map_err(|e| api_error("RemoveTagsFromResource", e))?;
-        }
-        $client
-            .add_tags_to_resource()
-            .resource_name($arn)
-            .set_tags(Some($tags))
-            .send()
-            .await
-            .map_err(|e| api_error("AddTagsToResource", e))?;
-    }};
-}
-
 /// (address, owner, user tags) of the resource at `arn`.
 pub async fn read(
     cx: &Context,
@@ -113,29 +91,34 @@ pub async fn sync(
 ) -> Result<(), DriverError> {
     let aws = crate::clients(cx).await?;
     let removed = removed_tag_keys(have, want);
+    let keys = Some(removed.clone());
+    // RDS and ElastiCache name their calls alike and the resource by its
+    // `ResourceName`, in types of their own.
+    macro_rules! by_name {
+        ($client:expr, $tags:expr) => {{
+            let untag = $client.remove_tags_from_resource().resource_name(arn);
+            let tag = $client.add_tags_to_resource().resource_name(arn);
+            super::retag(
+                &removed,
+                ("RemoveTagsFromResource", untag.set_tag_keys(keys).send()),
+                ("AddTagsToResource", tag.set_tags(Some($tags)).send()),
+            )
+            .await
+        }};
+    }
     match service {
-        ArnService::Rds => named_sync!(aws.rds, arn, removed, rds_tags(want)),
-        ArnService::ElastiCache => {
-            named_sync!(aws.elasticache, arn, removed, elasticache_tags(want))
-        }
+        ArnService::Rds => by_name!(aws.rds, rds_tags(want)),
+        ArnService::ElastiCache => by_name!(aws.elasticache, elasticache_tags(want)),
         ArnService::Eks => {
-            if !removed.is_empty() {
-                aws.eks
-                    .untag_resource()
-                    .resource_arn(arn)
-                    .set_tag_keys(Some(removed))
-                    .send()
-                    .await
-                    .map_err(|e| api_error("UntagResource", e))?;
-            }
-            aws.eks
-                .tag_resource()
-                .resource_arn(arn)
-                .set_tags(Some(tag_map(want).into_iter().collect()))
-                .send()
-                .await
-                .map_err(|e| api_error("TagResource", e))?;
+            let untag_call = aws.eks.untag_resource().resource_arn(arn);
+            let tag_call = aws.eks.tag_resource().resource_arn(arn);
+            let tags = tag_map(want).into_iter().collect();
+            super::retag(
+                &removed,
+                ("UntagResource", untag_call.set_tag_keys(keys).send()),
+                ("TagResource", tag_call.set_tags(Some(tags)).send()),
+            )
+            .await
         }
     }
-    Ok(())
 }

@@ -197,20 +197,22 @@ impl Driver for OidcProvider {
         }
         if u.changes("tags") {
             let removed = super::removed_tag_keys(have, want);
-            if !removed.is_empty() {
-                iam.untag_open_id_connect_provider()
-                    .open_id_connect_provider_arn(&have.id)
-                    .set_tag_keys(Some(removed))
-                    .send()
-                    .await
-                    .map_err(|e| api_error("UntagOpenIDConnectProvider", e))?;
-            }
-            iam.tag_open_id_connect_provider()
-                .open_id_connect_provider_arn(&have.id)
-                .set_tags(Some(super::iam_tags(want)))
-                .send()
-                .await
-                .map_err(|e| api_error("TagOpenIDConnectProvider", e))?;
+            let untag = iam.untag_open_id_connect_provider();
+            let untag = untag.open_id_connect_provider_arn(&have.id);
+            let tag = iam.tag_open_id_connect_provider();
+            let tag = tag.open_id_connect_provider_arn(&have.id);
+            super::retag(
+                &removed,
+                (
+                    "UntagOpenIDConnectProvider",
+                    untag.set_tag_keys(Some(removed.clone())).send(),
+                ),
+                (
+                    "TagOpenIDConnectProvider",
+                    tag.set_tags(Some(super::iam_tags(want))).send(),
+                ),
+            )
+            .await?;
         }
         found_again(read_one(cx, &have.id).await?, "OIDC provider", &have.id)
     }

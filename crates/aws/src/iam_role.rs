@@ -386,21 +386,17 @@ impl Driver for IamRole {
         }
         if u.changes("tags") {
             let removed = removed_tag_keys(have, want);
-            if !removed.is_empty() {
-                iam.untag_role()
-                    .role_name(&have.id)
-                    .set_tag_keys(Some(removed))
-                    .send()
-                    .await
-                    .map_err(|e| api_error("UntagRole", e))?;
-            }
-            let tags = super::iam_tags(want);
-            iam.tag_role()
-                .role_name(&have.id)
-                .set_tags(Some(tags))
-                .send()
-                .await
-                .map_err(|e| api_error("TagRole", e))?;
+            let untag = iam.untag_role().role_name(&have.id);
+            let tag = iam.tag_role().role_name(&have.id);
+            super::retag(
+                &removed,
+                (
+                    "UntagRole",
+                    untag.set_tag_keys(Some(removed.clone())).send(),
+                ),
+                ("TagRole", tag.set_tags(Some(super::iam_tags(want))).send()),
+            )
+            .await?;
         }
         found_again(read_one(cx, &have.id).await?, "role", &have.id)
     }

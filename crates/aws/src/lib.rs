@@ -655,6 +655,29 @@ pub fn read_tag_pairs<'a>(
     (address, owner, Json::Object(user))
 }
 
+/// Brings a resource's tags to what the stack wants through its service's
+/// two calls, each given as (operation, the call's answer): `untag` drops
+/// the `removed` keys (not sent when there are none), then `tag` adds or
+/// overwrites the rest, the ownership tags included.
+pub async fn retag<A, EA, B, EB>(
+    removed: &[String],
+    untag: (&str, impl std::future::Future<Output = SdkAnswer<A, EA>>),
+    tag: (&str, impl std::future::Future<Output = SdkAnswer<B, EB>>),
+) -> Result<(), DriverError>
+where
+    EA: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    EB: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    if !removed.is_empty() {
+        untag.1.await.map_err(|e| api_error(untag.0, e))?;
+    }
+    tag.1.await.map_err(|e| api_error(tag.0, e))?;
+    Ok(())
+}
+
+/// What an SDK call answers.
+pub type SdkAnswer<T, E> = Result<T, SdkError<E, aws_smithy_runtime_api::http::Response>>;
+
 /// Brings a resource's user tags from what it has to what the stack wants.
 pub async fn sync_tags(
     cx: &Context,

@@ -187,20 +187,21 @@ impl Driver for LogGroup {
             let logs = &crate::clients(cx).await?.logs;
             let arn = crate::arn_of(have);
             let removed = super::removed_tag_keys(have, want);
-            if !removed.is_empty() {
-                logs.untag_resource()
-                    .resource_arn(&arn)
-                    .set_tag_keys(Some(removed))
-                    .send()
-                    .await
-                    .map_err(|e| api_error("UntagResource", e))?;
-            }
-            logs.tag_resource()
-                .resource_arn(&arn)
-                .set_tags(Some(tag_map(want).into_iter().collect()))
-                .send()
-                .await
-                .map_err(|e| api_error("TagResource", e))?;
+            let untag = logs.untag_resource().resource_arn(&arn);
+            let tag = logs.tag_resource().resource_arn(&arn);
+            super::retag(
+                &removed,
+                (
+                    "UntagResource",
+                    untag.set_tag_keys(Some(removed.clone())).send(),
+                ),
+                (
+                    "TagResource",
+                    tag.set_tags(Some(tag_map(want).into_iter().collect()))
+                        .send(),
+                ),
+            )
+            .await?;
         }
         found_again(read_one(cx, &have.id).await?, "log group", &have.id)
     }

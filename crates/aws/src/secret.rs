@@ -434,23 +434,17 @@ impl Driver for Secret {
         }
         if u.changes("tags") {
             let removed = removed_tag_keys(have, want);
-            if !removed.is_empty() {
-                client
-                    .untag_resource()
-                    .secret_id(&have.id)
-                    .set_tag_keys(Some(removed))
-                    .send()
-                    .await
-                    .map_err(|e| api_error("UntagResource", e))?;
-            }
-            let tags = secret_tags(want);
-            client
-                .tag_resource()
-                .secret_id(&have.id)
-                .set_tags(Some(tags))
-                .send()
-                .await
-                .map_err(|e| api_error("TagResource", e))?;
+            let untag = client.untag_resource().secret_id(&have.id);
+            let tag = client.tag_resource().secret_id(&have.id);
+            super::retag(
+                &removed,
+                (
+                    "UntagResource",
+                    untag.set_tag_keys(Some(removed.clone())).send(),
+                ),
+                ("TagResource", tag.set_tags(Some(secret_tags(want))).send()),
+            )
+            .await?;
         }
         if ralph_core::driver::rotation_requested(have, want, changed) {
             rotate(cx, want, &have.id).await?;

@@ -426,20 +426,17 @@ impl Driver for WebAcl {
         }
         if u.changes("tags") {
             let removed = removed_tag_keys(have, want);
-            if !removed.is_empty() {
-                waf.untag_resource()
-                    .resource_arn(&have.id)
-                    .set_tag_keys(Some(removed))
-                    .send()
-                    .await
-                    .map_err(|e| api_error("UntagResource", e))?;
-            }
-            waf.tag_resource()
-                .resource_arn(&have.id)
-                .set_tags(Some(waf_tags(want)))
-                .send()
-                .await
-                .map_err(|e| api_error("TagResource", e))?;
+            let untag = waf.untag_resource().resource_arn(&have.id);
+            let tag = waf.tag_resource().resource_arn(&have.id);
+            super::retag(
+                &removed,
+                (
+                    "UntagResource",
+                    untag.set_tag_keys(Some(removed.clone())).send(),
+                ),
+                ("TagResource", tag.set_tags(Some(waf_tags(want))).send()),
+            )
+            .await?;
         }
         found_again(read_one(cx, &have.id).await?, "web ACL", &have.id)
     }
