@@ -18,7 +18,7 @@ use super::{
     strings, tag_map, wait_gone, wait_ready, Readiness,
 };
 use ralph_core::driver::{
-    Context, Delete, Desired, Driver, DriverError, Known, Observed, Update, READY_ATTR, STATUS_ATTR,
+    Context, Delete, Desired, Driver, DriverError, Known, Observed, Update, STATUS_ATTR,
 };
 use ralph_core::model::kinds::{checks, Attr, Field, KindSchema, Ty};
 use ralph_core::model::support;
@@ -241,14 +241,6 @@ fn tags_of(
     )
 }
 
-fn with_status(mut o: Observed, status: &str) -> Observed {
-    o.attrs
-        .insert(STATUS_ATTR.into(), Json::String(status.to_string()));
-    o.attrs
-        .insert(READY_ATTR.into(), Json::Bool(status == "ACTIVE"));
-    o
-}
-
 async fn read_cluster(cx: &Context, name: &str) -> Result<Option<Observed>, DriverError> {
     let answer = crate::clients(cx)
         .await?
@@ -337,7 +329,7 @@ async fn read_cluster(cx: &Context, name: &str) -> Result<Option<Observed>, Driv
             ),
         ],
     );
-    Ok(Some(with_status(o, &status)))
+    Ok(Some(o.with_status(&status, "ACTIVE")))
 }
 
 const LOG_TYPES: &[&str] = &[
@@ -723,7 +715,7 @@ async fn read_nodegroup(
             ("labels", Json::Object(labels)),
         ],
     );
-    Ok(Some(with_status(o, &status)))
+    Ok(Some(o.with_status(&status, "ACTIVE")))
 }
 
 async fn wait_nodegroup(

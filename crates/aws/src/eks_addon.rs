@@ -9,9 +9,7 @@ use serde_json::Value as Json;
 
 use super::{api_error, error_code, observed_with, opt_str, read_each, read_tag_pairs, tag_map};
 use super::{wait_ready, Readiness};
-use ralph_core::driver::{
-    Context, Delete, Desired, Driver, DriverError, Known, Observed, Update, READY_ATTR, STATUS_ATTR,
-};
+use ralph_core::driver::{Context, Delete, Desired, Driver, DriverError, Known, Observed, Update};
 use ralph_core::model::kinds::{Attr, Field, KindSchema, Ty};
 
 const TIMEOUT: Duration = Duration::from_secs(20 * 60);
@@ -115,7 +113,7 @@ async fn read_one(cx: &Context, id: &str) -> Result<Option<Observed>, DriverErro
             .flatten()
             .map(|(k, v)| (k.as_str(), v.as_str())),
     );
-    let mut o = observed_with(
+    let o = observed_with(
         id,
         tags,
         vec![
@@ -133,10 +131,7 @@ async fn read_one(cx: &Context, id: &str) -> Result<Option<Observed>, DriverErro
             ("arn", opt_str(a.addon_arn())),
         ],
     );
-    o.attrs
-        .insert(READY_ATTR.into(), Json::Bool(status == "ACTIVE"));
-    o.attrs.insert(STATUS_ATTR.into(), Json::String(status));
-    Ok(Some(o))
+    Ok(Some(o.with_status(&status, "ACTIVE")))
 }
 
 async fn wait_active(

@@ -15,7 +15,7 @@ use super::{
     wait_ready, Readiness,
 };
 use ralph_core::driver::{
-    Context, Delete, Desired, Driver, DriverError, Known, Observed, Update, READY_ATTR, STATUS_ATTR,
+    Context, Delete, Desired, Driver, DriverError, Known, Observed, Update, STATUS_ATTR,
 };
 use ralph_core::model::kinds::{checks, Attr, Field, KindSchema, Ty};
 
@@ -210,7 +210,7 @@ pub(super) async fn read_group(cx: &Context, id: &str) -> Result<Option<Observed
     let arn = g.arn().unwrap_or_default().to_string();
     let status = g.status().unwrap_or("unknown").to_string();
     let node_group = g.node_groups().first();
-    let mut o = observed_with(
+    let o = observed_with(
         id,
         arn_tags::read(cx, ArnService::ElastiCache, &arn).await?,
         vec![
@@ -270,10 +270,7 @@ pub(super) async fn read_group(cx: &Context, id: &str) -> Result<Option<Observed
             ),
         ],
     );
-    o.attrs
-        .insert(READY_ATTR.into(), Json::Bool(status == "available"));
-    o.attrs.insert(STATUS_ATTR.into(), Json::String(status));
-    Ok(Some(o))
+    Ok(Some(o.with_status(&status, "available")))
 }
 
 pub(super) async fn wait_group(

@@ -19,7 +19,7 @@ use super::{
 };
 use ralph_core::driver::{
     found_again, Context, Delete, Desired, Driver, DriverError, Known, Observed, Update,
-    READY_ATTR, STATUS_ATTR,
+    STATUS_ATTR,
 };
 use ralph_core::model::kinds::{checks, Attr, Field, KindSchema, Ty};
 
@@ -529,7 +529,7 @@ async fn read_instance(cx: &Context, id: &str) -> Result<Option<Observed>, Drive
                 .map(|s| Json::String(s.to_string()))
         })
         .collect();
-    let mut o = observed_with(
+    let o = observed_with(
         id,
         tags,
         vec![
@@ -577,10 +577,7 @@ async fn read_instance(cx: &Context, id: &str) -> Result<Option<Observed>, Drive
             ),
         ],
     );
-    o.attrs
-        .insert(READY_ATTR.into(), Json::Bool(status == "available"));
-    o.attrs.insert(STATUS_ATTR.into(), Json::String(status));
-    Ok(Some(o))
+    Ok(Some(o.with_status(&status, "available")))
 }
 
 async fn wait_available(

@@ -41,6 +41,18 @@ pub struct Observed {
     pub attrs: Map<String, Json>,
 }
 
+impl Observed {
+    /// With the cloud's `status` recorded ([`STATUS_ATTR`]), ready
+    /// ([`READY_ATTR`]) when it is `ready_when` ("ACTIVE", "available").
+    pub fn with_status(mut self, status: &str, ready_when: &str) -> Observed {
+        self.attrs
+            .insert(STATUS_ATTR.into(), Json::String(status.to_string()));
+        self.attrs
+            .insert(READY_ATTR.into(), Json::Bool(status == ready_when));
+        self
+    }
+}
+
 impl Known {
     /// What the state recorded under `name`: the attribute, else the input
     /// it was applied with.
