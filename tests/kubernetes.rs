@@ -397,6 +397,70 @@ async fn deploy_changes_only_the_image_and_rollback_returns_to_the_previous_rele
     assert_eq!(available(&d), 3);
 }
 
+/// A release `deploy --image` rolled out stands until the stack changes
+/// its own tag: someone's apply of an unrelated change does not roll it
+/// back, and a new tag in the stack does roll out.
+#[tokio::test]
+async fn a_release_stands_until_the_stack_changes_its_own_tag() {
+    let ns = &unique("k-stands");
+    let mut w = world(ns, "1.0.0");
+    w.ok("apply", &["--auto-approve"]);
+    w.ok("deploy", &["--image", "1.1.0", "--auto-approve"]);
+    let image = |tag: &str| format!("ghcr.io/mikeyobrien/ralph-orchestrator:{tag}");
+
+    // The stack still says 1.0.0, as at its last apply: nothing to do.
+    let out = w.run("plan", &["--detailed-exitcode"]);
+    assert_eq!(exit_code(&out), Some(0), "{}", text(&out.stdout));
+
+    // An unrelated change, applied by someone else: the release stays.
+    set_var(&mut w, "replicas", "4");
+    let plan = w.plan_json(&[]);
+    let change = &orchestrator_change(&plan);
+    let names: Vec<&str> = change["attributes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a["name"].as_str())
+        .collect();
+    assert_eq!(names, ["replicas"], "{plan}");
+    w.ok("apply", &["--auto-approve"]);
+    let d = deployment(ns).await;
+    assert_eq!(
+        image_of(&d),
+        image("1.1.0"),
+        "an apply rolled the release back"
+    );
+    assert_eq!(d.spec.replicas, Some(4));
+    let out = w.run("plan", &["--detailed-exitcode"]);
+    assert_eq!(exit_code(&out), Some(0), "{}", text(&out.stdout));
+    assert_eq!(w.ok("output", &["image"]).trim(), image("1.1.0"));
+
+    // A tag of the stack's own rolls out, from the release that runs.
+    set_var(&mut w, "image_tag", "1.2.0");
+    let plan = w.plan_json(&[]);
+    let change = &orchestrator_change(&plan);
+    let tag = change["attributes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == "tag")
+        .cloned()
+        .unwrap_or_else(|| panic!("no tag change in {plan}"));
+    assert_eq!(tag["before"], "1.1.0", "{plan}");
+    assert_eq!(tag["after"], "1.2.0", "{plan}");
+    w.ok("apply", &["--auto-approve"]);
+    assert_eq!(image_of(&deployment(ns).await), image("1.2.0"));
+
+    // And a release after it stands over the stack's new tag in turn.
+    w.ok("deploy", &["--image", "1.3.0", "--auto-approve"]);
+    let out = w.run("plan", &["--detailed-exitcode"]);
+    assert_eq!(exit_code(&out), Some(0), "{}", text(&out.stdout));
+    w.ok("rollback", &["--auto-approve"]);
+    assert_eq!(image_of(&deployment(ns).await), image("1.2.0"));
+    let out = w.run("plan", &["--detailed-exitcode"]);
+    assert_eq!(exit_code(&out), Some(0), "{}", text(&out.stdout));
+}
+
 async fn scale(ns: &str, replicas: i32) {
     Api::<Deployment>::namespaced(client().await, ns)
         .patch(

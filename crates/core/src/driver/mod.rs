@@ -204,6 +204,12 @@ pub const READY_ATTR: &str = "ready";
 /// The cloud's own status word, shown while waiting.
 pub const STATUS_ATTR: &str = "status";
 
+/// The attribute that holds, while a release stands over them, the stack's
+/// values of the fields it set ([`crate::model::Field::released`]): a plan
+/// leaves such a field alone while the stack still has the value the
+/// release overrode.
+pub const STACK_VALUES_ATTR: &str = "stack_values";
+
 /// Everything a driver call needs from outside: the owner, cloud settings,
 /// lazily built cloud clients, a reporter for progress, and a count of the
 /// API requests made (reported in summaries and benchmarks).

@@ -87,6 +87,10 @@ pub struct Field {
     /// (a rotation renews `version_id`): the plan shows them as unknown,
     /// so what refers to them is planned to change too.
     pub renews: &'static [&'static str],
+    /// A day-2 release (`deploy --image`, `rollback`) sets it too: the
+    /// stack's value rolls out when the stack changes it, and a release
+    /// made since stands over the value the stack still has.
+    pub released: bool,
 }
 
 impl Field {
@@ -101,6 +105,7 @@ impl Field {
             check: None,
             within: None,
             renews: &[],
+            released: false,
         }
     }
     /// An AWS kind's `tags`: the stack's tags besides the ownership tags,
@@ -112,6 +117,10 @@ impl Field {
     }
     pub const fn required(mut self) -> Field {
         self.required = true;
+        self
+    }
+    pub const fn released(mut self) -> Field {
+        self.released = true;
         self
     }
     pub const fn forces_replace(mut self) -> Field {

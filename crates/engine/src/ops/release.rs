@@ -11,7 +11,7 @@ use serde_json::{Map, Value as Json};
 
 use crate::apply::OneStep;
 use crate::state::ResourceState;
-use ralph_core::driver::{Context, Desired, Known, Update};
+use ralph_core::driver::{Context, Desired, Known, Update, STACK_VALUES_ATTR};
 use ralph_service::kubernetes::{connect, discover, orchestrator, render};
 
 use super::{locked, OpError, Role, Session, SignalGuard, Unapplied};
@@ -192,7 +192,23 @@ where
                     "not deployed yet: run `ralph-deploy apply` first".into(),
                 ));
             };
-            let props = change(&recorded).map_err(failed)?;
+            let mut props = change(&recorded).map_err(failed)?;
+            // What the stack had for what a release sets, so the release
+            // stands until the stack changes it (`Field::released`).
+            let stack_values = recorded
+                .attrs
+                .get(STACK_VALUES_ATTR)
+                .cloned()
+                .unwrap_or_else(|| {
+                    let kind = driver.schema();
+                    let released = kind.fields.iter().filter(|f| f.released);
+                    Json::Object(
+                        released
+                            .filter_map(|f| Some((f.name.to_string(), recorded.inputs.get(f.name)?.clone())))
+                            .collect(),
+                    )
+                });
+            props.insert(STACK_VALUES_ATTR.into(), stack_values);
             let known = Known {
                 id: recorded.id.clone(),
                 inputs: recorded.inputs.clone(),

@@ -629,6 +629,22 @@ fn field_change(
     })
 }
 
+/// Whether a release (`deploy --image`, `rollback`) made since the stack
+/// last set the fields it sets stands: the stack still has every value it
+/// overrode. A stack that changes one of them rolls its own out.
+fn release_stands(desired: &BTreeMap<String, Option<Json>>, current: &Observed) -> bool {
+    let over = current
+        .attrs
+        .get(ralph_core::driver::STACK_VALUES_ATTR)
+        .and_then(Json::as_object);
+    over.is_some_and(|over| {
+        !over.is_empty()
+            && over
+                .iter()
+                .all(|(field, v)| desired.get(field).is_some_and(|d| d.as_ref() == Some(v)))
+    })
+}
+
 fn diff_one(
     r: &Resource,
     kind: &KindSchema,
@@ -644,9 +660,11 @@ fn diff_one(
     let Some(current) = current else {
         return create_change(r, kind, desired, recorded, depends_on);
     };
+    let stands = release_stands(desired, current);
     let mut attributes: Vec<AttrChange> = kind
         .fields
         .iter()
+        .filter(|f| !(f.released && stands))
         .filter_map(|f| {
             let want = desired.get(f.name)?;
             field_change(r, kind, f, want, current, recorded, adopted)

@@ -20,6 +20,7 @@ use super::{
 };
 use ralph_core::driver::{
     Context, Delete, Desired, Driver, DriverError, Known, Observed, Owner, Update,
+    STACK_VALUES_ATTR,
 };
 use ralph_core::model::kinds::{checks, Attr, Field, KindSchema, Ty};
 
@@ -212,8 +213,8 @@ static SCHEMA: KindSchema = KindSchema::new("kubernetes.orchestrator", "kubernet
     .fields(&super::with_cluster_fields![
         Field::new("namespace", Ty::String, "the namespace, created with Pod Security `restricted`").default("\"ralph\"").check(dns_label).forces_replace(),
         Field::new("name", Ty::String, "the name of the Deployment and its objects").default("\"ralph-orchestrator\"").check(dns_label).forces_replace(),
-        Field::new("image", Ty::String, "the image repository (or a full reference with tag or digest)").default("\"ghcr.io/mikeyobrien/ralph-orchestrator\""),
-        Field::new("tag", Ty::String, "the image tag; leave it out to keep the tag `ralph-deploy deploy --image` rolled out").check(image_tag),
+        Field::new("image", Ty::String, "the image repository (or a full reference with tag or digest)").default("\"ghcr.io/mikeyobrien/ralph-orchestrator\"").released(),
+        Field::new("tag", Ty::String, "the image tag: a new value rolls out; a release `ralph-deploy deploy --image` made since stands until the stack changes it").check(image_tag).released(),
         Field::new("replicas", Ty::Int, "pods (and the autoscaler's minimum)").default("3").check(checks::range::<1, 1000>),
         Field::new("max_surge", Ty::Int, "extra pods during a rollout").default("1").check(checks::range::<0, 1000>),
         Field::new("max_unavailable", Ty::Int, "pods that may be missing during a rollout").default("0").check(checks::range::<0, 1000>),
@@ -936,6 +937,37 @@ fn gke_ingress_served(
 
 /// The release `props` (completing the tag from the one running), rolled
 /// back to `last_good` when its rollout fails.
+/// A release (`deploy --image`, `rollback`) stands over the image the
+/// stack still asks for ([`STACK_VALUES_ATTR`]): an apply of other changes
+/// keeps the release's image. A release's own props already say so.
+fn keep_release(props: &mut Map<String, Json>, have: Option<&Observed>) {
+    if props.contains_key(STACK_VALUES_ATTR) {
+        return;
+    }
+    let Some(have) = have else { return };
+    let Some(over) = have.attrs.get(STACK_VALUES_ATTR).and_then(Json::as_object) else {
+        return;
+    };
+    let unchanged = over.iter().all(|(field, v)| props.get(field) == Some(v));
+    if !unchanged {
+        // The stack set an image of its own: it rolls out.
+        return;
+    }
+    for field in over.keys() {
+        let released = last_good_of(have)
+            .and_then(|g| g.get(field))
+            .or(have.attrs.get(field));
+        if let Some(v) = released {
+            props.insert(field.clone(), v.clone());
+        }
+    }
+    props.insert(STACK_VALUES_ATTR.into(), Json::Object(over.clone()));
+}
+
+fn last_good_of(have: &Observed) -> Option<&Map<String, Json>> {
+    have.attrs.get("last_good").and_then(Json::as_object)
+}
+
 async fn deploy(
     cx: &Context,
     want: &Desired<'_>,
@@ -943,6 +975,7 @@ async fn deploy(
     timeout: Duration,
 ) -> Result<Observed, DriverError> {
     let mut props = want.props.clone();
+    keep_release(&mut props, have);
     if !props.contains_key("tag") {
         if let Some(t) = have
             .and_then(|h| h.attrs.get("tag"))
