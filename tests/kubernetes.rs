@@ -459,6 +459,25 @@ async fn a_release_stands_until_the_stack_changes_its_own_tag() {
     assert_eq!(image_of(&deployment(ns).await), image("1.2.0"));
     let out = w.run("plan", &["--detailed-exitcode"]);
     assert_eq!(exit_code(&out), Some(0), "{}", text(&out.stdout));
+
+    // A stack that catches up with a release takes it over: applied once
+    // naming what runs, its next tag rolls out, even the one it had before.
+    w.ok("deploy", &["--image", "1.4.0", "--auto-approve"]);
+    set_var(&mut w, "image_tag", "1.4.0");
+    let out = w.run("plan", &["--detailed-exitcode"]);
+    assert_eq!(exit_code(&out), Some(0), "{}", text(&out.stdout));
+    w.ok("apply", &["--auto-approve"]);
+    set_var(&mut w, "image_tag", "1.2.0");
+    let out = w.run("plan", &["--detailed-exitcode"]);
+    let shown = text(&out.stdout);
+    assert_eq!(exit_code(&out), Some(2), "{shown}");
+    assert!(shown.contains(r#"tag = "1.4.0" -> "1.2.0""#), "{shown}");
+    let applied = w.ok("apply", &["--auto-approve"]);
+    assert_eq!(
+        image_of(&deployment(ns).await),
+        image("1.2.0"),
+        "{shown}\n{applied}"
+    );
 }
 
 async fn scale(ns: &str, replicas: i32) {

@@ -74,6 +74,11 @@ pub struct Change {
     /// What the cloud reported for an existing resource (used by update and delete).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current: Option<Map<String, Json>>,
+    /// The stack now names what a release (`deploy --image`, `rollback`)
+    /// rolled out: apply forgets the stack values recorded beside the
+    /// release, so the stack's next change of them rolls out.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub release_settled: bool,
 }
 
 impl Change {

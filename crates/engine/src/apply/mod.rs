@@ -574,6 +574,7 @@ where
         protect: recorded.protect,
         depends_on: recorded.depends_on.clone(),
         current: Some(recorded.attrs.clone()),
+        release_settled: false,
     };
     let steps = Steps {
         stack: Some(stack),
@@ -763,7 +764,9 @@ async fn adopt_unchanged(steps: &Steps<'_>, plan: &Plan) -> Result<usize, ApplyE
 /// but whose record names others (the stack gained or dropped a reference,
 /// or an adoption recorded none): a later destroy from the record alone
 /// (`--refresh=false`, a stack that no longer declares them) then goes in
-/// the stack's order. Returns how many records changed.
+/// the stack's order. A record whose stack now names what a release rolled
+/// out forgets the stack values kept beside the release
+/// (`Change::release_settled`). Returns how many records changed.
 pub fn record_dependencies(state: &mut State, plan: &Plan) -> usize {
     let mut changed = 0;
     for c in plan
@@ -774,6 +777,11 @@ pub fn record_dependencies(state: &mut State, plan: &Plan) -> usize {
         let Some(r) = state.resources.get_mut(&c.address) else {
             continue;
         };
+        if c.release_settled {
+            let key = ralph_core::driver::STACK_VALUES_ATTR;
+            let forgot = [r.attrs.remove(key), r.inputs.remove(key)];
+            changed += usize::from(forgot.iter().any(Option::is_some));
+        }
         let mut had = r.depends_on.clone();
         let mut now = c.depends_on.clone();
         had.sort();

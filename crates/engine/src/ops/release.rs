@@ -245,7 +245,13 @@ where
                 cx,
                 OneStep {
                     address: &address,
-                    inputs: props.clone(),
+                    // The stack values go with the release's attributes
+                    // only: recorded inputs fill what a refresh leaves out.
+                    inputs: {
+                        let mut inputs = props.clone();
+                        inputs.remove(STACK_VALUES_ATTR);
+                        inputs
+                    },
                 },
                 || {
                     let u = Update {

@@ -480,6 +480,7 @@ fn departed(stack: &Stack, state: &State, refreshed: &Refreshed, changes: &mut V
                 protect: rs.protect,
                 depends_on: rs.depends_on.clone(),
                 current: None,
+                release_settled: false,
             });
             continue;
         }
@@ -523,6 +524,7 @@ fn delete_change(
         protect: protect || current.is_some_and(service_protected),
         depends_on,
         current: current.map(|c| c.attrs.clone()),
+        release_settled: false,
     }
 }
 
@@ -560,6 +562,7 @@ fn create_change(
         protect: r.protect,
         depends_on,
         current: None,
+        release_settled: false,
     }
 }
 
@@ -741,6 +744,13 @@ fn diff_one(
         protect,
         depends_on,
         current: Some(current.attrs.clone()),
+        // The stack changed what a release overrode and nothing differs:
+        // it names what runs now.
+        release_settled: action == Action::NoOp
+            && !stands
+            && current
+                .attrs
+                .contains_key(ralph_core::driver::STACK_VALUES_ATTR),
     }
 }
 

@@ -293,6 +293,7 @@ mod tests {
             protect: false,
             depends_on: vec![],
             current: None,
+            release_settled: false,
         }
     }
 

@@ -474,6 +474,8 @@ async fn observe(
     )
     .await?;
     let mut attrs = base.clone();
+    // Carried by the record, not read from the release (see `carry`).
+    attrs.remove(STACK_VALUES_ATTR);
     let spec = &d.spec;
     if let Some(r) = spec.replicas {
         // The autoscaler's choice within its range is not drift.
@@ -937,6 +939,17 @@ fn gke_ingress_served(
 
 /// The release `props` (completing the tag from the one running), rolled
 /// back to `last_good` when its rollout fails.
+/// What the Deployment does not hold and the record carries from one
+/// reading to the next: the release before the last good one (for
+/// `rollback`) and the stack values a release stands over.
+fn carry(o: &mut Observed, recorded: &Map<String, Json>) {
+    for key in ["previous_good", STACK_VALUES_ATTR] {
+        if let Some(v) = recorded.get(key) {
+            o.attrs.insert(key.into(), v.clone());
+        }
+    }
+}
+
 /// A release (`deploy --image`, `rollback`) stands over the image the
 /// stack still asks for ([`STACK_VALUES_ATTR`]): an apply of other changes
 /// keeps the release's image. A release's own props already say so.
@@ -1028,6 +1041,9 @@ async fn deploy(
             if let Some(p) = previous {
                 o.attrs.insert("previous_good".into(), p);
             }
+            if let Some(over) = props.get(STACK_VALUES_ATTR) {
+                o.attrs.insert(STACK_VALUES_ATTR.into(), over.clone());
+            }
             return Ok(o);
         }
         Err(e) => e,
@@ -1074,8 +1090,8 @@ async fn deploy(
     )
     .await?
     {
-        if let Some(p) = have.and_then(|h| h.attrs.get("previous_good")) {
-            obs.attrs.insert("previous_good".into(), p.clone());
+        if let Some(h) = have {
+            carry(&mut obs, &h.attrs);
         }
         err = err.with_partial(obs);
     }
@@ -1141,9 +1157,7 @@ impl Driver for Orchestrator {
                 observe(cx, &client, &api, &cx.owner, address, base, last_good).await?
             {
                 // `o.id` is namespace/name, as recorded (recovery has no id).
-                if let Some(p) = k.attrs.get("previous_good") {
-                    o.attrs.insert("previous_good".into(), p.clone());
-                }
+                carry(&mut o, &k.attrs);
                 out.push(o);
             }
         }
@@ -1315,8 +1329,6 @@ async fn restart(
                 "Deployment {namespace}/{name} disappeared during its restart"
             ))
         })?;
-    if let Some(p) = known.attrs.get("previous_good") {
-        o.attrs.insert("previous_good".into(), p.clone());
-    }
+    carry(&mut o, &known.attrs);
     Ok(o)
 }
