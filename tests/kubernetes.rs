@@ -84,6 +84,16 @@ fn orchestrator_change(plan: &serde_json::Value) -> serde_json::Value {
         .unwrap_or_else(|| panic!("no orchestrator change in {plan}"))
 }
 
+/// The names of the attributes a planned change changes.
+fn attribute_names(change: &serde_json::Value) -> Vec<&str> {
+    change["attributes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a["name"].as_str())
+        .collect()
+}
+
 fn exit_code(out: &std::process::Output) -> Option<i32> {
     out.status.code()
 }
@@ -416,12 +426,7 @@ async fn a_release_stands_until_the_stack_changes_its_own_tag() {
     set_var(&mut w, "replicas", "4");
     let plan = w.plan_json(&[]);
     let change = &orchestrator_change(&plan);
-    let names: Vec<&str> = change["attributes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|a| a["name"].as_str())
-        .collect();
+    let names = attribute_names(&change);
     assert_eq!(names, ["replicas"], "{plan}");
     w.ok("apply", &["--auto-approve"]);
     let d = deployment(ns).await;
@@ -735,12 +740,7 @@ async fn a_rollout_killed_midway_shows_in_plan_and_the_next_apply_settles_it() {
     let plan = w.plan_json(&[]);
     let change = orchestrator_change(&plan);
     assert_eq!(change["action"], "update", "{plan}");
-    let names: Vec<&str> = change["attributes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|a| a["name"].as_str())
-        .collect();
+    let names = attribute_names(&change);
     assert!(names.contains(&"ready"), "{names:?}");
     w.ok("apply", &["--auto-approve"]);
     let d = deployment(ns).await;
