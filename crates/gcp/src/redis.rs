@@ -111,12 +111,7 @@ static SCHEMA: KindSchema = KindSchema::new("gcp.redis_instance", SERVICE, "A Me
         .default("\"SERVER_AUTHENTICATION\"")
         .forces_replace()
         .check(transit),
-        Field::new(
-            "labels",
-            Ty::StringMap,
-            "labels besides the ownership labels",
-        )
-        .default("{}"),
+        Field::labels(),
     ])
     .attrs(&[
         Attr::string("id", "the instance's resource name"),

@@ -64,12 +64,7 @@ static SCHEMA: KindSchema = KindSchema::new(
     .default("\"\"")
     .renews(&["version_id"]),
     rotate_every_field(),
-    Field::new(
-        "labels",
-        Ty::StringMap,
-        "labels besides the ownership labels",
-    )
-    .default("{}"),
+    Field::labels(),
 ])
 .attrs(&[
     Attr::string("id", "the secret's resource name, projects/P/secrets/NAME"),

@@ -174,12 +174,7 @@ static INSTANCE: KindSchema = KindSchema::new("gcp.sql_instance", SERVICE, "A Cl
             "Cloud SQL refuses to delete it (destroy lifts it only with --allow-protected)",
         )
         .default("true"),
-        Field::new(
-            "labels",
-            Ty::StringMap,
-            "labels besides the ownership labels",
-        )
-        .default("{}"),
+        Field::labels(),
         Field::new(
             "master_instance",
             Ty::String,

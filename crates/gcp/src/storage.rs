@@ -108,7 +108,7 @@ static SCHEMA: KindSchema = KindSchema::new("gcp.storage_bucket", SERVICE, "A Cl
             "let destroy delete a bucket that still holds objects",
         )
         .default("false"),
-        Field::new("labels", Ty::StringMap, "labels besides the ownership labels").default("{}"),
+        Field::labels(),
     ])
     .attrs(&[
         Attr::string("id", "the bucket name"),

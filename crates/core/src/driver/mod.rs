@@ -210,6 +210,18 @@ pub const STATUS_ATTR: &str = "status";
 /// release overrode.
 pub const STACK_VALUES_ATTR: &str = "stack_values";
 
+/// The stack values a release stands over (`attrs` of the resource), when
+/// the stack (`stack_value` of a field) still has every one of them: the
+/// one rule the plan and a driver's apply both follow.
+pub fn standing_release<'a>(
+    attrs: &'a Map<String, Json>,
+    stack_value: impl Fn(&str) -> Option<&'a Json>,
+) -> Option<&'a Map<String, Json>> {
+    let over = attrs.get(STACK_VALUES_ATTR)?.as_object()?;
+    let stands = !over.is_empty() && over.iter().all(|(f, v)| stack_value(f) == Some(v));
+    stands.then_some(over)
+}
+
 /// Everything a driver call needs from outside: the owner, cloud settings,
 /// lazily built cloud clients, a reporter for progress, and a count of the
 /// API requests made (reported in summaries and benchmarks).

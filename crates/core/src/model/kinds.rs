@@ -110,6 +110,16 @@ impl Field {
     }
     /// An AWS kind's `tags`: the stack's tags besides the ownership tags,
     /// checked against AWS's tag limits.
+    /// A Google Cloud kind's `labels`: the stack's labels besides the
+    /// ownership labels.
+    pub const fn labels() -> Field {
+        Field::new(
+            "labels",
+            Ty::StringMap,
+            "labels besides the ownership labels",
+        )
+        .default("{}")
+    }
     pub const fn tags() -> Field {
         Field::new("tags", Ty::StringMap, "tags besides the ownership tags")
             .default("{}")

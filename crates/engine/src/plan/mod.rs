@@ -636,16 +636,8 @@ fn field_change(
 /// last set the fields it sets stands: the stack still has every value it
 /// overrode. A stack that changes one of them rolls its own out.
 fn release_stands(desired: &BTreeMap<String, Option<Json>>, current: &Observed) -> bool {
-    let over = current
-        .attrs
-        .get(ralph_core::driver::STACK_VALUES_ATTR)
-        .and_then(Json::as_object);
-    over.is_some_and(|over| {
-        !over.is_empty()
-            && over
-                .iter()
-                .all(|(field, v)| desired.get(field).is_some_and(|d| d.as_ref() == Some(v)))
-    })
+    let stack_value = |field: &str| desired.get(field).and_then(Option::as_ref);
+    ralph_core::driver::standing_release(&current.attrs, stack_value).is_some()
 }
 
 fn diff_one(

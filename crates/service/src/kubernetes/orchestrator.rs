@@ -958,14 +958,11 @@ fn keep_release(props: &mut Map<String, Json>, have: Option<&Observed>) {
         return;
     }
     let Some(have) = have else { return };
-    let Some(over) = have.attrs.get(STACK_VALUES_ATTR).and_then(Json::as_object) else {
+    let wanted = props.clone();
+    // Unless the stack set an image of its own: that one rolls out.
+    let Some(over) = ralph_core::driver::standing_release(&have.attrs, |f| wanted.get(f)) else {
         return;
     };
-    let unchanged = over.iter().all(|(field, v)| props.get(field) == Some(v));
-    if !unchanged {
-        // The stack set an image of its own: it rolls out.
-        return;
-    }
     for field in over.keys() {
         let released = last_good_of(have)
             .and_then(|g| g.get(field))
