@@ -418,9 +418,17 @@ async fn a_release_stands_until_the_stack_changes_its_own_tag() {
     w.ok("deploy", &["--image", "1.1.0", "--auto-approve"]);
     let image = |tag: &str| format!("ghcr.io/mikeyobrien/ralph-orchestrator:{tag}");
 
-    // The stack still says 1.0.0, as at its last apply: nothing to do.
+    // The stack still says 1.0.0, as at its last apply: nothing to do, and
+    // the plan says why it leaves 1.1.0 running.
     let out = w.run("plan", &["--detailed-exitcode"]);
-    assert_eq!(exit_code(&out), Some(0), "{}", text(&out.stdout));
+    let shown = text(&out.stdout);
+    assert_eq!(exit_code(&out), Some(0), "{shown}");
+    assert!(
+        shown.contains(
+            r#"runs a release made by `deploy` or `rollback`: tag "1.1.0" (the stack says "1.0.0")"#
+        ),
+        "{shown}"
+    );
 
     // An unrelated change, applied by someone else: the release stays.
     set_var(&mut w, "replicas", "4");
@@ -428,6 +436,8 @@ async fn a_release_stands_until_the_stack_changes_its_own_tag() {
     let change = &orchestrator_change(&plan);
     let names = attribute_names(&change);
     assert_eq!(names, ["replicas"], "{plan}");
+    let held = serde_json::json!([{"name": "tag", "before": "1.1.0", "after": "1.0.0", "forces_replace": false}]);
+    assert_eq!(change["release_holds"], held, "{plan}");
     w.ok("apply", &["--auto-approve"]);
     let d = deployment(ns).await;
     assert_eq!(
@@ -483,6 +493,20 @@ async fn a_release_stands_until_the_stack_changes_its_own_tag() {
         image("1.2.0"),
         "{shown}\n{applied}"
     );
+
+    // A stack that moves to another repository rolls out its own image
+    // and tag, and the plan shows both.
+    w.ok("deploy", &["--image", "1.5.0", "--auto-approve"]);
+    let mirror = "registry.example.com/ralph/orchestrator";
+    set_var(&mut w, "image", mirror);
+    let plan = w.plan_json(&[]);
+    let change = &orchestrator_change(&plan);
+    assert_eq!(attribute_names(change), ["image", "tag"], "{plan}");
+    assert!(change.get("release_holds").is_none(), "{plan}");
+    w.ok("apply", &["--auto-approve"]);
+    assert_eq!(image_of(&deployment(ns).await), format!("{mirror}:1.2.0"));
+    let out = w.run("plan", &["--detailed-exitcode"]);
+    assert_eq!(exit_code(&out), Some(0), "{}", text(&out.stdout));
 }
 
 async fn scale(ns: &str, replicas: i32) {

@@ -87,6 +87,9 @@ pub fn plan_text(plan: &Plan, style: Style) -> String {
             "  No changes. The recorded state matches the stack (the cloud was not read).\n"
         });
     }
+    for note in release_notes(plan) {
+        out.push_str(&format!("\n  Note: {note}\n"));
+    }
     out.push_str(&format!(
         "\nPlan: {} to create, {} to update, {} to replace, {} to delete{}{}, {} unchanged.\n",
         c.create,
@@ -106,6 +109,32 @@ pub fn plan_text(plan: &Plan, style: Style) -> String {
         c.unchanged
     ));
     out
+}
+
+/// Why a plan leaves a field alone that the stack sets otherwise: a
+/// release (`deploy --image`, `rollback`) stands over it.
+fn release_notes(plan: &Plan) -> Vec<String> {
+    let value =
+        |v: Option<&serde_json::Value>| v.map_or("(unknown)".to_string(), |v| v.to_string());
+    plan.changes
+        .iter()
+        .filter(|c| !c.release_holds.is_empty())
+        .map(|c| {
+            let held: Vec<String> = c
+                .release_holds
+                .iter()
+                .map(|a| {
+                    format!("{} {} (the stack says {})", a.name, value(a.before.as_ref()), value(a.after.as_ref()))
+                })
+                .collect();
+            format!(
+                "{} runs a release made by `deploy` or `rollback`: {}. It stands until the stack changes {}.",
+                c.address,
+                held.join(", "),
+                if held.len() == 1 { "that value" } else { "one of these values" }
+            )
+        })
+        .collect()
 }
 
 /// GitHub's limit on a comment is 65,536 characters; a plan longer than
@@ -147,6 +176,9 @@ pub fn plan_markdown(plan: &Plan) -> String {
         "| {} | {} | {} | {} | {} | {} | {} |\n\n",
         c.create, c.update, c.replace, c.delete, c.adopt, c.moved, c.unchanged
     ));
+    for note in release_notes(plan) {
+        out.push_str(&format!("> **Note:** {note}\n\n"));
+    }
     let changes: Vec<_> = plan.changes.iter().filter(|c| c.is_change()).collect();
     if changes.is_empty() && plan.moves.is_empty() {
         out.push_str("No changes. The cloud matches the stack.\n");

@@ -61,9 +61,7 @@ fn method(v: &Json) -> Result<(), String> {
 
 static SCHEMA: KindSchema = KindSchema::new("aws.acm_certificate", "acm", "A public TLS certificate from AWS Certificate Manager, validated by DNS (the certificate an ALB serves).")
     .fields(&[
-        Field::new("domain_name", Ty::String, "the name the certificate is for")
-            .required()
-            .forces_replace()
+        Field::fixed("domain_name", Ty::String, "the name the certificate is for")
             .check(domain),
         Field::new(
             "subject_alternative_names",

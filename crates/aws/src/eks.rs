@@ -15,7 +15,7 @@ use serde_json::{Map, Value as Json};
 use super::arn_tags::{self, ArnService};
 use super::{
     api_error, delete_started, error_code, observed_with, opt_str, read_each, read_tag_pairs,
-    strings, tag_map, wait_gone, wait_ready, Readiness,
+    strings, tag_map, wait_gone, Readiness, Waiting,
 };
 use ralph_core::driver::{
     Context, Delete, Desired, Driver, DriverError, Known, Observed, Update, STATUS_ATTR,
@@ -69,9 +69,7 @@ fn capacity(v: &Json) -> Result<(), String> {
 
 static CLUSTER: KindSchema = KindSchema::new("aws.eks_cluster", "eks", "An EKS cluster (the Kubernetes control plane).")
     .fields(&[
-        Field::new("name", Ty::String, "the cluster name")
-            .required()
-            .forces_replace()
+        Field::name("the cluster name")
             .check(eks_name),
         Field::new(
             "version",
@@ -80,16 +78,10 @@ static CLUSTER: KindSchema = KindSchema::new("aws.eks_cluster", "eks", "An EKS c
         )
         .default("\"1.35\"")
         .check(k8s_version),
-        Field::new("role_arn", Ty::String, "the control plane's IAM role")
-            .required()
-            .forces_replace(),
-        Field::new(
-            "subnet_ids",
+        Field::fixed("role_arn", Ty::String, "the control plane's IAM role"),
+        Field::fixed("subnet_ids",
             Ty::Set(&Ty::String),
-            "subnets for the control plane's network interfaces",
-        )
-        .required()
-        .forces_replace(),
+            "subnets for the control plane's network interfaces"),
         Field::new(
             "security_group_ids",
             Ty::Set(&Ty::String),
@@ -146,27 +138,18 @@ static CLUSTER: KindSchema = KindSchema::new("aws.eks_cluster", "eks", "An EKS c
 static NODEGROUP: KindSchema =
     KindSchema::new("aws.eks_nodegroup", "eks", "An EKS managed nodegroup.")
         .fields(&[
-            Field::new(
+            Field::fixed(
                 "cluster_name",
                 Ty::String,
                 "the cluster, usually `${eks.name}`",
-            )
-            .required()
-            .forces_replace(),
-            Field::new("name", Ty::String, "the nodegroup name")
-                .required()
-                .forces_replace()
-                .check(eks_name),
-            Field::new("node_role_arn", Ty::String, "the nodes' IAM role")
-                .required()
-                .forces_replace(),
-            Field::new(
+            ),
+            Field::name("the nodegroup name").check(eks_name),
+            Field::fixed("node_role_arn", Ty::String, "the nodes' IAM role"),
+            Field::fixed(
                 "subnet_ids",
                 Ty::Set(&Ty::String),
                 "where nodes run (private subnets)",
-            )
-            .required()
-            .forces_replace(),
+            ),
             Field::new(
                 "instance_types",
                 Ty::List(&Ty::String),
@@ -395,22 +378,14 @@ fn auth_mode(want: &Desired<'_>) -> aws_sdk_eks::types::AuthenticationMode {
     )
 }
 
-async fn wait_cluster(
-    cx: &Context,
-    address: &str,
-    name: &str,
-    timeout: Duration,
-    created: bool,
-) -> Result<Observed, DriverError> {
-    let r = Readiness {
-        what: "the EKS cluster",
-        ready: "ACTIVE",
-        failed: &["FAILED"],
-    };
-    wait_ready(cx, address, name, timeout, created, r, || {
-        read_cluster(cx, name)
-    })
-    .await
+const CLUSTER_READY: Readiness = Readiness {
+    what: "the EKS cluster",
+    ready: "ACTIVE",
+    failed: &["FAILED"],
+};
+
+async fn wait_cluster(cx: &Context, w: Waiting<'_>) -> Result<Observed, DriverError> {
+    CLUSTER_READY.wait(cx, w, || read_cluster(cx, w.id)).await
 }
 
 fn vpc_request(want: &Desired<'_>, for_update: bool) -> VpcConfigRequest {
@@ -545,10 +520,7 @@ impl Driver for EksCluster {
             .map_err(|e| api_error("CreateCluster", e))?;
         wait_cluster(
             cx,
-            want.address,
-            name,
-            want.timeouts.create_or(CLUSTER_CREATE),
-            true,
+            Waiting::created(want.address, name, want.timeouts.create_or(CLUSTER_CREATE)),
         )
         .await
     }
@@ -556,7 +528,11 @@ impl Driver for EksCluster {
     async fn update(&self, cx: &Context, u: Update<'_>) -> Result<Observed, DriverError> {
         let Update { want, have, .. } = u;
         let eks = &crate::clients(cx).await?.eks;
-        let timeout = want.timeouts.update_or(CLUSTER_UPDATE);
+        let w = Waiting::existing(
+            want.address,
+            &have.id,
+            want.timeouts.update_or(CLUSTER_UPDATE),
+        );
         if u.changes("version") {
             eks.update_cluster_version()
                 .name(&have.id)
@@ -564,7 +540,7 @@ impl Driver for EksCluster {
                 .send()
                 .await
                 .map_err(|e| api_error("UpdateClusterVersion", e))?;
-            wait_cluster(cx, want.address, &have.id, timeout, false).await?;
+            wait_cluster(cx, w).await?;
         }
         if u.changes("endpoint_private_access")
             || u.changes("endpoint_public_access")
@@ -576,7 +552,7 @@ impl Driver for EksCluster {
                 .send()
                 .await
                 .map_err(|e| api_error("UpdateClusterConfig", e))?;
-            wait_cluster(cx, want.address, &have.id, timeout, false).await?;
+            wait_cluster(cx, w).await?;
         }
         // EKS takes one kind of change per UpdateClusterConfig.
         if u.changes("control_plane_logs") {
@@ -586,7 +562,7 @@ impl Driver for EksCluster {
                 .send()
                 .await
                 .map_err(|e| api_error("UpdateClusterConfig", e))?;
-            wait_cluster(cx, want.address, &have.id, timeout, false).await?;
+            wait_cluster(cx, w).await?;
         }
         if u.changes("authentication_mode") {
             eks.update_cluster_config()
@@ -599,13 +575,13 @@ impl Driver for EksCluster {
                 .send()
                 .await
                 .map_err(|e| api_error("UpdateClusterConfig", e))?;
-            wait_cluster(cx, want.address, &have.id, timeout, false).await?;
+            wait_cluster(cx, w).await?;
         }
         if u.changes("tags") {
             let arn = crate::arn_of(have);
             arn_tags::sync(cx, ArnService::Eks, &arn, have, want).await?;
         }
-        wait_cluster(cx, want.address, &have.id, timeout, false).await
+        wait_cluster(cx, w).await
     }
 
     async fn delete(&self, cx: &Context, d: Delete<'_>) -> Result<(), DriverError> {
@@ -718,23 +694,20 @@ async fn read_nodegroup(
     Ok(Some(o.with_status(&status, "ACTIVE")))
 }
 
+const NODEGROUP_READY: Readiness = Readiness {
+    what: "the nodegroup",
+    ready: "ACTIVE",
+    failed: &["CREATE_FAILED", "DEGRADED", "DELETE_FAILED"],
+};
+
 async fn wait_nodegroup(
     cx: &Context,
-    address: &str,
     cluster: &str,
-    name: &str,
-    timeout: Duration,
-    created: bool,
+    w: Waiting<'_>,
 ) -> Result<Observed, DriverError> {
-    let r = Readiness {
-        what: "the nodegroup",
-        ready: "ACTIVE",
-        failed: &["CREATE_FAILED", "DEGRADED", "DELETE_FAILED"],
-    };
-    wait_ready(cx, address, name, timeout, created, r, || {
-        read_nodegroup(cx, cluster, name)
-    })
-    .await
+    NODEGROUP_READY
+        .wait(cx, w, || read_nodegroup(cx, cluster, w.id))
+        .await
 }
 
 fn int(want: &Desired<'_>, f: &str) -> Result<Option<i32>, DriverError> {
@@ -880,11 +853,12 @@ impl Driver for EksNodegroup {
             .map_err(|e| api_error("CreateNodegroup", e))?;
         wait_nodegroup(
             cx,
-            want.address,
             cluster,
-            name,
-            want.timeouts.create_or(NODEGROUP_TIMEOUT),
-            true,
+            Waiting::created(
+                want.address,
+                name,
+                want.timeouts.create_or(NODEGROUP_TIMEOUT),
+            ),
         )
         .await
     }
@@ -944,7 +918,7 @@ impl Driver for EksNodegroup {
             let arn = crate::arn_of(have);
             arn_tags::sync(cx, ArnService::Eks, &arn, have, want).await?;
         }
-        wait_nodegroup(cx, want.address, cluster, name, timeout, false).await
+        wait_nodegroup(cx, cluster, Waiting::existing(want.address, name, timeout)).await
     }
 
     async fn delete(&self, cx: &Context, d: Delete<'_>) -> Result<(), DriverError> {

@@ -6,9 +6,7 @@
 
 use serde_json::Value as Json;
 
-use super::{
-    api_error, error_code, observed_with, opt_str, read_each, read_tag_pairs, strings, tag_map,
-};
+use super::{api_error, observed_with, opt_str, read_each, read_tag_pairs, strings, tag_map};
 use ralph_core::driver::{
     found_again, Context, Delete, Desired, Driver, DriverError, Known, Observed, Update,
 };
@@ -46,16 +44,10 @@ fn principal(v: &Json) -> Result<(), String> {
 
 static SCHEMA: KindSchema = KindSchema::new("aws.eks_access_entry", "eks", "A principal allowed into an EKS cluster with one of EKS's access policies (an access entry).")
     .fields(&[
-        Field::new("cluster_name", Ty::String, "the cluster, usually `${eks.name}`")
-            .required()
-            .forces_replace(),
-        Field::new(
-            "principal_arn",
+        Field::fixed("cluster_name", Ty::String, "the cluster, usually `${eks.name}`"),
+        Field::fixed("principal_arn",
             Ty::String,
-            "the IAM role or user let in (it must exist)",
-        )
-        .required()
-        .forces_replace()
+            "the IAM role or user let in (it must exist)")
         .check(principal),
         Field::new(
             "policy",
@@ -203,15 +195,9 @@ impl Driver for EksAccessEntry {
             .set_tags(Some(tag_map(want).into_iter().collect()))
             .send()
             .await;
-        match made {
-            Ok(_) => {}
-            // A run killed after making it: ours when its tags say so.
-            Err(e) if error_code(&e) == Some("ResourceInUseException") => {
-                let found = read_one(cx, &id).await?;
-                let what = format!("{principal} already has an access entry on {cluster}");
-                super::ours_or_refuse(found.as_ref(), want, &what, &id)?;
-            }
-            Err(e) => return Err(api_error("CreateAccessEntry", e)),
+        if super::made("CreateAccessEntry", made, "ResourceInUseException")?.is_none() {
+            let what = format!("{principal} already has an access entry on {cluster}");
+            super::ours_or_refuse(read_one(cx, &id).await?.as_ref(), want, &what, &id)?;
         }
         associate(cx, cluster, principal, want).await?;
         found_again(read_one(cx, &id).await?, "access entry", &id)

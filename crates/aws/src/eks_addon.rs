@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use serde_json::Value as Json;
 
-use super::{api_error, error_code, observed_with, opt_str, read_each, read_tag_pairs, tag_map};
-use super::{wait_ready, Readiness};
+use super::{api_error, observed_with, opt_str, read_each, read_tag_pairs, tag_map};
+use super::{Readiness, Waiting};
 use ralph_core::driver::{Context, Delete, Desired, Driver, DriverError, Known, Observed, Update};
 use ralph_core::model::kinds::{Attr, Field, KindSchema, Ty};
 
@@ -35,20 +35,14 @@ static SCHEMA: KindSchema = KindSchema::new(
     "An EKS add-on, such as vpc-cni with its network policy agent on.",
 )
 .fields(&[
-    Field::new(
+    Field::fixed(
         "cluster_name",
         Ty::String,
         "the cluster, usually `${eks.name}`",
-    )
-    .required()
-    .forces_replace(),
-    Field::new(
-        "name",
-        Ty::String,
+    ),
+    Field::name(
         "the add-on: vpc-cni, coredns, kube-proxy, aws-ebs-csi-driver, eks-pod-identity-agent, ...",
-    )
-    .required()
-    .forces_replace(),
+    ),
     Field::new(
         "version",
         Ty::String,
@@ -134,19 +128,14 @@ async fn read_one(cx: &Context, id: &str) -> Result<Option<Observed>, DriverErro
     Ok(Some(o.with_status(&status, "ACTIVE")))
 }
 
-async fn wait_active(
-    cx: &Context,
-    address: &str,
-    id: &str,
-    timeout: Duration,
-    created: bool,
-) -> Result<Observed, DriverError> {
-    let r = Readiness {
-        what: "the add-on",
-        ready: "ACTIVE",
-        failed: &["CREATE_FAILED", "UPDATE_FAILED", "DEGRADED"],
-    };
-    wait_ready(cx, address, id, timeout, created, r, || read_one(cx, id)).await
+const ADDON_READY: Readiness = Readiness {
+    what: "the add-on",
+    ready: "ACTIVE",
+    failed: &["CREATE_FAILED", "UPDATE_FAILED", "DEGRADED"],
+};
+
+async fn wait_active(cx: &Context, w: Waiting<'_>) -> Result<Observed, DriverError> {
+    ADDON_READY.wait(cx, w, || read_one(cx, w.id)).await
 }
 
 fn opt(want: &Desired<'_>, f: &str) -> Option<String> {
@@ -211,18 +200,12 @@ impl Driver for EksAddon {
             .set_tags(Some(tag_map(want).into_iter().collect()))
             .send()
             .await;
-        match made {
-            Ok(_) => {}
-            // A run killed after making it: ours when its tags say so.
-            Err(e) if error_code(&e) == Some("ResourceInUseException") => {
-                let found = read_one(cx, &id).await?;
-                let what = format!("{cluster} already has the {name} add-on");
-                super::ours_or_refuse(found.as_ref(), want, &what, &id)?;
-            }
-            Err(e) => return Err(api_error("CreateAddon", e)),
+        if super::made("CreateAddon", made, "ResourceInUseException")?.is_none() {
+            let what = format!("{cluster} already has the {name} add-on");
+            super::ours_or_refuse(read_one(cx, &id).await?.as_ref(), want, &what, &id)?;
         }
         let timeout = want.timeouts.create_or(TIMEOUT);
-        let mut o = wait_active(cx, want.address, &id, timeout, true).await?;
+        let mut o = wait_active(cx, Waiting::created(want.address, &id, timeout)).await?;
         if opt(want, "version").is_none() {
             o.attrs
                 .insert("version".into(), Json::String(String::new()));
@@ -271,7 +254,7 @@ impl Driver for EksAddon {
             super::arn_tags::sync(cx, super::arn_tags::ArnService::Eks, &arn, have, want).await?;
         }
         let timeout = want.timeouts.update_or(TIMEOUT);
-        let mut o = wait_active(cx, want.address, &have.id, timeout, false).await?;
+        let mut o = wait_active(cx, Waiting::existing(want.address, &have.id, timeout)).await?;
         if opt(want, "version").is_none() {
             o.attrs
                 .insert("version".into(), Json::String(String::new()));

@@ -11,8 +11,8 @@ use serde_json::Value as Json;
 use super::arn_tags::{self, ArnService};
 use super::subnet_group::subnet_group_calls;
 use super::{
-    api_error, delete_started, error_code, observed_with, opt_str, read_each, strings, wait_gone,
-    wait_ready, Readiness,
+    api_error, delete_started, found, observed_with, opt_str, read_each, strings, wait_gone,
+    Readiness, Waiting,
 };
 use ralph_core::driver::{
     Context, Delete, Desired, Driver, DriverError, Known, Observed, Update, STATUS_ATTR,
@@ -51,10 +51,7 @@ static SUBNET_GROUP: KindSchema = KindSchema::new(
     "The subnets an ElastiCache group may use.",
 )
 .fields(&[
-    Field::new("name", Ty::String, "the group name")
-        .required()
-        .forces_replace()
-        .check(group_id),
+    Field::name("the group name").check(group_id),
     Field::new("description", Ty::String, "what it is for").default("\"Managed by ralph-deploy\""),
     Field::new("subnet_ids", Ty::Set(&Ty::String), "private subnets").required(),
     Field::tags(),
@@ -67,9 +64,7 @@ static SUBNET_GROUP: KindSchema = KindSchema::new(
 
 static GROUP: KindSchema = KindSchema::new("aws.elasticache_replication_group", "elasticache", "A Redis replication group: a primary and its replicas.")
     .fields(&[
-        Field::new("replication_group_id", Ty::String, "the group id")
-            .required()
-            .forces_replace()
+        Field::fixed("replication_group_id", Ty::String, "the group id")
             .check(group_id),
         Field::new("description", Ty::String, "what it is for")
             .default("\"Managed by ralph-deploy\""),
@@ -188,18 +183,18 @@ pub(super) async fn describe_group(
     cx: &Context,
     id: &str,
 ) -> Result<Option<aws_sdk_elasticache::types::ReplicationGroup>, DriverError> {
-    match crate::clients(cx)
-        .await?
-        .elasticache
+    let ec = &crate::clients(cx).await?.elasticache;
+    let answer = ec
         .describe_replication_groups()
         .replication_group_id(id)
         .send()
-        .await
-    {
-        Ok(o) => Ok(o.replication_groups().first().cloned()),
-        Err(e) if error_code(&e) == Some("ReplicationGroupNotFoundFault") => Ok(None),
-        Err(e) => Err(api_error("DescribeReplicationGroups", e)),
-    }
+        .await;
+    let out = found(
+        "DescribeReplicationGroups",
+        answer,
+        &["ReplicationGroupNotFoundFault"],
+    )?;
+    Ok(out.and_then(|o| o.replication_groups().first().cloned()))
 }
 
 pub(super) async fn read_group(cx: &Context, id: &str) -> Result<Option<Observed>, DriverError> {
@@ -273,19 +268,14 @@ pub(super) async fn read_group(cx: &Context, id: &str) -> Result<Option<Observed
     Ok(Some(o.with_status(&status, "available")))
 }
 
-pub(super) async fn wait_group(
-    cx: &Context,
-    address: &str,
-    id: &str,
-    timeout: Duration,
-    created: bool,
-) -> Result<Observed, DriverError> {
-    let r = Readiness {
-        what: "the Redis group",
-        ready: "available",
-        failed: &["create-failed"],
-    };
-    wait_ready(cx, address, id, timeout, created, r, || read_group(cx, id)).await
+const GROUP_READY: Readiness = Readiness {
+    what: "the Redis group",
+    ready: "available",
+    failed: &["create-failed"],
+};
+
+pub(super) async fn wait_group(cx: &Context, w: Waiting<'_>) -> Result<Observed, DriverError> {
+    GROUP_READY.wait(cx, w, || read_group(cx, w.id)).await
 }
 
 /// Gives the group the token its secret holds now, beside the old one
@@ -312,7 +302,7 @@ pub(super) async fn rotate_token(
         .send()
         .await
         .map_err(|e| api_error("ModifyReplicationGroup", e))?;
-    wait_group(cx, want.address, id, timeout, false).await
+    wait_group(cx, Waiting::existing(want.address, id, timeout)).await
 }
 
 /// The secret's current version: its value and when it was made.
@@ -438,10 +428,7 @@ impl Driver for ReplicationGroup {
             .map_err(|e| api_error("CreateReplicationGroup", e))?;
         wait_group(
             cx,
-            want.address,
-            id,
-            want.timeouts.create_or(GROUP_TIMEOUT),
-            true,
+            Waiting::created(want.address, id, want.timeouts.create_or(GROUP_TIMEOUT)),
         )
         .await
     }
@@ -450,6 +437,7 @@ impl Driver for ReplicationGroup {
         let Update { want, have, .. } = u;
         let ec = &crate::clients(cx).await?.elasticache;
         let timeout = want.timeouts.update_or(GROUP_TIMEOUT);
+        let w = Waiting::existing(want.address, &have.id, timeout);
         let modifiable = [
             "description",
             "node_type",
@@ -491,7 +479,7 @@ impl Driver for ReplicationGroup {
             req.send()
                 .await
                 .map_err(|e| api_error("ModifyReplicationGroup", e))?;
-            wait_group(cx, want.address, &have.id, timeout, false).await?;
+            wait_group(cx, w).await?;
         }
         // A version recorded before: a new token to rotate to. A version
         // given for the first time: only if the group does not hold that
@@ -536,12 +524,12 @@ impl Driver for ReplicationGroup {
                     .await
                     .map_err(|e| api_error("DecreaseReplicaCount", e))?;
             }
-            wait_group(cx, want.address, &have.id, timeout, false).await?;
+            wait_group(cx, w).await?;
         }
         if u.changes("tags") {
             sync_ec_tags(cx, have, want).await?;
         }
-        wait_group(cx, want.address, &have.id, timeout, false).await
+        wait_group(cx, w).await
     }
 
     async fn delete(&self, cx: &Context, d: Delete<'_>) -> Result<(), DriverError> {

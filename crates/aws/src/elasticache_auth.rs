@@ -21,13 +21,9 @@ use ralph_core::model::kinds::{Attr, Field, KindSchema, Ty};
 
 static ROTATION: KindSchema = KindSchema::new("aws.elasticache_auth_rotation", "elasticache", "Finishes a Redis AUTH token rotation: once what it depends on (the pods) has the new token, the replication group keeps only that one (SET).")
     .fields(&[
-        Field::new(
-            "replication_group_id",
+        Field::fixed("replication_group_id",
             Ty::String,
-            "the group, usually `${redis.id}`",
-        )
-        .required()
-        .forces_replace(),
+            "the group, usually `${redis.id}`"),
         Field::new(
             "auth_token_secret_arn",
             Ty::String,

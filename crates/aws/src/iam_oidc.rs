@@ -28,13 +28,11 @@ static SCHEMA: KindSchema = KindSchema::new(
     "An IAM OpenID Connect provider for an EKS cluster's issuer (IAM roles for service accounts).",
 )
 .fields(&[
-    Field::new(
+    Field::fixed(
         "url",
         Ty::String,
         "the issuer's URL, such as an EKS cluster's oidc_issuer",
     )
-    .required()
-    .forces_replace()
     .check(https_url),
     Field::new(
         "client_ids",

@@ -6,8 +6,7 @@
 use serde_json::{json, Value as Json};
 
 use super::{
-    api_error, error_code, observed_with, opt_str, read_each, read_tag_pairs, removed_tag_keys,
-    strings,
+    api_error, found, observed_with, opt_str, read_each, read_tag_pairs, removed_tag_keys, strings,
 };
 use ralph_core::driver::{
     found_again, Context, Delete, Desired, Driver, DriverError, Known, Observed, Update,
@@ -24,9 +23,7 @@ fn role_name(v: &Json) -> Result<(), String> {
 
 static SCHEMA: KindSchema = KindSchema::new("aws.iam_role", "iam", "An IAM role assumed by an AWS service, or by Kubernetes service accounts (IRSA).")
     .fields(&[
-        Field::new("name", Ty::String, "the role name")
-            .required()
-            .forces_replace()
+        Field::name("the role name")
             .check(role_name),
         Field::new(
             "assume_role_service",
@@ -211,16 +208,15 @@ async fn read_one(cx: &Context, name: &str) -> Result<Option<Observed>, DriverEr
         .iter()
         .filter_map(|p| p.policy_arn().map(|a| Json::String(a.to_string())))
         .collect();
-    let inline = match iam
+    let answer = iam
         .get_role_policy()
         .role_name(name)
         .policy_name(INLINE)
         .send()
-        .await
-    {
-        Ok(out) => canonical(&percent_decode(out.policy_document())).unwrap_or_default(),
-        Err(e) if error_code(&e) == Some("NoSuchEntity") => String::new(),
-        Err(e) => return Err(api_error("GetRolePolicy", e)),
+        .await;
+    let inline = match found("GetRolePolicy", answer, &["NoSuchEntity"])? {
+        Some(out) => canonical(&percent_decode(out.policy_document())).unwrap_or_default(),
+        None => String::new(),
     };
     let (service, provider, accounts) = role
         .assume_role_policy_document()

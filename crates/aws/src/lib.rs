@@ -486,6 +486,20 @@ pub fn made_id(op: &str, id: Option<&str>) -> Result<String, DriverError> {
         .ok_or_else(|| DriverError::new(format!("{op} returned no id")))
 }
 
+/// A create's answer: what it made, or `None` where the service says it is
+/// there already (`exists`, its code), for the caller to claim with
+/// [`ours_or_refuse`]: a run killed after the create made it.
+pub fn made<T, E>(
+    op: &str,
+    answer: Result<T, SdkError<E, aws_smithy_runtime_api::http::Response>>,
+    exists: &str,
+) -> Result<Option<T>, DriverError>
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    found(op, answer, &[exists])
+}
+
 /// A read's answer: what it found, or `None` where the service says there is
 /// no such thing (`missing` lists its "not found" codes).
 pub fn found<T, E>(
@@ -785,7 +799,6 @@ pub fn ours_or_refuse(
     )))
 }
 
-/// A list-of-strings property.
 /// An idempotency token for one create: 32 hex characters of a hash of the
 /// resource's identity (stack, environment, address, what the create
 /// replaces) and `request`, what is asked. The same for a create repeated
@@ -818,69 +831,99 @@ pub fn strings(v: Option<&Json>) -> Vec<String> {
         .collect()
 }
 
-/// How a slow resource reports progress, for [`wait_ready`].
-pub struct Readiness<'a> {
+/// How a slow resource reports progress: what it is called, the status
+/// that means ready and those that mean it never will be.
+pub struct Readiness {
     /// "the EKS cluster", "the database", ...
-    pub what: &'a str,
+    pub what: &'static str,
     /// The status that means ready.
-    pub ready: &'a str,
+    pub ready: &'static str,
     /// Statuses that mean it will never be ready.
-    pub failed: &'a [&'a str],
+    pub failed: &'static [&'static str],
 }
 
-/// Polls `read` until the resource's `status` is `r.ready`, fails on
-/// `r.failed` or if it disappears. A timed-out or interrupted wait after a
-/// create (`created`) still returns the resource as `partial`, so that it
-/// is recorded and the next apply waits for it instead of creating another.
-pub async fn wait_ready<F, Fut>(
-    cx: &Context,
-    address: &str,
-    id: &str,
-    timeout: std::time::Duration,
-    created: bool,
-    r: Readiness<'_>,
-    read: F,
-) -> Result<Observed, DriverError>
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = Result<Option<Observed>, DriverError>>,
-{
-    let result = cx
-        .wait_until(
+/// One wait for a resource: its address and id, for how long, and whether
+/// it was just created.
+#[derive(Clone, Copy)]
+pub struct Waiting<'a> {
+    pub address: &'a str,
+    pub id: &'a str,
+    pub timeout: std::time::Duration,
+    /// A timed-out or interrupted wait after a create still returns the
+    /// resource as `partial`, so that it is recorded and the next apply
+    /// waits for it instead of creating another.
+    pub created: bool,
+}
+
+impl<'a> Waiting<'a> {
+    /// A wait for a resource this call created.
+    pub fn created(address: &'a str, id: &'a str, timeout: std::time::Duration) -> Self {
+        Waiting {
             address,
-            &format!("{} to become {}", r.what, r.ready),
+            id,
             timeout,
-            || async {
-                match read().await? {
-                    Some(o) => {
-                        let status = o
-                            .attrs
-                            .get(ralph_core::driver::STATUS_ATTR)
-                            .and_then(Json::as_str)
-                            .unwrap_or("unknown")
-                            .to_string();
-                        if r.failed.contains(&status.as_str()) {
-                            return Err(DriverError::new(format!(
-                                "{} {id} is `{status}`; see its events in the console",
-                                r.what
-                            )));
-                        }
-                        Ok(((status == r.ready).then_some(o), status))
+            created: true,
+        }
+    }
+
+    /// A wait for a resource that was there before (an update, a resume).
+    pub fn existing(address: &'a str, id: &'a str, timeout: std::time::Duration) -> Self {
+        Waiting {
+            address,
+            id,
+            timeout,
+            created: false,
+        }
+    }
+}
+
+impl Readiness {
+    /// Polls `read` until the resource's `status` is `ready`; fails on a
+    /// `failed` status or if it disappears.
+    pub async fn wait<F, Fut>(
+        &self,
+        cx: &Context,
+        w: Waiting<'_>,
+        read: F,
+    ) -> Result<Observed, DriverError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<Option<Observed>, DriverError>>,
+    {
+        let (what, id) = (self.what, w.id);
+        let result = cx
+            .wait_until(
+                w.address,
+                &format!("{what} to become {}", self.ready),
+                w.timeout,
+                || async {
+                    let Some(o) = read().await? else {
+                        return Err(DriverError::new(format!(
+                            "{what} {id} disappeared while waiting for it"
+                        )));
+                    };
+                    let status = o
+                        .attrs
+                        .get(ralph_core::driver::STATUS_ATTR)
+                        .and_then(Json::as_str)
+                        .unwrap_or("unknown");
+                    let status = status.to_string();
+                    if self.failed.contains(&status.as_str()) {
+                        return Err(DriverError::new(format!(
+                            "{what} {id} is `{status}`; see its events in the console"
+                        )));
                     }
-                    None => Err(DriverError::new(format!(
-                        "{} {id} disappeared while waiting for it",
-                        r.what
-                    ))),
-                }
+                    Ok(((status == self.ready).then_some(o), status))
+                },
+            )
+            .await;
+        match result {
+            Err(e) if w.created => match read().await {
+                Ok(Some(partial)) => Err(e.with_partial(partial)),
+                _ => Err(e),
             },
-        )
-        .await;
-    match result {
-        Err(e) if created => match read().await {
-            Ok(Some(partial)) => Err(e.with_partial(partial)),
-            _ => Err(e),
-        },
-        other => other,
+            other => other,
+        }
     }
 }
 

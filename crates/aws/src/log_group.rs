@@ -9,7 +9,7 @@
 
 use serde_json::Value as Json;
 
-use super::{api_error, error_code, observed_with, ours_or_refuse, read_tag_pairs, tag_map};
+use super::{api_error, made, observed_with, ours_or_refuse, read_tag_pairs, tag_map};
 use ralph_core::driver::{
     found_again, Context, Delete, Desired, Driver, DriverError, Known, Observed, Update,
 };
@@ -40,9 +40,7 @@ fn group_name(v: &Json) -> Result<(), String> {
 
 static SCHEMA: KindSchema = KindSchema::new("aws.cloudwatch_log_group", "logs", "A CloudWatch Logs log group with a retention period (an EKS cluster's control-plane logs, the application's logs).")
     .fields(&[
-        Field::new("name", Ty::String, "the group's name, such as /aws/eks/CLUSTER/cluster")
-            .required()
-            .forces_replace()
+        Field::name("the group's name, such as /aws/eks/CLUSTER/cluster")
             .check(group_name),
         Field::new("retention_days", Ty::Int, "how long events are kept, in days (one of the periods CloudWatch Logs takes)")
             .default("90")
@@ -160,19 +158,9 @@ impl Driver for LogGroup {
             .set_tags(Some(tag_map(want).into_iter().collect()))
             .send()
             .await;
-        match answer {
-            Ok(_) => {}
-            // A run killed after the create: ours if its tags say so.
-            Err(e) if error_code(&e) == Some("ResourceAlreadyExistsException") => {
-                let found = read_one(cx, name).await?;
-                ours_or_refuse(
-                    found.as_ref(),
-                    want,
-                    &format!("log group {name} exists"),
-                    name,
-                )?;
-            }
-            Err(e) => return Err(api_error("CreateLogGroup", e)),
+        if made("CreateLogGroup", answer, "ResourceAlreadyExistsException")?.is_none() {
+            let what = format!("log group {name} exists");
+            ours_or_refuse(read_one(cx, name).await?.as_ref(), want, &what, name)?;
         }
         set_retention(cx, want, name).await?;
         found_again(read_one(cx, name).await?, "log group", &name)

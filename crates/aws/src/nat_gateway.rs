@@ -21,9 +21,7 @@ fn connectivity(v: &Json) -> Result<(), String> {
 
 static SCHEMA: KindSchema = KindSchema::new("aws.nat_gateway", "ec2", "A NAT gateway.")
     .fields(&[
-        Field::new("subnet_id", Ty::String, "the (public) subnet it lives in")
-            .required()
-            .forces_replace(),
+        Field::fixed("subnet_id", Ty::String, "the (public) subnet it lives in"),
         Field::new(
             "allocation_id",
             Ty::String,
@@ -112,20 +110,10 @@ async fn state_of(cx: &Context, id: &str) -> Result<(Option<Observed>, String), 
         .nat_gateway_ids(id)
         .send()
         .await;
-    match out {
-        Ok(out) => {
-            let g = out.nat_gateways().first();
-            let state = g
-                .and_then(|g| g.state())
-                .map(|s| s.as_str().to_string())
-                .unwrap_or_else(|| "deleted".into());
-            Ok((g.and_then(observe), state))
-        }
-        Err(e) if super::error_code(&e) == Some("NatGatewayNotFound") => {
-            Ok((None, "deleted".into()))
-        }
-        Err(e) => Err(api_error("DescribeNatGateways", e)),
-    }
+    let out = super::found("DescribeNatGateways", out, &["NatGatewayNotFound"])?;
+    let g = out.as_ref().and_then(|o| o.nat_gateways().first());
+    let state = g.and_then(|g| g.state()).map_or("deleted", |s| s.as_str());
+    Ok((g.and_then(observe), state.to_string()))
 }
 
 /// Waits until no gateway that is being deleted holds Elastic IP
@@ -224,15 +212,13 @@ impl Ec2Kind for NatGateway {
 
     async fn remove(cx: &Context, have: &Observed) -> Result<(), DriverError> {
         let client = ec2(cx).await?;
-        match client
+        let answer = client
             .delete_nat_gateway()
             .nat_gateway_id(&have.id)
             .send()
-            .await
-        {
-            Ok(_) => {}
-            Err(e) if super::error_code(&e) == Some("NatGatewayNotFound") => return Ok(()),
-            Err(e) => return Err(api_error("DeleteNatGateway", e)),
+            .await;
+        if super::found("DeleteNatGateway", answer, &["NatGatewayNotFound"])?.is_none() {
+            return Ok(());
         }
         cx.wait_until(
             have.address.as_deref().unwrap_or(&have.id),

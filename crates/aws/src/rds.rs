@@ -14,8 +14,8 @@ use serde_json::{Map, Value as Json};
 use super::arn_tags::{self, ArnService};
 use super::subnet_group::subnet_group_calls;
 use super::{
-    api_error, error_code, gone_or_deleting, observed_with, opt_str, read_each, read_tag_pairs,
-    strings, user_tags_of, wait_gone, wait_ready, Readiness,
+    api_error, error_code, found, gone_or_deleting, observed_with, opt_str, read_each,
+    read_tag_pairs, strings, user_tags_of, wait_gone, Readiness, Waiting,
 };
 use ralph_core::driver::{
     found_again, Context, Delete, Desired, Driver, DriverError, Known, Observed, Update,
@@ -120,10 +120,7 @@ static SUBNET_GROUP: KindSchema = KindSchema::new(
     "The subnets an RDS instance may use.",
 )
 .fields(&[
-    Field::new("name", Ty::String, "the group name")
-        .required()
-        .forces_replace()
-        .check(identifier),
+    Field::name("the group name").check(identifier),
     Field::new("description", Ty::String, "what it is for").default("\"Managed by ralph-deploy\""),
     Field::new(
         "subnet_ids",
@@ -145,10 +142,7 @@ static PARAMETER_GROUP: KindSchema = KindSchema::new(
     "Database engine settings for RDS instances.",
 )
 .fields(&[
-    Field::new("name", Ty::String, "the group name")
-        .required()
-        .forces_replace()
-        .check(identifier),
+    Field::name("the group name").check(identifier),
     Field::new(
         "family",
         Ty::String,
@@ -179,10 +173,7 @@ static INSTANCE: KindSchema = KindSchema::new(
     "An RDS database instance: a primary, or a read replica of one.",
 )
 .fields(&[
-    Field::new("identifier", Ty::String, "the instance identifier")
-        .required()
-        .forces_replace()
-        .check(identifier),
+    Field::fixed("identifier", Ty::String, "the instance identifier").check(identifier),
     Field::new(
         "replicate_source_db",
         Ty::String,
@@ -493,26 +484,21 @@ impl Driver for ParameterGroup {
 // ---- instance ----
 
 async fn read_instance(cx: &Context, id: &str) -> Result<Option<Observed>, DriverError> {
-    let out = match crate::clients(cx)
-        .await?
-        .rds
+    let rds = &crate::clients(cx).await?.rds;
+    let answer = rds
         .describe_db_instances()
         .db_instance_identifier(id)
         .send()
-        .await
-    {
-        Ok(o) => o,
-        Err(e)
-            if error_code(&e) == Some("DBInstanceNotFound")
-                || error_code(&e) == Some("DBInstanceNotFoundFault") =>
-        {
-            return Ok(None)
-        }
-        Err(e) => return Err(api_error("DescribeDBInstances", e)),
-    };
-    let Some(d) = out.db_instances().first() else {
+        .await;
+    let missing = ["DBInstanceNotFound", "DBInstanceNotFoundFault"];
+    let Some(out) = found("DescribeDBInstances", answer, &missing)? else {
         return Ok(None);
     };
+    Ok(out.db_instances().first().map(|d| observe_instance(id, d)))
+}
+
+/// What DescribeDBInstances says of one instance, as the kind's attributes.
+pub(super) fn observe_instance(id: &str, d: &aws_sdk_rds::types::DbInstance) -> Observed {
     let tags = read_tag_pairs(
         d.tag_list()
             .iter()
@@ -577,32 +563,23 @@ async fn read_instance(cx: &Context, id: &str) -> Result<Option<Observed>, Drive
             ),
         ],
     );
-    Ok(Some(o.with_status(&status, "available")))
+    o.with_status(&status, "available")
 }
 
-async fn wait_available(
-    cx: &Context,
-    address: &str,
-    id: &str,
-    timeout: Duration,
-    created: bool,
-) -> Result<Observed, DriverError> {
-    let failed = &[
+const INSTANCE_READY: Readiness = Readiness {
+    what: "the database",
+    ready: "available",
+    failed: &[
         "failed",
         "incompatible-parameters",
         "incompatible-network",
         "storage-full",
         "inaccessible-encryption-credentials",
-    ];
-    let r = Readiness {
-        what: "the database",
-        ready: "available",
-        failed,
-    };
-    wait_ready(cx, address, id, timeout, created, r, || {
-        read_instance(cx, id)
-    })
-    .await
+    ],
+};
+
+async fn wait_available(cx: &Context, w: Waiting<'_>) -> Result<Observed, DriverError> {
+    INSTANCE_READY.wait(cx, w, || read_instance(cx, w.id)).await
 }
 
 #[async_trait::async_trait]
@@ -680,10 +657,7 @@ impl Driver for Instance {
         }
         wait_available(
             cx,
-            want.address,
-            id,
-            want.timeouts.create_or(INSTANCE_TIMEOUT),
-            true,
+            Waiting::created(want.address, id, want.timeouts.create_or(INSTANCE_TIMEOUT)),
         )
         .await
     }
@@ -756,10 +730,11 @@ impl Driver for Instance {
         }
         wait_available(
             cx,
-            want.address,
-            &have.id,
-            want.timeouts.update_or(INSTANCE_TIMEOUT),
-            false,
+            Waiting::existing(
+                want.address,
+                &have.id,
+                want.timeouts.update_or(INSTANCE_TIMEOUT),
+            ),
         )
         .await
     }
@@ -778,10 +753,7 @@ impl Driver for Instance {
                 .map_err(|e| api_error("ModifyDBInstance", e))?;
             wait_available(
                 cx,
-                &address,
-                &d.have.id,
-                d.timeouts.update_or(INSTANCE_TIMEOUT),
-                false,
+                Waiting::existing(&address, &d.have.id, d.timeouts.update_or(INSTANCE_TIMEOUT)),
             )
             .await?;
         }

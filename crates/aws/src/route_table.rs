@@ -36,9 +36,7 @@ static SCHEMA: KindSchema = KindSchema::new(
     "A route table of a VPC and its routes.",
 )
 .fields(&[
-    Field::new("vpc_id", Ty::String, "the VPC, usually `${vpc.id}`")
-        .required()
-        .forces_replace(),
+    Field::fixed("vpc_id", Ty::String, "the VPC, usually `${vpc.id}`"),
     Field::new(
         "routes",
         Ty::Set(&Ty::Object(ROUTE)),
@@ -146,6 +144,17 @@ fn by_destination(v: Option<&Json>) -> BTreeMap<String, Map<String, Json>> {
         .collect()
 }
 
+/// A route's destination and target on a CreateRoute or ReplaceRoute
+/// request: the two take the same fields, on builders of different types.
+macro_rules! route_to {
+    ($req:expr, $table:expr, $dest:expr, $target:expr) => {
+        $req.route_table_id($table)
+            .destination_cidr_block($dest)
+            .set_gateway_id($target("gateway_id"))
+            .set_nat_gateway_id($target("nat_gateway_id"))
+    };
+}
+
 async fn sync_routes(
     cx: &Context,
     id: &str,
@@ -169,26 +178,12 @@ async fn sync_routes(
         match have.get(dest) {
             Some(old) if old == route => {}
             Some(_) => {
-                client
-                    .replace_route()
-                    .route_table_id(id)
-                    .destination_cidr_block(dest)
-                    .set_gateway_id(target("gateway_id"))
-                    .set_nat_gateway_id(target("nat_gateway_id"))
-                    .send()
-                    .await
-                    .map_err(|e| api_error("ReplaceRoute", e))?;
+                let req = route_to!(client.replace_route(), id, dest, target);
+                req.send().await.map_err(|e| api_error("ReplaceRoute", e))?;
             }
             None => {
-                client
-                    .create_route()
-                    .route_table_id(id)
-                    .destination_cidr_block(dest)
-                    .set_gateway_id(target("gateway_id"))
-                    .set_nat_gateway_id(target("nat_gateway_id"))
-                    .send()
-                    .await
-                    .map_err(|e| api_error("CreateRoute", e))?;
+                let req = route_to!(client.create_route(), id, dest, target);
+                req.send().await.map_err(|e| api_error("CreateRoute", e))?;
             }
         }
     }

@@ -15,20 +15,16 @@ static SCHEMA: KindSchema = KindSchema::new(
     "Associates a subnet with a route table.",
 )
 .fields(&[
-    Field::new(
+    Field::fixed(
         "route_table_id",
         Ty::String,
         "the route table, usually `${rt.id}`",
-    )
-    .required()
-    .forces_replace(),
-    Field::new(
+    ),
+    Field::fixed(
         "subnet_id",
         Ty::String,
         "the subnet, usually `${subnet.id}`",
-    )
-    .required()
-    .forces_replace(),
+    ),
 ])
 .attrs(&[Attr::string("id", "the association id (rtbassoc-...)")]);
 

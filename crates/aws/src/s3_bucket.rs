@@ -45,10 +45,7 @@ fn sse(v: &Json) -> Result<(), String> {
 
 static SCHEMA: KindSchema = KindSchema::new("aws.s3_bucket", "s3", "An S3 bucket (backups).")
     .fields(&[
-        Field::new("name", Ty::String, "the globally unique bucket name")
-            .required()
-            .forces_replace()
-            .check(bucket_name),
+        Field::name("the globally unique bucket name").check(bucket_name),
         Field::new("versioning", Ty::Bool, "keep every version of every object").default("true"),
         Field::new(
             "encryption",

@@ -35,17 +35,12 @@ static SCHEMA: KindSchema = KindSchema::new(
     "A VPC security group and its rules.",
 )
 .fields(&[
-    Field::new("name", Ty::String, "the group name, unique in the VPC")
-        .required()
-        .forces_replace()
-        .check(checks::security_group_name),
+    Field::name("the group name, unique in the VPC").check(checks::security_group_name),
     Field::new("description", Ty::String, "what the group is for")
         .default("\"Managed by ralph-deploy\"")
         .check(checks::security_group_description)
         .forces_replace(),
-    Field::new("vpc_id", Ty::String, "the VPC, usually `${vpc.id}`")
-        .required()
-        .forces_replace(),
+    Field::fixed("vpc_id", Ty::String, "the VPC, usually `${vpc.id}`"),
     Field::new("ingress", Ty::Set(&Ty::Object(RULE)), "inbound rules")
         .default("[]")
         .check(checks::rule_port_ranges),

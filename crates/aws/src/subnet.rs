@@ -14,24 +14,18 @@ static SCHEMA: KindSchema = KindSchema::new(
     "A subnet of a VPC in one availability zone.",
 )
 .fields(&[
-    Field::new("vpc_id", Ty::String, "the VPC, usually `${vpc.id}`")
-        .required()
-        .forces_replace(),
-    Field::new(
+    Field::fixed("vpc_id", Ty::String, "the VPC, usually `${vpc.id}`"),
+    Field::fixed(
         "cidr_block",
         Ty::Cidr,
         "the subnet's range, inside the VPC's",
     )
-    .required()
-    .forces_replace()
     .within("vpc_id", "cidr_block"),
-    Field::new(
+    Field::fixed(
         "availability_zone",
         Ty::String,
         "the zone, such as us-east-1a",
     )
-    .required()
-    .forces_replace()
     .check(checks::availability_zone),
     Field::new(
         "map_public_ip_on_launch",

@@ -24,10 +24,7 @@ fn vpc_prefix(v: &Json) -> Result<(), String> {
 
 static SCHEMA: KindSchema = KindSchema::new("aws.vpc", "ec2", "An Amazon VPC.")
     .fields(&[
-        Field::new("cidr_block", Ty::Cidr, "the VPC's IPv4 range, /16 to /28")
-            .required()
-            .forces_replace()
-            .check(vpc_prefix),
+        Field::fixed("cidr_block", Ty::Cidr, "the VPC's IPv4 range, /16 to /28").check(vpc_prefix),
         Field::new(
             "enable_dns_support",
             Ty::Bool,

@@ -15,7 +15,7 @@ use aws_sdk_wafv2::types::{
 };
 use serde_json::Value as Json;
 
-use super::{api_error, error_code, observed_with, read_tag_pairs, removed_tag_keys, strings};
+use super::{api_error, observed_with, read_tag_pairs, removed_tag_keys, strings};
 use ralph_core::driver::{
     found_again, Context, Delete, DeleteAttempt, Desired, Driver, DriverError, Known, Observed,
     Update,
@@ -67,9 +67,7 @@ fn window(v: &Json) -> Result<(), String> {
 
 static SCHEMA: KindSchema = KindSchema::new("aws.wafv2_web_acl", "wafv2", "An AWS WAF web ACL for a load balancer: AWS's managed rule groups and a rate limit per client address.")
     .fields(&[
-        Field::new("name", Ty::String, "the ACL's name, unique in the account and region")
-            .required()
-            .forces_replace()
+        Field::name("the ACL's name, unique in the account and region")
             .check(acl_name),
         Field::new(
             "scope",
@@ -374,26 +372,20 @@ impl Driver for WebAcl {
             .set_tags(Some(waf_tags(want)))
             .send()
             .await;
-        let arn = match made {
-            Ok(out) => out
+        let arn = match super::made("CreateWebACL", made, "WAFDuplicateItemException")? {
+            Some(out) => out
                 .summary()
                 .and_then(|s| s.arn())
                 .unwrap_or_default()
                 .to_string(),
-            Err(e) if error_code(&e) == Some("WAFDuplicateItemException") => {
+            None => {
                 let arn = find_by_name(cx, scope_of(want), name)
                     .await?
                     .unwrap_or_default();
-                let found = read_one(cx, &arn).await?;
-                super::ours_or_refuse(
-                    found.as_ref(),
-                    want,
-                    &format!("a web ACL named {name} exists"),
-                    &arn,
-                )?;
+                let what = format!("a web ACL named {name} exists");
+                super::ours_or_refuse(read_one(cx, &arn).await?.as_ref(), want, &what, &arn)?;
                 arn
             }
-            Err(e) => return Err(api_error("CreateWebACL", e)),
         };
         found_again(read_one(cx, &arn).await?, "web ACL", &arn)
     }

@@ -79,9 +79,33 @@ pub struct Change {
     /// release, so the stack's next change of them rolls out.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub release_settled: bool,
+    /// What a standing release keeps from the stack: each field the stack
+    /// sets otherwise, `before` running and `after` the stack's value, left
+    /// alone until the stack changes it ([`crate::model::Field::released`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub release_holds: Vec<AttrChange>,
 }
 
 impl Change {
+    /// A change with nothing but its address, kind and action: the rest is
+    /// filled in where it is known.
+    pub fn new(address: impl Into<String>, kind: impl Into<String>, action: Action) -> Change {
+        Change {
+            address: address.into(),
+            kind: kind.into(),
+            action,
+            id: None,
+            attributes: Vec::new(),
+            reason: None,
+            adopt: false,
+            protect: false,
+            depends_on: Vec::new(),
+            current: None,
+            release_settled: false,
+            release_holds: Vec::new(),
+        }
+    }
+
     pub fn is_change(&self) -> bool {
         self.action != Action::NoOp || self.adopt
     }

@@ -106,10 +106,7 @@ static NETWORK: KindSchema = KindSchema::new(
     "A VPC network in custom subnet mode.",
 )
 .fields(&[
-    Field::new("name", Ty::String, "the network's name")
-        .required()
-        .forces_replace()
-        .check(rfc1035),
+    Field::name("the network's name").check(rfc1035),
     Field::new("description", Ty::String, "what it is for")
         .default("\"\"")
         .forces_replace(),
@@ -141,10 +138,10 @@ static SECONDARY: &[Field] = &[
 
 static SUBNETWORK: KindSchema = KindSchema::new("gcp.subnetwork", SERVICE, "A subnetwork of a VPC network in one region, with secondary ranges for GKE's pods and services.")
     .fields(&[
-        Field::new("name", Ty::String, "the subnetwork's name").required().forces_replace().check(rfc1035),
-        Field::new("network", Ty::String, "the network, usually `${vpc.id}`").required().forces_replace(),
-        Field::new("region", Ty::String, "the region (default: cloud.gcp.region)").forces_replace(),
-        Field::new("ip_cidr_range", Ty::Cidr, "the primary range").required().forces_replace(),
+        Field::name("the subnetwork's name").check(rfc1035),
+        super::network_field(),
+        super::region_field(),
+        Field::fixed("ip_cidr_range", Ty::Cidr, "the primary range"),
         Field::new("secondary_ranges", Ty::List(&Ty::Object(SECONDARY)), "secondary ranges, such as pods and services for GKE").default("[]"),
         Field::new("private_google_access", Ty::Bool, "reach Google APIs without external addresses").default("true"),
         Field::new("description", Ty::String, "what it is for").default("\"\"").forces_replace(),
@@ -169,13 +166,8 @@ static RULE: &[Field] = &[
 
 static FIREWALL: KindSchema = KindSchema::new("gcp.firewall", SERVICE, "A VPC firewall rule.")
     .fields(&[
-        Field::new("name", Ty::String, "the rule's name")
-            .required()
-            .forces_replace()
-            .check(rfc1035),
-        Field::new("network", Ty::String, "the network, usually `${vpc.id}`")
-            .required()
-            .forces_replace(),
+        Field::name("the rule's name").check(rfc1035),
+        super::network_field(),
         Field::new("direction", Ty::String, "INGRESS or EGRESS")
             .default("\"INGRESS\"")
             .forces_replace()
@@ -221,19 +213,9 @@ static ROUTER: KindSchema = KindSchema::new(
     "A Cloud Router, with Cloud NAT so private nodes reach the internet.",
 )
 .fields(&[
-    Field::new("name", Ty::String, "the router's name")
-        .required()
-        .forces_replace()
-        .check(rfc1035),
-    Field::new("network", Ty::String, "the network, usually `${vpc.id}`")
-        .required()
-        .forces_replace(),
-    Field::new(
-        "region",
-        Ty::String,
-        "the region (default: cloud.gcp.region)",
-    )
-    .forces_replace(),
+    Field::name("the router's name").check(rfc1035),
+    super::network_field(),
+    super::region_field(),
     Field::new(
         "nat",
         Ty::Object(NAT),
@@ -248,8 +230,8 @@ static ROUTER: KindSchema = KindSchema::new(
 
 static GLOBAL_ADDRESS: KindSchema = KindSchema::new("gcp.global_address", SERVICE, "An internal address range for private services access (VPC_PEERING), where Cloud SQL's and Memorystore's private addresses come from.")
     .fields(&[
-        Field::new("name", Ty::String, "the range's name").required().forces_replace().check(rfc1035),
-        Field::new("network", Ty::String, "the network, usually `${vpc.id}`").required().forces_replace(),
+        Field::name("the range's name").check(rfc1035),
+        super::network_field(),
         Field::new("prefix_length", Ty::Int, "the range's size (16: a /16)").default("16").forces_replace().check(ralph_core::model::kinds::checks::range::<8, 29>),
         Field::new("description", Ty::String, "what it is for").default("\"\"").forces_replace(),
     ])

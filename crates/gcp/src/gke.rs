@@ -67,9 +67,7 @@ fn gke_version(v: &Json) -> Result<(), String> {
 
 static CLUSTER: KindSchema = KindSchema::new("gcp.gke_cluster", SERVICE, "A GKE Standard cluster, VPC-native, with private nodes and workload identity.")
     .fields(&[
-        Field::new("name", Ty::String, "the cluster's name")
-            .required()
-            .forces_replace()
+        Field::name("the cluster's name")
             .check(super::compute::rfc1035),
         Field::new(
             "location",
@@ -77,30 +75,16 @@ static CLUSTER: KindSchema = KindSchema::new("gcp.gke_cluster", SERVICE, "A GKE 
             "a region (regional cluster) or a zone (default: cloud.gcp.region)",
         )
         .forces_replace(),
-        Field::new("network", Ty::String, "the network, usually `${vpc.id}`")
-            .required()
-            .forces_replace(),
-        Field::new(
-            "subnetwork",
+        super::network_field(),
+        Field::fixed("subnetwork",
             Ty::String,
-            "the nodes' subnetwork, usually `${nodes_subnet.id}`",
-        )
-        .required()
-        .forces_replace(),
-        Field::new(
-            "pods_range",
+            "the nodes' subnetwork, usually `${nodes_subnet.id}`"),
+        Field::fixed("pods_range",
             Ty::String,
-            "the subnetwork's secondary range for pods",
-        )
-        .required()
-        .forces_replace(),
-        Field::new(
-            "services_range",
+            "the subnetwork's secondary range for pods"),
+        Field::fixed("services_range",
             Ty::String,
-            "the subnetwork's secondary range for services",
-        )
-        .required()
-        .forces_replace(),
+            "the subnetwork's secondary range for services"),
         Field::new(
             "version",
             Ty::Version,
@@ -170,13 +154,8 @@ static POOL: KindSchema = KindSchema::new(
     "A GKE node pool, autoscaled, with auto-repair and auto-upgrade.",
 )
 .fields(&[
-    Field::new("cluster", Ty::String, "the cluster, usually `${gke.id}`")
-        .required()
-        .forces_replace(),
-    Field::new("name", Ty::String, "the pool's name")
-        .required()
-        .forces_replace()
-        .check(super::compute::rfc1035),
+    Field::fixed("cluster", Ty::String, "the cluster, usually `${gke.id}`"),
+    Field::name("the pool's name").check(super::compute::rfc1035),
     Field::new("machine_type", Ty::String, "such as n2-standard-4")
         .check(machine_type)
         .required()

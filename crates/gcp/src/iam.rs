@@ -57,9 +57,7 @@ fn member(v: &Json) -> Result<(), String> {
 static ACCOUNT: KindSchema =
     KindSchema::new("gcp.service_account", SERVICE, "A Google service account.")
         .fields(&[
-            Field::new("account_id", Ty::String, "the part before @ of its email")
-                .required()
-                .forces_replace()
+            Field::fixed("account_id", Ty::String, "the part before @ of its email")
                 .check(account_id),
             Field::new("display_name", Ty::String, "a display name").default("\"\""),
             Field::new("description", Ty::String, "what it is for").default("\"\""),
@@ -76,14 +74,8 @@ static MEMBER: KindSchema = KindSchema::new(
     "One member in one role: on the project, or on a service account.",
 )
 .fields(&[
-    Field::new("role", Ty::String, "such as roles/cloudsql.client")
-        .required()
-        .forces_replace()
-        .check(role),
-    Field::new("member", Ty::String, "such as `${app_sa.member}`")
-        .required()
-        .forces_replace()
-        .check(member),
+    Field::fixed("role", Ty::String, "such as roles/cloudsql.client").check(role),
+    Field::fixed("member", Ty::String, "such as `${app_sa.member}`").check(member),
     Field::new(
         "service_account",
         Ty::String,

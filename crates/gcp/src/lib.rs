@@ -42,6 +42,24 @@ pub const LABEL_ADDRESS: &str = "ralph-deploy-address";
 
 use ralph_core::remote::GCP_ENDPOINT_ENV as ENDPOINT_ENV;
 
+/// A regional kind's `region`: fixed once made, the stack's
+/// `cloud.gcp.region` when not given.
+pub const fn region_field() -> ralph_core::model::kinds::Field {
+    use ralph_core::model::kinds::{Field, Ty};
+    Field::new(
+        "region",
+        Ty::String,
+        "the region (default: cloud.gcp.region)",
+    )
+    .forces_replace()
+}
+
+/// A kind's `network`, the VPC network it stands in, fixed once made.
+pub const fn network_field() -> ralph_core::model::kinds::Field {
+    use ralph_core::model::kinds::{Field, Ty};
+    Field::fixed("network", Ty::String, "the network, usually `${vpc.id}`")
+}
+
 /// Whether Google Cloud holds what a secret source names: a Secret Manager
 /// secret (`projects/P/secrets/S`) or a Memorystore instance's AUTH string
 /// (`memorystore:NAME`).

@@ -77,9 +77,7 @@ fn destination(v: &Json) -> Result<(), String> {
 
 static BUCKET: KindSchema = KindSchema::new("gcp.log_bucket", SERVICE, "A Cloud Logging bucket that keeps the log entries routed to it `retention_days` days (the project's _Default bucket keeps everything 30).")
     .fields(&[
-        Field::new("name", Ty::String, "the bucket's id, such as ralph-production")
-            .required()
-            .forces_replace()
+        Field::name("the bucket's id, such as ralph-production")
             .check(log_id),
         Field::new(
             "location",
@@ -105,9 +103,7 @@ static BUCKET: KindSchema = KindSchema::new("gcp.log_bucket", SERVICE, "A Cloud 
 
 static SINK: KindSchema = KindSchema::new("gcp.log_sink", SERVICE, "A project log sink: routes the entries its filter matches to a destination, such as a gcp.log_bucket.")
     .fields(&[
-        Field::new("name", Ty::String, "the sink's id, such as ralph-production-orchestrator")
-            .required()
-            .forces_replace()
+        Field::name("the sink's id, such as ralph-production-orchestrator")
             .check(log_id),
         Field::new(
             "destination",

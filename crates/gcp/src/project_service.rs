@@ -23,13 +23,9 @@ const TIMEOUT: Duration = Duration::from_secs(10 * 60);
 
 static SCHEMA: KindSchema = KindSchema::new("gcp.project_service", SERVICE, "An API enabled on the project: a new project refuses calls to every API it has not enabled (403 SERVICE_DISABLED), so the stack's other Google Cloud resources depend on these.")
     .fields(&[
-        Field::new(
-            "service",
+        Field::fixed("service",
             Ty::String,
-            "the API, such as compute.googleapis.com",
-        )
-        .required()
-        .forces_replace()
+            "the API, such as compute.googleapis.com")
         .check(api_name),
         Field::new(
             "project",

@@ -12,7 +12,8 @@ use serde_json::{json, Value as Json};
 use super::OpState;
 use super::{call, call_create, call_opt, from_labels, labels, message, observed};
 use ralph_core::driver::{
-    Context, Delete, Desired, Driver, DriverError, Known, Observed, Update, READY_ATTR, STATUS_ATTR,
+    found_again, Context, Delete, Desired, Driver, DriverError, Known, Observed, Update,
+    READY_ATTR, STATUS_ATTR,
 };
 use ralph_core::model::kinds::{checks, Attr, Field, KindSchema, Ty};
 
@@ -58,16 +59,9 @@ fn transit(v: &Json) -> Result<(), String> {
 
 static SCHEMA: KindSchema = KindSchema::new("gcp.redis_instance", SERVICE, "A Memorystore for Redis instance.")
     .fields(&[
-        Field::new("name", Ty::String, "the instance id")
-            .required()
-            .forces_replace()
+        Field::name("the instance id")
             .check(super::compute::rfc1035),
-        Field::new(
-            "region",
-            Ty::String,
-            "the region (default: cloud.gcp.region)",
-        )
-        .forces_replace(),
+        super::region_field(),
         Field::new(
             "tier",
             Ty::String,
@@ -87,13 +81,9 @@ static SCHEMA: KindSchema = KindSchema::new("gcp.redis_instance", SERVICE, "A Me
             .default("\"REDIS_7_0\"")
             .forces_replace()
             .check(redis_version),
-        Field::new(
-            "authorized_network",
+        Field::fixed("authorized_network",
             Ty::String,
-            "the VPC network, usually `${vpc.id}`",
-        )
-        .required()
-        .forces_replace(),
+            "the VPC network, usually `${vpc.id}`"),
         Field::new(
             "connect_mode",
             Ty::String,
@@ -360,10 +350,7 @@ impl Driver for RedisInstance {
         )
         .await
         {
-            Ok(Some(o)) => Ok(o),
-            Ok(None) => Err(DriverError::new(format!(
-                "{name} vanished right after it was created"
-            ))),
+            Ok(found) => found_again(found, "Redis instance", &name),
             Err(e) => match read(cx, &name).await {
                 Ok(Some(o)) => Err(e.with_partial(o)),
                 _ => Err(e),
@@ -406,8 +393,8 @@ impl Driver for RedisInstance {
             want.timeouts.update_or(TIMEOUT),
             false,
         )
-        .await?
-        .ok_or_else(|| DriverError::new(format!("{} vanished right after it was changed", have.id)))
+        .await
+        .and_then(|found| found_again(found, "Redis instance", &have.id))
     }
 
     async fn delete(&self, cx: &Context, d: Delete<'_>) -> Result<(), DriverError> {

@@ -31,7 +31,8 @@ use super::{
     observed, GcpClients,
 };
 use ralph_core::driver::{
-    Context, Delete, DeleteAttempt, Desired, Driver, DriverError, Known, Observed, Update,
+    found_again, Context, Delete, DeleteAttempt, Desired, Driver, DriverError, Known, Observed,
+    Update,
 };
 use ralph_core::model::kinds::{Attr, Field, KindSchema, Ty};
 
@@ -113,7 +114,7 @@ fn window(v: &Json) -> Result<(), String> {
 
 static SCHEMA: KindSchema = KindSchema::new("gcp.security_policy", SERVICE, "A Cloud Armor security policy for the backends of GKE's load balancer: Google's preconfigured WAF rules (each denying with 403), a rate limit per client address (429 over it) and Layer 7 DDoS defense. The orchestrator attaches it with `security_policy`.")
     .fields(&[
-        Field::new("name", Ty::String, "the policy's name").required().forces_replace().check(rfc1035),
+        Field::name("the policy's name").check(rfc1035),
         Field::new("description", Ty::String, "what it is for").default("\"\""),
         Field::new("preconfigured_waf", Ty::List(&Ty::String), "Google's preconfigured WAF rule sets to deny, in order (such as sqli-v33-stable, xss-v33-stable, lfi-v33-stable, rce-v33-stable, scannerdetection-v33-stable, protocolattack-v33-stable)").default("[]").check(waf_sets),
         Field::new("rate_limit", Ty::Int, "requests one client address may make per window before it is answered 429; 0: no rate limit").default("0").check(ralph_core::model::kinds::checks::range::<0, 1_000_000>),
@@ -318,11 +319,12 @@ impl SecurityPolicy {
     }
 
     async fn read_back(cx: &Context, g: &GcpClients, id: &str) -> Result<Observed, DriverError> {
-        Self::read(cx, g, name_of(id))
-            .await?
-            .as_ref()
-            .and_then(Self::observe)
-            .ok_or_else(|| DriverError::new(format!("{id} vanished right after it was changed")))
+        let found = Self::read(cx, g, name_of(id)).await?;
+        found_again(
+            found.as_ref().and_then(Self::observe),
+            "security policy",
+            id,
+        )
     }
 
     fn adaptive(p: &Map<String, Json>) -> Json {

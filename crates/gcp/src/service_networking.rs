@@ -23,9 +23,7 @@ const TIMEOUT: Duration = Duration::from_secs(10 * 60);
 
 static SCHEMA: KindSchema = KindSchema::new("gcp.service_networking_connection", SERVICE, "Private services access: the peering Cloud SQL private IP and Memorystore (PRIVATE_SERVICE_ACCESS) need, over reserved ranges.")
     .fields(&[
-        Field::new("network", Ty::String, "the VPC, usually `${vpc.id}`")
-            .required()
-            .forces_replace(),
+        Field::fixed("network", Ty::String, "the VPC, usually `${vpc.id}`"),
         Field::new(
             "reserved_ranges",
             Ty::List(&Ty::String),

@@ -118,12 +118,7 @@ static INSTANCE: KindSchema = KindSchema::new("gcp.sql_instance", SERVICE, "A Cl
             .default("\"POSTGRES_15\"")
             .forces_replace()
             .check(database_version),
-        Field::new(
-            "region",
-            Ty::String,
-            "the region (default: cloud.gcp.region)",
-        )
-        .forces_replace(),
+        super::region_field(),
         Field::new(
             "tier",
             Ty::String,
@@ -211,12 +206,8 @@ static DATABASE: KindSchema = KindSchema::new(
     "A database in a Cloud SQL instance.",
 )
 .fields(&[
-    Field::new("instance", Ty::String, "the instance, usually `${db.name}`")
-        .required()
-        .forces_replace(),
-    Field::new("name", Ty::String, "the database's name")
-        .required()
-        .forces_replace(),
+    Field::fixed("instance", Ty::String, "the instance, usually `${db.name}`"),
+    Field::name("the database's name"),
     Field::new("charset", Ty::String, "the character set")
         .default("\"UTF8\"")
         .forces_replace(),
@@ -225,8 +216,8 @@ static DATABASE: KindSchema = KindSchema::new(
 
 static USER: KindSchema = KindSchema::new("gcp.sql_user", SERVICE, "A built-in database user of a Cloud SQL instance, its password from a secret.")
     .fields(&[
-        Field::new("instance", Ty::String, "the instance, usually `${db.name}`").required().forces_replace(),
-        Field::new("name", Ty::String, "the user's name").required().forces_replace(),
+        Field::fixed("instance", Ty::String, "the instance, usually `${db.name}`"),
+        Field::name("the user's name"),
         Field::new("password_secret", Ty::String, "the secret holding the password: a Secret Manager name (projects/P/secrets/S, `#key` picks a JSON key) or `env:VARIABLE`").required().check(ralph_core::driver::secret_value::secret_source),
         Field::new("password_version", Ty::String, "the secret's current version, usually `${admin_password.version_id}`: a new one sets the new password"),
     ])
@@ -782,15 +773,13 @@ impl Driver for Database {
 
     async fn update(&self, cx: &Context, u: Update<'_>) -> Result<Observed, DriverError> {
         let Update { have, .. } = u;
-        self.lookup(cx, &have.id)
-            .await?
-            .ok_or_else(|| DriverError::new(format!("{} is gone", have.id)))
+        found_again(self.lookup(cx, &have.id).await?, "database", &have.id)
     }
 
     async fn delete(&self, cx: &Context, d: Delete<'_>) -> Result<(), DriverError> {
         let g = crate::clients(cx).await?;
         let (instance, name) = split_child(&d.have.id);
-        match call_opt(cx, SERVICE, &format!("deleting {}", d.have.id), || {
+        delete_child(cx, &d, || {
             g.sql_databases
                 .delete()
                 .set_project(&g.project)
@@ -798,11 +787,7 @@ impl Driver for Database {
                 .set_database(&name)
                 .send()
         })
-        .await?
-        {
-            None => Ok(()),
-            Some(op) => wait_op(cx, &d.have.id, &op, d.timeouts.delete_or(CHILD_TIMEOUT)).await,
-        }
+        .await
     }
 }
 
@@ -951,7 +936,7 @@ impl Driver for User {
             // The instance's own administrator goes with the instance.
             return Ok(());
         }
-        match call_opt(cx, SERVICE, &format!("deleting {}", d.have.id), || {
+        delete_child(cx, &d, || {
             g.sql_users
                 .delete()
                 .set_project(&g.project)
@@ -959,11 +944,22 @@ impl Driver for User {
                 .set_name(&name)
                 .send()
         })
-        .await?
-        {
-            None => Ok(()),
-            Some(op) => wait_op(cx, &d.have.id, &op, d.timeouts.delete_or(CHILD_TIMEOUT)).await,
-        }
+        .await
+    }
+}
+
+/// Deletes a database or user of an instance (`delete`) and waits for it;
+/// one already gone is done.
+async fn delete_child<F, Fut>(cx: &Context, d: &Delete<'_>, delete: F) -> Result<(), DriverError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<
+        Output = Result<google_cloud_sql_v1::model::Operation, google_cloud_gax::error::Error>,
+    >,
+{
+    match call_opt(cx, SERVICE, &format!("deleting {}", d.have.id), delete).await? {
+        None => Ok(()),
+        Some(op) => wait_op(cx, &d.have.id, &op, d.timeouts.delete_or(CHILD_TIMEOUT)).await,
     }
 }
 

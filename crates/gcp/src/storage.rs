@@ -64,17 +64,11 @@ fn storage_class(v: &Json) -> Result<(), String> {
 
 static SCHEMA: KindSchema = KindSchema::new("gcp.storage_bucket", SERVICE, "A Cloud Storage bucket (backups): uniform access, no public access, versions, expiry and retention.")
     .fields(&[
-        Field::new("name", Ty::String, "the globally unique bucket name")
-            .required()
-            .forces_replace()
+        Field::name("the globally unique bucket name")
             .check(bucket_name),
-        Field::new(
-            "location",
+        Field::fixed("location",
             Ty::String,
-            "a region such as europe-west1, or a multi-region such as EU",
-        )
-        .required()
-        .forces_replace(),
+            "a region such as europe-west1, or a multi-region such as EU"),
         Field::new(
             "storage_class",
             Ty::String,

@@ -17,7 +17,7 @@ use serde_json::{Map, Value as Json};
 
 use super::super::api_error;
 use super::super::arn_tags::{self, ArnService};
-use super::read_instance;
+use super::{observe_instance, read_instance};
 use crate::arn_of;
 use ralph_core::driver::capability::{Lag, Promoted, Promotion, PromotionPlan, Retired, Snapshots};
 use ralph_core::driver::{Context, Desired, DriverError, Observed, STATUS_ATTR};
@@ -35,10 +35,6 @@ const RETIRED_ENVIRONMENT_TAG: &str = "ralph-deploy-retired-environment";
 const RETIRED_ADDRESS_TAG: &str = "ralph-deploy-retired-address";
 
 /// The instance named `id`, as refresh reads it (`None` when there is none).
-async fn instance(cx: &Context, id: &str) -> Result<Option<Observed>, DriverError> {
-    read_instance(cx, id).await
-}
-
 /// The replica's lag behind its primary: the highest `ReplicaLag` CloudWatch
 /// has for it over the last ten minutes, in seconds (`None`: no datapoint,
 /// so the lag is unknown).
@@ -289,7 +285,7 @@ impl Promotion for RdsPromotion {
         };
 
         // 1. Promote (an instance still under the replica's name).
-        if let Some(replica) = instance(cx, p.replica_id).await? {
+        if let Some(replica) = read_instance(cx, p.replica_id).await? {
             cx.step(
                 p.replica,
                 format!("promoting {} to a standalone primary", p.replica_id),
@@ -312,7 +308,7 @@ impl Promotion for RdsPromotion {
         // 2. The old primary out of the way (unless it is gone, or the
         //    primary's name already belongs to the promoted instance).
         let mut old_primary = None;
-        if let Some(old) = instance(cx, p.primary_id).await? {
+        if let Some(old) = read_instance(cx, p.primary_id).await? {
             if !promoted_by(&old, p.marker) {
                 retire(cx, &old, p.primary, &p.retired_as).await?;
                 cx.step(
@@ -325,7 +321,7 @@ impl Promotion for RdsPromotion {
                 rename(cx, p.primary, p.primary_id, p.old_name, p.timeout).await?;
                 old_primary = Some(p.old_name.to_string());
             }
-        } else if instance(cx, p.old_name).await?.is_some() {
+        } else if read_instance(cx, p.old_name).await?.is_some() {
             old_primary = Some(p.old_name.to_string());
         }
         if stopped() {
@@ -333,7 +329,7 @@ impl Promotion for RdsPromotion {
         }
 
         // 3. The promoted instance takes the primary's name and tags.
-        if instance(cx, p.replica_id).await?.is_some() {
+        if read_instance(cx, p.replica_id).await?.is_some() {
             cx.step(
                 p.primary,
                 format!("renaming the promoted {} to {}", p.replica_id, p.primary_id),
@@ -341,7 +337,7 @@ impl Promotion for RdsPromotion {
             rename(cx, p.primary, p.replica_id, p.primary_id, p.timeout).await?;
         }
         let gone = || DriverError::new(format!("{} is gone", p.primary_id));
-        let promoted = instance(cx, p.primary_id).await?.ok_or_else(gone)?;
+        let promoted = read_instance(cx, p.primary_id).await?.ok_or_else(gone)?;
         if !promoted_by(&promoted, p.marker) {
             return Err(DriverError::new(format!(
                 "{} is not the instance this failover promoted; look at it in the console before running failover again",
@@ -357,7 +353,7 @@ impl Promotion for RdsPromotion {
         };
         take_over_tags(cx, &promoted, &want).await?;
         Ok(Promoted {
-            observed: instance(cx, p.primary_id).await?.ok_or_else(gone)?,
+            observed: read_instance(cx, p.primary_id).await?.ok_or_else(gone)?,
             old_primary,
         })
     }
@@ -382,17 +378,15 @@ impl Promotion for RdsPromotion {
                 if let (true, Some(id), Some(address)) =
                     (ours, d.db_instance_identifier(), tag(RETIRED_ADDRESS_TAG))
                 {
-                    found.push((id.to_string(), address));
+                    // The listing says all a read would: no second call.
+                    found.push(Retired {
+                        address,
+                        observed: observe_instance(id, d),
+                    });
                 }
             }
         }
-        let mut retired = Vec::new();
-        for (id, address) in found {
-            if let Some(observed) = instance(cx, &id).await? {
-                retired.push(Retired { address, observed });
-            }
-        }
-        Ok(retired)
+        Ok(found)
     }
 }
 

@@ -108,8 +108,15 @@ impl Field {
             released: false,
         }
     }
-    /// An AWS kind's `tags`: the stack's tags besides the ownership tags,
-    /// checked against AWS's tag limits.
+    /// A field the stack must give, fixed once the resource is made: a new
+    /// value replaces the resource.
+    pub const fn fixed(name: &'static str, ty: Ty, doc: &'static str) -> Field {
+        Field::new(name, ty, doc).required().forces_replace()
+    }
+    /// A kind's `name`: the resource's name in its cloud ([`Field::fixed`]).
+    pub const fn name(doc: &'static str) -> Field {
+        Field::fixed("name", Ty::String, doc)
+    }
     /// A Google Cloud kind's `labels`: the stack's labels besides the
     /// ownership labels.
     pub const fn labels() -> Field {
@@ -120,6 +127,8 @@ impl Field {
         )
         .default("{}")
     }
+    /// An AWS kind's `tags`: the stack's tags besides the ownership tags,
+    /// checked against AWS's tag limits.
     pub const fn tags() -> Field {
         Field::new("tags", Ty::StringMap, "tags besides the ownership tags")
             .default("{}")

@@ -564,17 +564,11 @@ where
         .driver(&recorded.kind)
         .ok_or_else(|| ApplyError::Step(StepError::NoDriver(recorded.kind.clone()).to_string()))?;
     let change = Change {
-        address: step.address.to_string(),
-        kind: recorded.kind.clone(),
-        action: Action::Update,
         id: Some(recorded.id.clone()),
-        attributes: Vec::new(),
-        reason: None,
-        adopt: false,
         protect: recorded.protect,
         depends_on: recorded.depends_on.clone(),
         current: Some(recorded.attrs.clone()),
-        release_settled: false,
+        ..Change::new(step.address, &recorded.kind, Action::Update)
     };
     let steps = Steps {
         stack: Some(stack),

@@ -470,17 +470,11 @@ fn departed(stack: &Stack, state: &State, refreshed: &Refreshed, changes: &mut V
         if current.is_none() {
             // Already gone from the cloud: only the state entry goes.
             changes.push(Change {
-                address: address.clone(),
-                kind: rs.kind.clone(),
-                action: Action::Delete,
                 id: Some(rs.id.clone()),
-                attributes: vec![],
                 reason: Some("no longer in the stack (already gone from the cloud)".into()),
-                adopt: false,
                 protect: rs.protect,
                 depends_on: rs.depends_on.clone(),
-                current: None,
-                release_settled: false,
+                ..Change::new(address, &rs.kind, Action::Delete)
             });
             continue;
         }
@@ -514,17 +508,12 @@ fn delete_change(
     reason: &str,
 ) -> Change {
     Change {
-        address: address.to_string(),
-        kind: kind.to_string(),
-        action: Action::Delete,
         id: current.map(|c| c.id.clone()),
-        attributes: vec![],
         reason: Some(reason.to_string()),
-        adopt: false,
         protect: protect || current.is_some_and(service_protected),
         depends_on,
         current: current.map(|c| c.attrs.clone()),
-        release_settled: false,
+        ..Change::new(address, kind, Action::Delete)
     }
 }
 
@@ -543,10 +532,6 @@ fn create_change(
 ) -> Change {
     let reason = recorded.map(|rs| format!("{} was deleted outside ralph-deploy", rs.id));
     Change {
-        address: r.address.clone(),
-        kind: kind.kind.to_string(),
-        action: Action::Create,
-        id: None,
         attributes: desired
             .iter()
             .map(|(k, v)| AttrChange {
@@ -558,11 +543,9 @@ fn create_change(
             })
             .collect(),
         reason,
-        adopt: false,
         protect: r.protect,
         depends_on,
-        current: None,
-        release_settled: false,
+        ..Change::new(&r.address, kind.kind, Action::Create)
     }
 }
 
@@ -656,15 +639,22 @@ fn diff_one(
         return create_change(r, kind, desired, recorded, depends_on);
     };
     let stands = release_stands(desired, current);
-    let mut attributes: Vec<AttrChange> = kind
-        .fields
-        .iter()
-        .filter(|f| !(f.released && stands))
-        .filter_map(|f| {
-            let want = desired.get(f.name)?;
-            field_change(r, kind, f, want, current, recorded, adopted)
-        })
-        .collect();
+    // While a release stands, what it set is shown apart, kept.
+    let (mut release_holds, mut attributes) = (Vec::new(), Vec::new());
+    for f in kind.fields {
+        let Some(want) = desired.get(f.name) else {
+            continue;
+        };
+        if let Some(c) = field_change(r, kind, f, want, current, recorded, adopted) {
+            let held = f.released && stands;
+            if held {
+                &mut release_holds
+            } else {
+                &mut attributes
+            }
+            .push(c);
+        }
+    }
     // Imported (or its ownership tags removed by hand): it gets them back.
     if kind.taggable && current.owner.is_none() && !attributes.iter().any(|a| a.name == "tags") {
         if let Some(want) = desired.get("tags") {
@@ -726,9 +716,6 @@ fn diff_one(
         reason
     };
     Change {
-        address: r.address.clone(),
-        kind: kind.kind.to_string(),
-        action,
         id: Some(current.id.clone()),
         attributes,
         reason,
@@ -743,6 +730,8 @@ fn diff_one(
             && current
                 .attrs
                 .contains_key(ralph_core::driver::STACK_VALUES_ATTR),
+        release_holds,
+        ..Change::new(&r.address, kind.kind, action)
     }
 }
 

@@ -277,9 +277,6 @@ mod tests {
 
     fn change(address: &str, action: Action) -> Change {
         Change {
-            address: address.into(),
-            kind: "aws.vpc".into(),
-            action,
             id: Some(format!("{address}-id")),
             attributes: vec![AttrChange {
                 name: "cidr_block".into(),
@@ -288,12 +285,7 @@ mod tests {
                 forces_replace: true,
                 partial: None,
             }],
-            reason: None,
-            adopt: false,
-            protect: false,
-            depends_on: vec![],
-            current: None,
-            release_settled: false,
+            ..Change::new(address, "aws.vpc", action)
         }
     }
 

@@ -101,9 +101,8 @@ impl PostgresBackend {
         &self,
         sql: &str,
     ) -> Result<Vec<T>, StateError> {
-        let rows = sqlx::query(sql)
-            .bind(&self.stack)
-            .bind(&self.environment)
+        let rows = self
+            .scoped(sql)
             .fetch_all(self.pool().await?)
             .await
             .map_err(|e| self.err(e))?;
@@ -124,6 +123,15 @@ impl PostgresBackend {
             "{} (stack {}, environment {})",
             self.url_shown, self.stack, self.environment
         )
+    }
+
+    /// A statement about this stack and environment: they are bound as $1
+    /// and $2, the rest follow.
+    fn scoped<'q>(
+        &'q self,
+        sql: &'q str,
+    ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+        sqlx::query(sql).bind(&self.stack).bind(&self.environment)
     }
 
     async fn pool(&self) -> Result<&PgPool, StateError> {
@@ -173,11 +181,7 @@ impl PostgresBackend {
     /// The state at `serial` from the history.
     pub async fn read_serial(&self, serial: u64) -> Result<State, StateError> {
         let pool = self.pool().await?;
-        let row = sqlx::query(
-            "SELECT body FROM ralph_deploy.states WHERE stack = $1 AND environment = $2 AND serial = $3",
-        )
-        .bind(&self.stack)
-        .bind(&self.environment)
+        let row = self.scoped("SELECT body FROM ralph_deploy.states WHERE stack = $1 AND environment = $2 AND serial = $3")
         .bind(serial as i64)
         .fetch_optional(pool)
         .await
@@ -195,13 +199,11 @@ impl PostgresBackend {
         &self,
         pool: &PgPool,
     ) -> Result<Option<sqlx::postgres::PgRow>, StateError> {
-        sqlx::query(
+        self.scoped(
             "SELECT s.body, s.serial FROM ralph_deploy.heads h JOIN ralph_deploy.states s \
              ON s.stack = h.stack AND s.environment = h.environment AND s.serial = h.serial \
              WHERE h.stack = $1 AND h.environment = $2",
         )
-        .bind(&self.stack)
-        .bind(&self.environment)
         .fetch_optional(pool)
         .await
         .map_err(|e| self.err(e))
@@ -316,11 +318,7 @@ impl super::StateStore for PostgresBackend {
             .await
             .map_err(|m| self.err(m))?;
         let mut tx = pool.begin().await.map_err(|e| self.err(e))?;
-        let head = sqlx::query(
-            "SELECT serial, lineage FROM ralph_deploy.heads WHERE stack = $1 AND environment = $2 FOR UPDATE",
-        )
-        .bind(&self.stack)
-        .bind(&self.environment)
+        let head = self.scoped("SELECT serial, lineage FROM ralph_deploy.heads WHERE stack = $1 AND environment = $2 FOR UPDATE")
         .fetch_optional(&mut *tx)
         .await
         .map_err(|e| self.err(e))?;
@@ -345,33 +343,21 @@ impl super::StateStore for PostgresBackend {
                 self.err("refusing to write: the state this run read is gone from the store")
             );
         }
-        sqlx::query(
-            "INSERT INTO ralph_deploy.states (stack, environment, serial, body) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (stack, environment, serial) DO UPDATE SET body = EXCLUDED.body, written_at = now()",
-        )
-        .bind(&self.stack)
-        .bind(&self.environment)
+        self.scoped("INSERT INTO ralph_deploy.states (stack, environment, serial, body) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (stack, environment, serial) DO UPDATE SET body = EXCLUDED.body, written_at = now()")
         .bind(state.serial as i64)
         .bind(&body)
         .execute(&mut *tx)
         .await
         .map_err(|e| self.err(e))?;
-        sqlx::query(
-            "INSERT INTO ralph_deploy.heads (stack, environment, serial, lineage) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (stack, environment) DO UPDATE SET serial = EXCLUDED.serial, lineage = EXCLUDED.lineage, written_at = now()",
-        )
-        .bind(&self.stack)
-        .bind(&self.environment)
+        self.scoped("INSERT INTO ralph_deploy.heads (stack, environment, serial, lineage) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (stack, environment) DO UPDATE SET serial = EXCLUDED.serial, lineage = EXCLUDED.lineage, written_at = now()")
         .bind(state.serial as i64)
         .bind(&state.lineage)
         .execute(&mut *tx)
         .await
         .map_err(|e| self.err(e))?;
-        sqlx::query(
-            "DELETE FROM ralph_deploy.states WHERE stack = $1 AND environment = $2 AND serial <= $3 - $4",
-        )
-        .bind(&self.stack)
-        .bind(&self.environment)
+        self.scoped("DELETE FROM ralph_deploy.states WHERE stack = $1 AND environment = $2 AND serial <= $3 - $4")
         .bind(state.serial as i64)
         .bind(HISTORY)
         .execute(&mut *tx)
@@ -401,12 +387,8 @@ impl super::StateStore for PostgresBackend {
             "{}-serial{serial}-before-{op}",
             Utc::now().format("%Y%m%dT%H%M%S%.3fZ")
         );
-        sqlx::query(
-            "INSERT INTO ralph_deploy.snapshots (stack, environment, name, operation, serial, body) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(&self.stack)
-        .bind(&self.environment)
+        self.scoped("INSERT INTO ralph_deploy.snapshots (stack, environment, name, operation, serial, body) \
+             VALUES ($1, $2, $3, $4, $5, $6)")
         .bind(&name)
         .bind(operation)
         .bind(serial)
@@ -414,12 +396,8 @@ impl super::StateStore for PostgresBackend {
         .execute(pool)
         .await
         .map_err(|e| self.err(e))?;
-        sqlx::query(
-            "DELETE FROM ralph_deploy.snapshots WHERE stack = $1 AND environment = $2 AND name NOT IN \
-             (SELECT name FROM ralph_deploy.snapshots WHERE stack = $1 AND environment = $2 ORDER BY taken_at DESC, name DESC LIMIT $3)",
-        )
-        .bind(&self.stack)
-        .bind(&self.environment)
+        self.scoped("DELETE FROM ralph_deploy.snapshots WHERE stack = $1 AND environment = $2 AND name NOT IN \
+             (SELECT name FROM ralph_deploy.snapshots WHERE stack = $1 AND environment = $2 ORDER BY taken_at DESC, name DESC LIMIT $3)")
         .bind(SNAPSHOTS)
         .execute(pool)
         .await
@@ -429,15 +407,14 @@ impl super::StateStore for PostgresBackend {
 
     async fn snapshots(&self) -> Result<Vec<Snapshot>, StateError> {
         let pool = self.pool().await?;
-        let rows = sqlx::query(
-            "SELECT name, operation, serial, taken_at FROM ralph_deploy.snapshots \
+        let rows = self
+            .scoped(
+                "SELECT name, operation, serial, taken_at FROM ralph_deploy.snapshots \
              WHERE stack = $1 AND environment = $2 ORDER BY name",
-        )
-        .bind(&self.stack)
-        .bind(&self.environment)
-        .fetch_all(pool)
-        .await
-        .map_err(|e| self.err(e))?;
+            )
+            .fetch_all(pool)
+            .await
+            .map_err(|e| self.err(e))?;
         Ok(rows
             .iter()
             .map(|r| Snapshot {
@@ -463,12 +440,8 @@ impl super::StateStore for PostgresBackend {
             .seal_state(state)
             .await
             .map_err(|m| self.err(m))?;
-        sqlx::query(
-            "INSERT INTO ralph_deploy.snapshots (stack, environment, name, operation, serial, body) \
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (stack, environment, name) DO UPDATE SET body = EXCLUDED.body",
-        )
-        .bind(&self.stack)
-        .bind(&self.environment)
+        self.scoped("INSERT INTO ralph_deploy.snapshots (stack, environment, name, operation, serial, body) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (stack, environment, name) DO UPDATE SET body = EXCLUDED.body")
         .bind(name)
         .bind(operation)
         .bind(state.serial as i64)
@@ -481,12 +454,8 @@ impl super::StateStore for PostgresBackend {
 
     async fn read_snapshot(&self, which: &str) -> Result<State, StateError> {
         let pool = self.pool().await?;
-        let row = sqlx::query(
-            "SELECT body FROM ralph_deploy.snapshots WHERE stack = $1 AND environment = $2 \
-             AND (name = $3 OR serial::text = $3) ORDER BY taken_at DESC LIMIT 1",
-        )
-        .bind(&self.stack)
-        .bind(&self.environment)
+        let row = self.scoped("SELECT body FROM ralph_deploy.snapshots WHERE stack = $1 AND environment = $2 \
+             AND (name = $3 OR serial::text = $3) ORDER BY taken_at DESC LIMIT 1")
         .bind(which)
         .fetch_optional(pool)
         .await
@@ -510,20 +479,19 @@ impl super::Locker for PostgresBackend {
         // Creating the row is the lock: of two runs at once, exactly one
         // inserts (the other waits for it, then inserts nothing). A SELECT
         // ... FOR UPDATE alone would lock no row when there is none yet.
-        let inserted = sqlx::query(
-            "INSERT INTO ralph_deploy.locks (stack, environment, id, info, expires_at) \
+        let inserted = self
+            .scoped(
+                "INSERT INTO ralph_deploy.locks (stack, environment, id, info, expires_at) \
              VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5)) \
              ON CONFLICT (stack, environment) DO NOTHING",
-        )
-        .bind(&self.stack)
-        .bind(&self.environment)
-        .bind(&info.id)
-        .bind(&json)
-        .bind(self.lease.as_secs_f64())
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| self.err(e))?
-        .rows_affected();
+            )
+            .bind(&info.id)
+            .bind(&json)
+            .bind(self.lease.as_secs_f64())
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.err(e))?
+            .rows_affected();
         if inserted == 1 {
             tx.commit().await.map_err(|e| self.err(e))?;
             self.start_renewing(info.id.clone());
@@ -531,15 +499,14 @@ impl super::Locker for PostgresBackend {
         }
         // Held: by whom, and is its lease still running? The row is locked
         // until this transaction ends, so no third run can slip in.
-        let row = sqlx::query(
-            "SELECT info, expires_at < now() AS expired FROM ralph_deploy.locks \
+        let row = self
+            .scoped(
+                "SELECT info, expires_at < now() AS expired FROM ralph_deploy.locks \
              WHERE stack = $1 AND environment = $2 FOR UPDATE",
-        )
-        .bind(&self.stack)
-        .bind(&self.environment)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(|e| self.err(e))?;
+            )
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(|e| self.err(e))?;
         let holder: LockInfo = serde_json::from_value(row.get("info")).map_err(|e| self.err(e))?;
         let expired: bool = row.get("expired");
         if !expired && !holder.holder_is_dead() {
@@ -548,12 +515,8 @@ impl super::Locker for PostgresBackend {
                 holder,
             })));
         }
-        sqlx::query(
-            "UPDATE ralph_deploy.locks SET id = $3, info = $4, expires_at = now() + make_interval(secs => $5) \
-             WHERE stack = $1 AND environment = $2",
-        )
-        .bind(&self.stack)
-        .bind(&self.environment)
+        self.scoped("UPDATE ralph_deploy.locks SET id = $3, info = $4, expires_at = now() + make_interval(secs => $5) \
+             WHERE stack = $1 AND environment = $2")
         .bind(&info.id)
         .bind(&json)
         .bind(self.lease.as_secs_f64())
@@ -572,15 +535,14 @@ impl super::Locker for PostgresBackend {
             }
         }
         let pool = self.pool().await?;
-        let done = sqlx::query(
-            "DELETE FROM ralph_deploy.locks WHERE stack = $1 AND environment = $2 AND id = $3",
-        )
-        .bind(&self.stack)
-        .bind(&self.environment)
-        .bind(&info.id)
-        .execute(pool)
-        .await
-        .map_err(|e| self.err(e))?;
+        let done = self
+            .scoped(
+                "DELETE FROM ralph_deploy.locks WHERE stack = $1 AND environment = $2 AND id = $3",
+            )
+            .bind(&info.id)
+            .execute(pool)
+            .await
+            .map_err(|e| self.err(e))?;
         if done.rows_affected() == 0 {
             return Err(StateError::NotLocked(self.describe_target()));
         }
@@ -589,14 +551,11 @@ impl super::Locker for PostgresBackend {
 
     async fn holder(&self) -> Result<Option<LockInfo>, StateError> {
         let pool = self.pool().await?;
-        let row = sqlx::query(
-            "SELECT info FROM ralph_deploy.locks WHERE stack = $1 AND environment = $2",
-        )
-        .bind(&self.stack)
-        .bind(&self.environment)
-        .fetch_optional(pool)
-        .await
-        .map_err(|e| self.err(e))?;
+        let row = self
+            .scoped("SELECT info FROM ralph_deploy.locks WHERE stack = $1 AND environment = $2")
+            .fetch_optional(pool)
+            .await
+            .map_err(|e| self.err(e))?;
         row.map(|r| serde_json::from_value(r.get("info")).map_err(|e| self.err(e)))
             .transpose()
     }
@@ -612,11 +571,9 @@ impl super::Locker for PostgresBackend {
                 wanted: id.to_string(),
             });
         }
-        sqlx::query(
+        self.scoped(
             "DELETE FROM ralph_deploy.locks WHERE stack = $1 AND environment = $2 AND id = $3",
         )
-        .bind(&self.stack)
-        .bind(&self.environment)
         .bind(id)
         .execute(self.pool().await?)
         .await
@@ -633,11 +590,7 @@ impl super::Journal for PostgresBackend {
             .seal_record(intent)
             .await
             .map_err(|m| self.err(m))?;
-        sqlx::query(
-            "INSERT INTO ralph_deploy.intents (stack, environment, id, body) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(&self.stack)
-        .bind(&self.environment)
+        self.scoped("INSERT INTO ralph_deploy.intents (stack, environment, id, body) VALUES ($1, $2, $3, $4)")
         .bind(&intent.id)
         .bind(&body)
         .execute(self.pool().await?)
@@ -647,11 +600,9 @@ impl super::Journal for PostgresBackend {
     }
 
     async fn close_intent(&self, id: &str) -> Result<(), StateError> {
-        sqlx::query(
+        self.scoped(
             "DELETE FROM ralph_deploy.intents WHERE stack = $1 AND environment = $2 AND id = $3",
         )
-        .bind(&self.stack)
-        .bind(&self.environment)
         .bind(id)
         .execute(self.pool().await?)
         .await
@@ -679,22 +630,14 @@ impl super::Journal for PostgresBackend {
             .map_err(|m| self.err(m))?;
         // The result and the closing of its intent in one transaction.
         let mut tx = self.pool().await?.begin().await.map_err(|e| self.err(e))?;
-        sqlx::query(
-            "INSERT INTO ralph_deploy.results (stack, environment, since, body) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(&self.stack)
-        .bind(&self.environment)
+        self.scoped("INSERT INTO ralph_deploy.results (stack, environment, since, body) VALUES ($1, $2, $3, $4)")
         .bind(entry.since as i64)
         .bind(&body)
         .execute(&mut *tx)
         .await
         .map_err(|e| self.err(e))?;
         if let Some(id) = &entry.closes {
-            sqlx::query(
-                "DELETE FROM ralph_deploy.intents WHERE stack = $1 AND environment = $2 AND id = $3",
-            )
-            .bind(&self.stack)
-            .bind(&self.environment)
+            self.scoped("DELETE FROM ralph_deploy.intents WHERE stack = $1 AND environment = $2 AND id = $3")
             .bind(id)
             .execute(&mut *tx)
             .await
@@ -711,11 +654,9 @@ impl super::Journal for PostgresBackend {
     }
 
     async fn forget_results(&self, serial: u64) -> Result<(), StateError> {
-        sqlx::query(
+        self.scoped(
             "DELETE FROM ralph_deploy.results WHERE stack = $1 AND environment = $2 AND since < $3",
         )
-        .bind(&self.stack)
-        .bind(&self.environment)
         .bind(serial as i64)
         .execute(self.pool().await?)
         .await

@@ -52,9 +52,7 @@ fn search_path(v: &Json) -> Result<(), String> {
 
 static SCHEMA: KindSchema = KindSchema::new("postgres.role", "postgres", "A login role whose password is kept in a secret store and set by the tool (rotated when the secret gets a new version).")
     .fields(&super::with_connection_fields![
-        Field::new("name", Ty::String, "the role's name, such as ralph_app")
-            .required()
-            .forces_replace()
+        Field::name("the role's name, such as ralph_app")
             .check(role_name),
         Field::new("password_secret", Ty::String, "the secret holding its password: a Secrets Manager ARN (`#key` picks a JSON key) or `env:VARIABLE`")
             .check(ralph_core::driver::secret_value::secret_source),
