@@ -619,15 +619,7 @@ pub fn tag_spec(rt: ResourceType, want: &Desired<'_>) -> TagSpecification {
 }
 
 pub fn user_tags(props: &Map<String, Json>) -> BTreeMap<String, String> {
-    props
-        .get("tags")
-        .and_then(Json::as_object)
-        .map(|m| {
-            m.iter()
-                .map(|(k, v)| (k.clone(), json_to_text(v)))
-                .collect()
-        })
-        .unwrap_or_default()
+    user_tags_of(props.get("tags"))
 }
 
 /// A string map property (labels, tags) as owned pairs.
@@ -701,16 +693,7 @@ pub async fn sync_tags(
 ) -> Result<(), DriverError> {
     let client = ec2(cx).await?;
     let wanted = user_tags(want.props);
-    let current: BTreeMap<String, String> = have
-        .attrs
-        .get("tags")
-        .and_then(Json::as_object)
-        .map(|m| {
-            m.iter()
-                .map(|(k, v)| (k.clone(), json_to_text(v)))
-                .collect()
-        })
-        .unwrap_or_default();
+    let current = user_tags(&have.attrs);
     let removed: Vec<Tag> = current
         .keys()
         .filter(|k| !wanted.contains_key(*k))

@@ -129,7 +129,25 @@ struct Steps<'a> {
     cx: &'a Context,
 }
 
-impl Steps<'_> {
+impl<'a> Steps<'a> {
+    fn new(
+        stack: Option<&'a Stack>,
+        state: State,
+        backend: &'a dyn Backend,
+        registry: &'a Registry,
+        cx: &'a Context,
+    ) -> Self {
+        Steps {
+            stack,
+            state: Mutex::new(state),
+            writing: tokio::sync::Mutex::new(()),
+            since_checkpoint: Default::default(),
+            backend,
+            registry,
+            cx,
+        }
+    }
+
     /// Journals what is about to happen; returns the intent's id.
     async fn intend(
         &self,
@@ -570,15 +588,7 @@ where
         current: Some(recorded.attrs.clone()),
         ..Change::new(step.address, &recorded.kind, Action::Update)
     };
-    let steps = Steps {
-        stack: Some(stack),
-        state: Mutex::new(state),
-        writing: tokio::sync::Mutex::new(()),
-        since_checkpoint: Default::default(),
-        backend,
-        registry,
-        cx,
-    };
+    let steps = Steps::new(Some(stack), state, backend, registry, cx);
     let spec = StepSpec {
         verb: "update",
         phase: None,
@@ -633,15 +643,7 @@ pub async fn apply(
         state.serial = 1;
         backend.write(&state).await?;
     }
-    let steps = Steps {
-        stack,
-        state: Mutex::new(state),
-        writing: tokio::sync::Mutex::new(()),
-        since_checkpoint: Default::default(),
-        backend,
-        registry,
-        cx,
-    };
+    let steps = Steps::new(stack, state, backend, registry, cx);
     let by_key = keyed(plan);
     let mut report = ApplyReport::default();
 

@@ -547,20 +547,18 @@ async fn roll_pods(
             .and_then(|d| d.restarts())
             .ok_or_else(|| OpError::Other(format!("{} cannot restart its pods", r.kind)))?;
         let reason = format!("failover of {} to {}", pair.primary, pair.replica_id);
-        let (result, after) = crate::apply::run_step(
-            &s.stack,
-            state,
-            s.backend.as_ref(),
-            &s.registry,
-            cx,
-            crate::apply::OneStep {
-                address: &address,
-                inputs: r.inputs.clone(),
-            },
-            || restarts.restart(cx, &address, &known, &reason, ROLLOUT_TIMEOUT),
-        )
-        .await
-        .map_err(|e| OpError::Other(e.to_string()))?;
+        let (result, after) = s
+            .run_step(
+                cx,
+                state,
+                crate::apply::OneStep {
+                    address: &address,
+                    inputs: r.inputs.clone(),
+                },
+                || restarts.restart(cx, &address, &known, &reason, ROLLOUT_TIMEOUT),
+            )
+            .await
+            .map_err(|e| OpError::Other(e.to_string()))?;
         state = after;
         result.map_err(|message| OpError::Resource {
             address: address.clone(),

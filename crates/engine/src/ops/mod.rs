@@ -30,7 +30,7 @@ use crate::plan::refresh::refresh;
 use crate::plan::{destroy_changes, diff, Action, Plan, PLAN_FORMAT};
 use crate::state::{Backend, LockInfo, State, StateError};
 pub use ralph_core::driver::capability::Role;
-use ralph_core::driver::{Context, Owner, Registry};
+use ralph_core::driver::{Context, Observed, Owner, Registry};
 use ralph_core::events::{Event, Reporter};
 use ralph_stack::{Diagnostics, LoadOptions, Reference, Stack};
 
@@ -100,7 +100,7 @@ pub async fn find_to_import(
     address: &str,
     kind: &str,
     id: &str,
-) -> Result<ralph_core::driver::Observed, OpError> {
+) -> Result<Observed, OpError> {
     let found = driver.lookup(cx, id).await.map_err(|e| {
         OpError::Other(format!(
             "import of `{address}`: looking up {kind} {id}: {}",
@@ -155,6 +155,24 @@ impl Session {
             lock_timeout: None,
             scope: Default::default(),
         })
+    }
+
+    /// One resource step outside a plan (a release, a failover's restart)
+    /// on this session's stack, state store and kinds: see
+    /// [`crate::apply::run_step`].
+    pub(crate) async fn run_step<F, Fut>(
+        &self,
+        cx: &Context,
+        state: State,
+        step: crate::apply::OneStep<'_>,
+        call: F,
+    ) -> Result<(Result<Observed, String>, State), crate::apply::ApplyError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<Observed, ralph_core::driver::DriverError>>,
+    {
+        let backend = self.backend.as_ref();
+        crate::apply::run_step(&self.stack, state, backend, &self.registry, cx, step, call).await
     }
 
     pub fn owner(&self) -> Owner {

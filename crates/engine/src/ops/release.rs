@@ -237,12 +237,9 @@ where
                 replaces: None,
             };
             let image = render::image_ref(&props).unwrap_or_default();
-            let (result, after) = crate::apply::run_step(
-                &s.stack,
-                state,
-                s.backend.as_ref(),
-                &s.registry,
+            let (result, after) = s.run_step(
                 cx,
+                state,
                 OneStep {
                     address: &address,
                     // The stack values go with the release's attributes

@@ -487,16 +487,19 @@ fn departed(stack: &Stack, state: &State, refreshed: &Refreshed, changes: &mut V
             "no longer in the stack",
         ));
     }
-    for (address, kind, obs) in &refreshed.orphans {
-        changes.push(delete_change(
-            address,
-            kind,
-            Some(obs),
-            false,
-            vec![],
-            "found in the cloud by its ownership tags, but not declared in the stack",
-        ));
-    }
+    let reason = "found in the cloud by its ownership tags, but not declared in the stack";
+    changes.extend(orphan_deletes(refreshed, reason));
+}
+
+/// Deletes of what refresh found tagged as this stack's and nothing records.
+fn orphan_deletes<'a>(
+    refreshed: &'a Refreshed,
+    reason: &'a str,
+) -> impl Iterator<Item = Change> + 'a {
+    let orphans = refreshed.orphans.iter();
+    orphans.map(move |(address, kind, obs)| {
+        delete_change(address, kind, Some(obs), false, vec![], reason)
+    })
 }
 
 fn delete_change(
@@ -768,16 +771,10 @@ pub fn destroy_changes(state: &State, refreshed: &Refreshed) -> Vec<Change> {
             }
         }
     }
-    for (address, kind, obs) in &refreshed.orphans {
-        changes.push(delete_change(
-            address,
-            kind,
-            Some(obs),
-            false,
-            vec![],
-            "destroy (found by its ownership tags)",
-        ));
-    }
+    changes.extend(orphan_deletes(
+        refreshed,
+        "destroy (found by its ownership tags)",
+    ));
     fill_from_state(&mut changes, state);
     changes
 }
