@@ -7,6 +7,18 @@ pub mod postgres;
 
 use ralph_core::driver::{Context, Driver, DriverError};
 
+/// A string property the stack gave (an empty one counts as not given).
+pub(crate) fn given(
+    props: &serde_json::Map<String, serde_json::Value>,
+    key: &str,
+) -> Option<String> {
+    props
+        .get(key)
+        .and_then(serde_json::Value::as_str)
+        .filter(|v| !v.is_empty())
+        .map(str::to_string)
+}
+
 /// This crate's drivers.
 pub fn drivers() -> Vec<Box<dyn Driver>> {
     vec![

@@ -11,6 +11,8 @@ use serde::Serialize;
 use serde_json::{Map, Value as Json};
 use sha2::Digest;
 
+use crate::given as set;
+
 /// The templates compiled into the binary, in the order objects are applied
 /// (what others refer to first, the Deployment after its config, the
 /// autoscaler after the Deployment).
@@ -746,15 +748,6 @@ fn s(props: &Map<String, Json>, k: &str, default: &str) -> String {
 
 fn i(props: &Map<String, Json>, k: &str, default: i64) -> i64 {
     props.get(k).and_then(Json::as_i64).unwrap_or(default)
-}
-
-/// A string property that is set and not empty.
-fn set(props: &Map<String, Json>, k: &str) -> Option<String> {
-    props
-        .get(k)
-        .and_then(Json::as_str)
-        .filter(|v| !v.is_empty())
-        .map(str::to_string)
 }
 
 fn b(props: &Map<String, Json>, k: &str, default: bool) -> bool {

@@ -238,19 +238,10 @@ impl Target {
     }
 }
 
-/// A string property the stack gave (an empty one counts as not given).
-fn given(props: &Map<String, Json>, key: &str) -> Option<String> {
-    props
-        .get(key)
-        .and_then(Json::as_str)
-        .filter(|v| !v.is_empty())
-        .map(str::to_string)
-}
-
 /// Resolves a resource's connection properties (and its secret) into a
 /// [`Target`].
 pub async fn resolve(cx: &Context, props: &Map<String, Json>) -> Result<Target, DriverError> {
-    let s = |k: &str| given(props, k);
+    let s = |k: &str| crate::given(props, k);
     let url_has_user = s("url")
         .and_then(|u| u.parse::<PgConnectOptions>().ok())
         .is_some_and(|o| !o.get_username().is_empty() && s("url").is_some_and(|u| u.contains('@')));
@@ -348,7 +339,7 @@ pub async fn resolve(cx: &Context, props: &Map<String, Json>) -> Result<Target, 
 
 /// `host:port/database` for ids and messages (never credentials).
 pub fn describe_target(props: &Map<String, Json>) -> String {
-    let s = |k: &str| given(props, k);
+    let s = |k: &str| crate::given(props, k);
     if let Some(url) = s("url") {
         if let Ok(o) = url.parse::<PgConnectOptions>() {
             let db = o
